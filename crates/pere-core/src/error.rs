@@ -1,0 +1,103 @@
+//! The error types of the core: invalid names ([`NameError`]) and storage failures ([`StoreError`]).
+
+use std::fmt;
+
+/// Which kind of name failed validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameKind {
+    /// A channel name.
+    Channel,
+    /// A device id.
+    Device,
+    /// An SSE event type.
+    EventType,
+}
+
+impl NameKind {
+    /// The lower-case word used in messages and error codes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NameKind::Channel => "channel",
+            NameKind::Device => "device",
+            NameKind::EventType => "event type",
+        }
+    }
+}
+
+/// A channel name, device id or event type that breaks the naming rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameError {
+    /// What was being named.
+    pub kind: NameKind,
+    /// Why it was refused.
+    pub reason: NameErrorReason,
+}
+
+/// Why a name was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameErrorReason {
+    /// The name is empty.
+    Empty,
+    /// The name is longer than the limit.
+    TooLong {
+        /// The limit, in bytes.
+        max: usize,
+    },
+    /// The name holds a character outside `A-Za-z0-9_.:-`.
+    BadCharacter,
+}
+
+impl fmt::Display for NameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = self.kind.as_str();
+        match self.reason {
+            NameErrorReason::Empty => write!(f, "{what} must not be empty"),
+            NameErrorReason::TooLong { max } => write!(f, "{what} is longer than {max} characters"),
+            NameErrorReason::BadCharacter => {
+                write!(f, "{what} may hold only the characters A-Z a-z 0-9 _ . : -")
+            }
+        }
+    }
+}
+
+impl std::error::Error for NameError {}
+
+/// A failure of the storage backend.
+#[derive(Debug)]
+pub enum StoreError {
+    /// The event id names no event that was ever published on the channel.
+    UnknownEvent {
+        /// The id that was asked for.
+        id: u64,
+    },
+    /// The backend cannot serve the request (I/O, corruption, a closed writer...).
+    Backend(Box<dyn std::error::Error + Send + Sync>),
+    /// The store was opened on data it cannot use (for instance a newer schema).
+    Incompatible(String),
+}
+
+impl StoreError {
+    /// Wraps any backend error.
+    pub fn backend(err: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreError::Backend(Box::new(err))
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::UnknownEvent { id } => write!(f, "no event with id {id} on this channel"),
+            StoreError::Backend(err) => write!(f, "storage failure: {err}"),
+            StoreError::Incompatible(msg) => write!(f, "incompatible store: {msg}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StoreError::Backend(err) => Some(err.as_ref()),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! Events: what a publisher sends ([`NewEvent`]) and what the store keeps and feeds deliver ([`Event`]).
+
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
+
+use crate::name::{ChannelName, DeviceId, EventType};
+use crate::sse;
+
+/// An event as a publisher hands it over, before the store gives it an id and a time.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// The publishing device, when it said who it is.
+    pub publisher: Option<DeviceId>,
+    /// The SSE event type, for clients that listen by type.
+    pub event_type: Option<EventType>,
+    /// The body, kept verbatim.
+    pub body: String,
+}
+
+/// A published event. Its id is the channel's sequence number: strictly increasing, never reused.
+#[derive(Debug)]
+pub struct Event {
+    /// The channel it was published on.
+    pub channel: ChannelName,
+    /// Its id within the channel, from 1.
+    pub id: u64,
+    /// When the store accepted it, in UTC, to the millisecond.
+    pub time: DateTime<Utc>,
+    /// The publishing device, if known.
+    pub publisher: Option<DeviceId>,
+    /// The SSE event type, if any.
+    pub event_type: Option<EventType>,
+    /// The body, verbatim.
+    pub body: String,
+    // The SSE frame, encoded once here and shared (reference-counted) with every subscriber.
+    frame: Bytes,
+}
+
+impl Event {
+    /// Builds the stored form of an event and encodes its SSE frame.
+    pub fn new(channel: ChannelName, id: u64, time: DateTime<Utc>, new: NewEvent) -> Self {
+        let frame = sse::encode_event(id, new.event_type.as_ref().map(|t| t.as_str()), &new.body);
+        Event {
+            channel,
+            id,
+            // Millisecond precision, so an event reads back from any store exactly as it was sent.
+            time: time.trunc_subsecs(3),
+            publisher: new.publisher,
+            event_type: new.event_type,
+            body: new.body,
+            frame,
+        }
+    }
+
+    /// The event's SSE frame, ready to write to a stream.
+    pub fn frame(&self) -> &Bytes {
+        &self.frame
+    }
+}
+
+/// Formats a time the way every PERE interface shows it: ISO-8601 UTC with milliseconds.
+pub fn format_time(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// The current time, to the millisecond.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(3)
+}

@@ -1,0 +1,29 @@
+//! PERE's core: the channel / event / receipt model and the engine that moves events, with no
+//! HTTP in sight.
+//!
+//! Layout:
+//! - [`name`]: validated channel names, device ids and event types;
+//! - [`event`]: events as published and as stored;
+//! - [`sse`]: the Server-Sent Events encoder;
+//! - [`receipt`]: return receipts and device records (the ledger's rows);
+//! - [`store`]: the storage contract and its backends;
+//! - [`hub`]: local fan-out, resume, presence and the ledger's operations;
+//! - [`wire`]: JSON shapes shared with the command-line tools;
+//! - [`error`]: the error types.
+#![deny(missing_docs, missing_debug_implementations)]
+
+pub mod error;
+pub mod event;
+pub mod hub;
+pub mod name;
+pub mod receipt;
+pub mod sse;
+pub mod store;
+pub mod wire;
+
+pub use error::{NameError, StoreError};
+pub use event::{Event, NewEvent};
+pub use hub::{FeedItem, Hub, HubConfig, SubscribeRequest, Subscription};
+pub use name::{ChannelName, DeviceId, EventType};
+pub use receipt::{DeviceRecord, Receipt};
+pub use store::{MemoryStore, Retention, Store};

@@ -1,0 +1,133 @@
+//! The receipt ledger's records: return receipts ([`Receipt`]) and what is known of each device on
+//! a channel ([`DeviceRecord`], updated through [`DeviceTouch`]).
+
+use chrono::{DateTime, Utc};
+
+use crate::name::{ChannelName, DeviceId};
+
+/// The longest receipt status, in bytes: a status reports local work, it is not a payload.
+pub const MAX_STATUS_LEN: usize = 1024;
+
+/// A return receipt: a device says what it did with one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The event's channel.
+    pub channel: ChannelName,
+    /// The event acknowledged.
+    pub event_id: u64,
+    /// The acknowledging device.
+    pub device: DeviceId,
+    /// The device's status text, e.g. `rx ok`.
+    pub status: String,
+    /// When the server recorded it.
+    pub time: DateTime<Utc>,
+}
+
+/// The last thing a device did on a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceOp {
+    /// Opened a feed.
+    Feed,
+    /// Sent a receipt.
+    Feedback,
+    /// Its last feed closed.
+    Disconnect,
+}
+
+impl DeviceOp {
+    /// The word the admin views and the original protocol use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceOp::Feed => "feed",
+            DeviceOp::Feedback => "feedback",
+            DeviceOp::Disconnect => "disconnect",
+        }
+    }
+
+    /// Parses [`DeviceOp::as_str`] back.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "feed" => Some(DeviceOp::Feed),
+            "feedback" => Some(DeviceOp::Feedback),
+            "disconnect" => Some(DeviceOp::Disconnect),
+            _ => None,
+        }
+    }
+}
+
+/// What the ledger keeps of one device on one channel; it outlives restarts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// The channel.
+    pub channel: ChannelName,
+    /// The device.
+    pub device: DeviceId,
+    /// First time the device was seen on the channel.
+    pub first_seen: DateTime<Utc>,
+    /// Last time the device was seen on the channel.
+    pub last_seen: DateTime<Utc>,
+    /// The last thing it did.
+    pub last_op: DeviceOp,
+    /// The original protocol's `Last-Event-Id`: the header a feed sent, or the id a receipt named.
+    pub last_event_id: Option<String>,
+    /// The highest event id written to one of its streams (saved when its streams close).
+    pub last_delivered: u64,
+    /// The highest event id it acknowledged.
+    pub last_acked: u64,
+    /// How many receipts it sent on this channel.
+    pub receipts: u64,
+}
+
+/// One update of a device record, applied atomically by the store so concurrent updates never
+/// lose a field: cursors only move forward, counters only add.
+#[derive(Debug, Clone)]
+pub struct DeviceTouch {
+    /// The channel.
+    pub channel: ChannelName,
+    /// The device.
+    pub device: DeviceId,
+    /// What it did.
+    pub op: DeviceOp,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// The original protocol's `Last-Event-Id` for this operation.
+    pub last_event_id: Option<String>,
+    /// A delivery cursor to raise `last_delivered` to.
+    pub delivered: u64,
+}
+
+impl DeviceRecord {
+    /// A fresh record for a device first seen by `touch`.
+    pub fn first(touch: &DeviceTouch) -> Self {
+        DeviceRecord {
+            channel: touch.channel.clone(),
+            device: touch.device.clone(),
+            first_seen: touch.at,
+            last_seen: touch.at,
+            last_op: touch.op,
+            last_event_id: touch.last_event_id.clone(),
+            last_delivered: touch.delivered,
+            last_acked: 0,
+            receipts: 0,
+        }
+    }
+
+    /// Applies a touch: the rule every backend follows.
+    pub fn apply(&mut self, touch: &DeviceTouch) {
+        self.last_seen = self.last_seen.max(touch.at);
+        self.last_op = touch.op;
+        self.last_event_id = touch.last_event_id.clone();
+        self.last_delivered = self.last_delivered.max(touch.delivered);
+    }
+
+    /// Applies a receipt: the rule every backend follows.
+    pub fn apply_receipt(&mut self, receipt: &Receipt) {
+        self.last_seen = self.last_seen.max(receipt.time);
+        self.last_op = DeviceOp::Feedback;
+        self.last_event_id = Some(receipt.event_id.to_string());
+        self.last_acked = self.last_acked.max(receipt.event_id);
+        // A receipt proves the event reached the device, whatever the stream bookkeeping saw.
+        self.last_delivered = self.last_delivered.max(receipt.event_id);
+        self.receipts += 1;
+    }
+}

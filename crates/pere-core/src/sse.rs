@@ -1,0 +1,188 @@
+//! The Server-Sent Events encoder: turns an event into the exact bytes of its SSE frame.
+//!
+//! Follows the WHATWG `text/event-stream` rules to the letter:
+//! - each field is `name: value` and a client strips exactly one space after the colon, so a
+//!   body line that starts with spaces keeps all but none of them;
+//! - a body is split on CR, LF and CRLF into one `data:` line each, so a multi-line body arrives
+//!   intact (line breaks arrive as LF, which is all an SSE client can deliver) and no body can
+//!   end the frame early, forge a second event or set an `id:`;
+//! - ids and event types come from validated values and can hold no line break.
+//!
+//! A frame is encoded once per event and its bytes are shared by every subscriber.
+
+use std::fmt::Write as _;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// The `event:` type of the notice sent when part of the requested history is no longer retained.
+pub const GAP_EVENT_TYPE: &str = "pere-gap";
+
+/// A comment line that keeps idle connections (and the proxies on their way) open.
+pub const KEEP_ALIVE_FRAME: &[u8] = b": keep-alive\n\n";
+
+/// Encodes one event frame: `id`, optional `event`, then the body as `data:` lines.
+pub fn encode_event(id: u64, event_type: Option<&str>, body: &str) -> Bytes {
+    // Exact size up front: one allocation per event, however many subscribers share it.
+    let lines = count_lines(body);
+    let mut len = 4 + 20 + 1 + body.len() + lines * 7 + 1;
+    if let Some(t) = event_type {
+        len += 8 + t.len();
+    }
+    let mut out = BytesMut::with_capacity(len);
+    out.put_slice(b"id: ");
+    // Writing into a BytesMut cannot fail.
+    let _ = writeln!(out, "{id}");
+    if let Some(t) = event_type {
+        debug_assert!(!t.contains(['\r', '\n']));
+        out.put_slice(b"event: ");
+        out.put_slice(t.as_bytes());
+        out.put_u8(b'\n');
+    }
+    for line in split_lines(body) {
+        out.put_slice(b"data: ");
+        out.put_slice(line.as_bytes());
+        out.put_u8(b'\n');
+    }
+    out.put_u8(b'\n');
+    out.freeze()
+}
+
+/// Encodes the notice that events `from..=to` are gone (pruned by retention) before replay goes on.
+/// It carries no `id:`, so the client's last event id is left as it was.
+pub fn encode_gap(from: u64, to: u64) -> Bytes {
+    Bytes::from(format!(
+        "event: {GAP_EVENT_TYPE}\ndata: {{\"from\":{from},\"to\":{to}}}\n\n"
+    ))
+}
+
+/// Encodes the `retry:` field that tells a client how long to wait before reconnecting.
+pub fn encode_retry(millis: u64) -> Bytes {
+    Bytes::from(format!("retry: {millis}\n\n"))
+}
+
+fn count_lines(body: &str) -> usize {
+    split_lines(body).count()
+}
+
+/// Splits on CRLF, CR and LF, as an SSE parser does. An empty body, or one that ends with a line
+/// break, yields a final empty line, so the client rebuilds exactly the same text.
+pub fn split_lines(body: &str) -> impl Iterator<Item = &str> {
+    let bytes = body.as_bytes();
+    let mut start = 0;
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        let rest = &bytes[start..];
+        match rest.iter().position(|&b| b == b'\n' || b == b'\r') {
+            Some(pos) => {
+                let line = &body[start..start + pos];
+                let skip = if rest[pos] == b'\r' && rest.get(pos + 1) == Some(&b'\n') { 2 } else { 1 };
+                start += pos + skip;
+                Some(line)
+            }
+            None => {
+                done = true;
+                Some(&body[start..])
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal WHATWG event-stream parser, to check what a browser would see.
+    fn parse(stream: &[u8]) -> Vec<(Option<String>, String, String)> {
+        let text = std::str::from_utf8(stream).unwrap();
+        let mut events = Vec::new();
+        let (mut id, mut ty, mut data) = (None, String::new(), String::new());
+        for line in split_lines(text) {
+            if line.is_empty() {
+                if !data.is_empty() {
+                    data.pop();
+                    events.push((id.clone(), std::mem::take(&mut ty), std::mem::take(&mut data)));
+                }
+                ty.clear();
+                continue;
+            }
+            let (field, value) = match line.find(':') {
+                Some(0) => continue,
+                Some(i) => {
+                    let v = &line[i + 1..];
+                    (&line[..i], v.strip_prefix(' ').unwrap_or(v))
+                }
+                None => (line, ""),
+            };
+            match field {
+                "id" => id = Some(value.to_owned()),
+                "event" => ty = value.to_owned(),
+                "data" => {
+                    data.push_str(value);
+                    data.push('\n');
+                }
+                _ => {}
+            }
+        }
+        events
+    }
+
+    #[test]
+    fn simple_event() {
+        let frame = encode_event(42, None, "hello");
+        assert_eq!(&frame[..], b"id: 42\ndata: hello\n\n");
+    }
+
+    #[test]
+    fn typed_event() {
+        let frame = encode_event(7, Some("order.created"), "{}");
+        assert_eq!(&frame[..], b"id: 7\nevent: order.created\ndata: {}\n\n");
+    }
+
+    #[test]
+    fn multi_line_bodies_arrive_intact_with_lf() {
+        for (body, expected) in [
+            ("a\nb", "a\nb"),
+            ("a\r\nb", "a\nb"),
+            ("a\rb", "a\nb"),
+            ("a\n\nb", "a\n\nb"),
+            ("trailing\n", "trailing\n"),
+            ("\n", "\n"),
+            ("", ""),
+            ("  two leading spaces", "  two leading spaces"),
+            (" one", " one"),
+            ("ünïcødé ✓ 🍐", "ünïcødé ✓ 🍐"),
+        ] {
+            let events = parse(&encode_event(1, None, body));
+            assert_eq!(events.len(), 1, "{body:?}");
+            assert_eq!(events[0].2, expected, "{body:?}");
+            assert_eq!(events[0].0.as_deref(), Some("1"));
+        }
+    }
+
+    #[test]
+    fn a_body_cannot_forge_events_or_ids() {
+        let forged = "x\n\nid: 999\nevent: admin\ndata: forged\n\r\n";
+        let events = parse(&encode_event(5, None, forged));
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].0.as_deref(), Some("5"));
+        assert_eq!(events[0].1, "");
+        assert_eq!(events[0].2, "x\n\nid: 999\nevent: admin\ndata: forged\n\n");
+    }
+
+    #[test]
+    fn capacity_is_exact_enough() {
+        let body = "a\nb\r\nc";
+        let frame = encode_event(u64::MAX, Some("t"), body);
+        assert!(frame.starts_with(b"id: 18446744073709551615\nevent: t\n"));
+    }
+
+    #[test]
+    fn gap_notice_has_no_id() {
+        let gap = encode_gap(3, 9);
+        let events = parse(&gap);
+        assert_eq!(events, vec![(None, GAP_EVENT_TYPE.to_owned(), "{\"from\":3,\"to\":9}".to_owned())]);
+    }
+}

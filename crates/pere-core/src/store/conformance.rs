@@ -1,0 +1,184 @@
+//! The store conformance suite: every backend runs these same checks of the [`Store`] contract.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::error::StoreError;
+use crate::event::{now, NewEvent};
+use crate::name::{ChannelName, DeviceId};
+use crate::receipt::{DeviceOp, DeviceTouch, Receipt};
+use crate::store::{Retention, Store};
+
+fn ch(name: &str) -> ChannelName {
+    ChannelName::new(name).unwrap()
+}
+
+fn dev(name: &str) -> DeviceId {
+    DeviceId::new(name).unwrap()
+}
+
+fn body(text: &str) -> NewEvent {
+    NewEvent { publisher: Some(dev("P1")), event_type: None, body: text.to_owned() }
+}
+
+fn receipt(channel: &str, id: u64, device: &str, status: &str) -> Receipt {
+    Receipt { channel: ch(channel), event_id: id, device: dev(device), status: status.to_owned(), time: now() }
+}
+
+const ROOMY: Retention = Retention { max_events: 1000, max_age: None };
+
+/// Runs every check, each on a fresh store made by `make`.
+pub(crate) async fn run_all<S, F, Fut>(make: F)
+where
+    S: Store,
+    F: Fn(Retention) -> Fut,
+    Fut: Future<Output = S>,
+{
+    ids_are_per_channel_sequences(make(ROOMY).await).await;
+    read_pages_and_head(make(ROOMY).await).await;
+    count_retention_prunes_oldest(make(Retention { max_events: 3, max_age: None }).await).await;
+    receipts_are_kept_and_move_cursors(make(ROOMY).await).await;
+    device_touches_only_move_forward(make(ROOMY).await).await;
+    concurrent_appends_get_unique_ids(make(ROOMY).await).await;
+    bodies_round_trip_verbatim(make(ROOMY).await).await;
+    age_retention_prunes(make(Retention { max_events: 100, max_age: Some(Duration::from_millis(1)) }).await).await;
+}
+
+async fn ids_are_per_channel_sequences(store: impl Store) {
+    let (a, b) = (ch("A"), ch("B"));
+    assert_eq!(store.head(&a).await.unwrap(), 0);
+    for expected in 1..=3 {
+        assert_eq!(store.append(&a, body("x")).await.unwrap().id, expected);
+    }
+    assert_eq!(store.append(&b, body("y")).await.unwrap().id, 1);
+    assert_eq!(store.head(&a).await.unwrap(), 3);
+    assert_eq!(store.head(&b).await.unwrap(), 1);
+    assert_eq!(store.channels().await.unwrap(), vec![a, b]);
+}
+
+async fn read_pages_and_head(store: impl Store) {
+    let c = ch("C");
+    let empty = store.read(&c, 0, 10).await.unwrap();
+    assert!(empty.events.is_empty());
+    assert_eq!((empty.head, empty.first_retained), (0, 1));
+    for i in 1..=5 {
+        store.append(&c, body(&format!("e{i}"))).await.unwrap();
+    }
+    let page = store.read(&c, 1, 2).await.unwrap();
+    assert_eq!(page.events.iter().map(|e| e.id).collect::<Vec<_>>(), vec![2, 3]);
+    assert_eq!(page.events[0].body, "e2");
+    assert_eq!((page.head, page.first_retained), (5, 1));
+    assert!(store.read(&c, 5, 10).await.unwrap().events.is_empty());
+    let recent = store.recent(&c, 2).await.unwrap();
+    assert_eq!(recent.iter().map(|e| e.id).collect::<Vec<_>>(), vec![4, 5]);
+    assert_eq!(store.event(&c, 3).await.unwrap().unwrap().body, "e3");
+    assert!(store.event(&c, 6).await.unwrap().is_none());
+}
+
+async fn count_retention_prunes_oldest(store: impl Store) {
+    let c = ch("C");
+    for _ in 0..5 {
+        store.append(&c, body("x")).await.unwrap();
+    }
+    let page = store.read(&c, 0, 100).await.unwrap();
+    assert_eq!(page.events.iter().map(|e| e.id).collect::<Vec<_>>(), vec![3, 4, 5]);
+    assert_eq!(page.first_retained, 3);
+    // A receipt for a pruned (but once published) event is accepted; one for a future id is not.
+    store.record_receipt(receipt("C", 1, "H1", "late")).await.unwrap();
+    assert!(matches!(
+        store.record_receipt(receipt("C", 6, "H1", "ok")).await,
+        Err(StoreError::UnknownEvent { id: 6 })
+    ));
+}
+
+async fn receipts_are_kept_and_move_cursors(store: impl Store) {
+    let c = ch("R");
+    assert!(matches!(
+        store.record_receipt(receipt("R", 1, "H1", "ok")).await,
+        Err(StoreError::UnknownEvent { id: 1 })
+    ));
+    store.append(&c, body("1")).await.unwrap();
+    store.append(&c, body("2")).await.unwrap();
+    assert!(matches!(
+        store.record_receipt(receipt("R", 0, "H1", "ok")).await,
+        Err(StoreError::UnknownEvent { id: 0 })
+    ));
+    store.record_receipt(receipt("R", 2, "H1", "rx ok")).await.unwrap();
+    store.record_receipt(receipt("R", 2, "H1", "done")).await.unwrap();
+    let record = store.record_receipt(receipt("R", 1, "H1", "late")).await.unwrap();
+    assert_eq!(record.last_acked, 2, "the ack cursor never moves back");
+    assert_eq!(record.receipts, 3);
+    assert_eq!(record.last_op, DeviceOp::Feedback);
+    let statuses: Vec<String> = store.receipts(&c, 2).await.unwrap().into_iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec!["rx ok", "done"]);
+    assert_eq!(store.devices(&c).await.unwrap().len(), 1);
+}
+
+async fn device_touches_only_move_forward(store: impl Store) {
+    let c = ch("D");
+    let touch = |op, delivered| DeviceTouch {
+        channel: c.clone(),
+        device: dev("H1"),
+        op,
+        at: now(),
+        last_event_id: Some("7".to_owned()),
+        delivered,
+    };
+    let first = store.touch_device(touch(DeviceOp::Feed, 0)).await.unwrap();
+    assert_eq!(first.last_op, DeviceOp::Feed);
+    store.touch_device(touch(DeviceOp::Disconnect, 9)).await.unwrap();
+    let record = store.touch_device(touch(DeviceOp::Feed, 4)).await.unwrap();
+    assert_eq!(record.last_delivered, 9);
+    assert_eq!(record.first_seen, first.first_seen);
+    let again = store.device(&c, &dev("H1")).await.unwrap().unwrap();
+    assert_eq!(again, record);
+    assert!(store.device(&c, &dev("nobody")).await.unwrap().is_none());
+}
+
+async fn concurrent_appends_get_unique_ids(store: impl Store) {
+    let c = ch("P");
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (store, c) = (store.clone(), c.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..50 {
+                ids.push(store.append(&c, body("x")).await.unwrap().id);
+            }
+            ids
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=400).collect::<Vec<u64>>());
+}
+
+async fn bodies_round_trip_verbatim(store: impl Store) {
+    let c = ch("V");
+    let text = "line 1\r\nline 2\n\n  ünïcødé 🍐\n";
+    let typed = NewEvent {
+        publisher: None,
+        event_type: Some(crate::name::EventType::new("order.created").unwrap()),
+        body: text.to_owned(),
+    };
+    let sent = store.append(&c, typed).await.unwrap();
+    let read = store.event(&c, sent.id).await.unwrap().unwrap();
+    assert_eq!(read.body, text);
+    assert_eq!(read.time, sent.time);
+    assert_eq!(read.publisher, None);
+    assert_eq!(read.event_type.as_ref().map(|t| t.as_str()), Some("order.created"));
+    assert_eq!(read.frame(), sent.frame());
+}
+
+async fn age_retention_prunes(store: impl Store) {
+    let c = ch("Age");
+    store.append(&c, body("old")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    store.append(&c, body("new")).await.unwrap();
+    let page = store.read(&c, 0, 10).await.unwrap();
+    assert_eq!(page.events.iter().map(|e| e.body.as_str()).collect::<Vec<_>>(), vec!["new"]);
+    assert_eq!(page.first_retained, 2);
+}

@@ -1,0 +1,159 @@
+//! The storage contract ([`Store`]) and its backends: everything that must outlive a restart goes
+//! through it (events, receipts, device records).
+//!
+//! # Contract
+//! - `append` gives the event the channel's next id and makes it readable; ids of one channel are
+//!   strictly increasing and never reused, and an append that fails consumes no id.
+//! - An event is durable, by the backend's own promise, when `append` returns.
+//! - `read(after)` returns retained events with ids greater than `after`, in order, and says which
+//!   is the oldest id still retained, so a reader can tell "pruned" from "never existed".
+//! - Device records change only through [`DeviceTouch`] and [`Receipt`], applied atomically with
+//!   the rules of [`DeviceRecord::apply`] and [`DeviceRecord::apply_receipt`].
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::StoreError;
+use crate::event::{Event, NewEvent};
+use crate::name::{ChannelName, DeviceId};
+use crate::receipt::{DeviceRecord, DeviceTouch, Receipt};
+
+pub mod memory;
+
+pub use memory::MemoryStore;
+
+/// How much history each channel keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// The most events kept per channel; older ones are pruned.
+    pub max_events: usize,
+    /// Events older than this are pruned; `None` keeps them until `max_events` pushes them out.
+    pub max_age: Option<Duration>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        // Enough to ride out a long disconnect of a phone on a busy channel, small enough that a
+        // full replay stays cheap.
+        Retention { max_events: 10_000, max_age: Some(Duration::from_secs(7 * 24 * 3600)) }
+    }
+}
+
+/// A page of history, as returned by [`Store::read`].
+#[derive(Debug, Clone, Default)]
+pub struct EventPage {
+    /// Retained events after the requested position, oldest first.
+    pub events: Vec<Arc<Event>>,
+    /// The oldest id still retained (`head + 1` when nothing is).
+    pub first_retained: u64,
+    /// The channel's last id (0 before its first event).
+    pub head: u64,
+}
+
+/// The storage backend of a [`Hub`](crate::hub::Hub). Handles are cheap to clone and share one store.
+pub trait Store: Clone + Send + Sync + 'static {
+    /// Appends an event, giving it the channel's next id and the current time.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the event could not be stored; no id is consumed then.
+    fn append(
+        &self,
+        channel: &ChannelName,
+        event: NewEvent,
+    ) -> impl Future<Output = Result<Arc<Event>, StoreError>> + Send;
+
+    /// The channel's last event id, 0 for a channel with no events.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the store cannot be read.
+    fn head(&self, channel: &ChannelName) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// At most `limit` retained events with ids greater than `after`, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the store cannot be read.
+    fn read(
+        &self,
+        channel: &ChannelName,
+        after: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<EventPage, StoreError>> + Send;
+
+    /// The newest `limit` retained events, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the store cannot be read.
+    fn recent(
+        &self,
+        channel: &ChannelName,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Arc<Event>>, StoreError>> + Send;
+
+    /// One retained event.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the store cannot be read.
+    fn event(
+        &self,
+        channel: &ChannelName,
+        id: u64,
+    ) -> impl Future<Output = Result<Option<Arc<Event>>, StoreError>> + Send;
+
+    /// Records a receipt and applies it to the device's record, atomically.
+    ///
+    /// # Errors
+    /// [`StoreError::UnknownEvent`] when no event with that id was ever published on the channel
+    /// (a receipt for an event already pruned is still recorded); [`StoreError::Backend`] otherwise.
+    fn record_receipt(
+        &self,
+        receipt: Receipt,
+    ) -> impl Future<Output = Result<DeviceRecord, StoreError>> + Send;
+
+    /// Every receipt recorded for one event, in the order they arrived.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the store cannot be read.
+    fn receipts(
+        &self,
+        channel: &ChannelName,
+        event_id: u64,
+    ) -> impl Future<Output = Result<Vec<Receipt>, StoreError>> + Send;
+
+    /// Creates or updates a device record.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the store cannot be written.
+    fn touch_device(
+        &self,
+        touch: DeviceTouch,
+    ) -> impl Future<Output = Result<DeviceRecord, StoreError>> + Send;
+
+    /// One device's record on a channel.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the store cannot be read.
+    fn device(
+        &self,
+        channel: &ChannelName,
+        device: &DeviceId,
+    ) -> impl Future<Output = Result<Option<DeviceRecord>, StoreError>> + Send;
+
+    /// Every device record of a channel, ordered by device id.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the store cannot be read.
+    fn devices(
+        &self,
+        channel: &ChannelName,
+    ) -> impl Future<Output = Result<Vec<DeviceRecord>, StoreError>> + Send;
+
+    /// Every channel that has events or devices, ordered by name.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the store cannot be read.
+    fn channels(&self) -> impl Future<Output = Result<Vec<ChannelName>, StoreError>> + Send;
+}
+
+#[cfg(test)]
+pub(crate) mod conformance;
