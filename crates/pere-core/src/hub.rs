@@ -244,8 +244,13 @@ impl<S: Store> Hub<S> {
                 })
                 .await?;
         }
-        let explicit = after.is_some_and(|a| a > 0);
+        let mut explicit = after.is_some_and(|a| a > 0);
         let mut after = after.unwrap_or(0);
+        // Heads only grow, so a position beyond the head read now was never given out here.
+        if after > self.store.head(channel).await? {
+            after = 0;
+            explicit = false;
+        }
 
         let live = request.device.as_ref().map(|device| {
             let mut devices = self.live_devices.lock().unwrap_or_else(|e| e.into_inner());
@@ -263,11 +268,6 @@ impl<S: Store> Hub<S> {
             hub.subscriber_count.store(state.subscribers.len(), Ordering::Relaxed);
             state.last_released
         };
-        let mut explicit = explicit;
-        if after > snapshot {
-            after = 0;
-            explicit = false;
-        }
         Ok(Subscription {
             hub: self.clone(),
             channel_hub: hub,
@@ -279,6 +279,7 @@ impl<S: Store> Hub<S> {
             lagged,
             replay_next: after,
             replay_until: snapshot,
+            skip_live_through: after,
             replayed: VecDeque::new(),
             report_gaps: explicit,
         })
@@ -387,6 +388,9 @@ pub struct Subscription<S: Store> {
     lagged: Arc<AtomicBool>,
     replay_next: u64,
     replay_until: u64,
+    // A position between the last released event and the head: live events up to it were
+    // already seen by the client.
+    skip_live_through: u64,
     replayed: VecDeque<Arc<Event>>,
     report_gaps: bool,
 }
@@ -421,6 +425,9 @@ impl<S: Store> Subscription<S> {
                 continue;
             }
             let event = self.rx.recv().await?;
+            if event.id <= self.skip_live_through {
+                continue;
+            }
             return Some(Ok(self.delivered(event)));
         }
     }
@@ -431,8 +438,12 @@ impl<S: Store> Subscription<S> {
         if !self.replayed.is_empty() || self.replay_next < self.replay_until {
             return None;
         }
-        let event = self.rx.try_recv().ok()?;
-        Some(self.mark(event))
+        loop {
+            let event = self.rx.try_recv().ok()?;
+            if event.id > self.skip_live_through {
+                return Some(self.mark(event));
+            }
+        }
     }
 
     fn delivered(&self, event: Arc<Event>) -> FeedItem {
