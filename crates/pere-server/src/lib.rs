@@ -1,1 +1,132 @@
+//! PERE's HTTP server: a thin hyper 1.x layer over `pere-core`.
+//!
+//! Layout:
+//! - [`config`]: the command line and settings;
+//! - [`route`]: method and path to a [`route::Route`];
+//! - [`api`]: the handlers, one core operation each;
+//! - [`sse_body`]: a subscription as an SSE response body;
+//! - [`error`]: errors as JSON answers;
+//! - [`log`]: the activity log in the original PERE's format.
+//!
+//! [`run`] serves a bound listener until the state's shutdown token is cancelled, then drains.
+#![deny(missing_docs, missing_debug_implementations)]
 
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod log;
+pub mod route;
+pub mod sse_body;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use pere_core::{Hub, HubConfig, Retention, Store};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use api::AppState;
+pub use config::Config;
+
+/// The one response body type: a full body or an SSE stream.
+pub type ResponseBody = UnsyncBoxBody<Bytes, Infallible>;
+
+/// A body of the given bytes.
+pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+    Full::new(bytes.into()).boxed_unsync()
+}
+
+/// An empty body.
+pub fn empty() -> ResponseBody {
+    Empty::new().boxed_unsync()
+}
+
+/// A JSON answer (pretty-printed, as the original's admin views were; the cost is negligible
+/// beside the request itself).
+pub fn json_response(status: StatusCode, value: &impl Serialize) -> Response<ResponseBody> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_else(|_| b"{}".to_vec());
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+impl<S: Store> AppState<S> {
+    /// The state of a server over `store`, configured by `config`.
+    pub fn new(store: S, config: Config) -> Arc<Self> {
+        let hub = Hub::new(
+            store,
+            HubConfig { subscriber_buffer: config.subscriber_buffer.max(1), ..HubConfig::default() },
+        );
+        let log = log::Log::stdout(!config.quiet);
+        Arc::new(AppState { hub, config, log, shutdown: CancellationToken::new() })
+    }
+}
+
+/// The retention the settings ask for.
+pub fn retention(config: &Config) -> Retention {
+    Retention {
+        max_events: config.retention_events.max(1),
+        max_age: (!config.retention_age.is_zero()).then_some(config.retention_age),
+    }
+}
+
+/// Serves connections from `listener` until `state.shutdown` is cancelled, then stops accepting,
+/// ends every feed, and waits up to the configured timeout for open requests to finish.
+///
+/// # Errors
+/// Never in practice: accept errors (such as running out of file descriptors) are logged and
+/// retried after a short pause.
+pub async fn run<S: Store>(listener: TcpListener, state: Arc<AppState<S>>) -> std::io::Result<()> {
+    let graceful = GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = state.shutdown.cancelled() => break,
+        };
+        let (stream, _peer) = match accepted {
+            Ok(conn) => conn,
+            Err(err) => {
+                // EMFILE and friends: back off instead of spinning; connections that close will
+                // free descriptors.
+                eprintln!("ERROR> accept: {err}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Events are small and latency matters more than packet count.
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let service = service_fn(move |request| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(api::serve(state, request).await) }
+        });
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            // A client that never finishes its headers must not hold a connection forever.
+            .header_read_timeout(Duration::from_secs(30))
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            // A client that vanishes mid-request is its own business, not an error of the server.
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    let deadline = Duration::from_secs(state.config.shutdown_timeout_secs);
+    if tokio::time::timeout(deadline, graceful.shutdown()).await.is_err() {
+        eprintln!("ERROR> shutdown: some connections were still open after {deadline:?}; closing them");
+    }
+    Ok(())
+}

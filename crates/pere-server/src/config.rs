@@ -1,0 +1,132 @@
+//! The server's settings: the command line (`pere-server --help`) and what it turns into.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Where events, receipts and device records are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// In process memory: fast, gone on restart. For tests and demos.
+    Memory,
+}
+
+/// PERE: Push Events with Return-receipt Engine.
+///
+/// Publishers POST events to /push/CHANNEL; devices hold GET /feed/CHANNEL (Server-Sent Events)
+/// and POST a return receipt per event to /feedback/CHANNEL; /admin/* shows who got what.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "pere-server", version, about, long_about)]
+pub struct Config {
+    /// Address to listen on (use 0.0.0.0 to accept connections from other machines).
+    #[arg(short = 'o', long = "host", default_value = "127.0.0.1", env = "PERE_HOST")]
+    pub host: IpAddr,
+
+    /// Port to listen on; 0 picks a free port. The bound address is the first line printed.
+    #[arg(short = 'p', long = "port", default_value_t = 4567, env = "PERE_PORT")]
+    pub port: u16,
+
+    /// Storage backend.
+    #[arg(long = "store", value_enum, default_value = "memory", env = "PERE_STORE")]
+    pub store: StoreKind,
+
+    /// Largest accepted event body, in bytes (larger pushes get 413).
+    #[arg(long = "max-body", default_value_t = 64 * 1024, env = "PERE_MAX_BODY")]
+    pub max_body: usize,
+
+    /// Events kept per channel for replay; older ones are pruned.
+    #[arg(long = "retention-events", default_value_t = 10_000, env = "PERE_RETENTION_EVENTS")]
+    pub retention_events: usize,
+
+    /// Longest time an event is kept for replay, e.g. 90s, 30m, 12h, 7d; 0 keeps events until
+    /// --retention-events pushes them out.
+    #[arg(long = "retention-age", default_value = "7d", value_parser = parse_duration, env = "PERE_RETENTION_AGE")]
+    pub retention_age: Duration,
+
+    /// Seconds between keep-alive comments on idle feeds.
+    #[arg(long = "keep-alive", default_value_t = 15, env = "PERE_KEEP_ALIVE")]
+    pub keep_alive_secs: u64,
+
+    /// Reconnection delay suggested to clients (the SSE `retry:` field), in milliseconds.
+    #[arg(long = "retry-ms", default_value_t = 3000, env = "PERE_RETRY_MS")]
+    pub retry_ms: u64,
+
+    /// Events queued for one subscriber before it counts as too slow and its stream is closed
+    /// (it resumes with Last-Event-ID and loses nothing).
+    #[arg(long = "subscriber-buffer", default_value_t = 1024, env = "PERE_SUBSCRIBER_BUFFER")]
+    pub subscriber_buffer: usize,
+
+    /// Origins whose web pages may use this server (CORS); repeat the flag or separate with
+    /// commas. `*` allows any origin.
+    #[arg(long = "allow-origin", default_value = "*", value_delimiter = ',', env = "PERE_ALLOW_ORIGIN")]
+    pub allow_origins: Vec<String>,
+
+    /// Do not log a line per push, feed and receipt (start, stop and errors are still logged).
+    #[arg(short = 'q', long = "quiet", env = "PERE_QUIET")]
+    pub quiet: bool,
+
+    /// Seconds to wait for open requests to finish on shutdown before closing them.
+    #[arg(long = "shutdown-timeout", default_value_t = 5, env = "PERE_SHUTDOWN_TIMEOUT")]
+    pub shutdown_timeout_secs: u64,
+}
+
+impl std::fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StoreKind::Memory => "memory",
+        })
+    }
+}
+
+impl Config {
+    /// Whether `origin` may use the server from a browser page.
+    pub fn origin_allowed(&self, origin: &str) -> bool {
+        self.allow_origins.iter().any(|o| o == "*" || o == origin)
+    }
+
+    /// The default settings, as with no flags (for tests and embedding).
+    pub fn defaults() -> Self {
+        Config::parse_from(["pere-server"])
+    }
+}
+
+/// Parses `90s`, `30m`, `12h`, `7d` or a bare number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number.parse().map_err(|_| format!("`{text}` is not a duration like 90s, 30m, 12h or 7d"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("unknown unit in `{text}`: use s, m, h or d")),
+    };
+    Ok(Duration::from_secs(n * secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86_400));
+        assert_eq!(parse_duration("15").unwrap(), Duration::from_secs(15));
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("x").is_err());
+    }
+
+    #[test]
+    fn defaults_match_the_original() {
+        let config = Config::defaults();
+        assert_eq!(config.port, 4567);
+        assert_eq!(config.max_body, 65_536);
+        assert!(config.origin_allowed("https://example.org"));
+    }
+}

@@ -1,0 +1,87 @@
+//! Request routing: method and path become a [`Route`], or an error that says what is wrong.
+
+use hyper::Method;
+
+/// Every endpoint of the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// `GET /`: the JSON banner, or the subscriber page for a browser.
+    Root,
+    /// `GET /subscriber.html`.
+    SubscriberPage,
+    /// `GET /health`.
+    Health,
+    /// `POST /push/:channel`.
+    Push(&'a str),
+    /// `GET /feed/:channel`.
+    Feed(&'a str),
+    /// `POST /feedback/:channel`.
+    Feedback(&'a str),
+    /// `GET /admin/connections`.
+    AdminConnections,
+    /// `GET /admin/events/:channel`.
+    AdminEvents(&'a str),
+    /// `GET /admin/devices/:channel`.
+    AdminDevices(&'a str),
+    /// `GET /admin/receipts/:channel/:id`.
+    AdminReceipts(&'a str, &'a str),
+    /// `OPTIONS` on any path: a CORS preflight.
+    Preflight,
+}
+
+/// Why a request matches no route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoRoute {
+    /// No such path.
+    NotFound,
+    /// The path exists, with other methods.
+    MethodNotAllowed(&'static str),
+}
+
+impl<'a> Route<'a> {
+    /// Matches a request line.
+    pub fn parse(method: &Method, path: &'a str) -> Result<Route<'a>, NoRoute> {
+        if method == Method::OPTIONS {
+            return Ok(Route::Preflight);
+        }
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let (route, allowed) = match segments.as_slice() {
+            [""] => (Route::Root, "GET"),
+            ["subscriber.html"] => (Route::SubscriberPage, "GET"),
+            ["health"] => (Route::Health, "GET"),
+            ["push", channel] => (Route::Push(channel), "POST"),
+            ["feed", channel] => (Route::Feed(channel), "GET"),
+            ["feedback", channel] => (Route::Feedback(channel), "POST"),
+            ["admin", "connections"] => (Route::AdminConnections, "GET"),
+            ["admin", "events", channel] => (Route::AdminEvents(channel), "GET"),
+            ["admin", "devices", channel] => (Route::AdminDevices(channel), "GET"),
+            ["admin", "receipts", channel, id] => (Route::AdminReceipts(channel, id), "GET"),
+            _ => return Err(NoRoute::NotFound),
+        };
+        let method_ok = match allowed {
+            "GET" => method == Method::GET || method == Method::HEAD,
+            _ => method == Method::POST,
+        };
+        if method_ok {
+            Ok(route)
+        } else {
+            Err(NoRoute::MethodNotAllowed(allowed))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(Route::parse(&Method::POST, "/push/C1"), Ok(Route::Push("C1")));
+        assert_eq!(Route::parse(&Method::GET, "/feed/C1"), Ok(Route::Feed("C1")));
+        assert_eq!(Route::parse(&Method::GET, "/admin/receipts/C1/7"), Ok(Route::AdminReceipts("C1", "7")));
+        assert_eq!(Route::parse(&Method::GET, "/"), Ok(Route::Root));
+        assert_eq!(Route::parse(&Method::GET, "/push/C1"), Err(NoRoute::MethodNotAllowed("POST")));
+        assert_eq!(Route::parse(&Method::GET, "/feed/C1/extra"), Err(NoRoute::NotFound));
+        assert_eq!(Route::parse(&Method::GET, "/nowhere"), Err(NoRoute::NotFound));
+    }
+}
