@@ -1,1 +1,270 @@
+//! The end-to-end test harness: start the real `pere-server`, `pere-pub` and `pere-sub`
+//! binaries, read what they print, and talk to the server over HTTP with real clients.
+//!
+//! Nothing here sleeps to synchronise: every wait is for an observable fact (a line printed, an
+//! event received, an HTTP answer) under a timeout, so a failure shows as a clear panic.
+#![deny(missing_docs, missing_debug_implementations)]
 
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use eventsource_stream::{Event as SseEvent, Eventsource};
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::Notify;
+
+/// How long any single wait may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// The path of a workspace binary, next to the test executable's directory.
+///
+/// The binaries are built by `cargo build --workspace --bins` (the README's test command does it
+/// first); each binary crate also has its own integration test, so a plain `cargo test
+/// --workspace` builds them too.
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target directory");
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
+    path
+}
+
+/// A child process whose stdout and stderr lines are collected as they come.
+#[derive(Debug)]
+pub struct Proc {
+    /// The child; killed when this is dropped.
+    pub child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    errors: Arc<Mutex<Vec<String>>>,
+    changed: Arc<Notify>,
+}
+
+impl Proc {
+    /// Starts `name` (a workspace binary) with `args`.
+    pub fn start(name: &str, args: &[&str]) -> Proc {
+        Self::start_with(Command::new(bin_path(name)).args(args))
+    }
+
+    /// Starts a prepared command.
+    pub fn start_with(command: &mut Command) -> Proc {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn binary");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let changed = Arc::new(Notify::new());
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        for (pipe, sink) in [(Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Send + Unpin>, lines.clone()), (Box::new(stderr), errors.clone())] {
+            let changed = changed.clone();
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(pipe).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    sink.lock().unwrap().push(line);
+                    changed.notify_waiters();
+                }
+                changed.notify_waiters();
+            });
+        }
+        Proc { child, lines, errors, changed }
+    }
+
+    /// Every stdout line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Every stderr line so far.
+    pub fn errors(&self) -> Vec<String> {
+        self.errors.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `count` stdout lines satisfy `matches`; returns those lines.
+    pub async fn wait_lines(&self, count: usize, matches: impl Fn(&str) -> bool) -> Vec<String> {
+        let found = tokio::time::timeout(WAIT, async {
+            loop {
+                let notified = self.changed.notified();
+                let found: Vec<String> = self.lines().into_iter().filter(|l| matches(l)).collect();
+                if found.len() >= count {
+                    return found;
+                }
+                notified.await;
+            }
+        })
+        .await;
+        match found {
+            Ok(found) => found,
+            Err(_) => panic!(
+                "waited {WAIT:?} for {count} matching lines\nstdout:\n{}\nstderr:\n{}",
+                self.lines().join("\n"),
+                self.errors().join("\n")
+            ),
+        }
+    }
+
+    /// Waits for the first stdout line that satisfies `matches`.
+    pub async fn wait_line(&self, matches: impl Fn(&str) -> bool) -> String {
+        self.wait_lines(1, matches).await.remove(0)
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub async fn wait_exit(&mut self) -> i32 {
+        let status = tokio::time::timeout(WAIT, self.child.wait()).await.expect("process did not exit").expect("wait");
+        status.code().unwrap_or(-1)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+}
+
+/// A running `pere-server` on a free loopback port.
+#[derive(Debug)]
+pub struct TestServer {
+    /// The server process.
+    pub proc: Proc,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// An HTTP client for this server.
+    pub http: reqwest::Client,
+}
+
+impl TestServer {
+    /// Starts the server with the memory store and `extra` flags.
+    pub async fn start(extra: &[&str]) -> TestServer {
+        let mut args = vec!["-o", "127.0.0.1", "-p", "0"];
+        if !extra.contains(&"--store") {
+            args.extend(["--store", "memory"]);
+        }
+        args.extend_from_slice(extra);
+        Self::start_args(&args).await
+    }
+
+    /// Starts the server with exactly these arguments.
+    pub async fn start_args(args: &[&str]) -> TestServer {
+        let proc = Proc::start("pere-server", args);
+        let first = proc.wait_line(|l| l.contains("listening on")).await;
+        let base = first
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .expect("address in the first line")
+            .to_owned();
+        TestServer { proc, base, http: reqwest::Client::new() }
+    }
+
+    /// The URL of `path` on this server.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// `host:port`, as the command-line tools take it.
+    pub fn host_port(&self) -> String {
+        self.base.trim_start_matches("http://").to_owned()
+    }
+
+    /// Publishes `body` on `channel`; returns the id the server gave it.
+    pub async fn push(&self, channel: &str, body: &str) -> u64 {
+        let response = self.http.post(self.url(&format!("/push/{channel}"))).body(body.to_owned()).send().await.expect("push");
+        assert_eq!(response.status(), 200, "push answered {}", response.status());
+        let json: serde_json::Value = response.json().await.expect("push answer");
+        json["id"].as_u64().expect("id in push answer")
+    }
+
+    /// GETs `path` and parses the JSON answer.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let response = self.http.get(self.url(path)).send().await.expect("get");
+        assert!(response.status().is_success(), "GET {path} answered {}", response.status());
+        response.json().await.expect("json")
+    }
+
+    /// Posts a JSON receipt; returns the status and the JSON answer.
+    pub async fn ack(&self, channel: &str, device: &str, id: u64, status: &str) -> (u16, serde_json::Value) {
+        let response = self
+            .http
+            .post(self.url(&format!("/feedback/{channel}")))
+            .json(&serde_json::json!({"device": device, "id": id, "status": status}))
+            .send()
+            .await
+            .expect("feedback");
+        let code = response.status().as_u16();
+        (code, response.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Opens a feed with the given request headers.
+    pub async fn feed(&self, channel: &str, headers: &[(&str, &str)]) -> Feed {
+        self.feed_path(&format!("/feed/{channel}"), headers).await
+    }
+
+    /// Opens a feed at a full path (with a query string, say).
+    pub async fn feed_path(&self, path: &str, headers: &[(&str, &str)]) -> Feed {
+        let mut request = self.http.get(self.url(path)).header("accept", "text/event-stream");
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = tokio::time::timeout(WAIT, request.send()).await.expect("feed answer in time").expect("feed");
+        assert_eq!(response.status(), 200, "feed answered {}", response.status());
+        Feed { events: response.bytes_stream().eventsource().boxed() }
+    }
+
+    /// The server's resident memory, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.proc.pid())).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+}
+
+/// An open SSE feed.
+pub struct Feed {
+    events: BoxStream<'static, Result<SseEvent, eventsource_stream::EventStreamError<reqwest::Error>>>,
+}
+
+impl std::fmt::Debug for Feed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Feed")
+    }
+}
+
+impl Feed {
+    /// The next event (of any type), or a panic after [`WAIT`].
+    pub async fn next(&mut self) -> SseEvent {
+        match tokio::time::timeout(WAIT, self.events.next()).await {
+            Ok(Some(Ok(event))) => event,
+            Ok(other) => panic!("feed ended: {other:?}"),
+            Err(_) => panic!("no event within {WAIT:?}"),
+        }
+    }
+
+    /// The next `n` events' ids.
+    pub async fn next_ids(&mut self, n: usize) -> Vec<u64> {
+        let mut ids = Vec::with_capacity(n);
+        for _ in 0..n {
+            ids.push(self.next().await.id.parse().expect("numeric id"));
+        }
+        ids
+    }
+
+    /// Waits for the stream to end (the server closed it); returns the events seen before.
+    pub async fn until_end(&mut self) -> Vec<SseEvent> {
+        let mut seen = Vec::new();
+        loop {
+            match tokio::time::timeout(WAIT, self.events.next()).await {
+                Ok(Some(Ok(event))) => seen.push(event),
+                Ok(_) => return seen,
+                Err(_) => panic!("feed still open after {WAIT:?}"),
+            }
+        }
+    }
+}

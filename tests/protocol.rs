@@ -1,0 +1,221 @@
+//! End-to-end tests of the wire protocol against the real `pere-server` binary: publish, feed,
+//! receipts, admin views, resume, bodies that try to break the framing, and bad input.
+
+use pere_e2e::TestServer;
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn publish_reaches_every_subscriber_in_order_and_receipts_are_recorded() {
+    let server = TestServer::start(&[]).await;
+    let mut h1 = server.feed("CHANNEL_1", &[("device", "H1")]).await;
+    let mut w1 = server.feed_path("/feed/CHANNEL_1?device=W1", &[]).await;
+    let mut anonymous = server.feed("CHANNEL_1", &[]).await;
+    for i in 1..=5 {
+        assert_eq!(server.push("CHANNEL_1", &format!("{{\"n\":{i}}}")).await, i);
+    }
+    for feed in [&mut h1, &mut w1, &mut anonymous] {
+        for i in 1..=5u64 {
+            let event = feed.next().await;
+            assert_eq!(event.id, i.to_string());
+            assert_eq!(event.data, format!("{{\"n\":{i}}}"));
+        }
+    }
+    for i in 1..=5 {
+        let (status, receipt) = server.ack("CHANNEL_1", "H1", i, "rx ok").await;
+        assert_eq!(status, 200);
+        assert_eq!(receipt["id"], i);
+        assert_eq!(receipt["device"], "H1");
+        assert_eq!(receipt["status"], "rx ok");
+    }
+    server.ack("CHANNEL_1", "W1", 3, "ok").await;
+
+    let connections = server.get_json("/admin/connections").await;
+    assert_eq!(connections, json!({"CHANNEL_1": 3, "total number": 3}));
+    let devices = server.get_json("/admin/devices/CHANNEL_1").await;
+    assert_eq!(devices["H1"]["op"], "feedback");
+    assert_eq!(devices["H1"]["Last-Event-Id"], "5");
+    assert_eq!(devices["H1"]["last_acked"], 5);
+    assert_eq!(devices["H1"]["online"], true);
+    assert_eq!(devices["W1"]["last_acked"], 3);
+    assert_eq!(devices["W1"]["last_delivered"], 5);
+    assert!(devices.get("anonymous").is_none() && devices.as_object().unwrap().len() == 2);
+
+    let receipts = server.get_json("/admin/receipts/CHANNEL_1/4").await;
+    assert_eq!(receipts["acknowledged"][0]["device"], "H1");
+    assert_eq!(receipts["delivered"], json!(["W1"]));
+    assert_eq!(receipts["pending"], json!([]));
+    let events = server.get_json("/admin/events/CHANNEL_1").await;
+    assert_eq!(events, json!([{"n":1},{"n":2},{"n":3},{"n":4},{"n":5}]));
+
+    // A device that goes away is offline, and a new known device that never received shows pending.
+    drop(w1);
+    server.proc.wait_line(|l| l.starts_with("FEED END>") && l.contains("W1")).await;
+    let devices = server.get_json("/admin/devices/CHANNEL_1").await;
+    assert_eq!(devices["W1"]["online"], false);
+    assert_eq!(devices["W1"]["op"], "disconnect");
+}
+
+#[tokio::test]
+async fn resume_by_last_event_id_header_query_and_device_cursor() {
+    let server = TestServer::start(&[]).await;
+    for i in 1..=6 {
+        server.push("C", &format!("e{i}")).await;
+    }
+    let mut by_header = server.feed("C", &[("Last-Event-ID", "4")]).await;
+    assert_eq!(by_header.next_ids(2).await, vec![5, 6]);
+    let mut by_query = server.feed_path("/feed/C?lastEventId=2", &[]).await;
+    assert_eq!(by_query.next_ids(4).await, vec![3, 4, 5, 6]);
+
+    // A device known on the channel resumes after the last event it acknowledged.
+    let mut first = server.feed("C", &[("device", "H7")]).await;
+    assert_eq!(first.next_ids(6).await, vec![1, 2, 3, 4, 5, 6]);
+    server.ack("C", "H7", 3, "rx ok").await;
+    drop(first);
+    let mut reloaded = server.feed_path("/feed/C?device=H7", &[]).await;
+    server.push("C", "e7").await;
+    assert_eq!(reloaded.next_ids(4).await, vec![4, 5, 6, 7]);
+
+    // An id the server never gave (an original PERE timestamp) replays the retained history.
+    let mut old_client = server.feed("C", &[("Last-Event-ID", "2014-12-01T15:01:45.025Z")]).await;
+    assert_eq!(old_client.next_ids(1).await, vec![1]);
+}
+
+#[tokio::test]
+async fn bodies_arrive_verbatim_and_cannot_forge_events() {
+    let server = TestServer::start(&[]).await;
+    let mut feed = server.feed("C", &[]).await;
+    let bodies = [
+        "line one\nline two\n\nline four",
+        "ünïcødé ✓ 🍐 日本語",
+        "x\n\nid: 999\nevent: admin\ndata: forged\n\n",
+        "  leading spaces",
+        "",
+        "{\"json\": [1, 2, 3]}",
+    ];
+    for body in bodies {
+        server.push("C", body).await;
+    }
+    for (i, body) in bodies.iter().enumerate() {
+        let event = feed.next().await;
+        assert_eq!(event.id, (i + 1).to_string(), "body {body:?}");
+        assert_eq!(event.event, "message");
+        assert_eq!(event.data, *body);
+    }
+    // CR and CRLF line breaks arrive as LF: all an SSE client can deliver.
+    server.push("C", "a\r\nb\rc").await;
+    assert_eq!(feed.next().await.data, "a\nb\nc");
+    // A typed event keeps its type.
+    let response = server.http.post(server.url("/push/C?event=order.created")).body("typed").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let event = feed.next().await;
+    assert_eq!((event.event.as_str(), event.data.as_str()), ("order.created", "typed"));
+}
+
+#[tokio::test]
+async fn every_old_client_feedback_form_is_accepted() {
+    let server = TestServer::start(&[]).await;
+    let id = server.push("C", "{}").await;
+    let id_text = id.to_string();
+    let forms: [(&[(&str, &str)], &str, &str); 3] = [
+        (&[("device", "H0039000000001"), ("last_event_id", &id_text)], "status=rx+ok", "rx ok"),
+        (&[("device", "W0039000000002"), ("Last-Event-ID", &id_text)], "status=ok", "ok"),
+        (&[("device", "H0039000000003"), ("last_event_id", &id_text), ("content-type", "application/x-www-form-urlencoded")], "status=done%21", "done!"),
+    ];
+    for (headers, body, expected) in forms {
+        let mut request = server.http.post(server.url("/feedback/C")).body(body);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let receipt: Value = response.json().await.unwrap();
+        assert_eq!(receipt["status"], expected);
+        assert_eq!(receipt["id"], id);
+    }
+    let (status, receipt) = server.ack("C", "J1", id, "processed").await;
+    assert_eq!((status, receipt["device"].as_str()), (200, Some("J1")));
+    let summary = server.get_json(&format!("/admin/receipts/C/{id}")).await;
+    assert_eq!(summary["counts"]["acknowledged"], 4);
+    server.proc.wait_line(|l| l.starts_with("FEEDBACK> channel: C, device: H0039000000001") && l.ends_with("status: rx ok")).await;
+}
+
+/// Sends a request and returns the status and the error code of the JSON answer.
+async fn error_of(request: reqwest::RequestBuilder) -> (u16, String) {
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("errors are JSON");
+    (status, body["error"]["code"].as_str().unwrap_or_default().to_owned())
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_answer_and_the_server_stays_up() {
+    let server = TestServer::start(&["--max-body", "4096"]).await;
+    let http = &server.http;
+    let url = |p: &str| server.url(p);
+    let id = server.push("C", "x").await;
+    let cases = [
+        (http.post(url("/push/bad%20name")).body("x"), 400, "bad_channel"),
+        (http.post(url(&format!("/push/{}", "c".repeat(129)))).body("x"), 400, "bad_channel"),
+        (http.post(url("/push/C")).header("device", "bad device!").body("x"), 400, "bad_device"),
+        (http.post(url("/push/C?event=bad%0Atype")).body("x"), 400, "bad_event_type"),
+        (http.post(url("/push/C")).body("x".repeat(5000)), 413, "body_too_large"),
+        (http.post(url("/push/C")).body(vec![0xff, 0xfe, 0x00]), 400, "body_not_utf8"),
+        (http.post(url("/push/C")).header("content-type", "application/json").body("{not json"), 400, "invalid_json"),
+        (http.get(url("/feed/bad%2Fname")), 400, "bad_channel"),
+        (http.post(url("/feedback/C")).header("last_event_id", id.to_string()).body("status=ok"), 400, "missing_device"),
+        (http.post(url("/feedback/C")).header("device", "H1").body("status=ok"), 400, "missing_event_id"),
+        (http.post(url("/feedback/C")).header("device", "H1").header("last_event_id", "abc").body("status=ok"), 400, "bad_event_id"),
+        (http.post(url("/feedback/C")).header("device", "H1").header("last_event_id", "99").body("status=ok"), 404, "unknown_event"),
+        (http.post(url("/feedback/NEVER")).header("device", "H1").header("last_event_id", "1").body("status=ok"), 404, "unknown_event"),
+        (http.post(url("/feedback/C")).header("content-type", "application/json").body("[1"), 400, "invalid_json"),
+        (http.post(url("/feedback/C")).json(&json!({"device": "H1", "id": id, "status": "s".repeat(2000)})), 400, "status_too_long"),
+        (http.get(url("/admin/receipts/C/99")), 404, "unknown_event"),
+        (http.get(url("/admin/receipts/C/x")), 400, "bad_event_id"),
+        (http.get(url("/admin/events/C?limit=-1")), 400, "bad_limit"),
+        (http.get(url("/push/C")), 405, "method_not_allowed"),
+        (http.get(url("/nowhere")), 404, "not_found"),
+    ];
+    for (request, status, code) in cases {
+        let description = format!("{request:?}");
+        assert_eq!(error_of(request).await, (status, code.to_owned()), "{description}");
+    }
+    // Still up and still right.
+    assert_eq!(server.push("C", "still here").await, id + 1);
+}
+
+#[tokio::test]
+async fn feed_headers_root_banner_page_and_cors() {
+    let server = TestServer::start(&["--allow-origin", "https://app.example"]).await;
+    let response = server.http.get(server.url("/feed/C")).send().await.unwrap();
+    let headers = response.headers();
+    assert_eq!(headers["content-type"], "text/event-stream; charset=utf-8");
+    assert_eq!(headers["cache-control"], "no-cache");
+    assert_eq!(headers["x-accel-buffering"], "no");
+    drop(response);
+
+    let banner = server.get_json("/").await;
+    assert_eq!(banner, json!({"message": "PERE server up and running"}));
+    let page = server.http.get(server.url("/")).header("accept", "text/html").send().await.unwrap();
+    assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let html = page.text().await.unwrap();
+    assert!(html.contains("EventSource") && html.contains("/feedback/"));
+    assert!(!html.contains("http://") && !html.contains("https://"), "the page loads nothing from elsewhere");
+    let page = server.http.get(server.url("/subscriber.html")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(page, html);
+
+    let preflight = server
+        .http
+        .request(reqwest::Method::OPTIONS, server.url("/feedback/C"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "device, last-event-id")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 204);
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "https://app.example");
+    let allowed = preflight.headers()["access-control-allow-headers"].to_str().unwrap();
+    assert!(allowed.contains("device") && allowed.contains("last-event-id"));
+    let foreign = server.http.get(server.url("/")).header("origin", "https://evil.example").send().await.unwrap();
+    assert!(foreign.headers().get("access-control-allow-origin").is_none());
+}
