@@ -21,7 +21,7 @@ use crate::error::ApiError;
 use crate::log::Log;
 use crate::route::{NoRoute, Route};
 use crate::sse_body::SseBody;
-use crate::{empty, full, json_response, ResponseBody};
+use crate::{empty, full, json_response, ConnectionCloser, ResponseBody};
 
 /// The subscriber web page, embedded so the server is one self-contained binary.
 pub const SUBSCRIBER_PAGE: &str = include_str!("../assets/subscriber.html");
@@ -217,6 +217,7 @@ async fn feed<S: Store>(state: &Arc<AppState<S>>, channel: &str, request: &Reque
         Duration::from_secs(state.config.keep_alive_secs.max(1)),
         state.shutdown.clone().cancelled_owned(),
         state.log,
+        request.extensions().get::<ConnectionCloser>().cloned(),
     );
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream; charset=utf-8")

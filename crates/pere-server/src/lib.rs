@@ -74,6 +74,19 @@ impl<S: Store> AppState<S> {
     }
 }
 
+/// Closes the connection a request came on. A feed cut for being too slow closes its connection
+/// rather than waiting for a peer that does not read to drain the frames already written; the
+/// client resumes with Last-Event-ID and loses nothing.
+#[derive(Debug, Clone)]
+pub struct ConnectionCloser(CancellationToken);
+
+impl ConnectionCloser {
+    /// Closes the connection now.
+    pub fn close(&self) {
+        self.0.cancel();
+    }
+}
+
 /// The retention the settings ask for.
 pub fn retention(config: &Config) -> Retention {
     Retention {
@@ -108,8 +121,11 @@ pub async fn run<S: Store>(listener: TcpListener, state: Arc<AppState<S>>) -> st
         // Events are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
         let state = state.clone();
-        let service = service_fn(move |request| {
+        let closer = ConnectionCloser(CancellationToken::new());
+        let on_close = closer.0.clone();
+        let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             let state = state.clone();
+            request.extensions_mut().insert(closer.clone());
             async move { Ok::<_, Infallible>(api::serve(state, request).await) }
         });
         let connection = http1::Builder::new()
@@ -120,7 +136,11 @@ pub async fn run<S: Store>(listener: TcpListener, state: Arc<AppState<S>>) -> st
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             // A client that vanishes mid-request is its own business, not an error of the server.
-            let _ = connection.await;
+            tokio::select! {
+                _ = connection => {}
+                // Dropping the connection closes the socket at once, whatever is still unsent.
+                () = on_close.cancelled() => {}
+            }
         });
     }
     drop(listener);

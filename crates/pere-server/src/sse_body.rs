@@ -15,6 +15,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::log::Log;
+use crate::ConnectionCloser;
 
 /// Why a feed ended, for the log.
 #[derive(Debug, Clone, Copy)]
@@ -34,6 +35,7 @@ pub struct SseBody {
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     ended: Option<EndReason>,
     log: Log,
+    closer: Option<ConnectionCloser>,
     channel: String,
     device: Option<String>,
 }
@@ -52,6 +54,7 @@ impl SseBody {
         keep_alive_every: Duration,
         shutdown: WaitForCancellationFutureOwned,
         log: Log,
+        closer: Option<ConnectionCloser>,
     ) -> Self {
         let channel = subscription.channel().to_string();
         let device = subscription.device().map(|d| d.to_string());
@@ -72,6 +75,7 @@ impl SseBody {
             shutdown: Box::pin(shutdown),
             ended: None,
             log,
+            closer,
             channel,
             device,
         }
@@ -79,6 +83,9 @@ impl SseBody {
 
     fn end(&mut self, reason: EndReason) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         self.ended = Some(reason);
+        if let (EndReason::Lagged, Some(closer)) = (reason, &self.closer) {
+            closer.close();
+        }
         Poll::Ready(None)
     }
 }

@@ -1,0 +1,92 @@
+//! End-to-end tests under concurrency: subscribers joining while publishers push (no gap, no
+//! duplicate), and a stalled subscriber that must neither grow the server's memory nor slow
+//! the others.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use pere_e2e::TestServer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_joining_during_concurrent_publishing_see_no_gap_and_no_duplicate() {
+    let server = std::sync::Arc::new(TestServer::start(&["--quiet"]).await);
+    const PUBLISHERS: u64 = 4;
+    const EACH: u64 = 150;
+    let total = PUBLISHERS * EACH;
+    // The highest id a publisher has been answered with: a position that surely exists.
+    let published = std::sync::Arc::new(AtomicU64::new(0));
+    let mut publishers = Vec::new();
+    for p in 0..PUBLISHERS {
+        let (server, published) = (server.clone(), published.clone());
+        publishers.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                let id = server.push("Busy", &format!("p{p}-{i}")).await;
+                published.fetch_max(id, Ordering::Relaxed);
+            }
+        }));
+    }
+    let mut feeds = Vec::new();
+    for k in 0..12u64 {
+        // Half resume from a position already published, half from the start.
+        let start = if k % 2 == 1 { published.load(Ordering::Relaxed) } else { 0 };
+        let headers: Vec<(&str, String)> =
+            if start > 0 { vec![("Last-Event-ID", start.to_string())] } else { vec![] };
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        feeds.push((start, server.feed("Busy", &headers).await));
+    }
+    for p in publishers {
+        p.await.unwrap();
+    }
+    for (start, mut feed) in feeds {
+        let ids = feed.next_ids((total - start) as usize).await;
+        let expected: Vec<u64> = (start + 1..=total).collect();
+        assert_eq!(ids, expected, "feed from {start}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_subscriber_is_cut_without_growing_memory_or_slowing_others() {
+    let server = TestServer::start(&["--quiet", "--subscriber-buffer", "32", "--retention-events", "50", "--max-body", "65536"]).await;
+    // A subscriber that sends its request and then never reads a byte.
+    let address = server.host_port();
+    let mut stalled = TcpStream::connect(&address).await.unwrap();
+    stalled
+        .write_all(b"GET /feed/Wide HTTP/1.1\r\nHost: x\r\ndevice: STALLED\r\nAccept: text/event-stream\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 12];
+    stalled.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    let mut healthy = server.feed("Wide", &[("device", "HEALTHY")]).await;
+    let before = server.rss_kib();
+
+    // 64 MiB of events through the channel: far more than socket buffers and queues can hold.
+    let body = "x".repeat(32 * 1024);
+    for i in 1..=2048u64 {
+        assert_eq!(server.push("Wide", &body).await, i);
+        let event = healthy.next().await;
+        assert_eq!(event.id, i.to_string());
+    }
+    let after = server.rss_kib();
+    assert!(after < before + 32 * 1024, "resident memory grew from {before} KiB to {after} KiB");
+
+    // The stalled one was cut: only the healthy feed remains on the channel.
+    let connections = server.get_json("/admin/connections").await;
+    assert_eq!(connections["Wide"], 1, "{connections}");
+    let devices = server.get_json("/admin/devices/Wide").await;
+    assert!(devices["STALLED"]["last_delivered"].as_u64().unwrap() < 2048);
+    // Its socket was closed by the server once it had drained what the kernel buffered.
+    let drained = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut sink = vec![0u8; 1 << 20];
+        loop {
+            match stalled.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the stalled subscriber's connection was not closed");
+}
