@@ -1,0 +1,204 @@
+//! The command line: arguments, the server address and the default device id.
+
+use clap::Parser;
+use rand::Rng;
+use reqwest::Url;
+
+use crate::interval::Interval;
+
+/// Publish events on a PERE channel, like the original `publisher.rb`.
+///
+/// Each event is the original's JSON, `{"channel","device","id","time","data"}` with `id` this
+/// publisher's own counter from 1 and `data` 15 to 32 random base-36 characters, POSTed to
+/// `/push/:channel`. Prints `PUSH EVT> event: <json>` for each event the server accepts. A failed
+/// push prints `PUSH FAILED. event: <json> reason: <reason>` on stderr, waits (`--retry-delay`) and
+/// sends the same event again.
+///
+/// Exit status: 0 after `--count` events (or at the end of stdin with `--data -`); 1 after
+/// `--retries` failed attempts at one event, or when `--follow` failed; 2 when the server refuses
+/// an event for good (a 4xx answer) or on a usage error.
+#[derive(Debug, Parser)]
+#[command(name = "pere-pub", version)]
+pub struct Cli {
+    /// The server: `host:port` or `http://host:port`.
+    pub server: String,
+
+    /// The channel to publish on, e.g. `CHANNEL_1`.
+    pub channel: String,
+
+    /// This publisher's device id [default: `P0039` followed by 9 random digits].
+    pub device: Option<String>,
+
+    /// Seconds between pushes: a number (`0.2`) or a range to pick from at random each time
+    /// (`10-20`); 0 pushes as fast as the server answers [default: 10-20; 0 with `--data -`].
+    #[arg(long, value_name = "SECS|MIN-MAX")]
+    pub interval: Option<Interval>,
+
+    /// Exit (status 0) once N events have been accepted by the server [default: never].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+
+    /// Publish this text instead of the random JSON events (sent as `application/json` when it is
+    /// JSON, else as `text/plain`). `-` reads stdin: each line is one event, until end of input.
+    #[arg(long, value_name = "TEXT")]
+    pub data: Option<String>,
+
+    /// The SSE event type of the events (sent in the `event` header).
+    #[arg(long = "event", value_name = "TYPE")]
+    pub event_type: Option<String>,
+
+    /// Print one JSON line per accepted event instead of the text lines (no banner): the server's
+    /// answer plus the body sent, `{"channel","id","time","body"}`.
+    #[arg(long, conflicts_with = "quiet")]
+    pub json: bool,
+
+    /// Print nothing but errors (and, with `--follow`, the receipts).
+    #[arg(long, short)]
+    pub quiet: bool,
+
+    /// Give up (exit status 1) after N failed attempts at one event [default: never, like the
+    /// original; 0 also means never].
+    #[arg(long, value_name = "N")]
+    pub retries: Option<u32>,
+
+    /// Seconds to wait after a failed push before trying it again, as for `--interval`.
+    #[arg(long, value_name = "SECS|MIN-MAX", default_value = "1-10")]
+    pub retry_delay: Interval,
+
+    /// Also print the channel's return receipts as they arrive (from `GET /receipts/:channel`):
+    /// `RECEIPT> id: <id>, device: <device>, status: <status>`. The receipts go on after
+    /// publishing ends, until interrupted.
+    #[arg(long)]
+    pub follow: bool,
+}
+
+/// The interval when none is given: the original's 10 to 20 s between random events; none
+/// between stdin lines, which come at their own pace.
+const DEFAULT_INTERVAL: Interval = Interval::secs(10, 20);
+
+impl Cli {
+    /// The device id to use: the one given, or a new `P0039…` id.
+    pub fn device(&self) -> String {
+        self.device.clone().unwrap_or_else(|| random_device("P0039", &mut rand::thread_rng()))
+    }
+
+    /// True when the events are read from stdin.
+    pub fn reads_stdin(&self) -> bool {
+        self.data.as_deref() == Some("-")
+    }
+
+    /// The wait between pushes.
+    pub fn interval(&self) -> Interval {
+        match self.interval {
+            Some(interval) => interval,
+            None if self.reads_stdin() => Interval::ZERO,
+            None => DEFAULT_INTERVAL,
+        }
+    }
+
+    /// The attempts allowed per event; `None` for no limit.
+    pub fn attempts(&self) -> Option<u32> {
+        self.retries.filter(|&n| n > 0)
+    }
+}
+
+/// A device id in the original clients' style: `prefix` followed by 9 random digits.
+pub fn random_device(prefix: &str, rng: &mut impl Rng) -> String {
+    format!("{prefix}{:09}", rng.gen_range(0..1_000_000_000u32))
+}
+
+/// Parses the server argument: `host:port`, or an `http://` URL (a path prefix is kept).
+///
+/// # Errors
+/// A message for an address that is no URL, or that is not plain HTTP (the tools have no TLS).
+pub fn base_url(server: &str) -> Result<Url, String> {
+    let text = if server.contains("://") { server.to_owned() } else { format!("http://{server}") };
+    let mut url = Url::parse(&text).map_err(|e| format!("invalid server address {server:?}: {e}"))?;
+    if url.scheme() != "http" {
+        return Err(format!("invalid server address {server:?}: only http:// is supported"));
+    }
+    if url.host_str().map_or(true, str::is_empty) {
+        return Err(format!("invalid server address {server:?}: no host"));
+    }
+    url.set_query(None);
+    url.set_fragment(None);
+    Ok(url)
+}
+
+/// The URL of `/<kind>/<channel>` under `base`; the channel is percent-encoded as one path segment.
+pub fn endpoint(base: &Url, kind: &str, channel: &str) -> Url {
+    let mut url = base.clone();
+    // An http URL always has path segments.
+    if let Ok(mut segments) = url.path_segments_mut() {
+        segments.pop_if_empty().push(kind).push(channel);
+    }
+    url
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(["pere-pub"].iter().chain(args))
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_the_original_publisher() {
+        let cli = parse(&["localhost:4567", "CHANNEL_1"]).unwrap();
+        assert_eq!(cli.interval(), Interval::secs(10, 20));
+        assert_eq!(cli.retry_delay, Interval::secs(1, 10));
+        assert_eq!(cli.attempts(), None);
+        assert!(cli.count.is_none() && cli.data.is_none() && !cli.follow && !cli.json && !cli.quiet);
+        let device = cli.device();
+        assert_eq!(device.len(), 14);
+        assert!(device.starts_with("P0039") && device[5..].bytes().all(|b| b.is_ascii_digit()));
+    }
+
+    #[test]
+    fn flags_parse() {
+        let cli = parse(&[
+            "h:1", "C", "P1", "--interval", "0.2", "--count", "5", "--data", "-", "--event", "tick", "--json",
+            "--retries", "3", "--retry-delay", "0", "--follow",
+        ])
+        .unwrap();
+        assert_eq!(cli.device(), "P1");
+        assert_eq!(cli.interval(), "0.2".parse().unwrap());
+        assert_eq!(cli.count, Some(5));
+        assert!(cli.reads_stdin());
+        assert_eq!(cli.event_type.as_deref(), Some("tick"));
+        assert_eq!(cli.attempts(), Some(3));
+        assert!(cli.retry_delay.is_zero());
+        assert_eq!(parse(&["h:1", "C", "--data", "-"]).unwrap().interval(), Interval::ZERO);
+        assert_eq!(parse(&["h:1", "C", "--retries", "0"]).unwrap().attempts(), None);
+        assert!(parse(&["h:1", "C", "--count", "0"]).is_err());
+        assert!(parse(&["h:1", "C", "--interval", "20-10"]).is_err());
+        assert!(parse(&["h:1", "C", "--json", "--quiet"]).is_err());
+    }
+
+    #[test]
+    fn device_ids_are_the_prefix_and_nine_digits() {
+        let mut rng = rand::thread_rng();
+        for _ in 0..1000 {
+            let d = random_device("P0039", &mut rng);
+            assert_eq!(d.len(), 14, "{d}");
+            assert!(d.starts_with("P0039") && d[5..].bytes().all(|b| b.is_ascii_digit()), "{d}");
+        }
+    }
+
+    #[test]
+    fn server_addresses() {
+        let push = |s: &str| base_url(s).map(|u| endpoint(&u, "push", "CHANNEL_1").to_string());
+        assert_eq!(push("localhost:4567").unwrap(), "http://localhost:4567/push/CHANNEL_1");
+        assert_eq!(push("http://127.0.0.1:4567").unwrap(), "http://127.0.0.1:4567/push/CHANNEL_1");
+        assert_eq!(push("http://h:1/pere/").unwrap(), "http://h:1/pere/push/CHANNEL_1");
+        assert!(push("https://h:1").is_err());
+        assert!(push("h:notaport").is_err());
+    }
+}

@@ -1,0 +1,166 @@
+//! What gets published: the original publisher's random JSON events, a fixed text, or stdin lines.
+
+use pere_core::event::{format_time, now};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+/// The characters of the original's random data: base 36, lower case.
+const BASE36: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+/// The original's random data is 15 to 32 characters long.
+pub const DATA_LEN: std::ops::RangeInclusive<usize> = 15..=32;
+
+/// The original publisher's event, fields in its order:
+/// `{"channel","device","id","time","data"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RandomEvent {
+    /// The channel published to.
+    pub channel: String,
+    /// The publishing device.
+    pub device: String,
+    /// The publisher's own counter, from 1.
+    pub id: u64,
+    /// When the event was made: ISO-8601 UTC with milliseconds.
+    pub time: String,
+    /// 15 to 32 random base-36 characters.
+    pub data: String,
+}
+
+/// Random base-36 text of a random length in [`DATA_LEN`].
+pub fn random_data(rng: &mut impl Rng) -> String {
+    let len = rng.gen_range(DATA_LEN);
+    (0..len).map(|_| BASE36[rng.gen_range(0..BASE36.len())] as char).collect()
+}
+
+/// One event body and how to label it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Body {
+    /// The text, sent verbatim.
+    pub text: String,
+    /// True when the text is JSON, sent as `application/json`.
+    pub json: bool,
+}
+
+impl Body {
+    /// A body from any text: JSON when it parses as JSON.
+    pub fn text(text: String) -> Self {
+        let json = serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok();
+        Body { text, json }
+    }
+}
+
+/// Where the events come from.
+#[derive(Debug)]
+pub enum Source {
+    /// The original publisher's random JSON events.
+    Random {
+        /// The channel, repeated in each event.
+        channel: String,
+        /// The device, repeated in each event.
+        device: String,
+        /// The last id used.
+        last_id: u64,
+    },
+    /// The same text every time (`--data TEXT`).
+    Fixed(Body),
+    /// One event per line of stdin (`--data -`), read by [`Source::stdin`]'s thread.
+    Stdin(mpsc::Receiver<std::io::Result<String>>),
+}
+
+impl Source {
+    /// The next event body; `None` when there are no more (end of stdin).
+    ///
+    /// # Errors
+    /// Reading stdin failed (e.g. it is not UTF-8).
+    pub async fn next(&mut self) -> anyhow::Result<Option<Body>> {
+        match self {
+            Source::Random { channel, device, last_id } => {
+                *last_id += 1;
+                let event = RandomEvent {
+                    channel: channel.clone(),
+                    device: device.clone(),
+                    id: *last_id,
+                    time: format_time(now()),
+                    data: random_data(&mut rand::thread_rng()),
+                };
+                Ok(Some(Body { text: serde_json::to_string(&event)?, json: true }))
+            }
+            Source::Fixed(body) => Ok(Some(body.clone())),
+            Source::Stdin(lines) => match lines.recv().await {
+                Some(line) => Ok(Some(Body::text(line?))),
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// Reads stdin, one event per line (without its line break).
+    ///
+    /// A plain thread does the reading: stdin blocks, and tokio's async stdin (feature `io-std`)
+    /// is itself a blocking thread underneath. The channel holds one line, so reading keeps pace
+    /// with publishing; the thread ends at end of input, at the first error, or with the process.
+    pub fn stdin() -> Self {
+        let (tx, rx) = mpsc::channel(1);
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::stdin().lock().lines() {
+                let failed = line.is_err();
+                if tx.blocking_send(line).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Source::Stdin(rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_data_is_base36_of_the_original_length() {
+        let mut rng = rand::thread_rng();
+        let mut lengths = std::collections::BTreeSet::new();
+        for _ in 0..5000 {
+            let data = random_data(&mut rng);
+            assert!(DATA_LEN.contains(&data.len()), "{data}");
+            assert!(data.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()), "{data}");
+            lengths.insert(data.len());
+        }
+        assert_eq!(lengths.len(), DATA_LEN.count(), "every length occurs");
+    }
+
+    #[tokio::test]
+    async fn random_events_have_the_original_shape() {
+        let mut source = Source::Random { channel: "CHANNEL_1".into(), device: "P0039123456789".into(), last_id: 0 };
+        for expected_id in 1..=3 {
+            let body = source.next().await.unwrap().unwrap();
+            assert!(body.json);
+            // Exactly these fields...
+            let value: serde_json::Value = serde_json::from_str(&body.text).unwrap();
+            let keys: Vec<&str> = value.as_object().unwrap().keys().map(String::as_str).collect();
+            let mut sorted = vec!["channel", "data", "device", "id", "time"];
+            sorted.sort();
+            assert_eq!(keys, sorted);
+            // ...in the original's order: channel, device, id, time, data.
+            assert!(body.text.starts_with(r#"{"channel":"CHANNEL_1","device":"P0039123456789","id":"#));
+            let event: RandomEvent = serde_json::from_str(&body.text).unwrap();
+            assert_eq!(event.id, expected_id);
+            assert!(DATA_LEN.contains(&event.data.len()));
+            // 2014-11-25T08:12:09.123Z
+            let t = event.time.as_bytes();
+            assert_eq!(t.len(), 24, "{}", event.time);
+            assert_eq!((t[4], t[10], t[19], t[23]), (b'-', b'T', b'.', b'Z'), "{}", event.time);
+            assert!(chrono::DateTime::parse_from_rfc3339(&event.time).is_ok());
+        }
+    }
+
+    #[test]
+    fn text_bodies_are_json_only_when_they_parse() {
+        assert!(Body::text(r#"{"a":1}"#.into()).json);
+        assert!(Body::text("42".into()).json);
+        assert!(!Body::text("hello".into()).json);
+        assert!(!Body::text("".into()).json);
+        assert!(!Body::text("{broken".into()).json);
+    }
+}

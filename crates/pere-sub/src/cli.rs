@@ -1,0 +1,174 @@
+//! The command line: arguments, the server address and the default device id.
+
+use clap::Parser;
+use rand::Rng;
+use reqwest::Url;
+
+/// Listen to a PERE channel, print every event and send a return receipt for each one.
+///
+/// Reproduces the original `subscriber.rb`: for each event it prints `RX EVT> id: <id>, data: <data>`,
+/// posts the receipt (form `status=rx+ok`, headers `device` and `last_event_id`) and prints
+/// `TX ACK> id: <id>, status: <status>`. After a dropped connection it reconnects with
+/// `Last-Event-ID`, after the server's `retry:` delay, and never prints or acknowledges an event twice.
+///
+/// Exit status: 0 after `--count` events; 1 when the server cannot be reached `--retries` times in a
+/// row; 2 when the server refuses the subscription (a 4xx answer) or on a usage error.
+#[derive(Debug, Parser)]
+#[command(name = "pere-sub", version)]
+pub struct Cli {
+    /// The server: `host:port` or `http://host:port`.
+    pub server: String,
+
+    /// The channel to listen on, e.g. `CHANNEL_1`.
+    pub channel: String,
+
+    /// This subscriber's device id [default: `H0039` followed by 9 random digits].
+    pub device: Option<String>,
+
+    /// The status text sent in each receipt.
+    #[arg(long, value_name = "TEXT", default_value = "rx ok")]
+    pub status: String,
+
+    /// Exit (status 0) once N new events have been received and acknowledged.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+
+    /// Start after this event id: sent as `Last-Event-ID` on the first connection; events up to it
+    /// count as already seen.
+    #[arg(long, value_name = "ID", value_parser = parse_event_id)]
+    pub last_event_id: Option<String>,
+
+    /// Receive only: send no receipts (and print no `TX ACK>` lines).
+    #[arg(long)]
+    pub no_ack: bool,
+
+    /// Print one JSON line per event instead of the text lines (no banner):
+    /// `{"id","event","data","receipt"}`, where `receipt` is the server's receipt or null.
+    #[arg(long, conflicts_with = "quiet")]
+    pub json: bool,
+
+    /// Print only the `RX EVT>` lines and errors: no banner, no `TX ACK>` lines, no reconnection
+    /// notices.
+    #[arg(long, short)]
+    pub quiet: bool,
+
+    /// Consecutive failed connection attempts before giving up with status 1 (0: retry forever).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub retries: u32,
+
+    /// Reconnect when nothing, not even a keep-alive comment, arrives for SECS seconds
+    /// (the server sends one every 15 s; 0: wait forever).
+    #[arg(long, value_name = "SECS", default_value_t = 45)]
+    pub idle_timeout: u64,
+}
+
+impl Cli {
+    /// The device id to use: the one given, or a new `H0039…` id.
+    pub fn device(&self) -> String {
+        self.device.clone().unwrap_or_else(|| random_device("H0039", &mut rand::thread_rng()))
+    }
+}
+
+/// A device id in the original clients' style: `prefix` followed by 9 random digits.
+pub fn random_device(prefix: &str, rng: &mut impl Rng) -> String {
+    format!("{prefix}{:09}", rng.gen_range(0..1_000_000_000u32))
+}
+
+/// Accepts an event id that can travel in an HTTP header.
+fn parse_event_id(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.chars().any(|c| c.is_control()) {
+        return Err("an event id is a non-empty text without control characters".into());
+    }
+    Ok(s.to_owned())
+}
+
+/// Parses the server argument: `host:port`, or an `http://` URL (a path prefix is kept).
+///
+/// # Errors
+/// A message for an address that is no URL, or that is not plain HTTP (the tools have no TLS).
+pub fn base_url(server: &str) -> Result<Url, String> {
+    let text = if server.contains("://") { server.to_owned() } else { format!("http://{server}") };
+    let mut url = Url::parse(&text).map_err(|e| format!("invalid server address {server:?}: {e}"))?;
+    if url.scheme() != "http" {
+        return Err(format!("invalid server address {server:?}: only http:// is supported"));
+    }
+    if url.host_str().map_or(true, str::is_empty) {
+        return Err(format!("invalid server address {server:?}: no host"));
+    }
+    url.set_query(None);
+    url.set_fragment(None);
+    Ok(url)
+}
+
+/// The URL of `/<kind>/<channel>` under `base`; the channel is percent-encoded as one path segment.
+pub fn endpoint(base: &Url, kind: &str, channel: &str) -> Url {
+    let mut url = base.clone();
+    // An http URL always has path segments.
+    if let Ok(mut segments) = url.path_segments_mut() {
+        segments.pop_if_empty().push(kind).push(channel);
+    }
+    url
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_the_original_subscriber() {
+        let cli = Cli::try_parse_from(["pere-sub", "localhost:4567", "CHANNEL_1"]).unwrap();
+        assert_eq!(cli.status, "rx ok");
+        assert_eq!(cli.retries, 10);
+        assert!(cli.device.is_none() && cli.count.is_none() && !cli.no_ack && !cli.json);
+        let device = cli.device();
+        assert_eq!(device.len(), 14);
+        assert!(device.starts_with("H0039"));
+        assert!(device[5..].bytes().all(|b| b.is_ascii_digit()));
+    }
+
+    #[test]
+    fn flags_parse() {
+        let cli = Cli::try_parse_from([
+            "pere-sub", "h:1", "C", "H1", "--status", "done", "--count", "3", "--last-event-id", "7",
+            "--no-ack", "--json", "--retries", "0",
+        ])
+        .unwrap();
+        assert_eq!(cli.device(), "H1");
+        assert_eq!(cli.count, Some(3));
+        assert_eq!(cli.last_event_id.as_deref(), Some("7"));
+        assert!(Cli::try_parse_from(["pere-sub", "h:1", "C", "--count", "0"]).is_err());
+        assert!(Cli::try_parse_from(["pere-sub", "h:1", "C", "--json", "--quiet"]).is_err());
+        assert!(Cli::try_parse_from(["pere-sub", "h:1", "C", "--last-event-id", "1\n2"]).is_err());
+    }
+
+    #[test]
+    fn device_ids_are_the_prefix_and_nine_digits() {
+        let mut rng = rand::thread_rng();
+        for _ in 0..1000 {
+            let d = random_device("H0039", &mut rng);
+            assert_eq!(d.len(), 14, "{d}");
+            assert!(d.starts_with("H0039") && d[5..].bytes().all(|b| b.is_ascii_digit()), "{d}");
+        }
+    }
+
+    #[test]
+    fn server_addresses() {
+        let feed = |s: &str| base_url(s).map(|u| endpoint(&u, "feed", "CHANNEL_1").to_string());
+        assert_eq!(feed("localhost:4567").unwrap(), "http://localhost:4567/feed/CHANNEL_1");
+        assert_eq!(feed("127.0.0.1:4567").unwrap(), "http://127.0.0.1:4567/feed/CHANNEL_1");
+        assert_eq!(feed("http://127.0.0.1:4567").unwrap(), "http://127.0.0.1:4567/feed/CHANNEL_1");
+        assert_eq!(feed("http://h:1/").unwrap(), "http://h:1/feed/CHANNEL_1");
+        assert_eq!(feed("http://h:1/pere/").unwrap(), "http://h:1/pere/feed/CHANNEL_1");
+        assert_eq!(feed("http://h:1/pere?x=1").unwrap(), "http://h:1/pere/feed/CHANNEL_1");
+        assert!(feed("https://h:1").is_err());
+        assert!(feed("h:notaport").is_err());
+        let odd = endpoint(&base_url("h:1").unwrap(), "feed", "a b/c");
+        assert_eq!(odd.as_str(), "http://h:1/feed/a%20b%2Fc");
+    }
+}
