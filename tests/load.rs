@@ -5,13 +5,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use pere_e2e::TestServer;
+use pere_e2e::{on_every_store, StoreUnderTest, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscribers_joining_during_concurrent_publishing_see_no_gap_and_no_duplicate() {
-    let server = std::sync::Arc::new(TestServer::start(&["--quiet"]).await);
+async fn subscribers_joining_during_concurrent_publishing_see_no_gap_and_no_duplicate(store: StoreUnderTest) {
+    let server = std::sync::Arc::new(TestServer::start_on(store, &["--quiet"]).await);
     const PUBLISHERS: u64 = 4;
     const EACH: u64 = 150;
     let total = PUBLISHERS * EACH;
@@ -46,9 +45,8 @@ async fn subscribers_joining_during_concurrent_publishing_see_no_gap_and_no_dupl
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_subscriber_is_cut_without_growing_memory_or_slowing_others() {
-    let server = TestServer::start(&["--quiet", "--subscriber-buffer", "32", "--retention-events", "50", "--max-body", "65536"]).await;
+async fn a_stalled_subscriber_is_cut_without_growing_memory_or_slowing_others(store: StoreUnderTest) {
+    let server = TestServer::start_on(store, &["--quiet", "--subscriber-buffer", "32", "--retention-events", "50", "--max-body", "65536"]).await;
     // A subscriber that sends its request and then never reads a byte.
     let address = server.host_port();
     let mut stalled = TcpStream::connect(&address).await.unwrap();
@@ -90,3 +88,8 @@ async fn a_stalled_subscriber_is_cut_without_growing_memory_or_slowing_others() 
     .await;
     assert!(drained.is_ok(), "the stalled subscriber's connection was not closed");
 }
+
+on_every_store!(
+    subscribers_joining_during_concurrent_publishing_see_no_gap_and_no_duplicate,
+    a_stalled_subscriber_is_cut_without_growing_memory_or_slowing_others,
+);

@@ -1,12 +1,11 @@
 //! End-to-end tests of the wire protocol against the real `pere-server` binary: publish, feed,
 //! receipts, admin views, resume, bodies that try to break the framing, and bad input.
 
-use pere_e2e::TestServer;
+use pere_e2e::{on_every_store, StoreUnderTest, TestServer};
 use serde_json::{json, Value};
 
-#[tokio::test]
-async fn publish_reaches_every_subscriber_in_order_and_receipts_are_recorded() {
-    let server = TestServer::start(&[]).await;
+async fn publish_reaches_every_subscriber_in_order_and_receipts_are_recorded(store: StoreUnderTest) {
+    let server = TestServer::start_on(store, &[]).await;
     let mut h1 = server.feed("CHANNEL_1", &[("device", "H1")]).await;
     let mut w1 = server.feed_path("/feed/CHANNEL_1?device=W1", &[]).await;
     let mut anonymous = server.feed("CHANNEL_1", &[]).await;
@@ -55,9 +54,8 @@ async fn publish_reaches_every_subscriber_in_order_and_receipts_are_recorded() {
     assert_eq!(devices["W1"]["op"], "disconnect");
 }
 
-#[tokio::test]
-async fn resume_by_last_event_id_header_query_and_device_cursor() {
-    let server = TestServer::start(&[]).await;
+async fn resume_by_last_event_id_header_query_and_device_cursor(store: StoreUnderTest) {
+    let server = TestServer::start_on(store, &[]).await;
     for i in 1..=6 {
         server.push("C", &format!("e{i}")).await;
     }
@@ -80,9 +78,8 @@ async fn resume_by_last_event_id_header_query_and_device_cursor() {
     assert_eq!(old_client.next_ids(1).await, vec![1]);
 }
 
-#[tokio::test]
-async fn bodies_arrive_verbatim_and_cannot_forge_events() {
-    let server = TestServer::start(&[]).await;
+async fn bodies_arrive_verbatim_and_cannot_forge_events(store: StoreUnderTest) {
+    let server = TestServer::start_on(store, &[]).await;
     let mut feed = server.feed("C", &[]).await;
     let bodies = [
         "line one\nline two\n\nline four",
@@ -111,9 +108,8 @@ async fn bodies_arrive_verbatim_and_cannot_forge_events() {
     assert_eq!((event.event.as_str(), event.data.as_str()), ("order.created", "typed"));
 }
 
-#[tokio::test]
-async fn every_old_client_feedback_form_is_accepted() {
-    let server = TestServer::start(&[]).await;
+async fn every_old_client_feedback_form_is_accepted(store: StoreUnderTest) {
+    let server = TestServer::start_on(store, &[]).await;
     let id = server.push("C", "{}").await;
     let id_text = id.to_string();
     let forms: [(&[(&str, &str)], &str, &str); 3] = [
@@ -147,9 +143,8 @@ async fn error_of(request: reqwest::RequestBuilder) -> (u16, String) {
     (status, body["error"]["code"].as_str().unwrap_or_default().to_owned())
 }
 
-#[tokio::test]
-async fn bad_input_gets_a_clear_answer_and_the_server_stays_up() {
-    let server = TestServer::start(&["--max-body", "4096"]).await;
+async fn bad_input_gets_a_clear_answer_and_the_server_stays_up(store: StoreUnderTest) {
+    let server = TestServer::start_on(store, &["--max-body", "4096"]).await;
     let http = &server.http;
     let url = |p: &str| server.url(p);
     let id = server.push("C", "x").await;
@@ -183,9 +178,8 @@ async fn bad_input_gets_a_clear_answer_and_the_server_stays_up() {
     assert_eq!(server.push("C", "still here").await, id + 1);
 }
 
-#[tokio::test]
-async fn feed_headers_root_banner_page_and_cors() {
-    let server = TestServer::start(&["--allow-origin", "https://app.example"]).await;
+async fn feed_headers_root_banner_page_and_cors(store: StoreUnderTest) {
+    let server = TestServer::start_on(store, &["--allow-origin", "https://app.example"]).await;
     let response = server.http.get(server.url("/feed/C")).send().await.unwrap();
     let headers = response.headers();
     assert_eq!(headers["content-type"], "text/event-stream; charset=utf-8");
@@ -219,3 +213,12 @@ async fn feed_headers_root_banner_page_and_cors() {
     let foreign = server.http.get(server.url("/")).header("origin", "https://evil.example").send().await.unwrap();
     assert!(foreign.headers().get("access-control-allow-origin").is_none());
 }
+
+on_every_store!(
+    publish_reaches_every_subscriber_in_order_and_receipts_are_recorded,
+    resume_by_last_event_id_header_query_and_device_cursor,
+    bodies_arrive_verbatim_and_cannot_forge_events,
+    every_old_client_feedback_form_is_accepted,
+    bad_input_gets_a_clear_answer_and_the_server_stays_up,
+    feed_headers_root_banner_page_and_cors,
+);

@@ -127,6 +127,39 @@ impl Proc {
     }
 }
 
+/// The storage backends the end-to-end suite runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreUnderTest {
+    /// `--store memory`.
+    Memory,
+    /// `--store sqlite` in a fresh temporary data directory.
+    Sqlite,
+}
+
+/// Runs each named `async fn(StoreUnderTest)` as one test per storage backend, in modules
+/// `memory` and `sqlite`.
+#[macro_export]
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::StoreUnderTest::Memory).await
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::StoreUnderTest::Sqlite).await
+                }
+            )*
+        }
+    };
+}
+
 /// A running `pere-server` on a free loopback port.
 #[derive(Debug)]
 pub struct TestServer {
@@ -136,29 +169,59 @@ pub struct TestServer {
     pub base: String,
     /// An HTTP client for this server.
     pub http: reqwest::Client,
+    // Removed when the server is dropped.
+    _data_dir: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
     /// Starts the server with the memory store and `extra` flags.
     pub async fn start(extra: &[&str]) -> TestServer {
-        let mut args = vec!["-o", "127.0.0.1", "-p", "0"];
-        if !extra.contains(&"--store") {
-            args.extend(["--store", "memory"]);
+        Self::start_on(StoreUnderTest::Memory, extra).await
+    }
+
+    /// Starts the server on the given backend (SQLite in a fresh temporary directory).
+    pub async fn start_on(store: StoreUnderTest, extra: &[&str]) -> TestServer {
+        match store {
+            StoreUnderTest::Memory => {
+                let mut args = vec!["--store", "memory"];
+                args.extend_from_slice(extra);
+                Self::start_args(&args).await
+            }
+            StoreUnderTest::Sqlite => {
+                let dir = tempfile::tempdir().expect("temporary data directory");
+                let mut server = Self::start_in(dir.path(), extra).await;
+                server._data_dir = Some(dir);
+                server
+            }
         }
+    }
+
+    /// Starts the server on the SQLite store in `data_dir` (kept by the caller, for restarts).
+    pub async fn start_in(data_dir: &std::path::Path, extra: &[&str]) -> TestServer {
+        let dir = data_dir.to_str().expect("UTF-8 path");
+        let mut args = vec!["--store", "sqlite", "--data-dir", dir];
         args.extend_from_slice(extra);
         Self::start_args(&args).await
     }
 
-    /// Starts the server with exactly these arguments.
+    /// Starts the server with these arguments, on a free loopback port.
     pub async fn start_args(args: &[&str]) -> TestServer {
-        let proc = Proc::start("pere-server", args);
+        let mut all = vec!["-o", "127.0.0.1", "-p", "0"];
+        all.extend_from_slice(args);
+        let proc = Proc::start("pere-server", &all);
         let first = proc.wait_line(|l| l.contains("listening on")).await;
         let base = first
             .split_whitespace()
             .find(|w| w.starts_with("http://"))
             .expect("address in the first line")
             .to_owned();
-        TestServer { proc, base, http: reqwest::Client::new() }
+        TestServer { proc, base, http: reqwest::Client::new(), _data_dir: None }
+    }
+
+    /// Kills the server with SIGKILL and waits for it to be gone.
+    pub async fn kill(mut self) {
+        self.proc.child.start_kill().expect("kill");
+        let _ = self.proc.child.wait().await;
     }
 
     /// The URL of `path` on this server.

@@ -14,12 +14,17 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
 
 use crate::error::StoreError;
 use crate::event::{now, Event, NewEvent};
 use crate::name::{ChannelName, DeviceId};
-use crate::receipt::{DeviceOp, DeviceRecord, DeviceTouch, Receipt};
+use crate::ledger::{ChannelLedger, Completion, WaitFor};
+use crate::receipt::{DeviceOp, DeviceRecord, DeviceTouch, Membership, Receipt};
 use crate::store::Store;
 
 /// Tuning of a [`Hub`].
@@ -30,11 +35,16 @@ pub struct HubConfig {
     pub subscriber_buffer: usize,
     /// Events read from the store per replay step.
     pub replay_page: usize,
+    /// Redelivery: an event delivered to a device that owes a receipt for it and has not sent
+    /// one within this time is sent again on the same stream, with the same id. `None`: off.
+    pub ack_timeout: Option<Duration>,
+    /// How many times an event is sent on one stream at most, the first time included.
+    pub max_deliveries: u32,
 }
 
 impl Default for HubConfig {
     fn default() -> Self {
-        HubConfig { subscriber_buffer: 1024, replay_page: 256 }
+        HubConfig { subscriber_buffer: 1024, replay_page: 256, ack_timeout: None, max_deliveries: 5 }
     }
 }
 
@@ -54,6 +64,8 @@ pub struct SubscribeRequest {
 pub enum FeedItem {
     /// An event.
     Event(Arc<Event>),
+    /// An event sent again because its receipt is overdue; the number is which send this is.
+    Redelivery(Arc<Event>, u32),
     /// Events `from..=to` were asked for but are no longer retained.
     Gap {
         /// First missing id.
@@ -83,9 +95,46 @@ pub struct ReceiptSummary {
     pub acknowledged: Vec<Receipt>,
     /// Devices the event was delivered to that have not acknowledged it.
     pub delivered: Vec<DeviceId>,
-    /// Known devices the event has not reached yet.
+    /// Expected recipients the event has not reached yet.
     pub pending: Vec<DeviceId>,
+    /// How many recipients were expected when the event was published.
+    pub expected: usize,
 }
+
+impl ReceiptSummary {
+    /// Whether every expected recipient acknowledged.
+    pub fn complete(&self) -> bool {
+        self.delivered.is_empty() && self.pending.is_empty()
+    }
+}
+
+/// A receipt as the receipt stream carries it, with the completion it caused, if any.
+#[derive(Debug, Clone)]
+pub struct ReceiptNotice {
+    /// The receipt (with its stream position, `seq`).
+    pub receipt: Receipt,
+    /// Set when this receipt made its event fully acknowledged.
+    pub completed: Option<Completion>,
+}
+
+/// A device going online or offline on a channel.
+#[derive(Debug, Clone)]
+pub struct PresenceChange {
+    /// Position in the channel's presence stream (per node, from 1).
+    pub seq: u64,
+    /// The device.
+    pub device: DeviceId,
+    /// Online (its first stream opened) or offline (its last stream closed).
+    pub online: bool,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// How many presence changes per channel are kept for replay.
+const PRESENCE_HISTORY: usize = 1000;
+/// Live receipt and presence notices buffered per channel for slow stream readers, who fall
+/// back to the store (receipts) or lose the oldest changes (presence) past it.
+const NOTICE_BUFFER: usize = 4096;
 
 /// The local fan-out engine over a [`Store`].
 #[derive(Debug)]
@@ -103,6 +152,29 @@ pub struct Hub<S> {
 struct ChannelHub {
     state: Mutex<ChannelState>,
     subscriber_count: AtomicUsize,
+    // Apart from `state`, so receipts never contend with fan-out.
+    ledger: Mutex<ChannelLedger>,
+    receipts: broadcast::Sender<ReceiptNotice>,
+    presence: broadcast::Sender<PresenceChange>,
+    presence_log: Mutex<(u64, VecDeque<PresenceChange>)>,
+}
+
+impl ChannelHub {
+    fn ledger(&self) -> std::sync::MutexGuard<'_, ChannelLedger> {
+        self.ledger.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn presence_changed(&self, device: &DeviceId, online: bool) {
+        let mut log = self.presence_log.lock().unwrap_or_else(|e| e.into_inner());
+        log.0 += 1;
+        let change = PresenceChange { seq: log.0, device: device.clone(), online, at: now() };
+        log.1.push_back(change.clone());
+        if log.1.len() > PRESENCE_HISTORY {
+            log.1.pop_front();
+        }
+        // No receiver is fine: nobody is following presence.
+        let _ = self.presence.send(change);
+    }
 }
 
 #[derive(Debug)]
@@ -177,6 +249,14 @@ impl<S: Store> Hub<S> {
         // Every append goes through an existing channel hub, so no append of this channel is in
         // flight now and the store's head is exactly what has been released.
         let head = self.store.head(name).await?;
+        let recipients = self
+            .store
+            .memberships(name)
+            .await?
+            .into_iter()
+            .filter(Membership::is_current)
+            .map(|m| (m.device.clone(), m))
+            .collect();
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         let hub = channels.entry(name.clone()).or_insert_with(|| {
             Arc::new(ChannelHub {
@@ -186,6 +266,10 @@ impl<S: Store> Hub<S> {
                     subscribers: HashMap::new(),
                 }),
                 subscriber_count: AtomicUsize::new(0),
+                ledger: Mutex::new(ChannelLedger { recipients, open: BTreeMap::new() }),
+                receipts: broadcast::channel(NOTICE_BUFFER).0,
+                presence: broadcast::channel(NOTICE_BUFFER).0,
+                presence_log: Mutex::default(),
             })
         });
         Ok(hub.clone())
@@ -204,6 +288,8 @@ impl<S: Store> Hub<S> {
         // accepted but the sequencer never saw would hold back every later event of the channel.
         let task = tokio::spawn(async move {
             let event = this.store.append(&channel, event).await?;
+            // Followed before it is released, so no receipt can arrive before the ledger knows it.
+            hub.ledger().track(event.id);
             hub.release(event.clone());
             Ok(event)
         });
@@ -252,10 +338,15 @@ impl<S: Store> Hub<S> {
             explicit = false;
         }
 
+        if let Some(device) = &request.device {
+            self.add_recipient(&hub, channel, device).await?;
+        }
         let live = request.device.as_ref().map(|device| {
             let mut devices = self.live_devices.lock().unwrap_or_else(|e| e.into_inner());
             let live = devices.entry((channel.clone(), device.clone())).or_default().clone();
-            live.streams.fetch_add(1, Ordering::Relaxed);
+            if live.streams.fetch_add(1, Ordering::Relaxed) == 0 {
+                hub.presence_changed(device, true);
+            }
             live
         });
 
@@ -282,7 +373,73 @@ impl<S: Store> Hub<S> {
             skip_live_through: after,
             replayed: VecDeque::new(),
             report_gaps: explicit,
+            in_flight: VecDeque::new(),
         })
+    }
+
+    async fn add_recipient(&self, hub: &ChannelHub, channel: &ChannelName, device: &DeviceId) -> Result<Membership, StoreError> {
+        if let Some(current) = hub.ledger().recipients.get(device) {
+            return Ok(current.clone());
+        }
+        let membership = self.store.add_recipient(channel, device, now()).await?;
+        hub.ledger().recipients.insert(device.clone(), membership.clone());
+        Ok(membership)
+    }
+
+    /// Makes `device` a recipient of the channel (idempotent): it is expected to acknowledge
+    /// every event published from now on.
+    ///
+    /// # Errors
+    /// The store's error when it cannot be written.
+    pub async fn register(&self, channel: &ChannelName, device: &DeviceId) -> Result<Membership, StoreError> {
+        let hub = self.channel(channel).await?;
+        self.store
+            .touch_device(DeviceTouch {
+                channel: channel.clone(),
+                device: device.clone(),
+                op: DeviceOp::Register,
+                at: now(),
+                last_event_id: None,
+                delivered: 0,
+            })
+            .await?;
+        self.add_recipient(&hub, channel, device).await
+    }
+
+    /// Ends `device`'s membership: events published from now on no longer expect it. Events
+    /// already published keep it in their expected set. Returns the ended membership, `None` if
+    /// it was not a recipient.
+    ///
+    /// # Errors
+    /// The store's error when it cannot be written.
+    pub async fn unregister(&self, channel: &ChannelName, device: &DeviceId) -> Result<Option<Membership>, StoreError> {
+        let hub = self.channel(channel).await?;
+        let ended = self.store.remove_recipient(channel, device).await?;
+        hub.ledger().recipients.remove(device);
+        Ok(ended)
+    }
+
+    /// Ends the membership of every recipient, on every channel, that has not been seen for
+    /// `max_idle` and has no open stream. Returns how many memberships ended.
+    ///
+    /// # Errors
+    /// The store's error when it cannot be read or written.
+    pub async fn expire_recipients(&self, max_idle: Duration) -> Result<usize, StoreError> {
+        let Ok(max_idle) = chrono::Duration::from_std(max_idle) else { return Ok(0) };
+        let oldest_allowed = now() - max_idle;
+        let mut ended = 0;
+        for channel in self.store.channels().await? {
+            let records: HashMap<DeviceId, DeviceRecord> =
+                self.store.devices(&channel).await?.into_iter().map(|r| (r.device.clone(), r)).collect();
+            for membership in self.store.memberships(&channel).await?.into_iter().filter(Membership::is_current) {
+                let idle = records.get(&membership.device).map_or(membership.since, |r| r.last_seen) < oldest_allowed;
+                let online = self.live_device(&channel, &membership.device).is_some();
+                if idle && !online && self.unregister(&channel, &membership.device).await?.is_some() {
+                    ended += 1;
+                }
+            }
+        }
+        Ok(ended)
     }
 
     /// Records a return receipt.
@@ -296,11 +453,15 @@ impl<S: Store> Hub<S> {
         device: &DeviceId,
         status: String,
     ) -> Result<(Receipt, DeviceRecord), StoreError> {
-        let receipt = Receipt { channel: channel.clone(), event_id, device: device.clone(), status, time: now() };
-        let record = self.store.record_receipt(receipt.clone()).await?;
+        let hub = self.channel(channel).await?;
+        let receipt = Receipt { seq: 0, channel: channel.clone(), event_id, device: device.clone(), status, time: now() };
+        let (receipt, record) = self.store.record_receipt(receipt).await?;
         if let Some(live) = self.live_device(channel, device) {
             live.delivered.fetch_max(event_id, Ordering::Relaxed);
         }
+        let completed = hub.ledger().acknowledge(event_id, device);
+        // No receiver is fine: nobody is following receipts.
+        let _ = hub.receipts.send(ReceiptNotice { receipt: receipt.clone(), completed });
         Ok((receipt, record))
     }
 
@@ -339,6 +500,71 @@ impl<S: Store> Hub<S> {
         DeviceView { record, open_streams }
     }
 
+    /// Waits until event `event_id` satisfies `wait` or `timeout` passes; returns whether it was
+    /// satisfied. Events no longer followed live (see [`crate::ledger::TRACKED_EVENTS`]) are
+    /// judged once, from the store.
+    ///
+    /// # Errors
+    /// The store's error when it cannot be read.
+    pub async fn wait_for_receipts(
+        &self,
+        channel: &ChannelName,
+        event_id: u64,
+        wait: WaitFor,
+        timeout: Duration,
+    ) -> Result<bool, StoreError> {
+        let hub = self.channel(channel).await?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let changed = {
+                let ledger = hub.ledger();
+                let Some(open) = ledger.open.get(&event_id) else { break };
+                if open.satisfies(wait) {
+                    return Ok(true);
+                }
+                open.changed.clone()
+            };
+            let notified = changed.notified();
+            // Checked again with the notification armed, so a receipt in between is not missed.
+            if hub.ledger().open.get(&event_id).is_none_or(|open| open.satisfies(wait)) {
+                continue;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(false);
+            }
+        }
+        let summary = self.receipt_summary(channel, event_id).await?;
+        Ok(match wait {
+            WaitFor::All => summary.complete(),
+            WaitFor::AtLeast(n) => summary.acknowledged.len() >= n,
+        })
+    }
+
+    /// Live receipts of a channel, from now on.
+    ///
+    /// # Errors
+    /// The store's error when the channel cannot be opened.
+    pub async fn follow_receipts(&self, channel: &ChannelName) -> Result<broadcast::Receiver<ReceiptNotice>, StoreError> {
+        Ok(self.channel(channel).await?.receipts.subscribe())
+    }
+
+    /// The presence changes kept for `channel` after `after`, and live changes from then on.
+    ///
+    /// # Errors
+    /// The store's error when the channel cannot be opened.
+    pub async fn follow_presence(
+        &self,
+        channel: &ChannelName,
+        after: u64,
+    ) -> Result<(Vec<PresenceChange>, broadcast::Receiver<PresenceChange>), StoreError> {
+        let hub = self.channel(channel).await?;
+        let log = hub.presence_log.lock().unwrap_or_else(|e| e.into_inner());
+        // Subscribed under the log's lock: no change falls between the replay and the live feed.
+        let live = hub.presence.subscribe();
+        let replay = log.1.iter().filter(|c| c.seq > after).cloned().collect();
+        Ok((replay, live))
+    }
+
     /// Who acknowledged, got, or has not yet got one event.
     ///
     /// # Errors
@@ -352,18 +578,32 @@ impl<S: Store> Hub<S> {
         for receipt in self.store.receipts(channel, event_id).await? {
             latest.insert(receipt.device.clone(), receipt);
         }
+        let expected: std::collections::BTreeSet<DeviceId> = self
+            .store
+            .memberships(channel)
+            .await?
+            .into_iter()
+            .filter(|m| m.expects(event_id))
+            .map(|m| m.device)
+            .collect();
+        let delivered: HashMap<DeviceId, u64> = self
+            .devices(channel)
+            .await?
+            .into_iter()
+            .map(|v| (v.record.device, v.record.last_delivered))
+            .collect();
         let mut summary = ReceiptSummary {
             channel: channel.clone(),
             event_id,
             acknowledged: Vec::new(),
             delivered: Vec::new(),
             pending: Vec::new(),
+            expected: expected.len(),
         };
-        for view in self.devices(channel).await? {
-            let device = view.record.device;
+        for device in expected {
             if latest.contains_key(&device) {
                 continue;
-            } else if view.record.last_delivered >= event_id {
+            } else if delivered.get(&device).is_some_and(|&d| d >= event_id) {
                 summary.delivered.push(device);
             } else {
                 summary.pending.push(device);
@@ -393,6 +633,8 @@ pub struct Subscription<S: Store> {
     skip_live_through: u64,
     replayed: VecDeque<Arc<Event>>,
     report_gaps: bool,
+    // Events sent to a device that owes receipts, oldest first: (event, next due, sends so far).
+    in_flight: VecDeque<(Arc<Event>, Instant, u32)>,
 }
 
 impl<S: Store> Subscription<S> {
@@ -403,6 +645,9 @@ impl<S: Store> Subscription<S> {
     /// The store's error when history cannot be read; the stream should end then.
     pub async fn next(&mut self) -> Option<Result<FeedItem, StoreError>> {
         loop {
+            if let Some((event, sends)) = self.due_redelivery() {
+                return Some(Ok(FeedItem::Redelivery(event, sends)));
+            }
             if let Some(event) = self.replayed.pop_front() {
                 return Some(Ok(self.delivered(event)));
             }
@@ -424,12 +669,38 @@ impl<S: Store> Subscription<S> {
                 }
                 continue;
             }
-            let event = self.rx.recv().await?;
+            let event = match self.in_flight.front().map(|(_, due, _)| *due) {
+                Some(due) => match tokio::time::timeout_at(due, self.rx.recv()).await {
+                    Ok(event) => event?,
+                    Err(_) => continue,
+                },
+                None => self.rx.recv().await?,
+            };
             if event.id <= self.skip_live_through {
                 continue;
             }
             return Some(Ok(self.delivered(event)));
         }
+    }
+
+    /// The oldest in-flight event whose receipt is overdue, to send again; drops the ones that
+    /// were acknowledged or have been sent often enough.
+    fn due_redelivery(&mut self) -> Option<(Arc<Event>, u32)> {
+        let timeout = self.hub.config.ack_timeout?;
+        let device = self.device.as_ref()?;
+        let now = Instant::now();
+        while let Some((_, due, _)) = self.in_flight.front() {
+            if *due > now {
+                return None;
+            }
+            let (event, _, sends) = self.in_flight.pop_front()?;
+            let owed = self.channel_hub.ledger().owes(event.id, device);
+            if owed && sends < self.hub.config.max_deliveries {
+                self.in_flight.push_back((event.clone(), now + timeout, sends + 1));
+                return Some((event, sends + 1));
+            }
+        }
+        None
     }
 
     /// Takes every live event already queued, without waiting; for writers that coalesce frames.
@@ -446,13 +717,22 @@ impl<S: Store> Subscription<S> {
         }
     }
 
-    fn delivered(&self, event: Arc<Event>) -> FeedItem {
+    fn delivered(&mut self, event: Arc<Event>) -> FeedItem {
         FeedItem::Event(self.mark(event))
     }
 
-    fn mark(&self, event: Arc<Event>) -> Arc<Event> {
+    fn mark(&mut self, event: Arc<Event>) -> Arc<Event> {
         if let Some(live) = &self.live {
             live.delivered.fetch_max(event.id, Ordering::Relaxed);
+        }
+        if let (Some(timeout), Some(device)) = (self.hub.config.ack_timeout, &self.device) {
+            if self.channel_hub.ledger().owes(event.id, device) {
+                // Bounded like the queue: past it, the oldest stops being watched.
+                if self.in_flight.len() >= self.hub.config.subscriber_buffer {
+                    self.in_flight.pop_front();
+                }
+                self.in_flight.push_back((event.clone(), Instant::now() + timeout, 1));
+            }
         }
         event
     }
@@ -493,6 +773,7 @@ impl<S: Store> Drop for Subscription<S> {
             // The device is still online; its last stream saves the shared delivery cursor.
             return;
         }
+        self.channel_hub.presence_changed(&device, false);
         let touch = DeviceTouch {
             channel: self.channel.clone(),
             device,

@@ -8,6 +8,7 @@
 //! - [`receipt`]: return receipts and device records (the ledger's rows);
 //! - [`store`]: the storage contract and its backends;
 //! - [`hub`]: local fan-out, resume, presence and the ledger's operations;
+//! - [`ledger`]: the live receipt ledger: recipients and who still owes a receipt;
 //! - [`wire`]: JSON shapes shared with the command-line tools;
 //! - [`error`]: the error types.
 #![deny(missing_docs, missing_debug_implementations)]
@@ -15,6 +16,7 @@
 pub mod error;
 pub mod event;
 pub mod hub;
+pub mod ledger;
 pub mod name;
 pub mod receipt;
 pub mod sse;
@@ -25,5 +27,6 @@ pub use error::{NameError, StoreError};
 pub use event::{Event, NewEvent};
 pub use hub::{FeedItem, Hub, HubConfig, SubscribeRequest, Subscription};
 pub use name::{ChannelName, DeviceId, EventType};
-pub use receipt::{DeviceRecord, Receipt};
+pub use ledger::WaitFor;
+pub use receipt::{DeviceRecord, Membership, Receipt};
 pub use store::{MemoryStore, Retention, Store};

@@ -11,6 +11,9 @@ pub const MAX_STATUS_LEN: usize = 1024;
 /// A return receipt: a device says what it did with one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
+    /// The receipt's position in the channel's receipt stream, given by the store (0 before):
+    /// strictly increasing per channel, not necessarily contiguous.
+    pub seq: u64,
     /// The event's channel.
     pub channel: ChannelName,
     /// The event acknowledged.
@@ -32,6 +35,8 @@ pub enum DeviceOp {
     Feedback,
     /// Its last feed closed.
     Disconnect,
+    /// It was registered as a recipient (`PUT /devices/...`).
+    Register,
 }
 
 impl DeviceOp {
@@ -41,6 +46,7 @@ impl DeviceOp {
             DeviceOp::Feed => "feed",
             DeviceOp::Feedback => "feedback",
             DeviceOp::Disconnect => "disconnect",
+            DeviceOp::Register => "register",
         }
     }
 
@@ -50,6 +56,7 @@ impl DeviceOp {
             "feed" => Some(DeviceOp::Feed),
             "feedback" => Some(DeviceOp::Feedback),
             "disconnect" => Some(DeviceOp::Disconnect),
+            "register" => Some(DeviceOp::Register),
             _ => None,
         }
     }
@@ -129,5 +136,34 @@ impl DeviceRecord {
         // A receipt proves the event reached the device, whatever the stream bookkeeping saw.
         self.last_delivered = self.last_delivered.max(receipt.event_id);
         self.receipts += 1;
+    }
+}
+
+/// A device's time as a recipient of a channel: it is expected to acknowledge the events with
+/// ids in `(joined_after, left_after]` (no upper bound while it is still a recipient). Fixing the
+/// bounds by event id is what fixes each event's set of expected recipients when it is published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    /// The channel.
+    pub channel: ChannelName,
+    /// The device.
+    pub device: DeviceId,
+    /// The channel's last id when the device became a recipient.
+    pub joined_after: u64,
+    /// The channel's last id when it stopped being one, if it did.
+    pub left_after: Option<u64>,
+    /// When it became a recipient.
+    pub since: DateTime<Utc>,
+}
+
+impl Membership {
+    /// Whether the device is expected to acknowledge event `id`.
+    pub fn expects(&self, id: u64) -> bool {
+        id > self.joined_after && self.left_after.is_none_or(|left| id <= left)
+    }
+
+    /// Whether the membership is still open.
+    pub fn is_current(&self) -> bool {
+        self.left_after.is_none()
     }
 }

@@ -83,7 +83,7 @@ async fn resume_replays_then_goes_live() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_gap_and_no_duplicate_at_the_seam_under_concurrent_publishing() {
     // Room for every event: this test reads only after publishing ends.
-    let config = HubConfig { subscriber_buffer: 2048, replay_page: 16 };
+    let config = HubConfig { subscriber_buffer: 2048, replay_page: 16, ..HubConfig::default() };
     let hub = hub_with(Retention { max_events: 100_000, max_age: None }, config);
     let c = ch("Seam");
     const PUBLISHERS: u64 = 4;
@@ -122,7 +122,7 @@ async fn no_gap_and_no_duplicate_at_the_seam_under_concurrent_publishing() {
 
 #[tokio::test]
 async fn a_stalled_subscriber_is_cut_and_the_others_are_not_slowed() {
-    let config = HubConfig { subscriber_buffer: 4, replay_page: 256 };
+    let config = HubConfig { subscriber_buffer: 4, ..HubConfig::default() };
     let hub = hub_with(Retention { max_events: 1000, max_age: None }, config);
     let c = ch("C");
     let mut stalled = hub.subscribe(&c, from(None, None)).await.unwrap();

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
@@ -12,7 +13,8 @@ use pere_core::event::format_time;
 use pere_core::hub::{DeviceView, ReceiptSummary};
 use pere_core::receipt::MAX_STATUS_LEN;
 use pere_core::wire::{FeedbackRequest, PushAccepted, ReceiptJson};
-use pere_core::{ChannelName, DeviceId, EventType, Hub, NewEvent, Store, SubscribeRequest};
+use pere_core::hub::{PresenceChange, ReceiptNotice};
+use pere_core::{sse, ChannelName, DeviceId, EventType, Hub, NewEvent, Store, SubscribeRequest, WaitFor};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -20,7 +22,7 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::log::Log;
 use crate::route::{NoRoute, Route};
-use crate::sse_body::SseBody;
+use crate::sse_body::{EndReason, SseBody, StreamContext};
 use crate::{empty, full, json_response, ConnectionCloser, ResponseBody};
 
 /// The subscriber web page, embedded so the server is one self-contained binary.
@@ -69,6 +71,12 @@ async fn route<S: Store>(state: &Arc<AppState<S>>, request: Request<Incoming>) -
         Ok(Route::AdminEvents(channel)) => admin_events(state, channel, &request).await,
         Ok(Route::AdminDevices(channel)) => admin_devices(state, channel).await,
         Ok(Route::AdminReceipts(channel, id)) => admin_receipts(state, channel, id).await,
+        Ok(Route::RegisterDevice(channel, device)) => register_device(state, channel, device).await,
+        Ok(Route::RemoveDevice(channel, device)) => remove_device(state, channel, device).await,
+        Ok(Route::DevicePending(channel, device)) => device_pending(state, channel, device).await,
+        Ok(Route::Event(channel, id)) => event_view(state, channel, id).await,
+        Ok(Route::Receipts(channel)) => receipts_stream(state, channel, &request).await,
+        Ok(Route::Presence(channel)) => presence_stream(state, channel, &request).await,
         Ok(Route::Preflight) => Ok(Response::builder()
             .status(StatusCode::NO_CONTENT)
             .body(empty())
@@ -180,8 +188,31 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v == "application/json" || v.ends_with("+json"))
 }
 
+/// `?wait=all|N&timeout=5s`: what a publisher waits for, and how long (capped by `--max-wait`).
+fn push_wait(query: &Option<String>, max_wait: Duration) -> Result<Option<(WaitFor, Duration)>, ApiError> {
+    let Some(query) = query else { return Ok(None) };
+    let param = |name: &str| {
+        form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+    };
+    let Some(wait) = param("wait") else { return Ok(None) };
+    let wait = match wait.as_str() {
+        "all" => WaitFor::All,
+        n => match n.parse::<usize>() {
+            Ok(n) if n > 0 => WaitFor::AtLeast(n),
+            _ => return Err(ApiError::bad_request("bad_wait", "wait must be `all` or a number of devices")),
+        },
+    };
+    let timeout = match param("timeout") {
+        Some(t) => crate::config::parse_duration(&t)
+            .map_err(|m| ApiError::bad_request("bad_timeout", m))?,
+        None => Duration::from_secs(5),
+    };
+    Ok(Some((wait, timeout.min(max_wait))))
+}
+
 async fn push<S: Store>(state: &Arc<AppState<S>>, channel: &str, request: Request<Incoming>) -> Answer {
     let channel = channel_name(channel)?;
+    let query = request.uri().query().map(str::to_owned);
     let device = device_id(header_or_query(&request, "device", &["device"]))?;
     let event_type = query_param(&request, &["event"])
         .or_else(|| request.headers().get("event").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()))
@@ -195,36 +226,63 @@ async fn push<S: Store>(state: &Arc<AppState<S>>, channel: &str, request: Reques
             return Err(ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {err}")));
         }
     }
+    let wait = push_wait(&query, state.config.max_wait)?;
     let event = state.hub.publish(&channel, NewEvent { publisher: device, event_type, body }).await?;
     state.log.push(channel.as_str(), event.publisher.as_ref().map(|d| d.as_str()), event.id, &event.body);
-    Ok(json_response(StatusCode::OK, &PushAccepted::from(&*event)))
+    let Some((wait, timeout)) = wait else {
+        return Ok(json_response(StatusCode::OK, &PushAccepted::from(&*event)));
+    };
+    let satisfied = state.hub.wait_for_receipts(&channel, event.id, wait, timeout).await?;
+    let summary = state.hub.receipt_summary(&channel, event.id).await?;
+    let accepted = PushAccepted::from(&*event);
+    let answer = json!({
+        "channel": accepted.channel,
+        "id": accepted.id,
+        "time": accepted.time,
+        "satisfied": satisfied,
+        "receipts": summary_json(&summary),
+    });
+    // 202: the event is stored, but the receipts asked for did not all arrive in time.
+    Ok(json_response(if satisfied { StatusCode::OK } else { StatusCode::ACCEPTED }, &answer))
 }
 
 async fn feed<S: Store>(state: &Arc<AppState<S>>, channel: &str, request: &Request<Incoming>) -> Answer {
     let channel = channel_name(channel)?;
     let device = device_id(header_or_query(request, "device", &["device"]))?;
-    let raw = header_or_query(request, "last-event-id", &["lastEventId", "last_event_id"]);
     // An id this server never gave (e.g. an original PERE timestamp) is treated as no position.
-    let last_event_id = raw.as_deref().and_then(|r| r.trim().parse::<u64>().ok());
+    let (last_event_id, raw) = resume_position(request);
     state.log.feed(channel.as_str(), device.as_ref().map(|d| d.as_str()), raw.as_deref());
     let subscription = state
         .hub
         .subscribe(&channel, SubscribeRequest { device, last_event_id, last_event_id_raw: raw })
         .await?;
-    let body = SseBody::new(
-        subscription,
-        state.config.retry_ms,
-        Duration::from_secs(state.config.keep_alive_secs.max(1)),
-        state.shutdown.clone().cancelled_owned(),
-        state.log,
-        request.extensions().get::<ConnectionCloser>().cloned(),
-    );
-    Ok(Response::builder()
+    Ok(sse_response(SseBody::feed(subscription, stream_context(state, request))))
+}
+
+fn stream_context<S: Store>(state: &AppState<S>, request: &Request<Incoming>) -> StreamContext {
+    StreamContext {
+        retry_ms: state.config.retry_ms,
+        keep_alive_every: Duration::from_secs(state.config.keep_alive_secs.max(1)),
+        shutdown: state.shutdown.clone().cancelled_owned(),
+        log: state.log,
+        closer: request.extensions().get::<ConnectionCloser>().cloned(),
+    }
+}
+
+fn sse_response(body: SseBody) -> Response<ResponseBody> {
+    Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream; charset=utf-8")
         .header(header::CACHE_CONTROL, "no-cache")
         .header("x-accel-buffering", "no")
         .body(http_body_util::combinators::UnsyncBoxBody::new(body))
-        .expect("static response"))
+        .expect("static response")
+}
+
+/// The resume position of a stream: `Last-Event-ID` header or `?lastEventId=`; anything that is
+/// not a number counts as none.
+fn resume_position(request: &Request<Incoming>) -> (Option<u64>, Option<String>) {
+    let raw = header_or_query(request, "last-event-id", &["lastEventId", "last_event_id"]);
+    (raw.as_deref().and_then(|r| r.trim().parse::<u64>().ok()), raw)
 }
 
 /// The parts of a receipt, from wherever the client put them.
@@ -325,9 +383,10 @@ async fn admin_events<S: Store>(state: &Arc<AppState<S>>, channel: &str, request
     Ok(json_response(StatusCode::OK, &bodies))
 }
 
-fn device_json(view: &DeviceView) -> Value {
+fn device_json(view: &DeviceView, recipient: bool) -> Value {
     let r = &view.record;
     json!({
+        "recipient": recipient,
         "op": r.last_op.as_str(),
         "at": format_time(r.last_seen),
         "Last-Event-Id": r.last_event_id,
@@ -343,9 +402,19 @@ fn device_json(view: &DeviceView) -> Value {
 
 async fn admin_devices<S: Store>(state: &Arc<AppState<S>>, channel: &str) -> Answer {
     let channel = channel_name(channel)?;
+    let recipients: std::collections::HashSet<DeviceId> = state
+        .hub
+        .store()
+        .memberships(&channel)
+        .await?
+        .into_iter()
+        .filter(|m| m.is_current())
+        .map(|m| m.device)
+        .collect();
     let mut view = serde_json::Map::new();
     for device in state.hub.devices(&channel).await? {
-        view.insert(device.record.device.to_string(), device_json(&device));
+        let recipient = recipients.contains(&device.record.device);
+        view.insert(device.record.device.to_string(), device_json(&device, recipient));
     }
     Ok(json_response(StatusCode::OK, &Value::Object(view)))
 }
@@ -362,6 +431,8 @@ fn summary_json(summary: &ReceiptSummary) -> Value {
         "acknowledged": acknowledged,
         "delivered": summary.delivered,
         "pending": summary.pending,
+        "expected": summary.expected,
+        "complete": summary.complete(),
         "counts": {
             "acknowledged": summary.acknowledged.len(),
             "delivered": summary.delivered.len(),
@@ -375,6 +446,143 @@ async fn admin_receipts<S: Store>(state: &Arc<AppState<S>>, channel: &str, id: &
     let id: u64 = id.parse().map_err(|_| ApiError::bad_request("bad_event_id", format!("`{id}` is not an event id")))?;
     let summary = state.hub.receipt_summary(&channel, id).await?;
     Ok(json_response(StatusCode::OK, &summary_json(&summary)))
+}
+
+fn membership_json(m: &pere_core::Membership) -> Value {
+    json!({
+        "channel": m.channel,
+        "device": m.device,
+        "since": format_time(m.since),
+        "expects_events_after": m.joined_after,
+        "left_after": m.left_after,
+    })
+}
+
+async fn register_device<S: Store>(state: &Arc<AppState<S>>, channel: &str, device: &str) -> Answer {
+    let channel = channel_name(channel)?;
+    let device = DeviceId::new(device)?;
+    let membership = state.hub.register(&channel, &device).await?;
+    Ok(json_response(StatusCode::OK, &membership_json(&membership)))
+}
+
+async fn remove_device<S: Store>(state: &Arc<AppState<S>>, channel: &str, device: &str) -> Answer {
+    let channel = channel_name(channel)?;
+    let device = DeviceId::new(device)?;
+    match state.hub.unregister(&channel, &device).await? {
+        Some(membership) => Ok(json_response(StatusCode::OK, &membership_json(&membership))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_a_recipient",
+            format!("{device} is not a recipient of {channel}"),
+        )),
+    }
+}
+
+fn event_json(event: &pere_core::Event) -> Value {
+    json!({
+        "channel": event.channel,
+        "id": event.id,
+        "time": format_time(event.time),
+        "device": event.publisher,
+        "event": event.event_type,
+        "data": event.body,
+    })
+}
+
+async fn device_pending<S: Store>(state: &Arc<AppState<S>>, channel: &str, device: &str) -> Answer {
+    let channel = channel_name(channel)?;
+    let device = DeviceId::new(device)?;
+    // Expected of the device: events after it became a recipient (all retained ones if never).
+    let memberships = state.hub.store().memberships(&channel).await?;
+    let after = memberships.iter().filter(|m| m.device == device).map(|m| m.joined_after).min().unwrap_or(0);
+    let events = state.hub.store().unacknowledged(&channel, &device, after, 1000).await?;
+    let events: Vec<Value> = events
+        .iter()
+        .filter(|e| memberships.iter().any(|m| m.device == device && m.expects(e.id)))
+        .map(|e| event_json(e))
+        .collect();
+    Ok(json_response(StatusCode::OK, &json!({"channel": channel, "device": device, "pending": events})))
+}
+
+async fn event_view<S: Store>(state: &Arc<AppState<S>>, channel: &str, id: &str) -> Answer {
+    let channel = channel_name(channel)?;
+    let id: u64 = id.parse().map_err(|_| ApiError::bad_request("bad_event_id", format!("`{id}` is not an event id")))?;
+    let summary = state.hub.receipt_summary(&channel, id).await?;
+    let event = state.hub.store().event(&channel, id).await?;
+    let mut view = match &event {
+        Some(event) => event_json(event),
+        None => json!({"channel": channel, "id": id, "pruned": true}),
+    };
+    view["receipts"] = summary_json(&summary);
+    Ok(json_response(StatusCode::OK, &view))
+}
+
+fn receipt_frame(notice: &ReceiptNotice) -> Bytes {
+    let data = serde_json::to_string(&ReceiptJson::from(&notice.receipt)).unwrap_or_default();
+    let mut frame = sse::encode_event(notice.receipt.seq, Some("receipt"), &data).to_vec();
+    if let Some(done) = notice.completed {
+        let data = json!({"channel": notice.receipt.channel, "id": done.event_id, "expected": done.expected});
+        frame.extend_from_slice(&sse::encode_event(notice.receipt.seq, Some("complete"), &data.to_string()));
+    }
+    Bytes::from(frame)
+}
+
+async fn receipts_stream<S: Store>(state: &Arc<AppState<S>>, channel: &str, request: &Request<Incoming>) -> Answer {
+    let channel = channel_name(channel)?;
+    let (after, _) = resume_position(request);
+    // Live first, then history: nothing falls between the two.
+    let live = state.hub.follow_receipts(&channel).await?;
+    let mut replayed_through = after.unwrap_or(0);
+    let mut replay = Vec::new();
+    if let Some(after) = after {
+        loop {
+            let page = state.hub.store().receipts_after(&channel, replayed_through.max(after), 1000).await?;
+            let Some(last) = page.last() else { break };
+            replayed_through = last.seq;
+            replay.extend(page.into_iter().map(|receipt| Ok(receipt_frame(&ReceiptNotice { receipt, completed: None }))));
+            if replay.len() >= 100_000 {
+                break;
+            }
+        }
+    }
+    let live = futures_util::stream::unfold((live, replayed_through), |(mut live, through)| async move {
+        loop {
+            match live.recv().await {
+                Ok(notice) if notice.receipt.seq <= through => continue,
+                Ok(notice) => return Some((Ok(receipt_frame(&notice)), (live, through))),
+                // The reader fell behind the live buffer: it resumes from its last id.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    return Some((Err(EndReason::Lagged), (live, through)))
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    let frames = futures_util::stream::iter(replay).chain(live).boxed();
+    let body = SseBody::frames(frames, format!("{channel} receipts"), None, stream_context(state, request));
+    Ok(sse_response(body))
+}
+
+fn presence_frame(change: &PresenceChange) -> Bytes {
+    let data = json!({"device": change.device, "online": change.online, "at": format_time(change.at)});
+    sse::encode_event(change.seq, Some("presence"), &data.to_string())
+}
+
+async fn presence_stream<S: Store>(state: &Arc<AppState<S>>, channel: &str, request: &Request<Incoming>) -> Answer {
+    let channel = channel_name(channel)?;
+    let (after, _) = resume_position(request);
+    let (replay, live) = state.hub.follow_presence(&channel, after.unwrap_or(0)).await?;
+    let replay: Vec<_> = replay.iter().map(|c| Ok(presence_frame(c))).collect();
+    let live = futures_util::stream::unfold(live, |mut live| async move {
+        match live.recv().await {
+            Ok(change) => Some((Ok(presence_frame(&change)), live)),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Some((Err(EndReason::Lagged), live)),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
+        }
+    });
+    let frames = futures_util::stream::iter(replay).chain(live).boxed();
+    let body = SseBody::frames(frames, format!("{channel} presence"), None, stream_context(state, request));
+    Ok(sse_response(body))
 }
 
 #[cfg(test)]

@@ -8,8 +8,19 @@ use clap::{Parser, ValueEnum};
 /// Where events, receipts and device records are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum StoreKind {
+    /// Embedded SQLite in --data-dir: durable, no setup.
+    Sqlite,
     /// In process memory: fast, gone on restart. For tests and demos.
     Memory,
+}
+
+/// What an acknowledged write survives (SQLite store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DurabilityLevel {
+    /// Survives a crash of the server process (SQLite WAL, synchronous=NORMAL).
+    Normal,
+    /// Also survives power loss and OS crashes (synchronous=FULL: a disk sync per commit).
+    Full,
 }
 
 /// PERE: Push Events with Return-receipt Engine.
@@ -28,8 +39,16 @@ pub struct Config {
     pub port: u16,
 
     /// Storage backend.
-    #[arg(long = "store", value_enum, default_value = "memory", env = "PERE_STORE")]
+    #[arg(long = "store", value_enum, default_value = "sqlite", env = "PERE_STORE")]
     pub store: StoreKind,
+
+    /// Directory of the SQLite store (created if missing).
+    #[arg(long = "data-dir", default_value = "./pere-data", env = "PERE_DATA_DIR")]
+    pub data_dir: std::path::PathBuf,
+
+    /// What an acknowledged push or receipt survives (SQLite store).
+    #[arg(long = "durability", value_enum, default_value = "normal", env = "PERE_DURABILITY")]
+    pub durability: DurabilityLevel,
 
     /// Largest accepted event body, in bytes (larger pushes get 413).
     #[arg(long = "max-body", default_value_t = 64 * 1024, env = "PERE_MAX_BODY")]
@@ -66,6 +85,23 @@ pub struct Config {
     #[arg(short = 'q', long = "quiet", env = "PERE_QUIET")]
     pub quiet: bool,
 
+    /// Redelivery: send an event again, with the same id, on the open stream of a recipient that
+    /// has not acknowledged it within this time (e.g. 30s); 0 turns redelivery off.
+    #[arg(long = "ack-timeout", default_value = "0", value_parser = parse_duration, env = "PERE_ACK_TIMEOUT")]
+    pub ack_timeout: Duration,
+
+    /// Redelivery: how many times one event is sent on one stream at most.
+    #[arg(long = "max-deliveries", default_value_t = 5, env = "PERE_MAX_DELIVERIES")]
+    pub max_deliveries: u32,
+
+    /// A recipient not seen for this long stops being expected to acknowledge new events.
+    #[arg(long = "recipient-expiry", default_value = "7d", value_parser = parse_duration, env = "PERE_RECIPIENT_EXPIRY")]
+    pub recipient_expiry: Duration,
+
+    /// The longest a push with `?wait=` may hold its answer.
+    #[arg(long = "max-wait", default_value = "60s", value_parser = parse_duration, env = "PERE_MAX_WAIT")]
+    pub max_wait: Duration,
+
     /// Seconds to wait for open requests to finish on shutdown before closing them.
     #[arg(long = "shutdown-timeout", default_value_t = 5, env = "PERE_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout_secs: u64,
@@ -74,6 +110,7 @@ pub struct Config {
 impl std::fmt::Display for StoreKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            StoreKind::Sqlite => "sqlite",
             StoreKind::Memory => "memory",
         })
     }
@@ -92,7 +129,7 @@ impl Config {
 }
 
 /// Parses `90s`, `30m`, `12h`, `7d` or a bare number of seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => text.split_at(i),

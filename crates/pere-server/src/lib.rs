@@ -67,7 +67,12 @@ impl<S: Store> AppState<S> {
     pub fn new(store: S, config: Config) -> Arc<Self> {
         let hub = Hub::new(
             store,
-            HubConfig { subscriber_buffer: config.subscriber_buffer.max(1), ..HubConfig::default() },
+            HubConfig {
+                subscriber_buffer: config.subscriber_buffer.max(1),
+                ack_timeout: (!config.ack_timeout.is_zero()).then_some(config.ack_timeout),
+                max_deliveries: config.max_deliveries.max(1),
+                ..HubConfig::default()
+            },
         );
         let log = log::Log::stdout(!config.quiet);
         Arc::new(AppState { hub, config, log, shutdown: CancellationToken::new() })
@@ -87,6 +92,28 @@ impl ConnectionCloser {
     }
 }
 
+/// Ends recipients' memberships after `--recipient-expiry` of inactivity, checked every minute.
+async fn expire_recipients<S: Store>(state: Arc<AppState<S>>) {
+    // Every minute, or more often for short expiries, so an expiry is never late by much.
+    let period = (state.config.recipient_expiry / 2).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let mut every = tokio::time::interval(period);
+    loop {
+        every.tick().await;
+        if let Err(err) = state.hub.expire_recipients(state.config.recipient_expiry).await {
+            eprintln!("ERROR> recipient expiry: {err}");
+        }
+    }
+}
+
+/// Stops the expiry task with the server.
+struct ExpiryTask(tokio::task::JoinHandle<()>);
+
+impl Drop for ExpiryTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The retention the settings ask for.
 pub fn retention(config: &Config) -> Retention {
     Retention {
@@ -103,6 +130,7 @@ pub fn retention(config: &Config) -> Retention {
 /// retried after a short pause.
 pub async fn run<S: Store>(listener: TcpListener, state: Arc<AppState<S>>) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
+    let _expiry = ExpiryTask(tokio::spawn(expire_recipients(state.clone())));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,

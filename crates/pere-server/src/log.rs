@@ -73,6 +73,17 @@ impl Log {
         }
     }
 
+    /// An event sent again because its receipt is overdue.
+    pub fn redelivery(&self, channel: &str, device: &str, id: u64, sends: u32) {
+        if self.events {
+            self.line(
+                "33",
+                "REDELIVER>",
+                format_args!("channel: {channel}, device: {device}, Event-Id: {id}, send: {sends}"),
+            );
+        }
+    }
+
     /// A receipt recorded.
     pub fn feedback(&self, channel: &str, device: &str, id: u64, status: &str) {
         if self.events {

@@ -2,8 +2,9 @@
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use pere_core::MemoryStore;
-use pere_server::config::StoreKind;
+use pere_core::store::{Durability, SqliteOptions, SqliteStore};
+use pere_core::{MemoryStore, Store};
+use pere_server::config::{DurabilityLevel, StoreKind};
 use pere_server::{retention, run, AppState, Config};
 use tokio::net::TcpListener;
 
@@ -13,12 +14,36 @@ async fn main() -> anyhow::Result<()> {
     let listener = TcpListener::bind((config.host, config.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
+    match config.store {
+        StoreKind::Memory => serve(listener, MemoryStore::new(retention(&config)), config).await,
+        StoreKind::Sqlite => {
+            let options = SqliteOptions {
+                durability: match config.durability {
+                    DurabilityLevel::Normal => Durability::Normal,
+                    DurabilityLevel::Full => Durability::Full,
+                },
+                retention: retention(&config),
+                ..SqliteOptions::default()
+            };
+            let store = SqliteStore::open(&config.data_dir, options)
+                .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+            serve(listener, store.clone(), config).await?;
+            // Every acknowledged write is already committed; this waits for the writer to stop.
+            store.close().await;
+            Ok(())
+        }
+    }
+}
+
+async fn serve<S: Store>(listener: TcpListener, store: S, config: Config) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
-    let state = match config.store {
-        StoreKind::Memory => AppState::new(MemoryStore::new(retention(&config)), config.clone()),
+    let what = match config.store {
+        StoreKind::Memory => "memory".to_owned(),
+        StoreKind::Sqlite => format!("sqlite in {}, durability {:?}", config.data_dir.display(), config.durability),
     };
+    let state = AppState::new(store, config);
     // Tests and scripts read the bound address from this first line.
-    println!("PERE server listening on http://{address} (store: {})", config.store);
+    println!("PERE server listening on http://{address} (store: {what})");
     let shutdown = state.shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;

@@ -25,6 +25,18 @@ pub enum Route<'a> {
     AdminDevices(&'a str),
     /// `GET /admin/receipts/:channel/:id`.
     AdminReceipts(&'a str, &'a str),
+    /// `PUT /devices/:channel/:device`: register a recipient.
+    RegisterDevice(&'a str, &'a str),
+    /// `DELETE /devices/:channel/:device`: remove a recipient.
+    RemoveDevice(&'a str, &'a str),
+    /// `GET /devices/:channel/:device/pending`.
+    DevicePending(&'a str, &'a str),
+    /// `GET /events/:channel/:id`: one event with its receipt summary.
+    Event(&'a str, &'a str),
+    /// `GET /receipts/:channel`: the receipt stream (SSE).
+    Receipts(&'a str),
+    /// `GET /presence/:channel`: the presence stream (SSE).
+    Presence(&'a str),
     /// `OPTIONS` on any path: a CORS preflight.
     Preflight,
 }
@@ -56,10 +68,17 @@ impl<'a> Route<'a> {
             ["admin", "events", channel] => (Route::AdminEvents(channel), "GET"),
             ["admin", "devices", channel] => (Route::AdminDevices(channel), "GET"),
             ["admin", "receipts", channel, id] => (Route::AdminReceipts(channel, id), "GET"),
+            ["devices", channel, device] if method == Method::DELETE => (Route::RemoveDevice(channel, device), "PUT, DELETE"),
+            ["devices", channel, device] => (Route::RegisterDevice(channel, device), "PUT, DELETE"),
+            ["devices", channel, device, "pending"] => (Route::DevicePending(channel, device), "GET"),
+            ["events", channel, id] => (Route::Event(channel, id), "GET"),
+            ["receipts", channel] => (Route::Receipts(channel), "GET"),
+            ["presence", channel] => (Route::Presence(channel), "GET"),
             _ => return Err(NoRoute::NotFound),
         };
         let method_ok = match allowed {
             "GET" => method == Method::GET || method == Method::HEAD,
+            "PUT, DELETE" => method == Method::PUT || method == Method::DELETE,
             _ => method == Method::POST,
         };
         if method_ok {
@@ -83,5 +102,9 @@ mod tests {
         assert_eq!(Route::parse(&Method::GET, "/push/C1"), Err(NoRoute::MethodNotAllowed("POST")));
         assert_eq!(Route::parse(&Method::GET, "/feed/C1/extra"), Err(NoRoute::NotFound));
         assert_eq!(Route::parse(&Method::GET, "/nowhere"), Err(NoRoute::NotFound));
+        assert_eq!(Route::parse(&Method::PUT, "/devices/C/H1"), Ok(Route::RegisterDevice("C", "H1")));
+        assert_eq!(Route::parse(&Method::DELETE, "/devices/C/H1"), Ok(Route::RemoveDevice("C", "H1")));
+        assert_eq!(Route::parse(&Method::GET, "/devices/C/H1"), Err(NoRoute::MethodNotAllowed("PUT, DELETE")));
+        assert_eq!(Route::parse(&Method::GET, "/devices/C/H1/pending"), Ok(Route::DevicePending("C", "H1")));
     }
 }

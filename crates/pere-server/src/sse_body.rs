@@ -1,5 +1,5 @@
-//! The body of a feed response: a subscription turned into SSE frames, with keep-alive comments,
-//! an end on shutdown, and a log line when the stream closes.
+//! The body of every SSE response (event feeds, receipt and presence streams): a stream of
+//! frames with keep-alive comments, an end on shutdown, and a log line when the stream closes.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,26 +10,48 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use hyper::body::{Body, Frame, SizeHint};
-use pere_core::{sse, FeedItem, Store, StoreError, Subscription};
+use pere_core::{sse, FeedItem, Store, Subscription};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::log::Log;
 use crate::ConnectionCloser;
 
-/// Why a feed ended, for the log.
-#[derive(Debug, Clone, Copy)]
-enum EndReason {
+/// Why a stream ended, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// The source ended or the client went away.
     Closed,
+    /// The client fell too far behind.
     Lagged,
+    /// The server is shutting down.
     Shutdown,
+    /// History could not be read.
     StoreFailed,
 }
 
-/// An SSE response body over a [`Subscription`].
+/// What an SSE source yields: a frame, or the reason it ends.
+pub type FrameResult = Result<Bytes, EndReason>;
+
+/// What every SSE stream needs from the server around it.
+#[derive(Debug)]
+pub struct StreamContext {
+    /// The `retry:` hint, in milliseconds.
+    pub retry_ms: u64,
+    /// How long a stream may stay silent before a keep-alive comment.
+    pub keep_alive_every: Duration,
+    /// Resolves when the server shuts down.
+    pub shutdown: WaitForCancellationFutureOwned,
+    /// The activity log.
+    pub log: Log,
+    /// Closes the connection when the client lags.
+    pub closer: Option<ConnectionCloser>,
+}
+
+/// An SSE response body.
 pub struct SseBody {
     prelude: Option<Bytes>,
-    items: BoxStream<'static, (Option<Result<FeedItem, StoreError>>, bool)>,
+    items: BoxStream<'static, FrameResult>,
     keep_alive: Pin<Box<Sleep>>,
     keep_alive_every: Duration,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -48,25 +70,42 @@ impl std::fmt::Debug for SseBody {
 
 impl SseBody {
     /// Streams `subscription`, starting with the `retry:` hint.
-    pub fn new<S: Store>(
-        subscription: Subscription<S>,
-        retry_ms: u64,
-        keep_alive_every: Duration,
-        shutdown: WaitForCancellationFutureOwned,
-        log: Log,
-        closer: Option<ConnectionCloser>,
-    ) -> Self {
+    pub fn feed<S: Store>(subscription: Subscription<S>, context: StreamContext) -> Self {
         let channel = subscription.channel().to_string();
         let device = subscription.device().map(|d| d.to_string());
-        // Each item carries whether the subscription was cut for lagging, read when it ends.
-        let items = stream::unfold(Some(subscription), |state| async move {
+        let log = context.log;
+        let items = stream::unfold(Some(subscription), move |state| async move {
             let mut subscription = state?;
-            let item = subscription.next().await;
-            let lagged = item.is_none() && subscription.lagged();
-            let done = item.is_none();
-            Some(((item, lagged), if done { None } else { Some(subscription) }))
+            let frame = match subscription.next().await {
+                Some(Ok(FeedItem::Event(event))) => Ok(event.frame().clone()),
+                Some(Ok(FeedItem::Redelivery(event, sends))) => {
+                    let device = subscription.device().map_or("-", |d| d.as_str());
+                    log.redelivery(subscription.channel().as_str(), device, event.id, sends);
+                    Ok(event.frame().clone())
+                }
+                Some(Ok(FeedItem::Gap { from, to })) => Ok(sse::encode_gap(from, to)),
+                Some(Err(err)) => {
+                    eprintln!("ERROR> feed of {}: {err}", subscription.channel());
+                    Err(EndReason::StoreFailed)
+                }
+                None if subscription.lagged() => Err(EndReason::Lagged),
+                None => Err(EndReason::Closed),
+            };
+            let next = frame.is_ok().then_some(subscription);
+            Some((frame, next))
         })
         .boxed();
+        Self::frames(items, channel, device, context)
+    }
+
+    /// Streams any source of frames, starting with the `retry:` hint.
+    pub fn frames(
+        items: BoxStream<'static, FrameResult>,
+        channel: String,
+        device: Option<String>,
+        context: StreamContext,
+    ) -> Self {
+        let StreamContext { retry_ms, keep_alive_every, shutdown, log, closer } = context;
         SseBody {
             prelude: Some(sse::encode_retry(retry_ms)),
             items,
@@ -106,20 +145,12 @@ impl Body for SseBody {
             return this.end(EndReason::Shutdown);
         }
         match this.items.poll_next_unpin(cx) {
-            Poll::Ready(Some((Some(Ok(item)), _))) => {
-                let frame = match item {
-                    FeedItem::Event(event) => event.frame().clone(),
-                    FeedItem::Gap { from, to } => sse::encode_gap(from, to),
-                };
+            Poll::Ready(Some(Ok(frame))) => {
                 let next = Instant::now() + this.keep_alive_every;
                 this.keep_alive.as_mut().reset(next);
                 Poll::Ready(Some(Ok(Frame::data(frame))))
             }
-            Poll::Ready(Some((Some(Err(err)), _))) => {
-                eprintln!("ERROR> feed of {}: {err}", this.channel);
-                this.end(EndReason::StoreFailed)
-            }
-            Poll::Ready(Some((None, lagged))) => this.end(if lagged { EndReason::Lagged } else { EndReason::Closed }),
+            Poll::Ready(Some(Err(reason))) => this.end(reason),
             Poll::Ready(None) => this.end(EndReason::Closed),
             Poll::Pending => {
                 if this.keep_alive.as_mut().poll(cx).is_ready() {

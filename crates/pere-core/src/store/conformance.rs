@@ -22,7 +22,7 @@ fn body(text: &str) -> NewEvent {
 }
 
 fn receipt(channel: &str, id: u64, device: &str, status: &str) -> Receipt {
-    Receipt { channel: ch(channel), event_id: id, device: dev(device), status: status.to_owned(), time: now() }
+    Receipt { seq: 0, channel: ch(channel), event_id: id, device: dev(device), status: status.to_owned(), time: now() }
 }
 
 const ROOMY: Retention = Retention { max_events: 1000, max_age: None };
@@ -41,6 +41,8 @@ where
     device_touches_only_move_forward(make(ROOMY).await).await;
     concurrent_appends_get_unique_ids(make(ROOMY).await).await;
     bodies_round_trip_verbatim(make(ROOMY).await).await;
+    receipt_stream_and_unacknowledged(make(ROOMY).await).await;
+    memberships_fix_expected_recipients(make(ROOMY).await).await;
     age_retention_prunes(make(Retention { max_events: 100, max_age: Some(Duration::from_millis(1)) }).await).await;
 }
 
@@ -105,7 +107,7 @@ async fn receipts_are_kept_and_move_cursors(store: impl Store) {
     ));
     store.record_receipt(receipt("R", 2, "H1", "rx ok")).await.unwrap();
     store.record_receipt(receipt("R", 2, "H1", "done")).await.unwrap();
-    let record = store.record_receipt(receipt("R", 1, "H1", "late")).await.unwrap();
+    let (_, record) = store.record_receipt(receipt("R", 1, "H1", "late")).await.unwrap();
     assert_eq!(record.last_acked, 2, "the ack cursor never moves back");
     assert_eq!(record.receipts, 3);
     assert_eq!(record.last_op, DeviceOp::Feedback);
@@ -181,4 +183,45 @@ async fn age_retention_prunes(store: impl Store) {
     let page = store.read(&c, 0, 10).await.unwrap();
     assert_eq!(page.events.iter().map(|e| e.body.as_str()).collect::<Vec<_>>(), vec!["new"]);
     assert_eq!(page.first_retained, 2);
+}
+
+async fn receipt_stream_and_unacknowledged(store: impl Store) {
+    let c = ch("S");
+    for i in 1..=4 {
+        store.append(&c, body(&format!("e{i}"))).await.unwrap();
+    }
+    let mut seqs = Vec::new();
+    for (id, device) in [(1, "A"), (2, "A"), (2, "B"), (4, "A")] {
+        let (stored, _) = store.record_receipt(receipt("S", id, device, "ok")).await.unwrap();
+        assert_eq!((stored.event_id, stored.device.as_str()), (id, device));
+        seqs.push(stored.seq);
+    }
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "receipt seqs increase: {seqs:?}");
+    let after_first: Vec<u64> = store.receipts_after(&c, seqs[0], 10).await.unwrap().iter().map(|r| r.seq).collect();
+    assert_eq!(after_first, seqs[1..].to_vec());
+    assert_eq!(store.receipts_after(&c, seqs[1], 1).await.unwrap()[0].seq, seqs[2]);
+    let ids = |events: Vec<std::sync::Arc<crate::event::Event>>| events.iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(ids(store.unacknowledged(&c, &dev("A"), 0, 10).await.unwrap()), vec![3]);
+    assert_eq!(ids(store.unacknowledged(&c, &dev("B"), 0, 10).await.unwrap()), vec![1, 3, 4]);
+    assert_eq!(ids(store.unacknowledged(&c, &dev("B"), 1, 1).await.unwrap()), vec![3]);
+}
+
+async fn memberships_fix_expected_recipients(store: impl Store) {
+    let c = ch("M");
+    store.append(&c, body("before")).await.unwrap();
+    let joined = store.add_recipient(&c, &dev("A"), now()).await.unwrap();
+    assert_eq!((joined.joined_after, joined.left_after), (1, None));
+    assert_eq!(store.add_recipient(&c, &dev("A"), now()).await.unwrap(), joined, "adding twice keeps the membership");
+    store.append(&c, body("for A")).await.unwrap();
+    let left = store.remove_recipient(&c, &dev("A")).await.unwrap().unwrap();
+    assert_eq!(left.left_after, Some(2));
+    assert!(store.remove_recipient(&c, &dev("A")).await.unwrap().is_none());
+    assert!(store.remove_recipient(&c, &dev("nobody")).await.unwrap().is_none());
+    store.append(&c, body("after")).await.unwrap();
+    let back = store.add_recipient(&c, &dev("A"), now()).await.unwrap();
+    assert_eq!(back.joined_after, 3);
+    let all = store.memberships(&c).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(!all[0].expects(1) && all[0].expects(2) && !all[0].expects(3));
+    assert!(all[1].expects(4) && !all[1].expects(3));
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use crate::error::StoreError;
 use crate::event::{now, Event, NewEvent};
 use crate::name::{ChannelName, DeviceId};
-use crate::receipt::{DeviceRecord, DeviceTouch, Receipt};
+use crate::receipt::{DeviceRecord, DeviceTouch, Membership, Receipt};
 use crate::store::{EventPage, Retention, Store};
 
 /// The in-memory [`Store`]. Each channel has its own lock, so channels never contend.
@@ -29,6 +29,10 @@ struct ChannelData {
     // Keyed by event id so receipts are pruned together with their events.
     receipts: BTreeMap<u64, Vec<Receipt>>,
     devices: BTreeMap<DeviceId, DeviceRecord>,
+    receipt_seq: u64,
+    // The receipt stream, in seq order; bounded like the events.
+    receipt_log: VecDeque<Receipt>,
+    memberships: Vec<Membership>,
 }
 
 impl ChannelData {
@@ -45,6 +49,9 @@ impl ChannelData {
             while self.events.front().is_some_and(|e| e.time < oldest_allowed) {
                 self.events.pop_front();
             }
+        }
+        while self.receipt_log.len() > retention.max_events {
+            self.receipt_log.pop_front();
         }
         let first = self.first_retained();
         if self.receipts.first_key_value().is_some_and(|(&id, _)| id < first) {
@@ -125,7 +132,7 @@ impl Store for MemoryStore {
         }))
     }
 
-    async fn record_receipt(&self, receipt: Receipt) -> Result<DeviceRecord, StoreError> {
+    async fn record_receipt(&self, mut receipt: Receipt) -> Result<(Receipt, DeviceRecord), StoreError> {
         let Some(data) = self.existing(&receipt.channel) else {
             return Err(StoreError::UnknownEvent { id: receipt.event_id });
         };
@@ -149,10 +156,14 @@ impl Store for MemoryStore {
         };
         record.apply_receipt(&receipt);
         let record = record.clone();
+        data.receipt_seq += 1;
+        receipt.seq = data.receipt_seq;
         if receipt.event_id >= data.first_retained() {
-            data.receipts.entry(receipt.event_id).or_default().push(receipt);
+            data.receipts.entry(receipt.event_id).or_default().push(receipt.clone());
         }
-        Ok(record)
+        data.receipt_log.push_back(receipt.clone());
+        data.prune(&self.inner.retention);
+        Ok((receipt, record))
     }
 
     async fn receipts(&self, channel: &ChannelName, event_id: u64) -> Result<Vec<Receipt>, StoreError> {
@@ -176,6 +187,63 @@ impl Store for MemoryStore {
 
     async fn devices(&self, channel: &ChannelName) -> Result<Vec<DeviceRecord>, StoreError> {
         Ok(self.with_existing(channel, Vec::new(), |d| d.devices.values().cloned().collect()))
+    }
+
+    async fn receipts_after(&self, channel: &ChannelName, after: u64, limit: usize) -> Result<Vec<Receipt>, StoreError> {
+        Ok(self.with_existing(channel, Vec::new(), |d| {
+            let start = d.receipt_log.partition_point(|r| r.seq <= after);
+            d.receipt_log.iter().skip(start).take(limit).cloned().collect()
+        }))
+    }
+
+    async fn unacknowledged(
+        &self,
+        channel: &ChannelName,
+        device: &DeviceId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<Event>>, StoreError> {
+        Ok(self.with_existing(channel, Vec::new(), |d| {
+            let start = d.events.partition_point(|e| e.id <= after);
+            let acked = |id: u64| d.receipts.get(&id).is_some_and(|rs| rs.iter().any(|r| &r.device == device));
+            d.events.iter().skip(start).filter(|e| !acked(e.id)).take(limit).cloned().collect()
+        }))
+    }
+
+    async fn add_recipient(
+        &self,
+        channel: &ChannelName,
+        device: &DeviceId,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Membership, StoreError> {
+        let data = self.channel(channel);
+        let mut data = data.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(current) = data.memberships.iter().find(|m| &m.device == device && m.is_current()) {
+            return Ok(current.clone());
+        }
+        let membership = Membership {
+            channel: channel.clone(),
+            device: device.clone(),
+            joined_after: data.head,
+            left_after: None,
+            since: at,
+        };
+        data.memberships.push(membership.clone());
+        Ok(membership)
+    }
+
+    async fn remove_recipient(&self, channel: &ChannelName, device: &DeviceId) -> Result<Option<Membership>, StoreError> {
+        let Some(data) = self.existing(channel) else { return Ok(None) };
+        let mut data = data.lock().unwrap_or_else(|e| e.into_inner());
+        let head = data.head;
+        Ok(data.memberships.iter_mut().find(|m| &m.device == device && m.is_current()).map(|m| {
+            m.left_after = Some(head);
+            m.clone()
+        }))
+    }
+
+    async fn memberships(&self, channel: &ChannelName) -> Result<Vec<Membership>, StoreError> {
+        Ok(self.with_existing(channel, Vec::new(), |d| d.memberships.clone()))
     }
 
     async fn channels(&self) -> Result<Vec<ChannelName>, StoreError> {

@@ -17,11 +17,13 @@ use std::time::Duration;
 use crate::error::StoreError;
 use crate::event::{Event, NewEvent};
 use crate::name::{ChannelName, DeviceId};
-use crate::receipt::{DeviceRecord, DeviceTouch, Receipt};
+use crate::receipt::{DeviceRecord, DeviceTouch, Membership, Receipt};
 
 pub mod memory;
+pub mod sqlite;
 
 pub use memory::MemoryStore;
+pub use sqlite::{Durability, SqliteOptions, SqliteStore};
 
 /// How much history each channel keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +102,7 @@ pub trait Store: Clone + Send + Sync + 'static {
         id: u64,
     ) -> impl Future<Output = Result<Option<Arc<Event>>, StoreError>> + Send;
 
-    /// Records a receipt and applies it to the device's record, atomically.
+    /// Records a receipt (giving it its `seq`) and applies it to the device's record, atomically.
     ///
     /// # Errors
     /// [`StoreError::UnknownEvent`] when no event with that id was ever published on the channel
@@ -108,7 +110,7 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn record_receipt(
         &self,
         receipt: Receipt,
-    ) -> impl Future<Output = Result<DeviceRecord, StoreError>> + Send;
+    ) -> impl Future<Output = Result<(Receipt, DeviceRecord), StoreError>> + Send;
 
     /// Every receipt recorded for one event, in the order they arrived.
     ///
@@ -147,6 +149,59 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         channel: &ChannelName,
     ) -> impl Future<Output = Result<Vec<DeviceRecord>, StoreError>> + Send;
+
+    /// Receipts of the channel with `seq` greater than `after`, in `seq` order, at most `limit`.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the store cannot be read.
+    fn receipts_after(
+        &self,
+        channel: &ChannelName,
+        after: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Receipt>, StoreError>> + Send;
+
+    /// Retained events with ids greater than `after` that `device` has sent no receipt for,
+    /// oldest first, at most `limit`.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the store cannot be read.
+    fn unacknowledged(
+        &self,
+        channel: &ChannelName,
+        device: &DeviceId,
+        after: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Arc<Event>>, StoreError>> + Send;
+
+    /// Makes `device` a recipient of the channel from its current head on; a device that already
+    /// is one keeps its membership. Returns the current membership.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the store cannot be written.
+    fn add_recipient(
+        &self,
+        channel: &ChannelName,
+        device: &DeviceId,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> impl Future<Output = Result<Membership, StoreError>> + Send;
+
+    /// Ends `device`'s current membership at the channel's current head. Returns the ended
+    /// membership, or `None` when the device was not a recipient.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the store cannot be written.
+    fn remove_recipient(
+        &self,
+        channel: &ChannelName,
+        device: &DeviceId,
+    ) -> impl Future<Output = Result<Option<Membership>, StoreError>> + Send;
+
+    /// Every membership of the channel, current and ended, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the store cannot be read.
+    fn memberships(&self, channel: &ChannelName) -> impl Future<Output = Result<Vec<Membership>, StoreError>> + Send;
 
     /// Every channel that has events or devices, ordered by name.
     ///

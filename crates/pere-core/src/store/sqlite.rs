@@ -1,0 +1,1564 @@
+//! The durable SQLite store: events, receipts and device records in `pere.db` under a data
+//! directory, kept across restarts (and, with [`Durability::Full`], across power loss).
+//!
+//! How it works:
+//! - **One writer thread** owns the only read-write connection. A write sends it a command and
+//!   awaits the answer on a oneshot; the writer takes every command queued (up to [`MAX_BATCH`]),
+//!   runs them in one transaction and answers each caller after the commit. Under load that is one
+//!   sync per batch, not one per request, and no tokio thread ever blocks on the disk.
+//! - **Ids** come from per-channel heads the writer keeps in memory and saves in the `channels`
+//!   table in the same transaction, so pruning every event never resets a sequence. A batch that
+//!   fails rolls back whole: its callers all get the error and no id is consumed.
+//! - **Reads** use read-only connections from a small pool, on tokio's blocking threads; WAL lets
+//!   them run beside the writer. The committed head, the oldest retained id and the newest few
+//!   events of each channel are also kept in memory (updated after each commit), so `head` and
+//!   tail replays never touch the disk.
+//! - **Retention** is enforced by the writer in bounded chunks: right after appends, in the same
+//!   transaction, and by a sweep over every channel each [`SqliteOptions::prune_interval`].
+//!   Receipts go with their events.
+//!
+//! One process per data directory: the writer trusts its in-memory heads.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rusqlite::types::Type;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+
+use crate::error::{NameError, StoreError};
+use crate::event::{now, Event, NewEvent};
+use crate::name::{ChannelName, DeviceId, EventType};
+use crate::receipt::{DeviceOp, DeviceRecord, DeviceTouch, Membership, Receipt};
+use crate::store::{EventPage, Retention, Store};
+
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "pere.db";
+
+/// Writes per transaction at most: enough to spread one sync over a burst, few enough that the
+/// first caller of a batch does not wait long for the last.
+pub const MAX_BATCH: usize = 512;
+
+/// Writes queued or in flight at most; further writers wait (asynchronously) for room, so a
+/// stalled disk cannot make the queue grow without bound.
+const MAX_QUEUED: usize = 4 * MAX_BATCH;
+
+/// Events deleted per pruning step at most, so a large backlog (retention shortened, a week of
+/// events expiring at once) is worked off between batches instead of stalling pushes.
+const PRUNE_CHUNK: u64 = 2048;
+
+/// Channels visited per sweep step at most; each costs an indexed lookup even with nothing to prune.
+const SWEEP_CHANNELS: usize = 256;
+
+/// Idle read connections kept; more are opened under load and closed when they come back.
+const MAX_IDLE_READERS: usize = 8;
+
+/// How long a connection waits for a lock held by a checkpoint or another process.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `PRAGMA application_id` of a PERE database ("PERE" in ASCII), to tell it from other SQLite files.
+const APPLICATION_ID: i64 = 0x5045_5245;
+
+/// The schema, one migration per version: `MIGRATIONS[n]` takes `user_version` n to n + 1.
+const MIGRATIONS: &[&str] = &[
+    // v1. Times are integer milliseconds since the epoch, UTC.
+    "CREATE TABLE channels (
+        name TEXT NOT NULL PRIMARY KEY,
+        -- The last id given out: survives pruning, so ids are never reused.
+        head INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE events (
+        channel TEXT NOT NULL,
+        id INTEGER NOT NULL,
+        time INTEGER NOT NULL,
+        publisher TEXT,
+        event_type TEXT,
+        body TEXT NOT NULL,
+        PRIMARY KEY (channel, id)
+    );
+    CREATE TABLE receipts (
+        -- The channel's receipt stream position, a cursor for `receipts_after`: AUTOINCREMENT,
+        -- so a value is never handed out again after the newest receipt is pruned.
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        channel TEXT NOT NULL,
+        event_id INTEGER NOT NULL,
+        device TEXT NOT NULL,
+        status TEXT NOT NULL,
+        time INTEGER NOT NULL
+    );
+    CREATE INDEX receipts_by_event ON receipts (channel, event_id, device);
+    CREATE INDEX receipts_by_seq ON receipts (channel, seq);
+    CREATE TABLE memberships (
+        -- Creation order: `memberships` lists oldest first.
+        seq INTEGER PRIMARY KEY,
+        channel TEXT NOT NULL,
+        device TEXT NOT NULL,
+        joined_after INTEGER NOT NULL,
+        left_after INTEGER,
+        since INTEGER NOT NULL
+    );
+    CREATE INDEX memberships_by_channel ON memberships (channel);
+    -- At most one current membership per device.
+    CREATE UNIQUE INDEX memberships_current ON memberships (channel, device) WHERE left_after IS NULL;
+    CREATE TABLE devices (
+        channel TEXT NOT NULL,
+        device TEXT NOT NULL,
+        first_seen INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL,
+        last_op TEXT NOT NULL,
+        last_event_id TEXT,
+        last_delivered INTEGER NOT NULL,
+        last_acked INTEGER NOT NULL,
+        receipts INTEGER NOT NULL,
+        PRIMARY KEY (channel, device)
+    ) WITHOUT ROWID;
+    PRAGMA application_id = 1346720325;",
+];
+
+/// The schema version this build writes.
+const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// `SELECT` of a device row, in the column order [`device_from_row`] reads, followed by `rest`.
+macro_rules! select_device {
+    ($rest:literal) => {
+        concat!(
+            "SELECT device, first_seen, last_seen, last_op, last_event_id, last_delivered, last_acked, receipts ",
+            "FROM devices ",
+            $rest
+        )
+    };
+}
+
+/// `SELECT` of a membership row, in the column order [`membership_from_row`] reads, followed by `rest`.
+macro_rules! select_membership {
+    ($rest:literal) => {
+        concat!("SELECT seq, device, joined_after, left_after, since FROM memberships ", $rest)
+    };
+}
+
+/// How far a committed write is guaranteed to survive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Survives a crash of the process, not of the machine (`synchronous=NORMAL`): commits reach
+    /// the OS at once and the disk at checkpoints. The default: what a server restart needs, at
+    /// a fraction of the cost.
+    #[default]
+    Normal,
+    /// Survives power loss too (`synchronous=FULL`): every commit is synced to disk.
+    Full,
+}
+
+/// How a [`SqliteStore`] is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqliteOptions {
+    /// What a committed write survives.
+    pub durability: Durability,
+    /// How much history each channel keeps.
+    pub retention: Retention,
+    /// Newest events kept in memory per channel, so tail replays skip the disk (0: none).
+    pub recent_events: usize,
+    /// How often the writer looks at every channel for events to prune, which matters for age
+    /// retention on channels nobody publishes to.
+    pub prune_interval: Duration,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            durability: Durability::default(),
+            retention: Retention::default(),
+            // One hub replay page: a resuming subscriber that is a little behind reads memory.
+            recent_events: 256,
+            prune_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The SQLite [`Store`]: durable history, receipts and device records in `dir/pere.db`.
+///
+/// Handles are cheap to clone. Dropping the last one lets the writer finish every queued write
+/// and waits for it; [`SqliteStore::close`] does the same without blocking.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+/// What the handles share; its drop stops the writer.
+struct Inner {
+    shared: Arc<Shared>,
+    // `Option`s so that `drop` can close the queue and then join the writer.
+    commands: Option<mpsc::Sender<Command>>,
+    writer: Option<thread::JoinHandle<()>>,
+    // Bounds the queue: a write holds a permit from before it is queued until it is answered.
+    room: Arc<Semaphore>,
+}
+
+/// What the writer thread and the readers share.
+struct Shared {
+    path: PathBuf,
+    options: SqliteOptions,
+    // Committed state only: the writer updates it after each commit, before answering.
+    channels: RwLock<HashMap<ChannelName, ChannelMeta>>,
+    // std Mutex: held only to push or pop a connection, never across a query or an await.
+    readers: Mutex<Vec<Connection>>,
+    transactions: AtomicU64,
+    closing: AtomicBool,
+}
+
+/// The committed state of one channel, as far as memory knows it.
+struct ChannelMeta {
+    head: u64,
+    /// The oldest retained id; `head + 1` when nothing is retained.
+    first: u64,
+    /// The newest retained events, contiguous and ending at `head` (possibly empty).
+    recent: VecDeque<Arc<Event>>,
+}
+
+type Answer<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// One write, run by the writer inside a batch's transaction; it returns the answer to send
+/// once the batch has committed or failed.
+type Job = Box<dyn FnOnce(&mut Batch<'_>) -> Box<dyn Deliver> + Send>;
+
+/// A request to the writer thread.
+enum Command {
+    Write(Job),
+    /// Finish what is queued, then stop.
+    Close(oneshot::Sender<()>),
+}
+
+/// Why the SQLite store failed; carried in [`StoreError::Backend`].
+#[derive(Debug, Clone)]
+enum Failure {
+    /// The store at `path` could not be opened.
+    Open { path: PathBuf, source: Arc<dyn std::error::Error + Send + Sync> },
+    /// SQLite would not use WAL there (some network file systems), which readers need.
+    NoWal { path: PathBuf, mode: String },
+    /// A write batch was rolled back: none of its writes happened.
+    Batch(Arc<rusqlite::Error>),
+    /// The writer has stopped: the store was closed.
+    Closed,
+}
+
+impl Failure {
+    fn open(path: &Path, source: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+        StoreError::backend(Failure::Open { path: path.to_owned(), source: Arc::new(source) })
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Open { path, source } => write!(f, "cannot open the store at {}: {source}", path.display()),
+            Failure::NoWal { path, mode } => {
+                write!(f, "{} cannot use WAL journaling (SQLite chose {mode:?})", path.display())
+            }
+            Failure::Batch(err) => write!(f, "write rolled back: {err}"),
+            Failure::Closed => f.write_str("the store is closed"),
+        }
+    }
+}
+
+impl std::error::Error for Failure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Failure::Open { source, .. } => Some(source.as_ref()),
+            Failure::Batch(err) => Some(err.as_ref()),
+            Failure::NoWal { .. } | Failure::Closed => None,
+        }
+    }
+}
+
+fn closed() -> StoreError {
+    StoreError::backend(Failure::Closed)
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the store in `dir`, creating the directory if needed, and migrates an
+    /// older schema.
+    ///
+    /// # Errors
+    /// [`StoreError::Incompatible`] for a database written by a newer PERE or by something else;
+    /// [`StoreError::Backend`], naming the path, when the directory or database cannot be
+    /// created, opened or read (permissions, a file in the way, a corrupt database).
+    pub fn open(dir: &Path, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|err| Failure::open(dir, err))?;
+        let path = dir.join(DB_FILE);
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut conn = Connection::open_with_flags(&path, flags).map_err(|err| Failure::open(&path, err))?;
+        prepare_schema(&mut conn, &path, options.durability)?;
+        let channels = load_channels(&conn).map_err(|err| Failure::open(&path, err))?;
+
+        let shared = Arc::new(Shared {
+            path: path.clone(),
+            options,
+            channels: RwLock::new(channels),
+            readers: Mutex::default(),
+            transactions: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
+        });
+        let (commands, queue) = mpsc::channel();
+        let writer = Writer {
+            conn,
+            shared: shared.clone(),
+            queue,
+            sweep: Vec::new(),
+            // Sweep at once: events may have expired while the server was down.
+            next_sweep: Instant::now(),
+            closers: Vec::new(),
+        };
+        let writer = thread::Builder::new()
+            .name("pere-sqlite-writer".to_owned())
+            .spawn(move || {
+                let closers = writer.run();
+                // The writer's connection is closed by now: whoever awaits `close` may exit.
+                for closer in closers {
+                    let _ = closer.send(());
+                }
+            })
+            .map_err(|err| Failure::open(&path, err))?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                shared,
+                commands: Some(commands),
+                writer: Some(writer),
+                room: Arc::new(Semaphore::new(MAX_QUEUED)),
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.shared.path
+    }
+
+    /// Write transactions committed since the store was opened: batches of writes and pruning
+    /// steps that deleted something. A cheap counter for metrics, and for checking that writes
+    /// are batched.
+    pub fn committed_transactions(&self) -> u64 {
+        self.inner.shared.transactions.load(Ordering::Relaxed)
+    }
+
+    /// Stops taking writes, lets the writer commit everything already queued and waits for it to
+    /// stop. Later writes fail; reads keep working. Call it last on shutdown.
+    pub async fn close(&self) {
+        self.inner.shared.closing.store(true, Ordering::SeqCst);
+        let (reply, stopped) = oneshot::channel();
+        if let Some(commands) = &self.inner.commands {
+            if commands.send(Command::Close(reply)).is_ok() {
+                // An error means the writer is gone already, which is what was asked.
+                let _ = stopped.await;
+            }
+        }
+    }
+
+    /// Queues a write for the writer thread and awaits its answer, sent after the commit.
+    async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &mut Drafts<'_>) -> rusqlite::Result<Result<T, StoreError>> + Send + 'static,
+    {
+        let permit = self.inner.room.clone().acquire_owned().await.map_err(|_| closed())?;
+        if self.inner.shared.closing.load(Ordering::SeqCst) {
+            return Err(closed());
+        }
+        let commands = self.inner.commands.as_ref().ok_or_else(closed)?;
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |batch: &mut Batch<'_>| {
+            let result = batch.attempt(op);
+            Box::new(Done { reply, result, _permit: permit })
+        });
+        commands.send(Command::Write(job)).map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
+    }
+
+    /// Runs a query on a pooled read-only connection, on a blocking thread.
+    async fn read_disk<T, F>(&self, query: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let shared = self.inner.shared.clone();
+        tokio::task::spawn_blocking(move || shared.with_reader(query)).await.map_err(StoreError::backend)?
+    }
+
+    /// Reads the committed in-memory state of a channel.
+    fn committed<T>(&self, channel: &ChannelName, read: impl FnOnce(Option<&ChannelMeta>) -> T) -> T {
+        let channels = self.inner.shared.channels.read().unwrap_or_else(|e| e.into_inner());
+        read(channels.get(channel))
+    }
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shared = &self.inner.shared;
+        f.debug_struct("SqliteStore")
+            .field("path", &shared.path)
+            .field("options", &shared.options)
+            .field("transactions", &shared.transactions.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the queue makes the writer finish what is queued, commit and stop; waiting for
+        // it means a process that drops its store before exiting loses no acknowledged write.
+        drop(self.commands.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl Shared {
+    fn with_reader<T>(&self, query: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let pooled = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut conn = match pooled {
+            Some(conn) => conn,
+            None => open_reader(&self.path)?,
+        };
+        let result = query(&mut conn).map_err(StoreError::backend);
+        let mut pool = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < MAX_IDLE_READERS {
+            pool.push(conn);
+        }
+        result
+    }
+}
+
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|err| Failure::open(path, err))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(|err| Failure::open(path, err))?;
+    Ok(conn)
+}
+
+/// Checks the file is a PERE database this build understands, sets the journal and sync modes,
+/// and migrates the schema to [`SCHEMA_VERSION`].
+fn prepare_schema(conn: &mut Connection, path: &Path, durability: Durability) -> Result<(), StoreError> {
+    let fail = |err: rusqlite::Error| Failure::open(path, err);
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
+    // The first read of the file: a corrupt or foreign file fails here, before anything is written.
+    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(fail)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Incompatible(format!(
+            "{} was created by a newer PERE (schema v{version}, this build knows v{SCHEMA_VERSION})",
+            path.display()
+        )));
+    }
+    if version > 0 {
+        let id: i64 = conn.pragma_query_value(None, "application_id", |row| row.get(0)).map_err(fail)?;
+        if id != APPLICATION_ID {
+            return Err(StoreError::Incompatible(format!(
+                "{} is not a PERE database (application_id {id:#x})",
+                path.display()
+            )));
+        }
+    } else {
+        let objects: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0)).map_err(fail)?;
+        if objects > 0 {
+            return Err(StoreError::Incompatible(format!(
+                "{} is an SQLite database of something else (it has tables but no PERE schema)",
+                path.display()
+            )));
+        }
+    }
+
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)).map_err(fail)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::backend(Failure::NoWal { path: path.to_owned(), mode }));
+    }
+    let synchronous = match durability {
+        Durability::Normal => "NORMAL",
+        Durability::Full => "FULL",
+    };
+    conn.pragma_update(None, "synchronous", synchronous).map_err(fail)?;
+
+    for (from, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction().map_err(fail)?;
+        tx.execute_batch(migration).map_err(fail)?;
+        tx.pragma_update(None, "user_version", from as i64 + 1).map_err(fail)?;
+        tx.commit().map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// The committed state of every channel, for the writer's heads and the readers' fast paths.
+fn load_channels(conn: &Connection) -> rusqlite::Result<HashMap<ChannelName, ChannelMeta>> {
+    let mut stmt = conn.prepare(
+        "SELECT name, head, (SELECT MIN(id) FROM events WHERE events.channel = channels.name) FROM channels",
+    )?;
+    let rows = stmt.query_map([], |row| {
+        let name = parse_name(row.get_ref(0)?.as_str()?, 0, ChannelName::new)?;
+        let head: u64 = row.get(1)?;
+        let first: Option<u64> = row.get(2)?;
+        Ok((name, ChannelMeta { head, first: first.unwrap_or(head + 1), recent: VecDeque::new() }))
+    })?;
+    rows.collect()
+}
+
+impl Store for SqliteStore {
+    async fn append(&self, channel: &ChannelName, event: NewEvent) -> Result<Arc<Event>, StoreError> {
+        let channel = channel.clone();
+        self.write(move |conn, drafts| append(conn, drafts, channel, event).map(Ok)).await
+    }
+
+    async fn head(&self, channel: &ChannelName) -> Result<u64, StoreError> {
+        Ok(self.committed(channel, |meta| meta.map_or(0, |m| m.head)))
+    }
+
+    async fn read(&self, channel: &ChannelName, after: u64, limit: usize) -> Result<EventPage, StoreError> {
+        let cached = self.committed(channel, |meta| {
+            let Some(meta) = meta else {
+                return Some(EventPage { first_retained: 1, ..EventPage::default() });
+            };
+            let page = |events: Vec<Arc<Event>>| EventPage { events, first_retained: meta.first, head: meta.head };
+            let start = after.saturating_add(1).max(meta.first);
+            if start > meta.head {
+                return Some(page(Vec::new()));
+            }
+            let front = meta.recent.front()?.id;
+            (front <= start).then(|| page(meta.recent.iter().skip((start - front) as usize).take(limit).cloned().collect()))
+        });
+        if let Some(page) = cached {
+            return Ok(page);
+        }
+        let channel = channel.clone();
+        self.read_disk(move |conn| read_page(conn, &channel, after, limit)).await
+    }
+
+    async fn recent(&self, channel: &ChannelName, limit: usize) -> Result<Vec<Arc<Event>>, StoreError> {
+        let cached = self.committed(channel, |meta| {
+            let Some(meta) = meta else { return Some(Vec::new()) };
+            let retained = usize::try_from((meta.head + 1).saturating_sub(meta.first)).unwrap_or(usize::MAX);
+            let want = limit.min(retained);
+            let have = meta.recent.len();
+            (have >= want).then(|| meta.recent.iter().skip(have - want).cloned().collect())
+        });
+        if let Some(events) = cached {
+            return Ok(events);
+        }
+        let channel = channel.clone();
+        self.read_disk(move |conn| {
+            let mut events = query_events(
+                conn,
+                &channel,
+                "SELECT id, time, publisher, event_type, body FROM events WHERE channel = ?1 ORDER BY id DESC LIMIT ?2",
+                params![channel.as_str(), sql_limit(limit)],
+            )?;
+            events.reverse();
+            Ok(events)
+        })
+        .await
+    }
+
+    async fn event(&self, channel: &ChannelName, id: u64) -> Result<Option<Arc<Event>>, StoreError> {
+        let cached = self.committed(channel, |meta| {
+            let Some(meta) = meta else { return Some(None) };
+            if id < meta.first || id > meta.head {
+                return Some(None);
+            }
+            let front = meta.recent.front()?.id;
+            (front <= id).then(|| meta.recent.get((id - front) as usize).cloned())
+        });
+        if let Some(event) = cached {
+            return Ok(event);
+        }
+        let channel = channel.clone();
+        self.read_disk(move |conn| {
+            let mut events = query_events(
+                conn,
+                &channel,
+                "SELECT id, time, publisher, event_type, body FROM events WHERE channel = ?1 AND id = ?2",
+                params![channel.as_str(), id],
+            )?;
+            Ok(events.pop())
+        })
+        .await
+    }
+
+    async fn record_receipt(&self, receipt: Receipt) -> Result<(Receipt, DeviceRecord), StoreError> {
+        self.write(move |conn, drafts| record_receipt(conn, drafts, receipt)).await
+    }
+
+    async fn receipts(&self, channel: &ChannelName, event_id: u64) -> Result<Vec<Receipt>, StoreError> {
+        // A late receipt for a pruned event is kept in the receipt stream until the channel's next
+        // pruning step; per event, receipts exist only while their event does.
+        if event_id < self.committed(channel, |meta| meta.map_or(1, |m| m.first)) {
+            return Ok(Vec::new());
+        }
+        let channel = channel.clone();
+        self.read_disk(move |conn| {
+            query_receipts(
+                conn,
+                &channel,
+                "SELECT seq, event_id, device, status, time FROM receipts WHERE channel = ?1 AND event_id = ?2 \
+                 ORDER BY seq",
+                params![channel.as_str(), event_id],
+            )
+        })
+        .await
+    }
+
+    async fn receipts_after(&self, channel: &ChannelName, after: u64, limit: usize) -> Result<Vec<Receipt>, StoreError> {
+        let channel = channel.clone();
+        self.read_disk(move |conn| {
+            query_receipts(
+                conn,
+                &channel,
+                "SELECT seq, event_id, device, status, time FROM receipts WHERE channel = ?1 AND seq > ?2 \
+                 ORDER BY seq LIMIT ?3",
+                params![channel.as_str(), after, sql_limit(limit)],
+            )
+        })
+        .await
+    }
+
+    async fn unacknowledged(
+        &self,
+        channel: &ChannelName,
+        device: &DeviceId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<Event>>, StoreError> {
+        let (channel, device) = (channel.clone(), device.clone());
+        self.read_disk(move |conn| {
+            query_events(
+                conn,
+                &channel,
+                "SELECT id, time, publisher, event_type, body FROM events WHERE channel = ?1 AND id > ?2 \
+                 AND NOT EXISTS (SELECT 1 FROM receipts \
+                     WHERE receipts.channel = ?1 AND receipts.event_id = events.id AND receipts.device = ?3) \
+                 ORDER BY id LIMIT ?4",
+                params![channel.as_str(), after, device.as_str(), sql_limit(limit)],
+            )
+        })
+        .await
+    }
+
+    async fn add_recipient(&self, channel: &ChannelName, device: &DeviceId, at: DateTime<Utc>) -> Result<Membership, StoreError> {
+        let (channel, device) = (channel.clone(), device.clone());
+        self.write(move |conn, drafts| add_recipient(conn, drafts, channel, device, at).map(Ok)).await
+    }
+
+    async fn remove_recipient(&self, channel: &ChannelName, device: &DeviceId) -> Result<Option<Membership>, StoreError> {
+        let (channel, device) = (channel.clone(), device.clone());
+        self.write(move |conn, drafts| remove_recipient(conn, drafts, &channel, &device).map(Ok)).await
+    }
+
+    async fn memberships(&self, channel: &ChannelName) -> Result<Vec<Membership>, StoreError> {
+        let channel = channel.clone();
+        self.read_disk(move |conn| {
+            let mut stmt = conn.prepare_cached(select_membership!("WHERE channel = ?1 ORDER BY seq"))?;
+            let rows = stmt.query_map([channel.as_str()], |row| membership_from_row(&channel, row))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn touch_device(&self, touch: DeviceTouch) -> Result<DeviceRecord, StoreError> {
+        self.write(move |conn, drafts| touch_device(conn, drafts, touch).map(Ok)).await
+    }
+
+    async fn device(&self, channel: &ChannelName, device: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+        let (channel, device) = (channel.clone(), device.clone());
+        self.read_disk(move |conn| load_device(conn, &channel, &device)).await
+    }
+
+    async fn devices(&self, channel: &ChannelName) -> Result<Vec<DeviceRecord>, StoreError> {
+        let channel = channel.clone();
+        self.read_disk(move |conn| {
+            let mut stmt = conn.prepare_cached(select_device!("WHERE channel = ?1 ORDER BY device"))?;
+            let rows = stmt.query_map([channel.as_str()], |row| device_from_row(&channel, row))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn channels(&self) -> Result<Vec<ChannelName>, StoreError> {
+        self.read_disk(|conn| {
+            // BINARY collation orders by bytes, as `ChannelName`'s `Ord` does.
+            let mut stmt = conn.prepare_cached("SELECT name FROM channels ORDER BY name")?;
+            let rows = stmt.query_map([], |row| parse_name(row.get_ref(0)?.as_str()?, 0, ChannelName::new))?;
+            rows.collect()
+        })
+        .await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rows
+
+/// SQLite's `LIMIT` for a `usize` (a negative limit would mean "no limit", which is what a huge
+/// one means anyway).
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+fn time_from_ms(ms: i64, column: usize) -> rusqlite::Result<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms).ok_or(rusqlite::Error::IntegralValueOutOfRange(column, ms))
+}
+
+fn parse_name<T>(value: &str, column: usize, parse: fn(&str) -> Result<T, NameError>) -> rusqlite::Result<T> {
+    parse(value).map_err(|err| rusqlite::Error::FromSqlConversionFailure(column, Type::Text, Box::new(err)))
+}
+
+/// Rebuilds a stored event (and so its SSE frame) from `id, time, publisher, event_type, body`.
+fn event_from_row(channel: &ChannelName, row: &Row<'_>) -> rusqlite::Result<Arc<Event>> {
+    let id: u64 = row.get(0)?;
+    let time = time_from_ms(row.get(1)?, 1)?;
+    let publisher = row.get_ref(2)?.as_str_or_null()?.map(|s| parse_name(s, 2, DeviceId::new)).transpose()?;
+    let event_type = row.get_ref(3)?.as_str_or_null()?.map(|s| parse_name(s, 3, EventType::new)).transpose()?;
+    let body: String = row.get(4)?;
+    Ok(Arc::new(Event::new(channel.clone(), id, time, NewEvent { publisher, event_type, body })))
+}
+
+fn query_events(
+    conn: &Connection,
+    channel: &ChannelName,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<Vec<Arc<Event>>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params, |row| event_from_row(channel, row))?;
+    rows.collect()
+}
+
+fn query_receipts(
+    conn: &Connection,
+    channel: &ChannelName,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<Vec<Receipt>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params, |row| {
+        Ok(Receipt {
+            seq: row.get(0)?,
+            channel: channel.clone(),
+            event_id: row.get(1)?,
+            device: parse_name(row.get_ref(2)?.as_str()?, 2, DeviceId::new)?,
+            status: row.get(3)?,
+            time: time_from_ms(row.get(4)?, 4)?,
+        })
+    })?;
+    rows.collect()
+}
+
+fn membership_from_row(channel: &ChannelName, row: &Row<'_>) -> rusqlite::Result<Membership> {
+    Ok(Membership {
+        channel: channel.clone(),
+        device: parse_name(row.get_ref(1)?.as_str()?, 1, DeviceId::new)?,
+        joined_after: row.get(2)?,
+        left_after: row.get(3)?,
+        since: time_from_ms(row.get(4)?, 4)?,
+    })
+}
+
+/// A page of history from disk; one read transaction, so head, first and events agree.
+fn read_page(conn: &mut Connection, channel: &ChannelName, after: u64, limit: usize) -> rusqlite::Result<EventPage> {
+    let tx = conn.transaction()?;
+    let head: u64 = tx
+        .prepare_cached("SELECT head FROM channels WHERE name = ?1")?
+        .query_row([channel.as_str()], |row| row.get(0))
+        .optional()?
+        .unwrap_or(0);
+    let first: Option<u64> =
+        tx.prepare_cached("SELECT MIN(id) FROM events WHERE channel = ?1")?.query_row([channel.as_str()], |row| row.get(0))?;
+    let events = query_events(
+        &tx,
+        channel,
+        "SELECT id, time, publisher, event_type, body FROM events WHERE channel = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+        params![channel.as_str(), after, sql_limit(limit)],
+    )?;
+    tx.commit()?;
+    Ok(EventPage { events, first_retained: first.unwrap_or(head + 1), head })
+}
+
+
+fn device_from_row(channel: &ChannelName, row: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
+    let op = row.get_ref(3)?.as_str()?;
+    let last_op = DeviceOp::parse(op).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(3, Type::Text, format!("unknown device operation {op:?}").into())
+    })?;
+    Ok(DeviceRecord {
+        channel: channel.clone(),
+        device: parse_name(row.get_ref(0)?.as_str()?, 0, DeviceId::new)?,
+        first_seen: time_from_ms(row.get(1)?, 1)?,
+        last_seen: time_from_ms(row.get(2)?, 2)?,
+        last_op,
+        last_event_id: row.get(4)?,
+        last_delivered: row.get(5)?,
+        last_acked: row.get(6)?,
+        receipts: row.get(7)?,
+    })
+}
+
+fn load_device(conn: &Connection, channel: &ChannelName, device: &DeviceId) -> rusqlite::Result<Option<DeviceRecord>> {
+    conn.prepare_cached(select_device!("WHERE channel = ?1 AND device = ?2"))?
+        .query_row([channel.as_str(), device.as_str()], |row| device_from_row(channel, row))
+        .optional()
+}
+
+fn save_device(conn: &Connection, record: &DeviceRecord) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO devices (channel, device, first_seen, last_seen, last_op, last_event_id, \
+         last_delivered, last_acked, receipts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        record.channel.as_str(),
+        record.device.as_str(),
+        record.first_seen.timestamp_millis(),
+        record.last_seen.timestamp_millis(),
+        record.last_op.as_str(),
+        record.last_event_id,
+        record.last_delivered,
+        record.last_acked,
+        record.receipts,
+    ])?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The writer
+
+/// The writer thread: the only read-write connection, and the only code that changes
+/// [`Shared::channels`].
+struct Writer {
+    conn: Connection,
+    shared: Arc<Shared>,
+    queue: mpsc::Receiver<Command>,
+    /// Channels still to visit in the current sweep, popped from the end; channels with a
+    /// pruning backlog are pushed here too.
+    sweep: Vec<ChannelName>,
+    next_sweep: Instant,
+    /// Callers of `close`, answered once the writer has stopped.
+    closers: Vec<oneshot::Sender<()>>,
+}
+
+/// One channel as a transaction sees it: loaded from the committed state, changed by the
+/// transaction, published to [`Shared::channels`] only after the commit. A rolled-back batch
+/// drops its drafts, which is what restores the heads: a failed append consumes no id.
+struct Draft {
+    head: u64,
+    first: u64,
+    /// The head stored in the `channels` table; `None` while the channel has no row.
+    saved_head: Option<u64>,
+    appended: Vec<Arc<Event>>,
+}
+
+/// The channels a transaction has touched.
+struct Drafts<'a> {
+    shared: &'a Shared,
+    channels: HashMap<ChannelName, Draft>,
+}
+
+impl<'a> Drafts<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        Drafts { shared, channels: HashMap::new() }
+    }
+
+    /// The draft of a channel that exists, committed or created earlier in this transaction.
+    fn existing(&mut self, channel: &ChannelName) -> Option<&mut Draft> {
+        if !self.channels.contains_key(channel) {
+            let committed = self.shared.channels.read().unwrap_or_else(|e| e.into_inner()).get(channel).map(|meta| {
+                Draft { head: meta.head, first: meta.first, saved_head: Some(meta.head), appended: Vec::new() }
+            })?;
+            self.channels.insert(channel.clone(), committed);
+        }
+        self.channels.get_mut(channel)
+    }
+
+    /// The draft of a channel, created if it does not exist yet.
+    fn entry(&mut self, channel: &ChannelName) -> &mut Draft {
+        let _ = self.existing(channel);
+        self.channels
+            .entry(channel.clone())
+            .or_insert_with(|| Draft { head: 0, first: 1, saved_head: None, appended: Vec::new() })
+    }
+
+    /// Makes the committed drafts visible to readers.
+    fn publish(self, recent_events: usize) {
+        let mut channels = self.shared.channels.write().unwrap_or_else(|e| e.into_inner());
+        for (name, draft) in self.channels {
+            let meta =
+                channels.entry(name).or_insert_with(|| ChannelMeta { head: 0, first: 1, recent: VecDeque::new() });
+            meta.head = draft.head;
+            meta.first = draft.first;
+            meta.recent.extend(draft.appended);
+            let excess = meta.recent.len().saturating_sub(recent_events);
+            meta.recent.drain(..excess);
+            while meta.recent.front().is_some_and(|e| e.id < meta.first) {
+                meta.recent.pop_front();
+            }
+        }
+    }
+}
+
+/// A transaction of writes under way.
+struct Batch<'a> {
+    conn: &'a Connection,
+    drafts: Drafts<'a>,
+    /// The first failure; the transaction is lost then, and so is every write in it.
+    failure: Option<Failure>,
+}
+
+impl Batch<'_> {
+    /// Runs one write, unless the batch has failed already. An outer error (SQLite's) fails the
+    /// whole batch; an inner one (an unknown event) refuses this write only.
+    fn attempt<T>(
+        &mut self,
+        op: impl FnOnce(&Connection, &mut Drafts<'_>) -> rusqlite::Result<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        if let Some(failure) = &self.failure {
+            return Err(StoreError::backend(failure.clone()));
+        }
+        op(self.conn, &mut self.drafts).unwrap_or_else(|err| {
+            let failure = Failure::Batch(Arc::new(err));
+            self.failure = Some(failure.clone());
+            Err(StoreError::backend(failure))
+        })
+    }
+}
+
+/// A write's answer, held until its batch has committed or failed.
+trait Deliver {
+    fn deliver(self: Box<Self>, failure: Option<&Failure>);
+}
+
+struct Done<T> {
+    reply: Answer<T>,
+    result: Result<T, StoreError>,
+    // Released once answered: the write no longer counts against the queue bound.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<T> Deliver for Done<T> {
+    fn deliver(self: Box<Self>, failure: Option<&Failure>) {
+        let result = match failure {
+            Some(failure) => Err(StoreError::backend(failure.clone())),
+            None => self.result,
+        };
+        // A caller that went away no longer wants the answer; its write stands all the same.
+        let _ = self.reply.send(result);
+    }
+}
+
+impl Writer {
+    /// Serves commands until every handle is gone or `close` was called, then returns the
+    /// closers to answer.
+    fn run(mut self) -> Vec<oneshot::Sender<()>> {
+        loop {
+            let wait = if !self.closers.is_empty() || !self.sweep.is_empty() {
+                Duration::ZERO
+            } else {
+                self.next_sweep.saturating_duration_since(Instant::now())
+            };
+            match self.queue.recv_timeout(wait) {
+                Ok(first) => {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match self.queue.try_recv() {
+                            Ok(command) => batch.push(command),
+                            Err(_) => break,
+                        }
+                    }
+                    self.run_batch(batch);
+                }
+                // Closing, and nothing is left queued.
+                Err(mpsc::RecvTimeoutError::Timeout) if !self.closers.is_empty() => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                // Every handle is gone and the queue is empty.
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            if self.closers.is_empty() {
+                self.sweep_step();
+            }
+        }
+        std::mem::take(&mut self.closers)
+    }
+
+    /// Runs a batch of commands in one transaction and answers them after the commit.
+    fn run_batch(&mut self, commands: Vec<Command>) {
+        let started = now();
+        let retention = self.shared.options.retention;
+        // Plain BEGIN/COMMIT statements rather than rusqlite's `Transaction`, which would borrow
+        // the connection mutably for as long as the writes hold it.
+        let begun = self.conn.execute_batch("BEGIN IMMEDIATE");
+        let mut batch = Batch {
+            conn: &self.conn,
+            drafts: Drafts::new(&self.shared),
+            failure: begun.err().map(|err| Failure::Batch(Arc::new(err))),
+        };
+        let mut answers = Vec::with_capacity(commands.len());
+        for command in commands {
+            match command {
+                Command::Write(job) => answers.push(job(&mut batch)),
+                Command::Close(closer) => self.closers.push(closer),
+            }
+        }
+        let Batch { conn, mut drafts, mut failure } = batch;
+        if failure.is_none() {
+            let committed = finish_batch(conn, &mut drafts, &retention, started, &mut self.sweep)
+                .and_then(|()| conn.execute_batch("COMMIT"));
+            failure = committed.err().map(|err| Failure::Batch(Arc::new(err)));
+        }
+        match &failure {
+            None => {
+                drafts.publish(self.shared.options.recent_events);
+                self.shared.transactions.fetch_add(1, Ordering::Relaxed);
+            }
+            // Some errors roll back by themselves; otherwise the transaction is still open.
+            Some(_) if !conn.is_autocommit() => {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            Some(_) => {}
+        }
+        for answer in answers {
+            answer.deliver(failure.as_ref());
+        }
+    }
+
+    /// One bounded step of the retention sweep, in its own transaction, when one is due.
+    fn sweep_step(&mut self) {
+        if self.sweep.is_empty() {
+            let start = Instant::now();
+            if start < self.next_sweep {
+                return;
+            }
+            self.next_sweep = start + self.shared.options.prune_interval;
+            let channels = self.shared.channels.read().unwrap_or_else(|e| e.into_inner());
+            self.sweep = channels.iter().filter(|(_, m)| m.first <= m.head).map(|(name, _)| name.clone()).collect();
+            if self.sweep.is_empty() {
+                return;
+            }
+        }
+        let retention = self.shared.options.retention;
+        let cutoff = age_cutoff(&retention, now());
+        if self.conn.execute_batch("BEGIN IMMEDIATE").is_err() {
+            // Nobody to tell: the next batch meets the same trouble and reports it. The next
+            // sweep tries again.
+            self.sweep.clear();
+            return;
+        }
+        let mut drafts = Drafts::new(&self.shared);
+        let (mut budget, mut visited, mut deleted) = (PRUNE_CHUNK, 0, 0);
+        let mut result = Ok(());
+        while budget > 0 && visited < SWEEP_CHANNELS {
+            let Some(name) = self.sweep.pop() else { break };
+            visited += 1;
+            let Some(draft) = drafts.existing(&name) else { continue };
+            match prune_channel(&self.conn, &name, draft, &retention, cutoff, budget) {
+                Ok((gone, more)) => {
+                    budget -= gone;
+                    deleted += gone;
+                    if more {
+                        self.sweep.push(name);
+                    }
+                }
+                Err(err) => {
+                    result = Err(err);
+                    break;
+                }
+            }
+        }
+        // With nothing deleted there is nothing to commit (and no sync to pay for).
+        let commit = if deleted == 0 { "ROLLBACK" } else { "COMMIT" };
+        match result.and_then(|()| self.conn.execute_batch(commit)) {
+            Ok(()) if deleted > 0 => {
+                drafts.publish(self.shared.options.recent_events);
+                self.shared.transactions.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(()) => {}
+            Err(_) => {
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                self.sweep.clear();
+            }
+        }
+    }
+}
+
+fn append(conn: &Connection, drafts: &mut Drafts<'_>, channel: ChannelName, new: NewEvent) -> rusqlite::Result<Arc<Event>> {
+    let draft = drafts.entry(&channel);
+    let id = draft.head + 1;
+    let event = Arc::new(Event::new(channel, id, now(), new));
+    conn.prepare_cached(
+        "INSERT INTO events (channel, id, time, publisher, event_type, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        event.channel.as_str(),
+        id,
+        event.time.timestamp_millis(),
+        event.publisher.as_ref().map(|p| p.as_str()),
+        event.event_type.as_ref().map(|t| t.as_str()),
+        event.body,
+    ])?;
+    draft.head = id;
+    draft.appended.push(event.clone());
+    Ok(event)
+}
+
+fn record_receipt(
+    conn: &Connection,
+    drafts: &mut Drafts<'_>,
+    mut receipt: Receipt,
+) -> rusqlite::Result<Result<(Receipt, DeviceRecord), StoreError>> {
+    let unknown = StoreError::UnknownEvent { id: receipt.event_id };
+    let Some(draft) = drafts.existing(&receipt.channel) else { return Ok(Err(unknown)) };
+    if receipt.event_id == 0 || receipt.event_id > draft.head {
+        return Ok(Err(unknown));
+    }
+    // Read, apply, write back inside the writer's transaction: no concurrent update is lost.
+    let mut record = load_device(conn, &receipt.channel, &receipt.device)?.unwrap_or_else(|| {
+        DeviceRecord::first(&DeviceTouch {
+            channel: receipt.channel.clone(),
+            device: receipt.device.clone(),
+            op: DeviceOp::Feedback,
+            at: receipt.time,
+            last_event_id: None,
+            delivered: 0,
+        })
+    });
+    record.apply_receipt(&receipt);
+    save_device(conn, &record)?;
+    // Stored even for an event already pruned, so the receipt stream carries it; the channel's
+    // next pruning step removes it with the other receipts of pruned events.
+    conn.prepare_cached("INSERT INTO receipts (channel, event_id, device, status, time) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![
+            receipt.channel.as_str(),
+            receipt.event_id,
+            receipt.device.as_str(),
+            receipt.status,
+            receipt.time.timestamp_millis(),
+        ])?;
+    receipt.seq = u64::try_from(conn.last_insert_rowid()).unwrap_or_default();
+    Ok(Ok((receipt, record)))
+}
+
+fn touch_device(conn: &Connection, drafts: &mut Drafts<'_>, touch: DeviceTouch) -> rusqlite::Result<DeviceRecord> {
+    // A device makes its channel known (`channels` lists channels with events or devices).
+    drafts.entry(&touch.channel);
+    let record = match load_device(conn, &touch.channel, &touch.device)? {
+        Some(mut record) => {
+            record.apply(&touch);
+            record
+        }
+        None => DeviceRecord::first(&touch),
+    };
+    save_device(conn, &record)?;
+    Ok(record)
+}
+
+fn current_membership(conn: &Connection, channel: &ChannelName, device: &DeviceId) -> rusqlite::Result<Option<(i64, Membership)>> {
+    conn.prepare_cached(select_membership!("WHERE channel = ?1 AND device = ?2 AND left_after IS NULL"))?
+        .query_row([channel.as_str(), device.as_str()], |row| Ok((row.get(0)?, membership_from_row(channel, row)?)))
+        .optional()
+}
+
+fn add_recipient(
+    conn: &Connection,
+    drafts: &mut Drafts<'_>,
+    channel: ChannelName,
+    device: DeviceId,
+    at: DateTime<Utc>,
+) -> rusqlite::Result<Membership> {
+    // Serialized with appends by the writer: `joined_after` is exactly the head before the
+    // first event the device is expected to acknowledge.
+    let head = drafts.entry(&channel).head;
+    if let Some((_, current)) = current_membership(conn, &channel, &device)? {
+        return Ok(current);
+    }
+    conn.prepare_cached("INSERT INTO memberships (channel, device, joined_after, left_after, since) VALUES (?1, ?2, ?3, NULL, ?4)")?
+        .execute(params![channel.as_str(), device.as_str(), head, at.timestamp_millis()])?;
+    Ok(Membership { channel, device, joined_after: head, left_after: None, since: at })
+}
+
+fn remove_recipient(
+    conn: &Connection,
+    drafts: &mut Drafts<'_>,
+    channel: &ChannelName,
+    device: &DeviceId,
+) -> rusqlite::Result<Option<Membership>> {
+    let Some(head) = drafts.existing(channel).map(|draft| draft.head) else { return Ok(None) };
+    let Some((seq, mut membership)) = current_membership(conn, channel, device)? else { return Ok(None) };
+    conn.prepare_cached("UPDATE memberships SET left_after = ?1 WHERE seq = ?2")?.execute(params![head, seq])?;
+    membership.left_after = Some(head);
+    Ok(Some(membership))
+}
+
+/// Before a batch commits: prune the channels it appended to (so a read after `append` already
+/// sees the retention applied) and save the heads that moved.
+fn finish_batch(
+    conn: &Connection,
+    drafts: &mut Drafts<'_>,
+    retention: &Retention,
+    started: DateTime<Utc>,
+    backlog: &mut Vec<ChannelName>,
+) -> rusqlite::Result<()> {
+    // From the batch's start: an event appended in this batch is never already too old.
+    let cutoff = age_cutoff(retention, started);
+    for (name, draft) in &mut drafts.channels {
+        if !draft.appended.is_empty() {
+            let (_, more) = prune_channel(conn, name, draft, retention, cutoff, PRUNE_CHUNK)?;
+            if more {
+                backlog.push(name.clone());
+            }
+        }
+        if draft.saved_head != Some(draft.head) {
+            conn.prepare_cached(
+                "INSERT INTO channels (name, head) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET head = excluded.head",
+            )?
+            .execute(params![name.as_str(), draft.head])?;
+        }
+    }
+    Ok(())
+}
+
+/// Events older than this (milliseconds since the epoch) are expired, if retention has an age.
+fn age_cutoff(retention: &Retention, at: DateTime<Utc>) -> Option<i64> {
+    let age = retention.max_age?;
+    Some(at.timestamp_millis().saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX)))
+}
+
+/// Deletes the oldest events of a channel that retention no longer allows, at most `budget` of
+/// them, with their receipts. Like the memory store, age prunes a prefix: it stops at the first
+/// event young enough to keep, so retained ids stay contiguous even if the clock stepped back.
+/// Returns how many events went and whether more may be due.
+fn prune_channel(
+    conn: &Connection,
+    channel: &ChannelName,
+    draft: &mut Draft,
+    retention: &Retention,
+    cutoff: Option<i64>,
+    budget: u64,
+) -> rusqlite::Result<(u64, bool)> {
+    let end = draft.head + 1;
+    if draft.first >= end || budget == 0 {
+        return Ok((0, false));
+    }
+    // Ids below `bound` go; never more than `budget` of them in one step.
+    let limit = draft.first.saturating_add(budget).min(end);
+    let over_count = end.saturating_sub(retention.max_events as u64);
+    let mut bound = over_count.clamp(draft.first, limit);
+    if let Some(cutoff) = cutoff.filter(|_| bound < limit) {
+        let young: Option<u64> = conn
+            .prepare_cached(
+                "SELECT id FROM events WHERE channel = ?1 AND id >= ?2 AND id < ?3 AND time >= ?4 ORDER BY id LIMIT 1",
+            )?
+            .query_row(params![channel.as_str(), bound, limit, cutoff], |row| row.get(0))
+            .optional()?;
+        bound = young.unwrap_or(limit);
+    }
+    if bound <= draft.first {
+        return Ok((0, false));
+    }
+    conn.prepare_cached("DELETE FROM events WHERE channel = ?1 AND id < ?2")?.execute(params![channel.as_str(), bound])?;
+    conn.prepare_cached("DELETE FROM receipts WHERE channel = ?1 AND event_id < ?2")?
+        .execute(params![channel.as_str(), bound])?;
+    let deleted = bound - draft.first;
+    draft.first = bound;
+    Ok((deleted, bound == limit && limit < end))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::store::conformance;
+
+    const ROOMY: Retention = Retention { max_events: 1000, max_age: None };
+
+    fn ch(name: &str) -> ChannelName {
+        ChannelName::new(name).unwrap()
+    }
+
+    fn dev(name: &str) -> DeviceId {
+        DeviceId::new(name).unwrap()
+    }
+
+    fn body(text: &str) -> NewEvent {
+        NewEvent { publisher: Some(dev("P1")), event_type: None, body: text.to_owned() }
+    }
+
+    fn open(dir: &Path, retention: Retention) -> SqliteStore {
+        SqliteStore::open(dir, SqliteOptions { retention, ..SqliteOptions::default() }).unwrap()
+    }
+
+    async fn check_conformance(options: SqliteOptions) {
+        let root = tempfile::tempdir().unwrap();
+        let stores = AtomicUsize::new(0);
+        conformance::run_all(|retention| {
+            let dir = root.path().join(format!("store{}", stores.fetch_add(1, Ordering::Relaxed)));
+            async move { SqliteStore::open(&dir, SqliteOptions { retention, ..options }).unwrap() }
+        })
+        .await;
+    }
+
+    /// Ids of a channel's retained events, as a reader sees them.
+    async fn check_ids(store: &SqliteStore, channel: &str) -> Vec<u64> {
+        let page = store.read(&ch(channel), 0, 10_000).await.unwrap();
+        page.events.iter().map(|e| e.id).collect()
+    }
+
+    fn check_open_fails(dir: &Path) -> StoreError {
+        match SqliteStore::open(dir, SqliteOptions::default()) {
+            Ok(store) => panic!("opened {store:?}"),
+            Err(err) => err,
+        }
+    }
+
+    #[tokio::test]
+    async fn conformance_suite_normal() {
+        check_conformance(SqliteOptions { durability: Durability::Normal, ..SqliteOptions::default() }).await;
+    }
+
+    #[tokio::test]
+    async fn conformance_suite_full() {
+        check_conformance(SqliteOptions { durability: Durability::Full, ..SqliteOptions::default() }).await;
+    }
+
+    #[tokio::test]
+    async fn conformance_suite_without_memory_cache() {
+        // Every read goes to disk.
+        check_conformance(SqliteOptions { recent_events: 0, ..SqliteOptions::default() }).await;
+    }
+
+    #[tokio::test]
+    async fn reopen_keeps_everything_and_the_sequence_continues() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, h1) = (ch("C"), dev("H1"));
+        let (sent, receipt, record, membership) = {
+            let store = open(dir.path(), ROOMY);
+            let mut sent = Vec::new();
+            for i in 1..=3 {
+                sent.push(store.append(&c, body(&format!("e{i}"))).await.unwrap());
+            }
+            store
+                .touch_device(DeviceTouch {
+                    channel: c.clone(),
+                    device: h1.clone(),
+                    op: DeviceOp::Disconnect,
+                    at: now(),
+                    last_event_id: Some("2".to_owned()),
+                    delivered: 3,
+                })
+                .await
+                .unwrap();
+            let receipt = Receipt { seq: 0, channel: c.clone(), event_id: 2, device: h1.clone(), status: "ok".into(), time: now() };
+            let (receipt, record) = store.record_receipt(receipt).await.unwrap();
+            let membership = store.add_recipient(&c, &h1, now()).await.unwrap();
+            (sent, receipt, record, membership)
+        };
+
+        let store = open(dir.path(), ROOMY);
+        assert_eq!(store.head(&c).await.unwrap(), 3);
+        let page = store.read(&c, 0, 10).await.unwrap();
+        assert_eq!((page.first_retained, page.head), (1, 3));
+        for (read, sent) in page.events.iter().zip(&sent) {
+            assert_eq!((read.id, &read.body, read.time, &read.publisher), (sent.id, &sent.body, sent.time, &sent.publisher));
+            assert_eq!(read.frame(), sent.frame());
+        }
+        assert_eq!(store.receipts(&c, 2).await.unwrap(), vec![receipt.clone()]);
+        assert_eq!(store.receipts_after(&c, 0, 10).await.unwrap(), vec![receipt.clone()]);
+        assert_eq!(store.memberships(&c).await.unwrap(), vec![membership]);
+        assert_eq!(store.device(&c, &h1).await.unwrap(), Some(record.clone()));
+        assert_eq!(store.devices(&c).await.unwrap(), vec![record]);
+        assert_eq!(store.channels().await.unwrap(), vec![c.clone()]);
+        assert_eq!(store.append(&c, body("e4")).await.unwrap().id, 4);
+        let later = Receipt { seq: 0, channel: c.clone(), event_id: 4, device: h1.clone(), status: "ok".into(), time: now() };
+        assert!(store.record_receipt(later).await.unwrap().0.seq > receipt.seq, "receipt seqs continue");
+    }
+
+    #[tokio::test]
+    async fn the_sequence_survives_pruning_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ch("C");
+        let nothing = Retention { max_events: 0, max_age: None };
+        {
+            let store = open(dir.path(), nothing);
+            for expected in 1..=3 {
+                assert_eq!(store.append(&c, body("x")).await.unwrap().id, expected);
+            }
+            let page = store.read(&c, 0, 10).await.unwrap();
+            assert!(page.events.is_empty());
+            assert_eq!((page.first_retained, page.head), (4, 3));
+        }
+        let store = open(dir.path(), nothing);
+        let page = store.read(&c, 0, 10).await.unwrap();
+        assert_eq!((page.first_retained, page.head), (4, 3));
+        assert_eq!(store.append(&c, body("x")).await.unwrap().id, 4);
+    }
+
+    #[tokio::test]
+    async fn receipts_are_pruned_with_their_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), Retention { max_events: 2, max_age: None });
+        let c = ch("C");
+        store.append(&c, body("1")).await.unwrap();
+        let receipt = Receipt { seq: 0, channel: c.clone(), event_id: 1, device: dev("H1"), status: "ok".into(), time: now() };
+        store.record_receipt(receipt).await.unwrap();
+        assert_eq!(store.receipts(&c, 1).await.unwrap().len(), 1);
+        store.append(&c, body("2")).await.unwrap();
+        store.append(&c, body("3")).await.unwrap();
+        assert_eq!(check_ids(&store, "C").await, vec![2, 3]);
+        assert!(store.receipts(&c, 1).await.unwrap().is_empty());
+        // The device record stays: it is the ledger, not history.
+        assert_eq!(store.device(&c, &dev("H1")).await.unwrap().unwrap().last_acked, 1);
+    }
+
+    #[tokio::test]
+    async fn the_sweep_prunes_expired_events_without_new_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteOptions {
+            retention: Retention { max_events: 100, max_age: Some(Duration::from_millis(50)) },
+            prune_interval: Duration::from_millis(10),
+            ..SqliteOptions::default()
+        };
+        let store = SqliteStore::open(dir.path(), options).unwrap();
+        store.append(&ch("C"), body("old")).await.unwrap();
+        // Wait for the writer's sweep, which is the thing under test.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !check_ids(&store, "C").await.is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the sweep pruned the expired event");
+        let page = store.read(&ch("C"), 0, 10).await.unwrap();
+        assert_eq!((page.first_retained, page.head), (2, 1));
+    }
+
+    #[tokio::test]
+    async fn a_shorter_retention_is_applied_on_reopen_in_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let total = PRUNE_CHUNK * 2 + 10;
+        {
+            let store = open(dir.path(), Retention { max_events: 100_000, max_age: None });
+            for _ in 0..total {
+                store.append(&ch("C"), body("x")).await.unwrap();
+            }
+        }
+        let store = open(dir.path(), Retention { max_events: 5, max_age: None });
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while check_ids(&store, "C").await.len() > 5 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the sweep applied the new retention");
+        assert_eq!(check_ids(&store, "C").await, (total - 4..=total).collect::<Vec<_>>());
+        // Three steps of at most PRUNE_CHUNK rows each, not one long one.
+        assert_eq!(store.committed_transactions(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path(), ROOMY));
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        match check_open_fails(dir.path()) {
+            StoreError::Incompatible(msg) => {
+                assert!(msg.contains("newer PERE (schema v99, this build knows v1)"), "{msg}");
+            }
+            other => panic!("{other}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_foreign_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute_batch("CREATE TABLE t (x)").unwrap();
+        drop(conn);
+        assert!(matches!(check_open_fails(dir.path()), StoreError::Incompatible(_)));
+    }
+
+    #[tokio::test]
+    async fn unusable_paths_are_errors_naming_the_path() {
+        let root = tempfile::tempdir().unwrap();
+
+        let garbage = root.path().join("garbage");
+        std::fs::create_dir(&garbage).unwrap();
+        std::fs::write(garbage.join(DB_FILE), vec![0x5a_u8; 8192]).unwrap();
+        let err = check_open_fails(&garbage);
+        assert!(matches!(err, StoreError::Backend(_)), "{err}");
+        assert!(err.to_string().contains(&garbage.join(DB_FILE).display().to_string()), "{err}");
+
+        let file = root.path().join("a-file");
+        std::fs::write(&file, "not a directory").unwrap();
+        for dir in [file.clone(), file.join("below")] {
+            let err = check_open_fails(&dir);
+            assert!(matches!(err, StoreError::Backend(_)), "{err}");
+            assert!(err.to_string().contains(&dir.display().to_string()), "{err}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writes_are_committed_in_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteOptions { durability: Durability::Full, retention: ROOMY, ..SqliteOptions::default() };
+        let store = SqliteStore::open(dir.path(), options).unwrap();
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move { store.append(&ch(&format!("C{}", i % 4)), body("x")).await.unwrap().id })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let transactions = store.committed_transactions();
+        assert!(transactions <= 50, "200 appends took {transactions} transactions");
+        let mut heads = 0;
+        for i in 0..4 {
+            heads += store.head(&ch(&format!("C{i}"))).await.unwrap();
+        }
+        assert_eq!(heads, 200);
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_consumes_no_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), ROOMY);
+        let c = ch("C");
+        store.append(&c, body("1")).await.unwrap();
+        // Make the database refuse one body, as a full disk would refuse everything.
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.body = 'boom' BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+        )
+        .unwrap();
+        let err = store.append(&c, body("boom")).await.unwrap_err();
+        assert!(matches!(err, StoreError::Backend(_)), "{err}");
+        assert_eq!(store.head(&c).await.unwrap(), 1);
+        assert_eq!(store.append(&c, body("2")).await.unwrap().id, 2);
+        assert_eq!(check_ids(&store, "C").await, vec![1, 2]);
+    }
+
+    #[tokio::test]
+    async fn close_commits_what_is_queued_and_refuses_later_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), ROOMY);
+        let c = ch("C");
+        store.append(&c, body("1")).await.unwrap();
+        store.close().await;
+        assert!(matches!(store.append(&c, body("2")).await, Err(StoreError::Backend(_))));
+        assert_eq!(check_ids(&store, "C").await, vec![1], "reads still work");
+        // From disk too, once the writer's connection (the last one) has closed.
+        assert_eq!(store.channels().await.unwrap(), vec![c.clone()]);
+        assert_eq!(store.recent(&c, 10).await.unwrap().len(), 1);
+        drop(store);
+        assert_eq!(check_ids(&open(dir.path(), ROOMY), "C").await, vec![1]);
+    }
+}

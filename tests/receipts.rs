@@ -1,0 +1,154 @@
+//! End-to-end tests of the receipt loop with the real binaries: expected recipients, synchronous
+//! waits, the receipt stream, redelivery, explicit removal and inactivity expiry.
+
+use pere_e2e::{Proc, TestServer};
+use serde_json::{json, Value};
+
+/// Starts `pere-sub` for `device` and waits until the server has its feed open.
+async fn subscriber(server: &TestServer, channel: &str, device: &str, extra: &[&str]) -> Proc {
+    let before = server.proc.lines().iter().filter(|l| l.starts_with("FEED REQ>") && l.contains(device)).count();
+    let mut args = vec![server.host_port(), channel.to_owned(), device.to_owned()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let sub = Proc::start("pere-sub", &args);
+    server.proc.wait_lines(before + 1, |l| l.starts_with("FEED REQ>") && l.contains(device)).await;
+    sub
+}
+
+fn devices(list: &Value) -> Vec<String> {
+    list.as_array().unwrap().iter().map(|d| d.as_str().map_or_else(|| d["device"].as_str().unwrap().to_owned(), str::to_owned)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_all_names_the_offline_device_until_it_comes_back_and_acknowledges() {
+    let server = TestServer::start(&[]).await;
+    let receipts_path = "/receipts/Orders";
+    let mut receipts = server.feed_path(receipts_path, &[]).await;
+
+    let h1 = subscriber(&server, "Orders", "H1", &[]).await;
+    let h2 = subscriber(&server, "Orders", "H2", &[]).await;
+    // H3 subscribes once (so it is a recipient), then goes offline.
+    let h3 = subscriber(&server, "Orders", "H3", &[]).await;
+    drop(h3);
+    server.proc.wait_line(|l| l.starts_with("FEED END>") && l.contains("H3")).await;
+
+    let response = server
+        .http
+        .post(server.url("/push/Orders?wait=all&timeout=2s"))
+        .header("content-type", "application/json")
+        .body(r#"{"order":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202, "not every recipient acknowledged in time");
+    let answer: Value = response.json().await.unwrap();
+    let id = answer["id"].as_u64().unwrap();
+    assert_eq!(answer["satisfied"], false);
+    let summary = &answer["receipts"];
+    assert_eq!(summary["expected"], 3);
+    assert_eq!(devices(&summary["acknowledged"]), vec!["H1", "H2"]);
+    assert_eq!(devices(&summary["pending"]), vec!["H3"], "the offline device is named");
+    assert_eq!(summary["complete"], false);
+
+    // The receipt stream shows both receipts so far.
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let event = receipts.next().await;
+        assert_eq!(event.event, "receipt");
+        let receipt: Value = serde_json::from_str(&event.data).unwrap();
+        assert_eq!(receipt["id"], id);
+        seen.push(receipt["device"].as_str().unwrap().to_owned());
+    }
+    seen.sort();
+    assert_eq!(seen, vec!["H1", "H2"]);
+    let pending = server.get_json("/devices/Orders/H3/pending").await;
+    assert_eq!(pending["pending"][0]["id"], id);
+
+    // H3 comes back, receives the event, acknowledges: the event turns fully acknowledged.
+    let h3 = subscriber(&server, "Orders", "H3", &[]).await;
+    h3.wait_line(|l| l == format!("RX EVT> id: {id}, data: {{\"order\":1}}")).await;
+    let event = receipts.next().await;
+    assert_eq!(event.event, "receipt");
+    assert_eq!(serde_json::from_str::<Value>(&event.data).unwrap()["device"], "H3");
+    let complete = receipts.next().await;
+    assert_eq!(complete.event, "complete");
+    assert_eq!(serde_json::from_str::<Value>(&complete.data).unwrap(), json!({"channel": "Orders", "id": id, "expected": 3}));
+    let view = server.get_json(&format!("/events/Orders/{id}")).await;
+    assert_eq!(view["data"], r#"{"order":1}"#);
+    assert_eq!(view["receipts"]["complete"], true);
+    assert_eq!(server.get_json("/devices/Orders/H3/pending").await["pending"], json!([]));
+
+    // A receipt stream resumed after the first receipt replays the two that follow.
+    let first_seq = "1";
+    let mut resumed = server.feed_path(receipts_path, &[("Last-Event-ID", first_seq)]).await;
+    let replayed: Vec<String> = vec![resumed.next().await.id, resumed.next().await.id];
+    assert_eq!(replayed, vec!["2", "3"]);
+
+    // wait=N is satisfied as soon as N devices acknowledged.
+    let response = server.http.post(server.url("/push/Orders?wait=2&timeout=10s")).body("two").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["satisfied"], true);
+    assert!(answer["receipts"]["acknowledged"].as_array().unwrap().len() >= 2);
+    drop((h1, h2, h3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacknowledged_event_is_redelivered_and_pere_sub_prints_it_once() {
+    let server = TestServer::start(&["--ack-timeout", "1s", "--max-deliveries", "3"]).await;
+    let sub = subscriber(&server, "Jobs", "H9", &["--no-ack"]).await;
+    let first = server.push("Jobs", "job one").await;
+    // The server sends it again twice (three sends in all), with the same id.
+    server.proc.wait_line(|l| l.starts_with("REDELIVER>") && l.contains("device: H9") && l.ends_with("send: 3")).await;
+    // Events on a stream are ordered: once the next one is printed, the copies were handled.
+    let second = server.push("Jobs", "job two").await;
+    sub.wait_line(|l| l.starts_with(&format!("RX EVT> id: {second}"))).await;
+    let printed = sub.lines().iter().filter(|l| l.starts_with(&format!("RX EVT> id: {first},"))).count();
+    assert_eq!(printed, 1, "{:?}", sub.lines());
+
+    // An acknowledged event is not sent again.
+    let mut feed = server.feed("Jobs", &[("device", "A1"), ("Last-Event-ID", &second.to_string())]).await;
+    let third = server.push("Jobs", "job three").await;
+    assert_eq!(feed.next().await.id, third.to_string());
+    assert_eq!(server.ack("Jobs", "A1", third, "done").await.0, 200);
+    let fourth = server.push("Jobs", "job four").await;
+    // Had `third` been sent again, it would come before `fourth` (1 s later, at the earliest).
+    server.proc.wait_line(|l| l.starts_with("REDELIVER>") && l.contains(&format!("Event-Id: {fourth}")) && l.contains("A1")).await;
+    let next = feed.next().await;
+    assert_eq!(next.id, fourth.to_string());
+    assert_eq!(feed.next().await.id, fourth.to_string(), "the unacknowledged one is sent again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removal_and_expiry_change_the_expected_set_of_new_events_only() {
+    let server = TestServer::start(&["--recipient-expiry", "1s"]).await;
+    let http = &server.http;
+    let registered = http.put(server.url("/devices/News/X")).send().await.unwrap();
+    assert_eq!(registered.status(), 200);
+    let e1 = server.push("News", "one").await;
+    assert_eq!(server.get_json(&format!("/events/News/{e1}")).await["receipts"]["expected"], 1);
+    assert_eq!(http.delete(server.url("/devices/News/X")).send().await.unwrap().status(), 200);
+    assert_eq!(http.delete(server.url("/devices/News/X")).send().await.unwrap().status(), 404);
+    let e2 = server.push("News", "two").await;
+    assert_eq!(server.get_json(&format!("/events/News/{e2}")).await["receipts"]["expected"], 0);
+    let first = server.get_json(&format!("/events/News/{e1}")).await;
+    assert_eq!(devices(&first["receipts"]["pending"]), vec!["X"], "old events keep their expected set");
+
+    // Y is registered, then idle past the expiry: it stops being expected of new events.
+    http.put(server.url("/devices/News/Y")).send().await.unwrap();
+    let e3 = server.push("News", "three").await;
+    let mut poll = tokio::time::interval(std::time::Duration::from_millis(100));
+    tokio::time::timeout(pere_e2e::WAIT, async {
+        loop {
+            poll.tick().await;
+            if server.get_json("/admin/devices/News").await["Y"]["recipient"] == false {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("Y expires");
+    let e4 = server.push("News", "four").await;
+    assert_eq!(server.get_json(&format!("/events/News/{e4}")).await["receipts"]["expected"], 0);
+    assert_eq!(devices(&server.get_json(&format!("/events/News/{e3}")).await["receipts"]["pending"]), vec!["Y"]);
+}
