@@ -204,9 +204,12 @@ impl TestServer {
         Self::start_args(&args).await
     }
 
-    /// Starts the server with these arguments, on a free loopback port.
+    /// Starts the server with these arguments, on a free loopback port unless they name one.
     pub async fn start_args(args: &[&str]) -> TestServer {
-        let mut all = vec!["-o", "127.0.0.1", "-p", "0"];
+        let mut all = vec!["-o", "127.0.0.1"];
+        if !args.contains(&"-p") {
+            all.extend(["-p", "0"]);
+        }
         all.extend_from_slice(args);
         let proc = Proc::start("pere-server", &all);
         let first = proc.wait_line(|l| l.contains("listening on")).await;

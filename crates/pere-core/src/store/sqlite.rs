@@ -5,7 +5,7 @@
 //! - **One writer thread** owns the only read-write connection. A write sends it a command and
 //!   awaits the answer on a oneshot; the writer takes every command queued (up to [`MAX_BATCH`]),
 //!   runs them in one transaction and answers each caller after the commit. Under load that is one
-//!   sync per batch, not one per request, and no tokio thread ever blocks on the disk.
+//!   sync per batch, not one per request, and a write never blocks a tokio thread.
 //! - **Ids** come from per-channel heads the writer keeps in memory and saves in the `channels`
 //!   table in the same transaction, so pruning every event never resets a sequence. A batch that
 //!   fails rolls back whole: its callers all get the error and no id is consumed.
@@ -15,7 +15,8 @@
 //!   tail replays never touch the disk.
 //! - **Retention** is enforced by the writer in bounded chunks: right after appends, in the same
 //!   transaction, and by a sweep over every channel each [`SqliteOptions::prune_interval`].
-//!   Receipts go with their events.
+//!   Receipts go with their events (they are also the receipt stream, by `seq`); device records
+//!   and recipient memberships are the ledger and are kept.
 //!
 //! One process per data directory: the writer trusts its in-memory heads.
 
@@ -40,6 +41,8 @@ use crate::store::{EventPage, Retention, Store};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "pere.db";
+/// The lock file that keeps a second server off the same data directory.
+const LOCK_FILE: &str = "pere.lock";
 
 /// Writes per transaction at most: enough to spread one sync over a burst, few enough that the
 /// first caller of a batch does not wait long for the last.
@@ -55,6 +58,9 @@ const PRUNE_CHUNK: u64 = 2048;
 
 /// Channels visited per sweep step at most; each costs an indexed lookup even with nothing to prune.
 const SWEEP_CHANNELS: usize = 256;
+
+/// The shortest sweep period honoured: a zero interval would keep the writer spinning.
+const MIN_PRUNE_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Idle read connections kept; more are opened under load and closed when they come back.
 const MAX_IDLE_READERS: usize = 8;
@@ -201,6 +207,8 @@ struct Inner {
 
 /// What the writer thread and the readers share.
 struct Shared {
+    // Held for the store's lifetime: the data directory's lock.
+    _lock: std::fs::File,
     path: PathBuf,
     options: SqliteOptions,
     // Committed state only: the writer updates it after each commit, before answering.
@@ -281,7 +289,7 @@ fn closed() -> StoreError {
 
 impl SqliteStore {
     /// Opens (or creates) the store in `dir`, creating the directory if needed, and migrates an
-    /// older schema.
+    /// older schema. It blocks on the disk: call it at startup, before serving.
     ///
     /// # Errors
     /// [`StoreError::Incompatible`] for a database written by a newer PERE or by something else;
@@ -289,6 +297,17 @@ impl SqliteStore {
     /// created, opened or read (permissions, a file in the way, a corrupt database).
     pub fn open(dir: &Path, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|err| Failure::open(dir, err))?;
+        // One server per data directory: a second writer would break the id sequences. The OS
+        // drops the lock when the process ends, however it ends.
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = std::fs::File::create(&lock_path).map_err(|err| Failure::open(&lock_path, err))?;
+        if lock.try_lock().is_err() {
+            return Err(StoreError::Incompatible(format!(
+                "{} is in use by another PERE server (it holds {})",
+                dir.display(),
+                lock_path.display()
+            )));
+        }
         let path = dir.join(DB_FILE);
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn = Connection::open_with_flags(&path, flags).map_err(|err| Failure::open(&path, err))?;
@@ -296,6 +315,7 @@ impl SqliteStore {
         let channels = load_channels(&conn).map_err(|err| Failure::open(&path, err))?;
 
         let shared = Arc::new(Shared {
+            _lock: lock,
             path: path.clone(),
             options,
             channels: RwLock::new(channels),
@@ -408,8 +428,9 @@ impl fmt::Debug for SqliteStore {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Closing the queue makes the writer finish what is queued, commit and stop; waiting for
-        // it means a process that drops its store before exiting loses no acknowledged write.
+        // Closing the queue makes the writer finish what is queued, commit and stop. Waiting for
+        // it means a process that drops its store before exiting loses nothing that was queued,
+        // not even the write of a caller that stopped waiting for its answer.
         drop(self.commands.take());
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
@@ -453,6 +474,9 @@ fn prepare_schema(conn: &mut Connection, path: &Path, durability: Durability) ->
             path.display()
         )));
     }
+    if version < 0 {
+        return Err(StoreError::Incompatible(format!("{} is not a PERE database (schema v{version})", path.display())));
+    }
     if version > 0 {
         let id: i64 = conn.pragma_query_value(None, "application_id", |row| row.get(0)).map_err(fail)?;
         if id != APPLICATION_ID {
@@ -481,7 +505,7 @@ fn prepare_schema(conn: &mut Connection, path: &Path, durability: Durability) ->
     };
     conn.pragma_update(None, "synchronous", synchronous).map_err(fail)?;
 
-    for (from, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+    for (from, migration) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).unwrap_or(0)) {
         let tx = conn.transaction().map_err(fail)?;
         tx.execute_batch(migration).map_err(fail)?;
         tx.pragma_update(None, "user_version", from as i64 + 1).map_err(fail)?;
@@ -589,8 +613,8 @@ impl Store for SqliteStore {
     }
 
     async fn receipts(&self, channel: &ChannelName, event_id: u64) -> Result<Vec<Receipt>, StoreError> {
-        // A late receipt for a pruned event is kept in the receipt stream until the channel's next
-        // pruning step; per event, receipts exist only while their event does.
+        // Per event, receipts exist only while the event does. (A late receipt for an event already
+        // pruned stays in the receipt stream until the channel next prunes events.)
         if event_id < self.committed(channel, |meta| meta.map_or(1, |m| m.first)) {
             return Ok(Vec::new());
         }
@@ -1032,7 +1056,7 @@ impl Writer {
             if start < self.next_sweep {
                 return;
             }
-            self.next_sweep = start + self.shared.options.prune_interval;
+            self.next_sweep = start + self.shared.options.prune_interval.max(MIN_PRUNE_INTERVAL);
             let channels = self.shared.channels.read().unwrap_or_else(|e| e.into_inner());
             self.sweep = channels.iter().filter(|(_, m)| m.first <= m.head).map(|(name, _)| name.clone()).collect();
             if self.sweep.is_empty() {
@@ -1130,7 +1154,7 @@ fn record_receipt(
     record.apply_receipt(&receipt);
     save_device(conn, &record)?;
     // Stored even for an event already pruned, so the receipt stream carries it; the channel's
-    // next pruning step removes it with the other receipts of pruned events.
+    // next pruning of events removes it with the other receipts of pruned events.
     conn.prepare_cached("INSERT INTO receipts (channel, event_id, device, status, time) VALUES (?1, ?2, ?3, ?4, ?5)")?
         .execute(params![
             receipt.channel.as_str(),
@@ -1502,6 +1526,17 @@ mod tests {
             assert!(matches!(err, StoreError::Backend(_)), "{err}");
             assert!(err.to_string().contains(&dir.display().to_string()), "{err}");
         }
+    }
+
+    #[tokio::test]
+    async fn one_store_per_data_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+        let err = check_open_fails(dir.path());
+        assert!(matches!(err, StoreError::Incompatible(_)) && err.to_string().contains("in use"), "{err}");
+        first.close().await;
+        drop(first);
+        assert!(SqliteStore::open(dir.path(), SqliteOptions::default()).is_ok(), "the lock goes with the store");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

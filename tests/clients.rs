@@ -1,0 +1,105 @@
+//! End-to-end tests of the command-line tools against the real server: the original demo (one
+//! publisher, two subscribers, receipts in the server log), resume across a server restart with
+//! nothing printed twice, and a clear failure when the server cannot be reached.
+
+use pere_e2e::{Proc, TestServer};
+
+/// Starts `pere-sub` and waits until the server has its feed open.
+async fn subscribe(server: &TestServer, channel: &str, device: &str, extra: &[&str]) -> Proc {
+    let before = server.proc.lines().iter().filter(|l| l.starts_with("FEED REQ>") && l.contains(device)).count();
+    let host = server.host_port();
+    let mut args = vec![host.as_str(), channel, device];
+    args.extend_from_slice(extra);
+    let sub = Proc::start("pere-sub", &args);
+    server.proc.wait_lines(before + 1, |l| l.starts_with("FEED REQ>") && l.contains(device)).await;
+    sub
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_original_demo_publisher_two_subscribers_and_receipts() {
+    let server = TestServer::start(&[]).await;
+    let h1 = subscribe(&server, "CHANNEL_1", "H0039000000001", &[]).await;
+    let h2 = subscribe(&server, "CHANNEL_1", "H0039000000002", &[]).await;
+    h1.wait_line(|l| l.starts_with("LISTEN (device: H0039000000001), channel: CHANNEL_1")).await;
+
+    let host = server.host_port();
+    let mut publisher = Proc::start("pere-pub", &[&host, "CHANNEL_1", "--interval", "0.05", "--count", "5"]);
+    assert_eq!(publisher.wait_exit().await, 0);
+    let pushed = publisher.lines();
+    assert!(pushed[0].starts_with("PUBLISH (device: P0039"), "{pushed:?}");
+    let events: Vec<&String> = pushed.iter().filter(|l| l.starts_with("PUSH EVT> event: ")).collect();
+    assert_eq!(events.len(), 5);
+    let first: serde_json::Value = serde_json::from_str(events[0].trim_start_matches("PUSH EVT> event: ")).unwrap();
+    assert_eq!(first["channel"], "CHANNEL_1");
+    assert_eq!(first["id"], 1);
+    let data_len = first["data"].as_str().unwrap().len();
+    assert!((15..=32).contains(&data_len));
+
+    for sub in [&h1, &h2] {
+        let received = sub.wait_lines(5, |l| l.starts_with("RX EVT> id: ")).await;
+        for (i, line) in received.iter().enumerate() {
+            assert!(line.starts_with(&format!("RX EVT> id: {}, data: {{", i + 1)), "{line}");
+        }
+        sub.wait_lines(5, |l| l.starts_with("TX ACK> id: ")).await;
+    }
+    // The server logs every receipt in the original's format.
+    let feedback = server.proc.wait_lines(10, |l| l.starts_with("FEEDBACK> channel: CHANNEL_1") && l.ends_with("status: rx ok")).await;
+    assert_eq!(feedback.len(), 10);
+    let devices = server.get_json("/admin/devices/CHANNEL_1").await;
+    assert_eq!(devices["H0039000000001"]["last_acked"], 5);
+    assert_eq!(devices["H0039000000002"]["last_acked"], 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pere_sub_resumes_across_a_restart_and_prints_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(dir.path(), &["--retry-ms", "200"]).await;
+    let port = server.host_port().rsplit(':').next().unwrap().to_owned();
+    let sub = subscribe(&server, "Resume", "H1", &["--retries", "0"]).await;
+    for i in 1..=3 {
+        server.push("Resume", &format!("before-{i}")).await;
+    }
+    sub.wait_lines(3, |l| l.starts_with("TX ACK>")).await;
+    server.kill().await;
+
+    // Same port, same data: the subscriber reconnects by itself.
+    let server = TestServer::start_in(dir.path(), &["-p", &port]).await;
+    server.proc.wait_line(|l| l.starts_with("FEED REQ>") && l.contains("H1")).await;
+    for i in 4..=5 {
+        server.push("Resume", &format!("after-{i}")).await;
+    }
+    let received = sub.wait_lines(5, |l| l.starts_with("RX EVT>")).await;
+    assert_eq!(
+        received,
+        vec![
+            "RX EVT> id: 1, data: before-1",
+            "RX EVT> id: 2, data: before-2",
+            "RX EVT> id: 3, data: before-3",
+            "RX EVT> id: 4, data: after-4",
+            "RX EVT> id: 5, data: after-5",
+        ]
+    );
+    server.proc.wait_lines(2, |l| l.starts_with("FEEDBACK> channel: Resume, device: H1")).await;
+    assert_eq!(sub.lines().iter().filter(|l| l.starts_with("RX EVT>")).count(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pere_sub_gives_up_with_a_clear_message_when_the_server_is_unreachable() {
+    // A port nobody listens on: bind one, note it, close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let address = format!("127.0.0.1:{port}");
+    let mut sub = Proc::start("pere-sub", &[&address, "C", "H1", "--retries", "2"]);
+    assert_eq!(sub.wait_exit().await, 1);
+    let errors = sub.errors().join("\n");
+    assert!(errors.contains("cannot reach") && errors.contains("after 2 attempts"), "{errors}");
+
+    let mut publisher = Proc::start("pere-pub", &[&address, "C", "--retries", "2", "--retry-delay", "0.01", "--count", "1"]);
+    assert_eq!(publisher.wait_exit().await, 1);
+    assert!(publisher.errors().iter().any(|l| l.starts_with("PUSH FAILED. event: ")), "{:?}", publisher.errors());
+
+    // A refused subscription (bad channel name) fails at once with the server's message.
+    let server = TestServer::start(&[]).await;
+    let mut refused = Proc::start("pere-sub", &[&server.host_port(), "bad channel", "H1"]);
+    assert_eq!(refused.wait_exit().await, 2);
+    assert!(refused.errors().join("\n").contains("channel may hold only"), "{:?}", refused.errors());
+}
