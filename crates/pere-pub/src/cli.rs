@@ -117,7 +117,7 @@ pub fn base_url(server: &str) -> Result<Url, String> {
     if url.scheme() != "http" {
         return Err(format!("invalid server address {server:?}: only http:// is supported"));
     }
-    if url.host_str().map_or(true, str::is_empty) {
+    if url.host_str().unwrap_or_default().is_empty() {
         return Err(format!("invalid server address {server:?}: no host"));
     }
     url.set_query(None);
@@ -164,8 +164,23 @@ mod tests {
     #[test]
     fn flags_parse() {
         let cli = parse(&[
-            "h:1", "C", "P1", "--interval", "0.2", "--count", "5", "--data", "-", "--event", "tick", "--json",
-            "--retries", "3", "--retry-delay", "0", "--follow",
+            "h:1",
+            "C",
+            "P1",
+            "--interval",
+            "0.2",
+            "--count",
+            "5",
+            "--data",
+            "-",
+            "--event",
+            "tick",
+            "--json",
+            "--retries",
+            "3",
+            "--retry-delay",
+            "0",
+            "--follow",
         ])
         .unwrap();
         assert_eq!(cli.device(), "P1");

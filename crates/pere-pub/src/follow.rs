@@ -1,5 +1,5 @@
 //! `--follow`: print the channel's return receipts as the server streams them
-//! (`GET /receipts/:channel`, one JSON receipt per SSE event).
+//! (`GET /receipts/:channel`: one `receipt` event per receipt, its data a JSON receipt).
 
 use std::pin::pin;
 use std::time::Duration;
@@ -67,10 +67,12 @@ impl Follow {
                                 if !event.id.is_empty() {
                                     last_id = Some(event.id);
                                 }
-                                if event.event == GAP_EVENT_TYPE {
-                                    eprintln!("GAP> receipts {} are no longer retained on the server", event.data);
-                                } else {
-                                    self.print(&event.data);
+                                match event.event.as_str() {
+                                    "receipt" | "message" => self.print(&event.data),
+                                    GAP_EVENT_TYPE => eprintln!("GAP> receipts are no longer retained: {}", event.data),
+                                    // Other notices (e.g. `complete`: every expected receipt is in)
+                                    // are not receipts.
+                                    _ => {}
                                 }
                             }
                             Some(Err(EventStreamError::Transport(err))) => break describe_transport(err),

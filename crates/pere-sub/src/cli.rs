@@ -92,7 +92,7 @@ pub fn base_url(server: &str) -> Result<Url, String> {
     if url.scheme() != "http" {
         return Err(format!("invalid server address {server:?}: only http:// is supported"));
     }
-    if url.host_str().map_or(true, str::is_empty) {
+    if url.host_str().unwrap_or_default().is_empty() {
         return Err(format!("invalid server address {server:?}: no host"));
     }
     url.set_query(None);
@@ -135,8 +135,20 @@ mod tests {
     #[test]
     fn flags_parse() {
         let cli = Cli::try_parse_from([
-            "pere-sub", "h:1", "C", "H1", "--status", "done", "--count", "3", "--last-event-id", "7",
-            "--no-ack", "--json", "--retries", "0",
+            "pere-sub",
+            "h:1",
+            "C",
+            "H1",
+            "--status",
+            "done",
+            "--count",
+            "3",
+            "--last-event-id",
+            "7",
+            "--no-ack",
+            "--json",
+            "--retries",
+            "0",
         ])
         .unwrap();
         assert_eq!(cli.device(), "H1");

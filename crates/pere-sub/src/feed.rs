@@ -81,7 +81,14 @@ struct JsonEvent<'a> {
 
 impl Subscriber {
     /// A subscriber to `channel` on the server at `base`, resuming after `start` if given.
-    pub fn new(client: Client, base: &Url, channel: &str, device: String, start: Option<String>, opts: Options) -> Self {
+    pub fn new(
+        client: Client,
+        base: &Url,
+        channel: &str,
+        device: String,
+        start: Option<String>,
+        opts: Options,
+    ) -> Self {
         let ledger = Ledger::new(start.as_deref().and_then(|s| s.parse().ok()));
         Subscriber {
             client,

@@ -100,7 +100,7 @@ mod tests {
     fn long_lines_are_not_mistaken() {
         let mut s = RetryScanner::default();
         let mut long = b"retry: ".to_vec();
-        long.extend(std::iter::repeat(b'1').take(100));
+        long.extend_from_slice(&[b'1'; 100]);
         long.push(b'\n');
         assert_eq!(s.feed(&long), None);
         assert_eq!(s.feed(b"retry: 7\n"), Some(7));

@@ -70,7 +70,10 @@ async fn a_failed_receipt_is_sent_again_when_the_event_comes_back() {
     stream.send("retry: 10\n\nid: 1\ndata: one\n\n");
     // The first delivery: every attempt at its receipt fails.
     for _ in 0..3 {
-        server.expect("POST", "/feedback/C").await.json(503, r#"{"error":{"code":"store_unavailable","message":"down"}}"#);
+        server
+            .expect("POST", "/feedback/C")
+            .await
+            .json(503, r#"{"error":{"code":"store_unavailable","message":"down"}}"#);
     }
     assert_eq!(sub.line().await, "RX EVT> id: 1, data: one");
     drop(stream);
@@ -118,7 +121,8 @@ async fn no_ack_sends_no_receipts() {
 #[tokio::test]
 async fn the_start_position_is_sent_and_respected() {
     let mut server = FakeServer::start().await;
-    let mut sub = Tool::start(EXE, &[&server.host_port(), "C", "H1", "--count", "1", "--last-event-id", "4", "-q"], None);
+    let mut sub =
+        Tool::start(EXE, &[&server.host_port(), "C", "H1", "--count", "1", "--last-event-id", "4", "-q"], None);
     let feed = server.expect("GET", "/feed/C").await;
     assert_eq!(feed.request.header("last-event-id"), Some("4"));
     let stream = feed.stream();
@@ -161,7 +165,9 @@ async fn gives_up_after_retries_using_the_servers_retry() {
 async fn help_documents_every_flag() {
     let out = std::process::Command::new(EXE).arg("--help").output().unwrap();
     let help = String::from_utf8(out.stdout).unwrap();
-    for flag in ["--status", "--count", "--last-event-id", "--no-ack", "--json", "--quiet", "--retries", "--idle-timeout"] {
+    for flag in
+        ["--status", "--count", "--last-event-id", "--no-ack", "--json", "--quiet", "--retries", "--idle-timeout"]
+    {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
 }
