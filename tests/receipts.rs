@@ -152,3 +152,70 @@ async fn removal_and_expiry_change_the_expected_set_of_new_events_only() {
     assert_eq!(server.get_json(&format!("/events/News/{e4}")).await["receipts"]["expected"], 0);
     assert_eq!(devices(&server.get_json(&format!("/events/News/{e3}")).await["receipts"]["pending"]), vec!["Y"]);
 }
+
+async fn next_post(posts: &mut tokio::sync::mpsc::UnboundedReceiver<(u16, Value)>) -> (u16, Value) {
+    tokio::time::timeout(pere_e2e::WAIT, posts.recv()).await.expect("a webhook POST").expect("receiver alive")
+}
+
+/// A webhook receiver on loopback: answers 500 to the first POST, 200 after; hands over bodies.
+async fn webhook_receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<(u16, Value)>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use http_body_util::BodyExt;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let calls = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let (tx, calls) = (tx.clone(), calls.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let (tx, calls) = (tx.clone(), calls.clone());
+                    async move {
+                        let body = request.into_body().collect().await.unwrap().to_bytes();
+                        let status = if calls.fetch_add(1, Ordering::SeqCst) == 0 { 500 } else { 200 };
+                        let _ = tx.send((status, serde_json::from_slice(&body).unwrap_or(Value::Null)));
+                        let mut response = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+                        *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+            });
+        }
+    });
+    (url, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_gets_each_summary_retried_after_a_failure() {
+    let (url, mut posts) = webhook_receiver().await;
+    let server = TestServer::start(&["--receipt-webhook", &url, "--receipt-timeout", "2s"]).await;
+    let mut feed = server.feed("Hooks", &[("device", "H1")]).await;
+    let acked = server.push("Hooks", "acknowledged").await;
+    assert_eq!(feed.next().await.id, acked.to_string());
+    assert_eq!(server.ack("Hooks", "H1", acked, "done").await.0, 200);
+    // The first attempt fails (500) and is retried with the same summary.
+    let (status, first) = next_post(&mut posts).await;
+    assert_eq!(status, 500);
+    let (status, again) = next_post(&mut posts).await;
+    assert_eq!(status, 200);
+    assert_eq!(first, again);
+    assert_eq!(again["id"], acked);
+    assert_eq!(again["reason"], "complete");
+    assert_eq!(again["complete"], true);
+    assert_eq!(devices(&again["acknowledged"]), vec!["H1"]);
+    server.proc.wait_line(|l| l.starts_with("WEBHOOK>") && l.ends_with("attempt: 2, delivered")).await;
+
+    // An event nobody acknowledges is reported when its receipt timeout passes.
+    let ignored = server.push("Hooks", "ignored").await;
+    let (status, late) = next_post(&mut posts).await;
+    assert_eq!(status, 200);
+    assert_eq!((late["id"].as_u64(), late["reason"].as_str(), late["complete"].as_bool()), (Some(ignored), Some("timeout"), Some(false)));
+    assert_eq!(devices(&late["delivered"]), vec!["H1"]);
+}

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use crate::error::StoreError;
 use crate::event::{now, Event, NewEvent};
 use crate::name::{ChannelName, DeviceId};
-use crate::ledger::{ChannelLedger, Completion, WaitFor};
+use crate::ledger::{ChannelLedger, Completion, LedgerNotice, WaitFor};
 use crate::receipt::{DeviceOp, DeviceRecord, DeviceTouch, Membership, Receipt};
 use crate::store::Store;
 
@@ -146,6 +146,7 @@ pub struct Hub<S> {
     channels: Mutex<HashMap<ChannelName, Arc<ChannelHub>>>,
     live_devices: Mutex<HashMap<(ChannelName, DeviceId), Arc<LiveDevice>>>,
     next_subscriber: AtomicU64,
+    observer: std::sync::OnceLock<mpsc::Sender<LedgerNotice>>,
 }
 
 #[derive(Debug)]
@@ -234,7 +235,21 @@ impl<S: Store> Hub<S> {
             channels: Mutex::default(),
             live_devices: Mutex::default(),
             next_subscriber: AtomicU64::new(1),
+            observer: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sends every [`LedgerNotice`] to `observer` from now on (one observer per hub; a second
+    /// call is ignored). Notices are dropped, never waited for, when the observer falls behind:
+    /// publishing and receipts never slow down for it.
+    pub fn observe(&self, observer: mpsc::Sender<LedgerNotice>) {
+        let _ = self.observer.set(observer);
+    }
+
+    fn notify(&self, notice: LedgerNotice) {
+        if let Some(observer) = self.observer.get() {
+            let _ = observer.try_send(notice);
+        }
     }
 
     /// The store behind this hub.
@@ -289,8 +304,9 @@ impl<S: Store> Hub<S> {
         let task = tokio::spawn(async move {
             let event = this.store.append(&channel, event).await?;
             // Followed before it is released, so no receipt can arrive before the ledger knows it.
-            hub.ledger().track(event.id);
+            let expected = hub.ledger().track(event.id);
             hub.release(event.clone());
+            this.notify(LedgerNotice::Published { channel: channel.clone(), event_id: event.id, expected });
             Ok(event)
         });
         match task.await {
@@ -460,6 +476,9 @@ impl<S: Store> Hub<S> {
             live.delivered.fetch_max(event_id, Ordering::Relaxed);
         }
         let completed = hub.ledger().acknowledge(event_id, device);
+        if completed.is_some() {
+            self.notify(LedgerNotice::Completed { channel: channel.clone(), event_id });
+        }
         // No receiver is fine: nobody is following receipts.
         let _ = hub.receipts.send(ReceiptNotice { receipt: receipt.clone(), completed });
         Ok((receipt, record))

@@ -52,6 +52,27 @@ pub struct Completion {
     pub expected: usize,
 }
 
+/// What the ledger tells an observer outside the hub (such as the receipt webhook).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LedgerNotice {
+    /// An event was published, expecting this many recipients.
+    Published {
+        /// The channel.
+        channel: crate::name::ChannelName,
+        /// The event.
+        event_id: u64,
+        /// How many recipients it expects.
+        expected: usize,
+    },
+    /// An event became fully acknowledged.
+    Completed {
+        /// The channel.
+        channel: crate::name::ChannelName,
+        /// The event.
+        event_id: u64,
+    },
+}
+
 /// One channel's live ledger.
 #[derive(Debug, Default)]
 pub(crate) struct ChannelLedger {
@@ -61,14 +82,17 @@ pub(crate) struct ChannelLedger {
 
 impl ChannelLedger {
     /// Starts following event `id`, expected of the current recipients that joined before it.
-    pub(crate) fn track(&mut self, id: u64) {
+    /// Returns how many recipients it expects.
+    pub(crate) fn track(&mut self, id: u64) -> usize {
         let pending: HashSet<DeviceId> =
             self.recipients.values().filter(|m| m.expects(id)).map(|m| m.device.clone()).collect();
-        let open = OpenEvent { expected: pending.len(), pending, acked: HashSet::new(), changed: Arc::new(Notify::new()) };
+        let expected = pending.len();
+        let open = OpenEvent { expected, pending, acked: HashSet::new(), changed: Arc::new(Notify::new()) };
         self.open.insert(id, open);
         while self.open.len() > TRACKED_EVENTS {
             self.open.pop_first();
         }
+        expected
     }
 
     /// Records that `device` acknowledged `id`; returns the completion if this receipt completed it.

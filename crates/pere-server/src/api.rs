@@ -419,7 +419,8 @@ async fn admin_devices<S: Store>(state: &Arc<AppState<S>>, channel: &str) -> Ans
     Ok(json_response(StatusCode::OK, &Value::Object(view)))
 }
 
-fn summary_json(summary: &ReceiptSummary) -> Value {
+/// The JSON form of a receipt summary, shared by the admin view, `?wait=` and the webhook.
+pub fn summary_json(summary: &ReceiptSummary) -> Value {
     let acknowledged: Vec<Value> = summary
         .acknowledged
         .iter()

@@ -102,6 +102,16 @@ pub struct Config {
     #[arg(long = "max-wait", default_value = "60s", value_parser = parse_duration, env = "PERE_MAX_WAIT")]
     pub max_wait: Duration,
 
+    /// POST each event's receipt summary to this URL (http://) once every expected recipient
+    /// acknowledged it, or once --receipt-timeout passed; retried with backoff.
+    #[arg(long = "receipt-webhook", env = "PERE_RECEIPT_WEBHOOK")]
+    pub receipt_webhook: Option<String>,
+
+    /// How long after publishing an event the webhook reports it as timed out if it is not fully
+    /// acknowledged by then.
+    #[arg(long = "receipt-timeout", default_value = "60s", value_parser = parse_duration, env = "PERE_RECEIPT_TIMEOUT")]
+    pub receipt_timeout: Duration,
+
     /// Seconds to wait for open requests to finish on shutdown before closing them.
     #[arg(long = "shutdown-timeout", default_value_t = 5, env = "PERE_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout_secs: u64,

@@ -6,7 +6,8 @@
 //! - [`api`]: the handlers, one core operation each;
 //! - [`sse_body`]: a subscription as an SSE response body;
 //! - [`error`]: errors as JSON answers;
-//! - [`log`]: the activity log in the original PERE's format.
+//! - [`log`]: the activity log in the original PERE's format;
+//! - [`webhook`]: receipt summaries POSTed to the operator's URL.
 //!
 //! [`run`] serves a bound listener until the state's shutdown token is cancelled, then drains.
 #![deny(missing_docs, missing_debug_implementations)]
@@ -17,6 +18,7 @@ pub mod error;
 pub mod log;
 pub mod route;
 pub mod sse_body;
+pub mod webhook;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -131,6 +133,9 @@ pub fn retention(config: &Config) -> Retention {
 pub async fn run<S: Store>(listener: TcpListener, state: Arc<AppState<S>>) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
     let _expiry = ExpiryTask(tokio::spawn(expire_recipients(state.clone())));
+    if let Some(url) = &state.config.receipt_webhook {
+        webhook::spawn(state.clone(), url.clone(), state.config.receipt_timeout);
+    }
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,

@@ -84,6 +84,17 @@ impl Log {
         }
     }
 
+    /// A webhook attempt.
+    pub fn webhook(&self, channel: &str, id: u64, complete: bool, attempt: u32, outcome: &str) {
+        if self.events {
+            self.line(
+                "34",
+                "WEBHOOK>",
+                format_args!("channel: {channel}, Event-Id: {id}, complete: {complete}, attempt: {attempt}, {outcome}"),
+            );
+        }
+    }
+
     /// A receipt recorded.
     pub fn feedback(&self, channel: &str, device: &str, id: u64, status: &str) {
         if self.events {
