@@ -84,6 +84,27 @@ async fn pere_sub_resumes_across_a_restart_and_prints_nothing_twice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pere_sub_follows_a_memory_server_that_lost_its_history() {
+    let server = TestServer::start(&["--retry-ms", "200"]).await;
+    let port = server.host_port().rsplit(':').next().unwrap().to_owned();
+    let sub = subscribe(&server, "Fresh", "H1", &["--retries", "0"]).await;
+    for i in 1..=3 {
+        server.push("Fresh", &format!("old-{i}")).await;
+    }
+    sub.wait_lines(3, |l| l.starts_with("TX ACK>")).await;
+    server.kill().await;
+
+    // A memory server restarted: ids start over at 1, and pere-sub is told so.
+    let server = TestServer::start_args(&["--store", "memory", "-p", &port]).await;
+    server.proc.wait_line(|l| l.starts_with("FEED REQ>") && l.contains("H1")).await;
+    server.push("Fresh", "new-1").await;
+    server.push("Fresh", "new-2").await;
+    let received = sub.wait_lines(5, |l| l.starts_with("RX EVT>")).await;
+    assert_eq!(&received[3..], ["RX EVT> id: 1, data: new-1", "RX EVT> id: 2, data: new-2"]);
+    assert!(sub.errors().iter().any(|l| l.starts_with("RESET> the server does not know event 3")), "{:?}", sub.errors());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pere_sub_gives_up_with_a_clear_message_when_the_server_is_unreachable() {
     // A port nobody listens on: bind one, note it, close it.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

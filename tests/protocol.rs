@@ -76,6 +76,12 @@ async fn resume_by_last_event_id_header_query_and_device_cursor(store: StoreUnde
     // An id the server never gave (an original PERE timestamp) replays the retained history.
     let mut old_client = server.feed("C", &[("Last-Event-ID", "2014-12-01T15:01:45.025Z")]).await;
     assert_eq!(old_client.next_ids(1).await, vec![1]);
+    // So does an id beyond the channel's history, after a notice that ids start over.
+    let mut from_the_future = server.feed("C", &[("Last-Event-ID", "99")]).await;
+    let reset = from_the_future.next().await;
+    assert_eq!((reset.event.as_str(), reset.id.as_str()), ("pere-reset", ""));
+    assert_eq!(serde_json::from_str::<Value>(&reset.data).unwrap(), json!({"last_event_id": 99, "head": 7}));
+    assert_eq!(from_the_future.next_ids(1).await, vec![1]);
 }
 
 async fn bodies_arrive_verbatim_and_cannot_forge_events(store: StoreUnderTest) {

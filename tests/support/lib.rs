@@ -41,6 +41,7 @@ pub struct Proc {
     lines: Arc<Mutex<Vec<String>>>,
     errors: Arc<Mutex<Vec<String>>>,
     changed: Arc<Notify>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -63,18 +64,19 @@ impl Proc {
         let changed = Arc::new(Notify::new());
         let stdout = child.stdout.take().expect("stdout");
         let stderr = child.stderr.take().expect("stderr");
+        let mut readers = Vec::new();
         for (pipe, sink) in [(Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Send + Unpin>, lines.clone()), (Box::new(stderr), errors.clone())] {
             let changed = changed.clone();
-            tokio::spawn(async move {
+            readers.push(tokio::spawn(async move {
                 let mut reader = BufReader::new(pipe).lines();
                 while let Ok(Some(line)) = reader.next_line().await {
                     sink.lock().unwrap().push(line);
                     changed.notify_waiters();
                 }
                 changed.notify_waiters();
-            });
+            }));
         }
-        Proc { child, lines, errors, changed }
+        Proc { child, lines, errors, changed, readers }
     }
 
     /// Every stdout line so far.
@@ -115,9 +117,13 @@ impl Proc {
         self.wait_lines(1, matches).await.remove(0)
     }
 
-    /// Waits for the process to exit; returns its exit code.
+    /// Waits for the process to exit and for everything it printed to be read; returns its exit
+    /// code.
     pub async fn wait_exit(&mut self) -> i32 {
         let status = tokio::time::timeout(WAIT, self.child.wait()).await.expect("process did not exit").expect("wait");
+        for reader in self.readers.drain(..) {
+            tokio::time::timeout(WAIT, reader).await.expect("output read to the end").expect("reader");
+        }
         status.code().unwrap_or(-1)
     }
 

@@ -66,6 +66,15 @@ pub enum FeedItem {
     Event(Arc<Event>),
     /// An event sent again because its receipt is overdue; the number is which send this is.
     Redelivery(Arc<Event>, u32),
+    /// The client resumed from `requested`, beyond this server's last id `head`: the server's
+    /// history was lost (a memory store restarted, a data directory replaced), ids start over,
+    /// and replay begins at the oldest retained event.
+    Reset {
+        /// The position the client asked for.
+        requested: u64,
+        /// The channel's last id.
+        head: u64,
+    },
     /// Events `from..=to` were asked for but are no longer retained.
     Gap {
         /// First missing id.
@@ -349,7 +358,10 @@ impl<S: Store> Hub<S> {
         let mut explicit = after.is_some_and(|a| a > 0);
         let mut after = after.unwrap_or(0);
         // Heads only grow, so a position beyond the head read now was never given out here.
-        if after > self.store.head(channel).await? {
+        let head = self.store.head(channel).await?;
+        let mut reset = None;
+        if after > head {
+            reset = Some(FeedItem::Reset { requested: after, head });
             after = 0;
             explicit = false;
         }
@@ -390,6 +402,7 @@ impl<S: Store> Hub<S> {
             replayed: VecDeque::new(),
             report_gaps: explicit,
             in_flight: VecDeque::new(),
+            reset,
         })
     }
 
@@ -654,6 +667,7 @@ pub struct Subscription<S: Store> {
     report_gaps: bool,
     // Events sent to a device that owes receipts, oldest first: (event, next due, sends so far).
     in_flight: VecDeque<(Arc<Event>, Instant, u32)>,
+    reset: Option<FeedItem>,
 }
 
 impl<S: Store> Subscription<S> {
@@ -663,6 +677,9 @@ impl<S: Store> Subscription<S> {
     /// # Errors
     /// The store's error when history cannot be read; the stream should end then.
     pub async fn next(&mut self) -> Option<Result<FeedItem, StoreError>> {
+        if let Some(reset) = self.reset.take() {
+            return Some(Ok(reset));
+        }
         loop {
             if let Some((event, sends)) = self.due_redelivery() {
                 return Some(Ok(FeedItem::Redelivery(event, sends)));

@@ -17,6 +17,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 /// The `event:` type of the notice sent when part of the requested history is no longer retained.
 pub const GAP_EVENT_TYPE: &str = "pere-gap";
 
+/// The `event:` type of the notice sent when a client resumes from an id this server never gave
+/// (its history was lost, e.g. a memory store restarted): the ids start over.
+pub const RESET_EVENT_TYPE: &str = "pere-reset";
+
 /// A comment line that keeps idle connections (and the proxies on their way) open.
 pub const KEEP_ALIVE_FRAME: &[u8] = b": keep-alive\n\n";
 
@@ -52,6 +56,14 @@ pub fn encode_event(id: u64, event_type: Option<&str>, body: &str) -> Bytes {
 pub fn encode_gap(from: u64, to: u64) -> Bytes {
     Bytes::from(format!(
         "event: {GAP_EVENT_TYPE}\ndata: {{\"from\":{from},\"to\":{to}}}\n\n"
+    ))
+}
+
+/// Encodes the notice that the client's `Last-Event-ID` (`requested`) is beyond this server's
+/// history, whose last id is `head`: the client must forget the ids it saw. No `id:` either.
+pub fn encode_reset(requested: u64, head: u64) -> Bytes {
+    Bytes::from(format!(
+        "event: {RESET_EVENT_TYPE}\ndata: {{\"last_event_id\":{requested},\"head\":{head}}}\n\n"
     ))
 }
 

@@ -88,3 +88,13 @@ pub struct ErrorDetail {
     /// A sentence for people.
     pub message: String,
 }
+
+/// The data of the `pere-reset` SSE event: the client's `Last-Event-ID` is beyond the server's
+/// history (whose last id is `head`), so ids start over and the client must forget those it saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResetNotice {
+    /// The position the client asked for.
+    pub last_event_id: u64,
+    /// The channel's last id on this server.
+    pub head: u64,
+}

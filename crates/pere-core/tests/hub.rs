@@ -75,8 +75,12 @@ async fn resume_replays_then_goes_live() {
     for expected in 3..=6 {
         assert_eq!(next_id(&mut sub).await, expected);
     }
-    // A position beyond the head belongs to a forgotten history: start from the beginning.
+    // A position beyond the head belongs to a forgotten history: say so, start from the beginning.
     let mut stale = hub.subscribe(&c, from(Some(99), None)).await.unwrap();
+    match stale.next().await {
+        Some(Ok(FeedItem::Reset { requested, head })) => assert_eq!((requested, head), (99, 6)),
+        other => panic!("expected a reset notice, got {other:?}"),
+    }
     assert_eq!(next_id(&mut stale).await, 1);
 }
 

@@ -84,6 +84,7 @@ impl SseBody {
                     Ok(event.frame().clone())
                 }
                 Some(Ok(FeedItem::Gap { from, to })) => Ok(sse::encode_gap(from, to)),
+                Some(Ok(FeedItem::Reset { requested, head })) => Ok(sse::encode_reset(requested, head)),
                 Some(Err(err)) => {
                     eprintln!("ERROR> feed of {}: {err}", subscription.channel());
                     Err(EndReason::StoreFailed)

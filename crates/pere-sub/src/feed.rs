@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures_util::StreamExt;
-use pere_core::sse::GAP_EVENT_TYPE;
+use pere_core::sse::{GAP_EVENT_TYPE, RESET_EVENT_TYPE};
 use pere_core::wire::{GapNotice, ReceiptJson};
 use reqwest::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
 use reqwest::{Client, Response, Url};
@@ -213,6 +213,18 @@ impl Subscriber {
     async fn on_event(&mut self, event: Event) -> bool {
         if event.event == GAP_EVENT_TYPE {
             report_gap(&event.data);
+            return false;
+        }
+        if event.event == RESET_EVENT_TYPE {
+            // The server lost the history our ids came from: what it sends now is all new.
+            self.ledger = Ledger::new(None);
+            match serde_json::from_str::<pere_core::wire::ResetNotice>(&event.data) {
+                Ok(reset) => eprintln!(
+                    "RESET> the server does not know event {}: its history ends at {}, ids start over",
+                    reset.last_event_id, reset.head
+                ),
+                Err(_) => eprintln!("RESET> {}", event.data),
+            }
             return false;
         }
         let id = event.id;
