@@ -98,7 +98,7 @@ async fn sigkill_under_load_loses_no_acknowledged_push_or_receipt() {
         *seen.entry(body.as_str()).or_default() += 1;
     }
     assert!(seen.values().all(|&n| n == 1), "a body is stored twice");
-    let acknowledged = acknowledged.lock().unwrap();
+    let acknowledged = std::mem::take(&mut *acknowledged.lock().unwrap());
     for (body, id) in &acknowledged.pushes {
         assert_eq!(seen.get(body.as_str()), Some(&1), "acknowledged push {body} (id {id}) is missing");
     }

@@ -118,15 +118,17 @@ async fn every_old_client_feedback_form_is_accepted(store: StoreUnderTest) {
     let server = TestServer::start_on(store, &[]).await;
     let id = server.push("C", "{}").await;
     let id_text = id.to_string();
-    let forms: [(&[(&str, &str)], &str, &str); 3] = [
-        (&[("device", "H0039000000001"), ("last_event_id", &id_text)], "status=rx+ok", "rx ok"),
-        (&[("device", "W0039000000002"), ("Last-Event-ID", &id_text)], "status=ok", "ok"),
-        (&[("device", "H0039000000003"), ("last_event_id", &id_text), ("content-type", "application/x-www-form-urlencoded")], "status=done%21", "done!"),
+    // (headers, form body, expected status)
+    type Form<'a> = (Vec<(&'a str, &'a str)>, &'a str, &'a str);
+    let forms: [Form; 3] = [
+        (vec![("device", "H0039000000001"), ("last_event_id", &id_text)], "status=rx+ok", "rx ok"),
+        (vec![("device", "W0039000000002"), ("Last-Event-ID", &id_text)], "status=ok", "ok"),
+        (vec![("device", "H0039000000003"), ("last_event_id", &id_text), ("content-type", "application/x-www-form-urlencoded")], "status=done%21", "done!"),
     ];
     for (headers, body, expected) in forms {
-        let mut request = server.http.post(server.url("/feedback/C")).body(body);
+        let mut request = server.http.post(server.url("/feedback/C")).body(body.to_owned());
         for (k, v) in headers {
-            request = request.header(*k, *v);
+            request = request.header(k, v);
         }
         let response = request.send().await.unwrap();
         assert_eq!(response.status(), 200);
