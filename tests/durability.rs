@@ -194,3 +194,27 @@ async fn retention_prunes_by_count_and_age_and_tells_resuming_clients() {
     assert_eq!(server.push("Short", "fresh").await, 11);
     assert_eq!(server.get_json("/admin/events/Short").await, serde_json::json!(["fresh"]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_data_directory_is_a_clear_startup_error() {
+    let root = tempfile::tempdir().unwrap();
+    let not_a_dir = root.path().join("a-file");
+    std::fs::write(&not_a_dir, "in the way").unwrap();
+    let corrupt = root.path().join("corrupt");
+    std::fs::create_dir(&corrupt).unwrap();
+    std::fs::write(corrupt.join("pere.db"), vec![0x5a_u8; 8192]).unwrap();
+    for dir in [&not_a_dir, &corrupt] {
+        let path = dir.to_str().unwrap();
+        let mut server = pere_e2e::Proc::start("pere-server", &["-o", "127.0.0.1", "-p", "0", "--data-dir", path]);
+        assert_eq!(server.wait_exit().await, 1, "{path}");
+        let errors = server.errors().join("\n");
+        assert!(errors.contains(path) && errors.contains("cannot open the store"), "{errors}");
+        assert!(!errors.contains("panicked"), "{errors}");
+    }
+    // A second server on a data directory in use is refused.
+    let shared = root.path().join("shared");
+    let _first = TestServer::start_in(&shared, &[]).await;
+    let mut second = pere_e2e::Proc::start("pere-server", &["-o", "127.0.0.1", "-p", "0", "--data-dir", shared.to_str().unwrap()]);
+    assert_eq!(second.wait_exit().await, 1);
+    assert!(second.errors().join("\n").contains("in use by another PERE server"), "{:?}", second.errors());
+}

@@ -219,3 +219,29 @@ async fn the_webhook_gets_each_summary_retried_after_a_failure() {
     assert_eq!((late["id"].as_u64(), late["reason"].as_str(), late["complete"].as_bool()), (Some(ignored), Some("timeout"), Some(false)));
     assert_eq!(devices(&late["delivered"]), vec!["H1"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_changes_are_streamed_and_replayed() {
+    let server = TestServer::start(&[]).await;
+    let mut presence = server.feed_path("/presence/Room", &[]).await;
+    let first = server.feed("Room", &[("device", "P1")]).await;
+    let second = server.feed("Room", &[("device", "P1")]).await;
+    let online = presence.next().await;
+    assert_eq!((online.event.as_str(), online.id.as_str()), ("presence", "1"));
+    let change: Value = serde_json::from_str(&online.data).unwrap();
+    assert_eq!((change["device"].as_str(), change["online"].as_bool()), (Some("P1"), Some(true)));
+    assert!(change["at"].as_str().unwrap().ends_with('Z'));
+    // A second stream of the same device changes nothing; the last one closing does.
+    drop(first);
+    server.proc.wait_line(|l| l.starts_with("FEED END>") && l.contains("P1")).await;
+    drop(second);
+    let offline = presence.next().await;
+    assert_eq!(offline.id, "2");
+    assert_eq!(serde_json::from_str::<Value>(&offline.data).unwrap()["online"], false);
+    let devices = server.get_json("/admin/devices/Room").await;
+    assert_eq!((devices["P1"]["online"].as_bool(), devices["P1"]["op"].as_str()), (Some(false), Some("disconnect")));
+
+    // A late follower replays what it missed after its position.
+    let mut late = server.feed_path("/presence/Room", &[("Last-Event-ID", "1")]).await;
+    assert_eq!(late.next().await.id, "2");
+}
