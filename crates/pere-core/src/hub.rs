@@ -273,14 +273,8 @@ impl<S: Store> Hub<S> {
         // Every append goes through an existing channel hub, so no append of this channel is in
         // flight now and the store's head is exactly what has been released.
         let head = self.store.head(name).await?;
-        let recipients = self
-            .store
-            .memberships(name)
-            .await?
-            .into_iter()
-            .filter(Membership::is_current)
-            .map(|m| (m.device.clone(), m))
-            .collect();
+        let recipients: Vec<Membership> =
+            self.store.memberships(name).await?.into_iter().filter(Membership::is_current).collect();
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         let hub = channels.entry(name.clone()).or_insert_with(|| {
             Arc::new(ChannelHub {
@@ -290,7 +284,7 @@ impl<S: Store> Hub<S> {
                     subscribers: HashMap::new(),
                 }),
                 subscriber_count: AtomicUsize::new(0),
-                ledger: Mutex::new(ChannelLedger { recipients, open: BTreeMap::new() }),
+                ledger: Mutex::new(ChannelLedger::new(recipients)),
                 receipts: broadcast::channel(NOTICE_BUFFER).0,
                 presence: broadcast::channel(NOTICE_BUFFER).0,
                 presence_log: Mutex::default(),
@@ -407,11 +401,11 @@ impl<S: Store> Hub<S> {
     }
 
     async fn add_recipient(&self, hub: &ChannelHub, channel: &ChannelName, device: &DeviceId) -> Result<Membership, StoreError> {
-        if let Some(current) = hub.ledger().recipients.get(device) {
+        if let Some(current) = hub.ledger().recipient(device) {
             return Ok(current.clone());
         }
         let membership = self.store.add_recipient(channel, device, now()).await?;
-        hub.ledger().recipients.insert(device.clone(), membership.clone());
+        hub.ledger().join(membership.clone());
         Ok(membership)
     }
 
@@ -444,7 +438,7 @@ impl<S: Store> Hub<S> {
     pub async fn unregister(&self, channel: &ChannelName, device: &DeviceId) -> Result<Option<Membership>, StoreError> {
         let hub = self.channel(channel).await?;
         let ended = self.store.remove_recipient(channel, device).await?;
-        hub.ledger().recipients.remove(device);
+        hub.ledger().leave(ended.clone(), device);
         Ok(ended)
     }
 
@@ -482,9 +476,11 @@ impl<S: Store> Hub<S> {
         device: &DeviceId,
         status: String,
     ) -> Result<(Receipt, DeviceRecord), StoreError> {
-        let hub = self.channel(channel).await?;
         let receipt = Receipt { seq: 0, channel: channel.clone(), event_id, device: device.clone(), status, time: now() };
+        // The store refuses receipts for unknown channels and ids before any hub state is made
+        // for them: a stream of bogus receipts costs no memory.
         let (receipt, record) = self.store.record_receipt(receipt).await?;
+        let hub = self.channel(channel).await?;
         if let Some(live) = self.live_device(channel, device) {
             live.delivered.fetch_max(event_id, Ordering::Relaxed);
         }
@@ -549,12 +545,12 @@ impl<S: Store> Hub<S> {
         let deadline = Instant::now() + timeout;
         loop {
             let changed = {
-                let ledger = hub.ledger();
-                let Some(open) = ledger.open.get(&event_id) else { break };
+                let mut ledger = hub.ledger();
+                let Some(open) = ledger.open.get_mut(&event_id) else { break };
                 if open.satisfies(wait) {
                     return Ok(true);
                 }
-                open.changed.clone()
+                open.changed()
             };
             let notified = changed.notified();
             // Checked again with the notification armed, so a receipt in between is not missed.

@@ -25,21 +25,28 @@ pub enum WaitFor {
     AtLeast(usize),
 }
 
-/// An event's live acknowledgement state.
+/// An event's live acknowledgement state. Publishing costs no allocation per recipient: the
+/// expected set is the ledger's memberships, and only acknowledgements are recorded.
 #[derive(Debug)]
 pub(crate) struct OpenEvent {
     expected: usize,
-    pending: HashSet<DeviceId>,
+    acked_expected: usize,
     acked: HashSet<DeviceId>,
-    pub(crate) changed: Arc<Notify>,
+    // Made only when someone waits on this event.
+    changed: Option<Arc<Notify>>,
 }
 
 impl OpenEvent {
     pub(crate) fn satisfies(&self, wait: WaitFor) -> bool {
         match wait {
-            WaitFor::All => self.pending.is_empty(),
+            WaitFor::All => self.acked_expected >= self.expected,
             WaitFor::AtLeast(n) => self.acked.len() >= n,
         }
+    }
+
+    /// The notification a waiter listens to.
+    pub(crate) fn changed(&mut self) -> Arc<Notify> {
+        self.changed.get_or_insert_with(Default::default).clone()
     }
 }
 
@@ -76,39 +83,88 @@ pub enum LedgerNotice {
 /// One channel's live ledger.
 #[derive(Debug, Default)]
 pub(crate) struct ChannelLedger {
-    pub(crate) recipients: HashMap<DeviceId, Membership>,
+    /// Current recipients.
+    recipients: HashMap<DeviceId, Membership>,
+    /// Memberships that ended while events they were expected for are still followed.
+    departed: Vec<Membership>,
+    /// The highest `joined_after` among current recipients: an event with a greater id expects
+    /// all of them, which spares a scan per publish.
+    latest_join: u64,
     pub(crate) open: BTreeMap<u64, OpenEvent>,
 }
 
 impl ChannelLedger {
+    /// A ledger over the channel's current memberships.
+    pub(crate) fn new(current: impl IntoIterator<Item = Membership>) -> Self {
+        let mut ledger = ChannelLedger::default();
+        for membership in current {
+            ledger.join(membership);
+        }
+        ledger
+    }
+
+    /// The current membership of `device`, if it is a recipient.
+    pub(crate) fn recipient(&self, device: &DeviceId) -> Option<&Membership> {
+        self.recipients.get(device)
+    }
+
+    /// Records a new current membership.
+    pub(crate) fn join(&mut self, membership: Membership) {
+        self.latest_join = self.latest_join.max(membership.joined_after);
+        self.recipients.insert(membership.device.clone(), membership);
+    }
+
+    /// Records that a membership ended; events it was expected for keep expecting it.
+    pub(crate) fn leave(&mut self, ended: Option<Membership>, device: &DeviceId) {
+        self.recipients.remove(device);
+        if let Some(ended) = ended {
+            self.departed.push(ended);
+        }
+    }
+
+    fn expects(&self, device: &DeviceId, id: u64) -> bool {
+        self.recipients.get(device).is_some_and(|m| m.expects(id))
+            || self.departed.iter().any(|m| &m.device == device && m.expects(id))
+    }
+
     /// Starts following event `id`, expected of the current recipients that joined before it.
     /// Returns how many recipients it expects.
     pub(crate) fn track(&mut self, id: u64) -> usize {
-        let pending: HashSet<DeviceId> =
-            self.recipients.values().filter(|m| m.expects(id)).map(|m| m.device.clone()).collect();
-        let expected = pending.len();
-        let open = OpenEvent { expected, pending, acked: HashSet::new(), changed: Arc::new(Notify::new()) };
-        self.open.insert(id, open);
+        let expected = if id > self.latest_join {
+            self.recipients.len()
+        } else {
+            self.recipients.values().filter(|m| m.expects(id)).count()
+        };
+        self.open.insert(id, OpenEvent { expected, acked_expected: 0, acked: HashSet::new(), changed: None });
         while self.open.len() > TRACKED_EVENTS {
             self.open.pop_first();
+        }
+        if let Some(&oldest) = self.open.keys().next() {
+            self.departed.retain(|m| m.left_after.is_some_and(|left| left >= oldest));
         }
         expected
     }
 
     /// Records that `device` acknowledged `id`; returns the completion if this receipt completed it.
     pub(crate) fn acknowledge(&mut self, id: u64, device: &DeviceId) -> Option<Completion> {
+        let expected = self.expects(device, id);
         let open = self.open.get_mut(&id)?;
-        let first_ack = open.acked.insert(device.clone());
-        let was_expected = open.pending.remove(device);
-        if first_ack {
-            open.changed.notify_waiters();
+        if !open.acked.insert(device.clone()) {
+            return None;
         }
-        (was_expected && open.pending.is_empty()).then_some(Completion { event_id: id, expected: open.expected })
+        if let Some(changed) = &open.changed {
+            changed.notify_waiters();
+        }
+        if !expected {
+            return None;
+        }
+        open.acked_expected += 1;
+        (open.acked_expected == open.expected).then_some(Completion { event_id: id, expected: open.expected })
     }
 
     /// Whether `device` still owes a receipt for `id` (false for events no longer followed).
     pub(crate) fn owes(&self, id: u64, device: &DeviceId) -> bool {
-        self.open.get(&id).is_some_and(|open| open.pending.contains(device))
+        self.open.get(&id).is_some_and(|open| !open.acked.contains(device)) && self.expects(device, id)
     }
 }
 
@@ -128,11 +184,8 @@ mod tests {
 
     #[test]
     fn completes_when_every_expected_recipient_acknowledged() {
-        let mut ledger = ChannelLedger::default();
-        for m in [member("A", 0), member("B", 0), member("Late", 5)] {
-            ledger.recipients.insert(m.device.clone(), m);
-        }
-        ledger.track(3);
+        let mut ledger = ChannelLedger::new([member("A", 0), member("B", 0), member("Late", 5)]);
+        assert_eq!(ledger.track(3), 2);
         let (a, b, late) = (DeviceId::new("A").unwrap(), DeviceId::new("B").unwrap(), DeviceId::new("Late").unwrap());
         assert!(ledger.owes(3, &a) && !ledger.owes(3, &late));
         assert_eq!(ledger.acknowledge(3, &late), None, "not expected: no completion");
@@ -142,6 +195,19 @@ mod tests {
         assert_eq!(ledger.acknowledge(3, &b), Some(Completion { event_id: 3, expected: 2 }));
         assert!(ledger.open[&3].satisfies(WaitFor::All));
         assert_eq!(ledger.acknowledge(99, &a), None);
+    }
+
+    #[test]
+    fn a_departed_recipient_is_still_expected_of_earlier_events() {
+        let mut ledger = ChannelLedger::new([member("A", 0)]);
+        let a = DeviceId::new("A").unwrap();
+        assert_eq!(ledger.track(1), 1);
+        let mut ended = member("A", 0);
+        ended.left_after = Some(1);
+        ledger.leave(Some(ended), &a);
+        assert_eq!(ledger.track(2), 0);
+        assert!(ledger.owes(1, &a) && !ledger.owes(2, &a));
+        assert_eq!(ledger.acknowledge(1, &a), Some(Completion { event_id: 1, expected: 1 }));
     }
 
     #[test]
