@@ -251,11 +251,14 @@ async fn feed<S: Store>(state: &Arc<AppState<S>>, channel: &str, request: &Reque
     let device = device_id(header_or_query(request, "device", &["device"]))?;
     // An id this server never gave (e.g. an original PERE timestamp) is treated as no position.
     let (last_event_id, raw) = resume_position(request);
-    state.log.feed(channel.as_str(), device.as_ref().map(|d| d.as_str()), raw.as_deref());
+    let logged_device = device.as_ref().map(|d| d.to_string());
+    let logged_raw = raw.clone();
     let subscription = state
         .hub
         .subscribe(&channel, SubscribeRequest { device, last_event_id, last_event_id_raw: raw })
         .await?;
+    // Logged once subscribed: from this line on, nothing published is missed by this feed.
+    state.log.feed(channel.as_str(), logged_device.as_deref(), logged_raw.as_deref());
     Ok(sse_response(SseBody::feed(subscription, stream_context(state, request))))
 }
 
