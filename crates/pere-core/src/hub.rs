@@ -198,7 +198,25 @@ struct ChannelState {
 #[derive(Debug)]
 struct SubscriberSlot {
     tx: mpsc::Sender<Arc<Event>>,
-    lagged: Arc<AtomicBool>,
+    lagged: Arc<Cut>,
+}
+
+/// Set once, when the hub cuts a subscriber that fell too far behind.
+#[derive(Debug, Default)]
+struct Cut {
+    flag: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Cut {
+    fn cut(&self) {
+        self.flag.store(true, Ordering::Relaxed);
+        self.notify.notify_waiters();
+    }
+
+    fn is_cut(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
 }
 
 /// Live presence of a device on this node: how many streams, how far deliveries got.
@@ -223,7 +241,7 @@ impl ChannelHub {
             for (&id, slot) in &state.subscribers {
                 if slot.tx.try_send(event.clone()).is_err() {
                     // Full or closed: end this stream. The client resumes from its last event id.
-                    slot.lagged.store(true, Ordering::Relaxed);
+                    slot.lagged.cut();
                     cut.push(id);
                 }
             }
@@ -373,7 +391,7 @@ impl<S: Store> Hub<S> {
         });
 
         let (tx, rx) = mpsc::channel(self.config.subscriber_buffer);
-        let lagged = Arc::new(AtomicBool::new(false));
+        let lagged = Arc::new(Cut::default());
         let id = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
         let snapshot = {
             let mut state = hub.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -653,7 +671,7 @@ pub struct Subscription<S: Store> {
     live: Option<Arc<LiveDevice>>,
     id: u64,
     rx: mpsc::Receiver<Arc<Event>>,
-    lagged: Arc<AtomicBool>,
+    lagged: Arc<Cut>,
     replay_next: u64,
     replay_until: u64,
     // A position between the last released event and the head: live events up to it were
@@ -771,7 +789,22 @@ impl<S: Store> Subscription<S> {
 
     /// Whether the stream was cut because the subscriber fell too far behind.
     pub fn lagged(&self) -> bool {
-        self.lagged.load(Ordering::Relaxed)
+        self.lagged.is_cut()
+    }
+
+    /// Resolves when the hub cuts this subscription for lagging, even while nobody reads it: a
+    /// writer blocked on a client that does not read can give up at once.
+    pub fn cut_notice(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let cut = self.lagged.clone();
+        async move {
+            loop {
+                let notified = cut.notify.notified();
+                if cut.is_cut() {
+                    return;
+                }
+                notified.await;
+            }
+        }
     }
 
     /// The device of this subscription, if not anonymous.

@@ -95,7 +95,8 @@ async fn route<S: Store>(state: &Arc<AppState<S>>, request: Request<Incoming>) -
     }
 }
 
-fn add_cors(config: &Config, origin: Option<HeaderValue>, headers: &mut HeaderMap) {
+/// Adds the CORS headers an allowed origin gets.
+pub fn add_cors(config: &Config, origin: Option<HeaderValue>, headers: &mut HeaderMap) {
     let Some(origin) = origin else { return };
     if !origin.to_str().is_ok_and(|o| config.origin_allowed(o)) {
         return;
@@ -133,14 +134,14 @@ fn page() -> Response<ResponseBody> {
 
 /// The value of a header or, for clients that cannot set headers (a browser's EventSource),
 /// of a query parameter.
-fn header_or_query(request: &Request<Incoming>, header: &str, query: &[&str]) -> Option<String> {
+fn header_or_query<B>(request: &Request<B>, header: &str, query: &[&str]) -> Option<String> {
     if let Some(value) = request.headers().get(header) {
         return Some(String::from_utf8_lossy(value.as_bytes()).into_owned());
     }
     query_param(request, query)
 }
 
-fn query_param(request: &Request<Incoming>, names: &[&str]) -> Option<String> {
+fn query_param<B>(request: &Request<B>, names: &[&str]) -> Option<String> {
     let query = request.uri().query()?;
     form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| names.contains(&k.as_ref()))
@@ -247,6 +248,20 @@ async fn push<S: Store>(state: &Arc<AppState<S>>, channel: &str, request: Reques
 }
 
 async fn feed<S: Store>(state: &Arc<AppState<S>>, channel: &str, request: &Request<Incoming>) -> Answer {
+    let subscription = open_feed(state, channel, request).await?;
+    Ok(sse_response(SseBody::feed(subscription, stream_context(state, request))))
+}
+
+/// Parses a feed request (channel, device, resume position) and subscribes; shared by the hyper
+/// service and the dedicated feed connections of [`crate::feed_conn`].
+///
+/// # Errors
+/// An [`ApiError`] for a bad channel or device, or when the store cannot be read.
+pub async fn open_feed<S: Store, B>(
+    state: &Arc<AppState<S>>,
+    channel: &str,
+    request: &Request<B>,
+) -> Result<pere_core::Subscription<S>, ApiError> {
     let channel = channel_name(channel)?;
     let device = device_id(header_or_query(request, "device", &["device"]))?;
     // An id this server never gave (e.g. an original PERE timestamp) is treated as no position.
@@ -259,7 +274,7 @@ async fn feed<S: Store>(state: &Arc<AppState<S>>, channel: &str, request: &Reque
         .await?;
     // Logged once subscribed: from this line on, nothing published is missed by this feed.
     state.log.feed(channel.as_str(), logged_device.as_deref(), logged_raw.as_deref());
-    Ok(sse_response(SseBody::feed(subscription, stream_context(state, request))))
+    Ok(subscription)
 }
 
 fn stream_context<S: Store>(state: &AppState<S>, request: &Request<Incoming>) -> StreamContext {
@@ -283,7 +298,7 @@ fn sse_response(body: SseBody) -> Response<ResponseBody> {
 
 /// The resume position of a stream: `Last-Event-ID` header or `?lastEventId=`; anything that is
 /// not a number counts as none.
-fn resume_position(request: &Request<Incoming>) -> (Option<u64>, Option<String>) {
+fn resume_position<B>(request: &Request<B>) -> (Option<u64>, Option<String>) {
     let raw = header_or_query(request, "last-event-id", &["lastEventId", "last_event_id"]);
     (raw.as_deref().and_then(|r| r.trim().parse::<u64>().ok()), raw)
 }

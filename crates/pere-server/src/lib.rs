@@ -5,6 +5,7 @@
 //! - [`route`]: method and path to a [`route::Route`];
 //! - [`api`]: the handlers, one core operation each;
 //! - [`sse_body`]: a subscription as an SSE response body;
+//! - [`feed_conn`]: connections that open with a feed request, served without hyper's buffers;
 //! - [`error`]: errors as JSON answers;
 //! - [`log`]: the activity log in the original PERE's format;
 //! - [`webhook`]: receipt summaries POSTed to the operator's URL.
@@ -15,6 +16,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod feed_conn;
 pub mod log;
 pub mod route;
 pub mod sse_body;
@@ -81,6 +83,32 @@ impl<S: Store> AppState<S> {
     }
 }
 
+/// Serves a connection with hyper until it closes, the server shuts down, or a lagging feed asks
+/// for it to be closed.
+async fn serve_http<S: Store>(state: Arc<AppState<S>>, io: feed_conn::Rewind, watcher: hyper_util::server::graceful::Watcher) {
+    let closer = ConnectionCloser(CancellationToken::new());
+    let on_close = closer.0.clone();
+    let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        let state = state.clone();
+        request.extensions_mut().insert(closer.clone());
+        async move { Ok::<_, Infallible>(api::serve(state, request).await) }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        // A client that never finishes its headers must not hold a connection forever.
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(TokioIo::new(io), service);
+    let connection = watcher.watch(connection);
+    // A client that vanishes mid-request is its own business, not an error of the server.
+    tokio::select! {
+        _ = connection => {}
+        // Dropping the connection closes the socket at once, whatever is still unsent.
+        () = on_close.cancelled() => {}
+    }
+    // Lets whatever watches this connection (a feed's lag watcher) end with it.
+    on_close.cancel();
+}
+
 /// Closes the connection a request came on. A feed cut for being too slow closes its connection
 /// rather than waiting for a peer that does not read to drain the frames already written; the
 /// client resumes with Last-Event-ID and loses nothing.
@@ -91,6 +119,11 @@ impl ConnectionCloser {
     /// Closes the connection now.
     pub fn close(&self) {
         self.0.cancel();
+    }
+
+    /// Resolves once the connection is closed (or asked to close).
+    pub async fn closed(&self) {
+        self.0.cancelled().await;
     }
 }
 
@@ -154,25 +187,16 @@ pub async fn run<S: Store>(listener: TcpListener, state: Arc<AppState<S>>) -> st
         // Events are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
         let state = state.clone();
-        let closer = ConnectionCloser(CancellationToken::new());
-        let on_close = closer.0.clone();
-        let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-            let state = state.clone();
-            request.extensions_mut().insert(closer.clone());
-            async move { Ok::<_, Infallible>(api::serve(state, request).await) }
-        });
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            // A client that never finishes its headers must not hold a connection forever.
-            .header_read_timeout(Duration::from_secs(30))
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            // A client that vanishes mid-request is its own business, not an error of the server.
-            tokio::select! {
-                _ = connection => {}
-                // Dropping the connection closes the socket at once, whatever is still unsent.
-                () = on_close.cancelled() => {}
+            let mut stream = stream;
+            match feed_conn::read_first_request(&mut stream).await {
+                Ok(feed_conn::FirstRequest::Feed(request)) => feed_conn::serve(state, stream, request).await,
+                Ok(feed_conn::FirstRequest::Other(prefix)) => {
+                    serve_http(state, feed_conn::Rewind::new(prefix, stream), watcher).await;
+                }
+                // Nothing sensible arrived in time: nothing to answer.
+                Err(_) => {}
             }
         });
     }

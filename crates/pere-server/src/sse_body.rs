@@ -71,6 +71,18 @@ impl std::fmt::Debug for SseBody {
 impl SseBody {
     /// Streams `subscription`, starting with the `retry:` hint.
     pub fn feed<S: Store>(subscription: Subscription<S>, context: StreamContext) -> Self {
+        // hyper stops polling a body while the socket is full, so the cut of a client that does
+        // not read is watched apart, and closes the connection.
+        if let Some(closer) = context.closer.clone() {
+            let cut = subscription.cut_notice();
+            let shutdown = closer.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = cut => closer.close(),
+                    () = shutdown.closed() => {}
+                }
+            });
+        }
         let channel = subscription.channel().to_string();
         let device = subscription.device().map(|d| d.to_string());
         let log = context.log;

@@ -1,0 +1,327 @@
+//! Dedicated feed connections: a connection whose first request is `GET /feed/...` is served by
+//! a small loop of its own instead of a hyper connection.
+//!
+//! Why: a feed holds its connection for hours and mostly idles. A hyper connection keeps 8 KiB
+//! read and write buffers for its whole life; this loop keeps a subscription, a timer and the
+//! socket, which is what lets one node hold tens of thousands of devices in little memory. It
+//! also writes frames without chunked encoding (the response is delimited by closing the
+//! connection, which every SSE client accepts) and gathers queued frames into one write.
+//!
+//! The request is parsed with `httparse` (hyper's own parser) and handled by the same code as a
+//! feed served through hyper ([`crate::api::open_feed`]); every other request, and anything this
+//! loop is not sure of, goes to hyper with the bytes already read put back in front.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::Request;
+use pere_core::{sse, FeedItem, Store};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{sleep_until, timeout, Instant};
+
+use crate::api::{add_cors, open_feed, AppState};
+use crate::error::ApiError;
+
+/// The largest request head read here; larger ones (say, with many cookies) go to hyper.
+const MAX_HEAD: usize = 8192;
+/// Request headers parsed at most.
+const MAX_HEADERS: usize = 64;
+/// Queued frames gathered into one write.
+const MAX_GATHER: usize = 64;
+
+/// What the first bytes of a connection turned out to be.
+#[derive(Debug)]
+pub enum FirstRequest {
+    /// A feed request, handled here.
+    Feed(Request<()>),
+    /// Anything else: hyper serves the connection, starting with these bytes.
+    Other(Bytes),
+}
+
+/// Reads the first request head of a connection, and tells whether it is a feed request.
+///
+/// # Errors
+/// The socket's error, or a time-out when the client sends no complete head in 30 s.
+pub async fn read_first_request(stream: &mut TcpStream) -> io::Result<FirstRequest> {
+    let mut buf = BytesMut::with_capacity(1024);
+    let read = async {
+        loop {
+            let n = tokio::io::AsyncReadExt::read_buf(stream, &mut buf).await?;
+            if n == 0 {
+                return Ok(FirstRequest::Other(buf.split().freeze()));
+            }
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut parsed = httparse::Request::new(&mut headers);
+            match parsed.parse(&buf) {
+                Ok(httparse::Status::Complete(head_len)) => {
+                    let feed = (head_len == buf.len()).then(|| as_feed_request(&parsed)).flatten();
+                    return Ok(match feed {
+                        Some(request) => FirstRequest::Feed(request),
+                        None => FirstRequest::Other(buf.split().freeze()),
+                    });
+                }
+                Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {
+                    // A feed request is a GET; anything else can go to hyper right away.
+                    if !b"GET /feed/".starts_with(&buf[..buf.len().min(10)]) {
+                        return Ok(FirstRequest::Other(buf.split().freeze()));
+                    }
+                    buf.reserve(1024);
+                }
+                _ => return Ok(FirstRequest::Other(buf.split().freeze())),
+            }
+        }
+    };
+    timeout(Duration::from_secs(30), read).await.map_err(|_| io::ErrorKind::TimedOut)?
+}
+
+/// A `GET /feed/...` request with no body, as an `http` request; `None` for anything else.
+fn as_feed_request(parsed: &httparse::Request<'_, '_>) -> Option<Request<()>> {
+    if parsed.method != Some("GET") || parsed.version != Some(1) {
+        return None;
+    }
+    let path = parsed.path?;
+    if !path.starts_with("/feed/") || path["/feed/".len()..].split('?').next()?.contains('/') {
+        return None;
+    }
+    let mut request = Request::builder().method("GET").uri(path);
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        // A body, or an upgrade, is beyond this loop: hyper handles those.
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING || name == header::UPGRADE {
+            return None;
+        }
+        request = request.header(name, HeaderValue::from_bytes(h.value).ok()?);
+    }
+    request.body(()).ok()
+}
+
+/// Serves a feed on its own connection until the client goes away, the feed ends, or the
+/// server shuts down. The connection is closed at the end.
+pub async fn serve<S: Store>(state: Arc<AppState<S>>, mut stream: TcpStream, request: Request<()>) {
+    let channel = request.uri().path()["/feed/".len()..].to_owned();
+    let origin = request.headers().get(header::ORIGIN).cloned();
+    let mut head = HeaderMap::new();
+    add_cors(&state.config, origin, &mut head);
+    let mut subscription = match open_feed(&state, &channel, &request).await {
+        Ok(subscription) => subscription,
+        Err(err) => {
+            let _ = write_error(&mut stream, &err, &head).await;
+            return;
+        }
+    };
+    drop(request);
+    let device = subscription.device().map(|d| d.to_string());
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n",
+    );
+    push_headers(&mut out, &head);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&sse::encode_retry(state.config.retry_ms));
+    let keep_alive_every = Duration::from_secs(state.config.keep_alive_secs.max(1));
+    let cut = subscription.cut_notice();
+    tokio::pin!(cut);
+    let reason = async {
+        if stream.write_all(&out).await.is_err() {
+            return "closed";
+        }
+        drop(out);
+        let mut keep_alive = Instant::now() + keep_alive_every;
+        let mut frames: Vec<Bytes> = Vec::new();
+        loop {
+            tokio::select! {
+                () = state.shutdown.cancelled() => return "server shutting down",
+                () = sleep_until(keep_alive) => frames.push(Bytes::from_static(sse::KEEP_ALIVE_FRAME)),
+                // A feed client sends nothing more: readable means it closed (or misbehaves).
+                _ = stream.readable() => {
+                    let mut probe = [0u8; 64];
+                    match stream.try_read(&mut probe) {
+                        Ok(_) => return "closed",
+                        Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(_) => return "closed",
+                    }
+                }
+                item = subscription.next() => match item {
+                    Some(Ok(item)) => {
+                        frames.push(frame(&state, &subscription, item));
+                        // Whatever else is already queued goes out in the same write.
+                        while frames.len() < MAX_GATHER {
+                            match subscription.try_next_live() {
+                                Some(event) => frames.push(event.frame().clone()),
+                                None => break,
+                            }
+                        }
+                    }
+                    Some(Err(err)) => {
+                        eprintln!("ERROR> feed of {channel}: {err}");
+                        return "store failure";
+                    }
+                    None if subscription.lagged() => return "too slow, resume with Last-Event-ID",
+                    None => return "closed",
+                },
+            }
+            let written = tokio::select! {
+                () = state.shutdown.cancelled() => return "server shutting down",
+                // Blocked on a client that does not read, and cut meanwhile: close now.
+                () = &mut cut => return "too slow, resume with Last-Event-ID",
+                written = write_all_vectored(&mut stream, &frames) => written,
+            };
+            if written.is_err() {
+                return "closed";
+            }
+            frames.clear();
+            keep_alive = Instant::now() + keep_alive_every;
+        }
+    }
+    .await;
+    drop(subscription);
+    state.log.feed_end(&channel, device.as_deref(), reason);
+}
+
+fn frame<S: Store>(state: &AppState<S>, subscription: &pere_core::Subscription<S>, item: FeedItem) -> Bytes {
+    match item {
+        FeedItem::Event(event) => event.frame().clone(),
+        FeedItem::Redelivery(event, sends) => {
+            let device = subscription.device().map_or("-", |d| d.as_str());
+            state.log.redelivery(subscription.channel().as_str(), device, event.id, sends);
+            event.frame().clone()
+        }
+        FeedItem::Gap { from, to } => sse::encode_gap(from, to),
+        FeedItem::Reset { requested, head } => sse::encode_reset(requested, head),
+    }
+}
+
+fn push_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+async fn write_error(stream: &mut TcpStream, err: &ApiError, head: &HeaderMap) -> io::Result<()> {
+    let body = serde_json::to_vec_pretty(&err.body()).unwrap_or_default();
+    let status = err.status;
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    )
+    .into_bytes();
+    push_headers(&mut out, head);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&body);
+    stream.write_all(&out).await?;
+    stream.shutdown().await
+}
+
+/// Writes every frame, gathering them into as few system calls as the socket allows.
+async fn write_all_vectored(stream: &mut TcpStream, frames: &[Bytes]) -> io::Result<()> {
+    let mut index = 0;
+    let mut offset = 0;
+    while index < frames.len() {
+        let slices: Vec<IoSlice<'_>> = std::iter::once(&frames[index][offset..])
+            .chain(frames[index + 1..].iter().map(|f| &f[..]))
+            .map(IoSlice::new)
+            .collect();
+        let mut written = stream.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while index < frames.len() && written >= frames[index].len() - offset {
+            written -= frames[index].len() - offset;
+            index += 1;
+            offset = 0;
+        }
+        offset += written;
+    }
+    Ok(())
+}
+
+/// A stream with bytes already read put back in front, for handing a connection to hyper.
+pub struct Rewind {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl Rewind {
+    /// `prefix` is read first, then `inner`.
+    pub fn new(prefix: Bytes, inner: TcpStream) -> Self {
+        Rewind { prefix, inner }
+    }
+}
+
+impl std::fmt::Debug for Rewind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rewind").field("prefix", &self.prefix.len()).finish()
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(head: &str) -> Option<Request<()>> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut headers);
+        assert!(parsed.parse(head.as_bytes()).unwrap().is_complete());
+        as_feed_request(&parsed)
+    }
+
+    #[test]
+    fn only_plain_feed_gets_are_taken() {
+        let feed = parse("GET /feed/C1?device=W1 HTTP/1.1\r\nHost: x\r\ndevice: H1\r\nLast-Event-ID: 4\r\n\r\n").unwrap();
+        assert_eq!(feed.uri().path(), "/feed/C1");
+        assert_eq!(feed.headers()["last-event-id"], "4");
+        assert!(parse("POST /feed/C1 HTTP/1.1\r\nHost: x\r\n\r\n").is_none());
+        assert!(parse("GET /push/C1 HTTP/1.1\r\nHost: x\r\n\r\n").is_none());
+        assert!(parse("GET /feed/C1/x HTTP/1.1\r\nHost: x\r\n\r\n").is_none());
+        assert!(parse("GET /feed/C1 HTTP/1.0\r\nHost: x\r\n\r\n").is_none());
+        assert!(parse("GET /feed/C1 HTTP/1.1\r\nContent-Length: 3\r\n\r\n").is_none());
+    }
+}
