@@ -230,3 +230,68 @@ on_every_store!(
     bad_input_gets_a_clear_answer_and_the_server_stays_up,
     feed_headers_root_banner_page_and_cors,
 );
+
+/// Reads from a raw connection until the server closes it.
+async fn read_to_close(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut all = Vec::new();
+    tokio::time::timeout(pere_e2e::WAIT, stream.read_to_end(&mut all)).await.expect("closed in time").unwrap();
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feeds_work_on_a_dedicated_connection_and_after_other_requests_on_the_same_one() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start(&["--allow-origin", "https://app.example"]).await;
+    server.push("Raw", "one").await;
+
+    // A connection that opens with a feed request.
+    let mut dedicated = tokio::net::TcpStream::connect(server.host_port()).await.unwrap();
+    dedicated
+        .write_all(b"GET /feed/Raw HTTP/1.1\r\nHost: x\r\nOrigin: https://app.example\r\ndevice: R1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("data: one\n\n") {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(pere_e2e::WAIT, dedicated.read(&mut chunk)).await.unwrap().unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&seen).to_lowercase();
+    assert!(text.starts_with("http/1.1 200 ok\r\n"), "{text}");
+    assert!(text.contains("content-type: text/event-stream"));
+    assert!(text.contains("access-control-allow-origin: https://app.example"));
+    assert!(text.contains("\r\n\r\nretry: 3000\n\nid: 1\ndata: one\n\n"), "{text}");
+
+    // A bad feed request on such a connection gets the JSON error, then the connection closes.
+    let mut bad = tokio::net::TcpStream::connect(server.host_port()).await.unwrap();
+    bad.write_all(b"GET /feed/bad%20name HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let answer = read_to_close(&mut bad).await;
+    assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
+    assert!(answer.contains("\"code\": \"bad_channel\""), "{answer}");
+
+    // A feed after another request on a keep-alive connection is served too.
+    let mut reused = tokio::net::TcpStream::connect(server.host_port()).await.unwrap();
+    reused
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /feed/Raw HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("data: one") {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(pere_e2e::WAIT, reused.read(&mut chunk)).await.unwrap().unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.contains("\"status\": \"ok\""), "{text}");
+    assert!(text.contains("text/event-stream"), "{text}");
+
+    // Connections that close before a complete request cost nothing and break nothing.
+    drop(tokio::net::TcpStream::connect(server.host_port()).await.unwrap());
+    let mut half = tokio::net::TcpStream::connect(server.host_port()).await.unwrap();
+    half.write_all(b"GET /feed/Raw HTT").await.unwrap();
+    drop(half);
+    assert_eq!(server.push("Raw", "two").await, 2);
+}

@@ -143,7 +143,7 @@ pub struct PresenceChange {
 const PRESENCE_HISTORY: usize = 1000;
 /// Live receipt and presence notices buffered per channel for slow stream readers, who fall
 /// back to the store (receipts) or lose the oldest changes (presence) past it.
-const NOTICE_BUFFER: usize = 4096;
+const NOTICE_BUFFER: usize = 1024;
 
 /// The local fan-out engine over a [`Store`].
 #[derive(Debug)]
@@ -164,8 +164,10 @@ struct ChannelHub {
     subscriber_count: AtomicUsize,
     // Apart from `state`, so receipts never contend with fan-out.
     ledger: Mutex<ChannelLedger>,
-    receipts: broadcast::Sender<ReceiptNotice>,
-    presence: broadcast::Sender<PresenceChange>,
+    // Made when someone first follows them: a broadcast buffer is allocated whole, and most
+    // channels are never followed.
+    receipts: std::sync::OnceLock<broadcast::Sender<ReceiptNotice>>,
+    presence: std::sync::OnceLock<broadcast::Sender<PresenceChange>>,
     presence_log: Mutex<(u64, VecDeque<PresenceChange>)>,
 }
 
@@ -183,7 +185,9 @@ impl ChannelHub {
             log.1.pop_front();
         }
         // No receiver is fine: nobody is following presence.
-        let _ = self.presence.send(change);
+        if let Some(followers) = self.presence.get() {
+            let _ = followers.send(change);
+        }
     }
 }
 
@@ -303,8 +307,8 @@ impl<S: Store> Hub<S> {
                 }),
                 subscriber_count: AtomicUsize::new(0),
                 ledger: Mutex::new(ChannelLedger::new(recipients)),
-                receipts: broadcast::channel(NOTICE_BUFFER).0,
-                presence: broadcast::channel(NOTICE_BUFFER).0,
+                receipts: std::sync::OnceLock::new(),
+                presence: std::sync::OnceLock::new(),
                 presence_log: Mutex::default(),
             })
         });
@@ -507,7 +511,9 @@ impl<S: Store> Hub<S> {
             self.notify(LedgerNotice::Completed { channel: channel.clone(), event_id });
         }
         // No receiver is fine: nobody is following receipts.
-        let _ = hub.receipts.send(ReceiptNotice { receipt: receipt.clone(), completed });
+        if let Some(followers) = hub.receipts.get() {
+            let _ = followers.send(ReceiptNotice { receipt: receipt.clone(), completed });
+        }
         Ok((receipt, record))
     }
 
@@ -591,7 +597,7 @@ impl<S: Store> Hub<S> {
     /// # Errors
     /// The store's error when the channel cannot be opened.
     pub async fn follow_receipts(&self, channel: &ChannelName) -> Result<broadcast::Receiver<ReceiptNotice>, StoreError> {
-        Ok(self.channel(channel).await?.receipts.subscribe())
+        Ok(self.channel(channel).await?.receipts.get_or_init(|| broadcast::channel(NOTICE_BUFFER).0).subscribe())
     }
 
     /// The presence changes kept for `channel` after `after`, and live changes from then on.
@@ -606,7 +612,7 @@ impl<S: Store> Hub<S> {
         let hub = self.channel(channel).await?;
         let log = hub.presence_log.lock().unwrap_or_else(|e| e.into_inner());
         // Subscribed under the log's lock: no change falls between the replay and the live feed.
-        let live = hub.presence.subscribe();
+        let live = hub.presence.get_or_init(|| broadcast::channel(NOTICE_BUFFER).0).subscribe();
         let replay = log.1.iter().filter(|c| c.seq > after).cloned().collect();
         Ok((replay, live))
     }
