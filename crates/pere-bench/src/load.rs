@@ -75,7 +75,8 @@ pub struct Plan {
     /// Keep-alive connections that carry receipts.
     pub receipt_conns: usize,
     /// Unpaced runs: publishers wait while more than this many events per subscriber are on
-    /// their way, so the server's throughput is measured rather than its slow-reader policy.
+    /// their way (or, with receipts, not yet acknowledged), so the server's throughput is
+    /// measured rather than its slow-reader policy or the generator's queues.
     pub max_ahead: Option<u64>,
     /// Source addresses for subscribers, used in turn; empty: let the kernel choose.
     pub sources: Vec<IpAddr>,
@@ -176,6 +177,17 @@ struct Shared {
 impl Shared {
     fn now_ns(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Deliveries the accepted pushes call for that have not arrived yet or, when subscribers
+    /// acknowledge, whose receipt has not been answered yet.
+    fn in_flight(&self) -> u64 {
+        let done = if self.plan.receipts {
+            self.receipts_ok.load(Relaxed) + self.receipt_errors.load(Relaxed) + self.receipts_dropped.load(Relaxed)
+        } else {
+            self.distinct.load(Relaxed)
+        };
+        self.expected.load(Relaxed).saturating_sub(done)
     }
 
     fn note_error(&self, what: String) {
@@ -655,9 +667,7 @@ async fn publisher(shared: Arc<Shared>, k: usize, total: u64, rate_total: Option
         }
         if let Some(max_ahead) = plan.max_ahead {
             let limit = max_ahead.saturating_mul(shared.ready.load(Relaxed).max(1));
-            while shared.expected.load(Relaxed).saturating_sub(shared.distinct.load(Relaxed)) > limit
-                && Instant::now() < deadline
-            {
+            while shared.in_flight() > limit && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
@@ -785,7 +795,8 @@ impl Progress {
     }
 
     fn done(&self) {
-        *self.last.lock().expect("no panics while held") = Instant::now() - Duration::from_secs(2);
+        let long_ago = Instant::now().checked_sub(Duration::from_secs(2)).unwrap_or(self.start);
+        *self.last.lock().expect("no panics while held") = long_ago;
         self.tick("done");
     }
 }

@@ -98,7 +98,8 @@ struct LoadArgs {
     #[arg(long, default_value_t = 32)]
     receipt_conns: usize,
     /// Unpaced runs: pause publishing while more than this many events per subscriber are
-    /// published but not yet delivered; 0 never pauses [saturate: 256].
+    /// published but not yet delivered (receipts: not yet acknowledged); 0 never pauses
+    /// [unpaced saturate: 256; unpaced receipts: 8].
     #[arg(long)]
     max_ahead: Option<u64>,
     /// Spread subscribers over this many source addresses 127.0.0.1, .2, … (about 28,000
@@ -222,7 +223,8 @@ fn plan(scenario: Scenario, a: LoadArgs) -> anyhow::Result<(Plan, Duration)> {
     let max_ahead = match a.max_ahead {
         Some(0) => None,
         Some(n) => Some(n),
-        None if scenario == Scenario::Saturate => Some(256),
+        None if scenario == Scenario::Saturate && rate.is_none() => Some(256),
+        None if scenario == Scenario::Receipts && rate.is_none() => Some(8),
         None => None,
     };
     let sources = if a.source_addrs > 1 {
@@ -337,8 +339,12 @@ mod tests {
         let (push, _) = plan(Scenario::Push, args(&["--source-addrs", "3"])).unwrap();
         assert_eq!((push.subscribers, push.publishers, push.sources.len()), (0, 50, 3));
         assert_eq!(push.sources[2], IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)));
-        let (receipts, _) = plan(Scenario::Receipts, args(&["--max-ahead", "0"])).unwrap();
+        let (receipts, _) = plan(Scenario::Receipts, args(&[])).unwrap();
         assert!(receipts.receipts && receipts.max_ahead.is_none());
+        let (receipts, _) = plan(Scenario::Receipts, args(&["-r", "0"])).unwrap();
+        assert_eq!((receipts.rate, receipts.max_ahead), (None, Some(8)));
+        let (receipts, _) = plan(Scenario::Receipts, args(&["-r", "0", "--max-ahead", "0"])).unwrap();
+        assert!(receipts.max_ahead.is_none());
         assert!(plan(Scenario::Idle, args(&["--prefix", "a b"])).is_err());
         assert!(plan(Scenario::Idle, args(&["--rate=-1"])).is_err());
     }

@@ -14,6 +14,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::future::Future;
+use std::task::Poll;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -236,19 +238,30 @@ impl ChannelHub {
         if event.id <= state.last_released {
             return;
         }
+        // In order, as nearly always: straight out, no reordering map.
+        if event.id == state.last_released + 1 && state.waiting.is_empty() {
+            self.fan_out(&mut state, event);
+            return;
+        }
         state.waiting.insert(event.id, event);
         loop {
             let next = state.last_released + 1;
             let Some(event) = state.waiting.remove(&next) else { break };
-            state.last_released = next;
-            let mut cut = Vec::new();
-            for (&id, slot) in &state.subscribers {
-                if slot.tx.try_send(event.clone()).is_err() {
-                    // Full or closed: end this stream. The client resumes from its last event id.
-                    slot.lagged.cut();
-                    cut.push(id);
-                }
+            self.fan_out(&mut state, event);
+        }
+    }
+
+    fn fan_out(&self, state: &mut ChannelState, event: Arc<Event>) {
+        state.last_released = event.id;
+        let mut cut = Vec::new();
+        for (&id, slot) in &state.subscribers {
+            if slot.tx.try_send(event.clone()).is_err() {
+                // Full or closed: end this stream. The client resumes from its last event id.
+                slot.lagged.cut();
+                cut.push(id);
             }
+        }
+        if !cut.is_empty() {
             for id in cut {
                 state.subscribers.remove(&id);
             }
@@ -326,7 +339,7 @@ impl<S: Store> Hub<S> {
         let channel = channel.clone();
         // Append and release run to completion even if the caller goes away: an event the store
         // accepted but the sequencer never saw would hold back every later event of the channel.
-        let task = tokio::spawn(async move {
+        let mut work = Box::pin(async move {
             let event = this.store.append(&channel, event).await?;
             // Followed before it is released, so no receipt can arrive before the ledger knows it.
             let expected = hub.ledger().track(event.id);
@@ -334,6 +347,13 @@ impl<S: Store> Hub<S> {
             this.notify(LedgerNotice::Published { channel: channel.clone(), event_id: event.id, expected });
             Ok(event)
         });
+        // Most appends (the memory store's) finish at the first poll and need no task of their
+        // own; the others are handed to one, so they finish even if the caller goes away.
+        let first = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await;
+        if let Poll::Ready(result) = first {
+            return result;
+        }
+        let task = tokio::spawn(work);
         match task.await {
             Ok(result) => result,
             Err(join) => Err(StoreError::Backend(Box::new(join))),

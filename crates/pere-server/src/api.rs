@@ -23,7 +23,7 @@ use crate::error::ApiError;
 use crate::log::Log;
 use crate::route::{NoRoute, Route};
 use crate::sse_body::{EndReason, SseBody, StreamContext};
-use crate::{empty, full, json_response, ConnectionCloser, ResponseBody};
+use crate::{compact_json_response, empty, full, json_response, ConnectionCloser, ResponseBody};
 
 /// The subscriber web page, embedded so the server is one self-contained binary.
 pub const SUBSCRIBER_PAGE: &str = include_str!("../assets/subscriber.html");
@@ -231,7 +231,7 @@ async fn push<S: Store>(state: &Arc<AppState<S>>, channel: &str, request: Reques
     let event = state.hub.publish(&channel, NewEvent { publisher: device, event_type, body }).await?;
     state.log.push(channel.as_str(), event.publisher.as_ref().map(|d| d.as_str()), event.id, &event.body);
     let Some((wait, timeout)) = wait else {
-        return Ok(json_response(StatusCode::OK, &PushAccepted::from(&*event)));
+        return Ok(compact_json_response(StatusCode::OK, &PushAccepted::from(&*event)));
     };
     let satisfied = state.hub.wait_for_receipts(&channel, event.id, wait, timeout).await?;
     let summary = state.hub.receipt_summary(&channel, event.id).await?;
@@ -372,7 +372,7 @@ async fn feedback<S: Store>(state: &Arc<AppState<S>>, channel: &str, request: Re
     }
     let (receipt, _) = state.hub.acknowledge(&channel, event_id, &device, status).await?;
     state.log.feedback(channel.as_str(), device.as_str(), event_id, &receipt.status);
-    Ok(json_response(StatusCode::OK, &ReceiptJson::from(&receipt)))
+    Ok(compact_json_response(StatusCode::OK, &ReceiptJson::from(&receipt)))
 }
 
 fn admin_connections<S: Store>(state: &Arc<AppState<S>>) -> Response<ResponseBody> {

@@ -56,10 +56,18 @@ pub fn empty() -> ResponseBody {
     Empty::new().boxed_unsync()
 }
 
-/// A JSON answer (pretty-printed, as the original's admin views were; the cost is negligible
-/// beside the request itself).
+/// A JSON answer, pretty-printed as the original's admin views were.
 pub fn json_response(status: StatusCode, value: &impl Serialize) -> Response<ResponseBody> {
     let body = serde_json::to_vec_pretty(value).unwrap_or_else(|_| b"{}".to_vec());
+    json_bytes(status, body)
+}
+
+/// A compact JSON answer, for the hot paths (push and feedback answers).
+pub fn compact_json_response(status: StatusCode, value: &impl Serialize) -> Response<ResponseBody> {
+    json_bytes(status, serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec()))
+}
+
+fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response<ResponseBody> {
     let mut response = Response::new(full(body));
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -90,7 +98,10 @@ async fn serve_http<S: Store>(state: Arc<AppState<S>>, io: feed_conn::Rewind, wa
     let on_close = closer.0.clone();
     let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
         let state = state.clone();
-        request.extensions_mut().insert(closer.clone());
+        // Only streams (GETs) need to close their connection; pushes and receipts skip the map.
+        if request.method() == hyper::Method::GET {
+            request.extensions_mut().insert(closer.clone());
+        }
         async move { Ok::<_, Infallible>(api::serve(state, request).await) }
     });
     let connection = http1::Builder::new()
