@@ -1,18 +1,19 @@
 //! The `pere-server` binary: parse the command line, bind, open the store, serve until a signal.
 
+use std::net::SocketAddr;
+
 use anyhow::Context as _;
 use clap::Parser as _;
 use pere_core::store::{Durability, SqliteOptions, SqliteStore};
 use pere_core::{MemoryStore, Store};
 use pere_server::config::{DurabilityLevel, StoreKind};
 use pere_server::{retention, run, AppState, Config};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    let listener = TcpListener::bind((config.host, config.port))
-        .await
+    let listener = listen(SocketAddr::new(config.host, config.port))
         .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
     match config.store {
         StoreKind::Memory => serve(listener, MemoryStore::new(retention(&config)), config).await,
@@ -53,6 +54,18 @@ async fn serve<S: Store>(listener: TcpListener, store: S, config: Config) -> any
     run(listener, state).await?;
     println!("PERE server stopped");
     Ok(())
+}
+
+/// Connections waiting to be accepted before the kernel refuses more. The usual default (128)
+/// makes a reconnect storm after a restart wait for SYN retries, a second each.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    // A restarted server can take its port back while old connections linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 async fn wait_for_signal() {
