@@ -20,13 +20,14 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::Request;
-use pere_core::{sse, FeedItem, Store};
+use pere_core::{sse, Store};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, Instant};
 
 use crate::api::{add_cors, open_feed, AppState};
 use crate::error::ApiError;
+use crate::sse_body::{next_frame, EndReason};
 
 /// The largest request head read here; larger ones (say, with many cookies) go to hyper.
 const MAX_HEAD: usize = 8192;
@@ -129,27 +130,27 @@ pub async fn serve<S: Store>(state: Arc<AppState<S>>, mut stream: TcpStream, req
     tokio::pin!(cut);
     let reason = async {
         if stream.write_all(&out).await.is_err() {
-            return "closed";
+            return EndReason::Closed.describe();
         }
         drop(out);
         let mut keep_alive = Instant::now() + keep_alive_every;
         let mut frames: Vec<Bytes> = Vec::new();
         loop {
             tokio::select! {
-                () = state.shutdown.cancelled() => return "server shutting down",
+                () = state.shutdown.cancelled() => return EndReason::Shutdown.describe(),
                 () = sleep_until(keep_alive) => frames.push(Bytes::from_static(sse::KEEP_ALIVE_FRAME)),
                 // A feed client sends nothing more: readable means it closed (or misbehaves).
                 _ = stream.readable() => {
                     let mut probe = [0u8; 64];
                     match stream.try_read(&mut probe) {
-                        Ok(_) => return "closed",
+                        Ok(_) => return EndReason::Closed.describe(),
                         Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-                        Err(_) => return "closed",
+                        Err(_) => return EndReason::Closed.describe(),
                     }
                 }
-                item = subscription.next() => match item {
-                    Some(Ok(item)) => {
-                        frames.push(frame(&state, &subscription, item));
+                frame = next_frame(&mut subscription, state.log) => match frame {
+                    Ok(frame) => {
+                        frames.push(frame);
                         // Whatever else is already queued goes out in the same write.
                         while frames.len() < MAX_GATHER {
                             match subscription.try_next_live() {
@@ -158,22 +159,17 @@ pub async fn serve<S: Store>(state: Arc<AppState<S>>, mut stream: TcpStream, req
                             }
                         }
                     }
-                    Some(Err(err)) => {
-                        eprintln!("ERROR> feed of {channel}: {err}");
-                        return "store failure";
-                    }
-                    None if subscription.lagged() => return "too slow, resume with Last-Event-ID",
-                    None => return "closed",
+                    Err(reason) => return reason.describe(),
                 },
             }
             let written = tokio::select! {
-                () = state.shutdown.cancelled() => return "server shutting down",
+                () = state.shutdown.cancelled() => return EndReason::Shutdown.describe(),
                 // Blocked on a client that does not read, and cut meanwhile: close now.
-                () = &mut cut => return "too slow, resume with Last-Event-ID",
+                () = &mut cut => return EndReason::Lagged.describe(),
                 written = write_all_vectored(&mut stream, &frames) => written,
             };
             if written.is_err() {
-                return "closed";
+                return EndReason::Closed.describe();
             }
             frames.clear();
             keep_alive = Instant::now() + keep_alive_every;
@@ -182,19 +178,6 @@ pub async fn serve<S: Store>(state: Arc<AppState<S>>, mut stream: TcpStream, req
     .await;
     drop(subscription);
     state.log.feed_end(&channel, device.as_deref(), reason);
-}
-
-fn frame<S: Store>(state: &AppState<S>, subscription: &pere_core::Subscription<S>, item: FeedItem) -> Bytes {
-    match item {
-        FeedItem::Event(event) => event.frame().clone(),
-        FeedItem::Redelivery(event, sends) => {
-            let device = subscription.device().map_or("-", |d| d.as_str());
-            state.log.redelivery(subscription.channel().as_str(), device, event.id, sends);
-            event.frame().clone()
-        }
-        FeedItem::Gap { from, to } => sse::encode_gap(from, to),
-        FeedItem::Reset { requested, head } => sse::encode_reset(requested, head),
-    }
 }
 
 fn push_headers(out: &mut Vec<u8>, headers: &HeaderMap) {

@@ -33,6 +33,27 @@ pub enum EndReason {
 /// What an SSE source yields: a frame, or the reason it ends.
 pub type FrameResult = Result<Bytes, EndReason>;
 
+/// The next frame of a feed, or why it ends: the one mapping of feed items to bytes, shared by
+/// hyper feeds and dedicated feed connections.
+pub async fn next_frame<S: Store>(subscription: &mut Subscription<S>, log: Log) -> FrameResult {
+    match subscription.next().await {
+        Some(Ok(FeedItem::Event(event))) => Ok(event.frame().clone()),
+        Some(Ok(FeedItem::Redelivery(event, sends))) => {
+            let device = subscription.device().map_or("-", |d| d.as_str());
+            log.redelivery(subscription.channel().as_str(), device, event.id, sends);
+            Ok(event.frame().clone())
+        }
+        Some(Ok(FeedItem::Gap { from, to })) => Ok(sse::encode_gap(from, to)),
+        Some(Ok(FeedItem::Reset { requested, head })) => Ok(sse::encode_reset(requested, head)),
+        Some(Err(err)) => {
+            eprintln!("ERROR> feed of {}: {err}", subscription.channel());
+            Err(EndReason::StoreFailed)
+        }
+        None if subscription.lagged() => Err(EndReason::Lagged),
+        None => Err(EndReason::Closed),
+    }
+}
+
 /// What every SSE stream needs from the server around it.
 #[derive(Debug)]
 pub struct StreamContext {
@@ -88,22 +109,7 @@ impl SseBody {
         let log = context.log;
         let items = stream::unfold(Some(subscription), move |state| async move {
             let mut subscription = state?;
-            let frame = match subscription.next().await {
-                Some(Ok(FeedItem::Event(event))) => Ok(event.frame().clone()),
-                Some(Ok(FeedItem::Redelivery(event, sends))) => {
-                    let device = subscription.device().map_or("-", |d| d.as_str());
-                    log.redelivery(subscription.channel().as_str(), device, event.id, sends);
-                    Ok(event.frame().clone())
-                }
-                Some(Ok(FeedItem::Gap { from, to })) => Ok(sse::encode_gap(from, to)),
-                Some(Ok(FeedItem::Reset { requested, head })) => Ok(sse::encode_reset(requested, head)),
-                Some(Err(err)) => {
-                    eprintln!("ERROR> feed of {}: {err}", subscription.channel());
-                    Err(EndReason::StoreFailed)
-                }
-                None if subscription.lagged() => Err(EndReason::Lagged),
-                None => Err(EndReason::Closed),
-            };
+            let frame = next_frame(&mut subscription, log).await;
             let next = frame.is_ok().then_some(subscription);
             Some((frame, next))
         })
@@ -185,14 +191,21 @@ impl Body for SseBody {
     }
 }
 
+impl EndReason {
+    /// The reason as the log says it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            EndReason::Closed => "closed",
+            EndReason::Lagged => "too slow, resume with Last-Event-ID",
+            EndReason::Shutdown => "server shutting down",
+            EndReason::StoreFailed => "store failure",
+        }
+    }
+}
+
 impl Drop for SseBody {
     fn drop(&mut self) {
-        let reason = match self.ended {
-            None | Some(EndReason::Closed) => "closed",
-            Some(EndReason::Lagged) => "too slow, resume with Last-Event-ID",
-            Some(EndReason::Shutdown) => "server shutting down",
-            Some(EndReason::StoreFailed) => "store failure",
-        };
+        let reason = self.ended.unwrap_or(EndReason::Closed).describe();
         self.log.feed_end(&self.channel, self.device.as_deref(), reason);
     }
 }
