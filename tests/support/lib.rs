@@ -5,6 +5,8 @@
 //! event received, an HTTP answer) under a timeout, so a failure shows as a clear panic.
 #![deny(missing_docs, missing_debug_implementations)]
 
+pub mod scripted;
+
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};

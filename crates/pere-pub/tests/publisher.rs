@@ -1,9 +1,8 @@
 //! `pere-pub` against a scripted server: the original events and lines, retrying the same event,
 //! giving up, refusals, stdin and `--json`, and `--follow`.
 
-mod support;
 
-use support::{FakeServer, Tool};
+use pere_e2e::scripted::{FakeServer, Tool};
 
 const EXE: &str = env!("CARGO_BIN_EXE_pere-pub");
 const DOWN: &str = r#"{"error":{"code":"store_unavailable","message":"down"}}"#;

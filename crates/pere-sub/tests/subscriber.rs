@@ -1,11 +1,10 @@
 //! `pere-sub` against a scripted server: the exact lines, the receipts it sends, resuming without
 //! duplicates, re-acknowledging what failed, gaps, refusals and giving up.
 
-mod support;
 
 use std::time::Instant;
 
-use support::{FakeServer, Tool};
+use pere_e2e::scripted::{FakeServer, Tool};
 
 const EXE: &str = env!("CARGO_BIN_EXE_pere-sub");
 

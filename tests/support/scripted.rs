@@ -6,7 +6,6 @@
 //! drives every step itself and waits only on things it can observe, never on the clock.
 //! (Kept apart from the real server on purpose: the tools must not depend on the server crate, and
 //! a script can produce what a correct server never does: duplicates, drops, failures.)
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -24,9 +23,13 @@ pub const WAIT: Duration = Duration::from_secs(20);
 /// A request as the fake server read it.
 #[derive(Debug)]
 pub struct Request {
+    /// The method, e.g. `GET`.
     pub method: String,
+    /// The path with its query.
     pub path: String,
+    /// The headers, names lower-cased.
     pub headers: Vec<(String, String)>,
+    /// The body, as text.
     pub body: String,
 }
 
@@ -37,13 +40,16 @@ impl Request {
     }
 }
 
+#[derive(Debug)]
 enum Reply {
     Full { status: u16, content_type: &'static str, body: String },
     Stream(mpsc::UnboundedReceiver<String>),
 }
 
 /// A request waiting for the test's answer.
+#[derive(Debug)]
 pub struct Exchange {
+    /// The request to answer.
     pub request: Request,
     reply: oneshot::Sender<Reply>,
 }
@@ -63,6 +69,7 @@ impl Exchange {
 }
 
 /// Writes an open event stream; dropping it ends the stream and closes the connection.
+#[derive(Debug)]
 pub struct StreamWriter(mpsc::UnboundedSender<String>);
 
 impl StreamWriter {
@@ -73,7 +80,9 @@ impl StreamWriter {
 }
 
 /// The fake server.
+#[derive(Debug)]
 pub struct FakeServer {
+    /// Where it listens.
     pub addr: SocketAddr,
     exchanges: mpsc::UnboundedReceiver<Exchange>,
 }
@@ -187,6 +196,7 @@ async fn read_request(socket: &mut TcpStream) -> Option<Request> {
 }
 
 /// The binary under test, running; killed on drop.
+#[derive(Debug)]
 pub struct Tool {
     child: Child,
     stdout: Lines<BufReader<ChildStdout>>,
