@@ -15,7 +15,6 @@ mod output;
 mod payload;
 mod push;
 
-use std::fmt;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -32,18 +31,7 @@ use crate::output::say;
 use crate::payload::{Body, Source};
 use crate::push::PushOutcome;
 
-/// A failure that retrying cannot fix: a bad argument or the server refusing an event.
-/// Exit status 2.
-#[derive(Debug)]
-pub struct Fatal(pub String);
-
-impl fmt::Display for Fatal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Fatal {}
+pub use pere_client::Fatal;
 
 /// How long to wait for a TCP connection before counting the attempt as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

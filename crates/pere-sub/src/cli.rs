@@ -1,8 +1,6 @@
 //! The command line: arguments, the server address and the default device id.
 
 use clap::Parser;
-use rand::Rng;
-use reqwest::Url;
 
 /// Listen to a PERE channel, print every event and send a return receipt for each one.
 ///
@@ -69,10 +67,7 @@ impl Cli {
     }
 }
 
-/// A device id in the original clients' style: `prefix` followed by 9 random digits.
-pub fn random_device(prefix: &str, rng: &mut impl Rng) -> String {
-    format!("{prefix}{:09}", rng.gen_range(0..1_000_000_000u32))
-}
+pub use pere_client::{base_url, endpoint, random_device};
 
 /// Accepts an event id that can travel in an HTTP header.
 fn parse_event_id(s: &str) -> Result<String, String> {
@@ -80,34 +75,6 @@ fn parse_event_id(s: &str) -> Result<String, String> {
         return Err("an event id is a non-empty text without control characters".into());
     }
     Ok(s.to_owned())
-}
-
-/// Parses the server argument: `host:port`, or an `http://` URL (a path prefix is kept).
-///
-/// # Errors
-/// A message for an address that is no URL, or that is not plain HTTP (the tools have no TLS).
-pub fn base_url(server: &str) -> Result<Url, String> {
-    let text = if server.contains("://") { server.to_owned() } else { format!("http://{server}") };
-    let mut url = Url::parse(&text).map_err(|e| format!("invalid server address {server:?}: {e}"))?;
-    if url.scheme() != "http" {
-        return Err(format!("invalid server address {server:?}: only http:// is supported"));
-    }
-    if url.host_str().unwrap_or_default().is_empty() {
-        return Err(format!("invalid server address {server:?}: no host"));
-    }
-    url.set_query(None);
-    url.set_fragment(None);
-    Ok(url)
-}
-
-/// The URL of `/<kind>/<channel>` under `base`; the channel is percent-encoded as one path segment.
-pub fn endpoint(base: &Url, kind: &str, channel: &str) -> Url {
-    let mut url = base.clone();
-    // An http URL always has path segments.
-    if let Ok(mut segments) = url.path_segments_mut() {
-        segments.pop_if_empty().push(kind).push(channel);
-    }
-    url
 }
 
 #[cfg(test)]
@@ -159,28 +126,5 @@ mod tests {
         assert!(Cli::try_parse_from(["pere-sub", "h:1", "C", "--last-event-id", "1\n2"]).is_err());
     }
 
-    #[test]
-    fn device_ids_are_the_prefix_and_nine_digits() {
-        let mut rng = rand::thread_rng();
-        for _ in 0..1000 {
-            let d = random_device("H0039", &mut rng);
-            assert_eq!(d.len(), 14, "{d}");
-            assert!(d.starts_with("H0039") && d[5..].bytes().all(|b| b.is_ascii_digit()), "{d}");
-        }
-    }
 
-    #[test]
-    fn server_addresses() {
-        let feed = |s: &str| base_url(s).map(|u| endpoint(&u, "feed", "CHANNEL_1").to_string());
-        assert_eq!(feed("localhost:4567").unwrap(), "http://localhost:4567/feed/CHANNEL_1");
-        assert_eq!(feed("127.0.0.1:4567").unwrap(), "http://127.0.0.1:4567/feed/CHANNEL_1");
-        assert_eq!(feed("http://127.0.0.1:4567").unwrap(), "http://127.0.0.1:4567/feed/CHANNEL_1");
-        assert_eq!(feed("http://h:1/").unwrap(), "http://h:1/feed/CHANNEL_1");
-        assert_eq!(feed("http://h:1/pere/").unwrap(), "http://h:1/pere/feed/CHANNEL_1");
-        assert_eq!(feed("http://h:1/pere?x=1").unwrap(), "http://h:1/pere/feed/CHANNEL_1");
-        assert!(feed("https://h:1").is_err());
-        assert!(feed("h:notaport").is_err());
-        let odd = endpoint(&base_url("h:1").unwrap(), "feed", "a b/c");
-        assert_eq!(odd.as_str(), "http://h:1/feed/a%20b%2Fc");
-    }
 }

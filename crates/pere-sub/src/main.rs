@@ -15,7 +15,6 @@ mod ledger;
 mod output;
 mod retry;
 
-use std::fmt;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -26,18 +25,7 @@ use crate::cli::Cli;
 use crate::feed::{Options, Subscriber};
 use crate::output::say;
 
-/// A failure that retrying cannot fix: a bad argument or the server refusing the subscription.
-/// Exit status 2.
-#[derive(Debug)]
-pub struct Fatal(pub String);
-
-impl fmt::Display for Fatal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Fatal {}
+pub use pere_client::Fatal;
 
 /// How long to wait for a TCP connection before counting the attempt as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,0 +1,82 @@
+//! The client side of PERE's protocol, shared by `pere-pub` and `pere-sub`: the server address
+//! and endpoints, device ids in the original clients' style, and how the tools talk to the user
+//! (one flushed line at a time, failures described in one line).
+#![deny(missing_docs, missing_debug_implementations)]
+
+pub mod output;
+
+use std::fmt;
+
+use rand::Rng;
+pub use reqwest::Url;
+
+/// A failure that retrying cannot fix: a bad argument, or the server refusing for good.
+/// The tools exit with status 2 on it.
+#[derive(Debug)]
+pub struct Fatal(pub String);
+
+impl fmt::Display for Fatal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Fatal {}
+
+/// A device id in the original clients' style: `prefix` followed by 9 random digits.
+pub fn random_device(prefix: &str, rng: &mut impl Rng) -> String {
+    format!("{prefix}{:09}", rng.gen_range(0..1_000_000_000u32))
+}
+
+/// Parses the server argument: `host:port`, or an `http://` URL (a path prefix is kept).
+///
+/// # Errors
+/// A message for an address that is no URL, or that is not plain HTTP (the tools have no TLS).
+pub fn base_url(server: &str) -> Result<Url, String> {
+    let text = if server.contains("://") { server.to_owned() } else { format!("http://{server}") };
+    let mut url = Url::parse(&text).map_err(|e| format!("invalid server address {server:?}: {e}"))?;
+    if url.scheme() != "http" {
+        return Err(format!("invalid server address {server:?}: only http:// is supported"));
+    }
+    if url.host_str().unwrap_or_default().is_empty() {
+        return Err(format!("invalid server address {server:?}: no host"));
+    }
+    url.set_query(None);
+    url.set_fragment(None);
+    Ok(url)
+}
+
+/// The URL of `/<kind>/<channel>` under `base`; the channel is percent-encoded as one path segment.
+pub fn endpoint(base: &Url, kind: &str, channel: &str) -> Url {
+    let mut url = base.clone();
+    // An http URL always has path segments.
+    if let Ok(mut segments) = url.path_segments_mut() {
+        segments.pop_if_empty().push(kind).push(channel);
+    }
+    url
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_ids_are_the_prefix_and_nine_digits() {
+        let mut rng = rand::thread_rng();
+        for _ in 0..1000 {
+            let d = random_device("P0039", &mut rng);
+            assert_eq!(d.len(), 14, "{d}");
+            assert!(d.starts_with("P0039") && d[5..].bytes().all(|b| b.is_ascii_digit()), "{d}");
+        }
+    }
+
+    #[test]
+    fn server_addresses() {
+        let push = |s: &str| base_url(s).map(|u| endpoint(&u, "push", "CHANNEL_1").to_string());
+        assert_eq!(push("localhost:4567").unwrap(), "http://localhost:4567/push/CHANNEL_1");
+        assert_eq!(push("http://127.0.0.1:4567").unwrap(), "http://127.0.0.1:4567/push/CHANNEL_1");
+        assert_eq!(push("http://h:1/pere/").unwrap(), "http://h:1/pere/push/CHANNEL_1");
+        assert!(push("https://h:1").is_err());
+        assert!(push("h:notaport").is_err());
+    }
+}
