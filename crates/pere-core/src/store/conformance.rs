@@ -9,15 +9,15 @@ use crate::name::{ChannelName, DeviceId};
 use crate::receipt::{DeviceOp, DeviceTouch, Receipt};
 use crate::store::{Retention, Store};
 
-fn ch(name: &str) -> ChannelName {
+pub(crate) fn ch(name: &str) -> ChannelName {
     ChannelName::new(name).unwrap()
 }
 
-fn dev(name: &str) -> DeviceId {
+pub(crate) fn dev(name: &str) -> DeviceId {
     DeviceId::new(name).unwrap()
 }
 
-fn body(text: &str) -> NewEvent {
+pub(crate) fn body(text: &str) -> NewEvent {
     NewEvent { publisher: Some(dev("P1")), event_type: None, body: text.to_owned() }
 }
 
@@ -25,7 +25,7 @@ fn receipt(channel: &str, id: u64, device: &str, status: &str) -> Receipt {
     Receipt { seq: 0, channel: ch(channel), event_id: id, device: dev(device), status: status.to_owned(), time: now() }
 }
 
-const ROOMY: Retention = Retention { max_events: 1000, max_age: None };
+pub(crate) const ROOMY: Retention = Retention { max_events: 1000, max_age: None };
 
 /// Runs every check, each on a fresh store made by `make`.
 pub(crate) async fn run_all<S, F, Fut>(make: F)

@@ -1297,21 +1297,7 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use super::*;
-    use crate::store::conformance;
-
-    const ROOMY: Retention = Retention { max_events: 1000, max_age: None };
-
-    fn ch(name: &str) -> ChannelName {
-        ChannelName::new(name).unwrap()
-    }
-
-    fn dev(name: &str) -> DeviceId {
-        DeviceId::new(name).unwrap()
-    }
-
-    fn body(text: &str) -> NewEvent {
-        NewEvent { publisher: Some(dev("P1")), event_type: None, body: text.to_owned() }
-    }
+    use crate::store::conformance::{self, body, ch, dev, ROOMY};
 
     fn open(dir: &Path, retention: Retention) -> SqliteStore {
         SqliteStore::open(dir, SqliteOptions { retention, ..SqliteOptions::default() }).unwrap()
