@@ -245,3 +245,19 @@ async fn presence_changes_are_streamed_and_replayed() {
     let mut late = server.feed_path("/presence/Room", &[("Last-Event-ID", "1")]).await;
     assert_eq!(late.next().await.id, "2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_receipt_history_is_replayed_page_by_page_then_live() {
+    let server = TestServer::start(&[]).await;
+    let id = server.push("Ledger", "x").await;
+    for n in 0..600 {
+        assert_eq!(server.ack("Ledger", &format!("D{n}"), id, "ok").await.0, 200);
+    }
+    let mut stream = server.feed_path("/receipts/Ledger", &[("Last-Event-ID", "0")]).await;
+    let seqs = stream.next_ids(600).await;
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]) && seqs.len() == 600, "every receipt, in order, once");
+    assert_eq!(server.ack("Ledger", "LIVE", id, "ok").await.0, 200);
+    let live = stream.next().await;
+    assert_eq!(serde_json::from_str::<Value>(&live.data).unwrap()["device"], "LIVE");
+    assert!(live.id.parse::<u64>().unwrap() > seqs[599]);
+}

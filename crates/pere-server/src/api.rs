@@ -546,38 +546,49 @@ fn receipt_frame(notice: &ReceiptNotice) -> Bytes {
     Bytes::from(frame)
 }
 
+/// Receipts read from the store per replay step of the receipt stream.
+const RECEIPT_PAGE: usize = 256;
+
 async fn receipts_stream<S: Store>(state: &Arc<AppState<S>>, channel: &str, request: &Request<Incoming>) -> Answer {
     let channel = channel_name(channel)?;
     let (after, _) = resume_position(request);
-    // Live first, then history: nothing falls between the two.
+    // Live first, then history: nothing falls between the two. History is read a page at a time
+    // as the client takes it, however long it is; live receipts already replayed are skipped.
     let live = state.hub.follow_receipts(&channel).await?;
-    let mut replayed_through = after.unwrap_or(0);
-    let mut replay = Vec::new();
-    if let Some(after) = after {
-        loop {
-            let page = state.hub.store().receipts_after(&channel, replayed_through.max(after), 1000).await?;
-            let Some(last) = page.last() else { break };
-            replayed_through = last.seq;
-            replay.extend(page.into_iter().map(|receipt| Ok(receipt_frame(&ReceiptNotice { receipt, completed: None }))));
-            if replay.len() >= 100_000 {
-                break;
+    let replay = after.map(|after| (after, std::collections::VecDeque::<pere_core::Receipt>::new()));
+    let start = (state.hub.store().clone(), channel.clone(), live, replay, after.unwrap_or(0));
+    let frames = futures_util::stream::unfold(start, |(store, channel, mut live, mut replay, mut through)| async move {
+        while let Some((next, page)) = replay.as_mut() {
+            if let Some(receipt) = page.pop_front() {
+                through = receipt.seq;
+                let frame = receipt_frame(&ReceiptNotice { receipt, completed: None });
+                return Some((Ok(frame), (store, channel, live, replay, through)));
+            }
+            match store.receipts_after(&channel, *next, RECEIPT_PAGE).await {
+                Ok(more) if more.is_empty() => replay = None,
+                Ok(more) => {
+                    *next = more.last().map_or(*next, |r| r.seq);
+                    page.extend(more);
+                }
+                Err(err) => {
+                    eprintln!("ERROR> receipt stream of {channel}: {err}");
+                    return Some((Err(EndReason::StoreFailed), (store, channel, live, None, through)));
+                }
             }
         }
-    }
-    let live = futures_util::stream::unfold((live, replayed_through), |(mut live, through)| async move {
         loop {
             match live.recv().await {
                 Ok(notice) if notice.receipt.seq <= through => continue,
-                Ok(notice) => return Some((Ok(receipt_frame(&notice)), (live, through))),
+                Ok(notice) => return Some((Ok(receipt_frame(&notice)), (store, channel, live, None, through))),
                 // The reader fell behind the live buffer: it resumes from its last id.
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    return Some((Err(EndReason::Lagged), (live, through)))
+                    return Some((Err(EndReason::Lagged), (store, channel, live, None, through)))
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
             }
         }
-    });
-    let frames = futures_util::stream::iter(replay).chain(live).boxed();
+    })
+    .boxed();
     let body = SseBody::frames(frames, format!("{channel} receipts"), None, stream_context(state, request));
     Ok(sse_response(body))
 }
