@@ -344,7 +344,9 @@ impl<S: Store> Hub<S> {
             // Followed before it is released, so no receipt can arrive before the ledger knows it.
             let expected = hub.ledger().track(event.id);
             hub.release(event.clone());
-            this.notify(LedgerNotice::Published { channel: channel.clone(), event_id: event.id, expected });
+            if this.observer.get().is_some() {
+                this.notify(LedgerNotice::Published { channel: channel.clone(), event_id: event.id, expected });
+            }
             Ok(event)
         });
         // Most appends (the memory store's) finish at the first poll and need no task of their

@@ -511,15 +511,13 @@ fn event_json(event: &pere_core::Event) -> Value {
 async fn device_pending<S: Store>(state: &Arc<AppState<S>>, channel: &str, device: &str) -> Answer {
     let channel = channel_name(channel)?;
     let device = DeviceId::new(device)?;
-    // Expected of the device: events after it became a recipient (all retained ones if never).
-    let memberships = state.hub.store().memberships(&channel).await?;
-    let after = memberships.iter().filter(|m| m.device == device).map(|m| m.joined_after).min().unwrap_or(0);
+    // Expected of the device: events published while it was a recipient (none if it never was).
+    let mut memberships = state.hub.store().memberships(&channel).await?;
+    memberships.retain(|m| m.device == device);
+    let after = memberships.iter().map(|m| m.joined_after).min().unwrap_or(0);
     let events = state.hub.store().unacknowledged(&channel, &device, after, 1000).await?;
-    let events: Vec<Value> = events
-        .iter()
-        .filter(|e| memberships.iter().any(|m| m.device == device && m.expects(e.id)))
-        .map(|e| event_json(e))
-        .collect();
+    let events: Vec<Value> =
+        events.iter().filter(|e| memberships.iter().any(|m| m.expects(e.id))).map(|e| event_json(e)).collect();
     Ok(json_response(StatusCode::OK, &json!({"channel": channel, "device": device, "pending": events})))
 }
 
