@@ -17,10 +17,18 @@
 //!   transaction, and by a sweep over every channel each [`SqliteOptions::prune_interval`].
 //!   Receipts go with their events (they are also the receipt stream, by `seq`); device records
 //!   and recipient memberships are the ledger and are kept.
+//! - **Device records** (presence and per-device counters) change with every receipt and feed
+//!   connection. The writer keeps them in memory, where readers see each change as soon as it
+//!   commits, and writes the changed ones back in one transaction every [`DEVICE_WRITE_BACK`],
+//!   recording in `state` the last receipt folded in. Receipts themselves are committed before
+//!   they are answered, so after a crash the receipts past that mark are folded in again at
+//!   open: only connection touches of the last moment are lost.
+//! - **Checkpoints** (copying the WAL back into the database, with its syncs) run on a thread
+//!   of their own every [`CHECKPOINT_INTERVAL`], off the path of writes waiting for a commit.
 //!
 //! One process per data directory: the writer trusts its in-memory heads.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -64,6 +72,23 @@ const MIN_PRUNE_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Idle read connections kept; more are opened under load and closed when they come back.
 const MAX_IDLE_READERS: usize = 8;
+
+/// How often changed device records are written back to `devices`. A crash loses at most this
+/// much of connection touches (receipts are folded in again from the `receipts` table).
+pub const DEVICE_WRITE_BACK: Duration = Duration::from_secs(1);
+
+/// How often the checkpointer thread copies committed WAL frames into the database. Between two
+/// checkpoints a page changed by many commits is copied once.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// WAL pages past which the writer checkpoints by itself, should the checkpointer fall behind.
+const WRITER_CHECKPOINT_PAGES: i64 = 16_384;
+
+/// The WAL file is truncated back to this size after a checkpoint has emptied it.
+const WAL_SIZE_LIMIT: i64 = 64 << 20;
+
+/// The `state` key of the last receipt (by seq) whose effect on its device record is on disk.
+const DEVICES_THROUGH_RECEIPT: &str = "devices_through_receipt";
 
 /// How long a connection waits for a lock held by a checkpoint or another process.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -125,6 +150,14 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (channel, device)
     ) WITHOUT ROWID;
     PRAGMA application_id = 1346720325;",
+    // v2. Device records are written back in bulk; `state` says up to which receipt.
+    "CREATE TABLE state (
+        key TEXT NOT NULL PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    -- Up to v1 every receipt was saved into its device row in its own transaction.
+    INSERT INTO state (key, value)
+        VALUES ('devices_through_receipt', COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'receipts'), 0));",
 ];
 
 /// The schema version this build writes.
@@ -201,6 +234,8 @@ struct Inner {
     // `Option`s so that `drop` can close the queue and then join the writer.
     commands: Option<mpsc::Sender<Command>>,
     writer: Option<thread::JoinHandle<()>>,
+    // Dropping the sender stops the checkpointer.
+    checkpointer: Option<(mpsc::Sender<()>, thread::JoinHandle<()>)>,
     // Bounds the queue: a write holds a permit from before it is queued until it is answered.
     room: Arc<Semaphore>,
 }
@@ -215,6 +250,10 @@ struct Shared {
     channels: RwLock<HashMap<ChannelName, ChannelMeta>>,
     // std Mutex: held only to push or pop a connection, never across a query or an await.
     readers: Mutex<Vec<Connection>>,
+    // Committed device records; std Mutex, held only to look up, clone or merge records.
+    devices: Mutex<DeviceBook>,
+    // The seq of the newest committed receipt; changed by the writer only.
+    last_receipt: AtomicU64,
     transactions: AtomicU64,
     closing: AtomicBool,
 }
@@ -226,6 +265,27 @@ struct ChannelMeta {
     first: u64,
     /// The newest retained events, contiguous and ending at `head` (possibly empty).
     recent: VecDeque<Arc<Event>>,
+}
+
+/// Every device record read or changed since the store opened, as last committed.
+#[derive(Default)]
+struct DeviceBook {
+    records: HashMap<ChannelName, HashMap<DeviceId, DeviceRecord>>,
+    /// Committed but not yet written back to `devices`.
+    changed: HashSet<(ChannelName, DeviceId)>,
+}
+
+impl DeviceBook {
+    fn get(&self, channel: &ChannelName, device: &DeviceId) -> Option<&DeviceRecord> {
+        self.records.get(channel)?.get(device)
+    }
+
+    fn insert(&mut self, record: DeviceRecord, changed: bool) {
+        if changed {
+            self.changed.insert((record.channel.clone(), record.device.clone()));
+        }
+        self.records.entry(record.channel.clone()).or_default().insert(record.device.clone(), record);
+    }
 }
 
 type Answer<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -313,6 +373,7 @@ impl SqliteStore {
         let mut conn = Connection::open_with_flags(&path, flags).map_err(|err| Failure::open(&path, err))?;
         prepare_schema(&mut conn, &path, options.durability)?;
         let channels = load_channels(&conn).map_err(|err| Failure::open(&path, err))?;
+        let last_receipt = recover_devices(&mut conn).map_err(|err| Failure::open(&path, err))?;
 
         let shared = Arc::new(Shared {
             _lock: lock,
@@ -320,6 +381,8 @@ impl SqliteStore {
             options,
             channels: RwLock::new(channels),
             readers: Mutex::default(),
+            devices: Mutex::default(),
+            last_receipt: AtomicU64::new(last_receipt),
             transactions: AtomicU64::new(0),
             closing: AtomicBool::new(false),
         });
@@ -331,8 +394,10 @@ impl SqliteStore {
             sweep: Vec::new(),
             // Sweep at once: events may have expired while the server was down.
             next_sweep: Instant::now(),
+            next_write_back: Instant::now() + DEVICE_WRITE_BACK,
             closers: Vec::new(),
         };
+        let checkpointer = start_checkpointer(&path)?;
         let writer = thread::Builder::new()
             .name("pere-sqlite-writer".to_owned())
             .spawn(move || {
@@ -348,6 +413,7 @@ impl SqliteStore {
                 shared,
                 commands: Some(commands),
                 writer: Some(writer),
+                checkpointer: Some(checkpointer),
                 room: Arc::new(Semaphore::new(MAX_QUEUED)),
             }),
         })
@@ -435,10 +501,18 @@ impl Drop for Inner {
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
+        if let Some((stop, checkpointer)) = self.checkpointer.take() {
+            drop(stop);
+            let _ = checkpointer.join();
+        }
     }
 }
 
 impl Shared {
+    fn book(&self) -> std::sync::MutexGuard<'_, DeviceBook> {
+        self.devices.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn with_reader<T>(&self, query: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
         let pooled = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut conn = match pooled {
@@ -504,6 +578,9 @@ fn prepare_schema(conn: &mut Connection, path: &Path, durability: Durability) ->
         Durability::Full => "FULL",
     };
     conn.pragma_update(None, "synchronous", synchronous).map_err(fail)?;
+    // The checkpointer thread does this work; the writer only steps in if it falls far behind.
+    conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES).map_err(fail)?;
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT).map_err(fail)?;
 
     for (from, migration) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).unwrap_or(0)) {
         let tx = conn.transaction().map_err(fail)?;
@@ -512,6 +589,89 @@ fn prepare_schema(conn: &mut Connection, path: &Path, durability: Durability) ->
         tx.commit().map_err(fail)?;
     }
     Ok(())
+}
+
+/// Folds the receipts committed after the last device write-back (a crash came before the next)
+/// into their device records, and returns the seq of the newest receipt.
+fn recover_devices(conn: &mut Connection) -> rusqlite::Result<u64> {
+    let tx = conn.transaction()?;
+    let through: u64 =
+        tx.query_row("SELECT value FROM state WHERE key = ?1", [DEVICES_THROUGH_RECEIPT], |row| row.get(0))?;
+    let last: u64 = tx.query_row(
+        "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'receipts'), 0)",
+        [],
+        |row| row.get(0),
+    )?;
+    if last > through {
+        let mut records: HashMap<(ChannelName, DeviceId), DeviceRecord> = HashMap::new();
+        let mut stmt =
+            tx.prepare("SELECT seq, channel, event_id, device, status, time FROM receipts WHERE seq > ?1 ORDER BY seq")?;
+        let mut rows = stmt.query([through])?;
+        while let Some(row) = rows.next()? {
+            let receipt = Receipt {
+                seq: row.get(0)?,
+                channel: parse_name(row.get_ref(1)?.as_str()?, 1, ChannelName::new)?,
+                event_id: row.get(2)?,
+                device: parse_name(row.get_ref(3)?.as_str()?, 3, DeviceId::new)?,
+                status: row.get(4)?,
+                time: time_from_ms(row.get(5)?, 5)?,
+            };
+            let key = (receipt.channel.clone(), receipt.device.clone());
+            let record = match records.entry(key) {
+                std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    let known = load_device(&tx, &receipt.channel, &receipt.device)?;
+                    entry.insert(known.unwrap_or_else(|| DeviceRecord::first(&receipt_touch(&receipt))))
+                }
+            };
+            record.apply_receipt(&receipt);
+        }
+        drop(rows);
+        drop(stmt);
+        for record in records.values() {
+            save_device(&tx, record)?;
+        }
+        save_devices_through(&tx, last)?;
+    }
+    tx.commit()?;
+    Ok(last)
+}
+
+fn save_devices_through(conn: &Connection, seq: u64) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE state SET value = ?2 WHERE key = ?1")?.execute(params![DEVICES_THROUGH_RECEIPT, seq])?;
+    Ok(())
+}
+
+/// The record of a device first seen through a receipt.
+fn receipt_touch(receipt: &Receipt) -> DeviceTouch {
+    DeviceTouch {
+        channel: receipt.channel.clone(),
+        device: receipt.device.clone(),
+        op: DeviceOp::Feedback,
+        at: receipt.time,
+        last_event_id: None,
+        delivered: 0,
+    }
+}
+
+/// Starts the thread that checkpoints the WAL every [`CHECKPOINT_INTERVAL`] until its sender is
+/// dropped.
+fn start_checkpointer(path: &Path) -> Result<(mpsc::Sender<()>, thread::JoinHandle<()>), StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|err| Failure::open(path, err))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(|err| Failure::open(path, err))?;
+    let (stop, stopped) = mpsc::channel::<()>();
+    let thread = thread::Builder::new()
+        .name("pere-sqlite-checkpoint".to_owned())
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_INTERVAL) {
+                // PASSIVE never waits for the writer or readers; what it cannot copy now it copies
+                // next time. A failure (disk trouble) is the writer's to report, on its commits.
+                let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            }
+        })
+        .map_err(|err| Failure::open(path, err))?;
+    Ok((stop, thread))
 }
 
 /// The committed state of every channel, for the writer's heads and the readers' fast paths.
@@ -692,16 +852,29 @@ impl Store for SqliteStore {
     }
 
     async fn device(&self, channel: &ChannelName, device: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+        if let Some(record) = self.inner.shared.book().get(channel, device) {
+            return Ok(Some(record.clone()));
+        }
         let (channel, device) = (channel.clone(), device.clone());
         self.read_disk(move |conn| load_device(conn, &channel, &device)).await
     }
 
     async fn devices(&self, channel: &ChannelName) -> Result<Vec<DeviceRecord>, StoreError> {
         let channel = channel.clone();
+        let shared = self.inner.shared.clone();
         self.read_disk(move |conn| {
             let mut stmt = conn.prepare_cached(select_device!("WHERE channel = ?1 ORDER BY device"))?;
             let rows = stmt.query_map([channel.as_str()], |row| device_from_row(&channel, row))?;
-            rows.collect()
+            let mut records: Vec<DeviceRecord> = rows.collect::<rusqlite::Result<_>>()?;
+            // The book is at least as new as the disk for every device it holds, and holds the
+            // devices not written back yet.
+            let book = shared.book();
+            if let Some(known) = book.records.get(&channel) {
+                records.retain(|record| !known.contains_key(&record.device));
+                records.extend(known.values().cloned());
+                records.sort_by(|a, b| a.device.cmp(&b.device));
+            }
+            Ok(records)
         })
         .await
     }
@@ -862,6 +1035,8 @@ struct Writer {
     /// pruning backlog are pushed here too.
     sweep: Vec<ChannelName>,
     next_sweep: Instant,
+    /// When changed device records are next written back.
+    next_write_back: Instant,
     /// Callers of `close`, answered once the writer has stopped.
     closers: Vec<oneshot::Sender<()>>,
 }
@@ -877,15 +1052,43 @@ struct Draft {
     appended: Vec<Arc<Event>>,
 }
 
-/// The channels a transaction has touched.
+/// The channels and device records a transaction has touched.
 struct Drafts<'a> {
     shared: &'a Shared,
     channels: HashMap<ChannelName, Draft>,
+    devices: HashMap<(ChannelName, DeviceId), DeviceRecord>,
+    /// The seq of the newest receipt, this transaction's included.
+    last_receipt: u64,
 }
 
 impl<'a> Drafts<'a> {
     fn new(shared: &'a Shared) -> Self {
-        Drafts { shared, channels: HashMap::new() }
+        let last_receipt = shared.last_receipt.load(Ordering::Relaxed);
+        Drafts { shared, channels: HashMap::new(), devices: HashMap::new(), last_receipt }
+    }
+
+    /// A device's record as this transaction sees it (changed earlier in it, committed in the
+    /// book, or on disk), or `new` for a device never seen.
+    fn device(
+        &mut self,
+        conn: &Connection,
+        channel: &ChannelName,
+        device: &DeviceId,
+        new: impl FnOnce() -> DeviceRecord,
+    ) -> rusqlite::Result<&mut DeviceRecord> {
+        let key = (channel.clone(), device.clone());
+        let record = match self.devices.entry(key) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                let committed = self.shared.book().get(channel, device).cloned();
+                let known = match committed {
+                    Some(record) => Some(record),
+                    None => load_device(conn, channel, device)?,
+                };
+                entry.insert(known.unwrap_or_else(new))
+            }
+        };
+        Ok(record)
     }
 
     /// The draft of a channel that exists, committed or created earlier in this transaction.
@@ -909,6 +1112,13 @@ impl<'a> Drafts<'a> {
 
     /// Makes the committed drafts visible to readers.
     fn publish(self, recent_events: usize) {
+        if !self.devices.is_empty() {
+            let mut book = self.shared.book();
+            for record in self.devices.into_values() {
+                book.insert(record, true);
+            }
+        }
+        self.shared.last_receipt.store(self.last_receipt, Ordering::Relaxed);
         let mut channels = self.shared.channels.write().unwrap_or_else(|e| e.into_inner());
         for (name, draft) in self.channels {
             let meta =
@@ -982,7 +1192,11 @@ impl Writer {
             let wait = if !self.closers.is_empty() || !self.sweep.is_empty() {
                 Duration::ZERO
             } else {
-                self.next_sweep.saturating_duration_since(Instant::now())
+                let mut until = self.next_sweep;
+                if !self.shared.book().changed.is_empty() {
+                    until = until.min(self.next_write_back);
+                }
+                until.saturating_duration_since(Instant::now())
             };
             match self.queue.recv_timeout(wait) {
                 Ok(first) => {
@@ -1004,8 +1218,45 @@ impl Writer {
             if self.closers.is_empty() {
                 self.sweep_step();
             }
+            if Instant::now() >= self.next_write_back {
+                self.write_back();
+            }
         }
+        self.write_back();
         std::mem::take(&mut self.closers)
+    }
+
+    /// Writes the changed device records back to `devices`, in one transaction, with the seq of
+    /// the newest receipt they include. On failure they stay changed and are tried again later.
+    fn write_back(&mut self) {
+        self.next_write_back = Instant::now() + DEVICE_WRITE_BACK;
+        let (records, through) = {
+            let book = self.shared.book();
+            if book.changed.is_empty() {
+                return;
+            }
+            let records: Vec<DeviceRecord> =
+                book.changed.iter().filter_map(|(channel, device)| book.get(channel, device).cloned()).collect();
+            (records, self.shared.last_receipt.load(Ordering::Relaxed))
+        };
+        let written = self.conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
+            for record in &records {
+                save_device(&self.conn, record)?;
+            }
+            save_devices_through(&self.conn, through)?;
+            self.conn.execute_batch("COMMIT")
+        });
+        match written {
+            // Only the writer changes the book, so nothing changed since it was read.
+            Ok(()) => {
+                self.shared.book().changed.clear();
+                self.shared.transactions.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) if !self.conn.is_autocommit() => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            Err(_) => {}
+        }
     }
 
     /// Runs a batch of commands in one transaction and answers them after the commit.
@@ -1140,19 +1391,6 @@ fn record_receipt(
     if receipt.event_id == 0 || receipt.event_id > draft.head {
         return Ok(Err(unknown));
     }
-    // Read, apply, write back inside the writer's transaction: no concurrent update is lost.
-    let mut record = load_device(conn, &receipt.channel, &receipt.device)?.unwrap_or_else(|| {
-        DeviceRecord::first(&DeviceTouch {
-            channel: receipt.channel.clone(),
-            device: receipt.device.clone(),
-            op: DeviceOp::Feedback,
-            at: receipt.time,
-            last_event_id: None,
-            delivered: 0,
-        })
-    });
-    record.apply_receipt(&receipt);
-    save_device(conn, &record)?;
     // Stored even for an event already pruned, so the receipt stream carries it; the channel's
     // next pruning of events removes it with the other receipts of pruned events.
     conn.prepare_cached("INSERT INTO receipts (channel, event_id, device, status, time) VALUES (?1, ?2, ?3, ?4, ?5)")?
@@ -1164,21 +1402,22 @@ fn record_receipt(
             receipt.time.timestamp_millis(),
         ])?;
     receipt.seq = u64::try_from(conn.last_insert_rowid()).unwrap_or_default();
+    drafts.last_receipt = receipt.seq;
+    // Applied by the writer alone, in seq order: no concurrent update is lost. Written back to
+    // `devices` later, with the other changed records.
+    let record = drafts.device(conn, &receipt.channel, &receipt.device, || DeviceRecord::first(&receipt_touch(&receipt)))?;
+    record.apply_receipt(&receipt);
+    let record = record.clone();
     Ok(Ok((receipt, record)))
 }
 
 fn touch_device(conn: &Connection, drafts: &mut Drafts<'_>, touch: DeviceTouch) -> rusqlite::Result<DeviceRecord> {
     // A device makes its channel known (`channels` lists channels with events or devices).
     drafts.entry(&touch.channel);
-    let record = match load_device(conn, &touch.channel, &touch.device)? {
-        Some(mut record) => {
-            record.apply(&touch);
-            record
-        }
-        None => DeviceRecord::first(&touch),
-    };
-    save_device(conn, &record)?;
-    Ok(record)
+    // Applying a touch to its own first record changes nothing.
+    let record = drafts.device(conn, &touch.channel, &touch.device, || DeviceRecord::first(&touch))?;
+    record.apply(&touch);
+    Ok(record.clone())
 }
 
 fn current_membership(conn: &Connection, channel: &ChannelName, device: &DeviceId) -> rusqlite::Result<Option<(i64, Membership)>> {
@@ -1425,6 +1664,91 @@ mod tests {
         assert_eq!(store.device(&c, &dev("H1")).await.unwrap().unwrap().last_acked, 1);
     }
 
+    fn ack(channel: &str, id: u64, device: &str) -> Receipt {
+        Receipt { seq: 0, channel: ch(channel), event_id: id, device: dev(device), status: "ok".into(), time: now() }
+    }
+
+    fn stored_device(dir: &Path, device: &str) -> Option<(u64, u64)> {
+        let conn = Connection::open(dir.join(DB_FILE)).unwrap();
+        conn.query_row("SELECT last_acked, receipts FROM devices WHERE device = ?1", [device], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .optional()
+        .unwrap()
+    }
+
+    fn devices_through(dir: &Path) -> u64 {
+        let conn = Connection::open(dir.join(DB_FILE)).unwrap();
+        conn.query_row("SELECT value FROM state WHERE key = ?1", [DEVICES_THROUGH_RECEIPT], |row| row.get(0)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn device_records_are_written_back_and_later_receipts_folded_in_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), ROOMY);
+        let c = ch("C");
+        for n in 1..=3 {
+            store.append(&c, body(&n.to_string())).await.unwrap();
+        }
+        store.record_receipt(ack("C", 1, "H1")).await.unwrap();
+        let (second, _) = store.record_receipt(ack("C", 2, "H1")).await.unwrap();
+        // Readers see a record before it is written back.
+        assert_eq!(store.device(&c, &dev("H1")).await.unwrap().unwrap().receipts, 2);
+        assert_eq!(store.devices(&c).await.unwrap()[0].receipts, 2);
+        drop(store);
+        assert_eq!(stored_device(dir.path(), "H1"), Some((2, 2)), "written back at close");
+        assert_eq!(devices_through(dir.path()), second.seq);
+
+        // Receipts committed after the last write-back, then a crash: stored, not folded in.
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        for device in ["H1", "H2"] {
+            conn.execute(
+                "INSERT INTO receipts (channel, event_id, device, status, time) VALUES ('C', 3, ?1, 'ok', 0)",
+                [device],
+            )
+            .unwrap();
+        }
+        let last: u64 = conn.query_row("SELECT MAX(seq) FROM receipts", [], |row| row.get(0)).unwrap();
+        drop(conn);
+
+        let store = open(dir.path(), ROOMY);
+        let h1 = store.device(&c, &dev("H1")).await.unwrap().unwrap();
+        assert_eq!((h1.last_acked, h1.receipts), (3, 3));
+        let h2 = store.device(&c, &dev("H2")).await.unwrap().unwrap();
+        assert_eq!((h2.last_acked, h2.receipts, h2.last_op), (3, 1, DeviceOp::Feedback));
+        assert_eq!(devices_through(dir.path()), last);
+        // Folded in once: a second open changes nothing.
+        drop(store);
+        let store = open(dir.path(), ROOMY);
+        assert_eq!(store.device(&c, &dev("H1")).await.unwrap().unwrap().receipts, 3);
+    }
+
+    #[tokio::test]
+    async fn a_version_1_database_is_migrated_without_counting_receipts_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let tx = conn.transaction().unwrap();
+        tx.execute_batch(MIGRATIONS[0]).unwrap();
+        tx.execute_batch(
+            "PRAGMA user_version = 1;
+            INSERT INTO channels (name, head) VALUES ('C', 1);
+            INSERT INTO events (channel, id, time, body) VALUES ('C', 1, 0, 'x');
+            INSERT INTO receipts (channel, event_id, device, status, time) VALUES ('C', 1, 'H1', 'ok', 0);
+            INSERT INTO devices VALUES ('C', 'H1', 0, 0, 'feedback', '1', 1, 1, 1);",
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        drop(conn);
+
+        let store = open(dir.path(), ROOMY);
+        let h1 = store.device(&ch("C"), &dev("H1")).await.unwrap().unwrap();
+        assert_eq!((h1.last_acked, h1.receipts), (1, 1));
+        let (next, record) = store.record_receipt(ack("C", 1, "H1")).await.unwrap();
+        assert_eq!((next.seq, record.receipts), (2, 2));
+        drop(store);
+        assert_eq!(stored_device(dir.path(), "H1"), Some((1, 2)));
+    }
+
     #[tokio::test]
     async fn the_sweep_prunes_expired_events_without_new_appends() {
         let dir = tempfile::tempdir().unwrap();
@@ -1479,7 +1803,8 @@ mod tests {
         drop(conn);
         match check_open_fails(dir.path()) {
             StoreError::Incompatible(msg) => {
-                assert!(msg.contains("newer PERE (schema v99, this build knows v1)"), "{msg}");
+                let expected = format!("newer PERE (schema v99, this build knows v{SCHEMA_VERSION})");
+                assert!(msg.contains(&expected), "{msg}");
             }
             other => panic!("{other}"),
         }
