@@ -134,7 +134,9 @@ async fn removal_and_expiry_change_the_expected_set_of_new_events_only() {
     let first = server.get_json(&format!("/events/News/{e1}")).await;
     assert_eq!(devices(&first["receipts"]["pending"]), vec!["X"], "old events keep their expected set");
 
-    // Y is registered, then idle past the expiry: it stops being expected of new events.
+    // Y is registered, then idle past the expiry: it stops being expected of new events. Z keeps
+    // a feed open all along: connected recipients never expire.
+    let _z = server.feed("News", &[("device", "Z")]).await;
     http.put(server.url("/devices/News/Y")).send().await.unwrap();
     let e3 = server.push("News", "three").await;
     let mut poll = tokio::time::interval(std::time::Duration::from_millis(100));
@@ -148,8 +150,9 @@ async fn removal_and_expiry_change_the_expected_set_of_new_events_only() {
     })
     .await
     .expect("Y expires");
+    assert_eq!(server.get_json("/admin/devices/News").await["Z"]["recipient"], true);
     let e4 = server.push("News", "four").await;
-    assert_eq!(server.get_json(&format!("/events/News/{e4}")).await["receipts"]["expected"], 0);
+    assert_eq!(server.get_json(&format!("/events/News/{e4}")).await["receipts"]["expected"], 1, "Z only");
     assert_eq!(devices(&server.get_json(&format!("/events/News/{e3}")).await["receipts"]["pending"]), vec!["Y"]);
 }
 

@@ -496,10 +496,9 @@ impl<S: Store> Hub<S> {
         let oldest_allowed = now() - max_idle;
         let mut ended = 0;
         for channel in self.store.channels().await? {
-            let records: HashMap<DeviceId, DeviceRecord> =
-                self.store.devices(&channel).await?.into_iter().map(|r| (r.device.clone(), r)).collect();
-            for membership in self.store.memberships(&channel).await?.into_iter().filter(Membership::is_current) {
-                let idle = records.get(&membership.device).map_or(membership.since, |r| r.last_seen) < oldest_allowed;
+            for membership in self.offline_recipients(&channel).await? {
+                let record = self.store.device(&channel, &membership.device).await?;
+                let idle = record.map_or(membership.since, |r| r.last_seen) < oldest_allowed;
                 let online = self.live_device(&channel, &membership.device).is_some();
                 if idle && !online && self.unregister(&channel, &membership.device).await?.is_some() {
                     ended += 1;
@@ -507,6 +506,23 @@ impl<S: Store> Hub<S> {
             }
         }
         Ok(ended)
+    }
+
+    /// The current recipients of a channel with no open stream. Read from the channel's ledger
+    /// when its hub is loaded, so that a check of thousands of connected recipients copies
+    /// nothing (it runs every minute); from the store otherwise, when none can be connected.
+    async fn offline_recipients(&self, channel: &ChannelName) -> Result<Vec<Membership>, StoreError> {
+        let loaded = self.channels.lock().unwrap_or_else(|e| e.into_inner()).get(channel).cloned();
+        let Some(hub) = loaded else {
+            return Ok(self.store.memberships(channel).await?.into_iter().filter(Membership::is_current).collect());
+        };
+        let ledger = hub.ledger();
+        let live = self.live_devices.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(ledger
+            .recipients()
+            .filter(|m| !live.contains_key(&(channel.clone(), m.device.clone())))
+            .cloned()
+            .collect())
     }
 
     /// Records a return receipt.

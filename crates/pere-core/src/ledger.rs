@@ -108,6 +108,11 @@ impl ChannelLedger {
         self.recipients.get(device)
     }
 
+    /// Every current recipient.
+    pub(crate) fn recipients(&self) -> impl Iterator<Item = &Membership> {
+        self.recipients.values()
+    }
+
     /// Records a new current membership.
     pub(crate) fn join(&mut self, membership: Membership) {
         self.latest_join = self.latest_join.max(membership.joined_after);
