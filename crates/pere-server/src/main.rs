@@ -10,9 +10,22 @@ use pere_server::config::{DurabilityLevel, StoreKind};
 use pere_server::{retention, run, AppState, Config};
 use tokio::net::{TcpListener, TcpSocket};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Threads for blocking work (SQLite reads). Tokio's default, 512, let a burst of thousands of
+/// subscribers connecting at once start hundreds of threads, each keeping its stack and malloc
+/// arena resident; reads queue for a few threads instead, which is as fast on a few cores.
+const BLOCKING_THREADS: usize = 16;
+
+fn main() -> anyhow::Result<()> {
     let config = Config::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
+        .build()
+        .context("cannot start the runtime")?
+        .block_on(serve_with(config))
+}
+
+async fn serve_with(config: Config) -> anyhow::Result<()> {
     let listener = listen(SocketAddr::new(config.host, config.port))
         .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
     match config.store {
