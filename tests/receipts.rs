@@ -1,7 +1,7 @@
 //! End-to-end tests of the receipt loop with the real binaries: expected recipients, synchronous
 //! waits, the receipt stream, redelivery, explicit removal and inactivity expiry.
 
-use pere_e2e::{Proc, TestServer};
+use pere_e2e::{on_every_store, Proc, StoreUnderTest, TestServer};
 use serde_json::{json, Value};
 
 /// Starts `pere-sub` for `device` and waits until the server has its feed open.
@@ -264,3 +264,36 @@ async fn a_long_receipt_history_is_replayed_page_by_page_then_live() {
     assert_eq!(serde_json::from_str::<Value>(&live.data).unwrap()["device"], "LIVE");
     assert!(live.id.parse::<u64>().unwrap() > seqs[599]);
 }
+
+async fn live_receipts_reach_followers_in_seq_order_under_concurrent_acks(store: StoreUnderTest) {
+    let server = TestServer::start_on(store, &[]).await;
+    let id = server.push("Order", "x").await;
+    let mut stream = server.feed_path("/receipts/Order", &[]).await;
+    let (clients, each) = (16, 25);
+    let acks: Vec<_> = (0..clients)
+        .map(|client| {
+            let (http, url) = (server.http.clone(), server.url("/feedback/Order"));
+            tokio::spawn(async move {
+                for n in 0..each {
+                    let body = json!({"device": format!("D{client}-{n}"), "id": id, "status": "ok"});
+                    assert_eq!(http.post(&url).json(&body).send().await.unwrap().status(), 200);
+                }
+            })
+        })
+        .collect();
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    // A follower that resumes from the last id it saw must miss nothing: that needs every
+    // receipt to arrive, and in seq order, even when many are recorded at once.
+    let mut seqs = Vec::new();
+    while seqs.len() < clients * each {
+        let event = stream.next().await;
+        if event.event == "receipt" {
+            seqs.push(event.id.parse::<u64>().unwrap());
+        }
+    }
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "receipts out of seq order: {seqs:?}");
+}
+
+on_every_store!(live_receipts_reach_followers_in_seq_order_under_concurrent_acks);

@@ -630,12 +630,18 @@ impl<S: Store> Hub<S> {
         })
     }
 
-    /// Live receipts of a channel, from now on.
+    /// Live receipts of a channel, and the receipt head they follow (see [`Store::receipt_head`]).
     ///
     /// # Errors
     /// The store's error when the channel cannot be opened.
-    pub async fn follow_receipts(&self, channel: &ChannelName) -> Result<broadcast::Receiver<ReceiptNotice>, StoreError> {
-        Ok(self.channel(channel).await?.receipts.get_or_init(|| broadcast::channel(NOTICE_BUFFER).0).subscribe())
+    pub async fn follow_receipts(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<(broadcast::Receiver<ReceiptNotice>, u64), StoreError> {
+        let live = self.channel(channel).await?.receipts.get_or_init(|| broadcast::channel(NOTICE_BUFFER).0).subscribe();
+        // Read after subscribing: every receipt beyond this head is heard of live.
+        let head = self.store.receipt_head(channel).await?;
+        Ok((live, head))
     }
 
     /// The presence changes kept for `channel` after `after`, and live changes from then on.

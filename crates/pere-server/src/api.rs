@@ -538,10 +538,44 @@ fn receipt_frame(notice: &ReceiptNotice) -> Bytes {
     let data = serde_json::to_string(&ReceiptJson::from(&notice.receipt)).unwrap_or_default();
     let mut frame = sse::encode_event(notice.receipt.seq, Some("receipt"), &data).to_vec();
     if let Some(done) = notice.completed {
-        let data = json!({"channel": notice.receipt.channel, "id": done.event_id, "expected": done.expected});
-        frame.extend_from_slice(&sse::encode_event(notice.receipt.seq, Some("complete"), &data.to_string()));
+        frame.extend_from_slice(&completion_frame(&notice.receipt, done));
     }
     Bytes::from(frame)
+}
+
+fn completion_frame(receipt: &pere_core::Receipt, done: pere_core::ledger::Completion) -> Bytes {
+    let data = json!({"channel": receipt.channel, "id": done.event_id, "expected": done.expected});
+    sse::encode_event(receipt.seq, Some("complete"), &data.to_string())
+}
+
+/// The frames of every receipt after `through` up to the one `notice` announces, read from the
+/// store, and the seq now sent through. Notices can overtake each other (two receipts recorded
+/// together wake their handlers in any order), but the store shows receipts in seq order, so
+/// reading it keeps the stream in order and a client resuming from its last id misses nothing.
+async fn receipts_up_to<S: Store>(
+    store: &S,
+    channel: &ChannelName,
+    mut through: u64,
+    notice: &ReceiptNotice,
+) -> Result<(Bytes, u64), pere_core::StoreError> {
+    let mut frames = Vec::new();
+    while through < notice.receipt.seq {
+        let page = store.receipts_after(channel, through, RECEIPT_PAGE).await?;
+        if page.is_empty() {
+            break;
+        }
+        for receipt in page {
+            through = receipt.seq;
+            let completed = if receipt.seq == notice.receipt.seq { notice.completed } else { None };
+            frames.extend_from_slice(&receipt_frame(&ReceiptNotice { receipt, completed }));
+        }
+    }
+    if through < notice.receipt.seq {
+        // Pruned already (a late receipt for an event retention removed): send it as announced.
+        frames.extend_from_slice(&receipt_frame(notice));
+        through = notice.receipt.seq;
+    }
+    Ok((Bytes::from(frames), through))
 }
 
 /// Receipts read from the store per replay step of the receipt stream.
@@ -552,9 +586,9 @@ async fn receipts_stream<S: Store>(state: &Arc<AppState<S>>, channel: &str, requ
     let (after, _) = resume_position(request);
     // Live first, then history: nothing falls between the two. History is read a page at a time
     // as the client takes it, however long it is; live receipts already replayed are skipped.
-    let live = state.hub.follow_receipts(&channel).await?;
+    let (live, head) = state.hub.follow_receipts(&channel).await?;
     let replay = after.map(|after| (after, std::collections::VecDeque::<pere_core::Receipt>::new()));
-    let start = (state.hub.store().clone(), channel.clone(), live, replay, after.unwrap_or(0));
+    let start = (state.hub.store().clone(), channel.clone(), live, replay, after.unwrap_or(head));
     let frames = futures_util::stream::unfold(start, |(store, channel, mut live, mut replay, mut through)| async move {
         while let Some((next, page)) = replay.as_mut() {
             if let Some(receipt) = page.pop_front() {
@@ -576,8 +610,20 @@ async fn receipts_stream<S: Store>(state: &Arc<AppState<S>>, channel: &str, requ
         }
         loop {
             match live.recv().await {
-                Ok(notice) if notice.receipt.seq <= through => continue,
-                Ok(notice) => return Some((Ok(receipt_frame(&notice)), (store, channel, live, None, through))),
+                // Sent already, read from the store ahead of its notice: only a completion is news.
+                Ok(notice) if notice.receipt.seq <= through => {
+                    if let Some(done) = notice.completed {
+                        let frame = completion_frame(&notice.receipt, done);
+                        return Some((Ok(frame), (store, channel, live, None, through)));
+                    }
+                }
+                Ok(notice) => match receipts_up_to(&store, &channel, through, &notice).await {
+                    Ok((frames, sent)) => return Some((Ok(frames), (store, channel, live, None, sent))),
+                    Err(err) => {
+                        eprintln!("ERROR> receipt stream of {channel}: {err}");
+                        return Some((Err(EndReason::StoreFailed), (store, channel, live, None, through)));
+                    }
+                },
                 // The reader fell behind the live buffer: it resumes from its last id.
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                     return Some((Err(EndReason::Lagged), (store, channel, live, None, through)))

@@ -190,10 +190,14 @@ async fn receipt_stream_and_unacknowledged(store: impl Store) {
     for i in 1..=4 {
         store.append(&c, body(&format!("e{i}"))).await.unwrap();
     }
+    assert_eq!(store.receipt_head(&c).await.unwrap(), 0);
     let mut seqs = Vec::new();
     for (id, device) in [(1, "A"), (2, "A"), (2, "B"), (4, "A")] {
+        let head = store.receipt_head(&c).await.unwrap();
         let (stored, _) = store.record_receipt(receipt("S", id, device, "ok")).await.unwrap();
         assert_eq!((stored.event_id, stored.device.as_str()), (id, device));
+        assert!(stored.seq > head, "a new receipt is beyond the head read before it");
+        assert_eq!(store.receipt_head(&c).await.unwrap(), stored.seq);
         seqs.push(stored.seq);
     }
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "receipt seqs increase: {seqs:?}");

@@ -189,6 +189,10 @@ impl Store for MemoryStore {
         Ok(self.with_existing(channel, Vec::new(), |d| d.devices.values().cloned().collect()))
     }
 
+    async fn receipt_head(&self, channel: &ChannelName) -> Result<u64, StoreError> {
+        Ok(self.with_existing(channel, 0, |d| d.receipt_seq))
+    }
+
     async fn receipts_after(&self, channel: &ChannelName, after: u64, limit: usize) -> Result<Vec<Receipt>, StoreError> {
         Ok(self.with_existing(channel, Vec::new(), |d| {
             let start = d.receipt_log.partition_point(|r| r.seq <= after);

@@ -150,7 +150,16 @@ pub trait Store: Clone + Send + Sync + 'static {
         channel: &ChannelName,
     ) -> impl Future<Output = Result<Vec<DeviceRecord>, StoreError>> + Send;
 
+    /// The `seq` of the newest receipt recorded on the channel (0 if none): every receipt
+    /// recorded from now on gets a greater one. Where a live receipt stream starts.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the store cannot be read.
+    fn receipt_head(&self, channel: &ChannelName) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
     /// Receipts of the channel with `seq` greater than `after`, in `seq` order, at most `limit`.
+    /// A receipt is visible here only once every receipt with a lower `seq` is, so a reader that
+    /// follows the stream by `seq` never skips one.
     ///
     /// # Errors
     /// [`StoreError::Backend`] when the store cannot be read.

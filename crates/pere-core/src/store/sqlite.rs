@@ -791,6 +791,11 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn receipt_head(&self, _channel: &ChannelName) -> Result<u64, StoreError> {
+        // Seqs are numbered across channels, so the newest of all is a bound for every channel.
+        Ok(self.inner.shared.last_receipt.load(Ordering::Relaxed))
+    }
+
     async fn receipts_after(&self, channel: &ChannelName, after: u64, limit: usize) -> Result<Vec<Receipt>, StoreError> {
         let channel = channel.clone();
         self.read_disk(move |conn| {
