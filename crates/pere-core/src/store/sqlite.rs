@@ -280,10 +280,9 @@ impl DeviceBook {
         self.records.get(channel)?.get(device)
     }
 
-    fn insert(&mut self, record: DeviceRecord, changed: bool) {
-        if changed {
-            self.changed.insert((record.channel.clone(), record.device.clone()));
-        }
+    /// Takes a committed change, to be written back.
+    fn change(&mut self, record: DeviceRecord) {
+        self.changed.insert((record.channel.clone(), record.device.clone()));
         self.records.entry(record.channel.clone()).or_default().insert(record.device.clone(), record);
     }
 }
@@ -1120,7 +1119,7 @@ impl<'a> Drafts<'a> {
         if !self.devices.is_empty() {
             let mut book = self.shared.book();
             for record in self.devices.into_values() {
-                book.insert(record, true);
+                book.change(record);
             }
         }
         self.shared.last_receipt.store(self.last_receipt, Ordering::Relaxed);
