@@ -61,7 +61,7 @@ enum Command {
         #[arg(long = "server-pid", required = true)]
         server_pids: Vec<u32>,
     },
-    /// Markdown tables of medians, spreads and ratios from DIR/<scenario>/<server>/<rep>.json.
+    /// Markdown tables of medians, spreads and ratios from DIR/SCENARIO/SERVER/REP.json.
     Summarize {
         /// The directory of reports.
         dir: PathBuf,
@@ -129,7 +129,7 @@ struct LoadArgs {
     /// A label copied into the report.
     #[arg(long, default_value = "")]
     label: String,
-    /// Channel and device names start with this [b<pid>x].
+    /// Channel and device names start with this (default: b, the process id, x).
     #[arg(long)]
     prefix: Option<String>,
     /// Extra bytes of padding in each event body.

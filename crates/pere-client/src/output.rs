@@ -19,7 +19,7 @@ pub fn line(args: fmt::Arguments<'_>) {
     }
 }
 
-/// `println!` through [`line`].
+/// `println!` through [`line()`].
 #[macro_export]
 macro_rules! say {
     ($($arg:tt)*) => {
