@@ -267,15 +267,23 @@ async fn a_long_receipt_history_is_replayed_page_by_page_then_live() {
 
 async fn live_receipts_reach_followers_in_seq_order_under_concurrent_acks(store: StoreUnderTest) {
     let server = TestServer::start_on(store, &[]).await;
-    let id = server.push("Order", "x").await;
+    let (devices, events) = (16, 25);
+    for device in 0..devices {
+        assert_eq!(server.http.put(server.url(&format!("/devices/Order/D{device}"))).send().await.unwrap().status(), 200);
+    }
+    let mut ids = Vec::new();
+    for n in 0..events {
+        ids.push(server.push("Order", &format!("e{n}")).await);
+    }
     let mut stream = server.feed_path("/receipts/Order", &[]).await;
-    let (clients, each) = (16, 25);
-    let acks: Vec<_> = (0..clients)
-        .map(|client| {
-            let (http, url) = (server.http.clone(), server.url("/feedback/Order"));
+    // Every device acknowledges every event, all devices at once: receipts recorded together,
+    // and each event completes with whichever of its receipts comes last.
+    let acks: Vec<_> = (0..devices)
+        .map(|device| {
+            let (http, url, ids) = (server.http.clone(), server.url("/feedback/Order"), ids.clone());
             tokio::spawn(async move {
-                for n in 0..each {
-                    let body = json!({"device": format!("D{client}-{n}"), "id": id, "status": "ok"});
+                for id in ids {
+                    let body = json!({"device": format!("D{device}"), "id": id, "status": "ok"});
                     assert_eq!(http.post(&url).json(&body).send().await.unwrap().status(), 200);
                 }
             })
@@ -284,16 +292,22 @@ async fn live_receipts_reach_followers_in_seq_order_under_concurrent_acks(store:
     for ack in acks {
         ack.await.unwrap();
     }
-    // A follower that resumes from the last id it saw must miss nothing: that needs every
-    // receipt to arrive, and in seq order, even when many are recorded at once.
-    let mut seqs = Vec::new();
-    while seqs.len() < clients * each {
+    // A follower that resumes from the last id it saw must miss nothing: every receipt arrives,
+    // in seq order, and no notice moves the last id back.
+    let (mut seqs, mut completed, mut last_ids) = (Vec::new(), Vec::new(), Vec::new());
+    while seqs.len() < devices * events || completed.len() < events {
         let event = stream.next().await;
-        if event.event == "receipt" {
-            seqs.push(event.id.parse::<u64>().unwrap());
+        last_ids.push(event.id.parse::<u64>().unwrap());
+        match event.event.as_str() {
+            "receipt" => seqs.push(event.id.parse::<u64>().unwrap()),
+            "complete" => completed.push(serde_json::from_str::<Value>(&event.data).unwrap()["id"].as_u64().unwrap()),
+            other => panic!("unexpected {other}"),
         }
     }
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "receipts out of seq order: {seqs:?}");
+    assert!(last_ids.windows(2).all(|w| w[0] <= w[1]), "the last event id went back: {last_ids:?}");
+    completed.sort_unstable();
+    assert_eq!(completed, ids, "every event completes once");
 }
 
 on_every_store!(live_receipts_reach_followers_in_seq_order_under_concurrent_acks);

@@ -51,20 +51,33 @@ pub fn encode_event(id: u64, event_type: Option<&str>, body: &str) -> Bytes {
     out.freeze()
 }
 
+/// Encodes a notice of type `event_type` with no `id:`, so the client's last event id is left as
+/// it was: for what is not a position in the stream (a completion, a gap, a reset).
+pub fn encode_notice(event_type: &str, body: &str) -> Bytes {
+    debug_assert!(!event_type.contains(['\r', '\n']));
+    let mut out = BytesMut::with_capacity(8 + event_type.len() + 1 + body.len() + count_lines(body) * 7 + 1);
+    out.put_slice(b"event: ");
+    out.put_slice(event_type.as_bytes());
+    out.put_u8(b'\n');
+    for line in split_lines(body) {
+        out.put_slice(b"data: ");
+        out.put_slice(line.as_bytes());
+        out.put_u8(b'\n');
+    }
+    out.put_u8(b'\n');
+    out.freeze()
+}
+
 /// Encodes the notice that events `from..=to` are gone (pruned by retention) before replay goes on.
 /// It carries no `id:`, so the client's last event id is left as it was.
 pub fn encode_gap(from: u64, to: u64) -> Bytes {
-    Bytes::from(format!(
-        "event: {GAP_EVENT_TYPE}\ndata: {{\"from\":{from},\"to\":{to}}}\n\n"
-    ))
+    encode_notice(GAP_EVENT_TYPE, &format!("{{\"from\":{from},\"to\":{to}}}"))
 }
 
 /// Encodes the notice that the client's `Last-Event-ID` (`requested`) is beyond this server's
 /// history, whose last id is `head`: the client must forget the ids it saw. No `id:` either.
 pub fn encode_reset(requested: u64, head: u64) -> Bytes {
-    Bytes::from(format!(
-        "event: {RESET_EVENT_TYPE}\ndata: {{\"last_event_id\":{requested},\"head\":{head}}}\n\n"
-    ))
+    encode_notice(RESET_EVENT_TYPE, &format!("{{\"last_event_id\":{requested},\"head\":{head}}}"))
 }
 
 /// Encodes the `retry:` field that tells a client how long to wait before reconnecting.
@@ -189,6 +202,15 @@ mod tests {
         let body = "a\nb\r\nc";
         let frame = encode_event(u64::MAX, Some("t"), body);
         assert!(frame.starts_with(b"id: 18446744073709551615\nevent: t\n"));
+    }
+
+    #[test]
+    fn a_notice_leaves_the_last_id_as_it_was() {
+        let mut stream = encode_event(8, Some("receipt"), "{}").to_vec();
+        stream.extend_from_slice(&encode_notice("complete", "{\"id\":3}\nsecond line"));
+        let events = parse(&stream);
+        assert_eq!(events[1], (Some("8".to_owned()), "complete".to_owned(), "{\"id\":3}\nsecond line".to_owned()));
+        assert_eq!(&encode_notice("complete", "x")[..], b"event: complete\ndata: x\n\n");
     }
 
     #[test]

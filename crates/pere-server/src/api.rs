@@ -543,9 +543,11 @@ fn receipt_frame(notice: &ReceiptNotice) -> Bytes {
     Bytes::from(frame)
 }
 
+/// A completion is no position in the receipt stream: it carries no `id:`, so one heard after
+/// later receipts were sent does not move the client's last id back.
 fn completion_frame(receipt: &pere_core::Receipt, done: pere_core::ledger::Completion) -> Bytes {
     let data = json!({"channel": receipt.channel, "id": done.event_id, "expected": done.expected});
-    sse::encode_event(receipt.seq, Some("complete"), &data.to_string())
+    sse::encode_notice("complete", &data.to_string())
 }
 
 /// The frames of every receipt after `through` up to the one `notice` announces, read from the
