@@ -26,39 +26,36 @@ pub const KEEP_ALIVE_FRAME: &[u8] = b": keep-alive\n\n";
 
 /// Encodes one event frame: `id`, optional `event`, then the body as `data:` lines.
 pub fn encode_event(id: u64, event_type: Option<&str>, body: &str) -> Bytes {
+    encode_frame(Some(id), event_type, body)
+}
+
+/// Encodes a notice of type `event_type` with no `id:`, so the client's last event id is left as
+/// it was: for what is not a position in the stream (a completion, a gap, a reset).
+pub fn encode_notice(event_type: &str, body: &str) -> Bytes {
+    encode_frame(None, Some(event_type), body)
+}
+
+fn encode_frame(id: Option<u64>, event_type: Option<&str>, body: &str) -> Bytes {
     // Exact size up front: one allocation per event, however many subscribers share it.
-    let lines = count_lines(body);
-    let mut len = 4 + 20 + 1 + body.len() + lines * 7 + 1;
+    let mut len = body.len() + count_lines(body) * 7 + 1;
+    if id.is_some() {
+        len += 4 + 20 + 1;
+    }
     if let Some(t) = event_type {
         len += 8 + t.len();
     }
     let mut out = BytesMut::with_capacity(len);
-    out.put_slice(b"id: ");
-    // Writing into a BytesMut cannot fail.
-    let _ = writeln!(out, "{id}");
+    if let Some(id) = id {
+        out.put_slice(b"id: ");
+        // Writing into a BytesMut cannot fail.
+        let _ = writeln!(out, "{id}");
+    }
     if let Some(t) = event_type {
         debug_assert!(!t.contains(['\r', '\n']));
         out.put_slice(b"event: ");
         out.put_slice(t.as_bytes());
         out.put_u8(b'\n');
     }
-    for line in split_lines(body) {
-        out.put_slice(b"data: ");
-        out.put_slice(line.as_bytes());
-        out.put_u8(b'\n');
-    }
-    out.put_u8(b'\n');
-    out.freeze()
-}
-
-/// Encodes a notice of type `event_type` with no `id:`, so the client's last event id is left as
-/// it was: for what is not a position in the stream (a completion, a gap, a reset).
-pub fn encode_notice(event_type: &str, body: &str) -> Bytes {
-    debug_assert!(!event_type.contains(['\r', '\n']));
-    let mut out = BytesMut::with_capacity(8 + event_type.len() + 1 + body.len() + count_lines(body) * 7 + 1);
-    out.put_slice(b"event: ");
-    out.put_slice(event_type.as_bytes());
-    out.put_u8(b'\n');
     for line in split_lines(body) {
         out.put_slice(b"data: ");
         out.put_slice(line.as_bytes());

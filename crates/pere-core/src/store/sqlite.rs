@@ -28,6 +28,7 @@
 //!
 //! One process per data directory: the writer trusts its in-memory heads.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -617,8 +618,8 @@ fn recover_devices(conn: &mut Connection) -> rusqlite::Result<u64> {
             };
             let key = (receipt.channel.clone(), receipt.device.clone());
             let record = match records.entry(key) {
-                std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-                std::collections::hash_map::Entry::Vacant(entry) => {
+                Entry::Occupied(entry) => entry.into_mut(),
+                Entry::Vacant(entry) => {
                     let known = load_device(&tx, &receipt.channel, &receipt.device)?;
                     entry.insert(known.unwrap_or_else(|| DeviceRecord::first(&receipt_touch(&receipt))))
                 }
@@ -1082,8 +1083,8 @@ impl<'a> Drafts<'a> {
     ) -> rusqlite::Result<&mut DeviceRecord> {
         let key = (channel.clone(), device.clone());
         let record = match self.devices.entry(key) {
-            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-            std::collections::hash_map::Entry::Vacant(entry) => {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
                 let committed = self.shared.book().get(channel, device).cloned();
                 let known = match committed {
                     Some(record) => Some(record),
