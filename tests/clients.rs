@@ -6,12 +6,12 @@ use pere_e2e::{Proc, TestServer};
 
 /// Starts `pere-sub` and waits until the server has its feed open.
 async fn subscribe(server: &TestServer, channel: &str, device: &str, extra: &[&str]) -> Proc {
-    let before = server.proc.lines().iter().filter(|l| l.starts_with("FEED REQ>") && l.contains(device)).count();
+    let before = server.proc.lines().iter().filter(|l| l.contains(" FEED REQ>") && l.contains(device)).count();
     let host = server.host_port();
     let mut args = vec![host.as_str(), channel, device];
     args.extend_from_slice(extra);
     let sub = Proc::start("pere-sub", &args);
-    server.proc.wait_lines(before + 1, |l| l.starts_with("FEED REQ>") && l.contains(device)).await;
+    server.proc.wait_lines(before + 1, |l| l.contains(" FEED REQ>") && l.contains(device)).await;
     sub
 }
 
@@ -43,7 +43,7 @@ async fn the_original_demo_publisher_two_subscribers_and_receipts() {
         sub.wait_lines(5, |l| l.starts_with("TX ACK> id: ")).await;
     }
     // The server logs every receipt in the original's format.
-    let feedback = server.proc.wait_lines(10, |l| l.starts_with("FEEDBACK> channel: CHANNEL_1") && l.ends_with("status: rx ok")).await;
+    let feedback = server.proc.wait_lines(10, |l| l.contains(" FEEDBACK> channel: CHANNEL_1") && l.ends_with("status: rx ok")).await;
     assert_eq!(feedback.len(), 10);
     let devices = server.get_json("/admin/devices/CHANNEL_1").await;
     assert_eq!(devices["H0039000000001"]["last_acked"], 5);
@@ -64,7 +64,7 @@ async fn pere_sub_resumes_across_a_restart_and_prints_nothing_twice() {
 
     // Same port, same data: the subscriber reconnects by itself.
     let server = TestServer::start_in(dir.path(), &["-p", &port]).await;
-    server.proc.wait_line(|l| l.starts_with("FEED REQ>") && l.contains("H1")).await;
+    server.proc.wait_line(|l| l.contains(" FEED REQ>") && l.contains("H1")).await;
     for i in 4..=5 {
         server.push("Resume", &format!("after-{i}")).await;
     }
@@ -79,7 +79,7 @@ async fn pere_sub_resumes_across_a_restart_and_prints_nothing_twice() {
             "RX EVT> id: 5, data: after-5",
         ]
     );
-    server.proc.wait_lines(2, |l| l.starts_with("FEEDBACK> channel: Resume, device: H1")).await;
+    server.proc.wait_lines(2, |l| l.contains(" FEEDBACK> channel: Resume, device: H1")).await;
     assert_eq!(sub.lines().iter().filter(|l| l.starts_with("RX EVT>")).count(), 5);
 }
 
@@ -96,7 +96,7 @@ async fn pere_sub_follows_a_memory_server_that_lost_its_history() {
 
     // A memory server restarted: ids start over at 1, and pere-sub is told so.
     let server = TestServer::start_args(&["--store", "memory", "-p", &port]).await;
-    server.proc.wait_line(|l| l.starts_with("FEED REQ>") && l.contains("H1")).await;
+    server.proc.wait_line(|l| l.contains(" FEED REQ>") && l.contains("H1")).await;
     server.push("Fresh", "new-1").await;
     server.push("Fresh", "new-2").await;
     let received = sub.wait_lines(5, |l| l.starts_with("RX EVT>")).await;

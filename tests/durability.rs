@@ -144,7 +144,7 @@ async fn a_restart_keeps_history_receipts_presence_and_cursors() {
         assert_eq!(server.ack("Keep", "H1", id, "rx ok").await.0, 200);
     }
     drop(feed);
-    server.proc.wait_line(|l| l.starts_with("FEED END>") && l.contains("H1")).await;
+    server.proc.wait_line(|l| l.contains(" FEED END>") && l.contains("H1")).await;
     let before = server.get_json("/admin/devices/Keep").await;
     // A clean stop (SIGTERM) for this one; the crash test covers SIGKILL.
     let pid = server.proc.pid();

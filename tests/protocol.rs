@@ -48,7 +48,7 @@ async fn publish_reaches_every_subscriber_in_order_and_receipts_are_recorded(sto
 
     // A device that goes away is offline, and a new known device that never received shows pending.
     drop(w1);
-    server.proc.wait_line(|l| l.starts_with("FEED END>") && l.contains("W1")).await;
+    server.proc.wait_line(|l| l.contains(" FEED END>") && l.contains("W1")).await;
     let devices = server.get_json("/admin/devices/CHANNEL_1").await;
     assert_eq!(devices["W1"]["online"], false);
     assert_eq!(devices["W1"]["op"], "disconnect");
@@ -140,7 +140,7 @@ async fn every_old_client_feedback_form_is_accepted(store: StoreUnderTest) {
     assert_eq!((status, receipt["device"].as_str()), (200, Some("J1")));
     let summary = server.get_json(&format!("/admin/receipts/C/{id}")).await;
     assert_eq!(summary["counts"]["acknowledged"], 4);
-    server.proc.wait_line(|l| l.starts_with("FEEDBACK> channel: C, device: H0039000000001") && l.ends_with("status: rx ok")).await;
+    server.proc.wait_line(|l| l.contains(" FEEDBACK> channel: C, device: H0039000000001") && l.ends_with("status: rx ok")).await;
 }
 
 /// Sends a request and returns the status and the error code of the JSON answer.

@@ -6,12 +6,12 @@ use serde_json::{json, Value};
 
 /// Starts `pere-sub` for `device` and waits until the server has its feed open.
 async fn subscriber(server: &TestServer, channel: &str, device: &str, extra: &[&str]) -> Proc {
-    let before = server.proc.lines().iter().filter(|l| l.starts_with("FEED REQ>") && l.contains(device)).count();
+    let before = server.proc.lines().iter().filter(|l| l.contains(" FEED REQ>") && l.contains(device)).count();
     let mut args = vec![server.host_port(), channel.to_owned(), device.to_owned()];
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let sub = Proc::start("pere-sub", &args);
-    server.proc.wait_lines(before + 1, |l| l.starts_with("FEED REQ>") && l.contains(device)).await;
+    server.proc.wait_lines(before + 1, |l| l.contains(" FEED REQ>") && l.contains(device)).await;
     sub
 }
 
@@ -30,7 +30,7 @@ async fn wait_all_names_the_offline_device_until_it_comes_back_and_acknowledges(
     // H3 subscribes once (so it is a recipient), then goes offline.
     let h3 = subscriber(&server, "Orders", "H3", &[]).await;
     drop(h3);
-    server.proc.wait_line(|l| l.starts_with("FEED END>") && l.contains("H3")).await;
+    server.proc.wait_line(|l| l.contains(" FEED END>") && l.contains("H3")).await;
 
     let response = server
         .http
@@ -74,7 +74,7 @@ async fn wait_all_names_the_offline_device_until_it_comes_back_and_acknowledges(
     assert_eq!(complete.event, "complete");
     assert_eq!(serde_json::from_str::<Value>(&complete.data).unwrap(), json!({"channel": "Orders", "id": id, "expected": 3}));
     let view = server.get_json(&format!("/events/Orders/{id}")).await;
-    assert_eq!(view["data"], r#"{"order":1}"#);
+    assert_eq!(view["data"], json!({"order": 1}), "a JSON body shows as JSON");
     assert_eq!(view["receipts"]["complete"], true);
     assert_eq!(server.get_json("/devices/Orders/H3/pending").await["pending"], json!([]));
 
@@ -99,7 +99,7 @@ async fn an_unacknowledged_event_is_redelivered_and_pere_sub_prints_it_once() {
     let sub = subscriber(&server, "Jobs", "H9", &["--no-ack"]).await;
     let first = server.push("Jobs", "job one").await;
     // The server sends it again twice (three sends in all), with the same id.
-    server.proc.wait_line(|l| l.starts_with("REDELIVER>") && l.contains("device: H9") && l.ends_with("send: 3")).await;
+    server.proc.wait_line(|l| l.contains(" REDELIVER>") && l.contains("device: H9") && l.ends_with("send: 3")).await;
     // Events on a stream are ordered: once the next one is printed, the copies were handled.
     let second = server.push("Jobs", "job two").await;
     sub.wait_line(|l| l.starts_with(&format!("RX EVT> id: {second}"))).await;
@@ -113,7 +113,7 @@ async fn an_unacknowledged_event_is_redelivered_and_pere_sub_prints_it_once() {
     assert_eq!(server.ack("Jobs", "A1", third, "done").await.0, 200);
     let fourth = server.push("Jobs", "job four").await;
     // Had `third` been sent again, it would come before `fourth` (1 s later, at the earliest).
-    server.proc.wait_line(|l| l.starts_with("REDELIVER>") && l.contains(&format!("Event-Id: {fourth}")) && l.contains("A1")).await;
+    server.proc.wait_line(|l| l.contains(" REDELIVER>") && l.contains(&format!("Event-Id: {fourth}")) && l.contains("A1")).await;
     let next = feed.next().await;
     assert_eq!(next.id, fourth.to_string());
     assert_eq!(feed.next().await.id, fourth.to_string(), "the unacknowledged one is sent again");
@@ -213,7 +213,7 @@ async fn the_webhook_gets_each_summary_retried_after_a_failure() {
     assert_eq!(again["reason"], "complete");
     assert_eq!(again["complete"], true);
     assert_eq!(devices(&again["acknowledged"]), vec!["H1"]);
-    server.proc.wait_line(|l| l.starts_with("WEBHOOK>") && l.ends_with("attempt: 2, delivered")).await;
+    server.proc.wait_line(|l| l.contains(" WEBHOOK>") && l.ends_with("attempt: 2, delivered")).await;
 
     // An event nobody acknowledges is reported when its receipt timeout passes.
     let ignored = server.push("Hooks", "ignored").await;
@@ -236,7 +236,7 @@ async fn presence_changes_are_streamed_and_replayed() {
     assert!(change["at"].as_str().unwrap().ends_with('Z'));
     // A second stream of the same device changes nothing; the last one closing does.
     drop(first);
-    server.proc.wait_line(|l| l.starts_with("FEED END>") && l.contains("P1")).await;
+    server.proc.wait_line(|l| l.contains(" FEED END>") && l.contains("P1")).await;
     drop(second);
     let offline = presence.next().await;
     assert_eq!(offline.id, "2");

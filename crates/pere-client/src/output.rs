@@ -30,7 +30,7 @@ macro_rules! say {
 /// Describes an error answer: `HTTP 400 bad_channel: <message>` from the server's JSON error body,
 /// or the status and the start of whatever else it sent.
 pub fn describe_answer(status: StatusCode, body: &str) -> String {
-    if let Ok(ErrorBody { error }) = serde_json::from_str::<ErrorBody>(body) {
+    if let Ok(ErrorBody { error, .. }) = serde_json::from_str::<ErrorBody>(body) {
         return format!("HTTP {} {}: {}", status.as_u16(), error.code, error.message);
     }
     let body = body.trim();

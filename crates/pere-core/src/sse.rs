@@ -65,18 +65,6 @@ fn encode_frame(id: Option<u64>, event_type: Option<&str>, body: &str) -> Bytes 
     out.freeze()
 }
 
-/// Encodes the notice that events `from..=to` are gone (pruned by retention) before replay goes on.
-/// It carries no `id:`, so the client's last event id is left as it was.
-pub fn encode_gap(from: u64, to: u64) -> Bytes {
-    encode_notice(GAP_EVENT_TYPE, &format!("{{\"from\":{from},\"to\":{to}}}"))
-}
-
-/// Encodes the notice that the client's `Last-Event-ID` (`requested`) is beyond this server's
-/// history, whose last id is `head`: the client must forget the ids it saw. No `id:` either.
-pub fn encode_reset(requested: u64, head: u64) -> Bytes {
-    encode_notice(RESET_EVENT_TYPE, &format!("{{\"last_event_id\":{requested},\"head\":{head}}}"))
-}
-
 /// Encodes the `retry:` field that tells a client how long to wait before reconnecting.
 pub fn encode_retry(millis: u64) -> Bytes {
     Bytes::from(format!("retry: {millis}\n\n"))
@@ -208,12 +196,5 @@ mod tests {
         let events = parse(&stream);
         assert_eq!(events[1], (Some("8".to_owned()), "complete".to_owned(), "{\"id\":3}\nsecond line".to_owned()));
         assert_eq!(&encode_notice("complete", "x")[..], b"event: complete\ndata: x\n\n");
-    }
-
-    #[test]
-    fn gap_notice_has_no_id() {
-        let gap = encode_gap(3, 9);
-        let events = parse(&gap);
-        assert_eq!(events, vec![(None, GAP_EVENT_TYPE.to_owned(), "{\"from\":3,\"to\":9}".to_owned())]);
     }
 }

@@ -1,10 +1,17 @@
-//! JSON shapes shared by the server and the command-line tools. Kept apart from the domain types
-//! so that the wire format changes only on purpose.
+//! Every JSON shape PERE writes or reads on the wire, as typed structs shared by the server and
+//! the clients. Kept apart from the domain types so that the wire format changes only on purpose;
+//! each shape is built from the domain type it shows, in one place.
 
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::event::{format_time, Event};
-use crate::receipt::Receipt;
+use crate::hub::{DeviceView, PresenceChange, ReceiptSummary};
+use crate::receipt::{Membership, Receipt};
+use crate::sse;
 
 /// The answer to a successful `POST /push/:channel`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,11 +80,33 @@ pub struct GapNotice {
     pub to: u64,
 }
 
-/// Every error answer: `{"error": {"code", "message"}}`.
+impl GapNotice {
+    /// The notice as an SSE frame of type [`sse::GAP_EVENT_TYPE`], with no `id:` (the client's
+    /// last event id stays as it was).
+    pub fn frame(&self) -> Bytes {
+        sse::encode_notice(sse::GAP_EVENT_TYPE, &to_json(self))
+    }
+}
+
+/// Every error answer: `{"error": {"code", "message"}, "message"}`. The top-level `message` is
+/// the original PERE's error shape, kept for its clients.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// The error.
     pub error: ErrorDetail,
+    /// The same sentence as `error.message`.
+    #[serde(default)]
+    pub message: String,
+}
+
+impl ErrorBody {
+    /// The answer for an error with this code and sentence.
+    pub fn new(code: &str, message: &str) -> Self {
+        ErrorBody {
+            error: ErrorDetail { code: code.to_owned(), message: message.to_owned() },
+            message: message.to_owned(),
+        }
+    }
 }
 
 /// The code (stable, for programs) and message (for people) of an error answer.
@@ -97,4 +126,396 @@ pub struct ResetNotice {
     pub last_event_id: u64,
     /// The channel's last id on this server.
     pub head: u64,
+}
+
+impl ResetNotice {
+    /// The notice as an SSE frame of type [`sse::RESET_EVENT_TYPE`], with no `id:`.
+    pub fn frame(&self) -> Bytes {
+        sse::encode_notice(sse::RESET_EVENT_TYPE, &to_json(self))
+    }
+}
+
+/// Compact JSON of a wire shape. These shapes hold only strings, numbers and maps with string
+/// keys, which always serialise.
+pub fn to_json(value: &impl Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+/// An event body as JSON shows it: the body itself when it is JSON, else the body as a string.
+pub fn body_value(body: &str) -> Box<RawValue> {
+    // A valid JSON body is embedded as it is, without being parsed into a tree and written again.
+    if serde_json::from_str::<serde::de::IgnoredAny>(body).is_ok() {
+        if let Ok(raw) = RawValue::from_string(body.trim().to_owned()) {
+            return raw;
+        }
+    }
+    RawValue::from_string(serde_json::to_string(body).unwrap_or_else(|_| "\"\"".to_owned()))
+        .unwrap_or_else(|_| empty_string())
+}
+
+fn empty_string() -> Box<RawValue> {
+    // A constant that is valid JSON.
+    RawValue::from_string("\"\"".to_owned()).expect("a JSON string literal")
+}
+
+/// One event, as every JSON view shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventJson {
+    /// The channel.
+    pub channel: String,
+    /// Its id.
+    pub id: u64,
+    /// When it was stored.
+    pub time: String,
+    /// The publishing device, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// The SSE event type, when set.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
+    /// The body: parsed when it is JSON, else the text.
+    pub data: Box<RawValue>,
+}
+
+impl From<&Event> for EventJson {
+    fn from(event: &Event) -> Self {
+        EventJson {
+            channel: event.channel.to_string(),
+            id: event.id,
+            time: format_time(event.time),
+            device: event.publisher.as_ref().map(|d| d.to_string()),
+            event_type: event.event_type.as_ref().map(|t| t.to_string()),
+            data: body_value(&event.body),
+        }
+    }
+}
+
+/// `GET /events/:channel`: a page of retained events, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventList {
+    /// The channel.
+    pub channel: String,
+    /// The channel's last id; a client pages on with `after` = the last id it got, until it
+    /// reaches this.
+    pub head: u64,
+    /// The events.
+    pub events: Vec<EventJson>,
+}
+
+/// One acknowledgement in a receipt summary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckJson {
+    /// The device.
+    pub device: String,
+    /// Its status.
+    pub status: String,
+    /// When the receipt was recorded.
+    pub time: String,
+}
+
+/// How many expected recipients are in each state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptCounts {
+    /// Acknowledged.
+    pub acknowledged: usize,
+    /// Delivered, not acknowledged.
+    pub delivered: usize,
+    /// Not delivered yet.
+    pub pending: usize,
+}
+
+/// Who acknowledged, got, or has not got one event: the admin view, the `?wait=` answer and the
+/// webhook's body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptSummaryJson {
+    /// The channel.
+    pub channel: String,
+    /// The event.
+    pub id: u64,
+    /// The latest receipt of each device that acknowledged.
+    pub acknowledged: Vec<AckJson>,
+    /// Devices the event reached that have not acknowledged it.
+    pub delivered: Vec<String>,
+    /// Expected recipients it has not reached.
+    pub pending: Vec<String>,
+    /// How many recipients were expected.
+    pub expected: usize,
+    /// Whether every expected recipient acknowledged.
+    pub complete: bool,
+    /// The sizes of the three lists.
+    pub counts: ReceiptCounts,
+}
+
+impl From<&ReceiptSummary> for ReceiptSummaryJson {
+    fn from(summary: &ReceiptSummary) -> Self {
+        let names = |devices: &[crate::name::DeviceId]| devices.iter().map(|d| d.to_string()).collect();
+        ReceiptSummaryJson {
+            channel: summary.channel.to_string(),
+            id: summary.event_id,
+            acknowledged: summary
+                .acknowledged
+                .iter()
+                .map(|r| AckJson { device: r.device.to_string(), status: r.status.clone(), time: format_time(r.time) })
+                .collect(),
+            delivered: names(&summary.delivered),
+            pending: names(&summary.pending),
+            expected: summary.expected,
+            complete: summary.complete(),
+            counts: ReceiptCounts {
+                acknowledged: summary.acknowledged.len(),
+                delivered: summary.delivered.len(),
+                pending: summary.pending.len(),
+            },
+        }
+    }
+}
+
+/// The answer to `POST /push/:channel?wait=…`: the event, and whether the receipts asked for
+/// arrived in time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushWaited {
+    /// The channel.
+    pub channel: String,
+    /// The id the event got.
+    pub id: u64,
+    /// When it was stored.
+    pub time: String,
+    /// Whether the wait was satisfied.
+    pub satisfied: bool,
+    /// Its receipts when the wait ended.
+    pub receipts: ReceiptSummaryJson,
+}
+
+/// `GET /events/:channel/:id`: the event (the fields of [`EventJson`]) with its receipt summary;
+/// for an event no longer retained, its channel and id with `"pruned": true`, and the receipts
+/// still kept.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventReceipts {
+    /// The channel.
+    pub channel: String,
+    /// The event's id.
+    pub id: u64,
+    /// When it was stored (absent once pruned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// The publishing device, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// The SSE event type, when set.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
+    /// The body, as in [`EventJson::data`] (absent once pruned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Box<RawValue>>,
+    /// Set when retention removed the event.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pruned: bool,
+    /// Its receipts.
+    pub receipts: ReceiptSummaryJson,
+}
+
+impl EventReceipts {
+    /// A retained event and its receipts.
+    pub fn retained(event: EventJson, receipts: ReceiptSummaryJson) -> Self {
+        let EventJson { channel, id, time, device, event_type, data } = event;
+        EventReceipts { channel, id, time: Some(time), device, event_type, data: Some(data), pruned: false, receipts }
+    }
+
+    /// The receipts of event `id`, which retention removed.
+    pub fn pruned(channel: &str, id: u64, receipts: ReceiptSummaryJson) -> Self {
+        EventReceipts {
+            channel: channel.to_owned(),
+            id,
+            time: None,
+            device: None,
+            event_type: None,
+            data: None,
+            pruned: true,
+            receipts,
+        }
+    }
+}
+
+/// What the receipt webhook POSTs: the summary and why it is sent (`complete` or `timeout`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookSummary {
+    /// The receipt summary.
+    #[serde(flatten)]
+    pub receipts: ReceiptSummaryJson,
+    /// `complete` or `timeout`.
+    pub reason: String,
+}
+
+/// One device in `GET /admin/devices/:channel`: the original's fields (`op`, `at`,
+/// `Last-Event-Id`) and what PERE adds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceJson {
+    /// Whether the device is a current recipient of the channel.
+    pub recipient: bool,
+    /// The last thing it did.
+    pub op: String,
+    /// When (the original's name for `last_seen`).
+    pub at: String,
+    /// The resume header of its last feed request, as sent.
+    #[serde(rename = "Last-Event-Id")]
+    pub last_event_id: Option<String>,
+    /// Whether it has a stream open.
+    pub online: bool,
+    /// How many.
+    pub open_streams: usize,
+    /// First seen on the channel.
+    pub first_seen: String,
+    /// Last seen on the channel.
+    pub last_seen: String,
+    /// The newest event written to one of its streams.
+    pub last_delivered: u64,
+    /// The newest event it acknowledged.
+    pub last_acked: u64,
+    /// How many receipts it sent.
+    pub receipts: u64,
+}
+
+impl DeviceJson {
+    /// The view of `device`; `recipient` says whether it currently is one.
+    pub fn new(device: &DeviceView, recipient: bool) -> Self {
+        let r = &device.record;
+        DeviceJson {
+            recipient,
+            op: r.last_op.as_str().to_owned(),
+            at: format_time(r.last_seen),
+            last_event_id: r.last_event_id.clone(),
+            online: device.open_streams > 0,
+            open_streams: device.open_streams,
+            first_seen: format_time(r.first_seen),
+            last_seen: format_time(r.last_seen),
+            last_delivered: r.last_delivered,
+            last_acked: r.last_acked,
+            receipts: r.receipts,
+        }
+    }
+}
+
+/// `GET /admin/devices/:channel`: every device by id.
+pub type DevicesJson = BTreeMap<String, DeviceJson>;
+
+/// A recipient's membership of a channel (`PUT`/`DELETE /devices/:channel/:device`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipJson {
+    /// The channel.
+    pub channel: String,
+    /// The device.
+    pub device: String,
+    /// When it became a recipient.
+    pub since: String,
+    /// It is expected to acknowledge events with ids above this.
+    pub expects_events_after: u64,
+    /// It stopped being a recipient after this id, if it did.
+    pub left_after: Option<u64>,
+}
+
+impl From<&Membership> for MembershipJson {
+    fn from(m: &Membership) -> Self {
+        MembershipJson {
+            channel: m.channel.to_string(),
+            device: m.device.to_string(),
+            since: format_time(m.since),
+            expects_events_after: m.joined_after,
+            left_after: m.left_after,
+        }
+    }
+}
+
+/// `GET /devices/:channel/:device/pending`: retained events the device owes a receipt for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingEvents {
+    /// The channel.
+    pub channel: String,
+    /// The device.
+    pub device: String,
+    /// The events, oldest first.
+    pub pending: Vec<EventJson>,
+}
+
+/// The data of a `presence` event on `GET /presence/:channel`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceJson {
+    /// The device.
+    pub device: String,
+    /// Online (its first stream opened) or offline (its last closed).
+    pub online: bool,
+    /// When.
+    pub at: String,
+}
+
+impl From<&PresenceChange> for PresenceJson {
+    fn from(change: &PresenceChange) -> Self {
+        PresenceJson { device: change.device.to_string(), online: change.online, at: format_time(change.at) }
+    }
+}
+
+/// The data of a `complete` event on `GET /receipts/:channel`: every expected recipient
+/// acknowledged event `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompletionJson {
+    /// The channel.
+    pub channel: String,
+    /// The event.
+    pub id: u64,
+    /// How many recipients were expected.
+    pub expected: usize,
+}
+
+/// `GET /admin/connections`: open feeds per channel, and their total under the original's key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionsJson {
+    /// Open feeds per channel with any.
+    #[serde(flatten)]
+    pub channels: BTreeMap<String, usize>,
+    /// All open feeds.
+    #[serde(rename = "total number")]
+    pub total: usize,
+}
+
+/// `GET /health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// `ok`.
+    pub status: String,
+}
+
+/// `GET /` for programs: the original's banner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Banner {
+    /// `PERE server up and running`.
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_show_as_json_when_they_are_json_and_as_text_otherwise() {
+        assert_eq!(body_value(r#"{"a":[1,2]}"#).get(), r#"{"a":[1,2]}"#);
+        assert_eq!(body_value(" 42 ").get(), "42");
+        assert_eq!(body_value("hello").get(), r#""hello""#);
+        assert_eq!(body_value("line\n\"two\"").get(), r#""line\n\"two\"""#);
+        assert_eq!(body_value("").get(), r#""""#);
+        assert_eq!(body_value("{nope").get(), r#""{nope""#);
+    }
+
+    #[test]
+    fn notices_are_frames_without_ids() {
+        assert_eq!(&GapNotice { from: 1, to: 3 }.frame()[..], b"event: pere-gap\ndata: {\"from\":1,\"to\":3}\n\n");
+        assert_eq!(
+            &ResetNotice { last_event_id: 9, head: 2 }.frame()[..],
+            b"event: pere-reset\ndata: {\"last_event_id\":9,\"head\":2}\n\n"
+        );
+    }
+
+    #[test]
+    fn connections_keep_the_original_total_key() {
+        let view = ConnectionsJson { channels: [("C".to_owned(), 2)].into(), total: 2 };
+        assert_eq!(to_json(&view), r#"{"C":2,"total number":2}"#);
+    }
 }

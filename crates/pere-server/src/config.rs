@@ -23,6 +23,15 @@ pub enum DurabilityLevel {
     Full,
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// The original PERE's lines (`PUSH EVT> ...`) with a timestamp; coloured on a terminal.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
 /// PERE: Push Events with Return-receipt Engine.
 ///
 /// Publishers POST events to /push/CHANNEL; devices hold GET /feed/CHANNEL (Server-Sent Events)
@@ -84,6 +93,15 @@ pub struct Config {
     /// Do not log a line per push, feed and receipt (start, stop and errors are still logged).
     #[arg(short = 'q', long = "quiet", env = "PERE_QUIET")]
     pub quiet: bool,
+
+    /// Log level (error, warn, info, debug, trace) or `tracing` directives such as
+    /// `pere=debug,hyper=info`; without it, RUST_LOG, else info. Debug adds a line per request.
+    #[arg(long = "log-level", env = "PERE_LOG_LEVEL")]
+    pub log_level: Option<String>,
+
+    /// How log lines are written: the original's lines with a timestamp, or JSON.
+    #[arg(long = "log-format", value_enum, default_value = "text", env = "PERE_LOG_FORMAT")]
+    pub log_format: LogFormat,
 
     /// Redelivery: send an event again, with the same id, on the open stream of a recipient that
     /// has not acknowledged it within this time (e.g. 30s); 0 turns redelivery off.

@@ -1,8 +1,8 @@
-//! The HTTP error answer: every failure becomes a status and a JSON body
-//! `{"error": {"code", "message"}, "message"}` with a stable code. (`message` at the top level
-//! is the original PERE's error shape, kept for its clients.)
+//! The error answer: every failure a request can meet becomes an [`ApiError`], a status and a
+//! stable code, written as [`pere_core::wire::ErrorBody`] in one place ([`crate::response`]).
 
 use hyper::StatusCode;
+use pere_core::wire::ErrorBody;
 use pere_core::{NameError, StoreError};
 
 /// An error answer on its way to the client.
@@ -14,12 +14,14 @@ pub struct ApiError {
     pub code: &'static str,
     /// A sentence for people.
     pub message: String,
+    /// For 405: the methods the path answers (the `Allow` header).
+    pub allow: Option<&'static str>,
 }
 
 impl ApiError {
     /// An error with the given status, code and message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError { status, code, message: message.into(), allow: None }
     }
 
     /// 400 with the given code.
@@ -30,6 +32,19 @@ impl ApiError {
     /// 404 for a path that names nothing.
     pub fn not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", "This is nowhere to be found.")
+    }
+
+    /// 405 for a path that answers only `allowed`.
+    pub fn method_not_allowed(path: &str, allowed: &'static str) -> Self {
+        ApiError {
+            allow: Some(allowed),
+            ..Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{path} answers only {allowed}"))
+        }
+    }
+
+    /// 413 for a body over `limit` bytes.
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the body is larger than {limit} bytes"))
     }
 
     /// 400 for an invalid name, with a code per kind of name.
@@ -43,11 +58,8 @@ impl ApiError {
     }
 
     /// The JSON body of this error.
-    pub fn body(&self) -> serde_json::Value {
-        serde_json::json!({
-            "error": { "code": self.code, "message": self.message },
-            "message": self.message,
-        })
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody::new(self.code, &self.message)
     }
 }
 
@@ -65,7 +77,7 @@ impl From<StoreError> for ApiError {
             }
             // Internals stay in the server log; the client learns only that storage failed.
             other => {
-                eprintln!("ERROR> storage: {other}");
+                tracing::error!("storage: {other}");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "store_unavailable",

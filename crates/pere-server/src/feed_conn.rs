@@ -7,27 +7,31 @@
 //! also writes frames without chunked encoding (the response is delimited by closing the
 //! connection, which every SSE client accepts) and gathers queued frames into one write.
 //!
-//! The request is parsed with `httparse` (hyper's own parser) and handled by the same code as a
-//! feed served through hyper ([`crate::api::open_feed`]); every other request, and anything this
-//! loop is not sure of, goes to hyper with the bytes already read put back in front.
+//! The request is parsed with `httparse` (hyper's own parser), passes the same door as every other
+//! request ([`crate::door::admit`]) and is opened by the same code as a feed served through hyper
+//! ([`crate::streams::open_feed`]); every other request, and anything this loop is not sure of,
+//! goes to hyper with the bytes already read put back in front.
 
 use std::io::{self, IoSlice};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::Request;
-use pere_core::{sse, Store};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use hyper::{Request, StatusCode};
+use pere_core::{sse, Store, Subscription};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, Instant};
 
-use crate::api::{add_cors, open_feed, AppState};
+use crate::door;
 use crate::error::ApiError;
+use crate::request;
+use crate::response::{add_cors, error_body, raw_head, SSE_HEADERS};
+use crate::route::Route;
 use crate::sse_body::{next_frame, EndReason};
+use crate::state::AppState;
+use crate::{activity, streams};
 
 /// The largest request head read here; larger ones (say, with many cookies) go to hyper.
 const MAX_HEAD: usize = 8192;
@@ -105,25 +109,23 @@ fn as_feed_request(parsed: &httparse::Request<'_, '_>) -> Option<Request<()>> {
 /// Serves a feed on its own connection until the client goes away, the feed ends, or the
 /// server shuts down. The connection is closed at the end.
 pub async fn serve<S: Store>(state: Arc<AppState<S>>, mut stream: TcpStream, request: Request<()>) {
-    let channel = request.uri().path()["/feed/".len()..].to_owned();
-    let origin = request.headers().get(header::ORIGIN).cloned();
-    let mut head = HeaderMap::new();
-    add_cors(&state.config, origin, &mut head);
-    let mut subscription = match open_feed(&state, &channel, &request).await {
+    let (parts, ()) = request.into_parts();
+    let mut cors = HeaderMap::new();
+    add_cors(&state.config, parts.headers.get(header::ORIGIN), &mut cors);
+    let mut subscription = match open(&state, &parts).await {
         Ok(subscription) => subscription,
         Err(err) => {
-            let _ = write_error(&mut stream, &err, &head).await;
+            door::refused(&parts.method, &parts.uri, &err);
+            let _ = write_error(&mut stream, &err, cors).await;
             return;
         }
     };
-    drop(request);
+    drop(parts);
+    let channel = subscription.channel().to_string();
     let device = subscription.device().map(|d| d.to_string());
-    let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(
-        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n",
-    );
-    push_headers(&mut out, &head);
-    out.extend_from_slice(b"\r\n");
+    let mut head_extra = cors;
+    head_extra.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    let mut out = raw_head(StatusCode::OK, &SSE_HEADERS, &head_extra);
     out.extend_from_slice(&sse::encode_retry(state.config.retry_ms));
     let keep_alive_every = Duration::from_secs(state.config.keep_alive_secs.max(1));
     let cut = subscription.cut_notice();
@@ -148,7 +150,7 @@ pub async fn serve<S: Store>(state: Arc<AppState<S>>, mut stream: TcpStream, req
                         Err(_) => return EndReason::Closed.describe(),
                     }
                 }
-                frame = next_frame(&mut subscription, state.log) => match frame {
+                frame = next_frame(&mut subscription) => match frame {
                     Ok(frame) => {
                         frames.push(frame);
                         // Whatever else is already queued goes out in the same write.
@@ -177,30 +179,25 @@ pub async fn serve<S: Store>(state: Arc<AppState<S>>, mut stream: TcpStream, req
     }
     .await;
     drop(subscription);
-    state.log.feed_end(&channel, device.as_deref(), reason);
+    activity::feed_end(&channel, device.as_deref(), reason);
 }
 
-fn push_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
-    for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+/// Lets the request in through the door and subscribes.
+async fn open<S: Store>(state: &AppState<S>, parts: &hyper::http::request::Parts) -> Result<Subscription<S>, ApiError> {
+    let admitted = door::admit(&parts.method, &parts.uri, &parts.headers)?;
+    // Only feed requests are handed to this loop (see `as_feed_request`).
+    let Route::Feed(channel) = admitted.route else { return Err(ApiError::not_found()) };
+    let channel = request::channel(channel)?;
+    let resume = request::resume(&parts.headers, &admitted.query);
+    streams::open_feed(state, &channel, admitted.caller.device, resume).await
 }
 
-async fn write_error(stream: &mut TcpStream, err: &ApiError, head: &HeaderMap) -> io::Result<()> {
-    let body = serde_json::to_vec_pretty(&err.body()).unwrap_or_default();
-    let status = err.status;
-    let mut out = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or(""),
-        body.len()
-    )
-    .into_bytes();
-    push_headers(&mut out, head);
-    out.extend_from_slice(b"\r\n");
+async fn write_error(stream: &mut TcpStream, err: &ApiError, mut extra: HeaderMap) -> io::Result<()> {
+    let body = error_body(err);
+    extra.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    extra.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    extra.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    let mut out = raw_head(err.status, &[], &extra);
     out.extend_from_slice(&body);
     stream.write_all(&out).await?;
     stream.shutdown().await
@@ -227,62 +224,6 @@ async fn write_all_vectored(stream: &mut TcpStream, frames: &[Bytes]) -> io::Res
         offset += written;
     }
     Ok(())
-}
-
-/// A stream with bytes already read put back in front, for handing a connection to hyper.
-pub struct Rewind {
-    prefix: Bytes,
-    inner: TcpStream,
-}
-
-impl Rewind {
-    /// `prefix` is read first, then `inner`.
-    pub fn new(prefix: Bytes, inner: TcpStream) -> Self {
-        Rewind { prefix, inner }
-    }
-}
-
-impl std::fmt::Debug for Rewind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Rewind").field("prefix", &self.prefix.len()).finish()
-    }
-}
-
-impl AsyncRead for Rewind {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Rewind {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use clap::Parser as _;
 use pere_core::store::{Durability, SqliteOptions, SqliteStore};
 use pere_core::{MemoryStore, Store};
 use pere_server::config::{DurabilityLevel, StoreKind};
-use pere_server::{retention, run, AppState, Config};
+use pere_server::{logging, retention, run, AppState, Config};
 use tokio::net::{TcpListener, TcpSocket};
 
 /// Threads for blocking work (SQLite reads). Tokio's default, 512, let a burst of thousands of
@@ -17,12 +17,19 @@ const BLOCKING_THREADS: usize = 16;
 
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    tokio::runtime::Builder::new_multi_thread()
+    let log = logging::init(&config).map_err(anyhow::Error::msg)?;
+    let served = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(BLOCKING_THREADS)
         .build()
         .context("cannot start the runtime")?
-        .block_on(serve_with(config))
+        .block_on(serve_with(config));
+    if log.dropped_lines() > 0 {
+        tracing::warn!("{} log lines were dropped because the log could not keep up", log.dropped_lines());
+    }
+    // Writes out the lines still buffered.
+    drop(log);
+    served
 }
 
 async fn serve_with(config: Config) -> anyhow::Result<()> {
@@ -56,16 +63,16 @@ async fn serve<S: Store>(listener: TcpListener, store: S, config: Config) -> any
         StoreKind::Sqlite => format!("sqlite in {}, durability {:?}", config.data_dir.display(), config.durability),
     };
     let state = AppState::new(store, config);
-    // Tests and scripts read the bound address from this first line.
+    // Tests and scripts read the bound address from this first line, written before any log line.
     println!("PERE server listening on http://{address} (store: {what})");
     let shutdown = state.shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
-        println!("PERE server shutting down");
+        tracing::info!("PERE server shutting down");
         shutdown.cancel();
     });
     run(listener, state).await?;
-    println!("PERE server stopped");
+    tracing::info!("PERE server stopped");
     Ok(())
 }
 

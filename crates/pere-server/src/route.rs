@@ -31,6 +31,8 @@ pub enum Route<'a> {
     RemoveDevice(&'a str, &'a str),
     /// `GET /devices/:channel/:device/pending`.
     DevicePending(&'a str, &'a str),
+    /// `GET /events/:channel`: retained events with ids and times (`?after=&limit=`).
+    Events(&'a str),
     /// `GET /events/:channel/:id`: one event with its receipt summary.
     Event(&'a str, &'a str),
     /// `GET /receipts/:channel`: the receipt stream (SSE).
@@ -71,6 +73,7 @@ impl<'a> Route<'a> {
             ["devices", channel, device] if method == Method::DELETE => (Route::RemoveDevice(channel, device), "PUT, DELETE"),
             ["devices", channel, device] => (Route::RegisterDevice(channel, device), "PUT, DELETE"),
             ["devices", channel, device, "pending"] => (Route::DevicePending(channel, device), "GET"),
+            ["events", channel] => (Route::Events(channel), "GET"),
             ["events", channel, id] => (Route::Event(channel, id), "GET"),
             ["receipts", channel] => (Route::Receipts(channel), "GET"),
             ["presence", channel] => (Route::Presence(channel), "GET"),
@@ -106,5 +109,7 @@ mod tests {
         assert_eq!(Route::parse(&Method::DELETE, "/devices/C/H1"), Ok(Route::RemoveDevice("C", "H1")));
         assert_eq!(Route::parse(&Method::GET, "/devices/C/H1"), Err(NoRoute::MethodNotAllowed("PUT, DELETE")));
         assert_eq!(Route::parse(&Method::GET, "/devices/C/H1/pending"), Ok(Route::DevicePending("C", "H1")));
+        assert_eq!(Route::parse(&Method::GET, "/events/C"), Ok(Route::Events("C")));
+        assert_eq!(Route::parse(&Method::GET, "/events/C/4"), Ok(Route::Event("C", "4")));
     }
 }

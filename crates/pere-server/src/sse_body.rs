@@ -1,5 +1,6 @@
-//! The body of every SSE response (event feeds, receipt and presence streams): a stream of
-//! frames with keep-alive comments, an end on shutdown, and a log line when the stream closes.
+//! The body of every SSE response served by hyper (event feeds, receipt and presence streams): a
+//! stream of frames with keep-alive comments, an end on shutdown, and a log line when the stream
+//! closes; and the one mapping of feed items to frames, shared with dedicated feed connections.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,12 +11,30 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use hyper::body::{Body, Frame, SizeHint};
+use pere_core::wire::{GapNotice, ResetNotice};
 use pere_core::{sse, FeedItem, Store, Subscription};
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::WaitForCancellationFutureOwned;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::log::Log;
-use crate::ConnectionCloser;
+use crate::activity;
+
+/// Closes the connection a request came on. A feed cut for being too slow closes its connection
+/// rather than waiting for a peer that does not read to drain the frames already written; the
+/// client resumes with Last-Event-ID and loses nothing.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionCloser(CancellationToken);
+
+impl ConnectionCloser {
+    /// Closes the connection now.
+    pub fn close(&self) {
+        self.0.cancel();
+    }
+
+    /// Resolves once the connection is closed (or asked to close).
+    pub async fn closed(&self) {
+        self.0.cancelled().await;
+    }
+}
 
 /// Why a stream ended, for the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,18 +54,18 @@ pub type FrameResult = Result<Bytes, EndReason>;
 
 /// The next frame of a feed, or why it ends: the one mapping of feed items to bytes, shared by
 /// hyper feeds and dedicated feed connections.
-pub async fn next_frame<S: Store>(subscription: &mut Subscription<S>, log: Log) -> FrameResult {
+pub async fn next_frame<S: Store>(subscription: &mut Subscription<S>) -> FrameResult {
     match subscription.next().await {
         Some(Ok(FeedItem::Event(event))) => Ok(event.frame().clone()),
         Some(Ok(FeedItem::Redelivery(event, sends))) => {
             let device = subscription.device().map_or("-", |d| d.as_str());
-            log.redelivery(subscription.channel().as_str(), device, event.id, sends);
+            activity::redelivery(subscription.channel().as_str(), device, event.id, sends);
             Ok(event.frame().clone())
         }
-        Some(Ok(FeedItem::Gap { from, to })) => Ok(sse::encode_gap(from, to)),
-        Some(Ok(FeedItem::Reset { requested, head })) => Ok(sse::encode_reset(requested, head)),
+        Some(Ok(FeedItem::Gap { from, to })) => Ok(GapNotice { from, to }.frame()),
+        Some(Ok(FeedItem::Reset { requested, head })) => Ok(ResetNotice { last_event_id: requested, head }.frame()),
         Some(Err(err)) => {
-            eprintln!("ERROR> feed of {}: {err}", subscription.channel());
+            tracing::error!("feed of {}: {err}", subscription.channel());
             Err(EndReason::StoreFailed)
         }
         None if subscription.lagged() => Err(EndReason::Lagged),
@@ -63,8 +82,6 @@ pub struct StreamContext {
     pub keep_alive_every: Duration,
     /// Resolves when the server shuts down.
     pub shutdown: WaitForCancellationFutureOwned,
-    /// The activity log.
-    pub log: Log,
     /// Closes the connection when the client lags.
     pub closer: Option<ConnectionCloser>,
 }
@@ -77,7 +94,6 @@ pub struct SseBody {
     keep_alive_every: Duration,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     ended: Option<EndReason>,
-    log: Log,
     closer: Option<ConnectionCloser>,
     channel: String,
     device: Option<String>,
@@ -106,10 +122,9 @@ impl SseBody {
         }
         let channel = subscription.channel().to_string();
         let device = subscription.device().map(|d| d.to_string());
-        let log = context.log;
         let items = stream::unfold(Some(subscription), move |state| async move {
             let mut subscription = state?;
-            let frame = next_frame(&mut subscription, log).await;
+            let frame = next_frame(&mut subscription).await;
             let next = frame.is_ok().then_some(subscription);
             Some((frame, next))
         })
@@ -124,7 +139,7 @@ impl SseBody {
         device: Option<String>,
         context: StreamContext,
     ) -> Self {
-        let StreamContext { retry_ms, keep_alive_every, shutdown, log, closer } = context;
+        let StreamContext { retry_ms, keep_alive_every, shutdown, closer } = context;
         SseBody {
             prelude: Some(sse::encode_retry(retry_ms)),
             items,
@@ -132,7 +147,6 @@ impl SseBody {
             keep_alive_every,
             shutdown: Box::pin(shutdown),
             ended: None,
-            log,
             closer,
             channel,
             device,
@@ -206,6 +220,6 @@ impl EndReason {
 impl Drop for SseBody {
     fn drop(&mut self) {
         let reason = self.ended.unwrap_or(EndReason::Closed).describe();
-        self.log.feed_end(&self.channel, self.device.as_deref(), reason);
+        activity::feed_end(&self.channel, self.device.as_deref(), reason);
     }
 }

@@ -12,7 +12,10 @@ use pere_core::{ChannelName, Store};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
-use crate::api::{summary_json, AppState};
+use pere_core::wire::{ReceiptSummaryJson, WebhookSummary};
+
+use crate::activity;
+use crate::state::AppState;
 
 /// Ledger notices buffered for the webhook before new ones are dropped.
 const NOTICE_QUEUE: usize = 65_536;
@@ -100,32 +103,32 @@ async fn post<S: Store>(
     let summary = match state.hub.receipt_summary(channel, event_id).await {
         Ok(summary) => summary,
         Err(err) => {
-            eprintln!("ERROR> webhook: summary of {channel}/{event_id}: {err}");
+            tracing::error!("webhook: summary of {channel}/{event_id}: {err}");
             return;
         }
     };
-    let mut body = summary_json(&summary);
-    body["reason"] = serde_json::json!(match reason {
+    let reason = match reason {
         Reason::Complete => "complete",
         Reason::Timeout => "timeout",
-    });
+    };
+    let body = WebhookSummary { receipts: ReceiptSummaryJson::from(&summary), reason: reason.to_owned() };
     let mut backoff = Duration::from_millis(500);
     for attempt in 1..=ATTEMPTS {
         let outcome = client.post(url).json(&body).send().await;
         let status = match &outcome {
             Ok(response) if response.status().is_success() => {
-                state.log.webhook(channel.as_str(), event_id, summary.complete(), attempt, "delivered");
+                activity::webhook(channel.as_str(), event_id, summary.complete(), attempt, "delivered");
                 return;
             }
             Ok(response) => response.status().to_string(),
             Err(err) => err.to_string(),
         };
-        state.log.webhook(channel.as_str(), event_id, summary.complete(), attempt, &status);
+        activity::webhook(channel.as_str(), event_id, summary.complete(), attempt, &status);
         tokio::select! {
             () = state.shutdown.cancelled() => return,
             () = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
-    eprintln!("ERROR> webhook: gave up on {channel}/{event_id} after {ATTEMPTS} attempts");
+    tracing::error!("webhook: gave up on {channel}/{event_id} after {ATTEMPTS} attempts");
 }

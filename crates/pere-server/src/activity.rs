@@ -1,0 +1,134 @@
+//! The activity log: one `tracing` event per push, feed, receipt, refusal and admin change, in
+//! the original PERE's wording (`PUSH EVT>`, `FEED REQ>`, `FEEDBACK>`).
+//!
+//! Each event carries its line's tag (`tag`), the original wording as its message, and the same
+//! facts as structured fields for log shippers (`--log-format json`). They are emitted under the
+//! target [`TARGET`] at INFO, so `--quiet` (or a level filter) turns them off before any
+//! formatting is done; [`crate::logging`] writes them.
+
+use std::fmt;
+
+/// The `tracing` target of every activity line.
+pub const TARGET: &str = "pere::activity";
+
+/// The longest excerpt of an event body or status shown in a line.
+const EXCERPT_CHARS: usize = 200;
+
+/// A published event.
+pub fn push(channel: &str, device: Option<&str>, id: u64, body: &str) {
+    let device = device.unwrap_or("-");
+    tracing::info!(
+        target: TARGET, tag = "PUSH EVT>", channel, device, id,
+        "channel: {channel}, device: {device}, Event-Id: {id}, data: {}", Excerpt(body)
+    );
+}
+
+/// A feed opened (logged once subscribed: from this line on, the feed misses nothing).
+pub fn feed(channel: &str, device: Option<&str>, last_event_id: Option<&str>) {
+    let device = device.unwrap_or("-");
+    let resume = Excerpt(last_event_id.unwrap_or("-"));
+    tracing::info!(
+        target: TARGET, tag = "FEED REQ>", channel, device,
+        "device: {device}, channel: {channel}, Last-Event-Id: {resume}"
+    );
+}
+
+/// A stream closed, and why.
+pub fn feed_end(channel: &str, device: Option<&str>, reason: &str) {
+    let device = device.unwrap_or("-");
+    tracing::info!(
+        target: TARGET, tag = "FEED END>", channel, device, reason,
+        "device: {device}, channel: {channel}, reason: {reason}"
+    );
+}
+
+/// An event sent again because its receipt is overdue.
+pub fn redelivery(channel: &str, device: &str, id: u64, sends: u32) {
+    tracing::info!(
+        target: TARGET, tag = "REDELIVER>", channel, device, id, sends,
+        "channel: {channel}, device: {device}, Event-Id: {id}, send: {sends}"
+    );
+}
+
+/// A receipt recorded.
+pub fn feedback(channel: &str, device: &str, id: u64, status: &str) {
+    tracing::info!(
+        target: TARGET, tag = "FEEDBACK>", channel, device, id,
+        "channel: {channel}, device: {device}, Last-Event-Id: {id}, status: {}", Excerpt(status)
+    );
+}
+
+/// A webhook attempt.
+pub fn webhook(channel: &str, id: u64, complete: bool, attempt: u32, outcome: &str) {
+    tracing::info!(
+        target: TARGET, tag = "WEBHOOK>", channel, id, complete, attempt, outcome,
+        "channel: {channel}, Event-Id: {id}, complete: {complete}, attempt: {attempt}, {outcome}"
+    );
+}
+
+/// A change of a channel's recipients made by an operator (`PUT`/`DELETE /devices/...`).
+pub fn admin(method: &str, path: &str, status: u16, change: &str) {
+    tracing::info!(
+        target: TARGET, tag = "ADMIN>", method, path = %Excerpt(path), status, change,
+        "{method} {}: {status} {change}", Excerpt(path)
+    );
+}
+
+/// A request answered with an error: what was asked (never the query string, which may carry
+/// credentials), the status and the stable code.
+pub fn refused(method: &str, path: &str, status: u16, code: &str) {
+    // A WARN line for the server's own failures, an INFO line for a client's mistakes.
+    if status >= 500 {
+        tracing::warn!(
+            target: TARGET, tag = "REFUSED>", method, path = %Excerpt(path), status, code,
+            "{method} {}: {status} {code}", Excerpt(path)
+        );
+    } else {
+        tracing::info!(
+            target: TARGET, tag = "REFUSED>", method, path = %Excerpt(path), status, code,
+            "{method} {}: {status} {code}", Excerpt(path)
+        );
+    }
+}
+
+/// A request let in, at DEBUG: the access log.
+pub fn admitted(method: &str, path: &str, device: Option<&str>) {
+    let device = device.unwrap_or("-");
+    tracing::debug!(
+        target: TARGET, tag = "REQUEST>", method, path = %Excerpt(path), device,
+        "{method} {}, device: {device}", Excerpt(path)
+    );
+}
+
+/// Text shown in a log line: one line, at most [`EXCERPT_CHARS`] characters, control characters
+/// escaped, so no body can forge a log line. Written straight into the line, never copied first.
+#[derive(Debug, Clone, Copy)]
+pub struct Excerpt<'a>(pub &'a str);
+
+impl fmt::Display for Excerpt<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use fmt::Write as _;
+        for (i, c) in self.0.chars().enumerate() {
+            if i == EXCERPT_CHARS {
+                return f.write_char('…');
+            }
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Excerpt;
+
+    #[test]
+    fn excerpts_are_one_safe_line() {
+        assert_eq!(Excerpt("a\nb\r\x1b[31m").to_string(), "a\\nb\\r\\u{1b}[31m");
+        assert_eq!(Excerpt(&"x".repeat(300)).to_string().chars().count(), 201);
+    }
+}

@@ -1,0 +1,255 @@
+//! The request handlers: each reads its request, calls one core operation and shapes the answer
+//! from a typed view of [`pere_core::wire`]. Requests reach them only through [`crate::door`].
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use hyper::http::request::Parts;
+use hyper::header::HeaderMap;
+use hyper::body::Incoming;
+use hyper::header;
+use hyper::{Response, StatusCode};
+use pere_core::receipt::MAX_STATUS_LEN;
+use pere_core::wire::{
+    Banner, ConnectionsJson, DeviceJson, EventJson, EventList, EventReceipts, Health, MembershipJson, PendingEvents,
+    PushAccepted, PushWaited, ReceiptJson, ReceiptSummaryJson,
+};
+use pere_core::{DeviceId, NewEvent, Store};
+
+use crate::activity;
+use crate::door::Admitted;
+use crate::error::ApiError;
+use crate::request::{self, Query};
+use crate::response::{self, Answer, ResponseBody};
+use crate::route::Route;
+use crate::sse_body::{ConnectionCloser, SseBody};
+use crate::state::AppState;
+use crate::streams;
+
+/// The subscriber web page, embedded so the server is one self-contained binary.
+pub const SUBSCRIBER_PAGE: &str = include_str!("../assets/subscriber.html");
+
+/// Events an event listing shows at most per page.
+const MAX_EVENT_PAGE: usize = 1000;
+
+/// Answers an admitted request. `closer` closes the connection, for streams that must end it.
+///
+/// # Errors
+/// The [`ApiError`] that answers a request that cannot be served.
+pub async fn dispatch<S: Store>(
+    state: &Arc<AppState<S>>,
+    admitted: Admitted<'_>,
+    parts: &Parts,
+    body: Incoming,
+    closer: Option<ConnectionCloser>,
+) -> Answer {
+    let Admitted { route, caller, query } = admitted;
+    let headers = &parts.headers;
+    match route {
+        Route::Root => Ok(root(headers)),
+        Route::SubscriberPage => Ok(response::html(SUBSCRIBER_PAGE)),
+        Route::Health => Ok(response::json(StatusCode::OK, &Health { status: "ok".to_owned() })),
+        Route::Push(channel) => push(state, channel, caller.device, &query, headers, body).await,
+        Route::Feed(channel) => {
+            let channel = request::channel(channel)?;
+            let subscription = streams::open_feed(state, &channel, caller.device, request::resume(headers, &query)).await?;
+            Ok(sse(SseBody::feed(subscription, streams::context(state, closer))))
+        }
+        Route::Feedback(channel) => feedback(state, channel, caller.device, &query, headers, body).await,
+        Route::AdminConnections => Ok(admin_connections(state)),
+        Route::AdminEvents(channel) => admin_events(state, channel, &query).await,
+        Route::AdminDevices(channel) => admin_devices(state, channel).await,
+        Route::AdminReceipts(channel, id) => {
+            let channel = request::channel(channel)?;
+            let summary = state.hub.receipt_summary(&channel, request::event_id(id)?).await?;
+            Ok(response::json(StatusCode::OK, &ReceiptSummaryJson::from(&summary)))
+        }
+        Route::RegisterDevice(channel, device) => register_device(state, parts, channel, device).await,
+        Route::RemoveDevice(channel, device) => remove_device(state, parts, channel, device).await,
+        Route::DevicePending(channel, device) => device_pending(state, channel, device).await,
+        Route::Events(channel) => events(state, channel, &query).await,
+        Route::Event(channel, id) => event_view(state, channel, id).await,
+        Route::Receipts(channel) => {
+            let channel = request::channel(channel)?;
+            let after = request::resume(headers, &query).after;
+            Ok(sse(streams::receipts(state, channel, after, streams::context(state, closer)).await?))
+        }
+        Route::Presence(channel) => {
+            let channel = request::channel(channel)?;
+            let after = request::resume(headers, &query).after;
+            Ok(sse(streams::presence(state, channel, after, streams::context(state, closer)).await?))
+        }
+        Route::Preflight => {
+            let mut response = Response::new(response::empty());
+            *response.status_mut() = StatusCode::NO_CONTENT;
+            Ok(response)
+        }
+    }
+}
+
+fn sse(body: SseBody) -> Response<ResponseBody> {
+    response::sse(http_body_util::combinators::UnsyncBoxBody::new(body))
+}
+
+fn root(headers: &HeaderMap) -> Response<ResponseBody> {
+    let wants_html =
+        headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()).is_some_and(|a| a.contains("text/html"));
+    if wants_html {
+        response::html(SUBSCRIBER_PAGE)
+    } else {
+        response::json(StatusCode::OK, &Banner { message: "PERE server up and running".to_owned() })
+    }
+}
+
+async fn push<S: Store>(
+    state: &Arc<AppState<S>>,
+    channel: &str,
+    device: Option<DeviceId>,
+    query: &Query,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Answer {
+    let channel = request::channel(channel)?;
+    let event_type = request::event_type(headers, query)?;
+    let wait = request::push_wait(query, state.config.max_wait)?;
+    let body = request::body(headers, body, state.config.max_body).await?;
+    let body = String::from_utf8(body.into())
+        .map_err(|_| ApiError::bad_request("body_not_utf8", "the event body must be UTF-8 text"))?;
+    if request::is_json(headers) {
+        if let Err(err) = serde_json::from_str::<serde::de::IgnoredAny>(&body) {
+            return Err(ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {err}")));
+        }
+    }
+    let event = state.hub.publish(&channel, NewEvent { publisher: device, event_type, body }).await?;
+    activity::push(channel.as_str(), event.publisher.as_ref().map(|d| d.as_str()), event.id, &event.body);
+    let accepted = PushAccepted::from(&*event);
+    let Some((wait, timeout)) = wait else {
+        return Ok(response::compact_json(StatusCode::OK, &accepted));
+    };
+    let satisfied = state.hub.wait_for_receipts(&channel, event.id, wait, timeout).await?;
+    let summary = state.hub.receipt_summary(&channel, event.id).await?;
+    let answer = PushWaited {
+        channel: accepted.channel,
+        id: accepted.id,
+        time: accepted.time,
+        satisfied,
+        receipts: ReceiptSummaryJson::from(&summary),
+    };
+    // 202: the event is stored, but the receipts asked for did not all arrive in time.
+    Ok(response::json(if satisfied { StatusCode::OK } else { StatusCode::ACCEPTED }, &answer))
+}
+
+async fn feedback<S: Store>(
+    state: &Arc<AppState<S>>,
+    channel: &str,
+    caller: Option<DeviceId>,
+    query: &Query,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Answer {
+    let channel = request::channel(channel)?;
+    let body = request::body(headers, body, state.config.max_body).await?;
+    let parts = request::receipt_parts(headers, query, &body)?;
+    let device = match parts.device {
+        Some(named) => Some(DeviceId::new(named.trim())?),
+        None => caller,
+    }
+    .ok_or_else(|| ApiError::bad_request("missing_device", "a receipt needs the device that sends it"))?;
+    let raw_id = parts.id.ok_or_else(|| ApiError::bad_request("missing_event_id", "a receipt needs the event id it acknowledges"))?;
+    let event_id = request::event_id(&raw_id)?;
+    // A receipt with no status still says "received": that is what the original clients meant.
+    let status = parts.status.unwrap_or_else(|| "ok".to_owned());
+    if status.len() > MAX_STATUS_LEN {
+        return Err(ApiError::bad_request("status_too_long", format!("status is longer than {MAX_STATUS_LEN} bytes")));
+    }
+    let (receipt, _) = state.hub.acknowledge(&channel, event_id, &device, status).await?;
+    activity::feedback(channel.as_str(), device.as_str(), event_id, &receipt.status);
+    Ok(response::compact_json(StatusCode::OK, &ReceiptJson::from(&receipt)))
+}
+
+fn admin_connections<S: Store>(state: &AppState<S>) -> Response<ResponseBody> {
+    let channels: BTreeMap<String, usize> = state.hub.connections().into_iter().map(|(c, n)| (c.to_string(), n)).collect();
+    let total = channels.values().sum();
+    response::json(StatusCode::OK, &ConnectionsJson { channels, total })
+}
+
+async fn admin_events<S: Store>(state: &AppState<S>, channel: &str, query: &Query) -> Answer {
+    let channel = request::channel(channel)?;
+    let limit = request::limit(query, 1000, usize::MAX)?;
+    let events = state.hub.store().recent(&channel, limit).await?;
+    // The original's shape: the bodies alone, as JSON where they are JSON.
+    let bodies: Vec<_> = events.iter().map(|e| pere_core::wire::body_value(&e.body)).collect();
+    Ok(response::json(StatusCode::OK, &bodies))
+}
+
+async fn events<S: Store>(state: &AppState<S>, channel: &str, query: &Query) -> Answer {
+    let channel = request::channel(channel)?;
+    let after = request::after(query)?;
+    let limit = request::limit(query, 100, MAX_EVENT_PAGE)?;
+    let page = state.hub.store().read(&channel, after, limit).await?;
+    let events = page.events.iter().map(|e| EventJson::from(&**e)).collect();
+    Ok(response::json(StatusCode::OK, &EventList { channel: channel.to_string(), head: page.head, events }))
+}
+
+async fn admin_devices<S: Store>(state: &AppState<S>, channel: &str) -> Answer {
+    let channel = request::channel(channel)?;
+    let memberships = state.hub.store().memberships(&channel).await?;
+    let recipients: HashSet<DeviceId> = memberships.into_iter().filter(|m| m.is_current()).map(|m| m.device).collect();
+    let view: BTreeMap<String, DeviceJson> = state
+        .hub
+        .devices(&channel)
+        .await?
+        .iter()
+        .map(|d| (d.record.device.to_string(), DeviceJson::new(d, recipients.contains(&d.record.device))))
+        .collect();
+    Ok(response::json(StatusCode::OK, &view))
+}
+
+async fn register_device<S: Store>(state: &AppState<S>, parts: &Parts, channel: &str, device: &str) -> Answer {
+    let channel = request::channel(channel)?;
+    let device = DeviceId::new(device)?;
+    let membership = state.hub.register(&channel, &device).await?;
+    activity::admin(parts.method.as_str(), parts.uri.path(), 200, "recipient registered");
+    Ok(response::json(StatusCode::OK, &MembershipJson::from(&membership)))
+}
+
+async fn remove_device<S: Store>(state: &AppState<S>, parts: &Parts, channel: &str, device: &str) -> Answer {
+    let channel = request::channel(channel)?;
+    let device = DeviceId::new(device)?;
+    match state.hub.unregister(&channel, &device).await? {
+        Some(membership) => {
+            activity::admin(parts.method.as_str(), parts.uri.path(), 200, "recipient removed");
+            Ok(response::json(StatusCode::OK, &MembershipJson::from(&membership)))
+        }
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_a_recipient",
+            format!("{device} is not a recipient of {channel}"),
+        )),
+    }
+}
+
+async fn device_pending<S: Store>(state: &AppState<S>, channel: &str, device: &str) -> Answer {
+    let channel = request::channel(channel)?;
+    let device = DeviceId::new(device)?;
+    // Expected of the device: events published while it was a recipient (none if it never was).
+    let mut memberships = state.hub.store().memberships(&channel).await?;
+    memberships.retain(|m| m.device == device);
+    let after = memberships.iter().map(|m| m.joined_after).min().unwrap_or(0);
+    let events = state.hub.store().unacknowledged(&channel, &device, after, 1000).await?;
+    let pending = events.iter().filter(|e| memberships.iter().any(|m| m.expects(e.id))).map(|e| EventJson::from(&**e)).collect();
+    Ok(response::json(StatusCode::OK, &PendingEvents { channel: channel.to_string(), device: device.to_string(), pending }))
+}
+
+async fn event_view<S: Store>(state: &AppState<S>, channel: &str, id: &str) -> Answer {
+    let channel = request::channel(channel)?;
+    let id = request::event_id(id)?;
+    let summary = state.hub.receipt_summary(&channel, id).await?;
+    let event = state.hub.store().event(&channel, id).await?;
+    let receipts = ReceiptSummaryJson::from(&summary);
+    let view = match event.as_deref() {
+        Some(event) => EventReceipts::retained(EventJson::from(event), receipts),
+        None => EventReceipts::pruned(channel.as_str(), id, receipts),
+    };
+    Ok(response::json(StatusCode::OK, &view))
+}

@@ -1,0 +1,270 @@
+//! Reading requests: the query string (parsed once), names, the device (read one way), the resume
+//! position, bodies under the size limit, and the parts of a receipt wherever a client put them.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap};
+use pere_core::wire::FeedbackRequest;
+use pere_core::{ChannelName, DeviceId, EventType, WaitFor};
+use serde_json::Value;
+
+use crate::config::parse_duration;
+use crate::error::ApiError;
+
+/// A request's query string, decoded once.
+#[derive(Debug, Clone, Default)]
+pub struct Query(Vec<(String, String)>);
+
+impl Query {
+    /// Decodes `?a=1&b=2` (without the `?`); no query is an empty one.
+    pub fn parse(query: Option<&str>) -> Self {
+        Query(query.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default())
+    }
+
+    /// The first value of any of `names`.
+    pub fn get(&self, names: &[&str]) -> Option<&str> {
+        self.0.iter().find(|(k, _)| names.contains(&k.as_str())).map(|(_, v)| v.as_str())
+    }
+}
+
+fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}
+
+/// The value of a header or, for clients that cannot set headers (a browser's EventSource), of a
+/// query parameter.
+fn header_or_query(headers: &HeaderMap, query: &Query, header: &str, names: &[&str]) -> Option<String> {
+    header_text(headers, header).or_else(|| query.get(names).map(str::to_owned))
+}
+
+/// A channel name from a path segment.
+///
+/// # Errors
+/// 400 `bad_channel`.
+pub fn channel(raw: &str) -> Result<ChannelName, ApiError> {
+    Ok(ChannelName::new(raw)?)
+}
+
+fn device_id(raw: Option<String>) -> Result<Option<DeviceId>, ApiError> {
+    raw.map(|d| DeviceId::new(d.trim())).transpose().map_err(ApiError::from)
+}
+
+/// Who the request says it comes from: the `device` header, else `?device=`.
+///
+/// # Errors
+/// 400 `bad_device` for an id that is not a valid device id.
+pub fn device(headers: &HeaderMap, query: &Query) -> Result<Option<DeviceId>, ApiError> {
+    device_id(header_or_query(headers, query, "device", &["device"]))
+}
+
+/// The event type of a push: `?event=`, else the `event` header.
+///
+/// # Errors
+/// 400 `bad_event_type`.
+pub fn event_type(headers: &HeaderMap, query: &Query) -> Result<Option<EventType>, ApiError> {
+    query
+        .get(&["event"])
+        .map(str::to_owned)
+        .or_else(|| header_text(headers, "event"))
+        .map(|t| EventType::new(&t))
+        .transpose()
+        .map_err(ApiError::from)
+}
+
+/// Where a stream resumes: the `Last-Event-ID` header or `?lastEventId=`, as a number, and as the
+/// client sent it (for the device record).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resume {
+    /// The position; anything that is not a number (an original PERE timestamp) counts as none.
+    pub after: Option<u64>,
+    /// The value as sent.
+    pub raw: Option<String>,
+}
+
+/// The resume position of a stream request.
+pub fn resume(headers: &HeaderMap, query: &Query) -> Resume {
+    let raw = header_or_query(headers, query, "last-event-id", &["lastEventId", "last_event_id"]);
+    Resume { after: raw.as_deref().and_then(|r| r.trim().parse::<u64>().ok()), raw }
+}
+
+/// An event id from a path segment or a field.
+///
+/// # Errors
+/// 400 `bad_event_id`.
+pub fn event_id(raw: &str) -> Result<u64, ApiError> {
+    raw.trim().parse().map_err(|_| ApiError::bad_request("bad_event_id", format!("`{raw}` is not an event id of this server")))
+}
+
+/// `?limit=`: how many items a view shows, `default` without it, never more than `max`.
+///
+/// # Errors
+/// 400 `bad_limit`.
+pub fn limit(query: &Query, default: usize, max: usize) -> Result<usize, ApiError> {
+    match query.get(&["limit"]) {
+        Some(raw) => raw.parse::<usize>().map(|n| n.min(max)).map_err(|_| ApiError::bad_request("bad_limit", "limit must be a number")),
+        None => Ok(default),
+    }
+}
+
+/// `?after=`: a position to list from (0 without it).
+///
+/// # Errors
+/// 400 `bad_event_id`.
+pub fn after(query: &Query) -> Result<u64, ApiError> {
+    query.get(&["after"]).map_or(Ok(0), event_id)
+}
+
+/// Reads a whole request body of at most `limit` bytes.
+///
+/// # Errors
+/// 413 `body_too_large`; 400 `body_unreadable` when the client stops midway.
+pub async fn body(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::too_large(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(limit)),
+        Err(_) => Err(ApiError::bad_request("body_unreadable", "the request body could not be read")),
+    }
+}
+
+/// Whether the body is declared as JSON (`application/json` or any `+json` type).
+pub fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .is_some_and(|v| v == "application/json" || v.ends_with("+json"))
+}
+
+/// `?wait=all|N&timeout=5s`: what a publisher waits for, and how long (capped by `max_wait`).
+///
+/// # Errors
+/// 400 `bad_wait` or `bad_timeout`.
+pub fn push_wait(query: &Query, max_wait: Duration) -> Result<Option<(WaitFor, Duration)>, ApiError> {
+    let Some(wait) = query.get(&["wait"]) else { return Ok(None) };
+    let wait = match wait {
+        "all" => WaitFor::All,
+        n => match n.parse::<usize>() {
+            Ok(n) if n > 0 => WaitFor::AtLeast(n),
+            _ => return Err(ApiError::bad_request("bad_wait", "wait must be `all` or a number of devices")),
+        },
+    };
+    let timeout = match query.get(&["timeout"]) {
+        Some(t) => parse_duration(t).map_err(|m| ApiError::bad_request("bad_timeout", m))?,
+        None => Duration::from_secs(5),
+    };
+    Ok(Some((wait, timeout.min(max_wait))))
+}
+
+/// The parts of a receipt, from wherever the client put them.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReceiptParts {
+    /// The acknowledging device, when the body names it.
+    pub device: Option<String>,
+    /// The event id, as sent.
+    pub id: Option<String>,
+    /// The status.
+    pub status: Option<String>,
+}
+
+/// Finds a receipt's parts in the body (JSON, or a form as the original clients send), then in
+/// the headers (`last_event_id`, `Last-Event-ID`), then in the query.
+///
+/// # Errors
+/// 400 `invalid_json`, `bad_event_id` or `body_not_utf8`.
+pub fn receipt_parts(headers: &HeaderMap, query: &Query, body: &[u8]) -> Result<ReceiptParts, ApiError> {
+    let mut parts = ReceiptParts::default();
+    let first = body.iter().position(|b| !b.is_ascii_whitespace());
+    if is_json(headers) || first.is_some_and(|i| body[i] == b'{') {
+        let json: FeedbackRequest = serde_json::from_slice(body)
+            .map_err(|err| ApiError::bad_request("invalid_json", format!("the receipt is not valid JSON: {err}")))?;
+        parts.device = json.device;
+        parts.status = json.status;
+        parts.id = match json.id {
+            Some(Value::Number(n)) => Some(n.to_string()),
+            Some(Value::String(s)) => Some(s),
+            Some(Value::Null) | None => None,
+            Some(_) => return Err(ApiError::bad_request("bad_event_id", "id must be a number")),
+        };
+    } else {
+        let text = std::str::from_utf8(body)
+            .map_err(|_| ApiError::bad_request("body_not_utf8", "the receipt body must be UTF-8 text"))?;
+        for (key, value) in form_urlencoded::parse(text.as_bytes()) {
+            match key.as_ref() {
+                "status" => parts.status = Some(value.into_owned()),
+                "device" => parts.device = Some(value.into_owned()),
+                "id" | "last_event_id" | "lastEventId" => parts.id = Some(value.into_owned()),
+                _ => {}
+            }
+        }
+    }
+    parts.id = parts
+        .id
+        .or_else(|| header_text(headers, "last_event_id"))
+        .or_else(|| header_text(headers, "last-event-id"))
+        .or_else(|| query.get(&["id", "lastEventId", "last_event_id"]).map(str::to_owned));
+    parts.status = parts.status.or_else(|| query.get(&["status"]).map(str::to_owned));
+    Ok(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::{HeaderName, HeaderValue};
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        map
+    }
+
+    fn parts(device: Option<&str>, id: Option<&str>, status: Option<&str>) -> ReceiptParts {
+        ReceiptParts { device: device.map(Into::into), id: id.map(Into::into), status: status.map(Into::into) }
+    }
+
+    #[test]
+    fn every_old_client_receipt_form_is_understood() {
+        let none = Query::default();
+        let ruby = receipt_parts(&headers(&[("device", "H1"), ("last_event_id", "7")]), &none, b"status=rx+ok").unwrap();
+        assert_eq!(ruby, parts(None, Some("7"), Some("rx ok")), "the device comes from the header, read apart");
+        let page = receipt_parts(&headers(&[("Last-Event-ID", "8")]), &none, b"status=ok").unwrap();
+        assert_eq!(page, parts(None, Some("8"), Some("ok")));
+        let json = receipt_parts(
+            &headers(&[("content-type", "application/json")]),
+            &none,
+            br#"{"device":"H2","id":9,"status":"done"}"#,
+        )
+        .unwrap();
+        assert_eq!(json, parts(Some("H2"), Some("9"), Some("done")));
+        let query = receipt_parts(&HeaderMap::new(), &Query::parse(Some("device=H3&id=4")), b"").unwrap();
+        assert_eq!(query, parts(None, Some("4"), None));
+        assert!(receipt_parts(&headers(&[("content-type", "application/json")]), &none, b"{nope").is_err());
+    }
+
+    #[test]
+    fn the_device_is_the_header_else_the_query() {
+        let query = Query::parse(Some("device=Q1"));
+        assert_eq!(device(&headers(&[("device", "H1")]), &query).unwrap().unwrap().as_str(), "H1");
+        assert_eq!(device(&HeaderMap::new(), &query).unwrap().unwrap().as_str(), "Q1");
+        assert!(device(&HeaderMap::new(), &Query::default()).unwrap().is_none());
+        assert!(device(&headers(&[("device", "a/b")]), &query).is_err());
+    }
+
+    #[test]
+    fn resume_positions() {
+        let r = resume(&headers(&[("last-event-id", " 12 ")]), &Query::default());
+        assert_eq!(r, Resume { after: Some(12), raw: Some(" 12 ".into()) });
+        let r = resume(&HeaderMap::new(), &Query::parse(Some("lastEventId=1700000000.5")));
+        assert_eq!(r.after, None, "an original PERE timestamp is no position");
+        assert_eq!(r.raw.as_deref(), Some("1700000000.5"));
+    }
+}

@@ -1,0 +1,43 @@
+//! What every request shares: the engine, the settings and the shutdown signal.
+
+use std::sync::Arc;
+
+use pere_core::{Hub, HubConfig, Retention, Store};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+/// Everything the handlers share.
+#[derive(Debug)]
+pub struct AppState<S: Store> {
+    /// The engine.
+    pub hub: Arc<Hub<S>>,
+    /// The settings.
+    pub config: Config,
+    /// Cancelled when the server shuts down; streams watch it to end.
+    pub shutdown: CancellationToken,
+}
+
+impl<S: Store> AppState<S> {
+    /// The state of a server over `store`, configured by `config`.
+    pub fn new(store: S, config: Config) -> Arc<Self> {
+        let hub = Hub::new(
+            store,
+            HubConfig {
+                subscriber_buffer: config.subscriber_buffer.max(1),
+                ack_timeout: (!config.ack_timeout.is_zero()).then_some(config.ack_timeout),
+                max_deliveries: config.max_deliveries.max(1),
+                ..HubConfig::default()
+            },
+        );
+        Arc::new(AppState { hub, config, shutdown: CancellationToken::new() })
+    }
+}
+
+/// The retention the settings ask for.
+pub fn retention(config: &Config) -> Retention {
+    Retention {
+        max_events: config.retention_events.max(1),
+        max_age: (!config.retention_age.is_zero()).then_some(config.retention_age),
+    }
+}
