@@ -8,6 +8,7 @@ use std::time::Duration;
 use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures_util::StreamExt;
 use pere_client::retry::{is_transient, Outcome};
+use pere_client::Fatal;
 use pere_core::sse::{GAP_EVENT_TYPE, RESET_EVENT_TYPE};
 use pere_core::wire::{GapNotice, ReceiptJson};
 use reqwest::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
@@ -18,7 +19,6 @@ use crate::ack;
 use crate::ledger::{Ledger, Verdict};
 use crate::output::{describe_answer, describe_transport, say};
 use crate::retry::{reconnect_delay, RetryScanner, DEFAULT_RETRY};
-use crate::Fatal;
 
 /// What the subscriber was asked to do, beyond where to connect.
 #[derive(Debug)]
