@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::client::{connect, Client};
+use crate::http;
 use crate::procfs::{Probe, Sample};
 use crate::sse::{json_u64, FeedItem, FeedParser, SseItem};
 use crate::stats::{latency_histogram, record, Percentiles, SeenSet};
@@ -527,11 +528,12 @@ async fn subscriber(
         let last_id = state.lock().expect("no panics while held").last_id.clone();
         let result = async {
             let mut stream = connect(plan.target, source).await?;
-            let resume = last_id.map(|id| format!("Last-Event-ID: {id}\r\n")).unwrap_or_default();
-            let request = format!(
-                "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\ndevice: {device}\r\n{resume}\r\n"
-            );
-            stream.write_all(request.as_bytes()).await?;
+            let mut headers =
+                vec![("Accept", "text/event-stream"), ("Cache-Control", "no-cache"), ("device", &*device)];
+            if let Some(id) = &last_id {
+                headers.push(("Last-Event-ID", id));
+            }
+            stream.write_all(&http::request("GET", &path, &host, &headers, None)).await?;
             let mut parser = FeedParser::new();
             loop {
                 let n = stream.read(&mut buf).await?;
@@ -655,6 +657,8 @@ async fn publisher(shared: Arc<Shared>, k: usize, total: u64, rate_total: Option
     let host = plan.host();
     let pad = "x".repeat(plan.pad);
     let paths: Vec<String> = (0..plan.channels).map(|c| format!("/push/{}", plan.channel_name(c))).collect();
+    let device = format!("{}p{k}", plan.prefix);
+    let headers = [("Content-Type", "application/json"), ("device", device.as_str())];
     let mut histogram = latency_histogram();
     let mut j = k as u64;
     while j < total {
@@ -682,14 +686,9 @@ async fn publisher(shared: Arc<Shared>, k: usize, total: u64, rate_total: Option
         } else {
             format!("{{\"t\":{sent},\"seq\":{seq},\"pad\":\"{pad}\"}}")
         };
-        let request = format!(
-            "POST {} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\ndevice: {}p{k}\r\nContent-Length: {}\r\n\r\n{body}",
-            paths[channel],
-            plan.prefix,
-            body.len()
-        );
+        let request = http::request("POST", &paths[channel], &host, &headers, Some(body.as_bytes()));
         let began = Instant::now();
-        match client.request(request.as_bytes()).await {
+        match client.request(&request).await {
             Ok(status) if status / 100 == 2 => {
                 record(&mut histogram, began.elapsed().as_micros() as u64);
                 shared.published[channel].lock().expect("no panics while held").insert(seq);
@@ -727,14 +726,10 @@ async fn receipt_sender(shared: Arc<Shared>, k: usize, mut queue: mpsc::Receiver
             serde_json::Value::String(job.id).to_string()
         };
         let body = format!("{{\"device\":\"{}\",\"id\":{id},\"status\":\"ok\"}}", job.device);
-        let request = format!(
-            "POST {} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\ndevice: {}\r\nContent-Length: {}\r\n\r\n{body}",
-            paths[job.channel],
-            job.device,
-            body.len()
-        );
+        let headers = [("Content-Type", "application/json"), ("device", &*job.device)];
+        let request = http::request("POST", &paths[job.channel], &host, &headers, Some(body.as_bytes()));
         let began = Instant::now();
-        let result = client.request(request.as_bytes()).await;
+        let result = client.request(&request).await;
         let now = shared.now_ns();
         match result {
             Ok(status) if status / 100 == 2 => {

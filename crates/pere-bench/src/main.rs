@@ -6,7 +6,7 @@
 //! See `bench/README.md` for the scenarios and `bench/compare.sh` for a PERE/Nchan comparison.
 //!
 //! Layout:
-//! - `http`: response heads and body framing (length, chunked);
+//! - `http`: request bytes, response heads and body framing (length, chunked);
 //! - `sse`: the event stream parser and the body scanner;
 //! - `client`: sockets and a keep-alive request client;
 //! - `load`: the scenarios' tasks and phases, and the JSON report;

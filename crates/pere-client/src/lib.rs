@@ -1,9 +1,16 @@
 //! The client side of PERE's protocol, shared by `pere-pub` and `pere-sub`: the server address
-//! and endpoints, device ids in the original clients' style, and how the tools talk to the user
-//! (one flushed line at a time, failures described in one line).
+//! and endpoints, device ids in the original clients' style, how the tools talk to the user
+//! (one flushed line at a time, failures described in one line), and how they send a request
+//! until it gets through.
+//!
+//! Layout:
+//! - [`output`]: line-at-a-time printing and one-line failure descriptions;
+//! - [`retry`]: one request's outcome (accepted, retryable, refused), which statuses may pass,
+//!   and the retry loop behind pushes and receipts.
 #![deny(missing_docs, missing_debug_implementations)]
 
 pub mod output;
+pub mod retry;
 
 use std::fmt;
 

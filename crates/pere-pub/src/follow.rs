@@ -8,13 +8,13 @@ use eventsource_stream::{EventStreamError, Eventsource};
 use futures_util::StreamExt;
 use pere_core::sse::GAP_EVENT_TYPE;
 use pere_core::wire::ReceiptJson;
+use pere_client::retry::is_transient;
 use rand::Rng;
 use reqwest::header::ACCEPT;
 use reqwest::{Client, Url};
 use tokio::sync::oneshot;
 
 use crate::output::{describe_answer, describe_transport, say};
-use crate::push::is_transient;
 
 /// Consecutive failed attempts before following stops: publishing goes on without it.
 const MAX_FAILURES: u32 = 10;

@@ -32,6 +32,16 @@ impl Interval {
         }
     }
 
+    /// The shortest wait.
+    pub fn shortest(&self) -> Duration {
+        self.min
+    }
+
+    /// How much longer the longest wait is than the shortest: the random part of a wait.
+    pub fn spread(&self) -> Duration {
+        self.max - self.min
+    }
+
     /// True when there is never anything to wait for.
     pub fn is_zero(&self) -> bool {
         self.max.is_zero()
@@ -93,6 +103,8 @@ mod tests {
         assert_eq!(parse("0.5-0.5").unwrap(), parse("0.5").unwrap());
         assert_eq!(parse("10-20").unwrap().to_string(), "10-20");
         assert_eq!(parse("0.25").unwrap().to_string(), "0.25");
+        let range = parse("1-10").unwrap();
+        assert_eq!((range.shortest(), range.spread()), (Duration::from_secs(1), Duration::from_secs(9)));
     }
 
     #[test]

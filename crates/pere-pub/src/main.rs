@@ -4,7 +4,7 @@
 //! - [`cli`]: the command line, server address and default device id;
 //! - [`interval`]: fixed or random waits (`0.2`, `10-20`);
 //! - [`payload`]: the events: the original's random JSON, a fixed text or stdin lines;
-//! - [`push`]: the push request and how it ended;
+//! - [`push`]: the push request (sent, and sent again, by `pere_client::retry`);
 //! - [`follow`]: `--follow`, the channel's receipts;
 //! - [`output`]: line-at-a-time printing and one-line failure descriptions.
 
@@ -19,6 +19,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use pere_client::retry::{retry, send_once, Outcome, Policy};
+use pere_core::wire::PushAccepted;
 use reqwest::header::HeaderValue;
 use reqwest::{Client, Url};
 use serde::Serialize;
@@ -26,10 +28,8 @@ use tokio::task::JoinHandle;
 
 use crate::cli::Cli;
 use crate::follow::Follow;
-use crate::interval::Interval;
 use crate::output::say;
 use crate::payload::{Body, Source};
-use crate::push::PushOutcome;
 
 pub use pere_client::Fatal;
 
@@ -64,8 +64,8 @@ struct Publisher {
     event_type: Option<String>,
     json: bool,
     quiet: bool,
-    attempts: Option<u32>,
-    retry_delay: Interval,
+    /// `--retries` and `--retry-delay`: a random wait between failed attempts, as the original's.
+    retry: Policy,
 }
 
 /// One `--json` line: the server's answer plus the body sent.
@@ -111,8 +111,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         event_type: cli.event_type.clone(),
         json: cli.json,
         quiet: cli.quiet,
-        attempts: cli.attempts(),
-        retry_delay: cli.retry_delay,
+        retry: Policy {
+            attempts: cli.attempts(),
+            first_backoff: cli.retry_delay.shortest(),
+            growth: 1,
+            jitter: cli.retry_delay.spread(),
+        },
     };
 
     let mut accepted = 0u64;
@@ -166,31 +170,32 @@ impl Publisher {
     /// Pushes event number `number` until the server accepts it, refuses it for good, or
     /// `--retries` attempts have failed.
     async fn publish(&self, number: u64, body: &Body) -> anyhow::Result<()> {
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            let request = push::push_request(&self.client, &self.url, &self.device, self.event_type.as_deref(), body);
-            match push::push(request).await {
-                PushOutcome::Accepted(answer) => {
-                    self.report(answer, body);
-                    return Ok(());
-                }
-                PushOutcome::Refused(why) => {
-                    eprintln!("PUSH FAILED. event: {} reason: {why}", output::abbreviate(&body.text));
-                    return Err(Fatal(format!("the server refused event {number}: {why}")).into());
-                }
-                PushOutcome::Retryable(why) => {
-                    eprintln!("PUSH FAILED. event: {} reason: {why}", output::abbreviate(&body.text));
-                    if self.attempts.is_some_and(|max| attempt >= max) {
-                        anyhow::bail!("giving up on event {number} after {attempt} failed attempts: {why}");
-                    }
-                    tokio::time::sleep(self.retry_delay.sample(&mut rand::thread_rng())).await;
-                }
+        let mut failed = 0u32;
+        let outcome = retry(
+            &self.retry,
+            || {
+                let event_type = self.event_type.as_deref();
+                send_once::<PushAccepted>(push::push_request(&self.client, &self.url, &self.device, event_type, body))
+            },
+            |attempt, why| {
+                failed = attempt;
+                eprintln!("PUSH FAILED. event: {} reason: {why}", output::abbreviate(&body.text));
+            },
+        )
+        .await;
+        match outcome {
+            Outcome::Accepted(answer) => {
+                self.report(answer, body);
+                Ok(())
+            }
+            Outcome::Refused(why) => Err(Fatal(format!("the server refused event {number}: {why}")).into()),
+            Outcome::Retryable(why) => {
+                anyhow::bail!("giving up on event {number} after {failed} failed attempts: {why}")
             }
         }
     }
 
-    fn report(&self, answer: Option<pere_core::wire::PushAccepted>, body: &Body) {
+    fn report(&self, answer: Option<PushAccepted>, body: &Body) {
         if self.json {
             let line = JsonPush {
                 channel: answer.as_ref().map_or(&self.channel, |a| &a.channel),

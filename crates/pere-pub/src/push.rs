@@ -1,28 +1,16 @@
 //! One push: `POST /push/:channel` with the body, the `device` header and an optional `event` type.
+//! Sending it, and again after a failure, is `pere_client::retry`'s job.
 
 use std::time::Duration;
 
-use pere_core::wire::PushAccepted;
 use reqwest::header::CONTENT_TYPE;
-use reqwest::{Client, RequestBuilder, StatusCode, Url};
+use reqwest::{Client, RequestBuilder, Url};
 
-use crate::output::{describe_answer, describe_transport};
 use crate::payload::Body;
 
 /// A push is one small request; a server that takes longer than this counts as failed, and the
 /// event is sent again.
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How a push ended.
-#[derive(Debug)]
-pub enum PushOutcome {
-    /// Stored; the server's answer, when it sent one (the original server answered 204).
-    Accepted(Option<PushAccepted>),
-    /// Failed in a way that may pass (no answer, 5xx): try the same event again.
-    Retryable(String),
-    /// Refused for good (4xx: bad channel, body too large, …): trying again cannot help.
-    Refused(String),
-}
 
 /// The push request for `body`.
 pub fn push_request(client: &Client, url: &Url, device: &str, event_type: Option<&str>, body: &Body) -> RequestBuilder {
@@ -37,32 +25,6 @@ pub fn push_request(client: &Client, url: &Url, device: &str, event_type: Option
         request = request.header("event", event_type);
     }
     request
-}
-
-/// Sends one push.
-pub async fn push(request: RequestBuilder) -> PushOutcome {
-    let response = match request.send().await {
-        Ok(response) => response,
-        Err(err) if err.is_builder() => return PushOutcome::Refused(describe_transport(err)),
-        Err(err) => return PushOutcome::Retryable(describe_transport(err)),
-    };
-    let status = response.status();
-    let body = match response.text().await {
-        Ok(body) => body,
-        Err(err) => return PushOutcome::Retryable(describe_transport(err)),
-    };
-    if status.is_success() {
-        PushOutcome::Accepted(serde_json::from_str(&body).ok())
-    } else if is_transient(status) {
-        PushOutcome::Retryable(describe_answer(status, &body))
-    } else {
-        PushOutcome::Refused(describe_answer(status, &body))
-    }
-}
-
-/// Statuses that say "not now" rather than "no".
-pub fn is_transient(status: StatusCode) -> bool {
-    status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS
 }
 
 #[cfg(test)]
@@ -85,13 +47,5 @@ mod tests {
         let req = push_request(&client, &url, "P1", Some("tick"), &Body::text("hi".into())).build().unwrap();
         assert_eq!(req.headers()["content-type"], "text/plain; charset=utf-8");
         assert_eq!(req.headers()["event"], "tick");
-    }
-
-    #[test]
-    fn transient_statuses() {
-        assert!(is_transient(StatusCode::SERVICE_UNAVAILABLE));
-        assert!(is_transient(StatusCode::INTERNAL_SERVER_ERROR));
-        assert!(!is_transient(StatusCode::BAD_REQUEST));
-        assert!(!is_transient(StatusCode::PAYLOAD_TOO_LARGE));
     }
 }

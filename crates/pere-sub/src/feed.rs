@@ -7,17 +7,18 @@ use std::time::Duration;
 
 use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures_util::StreamExt;
+use pere_client::retry::{is_transient, Outcome};
+use pere_client::Fatal;
 use pere_core::sse::{GAP_EVENT_TYPE, RESET_EVENT_TYPE};
 use pere_core::wire::{GapNotice, ReceiptJson};
 use reqwest::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
 use reqwest::{Client, Response, Url};
 use serde::Serialize;
 
-use crate::ack::{self, AckOutcome};
+use crate::ack;
 use crate::ledger::{Ledger, Verdict};
 use crate::output::{describe_answer, describe_transport, say};
 use crate::retry::{reconnect_delay, RetryScanner, DEFAULT_RETRY};
-use crate::Fatal;
 
 /// What the subscriber was asked to do, beyond where to connect.
 #[derive(Debug)]
@@ -166,7 +167,7 @@ impl Subscriber {
         }
         let body = response.text().await.unwrap_or_default();
         let why = describe_answer(status, &body);
-        if ack::is_transient(status) || status.is_redirection() {
+        if is_transient(status) || status.is_redirection() {
             Connect::Retry(why)
         } else {
             Connect::Refused(why)
@@ -249,7 +250,7 @@ impl Subscriber {
         } else {
             let status = &self.opts.status;
             match ack::acknowledge(&self.client, &self.feedback_url, &self.device, &id, status).await {
-                AckOutcome::Acked(answer) => {
+                Outcome::Accepted(answer) => {
                     if let Some(n) = number {
                         self.ledger.settled(n);
                     }
@@ -260,14 +261,14 @@ impl Subscriber {
                     receipt = answer;
                     true
                 }
-                AckOutcome::Retryable(why) => {
+                Outcome::Retryable(why) => {
                     if let Some(n) = number {
                         self.ledger.unsettled(n);
                     }
                     eprintln!("TX ACK FAILED> id: {id}, reason: {why}");
                     false
                 }
-                AckOutcome::Refused(why) => {
+                Outcome::Refused(why) => {
                     if let Some(n) = number {
                         self.ledger.settled(n);
                     }

@@ -4,7 +4,7 @@
 //! - [`cli`]: the command line, server address and default device id;
 //! - [`feed`]: the subscription loop (connect, read, acknowledge, reconnect);
 //! - [`ledger`]: which events are new, duplicates, or still owed a receipt;
-//! - [`ack`]: the receipt request;
+//! - [`ack`]: the receipt request, and its retry policy;
 //! - [`retry`]: the server's `retry:` and the reconnection delay;
 //! - [`output`]: line-at-a-time printing and one-line failure descriptions.
 
