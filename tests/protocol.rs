@@ -295,3 +295,54 @@ async fn feeds_work_on_a_dedicated_connection_and_after_other_requests_on_the_sa
     drop(half);
     assert_eq!(server.push("Raw", "two").await, 2);
 }
+
+/// Sends `requests` on one new connection and reads until `until` shows up in what comes back.
+async fn exchange(server: &TestServer, requests: &str, until: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server.host_port()).await.unwrap();
+    stream.write_all(requests.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains(until) {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(pere_e2e::WAIT, stream.read(&mut chunk)).await.unwrap().unwrap();
+        assert!(n > 0, "closed before {until:?}: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feeds_on_either_kind_of_connection_pass_the_same_door() {
+    let server = TestServer::start(&["--log-level", "debug"]).await;
+    server.push("Door", "one").await;
+    let health = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+    let feed = |device: &str| format!("GET /feed/Door HTTP/1.1\r\nHost: x\r\ndevice: {device}\r\n\r\n");
+
+    // Let in: a feed that opens its connection, and one after another request on a kept-alive one.
+    exchange(&server, &feed("First1"), "data: one").await;
+    exchange(&server, &format!("{health}{}", feed("Later1")), "data: one").await;
+    for device in ["First1", "Later1"] {
+        let request = format!(" REQUEST> GET /feed/Door, device: {device}");
+        server.proc.wait_line(|l| l.contains(&request)).await;
+        server.proc.wait_line(|l| l.contains(" FEED REQ> ") && l.contains(&format!("device: {device},"))).await;
+    }
+
+    // Refused: the same bad device on both kinds of connection, with the same answer and line.
+    let first = exchange(&server, &feed("bad/first"), "bad_device").await;
+    let later = exchange(&server, &format!("{health}{}", feed("bad/later")), "bad_device").await;
+    assert!(first.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{first}");
+    let later_answer = &later[later.rfind("HTTP/1.1 ").unwrap()..];
+    assert!(later_answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{later}");
+    let refusals = server.proc.wait_lines(2, |l| l.contains(" REFUSED> GET /feed/Door: 400 bad_device")).await;
+    assert_eq!(refusals.len(), 2, "{refusals:?}");
+    // Every line starts with its time.
+    for line in server.proc.lines().iter().skip(1) {
+        assert!(chrono_like(line), "{line}");
+    }
+}
+
+/// Whether a log line starts with an ISO-8601 UTC time with milliseconds.
+fn chrono_like(line: &str) -> bool {
+    let stamp = line.split(' ').next().unwrap_or_default();
+    stamp.len() == 24 && stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T' && stamp[..4].parse::<u32>().is_ok()
+}
