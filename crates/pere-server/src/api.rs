@@ -13,8 +13,8 @@ use pere_core::event::format_time;
 use pere_core::hub::{DeviceView, ReceiptSummary};
 use pere_core::receipt::MAX_STATUS_LEN;
 use pere_core::wire::{FeedbackRequest, PushAccepted, ReceiptJson};
-use pere_core::hub::{PresenceChange, ReceiptNotice};
-use pere_core::{sse, ChannelName, DeviceId, EventType, Hub, NewEvent, Store, SubscribeRequest, WaitFor};
+use pere_core::notice::PresenceChange;
+use pere_core::{sse, ChannelName, DeviceId, EventType, Hub, NewEvent, ReceiptItem, Store, SubscribeRequest, WaitFor};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -228,7 +228,8 @@ async fn push<S: Store>(state: &Arc<AppState<S>>, channel: &str, request: Reques
         }
     }
     let wait = push_wait(&query, state.config.max_wait)?;
-    let event = state.hub.publish(&channel, NewEvent { publisher: device, event_type, body }).await?;
+    let new = NewEvent { publisher: device, event_type, body, idempotency_key: None };
+    let event = state.hub.publish(&channel, new).await?.event;
     state.log.push(channel.as_str(), event.publisher.as_ref().map(|d| d.as_str()), event.id, &event.body);
     let Some((wait, timeout)) = wait else {
         return Ok(compact_json_response(StatusCode::OK, &PushAccepted::from(&*event)));
@@ -534,105 +535,38 @@ async fn event_view<S: Store>(state: &Arc<AppState<S>>, channel: &str, id: &str)
     Ok(json_response(StatusCode::OK, &view))
 }
 
-fn receipt_frame(notice: &ReceiptNotice) -> Bytes {
-    let data = serde_json::to_string(&ReceiptJson::from(&notice.receipt)).unwrap_or_default();
-    let mut frame = sse::encode_event(notice.receipt.seq, Some("receipt"), &data).to_vec();
-    if let Some(done) = notice.completed {
-        frame.extend_from_slice(&completion_frame(&notice.receipt, done));
-    }
-    Bytes::from(frame)
+fn receipt_frame(receipt: &pere_core::Receipt) -> Bytes {
+    let data = serde_json::to_string(&ReceiptJson::from(receipt)).unwrap_or_default();
+    sse::encode_event(receipt.seq, Some("receipt"), &data)
 }
 
 /// A completion is no position in the receipt stream: it carries no `id:`, so one heard after
 /// later receipts were sent does not move the client's last id back.
-fn completion_frame(receipt: &pere_core::Receipt, done: pere_core::ledger::Completion) -> Bytes {
-    let data = json!({"channel": receipt.channel, "id": done.event_id, "expected": done.expected});
+fn completion_frame(channel: &ChannelName, event_id: u64, expected: usize) -> Bytes {
+    let data = json!({"channel": channel, "id": event_id, "expected": expected});
     sse::encode_notice("complete", &data.to_string())
 }
-
-/// The frames of every receipt after `through` up to the one `notice` announces, read from the
-/// store, and the seq now sent through. Notices can overtake each other (two receipts recorded
-/// together wake their handlers in any order), but the store shows receipts in seq order, so
-/// reading it keeps the stream in order and a client resuming from its last id misses nothing.
-async fn receipts_up_to<S: Store>(
-    store: &S,
-    channel: &ChannelName,
-    mut through: u64,
-    notice: &ReceiptNotice,
-) -> Result<(Bytes, u64), pere_core::StoreError> {
-    let mut frames = Vec::new();
-    while through < notice.receipt.seq {
-        let page = store.receipts_after(channel, through, RECEIPT_PAGE).await?;
-        if page.is_empty() {
-            break;
-        }
-        for receipt in page {
-            through = receipt.seq;
-            let completed = if receipt.seq == notice.receipt.seq { notice.completed } else { None };
-            frames.extend_from_slice(&receipt_frame(&ReceiptNotice { receipt, completed }));
-        }
-    }
-    if through < notice.receipt.seq {
-        // Pruned already (a late receipt for an event retention removed): send it as announced.
-        frames.extend_from_slice(&receipt_frame(notice));
-        through = notice.receipt.seq;
-    }
-    Ok((Bytes::from(frames), through))
-}
-
-/// Receipts read from the store per replay step of the receipt stream.
-const RECEIPT_PAGE: usize = 256;
 
 async fn receipts_stream<S: Store>(state: &Arc<AppState<S>>, channel: &str, request: &Request<Incoming>) -> Answer {
     let channel = channel_name(channel)?;
     let (after, _) = resume_position(request);
-    // Live first, then history: nothing falls between the two. History is read a page at a time
-    // as the client takes it, however long it is; live receipts already replayed are skipped.
-    let (live, head) = state.hub.follow_receipts(&channel).await?;
-    let replay = after.map(|after| (after, std::collections::VecDeque::<pere_core::Receipt>::new()));
-    let start = (state.hub.store().clone(), channel.clone(), live, replay, after.unwrap_or(head));
-    let frames = futures_util::stream::unfold(start, |(store, channel, mut live, mut replay, mut through)| async move {
-        while let Some((next, page)) = replay.as_mut() {
-            if let Some(receipt) = page.pop_front() {
-                through = receipt.seq;
-                let frame = receipt_frame(&ReceiptNotice { receipt, completed: None });
-                return Some((Ok(frame), (store, channel, live, replay, through)));
+    // The core keeps the order and the resume position; this only frames what it gives.
+    let follow = state.hub.follow_receipts(&channel, after).await?;
+    let frames = futures_util::stream::unfold(follow, |mut follow| async move {
+        let frame = match follow.next().await {
+            Some(Ok(ReceiptItem::Receipt(receipt))) => Ok(receipt_frame(&receipt)),
+            Some(Ok(ReceiptItem::Completed { channel, event_id, expected })) => {
+                Ok(completion_frame(&channel, event_id, expected))
             }
-            match store.receipts_after(&channel, *next, RECEIPT_PAGE).await {
-                Ok(more) if more.is_empty() => replay = None,
-                Ok(more) => {
-                    *next = more.last().map_or(*next, |r| r.seq);
-                    page.extend(more);
-                }
-                Err(err) => {
-                    eprintln!("ERROR> receipt stream of {channel}: {err}");
-                    return Some((Err(EndReason::StoreFailed), (store, channel, live, None, through)));
-                }
+            Some(Err(err)) => {
+                eprintln!("ERROR> receipt stream of {}: {err}", follow.channel());
+                Err(EndReason::StoreFailed)
             }
-        }
-        loop {
-            match live.recv().await {
-                // Sent already, read from the store ahead of its notice: only a completion is news.
-                Ok(notice) if notice.receipt.seq <= through => {
-                    if let Some(done) = notice.completed {
-                        let frame = completion_frame(&notice.receipt, done);
-                        return Some((Ok(frame), (store, channel, live, None, through)));
-                    }
-                }
-                Ok(notice) => match receipts_up_to(&store, &channel, through, &notice).await {
-                    Ok((frames, sent)) => return Some((Ok(frames), (store, channel, live, None, sent))),
-                    Err(err) => {
-                        eprintln!("ERROR> receipt stream of {channel}: {err}");
-                        return Some((Err(EndReason::StoreFailed), (store, channel, live, None, through)));
-                    }
-                },
-                // The reader fell behind the live buffer: it resumes from its last id.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    return Some((Err(EndReason::Lagged), (store, channel, live, None, through)))
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-            }
-        }
+            // The reader fell behind the live buffer: it resumes from its last id.
+            None if follow.lagged() => Err(EndReason::Lagged),
+            None => return None,
+        };
+        Some((frame, follow))
     })
     .boxed();
     let body = SseBody::frames(frames, format!("{channel} receipts"), None, stream_context(state, request));
