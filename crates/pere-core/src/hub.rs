@@ -416,11 +416,15 @@ impl<S: Store> Hub<S> {
     fn apply_published_to(&self, hub: &Arc<ChannelHub>, event: Arc<Event>) {
         let id = event.id;
         // Followed before it is released, so no receipt can arrive before the ledger knows it.
-        let Some(expected) = hub.ledger().track(id) else { return };
+        let tracked = hub.ledger().track(id);
+        // Released even when followed already: the sequencer ignores what it released before,
+        // and a gap fill must not skip an event whose own apply is still on its way.
         if hub.release(event, &self.observers) {
             self.start_gap_timer(hub);
         }
-        self.observers.send(|| HubNotice::Published { channel: hub.name.clone(), event_id: id, expected });
+        if let Some(expected) = tracked {
+            self.observers.send(|| HubNotice::Published { channel: hub.name.clone(), event_id: id, expected });
+        }
     }
 
     /// Watches the events waiting behind a missing id of `hub` until none wait: each time they
