@@ -15,7 +15,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .subscribe(&channel, SubscribeRequest { device: Some(device.clone()), ..SubscribeRequest::default() })
         .await?;
     for text in ["first", "second\nwith two lines"] {
-        let event = hub.publish(&channel, NewEvent { publisher: None, event_type: None, body: text.to_owned() }).await?;
+        let new = NewEvent { publisher: None, event_type: None, body: text.to_owned(), idempotency_key: None };
+        let event = hub.publish(&channel, new).await?.event;
         println!("published {} as id {}", text.escape_debug(), event.id);
     }
     for _ in 0..2 {

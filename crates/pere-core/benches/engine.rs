@@ -18,7 +18,7 @@ fn median(mut runs: Vec<Duration>) -> Duration {
 }
 
 fn event(body: &str) -> NewEvent {
-    NewEvent { publisher: None, event_type: None, body: body.to_owned() }
+    NewEvent { publisher: None, event_type: None, body: body.to_owned(), idempotency_key: None }
 }
 
 async fn fan_out(subscribers: usize, events: u64) -> Duration {

@@ -74,6 +74,8 @@ pub enum StoreError {
     Backend(Box<dyn std::error::Error + Send + Sync>),
     /// The store was opened on data it cannot use (for instance a newer schema).
     Incompatible(String),
+    /// An event's idempotency key is not 1 to 255 visible ASCII characters; nothing was stored.
+    InvalidIdempotencyKey,
 }
 
 impl StoreError {
@@ -89,6 +91,9 @@ impl fmt::Display for StoreError {
             StoreError::UnknownEvent { id } => write!(f, "no event with id {id} on this channel"),
             StoreError::Backend(err) => write!(f, "storage failure: {err}"),
             StoreError::Incompatible(msg) => write!(f, "incompatible store: {msg}"),
+            StoreError::InvalidIdempotencyKey => {
+                f.write_str("an idempotency key must be 1 to 255 visible ASCII characters")
+            }
         }
     }
 }

@@ -15,6 +15,20 @@ pub struct NewEvent {
     pub event_type: Option<EventType>,
     /// The body, kept verbatim.
     pub body: String,
+    /// Makes publishing safe to retry: an append whose key the channel already holds among its
+    /// retained events stores nothing and returns the stored event. 1 to
+    /// [`MAX_IDEMPOTENCY_KEY_LEN`] visible ASCII characters.
+    pub idempotency_key: Option<String>,
+}
+
+/// The longest idempotency key, in bytes: room for a UUID or a hash with a prefix, small enough
+/// that a unique index over keys stays cheap.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// Whether `key` is a valid idempotency key: 1 to [`MAX_IDEMPOTENCY_KEY_LEN`] visible ASCII
+/// characters (`!` to `~`), so it can travel in a header and be logged as is.
+pub fn valid_idempotency_key(key: &str) -> bool {
+    (1..=MAX_IDEMPOTENCY_KEY_LEN).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// A published event. Its id is the channel's sequence number: strictly increasing, never reused.
@@ -32,6 +46,8 @@ pub struct Event {
     pub event_type: Option<EventType>,
     /// The body, verbatim.
     pub body: String,
+    /// The publisher's idempotency key, if it gave one.
+    pub idempotency_key: Option<String>,
     // The SSE frame, encoded once here and shared (reference-counted) with every subscriber.
     frame: Bytes,
 }
@@ -48,6 +64,7 @@ impl Event {
             publisher: new.publisher,
             event_type: new.event_type,
             body: new.body,
+            idempotency_key: new.idempotency_key,
             frame,
         }
     }

@@ -5,6 +5,15 @@
 //! channel has a small sequencer that releases events to subscribers strictly by id, so every
 //! subscriber sees a channel's events in id order.
 //!
+//! When an id never comes (its append was lost), the events behind it wait at most
+//! [`GAP_WAIT`]: the sequencer then reads the gap from the store, releases what it finds and
+//! skips the rest.
+//!
+//! Record, then apply: every change is first recorded in the store, then applied to this node's
+//! live state by one `apply_*` method per kind of change ([`Hub::apply_published`],
+//! [`Hub::apply_receipt`], [`Hub::apply_membership`], [`Hub::apply_presence`]), which a node can
+//! also call for changes another node recorded.
+//!
 //! The resume seam: a subscriber is registered under the channel lock and, in the same critical
 //! section, reads the id of the last event released (`snapshot`). Every event after `snapshot`
 //! reaches it live; every event up to `snapshot` is replayed from the store. No event is in both
@@ -12,22 +21,23 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use std::future::Future;
 use std::task::Poll;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
 use crate::error::StoreError;
 use crate::event::{now, Event, NewEvent};
+use crate::follow::{ReceiptFollow, ReceiptNotice};
+use crate::ledger::{ChannelLedger, Completion, WaitFor};
 use crate::name::{ChannelName, DeviceId};
-use crate::ledger::{ChannelLedger, Completion, LedgerNotice, WaitFor};
+use crate::notice::{HubNotice, Observers, PresenceChange};
 use crate::receipt::{DeviceOp, DeviceRecord, DeviceTouch, Membership, Receipt};
-use crate::store::Store;
+use crate::store::{Appended, Store};
 
 /// Tuning of a [`Hub`].
 #[derive(Debug, Clone, Copy)]
@@ -119,33 +129,19 @@ impl ReceiptSummary {
     }
 }
 
-/// A receipt as the receipt stream carries it, with the completion it caused, if any.
-#[derive(Debug, Clone)]
-pub struct ReceiptNotice {
-    /// The receipt (with its stream position, `seq`).
-    pub receipt: Receipt,
-    /// Set when this receipt made its event fully acknowledged.
-    pub completed: Option<Completion>,
-}
-
-/// A device going online or offline on a channel.
-#[derive(Debug, Clone)]
-pub struct PresenceChange {
-    /// Position in the channel's presence stream (per node, from 1).
-    pub seq: u64,
-    /// The device.
-    pub device: DeviceId,
-    /// Online (its first stream opened) or offline (its last stream closed).
-    pub online: bool,
-    /// When.
-    pub at: DateTime<Utc>,
-}
-
 /// How many presence changes per channel are kept for replay.
 const PRESENCE_HISTORY: usize = 1000;
 /// Live receipt and presence notices buffered per channel for slow stream readers, who fall
 /// back to the store (receipts) or lose the oldest changes (presence) past it.
 const NOTICE_BUFFER: usize = 1024;
+/// How long events may wait behind a missing id before the sequencer reads the gap from the
+/// store, releases what it finds there and skips the ids it does not. A missing id is nearly
+/// always an append still finishing (ids are given in order and an event is applied only once
+/// stored, so a later event's arrival means the earlier one is committed or lost); one that has
+/// not come after this long was lost on the way (its publishing task died, a bus dropped it) and
+/// must not hold the channel's subscribers back forever. Long enough that a busy writer is never
+/// overtaken, short enough that a stall is a hiccup, not an outage.
+pub const GAP_WAIT: Duration = Duration::from_secs(2);
 
 /// The local fan-out engine over a [`Store`].
 #[derive(Debug)]
@@ -153,15 +149,20 @@ pub struct Hub<S> {
     store: S,
     config: HubConfig,
     // Channel hubs are never removed: a publish holds its channel's sequencer across the store
-    // append, and a second sequencer for the same channel could wait forever for that event.
+    // append, and a second sequencer for the same channel would hold later events back for
+    // `GAP_WAIT` waiting for that event (and its subscribers would miss it live).
     channels: Mutex<HashMap<ChannelName, Arc<ChannelHub>>>,
     live_devices: Mutex<HashMap<(ChannelName, DeviceId), Arc<LiveDevice>>>,
     next_subscriber: AtomicU64,
-    observer: std::sync::OnceLock<mpsc::Sender<LedgerNotice>>,
+    observers: Observers,
+    // The hub itself, for the gap timers, which outlive the call that starts them and must not
+    // keep a dropped hub alive.
+    me: Weak<Hub<S>>,
 }
 
 #[derive(Debug)]
 struct ChannelHub {
+    name: ChannelName,
     state: Mutex<ChannelState>,
     subscriber_count: AtomicUsize,
     // Apart from `state`, so receipts never contend with fan-out.
@@ -178,7 +179,7 @@ impl ChannelHub {
         self.ledger.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn presence_changed(&self, device: &DeviceId, online: bool) {
+    fn presence_changed(&self, device: &DeviceId, online: bool) -> PresenceChange {
         let mut log = self.presence_log.lock().unwrap_or_else(|e| e.into_inner());
         log.0 += 1;
         let change = PresenceChange { seq: log.0, device: device.clone(), online, at: now() };
@@ -188,8 +189,9 @@ impl ChannelHub {
         }
         // No receiver is fine: nobody is following presence.
         if let Some(followers) = self.presence.get() {
-            let _ = followers.send(change);
+            let _ = followers.send(change.clone());
         }
+        change
     }
 }
 
@@ -198,6 +200,10 @@ struct ChannelState {
     last_released: u64,
     // Appended events waiting for a smaller id to be released first.
     waiting: BTreeMap<u64, Arc<Event>>,
+    // Since when `waiting` has made no progress; `None` while it is empty.
+    stalled_since: Option<Instant>,
+    // Whether a gap timer watches `waiting` (one per channel at most).
+    gap_timer: bool,
     subscribers: HashMap<u64, SubscriberSlot>,
 }
 
@@ -205,6 +211,8 @@ struct ChannelState {
 struct SubscriberSlot {
     tx: mpsc::Sender<Arc<Event>>,
     lagged: Arc<Cut>,
+    // For the notice when it is cut.
+    device: Option<DeviceId>,
 }
 
 /// Set once, when the hub cuts a subscriber that fell too far behind.
@@ -233,25 +241,47 @@ struct LiveDevice {
 }
 
 impl ChannelHub {
-    fn release(&self, event: Arc<Event>) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+    fn state(&self) -> std::sync::MutexGuard<'_, ChannelState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Releases `event` to subscribers in id order. Returns true when events now wait behind a
+    /// missing id and no gap timer watches them yet: the caller starts one.
+    fn release(&self, event: Arc<Event>, observers: &Observers) -> bool {
+        let mut state = self.state();
         if event.id <= state.last_released {
-            return;
+            return false;
         }
         // In order, as nearly always: straight out, no reordering map.
         if event.id == state.last_released + 1 && state.waiting.is_empty() {
-            self.fan_out(&mut state, event);
-            return;
+            self.fan_out(&mut state, event, observers);
+            return false;
         }
         state.waiting.insert(event.id, event);
+        self.drain(&mut state, observers)
+    }
+
+    /// Releases the waiting events that are next in line and restarts the stall clock when that
+    /// made progress. Returns true when a gap timer is needed and none runs (it counts as
+    /// running from now on).
+    fn drain(&self, state: &mut ChannelState, observers: &Observers) -> bool {
+        let before = state.last_released;
         loop {
             let next = state.last_released + 1;
             let Some(event) = state.waiting.remove(&next) else { break };
-            self.fan_out(&mut state, event);
+            self.fan_out(state, event, observers);
         }
+        if state.waiting.is_empty() {
+            state.stalled_since = None;
+            return false;
+        }
+        if state.stalled_since.is_none() || state.last_released != before {
+            state.stalled_since = Some(Instant::now());
+        }
+        !std::mem::replace(&mut state.gap_timer, true)
     }
 
-    fn fan_out(&self, state: &mut ChannelState, event: Arc<Event>) {
+    fn fan_out(&self, state: &mut ChannelState, event: Arc<Event>, observers: &Observers) {
         state.last_released = event.id;
         let mut cut = Vec::new();
         for (&id, slot) in &state.subscribers {
@@ -259,6 +289,11 @@ impl ChannelHub {
                 // Full or closed: end this stream. The client resumes from its last event id.
                 slot.lagged.cut();
                 cut.push(id);
+                observers.send(|| HubNotice::SubscriberCut {
+                    channel: self.name.clone(),
+                    device: slot.device.clone(),
+                    event_id: event.id,
+                });
             }
         }
         if !cut.is_empty() {
@@ -273,27 +308,29 @@ impl ChannelHub {
 impl<S: Store> Hub<S> {
     /// A hub over `store`.
     pub fn new(store: S, config: HubConfig) -> Arc<Self> {
-        Arc::new(Hub {
+        Arc::new_cyclic(|me| Hub {
             store,
             config,
             channels: Mutex::default(),
             live_devices: Mutex::default(),
             next_subscriber: AtomicU64::new(1),
-            observer: std::sync::OnceLock::new(),
+            observers: Observers::default(),
+            me: me.clone(),
         })
     }
 
-    /// Sends every [`LedgerNotice`] to `observer` from now on (one observer per hub; a second
-    /// call is ignored). Notices are dropped, never waited for, when the observer falls behind:
-    /// publishing and receipts never slow down for it.
-    pub fn observe(&self, observer: mpsc::Sender<LedgerNotice>) {
-        let _ = self.observer.set(observer);
+    /// A new observer: every [`HubNotice`] from now on, queued up to `capacity`. Any number of
+    /// observers may listen (a webhook, metrics, a dashboard). One that falls behind loses the
+    /// notices it has no room for, counted in [`Hub::dropped_notices`]: publishing and receipts
+    /// never wait for an observer. Dropping the receiver ends the observation.
+    pub fn observe(&self, capacity: usize) -> mpsc::Receiver<HubNotice> {
+        self.observers.add(capacity)
     }
 
-    fn notify(&self, notice: LedgerNotice) {
-        if let Some(observer) = self.observer.get() {
-            let _ = observer.try_send(notice);
-        }
+    /// Notices lost by observers that had no room for them, since the hub started, all
+    /// observers together.
+    pub fn dropped_notices(&self) -> u64 {
+        self.observers.dropped()
     }
 
     /// The store behind this hub.
@@ -313,9 +350,12 @@ impl<S: Store> Hub<S> {
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         let hub = channels.entry(name.clone()).or_insert_with(|| {
             Arc::new(ChannelHub {
+                name: name.clone(),
                 state: Mutex::new(ChannelState {
                     last_released: head,
                     waiting: BTreeMap::new(),
+                    stalled_since: None,
+                    gap_timer: false,
                     subscribers: HashMap::new(),
                 }),
                 subscriber_count: AtomicUsize::new(0),
@@ -328,26 +368,25 @@ impl<S: Store> Hub<S> {
         Ok(hub.clone())
     }
 
-    /// Appends an event to the store, then delivers it to the channel's live subscribers.
-    /// Returns once the event is stored, with its id and time.
+    /// Appends an event to the store, then applies it (see [`Hub::apply_published`]): delivers
+    /// it to the channel's live subscribers. Returns once the event is stored, with its id and
+    /// time. An event whose idempotency key the channel already holds is not stored again: the
+    /// stored one is returned with [`Appended::new`] false, and nothing else happens (no
+    /// delivery, no ledger change, no notice).
     ///
     /// # Errors
     /// The store's error when the append fails; nothing is delivered then.
-    pub async fn publish(self: &Arc<Self>, channel: &ChannelName, event: NewEvent) -> Result<Arc<Event>, StoreError> {
+    pub async fn publish(self: &Arc<Self>, channel: &ChannelName, event: NewEvent) -> Result<Appended, StoreError> {
         let hub = self.channel(channel).await?;
         let this = self.clone();
-        let channel = channel.clone();
         // Append and release run to completion even if the caller goes away: an event the store
-        // accepted but the sequencer never saw would hold back every later event of the channel.
+        // accepted but the sequencer never saw would hold back later events for `GAP_WAIT`.
         let mut work = Box::pin(async move {
-            let event = this.store.append(&channel, event).await?;
-            // Followed before it is released, so no receipt can arrive before the ledger knows it.
-            let expected = hub.ledger().track(event.id);
-            hub.release(event.clone());
-            if this.observer.get().is_some() {
-                this.notify(LedgerNotice::Published { channel: channel.clone(), event_id: event.id, expected });
+            let appended = this.store.append(&hub.name, event).await?;
+            if appended.new {
+                this.apply_published_to(&hub, appended.event.clone());
             }
-            Ok(event)
+            Ok(appended)
         });
         // Most appends (the memory store's) finish at the first poll and need no task of their
         // own; the others are handed to one, so they finish even if the caller goes away.
@@ -360,6 +399,92 @@ impl<S: Store> Hub<S> {
             Ok(result) => result,
             Err(join) => Err(StoreError::Backend(Box::new(join))),
         }
+    }
+
+    /// Applies an event recorded in the store (by this node's [`Hub::publish`] or by another
+    /// node): the ledger follows it, the sequencer releases it to live subscribers in id order,
+    /// observers hear of it. Applying an event twice changes nothing the second time.
+    ///
+    /// # Errors
+    /// The store's error when the channel's state cannot be loaded.
+    pub async fn apply_published(&self, channel: &ChannelName, event: Arc<Event>) -> Result<(), StoreError> {
+        let hub = self.channel(channel).await?;
+        self.apply_published_to(&hub, event);
+        Ok(())
+    }
+
+    fn apply_published_to(&self, hub: &Arc<ChannelHub>, event: Arc<Event>) {
+        let id = event.id;
+        // Followed before it is released, so no receipt can arrive before the ledger knows it.
+        let tracked = hub.ledger().track(id);
+        // Released even when followed already: the sequencer ignores what it released before,
+        // and a gap fill must not skip an event whose own apply is still on its way.
+        if hub.release(event, &self.observers) {
+            self.start_gap_timer(hub);
+        }
+        if let Some(expected) = tracked {
+            self.observers.send(|| HubNotice::Published { channel: hub.name.clone(), event_id: id, expected });
+        }
+    }
+
+    /// Watches the events waiting behind a missing id of `hub` until none wait: each time they
+    /// have waited [`GAP_WAIT`], the gap is read from the store, what is found is applied and
+    /// the rest skipped.
+    fn start_gap_timer(&self, hub: &Arc<ChannelHub>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime, no timer: the gap waits for its event as it did before timers.
+            hub.state().gap_timer = false;
+            return;
+        };
+        let (me, hub) = (self.me.clone(), hub.clone());
+        runtime.spawn(async move {
+            loop {
+                let deadline = {
+                    let mut state = hub.state();
+                    let Some(since) = state.stalled_since else {
+                        state.gap_timer = false;
+                        return;
+                    };
+                    since + GAP_WAIT
+                };
+                if Instant::now() < deadline {
+                    tokio::time::sleep_until(deadline).await;
+                    continue;
+                }
+                let Some(this) = me.upgrade() else { return };
+                this.fill_gap(&hub).await;
+            }
+        });
+    }
+
+    /// Releases what the store holds between the last released event and the first waiting
+    /// one, and skips the ids it does not hold.
+    async fn fill_gap(&self, hub: &Arc<ChannelHub>) {
+        let (mut after, first_waiting) = {
+            let state = hub.state();
+            match state.waiting.keys().next() {
+                Some(&first) => (state.last_released, first),
+                None => return,
+            }
+        };
+        while after + 1 < first_waiting {
+            let limit = self.config.replay_page.min((first_waiting - after - 1) as usize);
+            // A store that cannot be read now has nothing to give: the ids are skipped like
+            // missing ones, and subscribers that resume read them later.
+            let Ok(page) = self.store.read(&hub.name, after, limit).await else { break };
+            let found: Vec<Arc<Event>> = page.events.into_iter().filter(|e| e.id < first_waiting).collect();
+            let Some(last) = found.last() else { break };
+            after = last.id;
+            for event in found {
+                self.apply_published_to(hub, event);
+            }
+        }
+        let mut state = hub.state();
+        if state.last_released + 1 < first_waiting {
+            state.last_released = first_waiting - 1;
+        }
+        // Asks for no new timer: the one running this is it.
+        hub.drain(&mut state, &self.observers);
     }
 
     /// Opens a subscription: replay from the resume position, then live events.
@@ -411,7 +536,7 @@ impl<S: Store> Hub<S> {
             let mut devices = self.live_devices.lock().unwrap_or_else(|e| e.into_inner());
             let live = devices.entry((channel.clone(), device.clone())).or_default().clone();
             if live.streams.fetch_add(1, Ordering::Relaxed) == 0 {
-                hub.presence_changed(device, true);
+                self.apply_presence_to(&hub, device, true);
             }
             live
         });
@@ -420,8 +545,9 @@ impl<S: Store> Hub<S> {
         let lagged = Arc::new(Cut::default());
         let id = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
         let snapshot = {
-            let mut state = hub.state.lock().unwrap_or_else(|e| e.into_inner());
-            state.subscribers.insert(id, SubscriberSlot { tx, lagged: lagged.clone() });
+            let mut state = hub.state();
+            let device = request.device.clone();
+            state.subscribers.insert(id, SubscriberSlot { tx, lagged: lagged.clone(), device });
             hub.subscriber_count.store(state.subscribers.len(), Ordering::Relaxed);
             state.last_released
         };
@@ -449,8 +575,55 @@ impl<S: Store> Hub<S> {
             return Ok(current.clone());
         }
         let membership = self.store.add_recipient(channel, device, now()).await?;
-        hub.ledger().join(membership.clone());
+        self.apply_membership_to(hub, &membership);
         Ok(membership)
+    }
+
+    /// Applies a membership recorded in the store (by this node or another): a current one makes
+    /// its device a recipient in the channel's ledger, an ended one ends it there (events
+    /// published while it lasted keep expecting the device). Observers hear of it.
+    ///
+    /// # Errors
+    /// The store's error when the channel's state cannot be loaded.
+    pub async fn apply_membership(&self, membership: &Membership) -> Result<(), StoreError> {
+        let hub = self.channel(&membership.channel).await?;
+        self.apply_membership_to(&hub, membership);
+        Ok(())
+    }
+
+    fn apply_membership_to(&self, hub: &ChannelHub, membership: &Membership) {
+        {
+            let mut ledger = hub.ledger();
+            if membership.is_current() {
+                ledger.join(membership.clone());
+            } else {
+                ledger.leave(Some(membership.clone()), &membership.device);
+            }
+        }
+        self.observers.send(|| HubNotice::Membership(membership.clone()));
+    }
+
+    /// Applies a presence change of `device` on `channel`: it goes into the channel's presence
+    /// history and stream, and observers hear of it. This node's own streams call it when a
+    /// device's first stream opens and its last one closes; a node calls it for changes another
+    /// node saw. Returns the change as recorded.
+    ///
+    /// # Errors
+    /// The store's error when the channel's state cannot be loaded.
+    pub async fn apply_presence(
+        &self,
+        channel: &ChannelName,
+        device: &DeviceId,
+        online: bool,
+    ) -> Result<PresenceChange, StoreError> {
+        let hub = self.channel(channel).await?;
+        Ok(self.apply_presence_to(&hub, device, online))
+    }
+
+    fn apply_presence_to(&self, hub: &ChannelHub, device: &DeviceId, online: bool) -> PresenceChange {
+        let change = hub.presence_changed(device, online);
+        self.observers.send(|| HubNotice::Presence { channel: hub.name.clone(), change: change.clone() });
+        change
     }
 
     /// Makes `device` a recipient of the channel (idempotent): it is expected to acknowledge
@@ -482,7 +655,11 @@ impl<S: Store> Hub<S> {
     pub async fn unregister(&self, channel: &ChannelName, device: &DeviceId) -> Result<Option<Membership>, StoreError> {
         let hub = self.channel(channel).await?;
         let ended = self.store.remove_recipient(channel, device).await?;
-        hub.ledger().leave(ended.clone(), device);
+        match &ended {
+            Some(ended) => self.apply_membership_to(&hub, ended),
+            // Not a recipient by the store's account: nothing to tell, but the ledger agrees.
+            None => hub.ledger().leave(None, device),
+        }
         Ok(ended)
     }
 
@@ -540,19 +717,32 @@ impl<S: Store> Hub<S> {
         // The store refuses receipts for unknown channels and ids before any hub state is made
         // for them: a stream of bogus receipts costs no memory.
         let (receipt, record) = self.store.record_receipt(receipt).await?;
-        let hub = self.channel(channel).await?;
-        if let Some(live) = self.live_device(channel, device) {
-            live.delivered.fetch_max(event_id, Ordering::Relaxed);
+        self.apply_receipt(&receipt).await?;
+        Ok((receipt, record))
+    }
+
+    /// Applies a receipt recorded in the store (by this node's [`Hub::acknowledge`] or by
+    /// another node): moves the device's live delivery cursor, tells the channel's ledger (which
+    /// may complete the event and wake waiting publishers), and tells observers and receipt
+    /// followers. Returns the completion it caused, if any.
+    ///
+    /// # Errors
+    /// The store's error when the channel's state cannot be loaded.
+    pub async fn apply_receipt(&self, receipt: &Receipt) -> Result<Option<Completion>, StoreError> {
+        let hub = self.channel(&receipt.channel).await?;
+        if let Some(live) = self.live_device(&receipt.channel, &receipt.device) {
+            live.delivered.fetch_max(receipt.event_id, Ordering::Relaxed);
         }
-        let completed = hub.ledger().acknowledge(event_id, device);
-        if completed.is_some() {
-            self.notify(LedgerNotice::Completed { channel: channel.clone(), event_id });
+        let completed = hub.ledger().acknowledge(receipt.event_id, &receipt.device);
+        self.observers.send(|| HubNotice::Receipt(receipt.clone()));
+        if let Some(done) = completed {
+            self.observers.send(|| HubNotice::completed(&hub.name, done));
         }
         // No receiver is fine: nobody is following receipts.
         if let Some(followers) = hub.receipts.get() {
             let _ = followers.send(ReceiptNotice { receipt: receipt.clone(), completed });
         }
-        Ok((receipt, record))
+        Ok(completed)
     }
 
     fn live_device(&self, channel: &ChannelName, device: &DeviceId) -> Option<Arc<LiveDevice>> {
@@ -630,18 +820,20 @@ impl<S: Store> Hub<S> {
         })
     }
 
-    /// Live receipts of a channel, and the receipt head they follow (see [`Store::receipt_head`]).
+    /// Follows a channel's receipts: those recorded after `after` (a receipt `seq`) from the
+    /// store, then live ones; with no position, live ones from now on. See [`ReceiptFollow`].
     ///
     /// # Errors
     /// The store's error when the channel cannot be opened.
     pub async fn follow_receipts(
         &self,
         channel: &ChannelName,
-    ) -> Result<(broadcast::Receiver<ReceiptNotice>, u64), StoreError> {
+        after: Option<u64>,
+    ) -> Result<ReceiptFollow<S>, StoreError> {
         let live = self.channel(channel).await?.receipts.get_or_init(|| broadcast::channel(NOTICE_BUFFER).0).subscribe();
         // Read after subscribing: every receipt beyond this head is heard of live.
         let head = self.store.receipt_head(channel).await?;
-        Ok((live, head))
+        Ok(ReceiptFollow::new(self.store.clone(), channel.clone(), live, head, after))
     }
 
     /// The presence changes kept for `channel` after `after`, and live changes from then on.
@@ -871,7 +1063,7 @@ impl<S: Store> Subscription<S> {
 impl<S: Store> Drop for Subscription<S> {
     fn drop(&mut self) {
         {
-            let mut state = self.channel_hub.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut state = self.channel_hub.state();
             state.subscribers.remove(&self.id);
             self.channel_hub.subscriber_count.store(state.subscribers.len(), Ordering::Relaxed);
         }
@@ -888,7 +1080,7 @@ impl<S: Store> Drop for Subscription<S> {
             // The device is still online; its last stream saves the shared delivery cursor.
             return;
         }
-        self.channel_hub.presence_changed(&device, false);
+        self.hub.apply_presence_to(&self.channel_hub, &device, false);
         let touch = DeviceTouch {
             channel: self.channel.clone(),
             device,

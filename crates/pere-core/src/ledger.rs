@@ -59,27 +59,6 @@ pub struct Completion {
     pub expected: usize,
 }
 
-/// What the ledger tells an observer outside the hub (such as the receipt webhook).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LedgerNotice {
-    /// An event was published, expecting this many recipients.
-    Published {
-        /// The channel.
-        channel: crate::name::ChannelName,
-        /// The event.
-        event_id: u64,
-        /// How many recipients it expects.
-        expected: usize,
-    },
-    /// An event became fully acknowledged.
-    Completed {
-        /// The channel.
-        channel: crate::name::ChannelName,
-        /// The event.
-        event_id: u64,
-    },
-}
-
 /// One channel's live ledger.
 #[derive(Debug, Default)]
 pub(crate) struct ChannelLedger {
@@ -133,8 +112,12 @@ impl ChannelLedger {
     }
 
     /// Starts following event `id`, expected of the current recipients that joined before it.
-    /// Returns how many recipients it expects.
-    pub(crate) fn track(&mut self, id: u64) -> usize {
+    /// Returns how many recipients it expects, or `None` when it is followed already (an event
+    /// applied twice keeps its acknowledgements).
+    pub(crate) fn track(&mut self, id: u64) -> Option<usize> {
+        if self.open.contains_key(&id) {
+            return None;
+        }
         let expected = if id > self.latest_join {
             self.recipients.len()
         } else {
@@ -147,7 +130,7 @@ impl ChannelLedger {
         if let Some(&oldest) = self.open.keys().next() {
             self.departed.retain(|m| m.left_after.is_some_and(|left| left >= oldest));
         }
-        expected
+        Some(expected)
     }
 
     /// Records that `device` acknowledged `id`; returns the completion if this receipt completed it.
@@ -190,7 +173,7 @@ mod tests {
     #[test]
     fn completes_when_every_expected_recipient_acknowledged() {
         let mut ledger = ChannelLedger::new([member("A", 0), member("B", 0), member("Late", 5)]);
-        assert_eq!(ledger.track(3), 2);
+        assert_eq!(ledger.track(3), Some(2));
         let (a, b, late) = (DeviceId::new("A").unwrap(), DeviceId::new("B").unwrap(), DeviceId::new("Late").unwrap());
         assert!(ledger.owes(3, &a) && !ledger.owes(3, &late));
         assert_eq!(ledger.acknowledge(3, &late), None, "not expected: no completion");
@@ -206,11 +189,11 @@ mod tests {
     fn a_departed_recipient_is_still_expected_of_earlier_events() {
         let mut ledger = ChannelLedger::new([member("A", 0)]);
         let a = DeviceId::new("A").unwrap();
-        assert_eq!(ledger.track(1), 1);
+        assert_eq!(ledger.track(1), Some(1));
         let mut ended = member("A", 0);
         ended.left_after = Some(1);
         ledger.leave(Some(ended), &a);
-        assert_eq!(ledger.track(2), 0);
+        assert_eq!(ledger.track(2), Some(0));
         assert!(ledger.owes(1, &a) && !ledger.owes(2, &a));
         assert_eq!(ledger.acknowledge(1, &a), Some(Completion { event_id: 1, expected: 1 }));
     }

@@ -7,7 +7,10 @@
 //! - [`sse`]: the Server-Sent Events encoder;
 //! - [`receipt`]: return receipts and device records (the ledger's rows);
 //! - [`store`]: the storage contract and its backends;
-//! - [`hub`]: local fan-out, resume, presence and the ledger's operations;
+//! - [`hub`]: local fan-out, resume, presence and the ledger's operations, each change applied
+//!   by one `apply_*` method;
+//! - [`notice`]: what the hub tells its observers, and the observers themselves;
+//! - [`follow`]: following a channel's receipt stream, in order and resumable;
 //! - [`ledger`]: the live receipt ledger: recipients and who still owes a receipt;
 //! - [`wire`]: JSON shapes shared with the command-line tools;
 //! - [`error`]: the error types.
@@ -15,9 +18,11 @@
 
 pub mod error;
 pub mod event;
+pub mod follow;
 pub mod hub;
 pub mod ledger;
 pub mod name;
+pub mod notice;
 pub mod receipt;
 pub mod sse;
 pub mod store;
@@ -25,8 +30,10 @@ pub mod wire;
 
 pub use error::{NameError, StoreError};
 pub use event::{Event, NewEvent};
+pub use follow::{ReceiptFollow, ReceiptItem};
 pub use hub::{FeedItem, Hub, HubConfig, SubscribeRequest, Subscription};
+pub use notice::HubNotice;
 pub use name::{ChannelName, DeviceId, EventType};
 pub use ledger::WaitFor;
 pub use receipt::{DeviceRecord, Membership, Receipt};
-pub use store::{MemoryStore, Retention, Store};
+pub use store::{Appended, MemoryStore, Retention, Store};

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::event::{format_time, Event};
-use crate::hub::{DeviceView, PresenceChange, ReceiptSummary};
+use crate::hub::{DeviceView, ReceiptSummary};
+use crate::notice::PresenceChange;
 use crate::receipt::{Membership, Receipt};
 use crate::sse;
 

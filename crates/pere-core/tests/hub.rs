@@ -1,14 +1,16 @@
 //! Unit tests of the hub over the memory store: order, resume, the seam under concurrent
-//! publishing, slow subscribers, device cursors, gap notices and receipt summaries.
+//! publishing, slow subscribers, device cursors, gap notices, receipt summaries, idempotent
+//! publishing, the sequencer's bounded wait for a missing id, observers and the receipt follow.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use pere_core::hub::ReceiptSummary;
+use pere_core::event::{now, Event};
+use pere_core::hub::{ReceiptSummary, GAP_WAIT};
 use pere_core::store::Store as _;
 use pere_core::{
-    ChannelName, DeviceId, FeedItem, Hub, HubConfig, MemoryStore, NewEvent, Retention, StoreError, SubscribeRequest,
-    Subscription,
+    ChannelName, DeviceId, FeedItem, Hub, HubConfig, HubNotice, MemoryStore, NewEvent, ReceiptFollow, ReceiptItem,
+    Retention, StoreError, SubscribeRequest, Subscription, WaitFor,
 };
 use tokio::time::timeout;
 
@@ -21,7 +23,7 @@ fn dev(name: &str) -> DeviceId {
 }
 
 fn text(body: &str) -> NewEvent {
-    NewEvent { publisher: None, event_type: None, body: body.to_owned() }
+    NewEvent { publisher: None, event_type: None, body: body.to_owned(), idempotency_key: None }
 }
 
 fn hub_with(retention: Retention, config: HubConfig) -> Arc<Hub<MemoryStore>> {
@@ -50,7 +52,7 @@ async fn live_events_arrive_in_order() {
     let mut a = hub.subscribe(&c, from(None, None)).await.unwrap();
     let mut b = hub.subscribe(&c, from(None, Some("H1"))).await.unwrap();
     for i in 1..=3 {
-        let event = hub.publish(&c, text(&format!("e{i}"))).await.unwrap();
+        let event = hub.publish(&c, text(&format!("e{i}"))).await.unwrap().event;
         assert_eq!(event.id, i);
     }
     for sub in [&mut a, &mut b] {
@@ -201,7 +203,7 @@ async fn receipt_summary_splits_acknowledged_delivered_and_pending() {
     let mut h2 = hub.subscribe(&c, from(None, Some("H2"))).await.unwrap();
     let h3 = hub.subscribe(&c, from(None, Some("H3"))).await.unwrap();
     drop(h3);
-    let event = hub.publish(&c, text("x")).await.unwrap();
+    let event = hub.publish(&c, text("x")).await.unwrap().event;
     assert_eq!(next_id(&mut h1).await, event.id);
     assert_eq!(next_id(&mut h2).await, event.id);
     hub.acknowledge(&c, event.id, &dev("H1"), "rx ok".into()).await.unwrap();
@@ -220,4 +222,238 @@ async fn receipt_summary_splits_acknowledged_delivered_and_pending() {
     let online: Vec<(String, usize)> =
         devices.iter().map(|d| (d.record.device.to_string(), d.open_streams)).collect();
     assert_eq!(online, vec![("H1".into(), 1), ("H2".into(), 1), ("H3".into(), 0)]);
+}
+
+fn keyed(key: &str, body: &str) -> NewEvent {
+    NewEvent { idempotency_key: Some(key.to_owned()), ..text(body) }
+}
+
+#[tokio::test]
+async fn publishing_a_known_key_again_changes_nothing() {
+    let hub = hub();
+    let c = ch("C");
+    let mut sub = hub.subscribe(&c, from(None, Some("H1"))).await.unwrap();
+    let first = hub.publish(&c, keyed("K", "x")).await.unwrap();
+    assert!(first.new);
+    assert_eq!(next_id(&mut sub).await, first.event.id);
+    hub.acknowledge(&c, first.event.id, &dev("H1"), "ok".into()).await.unwrap();
+    let mut notices = hub.observe(16);
+
+    let again = hub.publish(&c, keyed("K", "y")).await.unwrap();
+    assert!(!again.new);
+    assert_eq!((again.event.id, again.event.body.as_str()), (first.event.id, "x"));
+    assert!(hub.receipt_summary(&c, first.event.id).await.unwrap().complete());
+    // The ledger was not made to follow it afresh: its acknowledgement stands.
+    assert!(hub.wait_for_receipts(&c, first.event.id, WaitFor::All, Duration::ZERO).await.unwrap());
+    assert!(sub.try_next_live().is_none(), "delivered once");
+    assert!(notices.try_recv().is_err(), "nobody is told of it");
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_behind_a_missing_id_wait_for_it_at_most_gap_wait() {
+    let hub = hub();
+    let c = ch("Gap");
+    let mut sub = hub.subscribe(&c, from(None, None)).await.unwrap();
+    // Three events stored, 2 never applied: as if its publisher died between append and apply.
+    let mut stored = Vec::new();
+    for i in 1..=3 {
+        stored.push(hub.store().append(&c, text(&format!("e{i}"))).await.unwrap().event);
+    }
+    hub.apply_published(&c, stored[0].clone()).await.unwrap();
+    hub.apply_published(&c, stored[2].clone()).await.unwrap();
+    assert_eq!(next_id(&mut sub).await, 1);
+    tokio::time::advance(GAP_WAIT - Duration::from_millis(1)).await;
+    assert!(sub.try_next_live().is_none(), "3 waits for 2");
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_eq!(next_id(&mut sub).await, 2, "read from the store");
+    assert_eq!(next_id(&mut sub).await, 3);
+    // Applied late, it is not delivered again.
+    hub.apply_published(&c, stored[1].clone()).await.unwrap();
+    assert!(sub.try_next_live().is_none());
+
+    // An id the store does not have is skipped.
+    let lost = ch("Lost");
+    let mut sub = hub.subscribe(&lost, from(None, None)).await.unwrap();
+    let event = |id| Arc::new(Event::new(lost.clone(), id, now(), text("x")));
+    hub.apply_published(&lost, event(1)).await.unwrap();
+    hub.apply_published(&lost, event(3)).await.unwrap();
+    assert_eq!(next_id(&mut sub).await, 1);
+    tokio::time::advance(GAP_WAIT).await;
+    assert_eq!(next_id(&mut sub).await, 3);
+    hub.apply_published(&lost, event(4)).await.unwrap();
+    assert_eq!(next_id(&mut sub).await, 4, "in order again, no wait");
+}
+
+#[tokio::test]
+async fn every_observer_hears_and_a_full_one_loses_notices_counted() {
+    let hub = hub();
+    let c = ch("C");
+    let (mut a, mut b, small) = (hub.observe(100), hub.observe(100), hub.observe(1));
+    for _ in 0..3 {
+        hub.publish(&c, text("x")).await.unwrap();
+    }
+    for rx in [&mut a, &mut b] {
+        for id in 1..=3 {
+            assert_eq!(rx.try_recv().unwrap(), HubNotice::Published { channel: c.clone(), event_id: id, expected: 0 });
+        }
+    }
+    assert_eq!(hub.dropped_notices(), 2, "the small one took one of three");
+    // A gone observer is no loss.
+    drop(small);
+    hub.publish(&c, text("x")).await.unwrap();
+    assert_eq!(hub.dropped_notices(), 2);
+}
+
+#[tokio::test]
+async fn notices_cover_receipts_completions_presence_membership_and_cuts() {
+    let config = HubConfig { subscriber_buffer: 1, ..HubConfig::default() };
+    let hub = hub_with(Retention { max_events: 100, max_age: None }, config);
+    let c = ch("C");
+    let h1 = dev("H1");
+    let mut notices = hub.observe(100);
+    let mut sub = hub.subscribe(&c, from(None, Some("H1"))).await.unwrap();
+    let event = hub.publish(&c, text("x")).await.unwrap().event;
+    assert_eq!(next_id(&mut sub).await, event.id);
+    hub.acknowledge(&c, event.id, &h1, "ok".into()).await.unwrap();
+    hub.publish(&c, text("y")).await.unwrap();
+    hub.publish(&c, text("z")).await.unwrap();
+    drop(sub);
+    hub.unregister(&c, &h1).await.unwrap();
+    let mut seen = Vec::new();
+    while let Ok(notice) = notices.try_recv() {
+        seen.push(notice);
+    }
+    let kinds: Vec<String> = seen
+        .iter()
+        .map(|n| match n {
+            HubNotice::Published { event_id, expected, .. } => format!("published {event_id}/{expected}"),
+            HubNotice::Receipt(r) => format!("receipt {} {} {}", r.event_id, r.device, r.status),
+            HubNotice::Completed { event_id, expected, .. } => format!("completed {event_id}/{expected}"),
+            HubNotice::Presence { change, .. } => format!("presence {} {}", change.device, change.online),
+            HubNotice::Membership(m) => format!("membership {} {:?}", m.device, m.left_after),
+            HubNotice::SubscriberCut { device, event_id, .. } => format!("cut {device:?} {event_id}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "membership H1 None",
+            "presence H1 true",
+            "published 1/1",
+            "receipt 1 H1 ok",
+            "completed 1/1",
+            "published 2/1",
+            "cut Some(\"H1\") 3",
+            "published 3/1",
+            "presence H1 false",
+            "membership H1 Some(3)",
+        ]
+    );
+}
+
+async fn next_receipt(follow: &mut ReceiptFollow<MemoryStore>) -> ReceiptItem {
+    match timeout(Duration::from_secs(5), follow.next()).await.expect("no receipt item within 5 s") {
+        Some(Ok(item)) => item,
+        other => panic!("expected a receipt item, got {other:?}"),
+    }
+}
+
+fn seq_of(item: &ReceiptItem) -> u64 {
+    match item {
+        ReceiptItem::Receipt(r) => r.seq,
+        other => panic!("expected a receipt, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_receipt_follow_replays_page_by_page_then_goes_live_and_resumes() {
+    let hub = hub();
+    let c = ch("R");
+    let (h1, h2) = (dev("H1"), dev("H2"));
+    hub.register(&c, &h1).await.unwrap();
+    hub.register(&c, &h2).await.unwrap();
+    for _ in 0..300 {
+        hub.publish(&c, text("x")).await.unwrap();
+    }
+    for id in 1..=300 {
+        hub.acknowledge(&c, id, &h1, "ok".into()).await.unwrap();
+        hub.acknowledge(&c, id, &h2, "ok".into()).await.unwrap();
+    }
+    // More than two pages of history, in order, once; completions are not replayed.
+    let mut follow = hub.follow_receipts(&c, Some(0)).await.unwrap();
+    let mut seqs = Vec::new();
+    for _ in 0..600 {
+        seqs.push(seq_of(&next_receipt(&mut follow).await));
+    }
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in seq order");
+    // Then live: a receipt, and the completion after the receipt that caused it.
+    let id = hub.publish(&c, text("live")).await.unwrap().event.id;
+    let (first, _) = hub.acknowledge(&c, id, &h1, "ok".into()).await.unwrap();
+    let (last, _) = hub.acknowledge(&c, id, &h2, "done".into()).await.unwrap();
+    assert_eq!(seq_of(&next_receipt(&mut follow).await), first.seq);
+    assert_eq!(seq_of(&next_receipt(&mut follow).await), last.seq);
+    assert_eq!(next_receipt(&mut follow).await, ReceiptItem::Completed { channel: c.clone(), event_id: id, expected: 2 });
+    // Resumed from a seq: what follows it, nothing before.
+    let mut resumed = hub.follow_receipts(&c, Some(seqs[299])).await.unwrap();
+    assert_eq!(seq_of(&next_receipt(&mut resumed).await), seqs[300]);
+    // No position: live receipts only.
+    let mut live = hub.follow_receipts(&c, None).await.unwrap();
+    let (newest, _) = hub.acknowledge(&c, 1, &h1, "again".into()).await.unwrap();
+    assert_eq!(seq_of(&next_receipt(&mut live).await), newest.seq);
+}
+
+#[tokio::test]
+async fn a_receipt_follower_that_falls_behind_the_live_notices_ends_as_lagged() {
+    let hub = hub();
+    let c = ch("R");
+    hub.publish(&c, text("x")).await.unwrap();
+    let mut follow = hub.follow_receipts(&c, None).await.unwrap();
+    for _ in 0..1100 {
+        hub.acknowledge(&c, 1, &dev("H1"), "ok".into()).await.unwrap();
+    }
+    assert!(timeout(Duration::from_secs(5), follow.next()).await.unwrap().is_none());
+    assert!(follow.lagged());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_acknowledged_at_once_reach_a_follower_in_seq_order_each_event_completing_once() {
+    let hub = hub();
+    let c = ch("Order");
+    const DEVICES: usize = 4;
+    const EVENTS: u64 = 50;
+    let devices: Vec<DeviceId> = (0..DEVICES).map(|i| dev(&format!("D{i}"))).collect();
+    for device in &devices {
+        hub.register(&c, device).await.unwrap();
+    }
+    let mut follow = hub.follow_receipts(&c, None).await.unwrap();
+    for _ in 0..EVENTS {
+        hub.publish(&c, text("x")).await.unwrap();
+    }
+    let acks: Vec<_> = devices
+        .iter()
+        .map(|device| {
+            let (hub, c, device) = (hub.clone(), c.clone(), device.clone());
+            tokio::spawn(async move {
+                for id in 1..=EVENTS {
+                    hub.acknowledge(&c, id, &device, "ok".into()).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    let (mut seqs, mut completed) = (Vec::new(), Vec::new());
+    while seqs.len() < DEVICES * EVENTS as usize || completed.len() < EVENTS as usize {
+        match next_receipt(&mut follow).await {
+            ReceiptItem::Receipt(r) => seqs.push(r.seq),
+            ReceiptItem::Completed { event_id, expected, .. } => {
+                assert_eq!(expected, DEVICES);
+                completed.push(event_id);
+            }
+        }
+    }
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "receipts out of seq order: {seqs:?}");
+    completed.sort_unstable();
+    assert_eq!(completed, (1..=EVENTS).collect::<Vec<_>>(), "every event completes once");
 }

@@ -75,6 +75,7 @@ impl From<StoreError> for ApiError {
             StoreError::UnknownEvent { id } => {
                 ApiError::new(StatusCode::NOT_FOUND, "unknown_event", format!("no event with id {id} on this channel"))
             }
+            StoreError::InvalidIdempotencyKey => ApiError::bad_request("bad_idempotency_key", err.to_string()),
             // Internals stay in the server log; the client learns only that storage failed.
             other => {
                 tracing::error!("storage: {other}");

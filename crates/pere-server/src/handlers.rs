@@ -120,7 +120,7 @@ async fn push<S: Store>(
             return Err(ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {err}")));
         }
     }
-    let event = state.hub.publish(&channel, NewEvent { publisher: device, event_type, body }).await?;
+    let event = state.hub.publish(&channel, NewEvent { publisher: device, event_type, body, idempotency_key: None }).await?.event;
     activity::push(channel.as_str(), event.publisher.as_ref().map(|d| d.as_str()), event.id, &event.body);
     let accepted = PushAccepted::from(&*event);
     let Some((wait, timeout)) = wait else {

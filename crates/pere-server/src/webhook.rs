@@ -1,23 +1,21 @@
 //! The receipt webhook: POSTs an event's receipt summary to the operator's URL once the event is
 //! fully acknowledged, or once its receipt timeout passes without that. It runs beside the
-//! server and is fed by the hub's ledger notices, which are dropped rather than waited for, so
-//! it never slows a push or a receipt.
+//! server and is fed by the hub's notices, which are dropped rather than waited for, so it
+//! never slows a push or a receipt.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pere_core::ledger::LedgerNotice;
-use pere_core::{ChannelName, Store};
-use tokio::sync::{mpsc, Semaphore};
-use tokio::time::Instant;
-
 use pere_core::wire::{ReceiptSummaryJson, WebhookSummary};
+use pere_core::{ChannelName, HubNotice, Store};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 use crate::activity;
 use crate::state::AppState;
 
-/// Ledger notices buffered for the webhook before new ones are dropped.
+/// Hub notices buffered for the webhook before new ones are dropped.
 const NOTICE_QUEUE: usize = 65_536;
 /// Events waiting for their receipts at once; past it the oldest is reported early.
 const MAX_OPEN: usize = 100_000;
@@ -35,8 +33,7 @@ enum Reason {
 
 /// Starts the webhook for `state`'s hub; it ends when the server's shutdown token is cancelled.
 pub fn spawn<S: Store>(state: Arc<AppState<S>>, url: String, receipt_timeout: Duration) {
-    let (notices, mut incoming) = mpsc::channel(NOTICE_QUEUE);
-    state.hub.observe(notices);
+    let mut incoming = state.hub.observe(NOTICE_QUEUE);
     let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
     let posts = Arc::new(Semaphore::new(CONCURRENT_POSTS));
     tokio::spawn(async move {
@@ -58,7 +55,7 @@ pub fn spawn<S: Store>(state: Arc<AppState<S>>, url: String, receipt_timeout: Du
                 }),
                 notice = incoming.recv() => match notice {
                     None => return,
-                    Some(LedgerNotice::Published { channel, event_id, expected }) if expected > 0 => {
+                    Some(HubNotice::Published { channel, event_id, expected }) if expected > 0 => {
                         let at = Instant::now() + receipt_timeout;
                         open.insert((channel.clone(), event_id), at);
                         deadlines.insert((at, channel, event_id));
@@ -71,13 +68,14 @@ pub fn spawn<S: Store>(state: Arc<AppState<S>>, url: String, receipt_timeout: Du
                             None
                         }
                     }
-                    Some(LedgerNotice::Published { .. }) => None,
-                    Some(LedgerNotice::Completed { channel, event_id }) => {
+                    Some(HubNotice::Completed { channel, event_id, .. }) => {
                         open.remove(&(channel.clone(), event_id)).map(|at| {
                             deadlines.remove(&(at, channel.clone(), event_id));
                             (channel, event_id, Reason::Complete)
                         })
                     }
+                    // The webhook reports publications and completions only.
+                    Some(_) => None,
                 },
             };
             if let Some((channel, event_id, reason)) = report {

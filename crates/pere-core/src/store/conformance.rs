@@ -18,7 +18,7 @@ pub(crate) fn dev(name: &str) -> DeviceId {
 }
 
 pub(crate) fn body(text: &str) -> NewEvent {
-    NewEvent { publisher: Some(dev("P1")), event_type: None, body: text.to_owned() }
+    NewEvent { publisher: Some(dev("P1")), event_type: None, body: text.to_owned(), idempotency_key: None }
 }
 
 fn receipt(channel: &str, id: u64, device: &str, status: &str) -> Receipt {
@@ -44,15 +44,81 @@ where
     receipt_stream_and_unacknowledged(make(ROOMY).await).await;
     memberships_fix_expected_recipients(make(ROOMY).await).await;
     age_retention_prunes(make(Retention { max_events: 100, max_age: Some(Duration::from_millis(1)) }).await).await;
+    idempotency_keys_store_an_event_once(make(ROOMY).await).await;
+    concurrent_appends_with_one_key_store_one_event(make(ROOMY).await).await;
+    idempotency_keys_go_with_their_events(make(Retention { max_events: 2, max_age: None }).await).await;
+}
+
+fn keyed(key: &str, text: &str) -> NewEvent {
+    NewEvent { idempotency_key: Some(key.to_owned()), ..body(text) }
+}
+
+async fn idempotency_keys_store_an_event_once(store: impl Store) {
+    let c = ch("K");
+    let first = store.append(&c, keyed("order-1", "a")).await.unwrap();
+    assert!(first.new);
+    let again = store.append(&c, keyed("order-1", "b")).await.unwrap();
+    assert!(!again.new, "the same key twice stores one event");
+    assert_eq!((again.event.id, again.event.time), (first.event.id, first.event.time));
+    assert_eq!(again.event.body, "a", "the stored event, not the second one");
+    assert_eq!(again.event.idempotency_key.as_deref(), Some("order-1"));
+    let other = store.append(&c, keyed("order-2", "c")).await.unwrap();
+    assert!(other.new);
+    assert_eq!(other.event.id, first.event.id + 1, "a repeated key consumed no id");
+    for _ in 0..2 {
+        assert!(store.append(&c, body("no key")).await.unwrap().new, "an event without a key is always new");
+    }
+    assert_eq!(store.head(&c).await.unwrap(), 4);
+    let read = store.event(&c, first.event.id).await.unwrap().unwrap();
+    assert_eq!(read.idempotency_key.as_deref(), Some("order-1"), "the key is stored with its event");
+    assert!(store.append(&ch("K2"), keyed("order-1", "d")).await.unwrap().new, "keys are per channel");
+    for bad in ["", "with space", "tab\t", "é", &"k".repeat(256)] {
+        assert!(
+            matches!(store.append(&c, keyed(bad, "x")).await, Err(StoreError::InvalidIdempotencyKey)),
+            "{bad:?} refused"
+        );
+    }
+    assert_eq!(store.head(&c).await.unwrap(), 4, "a refused key consumes no id");
+    assert!(store.append(&c, keyed(&"~".repeat(255), "x")).await.unwrap().new);
+}
+
+async fn concurrent_appends_with_one_key_store_one_event(store: impl Store) {
+    let c = ch("KC");
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (store, c) = (store.clone(), c.clone());
+            tokio::spawn(async move { store.append(&c, keyed("once", "x")).await.unwrap() })
+        })
+        .collect();
+    let mut new = 0;
+    for task in tasks {
+        let appended = task.await.unwrap();
+        assert_eq!(appended.event.id, 1);
+        new += usize::from(appended.new);
+    }
+    assert_eq!(new, 1);
+    assert_eq!(store.head(&c).await.unwrap(), 1);
+}
+
+async fn idempotency_keys_go_with_their_events(store: impl Store) {
+    let c = ch("KP");
+    store.append(&c, keyed("k1", "1")).await.unwrap();
+    store.append(&c, body("2")).await.unwrap();
+    store.append(&c, body("3")).await.unwrap();
+    assert_eq!(store.read(&c, 0, 10).await.unwrap().first_retained, 2);
+    // Pruned with its event: the key may be used again.
+    let again = store.append(&c, keyed("k1", "4")).await.unwrap();
+    assert!(again.new);
+    assert_eq!(again.event.id, 4);
 }
 
 async fn ids_are_per_channel_sequences(store: impl Store) {
     let (a, b) = (ch("A"), ch("B"));
     assert_eq!(store.head(&a).await.unwrap(), 0);
     for expected in 1..=3 {
-        assert_eq!(store.append(&a, body("x")).await.unwrap().id, expected);
+        assert_eq!(store.append(&a, body("x")).await.unwrap().event.id, expected);
     }
-    assert_eq!(store.append(&b, body("y")).await.unwrap().id, 1);
+    assert_eq!(store.append(&b, body("y")).await.unwrap().event.id, 1);
     assert_eq!(store.head(&a).await.unwrap(), 3);
     assert_eq!(store.head(&b).await.unwrap(), 1);
     assert_eq!(store.channels().await.unwrap(), vec![a, b]);
@@ -145,7 +211,7 @@ async fn concurrent_appends_get_unique_ids(store: impl Store) {
         tasks.push(tokio::spawn(async move {
             let mut ids = Vec::new();
             for _ in 0..50 {
-                ids.push(store.append(&c, body("x")).await.unwrap().id);
+                ids.push(store.append(&c, body("x")).await.unwrap().event.id);
             }
             ids
         }));
@@ -165,8 +231,9 @@ async fn bodies_round_trip_verbatim(store: impl Store) {
         publisher: None,
         event_type: Some(crate::name::EventType::new("order.created").unwrap()),
         body: text.to_owned(),
+        idempotency_key: None,
     };
-    let sent = store.append(&c, typed).await.unwrap();
+    let sent = store.append(&c, typed).await.unwrap().event;
     let read = store.event(&c, sent.id).await.unwrap().unwrap();
     assert_eq!(read.body, text);
     assert_eq!(read.time, sent.time);

@@ -5,10 +5,10 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::error::StoreError;
-use crate::event::{now, Event, NewEvent};
+use crate::event::{now, valid_idempotency_key, Event, NewEvent};
 use crate::name::{ChannelName, DeviceId};
 use crate::receipt::{DeviceRecord, DeviceTouch, Membership, Receipt};
-use crate::store::{EventPage, Retention, Store};
+use crate::store::{Appended, EventPage, Retention, Store};
 
 /// The in-memory [`Store`]. Each channel has its own lock, so channels never contend.
 #[derive(Debug, Clone)]
@@ -26,6 +26,8 @@ struct Inner {
 struct ChannelData {
     head: u64,
     events: VecDeque<Arc<Event>>,
+    // The idempotency keys of retained events; an event's key leaves with it.
+    keys: HashMap<String, Arc<Event>>,
     // Keyed by event id so receipts are pruned together with their events.
     receipts: BTreeMap<u64, Vec<Receipt>>,
     devices: BTreeMap<DeviceId, DeviceRecord>,
@@ -42,12 +44,12 @@ impl ChannelData {
 
     fn prune(&mut self, retention: &Retention) {
         while self.events.len() > retention.max_events {
-            self.events.pop_front();
+            self.pop_oldest();
         }
         if let Some(max_age) = retention.max_age.and_then(|a| chrono::Duration::from_std(a).ok()) {
             let oldest_allowed = now() - max_age;
             while self.events.front().is_some_and(|e| e.time < oldest_allowed) {
-                self.events.pop_front();
+                self.pop_oldest();
             }
         }
         while self.receipt_log.len() > retention.max_events {
@@ -56,6 +58,15 @@ impl ChannelData {
         let first = self.first_retained();
         if self.receipts.first_key_value().is_some_and(|(&id, _)| id < first) {
             self.receipts = self.receipts.split_off(&first);
+        }
+    }
+}
+
+impl ChannelData {
+    fn pop_oldest(&mut self) {
+        let Some(event) = self.events.pop_front() else { return };
+        if let Some(key) = &event.idempotency_key {
+            self.keys.remove(key);
         }
     }
 }
@@ -93,15 +104,24 @@ impl Default for MemoryStore {
 }
 
 impl Store for MemoryStore {
-    async fn append(&self, channel: &ChannelName, event: NewEvent) -> Result<Arc<Event>, StoreError> {
+    async fn append(&self, channel: &ChannelName, event: NewEvent) -> Result<Appended, StoreError> {
+        if event.idempotency_key.as_deref().is_some_and(|key| !valid_idempotency_key(key)) {
+            return Err(StoreError::InvalidIdempotencyKey);
+        }
         let data = self.channel(channel);
         let mut data = data.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(stored) = event.idempotency_key.as_ref().and_then(|key| data.keys.get(key)) {
+            return Ok(Appended { event: stored.clone(), new: false });
+        }
         let id = data.head + 1;
         let event = Arc::new(Event::new(channel.clone(), id, now(), event));
         data.head = id;
         data.events.push_back(event.clone());
+        if let Some(key) = &event.idempotency_key {
+            data.keys.insert(key.clone(), event.clone());
+        }
         data.prune(&self.inner.retention);
-        Ok(event)
+        Ok(Appended { event, new: true })
     }
 
     async fn head(&self, channel: &ChannelName) -> Result<u64, StoreError> {

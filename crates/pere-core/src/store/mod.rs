@@ -5,6 +5,10 @@
 //! - `append` gives the event the channel's next id and makes it readable; ids of one channel are
 //!   strictly increasing and never reused, and an append that fails consumes no id.
 //! - An event is durable, by the backend's own promise, when `append` returns.
+//! - An event with an idempotency key the channel already holds among its retained events is
+//!   not stored again: `append` returns the stored one with [`Appended::new`] false. Keys go with
+//!   their events when retention prunes them. A key that is not valid (see
+//!   [`valid_idempotency_key`](crate::event::valid_idempotency_key)) is refused.
 //! - `read(after)` returns retained events with ids greater than `after`, in order, and says which
 //!   is the oldest id still retained, so a reader can tell "pruned" from "never existed".
 //! - Device records change only through [`DeviceTouch`] and [`Receipt`], applied atomically with
@@ -53,17 +57,30 @@ pub struct EventPage {
     pub head: u64,
 }
 
+/// What [`Store::append`] did.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    /// The event as stored: the new one, or the one already stored under the same key.
+    pub event: Arc<Event>,
+    /// False when the channel already held an event with this idempotency key: nothing was
+    /// stored and no id was consumed.
+    pub new: bool,
+}
+
 /// The storage backend of a [`Hub`](crate::hub::Hub). Handles are cheap to clone and share one store.
 pub trait Store: Clone + Send + Sync + 'static {
-    /// Appends an event, giving it the channel's next id and the current time.
+    /// Appends an event, giving it the channel's next id and the current time, unless its
+    /// idempotency key is already held by a retained event of the channel: that event is
+    /// returned then, and nothing is stored.
     ///
     /// # Errors
-    /// [`StoreError::Backend`] when the event could not be stored; no id is consumed then.
+    /// [`StoreError::InvalidIdempotencyKey`] for a malformed key; [`StoreError::Backend`] when
+    /// the event could not be stored. No id is consumed then.
     fn append(
         &self,
         channel: &ChannelName,
         event: NewEvent,
-    ) -> impl Future<Output = Result<Arc<Event>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Appended, StoreError>> + Send;
 
     /// The channel's last event id, 0 for a channel with no events.
     ///

@@ -43,10 +43,10 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{NameError, StoreError};
-use crate::event::{now, Event, NewEvent};
+use crate::event::{now, valid_idempotency_key, Event, NewEvent};
 use crate::name::{ChannelName, DeviceId, EventType};
 use crate::receipt::{DeviceOp, DeviceRecord, DeviceTouch, Membership, Receipt};
-use crate::store::{EventPage, Retention, Store};
+use crate::store::{Appended, EventPage, Retention, Store};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "pere.db";
@@ -159,6 +159,10 @@ const MIGRATIONS: &[&str] = &[
     -- Up to v1 every receipt was saved into its device row in its own transaction.
     INSERT INTO state (key, value)
         VALUES ('devices_through_receipt', COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'receipts'), 0));",
+    // v3. Idempotent publishing: an event's key, unique among the channel's retained events
+    // (a key leaves with its event's row when retention prunes it). Events stored before have none.
+    "ALTER TABLE events ADD COLUMN idempotency_key TEXT;
+    CREATE UNIQUE INDEX events_by_key ON events (channel, idempotency_key) WHERE idempotency_key IS NOT NULL;",
 ];
 
 /// The schema version this build writes.
@@ -689,7 +693,10 @@ fn load_channels(conn: &Connection) -> rusqlite::Result<HashMap<ChannelName, Cha
 }
 
 impl Store for SqliteStore {
-    async fn append(&self, channel: &ChannelName, event: NewEvent) -> Result<Arc<Event>, StoreError> {
+    async fn append(&self, channel: &ChannelName, event: NewEvent) -> Result<Appended, StoreError> {
+        if event.idempotency_key.as_deref().is_some_and(|key| !valid_idempotency_key(key)) {
+            return Err(StoreError::InvalidIdempotencyKey);
+        }
         let channel = channel.clone();
         self.write(move |conn, drafts| append(conn, drafts, channel, event).map(Ok)).await
     }
@@ -734,7 +741,7 @@ impl Store for SqliteStore {
             let mut events = query_events(
                 conn,
                 &channel,
-                "SELECT id, time, publisher, event_type, body FROM events WHERE channel = ?1 ORDER BY id DESC LIMIT ?2",
+                "SELECT id, time, publisher, event_type, body, idempotency_key FROM events WHERE channel = ?1 ORDER BY id DESC LIMIT ?2",
                 params![channel.as_str(), sql_limit(limit)],
             )?;
             events.reverse();
@@ -760,7 +767,7 @@ impl Store for SqliteStore {
             let mut events = query_events(
                 conn,
                 &channel,
-                "SELECT id, time, publisher, event_type, body FROM events WHERE channel = ?1 AND id = ?2",
+                "SELECT id, time, publisher, event_type, body, idempotency_key FROM events WHERE channel = ?1 AND id = ?2",
                 params![channel.as_str(), id],
             )?;
             Ok(events.pop())
@@ -822,7 +829,7 @@ impl Store for SqliteStore {
             query_events(
                 conn,
                 &channel,
-                "SELECT id, time, publisher, event_type, body FROM events WHERE channel = ?1 AND id > ?2 \
+                "SELECT id, time, publisher, event_type, body, idempotency_key FROM events WHERE channel = ?1 AND id > ?2 \
                  AND NOT EXISTS (SELECT 1 FROM receipts \
                      WHERE receipts.channel = ?1 AND receipts.event_id = events.id AND receipts.device = ?3) \
                  ORDER BY id LIMIT ?4",
@@ -912,14 +919,16 @@ fn parse_name<T>(value: &str, column: usize, parse: fn(&str) -> Result<T, NameEr
     parse(value).map_err(|err| rusqlite::Error::FromSqlConversionFailure(column, Type::Text, Box::new(err)))
 }
 
-/// Rebuilds a stored event (and so its SSE frame) from `id, time, publisher, event_type, body`.
+/// Rebuilds a stored event (and so its SSE frame) from
+/// `id, time, publisher, event_type, body, idempotency_key`.
 fn event_from_row(channel: &ChannelName, row: &Row<'_>) -> rusqlite::Result<Arc<Event>> {
     let id: u64 = row.get(0)?;
     let time = time_from_ms(row.get(1)?, 1)?;
     let publisher = row.get_ref(2)?.as_str_or_null()?.map(|s| parse_name(s, 2, DeviceId::new)).transpose()?;
     let event_type = row.get_ref(3)?.as_str_or_null()?.map(|s| parse_name(s, 3, EventType::new)).transpose()?;
     let body: String = row.get(4)?;
-    Ok(Arc::new(Event::new(channel.clone(), id, time, NewEvent { publisher, event_type, body })))
+    let idempotency_key: Option<String> = row.get(5)?;
+    Ok(Arc::new(Event::new(channel.clone(), id, time, NewEvent { publisher, event_type, body, idempotency_key })))
 }
 
 fn query_events(
@@ -976,7 +985,7 @@ fn read_page(conn: &mut Connection, channel: &ChannelName, after: u64, limit: us
     let events = query_events(
         &tx,
         channel,
-        "SELECT id, time, publisher, event_type, body FROM events WHERE channel = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+        "SELECT id, time, publisher, event_type, body, idempotency_key FROM events WHERE channel = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
         params![channel.as_str(), after, sql_limit(limit)],
     )?;
     tx.commit()?;
@@ -1366,12 +1375,27 @@ impl Writer {
     }
 }
 
-fn append(conn: &Connection, drafts: &mut Drafts<'_>, channel: ChannelName, new: NewEvent) -> rusqlite::Result<Arc<Event>> {
+fn append(conn: &Connection, drafts: &mut Drafts<'_>, channel: ChannelName, new: NewEvent) -> rusqlite::Result<Appended> {
+    if let Some(key) = &new.idempotency_key {
+        // Run by the writer, which sees this batch's own inserts: a key sent twice in one batch
+        // is stored once too.
+        let stored = query_events(
+            conn,
+            &channel,
+            "SELECT id, time, publisher, event_type, body, idempotency_key FROM events \
+             WHERE channel = ?1 AND idempotency_key = ?2",
+            params![channel.as_str(), key],
+        )?;
+        if let Some(event) = stored.into_iter().next() {
+            return Ok(Appended { event, new: false });
+        }
+    }
     let draft = drafts.entry(&channel);
     let id = draft.head + 1;
     let event = Arc::new(Event::new(channel, id, now(), new));
     conn.prepare_cached(
-        "INSERT INTO events (channel, id, time, publisher, event_type, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO events (channel, id, time, publisher, event_type, body, idempotency_key) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
         event.channel.as_str(),
@@ -1380,10 +1404,11 @@ fn append(conn: &Connection, drafts: &mut Drafts<'_>, channel: ChannelName, new:
         event.publisher.as_ref().map(|p| p.as_str()),
         event.event_type.as_ref().map(|t| t.as_str()),
         event.body,
+        event.idempotency_key,
     ])?;
     draft.head = id;
     draft.appended.push(event.clone());
-    Ok(event)
+    Ok(Appended { event, new: true })
 }
 
 fn record_receipt(
@@ -1594,7 +1619,7 @@ mod tests {
             let store = open(dir.path(), ROOMY);
             let mut sent = Vec::new();
             for i in 1..=3 {
-                sent.push(store.append(&c, body(&format!("e{i}"))).await.unwrap());
+                sent.push(store.append(&c, body(&format!("e{i}"))).await.unwrap().event);
             }
             store
                 .touch_device(DeviceTouch {
@@ -1627,7 +1652,7 @@ mod tests {
         assert_eq!(store.device(&c, &h1).await.unwrap(), Some(record.clone()));
         assert_eq!(store.devices(&c).await.unwrap(), vec![record]);
         assert_eq!(store.channels().await.unwrap(), vec![c.clone()]);
-        assert_eq!(store.append(&c, body("e4")).await.unwrap().id, 4);
+        assert_eq!(store.append(&c, body("e4")).await.unwrap().event.id, 4);
         let later = Receipt { seq: 0, channel: c.clone(), event_id: 4, device: h1.clone(), status: "ok".into(), time: now() };
         assert!(store.record_receipt(later).await.unwrap().0.seq > receipt.seq, "receipt seqs continue");
     }
@@ -1640,7 +1665,7 @@ mod tests {
         {
             let store = open(dir.path(), nothing);
             for expected in 1..=3 {
-                assert_eq!(store.append(&c, body("x")).await.unwrap().id, expected);
+                assert_eq!(store.append(&c, body("x")).await.unwrap().event.id, expected);
             }
             let page = store.read(&c, 0, 10).await.unwrap();
             assert!(page.events.is_empty());
@@ -1649,7 +1674,7 @@ mod tests {
         let store = open(dir.path(), nothing);
         let page = store.read(&c, 0, 10).await.unwrap();
         assert_eq!((page.first_retained, page.head), (4, 3));
-        assert_eq!(store.append(&c, body("x")).await.unwrap().id, 4);
+        assert_eq!(store.append(&c, body("x")).await.unwrap().event.id, 4);
     }
 
     #[tokio::test]
@@ -1752,6 +1777,36 @@ mod tests {
         assert_eq!((next.seq, record.receipts), (2, 2));
         drop(store);
         assert_eq!(stored_device(dir.path(), "H1"), Some((1, 2)));
+    }
+
+    #[tokio::test]
+    async fn a_version_2_database_gets_idempotency_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let tx = conn.transaction().unwrap();
+        tx.execute_batch(MIGRATIONS[0]).unwrap();
+        tx.execute_batch(MIGRATIONS[1]).unwrap();
+        tx.execute_batch(
+            "PRAGMA user_version = 2;
+            INSERT INTO channels (name, head) VALUES ('C', 1);
+            INSERT INTO events (channel, id, time, body) VALUES ('C', 1, 0, 'old');",
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        drop(conn);
+
+        let store = open(dir.path(), ROOMY);
+        let old = store.event(&ch("C"), 1).await.unwrap().unwrap();
+        assert_eq!((old.body.as_str(), old.idempotency_key.as_deref()), ("old", None));
+        let keyed = NewEvent { idempotency_key: Some("k".to_owned()), ..body("new") };
+        assert!(store.append(&ch("C"), keyed.clone()).await.unwrap().new);
+        let again = store.append(&ch("C"), keyed).await.unwrap();
+        assert_eq!((again.new, again.event.id), (false, 2));
+        drop(store);
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(SCHEMA_VERSION, 3);
     }
 
     #[tokio::test]
@@ -1863,7 +1918,7 @@ mod tests {
         let tasks: Vec<_> = (0..200)
             .map(|i| {
                 let store = store.clone();
-                tokio::spawn(async move { store.append(&ch(&format!("C{}", i % 4)), body("x")).await.unwrap().id })
+                tokio::spawn(async move { store.append(&ch(&format!("C{}", i % 4)), body("x")).await.unwrap().event.id })
             })
             .collect();
         for task in tasks {
@@ -1893,7 +1948,7 @@ mod tests {
         let err = store.append(&c, body("boom")).await.unwrap_err();
         assert!(matches!(err, StoreError::Backend(_)), "{err}");
         assert_eq!(store.head(&c).await.unwrap(), 1);
-        assert_eq!(store.append(&c, body("2")).await.unwrap().id, 2);
+        assert_eq!(store.append(&c, body("2")).await.unwrap().event.id, 2);
         assert_eq!(check_ids(&store, "C").await, vec![1, 2]);
     }
 
