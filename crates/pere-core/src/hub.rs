@@ -52,11 +52,14 @@ pub struct HubConfig {
     pub ack_timeout: Option<Duration>,
     /// How many times an event is sent on one stream at most, the first time included.
     pub max_deliveries: u32,
+    /// Called once per event as it is applied, before any subscriber can have it: a log written
+    /// here shows each event before anything a subscriber does with it (its receipt).
+    pub on_publish: Option<fn(&Event)>,
 }
 
 impl Default for HubConfig {
     fn default() -> Self {
-        HubConfig { subscriber_buffer: 1024, replay_page: 256, ack_timeout: None, max_deliveries: 5 }
+        HubConfig { subscriber_buffer: 1024, replay_page: 256, ack_timeout: None, max_deliveries: 5, on_publish: None }
     }
 }
 
@@ -417,6 +420,9 @@ impl<S: Store> Hub<S> {
         let id = event.id;
         // Followed before it is released, so no receipt can arrive before the ledger knows it.
         let tracked = hub.ledger().track(id);
+        if let (Some(_), Some(on_publish)) = (tracked, self.config.on_publish) {
+            on_publish(&event);
+        }
         // Released even when followed already: the sequencer ignores what it released before,
         // and a gap fill must not skip an event whose own apply is still on its way.
         if hub.release(event, &self.observers) {

@@ -108,17 +108,26 @@ pub struct Excerpt<'a>(pub &'a str);
 impl fmt::Display for Excerpt<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use fmt::Write as _;
-        for (i, c) in self.0.chars().enumerate() {
+        // Nearly always: a short line with no control character (C0, DEL, or C1, whose UTF-8
+        // encodings start with 0xC2), written as it is.
+        let bytes = self.0.as_bytes();
+        if bytes.len() <= EXCERPT_CHARS && bytes.iter().all(|&b| b >= 0x20 && b != 0x7f && b != 0xc2) {
+            return f.write_str(self.0);
+        }
+        // Plain runs are written whole; only control characters are written one by one.
+        let mut run_start = 0;
+        for (i, (at, c)) in self.0.char_indices().enumerate() {
             if i == EXCERPT_CHARS {
+                f.write_str(&self.0[run_start..at])?;
                 return f.write_char('…');
             }
             if c.is_control() {
+                f.write_str(&self.0[run_start..at])?;
                 write!(f, "{}", c.escape_default())?;
-            } else {
-                f.write_char(c)?;
+                run_start = at + c.len_utf8();
             }
         }
-        Ok(())
+        f.write_str(&self.0[run_start..])
     }
 }
 
@@ -130,5 +139,8 @@ mod tests {
     fn excerpts_are_one_safe_line() {
         assert_eq!(Excerpt("a\nb\r\x1b[31m").to_string(), "a\\nb\\r\\u{1b}[31m");
         assert_eq!(Excerpt(&"x".repeat(300)).to_string().chars().count(), 201);
+        assert_eq!(Excerpt(&"é".repeat(300)).to_string(), format!("{}…", "é".repeat(200)));
+        assert_eq!(Excerpt("plain").to_string(), "plain");
+        assert_eq!(Excerpt("c1 \u{85} and ¢").to_string(), "c1 \\u{85} and ¢");
     }
 }

@@ -121,7 +121,6 @@ async fn push<S: Store>(
         }
     }
     let event = state.hub.publish(&channel, NewEvent { publisher: device, event_type, body, idempotency_key: None }).await?.event;
-    activity::push(channel.as_str(), event.publisher.as_ref().map(|d| d.as_str()), event.id, &event.body);
     let accepted = PushAccepted::from(&*event);
     let Some((wait, timeout)) = wait else {
         return Ok(response::compact_json(StatusCode::OK, &accepted));

@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
-use pere_core::{Hub, HubConfig, Retention, Store};
+use pere_core::{Event, Hub, HubConfig, Retention, Store};
 use tokio_util::sync::CancellationToken;
 
+use crate::activity;
 use crate::config::Config;
 
 /// Everything the handlers share.
@@ -27,11 +28,18 @@ impl<S: Store> AppState<S> {
                 subscriber_buffer: config.subscriber_buffer.max(1),
                 ack_timeout: (!config.ack_timeout.is_zero()).then_some(config.ack_timeout),
                 max_deliveries: config.max_deliveries.max(1),
+                on_publish: Some(log_push),
                 ..HubConfig::default()
             },
         );
         Arc::new(AppState { hub, config, shutdown: CancellationToken::new() })
     }
+}
+
+/// The `PUSH EVT>` line, written as the hub applies the event, so it comes before any line about
+/// what a subscriber did with it.
+fn log_push(event: &Event) {
+    activity::push(event.channel.as_str(), event.publisher.as_ref().map(|d| d.as_str()), event.id, &event.body);
 }
 
 /// The retention the settings ask for.
