@@ -13,6 +13,9 @@
 #   DURATION=10               seconds of load per run
 #   IDLE_SUBSCRIBERS=10000    subscribers of the idle scenario
 #   RECEIPT_RATE=10           events/s in the paced receipts scenario (× 1000 subscribers = receipts/s)
+#   PERE_BASELINE=path        another pere-server build (say, of the commit before a change): its
+#                             runs are the servers `base-<store>`, alternating with this build's,
+#                             and the summary gets a second table of ratios to them
 #   RESULTS=bench/RESULTS.md  where the summary goes
 #   REPORTS=target/bench-reports/<time>  where the raw JSON reports and logs go
 set -euo pipefail
@@ -116,13 +119,13 @@ free_port() {
 }
 
 start_pere() {
-  local store=$1 args
+  local store=$1 binary=${2:-$PERE_SERVER} args
   args=(-o 127.0.0.1 -p 0 --store "$store" --quiet --retention-events 1000)
   if [ "$store" != memory ]; then
     args+=(--data-dir "$(mktemp -d -p "$WORK" data-XXXXXX)")
   fi
-  note_command "$PERE_SERVER" "${args[@]}"
-  "$PERE_SERVER" "${args[@]}" >"$WORK/pere.out" 2>"$WORK/pere.err" &
+  note_command "$binary" "${args[@]}"
+  "$binary" "${args[@]}" >"$WORK/pere.out" 2>"$WORK/pere.err" &
   SERVER_PID=$!
   for _ in $(seq 200); do
     SERVER_URL=$(sed -n 's|^PERE server listening on \(http://[^ ]*\).*|\1|p' "$WORK/pere.out" | head -n 1)
@@ -160,6 +163,7 @@ start_nchan() {
 start_server() {
   case $1 in
     pere-*) start_pere "${1#pere-}" ;;
+    base-*) start_pere "${1#base-}" "$PERE_BASELINE" ;;
     nchan-w*) start_nchan "${1#nchan-w}" ;;
   esac
 }
@@ -227,6 +231,9 @@ title() {
 
 SERVERS=()
 for store in $PERE_STORES; do SERVERS+=("pere-$store"); done
+if [ -n "${PERE_BASELINE:-}" ]; then
+  for store in $PERE_STORES; do SERVERS+=("base-$store"); done
+fi
 for workers in $NCHAN_WORKERS; do SERVERS+=("nchan-w$workers"); done
 
 STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
@@ -296,6 +303,13 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
   echo "## Results"
   echo
   "$BENCH" summarize "$REPORTS"
+  if [ -n "${PERE_BASELINE:-}" ]; then
+    echo "## This build against the baseline build"
+    echo
+    echo "\`base-<store>\` is \`$PERE_BASELINE\` with the same flags."
+    echo
+    "$BENCH" summarize --baseline base "$REPORTS"
+  fi
   if [ ${#failures[@]} -gt 0 ]; then
     echo "## Failed runs"
     echo

@@ -123,9 +123,13 @@ pub async fn serve<S: Store>(state: Arc<AppState<S>>, mut stream: TcpStream, req
     drop(parts);
     let channel = subscription.channel().to_string();
     let device = subscription.device().map(|d| d.to_string());
-    let mut head_extra = cors;
-    head_extra.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    let mut out = raw_head(StatusCode::OK, &SSE_HEADERS, &head_extra);
+    // The head's header map is dropped here: it would otherwise stay allocated for the life of
+    // the feed.
+    let mut out = {
+        let mut extra = cors;
+        extra.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        raw_head(StatusCode::OK, &SSE_HEADERS, &extra)
+    };
     out.extend_from_slice(&sse::encode_retry(state.config.retry_ms));
     let keep_alive_every = Duration::from_secs(state.config.keep_alive_secs.max(1));
     let cut = subscription.cut_notice();
