@@ -346,3 +346,71 @@ fn chrono_like(line: &str) -> bool {
     let stamp = line.split(' ').next().unwrap_or_default();
     stamp.len() == 24 && stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T' && stamp[..4].parse::<u32>().is_ok()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_list_with_ids_and_times_and_one_shape_everywhere() {
+    let server = TestServer::start(&[]).await;
+    for body in [r#"{"n":1}"#, "plain text", r#"{"n":3}"#] {
+        server.push("List", body).await;
+    }
+    let page = server.get_json("/events/List?after=1&limit=1").await;
+    assert_eq!(page["channel"], "List");
+    assert_eq!(page["head"], 3);
+    let events = page["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["id"], 2);
+    assert_eq!(events[0]["data"], "plain text", "a body that is not JSON is a string");
+    assert!(events[0]["time"].as_str().unwrap().ends_with('Z'));
+    let all = server.get_json("/events/List").await;
+    assert_eq!(all["events"][0]["data"], json!({"n": 1}), "a JSON body is JSON");
+    // The same event looks the same in the one-event view, and the original view stays a list.
+    let one = server.get_json("/events/List/1").await;
+    for key in ["channel", "id", "time", "data"] {
+        assert_eq!(one[key], all["events"][0][key], "{key}");
+    }
+    assert_eq!(server.get_json("/admin/events/List").await, json!([{"n": 1}, "plain text", {"n": 3}]));
+    assert_eq!(server.http.get(server.url("/events/List?after=x")).send().await.unwrap().status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_shows_each_push_before_any_receipt_for_it() {
+    let server = TestServer::start(&[]).await;
+    let mut feed = server.feed("Order", &[("device", "Fast1")]).await;
+    let publisher = {
+        let server_url = server.url("/push/Order");
+        let http = server.http.clone();
+        tokio::spawn(async move {
+            for i in 0..40 {
+                http.post(&server_url).body(format!("{{\"n\":{i}}}")).send().await.unwrap();
+            }
+        })
+    };
+    // Each event is acknowledged the moment it arrives, racing the push's own answer.
+    for _ in 0..40 {
+        let event = feed.next().await;
+        let id: u64 = event.id.parse().unwrap();
+        assert_eq!(server.ack("Order", "Fast1", id, "ok").await.0, 200);
+    }
+    publisher.await.unwrap();
+    let feedback = server.proc.wait_lines(40, |l| l.contains(" FEEDBACK> channel: Order")).await;
+    assert_eq!(feedback.len(), 40);
+    let lines = server.proc.lines();
+    for id in 1..=40 {
+        let push = lines.iter().position(|l| l.contains(" PUSH EVT> channel: Order") && l.contains(&format!("Event-Id: {id},")));
+        let ack = lines.iter().position(|l| l.contains(" FEEDBACK> channel: Order") && l.contains(&format!("Last-Event-Id: {id},")));
+        assert!(push.unwrap() < ack.unwrap(), "event {id}: push line {push:?}, receipt line {ack:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_tag_and_the_facts() {
+    let server = TestServer::start(&["--log-format", "json"]).await;
+    let id = server.push("Json", "hello").await;
+    let line = server.proc.wait_line(|l| l.contains("PUSH EVT>")).await;
+    let entry: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(entry["tag"], "PUSH EVT>");
+    assert_eq!(entry["channel"], "Json");
+    assert_eq!(entry["id"], id);
+    assert_eq!(entry["level"], "INFO");
+    assert!(entry["timestamp"].is_string(), "{entry}");
+}
