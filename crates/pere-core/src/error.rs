@@ -45,6 +45,8 @@ pub enum NameErrorReason {
     },
     /// The name holds a character outside `A-Za-z0-9_.:-`.
     BadCharacter,
+    /// The name is `.` or `..`, which a URL path, a proxy or a file system may resolve away.
+    DotSegment,
 }
 
 impl fmt::Display for NameError {
@@ -52,6 +54,7 @@ impl fmt::Display for NameError {
         let what = self.kind.as_str();
         match self.reason {
             NameErrorReason::Empty => write!(f, "{what} must not be empty"),
+            NameErrorReason::DotSegment => write!(f, "{what} must not be `.` or `..`"),
             NameErrorReason::TooLong { max } => write!(f, "{what} is longer than {max} characters"),
             NameErrorReason::BadCharacter => {
                 write!(f, "{what} may hold only the characters A-Z a-z 0-9 _ . : -")

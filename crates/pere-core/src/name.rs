@@ -1,7 +1,8 @@
 //! Validated names: channel names, device ids and SSE event types.
 //!
 //! One rule for all three, so that a name is always safe in a URL path, an HTTP header, an SSE
-//! field and a log line: 1 to 128 bytes of `A-Za-z0-9_.:-` (event types: at most 64).
+//! field and a log line: 1 to 128 bytes of `A-Za-z0-9_.:-` (event types: at most 64), and never
+//! `.` or `..`.
 
 use std::borrow::Borrow;
 use std::fmt;
@@ -19,6 +20,8 @@ pub const MAX_EVENT_TYPE_LEN: usize = 64;
 fn validate(kind: NameKind, value: &str, max: usize) -> Result<(), NameError> {
     let reason = if value.is_empty() {
         NameErrorReason::Empty
+    } else if value == "." || value == ".." {
+        NameErrorReason::DotSegment
     } else if value.len() > max {
         NameErrorReason::TooLong { max }
     } else if !value
@@ -126,6 +129,10 @@ mod tests {
         assert_eq!(err.reason, NameErrorReason::Empty);
         let err = DeviceId::new(&"x".repeat(129)).unwrap_err();
         assert_eq!(err.reason, NameErrorReason::TooLong { max: 128 });
+        for dots in [".", ".."] {
+            assert_eq!(ChannelName::new(dots).unwrap_err().reason, NameErrorReason::DotSegment);
+        }
+        assert!(ChannelName::new("...").is_ok() && ChannelName::new(".a").is_ok());
         for bad in ["a b", "a/b", "é", "a\nb", "a%20", "a?b"] {
             let err = ChannelName::new(bad).unwrap_err();
             assert_eq!(err.reason, NameErrorReason::BadCharacter, "{bad:?}");

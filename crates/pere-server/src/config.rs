@@ -133,6 +133,24 @@ pub struct Config {
     /// Seconds to wait for open requests to finish on shutdown before closing them.
     #[arg(long = "shutdown-timeout", default_value_t = 5, env = "PERE_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout_secs: u64,
+
+    /// Connections held at once; 0: the process's open-file limit less 64 for the store and
+    /// the log. Past it, new connections wait in the kernel's queue until one closes.
+    #[arg(long = "max-connections", default_value_t = 0, env = "PERE_MAX_CONNECTIONS")]
+    pub max_connections: usize,
+
+    /// Connections kept for short requests (pushes, receipts, /health): streams (feeds,
+    /// receipt and presence streams) may take all connections but these; one more gets 503.
+    #[arg(long = "connection-reserve", default_value_t = 256, env = "PERE_CONNECTION_RESERVE")]
+    pub connection_reserve: usize,
+
+    /// Streams one device may hold open at once (across channels); one more gets 429.
+    #[arg(long = "max-streams-per-device", default_value_t = 16, env = "PERE_MAX_STREAMS_PER_DEVICE")]
+    pub max_streams_per_device: usize,
+
+    /// Longest time a client may take to send a request body (e.g. 30s); past it, 408.
+    #[arg(long = "body-timeout", default_value = "30s", value_parser = parse_duration, env = "PERE_BODY_TIMEOUT")]
+    pub body_timeout: Duration,
 }
 
 impl std::fmt::Display for StoreKind {

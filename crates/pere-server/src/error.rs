@@ -16,12 +16,14 @@ pub struct ApiError {
     pub message: String,
     /// For 405: the methods the path answers (the `Allow` header).
     pub allow: Option<&'static str>,
+    /// For 503 and 429: seconds after which to try again (the `Retry-After` header).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     /// An error with the given status, code and message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), allow: None }
+        ApiError { status, code, message: message.into(), allow: None, retry_after: None }
     }
 
     /// 400 with the given code.

@@ -27,7 +27,8 @@ use tokio::time::{sleep_until, timeout, Instant};
 use crate::door;
 use crate::error::ApiError;
 use crate::request;
-use crate::response::{add_cors, error_body, raw_head, SSE_HEADERS};
+use crate::limits::StreamSlot;
+use crate::response::{add_cors, error_body, error_headers, raw_head, SSE_HEADERS};
 use crate::route::Route;
 use crate::sse_body::{next_frame, EndReason};
 use crate::state::AppState;
@@ -112,8 +113,8 @@ pub async fn serve<S: Store>(state: Arc<AppState<S>>, mut stream: TcpStream, req
     let (parts, ()) = request.into_parts();
     let mut cors = HeaderMap::new();
     add_cors(&state.config, parts.headers.get(header::ORIGIN), &mut cors);
-    let mut subscription = match open(&state, &parts).await {
-        Ok(subscription) => subscription,
+    let (mut subscription, _slot) = match open(&state, &parts).await {
+        Ok(opened) => opened,
         Err(err) => {
             door::refused(&parts.method, &parts.uri, &err);
             let _ = write_error(&mut stream, &err, cors).await;
@@ -186,18 +187,24 @@ pub async fn serve<S: Store>(state: Arc<AppState<S>>, mut stream: TcpStream, req
     activity::feed_end(&channel, device.as_deref(), reason);
 }
 
-/// Lets the request in through the door and subscribes.
-async fn open<S: Store>(state: &AppState<S>, parts: &hyper::http::request::Parts) -> Result<Subscription<S>, ApiError> {
-    let admitted = door::admit(&parts.method, &parts.uri, &parts.headers)?;
+/// Lets the request in through the door and subscribes; the slot is the feed's place in the
+/// server's counts, held as long as the feed.
+async fn open<S: Store>(
+    state: &AppState<S>,
+    parts: &hyper::http::request::Parts,
+) -> Result<(Subscription<S>, Option<StreamSlot>), ApiError> {
+    let admitted = door::admit(state, &parts.method, &parts.uri, &parts.headers)?;
     // Only feed requests are handed to this loop (see `as_feed_request`).
     let Route::Feed(channel) = admitted.route else { return Err(ApiError::not_found()) };
     let channel = request::channel(channel)?;
-    let resume = request::resume(&parts.headers, &admitted.query);
-    streams::open_feed(state, &channel, admitted.caller.device, resume).await
+    let resume = request::resume(&parts.headers, &admitted.query)?;
+    let subscription = streams::open_feed(state, &channel, admitted.caller.device, resume).await?;
+    Ok((subscription, admitted.stream))
 }
 
 async fn write_error(stream: &mut TcpStream, err: &ApiError, mut extra: HeaderMap) -> io::Result<()> {
     let body = error_body(err);
+    error_headers(err, &mut extra);
     extra.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     extra.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     extra.insert(header::CONNECTION, HeaderValue::from_static("close"));

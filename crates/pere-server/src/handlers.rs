@@ -8,7 +8,7 @@ use hyper::http::request::Parts;
 use hyper::header::HeaderMap;
 use hyper::body::Incoming;
 use hyper::header;
-use hyper::{Response, StatusCode};
+use hyper::{Method, Response, StatusCode};
 use pere_core::receipt::MAX_STATUS_LEN;
 use pere_core::wire::{
     Banner, ConnectionsJson, DeviceJson, EventJson, EventList, EventReceipts, Health, MembershipJson, PendingEvents,
@@ -43,8 +43,15 @@ pub async fn dispatch<S: Store>(
     body: Incoming,
     closer: Option<ConnectionCloser>,
 ) -> Answer {
-    let Admitted { route, caller, query } = admitted;
+    let Admitted { route, caller, query, stream } = admitted;
     let headers = &parts.headers;
+    if parts.method == Method::HEAD {
+        if let Route::Feed(channel) | Route::Receipts(channel) | Route::Presence(channel) = route {
+            // The head of the stream, and nothing opened: no subscription, no recipient.
+            request::channel(channel)?;
+            return Ok(response::sse(response::empty()));
+        }
+    }
     match route {
         Route::Root => Ok(root(headers)),
         Route::SubscriberPage => Ok(response::html(SUBSCRIBER_PAGE)),
@@ -52,8 +59,8 @@ pub async fn dispatch<S: Store>(
         Route::Push(channel) => push(state, channel, caller.device, &query, headers, body).await,
         Route::Feed(channel) => {
             let channel = request::channel(channel)?;
-            let subscription = streams::open_feed(state, &channel, caller.device, request::resume(headers, &query)).await?;
-            Ok(sse(SseBody::feed(subscription, streams::context(state, closer))))
+            let subscription = streams::open_feed(state, &channel, caller.device, request::resume(headers, &query)?).await?;
+            Ok(sse(SseBody::feed(subscription, streams::context(state, closer, stream))))
         }
         Route::Feedback(channel) => feedback(state, channel, caller.device, &query, headers, body).await,
         Route::AdminConnections => Ok(admin_connections(state)),
@@ -71,13 +78,13 @@ pub async fn dispatch<S: Store>(
         Route::Event(channel, id) => event_view(state, channel, id).await,
         Route::Receipts(channel) => {
             let channel = request::channel(channel)?;
-            let after = request::resume(headers, &query).after;
-            Ok(sse(streams::receipts(state, channel, after, streams::context(state, closer)).await?))
+            let after = request::resume(headers, &query)?.after;
+            Ok(sse(streams::receipts(state, channel, after, streams::context(state, closer, stream)).await?))
         }
         Route::Presence(channel) => {
             let channel = request::channel(channel)?;
-            let after = request::resume(headers, &query).after;
-            Ok(sse(streams::presence(state, channel, after, streams::context(state, closer)).await?))
+            let after = request::resume(headers, &query)?.after;
+            Ok(sse(streams::presence(state, channel, after, streams::context(state, closer, stream)).await?))
         }
         Route::Preflight => {
             let mut response = Response::new(response::empty());
@@ -112,7 +119,7 @@ async fn push<S: Store>(
     let channel = request::channel(channel)?;
     let event_type = request::event_type(headers, query)?;
     let wait = request::push_wait(query, state.config.max_wait)?;
-    let body = request::body(headers, body, state.config.max_body).await?;
+    let body = request::body(headers, body, state.config.max_body, state.config.body_timeout).await?;
     let body = String::from_utf8(body.into())
         .map_err(|_| ApiError::bad_request("body_not_utf8", "the event body must be UTF-8 text"))?;
     if request::is_json(headers) {
@@ -147,7 +154,7 @@ async fn feedback<S: Store>(
     body: Incoming,
 ) -> Answer {
     let channel = request::channel(channel)?;
-    let body = request::body(headers, body, state.config.max_body).await?;
+    let body = request::body(headers, body, state.config.max_body, state.config.body_timeout).await?;
     let parts = request::receipt_parts(headers, query, &body)?;
     let device = match parts.device {
         Some(named) => Some(DeviceId::new(named.trim())?),

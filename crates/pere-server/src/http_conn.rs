@@ -26,6 +26,9 @@ use crate::sse_body::ConnectionCloser;
 use crate::state::AppState;
 use crate::{door, handlers};
 
+/// The largest read buffer of a connection, and so the largest request head.
+const MAX_READ_BUFFER: usize = 16 * 1024;
+
 /// Serves a connection with hyper until it closes, the server shuts down, or a lagging feed asks
 /// for it to be closed.
 pub async fn serve<S: Store>(state: Arc<AppState<S>>, io: Rewind, watcher: Watcher) {
@@ -41,6 +44,9 @@ pub async fn serve<S: Store>(state: Arc<AppState<S>>, io: Rewind, watcher: Watch
         .timer(TokioTimer::new())
         // A client that never finishes its headers must not hold a connection forever.
         .header_read_timeout(Duration::from_secs(30))
+        // Request heads are small; a bigger read buffer would stay with the connection (a feed
+        // holds its connection for hours). Larger heads are refused with 431.
+        .max_buf_size(MAX_READ_BUFFER)
         .serve_connection(TokioIo::new(io), service);
     let connection = watcher.watch(connection);
     // A client that vanishes mid-request is its own business, not an error of the server.
@@ -60,7 +66,7 @@ async fn answer<S: Store>(
     closer: Option<ConnectionCloser>,
 ) -> Response<ResponseBody> {
     let (parts, body) = request.into_parts();
-    let answered = match door::admit(&parts.method, &parts.uri, &parts.headers) {
+    let answered = match door::admit(state, &parts.method, &parts.uri, &parts.headers) {
         Ok(admitted) => handlers::dispatch(state, admitted, &parts, body, closer).await,
         Err(err) => Err(err),
     };

@@ -10,6 +10,7 @@
 //! - [`sse_body`]: an SSE stream as a hyper response body;
 //! - [`webhook`]: receipt summaries POSTed to the operator's URL;
 //! - [`state`]: what every request shares;
+//! - [`limits`]: caps on open connections and streams;
 //! - [`request`]: reading requests (query, names, device, resume position, bodies, receipts);
 //! - [`response`]: the body type, JSON and error answers, the SSE head, CORS;
 //! - [`route`]: method and path to a [`route::Route`];
@@ -27,6 +28,7 @@ pub mod error;
 pub mod feed_conn;
 pub mod handlers;
 pub mod http_conn;
+pub mod limits;
 pub mod logging;
 pub mod request;
 pub mod response;

@@ -7,7 +7,7 @@ use clap::Parser as _;
 use pere_core::store::{Durability, SqliteOptions, SqliteStore};
 use pere_core::{MemoryStore, Store};
 use pere_server::config::{DurabilityLevel, StoreKind};
-use pere_server::{logging, retention, run, AppState, Config};
+use pere_server::{limits, logging, retention, run, AppState, Config};
 use tokio::net::{TcpListener, TcpSocket};
 
 /// Threads for blocking work (SQLite reads). Tokio's default, 512, let a burst of thousands of
@@ -18,6 +18,8 @@ const BLOCKING_THREADS: usize = 16;
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let log = logging::init(&config).map_err(anyhow::Error::msg)?;
+    // Before the state reads the limit: thousands of feeds need more than the usual 1,024.
+    limits::raise_open_files();
     let served = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(BLOCKING_THREADS)

@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap};
+use hyper::StatusCode;
 use pere_core::wire::FeedbackRequest;
 use pere_core::{ChannelName, DeviceId, EventType, WaitFor};
 use serde_json::Value;
@@ -84,10 +85,20 @@ pub struct Resume {
     pub raw: Option<String>,
 }
 
+/// The longest resume position taken, in bytes: ids are numbers, and the original PERE's
+/// timestamps are about 20 characters. The value is kept in the device record.
+pub const MAX_RESUME_LEN: usize = 64;
+
 /// The resume position of a stream request.
-pub fn resume(headers: &HeaderMap, query: &Query) -> Resume {
+///
+/// # Errors
+/// 400 `bad_event_id` for a value longer than [`MAX_RESUME_LEN`].
+pub fn resume(headers: &HeaderMap, query: &Query) -> Result<Resume, ApiError> {
     let raw = header_or_query(headers, query, "last-event-id", &["lastEventId", "last_event_id"]);
-    Resume { after: raw.as_deref().and_then(|r| r.trim().parse::<u64>().ok()), raw }
+    if raw.as_ref().is_some_and(|r| r.len() > MAX_RESUME_LEN) {
+        return Err(ApiError::bad_request("bad_event_id", format!("Last-Event-ID is longer than {MAX_RESUME_LEN} bytes")));
+    }
+    Ok(Resume { after: raw.as_deref().and_then(|r| r.trim().parse::<u64>().ok()), raw })
 }
 
 /// An event id from a path segment or a field.
@@ -117,20 +128,59 @@ pub fn after(query: &Query) -> Result<u64, ApiError> {
     query.get(&["after"]).map_or(Ok(0), event_id)
 }
 
-/// Reads a whole request body of at most `limit` bytes.
+/// Bytes of a too-large body read and thrown away before the 413 is sent: a client that is
+/// still writing its body reads the answer instead of a reset. Past it, the connection closes.
+const DRAIN_LIMIT: u64 = 8 * 1024 * 1024;
+/// How long draining a too-large body may take.
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// Reads a whole request body of at most `limit` bytes, within `timeout`.
 ///
 /// # Errors
-/// 413 `body_too_large`; 400 `body_unreadable` when the client stops midway.
-pub async fn body(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
+/// 413 `body_too_large`; 408 `body_timeout` for a body not sent in time; 400 `body_unreadable`
+/// when the client stops midway.
+pub async fn body(headers: &HeaderMap, mut body: Incoming, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
+        if declared.is_some_and(|n| n <= DRAIN_LIMIT) {
+            drain(&mut body).await;
+        }
         return Err(ApiError::too_large(limit));
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(limit)),
-        Err(_) => Err(ApiError::bad_request("body_unreadable", "the request body could not be read")),
-    }
+    let read = async {
+        let mut bytes = BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| ApiError::bad_request("body_unreadable", "the request body could not be read"))?;
+            let Some(data) = frame.data_ref() else { continue };
+            if bytes.len() + data.len() > limit {
+                drain(&mut body).await;
+                return Err(ApiError::too_large(limit));
+            }
+            bytes.extend_from_slice(data);
+        }
+        Ok(bytes.freeze())
+    };
+    tokio::time::timeout(timeout, read).await.unwrap_or_else(|_| {
+        Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the request body did not arrive within {} s", timeout.as_secs()),
+        ))
+    })
+}
+
+/// Reads and drops what is left of a body, up to [`DRAIN_LIMIT`] bytes and [`DRAIN_TIME`].
+async fn drain(body: &mut Incoming) {
+    let discard = async {
+        let mut read = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if read > DRAIN_LIMIT {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, discard).await;
 }
 
 /// Whether the body is declared as JSON (`application/json` or any `+json` type).
@@ -261,9 +311,10 @@ mod tests {
 
     #[test]
     fn resume_positions() {
-        let r = resume(&headers(&[("last-event-id", " 12 ")]), &Query::default());
+        let r = resume(&headers(&[("last-event-id", " 12 ")]), &Query::default()).unwrap();
         assert_eq!(r, Resume { after: Some(12), raw: Some(" 12 ".into()) });
-        let r = resume(&HeaderMap::new(), &Query::parse(Some("lastEventId=1700000000.5")));
+        assert!(resume(&headers(&[("last-event-id", &"9".repeat(65))]), &Query::default()).is_err());
+        let r = resume(&HeaderMap::new(), &Query::parse(Some("lastEventId=1700000000.5"))).unwrap();
         assert_eq!(r.after, None, "an original PERE timestamp is no position");
         assert_eq!(r.raw.as_deref(), Some("1700000000.5"));
     }

@@ -52,13 +52,25 @@ pub fn error_body(err: &ApiError) -> Vec<u8> {
     serde_json::to_vec_pretty(&err.body()).unwrap_or_default()
 }
 
-/// The answer for an error: its status, its JSON body, and `Allow` for a 405.
+/// The answer for an error: its status, its JSON body, and its headers.
 pub fn error(err: &ApiError) -> Response<ResponseBody> {
     let mut response = json_bytes(err.status, error_body(err));
-    if let Some(allowed) = err.allow {
-        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allowed));
-    }
+    error_headers(err, response.headers_mut());
     response
+}
+
+/// The headers an error answer carries: `Allow` for a 405, `Retry-After` when the client may
+/// try again later, and `Connection: close` after a body too large to read.
+pub fn error_headers(err: &ApiError, headers: &mut HeaderMap) {
+    if let Some(allowed) = err.allow {
+        headers.insert(header::ALLOW, HeaderValue::from_static(allowed));
+    }
+    if let Some(seconds) = err.retry_after {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    if err.status == StatusCode::PAYLOAD_TOO_LARGE {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
 }
 
 /// A static page.

@@ -12,6 +12,10 @@ use crate::http_conn::{self, Rewind};
 use crate::state::AppState;
 use crate::{feed_conn, webhook};
 
+/// The first pause after a failed accept, and the longest.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 /// Ends recipients' memberships after `--recipient-expiry` of inactivity, checked every minute.
 async fn expire_recipients<S: Store>(state: Arc<AppState<S>>) {
     // Every minute, or more often for short expiries, so an expiry is never late by much.
@@ -37,27 +41,47 @@ impl Drop for ExpiryTask {
 /// Serves connections from `listener` until `state.shutdown` is cancelled, then stops accepting,
 /// ends every stream, and waits up to the configured timeout for open requests to finish.
 ///
+/// At most `--max-connections` connections are open at once; streams leave
+/// `--connection-reserve` of them to short requests (see [`crate::limits`]).
+///
 /// # Errors
-/// Never in practice: accept errors (such as running out of file descriptors) are logged and
-/// retried after a short pause.
+/// Never in practice: accept errors (such as running out of file descriptors) are logged once
+/// and retried after a growing pause.
 pub async fn run<S: Store>(listener: TcpListener, state: Arc<AppState<S>>) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
     let _expiry = ExpiryTask(tokio::spawn(expire_recipients(state.clone())));
     if let Some(url) = &state.config.receipt_webhook {
         webhook::spawn(state.clone(), url.clone(), state.config.receipt_timeout);
     }
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
+        // Past the connection cap, new connections wait in the kernel's queue until one closes.
+        let slot = tokio::select! {
+            slot = state.limits.connection() => slot,
+            () = state.shutdown.cancelled() => break,
+        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = state.shutdown.cancelled() => break,
         };
         let (stream, _peer) = match accepted {
-            Ok(conn) => conn,
+            Ok(conn) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                conn
+            }
             Err(err) => {
-                // EMFILE and friends: back off instead of spinning; connections that close will
-                // free descriptors.
-                tracing::error!("accept: {err}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Out of descriptors (EMFILE and friends): pause instead of spinning, longer each
+                // time, and say so once per episode; connections that close free descriptors.
+                if backoff == ACCEPT_BACKOFF_MIN {
+                    tracing::error!(
+                        "accept: {err}; pausing new connections ({} open, cap {})",
+                        state.limits.connections(),
+                        state.limits.max_connections()
+                    );
+                }
+                drop(slot);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 continue;
             }
         };
@@ -66,6 +90,7 @@ pub async fn run<S: Store>(listener: TcpListener, state: Arc<AppState<S>>) -> st
         let state = state.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut stream = stream;
             match feed_conn::read_first_request(&mut stream).await {
                 Ok(feed_conn::FirstRequest::Feed(request)) => feed_conn::serve(state, stream, request).await,

@@ -17,6 +17,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::activity;
+use crate::limits::StreamSlot;
 
 /// Closes the connection a request came on. A feed cut for being too slow closes its connection
 /// rather than waiting for a peer that does not read to drain the frames already written; the
@@ -84,6 +85,8 @@ pub struct StreamContext {
     pub shutdown: WaitForCancellationFutureOwned,
     /// Closes the connection when the client lags.
     pub closer: Option<ConnectionCloser>,
+    /// The stream's place in the server's counts, given back when the body is dropped.
+    pub slot: Option<StreamSlot>,
 }
 
 /// An SSE response body.
@@ -94,6 +97,7 @@ pub struct SseBody {
     keep_alive_every: Duration,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     ended: Option<EndReason>,
+    _slot: Option<StreamSlot>,
     closer: Option<ConnectionCloser>,
     channel: String,
     device: Option<String>,
@@ -139,7 +143,7 @@ impl SseBody {
         device: Option<String>,
         context: StreamContext,
     ) -> Self {
-        let StreamContext { retry_ms, keep_alive_every, shutdown, closer } = context;
+        let StreamContext { retry_ms, keep_alive_every, shutdown, closer, slot } = context;
         SseBody {
             prelude: Some(sse::encode_retry(retry_ms)),
             items,
@@ -147,6 +151,7 @@ impl SseBody {
             keep_alive_every,
             shutdown: Box::pin(shutdown),
             ended: None,
+            _slot: slot,
             closer,
             channel,
             device,

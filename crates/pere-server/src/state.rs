@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::activity;
 use crate::config::Config;
+use crate::limits::{self, Limits};
 
 /// Everything the handlers share.
 #[derive(Debug)]
@@ -17,6 +18,8 @@ pub struct AppState<S: Store> {
     pub config: Config,
     /// Cancelled when the server shuts down; streams watch it to end.
     pub shutdown: CancellationToken,
+    /// Open connections and streams, and their caps.
+    pub limits: Arc<Limits>,
 }
 
 impl<S: Store> AppState<S> {
@@ -32,7 +35,8 @@ impl<S: Store> AppState<S> {
                 ..HubConfig::default()
             },
         );
-        Arc::new(AppState { hub, config, shutdown: CancellationToken::new() })
+        let limits = Limits::new(&config, limits::open_files());
+        Arc::new(AppState { hub, config, shutdown: CancellationToken::new(), limits })
     }
 }
 

@@ -13,17 +13,24 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::activity;
 use crate::error::ApiError;
+use crate::limits::StreamSlot;
 use crate::request::Resume;
 use crate::sse_body::{ConnectionCloser, EndReason, SseBody, StreamContext};
 use crate::state::AppState;
 
-/// What a stream needs from the server around it; `closer` closes the connection it runs on.
-pub fn context<S: Store>(state: &AppState<S>, closer: Option<ConnectionCloser>) -> StreamContext {
+/// What a stream needs from the server around it; `closer` closes the connection it runs on,
+/// `slot` is its place in the server's counts.
+pub fn context<S: Store>(
+    state: &AppState<S>,
+    closer: Option<ConnectionCloser>,
+    slot: Option<StreamSlot>,
+) -> StreamContext {
     StreamContext {
         retry_ms: state.config.retry_ms,
         keep_alive_every: Duration::from_secs(state.config.keep_alive_secs.max(1)),
         shutdown: state.shutdown.clone().cancelled_owned(),
         closer,
+        slot,
     }
 }
 
