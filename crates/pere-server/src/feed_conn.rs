@@ -13,6 +13,7 @@
 //! goes to hyper with the bytes already read put back in front.
 
 use std::io::{self, IoSlice};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +28,7 @@ use tokio::time::{sleep_until, timeout, Instant};
 use crate::door;
 use crate::error::ApiError;
 use crate::request;
-use crate::response::{add_cors, error_body, raw_head, SSE_HEADERS};
+use crate::response::{add_cors, error_body, error_headers, raw_head, SSE_HEADERS};
 use crate::route::Route;
 use crate::sse_body::{next_frame, EndReason};
 use crate::state::AppState;
@@ -108,11 +109,11 @@ fn as_feed_request(parsed: &httparse::Request<'_, '_>) -> Option<Request<()>> {
 
 /// Serves a feed on its own connection until the client goes away, the feed ends, or the
 /// server shuts down. The connection is closed at the end.
-pub async fn serve<S: Store>(state: Arc<AppState<S>>, mut stream: TcpStream, request: Request<()>) {
+pub async fn serve<S: Store>(state: Arc<AppState<S>>, mut stream: TcpStream, request: Request<()>, peer: SocketAddr) {
     let (parts, ()) = request.into_parts();
     let mut cors = HeaderMap::new();
-    add_cors(&state.config, parts.headers.get(header::ORIGIN), &mut cors);
-    let mut subscription = match open(&state, &parts).await {
+    add_cors(&state.config, parts.headers.get(header::ORIGIN), false, &mut cors);
+    let mut subscription = match open(&state, peer, &parts).await {
         Ok(subscription) => subscription,
         Err(err) => {
             door::refused(&parts.method, &parts.uri, &err);
@@ -183,8 +184,12 @@ pub async fn serve<S: Store>(state: Arc<AppState<S>>, mut stream: TcpStream, req
 }
 
 /// Lets the request in through the door and subscribes.
-async fn open<S: Store>(state: &AppState<S>, parts: &hyper::http::request::Parts) -> Result<Subscription<S>, ApiError> {
-    let admitted = door::admit(&parts.method, &parts.uri, &parts.headers)?;
+async fn open<S: Store>(
+    state: &AppState<S>,
+    peer: SocketAddr,
+    parts: &hyper::http::request::Parts,
+) -> Result<Subscription<S>, ApiError> {
+    let admitted = door::admit(state, peer, &parts.method, &parts.uri, &parts.headers)?;
     // Only feed requests are handed to this loop (see `as_feed_request`).
     let Route::Feed(channel) = admitted.route else { return Err(ApiError::not_found()) };
     let channel = request::channel(channel)?;
@@ -194,6 +199,7 @@ async fn open<S: Store>(state: &AppState<S>, parts: &hyper::http::request::Parts
 
 async fn write_error(stream: &mut TcpStream, err: &ApiError, mut extra: HeaderMap) -> io::Result<()> {
     let body = error_body(err);
+    error_headers(err, &mut extra);
     extra.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     extra.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     extra.insert(header::CONNECTION, HeaderValue::from_static("close"));
