@@ -17,7 +17,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     config.quiet = true;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
-    let state = AppState::new(MemoryStore::new(retention(&config)), config);
+    // Loopback only: the protected mode (no token key) is enough here.
+    let mode = config.mode()?;
+    let state = AppState::new(MemoryStore::new(retention(&config)), config, mode);
     let shutdown = state.shutdown.clone();
     let server = tokio::spawn(run(listener, state));
     println!("server on {base}");

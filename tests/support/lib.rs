@@ -212,9 +212,13 @@ impl TestServer {
         Self::start_args(&args).await
     }
 
-    /// Starts the server with these arguments, on a free loopback port unless they name one.
+    /// Starts the server with these arguments, on a free loopback port unless they name an
+    /// address (`-o`) or a port (`-p`).
     pub async fn start_args(args: &[&str]) -> TestServer {
-        let mut all = vec!["-o", "127.0.0.1"];
+        let mut all = vec![];
+        if !args.contains(&"-o") {
+            all.extend(["-o", "127.0.0.1"]);
+        }
         if !args.contains(&"-p") {
             all.extend(["-p", "0"]);
         }

@@ -99,9 +99,21 @@ pub struct Plan {
     pub probe: Probe,
     /// Reconnections allowed per subscriber (a server may close a slow feed).
     pub max_reconnects: u32,
+    /// `Bearer TOKEN` for every request (`--token`); with it no request names a device: each
+    /// speaks as the token's device, the only one a token lets it speak for.
+    pub authorization: Option<String>,
 }
 
 impl Plan {
+    /// The identity headers of a request from `device`: the token when there is one, else the
+    /// device's name.
+    fn identity<'a>(&'a self, device: &'a str) -> (&'static str, &'a str) {
+        match &self.authorization {
+            Some(bearer) => ("Authorization", bearer),
+            None => ("device", device),
+        }
+    }
+
     fn channel_name(&self, channel: usize) -> String {
         format!("{}c{channel}", self.prefix)
     }
@@ -528,8 +540,7 @@ async fn subscriber(
         let last_id = state.lock().expect("no panics while held").last_id.clone();
         let result = async {
             let mut stream = connect(plan.target, source).await?;
-            let mut headers =
-                vec![("Accept", "text/event-stream"), ("Cache-Control", "no-cache"), ("device", &*device)];
+            let mut headers = vec![("Accept", "text/event-stream"), ("Cache-Control", "no-cache"), plan.identity(&device)];
             if let Some(id) = &last_id {
                 headers.push(("Last-Event-ID", id));
             }
@@ -658,7 +669,7 @@ async fn publisher(shared: Arc<Shared>, k: usize, total: u64, rate_total: Option
     let pad = "x".repeat(plan.pad);
     let paths: Vec<String> = (0..plan.channels).map(|c| format!("/push/{}", plan.channel_name(c))).collect();
     let device = format!("{}p{k}", plan.prefix);
-    let headers = [("Content-Type", "application/json"), ("device", device.as_str())];
+    let headers = [("Content-Type", "application/json"), plan.identity(&device)];
     let mut histogram = latency_histogram();
     let mut j = k as u64;
     while j < total {
@@ -725,8 +736,12 @@ async fn receipt_sender(shared: Arc<Shared>, k: usize, mut queue: mpsc::Receiver
         } else {
             serde_json::Value::String(job.id).to_string()
         };
-        let body = format!("{{\"device\":\"{}\",\"id\":{id},\"status\":\"ok\"}}", job.device);
-        let headers = [("Content-Type", "application/json"), ("device", &*job.device)];
+        let body = if plan.authorization.is_some() {
+            format!("{{\"id\":{id},\"status\":\"ok\"}}")
+        } else {
+            format!("{{\"device\":\"{}\",\"id\":{id},\"status\":\"ok\"}}", job.device)
+        };
+        let headers = [("Content-Type", "application/json"), plan.identity(&job.device)];
         let request = http::request("POST", &paths[job.channel], &host, &headers, Some(body.as_bytes()));
         let began = Instant::now();
         let result = client.request(&request).await;

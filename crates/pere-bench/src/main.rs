@@ -141,6 +141,10 @@ struct LoadArgs {
     /// Reconnections allowed per subscriber (servers may close slow feeds).
     #[arg(long, default_value_t = 50)]
     max_reconnects: u32,
+    /// A token (from `pere-server token`) sent as `Authorization: Bearer` with every request;
+    /// no request then names a device, so every connection speaks as the token's device.
+    #[arg(long, env = "PERE_TOKEN", hide_env_values = true, value_name = "JWT")]
+    token: Option<String>,
     /// Print the report as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -268,6 +272,11 @@ fn plan(scenario: Scenario, a: LoadArgs) -> anyhow::Result<(Plan, Duration)> {
         progress: !a.quiet,
         probe: Probe::new(a.server_pids),
         max_reconnects: a.max_reconnects,
+        authorization: match a.token.as_deref().map(str::trim) {
+            Some(token) if token.is_empty() || token.contains(['\r', '\n']) => bail!("--token: not a token"),
+            Some(token) => Some(format!("Bearer {token}")),
+            None => None,
+        },
     };
     if !plan.prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b)) {
         bail!("--prefix may hold only A-Za-z0-9_.:-");

@@ -88,7 +88,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Err(Fatal(format!("invalid event type {event_type:?}")).into());
         }
     }
-    let client = Client::builder().connect_timeout(CONNECT_TIMEOUT).build()?;
+    let mut client = Client::builder().connect_timeout(CONNECT_TIMEOUT);
+    if let Some(token) = &cli.token {
+        client = client.default_headers(pere_client::token::bearer_headers(token)?);
+    }
+    let client = client.build()?;
 
     if !cli.quiet && !cli.json {
         say!("PUBLISH (device: {device}), channel: {}, server: {}", cli.channel, cli.server);

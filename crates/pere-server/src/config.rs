@@ -1,9 +1,12 @@
 //! The server's settings: the command line (`pere-server --help`) and what it turns into.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::auth::{KeySettings, Mode, Verifier};
 
 /// Where events, receipts and device records are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -85,10 +88,43 @@ pub struct Config {
     #[arg(long = "subscriber-buffer", default_value_t = 1024, env = "PERE_SUBSCRIBER_BUFFER")]
     pub subscriber_buffer: usize,
 
-    /// Origins whose web pages may use this server (CORS); repeat the flag or separate with
-    /// commas. `*` allows any origin.
-    #[arg(long = "allow-origin", default_value = "*", value_delimiter = ',', env = "PERE_ALLOW_ORIGIN")]
+    /// Origins (such as `https://app.example`) whose web pages may use this server (CORS);
+    /// repeat the flag or separate with commas. None by default: the subscriber page is served
+    /// from the server itself. `*` lets any page read answers (answered as `*`, never as the
+    /// page's origin, so without credentials).
+    #[arg(long = "allow-origin", value_delimiter = ',', env = "PERE_ALLOW_ORIGIN")]
     pub allow_origins: Vec<String>,
+
+    /// Secret that signs tokens (HS256), at least 32 bytes; prefer the environment variable or
+    /// --jwt-secret-file, which do not show in the process list.
+    #[arg(long = "jwt-secret", env = "PERE_JWT_SECRET", hide_env_values = true, global = true, value_parser = parse_secret)]
+    pub jwt_secret: Option<Secret>,
+
+    /// File holding the token secret (HS256); trailing whitespace is ignored.
+    #[arg(long = "jwt-secret-file", env = "PERE_JWT_SECRET_FILE", global = true)]
+    pub jwt_secret_file: Option<PathBuf>,
+
+    /// Public key (PEM, RSA or EC P-256) that verifies tokens signed RS256 or ES256.
+    #[arg(long = "jwt-public-key", env = "PERE_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Tokens must carry this audience (`aud`).
+    #[arg(long = "jwt-audience", env = "PERE_JWT_AUDIENCE", global = true)]
+    pub jwt_audience: Option<String>,
+
+    /// Tokens must carry this issuer (`iss`).
+    #[arg(long = "jwt-issuer", env = "PERE_JWT_ISSUER", global = true)]
+    pub jwt_issuer: Option<String>,
+
+    /// Without a token key, answer every client, not only this machine's (a trusted network:
+    /// the original PERE's behaviour).
+    #[arg(long = "open", env = "PERE_OPEN")]
+    pub open: bool,
+
+    /// With a token key, let clients without a token read feeds as anonymous listeners (no
+    /// device: no receipts, no presence, no receipt or presence streams).
+    #[arg(long = "anonymous-subscribe", env = "PERE_ANONYMOUS_SUBSCRIBE")]
+    pub anonymous_subscribe: bool,
 
     /// Do not log a line per push, feed and receipt (start, stop and errors are still logged).
     #[arg(short = 'q', long = "quiet", env = "PERE_QUIET")]
@@ -151,6 +187,59 @@ pub struct Config {
     /// Longest time a client may take to send a request body (e.g. 30s); past it, 408.
     #[arg(long = "body-timeout", default_value = "30s", value_parser = parse_duration, env = "PERE_BODY_TIMEOUT")]
     pub body_timeout: Duration,
+
+    /// Something to do instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What `pere-server` can do besides serving.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Mint a token with the configured secret (or --jwt-private-key) and print it.
+    Token(TokenArgs),
+}
+
+/// `pere-server token`: what the token grants.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The device id the token speaks for (`sub`).
+    #[arg(long = "sub")]
+    pub sub: String,
+
+    /// Channels it may publish to: names, or patterns ending in `*`; repeat or separate with commas.
+    #[arg(long = "publish", value_delimiter = ',')]
+    pub publish: Vec<String>,
+
+    /// Channels it may subscribe to (feed, receipts, presence, acknowledgements).
+    #[arg(long = "subscribe", value_delimiter = ',')]
+    pub subscribe: Vec<String>,
+
+    /// Admin views and recipient management.
+    #[arg(long = "admin")]
+    pub admin: bool,
+
+    /// How long the token is valid: 90s, 30m, 12h, 7d.
+    #[arg(long = "ttl", default_value = "24h", value_parser = parse_duration)]
+    pub ttl: Duration,
+
+    /// Private key (PEM: RSA, or EC P-256 in PKCS#8) to sign RS256 or ES256 instead of the secret.
+    #[arg(long = "jwt-private-key", env = "PERE_JWT_PRIVATE_KEY")]
+    pub jwt_private_key: Option<PathBuf>,
+}
+
+/// A secret that never shows in `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+fn parse_secret(text: &str) -> Result<Secret, String> {
+    Ok(Secret(text.to_owned()))
 }
 
 impl std::fmt::Display for StoreKind {
@@ -163,9 +252,38 @@ impl std::fmt::Display for StoreKind {
 }
 
 impl Config {
-    /// Whether `origin` may use the server from a browser page.
-    pub fn origin_allowed(&self, origin: &str) -> bool {
-        self.allow_origins.iter().any(|o| o == "*" || o == origin)
+    /// Whether `origin` is listed by `--allow-origin` by name (`*` aside).
+    pub fn origin_listed(&self, origin: &str) -> bool {
+        origin != "*" && self.allow_origins.iter().any(|o| o == origin)
+    }
+
+    /// Whether `--allow-origin` lists `*`.
+    pub fn any_origin(&self) -> bool {
+        self.allow_origins.iter().any(|o| o == "*")
+    }
+
+    /// The token key settings.
+    pub fn key_settings(&self) -> KeySettings<'_> {
+        KeySettings {
+            secret: self.jwt_secret.as_ref().map(|s| s.0.as_str()),
+            secret_file: self.jwt_secret_file.as_deref(),
+            public_key: self.jwt_public_key.as_deref(),
+            audience: self.jwt_audience.as_deref(),
+            issuer: self.jwt_issuer.as_deref(),
+        }
+    }
+
+    /// The security mode the settings ask for.
+    ///
+    /// # Errors
+    /// A one-line description of what is wrong with the key settings.
+    pub fn mode(&self) -> Result<Mode, String> {
+        Ok(match Verifier::from_settings(&self.key_settings())? {
+            Some(verifier) => Mode::Tokens { verifier: Box::new(verifier), anonymous_subscribe: self.anonymous_subscribe },
+            None if self.anonymous_subscribe => return Err("--anonymous-subscribe needs a token key".to_owned()),
+            None if self.open => Mode::Open,
+            None => Mode::Protected,
+        })
     }
 
     /// The default settings, as with no flags (for tests and embedding).
@@ -210,6 +328,7 @@ mod tests {
         let config = Config::defaults();
         assert_eq!(config.port, 4567);
         assert_eq!(config.max_body, 65_536);
-        assert!(config.origin_allowed("https://example.org"));
+        assert!(!config.origin_listed("https://example.org") && !config.any_origin(), "no cross-origin use by default");
+        assert!(!config.open && !config.anonymous_subscribe && config.jwt_secret.is_none());
     }
 }

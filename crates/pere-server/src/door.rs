@@ -1,25 +1,56 @@
 //! The one door every request passes, whatever kind of connection carries it (a hyper connection
-//! or a dedicated feed connection): method, path, query and headers become a [`Route`] and a
-//! [`Caller`], and the request is let in or refused here. The access log and the refusal log are
-//! written here too; whatever must hold for every request (credentials, limits, counts) belongs
-//! in [`admit`] and nowhere else.
+//! or a dedicated feed connection): the peer, method, path, query and headers become a [`Route`]
+//! and a [`Caller`], and the request is let in or refused here: the protected mode's loopback
+//! rule, the token and what it grants, the device a request may speak for. The access log and the
+//! refusal log are written here too; whatever must hold for every request (credentials, limits,
+//! counts) belongs in [`admit`] and nowhere else.
 
-use hyper::header::HeaderMap;
+use std::net::SocketAddr;
+
+use hyper::header::{self, HeaderMap};
 use hyper::{Method, Uri};
 use pere_core::{DeviceId, Store};
 
 use crate::activity;
+use crate::auth::{self, Grants, Mode, TokenError};
 use crate::error::ApiError;
 use crate::limits::StreamSlot;
 use crate::request::{self, Query};
 use crate::route::{NoRoute, Route};
 use crate::state::AppState;
 
+/// The cookie a browser's `EventSource` can carry a token in.
+pub const TOKEN_COOKIE: &str = "pere_token";
+
+/// The query parameter a browser's `EventSource` can carry a token in.
+pub const TOKEN_PARAM: &str = "access_token";
+
 /// Who is asking.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Caller {
-    /// The device the request speaks for (the `device` header, else `?device=`), if it says.
+    /// The device the request speaks for: the token's `sub` when a token was verified, else the
+    /// `device` header or `?device=`, if the request says.
     pub device: Option<DeviceId>,
+    /// What a verified token grants; `None` without a token (no key is configured, or an
+    /// anonymous listener).
+    pub grants: Option<Grants>,
+}
+
+impl Caller {
+    /// The device a request body names (a receipt's `device` field), checked against the caller:
+    /// with a token, only its own device; without a name, the caller's device.
+    ///
+    /// # Errors
+    /// 403 `device_mismatch` for another device than the token's.
+    pub fn speaks_as(&self, named: Option<DeviceId>) -> Result<Option<DeviceId>, ApiError> {
+        match (named, &self.device) {
+            (Some(named), Some(own)) if self.grants.is_some() && named != *own => {
+                Err(ApiError::device_mismatch(named.as_str()))
+            }
+            (Some(named), _) => Ok(Some(named)),
+            (None, own) => Ok(own.clone()),
+        }
+    }
 }
 
 /// A request let in: where it goes, who asks, and its decoded query.
@@ -36,24 +67,62 @@ pub struct Admitted<'a> {
     pub stream: Option<StreamSlot>,
 }
 
-/// Decides whether a request may go on, and where to.
+/// Decides whether a request from `peer` may go on, and where to.
 ///
 /// # Errors
-/// The answer for a request that may not: 404 and 405 for paths and methods the server does not
-/// have, 400 for a device id that is not one, 503 or 429 for a stream past the limits.
+/// The answer for a request that may not: 403 `forbidden` for a peer the protected mode does not
+/// answer or a token that does not grant the route; 404 and 405 for paths and methods the server
+/// does not have; 400 for a device id that is not one; 401 `missing_token`, `invalid_token`,
+/// `expired_token`; 403 `device_mismatch` for a device that is not the token's; 503 or 429 for a
+/// stream past the limits.
 pub fn admit<'a, S: Store>(
     state: &AppState<S>,
+    peer: SocketAddr,
     method: &Method,
     uri: &'a Uri,
     headers: &HeaderMap,
 ) -> Result<Admitted<'a>, ApiError> {
+    if matches!(state.mode, Mode::Protected) && !auth::is_loopback(peer.ip()) {
+        return Err(ApiError::forbidden(
+            "PERE is in protected mode: without a token key it answers only clients on its own machine; \
+             start it with --jwt-secret (or --jwt-public-key) to let clients in with tokens, or with --open \
+             on a trusted network",
+        ));
+    }
     let path = uri.path();
     let route = Route::parse(method, path).map_err(|no| match no {
         NoRoute::NotFound => ApiError::not_found(),
         NoRoute::MethodNotAllowed(allowed) => ApiError::method_not_allowed(path, allowed),
     })?;
     let query = Query::parse(uri.query());
-    let caller = Caller { device: request::device(headers, &query)? };
+    let named = request::device(headers, &query)?;
+    let caller = match &state.mode {
+        Mode::Tokens { verifier, anonymous_subscribe } if !is_public(&route) => match token(headers, &query)? {
+            Some(token) => {
+                let claims = verifier.verify(token).map_err(|err| match err {
+                    TokenError::Expired => ApiError::expired_token(),
+                    TokenError::Invalid => ApiError::invalid_token(),
+                })?;
+                // A `sub` that is no device id cannot speak for a device.
+                let device = DeviceId::new(&claims.sub).map_err(|_| ApiError::invalid_token())?;
+                if let Some(named) = named.filter(|named| *named != device) {
+                    return Err(ApiError::device_mismatch(named.as_str()));
+                }
+                authorize(&route, &device, &claims.pere)?;
+                Caller { device: Some(device), grants: Some(claims.pere) }
+            }
+            None if *anonymous_subscribe && matches!(route, Route::Feed(_)) => {
+                if named.is_some() {
+                    return Err(ApiError::missing_token(
+                        "a device needs a token; without one, leave the device out to read the feed anonymously",
+                    ));
+                }
+                Caller::default()
+            }
+            None => return Err(ApiError::missing_token("this server needs a token (Authorization: Bearer)")),
+        },
+        _ => Caller { device: named, grants: None },
+    };
     // A HEAD of a stream opens nothing, so it takes no place.
     let stream = match route {
         Route::Feed(_) | Route::Receipts(_) | Route::Presence(_) if method == Method::GET => {
@@ -65,8 +134,131 @@ pub fn admit<'a, S: Store>(
     Ok(Admitted { route, caller, query, stream })
 }
 
+/// The routes anyone may ask for: the banner, the page (which then asks for a token), health, and
+/// CORS preflights (a browser sends no credentials with those).
+fn is_public(route: &Route<'_>) -> bool {
+    matches!(route, Route::Root | Route::SubscriberPage | Route::Health | Route::Preflight)
+}
+
+/// The token a request carries: `Authorization: Bearer`, else `?access_token=`, else the
+/// `pere_token` cookie (the last two for `EventSource`, which cannot set headers).
+///
+/// # Errors
+/// 401 `invalid_token` for an `Authorization` header that is not a bearer token.
+fn token<'r>(headers: &'r HeaderMap, query: &'r Query) -> Result<Option<&'r str>, ApiError> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value.to_str().map_err(|_| ApiError::invalid_token())?;
+        let (scheme, token) = value.trim().split_once(' ').ok_or_else(ApiError::invalid_token)?;
+        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+            return Err(ApiError::invalid_token());
+        }
+        return Ok(Some(token.trim()));
+    }
+    if let Some(token) = query.get(&[TOKEN_PARAM]) {
+        return Ok(Some(token));
+    }
+    let cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix(TOKEN_COOKIE)?.strip_prefix('='));
+    Ok(cookie)
+}
+
+/// Whether a token for `device` with `grants` may use `route`.
+///
+/// # Errors
+/// 403 `forbidden`, saying what the token lacks.
+fn authorize(route: &Route<'_>, device: &DeviceId, grants: &Grants) -> Result<(), ApiError> {
+    let allowed = match route {
+        Route::Root | Route::SubscriberPage | Route::Health | Route::Preflight => true,
+        Route::Push(channel) => grants.may_publish(channel),
+        Route::Feed(channel) | Route::Feedback(channel) | Route::Receipts(channel) | Route::Presence(channel) => {
+            grants.may_subscribe(channel)
+        }
+        // A device may read what it owes on a channel it may subscribe to.
+        Route::DevicePending(channel, owner) => {
+            grants.admin || (*owner == device.as_str() && grants.may_subscribe(channel))
+        }
+        Route::AdminConnections
+        | Route::AdminEvents(_)
+        | Route::AdminDevices(_)
+        | Route::AdminReceipts(..)
+        | Route::RegisterDevice(..)
+        | Route::RemoveDevice(..)
+        | Route::Events(_)
+        | Route::Event(..) => grants.admin,
+    };
+    if allowed {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(match route {
+        Route::Push(channel) => format!("this token may not publish to {channel}"),
+        Route::Feed(channel) | Route::Feedback(channel) | Route::Receipts(channel) | Route::Presence(channel) => {
+            format!("this token may not subscribe to {channel}")
+        }
+        _ => "this needs an admin token".to_owned(),
+    }))
+}
+
 /// Logs a request answered with an error, at the door or later by its handler; every refusal of
 /// either kind of connection passes here.
 pub fn refused(method: &Method, uri: &Uri, err: &ApiError) {
     activity::refused(method.as_str(), uri.path(), err.status.as_u16(), err.code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderValue;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(header::HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn tokens_are_found_in_the_header_the_query_or_the_cookie() {
+        let none = Query::default();
+        assert_eq!(token(&headers(&[("authorization", "Bearer abc")]), &none).unwrap(), Some("abc"));
+        assert_eq!(token(&headers(&[("authorization", "bearer  abc ")]), &none).unwrap(), Some("abc"));
+        assert!(token(&headers(&[("authorization", "Basic abc")]), &none).is_err());
+        assert!(token(&headers(&[("authorization", "Bearer")]), &none).is_err());
+        assert_eq!(token(&HeaderMap::new(), &Query::parse(Some("access_token=q1"))).unwrap(), Some("q1"));
+        let cookies = headers(&[("cookie", "a=1; pere_token=c1"), ("cookie", "b=2")]);
+        assert_eq!(token(&cookies, &none).unwrap(), Some("c1"));
+        assert_eq!(token(&headers(&[("cookie", "pere_tokenx=1")]), &none).unwrap(), None);
+        assert_eq!(token(&HeaderMap::new(), &none).unwrap(), None);
+    }
+
+    #[test]
+    fn a_token_speaks_only_for_its_device() {
+        let d = |s: &str| DeviceId::new(s).unwrap();
+        let bound = Caller { device: Some(d("D1")), grants: Some(Grants::default()) };
+        assert_eq!(bound.speaks_as(None).unwrap(), Some(d("D1")));
+        assert_eq!(bound.speaks_as(Some(d("D1"))).unwrap(), Some(d("D1")));
+        assert_eq!(bound.speaks_as(Some(d("D2"))).unwrap_err().code, "device_mismatch");
+        let open = Caller { device: Some(d("D1")), grants: None };
+        assert_eq!(open.speaks_as(Some(d("D2"))).unwrap(), Some(d("D2")), "without tokens, as the original");
+    }
+
+    #[test]
+    fn routes_need_their_grants() {
+        let device = DeviceId::new("D1").unwrap();
+        let grants = Grants { publish: vec!["p.*".into()], subscribe: vec!["s".into()], admin: false };
+        let ok = |route: Route<'_>| authorize(&route, &device, &grants).is_ok();
+        assert!(ok(Route::Push("p.1")) && !ok(Route::Push("s")));
+        assert!(ok(Route::Feed("s")) && ok(Route::Feedback("s")) && ok(Route::Receipts("s")) && ok(Route::Presence("s")));
+        assert!(!ok(Route::Feed("p.1")));
+        assert!(ok(Route::DevicePending("s", "D1")) && !ok(Route::DevicePending("s", "D2")));
+        assert!(!ok(Route::AdminConnections) && !ok(Route::Events("s")) && !ok(Route::RegisterDevice("s", "D1")));
+        let admin = Grants { admin: true, ..Grants::default() };
+        assert!(authorize(&Route::AdminDevices("x"), &device, &admin).is_ok());
+        assert!(authorize(&Route::DevicePending("x", "D9"), &device, &admin).is_ok());
+        assert!(authorize(&Route::Push("x"), &device, &admin).is_err(), "admin does not imply publish");
+    }
 }

@@ -18,12 +18,14 @@ pub struct ApiError {
     pub allow: Option<&'static str>,
     /// For 503 and 429: seconds after which to try again (the `Retry-After` header).
     pub retry_after: Option<u64>,
+    /// For 401: the `WWW-Authenticate` challenge.
+    pub challenge: Option<&'static str>,
 }
 
 impl ApiError {
     /// An error with the given status, code and message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), allow: None, retry_after: None }
+        ApiError { status, code, message: message.into(), allow: None, retry_after: None, challenge: None }
     }
 
     /// 400 with the given code.
@@ -42,6 +44,37 @@ impl ApiError {
             allow: Some(allowed),
             ..Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{path} answers only {allowed}"))
         }
+    }
+
+    /// 401 for a request without a token where one is needed.
+    pub fn missing_token(message: impl Into<String>) -> Self {
+        ApiError { challenge: Some("Bearer realm=\"pere\""), ..Self::new(StatusCode::UNAUTHORIZED, "missing_token", message) }
+    }
+
+    /// 401 for a token that is not valid; never says which check failed.
+    pub fn invalid_token() -> Self {
+        ApiError {
+            challenge: Some("Bearer realm=\"pere\", error=\"invalid_token\""),
+            ..Self::new(StatusCode::UNAUTHORIZED, "invalid_token", "the token is not valid")
+        }
+    }
+
+    /// 401 for a token past its expiry.
+    pub fn expired_token() -> Self {
+        ApiError {
+            challenge: Some("Bearer realm=\"pere\", error=\"invalid_token\", error_description=\"expired\""),
+            ..Self::new(StatusCode::UNAUTHORIZED, "expired_token", "the token has expired")
+        }
+    }
+
+    /// 403 for what the caller may not do.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 403 for a device named in the request that is not the token's.
+    pub fn device_mismatch(named: &str) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "device_mismatch", format!("the token speaks for another device than {named}"))
     }
 
     /// 413 for a body over `limit` bytes.

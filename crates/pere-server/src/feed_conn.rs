@@ -13,6 +13,7 @@
 //! goes to hyper with the bytes already read put back in front.
 
 use std::io::{self, IoSlice};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -109,11 +110,11 @@ fn as_feed_request(parsed: &httparse::Request<'_, '_>) -> Option<Request<()>> {
 
 /// Serves a feed on its own connection until the client goes away, the feed ends, or the
 /// server shuts down. The connection is closed at the end.
-pub async fn serve<S: Store>(state: Arc<AppState<S>>, mut stream: TcpStream, request: Request<()>) {
+pub async fn serve<S: Store>(state: Arc<AppState<S>>, mut stream: TcpStream, request: Request<()>, peer: SocketAddr) {
     let (parts, ()) = request.into_parts();
     let mut cors = HeaderMap::new();
-    add_cors(&state.config, parts.headers.get(header::ORIGIN), &mut cors);
-    let (mut subscription, _slot) = match open(&state, &parts).await {
+    add_cors(&state.config, parts.headers.get(header::ORIGIN), false, &mut cors);
+    let (mut subscription, _slot) = match open(&state, peer, &parts).await {
         Ok(opened) => opened,
         Err(err) => {
             door::refused(&parts.method, &parts.uri, &err);
@@ -191,9 +192,10 @@ pub async fn serve<S: Store>(state: Arc<AppState<S>>, mut stream: TcpStream, req
 /// server's counts, held as long as the feed.
 async fn open<S: Store>(
     state: &AppState<S>,
+    peer: SocketAddr,
     parts: &hyper::http::request::Parts,
 ) -> Result<(Subscription<S>, Option<StreamSlot>), ApiError> {
-    let admitted = door::admit(state, &parts.method, &parts.uri, &parts.headers)?;
+    let admitted = door::admit(state, peer, &parts.method, &parts.uri, &parts.headers)?;
     // Only feed requests are handed to this loop (see `as_feed_request`).
     let Route::Feed(channel) = admitted.route else { return Err(ApiError::not_found()) };
     let channel = request::channel(channel)?;

@@ -17,7 +17,7 @@ use pere_core::wire::{
 use pere_core::{DeviceId, NewEvent, Store};
 
 use crate::activity;
-use crate::door::Admitted;
+use crate::door::{Admitted, Caller};
 use crate::error::ApiError;
 use crate::request::{self, Query};
 use crate::response::{self, Answer, ResponseBody};
@@ -62,7 +62,7 @@ pub async fn dispatch<S: Store>(
             let subscription = streams::open_feed(state, &channel, caller.device, request::resume(headers, &query)?).await?;
             Ok(sse(SseBody::feed(subscription, streams::context(state, closer, stream))))
         }
-        Route::Feedback(channel) => feedback(state, channel, caller.device, &query, headers, body).await,
+        Route::Feedback(channel) => feedback(state, channel, &caller, &query, headers, body).await,
         Route::AdminConnections => Ok(admin_connections(state)),
         Route::AdminEvents(channel) => admin_events(state, channel, &query).await,
         Route::AdminDevices(channel) => admin_devices(state, channel).await,
@@ -148,7 +148,7 @@ async fn push<S: Store>(
 async fn feedback<S: Store>(
     state: &Arc<AppState<S>>,
     channel: &str,
-    caller: Option<DeviceId>,
+    caller: &Caller,
     query: &Query,
     headers: &HeaderMap,
     body: Incoming,
@@ -156,11 +156,11 @@ async fn feedback<S: Store>(
     let channel = request::channel(channel)?;
     let body = request::body(headers, body, state.config.max_body, state.config.body_timeout).await?;
     let parts = request::receipt_parts(headers, query, &body)?;
-    let device = match parts.device {
-        Some(named) => Some(DeviceId::new(named.trim())?),
-        None => caller,
-    }
-    .ok_or_else(|| ApiError::bad_request("missing_device", "a receipt needs the device that sends it"))?;
+    // With a token, a device posts receipts only as itself.
+    let named = parts.device.map(|named| DeviceId::new(named.trim())).transpose()?;
+    let device = caller
+        .speaks_as(named)?
+        .ok_or_else(|| ApiError::bad_request("missing_device", "a receipt needs the device that sends it"))?;
     let raw_id = parts.id.ok_or_else(|| ApiError::bad_request("missing_event_id", "a receipt needs the event id it acknowledges"))?;
     let event_id = request::event_id(&raw_id)?;
     // A receipt with no status still says "received": that is what the original clients meant.

@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::io::{self, IoSlice};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -31,14 +32,14 @@ const MAX_READ_BUFFER: usize = 16 * 1024;
 
 /// Serves a connection with hyper until it closes, the server shuts down, or a lagging feed asks
 /// for it to be closed.
-pub async fn serve<S: Store>(state: Arc<AppState<S>>, io: Rewind, watcher: Watcher) {
+pub async fn serve<S: Store>(state: Arc<AppState<S>>, io: Rewind, watcher: Watcher, peer: SocketAddr) {
     let closer = ConnectionCloser::default();
     let on_close = closer.clone();
     let service = service_fn(move |request: Request<Incoming>| {
         let state = state.clone();
         // Only streams (GETs) may need to close their connection.
         let closer = (request.method() == Method::GET).then(|| closer.clone());
-        async move { Ok::<_, Infallible>(answer(&state, request, closer).await) }
+        async move { Ok::<_, Infallible>(answer(&state, peer, request, closer).await) }
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -62,11 +63,12 @@ pub async fn serve<S: Store>(state: Arc<AppState<S>>, io: Rewind, watcher: Watch
 /// Answers one request. Never fails: every error becomes a JSON answer.
 async fn answer<S: Store>(
     state: &Arc<AppState<S>>,
+    peer: SocketAddr,
     request: Request<Incoming>,
     closer: Option<ConnectionCloser>,
 ) -> Response<ResponseBody> {
     let (parts, body) = request.into_parts();
-    let answered = match door::admit(state, &parts.method, &parts.uri, &parts.headers) {
+    let answered = match door::admit(state, peer, &parts.method, &parts.uri, &parts.headers) {
         Ok(admitted) => handlers::dispatch(state, admitted, &parts, body, closer).await,
         Err(err) => Err(err),
     };
@@ -77,7 +79,8 @@ async fn answer<S: Store>(
     if parts.method == Method::HEAD {
         *response.body_mut() = response::empty();
     }
-    add_cors(&state.config, parts.headers.get(header::ORIGIN), response.headers_mut());
+    let preflight = parts.method == Method::OPTIONS;
+    add_cors(&state.config, parts.headers.get(header::ORIGIN), preflight, response.headers_mut());
     response
 }
 

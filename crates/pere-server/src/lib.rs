@@ -6,6 +6,7 @@
 //! - [`http_conn`]: every other connection, served by hyper;
 //! - [`handlers`]: one handler per endpoint, one core operation each;
 //! - [`door`]: the one admission point of every request, on either kind of connection;
+//! - [`auth`]: the security mode, token claims and channel patterns, verifying and minting tokens;
 //! - [`streams`]: the event feed, receipt stream and presence stream, opened and framed;
 //! - [`sse_body`]: an SSE stream as a hyper response body;
 //! - [`webhook`]: receipt summaries POSTed to the operator's URL;
@@ -22,6 +23,7 @@
 #![deny(missing_docs, missing_debug_implementations)]
 
 pub mod activity;
+pub mod auth;
 pub mod config;
 pub mod door;
 pub mod error;

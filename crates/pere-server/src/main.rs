@@ -1,12 +1,14 @@
 //! The `pere-server` binary: parse the command line, bind, open the store, serve until a signal.
 
 use std::net::SocketAddr;
+use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
 use pere_core::store::{Durability, SqliteOptions, SqliteStore};
 use pere_core::{MemoryStore, Store};
-use pere_server::config::{DurabilityLevel, StoreKind};
+use pere_server::auth::{Grants, Minter, Mode};
+use pere_server::config::{Command, DurabilityLevel, StoreKind, TokenArgs};
 use pere_server::{limits, logging, retention, run, AppState, Config};
 use tokio::net::{TcpListener, TcpSocket};
 
@@ -15,8 +17,35 @@ use tokio::net::{TcpListener, TcpSocket};
 /// arena resident; reads queue for a few threads instead, which is as fast on a few cores.
 const BLOCKING_THREADS: usize = 16;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let config = Config::parse();
+    let outcome = match &config.command {
+        Some(Command::Token(args)) => mint(&config, args),
+        None => serve_main(config),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line, whatever went wrong at start.
+            eprintln!("pere-server: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `pere-server token`: prints a token signed with the configured key.
+fn mint(config: &Config, args: &TokenArgs) -> anyhow::Result<()> {
+    pere_core::DeviceId::new(&args.sub).map_err(|e| anyhow::anyhow!("--sub: {e}"))?;
+    let settings = config.key_settings();
+    let minter = Minter::from_settings(&settings, args.jwt_private_key.as_deref()).map_err(anyhow::Error::msg)?;
+    let grants = Grants { publish: args.publish.clone(), subscribe: args.subscribe.clone(), admin: args.admin };
+    let token = minter.mint(&args.sub, grants, args.ttl, &settings).map_err(anyhow::Error::msg)?;
+    println!("{token}");
+    Ok(())
+}
+
+fn serve_main(config: Config) -> anyhow::Result<()> {
+    let mode = config.mode().map_err(anyhow::Error::msg)?;
     let log = logging::init(&config).map_err(anyhow::Error::msg)?;
     // Before the state reads the limit: thousands of feeds need more than the usual 1,024.
     limits::raise_open_files();
@@ -25,7 +54,7 @@ fn main() -> anyhow::Result<()> {
         .max_blocking_threads(BLOCKING_THREADS)
         .build()
         .context("cannot start the runtime")?
-        .block_on(serve_with(config));
+        .block_on(serve_with(config, mode));
     if log.dropped_lines() > 0 {
         tracing::warn!("{} log lines were dropped because the log could not keep up", log.dropped_lines());
     }
@@ -34,11 +63,11 @@ fn main() -> anyhow::Result<()> {
     served
 }
 
-async fn serve_with(config: Config) -> anyhow::Result<()> {
+async fn serve_with(config: Config, mode: Mode) -> anyhow::Result<()> {
     let listener = listen(SocketAddr::new(config.host, config.port))
         .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
     match config.store {
-        StoreKind::Memory => serve(listener, MemoryStore::new(retention(&config)), config).await,
+        StoreKind::Memory => serve(listener, MemoryStore::new(retention(&config)), config, mode).await,
         StoreKind::Sqlite => {
             let options = SqliteOptions {
                 durability: match config.durability {
@@ -50,7 +79,7 @@ async fn serve_with(config: Config) -> anyhow::Result<()> {
             };
             let store = SqliteStore::open(&config.data_dir, options)
                 .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
-            serve(listener, store.clone(), config).await?;
+            serve(listener, store.clone(), config, mode).await?;
             // Every acknowledged write is already committed; this waits for the writer to stop.
             store.close().await;
             Ok(())
@@ -58,15 +87,16 @@ async fn serve_with(config: Config) -> anyhow::Result<()> {
     }
 }
 
-async fn serve<S: Store>(listener: TcpListener, store: S, config: Config) -> anyhow::Result<()> {
+async fn serve<S: Store>(listener: TcpListener, store: S, config: Config, mode: Mode) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     let what = match config.store {
         StoreKind::Memory => "memory".to_owned(),
         StoreKind::Sqlite => format!("sqlite in {}, durability {:?}", config.data_dir.display(), config.durability),
     };
-    let state = AppState::new(store, config);
+    let state = AppState::new(store, config, mode);
     // Tests and scripts read the bound address from this first line, written before any log line.
     println!("PERE server listening on http://{address} (store: {what})");
+    tracing::info!("{}", state.mode.describe());
     let shutdown = state.shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;

@@ -59,11 +59,15 @@ pub fn error(err: &ApiError) -> Response<ResponseBody> {
     response
 }
 
-/// The headers an error answer carries: `Allow` for a 405, `Retry-After` when the client may
-/// try again later, and `Connection: close` after a body too large to read.
+/// The headers an error answer carries: `Allow` for a 405, `WWW-Authenticate` for a 401,
+/// `Retry-After` when the client may try again later, and `Connection: close` after a body too
+/// large to read.
 pub fn error_headers(err: &ApiError, headers: &mut HeaderMap) {
     if let Some(allowed) = err.allow {
         headers.insert(header::ALLOW, HeaderValue::from_static(allowed));
+    }
+    if let Some(challenge) = err.challenge {
+        headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
     }
     if let Some(seconds) = err.retry_after {
         headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
@@ -119,25 +123,60 @@ pub fn raw_head(status: StatusCode, headers: &[(HeaderName, &str)], extra: &Head
     out
 }
 
-/// Adds the CORS headers an allowed origin gets.
-pub fn add_cors(config: &Config, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
-    let Some(origin) = origin else { return };
-    if !origin.to_str().is_ok_and(|o| config.origin_allowed(o)) {
+/// Adds the CORS headers a page of `origin` gets: an origin listed by name gets itself back (and
+/// may send credentials: the `pere_token` cookie); with `*` listed, any other origin gets `*`
+/// literally (never its own origin reflected, so never credentials); an unlisted origin, or a
+/// request without `Origin`, gets nothing. `preflight` adds what an `OPTIONS` answer needs.
+pub fn add_cors(config: &Config, origin: Option<&HeaderValue>, preflight: bool, headers: &mut HeaderMap) {
+    if !config.allow_origins.is_empty() && !config.allow_origins.iter().all(|o| o == "*") {
+        // The answer depends on the origin: caches must keep them apart.
+        headers.append(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    let Some(origin) = origin.and_then(|o| o.to_str().ok()) else { return };
+    if config.origin_listed(origin) {
+        let Ok(value) = HeaderValue::from_str(origin) else { return };
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
+        headers.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+    } else if config.any_origin() {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    } else {
         return;
     }
-    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-    headers.insert(header::VARY, HeaderValue::from_static("Origin"));
-    headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, PUT, DELETE, OPTIONS"));
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("content-type, device, event, last-event-id, last_event_id, authorization"),
-    );
-    headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    if preflight {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, PUT, DELETE, OPTIONS"));
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("content-type, device, event, last-event-id, last_event_id, authorization"),
+        );
+        headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cors(allow: &[&str], origin: &str, preflight: bool) -> HeaderMap {
+        let mut config = Config::defaults();
+        config.allow_origins = allow.iter().map(|o| (*o).to_owned()).collect();
+        let mut headers = HeaderMap::new();
+        add_cors(&config, Some(&HeaderValue::from_str(origin).unwrap()), preflight, &mut headers);
+        headers
+    }
+
+    #[test]
+    fn cors_answers_listed_origins_only_and_never_reflects_others() {
+        assert!(cors(&[], "https://evil.example", true).is_empty(), "no cross-origin use by default");
+        let listed = cors(&["https://app.example"], "https://app.example", true);
+        assert_eq!(listed["access-control-allow-origin"], "https://app.example");
+        assert_eq!(listed["access-control-allow-credentials"], "true");
+        assert!(listed["access-control-allow-headers"].to_str().unwrap().contains("authorization"));
+        let other = cors(&["https://app.example"], "https://evil.example", true);
+        assert!(other.get("access-control-allow-origin").is_none() && other.get("access-control-allow-methods").is_none());
+        let any = cors(&["*"], "https://evil.example", false);
+        assert_eq!(any["access-control-allow-origin"], "*");
+        assert!(any.get("access-control-allow-credentials").is_none() && any.get("access-control-allow-methods").is_none());
+    }
 
     #[test]
     fn raw_heads_are_http_1_1() {

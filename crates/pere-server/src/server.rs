@@ -64,7 +64,7 @@ pub async fn run<S: Store>(listener: TcpListener, state: Arc<AppState<S>>) -> st
             accepted = listener.accept() => accepted,
             () = state.shutdown.cancelled() => break,
         };
-        let (stream, _peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(conn) => {
                 backoff = ACCEPT_BACKOFF_MIN;
                 conn
@@ -93,9 +93,9 @@ pub async fn run<S: Store>(listener: TcpListener, state: Arc<AppState<S>>) -> st
             let _slot = slot;
             let mut stream = stream;
             match feed_conn::read_first_request(&mut stream).await {
-                Ok(feed_conn::FirstRequest::Feed(request)) => feed_conn::serve(state, stream, request).await,
+                Ok(feed_conn::FirstRequest::Feed(request)) => feed_conn::serve(state, stream, request, peer).await,
                 Ok(feed_conn::FirstRequest::Other(prefix)) => {
-                    http_conn::serve(state, Rewind::new(prefix, stream), watcher).await;
+                    http_conn::serve(state, Rewind::new(prefix, stream), watcher, peer).await;
                 }
                 // Nothing sensible arrived in time: nothing to answer.
                 Err(_) => {}

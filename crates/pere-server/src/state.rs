@@ -6,6 +6,7 @@ use pere_core::{Event, Hub, HubConfig, Retention, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::activity;
+use crate::auth::Mode;
 use crate::config::Config;
 use crate::limits::{self, Limits};
 
@@ -16,6 +17,8 @@ pub struct AppState<S: Store> {
     pub hub: Arc<Hub<S>>,
     /// The settings.
     pub config: Config,
+    /// Who may use the server: protected, open, or tokens with their verifier.
+    pub mode: Mode,
     /// Cancelled when the server shuts down; streams watch it to end.
     pub shutdown: CancellationToken,
     /// Open connections and streams, and their caps.
@@ -23,8 +26,9 @@ pub struct AppState<S: Store> {
 }
 
 impl<S: Store> AppState<S> {
-    /// The state of a server over `store`, configured by `config`.
-    pub fn new(store: S, config: Config) -> Arc<Self> {
+    /// The state of a server over `store`, configured by `config`, in security `mode`
+    /// ([`Config::mode`] builds it from the settings).
+    pub fn new(store: S, config: Config, mode: Mode) -> Arc<Self> {
         let hub = Hub::new(
             store,
             HubConfig {
@@ -36,7 +40,7 @@ impl<S: Store> AppState<S> {
             },
         );
         let limits = Limits::new(&config, limits::open_files());
-        Arc::new(AppState { hub, config, shutdown: CancellationToken::new(), limits })
+        Arc::new(AppState { hub, config, mode, shutdown: CancellationToken::new(), limits })
     }
 }
 

@@ -20,6 +20,11 @@ pub struct Cli {
     /// The channel to listen on, e.g. `CHANNEL_1`.
     pub channel: String,
 
+    /// A token (from `pere-server token`) sent as `Authorization: Bearer` with every request; the
+    /// device it speaks for is the default device id.
+    #[arg(long, env = "PERE_TOKEN", hide_env_values = true, value_name = "JWT")]
+    pub token: Option<String>,
+
     /// This subscriber's device id [default: `H0039` followed by 9 random digits].
     pub device: Option<String>,
 
@@ -63,7 +68,10 @@ pub struct Cli {
 impl Cli {
     /// The device id to use: the one given, or a new `H0039…` id.
     pub fn device(&self) -> String {
-        self.device.clone().unwrap_or_else(|| random_device("H0039", &mut rand::thread_rng()))
+        self.device
+            .clone()
+            .or_else(|| self.token.as_deref().and_then(pere_client::token::subject))
+            .unwrap_or_else(|| random_device("H0039", &mut rand::thread_rng()))
     }
 }
 

@@ -54,6 +54,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let idle_timeout = (cli.idle_timeout > 0).then(|| Duration::from_secs(cli.idle_timeout));
     let mut client = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT);
+    if let Some(token) = &cli.token {
+        client = client.default_headers(pere_client::token::bearer_headers(token)?);
+    }
     if let Some(idle) = idle_timeout {
         // Applies to each read, so the server's keep-alive comments keep a quiet stream alive.
         client = client.read_timeout(idle);
