@@ -87,6 +87,18 @@ pub async fn read_first_request(stream: &mut TcpStream) -> io::Result<FirstReque
     timeout(Duration::from_secs(30), read).await.map_err(|_| io::ErrorKind::TimedOut)?
 }
 
+/// Parses `head` (a whole request head) as the feed loop does: a `GET /feed/...` request with no
+/// body, or `None` for anything this loop leaves to hyper (an incomplete or invalid head too).
+/// For fuzzing and tests; the loop itself parses as bytes arrive.
+pub fn parse_feed_head(head: &[u8]) -> Option<Request<()>> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    match parsed.parse(head) {
+        Ok(httparse::Status::Complete(_)) => as_feed_request(&parsed),
+        _ => None,
+    }
+}
+
 /// A `GET /feed/...` request with no body, as an `http` request; `None` for anything else.
 fn as_feed_request(parsed: &httparse::Request<'_, '_>) -> Option<Request<()>> {
     if parsed.method != Some("GET") || parsed.version != Some(1) {
@@ -114,7 +126,7 @@ pub async fn serve<S: Store>(state: Arc<AppState<S>>, mut stream: TcpStream, req
     let (parts, ()) = request.into_parts();
     let mut cors = HeaderMap::new();
     add_cors(&state.config, parts.headers.get(header::ORIGIN), false, &mut cors);
-    let (mut subscription, _slot) = match open(&state, peer, &parts).await {
+    let (mut subscription, slot) = match open(&state, peer, &parts).await {
         Ok(opened) => opened,
         Err(err) => {
             door::refused(&parts.method, &parts.uri, &err);
@@ -184,7 +196,9 @@ pub async fn serve<S: Store>(state: Arc<AppState<S>>, mut stream: TcpStream, req
         }
     }
     .await;
+    // Both given back before the line is written: whoever reads it may open another at once.
     drop(subscription);
+    drop(slot);
     activity::feed_end(&channel, device.as_deref(), reason);
 }
 
@@ -260,5 +274,29 @@ mod tests {
         assert!(parse("GET /feed/C1/x HTTP/1.1\r\nHost: x\r\n\r\n").is_none());
         assert!(parse("GET /feed/C1 HTTP/1.0\r\nHost: x\r\n\r\n").is_none());
         assert!(parse("GET /feed/C1 HTTP/1.1\r\nContent-Length: 3\r\n\r\n").is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_request_head_is_a_feed_or_goes_to_hyper(head in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1024)) {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut parsed = httparse::Request::new(&mut headers);
+            if let Ok(httparse::Status::Complete(_)) = parsed.parse(&head) {
+                let _ = as_feed_request(&parsed);
+            }
+        }
+
+        #[test]
+        fn any_feed_request_line_and_headers_parse_or_are_refused(
+            path in "/feed/[ -~]{0,60}",
+            value in "[ -~]{0,80}",
+        ) {
+            let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\ndevice: {value}\r\nLast-Event-ID: {value}\r\n\r\n");
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut parsed = httparse::Request::new(&mut headers);
+            if let Ok(httparse::Status::Complete(_)) = parsed.parse(head.as_bytes()) {
+                let _ = as_feed_request(&parsed);
+            }
+        }
     }
 }

@@ -318,4 +318,32 @@ mod tests {
         assert_eq!(r.after, None, "an original PERE timestamp is no position");
         assert_eq!(r.raw.as_deref(), Some("1700000000.5"));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_anywhere_get_an_answer_never_a_panic(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            query in ".{0,200}",
+            value in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+        ) {
+            let query = Query::parse(Some(&query));
+            let mut headers = HeaderMap::new();
+            // Bytes no header can carry never reach the server as a header.
+            if let Ok(value) = HeaderValue::from_bytes(&value) {
+                for name in ["device", "last-event-id", "last_event_id", "event", "content-type"] {
+                    headers.insert(name, value.clone());
+                }
+            }
+            let _ = receipt_parts(&headers, &query, &body);
+            let _ = device(&headers, &query);
+            let _ = resume(&headers, &query);
+            let _ = event_type(&headers, &query);
+            let _ = limit(&query, 10, 100);
+            let _ = after(&query);
+            let _ = push_wait(&query, Duration::from_secs(60));
+            let text = String::from_utf8_lossy(&value);
+            let _ = channel(&text);
+            let _ = event_id(&text);
+        }
+    }
 }

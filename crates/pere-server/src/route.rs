@@ -112,4 +112,12 @@ mod tests {
         assert_eq!(Route::parse(&Method::GET, "/events/C"), Ok(Route::Events("C")));
         assert_eq!(Route::parse(&Method::GET, "/events/C/4"), Ok(Route::Event("C", "4")));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_path_is_a_route_or_a_refusal(path in "/.{0,100}", method in "(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH)") {
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            let _ = Route::parse(&method, &path);
+        }
+    }
 }

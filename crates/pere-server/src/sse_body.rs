@@ -97,7 +97,7 @@ pub struct SseBody {
     keep_alive_every: Duration,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     ended: Option<EndReason>,
-    _slot: Option<StreamSlot>,
+    slot: Option<StreamSlot>,
     closer: Option<ConnectionCloser>,
     channel: String,
     device: Option<String>,
@@ -151,7 +151,7 @@ impl SseBody {
             keep_alive_every,
             shutdown: Box::pin(shutdown),
             ended: None,
-            _slot: slot,
+            slot,
             closer,
             channel,
             device,
@@ -224,6 +224,8 @@ impl EndReason {
 
 impl Drop for SseBody {
     fn drop(&mut self) {
+        // Given back before the line is written: whoever reads it may open another stream at once.
+        drop(self.slot.take());
         let reason = self.ended.unwrap_or(EndReason::Closed).describe();
         activity::feed_end(&self.channel, self.device.as_deref(), reason);
     }
