@@ -91,8 +91,16 @@ async fn sigkill_under_load_loses_no_acknowledged_push_or_receipt() {
     }
 
     // Every acknowledged push is present exactly once, under the id it was given.
-    let events = server.get_json("/admin/events/Crash?limit=1000000").await;
-    let bodies: Vec<String> = events.as_array().unwrap().iter().map(|b| b.as_str().unwrap().to_owned()).collect();
+    // Every retained event, a page at a time.
+    let mut bodies: Vec<String> = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = server.get_json(&format!("/events/Crash?after={after}&limit=1000")).await;
+        let events = page["events"].as_array().unwrap();
+        let Some(last) = events.last() else { break };
+        after = last["id"].as_u64().unwrap();
+        bodies.extend(events.iter().map(|e| e["data"].as_str().unwrap().to_owned()));
+    }
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for body in &bodies {
         *seen.entry(body.as_str()).or_default() += 1;

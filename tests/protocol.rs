@@ -414,3 +414,29 @@ async fn json_logs_carry_the_tag_and_the_facts() {
     assert_eq!(entry["level"], "INFO");
     assert!(entry["timestamp"].is_string(), "{entry}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_device_views_come_in_pages_that_link_to_the_next() {
+    let server = TestServer::start(&[]).await;
+    for device in ["E", "A", "C", "B", "D"] {
+        let put = server.http.put(server.url(&format!("/devices/Paged/{device}"))).send().await.unwrap();
+        assert_eq!(put.status(), 200);
+    }
+    let mut path = "/admin/devices/Paged?limit=2".to_owned();
+    let mut seen = Vec::new();
+    loop {
+        let response = server.http.get(server.url(&path)).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let next = response.headers().get("link").map(|l| l.to_str().unwrap().to_owned());
+        let page: Value = response.json().await.unwrap();
+        let ids: Vec<String> = page.as_object().unwrap().keys().cloned().collect();
+        assert!(ids.len() <= 2, "{ids:?}");
+        seen.extend(ids);
+        let Some(next) = next else { break };
+        assert!(next.ends_with("; rel=\"next\""), "{next}");
+        path = next[1..next.find('>').unwrap()].to_owned();
+    }
+    assert_eq!(seen, ["A", "B", "C", "D", "E"]);
+    // The first page of the original endpoint keeps the original shape: devices by id.
+    assert_eq!(server.get_json("/admin/devices/Paged").await["C"]["recipient"], true);
+}

@@ -777,6 +777,21 @@ impl<S: Store> Hub<S> {
         Ok(records.into_iter().map(|record| self.with_presence(record)).collect())
     }
 
+    /// A page of a channel's devices (ids after `after`, at most `limit`) with their live
+    /// presence.
+    ///
+    /// # Errors
+    /// The store's error when it cannot be read.
+    pub async fn devices_page(
+        &self,
+        channel: &ChannelName,
+        after: Option<&DeviceId>,
+        limit: usize,
+    ) -> Result<Vec<DeviceView>, StoreError> {
+        let records = self.store.devices_page(channel, after, limit).await?;
+        Ok(records.into_iter().map(|record| self.with_presence(record)).collect())
+    }
+
     fn with_presence(&self, mut record: DeviceRecord) -> DeviceView {
         let mut open_streams = 0;
         if let Some(live) = self.live_device(&record.channel, &record.device) {

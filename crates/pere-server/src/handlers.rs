@@ -65,7 +65,7 @@ pub async fn dispatch<S: Store>(
         Route::Feedback(channel) => feedback(state, channel, &caller, &query, headers, body).await,
         Route::AdminConnections => Ok(admin_connections(state)),
         Route::AdminEvents(channel) => admin_events(state, channel, &query).await,
-        Route::AdminDevices(channel) => admin_devices(state, channel).await,
+        Route::AdminDevices(channel) => admin_devices(state, channel, &query).await,
         Route::AdminReceipts(channel, id) => {
             let channel = request::channel(channel)?;
             let summary = state.hub.receipt_summary(&channel, request::event_id(id)?).await?;
@@ -181,7 +181,7 @@ fn admin_connections<S: Store>(state: &AppState<S>) -> Response<ResponseBody> {
 
 async fn admin_events<S: Store>(state: &AppState<S>, channel: &str, query: &Query) -> Answer {
     let channel = request::channel(channel)?;
-    let limit = request::limit(query, 1000, usize::MAX)?;
+    let limit = request::limit(query, MAX_EVENT_PAGE, MAX_EVENT_PAGE)?;
     let events = state.hub.store().recent(&channel, limit).await?;
     // The original's shape: the bodies alone, as JSON where they are JSON.
     let bodies: Vec<_> = events.iter().map(|e| pere_core::wire::body_value(&e.body)).collect();
@@ -197,18 +197,32 @@ async fn events<S: Store>(state: &AppState<S>, channel: &str, query: &Query) -> 
     Ok(response::json(StatusCode::OK, &EventList { channel: channel.to_string(), head: page.head, events }))
 }
 
-async fn admin_devices<S: Store>(state: &AppState<S>, channel: &str) -> Answer {
+/// Devices an admin view shows per page by default, and at most.
+const DEVICE_PAGE: usize = 1000;
+const MAX_DEVICE_PAGE: usize = 10_000;
+
+/// `GET /admin/devices/:channel`: the original's map of devices by id, a page at a time
+/// (`?limit=`, `?after=<device>`); a full page links to the next with `Link: <…>; rel="next"`.
+async fn admin_devices<S: Store>(state: &AppState<S>, channel: &str, query: &Query) -> Answer {
     let channel = request::channel(channel)?;
+    let limit = request::limit(query, DEVICE_PAGE, MAX_DEVICE_PAGE)?.max(1);
+    let after = query.get(&["after"]).map(DeviceId::new).transpose()?;
+    let page = state.hub.devices_page(&channel, after.as_ref(), limit).await?;
     let memberships = state.hub.store().memberships(&channel).await?;
     let recipients: HashSet<DeviceId> = memberships.into_iter().filter(|m| m.is_current()).map(|m| m.device).collect();
-    let view: BTreeMap<String, DeviceJson> = state
-        .hub
-        .devices(&channel)
-        .await?
+    let view: BTreeMap<String, DeviceJson> = page
         .iter()
         .map(|d| (d.record.device.to_string(), DeviceJson::new(d, recipients.contains(&d.record.device))))
         .collect();
-    Ok(response::json(StatusCode::OK, &view))
+    let mut response = response::json(StatusCode::OK, &view);
+    if let (true, Some(last)) = (page.len() == limit, page.last()) {
+        // Names and ids need no escaping in a URL (see `pere_core::name`).
+        let next = format!("</admin/devices/{channel}?after={}&limit={limit}>; rel=\"next\"", last.record.device);
+        if let Ok(link) = header::HeaderValue::from_str(&next) {
+            response.headers_mut().insert(header::LINK, link);
+        }
+    }
+    Ok(response)
 }
 
 async fn register_device<S: Store>(state: &AppState<S>, parts: &Parts, channel: &str, device: &str) -> Answer {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::error::StoreError;
 use crate::event::{now, NewEvent};
 use crate::name::{ChannelName, DeviceId};
-use crate::receipt::{DeviceOp, DeviceTouch, Receipt};
+use crate::receipt::{DeviceOp, DeviceRecord, DeviceTouch, Receipt};
 use crate::store::{Retention, Store};
 
 pub(crate) fn ch(name: &str) -> ChannelName {
@@ -43,6 +43,7 @@ where
     bodies_round_trip_verbatim(make(ROOMY).await).await;
     receipt_stream_and_unacknowledged(make(ROOMY).await).await;
     memberships_fix_expected_recipients(make(ROOMY).await).await;
+    devices_come_in_pages(make(ROOMY).await).await;
     age_retention_prunes(make(Retention { max_events: 100, max_age: Some(Duration::from_millis(1)) }).await).await;
     idempotency_keys_store_an_event_once(make(ROOMY).await).await;
     concurrent_appends_with_one_key_store_one_event(make(ROOMY).await).await;
@@ -295,4 +296,28 @@ async fn memberships_fix_expected_recipients(store: impl Store) {
     assert_eq!(all.len(), 2);
     assert!(!all[0].expects(1) && all[0].expects(2) && !all[0].expects(3));
     assert!(all[1].expects(4) && !all[1].expects(3));
+}
+
+async fn devices_come_in_pages(store: impl Store) {
+    let c = ch("P");
+    for name in ["d", "b", "a", "c", "e"] {
+        store.add_recipient(&c, &dev(name), now()).await.unwrap();
+        store
+            .touch_device(DeviceTouch {
+                channel: c.clone(),
+                device: dev(name),
+                op: DeviceOp::Feed,
+                at: now(),
+                last_event_id: None,
+                delivered: 0,
+            })
+            .await
+            .unwrap();
+    }
+    let names = |records: Vec<DeviceRecord>| records.into_iter().map(|r| r.device.to_string()).collect::<Vec<_>>();
+    assert_eq!(names(store.devices_page(&c, None, 2).await.unwrap()), ["a", "b"]);
+    assert_eq!(names(store.devices_page(&c, Some(&dev("b")), 2).await.unwrap()), ["c", "d"]);
+    assert_eq!(names(store.devices_page(&c, Some(&dev("d")), 2).await.unwrap()), ["e"]);
+    assert!(store.devices_page(&c, Some(&dev("e")), 2).await.unwrap().is_empty());
+    assert!(store.devices_page(&ch("Nobody"), None, 2).await.unwrap().is_empty());
 }

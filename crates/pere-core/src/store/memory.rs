@@ -209,6 +209,19 @@ impl Store for MemoryStore {
         Ok(self.with_existing(channel, Vec::new(), |d| d.devices.values().cloned().collect()))
     }
 
+    async fn devices_page(
+        &self,
+        channel: &ChannelName,
+        after: Option<&DeviceId>,
+        limit: usize,
+    ) -> Result<Vec<DeviceRecord>, StoreError> {
+        use std::ops::Bound;
+        let start = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.clone()));
+        Ok(self.with_existing(channel, Vec::new(), |d| {
+            d.devices.range((start, Bound::Unbounded)).take(limit).map(|(_, r)| r.clone()).collect()
+        }))
+    }
+
     async fn receipt_head(&self, channel: &ChannelName) -> Result<u64, StoreError> {
         Ok(self.with_existing(channel, 0, |d| d.receipt_seq))
     }

@@ -167,6 +167,19 @@ pub trait Store: Clone + Send + Sync + 'static {
         channel: &ChannelName,
     ) -> impl Future<Output = Result<Vec<DeviceRecord>, StoreError>> + Send;
 
+    /// At most `limit` device records of a channel with ids greater than `after` (all with
+    /// `None`), ordered by device id: the admin views page through a channel's devices with it
+    /// instead of reading them all.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the store cannot be read.
+    fn devices_page(
+        &self,
+        channel: &ChannelName,
+        after: Option<&DeviceId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<DeviceRecord>, StoreError>> + Send;
+
     /// The `seq` of the newest receipt recorded on the channel (0 if none): every receipt
     /// recorded from now on gets a greater one. Where a live receipt stream starts.
     ///

@@ -891,6 +891,40 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn devices_page(
+        &self,
+        channel: &ChannelName,
+        after: Option<&DeviceId>,
+        limit: usize,
+    ) -> Result<Vec<DeviceRecord>, StoreError> {
+        let channel = channel.clone();
+        let after = after.cloned();
+        let shared = self.inner.shared.clone();
+        self.read_disk(move |conn| {
+            // BINARY collation orders by bytes, as `DeviceId`'s `Ord` does; "" is before every id.
+            let from = after.as_ref().map_or("", |a| a.as_str());
+            let mut stmt = conn.prepare_cached(select_device!("WHERE channel = ?1 AND device > ?2 ORDER BY device LIMIT ?3"))?;
+            let rows = stmt.query_map(
+                rusqlite::params![channel.as_str(), from, i64::try_from(limit).unwrap_or(i64::MAX)],
+                |row| device_from_row(&channel, row),
+            )?;
+            let mut records: Vec<DeviceRecord> = rows.collect::<rusqlite::Result<_>>()?;
+            // The book is at least as new as the disk for every device it holds, and holds the
+            // devices not written back yet: merged in, then cut to the page again.
+            let book = shared.book();
+            if let Some(known) = book.records.get(&channel) {
+                records.retain(|record| !known.contains_key(&record.device));
+                records.extend(
+                    known.values().filter(|r| after.as_ref().is_none_or(|a| r.device > *a)).cloned(),
+                );
+                records.sort_by(|a, b| a.device.cmp(&b.device));
+                records.truncate(limit);
+            }
+            Ok(records)
+        })
+        .await
+    }
+
     async fn channels(&self) -> Result<Vec<ChannelName>, StoreError> {
         self.read_disk(|conn| {
             // BINARY collation orders by bytes, as `ChannelName`'s `Ord` does.
