@@ -86,7 +86,7 @@ pub async fn dispatch<S: Store>(
             let after = request::resume(headers, &query)?.after;
             Ok(sse(streams::presence(state, channel, after, streams::context(state, closer, stream)).await?))
         }
-        Route::Preflight => {
+        Route::Favicon | Route::Preflight => {
             let mut response = Response::new(response::empty());
             *response.status_mut() = StatusCode::NO_CONTENT;
             Ok(response)

@@ -91,7 +91,11 @@ async fn serve<S: Store>(listener: TcpListener, store: S, config: Config, mode: 
     let address = listener.local_addr()?;
     let what = match config.store {
         StoreKind::Memory => "memory".to_owned(),
-        StoreKind::Sqlite => format!("sqlite in {}, durability {:?}", config.data_dir.display(), config.durability),
+        StoreKind::Sqlite => {
+            // Spelled as the flag takes it.
+            let durability = clap::ValueEnum::to_possible_value(&config.durability).map(|v| v.get_name().to_owned());
+            format!("sqlite in {}, durability {}", config.data_dir.display(), durability.unwrap_or_default())
+        },
     };
     let state = AppState::new(store, config, mode);
     // Tests and scripts read the bound address from this first line, written before any log line.

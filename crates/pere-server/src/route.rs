@@ -11,6 +11,8 @@ pub enum Route<'a> {
     SubscriberPage,
     /// `GET /health`.
     Health,
+    /// `GET /favicon.ico`, which every browser asks for: 204, so it leaves no refusal in the log.
+    Favicon,
     /// `POST /push/:channel`.
     Push(&'a str),
     /// `GET /feed/:channel`.
@@ -63,6 +65,7 @@ impl<'a> Route<'a> {
             [""] => (Route::Root, "GET"),
             ["subscriber.html"] => (Route::SubscriberPage, "GET"),
             ["health"] => (Route::Health, "GET"),
+            ["favicon.ico"] => (Route::Favicon, "GET"),
             ["push", channel] => (Route::Push(channel), "POST"),
             ["feed", channel] => (Route::Feed(channel), "GET"),
             ["feedback", channel] => (Route::Feedback(channel), "POST"),
