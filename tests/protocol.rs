@@ -222,8 +222,67 @@ async fn feed_headers_root_banner_page_and_cors(store: StoreUnderTest) {
     assert!(foreign.headers().get("access-control-allow-origin").is_none());
 }
 
+/// Pushes `body` on `channel` with these headers; the status, headers and JSON answer.
+async fn push_with(server: &TestServer, channel: &str, headers: &[(&str, &str)], body: &str) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut request = server.http.post(server.url(&format!("/push/{channel}"))).body(body.to_owned());
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = request.send().await.expect("push");
+    let (status, headers) = (response.status().as_u16(), response.headers().clone());
+    (status, headers, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn a_repeated_idempotency_key_answers_as_the_first_time_and_stores_nothing(store: StoreUnderTest) {
+    let server = TestServer::start_on(store, &[]).await;
+    let mut feed = server.feed("C", &[("device", "H1")]).await;
+    let key = [("idempotency-key", "order-42"), ("event", "order")];
+    let (status, headers, first) = push_with(&server, "C", &key, "{\"n\":1}").await;
+    assert_eq!(status, 200);
+    assert!(headers.get("idempotent-replayed").is_none());
+    let (status, headers, again) = push_with(&server, "C", &key, "{\"n\":1}").await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(again, first, "the same id and time as the first answer");
+    // Another key, and no key at all, are new events.
+    let (_, _, other) = push_with(&server, "C", &[("idempotency-key", "order-43")], "{\"n\":1}").await;
+    assert_eq!(other["id"], 2);
+    assert_eq!(server.push("C", "plain").await, 3);
+
+    let events = server.get_json("/events/C").await;
+    let ids: Vec<u64> = events["events"].as_array().unwrap().iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, [1, 2, 3], "the replay stored nothing: {events}");
+    // Delivered once: the feed's next events are 1, 2 and 3, with no copy of 1 between.
+    assert_eq!(feed.next_ids(3).await, [1, 2, 3]);
+
+    // The same key with another body, or another type, is a conflict; the first event stands.
+    let (status, _, conflict) = push_with(&server, "C", &key, "{\"n\":2}").await;
+    assert_eq!(status, 409);
+    assert_eq!(conflict["error"]["code"], "idempotency_conflict");
+    let (status, _, _) = push_with(&server, "C", &[("idempotency-key", "order-42")], "{\"n\":1}").await;
+    assert_eq!(status, 409, "same body, no type");
+    // Keys are per channel.
+    let (status, headers, elsewhere) = push_with(&server, "D", &key, "{\"n\":1}").await;
+    assert_eq!((status, elsewhere["id"].as_u64()), (200, Some(1)));
+    assert!(headers.get("idempotent-replayed").is_none());
+
+    // Keys are 1 to 255 visible ASCII characters.
+    for bad in ["", "with space", &"k".repeat(256), "caf\u{e9}"] {
+        let mut request = server.http.post(server.url("/push/C")).body("x");
+        request = request.header("idempotency-key", reqwest::header::HeaderValue::from_bytes(bad.as_bytes()).unwrap());
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 400, "key {bad:?}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "bad_idempotency_key");
+    }
+    let (status, _, _) = push_with(&server, "C", &[("idempotency-key", &"k".repeat(255))], "x").await;
+    assert_eq!(status, 200);
+    assert_eq!(server.get_json("/events/C").await["head"], 4, "refused pushes stored nothing");
+}
+
 on_every_store!(
     publish_reaches_every_subscriber_in_order_and_receipts_are_recorded,
+    a_repeated_idempotency_key_answers_as_the_first_time_and_stores_nothing,
     resume_by_last_event_id_header_query_and_device_cursor,
     bodies_arrive_verbatim_and_cannot_forge_events,
     every_old_client_feedback_form_is_accepted,

@@ -175,12 +175,13 @@ impl Publisher {
     /// `--retries` attempts have failed.
     async fn publish(&self, number: u64, body: &Body) -> anyhow::Result<()> {
         let mut failed = 0u32;
+        // One key per event, sent with every attempt: a retry of a push that did get through is
+        // answered with the stored event, never stored twice.
+        let key = pere_client::idempotency_key(&mut rand::thread_rng());
+        let headers = push::PushHeaders { device: &self.device, event_type: self.event_type.as_deref(), key: &key };
         let outcome = retry(
             &self.retry,
-            || {
-                let event_type = self.event_type.as_deref();
-                send_once::<PushAccepted>(push::push_request(&self.client, &self.url, &self.device, event_type, body))
-            },
+            || send_once::<PushAccepted>(push::push_request(&self.client, &self.url, headers, body)),
             |attempt, why| {
                 failed = attempt;
                 eprintln!("PUSH FAILED. event: {} reason: {why}", output::abbreviate(&body.text));

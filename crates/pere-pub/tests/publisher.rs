@@ -18,9 +18,11 @@ async fn publishes_the_original_events() {
     let mut publisher = Tool::start(EXE, &[&host, "C", "P1", "--count", "2", "--interval", "0"], None);
     assert_eq!(publisher.line().await, format!("PUBLISH (device: P1), channel: C, server: {host}"));
     assert_eq!(publisher.line().await, "");
+    let mut keys = Vec::new();
     for id in 1..=2u64 {
         let push = server.expect("POST", "/push/C").await;
         assert_eq!(push.request.header("device"), Some("P1"));
+        keys.extend(push.request.header("idempotency-key").map(str::to_owned));
         assert_eq!(push.request.header("content-type"), Some("application/json"));
         assert_eq!(push.request.header("event"), None);
         let body = push.request.body.clone();
@@ -33,6 +35,7 @@ async fn publishes_the_original_events() {
         push.json(200, &accepted(id));
         assert_eq!(publisher.line().await, format!("PUSH EVT> event: {body}"));
     }
+    assert!(keys.len() == 2 && keys[0] != keys[1], "a fresh key per event: {keys:?}");
     let (code, rest, stderr) = publisher.finish().await;
     assert_eq!(code, 0, "{stderr}");
     assert!(rest.is_empty() && stderr.is_empty(), "{rest:?} {stderr}");
@@ -45,9 +48,12 @@ async fn a_failed_push_is_retried_with_the_same_event() {
     let publisher = Tool::start(EXE, &args, None);
     let first = server.expect("POST", "/push/C").await;
     let body = first.request.body.clone();
+    let key = first.request.header("idempotency-key").expect("an idempotency key").to_owned();
+    assert!(key.len() == 32 && key.bytes().all(|b| b.is_ascii_hexdigit()), "{key}");
     first.json(503, DOWN);
     let second = server.expect("POST", "/push/C").await;
     assert_eq!(second.request.body, body, "the same event, not a new one");
+    assert_eq!(second.request.header("idempotency-key"), Some(key.as_str()), "the same key: never stored twice");
     second.json(200, &accepted(1));
     let (code, rest, stderr) = publisher.finish().await;
     assert_eq!(code, 0, "{stderr}");
