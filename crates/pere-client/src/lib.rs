@@ -4,12 +4,14 @@
 //! until it gets through.
 //!
 //! Layout:
+//! - [`device`]: the default device id kept per user in a small file;
 //! - [`output`]: line-at-a-time printing and one-line failure descriptions;
 //! - [`retry`]: one request's outcome (accepted, retryable, refused), which statuses may pass,
 //!   and the retry loop behind pushes and receipts;
 //! - [`token`]: the bearer header a `--token` adds to every request, and the device it speaks for.
 #![deny(missing_docs, missing_debug_implementations)]
 
+pub mod device;
 pub mod output;
 pub mod retry;
 pub mod token;
