@@ -51,7 +51,37 @@ async fn publish_reaches_every_subscriber_in_order_and_receipts_are_recorded(sto
     server.proc.wait_line(|l| l.contains(" FEED END>") && l.contains("W1")).await;
     let devices = server.get_json("/admin/devices/CHANNEL_1").await;
     assert_eq!(devices["W1"]["online"], false);
-    assert_eq!(devices["W1"]["op"], "disconnect");
+    assert_eq!(devices["W1"]["op"], "feedback");
+}
+
+async fn admin_devices_keep_the_original_vocabulary_when_devices_go_offline(store: StoreUnderTest) {
+    let server = TestServer::start_on(store, &[]).await;
+    for i in 1..=3 {
+        server.push("C", &format!("e{i}")).await;
+    }
+    // F1 resumes after 2 and acknowledges nothing; A1 acknowledges 3; R1 is only registered.
+    let mut f1 = server.feed("C", &[("device", "F1"), ("Last-Event-ID", "2")]).await;
+    let mut a1 = server.feed("C", &[("device", "A1")]).await;
+    assert_eq!(f1.next_ids(1).await, [3]);
+    assert_eq!(a1.next_ids(3).await, [1, 2, 3]);
+    server.ack("C", "A1", 3, "ok").await;
+    let registered = server.http.put(server.url("/devices/C/R1")).send().await.unwrap();
+    assert_eq!(registered.status(), 200);
+    let online = server.get_json("/admin/devices/C").await;
+    assert_eq!((online["F1"]["op"].as_str(), online["F1"]["Last-Event-Id"].as_str()), (Some("feed"), Some("2")));
+    assert_eq!((online["A1"]["op"].as_str(), online["A1"]["Last-Event-Id"].as_str()), (Some("feedback"), Some("3")));
+    assert_eq!((online["F1"]["online"].as_bool(), online["F1"]["open_streams"].as_u64()), (Some(true), Some(1)));
+
+    drop(f1);
+    drop(a1);
+    server.proc.wait_lines(2, |l| l.contains(" FEED END>")).await;
+    let offline = server.get_json("/admin/devices/C").await;
+    for (device, op, last) in [("F1", "feed", Value::from("2")), ("A1", "feedback", Value::from("3")), ("R1", "feed", Value::Null)] {
+        let d = &offline[device];
+        assert_eq!((d["op"].as_str(), &d["Last-Event-Id"]), (Some(op), &last), "{device}: {d}");
+        assert_eq!((d["online"].as_bool(), d["open_streams"].as_u64()), (Some(false), Some(0)), "{device}: {d}");
+        assert!(d["last_seen"].as_str().unwrap() >= online[device]["last_seen"].as_str().unwrap(), "{device}: {d}");
+    }
 }
 
 async fn resume_by_last_event_id_header_query_and_device_cursor(store: StoreUnderTest) {
@@ -283,6 +313,7 @@ async fn a_repeated_idempotency_key_answers_as_the_first_time_and_stores_nothing
 on_every_store!(
     publish_reaches_every_subscriber_in_order_and_receipts_are_recorded,
     a_repeated_idempotency_key_answers_as_the_first_time_and_stores_nothing,
+    admin_devices_keep_the_original_vocabulary_when_devices_go_offline,
     resume_by_last_event_id_header_query_and_device_cursor,
     bodies_arrive_verbatim_and_cannot_forge_events,
     every_old_client_feedback_form_is_accepted,
