@@ -29,7 +29,12 @@ async fn the_original_demo_publisher_two_subscribers_and_receipts() {
     assert!(pushed[0].starts_with("PUBLISH (device: P0039"), "{pushed:?}");
     let events: Vec<&String> = pushed.iter().filter(|l| l.starts_with("PUSH EVT> event: ")).collect();
     assert_eq!(events.len(), 5);
-    let first: serde_json::Value = serde_json::from_str(events[0].trim_start_matches("PUSH EVT> event: ")).unwrap();
+    // Each line ends with the id the server gave the event: 1 to 5 on a fresh channel.
+    for (i, line) in events.iter().enumerate() {
+        assert!(line.ends_with(&format!(", Event-Id: {}", i + 1)), "{line}");
+    }
+    let json = events[0].trim_start_matches("PUSH EVT> event: ").rsplit_once(", Event-Id: ").unwrap().0;
+    let first: serde_json::Value = serde_json::from_str(json).unwrap();
     assert_eq!(first["channel"], "CHANNEL_1");
     assert_eq!(first["id"], 1);
     let data_len = first["data"].as_str().unwrap().len();

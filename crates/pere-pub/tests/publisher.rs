@@ -33,7 +33,7 @@ async fn publishes_the_original_events() {
         assert!((15..=32).contains(&data.len()) && data.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()));
         assert!(event["time"].as_str().unwrap().ends_with('Z'));
         push.json(200, &accepted(id));
-        assert_eq!(publisher.line().await, format!("PUSH EVT> event: {body}"));
+        assert_eq!(publisher.line().await, format!("PUSH EVT> event: {body}, Event-Id: {id}"));
     }
     assert!(keys.len() == 2 && keys[0] != keys[1], "a fresh key per event: {keys:?}");
     let (code, rest, stderr) = publisher.finish().await;
@@ -95,6 +95,23 @@ async fn a_refused_event_is_fatal() {
         "PUSH FAILED. event: x reason: HTTP 413 body_too_large: too big\n\
          pere-pub: the server refused event 1: HTTP 413 body_too_large: too big\n"
     );
+}
+
+#[tokio::test]
+async fn bad_names_fail_in_one_line_before_anything_starts() {
+    // A server that would accept anything: nothing must reach it.
+    let server = FakeServer::start().await;
+    let host = server.host_port();
+    for (args, what) in [
+        (vec![host.as_str(), "a/b", "P1"], r#"invalid channel "a/b": "#),
+        (vec![host.as_str(), "C", "P 1"], r#"invalid device id "P 1": "#),
+        (vec![host.as_str(), "C", "P1", "--event", "a b"], r#"invalid event type "a b": "#),
+    ] {
+        let (code, stdout, stderr) = Tool::start(EXE, &args, None).finish().await;
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stdout.is_empty(), "nothing starts: {stdout:?}");
+        assert!(stderr.starts_with(&format!("pere-pub: {what}")) && stderr.lines().count() == 1, "{stderr}");
+    }
 }
 
 #[tokio::test]
