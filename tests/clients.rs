@@ -2,7 +2,7 @@
 //! publisher, two subscribers, receipts in the server log), resume across a server restart with
 //! nothing printed twice, and a clear failure when the server cannot be reached.
 
-use pere_e2e::{Proc, TestServer};
+use pere_e2e::{bin_path, Proc, TestServer};
 
 /// Starts `pere-sub` and waits until the server has its feed open.
 async fn subscribe(server: &TestServer, channel: &str, device: &str, extra: &[&str]) -> Proc {
@@ -29,7 +29,12 @@ async fn the_original_demo_publisher_two_subscribers_and_receipts() {
     assert!(pushed[0].starts_with("PUBLISH (device: P0039"), "{pushed:?}");
     let events: Vec<&String> = pushed.iter().filter(|l| l.starts_with("PUSH EVT> event: ")).collect();
     assert_eq!(events.len(), 5);
-    let first: serde_json::Value = serde_json::from_str(events[0].trim_start_matches("PUSH EVT> event: ")).unwrap();
+    // Each line ends with the id the server gave the event: 1 to 5 on a fresh channel.
+    for (i, line) in events.iter().enumerate() {
+        assert!(line.ends_with(&format!(", Event-Id: {}", i + 1)), "{line}");
+    }
+    let json = events[0].trim_start_matches("PUSH EVT> event: ").rsplit_once(", Event-Id: ").unwrap().0;
+    let first: serde_json::Value = serde_json::from_str(json).unwrap();
     assert_eq!(first["channel"], "CHANNEL_1");
     assert_eq!(first["id"], 1);
     let data_len = first["data"].as_str().unwrap().len();
@@ -123,4 +128,44 @@ async fn pere_sub_gives_up_with_a_clear_message_when_the_server_is_unreachable()
     let mut refused = Proc::start("pere-sub", &[&server.host_port(), "bad channel", "H1"]);
     assert_eq!(refused.wait_exit().await, 2);
     assert!(refused.errors().join("\n").contains("channel may hold only"), "{:?}", refused.errors());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pere_sub_without_a_device_is_the_same_device_on_every_run() {
+    let server = TestServer::start(&[]).await;
+    let host = server.host_port();
+    let config = tempfile::tempdir().unwrap();
+    let start = |extra: &[&str]| {
+        let mut command = tokio::process::Command::new(bin_path("pere-sub"));
+        command.args([host.as_str(), "C"]).args(extra).env("XDG_CONFIG_HOME", config.path()).env_remove("PERE_DEVICE");
+        Proc::start_with(&mut command)
+    };
+    let device_of = |line: &str| line["LISTEN (device: ".len()..line.find(')').unwrap()].to_owned();
+
+    let mut first = start(&["--count", "1"]);
+    let device = device_of(&first.wait_line(|l| l.starts_with("LISTEN (device: ")).await);
+    assert!(device.len() == 14 && device.starts_with("H0039") && device[5..].bytes().all(|b| b.is_ascii_digit()), "{device}");
+    let kept = config.path().join("pere").join("device-id");
+    first.wait_line(|l| l.starts_with("device id kept in ") && l.contains(kept.to_str().unwrap())).await;
+    assert_eq!(std::fs::read_to_string(&kept).unwrap().trim(), device);
+    server.proc.wait_line(|l| l.contains(" FEED REQ>") && l.contains(&device)).await;
+    server.push("C", "one").await;
+    assert_eq!(first.wait_exit().await, 0);
+
+    // The second run is the same device: the channel has one recipient, and it is listening,
+    // so a push that waits for every recipient is satisfied.
+    let second = start(&[]);
+    assert_eq!(device_of(&second.wait_line(|l| l.starts_with("LISTEN (device: ")).await), device);
+    server.proc.wait_lines(2, |l| l.contains(" FEED REQ>") && l.contains(&device)).await;
+    let devices = server.get_json("/admin/devices/C").await;
+    assert_eq!(devices.as_object().unwrap().keys().collect::<Vec<_>>(), [&device], "{devices}");
+    let waited = server.http.post(server.url("/push/C?wait=all&timeout=10s")).body("two").send().await.unwrap();
+    assert_eq!(waited.status(), 200);
+
+    // A device argument, or PERE_DEVICE, overrides the kept one.
+    let mut command = tokio::process::Command::new(bin_path("pere-sub"));
+    command.args([host.as_str(), "C", "--count", "1"]).env("XDG_CONFIG_HOME", config.path()).env("PERE_DEVICE", "H2");
+    let named = Proc::start_with(&mut command);
+    let banner = named.wait_lines(2, |_| true).await;
+    assert!(banner[0].starts_with("LISTEN (device: H2), channel: C") && banner[1].is_empty(), "{banner:?}");
 }

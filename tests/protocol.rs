@@ -51,7 +51,37 @@ async fn publish_reaches_every_subscriber_in_order_and_receipts_are_recorded(sto
     server.proc.wait_line(|l| l.contains(" FEED END>") && l.contains("W1")).await;
     let devices = server.get_json("/admin/devices/CHANNEL_1").await;
     assert_eq!(devices["W1"]["online"], false);
-    assert_eq!(devices["W1"]["op"], "disconnect");
+    assert_eq!(devices["W1"]["op"], "feedback");
+}
+
+async fn admin_devices_keep_the_original_vocabulary_when_devices_go_offline(store: StoreUnderTest) {
+    let server = TestServer::start_on(store, &[]).await;
+    for i in 1..=3 {
+        server.push("C", &format!("e{i}")).await;
+    }
+    // F1 resumes after 2 and acknowledges nothing; A1 acknowledges 3; R1 is only registered.
+    let mut f1 = server.feed("C", &[("device", "F1"), ("Last-Event-ID", "2")]).await;
+    let mut a1 = server.feed("C", &[("device", "A1")]).await;
+    assert_eq!(f1.next_ids(1).await, [3]);
+    assert_eq!(a1.next_ids(3).await, [1, 2, 3]);
+    server.ack("C", "A1", 3, "ok").await;
+    let registered = server.http.put(server.url("/devices/C/R1")).send().await.unwrap();
+    assert_eq!(registered.status(), 200);
+    let online = server.get_json("/admin/devices/C").await;
+    assert_eq!((online["F1"]["op"].as_str(), online["F1"]["Last-Event-Id"].as_str()), (Some("feed"), Some("2")));
+    assert_eq!((online["A1"]["op"].as_str(), online["A1"]["Last-Event-Id"].as_str()), (Some("feedback"), Some("3")));
+    assert_eq!((online["F1"]["online"].as_bool(), online["F1"]["open_streams"].as_u64()), (Some(true), Some(1)));
+
+    drop(f1);
+    drop(a1);
+    server.proc.wait_lines(2, |l| l.contains(" FEED END>")).await;
+    let offline = server.get_json("/admin/devices/C").await;
+    for (device, op, last) in [("F1", "feed", Value::from("2")), ("A1", "feedback", Value::from("3")), ("R1", "feed", Value::Null)] {
+        let d = &offline[device];
+        assert_eq!((d["op"].as_str(), &d["Last-Event-Id"]), (Some(op), &last), "{device}: {d}");
+        assert_eq!((d["online"].as_bool(), d["open_streams"].as_u64()), (Some(false), Some(0)), "{device}: {d}");
+        assert!(d["last_seen"].as_str().unwrap() >= online[device]["last_seen"].as_str().unwrap(), "{device}: {d}");
+    }
 }
 
 async fn resume_by_last_event_id_header_query_and_device_cursor(store: StoreUnderTest) {
@@ -222,8 +252,68 @@ async fn feed_headers_root_banner_page_and_cors(store: StoreUnderTest) {
     assert!(foreign.headers().get("access-control-allow-origin").is_none());
 }
 
+/// Pushes `body` on `channel` with these headers; the status, headers and JSON answer.
+async fn push_with(server: &TestServer, channel: &str, headers: &[(&str, &str)], body: &str) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut request = server.http.post(server.url(&format!("/push/{channel}"))).body(body.to_owned());
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = request.send().await.expect("push");
+    let (status, headers) = (response.status().as_u16(), response.headers().clone());
+    (status, headers, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn a_repeated_idempotency_key_answers_as_the_first_time_and_stores_nothing(store: StoreUnderTest) {
+    let server = TestServer::start_on(store, &[]).await;
+    let mut feed = server.feed("C", &[("device", "H1")]).await;
+    let key = [("idempotency-key", "order-42"), ("event", "order")];
+    let (status, headers, first) = push_with(&server, "C", &key, "{\"n\":1}").await;
+    assert_eq!(status, 200);
+    assert!(headers.get("idempotent-replayed").is_none());
+    let (status, headers, again) = push_with(&server, "C", &key, "{\"n\":1}").await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(again, first, "the same id and time as the first answer");
+    // Another key, and no key at all, are new events.
+    let (_, _, other) = push_with(&server, "C", &[("idempotency-key", "order-43")], "{\"n\":1}").await;
+    assert_eq!(other["id"], 2);
+    assert_eq!(server.push("C", "plain").await, 3);
+
+    let events = server.get_json("/events/C").await;
+    let ids: Vec<u64> = events["events"].as_array().unwrap().iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, [1, 2, 3], "the replay stored nothing: {events}");
+    // Delivered once: the feed's next events are 1, 2 and 3, with no copy of 1 between.
+    assert_eq!(feed.next_ids(3).await, [1, 2, 3]);
+
+    // The same key with another body, or another type, is a conflict; the first event stands.
+    let (status, _, conflict) = push_with(&server, "C", &key, "{\"n\":2}").await;
+    assert_eq!(status, 409);
+    assert_eq!(conflict["error"]["code"], "idempotency_conflict");
+    let (status, _, _) = push_with(&server, "C", &[("idempotency-key", "order-42")], "{\"n\":1}").await;
+    assert_eq!(status, 409, "same body, no type");
+    // Keys are per channel.
+    let (status, headers, elsewhere) = push_with(&server, "D", &key, "{\"n\":1}").await;
+    assert_eq!((status, elsewhere["id"].as_u64()), (200, Some(1)));
+    assert!(headers.get("idempotent-replayed").is_none());
+
+    // Keys are 1 to 255 visible ASCII characters.
+    for bad in ["", "with space", &"k".repeat(256), "caf\u{e9}"] {
+        let mut request = server.http.post(server.url("/push/C")).body("x");
+        request = request.header("idempotency-key", reqwest::header::HeaderValue::from_bytes(bad.as_bytes()).unwrap());
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 400, "key {bad:?}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "bad_idempotency_key");
+    }
+    let (status, _, _) = push_with(&server, "C", &[("idempotency-key", &"k".repeat(255))], "x").await;
+    assert_eq!(status, 200);
+    assert_eq!(server.get_json("/events/C").await["head"], 4, "refused pushes stored nothing");
+}
+
 on_every_store!(
     publish_reaches_every_subscriber_in_order_and_receipts_are_recorded,
+    a_repeated_idempotency_key_answers_as_the_first_time_and_stores_nothing,
+    admin_devices_keep_the_original_vocabulary_when_devices_go_offline,
     resume_by_last_event_id_header_query_and_device_cursor,
     bodies_arrive_verbatim_and_cannot_forge_events,
     every_old_client_feedback_form_is_accepted,

@@ -242,7 +242,7 @@ async fn presence_changes_are_streamed_and_replayed() {
     assert_eq!(offline.id, "2");
     assert_eq!(serde_json::from_str::<Value>(&offline.data).unwrap()["online"], false);
     let devices = server.get_json("/admin/devices/Room").await;
-    assert_eq!((devices["P1"]["online"].as_bool(), devices["P1"]["op"].as_str()), (Some(false), Some("disconnect")));
+    assert_eq!((devices["P1"]["online"].as_bool(), devices["P1"]["op"].as_str()), (Some(false), Some("feed")));
 
     // A late follower replays what it missed after its position.
     let mut late = server.feed_path("/presence/Room", &[("Last-Event-ID", "1")]).await;

@@ -44,6 +44,8 @@ pub struct Proc {
     errors: Arc<Mutex<Vec<String>>>,
     changed: Arc<Notify>,
     readers: Vec<tokio::task::JoinHandle<()>>,
+    // The child's config directory, unless the test gave one: removed when this is dropped.
+    _config: Option<tempfile::TempDir>,
 }
 
 impl Proc {
@@ -52,8 +54,21 @@ impl Proc {
         Self::start_with(Command::new(bin_path(name)).args(args))
     }
 
-    /// Starts a prepared command.
+    /// Starts a prepared command. Unless the command sets `XDG_CONFIG_HOME`, the child gets a
+    /// fresh temporary one (and no `PERE_DEVICE` from the test's environment), so a tool that
+    /// keeps its device id there never writes into the real home.
     pub fn start_with(command: &mut Command) -> Proc {
+        let given = |command: &Command, name: &str| command.as_std().get_envs().any(|(k, _)| k == name);
+        let config = if given(command, "XDG_CONFIG_HOME") {
+            None
+        } else {
+            let dir = tempfile::tempdir().expect("temporary config directory");
+            command.env("XDG_CONFIG_HOME", dir.path());
+            Some(dir)
+        };
+        if !given(command, "PERE_DEVICE") {
+            command.env_remove("PERE_DEVICE");
+        }
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -78,7 +93,7 @@ impl Proc {
                 changed.notify_waiters();
             }));
         }
-        Proc { child, lines, errors, changed, readers }
+        Proc { child, lines, errors, changed, readers, _config: config }
     }
 
     /// Every stdout line so far.

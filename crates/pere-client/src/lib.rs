@@ -4,12 +4,14 @@
 //! until it gets through.
 //!
 //! Layout:
+//! - [`device`]: the default device id kept per user in a small file;
 //! - [`output`]: line-at-a-time printing and one-line failure descriptions;
 //! - [`retry`]: one request's outcome (accepted, retryable, refused), which statuses may pass,
 //!   and the retry loop behind pushes and receipts;
 //! - [`token`]: the bearer header a `--token` adds to every request, and the device it speaks for.
 #![deny(missing_docs, missing_debug_implementations)]
 
+pub mod device;
 pub mod output;
 pub mod retry;
 pub mod token;
@@ -35,6 +37,13 @@ impl std::error::Error for Fatal {}
 /// A device id in the original clients' style: `prefix` followed by 9 random digits.
 pub fn random_device(prefix: &str, rng: &mut impl Rng) -> String {
     format!("{prefix}{:09}", rng.gen_range(0..1_000_000_000u32))
+}
+
+/// A fresh idempotency key for one event: 128 random bits in hex. A publisher sends the same
+/// key with every attempt at that event, so a retry whose first attempt did get through is
+/// answered with the stored event instead of storing it twice.
+pub fn idempotency_key(rng: &mut impl Rng) -> String {
+    format!("{:032x}", rng.gen::<u128>())
 }
 
 /// Parses the server argument: `host:port`, or an `http://` URL (a path prefix is kept).
@@ -77,6 +86,14 @@ mod tests {
             assert_eq!(d.len(), 14, "{d}");
             assert!(d.starts_with("P0039") && d[5..].bytes().all(|b| b.is_ascii_digit()), "{d}");
         }
+    }
+
+    #[test]
+    fn idempotency_keys_are_fresh_and_header_safe() {
+        let mut rng = rand::thread_rng();
+        let (a, b) = (idempotency_key(&mut rng), idempotency_key(&mut rng));
+        assert_ne!(a, b);
+        assert!(a.len() == 32 && a.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
     }
 
     #[test]

@@ -50,6 +50,23 @@ impl DeviceOp {
         }
     }
 
+    /// The word of the original protocol, which knows two operations: `feed` (a feed request)
+    /// and `feedback` (a receipt). Going offline and being registered are not among them; a
+    /// record they created (a device registered before it ever connected) shows `feed`, as the
+    /// device is expected from then on just as if it had opened a feed.
+    pub fn original(self) -> &'static str {
+        match self {
+            DeviceOp::Feedback => "feedback",
+            DeviceOp::Feed | DeviceOp::Disconnect | DeviceOp::Register => "feed",
+        }
+    }
+
+    /// Whether the operation is one of the original protocol's, which set the record's `op` and
+    /// `Last-Event-Id`; the others leave both as the last feed or receipt left them.
+    pub fn is_original(self) -> bool {
+        matches!(self, DeviceOp::Feed | DeviceOp::Feedback)
+    }
+
     /// Parses [`DeviceOp::as_str`] back.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
@@ -119,11 +136,15 @@ impl DeviceRecord {
         }
     }
 
-    /// Applies a touch: the rule every backend follows.
+    /// Applies a touch: the rule every backend follows. Going offline or being registered moves
+    /// `last_seen` only: `last_op` and `last_event_id` keep what the last feed or receipt said,
+    /// so "what did this device last acknowledge" survives its going offline, as in the original.
     pub fn apply(&mut self, touch: &DeviceTouch) {
         self.last_seen = self.last_seen.max(touch.at);
-        self.last_op = touch.op;
-        self.last_event_id = touch.last_event_id.clone();
+        if touch.op.is_original() {
+            self.last_op = touch.op;
+            self.last_event_id = touch.last_event_id.clone();
+        }
         self.last_delivered = self.last_delivered.max(touch.delivered);
     }
 

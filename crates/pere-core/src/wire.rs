@@ -353,11 +353,12 @@ pub struct WebhookSummary {
 pub struct DeviceJson {
     /// Whether the device is a current recipient of the channel.
     pub recipient: bool,
-    /// The last thing it did.
+    /// The last of the original's operations it did: `feed` or `feedback`.
     pub op: String,
     /// When (the original's name for `last_seen`).
     pub at: String,
-    /// The resume header of its last feed request, as sent.
+    /// The resume header of its last feed request as sent, or the id its last receipt named;
+    /// kept when the device goes offline.
     #[serde(rename = "Last-Event-Id")]
     pub last_event_id: Option<String>,
     /// Whether it has a stream open.
@@ -382,7 +383,7 @@ impl DeviceJson {
         let r = &device.record;
         DeviceJson {
             recipient,
-            op: r.last_op.as_str().to_owned(),
+            op: r.last_op.original().to_owned(),
             at: format_time(r.last_seen),
             last_event_id: r.last_event_id.clone(),
             online: device.open_streams > 0,

@@ -8,9 +8,10 @@ use crate::interval::Interval;
 ///
 /// Each event is the original's JSON, `{"channel","device","id","time","data"}` with `id` this
 /// publisher's own counter from 1 and `data` 15 to 32 random base-36 characters, POSTed to
-/// `/push/:channel`. Prints `PUSH EVT> event: <json>` for each event the server accepts. A failed
+/// `/push/:channel`. Prints `PUSH EVT> event: <json>, Event-Id: <id>` for each event the server
+/// accepts, with the id the server gave it. A failed
 /// push prints `PUSH FAILED. event: <json> reason: <reason>` on stderr, waits (`--retry-delay`) and
-/// sends the same event again.
+/// sends the same event again, with the same `Idempotency-Key`: a retry never stores it twice.
 ///
 /// Exit status: 0 after `--count` events (or at the end of stdin with `--data -`); 1 after
 /// `--retries` failed attempts at one event, or when `--follow` failed; 2 when the server refuses

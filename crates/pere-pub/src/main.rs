@@ -21,7 +21,7 @@ use std::time::Duration;
 use clap::Parser;
 use pere_client::retry::{retry, send_once, Outcome, Policy};
 use pere_core::wire::PushAccepted;
-use reqwest::header::HeaderValue;
+use pere_core::{ChannelName, DeviceId, EventType};
 use reqwest::{Client, Url};
 use serde::Serialize;
 use tokio::task::JoinHandle;
@@ -79,14 +79,12 @@ struct JsonPush<'a> {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let base = cli::base_url(&cli.server).map_err(Fatal)?;
+    // Names are checked before anything starts: the server would refuse each push for them.
+    ChannelName::new(&cli.channel).map_err(|e| Fatal(format!("invalid channel {:?}: {e}", cli.channel)))?;
     let device = cli.device();
-    if HeaderValue::from_str(&device).is_err() {
-        return Err(Fatal(format!("invalid device id {device:?}")).into());
-    }
+    DeviceId::new(&device).map_err(|e| Fatal(format!("invalid device id {device:?}: {e}")))?;
     if let Some(event_type) = &cli.event_type {
-        if HeaderValue::from_str(event_type).is_err() {
-            return Err(Fatal(format!("invalid event type {event_type:?}")).into());
-        }
+        EventType::new(event_type).map_err(|e| Fatal(format!("invalid event type {event_type:?}: {e}")))?;
     }
     let mut client = Client::builder().connect_timeout(CONNECT_TIMEOUT);
     if let Some(token) = &cli.token {
@@ -175,12 +173,13 @@ impl Publisher {
     /// `--retries` attempts have failed.
     async fn publish(&self, number: u64, body: &Body) -> anyhow::Result<()> {
         let mut failed = 0u32;
+        // One key per event, sent with every attempt: a retry of a push that did get through is
+        // answered with the stored event, never stored twice.
+        let key = pere_client::idempotency_key(&mut rand::thread_rng());
+        let headers = push::PushHeaders { device: &self.device, event_type: self.event_type.as_deref(), key: &key };
         let outcome = retry(
             &self.retry,
-            || {
-                let event_type = self.event_type.as_deref();
-                send_once::<PushAccepted>(push::push_request(&self.client, &self.url, &self.device, event_type, body))
-            },
+            || send_once::<PushAccepted>(push::push_request(&self.client, &self.url, headers, body)),
             |attempt, why| {
                 failed = attempt;
                 eprintln!("PUSH FAILED. event: {} reason: {why}", output::abbreviate(&body.text));
@@ -210,7 +209,12 @@ impl Publisher {
             // Serializing strings and numbers cannot fail.
             say!("{}", serde_json::to_string(&line).unwrap_or_default());
         } else if !self.quiet {
-            say!("PUSH EVT> event: {}", body.text);
+            // The server's id for the event, as its own log names it; an answer without one
+            // (an original PERE server's) leaves the original line.
+            match answer {
+                Some(answer) => say!("PUSH EVT> event: {}, Event-Id: {}", body.text, answer.id),
+                None => say!("PUSH EVT> event: {}", body.text),
+            }
         }
     }
 }

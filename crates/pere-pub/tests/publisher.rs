@@ -18,9 +18,11 @@ async fn publishes_the_original_events() {
     let mut publisher = Tool::start(EXE, &[&host, "C", "P1", "--count", "2", "--interval", "0"], None);
     assert_eq!(publisher.line().await, format!("PUBLISH (device: P1), channel: C, server: {host}"));
     assert_eq!(publisher.line().await, "");
+    let mut keys = Vec::new();
     for id in 1..=2u64 {
         let push = server.expect("POST", "/push/C").await;
         assert_eq!(push.request.header("device"), Some("P1"));
+        keys.extend(push.request.header("idempotency-key").map(str::to_owned));
         assert_eq!(push.request.header("content-type"), Some("application/json"));
         assert_eq!(push.request.header("event"), None);
         let body = push.request.body.clone();
@@ -31,8 +33,9 @@ async fn publishes_the_original_events() {
         assert!((15..=32).contains(&data.len()) && data.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()));
         assert!(event["time"].as_str().unwrap().ends_with('Z'));
         push.json(200, &accepted(id));
-        assert_eq!(publisher.line().await, format!("PUSH EVT> event: {body}"));
+        assert_eq!(publisher.line().await, format!("PUSH EVT> event: {body}, Event-Id: {id}"));
     }
+    assert!(keys.len() == 2 && keys[0] != keys[1], "a fresh key per event: {keys:?}");
     let (code, rest, stderr) = publisher.finish().await;
     assert_eq!(code, 0, "{stderr}");
     assert!(rest.is_empty() && stderr.is_empty(), "{rest:?} {stderr}");
@@ -45,9 +48,12 @@ async fn a_failed_push_is_retried_with_the_same_event() {
     let publisher = Tool::start(EXE, &args, None);
     let first = server.expect("POST", "/push/C").await;
     let body = first.request.body.clone();
+    let key = first.request.header("idempotency-key").expect("an idempotency key").to_owned();
+    assert!(key.len() == 32 && key.bytes().all(|b| b.is_ascii_hexdigit()), "{key}");
     first.json(503, DOWN);
     let second = server.expect("POST", "/push/C").await;
     assert_eq!(second.request.body, body, "the same event, not a new one");
+    assert_eq!(second.request.header("idempotency-key"), Some(key.as_str()), "the same key: never stored twice");
     second.json(200, &accepted(1));
     let (code, rest, stderr) = publisher.finish().await;
     assert_eq!(code, 0, "{stderr}");
@@ -89,6 +95,23 @@ async fn a_refused_event_is_fatal() {
         "PUSH FAILED. event: x reason: HTTP 413 body_too_large: too big\n\
          pere-pub: the server refused event 1: HTTP 413 body_too_large: too big\n"
     );
+}
+
+#[tokio::test]
+async fn bad_names_fail_in_one_line_before_anything_starts() {
+    // A server that would accept anything: nothing must reach it.
+    let server = FakeServer::start().await;
+    let host = server.host_port();
+    for (args, what) in [
+        (vec![host.as_str(), "a/b", "P1"], r#"invalid channel "a/b": "#),
+        (vec![host.as_str(), "C", "P 1"], r#"invalid device id "P 1": "#),
+        (vec![host.as_str(), "C", "P1", "--event", "a b"], r#"invalid event type "a b": "#),
+    ] {
+        let (code, stdout, stderr) = Tool::start(EXE, &args, None).finish().await;
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stdout.is_empty(), "nothing starts: {stdout:?}");
+        assert!(stderr.starts_with(&format!("pere-pub: {what}")) && stderr.lines().count() == 1, "{stderr}");
+    }
 }
 
 #[tokio::test]

@@ -119,6 +119,7 @@ async fn push<S: Store>(
     let channel = request::channel(channel)?;
     let event_type = request::event_type(headers, query)?;
     let wait = request::push_wait(query, state.config.max_wait)?;
+    let idempotency_key = request::idempotency_key(headers)?;
     let body = request::body(headers, body, state.config.max_body, state.config.body_timeout).await?;
     let body = String::from_utf8(body.into())
         .map_err(|_| ApiError::bad_request("body_not_utf8", "the event body must be UTF-8 text"))?;
@@ -127,10 +128,21 @@ async fn push<S: Store>(
             return Err(ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {err}")));
         }
     }
-    let event = state.hub.publish(&channel, NewEvent { publisher: device, event_type, body, idempotency_key: None }).await?.event;
+    // A keyed push may meet its own earlier copy: what it sent is kept to compare with that one.
+    let sent = idempotency_key.is_some().then(|| (body.clone(), event_type.clone()));
+    let appended = state.hub.publish(&channel, NewEvent { publisher: device, event_type, body, idempotency_key }).await?;
+    let event = appended.event;
+    let replayed = !appended.new;
+    if replayed && sent.is_some_and(|(body, event_type)| body != event.body || event_type != event.event_type) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency_conflict",
+            format!("Idempotency-Key already used for event {} with another body or type", event.id),
+        ));
+    }
     let accepted = PushAccepted::from(&*event);
     let Some((wait, timeout)) = wait else {
-        return Ok(response::compact_json(StatusCode::OK, &accepted));
+        return Ok(replay_mark(response::compact_json(StatusCode::OK, &accepted), replayed));
     };
     let satisfied = state.hub.wait_for_receipts(&channel, event.id, wait, timeout).await?;
     let summary = state.hub.receipt_summary(&channel, event.id).await?;
@@ -142,7 +154,16 @@ async fn push<S: Store>(
         receipts: ReceiptSummaryJson::from(&summary),
     };
     // 202: the event is stored, but the receipts asked for did not all arrive in time.
-    Ok(response::json(if satisfied { StatusCode::OK } else { StatusCode::ACCEPTED }, &answer))
+    Ok(replay_mark(response::json(if satisfied { StatusCode::OK } else { StatusCode::ACCEPTED }, &answer), replayed))
+}
+
+/// Marks the answer to a push that repeated an earlier one (same key, same event): nothing was
+/// stored or delivered again, and the answer is the first one's.
+fn replay_mark(mut response: Response<ResponseBody>, replayed: bool) -> Response<ResponseBody> {
+    if replayed {
+        response.headers_mut().insert("idempotent-replayed", header::HeaderValue::from_static("true"));
+    }
+    response
 }
 
 async fn feedback<S: Store>(

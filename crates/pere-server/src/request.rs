@@ -8,6 +8,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap};
 use hyper::StatusCode;
+use pere_core::event::{valid_idempotency_key, MAX_IDEMPOTENCY_KEY_LEN};
 use pere_core::wire::FeedbackRequest;
 use pere_core::{ChannelName, DeviceId, EventType, WaitFor};
 use serde_json::Value;
@@ -88,6 +89,21 @@ pub struct Resume {
 /// The longest resume position taken, in bytes: ids are numbers, and the original PERE's
 /// timestamps are about 20 characters. The value is kept in the device record.
 pub const MAX_RESUME_LEN: usize = 64;
+
+/// The `Idempotency-Key` header of a push: 1 to 255 visible ASCII characters, or none.
+///
+/// # Errors
+/// 400 `bad_idempotency_key` for any other value.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    match value.to_str() {
+        Ok(key) if valid_idempotency_key(key) => Ok(Some(key.to_owned())),
+        _ => Err(ApiError::bad_request(
+            "bad_idempotency_key",
+            format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"),
+        )),
+    }
+}
 
 /// The resume position of a stream request.
 ///

@@ -25,7 +25,11 @@ pub struct Cli {
     #[arg(long, env = "PERE_TOKEN", hide_env_values = true, value_name = "JWT")]
     pub token: Option<String>,
 
-    /// This subscriber's device id [default: `H0039` followed by 9 random digits].
+    /// This subscriber's device id [default: the token's, else the one kept in
+    /// `$XDG_CONFIG_HOME/pere/device-id` (or `~/.config/pere/device-id`), made on first use:
+    /// `H0039` followed by 9 random digits]. The same id on every run keeps this subscriber one
+    /// recipient of the channel.
+    #[arg(env = "PERE_DEVICE")]
     pub device: Option<String>,
 
     /// The status text sent in each receipt.
@@ -65,13 +69,32 @@ pub struct Cli {
     pub idle_timeout: u64,
 }
 
+/// Where the device id came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceSource {
+    /// The argument, `PERE_DEVICE`, or the token's `sub`.
+    Given,
+    /// The file that keeps this user's default id.
+    Kept(std::path::PathBuf),
+    /// A new id for this run only: the file could not be used (the message says why).
+    ThisRun(Option<String>),
+}
+
 impl Cli {
-    /// The device id to use: the one given, or a new `H0039…` id.
-    pub fn device(&self) -> String {
-        self.device
-            .clone()
-            .or_else(|| self.token.as_deref().and_then(pere_client::token::subject))
-            .unwrap_or_else(|| random_device("H0039", &mut rand::thread_rng()))
+    /// The device id to use: the one given (argument or `PERE_DEVICE`), the token's, or the one
+    /// kept for this user (made on first use); a new `H0039…` id for this run when none can be kept.
+    pub fn device(&self) -> (String, DeviceSource) {
+        if let Some(given) = self.device.clone().or_else(|| self.token.as_deref().and_then(pere_client::token::subject)) {
+            return (given, DeviceSource::Given);
+        }
+        let fresh = || random_device("H0039", &mut rand::thread_rng());
+        let Some(file) = pere_client::device::default_file() else {
+            return (fresh(), DeviceSource::ThisRun(None));
+        };
+        match pere_client::device::kept(&file, fresh) {
+            Ok(id) => (id, DeviceSource::Kept(file)),
+            Err(why) => (fresh(), DeviceSource::ThisRun(Some(why))),
+        }
     }
 }
 
@@ -100,11 +123,9 @@ mod tests {
         let cli = Cli::try_parse_from(["pere-sub", "localhost:4567", "CHANNEL_1"]).unwrap();
         assert_eq!(cli.status, "rx ok");
         assert_eq!(cli.retries, 10);
-        assert!(cli.device.is_none() && cli.count.is_none() && !cli.no_ack && !cli.json);
-        let device = cli.device();
-        assert_eq!(device.len(), 14);
-        assert!(device.starts_with("H0039"));
-        assert!(device[5..].bytes().all(|b| b.is_ascii_digit()));
+        // Without a device the id comes from the user's config directory: the end-to-end tests
+        // check that (with a temporary one), never here in the real home.
+        assert!(cli.count.is_none() && !cli.no_ack && !cli.json);
     }
 
     #[test]
@@ -126,7 +147,7 @@ mod tests {
             "0",
         ])
         .unwrap();
-        assert_eq!(cli.device(), "H1");
+        assert_eq!(cli.device(), ("H1".to_owned(), DeviceSource::Given));
         assert_eq!(cli.count, Some(3));
         assert_eq!(cli.last_event_id.as_deref(), Some("7"));
         assert!(Cli::try_parse_from(["pere-sub", "h:1", "C", "--count", "0"]).is_err());

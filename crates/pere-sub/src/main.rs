@@ -48,7 +48,10 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let base = cli::base_url(&cli.server).map_err(Fatal)?;
-    let device = cli.device();
+    let (device, source) = cli.device();
+    if let cli::DeviceSource::ThisRun(Some(why)) = &source {
+        eprintln!("pere-sub: {why}; using a new device id for this run");
+    }
     if HeaderValue::from_str(&device).is_err() {
         return Err(Fatal(format!("invalid device id {device:?}")).into());
     }
@@ -65,6 +68,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     if !cli.quiet && !cli.json {
         say!("LISTEN (device: {device}), channel: {}, server: {}", cli.channel, cli.server);
+        if let cli::DeviceSource::Kept(file) = &source {
+            say!("device id kept in {} (a device argument or PERE_DEVICE overrides it)", file.display());
+        }
         say!("");
     }
     let opts = Options {

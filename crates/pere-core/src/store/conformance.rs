@@ -195,7 +195,11 @@ async fn device_touches_only_move_forward(store: impl Store) {
     };
     let first = store.touch_device(touch(DeviceOp::Feed, 0)).await.unwrap();
     assert_eq!(first.last_op, DeviceOp::Feed);
-    store.touch_device(touch(DeviceOp::Disconnect, 9)).await.unwrap();
+    // Going offline keeps the original's `op` and `Last-Event-Id`; it moves `last_seen`.
+    let offline = DeviceTouch { last_event_id: None, ..touch(DeviceOp::Disconnect, 9) };
+    let gone = store.touch_device(offline).await.unwrap();
+    assert_eq!((gone.last_op, gone.last_event_id.as_deref()), (DeviceOp::Feed, Some("7")));
+    assert!(gone.last_seen >= first.last_seen);
     let record = store.touch_device(touch(DeviceOp::Feed, 4)).await.unwrap();
     assert_eq!(record.last_delivered, 9);
     assert_eq!(record.first_seen, first.first_seen);
