@@ -150,6 +150,11 @@ impl ChannelLedger {
         (open.acked_expected == open.expected).then_some(Completion { event_id: id, expected: open.expected })
     }
 
+    /// Whether some followed event still waits for a receipt from an expected recipient.
+    pub(crate) fn incomplete(&self) -> bool {
+        self.open.values().any(|open| open.acked_expected < open.expected)
+    }
+
     /// Whether `device` still owes a receipt for `id` (false for events no longer followed).
     pub(crate) fn owes(&self, id: u64, device: &DeviceId) -> bool {
         self.open.get(&id).is_some_and(|open| !open.acked.contains(device)) && self.expects(device, id)
