@@ -13,10 +13,14 @@
 //!   them run beside the writer. The committed head, the oldest retained id and the newest few
 //!   events of each channel are also kept in memory (updated after each commit), so `head` and
 //!   tail replays never touch the disk.
-//! - **Retention** is enforced by the writer in bounded chunks: right after appends, in the same
-//!   transaction, and by a sweep over every channel each [`SqliteOptions::prune_interval`].
-//!   Receipts go with their events (they are also the receipt stream, by `seq`); device records
-//!   and recipient memberships are the ledger and are kept.
+//! - **Retention** is enforced by the writer in bounded chunks, at a cost in proportion to what
+//!   is pruned, not to the number of channels: the count limit right after appends, in the same
+//!   transaction; the age limit by an index of each channel's oldest retained event time, so the
+//!   writer wakes when the oldest of them expires and visits only the channels that have
+//!   something to prune (an idle server with many channels does no work). At open, one pass
+//!   over every channel applies a retention shortened since the last run. Receipts go with their
+//!   events (they are also the receipt stream, by `seq`); device records and recipient
+//!   memberships are the ledger and are kept.
 //! - **Device records** (presence and per-device counters) change with every receipt and feed
 //!   connection. The writer keeps them in memory, where readers see each change as soon as it
 //!   commits, and writes the changed ones back in one transaction every [`DEVICE_WRITE_BACK`],
@@ -29,7 +33,7 @@
 //! One process per data directory: the writer trusts its in-memory heads.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -68,8 +72,12 @@ const PRUNE_CHUNK: u64 = 2048;
 /// Channels visited per sweep step at most; each costs an indexed lookup even with nothing to prune.
 const SWEEP_CHANNELS: usize = 256;
 
-/// The shortest sweep period honoured: a zero interval would keep the writer spinning.
+/// The shortest time between two age sweeps honoured: a zero interval would keep the writer
+/// spinning.
 const MIN_PRUNE_INTERVAL: Duration = Duration::from_millis(10);
+
+/// How long the writer sleeps at most when nothing is due; only a bound, not a period of work.
+const IDLE_WAKE: Duration = Duration::from_secs(60);
 
 /// Idle read connections kept; more are opened under load and closed when they come back.
 const MAX_IDLE_READERS: usize = 8;
@@ -207,8 +215,9 @@ pub struct SqliteOptions {
     pub retention: Retention,
     /// Newest events kept in memory per channel, so tail replays skip the disk (0: none).
     pub recent_events: usize,
-    /// How often the writer looks at every channel for events to prune, which matters for age
-    /// retention on channels nobody publishes to.
+    /// The shortest time between two sweeps for expired events (age retention on channels
+    /// nobody publishes to): expiries that fall closer together are pruned together. The sweep
+    /// visits only the channels whose oldest event has expired.
     pub prune_interval: Duration,
 }
 
@@ -260,6 +269,8 @@ struct Shared {
     // The seq of the newest committed receipt; changed by the writer only.
     last_receipt: AtomicU64,
     transactions: AtomicU64,
+    // Channels the pruning sweep has looked at, for tests of its cost.
+    visited: AtomicU64,
     closing: AtomicBool,
 }
 
@@ -270,6 +281,10 @@ struct ChannelMeta {
     first: u64,
     /// The newest retained events, contiguous and ending at `head` (possibly empty).
     recent: VecDeque<Arc<Event>>,
+    /// Under which time (milliseconds) the writer's age index files this channel: never later
+    /// than its oldest retained event's. `None` when it is not in the index (nothing retained,
+    /// or no age retention).
+    age_key: Option<i64>,
 }
 
 /// Every device record read or changed since the store opened, as last committed.
@@ -376,7 +391,19 @@ impl SqliteStore {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn = Connection::open_with_flags(&path, flags).map_err(|err| Failure::open(&path, err))?;
         prepare_schema(&mut conn, &path, options.durability)?;
-        let channels = load_channels(&conn).map_err(|err| Failure::open(&path, err))?;
+        let mut channels = load_channels(&conn).map_err(|err| Failure::open(&path, err))?;
+        // Every channel with events, once: a retention shortened since the last run applies.
+        let sweep: Vec<ChannelName> =
+            channels.iter().filter(|(_, m)| m.first <= m.head).map(|(name, _)| name.clone()).collect();
+        let mut ages = BTreeSet::new();
+        for (name, meta) in &mut channels {
+            if options.retention.max_age.is_none() {
+                meta.age_key = None;
+            }
+            if let Some(key) = meta.age_key {
+                ages.insert((key, name.clone()));
+            }
+        }
         let last_receipt = recover_devices(&mut conn).map_err(|err| Failure::open(&path, err))?;
 
         let shared = Arc::new(Shared {
@@ -388,6 +415,7 @@ impl SqliteStore {
             devices: Mutex::default(),
             last_receipt: AtomicU64::new(last_receipt),
             transactions: AtomicU64::new(0),
+            visited: AtomicU64::new(0),
             closing: AtomicBool::new(false),
         });
         let (commands, queue) = mpsc::channel();
@@ -395,8 +423,8 @@ impl SqliteStore {
             conn,
             shared: shared.clone(),
             queue,
-            sweep: Vec::new(),
-            // Sweep at once: events may have expired while the server was down.
+            sweep,
+            ages,
             next_sweep: Instant::now(),
             next_write_back: Instant::now() + DEVICE_WRITE_BACK,
             closers: Vec::new(),
@@ -681,13 +709,17 @@ fn start_checkpointer(path: &Path) -> Result<(mpsc::Sender<()>, thread::JoinHand
 /// The committed state of every channel, for the writer's heads and the readers' fast paths.
 fn load_channels(conn: &Connection) -> rusqlite::Result<HashMap<ChannelName, ChannelMeta>> {
     let mut stmt = conn.prepare(
-        "SELECT name, head, (SELECT MIN(id) FROM events WHERE events.channel = channels.name) FROM channels",
+        "SELECT name, head, \
+            (SELECT MIN(id) FROM events WHERE events.channel = channels.name), \
+            (SELECT time FROM events WHERE events.channel = channels.name ORDER BY id LIMIT 1) \
+         FROM channels",
     )?;
     let rows = stmt.query_map([], |row| {
         let name = parse_name(row.get_ref(0)?.as_str()?, 0, ChannelName::new)?;
         let head: u64 = row.get(1)?;
         let first: Option<u64> = row.get(2)?;
-        Ok((name, ChannelMeta { head, first: first.unwrap_or(head + 1), recent: VecDeque::new() }))
+        let age_key: Option<i64> = row.get(3)?;
+        Ok((name, ChannelMeta { head, first: first.unwrap_or(head + 1), recent: VecDeque::new(), age_key }))
     })?;
     rows.collect()
 }
@@ -1079,9 +1111,13 @@ struct Writer {
     conn: Connection,
     shared: Arc<Shared>,
     queue: mpsc::Receiver<Command>,
-    /// Channels still to visit in the current sweep, popped from the end; channels with a
-    /// pruning backlog are pushed here too.
+    /// Channels to prune before anything else, popped from the end: every channel at open, and
+    /// channels with a pruning backlog.
     sweep: Vec<ChannelName>,
+    /// The age index: each channel with retained events under a time no later than its oldest
+    /// event's (its `ChannelMeta::age_key`), so the channels with expired events come first.
+    ages: BTreeSet<(i64, ChannelName)>,
+    /// No age sweep before this.
     next_sweep: Instant,
     /// When changed device records are next written back.
     next_write_back: Instant,
@@ -1158,8 +1194,11 @@ impl<'a> Drafts<'a> {
             .or_insert_with(|| Draft { head: 0, first: 1, saved_head: None, appended: Vec::new() })
     }
 
-    /// Makes the committed drafts visible to readers.
-    fn publish(self, recent_events: usize) {
+    /// Makes the committed drafts visible to readers. Returns the channels that now have
+    /// retained events and were not in the age index, with the time to file them under.
+    fn publish(self, recent_events: usize) -> Vec<(i64, ChannelName)> {
+        let aging = self.shared.options.retention.max_age.is_some();
+        let mut filed = Vec::new();
         if !self.devices.is_empty() {
             let mut book = self.shared.book();
             for record in self.devices.into_values() {
@@ -1169,8 +1208,14 @@ impl<'a> Drafts<'a> {
         self.shared.last_receipt.store(self.last_receipt, Ordering::Relaxed);
         let mut channels = self.shared.channels.write().unwrap_or_else(|e| e.into_inner());
         for (name, draft) in self.channels {
-            let meta =
-                channels.entry(name).or_insert_with(|| ChannelMeta { head: 0, first: 1, recent: VecDeque::new() });
+            let meta = channels
+                .entry(name.clone())
+                .or_insert_with(|| ChannelMeta { head: 0, first: 1, recent: VecDeque::new(), age_key: None });
+            if let (true, None, Some(oldest)) = (aging, meta.age_key, draft.appended.first()) {
+                let key = oldest.time.timestamp_millis();
+                meta.age_key = Some(key);
+                filed.push((key, name));
+            }
             meta.head = draft.head;
             meta.first = draft.first;
             meta.recent.extend(draft.appended);
@@ -1180,6 +1225,7 @@ impl<'a> Drafts<'a> {
                 meta.recent.pop_front();
             }
         }
+        filed
     }
 }
 
@@ -1240,7 +1286,9 @@ impl Writer {
             let wait = if !self.closers.is_empty() || !self.sweep.is_empty() {
                 Duration::ZERO
             } else {
-                let mut until = self.next_sweep;
+                // With nothing due the writer sleeps: an idle store costs no CPU, however many
+                // channels it holds.
+                let mut until = self.next_expiry().unwrap_or_else(|| Instant::now() + IDLE_WAKE);
                 if !self.shared.book().changed.is_empty() {
                     until = until.min(self.next_write_back);
                 }
@@ -1334,7 +1382,8 @@ impl Writer {
         }
         match &failure {
             None => {
-                drafts.publish(self.shared.options.recent_events);
+                let filed = drafts.publish(self.shared.options.recent_events);
+                self.ages.extend(filed);
                 self.shared.transactions.fetch_add(1, Ordering::Relaxed);
             }
             // Some errors roll back by themselves; otherwise the transaction is still open.
@@ -1348,41 +1397,75 @@ impl Writer {
         }
     }
 
-    /// One bounded step of the retention sweep, in its own transaction, when one is due.
+    /// When the oldest event filed in the age index expires (no sooner than `next_sweep`);
+    /// `None` without age retention or with nothing retained.
+    fn next_expiry(&self) -> Option<Instant> {
+        let max_age = self.shared.options.retention.max_age?;
+        let (oldest, _) = self.ages.first()?;
+        let expires = oldest.saturating_add(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX));
+        let wait = u64::try_from(expires.saturating_sub(now().timestamp_millis())).unwrap_or(0);
+        // Expired exactly at `expires`: a millisecond later it is older than the cutoff.
+        Some((Instant::now() + Duration::from_millis(wait.saturating_add(1))).max(self.next_sweep))
+    }
+
+    /// Whether the age index holds a channel whose oldest event is older than `cutoff`.
+    fn expired(&self, cutoff: Option<i64>) -> bool {
+        cutoff.is_some_and(|cutoff| self.ages.first().is_some_and(|(oldest, _)| *oldest < cutoff))
+    }
+
+    /// One bounded step of pruning, in its own transaction, when there is something to prune:
+    /// the channels queued in `sweep`, then those the age index says have expired events.
     fn sweep_step(&mut self) {
+        let retention = self.shared.options.retention;
+        let cutoff = age_cutoff(&retention, now());
         if self.sweep.is_empty() {
             let start = Instant::now();
-            if start < self.next_sweep {
+            if start < self.next_sweep || !self.expired(cutoff) {
                 return;
             }
             self.next_sweep = start + self.shared.options.prune_interval.max(MIN_PRUNE_INTERVAL);
-            let channels = self.shared.channels.read().unwrap_or_else(|e| e.into_inner());
-            self.sweep = channels.iter().filter(|(_, m)| m.first <= m.head).map(|(name, _)| name.clone()).collect();
-            if self.sweep.is_empty() {
-                return;
-            }
         }
-        let retention = self.shared.options.retention;
-        let cutoff = age_cutoff(&retention, now());
         if self.conn.execute_batch("BEGIN IMMEDIATE").is_err() {
-            // Nobody to tell: the next batch meets the same trouble and reports it. The next
-            // sweep tries again.
+            // Nobody to tell: the next batch meets the same trouble and reports it. The age
+            // index is untouched, so expired channels are tried again.
             self.sweep.clear();
             return;
         }
         let mut drafts = Drafts::new(&self.shared);
         let (mut budget, mut visited, mut deleted) = (PRUNE_CHUNK, 0, 0);
+        // Taken from the age index, and where each goes back once pruned.
+        let (mut taken, mut refile) = (Vec::new(), Vec::new());
         let mut result = Ok(());
         while budget > 0 && visited < SWEEP_CHANNELS {
-            let Some(name) = self.sweep.pop() else { break };
+            let (name, aged) = match self.sweep.pop() {
+                Some(name) => (name, false),
+                None if self.expired(cutoff) => {
+                    let Some((key, name)) = self.ages.pop_first() else { break };
+                    taken.push((key, name.clone()));
+                    (name, true)
+                }
+                None => break,
+            };
             visited += 1;
+            self.shared.visited.fetch_add(1, Ordering::Relaxed);
             let Some(draft) = drafts.existing(&name) else { continue };
-            match prune_channel(&self.conn, &name, draft, &retention, cutoff, budget) {
-                Ok((gone, more)) => {
+            let pruned = prune_channel(&self.conn, &name, draft, &retention, cutoff, budget).and_then(|(gone, more)| {
+                if !aged {
+                    return Ok((gone, more, None));
+                }
+                // Filed again under its oldest remaining event (still expired if `more`).
+                let oldest = if more { taken.last().map(|(key, _)| *key) } else { oldest_time(&self.conn, &name, draft.first)? };
+                Ok((gone, more, Some(oldest)))
+            });
+            match pruned {
+                Ok((gone, more, refiled)) => {
                     budget -= gone;
                     deleted += gone;
                     if more {
-                        self.sweep.push(name);
+                        self.sweep.push(name.clone());
+                    }
+                    if let Some(key) = refiled {
+                        refile.push((name, key));
                     }
                 }
                 Err(err) => {
@@ -1394,19 +1477,38 @@ impl Writer {
         // With nothing deleted there is nothing to commit (and no sync to pay for).
         let commit = if deleted == 0 { "ROLLBACK" } else { "COMMIT" };
         match result.and_then(|()| self.conn.execute_batch(commit)) {
-            Ok(()) if deleted > 0 => {
-                drafts.publish(self.shared.options.recent_events);
-                self.shared.transactions.fetch_add(1, Ordering::Relaxed);
+            Ok(()) => {
+                if deleted > 0 {
+                    self.ages.extend(drafts.publish(self.shared.options.recent_events));
+                    self.shared.transactions.fetch_add(1, Ordering::Relaxed);
+                }
+                let mut channels = self.shared.channels.write().unwrap_or_else(|e| e.into_inner());
+                for (name, key) in refile {
+                    if let Some(meta) = channels.get_mut(&name) {
+                        meta.age_key = key;
+                        if let Some(key) = key {
+                            self.ages.insert((key, name));
+                        }
+                    }
+                }
             }
-            Ok(()) => {}
             Err(_) => {
                 if !self.conn.is_autocommit() {
                     let _ = self.conn.execute_batch("ROLLBACK");
                 }
                 self.sweep.clear();
+                // Nothing was pruned: the channels stay filed as they were.
+                self.ages.extend(taken);
             }
         }
     }
+}
+
+/// The time (milliseconds) of the channel's oldest retained event, at or after `first`.
+fn oldest_time(conn: &Connection, channel: &ChannelName, first: u64) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT time FROM events WHERE channel = ?1 AND id >= ?2 ORDER BY id LIMIT 1")?
+        .query_row(params![channel.as_str(), first], |row| row.get(0))
+        .optional()
 }
 
 fn append(conn: &Connection, drafts: &mut Drafts<'_>, channel: ChannelName, new: NewEvent) -> rusqlite::Result<Appended> {
@@ -1863,6 +1965,48 @@ mod tests {
         .expect("the sweep pruned the expired event");
         let page = store.read(&ch("C"), 0, 10).await.unwrap();
         assert_eq!((page.first_retained, page.head), (2, 1));
+    }
+
+    #[tokio::test]
+    async fn expiry_visits_only_the_channels_that_have_something_to_prune() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = Duration::from_secs(3600);
+        let options = SqliteOptions {
+            retention: Retention { max_events: 2, max_age: Some(hour) },
+            prune_interval: Duration::from_millis(10),
+            ..SqliteOptions::default()
+        };
+        {
+            let store = SqliteStore::open(dir.path(), options).unwrap();
+            for i in 0..300 {
+                store.append(&ch(&format!("Young{i}")), body("x")).await.unwrap();
+            }
+            store.append(&ch("Soon"), body("x")).await.unwrap();
+        }
+        // An event that expires 300 ms from now.
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let soon = now().timestamp_millis() - 3_600_000 + 300;
+        conn.execute("UPDATE events SET time = ?1 WHERE channel = 'Soon'", [soon]).unwrap();
+        drop(conn);
+
+        let store = SqliteStore::open(dir.path(), options).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !check_ids(&store, "Soon").await.is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the expired event was pruned");
+        // One pass over every channel at open, then the one that expired: not 301 channels
+        // every 10 ms.
+        let visited = store.inner.shared.visited.load(Ordering::Relaxed);
+        assert!((302..=303).contains(&visited), "visited {visited}");
+        assert_eq!(check_ids(&store, "Young0").await, vec![1]);
+        // Count retention is applied as events are appended.
+        for _ in 0..3 {
+            store.append(&ch("Young0"), body("x")).await.unwrap();
+        }
+        assert_eq!(check_ids(&store, "Young0").await, vec![3, 4]);
     }
 
     #[tokio::test]
