@@ -10,9 +10,10 @@
 //!   table in the same transaction, so pruning every event never resets a sequence. A batch that
 //!   fails rolls back whole: its callers all get the error and no id is consumed.
 //! - **Reads** use read-only connections from a small pool, on tokio's blocking threads; WAL lets
-//!   them run beside the writer. The committed head, the oldest retained id and the newest few
-//!   events of each channel are also kept in memory (updated after each commit), so `head` and
-//!   tail replays never touch the disk.
+//!   them run beside the writer. The committed head and the oldest retained id of each channel
+//!   are also kept in memory (updated after each commit), so `head` never touches the disk, and
+//!   so are the newest events of channels recently appended to, within one byte budget for all
+//!   channels ([`SqliteOptions::recent_bytes`]), so most tail replays do not either.
 //! - **Retention** is enforced by the writer in bounded chunks, at a cost in proportion to what
 //!   is pruned, not to the number of channels: the count limit right after appends, in the same
 //!   transaction; the age limit by an index of each channel's oldest retained event time, so the
@@ -215,6 +216,10 @@ pub struct SqliteOptions {
     pub retention: Retention,
     /// Newest events kept in memory per channel, so tail replays skip the disk (0: none).
     pub recent_events: usize,
+    /// Bytes of events kept in memory, all channels together (bodies and frames; 0: none).
+    /// Past it, the oldest cached events of the channels appended to least recently go first;
+    /// a read of what is not cached goes to disk.
+    pub recent_bytes: usize,
     /// The shortest time between two sweeps for expired events (age retention on channels
     /// nobody publishes to): expiries that fall closer together are pruned together. The sweep
     /// visits only the channels whose oldest event has expired.
@@ -228,6 +233,9 @@ impl Default for SqliteOptions {
             retention: Retention::default(),
             // One hub replay page: a resuming subscriber that is a little behind reads memory.
             recent_events: 256,
+            // Enough for the tails of thousands of busy channels of small events; without a
+            // global cap, 100 channels of 64 KiB events held 4 GB.
+            recent_bytes: 64 << 20,
             prune_interval: Duration::from_secs(1),
         }
     }
@@ -285,6 +293,79 @@ struct ChannelMeta {
     /// than its oldest retained event's. `None` when it is not in the index (nothing retained,
     /// or no age retention).
     age_key: Option<i64>,
+    /// The bytes `recent` holds, as [`cached_size`] counts them.
+    recent_bytes: usize,
+    /// Where `recent` stands in the cache's order of last appends (0: it is empty).
+    recent_stamp: u64,
+}
+
+impl ChannelMeta {
+    fn new(head: u64, first: u64, age_key: Option<i64>) -> Self {
+        ChannelMeta { head, first, recent: VecDeque::new(), age_key, recent_bytes: 0, recent_stamp: 0 }
+    }
+
+    /// Drops the oldest cached event; returns its size.
+    fn uncache_oldest(&mut self) -> usize {
+        let size = self.recent.pop_front().map_or(0, |event| cached_size(&event));
+        self.recent_bytes -= size;
+        size
+    }
+}
+
+/// An event larger than this part of [`SqliteOptions::recent_bytes`] is not cached.
+const LARGEST_CACHED: usize = 16;
+
+/// What a cached event costs in memory, about: the event, its body and key, and its frame.
+fn cached_size(event: &Event) -> usize {
+    std::mem::size_of::<Event>()
+        + 2 * std::mem::size_of::<usize>()
+        + event.body.len()
+        + event.frame().len()
+        + event.idempotency_key.as_ref().map_or(0, String::len)
+}
+
+/// The writer's account of the recent-event cache across channels: how many bytes it holds and
+/// the channels holding some, by last append.
+#[derive(Default)]
+struct RecentCache {
+    bytes: usize,
+    /// Channels with cached events by `recent_stamp`, least recently appended first.
+    order: std::collections::BTreeMap<u64, ChannelName>,
+    clock: u64,
+}
+
+impl RecentCache {
+    /// Accounts for `meta`'s cache after it changed by `added - removed` bytes; restamps it
+    /// when it was appended to.
+    fn update(&mut self, name: &ChannelName, meta: &mut ChannelMeta, added: usize, removed: usize, appended: bool) {
+        self.bytes = self.bytes + added - removed;
+        if meta.recent.is_empty() || appended {
+            self.order.remove(&meta.recent_stamp);
+            meta.recent_stamp = 0;
+        }
+        if !meta.recent.is_empty() && meta.recent_stamp == 0 {
+            self.clock += 1;
+            meta.recent_stamp = self.clock;
+            self.order.insert(self.clock, name.clone());
+        }
+    }
+
+    /// Drops the oldest cached events of the channels appended to least recently until the
+    /// cache is within `budget`.
+    fn trim(&mut self, channels: &mut HashMap<ChannelName, ChannelMeta>, budget: usize) {
+        while self.bytes > budget {
+            let Some((stamp, name)) = self.order.pop_first() else { break };
+            let Some(meta) = channels.get_mut(&name) else { continue };
+            while self.bytes > budget && !meta.recent.is_empty() {
+                self.bytes -= meta.uncache_oldest();
+            }
+            if meta.recent.is_empty() {
+                meta.recent_stamp = 0;
+            } else {
+                self.order.insert(stamp, name);
+            }
+        }
+    }
 }
 
 /// Every device record read or changed since the store opened, as last committed.
@@ -426,6 +507,7 @@ impl SqliteStore {
             sweep,
             ages,
             next_sweep: Instant::now(),
+            cache: RecentCache::default(),
             next_write_back: Instant::now() + DEVICE_WRITE_BACK,
             closers: Vec::new(),
         };
@@ -719,7 +801,7 @@ fn load_channels(conn: &Connection) -> rusqlite::Result<HashMap<ChannelName, Cha
         let head: u64 = row.get(1)?;
         let first: Option<u64> = row.get(2)?;
         let age_key: Option<i64> = row.get(3)?;
-        Ok((name, ChannelMeta { head, first: first.unwrap_or(head + 1), recent: VecDeque::new(), age_key }))
+        Ok((name, ChannelMeta::new(head, first.unwrap_or(head + 1), age_key)))
     })?;
     rows.collect()
 }
@@ -1119,6 +1201,8 @@ struct Writer {
     ages: BTreeSet<(i64, ChannelName)>,
     /// No age sweep before this.
     next_sweep: Instant,
+    /// The recent-event cache's account across channels.
+    cache: RecentCache,
     /// When changed device records are next written back.
     next_write_back: Instant,
     /// Callers of `close`, answered once the writer has stopped.
@@ -1196,8 +1280,9 @@ impl<'a> Drafts<'a> {
 
     /// Makes the committed drafts visible to readers. Returns the channels that now have
     /// retained events and were not in the age index, with the time to file them under.
-    fn publish(self, recent_events: usize) -> Vec<(i64, ChannelName)> {
-        let aging = self.shared.options.retention.max_age.is_some();
+    fn publish(self, cache: &mut RecentCache) -> Vec<(i64, ChannelName)> {
+        let options = &self.shared.options;
+        let aging = options.retention.max_age.is_some();
         let mut filed = Vec::new();
         if !self.devices.is_empty() {
             let mut book = self.shared.book();
@@ -1208,23 +1293,36 @@ impl<'a> Drafts<'a> {
         self.shared.last_receipt.store(self.last_receipt, Ordering::Relaxed);
         let mut channels = self.shared.channels.write().unwrap_or_else(|e| e.into_inner());
         for (name, draft) in self.channels {
-            let meta = channels
-                .entry(name.clone())
-                .or_insert_with(|| ChannelMeta { head: 0, first: 1, recent: VecDeque::new(), age_key: None });
+            let meta = channels.entry(name.clone()).or_insert_with(|| ChannelMeta::new(0, 1, None));
             if let (true, None, Some(oldest)) = (aging, meta.age_key, draft.appended.first()) {
                 let key = oldest.time.timestamp_millis();
                 meta.age_key = Some(key);
-                filed.push((key, name));
+                filed.push((key, name.clone()));
             }
             meta.head = draft.head;
             meta.first = draft.first;
-            meta.recent.extend(draft.appended);
-            let excess = meta.recent.len().saturating_sub(recent_events);
-            meta.recent.drain(..excess);
-            while meta.recent.front().is_some_and(|e| e.id < meta.first) {
-                meta.recent.pop_front();
+            let appended = !draft.appended.is_empty();
+            let (mut added, mut removed) = (0, 0);
+            for event in draft.appended {
+                let size = cached_size(&event);
+                if size > options.recent_bytes / LARGEST_CACHED {
+                    // Not worth the tails of many other channels; the cache stays a contiguous
+                    // run ending at the head, so it restarts after this event.
+                    while !meta.recent.is_empty() {
+                        removed += meta.uncache_oldest();
+                    }
+                    continue;
+                }
+                added += size;
+                meta.recent_bytes += size;
+                meta.recent.push_back(event);
             }
+            while meta.recent.len() > options.recent_events || meta.recent.front().is_some_and(|e| e.id < meta.first) {
+                removed += meta.uncache_oldest();
+            }
+            cache.update(&name, meta, added, removed, appended);
         }
+        cache.trim(&mut channels, options.recent_bytes);
         filed
     }
 }
@@ -1382,7 +1480,7 @@ impl Writer {
         }
         match &failure {
             None => {
-                let filed = drafts.publish(self.shared.options.recent_events);
+                let filed = drafts.publish(&mut self.cache);
                 self.ages.extend(filed);
                 self.shared.transactions.fetch_add(1, Ordering::Relaxed);
             }
@@ -1479,7 +1577,7 @@ impl Writer {
         match result.and_then(|()| self.conn.execute_batch(commit)) {
             Ok(()) => {
                 if deleted > 0 {
-                    self.ages.extend(drafts.publish(self.shared.options.recent_events));
+                    self.ages.extend(drafts.publish(&mut self.cache));
                     self.shared.transactions.fetch_add(1, Ordering::Relaxed);
                 }
                 let mut channels = self.shared.channels.write().unwrap_or_else(|e| e.into_inner());
@@ -1745,6 +1843,57 @@ mod tests {
     async fn conformance_suite_without_memory_cache() {
         // Every read goes to disk.
         check_conformance(SqliteOptions { recent_events: 0, ..SqliteOptions::default() }).await;
+    }
+
+    #[tokio::test]
+    async fn conformance_suite_with_a_tiny_memory_cache() {
+        // Some reads from memory, the rest from disk.
+        check_conformance(SqliteOptions { recent_bytes: 16 << 10, ..SqliteOptions::default() }).await;
+    }
+
+    /// Cached bytes per channel, as the store accounts them, and their total.
+    fn check_cached(store: &SqliteStore) -> (HashMap<String, (usize, usize)>, usize) {
+        let channels = store.inner.shared.channels.read().unwrap();
+        let per: HashMap<String, (usize, usize)> = channels
+            .iter()
+            .map(|(name, meta)| {
+                assert_eq!(meta.recent_bytes, meta.recent.iter().map(|e| cached_size(e)).sum::<usize>());
+                (name.to_string(), (meta.recent.len(), meta.recent_bytes))
+            })
+            .collect();
+        let total = per.values().map(|(_, bytes)| bytes).sum();
+        (per, total)
+    }
+
+    #[tokio::test]
+    async fn the_recent_event_cache_keeps_to_one_byte_budget_across_channels() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = 256 << 10;
+        let options = SqliteOptions { recent_bytes: budget, retention: ROOMY, ..SqliteOptions::default() };
+        let store = SqliteStore::open(dir.path(), options).unwrap();
+        let big = "x".repeat(4096);
+        for i in 0..20 {
+            for _ in 0..5 {
+                store.append(&ch(&format!("C{i}")), body(&big)).await.unwrap();
+            }
+        }
+        let (per, total) = check_cached(&store);
+        assert!(total <= budget, "{total} cached bytes over a budget of {budget}");
+        assert!(total > budget / 2, "the budget is used: {total}");
+        // The channels appended to last keep their tails; the first ones gave theirs up.
+        assert_eq!(per["C19"].0, 5);
+        assert_eq!(per["C0"].0, 0);
+        // Whatever is cached or not, reads give the same events.
+        for i in [0, 10, 19] {
+            let page = store.read(&ch(&format!("C{i}")), 2, 10).await.unwrap();
+            assert_eq!(page.events.iter().map(|e| e.id).collect::<Vec<_>>(), vec![3, 4, 5]);
+            assert!(page.events.iter().all(|e| e.body == big));
+        }
+        // An event larger than a sixteenth of the budget is not cached, and takes no one's place.
+        store.append(&ch("Huge"), body(&"y".repeat(budget))).await.unwrap();
+        let (per, after) = check_cached(&store);
+        assert_eq!((per["Huge"].0, after), (0, total));
+        assert_eq!(store.event(&ch("Huge"), 1).await.unwrap().unwrap().body.len(), budget);
     }
 
     #[tokio::test]
