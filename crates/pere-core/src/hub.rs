@@ -1276,3 +1276,24 @@ impl<S: Store> Drop for Subscription<S> {
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    #[tokio::test]
+    async fn a_device_leaves_the_live_map_with_its_last_stream() {
+        let hub = Hub::new(MemoryStore::default(), HubConfig::default());
+        let (c, device) = (ChannelName::new("C").unwrap(), DeviceId::new("H1").unwrap());
+        let request = SubscribeRequest { device: Some(device.clone()), ..SubscribeRequest::default() };
+        let first = hub.subscribe(&c, request.clone()).await.unwrap();
+        let second = hub.subscribe(&c, request).await.unwrap();
+        let live = || hub.live_devices.lock().unwrap().len();
+        assert_eq!(live(), 1);
+        drop(first);
+        assert_eq!(live(), 1, "still online on its second stream");
+        drop(second);
+        assert_eq!(live(), 0);
+    }
+}

@@ -27,7 +27,9 @@
 //!   commits, and writes the changed ones back in one transaction every [`DEVICE_WRITE_BACK`],
 //!   recording in `state` the last receipt folded in. Receipts themselves are committed before
 //!   they are answered, so after a crash the receipts past that mark are folded in again at
-//!   open: only connection touches of the last moment are lost.
+//!   open: only connection touches of the last moment are lost. Once written back, the least
+//!   recently changed records beyond [`SqliteOptions::device_records`] leave memory; a record
+//!   not in memory is read from disk, by readers and by the writer when it changes again.
 //! - **Checkpoints** (copying the WAL back into the database, with its syncs) run on a thread
 //!   of their own every [`CHECKPOINT_INTERVAL`], off the path of writes waiting for a commit.
 //!
@@ -216,6 +218,10 @@ pub struct SqliteOptions {
     pub retention: Retention,
     /// Newest events kept in memory per channel, so tail replays skip the disk (0: none).
     pub recent_events: usize,
+    /// Device records kept in memory once written back (the least recently changed go first;
+    /// they are read from disk when needed). Records changed since the last write-back are
+    /// always kept, so the book can exceed this by what changes within [`DEVICE_WRITE_BACK`].
+    pub device_records: usize,
     /// Bytes of events kept in memory, all channels together (bodies and frames; 0: none).
     /// Past it, the oldest cached events of the channels appended to least recently go first;
     /// a read of what is not cached goes to disk.
@@ -236,6 +242,10 @@ impl Default for SqliteOptions {
             // Enough for the tails of thousands of busy channels of small events; without a
             // global cap, 100 channels of 64 KiB events held 4 GB.
             recent_bytes: 64 << 20,
+            // About 40 MB of records (some 400 bytes each): far more devices than are active
+            // within a minute on most servers, few enough that a stream of made-up device ids
+            // cannot grow the process.
+            device_records: 100_000,
             prune_interval: Duration::from_secs(1),
         }
     }
@@ -368,23 +378,79 @@ impl RecentCache {
     }
 }
 
-/// Every device record read or changed since the store opened, as last committed.
+/// The device records changed since the store opened, as last committed, up to
+/// [`SqliteOptions::device_records`] of them once written back: past that, the least recently
+/// changed ones that are written back already are dropped (readers find them on disk).
 #[derive(Default)]
 struct DeviceBook {
-    records: HashMap<ChannelName, HashMap<DeviceId, DeviceRecord>>,
+    records: HashMap<ChannelName, HashMap<DeviceId, BookEntry>>,
+    /// How many records `records` holds.
+    len: usize,
     /// Committed but not yet written back to `devices`.
     changed: HashSet<(ChannelName, DeviceId)>,
+    /// Counts changes, for the order of `BookEntry::stamp`.
+    clock: u64,
+    /// Counts trims: a reader that read the disk before a trim may have missed a record the
+    /// trim dropped after writing it back, and reads again.
+    trims: u64,
+}
+
+struct BookEntry {
+    record: DeviceRecord,
+    /// When it last changed, in `DeviceBook::clock`.
+    stamp: u64,
 }
 
 impl DeviceBook {
     fn get(&self, channel: &ChannelName, device: &DeviceId) -> Option<&DeviceRecord> {
-        self.records.get(channel)?.get(device)
+        self.records.get(channel)?.get(device).map(|entry| &entry.record)
     }
 
     /// Takes a committed change, to be written back.
     fn change(&mut self, record: DeviceRecord) {
+        self.clock += 1;
         self.changed.insert((record.channel.clone(), record.device.clone()));
-        self.records.entry(record.channel.clone()).or_default().insert(record.device.clone(), record);
+        let entry = BookEntry { stamp: self.clock, record };
+        let devices = self.records.entry(entry.record.channel.clone()).or_default();
+        if devices.insert(entry.record.device.clone(), entry).is_none() {
+            self.len += 1;
+        }
+    }
+
+    /// Drops the least recently changed records that are written back, down to nine tenths of
+    /// `limit` when over it (a tenth of room, so trims, which look at every record, are rare).
+    fn trim(&mut self, limit: usize) {
+        if self.len <= limit {
+            return;
+        }
+        let keep = limit - limit / 10;
+        let mut clean: Vec<u64> = Vec::with_capacity(self.len);
+        for (channel, devices) in &self.records {
+            for (device, entry) in devices {
+                if !self.changed.contains(&(channel.clone(), device.clone())) {
+                    clean.push(entry.stamp);
+                }
+            }
+        }
+        let excess = self.len.saturating_sub(keep).min(clean.len());
+        if excess == 0 {
+            return;
+        }
+        // Stamps are unique: the `excess` oldest clean records are those below the threshold.
+        let threshold = if excess == clean.len() { u64::MAX } else { *clean.select_nth_unstable(excess).1 };
+        let changed = &self.changed;
+        let mut dropped = 0;
+        self.records.retain(|channel, devices| {
+            devices.retain(|device, entry| {
+                let drop = entry.stamp < threshold && !changed.contains(&(channel.clone(), device.clone()));
+                dropped += usize::from(drop);
+                !drop
+            });
+            devices.shrink_to_fit();
+            !devices.is_empty()
+        });
+        self.len -= dropped;
+        self.trims += 1;
     }
 }
 
@@ -988,19 +1054,24 @@ impl Store for SqliteStore {
     async fn devices(&self, channel: &ChannelName) -> Result<Vec<DeviceRecord>, StoreError> {
         let channel = channel.clone();
         let shared = self.inner.shared.clone();
-        self.read_disk(move |conn| {
+        self.read_disk(move |conn| loop {
+            let trims = shared.book().trims;
             let mut stmt = conn.prepare_cached(select_device!("WHERE channel = ?1 ORDER BY device"))?;
             let rows = stmt.query_map([channel.as_str()], |row| device_from_row(&channel, row))?;
             let mut records: Vec<DeviceRecord> = rows.collect::<rusqlite::Result<_>>()?;
             // The book is at least as new as the disk for every device it holds, and holds the
-            // devices not written back yet.
+            // devices not written back yet; what it dropped since the disk was read may be newer
+            // than what was read, so a trim in between means reading again.
             let book = shared.book();
+            if book.trims != trims {
+                continue;
+            }
             if let Some(known) = book.records.get(&channel) {
                 records.retain(|record| !known.contains_key(&record.device));
-                records.extend(known.values().cloned());
+                records.extend(known.values().map(|entry| entry.record.clone()));
                 records.sort_by(|a, b| a.device.cmp(&b.device));
             }
-            Ok(records)
+            return Ok(records);
         })
         .await
     }
@@ -1014,7 +1085,8 @@ impl Store for SqliteStore {
         let channel = channel.clone();
         let after = after.cloned();
         let shared = self.inner.shared.clone();
-        self.read_disk(move |conn| {
+        self.read_disk(move |conn| loop {
+            let trims = shared.book().trims;
             // BINARY collation orders by bytes, as `DeviceId`'s `Ord` does; "" is before every id.
             let from = after.as_ref().map_or("", |a| a.as_str());
             let mut stmt = conn.prepare_cached(select_device!("WHERE channel = ?1 AND device > ?2 ORDER BY device LIMIT ?3"))?;
@@ -1024,17 +1096,25 @@ impl Store for SqliteStore {
             )?;
             let mut records: Vec<DeviceRecord> = rows.collect::<rusqlite::Result<_>>()?;
             // The book is at least as new as the disk for every device it holds, and holds the
-            // devices not written back yet: merged in, then cut to the page again.
+            // devices not written back yet: merged in, then cut to the page again. A trim since
+            // the disk was read may have dropped a record newer than what was read: read again.
             let book = shared.book();
+            if book.trims != trims {
+                continue;
+            }
             if let Some(known) = book.records.get(&channel) {
                 records.retain(|record| !known.contains_key(&record.device));
                 records.extend(
-                    known.values().filter(|r| after.as_ref().is_none_or(|a| r.device > *a)).cloned(),
+                    known
+                        .values()
+                        .map(|entry| &entry.record)
+                        .filter(|r| after.as_ref().is_none_or(|a| r.device > *a))
+                        .cloned(),
                 );
                 records.sort_by(|a, b| a.device.cmp(&b.device));
                 records.truncate(limit);
             }
-            Ok(records)
+            return Ok(records);
         })
         .await
     }
@@ -1443,7 +1523,10 @@ impl Writer {
         match written {
             // Only the writer changes the book, so nothing changed since it was read.
             Ok(()) => {
-                self.shared.book().changed.clear();
+                let mut book = self.shared.book();
+                book.changed.clear();
+                book.trim(self.shared.options.device_records);
+                drop(book);
                 self.shared.transactions.fetch_add(1, Ordering::Relaxed);
             }
             Err(_) if !self.conn.is_autocommit() => {
@@ -1894,6 +1977,50 @@ mod tests {
         let (per, after) = check_cached(&store);
         assert_eq!((per["Huge"].0, after), (0, total));
         assert_eq!(store.event(&ch("Huge"), 1).await.unwrap().unwrap().body.len(), budget);
+    }
+
+    #[tokio::test]
+    async fn device_records_kept_in_memory_are_bounded_and_the_rest_read_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteOptions { device_records: 100, retention: ROOMY, ..SqliteOptions::default() };
+        let store = SqliteStore::open(dir.path(), options).unwrap();
+        for c in 0..10 {
+            store.append(&ch(&format!("C{c}")), body("x")).await.unwrap();
+            for d in 0..100 {
+                store.record_receipt(ack(&format!("C{c}"), 1, &format!("D{d}"))).await.unwrap();
+            }
+        }
+        // Written back within a second, then the least recently changed are let go.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while store.inner.shared.book().len > 100 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the book was trimmed");
+        let kept: Vec<String> = {
+            let book = store.inner.shared.book();
+            assert_eq!(book.len, book.records.values().map(HashMap::len).sum::<usize>());
+            book.records.keys().map(|c| c.to_string()).collect()
+        };
+        assert!(!kept.contains(&"C0".to_owned()), "the oldest went first: {kept:?}");
+        // Dropped or kept, every record reads the same, one at a time or by channel.
+        for c in ["C0", "C9"] {
+            let record = store.device(&ch(c), &dev("D5")).await.unwrap().unwrap();
+            assert_eq!((record.last_acked, record.receipts), (1, 1));
+            let all = store.devices(&ch(c)).await.unwrap();
+            assert_eq!(all.len(), 100);
+            assert!(all.iter().all(|r| r.receipts == 1));
+            let page = store.devices_page(&ch(c), Some(&all[9].device), 10).await.unwrap();
+            assert_eq!(page, all[10..20].to_vec());
+        }
+        // A dropped record changes from what the disk holds, and is kept again.
+        let (_, record) = store.record_receipt(ack("C0", 1, "D5")).await.unwrap();
+        assert_eq!(record.receipts, 2);
+        drop(store);
+        let store = open(dir.path(), ROOMY);
+        assert_eq!(store.device(&ch("C0"), &dev("D5")).await.unwrap().unwrap().receipts, 2);
+        assert_eq!(store.device(&ch("C0"), &dev("D6")).await.unwrap().unwrap().receipts, 1);
     }
 
     #[tokio::test]
