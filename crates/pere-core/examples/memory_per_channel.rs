@@ -1,7 +1,8 @@
 //! Measures what touching many fresh channels costs in resident memory, through the hub and no
 //! HTTP: each channel gets its receipts and presence followed (and let go) and one small push,
 //! as an anonymous client can do. Prints RSS before and after, per channel, on the memory and
-//! SQLite stores, and again once the hub has unloaded the idle channels.
+//! SQLite stores, the process's CPU while idle, and RSS again once the hub has unloaded the
+//! idle channels.
 //!
 //! `cargo run --release -p pere-core --example memory_per_channel -- [channels] [idle seconds]`
 
@@ -19,6 +20,22 @@ fn rss_kib() -> u64 {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|kib| kib.parse().ok())
         .unwrap_or(0)
+}
+
+/// User and system CPU time of this process, in clock ticks, from `/proc`.
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) end with ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| fields.get(n).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    field(11) + field(12)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
+fn ticks_per_second() -> f64 {
+    100.0
 }
 
 async fn measure<S: Store>(label: &str, store: S, channels: usize, idle: Duration) {
@@ -39,8 +56,16 @@ async fn measure<S: Store>(label: &str, store: S, channels: usize, idle: Duratio
         after.saturating_sub(before) as f64 / channels as f64,
         hub.loaded_channels()
     );
+    let (cpu, wall) = (cpu_ticks(), Instant::now());
     tokio::time::sleep(idle + idle / 2).await;
-    println!("{label}: after {:?} idle: RSS {} KiB, {} loaded", idle + idle / 2, rss_kib(), hub.loaded_channels());
+    let used = (cpu_ticks() - cpu) as f64 / ticks_per_second() / wall.elapsed().as_secs_f64();
+    println!(
+        "{label}: after {:?} idle: RSS {} KiB, {} loaded, CPU while idle {:.1}% of a core",
+        idle + idle / 2,
+        rss_kib(),
+        hub.loaded_channels(),
+        used * 100.0
+    );
 }
 
 async fn touch<S: Store>(hub: &std::sync::Arc<Hub<S>>, name: &str) {
