@@ -136,8 +136,9 @@ struct LiveNews {
 }
 
 impl<S: Store> ReceiptFollow<S> {
-    /// A follower that hears `live` from before the store's receipt head was `head`: it replays
-    /// from the store after `after`, when given, and goes live after `head` otherwise.
+    /// A follower that hears `live` from now on: it replays from the store after `after`, when
+    /// given, and otherwise goes live after the head given to
+    /// [`starting_after`](Self::starting_after), read once it listens.
     pub(crate) fn new(store: S, channel: ChannelName, live: Arc<ReceiptLive>, after: Option<u64>) -> Self {
         let completions_seen = locked(&live.state).announced;
         ReceiptFollow {

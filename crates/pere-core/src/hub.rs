@@ -14,6 +14,10 @@
 //! [`Hub::apply_receipt`], [`Hub::apply_membership`], [`Hub::apply_presence`]), which a node can
 //! also call for changes another node recorded.
 //!
+//! Channels are loaded on first use (head and current recipients from the store) and unloaded
+//! once nothing uses them for [`HubConfig::idle_channel`] ([`Hub::unload_idle`], run by a task
+//! of the hub's): memory follows the channels in use, not every name ever touched.
+//!
 //! The resume seam: a subscriber is registered under the channel lock and, in the same critical
 //! section, reads the id of the last event released (`snapshot`). Every event after `snapshot`
 //! reaches it live; every event up to `snapshot` is replayed from the store. No event is in both
