@@ -79,7 +79,8 @@ const SWEEP_CHANNELS: usize = 256;
 /// spinning.
 const MIN_PRUNE_INTERVAL: Duration = Duration::from_millis(10);
 
-/// How long the writer sleeps at most when nothing is due; only a bound, not a period of work.
+/// How long the writer sleeps at most when nothing is due: a bound in case the wall clock, by
+/// which events expire, jumps; waking costs nothing when nothing is due.
 const IDLE_WAKE: Duration = Duration::from_secs(60);
 
 /// Idle read connections kept; more are opened under load and closed when they come back.
@@ -1466,7 +1467,10 @@ impl Writer {
             } else {
                 // With nothing due the writer sleeps: an idle store costs no CPU, however many
                 // channels it holds.
-                let mut until = self.next_expiry().unwrap_or_else(|| Instant::now() + IDLE_WAKE);
+                // At most `IDLE_WAKE` though: expiry is computed on the wall clock, which may
+                // jump.
+                let idle_wake = Instant::now() + IDLE_WAKE;
+                let mut until = self.next_expiry().map_or(idle_wake, |expiry| expiry.min(idle_wake));
                 if !self.shared.book().changed.is_empty() {
                     until = until.min(self.next_write_back);
                 }
