@@ -1,20 +1,26 @@
-//! Following a channel's receipt stream ([`ReceiptFollow`]): replay from the store after a
-//! position, then live, every receipt once and in `seq` order, with completion notices between.
+//! Following a channel's live streams: its receipts ([`ReceiptFollow`]: replay from the store
+//! after a position, then live, every receipt once and in `seq` order, with completion notices
+//! between) and its presence changes ([`PresenceFollow`]: read by `seq` from a bounded log).
 //!
 //! Live notices can overtake each other (two receipts recorded in one commit wake their
 //! handlers in any order), so a notice only wakes the follower, which then reads the store from
 //! the last `seq` it gave out: the store shows receipts in `seq` order, so a follower gets every
 //! receipt once, in order, and resuming from its last `seq` misses nothing. Completions are live
 //! only: they have no position and are not replayed.
+//!
+//! Neither stream allocates anything sized for a busy channel up front: a channel keeps the
+//! newest receipt `seq` announced and the completions and presence changes that actually
+//! happened, up to a bound, and followers read them at their own pace.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::broadcast;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::Notify;
 
 use crate::error::StoreError;
 use crate::ledger::Completion;
 use crate::name::ChannelName;
+use crate::notice::PresenceChange;
 use crate::receipt::Receipt;
 use crate::store::Store;
 
@@ -22,13 +28,61 @@ use crate::store::Store;
 /// one page is what a follower holds in memory at once.
 pub const RECEIPT_PAGE: usize = 256;
 
-/// A receipt as the hub announces it to followers, with the completion it caused, if any.
-#[derive(Debug, Clone)]
-pub struct ReceiptNotice {
-    /// The receipt (with its stream position, `seq`).
-    pub receipt: Receipt,
-    /// Set when this receipt made its event fully acknowledged.
-    pub completed: Option<Completion>,
+/// Completions kept per channel for followers that have not read them yet; a follower further
+/// behind than this ends (it resumes from its last `seq` and loses only completion notices,
+/// which are live only). Kept as they happen, so a quiet channel holds none.
+pub const COMPLETION_BUFFER: usize = 1024;
+
+/// Presence changes kept per channel for replay and for followers that have not read them yet.
+pub const PRESENCE_HISTORY: usize = 1000;
+
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The live side of one channel's receipt stream, shared by the hub (which announces) and the
+/// followers (which read the store when woken).
+#[derive(Debug, Default)]
+pub(crate) struct ReceiptLive {
+    state: Mutex<LiveReceipts>,
+    wake: Notify,
+}
+
+#[derive(Debug, Default)]
+struct LiveReceipts {
+    /// The greatest receipt `seq` announced.
+    latest: u64,
+    /// Recent completions, in the order announced, with the `seq` of the receipt that caused
+    /// each; at most [`COMPLETION_BUFFER`].
+    completions: VecDeque<(u64, Completion)>,
+    /// How many completions were ever announced: a follower's cursor counts in these.
+    announced: u64,
+    /// The hub went away: followers end once they have read everything.
+    closed: bool,
+}
+
+impl ReceiptLive {
+    /// Announces receipt `seq` (and the completion it caused) and wakes every follower.
+    pub(crate) fn announce(&self, seq: u64, completed: Option<Completion>) {
+        {
+            let mut state = locked(&self.state);
+            state.latest = state.latest.max(seq);
+            if let Some(done) = completed {
+                state.completions.push_back((seq, done));
+                state.announced += 1;
+                if state.completions.len() > COMPLETION_BUFFER {
+                    state.completions.pop_front();
+                }
+            }
+        }
+        self.wake.notify_waiters();
+    }
+
+    /// Ends the stream for every follower (the hub is gone).
+    pub(crate) fn close(&self) {
+        locked(&self.state).closed = true;
+        self.wake.notify_waiters();
+    }
 }
 
 /// One item of a receipt stream.
@@ -60,7 +114,9 @@ impl ReceiptItem {
 pub struct ReceiptFollow<S> {
     store: S,
     channel: ChannelName,
-    live: broadcast::Receiver<ReceiptNotice>,
+    live: Arc<ReceiptLive>,
+    /// How many of the channel's completions this follower has taken.
+    completions_seen: u64,
     /// While replaying: the `seq` to read after next.
     replay: Option<u64>,
     /// The `seq` of the last receipt given out (or skipped as already known).
@@ -71,26 +127,38 @@ pub struct ReceiptFollow<S> {
     lagged: bool,
 }
 
+/// What woke a follower: the newest `seq` announced and the completions it had not taken.
+struct LiveNews {
+    latest: u64,
+    completions: Vec<(u64, Completion)>,
+    lost: bool,
+    closed: bool,
+}
+
 impl<S: Store> ReceiptFollow<S> {
-    /// A follower that heard `live` from before the store's receipt head was `head`: it replays
-    /// from the store after `after`, when given, and goes live after `head` otherwise.
-    pub(crate) fn new(
-        store: S,
-        channel: ChannelName,
-        live: broadcast::Receiver<ReceiptNotice>,
-        head: u64,
-        after: Option<u64>,
-    ) -> Self {
+    /// A follower that hears `live` from now on: it replays from the store after `after`, when
+    /// given, and otherwise goes live after the head given to
+    /// [`starting_after`](Self::starting_after), read once it listens.
+    pub(crate) fn new(store: S, channel: ChannelName, live: Arc<ReceiptLive>, after: Option<u64>) -> Self {
+        let completions_seen = locked(&live.state).announced;
         ReceiptFollow {
             store,
             channel,
             live,
+            completions_seen,
             replay: after,
-            through: after.unwrap_or(head),
+            through: 0,
             ready: VecDeque::new(),
             ended: false,
             lagged: false,
         }
+    }
+
+    /// Sets where the live stream starts when there is no replay: after `head`, read once the
+    /// follower listens.
+    pub(crate) fn starting_after(mut self, head: u64) -> Self {
+        self.through = self.replay.unwrap_or(head);
+        self
     }
 
     /// The next item, or `None` when the stream ends: the hub went away, or the follower fell
@@ -121,32 +189,50 @@ impl<S: Store> ReceiptFollow<S> {
                 }
                 continue;
             }
-            match self.live.recv().await {
-                // Given out already, read from the store ahead of its notice: only a completion
-                // is news.
-                Ok(notice) if notice.receipt.seq <= self.through => {
-                    if let Some(done) = notice.completed {
-                        return Some(Ok(ReceiptItem::completed(&self.channel, done)));
-                    }
-                }
-                Ok(notice) => {
-                    if let Err(err) = self.read_up_to(&notice).await {
-                        return Some(Err(self.fail(err)));
-                    }
-                }
-                Err(RecvError::Lagged(_)) => {
-                    self.lagged = true;
+            let live = self.live.clone();
+            let woken = live.wake.notified();
+            tokio::pin!(woken);
+            // Listening before looking, so an announcement in between is not missed.
+            woken.as_mut().enable();
+            let news = self.news();
+            if news.lost {
+                self.lagged = true;
+                self.ended = true;
+                continue;
+            }
+            if news.latest <= self.through && news.completions.is_empty() {
+                if news.closed {
                     self.ended = true;
+                    continue;
                 }
-                Err(RecvError::Closed) => self.ended = true,
+                woken.await;
+                continue;
+            }
+            if let Err(err) = self.read_up_to(news.latest, news.completions).await {
+                return Some(Err(self.fail(err)));
             }
         }
     }
 
-    /// Reads every receipt after the last one given out up to the one `notice` announces (and
-    /// any recorded since, on the same page), with the notice's completion after its receipt.
-    async fn read_up_to(&mut self, notice: &ReceiptNotice) -> Result<(), StoreError> {
-        let target = notice.receipt.seq;
+    /// Takes what was announced since this follower last looked.
+    fn news(&mut self) -> LiveNews {
+        let state = locked(&self.live.state);
+        let kept_from = state.announced - state.completions.len() as u64;
+        let lost = self.completions_seen < kept_from;
+        let fresh = state.announced.saturating_sub(self.completions_seen.max(kept_from)) as usize;
+        let completions = state.completions.iter().skip(state.completions.len() - fresh).copied().collect();
+        self.completions_seen = state.announced;
+        LiveNews { latest: state.latest, completions, lost, closed: state.closed }
+    }
+
+    /// Reads every receipt after the last one given out up to `target` (and any recorded since,
+    /// on the same page), each completion right after the receipt that caused it; completions of
+    /// receipts given out already come first.
+    async fn read_up_to(&mut self, target: u64, completions: Vec<(u64, Completion)>) -> Result<(), StoreError> {
+        let (known, mut pending): (Vec<_>, Vec<_>) = completions.into_iter().partition(|(seq, _)| *seq <= self.through);
+        for (_, done) in known {
+            self.ready.push_back(ReceiptItem::completed(&self.channel, done));
+        }
         while self.through < target {
             let page = self.store.receipts_after(&self.channel, self.through, RECEIPT_PAGE).await?;
             if page.is_empty() {
@@ -154,20 +240,22 @@ impl<S: Store> ReceiptFollow<S> {
             }
             for receipt in page {
                 self.through = receipt.seq;
-                let completed = if receipt.seq == target { notice.completed } else { None };
+                let seq = receipt.seq;
                 self.ready.push_back(ReceiptItem::Receipt(receipt));
-                if let Some(done) = completed {
-                    self.ready.push_back(ReceiptItem::completed(&self.channel, done));
-                }
+                pending.retain(|(caused_by, done)| {
+                    let now = *caused_by == seq;
+                    if now {
+                        self.ready.push_back(ReceiptItem::completed(&self.channel, *done));
+                    }
+                    !now
+                });
             }
         }
-        if self.through < target {
-            // Pruned already (a late receipt for an event retention removed): give it as announced.
-            self.ready.push_back(ReceiptItem::Receipt(notice.receipt.clone()));
-            if let Some(done) = notice.completed {
-                self.ready.push_back(ReceiptItem::completed(&self.channel, done));
-            }
-            self.through = target;
+        // Receipts pruned before they could be read (late receipts for events retention removed)
+        // are not replayed either; their completions are still news.
+        self.through = self.through.max(target);
+        for (_, done) in pending {
+            self.ready.push_back(ReceiptItem::completed(&self.channel, done));
         }
         Ok(())
     }
@@ -186,5 +274,119 @@ impl<S: Store> ReceiptFollow<S> {
     /// The channel followed.
     pub fn channel(&self) -> &ChannelName {
         &self.channel
+    }
+}
+
+/// One channel's presence changes: the newest [`PRESENCE_HISTORY`], numbered by `seq`, and the
+/// wake-up of their followers.
+#[derive(Debug)]
+pub(crate) struct PresenceLog {
+    state: Mutex<PresenceState>,
+    wake: Notify,
+}
+
+#[derive(Debug)]
+struct PresenceState {
+    /// The `seq` of the newest change (the first change gets the next one).
+    seq: u64,
+    changes: VecDeque<PresenceChange>,
+    closed: bool,
+}
+
+impl PresenceLog {
+    /// An empty log whose first change will be `after + 1`.
+    pub(crate) fn new(after: u64) -> Self {
+        PresenceLog { state: Mutex::new(PresenceState { seq: after, changes: VecDeque::new(), closed: false }), wake: Notify::new() }
+    }
+
+    /// Records a change, numbering it, and wakes the followers.
+    pub(crate) fn record(&self, change: impl FnOnce(u64) -> PresenceChange) -> PresenceChange {
+        let change = {
+            let mut state = locked(&self.state);
+            state.seq += 1;
+            let change = change(state.seq);
+            state.changes.push_back(change.clone());
+            if state.changes.len() > PRESENCE_HISTORY {
+                state.changes.pop_front();
+            }
+            change
+        };
+        self.wake.notify_waiters();
+        change
+    }
+
+    /// The `seq` of the newest change.
+    pub(crate) fn seq(&self) -> u64 {
+        locked(&self.state).seq
+    }
+
+    /// Ends the stream for every follower (the hub is gone).
+    pub(crate) fn close(&self) {
+        locked(&self.state).closed = true;
+        self.wake.notify_waiters();
+    }
+}
+
+/// A follower of one channel's presence changes, made by
+/// [`Hub::follow_presence`](crate::hub::Hub::follow_presence): the changes kept after a position,
+/// then live ones, in `seq` order.
+#[derive(Debug)]
+pub struct PresenceFollow {
+    log: Arc<PresenceLog>,
+    /// The `seq` of the last change given out.
+    after: u64,
+    ready: VecDeque<PresenceChange>,
+    lagged: bool,
+}
+
+impl PresenceFollow {
+    /// Follows `log` after `after`; a position beyond the log's newest change (from an earlier
+    /// life of the channel) starts with the next change.
+    pub(crate) fn new(log: Arc<PresenceLog>, after: u64) -> Self {
+        let after = {
+            let state = locked(&log.state);
+            // What is no longer kept is not owed: replay starts with the oldest change kept.
+            let oldest = state.changes.front().map_or(state.seq + 1, |c| c.seq);
+            after.clamp(oldest - 1, state.seq)
+        };
+        PresenceFollow { log, after, ready: VecDeque::new(), lagged: false }
+    }
+
+    /// The next change, or `None` when the stream ends: the hub went away, or the follower fell
+    /// behind by more than [`PRESENCE_HISTORY`] changes (see [`PresenceFollow::lagged`]).
+    pub async fn next(&mut self) -> Option<PresenceChange> {
+        loop {
+            if let Some(change) = self.ready.pop_front() {
+                return Some(change);
+            }
+            if self.lagged {
+                return None;
+            }
+            let log = self.log.clone();
+            let woken = log.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            {
+                let state = locked(&self.log.state);
+                if state.changes.front().is_some_and(|c| c.seq > self.after + 1) {
+                    self.lagged = true;
+                    continue;
+                }
+                self.ready.extend(state.changes.iter().filter(|c| c.seq > self.after).cloned());
+                if let Some(last) = self.ready.back() {
+                    self.after = last.seq;
+                    continue;
+                }
+                if state.closed {
+                    return None;
+                }
+            }
+            woken.await;
+        }
+    }
+
+    /// Whether the stream ended because the follower fell too far behind.
+    pub fn lagged(&self) -> bool {
+        self.lagged
     }
 }

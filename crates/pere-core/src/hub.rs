@@ -14,6 +14,10 @@
 //! [`Hub::apply_receipt`], [`Hub::apply_membership`], [`Hub::apply_presence`]), which a node can
 //! also call for changes another node recorded.
 //!
+//! Channels are loaded on first use (head and current recipients from the store) and unloaded
+//! once nothing uses them for [`HubConfig::idle_channel`] ([`Hub::unload_idle`], run by a task
+//! of the hub's): memory follows the channels in use, not every name ever touched.
+//!
 //! The resume seam: a subscriber is registered under the channel lock and, in the same critical
 //! section, reads the id of the last event released (`snapshot`). Every event after `snapshot`
 //! reaches it live; every event up to `snapshot` is replayed from the store. No event is in both
@@ -21,18 +25,18 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use std::future::Future;
 use std::task::Poll;
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::error::StoreError;
 use crate::event::{now, Event, NewEvent};
-use crate::follow::{ReceiptFollow, ReceiptNotice};
+use crate::follow::{PresenceFollow, PresenceLog, ReceiptFollow, ReceiptLive};
 use crate::ledger::{ChannelLedger, Completion, WaitFor};
 use crate::name::{ChannelName, DeviceId};
 use crate::notice::{HubNotice, Observers, PresenceChange};
@@ -55,11 +59,26 @@ pub struct HubConfig {
     /// Called once per event as it is applied, before any subscriber can have it: a log written
     /// here shows each event before anything a subscriber does with it (its receipt).
     pub on_publish: Option<fn(&Event)>,
+    /// How long a channel nobody uses (no feed, no receipt or presence follower, no waiting
+    /// push, no publish in flight) stays in memory before it is unloaded; see [`IDLE_CHANNEL`].
+    pub idle_channel: Duration,
+    /// A channel whose ledger still waits for receipts of an event published less than this long
+    /// ago stays loaded, so that the event's completion is noticed live (the webhook, the
+    /// receipt stream). Set it to at least the webhook's receipt timeout; see [`KEEP_INCOMPLETE`].
+    pub keep_incomplete: Duration,
 }
 
 impl Default for HubConfig {
     fn default() -> Self {
-        HubConfig { subscriber_buffer: 1024, replay_page: 256, ack_timeout: None, max_deliveries: 5, on_publish: None }
+        HubConfig {
+            subscriber_buffer: 1024,
+            replay_page: 256,
+            ack_timeout: None,
+            max_deliveries: 5,
+            on_publish: None,
+            idle_channel: IDLE_CHANNEL,
+            keep_incomplete: KEEP_INCOMPLETE,
+        }
     }
 }
 
@@ -132,11 +151,15 @@ impl ReceiptSummary {
     }
 }
 
-/// How many presence changes per channel are kept for replay.
-const PRESENCE_HISTORY: usize = 1000;
-/// Live receipt and presence notices buffered per channel for slow stream readers, who fall
-/// back to the store (receipts) or lose the oldest changes (presence) past it.
-const NOTICE_BUFFER: usize = 1024;
+/// How long an unused channel stays loaded by default. Anyone can touch any channel name, so a
+/// channel must leave memory on its own; a minute spares a channel used now and then (a
+/// reconnecting phone, a periodic publisher) the store reads of loading it again, and keeps what
+/// a flood of fresh names can hold to what it touched in the last minute or so.
+pub const IDLE_CHANNEL: Duration = Duration::from_secs(60);
+/// How long, by default, a channel stays loaded for an event still owed receipts: the server's
+/// default receipt timeout (60 s) with room to spare. Past it, a late completion is not noticed
+/// live; the store still has every receipt and the summary says complete.
+pub const KEEP_INCOMPLETE: Duration = Duration::from_secs(300);
 /// How long events may wait behind a missing id before the sequencer reads the gap from the
 /// store, releases what it finds there and skips the ids it does not. A missing id is nearly
 /// always an append still finishing (ids are given in order and an event is applied only once
@@ -151,10 +174,24 @@ pub const GAP_WAIT: Duration = Duration::from_secs(2);
 pub struct Hub<S> {
     store: S,
     config: HubConfig,
-    // Channel hubs are never removed: a publish holds its channel's sequencer across the store
-    // append, and a second sequencer for the same channel would hold later events back for
-    // `GAP_WAIT` waiting for that event (and its subscribers would miss it live).
+    // Loaded channels. One is unloaded (`unload_idle`) only when nothing but this map holds it:
+    // a publish holds its channel across the store append, so none is in flight then, and a
+    // channel loaded again reads a head that every released event is under (a second
+    // sequencer beside a publish still holding the first would hold later events back for
+    // `GAP_WAIT`).
     channels: Mutex<HashMap<ChannelName, Arc<ChannelHub>>>,
+    // Bumped (under the `channels` lock) whenever a channel is unloaded: a load that read the
+    // store before an unload reads it again, so it never installs a state older than the one
+    // unloaded.
+    unloads: AtomicU64,
+    // The greatest presence `seq` an unloaded channel had given out: a channel loaded again
+    // numbers its changes above it, so a presence follower resuming from an earlier life of the
+    // channel misses nothing new.
+    presence_floor: AtomicU64,
+    // What `ChannelHub::last_used` counts from (tokio's clock, which tests can pause).
+    epoch: Instant,
+    // Whether the task that unloads idle channels runs.
+    reaper: AtomicBool,
     live_devices: Mutex<HashMap<(ChannelName, DeviceId), Arc<LiveDevice>>>,
     next_subscriber: AtomicU64,
     observers: Observers,
@@ -170,11 +207,28 @@ struct ChannelHub {
     subscriber_count: AtomicUsize,
     // Apart from `state`, so receipts never contend with fan-out.
     ledger: Mutex<ChannelLedger>,
-    // Made when someone first follows them: a broadcast buffer is allocated whole, and most
-    // channels are never followed.
-    receipts: std::sync::OnceLock<broadcast::Sender<ReceiptNotice>>,
-    presence: std::sync::OnceLock<broadcast::Sender<PresenceChange>>,
-    presence_log: Mutex<(u64, VecDeque<PresenceChange>)>,
+    // Made when first needed and growing only with use: most channels are never followed.
+    receipts: OnceLock<Arc<ReceiptLive>>,
+    presence: OnceLock<Arc<PresenceLog>>,
+    // Where this channel's presence numbering starts (see `Hub::presence_floor`).
+    presence_floor: u64,
+    // Milliseconds from `Hub::epoch` to the last use; refreshed by every load and by the reaper
+    // while something holds the channel.
+    last_used: AtomicU64,
+    // When the newest event was applied, in the same milliseconds.
+    last_published: AtomicU64,
+}
+
+impl Drop for ChannelHub {
+    fn drop(&mut self) {
+        // Only the hub's own end drops a channel that is followed: the followers end.
+        if let Some(live) = self.receipts.get() {
+            live.close();
+        }
+        if let Some(log) = self.presence.get() {
+            log.close();
+        }
+    }
 }
 
 impl ChannelHub {
@@ -182,19 +236,31 @@ impl ChannelHub {
         self.ledger.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn presence_log(&self) -> &Arc<PresenceLog> {
+        self.presence.get_or_init(|| Arc::new(PresenceLog::new(self.presence_floor)))
+    }
+
+    fn receipt_live(&self) -> &Arc<ReceiptLive> {
+        self.receipts.get_or_init(Default::default)
+    }
+
     fn presence_changed(&self, device: &DeviceId, online: bool) -> PresenceChange {
-        let mut log = self.presence_log.lock().unwrap_or_else(|e| e.into_inner());
-        log.0 += 1;
-        let change = PresenceChange { seq: log.0, device: device.clone(), online, at: now() };
-        log.1.push_back(change.clone());
-        if log.1.len() > PRESENCE_HISTORY {
-            log.1.pop_front();
+        self.presence_log().record(|seq| PresenceChange { seq, device: device.clone(), online, at: now() })
+    }
+
+    /// Whether something besides the hub's map uses this channel, or its ledger still waits for
+    /// receipts of an event published within `keep_incomplete` (as of `now`). Called under
+    /// the map's lock, where no new use can begin.
+    fn in_use(self: &Arc<Self>, now: u64, keep_incomplete: Duration) -> bool {
+        let followed = |count: Option<usize>| count.is_some_and(|n| n > 1);
+        if Arc::strong_count(self) > 1
+            || followed(self.receipts.get().map(Arc::strong_count))
+            || followed(self.presence.get().map(Arc::strong_count))
+        {
+            return true;
         }
-        // No receiver is fine: nobody is following presence.
-        if let Some(followers) = self.presence.get() {
-            let _ = followers.send(change.clone());
-        }
-        change
+        let published = self.last_published.load(Ordering::Relaxed);
+        now.saturating_sub(published) < millis(keep_incomplete) && self.ledger().incomplete()
     }
 }
 
@@ -315,6 +381,10 @@ impl<S: Store> Hub<S> {
             store,
             config,
             channels: Mutex::default(),
+            unloads: AtomicU64::new(0),
+            presence_floor: AtomicU64::new(0),
+            epoch: Instant::now(),
+            reaper: AtomicBool::new(false),
             live_devices: Mutex::default(),
             next_subscriber: AtomicU64::new(1),
             observers: Observers::default(),
@@ -341,18 +411,42 @@ impl<S: Store> Hub<S> {
         &self.store
     }
 
+    /// Milliseconds since the hub started, on tokio's clock.
+    fn clock(&self) -> u64 {
+        millis(Instant::now().saturating_duration_since(self.epoch))
+    }
+
+    /// The channel's state if it is loaded, marked as used now.
+    fn loaded(&self, name: &ChannelName) -> Option<Arc<ChannelHub>> {
+        let hub = self.channels.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned()?;
+        hub.last_used.store(self.clock(), Ordering::Relaxed);
+        Some(hub)
+    }
+
+    /// The channel's state, loaded from the store if it is not in memory.
     async fn channel(&self, name: &ChannelName) -> Result<Arc<ChannelHub>, StoreError> {
-        if let Some(hub) = self.channels.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
-            return Ok(hub.clone());
-        }
-        // Every append goes through an existing channel hub, so no append of this channel is in
-        // flight now and the store's head is exactly what has been released.
-        let head = self.store.head(name).await?;
-        let recipients: Vec<Membership> =
-            self.store.memberships(name).await?.into_iter().filter(Membership::is_current).collect();
-        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        let hub = channels.entry(name.clone()).or_insert_with(|| {
-            Arc::new(ChannelHub {
+        loop {
+            let unloads = self.unloads.load(Ordering::SeqCst);
+            if let Some(hub) = self.loaded(name) {
+                return Ok(hub);
+            }
+            // Every append goes through a loaded channel, which stays loaded while the append
+            // is in flight, so none is in flight now and the store's head is exactly what has
+            // been released. Waits and completion notices of events published before an unload
+            // are answered from the store (`wait_for_receipts`, `receipt_summary`).
+            let head = self.store.head(name).await?;
+            let recipients: Vec<Membership> =
+                self.store.memberships(name).await?.into_iter().filter(Membership::is_current).collect();
+            let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(hub) = channels.get(name) {
+                hub.last_used.store(self.clock(), Ordering::Relaxed);
+                return Ok(hub.clone());
+            }
+            if self.unloads.load(Ordering::SeqCst) != unloads {
+                // An unload came between the reads and now; they may predate its last changes.
+                continue;
+            }
+            let hub = Arc::new(ChannelHub {
                 name: name.clone(),
                 state: Mutex::new(ChannelState {
                     last_released: head,
@@ -363,12 +457,77 @@ impl<S: Store> Hub<S> {
                 }),
                 subscriber_count: AtomicUsize::new(0),
                 ledger: Mutex::new(ChannelLedger::new(recipients)),
-                receipts: std::sync::OnceLock::new(),
-                presence: std::sync::OnceLock::new(),
-                presence_log: Mutex::default(),
-            })
+                receipts: OnceLock::new(),
+                presence: OnceLock::new(),
+                presence_floor: self.presence_floor.load(Ordering::SeqCst),
+                last_used: AtomicU64::new(self.clock()),
+                last_published: AtomicU64::new(0),
+            });
+            channels.insert(name.clone(), hub.clone());
+            drop(channels);
+            self.start_reaper();
+            return Ok(hub);
+        }
+    }
+
+    /// How many channels are loaded (in memory) now.
+    pub fn loaded_channels(&self) -> usize {
+        self.channels.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Unloads every channel that nothing uses and that has not been used for
+    /// [`HubConfig::idle_channel`]; returns how many went. A task of the hub's runs it every
+    /// quarter of that period, so a channel leaves memory between one and one and a quarter
+    /// periods after its last use.
+    pub fn unload_idle(&self) -> usize {
+        let now = self.clock();
+        let idle = millis(self.config.idle_channel);
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let before = channels.len();
+        let mut floor = 0;
+        channels.retain(|_, hub| {
+            if hub.in_use(now, self.config.keep_incomplete) {
+                // Idle time counts from when the last use ended.
+                hub.last_used.store(now, Ordering::Relaxed);
+                return true;
+            }
+            if now.saturating_sub(hub.last_used.load(Ordering::Relaxed)) < idle {
+                return true;
+            }
+            floor = floor.max(hub.presence.get().map_or(0, |log| log.seq()));
+            false
         });
-        Ok(hub.clone())
+        let gone = before - channels.len();
+        if gone > 0 {
+            self.presence_floor.fetch_max(floor, Ordering::SeqCst);
+            self.unloads.fetch_add(1, Ordering::SeqCst);
+            // A burst of fresh channels left a large table behind.
+            if channels.capacity() > 2 * channels.len() + 64 {
+                channels.shrink_to_fit();
+            }
+        }
+        gone
+    }
+
+    /// Starts, once, the task that unloads idle channels. It holds the hub weakly and ends
+    /// with it.
+    fn start_reaper(&self) {
+        if self.reaper.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        if self.reaper.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let me = self.me.clone();
+        let period = (self.config.idle_channel / 4).max(Duration::from_millis(10));
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(this) = me.upgrade() else { return };
+                this.unload_idle();
+            }
+        });
     }
 
     /// Appends an event to the store, then applies it (see [`Hub::apply_published`]): delivers
@@ -418,6 +577,7 @@ impl<S: Store> Hub<S> {
 
     fn apply_published_to(&self, hub: &Arc<ChannelHub>, event: Arc<Event>) {
         let id = event.id;
+        hub.last_published.store(self.clock(), Ordering::Relaxed);
         // Followed before it is released, so no receipt can arrive before the ledger knows it.
         let tracked = hub.ledger().track(id);
         if let (Some(_), Some(on_publish)) = (tracked, self.config.on_publish) {
@@ -735,18 +895,20 @@ impl<S: Store> Hub<S> {
     /// # Errors
     /// The store's error when the channel's state cannot be loaded.
     pub async fn apply_receipt(&self, receipt: &Receipt) -> Result<Option<Completion>, StoreError> {
-        let hub = self.channel(&receipt.channel).await?;
         if let Some(live) = self.live_device(&receipt.channel, &receipt.device) {
             live.delivered.fetch_max(receipt.event_id, Ordering::Relaxed);
         }
-        let completed = hub.ledger().acknowledge(receipt.event_id, &receipt.device);
         self.observers.send(|| HubNotice::Receipt(receipt.clone()));
+        // A channel that is not loaded has nobody following or waiting and no event in its
+        // ledger (a loaded ledger starts empty): there is nothing to tell it, and loading it
+        // would cost store reads and memory per receipt.
+        let Some(hub) = self.loaded(&receipt.channel) else { return Ok(None) };
+        let completed = hub.ledger().acknowledge(receipt.event_id, &receipt.device);
         if let Some(done) = completed {
             self.observers.send(|| HubNotice::completed(&hub.name, done));
         }
-        // No receiver is fine: nobody is following receipts.
-        if let Some(followers) = hub.receipts.get() {
-            let _ = followers.send(ReceiptNotice { receipt: receipt.clone(), completed });
+        if let Some(live) = hub.receipts.get() {
+            live.announce(receipt.seq, completed);
         }
         Ok(completed)
     }
@@ -851,27 +1013,20 @@ impl<S: Store> Hub<S> {
         channel: &ChannelName,
         after: Option<u64>,
     ) -> Result<ReceiptFollow<S>, StoreError> {
-        let live = self.channel(channel).await?.receipts.get_or_init(|| broadcast::channel(NOTICE_BUFFER).0).subscribe();
-        // Read after subscribing: every receipt beyond this head is heard of live.
+        let hub = self.channel(channel).await?;
+        let follow = ReceiptFollow::new(self.store.clone(), channel.clone(), hub.receipt_live().clone(), after);
+        // Read once listening: every receipt beyond this head is heard of live.
         let head = self.store.receipt_head(channel).await?;
-        Ok(ReceiptFollow::new(self.store.clone(), channel.clone(), live, head, after))
+        Ok(follow.starting_after(head))
     }
 
     /// The presence changes kept for `channel` after `after`, and live changes from then on.
     ///
     /// # Errors
     /// The store's error when the channel cannot be opened.
-    pub async fn follow_presence(
-        &self,
-        channel: &ChannelName,
-        after: u64,
-    ) -> Result<(Vec<PresenceChange>, broadcast::Receiver<PresenceChange>), StoreError> {
+    pub async fn follow_presence(&self, channel: &ChannelName, after: u64) -> Result<PresenceFollow, StoreError> {
         let hub = self.channel(channel).await?;
-        let log = hub.presence_log.lock().unwrap_or_else(|e| e.into_inner());
-        // Subscribed under the log's lock: no change falls between the replay and the live feed.
-        let live = hub.presence.get_or_init(|| broadcast::channel(NOTICE_BUFFER).0).subscribe();
-        let replay = log.1.iter().filter(|c| c.seq > after).cloned().collect();
-        Ok((replay, live))
+        Ok(PresenceFollow::new(hub.presence_log().clone(), after))
     }
 
     /// Who acknowledged, got, or has not yet got one event.
@@ -1118,5 +1273,31 @@ impl<S: Store> Drop for Subscription<S> {
                 let _ = store.touch_device(touch).await;
             });
         }
+    }
+}
+
+/// A duration in whole milliseconds, saturating.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    #[tokio::test]
+    async fn a_device_leaves_the_live_map_with_its_last_stream() {
+        let hub = Hub::new(MemoryStore::default(), HubConfig::default());
+        let (c, device) = (ChannelName::new("C").unwrap(), DeviceId::new("H1").unwrap());
+        let request = SubscribeRequest { device: Some(device.clone()), ..SubscribeRequest::default() };
+        let first = hub.subscribe(&c, request.clone()).await.unwrap();
+        let second = hub.subscribe(&c, request).await.unwrap();
+        let live = || hub.live_devices.lock().unwrap().len();
+        assert_eq!(live(), 1);
+        drop(first);
+        assert_eq!(live(), 1, "still online on its second stream");
+        drop(second);
+        assert_eq!(live(), 0);
     }
 }

@@ -70,6 +70,9 @@ pub(crate) struct ChannelLedger {
     /// all of them, which spares a scan per publish.
     latest_join: u64,
     pub(crate) open: BTreeMap<u64, OpenEvent>,
+    /// How many of `open` still wait for an expected recipient: asked of every idle channel
+    /// by the hub's unloading, so counted rather than searched for.
+    incomplete: usize,
 }
 
 impl ChannelLedger {
@@ -124,8 +127,11 @@ impl ChannelLedger {
             self.recipients.values().filter(|m| m.expects(id)).count()
         };
         self.open.insert(id, OpenEvent { expected, acked_expected: 0, acked: HashSet::new(), changed: None });
+        self.incomplete += usize::from(expected > 0);
         while self.open.len() > TRACKED_EVENTS {
-            self.open.pop_first();
+            if let Some((_, gone)) = self.open.pop_first() {
+                self.incomplete -= usize::from(gone.acked_expected < gone.expected);
+            }
         }
         if let Some(&oldest) = self.open.keys().next() {
             self.departed.retain(|m| m.left_after.is_some_and(|left| left >= oldest));
@@ -147,7 +153,15 @@ impl ChannelLedger {
             return None;
         }
         open.acked_expected += 1;
-        (open.acked_expected == open.expected).then_some(Completion { event_id: id, expected: open.expected })
+        let completed = open.acked_expected == open.expected;
+        self.incomplete -= usize::from(completed);
+        completed.then_some(Completion { event_id: id, expected: open.expected })
+    }
+
+    /// Whether some followed event still waits for a receipt from an expected recipient.
+    pub(crate) fn incomplete(&self) -> bool {
+        debug_assert_eq!(self.incomplete, self.open.values().filter(|o| o.acked_expected < o.expected).count());
+        self.incomplete > 0
     }
 
     /// Whether `device` still owes a receipt for `id` (false for events no longer followed).
@@ -176,12 +190,14 @@ mod tests {
         assert_eq!(ledger.track(3), Some(2));
         let (a, b, late) = (DeviceId::new("A").unwrap(), DeviceId::new("B").unwrap(), DeviceId::new("Late").unwrap());
         assert!(ledger.owes(3, &a) && !ledger.owes(3, &late));
+        assert!(ledger.incomplete());
         assert_eq!(ledger.acknowledge(3, &late), None, "not expected: no completion");
         assert!(ledger.open[&3].satisfies(WaitFor::AtLeast(1)));
         assert_eq!(ledger.acknowledge(3, &a), None);
         assert_eq!(ledger.acknowledge(3, &a), None, "a second receipt changes nothing");
         assert_eq!(ledger.acknowledge(3, &b), Some(Completion { event_id: 3, expected: 2 }));
         assert!(ledger.open[&3].satisfies(WaitFor::All));
+        assert!(!ledger.incomplete());
         assert_eq!(ledger.acknowledge(99, &a), None);
     }
 

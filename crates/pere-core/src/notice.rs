@@ -16,7 +16,8 @@ use crate::receipt::{Membership, Receipt};
 /// A device going online or offline on a channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresenceChange {
-    /// Position in the channel's presence stream (per node, from 1).
+    /// Position in the channel's presence stream (per node, increasing; from 1 on a fresh node,
+    /// and above every earlier position when a channel is loaded again).
     pub seq: u64,
     /// The device.
     pub device: DeviceId,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pere_core::event::{now, Event};
-use pere_core::hub::{ReceiptSummary, GAP_WAIT};
+use pere_core::hub::{ReceiptSummary, GAP_WAIT, IDLE_CHANNEL, KEEP_INCOMPLETE};
 use pere_core::store::Store as _;
 use pere_core::{
     ChannelName, DeviceId, FeedItem, Hub, HubConfig, HubNotice, MemoryStore, NewEvent, ReceiptFollow, ReceiptItem,
@@ -406,13 +406,116 @@ async fn the_receipt_follow_replays_page_by_page_then_goes_live_and_resumes() {
 async fn a_receipt_follower_that_falls_behind_the_live_notices_ends_as_lagged() {
     let hub = hub();
     let c = ch("R");
-    hub.publish(&c, text("x")).await.unwrap();
+    hub.register(&c, &dev("H1")).await.unwrap();
     let mut follow = hub.follow_receipts(&c, None).await.unwrap();
-    for _ in 0..1100 {
-        hub.acknowledge(&c, 1, &dev("H1"), "ok".into()).await.unwrap();
+    // Receipts alone never put a follower behind (it reads them from the store); completions,
+    // which are live only, do once more wait than the channel keeps.
+    for _ in 0..pere_core::follow::COMPLETION_BUFFER + 10 {
+        let id = hub.publish(&c, text("x")).await.unwrap().event.id;
+        hub.acknowledge(&c, id, &dev("H1"), "ok".into()).await.unwrap();
     }
     assert!(timeout(Duration::from_secs(5), follow.next()).await.unwrap().is_none());
     assert!(follow.lagged());
+}
+
+/// Touches `c` the way an anonymous client can: follows its receipts and presence, publishes once.
+async fn check_touch(hub: &Arc<Hub<MemoryStore>>, c: &ChannelName) {
+    drop(hub.follow_receipts(c, None).await.unwrap());
+    drop(hub.follow_presence(c, 0).await.unwrap());
+    hub.publish(c, text("x")).await.unwrap();
+}
+
+/// Lets the hub's unloading task run `periods` times (a quarter of `IDLE_CHANNEL` each).
+async fn check_idle_for(periods: u32) {
+    for _ in 0..periods {
+        tokio::time::advance(IDLE_CHANNEL / 4).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_channels_leave_memory_and_used_ones_stay() {
+    let hub = hub();
+    for i in 0..100 {
+        check_touch(&hub, &ch(&format!("T{i}"))).await;
+    }
+    let watched = ch("Watched");
+    let sub = hub.subscribe(&watched, from(None, None)).await.unwrap();
+    let followed = ch("Followed");
+    let follow = hub.follow_receipts(&followed, None).await.unwrap();
+    let presence = ch("Presence");
+    let presence_follow = hub.follow_presence(&presence, 0).await.unwrap();
+    // An event that waits for a receipt keeps its channel loaded, so its completion is heard.
+    let owed = ch("Owed");
+    hub.register(&owed, &dev("H1")).await.unwrap();
+    hub.publish(&owed, text("x")).await.unwrap();
+    assert_eq!(hub.loaded_channels(), 104);
+
+    check_idle_for(3).await;
+    assert_eq!(hub.loaded_channels(), 104, "not idle long enough yet");
+    check_idle_for(3).await;
+    assert_eq!(hub.loaded_channels(), 4, "the idle ones went; a feed, two followers and an owed event keep theirs");
+    drop((sub, follow, presence_follow));
+    check_idle_for(3).await;
+    assert_eq!(hub.loaded_channels(), 4, "idle time counts from the end of the last use");
+    check_idle_for(3).await;
+    assert_eq!(hub.loaded_channels(), 1, "only the owed event's channel is left");
+    let keep = u32::try_from(KEEP_INCOMPLETE.as_secs() / (IDLE_CHANNEL.as_secs() / 4)).unwrap();
+    check_idle_for(keep).await;
+    assert_eq!(hub.loaded_channels(), 0, "an owed event holds its channel for a bounded time");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_channel_loaded_again_keeps_its_ids_recipients_resume_and_presence_numbering() {
+    let hub = hub();
+    let c = ch("Again");
+    let (h1, h2) = (dev("H1"), dev("H2"));
+    hub.register(&c, &h1).await.unwrap();
+    let sub = hub.subscribe(&c, from(None, Some("H2"))).await.unwrap();
+    drop(sub);
+    for i in 1..=3 {
+        hub.publish(&c, text(&format!("e{i}"))).await.unwrap();
+    }
+    for id in 1..=3 {
+        hub.acknowledge(&c, id, &h2, "ok".into()).await.unwrap();
+    }
+    hub.acknowledge(&c, 1, &h1, "ok".into()).await.unwrap();
+    let presence_before = {
+        let mut follow = hub.follow_presence(&c, 0).await.unwrap();
+        let mut last = 0;
+        for _ in 0..2 {
+            last = follow.next().await.unwrap().seq;
+        }
+        last
+    };
+    check_idle_for(KEEP_INCOMPLETE.as_secs() as u32 / 15 + 6).await;
+    assert_eq!(hub.loaded_channels(), 0);
+
+    assert_eq!(hub.publish(&c, text("e4")).await.unwrap().event.id, 4, "ids continue");
+    let summary = hub.receipt_summary(&c, 4).await.unwrap();
+    assert_eq!(summary.expected, 2, "both recipients are expected of an event after the reload");
+    // H1 resumes from its last acknowledged event.
+    let mut sub = hub.subscribe(&c, from(None, Some("H1"))).await.unwrap();
+    for expected in 2..=4 {
+        assert_eq!(next_id(&mut sub).await, expected);
+    }
+    // The ledger follows new events again: the last receipt completes event 4, live.
+    let mut follow = hub.follow_receipts(&c, None).await.unwrap();
+    hub.acknowledge(&c, 4, &h2, "ok".into()).await.unwrap();
+    hub.acknowledge(&c, 4, &h1, "ok".into()).await.unwrap();
+    next_receipt(&mut follow).await;
+    next_receipt(&mut follow).await;
+    assert_eq!(next_receipt(&mut follow).await, ReceiptItem::Completed { channel: c.clone(), event_id: 4, expected: 2 });
+    assert!(hub.wait_for_receipts(&c, 4, WaitFor::All, Duration::from_secs(1)).await.unwrap());
+    // An event from before the unload is judged from the store.
+    assert!(!hub.wait_for_receipts(&c, 2, WaitFor::All, Duration::from_secs(1)).await.unwrap());
+    assert!(hub.wait_for_receipts(&c, 1, WaitFor::All, Duration::from_secs(1)).await.unwrap());
+    // Presence numbering continues above what the channel gave out before.
+    let mut presence = hub.follow_presence(&c, presence_before).await.unwrap();
+    let change = presence.next().await.unwrap();
+    assert!(change.seq > presence_before && change.online, "{change:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

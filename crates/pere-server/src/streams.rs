@@ -9,7 +9,6 @@ use futures_util::StreamExt;
 use pere_core::notice::PresenceChange;
 use pere_core::wire::{to_json, CompletionJson, PresenceJson, ReceiptJson};
 use pere_core::{sse, ChannelName, DeviceId, Receipt, ReceiptItem, Store, SubscribeRequest, Subscription};
-use tokio::sync::broadcast::error::RecvError;
 
 use crate::activity;
 use crate::error::ApiError;
@@ -111,15 +110,14 @@ pub async fn presence<S: Store>(
     after: Option<u64>,
     context: StreamContext,
 ) -> Result<SseBody, ApiError> {
-    let (replay, live) = state.hub.follow_presence(&channel, after.unwrap_or(0)).await?;
-    let replay: Vec<_> = replay.iter().map(|c| Ok(presence_frame(c))).collect();
-    let live = futures_util::stream::unfold(live, |mut live| async move {
-        match live.recv().await {
-            Ok(change) => Some((Ok(presence_frame(&change)), live)),
-            Err(RecvError::Lagged(_)) => Some((Err(EndReason::Lagged), live)),
-            Err(RecvError::Closed) => None,
+    let follow = state.hub.follow_presence(&channel, after.unwrap_or(0)).await?;
+    let frames = futures_util::stream::unfold(follow, |mut follow| async move {
+        match follow.next().await {
+            Some(change) => Some((Ok(presence_frame(&change)), follow)),
+            None if follow.lagged() => Some((Err(EndReason::Lagged), follow)),
+            None => None,
         }
-    });
-    let frames = futures_util::stream::iter(replay).chain(live).boxed();
+    })
+    .boxed();
     Ok(SseBody::frames(frames, format!("{channel} presence"), None, context))
 }

@@ -10,26 +10,33 @@
 //!   table in the same transaction, so pruning every event never resets a sequence. A batch that
 //!   fails rolls back whole: its callers all get the error and no id is consumed.
 //! - **Reads** use read-only connections from a small pool, on tokio's blocking threads; WAL lets
-//!   them run beside the writer. The committed head, the oldest retained id and the newest few
-//!   events of each channel are also kept in memory (updated after each commit), so `head` and
-//!   tail replays never touch the disk.
-//! - **Retention** is enforced by the writer in bounded chunks: right after appends, in the same
-//!   transaction, and by a sweep over every channel each [`SqliteOptions::prune_interval`].
-//!   Receipts go with their events (they are also the receipt stream, by `seq`); device records
-//!   and recipient memberships are the ledger and are kept.
+//!   them run beside the writer. The committed head and the oldest retained id of each channel
+//!   are also kept in memory (updated after each commit), so `head` never touches the disk, and
+//!   so are the newest events of channels recently appended to, within one byte budget for all
+//!   channels ([`SqliteOptions::recent_bytes`]), so most tail replays do not either.
+//! - **Retention** is enforced by the writer in bounded chunks, at a cost in proportion to what
+//!   is pruned, not to the number of channels: the count limit right after appends, in the same
+//!   transaction; the age limit by an index of each channel's oldest retained event time, so the
+//!   writer wakes when the oldest of them expires and visits only the channels that have
+//!   something to prune (an idle server with many channels does no work). At open, one pass
+//!   over every channel applies a retention shortened since the last run. Receipts go with their
+//!   events (they are also the receipt stream, by `seq`); device records and recipient
+//!   memberships are the ledger and are kept.
 //! - **Device records** (presence and per-device counters) change with every receipt and feed
 //!   connection. The writer keeps them in memory, where readers see each change as soon as it
 //!   commits, and writes the changed ones back in one transaction every [`DEVICE_WRITE_BACK`],
 //!   recording in `state` the last receipt folded in. Receipts themselves are committed before
 //!   they are answered, so after a crash the receipts past that mark are folded in again at
-//!   open: only connection touches of the last moment are lost.
+//!   open: only connection touches of the last moment are lost. Once written back, the least
+//!   recently changed records beyond [`SqliteOptions::device_records`] leave memory; a record
+//!   not in memory is read from disk, by readers and by the writer when it changes again.
 //! - **Checkpoints** (copying the WAL back into the database, with its syncs) run on a thread
 //!   of their own every [`CHECKPOINT_INTERVAL`], off the path of writes waiting for a commit.
 //!
 //! One process per data directory: the writer trusts its in-memory heads.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -68,8 +75,13 @@ const PRUNE_CHUNK: u64 = 2048;
 /// Channels visited per sweep step at most; each costs an indexed lookup even with nothing to prune.
 const SWEEP_CHANNELS: usize = 256;
 
-/// The shortest sweep period honoured: a zero interval would keep the writer spinning.
+/// The shortest time between two age sweeps honoured: a zero interval would keep the writer
+/// spinning.
 const MIN_PRUNE_INTERVAL: Duration = Duration::from_millis(10);
+
+/// How long the writer sleeps at most when nothing is due: a bound in case the wall clock, by
+/// which events expire, jumps; waking costs nothing when nothing is due.
+const IDLE_WAKE: Duration = Duration::from_secs(60);
 
 /// Idle read connections kept; more are opened under load and closed when they come back.
 const MAX_IDLE_READERS: usize = 8;
@@ -207,8 +219,17 @@ pub struct SqliteOptions {
     pub retention: Retention,
     /// Newest events kept in memory per channel, so tail replays skip the disk (0: none).
     pub recent_events: usize,
-    /// How often the writer looks at every channel for events to prune, which matters for age
-    /// retention on channels nobody publishes to.
+    /// Device records kept in memory once written back (the least recently changed go first;
+    /// they are read from disk when needed). Records changed since the last write-back are
+    /// always kept, so the book can exceed this by what changes within [`DEVICE_WRITE_BACK`].
+    pub device_records: usize,
+    /// Bytes of events kept in memory, all channels together (bodies and frames; 0: none).
+    /// Past it, the oldest cached events of the channels appended to least recently go first;
+    /// a read of what is not cached goes to disk.
+    pub recent_bytes: usize,
+    /// The shortest time between two sweeps for expired events (age retention on channels
+    /// nobody publishes to): expiries that fall closer together are pruned together. The sweep
+    /// visits only the channels whose oldest event has expired.
     pub prune_interval: Duration,
 }
 
@@ -219,6 +240,13 @@ impl Default for SqliteOptions {
             retention: Retention::default(),
             // One hub replay page: a resuming subscriber that is a little behind reads memory.
             recent_events: 256,
+            // Enough for the tails of thousands of busy channels of small events; without a
+            // global cap, 100 channels of 64 KiB events held 4 GB.
+            recent_bytes: 64 << 20,
+            // About 40 MB of records (some 400 bytes each): far more devices than are active
+            // within a minute on most servers, few enough that a stream of made-up device ids
+            // cannot grow the process.
+            device_records: 100_000,
             prune_interval: Duration::from_secs(1),
         }
     }
@@ -260,6 +288,8 @@ struct Shared {
     // The seq of the newest committed receipt; changed by the writer only.
     last_receipt: AtomicU64,
     transactions: AtomicU64,
+    // Channels the pruning sweep has looked at, for tests of its cost.
+    visited: AtomicU64,
     closing: AtomicBool,
 }
 
@@ -270,25 +300,158 @@ struct ChannelMeta {
     first: u64,
     /// The newest retained events, contiguous and ending at `head` (possibly empty).
     recent: VecDeque<Arc<Event>>,
+    /// Under which time (milliseconds) the writer's age index files this channel: never later
+    /// than its oldest retained event's. `None` when it is not in the index (nothing retained,
+    /// or no age retention).
+    age_key: Option<i64>,
+    /// The bytes `recent` holds, as [`cached_size`] counts them.
+    recent_bytes: usize,
+    /// Where `recent` stands in the cache's order of last appends (0: it is empty).
+    recent_stamp: u64,
 }
 
-/// Every device record read or changed since the store opened, as last committed.
+impl ChannelMeta {
+    fn new(head: u64, first: u64, age_key: Option<i64>) -> Self {
+        ChannelMeta { head, first, recent: VecDeque::new(), age_key, recent_bytes: 0, recent_stamp: 0 }
+    }
+
+    /// Drops the oldest cached event; returns its size.
+    fn uncache_oldest(&mut self) -> usize {
+        let size = self.recent.pop_front().map_or(0, |event| cached_size(&event));
+        self.recent_bytes -= size;
+        size
+    }
+}
+
+/// An event larger than this part of [`SqliteOptions::recent_bytes`] is not cached.
+const LARGEST_CACHED: usize = 16;
+
+/// What a cached event costs in memory, about: the event, its body and key, and its frame.
+fn cached_size(event: &Event) -> usize {
+    std::mem::size_of::<Event>()
+        + 2 * std::mem::size_of::<usize>()
+        + event.body.len()
+        + event.frame().len()
+        + event.idempotency_key.as_ref().map_or(0, String::len)
+}
+
+/// The writer's account of the recent-event cache across channels: how many bytes it holds and
+/// the channels holding some, by last append.
+#[derive(Default)]
+struct RecentCache {
+    bytes: usize,
+    /// Channels with cached events by `recent_stamp`, least recently appended first.
+    order: std::collections::BTreeMap<u64, ChannelName>,
+    clock: u64,
+}
+
+impl RecentCache {
+    /// Accounts for `meta`'s cache after it changed by `added - removed` bytes; restamps it
+    /// when it was appended to.
+    fn update(&mut self, name: &ChannelName, meta: &mut ChannelMeta, added: usize, removed: usize, appended: bool) {
+        self.bytes = self.bytes + added - removed;
+        if meta.recent.is_empty() || appended {
+            self.order.remove(&meta.recent_stamp);
+            meta.recent_stamp = 0;
+        }
+        if !meta.recent.is_empty() && meta.recent_stamp == 0 {
+            self.clock += 1;
+            meta.recent_stamp = self.clock;
+            self.order.insert(self.clock, name.clone());
+        }
+    }
+
+    /// Drops the oldest cached events of the channels appended to least recently until the
+    /// cache is within `budget`.
+    fn trim(&mut self, channels: &mut HashMap<ChannelName, ChannelMeta>, budget: usize) {
+        while self.bytes > budget {
+            let Some((stamp, name)) = self.order.pop_first() else { break };
+            let Some(meta) = channels.get_mut(&name) else { continue };
+            while self.bytes > budget && !meta.recent.is_empty() {
+                self.bytes -= meta.uncache_oldest();
+            }
+            if meta.recent.is_empty() {
+                meta.recent_stamp = 0;
+            } else {
+                self.order.insert(stamp, name);
+            }
+        }
+    }
+}
+
+/// The device records changed since the store opened, as last committed, up to
+/// [`SqliteOptions::device_records`] of them once written back: past that, the least recently
+/// changed ones that are written back already are dropped (readers find them on disk).
 #[derive(Default)]
 struct DeviceBook {
-    records: HashMap<ChannelName, HashMap<DeviceId, DeviceRecord>>,
+    records: HashMap<ChannelName, HashMap<DeviceId, BookEntry>>,
+    /// How many records `records` holds.
+    len: usize,
     /// Committed but not yet written back to `devices`.
     changed: HashSet<(ChannelName, DeviceId)>,
+    /// Counts changes, for the order of `BookEntry::stamp`.
+    clock: u64,
+    /// Counts trims: a reader that read the disk before a trim may have missed a record the
+    /// trim dropped after writing it back, and reads again.
+    trims: u64,
+}
+
+struct BookEntry {
+    record: DeviceRecord,
+    /// When it last changed, in `DeviceBook::clock`.
+    stamp: u64,
 }
 
 impl DeviceBook {
     fn get(&self, channel: &ChannelName, device: &DeviceId) -> Option<&DeviceRecord> {
-        self.records.get(channel)?.get(device)
+        self.records.get(channel)?.get(device).map(|entry| &entry.record)
     }
 
     /// Takes a committed change, to be written back.
     fn change(&mut self, record: DeviceRecord) {
+        self.clock += 1;
         self.changed.insert((record.channel.clone(), record.device.clone()));
-        self.records.entry(record.channel.clone()).or_default().insert(record.device.clone(), record);
+        let entry = BookEntry { stamp: self.clock, record };
+        let devices = self.records.entry(entry.record.channel.clone()).or_default();
+        if devices.insert(entry.record.device.clone(), entry).is_none() {
+            self.len += 1;
+        }
+    }
+
+    /// Drops the least recently changed records that are written back, down to nine tenths of
+    /// `limit` when over it (a tenth of room, so trims, which look at every record, are rare).
+    fn trim(&mut self, limit: usize) {
+        if self.len <= limit {
+            return;
+        }
+        let keep = limit - limit / 10;
+        let mut clean: Vec<u64> = Vec::with_capacity(self.len);
+        for (channel, devices) in &self.records {
+            for (device, entry) in devices {
+                if !self.changed.contains(&(channel.clone(), device.clone())) {
+                    clean.push(entry.stamp);
+                }
+            }
+        }
+        let excess = self.len.saturating_sub(keep).min(clean.len());
+        if excess == 0 {
+            return;
+        }
+        // Stamps are unique: the `excess` oldest clean records are those below the threshold.
+        let threshold = if excess == clean.len() { u64::MAX } else { *clean.select_nth_unstable(excess).1 };
+        let changed = &self.changed;
+        let mut dropped = 0;
+        self.records.retain(|channel, devices| {
+            devices.retain(|device, entry| {
+                let drop = entry.stamp < threshold && !changed.contains(&(channel.clone(), device.clone()));
+                dropped += usize::from(drop);
+                !drop
+            });
+            devices.shrink_to_fit();
+            !devices.is_empty()
+        });
+        self.len -= dropped;
+        self.trims += 1;
     }
 }
 
@@ -376,7 +539,19 @@ impl SqliteStore {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn = Connection::open_with_flags(&path, flags).map_err(|err| Failure::open(&path, err))?;
         prepare_schema(&mut conn, &path, options.durability)?;
-        let channels = load_channels(&conn).map_err(|err| Failure::open(&path, err))?;
+        let mut channels = load_channels(&conn).map_err(|err| Failure::open(&path, err))?;
+        // Every channel with events, once: a retention shortened since the last run applies.
+        let sweep: Vec<ChannelName> =
+            channels.iter().filter(|(_, m)| m.first <= m.head).map(|(name, _)| name.clone()).collect();
+        let mut ages = BTreeSet::new();
+        for (name, meta) in &mut channels {
+            if options.retention.max_age.is_none() {
+                meta.age_key = None;
+            }
+            if let Some(key) = meta.age_key {
+                ages.insert((key, name.clone()));
+            }
+        }
         let last_receipt = recover_devices(&mut conn).map_err(|err| Failure::open(&path, err))?;
 
         let shared = Arc::new(Shared {
@@ -388,6 +563,7 @@ impl SqliteStore {
             devices: Mutex::default(),
             last_receipt: AtomicU64::new(last_receipt),
             transactions: AtomicU64::new(0),
+            visited: AtomicU64::new(0),
             closing: AtomicBool::new(false),
         });
         let (commands, queue) = mpsc::channel();
@@ -395,9 +571,10 @@ impl SqliteStore {
             conn,
             shared: shared.clone(),
             queue,
-            sweep: Vec::new(),
-            // Sweep at once: events may have expired while the server was down.
+            sweep,
+            ages,
             next_sweep: Instant::now(),
+            cache: RecentCache::default(),
             next_write_back: Instant::now() + DEVICE_WRITE_BACK,
             closers: Vec::new(),
         };
@@ -681,13 +858,17 @@ fn start_checkpointer(path: &Path) -> Result<(mpsc::Sender<()>, thread::JoinHand
 /// The committed state of every channel, for the writer's heads and the readers' fast paths.
 fn load_channels(conn: &Connection) -> rusqlite::Result<HashMap<ChannelName, ChannelMeta>> {
     let mut stmt = conn.prepare(
-        "SELECT name, head, (SELECT MIN(id) FROM events WHERE events.channel = channels.name) FROM channels",
+        "SELECT name, head, \
+            (SELECT MIN(id) FROM events WHERE events.channel = channels.name), \
+            (SELECT time FROM events WHERE events.channel = channels.name ORDER BY id LIMIT 1) \
+         FROM channels",
     )?;
     let rows = stmt.query_map([], |row| {
         let name = parse_name(row.get_ref(0)?.as_str()?, 0, ChannelName::new)?;
         let head: u64 = row.get(1)?;
         let first: Option<u64> = row.get(2)?;
-        Ok((name, ChannelMeta { head, first: first.unwrap_or(head + 1), recent: VecDeque::new() }))
+        let age_key: Option<i64> = row.get(3)?;
+        Ok((name, ChannelMeta::new(head, first.unwrap_or(head + 1), age_key)))
     })?;
     rows.collect()
 }
@@ -874,19 +1055,24 @@ impl Store for SqliteStore {
     async fn devices(&self, channel: &ChannelName) -> Result<Vec<DeviceRecord>, StoreError> {
         let channel = channel.clone();
         let shared = self.inner.shared.clone();
-        self.read_disk(move |conn| {
+        self.read_disk(move |conn| loop {
+            let trims = shared.book().trims;
             let mut stmt = conn.prepare_cached(select_device!("WHERE channel = ?1 ORDER BY device"))?;
             let rows = stmt.query_map([channel.as_str()], |row| device_from_row(&channel, row))?;
             let mut records: Vec<DeviceRecord> = rows.collect::<rusqlite::Result<_>>()?;
             // The book is at least as new as the disk for every device it holds, and holds the
-            // devices not written back yet.
+            // devices not written back yet; what it dropped since the disk was read may be newer
+            // than what was read, so a trim in between means reading again.
             let book = shared.book();
+            if book.trims != trims {
+                continue;
+            }
             if let Some(known) = book.records.get(&channel) {
                 records.retain(|record| !known.contains_key(&record.device));
-                records.extend(known.values().cloned());
+                records.extend(known.values().map(|entry| entry.record.clone()));
                 records.sort_by(|a, b| a.device.cmp(&b.device));
             }
-            Ok(records)
+            return Ok(records);
         })
         .await
     }
@@ -900,7 +1086,8 @@ impl Store for SqliteStore {
         let channel = channel.clone();
         let after = after.cloned();
         let shared = self.inner.shared.clone();
-        self.read_disk(move |conn| {
+        self.read_disk(move |conn| loop {
+            let trims = shared.book().trims;
             // BINARY collation orders by bytes, as `DeviceId`'s `Ord` does; "" is before every id.
             let from = after.as_ref().map_or("", |a| a.as_str());
             let mut stmt = conn.prepare_cached(select_device!("WHERE channel = ?1 AND device > ?2 ORDER BY device LIMIT ?3"))?;
@@ -910,17 +1097,25 @@ impl Store for SqliteStore {
             )?;
             let mut records: Vec<DeviceRecord> = rows.collect::<rusqlite::Result<_>>()?;
             // The book is at least as new as the disk for every device it holds, and holds the
-            // devices not written back yet: merged in, then cut to the page again.
+            // devices not written back yet: merged in, then cut to the page again. A trim since
+            // the disk was read may have dropped a record newer than what was read: read again.
             let book = shared.book();
+            if book.trims != trims {
+                continue;
+            }
             if let Some(known) = book.records.get(&channel) {
                 records.retain(|record| !known.contains_key(&record.device));
                 records.extend(
-                    known.values().filter(|r| after.as_ref().is_none_or(|a| r.device > *a)).cloned(),
+                    known
+                        .values()
+                        .map(|entry| &entry.record)
+                        .filter(|r| after.as_ref().is_none_or(|a| r.device > *a))
+                        .cloned(),
                 );
                 records.sort_by(|a, b| a.device.cmp(&b.device));
                 records.truncate(limit);
             }
-            Ok(records)
+            return Ok(records);
         })
         .await
     }
@@ -1079,10 +1274,16 @@ struct Writer {
     conn: Connection,
     shared: Arc<Shared>,
     queue: mpsc::Receiver<Command>,
-    /// Channels still to visit in the current sweep, popped from the end; channels with a
-    /// pruning backlog are pushed here too.
+    /// Channels to prune before anything else, popped from the end: every channel at open, and
+    /// channels with a pruning backlog.
     sweep: Vec<ChannelName>,
+    /// The age index: each channel with retained events under a time no later than its oldest
+    /// event's (its `ChannelMeta::age_key`), so the channels with expired events come first.
+    ages: BTreeSet<(i64, ChannelName)>,
+    /// No age sweep before this.
     next_sweep: Instant,
+    /// The recent-event cache's account across channels.
+    cache: RecentCache,
     /// When changed device records are next written back.
     next_write_back: Instant,
     /// Callers of `close`, answered once the writer has stopped.
@@ -1158,8 +1359,12 @@ impl<'a> Drafts<'a> {
             .or_insert_with(|| Draft { head: 0, first: 1, saved_head: None, appended: Vec::new() })
     }
 
-    /// Makes the committed drafts visible to readers.
-    fn publish(self, recent_events: usize) {
+    /// Makes the committed drafts visible to readers. Returns the channels that now have
+    /// retained events and were not in the age index, with the time to file them under.
+    fn publish(self, cache: &mut RecentCache) -> Vec<(i64, ChannelName)> {
+        let options = &self.shared.options;
+        let aging = options.retention.max_age.is_some();
+        let mut filed = Vec::new();
         if !self.devices.is_empty() {
             let mut book = self.shared.book();
             for record in self.devices.into_values() {
@@ -1169,17 +1374,37 @@ impl<'a> Drafts<'a> {
         self.shared.last_receipt.store(self.last_receipt, Ordering::Relaxed);
         let mut channels = self.shared.channels.write().unwrap_or_else(|e| e.into_inner());
         for (name, draft) in self.channels {
-            let meta =
-                channels.entry(name).or_insert_with(|| ChannelMeta { head: 0, first: 1, recent: VecDeque::new() });
+            let meta = channels.entry(name.clone()).or_insert_with(|| ChannelMeta::new(0, 1, None));
+            if let (true, None, Some(oldest)) = (aging, meta.age_key, draft.appended.first()) {
+                let key = oldest.time.timestamp_millis();
+                meta.age_key = Some(key);
+                filed.push((key, name.clone()));
+            }
             meta.head = draft.head;
             meta.first = draft.first;
-            meta.recent.extend(draft.appended);
-            let excess = meta.recent.len().saturating_sub(recent_events);
-            meta.recent.drain(..excess);
-            while meta.recent.front().is_some_and(|e| e.id < meta.first) {
-                meta.recent.pop_front();
+            let appended = !draft.appended.is_empty();
+            let (mut added, mut removed) = (0, 0);
+            for event in draft.appended {
+                let size = cached_size(&event);
+                if size > options.recent_bytes / LARGEST_CACHED {
+                    // Not worth the tails of many other channels; the cache stays a contiguous
+                    // run ending at the head, so it restarts after this event.
+                    while !meta.recent.is_empty() {
+                        removed += meta.uncache_oldest();
+                    }
+                    continue;
+                }
+                added += size;
+                meta.recent_bytes += size;
+                meta.recent.push_back(event);
             }
+            while meta.recent.len() > options.recent_events || meta.recent.front().is_some_and(|e| e.id < meta.first) {
+                removed += meta.uncache_oldest();
+            }
+            cache.update(&name, meta, added, removed, appended);
         }
+        cache.trim(&mut channels, options.recent_bytes);
+        filed
     }
 }
 
@@ -1240,7 +1465,12 @@ impl Writer {
             let wait = if !self.closers.is_empty() || !self.sweep.is_empty() {
                 Duration::ZERO
             } else {
-                let mut until = self.next_sweep;
+                // With nothing due the writer sleeps: an idle store costs no CPU, however many
+                // channels it holds.
+                // At most `IDLE_WAKE` though: expiry is computed on the wall clock, which may
+                // jump.
+                let idle_wake = Instant::now() + IDLE_WAKE;
+                let mut until = self.next_expiry().map_or(idle_wake, |expiry| expiry.min(idle_wake));
                 if !self.shared.book().changed.is_empty() {
                     until = until.min(self.next_write_back);
                 }
@@ -1297,7 +1527,10 @@ impl Writer {
         match written {
             // Only the writer changes the book, so nothing changed since it was read.
             Ok(()) => {
-                self.shared.book().changed.clear();
+                let mut book = self.shared.book();
+                book.changed.clear();
+                book.trim(self.shared.options.device_records);
+                drop(book);
                 self.shared.transactions.fetch_add(1, Ordering::Relaxed);
             }
             Err(_) if !self.conn.is_autocommit() => {
@@ -1334,7 +1567,8 @@ impl Writer {
         }
         match &failure {
             None => {
-                drafts.publish(self.shared.options.recent_events);
+                let filed = drafts.publish(&mut self.cache);
+                self.ages.extend(filed);
                 self.shared.transactions.fetch_add(1, Ordering::Relaxed);
             }
             // Some errors roll back by themselves; otherwise the transaction is still open.
@@ -1348,41 +1582,75 @@ impl Writer {
         }
     }
 
-    /// One bounded step of the retention sweep, in its own transaction, when one is due.
+    /// When the oldest event filed in the age index expires (no sooner than `next_sweep`);
+    /// `None` without age retention or with nothing retained.
+    fn next_expiry(&self) -> Option<Instant> {
+        let max_age = self.shared.options.retention.max_age?;
+        let (oldest, _) = self.ages.first()?;
+        let expires = oldest.saturating_add(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX));
+        let wait = u64::try_from(expires.saturating_sub(now().timestamp_millis())).unwrap_or(0);
+        // Expired exactly at `expires`: a millisecond later it is older than the cutoff.
+        Some((Instant::now() + Duration::from_millis(wait.saturating_add(1))).max(self.next_sweep))
+    }
+
+    /// Whether the age index holds a channel whose oldest event is older than `cutoff`.
+    fn expired(&self, cutoff: Option<i64>) -> bool {
+        cutoff.is_some_and(|cutoff| self.ages.first().is_some_and(|(oldest, _)| *oldest < cutoff))
+    }
+
+    /// One bounded step of pruning, in its own transaction, when there is something to prune:
+    /// the channels queued in `sweep`, then those the age index says have expired events.
     fn sweep_step(&mut self) {
+        let retention = self.shared.options.retention;
+        let cutoff = age_cutoff(&retention, now());
         if self.sweep.is_empty() {
             let start = Instant::now();
-            if start < self.next_sweep {
+            if start < self.next_sweep || !self.expired(cutoff) {
                 return;
             }
             self.next_sweep = start + self.shared.options.prune_interval.max(MIN_PRUNE_INTERVAL);
-            let channels = self.shared.channels.read().unwrap_or_else(|e| e.into_inner());
-            self.sweep = channels.iter().filter(|(_, m)| m.first <= m.head).map(|(name, _)| name.clone()).collect();
-            if self.sweep.is_empty() {
-                return;
-            }
         }
-        let retention = self.shared.options.retention;
-        let cutoff = age_cutoff(&retention, now());
         if self.conn.execute_batch("BEGIN IMMEDIATE").is_err() {
-            // Nobody to tell: the next batch meets the same trouble and reports it. The next
-            // sweep tries again.
+            // Nobody to tell: the next batch meets the same trouble and reports it. The age
+            // index is untouched, so expired channels are tried again.
             self.sweep.clear();
             return;
         }
         let mut drafts = Drafts::new(&self.shared);
         let (mut budget, mut visited, mut deleted) = (PRUNE_CHUNK, 0, 0);
+        // Taken from the age index, and where each goes back once pruned.
+        let (mut taken, mut refile) = (Vec::new(), Vec::new());
         let mut result = Ok(());
         while budget > 0 && visited < SWEEP_CHANNELS {
-            let Some(name) = self.sweep.pop() else { break };
+            let (name, aged) = match self.sweep.pop() {
+                Some(name) => (name, false),
+                None if self.expired(cutoff) => {
+                    let Some((key, name)) = self.ages.pop_first() else { break };
+                    taken.push((key, name.clone()));
+                    (name, true)
+                }
+                None => break,
+            };
             visited += 1;
+            self.shared.visited.fetch_add(1, Ordering::Relaxed);
             let Some(draft) = drafts.existing(&name) else { continue };
-            match prune_channel(&self.conn, &name, draft, &retention, cutoff, budget) {
-                Ok((gone, more)) => {
+            let pruned = prune_channel(&self.conn, &name, draft, &retention, cutoff, budget).and_then(|(gone, more)| {
+                if !aged {
+                    return Ok((gone, more, None));
+                }
+                // Filed again under its oldest remaining event (still expired if `more`).
+                let oldest = if more { taken.last().map(|(key, _)| *key) } else { oldest_time(&self.conn, &name, draft.first)? };
+                Ok((gone, more, Some(oldest)))
+            });
+            match pruned {
+                Ok((gone, more, refiled)) => {
                     budget -= gone;
                     deleted += gone;
                     if more {
-                        self.sweep.push(name);
+                        self.sweep.push(name.clone());
+                    }
+                    if let Some(key) = refiled {
+                        refile.push((name, key));
                     }
                 }
                 Err(err) => {
@@ -1394,19 +1662,38 @@ impl Writer {
         // With nothing deleted there is nothing to commit (and no sync to pay for).
         let commit = if deleted == 0 { "ROLLBACK" } else { "COMMIT" };
         match result.and_then(|()| self.conn.execute_batch(commit)) {
-            Ok(()) if deleted > 0 => {
-                drafts.publish(self.shared.options.recent_events);
-                self.shared.transactions.fetch_add(1, Ordering::Relaxed);
+            Ok(()) => {
+                if deleted > 0 {
+                    self.ages.extend(drafts.publish(&mut self.cache));
+                    self.shared.transactions.fetch_add(1, Ordering::Relaxed);
+                }
+                let mut channels = self.shared.channels.write().unwrap_or_else(|e| e.into_inner());
+                for (name, key) in refile {
+                    if let Some(meta) = channels.get_mut(&name) {
+                        meta.age_key = key;
+                        if let Some(key) = key {
+                            self.ages.insert((key, name));
+                        }
+                    }
+                }
             }
-            Ok(()) => {}
             Err(_) => {
                 if !self.conn.is_autocommit() {
                     let _ = self.conn.execute_batch("ROLLBACK");
                 }
                 self.sweep.clear();
+                // Nothing was pruned: the channels stay filed as they were.
+                self.ages.extend(taken);
             }
         }
     }
+}
+
+/// The time (milliseconds) of the channel's oldest retained event, at or after `first`.
+fn oldest_time(conn: &Connection, channel: &ChannelName, first: u64) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT time FROM events WHERE channel = ?1 AND id >= ?2 ORDER BY id LIMIT 1")?
+        .query_row(params![channel.as_str(), first], |row| row.get(0))
+        .optional()
 }
 
 fn append(conn: &Connection, drafts: &mut Drafts<'_>, channel: ChannelName, new: NewEvent) -> rusqlite::Result<Appended> {
@@ -1646,6 +1933,101 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn conformance_suite_with_a_tiny_memory_cache() {
+        // Some reads from memory, the rest from disk.
+        check_conformance(SqliteOptions { recent_bytes: 16 << 10, ..SqliteOptions::default() }).await;
+    }
+
+    /// Cached bytes per channel, as the store accounts them, and their total.
+    fn check_cached(store: &SqliteStore) -> (HashMap<String, (usize, usize)>, usize) {
+        let channels = store.inner.shared.channels.read().unwrap();
+        let per: HashMap<String, (usize, usize)> = channels
+            .iter()
+            .map(|(name, meta)| {
+                assert_eq!(meta.recent_bytes, meta.recent.iter().map(|e| cached_size(e)).sum::<usize>());
+                (name.to_string(), (meta.recent.len(), meta.recent_bytes))
+            })
+            .collect();
+        let total = per.values().map(|(_, bytes)| bytes).sum();
+        (per, total)
+    }
+
+    #[tokio::test]
+    async fn the_recent_event_cache_keeps_to_one_byte_budget_across_channels() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = 256 << 10;
+        let options = SqliteOptions { recent_bytes: budget, retention: ROOMY, ..SqliteOptions::default() };
+        let store = SqliteStore::open(dir.path(), options).unwrap();
+        let big = "x".repeat(4096);
+        for i in 0..20 {
+            for _ in 0..5 {
+                store.append(&ch(&format!("C{i}")), body(&big)).await.unwrap();
+            }
+        }
+        let (per, total) = check_cached(&store);
+        assert!(total <= budget, "{total} cached bytes over a budget of {budget}");
+        assert!(total > budget / 2, "the budget is used: {total}");
+        // The channels appended to last keep their tails; the first ones gave theirs up.
+        assert_eq!(per["C19"].0, 5);
+        assert_eq!(per["C0"].0, 0);
+        // Whatever is cached or not, reads give the same events.
+        for i in [0, 10, 19] {
+            let page = store.read(&ch(&format!("C{i}")), 2, 10).await.unwrap();
+            assert_eq!(page.events.iter().map(|e| e.id).collect::<Vec<_>>(), vec![3, 4, 5]);
+            assert!(page.events.iter().all(|e| e.body == big));
+        }
+        // An event larger than a sixteenth of the budget is not cached, and takes no one's place.
+        store.append(&ch("Huge"), body(&"y".repeat(budget))).await.unwrap();
+        let (per, after) = check_cached(&store);
+        assert_eq!((per["Huge"].0, after), (0, total));
+        assert_eq!(store.event(&ch("Huge"), 1).await.unwrap().unwrap().body.len(), budget);
+    }
+
+    #[tokio::test]
+    async fn device_records_kept_in_memory_are_bounded_and_the_rest_read_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteOptions { device_records: 100, retention: ROOMY, ..SqliteOptions::default() };
+        let store = SqliteStore::open(dir.path(), options).unwrap();
+        for c in 0..10 {
+            store.append(&ch(&format!("C{c}")), body("x")).await.unwrap();
+            for d in 0..100 {
+                store.record_receipt(ack(&format!("C{c}"), 1, &format!("D{d}"))).await.unwrap();
+            }
+        }
+        // Written back within a second, then the least recently changed are let go.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while store.inner.shared.book().len > 100 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the book was trimmed");
+        let kept: Vec<String> = {
+            let book = store.inner.shared.book();
+            assert_eq!(book.len, book.records.values().map(HashMap::len).sum::<usize>());
+            book.records.keys().map(|c| c.to_string()).collect()
+        };
+        assert!(!kept.contains(&"C0".to_owned()), "the oldest went first: {kept:?}");
+        // Dropped or kept, every record reads the same, one at a time or by channel.
+        for c in ["C0", "C9"] {
+            let record = store.device(&ch(c), &dev("D5")).await.unwrap().unwrap();
+            assert_eq!((record.last_acked, record.receipts), (1, 1));
+            let all = store.devices(&ch(c)).await.unwrap();
+            assert_eq!(all.len(), 100);
+            assert!(all.iter().all(|r| r.receipts == 1));
+            let page = store.devices_page(&ch(c), Some(&all[9].device), 10).await.unwrap();
+            assert_eq!(page, all[10..20].to_vec());
+        }
+        // A dropped record changes from what the disk holds, and is kept again.
+        let (_, record) = store.record_receipt(ack("C0", 1, "D5")).await.unwrap();
+        assert_eq!(record.receipts, 2);
+        drop(store);
+        let store = open(dir.path(), ROOMY);
+        assert_eq!(store.device(&ch("C0"), &dev("D5")).await.unwrap().unwrap().receipts, 2);
+        assert_eq!(store.device(&ch("C0"), &dev("D6")).await.unwrap().unwrap().receipts, 1);
+    }
+
+    #[tokio::test]
     async fn reopen_keeps_everything_and_the_sequence_continues() {
         let dir = tempfile::tempdir().unwrap();
         let (c, h1) = (ch("C"), dev("H1"));
@@ -1863,6 +2245,48 @@ mod tests {
         .expect("the sweep pruned the expired event");
         let page = store.read(&ch("C"), 0, 10).await.unwrap();
         assert_eq!((page.first_retained, page.head), (2, 1));
+    }
+
+    #[tokio::test]
+    async fn expiry_visits_only_the_channels_that_have_something_to_prune() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = Duration::from_secs(3600);
+        let options = SqliteOptions {
+            retention: Retention { max_events: 2, max_age: Some(hour) },
+            prune_interval: Duration::from_millis(10),
+            ..SqliteOptions::default()
+        };
+        {
+            let store = SqliteStore::open(dir.path(), options).unwrap();
+            for i in 0..300 {
+                store.append(&ch(&format!("Young{i}")), body("x")).await.unwrap();
+            }
+            store.append(&ch("Soon"), body("x")).await.unwrap();
+        }
+        // An event that expires 300 ms from now.
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let soon = now().timestamp_millis() - 3_600_000 + 300;
+        conn.execute("UPDATE events SET time = ?1 WHERE channel = 'Soon'", [soon]).unwrap();
+        drop(conn);
+
+        let store = SqliteStore::open(dir.path(), options).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !check_ids(&store, "Soon").await.is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the expired event was pruned");
+        // One pass over every channel at open, then the one that expired: not 301 channels
+        // every 10 ms.
+        let visited = store.inner.shared.visited.load(Ordering::Relaxed);
+        assert!((302..=303).contains(&visited), "visited {visited}");
+        assert_eq!(check_ids(&store, "Young0").await, vec![1]);
+        // Count retention is applied as events are appended.
+        for _ in 0..3 {
+            store.append(&ch("Young0"), body("x")).await.unwrap();
+        }
+        assert_eq!(check_ids(&store, "Young0").await, vec![3, 4]);
     }
 
     #[tokio::test]
