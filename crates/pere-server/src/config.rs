@@ -184,6 +184,16 @@ pub struct Config {
     #[arg(long = "max-streams-per-device", default_value_t = 16, env = "PERE_MAX_STREAMS_PER_DEVICE")]
     pub max_streams_per_device: usize,
 
+    /// Bytes of recent events kept in memory across all channels (SQLite store), so feeds that
+    /// resume from near the head read no disk; past it, the least recently used go.
+    #[arg(long = "recent-cache-bytes", default_value_t = 64 * 1024 * 1024, env = "PERE_RECENT_CACHE_BYTES")]
+    pub recent_cache_bytes: usize,
+
+    /// Device records kept in memory (SQLite store); past it, the least recently changed ones
+    /// already saved are dropped and read from disk when needed.
+    #[arg(long = "device-records", default_value_t = 100_000, env = "PERE_DEVICE_RECORDS")]
+    pub device_records: usize,
+
     /// Longest time a client may take to send a request body (e.g. 30s); past it, 408.
     #[arg(long = "body-timeout", default_value = "30s", value_parser = parse_duration, env = "PERE_BODY_TIMEOUT")]
     pub body_timeout: Duration,

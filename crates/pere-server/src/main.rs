@@ -75,6 +75,8 @@ async fn serve_with(config: Config, mode: Mode) -> anyhow::Result<()> {
                     DurabilityLevel::Full => Durability::Full,
                 },
                 retention: retention(&config),
+                recent_bytes: config.recent_cache_bytes,
+                device_records: config.device_records.max(1),
                 ..SqliteOptions::default()
             };
             let store = SqliteStore::open(&config.data_dir, options)

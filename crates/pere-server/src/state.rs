@@ -36,6 +36,9 @@ impl<S: Store> AppState<S> {
                 ack_timeout: (!config.ack_timeout.is_zero()).then_some(config.ack_timeout),
                 max_deliveries: config.max_deliveries.max(1),
                 on_publish: Some(log_push),
+                // A channel with events still owed receipts stays loaded until the webhook would
+                // report them as timed out anyway.
+                keep_incomplete: config.receipt_timeout.max(pere_core::hub::KEEP_INCOMPLETE),
                 ..HubConfig::default()
             },
         );
