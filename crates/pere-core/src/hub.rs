@@ -939,6 +939,21 @@ impl<S: Store> Hub<S> {
         Ok(records.into_iter().map(|record| self.with_presence(record)).collect())
     }
 
+    /// Which of `devices` are current recipients of `channel`, from the channel's live ledger
+    /// (no read of every membership per question).
+    ///
+    /// # Errors
+    /// The store's error when the channel cannot be loaded.
+    pub async fn current_recipients<'a>(
+        &self,
+        channel: &ChannelName,
+        devices: impl IntoIterator<Item = &'a DeviceId>,
+    ) -> Result<std::collections::HashSet<DeviceId>, StoreError> {
+        let hub = self.channel(channel).await?;
+        let ledger = hub.ledger();
+        Ok(devices.into_iter().filter(|d| ledger.recipient(d).is_some()).cloned().collect())
+    }
+
     /// A page of a channel's devices (ids after `after`, at most `limit`) with their live
     /// presence.
     ///

@@ -1,7 +1,7 @@
 //! The request handlers: each reads its request, calls one core operation and shapes the answer
 //! from a typed view of [`pere_core::wire`]. Requests reach them only through [`crate::door`].
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use hyper::http::request::Parts;
@@ -229,8 +229,7 @@ async fn admin_devices<S: Store>(state: &AppState<S>, channel: &str, query: &Que
     let limit = request::limit(query, DEVICE_PAGE, MAX_DEVICE_PAGE)?.max(1);
     let after = query.get(&["after"]).map(DeviceId::new).transpose()?;
     let page = state.hub.devices_page(&channel, after.as_ref(), limit).await?;
-    let memberships = state.hub.store().memberships(&channel).await?;
-    let recipients: HashSet<DeviceId> = memberships.into_iter().filter(|m| m.is_current()).map(|m| m.device).collect();
+    let recipients = state.hub.current_recipients(&channel, page.iter().map(|d| &d.record.device)).await?;
     let view: BTreeMap<String, DeviceJson> = page
         .iter()
         .map(|d| (d.record.device.to_string(), DeviceJson::new(d, recipients.contains(&d.record.device))))
