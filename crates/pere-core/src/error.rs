@@ -79,6 +79,11 @@ pub enum StoreError {
     Incompatible(String),
     /// An event's idempotency key is not 1 to 255 visible ASCII characters; nothing was stored.
     InvalidIdempotencyKey,
+    /// Another PERE server holds the data directory's lock.
+    Locked {
+        /// The data directory.
+        dir: std::path::PathBuf,
+    },
 }
 
 impl StoreError {
@@ -94,6 +99,11 @@ impl fmt::Display for StoreError {
             StoreError::UnknownEvent { id } => write!(f, "no event with id {id} on this channel"),
             StoreError::Backend(err) => write!(f, "storage failure: {err}"),
             StoreError::Incompatible(msg) => write!(f, "incompatible store: {msg}"),
+            StoreError::Locked { dir } => write!(
+                f,
+                "{} is in use by another PERE server; stop that one, or give this one its own --data-dir",
+                dir.display()
+            ),
             StoreError::InvalidIdempotencyKey => {
                 f.write_str("an idempotency key must be 1 to 255 visible ASCII characters")
             }

@@ -65,7 +65,12 @@ fn serve_main(config: Config) -> anyhow::Result<()> {
 
 async fn serve_with(config: Config, mode: Mode) -> anyhow::Result<()> {
     let listener = listen(SocketAddr::new(config.host, config.port))
-        .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {}:{} (is another server on that port? pick one with -p, or -p 0 for any free port)",
+                config.host, config.port
+            )
+        })?;
     match config.store {
         StoreKind::Memory => serve(listener, MemoryStore::new(retention(&config)), config, mode).await,
         StoreKind::Sqlite => {

@@ -529,11 +529,7 @@ impl SqliteStore {
         let lock_path = dir.join(LOCK_FILE);
         let lock = std::fs::File::create(&lock_path).map_err(|err| Failure::open(&lock_path, err))?;
         if lock.try_lock().is_err() {
-            return Err(StoreError::Incompatible(format!(
-                "{} is in use by another PERE server (it holds {})",
-                dir.display(),
-                lock_path.display()
-            )));
+            return Err(StoreError::Locked { dir: dir.to_path_buf() });
         }
         let path = dir.join(DB_FILE);
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -2362,7 +2358,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
         let err = check_open_fails(dir.path());
-        assert!(matches!(err, StoreError::Incompatible(_)) && err.to_string().contains("in use"), "{err}");
+        assert!(matches!(err, StoreError::Locked { .. }) && err.to_string().contains("in use"), "{err}");
         first.close().await;
         drop(first);
         assert!(SqliteStore::open(dir.path(), SqliteOptions::default()).is_ok(), "the lock goes with the store");
