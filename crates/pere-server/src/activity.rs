@@ -100,7 +100,7 @@ pub fn admitted(method: &str, path: &str, device: Option<&str>) {
     );
 }
 
-/// Text shown in a log line: one line, at most [`EXCERPT_CHARS`] characters, control characters
+/// Text shown in a log line: one line, at most 200 characters, control characters
 /// escaped, so no body can forge a log line. Written straight into the line, never copied first.
 #[derive(Debug, Clone, Copy)]
 pub struct Excerpt<'a>(pub &'a str);

@@ -6,7 +6,7 @@
 //! channel and wakes the thread for it, and writes each line on its own; with a line per push,
 //! that cost 11-18% of the pushes per second (`bench/logging.sh`). Here a line is copied into a
 //! shared buffer under a short lock, and the thread writes the buffer out every
-//! [`FLUSH_EVERY`], or sooner once [`LOG_BUFFER`] bytes are waiting.
+//! 20 ms, or sooner once 64 KiB are waiting.
 
 use std::fmt;
 use std::io::{IsTerminal as _, Write};
