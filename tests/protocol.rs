@@ -311,6 +311,7 @@ async fn a_repeated_idempotency_key_answers_as_the_first_time_and_stores_nothing
 }
 
 on_every_store!(
+    health_and_readiness_answer,
     publish_reaches_every_subscriber_in_order_and_receipts_are_recorded,
     a_repeated_idempotency_key_answers_as_the_first_time_and_stores_nothing,
     admin_devices_keep_the_original_vocabulary_when_devices_go_offline,
@@ -529,4 +530,11 @@ async fn admin_device_views_come_in_pages_that_link_to_the_next() {
     assert_eq!(seen, ["A", "B", "C", "D", "E"]);
     // The first page of the original endpoint keeps the original shape: devices by id.
     assert_eq!(server.get_json("/admin/devices/Paged").await["C"]["recipient"], true);
+}
+
+async fn health_and_readiness_answer(store: StoreUnderTest) {
+    let server = TestServer::start_on(store, &[]).await;
+    assert_eq!(server.get_json("/healthz").await, json!({"status": "ok"}));
+    assert_eq!(server.get_json("/readyz").await, json!({"status": "ready"}));
+    assert_eq!(server.get_json("/health").await, json!({"status": "ok"}), "the original's check stays");
 }

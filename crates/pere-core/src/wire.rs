@@ -485,6 +485,16 @@ pub struct Health {
     pub status: String,
 }
 
+/// `GET /readyz`: whether this server should get traffic, and if not, why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Readiness {
+    /// `ready`, or `not_ready`.
+    pub status: String,
+    /// Why not: `shutting_down`, or `store_failed` (the details are in the server's log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// `GET /` for programs: the original's banner.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Banner {

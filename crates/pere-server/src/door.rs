@@ -137,7 +137,10 @@ pub fn admit<'a, S: Store>(
 /// The routes anyone may ask for: the banner, the page (which then asks for a token), health, and
 /// CORS preflights (a browser sends no credentials with those).
 fn is_public(route: &Route<'_>) -> bool {
-    matches!(route, Route::Root | Route::SubscriberPage | Route::Health | Route::Favicon | Route::Preflight)
+    matches!(
+        route,
+        Route::Root | Route::SubscriberPage | Route::Health | Route::Healthz | Route::Readyz | Route::Favicon | Route::Preflight
+    )
 }
 
 /// The token a request carries: `Authorization: Bearer`, else `?access_token=`, else the
@@ -172,7 +175,13 @@ fn token<'r>(headers: &'r HeaderMap, query: &'r Query) -> Result<Option<&'r str>
 /// 403 `forbidden`, saying what the token lacks.
 fn authorize(route: &Route<'_>, device: &DeviceId, grants: &Grants) -> Result<(), ApiError> {
     let allowed = match route {
-        Route::Root | Route::SubscriberPage | Route::Health | Route::Favicon | Route::Preflight => true,
+        Route::Root
+        | Route::SubscriberPage
+        | Route::Health
+        | Route::Healthz
+        | Route::Readyz
+        | Route::Favicon
+        | Route::Preflight => true,
         Route::Push(channel) => grants.may_publish(channel),
         Route::Feed(channel) | Route::Feedback(channel) | Route::Receipts(channel) | Route::Presence(channel) => {
             grants.may_subscribe(channel)

@@ -12,7 +12,7 @@ use hyper::{Method, Response, StatusCode};
 use pere_core::receipt::MAX_STATUS_LEN;
 use pere_core::wire::{
     Banner, ConnectionsJson, DeviceJson, EventJson, EventList, EventReceipts, Health, MembershipJson, PendingEvents,
-    PushAccepted, PushWaited, ReceiptJson, ReceiptSummaryJson,
+    PushAccepted, PushWaited, Readiness, ReceiptJson, ReceiptSummaryJson,
 };
 use pere_core::{DeviceId, NewEvent, Store};
 
@@ -55,7 +55,8 @@ pub async fn dispatch<S: Store>(
     match route {
         Route::Root => Ok(root(headers)),
         Route::SubscriberPage => Ok(response::html(SUBSCRIBER_PAGE)),
-        Route::Health => Ok(response::json(StatusCode::OK, &Health { status: "ok".to_owned() })),
+        Route::Health | Route::Healthz => Ok(response::json(StatusCode::OK, &Health { status: "ok".to_owned() })),
+        Route::Readyz => Ok(readiness(state).await),
         Route::Push(channel) => push(state, channel, caller.device, &query, headers, body).await,
         Route::Feed(channel) => {
             let channel = request::channel(channel)?;
@@ -92,6 +93,28 @@ pub async fn dispatch<S: Store>(
             Ok(response)
         }
     }
+}
+
+/// Ready when not stopping and the store commits a write; a load balancer stops sending traffic
+/// on 503. The cause of a store failure goes to the log, not to whoever asks.
+async fn readiness<S: Store>(state: &AppState<S>) -> Response<ResponseBody> {
+    let reason = if state.shutdown.is_cancelled() {
+        Some("shutting_down")
+    } else {
+        match state.hub.store().probe().await {
+            Ok(()) => None,
+            Err(err) => {
+                tracing::error!("readiness probe: {err}");
+                Some("store_failed")
+            }
+        }
+    };
+    let status = if reason.is_some() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let readiness = Readiness {
+        status: if reason.is_some() { "not_ready" } else { "ready" }.to_owned(),
+        reason: reason.map(str::to_owned),
+    };
+    response::json(status, &readiness)
 }
 
 fn sse(body: SseBody) -> Response<ResponseBody> {

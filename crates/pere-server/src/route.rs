@@ -11,6 +11,10 @@ pub enum Route<'a> {
     SubscriberPage,
     /// `GET /health`.
     Health,
+    /// `GET /healthz`: the process answers.
+    Healthz,
+    /// `GET /readyz`: the store answers a read and a write, and the server is not stopping.
+    Readyz,
     /// `GET /favicon.ico`, which every browser asks for: 204, so it leaves no refusal in the log.
     Favicon,
     /// `POST /push/:channel`.
@@ -66,6 +70,8 @@ impl<'a> Route<'a> {
             ["subscriber.html"] => (Route::SubscriberPage, "GET"),
             ["health"] => (Route::Health, "GET"),
             ["favicon.ico"] => (Route::Favicon, "GET"),
+            ["healthz"] => (Route::Healthz, "GET"),
+            ["readyz"] => (Route::Readyz, "GET"),
             ["push", channel] => (Route::Push(channel), "POST"),
             ["feed", channel] => (Route::Feed(channel), "GET"),
             ["feedback", channel] => (Route::Feedback(channel), "POST"),

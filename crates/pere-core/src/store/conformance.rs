@@ -44,6 +44,7 @@ where
     receipt_stream_and_unacknowledged(make(ROOMY).await).await;
     memberships_fix_expected_recipients(make(ROOMY).await).await;
     devices_come_in_pages(make(ROOMY).await).await;
+    make(ROOMY).await.probe().await.expect("a healthy store passes its probe");
     age_retention_prunes(make(Retention { max_events: 100, max_age: Some(Duration::from_millis(1)) }).await).await;
     idempotency_keys_store_an_event_once(make(ROOMY).await).await;
     concurrent_appends_with_one_key_store_one_event(make(ROOMY).await).await;

@@ -247,6 +247,15 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// # Errors
     /// [`StoreError::Backend`] when the store cannot be read.
     fn channels(&self) -> impl Future<Output = Result<Vec<ChannelName>, StoreError>> + Send;
+
+    /// Checks that the store answers a read and commits a write now (a readiness probe: a full
+    /// disk or a damaged database fails it). A store with nothing to fail answers at once.
+    ///
+    /// # Errors
+    /// The store's error when it cannot read or write.
+    fn probe(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async { Ok(()) }
+    }
 }
 
 #[cfg(test)]

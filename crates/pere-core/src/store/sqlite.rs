@@ -1116,6 +1116,19 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn probe(&self) -> Result<(), StoreError> {
+        self.read_disk(|conn| conn.query_row("SELECT count(*) FROM state", [], |row| row.get::<_, i64>(0))).await?;
+        // A real write through the writer, committed like any other: it fails when the disk is
+        // full or the database is damaged, as pushes would.
+        let stamp = chrono::Utc::now().timestamp_millis();
+        self.write(move |conn, _| {
+            conn.prepare_cached("INSERT OR REPLACE INTO state (key, value) VALUES ('ready_probe', ?1)")?
+                .execute([stamp])
+                .map(|_| Ok(()))
+        })
+        .await
+    }
+
     async fn channels(&self) -> Result<Vec<ChannelName>, StoreError> {
         self.read_disk(|conn| {
             // BINARY collation orders by bytes, as `ChannelName`'s `Ord` does.
@@ -1910,6 +1923,15 @@ mod tests {
             Ok(store) => panic!("opened {store:?}"),
             Err(err) => err,
         }
+    }
+
+    #[tokio::test]
+    async fn the_probe_fails_once_the_store_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+        store.probe().await.unwrap();
+        store.close().await;
+        assert!(store.probe().await.is_err(), "a closed writer is not ready");
     }
 
     #[tokio::test]
