@@ -5,6 +5,7 @@
 //!
 //! Layout:
 //! - [`device`]: the default device id kept per user in a small file;
+//! - [`fatal`]: [`Fatal`], the failure retrying cannot fix;
 //! - [`output`]: line-at-a-time printing and one-line failure descriptions;
 //! - [`retry`]: one request's outcome (accepted, retryable, refused), which statuses may pass,
 //!   and the retry loop behind pushes and receipts;
@@ -12,27 +13,15 @@
 #![deny(missing_docs, missing_debug_implementations)]
 
 pub mod device;
+pub mod fatal;
 pub mod output;
 pub mod retry;
 pub mod token;
 
-use std::fmt;
+pub use fatal::Fatal;
 
 use rand::Rng;
 pub use reqwest::Url;
-
-/// A failure that retrying cannot fix: a bad argument, or the server refusing for good.
-/// The tools exit with status 2 on it.
-#[derive(Debug)]
-pub struct Fatal(pub String);
-
-impl fmt::Display for Fatal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Fatal {}
 
 /// A device id in the original clients' style: `prefix` followed by 9 random digits.
 pub fn random_device(prefix: &str, rng: &mut impl Rng) -> String {

@@ -3,7 +3,7 @@
 
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 
-use crate::Fatal;
+use crate::fatal::Fatal;
 
 /// The default headers of a client that shows `token` on every request.
 ///

@@ -1049,28 +1049,8 @@ impl Store for SqliteStore {
     }
 
     async fn devices(&self, channel: &ChannelName) -> Result<Vec<DeviceRecord>, StoreError> {
-        let channel = channel.clone();
-        let shared = self.inner.shared.clone();
-        self.read_disk(move |conn| loop {
-            let trims = shared.book().trims;
-            let mut stmt = conn.prepare_cached(select_device!("WHERE channel = ?1 ORDER BY device"))?;
-            let rows = stmt.query_map([channel.as_str()], |row| device_from_row(&channel, row))?;
-            let mut records: Vec<DeviceRecord> = rows.collect::<rusqlite::Result<_>>()?;
-            // The book is at least as new as the disk for every device it holds, and holds the
-            // devices not written back yet; what it dropped since the disk was read may be newer
-            // than what was read, so a trim in between means reading again.
-            let book = shared.book();
-            if book.trims != trims {
-                continue;
-            }
-            if let Some(known) = book.records.get(&channel) {
-                records.retain(|record| !known.contains_key(&record.device));
-                records.extend(known.values().map(|entry| entry.record.clone()));
-                records.sort_by(|a, b| a.device.cmp(&b.device));
-            }
-            return Ok(records);
-        })
-        .await
+        // One page holding them all: the same read, the same merge with the book.
+        self.devices_page(channel, None, usize::MAX).await
     }
 
     async fn devices_page(
