@@ -48,6 +48,9 @@ async fn wait_all_names_the_offline_device_until_it_comes_back_and_acknowledges(
     assert_eq!(summary["expected"], 3);
     assert_eq!(devices(&summary["acknowledged"]), vec!["H1", "H2"]);
     assert_eq!(devices(&summary["pending"]), vec!["H3"], "the offline device is named");
+    let last_seen = summary["last_seen"].as_object().unwrap();
+    assert_eq!(last_seen.keys().collect::<Vec<_>>(), ["H3"], "with when it was last seen: {summary}");
+    assert!(last_seen["H3"].as_str().unwrap().ends_with('Z'));
     assert_eq!(summary["complete"], false);
 
     // The receipt stream shows both receipts so far.

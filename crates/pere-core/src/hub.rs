@@ -31,6 +31,7 @@ use std::future::Future;
 use std::task::Poll;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -142,6 +143,9 @@ pub struct ReceiptSummary {
     pub pending: Vec<DeviceId>,
     /// How many recipients were expected when the event was published.
     pub expected: usize,
+    /// When each delivered or pending device was last seen on the channel, for those seen at all:
+    /// a recipient gone for days is why an event never completes.
+    pub last_seen: BTreeMap<DeviceId, DateTime<Utc>>,
 }
 
 impl ReceiptSummary {
@@ -1065,11 +1069,11 @@ impl<S: Store> Hub<S> {
             .filter(|m| m.expects(event_id))
             .map(|m| m.device)
             .collect();
-        let delivered: HashMap<DeviceId, u64> = self
+        let seen: HashMap<DeviceId, (u64, DateTime<Utc>)> = self
             .devices(channel)
             .await?
             .into_iter()
-            .map(|v| (v.record.device, v.record.last_delivered))
+            .map(|v| (v.record.device, (v.record.last_delivered, v.record.last_seen)))
             .collect();
         let mut summary = ReceiptSummary {
             channel: channel.clone(),
@@ -1078,11 +1082,17 @@ impl<S: Store> Hub<S> {
             delivered: Vec::new(),
             pending: Vec::new(),
             expected: expected.len(),
+            last_seen: BTreeMap::new(),
         };
         for device in expected {
             if latest.contains_key(&device) {
                 continue;
-            } else if delivered.get(&device).is_some_and(|&d| d >= event_id) {
+            }
+            let record = seen.get(&device);
+            if let Some(&(_, at)) = record {
+                summary.last_seen.insert(device.clone(), at);
+            }
+            if record.is_some_and(|&(delivered, _)| delivered >= event_id) {
                 summary.delivered.push(device);
             } else {
                 summary.pending.push(device);

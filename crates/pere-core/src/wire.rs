@@ -245,6 +245,10 @@ pub struct ReceiptSummaryJson {
     pub complete: bool,
     /// The sizes of the three lists.
     pub counts: ReceiptCounts,
+    /// When each delivered or pending device was last seen on the channel (devices never seen
+    /// are left out): a recipient that stopped coming long ago is why an event never completes.
+    #[serde(default)]
+    pub last_seen: BTreeMap<String, String>,
 }
 
 impl From<&ReceiptSummary> for ReceiptSummaryJson {
@@ -267,6 +271,7 @@ impl From<&ReceiptSummary> for ReceiptSummaryJson {
                 delivered: summary.delivered.len(),
                 pending: summary.pending.len(),
             },
+            last_seen: summary.last_seen.iter().map(|(d, at)| (d.to_string(), format_time(*at))).collect(),
         }
     }
 }
