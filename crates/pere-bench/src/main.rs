@@ -153,7 +153,18 @@ struct LoadArgs {
     quiet: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            // One line, never a backtrace (anyhow's `Debug` adds one under `RUST_BACKTRACE`).
+            eprintln!("pere-bench: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let (scenario, args) = match cli.command {
         Command::Idle(a) => (Scenario::Idle, a),

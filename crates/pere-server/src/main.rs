@@ -26,11 +26,28 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            // One line, whatever went wrong at start.
-            eprintln!("pere-server: {err:#}");
+            // One line, whatever went wrong at start, and never a backtrace.
+            eprintln!("pere-server: {}", one_line(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes in one line, each cause once: a cause whose text its parent's
+/// message already holds (a store error quoting the I/O error it wraps) is not repeated.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// `pere-server token`: prints a token signed with the configured key.
