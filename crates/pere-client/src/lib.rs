@@ -39,6 +39,7 @@
 //! - [`device`]: the default device id kept per user in a small file;
 //! - [`token`]: the bearer header a token adds to every request, and the device it speaks for;
 //! - [`output`]: line-at-a-time printing and one-line failure descriptions (for the tools);
+//! - [`interrupt`]: Ctrl-C, on which the tools stop with a summary;
 //! - [`fatal`]: [`Fatal`], the tools' failure that retrying cannot fix.
 #![deny(missing_docs, missing_debug_implementations)]
 
@@ -48,6 +49,7 @@ pub mod device;
 pub mod error;
 pub mod fatal;
 pub mod ids;
+pub mod interrupt;
 pub mod ledger;
 pub mod output;
 pub mod publish;

@@ -43,10 +43,11 @@ const FOLLOW_READY_TIMEOUT: Duration = Duration::from_secs(5);
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let tally = Arc::new(Tally { wait: cli.wait.is_some(), follow: cli.follow, ..Tally::default() });
+    let interrupted = pere_client::interrupt::interrupted();
     let outcome = tokio::select! {
         outcome = run(cli, Arc::clone(&tally)) => outcome,
         // Ctrl-C is how a publisher without --count is stopped: say what it did, and exit 0.
-        _ = tokio::signal::ctrl_c() => {
+        () = interrupted => {
             eprintln!("{}", tally.summary());
             Ok(ExitCode::SUCCESS)
         }

@@ -25,10 +25,11 @@ use crate::show::{Show, Tally};
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let tally = Tally::default();
+    let interrupted = pere_client::interrupt::interrupted();
     let outcome = tokio::select! {
         outcome = run(cli, &tally) => outcome,
         // Ctrl-C is how a listening subscriber is stopped: say what it did, and exit 0.
-        _ = tokio::signal::ctrl_c() => {
+        () = interrupted => {
             eprintln!("{}", tally.summary());
             Ok(())
         }
