@@ -13,11 +13,16 @@ use pere_e2e::TestServer;
 const WAIT: Duration = Duration::from_secs(20);
 
 /// Quick attempts, so a scripted failure costs milliseconds.
-const FAST: Policy = Policy { attempts: Some(3), first_backoff: Duration::from_millis(10), growth: 1, jitter: Duration::ZERO };
+const FAST: Policy =
+    Policy { attempts: Some(3), first_backoff: Duration::from_millis(10), growth: 1, jitter: Duration::ZERO };
 
 /// The next item, under [`WAIT`].
 async fn next(feed: &mut Subscriber) -> Item {
-    tokio::time::timeout(WAIT, feed.next()).await.expect("an item in time").expect("the stream goes on").expect("no error")
+    tokio::time::timeout(WAIT, feed.next())
+        .await
+        .expect("an item in time")
+        .expect("the stream goes on")
+        .expect("no error")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,7 +105,9 @@ async fn a_batch_is_published_in_order_and_a_retried_batch_is_not_stored_twice()
     let pushed = publisher.push_batch("C", events.clone()).key("batch-1").await.unwrap();
     assert_eq!(pushed.answer.ids, [1, 2, 3]);
     assert_eq!(pushed.answer.replayed, 0);
-    for (id, event_type, data) in [("1", "message", r#"{"n":1}"#), ("2", "note", "two\nlines"), ("3", "message", "three")] {
+    for (id, event_type, data) in
+        [("1", "message", r#"{"n":1}"#), ("2", "note", "two\nlines"), ("3", "message", "three")]
+    {
         let Item::Event(event) = next(&mut feed).await else { panic!("event {id}") };
         assert_eq!((event.id.as_str(), event.event.as_str(), event.data.as_str()), (id, event_type, data));
     }
@@ -144,7 +151,10 @@ async fn a_failed_receipt_keeps_its_key_and_is_sent_again_when_the_event_comes_b
     let stream = feed.stream();
     stream.send("id: 1\ndata: one\n\n");
     let ack = server.expect("POST", "/feedback/C").await;
-    assert_eq!((ack.request.body.as_str(), ack.request.header("idempotency-key")), ("status=done", Some(keys[0].as_str())));
+    assert_eq!(
+        (ack.request.body.as_str(), ack.request.header("idempotency-key")),
+        ("status=done", Some(keys[0].as_str()))
+    );
     ack.json(200, r#"{"channel":"C","id":1,"device":"H1","status":"done","time":"2024-01-01T00:00:00.000Z"}"#);
     let items = reader.await.unwrap();
     assert!(matches!(items[0], Item::Connected) && matches!(items[1], Item::Event(_)), "{items:?}");

@@ -55,6 +55,13 @@ async fn the_tools_and_the_load_generator_fail_in_one_line() {
     // A port nobody listens on: bind one, note it, close it.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let address = format!("127.0.0.1:{port}");
-    check_one_line("pere-sub", &[&address, "C", "H1", "--retries", "1", "-q"], 1, &["cannot reach", "after 1 attempts"]).await;
-    check_one_line("pere-bench", &["probe", "--server-pid", "4194304"], 1, &["none of the given processes is alive"]).await;
+    check_one_line(
+        "pere-sub",
+        &[&address, "C", "H1", "--retries", "1", "-q"],
+        1,
+        &["cannot reach", "after 1 attempts"],
+    )
+    .await;
+    check_one_line("pere-bench", &["probe", "--server-pid", "4194304"], 1, &["none of the given processes is alive"])
+        .await;
 }

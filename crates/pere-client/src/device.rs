@@ -46,7 +46,8 @@ fn read(file: &Path) -> Result<Option<String>, String> {
     match fs::read_to_string(file) {
         Ok(text) => {
             let id = text.trim();
-            DeviceId::new(id).map_err(|e| format!("{} holds no device id ({e}): remove it or fix it", file.display()))?;
+            DeviceId::new(id)
+                .map_err(|e| format!("{} holds no device id ({e}): remove it or fix it", file.display()))?;
             Ok(Some(id.to_owned()))
         }
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),

@@ -65,6 +65,6 @@ pub use error::{Error, Refusal};
 pub use fatal::Fatal;
 pub use ids::{idempotency_key, random_device};
 pub use publish::{Batch, BatchAnswer, BatchEvent, BatchPushed, Publisher, PublisherBuilder, Push, Pushed, Wait};
-pub use retry::Policy;
 pub use reqwest::Url;
+pub use retry::Policy;
 pub use subscribe::{Acked, Event, Item, Reconnect, Subscriber, SubscriberBuilder};

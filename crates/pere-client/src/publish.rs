@@ -25,8 +25,12 @@ use crate::token;
 /// The attempts a [`Publisher`] makes by default: 5 in all, 250 ms apart and doubling, plus up
 /// to 250 ms at random (about 4 s from the first attempt to the last): enough to ride out a
 /// server restart or a blip, short enough that a caller learns of an outage.
-pub const DEFAULT_RETRY: Policy =
-    Policy { attempts: Some(5), first_backoff: Duration::from_millis(250), growth: 2, jitter: Duration::from_millis(250) };
+pub const DEFAULT_RETRY: Policy = Policy {
+    attempts: Some(5),
+    first_backoff: Duration::from_millis(250),
+    growth: 2,
+    jitter: Duration::from_millis(250),
+};
 /// How long one attempt may take (without a wait for receipts) before it counts as failed.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long to wait for a TCP connection before counting the attempt as failed.
@@ -119,7 +123,9 @@ impl PublisherBuilder {
     pub fn build(self) -> Result<Publisher, Error> {
         let base = base_url(&self.server).map_err(Error::Invalid)?;
         let token = match &self.token {
-            Some(t) => Some(token::bearer(t).ok_or_else(|| Error::Invalid("the token cannot be sent in a header".into()))?),
+            Some(t) => {
+                Some(token::bearer(t).ok_or_else(|| Error::Invalid("the token cannot be sent in a header".into()))?)
+            }
             None => None,
         };
         let device = self.device.or_else(|| self.token.as_deref().and_then(token::subject));
@@ -221,12 +227,16 @@ impl Publisher {
         mut on_failure: Option<FailureHook<'_>>,
     ) -> Result<Reply, Error> {
         let mut failed = 0u32;
-        let outcome = retry(&self.retry, || exchange(request()), |n, why| {
-            failed = n;
-            if let Some(hook) = on_failure.as_mut() {
-                hook(n, why);
-            }
-        })
+        let outcome = retry(
+            &self.retry,
+            || exchange(request()),
+            |n, why| {
+                failed = n;
+                if let Some(hook) = on_failure.as_mut() {
+                    hook(n, why);
+                }
+            },
+        )
         .await;
         match outcome {
             Outcome::Accepted(reply) => Ok(reply),
@@ -378,7 +388,8 @@ impl Pushed {
     }
 
     fn from_reply(reply: Reply, key: String, waited: bool) -> Self {
-        let replayed = reply.headers.get("idempotent-replayed").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+        let replayed =
+            reply.headers.get("idempotent-replayed").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
         let waited = if waited { serde_json::from_str::<PushWaited>(&reply.body).ok() } else { None };
         let answer = match &waited {
             Some(w) => Some(PushAccepted { channel: w.channel.clone(), id: w.id, time: w.time.clone() }),
@@ -571,7 +582,9 @@ fn envelope(events: &[BatchEvent]) -> Result<String, Error> {
         }
         if let Some(key) = &event.key {
             if !valid_idempotency_key(key) {
-                return Err(Error::Invalid(format!("invalid idempotency key {key:?}: 1 to 255 visible ASCII characters")));
+                return Err(Error::Invalid(format!(
+                    "invalid idempotency key {key:?}: 1 to 255 visible ASCII characters"
+                )));
             }
         }
         // A line break in JSON can only be whitespace between tokens (inside strings it is

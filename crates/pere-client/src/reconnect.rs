@@ -133,7 +133,10 @@ mod tests {
         assert_eq!(base(3), Duration::from_millis(800));
         assert!(base(40) <= MAX_BACKOFF + Duration::from_secs(3), "{:?}", base(40));
         let long = backoff(Duration::from_secs(60), 5, &mut rng);
-        assert!(long >= Duration::from_secs(60) && long <= Duration::from_secs(66), "a longer retry: is kept: {long:?}");
+        assert!(
+            long >= Duration::from_secs(60) && long <= Duration::from_secs(66),
+            "a longer retry: is kept: {long:?}"
+        );
     }
 
     #[test]

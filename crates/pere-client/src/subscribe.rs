@@ -274,7 +274,9 @@ impl SubscriberBuilder {
         let channel = &self.channel;
         ChannelName::new(channel).map_err(|e| Error::Invalid(format!("invalid channel {channel:?}: {e}")))?;
         let token = match &self.token {
-            Some(t) => Some(token::bearer(t).ok_or_else(|| Error::Invalid("the token cannot be sent in a header".into()))?),
+            Some(t) => {
+                Some(token::bearer(t).ok_or_else(|| Error::Invalid("the token cannot be sent in a header".into()))?)
+            }
             None => None,
         };
         let device = self.device.or_else(|| self.token.as_deref().and_then(token::subject));

@@ -127,8 +127,8 @@ impl Cli {
     }
 }
 
-pub use pere_client::{base_url, endpoint, random_device};
 use pere_client::Wait;
+pub use pere_client::{base_url, endpoint, random_device};
 
 /// `all`, or a number of devices (at least 1).
 fn parse_wait(s: &str) -> Result<Wait, String> {
@@ -208,6 +208,4 @@ mod tests {
         assert!(parse(&["h:1", "C", "--wait", "0"]).is_err());
         assert!(parse(&["h:1", "C", "--wait", "all", "--batch", "2"]).is_err());
     }
-
-
 }

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use eventsource_stream::{EventStreamError, Eventsource};
 use futures_util::StreamExt;
+use pere_client::retry::is_transient;
 use pere_core::sse::GAP_EVENT_TYPE;
 use pere_core::wire::ReceiptJson;
-use pere_client::retry::is_transient;
 use rand::Rng;
 use reqwest::header::ACCEPT;
 use reqwest::{Client, Url};
