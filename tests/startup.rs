@@ -65,3 +65,17 @@ async fn the_tools_and_the_load_generator_fail_in_one_line() {
     check_one_line("pere-bench", &["probe", "--server-pid", "4194304"], 1, &["none of the given processes is alive"])
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_errors_are_one_line_too() {
+    for (name, args, wanted) in [
+        ("pere-server", vec!["--port"], "a value is required for '--port <PORT>'"),
+        ("pere-server", vec!["--host", "999.1.1.1"], "invalid value '999.1.1.1' for '--host <HOST>'"),
+        ("pere-pub", vec!["--cuont", "1", "h:1", "C"], "tip: a similar argument exists: '--count'"),
+        ("pere-sub", vec![], "required arguments were not provided: <SERVER>, <CHANNEL>"),
+        ("pere-bench", vec!["probe"], "required arguments were not provided: --server-pid"),
+    ] {
+        let see = format!("(see {name} --help)");
+        check_one_line(name, &args, 2, &[wanted, see.as_str()]).await;
+    }
+}

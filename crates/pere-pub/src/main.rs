@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::Parser as _;
 use pere_client::{BatchEvent, Error, Policy, Publisher, Pushed};
 use pere_core::wire::{PushAccepted, ReceiptSummaryJson};
 use pere_core::{ChannelName, DeviceId, EventType};
@@ -41,7 +41,16 @@ const FOLLOW_READY_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // A usage error in one line, with exit status 2 as clap gives it; `--help` and
+        // `--version` print as usual.
+        Err(err) if err.use_stderr() => {
+            eprintln!("{}", pere_client::output::usage_line("pere-pub", &err.render().to_string()));
+            return ExitCode::from(2);
+        }
+        Err(err) => err.exit(),
+    };
     let tally = Arc::new(Tally { wait: cli.wait.is_some(), follow: cli.follow, ..Tally::default() });
     let interrupted = pere_client::interrupt::interrupted();
     let outcome = tokio::select! {

@@ -13,7 +13,7 @@ mod show;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::Parser as _;
 use futures_util::StreamExt;
 use pere_client::{Error, Fatal, Subscriber};
 
@@ -23,7 +23,16 @@ use crate::show::{Show, Tally};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // A usage error in one line, with exit status 2 as clap gives it; `--help` and
+        // `--version` print as usual.
+        Err(err) if err.use_stderr() => {
+            eprintln!("{}", pere_client::output::usage_line("pere-sub", &err.render().to_string()));
+            return ExitCode::from(2);
+        }
+        Err(err) => err.exit(),
+    };
     let tally = Tally::default();
     let interrupted = pere_client::interrupt::interrupted();
     let outcome = tokio::select! {
