@@ -298,3 +298,148 @@ async fn pere_sub_without_a_device_is_the_same_device_on_every_run() {
         "{banner:?}"
     );
 }
+
+/// Sends SIGINT (what Ctrl-C sends) to a running tool.
+fn interrupt(tool: &Proc) {
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &tool.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_either_tool_with_a_summary_and_status_0() {
+    let server = TestServer::start(&[]).await;
+    let host = server.host_port();
+    let mut sub = subscribe(&server, "C", "H1", &[]).await;
+    // No --count: only Ctrl-C stops these.
+    let mut publisher = Proc::start(
+        "pere-pub",
+        &[&host, "C", "P1", "--interval", "0.02", "--wait", "all"],
+    );
+    sub.wait_lines(3, |l| l.starts_with("TX ACK> ")).await;
+    publisher
+        .wait_lines(3, |l| l.starts_with("PUSH EVT> "))
+        .await;
+
+    interrupt(&publisher);
+    assert_eq!(publisher.wait_exit().await, 0, "{:?}", publisher.errors());
+    let sent = publisher
+        .lines()
+        .iter()
+        .filter(|l| l.starts_with("PUSH EVT> "))
+        .count();
+    let acknowledged = publisher
+        .lines()
+        .iter()
+        .filter(|l| l.ends_with("acknowledged: 1/1"))
+        .count();
+    assert_eq!(
+        publisher.errors(),
+        [format!(
+            "SUMMARY> sent: {sent}, acknowledged: {acknowledged}"
+        )]
+    );
+    assert!(acknowledged >= 3, "{:?}", publisher.lines());
+
+    // Every event the publisher sent has reached the subscriber and been acknowledged (the
+    // publisher waited for each receipt).
+    sub.wait_lines(sent, |l| l.starts_with("TX ACK> ")).await;
+    interrupt(&sub);
+    assert_eq!(sub.wait_exit().await, 0, "{:?}", sub.errors());
+    let received = sub
+        .lines()
+        .iter()
+        .filter(|l| l.starts_with("RX EVT> "))
+        .count();
+    let acked = sub
+        .lines()
+        .iter()
+        .filter(|l| l.starts_with("TX ACK> "))
+        .count();
+    assert_eq!(
+        sub.errors(),
+        [format!(
+            "SUMMARY> received: {received}, acknowledged: {acked}"
+        )]
+    );
+    assert!(
+        received >= sent && acked >= sent,
+        "{received} {acked} {sent}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs batch publish on the server"]
+async fn pere_pub_batch_publishes_consecutive_ids() {
+    let server = TestServer::start(&[]).await;
+    let sub = subscribe(&server, "C", "H1", &["--count", "5"]).await;
+    let mut publisher = Proc::start(
+        "pere-pub",
+        &[
+            &server.host_port(),
+            "C",
+            "--count",
+            "5",
+            "--batch",
+            "2",
+            "--interval",
+            "0",
+        ],
+    );
+    assert_eq!(publisher.wait_exit().await, 0, "{:?}", publisher.errors());
+    let lines = publisher.lines();
+    let events: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("PUSH EVT> "))
+        .collect();
+    assert_eq!(events.len(), 5);
+    for (i, line) in events.iter().enumerate() {
+        assert!(line.ends_with(&format!(", Event-Id: {}", i + 1)), "{line}");
+    }
+    let received = sub.wait_lines(5, |l| l.starts_with("RX EVT> ")).await;
+    assert!(
+        received[4].starts_with("RX EVT> id: 5, data: {"),
+        "{received:?}"
+    );
+}
+
+/// An example of the workspace (built by `cargo build --examples`, as `tests/run-all.sh` does).
+fn example(name: &str) -> tokio::process::Command {
+    let path = bin_path("pere-server")
+        .parent()
+        .expect("target directory")
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --examples` first",
+        path.display()
+    );
+    tokio::process::Command::new(path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_library_examples_publish_and_acknowledge() {
+    let server = TestServer::start(&[]).await;
+    let host = server.host_port();
+    let subscriber = Proc::start_with(example("subscribe").args([host.as_str(), "ORDERS", "3"]));
+    subscriber.wait_line(|l| l == "listening").await;
+    let mut publisher = Proc::start_with(example("publish").args([host.as_str(), "ORDERS"]));
+    assert_eq!(publisher.wait_exit().await, 0, "{:?}", publisher.errors());
+    assert_eq!(
+        publisher.lines(),
+        (1..=3)
+            .map(|n| format!(
+                "order {n}: event Some({n}), acknowledged by H0039000000001 (shipped)"
+            ))
+            .collect::<Vec<_>>()
+    );
+    let mut subscriber = subscriber;
+    assert_eq!(subscriber.wait_exit().await, 0, "{:?}", subscriber.errors());
+    assert_eq!(
+        subscriber.lines()[1],
+        r#"event 1: {"order":1}, acknowledged"#
+    );
+}

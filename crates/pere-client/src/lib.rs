@@ -1,119 +1,72 @@
-//! The client side of PERE's protocol, shared by `pere-pub` and `pere-sub`: the server address
-//! and endpoints, device ids in the original clients' style, how the tools talk to the user
-//! (one flushed line at a time, failures described in one line), and how they send a request
-//! until it gets through.
+//! PERE's client library: publish events and subscribe to them, with return receipts, from a
+//! Rust program. `pere-pub` and `pere-sub` are thin layers over it.
+//!
+//! - [`Publisher`] pushes one event ([`Publisher::push`], with a type, a key or a wait for
+//!   receipts) or a batch ([`Publisher::push_batch`]) and tries again while a failure may pass,
+//!   with the same idempotency key each time: a retry never stores an event twice.
+//! - [`Subscriber`] is a `Stream` of a channel's events: each handed over once, acknowledged
+//!   with [`Event::ack`] (or automatically), resumed from the last id after every drop, paced by
+//!   the server's `retry:`.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), pere_client::Error> {
+//! use futures_util::StreamExt;
+//! use pere_client::{Item, Publisher, Subscriber};
+//!
+//! let mut feed = Subscriber::builder("127.0.0.1:4567", "ORDERS").device("H0039000000001").build()?;
+//! let publisher = Publisher::builder("127.0.0.1:4567").build()?;
+//! publisher.push("ORDERS", serde_json::json!({"order": 42})).await?;
+//! while let Some(item) = feed.next().await {
+//!     if let Item::Event(event) = item? {
+//!         event.ack("shipped").await?;
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
 //!
 //! Layout:
-//! - [`device`]: the default device id kept per user in a small file;
-//! - [`fatal`]: [`Fatal`], the failure retrying cannot fix;
-//! - [`output`]: line-at-a-time printing and one-line failure descriptions;
+//! - [`publish`]: [`Publisher`], [`Push`], [`Batch`] and their answers;
+//! - [`subscribe`]: [`Subscriber`], the [`Item`]s it yields, [`Event`] and its receipt;
+//! - [`body`]: [`Body`], an event's text and whether it is JSON;
+//! - [`error`]: [`Error`], by kind: invalid, refused (with the server's code), gave up;
 //! - [`retry`]: one request's outcome (accepted, retryable, refused), which statuses may pass,
-//!   and the retry loop behind pushes and receipts;
-//! - [`token`]: the bearer header a `--token` adds to every request, and the device it speaks for.
+//!   and the retry loop under a [`Policy`];
+//! - [`receipt`]: the receipt request and its attempts;
+//! - [`ledger`]: which events are new, duplicates, or still owed a receipt;
+//! - [`reconnect`]: the server's `retry:` and the wait before reconnecting;
+//! - [`address`]: the server address and endpoint URLs;
+//! - [`ids`]: device ids in the original style, idempotency keys;
+//! - [`device`]: the default device id kept per user in a small file;
+//! - [`token`]: the bearer header a token adds to every request, and the device it speaks for;
+//! - [`output`]: line-at-a-time printing and one-line failure descriptions (for the tools);
+//! - [`interrupt`]: Ctrl-C, on which the tools stop with a summary;
+//! - [`fatal`]: [`Fatal`], the tools' failure that retrying cannot fix.
 #![deny(missing_docs, missing_debug_implementations)]
 
+pub mod address;
+pub mod body;
 pub mod device;
+pub mod error;
 pub mod fatal;
+pub mod ids;
+pub mod interrupt;
+pub mod ledger;
 pub mod output;
+pub mod publish;
+pub mod receipt;
+pub mod reconnect;
 pub mod retry;
+pub mod subscribe;
 pub mod token;
 
+pub use address::{base_url, endpoint};
+pub use body::Body;
+pub use error::{Error, Refusal};
 pub use fatal::Fatal;
-
-use rand::Rng;
+pub use ids::{idempotency_key, random_device};
+pub use publish::{
+    Batch, BatchAnswer, BatchEvent, BatchPushed, Publisher, PublisherBuilder, Push, Pushed, Wait,
+};
 pub use reqwest::Url;
-
-/// A device id in the original clients' style: `prefix` followed by 9 random digits.
-pub fn random_device(prefix: &str, rng: &mut impl Rng) -> String {
-    format!("{prefix}{:09}", rng.gen_range(0..1_000_000_000u32))
-}
-
-/// A fresh idempotency key for one event: 128 random bits in hex. A publisher sends the same
-/// key with every attempt at that event, so a retry whose first attempt did get through is
-/// answered with the stored event instead of storing it twice.
-pub fn idempotency_key(rng: &mut impl Rng) -> String {
-    format!("{:032x}", rng.gen::<u128>())
-}
-
-/// Parses the server argument: `host:port`, or an `http://` URL (a path prefix is kept).
-///
-/// # Errors
-/// A message for an address that is no URL, or that is not plain HTTP (the tools have no TLS).
-pub fn base_url(server: &str) -> Result<Url, String> {
-    let text = if server.contains("://") {
-        server.to_owned()
-    } else {
-        format!("http://{server}")
-    };
-    let mut url =
-        Url::parse(&text).map_err(|e| format!("invalid server address {server:?}: {e}"))?;
-    if url.scheme() != "http" {
-        return Err(format!(
-            "invalid server address {server:?}: only http:// is supported"
-        ));
-    }
-    if url.host_str().unwrap_or_default().is_empty() {
-        return Err(format!("invalid server address {server:?}: no host"));
-    }
-    url.set_query(None);
-    url.set_fragment(None);
-    Ok(url)
-}
-
-/// The URL of `/<kind>/<channel>` under `base`; the channel is percent-encoded as one path segment.
-pub fn endpoint(base: &Url, kind: &str, channel: &str) -> Url {
-    let mut url = base.clone();
-    // An http URL always has path segments.
-    if let Ok(mut segments) = url.path_segments_mut() {
-        segments.pop_if_empty().push(kind).push(channel);
-    }
-    url
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn device_ids_are_the_prefix_and_nine_digits() {
-        let mut rng = rand::thread_rng();
-        for _ in 0..1000 {
-            let d = random_device("P0039", &mut rng);
-            assert_eq!(d.len(), 14, "{d}");
-            assert!(
-                d.starts_with("P0039") && d[5..].bytes().all(|b| b.is_ascii_digit()),
-                "{d}"
-            );
-        }
-    }
-
-    #[test]
-    fn idempotency_keys_are_fresh_and_header_safe() {
-        let mut rng = rand::thread_rng();
-        let (a, b) = (idempotency_key(&mut rng), idempotency_key(&mut rng));
-        assert_ne!(a, b);
-        assert!(
-            a.len() == 32 && a.bytes().all(|c| c.is_ascii_hexdigit()),
-            "{a}"
-        );
-    }
-
-    #[test]
-    fn server_addresses() {
-        let push = |s: &str| base_url(s).map(|u| endpoint(&u, "push", "CHANNEL_1").to_string());
-        assert_eq!(
-            push("localhost:4567").unwrap(),
-            "http://localhost:4567/push/CHANNEL_1"
-        );
-        assert_eq!(
-            push("http://127.0.0.1:4567").unwrap(),
-            "http://127.0.0.1:4567/push/CHANNEL_1"
-        );
-        assert_eq!(
-            push("http://h:1/pere/").unwrap(),
-            "http://h:1/pere/push/CHANNEL_1"
-        );
-        assert!(push("https://h:1").is_err());
-        assert!(push("h:notaport").is_err());
-    }
-}
+pub use retry::Policy;
+pub use subscribe::{Acked, Event, Item, Reconnect, Subscriber, SubscriberBuilder};

@@ -9,9 +9,11 @@ use std::future::Future;
 use std::time::Duration;
 
 use rand::Rng;
+use reqwest::header::HeaderMap;
 use reqwest::{RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 
+use crate::error::Refusal;
 use crate::output::{describe_answer, describe_transport};
 
 /// How an attempt (or all of them) ended.
@@ -23,8 +25,30 @@ pub enum Outcome<T> {
     /// sent again. One line saying why.
     Retryable(String),
     /// The server refused it for good (another 4xx, or a request that cannot be built): sending
-    /// it again cannot help. One line saying why.
-    Refused(String),
+    /// it again cannot help. Its status and code, and one line saying why.
+    Refused(Refusal),
+}
+
+impl<T> Outcome<T> {
+    /// The same outcome with the accepted answer turned into another.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Outcome<U> {
+        match self {
+            Outcome::Accepted(answer) => Outcome::Accepted(f(answer)),
+            Outcome::Retryable(why) => Outcome::Retryable(why),
+            Outcome::Refused(refusal) => Outcome::Refused(refusal),
+        }
+    }
+}
+
+/// A success answer as it came: status, headers and body text.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// The status (2xx).
+    pub status: StatusCode,
+    /// The headers.
+    pub headers: HeaderMap,
+    /// The body, as text.
+    pub body: String,
 }
 
 /// Statuses that say "not now" rather than "no": a server error, a timeout, or too many requests.
@@ -41,23 +65,38 @@ pub fn is_transient(status: StatusCode) -> bool {
 /// 200, and a tool must work with it. Failures are described in one line by
 /// [`describe_transport`] (no answer) or [`describe_answer`] (an error status).
 pub async fn send_once<T: DeserializeOwned>(request: RequestBuilder) -> Outcome<Option<T>> {
+    exchange(request)
+        .await
+        .map(|reply| serde_json::from_str(&reply.body).ok())
+}
+
+/// Sends `request` once and sorts out how it went, as [`send_once`] does, keeping the whole
+/// success answer (its headers say, e.g., whether a push was a replay).
+pub async fn exchange(request: RequestBuilder) -> Outcome<Reply> {
     let response = match request.send().await {
         Ok(response) => response,
         // A request that cannot be built (a bad header value) will not build next time either.
-        Err(err) if err.is_builder() => return Outcome::Refused(describe_transport(err)),
+        Err(err) if err.is_builder() => {
+            return Outcome::Refused(Refusal::other(None, describe_transport(err)))
+        }
         Err(err) => return Outcome::Retryable(describe_transport(err)),
     };
     let status = response.status();
+    let headers = response.headers().clone();
     let body = match response.text().await {
         Ok(body) => body,
         Err(err) => return Outcome::Retryable(describe_transport(err)),
     };
     if status.is_success() {
-        Outcome::Accepted(serde_json::from_str(&body).ok())
+        Outcome::Accepted(Reply {
+            status,
+            headers,
+            body,
+        })
     } else if is_transient(status) {
         Outcome::Retryable(describe_answer(status, &body))
     } else {
-        Outcome::Refused(describe_answer(status, &body))
+        Outcome::Refused(Refusal::answer(status, &body))
     }
 }
 
@@ -121,8 +160,8 @@ where
         let outcome = attempt().await;
         match &outcome {
             Outcome::Accepted(_) => return outcome,
-            Outcome::Refused(why) => {
-                on_failure(n, why);
+            Outcome::Refused(refusal) => {
+                on_failure(n, &refusal.message);
                 return outcome;
             }
             Outcome::Retryable(why) => {
@@ -216,9 +255,9 @@ mod tests {
             attempts: None,
             ..DOUBLING
         };
-        let (outcome, began, failures) =
-            check_retry(policy, vec![Outcome::Refused("HTTP 404".into())]).await;
-        assert_eq!(outcome, Outcome::Refused("HTTP 404".into()));
+        let refused = Outcome::Refused(Refusal::other(None, "HTTP 404"));
+        let (outcome, began, failures) = check_retry(policy, vec![refused.clone()]).await;
+        assert_eq!(outcome, refused);
         assert_eq!(began, [ms(0)]);
         assert_eq!(failures, [(1, "HTTP 404".into())]);
     }
@@ -340,9 +379,16 @@ mod tests {
         );
         let error = r#"{"error":{"code":"bad_channel","message":"invalid channel name"}}"#;
         let refused = answer("400 Bad Request", error);
+        let Outcome::Refused(refusal) = check_send(refused).await else {
+            panic!("refused")
+        };
         assert_eq!(
-            check_send(refused).await,
-            Outcome::Refused("HTTP 400 bad_channel: invalid channel name".into())
+            refusal.message,
+            "HTTP 400 bad_channel: invalid channel name"
+        );
+        assert_eq!(
+            (refusal.status, refusal.code.as_deref()),
+            (Some(400), Some("bad_channel"))
         );
     }
 

@@ -10,13 +10,20 @@ use crate::fatal::Fatal;
 /// # Errors
 /// [`Fatal`] for a token that cannot travel in a header.
 pub fn bearer_headers(token: &str) -> Result<HeaderMap, Fatal> {
-    let mut value = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
-        .map_err(|_| Fatal("the token cannot be sent in a header".to_owned()))?;
-    // Kept out of reqwest's debug output.
-    value.set_sensitive(true);
+    let value =
+        bearer(token).ok_or_else(|| Fatal("the token cannot be sent in a header".to_owned()))?;
     let mut headers = HeaderMap::new();
     headers.insert(AUTHORIZATION, value);
     Ok(headers)
+}
+
+/// The `Authorization` header value for `token`; `None` for a token that cannot travel in a
+/// header.
+pub fn bearer(token: &str) -> Option<HeaderValue> {
+    let mut value = HeaderValue::from_str(&format!("Bearer {}", token.trim())).ok()?;
+    // Kept out of reqwest's debug output.
+    value.set_sensitive(true);
+    Some(value)
 }
 
 /// The `sub` of a JWT (the device it speaks for), read without checking the signature; `None`

@@ -13,7 +13,10 @@ use crate::interval::Interval;
 /// push prints `PUSH FAILED. event: <json> reason: <reason>` on stderr, waits (`--retry-delay`) and
 /// sends the same event again, with the same `Idempotency-Key`: a retry never stores it twice.
 ///
-/// Exit status: 0 after `--count` events (or at the end of stdin with `--data -`); 1 after
+/// Ctrl-C stops it with a summary on stderr: `SUMMARY> sent: <n>`, plus `acknowledged: <n>` (events
+/// whose `--wait` was satisfied) and `receipts: <n>` (with `--follow`).
+///
+/// Exit status: 0 after `--count` events (or at the end of stdin with `--data -`) or on Ctrl-C; 1 after
 /// `--retries` failed attempts at one event, or when `--follow` failed; 2 when the server refuses
 /// an event for good (a 4xx answer) or on a usage error.
 #[derive(Debug, Parser)]
@@ -69,6 +72,21 @@ pub struct Cli {
     #[arg(long, value_name = "SECS|MIN-MAX", default_value = "1-10")]
     pub retry_delay: Interval,
 
+    /// Send N events per request (a batch: one NDJSON request, stored all or none with
+    /// consecutive ids; needs a PERE server with batch publishing). With `--data -`, a batch
+    /// holds the lines already written, up to N.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "wait")]
+    pub batch: Option<u64>,
+
+    /// Have the server answer each push only once its receipts are in (`all` recipients, or at
+    /// least N devices) or `--wait-timeout` passed; each line then says how many acknowledged.
+    #[arg(long, value_name = "all|N", value_parser = parse_wait)]
+    pub wait: Option<Wait>,
+
+    /// Seconds `--wait` waits at most (the server caps it with its `--max-wait`).
+    #[arg(long, value_name = "SECS", default_value_t = 5, requires = "wait")]
+    pub wait_timeout: u64,
+
     /// Also print the channel's return receipts as they arrive (from `GET /receipts/:channel`):
     /// `RECEIPT> id: <id>, device: <device>, status: <status>`. The receipts go on after
     /// publishing ends, until interrupted.
@@ -109,7 +127,19 @@ impl Cli {
     }
 }
 
+use pere_client::Wait;
 pub use pere_client::{base_url, endpoint, random_device};
+
+/// `all`, or a number of devices (at least 1).
+fn parse_wait(s: &str) -> Result<Wait, String> {
+    match s {
+        "all" => Ok(Wait::All),
+        n => match n.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(Wait::AtLeast(n)),
+            _ => Err(format!("{s:?}: `all` or a number of devices")),
+        },
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -179,5 +209,22 @@ mod tests {
         assert!(parse(&["h:1", "C", "--count", "0"]).is_err());
         assert!(parse(&["h:1", "C", "--interval", "20-10"]).is_err());
         assert!(parse(&["h:1", "C", "--json", "--quiet"]).is_err());
+        assert_eq!(
+            parse(&["h:1", "C", "--batch", "100"]).unwrap().batch,
+            Some(100)
+        );
+        assert!(parse(&["h:1", "C", "--batch", "0"]).is_err());
+        assert_eq!(
+            parse(&["h:1", "C", "--wait", "all"]).unwrap().wait,
+            Some(Wait::All)
+        );
+        assert_eq!(
+            parse(&["h:1", "C", "--wait", "2", "--wait-timeout", "9"])
+                .unwrap()
+                .wait,
+            Some(Wait::AtLeast(2))
+        );
+        assert!(parse(&["h:1", "C", "--wait", "0"]).is_err());
+        assert!(parse(&["h:1", "C", "--wait", "all", "--batch", "2"]).is_err());
     }
 }

@@ -2,6 +2,8 @@
 //! (`GET /receipts/:channel`: one `receipt` event per receipt, its data a JSON receipt).
 
 use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use eventsource_stream::{EventStreamError, Eventsource};
@@ -35,6 +37,8 @@ pub struct Follow {
     pub json: bool,
     /// No reconnection notices.
     pub quiet: bool,
+    /// Receipts printed so far, for the summary.
+    pub receipts: Arc<AtomicU64>,
 }
 
 impl Follow {
@@ -117,14 +121,18 @@ impl Follow {
     fn print(&self, data: &str) {
         match serde_json::from_str::<ReceiptJson>(data) {
             Ok(receipt) if self.json => {
+                self.receipts.fetch_add(1, Ordering::Relaxed);
                 say!("{}", serde_json::json!({ "receipt": receipt }));
             }
-            Ok(r) => say!(
-                "RECEIPT> id: {}, device: {}, status: {}",
-                r.id,
-                r.device,
-                r.status
-            ),
+            Ok(r) => {
+                self.receipts.fetch_add(1, Ordering::Relaxed);
+                say!(
+                    "RECEIPT> id: {}, device: {}, status: {}",
+                    r.id,
+                    r.device,
+                    r.status
+                );
+            }
             Err(_) => eprintln!("pere-pub: unreadable receipt: {data}"),
         }
     }

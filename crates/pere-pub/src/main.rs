@@ -1,10 +1,10 @@
-//! `pere-pub`: a PERE publisher, compatible with the original `publisher.rb`.
+//! `pere-pub`: a PERE publisher, compatible with the original `publisher.rb`: a thin layer over
+//! `pere_client::Publisher` that makes the events and prints what the server answers.
 //!
 //! Layout:
 //! - [`cli`]: the command line, server address and default device id;
 //! - [`interval`]: fixed or random waits (`0.2`, `10-20`);
 //! - [`payload`]: the events: the original's random JSON, a fixed text or stdin lines;
-//! - [`push`]: the push request (sent, and sent again, by `pere_client::retry`);
 //! - [`follow`]: `--follow`, the channel's receipts;
 //! - [`output`]: line-at-a-time printing and one-line failure descriptions.
 
@@ -13,14 +13,15 @@ mod follow;
 mod interval;
 mod output;
 mod payload;
-mod push;
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
-use pere_client::retry::{retry, send_once, Outcome, Policy};
-use pere_core::wire::PushAccepted;
+use clap::Parser as _;
+use pere_client::{BatchEvent, Error, Policy, Publisher, Pushed};
+use pere_core::wire::{PushAccepted, ReceiptSummaryJson};
 use pere_core::{ChannelName, DeviceId, EventType};
 use reqwest::{Client, Url};
 use serde::Serialize;
@@ -40,8 +41,34 @@ const FOLLOW_READY_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli).await {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // A usage error in one line, with exit status 2 as clap gives it; `--help` and
+        // `--version` print as usual.
+        Err(err) if err.use_stderr() => {
+            eprintln!(
+                "{}",
+                pere_client::output::usage_line("pere-pub", &err.render().to_string())
+            );
+            return ExitCode::from(2);
+        }
+        Err(err) => err.exit(),
+    };
+    let tally = Arc::new(Tally {
+        wait: cli.wait.is_some(),
+        follow: cli.follow,
+        ..Tally::default()
+    });
+    let interrupted = pere_client::interrupt::interrupted();
+    let outcome = tokio::select! {
+        outcome = run(cli, Arc::clone(&tally)) => outcome,
+        // Ctrl-C is how a publisher without --count is stopped: say what it did, and exit 0.
+        () = interrupted => {
+            eprintln!("{}", tally.summary());
+            Ok(ExitCode::SUCCESS)
+        }
+    };
+    match outcome {
         Ok(code) => code,
         Err(err) => {
             eprintln!("pere-pub: {err:#}");
@@ -54,30 +81,62 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Everything one push needs.
-#[derive(Debug)]
-struct Publisher {
-    client: Client,
-    url: Url,
-    channel: String,
-    device: String,
-    event_type: Option<String>,
-    json: bool,
-    quiet: bool,
-    /// `--retries` and `--retry-delay`: a random wait between failed attempts, as the original's.
-    retry: Policy,
+/// What happened so far, for the summary a Ctrl-C prints.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Events the server accepted.
+    sent: AtomicU64,
+    /// Events whose `--wait` was satisfied.
+    acknowledged: AtomicU64,
+    /// Receipts `--follow` printed.
+    receipts: Arc<AtomicU64>,
+    wait: bool,
+    follow: bool,
 }
 
-/// One `--json` line: the server's answer plus the body sent.
+impl Tally {
+    /// `SUMMARY> sent: N`, plus what `--wait` and `--follow` counted.
+    fn summary(&self) -> String {
+        let mut line = format!("SUMMARY> sent: {}", self.sent.load(Ordering::Relaxed));
+        if self.wait {
+            line += &format!(
+                ", acknowledged: {}",
+                self.acknowledged.load(Ordering::Relaxed)
+            );
+        }
+        if self.follow {
+            line += &format!(", receipts: {}", self.receipts.load(Ordering::Relaxed));
+        }
+        line
+    }
+}
+
+/// The publisher and how to show what it publishes.
+#[derive(Debug)]
+struct Tool {
+    publisher: Publisher,
+    channel: String,
+    event_type: Option<String>,
+    wait: Option<(pere_client::Wait, Duration)>,
+    json: bool,
+    quiet: bool,
+    tally: Arc<Tally>,
+}
+
+/// One `--json` line: the server's answer plus the body sent (and, with `--wait`, the receipts).
 #[derive(Serialize)]
 struct JsonPush<'a> {
     channel: &'a str,
     id: Option<u64>,
     time: Option<&'a str>,
     body: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    satisfied: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    receipts: Option<&'a ReceiptSummaryJson>,
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn run(cli: Cli, tally: Arc<Tally>) -> anyhow::Result<ExitCode> {
     let base = cli::base_url(&cli.server).map_err(Fatal)?;
     // Names are checked before anything starts: the server would refuse each push for them.
     ChannelName::new(&cli.channel)
@@ -88,11 +147,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         EventType::new(event_type)
             .map_err(|e| Fatal(format!("invalid event type {event_type:?}: {e}")))?;
     }
-    let mut client = Client::builder().connect_timeout(CONNECT_TIMEOUT);
+    let mut publisher = Publisher::builder(base.as_str())
+        .device(&device)
+        .retry(Policy {
+            // `--retries` and `--retry-delay`: a random wait between failed attempts, as the original's.
+            attempts: cli.attempts(),
+            first_backoff: cli.retry_delay.shortest(),
+            growth: 1,
+            jitter: cli.retry_delay.spread(),
+        });
     if let Some(token) = &cli.token {
-        client = client.default_headers(pere_client::token::bearer_headers(token)?);
+        publisher = publisher.token(token);
     }
-    let client = client.build()?;
+    let publisher = publisher.build().map_err(|e| Fatal(e.to_string()))?;
 
     if !cli.quiet && !cli.json {
         say!(
@@ -104,7 +171,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 
     let follow = if cli.follow {
-        Some(start_follow(&cli, &client, &base, &device).await)
+        Some(start_follow(&cli, &base, &device, &tally).await?)
     } else {
         None
     };
@@ -116,29 +183,40 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             device: device.clone(),
             last_id: 0,
         },
-        Some("-") => Source::stdin(),
-        Some(text) => Source::Fixed(Body::text(text.to_owned())),
+        Some("-") => Source::stdin(cli.batch.unwrap_or(1) as usize),
+        Some(text) => Source::Fixed(Body::detect(text.to_owned())),
     };
-    let publisher = Publisher {
-        client,
-        url: cli::endpoint(&base, "push", &cli.channel),
+    let tool = Tool {
+        publisher,
         channel: cli.channel.clone(),
-        device,
         event_type: cli.event_type.clone(),
+        wait: cli
+            .wait
+            .map(|wait| (wait, Duration::from_secs(cli.wait_timeout))),
         json: cli.json,
         quiet: cli.quiet,
-        retry: Policy {
-            attempts: cli.attempts(),
-            first_backoff: cli.retry_delay.shortest(),
-            growth: 1,
-            jitter: cli.retry_delay.spread(),
-        },
+        tally,
     };
 
     let mut accepted = 0u64;
-    while let Some(body) = source.next().await? {
-        publisher.publish(accepted + 1, &body).await?;
-        accepted += 1;
+    loop {
+        let left = cli.count.map_or(u64::MAX, |count| count - accepted);
+        match cli.batch {
+            Some(size) => {
+                let bodies = source.next_batch(size.min(left)).await?;
+                if bodies.is_empty() {
+                    break;
+                }
+                tool.publish_batch(accepted + 1, bodies).await?;
+            }
+            None => {
+                let Some(body) = source.next().await? else {
+                    break;
+                };
+                tool.publish(accepted + 1, body).await?;
+            }
+        }
+        accepted = tool.tally.sent.load(Ordering::Relaxed);
         if cli.count.is_some_and(|count| accepted >= count) {
             break;
         }
@@ -159,13 +237,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Starts `--follow` and waits (briefly) for its stream to open. The task reports its own failure
 /// at once, on stderr, and yields false.
-async fn start_follow(cli: &Cli, client: &Client, base: &Url, device: &str) -> JoinHandle<bool> {
+async fn start_follow(
+    cli: &Cli,
+    base: &Url,
+    device: &str,
+    tally: &Tally,
+) -> anyhow::Result<JoinHandle<bool>> {
+    let mut client = Client::builder().connect_timeout(CONNECT_TIMEOUT);
+    if let Some(token) = &cli.token {
+        client = client.default_headers(pere_client::token::bearer_headers(token)?);
+    }
     let follow = Follow {
-        client: client.clone(),
+        client: client.build()?,
         url: cli::endpoint(base, "receipts", &cli.channel),
         device: device.to_owned(),
         json: cli.json,
         quiet: cli.quiet,
+        receipts: Arc::clone(&tally.receipts),
     };
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
@@ -179,71 +267,129 @@ async fn start_follow(cli: &Cli, client: &Client, base: &Url, device: &str) -> J
     });
     // Ready, failed (the sender is dropped) or too slow: publish either way.
     let _ = tokio::time::timeout(FOLLOW_READY_TIMEOUT, ready_rx).await;
-    task
+    Ok(task)
 }
 
-impl Publisher {
+impl Tool {
     /// Pushes event number `number` until the server accepts it, refuses it for good, or
-    /// `--retries` attempts have failed.
-    async fn publish(&self, number: u64, body: &Body) -> anyhow::Result<()> {
-        let mut failed = 0u32;
-        // One key per event, sent with every attempt: a retry of a push that did get through is
-        // answered with the stored event, never stored twice.
-        let key = pere_client::idempotency_key(&mut rand::thread_rng());
-        let headers = push::PushHeaders {
-            device: &self.device,
-            event_type: self.event_type.as_deref(),
-            key: &key,
-        };
-        let outcome = retry(
-            &self.retry,
-            || {
-                send_once::<PushAccepted>(push::push_request(
-                    &self.client,
-                    &self.url,
-                    headers,
-                    body,
-                ))
-            },
-            |attempt, why| {
-                failed = attempt;
-                eprintln!(
-                    "PUSH FAILED. event: {} reason: {why}",
-                    output::abbreviate(&body.text)
-                );
-            },
-        )
-        .await;
-        match outcome {
-            Outcome::Accepted(answer) => {
-                self.report(answer, body);
+    /// `--retries` attempts have failed. The library sends one idempotency key per event with
+    /// every attempt: a retry of a push that did get through is never stored twice.
+    async fn publish(&self, number: u64, body: Body) -> anyhow::Result<()> {
+        let shown = output::abbreviate(body.as_str()).into_owned();
+        let mut push = self
+            .publisher
+            .push(&self.channel, body.clone())
+            .on_failure(move |_, why| eprintln!("PUSH FAILED. event: {shown} reason: {why}"));
+        if let Some(event_type) = &self.event_type {
+            push = push.event_type(event_type);
+        }
+        if let Some((wait, timeout)) = self.wait {
+            push = push.wait(wait, timeout);
+        }
+        match push.await {
+            Ok(pushed) => {
+                self.tally.sent.fetch_add(1, Ordering::Relaxed);
+                if pushed.satisfied() == Some(true) {
+                    self.tally.acknowledged.fetch_add(1, Ordering::Relaxed);
+                }
+                self.report(&pushed, &body);
                 Ok(())
             }
-            Outcome::Refused(why) => {
-                Err(Fatal(format!("the server refused event {number}: {why}")).into())
+            Err(Error::GaveUp { attempts, last }) => {
+                anyhow::bail!(
+                    "giving up on event {number} after {attempts} failed attempts: {last}"
+                )
             }
-            Outcome::Retryable(why) => {
-                anyhow::bail!("giving up on event {number} after {failed} failed attempts: {why}")
-            }
+            Err(err) => Err(Fatal(format!(
+                "the server refused event {number}: {}",
+                err.reason()
+            ))
+            .into()),
         }
     }
 
-    fn report(&self, answer: Option<PushAccepted>, body: &Body) {
+    /// Pushes events `first..` in one request, as [`Tool::publish`] pushes one.
+    async fn publish_batch(&self, first: u64, bodies: Vec<Body>) -> anyhow::Result<()> {
+        let count = bodies.len();
+        let last = first + count as u64 - 1;
+        let shown = output::abbreviate(bodies[0].as_str()).into_owned();
+        let events = bodies.iter().map(|body| {
+            let event = BatchEvent::new(body.clone());
+            match &self.event_type {
+                Some(event_type) => event.event_type(event_type),
+                None => event,
+            }
+        });
+        let batch = self
+            .publisher
+            .push_batch(&self.channel, events)
+            .on_failure(move |_, why| {
+                eprintln!("PUSH FAILED. batch of {count} events, first: {shown} reason: {why}")
+            });
+        match batch.await {
+            Ok(pushed) => {
+                self.tally.sent.fetch_add(count as u64, Ordering::Relaxed);
+                let answer = &pushed.answer;
+                for (body, &id) in bodies.iter().zip(&answer.ids) {
+                    let one = Pushed {
+                        answer: Some(PushAccepted {
+                            channel: answer.channel.clone(),
+                            id,
+                            time: answer.time.clone(),
+                        }),
+                        waited: None,
+                        key: String::new(),
+                        replayed: false,
+                    };
+                    self.report(&one, body);
+                }
+                Ok(())
+            }
+            Err(Error::GaveUp {
+                attempts,
+                last: why,
+            }) => {
+                anyhow::bail!(
+                    "giving up on events {first} to {last} after {attempts} failed attempts: {why}"
+                )
+            }
+            Err(err) => Err(Fatal(format!(
+                "the server refused events {first} to {last}: {}",
+                err.reason()
+            ))
+            .into()),
+        }
+    }
+
+    fn report(&self, pushed: &Pushed, body: &Body) {
+        let answer = pushed.answer.as_ref();
+        let receipts = pushed.waited.as_ref().map(|w| &w.receipts);
         if self.json {
             let line = JsonPush {
-                channel: answer.as_ref().map_or(&self.channel, |a| &a.channel),
-                id: answer.as_ref().map(|a| a.id),
-                time: answer.as_ref().map(|a| a.time.as_str()),
-                body: &body.text,
+                channel: answer.map_or(&self.channel, |a| &a.channel),
+                id: answer.map(|a| a.id),
+                time: answer.map(|a| a.time.as_str()),
+                body: body.as_str(),
+                satisfied: pushed.satisfied(),
+                receipts,
             };
             // Serializing strings and numbers cannot fail.
             say!("{}", serde_json::to_string(&line).unwrap_or_default());
         } else if !self.quiet {
             // The server's id for the event, as its own log names it; an answer without one
             // (an original PERE server's) leaves the original line.
+            let acked = receipts
+                .map(|r| format!(", acknowledged: {}/{}", r.counts.acknowledged, r.expected));
             match answer {
-                Some(answer) => say!("PUSH EVT> event: {}, Event-Id: {}", body.text, answer.id),
-                None => say!("PUSH EVT> event: {}", body.text),
+                Some(answer) => {
+                    say!(
+                        "PUSH EVT> event: {}, Event-Id: {}{}",
+                        body.as_str(),
+                        answer.id,
+                        acked.unwrap_or_default()
+                    )
+                }
+                None => say!("PUSH EVT> event: {}", body.as_str()),
             }
         }
     }

@@ -1,5 +1,6 @@
 //! What gets published: the original publisher's random JSON events, a fixed text, or stdin lines.
 
+pub use pere_client::Body;
 use pere_core::event::{format_time, now};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -32,23 +33,6 @@ pub fn random_data(rng: &mut impl Rng) -> String {
     (0..len)
         .map(|_| BASE36[rng.gen_range(0..BASE36.len())] as char)
         .collect()
-}
-
-/// One event body and how to label it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Body {
-    /// The text, sent verbatim.
-    pub text: String,
-    /// True when the text is JSON, sent as `application/json`.
-    pub json: bool,
-}
-
-impl Body {
-    /// A body from any text: JSON when it parses as JSON.
-    pub fn text(text: String) -> Self {
-        let json = serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok();
-        Body { text, json }
-    }
 }
 
 /// Where the events come from.
@@ -89,26 +73,52 @@ impl Source {
                     time: format_time(now()),
                     data: random_data(&mut rand::thread_rng()),
                 };
-                Ok(Some(Body {
-                    text: serde_json::to_string(&event)?,
-                    json: true,
-                }))
+                Ok(Some(Body::json(&event)?))
             }
             Source::Fixed(body) => Ok(Some(body.clone())),
             Source::Stdin(lines) => match lines.recv().await {
-                Some(line) => Ok(Some(Body::text(line?))),
+                Some(line) => Ok(Some(Body::detect(line?))),
                 None => Ok(None),
             },
         }
     }
 
+    /// Up to `max` bodies for one batch: the first when it comes, then those ready at once (a
+    /// batch of stdin lines does not wait for lines that have not been written yet); empty at
+    /// the end of stdin.
+    ///
+    /// # Errors
+    /// Reading stdin failed.
+    pub async fn next_batch(&mut self, max: u64) -> anyhow::Result<Vec<Body>> {
+        let mut batch = Vec::new();
+        let Some(first) = self.next().await? else {
+            return Ok(batch);
+        };
+        batch.push(first);
+        while (batch.len() as u64) < max {
+            let next = match self {
+                Source::Stdin(lines) => match lines.try_recv() {
+                    Ok(line) => Body::detect(line?),
+                    Err(_) => break,
+                },
+                _ => match self.next().await? {
+                    Some(body) => body,
+                    None => break,
+                },
+            };
+            batch.push(next);
+        }
+        Ok(batch)
+    }
+
     /// Reads stdin, one event per line (without its line break).
     ///
     /// A plain thread does the reading: stdin blocks, and tokio's async stdin (feature `io-std`)
-    /// is itself a blocking thread underneath. The channel holds one line, so reading keeps pace
-    /// with publishing; the thread ends at end of input, at the first error, or with the process.
-    pub fn stdin() -> Self {
-        let (tx, rx) = mpsc::channel(1);
+    /// is itself a blocking thread underneath. The channel is small, so reading keeps pace
+    /// with publishing (holding up to `ahead` lines, a batch's worth); the thread ends at end of
+    /// input, at the first error, or with the process.
+    pub fn stdin(ahead: usize) -> Self {
+        let (tx, rx) = mpsc::channel(ahead.max(1));
         std::thread::spawn(move || {
             use std::io::BufRead;
             for line in std::io::stdin().lock().lines() {
@@ -152,9 +162,9 @@ mod tests {
         };
         for expected_id in 1..=3 {
             let body = source.next().await.unwrap().unwrap();
-            assert!(body.json);
+            assert!(body.is_json());
             // Exactly these fields...
-            let value: serde_json::Value = serde_json::from_str(&body.text).unwrap();
+            let value: serde_json::Value = serde_json::from_str(body.as_str()).unwrap();
             let keys: Vec<&str> = value
                 .as_object()
                 .unwrap()
@@ -166,9 +176,9 @@ mod tests {
             assert_eq!(keys, sorted);
             // ...in the original's order: channel, device, id, time, data.
             assert!(body
-                .text
+                .as_str()
                 .starts_with(r#"{"channel":"CHANNEL_1","device":"P0039123456789","id":"#));
-            let event: RandomEvent = serde_json::from_str(&body.text).unwrap();
+            let event: RandomEvent = serde_json::from_str(body.as_str()).unwrap();
             assert_eq!(event.id, expected_id);
             assert!(DATA_LEN.contains(&event.data.len()));
             // 2014-11-25T08:12:09.123Z
@@ -182,14 +192,5 @@ mod tests {
             );
             assert!(chrono::DateTime::parse_from_rfc3339(&event.time).is_ok());
         }
-    }
-
-    #[test]
-    fn text_bodies_are_json_only_when_they_parse() {
-        assert!(Body::text(r#"{"a":1}"#.into()).json);
-        assert!(Body::text("42".into()).json);
-        assert!(!Body::text("hello".into()).json);
-        assert!(!Body::text("".into()).json);
-        assert!(!Body::text("{broken".into()).json);
     }
 }

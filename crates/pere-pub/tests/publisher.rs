@@ -317,3 +317,98 @@ async fn help_documents_every_flag() {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
 }
+
+#[tokio::test]
+async fn batch_sends_n_events_per_request_and_prints_each_id() {
+    let mut server = FakeServer::start().await;
+    let args = [
+        &server.host_port(),
+        "C",
+        "P1",
+        "--count",
+        "3",
+        "--batch",
+        "2",
+        "--interval",
+        "0",
+        "--event",
+        "tick",
+    ];
+    let mut publisher = Tool::start(EXE, &args, None);
+    publisher.line().await;
+    publisher.line().await;
+    for (events, ids) in [(2, "[1,2]"), (1, "[3]")] {
+        let push = server.expect("POST", "/push/C").await;
+        assert_eq!(
+            push.request.header("content-type"),
+            Some("application/x-ndjson")
+        );
+        assert_eq!(push.request.header("pere-batch"), Some("envelope"));
+        assert!(push.request.header("idempotency-key").is_some());
+        let lines: Vec<serde_json::Value> = push
+            .request
+            .body
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            lines.len(),
+            events,
+            "--count 3 in batches of 2: {}",
+            push.request.body
+        );
+        for line in &lines {
+            assert_eq!(line["event"], "tick");
+            assert_eq!(
+                line["data"]["device"], "P1",
+                "the original's random event, as JSON: {line}"
+            );
+        }
+        push.json(
+            200,
+            &format!(
+                r#"{{"channel":"C","ids":{ids},"time":"2024-01-01T00:00:00.000Z","replayed":0}}"#
+            ),
+        );
+    }
+    for id in 1..=3 {
+        let line = publisher.line().await;
+        let event = format!(r#"PUSH EVT> event: {{"channel":"C","device":"P1","id":{id},"time":"#);
+        assert!(
+            line.starts_with(&event) && line.ends_with(&format!("}}, Event-Id: {id}")),
+            "{line}"
+        );
+    }
+    let (code, rest, stderr) = publisher.finish().await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(rest.is_empty() && stderr.is_empty(), "{rest:?} {stderr}");
+}
+
+#[tokio::test]
+async fn wait_asks_for_receipts_and_prints_how_many_acknowledged() {
+    let mut server = FakeServer::start().await;
+    let args = [
+        &server.host_port(),
+        "C",
+        "P1",
+        "--count",
+        "1",
+        "--data",
+        "x",
+        "--wait",
+        "all",
+        "--wait-timeout",
+        "3",
+    ];
+    let mut publisher = Tool::start(EXE, &args, None);
+    publisher.line().await;
+    publisher.line().await;
+    let push = server.expect("POST", "/push/C?wait=all&timeout=3s").await;
+    let summary = r#"{"channel":"C","id":5,"acknowledged":[{"device":"H1","status":"ok","time":"2024-01-01T00:00:00.000Z"}],"delivered":["H2"],"pending":[],"expected":2,"complete":false,"counts":{"acknowledged":1,"delivered":1,"pending":0}}"#;
+    push.json(202, &format!(r#"{{"channel":"C","id":5,"time":"2024-01-01T00:00:00.000Z","satisfied":false,"receipts":{summary}}}"#));
+    assert_eq!(
+        publisher.line().await,
+        "PUSH EVT> event: x, Event-Id: 5, acknowledged: 1/2"
+    );
+    assert_eq!(publisher.finish().await.0, 0);
+}

@@ -18,7 +18,16 @@ use tokio::net::{TcpListener, TcpSocket};
 const BLOCKING_THREADS: usize = 16;
 
 fn main() -> ExitCode {
-    let config = Config::parse();
+    let config = match Config::try_parse() {
+        Ok(config) => config,
+        // A usage error in one line, with exit status 2 as clap gives it; `--help` and
+        // `--version` print as usual.
+        Err(err) if err.use_stderr() => {
+            eprintln!("{}", usage_line(&err.render().to_string()));
+            return ExitCode::from(2);
+        }
+        Err(err) => err.exit(),
+    };
     let outcome = match &config.command {
         Some(Command::Token(args)) => mint(&config, args),
         None => serve_main(config),
@@ -26,11 +35,53 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            // One line, whatever went wrong at start.
-            eprintln!("pere-server: {err:#}");
+            // One line, whatever went wrong at start, and never a backtrace.
+            eprintln!("pere-server: {}", one_line(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// A command-line usage error, which clap renders in several lines (the error, tips, the usage,
+/// a pointer to `--help`), in one line: `pere-server: <error>; <tip> (see pere-server --help)`. (The same
+/// rule as `pere_client::output::usage_line`; this binary does not depend on the client.)
+fn usage_line(rendered: &str) -> String {
+    let mut text = String::new();
+    let (mut in_usage, mut listing) = (false, false);
+    for line in rendered.lines().map(str::trim) {
+        in_usage = (in_usage || line.starts_with("Usage:")) && !line.is_empty();
+        if in_usage || line.is_empty() || line.starts_with("For more information") {
+            continue;
+        }
+        // The lines after one ending in `:` are a list (`<SERVER>`, `<CHANNEL>`).
+        let separator = match () {
+            () if text.is_empty() => "",
+            () if text.ends_with(':') => " ",
+            () if listing && !line.starts_with("tip:") => ", ",
+            () => "; ",
+        };
+        listing = text.ends_with(':') || (listing && separator == ", ");
+        text.push_str(separator);
+        text.push_str(line.strip_prefix("error: ").unwrap_or(line));
+    }
+    format!("pere-server: {text} (see pere-server --help)")
+}
+
+/// The error and its causes in one line, each cause once: a cause whose text its parent's
+/// message already holds (a store error quoting the I/O error it wraps) is not repeated.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// `pere-server token`: prints a token signed with the configured key.

@@ -7,10 +7,14 @@ use clap::Parser;
 /// Reproduces the original `subscriber.rb`: for each event it prints `RX EVT> id: <id>, data: <data>`,
 /// posts the receipt (form `status=rx+ok`, headers `device` and `last_event_id`) and prints
 /// `TX ACK> id: <id>, status: <status>`. After a dropped connection it reconnects with
-/// `Last-Event-ID`, after the server's `retry:` delay, and never prints or acknowledges an event twice.
+/// `Last-Event-ID`, after the server's `retry:` delay (doubling, up to 30 s, while the server stays
+/// out of reach), and never prints or acknowledges an event twice.
 ///
-/// Exit status: 0 after `--count` events; 1 when the server cannot be reached `--retries` times in a
-/// row; 2 when the server refuses the subscription (a 4xx answer) or on a usage error.
+/// Ctrl-C stops it with a summary on stderr, `SUMMARY> received: <n>, acknowledged: <n>`.
+///
+/// Exit status: 0 after `--count` events or on Ctrl-C; 1 when the server cannot be reached
+/// `--retries` times in a row; 2 when the server refuses the subscription (a 4xx answer) or on a
+/// usage error.
 #[derive(Debug, Parser)]
 #[command(name = "pere-sub", version)]
 pub struct Cli {
@@ -102,7 +106,7 @@ impl Cli {
     }
 }
 
-pub use pere_client::{base_url, endpoint, random_device};
+pub use pere_client::{base_url, random_device};
 
 /// Accepts an event id that can travel in an HTTP header.
 fn parse_event_id(s: &str) -> Result<String, String> {

@@ -1,39 +1,52 @@
-//! `pere-sub`: a PERE subscriber, compatible with the original `subscriber.rb`.
+//! `pere-sub`: a PERE subscriber, compatible with the original `subscriber.rb`: a thin layer over
+//! `pere_client::Subscriber` that prints what it yields.
 //!
 //! Layout:
 //! - [`cli`]: the command line, server address and default device id;
-//! - [`feed`]: the subscription loop (connect, read, acknowledge, reconnect);
-//! - [`ledger`]: which events are new, duplicates, or still owed a receipt;
-//! - [`ack`]: the receipt request, and its retry policy;
-//! - [`retry`]: the server's `retry:` and the reconnection delay;
-//! - [`output`]: line-at-a-time printing and one-line failure descriptions.
+//! - [`show`]: the lines printed for each item, and what `--count` and the summary count;
+//! - [`output`]: line-at-a-time printing.
 
-mod ack;
 mod cli;
-mod feed;
-mod ledger;
 mod output;
-mod retry;
+mod show;
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
-use reqwest::header::HeaderValue;
+use clap::Parser as _;
+use futures_util::StreamExt;
+use pere_client::{Error, Fatal, Subscriber};
 
 use crate::cli::Cli;
-use crate::feed::{Options, Subscriber};
 use crate::output::say;
-
-pub use pere_client::Fatal;
-
-/// How long to wait for a TCP connection before counting the attempt as failed.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::show::{Show, Tally};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli).await {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // A usage error in one line, with exit status 2 as clap gives it; `--help` and
+        // `--version` print as usual.
+        Err(err) if err.use_stderr() => {
+            eprintln!(
+                "{}",
+                pere_client::output::usage_line("pere-sub", &err.render().to_string())
+            );
+            return ExitCode::from(2);
+        }
+        Err(err) => err.exit(),
+    };
+    let tally = Tally::default();
+    let interrupted = pere_client::interrupt::interrupted();
+    let outcome = tokio::select! {
+        outcome = run(cli, &tally) => outcome,
+        // Ctrl-C is how a listening subscriber is stopped: say what it did, and exit 0.
+        () = interrupted => {
+            eprintln!("{}", tally.summary());
+            Ok(())
+        }
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("pere-sub: {err:#}");
@@ -46,25 +59,26 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, tally: &Tally) -> anyhow::Result<()> {
     let base = cli::base_url(&cli.server).map_err(Fatal)?;
     let (device, source) = cli.device();
     if let cli::DeviceSource::ThisRun(Some(why)) = &source {
         eprintln!("pere-sub: {why}; using a new device id for this run");
     }
-    if HeaderValue::from_str(&device).is_err() {
-        return Err(Fatal(format!("invalid device id {device:?}")).into());
-    }
-    let idle_timeout = (cli.idle_timeout > 0).then(|| Duration::from_secs(cli.idle_timeout));
-    let mut client = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT);
+    let mut builder = Subscriber::builder(base.as_str(), &cli.channel)
+        .device(&device)
+        .idle_timeout((cli.idle_timeout > 0).then(|| Duration::from_secs(cli.idle_timeout)))
+        .max_failures(Some(cli.retries));
     if let Some(token) = &cli.token {
-        client = client.default_headers(pere_client::token::bearer_headers(token)?);
+        builder = builder.token(token);
     }
-    if let Some(idle) = idle_timeout {
-        // Applies to each read, so the server's keep-alive comments keep a quiet stream alive.
-        client = client.read_timeout(idle);
+    if !cli.no_ack {
+        builder = builder.auto_ack(&cli.status);
     }
-    let client = client.build()?;
+    if let Some(id) = &cli.last_event_id {
+        builder = builder.last_event_id(id);
+    }
+    let mut feed = builder.build().map_err(|e| Fatal(e.to_string()))?;
 
     if !cli.quiet && !cli.json {
         say!(
@@ -80,16 +94,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         say!("");
     }
-    let opts = Options {
-        status: cli.status,
-        count: cli.count,
-        no_ack: cli.no_ack,
-        json: cli.json,
-        quiet: cli.quiet,
-        retries: cli.retries,
-        idle_timeout,
-    };
-    Subscriber::new(client, &base, &cli.channel, device, cli.last_event_id, opts)
-        .run()
-        .await
+    let url = feed.feed_url().clone();
+    let mut show = Show::new(&cli, url.as_str(), tally);
+    while let Some(item) = feed.next().await {
+        match item {
+            Ok(item) => {
+                if show.item(item) {
+                    return Ok(());
+                }
+            }
+            Err(Error::GaveUp { attempts, last }) => {
+                anyhow::bail!("cannot reach {url} after {attempts} attempts: {last}")
+            }
+            Err(err) => {
+                return Err(Fatal(format!("the server refused {url}: {}", err.reason())).into())
+            }
+        }
+    }
+    Ok(())
 }

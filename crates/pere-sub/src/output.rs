@@ -1,4 +1,3 @@
-//! What the user sees: the shared output helpers of `pere-client`.
+//! What the user sees: the shared line printer of `pere-client`.
 
-pub use pere_client::output::*;
 pub(crate) use pere_client::say;

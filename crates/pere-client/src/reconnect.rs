@@ -63,11 +63,29 @@ fn parse_retry(line: &[u8]) -> Option<u64> {
     std::str::from_utf8(value).ok()?.parse().ok()
 }
 
+/// The longest a subscriber waits between attempts while the server stays out of reach (unless
+/// the server's own `retry:` is longer): a server back after an outage sees its subscribers
+/// within half a minute.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
 /// The wait before reconnecting: the server's `retry` plus a little jitter (up to a tenth of it, at
 /// least 100 ms), so subscribers dropped together do not all come back in the same instant.
 pub fn reconnect_delay(retry: Duration, rng: &mut impl Rng) -> Duration {
     let spread = (retry / 10).max(Duration::from_millis(100));
     retry + spread.mul_f64(rng.gen::<f64>())
+}
+
+/// The wait before attempt `failures + 1` after `failures` failed connection attempts in a row
+/// (0 after a stream that was open and dropped): the server's `retry`, doubling with each failure
+/// up to [`MAX_BACKOFF`] (or `retry`, if longer), then jitter as [`reconnect_delay`].
+pub fn backoff(retry: Duration, failures: u32, rng: &mut impl Rng) -> Duration {
+    let doubled = retry.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    let base = if failures == 0 {
+        retry
+    } else {
+        doubled.min(MAX_BACKOFF.max(retry))
+    };
+    reconnect_delay(base, rng)
 }
 
 #[cfg(test)]
@@ -104,6 +122,29 @@ mod tests {
         long.push(b'\n');
         assert_eq!(s.feed(&long), None);
         assert_eq!(s.feed(b"retry: 7\n"), Some(7));
+    }
+
+    #[test]
+    fn failures_double_the_wait_up_to_a_ceiling() {
+        let mut rng = rand::thread_rng();
+        let mut base = |failures| {
+            let d = backoff(Duration::from_millis(200), failures, &mut rng);
+            Duration::from_millis(d.as_millis() as u64 / 100 * 100)
+        };
+        assert_eq!(base(0), Duration::from_millis(200));
+        assert_eq!(base(1), Duration::from_millis(200));
+        assert_eq!(base(2), Duration::from_millis(400));
+        assert_eq!(base(3), Duration::from_millis(800));
+        assert!(
+            base(40) <= MAX_BACKOFF + Duration::from_secs(3),
+            "{:?}",
+            base(40)
+        );
+        let long = backoff(Duration::from_secs(60), 5, &mut rng);
+        assert!(
+            long >= Duration::from_secs(60) && long <= Duration::from_secs(66),
+            "a longer retry: is kept: {long:?}"
+        );
     }
 
     #[test]

@@ -1,24 +1,35 @@
-//! Which events are new, which are duplicates, and which duplicates still owe a receipt.
+//! A subscriber's memory: which events are new, which are duplicates, and which duplicates still
+//! owe a receipt.
 //!
 //! Event ids are a channel's sequence numbers, so "seen" is one number: every id up to the last
-//! one seen. A duplicate (a replay after a reconnection, or a redelivery) is never printed again;
-//! it is acknowledged again only when its earlier receipt did not get through.
+//! one seen. A duplicate (a replay after a reconnection, or a redelivery) is never handed to the
+//! application again; its receipt is sent again only when the earlier one did not get through,
+//! with the same status and idempotency key.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 /// How many failed receipts to remember; past this the oldest are forgotten (and would be shown
 /// as plain duplicates). Bounded so a subscriber cut off from `/feedback` cannot grow forever.
 const MAX_PENDING: usize = 10_000;
 
 /// What to do with an event, given its id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// Never seen: print it and acknowledge it.
+    /// Never seen: hand it to the application.
     New,
-    /// Seen, but its receipt failed: acknowledge it again, silently.
-    Reack,
+    /// Seen, but its receipt failed: send that receipt again (this status, this key).
+    Reack(Owed),
     /// Seen and acknowledged (or not to be acknowledged): ignore it.
     Skip,
+}
+
+/// A receipt that failed in a way that may pass: what it said, and the key it was sent with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owed {
+    /// The status.
+    pub status: String,
+    /// The idempotency key, so the server records it once however often it arrives.
+    pub key: String,
 }
 
 /// The subscriber's memory of the events it has seen and the receipts it still owes.
@@ -26,28 +37,25 @@ pub enum Verdict {
 pub struct Ledger {
     last_seen: Option<u64>,
     // Ids whose receipt failed in a way that may succeed later (no answer, 5xx).
-    unacked: BTreeSet<u64>,
+    unacked: BTreeMap<u64, Owed>,
 }
 
 impl Ledger {
-    /// A ledger that treats every id up to `start` (e.g. from `--last-event-id`) as seen.
+    /// A ledger that treats every id up to `start` (e.g. a given `Last-Event-ID`) as seen.
     pub fn new(start: Option<u64>) -> Self {
         Ledger {
             last_seen: start,
-            unacked: BTreeSet::new(),
+            unacked: BTreeMap::new(),
         }
     }
 
     /// Classifies event `id` and records it as seen.
     pub fn classify(&mut self, id: u64) -> Verdict {
         match self.last_seen {
-            Some(last) if id <= last => {
-                if self.unacked.contains(&id) {
-                    Verdict::Reack
-                } else {
-                    Verdict::Skip
-                }
-            }
+            Some(last) if id <= last => match self.unacked.get(&id) {
+                Some(owed) => Verdict::Reack(owed.clone()),
+                None => Verdict::Skip,
+            },
             _ => {
                 self.last_seen = Some(id);
                 Verdict::New
@@ -61,15 +69,14 @@ impl Ledger {
     }
 
     /// The receipt for `id` failed but may succeed later: send it again if `id` comes back.
-    pub fn unsettled(&mut self, id: u64) {
-        self.unacked.insert(id);
+    pub fn unsettled(&mut self, id: u64, owed: Owed) {
+        self.unacked.insert(id, owed);
         if self.unacked.len() > MAX_PENDING {
             self.unacked.pop_first();
         }
     }
 
     /// The last id seen.
-    #[cfg(test)]
     pub fn last_seen(&self) -> Option<u64> {
         self.last_seen
     }
@@ -78,6 +85,13 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn owed(status: &str) -> Owed {
+        Owed {
+            status: status.into(),
+            key: format!("key-{status}"),
+        }
+    }
 
     #[test]
     fn new_events_advance_and_replays_are_skipped() {
@@ -99,12 +113,12 @@ mod tests {
     fn a_failed_receipt_is_sent_again_once_it_succeeds() {
         let mut l = Ledger::new(None);
         assert_eq!(l.classify(1), Verdict::New);
-        l.unsettled(1);
+        l.unsettled(1, owed("done"));
         assert_eq!(l.classify(2), Verdict::New);
         l.settled(2);
-        assert_eq!(l.classify(1), Verdict::Reack);
-        l.unsettled(1);
-        assert_eq!(l.classify(1), Verdict::Reack);
+        assert_eq!(l.classify(1), Verdict::Reack(owed("done")));
+        l.unsettled(1, owed("done"));
+        assert_eq!(l.classify(1), Verdict::Reack(owed("done")));
         l.settled(1);
         assert_eq!(l.classify(1), Verdict::Skip);
         assert_eq!(l.classify(2), Verdict::Skip);
@@ -125,10 +139,13 @@ mod tests {
         let mut l = Ledger::new(None);
         for id in 1..=(MAX_PENDING as u64 + 5) {
             assert_eq!(l.classify(id), Verdict::New);
-            l.unsettled(id);
+            l.unsettled(id, owed("x"));
         }
         assert_eq!(l.unacked.len(), MAX_PENDING);
         assert_eq!(l.classify(1), Verdict::Skip);
-        assert_eq!(l.classify(MAX_PENDING as u64 + 5), Verdict::Reack);
+        assert_eq!(
+            l.classify(MAX_PENDING as u64 + 5),
+            Verdict::Reack(owed("x"))
+        );
     }
 }

@@ -1,0 +1,713 @@
+//! Subscribing: a [`Subscriber`] is a `Stream` of one channel's events (`GET /feed/:channel`),
+//! each handed over once, with its return receipt ([`Event::ack`]); it resumes from the last id
+//! it saw after every drop, at the pace the server's `retry:` sets, and sends again a receipt
+//! that failed when its event comes back.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use eventsource_stream::{EventStreamError, Eventsource};
+use futures_util::stream::Stream;
+use futures_util::StreamExt;
+use pere_core::sse::{GAP_EVENT_TYPE, RESET_EVENT_TYPE};
+use pere_core::wire::{GapNotice, ReceiptJson, ResetNotice};
+use pere_core::{ChannelName, DeviceId};
+use reqwest::header::{
+    HeaderValue, ACCEPT, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER,
+};
+use reqwest::{Client, RequestBuilder, Response, Url};
+
+use crate::address::{base_url, endpoint};
+use crate::error::{Error, Refusal};
+use crate::ids::idempotency_key;
+use crate::ledger::{Ledger, Owed, Verdict};
+use crate::output::{describe_answer, describe_transport};
+use crate::receipt::{self, RECEIPT_RETRY};
+use crate::reconnect::{backoff, RetryScanner, DEFAULT_RETRY};
+use crate::retry::{is_transient, Outcome, Policy};
+use crate::token;
+
+/// Reconnect when nothing at all, not even a keep-alive comment, arrives for this long: the
+/// server sends one every 15 s, so three missed ones mean the connection is dead.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
+/// How long to wait for a TCP connection before counting the attempt as failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a [`Subscriber`] yields.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Item {
+    /// The feed is open (after the first connection and after each reconnection): from here on
+    /// nothing published is missed.
+    Connected,
+    /// A new event: each id once, in order, however often the server sends it.
+    Event(Event),
+    /// A receipt the subscriber sent by itself: the automatic receipt of the event it yielded
+    /// just before (see [`SubscriberBuilder::auto_ack`]), or a receipt that had failed, sent
+    /// again because its event came back.
+    Acked(Acked),
+    /// `pere-gap`: events the subscriber should have had are no longer retained on the server.
+    Gap {
+        /// The missing ids, when the notice could be read.
+        notice: Option<GapNotice>,
+        /// The notice as sent.
+        data: String,
+    },
+    /// `pere-reset`: the server does not know the position the subscriber resumed from (it
+    /// lost its history); ids start over, and the subscriber has forgotten the ids it saw.
+    Reset {
+        /// The position asked for and the server's last id, when the notice could be read.
+        notice: Option<ResetNotice>,
+        /// The notice as sent.
+        data: String,
+    },
+    /// The feed dropped or could not be opened; the subscriber reconnects after `delay`.
+    Reconnecting(Reconnect),
+}
+
+/// A dropped or refused connection, and when the next attempt comes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reconnect {
+    /// Why, in one line.
+    pub reason: String,
+    /// Failed connection attempts in a row (0: an open feed dropped).
+    pub failures: u32,
+    /// The wait before the next attempt.
+    pub delay: Duration,
+    /// The `Last-Event-ID` the next attempt sends.
+    pub last_event_id: Option<String>,
+}
+
+/// The outcome of a receipt the subscriber sent by itself.
+#[derive(Debug)]
+pub struct Acked {
+    /// The event acknowledged.
+    pub id: String,
+    /// The status sent.
+    pub status: String,
+    /// True when this receipt had failed before and was sent again because its event came back.
+    pub again: bool,
+    /// The server's receipt (`None` from a server that answers with an empty 200), or why it
+    /// failed. A receipt that failed in a way that may pass is sent again if the event comes back.
+    pub result: Result<Option<ReceiptJson>, Error>,
+}
+
+/// One event of the channel.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Its id (`id:`): the channel's sequence number on a PERE server.
+    pub id: String,
+    /// Its type (`event:`), `message` when none was given.
+    pub event: String,
+    /// Its body (the `data:` lines, joined by LF).
+    pub data: String,
+    receipts: Option<Receipts>,
+}
+
+impl Event {
+    /// The id as a number; `None` for an id that is not one (the original PERE's timestamps).
+    pub fn number(&self) -> Option<u64> {
+        self.id.parse().ok()
+    }
+
+    /// The body parsed as JSON.
+    ///
+    /// # Errors
+    /// `serde_json`'s, when the body is not a `T`.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(&self.data)
+    }
+
+    /// Sends this event's return receipt with `status` (`POST /feedback/:channel`), with one
+    /// `Idempotency-Key` for every attempt (three, 200 and 400 ms apart, by default), so the
+    /// server records it once. A receipt that still failed in a way that may pass is sent again,
+    /// by the subscriber, when the server delivers the event again.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a subscriber without a device (an anonymous listener sends no
+    /// receipts) or an event without an id; [`Error::Refused`] when the server refuses it (404
+    /// `unknown_event`, …); [`Error::GaveUp`] when every attempt failed.
+    pub async fn ack(&self, status: &str) -> Result<Option<ReceiptJson>, Error> {
+        let Some(receipts) = &self.receipts else {
+            return Err(Error::Invalid(
+                "an anonymous subscriber (no device) sends no receipts".into(),
+            ));
+        };
+        if self.id.is_empty() {
+            return Err(Error::Invalid(
+                "an event without an id cannot be acknowledged".into(),
+            ));
+        }
+        receipts.send(&self.id, status, None).await
+    }
+}
+
+/// What an event needs to send its receipt: where, and the ledger to note the result in.
+#[derive(Debug, Clone)]
+struct Receipts {
+    sender: Arc<receipt::Sender>,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl Receipts {
+    async fn send(
+        &self,
+        id: &str,
+        status: &str,
+        key: Option<String>,
+    ) -> Result<Option<ReceiptJson>, Error> {
+        let key = key.unwrap_or_else(|| idempotency_key(&mut rand::thread_rng()));
+        let outcome = self.sender.send(id, status, &key).await;
+        let number = id.parse::<u64>().ok();
+        let mut shared = lock(&self.shared);
+        match outcome {
+            Outcome::Accepted(receipt) => {
+                if let Some(n) = number {
+                    shared.ledger.settled(n);
+                }
+                Ok(receipt)
+            }
+            Outcome::Refused(refusal) => {
+                if let Some(n) = number {
+                    shared.ledger.settled(n);
+                }
+                Err(Error::Refused(refusal))
+            }
+            Outcome::Retryable(last) => {
+                if let Some(n) = number {
+                    shared.ledger.unsettled(
+                        n,
+                        Owed {
+                            status: status.to_owned(),
+                            key,
+                        },
+                    );
+                }
+                Err(Error::GaveUp {
+                    attempts: self.sender.policy.attempts.unwrap_or(1).max(1),
+                    last,
+                })
+            }
+        }
+    }
+}
+
+/// What the stream and the events it handed out share.
+#[derive(Debug)]
+struct Shared {
+    ledger: Ledger,
+    // The `Last-Event-ID` for the next connection: the last new id, verbatim.
+    resume: Option<String>,
+}
+
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    // Nothing panics while holding it; a poisoned ledger is still the best one there is.
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Settings for a [`Subscriber`]; [`SubscriberBuilder::build`] checks them.
+#[derive(Debug, Clone)]
+pub struct SubscriberBuilder {
+    server: String,
+    channel: String,
+    device: Option<String>,
+    token: Option<String>,
+    client: Option<Client>,
+    auto_ack: Option<String>,
+    last_event_id: Option<String>,
+    idle_timeout: Option<Duration>,
+    max_failures: Option<u32>,
+    receipt_retry: Policy,
+}
+
+impl SubscriberBuilder {
+    /// The device (`device` header) [default: the token's subject, else none: an anonymous
+    /// listener, which the server never expects receipts from and which sends none]. Keep it the
+    /// same from run to run: each new id is a new recipient the server expects receipts from.
+    pub fn device(mut self, device: impl Into<String>) -> Self {
+        self.device = Some(device.into());
+        self
+    }
+
+    /// A token (from `pere-server token`) sent as `Authorization: Bearer` with every request.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// The HTTP client to use [default: one with a 10 s connect timeout and the idle timeout as
+    /// its read timeout]. A client given here should have a read timeout of its own, or a dead
+    /// connection is noticed only by the operating system.
+    pub fn client(mut self, client: Client) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// Acknowledge every new event with `status` by itself, once the application asks for the
+    /// next item (so after it handled the event); the outcome follows as [`Item::Acked`]
+    /// [default: the application calls [`Event::ack`]].
+    pub fn auto_ack(mut self, status: impl Into<String>) -> Self {
+        self.auto_ack = Some(status.into());
+        self
+    }
+
+    /// Start after this event id: sent as `Last-Event-ID` on the first connection; events up to
+    /// it count as already seen [default: the server's choice: after the last event this device
+    /// acknowledged, or the retained history for a device it does not know].
+    pub fn last_event_id(mut self, id: impl Into<String>) -> Self {
+        self.last_event_id = Some(id.into());
+        self
+    }
+
+    /// Reconnect when nothing, not even a keep-alive comment, arrives for this long; `None`
+    /// waits forever [default: [`DEFAULT_IDLE_TIMEOUT`]]. Applies to the client the builder
+    /// makes, not to one given with [`SubscriberBuilder::client`].
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// End the stream with [`Error::GaveUp`] after this many failed connection attempts in a
+    /// row [default: `None`, never: the subscriber waits for the server to come back].
+    pub fn max_failures(mut self, failures: Option<u32>) -> Self {
+        self.max_failures = failures.filter(|&n| n > 0);
+        self
+    }
+
+    /// The attempts per receipt [default: 3, 200 ms apart and doubling].
+    pub fn receipt_retry(mut self, policy: Policy) -> Self {
+        self.receipt_retry = policy;
+        self
+    }
+
+    /// The subscriber. It connects when first polled.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a server address that is not `http://`, a channel or device id the
+    /// server would refuse, a start id that cannot travel in a header, or a token that cannot.
+    pub fn build(self) -> Result<Subscriber, Error> {
+        let base = base_url(&self.server).map_err(Error::Invalid)?;
+        let channel = &self.channel;
+        ChannelName::new(channel)
+            .map_err(|e| Error::Invalid(format!("invalid channel {channel:?}: {e}")))?;
+        let token = match &self.token {
+            Some(t) => Some(
+                token::bearer(t)
+                    .ok_or_else(|| Error::Invalid("the token cannot be sent in a header".into()))?,
+            ),
+            None => None,
+        };
+        let device = self
+            .device
+            .or_else(|| self.token.as_deref().and_then(token::subject));
+        if let Some(device) = &device {
+            DeviceId::new(device)
+                .map_err(|e| Error::Invalid(format!("invalid device id {device:?}: {e}")))?;
+        }
+        if let Some(id) = &self.last_event_id {
+            if id.is_empty() || HeaderValue::from_str(id).is_err() {
+                return Err(Error::Invalid(format!("invalid event id {id:?}")));
+            }
+        }
+        let client = match self.client {
+            Some(client) => client,
+            None => {
+                let mut client = Client::builder().connect_timeout(CONNECT_TIMEOUT);
+                if let Some(idle) = self.idle_timeout {
+                    // Applies to each read, so the server's keep-alive comments keep a quiet
+                    // feed alive.
+                    client = client.read_timeout(idle);
+                }
+                client
+                    .build()
+                    .map_err(|e| Error::Invalid(format!("cannot make an HTTP client: {e}")))?
+            }
+        };
+        let shared = Arc::new(Mutex::new(Shared {
+            ledger: Ledger::new(self.last_event_id.as_deref().and_then(|id| id.parse().ok())),
+            resume: self.last_event_id,
+        }));
+        let receipts = device.clone().map(|device| Receipts {
+            sender: Arc::new(receipt::Sender {
+                client: client.clone(),
+                url: endpoint(&base, "feedback", channel),
+                device,
+                token: token.clone(),
+                policy: self.receipt_retry,
+            }),
+            shared: Arc::clone(&shared),
+        });
+        let feed_url = endpoint(&base, "feed", channel);
+        let state = State {
+            client,
+            feed_url: feed_url.clone(),
+            device: device.clone(),
+            token,
+            receipts,
+            shared: Arc::clone(&shared),
+            auto_ack: self.auto_ack,
+            idle_timeout: self.idle_timeout,
+            max_failures: self.max_failures,
+            retry_ms: Arc::new(AtomicU64::new(DEFAULT_RETRY.as_millis() as u64)),
+            failures: 0,
+            events: None,
+            wait: None,
+            to_ack: None,
+            done: false,
+        };
+        let stream = futures_util::stream::unfold(state, |mut state| async move {
+            let item = state.next().await?;
+            Some((item, state))
+        });
+        Ok(Subscriber {
+            stream: Box::pin(stream),
+            shared,
+            feed_url,
+            device,
+        })
+    }
+}
+
+/// A subscription to one channel: a `Stream` of [`Item`]s that ends only after an error (the
+/// server refused the feed, or [`SubscriberBuilder::max_failures`] attempts failed in a row).
+///
+/// ```no_run
+/// # async fn run() -> Result<(), pere_client::Error> {
+/// use futures_util::StreamExt;
+/// use pere_client::{Item, Subscriber};
+///
+/// let mut feed = Subscriber::builder("127.0.0.1:4567", "ORDERS").device("H0039000000001").build()?;
+/// while let Some(item) = feed.next().await {
+///     match item? {
+///         Item::Event(event) => {
+///             println!("{} {}: {}", event.id, event.event, event.data);
+///             event.ack("done").await?;
+///         }
+///         Item::Gap { data, .. } => eprintln!("missed for good: {data}"),
+///         _ => {}
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+pub struct Subscriber {
+    stream: Pin<Box<dyn Stream<Item = Result<Item, Error>> + Send>>,
+    shared: Arc<Mutex<Shared>>,
+    feed_url: Url,
+    device: Option<String>,
+}
+
+impl fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("feed_url", &self.feed_url.as_str())
+            .field("device", &self.device)
+            .field("last_event_id", &self.last_event_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscriber {
+    /// Settings for a subscriber to `channel` on `server` (`host:port` or an `http://` URL).
+    pub fn builder(server: impl Into<String>, channel: impl Into<String>) -> SubscriberBuilder {
+        SubscriberBuilder {
+            server: server.into(),
+            channel: channel.into(),
+            device: None,
+            token: None,
+            client: None,
+            auto_ack: None,
+            last_event_id: None,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            max_failures: None,
+            receipt_retry: RECEIPT_RETRY,
+        }
+    }
+
+    /// The position the next connection resumes from: the id of the last new event.
+    pub fn last_event_id(&self) -> Option<String> {
+        lock(&self.shared).resume.clone()
+    }
+
+    /// The highest event id seen (forgotten on `pere-reset`).
+    pub fn last_seen(&self) -> Option<u64> {
+        lock(&self.shared).ledger.last_seen()
+    }
+
+    /// The device it subscribes as, if any.
+    pub fn device(&self) -> Option<&str> {
+        self.device.as_deref()
+    }
+
+    /// `GET /feed/:channel` on the server.
+    pub fn feed_url(&self) -> &Url {
+        &self.feed_url
+    }
+}
+
+impl Stream for Subscriber {
+    type Item = Result<Item, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.stream.as_mut().poll_next(cx)
+    }
+}
+
+/// The bytes of an open feed, parsed into events.
+type Events = Pin<
+    Box<
+        dyn Stream<Item = Result<eventsource_stream::Event, EventStreamError<reqwest::Error>>>
+            + Send,
+    >,
+>;
+
+/// The outcome of a connection attempt.
+enum Connect {
+    Open(Response),
+    /// Why, and the server's `Retry-After`, if any.
+    Retry(String, Option<Duration>),
+    Refused(Refusal),
+}
+
+/// The subscription's working state, owned by its stream.
+struct State {
+    client: Client,
+    feed_url: Url,
+    device: Option<String>,
+    token: Option<HeaderValue>,
+    receipts: Option<Receipts>,
+    shared: Arc<Mutex<Shared>>,
+    auto_ack: Option<String>,
+    idle_timeout: Option<Duration>,
+    max_failures: Option<u32>,
+    // The server's `retry:` in milliseconds; shared with the byte scanner of the current feed.
+    retry_ms: Arc<AtomicU64>,
+    failures: u32,
+    events: Option<Events>,
+    // The wait before the next connection attempt.
+    wait: Option<Duration>,
+    // The event whose automatic receipt is due when the next item is asked for.
+    to_ack: Option<String>,
+    done: bool,
+}
+
+impl State {
+    async fn next(&mut self) -> Option<Result<Item, Error>> {
+        if self.done {
+            return None;
+        }
+        loop {
+            if let Some(id) = self.to_ack.take() {
+                if let (Some(receipts), Some(status)) = (&self.receipts, &self.auto_ack) {
+                    let result = receipts.send(&id, status, None).await;
+                    return Some(Ok(Item::Acked(Acked {
+                        id,
+                        status: status.clone(),
+                        again: false,
+                        result,
+                    })));
+                }
+            }
+            let Some(events) = self.events.as_mut() else {
+                if let Some(wait) = self.wait.take() {
+                    tokio::time::sleep(wait).await;
+                }
+                match connect(self.request()).await {
+                    Connect::Open(response) => {
+                        self.failures = 0;
+                        self.events = Some(self.read(response));
+                        return Some(Ok(Item::Connected));
+                    }
+                    Connect::Refused(refusal) => {
+                        self.done = true;
+                        return Some(Err(Error::Refused(refusal)));
+                    }
+                    Connect::Retry(why, retry_after) => {
+                        self.failures += 1;
+                        if self.max_failures.is_some_and(|max| self.failures >= max) {
+                            self.done = true;
+                            return Some(Err(Error::GaveUp {
+                                attempts: self.failures,
+                                last: why,
+                            }));
+                        }
+                        return Some(Ok(self.reconnecting(why, retry_after)));
+                    }
+                }
+            };
+            let why = match events.next().await {
+                Some(Ok(event)) => match self.on_event(event).await {
+                    Some(item) => return Some(Ok(item)),
+                    None => continue,
+                },
+                Some(Err(err)) => self.describe(err),
+                None => "the server closed the stream".to_owned(),
+            };
+            self.events = None;
+            return Some(Ok(self.reconnecting(why, None)));
+        }
+    }
+
+    /// The feed request, from the current position.
+    fn request(&self) -> RequestBuilder {
+        let mut request = self
+            .client
+            .get(self.feed_url.clone())
+            .header(ACCEPT, "text/event-stream")
+            .header(CACHE_CONTROL, "no-cache");
+        if let Some(device) = &self.device {
+            request = request.header("device", device);
+        }
+        if let Some(token) = &self.token {
+            request = request.header(AUTHORIZATION, token.clone());
+        }
+        if let Some(id) = &lock(&self.shared).resume {
+            request = request.header("Last-Event-ID", id);
+        }
+        request
+    }
+
+    fn read(&self, response: Response) -> Events {
+        let retry_ms = Arc::clone(&self.retry_ms);
+        let mut scanner = RetryScanner::default();
+        let bytes = response.bytes_stream().map(move |chunk| {
+            if let Ok(bytes) = &chunk {
+                if let Some(ms) = scanner.feed(bytes) {
+                    retry_ms.store(ms, Ordering::Relaxed);
+                }
+            }
+            chunk
+        });
+        Box::pin(bytes.eventsource())
+    }
+
+    fn reconnecting(&mut self, reason: String, retry_after: Option<Duration>) -> Item {
+        let retry = Duration::from_millis(self.retry_ms.load(Ordering::Relaxed));
+        let mut delay = backoff(retry, self.failures, &mut rand::thread_rng());
+        if let Some(after) = retry_after {
+            delay = delay.max(after);
+        }
+        self.wait = Some(delay);
+        let last_event_id = lock(&self.shared).resume.clone();
+        Item::Reconnecting(Reconnect {
+            reason,
+            failures: self.failures,
+            delay,
+            last_event_id,
+        })
+    }
+
+    fn describe(&self, err: EventStreamError<reqwest::Error>) -> String {
+        match err {
+            EventStreamError::Transport(err) if err.is_timeout() => match self.idle_timeout {
+                Some(idle) => format!(
+                    "nothing received for {} s, not even a keep-alive",
+                    idle.as_secs()
+                ),
+                None => describe_transport(err),
+            },
+            EventStreamError::Transport(err) => {
+                format!("the stream broke: {}", describe_transport(err))
+            }
+            other => format!("unreadable stream: {other}"),
+        }
+    }
+
+    /// Sorts one event out: an item to yield, or nothing (a duplicate).
+    async fn on_event(&mut self, event: eventsource_stream::Event) -> Option<Item> {
+        if event.event == GAP_EVENT_TYPE {
+            return Some(Item::Gap {
+                notice: serde_json::from_str(&event.data).ok(),
+                data: event.data,
+            });
+        }
+        if event.event == RESET_EVENT_TYPE {
+            // The server lost the history our ids came from: what it sends now is all new.
+            lock(&self.shared).ledger = Ledger::new(None);
+            return Some(Item::Reset {
+                notice: serde_json::from_str(&event.data).ok(),
+                data: event.data,
+            });
+        }
+        let id = event.id;
+        // An id that is no PERE sequence number (the original server's timestamps) cannot be
+        // ordered: such events are all new. (An event without `id:` keeps the previous id, as in
+        // a browser, and so reads as a duplicate.)
+        let verdict = {
+            let mut shared = lock(&self.shared);
+            let verdict = id
+                .parse::<u64>()
+                .ok()
+                .map_or(Verdict::New, |n| shared.ledger.classify(n));
+            if verdict == Verdict::New && !id.is_empty() {
+                shared.resume = Some(id.clone());
+            }
+            verdict
+        };
+        match verdict {
+            Verdict::Skip => None,
+            Verdict::Reack(owed) => {
+                let receipts = self.receipts.as_ref()?;
+                let result = receipts.send(&id, &owed.status, Some(owed.key)).await;
+                Some(Item::Acked(Acked {
+                    id,
+                    status: owed.status,
+                    again: true,
+                    result,
+                }))
+            }
+            Verdict::New => {
+                if self.auto_ack.is_some() && self.receipts.is_some() && !id.is_empty() {
+                    self.to_ack = Some(id.clone());
+                }
+                Some(Item::Event(Event {
+                    id,
+                    event: event.event,
+                    data: event.data,
+                    receipts: self.receipts.clone(),
+                }))
+            }
+        }
+    }
+}
+
+/// Opens a feed.
+async fn connect(request: RequestBuilder) -> Connect {
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(err) if err.is_builder() => {
+            return Connect::Refused(Refusal::other(None, describe_transport(err)))
+        }
+        Err(err) => return Connect::Retry(describe_transport(err), None),
+    };
+    let status = response.status();
+    if status.is_success() {
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !content_type.starts_with("text/event-stream") {
+            let why = format!("HTTP {status} with {content_type:?}, not an event stream");
+            return Connect::Refused(Refusal::other(Some(status), why));
+        }
+        return Connect::Open(response);
+    }
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let body = response.text().await.unwrap_or_default();
+    if is_transient(status) || status.is_redirection() {
+        Connect::Retry(describe_answer(status, &body), retry_after)
+    } else {
+        Connect::Refused(Refusal::answer(status, &body))
+    }
+}
