@@ -25,14 +25,19 @@ use tokio::net::TcpStream;
 use crate::response::{self, add_cors, ResponseBody};
 use crate::sse_body::ConnectionCloser;
 use crate::state::AppState;
-use crate::{door, handlers};
+use crate::{door, handlers, route};
 
 /// The largest read buffer of a connection, and so the largest request head.
 const MAX_READ_BUFFER: usize = 16 * 1024;
 
 /// Serves a connection with hyper until it closes, the server shuts down, or a lagging feed asks
 /// for it to be closed.
-pub async fn serve<S: Store>(state: Arc<AppState<S>>, io: Rewind, watcher: Watcher, peer: SocketAddr) {
+pub async fn serve<S: Store>(
+    state: Arc<AppState<S>>,
+    io: Rewind,
+    watcher: Watcher,
+    peer: SocketAddr,
+) {
     let closer = ConnectionCloser::default();
     let on_close = closer.clone();
     let service = service_fn(move |request: Request<Incoming>| {
@@ -67,7 +72,10 @@ async fn answer<S: Store>(
     request: Request<Incoming>,
     closer: Option<ConnectionCloser>,
 ) -> Response<ResponseBody> {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    if let Some(uri) = route::unescape_names(&parts.uri) {
+        parts.uri = uri;
+    }
     let answered = match door::admit(state, peer, &parts.method, &parts.uri, &parts.headers) {
         Ok(admitted) => handlers::dispatch(state, admitted, &parts, body, closer).await,
         Err(err) => Err(err),
@@ -80,7 +88,12 @@ async fn answer<S: Store>(
         *response.body_mut() = response::empty();
     }
     let preflight = parts.method == Method::OPTIONS;
-    add_cors(&state.config, parts.headers.get(header::ORIGIN), preflight, response.headers_mut());
+    add_cors(
+        &state.config,
+        parts.headers.get(header::ORIGIN),
+        preflight,
+        response.headers_mut(),
+    );
     response
 }
 
@@ -99,12 +112,18 @@ impl Rewind {
 
 impl std::fmt::Debug for Rewind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Rewind").field("prefix", &self.prefix.len()).finish()
+        f.debug_struct("Rewind")
+            .field("prefix", &self.prefix.len())
+            .finish()
     }
 }
 
 impl AsyncRead for Rewind {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         if !self.prefix.is_empty() {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix.split_to(n));
@@ -115,7 +134,11 @@ impl AsyncRead for Rewind {
 }
 
 impl AsyncWrite for Rewind {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -139,4 +162,3 @@ impl AsyncWrite for Rewind {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
-
