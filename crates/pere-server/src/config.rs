@@ -384,7 +384,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "d" => 86_400,
         _ => return Err(format!("unknown unit in `{text}`: use s, m, h or d")),
     };
-    Ok(Duration::from_secs(n * secs))
+    // A number of days past u64 seconds is a mistake, never a wish to wait that long.
+    let secs = n
+        .checked_mul(secs)
+        .ok_or_else(|| format!("`{text}` is longer than any duration this server keeps"))?;
+    Ok(Duration::from_secs(secs))
 }
 
 #[cfg(test)]
@@ -399,6 +403,10 @@ mod tests {
             Duration::from_secs(7 * 86_400)
         );
         assert_eq!(parse_duration("15").unwrap(), Duration::from_secs(15));
+        assert!(
+            parse_duration("99999999999999999d").is_err(),
+            "an overflow is refused, never a panic"
+        );
         assert!(parse_duration("1w").is_err());
         assert!(parse_duration("x").is_err());
     }

@@ -156,7 +156,8 @@ pub fn admit<'a, S: Store>(
     })
 }
 
-/// The routes anyone may ask for: the banner, the page (which then asks for a token), health, and
+/// The routes anyone may ask for: the banner, the page (which then asks for a token), health, the
+/// API's contract (it holds no secret, and a client generator reads it before it has a token), and
 /// CORS preflights (a browser sends no credentials with those).
 fn is_public(route: &Route<'_>) -> bool {
     matches!(
@@ -166,6 +167,7 @@ fn is_public(route: &Route<'_>) -> bool {
             | Route::Health
             | Route::Healthz
             | Route::Readyz
+            | Route::OpenApi
             | Route::Favicon
             | Route::Preflight
     )
@@ -211,6 +213,7 @@ fn authorize(route: &Route<'_>, device: &DeviceId, grants: &Grants) -> Result<()
         | Route::Health
         | Route::Healthz
         | Route::Readyz
+        | Route::OpenApi
         | Route::Favicon
         | Route::Preflight => true,
         Route::Push(channel) => grants.may_publish(channel),

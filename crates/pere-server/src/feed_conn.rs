@@ -30,7 +30,7 @@ use crate::error::ApiError;
 use crate::limits::StreamSlot;
 use crate::request;
 use crate::response::{add_cors, error_body, error_headers, raw_head, SSE_HEADERS};
-use crate::route::Route;
+use crate::route::{self, Route};
 use crate::sse_body::{next_frame, EndReason};
 use crate::state::AppState;
 use crate::{activity, streams};
@@ -135,7 +135,10 @@ pub async fn serve<S: Store>(
     request: Request<()>,
     peer: SocketAddr,
 ) {
-    let (parts, ()) = request.into_parts();
+    let (mut parts, ()) = request.into_parts();
+    if let Some(uri) = route::unescape_names(&parts.uri) {
+        parts.uri = uri;
+    }
     let mut cors = HeaderMap::new();
     add_cors(
         &state.config,

@@ -20,6 +20,7 @@ use pere_core::{DeviceId, NewEvent, Store};
 use crate::activity;
 use crate::door::{Admitted, Caller};
 use crate::error::ApiError;
+use crate::openapi;
 use crate::request::{self, Query};
 use crate::response::{self, Answer, ResponseBody};
 use crate::route::Route;
@@ -68,6 +69,7 @@ pub async fn dispatch<S: Store>(
             },
         )),
         Route::Readyz => Ok(readiness(state).await),
+        Route::OpenApi => Ok(openapi::document()),
         Route::Push(channel) => push(state, channel, caller.device, &query, headers, body).await,
         Route::Feed(channel) => {
             let channel = request::channel(channel)?;

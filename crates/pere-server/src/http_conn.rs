@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 use crate::response::{self, add_cors, ResponseBody};
 use crate::sse_body::ConnectionCloser;
 use crate::state::AppState;
-use crate::{door, handlers};
+use crate::{door, handlers, route};
 
 /// The largest read buffer of a connection, and so the largest request head.
 const MAX_READ_BUFFER: usize = 16 * 1024;
@@ -72,7 +72,10 @@ async fn answer<S: Store>(
     request: Request<Incoming>,
     closer: Option<ConnectionCloser>,
 ) -> Response<ResponseBody> {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    if let Some(uri) = route::unescape_names(&parts.uri) {
+        parts.uri = uri;
+    }
     let answered = match door::admit(state, peer, &parts.method, &parts.uri, &parts.headers) {
         Ok(admitted) => handlers::dispatch(state, admitted, &parts, body, closer).await,
         Err(err) => Err(err),

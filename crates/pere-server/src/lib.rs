@@ -15,6 +15,7 @@
 //! - [`request`]: reading requests (query, names, device, resume position, bodies, receipts);
 //! - [`response`]: the body type, JSON and error answers, the SSE head, CORS;
 //! - [`route`]: method and path to a [`route::Route`];
+//! - [`openapi`]: the API's contract, served at `/openapi.json`;
 //! - [`error`]: errors as statuses and stable codes;
 //! - [`activity`]: the activity log lines; [`logging`]: the subscriber that writes them;
 //! - [`config`]: the command line and settings.
@@ -32,6 +33,7 @@ pub mod handlers;
 pub mod http_conn;
 pub mod limits;
 pub mod logging;
+pub mod openapi;
 pub mod request;
 pub mod response;
 pub mod route;

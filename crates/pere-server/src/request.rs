@@ -161,16 +161,17 @@ pub fn event_id(raw: &str) -> Result<u64, ApiError> {
     })
 }
 
-/// `?limit=`: how many items a view shows, `default` without it, never more than `max`.
+/// `?limit=`: how many items a view shows, `default` without it, never more than `max` (a number
+/// too large for this machine's integers is as good as `max`).
 ///
 /// # Errors
 /// 400 `bad_limit`.
 pub fn limit(query: &Query, default: usize, max: usize) -> Result<usize, ApiError> {
     match query.get(&["limit"]) {
-        Some(raw) => raw
-            .parse::<usize>()
-            .map(|n| n.min(max))
-            .map_err(|_| ApiError::bad_request("bad_limit", "limit must be a number")),
+        Some(raw) if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) => {
+            Ok(raw.parse::<usize>().map_or(max, |n| n.min(max)))
+        }
+        Some(_) => Err(ApiError::bad_request("bad_limit", "limit must be a number")),
         None => Ok(default),
     }
 }
@@ -278,15 +279,19 @@ pub fn push_wait(
     };
     let wait = match wait {
         "all" => WaitFor::All,
-        n => match n.parse::<usize>() {
-            Ok(n) if n > 0 => WaitFor::AtLeast(n),
-            _ => {
-                return Err(ApiError::bad_request(
-                    "bad_wait",
-                    "wait must be `all` or a number of devices",
-                ))
-            }
-        },
+        // More devices than this machine can count are more than will ever acknowledge.
+        n if !n.is_empty()
+            && n.bytes().all(|b| b.is_ascii_digit())
+            && n.bytes().any(|b| b != b'0') =>
+        {
+            WaitFor::AtLeast(n.parse::<usize>().unwrap_or(usize::MAX))
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "bad_wait",
+                "wait must be `all` or a number of devices",
+            ))
+        }
     };
     let timeout = match query.get(&["timeout"]) {
         Some(t) => parse_duration(t).map_err(|m| ApiError::bad_request("bad_timeout", m))?,
@@ -441,6 +446,22 @@ mod tests {
             .unwrap()
             .is_none());
         assert!(device(&headers(&[("device", "a/b")]), &query).is_err());
+    }
+
+    #[test]
+    fn limits_are_capped_however_large() {
+        let limit_of = |q: &str| limit(&Query::parse(Some(q)), 10, 100);
+        assert_eq!(limit_of("limit=5").unwrap(), 5);
+        assert_eq!(limit_of("limit=500").unwrap(), 100);
+        assert_eq!(
+            limit_of("limit=185398064171743221016166400").unwrap(),
+            100,
+            "past usize is still a number"
+        );
+        assert_eq!(limit_of("x=1").unwrap(), 10);
+        for bad in ["limit=", "limit=-1", "limit=1e3", "limit=+5", "limit= 5"] {
+            assert_eq!(limit_of(bad).unwrap_err().code, "bad_limit", "{bad}");
+        }
     }
 
     #[test]

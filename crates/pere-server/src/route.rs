@@ -1,9 +1,16 @@
 //! Request routing: method and path become a [`Route`], or an error that says what is wrong.
 
+use hyper::http::uri::{PathAndQuery, Uri};
 use hyper::Method;
 
-/// Every endpoint of the server.
+/// Every endpoint of the server. Each is in the OpenAPI document (`assets/openapi.json`) under
+/// its [`Route::template`]; a test in `openapi` walks every variant to hold them together.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(
+    test,
+    derive(strum::EnumDiscriminants),
+    strum_discriminants(derive(strum::EnumIter, PartialOrd, Ord))
+)]
 pub enum Route<'a> {
     /// `GET /`: the JSON banner, or the subscriber page for a browser.
     Root,
@@ -15,6 +22,8 @@ pub enum Route<'a> {
     Healthz,
     /// `GET /readyz`: the store answers a read and a write, and the server is not stopping.
     Readyz,
+    /// `GET /openapi.json`: the API's contract.
+    OpenApi,
     /// `GET /favicon.ico`, which every browser asks for: 204, so it leaves no refusal in the log.
     Favicon,
     /// `POST /push/:channel`.
@@ -72,6 +81,7 @@ impl<'a> Route<'a> {
             ["favicon.ico"] => (Route::Favicon, "GET"),
             ["healthz"] => (Route::Healthz, "GET"),
             ["readyz"] => (Route::Readyz, "GET"),
+            ["openapi.json"] => (Route::OpenApi, "GET"),
             ["push", channel] => (Route::Push(channel), "POST"),
             ["feed", channel] => (Route::Feed(channel), "GET"),
             ["feedback", channel] => (Route::Feedback(channel), "POST"),
@@ -103,6 +113,80 @@ impl<'a> Route<'a> {
             Err(NoRoute::MethodNotAllowed(allowed))
         }
     }
+
+    /// The method and the path template of this route, as the OpenAPI document names them
+    /// (`{channel}`, `{device}`, `{id}`); a preflight answers `OPTIONS` on any path (`*`). Also a
+    /// label for a route that never grows with the requests.
+    pub fn template(&self) -> (&'static str, &'static str) {
+        match self {
+            Route::Root => ("GET", "/"),
+            Route::SubscriberPage => ("GET", "/subscriber.html"),
+            Route::Health => ("GET", "/health"),
+            Route::Healthz => ("GET", "/healthz"),
+            Route::Readyz => ("GET", "/readyz"),
+            Route::OpenApi => ("GET", "/openapi.json"),
+            Route::Favicon => ("GET", "/favicon.ico"),
+            Route::Push(_) => ("POST", "/push/{channel}"),
+            Route::Feed(_) => ("GET", "/feed/{channel}"),
+            Route::Feedback(_) => ("POST", "/feedback/{channel}"),
+            Route::AdminConnections => ("GET", "/admin/connections"),
+            Route::AdminEvents(_) => ("GET", "/admin/events/{channel}"),
+            Route::AdminDevices(_) => ("GET", "/admin/devices/{channel}"),
+            Route::AdminReceipts(..) => ("GET", "/admin/receipts/{channel}/{id}"),
+            Route::RegisterDevice(..) => ("PUT", "/devices/{channel}/{device}"),
+            Route::RemoveDevice(..) => ("DELETE", "/devices/{channel}/{device}"),
+            Route::DevicePending(..) => ("GET", "/devices/{channel}/{device}/pending"),
+            Route::Events(_) => ("GET", "/events/{channel}"),
+            Route::Event(..) => ("GET", "/events/{channel}/{id}"),
+            Route::Receipts(_) => ("GET", "/receipts/{channel}"),
+            Route::Presence(_) => ("GET", "/presence/{channel}"),
+            Route::Preflight => ("OPTIONS", "*"),
+        }
+    }
+}
+
+/// The URI with every percent-escape of a name character (`A-Za-z0-9_.:-`) in its path decoded,
+/// or `None` when there is none: URL libraries, and the clients generated from the OpenAPI
+/// document, escape `:` (and sometimes more) in a path segment, and `/push/orders%3Aeu` publishes
+/// to `orders:eu`. Any other escape stays as it is, so `a%2Fb` is still one segment, refused as a
+/// name. Both kinds of connection apply it before the door, so routing, tokens and logs see the
+/// names themselves.
+pub fn unescape_names(uri: &Uri) -> Option<Uri> {
+    let path = uri.path();
+    if !path.contains('%') {
+        return None;
+    }
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let decoded = (bytes[i] == b'%')
+            .then(|| path.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            .filter(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(b));
+        match decoded {
+            Some(b) => {
+                out.push(char::from(b));
+                i += 3;
+            }
+            None => {
+                // `path` is ASCII (a URI's path is), so each byte is a char.
+                out.push(char::from(bytes[i]));
+                i += 1;
+            }
+        }
+    }
+    if out == path {
+        return None;
+    }
+    if let Some(query) = uri.query() {
+        out.push('?');
+        out.push_str(query);
+    }
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(PathAndQuery::try_from(out).ok()?);
+    Uri::from_parts(parts).ok()
 }
 
 #[cfg(test)]
@@ -162,7 +246,36 @@ mod tests {
         );
     }
 
+    #[test]
+    fn escaped_name_characters_are_the_characters() {
+        let unescape = |uri: &str| unescape_names(&uri.parse().unwrap()).map(|u| u.to_string());
+        assert_eq!(
+            unescape("/push/orders%3Aeu?event=a%3Ab").as_deref(),
+            Some("/push/orders:eu?event=a%3Ab")
+        );
+        assert_eq!(
+            unescape("/devices/v%3a/D%2D1/pending").as_deref(),
+            Some("/devices/v:/D-1/pending")
+        );
+        assert_eq!(
+            unescape("/push/a%2Fb"),
+            None,
+            "a slash stays escaped: one segment, a bad name"
+        );
+        assert_eq!(unescape("/push/a%2Fb%3A").as_deref(), Some("/push/a%2Fb:"));
+        assert_eq!(unescape("/push/a%20b%"), None);
+        assert_eq!(unescape("/push/a%zz"), None);
+        assert_eq!(unescape("/push/plain"), None);
+    }
+
     proptest::proptest! {
+        #[test]
+        fn any_escaped_path_unescapes_to_a_uri(path in "/[a-zA-Z0-9%:/._-]{0,60}") {
+            if let Ok(uri) = path.parse::<Uri>() {
+                let _ = unescape_names(&uri);
+            }
+        }
+
         #[test]
         fn any_path_is_a_route_or_a_refusal(path in "/.{0,100}", method in "(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH)") {
             let method = Method::from_bytes(method.as_bytes()).unwrap();

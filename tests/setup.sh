@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what the tests need that cargo does not bring, each only when missing, quietly, and
+# exports where the tests find it. Sourced by tests/run-all.sh; safe to run again.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+mkdir -p "$target"
+
+# Debian packages the tests drive, installed with apt when missing (as root, or with sudo).
+apt_missing=()
+need_apt() { apt_missing+=("$@"); }
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt python3-venv
+if [ ${#apt_missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "setup: installing ${apt_missing[*]} (apt)"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${apt_missing[@]}" >/dev/null
+fi
+
+# Schemathesis drives a live server from the OpenAPI document (tests/contract.rs): a pinned
+# version in a virtual environment of its own in the target directory.
+SCHEMATHESIS_VERSION=4.32.5
+venv="$target/schemathesis"
+if ! "$venv/bin/st" --version 2>/dev/null | grep -qF "$SCHEMATHESIS_VERSION"; then
+  echo "setup: installing schemathesis $SCHEMATHESIS_VERSION"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+export PERE_SCHEMATHESIS="$venv/bin/st"
