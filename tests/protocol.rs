@@ -230,10 +230,27 @@ async fn feed_headers_root_banner_page_and_cors(store: StoreUnderTest) {
     let page = server.http.get(server.url("/")).header("accept", "text/html").send().await.unwrap();
     assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
     let html = page.text().await.unwrap();
-    assert!(html.contains("EventSource") && html.contains("/feedback/"));
+    assert!(html.contains("from '/pere.js'"), "the page is built on pere.js");
     assert!(!html.contains("http://") && !html.contains("https://"), "the page loads nothing from elsewhere");
     let page = server.http.get(server.url("/subscriber.html")).send().await.unwrap().text().await.unwrap();
     assert_eq!(page, html);
+
+    // pere.js: public, a module, revalidated with its ETag.
+    let script = server.http.get(server.url("/pere.js")).send().await.unwrap();
+    assert_eq!(script.status(), 200);
+    assert_eq!(script.headers()["content-type"], "text/javascript; charset=utf-8");
+    assert_eq!(script.headers()["cache-control"], "no-cache");
+    let etag = script.headers()["etag"].clone();
+    let source = script.text().await.unwrap();
+    assert!(
+        source.contains("new this.EventSource(")
+            && source.contains("/feedback/")
+            && source.contains("export function subscribe")
+    );
+    let cached = server.http.get(server.url("/pere.js")).header("if-none-match", etag.clone()).send().await.unwrap();
+    assert_eq!(cached.status(), 304);
+    assert_eq!(cached.headers()["etag"], etag);
+    assert!(cached.text().await.unwrap().is_empty());
 
     let preflight = server
         .http

@@ -134,12 +134,19 @@ pub fn admit<'a, S: Store>(
     Ok(Admitted { route, caller, query, stream })
 }
 
-/// The routes anyone may ask for: the banner, the page (which then asks for a token), health, and
-/// CORS preflights (a browser sends no credentials with those).
+/// The routes anyone may ask for: the banner, the page (which then asks for a token) and its
+/// script, health, and CORS preflights (a browser sends no credentials with those).
 fn is_public(route: &Route<'_>) -> bool {
     matches!(
         route,
-        Route::Root | Route::SubscriberPage | Route::Health | Route::Healthz | Route::Readyz | Route::Favicon | Route::Preflight
+        Route::Root
+            | Route::SubscriberPage
+            | Route::Script
+            | Route::Health
+            | Route::Healthz
+            | Route::Readyz
+            | Route::Favicon
+            | Route::Preflight
     )
 }
 
@@ -177,6 +184,7 @@ fn authorize(route: &Route<'_>, device: &DeviceId, grants: &Grants) -> Result<()
     let allowed = match route {
         Route::Root
         | Route::SubscriberPage
+        | Route::Script
         | Route::Health
         | Route::Healthz
         | Route::Readyz

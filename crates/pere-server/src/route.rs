@@ -9,6 +9,8 @@ pub enum Route<'a> {
     Root,
     /// `GET /subscriber.html`.
     SubscriberPage,
+    /// `GET /pere.js`: the JavaScript client, an ES module.
+    Script,
     /// `GET /health`.
     Health,
     /// `GET /healthz`: the process answers.
@@ -68,6 +70,7 @@ impl<'a> Route<'a> {
         let (route, allowed) = match segments.as_slice() {
             [""] => (Route::Root, "GET"),
             ["subscriber.html"] => (Route::SubscriberPage, "GET"),
+            ["pere.js"] => (Route::Script, "GET"),
             ["health"] => (Route::Health, "GET"),
             ["favicon.ico"] => (Route::Favicon, "GET"),
             ["healthz"] => (Route::Healthz, "GET"),
@@ -111,6 +114,7 @@ mod tests {
         assert_eq!(Route::parse(&Method::GET, "/feed/C1"), Ok(Route::Feed("C1")));
         assert_eq!(Route::parse(&Method::GET, "/admin/receipts/C1/7"), Ok(Route::AdminReceipts("C1", "7")));
         assert_eq!(Route::parse(&Method::GET, "/"), Ok(Route::Root));
+        assert_eq!(Route::parse(&Method::GET, "/pere.js"), Ok(Route::Script));
         assert_eq!(Route::parse(&Method::GET, "/push/C1"), Err(NoRoute::MethodNotAllowed("POST")));
         assert_eq!(Route::parse(&Method::GET, "/feed/C1/extra"), Err(NoRoute::NotFound));
         assert_eq!(Route::parse(&Method::GET, "/nowhere"), Err(NoRoute::NotFound));
