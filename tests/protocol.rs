@@ -229,6 +229,7 @@ async fn feed_headers_root_banner_page_and_cors(store: StoreUnderTest) {
     assert_eq!(banner, json!({"message": "PERE server up and running"}));
     let page = server.http.get(server.url("/")).header("accept", "text/html").send().await.unwrap();
     assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert_eq!(page.headers()["vary"], "Accept", "the page and the banner share a URL");
     let html = page.text().await.unwrap();
     assert!(html.contains("from '/pere.js'"), "the page is built on pere.js");
     assert!(!html.contains("http://") && !html.contains("https://"), "the page loads nothing from elsewhere");

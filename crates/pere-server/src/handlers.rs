@@ -134,11 +134,14 @@ fn sse(body: SseBody) -> Response<ResponseBody> {
 fn root(headers: &HeaderMap) -> Response<ResponseBody> {
     let wants_html =
         headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()).is_some_and(|a| a.contains("text/html"));
-    if wants_html {
+    let mut response = if wants_html {
         response::asset(&SUBSCRIBER_PAGE, headers)
     } else {
         response::json(StatusCode::OK, &Banner { message: "PERE server up and running".to_owned() })
-    }
+    };
+    // The page and the banner share a URL: a cache must keep them apart.
+    response.headers_mut().append(header::VARY, header::HeaderValue::from_static("Accept"));
+    response
 }
 
 async fn push<S: Store>(
