@@ -10,6 +10,9 @@ mkdir -p "$target"
 apt_missing=()
 need_apt() { apt_missing+=("$@"); }
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt python3-venv
+[ -x /usr/bin/chromium ] || need_apt chromium
+command -v node >/dev/null 2>&1 || need_apt nodejs
+command -v npm >/dev/null 2>&1 || need_apt npm
 if [ ${#apt_missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -29,3 +32,23 @@ if ! "$venv/bin/st" --version 2>/dev/null | grep -qF "$SCHEMATHESIS_VERSION"; th
   "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 export PERE_SCHEMATHESIS="$venv/bin/st"
+
+# The pinned npm packages of the browser and interop tests (playwright-core drives Debian's
+# Chromium, never a downloaded browser; Node's eventsource), installed again when the lock changes.
+browser=tests/browser
+if ! cmp -s "$browser/package-lock.json" "$browser/node_modules/.installed-lock.json"; then
+  echo "setup: installing the npm packages of $browser"
+  (cd "$browser" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  cp "$browser/package-lock.json" "$browser/node_modules/.installed-lock.json"
+fi
+
+# Python's httpx-sse, pinned, for the interop tests, in a virtual environment of its own.
+venv="$target/interop-venv"
+requirements=tests/interop/requirements.txt
+if ! cmp -s "$requirements" "$venv/requirements.txt"; then
+  echo "setup: installing the Python packages of tests/interop"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+  cp "$requirements" "$venv/requirements.txt"
+fi

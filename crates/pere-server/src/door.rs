@@ -156,14 +156,15 @@ pub fn admit<'a, S: Store>(
     })
 }
 
-/// The routes anyone may ask for: the banner, the page (which then asks for a token), health, the
-/// API's contract (it holds no secret, and a client generator reads it before it has a token), and
-/// CORS preflights (a browser sends no credentials with those).
+/// The routes anyone may ask for: the banner, the page (which then asks for a token) and its
+/// script, health, the API's contract (it holds no secret, and a client generator reads it before
+/// it has a token), and CORS preflights (a browser sends no credentials with those).
 fn is_public(route: &Route<'_>) -> bool {
     matches!(
         route,
         Route::Root
             | Route::SubscriberPage
+            | Route::Script
             | Route::Health
             | Route::Healthz
             | Route::Readyz
@@ -210,6 +211,7 @@ fn authorize(route: &Route<'_>, device: &DeviceId, grants: &Grants) -> Result<()
     let allowed = match route {
         Route::Root
         | Route::SubscriberPage
+        | Route::Script
         | Route::Health
         | Route::Healthz
         | Route::Readyz

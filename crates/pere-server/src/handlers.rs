@@ -22,14 +22,29 @@ use crate::door::{Admitted, Caller};
 use crate::error::ApiError;
 use crate::openapi;
 use crate::request::{self, Query};
-use crate::response::{self, Answer, ResponseBody};
+use crate::response::{self, etag, etag_text, Answer, Asset, ResponseBody};
 use crate::route::Route;
 use crate::sse_body::{ConnectionCloser, SseBody};
 use crate::state::AppState;
 use crate::streams;
 
 /// The subscriber web page, embedded so the server is one self-contained binary.
-pub const SUBSCRIBER_PAGE: &str = include_str!("../assets/subscriber.html");
+pub const SUBSCRIBER_PAGE: Asset = Asset {
+    body: PAGE_SOURCE,
+    content_type: "text/html; charset=utf-8",
+    etag: etag_text(&PAGE_ETAG),
+};
+const PAGE_SOURCE: &str = include_str!("../assets/subscriber.html");
+const PAGE_ETAG: [u8; 18] = etag(PAGE_SOURCE);
+
+/// `pere.js`, the JavaScript client (an ES module) the page is built on, for any web application.
+pub const PERE_JS: Asset = Asset {
+    body: SCRIPT_SOURCE,
+    content_type: "text/javascript; charset=utf-8",
+    etag: etag_text(&SCRIPT_ETAG),
+};
+const SCRIPT_SOURCE: &str = include_str!("../assets/pere.js");
+const SCRIPT_ETAG: [u8; 18] = etag(SCRIPT_SOURCE);
 
 /// Events an event listing shows at most per page.
 const MAX_EVENT_PAGE: usize = 1000;
@@ -61,7 +76,8 @@ pub async fn dispatch<S: Store>(
     }
     match route {
         Route::Root => Ok(root(headers)),
-        Route::SubscriberPage => Ok(response::html(SUBSCRIBER_PAGE)),
+        Route::SubscriberPage => Ok(response::asset(&SUBSCRIBER_PAGE, headers)),
+        Route::Script => Ok(response::asset(&PERE_JS, headers)),
         Route::Health | Route::Healthz => Ok(response::json(
             StatusCode::OK,
             &Health {
@@ -177,8 +193,8 @@ fn root(headers: &HeaderMap) -> Response<ResponseBody> {
         .get(header::ACCEPT)
         .and_then(|a| a.to_str().ok())
         .is_some_and(|a| a.contains("text/html"));
-    if wants_html {
-        response::html(SUBSCRIBER_PAGE)
+    let mut response = if wants_html {
+        response::asset(&SUBSCRIBER_PAGE, headers)
     } else {
         response::json(
             StatusCode::OK,
@@ -186,7 +202,12 @@ fn root(headers: &HeaderMap) -> Response<ResponseBody> {
                 message: "PERE server up and running".to_owned(),
             },
         )
-    }
+    };
+    // The page and the banner share a URL: a cache must keep them apart.
+    response
+        .headers_mut()
+        .append(header::VARY, header::HeaderValue::from_static("Accept"));
+    response
 }
 
 async fn push<S: Store>(

@@ -119,6 +119,7 @@ mod tests {
         vec![
             Route::Root,
             Route::SubscriberPage,
+            Route::Script,
             Route::Health,
             Route::Healthz,
             Route::Readyz,

@@ -16,6 +16,8 @@ pub enum Route<'a> {
     Root,
     /// `GET /subscriber.html`.
     SubscriberPage,
+    /// `GET /pere.js`: the JavaScript client, an ES module.
+    Script,
     /// `GET /health`.
     Health,
     /// `GET /healthz`: the process answers.
@@ -77,6 +79,7 @@ impl<'a> Route<'a> {
         let (route, allowed) = match segments.as_slice() {
             [""] => (Route::Root, "GET"),
             ["subscriber.html"] => (Route::SubscriberPage, "GET"),
+            ["pere.js"] => (Route::Script, "GET"),
             ["health"] => (Route::Health, "GET"),
             ["favicon.ico"] => (Route::Favicon, "GET"),
             ["healthz"] => (Route::Healthz, "GET"),
@@ -121,6 +124,7 @@ impl<'a> Route<'a> {
         match self {
             Route::Root => ("GET", "/"),
             Route::SubscriberPage => ("GET", "/subscriber.html"),
+            Route::Script => ("GET", "/pere.js"),
             Route::Health => ("GET", "/health"),
             Route::Healthz => ("GET", "/healthz"),
             Route::Readyz => ("GET", "/readyz"),
@@ -208,6 +212,7 @@ mod tests {
             Ok(Route::AdminReceipts("C1", "7"))
         );
         assert_eq!(Route::parse(&Method::GET, "/"), Ok(Route::Root));
+        assert_eq!(Route::parse(&Method::GET, "/pere.js"), Ok(Route::Script));
         assert_eq!(
             Route::parse(&Method::GET, "/push/C1"),
             Err(NoRoute::MethodNotAllowed("POST"))

@@ -158,7 +158,7 @@ impl SseBody {
             slot,
         } = context;
         SseBody {
-            prelude: Some(sse::encode_retry(retry_ms)),
+            prelude: Some(sse::encode_opening(retry_ms)),
             items,
             keep_alive: Box::pin(tokio::time::sleep(keep_alive_every)),
             keep_alive_every,
