@@ -159,6 +159,11 @@ impl ChannelLedger {
     }
 
     /// Whether some followed event still waits for a receipt from an expected recipient.
+    /// How many followed events still wait for receipts.
+    pub(crate) fn incomplete_count(&self) -> usize {
+        self.incomplete
+    }
+
     pub(crate) fn incomplete(&self) -> bool {
         debug_assert_eq!(self.incomplete, self.open.values().filter(|o| o.acked_expected < o.expected).count());
         self.incomplete > 0
