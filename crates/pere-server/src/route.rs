@@ -25,6 +25,10 @@ pub enum Route<'a> {
     Feedback(&'a str),
     /// `GET /admin/connections`.
     AdminConnections,
+    /// `GET /admin/channels`: channels with their streams, head, retained events, recipients.
+    AdminChannels,
+    /// `GET /metrics`: the Prometheus text format.
+    Metrics,
     /// `GET /admin/events/:channel`.
     AdminEvents(&'a str),
     /// `GET /admin/devices/:channel`.
@@ -76,6 +80,8 @@ impl<'a> Route<'a> {
             ["feed", channel] => (Route::Feed(channel), "GET"),
             ["feedback", channel] => (Route::Feedback(channel), "POST"),
             ["admin", "connections"] => (Route::AdminConnections, "GET"),
+            ["admin", "channels"] => (Route::AdminChannels, "GET"),
+            ["metrics"] => (Route::Metrics, "GET"),
             ["admin", "events", channel] => (Route::AdminEvents(channel), "GET"),
             ["admin", "devices", channel] => (Route::AdminDevices(channel), "GET"),
             ["admin", "receipts", channel, id] => (Route::AdminReceipts(channel, id), "GET"),
@@ -101,6 +107,43 @@ impl<'a> Route<'a> {
     }
 }
 
+impl Route<'_> {
+    /// The route's name in metrics: one of a fixed set, never the path itself.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Route::Root => "root",
+            Route::SubscriberPage => "subscriber_page",
+            Route::Health => "health",
+            Route::Healthz => "healthz",
+            Route::Readyz => "readyz",
+            Route::Favicon => "favicon",
+            Route::Push(_) => "push",
+            Route::Feed(_) => "feed",
+            Route::Feedback(_) => "feedback",
+            Route::AdminConnections => "admin_connections",
+            Route::AdminChannels => "admin_channels",
+            Route::Metrics => "metrics",
+            Route::AdminEvents(_) => "admin_events",
+            Route::AdminDevices(_) => "admin_devices",
+            Route::AdminReceipts(..) => "admin_receipts",
+            Route::RegisterDevice(..) => "register_device",
+            Route::RemoveDevice(..) => "remove_device",
+            Route::DevicePending(..) => "device_pending",
+            Route::Events(_) => "events",
+            Route::Event(..) => "event",
+            Route::Receipts(_) => "receipts",
+            Route::Presence(_) => "presence",
+            Route::Preflight => "preflight",
+        }
+    }
+}
+
+/// The metrics name of the route a request asks for; `unmatched` for a path no route has or a
+/// method it does not take.
+pub fn name_of(method: &Method, path: &str) -> &'static str {
+    Route::parse(method, path).map_or("unmatched", |route| route.name())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +163,10 @@ mod tests {
         assert_eq!(Route::parse(&Method::GET, "/devices/C/H1/pending"), Ok(Route::DevicePending("C", "H1")));
         assert_eq!(Route::parse(&Method::GET, "/events/C"), Ok(Route::Events("C")));
         assert_eq!(Route::parse(&Method::GET, "/events/C/4"), Ok(Route::Event("C", "4")));
+        assert_eq!(Route::parse(&Method::GET, "/admin/channels"), Ok(Route::AdminChannels));
+        assert_eq!(Route::parse(&Method::GET, "/metrics"), Ok(Route::Metrics));
+        assert_eq!(name_of(&Method::POST, "/push/anything"), "push");
+        assert_eq!(name_of(&Method::GET, "/no/such/path"), "unmatched");
     }
 
     proptest::proptest! {
