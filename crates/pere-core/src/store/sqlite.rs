@@ -2413,7 +2413,8 @@ mod tests {
         std::fs::create_dir(&garbage).unwrap();
         std::fs::write(garbage.join(DB_FILE), vec![0x5a_u8; 8192]).unwrap();
         let err = check_open_fails(&garbage);
-        assert!(matches!(err, StoreError::Backend(_)), "{err}");
+        // A file that is no database at all is damaged, said in one line naming it.
+        assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
         assert!(err.to_string().contains(&garbage.join(DB_FILE).display().to_string()), "{err}");
 
         let file = root.path().join("a-file");
