@@ -79,6 +79,14 @@ pub enum StoreError {
     Incompatible(String),
     /// An event's idempotency key is not 1 to 255 visible ASCII characters; nothing was stored.
     InvalidIdempotencyKey,
+    /// The database file is damaged (found at open by a bounded integrity check, or by SQLite
+    /// reading a page it cannot make sense of).
+    Damaged {
+        /// The database file.
+        path: std::path::PathBuf,
+        /// What the check found, on one line.
+        detail: String,
+    },
     /// Another PERE server holds the data directory's lock.
     Locked {
         /// The data directory.
@@ -99,6 +107,11 @@ impl fmt::Display for StoreError {
             StoreError::UnknownEvent { id } => write!(f, "no event with id {id} on this channel"),
             StoreError::Backend(err) => write!(f, "storage failure: {err}"),
             StoreError::Incompatible(msg) => write!(f, "incompatible store: {msg}"),
+            StoreError::Damaged { path, detail } => write!(
+                f,
+                "{} is damaged ({detail}); restore it from a backup, or move it aside to start with an empty store",
+                path.display()
+            ),
             StoreError::Locked { dir } => write!(
                 f,
                 "{} is in use by another PERE server; stop that one, or give this one its own --data-dir",

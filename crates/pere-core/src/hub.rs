@@ -173,6 +173,21 @@ pub const KEEP_INCOMPLETE: Duration = Duration::from_secs(300);
 /// overtaken, short enough that a stall is a hiccup, not an outage.
 pub const GAP_WAIT: Duration = Duration::from_secs(2);
 
+/// A channel as the admin views show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelView {
+    /// The channel.
+    pub channel: ChannelName,
+    /// Streams open on it on this node (feeds).
+    pub open_streams: usize,
+    /// The last event id given out (0 before the first event).
+    pub head: u64,
+    /// Events still retained for replay.
+    pub retained: u64,
+    /// Devices currently expected to acknowledge its new events.
+    pub recipients: usize,
+}
+
 /// The local fan-out engine over a [`Store`].
 #[derive(Debug)]
 pub struct Hub<S> {
@@ -377,6 +392,7 @@ impl ChannelHub {
                 });
             }
         }
+        observers.count_delivered(state.subscribers.len() - cut.len());
         if !cut.is_empty() {
             for id in cut {
                 state.subscribers.remove(&id);
@@ -417,6 +433,66 @@ impl<S: Store> Hub<S> {
     /// observers together.
     pub fn dropped_notices(&self) -> u64 {
         self.observers.dropped()
+    }
+
+    /// Events handed to subscriber streams since the hub started: each live event once per
+    /// subscriber it reached, and each replayed event once per stream that replayed it
+    /// (redeliveries are not counted here).
+    pub fn deliveries(&self) -> u64 {
+        self.observers.delivered()
+    }
+
+    /// Events sent again on a stream because their receipt was overdue (see
+    /// [`HubConfig::ack_timeout`]), since the hub started.
+    pub fn redeliveries(&self) -> u64 {
+        self.observers.redelivered()
+    }
+
+    /// Events still owed receipts by their expected recipients, among the events each loaded
+    /// channel follows live (the last [`TRACKED_EVENTS`](crate::ledger::TRACKED_EVENTS) of it).
+    pub fn incomplete_events(&self) -> usize {
+        let loaded: Vec<Arc<ChannelHub>> = {
+            let channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+            channels.values().cloned().collect()
+        };
+        loaded
+            .iter()
+            .map(|hub| hub.ledger().incomplete_count())
+            .sum()
+    }
+
+    /// A page of the channels the store knows (names after `after`, at most `limit`, in name
+    /// order), each with its open streams on this node, head, retained events and current
+    /// recipients.
+    ///
+    /// # Errors
+    /// The store's error when it cannot be read.
+    pub async fn channels_page(
+        &self,
+        after: Option<&ChannelName>,
+        limit: usize,
+    ) -> Result<Vec<ChannelView>, StoreError> {
+        let mut names = self.store.channels().await?;
+        names.retain(|name| after.is_none_or(|after| name > after));
+        names.truncate(limit);
+        let streams: HashMap<ChannelName, usize> = self.connections().into_iter().collect();
+        let mut page = Vec::with_capacity(names.len());
+        for channel in names {
+            // Nothing after the head: only the head and the oldest retained id are read.
+            let bounds = self.store.read(&channel, u64::MAX, 0).await?;
+            let memberships = self.store.memberships(&channel).await?;
+            page.push(ChannelView {
+                open_streams: streams.get(&channel).copied().unwrap_or(0),
+                head: bounds.head,
+                retained: (bounds.head + 1).saturating_sub(bounds.first_retained.max(1)),
+                recipients: memberships
+                    .iter()
+                    .filter(|m| m.left_after.is_none())
+                    .count(),
+                channel,
+            });
+        }
+        Ok(page)
     }
 
     /// The store behind this hub.
@@ -1325,8 +1401,12 @@ impl<S: Store> Subscription<S> {
                     });
                 self.report_gaps = false;
                 let until = self.replay_until;
+                let before = self.replayed.len();
                 self.replayed
                     .extend(page.events.into_iter().filter(|e| e.id <= until));
+                self.hub
+                    .observers
+                    .count_delivered(self.replayed.len() - before);
                 self.replay_next = self.replayed.back().map_or(until, |e| e.id);
                 if let Some(gap) = gap {
                     return Some(Ok(gap));
@@ -1362,6 +1442,7 @@ impl<S: Store> Subscription<S> {
             if owed && sends < self.hub.config.max_deliveries {
                 self.in_flight
                     .push_back((event.clone(), now + timeout, sends + 1));
+                self.hub.observers.count_redelivered();
                 return Some((event, sends + 1));
             }
         }

@@ -175,6 +175,11 @@ impl ChannelLedger {
     }
 
     /// Whether some followed event still waits for a receipt from an expected recipient.
+    /// How many followed events still wait for receipts.
+    pub(crate) fn incomplete_count(&self) -> usize {
+        self.incomplete
+    }
+
     pub(crate) fn incomplete(&self) -> bool {
         debug_assert_eq!(
             self.incomplete,

@@ -31,7 +31,7 @@ pub mod wire;
 pub use error::{NameError, StoreError};
 pub use event::{Event, NewEvent};
 pub use follow::{ReceiptFollow, ReceiptItem};
-pub use hub::{FeedItem, Hub, HubConfig, SubscribeRequest, Subscription};
+pub use hub::{ChannelView, FeedItem, Hub, HubConfig, SubscribeRequest, Subscription};
 pub use ledger::WaitFor;
 pub use name::{ChannelName, DeviceId, EventType};
 pub use notice::HubNotice;

@@ -89,6 +89,11 @@ pub(crate) struct Observers {
     // Checked before a notice is built, so a hub nobody observes builds none.
     count: AtomicUsize,
     dropped: AtomicU64,
+    // Events handed to subscriber streams (live and replayed). Kept here because every path
+    // that hands one over already holds the observers; one addition per event or replay page,
+    // never per subscriber.
+    delivered: AtomicU64,
+    redelivered: AtomicU64,
 }
 
 impl Observers {
@@ -110,6 +115,28 @@ impl Observers {
     /// Notices dropped because an observer's queue was full, since the hub started.
     pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` events handed to subscriber streams.
+    pub(crate) fn count_delivered(&self, n: usize) {
+        if n > 0 {
+            self.delivered.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts an event sent again on a stream because its receipt is overdue.
+    pub(crate) fn count_redelivered(&self) {
+        self.redelivered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Events sent again since the hub started.
+    pub(crate) fn redelivered(&self) -> u64 {
+        self.redelivered.load(Ordering::Relaxed)
+    }
+
+    /// Events handed to subscriber streams since the hub started.
+    pub(crate) fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
     }
 
     /// Builds the notice, if anyone observes, and offers it to every observer without waiting.

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::event::{format_time, Event};
-use crate::hub::{DeviceView, ReceiptSummary};
+use crate::hub::{ChannelView, DeviceView, ReceiptSummary};
 use crate::notice::PresenceChange;
 use crate::receipt::{Membership, Receipt};
 use crate::sse;
@@ -517,6 +517,41 @@ pub struct ConnectionsJson {
     /// All open feeds.
     #[serde(rename = "total number")]
     pub total: usize,
+}
+
+/// One channel in `GET /admin/channels`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelJson {
+    /// The channel's name.
+    pub channel: String,
+    /// Streams open on it (feeds) on this server.
+    pub open_streams: usize,
+    /// The last event id given out (0 before the first event).
+    pub head: u64,
+    /// Events still retained for replay.
+    pub retained: u64,
+    /// Devices currently expected to acknowledge its new events.
+    pub recipients: usize,
+}
+
+impl From<&ChannelView> for ChannelJson {
+    fn from(view: &ChannelView) -> Self {
+        ChannelJson {
+            channel: view.channel.to_string(),
+            open_streams: view.open_streams,
+            head: view.head,
+            retained: view.retained,
+            recipients: view.recipients,
+        }
+    }
+}
+
+/// `GET /admin/channels`: a page of channels in name order (the next page's link is in the
+/// `Link` header).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelsPage {
+    /// The channels of this page.
+    pub channels: Vec<ChannelJson>,
 }
 
 /// `GET /health`.

@@ -734,3 +734,51 @@ async fn receipts_acknowledged_at_once_reach_a_follower_in_seq_order_each_event_
         "every event completes once"
     );
 }
+
+#[tokio::test]
+async fn the_hub_counts_deliveries_and_events_owed_receipts_and_lists_channels() {
+    let hub = hub();
+    let c = ch("Counted");
+    let mut device = hub.subscribe(&c, from(None, Some("H1"))).await.unwrap();
+    let mut listener = hub.subscribe(&c, from(None, None)).await.unwrap();
+    for i in 1..=3 {
+        hub.publish(&c, text(&format!("e{i}"))).await.unwrap();
+    }
+    for sub in [&mut device, &mut listener] {
+        for i in 1..=3 {
+            assert_eq!(next_id(sub).await, i);
+        }
+    }
+    assert_eq!(hub.deliveries(), 6, "three events, two queues");
+    assert_eq!(hub.incomplete_events(), 3, "H1 owes three receipts");
+    // A replay counts what it hands over.
+    let mut late = hub.subscribe(&c, from(Some(1), None)).await.unwrap();
+    assert_eq!((next_id(&mut late).await, next_id(&mut late).await), (2, 3));
+    assert_eq!(hub.deliveries(), 8);
+    for id in 1..=3 {
+        hub.acknowledge(&c, id, &dev("H1"), "ok".to_owned())
+            .await
+            .unwrap();
+    }
+    assert_eq!(hub.incomplete_events(), 0);
+    assert_eq!(hub.redeliveries(), 0);
+
+    hub.publish(&ch("Other"), text("x")).await.unwrap();
+    let all = hub.channels_page(None, 10).await.unwrap();
+    let names: Vec<&str> = all.iter().map(|v| v.channel.as_str()).collect();
+    assert_eq!(names, ["Counted", "Other"]);
+    let counted = &all[0];
+    assert_eq!(
+        (
+            counted.head,
+            counted.retained,
+            counted.recipients,
+            counted.open_streams
+        ),
+        (3, 3, 1, 3)
+    );
+    let after = hub.channels_page(Some(&c), 10).await.unwrap();
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].channel, ch("Other"));
+    assert_eq!(hub.channels_page(None, 1).await.unwrap().len(), 1);
+}

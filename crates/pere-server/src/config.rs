@@ -206,6 +206,17 @@ pub struct Config {
     #[arg(long = "receipt-timeout", default_value = "60s", value_parser = parse_duration, env = "PERE_RECEIPT_TIMEOUT")]
     pub receipt_timeout: Duration,
 
+    /// On SIGTERM or Ctrl-C, keep serving this long with /readyz answering 503 (e.g. 5s), so a
+    /// load balancer stops sending traffic before the listener closes; a second signal ends it.
+    #[arg(long = "shutdown-grace", default_value = "0", value_parser = parse_duration, env = "PERE_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Duration,
+
+    /// Also serve GET /metrics on this address (e.g. 127.0.0.1:9464), without a token, for a
+    /// scraper on a private network; /metrics on the main port stays (admin token when tokens
+    /// are on).
+    #[arg(long = "metrics-addr", env = "PERE_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
     /// Seconds to wait for open requests to finish on shutdown before closing them.
     #[arg(
         long = "shutdown-timeout",

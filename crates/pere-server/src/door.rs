@@ -15,8 +15,9 @@ use crate::activity;
 use crate::auth::{self, Grants, Mode, TokenError};
 use crate::error::ApiError;
 use crate::limits::StreamSlot;
+use crate::metrics::StreamKind;
 use crate::request::{self, Query};
-use crate::route::{NoRoute, Route};
+use crate::route::{self, NoRoute, Route};
 use crate::state::AppState;
 
 /// The cookie a browser's `EventSource` can carry a token in.
@@ -137,10 +138,19 @@ pub fn admit<'a, S: Store>(
         },
     };
     // A HEAD of a stream opens nothing, so it takes no place.
-    let stream = match route {
-        Route::Feed(_) | Route::Receipts(_) | Route::Presence(_) if method == Method::GET => {
-            Some(state.limits.stream(caller.device.as_ref())?)
-        }
+    let kind = match route {
+        Route::Feed(_) => Some(StreamKind::Feed),
+        Route::Receipts(_) => Some(StreamKind::Receipts),
+        Route::Presence(_) => Some(StreamKind::Presence),
+        _ => None,
+    };
+    let stream = match kind {
+        Some(kind) if method == Method::GET => Some(
+            state
+                .limits
+                .stream(caller.device.as_ref())?
+                .counted(state.metrics.open_stream(kind)),
+        ),
         _ => None,
     };
     activity::admitted(
@@ -228,6 +238,8 @@ fn authorize(route: &Route<'_>, device: &DeviceId, grants: &Grants) -> Result<()
             grants.admin || (*owner == device.as_str() && grants.may_subscribe(channel))
         }
         Route::AdminConnections
+        | Route::AdminChannels
+        | Route::Metrics
         | Route::AdminEvents(_)
         | Route::AdminDevices(_)
         | Route::AdminReceipts(..)
@@ -251,10 +263,34 @@ fn authorize(route: &Route<'_>, device: &DeviceId, grants: &Grants) -> Result<()
     }))
 }
 
-/// Logs a request answered with an error, at the door or later by its handler; every refusal of
-/// either kind of connection passes here.
-pub fn refused(method: &Method, uri: &Uri, err: &ApiError) {
+/// Logs and counts a request answered with an error, at the door or later by its handler; every
+/// refusal of either kind of connection passes here.
+pub fn refused<S: Store>(state: &AppState<S>, method: &Method, uri: &Uri, err: &ApiError) {
+    state.metrics.refused(err.code);
     activity::refused(method.as_str(), uri.path(), err.status.as_u16(), err.code);
+}
+
+/// Counts an answer by route name and status; every answer of either kind of connection passes
+/// here (a stream when its head is sent).
+pub fn answered<S: Store>(state: &AppState<S>, method: &Method, uri: &Uri, status: u16) {
+    state
+        .metrics
+        .answered(route::name_of(method, uri.path()), status);
+}
+
+/// The door of the metrics listener (`--metrics-addr`): `GET /metrics` only, without a token
+/// (the listener is meant for a private address); anything else is 404, or 405 on `/metrics`.
+///
+/// # Errors
+/// 404 `not_found` for another path, 405 for another method on `/metrics`.
+pub fn admit_metrics(method: &Method, uri: &Uri) -> Result<Route<'static>, ApiError> {
+    match Route::parse(method, uri.path()) {
+        Ok(Route::Metrics) => Ok(Route::Metrics),
+        Err(NoRoute::MethodNotAllowed(allowed)) if uri.path() == "/metrics" => {
+            Err(ApiError::method_not_allowed(uri.path(), allowed))
+        }
+        _ => Err(ApiError::not_found()),
+    }
 }
 
 #[cfg(test)]

@@ -149,11 +149,13 @@ pub async fn serve<S: Store>(
     let (mut subscription, slot) = match open(&state, peer, &parts).await {
         Ok(opened) => opened,
         Err(err) => {
-            door::refused(&parts.method, &parts.uri, &err);
+            door::refused(&state, &parts.method, &parts.uri, &err);
+            door::answered(&state, &parts.method, &parts.uri, err.status.as_u16());
             let _ = write_error(&mut stream, &err, cors).await;
             return;
         }
     };
+    door::answered(&state, &parts.method, &parts.uri, StatusCode::OK.as_u16());
     drop(parts);
     let channel = subscription.channel().to_string();
     let device = subscription.device().map(|d| d.to_string());

@@ -11,9 +11,9 @@ use hyper::http::request::Parts;
 use hyper::{Method, Response, StatusCode};
 use pere_core::receipt::MAX_STATUS_LEN;
 use pere_core::wire::{
-    Banner, ConnectionsJson, DeviceJson, EventJson, EventList, EventReceipts, Health,
-    MembershipJson, PendingEvents, PushAccepted, PushWaited, Readiness, ReceiptJson,
-    ReceiptSummaryJson,
+    Banner, ChannelJson, ChannelsPage, ConnectionsJson, DeviceJson, EventJson, EventList,
+    EventReceipts, Health, MembershipJson, PendingEvents, PushAccepted, PushWaited, Readiness,
+    ReceiptJson, ReceiptSummaryJson,
 };
 use pere_core::{DeviceId, NewEvent, Store};
 
@@ -26,7 +26,7 @@ use crate::response::{self, etag, etag_text, Answer, Asset, ResponseBody};
 use crate::route::Route;
 use crate::sse_body::{ConnectionCloser, SseBody};
 use crate::state::AppState;
-use crate::streams;
+use crate::{metrics, streams};
 
 /// The subscriber web page, embedded so the server is one self-contained binary.
 pub const SUBSCRIBER_PAGE: Asset = Asset {
@@ -103,6 +103,8 @@ pub async fn dispatch<S: Store>(
         }
         Route::Feedback(channel) => feedback(state, channel, &caller, &query, headers, body).await,
         Route::AdminConnections => Ok(admin_connections(state)),
+        Route::AdminChannels => admin_channels(state, &query).await,
+        Route::Metrics => Ok(metrics(state)),
         Route::AdminEvents(channel) => admin_events(state, channel, &query).await,
         Route::AdminDevices(channel) => admin_devices(state, channel, &query).await,
         Route::AdminReceipts(channel, id) => {
@@ -156,7 +158,7 @@ pub async fn dispatch<S: Store>(
 /// Ready when not stopping and the store commits a write; a load balancer stops sending traffic
 /// on 503. The cause of a store failure goes to the log, not to whoever asks.
 async fn readiness<S: Store>(state: &AppState<S>) -> Response<ResponseBody> {
-    let reason = if state.shutdown.is_cancelled() {
+    let reason = if state.stopping.is_cancelled() {
         Some("shutting_down")
     } else {
         match state.hub.store().probe().await {
@@ -277,10 +279,11 @@ async fn push<S: Store>(
             replayed,
         ));
     };
-    let satisfied = state
-        .hub
-        .wait_for_receipts(&channel, event.id, wait, timeout)
-        .await?;
+    // A server stopping answers with what is pending now (202) rather than dropping the wait.
+    let satisfied = tokio::select! {
+        satisfied = state.hub.wait_for_receipts(&channel, event.id, wait, timeout) => satisfied?,
+        () = state.shutdown.cancelled() => false,
+    };
     let summary = state.hub.receipt_summary(&channel, event.id).await?;
     let answer = PushWaited {
         channel: accepted.channel,
@@ -364,6 +367,39 @@ async fn feedback<S: Store>(
         StatusCode::OK,
         &ReceiptJson::from(&receipt),
     ))
+}
+
+/// `GET /metrics`: the Prometheus text format.
+pub fn metrics<S: Store>(state: &AppState<S>) -> Response<ResponseBody> {
+    let text = state.metrics.render(&state.hub, state.limits.connections());
+    response::text(StatusCode::OK, metrics::CONTENT_TYPE, text)
+}
+
+/// Channels an admin view shows per page by default, and at most.
+const CHANNEL_PAGE: usize = 1000;
+const MAX_CHANNEL_PAGE: usize = 10_000;
+
+/// `GET /admin/channels`: the channels in name order, a page at a time (`?limit=`,
+/// `?after=<channel>`); a full page links to the next with `Link: <…>; rel="next"`.
+async fn admin_channels<S: Store>(state: &AppState<S>, query: &Query) -> Answer {
+    let limit = request::limit(query, CHANNEL_PAGE, MAX_CHANNEL_PAGE)?.max(1);
+    let after = query.get(&["after"]).map(request::channel).transpose()?;
+    let page = state.hub.channels_page(after.as_ref(), limit).await?;
+    let view = ChannelsPage {
+        channels: page.iter().map(ChannelJson::from).collect(),
+    };
+    let mut response = response::json(StatusCode::OK, &view);
+    if let (true, Some(last)) = (page.len() == limit, page.last()) {
+        // Names need no escaping in a URL (see `pere_core::name`).
+        let next = format!(
+            "</admin/channels?after={}&limit={limit}>; rel=\"next\"",
+            last.channel
+        );
+        if let Ok(link) = header::HeaderValue::from_str(&next) {
+            response.headers_mut().insert(header::LINK, link);
+        }
+    }
+    Ok(response)
 }
 
 fn admin_connections<S: Store>(state: &AppState<S>) -> Response<ResponseBody> {

@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::Watcher;
 use pere_core::Store;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::response::{self, add_cors, ResponseBody};
 use crate::sse_body::ConnectionCloser;
@@ -81,9 +81,10 @@ async fn answer<S: Store>(
         Err(err) => Err(err),
     };
     let mut response = answered.unwrap_or_else(|err| {
-        door::refused(&parts.method, &parts.uri, &err);
+        door::refused(state, &parts.method, &parts.uri, &err);
         response::error(&err)
     });
+    door::answered(state, &parts.method, &parts.uri, response.status().as_u16());
     if parts.method == Method::HEAD {
         *response.body_mut() = response::empty();
     }
@@ -95,6 +96,58 @@ async fn answer<S: Store>(
         response.headers_mut(),
     );
     response
+}
+
+/// Scrapes served at once on the metrics listener; a scraper is one client, and more must wait.
+const METRICS_CONNECTIONS: usize = 16;
+
+/// Serves `GET /metrics` on the metrics listener (`--metrics-addr`) until the server shuts down.
+/// Every request passes [`door::admit_metrics`], which lets only that one route in, without a
+/// token.
+pub async fn serve_metrics<S: Store>(listener: TcpListener, state: Arc<AppState<S>>) {
+    let room = Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS));
+    loop {
+        let Ok(permit) = room.clone().acquire_owned().await else {
+            return;
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = state.shutdown.cancelled() => return,
+        };
+        let Ok((stream, _peer)) = accepted else {
+            // Out of descriptors, most likely: the main listener says so; wait a little here.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = service_fn(move |request: Request<Incoming>| {
+                let state = state.clone();
+                async move {
+                    let (method, uri) = (request.method().clone(), request.uri().clone());
+                    let mut response = match door::admit_metrics(&method, &uri) {
+                        Ok(_) => handlers::metrics(&state),
+                        Err(err) => {
+                            door::refused(&state, &method, &uri, &err);
+                            response::error(&err)
+                        }
+                    };
+                    door::answered(&state, &method, &uri, response.status().as_u16());
+                    if method == Method::HEAD {
+                        *response.body_mut() = response::empty();
+                    }
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .max_buf_size(MAX_READ_BUFFER)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = connection.await;
+        });
+    }
 }
 
 /// A stream with bytes already read put back in front, for handing a connection to hyper.

@@ -12,6 +12,7 @@
 //! - [`webhook`]: receipt summaries POSTed to the operator's URL;
 //! - [`state`]: what every request shares;
 //! - [`limits`]: caps on open connections and streams;
+//! - [`metrics`]: the counters and histograms of `GET /metrics`;
 //! - [`request`]: reading requests (query, names, device, resume position, bodies, receipts);
 //! - [`response`]: the body type, JSON and error answers, the SSE head, CORS;
 //! - [`route`]: method and path to a [`route::Route`];
@@ -33,6 +34,7 @@ pub mod handlers;
 pub mod http_conn;
 pub mod limits;
 pub mod logging;
+pub mod metrics;
 pub mod openapi;
 pub mod request;
 pub mod response;

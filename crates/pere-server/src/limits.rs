@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::metrics::OpenStream;
 
 /// Descriptors kept for the store, the log and the listening socket.
 pub const DESCRIPTOR_RESERVE: usize = 64;
@@ -113,6 +114,7 @@ impl Limits {
         let mut slot = StreamSlot {
             limits: self.clone(),
             device: None,
+            counted: None,
         };
         if let Some(device) = device {
             let mut per_device = self.per_device.lock().unwrap_or_else(|e| e.into_inner());
@@ -151,6 +153,16 @@ impl Drop for ConnectionSlot {
 pub struct StreamSlot {
     limits: Arc<Limits>,
     device: Option<DeviceId>,
+    // Its place in the metrics' open streams, given back with the slot.
+    counted: Option<OpenStream>,
+}
+
+impl StreamSlot {
+    /// Holds the stream's place in the metrics for as long as the slot.
+    pub fn counted(mut self, open: OpenStream) -> Self {
+        self.counted = Some(open);
+        self
+    }
 }
 
 impl Drop for StreamSlot {

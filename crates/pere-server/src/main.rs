@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser as _;
@@ -9,7 +10,8 @@ use pere_core::store::{Durability, SqliteOptions, SqliteStore};
 use pere_core::{MemoryStore, Store};
 use pere_server::auth::{Grants, Minter, Mode};
 use pere_server::config::{Command, DurabilityLevel, StoreKind, TokenArgs};
-use pere_server::{limits, logging, retention, run, AppState, Config};
+use pere_server::metrics::Metrics;
+use pere_server::{http_conn, limits, logging, retention, run, AppState, Config};
 use tokio::net::{TcpListener, TcpSocket};
 
 /// Threads for blocking work (SQLite reads). Tokio's default, 512, let a burst of thousands of
@@ -134,7 +136,14 @@ async fn serve_with(config: Config, mode: Mode) -> anyhow::Result<()> {
         })?;
     match config.store {
         StoreKind::Memory => {
-            serve(listener, MemoryStore::new(retention(&config)), config, mode).await
+            serve(
+                listener,
+                MemoryStore::new(retention(&config)),
+                config,
+                mode,
+                |_| {},
+            )
+            .await
         }
         StoreKind::Sqlite => {
             let options = SqliteOptions {
@@ -150,7 +159,12 @@ async fn serve_with(config: Config, mode: Mode) -> anyhow::Result<()> {
             let store = SqliteStore::open(&config.data_dir, options).with_context(|| {
                 format!("cannot open the store in {}", config.data_dir.display())
             })?;
-            serve(listener, store.clone(), config, mode).await?;
+            let hooked = store.clone();
+            let count_commits = move |metrics: &Arc<Metrics>| {
+                let metrics = metrics.clone();
+                hooked.on_commit(move |took, writes| metrics.committed(took, writes));
+            };
+            serve(listener, store.clone(), config, mode, count_commits).await?;
             // Every acknowledged write is already committed; this waits for the writer to stop.
             store.close().await;
             Ok(())
@@ -163,8 +177,16 @@ async fn serve<S: Store>(
     store: S,
     config: Config,
     mode: Mode,
+    count_commits: impl FnOnce(&Arc<Metrics>),
 ) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
+    let metrics_listener = match config.metrics_addr {
+        Some(at) => {
+            Some(listen(at).with_context(|| format!("cannot listen on --metrics-addr {at}"))?)
+        }
+        None => None,
+    };
+    let grace = config.shutdown_grace;
     let what = match config.store {
         StoreKind::Memory => "memory".to_owned(),
         StoreKind::Sqlite => {
@@ -179,12 +201,32 @@ async fn serve<S: Store>(
         }
     };
     let state = AppState::new(store, config, mode);
+    count_commits(&state.metrics);
     // Tests and scripts read the bound address from this first line, written before any log line.
     println!("PERE server listening on http://{address} (store: {what})");
     tracing::info!("{}", state.mode.describe());
-    let shutdown = state.shutdown.clone();
+    if let Some(metrics_listener) = metrics_listener {
+        tracing::info!(
+            "metrics on http://{}/metrics",
+            metrics_listener.local_addr()?
+        );
+        tokio::spawn(http_conn::serve_metrics(metrics_listener, state.clone()));
+    }
+    let (stopping, shutdown) = (state.stopping.clone(), state.shutdown.clone());
     tokio::spawn(async move {
         wait_for_signal().await;
+        // Unready first, while the listener still answers: a load balancer sees the 503.
+        stopping.cancel();
+        if !grace.is_zero() {
+            tracing::info!(
+                "PERE server stopping: /readyz answers 503; serving {}s more",
+                grace.as_secs_f64()
+            );
+            tokio::select! {
+                () = tokio::time::sleep(grace) => {}
+                () = wait_for_signal() => {}
+            }
+        }
         tracing::info!("PERE server shutting down");
         shutdown.cancel();
     });

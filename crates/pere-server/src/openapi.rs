@@ -34,10 +34,10 @@ mod tests {
 
     use hyper::Method;
     use pere_core::wire::{
-        AckJson, Banner, CompletionJson, ConnectionsJson, DeviceJson, ErrorBody, EventJson,
-        EventList, EventReceipts, FeedbackRequest, GapNotice, Health, MembershipJson,
-        PendingEvents, PresenceJson, PushAccepted, PushWaited, Readiness, ReceiptCounts,
-        ReceiptJson, ReceiptSummaryJson, ResetNotice, WebhookSummary,
+        AckJson, Banner, ChannelJson, ChannelsPage, CompletionJson, ConnectionsJson, DeviceJson,
+        ErrorBody, EventJson, EventList, EventReceipts, FeedbackRequest, GapNotice, Health,
+        MembershipJson, PendingEvents, PresenceJson, PushAccepted, PushWaited, Readiness,
+        ReceiptCounts, ReceiptJson, ReceiptSummaryJson, ResetNotice, WebhookSummary,
     };
     use serde::Serialize;
     use serde_json::{json, Value};
@@ -129,6 +129,8 @@ mod tests {
             Route::Feed("C1"),
             Route::Feedback("C1"),
             Route::AdminConnections,
+            Route::AdminChannels,
+            Route::Metrics,
             Route::AdminEvents("C1"),
             Route::AdminDevices("C1"),
             Route::AdminReceipts("C1", "7"),
@@ -452,6 +454,21 @@ mod tests {
         let devices: BTreeMap<String, DeviceJson> =
             [("D1".to_owned(), device), ("D2".to_owned(), never)].into();
         check(doc, "Devices", &devices);
+        let channel = ChannelJson {
+            channel: "C1".into(),
+            open_streams: 2,
+            head: 9,
+            retained: 9,
+            recipients: 3,
+        };
+        check(
+            doc,
+            "ChannelsPage",
+            &ChannelsPage {
+                channels: vec![channel],
+            },
+        );
+        check(doc, "ChannelsPage", &ChannelsPage { channels: vec![] });
         let membership = MembershipJson {
             channel: "C1".into(),
             device: "D1".into(),

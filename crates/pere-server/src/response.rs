@@ -161,6 +161,20 @@ pub const fn etag_text(tag: &'static [u8; 18]) -> &'static str {
     }
 }
 
+/// A text answer of the given media type.
+pub fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: String,
+) -> Response<ResponseBody> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
 /// The head of every SSE answer: the type, no caching, and no buffering by proxies (nginx obeys
 /// `X-Accel-Buffering`).
 pub const SSE_HEADERS: [(HeaderName, &str); 3] = [

@@ -36,6 +36,10 @@ pub enum Route<'a> {
     Feedback(&'a str),
     /// `GET /admin/connections`.
     AdminConnections,
+    /// `GET /admin/channels`: channels with their streams, head, retained events, recipients.
+    AdminChannels,
+    /// `GET /metrics`: the Prometheus text format.
+    Metrics,
     /// `GET /admin/events/:channel`.
     AdminEvents(&'a str),
     /// `GET /admin/devices/:channel`.
@@ -89,6 +93,8 @@ impl<'a> Route<'a> {
             ["feed", channel] => (Route::Feed(channel), "GET"),
             ["feedback", channel] => (Route::Feedback(channel), "POST"),
             ["admin", "connections"] => (Route::AdminConnections, "GET"),
+            ["admin", "channels"] => (Route::AdminChannels, "GET"),
+            ["metrics"] => (Route::Metrics, "GET"),
             ["admin", "events", channel] => (Route::AdminEvents(channel), "GET"),
             ["admin", "devices", channel] => (Route::AdminDevices(channel), "GET"),
             ["admin", "receipts", channel, id] => (Route::AdminReceipts(channel, id), "GET"),
@@ -134,6 +140,8 @@ impl<'a> Route<'a> {
             Route::Feed(_) => ("GET", "/feed/{channel}"),
             Route::Feedback(_) => ("POST", "/feedback/{channel}"),
             Route::AdminConnections => ("GET", "/admin/connections"),
+            Route::AdminChannels => ("GET", "/admin/channels"),
+            Route::Metrics => ("GET", "/metrics"),
             Route::AdminEvents(_) => ("GET", "/admin/events/{channel}"),
             Route::AdminDevices(_) => ("GET", "/admin/devices/{channel}"),
             Route::AdminReceipts(..) => ("GET", "/admin/receipts/{channel}/{id}"),
@@ -193,6 +201,12 @@ pub fn unescape_names(uri: &Uri) -> Option<Uri> {
     Uri::from_parts(parts).ok()
 }
 
+/// The metrics label of the route a request asks for: its path template (a fixed set, never the
+/// path itself); `unmatched` for a path no route has or a method it does not take.
+pub fn name_of(method: &Method, path: &str) -> &'static str {
+    Route::parse(method, path).map_or("unmatched", |route| route.template().1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,6 +263,13 @@ mod tests {
             Route::parse(&Method::GET, "/events/C/4"),
             Ok(Route::Event("C", "4"))
         );
+        assert_eq!(
+            Route::parse(&Method::GET, "/admin/channels"),
+            Ok(Route::AdminChannels)
+        );
+        assert_eq!(Route::parse(&Method::GET, "/metrics"), Ok(Route::Metrics));
+        assert_eq!(name_of(&Method::POST, "/push/anything"), "/push/{channel}");
+        assert_eq!(name_of(&Method::GET, "/no/such/path"), "unmatched");
     }
 
     #[test]

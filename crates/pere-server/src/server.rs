@@ -55,6 +55,7 @@ impl Drop for ExpiryTask {
 pub async fn run<S: Store>(listener: TcpListener, state: Arc<AppState<S>>) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
     let _expiry = ExpiryTask(tokio::spawn(expire_recipients(state.clone())));
+    state.metrics.observe(&state.hub, state.shutdown.clone());
     if let Some(url) = &state.config.receipt_webhook {
         webhook::spawn(state.clone(), url.clone(), state.config.receipt_timeout);
     }

@@ -9,6 +9,7 @@ use crate::activity;
 use crate::auth::Mode;
 use crate::config::Config;
 use crate::limits::{self, Limits};
+use crate::metrics::Metrics;
 
 /// Everything the handlers share.
 #[derive(Debug)]
@@ -23,6 +24,11 @@ pub struct AppState<S: Store> {
     pub shutdown: CancellationToken,
     /// Open connections and streams, and their caps.
     pub limits: Arc<Limits>,
+    /// Cancelled when the server is asked to stop, before `shutdown`: `/readyz` answers 503
+    /// from then on, while the server still serves for `--shutdown-grace`.
+    pub stopping: CancellationToken,
+    /// What `GET /metrics` shows.
+    pub metrics: Arc<Metrics>,
 }
 
 impl<S: Store> AppState<S> {
@@ -43,12 +49,18 @@ impl<S: Store> AppState<S> {
             },
         );
         let limits = Limits::new(&config, limits::open_files());
+        let metrics = Metrics::new();
+        let shutdown = CancellationToken::new();
+        // A child: whatever stops the server makes it unready too.
+        let stopping = shutdown.child_token();
         Arc::new(AppState {
             hub,
             config,
             mode,
-            shutdown: CancellationToken::new(),
+            shutdown,
             limits,
+            stopping,
+            metrics,
         })
     }
 }

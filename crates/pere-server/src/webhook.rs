@@ -123,6 +123,7 @@ async fn post<S: Store>(
         let outcome = client.post(url).json(&body).send().await;
         let status = match &outcome {
             Ok(response) if response.status().is_success() => {
+                state.metrics.webhook_attempt(true);
                 activity::webhook(
                     channel.as_str(),
                     event_id,
@@ -135,6 +136,7 @@ async fn post<S: Store>(
             Ok(response) => response.status().to_string(),
             Err(err) => err.to_string(),
         };
+        state.metrics.webhook_attempt(false);
         activity::webhook(
             channel.as_str(),
             event_id,
@@ -148,5 +150,6 @@ async fn post<S: Store>(
         }
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
+    state.metrics.webhook_dropped();
     tracing::error!("webhook: gave up on {channel}/{event_id} after {ATTEMPTS} attempts");
 }

@@ -40,7 +40,7 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, RwLock};
+use std::sync::{mpsc, Arc, Mutex, OnceLock, RwLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -276,6 +276,15 @@ struct Inner {
     room: Arc<Semaphore>,
 }
 
+/// Told by the writer, after each committed batch of writes, how long the batch took (from its
+/// `BEGIN` to the end of its `COMMIT`) and how many writes it held.
+type CommitHook = Box<dyn Fn(Duration, usize) + Send + Sync>;
+
+/// Longest time the integrity check at open may take: a large database is checked as far as
+/// this gets (damage usually shows in the first pages read: the schema and the tables' roots),
+/// so a restart is never held up for minutes.
+const INTEGRITY_BUDGET: Duration = Duration::from_secs(2);
+
 /// What the writer thread and the readers share.
 struct Shared {
     // Held for the store's lifetime: the data directory's lock.
@@ -291,6 +300,8 @@ struct Shared {
     // The seq of the newest committed receipt; changed by the writer only.
     last_receipt: AtomicU64,
     transactions: AtomicU64,
+    // Told of every committed batch of writes (metrics); set at most once.
+    on_commit: OnceLock<CommitHook>,
     // Channels the pruning sweep has looked at, for tests of its cost.
     visited: AtomicU64,
     closing: AtomicBool,
@@ -592,6 +603,7 @@ impl SqliteStore {
         let mut conn =
             Connection::open_with_flags(&path, flags).map_err(|err| Failure::open(&path, err))?;
         prepare_schema(&mut conn, &path, options.durability)?;
+        check_integrity(&conn, &path)?;
         let mut channels = load_channels(&conn).map_err(|err| Failure::open(&path, err))?;
         // Every channel with events, once: a retention shortened since the last run applies.
         let sweep: Vec<ChannelName> = channels
@@ -619,6 +631,7 @@ impl SqliteStore {
             devices: Mutex::default(),
             last_receipt: AtomicU64::new(last_receipt),
             transactions: AtomicU64::new(0),
+            on_commit: OnceLock::new(),
             visited: AtomicU64::new(0),
             closing: AtomicBool::new(false),
         });
@@ -666,6 +679,13 @@ impl SqliteStore {
     /// are batched.
     pub fn committed_transactions(&self) -> u64 {
         self.inner.shared.transactions.load(Ordering::Relaxed)
+    }
+
+    /// Sets what the writer tells after each committed batch of writes: how long the batch took
+    /// and how many writes it held (for metrics; called on the writer thread, so it must be
+    /// quick). Only the first hook set is kept; returns whether this one was.
+    pub fn on_commit(&self, hook: impl Fn(Duration, usize) + Send + Sync + 'static) -> bool {
+        self.inner.shared.on_commit.set(Box::new(hook)).is_ok()
     }
 
     /// Stops taking writes, lets the writer commit everything already queued and waits for it to
@@ -801,12 +821,70 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
 
 /// Checks the file is a PERE database this build understands, sets the journal and sync modes,
 /// and migrates the schema to [`SCHEMA_VERSION`].
+/// Whether SQLite's error says the file is damaged or not a database at all.
+fn is_damage(err: &rusqlite::Error) -> bool {
+    matches!(
+        err.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
+/// The error for a damaged database file, with SQLite's words on one line.
+fn damaged(path: &Path, detail: &str) -> StoreError {
+    let detail = detail.split_whitespace().collect::<Vec<_>>().join(" ");
+    StoreError::Damaged {
+        path: path.to_owned(),
+        detail,
+    }
+}
+
+/// Runs SQLite's `quick_check` (every page and index entry well formed, without comparing
+/// indexes with their tables) for at most [`INTEGRITY_BUDGET`]: a damaged database is reported
+/// at start, in one line, rather than as failed writes later.
+///
+/// # Errors
+/// [`StoreError::Damaged`] with the first problems found.
+fn check_integrity(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let interrupt = conn.get_interrupt_handle();
+    let (done, finished) = mpsc::channel::<()>();
+    let watchdog = thread::Builder::new()
+        .name("pere-sqlite-check".to_owned())
+        .spawn(move || {
+            if finished.recv_timeout(INTEGRITY_BUDGET) == Err(mpsc::RecvTimeoutError::Timeout) {
+                interrupt.interrupt();
+            }
+        })
+        .map_err(|err| Failure::open(path, err))?;
+    let found = conn.prepare("PRAGMA quick_check(3)").and_then(|mut stmt| {
+        stmt.query_map([], |row| row.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+    });
+    drop(done);
+    let _ = watchdog.join();
+    match found {
+        Ok(rows) if rows.iter().all(|row| row == "ok") => Ok(()),
+        Ok(rows) => Err(damaged(path, &rows.join("; "))),
+        // Out of time: what was checked is sound.
+        Err(err) if err.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted) => {
+            Ok(())
+        }
+        Err(err) if is_damage(&err) => Err(damaged(path, &err.to_string())),
+        Err(err) => Err(Failure::open(path, err)),
+    }
+}
+
 fn prepare_schema(
     conn: &mut Connection,
     path: &Path,
     durability: Durability,
 ) -> Result<(), StoreError> {
-    let fail = |err: rusqlite::Error| Failure::open(path, err);
+    let fail = |err: rusqlite::Error| {
+        if is_damage(&err) {
+            damaged(path, &err.to_string())
+        } else {
+            Failure::open(path, err)
+        }
+    };
     conn.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
     // The first read of the file: a corrupt or foreign file fails here, before anything is written.
     let version: i64 = conn
@@ -1818,6 +1896,7 @@ impl Writer {
     /// Runs a batch of commands in one transaction and answers them after the commit.
     fn run_batch(&mut self, commands: Vec<Command>) {
         let started = now();
+        let clock = Instant::now();
         let retention = self.shared.options.retention;
         // Plain BEGIN/COMMIT statements rather than rusqlite's `Transaction`, which would borrow
         // the connection mutably for as long as the writes hold it.
@@ -1849,6 +1928,9 @@ impl Writer {
                 let filed = drafts.publish(&mut self.cache);
                 self.ages.extend(filed);
                 self.shared.transactions.fetch_add(1, Ordering::Relaxed);
+                if let Some(hook) = self.shared.on_commit.get() {
+                    hook(clock.elapsed(), answers.len());
+                }
             }
             // Some errors roll back by themselves; otherwise the transaction is still open.
             Some(_) if !conn.is_autocommit() => {
@@ -2925,7 +3007,8 @@ mod tests {
         std::fs::create_dir(&garbage).unwrap();
         std::fs::write(garbage.join(DB_FILE), vec![0x5a_u8; 8192]).unwrap();
         let err = check_open_fails(&garbage);
-        assert!(matches!(err, StoreError::Backend(_)), "{err}");
+        // A file that is no database at all is damaged, said in one line naming it.
+        assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
         assert!(
             err.to_string()
                 .contains(&garbage.join(DB_FILE).display().to_string()),

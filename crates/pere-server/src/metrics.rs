@@ -1,0 +1,441 @@
+//! The server's metrics, written in the Prometheus text format (OpenMetrics) for `GET /metrics`:
+//! what the door counts (requests answered, refusals, open streams), what the hub's notices tell
+//! (publications, receipts and their latency, cut subscribers), the hub's own running counts
+//! (deliveries, redeliveries, lost notices, events owed receipts) and the store's commits.
+//!
+//! Labels come from small fixed sets (stream kinds, route names, status codes, error codes):
+//! never a channel, a device or a raw path, so a scrape stays the same size however many
+//! devices connect.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use pere_core::{ChannelName, Hub, HubNotice, Store};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+use tokio_util::sync::CancellationToken;
+
+/// The media type of a scrape.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Hub notices queued for the metrics before new ones are dropped (and counted as dropped).
+const NOTICE_QUEUE: usize = 65_536;
+
+/// Publication times remembered for the receipt latency; past it the oldest are forgotten, and
+/// receipts for them are counted but not timed.
+const MAX_TIMED_EVENTS: usize = 100_000;
+
+/// What kind of stream a client holds open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamKind {
+    /// `GET /feed/:channel`.
+    Feed,
+    /// `GET /receipts/:channel`.
+    Receipts,
+    /// `GET /presence/:channel`.
+    Presence,
+}
+
+impl StreamKind {
+    fn label(self) -> &'static str {
+        match self {
+            StreamKind::Feed => "feed",
+            StreamKind::Receipts => "receipts",
+            StreamKind::Presence => "presence",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StatusClassLabel {
+    status_class: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CodeLabel {
+    code: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HttpLabels {
+    route: &'static str,
+    status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+/// Every metric of the server, and the registry that writes them out.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    // Counts read from elsewhere are brought up to date under this lock at each scrape, so two
+    // scrapes at once cannot add the same difference twice.
+    scrape: Mutex<()>,
+    streams: Family<KindLabel, Gauge>,
+    streams_all: Gauge,
+    connections: Gauge,
+    published: Counter,
+    deliveries: Counter,
+    receipts: Family<StatusClassLabel, Counter>,
+    receipt_latency: Histogram,
+    pending: Gauge,
+    cuts: Counter,
+    redeliveries: Counter,
+    refused: Family<CodeLabel, Counter>,
+    http: Family<HttpLabels, Counter>,
+    commit_duration: Histogram,
+    commit_writes: Histogram,
+    webhook_attempts: Family<OutcomeLabel, Counter>,
+    webhook_drops: Counter,
+    notices_dropped: Counter,
+}
+
+impl Metrics {
+    /// Every metric at zero, registered under the `pere_` prefix.
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("pere");
+        let streams = Family::<KindLabel, Gauge>::default();
+        registry.register(
+            "open_streams",
+            "Streams open now, by kind (feed, receipts, presence)",
+            streams.clone(),
+        );
+        // Every kind, whatever it is, so a dashboard needs no sum.
+        let streams_all = Gauge::default();
+        registry.register(
+            "open_streams_all",
+            "Streams open now, every kind",
+            streams_all.clone(),
+        );
+        let connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Client connections open now (streams and short requests)",
+            connections.clone(),
+        );
+        let published = Counter::default();
+        registry.register(
+            "events_published",
+            "Events published (a replayed idempotent push is not counted)",
+            published.clone(),
+        );
+        let deliveries = Counter::default();
+        registry.register(
+            "deliveries",
+            "Events handed to subscriber streams: live ones once per subscriber, replayed ones once per stream",
+            deliveries.clone(),
+        );
+        let receipts = Family::<StatusClassLabel, Counter>::default();
+        registry.register(
+            "receipts",
+            "Receipts recorded, by status class (ok, other)",
+            receipts.clone(),
+        );
+        // 1 ms to about 9 hours: a phone that acknowledges when it wakes up is still on the scale.
+        let receipt_latency = Histogram::new(exponential_buckets(0.001, 4.0, 13));
+        registry.register_with_unit(
+            "receipt_latency",
+            "Time from an event's publication to each receipt for it",
+            Unit::Seconds,
+            receipt_latency.clone(),
+        );
+        let pending = Gauge::default();
+        registry.register(
+            "events_pending_receipts",
+            "Events still owed receipts by their expected recipients (among those followed live)",
+            pending.clone(),
+        );
+        let cuts = Counter::default();
+        registry.register(
+            "subscriber_cuts",
+            "Streams ended because the subscriber fell too far behind",
+            cuts.clone(),
+        );
+        let redeliveries = Counter::default();
+        registry.register(
+            "redeliveries",
+            "Events sent again because their receipt was overdue",
+            redeliveries.clone(),
+        );
+        let refused = Family::<CodeLabel, Counter>::default();
+        registry.register(
+            "refused_requests",
+            "Requests answered with an error, by error code",
+            refused.clone(),
+        );
+        let http = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "http_responses",
+            "HTTP answers, by route and status",
+            http.clone(),
+        );
+        // 50 µs to about 3 s.
+        let commit_duration = Histogram::new(exponential_buckets(0.000_05, 2.0, 17));
+        registry.register_with_unit(
+            "store_commit_duration",
+            "Time from the start of a store write batch to the end of its commit (SQLite)",
+            Unit::Seconds,
+            commit_duration.clone(),
+        );
+        let commit_writes = Histogram::new(exponential_buckets(1.0, 2.0, 11));
+        registry.register(
+            "store_commit_writes",
+            "Writes committed together in one store transaction (SQLite group commit)",
+            commit_writes.clone(),
+        );
+        let webhook_attempts = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "webhook_attempts",
+            "Receipt webhook POSTs, by outcome (delivered, failed)",
+            webhook_attempts.clone(),
+        );
+        let webhook_drops = Counter::default();
+        registry.register(
+            "webhook_drops",
+            "Receipt summaries given up after every webhook attempt failed",
+            webhook_drops.clone(),
+        );
+        let notices_dropped = Counter::default();
+        registry.register(
+            "observer_notices_dropped",
+            "Hub notices lost by observers (webhook, metrics) that had no room for them",
+            notices_dropped.clone(),
+        );
+        // Present from the first scrape, at zero: an alert on a rate needs the series to exist.
+        for kind in [StreamKind::Feed, StreamKind::Receipts, StreamKind::Presence] {
+            let _ = streams.get_or_create(&KindLabel { kind: kind.label() });
+        }
+        for status_class in ["ok", "other"] {
+            let _ = receipts.get_or_create(&StatusClassLabel { status_class });
+        }
+        for outcome in ["delivered", "failed"] {
+            let _ = webhook_attempts.get_or_create(&OutcomeLabel { outcome });
+        }
+        Arc::new(Metrics {
+            registry,
+            scrape: Mutex::new(()),
+            streams,
+            streams_all,
+            connections,
+            published,
+            deliveries,
+            receipts,
+            receipt_latency,
+            pending,
+            cuts,
+            redeliveries,
+            refused,
+            http,
+            commit_duration,
+            commit_writes,
+            webhook_attempts,
+            webhook_drops,
+            notices_dropped,
+        })
+    }
+
+    /// Counts a stream of `kind` open until the returned guard is dropped.
+    pub fn open_stream(&self, kind: StreamKind) -> OpenStream {
+        let gauge = self
+            .streams
+            .get_or_create_owned(&KindLabel { kind: kind.label() });
+        gauge.inc();
+        self.streams_all.inc();
+        OpenStream {
+            gauge,
+            all: self.streams_all.clone(),
+        }
+    }
+
+    /// Counts an answer of `route` (a name from [`crate::route::Route::name`]) with `status`.
+    pub fn answered(&self, route: &'static str, status: u16) {
+        self.http.get_or_create(&HttpLabels { route, status }).inc();
+    }
+
+    /// Counts a request refused with error `code`.
+    pub fn refused(&self, code: &'static str) {
+        self.refused.get_or_create(&CodeLabel { code }).inc();
+    }
+
+    /// Counts a store commit of `writes` writes that took `duration`.
+    pub fn committed(&self, duration: Duration, writes: usize) {
+        self.commit_duration.observe(duration.as_secs_f64());
+        self.commit_writes.observe(writes as f64);
+    }
+
+    /// Counts a webhook POST, delivered or not.
+    pub fn webhook_attempt(&self, delivered: bool) {
+        let outcome = if delivered { "delivered" } else { "failed" };
+        self.webhook_attempts
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// Counts a receipt summary the webhook gave up on.
+    pub fn webhook_dropped(&self) {
+        self.webhook_drops.inc();
+    }
+
+    /// Listens to `hub`'s notices (publications, receipts, cut subscribers) until `shutdown`.
+    pub fn observe<S: Store>(self: &Arc<Self>, hub: &Hub<S>, shutdown: CancellationToken) {
+        let mut notices = hub.observe(NOTICE_QUEUE);
+        let metrics = self.clone();
+        tokio::spawn(async move {
+            let mut published = PublishTimes::default();
+            loop {
+                let notice = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    notice = notices.recv() => notice,
+                };
+                let Some(notice) = notice else { return };
+                metrics.note(notice, &mut published);
+            }
+        });
+    }
+
+    fn note(&self, notice: HubNotice, published: &mut PublishTimes) {
+        match notice {
+            HubNotice::Published {
+                channel, event_id, ..
+            } => {
+                self.published.inc();
+                published.insert(channel, event_id, Utc::now());
+            }
+            HubNotice::Receipt(receipt) => {
+                let status_class = if receipt.status == "ok" {
+                    "ok"
+                } else {
+                    "other"
+                };
+                self.receipts
+                    .get_or_create(&StatusClassLabel { status_class })
+                    .inc();
+                if let Some(at) = published.get(&receipt.channel, receipt.event_id) {
+                    let latency = (receipt.time - at).to_std().unwrap_or_default();
+                    self.receipt_latency.observe(latency.as_secs_f64());
+                }
+            }
+            HubNotice::Completed {
+                channel, event_id, ..
+            } => published.remove(&channel, event_id),
+            HubNotice::SubscriberCut { .. } => {
+                self.cuts.inc();
+            }
+            HubNotice::Presence { .. } | HubNotice::Membership(_) => {}
+        }
+    }
+
+    /// The metrics in the text format, with the counts kept elsewhere brought up to date:
+    /// `connections` is the number of client connections open now.
+    pub fn render<S: Store>(&self, hub: &Hub<S>, connections: usize) -> String {
+        let _scrape = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        catch_up(&self.deliveries, hub.deliveries());
+        catch_up(&self.redeliveries, hub.redeliveries());
+        catch_up(&self.notices_dropped, hub.dropped_notices());
+        self.pending
+            .set(i64::try_from(hub.incomplete_events()).unwrap_or(i64::MAX));
+        self.connections
+            .set(i64::try_from(connections).unwrap_or(i64::MAX));
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Raises `counter` to `total`, a count kept elsewhere that only grows.
+fn catch_up(counter: &Counter, total: u64) {
+    counter.inc_by(total.saturating_sub(counter.get()));
+}
+
+/// An open stream's place in [`Metrics`]; dropping it counts the stream closed.
+#[derive(Debug)]
+pub struct OpenStream {
+    gauge: Gauge,
+    all: Gauge,
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.gauge.dec();
+        self.all.dec();
+    }
+}
+
+/// When recent events were published, for the receipt latency: bounded, oldest forgotten first,
+/// an event forgotten too once every expected recipient acknowledged it.
+#[derive(Debug, Default)]
+struct PublishTimes {
+    times: HashMap<(ChannelName, u64), DateTime<Utc>>,
+    order: VecDeque<(ChannelName, u64)>,
+}
+
+impl PublishTimes {
+    fn insert(&mut self, channel: ChannelName, event_id: u64, at: DateTime<Utc>) {
+        while self.order.len() >= MAX_TIMED_EVENTS {
+            if let Some(old) = self.order.pop_front() {
+                self.times.remove(&old);
+            }
+        }
+        self.times.insert((channel.clone(), event_id), at);
+        self.order.push_back((channel, event_id));
+    }
+
+    fn get(&self, channel: &ChannelName, event_id: u64) -> Option<DateTime<Utc>> {
+        self.times.get(&(channel.clone(), event_id)).copied()
+    }
+
+    fn remove(&mut self, channel: &ChannelName, event_id: u64) {
+        // Its place in `order` goes when it comes to the front; until then it costs a few bytes.
+        self.times.remove(&(channel.clone(), event_id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_times_are_bounded() {
+        let c = ChannelName::new("C").unwrap();
+        let mut times = PublishTimes::default();
+        for id in 0..(MAX_TIMED_EVENTS as u64 + 10) {
+            times.insert(c.clone(), id, Utc::now());
+        }
+        assert_eq!(times.order.len(), MAX_TIMED_EVENTS);
+        assert!(times.get(&c, 0).is_none() && times.get(&c, MAX_TIMED_EVENTS as u64 + 9).is_some());
+        times.remove(&c, MAX_TIMED_EVENTS as u64 + 9);
+        assert!(times.get(&c, MAX_TIMED_EVENTS as u64 + 9).is_none());
+    }
+
+    #[test]
+    fn open_streams_are_counted_until_dropped() {
+        let metrics = Metrics::new();
+        let feed = metrics.open_stream(StreamKind::Feed);
+        let _receipts = metrics.open_stream(StreamKind::Receipts);
+        assert_eq!(metrics.streams_all.get(), 2);
+        drop(feed);
+        assert_eq!(metrics.streams_all.get(), 1);
+        assert_eq!(
+            metrics
+                .streams
+                .get_or_create(&KindLabel { kind: "feed" })
+                .get(),
+            0
+        );
+    }
+}

@@ -1,0 +1,557 @@
+//! End-to-end tests of what an operator relies on: `/metrics` (scraped and parsed, its counters
+//! following pushes, receipts and refusals; protected like the admin views; its own listener),
+//! `/admin/channels`, readiness and the `?wait=` answer during a real SIGTERM, and a damaged
+//! database found at start.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use pere_e2e::{on_every_store, Proc, StoreUnderTest, TestServer, WAIT};
+use serde_json::Value;
+
+/// One scrape: every sample, keyed by its name and labels as written (`name{a="x",b="y"}`, the
+/// labels sorted), with its value.
+#[derive(Debug)]
+struct Scrape(BTreeMap<String, f64>);
+
+impl Scrape {
+    /// Parses the text format: `# ` lines are metadata, every other line `name[{labels}] value`.
+    fn parse(text: &str) -> Scrape {
+        assert!(
+            text.ends_with("# EOF\n"),
+            "an OpenMetrics scrape ends with # EOF"
+        );
+        let mut samples = BTreeMap::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let (series, value) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("no value in {line:?}"));
+            let value: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+            let key = match series.split_once('{') {
+                Some((name, labels)) => {
+                    let labels = labels
+                        .strip_suffix('}')
+                        .unwrap_or_else(|| panic!("labels not closed in {line:?}"));
+                    let mut pairs: Vec<&str> = labels.split(',').collect();
+                    pairs.sort_unstable();
+                    format!("{name}{{{}}}", pairs.join(","))
+                }
+                None => series.to_owned(),
+            };
+            assert!(
+                key.starts_with("pere_"),
+                "every metric is named pere_*: {key}"
+            );
+            assert!(
+                samples.insert(key, value).is_none(),
+                "one sample per series: {line}"
+            );
+        }
+        Scrape(samples)
+    }
+
+    /// The value of `name` with exactly these labels (0 when the series is absent).
+    fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let key = if labels.is_empty() {
+            name.to_owned()
+        } else {
+            let mut pairs: Vec<String> =
+                labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            pairs.sort_unstable();
+            format!("{name}{{{}}}", pairs.join(","))
+        };
+        self.0.get(&key).copied().unwrap_or(0.0)
+    }
+}
+
+async fn scrape_url(http: &reqwest::Client, url: &str, token: Option<&str>) -> reqwest::Response {
+    let mut request = http.get(url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.expect("scrape")
+}
+
+async fn scrape(server: &TestServer) -> Scrape {
+    let response = scrape_url(&server.http, &server.url("/metrics"), None).await;
+    assert_eq!(response.status(), 200);
+    let kind = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+    Scrape::parse(&response.text().await.unwrap())
+}
+
+/// Scrapes until `done` holds (counts fed by the hub's notices follow a moment later), or fails
+/// after [`WAIT`] showing the last scrape.
+async fn scrape_until(server: &TestServer, what: &str, done: impl Fn(&Scrape) -> bool) -> Scrape {
+    let mut every = tokio::time::interval(Duration::from_millis(20));
+    let mut last = None;
+    let found = tokio::time::timeout(WAIT, async {
+        loop {
+            every.tick().await;
+            let now = scrape(server).await;
+            if done(&now) {
+                return now;
+            }
+            last = Some(now);
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("metrics never showed {what}: {last:?}"))
+}
+
+async fn metrics_follow_streams_pushes_receipts_and_refusals(store: StoreUnderTest) {
+    let server = TestServer::start_on(store, &[]).await;
+    let before = scrape(&server).await;
+    assert_eq!(before.get("pere_open_streams_all", &[]), 0.0);
+    assert_eq!(before.get("pere_events_published_total", &[]), 0.0);
+
+    let mut feed = server.feed("Metered", &[("device", "M1")]).await;
+    let mut listener = server.feed("Metered", &[]).await;
+    let opened = scrape(&server).await;
+    assert_eq!(opened.get("pere_open_streams", &[("kind", "feed")]), 2.0);
+    assert_eq!(opened.get("pere_open_streams_all", &[]), 2.0);
+    assert!(
+        opened.get("pere_open_connections", &[]) >= 3.0,
+        "two feeds and the scrape"
+    );
+
+    for i in 1..=3 {
+        server.push("Metered", &format!("e{i}")).await;
+    }
+    assert_eq!(feed.next_ids(3).await, vec![1, 2, 3]);
+    assert_eq!(listener.next_ids(3).await, vec![1, 2, 3]);
+    let pushed = scrape_until(&server, "three publications", |s| {
+        s.get("pere_events_published_total", &[]) == 3.0
+    })
+    .await;
+    assert_eq!(
+        pushed.get("pere_deliveries_total", &[]),
+        6.0,
+        "three events to two feeds"
+    );
+    assert_eq!(
+        pushed.get("pere_events_pending_receipts", &[]),
+        3.0,
+        "M1 owes three receipts"
+    );
+    assert_eq!(
+        pushed.get(
+            "pere_http_responses_total",
+            &[("route", "/push/{channel}"), ("status", "200")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        pushed.get(
+            "pere_http_responses_total",
+            &[("route", "/feed/{channel}"), ("status", "200")]
+        ),
+        2.0
+    );
+
+    assert_eq!(server.ack("Metered", "M1", 1, "ok").await.0, 200);
+    assert_eq!(server.ack("Metered", "M1", 2, "ok").await.0, 200);
+    assert_eq!(
+        server.ack("Metered", "M1", 3, "display failed").await.0,
+        200
+    );
+    assert_eq!(server.ack("Metered", "M1", 99, "ok").await.0, 404);
+    let wrong = server
+        .http
+        .get(server.url("/push/Metered"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 405);
+    assert_eq!(
+        server
+            .http
+            .get(server.url("/no/such/thing"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    let acked = scrape_until(&server, "three receipts", |s| {
+        s.get("pere_receipts_total", &[("status_class", "ok")]) == 2.0
+            && s.get("pere_receipts_total", &[("status_class", "other")]) == 1.0
+    })
+    .await;
+    assert_eq!(acked.get("pere_receipt_latency_seconds_count", &[]), 3.0);
+    assert!(acked.get("pere_receipt_latency_seconds_sum", &[]) > 0.0);
+    assert_eq!(
+        acked.get("pere_receipt_latency_seconds_bucket", &[("le", "+Inf")]),
+        3.0
+    );
+    assert_eq!(acked.get("pere_events_pending_receipts", &[]), 0.0);
+    assert_eq!(
+        acked.get("pere_refused_requests_total", &[("code", "unknown_event")]),
+        1.0
+    );
+    assert_eq!(
+        acked.get(
+            "pere_refused_requests_total",
+            &[("code", "method_not_allowed")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        acked.get("pere_refused_requests_total", &[("code", "not_found")]),
+        1.0
+    );
+    assert_eq!(
+        acked.get(
+            "pere_http_responses_total",
+            &[("route", "/feedback/{channel}"), ("status", "404")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        acked.get(
+            "pere_http_responses_total",
+            &[("route", "unmatched"), ("status", "404")]
+        ),
+        1.0
+    );
+    assert!(
+        acked
+            .0
+            .keys()
+            .all(|k| !k.contains("Metered") && !k.contains("M1") && !k.contains("/no/such")),
+        "no channel, device or path in a label"
+    );
+    if store == StoreUnderTest::Sqlite {
+        assert!(acked.get("pere_store_commit_writes_count", &[]) >= 1.0);
+        assert!(
+            acked.get("pere_store_commit_writes_sum", &[]) >= 7.0,
+            "3 pushes and 3 receipts at least, and more"
+        );
+        assert!(acked.get("pere_store_commit_duration_seconds_count", &[]) >= 1.0);
+    }
+
+    drop(feed);
+    drop(listener);
+    scrape_until(&server, "the feeds closed", |s| {
+        s.get("pere_open_streams", &[("kind", "feed")]) == 0.0
+    })
+    .await;
+}
+
+on_every_store!(
+    metrics_follow_streams_pushes_receipts_and_refusals,
+    admin_channels_come_in_pages
+);
+
+const SECRET: &str = "test-secret-of-at-least-32-bytes-0123456789";
+
+fn mint(extra: &[&str]) -> String {
+    let mut args = vec!["token", "--jwt-secret", SECRET, "--ttl", "1h"];
+    args.extend_from_slice(extra);
+    let out = std::process::Command::new(pere_e2e::bin_path("pere-server"))
+        .args(&args)
+        .output()
+        .expect("token");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_need_the_admin_claim_but_not_on_their_own_listener() {
+    let server = TestServer::start_args(&[
+        "--store",
+        "memory",
+        "--jwt-secret",
+        SECRET,
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ])
+    .await;
+    let line = server
+        .proc
+        .wait_line(|l| l.contains("metrics on http://"))
+        .await;
+    let metrics_url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_owned();
+    let main_url = server.url("/metrics");
+    let http = &server.http;
+
+    assert_eq!(scrape_url(http, &main_url, None).await.status(), 401);
+    let device = mint(&["--sub", "D1", "--subscribe", "*", "--publish", "*"]);
+    assert_eq!(
+        scrape_url(http, &main_url, Some(&device)).await.status(),
+        403
+    );
+    let admin = mint(&["--sub", "ops", "--admin"]);
+    let scraped = scrape_url(http, &main_url, Some(&admin)).await;
+    assert_eq!(scraped.status(), 200);
+    let text = scraped.text().await.unwrap();
+    let with_token = Scrape::parse(&text);
+    assert_eq!(
+        with_token.get("pere_refused_requests_total", &[("code", "missing_token")]),
+        1.0
+    );
+    assert_eq!(
+        with_token.get("pere_refused_requests_total", &[("code", "forbidden")]),
+        1.0
+    );
+
+    // The separate listener: no token, and nothing but the metrics.
+    let open = scrape_url(http, &metrics_url, None).await;
+    assert_eq!(open.status(), 200);
+    let open = Scrape::parse(&open.text().await.unwrap());
+    assert_eq!(
+        open.get(
+            "pere_http_responses_total",
+            &[("route", "/metrics"), ("status", "200")]
+        ),
+        1.0
+    );
+    let base = metrics_url.trim_end_matches("/metrics");
+    for path in ["/admin/channels", "/push/C", "/"] {
+        assert_eq!(
+            http.get(format!("{base}{path}"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            404,
+            "{path}"
+        );
+    }
+    assert_eq!(http.post(&metrics_url).send().await.unwrap().status(), 405);
+}
+
+async fn admin_channels_come_in_pages(store: StoreUnderTest) {
+    let server = TestServer::start_on(store, &[]).await;
+    for (channel, events) in [("A", 3), ("B", 1), ("C", 2), ("D", 1), ("E", 5)] {
+        for i in 0..events {
+            server.push(channel, &format!("{channel}{i}")).await;
+        }
+    }
+    for device in ["R1", "R2"] {
+        let put = server
+            .http
+            .put(server.url(&format!("/devices/C/{device}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), 200);
+    }
+    let _feed = server.feed("E", &[("device", "F1")]).await;
+
+    let mut seen = Vec::new();
+    let mut path = "/admin/channels?limit=2".to_owned();
+    loop {
+        let response = server.http.get(server.url(&path)).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let next = response
+            .headers()
+            .get("link")
+            .map(|l| l.to_str().unwrap().to_owned());
+        let page: Value = response.json().await.unwrap();
+        let channels = page["channels"].as_array().unwrap().clone();
+        assert!(channels.len() <= 2, "{channels:?}");
+        seen.extend(channels);
+        let Some(next) = next else { break };
+        assert!(next.ends_with("; rel=\"next\""), "{next}");
+        path = next[1..next.find('>').unwrap()].to_owned();
+    }
+    let names: Vec<&str> = seen
+        .iter()
+        .map(|c| c["channel"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["A", "B", "C", "D", "E"]);
+    let c = &seen[2];
+    assert_eq!(
+        (
+            c["head"].as_u64(),
+            c["retained"].as_u64(),
+            c["recipients"].as_u64()
+        ),
+        (Some(2), Some(2), Some(2))
+    );
+    assert_eq!(c["open_streams"], 0);
+    let e = &seen[4];
+    assert_eq!(
+        (
+            e["head"].as_u64(),
+            e["open_streams"].as_u64(),
+            e["recipients"].as_u64()
+        ),
+        (Some(5), Some(1), Some(1))
+    );
+
+    let all = server.get_json("/admin/channels").await;
+    assert_eq!(all["channels"].as_array().unwrap().len(), 5);
+    let bad = server
+        .http
+        .get(server.url("/admin/channels?limit=x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+}
+
+/// Sends SIGTERM to the server.
+fn terminate(server: &TestServer) {
+    let pid = server.proc.pid().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// Starts a push that waits for every recipient's receipt (one recipient, R1, never answers),
+/// once the server has applied it; returns the pending request.
+async fn held_push(server: &TestServer) -> tokio::task::JoinHandle<reqwest::Response> {
+    let put = server
+        .http
+        .put(server.url("/devices/Held/R1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let request = server
+        .http
+        .post(server.url("/push/Held?wait=all&timeout=60s"))
+        .body("waiting");
+    let pending = tokio::spawn(async move {
+        request
+            .send()
+            .await
+            .expect("an answer, not a dropped connection")
+    });
+    server
+        .proc
+        .wait_line(|l| l.contains("PUSH EVT>") && l.contains("Held"))
+        .await;
+    pending
+}
+
+async fn check_waited_answer(pending: tokio::task::JoinHandle<reqwest::Response>) {
+    let answer = tokio::time::timeout(WAIT, pending)
+        .await
+        .expect("answered in time")
+        .unwrap();
+    assert_eq!(answer.status(), 202, "stored, receipts still pending");
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["satisfied"], false);
+    assert_eq!(
+        body["receipts"]["pending"],
+        serde_json::json!(["R1"]),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sigterm_readiness_fails_first_and_waiting_pushes_get_their_answer() {
+    let mut server =
+        TestServer::start_on(StoreUnderTest::Sqlite, &["--shutdown-grace", "3s"]).await;
+    assert_eq!(server.get_json("/readyz").await["status"], "ready");
+    let pending = held_push(&server).await;
+    let mut feed = server.feed("Held", &[]).await;
+    terminate(&server);
+    // Unready while the listener still answers, so a load balancer sees the 503.
+    let mut every = tokio::time::interval(Duration::from_millis(20));
+    let unready = tokio::time::timeout(WAIT, async {
+        loop {
+            every.tick().await;
+            let response = server
+                .http
+                .get(server.url("/readyz"))
+                .send()
+                .await
+                .expect("still listening");
+            if response.status() == 503 {
+                return response.json::<Value>().await.unwrap();
+            }
+            assert_eq!(response.status(), 200);
+        }
+    })
+    .await
+    .expect("readiness turned 503");
+    assert_eq!(unready["reason"], "shutting_down");
+    // Still serving during the grace period.
+    assert_eq!(server.get_json("/healthz").await["status"], "ok");
+    check_waited_answer(pending).await;
+    feed.until_end().await;
+    assert_eq!(server.proc.wait_exit().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_grace_period_a_waiting_push_is_still_answered() {
+    let mut server = TestServer::start(&[]).await;
+    let pending = held_push(&server).await;
+    terminate(&server);
+    check_waited_answer(pending).await;
+    assert_eq!(server.proc.wait_exit().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_database_is_reported_at_start_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start_in(dir.path(), &[]).await;
+    let body = "x".repeat(2000);
+    for _ in 0..100 {
+        server.push("Bulky", &body).await;
+    }
+    // The checkpointer copies the log into the database file every half second.
+    let db = dir.path().join("pere.db");
+    let mut every = tokio::time::interval(Duration::from_millis(50));
+    tokio::time::timeout(WAIT, async {
+        while std::fs::metadata(&db).unwrap().len() < 16 * 4096 {
+            every.tick().await;
+        }
+    })
+    .await
+    .expect("the events reached the database file");
+    terminate(&server);
+    assert_eq!(server.proc.wait_exit().await, 0);
+
+    // Every page after the first (the header and the schema) overwritten: the tables' pages;
+    // and no log left to read newer copies of them from.
+    let mut bytes = std::fs::read(&db).unwrap();
+    for log in ["pere.db-wal", "pere.db-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(log));
+    }
+    for (i, b) in bytes.iter_mut().enumerate().skip(4096) {
+        *b = (i % 251) as u8;
+    }
+    std::fs::write(&db, &bytes).unwrap();
+
+    let dir_arg = dir.path().to_str().unwrap();
+    let mut again = Proc::start(
+        "pere-server",
+        &["-o", "127.0.0.1", "-p", "0", "--data-dir", dir_arg],
+    );
+    assert_ne!(again.wait_exit().await, 0, "a damaged store is not served");
+    let errors = again.errors();
+    assert_eq!(errors.len(), 1, "one line: {errors:?}");
+    assert!(
+        errors[0].contains("pere.db is damaged") && errors[0].contains("backup"),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        again.lines().iter().all(|l| !l.contains("listening on")),
+        "never listened"
+    );
+}
