@@ -23,7 +23,7 @@ fn event(body: &str) -> NewEvent {
 
 async fn fan_out(subscribers: usize, events: u64) -> Duration {
     let config = HubConfig { subscriber_buffer: events as usize + 1, ..HubConfig::default() };
-    let hub = Hub::new(MemoryStore::new(Retention { max_events: 10_000, max_age: None }), config);
+    let hub = Hub::new(MemoryStore::new(Retention { max_events: 10_000, max_age: None, idempotency_window: None }), config);
     let channel = ChannelName::new("bench").unwrap();
     let mut subs = Vec::new();
     for i in 0..subscribers {
@@ -82,7 +82,7 @@ async fn replay<S: Store>(store: S, events: usize) -> Duration {
 fn sqlite(dir: &std::path::Path, durability: Durability) -> SqliteStore {
     let options = SqliteOptions {
         durability,
-        retention: Retention { max_events: 1_000_000, max_age: None },
+        retention: Retention { max_events: 1_000_000, max_age: None, idempotency_window: None },
         recent_events: 0,
         ..SqliteOptions::default()
     };

@@ -31,7 +31,7 @@ fn hub_with(retention: Retention, config: HubConfig) -> Arc<Hub<MemoryStore>> {
 }
 
 fn hub() -> Arc<Hub<MemoryStore>> {
-    hub_with(Retention { max_events: 100_000, max_age: None }, HubConfig::default())
+    hub_with(Retention { max_events: 100_000, max_age: None, idempotency_window: None }, HubConfig::default())
 }
 
 fn from(id: Option<u64>, device: Option<&str>) -> SubscribeRequest {
@@ -90,7 +90,7 @@ async fn resume_replays_then_goes_live() {
 async fn no_gap_and_no_duplicate_at_the_seam_under_concurrent_publishing() {
     // Room for every event: this test reads only after publishing ends.
     let config = HubConfig { subscriber_buffer: 2048, replay_page: 16, ..HubConfig::default() };
-    let hub = hub_with(Retention { max_events: 100_000, max_age: None }, config);
+    let hub = hub_with(Retention { max_events: 100_000, max_age: None, idempotency_window: None }, config);
     let c = ch("Seam");
     const PUBLISHERS: u64 = 4;
     const EACH: u64 = 300;
@@ -129,7 +129,7 @@ async fn no_gap_and_no_duplicate_at_the_seam_under_concurrent_publishing() {
 #[tokio::test]
 async fn a_stalled_subscriber_is_cut_and_the_others_are_not_slowed() {
     let config = HubConfig { subscriber_buffer: 4, ..HubConfig::default() };
-    let hub = hub_with(Retention { max_events: 1000, max_age: None }, config);
+    let hub = hub_with(Retention { max_events: 1000, max_age: None, idempotency_window: None }, config);
     let c = ch("C");
     let mut stalled = hub.subscribe(&c, from(None, None)).await.unwrap();
     let mut reader = hub.subscribe(&c, from(None, None)).await.unwrap();
@@ -177,7 +177,7 @@ async fn a_known_device_resumes_after_its_last_acknowledged_event() {
 
 #[tokio::test]
 async fn a_resume_into_pruned_history_is_told_of_the_gap() {
-    let hub = hub_with(Retention { max_events: 3, max_age: None }, HubConfig::default());
+    let hub = hub_with(Retention { max_events: 3, max_age: None, idempotency_window: None }, HubConfig::default());
     let c = ch("C");
     for _ in 0..6 {
         hub.publish(&c, text("x")).await.unwrap();
@@ -307,7 +307,7 @@ async fn every_observer_hears_and_a_full_one_loses_notices_counted() {
 #[tokio::test]
 async fn notices_cover_receipts_completions_presence_membership_and_cuts() {
     let config = HubConfig { subscriber_buffer: 1, ..HubConfig::default() };
-    let hub = hub_with(Retention { max_events: 100, max_age: None }, config);
+    let hub = hub_with(Retention { max_events: 100, max_age: None, idempotency_window: None }, config);
     let c = ch("C");
     let h1 = dev("H1");
     let mut notices = hub.observe(100);
