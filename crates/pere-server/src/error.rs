@@ -111,6 +111,9 @@ impl From<StoreError> for ApiError {
                 ApiError::new(StatusCode::NOT_FOUND, "unknown_event", format!("no event with id {id} on this channel"))
             }
             StoreError::InvalidIdempotencyKey => ApiError::bad_request("bad_idempotency_key", err.to_string()),
+            StoreError::IdempotencyConflict { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "idempotency_conflict", err.to_string())
+            }
             // Internals stay in the server log; the client learns only that storage failed.
             other => {
                 tracing::error!("storage: {other}");

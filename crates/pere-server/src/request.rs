@@ -209,6 +209,20 @@ pub fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v == "application/json" || v.ends_with("+json"))
 }
 
+/// Whether the body is a batch of events: `application/x-ndjson` (parameters ignored).
+pub fn is_ndjson(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-ndjson"))
+}
+
+/// Whether header `name` says `value` (ASCII case and surrounding spaces ignored).
+pub fn header_is(headers: &HeaderMap, name: &str, value: &str) -> bool {
+    headers.get(name).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim().eq_ignore_ascii_case(value))
+}
+
 /// `?wait=all|N&timeout=5s`: what a publisher waits for, and how long (capped by `max_wait`).
 ///
 /// # Errors

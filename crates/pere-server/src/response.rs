@@ -146,7 +146,7 @@ pub fn add_cors(config: &Config, origin: Option<&HeaderValue>, preflight: bool, 
         headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, PUT, DELETE, OPTIONS"));
         headers.insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("content-type, device, event, last-event-id, last_event_id, authorization, idempotency-key"),
+            HeaderValue::from_static("content-type, device, event, last-event-id, last_event_id, authorization, idempotency-key, pere-batch"),
         );
         headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
     }
