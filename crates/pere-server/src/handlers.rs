@@ -145,7 +145,8 @@ async fn push<S: Store>(
     let event_type = request::event_type(headers, query)?;
     let wait = request::push_wait(query, state.config.max_wait)?;
     let idempotency_key = request::idempotency_key(headers)?;
-    if request::is_ndjson(headers) {
+    let kind = request::body_kind(headers);
+    if kind == request::BodyKind::Ndjson {
         if wait.is_some() {
             // A batch answer has no room for one receipt summary per event; a publisher that
             // waits pushes the events it waits for one by one.
@@ -175,7 +176,7 @@ async fn push<S: Store>(
     }
     let body = String::from_utf8(body.into())
         .map_err(|_| ApiError::bad_request("body_not_utf8", "the event body must be UTF-8 text"))?;
-    if request::is_json(headers) {
+    if kind == request::BodyKind::Json {
         if let Err(err) = serde_json::from_str::<serde::de::IgnoredAny>(&body) {
             return Err(ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {err}")));
         }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderMap};
+use hyper::header::{self, HeaderMap, HeaderName};
 use hyper::StatusCode;
 use pere_core::event::{valid_idempotency_key, MAX_IDEMPOTENCY_KEY_LEN};
 use pere_core::wire::FeedbackRequest;
@@ -32,13 +32,20 @@ impl Query {
     }
 }
 
-fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
+// Header names known up front: a lookup by `&str` parses the name again on every request.
+const DEVICE: HeaderName = HeaderName::from_static("device");
+const EVENT: HeaderName = HeaderName::from_static("event");
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+const LAST_EVENT_ID_ORIGINAL: HeaderName = HeaderName::from_static("last_event_id");
+
+fn header_text(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
 }
 
 /// The value of a header or, for clients that cannot set headers (a browser's EventSource), of a
 /// query parameter.
-fn header_or_query(headers: &HeaderMap, query: &Query, header: &str, names: &[&str]) -> Option<String> {
+fn header_or_query(headers: &HeaderMap, query: &Query, header: &HeaderName, names: &[&str]) -> Option<String> {
     header_text(headers, header).or_else(|| query.get(names).map(str::to_owned))
 }
 
@@ -59,7 +66,7 @@ fn device_id(raw: Option<String>) -> Result<Option<DeviceId>, ApiError> {
 /// # Errors
 /// 400 `bad_device` for an id that is not a valid device id.
 pub fn device(headers: &HeaderMap, query: &Query) -> Result<Option<DeviceId>, ApiError> {
-    device_id(header_or_query(headers, query, "device", &["device"]))
+    device_id(header_or_query(headers, query, &DEVICE, &["device"]))
 }
 
 /// The event type of a push: `?event=`, else the `event` header.
@@ -70,7 +77,7 @@ pub fn event_type(headers: &HeaderMap, query: &Query) -> Result<Option<EventType
     query
         .get(&["event"])
         .map(str::to_owned)
-        .or_else(|| header_text(headers, "event"))
+        .or_else(|| header_text(headers, &EVENT))
         .map(|t| EventType::new(&t))
         .transpose()
         .map_err(ApiError::from)
@@ -95,7 +102,7 @@ pub const MAX_RESUME_LEN: usize = 64;
 /// # Errors
 /// 400 `bad_idempotency_key` for any other value.
 pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else { return Ok(None) };
     match value.to_str() {
         Ok(key) if valid_idempotency_key(key) => Ok(Some(key.to_owned())),
         _ => Err(ApiError::bad_request(
@@ -110,7 +117,7 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
 /// # Errors
 /// 400 `bad_event_id` for a value longer than [`MAX_RESUME_LEN`].
 pub fn resume(headers: &HeaderMap, query: &Query) -> Result<Resume, ApiError> {
-    let raw = header_or_query(headers, query, "last-event-id", &["lastEventId", "last_event_id"]);
+    let raw = header_or_query(headers, query, &LAST_EVENT_ID, &["lastEventId", "last_event_id"]);
     if raw.as_ref().is_some_and(|r| r.len() > MAX_RESUME_LEN) {
         return Err(ApiError::bad_request("bad_event_id", format!("Last-Event-ID is longer than {MAX_RESUME_LEN} bytes")));
     }
@@ -199,23 +206,41 @@ async fn drain(body: &mut Incoming) {
     let _ = tokio::time::timeout(DRAIN_TIME, discard).await;
 }
 
-/// Whether the body is declared as JSON (`application/json` or any `+json` type).
-pub fn is_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().to_ascii_lowercase())
-        .is_some_and(|v| v == "application/json" || v.ends_with("+json"))
+/// What a request body is declared as, by its `Content-Type` (parameters ignored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// `application/json` or any `+json` type: the body must parse.
+    Json,
+    /// `application/x-ndjson`: a batch of events, one per line.
+    Ndjson,
+    /// Anything else, or nothing: text.
+    Other,
 }
 
-/// Whether the body is a batch of events: `application/x-ndjson` (parameters ignored).
-pub fn is_ndjson(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-ndjson"))
+/// The declared kind of the request's body, read once, without allocating.
+pub fn body_kind(headers: &HeaderMap) -> BodyKind {
+    let Some(essence) =
+        headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next()).map(str::trim)
+    else {
+        return BodyKind::Other;
+    };
+    let ends_with = |suffix: &str| {
+        essence.len() >= suffix.len()
+            && essence.is_char_boundary(essence.len() - suffix.len())
+            && essence[essence.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+    };
+    if essence.eq_ignore_ascii_case("application/json") || ends_with("+json") {
+        BodyKind::Json
+    } else if essence.eq_ignore_ascii_case("application/x-ndjson") {
+        BodyKind::Ndjson
+    } else {
+        BodyKind::Other
+    }
+}
+
+/// Whether the body is declared as JSON (`application/json` or any `+json` type).
+pub fn is_json(headers: &HeaderMap) -> bool {
+    body_kind(headers) == BodyKind::Json
 }
 
 /// Whether header `name` says `value` (ASCII case and surrounding spaces ignored).
@@ -287,8 +312,8 @@ pub fn receipt_parts(headers: &HeaderMap, query: &Query, body: &[u8]) -> Result<
     }
     parts.id = parts
         .id
-        .or_else(|| header_text(headers, "last_event_id"))
-        .or_else(|| header_text(headers, "last-event-id"))
+        .or_else(|| header_text(headers, &LAST_EVENT_ID_ORIGINAL))
+        .or_else(|| header_text(headers, &LAST_EVENT_ID))
         .or_else(|| query.get(&["id", "lastEventId", "last_event_id"]).map(str::to_owned));
     parts.status = parts.status.or_else(|| query.get(&["status"]).map(str::to_owned));
     Ok(parts)
@@ -337,6 +362,22 @@ mod tests {
         assert_eq!(device(&HeaderMap::new(), &query).unwrap().unwrap().as_str(), "Q1");
         assert!(device(&HeaderMap::new(), &Query::default()).unwrap().is_none());
         assert!(device(&headers(&[("device", "a/b")]), &query).is_err());
+    }
+
+    #[test]
+    fn body_kinds_come_from_the_content_type() {
+        for (value, kind) in [
+            ("application/json", BodyKind::Json),
+            ("Application/JSON; charset=utf-8", BodyKind::Json),
+            ("application/merge-patch+json", BodyKind::Json),
+            ("application/x-ndjson", BodyKind::Ndjson),
+            (" application/X-NDJSON ; charset=utf-8", BodyKind::Ndjson),
+            ("text/plain", BodyKind::Other),
+            ("json", BodyKind::Other),
+        ] {
+            assert_eq!(body_kind(&headers(&[("content-type", value)])), kind, "{value}");
+        }
+        assert_eq!(body_kind(&HeaderMap::new()), BodyKind::Other);
     }
 
     #[test]

@@ -48,20 +48,34 @@ impl ChannelData {
         self.events.front().map_or(self.head + 1, |e| e.id)
     }
 
-    fn prune(&mut self, retention: &Retention) {
+    /// Applies `retention` as of `at` (the caller's clock reading, so an append reads it once).
+    fn prune(&mut self, retention: &Retention, at: chrono::DateTime<chrono::Utc>) {
         while self.events.len() > retention.max_events {
             self.pop_oldest();
         }
-        if let Some(max_age) = retention.max_age.and_then(|a| chrono::Duration::from_std(a).ok()) {
-            let oldest_allowed = now() - max_age;
-            while self.events.front().is_some_and(|e| e.time < oldest_allowed) {
+        if let Some(max_age) = retention.max_age {
+            // Milliseconds, as times are kept: integer arithmetic on the hot path of appends.
+            let age = i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
+            let oldest_allowed = at.timestamp_millis().saturating_sub(age);
+            while self.events.front().is_some_and(|e| e.time.timestamp_millis() < oldest_allowed) {
                 self.pop_oldest();
             }
         }
         while self.receipt_log.len() > retention.max_events {
             self.receipt_log.pop_front();
         }
-        let cutoff = retention.key_cutoff(now());
+        if !self.key_order.is_empty() || !self.receipt_key_order.is_empty() {
+            self.forget_keys(retention, at);
+        }
+        let first = self.first_retained();
+        if self.receipts.first_key_value().is_some_and(|(&id, _)| id < first) {
+            self.receipts = self.receipts.split_off(&first);
+        }
+    }
+
+    /// Forgets the keys past the window, and those whose event or receipt is gone.
+    fn forget_keys(&mut self, retention: &Retention, at: chrono::DateTime<chrono::Utc>) {
+        let cutoff = retention.key_cutoff(at);
         while let Some(event) = self.key_order.front() {
             let expired = cutoff.is_some_and(|c| event.time < c);
             if !expired && event.id >= self.first_retained() {
@@ -84,10 +98,6 @@ impl ChannelData {
             if self.receipt_keys.get(&key).is_some_and(|held| held.seq == seq) {
                 self.receipt_keys.remove(&key);
             }
-        }
-        let first = self.first_retained();
-        if self.receipts.first_key_value().is_some_and(|(&id, _)| id < first) {
-            self.receipts = self.receipts.split_off(&first);
         }
     }
 }
@@ -189,7 +199,7 @@ impl Store for MemoryStore {
         }
         let event = Arc::new(Event::new(channel.clone(), data.head + 1, at, event));
         data.push(event.clone());
-        data.prune(retention);
+        data.prune(retention, at);
         Ok(Appended { event, new: true })
     }
 
@@ -219,7 +229,7 @@ impl Store for MemoryStore {
             };
             appended.push(answer);
         }
-        data.prune(retention);
+        data.prune(retention, at);
         Ok(appended)
     }
 
@@ -256,8 +266,9 @@ impl Store for MemoryStore {
             return Err(StoreError::UnknownEvent { id: receipt.event_id });
         };
         let mut data = data.lock().unwrap_or_else(|e| e.into_inner());
+        let at = receipt.time;
         let recorded = data.record_receipt(receipt)?;
-        data.prune(&self.inner.retention);
+        data.prune(&self.inner.retention, at);
         Ok(recorded)
     }
 
@@ -280,7 +291,7 @@ impl Store for MemoryStore {
         let (receipt, record) = data.record_receipt(receipt)?;
         data.receipt_keys.insert(key.clone(), receipt.clone());
         data.receipt_key_order.push_back((receipt.seq, receipt.time, key));
-        data.prune(retention);
+        data.prune(retention, receipt.time);
         Ok(RecordedReceipt { receipt, record, new: true })
     }
 
