@@ -1,7 +1,7 @@
 //! Events: what a publisher sends ([`NewEvent`]) and what the store keeps and feeds deliver ([`Event`]).
 
 use bytes::Bytes;
-use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
+use chrono::{DateTime, SecondsFormat, SubsecRound, Timelike, Utc};
 
 use crate::name::{ChannelName, DeviceId, EventType};
 use crate::sse;
@@ -81,31 +81,46 @@ impl Event {
 /// Written digit by digit: every push answer carries a time, and chrono's general formatter
 /// cost more than the rest of the answer.
 pub fn format_time(time: DateTime<Utc>) -> String {
-    use chrono::{Datelike, Timelike};
-    let (year, nanos) = (time.year(), time.nanosecond());
-    // Years beyond four digits and leap seconds are chrono's business.
-    if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
+    // Leap seconds are chrono's business, and so are years beyond four digits (below).
+    if time.nanosecond() >= 1_000_000_000 {
         return time.to_rfc3339_opts(SecondsFormat::Millis, true);
     }
-    let mut out = [0u8; 24];
-    let mut put = |at: usize, value: u32, width: usize| {
+    let ms = time.timestamp_millis();
+    let (days, ms_of_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    let (year, month, day) = civil_date(days);
+    if !(0..=9999).contains(&year) {
+        return time.to_rfc3339_opts(SecondsFormat::Millis, true);
+    }
+    let mut out = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, value: i64, width: usize| {
         let mut value = value;
         for i in (at..at + width).rev() {
             out[i] = b'0' + (value % 10) as u8;
             value /= 10;
         }
     };
-    put(0, year as u32, 4);
-    put(5, time.month(), 2);
-    put(8, time.day(), 2);
-    put(11, time.hour(), 2);
-    put(14, time.minute(), 2);
-    put(17, time.second(), 2);
-    put(20, nanos / 1_000_000, 3);
-    for (at, sep) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':'), (19, b'.'), (23, b'Z')] {
-        out[at] = sep;
-    }
-    out.iter().map(|&b| b as char).collect()
+    put(0, year, 4);
+    put(5, month, 2);
+    put(8, day, 2);
+    put(11, ms_of_day / 3_600_000, 2);
+    put(14, ms_of_day / 60_000 % 60, 2);
+    put(17, ms_of_day / 1000 % 60, 2);
+    put(20, ms_of_day % 1000, 3);
+    String::from_utf8(out.to_vec()).unwrap_or_default()
+}
+
+/// The proleptic Gregorian (year, month, day) of a count of days since 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`).
+fn civil_date(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
 /// The current time, to the millisecond.
@@ -127,8 +142,12 @@ mod tests {
         for _ in 0..5000 {
             ms = (ms.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407)).rem_euclid(7_258_118_400_000);
             times.push(Utc.timestamp_millis_opt(ms).unwrap());
+            times.push(Utc.timestamp_millis_opt(-ms / 4).unwrap());
         }
         times.push(Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap());
+        times.push(Utc.with_ymd_and_hms(0, 1, 1, 0, 0, 0).unwrap());
+        times.push(Utc.with_ymd_and_hms(2000, 2, 29, 12, 0, 0).unwrap());
+        times.push(Utc.with_ymd_and_hms(2100, 3, 1, 0, 0, 0).unwrap());
         times.push(Utc.with_ymd_and_hms(10_000, 1, 1, 0, 0, 0).unwrap());
         times.push(Utc.with_ymd_and_hms(-1, 1, 1, 0, 0, 0).unwrap());
         for t in times {
