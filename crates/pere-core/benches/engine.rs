@@ -23,7 +23,8 @@ fn event(body: &str) -> NewEvent {
 
 async fn fan_out(subscribers: usize, events: u64) -> Duration {
     let config = HubConfig { subscriber_buffer: events as usize + 1, ..HubConfig::default() };
-    let hub = Hub::new(MemoryStore::new(Retention { max_events: 10_000, max_age: None, idempotency_window: None }), config);
+    let retention = Retention { max_events: 10_000, max_age: None, idempotency_window: None };
+    let hub = Hub::new(MemoryStore::new(retention), config);
     let channel = ChannelName::new("bench").unwrap();
     let mut subs = Vec::new();
     for i in 0..subscribers {

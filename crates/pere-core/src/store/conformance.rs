@@ -36,7 +36,7 @@ where
 {
     ids_are_per_channel_sequences(make(ROOMY).await).await;
     read_pages_and_head(make(ROOMY).await).await;
-    count_retention_prunes_oldest(make(Retention { max_events: 3, max_age: None, idempotency_window: None }).await).await;
+    count_retention_prunes_oldest(make(Retention { max_events: 3, ..ROOMY }).await).await;
     receipts_are_kept_and_move_cursors(make(ROOMY).await).await;
     device_touches_only_move_forward(make(ROOMY).await).await;
     concurrent_appends_get_unique_ids(make(ROOMY).await).await;
@@ -45,10 +45,10 @@ where
     memberships_fix_expected_recipients(make(ROOMY).await).await;
     devices_come_in_pages(make(ROOMY).await).await;
     make(ROOMY).await.probe().await.expect("a healthy store passes its probe");
-    age_retention_prunes(make(Retention { max_events: 100, max_age: Some(Duration::from_millis(1)), idempotency_window: None }).await).await;
+    age_retention_prunes(make(Retention { max_events: 100, max_age: Some(Duration::from_millis(1)), ..ROOMY }).await).await;
     idempotency_keys_store_an_event_once(make(ROOMY).await).await;
     concurrent_appends_with_one_key_store_one_event(make(ROOMY).await).await;
-    idempotency_keys_go_with_their_events(make(Retention { max_events: 2, max_age: None, idempotency_window: None }).await).await;
+    idempotency_keys_go_with_their_events(make(Retention { max_events: 2, ..ROOMY }).await).await;
     batches_get_consecutive_ids(make(ROOMY).await).await;
     batches_are_all_or_none(make(ROOMY).await).await;
     batches_answer_held_keys(make(ROOMY).await).await;
