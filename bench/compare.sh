@@ -9,7 +9,7 @@
 #   ROUNDS=3                  rounds (each runs every scenario on every server)
 #   PERE_STORES="memory sqlite"  PERE stores to run (the default durable store is sqlite)
 #   NCHAN_WORKERS="1 2"       nginx worker_processes variants
-#   SCENARIOS="idle idle-channels fanout-1k fanout-10k saturate push receipts receipts-max"
+#   SCENARIOS="idle idle-channels fanout-1k fanout-10k saturate push push-100 receipts receipts-max"
 #   DURATION=10               seconds of load per run
 #   IDLE_SUBSCRIBERS=10000    subscribers of the idle scenario
 #   RECEIPT_RATE=10           events/s in the paced receipts scenario (× 1000 subscribers = receipts/s)
@@ -24,7 +24,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 PERE_STORES=${PERE_STORES:-memory sqlite}
 NCHAN_WORKERS=${NCHAN_WORKERS:-"1 2"}
-SCENARIOS=${SCENARIOS:-"idle idle-channels fanout-1k fanout-10k saturate push receipts receipts-max"}
+SCENARIOS=${SCENARIOS:-"idle idle-channels fanout-1k fanout-10k saturate push push-100 receipts receipts-max"}
 DURATION=${DURATION:-10}
 IDLE_SUBSCRIBERS=${IDLE_SUBSCRIBERS:-10000}
 RECEIPT_RATE=${RECEIPT_RATE:-10}
@@ -168,11 +168,15 @@ start_server() {
   esac
 }
 
-# Scenario 4 with wrk: pushes/s with no subscribers; the report has the shape summarize reads.
+# A realistic event for push-100: 100 bytes of JSON, as a publisher of orders or metrics sends.
+PUSH_100_BODY='{"order":"A-20261130-000042","status":"shipped","carrier":"dhl","items":3,"total":149.90,"eta":"2d"}'
+
+# Scenario 4 with wrk: pushes/s with no subscribers (body $2, else push.lua's 15 bytes); the
+# report has the shape summarize reads.
 run_wrk() {
-  local out=$1 before after wrk_out
+  local out=$1 body=${2:-} before after wrk_out
   before=$(logged "$BENCH" probe --server-pid "$SERVER_PID")
-  wrk_out=$(logged wrk -t2 -c50 -d"${DURATION}s" --latency -s bench/push.lua "$SERVER_URL/push/wrk$RANDOM")
+  wrk_out=$(WRK_BODY=$body logged wrk -t2 -c50 -d"${DURATION}s" --latency -s bench/push.lua "$SERVER_URL/push/wrk$RANDOM")
   after=$(logged "$BENCH" probe --server-pid "$SERVER_PID")
   printf '%s\n' "$wrk_out" >"${out%.json}.log"
   printf '%s\n' "$wrk_out" | awk -v dur="$DURATION" -v before="$before" -v after="$after" '
@@ -211,6 +215,7 @@ run_scenario() {
     receipts) logged "$BENCH" receipts -n 1000 -r "$RECEIPT_RATE" -d "$DURATION" "${common[@]}" ;;
     receipts-max) logged "$BENCH" receipts -n 1000 -r 0 --max-ahead 8 -d "$DURATION" "${common[@]}" ;;
     push) run_wrk "$out"; return ;;
+    push-100) run_wrk "$out" "$PUSH_100_BODY"; return ;;
     *) say "unknown scenario $scenario"; return 1 ;;
   esac >"$out" 2>"${out%.json}.log"
 }
@@ -223,6 +228,7 @@ title() {
     fanout-10k) echo "2b-fanout-10k" ;;
     saturate) echo "3-saturate" ;;
     push) echo "4-push" ;;
+    push-100) echo "4b-push-100" ;;
     receipts) echo "5a-receipts-paced" ;;
     receipts-max) echo "5b-receipts-max" ;;
     *) echo "$1" ;;

@@ -1,6 +1,11 @@
--- wrk script for bench/compare.sh scenario 4: every request publishes a small JSON event,
--- shaped like pere-bench's own, to the URL's /push/<ch>.
+-- wrk script for bench/compare.sh's push scenarios: every request publishes one JSON event to the
+-- URL's /push/<ch>, with a `device` header. The body is $WRK_BODY when set and not empty
+-- (push-100: a realistic 100-byte event), else a 15-byte one shaped like pere-bench's own (push).
+local body = os.getenv("WRK_BODY")
+if body == nil or body == "" then
+  body = '{"t":0,"seq":0}'
+end
 wrk.method = "POST"
-wrk.body = '{"t":0,"seq":0}'
+wrk.body = body
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["device"] = "wrk"

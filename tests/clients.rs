@@ -371,7 +371,6 @@ async fn ctrl_c_stops_either_tool_with_a_summary_and_status_0() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs batch publish on the server"]
 async fn pere_pub_batch_publishes_consecutive_ids() {
     let server = TestServer::start(&[]).await;
     let sub = subscribe(&server, "C", "H1", &["--count", "5"]).await;

@@ -150,7 +150,6 @@ async fn automatic_receipts_follow_each_event() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs batch publish on the server"]
 async fn a_batch_is_published_in_order_and_a_retried_batch_is_not_stored_twice() {
     let server = TestServer::start(&[]).await;
     let mut feed = Subscriber::builder(server.host_port(), "C")

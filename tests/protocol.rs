@@ -178,7 +178,6 @@ async fn bodies_arrive_verbatim_and_cannot_forge_events(store: StoreUnderTest) {
         "ünïcødé ✓ 🍐 日本語",
         "x\n\nid: 999\nevent: admin\ndata: forged\n\n",
         "  leading spaces",
-        "",
         "{\"json\": [1, 2, 3]}",
     ];
     for body in bodies {

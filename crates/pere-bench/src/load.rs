@@ -5,6 +5,7 @@
 //! compute latency from `t` (same process, same monotonic clock) and count lost and duplicated
 //! events by `seq`, which works whatever ids the server gives.
 
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -93,6 +94,9 @@ pub struct Plan {
     pub prefix: String,
     /// Extra bytes of padding in each event body.
     pub pad: usize,
+    /// Events per push request; above 1, NDJSON batches of a publisher's next events that go to
+    /// one channel.
+    pub batch: usize,
     /// Progress lines on stderr.
     pub progress: bool,
     /// The server's processes.
@@ -491,6 +495,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Value> {
             "max_ahead": plan.max_ahead,
             "source_addrs": plan.sources.len().max(1),
             "pad": plan.pad,
+            "batch": plan.batch,
         },
         "subscribers": {
             "requested": plan.subscribers,
@@ -730,9 +735,16 @@ async fn publisher(
         .map(|c| format!("/push/{}", plan.channel_name(c)))
         .collect();
     let device = format!("{}p{k}", plan.prefix);
-    let headers = [("Content-Type", "application/json"), plan.identity(&device)];
+    let content_type = if plan.batch > 1 {
+        "application/x-ndjson"
+    } else {
+        "application/json"
+    };
+    let headers = [("Content-Type", content_type), plan.identity(&device)];
     let mut histogram = latency_histogram();
     let mut j = k as u64;
+    let mut seqs = Vec::with_capacity(plan.batch);
+    let mut body = String::new();
     while j < total {
         if let Some(rate) = rate_total {
             let at = start + Duration::from_secs_f64(j as f64 / rate);
@@ -751,13 +763,23 @@ async fn publisher(
             break;
         }
         let channel = (j % channels) as usize;
-        let seq = j / channels;
         let sent = shared.now_ns();
-        let body = if pad.is_empty() {
-            format!("{{\"t\":{sent},\"seq\":{seq}}}")
-        } else {
-            format!("{{\"t\":{sent},\"seq\":{seq},\"pad\":\"{pad}\"}}")
-        };
+        // One event, or a batch: this publisher's next events that go to the same channel.
+        seqs.clear();
+        body.clear();
+        while seqs.len() < plan.batch && j < total && (j % channels) as usize == channel {
+            let seq = j / channels;
+            if !seqs.is_empty() {
+                body.push('\n');
+            }
+            if pad.is_empty() {
+                let _ = write!(body, "{{\"t\":{sent},\"seq\":{seq}}}");
+            } else {
+                let _ = write!(body, "{{\"t\":{sent},\"seq\":{seq},\"pad\":\"{pad}\"}}");
+            }
+            seqs.push(seq);
+            j += step;
+        }
         let request = http::request(
             "POST",
             &paths[channel],
@@ -769,27 +791,31 @@ async fn publisher(
         match client.request(&request).await {
             Ok(status) if status / 100 == 2 => {
                 record(&mut histogram, began.elapsed().as_micros() as u64);
-                shared.published[channel]
+                let mut published = shared.published[channel]
                     .lock()
-                    .expect("no panics while held")
-                    .insert(seq);
-                shared.pushes_ok.fetch_add(1, Relaxed);
-                shared
-                    .expected
-                    .fetch_add(shared.ready_per_channel[channel].load(Relaxed), Relaxed);
+                    .expect("no panics while held");
+                for &seq in &seqs {
+                    published.insert(seq);
+                }
+                drop(published);
+                let events = seqs.len() as u64;
+                shared.pushes_ok.fetch_add(events, Relaxed);
+                shared.expected.fetch_add(
+                    events * shared.ready_per_channel[channel].load(Relaxed),
+                    Relaxed,
+                );
             }
             Ok(status) => {
-                shared.push_errors.fetch_add(1, Relaxed);
+                shared.push_errors.fetch_add(seqs.len() as u64, Relaxed);
                 shared.note_error(format!("push answered {status}"));
             }
             Err(err) => {
-                shared.push_errors.fetch_add(1, Relaxed);
+                shared.push_errors.fetch_add(seqs.len() as u64, Relaxed);
                 shared.note_error(format!("push: {err}"));
                 // Do not spin on a server that refuses connections.
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
-        j += step;
     }
     shared
         .push_rtt

@@ -135,6 +135,10 @@ struct LoadArgs {
     /// Extra bytes of padding in each event body.
     #[arg(long, default_value_t = 0)]
     pad: usize,
+    /// Events per push request: more than 1 publishes NDJSON batches (`Content-Type:
+    /// application/x-ndjson`, one event per line) of a publisher's next events of one channel.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
     /// Generator threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -330,6 +334,7 @@ fn plan(scenario: Scenario, a: LoadArgs) -> anyhow::Result<(Plan, Duration)> {
             .prefix
             .unwrap_or_else(|| format!("b{}x", std::process::id())),
         pad: a.pad,
+        batch: a.batch.max(1),
         progress: !a.quiet,
         probe: Probe::new(a.server_pids),
         max_reconnects: a.max_reconnects,

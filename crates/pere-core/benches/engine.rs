@@ -32,13 +32,12 @@ async fn fan_out(subscribers: usize, events: u64) -> Duration {
         subscriber_buffer: events as usize + 1,
         ..HubConfig::default()
     };
-    let hub = Hub::new(
-        MemoryStore::new(Retention {
-            max_events: 10_000,
-            max_age: None,
-        }),
-        config,
-    );
+    let retention = Retention {
+        max_events: 10_000,
+        max_age: None,
+        idempotency_window: None,
+    };
+    let hub = Hub::new(MemoryStore::new(retention), config);
     let channel = ChannelName::new("bench").unwrap();
     let mut subs = Vec::new();
     for i in 0..subscribers {
@@ -110,6 +109,7 @@ fn sqlite(dir: &std::path::Path, durability: Durability) -> SqliteStore {
         retention: Retention {
             max_events: 1_000_000,
             max_age: None,
+            idempotency_window: None,
         },
         recent_events: 0,
         ..SqliteOptions::default()

@@ -87,6 +87,15 @@ pub enum StoreError {
         /// What the check found, on one line.
         detail: String,
     },
+    /// A batch held an event whose idempotency key the channel already holds for an event with
+    /// another body or type; nothing of the batch was stored.
+    IdempotencyConflict {
+        /// The stored event holding the key; `None` when an earlier event of the same batch
+        /// carries it.
+        id: Option<u64>,
+        /// The key.
+        key: String,
+    },
     /// Another PERE server holds the data directory's lock.
     Locked {
         /// The data directory.
@@ -119,6 +128,12 @@ impl fmt::Display for StoreError {
             ),
             StoreError::InvalidIdempotencyKey => {
                 f.write_str("an idempotency key must be 1 to 255 visible ASCII characters")
+            }
+            StoreError::IdempotencyConflict { id: Some(id), key } => {
+                write!(f, "idempotency key {key} already used for event {id} with another body or type")
+            }
+            StoreError::IdempotencyConflict { id: None, key } => {
+                write!(f, "idempotency key {key} given twice in one batch, with different bodies or types")
             }
         }
     }

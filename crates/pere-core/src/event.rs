@@ -1,7 +1,7 @@
 //! Events: what a publisher sends ([`NewEvent`]) and what the store keeps and feeds deliver ([`Event`]).
 
 use bytes::Bytes;
-use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, SubsecRound, Timelike, Utc};
 
 use crate::name::{ChannelName, DeviceId, EventType};
 use crate::sse;
@@ -75,12 +75,70 @@ impl Event {
     }
 }
 
-/// Formats a time the way every PERE interface shows it: ISO-8601 UTC with milliseconds.
+/// Formats a time the way every PERE interface shows it: ISO-8601 UTC with milliseconds
+/// (`2026-11-30T06:40:32.720Z`, as chrono's `to_rfc3339_opts(Millis, true)` writes it).
+///
+/// Written digit by digit: every push answer carries a time, and chrono's general formatter
+/// cost more than the rest of the answer.
 pub fn format_time(time: DateTime<Utc>) -> String {
-    time.to_rfc3339_opts(SecondsFormat::Millis, true)
+    // Leap seconds are chrono's business, and so are years beyond four digits.
+    if time.nanosecond() >= 1_000_000_000 || !(0..=9999).contains(&time.year()) {
+        return time.to_rfc3339_opts(SecondsFormat::Millis, true);
+    }
+    let mut out = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, value: u32, width: usize| {
+        let mut value = value;
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, time.year().unsigned_abs(), 4);
+    put(5, time.month(), 2);
+    put(8, time.day(), 2);
+    put(11, time.hour(), 2);
+    put(14, time.minute(), 2);
+    put(17, time.second(), 2);
+    put(20, time.timestamp_subsec_millis(), 3);
+    String::from_utf8(out.to_vec()).unwrap_or_default()
 }
 
 /// The current time, to the millisecond.
 pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn times_are_formatted_as_chrono_formats_them() {
+        let chrono = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
+        let mut times = vec![
+            now(),
+            Utc.timestamp_millis_opt(0).unwrap(),
+            Utc.timestamp_millis_opt(1).unwrap(),
+        ];
+        // A spread of instants, from 1970 to the 2200s, with every millisecond digit.
+        let mut ms: i64 = 7;
+        for _ in 0..5000 {
+            ms = (ms
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407))
+            .rem_euclid(7_258_118_400_000);
+            times.push(Utc.timestamp_millis_opt(ms).unwrap());
+            times.push(Utc.timestamp_millis_opt(-ms / 4).unwrap());
+        }
+        times.push(Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap());
+        times.push(Utc.with_ymd_and_hms(0, 1, 1, 0, 0, 0).unwrap());
+        times.push(Utc.with_ymd_and_hms(2000, 2, 29, 12, 0, 0).unwrap());
+        times.push(Utc.with_ymd_and_hms(2100, 3, 1, 0, 0, 0).unwrap());
+        times.push(Utc.with_ymd_and_hms(10_000, 1, 1, 0, 0, 0).unwrap());
+        times.push(Utc.with_ymd_and_hms(-1, 1, 1, 0, 0, 0).unwrap());
+        for t in times {
+            assert_eq!(format_time(t), chrono(t), "{t:?}");
+        }
+    }
 }

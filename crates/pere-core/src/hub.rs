@@ -42,7 +42,7 @@ use crate::ledger::{ChannelLedger, Completion, WaitFor};
 use crate::name::{ChannelName, DeviceId};
 use crate::notice::{HubNotice, Observers, PresenceChange};
 use crate::receipt::{DeviceOp, DeviceRecord, DeviceTouch, Membership, Receipt};
-use crate::store::{Appended, Store};
+use crate::store::{Appended, RecordedReceipt, Store};
 
 /// Tuning of a [`Hub`].
 #[derive(Debug, Clone, Copy)]
@@ -671,6 +671,38 @@ impl<S: Store> Hub<S> {
         }
     }
 
+    /// Publishes several events to one channel, in order, all or none (see
+    /// [`Store::append_batch`]): the new events get consecutive ids and are delivered to live
+    /// subscribers in that order, each as [`Hub::publish`] would. Returns one [`Appended`] per
+    /// event, in the order given; events answered from an existing key are not delivered again.
+    ///
+    /// # Errors
+    /// The store's error when the batch is refused or fails; nothing is stored or delivered then.
+    pub async fn publish_batch(
+        self: &Arc<Self>,
+        channel: &ChannelName,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        let hub = self.channel(channel).await?;
+        let this = self.clone();
+        // As in `publish`: run to completion even if the caller goes away.
+        let mut work = Box::pin(async move {
+            let appended = this.store.append_batch(&hub.name, events).await?;
+            for event in appended.iter().filter(|a| a.new) {
+                this.apply_published_to(&hub, event.event.clone());
+            }
+            Ok(appended)
+        });
+        let first = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await;
+        if let Poll::Ready(result) = first {
+            return result;
+        }
+        match tokio::spawn(work).await {
+            Ok(result) => result,
+            Err(join) => Err(StoreError::Backend(Box::new(join))),
+        }
+    }
+
     /// Applies an event recorded in the store (by this node's [`Hub::publish`] or by another
     /// node): the ledger follows it, the sequencer releases it to live subscribers in id order,
     /// observers hear of it. Applying an event twice changes nothing the second time.
@@ -1079,6 +1111,35 @@ impl<S: Store> Hub<S> {
         let (receipt, record) = self.store.record_receipt(receipt).await?;
         self.apply_receipt(&receipt).await?;
         Ok((receipt, record))
+    }
+
+    /// Records a return receipt under an idempotency key (see [`Store::record_receipt_keyed`]):
+    /// a receipt retried with the same key is answered with the stored one
+    /// ([`RecordedReceipt::new`] false), and nothing is recorded, applied or told again.
+    ///
+    /// # Errors
+    /// As [`Hub::acknowledge`]; [`StoreError::InvalidIdempotencyKey`] for a malformed key.
+    pub async fn acknowledge_keyed(
+        &self,
+        channel: &ChannelName,
+        event_id: u64,
+        device: &DeviceId,
+        status: String,
+        key: String,
+    ) -> Result<RecordedReceipt, StoreError> {
+        let receipt = Receipt {
+            seq: 0,
+            channel: channel.clone(),
+            event_id,
+            device: device.clone(),
+            status,
+            time: now(),
+        };
+        let recorded = self.store.record_receipt_keyed(receipt, key).await?;
+        if recorded.new {
+            self.apply_receipt(&recorded.receipt).await?;
+        }
+        Ok(recorded)
     }
 
     /// Applies a receipt recorded in the store (by this node's [`Hub::acknowledge`] or by

@@ -36,4 +36,4 @@ pub use ledger::WaitFor;
 pub use name::{ChannelName, DeviceId, EventType};
 pub use notice::HubNotice;
 pub use receipt::{DeviceRecord, Membership, Receipt};
-pub use store::{Appended, MemoryStore, Retention, Store};
+pub use store::{Appended, MemoryStore, RecordedReceipt, Retention, Store};

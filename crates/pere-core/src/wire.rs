@@ -35,6 +35,46 @@ impl From<&Event> for PushAccepted {
     }
 }
 
+/// The answer to a batch push (`POST /push/:channel` with an NDJSON body).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchAnswer {
+    /// The channel.
+    pub channel: String,
+    /// The id of each line's event, in line order (a replayed line has its stored event's id).
+    pub ids: Vec<u64>,
+    /// When the batch's new events were stored (ISO-8601 UTC, milliseconds); for a batch made
+    /// only of replays, the stored time of its first line's event.
+    pub time: String,
+    /// How many lines were answered from an event already stored under their idempotency key.
+    pub replayed: usize,
+}
+
+/// One line of a batch in the envelope form (`Pere-Batch: envelope`): exactly one of `data`
+/// and `text`, and optionally the event's type and idempotency key. Other members are refused.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchLine<'a> {
+    /// A JSON body: the event body is this value's exact JSON text.
+    #[serde(borrow, default, deserialize_with = "present")]
+    pub data: Option<&'a RawValue>,
+    /// A text body, sent as the event body as it is.
+    #[serde(default)]
+    pub text: Option<String>,
+    /// The event's type (else the batch's `?event=` or `event` header).
+    #[serde(default)]
+    pub event: Option<String>,
+    /// The event's idempotency key (else the batch key's `K.i`, if the batch has one).
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// A member that is present, even as `null` (which `Option` alone would take for absent).
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(deserializer).map(Some)
+}
+
 /// A receipt as the server reports it (the answer to `POST /feedback/:channel`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReceiptJson {

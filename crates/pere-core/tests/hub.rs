@@ -40,6 +40,7 @@ fn hub() -> Arc<Hub<MemoryStore>> {
         Retention {
             max_events: 100_000,
             max_age: None,
+            idempotency_window: None,
         },
         HubConfig::default(),
     )
@@ -116,6 +117,7 @@ async fn no_gap_and_no_duplicate_at_the_seam_under_concurrent_publishing() {
         Retention {
             max_events: 100_000,
             max_age: None,
+            idempotency_window: None,
         },
         config,
     );
@@ -175,6 +177,7 @@ async fn a_stalled_subscriber_is_cut_and_the_others_are_not_slowed() {
         Retention {
             max_events: 1000,
             max_age: None,
+            idempotency_window: None,
         },
         config,
     );
@@ -229,6 +232,7 @@ async fn a_resume_into_pruned_history_is_told_of_the_gap() {
         Retention {
             max_events: 3,
             max_age: None,
+            idempotency_window: None,
         },
         HubConfig::default(),
     );
@@ -406,6 +410,7 @@ async fn notices_cover_receipts_completions_presence_membership_and_cuts() {
         Retention {
             max_events: 100,
             max_age: None,
+            idempotency_window: None,
         },
         config,
     );

@@ -85,6 +85,21 @@ pub struct Config {
     #[arg(long = "max-body", default_value_t = 64 * 1024, env = "PERE_MAX_BODY")]
     pub max_body: usize,
 
+    /// Most events one batch push (an NDJSON body) may carry (more get 413 batch_too_large); its
+    /// bytes are bounded by --max-body.
+    #[arg(
+        long = "max-batch-events",
+        default_value_t = 1000,
+        env = "PERE_MAX_BATCH_EVENTS"
+    )]
+    pub max_batch_events: usize,
+
+    /// How long an Idempotency-Key of a push or receipt is remembered, e.g. 90s, 30m, 24h: a
+    /// retry later than this is stored as new. Keys also go with their events when these are
+    /// pruned; 0 keeps them exactly as long as their events.
+    #[arg(long = "idempotency-window", default_value = "24h", value_parser = parse_duration, env = "PERE_IDEMPOTENCY_WINDOW")]
+    pub idempotency_window: Duration,
+
     /// Events kept per channel for replay; older ones are pruned.
     #[arg(
         long = "retention-events",

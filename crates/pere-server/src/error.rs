@@ -151,6 +151,11 @@ impl From<StoreError> for ApiError {
             StoreError::InvalidIdempotencyKey => {
                 ApiError::bad_request("bad_idempotency_key", err.to_string())
             }
+            StoreError::IdempotencyConflict { .. } => ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_conflict",
+                err.to_string(),
+            ),
             // Internals stay in the server log; the client learns only that storage failed.
             other => {
                 tracing::error!("storage: {other}");

@@ -9,15 +9,17 @@ use hyper::header;
 use hyper::header::HeaderMap;
 use hyper::http::request::Parts;
 use hyper::{Method, Response, StatusCode};
+use pere_core::event::format_time;
 use pere_core::receipt::MAX_STATUS_LEN;
 use pere_core::wire::{
-    Banner, ChannelJson, ChannelsPage, ConnectionsJson, DeviceJson, EventJson, EventList,
-    EventReceipts, Health, MembershipJson, PendingEvents, PushAccepted, PushWaited, Readiness,
-    ReceiptJson, ReceiptSummaryJson,
+    Banner, BatchAnswer, ChannelJson, ChannelsPage, ConnectionsJson, DeviceJson, EventJson,
+    EventList, EventReceipts, Health, MembershipJson, PendingEvents, PushAccepted, PushWaited,
+    Readiness, ReceiptJson, ReceiptSummaryJson,
 };
-use pere_core::{DeviceId, NewEvent, Store};
+use pere_core::{DeviceId, NewEvent, Store, StoreError};
 
 use crate::activity;
+use crate::batch::{self, BATCH_HEADER};
 use crate::door::{Admitted, Caller};
 use crate::error::ApiError;
 use crate::openapi;
@@ -224,6 +226,35 @@ async fn push<S: Store>(
     let event_type = request::event_type(headers, query)?;
     let wait = request::push_wait(query, state.config.max_wait)?;
     let idempotency_key = request::idempotency_key(headers)?;
+    let kind = request::body_kind(headers);
+    if kind == request::BodyKind::Ndjson {
+        if wait.is_some() {
+            // A batch answer has no room for one receipt summary per event; a publisher that
+            // waits pushes the events it waits for one by one.
+            return Err(ApiError::bad_request(
+                "wait_not_supported_on_batch",
+                "?wait= is for single pushes; a batch answers as soon as its events are stored",
+            ));
+        }
+        if let Some(key) = &idempotency_key {
+            batch::check_batch_key(key)?;
+        }
+        let shared = batch::Batch {
+            publisher: device,
+            event_type,
+            key: idempotency_key,
+            envelope: request::header_is(headers, BATCH_HEADER, "envelope"),
+            max_events: state.config.max_batch_events,
+        };
+        let body = request::body(
+            headers,
+            body,
+            state.config.max_body,
+            state.config.body_timeout,
+        )
+        .await?;
+        return push_batch(state, channel, batch::events(&body, &shared)?).await;
+    }
     let body = request::body(
         headers,
         body,
@@ -231,9 +262,17 @@ async fn push<S: Store>(
         state.config.body_timeout,
     )
     .await?;
+    if body.is_empty() {
+        // Browsers' EventSource never dispatches an event whose data is empty: stored, it would
+        // be an event no page ever sees.
+        return Err(ApiError::bad_request(
+            "empty_body",
+            "an event body must not be empty",
+        ));
+    }
     let body = String::from_utf8(body.into())
         .map_err(|_| ApiError::bad_request("body_not_utf8", "the event body must be UTF-8 text"))?;
-    if request::is_json(headers) {
+    if kind == request::BodyKind::Json {
         if let Err(err) = serde_json::from_str::<serde::de::IgnoredAny>(&body) {
             return Err(ApiError::bad_request(
                 "invalid_json",
@@ -306,6 +345,52 @@ async fn push<S: Store>(
     ))
 }
 
+/// Publishes a batch's events, all or none, and answers their ids in line order.
+async fn push_batch<S: Store>(
+    state: &Arc<AppState<S>>,
+    channel: pere_core::ChannelName,
+    events: Vec<NewEvent>,
+) -> Answer {
+    // The keys, to name the line of a conflict.
+    let keys: Vec<Option<String>> = events.iter().map(|e| e.idempotency_key.clone()).collect();
+    let appended = match state.hub.publish_batch(&channel, events).await {
+        Ok(appended) => appended,
+        Err(StoreError::IdempotencyConflict { id, key }) => {
+            let line = keys
+                .iter()
+                .position(|k| k.as_deref() == Some(key.as_str()))
+                .map_or(0, |i| i + 1);
+            let held = match id {
+                Some(id) => format!("event {id}"),
+                None => "an earlier line of this batch".to_owned(),
+            };
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_conflict",
+                format!("line {line}: idempotency key {key} already used for {held} with another body or type; nothing was stored"),
+            ));
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let replayed = appended.iter().filter(|a| !a.new).count();
+    let time = appended
+        .iter()
+        .find(|a| a.new)
+        .or(appended.first())
+        .map(|a| format_time(a.event.time))
+        .unwrap_or_default();
+    let answer = BatchAnswer {
+        channel: channel.to_string(),
+        ids: appended.iter().map(|a| a.event.id).collect(),
+        time,
+        replayed,
+    };
+    Ok(replay_mark(
+        response::compact_json(StatusCode::OK, &answer),
+        replayed == appended.len(),
+    ))
+}
+
 /// Marks the answer to a push that repeated an earlier one (same key, same event): nothing was
 /// stored or delivered again, and the answer is the first one's.
 fn replay_mark(mut response: Response<ResponseBody>, replayed: bool) -> Response<ResponseBody> {
@@ -358,14 +443,37 @@ async fn feedback<S: Store>(
             format!("status is longer than {MAX_STATUS_LEN} bytes"),
         ));
     }
-    let (receipt, _) = state
+    let Some(key) = request::idempotency_key(headers)? else {
+        let (receipt, _) = state
+            .hub
+            .acknowledge(&channel, event_id, &device, status)
+            .await?;
+        activity::feedback(channel.as_str(), device.as_str(), event_id, &receipt.status);
+        return Ok(response::compact_json(
+            StatusCode::OK,
+            &ReceiptJson::from(&receipt),
+        ));
+    };
+    let recorded = state
         .hub
-        .acknowledge(&channel, event_id, &device, status)
+        .acknowledge_keyed(&channel, event_id, &device, status.clone(), key)
         .await?;
-    activity::feedback(channel.as_str(), device.as_str(), event_id, &receipt.status);
-    Ok(response::compact_json(
-        StatusCode::OK,
-        &ReceiptJson::from(&receipt),
+    let receipt = recorded.receipt;
+    if recorded.new {
+        activity::feedback(channel.as_str(), device.as_str(), event_id, &receipt.status);
+    } else if (receipt.event_id, &receipt.device, &receipt.status) != (event_id, &device, &status) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency_conflict",
+            format!(
+                "Idempotency-Key already used for the receipt of event {} by {} with status {:?}",
+                receipt.event_id, receipt.device, receipt.status
+            ),
+        ));
+    }
+    Ok(replay_mark(
+        response::compact_json(StatusCode::OK, &ReceiptJson::from(&receipt)),
+        !recorded.new,
     ))
 }
 

@@ -12,6 +12,7 @@
 //! - [`webhook`]: receipt summaries POSTed to the operator's URL;
 //! - [`state`]: what every request shares;
 //! - [`limits`]: caps on open connections and streams;
+//! - [`batch`]: reading a batch push (NDJSON lines into events);
 //! - [`metrics`]: the counters and histograms of `GET /metrics`;
 //! - [`request`]: reading requests (query, names, device, resume position, bodies, receipts);
 //! - [`response`]: the body type, JSON and error answers, the SSE head, CORS;
@@ -26,6 +27,7 @@
 
 pub mod activity;
 pub mod auth;
+pub mod batch;
 pub mod config;
 pub mod door;
 pub mod error;

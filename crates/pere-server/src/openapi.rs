@@ -34,9 +34,9 @@ mod tests {
 
     use hyper::Method;
     use pere_core::wire::{
-        AckJson, Banner, ChannelJson, ChannelsPage, CompletionJson, ConnectionsJson, DeviceJson,
-        ErrorBody, EventJson, EventList, EventReceipts, FeedbackRequest, GapNotice, Health,
-        MembershipJson, PendingEvents, PresenceJson, PushAccepted, PushWaited, Readiness,
+        AckJson, Banner, BatchAnswer, ChannelJson, ChannelsPage, CompletionJson, ConnectionsJson,
+        DeviceJson, ErrorBody, EventJson, EventList, EventReceipts, FeedbackRequest, GapNotice,
+        Health, MembershipJson, PendingEvents, PresenceJson, PushAccepted, PushWaited, Readiness,
         ReceiptCounts, ReceiptJson, ReceiptSummaryJson, ResetNotice, WebhookSummary,
     };
     use serde::Serialize;
@@ -454,6 +454,16 @@ mod tests {
         let devices: BTreeMap<String, DeviceJson> =
             [("D1".to_owned(), device), ("D2".to_owned(), never)].into();
         check(doc, "Devices", &devices);
+        check(
+            doc,
+            "BatchAnswer",
+            &BatchAnswer {
+                channel: "C1".into(),
+                ids: vec![7, 8, 9],
+                time: T.into(),
+                replayed: 1,
+            },
+        );
         let channel = ChannelJson {
             channel: "C1".into(),
             open_streams: 2,

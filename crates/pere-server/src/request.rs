@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderMap};
+use hyper::header::{self, HeaderMap, HeaderName};
 use hyper::StatusCode;
 use pere_core::event::{valid_idempotency_key, MAX_IDEMPOTENCY_KEY_LEN};
 use pere_core::wire::FeedbackRequest;
@@ -39,7 +39,14 @@ impl Query {
     }
 }
 
-fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
+// Header names known up front: a lookup by `&str` parses the name again on every request.
+const DEVICE: HeaderName = HeaderName::from_static("device");
+const EVENT: HeaderName = HeaderName::from_static("event");
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+const LAST_EVENT_ID_ORIGINAL: HeaderName = HeaderName::from_static("last_event_id");
+
+fn header_text(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     headers
         .get(name)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
@@ -50,7 +57,7 @@ fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
 fn header_or_query(
     headers: &HeaderMap,
     query: &Query,
-    header: &str,
+    header: &HeaderName,
     names: &[&str],
 ) -> Option<String> {
     header_text(headers, header).or_else(|| query.get(names).map(str::to_owned))
@@ -75,7 +82,7 @@ fn device_id(raw: Option<String>) -> Result<Option<DeviceId>, ApiError> {
 /// # Errors
 /// 400 `bad_device` for an id that is not a valid device id.
 pub fn device(headers: &HeaderMap, query: &Query) -> Result<Option<DeviceId>, ApiError> {
-    device_id(header_or_query(headers, query, "device", &["device"]))
+    device_id(header_or_query(headers, query, &DEVICE, &["device"]))
 }
 
 /// The event type of a push: `?event=`, else the `event` header.
@@ -86,7 +93,7 @@ pub fn event_type(headers: &HeaderMap, query: &Query) -> Result<Option<EventType
     query
         .get(&["event"])
         .map(str::to_owned)
-        .or_else(|| header_text(headers, "event"))
+        .or_else(|| header_text(headers, &EVENT))
         .map(|t| EventType::new(&t))
         .transpose()
         .map_err(ApiError::from)
@@ -111,7 +118,7 @@ pub const MAX_RESUME_LEN: usize = 64;
 /// # Errors
 /// 400 `bad_idempotency_key` for any other value.
 pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
         return Ok(None);
     };
     match value.to_str() {
@@ -133,7 +140,7 @@ pub fn resume(headers: &HeaderMap, query: &Query) -> Result<Resume, ApiError> {
     let raw = header_or_query(
         headers,
         query,
-        "last-event-id",
+        &LAST_EVENT_ID,
         &["lastEventId", "last_event_id"],
     );
     if raw.as_ref().is_some_and(|r| r.len() > MAX_RESUME_LEN) {
@@ -256,14 +263,52 @@ async fn drain(body: &mut Incoming) {
     let _ = tokio::time::timeout(DRAIN_TIME, discard).await;
 }
 
-/// Whether the body is declared as JSON (`application/json` or any `+json` type).
-pub fn is_json(headers: &HeaderMap) -> bool {
-    headers
+/// What a request body is declared as, by its `Content-Type` (parameters ignored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// `application/json` or any `+json` type: the body must parse.
+    Json,
+    /// `application/x-ndjson`: a batch of events, one per line.
+    Ndjson,
+    /// Anything else, or nothing: text.
+    Other,
+}
+
+/// The declared kind of the request's body, read once, without allocating.
+pub fn body_kind(headers: &HeaderMap) -> BodyKind {
+    let Some(essence) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().to_ascii_lowercase())
-        .is_some_and(|v| v == "application/json" || v.ends_with("+json"))
+        .map(str::trim)
+    else {
+        return BodyKind::Other;
+    };
+    let ends_with = |suffix: &str| {
+        essence.len() >= suffix.len()
+            && essence.is_char_boundary(essence.len() - suffix.len())
+            && essence[essence.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+    };
+    if essence.eq_ignore_ascii_case("application/json") || ends_with("+json") {
+        BodyKind::Json
+    } else if essence.eq_ignore_ascii_case("application/x-ndjson") {
+        BodyKind::Ndjson
+    } else {
+        BodyKind::Other
+    }
+}
+
+/// Whether the body is declared as JSON (`application/json` or any `+json` type).
+pub fn is_json(headers: &HeaderMap) -> bool {
+    body_kind(headers) == BodyKind::Json
+}
+
+/// Whether header `name` says `value` (ASCII case and surrounding spaces ignored).
+pub fn header_is(headers: &HeaderMap, name: &str, value: &str) -> bool {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(value))
 }
 
 /// `?wait=all|N&timeout=5s`: what a publisher waits for, and how long (capped by `max_wait`).
@@ -353,8 +398,8 @@ pub fn receipt_parts(
     }
     parts.id = parts
         .id
-        .or_else(|| header_text(headers, "last_event_id"))
-        .or_else(|| header_text(headers, "last-event-id"))
+        .or_else(|| header_text(headers, &LAST_EVENT_ID_ORIGINAL))
+        .or_else(|| header_text(headers, &LAST_EVENT_ID))
         .or_else(|| {
             query
                 .get(&["id", "lastEventId", "last_event_id"])
@@ -462,6 +507,26 @@ mod tests {
         for bad in ["limit=", "limit=-1", "limit=1e3", "limit=+5", "limit= 5"] {
             assert_eq!(limit_of(bad).unwrap_err().code, "bad_limit", "{bad}");
         }
+    }
+
+    #[test]
+    fn body_kinds_come_from_the_content_type() {
+        for (value, kind) in [
+            ("application/json", BodyKind::Json),
+            ("Application/JSON; charset=utf-8", BodyKind::Json),
+            ("application/merge-patch+json", BodyKind::Json),
+            ("application/x-ndjson", BodyKind::Ndjson),
+            (" application/X-NDJSON ; charset=utf-8", BodyKind::Ndjson),
+            ("text/plain", BodyKind::Other),
+            ("json", BodyKind::Other),
+        ] {
+            assert_eq!(
+                body_kind(&headers(&[("content-type", value)])),
+                kind,
+                "{value}"
+            );
+        }
+        assert_eq!(body_kind(&HeaderMap::new()), BodyKind::Other);
     }
 
     #[test]

@@ -258,7 +258,7 @@ pub fn add_cors(
         );
         headers.insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("content-type, device, event, last-event-id, last_event_id, authorization, idempotency-key"),
+            HeaderValue::from_static("content-type, device, event, last-event-id, last_event_id, authorization, idempotency-key, pere-batch"),
         );
         headers.insert(
             header::ACCESS_CONTROL_MAX_AGE,

@@ -81,5 +81,7 @@ pub fn retention(config: &Config) -> Retention {
     Retention {
         max_events: config.retention_events.max(1),
         max_age: (!config.retention_age.is_zero()).then_some(config.retention_age),
+        idempotency_window: (!config.idempotency_window.is_zero())
+            .then_some(config.idempotency_window),
     }
 }

@@ -40,6 +40,7 @@ fn receipt(channel: &str, id: u64, device: &str, status: &str) -> Receipt {
 pub(crate) const ROOMY: Retention = Retention {
     max_events: 1000,
     max_age: None,
+    idempotency_window: None,
 };
 
 /// Runs every check, each on a fresh store made by `make`.
@@ -54,7 +55,7 @@ where
     count_retention_prunes_oldest(
         make(Retention {
             max_events: 3,
-            max_age: None,
+            ..ROOMY
         })
         .await,
     )
@@ -75,6 +76,7 @@ where
         make(Retention {
             max_events: 100,
             max_age: Some(Duration::from_millis(1)),
+            ..ROOMY
         })
         .await,
     )
@@ -84,11 +86,296 @@ where
     idempotency_keys_go_with_their_events(
         make(Retention {
             max_events: 2,
-            max_age: None,
+            ..ROOMY
         })
         .await,
     )
     .await;
+    batches_get_consecutive_ids(make(ROOMY).await).await;
+    batches_are_all_or_none(make(ROOMY).await).await;
+    batches_answer_held_keys(make(ROOMY).await).await;
+    concurrent_batches_never_interleave(make(ROOMY).await).await;
+    let brief = Retention {
+        idempotency_window: Some(Duration::from_millis(30)),
+        ..ROOMY
+    };
+    keys_past_the_window_are_forgotten(make(brief).await).await;
+    keyed_receipts_are_recorded_once(make(ROOMY).await).await;
+    receipt_keys_past_the_window_are_forgotten(make(brief).await).await;
+}
+
+fn typed(key: Option<&str>, text: &str, event_type: Option<&str>) -> NewEvent {
+    NewEvent {
+        idempotency_key: key.map(str::to_owned),
+        event_type: event_type.map(|t| crate::name::EventType::new(t).unwrap()),
+        ..body(text)
+    }
+}
+
+fn bodies(events: &[std::sync::Arc<crate::event::Event>]) -> Vec<&str> {
+    events.iter().map(|e| e.body.as_str()).collect()
+}
+
+async fn batches_get_consecutive_ids(store: impl Store) {
+    let c = ch("B1");
+    store.append(&c, body("before")).await.unwrap();
+    let batch: Vec<NewEvent> = (0..5).map(|i| body(&format!("b{i}"))).collect();
+    let appended = store.append_batch(&c, batch).await.unwrap();
+    assert_eq!(
+        appended.iter().map(|a| a.event.id).collect::<Vec<_>>(),
+        vec![2, 3, 4, 5, 6]
+    );
+    assert!(appended.iter().all(|a| a.new));
+    assert!(
+        appended
+            .windows(2)
+            .all(|w| w[0].event.time == w[1].event.time),
+        "one time for the batch"
+    );
+    assert_eq!(store.head(&c).await.unwrap(), 6);
+    let page = store.read(&c, 1, 10).await.unwrap();
+    assert_eq!(bodies(&page.events), ["b0", "b1", "b2", "b3", "b4"]);
+    assert!(
+        store.append_batch(&c, Vec::new()).await.unwrap().is_empty(),
+        "an empty batch stores nothing"
+    );
+    assert_eq!(store.append(&c, body("after")).await.unwrap().event.id, 7);
+}
+
+async fn batches_are_all_or_none(store: impl Store) {
+    let c = ch("B2");
+    store
+        .append(&c, typed(Some("k1"), "one", None))
+        .await
+        .unwrap();
+    let bad_key = vec![body("a"), typed(Some("bad key"), "b", None)];
+    assert!(matches!(
+        store.append_batch(&c, bad_key).await,
+        Err(StoreError::InvalidIdempotencyKey)
+    ));
+    let conflict = vec![
+        body("a"),
+        typed(Some("k2"), "b", None),
+        typed(Some("k1"), "not one", None),
+    ];
+    match store.append_batch(&c, conflict).await {
+        Err(StoreError::IdempotencyConflict { id: Some(1), key }) => assert_eq!(key, "k1"),
+        other => panic!("a conflict with a stored key: {other:?}"),
+    }
+    let retyped = vec![typed(Some("k1"), "one", Some("other"))];
+    assert!(
+        matches!(
+            store.append_batch(&c, retyped).await,
+            Err(StoreError::IdempotencyConflict { .. })
+        ),
+        "type counts"
+    );
+    let twice = vec![typed(Some("k3"), "x", None), typed(Some("k3"), "y", None)];
+    assert!(matches!(
+        store.append_batch(&c, twice).await,
+        Err(StoreError::IdempotencyConflict { id: None, .. })
+    ));
+    assert_eq!(
+        store.head(&c).await.unwrap(),
+        1,
+        "a refused batch stores nothing and consumes no id"
+    );
+    assert_eq!(store.read(&c, 0, 10).await.unwrap().events.len(), 1);
+    // The keys of a refused batch were not kept.
+    assert!(
+        store
+            .append(&c, typed(Some("k2"), "other", None))
+            .await
+            .unwrap()
+            .new
+    );
+    assert_eq!(store.append(&c, body("next")).await.unwrap().event.id, 3);
+}
+
+async fn batches_answer_held_keys(store: impl Store) {
+    let c = ch("B3");
+    let first = store
+        .append(&c, typed(Some("a"), "A", None))
+        .await
+        .unwrap()
+        .event;
+    let batch = vec![
+        typed(Some("a"), "A", None),
+        typed(Some("b"), "B", Some("t")),
+        body("plain"),
+        typed(Some("b"), "B", Some("t")),
+    ];
+    let appended = store.append_batch(&c, batch).await.unwrap();
+    let seen: Vec<(u64, bool)> = appended.iter().map(|a| (a.event.id, a.new)).collect();
+    assert_eq!(seen, [(first.id, false), (2, true), (3, true), (2, false)]);
+    assert_eq!(
+        appended[0].event.time, first.time,
+        "the stored event, as first answered"
+    );
+    assert_eq!(store.head(&c).await.unwrap(), 3);
+    // Sent again whole: every event is answered from its key, but an event without a key is new.
+    let again = vec![
+        typed(Some("a"), "A", None),
+        typed(Some("b"), "B", Some("t")),
+    ];
+    let replayed = store.append_batch(&c, again).await.unwrap();
+    assert_eq!(
+        replayed
+            .iter()
+            .map(|a| (a.event.id, a.new))
+            .collect::<Vec<_>>(),
+        [(1, false), (2, false)]
+    );
+    assert_eq!(store.head(&c).await.unwrap(), 3);
+    assert_eq!(
+        store
+            .event(&c, 2)
+            .await
+            .unwrap()
+            .unwrap()
+            .idempotency_key
+            .as_deref(),
+        Some("b")
+    );
+}
+
+async fn concurrent_batches_never_interleave(store: impl Store) {
+    let c = ch("B4");
+    let tasks: Vec<_> = (0..6)
+        .map(|t| {
+            let (store, c) = (store.clone(), c.clone());
+            tokio::spawn(async move {
+                let batch = (0..20).map(|i| body(&format!("{t}:{i}"))).collect();
+                store.append_batch(&c, batch).await.unwrap()
+            })
+        })
+        .collect();
+    for task in tasks {
+        let ids: Vec<u64> = task.await.unwrap().iter().map(|a| a.event.id).collect();
+        assert!(
+            ids.windows(2).all(|w| w[1] == w[0] + 1),
+            "consecutive: {ids:?}"
+        );
+    }
+    assert_eq!(store.head(&c).await.unwrap(), 120);
+}
+
+async fn keys_past_the_window_are_forgotten(store: impl Store) {
+    let c = ch("W");
+    let first = store.append(&c, typed(Some("w"), "1", None)).await.unwrap();
+    assert!(
+        !store
+            .append(&c, typed(Some("w"), "1", None))
+            .await
+            .unwrap()
+            .new,
+        "within the window"
+    );
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let later = store.append(&c, typed(Some("w"), "1", None)).await.unwrap();
+    assert!(later.new, "a key past the window is a new event");
+    assert_eq!(later.event.id, first.event.id + 1);
+    assert!(
+        !store
+            .append(&c, typed(Some("w"), "1", None))
+            .await
+            .unwrap()
+            .new,
+        "and is held again"
+    );
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let batch = store
+        .append_batch(&c, vec![typed(Some("w"), "other body", None)])
+        .await
+        .unwrap();
+    assert!(batch[0].new, "no conflict with a forgotten key");
+}
+
+fn keyed_receipt(id: u64, device: &str, status: &str) -> Receipt {
+    receipt("RK", id, device, status)
+}
+
+async fn keyed_receipts_are_recorded_once(store: impl Store) {
+    let c = ch("RK");
+    assert!(matches!(
+        store
+            .record_receipt_keyed(keyed_receipt(1, "H1", "ok"), "r1".to_owned())
+            .await,
+        Err(StoreError::UnknownEvent { id: 1 })
+    ));
+    store.append(&c, body("1")).await.unwrap();
+    store.append(&c, body("2")).await.unwrap();
+    let first = store
+        .record_receipt_keyed(keyed_receipt(1, "H1", "ok"), "r1".to_owned())
+        .await
+        .unwrap();
+    assert!(first.new);
+    assert_eq!(first.record.receipts, 1);
+    let again = store
+        .record_receipt_keyed(keyed_receipt(1, "H1", "ok"), "r1".to_owned())
+        .await
+        .unwrap();
+    assert!(!again.new, "the same key twice records one receipt");
+    assert_eq!(
+        again.receipt, first.receipt,
+        "the stored receipt, seq and time included"
+    );
+    assert_eq!(
+        again.record.receipts, 1,
+        "nothing applied to the device again"
+    );
+    // The caller compares: the store answers the stored receipt whatever the retry says.
+    let other = store
+        .record_receipt_keyed(keyed_receipt(2, "H1", "done"), "r1".to_owned())
+        .await
+        .unwrap();
+    assert_eq!((other.new, other.receipt.event_id), (false, 1));
+    assert_eq!(store.receipts(&c, 1).await.unwrap().len(), 1);
+    assert_eq!(store.receipt_head(&c).await.unwrap(), first.receipt.seq);
+    let second = store
+        .record_receipt_keyed(keyed_receipt(2, "H1", "ok"), "r2".to_owned())
+        .await
+        .unwrap();
+    assert!(second.new);
+    assert!(
+        store
+            .record_receipt_keyed(keyed_receipt(2, "H1", "ok"), "r 3".to_owned())
+            .await
+            .is_err(),
+        "a bad key"
+    );
+    // Receipt keys and event keys are apart.
+    assert!(
+        store
+            .append(&c, typed(Some("r1"), "3", None))
+            .await
+            .unwrap()
+            .new
+    );
+    let (plain, _) = store
+        .record_receipt(keyed_receipt(2, "H1", "ok"))
+        .await
+        .unwrap();
+    assert!(
+        plain.seq > second.receipt.seq,
+        "a receipt without a key is always recorded"
+    );
+}
+
+async fn receipt_keys_past_the_window_are_forgotten(store: impl Store) {
+    let c = ch("RK");
+    store.append(&c, body("1")).await.unwrap();
+    let first = store
+        .record_receipt_keyed(keyed_receipt(1, "H1", "ok"), "w".to_owned())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let later = store
+        .record_receipt_keyed(keyed_receipt(1, "H1", "ok"), "w".to_owned())
+        .await
+        .unwrap();
+    assert!(later.new, "a key past the window is a new receipt");
+    assert!(later.receipt.seq > first.receipt.seq);
 }
 
 fn keyed(key: &str, text: &str) -> NewEvent {

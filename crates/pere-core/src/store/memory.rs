@@ -8,7 +8,7 @@ use crate::error::StoreError;
 use crate::event::{now, valid_idempotency_key, Event, NewEvent};
 use crate::name::{ChannelName, DeviceId};
 use crate::receipt::{DeviceRecord, DeviceTouch, Membership, Receipt};
-use crate::store::{Appended, EventPage, Retention, Store};
+use crate::store::{plan_batch, Appended, EventPage, Plan, RecordedReceipt, Retention, Store};
 
 /// The in-memory [`Store`]. Each channel has its own lock, so channels never contend.
 #[derive(Debug, Clone)]
@@ -26,8 +26,14 @@ struct Inner {
 struct ChannelData {
     head: u64,
     events: VecDeque<Arc<Event>>,
-    // The idempotency keys of retained events; an event's key leaves with it.
+    // The idempotency keys of retained events; an event's key leaves with it, or when older
+    // than the window.
     keys: HashMap<String, Arc<Event>>,
+    // Keyed events in the order their keys were given, to forget keys past the window.
+    key_order: VecDeque<Arc<Event>>,
+    // The idempotency keys of receipts, and the order they were given, (seq, time, key).
+    receipt_keys: HashMap<String, Receipt>,
+    receipt_key_order: VecDeque<(u64, chrono::DateTime<chrono::Utc>, String)>,
     // Keyed by event id so receipts are pruned together with their events.
     receipts: BTreeMap<u64, Vec<Receipt>>,
     devices: BTreeMap<DeviceId, DeviceRecord>,
@@ -42,21 +48,28 @@ impl ChannelData {
         self.events.front().map_or(self.head + 1, |e| e.id)
     }
 
-    fn prune(&mut self, retention: &Retention) {
+    /// Applies `retention` as of `at` (the caller's clock reading, so an append reads it once).
+    fn prune(&mut self, retention: &Retention, at: chrono::DateTime<chrono::Utc>) {
         while self.events.len() > retention.max_events {
             self.pop_oldest();
         }
-        if let Some(max_age) = retention
-            .max_age
-            .and_then(|a| chrono::Duration::from_std(a).ok())
-        {
-            let oldest_allowed = now() - max_age;
-            while self.events.front().is_some_and(|e| e.time < oldest_allowed) {
+        if let Some(max_age) = retention.max_age {
+            // Milliseconds, as times are kept: integer arithmetic on the hot path of appends.
+            let age = i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
+            let oldest_allowed = at.timestamp_millis().saturating_sub(age);
+            while self
+                .events
+                .front()
+                .is_some_and(|e| e.time.timestamp_millis() < oldest_allowed)
+            {
                 self.pop_oldest();
             }
         }
         while self.receipt_log.len() > retention.max_events {
             self.receipt_log.pop_front();
+        }
+        if !self.key_order.is_empty() || !self.receipt_key_order.is_empty() {
+            self.forget_keys(retention, at);
         }
         let first = self.first_retained();
         if self
@@ -67,16 +80,107 @@ impl ChannelData {
             self.receipts = self.receipts.split_off(&first);
         }
     }
+
+    /// Forgets the keys past the window, and those whose event or receipt is gone.
+    fn forget_keys(&mut self, retention: &Retention, at: chrono::DateTime<chrono::Utc>) {
+        let cutoff = retention.key_cutoff(at);
+        while let Some(event) = self.key_order.front() {
+            let expired = cutoff.is_some_and(|c| event.time < c);
+            if !expired && event.id >= self.first_retained() {
+                break;
+            }
+            if let Some(key) = &event.idempotency_key {
+                // The key may have been given again, to a newer event, once forgotten.
+                if self.keys.get(key).is_some_and(|held| held.id == event.id) {
+                    self.keys.remove(key);
+                }
+            }
+            self.key_order.pop_front();
+        }
+        let oldest_receipt = self.receipt_log.front().map_or(u64::MAX, |r| r.seq);
+        while let Some((seq, time, _)) = self.receipt_key_order.front() {
+            if *seq >= oldest_receipt && cutoff.is_none_or(|c| *time >= c) {
+                break;
+            }
+            let Some((seq, _, key)) = self.receipt_key_order.pop_front() else {
+                break;
+            };
+            if self
+                .receipt_keys
+                .get(&key)
+                .is_some_and(|held| held.seq == seq)
+            {
+                self.receipt_keys.remove(&key);
+            }
+        }
+    }
+}
+
+/// The device touch a receipt stands for, for a device first seen by its receipt.
+fn receipt_touch(receipt: &Receipt) -> DeviceTouch {
+    DeviceTouch {
+        channel: receipt.channel.clone(),
+        device: receipt.device.clone(),
+        op: crate::receipt::DeviceOp::Feedback,
+        at: receipt.time,
+        last_event_id: None,
+        delivered: 0,
+    }
 }
 
 impl ChannelData {
     fn pop_oldest(&mut self) {
-        let Some(event) = self.events.pop_front() else {
-            return;
-        };
+        // Its key, if any, is forgotten by `prune`, which walks `key_order`.
+        self.events.pop_front();
+    }
+
+    /// The retained event holding `key`, if the key is still remembered.
+    fn keyed(
+        &self,
+        key: &str,
+        retention: &Retention,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Option<&Arc<Event>> {
+        self.keys
+            .get(key)
+            .filter(|e| e.id >= self.first_retained() && retention.key_alive(e.time, at))
+    }
+
+    /// Appends an event that passed every check: nothing here can fail.
+    fn push(&mut self, event: Arc<Event>) {
+        self.head = event.id;
+        self.events.push_back(event.clone());
         if let Some(key) = &event.idempotency_key {
-            self.keys.remove(key);
+            self.keys.insert(key.clone(), event.clone());
+            self.key_order.push_back(event);
         }
+    }
+
+    fn record_receipt(
+        &mut self,
+        mut receipt: Receipt,
+    ) -> Result<(Receipt, DeviceRecord), StoreError> {
+        if receipt.event_id == 0 || receipt.event_id > self.head {
+            return Err(StoreError::UnknownEvent {
+                id: receipt.event_id,
+            });
+        }
+        let record = self
+            .devices
+            .entry(receipt.device.clone())
+            .or_insert_with(|| DeviceRecord::first(&receipt_touch(&receipt)));
+        record.apply_receipt(&receipt);
+        let record = record.clone();
+        self.receipt_seq += 1;
+        receipt.seq = self.receipt_seq;
+        if receipt.event_id >= self.first_retained() {
+            self.receipts
+                .entry(receipt.event_id)
+                .or_default()
+                .push(receipt.clone());
+        }
+        self.receipt_log.push_back(receipt.clone());
+        Ok((receipt, record))
     }
 }
 
@@ -140,27 +244,65 @@ impl Store for MemoryStore {
         {
             return Err(StoreError::InvalidIdempotencyKey);
         }
+        let retention = &self.inner.retention;
         let data = self.channel(channel);
         let mut data = data.lock().unwrap_or_else(|e| e.into_inner());
+        let at = now();
         if let Some(stored) = event
             .idempotency_key
-            .as_ref()
-            .and_then(|key| data.keys.get(key))
+            .as_deref()
+            .and_then(|key| data.keyed(key, retention, at))
         {
             return Ok(Appended {
                 event: stored.clone(),
                 new: false,
             });
         }
-        let id = data.head + 1;
-        let event = Arc::new(Event::new(channel.clone(), id, now(), event));
-        data.head = id;
-        data.events.push_back(event.clone());
-        if let Some(key) = &event.idempotency_key {
-            data.keys.insert(key.clone(), event.clone());
-        }
-        data.prune(&self.inner.retention);
+        let event = Arc::new(Event::new(channel.clone(), data.head + 1, at, event));
+        data.push(event.clone());
+        data.prune(retention, at);
         Ok(Appended { event, new: true })
+    }
+
+    async fn append_batch(
+        &self,
+        channel: &ChannelName,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        if events.iter().any(|e| {
+            e.idempotency_key
+                .as_deref()
+                .is_some_and(|key| !valid_idempotency_key(key))
+        }) {
+            return Err(StoreError::InvalidIdempotencyKey);
+        }
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let retention = &self.inner.retention;
+        let data = self.channel(channel);
+        let mut data = data.lock().unwrap_or_else(|e| e.into_inner());
+        let at = now();
+        // Everything is checked before anything changes: all or none under one lock.
+        let plans = plan_batch(&events, |key| data.keyed(key, retention, at).cloned())?;
+        let mut appended: Vec<Appended> = Vec::with_capacity(events.len());
+        for (new, plan) in events.into_iter().zip(plans) {
+            let answer = match plan {
+                Plan::New => {
+                    let event = Arc::new(Event::new(channel.clone(), data.head + 1, at, new));
+                    data.push(event.clone());
+                    Appended { event, new: true }
+                }
+                Plan::Stored(event) => Appended { event, new: false },
+                Plan::Same(earlier) => Appended {
+                    event: appended[earlier].event.clone(),
+                    new: false,
+                },
+            };
+            appended.push(answer);
+        }
+        data.prune(retention, at);
+        Ok(appended)
     }
 
     async fn head(&self, channel: &ChannelName) -> Result<u64, StoreError> {
@@ -217,7 +359,7 @@ impl Store for MemoryStore {
 
     async fn record_receipt(
         &self,
-        mut receipt: Receipt,
+        receipt: Receipt,
     ) -> Result<(Receipt, DeviceRecord), StoreError> {
         let Some(data) = self.existing(&receipt.channel) else {
             return Err(StoreError::UnknownEvent {
@@ -225,40 +367,54 @@ impl Store for MemoryStore {
             });
         };
         let mut data = data.lock().unwrap_or_else(|e| e.into_inner());
-        if receipt.event_id == 0 || receipt.event_id > data.head {
+        let at = receipt.time;
+        let recorded = data.record_receipt(receipt)?;
+        data.prune(&self.inner.retention, at);
+        Ok(recorded)
+    }
+
+    async fn record_receipt_keyed(
+        &self,
+        receipt: Receipt,
+        key: String,
+    ) -> Result<RecordedReceipt, StoreError> {
+        if !valid_idempotency_key(&key) {
+            return Err(StoreError::InvalidIdempotencyKey);
+        }
+        let Some(data) = self.existing(&receipt.channel) else {
             return Err(StoreError::UnknownEvent {
                 id: receipt.event_id,
             });
-        }
-        let record = match data.devices.get_mut(&receipt.device) {
-            Some(record) => record,
-            None => {
-                let touch = DeviceTouch {
-                    channel: receipt.channel.clone(),
-                    device: receipt.device.clone(),
-                    op: crate::receipt::DeviceOp::Feedback,
-                    at: receipt.time,
-                    last_event_id: None,
-                    delivered: 0,
-                };
-                data.devices
-                    .entry(receipt.device.clone())
-                    .or_insert_with(|| DeviceRecord::first(&touch))
-            }
         };
-        record.apply_receipt(&receipt);
-        let record = record.clone();
-        data.receipt_seq += 1;
-        receipt.seq = data.receipt_seq;
-        if receipt.event_id >= data.first_retained() {
-            data.receipts
-                .entry(receipt.event_id)
-                .or_default()
-                .push(receipt.clone());
+        let retention = &self.inner.retention;
+        let mut data = data.lock().unwrap_or_else(|e| e.into_inner());
+        let oldest = data.receipt_log.front().map_or(u64::MAX, |r| r.seq);
+        let held = data
+            .receipt_keys
+            .get(&key)
+            .filter(|r| r.seq >= oldest && retention.key_alive(r.time, receipt.time));
+        if let Some(stored) = held.cloned() {
+            let record = data
+                .devices
+                .get(&stored.device)
+                .cloned()
+                .unwrap_or_else(|| DeviceRecord::first(&receipt_touch(&stored)));
+            return Ok(RecordedReceipt {
+                receipt: stored,
+                record,
+                new: false,
+            });
         }
-        data.receipt_log.push_back(receipt.clone());
-        data.prune(&self.inner.retention);
-        Ok((receipt, record))
+        let (receipt, record) = data.record_receipt(receipt)?;
+        data.receipt_keys.insert(key.clone(), receipt.clone());
+        data.receipt_key_order
+            .push_back((receipt.seq, receipt.time, key));
+        data.prune(retention, receipt.time);
+        Ok(RecordedReceipt {
+            receipt,
+            record,
+            new: true,
+        })
     }
 
     async fn receipts(

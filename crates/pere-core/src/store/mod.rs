@@ -9,6 +9,12 @@
 //!   not stored again: `append` returns the stored one with [`Appended::new`] false. Keys go with
 //!   their events when retention prunes them. A key that is not valid (see
 //!   [`valid_idempotency_key`](crate::event::valid_idempotency_key)) is refused.
+//! - Idempotency keys are forgotten once older than [`Retention::idempotency_window`] (an event
+//!   keyed with a forgotten key is a new event), or sooner when their event is pruned.
+//! - `append_batch` is `append` for many events of one channel, all or none: see
+//!   [`Store::append_batch`].
+//! - A receipt recorded with an idempotency key is recorded once: see
+//!   [`Store::record_receipt_keyed`].
 //! - `read(after)` returns retained events with ids greater than `after`, in order, and says which
 //!   is the oldest id still retained, so a reader can tell "pruned" from "never existed".
 //! - Device records change only through [`DeviceTouch`] and [`Receipt`], applied atomically with
@@ -36,6 +42,32 @@ pub struct Retention {
     pub max_events: usize,
     /// Events older than this are pruned; `None` keeps them until `max_events` pushes them out.
     pub max_age: Option<Duration>,
+    /// How long an idempotency key (of an event or a receipt) is remembered: a retry later than
+    /// this is a new event. `None` remembers a key as long as its event or receipt is retained.
+    pub idempotency_window: Option<Duration>,
+}
+
+/// The default [`Retention::idempotency_window`]: a day, longer than any client's retries.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+impl Retention {
+    /// Whether a key given at `time` is still remembered at `now`.
+    pub fn key_alive(
+        &self,
+        time: chrono::DateTime<chrono::Utc>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> bool {
+        self.key_cutoff(now).is_none_or(|cutoff| time >= cutoff)
+    }
+
+    /// Keys given before this time are forgotten (`None`: no window).
+    pub fn key_cutoff(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        let window = chrono::Duration::from_std(self.idempotency_window?).ok()?;
+        now.checked_sub_signed(window)
+    }
 }
 
 impl Default for Retention {
@@ -45,6 +77,7 @@ impl Default for Retention {
         Retention {
             max_events: 10_000,
             max_age: Some(Duration::from_secs(7 * 24 * 3600)),
+            idempotency_window: Some(IDEMPOTENCY_WINDOW),
         }
     }
 }
@@ -70,6 +103,17 @@ pub struct Appended {
     pub new: bool,
 }
 
+/// What [`Store::record_receipt_keyed`] did.
+#[derive(Debug, Clone)]
+pub struct RecordedReceipt {
+    /// The receipt as stored: the new one, or the one already stored under the same key.
+    pub receipt: Receipt,
+    /// The device's record after the receipt (its current record for a repeated key).
+    pub record: DeviceRecord,
+    /// False when the channel already held a receipt with this key: nothing was recorded.
+    pub new: bool,
+}
+
 /// The storage backend of a [`Hub`](crate::hub::Hub). Handles are cheap to clone and share one store.
 pub trait Store: Clone + Send + Sync + 'static {
     /// Appends an event, giving it the channel's next id and the current time, unless its
@@ -84,6 +128,30 @@ pub trait Store: Clone + Send + Sync + 'static {
         channel: &ChannelName,
         event: NewEvent,
     ) -> impl Future<Output = Result<Appended, StoreError>> + Send;
+
+    /// Appends several events to one channel, in order, all or none, in one transaction (a
+    /// batch publish). Each event is treated as by [`Store::append`]:
+    /// - a new event gets the next id: the new events of a batch have consecutive ids, as no
+    ///   other append of the channel comes between them, and the same time;
+    /// - a keyed event whose key the channel holds (within the window), or whose key an earlier
+    ///   event of the same batch carries, is not stored: its place in the answer holds the
+    ///   stored event with [`Appended::new`] false;
+    /// - unlike `append`, a held key whose event has another body or event type fails the whole
+    ///   batch with [`StoreError::IdempotencyConflict`].
+    ///
+    /// The answer has one [`Appended`] per event, in the order given. The new events become
+    /// readable together, when the call returns. An empty batch stores nothing and answers an
+    /// empty list.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidIdempotencyKey`] when any key is malformed,
+    /// [`StoreError::IdempotencyConflict`] as above, [`StoreError::Backend`] when the events
+    /// could not be stored. Nothing is stored and no id is consumed then.
+    fn append_batch(
+        &self,
+        channel: &ChannelName,
+        events: Vec<NewEvent>,
+    ) -> impl Future<Output = Result<Vec<Appended>, StoreError>> + Send;
 
     /// The channel's last event id, 0 for a channel with no events.
     ///
@@ -131,6 +199,21 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         receipt: Receipt,
     ) -> impl Future<Output = Result<(Receipt, DeviceRecord), StoreError>> + Send;
+
+    /// Records a receipt as [`Store::record_receipt`] does, unless the channel already holds a
+    /// receipt recorded under `key` (within [`Retention::idempotency_window`], and while that
+    /// receipt is retained): that receipt is returned then, with the device's current record
+    /// and [`RecordedReceipt::new`] false, and nothing is recorded. Keys are per channel and
+    /// separate from event keys; comparing the stored receipt with the retried one is the
+    /// caller's business.
+    ///
+    /// # Errors
+    /// As [`Store::record_receipt`]; [`StoreError::InvalidIdempotencyKey`] for a malformed key.
+    fn record_receipt_keyed(
+        &self,
+        receipt: Receipt,
+        key: String,
+    ) -> impl Future<Output = Result<RecordedReceipt, StoreError>> + Send;
 
     /// Every receipt recorded for one event, in the order they arrived.
     ///
@@ -265,6 +348,61 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn probe(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
         async { Ok(()) }
     }
+}
+
+/// What a batch append does with one of its events (see [`plan_batch`]).
+#[derive(Debug)]
+pub(crate) enum Plan {
+    /// Stored as a new event.
+    New,
+    /// Answered by the event the channel already holds under its key.
+    Stored(Arc<Event>),
+    /// Answered by the event stored for an earlier event of the batch with the same key (its
+    /// index in the batch).
+    Same(usize),
+}
+
+/// Decides, before anything is stored, what a batch append does with each event: `held` finds
+/// the event a channel holds under a key. Shared by the backends so that they agree.
+///
+/// # Errors
+/// [`StoreError::IdempotencyConflict`] when a key is held (by the channel or by an earlier
+/// event of the batch) for another body or type.
+pub(crate) fn plan_batch(
+    events: &[NewEvent],
+    mut held: impl FnMut(&str) -> Option<Arc<Event>>,
+) -> Result<Vec<Plan>, StoreError> {
+    let mut first_with: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut plans = Vec::with_capacity(events.len());
+    for (i, new) in events.iter().enumerate() {
+        let Some(key) = new.idempotency_key.as_deref() else {
+            plans.push(Plan::New);
+            continue;
+        };
+        let conflict = |id| StoreError::IdempotencyConflict {
+            id,
+            key: key.to_owned(),
+        };
+        if let Some(&earlier) = first_with.get(key) {
+            let first = &events[earlier];
+            if first.body != new.body || first.event_type != new.event_type {
+                return Err(conflict(None));
+            }
+            plans.push(Plan::Same(earlier));
+            continue;
+        }
+        match held(key) {
+            Some(stored) if stored.body != new.body || stored.event_type != new.event_type => {
+                return Err(conflict(Some(stored.id)));
+            }
+            Some(stored) => plans.push(Plan::Stored(stored)),
+            None => {
+                first_with.insert(key, i);
+                plans.push(Plan::New);
+            }
+        }
+    }
+    Ok(plans)
 }
 
 #[cfg(test)]

@@ -53,7 +53,7 @@ use crate::error::{NameError, StoreError};
 use crate::event::{now, valid_idempotency_key, Event, NewEvent};
 use crate::name::{ChannelName, DeviceId, EventType};
 use crate::receipt::{DeviceOp, DeviceRecord, DeviceTouch, Membership, Receipt};
-use crate::store::{Appended, EventPage, Retention, Store};
+use crate::store::{plan_batch, Appended, EventPage, Plan, RecordedReceipt, Retention, Store};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "pere.db";
@@ -175,6 +175,9 @@ const MIGRATIONS: &[&str] = &[
     // (a key leaves with its event's row when retention prunes it). Events stored before have none.
     "ALTER TABLE events ADD COLUMN idempotency_key TEXT;
     CREATE UNIQUE INDEX events_by_key ON events (channel, idempotency_key) WHERE idempotency_key IS NOT NULL;",
+    // v4. Idempotent receipts: a receipt's key, unique among the channel's retained receipts.
+    "ALTER TABLE receipts ADD COLUMN idempotency_key TEXT;
+    CREATE UNIQUE INDEX receipts_by_key ON receipts (channel, idempotency_key) WHERE idempotency_key IS NOT NULL;",
 ];
 
 /// The schema version this build writes.
@@ -1088,6 +1091,26 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn append_batch(
+        &self,
+        channel: &ChannelName,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        if events.iter().any(|e| {
+            e.idempotency_key
+                .as_deref()
+                .is_some_and(|key| !valid_idempotency_key(key))
+        }) {
+            return Err(StoreError::InvalidIdempotencyKey);
+        }
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let channel = channel.clone();
+        self.write(move |conn, drafts| append_batch(conn, drafts, channel, events))
+            .await
+    }
+
     async fn head(&self, channel: &ChannelName) -> Result<u64, StoreError> {
         Ok(self.committed(channel, |meta| meta.map_or(0, |m| m.head)))
     }
@@ -1199,7 +1222,21 @@ impl Store for SqliteStore {
         &self,
         receipt: Receipt,
     ) -> Result<(Receipt, DeviceRecord), StoreError> {
-        self.write(move |conn, drafts| record_receipt(conn, drafts, receipt))
+        let recorded = self
+            .write(move |conn, drafts| record_receipt(conn, drafts, receipt, None))
+            .await?;
+        Ok((recorded.receipt, recorded.record))
+    }
+
+    async fn record_receipt_keyed(
+        &self,
+        receipt: Receipt,
+        key: String,
+    ) -> Result<RecordedReceipt, StoreError> {
+        if !valid_idempotency_key(&key) {
+            return Err(StoreError::InvalidIdempotencyKey);
+        }
+        self.write(move |conn, drafts| record_receipt(conn, drafts, receipt, Some(key)))
             .await
     }
 
@@ -2080,29 +2117,101 @@ fn oldest_time(
     .optional()
 }
 
+/// The retained event of `channel` holding `key`, if the key is still remembered. Run by the
+/// writer, which sees its transaction's own inserts: a key sent twice in one batch is stored
+/// once too. A key past the window is cleared from its event, so it can be given again.
+fn keyed_event(
+    conn: &Connection,
+    retention: &Retention,
+    channel: &ChannelName,
+    key: &str,
+    at: DateTime<Utc>,
+) -> rusqlite::Result<Option<Arc<Event>>> {
+    let stored = query_events(
+        conn,
+        channel,
+        "SELECT id, time, publisher, event_type, body, idempotency_key FROM events \
+         WHERE channel = ?1 AND idempotency_key = ?2",
+        params![channel.as_str(), key],
+    )?;
+    match stored.into_iter().next() {
+        Some(event) if retention.key_alive(event.time, at) => Ok(Some(event)),
+        Some(event) => {
+            conn.prepare_cached(
+                "UPDATE events SET idempotency_key = NULL WHERE channel = ?1 AND id = ?2",
+            )?
+            .execute(params![channel.as_str(), event.id])?;
+            Ok(None)
+        }
+        None => Ok(None),
+    }
+}
+
 fn append(
     conn: &Connection,
     drafts: &mut Drafts<'_>,
     channel: ChannelName,
     new: NewEvent,
 ) -> rusqlite::Result<Appended> {
+    let at = now();
     if let Some(key) = &new.idempotency_key {
-        // Run by the writer, which sees this batch's own inserts: a key sent twice in one batch
-        // is stored once too.
-        let stored = query_events(
-            conn,
-            &channel,
-            "SELECT id, time, publisher, event_type, body, idempotency_key FROM events \
-             WHERE channel = ?1 AND idempotency_key = ?2",
-            params![channel.as_str(), key],
-        )?;
-        if let Some(event) = stored.into_iter().next() {
+        if let Some(event) = keyed_event(conn, &drafts.shared.options.retention, &channel, key, at)?
+        {
             return Ok(Appended { event, new: false });
         }
     }
+    insert_event(conn, drafts, channel, new, at)
+}
+
+fn append_batch(
+    conn: &Connection,
+    drafts: &mut Drafts<'_>,
+    channel: ChannelName,
+    events: Vec<NewEvent>,
+) -> rusqlite::Result<Result<Vec<Appended>, StoreError>> {
+    let at = now();
+    let retention = drafts.shared.options.retention;
+    // Every key is looked up before the first insert, so a refused batch inserts nothing. Only
+    // a failure of SQLite itself can stop it midway, and that rolls back the whole transaction.
+    let mut failed = None;
+    let plans = plan_batch(&events, |key| {
+        keyed_event(conn, &retention, &channel, key, at).unwrap_or_else(|err| {
+            failed.get_or_insert(err);
+            None
+        })
+    });
+    if let Some(err) = failed {
+        return Err(err);
+    }
+    let plans = match plans {
+        Ok(plans) => plans,
+        Err(refused) => return Ok(Err(refused)),
+    };
+    let mut appended: Vec<Appended> = Vec::with_capacity(events.len());
+    for (new, plan) in events.into_iter().zip(plans) {
+        let answer = match plan {
+            Plan::New => insert_event(conn, drafts, channel.clone(), new, at)?,
+            Plan::Stored(event) => Appended { event, new: false },
+            Plan::Same(earlier) => Appended {
+                event: appended[earlier].event.clone(),
+                new: false,
+            },
+        };
+        appended.push(answer);
+    }
+    Ok(Ok(appended))
+}
+
+fn insert_event(
+    conn: &Connection,
+    drafts: &mut Drafts<'_>,
+    channel: ChannelName,
+    new: NewEvent,
+    at: DateTime<Utc>,
+) -> rusqlite::Result<Appended> {
     let draft = drafts.entry(&channel);
     let id = draft.head + 1;
-    let event = Arc::new(Event::new(channel, id, now(), new));
+    let event = Arc::new(Event::new(channel, id, at, new));
     conn.prepare_cached(
         "INSERT INTO events (channel, id, time, publisher, event_type, body, idempotency_key) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -2125,7 +2234,8 @@ fn record_receipt(
     conn: &Connection,
     drafts: &mut Drafts<'_>,
     mut receipt: Receipt,
-) -> rusqlite::Result<Result<(Receipt, DeviceRecord), StoreError>> {
+    key: Option<String>,
+) -> rusqlite::Result<Result<RecordedReceipt, StoreError>> {
     let unknown = StoreError::UnknownEvent {
         id: receipt.event_id,
     };
@@ -2135,16 +2245,48 @@ fn record_receipt(
     if receipt.event_id == 0 || receipt.event_id > draft.head {
         return Ok(Err(unknown));
     }
+    if let Some(key) = &key {
+        let held = query_receipts(
+            conn,
+            &receipt.channel,
+            "SELECT seq, event_id, device, status, time FROM receipts WHERE channel = ?1 AND idempotency_key = ?2",
+            params![receipt.channel.as_str(), key],
+        )?;
+        if let Some(stored) = held.into_iter().next() {
+            if drafts
+                .shared
+                .options
+                .retention
+                .key_alive(stored.time, receipt.time)
+            {
+                let first = || DeviceRecord::first(&receipt_touch(&stored));
+                let record = drafts
+                    .device(conn, &stored.channel, &stored.device, first)?
+                    .clone();
+                return Ok(Ok(RecordedReceipt {
+                    receipt: stored,
+                    record,
+                    new: false,
+                }));
+            }
+            // Past the window: forgotten, so the key can be given again.
+            conn.prepare_cached("UPDATE receipts SET idempotency_key = NULL WHERE seq = ?1")?
+                .execute([stored.seq])?;
+        }
+    }
     // Stored even for an event already pruned, so the receipt stream carries it; the channel's
     // next pruning of events removes it with the other receipts of pruned events.
-    conn.prepare_cached("INSERT INTO receipts (channel, event_id, device, status, time) VALUES (?1, ?2, ?3, ?4, ?5)")?
-        .execute(params![
-            receipt.channel.as_str(),
-            receipt.event_id,
-            receipt.device.as_str(),
-            receipt.status,
-            receipt.time.timestamp_millis(),
-        ])?;
+    conn.prepare_cached(
+        "INSERT INTO receipts (channel, event_id, device, status, time, idempotency_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        receipt.channel.as_str(),
+        receipt.event_id,
+        receipt.device.as_str(),
+        receipt.status,
+        receipt.time.timestamp_millis(),
+        key,
+    ])?;
     receipt.seq = u64::try_from(conn.last_insert_rowid()).unwrap_or_default();
     drafts.last_receipt = receipt.seq;
     // Applied by the writer alone, in seq order: no concurrent update is lost. Written back to
@@ -2154,7 +2296,11 @@ fn record_receipt(
     })?;
     record.apply_receipt(&receipt);
     let record = record.clone();
-    Ok(Ok((receipt, record)))
+    Ok(Ok(RecordedReceipt {
+        receipt,
+        record,
+        new: true,
+    }))
 }
 
 fn touch_device(
@@ -2639,6 +2785,7 @@ mod tests {
         let nothing = Retention {
             max_events: 0,
             max_age: None,
+            idempotency_window: None,
         };
         {
             let store = open(dir.path(), nothing);
@@ -2666,6 +2813,7 @@ mod tests {
             Retention {
                 max_events: 2,
                 max_age: None,
+                idempotency_window: None,
             },
         );
         let c = ch("C");
@@ -2855,7 +3003,7 @@ mod tests {
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
-        assert_eq!(SCHEMA_VERSION, 3);
+        assert_eq!(SCHEMA_VERSION, 4);
     }
 
     #[tokio::test]
@@ -2865,6 +3013,7 @@ mod tests {
             retention: Retention {
                 max_events: 100,
                 max_age: Some(Duration::from_millis(50)),
+                idempotency_window: None,
             },
             prune_interval: Duration::from_millis(10),
             ..SqliteOptions::default()
@@ -2891,6 +3040,7 @@ mod tests {
             retention: Retention {
                 max_events: 2,
                 max_age: Some(hour),
+                idempotency_window: None,
             },
             prune_interval: Duration::from_millis(10),
             ..SqliteOptions::default()
@@ -2942,6 +3092,7 @@ mod tests {
                 Retention {
                     max_events: 100_000,
                     max_age: None,
+                    idempotency_window: None,
                 },
             );
             for _ in 0..total {
@@ -2953,6 +3104,7 @@ mod tests {
             Retention {
                 max_events: 5,
                 max_age: None,
+                idempotency_window: None,
             },
         );
         tokio::time::timeout(Duration::from_secs(10), async {
