@@ -4,11 +4,10 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser as _;
 use pere_core::store::{Durability, SqliteOptions, SqliteStore};
 use pere_core::{MemoryStore, Store};
 use pere_server::auth::{Grants, Minter, Mode};
-use pere_server::config::{Command, DurabilityLevel, StoreKind, TokenArgs};
+use pere_server::config::{Command, DurabilityLevel, LoadError, StoreKind, TokenArgs};
 use pere_server::{limits, logging, retention, run, AppState, Config};
 use tokio::net::{TcpListener, TcpSocket};
 
@@ -18,7 +17,15 @@ use tokio::net::{TcpListener, TcpSocket};
 const BLOCKING_THREADS: usize = 16;
 
 fn main() -> ExitCode {
-    let config = Config::parse();
+    let config = match Config::load(std::env::args_os()) {
+        Ok(config) => config,
+        Err(LoadError::Usage(err)) => err.exit(),
+        Err(err) => {
+            // One line naming the setting and where its value came from.
+            eprintln!("pere-server: {err}");
+            return ExitCode::from(2);
+        }
+    };
     let outcome = match &config.command {
         Some(Command::Token(args)) => mint(&config, args),
         None => serve_main(config),
