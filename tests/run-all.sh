@@ -4,6 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# tests/h2.rs drives the server with curl (HTTP/2 with prior knowledge, which Debian's curl has).
+if ! command -v curl >/dev/null 2>&1; then
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq >/dev/null && $sudo apt-get install -y -qq curl >/dev/null
+fi
+
 cargo build --workspace --bins --locked
 cargo test --workspace --locked --doc
 if cargo nextest --version >/dev/null 2>&1; then

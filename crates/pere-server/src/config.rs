@@ -212,6 +212,21 @@ pub struct Config {
     #[arg(long = "body-timeout", default_value = "30s", value_parser = parse_duration, env = "PERE_BODY_TIMEOUT")]
     pub body_timeout: Duration,
 
+    /// Certificate chain (PEM) to serve HTTPS with; needs --tls-key. HTTP/2 and HTTP/1.1 are
+    /// offered by ALPN; without it, plain HTTP/1.1 and HTTP/2 (prior knowledge) on the port.
+    #[arg(long = "tls-cert", value_name = "FILE", env = "PERE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long = "tls-key", value_name = "FILE", env = "PERE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Requests and streams one HTTP/2 connection may have open at once (HTTP/2's
+    /// SETTINGS_MAX_CONCURRENT_STREAMS); one more is refused by the protocol and retried by the
+    /// client. Every stream also counts against the server's stream caps.
+    #[arg(long = "max-streams-per-connection", default_value_t = 100, env = "PERE_MAX_STREAMS_PER_CONNECTION")]
+    pub max_streams_per_connection: u32,
+
     /// Something to do instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,

@@ -8,7 +8,8 @@ use pere_core::store::{Durability, SqliteOptions, SqliteStore};
 use pere_core::{MemoryStore, Store};
 use pere_server::auth::{Grants, Minter, Mode};
 use pere_server::config::{Command, DurabilityLevel, LoadError, StoreKind, TokenArgs};
-use pere_server::{limits, logging, retention, run, AppState, Config};
+use pere_server::tls::{self, TlsAcceptor};
+use pere_server::{limits, logging, retention, run_with, AppState, Config};
 use tokio::net::{TcpListener, TcpSocket};
 
 /// Threads for blocking work (SQLite reads). Tokio's default, 512, let a burst of thousands of
@@ -53,6 +54,7 @@ fn mint(config: &Config, args: &TokenArgs) -> anyhow::Result<()> {
 
 fn serve_main(config: Config) -> anyhow::Result<()> {
     let mode = config.mode().map_err(anyhow::Error::msg)?;
+    let tls = tls::acceptor(&config).map_err(anyhow::Error::msg)?;
     let log = logging::init(&config).map_err(anyhow::Error::msg)?;
     // Before the state reads the limit: thousands of feeds need more than the usual 1,024.
     limits::raise_open_files();
@@ -61,7 +63,7 @@ fn serve_main(config: Config) -> anyhow::Result<()> {
         .max_blocking_threads(BLOCKING_THREADS)
         .build()
         .context("cannot start the runtime")?
-        .block_on(serve_with(config, mode));
+        .block_on(serve_with(config, mode, tls));
     if log.dropped_lines() > 0 {
         tracing::warn!("{} log lines were dropped because the log could not keep up", log.dropped_lines());
     }
@@ -70,7 +72,7 @@ fn serve_main(config: Config) -> anyhow::Result<()> {
     served
 }
 
-async fn serve_with(config: Config, mode: Mode) -> anyhow::Result<()> {
+async fn serve_with(config: Config, mode: Mode, tls: Option<TlsAcceptor>) -> anyhow::Result<()> {
     let listener = listen(SocketAddr::new(config.host, config.port))
         .with_context(|| {
             format!(
@@ -79,7 +81,7 @@ async fn serve_with(config: Config, mode: Mode) -> anyhow::Result<()> {
             )
         })?;
     match config.store {
-        StoreKind::Memory => serve(listener, MemoryStore::new(retention(&config)), config, mode).await,
+        StoreKind::Memory => serve(listener, MemoryStore::new(retention(&config)), config, mode, tls).await,
         StoreKind::Sqlite => {
             let options = SqliteOptions {
                 durability: match config.durability {
@@ -93,7 +95,7 @@ async fn serve_with(config: Config, mode: Mode) -> anyhow::Result<()> {
             };
             let store = SqliteStore::open(&config.data_dir, options)
                 .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
-            serve(listener, store.clone(), config, mode).await?;
+            serve(listener, store.clone(), config, mode, tls).await?;
             // Every acknowledged write is already committed; this waits for the writer to stop.
             store.close().await;
             Ok(())
@@ -101,7 +103,13 @@ async fn serve_with(config: Config, mode: Mode) -> anyhow::Result<()> {
     }
 }
 
-async fn serve<S: Store>(listener: TcpListener, store: S, config: Config, mode: Mode) -> anyhow::Result<()> {
+async fn serve<S: Store>(
+    listener: TcpListener,
+    store: S,
+    config: Config,
+    mode: Mode,
+    tls: Option<TlsAcceptor>,
+) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     let what = match config.store {
         StoreKind::Memory => "memory".to_owned(),
@@ -113,7 +121,8 @@ async fn serve<S: Store>(listener: TcpListener, store: S, config: Config, mode: 
     };
     let state = AppState::new(store, config, mode);
     // Tests and scripts read the bound address from this first line, written before any log line.
-    println!("PERE server listening on http://{address} (store: {what})");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("PERE server listening on {scheme}://{address} (store: {what})");
     tracing::info!("{}", state.mode.describe());
     let shutdown = state.shutdown.clone();
     tokio::spawn(async move {
@@ -121,7 +130,7 @@ async fn serve<S: Store>(listener: TcpListener, store: S, config: Config, mode: 
         tracing::info!("PERE server shutting down");
         shutdown.cancel();
     });
-    run(listener, state).await?;
+    run_with(listener, state, tls).await?;
     tracing::info!("PERE server stopped");
     Ok(())
 }
