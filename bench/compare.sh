@@ -332,5 +332,10 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
     -e 's|127\.0\.0\.1:[0-9]+|127.0.0.1:PORT|g' -e 's|--server-pid [0-9]+|--server-pid PID|g' \
     -e 's#(nginx|data)-[A-Za-z0-9]{6}#\1-XXXXXX#g' -e 's#/push/wrk[0-9]+#/push/wrkN#' "$COMMANDS" | awk '!seen[$0]++'
   echo '```'
-} >"$RESULTS"
+} >"$RESULTS.new"
+# The HTTP/2 section is measured apart (bench/h2-idle.sh): keep it.
+if [ -f "$RESULTS" ]; then
+  sed -n '/^<!-- h2-idle: begin/,/^<!-- h2-idle: end -->/p' "$RESULTS" | sed '1s/^/\n/' >>"$RESULTS.new"
+fi
+mv "$RESULTS.new" "$RESULTS"
 say "wrote $RESULTS (raw reports in $REPORTS)"

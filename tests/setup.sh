@@ -11,6 +11,7 @@ apt_missing=()
 need_apt() { apt_missing+=("$@"); }
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt python3-venv
 [ -x /usr/bin/chromium ] || need_apt chromium
+command -v curl >/dev/null 2>&1 || need_apt curl  # tests/h2.rs: HTTP/2 with prior knowledge
 command -v node >/dev/null 2>&1 || need_apt nodejs
 command -v npm >/dev/null 2>&1 || need_apt npm
 if [ ${#apt_missing[@]} -gt 0 ]; then

@@ -144,7 +144,7 @@ async fn usage_errors_are_one_line_too() {
         (
             "pere-server",
             vec!["--host", "999.1.1.1"],
-            "invalid value '999.1.1.1' for '--host <HOST>'",
+            "invalid value \"999.1.1.1\" for host in --host",
         ),
         (
             "pere-pub",

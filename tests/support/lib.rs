@@ -439,6 +439,13 @@ impl std::fmt::Debug for Feed {
 }
 
 impl Feed {
+    /// The feed of an answer already received (over any client: HTTP/2, TLS).
+    pub fn from_response(response: reqwest::Response) -> Feed {
+        Feed {
+            events: response.bytes_stream().eventsource().boxed(),
+        }
+    }
+
     /// The next event (of any type), or a panic after [`WAIT`].
     pub async fn next(&mut self) -> SseEvent {
         match tokio::time::timeout(WAIT, self.events.next()).await {

@@ -9,6 +9,7 @@
 //! - `http`: request bytes, response heads and body framing (length, chunked);
 //! - `sse`: the event stream parser and the body scanner;
 //! - `client`: sockets and a keep-alive request client;
+//! - `h2`: idle HTTP/2 subscribers, many streams per connection;
 //! - `load`: the scenarios' tasks and phases, and the JSON report;
 //! - `procfs`: the server's memory and CPU from `/proc`;
 //! - `stats`: seen sets, percentiles, medians;
@@ -16,6 +17,7 @@
 //! - `summarize`: Markdown tables over many reports.
 
 mod client;
+mod h2;
 mod http;
 mod load;
 mod procfs;
@@ -47,6 +49,8 @@ struct Cli {
 enum Command {
     /// Open N subscribers and hold them: the server's memory per idle connection.
     Idle(LoadArgs),
+    /// Open N HTTP/2 feed streams over a few connections and hold them: memory per idle stream.
+    IdleH2(h2::IdleH2Args),
     /// Paced publishing (--rate events/s per channel) to N subscribers: latency, loss.
     Fanout(LoadArgs),
     /// Unpaced publishing to N subscribers: deliveries/s and server CPU per delivery.
@@ -210,6 +214,27 @@ fn run() -> anyhow::Result<()> {
         Command::Saturate(a) => (Scenario::Saturate, a),
         Command::Receipts(a) => (Scenario::Receipts, a),
         Command::Push(a) => (Scenario::Push, a),
+        Command::IdleH2(a) => {
+            let target = parse_target(&a.url)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let report = runtime.block_on(async {
+                let timeout = Duration::from_secs_f64(a.timeout);
+                tokio::time::timeout(timeout, h2::idle(target, &a)).await
+            });
+            runtime.shutdown_background();
+            let Ok(report) = report else {
+                eprintln!(
+                    "pere-bench: stopped by the overall timeout ({} s)",
+                    a.timeout
+                );
+                std::process::exit(2);
+            };
+            println!("{}", report?);
+            return Ok(());
+        }
         Command::Probe { server_pids } => {
             let sample = Probe::new(server_pids)
                 .sample()

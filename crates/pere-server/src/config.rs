@@ -1,10 +1,19 @@
-//! The server's settings: the command line (`pere-server --help`) and what it turns into.
+//! The server's settings: the command line (`pere-server --help`), the environment and the
+//! configuration file, and what they turn into.
+//!
+//! Each setting is declared once, as a field of [`Config`] with its long flag and its `PERE_…`
+//! variable; the file takes the same names (see [`Config::load`]), so a new flag needs nothing
+//! more than its field.
 
+use std::ffi::{OsStr, OsString};
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::builder::ValueParser;
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::parser::ValueSource;
+use clap::{Arg, ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::auth::{KeySettings, Mode, Verifier};
 
@@ -40,8 +49,13 @@ pub enum LogFormat {
 /// Publishers POST events to /push/CHANNEL; devices hold GET /feed/CHANNEL (Server-Sent Events)
 /// and POST a return receipt per event to /feedback/CHANNEL; /admin/* shows who got what.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "pere-server", version, about, long_about)]
+#[command(name = "pere-server", version, about, long_about, after_help = SOURCES_HELP)]
 pub struct Config {
+    /// A TOML file of settings, named like the long flags (`max-connections = 5000`); the
+    /// environment and the command line override it.
+    #[arg(long = "config", value_name = "FILE", env = "PERE_CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// Address to listen on (use 0.0.0.0 to accept connections from other machines).
     #[arg(
         short = 'o',
@@ -284,6 +298,25 @@ pub struct Config {
     #[arg(long = "body-timeout", default_value = "30s", value_parser = parse_duration, env = "PERE_BODY_TIMEOUT")]
     pub body_timeout: Duration,
 
+    /// Certificate chain (PEM) to serve HTTPS with; needs --tls-key. HTTP/2 and HTTP/1.1 are
+    /// offered by ALPN; without it, plain HTTP/1.1 and HTTP/2 (prior knowledge) on the port.
+    #[arg(long = "tls-cert", value_name = "FILE", env = "PERE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long = "tls-key", value_name = "FILE", env = "PERE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Requests and streams one HTTP/2 connection may have open at once (HTTP/2's
+    /// SETTINGS_MAX_CONCURRENT_STREAMS); one more is refused by the protocol and retried by the
+    /// client. Every stream also counts against the server's stream caps.
+    #[arg(
+        long = "max-streams-per-connection",
+        default_value_t = 100,
+        env = "PERE_MAX_STREAMS_PER_CONNECTION"
+    )]
+    pub max_streams_per_connection: u32,
+
     /// Something to do instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -391,6 +424,281 @@ impl Config {
     pub fn defaults() -> Self {
         Config::parse_from(["pere-server"])
     }
+
+    /// The settings from the command line `args` (the program name first), the environment and
+    /// the file named by `--config` (or `PERE_CONFIG`): a flag beats its variable, which beats
+    /// the file, which beats the default.
+    ///
+    /// The file is TOML, one key per setting, named as the long flag (`max-connections = 5000`,
+    /// `open = true`, `allow-origin = ["https://a.example"]`). Each value is checked where it
+    /// comes from, so a wrong one is named with its source.
+    ///
+    /// # Errors
+    /// [`LoadError::Usage`] for what clap answers itself (help, version, an unknown flag);
+    /// otherwise one line naming the setting and its source: an invalid value, an unknown key
+    /// or an unreadable file.
+    pub fn load<I, T>(args: I) -> Result<Config, LoadError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let command = Config::command();
+        // Which flags the command line gives, and which variables the environment sets, read
+        // as text: clap keeps the precedence, checking is done below, naming the source.
+        let raw_command = command.clone().mut_args(|arg| {
+            if arg.get_action().takes_values() {
+                arg.value_parser(ValueParser::os_string())
+            } else {
+                // A flag's variable is checked below like any other.
+                arg.env(None)
+            }
+        });
+        let raw = match raw_command.try_get_matches_from(&args) {
+            Ok(raw) => raw,
+            // Help, version, unknown flags: clap's own answer, from the real command.
+            Err(err) => {
+                return Err(LoadError::Usage(
+                    command.try_get_matches_from(&args).err().unwrap_or(err),
+                ))
+            }
+        };
+        let file = match raw.get_raw("config").and_then(|mut values| values.next()) {
+            Some(path) => Some(SettingsFile::read(Path::new(path), &command)?),
+            None => None,
+        };
+        for arg in command.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            let id = arg.get_id().as_str();
+            let from_line = raw.value_source(id) == Some(ValueSource::CommandLine);
+            let (source, values): (String, Vec<OsString>) = if from_line {
+                let values = raw
+                    .get_raw(id)
+                    .map(|v| v.map(OsStr::to_owned).collect())
+                    .unwrap_or_default();
+                (format!("--{long}"), values)
+            } else if let Some((name, value)) = set_variable(arg, &raw) {
+                (name, value)
+            } else if let Some(values) = file.as_ref().and_then(|f| f.values.get(long)) {
+                (
+                    file.as_ref()
+                        .map(|f| f.path.display().to_string())
+                        .unwrap_or_default(),
+                    values.iter().map(OsString::from).collect(),
+                )
+            } else {
+                continue;
+            };
+            for value in &values {
+                check_value(arg, value).map_err(|reason| LoadError::Invalid {
+                    setting: long.to_owned(),
+                    value: if arg.is_hide_env_values_set() {
+                        "(hidden)".to_owned()
+                    } else {
+                        value.to_string_lossy().into_owned()
+                    },
+                    source: source.clone(),
+                    reason,
+                })?;
+            }
+        }
+        let command = match &file {
+            Some(file) => command.mut_args(|arg| {
+                match arg.get_long().and_then(|long| file.values.get(long)) {
+                    Some(values) => arg.default_values(values.clone()),
+                    None => arg,
+                }
+            }),
+            None => command,
+        };
+        let matches = command
+            .try_get_matches_from(&args)
+            .map_err(LoadError::Usage)?;
+        Config::from_arg_matches(&matches).map_err(LoadError::Usage)
+    }
+}
+
+/// Says, after the flags in `--help`, where else settings come from and which source wins.
+const SOURCES_HELP: &str = "Every setting can also come from its environment variable (shown as [env: …]) or from a \
+TOML file given with --config, under its long flag's name: `max-connections = 5000`, `open = true`, \
+`allow-origin = [\"https://a.example\"]`. A flag beats its variable, a variable beats the file, the file \
+beats the default.";
+
+/// Why the settings could not be loaded.
+#[derive(Debug)]
+pub enum LoadError {
+    /// Clap's own answer: help, version, an unknown flag, a missing argument. `exit()` prints it.
+    Usage(clap::Error),
+    /// A setting's value is not one it takes.
+    Invalid {
+        /// The setting, as its long flag without dashes.
+        setting: String,
+        /// The value given (hidden for secrets).
+        value: String,
+        /// Where it came from: `--flag`, the variable's name, or the file's path.
+        source: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The configuration file cannot be read, is not TOML, or names a setting there is not.
+    File(String),
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadError::Usage(err) => write!(f, "{}", err.to_string().trim_end()),
+            LoadError::Invalid {
+                setting,
+                value,
+                source,
+                reason,
+            } => {
+                write!(
+                    f,
+                    "invalid value \"{value}\" for {setting} in {source}: {reason}"
+                )
+            }
+            LoadError::File(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// The variable that sets `arg`, with its value, when the environment has it and the command
+/// line does not override it.
+fn set_variable(arg: &Arg, raw: &clap::ArgMatches) -> Option<(String, Vec<OsString>)> {
+    let name = arg.get_env()?;
+    if arg.get_action().takes_values() {
+        // clap read it (and split it at the delimiter) in the raw pass.
+        if raw.value_source(arg.get_id().as_str()) != Some(ValueSource::EnvVariable) {
+            return None;
+        }
+        let values = raw
+            .get_raw(arg.get_id().as_str())?
+            .map(OsStr::to_owned)
+            .collect();
+        return Some((name.to_string_lossy().into_owned(), values));
+    }
+    let value = std::env::var_os(name)?;
+    Some((name.to_string_lossy().into_owned(), vec![value]))
+}
+
+/// Checks one value with the parser the setting's flag uses; the reason it is refused, if it is.
+fn check_value(arg: &Arg, value: &OsStr) -> Result<(), String> {
+    let parser = match arg.get_action() {
+        ArgAction::SetTrue | ArgAction::SetFalse => ValueParser::bool(),
+        _ => arg.get_value_parser().clone(),
+    };
+    let probe = clap::Command::new("check").arg(
+        Arg::new("value")
+            .long("value")
+            .action(ArgAction::Set)
+            .allow_hyphen_values(true)
+            .value_parser(parser),
+    );
+    let mut flag = OsString::from("--value=");
+    flag.push(value);
+    match probe.try_get_matches_from([OsString::from("check"), flag]) {
+        Ok(_) => Ok(()),
+        Err(err) => Err(reason(&err)),
+    }
+}
+
+/// What a value parser found wrong, without clap's usage text.
+fn reason(err: &clap::Error) -> String {
+    if let Some(source) = std::error::Error::source(err) {
+        return source.to_string();
+    }
+    if let Some(ContextValue::Strings(valid)) = err.get(ContextKind::ValidValue) {
+        return format!("expected one of {}", valid.join(", "));
+    }
+    match err.kind() {
+        ErrorKind::InvalidUtf8 => "not UTF-8".to_owned(),
+        kind => kind.to_string(),
+    }
+}
+
+/// A configuration file: each setting's values, as text for the flag's parser.
+#[derive(Debug)]
+struct SettingsFile {
+    path: PathBuf,
+    values: std::collections::HashMap<String, Vec<String>>,
+}
+
+impl SettingsFile {
+    /// Reads `path`, refusing keys that name no setting of `command`.
+    fn read(path: &Path, command: &clap::Command) -> Result<SettingsFile, LoadError> {
+        let shown = path.display();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| LoadError::File(format!("cannot read the config file {shown}: {e}")))?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let line = e.span().map_or(1, |span| {
+                text[..span.start.min(text.len())].matches('\n').count() + 1
+            });
+            LoadError::File(format!(
+                "{shown} is not valid TOML (line {line}): {}",
+                e.message().trim_end()
+            ))
+        })?;
+        let mut values = std::collections::HashMap::new();
+        for (key, value) in table {
+            let arg = command.get_arguments().find(|a| {
+                a.get_long() == Some(key.as_str())
+                    && !matches!(key.as_str(), "config" | "help" | "version")
+            });
+            let Some(arg) = arg else {
+                let hint = command
+                    .get_arguments()
+                    .filter_map(Arg::get_long)
+                    .find(|long| *long == key.replace('_', "-"))
+                    .map(|long| format!(" (did you mean {long}?)"))
+                    .unwrap_or_default();
+                return Err(LoadError::File(format!(
+                    "unknown setting \"{key}\" in {shown}{hint}: settings are named as the long flags of pere-server --help"
+                )));
+            };
+            let many = matches!(arg.get_action(), ArgAction::Append);
+            let texts = match value {
+                toml::Value::Array(items) if many => items
+                    .into_iter()
+                    .map(|v| scalar(&key, v, &shown))
+                    .collect::<Result<_, _>>()?,
+                toml::Value::Array(_) => {
+                    return Err(LoadError::File(format!(
+                        "{key} in {shown} takes one value, not a list"
+                    )));
+                }
+                other => vec![scalar(&key, other, &shown)?],
+            };
+            values.insert(key, texts);
+        }
+        Ok(SettingsFile {
+            path: path.to_owned(),
+            values,
+        })
+    }
+}
+
+/// A TOML value as the text a flag would be given.
+fn scalar(
+    key: &str,
+    value: toml::Value,
+    file: &std::path::Display<'_>,
+) -> Result<String, LoadError> {
+    Ok(match value {
+        toml::Value::String(text) => text,
+        toml::Value::Integer(n) => n.to_string(),
+        toml::Value::Float(x) => x.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        toml::Value::Datetime(d) => d.to_string(),
+        toml::Value::Array(_) | toml::Value::Table(_) => {
+            return Err(LoadError::File(format!(
+                "{key} in {file} takes a value, not a list or a table"
+            )));
+        }
+    })
 }
 
 /// Parses `90s`, `30m`, `12h`, `7d` or a bare number of seconds.
@@ -435,6 +743,21 @@ mod tests {
         );
         assert!(parse_duration("1w").is_err());
         assert!(parse_duration("x").is_err());
+    }
+
+    #[test]
+    fn every_setting_has_its_variable() {
+        for arg in Config::command().get_arguments() {
+            let Some(long) = arg.get_long().filter(|l| !matches!(*l, "help" | "version")) else {
+                continue;
+            };
+            let expected = format!("PERE_{}", long.to_uppercase().replace('-', "_"));
+            assert_eq!(
+                arg.get_env().and_then(OsStr::to_str),
+                Some(expected.as_str()),
+                "--{long} needs env = \"{expected}\""
+            );
+        }
     }
 
     #[test]

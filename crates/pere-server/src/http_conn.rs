@@ -1,6 +1,7 @@
-//! Connections served by hyper: every connection except those that open with a feed request
-//! (see [`crate::feed_conn`]). Each request passes the door, then its handler; the answer gets
-//! its CORS headers, and a refusal its log line, here.
+//! Connections served by hyper: every connection except plain ones that open with an HTTP/1.1
+//! feed request (see [`crate::feed_conn`]), over TCP or TLS, in HTTP/1.1 or HTTP/2 (told apart by
+//! the connection's first bytes: HTTP/2's preface). Each request passes the door, then its
+//! handler; the answer gets its CORS headers, and a refusal its log line, here.
 
 use std::convert::Infallible;
 use std::io::{self, IoSlice};
@@ -13,15 +14,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::{Method, Request, Response, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::Watcher;
 use pere_core::Store;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::config::Config;
 use crate::response::{self, add_cors, ResponseBody};
 use crate::sse_body::ConnectionCloser;
 use crate::state::AppState;
@@ -30,30 +32,61 @@ use crate::{door, handlers, route};
 /// The largest read buffer of a connection, and so the largest request head.
 const MAX_READ_BUFFER: usize = 16 * 1024;
 
-/// Serves a connection with hyper until it closes, the server shuts down, or a lagging feed asks
-/// for it to be closed.
-pub async fn serve<S: Store>(
-    state: Arc<AppState<S>>,
-    io: Rewind,
-    watcher: Watcher,
-    peer: SocketAddr,
-) {
-    let closer = ConnectionCloser::default();
-    let on_close = closer.clone();
-    let service = service_fn(move |request: Request<Incoming>| {
-        let state = state.clone();
-        // Only streams (GETs) may need to close their connection.
-        let closer = (request.method() == Method::GET).then(|| closer.clone());
-        async move { Ok::<_, Infallible>(answer(&state, peer, request, closer).await) }
-    });
-    let connection = http1::Builder::new()
+/// How hyper serves connections: HTTP/1.1 and HTTP/2 (by the client's first bytes), each within
+/// the server's bounds. Made once, shared by every connection.
+pub type Builder = auto::Builder<TokioExecutor>;
+
+/// The builder the settings ask for.
+pub fn builder(config: &Config) -> Builder {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
         .timer(TokioTimer::new())
         // A client that never finishes its headers must not hold a connection forever.
         .header_read_timeout(Duration::from_secs(30))
         // Request heads are small; a bigger read buffer would stay with the connection (a feed
         // holds its connection for hours). Larger heads are refused with 431.
-        .max_buf_size(MAX_READ_BUFFER)
-        .serve_connection(TokioIo::new(io), service);
+        .max_buf_size(MAX_READ_BUFFER);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        // Every stream also takes its place in the server's counts; this bounds what one
+        // connection may open, as one HTTP/1.1 connection holds one request.
+        .max_concurrent_streams(config.max_streams_per_connection.max(1))
+        .max_header_list_size(MAX_READ_BUFFER as u32)
+        // A peer that stops answering pings is gone (or reads nothing): its streams would
+        // otherwise wait for it until TCP gives up, minutes later.
+        .keep_alive_interval(Duration::from_secs(config.keep_alive_secs.max(1)))
+        .keep_alive_timeout(H2_PING_TIMEOUT);
+    builder
+}
+
+/// How long an HTTP/2 peer has to answer a ping before its connection is closed.
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Serves a connection with hyper until it closes, the server shuts down, or a lagging HTTP/1.1
+/// feed asks for it to be closed.
+pub async fn serve<S, I>(
+    state: Arc<AppState<S>>,
+    io: I,
+    builder: Arc<Builder>,
+    watcher: Watcher,
+    peer: SocketAddr,
+) where
+    S: Store,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let closer = ConnectionCloser::default();
+    let on_close = closer.clone();
+    let service = service_fn(move |request: Request<Incoming>| {
+        let state = state.clone();
+        // Only streams (GETs) may need to close their connection, and only on HTTP/1.1: an
+        // HTTP/2 connection carries other streams, and a lagging one ends alone.
+        let closes = request.method() == Method::GET && request.version() < Version::HTTP_2;
+        let closer = closes.then(|| closer.clone());
+        async move { Ok::<_, Infallible>(answer(&state, peer, request, closer).await) }
+    });
+    let connection = builder.serve_connection(TokioIo::new(io), service);
     let connection = watcher.watch(connection);
     // A client that vanishes mid-request is its own business, not an error of the server.
     tokio::select! {
@@ -140,7 +173,7 @@ pub async fn serve_metrics<S: Store>(listener: TcpListener, state: Arc<AppState<
                     Ok::<_, Infallible>(response)
                 }
             });
-            let connection = http1::Builder::new()
+            let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(30))
                 .max_buf_size(MAX_READ_BUFFER)

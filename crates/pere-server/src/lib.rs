@@ -3,7 +3,8 @@
 //! Layout, each module above the ones it uses:
 //! - [`server`]: the accept loop; hands each connection to [`feed_conn`] or [`http_conn`];
 //! - [`feed_conn`]: connections that open with a feed request, served without hyper's buffers;
-//! - [`http_conn`]: every other connection, served by hyper;
+//! - [`http_conn`]: every other connection (HTTP/1.1 or HTTP/2, plain or TLS), served by hyper;
+//! - [`tls`]: the certificate and key, and the handshake offering HTTP/2 by ALPN;
 //! - [`handlers`]: one handler per endpoint, one core operation each;
 //! - [`door`]: the one admission point of every request, on either kind of connection;
 //! - [`auth`]: the security mode, token claims and channel patterns, verifying and minting tokens;
@@ -45,8 +46,9 @@ pub mod server;
 pub mod sse_body;
 pub mod state;
 pub mod streams;
+pub mod tls;
 pub mod webhook;
 
 pub use config::Config;
-pub use server::run;
+pub use server::{run, run_with};
 pub use state::{retention, AppState};

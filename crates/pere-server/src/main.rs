@@ -5,13 +5,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::Parser as _;
 use pere_core::store::{Durability, SqliteOptions, SqliteStore};
 use pere_core::{MemoryStore, Store};
 use pere_server::auth::{Grants, Minter, Mode};
-use pere_server::config::{Command, DurabilityLevel, StoreKind, TokenArgs};
+use pere_server::config::{Command, DurabilityLevel, LoadError, StoreKind, TokenArgs};
 use pere_server::metrics::Metrics;
-use pere_server::{http_conn, limits, logging, retention, run, AppState, Config};
+use pere_server::tls::{self, TlsAcceptor};
+use pere_server::{http_conn, limits, logging, retention, run_with, AppState, Config};
 use tokio::net::{TcpListener, TcpSocket};
 
 /// Threads for blocking work (SQLite reads). Tokio's default, 512, let a burst of thousands of
@@ -20,15 +20,20 @@ use tokio::net::{TcpListener, TcpSocket};
 const BLOCKING_THREADS: usize = 16;
 
 fn main() -> ExitCode {
-    let config = match Config::try_parse() {
+    let config = match Config::load(std::env::args_os()) {
         Ok(config) => config,
         // A usage error in one line, with exit status 2 as clap gives it; `--help` and
         // `--version` print as usual.
-        Err(err) if err.use_stderr() => {
+        Err(LoadError::Usage(err)) if err.use_stderr() => {
             eprintln!("{}", usage_line(&err.render().to_string()));
             return ExitCode::from(2);
         }
-        Err(err) => err.exit(),
+        Err(LoadError::Usage(err)) => err.exit(),
+        Err(err) => {
+            // One line naming the setting and where its value came from.
+            eprintln!("pere-server: {err} (see pere-server --help)");
+            return ExitCode::from(2);
+        }
     };
     let outcome = match &config.command {
         Some(Command::Token(args)) => mint(&config, args),
@@ -106,6 +111,7 @@ fn mint(config: &Config, args: &TokenArgs) -> anyhow::Result<()> {
 
 fn serve_main(config: Config) -> anyhow::Result<()> {
     let mode = config.mode().map_err(anyhow::Error::msg)?;
+    let tls = tls::acceptor(&config).map_err(anyhow::Error::msg)?;
     let log = logging::init(&config).map_err(anyhow::Error::msg)?;
     // Before the state reads the limit: thousands of feeds need more than the usual 1,024.
     limits::raise_open_files();
@@ -114,7 +120,7 @@ fn serve_main(config: Config) -> anyhow::Result<()> {
         .max_blocking_threads(BLOCKING_THREADS)
         .build()
         .context("cannot start the runtime")?
-        .block_on(serve_with(config, mode));
+        .block_on(serve_with(config, mode, tls));
     if log.dropped_lines() > 0 {
         tracing::warn!(
             "{} log lines were dropped because the log could not keep up",
@@ -126,7 +132,7 @@ fn serve_main(config: Config) -> anyhow::Result<()> {
     served
 }
 
-async fn serve_with(config: Config, mode: Mode) -> anyhow::Result<()> {
+async fn serve_with(config: Config, mode: Mode, tls: Option<TlsAcceptor>) -> anyhow::Result<()> {
     let listener = listen(SocketAddr::new(config.host, config.port))
         .with_context(|| {
             format!(
@@ -141,6 +147,7 @@ async fn serve_with(config: Config, mode: Mode) -> anyhow::Result<()> {
                 MemoryStore::new(retention(&config)),
                 config,
                 mode,
+                tls,
                 |_| {},
             )
             .await
@@ -164,7 +171,7 @@ async fn serve_with(config: Config, mode: Mode) -> anyhow::Result<()> {
                 let metrics = metrics.clone();
                 hooked.on_commit(move |took, writes| metrics.committed(took, writes));
             };
-            serve(listener, store.clone(), config, mode, count_commits).await?;
+            serve(listener, store.clone(), config, mode, tls, count_commits).await?;
             // Every acknowledged write is already committed; this waits for the writer to stop.
             store.close().await;
             Ok(())
@@ -177,6 +184,7 @@ async fn serve<S: Store>(
     store: S,
     config: Config,
     mode: Mode,
+    tls: Option<TlsAcceptor>,
     count_commits: impl FnOnce(&Arc<Metrics>),
 ) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
@@ -203,7 +211,8 @@ async fn serve<S: Store>(
     let state = AppState::new(store, config, mode);
     count_commits(&state.metrics);
     // Tests and scripts read the bound address from this first line, written before any log line.
-    println!("PERE server listening on http://{address} (store: {what})");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("PERE server listening on {scheme}://{address} (store: {what})");
     tracing::info!("{}", state.mode.describe());
     if let Some(metrics_listener) = metrics_listener {
         tracing::info!(
@@ -230,7 +239,7 @@ async fn serve<S: Store>(
         tracing::info!("PERE server shutting down");
         shutdown.cancel();
     });
-    run(listener, state).await?;
+    run_with(listener, state, tls).await?;
     tracing::info!("PERE server stopped");
     Ok(())
 }

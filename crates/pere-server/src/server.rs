@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 
 use crate::http_conn::{self, Rewind};
 use crate::state::AppState;
+use crate::tls::{self, TlsAcceptor};
 use crate::{feed_conn, webhook};
 
 /// The first pause after a failed accept, and the longest.
@@ -43,8 +44,9 @@ impl Drop for ExpiryTask {
     }
 }
 
-/// Serves connections from `listener` until `state.shutdown` is cancelled, then stops accepting,
-/// ends every stream, and waits up to the configured timeout for open requests to finish.
+/// Serves plain HTTP (HTTP/1.1, and HTTP/2 with prior knowledge) from `listener` until
+/// `state.shutdown` is cancelled, then stops accepting, ends every stream, and waits up to the
+/// configured timeout for open requests to finish.
 ///
 /// At most `--max-connections` connections are open at once; streams leave
 /// `--connection-reserve` of them to short requests (see [`crate::limits`]).
@@ -53,7 +55,21 @@ impl Drop for ExpiryTask {
 /// Never in practice: accept errors (such as running out of file descriptors) are logged once
 /// and retried after a growing pause.
 pub async fn run<S: Store>(listener: TcpListener, state: Arc<AppState<S>>) -> std::io::Result<()> {
+    run_with(listener, state, None).await
+}
+
+/// As [`run`], over TLS when `tls` is given: every connection's handshake first, then hyper
+/// (HTTP/2 or HTTP/1.1, as ALPN agreed); the dedicated feed loop serves plain connections only.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with<S: Store>(
+    listener: TcpListener,
+    state: Arc<AppState<S>>,
+    tls: Option<TlsAcceptor>,
+) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
+    let builder = Arc::new(http_conn::builder(&state.config));
     let _expiry = ExpiryTask(tokio::spawn(expire_recipients(state.clone())));
     state.metrics.observe(&state.hub, state.shutdown.clone());
     if let Some(url) = &state.config.receipt_webhook {
@@ -95,15 +111,41 @@ pub async fn run<S: Store>(listener: TcpListener, state: Arc<AppState<S>>) -> st
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let mut stream = stream;
+            // The hyper paths are boxed: a task's future is as large as its largest state, and
+            // a dedicated feed, which lives for hours, must not carry room for a TLS session or
+            // an HTTP/2 connection (3.6 KiB more per feed when inline).
+            if let Some(tls) = tls {
+                // rustls keeps buffers of its own for the connection's life, so the feed loop
+                // would save nothing here: hyper serves every TLS connection.
+                Box::pin(async move {
+                    if let Ok(Ok(stream)) =
+                        tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, tls.accept(stream)).await
+                    {
+                        http_conn::serve(state, stream, builder, watcher, peer).await;
+                    }
+                })
+                .await;
+                return;
+            }
             match feed_conn::read_first_request(&mut stream).await {
                 Ok(feed_conn::FirstRequest::Feed(request)) => {
                     feed_conn::serve(state, stream, request, peer).await
                 }
+                // Any other request, and HTTP/2's preface, go to hyper.
                 Ok(feed_conn::FirstRequest::Other(prefix)) => {
-                    http_conn::serve(state, Rewind::new(prefix, stream), watcher, peer).await;
+                    Box::pin(http_conn::serve(
+                        state,
+                        Rewind::new(prefix, stream),
+                        builder,
+                        watcher,
+                        peer,
+                    ))
+                    .await;
                 }
                 // Nothing sensible arrived in time: nothing to answer.
                 Err(_) => {}

@@ -19,9 +19,10 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use crate::activity;
 use crate::limits::StreamSlot;
 
-/// Closes the connection a request came on. A feed cut for being too slow closes its connection
-/// rather than waiting for a peer that does not read to drain the frames already written; the
-/// client resumes with Last-Event-ID and loses nothing.
+/// Closes the HTTP/1.1 connection a request came on. A feed cut for being too slow closes its
+/// connection rather than waiting for a peer that does not read to drain the frames already
+/// written; the client resumes with Last-Event-ID and loses nothing. (An HTTP/2 connection
+/// carries other streams: a stream cut there ends alone.)
 #[derive(Debug, Clone, Default)]
 pub struct ConnectionCloser(CancellationToken);
 

@@ -1,0 +1,185 @@
+//! Settings from a configuration file, the environment and the command line, with the real
+//! binary: which source wins, and how a wrong value or key is named.
+
+use std::path::Path;
+
+use pere_e2e::{bin_path, Proc};
+use tokio::process::Command;
+
+/// The variables these tests set; removed from the child's environment unless a test gives them.
+const VARIABLES: [&str; 4] = [
+    "PERE_HOST",
+    "PERE_STORE",
+    "PERE_MAX_CONNECTIONS",
+    "PERE_CONFIG",
+];
+
+fn server(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(bin_path("pere-server"));
+    for name in VARIABLES {
+        command.env_remove(name);
+    }
+    command.args(args).envs(env.iter().copied());
+    command
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write config file");
+    path.to_str().expect("UTF-8 path").to_owned()
+}
+
+/// The first line of a server started so: its address and store.
+async fn first_line(args: &[&str], env: &[(&str, &str)]) -> String {
+    let proc = Proc::start_with(&mut server(args, env));
+    proc.wait_line(|l| l.contains("listening on")).await
+}
+
+/// A server that must refuse to start: its exit code and its stderr.
+async fn refusal(args: &[&str], env: &[(&str, &str)]) -> (i32, Vec<String>) {
+    let mut proc = Proc::start_with(&mut server(args, env));
+    let code = proc.wait_exit().await;
+    assert!(
+        proc.lines().is_empty(),
+        "nothing on stdout: {:?}",
+        proc.lines()
+    );
+    (code, proc.errors())
+}
+
+#[tokio::test]
+async fn a_flag_beats_its_variable_which_beats_the_file_which_beats_the_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "pere.toml",
+        "host = \"127.0.0.2\"\nstore = \"memory\"\nport = 0\n",
+    );
+    let line = first_line(&["--config", &file], &[]).await;
+    assert!(
+        line.contains("http://127.0.0.2:") && line.contains("(store: memory)"),
+        "the file's settings: {line}"
+    );
+
+    let line = first_line(&["--config", &file], &[("PERE_HOST", "127.0.0.3")]).await;
+    assert!(
+        line.contains("http://127.0.0.3:") && line.contains("(store: memory)"),
+        "the variable over the file: {line}"
+    );
+
+    let line = first_line(
+        &["--config", &file, "-o", "127.0.0.4"],
+        &[("PERE_HOST", "127.0.0.3")],
+    )
+    .await;
+    assert!(
+        line.contains("http://127.0.0.4:"),
+        "the flag over the variable: {line}"
+    );
+
+    // The file named by the variable, and the defaults for what no source gives.
+    let only_port = write(dir.path(), "port.toml", "port = 0\nstore = \"memory\"\n");
+    let line = first_line(&[], &[("PERE_CONFIG", &only_port)]).await;
+    assert!(
+        line.contains("http://127.0.0.1:"),
+        "the default host: {line}"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_value_is_named_with_its_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "pere.toml",
+        "max-connections = \"abc\"\nstore = \"memory\"\nport = 0\n",
+    );
+    let (code, errors) = refusal(&["--config", &file], &[]).await;
+    assert_eq!(code, 2);
+    assert_eq!(errors, [format!("pere-server: invalid value \"abc\" for max-connections in {file}: invalid digit found in string (see pere-server --help)")]);
+
+    let (code, errors) = refusal(&["--config", &file], &[("PERE_MAX_CONNECTIONS", "12x")]).await;
+    assert_eq!(code, 2);
+    assert_eq!(
+        errors,
+        ["pere-server: invalid value \"12x\" for max-connections in PERE_MAX_CONNECTIONS: invalid digit found in string (see pere-server --help)"]
+    );
+
+    let (code, errors) = refusal(
+        &["--config", &file, "--max-connections", "lots"],
+        &[("PERE_MAX_CONNECTIONS", "12x")],
+    )
+    .await;
+    assert_eq!(code, 2);
+    assert_eq!(errors, ["pere-server: invalid value \"lots\" for max-connections in --max-connections: invalid digit found in string (see pere-server --help)"]);
+
+    // Kinds of value other than numbers: a choice and a flag.
+    let choice = write(dir.path(), "store.toml", "store = \"disk\"\n");
+    let (_, errors) = refusal(&["--config", &choice], &[]).await;
+    assert_eq!(errors, [format!("pere-server: invalid value \"disk\" for store in {choice}: expected one of sqlite, memory (see pere-server --help)")]);
+    let (_, errors) = refusal(&["-p", "0"], &[("PERE_STORE", "disk")]).await;
+    assert_eq!(errors, ["pere-server: invalid value \"disk\" for store in PERE_STORE: expected one of sqlite, memory (see pere-server --help)"]);
+
+    // A value the flag beats is not looked at.
+    let line = first_line(
+        &["--config", &file, "--max-connections", "50"],
+        &[("PERE_MAX_CONNECTIONS", "12x")],
+    )
+    .await;
+    assert!(line.contains("listening on"));
+}
+
+#[tokio::test]
+async fn the_file_names_only_settings_there_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "pere.toml", "port = 0\nmax_connections = 10\n");
+    let (code, errors) = refusal(&["--config", &file], &[]).await;
+    assert_eq!(code, 2);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with(&format!("pere-server: unknown setting \"max_connections\" in {file} (did you mean max-connections?)")),
+        "{errors:?}"
+    );
+
+    let file = write(dir.path(), "typo.toml", "[server]\nport = 0\n");
+    let (_, errors) = refusal(&["--config", &file], &[]).await;
+    assert!(
+        errors[0].starts_with(&format!(
+            "pere-server: unknown setting \"server\" in {file}"
+        )),
+        "{errors:?}"
+    );
+
+    let broken = write(dir.path(), "broken.toml", "port = 0\nstore = memory\n");
+    let (code, errors) = refusal(&["--config", &broken], &[]).await;
+    assert_eq!(code, 2);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with(&format!("pere-server: {broken} is not valid TOML (line 2)")),
+        "{errors:?}"
+    );
+
+    let missing = dir.path().join("missing.toml");
+    let (_, errors) = refusal(&["--config", missing.to_str().unwrap()], &[]).await;
+    assert!(
+        errors[0].starts_with("pere-server: cannot read the config file"),
+        "{errors:?}"
+    );
+}
+
+#[tokio::test]
+async fn help_says_where_settings_come_from() {
+    let mut proc = Proc::start_with(&mut server(&["--help"], &[]));
+    assert_eq!(proc.wait_exit().await, 0);
+    let help = proc.lines().join("\n");
+    assert!(
+        help.contains("--config <FILE>") && help.contains("[env: PERE_MAX_CONNECTIONS="),
+        "{help}"
+    );
+    assert!(
+        help.contains(
+            "A flag beats its variable, a variable beats the file, the file beats the default"
+        ),
+        "{help}"
+    );
+}
