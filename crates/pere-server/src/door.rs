@@ -125,7 +125,7 @@ pub fn admit<'a, S: Store>(
     };
     // A HEAD of a stream opens nothing, so it takes no place.
     let stream = match route {
-        Route::Feed(_) | Route::Receipts(_) | Route::Presence(_) if method == Method::GET => {
+        Route::Feed(_) | Route::Receipts(_) | Route::Presence(_) | Route::AdminStream if method == Method::GET => {
             Some(state.limits.stream(caller.device.as_ref())?)
         }
         _ => None,
@@ -134,12 +134,19 @@ pub fn admit<'a, S: Store>(
     Ok(Admitted { route, caller, query, stream })
 }
 
-/// The routes anyone may ask for: the banner, the page (which then asks for a token), health, and
+/// The routes anyone may ask for: the banner, the pages (which then ask for a token), health, and
 /// CORS preflights (a browser sends no credentials with those).
 fn is_public(route: &Route<'_>) -> bool {
     matches!(
         route,
-        Route::Root | Route::SubscriberPage | Route::Health | Route::Healthz | Route::Readyz | Route::Favicon | Route::Preflight
+        Route::Root
+            | Route::SubscriberPage
+            | Route::Dashboard
+            | Route::Health
+            | Route::Healthz
+            | Route::Readyz
+            | Route::Favicon
+            | Route::Preflight
     )
 }
 
@@ -177,6 +184,7 @@ fn authorize(route: &Route<'_>, device: &DeviceId, grants: &Grants) -> Result<()
     let allowed = match route {
         Route::Root
         | Route::SubscriberPage
+        | Route::Dashboard
         | Route::Health
         | Route::Healthz
         | Route::Readyz
@@ -191,6 +199,7 @@ fn authorize(route: &Route<'_>, device: &DeviceId, grants: &Grants) -> Result<()
             grants.admin || (*owner == device.as_str() && grants.may_subscribe(channel))
         }
         Route::AdminConnections
+        | Route::AdminStream
         | Route::AdminEvents(_)
         | Route::AdminDevices(_)
         | Route::AdminReceipts(..)
@@ -265,6 +274,7 @@ mod tests {
         assert!(!ok(Route::Feed("p.1")));
         assert!(ok(Route::DevicePending("s", "D1")) && !ok(Route::DevicePending("s", "D2")));
         assert!(!ok(Route::AdminConnections) && !ok(Route::Events("s")) && !ok(Route::RegisterDevice("s", "D1")));
+        assert!(!ok(Route::AdminStream) && ok(Route::Dashboard), "the page is public, its stream is not");
         let admin = Grants { admin: true, ..Grants::default() };
         assert!(authorize(&Route::AdminDevices("x"), &device, &admin).is_ok());
         assert!(authorize(&Route::DevicePending("x", "D9"), &device, &admin).is_ok());

@@ -17,6 +17,7 @@ use pere_core::wire::{
 use pere_core::{DeviceId, NewEvent, Store};
 
 use crate::activity;
+use crate::dashboard;
 use crate::door::{Admitted, Caller};
 use crate::error::ApiError;
 use crate::request::{self, Query};
@@ -51,10 +52,18 @@ pub async fn dispatch<S: Store>(
             request::channel(channel)?;
             return Ok(response::sse(response::empty()));
         }
+        if route == Route::AdminStream {
+            return Ok(response::sse(response::empty()));
+        }
     }
     match route {
         Route::Root => Ok(root(headers)),
         Route::SubscriberPage => Ok(response::html(SUBSCRIBER_PAGE)),
+        Route::Dashboard => Ok(response::html(dashboard::PAGE)),
+        Route::AdminStream => {
+            let channel = query.get(&["channel"]).filter(|c| !c.is_empty()).map(request::channel).transpose()?;
+            Ok(sse(dashboard::stream(state, channel, streams::context(state, closer, stream)).await?))
+        }
         Route::Health | Route::Healthz => Ok(response::json(StatusCode::OK, &Health { status: "ok".to_owned() })),
         Route::Readyz => Ok(readiness(state).await),
         Route::Push(channel) => push(state, channel, caller.device, &query, headers, body).await,

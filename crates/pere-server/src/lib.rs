@@ -5,6 +5,7 @@
 //! - [`feed_conn`]: connections that open with a feed request, served without hyper's buffers;
 //! - [`http_conn`]: every other connection, served by hyper;
 //! - [`handlers`]: one handler per endpoint, one core operation each;
+//! - [`dashboard`]: the dashboard page and its stream of admin events;
 //! - [`door`]: the one admission point of every request, on either kind of connection;
 //! - [`auth`]: the security mode, token claims and channel patterns, verifying and minting tokens;
 //! - [`streams`]: the event feed, receipt stream and presence stream, opened and framed;
@@ -25,6 +26,7 @@
 pub mod activity;
 pub mod auth;
 pub mod config;
+pub mod dashboard;
 pub mod door;
 pub mod error;
 pub mod feed_conn;

@@ -45,6 +45,11 @@ pub enum Route<'a> {
     Receipts(&'a str),
     /// `GET /presence/:channel`: the presence stream (SSE).
     Presence(&'a str),
+    /// `GET /dashboard`: the live dashboard page.
+    Dashboard,
+    /// `GET /admin/stream`: the dashboard's stream of admin events (SSE; `?channel=` for one
+    /// channel's devices and receipts).
+    AdminStream,
     /// `OPTIONS` on any path: a CORS preflight.
     Preflight,
 }
@@ -76,6 +81,8 @@ impl<'a> Route<'a> {
             ["feed", channel] => (Route::Feed(channel), "GET"),
             ["feedback", channel] => (Route::Feedback(channel), "POST"),
             ["admin", "connections"] => (Route::AdminConnections, "GET"),
+            ["admin", "stream"] => (Route::AdminStream, "GET"),
+            ["dashboard"] => (Route::Dashboard, "GET"),
             ["admin", "events", channel] => (Route::AdminEvents(channel), "GET"),
             ["admin", "devices", channel] => (Route::AdminDevices(channel), "GET"),
             ["admin", "receipts", channel, id] => (Route::AdminReceipts(channel, id), "GET"),
@@ -111,6 +118,8 @@ mod tests {
         assert_eq!(Route::parse(&Method::GET, "/feed/C1"), Ok(Route::Feed("C1")));
         assert_eq!(Route::parse(&Method::GET, "/admin/receipts/C1/7"), Ok(Route::AdminReceipts("C1", "7")));
         assert_eq!(Route::parse(&Method::GET, "/"), Ok(Route::Root));
+        assert_eq!(Route::parse(&Method::GET, "/dashboard"), Ok(Route::Dashboard));
+        assert_eq!(Route::parse(&Method::GET, "/admin/stream"), Ok(Route::AdminStream));
         assert_eq!(Route::parse(&Method::GET, "/push/C1"), Err(NoRoute::MethodNotAllowed("POST")));
         assert_eq!(Route::parse(&Method::GET, "/feed/C1/extra"), Err(NoRoute::NotFound));
         assert_eq!(Route::parse(&Method::GET, "/nowhere"), Err(NoRoute::NotFound));
