@@ -186,6 +186,7 @@ async fn every_endpoint_against_every_kind_of_token_on_both_kinds_of_connection(
     let endpoints: &[(&str, &str, Option<&str>, Needs)] = &[
         ("GET", "/", None, Needs::Nothing),
         ("GET", "/subscriber.html", None, Needs::Nothing),
+        ("GET", "/pere.js", None, Needs::Nothing),
         ("GET", "/health", None, Needs::Nothing),
         ("POST", "/push/A", Some("{\"n\":2}"), Needs::Publish),
         ("GET", "/feed/A", None, Needs::Subscribe),

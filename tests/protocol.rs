@@ -229,11 +229,29 @@ async fn feed_headers_root_banner_page_and_cors(store: StoreUnderTest) {
     assert_eq!(banner, json!({"message": "PERE server up and running"}));
     let page = server.http.get(server.url("/")).header("accept", "text/html").send().await.unwrap();
     assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert_eq!(page.headers()["vary"], "Accept", "the page and the banner share a URL");
     let html = page.text().await.unwrap();
-    assert!(html.contains("EventSource") && html.contains("/feedback/"));
+    assert!(html.contains("from '/pere.js'"), "the page is built on pere.js");
     assert!(!html.contains("http://") && !html.contains("https://"), "the page loads nothing from elsewhere");
     let page = server.http.get(server.url("/subscriber.html")).send().await.unwrap().text().await.unwrap();
     assert_eq!(page, html);
+
+    // pere.js: public, a module, revalidated with its ETag.
+    let script = server.http.get(server.url("/pere.js")).send().await.unwrap();
+    assert_eq!(script.status(), 200);
+    assert_eq!(script.headers()["content-type"], "text/javascript; charset=utf-8");
+    assert_eq!(script.headers()["cache-control"], "no-cache");
+    let etag = script.headers()["etag"].clone();
+    let source = script.text().await.unwrap();
+    assert!(
+        source.contains("new this.EventSource(")
+            && source.contains("/feedback/")
+            && source.contains("export function subscribe")
+    );
+    let cached = server.http.get(server.url("/pere.js")).header("if-none-match", etag.clone()).send().await.unwrap();
+    assert_eq!(cached.status(), 304);
+    assert_eq!(cached.headers()["etag"], etag);
+    assert!(cached.text().await.unwrap().is_empty());
 
     let preflight = server
         .http
@@ -353,7 +371,8 @@ async fn feeds_work_on_a_dedicated_connection_and_after_other_requests_on_the_sa
     assert!(text.starts_with("http/1.1 200 ok\r\n"), "{text}");
     assert!(text.contains("content-type: text/event-stream"));
     assert!(text.contains("access-control-allow-origin: https://app.example"));
-    assert!(text.contains("\r\n\r\nretry: 3000\n\nid: 1\ndata: one\n\n"), "{text}");
+    // The retry hint opens the first event's block: no block without data (see tests/interop.rs).
+    assert!(text.contains("\r\n\r\nretry: 3000\nid: 1\ndata: one\n\n"), "{text}");
 
     // A bad feed request on such a connection gets the JSON error, then the connection closes.
     let mut bad = tokio::net::TcpStream::connect(server.host_port()).await.unwrap();
@@ -378,6 +397,8 @@ async fn feeds_work_on_a_dedicated_connection_and_after_other_requests_on_the_sa
     let text = String::from_utf8_lossy(&seen);
     assert!(text.contains("\"status\": \"ok\""), "{text}");
     assert!(text.contains("text/event-stream"), "{text}");
+    // The same opening through hyper (chunked): the retry hint, no blank line, then the event.
+    assert!(text.contains("retry: 3000\n\r\n") && !text.contains("retry: 3000\n\n"), "{text}");
 
     // Connections that close before a complete request cost nothing and break nothing.
     drop(tokio::net::TcpStream::connect(server.host_port()).await.unwrap());

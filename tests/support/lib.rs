@@ -5,6 +5,7 @@
 //! event received, an HTTP answer) under a timeout, so a failure shows as a clear panic.
 #![deny(missing_docs, missing_debug_implementations)]
 
+pub mod node;
 pub mod scripted;
 
 use std::path::PathBuf;
@@ -44,6 +45,8 @@ pub struct Proc {
     errors: Arc<Mutex<Vec<String>>>,
     changed: Arc<Notify>,
     readers: Vec<tokio::task::JoinHandle<()>>,
+    // Open when the process was started to be told things (`start_talking`).
+    stdin: Option<tokio::process::ChildStdin>,
     // The child's config directory, unless the test gave one: removed when this is dropped.
     _config: Option<tempfile::TempDir>,
 }
@@ -58,6 +61,28 @@ impl Proc {
     /// fresh temporary one (and no `PERE_DEVICE` from the test's environment), so a tool that
     /// keeps its device id there never writes into the real home.
     pub fn start_with(command: &mut Command) -> Proc {
+        Self::spawn(command, false)
+    }
+
+    /// Starts a prepared command with its stdin open, for [`Proc::tell`].
+    pub fn start_talking(command: &mut Command) -> Proc {
+        Self::spawn(command, true)
+    }
+
+    /// Writes `line` and a newline to the process's stdin.
+    pub async fn tell(&mut self, line: &str) {
+        use tokio::io::AsyncWriteExt as _;
+        let stdin = self.stdin.as_mut().expect("a process started with start_talking");
+        stdin.write_all(format!("{line}\n").as_bytes()).await.expect("write to the process");
+        stdin.flush().await.expect("flush to the process");
+    }
+
+    /// Closes the process's stdin: it reads the end of its input.
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    fn spawn(command: &mut Command, talking: bool) -> Proc {
         let given = |command: &Command, name: &str| command.as_std().get_envs().any(|(k, _)| k == name);
         let config = if given(command, "XDG_CONFIG_HOME") {
             None
@@ -70,7 +95,7 @@ impl Proc {
             command.env_remove("PERE_DEVICE");
         }
         let mut child = command
-            .stdin(Stdio::null())
+            .stdin(if talking { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -81,6 +106,7 @@ impl Proc {
         let changed = Arc::new(Notify::new());
         let stdout = child.stdout.take().expect("stdout");
         let stderr = child.stderr.take().expect("stderr");
+        let stdin = child.stdin.take();
         let mut readers = Vec::new();
         for (pipe, sink) in [(Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Send + Unpin>, lines.clone()), (Box::new(stderr), errors.clone())] {
             let changed = changed.clone();
@@ -93,7 +119,7 @@ impl Proc {
                 changed.notify_waiters();
             }));
         }
-        Proc { child, lines, errors, changed, readers, _config: config }
+        Proc { child, lines, errors, changed, readers, stdin, _config: config }
     }
 
     /// Every stdout line so far.
@@ -240,11 +266,8 @@ impl TestServer {
         all.extend_from_slice(args);
         let proc = Proc::start("pere-server", &all);
         let first = proc.wait_line(|l| l.contains("listening on")).await;
-        let base = first
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .expect("address in the first line")
-            .to_owned();
+        let base =
+            first.split_whitespace().find(|w| w.starts_with("http://")).expect("address in the first line").to_owned();
         TestServer { proc, base, http: reqwest::Client::new(), _data_dir: None }
     }
 

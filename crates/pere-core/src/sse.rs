@@ -21,8 +21,11 @@ pub const GAP_EVENT_TYPE: &str = "pere-gap";
 /// (its history was lost, e.g. a memory store restarted): the ids start over.
 pub const RESET_EVENT_TYPE: &str = "pere-reset";
 
-/// A comment line that keeps idle connections (and the proxies on their way) open.
-pub const KEEP_ALIVE_FRAME: &[u8] = b": keep-alive\n\n";
+/// A comment line that keeps idle connections (and the proxies on their way) open. It ends with no
+/// blank line: a blank line closes a block, and some clients (Python's `httpx-sse`) hand every
+/// closed block that follows an `id:` to the application as a message, even one without data.
+/// A comment alone changes no block, so every client sees exactly the events.
+pub const KEEP_ALIVE_FRAME: &[u8] = b": keep-alive\n";
 
 /// Encodes one event frame: `id`, optional `event`, then the body as `data:` lines.
 pub fn encode_event(id: u64, event_type: Option<&str>, body: &str) -> Bytes {
@@ -65,9 +68,12 @@ fn encode_frame(id: Option<u64>, event_type: Option<&str>, body: &str) -> Bytes 
     out.freeze()
 }
 
-/// Encodes the `retry:` field that tells a client how long to wait before reconnecting.
-pub fn encode_retry(millis: u64) -> Bytes {
-    Bytes::from(format!("retry: {millis}\n\n"))
+/// The first bytes of every stream: the `retry:` field that tells a client how long to wait
+/// before reconnecting, with no blank line after it. A browser applies the field as it reads the
+/// line, and it becomes part of the first event's block: a block of its own would reach clients
+/// that dispatch any block with a field (Python's `httpx-sse`) as an empty message.
+pub fn encode_opening(retry_ms: u64) -> Bytes {
+    Bytes::from(format!("retry: {retry_ms}\n"))
 }
 
 fn count_lines(body: &str) -> usize {
@@ -187,6 +193,25 @@ mod tests {
         let body = "a\nb\r\nc";
         let frame = encode_event(u64::MAX, Some("t"), body);
         assert!(frame.starts_with(b"id: 18446744073709551615\nevent: t\n"));
+    }
+
+    #[test]
+    fn the_opening_and_keep_alives_dispatch_nothing_and_join_the_first_event() {
+        let mut stream = encode_opening(3000).to_vec();
+        stream.extend_from_slice(KEEP_ALIVE_FRAME);
+        stream.extend_from_slice(&encode_event(1, None, "one"));
+        stream.extend_from_slice(KEEP_ALIVE_FRAME);
+        stream.extend_from_slice(KEEP_ALIVE_FRAME);
+        stream.extend_from_slice(&encode_event(2, None, "two"));
+        assert!(!stream.starts_with(b"retry: 3000\n\n") && !stream.windows(3).any(|w| w == b"\n\n\n"));
+        let events = parse(&stream);
+        let ids: Vec<_> = events.iter().map(|e| e.0.clone().unwrap_or_default()).collect();
+        assert_eq!(ids, ["1", "2"]);
+        assert_eq!(
+            stream.iter().filter(|&&b| b == b'\n').count(),
+            1 + 1 + 3 + 2 + 3,
+            "no blank line but the events' own"
+        );
     }
 
     #[test]

@@ -27,11 +27,15 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::error::ApiError;
+use crate::response::{etag, etag_text, Asset};
 use crate::sse_body::{ConnectionCloser, EndReason, SseBody, StreamContext};
 use crate::state::AppState;
 
-/// The dashboard page, embedded so the server stays one self-contained binary.
-pub const PAGE: &str = include_str!("../assets/dashboard.html");
+/// The dashboard page, embedded so the server stays one self-contained binary; it is built on
+/// `pere.js` and revalidated by ETag like the subscriber page.
+pub const PAGE: Asset = Asset { body: PAGE_SOURCE, content_type: "text/html; charset=utf-8", etag: etag_text(&PAGE_ETAG) };
+const PAGE_SOURCE: &str = include_str!("../assets/dashboard.html");
+const PAGE_ETAG: [u8; 18] = etag(PAGE_SOURCE);
 
 /// Events the receipts grid shows: enough to see a pattern, few enough for a phone.
 pub const GRID_EVENTS: usize = 20;

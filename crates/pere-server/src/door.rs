@@ -97,7 +97,10 @@ pub fn admit<'a, S: Store>(
     let query = Query::parse(uri.query());
     let named = request::device(headers, &query)?;
     let caller = match &state.mode {
-        Mode::Tokens { verifier, anonymous_subscribe } if !is_public(&route) => match token(headers, &query)? {
+        Mode::Tokens {
+            verifier,
+            anonymous_subscribe,
+        } if !is_public(&route) => match token(headers, &query)? {
             Some(token) => {
                 let claims = verifier.verify(token).map_err(|err| match err {
                     TokenError::Expired => ApiError::expired_token(),
@@ -109,7 +112,10 @@ pub fn admit<'a, S: Store>(
                     return Err(ApiError::device_mismatch(named.as_str()));
                 }
                 authorize(&route, &device, &claims.pere)?;
-                Caller { device: Some(device), grants: Some(claims.pere) }
+                Caller {
+                    device: Some(device),
+                    grants: Some(claims.pere),
+                }
             }
             None if *anonymous_subscribe && matches!(route, Route::Feed(_)) => {
                 if named.is_some() {
@@ -119,29 +125,48 @@ pub fn admit<'a, S: Store>(
                 }
                 Caller::default()
             }
-            None => return Err(ApiError::missing_token("this server needs a token (Authorization: Bearer)")),
+            None => {
+                return Err(ApiError::missing_token(
+                    "this server needs a token (Authorization: Bearer)",
+                ))
+            }
         },
-        _ => Caller { device: named, grants: None },
+        _ => Caller {
+            device: named,
+            grants: None,
+        },
     };
     // A HEAD of a stream opens nothing, so it takes no place.
     let stream = match route {
-        Route::Feed(_) | Route::Receipts(_) | Route::Presence(_) | Route::AdminStream if method == Method::GET => {
+        Route::Feed(_) | Route::Receipts(_) | Route::Presence(_) | Route::AdminStream
+            if method == Method::GET =>
+        {
             Some(state.limits.stream(caller.device.as_ref())?)
         }
         _ => None,
     };
-    activity::admitted(method.as_str(), path, caller.device.as_ref().map(|d| d.as_str()));
-    Ok(Admitted { route, caller, query, stream })
+    activity::admitted(
+        method.as_str(),
+        path,
+        caller.device.as_ref().map(|d| d.as_str()),
+    );
+    Ok(Admitted {
+        route,
+        caller,
+        query,
+        stream,
+    })
 }
 
-/// The routes anyone may ask for: the banner, the pages (which then ask for a token), health, and
-/// CORS preflights (a browser sends no credentials with those).
+/// The routes anyone may ask for: the banner, the pages (which then ask for a token) and their
+/// script, health, and CORS preflights (a browser sends no credentials with those).
 fn is_public(route: &Route<'_>) -> bool {
     matches!(
         route,
         Route::Root
             | Route::SubscriberPage
             | Route::Dashboard
+            | Route::Script
             | Route::Health
             | Route::Healthz
             | Route::Readyz
@@ -158,7 +183,10 @@ fn is_public(route: &Route<'_>) -> bool {
 fn token<'r>(headers: &'r HeaderMap, query: &'r Query) -> Result<Option<&'r str>, ApiError> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let value = value.to_str().map_err(|_| ApiError::invalid_token())?;
-        let (scheme, token) = value.trim().split_once(' ').ok_or_else(ApiError::invalid_token)?;
+        let (scheme, token) = value
+            .trim()
+            .split_once(' ')
+            .ok_or_else(ApiError::invalid_token)?;
         if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
             return Err(ApiError::invalid_token());
         }
@@ -185,15 +213,17 @@ fn authorize(route: &Route<'_>, device: &DeviceId, grants: &Grants) -> Result<()
         Route::Root
         | Route::SubscriberPage
         | Route::Dashboard
+        | Route::Script
         | Route::Health
         | Route::Healthz
         | Route::Readyz
         | Route::Favicon
         | Route::Preflight => true,
         Route::Push(channel) => grants.may_publish(channel),
-        Route::Feed(channel) | Route::Feedback(channel) | Route::Receipts(channel) | Route::Presence(channel) => {
-            grants.may_subscribe(channel)
-        }
+        Route::Feed(channel)
+        | Route::Feedback(channel)
+        | Route::Receipts(channel)
+        | Route::Presence(channel) => grants.may_subscribe(channel),
         // A device may read what it owes on a channel it may subscribe to.
         Route::DevicePending(channel, owner) => {
             grants.admin || (*owner == device.as_str() && grants.may_subscribe(channel))
@@ -213,7 +243,10 @@ fn authorize(route: &Route<'_>, device: &DeviceId, grants: &Grants) -> Result<()
     }
     Err(ApiError::forbidden(match route {
         Route::Push(channel) => format!("this token may not publish to {channel}"),
-        Route::Feed(channel) | Route::Feedback(channel) | Route::Receipts(channel) | Route::Presence(channel) => {
+        Route::Feed(channel)
+        | Route::Feedback(channel)
+        | Route::Receipts(channel)
+        | Route::Presence(channel) => {
             format!("this token may not subscribe to {channel}")
         }
         _ => "this needs an admin token".to_owned(),
@@ -234,7 +267,10 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (k, v) in pairs {
-            map.append(header::HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            map.append(
+                header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         map
     }
@@ -242,42 +278,89 @@ mod tests {
     #[test]
     fn tokens_are_found_in_the_header_the_query_or_the_cookie() {
         let none = Query::default();
-        assert_eq!(token(&headers(&[("authorization", "Bearer abc")]), &none).unwrap(), Some("abc"));
-        assert_eq!(token(&headers(&[("authorization", "bearer  abc ")]), &none).unwrap(), Some("abc"));
+        assert_eq!(
+            token(&headers(&[("authorization", "Bearer abc")]), &none).unwrap(),
+            Some("abc")
+        );
+        assert_eq!(
+            token(&headers(&[("authorization", "bearer  abc ")]), &none).unwrap(),
+            Some("abc")
+        );
         assert!(token(&headers(&[("authorization", "Basic abc")]), &none).is_err());
         assert!(token(&headers(&[("authorization", "Bearer")]), &none).is_err());
-        assert_eq!(token(&HeaderMap::new(), &Query::parse(Some("access_token=q1"))).unwrap(), Some("q1"));
+        assert_eq!(
+            token(&HeaderMap::new(), &Query::parse(Some("access_token=q1"))).unwrap(),
+            Some("q1")
+        );
         let cookies = headers(&[("cookie", "a=1; pere_token=c1"), ("cookie", "b=2")]);
         assert_eq!(token(&cookies, &none).unwrap(), Some("c1"));
-        assert_eq!(token(&headers(&[("cookie", "pere_tokenx=1")]), &none).unwrap(), None);
+        assert_eq!(
+            token(&headers(&[("cookie", "pere_tokenx=1")]), &none).unwrap(),
+            None
+        );
         assert_eq!(token(&HeaderMap::new(), &none).unwrap(), None);
     }
 
     #[test]
     fn a_token_speaks_only_for_its_device() {
         let d = |s: &str| DeviceId::new(s).unwrap();
-        let bound = Caller { device: Some(d("D1")), grants: Some(Grants::default()) };
+        let bound = Caller {
+            device: Some(d("D1")),
+            grants: Some(Grants::default()),
+        };
         assert_eq!(bound.speaks_as(None).unwrap(), Some(d("D1")));
         assert_eq!(bound.speaks_as(Some(d("D1"))).unwrap(), Some(d("D1")));
-        assert_eq!(bound.speaks_as(Some(d("D2"))).unwrap_err().code, "device_mismatch");
-        let open = Caller { device: Some(d("D1")), grants: None };
-        assert_eq!(open.speaks_as(Some(d("D2"))).unwrap(), Some(d("D2")), "without tokens, as the original");
+        assert_eq!(
+            bound.speaks_as(Some(d("D2"))).unwrap_err().code,
+            "device_mismatch"
+        );
+        let open = Caller {
+            device: Some(d("D1")),
+            grants: None,
+        };
+        assert_eq!(
+            open.speaks_as(Some(d("D2"))).unwrap(),
+            Some(d("D2")),
+            "without tokens, as the original"
+        );
     }
 
     #[test]
     fn routes_need_their_grants() {
         let device = DeviceId::new("D1").unwrap();
-        let grants = Grants { publish: vec!["p.*".into()], subscribe: vec!["s".into()], admin: false };
+        let grants = Grants {
+            publish: vec!["p.*".into()],
+            subscribe: vec!["s".into()],
+            admin: false,
+        };
         let ok = |route: Route<'_>| authorize(&route, &device, &grants).is_ok();
         assert!(ok(Route::Push("p.1")) && !ok(Route::Push("s")));
-        assert!(ok(Route::Feed("s")) && ok(Route::Feedback("s")) && ok(Route::Receipts("s")) && ok(Route::Presence("s")));
+        assert!(
+            ok(Route::Feed("s"))
+                && ok(Route::Feedback("s"))
+                && ok(Route::Receipts("s"))
+                && ok(Route::Presence("s"))
+        );
         assert!(!ok(Route::Feed("p.1")));
         assert!(ok(Route::DevicePending("s", "D1")) && !ok(Route::DevicePending("s", "D2")));
-        assert!(!ok(Route::AdminConnections) && !ok(Route::Events("s")) && !ok(Route::RegisterDevice("s", "D1")));
-        assert!(!ok(Route::AdminStream) && ok(Route::Dashboard), "the page is public, its stream is not");
-        let admin = Grants { admin: true, ..Grants::default() };
+        assert!(
+            !ok(Route::AdminConnections)
+                && !ok(Route::Events("s"))
+                && !ok(Route::RegisterDevice("s", "D1"))
+        );
+        assert!(
+            !ok(Route::AdminStream) && ok(Route::Dashboard),
+            "the page is public, its stream is not"
+        );
+        let admin = Grants {
+            admin: true,
+            ..Grants::default()
+        };
         assert!(authorize(&Route::AdminDevices("x"), &device, &admin).is_ok());
         assert!(authorize(&Route::DevicePending("x", "D9"), &device, &admin).is_ok());
-        assert!(authorize(&Route::Push("x"), &device, &admin).is_err(), "admin does not imply publish");
+        assert!(
+            authorize(&Route::Push("x"), &device, &admin).is_err(),
+            "admin does not imply publish"
+        );
     }
 }

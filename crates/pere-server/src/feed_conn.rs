@@ -144,7 +144,7 @@ pub async fn serve<S: Store>(state: Arc<AppState<S>>, mut stream: TcpStream, req
         extra.insert(header::CONNECTION, HeaderValue::from_static("close"));
         raw_head(StatusCode::OK, &SSE_HEADERS, &extra)
     };
-    out.extend_from_slice(&sse::encode_retry(state.config.retry_ms));
+    out.extend_from_slice(&sse::encode_opening(state.config.retry_ms));
     let keep_alive_every = Duration::from_secs(state.config.keep_alive_secs.max(1));
     let cut = subscription.cut_notice();
     tokio::pin!(cut);

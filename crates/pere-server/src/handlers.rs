@@ -4,15 +4,16 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use hyper::http::request::Parts;
-use hyper::header::HeaderMap;
 use hyper::body::Incoming;
 use hyper::header;
+use hyper::header::HeaderMap;
+use hyper::http::request::Parts;
 use hyper::{Method, Response, StatusCode};
 use pere_core::receipt::MAX_STATUS_LEN;
 use pere_core::wire::{
-    Banner, ConnectionsJson, DeviceJson, EventJson, EventList, EventReceipts, Health, MembershipJson, PendingEvents,
-    PushAccepted, PushWaited, Readiness, ReceiptJson, ReceiptSummaryJson,
+    Banner, ConnectionsJson, DeviceJson, EventJson, EventList, EventReceipts, Health,
+    MembershipJson, PendingEvents, PushAccepted, PushWaited, Readiness, ReceiptJson,
+    ReceiptSummaryJson,
 };
 use pere_core::{DeviceId, NewEvent, Store};
 
@@ -21,14 +22,29 @@ use crate::dashboard;
 use crate::door::{Admitted, Caller};
 use crate::error::ApiError;
 use crate::request::{self, Query};
-use crate::response::{self, Answer, ResponseBody};
+use crate::response::{self, etag, etag_text, Answer, Asset, ResponseBody};
 use crate::route::Route;
 use crate::sse_body::{ConnectionCloser, SseBody};
 use crate::state::AppState;
 use crate::streams;
 
 /// The subscriber web page, embedded so the server is one self-contained binary.
-pub const SUBSCRIBER_PAGE: &str = include_str!("../assets/subscriber.html");
+pub const SUBSCRIBER_PAGE: Asset = Asset {
+    body: PAGE_SOURCE,
+    content_type: "text/html; charset=utf-8",
+    etag: etag_text(&PAGE_ETAG),
+};
+const PAGE_SOURCE: &str = include_str!("../assets/subscriber.html");
+const PAGE_ETAG: [u8; 18] = etag(PAGE_SOURCE);
+
+/// `pere.js`, the JavaScript client (an ES module) the page is built on, for any web application.
+pub const PERE_JS: Asset = Asset {
+    body: SCRIPT_SOURCE,
+    content_type: "text/javascript; charset=utf-8",
+    etag: etag_text(&SCRIPT_ETAG),
+};
+const SCRIPT_SOURCE: &str = include_str!("../assets/pere.js");
+const SCRIPT_ETAG: [u8; 18] = etag(SCRIPT_SOURCE);
 
 /// Events an event listing shows at most per page.
 const MAX_EVENT_PAGE: usize = 1000;
@@ -44,7 +60,12 @@ pub async fn dispatch<S: Store>(
     body: Incoming,
     closer: Option<ConnectionCloser>,
 ) -> Answer {
-    let Admitted { route, caller, query, stream } = admitted;
+    let Admitted {
+        route,
+        caller,
+        query,
+        stream,
+    } = admitted;
     let headers = &parts.headers;
     if parts.method == Method::HEAD {
         if let Route::Feed(channel) | Route::Receipts(channel) | Route::Presence(channel) = route {
@@ -58,19 +79,43 @@ pub async fn dispatch<S: Store>(
     }
     match route {
         Route::Root => Ok(root(headers)),
-        Route::SubscriberPage => Ok(response::html(SUBSCRIBER_PAGE)),
-        Route::Dashboard => Ok(response::html(dashboard::PAGE)),
+        Route::SubscriberPage => Ok(response::asset(&SUBSCRIBER_PAGE, headers)),
+        Route::Script => Ok(response::asset(&PERE_JS, headers)),
+        Route::Dashboard => Ok(response::asset(&dashboard::PAGE, headers)),
         Route::AdminStream => {
-            let channel = query.get(&["channel"]).filter(|c| !c.is_empty()).map(request::channel).transpose()?;
-            Ok(sse(dashboard::stream(state, channel, streams::context(state, closer, stream)).await?))
+            let channel = query
+                .get(&["channel"])
+                .filter(|c| !c.is_empty())
+                .map(request::channel)
+                .transpose()?;
+            Ok(sse(dashboard::stream(
+                state,
+                channel,
+                streams::context(state, closer, stream),
+            )
+            .await?))
         }
-        Route::Health | Route::Healthz => Ok(response::json(StatusCode::OK, &Health { status: "ok".to_owned() })),
+        Route::Health | Route::Healthz => Ok(response::json(
+            StatusCode::OK,
+            &Health {
+                status: "ok".to_owned(),
+            },
+        )),
         Route::Readyz => Ok(readiness(state).await),
         Route::Push(channel) => push(state, channel, caller.device, &query, headers, body).await,
         Route::Feed(channel) => {
             let channel = request::channel(channel)?;
-            let subscription = streams::open_feed(state, &channel, caller.device, request::resume(headers, &query)?).await?;
-            Ok(sse(SseBody::feed(subscription, streams::context(state, closer, stream))))
+            let subscription = streams::open_feed(
+                state,
+                &channel,
+                caller.device,
+                request::resume(headers, &query)?,
+            )
+            .await?;
+            Ok(sse(SseBody::feed(
+                subscription,
+                streams::context(state, closer, stream),
+            )))
         }
         Route::Feedback(channel) => feedback(state, channel, &caller, &query, headers, body).await,
         Route::AdminConnections => Ok(admin_connections(state)),
@@ -78,10 +123,18 @@ pub async fn dispatch<S: Store>(
         Route::AdminDevices(channel) => admin_devices(state, channel, &query).await,
         Route::AdminReceipts(channel, id) => {
             let channel = request::channel(channel)?;
-            let summary = state.hub.receipt_summary(&channel, request::event_id(id)?).await?;
-            Ok(response::json(StatusCode::OK, &ReceiptSummaryJson::from(&summary)))
+            let summary = state
+                .hub
+                .receipt_summary(&channel, request::event_id(id)?)
+                .await?;
+            Ok(response::json(
+                StatusCode::OK,
+                &ReceiptSummaryJson::from(&summary),
+            ))
         }
-        Route::RegisterDevice(channel, device) => register_device(state, parts, channel, device).await,
+        Route::RegisterDevice(channel, device) => {
+            register_device(state, parts, channel, device).await
+        }
         Route::RemoveDevice(channel, device) => remove_device(state, parts, channel, device).await,
         Route::DevicePending(channel, device) => device_pending(state, channel, device).await,
         Route::Events(channel) => events(state, channel, &query).await,
@@ -89,12 +142,24 @@ pub async fn dispatch<S: Store>(
         Route::Receipts(channel) => {
             let channel = request::channel(channel)?;
             let after = request::resume(headers, &query)?.after;
-            Ok(sse(streams::receipts(state, channel, after, streams::context(state, closer, stream)).await?))
+            Ok(sse(streams::receipts(
+                state,
+                channel,
+                after,
+                streams::context(state, closer, stream),
+            )
+            .await?))
         }
         Route::Presence(channel) => {
             let channel = request::channel(channel)?;
             let after = request::resume(headers, &query)?.after;
-            Ok(sse(streams::presence(state, channel, after, streams::context(state, closer, stream)).await?))
+            Ok(sse(streams::presence(
+                state,
+                channel,
+                after,
+                streams::context(state, closer, stream),
+            )
+            .await?))
         }
         Route::Favicon | Route::Preflight => {
             let mut response = Response::new(response::empty());
@@ -118,9 +183,18 @@ async fn readiness<S: Store>(state: &AppState<S>) -> Response<ResponseBody> {
             }
         }
     };
-    let status = if reason.is_some() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let status = if reason.is_some() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
     let readiness = Readiness {
-        status: if reason.is_some() { "not_ready" } else { "ready" }.to_owned(),
+        status: if reason.is_some() {
+            "not_ready"
+        } else {
+            "ready"
+        }
+        .to_owned(),
         reason: reason.map(str::to_owned),
     };
     response::json(status, &readiness)
@@ -131,13 +205,25 @@ fn sse(body: SseBody) -> Response<ResponseBody> {
 }
 
 fn root(headers: &HeaderMap) -> Response<ResponseBody> {
-    let wants_html =
-        headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()).is_some_and(|a| a.contains("text/html"));
-    if wants_html {
-        response::html(SUBSCRIBER_PAGE)
+    let wants_html = headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"));
+    let mut response = if wants_html {
+        response::asset(&SUBSCRIBER_PAGE, headers)
     } else {
-        response::json(StatusCode::OK, &Banner { message: "PERE server up and running".to_owned() })
-    }
+        response::json(
+            StatusCode::OK,
+            &Banner {
+                message: "PERE server up and running".to_owned(),
+            },
+        )
+    };
+    // The page and the banner share a URL: a cache must keep them apart.
+    response
+        .headers_mut()
+        .append(header::VARY, header::HeaderValue::from_static("Accept"));
+    response
 }
 
 async fn push<S: Store>(
@@ -152,31 +238,65 @@ async fn push<S: Store>(
     let event_type = request::event_type(headers, query)?;
     let wait = request::push_wait(query, state.config.max_wait)?;
     let idempotency_key = request::idempotency_key(headers)?;
-    let body = request::body(headers, body, state.config.max_body, state.config.body_timeout).await?;
+    let body = request::body(
+        headers,
+        body,
+        state.config.max_body,
+        state.config.body_timeout,
+    )
+    .await?;
     let body = String::from_utf8(body.into())
         .map_err(|_| ApiError::bad_request("body_not_utf8", "the event body must be UTF-8 text"))?;
     if request::is_json(headers) {
         if let Err(err) = serde_json::from_str::<serde::de::IgnoredAny>(&body) {
-            return Err(ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {err}")));
+            return Err(ApiError::bad_request(
+                "invalid_json",
+                format!("the body is not valid JSON: {err}"),
+            ));
         }
     }
     // A keyed push may meet its own earlier copy: what it sent is kept to compare with that one.
-    let sent = idempotency_key.is_some().then(|| (body.clone(), event_type.clone()));
-    let appended = state.hub.publish(&channel, NewEvent { publisher: device, event_type, body, idempotency_key }).await?;
+    let sent = idempotency_key
+        .is_some()
+        .then(|| (body.clone(), event_type.clone()));
+    let appended = state
+        .hub
+        .publish(
+            &channel,
+            NewEvent {
+                publisher: device,
+                event_type,
+                body,
+                idempotency_key,
+            },
+        )
+        .await?;
     let event = appended.event;
     let replayed = !appended.new;
-    if replayed && sent.is_some_and(|(body, event_type)| body != event.body || event_type != event.event_type) {
+    if replayed
+        && sent
+            .is_some_and(|(body, event_type)| body != event.body || event_type != event.event_type)
+    {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "idempotency_conflict",
-            format!("Idempotency-Key already used for event {} with another body or type", event.id),
+            format!(
+                "Idempotency-Key already used for event {} with another body or type",
+                event.id
+            ),
         ));
     }
     let accepted = PushAccepted::from(&*event);
     let Some((wait, timeout)) = wait else {
-        return Ok(replay_mark(response::compact_json(StatusCode::OK, &accepted), replayed));
+        return Ok(replay_mark(
+            response::compact_json(StatusCode::OK, &accepted),
+            replayed,
+        ));
     };
-    let satisfied = state.hub.wait_for_receipts(&channel, event.id, wait, timeout).await?;
+    let satisfied = state
+        .hub
+        .wait_for_receipts(&channel, event.id, wait, timeout)
+        .await?;
     let summary = state.hub.receipt_summary(&channel, event.id).await?;
     let answer = PushWaited {
         channel: accepted.channel,
@@ -186,14 +306,27 @@ async fn push<S: Store>(
         receipts: ReceiptSummaryJson::from(&summary),
     };
     // 202: the event is stored, but the receipts asked for did not all arrive in time.
-    Ok(replay_mark(response::json(if satisfied { StatusCode::OK } else { StatusCode::ACCEPTED }, &answer), replayed))
+    Ok(replay_mark(
+        response::json(
+            if satisfied {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            },
+            &answer,
+        ),
+        replayed,
+    ))
 }
 
 /// Marks the answer to a push that repeated an earlier one (same key, same event): nothing was
 /// stored or delivered again, and the answer is the first one's.
 fn replay_mark(mut response: Response<ResponseBody>, replayed: bool) -> Response<ResponseBody> {
     if replayed {
-        response.headers_mut().insert("idempotent-replayed", header::HeaderValue::from_static("true"));
+        response.headers_mut().insert(
+            "idempotent-replayed",
+            header::HeaderValue::from_static("true"),
+        );
     }
     response
 }
@@ -207,27 +340,55 @@ async fn feedback<S: Store>(
     body: Incoming,
 ) -> Answer {
     let channel = request::channel(channel)?;
-    let body = request::body(headers, body, state.config.max_body, state.config.body_timeout).await?;
+    let body = request::body(
+        headers,
+        body,
+        state.config.max_body,
+        state.config.body_timeout,
+    )
+    .await?;
     let parts = request::receipt_parts(headers, query, &body)?;
     // With a token, a device posts receipts only as itself.
-    let named = parts.device.map(|named| DeviceId::new(named.trim())).transpose()?;
-    let device = caller
-        .speaks_as(named)?
-        .ok_or_else(|| ApiError::bad_request("missing_device", "a receipt needs the device that sends it"))?;
-    let raw_id = parts.id.ok_or_else(|| ApiError::bad_request("missing_event_id", "a receipt needs the event id it acknowledges"))?;
+    let named = parts
+        .device
+        .map(|named| DeviceId::new(named.trim()))
+        .transpose()?;
+    let device = caller.speaks_as(named)?.ok_or_else(|| {
+        ApiError::bad_request("missing_device", "a receipt needs the device that sends it")
+    })?;
+    let raw_id = parts.id.ok_or_else(|| {
+        ApiError::bad_request(
+            "missing_event_id",
+            "a receipt needs the event id it acknowledges",
+        )
+    })?;
     let event_id = request::event_id(&raw_id)?;
     // A receipt with no status still says "received": that is what the original clients meant.
     let status = parts.status.unwrap_or_else(|| "ok".to_owned());
     if status.len() > MAX_STATUS_LEN {
-        return Err(ApiError::bad_request("status_too_long", format!("status is longer than {MAX_STATUS_LEN} bytes")));
+        return Err(ApiError::bad_request(
+            "status_too_long",
+            format!("status is longer than {MAX_STATUS_LEN} bytes"),
+        ));
     }
-    let (receipt, _) = state.hub.acknowledge(&channel, event_id, &device, status).await?;
+    let (receipt, _) = state
+        .hub
+        .acknowledge(&channel, event_id, &device, status)
+        .await?;
     activity::feedback(channel.as_str(), device.as_str(), event_id, &receipt.status);
-    Ok(response::compact_json(StatusCode::OK, &ReceiptJson::from(&receipt)))
+    Ok(response::compact_json(
+        StatusCode::OK,
+        &ReceiptJson::from(&receipt),
+    ))
 }
 
 fn admin_connections<S: Store>(state: &AppState<S>) -> Response<ResponseBody> {
-    let channels: BTreeMap<String, usize> = state.hub.connections().into_iter().map(|(c, n)| (c.to_string(), n)).collect();
+    let channels: BTreeMap<String, usize> = state
+        .hub
+        .connections()
+        .into_iter()
+        .map(|(c, n)| (c.to_string(), n))
+        .collect();
     let total = channels.values().sum();
     response::json(StatusCode::OK, &ConnectionsJson { channels, total })
 }
@@ -237,7 +398,10 @@ async fn admin_events<S: Store>(state: &AppState<S>, channel: &str, query: &Quer
     let limit = request::limit(query, MAX_EVENT_PAGE, MAX_EVENT_PAGE)?;
     let events = state.hub.store().recent(&channel, limit).await?;
     // The original's shape: the bodies alone, as JSON where they are JSON.
-    let bodies: Vec<_> = events.iter().map(|e| pere_core::wire::body_value(&e.body)).collect();
+    let bodies: Vec<_> = events
+        .iter()
+        .map(|e| pere_core::wire::body_value(&e.body))
+        .collect();
     Ok(response::json(StatusCode::OK, &bodies))
 }
 
@@ -247,7 +411,14 @@ async fn events<S: Store>(state: &AppState<S>, channel: &str, query: &Query) -> 
     let limit = request::limit(query, 100, MAX_EVENT_PAGE)?;
     let page = state.hub.store().read(&channel, after, limit).await?;
     let events = page.events.iter().map(|e| EventJson::from(&**e)).collect();
-    Ok(response::json(StatusCode::OK, &EventList { channel: channel.to_string(), head: page.head, events }))
+    Ok(response::json(
+        StatusCode::OK,
+        &EventList {
+            channel: channel.to_string(),
+            head: page.head,
+            events,
+        },
+    ))
 }
 
 /// Devices an admin view shows per page by default, and at most.
@@ -260,16 +431,30 @@ async fn admin_devices<S: Store>(state: &AppState<S>, channel: &str, query: &Que
     let channel = request::channel(channel)?;
     let limit = request::limit(query, DEVICE_PAGE, MAX_DEVICE_PAGE)?.max(1);
     let after = query.get(&["after"]).map(DeviceId::new).transpose()?;
-    let page = state.hub.devices_page(&channel, after.as_ref(), limit).await?;
-    let recipients = state.hub.current_recipients(&channel, page.iter().map(|d| &d.record.device)).await?;
+    let page = state
+        .hub
+        .devices_page(&channel, after.as_ref(), limit)
+        .await?;
+    let recipients = state
+        .hub
+        .current_recipients(&channel, page.iter().map(|d| &d.record.device))
+        .await?;
     let view: BTreeMap<String, DeviceJson> = page
         .iter()
-        .map(|d| (d.record.device.to_string(), DeviceJson::new(d, recipients.contains(&d.record.device))))
+        .map(|d| {
+            (
+                d.record.device.to_string(),
+                DeviceJson::new(d, recipients.contains(&d.record.device)),
+            )
+        })
         .collect();
     let mut response = response::json(StatusCode::OK, &view);
     if let (true, Some(last)) = (page.len() == limit, page.last()) {
         // Names and ids need no escaping in a URL (see `pere_core::name`).
-        let next = format!("</admin/devices/{channel}?after={}&limit={limit}>; rel=\"next\"", last.record.device);
+        let next = format!(
+            "</admin/devices/{channel}?after={}&limit={limit}>; rel=\"next\"",
+            last.record.device
+        );
         if let Ok(link) = header::HeaderValue::from_str(&next) {
             response.headers_mut().insert(header::LINK, link);
         }
@@ -277,21 +462,47 @@ async fn admin_devices<S: Store>(state: &AppState<S>, channel: &str, query: &Que
     Ok(response)
 }
 
-async fn register_device<S: Store>(state: &AppState<S>, parts: &Parts, channel: &str, device: &str) -> Answer {
+async fn register_device<S: Store>(
+    state: &AppState<S>,
+    parts: &Parts,
+    channel: &str,
+    device: &str,
+) -> Answer {
     let channel = request::channel(channel)?;
     let device = DeviceId::new(device)?;
     let membership = state.hub.register(&channel, &device).await?;
-    activity::admin(parts.method.as_str(), parts.uri.path(), 200, "recipient registered");
-    Ok(response::json(StatusCode::OK, &MembershipJson::from(&membership)))
+    activity::admin(
+        parts.method.as_str(),
+        parts.uri.path(),
+        200,
+        "recipient registered",
+    );
+    Ok(response::json(
+        StatusCode::OK,
+        &MembershipJson::from(&membership),
+    ))
 }
 
-async fn remove_device<S: Store>(state: &AppState<S>, parts: &Parts, channel: &str, device: &str) -> Answer {
+async fn remove_device<S: Store>(
+    state: &AppState<S>,
+    parts: &Parts,
+    channel: &str,
+    device: &str,
+) -> Answer {
     let channel = request::channel(channel)?;
     let device = DeviceId::new(device)?;
     match state.hub.unregister(&channel, &device).await? {
         Some(membership) => {
-            activity::admin(parts.method.as_str(), parts.uri.path(), 200, "recipient removed");
-            Ok(response::json(StatusCode::OK, &MembershipJson::from(&membership)))
+            activity::admin(
+                parts.method.as_str(),
+                parts.uri.path(),
+                200,
+                "recipient removed",
+            );
+            Ok(response::json(
+                StatusCode::OK,
+                &MembershipJson::from(&membership),
+            ))
         }
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -307,10 +518,29 @@ async fn device_pending<S: Store>(state: &AppState<S>, channel: &str, device: &s
     // Expected of the device: events published while it was a recipient (none if it never was).
     let mut memberships = state.hub.store().memberships(&channel).await?;
     memberships.retain(|m| m.device == device);
-    let after = memberships.iter().map(|m| m.joined_after).min().unwrap_or(0);
-    let events = state.hub.store().unacknowledged(&channel, &device, after, 1000).await?;
-    let pending = events.iter().filter(|e| memberships.iter().any(|m| m.expects(e.id))).map(|e| EventJson::from(&**e)).collect();
-    Ok(response::json(StatusCode::OK, &PendingEvents { channel: channel.to_string(), device: device.to_string(), pending }))
+    let after = memberships
+        .iter()
+        .map(|m| m.joined_after)
+        .min()
+        .unwrap_or(0);
+    let events = state
+        .hub
+        .store()
+        .unacknowledged(&channel, &device, after, 1000)
+        .await?;
+    let pending = events
+        .iter()
+        .filter(|e| memberships.iter().any(|m| m.expects(e.id)))
+        .map(|e| EventJson::from(&**e))
+        .collect();
+    Ok(response::json(
+        StatusCode::OK,
+        &PendingEvents {
+            channel: channel.to_string(),
+            device: device.to_string(),
+            pending,
+        },
+    ))
 }
 
 async fn event_view<S: Store>(state: &AppState<S>, channel: &str, id: &str) -> Answer {

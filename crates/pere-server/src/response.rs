@@ -77,13 +77,69 @@ pub fn error_headers(err: &ApiError, headers: &mut HeaderMap) {
     }
 }
 
-/// A static page.
-pub fn html(page: &'static str) -> Response<ResponseBody> {
-    let mut response = Response::new(full(Bytes::from_static(page.as_bytes())));
+/// A file built into the binary (the subscriber page, `pere.js`).
+#[derive(Debug)]
+pub struct Asset {
+    /// The file.
+    pub body: &'static str,
+    /// Its `Content-Type`.
+    pub content_type: &'static str,
+    /// Its strong `ETag`, quotes included: see [`etag`].
+    pub etag: &'static str,
+}
+
+/// A file built into the binary, with its ETag. Browsers keep it and ask again with
+/// `If-None-Match` each time (`no-cache`), so a page and its script never come from two versions
+/// of the server, and an unchanged file costs a 304.
+pub fn asset(asset: &Asset, request: &HeaderMap) -> Response<ResponseBody> {
+    let fresh = request
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|tag| tag.trim())
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == asset.etag);
+    let mut response = if fresh {
+        let mut response = Response::new(empty());
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        response
+    } else {
+        Response::new(full(Bytes::from_static(asset.body.as_bytes())))
+    };
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(header::ETAG, HeaderValue::from_static(asset.etag));
     response
+}
+
+/// A strong ETag for a file built into the binary: its 64-bit FNV-1a hash, in hex and quotes,
+/// computed when the server is compiled.
+pub const fn etag(body: &str) -> [u8; 18] {
+    let bytes = body.as_bytes();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u64;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+        i += 1;
+    }
+    let mut out = [b'"'; 18];
+    let mut digit = 0;
+    while digit < 16 {
+        let nibble = ((hash >> (60 - 4 * digit)) & 0xf) as u8;
+        out[1 + digit] = if nibble < 10 { b'0' + nibble } else { b'a' + nibble - 10 };
+        digit += 1;
+    }
+    out
+}
+
+/// [`etag`]'s bytes as text, for a constant.
+pub const fn etag_text(tag: &'static [u8; 18]) -> &'static str {
+    match std::str::from_utf8(tag) {
+        Ok(text) => text,
+        Err(_) => panic!("an ETag is ASCII"),
+    }
 }
 
 /// The head of every SSE answer: the type, no caching, and no buffering by proxies (nginx obeys
@@ -132,9 +188,13 @@ pub fn add_cors(config: &Config, origin: Option<&HeaderValue>, preflight: bool, 
         // The answer depends on the origin: caches must keep them apart.
         headers.append(header::VARY, HeaderValue::from_static("Origin"));
     }
-    let Some(origin) = origin.and_then(|o| o.to_str().ok()) else { return };
+    let Some(origin) = origin.and_then(|o| o.to_str().ok()) else {
+        return;
+    };
     if config.origin_listed(origin) {
-        let Ok(value) = HeaderValue::from_str(origin) else { return };
+        let Ok(value) = HeaderValue::from_str(origin) else {
+            return;
+        };
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
         headers.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
     } else if config.any_origin() {
@@ -176,6 +236,23 @@ mod tests {
         let any = cors(&["*"], "https://evil.example", false);
         assert_eq!(any["access-control-allow-origin"], "*");
         assert!(any.get("access-control-allow-credentials").is_none() && any.get("access-control-allow-methods").is_none());
+    }
+
+    #[test]
+    fn assets_answer_304_to_their_own_etag_only() {
+        const BYTES: [u8; 18] = etag("body");
+        const TAG: &str = etag_text(&BYTES);
+        let tag = TAG;
+        let file = Asset { body: "body", content_type: "text/plain", etag: tag };
+        let mut request = HeaderMap::new();
+        assert_eq!(asset(&file, &request).status(), StatusCode::OK);
+        request.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"0\", W/\"x\""));
+        assert_eq!(asset(&file, &request).status(), StatusCode::OK);
+        request.insert(header::IF_NONE_MATCH, HeaderValue::from_str(&format!("\"0\", W/{tag}")).unwrap());
+        let cached = asset(&file, &request);
+        assert_eq!(cached.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(cached.headers()["etag"], tag);
+        assert_ne!(etag("body"), etag("bodY"));
     }
 
     #[test]

@@ -9,6 +9,8 @@ pub enum Route<'a> {
     Root,
     /// `GET /subscriber.html`.
     SubscriberPage,
+    /// `GET /pere.js`: the JavaScript client, an ES module.
+    Script,
     /// `GET /health`.
     Health,
     /// `GET /healthz`: the process answers.
@@ -73,6 +75,7 @@ impl<'a> Route<'a> {
         let (route, allowed) = match segments.as_slice() {
             [""] => (Route::Root, "GET"),
             ["subscriber.html"] => (Route::SubscriberPage, "GET"),
+            ["pere.js"] => (Route::Script, "GET"),
             ["health"] => (Route::Health, "GET"),
             ["favicon.ico"] => (Route::Favicon, "GET"),
             ["healthz"] => (Route::Healthz, "GET"),
@@ -86,9 +89,13 @@ impl<'a> Route<'a> {
             ["admin", "events", channel] => (Route::AdminEvents(channel), "GET"),
             ["admin", "devices", channel] => (Route::AdminDevices(channel), "GET"),
             ["admin", "receipts", channel, id] => (Route::AdminReceipts(channel, id), "GET"),
-            ["devices", channel, device] if method == Method::DELETE => (Route::RemoveDevice(channel, device), "PUT, DELETE"),
+            ["devices", channel, device] if method == Method::DELETE => {
+                (Route::RemoveDevice(channel, device), "PUT, DELETE")
+            }
             ["devices", channel, device] => (Route::RegisterDevice(channel, device), "PUT, DELETE"),
-            ["devices", channel, device, "pending"] => (Route::DevicePending(channel, device), "GET"),
+            ["devices", channel, device, "pending"] => {
+                (Route::DevicePending(channel, device), "GET")
+            }
             ["events", channel] => (Route::Events(channel), "GET"),
             ["events", channel, id] => (Route::Event(channel, id), "GET"),
             ["receipts", channel] => (Route::Receipts(channel), "GET"),
@@ -114,21 +121,64 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert_eq!(Route::parse(&Method::POST, "/push/C1"), Ok(Route::Push("C1")));
-        assert_eq!(Route::parse(&Method::GET, "/feed/C1"), Ok(Route::Feed("C1")));
-        assert_eq!(Route::parse(&Method::GET, "/admin/receipts/C1/7"), Ok(Route::AdminReceipts("C1", "7")));
+        assert_eq!(
+            Route::parse(&Method::POST, "/push/C1"),
+            Ok(Route::Push("C1"))
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "/feed/C1"),
+            Ok(Route::Feed("C1"))
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "/admin/receipts/C1/7"),
+            Ok(Route::AdminReceipts("C1", "7"))
+        );
         assert_eq!(Route::parse(&Method::GET, "/"), Ok(Route::Root));
-        assert_eq!(Route::parse(&Method::GET, "/dashboard"), Ok(Route::Dashboard));
-        assert_eq!(Route::parse(&Method::GET, "/admin/stream"), Ok(Route::AdminStream));
-        assert_eq!(Route::parse(&Method::GET, "/push/C1"), Err(NoRoute::MethodNotAllowed("POST")));
-        assert_eq!(Route::parse(&Method::GET, "/feed/C1/extra"), Err(NoRoute::NotFound));
-        assert_eq!(Route::parse(&Method::GET, "/nowhere"), Err(NoRoute::NotFound));
-        assert_eq!(Route::parse(&Method::PUT, "/devices/C/H1"), Ok(Route::RegisterDevice("C", "H1")));
-        assert_eq!(Route::parse(&Method::DELETE, "/devices/C/H1"), Ok(Route::RemoveDevice("C", "H1")));
-        assert_eq!(Route::parse(&Method::GET, "/devices/C/H1"), Err(NoRoute::MethodNotAllowed("PUT, DELETE")));
-        assert_eq!(Route::parse(&Method::GET, "/devices/C/H1/pending"), Ok(Route::DevicePending("C", "H1")));
-        assert_eq!(Route::parse(&Method::GET, "/events/C"), Ok(Route::Events("C")));
-        assert_eq!(Route::parse(&Method::GET, "/events/C/4"), Ok(Route::Event("C", "4")));
+        assert_eq!(Route::parse(&Method::GET, "/pere.js"), Ok(Route::Script));
+        assert_eq!(
+            Route::parse(&Method::GET, "/dashboard"),
+            Ok(Route::Dashboard)
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "/admin/stream"),
+            Ok(Route::AdminStream)
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "/push/C1"),
+            Err(NoRoute::MethodNotAllowed("POST"))
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "/feed/C1/extra"),
+            Err(NoRoute::NotFound)
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "/nowhere"),
+            Err(NoRoute::NotFound)
+        );
+        assert_eq!(
+            Route::parse(&Method::PUT, "/devices/C/H1"),
+            Ok(Route::RegisterDevice("C", "H1"))
+        );
+        assert_eq!(
+            Route::parse(&Method::DELETE, "/devices/C/H1"),
+            Ok(Route::RemoveDevice("C", "H1"))
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "/devices/C/H1"),
+            Err(NoRoute::MethodNotAllowed("PUT, DELETE"))
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "/devices/C/H1/pending"),
+            Ok(Route::DevicePending("C", "H1"))
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "/events/C"),
+            Ok(Route::Events("C"))
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "/events/C/4"),
+            Ok(Route::Event("C", "4"))
+        );
     }
 
     proptest::proptest! {

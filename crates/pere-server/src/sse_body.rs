@@ -145,7 +145,7 @@ impl SseBody {
     ) -> Self {
         let StreamContext { retry_ms, keep_alive_every, shutdown, closer, slot } = context;
         SseBody {
-            prelude: Some(sse::encode_retry(retry_ms)),
+            prelude: Some(sse::encode_opening(retry_ms)),
             items,
             keep_alive: Box::pin(tokio::time::sleep(keep_alive_every)),
             keep_alive_every,

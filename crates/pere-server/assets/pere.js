@@ -1,0 +1,361 @@
+/**
+ * pere.js: the JavaScript client of PERE (Push Events with Return-receipt Engine).
+ * A dependency-free ES module, served by every PERE server at /pere.js.
+ *
+ *   import { subscribe, publish, deviceId } from '/pere.js';
+ *
+ *   const sub = subscribe({
+ *     channel: 'CHANNEL_1',          // required
+ *     device: deviceId(),            // default: deviceId(), or the token's device; null: anonymous
+ *     token,                         // optional: sent as ?access_token= on the feed, as a bearer on receipts
+ *     server: '',                    // default: the page's own server; or 'https://push.example'
+ *     lastEventId,                   // optional: resume after this id
+ *     autoAck: true,                 // false: call event.ack(status) yourself
+ *     status: 'ok',                  // the status of automatic receipts
+ *     types: ['alert'],              // event types to receive besides plain messages
+ *     onEvent(event) {},             // {id, type, data, json(), redelivered, ack(status)}: once per id
+ *     onState(s) {},                 // {state: 'connecting'|'open'|'closed', retryMs, reason, since}
+ *     onGap(gap) {},                 // {from, to}: events no longer retained by the server
+ *     onReset(reset) {},             // {last_event_id, head}: the server's ids started over
+ *     onReceipt(r) {},               // {event, ok, receipt | error}: how each receipt went
+ *     onDuplicate(event) {},         // an id already seen (a redelivery): not given to onEvent
+ *   });
+ *   sub.close();
+ *
+ *   const { id, time, replayed } = await publish({ channel: 'CHANNEL_1', body: { a: 1 }, type, token });
+ *
+ * subscribe() uses the browser's EventSource. The browser reconnects by itself after a dropped
+ * stream, sending the last id it saw, after the server's retry hint (the SSE `retry:` field,
+ * which EventSource does not show to scripts: `retryMs` is the server's default of 3000 ms unless
+ * the `retryMs` option says otherwise). When the browser gives up (an HTTP error such as 503 or
+ * 429), pere.js reconnects itself from the last id it saw, waiting retryMs, then twice as long
+ * each time up to a minute. Events already seen (a redelivery, a replay after a reconnect) are
+ * dropped by id. `pere-reset` (the server lost its history: ids start over) makes pere.js forget
+ * the ids it saw; `pere-gap` is reported to onGap.
+ *
+ * publish() sends one event with fetch and a fresh Idempotency-Key (or the one given); it retries
+ * network errors, 429 and 5xx answers with the same key, so a retry never stores the event twice.
+ *
+ * deviceId() is the browser's stable device id, kept in localStorage (a new random one the first
+ * time); setDeviceId(id) changes it. A stable id matters: each new device id is one more recipient
+ * whose receipts every event expects, for days.
+ */
+
+/** The server's rule for channel names, device ids (1-128) and event types (1-64). */
+export const NAME_RE = /^(?!\.\.?$)[A-Za-z0-9_.:-]{1,128}$/;
+const TYPE_RE = /^(?!\.\.?$)[A-Za-z0-9_.:-]{1,64}$/;
+/** The event types of the server's notices. */
+export const GAP_EVENT = 'pere-gap';
+export const RESET_EVENT = 'pere-reset';
+/** The server's default `retry:` hint, in milliseconds. */
+export const DEFAULT_RETRY_MS = 3000;
+const MAX_RETRY_MS = 60000;
+// Ids are remembered beyond what an application shows, so a late redelivery is still recognised.
+const DEFAULT_REMEMBERED = 5000;
+const RECEIPT_RETRY_DELAYS_MS = [1000, 4000];
+const PUBLISH_RETRY_DELAYS_MS = [500, 2000, 5000];
+const DEVICE_KEY = 'pere.subscriber.device';
+
+/** An answer of the server that is not a success, or a failed request. */
+export class PereError extends Error {
+  constructor(message, { status = 0, code = 'network_error', retryable = false } = {}) {
+    super(message);
+    this.name = 'PereError';
+    this.status = status;
+    this.code = code;
+    this.retryable = retryable;
+  }
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A new random device id in the original page's form: W0039 and nine digits. */
+export function newDeviceId(prefix = 'W0039') {
+  const digits = crypto.getRandomValues(new Uint8Array(9));
+  return prefix + Array.from(digits, (d) => d % 10).join('');
+}
+
+// localStorage throws in some private modes and on file:// pages; ids then live as long as the page.
+let memoryDevice = null;
+
+/** This browser's device id: the one kept in localStorage, or a new one, kept from now on. */
+export function deviceId({ key = DEVICE_KEY, prefix = 'W0039' } = {}) {
+  let id = null;
+  try { id = globalThis.localStorage?.getItem(key) ?? null; } catch { /* not available */ }
+  if (id && NAME_RE.test(id)) return id;
+  id = memoryDevice || newDeviceId(prefix);
+  setDeviceId(id, { key });
+  return id;
+}
+
+/** Keeps `id` as this browser's device id. Throws a TypeError for an id the server would refuse. */
+export function setDeviceId(id, { key = DEVICE_KEY } = {}) {
+  if (!NAME_RE.test(id)) throw new TypeError('a device id is 1-128 characters of A-Z a-z 0-9 _ . : -');
+  memoryDevice = id;
+  try { globalThis.localStorage?.setItem(key, id); } catch { /* kept in memory only */ }
+}
+
+/** The device a token speaks for (its `sub` claim), or '' when it names none. */
+export function tokenDevice(token) {
+  try {
+    const payload = String(token).split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    const sub = JSON.parse(atob(payload.padEnd(payload.length + (4 - payload.length % 4) % 4, '='))).sub;
+    return typeof sub === 'string' ? sub : '';
+  } catch { return ''; }
+}
+
+function base(server) {
+  return server ? String(server).replace(/\/+$/, '') : '';
+}
+
+async function errorOf(res) {
+  let code = 'http_' + res.status;
+  let message = ('HTTP ' + res.status + ' ' + res.statusText).trim();
+  try {
+    const body = await res.json();
+    if (body?.error?.code) code = body.error.code;
+    if (body?.error?.message) message = body.error.message;
+  } catch { /* not JSON */ }
+  const retryable = res.status >= 500 || res.status === 429;
+  return new PereError(message, { status: res.status, code, retryable });
+}
+
+function authHeaders(token, headers) {
+  if (token) headers.Authorization = 'Bearer ' + token;
+  return headers;
+}
+
+/** A fresh idempotency key: 32 hex characters. */
+export function idempotencyKey() {
+  return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+/**
+ * Publishes one event. `body` is sent as is when a string, as JSON otherwise. Resolves to the
+ * server's answer `{channel, id, time}` plus `replayed` (true when the server had it already).
+ * Throws a PereError when the server refuses it or cannot be reached after the retries.
+ */
+export async function publish({
+  server = '', channel, body = '', type, token, device, idempotencyKey: key, retries = PUBLISH_RETRY_DELAYS_MS.length,
+  fetch: fetchImpl = globalThis.fetch,
+} = {}) {
+  if (!NAME_RE.test(channel ?? '')) throw new TypeError('channel: 1-128 characters of A-Z a-z 0-9 _ . : -');
+  if (type !== undefined && type !== null && !TYPE_RE.test(type)) throw new TypeError('type: 1-64 characters of A-Z a-z 0-9 _ . : -');
+  const text = typeof body === 'string' ? body : JSON.stringify(body);
+  const headers = authHeaders(token, {
+    'Content-Type': typeof body === 'string' ? 'text/plain; charset=utf-8' : 'application/json',
+    'Idempotency-Key': key || idempotencyKey(),
+  });
+  if (type) headers.event = type;
+  if (device) headers.device = device;
+  const url = base(server) + '/push/' + encodeURIComponent(channel);
+  for (let attempt = 0; ; attempt++) {
+    let error;
+    try {
+      const res = await fetchImpl(url, { method: 'POST', headers, body: text });
+      if (res.ok) {
+        const answer = await res.json();
+        return { ...answer, replayed: res.headers.get('Idempotent-Replayed') === 'true' };
+      }
+      error = await errorOf(res);
+    } catch (err) {
+      if (err instanceof PereError) throw err;
+      error = new PereError('network error: ' + err.message, { retryable: true });
+    }
+    if (!error.retryable || attempt >= retries) throw error;
+    await sleep(PUBLISH_RETRY_DELAYS_MS[Math.min(attempt, PUBLISH_RETRY_DELAYS_MS.length - 1)]);
+  }
+}
+
+/**
+ * Subscribes to a channel; see the top of this file. Returns the subscription:
+ * `{ close(), state, retryMs, lastEventId, device, channel }`.
+ */
+export function subscribe(options = {}) {
+  return new Subscription(options);
+}
+
+class Subscription {
+  constructor({
+    server = '', channel, device, token = '', lastEventId = null, autoAck = true, status = 'ok', types = [],
+    retryMs = DEFAULT_RETRY_MS, remember = DEFAULT_REMEMBERED,
+    onEvent = () => {}, onState = () => {}, onGap = () => {}, onReset = () => {}, onReceipt = () => {},
+    onDuplicate = () => {},
+    EventSource: EventSourceImpl = globalThis.EventSource, fetch: fetchImpl = globalThis.fetch,
+  } = {}) {
+    if (!NAME_RE.test(channel ?? '')) throw new TypeError('channel: 1-128 characters of A-Z a-z 0-9 _ . : -');
+    // With a token the device is the token's (the server takes no other); null is anonymous.
+    if (device === undefined) device = token ? (tokenDevice(token) || null) : deviceId();
+    if (device !== null && !NAME_RE.test(device)) throw new TypeError('device: 1-128 characters of A-Z a-z 0-9 _ . : -');
+    this.server = base(server);
+    this.channel = channel;
+    this.device = device;
+    this.token = token;
+    this.autoAck = autoAck;
+    this.status = status;
+    this.types = types.filter((t) => TYPE_RE.test(t) && t !== 'message' && t !== GAP_EVENT && t !== RESET_EVENT);
+    this.retryMs = retryMs;
+    this.remember = remember;
+    this.handlers = { onEvent, onState, onGap, onReset, onReceipt, onDuplicate };
+    this.EventSource = EventSourceImpl;
+    // Called as a plain function: a browser's fetch refuses any other `this`.
+    this.fetch = (url, init) => fetchImpl(url, init);
+    this.lastEventId = lastEventId === null || lastEventId === undefined ? null : String(lastEventId);
+    // id -> the event as first seen, with where its receipt stands.
+    this.seen = new Map();
+    this.source = null;
+    this.timer = null;
+    this.delay = retryMs;
+    this.state = 'closed';
+    this.closedByUser = false;
+    this.connect();
+  }
+
+  /** Closes the stream for good; receipts already under way still finish. */
+  close() {
+    this.closedByUser = true;
+    clearTimeout(this.timer);
+    this.timer = null;
+    if (this.source) this.source.close();
+    this.source = null;
+    this.setState('closed', { reason: 'closed' });
+  }
+
+  /** The feed's URL without the token (to show to a user). */
+  get feedUrl() {
+    const query = new URLSearchParams();
+    if (this.device) query.set('device', this.device);
+    return this.server + '/feed/' + encodeURIComponent(this.channel) + (query.toString() ? '?' + query : '');
+  }
+
+  setState(state, extra = {}) {
+    this.state = state;
+    this.handlers.onState({ state, retryMs: this.retryMs, since: new Date(), ...extra });
+  }
+
+  connect() {
+    if (this.closedByUser) return;
+    const query = new URLSearchParams();
+    if (this.device) query.set('device', this.device);
+    // A new EventSource knows no last id: the server takes it from the query instead.
+    if (this.lastEventId !== null) query.set('lastEventId', this.lastEventId);
+    // EventSource cannot set headers: the token goes in the query (the server never logs it).
+    if (this.token) query.set('access_token', this.token);
+    const url = this.server + '/feed/' + encodeURIComponent(this.channel) + (query.toString() ? '?' + query : '');
+    this.setState('connecting');
+    const es = new this.EventSource(url);
+    this.source = es;
+    const mine = (handler) => (e) => { if (this.source === es) handler(e); };
+    es.onopen = mine(() => {
+      this.delay = this.retryMs;
+      this.setState('open');
+    });
+    es.onerror = mine(() => {
+      if (es.readyState === 0) {
+        // The browser reconnects by itself after the server's hint, with Last-Event-ID.
+        this.setState('connecting', { reason: 'stream dropped; the browser reconnects' });
+        return;
+      }
+      // Closed for good (an HTTP error or a non-SSE answer): the browser gives up, pere.js does not.
+      es.close();
+      this.source = null;
+      const wait = this.delay;
+      this.delay = Math.min(this.delay * 2, MAX_RETRY_MS);
+      this.setState('closed', { reason: 'refused or unreachable', retryMs: wait });
+      this.timer = setTimeout(() => this.connect(), wait);
+    });
+    es.onmessage = mine((e) => this.onMessage(e));
+    for (const type of this.types) es.addEventListener(type, mine((e) => this.onMessage(e)));
+    es.addEventListener(GAP_EVENT, mine((e) => this.handlers.onGap(parse(e.data))));
+    es.addEventListener(RESET_EVENT, mine((e) => {
+      // The server no longer knows our ids: forget them, or every new event would look like a
+      // duplicate.
+      this.seen.clear();
+      this.lastEventId = null;
+      this.handlers.onReset(parse(e.data));
+    }));
+  }
+
+  onMessage(e) {
+    const id = e.lastEventId;
+    const known = id !== '' ? this.seen.get(id) : undefined;
+    if (known) {
+      known.redeliveries++;
+      // A redelivery is the server asking again: answer it if our receipt did not get through.
+      if (known.receipt === 'failed' && (this.autoAck || known.ackedStatus !== null)) {
+        this.sendReceipt(known, known.ackedStatus ?? this.status);
+      }
+      this.handlers.onDuplicate(known.event);
+      return;
+    }
+    if (id !== '') this.lastEventId = id;
+    const entry = { receipt: 'none', ackedStatus: null, redeliveries: 0, event: null };
+    const event = {
+      id, type: e.type, data: e.data, receivedAt: new Date(),
+      json() { return JSON.parse(this.data); },
+      ack: (status = this.status) => this.sendReceipt(entry, status),
+    };
+    entry.event = event;
+    if (id !== '') {
+      this.seen.set(id, entry);
+      if (this.seen.size > this.remember) this.seen.delete(this.seen.keys().next().value);
+    }
+    this.handlers.onEvent(event);
+    if (this.autoAck && entry.receipt === 'none') event.ack(this.status).catch(() => {});
+  }
+
+  /**
+   * Sends the receipt of an event: resolves to the stored receipt, or rejects with a PereError.
+   * Network errors, 429 and 5xx are retried twice.
+   */
+  async sendReceipt(entry, status) {
+    const event = entry.event;
+    if (!/^\d+$/.test(event.id)) {
+      const error = new PereError('this event has no numeric id: it cannot be acknowledged', { code: 'bad_event_id' });
+      this.handlers.onReceipt({ event, ok: false, error });
+      throw error;
+    }
+    if (!this.device) {
+      const error = new PereError('an anonymous subscriber sends no receipts', { code: 'missing_device' });
+      this.handlers.onReceipt({ event, ok: false, error });
+      throw error;
+    }
+    entry.receipt = 'sending';
+    entry.ackedStatus = status;
+    const numeric = Number(event.id);
+    const body = JSON.stringify({
+      device: this.device,
+      // Ids beyond 2^53 would lose digits as a JS number; the server also takes a numeric string.
+      id: Number.isSafeInteger(numeric) ? numeric : event.id,
+      status,
+    });
+    const url = this.server + '/feedback/' + encodeURIComponent(this.channel);
+    const headers = authHeaders(this.token, { 'Content-Type': 'application/json' });
+    for (let attempt = 0; ; attempt++) {
+      let error;
+      try {
+        const res = await this.fetch(url, { method: 'POST', headers, body });
+        if (res.ok) {
+          const receipt = await res.json().catch(() => ({}));
+          entry.receipt = 'ok';
+          this.handlers.onReceipt({ event, ok: true, receipt, attempt });
+          return receipt;
+        }
+        error = await errorOf(res);
+      } catch (err) {
+        error = err instanceof PereError ? err : new PereError('network error: ' + err.message, { retryable: true });
+      }
+      if (!error.retryable || attempt >= RECEIPT_RETRY_DELAYS_MS.length) {
+        entry.receipt = 'failed';
+        this.handlers.onReceipt({ event, ok: false, error, attempt });
+        throw error;
+      }
+      this.handlers.onReceipt({ event, ok: false, error, attempt, retrying: true });
+      await sleep(RECEIPT_RETRY_DELAYS_MS[attempt]);
+    }
+  }
+}
+
+function parse(data) {
+  try { return JSON.parse(data); } catch { return { data }; }
+}
