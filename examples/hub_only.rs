@@ -3,7 +3,10 @@
 //!
 //! Run: `cargo run --example hub_only`
 
-use pere_core::{ChannelName, DeviceId, FeedItem, Hub, HubConfig, MemoryStore, NewEvent, Retention, SubscribeRequest};
+use pere_core::{
+    ChannelName, DeviceId, FeedItem, Hub, HubConfig, MemoryStore, NewEvent, Retention,
+    SubscribeRequest,
+};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -12,10 +15,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let device = DeviceId::new("H0039000000001")?;
 
     let mut subscription = hub
-        .subscribe(&channel, SubscribeRequest { device: Some(device.clone()), ..SubscribeRequest::default() })
+        .subscribe(
+            &channel,
+            SubscribeRequest {
+                device: Some(device.clone()),
+                ..SubscribeRequest::default()
+            },
+        )
         .await?;
     for text in ["first", "second\nwith two lines"] {
-        let new = NewEvent { publisher: None, event_type: None, body: text.to_owned(), idempotency_key: None };
+        let new = NewEvent {
+            publisher: None,
+            event_type: None,
+            body: text.to_owned(),
+            idempotency_key: None,
+        };
         let event = hub.publish(&channel, new).await?.event;
         println!("published {} as id {}", text.escape_debug(), event.id);
     }
@@ -23,10 +37,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         if let Some(Ok(FeedItem::Event(event))) = subscription.next().await {
             // The frame is what goes on the wire, encoded once for every subscriber.
             print!("frame:\n{}", String::from_utf8_lossy(event.frame()));
-            hub.acknowledge(&channel, event.id, &device, "rx ok".to_owned()).await?;
+            hub.acknowledge(&channel, event.id, &device, "rx ok".to_owned())
+                .await?;
         }
     }
     let summary = hub.receipt_summary(&channel, 2).await?;
-    println!("event 2 acknowledged by {:?}, complete: {}", summary.acknowledged.iter().map(|r| r.device.as_str()).collect::<Vec<_>>(), summary.complete());
+    println!(
+        "event 2 acknowledged by {:?}, complete: {}",
+        summary
+            .acknowledged
+            .iter()
+            .map(|r| r.device.as_str())
+            .collect::<Vec<_>>(),
+        summary.complete()
+    );
     Ok(())
 }

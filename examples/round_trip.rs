@@ -27,7 +27,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // 2. A device subscribes. A 200 answer means it is registered: nothing published after
     //    this point can be missed.
     let http = reqwest::Client::new();
-    let feed = http.get(format!("{base}/feed/ORDERS")).header("device", "H0039000000001").send().await?;
+    let feed = http
+        .get(format!("{base}/feed/ORDERS"))
+        .header("device", "H0039000000001")
+        .send()
+        .await?;
     let mut events = feed.bytes_stream().eventsource();
 
     // 3. A publisher pushes an event; the answer carries its id.
@@ -59,7 +63,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     println!("receipt: {receipt}");
 
     // 5. The ledger: who acknowledged event 1, with what status.
-    let summary: Value = http.get(format!("{base}/events/ORDERS/{}", event.id)).send().await?.json().await?;
+    let summary: Value = http
+        .get(format!("{base}/events/ORDERS/{}", event.id))
+        .send()
+        .await?
+        .json()
+        .await?;
     println!("summary: {}", summary["receipts"]);
 
     shutdown.cancel();

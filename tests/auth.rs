@@ -15,18 +15,32 @@ const SECRET: &str = "test-secret-of-at-least-32-bytes-0123456789";
 const OTHER_SECRET: &str = "another-secret-of-at-least-32-bytes-xxxxxxx";
 
 fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 /// A token for `sub`, signed with `secret`, expiring `ttl` seconds from now (negative: past).
-fn token(secret: &str, sub: &str, publish: &[&str], subscribe: &[&str], admin: bool, ttl: i64) -> String {
+fn token(
+    secret: &str,
+    sub: &str,
+    publish: &[&str],
+    subscribe: &[&str],
+    admin: bool,
+    ttl: i64,
+) -> String {
     let claims = json!({
         "sub": sub,
         "exp": now() + ttl,
         "pere": {"publish": publish, "subscribe": subscribe, "admin": admin},
     });
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()).unwrap())
-        .unwrap()
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()).unwrap(),
+    )
+    .unwrap()
 }
 
 async fn start_with_secret(extra: &[&str]) -> TestServer {
@@ -52,7 +66,9 @@ impl Answer {
     fn header(&self, name: &str) -> Option<String> {
         self.head.lines().find_map(|l| {
             let (n, v) = l.split_once(':')?;
-            n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
         })
     }
 }
@@ -64,17 +80,38 @@ async fn read_answer(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Answer {
             break i + 4;
         }
         let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(WAIT, stream.read(&mut chunk)).await.expect("answer in time").unwrap();
-        assert!(n > 0, "closed before an answer: {}", String::from_utf8_lossy(buf));
+        let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+            .await
+            .expect("answer in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before an answer: {}",
+            String::from_utf8_lossy(buf)
+        );
         buf.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
-    let mut answer = Answer { status, head, body: String::new() };
-    let length: usize = answer.header("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let mut answer = Answer {
+        status,
+        head,
+        body: String::new(),
+    };
+    let length: usize = answer
+        .header("content-length")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0);
     while buf.len() < head_end + length {
         let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(WAIT, stream.read(&mut chunk)).await.expect("body in time").unwrap();
+        let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+            .await
+            .expect("body in time")
+            .unwrap();
         assert!(n > 0, "closed mid-body");
         buf.extend_from_slice(&chunk[..n]);
     }
@@ -89,7 +126,10 @@ async fn send(address: &str, request: &str, after_health: bool) -> Answer {
     let mut stream = TcpStream::connect(address).await.unwrap();
     let mut buf = Vec::new();
     if after_health {
-        stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         let health = read_answer(&mut stream, &mut buf).await;
         assert_eq!(health.status, 200, "{health:?}");
     }
@@ -98,7 +138,13 @@ async fn send(address: &str, request: &str, after_health: bool) -> Answer {
 }
 
 /// A request's bytes, with a token header and a device header when given.
-fn request(method: &str, path: &str, token: Option<&str>, device: Option<&str>, body: Option<&str>) -> String {
+fn request(
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    device: Option<&str>,
+    body: Option<&str>,
+) -> String {
     let mut out = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n");
     if let Some(token) = token {
         out.push_str(&format!("Authorization: Bearer {token}\r\n"));
@@ -107,7 +153,10 @@ fn request(method: &str, path: &str, token: Option<&str>, device: Option<&str>, 
         out.push_str(&format!("device: {device}\r\n"));
     }
     match body {
-        Some(body) => out.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())),
+        Some(body) => out.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )),
         None => out.push_str("\r\n"),
     }
     out
@@ -137,8 +186,15 @@ enum Case {
 }
 
 impl Case {
-    const ALL: [Case; 7] =
-        [Case::NoToken, Case::Expired, Case::WrongSignature, Case::OtherChannel, Case::OtherDevice, Case::AdminOnly, Case::Valid];
+    const ALL: [Case; 7] = [
+        Case::NoToken,
+        Case::Expired,
+        Case::WrongSignature,
+        Case::OtherChannel,
+        Case::OtherDevice,
+        Case::AdminOnly,
+        Case::Valid,
+    ];
 
     /// The token and the `device` header of this case; the request's device is always D1.
     fn credentials(self) -> (Option<String>, Option<&'static str>) {
@@ -146,10 +202,19 @@ impl Case {
         match self {
             Case::NoToken => (None, None),
             Case::Expired => (Some(token(SECRET, "D1", &["A"], &["A"], true, -3600)), None),
-            Case::WrongSignature => (Some(token(OTHER_SECRET, "D1", &["A"], &["A"], true, day)), None),
-            Case::OtherChannel => (Some(token(SECRET, "D1", &["B", "A.*"], &["B"], false, day)), None),
+            Case::WrongSignature => (
+                Some(token(OTHER_SECRET, "D1", &["A"], &["A"], true, day)),
+                None,
+            ),
+            Case::OtherChannel => (
+                Some(token(SECRET, "D1", &["B", "A.*"], &["B"], false, day)),
+                None,
+            ),
             // A token for D2, on a request that says it is D1.
-            Case::OtherDevice => (Some(token(SECRET, "D2", &["*"], &["*"], true, day)), Some("D1")),
+            Case::OtherDevice => (
+                Some(token(SECRET, "D2", &["*"], &["*"], true, day)),
+                Some("D1"),
+            ),
             Case::AdminOnly => (Some(token(SECRET, "ADM", &[], &[], true, day)), None),
             Case::Valid => (Some(token(SECRET, "D1", &["A"], &["A"], false, day)), None),
         }
@@ -179,7 +244,12 @@ async fn every_endpoint_against_every_kind_of_token_on_both_kinds_of_connection(
     let address = server.host_port();
     // Event 1 of channel A, for the receipt and the event views.
     let seed = token(SECRET, "P1", &["A"], &[], false, 600);
-    let pushed = send(&address, &request("POST", "/push/A", Some(&seed), None, Some("{\"n\":1}")), false).await;
+    let pushed = send(
+        &address,
+        &request("POST", "/push/A", Some(&seed), None, Some("{\"n\":1}")),
+        false,
+    )
+    .await;
     assert_eq!(pushed.status, 200, "{pushed:?}");
 
     let receipt = r#"{"device":"D1","id":1,"status":"ok"}"#;
@@ -209,15 +279,30 @@ async fn every_endpoint_against_every_kind_of_token_on_both_kinds_of_connection(
         for &(method, path, body, needs) in endpoints {
             // A feed is tried as a connection's first request (the dedicated loop) and after
             // another request on a kept-alive connection (hyper): the same door, the same answer.
-            let kinds: &[bool] = if path.starts_with("/feed/") { &[false, true] } else { &[false] };
+            let kinds: &[bool] = if path.starts_with("/feed/") {
+                &[false, true]
+            } else {
+                &[false]
+            };
             for &after_health in kinds {
-                let answer = send(&address, &request(method, path, token.as_deref(), device, body), after_health).await;
+                let answer = send(
+                    &address,
+                    &request(method, path, token.as_deref(), device, body),
+                    after_health,
+                )
+                .await;
                 let (status, code) = case.expected(needs);
-                let what = format!("{case:?} {method} {path} (after /health: {after_health}): {answer:?}");
+                let what =
+                    format!("{case:?} {method} {path} (after /health: {after_health}): {answer:?}");
                 assert_eq!(answer.status, status, "{what}");
                 assert_eq!(answer.code().as_deref(), code, "{what}");
                 if status == 401 {
-                    assert!(answer.header("www-authenticate").is_some_and(|c| c.starts_with("Bearer")), "{what}");
+                    assert!(
+                        answer
+                            .header("www-authenticate")
+                            .is_some_and(|c| c.starts_with("Bearer")),
+                        "{what}"
+                    );
                 }
                 checked += 1;
             }
@@ -225,8 +310,16 @@ async fn every_endpoint_against_every_kind_of_token_on_both_kinds_of_connection(
     }
     assert_eq!(checked, Case::ALL.len() * (endpoints.len() + 1));
     // Refusals are logged with the path only: no token ever appears in the log.
-    server.proc.wait_line(|l| l.contains(" REFUSED> GET /admin/connections: 401 missing_token")).await;
-    assert!(server.proc.lines().iter().chain(server.proc.errors().iter()).all(|l| !l.contains("eyJ")));
+    server
+        .proc
+        .wait_line(|l| l.contains(" REFUSED> GET /admin/connections: 401 missing_token"))
+        .await;
+    assert!(server
+        .proc
+        .lines()
+        .iter()
+        .chain(server.proc.errors().iter())
+        .all(|l| !l.contains("eyJ")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,17 +328,47 @@ async fn tokens_travel_in_the_header_the_query_or_a_cookie_and_never_reach_the_l
     let address = server.host_port();
     let sub = token(SECRET, "H1", &["Q"], &["Q"], false, 600);
     for after_health in [false, true] {
-        let by_query = request("GET", &format!("/feed/Q?access_token={sub}"), None, None, None);
+        let by_query = request(
+            "GET",
+            &format!("/feed/Q?access_token={sub}"),
+            None,
+            None,
+            None,
+        );
         assert_eq!(send(&address, &by_query, after_health).await.status, 200);
-        let by_cookie = format!("GET /feed/Q HTTP/1.1\r\nHost: x\r\nCookie: theme=dark; pere_token={sub}\r\n\r\n");
+        let by_cookie = format!(
+            "GET /feed/Q HTTP/1.1\r\nHost: x\r\nCookie: theme=dark; pere_token={sub}\r\n\r\n"
+        );
         assert_eq!(send(&address, &by_cookie, after_health).await.status, 200);
-        let wrong_scheme = format!("GET /feed/Q HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {sub}\r\n\r\n");
-        assert_eq!(send(&address, &wrong_scheme, after_health).await.code().as_deref(), Some("invalid_token"));
+        let wrong_scheme =
+            format!("GET /feed/Q HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {sub}\r\n\r\n");
+        assert_eq!(
+            send(&address, &wrong_scheme, after_health)
+                .await
+                .code()
+                .as_deref(),
+            Some("invalid_token")
+        );
     }
     // The token's device is the device: the feeds were H1's.
-    server.proc.wait_lines(4, |l| l.contains(" FEED REQ> ") && l.contains("device: H1,")).await;
-    server.proc.wait_lines(2, |l| l.contains(" REFUSED> GET /feed/Q: 401 invalid_token")).await;
-    assert!(server.proc.lines().iter().chain(server.proc.errors().iter()).all(|l| !l.contains(&sub[..20])));
+    server
+        .proc
+        .wait_lines(4, |l| {
+            l.contains(" FEED REQ> ") && l.contains("device: H1,")
+        })
+        .await;
+    server
+        .proc
+        .wait_lines(2, |l| {
+            l.contains(" REFUSED> GET /feed/Q: 401 invalid_token")
+        })
+        .await;
+    assert!(server
+        .proc
+        .lines()
+        .iter()
+        .chain(server.proc.errors().iter())
+        .all(|l| !l.contains(&sub[..20])));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,35 +376,98 @@ async fn a_device_posts_receipts_only_as_itself() {
     let server = start_with_secret(&[]).await;
     let address = server.host_port();
     let publisher = token(SECRET, "P1", &["R"], &[], false, 600);
-    assert_eq!(send(&address, &request("POST", "/push/R", Some(&publisher), None, Some("{}")), false).await.status, 200);
+    assert_eq!(
+        send(
+            &address,
+            &request("POST", "/push/R", Some(&publisher), None, Some("{}")),
+            false
+        )
+        .await
+        .status,
+        200
+    );
     let d2 = token(SECRET, "D2", &[], &["R"], false, 600);
-    let forged = send(&address, &request("POST", "/feedback/R", Some(&d2), None, Some(r#"{"device":"D1","id":1}"#)), false).await;
-    assert_eq!((forged.status, forged.code().as_deref()), (403, Some("device_mismatch")), "{forged:?}");
-    let own = send(&address, &request("POST", "/feedback/R", Some(&d2), None, Some(r#"{"id":1}"#)), false).await;
+    let forged = send(
+        &address,
+        &request(
+            "POST",
+            "/feedback/R",
+            Some(&d2),
+            None,
+            Some(r#"{"device":"D1","id":1}"#),
+        ),
+        false,
+    )
+    .await;
+    assert_eq!(
+        (forged.status, forged.code().as_deref()),
+        (403, Some("device_mismatch")),
+        "{forged:?}"
+    );
+    let own = send(
+        &address,
+        &request("POST", "/feedback/R", Some(&d2), None, Some(r#"{"id":1}"#)),
+        false,
+    )
+    .await;
     assert_eq!(own.status, 200, "{own:?}");
     let receipt: Value = serde_json::from_str(&own.body).unwrap();
-    assert_eq!(receipt["device"], "D2", "without a device named, the token's device acknowledges");
+    assert_eq!(
+        receipt["device"], "D2",
+        "without a device named, the token's device acknowledges"
+    );
     // A form receipt with a device header that is not the token's: refused at the door.
     let form = format!(
         "POST /feedback/R HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {d2}\r\ndevice: D1\r\nlast_event_id: 1\r\n\
          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 9\r\n\r\nstatus=ok"
     );
-    assert_eq!(send(&address, &form, false).await.code().as_deref(), Some("device_mismatch"));
+    assert_eq!(
+        send(&address, &form, false).await.code().as_deref(),
+        Some("device_mismatch")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_subscribers_read_feeds_and_nothing_else() {
     let server = start_with_secret(&["--anonymous-subscribe"]).await;
     let address = server.host_port();
-    server.proc.wait_line(|l| l.contains("security: tokens required") && l.contains("--anonymous-subscribe")).await;
+    server
+        .proc
+        .wait_line(|l| {
+            l.contains("security: tokens required") && l.contains("--anonymous-subscribe")
+        })
+        .await;
     let publisher = token(SECRET, "P1", &["N"], &[], false, 600);
-    assert_eq!(send(&address, &request("POST", "/push/N", Some(&publisher), None, Some("{\"n\":1}")), false).await.status, 200);
+    assert_eq!(
+        send(
+            &address,
+            &request("POST", "/push/N", Some(&publisher), None, Some("{\"n\":1}")),
+            false
+        )
+        .await
+        .status,
+        200
+    );
     for after_health in [false, true] {
-        let feed = send(&address, &request("GET", "/feed/N", None, None, None), after_health).await;
+        let feed = send(
+            &address,
+            &request("GET", "/feed/N", None, None, None),
+            after_health,
+        )
+        .await;
         assert_eq!(feed.status, 200, "{feed:?}");
         // A device needs a token: naming one without is refused, not ignored.
-        let named = send(&address, &request("GET", "/feed/N", None, Some("D1"), None), after_health).await;
-        assert_eq!((named.status, named.code().as_deref()), (401, Some("missing_token")), "{named:?}");
+        let named = send(
+            &address,
+            &request("GET", "/feed/N", None, Some("D1"), None),
+            after_health,
+        )
+        .await;
+        assert_eq!(
+            (named.status, named.code().as_deref()),
+            (401, Some("missing_token")),
+            "{named:?}"
+        );
     }
     for (method, path, body) in [
         ("GET", "/receipts/N", None),
@@ -291,7 +477,11 @@ async fn anonymous_subscribers_read_feeds_and_nothing_else() {
         ("GET", "/admin/connections", None),
     ] {
         let answer = send(&address, &request(method, path, None, None, body), false).await;
-        assert_eq!((answer.status, answer.code().as_deref()), (401, Some("missing_token")), "{method} {path}");
+        assert_eq!(
+            (answer.status, answer.code().as_deref()),
+            (401, Some("missing_token")),
+            "{method} {path}"
+        );
     }
     // An anonymous listener receives the events.
     let mut feed = server.feed("N", &[]).await;
@@ -301,7 +491,14 @@ async fn anonymous_subscribers_read_feeds_and_nothing_else() {
 /// A local address of this machine that is not a loopback one, if it has any (the kernel picks
 /// the source address of a route; a UDP connect sends nothing).
 fn non_loopback_address() -> Option<IpAddr> {
-    ["10.255.255.255:9", "192.0.2.255:9", "172.31.255.255:9", "192.168.255.255:9"].iter().find_map(|target| {
+    [
+        "10.255.255.255:9",
+        "192.0.2.255:9",
+        "172.31.255.255:9",
+        "192.168.255.255:9",
+    ]
+    .iter()
+    .find_map(|target| {
         let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
         socket.connect(target).ok()?;
         let ip = socket.local_addr().ok()?.ip();
@@ -313,13 +510,26 @@ fn non_loopback_address() -> Option<IpAddr> {
 async fn without_a_key_the_protected_mode_answers_this_machine_only_unless_open() {
     // On every address, so that the same server can be reached from loopback and from outside.
     let protected = TestServer::start(&["-o", "0.0.0.0"]).await;
-    protected.proc.wait_line(|l| l.contains("security: protected mode")).await;
+    protected
+        .proc
+        .wait_line(|l| l.contains("security: protected mode"))
+        .await;
     let port = protected.host_port().rsplit(':').next().unwrap().to_owned();
-    let local = send(&format!("127.0.0.1:{port}"), &request("POST", "/push/P", None, Some("D1"), Some("{}")), false).await;
-    assert_eq!(local.status, 200, "loopback clients are answered as in the original: {local:?}");
+    let local = send(
+        &format!("127.0.0.1:{port}"),
+        &request("POST", "/push/P", None, Some("D1"), Some("{}")),
+        false,
+    )
+    .await;
+    assert_eq!(
+        local.status, 200,
+        "loopback clients are answered as in the original: {local:?}"
+    );
 
     let open = TestServer::start(&["-o", "0.0.0.0", "--open"]).await;
-    open.proc.wait_line(|l| l.contains("security: open mode")).await;
+    open.proc
+        .wait_line(|l| l.contains("security: open mode"))
+        .await;
     let open_port = open.host_port().rsplit(':').next().unwrap().to_owned();
 
     let Some(ip) = non_loopback_address() else {
@@ -332,20 +542,50 @@ async fn without_a_key_the_protected_mode_answers_this_machine_only_unless_open(
         let feed = request("GET", "/feed/P", None, Some("D1"), None);
         // The refusal comes before anything else, /health included.
         let answer = if after_health {
-            send(&outside, &request("GET", "/health", None, None, None), false).await
+            send(
+                &outside,
+                &request("GET", "/health", None, None, None),
+                false,
+            )
+            .await
         } else {
             send(&outside, &feed, false).await
         };
-        assert_eq!((answer.status, answer.code().as_deref()), (403, Some("forbidden")), "{answer:?}");
-        assert!(answer.body.contains("--open") && answer.body.contains("--jwt-secret"), "says how: {answer:?}");
+        assert_eq!(
+            (answer.status, answer.code().as_deref()),
+            (403, Some("forbidden")),
+            "{answer:?}"
+        );
+        assert!(
+            answer.body.contains("--open") && answer.body.contains("--jwt-secret"),
+            "says how: {answer:?}"
+        );
     }
-    let push = send(&outside, &request("POST", "/push/P", None, Some("D1"), Some("{}")), false).await;
+    let push = send(
+        &outside,
+        &request("POST", "/push/P", None, Some("D1"), Some("{}")),
+        false,
+    )
+    .await;
     assert_eq!(push.code().as_deref(), Some("forbidden"));
 
     let outside_open = SocketAddr::new(ip, open_port.parse().unwrap()).to_string();
-    let answer = send(&outside_open, &request("POST", "/push/P", None, Some("D1"), Some("{}")), false).await;
-    assert_eq!(answer.status, 200, "--open answers every client: {answer:?}");
-    let feed = send(&outside_open, &request("GET", "/feed/P", None, Some("D1"), None), false).await;
+    let answer = send(
+        &outside_open,
+        &request("POST", "/push/P", None, Some("D1"), Some("{}")),
+        false,
+    )
+    .await;
+    assert_eq!(
+        answer.status, 200,
+        "--open answers every client: {answer:?}"
+    );
+    let feed = send(
+        &outside_open,
+        &request("GET", "/feed/P", None, Some("D1"), None),
+        false,
+    )
+    .await;
     assert_eq!(feed.status, 200, "{feed:?}");
 }
 
@@ -353,25 +593,59 @@ async fn without_a_key_the_protected_mode_answers_this_machine_only_unless_open(
 async fn the_token_subcommand_mints_tokens_the_server_accepts() {
     let mut mint = Proc::start(
         "pere-server",
-        &["token", "--jwt-secret", SECRET, "--sub", "D7", "--publish", "orders.*", "--subscribe", "orders.eu", "--admin", "--ttl", "2h"],
+        &[
+            "token",
+            "--jwt-secret",
+            SECRET,
+            "--sub",
+            "D7",
+            "--publish",
+            "orders.*",
+            "--subscribe",
+            "orders.eu",
+            "--admin",
+            "--ttl",
+            "2h",
+        ],
     );
     assert_eq!(mint.wait_exit().await, 0, "{:?}", mint.errors());
     let minted = mint.lines().join("");
     let mut validation = Validation::new(Algorithm::HS256);
     validation.set_required_spec_claims(&["exp", "sub"]);
-    let claims: Value = jsonwebtoken::decode(&minted, &DecodingKey::from_secret(SECRET.as_bytes()).unwrap(), &validation)
-        .expect("the minted token verifies")
-        .claims;
+    let claims: Value = jsonwebtoken::decode(
+        &minted,
+        &DecodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+        &validation,
+    )
+    .expect("the minted token verifies")
+    .claims;
     assert_eq!(claims["sub"], "D7");
-    assert_eq!(claims["pere"], json!({"publish": ["orders.*"], "subscribe": ["orders.eu"], "admin": true}));
+    assert_eq!(
+        claims["pere"],
+        json!({"publish": ["orders.*"], "subscribe": ["orders.eu"], "admin": true})
+    );
     let ttl = claims["exp"].as_i64().unwrap() - now();
     assert!((7000..=7200).contains(&ttl), "{ttl}");
 
     let server = start_with_secret(&[]).await;
     let address = server.host_port();
-    let push = |channel: &str| request("POST", &format!("/push/{channel}"), Some(&minted), None, Some("{}"));
+    let push = |channel: &str| {
+        request(
+            "POST",
+            &format!("/push/{channel}"),
+            Some(&minted),
+            None,
+            Some("{}"),
+        )
+    };
     assert_eq!(send(&address, &push("orders.us"), false).await.status, 200);
-    assert_eq!(send(&address, &push("orders"), false).await.code().as_deref(), Some("forbidden"));
+    assert_eq!(
+        send(&address, &push("orders"), false)
+            .await
+            .code()
+            .as_deref(),
+        Some("forbidden")
+    );
 
     // Without a key, one clear line and a failure.
     let mut keyless = Proc::start("pere-server", &["token", "--sub", "D7"]);
@@ -389,17 +663,47 @@ async fn es256_tokens_from_a_private_key_verify_with_the_public_key() {
     std::fs::write(&public, ES256_PUBLIC).unwrap();
     let mut mint = Proc::start(
         "pere-server",
-        &["token", "--jwt-private-key", private.to_str().unwrap(), "--sub", "E1", "--publish", "ec"],
+        &[
+            "token",
+            "--jwt-private-key",
+            private.to_str().unwrap(),
+            "--sub",
+            "E1",
+            "--publish",
+            "ec",
+        ],
     );
     assert_eq!(mint.wait_exit().await, 0, "{:?}", mint.errors());
     let minted = mint.lines().join("");
     let server = TestServer::start(&["--jwt-public-key", public.to_str().unwrap()]).await;
-    server.proc.wait_line(|l| l.contains("security: tokens required (ES256)")).await;
+    server
+        .proc
+        .wait_line(|l| l.contains("security: tokens required (ES256)"))
+        .await;
     let address = server.host_port();
-    assert_eq!(send(&address, &request("POST", "/push/ec", Some(&minted), None, Some("{}")), false).await.status, 200);
+    assert_eq!(
+        send(
+            &address,
+            &request("POST", "/push/ec", Some(&minted), None, Some("{}")),
+            false
+        )
+        .await
+        .status,
+        200
+    );
     // An HS256 token is refused by a server that verifies ES256.
     let hs = token(SECRET, "E1", &["ec"], &[], false, 600);
-    assert_eq!(send(&address, &request("POST", "/push/ec", Some(&hs), None, Some("{}")), false).await.code().as_deref(), Some("invalid_token"));
+    assert_eq!(
+        send(
+            &address,
+            &request("POST", "/push/ec", Some(&hs), None, Some("{}")),
+            false
+        )
+        .await
+        .code()
+        .as_deref(),
+        Some("invalid_token")
+    );
 }
 
 const ES256_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----
@@ -423,12 +727,26 @@ async fn the_tools_send_their_token() {
     let pub_token = token(SECRET, "P1", &["T"], &[], false, 600);
 
     // pere-sub's device is its token's; it subscribes and acknowledges as H1.
-    let subscriber = Proc::start("pere-sub", &[&host, "T", "--token", &sub_token, "--count", "1"]);
-    server.proc.wait_line(|l| l.contains(" FEED REQ> ") && l.contains("device: H1,")).await;
+    let subscriber = Proc::start(
+        "pere-sub",
+        &[&host, "T", "--token", &sub_token, "--count", "1"],
+    );
+    server
+        .proc
+        .wait_line(|l| l.contains(" FEED REQ> ") && l.contains("device: H1,"))
+        .await;
 
-    let mut publisher = Proc::start("pere-pub", &[&host, "T", "--token", &pub_token, "--count", "1", "--data", "hello"]);
+    let mut publisher = Proc::start(
+        "pere-pub",
+        &[
+            &host, "T", "--token", &pub_token, "--count", "1", "--data", "hello",
+        ],
+    );
     assert_eq!(publisher.wait_exit().await, 0, "{:?}", publisher.errors());
-    server.proc.wait_line(|l| l.contains(" FEEDBACK> ") && l.contains("H1")).await;
+    server
+        .proc
+        .wait_line(|l| l.contains(" FEEDBACK> ") && l.contains("H1"))
+        .await;
     let mut subscriber = subscriber;
     assert_eq!(subscriber.wait_exit().await, 0, "{:?}", subscriber.errors());
 
@@ -442,41 +760,109 @@ async fn the_tools_send_their_token() {
     let url = server.url("");
     let mut bench = Proc::start(
         "pere-bench",
-        &["push", "-u", &url, "-n", "0", "-m", "1", "--token", &bench_token, "--prefix", "B", "--json", "-q"],
+        &[
+            "push",
+            "-u",
+            &url,
+            "-n",
+            "0",
+            "-m",
+            "1",
+            "--token",
+            &bench_token,
+            "--prefix",
+            "B",
+            "--json",
+            "-q",
+        ],
     );
     assert_eq!(bench.wait_exit().await, 0, "{:?}", bench.errors());
     let report: Value = serde_json::from_str(&bench.lines().join("")).expect("a JSON report");
-    assert_eq!((report["published"]["ok"].as_u64(), report["published"]["errors"].as_u64()), (Some(1), Some(0)), "{report}");
-    server.proc.wait_line(|l| l.contains(" PUSH EVT> channel: Bc0, device: P2,")).await;
+    assert_eq!(
+        (
+            report["published"]["ok"].as_u64(),
+            report["published"]["errors"].as_u64()
+        ),
+        (Some(1), Some(0)),
+        "{report}"
+    );
+    server
+        .proc
+        .wait_line(|l| l.contains(" PUSH EVT> channel: Bc0, device: P2,"))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_origin_use_only_for_listed_origins() {
     let closed = TestServer::start(&[]).await;
-    let foreign = closed.http.get(closed.url("/health")).header("origin", "https://app.example").send().await.unwrap();
-    assert!(foreign.headers().get("access-control-allow-origin").is_none(), "no cross-origin use by default");
+    let foreign = closed
+        .http
+        .get(closed.url("/health"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        foreign
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none(),
+        "no cross-origin use by default"
+    );
 
-    let server = TestServer::start(&["--allow-origin", "https://app.example,https://ops.example"]).await;
+    let server =
+        TestServer::start(&["--allow-origin", "https://app.example,https://ops.example"]).await;
     let preflight = |origin: &'static str| {
         server
             .http
             .request(reqwest::Method::OPTIONS, server.url("/feedback/C"))
             .header("origin", origin)
             .header("access-control-request-method", "POST")
-            .header("access-control-request-headers", "authorization, content-type")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
             .send()
     };
     let listed = preflight("https://ops.example").await.unwrap();
     assert_eq!(listed.status(), 204);
-    assert_eq!(listed.headers()["access-control-allow-origin"], "https://ops.example");
-    assert!(listed.headers()["access-control-allow-methods"].to_str().unwrap().contains("POST"));
-    assert!(listed.headers()["access-control-allow-headers"].to_str().unwrap().contains("authorization"));
+    assert_eq!(
+        listed.headers()["access-control-allow-origin"],
+        "https://ops.example"
+    );
+    assert!(listed.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .contains("POST"));
+    assert!(listed.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .contains("authorization"));
     let unlisted = preflight("https://evil.example").await.unwrap();
-    assert!(unlisted.headers().get("access-control-allow-origin").is_none());
-    assert!(unlisted.headers().get("access-control-allow-methods").is_none());
+    assert!(unlisted
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+    assert!(unlisted
+        .headers()
+        .get("access-control-allow-methods")
+        .is_none());
 
     let any = TestServer::start(&["--allow-origin", "*"]).await;
-    let answer = any.http.get(any.url("/health")).header("origin", "https://evil.example").send().await.unwrap();
-    assert_eq!(answer.headers()["access-control-allow-origin"], "*", "never the origin reflected");
-    assert!(answer.headers().get("access-control-allow-credentials").is_none());
+    let answer = any
+        .http
+        .get(any.url("/health"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.headers()["access-control-allow-origin"],
+        "*",
+        "never the origin reflected"
+    );
+    assert!(answer
+        .headers()
+        .get("access-control-allow-credentials")
+        .is_none());
 }

@@ -6,12 +6,22 @@ use pere_e2e::{bin_path, Proc, TestServer};
 
 /// Starts `pere-sub` and waits until the server has its feed open.
 async fn subscribe(server: &TestServer, channel: &str, device: &str, extra: &[&str]) -> Proc {
-    let before = server.proc.lines().iter().filter(|l| l.contains(" FEED REQ>") && l.contains(device)).count();
+    let before = server
+        .proc
+        .lines()
+        .iter()
+        .filter(|l| l.contains(" FEED REQ>") && l.contains(device))
+        .count();
     let host = server.host_port();
     let mut args = vec![host.as_str(), channel, device];
     args.extend_from_slice(extra);
     let sub = Proc::start("pere-sub", &args);
-    server.proc.wait_lines(before + 1, |l| l.contains(" FEED REQ>") && l.contains(device)).await;
+    server
+        .proc
+        .wait_lines(before + 1, |l| {
+            l.contains(" FEED REQ>") && l.contains(device)
+        })
+        .await;
     sub
 }
 
@@ -20,20 +30,34 @@ async fn the_original_demo_publisher_two_subscribers_and_receipts() {
     let server = TestServer::start(&[]).await;
     let h1 = subscribe(&server, "CHANNEL_1", "H0039000000001", &[]).await;
     let h2 = subscribe(&server, "CHANNEL_1", "H0039000000002", &[]).await;
-    h1.wait_line(|l| l.starts_with("LISTEN (device: H0039000000001), channel: CHANNEL_1")).await;
+    h1.wait_line(|l| l.starts_with("LISTEN (device: H0039000000001), channel: CHANNEL_1"))
+        .await;
 
     let host = server.host_port();
-    let mut publisher = Proc::start("pere-pub", &[&host, "CHANNEL_1", "--interval", "0.05", "--count", "5"]);
+    let mut publisher = Proc::start(
+        "pere-pub",
+        &[&host, "CHANNEL_1", "--interval", "0.05", "--count", "5"],
+    );
     assert_eq!(publisher.wait_exit().await, 0);
     let pushed = publisher.lines();
-    assert!(pushed[0].starts_with("PUBLISH (device: P0039"), "{pushed:?}");
-    let events: Vec<&String> = pushed.iter().filter(|l| l.starts_with("PUSH EVT> event: ")).collect();
+    assert!(
+        pushed[0].starts_with("PUBLISH (device: P0039"),
+        "{pushed:?}"
+    );
+    let events: Vec<&String> = pushed
+        .iter()
+        .filter(|l| l.starts_with("PUSH EVT> event: "))
+        .collect();
     assert_eq!(events.len(), 5);
     // Each line ends with the id the server gave the event: 1 to 5 on a fresh channel.
     for (i, line) in events.iter().enumerate() {
         assert!(line.ends_with(&format!(", Event-Id: {}", i + 1)), "{line}");
     }
-    let json = events[0].trim_start_matches("PUSH EVT> event: ").rsplit_once(", Event-Id: ").unwrap().0;
+    let json = events[0]
+        .trim_start_matches("PUSH EVT> event: ")
+        .rsplit_once(", Event-Id: ")
+        .unwrap()
+        .0;
     let first: serde_json::Value = serde_json::from_str(json).unwrap();
     assert_eq!(first["channel"], "CHANNEL_1");
     assert_eq!(first["id"], 1);
@@ -43,12 +67,20 @@ async fn the_original_demo_publisher_two_subscribers_and_receipts() {
     for sub in [&h1, &h2] {
         let received = sub.wait_lines(5, |l| l.starts_with("RX EVT> id: ")).await;
         for (i, line) in received.iter().enumerate() {
-            assert!(line.starts_with(&format!("RX EVT> id: {}, data: {{", i + 1)), "{line}");
+            assert!(
+                line.starts_with(&format!("RX EVT> id: {}, data: {{", i + 1)),
+                "{line}"
+            );
         }
         sub.wait_lines(5, |l| l.starts_with("TX ACK> id: ")).await;
     }
     // The server logs every receipt in the original's format.
-    let feedback = server.proc.wait_lines(10, |l| l.contains(" FEEDBACK> channel: CHANNEL_1") && l.ends_with("status: rx ok")).await;
+    let feedback = server
+        .proc
+        .wait_lines(10, |l| {
+            l.contains(" FEEDBACK> channel: CHANNEL_1") && l.ends_with("status: rx ok")
+        })
+        .await;
     assert_eq!(feedback.len(), 10);
     let devices = server.get_json("/admin/devices/CHANNEL_1").await;
     assert_eq!(devices["H0039000000001"]["last_acked"], 5);
@@ -69,7 +101,10 @@ async fn pere_sub_resumes_across_a_restart_and_prints_nothing_twice() {
 
     // Same port, same data: the subscriber reconnects by itself.
     let server = TestServer::start_in(dir.path(), &["-p", &port]).await;
-    server.proc.wait_line(|l| l.contains(" FEED REQ>") && l.contains("H1")).await;
+    server
+        .proc
+        .wait_line(|l| l.contains(" FEED REQ>") && l.contains("H1"))
+        .await;
     for i in 4..=5 {
         server.push("Resume", &format!("after-{i}")).await;
     }
@@ -84,8 +119,17 @@ async fn pere_sub_resumes_across_a_restart_and_prints_nothing_twice() {
             "RX EVT> id: 5, data: after-5",
         ]
     );
-    server.proc.wait_lines(2, |l| l.contains(" FEEDBACK> channel: Resume, device: H1")).await;
-    assert_eq!(sub.lines().iter().filter(|l| l.starts_with("RX EVT>")).count(), 5);
+    server
+        .proc
+        .wait_lines(2, |l| l.contains(" FEEDBACK> channel: Resume, device: H1"))
+        .await;
+    assert_eq!(
+        sub.lines()
+            .iter()
+            .filter(|l| l.starts_with("RX EVT>"))
+            .count(),
+        5
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,33 +145,78 @@ async fn pere_sub_follows_a_memory_server_that_lost_its_history() {
 
     // A memory server restarted: ids start over at 1, and pere-sub is told so.
     let server = TestServer::start_args(&["--store", "memory", "-p", &port]).await;
-    server.proc.wait_line(|l| l.contains(" FEED REQ>") && l.contains("H1")).await;
+    server
+        .proc
+        .wait_line(|l| l.contains(" FEED REQ>") && l.contains("H1"))
+        .await;
     server.push("Fresh", "new-1").await;
     server.push("Fresh", "new-2").await;
     let received = sub.wait_lines(5, |l| l.starts_with("RX EVT>")).await;
-    assert_eq!(&received[3..], ["RX EVT> id: 1, data: new-1", "RX EVT> id: 2, data: new-2"]);
-    assert!(sub.errors().iter().any(|l| l.starts_with("RESET> the server does not know event 3")), "{:?}", sub.errors());
+    assert_eq!(
+        &received[3..],
+        ["RX EVT> id: 1, data: new-1", "RX EVT> id: 2, data: new-2"]
+    );
+    assert!(
+        sub.errors()
+            .iter()
+            .any(|l| l.starts_with("RESET> the server does not know event 3")),
+        "{:?}",
+        sub.errors()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pere_sub_gives_up_with_a_clear_message_when_the_server_is_unreachable() {
     // A port nobody listens on: bind one, note it, close it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let address = format!("127.0.0.1:{port}");
     let mut sub = Proc::start("pere-sub", &[&address, "C", "H1", "--retries", "2"]);
     assert_eq!(sub.wait_exit().await, 1);
     let errors = sub.errors().join("\n");
-    assert!(errors.contains("cannot reach") && errors.contains("after 2 attempts"), "{errors}");
+    assert!(
+        errors.contains("cannot reach") && errors.contains("after 2 attempts"),
+        "{errors}"
+    );
 
-    let mut publisher = Proc::start("pere-pub", &[&address, "C", "--retries", "2", "--retry-delay", "0.01", "--count", "1"]);
+    let mut publisher = Proc::start(
+        "pere-pub",
+        &[
+            &address,
+            "C",
+            "--retries",
+            "2",
+            "--retry-delay",
+            "0.01",
+            "--count",
+            "1",
+        ],
+    );
     assert_eq!(publisher.wait_exit().await, 1);
-    assert!(publisher.errors().iter().any(|l| l.starts_with("PUSH FAILED. event: ")), "{:?}", publisher.errors());
+    assert!(
+        publisher
+            .errors()
+            .iter()
+            .any(|l| l.starts_with("PUSH FAILED. event: ")),
+        "{:?}",
+        publisher.errors()
+    );
 
     // A refused subscription (bad channel name) fails at once with the server's message.
     let server = TestServer::start(&[]).await;
     let mut refused = Proc::start("pere-sub", &[&server.host_port(), "bad channel", "H1"]);
     assert_eq!(refused.wait_exit().await, 2);
-    assert!(refused.errors().join("\n").contains("channel may hold only"), "{:?}", refused.errors());
+    assert!(
+        refused
+            .errors()
+            .join("\n")
+            .contains("channel may hold only"),
+        "{:?}",
+        refused.errors()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,35 +226,75 @@ async fn pere_sub_without_a_device_is_the_same_device_on_every_run() {
     let config = tempfile::tempdir().unwrap();
     let start = |extra: &[&str]| {
         let mut command = tokio::process::Command::new(bin_path("pere-sub"));
-        command.args([host.as_str(), "C"]).args(extra).env("XDG_CONFIG_HOME", config.path()).env_remove("PERE_DEVICE");
+        command
+            .args([host.as_str(), "C"])
+            .args(extra)
+            .env("XDG_CONFIG_HOME", config.path())
+            .env_remove("PERE_DEVICE");
         Proc::start_with(&mut command)
     };
     let device_of = |line: &str| line["LISTEN (device: ".len()..line.find(')').unwrap()].to_owned();
 
     let mut first = start(&["--count", "1"]);
     let device = device_of(&first.wait_line(|l| l.starts_with("LISTEN (device: ")).await);
-    assert!(device.len() == 14 && device.starts_with("H0039") && device[5..].bytes().all(|b| b.is_ascii_digit()), "{device}");
+    assert!(
+        device.len() == 14
+            && device.starts_with("H0039")
+            && device[5..].bytes().all(|b| b.is_ascii_digit()),
+        "{device}"
+    );
     let kept = config.path().join("pere").join("device-id");
-    first.wait_line(|l| l.starts_with("device id kept in ") && l.contains(kept.to_str().unwrap())).await;
+    first
+        .wait_line(|l| l.starts_with("device id kept in ") && l.contains(kept.to_str().unwrap()))
+        .await;
     assert_eq!(std::fs::read_to_string(&kept).unwrap().trim(), device);
-    server.proc.wait_line(|l| l.contains(" FEED REQ>") && l.contains(&device)).await;
+    server
+        .proc
+        .wait_line(|l| l.contains(" FEED REQ>") && l.contains(&device))
+        .await;
     server.push("C", "one").await;
     assert_eq!(first.wait_exit().await, 0);
 
     // The second run is the same device: the channel has one recipient, and it is listening,
     // so a push that waits for every recipient is satisfied.
     let second = start(&[]);
-    assert_eq!(device_of(&second.wait_line(|l| l.starts_with("LISTEN (device: ")).await), device);
-    server.proc.wait_lines(2, |l| l.contains(" FEED REQ>") && l.contains(&device)).await;
+    assert_eq!(
+        device_of(
+            &second
+                .wait_line(|l| l.starts_with("LISTEN (device: "))
+                .await
+        ),
+        device
+    );
+    server
+        .proc
+        .wait_lines(2, |l| l.contains(" FEED REQ>") && l.contains(&device))
+        .await;
     let devices = server.get_json("/admin/devices/C").await;
-    assert_eq!(devices.as_object().unwrap().keys().collect::<Vec<_>>(), [&device], "{devices}");
-    let waited = server.http.post(server.url("/push/C?wait=all&timeout=10s")).body("two").send().await.unwrap();
+    assert_eq!(
+        devices.as_object().unwrap().keys().collect::<Vec<_>>(),
+        [&device],
+        "{devices}"
+    );
+    let waited = server
+        .http
+        .post(server.url("/push/C?wait=all&timeout=10s"))
+        .body("two")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(waited.status(), 200);
 
     // A device argument, or PERE_DEVICE, overrides the kept one.
     let mut command = tokio::process::Command::new(bin_path("pere-sub"));
-    command.args([host.as_str(), "C", "--count", "1"]).env("XDG_CONFIG_HOME", config.path()).env("PERE_DEVICE", "H2");
+    command
+        .args([host.as_str(), "C", "--count", "1"])
+        .env("XDG_CONFIG_HOME", config.path())
+        .env("PERE_DEVICE", "H2");
     let named = Proc::start_with(&mut command);
     let banner = named.wait_lines(2, |_| true).await;
-    assert!(banner[0].starts_with("LISTEN (device: H2), channel: C") && banner[1].is_empty(), "{banner:?}");
+    assert!(
+        banner[0].starts_with("LISTEN (device: H2), channel: C") && banner[1].is_empty(),
+        "{banner:?}"
+    );
 }

@@ -28,22 +28,40 @@ async fn read_until(stream: &mut TcpStream, enough: impl Fn(&str) -> bool) -> St
 async fn send(server: &TestServer, request: &[u8]) -> String {
     let mut stream = TcpStream::connect(server.host_port()).await.unwrap();
     stream.write_all(request).await.unwrap();
-    read_until(&mut stream, |s| s.contains("\r\n\r\n") && (s.contains('}') || s.contains("text/event-stream"))).await
+    read_until(&mut stream, |s| {
+        s.contains("\r\n\r\n") && (s.contains('}') || s.contains("text/event-stream"))
+    })
+    .await
 }
 
 fn status(answer: &str) -> u16 {
-    answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status line in {answer:?}"))
+    answer
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {answer:?}"))
 }
 
 async fn still_answers(server: &TestServer, after: &str) {
     let health = server.http.get(server.url("/health")).send().await;
-    assert_eq!(health.map(|r| r.status().as_u16()).ok(), Some(200), "/health after {after}");
+    assert_eq!(
+        health.map(|r| r.status().as_u16()).ok(),
+        Some(200),
+        "/health after {after}"
+    );
 }
 
 fn server_args() -> Vec<&'static str> {
     vec![
-        "--max-connections", "40", "--connection-reserve", "8", "--max-streams-per-device", "2",
-        "--body-timeout", "2s", "--max-body", "1024",
+        "--max-connections",
+        "40",
+        "--connection-reserve",
+        "8",
+        "--max-streams-per-device",
+        "2",
+        "--body-timeout",
+        "2s",
+        "--max-body",
+        "1024",
     ]
 }
 
@@ -53,16 +71,52 @@ async fn every_limit_answers_with_its_code_and_the_server_stays_up() {
     server.push("H", "first").await;
 
     // (what, request, status, code): one request each, on a fresh connection.
-    let long_resume = format!("GET /feed/H HTTP/1.1\r\nHost: x\r\nLast-Event-ID: {}\r\n\r\n", "9".repeat(65));
-    let huge_head = format!("GET /feed/H HTTP/1.1\r\nHost: x\r\nLast-Event-ID: {}\r\n\r\n", "9".repeat(100_000));
+    let long_resume = format!(
+        "GET /feed/H HTTP/1.1\r\nHost: x\r\nLast-Event-ID: {}\r\n\r\n",
+        "9".repeat(65)
+    );
+    let huge_head = format!(
+        "GET /feed/H HTTP/1.1\r\nHost: x\r\nLast-Event-ID: {}\r\n\r\n",
+        "9".repeat(100_000)
+    );
     let table: Vec<(&str, Vec<u8>, u16, &str)> = vec![
-        ("a Last-Event-ID longer than an id", long_resume.into_bytes(), 400, "bad_event_id"),
+        (
+            "a Last-Event-ID longer than an id",
+            long_resume.into_bytes(),
+            400,
+            "bad_event_id",
+        ),
         ("a 100 KB request head", huge_head.into_bytes(), 431, ""),
-        ("the channel `..`", b"POST /push/.. HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx".to_vec(), 400, "bad_channel"),
-        ("the channel `.`", b"GET /feed/. HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 400, "bad_channel"),
-        ("a declared body over --max-body", b"POST /push/H HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n".to_vec(), 413, "body_too_large"),
-        ("garbage", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http\r\n\r\n".to_vec(), 400, ""),
-        ("a device id with a slash", b"GET /feed/H HTTP/1.1\r\nHost: x\r\ndevice: a/b\r\n\r\n".to_vec(), 400, "bad_device"),
+        (
+            "the channel `..`",
+            b"POST /push/.. HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx".to_vec(),
+            400,
+            "bad_channel",
+        ),
+        (
+            "the channel `.`",
+            b"GET /feed/. HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            400,
+            "bad_channel",
+        ),
+        (
+            "a declared body over --max-body",
+            b"POST /push/H HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n".to_vec(),
+            413,
+            "body_too_large",
+        ),
+        (
+            "garbage",
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http\r\n\r\n".to_vec(),
+            400,
+            "",
+        ),
+        (
+            "a device id with a slash",
+            b"GET /feed/H HTTP/1.1\r\nHost: x\r\ndevice: a/b\r\n\r\n".to_vec(),
+            400,
+            "bad_device",
+        ),
     ];
     for (what, request, expected, code) in table {
         let answer = send(&server, &request).await;
@@ -88,11 +142,17 @@ async fn a_client_still_writing_a_large_body_reads_the_413() {
         Ok::<_, std::io::Error>(writer)
     });
     let mut answer = Vec::new();
-    tokio::time::timeout(WAIT, reader.read_to_end(&mut answer)).await.expect("answered in time").expect("no reset");
+    tokio::time::timeout(WAIT, reader.read_to_end(&mut answer))
+        .await
+        .expect("answered in time")
+        .expect("no reset");
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
     assert!(answer.contains("body_too_large"), "{answer}");
-    assert!(sending.await.unwrap().is_ok(), "the whole body could be written");
+    assert!(
+        sending.await.unwrap().is_ok(),
+        "the whole body could be written"
+    );
     still_answers(&server, "a large body").await;
 }
 
@@ -101,7 +161,9 @@ async fn a_body_that_never_ends_times_out() {
     let server = TestServer::start(&server_args()).await;
     let mut stream = TcpStream::connect(server.host_port()).await.unwrap();
     stream
-        .write_all(b"POST /push/H HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        .write_all(
+            b"POST /push/H HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        )
         .await
         .unwrap();
     let answer = read_until(&mut stream, |s| s.contains('}')).await;
@@ -114,35 +176,61 @@ async fn a_body_that_never_ends_times_out() {
 async fn streams_are_capped_per_device_and_in_all_and_short_requests_keep_their_reserve() {
     let server = TestServer::start(&server_args()).await;
     // HEAD of a feed opens nothing and makes no recipient.
-    let head = send(&server, b"HEAD /feed/S HTTP/1.1\r\nHost: x\r\ndevice: HeadOnly\r\n\r\n").await;
+    let head = send(
+        &server,
+        b"HEAD /feed/S HTTP/1.1\r\nHost: x\r\ndevice: HeadOnly\r\n\r\n",
+    )
+    .await;
     assert_eq!(status(&head), 200, "{head}");
-    assert!(server.get_json("/admin/devices/S").await.get("HeadOnly").is_none());
+    assert!(server
+        .get_json("/admin/devices/S")
+        .await
+        .get("HeadOnly")
+        .is_none());
 
     // Two streams per device, the third refused.
     let _first = server.feed("S", &[("device", "D1")]).await;
     let _second = server.feed("S", &[("device", "D1")]).await;
-    let third = send(&server, b"GET /feed/S HTTP/1.1\r\nHost: x\r\ndevice: D1\r\n\r\n").await;
+    let third = send(
+        &server,
+        b"GET /feed/S HTTP/1.1\r\nHost: x\r\ndevice: D1\r\n\r\n",
+    )
+    .await;
     assert_eq!(status(&third), 429, "{third}");
-    assert!(third.contains("too_many_streams") && third.to_lowercase().contains("retry-after: 5"), "{third}");
+    assert!(
+        third.contains("too_many_streams") && third.to_lowercase().contains("retry-after: 5"),
+        "{third}"
+    );
 
     // 40 connections, 8 kept for short requests: 32 streams in all.
     let mut held = Vec::new();
     for i in 0..30 {
         let mut stream = TcpStream::connect(server.host_port()).await.unwrap();
-        stream.write_all(format!("GET /feed/S HTTP/1.1\r\nHost: x\r\ndevice: Many{i}\r\n\r\n").as_bytes()).await.unwrap();
+        stream
+            .write_all(
+                format!("GET /feed/S HTTP/1.1\r\nHost: x\r\ndevice: Many{i}\r\n\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
         let answer = read_until(&mut stream, |s| s.contains("retry:")).await;
         assert_eq!(status(&answer), 200, "stream {i}: {answer}");
         held.push(stream);
     }
     let full = send(&server, b"GET /feed/S HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(status(&full), 503, "{full}");
-    assert!(full.contains("server_full") && full.to_lowercase().contains("retry-after: 5"), "{full}");
+    assert!(
+        full.contains("server_full") && full.to_lowercase().contains("retry-after: 5"),
+        "{full}"
+    );
     // The reserve still serves pushes and health.
     assert_eq!(server.push("S", "still served").await, 1);
     still_answers(&server, "streams filling the server").await;
     // A closed stream gives its place back once the server has seen it close.
     drop(held.pop());
-    server.proc.wait_line(|l| l.contains(" FEED END> device: Many29,")).await;
+    server
+        .proc
+        .wait_line(|l| l.contains(" FEED END> device: Many29,"))
+        .await;
     let reopened = send(&server, b"GET /feed/S HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(status(&reopened), 200, "{reopened}");
 }

@@ -9,7 +9,9 @@ use pere_e2e::{on_every_store, StoreUnderTest, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-async fn subscribers_joining_during_concurrent_publishing_see_no_gap_and_no_duplicate(store: StoreUnderTest) {
+async fn subscribers_joining_during_concurrent_publishing_see_no_gap_and_no_duplicate(
+    store: StoreUnderTest,
+) {
     let server = std::sync::Arc::new(TestServer::start_on(store, &["--quiet"]).await);
     const PUBLISHERS: u64 = 4;
     const EACH: u64 = 150;
@@ -29,9 +31,16 @@ async fn subscribers_joining_during_concurrent_publishing_see_no_gap_and_no_dupl
     let mut feeds = Vec::new();
     for k in 0..12u64 {
         // Half resume from a position already published, half from the start.
-        let start = if k % 2 == 1 { published.load(Ordering::Relaxed) } else { 0 };
-        let headers: Vec<(&str, String)> =
-            if start > 0 { vec![("Last-Event-ID", start.to_string())] } else { vec![] };
+        let start = if k % 2 == 1 {
+            published.load(Ordering::Relaxed)
+        } else {
+            0
+        };
+        let headers: Vec<(&str, String)> = if start > 0 {
+            vec![("Last-Event-ID", start.to_string())]
+        } else {
+            vec![]
+        };
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         feeds.push((start, server.feed("Busy", &headers).await));
     }
@@ -45,8 +54,22 @@ async fn subscribers_joining_during_concurrent_publishing_see_no_gap_and_no_dupl
     }
 }
 
-async fn a_stalled_subscriber_is_cut_without_growing_memory_or_slowing_others(store: StoreUnderTest) {
-    let server = TestServer::start_on(store, &["--quiet", "--subscriber-buffer", "32", "--retention-events", "50", "--max-body", "65536"]).await;
+async fn a_stalled_subscriber_is_cut_without_growing_memory_or_slowing_others(
+    store: StoreUnderTest,
+) {
+    let server = TestServer::start_on(
+        store,
+        &[
+            "--quiet",
+            "--subscriber-buffer",
+            "32",
+            "--retention-events",
+            "50",
+            "--max-body",
+            "65536",
+        ],
+    )
+    .await;
     // A subscriber that sends its request and then never reads a byte.
     let address = server.host_port();
     let mut stalled = TcpStream::connect(&address).await.unwrap();
@@ -68,7 +91,10 @@ async fn a_stalled_subscriber_is_cut_without_growing_memory_or_slowing_others(st
         assert_eq!(event.id, i.to_string());
     }
     let after = server.rss_kib();
-    assert!(after < before + 32 * 1024, "resident memory grew from {before} KiB to {after} KiB");
+    assert!(
+        after < before + 32 * 1024,
+        "resident memory grew from {before} KiB to {after} KiB"
+    );
 
     // The stalled one was cut: only the healthy feed remains on the channel.
     let connections = server.get_json("/admin/connections").await;
@@ -86,7 +112,10 @@ async fn a_stalled_subscriber_is_cut_without_growing_memory_or_slowing_others(st
         }
     })
     .await;
-    assert!(drained.is_ok(), "the stalled subscriber's connection was not closed");
+    assert!(
+        drained.is_ok(),
+        "the stalled subscriber's connection was not closed"
+    );
 }
 
 on_every_store!(

@@ -4,7 +4,9 @@
 use pere_e2e::{on_every_store, StoreUnderTest, TestServer};
 use serde_json::{json, Value};
 
-async fn publish_reaches_every_subscriber_in_order_and_receipts_are_recorded(store: StoreUnderTest) {
+async fn publish_reaches_every_subscriber_in_order_and_receipts_are_recorded(
+    store: StoreUnderTest,
+) {
     let server = TestServer::start_on(store, &[]).await;
     let mut h1 = server.feed("CHANNEL_1", &[("device", "H1")]).await;
     let mut w1 = server.feed_path("/feed/CHANNEL_1?device=W1", &[]).await;
@@ -48,7 +50,10 @@ async fn publish_reaches_every_subscriber_in_order_and_receipts_are_recorded(sto
 
     // A device that goes away is offline, and a new known device that never received shows pending.
     drop(w1);
-    server.proc.wait_line(|l| l.contains(" FEED END>") && l.contains("W1")).await;
+    server
+        .proc
+        .wait_line(|l| l.contains(" FEED END>") && l.contains("W1"))
+        .await;
     let devices = server.get_json("/admin/devices/CHANNEL_1").await;
     assert_eq!(devices["W1"]["online"], false);
     assert_eq!(devices["W1"]["op"], "feedback");
@@ -60,27 +65,70 @@ async fn admin_devices_keep_the_original_vocabulary_when_devices_go_offline(stor
         server.push("C", &format!("e{i}")).await;
     }
     // F1 resumes after 2 and acknowledges nothing; A1 acknowledges 3; R1 is only registered.
-    let mut f1 = server.feed("C", &[("device", "F1"), ("Last-Event-ID", "2")]).await;
+    let mut f1 = server
+        .feed("C", &[("device", "F1"), ("Last-Event-ID", "2")])
+        .await;
     let mut a1 = server.feed("C", &[("device", "A1")]).await;
     assert_eq!(f1.next_ids(1).await, [3]);
     assert_eq!(a1.next_ids(3).await, [1, 2, 3]);
     server.ack("C", "A1", 3, "ok").await;
-    let registered = server.http.put(server.url("/devices/C/R1")).send().await.unwrap();
+    let registered = server
+        .http
+        .put(server.url("/devices/C/R1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(registered.status(), 200);
     let online = server.get_json("/admin/devices/C").await;
-    assert_eq!((online["F1"]["op"].as_str(), online["F1"]["Last-Event-Id"].as_str()), (Some("feed"), Some("2")));
-    assert_eq!((online["A1"]["op"].as_str(), online["A1"]["Last-Event-Id"].as_str()), (Some("feedback"), Some("3")));
-    assert_eq!((online["F1"]["online"].as_bool(), online["F1"]["open_streams"].as_u64()), (Some(true), Some(1)));
+    assert_eq!(
+        (
+            online["F1"]["op"].as_str(),
+            online["F1"]["Last-Event-Id"].as_str()
+        ),
+        (Some("feed"), Some("2"))
+    );
+    assert_eq!(
+        (
+            online["A1"]["op"].as_str(),
+            online["A1"]["Last-Event-Id"].as_str()
+        ),
+        (Some("feedback"), Some("3"))
+    );
+    assert_eq!(
+        (
+            online["F1"]["online"].as_bool(),
+            online["F1"]["open_streams"].as_u64()
+        ),
+        (Some(true), Some(1))
+    );
 
     drop(f1);
     drop(a1);
-    server.proc.wait_lines(2, |l| l.contains(" FEED END>")).await;
+    server
+        .proc
+        .wait_lines(2, |l| l.contains(" FEED END>"))
+        .await;
     let offline = server.get_json("/admin/devices/C").await;
-    for (device, op, last) in [("F1", "feed", Value::from("2")), ("A1", "feedback", Value::from("3")), ("R1", "feed", Value::Null)] {
+    for (device, op, last) in [
+        ("F1", "feed", Value::from("2")),
+        ("A1", "feedback", Value::from("3")),
+        ("R1", "feed", Value::Null),
+    ] {
         let d = &offline[device];
-        assert_eq!((d["op"].as_str(), &d["Last-Event-Id"]), (Some(op), &last), "{device}: {d}");
-        assert_eq!((d["online"].as_bool(), d["open_streams"].as_u64()), (Some(false), Some(0)), "{device}: {d}");
-        assert!(d["last_seen"].as_str().unwrap() >= online[device]["last_seen"].as_str().unwrap(), "{device}: {d}");
+        assert_eq!(
+            (d["op"].as_str(), &d["Last-Event-Id"]),
+            (Some(op), &last),
+            "{device}: {d}"
+        );
+        assert_eq!(
+            (d["online"].as_bool(), d["open_streams"].as_u64()),
+            (Some(false), Some(0)),
+            "{device}: {d}"
+        );
+        assert!(
+            d["last_seen"].as_str().unwrap() >= online[device]["last_seen"].as_str().unwrap(),
+            "{device}: {d}"
+        );
     }
 }
 
@@ -104,13 +152,21 @@ async fn resume_by_last_event_id_header_query_and_device_cursor(store: StoreUnde
     assert_eq!(reloaded.next_ids(4).await, vec![4, 5, 6, 7]);
 
     // An id the server never gave (an original PERE timestamp) replays the retained history.
-    let mut old_client = server.feed("C", &[("Last-Event-ID", "2014-12-01T15:01:45.025Z")]).await;
+    let mut old_client = server
+        .feed("C", &[("Last-Event-ID", "2014-12-01T15:01:45.025Z")])
+        .await;
     assert_eq!(old_client.next_ids(1).await, vec![1]);
     // So does an id beyond the channel's history, after a notice that ids start over.
     let mut from_the_future = server.feed("C", &[("Last-Event-ID", "99")]).await;
     let reset = from_the_future.next().await;
-    assert_eq!((reset.event.as_str(), reset.id.as_str()), ("pere-reset", ""));
-    assert_eq!(serde_json::from_str::<Value>(&reset.data).unwrap(), json!({"last_event_id": 99, "head": 7}));
+    assert_eq!(
+        (reset.event.as_str(), reset.id.as_str()),
+        ("pere-reset", "")
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&reset.data).unwrap(),
+        json!({"last_event_id": 99, "head": 7})
+    );
     assert_eq!(from_the_future.next_ids(1).await, vec![1]);
 }
 
@@ -138,10 +194,19 @@ async fn bodies_arrive_verbatim_and_cannot_forge_events(store: StoreUnderTest) {
     server.push("C", "a\r\nb\rc").await;
     assert_eq!(feed.next().await.data, "a\nb\nc");
     // A typed event keeps its type.
-    let response = server.http.post(server.url("/push/C?event=order.created")).body("typed").send().await.unwrap();
+    let response = server
+        .http
+        .post(server.url("/push/C?event=order.created"))
+        .body("typed")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let event = feed.next().await;
-    assert_eq!((event.event.as_str(), event.data.as_str()), ("order.created", "typed"));
+    assert_eq!(
+        (event.event.as_str(), event.data.as_str()),
+        ("order.created", "typed")
+    );
 }
 
 async fn every_old_client_feedback_form_is_accepted(store: StoreUnderTest) {
@@ -151,12 +216,31 @@ async fn every_old_client_feedback_form_is_accepted(store: StoreUnderTest) {
     // (headers, form body, expected status)
     type Form<'a> = (Vec<(&'a str, &'a str)>, &'a str, &'a str);
     let forms: [Form; 3] = [
-        (vec![("device", "H0039000000001"), ("last_event_id", &id_text)], "status=rx+ok", "rx ok"),
-        (vec![("device", "W0039000000002"), ("Last-Event-ID", &id_text)], "status=ok", "ok"),
-        (vec![("device", "H0039000000003"), ("last_event_id", &id_text), ("content-type", "application/x-www-form-urlencoded")], "status=done%21", "done!"),
+        (
+            vec![("device", "H0039000000001"), ("last_event_id", &id_text)],
+            "status=rx+ok",
+            "rx ok",
+        ),
+        (
+            vec![("device", "W0039000000002"), ("Last-Event-ID", &id_text)],
+            "status=ok",
+            "ok",
+        ),
+        (
+            vec![
+                ("device", "H0039000000003"),
+                ("last_event_id", &id_text),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            "status=done%21",
+            "done!",
+        ),
     ];
     for (headers, body, expected) in forms {
-        let mut request = server.http.post(server.url("/feedback/C")).body(body.to_owned());
+        let mut request = server
+            .http
+            .post(server.url("/feedback/C"))
+            .body(body.to_owned());
         for (k, v) in headers {
             request = request.header(k, v);
         }
@@ -170,7 +254,13 @@ async fn every_old_client_feedback_form_is_accepted(store: StoreUnderTest) {
     assert_eq!((status, receipt["device"].as_str()), (200, Some("J1")));
     let summary = server.get_json(&format!("/admin/receipts/C/{id}")).await;
     assert_eq!(summary["counts"]["acknowledged"], 4);
-    server.proc.wait_line(|l| l.contains(" FEEDBACK> channel: C, device: H0039000000001") && l.ends_with("status: rx ok")).await;
+    server
+        .proc
+        .wait_line(|l| {
+            l.contains(" FEEDBACK> channel: C, device: H0039000000001")
+                && l.ends_with("status: rx ok")
+        })
+        .await;
 }
 
 /// Sends a request and returns the status and the error code of the JSON answer.
@@ -178,7 +268,13 @@ async fn error_of(request: reqwest::RequestBuilder) -> (u16, String) {
     let response = request.send().await.unwrap();
     let status = response.status().as_u16();
     let body: Value = response.json().await.expect("errors are JSON");
-    (status, body["error"]["code"].as_str().unwrap_or_default().to_owned())
+    (
+        status,
+        body["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    )
 }
 
 async fn bad_input_gets_a_clear_answer_and_the_server_stays_up(store: StoreUnderTest) {
@@ -187,21 +283,98 @@ async fn bad_input_gets_a_clear_answer_and_the_server_stays_up(store: StoreUnder
     let url = |p: &str| server.url(p);
     let id = server.push("C", "x").await;
     let cases = [
-        (http.post(url("/push/bad%20name")).body("x"), 400, "bad_channel"),
-        (http.post(url(&format!("/push/{}", "c".repeat(129)))).body("x"), 400, "bad_channel"),
-        (http.post(url("/push/C")).header("device", "bad device!").body("x"), 400, "bad_device"),
-        (http.post(url("/push/C?event=bad%0Atype")).body("x"), 400, "bad_event_type"),
-        (http.post(url("/push/C")).body("x".repeat(5000)), 413, "body_too_large"),
-        (http.post(url("/push/C")).body(vec![0xff, 0xfe, 0x00]), 400, "body_not_utf8"),
-        (http.post(url("/push/C")).header("content-type", "application/json").body("{not json"), 400, "invalid_json"),
+        (
+            http.post(url("/push/bad%20name")).body("x"),
+            400,
+            "bad_channel",
+        ),
+        (
+            http.post(url(&format!("/push/{}", "c".repeat(129))))
+                .body("x"),
+            400,
+            "bad_channel",
+        ),
+        (
+            http.post(url("/push/C"))
+                .header("device", "bad device!")
+                .body("x"),
+            400,
+            "bad_device",
+        ),
+        (
+            http.post(url("/push/C?event=bad%0Atype")).body("x"),
+            400,
+            "bad_event_type",
+        ),
+        (
+            http.post(url("/push/C")).body("x".repeat(5000)),
+            413,
+            "body_too_large",
+        ),
+        (
+            http.post(url("/push/C")).body(vec![0xff, 0xfe, 0x00]),
+            400,
+            "body_not_utf8",
+        ),
+        (
+            http.post(url("/push/C"))
+                .header("content-type", "application/json")
+                .body("{not json"),
+            400,
+            "invalid_json",
+        ),
         (http.get(url("/feed/bad%2Fname")), 400, "bad_channel"),
-        (http.post(url("/feedback/C")).header("last_event_id", id.to_string()).body("status=ok"), 400, "missing_device"),
-        (http.post(url("/feedback/C")).header("device", "H1").body("status=ok"), 400, "missing_event_id"),
-        (http.post(url("/feedback/C")).header("device", "H1").header("last_event_id", "abc").body("status=ok"), 400, "bad_event_id"),
-        (http.post(url("/feedback/C")).header("device", "H1").header("last_event_id", "99").body("status=ok"), 404, "unknown_event"),
-        (http.post(url("/feedback/NEVER")).header("device", "H1").header("last_event_id", "1").body("status=ok"), 404, "unknown_event"),
-        (http.post(url("/feedback/C")).header("content-type", "application/json").body("[1"), 400, "invalid_json"),
-        (http.post(url("/feedback/C")).json(&json!({"device": "H1", "id": id, "status": "s".repeat(2000)})), 400, "status_too_long"),
+        (
+            http.post(url("/feedback/C"))
+                .header("last_event_id", id.to_string())
+                .body("status=ok"),
+            400,
+            "missing_device",
+        ),
+        (
+            http.post(url("/feedback/C"))
+                .header("device", "H1")
+                .body("status=ok"),
+            400,
+            "missing_event_id",
+        ),
+        (
+            http.post(url("/feedback/C"))
+                .header("device", "H1")
+                .header("last_event_id", "abc")
+                .body("status=ok"),
+            400,
+            "bad_event_id",
+        ),
+        (
+            http.post(url("/feedback/C"))
+                .header("device", "H1")
+                .header("last_event_id", "99")
+                .body("status=ok"),
+            404,
+            "unknown_event",
+        ),
+        (
+            http.post(url("/feedback/NEVER"))
+                .header("device", "H1")
+                .header("last_event_id", "1")
+                .body("status=ok"),
+            404,
+            "unknown_event",
+        ),
+        (
+            http.post(url("/feedback/C"))
+                .header("content-type", "application/json")
+                .body("[1"),
+            400,
+            "invalid_json",
+        ),
+        (
+            http.post(url("/feedback/C"))
+                .json(&json!({"device": "H1", "id": id, "status": "s".repeat(2000)})),
+            400,
+            "status_too_long",
+        ),
         (http.get(url("/admin/receipts/C/99")), 404, "unknown_event"),
         (http.get(url("/admin/receipts/C/x")), 400, "bad_event_id"),
         (http.get(url("/admin/events/C?limit=-1")), 400, "bad_limit"),
@@ -210,7 +383,11 @@ async fn bad_input_gets_a_clear_answer_and_the_server_stays_up(store: StoreUnder
     ];
     for (request, status, code) in cases {
         let description = format!("{request:?}");
-        assert_eq!(error_of(request).await, (status, code.to_owned()), "{description}");
+        assert_eq!(
+            error_of(request).await,
+            (status, code.to_owned()),
+            "{description}"
+        );
     }
     // Still up and still right.
     assert_eq!(server.push("C", "still here").await, id + 1);
@@ -227,19 +404,54 @@ async fn feed_headers_root_banner_page_and_cors(store: StoreUnderTest) {
 
     let banner = server.get_json("/").await;
     assert_eq!(banner, json!({"message": "PERE server up and running"}));
-    let page = server.http.get(server.url("/")).header("accept", "text/html").send().await.unwrap();
-    assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
-    assert_eq!(page.headers()["vary"], "Accept", "the page and the banner share a URL");
+    let page = server
+        .http
+        .get(server.url("/"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert!(page.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert_eq!(
+        page.headers()["vary"],
+        "Accept",
+        "the page and the banner share a URL"
+    );
     let html = page.text().await.unwrap();
-    assert!(html.contains("from '/pere.js'"), "the page is built on pere.js");
-    assert!(!html.contains("http://") && !html.contains("https://"), "the page loads nothing from elsewhere");
-    let page = server.http.get(server.url("/subscriber.html")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        html.contains("from '/pere.js'"),
+        "the page is built on pere.js"
+    );
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "the page loads nothing from elsewhere"
+    );
+    let page = server
+        .http
+        .get(server.url("/subscriber.html"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert_eq!(page, html);
 
     // pere.js: public, a module, revalidated with its ETag.
-    let script = server.http.get(server.url("/pere.js")).send().await.unwrap();
+    let script = server
+        .http
+        .get(server.url("/pere.js"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(script.status(), 200);
-    assert_eq!(script.headers()["content-type"], "text/javascript; charset=utf-8");
+    assert_eq!(
+        script.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
     assert_eq!(script.headers()["cache-control"], "no-cache");
     let etag = script.headers()["etag"].clone();
     let source = script.text().await.unwrap();
@@ -248,7 +460,13 @@ async fn feed_headers_root_banner_page_and_cors(store: StoreUnderTest) {
             && source.contains("/feedback/")
             && source.contains("export function subscribe")
     );
-    let cached = server.http.get(server.url("/pere.js")).header("if-none-match", etag.clone()).send().await.unwrap();
+    let cached = server
+        .http
+        .get(server.url("/pere.js"))
+        .header("if-none-match", etag.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(cached.status(), 304);
     assert_eq!(cached.headers()["etag"], etag);
     assert!(cached.text().await.unwrap().is_empty());
@@ -263,25 +481,53 @@ async fn feed_headers_root_banner_page_and_cors(store: StoreUnderTest) {
         .await
         .unwrap();
     assert_eq!(preflight.status(), 204);
-    assert_eq!(preflight.headers()["access-control-allow-origin"], "https://app.example");
-    let allowed = preflight.headers()["access-control-allow-headers"].to_str().unwrap();
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let allowed = preflight.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap();
     assert!(allowed.contains("device") && allowed.contains("last-event-id"));
-    let foreign = server.http.get(server.url("/")).header("origin", "https://evil.example").send().await.unwrap();
-    assert!(foreign.headers().get("access-control-allow-origin").is_none());
+    let foreign = server
+        .http
+        .get(server.url("/"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(foreign
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
 }
 
 /// Pushes `body` on `channel` with these headers; the status, headers and JSON answer.
-async fn push_with(server: &TestServer, channel: &str, headers: &[(&str, &str)], body: &str) -> (u16, reqwest::header::HeaderMap, Value) {
-    let mut request = server.http.post(server.url(&format!("/push/{channel}"))).body(body.to_owned());
+async fn push_with(
+    server: &TestServer,
+    channel: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut request = server
+        .http
+        .post(server.url(&format!("/push/{channel}")))
+        .body(body.to_owned());
     for (k, v) in headers {
         request = request.header(*k, *v);
     }
     let response = request.send().await.expect("push");
     let (status, headers) = (response.status().as_u16(), response.headers().clone());
-    (status, headers, response.json().await.unwrap_or(Value::Null))
+    (
+        status,
+        headers,
+        response.json().await.unwrap_or(Value::Null),
+    )
 }
 
-async fn a_repeated_idempotency_key_answers_as_the_first_time_and_stores_nothing(store: StoreUnderTest) {
+async fn a_repeated_idempotency_key_answers_as_the_first_time_and_stores_nothing(
+    store: StoreUnderTest,
+) {
     let server = TestServer::start_on(store, &[]).await;
     let mut feed = server.feed("C", &[("device", "H1")]).await;
     let key = [("idempotency-key", "order-42"), ("event", "order")];
@@ -293,12 +539,23 @@ async fn a_repeated_idempotency_key_answers_as_the_first_time_and_stores_nothing
     assert_eq!(headers["idempotent-replayed"], "true");
     assert_eq!(again, first, "the same id and time as the first answer");
     // Another key, and no key at all, are new events.
-    let (_, _, other) = push_with(&server, "C", &[("idempotency-key", "order-43")], "{\"n\":1}").await;
+    let (_, _, other) = push_with(
+        &server,
+        "C",
+        &[("idempotency-key", "order-43")],
+        "{\"n\":1}",
+    )
+    .await;
     assert_eq!(other["id"], 2);
     assert_eq!(server.push("C", "plain").await, 3);
 
     let events = server.get_json("/events/C").await;
-    let ids: Vec<u64> = events["events"].as_array().unwrap().iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    let ids: Vec<u64> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_u64().unwrap())
+        .collect();
     assert_eq!(ids, [1, 2, 3], "the replay stored nothing: {events}");
     // Delivered once: the feed's next events are 1, 2 and 3, with no copy of 1 between.
     assert_eq!(feed.next_ids(3).await, [1, 2, 3]);
@@ -307,7 +564,13 @@ async fn a_repeated_idempotency_key_answers_as_the_first_time_and_stores_nothing
     let (status, _, conflict) = push_with(&server, "C", &key, "{\"n\":2}").await;
     assert_eq!(status, 409);
     assert_eq!(conflict["error"]["code"], "idempotency_conflict");
-    let (status, _, _) = push_with(&server, "C", &[("idempotency-key", "order-42")], "{\"n\":1}").await;
+    let (status, _, _) = push_with(
+        &server,
+        "C",
+        &[("idempotency-key", "order-42")],
+        "{\"n\":1}",
+    )
+    .await;
     assert_eq!(status, 409, "same body, no type");
     // Keys are per channel.
     let (status, headers, elsewhere) = push_with(&server, "D", &key, "{\"n\":1}").await;
@@ -317,15 +580,23 @@ async fn a_repeated_idempotency_key_answers_as_the_first_time_and_stores_nothing
     // Keys are 1 to 255 visible ASCII characters.
     for bad in ["", "with space", &"k".repeat(256), "caf\u{e9}"] {
         let mut request = server.http.post(server.url("/push/C")).body("x");
-        request = request.header("idempotency-key", reqwest::header::HeaderValue::from_bytes(bad.as_bytes()).unwrap());
+        request = request.header(
+            "idempotency-key",
+            reqwest::header::HeaderValue::from_bytes(bad.as_bytes()).unwrap(),
+        );
         let response = request.send().await.unwrap();
         assert_eq!(response.status(), 400, "key {bad:?}");
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["error"]["code"], "bad_idempotency_key");
     }
-    let (status, _, _) = push_with(&server, "C", &[("idempotency-key", &"k".repeat(255))], "x").await;
+    let (status, _, _) =
+        push_with(&server, "C", &[("idempotency-key", &"k".repeat(255))], "x").await;
     assert_eq!(status, 200);
-    assert_eq!(server.get_json("/events/C").await["head"], 4, "refused pushes stored nothing");
+    assert_eq!(
+        server.get_json("/events/C").await["head"],
+        4,
+        "refused pushes stored nothing"
+    );
 }
 
 on_every_store!(
@@ -344,7 +615,10 @@ on_every_store!(
 async fn read_to_close(stream: &mut tokio::net::TcpStream) -> String {
     use tokio::io::AsyncReadExt;
     let mut all = Vec::new();
-    tokio::time::timeout(pere_e2e::WAIT, stream.read_to_end(&mut all)).await.expect("closed in time").unwrap();
+    tokio::time::timeout(pere_e2e::WAIT, stream.read_to_end(&mut all))
+        .await
+        .expect("closed in time")
+        .unwrap();
     String::from_utf8_lossy(&all).into_owned()
 }
 
@@ -355,7 +629,9 @@ async fn feeds_work_on_a_dedicated_connection_and_after_other_requests_on_the_sa
     server.push("Raw", "one").await;
 
     // A connection that opens with a feed request.
-    let mut dedicated = tokio::net::TcpStream::connect(server.host_port()).await.unwrap();
+    let mut dedicated = tokio::net::TcpStream::connect(server.host_port())
+        .await
+        .unwrap();
     dedicated
         .write_all(b"GET /feed/Raw HTTP/1.1\r\nHost: x\r\nOrigin: https://app.example\r\ndevice: R1\r\n\r\n")
         .await
@@ -363,7 +639,10 @@ async fn feeds_work_on_a_dedicated_connection_and_after_other_requests_on_the_sa
     let mut seen = Vec::new();
     while !String::from_utf8_lossy(&seen).contains("data: one\n\n") {
         let mut chunk = [0u8; 1024];
-        let n = tokio::time::timeout(pere_e2e::WAIT, dedicated.read(&mut chunk)).await.unwrap().unwrap();
+        let n = tokio::time::timeout(pere_e2e::WAIT, dedicated.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
         seen.extend_from_slice(&chunk[..n]);
     }
@@ -372,17 +651,29 @@ async fn feeds_work_on_a_dedicated_connection_and_after_other_requests_on_the_sa
     assert!(text.contains("content-type: text/event-stream"));
     assert!(text.contains("access-control-allow-origin: https://app.example"));
     // The retry hint opens the first event's block: no block without data (see tests/interop.rs).
-    assert!(text.contains("\r\n\r\nretry: 3000\nid: 1\ndata: one\n\n"), "{text}");
+    assert!(
+        text.contains("\r\n\r\nretry: 3000\nid: 1\ndata: one\n\n"),
+        "{text}"
+    );
 
     // A bad feed request on such a connection gets the JSON error, then the connection closes.
-    let mut bad = tokio::net::TcpStream::connect(server.host_port()).await.unwrap();
-    bad.write_all(b"GET /feed/bad%20name HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut bad = tokio::net::TcpStream::connect(server.host_port())
+        .await
+        .unwrap();
+    bad.write_all(b"GET /feed/bad%20name HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let answer = read_to_close(&mut bad).await;
-    assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
     assert!(answer.contains("\"code\": \"bad_channel\""), "{answer}");
 
     // A feed after another request on a keep-alive connection is served too.
-    let mut reused = tokio::net::TcpStream::connect(server.host_port()).await.unwrap();
+    let mut reused = tokio::net::TcpStream::connect(server.host_port())
+        .await
+        .unwrap();
     reused
         .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /feed/Raw HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
@@ -390,7 +681,10 @@ async fn feeds_work_on_a_dedicated_connection_and_after_other_requests_on_the_sa
     let mut seen = Vec::new();
     while !String::from_utf8_lossy(&seen).contains("data: one") {
         let mut chunk = [0u8; 1024];
-        let n = tokio::time::timeout(pere_e2e::WAIT, reused.read(&mut chunk)).await.unwrap().unwrap();
+        let n = tokio::time::timeout(pere_e2e::WAIT, reused.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
         seen.extend_from_slice(&chunk[..n]);
     }
@@ -398,11 +692,20 @@ async fn feeds_work_on_a_dedicated_connection_and_after_other_requests_on_the_sa
     assert!(text.contains("\"status\": \"ok\""), "{text}");
     assert!(text.contains("text/event-stream"), "{text}");
     // The same opening through hyper (chunked): the retry hint, no blank line, then the event.
-    assert!(text.contains("retry: 3000\n\r\n") && !text.contains("retry: 3000\n\n"), "{text}");
+    assert!(
+        text.contains("retry: 3000\n\r\n") && !text.contains("retry: 3000\n\n"),
+        "{text}"
+    );
 
     // Connections that close before a complete request cost nothing and break nothing.
-    drop(tokio::net::TcpStream::connect(server.host_port()).await.unwrap());
-    let mut half = tokio::net::TcpStream::connect(server.host_port()).await.unwrap();
+    drop(
+        tokio::net::TcpStream::connect(server.host_port())
+            .await
+            .unwrap(),
+    );
+    let mut half = tokio::net::TcpStream::connect(server.host_port())
+        .await
+        .unwrap();
     half.write_all(b"GET /feed/Raw HTT").await.unwrap();
     drop(half);
     assert_eq!(server.push("Raw", "two").await, 2);
@@ -411,13 +714,22 @@ async fn feeds_work_on_a_dedicated_connection_and_after_other_requests_on_the_sa
 /// Sends `requests` on one new connection and reads until `until` shows up in what comes back.
 async fn exchange(server: &TestServer, requests: &str, until: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(server.host_port()).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(server.host_port())
+        .await
+        .unwrap();
     stream.write_all(requests.as_bytes()).await.unwrap();
     let mut seen = Vec::new();
     while !String::from_utf8_lossy(&seen).contains(until) {
         let mut chunk = [0u8; 1024];
-        let n = tokio::time::timeout(pere_e2e::WAIT, stream.read(&mut chunk)).await.unwrap().unwrap();
-        assert!(n > 0, "closed before {until:?}: {}", String::from_utf8_lossy(&seen));
+        let n = tokio::time::timeout(pere_e2e::WAIT, stream.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before {until:?}: {}",
+            String::from_utf8_lossy(&seen)
+        );
         seen.extend_from_slice(&chunk[..n]);
     }
     String::from_utf8_lossy(&seen).into_owned()
@@ -428,7 +740,8 @@ async fn feeds_on_either_kind_of_connection_pass_the_same_door() {
     let server = TestServer::start(&["--log-level", "debug"]).await;
     server.push("Door", "one").await;
     let health = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
-    let feed = |device: &str| format!("GET /feed/Door HTTP/1.1\r\nHost: x\r\ndevice: {device}\r\n\r\n");
+    let feed =
+        |device: &str| format!("GET /feed/Door HTTP/1.1\r\nHost: x\r\ndevice: {device}\r\n\r\n");
 
     // Let in: a feed that opens its connection, and one after another request on a kept-alive one.
     exchange(&server, &feed("First1"), "data: one").await;
@@ -436,16 +749,32 @@ async fn feeds_on_either_kind_of_connection_pass_the_same_door() {
     for device in ["First1", "Later1"] {
         let request = format!(" REQUEST> GET /feed/Door, device: {device}");
         server.proc.wait_line(|l| l.contains(&request)).await;
-        server.proc.wait_line(|l| l.contains(" FEED REQ> ") && l.contains(&format!("device: {device},"))).await;
+        server
+            .proc
+            .wait_line(|l| l.contains(" FEED REQ> ") && l.contains(&format!("device: {device},")))
+            .await;
     }
 
     // Refused: the same bad device on both kinds of connection, with the same answer and line.
     let first = exchange(&server, &feed("bad/first"), "bad_device").await;
-    let later = exchange(&server, &format!("{health}{}", feed("bad/later")), "bad_device").await;
+    let later = exchange(
+        &server,
+        &format!("{health}{}", feed("bad/later")),
+        "bad_device",
+    )
+    .await;
     assert!(first.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{first}");
     let later_answer = &later[later.rfind("HTTP/1.1 ").unwrap()..];
-    assert!(later_answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{later}");
-    let refusals = server.proc.wait_lines(2, |l| l.contains(" REFUSED> GET /feed/Door: 400 bad_device")).await;
+    assert!(
+        later_answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{later}"
+    );
+    let refusals = server
+        .proc
+        .wait_lines(2, |l| {
+            l.contains(" REFUSED> GET /feed/Door: 400 bad_device")
+        })
+        .await;
     assert_eq!(refusals.len(), 2, "{refusals:?}");
     // Every line starts with its time.
     for line in server.proc.lines().iter().skip(1) {
@@ -456,7 +785,10 @@ async fn feeds_on_either_kind_of_connection_pass_the_same_door() {
 /// Whether a log line starts with an ISO-8601 UTC time with milliseconds.
 fn chrono_like(line: &str) -> bool {
     let stamp = line.split(' ').next().unwrap_or_default();
-    stamp.len() == 24 && stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T' && stamp[..4].parse::<u32>().is_ok()
+    stamp.len() == 24
+        && stamp.ends_with('Z')
+        && stamp.as_bytes()[10] == b'T'
+        && stamp[..4].parse::<u32>().is_ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -471,17 +803,36 @@ async fn events_list_with_ids_and_times_and_one_shape_everywhere() {
     let events = page["events"].as_array().unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["id"], 2);
-    assert_eq!(events[0]["data"], "plain text", "a body that is not JSON is a string");
+    assert_eq!(
+        events[0]["data"], "plain text",
+        "a body that is not JSON is a string"
+    );
     assert!(events[0]["time"].as_str().unwrap().ends_with('Z'));
     let all = server.get_json("/events/List").await;
-    assert_eq!(all["events"][0]["data"], json!({"n": 1}), "a JSON body is JSON");
+    assert_eq!(
+        all["events"][0]["data"],
+        json!({"n": 1}),
+        "a JSON body is JSON"
+    );
     // The same event looks the same in the one-event view, and the original view stays a list.
     let one = server.get_json("/events/List/1").await;
     for key in ["channel", "id", "time", "data"] {
         assert_eq!(one[key], all["events"][0][key], "{key}");
     }
-    assert_eq!(server.get_json("/admin/events/List").await, json!([{"n": 1}, "plain text", {"n": 3}]));
-    assert_eq!(server.http.get(server.url("/events/List?after=x")).send().await.unwrap().status(), 400);
+    assert_eq!(
+        server.get_json("/admin/events/List").await,
+        json!([{"n": 1}, "plain text", {"n": 3}])
+    );
+    assert_eq!(
+        server
+            .http
+            .get(server.url("/events/List?after=x"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -493,7 +844,11 @@ async fn the_log_shows_each_push_before_any_receipt_for_it() {
         let http = server.http.clone();
         tokio::spawn(async move {
             for i in 0..40 {
-                http.post(&server_url).body(format!("{{\"n\":{i}}}")).send().await.unwrap();
+                http.post(&server_url)
+                    .body(format!("{{\"n\":{i}}}"))
+                    .send()
+                    .await
+                    .unwrap();
             }
         })
     };
@@ -504,13 +859,23 @@ async fn the_log_shows_each_push_before_any_receipt_for_it() {
         assert_eq!(server.ack("Order", "Fast1", id, "ok").await.0, 200);
     }
     publisher.await.unwrap();
-    let feedback = server.proc.wait_lines(40, |l| l.contains(" FEEDBACK> channel: Order")).await;
+    let feedback = server
+        .proc
+        .wait_lines(40, |l| l.contains(" FEEDBACK> channel: Order"))
+        .await;
     assert_eq!(feedback.len(), 40);
     let lines = server.proc.lines();
     for id in 1..=40 {
-        let push = lines.iter().position(|l| l.contains(" PUSH EVT> channel: Order") && l.contains(&format!("Event-Id: {id},")));
-        let ack = lines.iter().position(|l| l.contains(" FEEDBACK> channel: Order") && l.contains(&format!("Last-Event-Id: {id},")));
-        assert!(push.unwrap() < ack.unwrap(), "event {id}: push line {push:?}, receipt line {ack:?}");
+        let push = lines.iter().position(|l| {
+            l.contains(" PUSH EVT> channel: Order") && l.contains(&format!("Event-Id: {id},"))
+        });
+        let ack = lines.iter().position(|l| {
+            l.contains(" FEEDBACK> channel: Order") && l.contains(&format!("Last-Event-Id: {id},"))
+        });
+        assert!(
+            push.unwrap() < ack.unwrap(),
+            "event {id}: push line {push:?}, receipt line {ack:?}"
+        );
     }
 }
 
@@ -531,7 +896,12 @@ async fn json_logs_carry_the_tag_and_the_facts() {
 async fn admin_device_views_come_in_pages_that_link_to_the_next() {
     let server = TestServer::start(&[]).await;
     for device in ["E", "A", "C", "B", "D"] {
-        let put = server.http.put(server.url(&format!("/devices/Paged/{device}"))).send().await.unwrap();
+        let put = server
+            .http
+            .put(server.url(&format!("/devices/Paged/{device}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(put.status(), 200);
     }
     let mut path = "/admin/devices/Paged?limit=2".to_owned();
@@ -539,7 +909,10 @@ async fn admin_device_views_come_in_pages_that_link_to_the_next() {
     loop {
         let response = server.http.get(server.url(&path)).send().await.unwrap();
         assert_eq!(response.status(), 200);
-        let next = response.headers().get("link").map(|l| l.to_str().unwrap().to_owned());
+        let next = response
+            .headers()
+            .get("link")
+            .map(|l| l.to_str().unwrap().to_owned());
         let page: Value = response.json().await.unwrap();
         let ids: Vec<String> = page.as_object().unwrap().keys().cloned().collect();
         assert!(ids.len() <= 2, "{ids:?}");
@@ -550,12 +923,19 @@ async fn admin_device_views_come_in_pages_that_link_to_the_next() {
     }
     assert_eq!(seen, ["A", "B", "C", "D", "E"]);
     // The first page of the original endpoint keeps the original shape: devices by id.
-    assert_eq!(server.get_json("/admin/devices/Paged").await["C"]["recipient"], true);
+    assert_eq!(
+        server.get_json("/admin/devices/Paged").await["C"]["recipient"],
+        true
+    );
 }
 
 async fn health_and_readiness_answer(store: StoreUnderTest) {
     let server = TestServer::start_on(store, &[]).await;
     assert_eq!(server.get_json("/healthz").await, json!({"status": "ok"}));
     assert_eq!(server.get_json("/readyz").await, json!({"status": "ready"}));
-    assert_eq!(server.get_json("/health").await, json!({"status": "ok"}), "the original's check stays");
+    assert_eq!(
+        server.get_json("/health").await,
+        json!({"status": "ok"}),
+        "the original's check stays"
+    );
 }

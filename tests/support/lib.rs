@@ -30,9 +30,16 @@ pub const WAIT: Duration = Duration::from_secs(20);
 /// --workspace` builds them too.
 pub fn bin_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target directory");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target directory");
     let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
     path
 }
 
@@ -72,8 +79,14 @@ impl Proc {
     /// Writes `line` and a newline to the process's stdin.
     pub async fn tell(&mut self, line: &str) {
         use tokio::io::AsyncWriteExt as _;
-        let stdin = self.stdin.as_mut().expect("a process started with start_talking");
-        stdin.write_all(format!("{line}\n").as_bytes()).await.expect("write to the process");
+        let stdin = self
+            .stdin
+            .as_mut()
+            .expect("a process started with start_talking");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("write to the process");
         stdin.flush().await.expect("flush to the process");
     }
 
@@ -83,7 +96,8 @@ impl Proc {
     }
 
     fn spawn(command: &mut Command, talking: bool) -> Proc {
-        let given = |command: &Command, name: &str| command.as_std().get_envs().any(|(k, _)| k == name);
+        let given =
+            |command: &Command, name: &str| command.as_std().get_envs().any(|(k, _)| k == name);
         let config = if given(command, "XDG_CONFIG_HOME") {
             None
         } else {
@@ -95,7 +109,11 @@ impl Proc {
             command.env_remove("PERE_DEVICE");
         }
         let mut child = command
-            .stdin(if talking { Stdio::piped() } else { Stdio::null() })
+            .stdin(if talking {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -108,7 +126,13 @@ impl Proc {
         let stderr = child.stderr.take().expect("stderr");
         let stdin = child.stdin.take();
         let mut readers = Vec::new();
-        for (pipe, sink) in [(Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Send + Unpin>, lines.clone()), (Box::new(stderr), errors.clone())] {
+        for (pipe, sink) in [
+            (
+                Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                lines.clone(),
+            ),
+            (Box::new(stderr), errors.clone()),
+        ] {
             let changed = changed.clone();
             readers.push(tokio::spawn(async move {
                 let mut reader = BufReader::new(pipe).lines();
@@ -119,7 +143,15 @@ impl Proc {
                 changed.notify_waiters();
             }));
         }
-        Proc { child, lines, errors, changed, readers, stdin, _config: config }
+        Proc {
+            child,
+            lines,
+            errors,
+            changed,
+            readers,
+            stdin,
+            _config: config,
+        }
     }
 
     /// Every stdout line so far.
@@ -163,9 +195,15 @@ impl Proc {
     /// Waits for the process to exit and for everything it printed to be read; returns its exit
     /// code.
     pub async fn wait_exit(&mut self) -> i32 {
-        let status = tokio::time::timeout(WAIT, self.child.wait()).await.expect("process did not exit").expect("wait");
+        let status = tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("process did not exit")
+            .expect("wait");
         for reader in self.readers.drain(..) {
-            tokio::time::timeout(WAIT, reader).await.expect("output read to the end").expect("reader");
+            tokio::time::timeout(WAIT, reader)
+                .await
+                .expect("output read to the end")
+                .expect("reader");
         }
         status.code().unwrap_or(-1)
     }
@@ -266,9 +304,17 @@ impl TestServer {
         all.extend_from_slice(args);
         let proc = Proc::start("pere-server", &all);
         let first = proc.wait_line(|l| l.contains("listening on")).await;
-        let base =
-            first.split_whitespace().find(|w| w.starts_with("http://")).expect("address in the first line").to_owned();
-        TestServer { proc, base, http: reqwest::Client::new(), _data_dir: None }
+        let base = first
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .expect("address in the first line")
+            .to_owned();
+        TestServer {
+            proc,
+            base,
+            http: reqwest::Client::new(),
+            _data_dir: None,
+        }
     }
 
     /// Kills the server with SIGKILL and waits for it to be gone.
@@ -289,8 +335,19 @@ impl TestServer {
 
     /// Publishes `body` on `channel`; returns the id the server gave it.
     pub async fn push(&self, channel: &str, body: &str) -> u64 {
-        let response = self.http.post(self.url(&format!("/push/{channel}"))).body(body.to_owned()).send().await.expect("push");
-        assert_eq!(response.status(), 200, "push answered {}", response.status());
+        let response = self
+            .http
+            .post(self.url(&format!("/push/{channel}")))
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("push");
+        assert_eq!(
+            response.status(),
+            200,
+            "push answered {}",
+            response.status()
+        );
         let json: serde_json::Value = response.json().await.expect("push answer");
         json["id"].as_u64().expect("id in push answer")
     }
@@ -298,12 +355,22 @@ impl TestServer {
     /// GETs `path` and parses the JSON answer.
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
         let response = self.http.get(self.url(path)).send().await.expect("get");
-        assert!(response.status().is_success(), "GET {path} answered {}", response.status());
+        assert!(
+            response.status().is_success(),
+            "GET {path} answered {}",
+            response.status()
+        );
         response.json().await.expect("json")
     }
 
     /// Posts a JSON receipt; returns the status and the JSON answer.
-    pub async fn ack(&self, channel: &str, device: &str, id: u64, status: &str) -> (u16, serde_json::Value) {
+    pub async fn ack(
+        &self,
+        channel: &str,
+        device: &str,
+        id: u64,
+        status: &str,
+    ) -> (u16, serde_json::Value) {
         let response = self
             .http
             .post(self.url(&format!("/feedback/{channel}")))
@@ -312,7 +379,10 @@ impl TestServer {
             .await
             .expect("feedback");
         let code = response.status().as_u16();
-        (code, response.json().await.unwrap_or(serde_json::Value::Null))
+        (
+            code,
+            response.json().await.unwrap_or(serde_json::Value::Null),
+        )
     }
 
     /// Opens a feed with the given request headers.
@@ -322,18 +392,32 @@ impl TestServer {
 
     /// Opens a feed at a full path (with a query string, say).
     pub async fn feed_path(&self, path: &str, headers: &[(&str, &str)]) -> Feed {
-        let mut request = self.http.get(self.url(path)).header("accept", "text/event-stream");
+        let mut request = self
+            .http
+            .get(self.url(path))
+            .header("accept", "text/event-stream");
         for (k, v) in headers {
             request = request.header(*k, *v);
         }
-        let response = tokio::time::timeout(WAIT, request.send()).await.expect("feed answer in time").expect("feed");
-        assert_eq!(response.status(), 200, "feed answered {}", response.status());
-        Feed { events: response.bytes_stream().eventsource().boxed() }
+        let response = tokio::time::timeout(WAIT, request.send())
+            .await
+            .expect("feed answer in time")
+            .expect("feed");
+        assert_eq!(
+            response.status(),
+            200,
+            "feed answered {}",
+            response.status()
+        );
+        Feed {
+            events: response.bytes_stream().eventsource().boxed(),
+        }
     }
 
     /// The server's resident memory, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.proc.pid())).expect("proc status");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.proc.pid()))
+            .expect("proc status");
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -344,7 +428,8 @@ impl TestServer {
 
 /// An open SSE feed.
 pub struct Feed {
-    events: BoxStream<'static, Result<SseEvent, eventsource_stream::EventStreamError<reqwest::Error>>>,
+    events:
+        BoxStream<'static, Result<SseEvent, eventsource_stream::EventStreamError<reqwest::Error>>>,
 }
 
 impl std::fmt::Debug for Feed {

@@ -36,13 +36,20 @@ pub struct Request {
 impl Request {
     /// The value of header `name` (case-insensitive), if sent.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
 #[derive(Debug)]
 enum Reply {
-    Full { status: u16, content_type: &'static str, body: String },
+    Full {
+        status: u16,
+        content_type: &'static str,
+        body: String,
+    },
     Stream(mpsc::UnboundedReceiver<String>),
 }
 
@@ -57,7 +64,11 @@ pub struct Exchange {
 impl Exchange {
     /// Answers with a JSON body.
     pub fn json(self, status: u16, body: &str) {
-        let _ = self.reply.send(Reply::Full { status, content_type: "application/json", body: body.to_owned() });
+        let _ = self.reply.send(Reply::Full {
+            status,
+            content_type: "application/json",
+            body: body.to_owned(),
+        });
     }
 
     /// Answers `200 text/event-stream`; the stream stays open until the writer is dropped.
@@ -108,14 +119,20 @@ impl FakeServer {
 
     /// The next request; fails the test after [`WAIT`].
     pub async fn next(&mut self) -> Exchange {
-        timeout(WAIT, self.exchanges.recv()).await.expect("timed out waiting for a request").expect("server gone")
+        timeout(WAIT, self.exchanges.recv())
+            .await
+            .expect("timed out waiting for a request")
+            .expect("server gone")
     }
 
     /// The next request, which must be `method path`.
     pub async fn expect(&mut self, method: &str, path: &str) -> Exchange {
         let exchange = self.next().await;
         assert_eq!(
-            (exchange.request.method.as_str(), exchange.request.path.as_str()),
+            (
+                exchange.request.method.as_str(),
+                exchange.request.path.as_str()
+            ),
             (method, path),
             "unexpected request {:?}",
             exchange.request
@@ -126,14 +143,26 @@ impl FakeServer {
 
 /// One connection, one request: every answer says `Connection: close`.
 async fn serve(mut socket: TcpStream, exchanges: mpsc::UnboundedSender<Exchange>) {
-    let Some(request) = read_request(&mut socket).await else { return };
+    let Some(request) = read_request(&mut socket).await else {
+        return;
+    };
     let (reply_tx, reply_rx) = oneshot::channel();
-    if exchanges.send(Exchange { request, reply: reply_tx }).is_err() {
+    if exchanges
+        .send(Exchange {
+            request,
+            reply: reply_tx,
+        })
+        .is_err()
+    {
         return;
     }
     let Ok(reply) = reply_rx.await else { return };
     match reply {
-        Reply::Full { status, content_type, body } => {
+        Reply::Full {
+            status,
+            content_type,
+            body,
+        } => {
             let head = format!(
                 "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
@@ -192,7 +221,12 @@ async fn read_request(socket: &mut TcpStream) -> Option<Request> {
         }
         body.extend_from_slice(&chunk[..n]);
     }
-    Some(Request { method, path, headers, body: String::from_utf8_lossy(&body).into_owned() })
+    Some(Request {
+        method,
+        path,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }
 
 /// The binary under test, running; killed on drop.
@@ -233,7 +267,10 @@ impl Tool {
 
     /// Waits for the exit; returns the exit code, the rest of stdout and all of stderr.
     pub async fn finish(mut self) -> (i32, Vec<String>, String) {
-        let status = timeout(WAIT, self.child.wait()).await.expect("timed out waiting for the exit").expect("wait");
+        let status = timeout(WAIT, self.child.wait())
+            .await
+            .expect("timed out waiting for the exit")
+            .expect("wait");
         let mut rest = Vec::new();
         while let Ok(Some(line)) = self.stdout.next_line().await {
             rest.push(line);

@@ -24,7 +24,11 @@ pub async fn connect(target: SocketAddr, source: Option<IpAddr>) -> io::Result<T
         match source {
             None => TcpStream::connect(target).await,
             Some(ip) => {
-                let socket = if ip.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+                let socket = if ip.is_ipv4() {
+                    TcpSocket::new_v4()?
+                } else {
+                    TcpSocket::new_v6()?
+                };
                 socket.bind(SocketAddr::new(ip, 0))?;
                 socket.connect(target).await
             }
@@ -53,7 +57,13 @@ pub struct Client {
 impl Client {
     /// A client of `target`; it connects on its first request.
     pub fn new(target: SocketAddr, source: Option<IpAddr>) -> Self {
-        Client { target, source, stream: None, pending: Vec::new(), connects: 0 }
+        Client {
+            target,
+            source,
+            stream: None,
+            pending: Vec::new(),
+            connects: 0,
+        }
     }
 
     /// Sends `request` (complete bytes: head and body) and reads the answer; returns its status.
@@ -69,12 +79,20 @@ impl Client {
                 self.stream = None;
                 match tokio::time::timeout(IO_TIMEOUT, self.exchange(request)).await {
                     Ok(Ok(status)) => Ok(status),
-                    Ok(Err(Stale)) => Err(self.fail(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"))),
+                    Ok(Err(Stale)) => Err(self.fail(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed",
+                    ))),
                     Ok(Err(Failed(err))) => Err(self.fail(err)),
-                    Err(_) => Err(self.fail(io::Error::new(io::ErrorKind::TimedOut, "request timed out"))),
+                    Err(_) => {
+                        Err(self.fail(io::Error::new(io::ErrorKind::TimedOut, "request timed out")))
+                    }
                 }
             }
-            Ok(Err(Stale)) => Err(self.fail(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"))),
+            Ok(Err(Stale)) => Err(self.fail(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ))),
             Ok(Err(Failed(err))) => Err(self.fail(err)),
             Err(_) => Err(self.fail(io::Error::new(io::ErrorKind::TimedOut, "request timed out"))),
         }
@@ -99,19 +117,34 @@ impl Client {
         let mut chunk = [0u8; 4096];
         let mut got_any = !self.pending.is_empty();
         let (head, head_len) = loop {
-            if let Some(found) = parse_head(&self.pending).map_err(|e| Failed(io::Error::new(io::ErrorKind::InvalidData, e)))? {
+            if let Some(found) = parse_head(&self.pending)
+                .map_err(|e| Failed(io::Error::new(io::ErrorKind::InvalidData, e)))?
+            {
                 break found;
             }
-            let n = stream.read(&mut chunk).await.map_err(|e| if got_any { Failed(e) } else { Stale })?;
+            let n =
+                stream
+                    .read(&mut chunk)
+                    .await
+                    .map_err(|e| if got_any { Failed(e) } else { Stale })?;
             if n == 0 {
-                return Err(if got_any { Failed(io::Error::new(io::ErrorKind::UnexpectedEof, "closed mid-answer")) } else { Stale });
+                return Err(if got_any {
+                    Failed(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "closed mid-answer",
+                    ))
+                } else {
+                    Stale
+                });
             }
             got_any = true;
             self.pending.extend_from_slice(&chunk[..n]);
         };
         let mut decoder = BodyDecoder::new(head.framing);
         let rest = self.pending.split_off(head_len);
-        let used = decoder.decode(&rest, &mut |_| {}).map_err(|e| Failed(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+        let used = decoder
+            .decode(&rest, &mut |_| {})
+            .map_err(|e| Failed(io::Error::new(io::ErrorKind::InvalidData, e)))?;
         self.pending = rest[used..].to_vec();
         while !decoder.is_done() {
             let n = stream.read(&mut chunk).await.map_err(Failed)?;
@@ -119,7 +152,10 @@ impl Client {
                 if head.framing == Framing::Close {
                     break;
                 }
-                return Err(Failed(io::Error::new(io::ErrorKind::UnexpectedEof, "closed mid-body")));
+                return Err(Failed(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed mid-body",
+                )));
             }
             let used = decoder
                 .decode(&chunk[..n], &mut |_| {})

@@ -15,15 +15,27 @@ use std::io::Write as _;
 /// One function for every request the generator sends, so that feeds, pushes and receipts are
 /// framed alike and a change of framing is made once. Names and values are the generator's own
 /// (prefixes, channel names, ids the server sent on an SSE line) and never hold CR or LF.
-pub fn request(method: &str, path: &str, host: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Vec<u8> {
+pub fn request(
+    method: &str,
+    path: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Vec<u8> {
     debug_assert!(
-        headers.iter().all(|(name, value)| !(name.contains(['\r', '\n']) || value.contains(['\r', '\n']))),
+        headers
+            .iter()
+            .all(|(name, value)| !(name.contains(['\r', '\n']) || value.contains(['\r', '\n']))),
         "a header that would split the request: {headers:?}"
     );
-    let fields: usize = headers.iter().map(|(name, value)| name.len() + value.len() + 4).sum();
+    let fields: usize = headers
+        .iter()
+        .map(|(name, value)| name.len() + value.len() + 4)
+        .sum();
     let body_len = body.map_or(0, <[u8]>::len);
     // The fixed parts (` HTTP/1.1`, `Host: `, `Content-Length: `, line ends) fit in 64 bytes.
-    let mut out = Vec::with_capacity(method.len() + path.len() + host.len() + fields + body_len + 64);
+    let mut out =
+        Vec::with_capacity(method.len() + path.len() + host.len() + fields + body_len + 64);
     for part in [method, " ", path, " HTTP/1.1\r\nHost: ", host, "\r\n"] {
         out.extend_from_slice(part.as_bytes());
     }
@@ -86,10 +98,16 @@ const MAX_HEAD: usize = 64 * 1024;
 /// When the head is malformed or longer than 64 KiB.
 pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HttpError> {
     let Some(end) = find(buf, b"\r\n\r\n") else {
-        return if buf.len() > MAX_HEAD { Err(HttpError("head too long")) } else { Ok(None) };
+        return if buf.len() > MAX_HEAD {
+            Err(HttpError("head too long"))
+        } else {
+            Ok(None)
+        };
     };
     let text = &buf[..end];
-    let mut lines = text.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let mut lines = text
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let status_line = lines.next().ok_or(HttpError("no status line"))?;
     let mut parts = status_line.splitn(3, |&b| b == b' ');
     let version = parts.next().unwrap_or_default();
@@ -105,11 +123,15 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HttpError> {
     let mut chunked = false;
     let mut close = version == b"HTTP/1.0";
     for line in lines {
-        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
         let name = &line[..colon];
         let value = trim(&line[colon + 1..]);
         if name.eq_ignore_ascii_case(b"content-length") {
-            let n = std::str::from_utf8(value).ok().and_then(|v| v.parse::<u64>().ok());
+            let n = std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok());
             length = Some(n.ok_or(HttpError("bad content-length"))?);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             chunked = contains_ignore_case(value, b"chunked");
@@ -130,7 +152,14 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HttpError> {
     } else {
         Framing::Close
     };
-    Ok(Some((Head { status, framing, close: close || framing == Framing::Close }, end + 4)))
+    Ok(Some((
+        Head {
+            status,
+            framing,
+            close: close || framing == Framing::Close,
+        },
+        end + 4,
+    )))
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -148,27 +177,43 @@ fn trim(mut s: &[u8]) -> &[u8] {
 }
 
 fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+    haystack
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// Where a chunked body is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunk {
     /// Reading the hex size; `ext` once past it (a `;` extension or whitespace).
-    Size { value: u64, digits: bool, ext: bool },
+    Size {
+        value: u64,
+        digits: bool,
+        ext: bool,
+    },
     /// Saw CR after the size line.
-    SizeLf { value: u64 },
+    SizeLf {
+        value: u64,
+    },
     /// Inside a chunk's data, with this much left.
     Data(u64),
     /// After a chunk's data: its CRLF.
     DataCr,
     DataLf,
     /// After the last chunk: trailer lines, until an empty one.
-    Trailer { line: usize },
-    TrailerLf { line: usize },
+    Trailer {
+        line: usize,
+    },
+    TrailerLf {
+        line: usize,
+    },
 }
 
-const NEW_SIZE: Chunk = Chunk::Size { value: 0, digits: false, ext: false };
+const NEW_SIZE: Chunk = Chunk::Size {
+    value: 0,
+    digits: false,
+    ext: false,
+};
 
 /// Decodes a body from bytes as they arrive, in pieces of any size.
 #[derive(Debug, Clone)]
@@ -187,7 +232,12 @@ impl BodyDecoder {
             Framing::Length(n) => n,
             _ => 0,
         };
-        BodyDecoder { framing, remaining, chunk: NEW_SIZE, done: framing == Framing::Length(0) }
+        BodyDecoder {
+            framing,
+            remaining,
+            chunk: NEW_SIZE,
+            done: framing == Framing::Length(0),
+        }
     }
 
     /// The whole body has been read (never true for [`Framing::Close`]: the caller sees EOF).
@@ -200,7 +250,11 @@ impl BodyDecoder {
     ///
     /// # Errors
     /// When the chunked framing is malformed.
-    pub fn decode(&mut self, input: &[u8], out: &mut impl FnMut(&[u8])) -> Result<usize, HttpError> {
+    pub fn decode(
+        &mut self,
+        input: &[u8],
+        out: &mut impl FnMut(&[u8]),
+    ) -> Result<usize, HttpError> {
         if self.done {
             return Ok(0);
         }
@@ -212,7 +266,9 @@ impl BodyDecoder {
                 Ok(input.len())
             }
             Framing::Length(_) => {
-                let take = input.len().min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+                let take = input
+                    .len()
+                    .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
                 if take > 0 {
                     out(&input[..take]);
                 }
@@ -224,7 +280,11 @@ impl BodyDecoder {
         }
     }
 
-    fn decode_chunked(&mut self, input: &[u8], out: &mut impl FnMut(&[u8])) -> Result<usize, HttpError> {
+    fn decode_chunked(
+        &mut self,
+        input: &[u8],
+        out: &mut impl FnMut(&[u8]),
+    ) -> Result<usize, HttpError> {
         let mut i = 0;
         while i < input.len() {
             if let Chunk::Data(left) = self.chunk {
@@ -232,24 +292,40 @@ impl BodyDecoder {
                 out(&input[i..i + take]);
                 i += take;
                 let left = left - take as u64;
-                self.chunk = if left == 0 { Chunk::DataCr } else { Chunk::Data(left) };
+                self.chunk = if left == 0 {
+                    Chunk::DataCr
+                } else {
+                    Chunk::Data(left)
+                };
                 continue;
             }
             let b = input[i];
             i += 1;
             self.chunk = match self.chunk {
                 Chunk::Size { value, digits, ext } => match b {
-                    b'\r' => Chunk::SizeLf { value: self.size_seen(digits, value)? },
+                    b'\r' => Chunk::SizeLf {
+                        value: self.size_seen(digits, value)?,
+                    },
                     b'\n' => self.after_size(self.size_seen(digits, value)?),
                     _ if ext => Chunk::Size { value, digits, ext },
-                    b';' | b' ' | b'\t' => Chunk::Size { value, digits, ext: true },
+                    b';' | b' ' | b'\t' => Chunk::Size {
+                        value,
+                        digits,
+                        ext: true,
+                    },
                     _ => {
-                        let digit = (b as char).to_digit(16).ok_or(HttpError("bad chunk size"))?;
+                        let digit = (b as char)
+                            .to_digit(16)
+                            .ok_or(HttpError("bad chunk size"))?;
                         let value = value
                             .checked_mul(16)
                             .and_then(|v| v.checked_add(u64::from(digit)))
                             .ok_or(HttpError("chunk size overflow"))?;
-                        Chunk::Size { value, digits: true, ext }
+                        Chunk::Size {
+                            value,
+                            digits: true,
+                            ext,
+                        }
                     }
                 },
                 Chunk::SizeLf { value } if b == b'\n' => self.after_size(value),
@@ -257,7 +333,9 @@ impl BodyDecoder {
                 Chunk::Data(_) => unreachable!("handled above"),
                 Chunk::DataCr if b == b'\r' => Chunk::DataLf,
                 Chunk::DataCr | Chunk::DataLf if b == b'\n' => NEW_SIZE,
-                Chunk::DataCr | Chunk::DataLf => return Err(HttpError("chunk data not followed by CRLF")),
+                Chunk::DataCr | Chunk::DataLf => {
+                    return Err(HttpError("chunk data not followed by CRLF"))
+                }
                 Chunk::Trailer { line } => match b {
                     b'\r' => Chunk::TrailerLf { line },
                     b'\n' if line == 0 => return Ok(self.finish(i)),
@@ -312,7 +390,8 @@ mod tests {
             ],
             None,
         );
-        let expected = "GET /feed/c1 HTTP/1.1\r\nHost: 127.0.0.1:4567\r\nAccept: text/event-stream\r\n\
+        let expected =
+            "GET /feed/c1 HTTP/1.1\r\nHost: 127.0.0.1:4567\r\nAccept: text/event-stream\r\n\
                         Cache-Control: no-cache\r\ndevice: bd0\r\nLast-Event-ID: 7\r\n\r\n";
         assert_eq!(String::from_utf8(feed).unwrap(), expected);
 
@@ -324,21 +403,56 @@ mod tests {
         assert_eq!(String::from_utf8(push).unwrap(), expected);
 
         let empty = request("POST", "/feedback/c1", "h:1", &[], Some(b""));
-        assert_eq!(empty, b"POST /feedback/c1 HTTP/1.1\r\nHost: h:1\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(
+            empty,
+            b"POST /feedback/c1 HTTP/1.1\r\nHost: h:1\r\nContent-Length: 0\r\n\r\n"
+        );
     }
 
     #[test]
     fn heads_give_status_and_framing() {
         let wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/event-stream\r\n\r\nrest";
         let (head, len) = parse_head(wire).unwrap().unwrap();
-        assert_eq!(head, Head { status: 200, framing: Framing::Chunked, close: false });
+        assert_eq!(
+            head,
+            Head {
+                status: 200,
+                framing: Framing::Chunked,
+                close: false
+            }
+        );
         assert_eq!(&wire[len..], b"rest");
-        let (head, _) = parse_head(b"HTTP/1.1 404 Not Found\r\ncontent-length:  12 \r\n\r\n").unwrap().unwrap();
-        assert_eq!(head, Head { status: 404, framing: Framing::Length(12), close: false });
-        let (head, _) = parse_head(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n").unwrap().unwrap();
-        assert_eq!(head, Head { status: 204, framing: Framing::Length(0), close: true });
+        let (head, _) = parse_head(b"HTTP/1.1 404 Not Found\r\ncontent-length:  12 \r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            head,
+            Head {
+                status: 404,
+                framing: Framing::Length(12),
+                close: false
+            }
+        );
+        let (head, _) = parse_head(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            head,
+            Head {
+                status: 204,
+                framing: Framing::Length(0),
+                close: true
+            }
+        );
         let (head, _) = parse_head(b"HTTP/1.0 200 OK\r\n\r\n").unwrap().unwrap();
-        assert_eq!(head, Head { status: 200, framing: Framing::Close, close: true });
+        assert_eq!(
+            head,
+            Head {
+                status: 200,
+                framing: Framing::Close,
+                close: true
+            }
+        );
         assert_eq!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Le"), Ok(None));
         assert!(parse_head(b"SSH-2.0\r\n\r\n").is_err());
         assert!(parse_head(b"HTTP/1.1 abc\r\n\r\n").is_err());
@@ -350,7 +464,9 @@ mod tests {
         let mut used = 0;
         let mut start = 0;
         for &end in cuts.iter().chain(std::iter::once(&wire.len())) {
-            used += decoder.decode(&wire[start..end], &mut |d| body.extend_from_slice(d)).unwrap();
+            used += decoder
+                .decode(&wire[start..end], &mut |d| body.extend_from_slice(d))
+                .unwrap();
             start = end;
         }
         (body, used, decoder.is_done())
@@ -362,9 +478,17 @@ mod tests {
         let whole = decode_in_pieces(Framing::Chunked, wire, &[]);
         assert_eq!(whole, (b"hello, world".to_vec(), wire.len() - 4, true));
         for a in 0..=wire.len() {
-            assert_eq!(decode_in_pieces(Framing::Chunked, wire, &[a]), whole, "cut at {a}");
+            assert_eq!(
+                decode_in_pieces(Framing::Chunked, wire, &[a]),
+                whole,
+                "cut at {a}"
+            );
             for b in a..=wire.len() {
-                assert_eq!(decode_in_pieces(Framing::Chunked, wire, &[a, b]), whole, "cuts at {a}, {b}");
+                assert_eq!(
+                    decode_in_pieces(Framing::Chunked, wire, &[a, b]),
+                    whole,
+                    "cuts at {a}, {b}"
+                );
             }
         }
         let bytewise: Vec<usize> = (1..wire.len()).collect();
@@ -373,7 +497,10 @@ mod tests {
 
     #[test]
     fn chunked_accepts_bare_lf_and_rejects_garbage() {
-        assert_eq!(decode_in_pieces(Framing::Chunked, b"3\nabc\n0\n\n", &[]), (b"abc".to_vec(), 9, true));
+        assert_eq!(
+            decode_in_pieces(Framing::Chunked, b"3\nabc\n0\n\n", &[]),
+            (b"abc".to_vec(), 9, true)
+        );
         let mut decoder = BodyDecoder::new(Framing::Chunked);
         assert!(decoder.decode(b"zz\r\n", &mut |_| {}).is_err());
         let mut decoder = BodyDecoder::new(Framing::Chunked);
@@ -381,13 +508,24 @@ mod tests {
         let mut decoder = BodyDecoder::new(Framing::Chunked);
         assert!(decoder.decode(b"\r\n", &mut |_| {}).is_err());
         let mut decoder = BodyDecoder::new(Framing::Chunked);
-        assert!(decoder.decode(b"fffffffffffffffff\r\n", &mut |_| {}).is_err());
+        assert!(decoder
+            .decode(b"fffffffffffffffff\r\n", &mut |_| {})
+            .is_err());
     }
 
     #[test]
     fn length_bodies_stop_at_their_length() {
-        assert_eq!(decode_in_pieces(Framing::Length(4), b"abcdEF", &[1, 3]), (b"abcd".to_vec(), 4, true));
-        assert_eq!(decode_in_pieces(Framing::Length(0), b"abc", &[]), (Vec::new(), 0, true));
-        assert_eq!(decode_in_pieces(Framing::Close, b"abc", &[2]), (b"abc".to_vec(), 3, false));
+        assert_eq!(
+            decode_in_pieces(Framing::Length(4), b"abcdEF", &[1, 3]),
+            (b"abcd".to_vec(), 4, true)
+        );
+        assert_eq!(
+            decode_in_pieces(Framing::Length(0), b"abc", &[]),
+            (Vec::new(), 0, true)
+        );
+        assert_eq!(
+            decode_in_pieces(Framing::Close, b"abc", &[2]),
+            (b"abc".to_vec(), 3, false)
+        );
     }
 }

@@ -196,7 +196,9 @@ impl Shared {
     /// acknowledge, whose receipt has not been answered yet.
     fn in_flight(&self) -> u64 {
         let done = if self.plan.receipts {
-            self.receipts_ok.load(Relaxed) + self.receipt_errors.load(Relaxed) + self.receipts_dropped.load(Relaxed)
+            self.receipts_ok.load(Relaxed)
+                + self.receipt_errors.load(Relaxed)
+                + self.receipts_dropped.load(Relaxed)
         } else {
             self.distinct.load(Relaxed)
         };
@@ -237,7 +239,9 @@ pub async fn run(plan: Plan) -> anyhow::Result<Value> {
         pushes_ok: AtomicU64::new(0),
         push_errors: AtomicU64::new(0),
         expected: AtomicU64::new(0),
-        published: (0..channels).map(|_| Mutex::new(SeenSet::default())).collect(),
+        published: (0..channels)
+            .map(|_| Mutex::new(SeenSet::default()))
+            .collect(),
         push_rtt: Mutex::new(latency_histogram()),
         receipts_queued: AtomicU64::new(0),
         receipts_dropped: AtomicU64::new(0),
@@ -279,7 +283,8 @@ pub async fn run(plan: Plan) -> anyhow::Result<Value> {
     for i in 0..plan.subscribers {
         let state = Arc::new(Mutex::new(SubState::default()));
         states.push(state.clone());
-        let queue = (!receipt_queues.is_empty()).then(|| receipt_queues[i % receipt_queues.len()].clone());
+        let queue =
+            (!receipt_queues.is_empty()).then(|| receipt_queues[i % receipt_queues.len()].clone());
         sub_tasks.push(tokio::spawn(subscriber(shared.clone(), i, state, queue)));
     }
     drop(receipt_queues);
@@ -317,16 +322,35 @@ pub async fn run(plan: Plan) -> anyhow::Result<Value> {
         let generator_cpu_before = generator.sample();
         publish_start_ns = shared.now_ns();
         let start = Instant::now();
-        let total = plan.events_per_channel.map_or(u64::MAX, |m| m.saturating_mul(channels as u64));
+        let total = plan
+            .events_per_channel
+            .map_or(u64::MAX, |m| m.saturating_mul(channels as u64));
         let rate_total = plan.rate.map(|r| r * channels as f64);
         // Counted runs may overrun their schedule on a slow server, up to the drain time.
         let scheduled = match (plan.events_per_channel, rate_total) {
-            (Some(_), Some(rate)) => Duration::from_secs_f64(total as f64 / rate).max(plan.duration),
+            (Some(_), Some(rate)) => {
+                Duration::from_secs_f64(total as f64 / rate).max(plan.duration)
+            }
             _ => plan.duration,
         };
-        let deadline = start + scheduled + if plan.events_per_channel.is_some() { plan.drain } else { Duration::ZERO };
+        let deadline = start
+            + scheduled
+            + if plan.events_per_channel.is_some() {
+                plan.drain
+            } else {
+                Duration::ZERO
+            };
         let publishers: Vec<_> = (0..plan.publishers.max(1))
-            .map(|k| tokio::spawn(publisher(shared.clone(), k, total, rate_total, start, deadline)))
+            .map(|k| {
+                tokio::spawn(publisher(
+                    shared.clone(),
+                    k,
+                    total,
+                    rate_total,
+                    start,
+                    deadline,
+                ))
+            })
             .collect();
         for p in publishers {
             while !p.is_finished() {
@@ -383,7 +407,9 @@ pub async fn run(plan: Plan) -> anyhow::Result<Value> {
             if !state.ready {
                 continue;
             }
-            let published = shared.published[i % channels].lock().expect("no panics while held");
+            let published = shared.published[i % channels]
+                .lock()
+                .expect("no panics while held");
             let l = state.seen.lost(&published);
             lost += l;
             with_loss += u64::from(l > 0);
@@ -397,23 +423,36 @@ pub async fn run(plan: Plan) -> anyhow::Result<Value> {
     let delivery_s = last_delivery.saturating_sub(publish_start_ns) as f64 / 1e9;
     let pushes_ok = shared.pushes_ok.load(Relaxed);
     let receipts_ok = shared.receipts_ok.load(Relaxed);
-    let receipt_span_s = shared.last_receipt_ns.load(Relaxed).saturating_sub(publish_start_ns) as f64 / 1e9;
+    let receipt_span_s = shared
+        .last_receipt_ns
+        .load(Relaxed)
+        .saturating_sub(publish_start_ns) as f64
+        / 1e9;
     let per_s = |n: u64, s: f64| if s > 0.0 { round1(n as f64 / s) } else { 0.0 };
 
     let mut server = json!({});
     if !plan.probe.is_empty() {
-        let kib_per = |before: Option<Sample>, after: Option<Sample>, pss: bool| match (before, after) {
-            (Some(b), Some(a)) if ready > 0 => {
-                let (b, a) = if pss { (b.pss_kib, a.pss_kib) } else { (b.rss_kib, a.rss_kib) };
-                round3((a as f64 - b as f64) / ready as f64)
-            }
-            _ => 0.0,
-        };
+        let kib_per =
+            |before: Option<Sample>, after: Option<Sample>, pss: bool| match (before, after) {
+                (Some(b), Some(a)) if ready > 0 => {
+                    let (b, a) = if pss {
+                        (b.pss_kib, a.pss_kib)
+                    } else {
+                        (b.rss_kib, a.rss_kib)
+                    };
+                    round3((a as f64 - b as f64) / ready as f64)
+                }
+                _ => 0.0,
+            };
         let cpu_s = match (cpu_before, cpu_after) {
             (Some(b), Some(a)) => a.cpu_s - b.cpu_s,
             _ => 0.0,
         };
-        let per_unit = if plan.scenario == Scenario::Push { pushes_ok } else { deliveries };
+        let per_unit = if plan.scenario == Scenario::Push {
+            pushes_ok
+        } else {
+            deliveries
+        };
         server = json!({
             "before": memory_before.map(|s| s.json()),
             "subscribed": memory_subscribed.map(|s| s.json()),
@@ -433,7 +472,9 @@ pub async fn run(plan: Plan) -> anyhow::Result<Value> {
         .iter()
         .map(|(what, n)| json!({"error": what, "count": n}))
         .collect();
-    let histogram = |h: &Mutex<Histogram<u64>>| Percentiles::of(&h.lock().expect("no panics while held")).json();
+    let histogram = |h: &Mutex<Histogram<u64>>| {
+        Percentiles::of(&h.lock().expect("no panics while held")).json()
+    };
     let mut report = json!({
         "scenario": plan.scenario.name(),
         "label": plan.label,
@@ -540,11 +581,17 @@ async fn subscriber(
         let last_id = state.lock().expect("no panics while held").last_id.clone();
         let result = async {
             let mut stream = connect(plan.target, source).await?;
-            let mut headers = vec![("Accept", "text/event-stream"), ("Cache-Control", "no-cache"), plan.identity(&device)];
+            let mut headers = vec![
+                ("Accept", "text/event-stream"),
+                ("Cache-Control", "no-cache"),
+                plan.identity(&device),
+            ];
             if let Some(id) = &last_id {
                 headers.push(("Last-Event-ID", id));
             }
-            stream.write_all(&http::request("GET", &path, &host, &headers, None)).await?;
+            stream
+                .write_all(&http::request("GET", &path, &host, &headers, None))
+                .await?;
             let mut parser = FeedParser::new();
             loop {
                 let n = stream.read(&mut buf).await?;
@@ -644,7 +691,12 @@ fn on_event(
     let Some(id) = id else { return };
     let id = String::from_utf8_lossy(id).into_owned();
     if let Some(queue) = receipts {
-        let job = ReceiptJob { channel, device: device.clone(), id: id.clone(), sent_ns: sent };
+        let job = ReceiptJob {
+            channel,
+            device: device.clone(),
+            id: id.clone(),
+            sent_ns: sent,
+        };
         match queue.try_send(job) {
             Ok(()) => {
                 shared.receipts_queued.fetch_add(1, Relaxed);
@@ -659,7 +711,14 @@ fn on_event(
 
 /// Publisher `k` of K sends events `k, k+K, k+2K, …` (event `j` is number `j / C` of channel
 /// `j % C`), each at its scheduled time when paced, back to back otherwise.
-async fn publisher(shared: Arc<Shared>, k: usize, total: u64, rate_total: Option<f64>, start: Instant, deadline: Instant) {
+async fn publisher(
+    shared: Arc<Shared>,
+    k: usize,
+    total: u64,
+    rate_total: Option<f64>,
+    start: Instant,
+    deadline: Instant,
+) {
     let plan = &shared.plan;
     let step = plan.publishers.max(1) as u64;
     let channels = plan.channels as u64;
@@ -667,7 +726,9 @@ async fn publisher(shared: Arc<Shared>, k: usize, total: u64, rate_total: Option
     let mut client = Client::new(plan.target, source);
     let host = plan.host();
     let pad = "x".repeat(plan.pad);
-    let paths: Vec<String> = (0..plan.channels).map(|c| format!("/push/{}", plan.channel_name(c))).collect();
+    let paths: Vec<String> = (0..plan.channels)
+        .map(|c| format!("/push/{}", plan.channel_name(c)))
+        .collect();
     let device = format!("{}p{k}", plan.prefix);
     let headers = [("Content-Type", "application/json"), plan.identity(&device)];
     let mut histogram = latency_histogram();
@@ -697,14 +758,25 @@ async fn publisher(shared: Arc<Shared>, k: usize, total: u64, rate_total: Option
         } else {
             format!("{{\"t\":{sent},\"seq\":{seq},\"pad\":\"{pad}\"}}")
         };
-        let request = http::request("POST", &paths[channel], &host, &headers, Some(body.as_bytes()));
+        let request = http::request(
+            "POST",
+            &paths[channel],
+            &host,
+            &headers,
+            Some(body.as_bytes()),
+        );
         let began = Instant::now();
         match client.request(&request).await {
             Ok(status) if status / 100 == 2 => {
                 record(&mut histogram, began.elapsed().as_micros() as u64);
-                shared.published[channel].lock().expect("no panics while held").insert(seq);
+                shared.published[channel]
+                    .lock()
+                    .expect("no panics while held")
+                    .insert(seq);
                 shared.pushes_ok.fetch_add(1, Relaxed);
-                shared.expected.fetch_add(shared.ready_per_channel[channel].load(Relaxed), Relaxed);
+                shared
+                    .expected
+                    .fetch_add(shared.ready_per_channel[channel].load(Relaxed), Relaxed);
             }
             Ok(status) => {
                 shared.push_errors.fetch_add(1, Relaxed);
@@ -719,7 +791,12 @@ async fn publisher(shared: Arc<Shared>, k: usize, total: u64, rate_total: Option
         }
         j += step;
     }
-    shared.push_rtt.lock().expect("no panics while held").add(&histogram).expect("same bounds");
+    shared
+        .push_rtt
+        .lock()
+        .expect("no panics while held")
+        .add(&histogram)
+        .expect("same bounds");
 }
 
 /// Sends the receipts queued for it, one at a time on one keep-alive connection.
@@ -728,7 +805,9 @@ async fn receipt_sender(shared: Arc<Shared>, k: usize, mut queue: mpsc::Receiver
     let source = (!plan.sources.is_empty()).then(|| plan.sources[k % plan.sources.len()]);
     let mut client = Client::new(plan.target, source);
     let host = plan.host();
-    let paths: Vec<String> = (0..plan.channels).map(|c| format!("/feedback/{}", plan.channel_name(c))).collect();
+    let paths: Vec<String> = (0..plan.channels)
+        .map(|c| format!("/feedback/{}", plan.channel_name(c)))
+        .collect();
     while let Some(job) = queue.recv().await {
         // PERE's ids are numbers; other servers' (Nchan's `1700000000:0`) are sent as strings.
         let id = if !job.id.is_empty() && job.id.bytes().all(|b| b.is_ascii_digit()) {
@@ -739,18 +818,36 @@ async fn receipt_sender(shared: Arc<Shared>, k: usize, mut queue: mpsc::Receiver
         let body = if plan.authorization.is_some() {
             format!("{{\"id\":{id},\"status\":\"ok\"}}")
         } else {
-            format!("{{\"device\":\"{}\",\"id\":{id},\"status\":\"ok\"}}", job.device)
+            format!(
+                "{{\"device\":\"{}\",\"id\":{id},\"status\":\"ok\"}}",
+                job.device
+            )
         };
-        let headers = [("Content-Type", "application/json"), plan.identity(&job.device)];
-        let request = http::request("POST", &paths[job.channel], &host, &headers, Some(body.as_bytes()));
+        let headers = [
+            ("Content-Type", "application/json"),
+            plan.identity(&job.device),
+        ];
+        let request = http::request(
+            "POST",
+            &paths[job.channel],
+            &host,
+            &headers,
+            Some(body.as_bytes()),
+        );
         let began = Instant::now();
         let result = client.request(&request).await;
         let now = shared.now_ns();
         match result {
             Ok(status) if status / 100 == 2 => {
-                record(&mut shared.receipt_rtt.lock().expect("no panics while held"), began.elapsed().as_micros() as u64);
+                record(
+                    &mut shared.receipt_rtt.lock().expect("no panics while held"),
+                    began.elapsed().as_micros() as u64,
+                );
                 if job.sent_ns > 0 {
-                    record(&mut shared.receipt_e2e.lock().expect("no panics while held"), now.saturating_sub(job.sent_ns) / 1000);
+                    record(
+                        &mut shared.receipt_e2e.lock().expect("no panics while held"),
+                        now.saturating_sub(job.sent_ns) / 1000,
+                    );
                 }
                 shared.receipts_ok.fetch_add(1, Relaxed);
                 shared.first_receipt_ns.fetch_min(now, Relaxed);
@@ -777,7 +874,11 @@ struct Progress {
 
 impl Progress {
     fn new(shared: Arc<Shared>) -> Self {
-        Progress { shared, last: Mutex::new(Instant::now()), start: Instant::now() }
+        Progress {
+            shared,
+            last: Mutex::new(Instant::now()),
+            start: Instant::now(),
+        }
     }
 
     fn tick(&self, phase: &str) {
@@ -805,7 +906,9 @@ impl Progress {
     }
 
     fn done(&self) {
-        let long_ago = Instant::now().checked_sub(Duration::from_secs(2)).unwrap_or(self.start);
+        let long_ago = Instant::now()
+            .checked_sub(Duration::from_secs(2))
+            .unwrap_or(self.start);
         *self.last.lock().expect("no panics while held") = long_ago;
         self.tick("done");
     }

@@ -162,7 +162,9 @@ fn main() -> anyhow::Result<()> {
         Command::Receipts(a) => (Scenario::Receipts, a),
         Command::Push(a) => (Scenario::Push, a),
         Command::Probe { server_pids } => {
-            let sample = Probe::new(server_pids).sample().context("no process to measure")?;
+            let sample = Probe::new(server_pids)
+                .sample()
+                .context("no process to measure")?;
             if sample.processes == 0 {
                 bail!("none of the given processes is alive");
             }
@@ -176,14 +178,20 @@ fn main() -> anyhow::Result<()> {
     };
     let (json, threads) = (args.json, args.threads.max(1));
     let (plan, timeout) = plan(scenario, args)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()?;
     let outcome = runtime.block_on(async { tokio::time::timeout(timeout, load::run(plan)).await });
     // Tasks still holding sockets are not worth waiting for.
     runtime.shutdown_background();
     let report = match outcome {
         Ok(report) => report?,
         Err(_) => {
-            eprintln!("pere-bench: stopped by the overall timeout ({} s)", timeout.as_secs_f64());
+            eprintln!(
+                "pere-bench: stopped by the overall timeout ({} s)",
+                timeout.as_secs_f64()
+            );
             std::process::exit(2);
         }
     };
@@ -198,7 +206,9 @@ fn main() -> anyhow::Result<()> {
 /// Resolves a scenario's defaults into a plan and the overall timeout.
 fn plan(scenario: Scenario, a: LoadArgs) -> anyhow::Result<(Plan, Duration)> {
     let target = parse_target(&a.url)?;
-    let subscribers = a.subscribers.unwrap_or(if scenario == Scenario::Push { 0 } else { 1000 });
+    let subscribers = a
+        .subscribers
+        .unwrap_or(if scenario == Scenario::Push { 0 } else { 1000 });
     let rate = a.rate.unwrap_or(match scenario {
         Scenario::Fanout => 100.0,
         Scenario::Receipts => 10.0,
@@ -223,7 +233,9 @@ fn plan(scenario: Scenario, a: LoadArgs) -> anyhow::Result<(Plan, Duration)> {
         (None, Some(r)) => Some((r * duration).round() as u64),
         (None, None) => None,
     };
-    let publishers = a.publishers.unwrap_or(if scenario == Scenario::Push { 50 } else { 4 });
+    let publishers = a
+        .publishers
+        .unwrap_or(if scenario == Scenario::Push { 50 } else { 4 });
     let max_ahead = match a.max_ahead {
         Some(0) => None,
         Some(n) => Some(n),
@@ -238,7 +250,9 @@ fn plan(scenario: Scenario, a: LoadArgs) -> anyhow::Result<(Plan, Duration)> {
         if a.source_addrs > 254 {
             bail!("--source-addrs is at most 254");
         }
-        (1..=a.source_addrs as u8).map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i))).collect()
+        (1..=a.source_addrs as u8)
+            .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
+            .collect()
     } else {
         Vec::new()
     };
@@ -267,18 +281,26 @@ fn plan(scenario: Scenario, a: LoadArgs) -> anyhow::Result<(Plan, Duration)> {
         connect_timeout: secs(a.connect_timeout, "connect-timeout")?,
         settle: secs(a.settle, "settle")?,
         drain: secs(a.drain, "drain")?,
-        prefix: a.prefix.unwrap_or_else(|| format!("b{}x", std::process::id())),
+        prefix: a
+            .prefix
+            .unwrap_or_else(|| format!("b{}x", std::process::id())),
         pad: a.pad,
         progress: !a.quiet,
         probe: Probe::new(a.server_pids),
         max_reconnects: a.max_reconnects,
         authorization: match a.token.as_deref().map(str::trim) {
-            Some(token) if token.is_empty() || token.contains(['\r', '\n']) => bail!("--token: not a token"),
+            Some(token) if token.is_empty() || token.contains(['\r', '\n']) => {
+                bail!("--token: not a token")
+            }
             Some(token) => Some(format!("Bearer {token}")),
             None => None,
         },
     };
-    if !plan.prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b)) {
+    if !plan
+        .prefix
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
+    {
         bail!("--prefix may hold only A-Za-z0-9_.:-");
     }
     let publishing = match (events, rate) {
@@ -302,7 +324,12 @@ fn parse_target(url: &str) -> anyhow::Result<SocketAddr> {
         .to_socket_addrs()
         .with_context(|| format!("`{url}` is not http://HOST:PORT"))?
         .collect();
-    let Some(address) = addresses.iter().find(|a| a.ip().is_ipv4()).or(addresses.first()).copied() else {
+    let Some(address) = addresses
+        .iter()
+        .find(|a| a.ip().is_ipv4())
+        .or(addresses.first())
+        .copied()
+    else {
         bail!("`{url}` resolves to no address");
     };
     if !address.ip().is_loopback() {
@@ -328,8 +355,14 @@ mod tests {
 
     #[test]
     fn targets_must_be_local() {
-        assert_eq!(parse_target("http://127.0.0.1:4567/").unwrap(), "127.0.0.1:4567".parse().unwrap());
-        assert_eq!(parse_target("127.0.0.9:80").unwrap(), "127.0.0.9:80".parse().unwrap());
+        assert_eq!(
+            parse_target("http://127.0.0.1:4567/").unwrap(),
+            "127.0.0.1:4567".parse().unwrap()
+        );
+        assert_eq!(
+            parse_target("127.0.0.9:80").unwrap(),
+            "127.0.0.9:80".parse().unwrap()
+        );
         assert!(parse_target("http://[::1]:80").unwrap().ip().is_loopback());
         assert!(parse_target("http://10.0.0.1:80").is_err());
         assert!(parse_target("https://127.0.0.1:443").is_err());
@@ -339,20 +372,34 @@ mod tests {
     #[test]
     fn scenarios_fill_their_defaults() {
         let (fanout, _) = plan(Scenario::Fanout, args(&[])).unwrap();
-        assert_eq!((fanout.subscribers, fanout.rate, fanout.events_per_channel), (1000, Some(100.0), Some(1000)));
+        assert_eq!(
+            (fanout.subscribers, fanout.rate, fanout.events_per_channel),
+            (1000, Some(100.0), Some(1000))
+        );
         let (paced, timeout) = plan(Scenario::Fanout, args(&["-r", "10", "-m", "100"])).unwrap();
         assert_eq!(paced.duration, Duration::from_secs(10));
         assert_eq!(timeout, Duration::from_secs(60 + 1 + 10 + 20 + 30));
         let (saturate, _) = plan(Scenario::Saturate, args(&[])).unwrap();
-        assert_eq!((saturate.rate, saturate.events_per_channel, saturate.max_ahead), (None, None, Some(256)));
+        assert_eq!(
+            (
+                saturate.rate,
+                saturate.events_per_channel,
+                saturate.max_ahead
+            ),
+            (None, None, Some(256))
+        );
         let (push, _) = plan(Scenario::Push, args(&["--source-addrs", "3"])).unwrap();
-        assert_eq!((push.subscribers, push.publishers, push.sources.len()), (0, 50, 3));
+        assert_eq!(
+            (push.subscribers, push.publishers, push.sources.len()),
+            (0, 50, 3)
+        );
         assert_eq!(push.sources[2], IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)));
         let (receipts, _) = plan(Scenario::Receipts, args(&[])).unwrap();
         assert!(receipts.receipts && receipts.max_ahead.is_none());
         let (receipts, _) = plan(Scenario::Receipts, args(&["-r", "0"])).unwrap();
         assert_eq!((receipts.rate, receipts.max_ahead), (None, Some(8)));
-        let (receipts, _) = plan(Scenario::Receipts, args(&["-r", "0", "--max-ahead", "0"])).unwrap();
+        let (receipts, _) =
+            plan(Scenario::Receipts, args(&["-r", "0", "--max-ahead", "0"])).unwrap();
         assert!(receipts.max_ahead.is_none());
         assert!(plan(Scenario::Idle, args(&["--prefix", "a b"])).is_err());
         assert!(plan(Scenario::Idle, args(&["--rate=-1"])).is_err());

@@ -43,7 +43,10 @@ impl Probe {
     pub fn new(pids: Vec<u32>) -> Self {
         // SAFETY: sysconf has no preconditions.
         let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        Probe { roots: pids, ticks_per_s: if ticks > 0 { ticks as f64 } else { 100.0 } }
+        Probe {
+            roots: pids,
+            ticks_per_s: if ticks > 0 { ticks as f64 } else { 100.0 },
+        }
     }
 
     /// True when no process was given: nothing to measure.
@@ -58,7 +61,10 @@ impl Probe {
         }
         let mut sample = Sample::default();
         for pid in with_descendants(&self.roots) {
-            let Some(ticks) = fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| cpu_ticks(&s)) else {
+            let Some(ticks) = fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| cpu_ticks(&s))
+            else {
                 continue;
             };
             sample.processes += 1;
@@ -79,7 +85,12 @@ fn with_descendants(pids: &[u32]) -> BTreeSet<u32> {
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| Some((pid, parent_pid(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?)))
+        .filter_map(|pid| {
+            Some((
+                pid,
+                parent_pid(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?,
+            ))
+        })
         .collect();
     loop {
         let before = set.len();
@@ -120,12 +131,22 @@ fn memory_kib(pid: u32) -> (u64, u64) {
             return (rss, pss);
         }
     }
-    let rss = fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| kib_field(&s, "VmRSS:")).unwrap_or(0);
+    let rss = fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| kib_field(&s, "VmRSS:"))
+        .unwrap_or(0);
     (rss, rss)
 }
 
 fn kib_field(text: &str, name: &str) -> Option<u64> {
-    text.lines().find_map(|line| line.strip_prefix(name)?.trim().strip_suffix("kB")?.trim().parse().ok())
+    text.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 #[cfg(test)]

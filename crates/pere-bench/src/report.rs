@@ -16,14 +16,30 @@ fn int(v: &Value, pointer: &str) -> u64 {
 
 fn percentiles(v: &Value, pointer: &str) -> String {
     let p = |q: &str| fmt_micros(num(v, &format!("{pointer}/{q}")));
-    format!("p50 {}  p90 {}  p99 {}  max {}  (n={})", p("p50"), p("p90"), p("p99"), p("max"), int(v, &format!("{pointer}/count")))
+    format!(
+        "p50 {}  p90 {}  p99 {}  max {}  (n={})",
+        p("p50"),
+        p("p90"),
+        p("p99"),
+        p("max"),
+        int(v, &format!("{pointer}/count"))
+    )
 }
 
 /// The report as text.
 pub fn human(r: &Value) -> String {
     let mut out = String::new();
-    let label = r["label"].as_str().filter(|l| !l.is_empty()).map(|l| format!("  ({l})")).unwrap_or_default();
-    let _ = writeln!(out, "pere-bench {} against {}{label}", r["scenario"].as_str().unwrap_or("?"), r["target"].as_str().unwrap_or("?"));
+    let label = r["label"]
+        .as_str()
+        .filter(|l| !l.is_empty())
+        .map(|l| format!("  ({l})"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "pere-bench {} against {}{label}",
+        r["scenario"].as_str().unwrap_or("?"),
+        r["target"].as_str().unwrap_or("?")
+    );
     if int(r, "/subscribers/requested") > 0 {
         let _ = writeln!(
             out,
@@ -55,7 +71,11 @@ pub fn human(r: &Value) -> String {
             num(r, "/published/per_s"),
             int(r, "/published/errors"),
         );
-        let _ = writeln!(out, "  push RTT      {}", percentiles(r, "/published/rtt_us"));
+        let _ = writeln!(
+            out,
+            "  push RTT      {}",
+            percentiles(r, "/published/rtt_us")
+        );
     }
     if r.get("deliveries").is_some() {
         let _ = writeln!(
@@ -81,24 +101,48 @@ pub fn human(r: &Value) -> String {
             int(r, "/receipts/errors"),
             num(r, "/receipts/per_s"),
         );
-        let _ = writeln!(out, "  receipt RTT   {}", percentiles(r, "/receipts/rtt_us"));
-        let _ = writeln!(out, "  push→receipt  {}", percentiles(r, "/receipts/e2e_us"));
+        let _ = writeln!(
+            out,
+            "  receipt RTT   {}",
+            percentiles(r, "/receipts/rtt_us")
+        );
+        let _ = writeln!(
+            out,
+            "  push→receipt  {}",
+            percentiles(r, "/receipts/e2e_us")
+        );
     }
     if r["server"].get("cpu_s").is_some() && r["scenario"] != "idle" {
         let per = if r["scenario"] == "push" {
             format!("{:.2} µs per push", num(r, "/server/cpu_us_per_push"))
         } else {
-            format!("{:.2} µs per delivery", num(r, "/server/cpu_us_per_delivery"))
+            format!(
+                "{:.2} µs per delivery",
+                num(r, "/server/cpu_us_per_delivery")
+            )
         };
-        let _ = writeln!(out, "  server CPU    {:.2} s = {per}", num(r, "/server/cpu_s"));
+        let _ = writeln!(
+            out,
+            "  server CPU    {:.2} s = {per}",
+            num(r, "/server/cpu_s")
+        );
     }
     if r["scenario"] != "idle" {
-        let _ = writeln!(out, "  generator CPU {:.2} s while publishing and draining", num(r, "/generator/cpu_s"));
+        let _ = writeln!(
+            out,
+            "  generator CPU {:.2} s while publishing and draining",
+            num(r, "/generator/cpu_s")
+        );
     }
     if let Some(errors) = r["errors"].as_array().filter(|e| !e.is_empty()) {
         let _ = writeln!(out, "  errors:");
         for e in errors {
-            let _ = writeln!(out, "    {} × {}", int(e, "/count"), e["error"].as_str().unwrap_or("?"));
+            let _ = writeln!(
+                out,
+                "    {} × {}",
+                int(e, "/count"),
+                e["error"].as_str().unwrap_or("?")
+            );
         }
     }
     out
@@ -122,7 +166,10 @@ mod tests {
             "errors": [{"error": "feed closed by the server", "count": 2}],
         });
         let text = human(&r);
-        assert!(text.contains("pere-bench fanout against 127.0.0.1:1  (pere)"), "{text}");
+        assert!(
+            text.contains("pere-bench fanout against 127.0.0.1:1  (pere)"),
+            "{text}"
+        );
         assert!(text.contains("10 of 10 answered"), "{text}");
         assert!(text.contains("1.00 KiB per connection"), "{text}");
         assert!(text.contains("p50 400 µs"), "{text}");

@@ -72,7 +72,11 @@ impl SseParser {
     fn line_done(&mut self, line: &[u8], on: &mut impl FnMut(SseItem<'_>)) {
         if line.is_empty() {
             if self.has_data {
-                on(SseItem::Event { id: self.id.as_deref(), event: self.event.as_deref(), data: &self.data });
+                on(SseItem::Event {
+                    id: self.id.as_deref(),
+                    event: self.event.as_deref(),
+                    data: &self.data,
+                });
             }
             self.id = None;
             self.event = None;
@@ -134,22 +138,32 @@ impl FeedParser {
     ///
     /// # Errors
     /// When the response is not HTTP/1.1 or its chunked framing is broken.
-    pub fn feed(&mut self, input: &[u8], on: &mut impl FnMut(FeedItem<'_>)) -> Result<(), HttpError> {
+    pub fn feed(
+        &mut self,
+        input: &[u8],
+        on: &mut impl FnMut(FeedItem<'_>),
+    ) -> Result<(), HttpError> {
         let mut input = input;
         let owned;
         if self.body.is_none() {
             self.head_buf.extend_from_slice(input);
-            let Some((head, len)) = parse_head(&self.head_buf)? else { return Ok(()) };
+            let Some((head, len)) = parse_head(&self.head_buf)? else {
+                return Ok(());
+            };
             on(FeedItem::Head(head));
             self.body = Some((head.status / 100 == 2, BodyDecoder::new(head.framing)));
             owned = self.head_buf.split_off(len);
             self.head_buf = Vec::new();
             input = &owned;
         }
-        let Some((is_stream, decoder)) = &mut self.body else { return Ok(()) };
+        let Some((is_stream, decoder)) = &mut self.body else {
+            return Ok(());
+        };
         let sse = &mut self.sse;
         if *is_stream {
-            decoder.decode(input, &mut |data| sse.feed(data, &mut |item| on(FeedItem::Sse(item))))?;
+            decoder.decode(input, &mut |data| {
+                sse.feed(data, &mut |item| on(FeedItem::Sse(item)))
+            })?;
         } else {
             decoder.decode(input, &mut |_| {})?;
         }
@@ -166,7 +180,10 @@ impl FeedParser {
 /// generator reads its own bodies, `{"t":…,"seq":…}`, and must stay cheap per delivery).
 pub fn json_u64(data: &[u8], key: &[u8]) -> Option<u64> {
     let mut from = 0;
-    while let Some(at) = data[from..].windows(key.len() + 2).position(|w| w[0] == b'"' && &w[1..=key.len()] == key && w[key.len() + 1] == b'"') {
+    while let Some(at) = data[from..]
+        .windows(key.len() + 2)
+        .position(|w| w[0] == b'"' && &w[1..=key.len()] == key && w[key.len() + 1] == b'"')
+    {
         let mut i = from + at + key.len() + 2;
         while data.get(i).is_some_and(|b| b.is_ascii_whitespace()) {
             i += 1;
@@ -202,7 +219,9 @@ mod tests {
         let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
         match item {
             FeedItem::Head(head) => Seen::Head(head.status, head.framing),
-            FeedItem::Sse(SseItem::Event { id, event, data }) => Seen::Event(id.map(text), event.map(text), text(data)),
+            FeedItem::Sse(SseItem::Event { id, event, data }) => {
+                Seen::Event(id.map(text), event.map(text), text(data))
+            }
             FeedItem::Sse(SseItem::Comment) => Seen::Comment,
             FeedItem::Sse(SseItem::Retry) => Seen::Retry,
         }
@@ -213,7 +232,9 @@ mod tests {
         let mut out = Vec::new();
         let mut start = 0;
         for &end in cuts.iter().chain(std::iter::once(&wire.len())) {
-            parser.feed(&wire[start..end], &mut |item| out.push(seen(item))).unwrap();
+            parser
+                .feed(&wire[start..end], &mut |item| out.push(seen(item)))
+                .unwrap();
             start = end;
         }
         out
@@ -254,14 +275,22 @@ mod tests {
             let wire = chunked_response(BODY, chunk);
             assert_eq!(parse_in_pieces(&wire, &[]), expected(), "chunks of {chunk}");
             for a in 0..=wire.len() {
-                assert_eq!(parse_in_pieces(&wire, &[a]), expected(), "chunks of {chunk}, cut at {a}");
+                assert_eq!(
+                    parse_in_pieces(&wire, &[a]),
+                    expected(),
+                    "chunks of {chunk}, cut at {a}"
+                );
             }
         }
         // Every pair of cuts, on a frame cut into chunks of 7 bytes.
         let wire = chunked_response(BODY, 7);
         for a in (0..=wire.len()).step_by(3) {
             for b in a..=wire.len() {
-                assert_eq!(parse_in_pieces(&wire, &[a, b]), expected(), "cuts at {a}, {b}");
+                assert_eq!(
+                    parse_in_pieces(&wire, &[a, b]),
+                    expected(),
+                    "cuts at {a}, {b}"
+                );
             }
         }
         let bytewise: Vec<usize> = (1..wire.len()).collect();
@@ -282,7 +311,10 @@ mod tests {
     #[test]
     fn an_error_answer_gives_its_status_and_no_events() {
         let wire = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 14\r\n\r\ndata: nope\n\n\n";
-        assert_eq!(parse_in_pieces(wire, &[5]), vec![Seen::Head(403, Framing::Length(14))]);
+        assert_eq!(
+            parse_in_pieces(wire, &[5]),
+            vec![Seen::Head(403, Framing::Length(14))]
+        );
     }
 
     #[test]

@@ -38,7 +38,15 @@ impl Percentiles {
     /// The percentiles of `h` (all zero when it is empty).
     pub fn of(h: &Histogram<u64>) -> Self {
         if h.is_empty() {
-            return Percentiles { count: 0, p50: 0, p90: 0, p99: 0, p999: 0, max: 0, mean: 0.0 };
+            return Percentiles {
+                count: 0,
+                p50: 0,
+                p90: 0,
+                p99: 0,
+                p999: 0,
+                max: 0,
+                mean: 0.0,
+            };
         }
         Percentiles {
             count: h.len(),
@@ -137,7 +145,11 @@ pub fn median(values: &[f64]) -> Option<f64> {
     }
     v.sort_by(f64::total_cmp);
     let mid = v.len() / 2;
-    Some(if v.len() % 2 == 1 { v[mid] } else { (v[mid - 1] + v[mid]) / 2.0 })
+    Some(if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    })
 }
 
 /// The smallest and largest of `values`.
@@ -165,7 +177,10 @@ mod tests {
         }
         assert!(!sub.insert(5));
         assert!(!sub.insert(199));
-        assert_eq!((sub.received(), sub.distinct(), sub.duplicated()), (182, 180, 2));
+        assert_eq!(
+            (sub.received(), sub.distinct(), sub.duplicated()),
+            (182, 180, 2)
+        );
         assert_eq!(sub.lost(&published), 20);
         // An event never accepted by the server is neither expected nor lost.
         assert!(sub.insert(500));

@@ -29,8 +29,20 @@ struct Metric {
     better: Better,
 }
 
-const fn m(label: &'static str, pointer: &'static str, scale: f64, decimals: usize, better: Better) -> Metric {
-    Metric { label, pointer, scale, decimals, better }
+const fn m(
+    label: &'static str,
+    pointer: &'static str,
+    scale: f64,
+    decimals: usize,
+    better: Better,
+) -> Metric {
+    Metric {
+        label,
+        pointer,
+        scale,
+        decimals,
+        better,
+    }
 }
 
 use Better::{Higher, Lower};
@@ -38,21 +50,75 @@ use Better::{Higher, Lower};
 /// The rows for a report of `scenario` (the report's own `scenario` field).
 fn metrics(scenario: &str) -> Vec<Metric> {
     let latency = [
-        m("delivery latency p50 (ms)", "/latency_us/p50", 0.001, 2, Lower),
-        m("delivery latency p99 (ms)", "/latency_us/p99", 0.001, 2, Lower),
-        m("delivery latency max (ms)", "/latency_us/max", 0.001, 1, Lower),
+        m(
+            "delivery latency p50 (ms)",
+            "/latency_us/p50",
+            0.001,
+            2,
+            Lower,
+        ),
+        m(
+            "delivery latency p99 (ms)",
+            "/latency_us/p99",
+            0.001,
+            2,
+            Lower,
+        ),
+        m(
+            "delivery latency max (ms)",
+            "/latency_us/max",
+            0.001,
+            1,
+            Lower,
+        ),
     ];
     let losses = [
-        m("lost events (sum over subscribers)", "/deliveries/lost", 1.0, 0, Lower),
+        m(
+            "lost events (sum over subscribers)",
+            "/deliveries/lost",
+            1.0,
+            0,
+            Lower,
+        ),
         m("duplicated events", "/deliveries/duplicated", 1.0, 0, Lower),
-        m("feed reconnections", "/subscribers/reconnects", 1.0, 0, Lower),
+        m(
+            "feed reconnections",
+            "/subscribers/reconnects",
+            1.0,
+            0,
+            Lower,
+        ),
     ];
     match scenario {
         "idle" => vec![
-            m("memory per connection, PSS (KiB)", "/server/pss_kib_per_connection", 1.0, 2, Lower),
-            m("memory per connection, RSS (KiB)", "/server/rss_kib_per_connection", 1.0, 2, Lower),
-            m("server PSS with all open (MiB)", "/server/subscribed/pss_kib", 1.0 / 1024.0, 1, Lower),
-            m("seconds to open all", "/subscribers/connect_s", 1.0, 2, Lower),
+            m(
+                "memory per connection, PSS (KiB)",
+                "/server/pss_kib_per_connection",
+                1.0,
+                2,
+                Lower,
+            ),
+            m(
+                "memory per connection, RSS (KiB)",
+                "/server/rss_kib_per_connection",
+                1.0,
+                2,
+                Lower,
+            ),
+            m(
+                "server PSS with all open (MiB)",
+                "/server/subscribed/pss_kib",
+                1.0 / 1024.0,
+                1,
+                Lower,
+            ),
+            m(
+                "seconds to open all",
+                "/subscribers/connect_s",
+                1.0,
+                2,
+                Lower,
+            ),
             m("subscribers refused", "/subscribers/failed", 1.0, 0, Lower),
         ],
         "fanout" => [
@@ -60,7 +126,13 @@ fn metrics(scenario: &str) -> Vec<Metric> {
             &losses[..],
             &[
                 m("deliveries/s", "/deliveries/per_s", 1.0, 0, Higher),
-                m("server CPU per delivery (µs)", "/server/cpu_us_per_delivery", 1.0, 2, Lower),
+                m(
+                    "server CPU per delivery (µs)",
+                    "/server/cpu_us_per_delivery",
+                    1.0,
+                    2,
+                    Lower,
+                ),
                 m("generator CPU (s)", "/generator/cpu_s", 1.0, 2, Lower),
             ],
         ]
@@ -68,7 +140,13 @@ fn metrics(scenario: &str) -> Vec<Metric> {
         "saturate" => [
             &[
                 m("deliveries/s", "/deliveries/per_s", 1.0, 0, Higher),
-                m("server CPU per delivery (µs)", "/server/cpu_us_per_delivery", 1.0, 2, Lower),
+                m(
+                    "server CPU per delivery (µs)",
+                    "/server/cpu_us_per_delivery",
+                    1.0,
+                    2,
+                    Lower,
+                ),
                 m("pushes/s (1 channel)", "/published/per_s", 1.0, 0, Higher),
             ][..],
             &latency[..2],
@@ -78,29 +156,95 @@ fn metrics(scenario: &str) -> Vec<Metric> {
         .concat(),
         "receipts" => vec![
             m("receipts/s", "/receipts/per_s", 1.0, 0, Higher),
-            m("receipt round trip p50 (ms)", "/receipts/rtt_us/p50", 0.001, 2, Lower),
-            m("receipt round trip p99 (ms)", "/receipts/rtt_us/p99", 0.001, 2, Lower),
-            m("push → receipt answered p99 (ms)", "/receipts/e2e_us/p99", 0.001, 1, Lower),
+            m(
+                "receipt round trip p50 (ms)",
+                "/receipts/rtt_us/p50",
+                0.001,
+                2,
+                Lower,
+            ),
+            m(
+                "receipt round trip p99 (ms)",
+                "/receipts/rtt_us/p99",
+                0.001,
+                2,
+                Lower,
+            ),
+            m(
+                "push → receipt answered p99 (ms)",
+                "/receipts/e2e_us/p99",
+                0.001,
+                1,
+                Lower,
+            ),
             m("receipt errors", "/receipts/errors", 1.0, 0, Lower),
-            m("receipts dropped by the generator", "/receipts/dropped", 1.0, 0, Lower),
+            m(
+                "receipts dropped by the generator",
+                "/receipts/dropped",
+                1.0,
+                0,
+                Lower,
+            ),
             latency[0],
             latency[1],
             losses[0],
-            m("server CPU per delivery+receipt (µs)", "/server/cpu_us_per_delivery", 1.0, 2, Lower),
+            m(
+                "server CPU per delivery+receipt (µs)",
+                "/server/cpu_us_per_delivery",
+                1.0,
+                2,
+                Lower,
+            ),
             m("generator CPU (s)", "/generator/cpu_s", 1.0, 2, Lower),
         ],
         "push" => vec![
             m("pushes/s", "/published/per_s", 1.0, 0, Higher),
-            m("push round trip p50 (ms)", "/published/rtt_us/p50", 0.001, 2, Lower),
-            m("push round trip p99 (ms)", "/published/rtt_us/p99", 0.001, 2, Lower),
-            m("server CPU per push (µs)", "/server/cpu_us_per_push", 1.0, 2, Lower),
+            m(
+                "push round trip p50 (ms)",
+                "/published/rtt_us/p50",
+                0.001,
+                2,
+                Lower,
+            ),
+            m(
+                "push round trip p99 (ms)",
+                "/published/rtt_us/p99",
+                0.001,
+                2,
+                Lower,
+            ),
+            m(
+                "server CPU per push (µs)",
+                "/server/cpu_us_per_push",
+                1.0,
+                2,
+                Lower,
+            ),
             m("push errors", "/published/errors", 1.0, 0, Lower),
         ],
         "wrk-push" => vec![
             m("pushes/s (wrk)", "/pushes_per_s", 1.0, 0, Higher),
-            m("push latency p50 (ms, wrk)", "/latency_us/p50", 0.001, 2, Lower),
-            m("push latency p99 (ms, wrk)", "/latency_us/p99", 0.001, 2, Lower),
-            m("server CPU per push (µs)", "/server/cpu_us_per_push", 1.0, 2, Lower),
+            m(
+                "push latency p50 (ms, wrk)",
+                "/latency_us/p50",
+                0.001,
+                2,
+                Lower,
+            ),
+            m(
+                "push latency p99 (ms, wrk)",
+                "/latency_us/p99",
+                0.001,
+                2,
+                Lower,
+            ),
+            m(
+                "server CPU per push (µs)",
+                "/server/cpu_us_per_push",
+                1.0,
+                2,
+                Lower,
+            ),
             m("non-2xx or socket errors", "/errors", 1.0, 0, Lower),
         ],
         _ => vec![],
@@ -118,11 +262,17 @@ type Runs = BTreeMap<String, BTreeMap<String, Value>>;
 /// When the directory cannot be read or a report is not JSON.
 pub fn summarize(dir: &Path, baseline: &str) -> anyhow::Result<String> {
     let mut out = String::new();
-    let mut scenarios: Vec<_> = std::fs::read_dir(dir)?.flatten().filter(|e| e.path().is_dir()).collect();
+    let mut scenarios: Vec<_> = std::fs::read_dir(dir)?
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .collect();
     scenarios.sort_by_key(|e| e.file_name());
     for scenario in scenarios {
         let mut runs = Runs::new();
-        for server in std::fs::read_dir(scenario.path())?.flatten().filter(|e| e.path().is_dir()) {
+        for server in std::fs::read_dir(scenario.path())?
+            .flatten()
+            .filter(|e| e.path().is_dir())
+        {
             let mut reps = BTreeMap::new();
             for file in std::fs::read_dir(server.path())?.flatten() {
                 let path = file.path();
@@ -130,7 +280,11 @@ pub fn summarize(dir: &Path, baseline: &str) -> anyhow::Result<String> {
                     let text = std::fs::read_to_string(&path)?;
                     let value: Value = serde_json::from_str(&text)
                         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-                    let rep = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+                    let rep = path
+                        .file_stem()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned();
                     reps.insert(rep, value);
                 }
             }
@@ -139,7 +293,12 @@ pub fn summarize(dir: &Path, baseline: &str) -> anyhow::Result<String> {
             }
         }
         if !runs.is_empty() {
-            table(&mut out, &scenario.file_name().to_string_lossy(), &runs, baseline);
+            table(
+                &mut out,
+                &scenario.file_name().to_string_lossy(),
+                &runs,
+                baseline,
+            );
         }
     }
     Ok(out)
@@ -164,15 +323,31 @@ fn fmt(x: f64, decimals: usize) -> String {
 }
 
 fn table(out: &mut String, title: &str, runs: &Runs, baseline: &str) {
-    let kind = runs.values().flat_map(|reps| reps.values()).find_map(|r| r["scenario"].as_str()).unwrap_or("?");
+    let kind = runs
+        .values()
+        .flat_map(|reps| reps.values())
+        .find_map(|r| r["scenario"].as_str())
+        .unwrap_or("?");
     // Candidates first, then baselines.
     let mut servers: Vec<&String> = runs.keys().collect();
     servers.sort_by_key(|s| (s.starts_with(baseline), s.as_str()));
-    let candidates: Vec<&String> = servers.iter().copied().filter(|s| !s.starts_with(baseline)).collect();
-    let baselines: Vec<&String> = servers.iter().copied().filter(|s| s.starts_with(baseline)).collect();
+    let candidates: Vec<&String> = servers
+        .iter()
+        .copied()
+        .filter(|s| !s.starts_with(baseline))
+        .collect();
+    let baselines: Vec<&String> = servers
+        .iter()
+        .copied()
+        .filter(|s| s.starts_with(baseline))
+        .collect();
 
     let _ = writeln!(out, "### {title}\n");
-    if let Some(config) = runs.values().flat_map(|reps| reps.values()).find_map(|r| r.get("config")) {
+    if let Some(config) = runs
+        .values()
+        .flat_map(|reps| reps.values())
+        .find_map(|r| r.get("config"))
+    {
         let _ = writeln!(out, "Setup: {}.\n", describe(kind, config));
     }
     let mut header = String::from("| metric |");
@@ -190,13 +365,23 @@ fn table(out: &mut String, title: &str, runs: &Runs, baseline: &str) {
     }
     let _ = writeln!(out, "{header}\n{rule}");
     for metric in metrics(kind) {
-        let value = |r: &Value| r.pointer(metric.pointer).and_then(Value::as_f64).map(|x| x * metric.scale);
+        let value = |r: &Value| {
+            r.pointer(metric.pointer)
+                .and_then(Value::as_f64)
+                .map(|x| x * metric.scale)
+        };
         let mut row = format!("| {} |", metric.label);
         for s in &servers {
             let values: Vec<f64> = runs[*s].values().filter_map(value).collect();
             match (median(&values), spread(&values)) {
                 (Some(mid), Some((lo, hi))) if values.len() > 1 => {
-                    let _ = write!(row, " {} ({}–{}) |", fmt(mid, metric.decimals), fmt(lo, metric.decimals), fmt(hi, metric.decimals));
+                    let _ = write!(
+                        row,
+                        " {} ({}–{}) |",
+                        fmt(mid, metric.decimals),
+                        fmt(lo, metric.decimals),
+                        fmt(hi, metric.decimals)
+                    );
                 }
                 (Some(mid), _) => {
                     let _ = write!(row, " {} |", fmt(mid, metric.decimals));
@@ -268,11 +453,20 @@ fn describe(kind: &str, config: &Value) -> String {
         _ => {
             let pace = match rate {
                 Some(r) => format!("{r} events/s per channel"),
-                None => format!("unpaced (at most {} events per subscriber in flight)", config["max_ahead"].as_u64().unwrap_or(0)),
+                None => format!(
+                    "unpaced (at most {} events per subscriber in flight)",
+                    config["max_ahead"].as_u64().unwrap_or(0)
+                ),
             };
-            let events = config["events_per_channel"].as_u64().map(|e| format!(", {e} events per channel")).unwrap_or_default();
+            let events = config["events_per_channel"]
+                .as_u64()
+                .map(|e| format!(", {e} events per channel"))
+                .unwrap_or_default();
             let receipts = if config["receipts"].as_bool() == Some(true) {
-                format!(", a receipt per event per subscriber over {} connections", config["receipt_conns"].as_u64().unwrap_or(0))
+                format!(
+                    ", a receipt per event per subscriber over {} connections",
+                    config["receipt_conns"].as_u64().unwrap_or(0)
+                )
             } else {
                 String::new()
             };
@@ -296,26 +490,54 @@ mod tests {
     fn tables_give_medians_spreads_and_per_round_ratios() {
         let dir = std::env::temp_dir().join(format!("pere-bench-summary-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let idle = |kib: f64| json!({"scenario": "idle", "config": {"subscribers": 100, "duration_s": 5.0},
-                                      "server": {"pss_kib_per_connection": kib}, "errors": []});
+        let idle = |kib: f64| {
+            json!({"scenario": "idle", "config": {"subscribers": 100, "duration_s": 5.0},
+                                      "server": {"pss_kib_per_connection": kib}, "errors": []})
+        };
         for (rep, pere, nchan) in [("1", 10.0, 5.0), ("2", 12.0, 4.0), ("3", 30.0, 10.0)] {
             write(&dir, "1-idle", "pere-memory", rep, idle(pere));
             write(&dir, "1-idle", "nchan-w1", rep, idle(nchan));
         }
-        write(&dir, "2-wrk", "pere-memory", "1", json!({"scenario": "wrk-push", "pushes_per_s": 20000.0,
-            "config": {"connections": 50, "threads": 2, "duration_s": 10.0}, "errors": [{"error": "boom", "count": 2}]}));
-        write(&dir, "2-wrk", "nchan-w1", "1", json!({"scenario": "wrk-push", "pushes_per_s": 10000.0}));
+        write(
+            &dir,
+            "2-wrk",
+            "pere-memory",
+            "1",
+            json!({"scenario": "wrk-push", "pushes_per_s": 20000.0,
+            "config": {"connections": 50, "threads": 2, "duration_s": 10.0}, "errors": [{"error": "boom", "count": 2}]}),
+        );
+        write(
+            &dir,
+            "2-wrk",
+            "nchan-w1",
+            "1",
+            json!({"scenario": "wrk-push", "pushes_per_s": 10000.0}),
+        );
         let text = summarize(&dir, "nchan").unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         assert!(text.contains("### 1-idle"), "{text}");
-        assert!(text.contains("| metric | pere-memory (n=3) | nchan-w1 (n=3) | pere-memory / nchan-w1 |"), "{text}");
+        assert!(
+            text.contains(
+                "| metric | pere-memory (n=3) | nchan-w1 (n=3) | pere-memory / nchan-w1 |"
+            ),
+            "{text}"
+        );
         // Medians 12 and 5; per-round ratios 2, 3, 3: median 3, and more memory is worse.
         assert!(text.contains("| memory per connection, PSS (KiB) | 12.00 (10.00–30.00) | 5.00 (4.00–10.00) | 3.00× ✗ |"), "{text}");
-        assert!(text.contains("| pushes/s (wrk) | 20,000 | 10,000 | 2.00× ✓ |"), "{text}");
-        assert!(text.contains("wrk, 50 connections, 2 threads, 10 s"), "{text}");
+        assert!(
+            text.contains("| pushes/s (wrk) | 20,000 | 10,000 | 2.00× ✓ |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wrk, 50 connections, 2 threads, 10 s"),
+            "{text}"
+        );
         assert!(text.contains("- pere-memory run 1: 2 × boom"), "{text}");
         // A metric absent from the reports shows as a dash.
-        assert!(text.contains("| memory per connection, RSS (KiB) | – | – | – |"), "{text}");
+        assert!(
+            text.contains("| memory per connection, RSS (KiB) | – | – | – |"),
+            "{text}"
+        );
     }
 
     #[test]

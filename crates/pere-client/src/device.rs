@@ -11,7 +11,11 @@ use pere_core::DeviceId;
 /// The file that keeps a subscriber's default device id: `$XDG_CONFIG_HOME/pere/device-id`, else
 /// `$HOME/.config/pere/device-id`; none when neither names an absolute directory.
 pub fn default_file() -> Option<PathBuf> {
-    let dir = |var: &str| std::env::var_os(var).map(PathBuf::from).filter(|p| p.is_absolute());
+    let dir = |var: &str| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
     let config = dir("XDG_CONFIG_HOME").or_else(|| dir("HOME").map(|home| home.join(".config")))?;
     Some(config.join("pere").join("device-id"))
 }
@@ -46,11 +50,19 @@ fn read(file: &Path) -> Result<Option<String>, String> {
     match fs::read_to_string(file) {
         Ok(text) => {
             let id = text.trim();
-            DeviceId::new(id).map_err(|e| format!("{} holds no device id ({e}): remove it or fix it", file.display()))?;
+            DeviceId::new(id).map_err(|e| {
+                format!(
+                    "{} holds no device id ({e}): remove it or fix it",
+                    file.display()
+                )
+            })?;
             Ok(Some(id.to_owned()))
         }
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("cannot read the device id in {}: {e}", file.display())),
+        Err(e) => Err(format!(
+            "cannot read the device id in {}: {e}",
+            file.display()
+        )),
     }
 }
 
@@ -62,12 +74,21 @@ mod tests {
     fn the_first_id_is_kept_and_a_bad_file_is_named() {
         let dir = std::env::temp_dir().join(format!("pere-device-test-{}", std::process::id()));
         let file = dir.join("pere").join("device-id");
-        assert_eq!(kept(&file, || "H0039000000001".into()).unwrap(), "H0039000000001");
-        assert_eq!(kept(&file, || "H0039000000002".into()).unwrap(), "H0039000000001");
+        assert_eq!(
+            kept(&file, || "H0039000000001".into()).unwrap(),
+            "H0039000000001"
+        );
+        assert_eq!(
+            kept(&file, || "H0039000000002".into()).unwrap(),
+            "H0039000000001"
+        );
         assert_eq!(fs::read_to_string(&file).unwrap(), "H0039000000001\n");
         fs::write(&file, "not a/device\n").unwrap();
         let err = kept(&file, || "H0039000000003".into()).unwrap_err();
-        assert!(err.contains("device-id") && err.contains("no device id"), "{err}");
+        assert!(
+            err.contains("device-id") && err.contains("no device id"),
+            "{err}"
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -40,10 +40,17 @@ pub fn idempotency_key(rng: &mut impl Rng) -> String {
 /// # Errors
 /// A message for an address that is no URL, or that is not plain HTTP (the tools have no TLS).
 pub fn base_url(server: &str) -> Result<Url, String> {
-    let text = if server.contains("://") { server.to_owned() } else { format!("http://{server}") };
-    let mut url = Url::parse(&text).map_err(|e| format!("invalid server address {server:?}: {e}"))?;
+    let text = if server.contains("://") {
+        server.to_owned()
+    } else {
+        format!("http://{server}")
+    };
+    let mut url =
+        Url::parse(&text).map_err(|e| format!("invalid server address {server:?}: {e}"))?;
     if url.scheme() != "http" {
-        return Err(format!("invalid server address {server:?}: only http:// is supported"));
+        return Err(format!(
+            "invalid server address {server:?}: only http:// is supported"
+        ));
     }
     if url.host_str().unwrap_or_default().is_empty() {
         return Err(format!("invalid server address {server:?}: no host"));
@@ -73,7 +80,10 @@ mod tests {
         for _ in 0..1000 {
             let d = random_device("P0039", &mut rng);
             assert_eq!(d.len(), 14, "{d}");
-            assert!(d.starts_with("P0039") && d[5..].bytes().all(|b| b.is_ascii_digit()), "{d}");
+            assert!(
+                d.starts_with("P0039") && d[5..].bytes().all(|b| b.is_ascii_digit()),
+                "{d}"
+            );
         }
     }
 
@@ -82,15 +92,27 @@ mod tests {
         let mut rng = rand::thread_rng();
         let (a, b) = (idempotency_key(&mut rng), idempotency_key(&mut rng));
         assert_ne!(a, b);
-        assert!(a.len() == 32 && a.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
+        assert!(
+            a.len() == 32 && a.bytes().all(|c| c.is_ascii_hexdigit()),
+            "{a}"
+        );
     }
 
     #[test]
     fn server_addresses() {
         let push = |s: &str| base_url(s).map(|u| endpoint(&u, "push", "CHANNEL_1").to_string());
-        assert_eq!(push("localhost:4567").unwrap(), "http://localhost:4567/push/CHANNEL_1");
-        assert_eq!(push("http://127.0.0.1:4567").unwrap(), "http://127.0.0.1:4567/push/CHANNEL_1");
-        assert_eq!(push("http://h:1/pere/").unwrap(), "http://h:1/pere/push/CHANNEL_1");
+        assert_eq!(
+            push("localhost:4567").unwrap(),
+            "http://localhost:4567/push/CHANNEL_1"
+        );
+        assert_eq!(
+            push("http://127.0.0.1:4567").unwrap(),
+            "http://127.0.0.1:4567/push/CHANNEL_1"
+        );
+        assert_eq!(
+            push("http://h:1/pere/").unwrap(),
+            "http://h:1/pere/push/CHANNEL_1"
+        );
         assert!(push("https://h:1").is_err());
         assert!(push("h:notaport").is_err());
     }

@@ -13,7 +13,10 @@ use reqwest::StatusCode;
 /// When the reader has gone (a closed pipe) there is no one left to tell: the process ends quietly.
 pub fn line(args: fmt::Arguments<'_>) {
     let mut out = std::io::stdout().lock();
-    let written = out.write_fmt(args).and_then(|()| out.write_all(b"\n")).and_then(|()| out.flush());
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
     if written.is_err() {
         std::process::exit(0);
     }
@@ -64,9 +67,19 @@ mod tests {
 
     #[test]
     fn error_answers() {
-        let body = r#"{"error":{"code":"bad_channel","message":"invalid channel name"},"message":"x"}"#;
-        assert_eq!(describe_answer(StatusCode::BAD_REQUEST, body), "HTTP 400 bad_channel: invalid channel name");
-        assert_eq!(describe_answer(StatusCode::BAD_GATEWAY, ""), "HTTP 502 Bad Gateway");
-        assert_eq!(describe_answer(StatusCode::NOT_FOUND, "nope\n"), "HTTP 404 Not Found: nope");
+        let body =
+            r#"{"error":{"code":"bad_channel","message":"invalid channel name"},"message":"x"}"#;
+        assert_eq!(
+            describe_answer(StatusCode::BAD_REQUEST, body),
+            "HTTP 400 bad_channel: invalid channel name"
+        );
+        assert_eq!(
+            describe_answer(StatusCode::BAD_GATEWAY, ""),
+            "HTTP 502 Bad Gateway"
+        );
+        assert_eq!(
+            describe_answer(StatusCode::NOT_FOUND, "nope\n"),
+            "HTTP 404 Not Found: nope"
+        );
     }
 }

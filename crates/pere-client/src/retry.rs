@@ -29,7 +29,9 @@ pub enum Outcome<T> {
 
 /// Statuses that say "not now" rather than "no": a server error, a timeout, or too many requests.
 pub fn is_transient(status: StatusCode) -> bool {
-    status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS
+    status.is_server_error()
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
 }
 
 /// Sends `request` once and sorts out how it went.
@@ -81,7 +83,9 @@ impl Policy {
     /// The wait after failed attempt `n` (from 1), random part included.
     fn wait(&self, n: u32, rng: &mut impl Rng) -> Duration {
         let exponent = n.saturating_sub(1);
-        let base = self.first_backoff.saturating_mul(self.growth.saturating_pow(exponent));
+        let base = self
+            .first_backoff
+            .saturating_mul(self.growth.saturating_pow(exponent));
         if self.jitter.is_zero() {
             base
         } else {
@@ -103,7 +107,11 @@ impl Policy {
 ///
 /// The attempt is a closure rather than a request so that the loop is one for every request
 /// (a request builder is used up by sending it) and can be tested without a network.
-pub async fn retry<T, F, Fut>(policy: &Policy, mut attempt: F, mut on_failure: impl FnMut(u32, &str)) -> Outcome<T>
+pub async fn retry<T, F, Fut>(
+    policy: &Policy,
+    mut attempt: F,
+    mut on_failure: impl FnMut(u32, &str),
+) -> Outcome<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Outcome<T>>,
@@ -154,7 +162,10 @@ mod tests {
             &policy,
             || {
                 began.borrow_mut().push(start.elapsed());
-                let next = script.borrow_mut().pop_front().unwrap_or(Outcome::Retryable("down".into()));
+                let next = script
+                    .borrow_mut()
+                    .pop_front()
+                    .unwrap_or(Outcome::Retryable("down".into()));
                 async move { next }
             },
             |n, why| failures.push((n, why.to_owned())),
@@ -168,15 +179,26 @@ mod tests {
     }
 
     /// The subscriber's receipts.
-    const DOUBLING: Policy =
-        Policy { attempts: Some(3), first_backoff: Duration::from_millis(200), growth: 2, jitter: Duration::ZERO };
+    const DOUBLING: Policy = Policy {
+        attempts: Some(3),
+        first_backoff: Duration::from_millis(200),
+        growth: 2,
+        jitter: Duration::ZERO,
+    };
 
     #[tokio::test(start_paused = true)]
     async fn limited_attempts_double_their_wait_and_end_retryable() {
         let (outcome, began, failures) = check_retry(DOUBLING, vec![]).await;
         assert_eq!(outcome, Outcome::Retryable("down".into()));
-        assert_eq!(began, [ms(0), ms(200), ms(600)], "3 attempts, 200 then 400 ms apart, no wait after the last");
-        assert_eq!(failures, [(1, "down".into()), (2, "down".into()), (3, "down".into())]);
+        assert_eq!(
+            began,
+            [ms(0), ms(200), ms(600)],
+            "3 attempts, 200 then 400 ms apart, no wait after the last"
+        );
+        assert_eq!(
+            failures,
+            [(1, "down".into()), (2, "down".into()), (3, "down".into())]
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -190,8 +212,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_refusal_is_not_retried() {
-        let policy = Policy { attempts: None, ..DOUBLING };
-        let (outcome, began, failures) = check_retry(policy, vec![Outcome::Refused("HTTP 404".into())]).await;
+        let policy = Policy {
+            attempts: None,
+            ..DOUBLING
+        };
+        let (outcome, began, failures) =
+            check_retry(policy, vec![Outcome::Refused("HTTP 404".into())]).await;
         assert_eq!(outcome, Outcome::Refused("HTTP 404".into()));
         assert_eq!(began, [ms(0)]);
         assert_eq!(failures, [(1, "HTTP 404".into())]);
@@ -199,33 +225,61 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn unlimited_attempts_go_on_until_accepted() {
-        let policy = Policy { attempts: None, first_backoff: ms(1000), growth: 1, jitter: Duration::ZERO };
-        let mut script: Vec<Outcome<u32>> = (0..50).map(|_| Outcome::Retryable("down".into())).collect();
+        let policy = Policy {
+            attempts: None,
+            first_backoff: ms(1000),
+            growth: 1,
+            jitter: Duration::ZERO,
+        };
+        let mut script: Vec<Outcome<u32>> =
+            (0..50).map(|_| Outcome::Retryable("down".into())).collect();
         script.push(Outcome::Accepted(1));
         let (outcome, began, failures) = check_retry(policy, script).await;
         assert_eq!(outcome, Outcome::Accepted(1));
         assert_eq!(began.len(), 51);
-        assert_eq!(began.last(), Some(&Duration::from_secs(50)), "a steady second apart");
+        assert_eq!(
+            began.last(),
+            Some(&Duration::from_secs(50)),
+            "a steady second apart"
+        );
         assert_eq!(failures.len(), 50);
     }
 
     #[tokio::test(start_paused = true)]
     async fn jitter_spreads_waits_over_its_range() {
         // The publisher's default `--retry-delay 1-10`.
-        let policy = Policy { attempts: Some(200), first_backoff: ms(1000), growth: 1, jitter: ms(9000) };
+        let policy = Policy {
+            attempts: Some(200),
+            first_backoff: ms(1000),
+            growth: 1,
+            jitter: ms(9000),
+        };
         let (_, began, _) = check_retry(policy, vec![]).await;
         let waits: Vec<Duration> = began.windows(2).map(|w| w[1] - w[0]).collect();
         assert_eq!(waits.len(), 199);
-        assert!(waits.iter().all(|w| (ms(1000)..=ms(10_000)).contains(w)), "{waits:?}");
-        assert!(waits.iter().any(|w| *w < ms(2000)) && waits.iter().any(|w| *w > ms(9000)), "{waits:?}");
+        assert!(
+            waits.iter().all(|w| (ms(1000)..=ms(10_000)).contains(w)),
+            "{waits:?}"
+        );
+        assert!(
+            waits.iter().any(|w| *w < ms(2000)) && waits.iter().any(|w| *w > ms(9000)),
+            "{waits:?}"
+        );
     }
 
     #[test]
     fn zero_attempts_still_make_one_and_waits_saturate() {
-        let policy = Policy { attempts: Some(0), ..DOUBLING };
+        let policy = Policy {
+            attempts: Some(0),
+            ..DOUBLING
+        };
         assert!(policy.is_last(1));
         let mut rng = rand::thread_rng();
-        assert_eq!(DOUBLING.wait(u32::MAX, &mut rng), ms(200) * u32::MAX, "no overflow");
+        assert_eq!(
+            DOUBLING.wait(u32::MAX, &mut rng),
+            ms(200) * u32::MAX,
+            "no overflow"
+        );
     }
 
     #[test]
@@ -267,27 +321,50 @@ mod tests {
     #[tokio::test]
     async fn answers_are_sorted_and_parsed() {
         let answer = |head: &str, body: &str| {
-            format!("HTTP/1.1 {head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+            format!(
+                "HTTP/1.1 {head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
         };
         let json = answer("200 OK", r#"{"id":1}"#);
-        assert_eq!(check_send(json).await, Outcome::Accepted(Some(serde_json::json!({"id": 1}))));
+        assert_eq!(
+            check_send(json).await,
+            Outcome::Accepted(Some(serde_json::json!({"id": 1})))
+        );
         let empty = "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n".to_owned();
         assert_eq!(check_send(empty).await, Outcome::Accepted(None));
         let busy = answer("503 Service Unavailable", "");
-        assert_eq!(check_send(busy).await, Outcome::Retryable("HTTP 503 Service Unavailable".into()));
+        assert_eq!(
+            check_send(busy).await,
+            Outcome::Retryable("HTTP 503 Service Unavailable".into())
+        );
         let error = r#"{"error":{"code":"bad_channel","message":"invalid channel name"}}"#;
         let refused = answer("400 Bad Request", error);
-        assert_eq!(check_send(refused).await, Outcome::Refused("HTTP 400 bad_channel: invalid channel name".into()));
+        assert_eq!(
+            check_send(refused).await,
+            Outcome::Refused("HTTP 400 bad_channel: invalid channel name".into())
+        );
     }
 
     #[tokio::test]
     async fn no_answer_is_retryable_and_a_bad_request_is_refused() {
         // A port that was just free: nothing listens on it.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let client = reqwest::Client::new();
-        let gone = send_once::<serde_json::Value>(client.post(format!("http://127.0.0.1:{port}/push/C"))).await;
-        assert!(matches!(&gone, Outcome::Retryable(why) if why.contains("error sending request")), "{gone:?}");
-        let bad_header = client.post(format!("http://127.0.0.1:{port}/push/C")).header("device", "a\nb");
+        let gone =
+            send_once::<serde_json::Value>(client.post(format!("http://127.0.0.1:{port}/push/C")))
+                .await;
+        assert!(
+            matches!(&gone, Outcome::Retryable(why) if why.contains("error sending request")),
+            "{gone:?}"
+        );
+        let bad_header = client
+            .post(format!("http://127.0.0.1:{port}/push/C"))
+            .header("device", "a\nb");
         let bad = send_once::<serde_json::Value>(bad_header).await;
         assert!(matches!(bad, Outcome::Refused(_)), "{bad:?}");
     }

@@ -28,7 +28,12 @@ fn cpu_ticks() -> u64 {
     // Fields after the command name (which may hold spaces) end with ')'.
     let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |n: usize| fields.get(n).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let field = |n: usize| {
+        fields
+            .get(n)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
     field(11) + field(12)
 }
@@ -39,7 +44,13 @@ fn ticks_per_second() -> f64 {
 }
 
 async fn measure<S: Store>(label: &str, store: S, channels: usize, idle: Duration) {
-    let hub = Hub::new(store, HubConfig { idle_channel: idle, ..HubConfig::default() });
+    let hub = Hub::new(
+        store,
+        HubConfig {
+            idle_channel: idle,
+            ..HubConfig::default()
+        },
+    );
     // Warm up allocator and code paths on a few channels first.
     for i in 0..50 {
         touch(&hub, &format!("warm{i}")).await;
@@ -72,7 +83,12 @@ async fn touch<S: Store>(hub: &std::sync::Arc<Hub<S>>, name: &str) {
     let channel = ChannelName::new(name).unwrap();
     drop(hub.follow_receipts(&channel, None).await.unwrap());
     drop(hub.follow_presence(&channel, 0).await.unwrap());
-    let event = NewEvent { publisher: None, event_type: None, body: "hello".to_owned(), idempotency_key: None };
+    let event = NewEvent {
+        publisher: None,
+        event_type: None,
+        body: "hello".to_owned(),
+        idempotency_key: None,
+    };
     hub.publish(&channel, event).await.unwrap();
 }
 

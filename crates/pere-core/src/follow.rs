@@ -104,7 +104,11 @@ pub enum ReceiptItem {
 
 impl ReceiptItem {
     fn completed(channel: &ChannelName, done: Completion) -> Self {
-        ReceiptItem::Completed { channel: channel.clone(), event_id: done.event_id, expected: done.expected }
+        ReceiptItem::Completed {
+            channel: channel.clone(),
+            event_id: done.event_id,
+            expected: done.expected,
+        }
     }
 }
 
@@ -139,7 +143,12 @@ impl<S: Store> ReceiptFollow<S> {
     /// A follower that hears `live` from now on: it replays from the store after `after`, when
     /// given, and otherwise goes live after the head given to
     /// [`starting_after`](Self::starting_after), read once it listens.
-    pub(crate) fn new(store: S, channel: ChannelName, live: Arc<ReceiptLive>, after: Option<u64>) -> Self {
+    pub(crate) fn new(
+        store: S,
+        channel: ChannelName,
+        live: Arc<ReceiptLive>,
+        after: Option<u64>,
+    ) -> Self {
         let completions_seen = locked(&live.state).announced;
         ReceiptFollow {
             store,
@@ -176,7 +185,11 @@ impl<S: Store> ReceiptFollow<S> {
                 return None;
             }
             if let Some(after) = self.replay {
-                match self.store.receipts_after(&self.channel, after, RECEIPT_PAGE).await {
+                match self
+                    .store
+                    .receipts_after(&self.channel, after, RECEIPT_PAGE)
+                    .await
+                {
                     Ok(page) if page.is_empty() => self.replay = None,
                     Ok(page) => {
                         self.replay = page.last().map(|r| r.seq);
@@ -219,22 +232,44 @@ impl<S: Store> ReceiptFollow<S> {
         let state = locked(&self.live.state);
         let kept_from = state.announced - state.completions.len() as u64;
         let lost = self.completions_seen < kept_from;
-        let fresh = state.announced.saturating_sub(self.completions_seen.max(kept_from)) as usize;
-        let completions = state.completions.iter().skip(state.completions.len() - fresh).copied().collect();
+        let fresh = state
+            .announced
+            .saturating_sub(self.completions_seen.max(kept_from)) as usize;
+        let completions = state
+            .completions
+            .iter()
+            .skip(state.completions.len() - fresh)
+            .copied()
+            .collect();
         self.completions_seen = state.announced;
-        LiveNews { latest: state.latest, completions, lost, closed: state.closed }
+        LiveNews {
+            latest: state.latest,
+            completions,
+            lost,
+            closed: state.closed,
+        }
     }
 
     /// Reads every receipt after the last one given out up to `target` (and any recorded since,
     /// on the same page), each completion right after the receipt that caused it; completions of
     /// receipts given out already come first.
-    async fn read_up_to(&mut self, target: u64, completions: Vec<(u64, Completion)>) -> Result<(), StoreError> {
-        let (known, mut pending): (Vec<_>, Vec<_>) = completions.into_iter().partition(|(seq, _)| *seq <= self.through);
+    async fn read_up_to(
+        &mut self,
+        target: u64,
+        completions: Vec<(u64, Completion)>,
+    ) -> Result<(), StoreError> {
+        let (known, mut pending): (Vec<_>, Vec<_>) = completions
+            .into_iter()
+            .partition(|(seq, _)| *seq <= self.through);
         for (_, done) in known {
-            self.ready.push_back(ReceiptItem::completed(&self.channel, done));
+            self.ready
+                .push_back(ReceiptItem::completed(&self.channel, done));
         }
         while self.through < target {
-            let page = self.store.receipts_after(&self.channel, self.through, RECEIPT_PAGE).await?;
+            let page = self
+                .store
+                .receipts_after(&self.channel, self.through, RECEIPT_PAGE)
+                .await?;
             if page.is_empty() {
                 break;
             }
@@ -245,7 +280,8 @@ impl<S: Store> ReceiptFollow<S> {
                 pending.retain(|(caused_by, done)| {
                     let now = *caused_by == seq;
                     if now {
-                        self.ready.push_back(ReceiptItem::completed(&self.channel, *done));
+                        self.ready
+                            .push_back(ReceiptItem::completed(&self.channel, *done));
                     }
                     !now
                 });
@@ -255,7 +291,8 @@ impl<S: Store> ReceiptFollow<S> {
         // are not replayed either; their completions are still news.
         self.through = self.through.max(target);
         for (_, done) in pending {
-            self.ready.push_back(ReceiptItem::completed(&self.channel, done));
+            self.ready
+                .push_back(ReceiptItem::completed(&self.channel, done));
         }
         Ok(())
     }
@@ -296,7 +333,14 @@ struct PresenceState {
 impl PresenceLog {
     /// An empty log whose first change will be `after + 1`.
     pub(crate) fn new(after: u64) -> Self {
-        PresenceLog { state: Mutex::new(PresenceState { seq: after, changes: VecDeque::new(), closed: false }), wake: Notify::new() }
+        PresenceLog {
+            state: Mutex::new(PresenceState {
+                seq: after,
+                changes: VecDeque::new(),
+                closed: false,
+            }),
+            wake: Notify::new(),
+        }
     }
 
     /// Records a change, numbering it, and wakes the followers.
@@ -349,7 +393,12 @@ impl PresenceFollow {
             let oldest = state.changes.front().map_or(state.seq + 1, |c| c.seq);
             after.clamp(oldest - 1, state.seq)
         };
-        PresenceFollow { log, after, ready: VecDeque::new(), lagged: false }
+        PresenceFollow {
+            log,
+            after,
+            ready: VecDeque::new(),
+            lagged: false,
+        }
     }
 
     /// The next change, or `None` when the stream ends: the hub went away, or the follower fell
@@ -368,11 +417,16 @@ impl PresenceFollow {
             woken.as_mut().enable();
             {
                 let state = locked(&self.log.state);
-                if state.changes.front().is_some_and(|c| c.seq > self.after + 1) {
+                if state
+                    .changes
+                    .front()
+                    .is_some_and(|c| c.seq > self.after + 1)
+                {
                     self.lagged = true;
                     continue;
                 }
-                self.ready.extend(state.changes.iter().filter(|c| c.seq > self.after).cloned());
+                self.ready
+                    .extend(state.changes.iter().filter(|c| c.seq > self.after).cloned());
                 if let Some(last) = self.ready.back() {
                     self.after = last.seq;
                     continue;

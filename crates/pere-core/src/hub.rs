@@ -241,7 +241,8 @@ impl ChannelHub {
     }
 
     fn presence_log(&self) -> &Arc<PresenceLog> {
-        self.presence.get_or_init(|| Arc::new(PresenceLog::new(self.presence_floor)))
+        self.presence
+            .get_or_init(|| Arc::new(PresenceLog::new(self.presence_floor)))
     }
 
     fn receipt_live(&self) -> &Arc<ReceiptLive> {
@@ -249,7 +250,12 @@ impl ChannelHub {
     }
 
     fn presence_changed(&self, device: &DeviceId, online: bool) -> PresenceChange {
-        self.presence_log().record(|seq| PresenceChange { seq, device: device.clone(), online, at: now() })
+        self.presence_log().record(|seq| PresenceChange {
+            seq,
+            device: device.clone(),
+            online,
+            at: now(),
+        })
     }
 
     /// Whether something besides the hub's map uses this channel, or its ledger still waits for
@@ -341,7 +347,9 @@ impl ChannelHub {
         let before = state.last_released;
         loop {
             let next = state.last_released + 1;
-            let Some(event) = state.waiting.remove(&next) else { break };
+            let Some(event) = state.waiting.remove(&next) else {
+                break;
+            };
             self.fan_out(state, event, observers);
         }
         if state.waiting.is_empty() {
@@ -373,7 +381,8 @@ impl ChannelHub {
             for id in cut {
                 state.subscribers.remove(&id);
             }
-            self.subscriber_count.store(state.subscribers.len(), Ordering::Relaxed);
+            self.subscriber_count
+                .store(state.subscribers.len(), Ordering::Relaxed);
         }
     }
 }
@@ -422,7 +431,12 @@ impl<S: Store> Hub<S> {
 
     /// The channel's state if it is loaded, marked as used now.
     fn loaded(&self, name: &ChannelName) -> Option<Arc<ChannelHub>> {
-        let hub = self.channels.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned()?;
+        let hub = self
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()?;
         hub.last_used.store(self.clock(), Ordering::Relaxed);
         Some(hub)
     }
@@ -439,8 +453,13 @@ impl<S: Store> Hub<S> {
             // been released. Waits and completion notices of events published before an unload
             // are answered from the store (`wait_for_receipts`, `receipt_summary`).
             let head = self.store.head(name).await?;
-            let recipients: Vec<Membership> =
-                self.store.memberships(name).await?.into_iter().filter(Membership::is_current).collect();
+            let recipients: Vec<Membership> = self
+                .store
+                .memberships(name)
+                .await?
+                .into_iter()
+                .filter(Membership::is_current)
+                .collect();
             let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(hub) = channels.get(name) {
                 hub.last_used.store(self.clock(), Ordering::Relaxed);
@@ -476,7 +495,10 @@ impl<S: Store> Hub<S> {
 
     /// How many channels are loaded (in memory) now.
     pub fn loaded_channels(&self) -> usize {
-        self.channels.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     /// Unloads every channel that nothing uses and that has not been used for
@@ -519,7 +541,9 @@ impl<S: Store> Hub<S> {
         if self.reaper.load(Ordering::Relaxed) {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         if self.reaper.swap(true, Ordering::Relaxed) {
             return;
         }
@@ -542,7 +566,11 @@ impl<S: Store> Hub<S> {
     ///
     /// # Errors
     /// The store's error when the append fails; nothing is delivered then.
-    pub async fn publish(self: &Arc<Self>, channel: &ChannelName, event: NewEvent) -> Result<Appended, StoreError> {
+    pub async fn publish(
+        self: &Arc<Self>,
+        channel: &ChannelName,
+        event: NewEvent,
+    ) -> Result<Appended, StoreError> {
         let hub = self.channel(channel).await?;
         let this = self.clone();
         // Append and release run to completion even if the caller goes away: an event the store
@@ -573,7 +601,11 @@ impl<S: Store> Hub<S> {
     ///
     /// # Errors
     /// The store's error when the channel's state cannot be loaded.
-    pub async fn apply_published(&self, channel: &ChannelName, event: Arc<Event>) -> Result<(), StoreError> {
+    pub async fn apply_published(
+        &self,
+        channel: &ChannelName,
+        event: Arc<Event>,
+    ) -> Result<(), StoreError> {
         let hub = self.channel(channel).await?;
         self.apply_published_to(&hub, event);
         Ok(())
@@ -593,7 +625,11 @@ impl<S: Store> Hub<S> {
             self.start_gap_timer(hub);
         }
         if let Some(expected) = tracked {
-            self.observers.send(|| HubNotice::Published { channel: hub.name.clone(), event_id: id, expected });
+            self.observers.send(|| HubNotice::Published {
+                channel: hub.name.clone(),
+                event_id: id,
+                expected,
+            });
         }
     }
 
@@ -638,11 +674,20 @@ impl<S: Store> Hub<S> {
             }
         };
         while after + 1 < first_waiting {
-            let limit = self.config.replay_page.min((first_waiting - after - 1) as usize);
+            let limit = self
+                .config
+                .replay_page
+                .min((first_waiting - after - 1) as usize);
             // A store that cannot be read now has nothing to give: the ids are skipped like
             // missing ones, and subscribers that resume read them later.
-            let Ok(page) = self.store.read(&hub.name, after, limit).await else { break };
-            let found: Vec<Arc<Event>> = page.events.into_iter().filter(|e| e.id < first_waiting).collect();
+            let Ok(page) = self.store.read(&hub.name, after, limit).await else {
+                break;
+            };
+            let found: Vec<Arc<Event>> = page
+                .events
+                .into_iter()
+                .filter(|e| e.id < first_waiting)
+                .collect();
             let Some(last) = found.last() else { break };
             after = last.id;
             for event in found {
@@ -675,7 +720,11 @@ impl<S: Store> Hub<S> {
         let mut after = request.last_event_id;
         if let Some(device) = &request.device {
             if after.is_none() {
-                after = self.store.device(channel, device).await?.map(|d| d.last_acked);
+                after = self
+                    .store
+                    .device(channel, device)
+                    .await?
+                    .map(|d| d.last_acked);
             }
             self.store
                 .touch_device(DeviceTouch {
@@ -694,7 +743,10 @@ impl<S: Store> Hub<S> {
         let head = self.store.head(channel).await?;
         let mut reset = None;
         if after > head {
-            reset = Some(FeedItem::Reset { requested: after, head });
+            reset = Some(FeedItem::Reset {
+                requested: after,
+                head,
+            });
             after = 0;
             explicit = false;
         }
@@ -704,7 +756,10 @@ impl<S: Store> Hub<S> {
         }
         let live = request.device.as_ref().map(|device| {
             let mut devices = self.live_devices.lock().unwrap_or_else(|e| e.into_inner());
-            let live = devices.entry((channel.clone(), device.clone())).or_default().clone();
+            let live = devices
+                .entry((channel.clone(), device.clone()))
+                .or_default()
+                .clone();
             if live.streams.fetch_add(1, Ordering::Relaxed) == 0 {
                 self.apply_presence_to(&hub, device, true);
             }
@@ -717,8 +772,16 @@ impl<S: Store> Hub<S> {
         let snapshot = {
             let mut state = hub.state();
             let device = request.device.clone();
-            state.subscribers.insert(id, SubscriberSlot { tx, lagged: lagged.clone(), device });
-            hub.subscriber_count.store(state.subscribers.len(), Ordering::Relaxed);
+            state.subscribers.insert(
+                id,
+                SubscriberSlot {
+                    tx,
+                    lagged: lagged.clone(),
+                    device,
+                },
+            );
+            hub.subscriber_count
+                .store(state.subscribers.len(), Ordering::Relaxed);
             state.last_released
         };
         Ok(Subscription {
@@ -740,7 +803,12 @@ impl<S: Store> Hub<S> {
         })
     }
 
-    async fn add_recipient(&self, hub: &ChannelHub, channel: &ChannelName, device: &DeviceId) -> Result<Membership, StoreError> {
+    async fn add_recipient(
+        &self,
+        hub: &ChannelHub,
+        channel: &ChannelName,
+        device: &DeviceId,
+    ) -> Result<Membership, StoreError> {
         if let Some(current) = hub.ledger().recipient(device) {
             return Ok(current.clone());
         }
@@ -770,7 +838,8 @@ impl<S: Store> Hub<S> {
                 ledger.leave(Some(membership.clone()), &membership.device);
             }
         }
-        self.observers.send(|| HubNotice::Membership(membership.clone()));
+        self.observers
+            .send(|| HubNotice::Membership(membership.clone()));
     }
 
     /// Applies a presence change of `device` on `channel`: it goes into the channel's presence
@@ -790,9 +859,17 @@ impl<S: Store> Hub<S> {
         Ok(self.apply_presence_to(&hub, device, online))
     }
 
-    fn apply_presence_to(&self, hub: &ChannelHub, device: &DeviceId, online: bool) -> PresenceChange {
+    fn apply_presence_to(
+        &self,
+        hub: &ChannelHub,
+        device: &DeviceId,
+        online: bool,
+    ) -> PresenceChange {
         let change = hub.presence_changed(device, online);
-        self.observers.send(|| HubNotice::Presence { channel: hub.name.clone(), change: change.clone() });
+        self.observers.send(|| HubNotice::Presence {
+            channel: hub.name.clone(),
+            change: change.clone(),
+        });
         change
     }
 
@@ -801,7 +878,11 @@ impl<S: Store> Hub<S> {
     ///
     /// # Errors
     /// The store's error when it cannot be written.
-    pub async fn register(&self, channel: &ChannelName, device: &DeviceId) -> Result<Membership, StoreError> {
+    pub async fn register(
+        &self,
+        channel: &ChannelName,
+        device: &DeviceId,
+    ) -> Result<Membership, StoreError> {
         let hub = self.channel(channel).await?;
         self.store
             .touch_device(DeviceTouch {
@@ -822,7 +903,11 @@ impl<S: Store> Hub<S> {
     ///
     /// # Errors
     /// The store's error when it cannot be written.
-    pub async fn unregister(&self, channel: &ChannelName, device: &DeviceId) -> Result<Option<Membership>, StoreError> {
+    pub async fn unregister(
+        &self,
+        channel: &ChannelName,
+        device: &DeviceId,
+    ) -> Result<Option<Membership>, StoreError> {
         let hub = self.channel(channel).await?;
         let ended = self.store.remove_recipient(channel, device).await?;
         match &ended {
@@ -839,7 +924,9 @@ impl<S: Store> Hub<S> {
     /// # Errors
     /// The store's error when it cannot be read or written.
     pub async fn expire_recipients(&self, max_idle: Duration) -> Result<usize, StoreError> {
-        let Ok(max_idle) = chrono::Duration::from_std(max_idle) else { return Ok(0) };
+        let Ok(max_idle) = chrono::Duration::from_std(max_idle) else {
+            return Ok(0);
+        };
         let oldest_allowed = now() - max_idle;
         let mut ended = 0;
         for channel in self.store.channels().await? {
@@ -847,7 +934,13 @@ impl<S: Store> Hub<S> {
                 let record = self.store.device(&channel, &membership.device).await?;
                 let idle = record.map_or(membership.since, |r| r.last_seen) < oldest_allowed;
                 let online = self.live_device(&channel, &membership.device).is_some();
-                if idle && !online && self.unregister(&channel, &membership.device).await?.is_some() {
+                if idle
+                    && !online
+                    && self
+                        .unregister(&channel, &membership.device)
+                        .await?
+                        .is_some()
+                {
                     ended += 1;
                 }
             }
@@ -858,10 +951,24 @@ impl<S: Store> Hub<S> {
     /// The current recipients of a channel with no open stream. Read from the channel's ledger
     /// when its hub is loaded, so that a check of thousands of connected recipients copies
     /// nothing (it runs every minute); from the store otherwise, when none can be connected.
-    async fn offline_recipients(&self, channel: &ChannelName) -> Result<Vec<Membership>, StoreError> {
-        let loaded = self.channels.lock().unwrap_or_else(|e| e.into_inner()).get(channel).cloned();
+    async fn offline_recipients(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<Vec<Membership>, StoreError> {
+        let loaded = self
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(channel)
+            .cloned();
         let Some(hub) = loaded else {
-            return Ok(self.store.memberships(channel).await?.into_iter().filter(Membership::is_current).collect());
+            return Ok(self
+                .store
+                .memberships(channel)
+                .await?
+                .into_iter()
+                .filter(Membership::is_current)
+                .collect());
         };
         let ledger = hub.ledger();
         let live = self.live_devices.lock().unwrap_or_else(|e| e.into_inner());
@@ -883,7 +990,14 @@ impl<S: Store> Hub<S> {
         device: &DeviceId,
         status: String,
     ) -> Result<(Receipt, DeviceRecord), StoreError> {
-        let receipt = Receipt { seq: 0, channel: channel.clone(), event_id, device: device.clone(), status, time: now() };
+        let receipt = Receipt {
+            seq: 0,
+            channel: channel.clone(),
+            event_id,
+            device: device.clone(),
+            status,
+            time: now(),
+        };
         // The store refuses receipts for unknown channels and ids before any hub state is made
         // for them: a stream of bogus receipts costs no memory.
         let (receipt, record) = self.store.record_receipt(receipt).await?;
@@ -900,16 +1014,20 @@ impl<S: Store> Hub<S> {
     /// The store's error when the channel's state cannot be loaded.
     pub async fn apply_receipt(&self, receipt: &Receipt) -> Result<Option<Completion>, StoreError> {
         if let Some(live) = self.live_device(&receipt.channel, &receipt.device) {
-            live.delivered.fetch_max(receipt.event_id, Ordering::Relaxed);
+            live.delivered
+                .fetch_max(receipt.event_id, Ordering::Relaxed);
         }
         self.observers.send(|| HubNotice::Receipt(receipt.clone()));
         // A channel that is not loaded has nobody following or waiting and no event in its
         // ledger (a loaded ledger starts empty): there is nothing to tell it, and loading it
         // would cost store reads and memory per receipt.
-        let Some(hub) = self.loaded(&receipt.channel) else { return Ok(None) };
+        let Some(hub) = self.loaded(&receipt.channel) else {
+            return Ok(None);
+        };
         let completed = hub.ledger().acknowledge(receipt.event_id, &receipt.device);
         if let Some(done) = completed {
-            self.observers.send(|| HubNotice::completed(&hub.name, done));
+            self.observers
+                .send(|| HubNotice::completed(&hub.name, done));
         }
         if let Some(live) = hub.receipts.get() {
             live.announce(receipt.seq, completed);
@@ -940,7 +1058,10 @@ impl<S: Store> Hub<S> {
     /// The store's error when it cannot be read.
     pub async fn devices(&self, channel: &ChannelName) -> Result<Vec<DeviceView>, StoreError> {
         let records = self.store.devices(channel).await?;
-        Ok(records.into_iter().map(|record| self.with_presence(record)).collect())
+        Ok(records
+            .into_iter()
+            .map(|record| self.with_presence(record))
+            .collect())
     }
 
     /// Which of `devices` are current recipients of `channel`, from the channel's live ledger
@@ -955,7 +1076,11 @@ impl<S: Store> Hub<S> {
     ) -> Result<std::collections::HashSet<DeviceId>, StoreError> {
         let hub = self.channel(channel).await?;
         let ledger = hub.ledger();
-        Ok(devices.into_iter().filter(|d| ledger.recipient(d).is_some()).cloned().collect())
+        Ok(devices
+            .into_iter()
+            .filter(|d| ledger.recipient(d).is_some())
+            .cloned()
+            .collect())
     }
 
     /// A page of a channel's devices (ids after `after`, at most `limit`) with their live
@@ -970,16 +1095,24 @@ impl<S: Store> Hub<S> {
         limit: usize,
     ) -> Result<Vec<DeviceView>, StoreError> {
         let records = self.store.devices_page(channel, after, limit).await?;
-        Ok(records.into_iter().map(|record| self.with_presence(record)).collect())
+        Ok(records
+            .into_iter()
+            .map(|record| self.with_presence(record))
+            .collect())
     }
 
     fn with_presence(&self, mut record: DeviceRecord) -> DeviceView {
         let mut open_streams = 0;
         if let Some(live) = self.live_device(&record.channel, &record.device) {
             open_streams = live.streams.load(Ordering::Relaxed);
-            record.last_delivered = record.last_delivered.max(live.delivered.load(Ordering::Relaxed));
+            record.last_delivered = record
+                .last_delivered
+                .max(live.delivered.load(Ordering::Relaxed));
         }
-        DeviceView { record, open_streams }
+        DeviceView {
+            record,
+            open_streams,
+        }
     }
 
     /// Waits until event `event_id` satisfies `wait` or `timeout` passes; returns whether it was
@@ -1000,7 +1133,9 @@ impl<S: Store> Hub<S> {
         loop {
             let changed = {
                 let mut ledger = hub.ledger();
-                let Some(open) = ledger.open.get_mut(&event_id) else { break };
+                let Some(open) = ledger.open.get_mut(&event_id) else {
+                    break;
+                };
                 if open.satisfies(wait) {
                     return Ok(true);
                 }
@@ -1008,7 +1143,12 @@ impl<S: Store> Hub<S> {
             };
             let notified = changed.notified();
             // Checked again with the notification armed, so a receipt in between is not missed.
-            if hub.ledger().open.get(&event_id).is_none_or(|open| open.satisfies(wait)) {
+            if hub
+                .ledger()
+                .open
+                .get(&event_id)
+                .is_none_or(|open| open.satisfies(wait))
+            {
                 continue;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -1033,7 +1173,12 @@ impl<S: Store> Hub<S> {
         after: Option<u64>,
     ) -> Result<ReceiptFollow<S>, StoreError> {
         let hub = self.channel(channel).await?;
-        let follow = ReceiptFollow::new(self.store.clone(), channel.clone(), hub.receipt_live().clone(), after);
+        let follow = ReceiptFollow::new(
+            self.store.clone(),
+            channel.clone(),
+            hub.receipt_live().clone(),
+            after,
+        );
         // Read once listening: every receipt beyond this head is heard of live.
         let head = self.store.receipt_head(channel).await?;
         Ok(follow.starting_after(head))
@@ -1043,7 +1188,11 @@ impl<S: Store> Hub<S> {
     ///
     /// # Errors
     /// The store's error when the channel cannot be opened.
-    pub async fn follow_presence(&self, channel: &ChannelName, after: u64) -> Result<PresenceFollow, StoreError> {
+    pub async fn follow_presence(
+        &self,
+        channel: &ChannelName,
+        after: u64,
+    ) -> Result<PresenceFollow, StoreError> {
         let hub = self.channel(channel).await?;
         Ok(PresenceFollow::new(hub.presence_log().clone(), after))
     }
@@ -1052,7 +1201,11 @@ impl<S: Store> Hub<S> {
     ///
     /// # Errors
     /// [`StoreError::UnknownEvent`] for an id never published on the channel.
-    pub async fn receipt_summary(&self, channel: &ChannelName, event_id: u64) -> Result<ReceiptSummary, StoreError> {
+    pub async fn receipt_summary(
+        &self,
+        channel: &ChannelName,
+        event_id: u64,
+    ) -> Result<ReceiptSummary, StoreError> {
         let head = self.store.head(channel).await?;
         if event_id == 0 || event_id > head {
             return Err(StoreError::UnknownEvent { id: event_id });
@@ -1073,7 +1226,12 @@ impl<S: Store> Hub<S> {
             .devices(channel)
             .await?
             .into_iter()
-            .map(|v| (v.record.device, (v.record.last_delivered, v.record.last_seen)))
+            .map(|v| {
+                (
+                    v.record.device,
+                    (v.record.last_delivered, v.record.last_seen),
+                )
+            })
             .collect();
         let mut summary = ReceiptSummary {
             channel: channel.clone(),
@@ -1145,17 +1303,30 @@ impl<S: Store> Subscription<S> {
                 return Some(Ok(self.delivered(event)));
             }
             if self.replay_next < self.replay_until {
-                let limit = self.hub.config.replay_page.min((self.replay_until - self.replay_next) as usize);
-                let page = match self.hub.store.read(&self.channel, self.replay_next, limit).await {
+                let limit = self
+                    .hub
+                    .config
+                    .replay_page
+                    .min((self.replay_until - self.replay_next) as usize);
+                let page = match self
+                    .hub
+                    .store
+                    .read(&self.channel, self.replay_next, limit)
+                    .await
+                {
                     Ok(page) => page,
                     Err(err) => return Some(Err(err)),
                 };
                 let expected = self.replay_next + 1;
-                let gap = (self.report_gaps && page.first_retained > expected)
-                    .then(|| FeedItem::Gap { from: expected, to: (page.first_retained - 1).min(self.replay_until) });
+                let gap =
+                    (self.report_gaps && page.first_retained > expected).then(|| FeedItem::Gap {
+                        from: expected,
+                        to: (page.first_retained - 1).min(self.replay_until),
+                    });
                 self.report_gaps = false;
                 let until = self.replay_until;
-                self.replayed.extend(page.events.into_iter().filter(|e| e.id <= until));
+                self.replayed
+                    .extend(page.events.into_iter().filter(|e| e.id <= until));
                 self.replay_next = self.replayed.back().map_or(until, |e| e.id);
                 if let Some(gap) = gap {
                     return Some(Ok(gap));
@@ -1189,7 +1360,8 @@ impl<S: Store> Subscription<S> {
             let (event, _, sends) = self.in_flight.pop_front()?;
             let owed = self.channel_hub.ledger().owes(event.id, device);
             if owed && sends < self.hub.config.max_deliveries {
-                self.in_flight.push_back((event.clone(), now + timeout, sends + 1));
+                self.in_flight
+                    .push_back((event.clone(), now + timeout, sends + 1));
                 return Some((event, sends + 1));
             }
         }
@@ -1224,7 +1396,8 @@ impl<S: Store> Subscription<S> {
                 if self.in_flight.len() >= self.hub.config.subscriber_buffer {
                     self.in_flight.pop_front();
                 }
-                self.in_flight.push_back((event.clone(), Instant::now() + timeout, 1));
+                self.in_flight
+                    .push_back((event.clone(), Instant::now() + timeout, 1));
             }
         }
         event
@@ -1266,11 +1439,19 @@ impl<S: Store> Drop for Subscription<S> {
         {
             let mut state = self.channel_hub.state();
             state.subscribers.remove(&self.id);
-            self.channel_hub.subscriber_count.store(state.subscribers.len(), Ordering::Relaxed);
+            self.channel_hub
+                .subscriber_count
+                .store(state.subscribers.len(), Ordering::Relaxed);
         }
-        let (Some(live), Some(device)) = (self.live.take(), self.device.clone()) else { return };
+        let (Some(live), Some(device)) = (self.live.take(), self.device.clone()) else {
+            return;
+        };
         let last_stream = {
-            let mut devices = self.hub.live_devices.lock().unwrap_or_else(|e| e.into_inner());
+            let mut devices = self
+                .hub
+                .live_devices
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             let remaining = live.streams.fetch_sub(1, Ordering::Relaxed) - 1;
             if remaining == 0 {
                 devices.remove(&(self.channel.clone(), device.clone()));
@@ -1281,7 +1462,8 @@ impl<S: Store> Drop for Subscription<S> {
             // The device is still online; its last stream saves the shared delivery cursor.
             return;
         }
-        self.hub.apply_presence_to(&self.channel_hub, &device, false);
+        self.hub
+            .apply_presence_to(&self.channel_hub, &device, false);
         let touch = DeviceTouch {
             channel: self.channel.clone(),
             device,
@@ -1315,7 +1497,10 @@ mod tests {
     async fn a_device_leaves_the_live_map_with_its_last_stream() {
         let hub = Hub::new(MemoryStore::default(), HubConfig::default());
         let (c, device) = (ChannelName::new("C").unwrap(), DeviceId::new("H1").unwrap());
-        let request = SubscribeRequest { device: Some(device.clone()), ..SubscribeRequest::default() };
+        let request = SubscribeRequest {
+            device: Some(device.clone()),
+            ..SubscribeRequest::default()
+        };
         let first = hub.subscribe(&c, request.clone()).await.unwrap();
         let second = hub.subscribe(&c, request).await.unwrap();
         let live = || hub.live_devices.lock().unwrap().len();

@@ -98,7 +98,8 @@ impl ChannelLedger {
     /// Records a new current membership.
     pub(crate) fn join(&mut self, membership: Membership) {
         self.latest_join = self.latest_join.max(membership.joined_after);
-        self.recipients.insert(membership.device.clone(), membership);
+        self.recipients
+            .insert(membership.device.clone(), membership);
     }
 
     /// Records that a membership ended; events it was expected for keep expecting it.
@@ -111,7 +112,10 @@ impl ChannelLedger {
 
     fn expects(&self, device: &DeviceId, id: u64) -> bool {
         self.recipients.get(device).is_some_and(|m| m.expects(id))
-            || self.departed.iter().any(|m| &m.device == device && m.expects(id))
+            || self
+                .departed
+                .iter()
+                .any(|m| &m.device == device && m.expects(id))
     }
 
     /// Starts following event `id`, expected of the current recipients that joined before it.
@@ -126,7 +130,15 @@ impl ChannelLedger {
         } else {
             self.recipients.values().filter(|m| m.expects(id)).count()
         };
-        self.open.insert(id, OpenEvent { expected, acked_expected: 0, acked: HashSet::new(), changed: None });
+        self.open.insert(
+            id,
+            OpenEvent {
+                expected,
+                acked_expected: 0,
+                acked: HashSet::new(),
+                changed: None,
+            },
+        );
         self.incomplete += usize::from(expected > 0);
         while self.open.len() > TRACKED_EVENTS {
             if let Some((_, gone)) = self.open.pop_first() {
@@ -134,7 +146,8 @@ impl ChannelLedger {
             }
         }
         if let Some(&oldest) = self.open.keys().next() {
-            self.departed.retain(|m| m.left_after.is_some_and(|left| left >= oldest));
+            self.departed
+                .retain(|m| m.left_after.is_some_and(|left| left >= oldest));
         }
         Some(expected)
     }
@@ -155,18 +168,30 @@ impl ChannelLedger {
         open.acked_expected += 1;
         let completed = open.acked_expected == open.expected;
         self.incomplete -= usize::from(completed);
-        completed.then_some(Completion { event_id: id, expected: open.expected })
+        completed.then_some(Completion {
+            event_id: id,
+            expected: open.expected,
+        })
     }
 
     /// Whether some followed event still waits for a receipt from an expected recipient.
     pub(crate) fn incomplete(&self) -> bool {
-        debug_assert_eq!(self.incomplete, self.open.values().filter(|o| o.acked_expected < o.expected).count());
+        debug_assert_eq!(
+            self.incomplete,
+            self.open
+                .values()
+                .filter(|o| o.acked_expected < o.expected)
+                .count()
+        );
         self.incomplete > 0
     }
 
     /// Whether `device` still owes a receipt for `id` (false for events no longer followed).
     pub(crate) fn owes(&self, id: u64, device: &DeviceId) -> bool {
-        self.open.get(&id).is_some_and(|open| !open.acked.contains(device)) && self.expects(device, id)
+        self.open
+            .get(&id)
+            .is_some_and(|open| !open.acked.contains(device))
+            && self.expects(device, id)
     }
 }
 
@@ -188,14 +213,32 @@ mod tests {
     fn completes_when_every_expected_recipient_acknowledged() {
         let mut ledger = ChannelLedger::new([member("A", 0), member("B", 0), member("Late", 5)]);
         assert_eq!(ledger.track(3), Some(2));
-        let (a, b, late) = (DeviceId::new("A").unwrap(), DeviceId::new("B").unwrap(), DeviceId::new("Late").unwrap());
+        let (a, b, late) = (
+            DeviceId::new("A").unwrap(),
+            DeviceId::new("B").unwrap(),
+            DeviceId::new("Late").unwrap(),
+        );
         assert!(ledger.owes(3, &a) && !ledger.owes(3, &late));
         assert!(ledger.incomplete());
-        assert_eq!(ledger.acknowledge(3, &late), None, "not expected: no completion");
+        assert_eq!(
+            ledger.acknowledge(3, &late),
+            None,
+            "not expected: no completion"
+        );
         assert!(ledger.open[&3].satisfies(WaitFor::AtLeast(1)));
         assert_eq!(ledger.acknowledge(3, &a), None);
-        assert_eq!(ledger.acknowledge(3, &a), None, "a second receipt changes nothing");
-        assert_eq!(ledger.acknowledge(3, &b), Some(Completion { event_id: 3, expected: 2 }));
+        assert_eq!(
+            ledger.acknowledge(3, &a),
+            None,
+            "a second receipt changes nothing"
+        );
+        assert_eq!(
+            ledger.acknowledge(3, &b),
+            Some(Completion {
+                event_id: 3,
+                expected: 2
+            })
+        );
         assert!(ledger.open[&3].satisfies(WaitFor::All));
         assert!(!ledger.incomplete());
         assert_eq!(ledger.acknowledge(99, &a), None);
@@ -211,7 +254,13 @@ mod tests {
         ledger.leave(Some(ended), &a);
         assert_eq!(ledger.track(2), Some(0));
         assert!(ledger.owes(1, &a) && !ledger.owes(2, &a));
-        assert_eq!(ledger.acknowledge(1, &a), Some(Completion { event_id: 1, expected: 1 }));
+        assert_eq!(
+            ledger.acknowledge(1, &a),
+            Some(Completion {
+                event_id: 1,
+                expected: 1
+            })
+        );
     }
 
     #[test]

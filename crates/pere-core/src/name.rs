@@ -130,7 +130,10 @@ mod tests {
         let err = DeviceId::new(&"x".repeat(129)).unwrap_err();
         assert_eq!(err.reason, NameErrorReason::TooLong { max: 128 });
         for dots in [".", ".."] {
-            assert_eq!(ChannelName::new(dots).unwrap_err().reason, NameErrorReason::DotSegment);
+            assert_eq!(
+                ChannelName::new(dots).unwrap_err().reason,
+                NameErrorReason::DotSegment
+            );
         }
         assert!(ChannelName::new("...").is_ok() && ChannelName::new(".a").is_ok());
         for bad in ["a b", "a/b", "é", "a\nb", "a%20", "a?b"] {

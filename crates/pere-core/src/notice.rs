@@ -73,7 +73,11 @@ pub enum HubNotice {
 impl HubNotice {
     /// The notice of a completion on `channel`.
     pub(crate) fn completed(channel: &ChannelName, done: Completion) -> Self {
-        HubNotice::Completed { channel: channel.clone(), event_id: done.event_id, expected: done.expected }
+        HubNotice::Completed {
+            channel: channel.clone(),
+            event_id: done.event_id,
+            expected: done.expected,
+        }
     }
 }
 

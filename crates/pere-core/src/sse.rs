@@ -94,7 +94,11 @@ pub fn split_lines(body: &str) -> impl Iterator<Item = &str> {
         match rest.iter().position(|&b| b == b'\n' || b == b'\r') {
             Some(pos) => {
                 let line = &body[start..start + pos];
-                let skip = if rest[pos] == b'\r' && rest.get(pos + 1) == Some(&b'\n') { 2 } else { 1 };
+                let skip = if rest[pos] == b'\r' && rest.get(pos + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
                 start += pos + skip;
                 Some(line)
             }
@@ -119,7 +123,11 @@ mod tests {
             if line.is_empty() {
                 if !data.is_empty() {
                     data.pop();
-                    events.push((id.clone(), std::mem::take(&mut ty), std::mem::take(&mut data)));
+                    events.push((
+                        id.clone(),
+                        std::mem::take(&mut ty),
+                        std::mem::take(&mut data),
+                    ));
                 }
                 ty.clear();
                 continue;
@@ -203,9 +211,14 @@ mod tests {
         stream.extend_from_slice(KEEP_ALIVE_FRAME);
         stream.extend_from_slice(KEEP_ALIVE_FRAME);
         stream.extend_from_slice(&encode_event(2, None, "two"));
-        assert!(!stream.starts_with(b"retry: 3000\n\n") && !stream.windows(3).any(|w| w == b"\n\n\n"));
+        assert!(
+            !stream.starts_with(b"retry: 3000\n\n") && !stream.windows(3).any(|w| w == b"\n\n\n")
+        );
         let events = parse(&stream);
-        let ids: Vec<_> = events.iter().map(|e| e.0.clone().unwrap_or_default()).collect();
+        let ids: Vec<_> = events
+            .iter()
+            .map(|e| e.0.clone().unwrap_or_default())
+            .collect();
         assert_eq!(ids, ["1", "2"]);
         assert_eq!(
             stream.iter().filter(|&&b| b == b'\n').count(),
@@ -219,7 +232,17 @@ mod tests {
         let mut stream = encode_event(8, Some("receipt"), "{}").to_vec();
         stream.extend_from_slice(&encode_notice("complete", "{\"id\":3}\nsecond line"));
         let events = parse(&stream);
-        assert_eq!(events[1], (Some("8".to_owned()), "complete".to_owned(), "{\"id\":3}\nsecond line".to_owned()));
-        assert_eq!(&encode_notice("complete", "x")[..], b"event: complete\ndata: x\n\n");
+        assert_eq!(
+            events[1],
+            (
+                Some("8".to_owned()),
+                "complete".to_owned(),
+                "{\"id\":3}\nsecond line".to_owned()
+            )
+        );
+        assert_eq!(
+            &encode_notice("complete", "x")[..],
+            b"event: complete\ndata: x\n\n"
+        );
     }
 }

@@ -27,7 +27,11 @@ pub struct PushAccepted {
 
 impl From<&Event> for PushAccepted {
     fn from(event: &Event) -> Self {
-        PushAccepted { channel: event.channel.to_string(), id: event.id, time: format_time(event.time) }
+        PushAccepted {
+            channel: event.channel.to_string(),
+            id: event.id,
+            time: format_time(event.time),
+        }
     }
 }
 
@@ -104,7 +108,10 @@ impl ErrorBody {
     /// The answer for an error with this code and sentence.
     pub fn new(code: &str, message: &str) -> Self {
         ErrorBody {
-            error: ErrorDetail { code: code.to_owned(), message: message.to_owned() },
+            error: ErrorDetail {
+                code: code.to_owned(),
+                message: message.to_owned(),
+            },
             message: message.to_owned(),
         }
     }
@@ -253,14 +260,19 @@ pub struct ReceiptSummaryJson {
 
 impl From<&ReceiptSummary> for ReceiptSummaryJson {
     fn from(summary: &ReceiptSummary) -> Self {
-        let names = |devices: &[crate::name::DeviceId]| devices.iter().map(|d| d.to_string()).collect();
+        let names =
+            |devices: &[crate::name::DeviceId]| devices.iter().map(|d| d.to_string()).collect();
         ReceiptSummaryJson {
             channel: summary.channel.to_string(),
             id: summary.event_id,
             acknowledged: summary
                 .acknowledged
                 .iter()
-                .map(|r| AckJson { device: r.device.to_string(), status: r.status.clone(), time: format_time(r.time) })
+                .map(|r| AckJson {
+                    device: r.device.to_string(),
+                    status: r.status.clone(),
+                    time: format_time(r.time),
+                })
                 .collect(),
             delivered: names(&summary.delivered),
             pending: names(&summary.pending),
@@ -271,7 +283,11 @@ impl From<&ReceiptSummary> for ReceiptSummaryJson {
                 delivered: summary.delivered.len(),
                 pending: summary.pending.len(),
             },
-            last_seen: summary.last_seen.iter().map(|(d, at)| (d.to_string(), format_time(*at))).collect(),
+            last_seen: summary
+                .last_seen
+                .iter()
+                .map(|(d, at)| (d.to_string(), format_time(*at)))
+                .collect(),
         }
     }
 }
@@ -323,8 +339,24 @@ pub struct EventReceipts {
 impl EventReceipts {
     /// A retained event and its receipts.
     pub fn retained(event: EventJson, receipts: ReceiptSummaryJson) -> Self {
-        let EventJson { channel, id, time, device, event_type, data } = event;
-        EventReceipts { channel, id, time: Some(time), device, event_type, data: Some(data), pruned: false, receipts }
+        let EventJson {
+            channel,
+            id,
+            time,
+            device,
+            event_type,
+            data,
+        } = event;
+        EventReceipts {
+            channel,
+            id,
+            time: Some(time),
+            device,
+            event_type,
+            data: Some(data),
+            pruned: false,
+            receipts,
+        }
     }
 
     /// The receipts of event `id`, which retention removed.
@@ -456,7 +488,11 @@ pub struct PresenceJson {
 
 impl From<&PresenceChange> for PresenceJson {
     fn from(change: &PresenceChange) -> Self {
-        PresenceJson { device: change.device.to_string(), online: change.online, at: format_time(change.at) }
+        PresenceJson {
+            device: change.device.to_string(),
+            online: change.online,
+            at: format_time(change.at),
+        }
     }
 }
 
@@ -682,16 +718,26 @@ mod tests {
 
     #[test]
     fn notices_are_frames_without_ids() {
-        assert_eq!(&GapNotice { from: 1, to: 3 }.frame()[..], b"event: pere-gap\ndata: {\"from\":1,\"to\":3}\n\n");
         assert_eq!(
-            &ResetNotice { last_event_id: 9, head: 2 }.frame()[..],
+            &GapNotice { from: 1, to: 3 }.frame()[..],
+            b"event: pere-gap\ndata: {\"from\":1,\"to\":3}\n\n"
+        );
+        assert_eq!(
+            &ResetNotice {
+                last_event_id: 9,
+                head: 2
+            }
+            .frame()[..],
             b"event: pere-reset\ndata: {\"last_event_id\":9,\"head\":2}\n\n"
         );
     }
 
     #[test]
     fn connections_keep_the_original_total_key() {
-        let view = ConnectionsJson { channels: [("C".to_owned(), 2)].into(), total: 2 };
+        let view = ConnectionsJson {
+            channels: [("C".to_owned(), 2)].into(),
+            total: 2,
+        };
         assert_eq!(to_json(&view), r#"{"C":2,"total number":2}"#);
     }
 }

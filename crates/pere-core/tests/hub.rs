@@ -9,8 +9,8 @@ use pere_core::event::{now, Event};
 use pere_core::hub::{ReceiptSummary, GAP_WAIT, IDLE_CHANNEL, KEEP_INCOMPLETE};
 use pere_core::store::Store as _;
 use pere_core::{
-    ChannelName, DeviceId, FeedItem, Hub, HubConfig, HubNotice, MemoryStore, NewEvent, ReceiptFollow, ReceiptItem,
-    Retention, StoreError, SubscribeRequest, Subscription, WaitFor,
+    ChannelName, DeviceId, FeedItem, Hub, HubConfig, HubNotice, MemoryStore, NewEvent,
+    ReceiptFollow, ReceiptItem, Retention, StoreError, SubscribeRequest, Subscription, WaitFor,
 };
 use tokio::time::timeout;
 
@@ -23,7 +23,12 @@ fn dev(name: &str) -> DeviceId {
 }
 
 fn text(body: &str) -> NewEvent {
-    NewEvent { publisher: None, event_type: None, body: body.to_owned(), idempotency_key: None }
+    NewEvent {
+        publisher: None,
+        event_type: None,
+        body: body.to_owned(),
+        idempotency_key: None,
+    }
 }
 
 fn hub_with(retention: Retention, config: HubConfig) -> Arc<Hub<MemoryStore>> {
@@ -31,15 +36,28 @@ fn hub_with(retention: Retention, config: HubConfig) -> Arc<Hub<MemoryStore>> {
 }
 
 fn hub() -> Arc<Hub<MemoryStore>> {
-    hub_with(Retention { max_events: 100_000, max_age: None }, HubConfig::default())
+    hub_with(
+        Retention {
+            max_events: 100_000,
+            max_age: None,
+        },
+        HubConfig::default(),
+    )
 }
 
 fn from(id: Option<u64>, device: Option<&str>) -> SubscribeRequest {
-    SubscribeRequest { device: device.map(dev), last_event_id: id, last_event_id_raw: None }
+    SubscribeRequest {
+        device: device.map(dev),
+        last_event_id: id,
+        last_event_id_raw: None,
+    }
 }
 
 async fn next_id(sub: &mut Subscription<MemoryStore>) -> u64 {
-    match timeout(Duration::from_secs(5), sub.next()).await.expect("no item within 5 s") {
+    match timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("no item within 5 s")
+    {
         Some(Ok(FeedItem::Event(e))) => e.id,
         other => panic!("expected an event, got {other:?}"),
     }
@@ -89,8 +107,18 @@ async fn resume_replays_then_goes_live() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_gap_and_no_duplicate_at_the_seam_under_concurrent_publishing() {
     // Room for every event: this test reads only after publishing ends.
-    let config = HubConfig { subscriber_buffer: 2048, replay_page: 16, ..HubConfig::default() };
-    let hub = hub_with(Retention { max_events: 100_000, max_age: None }, config);
+    let config = HubConfig {
+        subscriber_buffer: 2048,
+        replay_page: 16,
+        ..HubConfig::default()
+    };
+    let hub = hub_with(
+        Retention {
+            max_events: 100_000,
+            max_age: None,
+        },
+        config,
+    );
     let c = ch("Seam");
     const PUBLISHERS: u64 = 4;
     const EACH: u64 = 300;
@@ -109,7 +137,11 @@ async fn no_gap_and_no_duplicate_at_the_seam_under_concurrent_publishing() {
     let mut subscribers = Vec::new();
     for k in 0..20u64 {
         let head = hub.store().head(&c).await.unwrap();
-        let start = if k % 2 == 0 { None } else { Some((k * 7).min(head)) };
+        let start = if k % 2 == 0 {
+            None
+        } else {
+            Some((k * 7).min(head))
+        };
         subscribers.push((start, hub.subscribe(&c, from(start, None)).await.unwrap()));
         tokio::task::yield_now().await;
     }
@@ -119,17 +151,33 @@ async fn no_gap_and_no_duplicate_at_the_seam_under_concurrent_publishing() {
     for (start, mut sub) in subscribers {
         let mut expected = start.unwrap_or(0) + 1;
         while expected <= total {
-            assert_eq!(next_id(&mut sub).await, expected, "subscriber from {start:?}");
+            assert_eq!(
+                next_id(&mut sub).await,
+                expected,
+                "subscriber from {start:?}"
+            );
             expected += 1;
         }
-        assert!(sub.try_next_live().is_none(), "nothing after the last event");
+        assert!(
+            sub.try_next_live().is_none(),
+            "nothing after the last event"
+        );
     }
 }
 
 #[tokio::test]
 async fn a_stalled_subscriber_is_cut_and_the_others_are_not_slowed() {
-    let config = HubConfig { subscriber_buffer: 4, ..HubConfig::default() };
-    let hub = hub_with(Retention { max_events: 1000, max_age: None }, config);
+    let config = HubConfig {
+        subscriber_buffer: 4,
+        ..HubConfig::default()
+    };
+    let hub = hub_with(
+        Retention {
+            max_events: 1000,
+            max_age: None,
+        },
+        config,
+    );
     let c = ch("C");
     let mut stalled = hub.subscribe(&c, from(None, None)).await.unwrap();
     let mut reader = hub.subscribe(&c, from(None, None)).await.unwrap();
@@ -177,7 +225,13 @@ async fn a_known_device_resumes_after_its_last_acknowledged_event() {
 
 #[tokio::test]
 async fn a_resume_into_pruned_history_is_told_of_the_gap() {
-    let hub = hub_with(Retention { max_events: 3, max_age: None }, HubConfig::default());
+    let hub = hub_with(
+        Retention {
+            max_events: 3,
+            max_age: None,
+        },
+        HubConfig::default(),
+    );
     let c = ch("C");
     for _ in 0..6 {
         hub.publish(&c, text("x")).await.unwrap();
@@ -206,26 +260,39 @@ async fn receipt_summary_splits_acknowledged_delivered_and_pending() {
     let event = hub.publish(&c, text("x")).await.unwrap().event;
     assert_eq!(next_id(&mut h1).await, event.id);
     assert_eq!(next_id(&mut h2).await, event.id);
-    hub.acknowledge(&c, event.id, &dev("H1"), "rx ok".into()).await.unwrap();
+    hub.acknowledge(&c, event.id, &dev("H1"), "rx ok".into())
+        .await
+        .unwrap();
     let summary: ReceiptSummary = hub.receipt_summary(&c, event.id).await.unwrap();
     assert_eq!(summary.acknowledged.len(), 1);
     assert_eq!(summary.acknowledged[0].device, dev("H1"));
     assert_eq!(summary.acknowledged[0].status, "rx ok");
     assert_eq!(summary.delivered, vec![dev("H2")]);
     assert_eq!(summary.pending, vec![dev("H3")]);
-    assert!(matches!(hub.receipt_summary(&c, 2).await, Err(StoreError::UnknownEvent { id: 2 })));
+    assert!(matches!(
+        hub.receipt_summary(&c, 2).await,
+        Err(StoreError::UnknownEvent { id: 2 })
+    ));
     assert!(matches!(
         hub.acknowledge(&c, 9, &dev("H1"), "ok".into()).await,
         Err(StoreError::UnknownEvent { id: 9 })
     ));
     let devices = hub.devices(&c).await.unwrap();
-    let online: Vec<(String, usize)> =
-        devices.iter().map(|d| (d.record.device.to_string(), d.open_streams)).collect();
-    assert_eq!(online, vec![("H1".into(), 1), ("H2".into(), 1), ("H3".into(), 0)]);
+    let online: Vec<(String, usize)> = devices
+        .iter()
+        .map(|d| (d.record.device.to_string(), d.open_streams))
+        .collect();
+    assert_eq!(
+        online,
+        vec![("H1".into(), 1), ("H2".into(), 1), ("H3".into(), 0)]
+    );
 }
 
 fn keyed(key: &str, body: &str) -> NewEvent {
-    NewEvent { idempotency_key: Some(key.to_owned()), ..text(body) }
+    NewEvent {
+        idempotency_key: Some(key.to_owned()),
+        ..text(body)
+    }
 }
 
 #[tokio::test]
@@ -236,15 +303,27 @@ async fn publishing_a_known_key_again_changes_nothing() {
     let first = hub.publish(&c, keyed("K", "x")).await.unwrap();
     assert!(first.new);
     assert_eq!(next_id(&mut sub).await, first.event.id);
-    hub.acknowledge(&c, first.event.id, &dev("H1"), "ok".into()).await.unwrap();
+    hub.acknowledge(&c, first.event.id, &dev("H1"), "ok".into())
+        .await
+        .unwrap();
     let mut notices = hub.observe(16);
 
     let again = hub.publish(&c, keyed("K", "y")).await.unwrap();
     assert!(!again.new);
-    assert_eq!((again.event.id, again.event.body.as_str()), (first.event.id, "x"));
-    assert!(hub.receipt_summary(&c, first.event.id).await.unwrap().complete());
+    assert_eq!(
+        (again.event.id, again.event.body.as_str()),
+        (first.event.id, "x")
+    );
+    assert!(hub
+        .receipt_summary(&c, first.event.id)
+        .await
+        .unwrap()
+        .complete());
     // The ledger was not made to follow it afresh: its acknowledgement stands.
-    assert!(hub.wait_for_receipts(&c, first.event.id, WaitFor::All, Duration::ZERO).await.unwrap());
+    assert!(hub
+        .wait_for_receipts(&c, first.event.id, WaitFor::All, Duration::ZERO)
+        .await
+        .unwrap());
     assert!(sub.try_next_live().is_none(), "delivered once");
     assert!(notices.try_recv().is_err(), "nobody is told of it");
 }
@@ -257,7 +336,13 @@ async fn events_behind_a_missing_id_wait_for_it_at_most_gap_wait() {
     // Three events stored, 2 never applied: as if its publisher died between append and apply.
     let mut stored = Vec::new();
     for i in 1..=3 {
-        stored.push(hub.store().append(&c, text(&format!("e{i}"))).await.unwrap().event);
+        stored.push(
+            hub.store()
+                .append(&c, text(&format!("e{i}")))
+                .await
+                .unwrap()
+                .event,
+        );
     }
     hub.apply_published(&c, stored[0].clone()).await.unwrap();
     hub.apply_published(&c, stored[2].clone()).await.unwrap();
@@ -294,7 +379,14 @@ async fn every_observer_hears_and_a_full_one_loses_notices_counted() {
     }
     for rx in [&mut a, &mut b] {
         for id in 1..=3 {
-            assert_eq!(rx.try_recv().unwrap(), HubNotice::Published { channel: c.clone(), event_id: id, expected: 0 });
+            assert_eq!(
+                rx.try_recv().unwrap(),
+                HubNotice::Published {
+                    channel: c.clone(),
+                    event_id: id,
+                    expected: 0
+                }
+            );
         }
     }
     assert_eq!(hub.dropped_notices(), 2, "the small one took one of three");
@@ -306,15 +398,26 @@ async fn every_observer_hears_and_a_full_one_loses_notices_counted() {
 
 #[tokio::test]
 async fn notices_cover_receipts_completions_presence_membership_and_cuts() {
-    let config = HubConfig { subscriber_buffer: 1, ..HubConfig::default() };
-    let hub = hub_with(Retention { max_events: 100, max_age: None }, config);
+    let config = HubConfig {
+        subscriber_buffer: 1,
+        ..HubConfig::default()
+    };
+    let hub = hub_with(
+        Retention {
+            max_events: 100,
+            max_age: None,
+        },
+        config,
+    );
     let c = ch("C");
     let h1 = dev("H1");
     let mut notices = hub.observe(100);
     let mut sub = hub.subscribe(&c, from(None, Some("H1"))).await.unwrap();
     let event = hub.publish(&c, text("x")).await.unwrap().event;
     assert_eq!(next_id(&mut sub).await, event.id);
-    hub.acknowledge(&c, event.id, &h1, "ok".into()).await.unwrap();
+    hub.acknowledge(&c, event.id, &h1, "ok".into())
+        .await
+        .unwrap();
     hub.publish(&c, text("y")).await.unwrap();
     hub.publish(&c, text("z")).await.unwrap();
     drop(sub);
@@ -326,12 +429,20 @@ async fn notices_cover_receipts_completions_presence_membership_and_cuts() {
     let kinds: Vec<String> = seen
         .iter()
         .map(|n| match n {
-            HubNotice::Published { event_id, expected, .. } => format!("published {event_id}/{expected}"),
+            HubNotice::Published {
+                event_id, expected, ..
+            } => format!("published {event_id}/{expected}"),
             HubNotice::Receipt(r) => format!("receipt {} {} {}", r.event_id, r.device, r.status),
-            HubNotice::Completed { event_id, expected, .. } => format!("completed {event_id}/{expected}"),
-            HubNotice::Presence { change, .. } => format!("presence {} {}", change.device, change.online),
+            HubNotice::Completed {
+                event_id, expected, ..
+            } => format!("completed {event_id}/{expected}"),
+            HubNotice::Presence { change, .. } => {
+                format!("presence {} {}", change.device, change.online)
+            }
             HubNotice::Membership(m) => format!("membership {} {:?}", m.device, m.left_after),
-            HubNotice::SubscriberCut { device, event_id, .. } => format!("cut {device:?} {event_id}"),
+            HubNotice::SubscriberCut {
+                device, event_id, ..
+            } => format!("cut {device:?} {event_id}"),
         })
         .collect();
     assert_eq!(
@@ -352,7 +463,10 @@ async fn notices_cover_receipts_completions_presence_membership_and_cuts() {
 }
 
 async fn next_receipt(follow: &mut ReceiptFollow<MemoryStore>) -> ReceiptItem {
-    match timeout(Duration::from_secs(5), follow.next()).await.expect("no receipt item within 5 s") {
+    match timeout(Duration::from_secs(5), follow.next())
+        .await
+        .expect("no receipt item within 5 s")
+    {
         Some(Ok(item)) => item,
         other => panic!("expected a receipt item, got {other:?}"),
     }
@@ -392,7 +506,14 @@ async fn the_receipt_follow_replays_page_by_page_then_goes_live_and_resumes() {
     let (last, _) = hub.acknowledge(&c, id, &h2, "done".into()).await.unwrap();
     assert_eq!(seq_of(&next_receipt(&mut follow).await), first.seq);
     assert_eq!(seq_of(&next_receipt(&mut follow).await), last.seq);
-    assert_eq!(next_receipt(&mut follow).await, ReceiptItem::Completed { channel: c.clone(), event_id: id, expected: 2 });
+    assert_eq!(
+        next_receipt(&mut follow).await,
+        ReceiptItem::Completed {
+            channel: c.clone(),
+            event_id: id,
+            expected: 2
+        }
+    );
     // Resumed from a seq: what follows it, nothing before.
     let mut resumed = hub.follow_receipts(&c, Some(seqs[299])).await.unwrap();
     assert_eq!(seq_of(&next_receipt(&mut resumed).await), seqs[300]);
@@ -412,9 +533,14 @@ async fn a_receipt_follower_that_falls_behind_the_live_notices_ends_as_lagged() 
     // which are live only, do once more wait than the channel keeps.
     for _ in 0..pere_core::follow::COMPLETION_BUFFER + 10 {
         let id = hub.publish(&c, text("x")).await.unwrap().event.id;
-        hub.acknowledge(&c, id, &dev("H1"), "ok".into()).await.unwrap();
+        hub.acknowledge(&c, id, &dev("H1"), "ok".into())
+            .await
+            .unwrap();
     }
-    assert!(timeout(Duration::from_secs(5), follow.next()).await.unwrap().is_none());
+    assert!(timeout(Duration::from_secs(5), follow.next())
+        .await
+        .unwrap()
+        .is_none());
     assert!(follow.lagged());
 }
 
@@ -456,15 +582,31 @@ async fn idle_channels_leave_memory_and_used_ones_stay() {
     check_idle_for(3).await;
     assert_eq!(hub.loaded_channels(), 104, "not idle long enough yet");
     check_idle_for(3).await;
-    assert_eq!(hub.loaded_channels(), 4, "the idle ones went; a feed, two followers and an owed event keep theirs");
+    assert_eq!(
+        hub.loaded_channels(),
+        4,
+        "the idle ones went; a feed, two followers and an owed event keep theirs"
+    );
     drop((sub, follow, presence_follow));
     check_idle_for(3).await;
-    assert_eq!(hub.loaded_channels(), 4, "idle time counts from the end of the last use");
+    assert_eq!(
+        hub.loaded_channels(),
+        4,
+        "idle time counts from the end of the last use"
+    );
     check_idle_for(3).await;
-    assert_eq!(hub.loaded_channels(), 1, "only the owed event's channel is left");
+    assert_eq!(
+        hub.loaded_channels(),
+        1,
+        "only the owed event's channel is left"
+    );
     let keep = u32::try_from(KEEP_INCOMPLETE.as_secs() / (IDLE_CHANNEL.as_secs() / 4)).unwrap();
     check_idle_for(keep).await;
-    assert_eq!(hub.loaded_channels(), 0, "an owed event holds its channel for a bounded time");
+    assert_eq!(
+        hub.loaded_channels(),
+        0,
+        "an owed event holds its channel for a bounded time"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -493,9 +635,16 @@ async fn a_channel_loaded_again_keeps_its_ids_recipients_resume_and_presence_num
     check_idle_for(KEEP_INCOMPLETE.as_secs() as u32 / 15 + 6).await;
     assert_eq!(hub.loaded_channels(), 0);
 
-    assert_eq!(hub.publish(&c, text("e4")).await.unwrap().event.id, 4, "ids continue");
+    assert_eq!(
+        hub.publish(&c, text("e4")).await.unwrap().event.id,
+        4,
+        "ids continue"
+    );
     let summary = hub.receipt_summary(&c, 4).await.unwrap();
-    assert_eq!(summary.expected, 2, "both recipients are expected of an event after the reload");
+    assert_eq!(
+        summary.expected, 2,
+        "both recipients are expected of an event after the reload"
+    );
     // H1 resumes from its last acknowledged event.
     let mut sub = hub.subscribe(&c, from(None, Some("H1"))).await.unwrap();
     for expected in 2..=4 {
@@ -507,11 +656,27 @@ async fn a_channel_loaded_again_keeps_its_ids_recipients_resume_and_presence_num
     hub.acknowledge(&c, 4, &h1, "ok".into()).await.unwrap();
     next_receipt(&mut follow).await;
     next_receipt(&mut follow).await;
-    assert_eq!(next_receipt(&mut follow).await, ReceiptItem::Completed { channel: c.clone(), event_id: 4, expected: 2 });
-    assert!(hub.wait_for_receipts(&c, 4, WaitFor::All, Duration::from_secs(1)).await.unwrap());
+    assert_eq!(
+        next_receipt(&mut follow).await,
+        ReceiptItem::Completed {
+            channel: c.clone(),
+            event_id: 4,
+            expected: 2
+        }
+    );
+    assert!(hub
+        .wait_for_receipts(&c, 4, WaitFor::All, Duration::from_secs(1))
+        .await
+        .unwrap());
     // An event from before the unload is judged from the store.
-    assert!(!hub.wait_for_receipts(&c, 2, WaitFor::All, Duration::from_secs(1)).await.unwrap());
-    assert!(hub.wait_for_receipts(&c, 1, WaitFor::All, Duration::from_secs(1)).await.unwrap());
+    assert!(!hub
+        .wait_for_receipts(&c, 2, WaitFor::All, Duration::from_secs(1))
+        .await
+        .unwrap());
+    assert!(hub
+        .wait_for_receipts(&c, 1, WaitFor::All, Duration::from_secs(1))
+        .await
+        .unwrap());
     // Presence numbering continues above what the channel gave out before.
     let mut presence = hub.follow_presence(&c, presence_before).await.unwrap();
     let change = presence.next().await.unwrap();
@@ -550,13 +715,22 @@ async fn receipts_acknowledged_at_once_reach_a_follower_in_seq_order_each_event_
     while seqs.len() < DEVICES * EVENTS as usize || completed.len() < EVENTS as usize {
         match next_receipt(&mut follow).await {
             ReceiptItem::Receipt(r) => seqs.push(r.seq),
-            ReceiptItem::Completed { event_id, expected, .. } => {
+            ReceiptItem::Completed {
+                event_id, expected, ..
+            } => {
                 assert_eq!(expected, DEVICES);
                 completed.push(event_id);
             }
         }
     }
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "receipts out of seq order: {seqs:?}");
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "receipts out of seq order: {seqs:?}"
+    );
     completed.sort_unstable();
-    assert_eq!(completed, (1..=EVENTS).collect::<Vec<_>>(), "every event completes once");
+    assert_eq!(
+        completed,
+        (1..=EVENTS).collect::<Vec<_>>(),
+        "every event completes once"
+    );
 }

@@ -9,8 +9,15 @@ use proptest::prelude::*;
 
 fn decode(bytes: bytes::Bytes) -> Vec<eventsource_stream::Event> {
     let stream = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(bytes)]);
-    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
-    runtime.block_on(stream.eventsource().map(|e| e.expect("a valid stream")).collect())
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(
+        stream
+            .eventsource()
+            .map(|e| e.expect("a valid stream"))
+            .collect(),
+    )
 }
 
 proptest! {

@@ -131,7 +131,9 @@ mod tests {
         assert_eq!(cli.interval(), Interval::secs(10, 20));
         assert_eq!(cli.retry_delay, Interval::secs(1, 10));
         assert_eq!(cli.attempts(), None);
-        assert!(cli.count.is_none() && cli.data.is_none() && !cli.follow && !cli.json && !cli.quiet);
+        assert!(
+            cli.count.is_none() && cli.data.is_none() && !cli.follow && !cli.json && !cli.quiet
+        );
         let device = cli.device();
         assert_eq!(device.len(), 14);
         assert!(device.starts_with("P0039") && device[5..].bytes().all(|b| b.is_ascii_digit()));
@@ -166,12 +168,16 @@ mod tests {
         assert_eq!(cli.event_type.as_deref(), Some("tick"));
         assert_eq!(cli.attempts(), Some(3));
         assert!(cli.retry_delay.is_zero());
-        assert_eq!(parse(&["h:1", "C", "--data", "-"]).unwrap().interval(), Interval::ZERO);
-        assert_eq!(parse(&["h:1", "C", "--retries", "0"]).unwrap().attempts(), None);
+        assert_eq!(
+            parse(&["h:1", "C", "--data", "-"]).unwrap().interval(),
+            Interval::ZERO
+        );
+        assert_eq!(
+            parse(&["h:1", "C", "--retries", "0"]).unwrap().attempts(),
+            None
+        );
         assert!(parse(&["h:1", "C", "--count", "0"]).is_err());
         assert!(parse(&["h:1", "C", "--interval", "20-10"]).is_err());
         assert!(parse(&["h:1", "C", "--json", "--quiet"]).is_err());
     }
-
-
 }

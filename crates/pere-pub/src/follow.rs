@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use eventsource_stream::{EventStreamError, Eventsource};
 use futures_util::StreamExt;
+use pere_client::retry::is_transient;
 use pere_core::sse::GAP_EVENT_TYPE;
 use pere_core::wire::ReceiptJson;
-use pere_client::retry::is_transient;
 use rand::Rng;
 use reqwest::header::ACCEPT;
 use reqwest::{Client, Url};
@@ -49,8 +49,11 @@ impl Follow {
         let mut last_id: Option<String> = None;
         let mut failures = 0u32;
         loop {
-            let mut request =
-                self.client.get(self.url.clone()).header("device", &self.device).header(ACCEPT, "text/event-stream");
+            let mut request = self
+                .client
+                .get(self.url.clone())
+                .header("device", &self.device)
+                .header(ACCEPT, "text/event-stream");
             if let Some(id) = &last_id {
                 request = request.header("Last-Event-ID", id);
             }
@@ -69,13 +72,18 @@ impl Follow {
                                 }
                                 match event.event.as_str() {
                                     "receipt" | "message" => self.print(&event.data),
-                                    GAP_EVENT_TYPE => eprintln!("GAP> receipts are no longer retained: {}", event.data),
+                                    GAP_EVENT_TYPE => eprintln!(
+                                        "GAP> receipts are no longer retained: {}",
+                                        event.data
+                                    ),
                                     // Other notices (e.g. `complete`: every expected receipt is in)
                                     // are not receipts.
                                     _ => {}
                                 }
                             }
-                            Some(Err(EventStreamError::Transport(err))) => break describe_transport(err),
+                            Some(Err(EventStreamError::Transport(err))) => {
+                                break describe_transport(err)
+                            }
                             Some(Err(err)) => break format!("unreadable stream: {err}"),
                             None => break "the server closed the stream".to_owned(),
                         }
@@ -97,7 +105,10 @@ impl Follow {
             }
             let delay = RECONNECT + Duration::from_millis(rand::thread_rng().gen_range(0..300));
             if !self.quiet {
-                eprintln!("pere-pub: receipts: {why}; reconnecting in {:.1} s", delay.as_secs_f64());
+                eprintln!(
+                    "pere-pub: receipts: {why}; reconnecting in {:.1} s",
+                    delay.as_secs_f64()
+                );
             }
             tokio::time::sleep(delay).await;
         }
@@ -108,7 +119,12 @@ impl Follow {
             Ok(receipt) if self.json => {
                 say!("{}", serde_json::json!({ "receipt": receipt }));
             }
-            Ok(r) => say!("RECEIPT> id: {}, device: {}, status: {}", r.id, r.device, r.status),
+            Ok(r) => say!(
+                "RECEIPT> id: {}, device: {}, status: {}",
+                r.id,
+                r.device,
+                r.status
+            ),
             Err(_) => eprintln!("pere-pub: unreadable receipt: {data}"),
         }
     }

@@ -17,7 +17,10 @@ pub struct Interval {
 impl Interval {
     /// A range of whole seconds.
     pub const fn secs(min: u64, max: u64) -> Self {
-        Interval { min: Duration::from_secs(min), max: Duration::from_secs(max) }
+        Interval {
+            min: Duration::from_secs(min),
+            max: Duration::from_secs(max),
+        }
     }
 
     /// No wait at all.
@@ -54,7 +57,9 @@ impl FromStr for Interval {
     fn from_str(s: &str) -> Result<Self, String> {
         let seconds = |part: &str| -> Result<Duration, String> {
             let part = part.trim();
-            let value: f64 = part.parse().map_err(|_| format!("{part:?} is not a number of seconds"))?;
+            let value: f64 = part
+                .parse()
+                .map_err(|_| format!("{part:?} is not a number of seconds"))?;
             if !value.is_finite() || value < 0.0 {
                 return Err(format!("{part:?} is not a number of seconds"));
             }
@@ -68,7 +73,9 @@ impl FromStr for Interval {
             }
         };
         if min > max {
-            return Err(format!("{s:?}: the range must go from the shorter wait to the longer"));
+            return Err(format!(
+                "{s:?}: the range must go from the shorter wait to the longer"
+            ));
         }
         Ok(Interval { min, max })
     }
@@ -97,19 +104,27 @@ mod tests {
         assert_eq!(parse("0").unwrap(), Interval::ZERO);
         assert!(parse("0").unwrap().is_zero());
         let fixed = parse("0.2").unwrap();
-        assert_eq!(fixed.sample(&mut rand::thread_rng()), Duration::from_millis(200));
+        assert_eq!(
+            fixed.sample(&mut rand::thread_rng()),
+            Duration::from_millis(200)
+        );
         assert_eq!(parse("10-20").unwrap(), Interval::secs(10, 20));
         assert_eq!(parse(" 1 - 10 ").unwrap(), Interval::secs(1, 10));
         assert_eq!(parse("0.5-0.5").unwrap(), parse("0.5").unwrap());
         assert_eq!(parse("10-20").unwrap().to_string(), "10-20");
         assert_eq!(parse("0.25").unwrap().to_string(), "0.25");
         let range = parse("1-10").unwrap();
-        assert_eq!((range.shortest(), range.spread()), (Duration::from_secs(1), Duration::from_secs(9)));
+        assert_eq!(
+            (range.shortest(), range.spread()),
+            (Duration::from_secs(1), Duration::from_secs(9))
+        );
     }
 
     #[test]
     fn rejects_nonsense() {
-        for bad in ["", "-", "-1", "1-", "a", "1-b", "20-10", "nan", "inf", "1-2-3", "1e300"] {
+        for bad in [
+            "", "-", "-1", "1-", "a", "1-b", "20-10", "nan", "inf", "1-2-3", "1e300",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
     }
@@ -121,7 +136,10 @@ mod tests {
         let (mut low, mut high) = (false, false);
         for _ in 0..10_000 {
             let d = interval.sample(&mut rng);
-            assert!(d >= Duration::from_secs(10) && d <= Duration::from_secs(20), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(10) && d <= Duration::from_secs(20),
+                "{d:?}"
+            );
             low |= d < Duration::from_secs(11);
             high |= d > Duration::from_secs(19);
         }

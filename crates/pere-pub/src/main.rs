@@ -80,11 +80,13 @@ struct JsonPush<'a> {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let base = cli::base_url(&cli.server).map_err(Fatal)?;
     // Names are checked before anything starts: the server would refuse each push for them.
-    ChannelName::new(&cli.channel).map_err(|e| Fatal(format!("invalid channel {:?}: {e}", cli.channel)))?;
+    ChannelName::new(&cli.channel)
+        .map_err(|e| Fatal(format!("invalid channel {:?}: {e}", cli.channel)))?;
     let device = cli.device();
     DeviceId::new(&device).map_err(|e| Fatal(format!("invalid device id {device:?}: {e}")))?;
     if let Some(event_type) = &cli.event_type {
-        EventType::new(event_type).map_err(|e| Fatal(format!("invalid event type {event_type:?}: {e}")))?;
+        EventType::new(event_type)
+            .map_err(|e| Fatal(format!("invalid event type {event_type:?}: {e}")))?;
     }
     let mut client = Client::builder().connect_timeout(CONNECT_TIMEOUT);
     if let Some(token) = &cli.token {
@@ -93,15 +95,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = client.build()?;
 
     if !cli.quiet && !cli.json {
-        say!("PUBLISH (device: {device}), channel: {}, server: {}", cli.channel, cli.server);
+        say!(
+            "PUBLISH (device: {device}), channel: {}, server: {}",
+            cli.channel,
+            cli.server
+        );
         say!("");
     }
 
-    let follow = if cli.follow { Some(start_follow(&cli, &client, &base, &device).await) } else { None };
+    let follow = if cli.follow {
+        Some(start_follow(&cli, &client, &base, &device).await)
+    } else {
+        None
+    };
 
     let interval = cli.interval();
     let mut source = match cli.data.as_deref() {
-        None => Source::Random { channel: cli.channel.clone(), device: device.clone(), last_id: 0 },
+        None => Source::Random {
+            channel: cli.channel.clone(),
+            device: device.clone(),
+            last_id: 0,
+        },
         Some("-") => Source::stdin(),
         Some(text) => Source::Fixed(Body::text(text.to_owned())),
     };
@@ -176,13 +190,27 @@ impl Publisher {
         // One key per event, sent with every attempt: a retry of a push that did get through is
         // answered with the stored event, never stored twice.
         let key = pere_client::idempotency_key(&mut rand::thread_rng());
-        let headers = push::PushHeaders { device: &self.device, event_type: self.event_type.as_deref(), key: &key };
+        let headers = push::PushHeaders {
+            device: &self.device,
+            event_type: self.event_type.as_deref(),
+            key: &key,
+        };
         let outcome = retry(
             &self.retry,
-            || send_once::<PushAccepted>(push::push_request(&self.client, &self.url, headers, body)),
+            || {
+                send_once::<PushAccepted>(push::push_request(
+                    &self.client,
+                    &self.url,
+                    headers,
+                    body,
+                ))
+            },
             |attempt, why| {
                 failed = attempt;
-                eprintln!("PUSH FAILED. event: {} reason: {why}", output::abbreviate(&body.text));
+                eprintln!(
+                    "PUSH FAILED. event: {} reason: {why}",
+                    output::abbreviate(&body.text)
+                );
             },
         )
         .await;
@@ -191,7 +219,9 @@ impl Publisher {
                 self.report(answer, body);
                 Ok(())
             }
-            Outcome::Refused(why) => Err(Fatal(format!("the server refused event {number}: {why}")).into()),
+            Outcome::Refused(why) => {
+                Err(Fatal(format!("the server refused event {number}: {why}")).into())
+            }
             Outcome::Retryable(why) => {
                 anyhow::bail!("giving up on event {number} after {failed} failed attempts: {why}")
             }

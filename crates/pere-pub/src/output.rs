@@ -29,6 +29,9 @@ mod tests {
         assert_eq!(abbreviate("short"), "short");
         let long = "é".repeat(1000);
         let cut = abbreviate(&long);
-        assert!(cut.starts_with(&"é".repeat(512)) && cut.ends_with("… (2000 bytes)"), "{cut}");
+        assert!(
+            cut.starts_with(&"é".repeat(512)) && cut.ends_with("… (2000 bytes)"),
+            "{cut}"
+        );
     }
 }

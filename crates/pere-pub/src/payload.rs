@@ -29,7 +29,9 @@ pub struct RandomEvent {
 /// Random base-36 text of a random length in [`DATA_LEN`].
 pub fn random_data(rng: &mut impl Rng) -> String {
     let len = rng.gen_range(DATA_LEN);
-    (0..len).map(|_| BASE36[rng.gen_range(0..BASE36.len())] as char).collect()
+    (0..len)
+        .map(|_| BASE36[rng.gen_range(0..BASE36.len())] as char)
+        .collect()
 }
 
 /// One event body and how to label it.
@@ -74,7 +76,11 @@ impl Source {
     /// Reading stdin failed (e.g. it is not UTF-8).
     pub async fn next(&mut self) -> anyhow::Result<Option<Body>> {
         match self {
-            Source::Random { channel, device, last_id } => {
+            Source::Random {
+                channel,
+                device,
+                last_id,
+            } => {
                 *last_id += 1;
                 let event = RandomEvent {
                     channel: channel.clone(),
@@ -83,7 +89,10 @@ impl Source {
                     time: format_time(now()),
                     data: random_data(&mut rand::thread_rng()),
                 };
-                Ok(Some(Body { text: serde_json::to_string(&event)?, json: true }))
+                Ok(Some(Body {
+                    text: serde_json::to_string(&event)?,
+                    json: true,
+                }))
             }
             Source::Fixed(body) => Ok(Some(body.clone())),
             Source::Stdin(lines) => match lines.recv().await {
@@ -124,7 +133,11 @@ mod tests {
         for _ in 0..5000 {
             let data = random_data(&mut rng);
             assert!(DATA_LEN.contains(&data.len()), "{data}");
-            assert!(data.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()), "{data}");
+            assert!(
+                data.bytes()
+                    .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()),
+                "{data}"
+            );
             lengths.insert(data.len());
         }
         assert_eq!(lengths.len(), DATA_LEN.count(), "every length occurs");
@@ -132,25 +145,41 @@ mod tests {
 
     #[tokio::test]
     async fn random_events_have_the_original_shape() {
-        let mut source = Source::Random { channel: "CHANNEL_1".into(), device: "P0039123456789".into(), last_id: 0 };
+        let mut source = Source::Random {
+            channel: "CHANNEL_1".into(),
+            device: "P0039123456789".into(),
+            last_id: 0,
+        };
         for expected_id in 1..=3 {
             let body = source.next().await.unwrap().unwrap();
             assert!(body.json);
             // Exactly these fields...
             let value: serde_json::Value = serde_json::from_str(&body.text).unwrap();
-            let keys: Vec<&str> = value.as_object().unwrap().keys().map(String::as_str).collect();
+            let keys: Vec<&str> = value
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
             let mut sorted = vec!["channel", "data", "device", "id", "time"];
             sorted.sort();
             assert_eq!(keys, sorted);
             // ...in the original's order: channel, device, id, time, data.
-            assert!(body.text.starts_with(r#"{"channel":"CHANNEL_1","device":"P0039123456789","id":"#));
+            assert!(body
+                .text
+                .starts_with(r#"{"channel":"CHANNEL_1","device":"P0039123456789","id":"#));
             let event: RandomEvent = serde_json::from_str(&body.text).unwrap();
             assert_eq!(event.id, expected_id);
             assert!(DATA_LEN.contains(&event.data.len()));
             // 2014-11-25T08:12:09.123Z
             let t = event.time.as_bytes();
             assert_eq!(t.len(), 24, "{}", event.time);
-            assert_eq!((t[4], t[10], t[19], t[23]), (b'-', b'T', b'.', b'Z'), "{}", event.time);
+            assert_eq!(
+                (t[4], t[10], t[19], t[23]),
+                (b'-', b'T', b'.', b'Z'),
+                "{}",
+                event.time
+            );
             assert!(chrono::DateTime::parse_from_rfc3339(&event.time).is_ok());
         }
     }

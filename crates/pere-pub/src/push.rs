@@ -26,9 +26,22 @@ pub struct PushHeaders<'a> {
 }
 
 /// The push request for `body`.
-pub fn push_request(client: &Client, url: &Url, headers: PushHeaders<'_>, body: &Body) -> RequestBuilder {
-    let PushHeaders { device, event_type, key } = headers;
-    let content_type = if body.json { "application/json" } else { "text/plain; charset=utf-8" };
+pub fn push_request(
+    client: &Client,
+    url: &Url,
+    headers: PushHeaders<'_>,
+    body: &Body,
+) -> RequestBuilder {
+    let PushHeaders {
+        device,
+        event_type,
+        key,
+    } = headers;
+    let content_type = if body.json {
+        "application/json"
+    } else {
+        "text/plain; charset=utf-8"
+    };
     let mut request = client
         .post(url.clone())
         .header("device", device)
@@ -51,7 +64,11 @@ mod tests {
         let client = Client::new();
         let url = Url::parse("http://h:1/push/CHANNEL_1").unwrap();
         let body = Body::text(r#"{"id":1}"#.into());
-        let headers = PushHeaders { device: "P0039123456789", event_type: None, key: "k1" };
+        let headers = PushHeaders {
+            device: "P0039123456789",
+            event_type: None,
+            key: "k1",
+        };
         let req = push_request(&client, &url, headers, &body).build().unwrap();
         assert_eq!(req.method(), reqwest::Method::POST);
         assert_eq!(req.url().as_str(), "http://h:1/push/CHANNEL_1");
@@ -59,10 +76,19 @@ mod tests {
         assert_eq!(req.headers()["content-type"], "application/json");
         assert!(req.headers().get("event").is_none());
         assert_eq!(req.headers()["idempotency-key"], "k1");
-        assert_eq!(req.body().and_then(|b| b.as_bytes()), Some(&br#"{"id":1}"#[..]));
+        assert_eq!(
+            req.body().and_then(|b| b.as_bytes()),
+            Some(&br#"{"id":1}"#[..])
+        );
 
-        let headers = PushHeaders { device: "P1", event_type: Some("tick"), key: "k2" };
-        let req = push_request(&client, &url, headers, &Body::text("hi".into())).build().unwrap();
+        let headers = PushHeaders {
+            device: "P1",
+            event_type: Some("tick"),
+            key: "k2",
+        };
+        let req = push_request(&client, &url, headers, &Body::text("hi".into()))
+            .build()
+            .unwrap();
         assert_eq!(req.headers()["content-type"], "text/plain; charset=utf-8");
         assert_eq!(req.headers()["event"], "tick");
     }

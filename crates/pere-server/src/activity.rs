@@ -111,7 +111,9 @@ impl fmt::Display for Excerpt<'_> {
         // Nearly always: a short line with no control character (C0, DEL, or C1, whose UTF-8
         // encodings start with 0xC2), written as it is.
         let bytes = self.0.as_bytes();
-        if bytes.len() <= EXCERPT_CHARS && bytes.iter().all(|&b| b >= 0x20 && b != 0x7f && b != 0xc2) {
+        if bytes.len() <= EXCERPT_CHARS
+            && bytes.iter().all(|&b| b >= 0x20 && b != 0x7f && b != 0xc2)
+        {
             return f.write_str(self.0);
         }
         // Plain runs are written whole; only control characters are written one by one.
@@ -139,7 +141,10 @@ mod tests {
     fn excerpts_are_one_safe_line() {
         assert_eq!(Excerpt("a\nb\r\x1b[31m").to_string(), "a\\nb\\r\\u{1b}[31m");
         assert_eq!(Excerpt(&"x".repeat(300)).to_string().chars().count(), 201);
-        assert_eq!(Excerpt(&"é".repeat(300)).to_string(), format!("{}…", "é".repeat(200)));
+        assert_eq!(
+            Excerpt(&"é".repeat(300)).to_string(),
+            format!("{}…", "é".repeat(200))
+        );
         assert_eq!(Excerpt("plain").to_string(), "plain");
         assert_eq!(Excerpt("c1 \u{85} and ¢").to_string(), "c1 \\u{85} and ¢");
     }

@@ -150,19 +150,27 @@ impl KeySettings<'_> {
     /// Both given, an unreadable file, or a secret shorter than [`MIN_SECRET_LEN`].
     pub fn secret(&self) -> Result<Option<Vec<u8>>, String> {
         let secret = match (self.secret, self.secret_file) {
-            (Some(_), Some(_)) => return Err("give --jwt-secret or --jwt-secret-file, not both".to_owned()),
+            (Some(_), Some(_)) => {
+                return Err("give --jwt-secret or --jwt-secret-file, not both".to_owned())
+            }
             (Some(secret), None) => secret.as_bytes().to_vec(),
             (None, Some(path)) => {
-                let text = std::fs::read(path)
-                    .map_err(|e| format!("cannot read the token secret file {}: {e}", path.display()))?;
+                let text = std::fs::read(path).map_err(|e| {
+                    format!("cannot read the token secret file {}: {e}", path.display())
+                })?;
                 // A file written by `echo` ends with a newline that is not part of the secret.
-                let end = text.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |i| i + 1);
+                let end = text
+                    .iter()
+                    .rposition(|b| !b.is_ascii_whitespace())
+                    .map_or(0, |i| i + 1);
                 text[..end].to_vec()
             }
             (None, None) => return Ok(None),
         };
         if secret.len() < MIN_SECRET_LEN {
-            return Err(format!("the token secret must be at least {MIN_SECRET_LEN} bytes long"));
+            return Err(format!(
+                "the token secret must be at least {MIN_SECRET_LEN} bytes long"
+            ));
         }
         Ok(Some(secret))
     }
@@ -178,7 +186,9 @@ pub struct Verifier {
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the key.
-        f.debug_struct("Verifier").field("algorithm", &self.algorithm).finish_non_exhaustive()
+        f.debug_struct("Verifier")
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
     }
 }
 
@@ -193,15 +203,23 @@ impl Verifier {
             (Some(_), Some(_)) => {
                 return Err("give a token secret or --jwt-public-key, not both".to_owned());
             }
-            (Some(secret), None) => (DecodingKey::from_secret(&secret).map_err(|e| e.to_string())?, Algorithm::HS256),
+            (Some(secret), None) => (
+                DecodingKey::from_secret(&secret).map_err(|e| e.to_string())?,
+                Algorithm::HS256,
+            ),
             (None, Some(path)) => {
-                let pem = std::fs::read(path).map_err(|e| format!("cannot read the token public key {}: {e}", path.display()))?;
+                let pem = std::fs::read(path).map_err(|e| {
+                    format!("cannot read the token public key {}: {e}", path.display())
+                })?;
                 if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
                     (key, Algorithm::RS256)
                 } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
                     (key, Algorithm::ES256)
                 } else {
-                    return Err(format!("{} is not an RSA or EC public key in PEM", path.display()));
+                    return Err(format!(
+                        "{} is not an RSA or EC public key in PEM",
+                        path.display()
+                    ));
                 }
             }
             (None, None) => {
@@ -227,7 +245,11 @@ impl Verifier {
             required.push("iss");
         }
         validation.set_required_spec_claims(&required);
-        Ok(Some(Verifier { key, algorithm, validation }))
+        Ok(Some(Verifier {
+            key,
+            algorithm,
+            validation,
+        }))
     }
 
     /// The claims of a valid token.
@@ -237,7 +259,9 @@ impl Verifier {
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         match jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation) {
             Ok(data) => Ok(data.claims),
-            Err(err) if matches!(err.kind(), ErrorKind::ExpiredSignature) => Err(TokenError::Expired),
+            Err(err) if matches!(err.kind(), ErrorKind::ExpiredSignature) => {
+                Err(TokenError::Expired)
+            }
             Err(_) => Err(TokenError::Invalid),
         }
     }
@@ -251,7 +275,9 @@ pub struct Minter {
 
 impl std::fmt::Debug for Minter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Minter").field("algorithm", &self.algorithm).finish_non_exhaustive()
+        f.debug_struct("Minter")
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
     }
 }
 
@@ -260,26 +286,44 @@ impl Minter {
     ///
     /// # Errors
     /// No key, both kinds of key, or a key that cannot be read.
-    pub fn from_settings(settings: &KeySettings<'_>, private_key: Option<&Path>) -> Result<Minter, String> {
+    pub fn from_settings(
+        settings: &KeySettings<'_>,
+        private_key: Option<&Path>,
+    ) -> Result<Minter, String> {
         match (settings.secret()?, private_key) {
-            (Some(_), Some(_)) => Err("give a token secret or --jwt-private-key, not both".to_owned()),
-            (Some(secret), None) => {
-                Ok(Minter { key: EncodingKey::from_secret(&secret).map_err(|e| e.to_string())?, algorithm: Algorithm::HS256 })
+            (Some(_), Some(_)) => {
+                Err("give a token secret or --jwt-private-key, not both".to_owned())
             }
+            (Some(secret), None) => Ok(Minter {
+                key: EncodingKey::from_secret(&secret).map_err(|e| e.to_string())?,
+                algorithm: Algorithm::HS256,
+            }),
             (None, Some(path)) => {
-                let pem =
-                    std::fs::read(path).map_err(|e| format!("cannot read the token private key {}: {e}", path.display()))?;
+                let pem = std::fs::read(path).map_err(|e| {
+                    format!("cannot read the token private key {}: {e}", path.display())
+                })?;
                 if let Ok(key) = EncodingKey::from_rsa_pem(&pem) {
-                    Ok(Minter { key, algorithm: Algorithm::RS256 })
+                    Ok(Minter {
+                        key,
+                        algorithm: Algorithm::RS256,
+                    })
                 } else if let Ok(key) = EncodingKey::from_ec_pem(&pem) {
-                    Ok(Minter { key, algorithm: Algorithm::ES256 })
+                    Ok(Minter {
+                        key,
+                        algorithm: Algorithm::ES256,
+                    })
                 } else {
-                    Err(format!("{} is not an RSA or EC private key in PEM (PKCS#8 for EC)", path.display()))
+                    Err(format!(
+                        "{} is not an RSA or EC private key in PEM (PKCS#8 for EC)",
+                        path.display()
+                    ))
                 }
             }
-            (None, None) => Err("no key to sign with: give --jwt-secret, PERE_JWT_SECRET, --jwt-secret-file or \
+            (None, None) => Err(
+                "no key to sign with: give --jwt-secret, PERE_JWT_SECRET, --jwt-secret-file or \
                                  --jwt-private-key"
-                .to_owned()),
+                    .to_owned(),
+            ),
         }
     }
 
@@ -287,8 +331,16 @@ impl Minter {
     ///
     /// # Errors
     /// The signing failure, described.
-    pub fn mint(&self, sub: &str, grants: Grants, ttl: Duration, settings: &KeySettings<'_>) -> Result<String, String> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    pub fn mint(
+        &self,
+        sub: &str,
+        grants: Grants,
+        ttl: Duration,
+        settings: &KeySettings<'_>,
+    ) -> Result<String, String> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let claims = Claims {
             sub: sub.to_owned(),
             exp: now + ttl.as_secs(),
@@ -298,7 +350,8 @@ impl Minter {
             iss: settings.issuer.map(str::to_owned),
             pere: grants,
         };
-        jsonwebtoken::encode(&Header::new(self.algorithm), &claims, &self.key).map_err(|e| format!("cannot sign: {e}"))
+        jsonwebtoken::encode(&Header::new(self.algorithm), &claims, &self.key)
+            .map_err(|e| format!("cannot sign: {e}"))
     }
 }
 
@@ -310,7 +363,10 @@ mod tests {
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
     fn settings() -> KeySettings<'static> {
-        KeySettings { secret: Some(SECRET), ..KeySettings::default() }
+        KeySettings {
+            secret: Some(SECRET),
+            ..KeySettings::default()
+        }
     }
 
     #[test]
@@ -321,7 +377,11 @@ mod tests {
         assert!(!pattern_matches("orders.*", "orders"));
         assert!(!pattern_matches("orders.*", "ordersX"));
         assert!(pattern_matches("*", "anything"));
-        let grants = Grants { publish: vec!["a.*".into()], subscribe: vec!["b".into()], admin: false };
+        let grants = Grants {
+            publish: vec!["a.*".into()],
+            subscribe: vec!["b".into()],
+            admin: false,
+        };
         assert!(grants.may_publish("a.1") && !grants.may_publish("b"));
         assert!(grants.may_subscribe("b") && !grants.may_subscribe("a.1"));
     }
@@ -331,10 +391,14 @@ mod tests {
         assert!(is_loopback(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1))));
         assert!(is_loopback(IpAddr::V4(Ipv4Addr::new(127, 9, 8, 7))));
         assert!(is_loopback(IpAddr::V6(Ipv6Addr::LOCALHOST)));
-        assert!(is_loopback(IpAddr::V6(Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped())));
+        assert!(is_loopback(IpAddr::V6(
+            Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped()
+        )));
         assert!(!is_loopback(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))));
         assert!(!is_loopback(IpAddr::V4(Ipv4Addr::new(192, 168, 1, 2))));
-        assert!(!is_loopback(IpAddr::V6(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped())));
+        assert!(!is_loopback(IpAddr::V6(
+            Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped()
+        )));
         assert!(!is_loopback(IpAddr::V6("fe80::1".parse().unwrap())));
     }
 
@@ -342,35 +406,75 @@ mod tests {
     fn minted_tokens_verify_and_others_do_not() {
         let verifier = Verifier::from_settings(&settings()).unwrap().unwrap();
         let minter = Minter::from_settings(&settings(), None).unwrap();
-        let grants = Grants { publish: vec!["orders.*".into()], subscribe: vec![], admin: true };
-        let token = minter.mint("D1", grants.clone(), Duration::from_secs(60), &settings()).unwrap();
+        let grants = Grants {
+            publish: vec!["orders.*".into()],
+            subscribe: vec![],
+            admin: true,
+        };
+        let token = minter
+            .mint("D1", grants.clone(), Duration::from_secs(60), &settings())
+            .unwrap();
         let claims = verifier.verify(&token).unwrap();
         assert_eq!((claims.sub.as_str(), claims.pere), ("D1", grants));
-        let other = KeySettings { secret: Some("another secret, just as long as the first"), ..KeySettings::default() };
-        let forged = Minter::from_settings(&other, None).unwrap().mint("D1", Grants::default(), Duration::from_secs(60), &other);
+        let other = KeySettings {
+            secret: Some("another secret, just as long as the first"),
+            ..KeySettings::default()
+        };
+        let forged = Minter::from_settings(&other, None).unwrap().mint(
+            "D1",
+            Grants::default(),
+            Duration::from_secs(60),
+            &other,
+        );
         assert_eq!(verifier.verify(&forged.unwrap()), Err(TokenError::Invalid));
         assert_eq!(verifier.verify("not.a.token"), Err(TokenError::Invalid));
     }
 
     #[test]
     fn audience_and_issuer_are_checked_when_configured() {
-        let strict = KeySettings { audience: Some("pere"), issuer: Some("ops"), ..settings() };
+        let strict = KeySettings {
+            audience: Some("pere"),
+            issuer: Some("ops"),
+            ..settings()
+        };
         let verifier = Verifier::from_settings(&strict).unwrap().unwrap();
         let minter = Minter::from_settings(&settings(), None).unwrap();
         let ttl = Duration::from_secs(60);
-        let bare = minter.mint("D1", Grants::default(), ttl, &settings()).unwrap();
-        assert_eq!(verifier.verify(&bare), Err(TokenError::Invalid), "aud and iss are required");
+        let bare = minter
+            .mint("D1", Grants::default(), ttl, &settings())
+            .unwrap();
+        assert_eq!(
+            verifier.verify(&bare),
+            Err(TokenError::Invalid),
+            "aud and iss are required"
+        );
         let good = minter.mint("D1", Grants::default(), ttl, &strict).unwrap();
         assert!(verifier.verify(&good).is_ok());
-        let wrong = KeySettings { audience: Some("other"), ..strict.clone() };
-        assert_eq!(verifier.verify(&minter.mint("D1", Grants::default(), ttl, &wrong).unwrap()), Err(TokenError::Invalid));
+        let wrong = KeySettings {
+            audience: Some("other"),
+            ..strict.clone()
+        };
+        assert_eq!(
+            verifier.verify(&minter.mint("D1", Grants::default(), ttl, &wrong).unwrap()),
+            Err(TokenError::Invalid)
+        );
     }
 
     #[test]
     fn short_secrets_and_two_keys_are_refused() {
-        assert!(KeySettings { secret: Some("short"), ..KeySettings::default() }.secret().is_err());
-        let both = KeySettings { public_key: Some(Path::new("/nonexistent.pem")), ..settings() };
+        assert!(KeySettings {
+            secret: Some("short"),
+            ..KeySettings::default()
+        }
+        .secret()
+        .is_err());
+        let both = KeySettings {
+            public_key: Some(Path::new("/nonexistent.pem")),
+            ..settings()
+        };
         assert!(Verifier::from_settings(&both).is_err());
-        assert!(Verifier::from_settings(&KeySettings::default()).unwrap().is_none());
+        assert!(Verifier::from_settings(&KeySettings::default())
+            .unwrap()
+            .is_none());
     }
 }

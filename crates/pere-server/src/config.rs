@@ -43,7 +43,12 @@ pub enum LogFormat {
 #[command(name = "pere-server", version, about, long_about)]
 pub struct Config {
     /// Address to listen on (use 0.0.0.0 to accept connections from other machines).
-    #[arg(short = 'o', long = "host", default_value = "127.0.0.1", env = "PERE_HOST")]
+    #[arg(
+        short = 'o',
+        long = "host",
+        default_value = "127.0.0.1",
+        env = "PERE_HOST"
+    )]
     pub host: IpAddr,
 
     /// Port to listen on; 0 picks a free port. The bound address is the first line printed.
@@ -51,15 +56,29 @@ pub struct Config {
     pub port: u16,
 
     /// Storage backend.
-    #[arg(long = "store", value_enum, default_value = "sqlite", env = "PERE_STORE")]
+    #[arg(
+        long = "store",
+        value_enum,
+        default_value = "sqlite",
+        env = "PERE_STORE"
+    )]
     pub store: StoreKind,
 
     /// Directory of the SQLite store (created if missing).
-    #[arg(long = "data-dir", default_value = "./pere-data", env = "PERE_DATA_DIR")]
+    #[arg(
+        long = "data-dir",
+        default_value = "./pere-data",
+        env = "PERE_DATA_DIR"
+    )]
     pub data_dir: std::path::PathBuf,
 
     /// What an acknowledged push or receipt survives (SQLite store).
-    #[arg(long = "durability", value_enum, default_value = "normal", env = "PERE_DURABILITY")]
+    #[arg(
+        long = "durability",
+        value_enum,
+        default_value = "normal",
+        env = "PERE_DURABILITY"
+    )]
     pub durability: DurabilityLevel,
 
     /// Largest accepted event body, in bytes (larger pushes get 413).
@@ -67,7 +86,11 @@ pub struct Config {
     pub max_body: usize,
 
     /// Events kept per channel for replay; older ones are pruned.
-    #[arg(long = "retention-events", default_value_t = 10_000, env = "PERE_RETENTION_EVENTS")]
+    #[arg(
+        long = "retention-events",
+        default_value_t = 10_000,
+        env = "PERE_RETENTION_EVENTS"
+    )]
     pub retention_events: usize,
 
     /// Longest time an event is kept for replay, e.g. 90s, 30m, 12h, 7d; 0 keeps events until
@@ -85,14 +108,22 @@ pub struct Config {
 
     /// Events queued for one subscriber before it counts as too slow and its stream is closed
     /// (it resumes with Last-Event-ID and loses nothing).
-    #[arg(long = "subscriber-buffer", default_value_t = 1024, env = "PERE_SUBSCRIBER_BUFFER")]
+    #[arg(
+        long = "subscriber-buffer",
+        default_value_t = 1024,
+        env = "PERE_SUBSCRIBER_BUFFER"
+    )]
     pub subscriber_buffer: usize,
 
     /// Origins (such as `https://app.example`) whose web pages may use this server (CORS);
     /// repeat the flag or separate with commas. None by default: the subscriber page is served
     /// from the server itself. `*` lets any page read answers (answered as `*`, never as the
     /// page's origin, so without credentials).
-    #[arg(long = "allow-origin", value_delimiter = ',', env = "PERE_ALLOW_ORIGIN")]
+    #[arg(
+        long = "allow-origin",
+        value_delimiter = ',',
+        env = "PERE_ALLOW_ORIGIN"
+    )]
     pub allow_origins: Vec<String>,
 
     /// Secret that signs tokens (HS256), at least 32 bytes; prefer the environment variable or
@@ -136,7 +167,12 @@ pub struct Config {
     pub log_level: Option<String>,
 
     /// How log lines are written: the original's lines with a timestamp, or JSON.
-    #[arg(long = "log-format", value_enum, default_value = "text", env = "PERE_LOG_FORMAT")]
+    #[arg(
+        long = "log-format",
+        value_enum,
+        default_value = "text",
+        env = "PERE_LOG_FORMAT"
+    )]
     pub log_format: LogFormat,
 
     /// Redelivery: send an event again, with the same id, on the open stream of a recipient that
@@ -145,7 +181,11 @@ pub struct Config {
     pub ack_timeout: Duration,
 
     /// Redelivery: how many times one event is sent on one stream at most.
-    #[arg(long = "max-deliveries", default_value_t = 5, env = "PERE_MAX_DELIVERIES")]
+    #[arg(
+        long = "max-deliveries",
+        default_value_t = 5,
+        env = "PERE_MAX_DELIVERIES"
+    )]
     pub max_deliveries: u32,
 
     /// A recipient not seen for this long stops being expected to acknowledge new events.
@@ -167,21 +207,37 @@ pub struct Config {
     pub receipt_timeout: Duration,
 
     /// Seconds to wait for open requests to finish on shutdown before closing them.
-    #[arg(long = "shutdown-timeout", default_value_t = 5, env = "PERE_SHUTDOWN_TIMEOUT")]
+    #[arg(
+        long = "shutdown-timeout",
+        default_value_t = 5,
+        env = "PERE_SHUTDOWN_TIMEOUT"
+    )]
     pub shutdown_timeout_secs: u64,
 
     /// Connections held at once; 0: the process's open-file limit less 64 for the store and
     /// the log. Past it, new connections wait in the kernel's queue until one closes.
-    #[arg(long = "max-connections", default_value_t = 0, env = "PERE_MAX_CONNECTIONS")]
+    #[arg(
+        long = "max-connections",
+        default_value_t = 0,
+        env = "PERE_MAX_CONNECTIONS"
+    )]
     pub max_connections: usize,
 
     /// Connections kept for short requests (pushes, receipts, /health): streams (feeds,
     /// receipt and presence streams) may take all connections but these; one more gets 503.
-    #[arg(long = "connection-reserve", default_value_t = 256, env = "PERE_CONNECTION_RESERVE")]
+    #[arg(
+        long = "connection-reserve",
+        default_value_t = 256,
+        env = "PERE_CONNECTION_RESERVE"
+    )]
     pub connection_reserve: usize,
 
     /// Streams one device may hold open at once (across channels); one more gets 429.
-    #[arg(long = "max-streams-per-device", default_value_t = 16, env = "PERE_MAX_STREAMS_PER_DEVICE")]
+    #[arg(
+        long = "max-streams-per-device",
+        default_value_t = 16,
+        env = "PERE_MAX_STREAMS_PER_DEVICE"
+    )]
     pub max_streams_per_device: usize,
 
     /// Bytes of recent events kept in memory across all channels (SQLite store), so feeds that
@@ -191,7 +247,11 @@ pub struct Config {
 
     /// Device records kept in memory (SQLite store); past it, the least recently changed ones
     /// already saved are dropped and read from disk when needed.
-    #[arg(long = "device-records", default_value_t = 100_000, env = "PERE_DEVICE_RECORDS")]
+    #[arg(
+        long = "device-records",
+        default_value_t = 100_000,
+        env = "PERE_DEVICE_RECORDS"
+    )]
     pub device_records: usize,
 
     /// Longest time a client may take to send a request body (e.g. 30s); past it, 408.
@@ -289,8 +349,13 @@ impl Config {
     /// A one-line description of what is wrong with the key settings.
     pub fn mode(&self) -> Result<Mode, String> {
         Ok(match Verifier::from_settings(&self.key_settings())? {
-            Some(verifier) => Mode::Tokens { verifier: Box::new(verifier), anonymous_subscribe: self.anonymous_subscribe },
-            None if self.anonymous_subscribe => return Err("--anonymous-subscribe needs a token key".to_owned()),
+            Some(verifier) => Mode::Tokens {
+                verifier: Box::new(verifier),
+                anonymous_subscribe: self.anonymous_subscribe,
+            },
+            None if self.anonymous_subscribe => {
+                return Err("--anonymous-subscribe needs a token key".to_owned())
+            }
             None if self.open => Mode::Open,
             None => Mode::Protected,
         })
@@ -309,7 +374,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         Some(i) => text.split_at(i),
         None => (text, "s"),
     };
-    let n: u64 = number.parse().map_err(|_| format!("`{text}` is not a duration like 90s, 30m, 12h or 7d"))?;
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 90s, 30m, 12h or 7d"))?;
     let secs = match unit {
         "s" => 1,
         "m" => 60,
@@ -327,7 +394,10 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86_400));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
         assert_eq!(parse_duration("15").unwrap(), Duration::from_secs(15));
         assert!(parse_duration("1w").is_err());
         assert!(parse_duration("x").is_err());
@@ -338,7 +408,10 @@ mod tests {
         let config = Config::defaults();
         assert_eq!(config.port, 4567);
         assert_eq!(config.max_body, 65_536);
-        assert!(!config.origin_listed("https://example.org") && !config.any_origin(), "no cross-origin use by default");
+        assert!(
+            !config.origin_listed("https://example.org") && !config.any_origin(),
+            "no cross-origin use by default"
+        );
         assert!(!config.open && !config.anonymous_subscribe && config.jwt_secret.is_none());
     }
 }

@@ -25,7 +25,14 @@ pub struct ApiError {
 impl ApiError {
     /// An error with the given status, code and message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), allow: None, retry_after: None, challenge: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            allow: None,
+            retry_after: None,
+            challenge: None,
+        }
     }
 
     /// 400 with the given code.
@@ -35,35 +42,56 @@ impl ApiError {
 
     /// 404 for a path that names nothing.
     pub fn not_found() -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", "This is nowhere to be found.")
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "This is nowhere to be found.",
+        )
     }
 
     /// 405 for a path that answers only `allowed`.
     pub fn method_not_allowed(path: &str, allowed: &'static str) -> Self {
         ApiError {
             allow: Some(allowed),
-            ..Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{path} answers only {allowed}"))
+            ..Self::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{path} answers only {allowed}"),
+            )
         }
     }
 
     /// 401 for a request without a token where one is needed.
     pub fn missing_token(message: impl Into<String>) -> Self {
-        ApiError { challenge: Some("Bearer realm=\"pere\""), ..Self::new(StatusCode::UNAUTHORIZED, "missing_token", message) }
+        ApiError {
+            challenge: Some("Bearer realm=\"pere\""),
+            ..Self::new(StatusCode::UNAUTHORIZED, "missing_token", message)
+        }
     }
 
     /// 401 for a token that is not valid; never says which check failed.
     pub fn invalid_token() -> Self {
         ApiError {
             challenge: Some("Bearer realm=\"pere\", error=\"invalid_token\""),
-            ..Self::new(StatusCode::UNAUTHORIZED, "invalid_token", "the token is not valid")
+            ..Self::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "the token is not valid",
+            )
         }
     }
 
     /// 401 for a token past its expiry.
     pub fn expired_token() -> Self {
         ApiError {
-            challenge: Some("Bearer realm=\"pere\", error=\"invalid_token\", error_description=\"expired\""),
-            ..Self::new(StatusCode::UNAUTHORIZED, "expired_token", "the token has expired")
+            challenge: Some(
+                "Bearer realm=\"pere\", error=\"invalid_token\", error_description=\"expired\"",
+            ),
+            ..Self::new(
+                StatusCode::UNAUTHORIZED,
+                "expired_token",
+                "the token has expired",
+            )
         }
     }
 
@@ -74,12 +102,20 @@ impl ApiError {
 
     /// 403 for a device named in the request that is not the token's.
     pub fn device_mismatch(named: &str) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "device_mismatch", format!("the token speaks for another device than {named}"))
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "device_mismatch",
+            format!("the token speaks for another device than {named}"),
+        )
     }
 
     /// 413 for a body over `limit` bytes.
     pub fn too_large(limit: usize) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the body is larger than {limit} bytes"))
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body is larger than {limit} bytes"),
+        )
     }
 
     /// 400 for an invalid name, with a code per kind of name.
@@ -107,10 +143,14 @@ impl From<NameError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
-            StoreError::UnknownEvent { id } => {
-                ApiError::new(StatusCode::NOT_FOUND, "unknown_event", format!("no event with id {id} on this channel"))
+            StoreError::UnknownEvent { id } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_event",
+                format!("no event with id {id} on this channel"),
+            ),
+            StoreError::InvalidIdempotencyKey => {
+                ApiError::bad_request("bad_idempotency_key", err.to_string())
             }
-            StoreError::InvalidIdempotencyKey => ApiError::bad_request("bad_idempotency_key", err.to_string()),
             // Internals stay in the server log; the client learns only that storage failed.
             other => {
                 tracing::error!("storage: {other}");

@@ -27,8 +27,8 @@ use tokio::time::{sleep_until, timeout, Instant};
 
 use crate::door;
 use crate::error::ApiError;
-use crate::request;
 use crate::limits::StreamSlot;
+use crate::request;
 use crate::response::{add_cors, error_body, error_headers, raw_head, SSE_HEADERS};
 use crate::route::Route;
 use crate::sse_body::{next_frame, EndReason};
@@ -67,7 +67,9 @@ pub async fn read_first_request(stream: &mut TcpStream) -> io::Result<FirstReque
             let mut parsed = httparse::Request::new(&mut headers);
             match parsed.parse(&buf) {
                 Ok(httparse::Status::Complete(head_len)) => {
-                    let feed = (head_len == buf.len()).then(|| as_feed_request(&parsed)).flatten();
+                    let feed = (head_len == buf.len())
+                        .then(|| as_feed_request(&parsed))
+                        .flatten();
                     return Ok(match feed {
                         Some(request) => FirstRequest::Feed(request),
                         None => FirstRequest::Other(buf.split().freeze()),
@@ -84,7 +86,9 @@ pub async fn read_first_request(stream: &mut TcpStream) -> io::Result<FirstReque
             }
         }
     };
-    timeout(Duration::from_secs(30), read).await.map_err(|_| io::ErrorKind::TimedOut)?
+    timeout(Duration::from_secs(30), read)
+        .await
+        .map_err(|_| io::ErrorKind::TimedOut)?
 }
 
 /// Parses `head` (a whole request head) as the feed loop does: a `GET /feed/...` request with no
@@ -112,7 +116,10 @@ fn as_feed_request(parsed: &httparse::Request<'_, '_>) -> Option<Request<()>> {
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
         // A body, or an upgrade, is beyond this loop: hyper handles those.
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING || name == header::UPGRADE {
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::UPGRADE
+        {
             return None;
         }
         request = request.header(name, HeaderValue::from_bytes(h.value).ok()?);
@@ -122,10 +129,20 @@ fn as_feed_request(parsed: &httparse::Request<'_, '_>) -> Option<Request<()>> {
 
 /// Serves a feed on its own connection until the client goes away, the feed ends, or the
 /// server shuts down. The connection is closed at the end.
-pub async fn serve<S: Store>(state: Arc<AppState<S>>, mut stream: TcpStream, request: Request<()>, peer: SocketAddr) {
+pub async fn serve<S: Store>(
+    state: Arc<AppState<S>>,
+    mut stream: TcpStream,
+    request: Request<()>,
+    peer: SocketAddr,
+) {
     let (parts, ()) = request.into_parts();
     let mut cors = HeaderMap::new();
-    add_cors(&state.config, parts.headers.get(header::ORIGIN), false, &mut cors);
+    add_cors(
+        &state.config,
+        parts.headers.get(header::ORIGIN),
+        false,
+        &mut cors,
+    );
     let (mut subscription, slot) = match open(&state, peer, &parts).await {
         Ok(opened) => opened,
         Err(err) => {
@@ -211,17 +228,26 @@ async fn open<S: Store>(
 ) -> Result<(Subscription<S>, Option<StreamSlot>), ApiError> {
     let admitted = door::admit(state, peer, &parts.method, &parts.uri, &parts.headers)?;
     // Only feed requests are handed to this loop (see `as_feed_request`).
-    let Route::Feed(channel) = admitted.route else { return Err(ApiError::not_found()) };
+    let Route::Feed(channel) = admitted.route else {
+        return Err(ApiError::not_found());
+    };
     let channel = request::channel(channel)?;
     let resume = request::resume(&parts.headers, &admitted.query)?;
     let subscription = streams::open_feed(state, &channel, admitted.caller.device, resume).await?;
     Ok((subscription, admitted.stream))
 }
 
-async fn write_error(stream: &mut TcpStream, err: &ApiError, mut extra: HeaderMap) -> io::Result<()> {
+async fn write_error(
+    stream: &mut TcpStream,
+    err: &ApiError,
+    mut extra: HeaderMap,
+) -> io::Result<()> {
     let body = error_body(err);
     error_headers(err, &mut extra);
-    extra.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    extra.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     extra.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     extra.insert(header::CONNECTION, HeaderValue::from_static("close"));
     let mut out = raw_head(err.status, &[], &extra);
@@ -266,7 +292,10 @@ mod tests {
 
     #[test]
     fn only_plain_feed_gets_are_taken() {
-        let feed = parse("GET /feed/C1?device=W1 HTTP/1.1\r\nHost: x\r\ndevice: H1\r\nLast-Event-ID: 4\r\n\r\n").unwrap();
+        let feed = parse(
+            "GET /feed/C1?device=W1 HTTP/1.1\r\nHost: x\r\ndevice: H1\r\nLast-Event-ID: 4\r\n\r\n",
+        )
+        .unwrap();
         assert_eq!(feed.uri().path(), "/feed/C1");
         assert_eq!(feed.headers()["last-event-id"], "4");
         assert!(parse("POST /feed/C1 HTTP/1.1\r\nHost: x\r\n\r\n").is_none());

@@ -32,7 +32,12 @@ const MAX_READ_BUFFER: usize = 16 * 1024;
 
 /// Serves a connection with hyper until it closes, the server shuts down, or a lagging feed asks
 /// for it to be closed.
-pub async fn serve<S: Store>(state: Arc<AppState<S>>, io: Rewind, watcher: Watcher, peer: SocketAddr) {
+pub async fn serve<S: Store>(
+    state: Arc<AppState<S>>,
+    io: Rewind,
+    watcher: Watcher,
+    peer: SocketAddr,
+) {
     let closer = ConnectionCloser::default();
     let on_close = closer.clone();
     let service = service_fn(move |request: Request<Incoming>| {
@@ -80,7 +85,12 @@ async fn answer<S: Store>(
         *response.body_mut() = response::empty();
     }
     let preflight = parts.method == Method::OPTIONS;
-    add_cors(&state.config, parts.headers.get(header::ORIGIN), preflight, response.headers_mut());
+    add_cors(
+        &state.config,
+        parts.headers.get(header::ORIGIN),
+        preflight,
+        response.headers_mut(),
+    );
     response
 }
 
@@ -99,12 +109,18 @@ impl Rewind {
 
 impl std::fmt::Debug for Rewind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Rewind").field("prefix", &self.prefix.len()).finish()
+        f.debug_struct("Rewind")
+            .field("prefix", &self.prefix.len())
+            .finish()
     }
 }
 
 impl AsyncRead for Rewind {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         if !self.prefix.is_empty() {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix.split_to(n));
@@ -115,7 +131,11 @@ impl AsyncRead for Rewind {
 }
 
 impl AsyncWrite for Rewind {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -139,4 +159,3 @@ impl AsyncWrite for Rewind {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
-

@@ -45,7 +45,9 @@ impl Limits {
         };
         Arc::new(Limits {
             max_connections,
-            max_streams: max_connections.saturating_sub(config.connection_reserve).max(1),
+            max_streams: max_connections
+                .saturating_sub(config.connection_reserve)
+                .max(1),
             max_streams_per_device: config.max_streams_per_device.max(1),
             connections: AtomicUsize::new(0),
             streams: AtomicUsize::new(0),
@@ -74,9 +76,11 @@ impl Limits {
     pub async fn connection(self: &Arc<Self>) -> ConnectionSlot {
         loop {
             let closed = self.connection_closed.notified();
-            let taken = self.connections.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                (n < self.max_connections).then_some(n + 1)
-            });
+            let taken = self
+                .connections
+                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                    (n < self.max_connections).then_some(n + 1)
+                });
             if taken.is_ok() {
                 return ConnectionSlot(self.clone());
             }
@@ -90,17 +94,26 @@ impl Limits {
     /// 503 `server_full` when streams hold every connection but the reserve; 429
     /// `too_many_streams` when the device holds its share already. Both say when to retry.
     pub fn stream(self: &Arc<Self>, device: Option<&DeviceId>) -> Result<StreamSlot, ApiError> {
-        let taken = self.streams.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-            (n < self.max_streams).then_some(n + 1)
-        });
+        let taken = self
+            .streams
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < self.max_streams).then_some(n + 1)
+            });
         if taken.is_err() {
             return Err(ApiError {
                 retry_after: Some(RETRY_AFTER_SECS),
-                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_full", "This server holds all the streams it can; try again later.")
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_full",
+                    "This server holds all the streams it can; try again later.",
+                )
             });
         }
         // Given back on every return below but the last, which names the device too.
-        let mut slot = StreamSlot { limits: self.clone(), device: None };
+        let mut slot = StreamSlot {
+            limits: self.clone(),
+            device: None,
+        };
         if let Some(device) = device {
             let mut per_device = self.per_device.lock().unwrap_or_else(|e| e.into_inner());
             let open = per_device.entry(device.clone()).or_default();
@@ -144,7 +157,11 @@ impl Drop for StreamSlot {
     fn drop(&mut self) {
         self.limits.streams.fetch_sub(1, Ordering::AcqRel);
         if let Some(device) = self.device.take() {
-            let mut per_device = self.limits.per_device.lock().unwrap_or_else(|e| e.into_inner());
+            let mut per_device = self
+                .limits
+                .per_device
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             if let Some(open) = per_device.get_mut(&device) {
                 *open -= 1;
                 if *open == 0 {
@@ -160,15 +177,22 @@ impl Drop for StreamSlot {
 pub fn raise_open_files() -> usize {
     #[cfg(unix)]
     {
-        let Some(mut limit) = rlimit() else { return 1024 };
+        let Some(mut limit) = rlimit() else {
+            return 1024;
+        };
         if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
             // SAFETY: setrlimit only reads the struct given.
             if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
                 limit = raised;
             }
         }
-        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX).min(1 << 24)
+        usize::try_from(limit.rlim_cur)
+            .unwrap_or(usize::MAX)
+            .min(1 << 24)
     }
     #[cfg(not(unix))]
     {
@@ -180,7 +204,11 @@ pub fn raise_open_files() -> usize {
 pub fn open_files() -> usize {
     #[cfg(unix)]
     {
-        rlimit().map_or(1024, |l| usize::try_from(l.rlim_cur).unwrap_or(usize::MAX).min(1 << 24))
+        rlimit().map_or(1024, |l| {
+            usize::try_from(l.rlim_cur)
+                .unwrap_or(usize::MAX)
+                .min(1 << 24)
+        })
     }
     #[cfg(not(unix))]
     {
@@ -190,7 +218,10 @@ pub fn open_files() -> usize {
 
 #[cfg(unix)]
 fn rlimit() -> Option<libc::rlimit> {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit only writes the struct given.
     (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit)
 }
@@ -213,18 +244,27 @@ mod tests {
         let d = DeviceId::new("D1").unwrap();
         let a = limits.stream(Some(&d)).unwrap();
         let _b = limits.stream(Some(&d)).unwrap();
-        assert_eq!(limits.stream(Some(&d)).unwrap_err().code, "too_many_streams");
+        assert_eq!(
+            limits.stream(Some(&d)).unwrap_err().code,
+            "too_many_streams"
+        );
         drop(a);
         let _c = limits.stream(Some(&d)).unwrap();
         let _anonymous: Vec<_> = (0..4).map(|_| limits.stream(None).unwrap()).collect();
         let full = limits.stream(None).unwrap_err();
-        assert_eq!((full.code, full.status.as_u16(), full.retry_after), ("server_full", 503, Some(5)));
+        assert_eq!(
+            (full.code, full.status.as_u16(), full.retry_after),
+            ("server_full", 503, Some(5))
+        );
         assert_eq!(limits.reserve(), 4);
     }
 
     #[test]
     fn the_default_cap_is_the_descriptor_limit_less_a_reserve() {
-        assert_eq!(limits(0, 256, 16).max_connections(), 1024 - DESCRIPTOR_RESERVE);
+        assert_eq!(
+            limits(0, 256, 16).max_connections(),
+            1024 - DESCRIPTOR_RESERVE
+        );
     }
 
     #[tokio::test]
@@ -232,7 +272,8 @@ mod tests {
         let limits = limits(2, 1, 1);
         let first = limits.connection().await;
         let _second = limits.connection().await;
-        let third = tokio::time::timeout(std::time::Duration::from_millis(50), limits.connection()).await;
+        let third =
+            tokio::time::timeout(std::time::Duration::from_millis(50), limits.connection()).await;
         assert!(third.is_err(), "a third connection must wait");
         let waiting = tokio::spawn({
             let limits = limits.clone();

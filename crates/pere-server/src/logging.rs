@@ -45,7 +45,10 @@ pub struct LogGuard {
 impl LogGuard {
     /// Lines dropped because the log could not keep up; a request never waits for the log.
     pub fn dropped_lines(&self) -> u64 {
-        self.sinks.iter().map(|s| s.0.dropped.load(Ordering::Relaxed)).sum()
+        self.sinks
+            .iter()
+            .map(|s| s.0.dropped.load(Ordering::Relaxed))
+            .sum()
     }
 }
 
@@ -75,29 +78,38 @@ struct SinkInner {
 
 impl Sink {
     /// A sink and the thread that writes it to `output`.
-    fn spawn(name: &str, mut output: impl Write + Send + 'static) -> std::io::Result<(Sink, std::thread::JoinHandle<()>)> {
+    fn spawn(
+        name: &str,
+        mut output: impl Write + Send + 'static,
+    ) -> std::io::Result<(Sink, std::thread::JoinHandle<()>)> {
         let sink = Sink(Arc::default());
         let inner = sink.0.clone();
-        let thread = std::thread::Builder::new().name(name.to_owned()).spawn(move || {
-            let mut writing = Vec::with_capacity(LOG_BUFFER);
-            loop {
-                {
-                    let mut pending = inner.pending.lock().unwrap_or_else(|e| e.into_inner());
-                    if pending.len() < LOG_BUFFER && !inner.closed.load(Ordering::Relaxed) {
-                        pending = inner.wake.wait_timeout(pending, FLUSH_EVERY).unwrap_or_else(|e| e.into_inner()).0;
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                let mut writing = Vec::with_capacity(LOG_BUFFER);
+                loop {
+                    {
+                        let mut pending = inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+                        if pending.len() < LOG_BUFFER && !inner.closed.load(Ordering::Relaxed) {
+                            pending = inner
+                                .wake
+                                .wait_timeout(pending, FLUSH_EVERY)
+                                .unwrap_or_else(|e| e.into_inner())
+                                .0;
+                        }
+                        std::mem::swap(&mut *pending, &mut writing);
                     }
-                    std::mem::swap(&mut *pending, &mut writing);
+                    if !writing.is_empty() {
+                        // A log that cannot be written has nowhere to say so.
+                        let _ = output.write_all(&writing).and_then(|()| output.flush());
+                        writing.clear();
+                        writing.shrink_to(LOG_BUFFER);
+                    } else if inner.closed.load(Ordering::Relaxed) {
+                        return;
+                    }
                 }
-                if !writing.is_empty() {
-                    // A log that cannot be written has nowhere to say so.
-                    let _ = output.write_all(&writing).and_then(|()| output.flush());
-                    writing.clear();
-                    writing.shrink_to(LOG_BUFFER);
-                } else if inner.closed.load(Ordering::Relaxed) {
-                    return;
-                }
-            }
-        })?;
+            })?;
         Ok((sink, thread))
     }
 }
@@ -135,7 +147,11 @@ pub fn filter(config: &Config) -> Result<EnvFilter, String> {
     let asked = config
         .log_level
         .clone()
-        .or_else(|| std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty()))
+        .or_else(|| {
+            std::env::var("RUST_LOG")
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+        })
         .unwrap_or_else(|| "info".to_owned());
     let mut directives = if asked.contains(['=', ',']) {
         asked
@@ -144,7 +160,9 @@ pub fn filter(config: &Config) -> Result<EnvFilter, String> {
         // debug output would drown PERE's lines.
         let level = asked.trim().to_ascii_lowercase();
         if level.parse::<Level>().is_err() && level != "off" {
-            return Err(format!("--log-level: `{asked}` is not a level (error, warn, info, debug, trace, off)"));
+            return Err(format!(
+                "--log-level: `{asked}` is not a level (error, warn, info, debug, trace, off)"
+            ));
         }
         format!("warn,pere={level},pere_server={level},pere_core={level}")
     };
@@ -160,23 +178,37 @@ pub fn filter(config: &Config) -> Result<EnvFilter, String> {
 /// A message for a log level that does not parse.
 pub fn init(config: &Config) -> Result<LogGuard, String> {
     let filter = filter(config)?;
-    let (stdout, stdout_thread) = Sink::spawn("pere-log-out", std::io::stdout()).map_err(|e| e.to_string())?;
-    let (stderr, stderr_thread) = Sink::spawn("pere-log-err", std::io::stderr()).map_err(|e| e.to_string())?;
-    let writer = stderr.clone().with_max_level(Level::WARN).or_else(stdout.clone());
+    let (stdout, stdout_thread) =
+        Sink::spawn("pere-log-out", std::io::stdout()).map_err(|e| e.to_string())?;
+    let (stderr, stderr_thread) =
+        Sink::spawn("pere-log-err", std::io::stderr()).map_err(|e| e.to_string())?;
+    let writer = stderr
+        .clone()
+        .with_max_level(Level::WARN)
+        .or_else(stdout.clone());
     let registry = tracing_subscriber::registry().with(filter);
     match config.log_format {
         LogFormat::Text => {
             let color = std::io::stdout().is_terminal();
-            let layer = tracing_subscriber::fmt::layer().with_ansi(color).event_format(OriginalLines).with_writer(writer);
+            let layer = tracing_subscriber::fmt::layer()
+                .with_ansi(color)
+                .event_format(OriginalLines)
+                .with_writer(writer);
             registry.with(layer).try_init()
         }
         LogFormat::Json => {
-            let layer = tracing_subscriber::fmt::layer().json().flatten_event(true).with_writer(writer);
+            let layer = tracing_subscriber::fmt::layer()
+                .json()
+                .flatten_event(true)
+                .with_writer(writer);
             registry.with(layer).try_init()
         }
     }
     .map_err(|err| format!("cannot set up the log: {err}"))?;
-    Ok(LogGuard { sinks: [stdout, stderr], threads: vec![stdout_thread, stderr_thread] })
+    Ok(LogGuard {
+        sinks: [stdout, stderr],
+        threads: vec![stdout_thread, stderr_thread],
+    })
 }
 
 /// The text format: `<time> <TAG> <message>`, with the original's colours on a terminal. An
@@ -189,7 +221,12 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
         let mut tag = TagOf(None);
         event.record(&mut tag);
         let level = *event.metadata().level();
@@ -207,7 +244,11 @@ where
             write!(writer, "{time} {tag} ")?;
         }
         let is_activity = event.metadata().target() == activity::TARGET;
-        let mut rest = Rest { writer: &mut writer, activity: is_activity, result: Ok(()) };
+        let mut rest = Rest {
+            writer: &mut writer,
+            activity: is_activity,
+            result: Ok(()),
+        };
         event.record(&mut rest);
         rest.result?;
         writeln!(writer)
@@ -277,9 +318,19 @@ impl Visit for TagOf {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "tag" {
             // Tags are a closed set; anything else is shown as a plain line.
-            self.0 = ["PUSH EVT>", "FEED REQ>", "FEED END>", "REDELIVER>", "FEEDBACK>", "WEBHOOK>", "ADMIN>", "REFUSED>", "REQUEST>"]
-                .into_iter()
-                .find(|t| *t == value);
+            self.0 = [
+                "PUSH EVT>",
+                "FEED REQ>",
+                "FEED END>",
+                "REDELIVER>",
+                "FEEDBACK>",
+                "WEBHOOK>",
+                "ADMIN>",
+                "REFUSED>",
+                "REQUEST>",
+            ]
+            .into_iter()
+            .find(|t| *t == value);
         }
     }
 
@@ -299,7 +350,9 @@ impl Visit for Rest<'_, '_> {
         if field.name() == "message" {
             self.result = self.result.and_then(|()| self.writer.write_str(value));
         } else if !self.activity {
-            self.result = self.result.and_then(|()| write!(self.writer, " {}={value:?}", field.name()));
+            self.result = self
+                .result
+                .and_then(|()| write!(self.writer, " {}={value:?}", field.name()));
         }
     }
 
@@ -307,7 +360,9 @@ impl Visit for Rest<'_, '_> {
         if field.name() == "message" {
             self.result = self.result.and_then(|()| write!(self.writer, "{value:?}"));
         } else if !self.activity && field.name() != "tag" {
-            self.result = self.result.and_then(|()| write!(self.writer, " {}={value:?}", field.name()));
+            self.result = self
+                .result
+                .and_then(|()| write!(self.writer, " {}={value:?}", field.name()));
         }
     }
 }
@@ -319,7 +374,8 @@ mod tests {
 
     #[test]
     fn timestamps_are_iso_8601_utc_with_milliseconds() {
-        let t = chrono::Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap() + chrono::Duration::milliseconds(67);
+        let t = chrono::Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()
+            + chrono::Duration::milliseconds(67);
         assert_eq!(Timestamp(t).to_string(), "2026-01-02T03:04:05.067Z");
         assert_eq!(Timestamp(t).to_string(), pere_core::event::format_time(t));
     }

@@ -37,9 +37,16 @@ fn main() -> ExitCode {
 fn mint(config: &Config, args: &TokenArgs) -> anyhow::Result<()> {
     pere_core::DeviceId::new(&args.sub).map_err(|e| anyhow::anyhow!("--sub: {e}"))?;
     let settings = config.key_settings();
-    let minter = Minter::from_settings(&settings, args.jwt_private_key.as_deref()).map_err(anyhow::Error::msg)?;
-    let grants = Grants { publish: args.publish.clone(), subscribe: args.subscribe.clone(), admin: args.admin };
-    let token = minter.mint(&args.sub, grants, args.ttl, &settings).map_err(anyhow::Error::msg)?;
+    let minter = Minter::from_settings(&settings, args.jwt_private_key.as_deref())
+        .map_err(anyhow::Error::msg)?;
+    let grants = Grants {
+        publish: args.publish.clone(),
+        subscribe: args.subscribe.clone(),
+        admin: args.admin,
+    };
+    let token = minter
+        .mint(&args.sub, grants, args.ttl, &settings)
+        .map_err(anyhow::Error::msg)?;
     println!("{token}");
     Ok(())
 }
@@ -56,7 +63,10 @@ fn serve_main(config: Config) -> anyhow::Result<()> {
         .context("cannot start the runtime")?
         .block_on(serve_with(config, mode));
     if log.dropped_lines() > 0 {
-        tracing::warn!("{} log lines were dropped because the log could not keep up", log.dropped_lines());
+        tracing::warn!(
+            "{} log lines were dropped because the log could not keep up",
+            log.dropped_lines()
+        );
     }
     // Writes out the lines still buffered.
     drop(log);
@@ -72,7 +82,9 @@ async fn serve_with(config: Config, mode: Mode) -> anyhow::Result<()> {
             )
         })?;
     match config.store {
-        StoreKind::Memory => serve(listener, MemoryStore::new(retention(&config)), config, mode).await,
+        StoreKind::Memory => {
+            serve(listener, MemoryStore::new(retention(&config)), config, mode).await
+        }
         StoreKind::Sqlite => {
             let options = SqliteOptions {
                 durability: match config.durability {
@@ -84,8 +96,9 @@ async fn serve_with(config: Config, mode: Mode) -> anyhow::Result<()> {
                 device_records: config.device_records.max(1),
                 ..SqliteOptions::default()
             };
-            let store = SqliteStore::open(&config.data_dir, options)
-                .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+            let store = SqliteStore::open(&config.data_dir, options).with_context(|| {
+                format!("cannot open the store in {}", config.data_dir.display())
+            })?;
             serve(listener, store.clone(), config, mode).await?;
             // Every acknowledged write is already committed; this waits for the writer to stop.
             store.close().await;
@@ -94,15 +107,25 @@ async fn serve_with(config: Config, mode: Mode) -> anyhow::Result<()> {
     }
 }
 
-async fn serve<S: Store>(listener: TcpListener, store: S, config: Config, mode: Mode) -> anyhow::Result<()> {
+async fn serve<S: Store>(
+    listener: TcpListener,
+    store: S,
+    config: Config,
+    mode: Mode,
+) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     let what = match config.store {
         StoreKind::Memory => "memory".to_owned(),
         StoreKind::Sqlite => {
             // Spelled as the flag takes it.
-            let durability = clap::ValueEnum::to_possible_value(&config.durability).map(|v| v.get_name().to_owned());
-            format!("sqlite in {}, durability {}", config.data_dir.display(), durability.unwrap_or_default())
-        },
+            let durability = clap::ValueEnum::to_possible_value(&config.durability)
+                .map(|v| v.get_name().to_owned());
+            format!(
+                "sqlite in {}, durability {}",
+                config.data_dir.display(),
+                durability.unwrap_or_default()
+            )
+        }
     };
     let state = AppState::new(store, config, mode);
     // Tests and scripts read the bound address from this first line, written before any log line.
@@ -124,7 +147,11 @@ async fn serve<S: Store>(listener: TcpListener, store: S, config: Config, mode: 
 const LISTEN_BACKLOG: u32 = 4096;
 
 fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     // A restarted server can take its port back while old connections linger in TIME_WAIT.
     socket.set_reuseaddr(true)?;
     socket.bind(address)?;
@@ -135,10 +162,11 @@ async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => return std::future::pending().await,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return std::future::pending().await,
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

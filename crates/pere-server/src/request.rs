@@ -23,22 +23,36 @@ pub struct Query(Vec<(String, String)>);
 impl Query {
     /// Decodes `?a=1&b=2` (without the `?`); no query is an empty one.
     pub fn parse(query: Option<&str>) -> Self {
-        Query(query.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default())
+        Query(
+            query
+                .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+                .unwrap_or_default(),
+        )
     }
 
     /// The first value of any of `names`.
     pub fn get(&self, names: &[&str]) -> Option<&str> {
-        self.0.iter().find(|(k, _)| names.contains(&k.as_str())).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| names.contains(&k.as_str()))
+            .map(|(_, v)| v.as_str())
     }
 }
 
 fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    headers
+        .get(name)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
 }
 
 /// The value of a header or, for clients that cannot set headers (a browser's EventSource), of a
 /// query parameter.
-fn header_or_query(headers: &HeaderMap, query: &Query, header: &str, names: &[&str]) -> Option<String> {
+fn header_or_query(
+    headers: &HeaderMap,
+    query: &Query,
+    header: &str,
+    names: &[&str],
+) -> Option<String> {
     header_text(headers, header).or_else(|| query.get(names).map(str::to_owned))
 }
 
@@ -51,7 +65,9 @@ pub fn channel(raw: &str) -> Result<ChannelName, ApiError> {
 }
 
 fn device_id(raw: Option<String>) -> Result<Option<DeviceId>, ApiError> {
-    raw.map(|d| DeviceId::new(d.trim())).transpose().map_err(ApiError::from)
+    raw.map(|d| DeviceId::new(d.trim()))
+        .transpose()
+        .map_err(ApiError::from)
 }
 
 /// Who the request says it comes from: the `device` header, else `?device=`.
@@ -95,12 +111,16 @@ pub const MAX_RESUME_LEN: usize = 64;
 /// # Errors
 /// 400 `bad_idempotency_key` for any other value.
 pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
     match value.to_str() {
         Ok(key) if valid_idempotency_key(key) => Ok(Some(key.to_owned())),
         _ => Err(ApiError::bad_request(
             "bad_idempotency_key",
-            format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"),
+            format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
+            ),
         )),
     }
 }
@@ -110,11 +130,22 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
 /// # Errors
 /// 400 `bad_event_id` for a value longer than [`MAX_RESUME_LEN`].
 pub fn resume(headers: &HeaderMap, query: &Query) -> Result<Resume, ApiError> {
-    let raw = header_or_query(headers, query, "last-event-id", &["lastEventId", "last_event_id"]);
+    let raw = header_or_query(
+        headers,
+        query,
+        "last-event-id",
+        &["lastEventId", "last_event_id"],
+    );
     if raw.as_ref().is_some_and(|r| r.len() > MAX_RESUME_LEN) {
-        return Err(ApiError::bad_request("bad_event_id", format!("Last-Event-ID is longer than {MAX_RESUME_LEN} bytes")));
+        return Err(ApiError::bad_request(
+            "bad_event_id",
+            format!("Last-Event-ID is longer than {MAX_RESUME_LEN} bytes"),
+        ));
     }
-    Ok(Resume { after: raw.as_deref().and_then(|r| r.trim().parse::<u64>().ok()), raw })
+    Ok(Resume {
+        after: raw.as_deref().and_then(|r| r.trim().parse::<u64>().ok()),
+        raw,
+    })
 }
 
 /// An event id from a path segment or a field.
@@ -122,7 +153,12 @@ pub fn resume(headers: &HeaderMap, query: &Query) -> Result<Resume, ApiError> {
 /// # Errors
 /// 400 `bad_event_id`.
 pub fn event_id(raw: &str) -> Result<u64, ApiError> {
-    raw.trim().parse().map_err(|_| ApiError::bad_request("bad_event_id", format!("`{raw}` is not an event id of this server")))
+    raw.trim().parse().map_err(|_| {
+        ApiError::bad_request(
+            "bad_event_id",
+            format!("`{raw}` is not an event id of this server"),
+        )
+    })
 }
 
 /// `?limit=`: how many items a view shows, `default` without it, never more than `max`.
@@ -131,7 +167,10 @@ pub fn event_id(raw: &str) -> Result<u64, ApiError> {
 /// 400 `bad_limit`.
 pub fn limit(query: &Query, default: usize, max: usize) -> Result<usize, ApiError> {
     match query.get(&["limit"]) {
-        Some(raw) => raw.parse::<usize>().map(|n| n.min(max)).map_err(|_| ApiError::bad_request("bad_limit", "limit must be a number")),
+        Some(raw) => raw
+            .parse::<usize>()
+            .map(|n| n.min(max))
+            .map_err(|_| ApiError::bad_request("bad_limit", "limit must be a number")),
         None => Ok(default),
     }
 }
@@ -155,8 +194,16 @@ const DRAIN_TIME: Duration = Duration::from_secs(5);
 /// # Errors
 /// 413 `body_too_large`; 408 `body_timeout` for a body not sent in time; 400 `body_unreadable`
 /// when the client stops midway.
-pub async fn body(headers: &HeaderMap, mut body: Incoming, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+pub async fn body(
+    headers: &HeaderMap,
+    mut body: Incoming,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         if declared.is_some_and(|n| n <= DRAIN_LIMIT) {
             drain(&mut body).await;
@@ -166,8 +213,12 @@ pub async fn body(headers: &HeaderMap, mut body: Incoming, limit: usize, timeout
     let read = async {
         let mut bytes = BytesMut::new();
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|_| ApiError::bad_request("body_unreadable", "the request body could not be read"))?;
-            let Some(data) = frame.data_ref() else { continue };
+            let frame = frame.map_err(|_| {
+                ApiError::bad_request("body_unreadable", "the request body could not be read")
+            })?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
             if bytes.len() + data.len() > limit {
                 drain(&mut body).await;
                 return Err(ApiError::too_large(limit));
@@ -176,13 +227,18 @@ pub async fn body(headers: &HeaderMap, mut body: Incoming, limit: usize, timeout
         }
         Ok(bytes.freeze())
     };
-    tokio::time::timeout(timeout, read).await.unwrap_or_else(|_| {
-        Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "body_timeout",
-            format!("the request body did not arrive within {} s", timeout.as_secs()),
-        ))
-    })
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {} s",
+                    timeout.as_secs()
+                ),
+            ))
+        })
 }
 
 /// Reads and drops what is left of a body, up to [`DRAIN_LIMIT`] bytes and [`DRAIN_TIME`].
@@ -213,13 +269,23 @@ pub fn is_json(headers: &HeaderMap) -> bool {
 ///
 /// # Errors
 /// 400 `bad_wait` or `bad_timeout`.
-pub fn push_wait(query: &Query, max_wait: Duration) -> Result<Option<(WaitFor, Duration)>, ApiError> {
-    let Some(wait) = query.get(&["wait"]) else { return Ok(None) };
+pub fn push_wait(
+    query: &Query,
+    max_wait: Duration,
+) -> Result<Option<(WaitFor, Duration)>, ApiError> {
+    let Some(wait) = query.get(&["wait"]) else {
+        return Ok(None);
+    };
     let wait = match wait {
         "all" => WaitFor::All,
         n => match n.parse::<usize>() {
             Ok(n) if n > 0 => WaitFor::AtLeast(n),
-            _ => return Err(ApiError::bad_request("bad_wait", "wait must be `all` or a number of devices")),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "bad_wait",
+                    "wait must be `all` or a number of devices",
+                ))
+            }
         },
     };
     let timeout = match query.get(&["timeout"]) {
@@ -245,12 +311,20 @@ pub struct ReceiptParts {
 ///
 /// # Errors
 /// 400 `invalid_json`, `bad_event_id` or `body_not_utf8`.
-pub fn receipt_parts(headers: &HeaderMap, query: &Query, body: &[u8]) -> Result<ReceiptParts, ApiError> {
+pub fn receipt_parts(
+    headers: &HeaderMap,
+    query: &Query,
+    body: &[u8],
+) -> Result<ReceiptParts, ApiError> {
     let mut parts = ReceiptParts::default();
     let first = body.iter().position(|b| !b.is_ascii_whitespace());
     if is_json(headers) || first.is_some_and(|i| body[i] == b'{') {
-        let json: FeedbackRequest = serde_json::from_slice(body)
-            .map_err(|err| ApiError::bad_request("invalid_json", format!("the receipt is not valid JSON: {err}")))?;
+        let json: FeedbackRequest = serde_json::from_slice(body).map_err(|err| {
+            ApiError::bad_request(
+                "invalid_json",
+                format!("the receipt is not valid JSON: {err}"),
+            )
+        })?;
         parts.device = json.device;
         parts.status = json.status;
         parts.id = match json.id {
@@ -260,8 +334,9 @@ pub fn receipt_parts(headers: &HeaderMap, query: &Query, body: &[u8]) -> Result<
             Some(_) => return Err(ApiError::bad_request("bad_event_id", "id must be a number")),
         };
     } else {
-        let text = std::str::from_utf8(body)
-            .map_err(|_| ApiError::bad_request("body_not_utf8", "the receipt body must be UTF-8 text"))?;
+        let text = std::str::from_utf8(body).map_err(|_| {
+            ApiError::bad_request("body_not_utf8", "the receipt body must be UTF-8 text")
+        })?;
         for (key, value) in form_urlencoded::parse(text.as_bytes()) {
             match key.as_ref() {
                 "status" => parts.status = Some(value.into_owned()),
@@ -275,8 +350,14 @@ pub fn receipt_parts(headers: &HeaderMap, query: &Query, body: &[u8]) -> Result<
         .id
         .or_else(|| header_text(headers, "last_event_id"))
         .or_else(|| header_text(headers, "last-event-id"))
-        .or_else(|| query.get(&["id", "lastEventId", "last_event_id"]).map(str::to_owned));
-    parts.status = parts.status.or_else(|| query.get(&["status"]).map(str::to_owned));
+        .or_else(|| {
+            query
+                .get(&["id", "lastEventId", "last_event_id"])
+                .map(str::to_owned)
+        });
+    parts.status = parts
+        .status
+        .or_else(|| query.get(&["status"]).map(str::to_owned));
     Ok(parts)
 }
 
@@ -288,20 +369,36 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (k, v) in pairs {
-            map.insert(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            map.insert(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         map
     }
 
     fn parts(device: Option<&str>, id: Option<&str>, status: Option<&str>) -> ReceiptParts {
-        ReceiptParts { device: device.map(Into::into), id: id.map(Into::into), status: status.map(Into::into) }
+        ReceiptParts {
+            device: device.map(Into::into),
+            id: id.map(Into::into),
+            status: status.map(Into::into),
+        }
     }
 
     #[test]
     fn every_old_client_receipt_form_is_understood() {
         let none = Query::default();
-        let ruby = receipt_parts(&headers(&[("device", "H1"), ("last_event_id", "7")]), &none, b"status=rx+ok").unwrap();
-        assert_eq!(ruby, parts(None, Some("7"), Some("rx ok")), "the device comes from the header, read apart");
+        let ruby = receipt_parts(
+            &headers(&[("device", "H1"), ("last_event_id", "7")]),
+            &none,
+            b"status=rx+ok",
+        )
+        .unwrap();
+        assert_eq!(
+            ruby,
+            parts(None, Some("7"), Some("rx ok")),
+            "the device comes from the header, read apart"
+        );
         let page = receipt_parts(&headers(&[("Last-Event-ID", "8")]), &none, b"status=ok").unwrap();
         assert_eq!(page, parts(None, Some("8"), Some("ok")));
         let json = receipt_parts(
@@ -311,26 +408,61 @@ mod tests {
         )
         .unwrap();
         assert_eq!(json, parts(Some("H2"), Some("9"), Some("done")));
-        let query = receipt_parts(&HeaderMap::new(), &Query::parse(Some("device=H3&id=4")), b"").unwrap();
+        let query = receipt_parts(
+            &HeaderMap::new(),
+            &Query::parse(Some("device=H3&id=4")),
+            b"",
+        )
+        .unwrap();
         assert_eq!(query, parts(None, Some("4"), None));
-        assert!(receipt_parts(&headers(&[("content-type", "application/json")]), &none, b"{nope").is_err());
+        assert!(receipt_parts(
+            &headers(&[("content-type", "application/json")]),
+            &none,
+            b"{nope"
+        )
+        .is_err());
     }
 
     #[test]
     fn the_device_is_the_header_else_the_query() {
         let query = Query::parse(Some("device=Q1"));
-        assert_eq!(device(&headers(&[("device", "H1")]), &query).unwrap().unwrap().as_str(), "H1");
-        assert_eq!(device(&HeaderMap::new(), &query).unwrap().unwrap().as_str(), "Q1");
-        assert!(device(&HeaderMap::new(), &Query::default()).unwrap().is_none());
+        assert_eq!(
+            device(&headers(&[("device", "H1")]), &query)
+                .unwrap()
+                .unwrap()
+                .as_str(),
+            "H1"
+        );
+        assert_eq!(
+            device(&HeaderMap::new(), &query).unwrap().unwrap().as_str(),
+            "Q1"
+        );
+        assert!(device(&HeaderMap::new(), &Query::default())
+            .unwrap()
+            .is_none());
         assert!(device(&headers(&[("device", "a/b")]), &query).is_err());
     }
 
     #[test]
     fn resume_positions() {
         let r = resume(&headers(&[("last-event-id", " 12 ")]), &Query::default()).unwrap();
-        assert_eq!(r, Resume { after: Some(12), raw: Some(" 12 ".into()) });
-        assert!(resume(&headers(&[("last-event-id", &"9".repeat(65))]), &Query::default()).is_err());
-        let r = resume(&HeaderMap::new(), &Query::parse(Some("lastEventId=1700000000.5"))).unwrap();
+        assert_eq!(
+            r,
+            Resume {
+                after: Some(12),
+                raw: Some(" 12 ".into())
+            }
+        );
+        assert!(resume(
+            &headers(&[("last-event-id", &"9".repeat(65))]),
+            &Query::default()
+        )
+        .is_err());
+        let r = resume(
+            &HeaderMap::new(),
+            &Query::parse(Some("lastEventId=1700000000.5")),
+        )
+        .unwrap();
         assert_eq!(r.after, None, "an original PERE timestamp is no position");
         assert_eq!(r.raw.as_deref(), Some("1700000000.5"));
     }

@@ -32,18 +32,27 @@ pub fn empty() -> ResponseBody {
 
 /// A JSON answer, pretty-printed as the original's admin views were.
 pub fn json(status: StatusCode, value: &impl Serialize) -> Response<ResponseBody> {
-    json_bytes(status, serde_json::to_vec_pretty(value).unwrap_or_else(|_| b"{}".to_vec()))
+    json_bytes(
+        status,
+        serde_json::to_vec_pretty(value).unwrap_or_else(|_| b"{}".to_vec()),
+    )
 }
 
 /// A compact JSON answer, for the hot paths (push and feedback answers).
 pub fn compact_json(status: StatusCode, value: &impl Serialize) -> Response<ResponseBody> {
-    json_bytes(status, serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec()))
+    json_bytes(
+        status,
+        serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec()),
+    )
 }
 
 fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response<ResponseBody> {
     let mut response = Response::new(full(body));
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -67,7 +76,10 @@ pub fn error_headers(err: &ApiError, headers: &mut HeaderMap) {
         headers.insert(header::ALLOW, HeaderValue::from_static(allowed));
     }
     if let Some(challenge) = err.challenge {
-        headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        );
     }
     if let Some(seconds) = err.retry_after {
         headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
@@ -107,7 +119,10 @@ pub fn asset(asset: &Asset, request: &HeaderMap) -> Response<ResponseBody> {
         Response::new(full(Bytes::from_static(asset.body.as_bytes())))
     };
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(asset.content_type),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert(header::ETAG, HeaderValue::from_static(asset.etag));
     response
@@ -128,7 +143,11 @@ pub const fn etag(body: &str) -> [u8; 18] {
     let mut digit = 0;
     while digit < 16 {
         let nibble = ((hash >> (60 - 4 * digit)) & 0xf) as u8;
-        out[1 + digit] = if nibble < 10 { b'0' + nibble } else { b'a' + nibble - 10 };
+        out[1 + digit] = if nibble < 10 {
+            b'0' + nibble
+        } else {
+            b'a' + nibble - 10
+        };
         digit += 1;
     }
     out
@@ -154,7 +173,9 @@ pub const SSE_HEADERS: [(HeaderName, &str); 3] = [
 pub fn sse(body: ResponseBody) -> Response<ResponseBody> {
     let mut response = Response::new(body);
     for (name, value) in SSE_HEADERS {
-        response.headers_mut().insert(name, HeaderValue::from_static(value));
+        response
+            .headers_mut()
+            .insert(name, HeaderValue::from_static(value));
     }
     response
 }
@@ -168,7 +189,10 @@ pub fn raw_head(status: StatusCode, headers: &[(HeaderName, &str)], extra: &Head
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    let pairs = headers.iter().map(|(n, v)| (n, v.as_bytes())).chain(extra.iter().map(|(n, v)| (n, v.as_bytes())));
+    let pairs = headers
+        .iter()
+        .map(|(n, v)| (n, v.as_bytes()))
+        .chain(extra.iter().map(|(n, v)| (n, v.as_bytes())));
     for (name, value) in pairs {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
@@ -183,7 +207,12 @@ pub fn raw_head(status: StatusCode, headers: &[(HeaderName, &str)], extra: &Head
 /// may send credentials: the `pere_token` cookie); with `*` listed, any other origin gets `*`
 /// literally (never its own origin reflected, so never credentials); an unlisted origin, or a
 /// request without `Origin`, gets nothing. `preflight` adds what an `OPTIONS` answer needs.
-pub fn add_cors(config: &Config, origin: Option<&HeaderValue>, preflight: bool, headers: &mut HeaderMap) {
+pub fn add_cors(
+    config: &Config,
+    origin: Option<&HeaderValue>,
+    preflight: bool,
+    headers: &mut HeaderMap,
+) {
     if !config.allow_origins.is_empty() && !config.allow_origins.iter().all(|o| o == "*") {
         // The answer depends on the origin: caches must keep them apart.
         headers.append(header::VARY, HeaderValue::from_static("Origin"));
@@ -196,19 +225,31 @@ pub fn add_cors(config: &Config, origin: Option<&HeaderValue>, preflight: bool, 
             return;
         };
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
-        headers.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
     } else if config.any_origin() {
-        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
     } else {
         return;
     }
     if preflight {
-        headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, PUT, DELETE, OPTIONS"));
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, PUT, DELETE, OPTIONS"),
+        );
         headers.insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
             HeaderValue::from_static("content-type, device, event, last-event-id, last_event_id, authorization, idempotency-key"),
         );
-        headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+        headers.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
     }
 }
 
@@ -220,22 +261,39 @@ mod tests {
         let mut config = Config::defaults();
         config.allow_origins = allow.iter().map(|o| (*o).to_owned()).collect();
         let mut headers = HeaderMap::new();
-        add_cors(&config, Some(&HeaderValue::from_str(origin).unwrap()), preflight, &mut headers);
+        add_cors(
+            &config,
+            Some(&HeaderValue::from_str(origin).unwrap()),
+            preflight,
+            &mut headers,
+        );
         headers
     }
 
     #[test]
     fn cors_answers_listed_origins_only_and_never_reflects_others() {
-        assert!(cors(&[], "https://evil.example", true).is_empty(), "no cross-origin use by default");
+        assert!(
+            cors(&[], "https://evil.example", true).is_empty(),
+            "no cross-origin use by default"
+        );
         let listed = cors(&["https://app.example"], "https://app.example", true);
         assert_eq!(listed["access-control-allow-origin"], "https://app.example");
         assert_eq!(listed["access-control-allow-credentials"], "true");
-        assert!(listed["access-control-allow-headers"].to_str().unwrap().contains("authorization"));
+        assert!(listed["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("authorization"));
         let other = cors(&["https://app.example"], "https://evil.example", true);
-        assert!(other.get("access-control-allow-origin").is_none() && other.get("access-control-allow-methods").is_none());
+        assert!(
+            other.get("access-control-allow-origin").is_none()
+                && other.get("access-control-allow-methods").is_none()
+        );
         let any = cors(&["*"], "https://evil.example", false);
         assert_eq!(any["access-control-allow-origin"], "*");
-        assert!(any.get("access-control-allow-credentials").is_none() && any.get("access-control-allow-methods").is_none());
+        assert!(
+            any.get("access-control-allow-credentials").is_none()
+                && any.get("access-control-allow-methods").is_none()
+        );
     }
 
     #[test]
@@ -243,12 +301,22 @@ mod tests {
         const BYTES: [u8; 18] = etag("body");
         const TAG: &str = etag_text(&BYTES);
         let tag = TAG;
-        let file = Asset { body: "body", content_type: "text/plain", etag: tag };
+        let file = Asset {
+            body: "body",
+            content_type: "text/plain",
+            etag: tag,
+        };
         let mut request = HeaderMap::new();
         assert_eq!(asset(&file, &request).status(), StatusCode::OK);
-        request.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"0\", W/\"x\""));
+        request.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_static("\"0\", W/\"x\""),
+        );
         assert_eq!(asset(&file, &request).status(), StatusCode::OK);
-        request.insert(header::IF_NONE_MATCH, HeaderValue::from_str(&format!("\"0\", W/{tag}")).unwrap());
+        request.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_str(&format!("\"0\", W/{tag}")).unwrap(),
+        );
         let cached = asset(&file, &request);
         assert_eq!(cached.status(), StatusCode::NOT_MODIFIED);
         assert_eq!(cached.headers()["etag"], tag);

@@ -19,11 +19,16 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Ends recipients' memberships after `--recipient-expiry` of inactivity, checked every minute.
 async fn expire_recipients<S: Store>(state: Arc<AppState<S>>) {
     // Every minute, or more often for short expiries, so an expiry is never late by much.
-    let period = (state.config.recipient_expiry / 2).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let period = (state.config.recipient_expiry / 2)
+        .clamp(Duration::from_millis(100), Duration::from_secs(60));
     let mut every = tokio::time::interval(period);
     loop {
         every.tick().await;
-        if let Err(err) = state.hub.expire_recipients(state.config.recipient_expiry).await {
+        if let Err(err) = state
+            .hub
+            .expire_recipients(state.config.recipient_expiry)
+            .await
+        {
             tracing::error!("recipient expiry: {err}");
         }
     }
@@ -93,7 +98,9 @@ pub async fn run<S: Store>(listener: TcpListener, state: Arc<AppState<S>>) -> st
             let _slot = slot;
             let mut stream = stream;
             match feed_conn::read_first_request(&mut stream).await {
-                Ok(feed_conn::FirstRequest::Feed(request)) => feed_conn::serve(state, stream, request, peer).await,
+                Ok(feed_conn::FirstRequest::Feed(request)) => {
+                    feed_conn::serve(state, stream, request, peer).await
+                }
                 Ok(feed_conn::FirstRequest::Other(prefix)) => {
                     http_conn::serve(state, Rewind::new(prefix, stream), watcher, peer).await;
                 }
@@ -104,8 +111,13 @@ pub async fn run<S: Store>(listener: TcpListener, state: Arc<AppState<S>>) -> st
     }
     drop(listener);
     let deadline = Duration::from_secs(state.config.shutdown_timeout_secs);
-    if tokio::time::timeout(deadline, graceful.shutdown()).await.is_err() {
-        tracing::warn!("shutdown: some connections were still open after {deadline:?}; closing them");
+    if tokio::time::timeout(deadline, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "shutdown: some connections were still open after {deadline:?}; closing them"
+        );
     }
     Ok(())
 }

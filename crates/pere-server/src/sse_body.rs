@@ -64,7 +64,11 @@ pub async fn next_frame<S: Store>(subscription: &mut Subscription<S>) -> FrameRe
             Ok(event.frame().clone())
         }
         Some(Ok(FeedItem::Gap { from, to })) => Ok(GapNotice { from, to }.frame()),
-        Some(Ok(FeedItem::Reset { requested, head })) => Ok(ResetNotice { last_event_id: requested, head }.frame()),
+        Some(Ok(FeedItem::Reset { requested, head })) => Ok(ResetNotice {
+            last_event_id: requested,
+            head,
+        }
+        .frame()),
         Some(Err(err)) => {
             tracing::error!("feed of {}: {err}", subscription.channel());
             Err(EndReason::StoreFailed)
@@ -105,7 +109,10 @@ pub struct SseBody {
 
 impl std::fmt::Debug for SseBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SseBody").field("channel", &self.channel).field("device", &self.device).finish()
+        f.debug_struct("SseBody")
+            .field("channel", &self.channel)
+            .field("device", &self.device)
+            .finish()
     }
 }
 
@@ -143,7 +150,13 @@ impl SseBody {
         device: Option<String>,
         context: StreamContext,
     ) -> Self {
-        let StreamContext { retry_ms, keep_alive_every, shutdown, closer, slot } = context;
+        let StreamContext {
+            retry_ms,
+            keep_alive_every,
+            shutdown,
+            closer,
+            slot,
+        } = context;
         SseBody {
             prelude: Some(sse::encode_opening(retry_ms)),
             items,
@@ -171,7 +184,10 @@ impl Body for SseBody {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = &mut *self;
         if this.ended.is_some() {
             return Poll::Ready(None);
@@ -194,7 +210,9 @@ impl Body for SseBody {
                 if this.keep_alive.as_mut().poll(cx).is_ready() {
                     let next = Instant::now() + this.keep_alive_every;
                     this.keep_alive.as_mut().reset(next);
-                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(sse::KEEP_ALIVE_FRAME)))));
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+                        sse::KEEP_ALIVE_FRAME,
+                    )))));
                 }
                 Poll::Pending
             }

@@ -43,14 +43,25 @@ impl<S: Store> AppState<S> {
             },
         );
         let limits = Limits::new(&config, limits::open_files());
-        Arc::new(AppState { hub, config, mode, shutdown: CancellationToken::new(), limits })
+        Arc::new(AppState {
+            hub,
+            config,
+            mode,
+            shutdown: CancellationToken::new(),
+            limits,
+        })
     }
 }
 
 /// The `PUSH EVT>` line, written as the hub applies the event, so it comes before any line about
 /// what a subscriber did with it.
 fn log_push(event: &Event) {
-    activity::push(event.channel.as_str(), event.publisher.as_ref().map(|d| d.as_str()), event.id, &event.body);
+    activity::push(
+        event.channel.as_str(),
+        event.publisher.as_ref().map(|d| d.as_str()),
+        event.id,
+        &event.body,
+    );
 }
 
 /// The retention the settings ask for.

@@ -8,7 +8,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use pere_core::notice::PresenceChange;
 use pere_core::wire::{to_json, CompletionJson, PresenceJson, ReceiptJson};
-use pere_core::{sse, ChannelName, DeviceId, Receipt, ReceiptItem, Store, SubscribeRequest, Subscription};
+use pere_core::{
+    sse, ChannelName, DeviceId, Receipt, ReceiptItem, Store, SubscribeRequest, Subscription,
+};
 
 use crate::activity;
 use crate::error::ApiError;
@@ -44,22 +46,38 @@ pub async fn open_feed<S: Store>(
     device: Option<DeviceId>,
     resume: Resume,
 ) -> Result<Subscription<S>, ApiError> {
-    let request = SubscribeRequest { device, last_event_id: resume.after, last_event_id_raw: resume.raw };
+    let request = SubscribeRequest {
+        device,
+        last_event_id: resume.after,
+        last_event_id_raw: resume.raw,
+    };
     let logged_device = request.device.clone();
     let logged_resume = request.last_event_id_raw.clone();
     let subscription = state.hub.subscribe(channel, request).await?;
-    activity::feed(channel.as_str(), logged_device.as_ref().map(|d| d.as_str()), logged_resume.as_deref());
+    activity::feed(
+        channel.as_str(),
+        logged_device.as_ref().map(|d| d.as_str()),
+        logged_resume.as_deref(),
+    );
     Ok(subscription)
 }
 
 fn receipt_frame(receipt: &Receipt) -> Bytes {
-    sse::encode_event(receipt.seq, Some("receipt"), &to_json(&ReceiptJson::from(receipt)))
+    sse::encode_event(
+        receipt.seq,
+        Some("receipt"),
+        &to_json(&ReceiptJson::from(receipt)),
+    )
 }
 
 /// A completion is no position in the receipt stream: it carries no `id:`, so one heard after
 /// later receipts were sent does not move the client's last id back.
 fn completion_frame(channel: &ChannelName, event_id: u64, expected: usize) -> Bytes {
-    let data = CompletionJson { channel: channel.to_string(), id: event_id, expected };
+    let data = CompletionJson {
+        channel: channel.to_string(),
+        id: event_id,
+        expected,
+    };
     sse::encode_notice("complete", &to_json(&data))
 }
 
@@ -79,9 +97,11 @@ pub async fn receipts<S: Store>(
     let frames = futures_util::stream::unfold(follow, |mut follow| async move {
         let frame = match follow.next().await {
             Some(Ok(ReceiptItem::Receipt(receipt))) => Ok(receipt_frame(&receipt)),
-            Some(Ok(ReceiptItem::Completed { channel, event_id, expected })) => {
-                Ok(completion_frame(&channel, event_id, expected))
-            }
+            Some(Ok(ReceiptItem::Completed {
+                channel,
+                event_id,
+                expected,
+            })) => Ok(completion_frame(&channel, event_id, expected)),
             Some(Err(err)) => {
                 tracing::error!("receipt stream of {}: {err}", follow.channel());
                 Err(EndReason::StoreFailed)
@@ -93,11 +113,20 @@ pub async fn receipts<S: Store>(
         Some((frame, follow))
     })
     .boxed();
-    Ok(SseBody::frames(frames, format!("{channel} receipts"), None, context))
+    Ok(SseBody::frames(
+        frames,
+        format!("{channel} receipts"),
+        None,
+        context,
+    ))
 }
 
 fn presence_frame(change: &PresenceChange) -> Bytes {
-    sse::encode_event(change.seq, Some("presence"), &to_json(&PresenceJson::from(change)))
+    sse::encode_event(
+        change.seq,
+        Some("presence"),
+        &to_json(&PresenceJson::from(change)),
+    )
 }
 
 /// The presence stream of `channel`: the changes kept after `after`, then live ones.
@@ -110,7 +139,10 @@ pub async fn presence<S: Store>(
     after: Option<u64>,
     context: StreamContext,
 ) -> Result<SseBody, ApiError> {
-    let follow = state.hub.follow_presence(&channel, after.unwrap_or(0)).await?;
+    let follow = state
+        .hub
+        .follow_presence(&channel, after.unwrap_or(0))
+        .await?;
     let frames = futures_util::stream::unfold(follow, |mut follow| async move {
         match follow.next().await {
             Some(change) => Some((Ok(presence_frame(&change)), follow)),
@@ -119,5 +151,10 @@ pub async fn presence<S: Store>(
         }
     })
     .boxed();
-    Ok(SseBody::frames(frames, format!("{channel} presence"), None, context))
+    Ok(SseBody::frames(
+        frames,
+        format!("{channel} presence"),
+        None,
+        context,
+    ))
 }

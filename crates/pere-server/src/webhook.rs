@@ -34,7 +34,10 @@ enum Reason {
 /// Starts the webhook for `state`'s hub; it ends when the server's shutdown token is cancelled.
 pub fn spawn<S: Store>(state: Arc<AppState<S>>, url: String, receipt_timeout: Duration) {
     let mut incoming = state.hub.observe(NOTICE_QUEUE);
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap_or_default();
     let posts = Arc::new(Semaphore::new(CONCURRENT_POSTS));
     tokio::spawn(async move {
         let mut open: HashMap<(ChannelName, u64), Instant> = HashMap::new();
@@ -79,7 +82,9 @@ pub fn spawn<S: Store>(state: Arc<AppState<S>>, url: String, receipt_timeout: Du
                 },
             };
             if let Some((channel, event_id, reason)) = report {
-                let Ok(permit) = posts.clone().acquire_owned().await else { return };
+                let Ok(permit) = posts.clone().acquire_owned().await else {
+                    return;
+                };
                 let (state, client, url) = (state.clone(), client.clone(), url.clone());
                 tokio::spawn(async move {
                     post(&state, &client, &url, &channel, event_id, reason).await;
@@ -109,19 +114,34 @@ async fn post<S: Store>(
         Reason::Complete => "complete",
         Reason::Timeout => "timeout",
     };
-    let body = WebhookSummary { receipts: ReceiptSummaryJson::from(&summary), reason: reason.to_owned() };
+    let body = WebhookSummary {
+        receipts: ReceiptSummaryJson::from(&summary),
+        reason: reason.to_owned(),
+    };
     let mut backoff = Duration::from_millis(500);
     for attempt in 1..=ATTEMPTS {
         let outcome = client.post(url).json(&body).send().await;
         let status = match &outcome {
             Ok(response) if response.status().is_success() => {
-                activity::webhook(channel.as_str(), event_id, summary.complete(), attempt, "delivered");
+                activity::webhook(
+                    channel.as_str(),
+                    event_id,
+                    summary.complete(),
+                    attempt,
+                    "delivered",
+                );
                 return;
             }
             Ok(response) => response.status().to_string(),
             Err(err) => err.to_string(),
         };
-        activity::webhook(channel.as_str(), event_id, summary.complete(), attempt, &status);
+        activity::webhook(
+            channel.as_str(),
+            event_id,
+            summary.complete(),
+            attempt,
+            &status,
+        );
         tokio::select! {
             () = state.shutdown.cancelled() => return,
             () = tokio::time::sleep(backoff) => {}

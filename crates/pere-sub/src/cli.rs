@@ -84,7 +84,11 @@ impl Cli {
     /// The device id to use: the one given (argument or `PERE_DEVICE`), the token's, or the one
     /// kept for this user (made on first use); a new `H0039…` id for this run when none can be kept.
     pub fn device(&self) -> (String, DeviceSource) {
-        if let Some(given) = self.device.clone().or_else(|| self.token.as_deref().and_then(pere_client::token::subject)) {
+        if let Some(given) = self
+            .device
+            .clone()
+            .or_else(|| self.token.as_deref().and_then(pere_client::token::subject))
+        {
             return (given, DeviceSource::Given);
         }
         let fresh = || random_device("H0039", &mut rand::thread_rng());
@@ -154,6 +158,4 @@ mod tests {
         assert!(Cli::try_parse_from(["pere-sub", "h:1", "C", "--json", "--quiet"]).is_err());
         assert!(Cli::try_parse_from(["pere-sub", "h:1", "C", "--last-event-id", "1\n2"]).is_err());
     }
-
-
 }

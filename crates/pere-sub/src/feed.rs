@@ -121,22 +121,41 @@ impl Subscriber {
                     }
                 }
                 Connect::Refused(why) => {
-                    return Err(Fatal(format!("the server refused {}: {why}", self.feed_url)).into())
+                    return Err(
+                        Fatal(format!("the server refused {}: {why}", self.feed_url)).into(),
+                    )
                 }
                 Connect::Retry(why) => {
                     failures += 1;
                     if self.opts.retries != 0 && failures >= self.opts.retries {
-                        anyhow::bail!("cannot reach {} after {failures} attempts: {why}", self.feed_url);
+                        anyhow::bail!(
+                            "cannot reach {} after {failures} attempts: {why}",
+                            self.feed_url
+                        );
                     }
-                    let of = if self.opts.retries == 0 { String::new() } else { format!(" of {}", self.opts.retries) };
-                    format!("cannot reach {} (attempt {failures}{of}): {why}", self.feed_url)
+                    let of = if self.opts.retries == 0 {
+                        String::new()
+                    } else {
+                        format!(" of {}", self.opts.retries)
+                    };
+                    format!(
+                        "cannot reach {} (attempt {failures}{of}): {why}",
+                        self.feed_url
+                    )
                 }
             };
             let retry = Duration::from_millis(self.retry_ms.load(Ordering::Relaxed));
             let delay = reconnect_delay(retry, &mut rand::thread_rng());
             if !self.opts.quiet {
-                let from = self.resume.as_deref().map(|id| format!(" with Last-Event-ID: {id}")).unwrap_or_default();
-                eprintln!("pere-sub: {notice}; reconnecting in {:.1} s{from}", delay.as_secs_f64());
+                let from = self
+                    .resume
+                    .as_deref()
+                    .map(|id| format!(" with Last-Event-ID: {id}"))
+                    .unwrap_or_default();
+                eprintln!(
+                    "pere-sub: {notice}; reconnecting in {:.1} s{from}",
+                    delay.as_secs_f64()
+                );
             }
             tokio::time::sleep(delay).await;
         }
@@ -159,9 +178,15 @@ impl Subscriber {
         };
         let status = response.status();
         if status.is_success() {
-            let content_type = response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let content_type = response
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
             if !content_type.starts_with("text/event-stream") {
-                return Connect::Refused(format!("HTTP {status} with {content_type:?}, not an event stream"));
+                return Connect::Refused(format!(
+                    "HTTP {status} with {content_type:?}, not an event stream"
+                ));
             }
             return Connect::Open(response);
         }
@@ -202,10 +227,15 @@ impl Subscriber {
     fn describe_stream_error(&self, err: EventStreamError<reqwest::Error>) -> String {
         match err {
             EventStreamError::Transport(err) if err.is_timeout() => match self.opts.idle_timeout {
-                Some(idle) => format!("nothing received for {} s, not even a keep-alive", idle.as_secs()),
+                Some(idle) => format!(
+                    "nothing received for {} s, not even a keep-alive",
+                    idle.as_secs()
+                ),
                 None => describe_transport(err),
             },
-            EventStreamError::Transport(err) => format!("the stream broke: {}", describe_transport(err)),
+            EventStreamError::Transport(err) => {
+                format!("the stream broke: {}", describe_transport(err))
+            }
             other => format!("unreadable stream: {other}"),
         }
     }
@@ -249,13 +279,17 @@ impl Subscriber {
             new
         } else {
             let status = &self.opts.status;
-            match ack::acknowledge(&self.client, &self.feedback_url, &self.device, &id, status).await {
+            match ack::acknowledge(&self.client, &self.feedback_url, &self.device, &id, status)
+                .await
+            {
                 Outcome::Accepted(answer) => {
                     if let Some(n) = number {
                         self.ledger.settled(n);
                     }
                     if !self.opts.json && !self.opts.quiet {
-                        let status = answer.as_ref().map_or(status.as_str(), |r| r.status.as_str());
+                        let status = answer
+                            .as_ref()
+                            .map_or(status.as_str(), |r| r.status.as_str());
                         say!("TX ACK> id: {id}, status: {status}");
                     }
                     receipt = answer;
@@ -284,7 +318,12 @@ impl Subscriber {
                 None if id.is_empty() => serde_json::Value::Null,
                 None => id.clone().into(),
             };
-            let line = JsonEvent { id: id_json, event: &event.event, data: &event.data, receipt: receipt.as_ref() };
+            let line = JsonEvent {
+                id: id_json,
+                event: &event.event,
+                data: &event.data,
+                receipt: receipt.as_ref(),
+            };
             // Serializing strings and numbers cannot fail.
             say!("{}", serde_json::to_string(&line).unwrap_or_default());
         }
@@ -298,7 +337,10 @@ impl Subscriber {
 
 fn report_gap(data: &str) {
     match serde_json::from_str::<GapNotice>(data) {
-        Ok(gap) => eprintln!("GAP> events {}..{} are no longer retained on the server", gap.from, gap.to),
+        Ok(gap) => eprintln!(
+            "GAP> events {}..{} are no longer retained on the server",
+            gap.from, gap.to
+        ),
         Err(_) => eprintln!("GAP> {data}"),
     }
 }

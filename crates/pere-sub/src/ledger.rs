@@ -32,7 +32,10 @@ pub struct Ledger {
 impl Ledger {
     /// A ledger that treats every id up to `start` (e.g. from `--last-event-id`) as seen.
     pub fn new(start: Option<u64>) -> Self {
-        Ledger { last_seen: start, unacked: BTreeSet::new() }
+        Ledger {
+            last_seen: start,
+            unacked: BTreeSet::new(),
+        }
     }
 
     /// Classifies event `id` and records it as seen.

@@ -67,9 +67,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = client.build()?;
 
     if !cli.quiet && !cli.json {
-        say!("LISTEN (device: {device}), channel: {}, server: {}", cli.channel, cli.server);
+        say!(
+            "LISTEN (device: {device}), channel: {}, server: {}",
+            cli.channel,
+            cli.server
+        );
         if let cli::DeviceSource::Kept(file) = &source {
-            say!("device id kept in {} (a device argument or PERE_DEVICE overrides it)", file.display());
+            say!(
+                "device id kept in {} (a device argument or PERE_DEVICE overrides it)",
+                file.display()
+            );
         }
         say!("");
     }
@@ -82,5 +89,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         retries: cli.retries,
         idle_timeout,
     };
-    Subscriber::new(client, &base, &cli.channel, device, cli.last_event_id, opts).run().await
+    Subscriber::new(client, &base, &cli.channel, device, cli.last_event_id, opts)
+        .run()
+        .await
 }

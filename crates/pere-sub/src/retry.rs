@@ -111,7 +111,10 @@ mod tests {
         let mut rng = rand::thread_rng();
         for _ in 0..1000 {
             let d = reconnect_delay(DEFAULT_RETRY, &mut rng);
-            assert!(d >= DEFAULT_RETRY && d <= Duration::from_millis(3300), "{d:?}");
+            assert!(
+                d >= DEFAULT_RETRY && d <= Duration::from_millis(3300),
+                "{d:?}"
+            );
             let d = reconnect_delay(Duration::ZERO, &mut rng);
             assert!(d <= Duration::from_millis(100), "{d:?}");
         }

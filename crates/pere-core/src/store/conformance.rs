@@ -18,14 +18,29 @@ pub(crate) fn dev(name: &str) -> DeviceId {
 }
 
 pub(crate) fn body(text: &str) -> NewEvent {
-    NewEvent { publisher: Some(dev("P1")), event_type: None, body: text.to_owned(), idempotency_key: None }
+    NewEvent {
+        publisher: Some(dev("P1")),
+        event_type: None,
+        body: text.to_owned(),
+        idempotency_key: None,
+    }
 }
 
 fn receipt(channel: &str, id: u64, device: &str, status: &str) -> Receipt {
-    Receipt { seq: 0, channel: ch(channel), event_id: id, device: dev(device), status: status.to_owned(), time: now() }
+    Receipt {
+        seq: 0,
+        channel: ch(channel),
+        event_id: id,
+        device: dev(device),
+        status: status.to_owned(),
+        time: now(),
+    }
 }
 
-pub(crate) const ROOMY: Retention = Retention { max_events: 1000, max_age: None };
+pub(crate) const ROOMY: Retention = Retention {
+    max_events: 1000,
+    max_age: None,
+};
 
 /// Runs every check, each on a fresh store made by `make`.
 pub(crate) async fn run_all<S, F, Fut>(make: F)
@@ -36,7 +51,14 @@ where
 {
     ids_are_per_channel_sequences(make(ROOMY).await).await;
     read_pages_and_head(make(ROOMY).await).await;
-    count_retention_prunes_oldest(make(Retention { max_events: 3, max_age: None }).await).await;
+    count_retention_prunes_oldest(
+        make(Retention {
+            max_events: 3,
+            max_age: None,
+        })
+        .await,
+    )
+    .await;
     receipts_are_kept_and_move_cursors(make(ROOMY).await).await;
     device_touches_only_move_forward(make(ROOMY).await).await;
     concurrent_appends_get_unique_ids(make(ROOMY).await).await;
@@ -44,15 +66,36 @@ where
     receipt_stream_and_unacknowledged(make(ROOMY).await).await;
     memberships_fix_expected_recipients(make(ROOMY).await).await;
     devices_come_in_pages(make(ROOMY).await).await;
-    make(ROOMY).await.probe().await.expect("a healthy store passes its probe");
-    age_retention_prunes(make(Retention { max_events: 100, max_age: Some(Duration::from_millis(1)) }).await).await;
+    make(ROOMY)
+        .await
+        .probe()
+        .await
+        .expect("a healthy store passes its probe");
+    age_retention_prunes(
+        make(Retention {
+            max_events: 100,
+            max_age: Some(Duration::from_millis(1)),
+        })
+        .await,
+    )
+    .await;
     idempotency_keys_store_an_event_once(make(ROOMY).await).await;
     concurrent_appends_with_one_key_store_one_event(make(ROOMY).await).await;
-    idempotency_keys_go_with_their_events(make(Retention { max_events: 2, max_age: None }).await).await;
+    idempotency_keys_go_with_their_events(
+        make(Retention {
+            max_events: 2,
+            max_age: None,
+        })
+        .await,
+    )
+    .await;
 }
 
 fn keyed(key: &str, text: &str) -> NewEvent {
-    NewEvent { idempotency_key: Some(key.to_owned()), ..body(text) }
+    NewEvent {
+        idempotency_key: Some(key.to_owned()),
+        ..body(text)
+    }
 }
 
 async fn idempotency_keys_store_an_event_once(store: impl Store) {
@@ -61,27 +104,64 @@ async fn idempotency_keys_store_an_event_once(store: impl Store) {
     assert!(first.new);
     let again = store.append(&c, keyed("order-1", "b")).await.unwrap();
     assert!(!again.new, "the same key twice stores one event");
-    assert_eq!((again.event.id, again.event.time), (first.event.id, first.event.time));
-    assert_eq!(again.event.body, "a", "the stored event, not the second one");
+    assert_eq!(
+        (again.event.id, again.event.time),
+        (first.event.id, first.event.time)
+    );
+    assert_eq!(
+        again.event.body, "a",
+        "the stored event, not the second one"
+    );
     assert_eq!(again.event.idempotency_key.as_deref(), Some("order-1"));
     let other = store.append(&c, keyed("order-2", "c")).await.unwrap();
     assert!(other.new);
-    assert_eq!(other.event.id, first.event.id + 1, "a repeated key consumed no id");
+    assert_eq!(
+        other.event.id,
+        first.event.id + 1,
+        "a repeated key consumed no id"
+    );
     for _ in 0..2 {
-        assert!(store.append(&c, body("no key")).await.unwrap().new, "an event without a key is always new");
+        assert!(
+            store.append(&c, body("no key")).await.unwrap().new,
+            "an event without a key is always new"
+        );
     }
     assert_eq!(store.head(&c).await.unwrap(), 4);
     let read = store.event(&c, first.event.id).await.unwrap().unwrap();
-    assert_eq!(read.idempotency_key.as_deref(), Some("order-1"), "the key is stored with its event");
-    assert!(store.append(&ch("K2"), keyed("order-1", "d")).await.unwrap().new, "keys are per channel");
+    assert_eq!(
+        read.idempotency_key.as_deref(),
+        Some("order-1"),
+        "the key is stored with its event"
+    );
+    assert!(
+        store
+            .append(&ch("K2"), keyed("order-1", "d"))
+            .await
+            .unwrap()
+            .new,
+        "keys are per channel"
+    );
     for bad in ["", "with space", "tab\t", "é", &"k".repeat(256)] {
         assert!(
-            matches!(store.append(&c, keyed(bad, "x")).await, Err(StoreError::InvalidIdempotencyKey)),
+            matches!(
+                store.append(&c, keyed(bad, "x")).await,
+                Err(StoreError::InvalidIdempotencyKey)
+            ),
             "{bad:?} refused"
         );
     }
-    assert_eq!(store.head(&c).await.unwrap(), 4, "a refused key consumes no id");
-    assert!(store.append(&c, keyed(&"~".repeat(255), "x")).await.unwrap().new);
+    assert_eq!(
+        store.head(&c).await.unwrap(),
+        4,
+        "a refused key consumes no id"
+    );
+    assert!(
+        store
+            .append(&c, keyed(&"~".repeat(255), "x"))
+            .await
+            .unwrap()
+            .new
+    );
 }
 
 async fn concurrent_appends_with_one_key_store_one_event(store: impl Store) {
@@ -118,7 +198,10 @@ async fn ids_are_per_channel_sequences(store: impl Store) {
     let (a, b) = (ch("A"), ch("B"));
     assert_eq!(store.head(&a).await.unwrap(), 0);
     for expected in 1..=3 {
-        assert_eq!(store.append(&a, body("x")).await.unwrap().event.id, expected);
+        assert_eq!(
+            store.append(&a, body("x")).await.unwrap().event.id,
+            expected
+        );
     }
     assert_eq!(store.append(&b, body("y")).await.unwrap().event.id, 1);
     assert_eq!(store.head(&a).await.unwrap(), 3);
@@ -135,7 +218,10 @@ async fn read_pages_and_head(store: impl Store) {
         store.append(&c, body(&format!("e{i}"))).await.unwrap();
     }
     let page = store.read(&c, 1, 2).await.unwrap();
-    assert_eq!(page.events.iter().map(|e| e.id).collect::<Vec<_>>(), vec![2, 3]);
+    assert_eq!(
+        page.events.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![2, 3]
+    );
     assert_eq!(page.events[0].body, "e2");
     assert_eq!((page.head, page.first_retained), (5, 1));
     assert!(store.read(&c, 5, 10).await.unwrap().events.is_empty());
@@ -151,10 +237,16 @@ async fn count_retention_prunes_oldest(store: impl Store) {
         store.append(&c, body("x")).await.unwrap();
     }
     let page = store.read(&c, 0, 100).await.unwrap();
-    assert_eq!(page.events.iter().map(|e| e.id).collect::<Vec<_>>(), vec![3, 4, 5]);
+    assert_eq!(
+        page.events.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![3, 4, 5]
+    );
     assert_eq!(page.first_retained, 3);
     // A receipt for a pruned (but once published) event is accepted; one for a future id is not.
-    store.record_receipt(receipt("C", 1, "H1", "late")).await.unwrap();
+    store
+        .record_receipt(receipt("C", 1, "H1", "late"))
+        .await
+        .unwrap();
     assert!(matches!(
         store.record_receipt(receipt("C", 6, "H1", "ok")).await,
         Err(StoreError::UnknownEvent { id: 6 })
@@ -173,13 +265,28 @@ async fn receipts_are_kept_and_move_cursors(store: impl Store) {
         store.record_receipt(receipt("R", 0, "H1", "ok")).await,
         Err(StoreError::UnknownEvent { id: 0 })
     ));
-    store.record_receipt(receipt("R", 2, "H1", "rx ok")).await.unwrap();
-    store.record_receipt(receipt("R", 2, "H1", "done")).await.unwrap();
-    let (_, record) = store.record_receipt(receipt("R", 1, "H1", "late")).await.unwrap();
+    store
+        .record_receipt(receipt("R", 2, "H1", "rx ok"))
+        .await
+        .unwrap();
+    store
+        .record_receipt(receipt("R", 2, "H1", "done"))
+        .await
+        .unwrap();
+    let (_, record) = store
+        .record_receipt(receipt("R", 1, "H1", "late"))
+        .await
+        .unwrap();
     assert_eq!(record.last_acked, 2, "the ack cursor never moves back");
     assert_eq!(record.receipts, 3);
     assert_eq!(record.last_op, DeviceOp::Feedback);
-    let statuses: Vec<String> = store.receipts(&c, 2).await.unwrap().into_iter().map(|r| r.status).collect();
+    let statuses: Vec<String> = store
+        .receipts(&c, 2)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.status)
+        .collect();
     assert_eq!(statuses, vec!["rx ok", "done"]);
     assert_eq!(store.devices(&c).await.unwrap().len(), 1);
 }
@@ -197,9 +304,15 @@ async fn device_touches_only_move_forward(store: impl Store) {
     let first = store.touch_device(touch(DeviceOp::Feed, 0)).await.unwrap();
     assert_eq!(first.last_op, DeviceOp::Feed);
     // Going offline keeps the original's `op` and `Last-Event-Id`; it moves `last_seen`.
-    let offline = DeviceTouch { last_event_id: None, ..touch(DeviceOp::Disconnect, 9) };
+    let offline = DeviceTouch {
+        last_event_id: None,
+        ..touch(DeviceOp::Disconnect, 9)
+    };
     let gone = store.touch_device(offline).await.unwrap();
-    assert_eq!((gone.last_op, gone.last_event_id.as_deref()), (DeviceOp::Feed, Some("7")));
+    assert_eq!(
+        (gone.last_op, gone.last_event_id.as_deref()),
+        (DeviceOp::Feed, Some("7"))
+    );
     assert!(gone.last_seen >= first.last_seen);
     let record = store.touch_device(touch(DeviceOp::Feed, 4)).await.unwrap();
     assert_eq!(record.last_delivered, 9);
@@ -244,7 +357,10 @@ async fn bodies_round_trip_verbatim(store: impl Store) {
     assert_eq!(read.body, text);
     assert_eq!(read.time, sent.time);
     assert_eq!(read.publisher, None);
-    assert_eq!(read.event_type.as_ref().map(|t| t.as_str()), Some("order.created"));
+    assert_eq!(
+        read.event_type.as_ref().map(|t| t.as_str()),
+        Some("order.created")
+    );
     assert_eq!(read.frame(), sent.frame());
 }
 
@@ -254,7 +370,13 @@ async fn age_retention_prunes(store: impl Store) {
     tokio::time::sleep(Duration::from_millis(20)).await;
     store.append(&c, body("new")).await.unwrap();
     let page = store.read(&c, 0, 10).await.unwrap();
-    assert_eq!(page.events.iter().map(|e| e.body.as_str()).collect::<Vec<_>>(), vec!["new"]);
+    assert_eq!(
+        page.events
+            .iter()
+            .map(|e| e.body.as_str())
+            .collect::<Vec<_>>(),
+        vec!["new"]
+    );
     assert_eq!(page.first_retained, 2);
 }
 
@@ -267,20 +389,49 @@ async fn receipt_stream_and_unacknowledged(store: impl Store) {
     let mut seqs = Vec::new();
     for (id, device) in [(1, "A"), (2, "A"), (2, "B"), (4, "A")] {
         let head = store.receipt_head(&c).await.unwrap();
-        let (stored, _) = store.record_receipt(receipt("S", id, device, "ok")).await.unwrap();
+        let (stored, _) = store
+            .record_receipt(receipt("S", id, device, "ok"))
+            .await
+            .unwrap();
         assert_eq!((stored.event_id, stored.device.as_str()), (id, device));
-        assert!(stored.seq > head, "a new receipt is beyond the head read before it");
+        assert!(
+            stored.seq > head,
+            "a new receipt is beyond the head read before it"
+        );
         assert_eq!(store.receipt_head(&c).await.unwrap(), stored.seq);
         seqs.push(stored.seq);
     }
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "receipt seqs increase: {seqs:?}");
-    let after_first: Vec<u64> = store.receipts_after(&c, seqs[0], 10).await.unwrap().iter().map(|r| r.seq).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "receipt seqs increase: {seqs:?}"
+    );
+    let after_first: Vec<u64> = store
+        .receipts_after(&c, seqs[0], 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
     assert_eq!(after_first, seqs[1..].to_vec());
-    assert_eq!(store.receipts_after(&c, seqs[1], 1).await.unwrap()[0].seq, seqs[2]);
-    let ids = |events: Vec<std::sync::Arc<crate::event::Event>>| events.iter().map(|e| e.id).collect::<Vec<_>>();
-    assert_eq!(ids(store.unacknowledged(&c, &dev("A"), 0, 10).await.unwrap()), vec![3]);
-    assert_eq!(ids(store.unacknowledged(&c, &dev("B"), 0, 10).await.unwrap()), vec![1, 3, 4]);
-    assert_eq!(ids(store.unacknowledged(&c, &dev("B"), 1, 1).await.unwrap()), vec![3]);
+    assert_eq!(
+        store.receipts_after(&c, seqs[1], 1).await.unwrap()[0].seq,
+        seqs[2]
+    );
+    let ids = |events: Vec<std::sync::Arc<crate::event::Event>>| {
+        events.iter().map(|e| e.id).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(store.unacknowledged(&c, &dev("A"), 0, 10).await.unwrap()),
+        vec![3]
+    );
+    assert_eq!(
+        ids(store.unacknowledged(&c, &dev("B"), 0, 10).await.unwrap()),
+        vec![1, 3, 4]
+    );
+    assert_eq!(
+        ids(store.unacknowledged(&c, &dev("B"), 1, 1).await.unwrap()),
+        vec![3]
+    );
 }
 
 async fn memberships_fix_expected_recipients(store: impl Store) {
@@ -288,12 +439,28 @@ async fn memberships_fix_expected_recipients(store: impl Store) {
     store.append(&c, body("before")).await.unwrap();
     let joined = store.add_recipient(&c, &dev("A"), now()).await.unwrap();
     assert_eq!((joined.joined_after, joined.left_after), (1, None));
-    assert_eq!(store.add_recipient(&c, &dev("A"), now()).await.unwrap(), joined, "adding twice keeps the membership");
+    assert_eq!(
+        store.add_recipient(&c, &dev("A"), now()).await.unwrap(),
+        joined,
+        "adding twice keeps the membership"
+    );
     store.append(&c, body("for A")).await.unwrap();
-    let left = store.remove_recipient(&c, &dev("A")).await.unwrap().unwrap();
+    let left = store
+        .remove_recipient(&c, &dev("A"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(left.left_after, Some(2));
-    assert!(store.remove_recipient(&c, &dev("A")).await.unwrap().is_none());
-    assert!(store.remove_recipient(&c, &dev("nobody")).await.unwrap().is_none());
+    assert!(store
+        .remove_recipient(&c, &dev("A"))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .remove_recipient(&c, &dev("nobody"))
+        .await
+        .unwrap()
+        .is_none());
     store.append(&c, body("after")).await.unwrap();
     let back = store.add_recipient(&c, &dev("A"), now()).await.unwrap();
     assert_eq!(back.joined_after, 3);
@@ -319,10 +486,32 @@ async fn devices_come_in_pages(store: impl Store) {
             .await
             .unwrap();
     }
-    let names = |records: Vec<DeviceRecord>| records.into_iter().map(|r| r.device.to_string()).collect::<Vec<_>>();
-    assert_eq!(names(store.devices_page(&c, None, 2).await.unwrap()), ["a", "b"]);
-    assert_eq!(names(store.devices_page(&c, Some(&dev("b")), 2).await.unwrap()), ["c", "d"]);
-    assert_eq!(names(store.devices_page(&c, Some(&dev("d")), 2).await.unwrap()), ["e"]);
-    assert!(store.devices_page(&c, Some(&dev("e")), 2).await.unwrap().is_empty());
-    assert!(store.devices_page(&ch("Nobody"), None, 2).await.unwrap().is_empty());
+    let names = |records: Vec<DeviceRecord>| {
+        records
+            .into_iter()
+            .map(|r| r.device.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(store.devices_page(&c, None, 2).await.unwrap()),
+        ["a", "b"]
+    );
+    assert_eq!(
+        names(store.devices_page(&c, Some(&dev("b")), 2).await.unwrap()),
+        ["c", "d"]
+    );
+    assert_eq!(
+        names(store.devices_page(&c, Some(&dev("d")), 2).await.unwrap()),
+        ["e"]
+    );
+    assert!(store
+        .devices_page(&c, Some(&dev("e")), 2)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .devices_page(&ch("Nobody"), None, 2)
+        .await
+        .unwrap()
+        .is_empty());
 }

@@ -46,7 +46,10 @@ impl ChannelData {
         while self.events.len() > retention.max_events {
             self.pop_oldest();
         }
-        if let Some(max_age) = retention.max_age.and_then(|a| chrono::Duration::from_std(a).ok()) {
+        if let Some(max_age) = retention
+            .max_age
+            .and_then(|a| chrono::Duration::from_std(a).ok())
+        {
             let oldest_allowed = now() - max_age;
             while self.events.front().is_some_and(|e| e.time < oldest_allowed) {
                 self.pop_oldest();
@@ -56,7 +59,11 @@ impl ChannelData {
             self.receipt_log.pop_front();
         }
         let first = self.first_retained();
-        if self.receipts.first_key_value().is_some_and(|(&id, _)| id < first) {
+        if self
+            .receipts
+            .first_key_value()
+            .is_some_and(|(&id, _)| id < first)
+        {
             self.receipts = self.receipts.split_off(&first);
         }
     }
@@ -64,7 +71,9 @@ impl ChannelData {
 
 impl ChannelData {
     fn pop_oldest(&mut self) {
-        let Some(event) = self.events.pop_front() else { return };
+        let Some(event) = self.events.pop_front() else {
+            return;
+        };
         if let Some(key) = &event.idempotency_key {
             self.keys.remove(key);
         }
@@ -74,22 +83,41 @@ impl ChannelData {
 impl MemoryStore {
     /// An empty store keeping at most what `retention` allows per channel.
     pub fn new(retention: Retention) -> Self {
-        MemoryStore { inner: Arc::new(Inner { retention, channels: RwLock::default() }) }
+        MemoryStore {
+            inner: Arc::new(Inner {
+                retention,
+                channels: RwLock::default(),
+            }),
+        }
     }
 
     fn existing(&self, channel: &ChannelName) -> Option<Arc<Mutex<ChannelData>>> {
-        self.inner.channels.read().unwrap_or_else(|e| e.into_inner()).get(channel).cloned()
+        self.inner
+            .channels
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(channel)
+            .cloned()
     }
 
     fn channel(&self, channel: &ChannelName) -> Arc<Mutex<ChannelData>> {
         if let Some(data) = self.existing(channel) {
             return data;
         }
-        let mut channels = self.inner.channels.write().unwrap_or_else(|e| e.into_inner());
+        let mut channels = self
+            .inner
+            .channels
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         channels.entry(channel.clone()).or_default().clone()
     }
 
-    fn with_existing<T>(&self, channel: &ChannelName, empty: T, f: impl FnOnce(&ChannelData) -> T) -> T {
+    fn with_existing<T>(
+        &self,
+        channel: &ChannelName,
+        empty: T,
+        f: impl FnOnce(&ChannelData) -> T,
+    ) -> T {
         match self.existing(channel) {
             Some(data) => f(&data.lock().unwrap_or_else(|e| e.into_inner())),
             None => empty,
@@ -105,13 +133,24 @@ impl Default for MemoryStore {
 
 impl Store for MemoryStore {
     async fn append(&self, channel: &ChannelName, event: NewEvent) -> Result<Appended, StoreError> {
-        if event.idempotency_key.as_deref().is_some_and(|key| !valid_idempotency_key(key)) {
+        if event
+            .idempotency_key
+            .as_deref()
+            .is_some_and(|key| !valid_idempotency_key(key))
+        {
             return Err(StoreError::InvalidIdempotencyKey);
         }
         let data = self.channel(channel);
         let mut data = data.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(stored) = event.idempotency_key.as_ref().and_then(|key| data.keys.get(key)) {
-            return Ok(Appended { event: stored.clone(), new: false });
+        if let Some(stored) = event
+            .idempotency_key
+            .as_ref()
+            .and_then(|key| data.keys.get(key))
+        {
+            return Ok(Appended {
+                event: stored.clone(),
+                new: false,
+            });
         }
         let id = data.head + 1;
         let event = Arc::new(Event::new(channel.clone(), id, now(), event));
@@ -128,37 +167,68 @@ impl Store for MemoryStore {
         Ok(self.with_existing(channel, 0, |d| d.head))
     }
 
-    async fn read(&self, channel: &ChannelName, after: u64, limit: usize) -> Result<EventPage, StoreError> {
-        Ok(self.with_existing(channel, EventPage { first_retained: 1, ..EventPage::default() }, |d| {
-            let start = d.events.partition_point(|e| e.id <= after);
+    async fn read(
+        &self,
+        channel: &ChannelName,
+        after: u64,
+        limit: usize,
+    ) -> Result<EventPage, StoreError> {
+        Ok(self.with_existing(
+            channel,
             EventPage {
-                events: d.events.iter().skip(start).take(limit).cloned().collect(),
-                first_retained: d.first_retained(),
-                head: d.head,
-            }
-        }))
+                first_retained: 1,
+                ..EventPage::default()
+            },
+            |d| {
+                let start = d.events.partition_point(|e| e.id <= after);
+                EventPage {
+                    events: d.events.iter().skip(start).take(limit).cloned().collect(),
+                    first_retained: d.first_retained(),
+                    head: d.head,
+                }
+            },
+        ))
     }
 
-    async fn recent(&self, channel: &ChannelName, limit: usize) -> Result<Vec<Arc<Event>>, StoreError> {
+    async fn recent(
+        &self,
+        channel: &ChannelName,
+        limit: usize,
+    ) -> Result<Vec<Arc<Event>>, StoreError> {
         Ok(self.with_existing(channel, Vec::new(), |d| {
-            d.events.iter().skip(d.events.len().saturating_sub(limit)).cloned().collect()
+            d.events
+                .iter()
+                .skip(d.events.len().saturating_sub(limit))
+                .cloned()
+                .collect()
         }))
     }
 
-    async fn event(&self, channel: &ChannelName, id: u64) -> Result<Option<Arc<Event>>, StoreError> {
+    async fn event(
+        &self,
+        channel: &ChannelName,
+        id: u64,
+    ) -> Result<Option<Arc<Event>>, StoreError> {
         Ok(self.with_existing(channel, None, |d| {
             let i = d.events.partition_point(|e| e.id < id);
             d.events.get(i).filter(|e| e.id == id).cloned()
         }))
     }
 
-    async fn record_receipt(&self, mut receipt: Receipt) -> Result<(Receipt, DeviceRecord), StoreError> {
+    async fn record_receipt(
+        &self,
+        mut receipt: Receipt,
+    ) -> Result<(Receipt, DeviceRecord), StoreError> {
         let Some(data) = self.existing(&receipt.channel) else {
-            return Err(StoreError::UnknownEvent { id: receipt.event_id });
+            return Err(StoreError::UnknownEvent {
+                id: receipt.event_id,
+            });
         };
         let mut data = data.lock().unwrap_or_else(|e| e.into_inner());
         if receipt.event_id == 0 || receipt.event_id > data.head {
-            return Err(StoreError::UnknownEvent { id: receipt.event_id });
+            return Err(StoreError::UnknownEvent {
+                id: receipt.event_id,
+            });
         }
         let record = match data.devices.get_mut(&receipt.device) {
             Some(record) => record,
@@ -171,7 +241,9 @@ impl Store for MemoryStore {
                     last_event_id: None,
                     delivered: 0,
                 };
-                data.devices.entry(receipt.device.clone()).or_insert_with(|| DeviceRecord::first(&touch))
+                data.devices
+                    .entry(receipt.device.clone())
+                    .or_insert_with(|| DeviceRecord::first(&touch))
             }
         };
         record.apply_receipt(&receipt);
@@ -179,15 +251,24 @@ impl Store for MemoryStore {
         data.receipt_seq += 1;
         receipt.seq = data.receipt_seq;
         if receipt.event_id >= data.first_retained() {
-            data.receipts.entry(receipt.event_id).or_default().push(receipt.clone());
+            data.receipts
+                .entry(receipt.event_id)
+                .or_default()
+                .push(receipt.clone());
         }
         data.receipt_log.push_back(receipt.clone());
         data.prune(&self.inner.retention);
         Ok((receipt, record))
     }
 
-    async fn receipts(&self, channel: &ChannelName, event_id: u64) -> Result<Vec<Receipt>, StoreError> {
-        Ok(self.with_existing(channel, Vec::new(), |d| d.receipts.get(&event_id).cloned().unwrap_or_default()))
+    async fn receipts(
+        &self,
+        channel: &ChannelName,
+        event_id: u64,
+    ) -> Result<Vec<Receipt>, StoreError> {
+        Ok(self.with_existing(channel, Vec::new(), |d| {
+            d.receipts.get(&event_id).cloned().unwrap_or_default()
+        }))
     }
 
     async fn touch_device(&self, touch: DeviceTouch) -> Result<DeviceRecord, StoreError> {
@@ -201,12 +282,18 @@ impl Store for MemoryStore {
         Ok(record.clone())
     }
 
-    async fn device(&self, channel: &ChannelName, device: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+    async fn device(
+        &self,
+        channel: &ChannelName,
+        device: &DeviceId,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
         Ok(self.with_existing(channel, None, |d| d.devices.get(device).cloned()))
     }
 
     async fn devices(&self, channel: &ChannelName) -> Result<Vec<DeviceRecord>, StoreError> {
-        Ok(self.with_existing(channel, Vec::new(), |d| d.devices.values().cloned().collect()))
+        Ok(self.with_existing(channel, Vec::new(), |d| {
+            d.devices.values().cloned().collect()
+        }))
     }
 
     async fn devices_page(
@@ -218,7 +305,11 @@ impl Store for MemoryStore {
         use std::ops::Bound;
         let start = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.clone()));
         Ok(self.with_existing(channel, Vec::new(), |d| {
-            d.devices.range((start, Bound::Unbounded)).take(limit).map(|(_, r)| r.clone()).collect()
+            d.devices
+                .range((start, Bound::Unbounded))
+                .take(limit)
+                .map(|(_, r)| r.clone())
+                .collect()
         }))
     }
 
@@ -226,10 +317,20 @@ impl Store for MemoryStore {
         Ok(self.with_existing(channel, 0, |d| d.receipt_seq))
     }
 
-    async fn receipts_after(&self, channel: &ChannelName, after: u64, limit: usize) -> Result<Vec<Receipt>, StoreError> {
+    async fn receipts_after(
+        &self,
+        channel: &ChannelName,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Receipt>, StoreError> {
         Ok(self.with_existing(channel, Vec::new(), |d| {
             let start = d.receipt_log.partition_point(|r| r.seq <= after);
-            d.receipt_log.iter().skip(start).take(limit).cloned().collect()
+            d.receipt_log
+                .iter()
+                .skip(start)
+                .take(limit)
+                .cloned()
+                .collect()
         }))
     }
 
@@ -242,8 +343,18 @@ impl Store for MemoryStore {
     ) -> Result<Vec<Arc<Event>>, StoreError> {
         Ok(self.with_existing(channel, Vec::new(), |d| {
             let start = d.events.partition_point(|e| e.id <= after);
-            let acked = |id: u64| d.receipts.get(&id).is_some_and(|rs| rs.iter().any(|r| &r.device == device));
-            d.events.iter().skip(start).filter(|e| !acked(e.id)).take(limit).cloned().collect()
+            let acked = |id: u64| {
+                d.receipts
+                    .get(&id)
+                    .is_some_and(|rs| rs.iter().any(|r| &r.device == device))
+            };
+            d.events
+                .iter()
+                .skip(start)
+                .filter(|e| !acked(e.id))
+                .take(limit)
+                .cloned()
+                .collect()
         }))
     }
 
@@ -255,7 +366,11 @@ impl Store for MemoryStore {
     ) -> Result<Membership, StoreError> {
         let data = self.channel(channel);
         let mut data = data.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(current) = data.memberships.iter().find(|m| &m.device == device && m.is_current()) {
+        if let Some(current) = data
+            .memberships
+            .iter()
+            .find(|m| &m.device == device && m.is_current())
+        {
             return Ok(current.clone());
         }
         let membership = Membership {
@@ -269,14 +384,24 @@ impl Store for MemoryStore {
         Ok(membership)
     }
 
-    async fn remove_recipient(&self, channel: &ChannelName, device: &DeviceId) -> Result<Option<Membership>, StoreError> {
-        let Some(data) = self.existing(channel) else { return Ok(None) };
+    async fn remove_recipient(
+        &self,
+        channel: &ChannelName,
+        device: &DeviceId,
+    ) -> Result<Option<Membership>, StoreError> {
+        let Some(data) = self.existing(channel) else {
+            return Ok(None);
+        };
         let mut data = data.lock().unwrap_or_else(|e| e.into_inner());
         let head = data.head;
-        Ok(data.memberships.iter_mut().find(|m| &m.device == device && m.is_current()).map(|m| {
-            m.left_after = Some(head);
-            m.clone()
-        }))
+        Ok(data
+            .memberships
+            .iter_mut()
+            .find(|m| &m.device == device && m.is_current())
+            .map(|m| {
+                m.left_after = Some(head);
+                m.clone()
+            }))
     }
 
     async fn memberships(&self, channel: &ChannelName) -> Result<Vec<Membership>, StoreError> {
@@ -284,7 +409,11 @@ impl Store for MemoryStore {
     }
 
     async fn channels(&self) -> Result<Vec<ChannelName>, StoreError> {
-        let channels = self.inner.channels.read().unwrap_or_else(|e| e.into_inner());
+        let channels = self
+            .inner
+            .channels
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         let mut names: Vec<ChannelName> = channels.keys().cloned().collect();
         names.sort();
         Ok(names)

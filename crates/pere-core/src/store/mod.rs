@@ -42,7 +42,10 @@ impl Default for Retention {
     fn default() -> Self {
         // Enough to ride out a long disconnect of a phone on a busy channel, small enough that a
         // full replay stays cheap.
-        Retention { max_events: 10_000, max_age: Some(Duration::from_secs(7 * 24 * 3600)) }
+        Retention {
+            max_events: 10_000,
+            max_age: Some(Duration::from_secs(7 * 24 * 3600)),
+        }
     }
 }
 
@@ -185,7 +188,10 @@ pub trait Store: Clone + Send + Sync + 'static {
     ///
     /// # Errors
     /// [`StoreError::Backend`] when the store cannot be read.
-    fn receipt_head(&self, channel: &ChannelName) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    fn receipt_head(
+        &self,
+        channel: &ChannelName,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Receipts of the channel with `seq` greater than `after`, in `seq` order, at most `limit`.
     /// A receipt is visible here only once every receipt with a lower `seq` is, so a reader that
@@ -240,7 +246,10 @@ pub trait Store: Clone + Send + Sync + 'static {
     ///
     /// # Errors
     /// [`StoreError::Backend`] when the store cannot be read.
-    fn memberships(&self, channel: &ChannelName) -> impl Future<Output = Result<Vec<Membership>, StoreError>> + Send;
+    fn memberships(
+        &self,
+        channel: &ChannelName,
+    ) -> impl Future<Output = Result<Vec<Membership>, StoreError>> + Send;
 
     /// Every channel that has events or devices, ordered by name.
     ///

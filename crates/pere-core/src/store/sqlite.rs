@@ -194,7 +194,10 @@ macro_rules! select_device {
 /// `SELECT` of a membership row, in the column order [`membership_from_row`] reads, followed by `rest`.
 macro_rules! select_membership {
     ($rest:literal) => {
-        concat!("SELECT seq, device, joined_after, left_after, since FROM memberships ", $rest)
+        concat!(
+            "SELECT seq, device, joined_after, left_after, since FROM memberships ",
+            $rest
+        )
     };
 }
 
@@ -312,12 +315,22 @@ struct ChannelMeta {
 
 impl ChannelMeta {
     fn new(head: u64, first: u64, age_key: Option<i64>) -> Self {
-        ChannelMeta { head, first, recent: VecDeque::new(), age_key, recent_bytes: 0, recent_stamp: 0 }
+        ChannelMeta {
+            head,
+            first,
+            recent: VecDeque::new(),
+            age_key,
+            recent_bytes: 0,
+            recent_stamp: 0,
+        }
     }
 
     /// Drops the oldest cached event; returns its size.
     fn uncache_oldest(&mut self) -> usize {
-        let size = self.recent.pop_front().map_or(0, |event| cached_size(&event));
+        let size = self
+            .recent
+            .pop_front()
+            .map_or(0, |event| cached_size(&event));
         self.recent_bytes -= size;
         size
     }
@@ -348,7 +361,14 @@ struct RecentCache {
 impl RecentCache {
     /// Accounts for `meta`'s cache after it changed by `added - removed` bytes; restamps it
     /// when it was appended to.
-    fn update(&mut self, name: &ChannelName, meta: &mut ChannelMeta, added: usize, removed: usize, appended: bool) {
+    fn update(
+        &mut self,
+        name: &ChannelName,
+        meta: &mut ChannelMeta,
+        added: usize,
+        removed: usize,
+        appended: bool,
+    ) {
         self.bytes = self.bytes + added - removed;
         if meta.recent.is_empty() || appended {
             self.order.remove(&meta.recent_stamp);
@@ -365,8 +385,12 @@ impl RecentCache {
     /// cache is within `budget`.
     fn trim(&mut self, channels: &mut HashMap<ChannelName, ChannelMeta>, budget: usize) {
         while self.bytes > budget {
-            let Some((stamp, name)) = self.order.pop_first() else { break };
-            let Some(meta) = channels.get_mut(&name) else { continue };
+            let Some((stamp, name)) = self.order.pop_first() else {
+                break;
+            };
+            let Some(meta) = channels.get_mut(&name) else {
+                continue;
+            };
             while self.bytes > budget && !meta.recent.is_empty() {
                 self.bytes -= meta.uncache_oldest();
             }
@@ -404,15 +428,25 @@ struct BookEntry {
 
 impl DeviceBook {
     fn get(&self, channel: &ChannelName, device: &DeviceId) -> Option<&DeviceRecord> {
-        self.records.get(channel)?.get(device).map(|entry| &entry.record)
+        self.records
+            .get(channel)?
+            .get(device)
+            .map(|entry| &entry.record)
     }
 
     /// Takes a committed change, to be written back.
     fn change(&mut self, record: DeviceRecord) {
         self.clock += 1;
-        self.changed.insert((record.channel.clone(), record.device.clone()));
-        let entry = BookEntry { stamp: self.clock, record };
-        let devices = self.records.entry(entry.record.channel.clone()).or_default();
+        self.changed
+            .insert((record.channel.clone(), record.device.clone()));
+        let entry = BookEntry {
+            stamp: self.clock,
+            record,
+        };
+        let devices = self
+            .records
+            .entry(entry.record.channel.clone())
+            .or_default();
         if devices.insert(entry.record.device.clone(), entry).is_none() {
             self.len += 1;
         }
@@ -438,12 +472,17 @@ impl DeviceBook {
             return;
         }
         // Stamps are unique: the `excess` oldest clean records are those below the threshold.
-        let threshold = if excess == clean.len() { u64::MAX } else { *clean.select_nth_unstable(excess).1 };
+        let threshold = if excess == clean.len() {
+            u64::MAX
+        } else {
+            *clean.select_nth_unstable(excess).1
+        };
         let changed = &self.changed;
         let mut dropped = 0;
         self.records.retain(|channel, devices| {
             devices.retain(|device, entry| {
-                let drop = entry.stamp < threshold && !changed.contains(&(channel.clone(), device.clone()));
+                let drop = entry.stamp < threshold
+                    && !changed.contains(&(channel.clone(), device.clone()));
                 dropped += usize::from(drop);
                 !drop
             });
@@ -472,7 +511,10 @@ enum Command {
 #[derive(Debug, Clone)]
 enum Failure {
     /// The store at `path` could not be opened.
-    Open { path: PathBuf, source: Arc<dyn std::error::Error + Send + Sync> },
+    Open {
+        path: PathBuf,
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
     /// SQLite would not use WAL there (some network file systems), which readers need.
     NoWal { path: PathBuf, mode: String },
     /// A write batch was rolled back: none of its writes happened.
@@ -483,16 +525,25 @@ enum Failure {
 
 impl Failure {
     fn open(path: &Path, source: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-        StoreError::backend(Failure::Open { path: path.to_owned(), source: Arc::new(source) })
+        StoreError::backend(Failure::Open {
+            path: path.to_owned(),
+            source: Arc::new(source),
+        })
     }
 }
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Failure::Open { path, source } => write!(f, "cannot open the store at {}: {source}", path.display()),
+            Failure::Open { path, source } => {
+                write!(f, "cannot open the store at {}: {source}", path.display())
+            }
             Failure::NoWal { path, mode } => {
-                write!(f, "{} cannot use WAL journaling (SQLite chose {mode:?})", path.display())
+                write!(
+                    f,
+                    "{} cannot use WAL journaling (SQLite chose {mode:?})",
+                    path.display()
+                )
             }
             Failure::Batch(err) => write!(f, "write rolled back: {err}"),
             Failure::Closed => f.write_str("the store is closed"),
@@ -527,18 +578,27 @@ impl SqliteStore {
         // One server per data directory: a second writer would break the id sequences. The OS
         // drops the lock when the process ends, however it ends.
         let lock_path = dir.join(LOCK_FILE);
-        let lock = std::fs::File::create(&lock_path).map_err(|err| Failure::open(&lock_path, err))?;
+        let lock =
+            std::fs::File::create(&lock_path).map_err(|err| Failure::open(&lock_path, err))?;
         if lock.try_lock().is_err() {
-            return Err(StoreError::Locked { dir: dir.to_path_buf() });
+            return Err(StoreError::Locked {
+                dir: dir.to_path_buf(),
+            });
         }
         let path = dir.join(DB_FILE);
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let mut conn = Connection::open_with_flags(&path, flags).map_err(|err| Failure::open(&path, err))?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut conn =
+            Connection::open_with_flags(&path, flags).map_err(|err| Failure::open(&path, err))?;
         prepare_schema(&mut conn, &path, options.durability)?;
         let mut channels = load_channels(&conn).map_err(|err| Failure::open(&path, err))?;
         // Every channel with events, once: a retention shortened since the last run applies.
-        let sweep: Vec<ChannelName> =
-            channels.iter().filter(|(_, m)| m.first <= m.head).map(|(name, _)| name.clone()).collect();
+        let sweep: Vec<ChannelName> = channels
+            .iter()
+            .filter(|(_, m)| m.first <= m.head)
+            .map(|(name, _)| name.clone())
+            .collect();
         let mut ages = BTreeSet::new();
         for (name, meta) in &mut channels {
             if options.retention.max_age.is_none() {
@@ -625,9 +685,17 @@ impl SqliteStore {
     async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, &mut Drafts<'_>) -> rusqlite::Result<Result<T, StoreError>> + Send + 'static,
+        F: FnOnce(&Connection, &mut Drafts<'_>) -> rusqlite::Result<Result<T, StoreError>>
+            + Send
+            + 'static,
     {
-        let permit = self.inner.room.clone().acquire_owned().await.map_err(|_| closed())?;
+        let permit = self
+            .inner
+            .room
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| closed())?;
         if self.inner.shared.closing.load(Ordering::SeqCst) {
             return Err(closed());
         }
@@ -635,7 +703,11 @@ impl SqliteStore {
         let (reply, answer) = oneshot::channel();
         let job: Job = Box::new(move |batch: &mut Batch<'_>| {
             let result = batch.attempt(op);
-            Box::new(Done { reply, result, _permit: permit })
+            Box::new(Done {
+                reply,
+                result,
+                _permit: permit,
+            })
         });
         commands.send(Command::Write(job)).map_err(|_| closed())?;
         answer.await.map_err(|_| closed())?
@@ -648,12 +720,23 @@ impl SqliteStore {
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         let shared = self.inner.shared.clone();
-        tokio::task::spawn_blocking(move || shared.with_reader(query)).await.map_err(StoreError::backend)?
+        tokio::task::spawn_blocking(move || shared.with_reader(query))
+            .await
+            .map_err(StoreError::backend)?
     }
 
     /// Reads the committed in-memory state of a channel.
-    fn committed<T>(&self, channel: &ChannelName, read: impl FnOnce(Option<&ChannelMeta>) -> T) -> T {
-        let channels = self.inner.shared.channels.read().unwrap_or_else(|e| e.into_inner());
+    fn committed<T>(
+        &self,
+        channel: &ChannelName,
+        read: impl FnOnce(Option<&ChannelMeta>) -> T,
+    ) -> T {
+        let channels = self
+            .inner
+            .shared
+            .channels
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         read(channels.get(channel))
     }
 }
@@ -690,7 +773,10 @@ impl Shared {
         self.devices.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn with_reader<T>(&self, query: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+    fn with_reader<T>(
+        &self,
+        query: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
         let pooled = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut conn = match pooled {
             Some(conn) => conn,
@@ -708,17 +794,24 @@ impl Shared {
 fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(|err| Failure::open(path, err))?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(|err| Failure::open(path, err))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|err| Failure::open(path, err))?;
     Ok(conn)
 }
 
 /// Checks the file is a PERE database this build understands, sets the journal and sync modes,
 /// and migrates the schema to [`SCHEMA_VERSION`].
-fn prepare_schema(conn: &mut Connection, path: &Path, durability: Durability) -> Result<(), StoreError> {
+fn prepare_schema(
+    conn: &mut Connection,
+    path: &Path,
+    durability: Durability,
+) -> Result<(), StoreError> {
     let fail = |err: rusqlite::Error| Failure::open(path, err);
     conn.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
     // The first read of the file: a corrupt or foreign file fails here, before anything is written.
-    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(fail)?;
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(fail)?;
     if version > SCHEMA_VERSION {
         return Err(StoreError::Incompatible(format!(
             "{} was created by a newer PERE (schema v{version}, this build knows v{SCHEMA_VERSION})",
@@ -726,10 +819,15 @@ fn prepare_schema(conn: &mut Connection, path: &Path, durability: Durability) ->
         )));
     }
     if version < 0 {
-        return Err(StoreError::Incompatible(format!("{} is not a PERE database (schema v{version})", path.display())));
+        return Err(StoreError::Incompatible(format!(
+            "{} is not a PERE database (schema v{version})",
+            path.display()
+        )));
     }
     if version > 0 {
-        let id: i64 = conn.pragma_query_value(None, "application_id", |row| row.get(0)).map_err(fail)?;
+        let id: i64 = conn
+            .pragma_query_value(None, "application_id", |row| row.get(0))
+            .map_err(fail)?;
         if id != APPLICATION_ID {
             return Err(StoreError::Incompatible(format!(
                 "{} is not a PERE database (application_id {id:#x})",
@@ -737,7 +835,9 @@ fn prepare_schema(conn: &mut Connection, path: &Path, durability: Durability) ->
             )));
         }
     } else {
-        let objects: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0)).map_err(fail)?;
+        let objects: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))
+            .map_err(fail)?;
         if objects > 0 {
             return Err(StoreError::Incompatible(format!(
                 "{} is an SQLite database of something else (it has tables but no PERE schema)",
@@ -746,23 +846,36 @@ fn prepare_schema(conn: &mut Connection, path: &Path, durability: Durability) ->
         }
     }
 
-    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)).map_err(fail)?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .map_err(fail)?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::backend(Failure::NoWal { path: path.to_owned(), mode }));
+        return Err(StoreError::backend(Failure::NoWal {
+            path: path.to_owned(),
+            mode,
+        }));
     }
     let synchronous = match durability {
         Durability::Normal => "NORMAL",
         Durability::Full => "FULL",
     };
-    conn.pragma_update(None, "synchronous", synchronous).map_err(fail)?;
+    conn.pragma_update(None, "synchronous", synchronous)
+        .map_err(fail)?;
     // The checkpointer thread does this work; the writer only steps in if it falls far behind.
-    conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES).map_err(fail)?;
-    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT).map_err(fail)?;
+    conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
+        .map_err(fail)?;
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
+        .map_err(fail)?;
 
-    for (from, migration) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).unwrap_or(0)) {
+    for (from, migration) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(version).unwrap_or(0))
+    {
         let tx = conn.transaction().map_err(fail)?;
         tx.execute_batch(migration).map_err(fail)?;
-        tx.pragma_update(None, "user_version", from as i64 + 1).map_err(fail)?;
+        tx.pragma_update(None, "user_version", from as i64 + 1)
+            .map_err(fail)?;
         tx.commit().map_err(fail)?;
     }
     Ok(())
@@ -772,8 +885,11 @@ fn prepare_schema(conn: &mut Connection, path: &Path, durability: Durability) ->
 /// into their device records, and returns the seq of the newest receipt.
 fn recover_devices(conn: &mut Connection) -> rusqlite::Result<u64> {
     let tx = conn.transaction()?;
-    let through: u64 =
-        tx.query_row("SELECT value FROM state WHERE key = ?1", [DEVICES_THROUGH_RECEIPT], |row| row.get(0))?;
+    let through: u64 = tx.query_row(
+        "SELECT value FROM state WHERE key = ?1",
+        [DEVICES_THROUGH_RECEIPT],
+        |row| row.get(0),
+    )?;
     let last: u64 = tx.query_row(
         "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'receipts'), 0)",
         [],
@@ -798,7 +914,9 @@ fn recover_devices(conn: &mut Connection) -> rusqlite::Result<u64> {
                 Entry::Occupied(entry) => entry.into_mut(),
                 Entry::Vacant(entry) => {
                     let known = load_device(&tx, &receipt.channel, &receipt.device)?;
-                    entry.insert(known.unwrap_or_else(|| DeviceRecord::first(&receipt_touch(&receipt))))
+                    entry.insert(
+                        known.unwrap_or_else(|| DeviceRecord::first(&receipt_touch(&receipt))),
+                    )
                 }
             };
             record.apply_receipt(&receipt);
@@ -815,7 +933,8 @@ fn recover_devices(conn: &mut Connection) -> rusqlite::Result<u64> {
 }
 
 fn save_devices_through(conn: &Connection, seq: u64) -> rusqlite::Result<()> {
-    conn.prepare_cached("UPDATE state SET value = ?2 WHERE key = ?1")?.execute(params![DEVICES_THROUGH_RECEIPT, seq])?;
+    conn.prepare_cached("UPDATE state SET value = ?2 WHERE key = ?1")?
+        .execute(params![DEVICES_THROUGH_RECEIPT, seq])?;
     Ok(())
 }
 
@@ -833,15 +952,20 @@ fn receipt_touch(receipt: &Receipt) -> DeviceTouch {
 
 /// Starts the thread that checkpoints the WAL every [`CHECKPOINT_INTERVAL`] until its sender is
 /// dropped.
-fn start_checkpointer(path: &Path) -> Result<(mpsc::Sender<()>, thread::JoinHandle<()>), StoreError> {
+fn start_checkpointer(
+    path: &Path,
+) -> Result<(mpsc::Sender<()>, thread::JoinHandle<()>), StoreError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(|err| Failure::open(path, err))?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(|err| Failure::open(path, err))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|err| Failure::open(path, err))?;
     let (stop, stopped) = mpsc::channel::<()>();
     let thread = thread::Builder::new()
         .name("pere-sqlite-checkpoint".to_owned())
         .spawn(move || {
-            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_INTERVAL) {
+            while let Err(mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(CHECKPOINT_INTERVAL)
+            {
                 // PASSIVE never waits for the writer or readers; what it cannot copy now it copies
                 // next time. A failure (disk trouble) is the writer's to report, on its commits.
                 let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
@@ -864,48 +988,85 @@ fn load_channels(conn: &Connection) -> rusqlite::Result<HashMap<ChannelName, Cha
         let head: u64 = row.get(1)?;
         let first: Option<u64> = row.get(2)?;
         let age_key: Option<i64> = row.get(3)?;
-        Ok((name, ChannelMeta::new(head, first.unwrap_or(head + 1), age_key)))
+        Ok((
+            name,
+            ChannelMeta::new(head, first.unwrap_or(head + 1), age_key),
+        ))
     })?;
     rows.collect()
 }
 
 impl Store for SqliteStore {
     async fn append(&self, channel: &ChannelName, event: NewEvent) -> Result<Appended, StoreError> {
-        if event.idempotency_key.as_deref().is_some_and(|key| !valid_idempotency_key(key)) {
+        if event
+            .idempotency_key
+            .as_deref()
+            .is_some_and(|key| !valid_idempotency_key(key))
+        {
             return Err(StoreError::InvalidIdempotencyKey);
         }
         let channel = channel.clone();
-        self.write(move |conn, drafts| append(conn, drafts, channel, event).map(Ok)).await
+        self.write(move |conn, drafts| append(conn, drafts, channel, event).map(Ok))
+            .await
     }
 
     async fn head(&self, channel: &ChannelName) -> Result<u64, StoreError> {
         Ok(self.committed(channel, |meta| meta.map_or(0, |m| m.head)))
     }
 
-    async fn read(&self, channel: &ChannelName, after: u64, limit: usize) -> Result<EventPage, StoreError> {
+    async fn read(
+        &self,
+        channel: &ChannelName,
+        after: u64,
+        limit: usize,
+    ) -> Result<EventPage, StoreError> {
         let cached = self.committed(channel, |meta| {
             let Some(meta) = meta else {
-                return Some(EventPage { first_retained: 1, ..EventPage::default() });
+                return Some(EventPage {
+                    first_retained: 1,
+                    ..EventPage::default()
+                });
             };
-            let page = |events: Vec<Arc<Event>>| EventPage { events, first_retained: meta.first, head: meta.head };
+            let page = |events: Vec<Arc<Event>>| EventPage {
+                events,
+                first_retained: meta.first,
+                head: meta.head,
+            };
             let start = after.saturating_add(1).max(meta.first);
             if start > meta.head {
                 return Some(page(Vec::new()));
             }
             let front = meta.recent.front()?.id;
-            (front <= start).then(|| page(meta.recent.iter().skip((start - front) as usize).take(limit).cloned().collect()))
+            (front <= start).then(|| {
+                page(
+                    meta.recent
+                        .iter()
+                        .skip((start - front) as usize)
+                        .take(limit)
+                        .cloned()
+                        .collect(),
+                )
+            })
         });
         if let Some(page) = cached {
             return Ok(page);
         }
         let channel = channel.clone();
-        self.read_disk(move |conn| read_page(conn, &channel, after, limit)).await
+        self.read_disk(move |conn| read_page(conn, &channel, after, limit))
+            .await
     }
 
-    async fn recent(&self, channel: &ChannelName, limit: usize) -> Result<Vec<Arc<Event>>, StoreError> {
+    async fn recent(
+        &self,
+        channel: &ChannelName,
+        limit: usize,
+    ) -> Result<Vec<Arc<Event>>, StoreError> {
         let cached = self.committed(channel, |meta| {
-            let Some(meta) = meta else { return Some(Vec::new()) };
-            let retained = usize::try_from((meta.head + 1).saturating_sub(meta.first)).unwrap_or(usize::MAX);
+            let Some(meta) = meta else {
+                return Some(Vec::new());
+            };
+            let retained =
+                usize::try_from((meta.head + 1).saturating_sub(meta.first)).unwrap_or(usize::MAX);
             let want = limit.min(retained);
             let have = meta.recent.len();
             (have >= want).then(|| meta.recent.iter().skip(have - want).cloned().collect())
@@ -927,7 +1088,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn event(&self, channel: &ChannelName, id: u64) -> Result<Option<Arc<Event>>, StoreError> {
+    async fn event(
+        &self,
+        channel: &ChannelName,
+        id: u64,
+    ) -> Result<Option<Arc<Event>>, StoreError> {
         let cached = self.committed(channel, |meta| {
             let Some(meta) = meta else { return Some(None) };
             if id < meta.first || id > meta.head {
@@ -952,11 +1117,19 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn record_receipt(&self, receipt: Receipt) -> Result<(Receipt, DeviceRecord), StoreError> {
-        self.write(move |conn, drafts| record_receipt(conn, drafts, receipt)).await
+    async fn record_receipt(
+        &self,
+        receipt: Receipt,
+    ) -> Result<(Receipt, DeviceRecord), StoreError> {
+        self.write(move |conn, drafts| record_receipt(conn, drafts, receipt))
+            .await
     }
 
-    async fn receipts(&self, channel: &ChannelName, event_id: u64) -> Result<Vec<Receipt>, StoreError> {
+    async fn receipts(
+        &self,
+        channel: &ChannelName,
+        event_id: u64,
+    ) -> Result<Vec<Receipt>, StoreError> {
         // Per event, receipts exist only while the event does. (A late receipt for an event already
         // pruned stays in the receipt stream until the channel next prunes events.)
         if event_id < self.committed(channel, |meta| meta.map_or(1, |m| m.first)) {
@@ -980,7 +1153,12 @@ impl Store for SqliteStore {
         Ok(self.inner.shared.last_receipt.load(Ordering::Relaxed))
     }
 
-    async fn receipts_after(&self, channel: &ChannelName, after: u64, limit: usize) -> Result<Vec<Receipt>, StoreError> {
+    async fn receipts_after(
+        &self,
+        channel: &ChannelName,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Receipt>, StoreError> {
         let channel = channel.clone();
         self.read_disk(move |conn| {
             query_receipts(
@@ -1016,36 +1194,55 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn add_recipient(&self, channel: &ChannelName, device: &DeviceId, at: DateTime<Utc>) -> Result<Membership, StoreError> {
+    async fn add_recipient(
+        &self,
+        channel: &ChannelName,
+        device: &DeviceId,
+        at: DateTime<Utc>,
+    ) -> Result<Membership, StoreError> {
         let (channel, device) = (channel.clone(), device.clone());
-        self.write(move |conn, drafts| add_recipient(conn, drafts, channel, device, at).map(Ok)).await
+        self.write(move |conn, drafts| add_recipient(conn, drafts, channel, device, at).map(Ok))
+            .await
     }
 
-    async fn remove_recipient(&self, channel: &ChannelName, device: &DeviceId) -> Result<Option<Membership>, StoreError> {
+    async fn remove_recipient(
+        &self,
+        channel: &ChannelName,
+        device: &DeviceId,
+    ) -> Result<Option<Membership>, StoreError> {
         let (channel, device) = (channel.clone(), device.clone());
-        self.write(move |conn, drafts| remove_recipient(conn, drafts, &channel, &device).map(Ok)).await
+        self.write(move |conn, drafts| remove_recipient(conn, drafts, &channel, &device).map(Ok))
+            .await
     }
 
     async fn memberships(&self, channel: &ChannelName) -> Result<Vec<Membership>, StoreError> {
         let channel = channel.clone();
         self.read_disk(move |conn| {
-            let mut stmt = conn.prepare_cached(select_membership!("WHERE channel = ?1 ORDER BY seq"))?;
-            let rows = stmt.query_map([channel.as_str()], |row| membership_from_row(&channel, row))?;
+            let mut stmt =
+                conn.prepare_cached(select_membership!("WHERE channel = ?1 ORDER BY seq"))?;
+            let rows =
+                stmt.query_map([channel.as_str()], |row| membership_from_row(&channel, row))?;
             rows.collect()
         })
         .await
     }
 
     async fn touch_device(&self, touch: DeviceTouch) -> Result<DeviceRecord, StoreError> {
-        self.write(move |conn, drafts| touch_device(conn, drafts, touch).map(Ok)).await
+        self.write(move |conn, drafts| touch_device(conn, drafts, touch).map(Ok))
+            .await
     }
 
-    async fn device(&self, channel: &ChannelName, device: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+    async fn device(
+        &self,
+        channel: &ChannelName,
+        device: &DeviceId,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
         if let Some(record) = self.inner.shared.book().get(channel, device) {
             return Ok(Some(record.clone()));
         }
         let (channel, device) = (channel.clone(), device.clone());
-        self.read_disk(move |conn| load_device(conn, &channel, &device)).await
+        self.read_disk(move |conn| load_device(conn, &channel, &device))
+            .await
     }
 
     async fn devices(&self, channel: &ChannelName) -> Result<Vec<DeviceRecord>, StoreError> {
@@ -1066,9 +1263,15 @@ impl Store for SqliteStore {
             let trims = shared.book().trims;
             // BINARY collation orders by bytes, as `DeviceId`'s `Ord` does; "" is before every id.
             let from = after.as_ref().map_or("", |a| a.as_str());
-            let mut stmt = conn.prepare_cached(select_device!("WHERE channel = ?1 AND device > ?2 ORDER BY device LIMIT ?3"))?;
+            let mut stmt = conn.prepare_cached(select_device!(
+                "WHERE channel = ?1 AND device > ?2 ORDER BY device LIMIT ?3"
+            ))?;
             let rows = stmt.query_map(
-                rusqlite::params![channel.as_str(), from, i64::try_from(limit).unwrap_or(i64::MAX)],
+                rusqlite::params![
+                    channel.as_str(),
+                    from,
+                    i64::try_from(limit).unwrap_or(i64::MAX)
+                ],
                 |row| device_from_row(&channel, row),
             )?;
             let mut records: Vec<DeviceRecord> = rows.collect::<rusqlite::Result<_>>()?;
@@ -1097,14 +1300,19 @@ impl Store for SqliteStore {
     }
 
     async fn probe(&self) -> Result<(), StoreError> {
-        self.read_disk(|conn| conn.query_row("SELECT count(*) FROM state", [], |row| row.get::<_, i64>(0))).await?;
+        self.read_disk(|conn| {
+            conn.query_row("SELECT count(*) FROM state", [], |row| row.get::<_, i64>(0))
+        })
+        .await?;
         // A real write through the writer, committed like any other: it fails when the disk is
         // full or the database is damaged, as pushes would.
         let stamp = chrono::Utc::now().timestamp_millis();
         self.write(move |conn, _| {
-            conn.prepare_cached("INSERT OR REPLACE INTO state (key, value) VALUES ('ready_probe', ?1)")?
-                .execute([stamp])
-                .map(|_| Ok(()))
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO state (key, value) VALUES ('ready_probe', ?1)",
+            )?
+            .execute([stamp])
+            .map(|_| Ok(()))
         })
         .await
     }
@@ -1113,7 +1321,9 @@ impl Store for SqliteStore {
         self.read_disk(|conn| {
             // BINARY collation orders by bytes, as `ChannelName`'s `Ord` does.
             let mut stmt = conn.prepare_cached("SELECT name FROM channels ORDER BY name")?;
-            let rows = stmt.query_map([], |row| parse_name(row.get_ref(0)?.as_str()?, 0, ChannelName::new))?;
+            let rows = stmt.query_map([], |row| {
+                parse_name(row.get_ref(0)?.as_str()?, 0, ChannelName::new)
+            })?;
             rows.collect()
         })
         .await
@@ -1133,8 +1343,13 @@ fn time_from_ms(ms: i64, column: usize) -> rusqlite::Result<DateTime<Utc>> {
     DateTime::from_timestamp_millis(ms).ok_or(rusqlite::Error::IntegralValueOutOfRange(column, ms))
 }
 
-fn parse_name<T>(value: &str, column: usize, parse: fn(&str) -> Result<T, NameError>) -> rusqlite::Result<T> {
-    parse(value).map_err(|err| rusqlite::Error::FromSqlConversionFailure(column, Type::Text, Box::new(err)))
+fn parse_name<T>(
+    value: &str,
+    column: usize,
+    parse: fn(&str) -> Result<T, NameError>,
+) -> rusqlite::Result<T> {
+    parse(value)
+        .map_err(|err| rusqlite::Error::FromSqlConversionFailure(column, Type::Text, Box::new(err)))
 }
 
 /// Rebuilds a stored event (and so its SSE frame) from
@@ -1142,11 +1357,29 @@ fn parse_name<T>(value: &str, column: usize, parse: fn(&str) -> Result<T, NameEr
 fn event_from_row(channel: &ChannelName, row: &Row<'_>) -> rusqlite::Result<Arc<Event>> {
     let id: u64 = row.get(0)?;
     let time = time_from_ms(row.get(1)?, 1)?;
-    let publisher = row.get_ref(2)?.as_str_or_null()?.map(|s| parse_name(s, 2, DeviceId::new)).transpose()?;
-    let event_type = row.get_ref(3)?.as_str_or_null()?.map(|s| parse_name(s, 3, EventType::new)).transpose()?;
+    let publisher = row
+        .get_ref(2)?
+        .as_str_or_null()?
+        .map(|s| parse_name(s, 2, DeviceId::new))
+        .transpose()?;
+    let event_type = row
+        .get_ref(3)?
+        .as_str_or_null()?
+        .map(|s| parse_name(s, 3, EventType::new))
+        .transpose()?;
     let body: String = row.get(4)?;
     let idempotency_key: Option<String> = row.get(5)?;
-    Ok(Arc::new(Event::new(channel.clone(), id, time, NewEvent { publisher, event_type, body, idempotency_key })))
+    Ok(Arc::new(Event::new(
+        channel.clone(),
+        id,
+        time,
+        NewEvent {
+            publisher,
+            event_type,
+            body,
+            idempotency_key,
+        },
+    )))
 }
 
 fn query_events(
@@ -1191,15 +1424,21 @@ fn membership_from_row(channel: &ChannelName, row: &Row<'_>) -> rusqlite::Result
 }
 
 /// A page of history from disk; one read transaction, so head, first and events agree.
-fn read_page(conn: &mut Connection, channel: &ChannelName, after: u64, limit: usize) -> rusqlite::Result<EventPage> {
+fn read_page(
+    conn: &mut Connection,
+    channel: &ChannelName,
+    after: u64,
+    limit: usize,
+) -> rusqlite::Result<EventPage> {
     let tx = conn.transaction()?;
     let head: u64 = tx
         .prepare_cached("SELECT head FROM channels WHERE name = ?1")?
         .query_row([channel.as_str()], |row| row.get(0))
         .optional()?
         .unwrap_or(0);
-    let first: Option<u64> =
-        tx.prepare_cached("SELECT MIN(id) FROM events WHERE channel = ?1")?.query_row([channel.as_str()], |row| row.get(0))?;
+    let first: Option<u64> = tx
+        .prepare_cached("SELECT MIN(id) FROM events WHERE channel = ?1")?
+        .query_row([channel.as_str()], |row| row.get(0))?;
     let events = query_events(
         &tx,
         channel,
@@ -1207,14 +1446,21 @@ fn read_page(conn: &mut Connection, channel: &ChannelName, after: u64, limit: us
         params![channel.as_str(), after, sql_limit(limit)],
     )?;
     tx.commit()?;
-    Ok(EventPage { events, first_retained: first.unwrap_or(head + 1), head })
+    Ok(EventPage {
+        events,
+        first_retained: first.unwrap_or(head + 1),
+        head,
+    })
 }
-
 
 fn device_from_row(channel: &ChannelName, row: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
     let op = row.get_ref(3)?.as_str()?;
     let last_op = DeviceOp::parse(op).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(3, Type::Text, format!("unknown device operation {op:?}").into())
+        rusqlite::Error::FromSqlConversionFailure(
+            3,
+            Type::Text,
+            format!("unknown device operation {op:?}").into(),
+        )
     })?;
     Ok(DeviceRecord {
         channel: channel.clone(),
@@ -1229,9 +1475,15 @@ fn device_from_row(channel: &ChannelName, row: &Row<'_>) -> rusqlite::Result<Dev
     })
 }
 
-fn load_device(conn: &Connection, channel: &ChannelName, device: &DeviceId) -> rusqlite::Result<Option<DeviceRecord>> {
+fn load_device(
+    conn: &Connection,
+    channel: &ChannelName,
+    device: &DeviceId,
+) -> rusqlite::Result<Option<DeviceRecord>> {
     conn.prepare_cached(select_device!("WHERE channel = ?1 AND device = ?2"))?
-        .query_row([channel.as_str(), device.as_str()], |row| device_from_row(channel, row))
+        .query_row([channel.as_str(), device.as_str()], |row| {
+            device_from_row(channel, row)
+        })
         .optional()
 }
 
@@ -1302,7 +1554,12 @@ struct Drafts<'a> {
 impl<'a> Drafts<'a> {
     fn new(shared: &'a Shared) -> Self {
         let last_receipt = shared.last_receipt.load(Ordering::Relaxed);
-        Drafts { shared, channels: HashMap::new(), devices: HashMap::new(), last_receipt }
+        Drafts {
+            shared,
+            channels: HashMap::new(),
+            devices: HashMap::new(),
+            last_receipt,
+        }
     }
 
     /// A device's record as this transaction sees it (changed earlier in it, committed in the
@@ -1332,9 +1589,18 @@ impl<'a> Drafts<'a> {
     /// The draft of a channel that exists, committed or created earlier in this transaction.
     fn existing(&mut self, channel: &ChannelName) -> Option<&mut Draft> {
         if !self.channels.contains_key(channel) {
-            let committed = self.shared.channels.read().unwrap_or_else(|e| e.into_inner()).get(channel).map(|meta| {
-                Draft { head: meta.head, first: meta.first, saved_head: Some(meta.head), appended: Vec::new() }
-            })?;
+            let committed = self
+                .shared
+                .channels
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(channel)
+                .map(|meta| Draft {
+                    head: meta.head,
+                    first: meta.first,
+                    saved_head: Some(meta.head),
+                    appended: Vec::new(),
+                })?;
             self.channels.insert(channel.clone(), committed);
         }
         self.channels.get_mut(channel)
@@ -1345,7 +1611,12 @@ impl<'a> Drafts<'a> {
         let _ = self.existing(channel);
         self.channels
             .entry(channel.clone())
-            .or_insert_with(|| Draft { head: 0, first: 1, saved_head: None, appended: Vec::new() })
+            .or_insert_with(|| Draft {
+                head: 0,
+                first: 1,
+                saved_head: None,
+                appended: Vec::new(),
+            })
     }
 
     /// Makes the committed drafts visible to readers. Returns the channels that now have
@@ -1360,10 +1631,18 @@ impl<'a> Drafts<'a> {
                 book.change(record);
             }
         }
-        self.shared.last_receipt.store(self.last_receipt, Ordering::Relaxed);
-        let mut channels = self.shared.channels.write().unwrap_or_else(|e| e.into_inner());
+        self.shared
+            .last_receipt
+            .store(self.last_receipt, Ordering::Relaxed);
+        let mut channels = self
+            .shared
+            .channels
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         for (name, draft) in self.channels {
-            let meta = channels.entry(name.clone()).or_insert_with(|| ChannelMeta::new(0, 1, None));
+            let meta = channels
+                .entry(name.clone())
+                .or_insert_with(|| ChannelMeta::new(0, 1, None));
             if let (true, None, Some(oldest)) = (aging, meta.age_key, draft.appended.first()) {
                 let key = oldest.time.timestamp_millis();
                 meta.age_key = Some(key);
@@ -1387,7 +1666,9 @@ impl<'a> Drafts<'a> {
                 meta.recent_bytes += size;
                 meta.recent.push_back(event);
             }
-            while meta.recent.len() > options.recent_events || meta.recent.front().is_some_and(|e| e.id < meta.first) {
+            while meta.recent.len() > options.recent_events
+                || meta.recent.front().is_some_and(|e| e.id < meta.first)
+            {
                 removed += meta.uncache_oldest();
             }
             cache.update(&name, meta, added, removed, appended);
@@ -1459,7 +1740,9 @@ impl Writer {
                 // At most `IDLE_WAKE` though: expiry is computed on the wall clock, which may
                 // jump.
                 let idle_wake = Instant::now() + IDLE_WAKE;
-                let mut until = self.next_expiry().map_or(idle_wake, |expiry| expiry.min(idle_wake));
+                let mut until = self
+                    .next_expiry()
+                    .map_or(idle_wake, |expiry| expiry.min(idle_wake));
                 if !self.shared.book().changed.is_empty() {
                     until = until.min(self.next_write_back);
                 }
@@ -1502,8 +1785,11 @@ impl Writer {
             if book.changed.is_empty() {
                 return;
             }
-            let records: Vec<DeviceRecord> =
-                book.changed.iter().filter_map(|(channel, device)| book.get(channel, device).cloned()).collect();
+            let records: Vec<DeviceRecord> = book
+                .changed
+                .iter()
+                .filter_map(|(channel, device)| book.get(channel, device).cloned())
+                .collect();
             (records, self.shared.last_receipt.load(Ordering::Relaxed))
         };
         let written = self.conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
@@ -1548,7 +1834,11 @@ impl Writer {
                 Command::Close(closer) => self.closers.push(closer),
             }
         }
-        let Batch { conn, mut drafts, mut failure } = batch;
+        let Batch {
+            conn,
+            mut drafts,
+            mut failure,
+        } = batch;
         if failure.is_none() {
             let committed = finish_batch(conn, &mut drafts, &retention, started, &mut self.sweep)
                 .and_then(|()| conn.execute_batch("COMMIT"));
@@ -1584,7 +1874,11 @@ impl Writer {
 
     /// Whether the age index holds a channel whose oldest event is older than `cutoff`.
     fn expired(&self, cutoff: Option<i64>) -> bool {
-        cutoff.is_some_and(|cutoff| self.ages.first().is_some_and(|(oldest, _)| *oldest < cutoff))
+        cutoff.is_some_and(|cutoff| {
+            self.ages
+                .first()
+                .is_some_and(|(oldest, _)| *oldest < cutoff)
+        })
     }
 
     /// One bounded step of pruning, in its own transaction, when there is something to prune:
@@ -1614,7 +1908,9 @@ impl Writer {
             let (name, aged) = match self.sweep.pop() {
                 Some(name) => (name, false),
                 None if self.expired(cutoff) => {
-                    let Some((key, name)) = self.ages.pop_first() else { break };
+                    let Some((key, name)) = self.ages.pop_first() else {
+                        break;
+                    };
                     taken.push((key, name.clone()));
                     (name, true)
                 }
@@ -1622,15 +1918,22 @@ impl Writer {
             };
             visited += 1;
             self.shared.visited.fetch_add(1, Ordering::Relaxed);
-            let Some(draft) = drafts.existing(&name) else { continue };
-            let pruned = prune_channel(&self.conn, &name, draft, &retention, cutoff, budget).and_then(|(gone, more)| {
-                if !aged {
-                    return Ok((gone, more, None));
-                }
-                // Filed again under its oldest remaining event (still expired if `more`).
-                let oldest = if more { taken.last().map(|(key, _)| *key) } else { oldest_time(&self.conn, &name, draft.first)? };
-                Ok((gone, more, Some(oldest)))
-            });
+            let Some(draft) = drafts.existing(&name) else {
+                continue;
+            };
+            let pruned = prune_channel(&self.conn, &name, draft, &retention, cutoff, budget)
+                .and_then(|(gone, more)| {
+                    if !aged {
+                        return Ok((gone, more, None));
+                    }
+                    // Filed again under its oldest remaining event (still expired if `more`).
+                    let oldest = if more {
+                        taken.last().map(|(key, _)| *key)
+                    } else {
+                        oldest_time(&self.conn, &name, draft.first)?
+                    };
+                    Ok((gone, more, Some(oldest)))
+                });
             match pruned {
                 Ok((gone, more, refiled)) => {
                     budget -= gone;
@@ -1656,7 +1959,11 @@ impl Writer {
                     self.ages.extend(drafts.publish(&mut self.cache));
                     self.shared.transactions.fetch_add(1, Ordering::Relaxed);
                 }
-                let mut channels = self.shared.channels.write().unwrap_or_else(|e| e.into_inner());
+                let mut channels = self
+                    .shared
+                    .channels
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner());
                 for (name, key) in refile {
                     if let Some(meta) = channels.get_mut(&name) {
                         meta.age_key = key;
@@ -1679,13 +1986,24 @@ impl Writer {
 }
 
 /// The time (milliseconds) of the channel's oldest retained event, at or after `first`.
-fn oldest_time(conn: &Connection, channel: &ChannelName, first: u64) -> rusqlite::Result<Option<i64>> {
-    conn.prepare_cached("SELECT time FROM events WHERE channel = ?1 AND id >= ?2 ORDER BY id LIMIT 1")?
-        .query_row(params![channel.as_str(), first], |row| row.get(0))
-        .optional()
+fn oldest_time(
+    conn: &Connection,
+    channel: &ChannelName,
+    first: u64,
+) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached(
+        "SELECT time FROM events WHERE channel = ?1 AND id >= ?2 ORDER BY id LIMIT 1",
+    )?
+    .query_row(params![channel.as_str(), first], |row| row.get(0))
+    .optional()
 }
 
-fn append(conn: &Connection, drafts: &mut Drafts<'_>, channel: ChannelName, new: NewEvent) -> rusqlite::Result<Appended> {
+fn append(
+    conn: &Connection,
+    drafts: &mut Drafts<'_>,
+    channel: ChannelName,
+    new: NewEvent,
+) -> rusqlite::Result<Appended> {
     if let Some(key) = &new.idempotency_key {
         // Run by the writer, which sees this batch's own inserts: a key sent twice in one batch
         // is stored once too.
@@ -1726,8 +2044,12 @@ fn record_receipt(
     drafts: &mut Drafts<'_>,
     mut receipt: Receipt,
 ) -> rusqlite::Result<Result<(Receipt, DeviceRecord), StoreError>> {
-    let unknown = StoreError::UnknownEvent { id: receipt.event_id };
-    let Some(draft) = drafts.existing(&receipt.channel) else { return Ok(Err(unknown)) };
+    let unknown = StoreError::UnknownEvent {
+        id: receipt.event_id,
+    };
+    let Some(draft) = drafts.existing(&receipt.channel) else {
+        return Ok(Err(unknown));
+    };
     if receipt.event_id == 0 || receipt.event_id > draft.head {
         return Ok(Err(unknown));
     }
@@ -1745,25 +2067,41 @@ fn record_receipt(
     drafts.last_receipt = receipt.seq;
     // Applied by the writer alone, in seq order: no concurrent update is lost. Written back to
     // `devices` later, with the other changed records.
-    let record = drafts.device(conn, &receipt.channel, &receipt.device, || DeviceRecord::first(&receipt_touch(&receipt)))?;
+    let record = drafts.device(conn, &receipt.channel, &receipt.device, || {
+        DeviceRecord::first(&receipt_touch(&receipt))
+    })?;
     record.apply_receipt(&receipt);
     let record = record.clone();
     Ok(Ok((receipt, record)))
 }
 
-fn touch_device(conn: &Connection, drafts: &mut Drafts<'_>, touch: DeviceTouch) -> rusqlite::Result<DeviceRecord> {
+fn touch_device(
+    conn: &Connection,
+    drafts: &mut Drafts<'_>,
+    touch: DeviceTouch,
+) -> rusqlite::Result<DeviceRecord> {
     // A device makes its channel known (`channels` lists channels with events or devices).
     drafts.entry(&touch.channel);
     // Applying a touch to its own first record changes nothing.
-    let record = drafts.device(conn, &touch.channel, &touch.device, || DeviceRecord::first(&touch))?;
+    let record = drafts.device(conn, &touch.channel, &touch.device, || {
+        DeviceRecord::first(&touch)
+    })?;
     record.apply(&touch);
     Ok(record.clone())
 }
 
-fn current_membership(conn: &Connection, channel: &ChannelName, device: &DeviceId) -> rusqlite::Result<Option<(i64, Membership)>> {
-    conn.prepare_cached(select_membership!("WHERE channel = ?1 AND device = ?2 AND left_after IS NULL"))?
-        .query_row([channel.as_str(), device.as_str()], |row| Ok((row.get(0)?, membership_from_row(channel, row)?)))
-        .optional()
+fn current_membership(
+    conn: &Connection,
+    channel: &ChannelName,
+    device: &DeviceId,
+) -> rusqlite::Result<Option<(i64, Membership)>> {
+    conn.prepare_cached(select_membership!(
+        "WHERE channel = ?1 AND device = ?2 AND left_after IS NULL"
+    ))?
+    .query_row([channel.as_str(), device.as_str()], |row| {
+        Ok((row.get(0)?, membership_from_row(channel, row)?))
+    })
+    .optional()
 }
 
 fn add_recipient(
@@ -1781,7 +2119,13 @@ fn add_recipient(
     }
     conn.prepare_cached("INSERT INTO memberships (channel, device, joined_after, left_after, since) VALUES (?1, ?2, ?3, NULL, ?4)")?
         .execute(params![channel.as_str(), device.as_str(), head, at.timestamp_millis()])?;
-    Ok(Membership { channel, device, joined_after: head, left_after: None, since: at })
+    Ok(Membership {
+        channel,
+        device,
+        joined_after: head,
+        left_after: None,
+        since: at,
+    })
 }
 
 fn remove_recipient(
@@ -1790,9 +2134,14 @@ fn remove_recipient(
     channel: &ChannelName,
     device: &DeviceId,
 ) -> rusqlite::Result<Option<Membership>> {
-    let Some(head) = drafts.existing(channel).map(|draft| draft.head) else { return Ok(None) };
-    let Some((seq, mut membership)) = current_membership(conn, channel, device)? else { return Ok(None) };
-    conn.prepare_cached("UPDATE memberships SET left_after = ?1 WHERE seq = ?2")?.execute(params![head, seq])?;
+    let Some(head) = drafts.existing(channel).map(|draft| draft.head) else {
+        return Ok(None);
+    };
+    let Some((seq, mut membership)) = current_membership(conn, channel, device)? else {
+        return Ok(None);
+    };
+    conn.prepare_cached("UPDATE memberships SET left_after = ?1 WHERE seq = ?2")?
+        .execute(params![head, seq])?;
     membership.left_after = Some(head);
     Ok(Some(membership))
 }
@@ -1828,7 +2177,10 @@ fn finish_batch(
 /// Events older than this (milliseconds since the epoch) are expired, if retention has an age.
 fn age_cutoff(retention: &Retention, at: DateTime<Utc>) -> Option<i64> {
     let age = retention.max_age?;
-    Some(at.timestamp_millis().saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX)))
+    Some(
+        at.timestamp_millis()
+            .saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX)),
+    )
 }
 
 /// Deletes the oldest events of a channel that retention no longer allows, at most `budget` of
@@ -1863,7 +2215,8 @@ fn prune_channel(
     if bound <= draft.first {
         return Ok((0, false));
     }
-    conn.prepare_cached("DELETE FROM events WHERE channel = ?1 AND id < ?2")?.execute(params![channel.as_str(), bound])?;
+    conn.prepare_cached("DELETE FROM events WHERE channel = ?1 AND id < ?2")?
+        .execute(params![channel.as_str(), bound])?;
     conn.prepare_cached("DELETE FROM receipts WHERE channel = ?1 AND event_id < ?2")?
         .execute(params![channel.as_str(), bound])?;
     let deleted = bound - draft.first;
@@ -1879,15 +2232,33 @@ mod tests {
     use crate::store::conformance::{self, body, ch, dev, ROOMY};
 
     fn open(dir: &Path, retention: Retention) -> SqliteStore {
-        SqliteStore::open(dir, SqliteOptions { retention, ..SqliteOptions::default() }).unwrap()
+        SqliteStore::open(
+            dir,
+            SqliteOptions {
+                retention,
+                ..SqliteOptions::default()
+            },
+        )
+        .unwrap()
     }
 
     async fn check_conformance(options: SqliteOptions) {
         let root = tempfile::tempdir().unwrap();
         let stores = AtomicUsize::new(0);
         conformance::run_all(|retention| {
-            let dir = root.path().join(format!("store{}", stores.fetch_add(1, Ordering::Relaxed)));
-            async move { SqliteStore::open(&dir, SqliteOptions { retention, ..options }).unwrap() }
+            let dir = root
+                .path()
+                .join(format!("store{}", stores.fetch_add(1, Ordering::Relaxed)));
+            async move {
+                SqliteStore::open(
+                    &dir,
+                    SqliteOptions {
+                        retention,
+                        ..options
+                    },
+                )
+                .unwrap()
+            }
         })
         .await;
     }
@@ -1916,24 +2287,40 @@ mod tests {
 
     #[tokio::test]
     async fn conformance_suite_normal() {
-        check_conformance(SqliteOptions { durability: Durability::Normal, ..SqliteOptions::default() }).await;
+        check_conformance(SqliteOptions {
+            durability: Durability::Normal,
+            ..SqliteOptions::default()
+        })
+        .await;
     }
 
     #[tokio::test]
     async fn conformance_suite_full() {
-        check_conformance(SqliteOptions { durability: Durability::Full, ..SqliteOptions::default() }).await;
+        check_conformance(SqliteOptions {
+            durability: Durability::Full,
+            ..SqliteOptions::default()
+        })
+        .await;
     }
 
     #[tokio::test]
     async fn conformance_suite_without_memory_cache() {
         // Every read goes to disk.
-        check_conformance(SqliteOptions { recent_events: 0, ..SqliteOptions::default() }).await;
+        check_conformance(SqliteOptions {
+            recent_events: 0,
+            ..SqliteOptions::default()
+        })
+        .await;
     }
 
     #[tokio::test]
     async fn conformance_suite_with_a_tiny_memory_cache() {
         // Some reads from memory, the rest from disk.
-        check_conformance(SqliteOptions { recent_bytes: 16 << 10, ..SqliteOptions::default() }).await;
+        check_conformance(SqliteOptions {
+            recent_bytes: 16 << 10,
+            ..SqliteOptions::default()
+        })
+        .await;
     }
 
     /// Cached bytes per channel, as the store accounts them, and their total.
@@ -1942,7 +2329,10 @@ mod tests {
         let per: HashMap<String, (usize, usize)> = channels
             .iter()
             .map(|(name, meta)| {
-                assert_eq!(meta.recent_bytes, meta.recent.iter().map(|e| cached_size(e)).sum::<usize>());
+                assert_eq!(
+                    meta.recent_bytes,
+                    meta.recent.iter().map(|e| cached_size(e)).sum::<usize>()
+                );
                 (name.to_string(), (meta.recent.len(), meta.recent_bytes))
             })
             .collect();
@@ -1954,16 +2344,26 @@ mod tests {
     async fn the_recent_event_cache_keeps_to_one_byte_budget_across_channels() {
         let dir = tempfile::tempdir().unwrap();
         let budget = 256 << 10;
-        let options = SqliteOptions { recent_bytes: budget, retention: ROOMY, ..SqliteOptions::default() };
+        let options = SqliteOptions {
+            recent_bytes: budget,
+            retention: ROOMY,
+            ..SqliteOptions::default()
+        };
         let store = SqliteStore::open(dir.path(), options).unwrap();
         let big = "x".repeat(4096);
         for i in 0..20 {
             for _ in 0..5 {
-                store.append(&ch(&format!("C{i}")), body(&big)).await.unwrap();
+                store
+                    .append(&ch(&format!("C{i}")), body(&big))
+                    .await
+                    .unwrap();
             }
         }
         let (per, total) = check_cached(&store);
-        assert!(total <= budget, "{total} cached bytes over a budget of {budget}");
+        assert!(
+            total <= budget,
+            "{total} cached bytes over a budget of {budget}"
+        );
         assert!(total > budget / 2, "the budget is used: {total}");
         // The channels appended to last keep their tails; the first ones gave theirs up.
         assert_eq!(per["C19"].0, 5);
@@ -1971,25 +2371,50 @@ mod tests {
         // Whatever is cached or not, reads give the same events.
         for i in [0, 10, 19] {
             let page = store.read(&ch(&format!("C{i}")), 2, 10).await.unwrap();
-            assert_eq!(page.events.iter().map(|e| e.id).collect::<Vec<_>>(), vec![3, 4, 5]);
+            assert_eq!(
+                page.events.iter().map(|e| e.id).collect::<Vec<_>>(),
+                vec![3, 4, 5]
+            );
             assert!(page.events.iter().all(|e| e.body == big));
         }
         // An event larger than a sixteenth of the budget is not cached, and takes no one's place.
-        store.append(&ch("Huge"), body(&"y".repeat(budget))).await.unwrap();
+        store
+            .append(&ch("Huge"), body(&"y".repeat(budget)))
+            .await
+            .unwrap();
         let (per, after) = check_cached(&store);
         assert_eq!((per["Huge"].0, after), (0, total));
-        assert_eq!(store.event(&ch("Huge"), 1).await.unwrap().unwrap().body.len(), budget);
+        assert_eq!(
+            store
+                .event(&ch("Huge"), 1)
+                .await
+                .unwrap()
+                .unwrap()
+                .body
+                .len(),
+            budget
+        );
     }
 
     #[tokio::test]
     async fn device_records_kept_in_memory_are_bounded_and_the_rest_read_from_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let options = SqliteOptions { device_records: 100, retention: ROOMY, ..SqliteOptions::default() };
+        let options = SqliteOptions {
+            device_records: 100,
+            retention: ROOMY,
+            ..SqliteOptions::default()
+        };
         let store = SqliteStore::open(dir.path(), options).unwrap();
         for c in 0..10 {
-            store.append(&ch(&format!("C{c}")), body("x")).await.unwrap();
+            store
+                .append(&ch(&format!("C{c}")), body("x"))
+                .await
+                .unwrap();
             for d in 0..100 {
-                store.record_receipt(ack(&format!("C{c}"), 1, &format!("D{d}"))).await.unwrap();
+                store
+                    .record_receipt(ack(&format!("C{c}"), 1, &format!("D{d}")))
+                    .await
+                    .unwrap();
             }
         }
         // Written back within a second, then the least recently changed are let go.
@@ -2002,10 +2427,16 @@ mod tests {
         .expect("the book was trimmed");
         let kept: Vec<String> = {
             let book = store.inner.shared.book();
-            assert_eq!(book.len, book.records.values().map(HashMap::len).sum::<usize>());
+            assert_eq!(
+                book.len,
+                book.records.values().map(HashMap::len).sum::<usize>()
+            );
             book.records.keys().map(|c| c.to_string()).collect()
         };
-        assert!(!kept.contains(&"C0".to_owned()), "the oldest went first: {kept:?}");
+        assert!(
+            !kept.contains(&"C0".to_owned()),
+            "the oldest went first: {kept:?}"
+        );
         // Dropped or kept, every record reads the same, one at a time or by channel.
         for c in ["C0", "C9"] {
             let record = store.device(&ch(c), &dev("D5")).await.unwrap().unwrap();
@@ -2013,7 +2444,10 @@ mod tests {
             let all = store.devices(&ch(c)).await.unwrap();
             assert_eq!(all.len(), 100);
             assert!(all.iter().all(|r| r.receipts == 1));
-            let page = store.devices_page(&ch(c), Some(&all[9].device), 10).await.unwrap();
+            let page = store
+                .devices_page(&ch(c), Some(&all[9].device), 10)
+                .await
+                .unwrap();
             assert_eq!(page, all[10..20].to_vec());
         }
         // A dropped record changes from what the disk holds, and is kept again.
@@ -2021,8 +2455,24 @@ mod tests {
         assert_eq!(record.receipts, 2);
         drop(store);
         let store = open(dir.path(), ROOMY);
-        assert_eq!(store.device(&ch("C0"), &dev("D5")).await.unwrap().unwrap().receipts, 2);
-        assert_eq!(store.device(&ch("C0"), &dev("D6")).await.unwrap().unwrap().receipts, 1);
+        assert_eq!(
+            store
+                .device(&ch("C0"), &dev("D5"))
+                .await
+                .unwrap()
+                .unwrap()
+                .receipts,
+            2
+        );
+        assert_eq!(
+            store
+                .device(&ch("C0"), &dev("D6"))
+                .await
+                .unwrap()
+                .unwrap()
+                .receipts,
+            1
+        );
     }
 
     #[tokio::test]
@@ -2033,7 +2483,13 @@ mod tests {
             let store = open(dir.path(), ROOMY);
             let mut sent = Vec::new();
             for i in 1..=3 {
-                sent.push(store.append(&c, body(&format!("e{i}"))).await.unwrap().event);
+                sent.push(
+                    store
+                        .append(&c, body(&format!("e{i}")))
+                        .await
+                        .unwrap()
+                        .event,
+                );
             }
             store
                 .touch_device(DeviceTouch {
@@ -2046,7 +2502,14 @@ mod tests {
                 })
                 .await
                 .unwrap();
-            let receipt = Receipt { seq: 0, channel: c.clone(), event_id: 2, device: h1.clone(), status: "ok".into(), time: now() };
+            let receipt = Receipt {
+                seq: 0,
+                channel: c.clone(),
+                event_id: 2,
+                device: h1.clone(),
+                status: "ok".into(),
+                time: now(),
+            };
             let (receipt, record) = store.record_receipt(receipt).await.unwrap();
             let membership = store.add_recipient(&c, &h1, now()).await.unwrap();
             (sent, receipt, record, membership)
@@ -2057,29 +2520,51 @@ mod tests {
         let page = store.read(&c, 0, 10).await.unwrap();
         assert_eq!((page.first_retained, page.head), (1, 3));
         for (read, sent) in page.events.iter().zip(&sent) {
-            assert_eq!((read.id, &read.body, read.time, &read.publisher), (sent.id, &sent.body, sent.time, &sent.publisher));
+            assert_eq!(
+                (read.id, &read.body, read.time, &read.publisher),
+                (sent.id, &sent.body, sent.time, &sent.publisher)
+            );
             assert_eq!(read.frame(), sent.frame());
         }
         assert_eq!(store.receipts(&c, 2).await.unwrap(), vec![receipt.clone()]);
-        assert_eq!(store.receipts_after(&c, 0, 10).await.unwrap(), vec![receipt.clone()]);
+        assert_eq!(
+            store.receipts_after(&c, 0, 10).await.unwrap(),
+            vec![receipt.clone()]
+        );
         assert_eq!(store.memberships(&c).await.unwrap(), vec![membership]);
         assert_eq!(store.device(&c, &h1).await.unwrap(), Some(record.clone()));
         assert_eq!(store.devices(&c).await.unwrap(), vec![record]);
         assert_eq!(store.channels().await.unwrap(), vec![c.clone()]);
         assert_eq!(store.append(&c, body("e4")).await.unwrap().event.id, 4);
-        let later = Receipt { seq: 0, channel: c.clone(), event_id: 4, device: h1.clone(), status: "ok".into(), time: now() };
-        assert!(store.record_receipt(later).await.unwrap().0.seq > receipt.seq, "receipt seqs continue");
+        let later = Receipt {
+            seq: 0,
+            channel: c.clone(),
+            event_id: 4,
+            device: h1.clone(),
+            status: "ok".into(),
+            time: now(),
+        };
+        assert!(
+            store.record_receipt(later).await.unwrap().0.seq > receipt.seq,
+            "receipt seqs continue"
+        );
     }
 
     #[tokio::test]
     async fn the_sequence_survives_pruning_everything() {
         let dir = tempfile::tempdir().unwrap();
         let c = ch("C");
-        let nothing = Retention { max_events: 0, max_age: None };
+        let nothing = Retention {
+            max_events: 0,
+            max_age: None,
+        };
         {
             let store = open(dir.path(), nothing);
             for expected in 1..=3 {
-                assert_eq!(store.append(&c, body("x")).await.unwrap().event.id, expected);
+                assert_eq!(
+                    store.append(&c, body("x")).await.unwrap().event.id,
+                    expected
+                );
             }
             let page = store.read(&c, 0, 10).await.unwrap();
             assert!(page.events.is_empty());
@@ -2094,10 +2579,23 @@ mod tests {
     #[tokio::test]
     async fn receipts_are_pruned_with_their_events() {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path(), Retention { max_events: 2, max_age: None });
+        let store = open(
+            dir.path(),
+            Retention {
+                max_events: 2,
+                max_age: None,
+            },
+        );
         let c = ch("C");
         store.append(&c, body("1")).await.unwrap();
-        let receipt = Receipt { seq: 0, channel: c.clone(), event_id: 1, device: dev("H1"), status: "ok".into(), time: now() };
+        let receipt = Receipt {
+            seq: 0,
+            channel: c.clone(),
+            event_id: 1,
+            device: dev("H1"),
+            status: "ok".into(),
+            time: now(),
+        };
         store.record_receipt(receipt).await.unwrap();
         assert_eq!(store.receipts(&c, 1).await.unwrap().len(), 1);
         store.append(&c, body("2")).await.unwrap();
@@ -2105,25 +2603,47 @@ mod tests {
         assert_eq!(check_ids(&store, "C").await, vec![2, 3]);
         assert!(store.receipts(&c, 1).await.unwrap().is_empty());
         // The device record stays: it is the ledger, not history.
-        assert_eq!(store.device(&c, &dev("H1")).await.unwrap().unwrap().last_acked, 1);
+        assert_eq!(
+            store
+                .device(&c, &dev("H1"))
+                .await
+                .unwrap()
+                .unwrap()
+                .last_acked,
+            1
+        );
     }
 
     fn ack(channel: &str, id: u64, device: &str) -> Receipt {
-        Receipt { seq: 0, channel: ch(channel), event_id: id, device: dev(device), status: "ok".into(), time: now() }
+        Receipt {
+            seq: 0,
+            channel: ch(channel),
+            event_id: id,
+            device: dev(device),
+            status: "ok".into(),
+            time: now(),
+        }
     }
 
     fn stored_device(dir: &Path, device: &str) -> Option<(u64, u64)> {
         let conn = Connection::open(dir.join(DB_FILE)).unwrap();
-        conn.query_row("SELECT last_acked, receipts FROM devices WHERE device = ?1", [device], |row| {
-            Ok((row.get(0)?, row.get(1)?))
-        })
+        conn.query_row(
+            "SELECT last_acked, receipts FROM devices WHERE device = ?1",
+            [device],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
         .optional()
         .unwrap()
     }
 
     fn devices_through(dir: &Path) -> u64 {
         let conn = Connection::open(dir.join(DB_FILE)).unwrap();
-        conn.query_row("SELECT value FROM state WHERE key = ?1", [DEVICES_THROUGH_RECEIPT], |row| row.get(0)).unwrap()
+        conn.query_row(
+            "SELECT value FROM state WHERE key = ?1",
+            [DEVICES_THROUGH_RECEIPT],
+            |row| row.get(0),
+        )
+        .unwrap()
     }
 
     #[tokio::test]
@@ -2137,10 +2657,22 @@ mod tests {
         store.record_receipt(ack("C", 1, "H1")).await.unwrap();
         let (second, _) = store.record_receipt(ack("C", 2, "H1")).await.unwrap();
         // Readers see a record before it is written back.
-        assert_eq!(store.device(&c, &dev("H1")).await.unwrap().unwrap().receipts, 2);
+        assert_eq!(
+            store
+                .device(&c, &dev("H1"))
+                .await
+                .unwrap()
+                .unwrap()
+                .receipts,
+            2
+        );
         assert_eq!(store.devices(&c).await.unwrap()[0].receipts, 2);
         drop(store);
-        assert_eq!(stored_device(dir.path(), "H1"), Some((2, 2)), "written back at close");
+        assert_eq!(
+            stored_device(dir.path(), "H1"),
+            Some((2, 2)),
+            "written back at close"
+        );
         assert_eq!(devices_through(dir.path()), second.seq);
 
         // Receipts committed after the last write-back, then a crash: stored, not folded in.
@@ -2152,19 +2684,32 @@ mod tests {
             )
             .unwrap();
         }
-        let last: u64 = conn.query_row("SELECT MAX(seq) FROM receipts", [], |row| row.get(0)).unwrap();
+        let last: u64 = conn
+            .query_row("SELECT MAX(seq) FROM receipts", [], |row| row.get(0))
+            .unwrap();
         drop(conn);
 
         let store = open(dir.path(), ROOMY);
         let h1 = store.device(&c, &dev("H1")).await.unwrap().unwrap();
         assert_eq!((h1.last_acked, h1.receipts), (3, 3));
         let h2 = store.device(&c, &dev("H2")).await.unwrap().unwrap();
-        assert_eq!((h2.last_acked, h2.receipts, h2.last_op), (3, 1, DeviceOp::Feedback));
+        assert_eq!(
+            (h2.last_acked, h2.receipts, h2.last_op),
+            (3, 1, DeviceOp::Feedback)
+        );
         assert_eq!(devices_through(dir.path()), last);
         // Folded in once: a second open changes nothing.
         drop(store);
         let store = open(dir.path(), ROOMY);
-        assert_eq!(store.device(&c, &dev("H1")).await.unwrap().unwrap().receipts, 3);
+        assert_eq!(
+            store
+                .device(&c, &dev("H1"))
+                .await
+                .unwrap()
+                .unwrap()
+                .receipts,
+            3
+        );
     }
 
     #[tokio::test]
@@ -2211,14 +2756,22 @@ mod tests {
 
         let store = open(dir.path(), ROOMY);
         let old = store.event(&ch("C"), 1).await.unwrap().unwrap();
-        assert_eq!((old.body.as_str(), old.idempotency_key.as_deref()), ("old", None));
-        let keyed = NewEvent { idempotency_key: Some("k".to_owned()), ..body("new") };
+        assert_eq!(
+            (old.body.as_str(), old.idempotency_key.as_deref()),
+            ("old", None)
+        );
+        let keyed = NewEvent {
+            idempotency_key: Some("k".to_owned()),
+            ..body("new")
+        };
         assert!(store.append(&ch("C"), keyed.clone()).await.unwrap().new);
         let again = store.append(&ch("C"), keyed).await.unwrap();
         assert_eq!((again.new, again.event.id), (false, 2));
         drop(store);
         let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
-        let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
         assert_eq!(SCHEMA_VERSION, 3);
     }
@@ -2227,7 +2780,10 @@ mod tests {
     async fn the_sweep_prunes_expired_events_without_new_appends() {
         let dir = tempfile::tempdir().unwrap();
         let options = SqliteOptions {
-            retention: Retention { max_events: 100, max_age: Some(Duration::from_millis(50)) },
+            retention: Retention {
+                max_events: 100,
+                max_age: Some(Duration::from_millis(50)),
+            },
             prune_interval: Duration::from_millis(10),
             ..SqliteOptions::default()
         };
@@ -2250,21 +2806,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let hour = Duration::from_secs(3600);
         let options = SqliteOptions {
-            retention: Retention { max_events: 2, max_age: Some(hour) },
+            retention: Retention {
+                max_events: 2,
+                max_age: Some(hour),
+            },
             prune_interval: Duration::from_millis(10),
             ..SqliteOptions::default()
         };
         {
             let store = SqliteStore::open(dir.path(), options).unwrap();
             for i in 0..300 {
-                store.append(&ch(&format!("Young{i}")), body("x")).await.unwrap();
+                store
+                    .append(&ch(&format!("Young{i}")), body("x"))
+                    .await
+                    .unwrap();
             }
             store.append(&ch("Soon"), body("x")).await.unwrap();
         }
         // An event that expires 300 ms from now.
         let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
         let soon = now().timestamp_millis() - 3_600_000 + 300;
-        conn.execute("UPDATE events SET time = ?1 WHERE channel = 'Soon'", [soon]).unwrap();
+        conn.execute("UPDATE events SET time = ?1 WHERE channel = 'Soon'", [soon])
+            .unwrap();
         drop(conn);
 
         let store = SqliteStore::open(dir.path(), options).unwrap();
@@ -2292,12 +2855,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let total = PRUNE_CHUNK * 2 + 10;
         {
-            let store = open(dir.path(), Retention { max_events: 100_000, max_age: None });
+            let store = open(
+                dir.path(),
+                Retention {
+                    max_events: 100_000,
+                    max_age: None,
+                },
+            );
             for _ in 0..total {
                 store.append(&ch("C"), body("x")).await.unwrap();
             }
         }
-        let store = open(dir.path(), Retention { max_events: 5, max_age: None });
+        let store = open(
+            dir.path(),
+            Retention {
+                max_events: 5,
+                max_age: None,
+            },
+        );
         tokio::time::timeout(Duration::from_secs(10), async {
             while check_ids(&store, "C").await.len() > 5 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -2305,7 +2880,10 @@ mod tests {
         })
         .await
         .expect("the sweep applied the new retention");
-        assert_eq!(check_ids(&store, "C").await, (total - 4..=total).collect::<Vec<_>>());
+        assert_eq!(
+            check_ids(&store, "C").await,
+            (total - 4..=total).collect::<Vec<_>>()
+        );
         // Three steps of at most PRUNE_CHUNK rows each, not one long one.
         assert_eq!(store.committed_transactions(), 3);
     }
@@ -2319,7 +2897,8 @@ mod tests {
         drop(conn);
         match check_open_fails(dir.path()) {
             StoreError::Incompatible(msg) => {
-                let expected = format!("newer PERE (schema v99, this build knows v{SCHEMA_VERSION})");
+                let expected =
+                    format!("newer PERE (schema v99, this build knows v{SCHEMA_VERSION})");
                 assert!(msg.contains(&expected), "{msg}");
             }
             other => panic!("{other}"),
@@ -2332,7 +2911,10 @@ mod tests {
         let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
         conn.execute_batch("CREATE TABLE t (x)").unwrap();
         drop(conn);
-        assert!(matches!(check_open_fails(dir.path()), StoreError::Incompatible(_)));
+        assert!(matches!(
+            check_open_fails(dir.path()),
+            StoreError::Incompatible(_)
+        ));
     }
 
     #[tokio::test]
@@ -2344,14 +2926,21 @@ mod tests {
         std::fs::write(garbage.join(DB_FILE), vec![0x5a_u8; 8192]).unwrap();
         let err = check_open_fails(&garbage);
         assert!(matches!(err, StoreError::Backend(_)), "{err}");
-        assert!(err.to_string().contains(&garbage.join(DB_FILE).display().to_string()), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&garbage.join(DB_FILE).display().to_string()),
+            "{err}"
+        );
 
         let file = root.path().join("a-file");
         std::fs::write(&file, "not a directory").unwrap();
         for dir in [file.clone(), file.join("below")] {
             let err = check_open_fails(&dir);
             assert!(matches!(err, StoreError::Backend(_)), "{err}");
-            assert!(err.to_string().contains(&dir.display().to_string()), "{err}");
+            assert!(
+                err.to_string().contains(&dir.display().to_string()),
+                "{err}"
+            );
         }
     }
 
@@ -2360,28 +2949,48 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
         let err = check_open_fails(dir.path());
-        assert!(matches!(err, StoreError::Locked { .. }) && err.to_string().contains("in use"), "{err}");
+        assert!(
+            matches!(err, StoreError::Locked { .. }) && err.to_string().contains("in use"),
+            "{err}"
+        );
         first.close().await;
         drop(first);
-        assert!(SqliteStore::open(dir.path(), SqliteOptions::default()).is_ok(), "the lock goes with the store");
+        assert!(
+            SqliteStore::open(dir.path(), SqliteOptions::default()).is_ok(),
+            "the lock goes with the store"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_writes_are_committed_in_batches() {
         let dir = tempfile::tempdir().unwrap();
-        let options = SqliteOptions { durability: Durability::Full, retention: ROOMY, ..SqliteOptions::default() };
+        let options = SqliteOptions {
+            durability: Durability::Full,
+            retention: ROOMY,
+            ..SqliteOptions::default()
+        };
         let store = SqliteStore::open(dir.path(), options).unwrap();
         let tasks: Vec<_> = (0..200)
             .map(|i| {
                 let store = store.clone();
-                tokio::spawn(async move { store.append(&ch(&format!("C{}", i % 4)), body("x")).await.unwrap().event.id })
+                tokio::spawn(async move {
+                    store
+                        .append(&ch(&format!("C{}", i % 4)), body("x"))
+                        .await
+                        .unwrap()
+                        .event
+                        .id
+                })
             })
             .collect();
         for task in tasks {
             task.await.unwrap();
         }
         let transactions = store.committed_transactions();
-        assert!(transactions <= 50, "200 appends took {transactions} transactions");
+        assert!(
+            transactions <= 50,
+            "200 appends took {transactions} transactions"
+        );
         let mut heads = 0;
         for i in 0..4 {
             heads += store.head(&ch(&format!("C{i}"))).await.unwrap();
@@ -2415,7 +3024,10 @@ mod tests {
         let c = ch("C");
         store.append(&c, body("1")).await.unwrap();
         store.close().await;
-        assert!(matches!(store.append(&c, body("2")).await, Err(StoreError::Backend(_))));
+        assert!(matches!(
+            store.append(&c, body("2")).await,
+            Err(StoreError::Backend(_))
+        ));
         assert_eq!(check_ids(&store, "C").await, vec![1], "reads still work");
         // From disk too, once the writer's connection (the last one) has closed.
         assert_eq!(store.channels().await.unwrap(), vec![c.clone()]);
