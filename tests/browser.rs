@@ -7,22 +7,49 @@ use pere_e2e::TestServer;
 
 /// The status of `device`'s receipt for event `id` of `channel`, as the server's receipt view
 /// has it (`None` when it has none).
-async fn receipt_status(server: &TestServer, channel: &str, id: u64, device: &str) -> Option<String> {
-    let view = server.get_json(&format!("/admin/receipts/{channel}/{id}")).await;
-    let acknowledged = view["acknowledged"].as_array().expect("a list of receipts").clone();
-    acknowledged.iter().find(|r| r["device"] == device).map(|r| r["status"].as_str().expect("a status").to_owned())
+async fn receipt_status(
+    server: &TestServer,
+    channel: &str,
+    id: u64,
+    device: &str,
+) -> Option<String> {
+    let view = server
+        .get_json(&format!("/admin/receipts/{channel}/{id}"))
+        .await;
+    let acknowledged = view["acknowledged"]
+        .as_array()
+        .expect("a list of receipts")
+        .clone();
+    acknowledged
+        .iter()
+        .find(|r| r["device"] == device)
+        .map(|r| r["status"].as_str().expect("a status").to_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_shows_a_pushed_event_acknowledges_it_and_publishes() {
     let server = TestServer::start(&[]).await;
-    let outcome = run_script("page", "page.mjs", &[&server.base, "PAGE", "W0039000000001"]).await;
+    let outcome = run_script(
+        "page",
+        "page.mjs",
+        &[&server.base, "PAGE", "W0039000000001"],
+    )
+    .await;
     outcome.assert_tagged("ACKED ", &["1", "2"]);
     for id in [1, 2] {
-        assert_eq!(receipt_status(&server, "PAGE", id, "W0039000000001").await.as_deref(), Some("ok"), "event {id}");
+        assert_eq!(
+            receipt_status(&server, "PAGE", id, "W0039000000001")
+                .await
+                .as_deref(),
+            Some("ok"),
+            "event {id}"
+        );
     }
     let event = server.get_json("/events/PAGE/2").await;
-    assert_eq!(event["device"], "W0039000000001", "the page publishes as its device: {event}");
+    assert_eq!(
+        event["device"], "W0039000000001",
+        "the page publishes as its device: {event}"
+    );
     assert_eq!(event["data"]["text"], "published from the page", "{event}");
 }
 
@@ -30,14 +57,29 @@ async fn the_page_shows_a_pushed_event_acknowledges_it_and_publishes() {
 async fn the_page_takes_a_token_from_its_address_and_speaks_as_its_device() {
     const SECRET: &str = "browser-test-secret-of-at-least-32-bytes";
     let server = TestServer::start(&["--jwt-secret", SECRET]).await;
-    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 3600;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 3600;
     let claims = serde_json::json!({"sub": "W-token", "exp": exp, "pere": {"publish": ["TOK"], "subscribe": ["TOK"], "admin": true}});
     let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).expect("key");
-    let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).expect("token");
-    let outcome = run_script("page-token", "page.mjs", &[&server.base, "TOK", "W-token", &token]).await;
+    let token =
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).expect("token");
+    let outcome = run_script(
+        "page-token",
+        "page.mjs",
+        &[&server.base, "TOK", "W-token", &token],
+    )
+    .await;
     outcome.assert_tagged("ACKED ", &["1", "2"]);
     let admin = reqwest::Client::new();
-    let view = admin.get(server.url("/admin/receipts/TOK/2")).bearer_auth(&token).send().await.expect("receipts");
+    let view = admin
+        .get(server.url("/admin/receipts/TOK/2"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("receipts");
     let view: serde_json::Value = view.json().await.expect("JSON");
     assert_eq!(view["acknowledged"][0]["device"], "W-token", "{view}");
 }
@@ -48,8 +90,14 @@ async fn pere_js_publishes_with_idempotency_keys_and_receives_typed_events() {
     let outcome = run_script("publish", "client.mjs", &[&server.base, "publish", "PUB"]).await;
     outcome.assert_passed();
     let events = server.get_json("/events/PUB").await;
-    assert_eq!(events["head"], 3, "the replayed publish stored nothing: {events}");
-    assert_eq!(receipt_status(&server, "PUB", 3, "W-pub").await.as_deref(), Some("ok"));
+    assert_eq!(
+        events["head"], 3,
+        "the replayed publish stored nothing: {events}"
+    );
+    assert_eq!(
+        receipt_status(&server, "PUB", 3, "W-pub").await.as_deref(),
+        Some("ok")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,8 +106,14 @@ async fn pere_js_gives_a_redelivered_event_to_the_application_once() {
     let outcome = run_script("dedupe", "client.mjs", &[&server.base, "dedupe", "DUP"]).await;
     outcome.assert_passed();
     assert_eq!(outcome.tagged("DUPLICATES ").len(), 1);
-    server.proc.wait_line(|l| l.contains("REDELIVER>") && l.contains("W-dup")).await;
-    assert_eq!(receipt_status(&server, "DUP", 1, "W-dup").await.as_deref(), Some("done by the app"));
+    server
+        .proc
+        .wait_line(|l| l.contains("REDELIVER>") && l.contains("W-dup"))
+        .await;
+    assert_eq!(
+        receipt_status(&server, "DUP", 1, "W-dup").await.as_deref(),
+        Some("done by the app")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,8 +127,16 @@ async fn pere_js_resumes_from_the_last_id_it_saw_when_the_server_drops_the_strea
     let server = TestServer::start_in(dir.path(), &["--retry-ms", "200", "-p", &port]).await;
     script.tell("restarted").await;
     finish(script).await.assert_passed();
-    server.proc.wait_line(|l| l.contains("FEED REQ> device: W-resume, channel: RES, Last-Event-Id: 1")).await;
-    assert_eq!(receipt_status(&server, "RES", 2, "W-resume").await.as_deref(), Some("ok"));
+    server
+        .proc
+        .wait_line(|l| l.contains("FEED REQ> device: W-resume, channel: RES, Last-Event-Id: 1"))
+        .await;
+    assert_eq!(
+        receipt_status(&server, "RES", 2, "W-resume")
+            .await
+            .as_deref(),
+        Some("ok")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,5 +150,11 @@ async fn pere_js_starts_over_on_pere_reset() {
     let server = TestServer::start(&["--retry-ms", "200", "-p", &port]).await;
     script.tell("restarted").await;
     finish(script).await.assert_passed();
-    assert_eq!(receipt_status(&server, "RST", 1, "W-reset").await.as_deref(), Some("ok"), "the new event 1");
+    assert_eq!(
+        receipt_status(&server, "RST", 1, "W-reset")
+            .await
+            .as_deref(),
+        Some("ok"),
+        "the new event 1"
+    );
 }

@@ -26,7 +26,10 @@ pub fn workspace() -> PathBuf {
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/PROFILE/deps/TEST
-    exe.ancestors().nth(3).expect("target directory").to_path_buf()
+    exe.ancestors()
+        .nth(3)
+        .expect("target directory")
+        .to_path_buf()
 }
 
 /// Where the artefacts of the test named `test` go (`target/test-artefacts/TEST`).
@@ -60,12 +63,21 @@ impl Outcome {
     /// Panics unless the script passed and printed `prefix` lines giving exactly `expected`.
     pub fn assert_tagged(&self, prefix: &str, expected: &[&str]) {
         self.assert_passed();
-        assert_eq!(self.tagged(prefix), expected, "stdout:\n{}", self.lines.join("\n"));
+        assert_eq!(
+            self.tagged(prefix),
+            expected,
+            "stdout:\n{}",
+            self.lines.join("\n")
+        );
     }
 
     /// The text after `prefix` on each stdout line that starts with it.
     pub fn tagged(&self, prefix: &str) -> Vec<String> {
-        self.lines.iter().filter_map(|l| l.strip_prefix(prefix)).map(str::to_owned).collect()
+        self.lines
+            .iter()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .map(str::to_owned)
+            .collect()
     }
 }
 
@@ -82,7 +94,11 @@ pub fn start_script(test: &str, script: &str, args: &[&str]) -> Proc {
         "the npm packages of tests/browser are missing: run ./tests/run-all.sh (or `npm ci` in tests/browser)"
     );
     let mut command = Command::new("node");
-    command.current_dir(&dir).arg(script).args(args).env("PERE_ARTEFACTS", artefact_dir(test));
+    command
+        .current_dir(&dir)
+        .arg(script)
+        .args(args)
+        .env("PERE_ARTEFACTS", artefact_dir(test));
     start_program(command, "node (./tests/run-all.sh installs Node.js)")
 }
 
@@ -112,7 +128,11 @@ pub async fn finish(mut proc: Proc) -> Outcome {
     };
     // Everything printed is read once the pipes close.
     proc.wait_exit().await;
-    Outcome { code, lines: proc.lines(), errors: proc.errors() }
+    Outcome {
+        code,
+        lines: proc.lines(),
+        errors: proc.errors(),
+    }
 }
 
 /// Runs `node tests/browser/SCRIPT URL ARGS...` to its end: the one entry point of the browser

@@ -18,8 +18,8 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use pere_core::event::format_time;
 use pere_core::wire::{
-    to_json, AckJson, ChannelStreamsJson, DashboardChannels, DashboardDevice, DashboardDevices, DashboardEvent,
-    DashboardGrid, DashboardHello, DashboardReceipt, DashboardStats,
+    to_json, AckJson, ChannelStreamsJson, DashboardChannels, DashboardDevice, DashboardDevices,
+    DashboardEvent, DashboardGrid, DashboardHello, DashboardReceipt, DashboardStats,
 };
 use pere_core::{sse, ChannelName, Event, Hub, HubNotice, Membership, Receipt, Store, StoreError};
 use serde::Serialize;
@@ -33,7 +33,11 @@ use crate::state::AppState;
 
 /// The dashboard page, embedded so the server stays one self-contained binary; it is built on
 /// `pere.js` and revalidated by ETag like the subscriber page.
-pub const PAGE: Asset = Asset { body: PAGE_SOURCE, content_type: "text/html; charset=utf-8", etag: etag_text(&PAGE_ETAG) };
+pub const PAGE: Asset = Asset {
+    body: PAGE_SOURCE,
+    content_type: "text/html; charset=utf-8",
+    etag: etag_text(&PAGE_ETAG),
+};
 const PAGE_SOURCE: &str = include_str!("../assets/dashboard.html");
 const PAGE_ETAG: [u8; 18] = etag(PAGE_SOURCE);
 
@@ -104,7 +108,10 @@ pub async fn stream<S: Store>(
         }
     })
     .boxed();
-    let label = channel.map_or_else(|| "admin stream".to_owned(), |c| format!("{c} admin stream"));
+    let label = channel.map_or_else(
+        || "admin stream".to_owned(),
+        |c| format!("{c} admin stream"),
+    );
     Ok(SseBody::frames(frames, label, None, context))
 }
 
@@ -116,7 +123,8 @@ impl Frames {
     /// Adds an event of type `kind` with `value` as its data, without an id: a dashboard never
     /// resumes, it starts from a snapshot.
     fn push(&mut self, kind: &str, value: &impl Serialize) {
-        self.0.extend_from_slice(&sse::encode_notice(kind, &to_json(value)));
+        self.0
+            .extend_from_slice(&sse::encode_notice(kind, &to_json(value)));
     }
 
     fn is_empty(&self) -> bool {
@@ -244,19 +252,40 @@ impl<S: Store> Watch<S> {
         self.latest = self.latest.max(self.head);
         self.early.retain(|r| r.event_id > head);
         self.receipts.clear();
-        frames.push("grid", &DashboardGrid { channel: channel.to_string(), head, events: rows });
+        frames.push(
+            "grid",
+            &DashboardGrid {
+                channel: channel.to_string(),
+                head,
+                events: rows,
+            },
+        );
         Ok(())
     }
 
     /// The grid's row for `event`: who of the followed devices it expects and who acknowledged.
-    fn row(&self, event: &Event, memberships: &[Membership], receipts: &[Receipt]) -> DashboardEvent {
+    fn row(
+        &self,
+        event: &Event,
+        memberships: &[Membership],
+        receipts: &[Receipt],
+    ) -> DashboardEvent {
         let expecting = memberships.iter().filter(|m| m.expects(event.id));
-        let expected = expecting.clone().map(|m| &m.device).collect::<BTreeSet<_>>().len();
-        let recipients: BTreeSet<String> =
-            expecting.map(|m| m.device.to_string()).filter(|d| self.devices.contains_key(d)).collect();
+        let expected = expecting
+            .clone()
+            .map(|m| &m.device)
+            .collect::<BTreeSet<_>>()
+            .len();
+        let recipients: BTreeSet<String> = expecting
+            .map(|m| m.device.to_string())
+            .filter(|d| self.devices.contains_key(d))
+            .collect();
         // The latest receipt of each followed device (receipts come in `seq` order).
         let mut latest: BTreeMap<&str, &Receipt> = BTreeMap::new();
-        for receipt in receipts.iter().filter(|r| self.devices.contains_key(r.device.as_str())) {
+        for receipt in receipts
+            .iter()
+            .filter(|r| self.devices.contains_key(r.device.as_str()))
+        {
             latest.insert(receipt.device.as_str(), receipt);
         }
         DashboardEvent {
@@ -268,7 +297,11 @@ impl<S: Store> Watch<S> {
             recipients: recipients.into_iter().collect(),
             acknowledged: latest
                 .values()
-                .map(|r| AckJson { device: r.device.to_string(), status: r.status.clone(), time: format_time(r.time) })
+                .map(|r| AckJson {
+                    device: r.device.to_string(),
+                    status: r.status.clone(),
+                    time: format_time(r.time),
+                })
                 .collect(),
         }
     }
@@ -285,27 +318,48 @@ impl<S: Store> Watch<S> {
         let Some(channel) = self.channel.clone() else {
             return Ok(());
         };
-        let mut page = self.hub.devices_page(&channel, None, MAX_DEVICES + 1).await?;
+        let mut page = self
+            .hub
+            .devices_page(&channel, None, MAX_DEVICES + 1)
+            .await?;
         let more = page.len() > MAX_DEVICES;
         page.truncate(MAX_DEVICES);
-        let recipients = self.hub.current_recipients(&channel, page.iter().map(|d| &d.record.device)).await?;
+        let recipients = self
+            .hub
+            .current_recipients(&channel, page.iter().map(|d| &d.record.device))
+            .await?;
         let mut devices = BTreeMap::new();
         for view in &page {
             let mut device = DashboardDevice::new(view, recipients.contains(&view.record.device));
-            if let Some(at) = self.presence.get(&device.device).filter(|at| **at > view.record.last_seen) {
+            if let Some(at) = self
+                .presence
+                .get(&device.device)
+                .filter(|at| **at > view.record.last_seen)
+            {
                 device.last_seen = format_time(*at);
             }
             devices.insert(device.device.clone(), device);
         }
         if whole {
             let list = devices.values().cloned().collect();
-            frames.push("devices", &DashboardDevices { channel: channel.to_string(), devices: list, more });
+            frames.push(
+                "devices",
+                &DashboardDevices {
+                    channel: channel.to_string(),
+                    devices: list,
+                    more,
+                },
+            );
         } else {
-            for device in devices.values().filter(|d| self.devices.get(&d.device) != Some(*d)) {
+            for device in devices
+                .values()
+                .filter(|d| self.devices.get(&d.device) != Some(*d))
+            {
                 frames.push("device", device);
             }
         }
-        self.presence.retain(|device, _| devices.contains_key(device));
+        self.presence
+            .retain(|device, _| devices.contains_key(device));
         self.devices = devices;
         self.devices_dirty = false;
         self.last_devices = Instant::now();
@@ -314,25 +368,60 @@ impl<S: Store> Watch<S> {
 
     /// Sends the channels whose open feeds changed (or all of them, `whole`).
     fn send_channels(&mut self, frames: &mut Frames, whole: bool) {
-        let now: BTreeMap<String, usize> =
-            self.hub.connections().into_iter().map(|(c, n)| (c.to_string(), n)).collect();
+        let now: BTreeMap<String, usize> = self
+            .hub
+            .connections()
+            .into_iter()
+            .map(|(c, n)| (c.to_string(), n))
+            .collect();
         if !whole && now == self.channels {
             return;
         }
         if whole || now.len() > MAX_CHANNELS || self.channels.len() > MAX_CHANNELS {
             let total = now.values().sum();
-            let mut list: Vec<ChannelStreamsJson> =
-                now.iter().map(|(c, n)| ChannelStreamsJson { channel: c.clone(), open_streams: *n }).collect();
-            list.sort_by(|a, b| b.open_streams.cmp(&a.open_streams).then_with(|| a.channel.cmp(&b.channel)));
+            let mut list: Vec<ChannelStreamsJson> = now
+                .iter()
+                .map(|(c, n)| ChannelStreamsJson {
+                    channel: c.clone(),
+                    open_streams: *n,
+                })
+                .collect();
+            list.sort_by(|a, b| {
+                b.open_streams
+                    .cmp(&a.open_streams)
+                    .then_with(|| a.channel.cmp(&b.channel))
+            });
             let more = list.len().saturating_sub(MAX_CHANNELS);
             list.truncate(MAX_CHANNELS);
-            frames.push("channels", &DashboardChannels { channels: list, total, more });
+            frames.push(
+                "channels",
+                &DashboardChannels {
+                    channels: list,
+                    total,
+                    more,
+                },
+            );
         } else {
-            for (channel, n) in now.iter().filter(|(c, n)| self.channels.get(*c) != Some(*n)) {
-                frames.push("channel", &ChannelStreamsJson { channel: channel.clone(), open_streams: *n });
+            for (channel, n) in now
+                .iter()
+                .filter(|(c, n)| self.channels.get(*c) != Some(*n))
+            {
+                frames.push(
+                    "channel",
+                    &ChannelStreamsJson {
+                        channel: channel.clone(),
+                        open_streams: *n,
+                    },
+                );
             }
             for channel in self.channels.keys().filter(|c| !now.contains_key(*c)) {
-                frames.push("channel", &ChannelStreamsJson { channel: channel.clone(), open_streams: 0 });
+                frames.push(
+                    "channel",
+                    &ChannelStreamsJson {
+                        channel: channel.clone(),
+                        open_streams: 0,
+                    },
+                );
             }
         }
         self.channels = now;
@@ -341,7 +430,9 @@ impl<S: Store> Watch<S> {
     /// Takes in one notice; the next tick sends what it changed.
     fn heard(&mut self, notice: HubNotice) {
         match notice {
-            HubNotice::Published { channel, event_id, .. } => {
+            HubNotice::Published {
+                channel, event_id, ..
+            } => {
                 self.second.events += 1;
                 if self.shows(&channel) {
                     self.second.channel_events += 1;
@@ -386,7 +477,11 @@ impl<S: Store> Watch<S> {
             }
             return;
         }
-        let latency = self.times.get(&receipt.event_id).copied().map(|at| self.time_receipt(receipt.time - at));
+        let latency = self
+            .times
+            .get(&receipt.event_id)
+            .copied()
+            .map(|at| self.time_receipt(receipt.time - at));
         let in_grid = self.grid.iter().any(|(id, _)| *id == receipt.event_id);
         if !in_grid || !self.devices.contains_key(receipt.device.as_str()) {
             return;
@@ -412,7 +507,9 @@ impl<S: Store> Watch<S> {
         if self.latest <= self.head {
             return Ok(());
         }
-        let from = self.head.max(self.latest.saturating_sub(TIMED_EVENTS as u64));
+        let from = self
+            .head
+            .max(self.latest.saturating_sub(TIMED_EVENTS as u64));
         let store = self.hub.store();
         let page = store.read(&channel, from, TIMED_EVENTS).await?;
         let memberships = store.memberships(&channel).await?;
@@ -422,7 +519,11 @@ impl<S: Store> Watch<S> {
         let skip = page.events.len().saturating_sub(GRID_EVENTS);
         let early = std::mem::take(&mut self.early);
         for event in &page.events[skip..] {
-            let receipts: Vec<Receipt> = early.iter().filter(|r| r.event_id == event.id).cloned().collect();
+            let receipts: Vec<Receipt> = early
+                .iter()
+                .filter(|r| r.event_id == event.id)
+                .cloned()
+                .collect();
             frames.push("event", &self.row(event, &memberships, &receipts));
             self.grid.push_back((event.id, event.time));
         }
@@ -430,7 +531,10 @@ impl<S: Store> Watch<S> {
             self.grid.pop_front();
         }
         // Events pruned before they could be read are skipped: the stream moves on.
-        self.head = page.events.last().map_or(self.latest, |e| e.id.max(self.head));
+        self.head = page
+            .events
+            .last()
+            .map_or(self.latest, |e| e.id.max(self.head));
         let head = self.head;
         // Receipts for the events just read are in their rows now; they are timed here.
         for receipt in early.iter().filter(|r| r.event_id <= head) {
@@ -550,9 +654,12 @@ mod tests {
         tx.try_send(Bytes::from_static(b"unread")).unwrap();
         let ended = Arc::new(OnceLock::new());
         let closer = ConnectionCloser::default();
-        let task = tokio::spawn(watch.run(hub.observe(16), tx, ended.clone(), Some(closer.clone())));
+        let task =
+            tokio::spawn(watch.run(hub.observe(16), tx, ended.clone(), Some(closer.clone())));
         // The first `stats` (a second in) finds no room.
-        tokio::time::timeout(Duration::from_secs(10), closer.closed()).await.expect("cut");
+        tokio::time::timeout(Duration::from_secs(10), closer.closed())
+            .await
+            .expect("cut");
         task.await.unwrap();
         assert_eq!(ended.get(), Some(&EndReason::Lagged));
         assert_eq!(rx.recv().await.as_deref(), Some(&b"unread"[..]));
@@ -569,24 +676,39 @@ mod tests {
         let mut notices = hub.observe(1024);
         watch.snapshot(&mut Frames::default()).await.unwrap();
         for n in 0..(GRID_EVENTS + 5) {
-            let event =
-                pere_core::NewEvent { publisher: None, event_type: None, body: n.to_string(), idempotency_key: None };
+            let event = pere_core::NewEvent {
+                publisher: None,
+                event_type: None,
+                body: n.to_string(),
+                idempotency_key: None,
+            };
             hub.publish(&channel, event).await.unwrap();
         }
-        hub.acknowledge(&channel, 3, &device, "ok".into()).await.unwrap();
+        hub.acknowledge(&channel, 3, &device, "ok".into())
+            .await
+            .unwrap();
         let last = (GRID_EVENTS + 5) as u64;
-        hub.acknowledge(&channel, last, &device, "ok".into()).await.unwrap();
+        hub.acknowledge(&channel, last, &device, "ok".into())
+            .await
+            .unwrap();
         while let Ok(notice) = notices.try_recv() {
             watch.heard(notice);
         }
         let mut frames = Frames::default();
         watch.flush(&mut frames).await.unwrap();
         let text = String::from_utf8(frames.into_bytes().to_vec()).unwrap();
-        assert_eq!(text.matches("event: event\n").count(), GRID_EVENTS, "{text}");
+        assert_eq!(
+            text.matches("event: event\n").count(),
+            GRID_EVENTS,
+            "{text}"
+        );
         assert_eq!(watch.grid.front().map(|e| e.0), Some(6));
         // Both receipts were heard before their events were read: the newest is in its row, the
         // other left the grid; both were timed.
-        assert!(text.contains(&format!("\"id\":{last},")) && text.contains("\"acknowledged\":[{\"device\":\"D1\""));
+        assert!(
+            text.contains(&format!("\"id\":{last},"))
+                && text.contains("\"acknowledged\":[{\"device\":\"D1\"")
+        );
         assert_eq!(watch.second.latencies.len(), 2);
         assert!(!text.contains("event: receipt"));
     }
