@@ -38,13 +38,13 @@ async fn until<T: DeserializeOwned>(
     found.unwrap_or_else(|_| panic!("no such {kind} within {WAIT:?}; seen:\n{}", seen.join("\n")))
 }
 
+/// A test on an event's data.
+type Matcher = Box<dyn Fn(&Value) -> bool>;
+
 /// Reads the stream until each `(kind, matches)` has been seen, in any order (what one tick sends
 /// and what the next does may come either way); returns the data that matched each. Fails after
 /// [`WAIT`].
-async fn until_all(
-    stream: &mut Feed,
-    wanted: Vec<(&str, Box<dyn Fn(&Value) -> bool>)>,
-) -> Vec<Value> {
+async fn until_all(stream: &mut Feed, wanted: Vec<(&str, Matcher)>) -> Vec<Value> {
     let mut found: Vec<Option<Value>> = vec![None; wanted.len()];
     let mut seen = Vec::new();
     let done = tokio::time::timeout(WAIT, async {
