@@ -254,8 +254,8 @@ async fn the_page_is_public_and_its_stream_needs_an_admin_token() {
         .starts_with("text/html"));
     let html = page.text().await.unwrap();
     assert!(
-        html.contains("/admin/stream") && html.contains("/pere.js"),
-        "the page uses pere.js and the stream"
+        html.contains("from '/pere.js'") && html.contains("watch("),
+        "the page reads its stream through pere.js"
     );
     assert!(
         !html.contains("https://") && !html.contains("http://"),

@@ -3,8 +3,8 @@
 //! channel its devices' presence and a receipts grid of its latest events, with throughput and
 //! receipt latency once a second.
 //!
-//! One task per stream hears the hub's observer notices and reads the store at most once per
-//! tick. What it sends waits in a small bounded queue; a dashboard that does not read is cut (its
+//! One task per stream hears the hub's observer notices and, at most once per tick and only for
+//! what changed, reads the store. What it sends waits in a small bounded queue; a dashboard that does not read is cut (its
 //! connection closed) and reconnects to a fresh snapshot. Nothing grows with a slow reader or a
 //! busy channel: the grid, the devices followed, the receipts sent per tick and the publication
 //! times kept are all capped.
@@ -63,8 +63,8 @@ const REFRESH: Duration = Duration::from_secs(2);
 /// bursts; a notice lost anyway is noticed (`Hub::dropped_notices`) and the grid is read again.
 const OBSERVER_CAPACITY: usize = 4096;
 
-/// Batches of frames (one per tick at most) waiting for a dashboard that does not read: past
-/// these eight seconds' worth it is cut.
+/// Batches of frames (one per tick at most, one a second at least) waiting for a dashboard that
+/// does not read: past these (8 to 32 seconds' worth) it is cut.
 const QUEUE: usize = 32;
 
 /// Receipts sent one by one per tick at most; past it, the grid is sent whole instead.
