@@ -266,7 +266,8 @@ async fn retention_prunes_by_count_and_age_and_tells_resuming_clients() {
     let notice: Value = serde_json::from_str(&gap.data).unwrap();
     assert_eq!(notice, serde_json::json!({"from": 3, "to": 5}));
     assert_eq!(feed.next_ids(5).await, vec![6, 7, 8, 9, 10]);
-    drop(server);
+    // Gone before the next one opens the same data directory (dropping only starts the kill).
+    server.kill().await;
 
     // Age: with a one-second limit, old events go while new ones stay.
     let server = TestServer::start_in(dir.path(), &["--retention-age", "1s"]).await;
