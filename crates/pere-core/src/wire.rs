@@ -618,6 +618,165 @@ pub struct Banner {
     pub message: String,
 }
 
+/// The data of the `hello` event that opens `GET /admin/stream`: what the stream shows. A
+/// dashboard forgets what it knew when it reads one (every connection starts with a snapshot).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DashboardHello {
+    /// The channel shown in detail, when one was asked for (`?channel=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// How many of the channel's latest events the receipts grid shows.
+    pub grid_events: usize,
+    /// How many of the channel's devices the stream follows at most.
+    pub max_devices: usize,
+    /// The server's time.
+    pub time: String,
+}
+
+/// One channel and its open feeds, in the `channels` snapshot and, alone, in a `channel` event
+/// when the number changes (0: none left).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelStreamsJson {
+    /// The channel.
+    pub channel: String,
+    /// Open feeds on it.
+    pub open_streams: usize,
+}
+
+/// The data of the `channels` event: every channel with open feeds, most first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DashboardChannels {
+    /// The channels shown (at most a few hundred).
+    pub channels: Vec<ChannelStreamsJson>,
+    /// Open feeds on all channels, those not shown included.
+    pub total: usize,
+    /// How many channels with open feeds are not shown.
+    pub more: usize,
+}
+
+/// A device as the dashboard shows it: presence and where its deliveries and receipts stand.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DashboardDevice {
+    /// The device.
+    pub device: String,
+    /// Whether it is a current recipient of the channel.
+    pub recipient: bool,
+    /// Whether it has a stream open.
+    pub online: bool,
+    /// How many.
+    pub open_streams: usize,
+    /// When it was last seen on the channel.
+    pub last_seen: String,
+    /// The newest event written to one of its streams.
+    pub last_delivered: u64,
+    /// The newest event it acknowledged.
+    pub last_acked: u64,
+}
+
+impl DashboardDevice {
+    /// The view of `device`; `recipient` says whether it currently is one.
+    pub fn new(device: &DeviceView, recipient: bool) -> Self {
+        let r = &device.record;
+        DashboardDevice {
+            device: r.device.to_string(),
+            recipient,
+            online: device.open_streams > 0,
+            open_streams: device.open_streams,
+            last_seen: format_time(r.last_seen),
+            last_delivered: r.last_delivered,
+            last_acked: r.last_acked,
+        }
+    }
+}
+
+/// The data of the `devices` event: the channel's devices (a snapshot; `device` events follow
+/// with each one that changes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DashboardDevices {
+    /// The channel.
+    pub channel: String,
+    /// The devices followed, by id.
+    pub devices: Vec<DashboardDevice>,
+    /// Whether the channel has more devices than are followed.
+    pub more: bool,
+}
+
+/// The data of an `event` event: one of the channel's latest events, a row of the receipts grid.
+/// A device's cell is acknowledged when `acknowledged` names it, else delivered when the device's
+/// `last_delivered` reached the id, else pending, for the devices in `recipients`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DashboardEvent {
+    /// The event's id.
+    pub id: u64,
+    /// When it was stored.
+    pub time: String,
+    /// Its SSE event type, when set.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
+    /// The publishing device, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publisher: Option<String>,
+    /// How many recipients it expects.
+    pub expected: usize,
+    /// The followed devices among them.
+    pub recipients: Vec<String>,
+    /// The latest receipt of each followed device that acknowledged it.
+    pub acknowledged: Vec<AckJson>,
+}
+
+/// The data of the `grid` event: the channel's latest events with their receipts, oldest first
+/// (a snapshot; `event` and `receipt` events follow as they happen).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DashboardGrid {
+    /// The channel.
+    pub channel: String,
+    /// The channel's last event id.
+    pub head: u64,
+    /// The events.
+    pub events: Vec<DashboardEvent>,
+}
+
+/// The data of a `receipt` event: a receipt for one of the grid's events, and how long after the
+/// event's publication it was recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DashboardReceipt {
+    /// The event acknowledged.
+    pub id: u64,
+    /// The device.
+    pub device: String,
+    /// Its status.
+    pub status: String,
+    /// When the server recorded it.
+    pub time: String,
+    /// Milliseconds from the event's publication to this receipt.
+    pub latency_ms: u64,
+}
+
+/// The data of the `stats` event, sent every second: what happened during it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct DashboardStats {
+    /// Events published on every channel.
+    pub events: u64,
+    /// Receipts recorded on every channel.
+    pub receipts: u64,
+    /// Events published on the channel shown, with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_events: Option<u64>,
+    /// Receipts recorded on the channel shown, with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_receipts: Option<u64>,
+    /// The median receipt latency (publication to receipt, milliseconds) on the channel shown,
+    /// over the receipts of the second that the stream could time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_p50_ms: Option<u64>,
+    /// The greatest of those.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_max_ms: Option<u64>,
+    /// Notices this server's observers lost since it started (a stream that sees this grow reads
+    /// its snapshot again).
+    pub dropped_notices: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -359,3 +359,116 @@ class Subscription {
 function parse(data) {
   try { return JSON.parse(data); } catch { return { data }; }
 }
+
+/**
+ * Watches the server's stream of admin events (`GET /admin/stream`, what the dashboard shows);
+ * needs an admin token when the server uses tokens. Returns `{ close(), state }`.
+ *
+ *   const w = watch({
+ *     channel: 'CHANNEL_1',           // optional: that channel's devices, receipts grid and receipts
+ *     token,                          // optional: sent as ?access_token=
+ *     server: '',                     // default: the page's own server
+ *     on: { hello(d) {}, channels(d) {}, channel(d) {}, devices(d) {}, device(d) {},
+ *           grid(d) {}, event(d) {}, receipt(d) {}, stats(d) {} },   // data parsed from JSON
+ *     onState(s) {},                  // {state: 'connecting'|'open'|'closed', retryMs, reason, error, since}
+ *   });
+ *
+ * Every connection starts with `hello` and a snapshot, so a reconnect needs no resume: the
+ * application forgets what it knew on `hello`. When the server refuses the stream (401, 403),
+ * onState says so with a PereError (`error.status`, `error.code`) and pere.js waits for a new
+ * watch (with a token); when it cannot be reached, pere.js retries as subscribe() does.
+ */
+export function watch(options = {}) {
+  return new Watch(options);
+}
+
+class Watch {
+  constructor({
+    server = '', channel = null, token = '', on = {}, onState = () => {}, retryMs = DEFAULT_RETRY_MS,
+    EventSource: EventSourceImpl = globalThis.EventSource, fetch: fetchImpl = globalThis.fetch,
+  } = {}) {
+    if (channel !== null && !NAME_RE.test(channel)) throw new TypeError('channel: 1-128 characters of A-Z a-z 0-9 _ . : -');
+    this.server = base(server);
+    this.channel = channel;
+    this.token = token;
+    this.on = on;
+    this.onState = onState;
+    this.retryMs = retryMs;
+    this.delay = retryMs;
+    this.EventSource = EventSourceImpl;
+    this.fetch = (url, init) => fetchImpl(url, init);
+    this.source = null;
+    this.timer = null;
+    this.state = 'closed';
+    this.closedByUser = false;
+    this.connect();
+  }
+
+  close() {
+    this.closedByUser = true;
+    clearTimeout(this.timer);
+    if (this.source) this.source.close();
+    this.source = null;
+    this.setState('closed', { reason: 'closed' });
+  }
+
+  setState(state, extra = {}) {
+    this.state = state;
+    this.onState({ state, retryMs: this.retryMs, since: new Date(), ...extra });
+  }
+
+  url() {
+    const query = new URLSearchParams();
+    if (this.channel) query.set('channel', this.channel);
+    if (this.token) query.set('access_token', this.token);
+    return this.server + '/admin/stream' + (query.toString() ? '?' + query : '');
+  }
+
+  connect() {
+    if (this.closedByUser) return;
+    this.setState('connecting');
+    const es = new this.EventSource(this.url());
+    this.source = es;
+    const mine = (handler) => (e) => { if (this.source === es) handler(e); };
+    es.onopen = mine(() => {
+      this.delay = this.retryMs;
+      this.setState('open');
+    });
+    es.onerror = mine(() => {
+      if (es.readyState === 0) {
+        this.setState('connecting', { reason: 'stream dropped; the browser reconnects' });
+        return;
+      }
+      es.close();
+      this.source = null;
+      this.refused();
+    });
+    for (const [type, handler] of Object.entries(this.on)) {
+      es.addEventListener(type, mine((e) => {
+        let data;
+        try { data = JSON.parse(e.data); } catch { return; }
+        handler(data);
+      }));
+    }
+  }
+
+  /** Asks the server why the stream closed: a refusal waits for the application, the rest retries. */
+  async refused() {
+    let error = null;
+    try {
+      const res = await this.fetch(this.url(), { method: 'HEAD' });
+      if (!res.ok) error = await errorOf(await this.fetch(this.url(), { method: 'GET' }));
+    } catch (err) {
+      error = new PereError('network error: ' + err.message, { retryable: true });
+    }
+    if (this.closedByUser) return;
+    if (error && !error.retryable) {
+      this.setState('closed', { reason: 'refused', error });
+      return;
+    }
+    const wait = this.delay;
+    this.delay = Math.min(this.delay * 2, MAX_RETRY_MS);
+    this.setState('closed', { reason: 'unreachable', error, retryMs: wait });
+    this.timer = setTimeout(() => this.connect(), wait);
+  }
+}

@@ -142,6 +142,7 @@ pub fn admit<'a, S: Store>(
         Route::Feed(_) => Some(StreamKind::Feed),
         Route::Receipts(_) => Some(StreamKind::Receipts),
         Route::Presence(_) => Some(StreamKind::Presence),
+        Route::AdminStream => Some(StreamKind::Admin),
         _ => None,
     };
     let stream = match kind {
@@ -166,7 +167,7 @@ pub fn admit<'a, S: Store>(
     })
 }
 
-/// The routes anyone may ask for: the banner, the page (which then asks for a token) and its
+/// The routes anyone may ask for: the banner, the pages (which then ask for a token) and their
 /// script, health, the API's contract (it holds no secret, and a client generator reads it before
 /// it has a token), and CORS preflights (a browser sends no credentials with those).
 fn is_public(route: &Route<'_>) -> bool {
@@ -174,6 +175,7 @@ fn is_public(route: &Route<'_>) -> bool {
         route,
         Route::Root
             | Route::SubscriberPage
+            | Route::Dashboard
             | Route::Script
             | Route::Health
             | Route::Healthz
@@ -221,6 +223,7 @@ fn authorize(route: &Route<'_>, device: &DeviceId, grants: &Grants) -> Result<()
     let allowed = match route {
         Route::Root
         | Route::SubscriberPage
+        | Route::Dashboard
         | Route::Script
         | Route::Health
         | Route::Healthz
@@ -240,6 +243,7 @@ fn authorize(route: &Route<'_>, device: &DeviceId, grants: &Grants) -> Result<()
         Route::AdminConnections
         | Route::AdminChannels
         | Route::Metrics
+        | Route::AdminStream
         | Route::AdminEvents(_)
         | Route::AdminDevices(_)
         | Route::AdminReceipts(..)
@@ -381,6 +385,10 @@ mod tests {
             !ok(Route::AdminConnections)
                 && !ok(Route::Events("s"))
                 && !ok(Route::RegisterDevice("s", "D1"))
+        );
+        assert!(
+            !ok(Route::AdminStream) && ok(Route::Dashboard),
+            "the page is public, its stream is not"
         );
         let admin = Grants {
             admin: true,

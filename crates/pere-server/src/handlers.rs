@@ -20,6 +20,7 @@ use pere_core::{DeviceId, NewEvent, Store, StoreError};
 
 use crate::activity;
 use crate::batch::{self, BATCH_HEADER};
+use crate::dashboard;
 use crate::door::{Admitted, Caller};
 use crate::error::ApiError;
 use crate::openapi;
@@ -75,11 +76,28 @@ pub async fn dispatch<S: Store>(
             request::channel(channel)?;
             return Ok(response::sse(response::empty()));
         }
+        if route == Route::AdminStream {
+            return Ok(response::sse(response::empty()));
+        }
     }
     match route {
         Route::Root => Ok(root(headers)),
         Route::SubscriberPage => Ok(response::asset(&SUBSCRIBER_PAGE, headers)),
         Route::Script => Ok(response::asset(&PERE_JS, headers)),
+        Route::Dashboard => Ok(response::asset(&dashboard::PAGE, headers)),
+        Route::AdminStream => {
+            let channel = query
+                .get(&["channel"])
+                .filter(|c| !c.is_empty())
+                .map(request::channel)
+                .transpose()?;
+            Ok(sse(dashboard::stream(
+                state,
+                channel,
+                streams::context(state, closer, stream),
+            )
+            .await?))
+        }
         Route::Health | Route::Healthz => Ok(response::json(
             StatusCode::OK,
             &Health {

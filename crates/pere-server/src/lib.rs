@@ -6,6 +6,7 @@
 //! - [`http_conn`]: every other connection (HTTP/1.1 or HTTP/2, plain or TLS), served by hyper;
 //! - [`tls`]: the certificate and key, and the handshake offering HTTP/2 by ALPN;
 //! - [`handlers`]: one handler per endpoint, one core operation each;
+//! - [`dashboard`]: the dashboard page and its stream of admin events;
 //! - [`door`]: the one admission point of every request, on either kind of connection;
 //! - [`auth`]: the security mode, token claims and channel patterns, verifying and minting tokens;
 //! - [`streams`]: the event feed, receipt stream and presence stream, opened and framed;
@@ -30,6 +31,7 @@ pub mod activity;
 pub mod auth;
 pub mod batch;
 pub mod config;
+pub mod dashboard;
 pub mod door;
 pub mod error;
 pub mod feed_conn;

@@ -40,6 +40,8 @@ pub enum StreamKind {
     Receipts,
     /// `GET /presence/:channel`.
     Presence,
+    /// `GET /admin/stream` (the dashboard).
+    Admin,
 }
 
 impl StreamKind {
@@ -48,6 +50,7 @@ impl StreamKind {
             StreamKind::Feed => "feed",
             StreamKind::Receipts => "receipts",
             StreamKind::Presence => "presence",
+            StreamKind::Admin => "admin",
         }
     }
 }
@@ -216,7 +219,12 @@ impl Metrics {
             notices_dropped.clone(),
         );
         // Present from the first scrape, at zero: an alert on a rate needs the series to exist.
-        for kind in [StreamKind::Feed, StreamKind::Receipts, StreamKind::Presence] {
+        for kind in [
+            StreamKind::Feed,
+            StreamKind::Receipts,
+            StreamKind::Presence,
+            StreamKind::Admin,
+        ] {
             let _ = streams.get_or_create(&KindLabel { kind: kind.label() });
         }
         for status_class in ["ok", "other"] {

@@ -131,6 +131,8 @@ mod tests {
             Route::AdminConnections,
             Route::AdminChannels,
             Route::Metrics,
+            Route::AdminStream,
+            Route::Dashboard,
             Route::AdminEvents("C1"),
             Route::AdminDevices("C1"),
             Route::AdminReceipts("C1", "7"),

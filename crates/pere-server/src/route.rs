@@ -60,6 +60,11 @@ pub enum Route<'a> {
     Receipts(&'a str),
     /// `GET /presence/:channel`: the presence stream (SSE).
     Presence(&'a str),
+    /// `GET /dashboard`: the live dashboard page.
+    Dashboard,
+    /// `GET /admin/stream`: the dashboard's stream of admin events (SSE; `?channel=` for one
+    /// channel's devices and receipts).
+    AdminStream,
     /// `OPTIONS` on any path: a CORS preflight.
     Preflight,
 }
@@ -95,6 +100,8 @@ impl<'a> Route<'a> {
             ["admin", "connections"] => (Route::AdminConnections, "GET"),
             ["admin", "channels"] => (Route::AdminChannels, "GET"),
             ["metrics"] => (Route::Metrics, "GET"),
+            ["admin", "stream"] => (Route::AdminStream, "GET"),
+            ["dashboard"] => (Route::Dashboard, "GET"),
             ["admin", "events", channel] => (Route::AdminEvents(channel), "GET"),
             ["admin", "devices", channel] => (Route::AdminDevices(channel), "GET"),
             ["admin", "receipts", channel, id] => (Route::AdminReceipts(channel, id), "GET"),
@@ -142,6 +149,8 @@ impl<'a> Route<'a> {
             Route::AdminConnections => ("GET", "/admin/connections"),
             Route::AdminChannels => ("GET", "/admin/channels"),
             Route::Metrics => ("GET", "/metrics"),
+            Route::AdminStream => ("GET", "/admin/stream"),
+            Route::Dashboard => ("GET", "/dashboard"),
             Route::AdminEvents(_) => ("GET", "/admin/events/{channel}"),
             Route::AdminDevices(_) => ("GET", "/admin/devices/{channel}"),
             Route::AdminReceipts(..) => ("GET", "/admin/receipts/{channel}/{id}"),
@@ -227,6 +236,14 @@ mod tests {
         );
         assert_eq!(Route::parse(&Method::GET, "/"), Ok(Route::Root));
         assert_eq!(Route::parse(&Method::GET, "/pere.js"), Ok(Route::Script));
+        assert_eq!(
+            Route::parse(&Method::GET, "/dashboard"),
+            Ok(Route::Dashboard)
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "/admin/stream"),
+            Ok(Route::AdminStream)
+        );
         assert_eq!(
             Route::parse(&Method::GET, "/push/C1"),
             Err(NoRoute::MethodNotAllowed("POST"))
