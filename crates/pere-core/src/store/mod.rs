@@ -24,9 +24,11 @@ use crate::name::{ChannelName, DeviceId};
 use crate::receipt::{DeviceRecord, DeviceTouch, Membership, Receipt};
 
 pub mod memory;
+pub mod redis;
 pub mod sqlite;
 
 pub use memory::MemoryStore;
+pub use self::redis::{RedisOptions, RedisStore};
 pub use sqlite::{Durability, SqliteOptions, SqliteStore};
 
 /// How much history each channel keeps.
