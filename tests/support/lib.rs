@@ -5,7 +5,10 @@
 //! event received, an HTTP answer) under a timeout, so a failure shows as a clear panic.
 #![deny(missing_docs, missing_debug_implementations)]
 
+pub mod redis_server;
 pub mod scripted;
+
+pub use redis_server::RedisServer;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -157,10 +160,12 @@ pub enum StoreUnderTest {
     Memory,
     /// `--store sqlite` in a fresh temporary data directory.
     Sqlite,
+    /// `--store redis://...` on a private `redis-server` started for the test.
+    Redis,
 }
 
 /// Runs each named `async fn(StoreUnderTest)` as one test per storage backend, in modules
-/// `memory` and `sqlite`.
+/// `memory`, `sqlite` and `redis`.
 #[macro_export]
 macro_rules! on_every_store {
     ($($name:ident),* $(,)?) => {
@@ -180,6 +185,14 @@ macro_rules! on_every_store {
                 }
             )*
         }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::StoreUnderTest::Redis).await
+                }
+            )*
+        }
     };
 }
 
@@ -194,6 +207,8 @@ pub struct TestServer {
     pub http: reqwest::Client,
     // Removed when the server is dropped.
     _data_dir: Option<tempfile::TempDir>,
+    // Stopped when the server is dropped (after it: fields drop in order).
+    _redis: Option<RedisServer>,
 }
 
 impl TestServer {
@@ -216,7 +231,20 @@ impl TestServer {
                 server._data_dir = Some(dir);
                 server
             }
+            StoreUnderTest::Redis => {
+                let redis = RedisServer::start();
+                let mut server = Self::start_redis(&redis.url(), extra).await;
+                server._redis = Some(redis);
+                server
+            }
         }
+    }
+
+    /// Starts a node on the Redis store at `url` (a server the caller keeps, for several nodes).
+    pub async fn start_redis(url: &str, extra: &[&str]) -> TestServer {
+        let mut args = vec!["--store", url];
+        args.extend_from_slice(extra);
+        Self::start_args(&args).await
     }
 
     /// Starts the server on the SQLite store in `data_dir` (kept by the caller, for restarts).
@@ -245,7 +273,7 @@ impl TestServer {
             .find(|w| w.starts_with("http://"))
             .expect("address in the first line")
             .to_owned();
-        TestServer { proc, base, http: reqwest::Client::new(), _data_dir: None }
+        TestServer { proc, base, http: reqwest::Client::new(), _data_dir: None, _redis: None }
     }
 
     /// Kills the server with SIGKILL and waits for it to be gone.

@@ -64,7 +64,7 @@ pub async fn dispatch<S: Store>(
             Ok(sse(SseBody::feed(subscription, streams::context(state, closer, stream))))
         }
         Route::Feedback(channel) => feedback(state, channel, &caller, &query, headers, body).await,
-        Route::AdminConnections => Ok(admin_connections(state)),
+        Route::AdminConnections => admin_connections(state).await,
         Route::AdminEvents(channel) => admin_events(state, channel, &query).await,
         Route::AdminDevices(channel) => admin_devices(state, channel, &query).await,
         Route::AdminReceipts(channel, id) => {
@@ -217,10 +217,17 @@ async fn feedback<S: Store>(
     Ok(response::compact_json(StatusCode::OK, &ReceiptJson::from(&receipt)))
 }
 
-fn admin_connections<S: Store>(state: &AppState<S>) -> Response<ResponseBody> {
-    let channels: BTreeMap<String, usize> = state.hub.connections().into_iter().map(|(c, n)| (c.to_string(), n)).collect();
+/// `GET /admin/connections`: open streams per channel, on every node of the cluster.
+async fn admin_connections<S: Store>(state: &AppState<S>) -> Answer {
+    let mut channels: BTreeMap<String, usize> =
+        state.hub.connections().into_iter().map(|(c, n)| (c.to_string(), n)).collect();
+    if let Some(bus) = state.bus.get() {
+        for (channel, n) in bus.other_connections().await? {
+            *channels.entry(channel.to_string()).or_default() += n;
+        }
+    }
     let total = channels.values().sum();
-    response::json(StatusCode::OK, &ConnectionsJson { channels, total })
+    Ok(response::json(StatusCode::OK, &ConnectionsJson { channels, total }))
 }
 
 async fn admin_events<S: Store>(state: &AppState<S>, channel: &str, query: &Query) -> Answer {
@@ -251,7 +258,13 @@ async fn admin_devices<S: Store>(state: &AppState<S>, channel: &str, query: &Que
     let channel = request::channel(channel)?;
     let limit = request::limit(query, DEVICE_PAGE, MAX_DEVICE_PAGE)?.max(1);
     let after = query.get(&["after"]).map(DeviceId::new).transpose()?;
-    let page = state.hub.devices_page(&channel, after.as_ref(), limit).await?;
+    let mut page = state.hub.devices_page(&channel, after.as_ref(), limit).await?;
+    if let Some(bus) = state.bus.get() {
+        let elsewhere = bus.other_streams(&channel).await?;
+        for view in &mut page {
+            view.open_streams += elsewhere.get(&view.record.device).copied().unwrap_or(0);
+        }
+    }
     let recipients = state.hub.current_recipients(&channel, page.iter().map(|d| &d.record.device)).await?;
     let view: BTreeMap<String, DeviceJson> = page
         .iter()

@@ -5,7 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use pere_core::store::{Durability, SqliteOptions, SqliteStore};
+use std::sync::Arc;
+
+use pere_core::bus::Bus;
+use pere_core::store::{Durability, RedisOptions, RedisStore, SqliteOptions, SqliteStore};
 use pere_core::{MemoryStore, Store};
 use pere_server::auth::{Grants, Minter, Mode};
 use pere_server::config::{Command, DurabilityLevel, StoreKind, TokenArgs};
@@ -71,8 +74,22 @@ async fn serve_with(config: Config, mode: Mode) -> anyhow::Result<()> {
                 config.host, config.port
             )
         })?;
-    match config.store {
-        StoreKind::Memory => serve(listener, MemoryStore::new(retention(&config)), config, mode).await,
+    match config.store.clone() {
+        StoreKind::Memory => serve(listener, MemoryStore::new(retention(&config)), config, mode, |_| {}).await,
+        StoreKind::Redis(url) => {
+            let options =
+                RedisOptions { url: url.0, prefix: config.redis_prefix.clone(), retention: retention(&config) };
+            let store = RedisStore::open(options).context("cannot use the Redis store")?;
+            if let Err(err) = store.probe().await {
+                // A node may start before its Redis: it is not ready until Redis answers.
+                tracing::warn!("Redis does not answer yet ({err}); not ready until it does");
+            }
+            let ttl = config.redis_node_ttl;
+            serve(listener, store, config, mode, move |state: &Arc<AppState<RedisStore>>| {
+                let _ = state.bus.set(Bus::start(&state.hub, ttl));
+            })
+            .await
+        }
         StoreKind::Sqlite => {
             let options = SqliteOptions {
                 durability: match config.durability {
@@ -86,7 +103,7 @@ async fn serve_with(config: Config, mode: Mode) -> anyhow::Result<()> {
             };
             let store = SqliteStore::open(&config.data_dir, options)
                 .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
-            serve(listener, store.clone(), config, mode).await?;
+            serve(listener, store.clone(), config, mode, |_| {}).await?;
             // Every acknowledged write is already committed; this waits for the writer to stop.
             store.close().await;
             Ok(())
@@ -94,10 +111,19 @@ async fn serve_with(config: Config, mode: Mode) -> anyhow::Result<()> {
     }
 }
 
-async fn serve<S: Store>(listener: TcpListener, store: S, config: Config, mode: Mode) -> anyhow::Result<()> {
+/// Serves `store` until a signal; `attach` sees the state first (the Redis store starts its bus
+/// there).
+async fn serve<S: Store>(
+    listener: TcpListener,
+    store: S,
+    config: Config,
+    mode: Mode,
+    attach: impl FnOnce(&Arc<AppState<S>>),
+) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
-    let what = match config.store {
+    let what = match &config.store {
         StoreKind::Memory => "memory".to_owned(),
+        StoreKind::Redis(_) => format!("redis at {}, prefix {}", config.store, config.redis_prefix),
         StoreKind::Sqlite => {
             // Spelled as the flag takes it.
             let durability = clap::ValueEnum::to_possible_value(&config.durability).map(|v| v.get_name().to_owned());
@@ -105,6 +131,7 @@ async fn serve<S: Store>(listener: TcpListener, store: S, config: Config, mode: 
         },
     };
     let state = AppState::new(store, config, mode);
+    attach(&state);
     // Tests and scripts read the bound address from this first line, written before any log line.
     println!("PERE server listening on http://{address} (store: {what})");
     tracing::info!("{}", state.mode.describe());

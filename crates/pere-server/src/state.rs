@@ -1,7 +1,8 @@
 //! What every request shares: the engine, the settings and the shutdown signal.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use pere_core::bus::Bus;
 use pere_core::{Event, Hub, HubConfig, Retention, Store};
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +24,9 @@ pub struct AppState<S: Store> {
     pub shutdown: CancellationToken,
     /// Open connections and streams, and their caps.
     pub limits: Arc<Limits>,
+    /// The link to the other nodes on the same Redis (Redis store only): the admin views add
+    /// up their streams, the webhook claims each report.
+    pub bus: OnceLock<Bus>,
 }
 
 impl<S: Store> AppState<S> {
@@ -43,7 +47,7 @@ impl<S: Store> AppState<S> {
             },
         );
         let limits = Limits::new(&config, limits::open_files());
-        Arc::new(AppState { hub, config, mode, shutdown: CancellationToken::new(), limits })
+        Arc::new(AppState { hub, config, mode, shutdown: CancellationToken::new(), limits, bus: OnceLock::new() })
     }
 }
 
