@@ -234,7 +234,7 @@ async fn apply(hub: &Hub<RedisStore>, notice: Notice) -> Result<(), StoreError> 
 /// Registers this node's open streams every third of the time to live, until the hub is gone.
 async fn heartbeat(hub: Weak<Hub<RedisStore>>, bus: Bus) {
     let period = bus.ttl / 3;
-    let mut written: Option<(Vec<(String, usize)>, Vec<(String, usize)>)> = None;
+    let mut written: Option<Snapshot> = None;
     loop {
         let Some(snapshot) = hub.upgrade().map(|hub| {
             let conns: Vec<(String, usize)> = hub.connections().into_iter().map(|(c, n)| (c.to_string(), n)).collect();
