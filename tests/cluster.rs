@@ -9,7 +9,10 @@ use serde_json::Value;
 
 /// Two nodes on `redis`, with `extra` flags each.
 async fn two_nodes(redis: &RedisServer, extra: &[&str]) -> (TestServer, TestServer) {
-    (TestServer::start_redis(&redis.url(), extra).await, TestServer::start_redis(&redis.url(), extra).await)
+    (
+        TestServer::start_redis(&redis.url(), extra).await,
+        TestServer::start_redis(&redis.url(), extra).await,
+    )
 }
 
 /// Polls `check` until it gives something, for at most [`WAIT`]: what another node registers
@@ -37,7 +40,15 @@ async fn status_of(response: reqwest::Response) -> (u16, Value) {
 }
 
 async fn push_answer(node: &TestServer, path: &str, body: &str) -> (u16, Value) {
-    status_of(node.http.post(node.url(path)).body(body.to_owned()).send().await.expect("push")).await
+    status_of(
+        node.http
+            .post(node.url(path))
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("push"),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,7 +60,11 @@ async fn pushes_on_both_nodes_make_one_gap_free_sequence_seen_alike_on_both() {
 
     assert_eq!(a.push("Shared", "from A").await, 1);
     let first = on_b.next().await;
-    assert_eq!((first.id.as_str(), first.data.as_str()), ("1", "from A"), "published on A, received on B");
+    assert_eq!(
+        (first.id.as_str(), first.data.as_str()),
+        ("1", "from A"),
+        "published on A, received on B"
+    );
     assert_eq!(on_a.next().await.id, "1");
 
     // 100 pushes on each node at once.
@@ -58,9 +73,16 @@ async fn pushes_on_both_nodes_make_one_gap_free_sequence_seen_alike_on_both() {
         for (name, node) in [("a", &a), ("b", &b)] {
             let (http, url) = (node.http.clone(), node.url("/push/Shared"));
             pushes.push(tokio::spawn(async move {
-                let response = http.post(url).body(format!("{name}{i}")).send().await.expect("push");
+                let response = http
+                    .post(url)
+                    .body(format!("{name}{i}"))
+                    .send()
+                    .await
+                    .expect("push");
                 assert_eq!(response.status(), 200);
-                response.json::<Value>().await.unwrap()["id"].as_u64().unwrap()
+                response.json::<Value>().await.unwrap()["id"]
+                    .as_u64()
+                    .unwrap()
             }));
         }
     }
@@ -69,7 +91,11 @@ async fn pushes_on_both_nodes_make_one_gap_free_sequence_seen_alike_on_both() {
         ids.push(push.await.unwrap());
     }
     ids.sort_unstable();
-    assert_eq!(ids, (2..=201).collect::<Vec<u64>>(), "no id shared, none skipped");
+    assert_eq!(
+        ids,
+        (2..=201).collect::<Vec<u64>>(),
+        "no id shared, none skipped"
+    );
 
     let mut seen_a = Vec::new();
     let mut seen_b = Vec::new();
@@ -79,8 +105,15 @@ async fn pushes_on_both_nodes_make_one_gap_free_sequence_seen_alike_on_both() {
         seen_b.push((y.id, y.data));
     }
     let expected: Vec<String> = (2..=201).map(|i: u64| i.to_string()).collect();
-    assert_eq!(seen_a.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(), expected, "in id order, no gap");
-    assert_eq!(seen_a, seen_b, "both nodes delivered the same events in the same order");
+    assert_eq!(
+        seen_a.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(),
+        expected,
+        "in id order, no gap"
+    );
+    assert_eq!(
+        seen_a, seen_b,
+        "both nodes delivered the same events in the same order"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,7 +125,9 @@ async fn a_receipt_posted_on_one_node_completes_a_wait_held_on_the_other_and_sho
 
     let waiting = {
         let (http, url) = (a.http.clone(), a.url("/push/Orders?wait=all&timeout=15s"));
-        tokio::spawn(async move { status_of(http.post(url).body("order 1").send().await.expect("push")).await })
+        tokio::spawn(async move {
+            status_of(http.post(url).body("order 1").send().await.expect("push")).await
+        })
     };
     let event = h1.next().await;
     assert_eq!(event.data, "order 1");
@@ -101,7 +136,10 @@ async fn a_receipt_posted_on_one_node_completes_a_wait_held_on_the_other_and_sho
     assert_eq!(status, 200);
 
     let (status, answer) = waiting.await.unwrap();
-    assert_eq!(status, 200, "the wait on A was satisfied by the receipt posted on B: {answer}");
+    assert_eq!(
+        status, 200,
+        "the wait on A was satisfied by the receipt posted on B: {answer}"
+    );
     assert_eq!(answer["satisfied"], true);
     assert_eq!(answer["receipts"]["acknowledged"][0]["device"], "H1");
 
@@ -136,12 +174,18 @@ async fn a_feed_resumes_by_last_event_id_on_the_other_node() {
     a.push("Resume", "e4").await;
     b.push("Resume", "e5").await;
 
-    let mut resumed = b.feed("Resume", &[("device", "R1"), ("Last-Event-ID", "3")]).await;
+    let mut resumed = b
+        .feed("Resume", &[("device", "R1"), ("Last-Event-ID", "3")])
+        .await;
     let four = resumed.next().await;
     assert_eq!((four.id.as_str(), four.data.as_str()), ("4", "e4"));
     assert_eq!(resumed.next().await.id, "5");
     a.push("Resume", "e6").await;
-    assert_eq!(resumed.next().await.id, "6", "live after the replay, from the other node");
+    assert_eq!(
+        resumed.next().await.id,
+        "6",
+        "live after the replay, from the other node"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,7 +216,9 @@ async fn subscribers_of_a_killed_node_resume_on_the_other_and_its_presence_expir
     let connections = b.get_json("/admin/connections").await;
     assert_eq!(connections["total number"], 0, "{connections}");
 
-    let mut again = b.feed("Fleet", &[("device", "H1"), ("Last-Event-ID", "3")]).await;
+    let mut again = b
+        .feed("Fleet", &[("device", "H1"), ("Last-Event-ID", "3")])
+        .await;
     assert_eq!(again.next_ids(2).await, vec![4, 5], "nothing missed");
     b.push("Fleet", "e6").await;
     assert_eq!(again.next_ids(1).await, vec![6]);
@@ -195,7 +241,10 @@ async fn a_redis_outage_answers_503_then_service_resumes_and_nothing_acknowledge
     assert_eq!(status, 503, "{answer}");
     assert_eq!(answer["error"]["code"], "store_unavailable");
     let (status, answer) = node.ack("Outage", "H1", 1, "ok").await;
-    assert_eq!((status, answer["error"]["code"].as_str()), (503, Some("store_unavailable")));
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (503, Some("store_unavailable"))
+    );
     let ready = node.http.get(node.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503, "not ready while Redis is away");
 
@@ -210,11 +259,90 @@ async fn a_redis_outage_answers_503_then_service_resumes_and_nothing_acknowledge
     let ready = node.http.get(node.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
     let event = feed.next().await;
-    assert_eq!((event.id.as_str(), event.data.as_str()), ("4", "after"), "the feed stayed open through the outage");
+    assert_eq!(
+        (event.id.as_str(), event.data.as_str()),
+        ("4", "after"),
+        "the feed stayed open through the outage"
+    );
 
     let stored = node.get_json("/events/Outage").await;
-    let ids: Vec<u64> = stored["events"].as_array().unwrap().iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    let ids: Vec<u64> = stored["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_u64().unwrap())
+        .collect();
     assert_eq!(ids, acknowledged, "every acknowledged push is kept");
     let (status, _) = node.ack("Outage", "H1", 1, "ok").await;
     assert_eq!(status, 200);
+}
+
+/// A webhook receiver on loopback that answers 200 and hands over each body.
+async fn webhook_sink() -> (String, tokio::sync::mpsc::UnboundedReceiver<Value>) {
+    use http_body_util::BodyExt;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        let tx = tx.clone();
+                        async move {
+                            let body = request.into_body().collect().await.unwrap().to_bytes();
+                            let _ = tx.send(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::new()),
+                            ))
+                        }
+                    },
+                );
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
+            });
+        }
+    });
+    (url, rx)
+}
+
+async fn next_post(posts: &mut tokio::sync::mpsc::UnboundedReceiver<Value>) -> Value {
+    tokio::time::timeout(WAIT, posts.recv())
+        .await
+        .expect("a webhook post in time")
+        .expect("sink open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_reports_each_event_once_for_the_whole_cluster() {
+    let redis = RedisServer::start();
+    let (url, mut posts) = webhook_sink().await;
+    let (a, b) = two_nodes(&redis, &["-q", "--receipt-webhook", &url]).await;
+    let mut h1 = b.feed("Hooks", &[("device", "H1")]).await;
+    // Both nodes follow every event and see every receipt; one report leaves the cluster.
+    for i in 1..=3u64 {
+        assert_eq!(a.push("Hooks", &format!("e{i}")).await, i);
+        assert_eq!(h1.next().await.id, i.to_string());
+        assert_eq!(b.ack("Hooks", "H1", i, "done").await.0, 200);
+    }
+    let mut reported = Vec::new();
+    for _ in 0..3 {
+        let post = next_post(&mut posts).await;
+        assert_eq!(post["reason"], "complete");
+        reported.push(post["id"].as_u64().unwrap());
+    }
+    // A last event, reported after any duplicate of the first three would have been.
+    assert_eq!(b.push("Hooks", "e4").await, 4);
+    assert_eq!(h1.next().await.id, "4");
+    assert_eq!(a.ack("Hooks", "H1", 4, "done").await.0, 200);
+    reported.push(next_post(&mut posts).await["id"].as_u64().unwrap());
+    reported.sort_unstable();
+    assert_eq!(reported, vec![1, 2, 3, 4], "each event reported once");
 }
