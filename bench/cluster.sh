@@ -139,6 +139,22 @@ for round in $(seq "$ROUNDS"); do
     start_node A --store "redis://127.0.0.1:$port/0"
     start_node B --store "redis://127.0.0.1:$port/0"
     measure redis-2 "$scenario"
+    if [ "$scenario" = fanout ]; then
+      # Redis's memory per device record (record, id index, membership), from the keys themselves.
+      redis-cli -p "$port" --scan --pattern '{pere:ch:*' >"$WORK/keys"
+      python3 - "$port" "$WORK/keys" >>"$WORK/memory.jsonl" <<'PY'
+import subprocess, sys
+port, keys = sys.argv[1], [k.strip() for k in open(sys.argv[2]) if k.strip()]
+def cli(*args): return subprocess.run(["redis-cli", "-p", port, *args], capture_output=True, text=True).stdout.strip()
+per_device = sum(int(cli("MEMORY", "USAGE", k, "SAMPLES", "0") or 0) for k in keys if k.endswith((":dev", ":devs", ":mem", ":memcur")))
+events = sum(int(cli("MEMORY", "USAGE", k, "SAMPLES", "0") or 0) for k in keys if k.endswith(":ev"))
+devices = sum(int(cli("HLEN", k) or 0) for k in keys if k.endswith(":dev"))
+stored = sum(int(cli("XLEN", k) or 0) for k in keys if k.endswith(":ev"))
+used = cli("INFO", "memory").split("used_memory:")[1].split()[0]
+print({"devices": devices, "bytes_per_device": per_device // max(devices, 1), "events": stored,
+       "bytes_per_event": events // max(stored, 1), "used_memory": int(used)})
+PY
+    fi
     stop_all
     rm -f "$WORK/redis.log" "$WORK"/appendonly* && rm -rf "$WORK/appendonlydir"
   done
@@ -179,6 +195,15 @@ for setup in ["sqlite", "redis-2"]:
         a, b, red = per("node_a"), per("node_b"), per("redis")
     out.append(f"| {setup} | {med([r['pushes_per_s'] for r in rs]):.0f} | {a:.1f} | "
                f"{'—' if setup == 'sqlite' else f'{b:.1f}'} | {'—' if setup == 'sqlite' else f'{red:.1f}'} | {a + b + red:.1f} |")
+import os
+mem_path = os.path.join(os.path.dirname(path), "memory.jsonl")
+mems = [eval(l) for l in open(mem_path) if l.strip()] if os.path.exists(mem_path) else []
+if mems:
+    m = mems[-1]
+    out += ["", "## Redis memory after the fan-out run", "",
+            f"{m['devices']} device records: {m['bytes_per_device']} bytes each (record, id index, membership); "
+            f"{m['events']} events retained: {m['bytes_per_event']} bytes each (stream entry, body included); "
+            f"Redis's used_memory {m['used_memory'] / 1048576:.1f} MiB."]
 out += ["", "Raw lines (one per run):", "", "```"] + [json.dumps(r) for r in rows] + ["```", ""]
 print("\n".join(out))
 EOF
