@@ -64,7 +64,7 @@ pub struct Config {
     #[arg(short = 'p', long = "port", default_value_t = 4567, env = "PERE_PORT")]
     pub port: u16,
 
-    /// Storage backend: sqlite, memory, or redis://[:password@]host:port/db (a Redis that
+    /// Storage backend: sqlite, memory, or `redis://[:password@]host:port/db` (a Redis that
     /// several nodes share; see --redis-prefix).
     #[arg(long = "store", default_value = "sqlite", value_parser = parse_store, env = "PERE_STORE", hide_env_values = true)]
     pub store: StoreKind,
