@@ -64,8 +64,9 @@ pub struct Config {
     #[arg(short = 'p', long = "port", default_value_t = 4567, env = "PERE_PORT")]
     pub port: u16,
 
-    /// Storage backend: sqlite, memory, or `redis://[:password@]host:port/db` (a Redis that
-    /// several nodes share; see --redis-prefix).
+    /// Storage backend: sqlite (the default), memory, or `redis://[:password@]host:port/db`
+    /// (a Redis that several nodes share; see --redis-prefix). The environment's value is never
+    /// shown, since the URL may hold a password.
     #[arg(long = "store", default_value = "sqlite", value_parser = parse_store, env = "PERE_STORE", hide_env_values = true)]
     pub store: StoreKind,
 
