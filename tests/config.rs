@@ -116,9 +116,9 @@ async fn a_wrong_value_is_named_with_its_source() {
     // Kinds of value other than numbers: a choice and a flag.
     let choice = write(dir.path(), "store.toml", "store = \"disk\"\n");
     let (_, errors) = refusal(&["--config", &choice], &[]).await;
-    assert_eq!(errors, [format!("pere-server: invalid value \"disk\" for store in {choice}: expected one of sqlite, memory (see pere-server --help)")]);
+    assert_eq!(errors, [format!("pere-server: invalid value \"(hidden)\" for store in {choice}: \"disk\" is not a store: use sqlite, memory or a redis://host:port/db URL (see pere-server --help)")]);
     let (_, errors) = refusal(&["-p", "0"], &[("PERE_STORE", "disk")]).await;
-    assert_eq!(errors, ["pere-server: invalid value \"disk\" for store in PERE_STORE: expected one of sqlite, memory (see pere-server --help)"]);
+    assert_eq!(errors, ["pere-server: invalid value \"(hidden)\" for store in PERE_STORE: \"disk\" is not a store: use sqlite, memory or a redis://host:port/db URL (see pere-server --help)"]);
 
     // A value the flag beats is not looked at.
     let line = first_line(

@@ -14,12 +14,15 @@ python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt python3-venv
 command -v curl >/dev/null 2>&1 || need_apt curl  # tests/h2.rs: HTTP/2 with prior knowledge
 command -v node >/dev/null 2>&1 || need_apt nodejs
 command -v npm >/dev/null 2>&1 || need_apt npm
+command -v redis-server >/dev/null 2>&1 || need_apt redis-server  # the Redis tests start their own
 if [ ${#apt_missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   echo "setup: installing ${apt_missing[*]} (apt)"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${apt_missing[@]}" >/dev/null
+  # The redis-server package may start a system instance; the tests start their own.
+  $sudo service redis-server stop >/dev/null 2>&1 || true
 fi
 
 # Schemathesis drives a live server from the OpenAPI document (tests/contract.rs): a pinned

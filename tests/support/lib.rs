@@ -6,7 +6,10 @@
 #![deny(missing_docs, missing_debug_implementations)]
 
 pub mod node;
+pub mod redis_server;
 pub mod scripted;
+
+pub use redis_server::RedisServer;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -221,10 +224,12 @@ pub enum StoreUnderTest {
     Memory,
     /// `--store sqlite` in a fresh temporary data directory.
     Sqlite,
+    /// `--store redis://...` on a private `redis-server` started for the test.
+    Redis,
 }
 
 /// Runs each named `async fn(StoreUnderTest)` as one test per storage backend, in modules
-/// `memory` and `sqlite`.
+/// `memory`, `sqlite` and `redis`.
 #[macro_export]
 macro_rules! on_every_store {
     ($($name:ident),* $(,)?) => {
@@ -244,6 +249,14 @@ macro_rules! on_every_store {
                 }
             )*
         }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::StoreUnderTest::Redis).await
+                }
+            )*
+        }
     };
 }
 
@@ -258,6 +271,8 @@ pub struct TestServer {
     pub http: reqwest::Client,
     // Removed when the server is dropped.
     _data_dir: Option<tempfile::TempDir>,
+    // Stopped when the server is dropped (after it: fields drop in order).
+    _redis: Option<RedisServer>,
 }
 
 impl TestServer {
@@ -280,7 +295,20 @@ impl TestServer {
                 server._data_dir = Some(dir);
                 server
             }
+            StoreUnderTest::Redis => {
+                let redis = RedisServer::start();
+                let mut server = Self::start_redis(&redis.url(), extra).await;
+                server._redis = Some(redis);
+                server
+            }
         }
+    }
+
+    /// Starts a node on the Redis store at `url` (a server the caller keeps, for several nodes).
+    pub async fn start_redis(url: &str, extra: &[&str]) -> TestServer {
+        let mut args = vec!["--store", url];
+        args.extend_from_slice(extra);
+        Self::start_args(&args).await
     }
 
     /// Starts the server on the SQLite store in `data_dir` (kept by the caller, for restarts).
@@ -314,6 +342,7 @@ impl TestServer {
             base,
             http: reqwest::Client::new(),
             _data_dir: None,
+            _redis: None,
         }
     }
 

@@ -60,6 +60,8 @@ pub struct Plan {
     pub label: String,
     /// The server.
     pub target: SocketAddr,
+    /// Where the publishers push: the server, or another node of its cluster.
+    pub publish_target: SocketAddr,
     /// Subscribers to open.
     pub subscribers: usize,
     /// Channels; subscriber `i` and event `j` go to channel `i % channels`, `j % channels`.
@@ -728,7 +730,7 @@ async fn publisher(
     let step = plan.publishers.max(1) as u64;
     let channels = plan.channels as u64;
     let source = plan.sources.first().copied();
-    let mut client = Client::new(plan.target, source);
+    let mut client = Client::new(plan.publish_target, source);
     let host = plan.host();
     let pad = "x".repeat(plan.pad);
     let paths: Vec<String> = (0..plan.channels)

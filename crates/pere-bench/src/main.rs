@@ -80,6 +80,10 @@ struct LoadArgs {
     /// The server, http://HOST:PORT; it must be on this machine (127.0.0.0/8 or ::1).
     #[arg(short = 'u', long, default_value = "http://127.0.0.1:4567")]
     url: String,
+    /// Where to publish, http://HOST:PORT [--url]: another node of the same cluster, so that
+    /// every delivery crosses the cluster's bus.
+    #[arg(long)]
+    publish_url: Option<String>,
     /// Subscribers to open [idle, fanout, saturate, receipts: 1000; push: 0].
     #[arg(short = 'n', long)]
     subscribers: Option<usize>,
@@ -280,6 +284,7 @@ fn run() -> anyhow::Result<()> {
 /// Resolves a scenario's defaults into a plan and the overall timeout.
 fn plan(scenario: Scenario, a: LoadArgs) -> anyhow::Result<(Plan, Duration)> {
     let target = parse_target(&a.url)?;
+    let publish_target = a.publish_url.as_deref().map_or(Ok(target), parse_target)?;
     let subscribers = a
         .subscribers
         .unwrap_or(if scenario == Scenario::Push { 0 } else { 1000 });
@@ -341,6 +346,7 @@ fn plan(scenario: Scenario, a: LoadArgs) -> anyhow::Result<(Plan, Duration)> {
         scenario,
         label: a.label,
         target,
+        publish_target,
         subscribers,
         channels: a.channels.max(1),
         events_per_channel: events,

@@ -1177,6 +1177,50 @@ impl<S: Store> Hub<S> {
         devices.get(&(channel.clone(), device.clone())).cloned()
     }
 
+    /// Applies what the store holds beyond what each loaded channel released: a node whose
+    /// feed of changes recorded elsewhere was cut (a bus reconnecting) catches up with it.
+    /// Returns how many events were applied.
+    ///
+    /// # Errors
+    /// The store's error when a channel cannot be read; the channels before it caught up.
+    pub async fn catch_up(&self) -> Result<usize, StoreError> {
+        let loaded: Vec<Arc<ChannelHub>> = self
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut applied = 0;
+        for hub in loaded {
+            let mut after = hub.state().last_released;
+            loop {
+                let page = self
+                    .store
+                    .read(&hub.name, after, self.config.replay_page)
+                    .await?;
+                let Some(last) = page.events.last().map(|e| e.id) else {
+                    break;
+                };
+                after = last;
+                for event in page.events {
+                    applied += 1;
+                    self.apply_published_to(&hub, event);
+                }
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Open streams of identified devices on this node: (channel, device, streams).
+    pub fn live_streams(&self) -> Vec<(ChannelName, DeviceId, usize)> {
+        let devices = self.live_devices.lock().unwrap_or_else(|e| e.into_inner());
+        devices
+            .iter()
+            .map(|((c, d), live)| (c.clone(), d.clone(), live.streams.load(Ordering::Relaxed)))
+            .collect()
+    }
+
     /// Open streams per channel on this node, for channels with at least one.
     pub fn connections(&self) -> Vec<(ChannelName, usize)> {
         let channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());

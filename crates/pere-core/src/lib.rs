@@ -6,7 +6,9 @@
 //! - [`event`]: events as published and as stored;
 //! - [`sse`]: the Server-Sent Events encoder;
 //! - [`receipt`]: return receipts and device records (the ledger's rows);
-//! - [`store`]: the storage contract and its backends;
+//! - [`store`]: the storage contract and its backends (memory, SQLite, Redis);
+//! - [`bus`]: the link between nodes sharing one Redis: other nodes' changes fed to the hub,
+//!   this node's open streams registered for the cluster-wide views;
 //! - [`hub`]: local fan-out, resume, presence and the ledger's operations, each change applied
 //!   by one `apply_*` method;
 //! - [`notice`]: what the hub tells its observers, and the observers themselves;
@@ -16,6 +18,7 @@
 //! - [`error`]: the error types.
 #![deny(missing_docs, missing_debug_implementations)]
 
+pub mod bus;
 pub mod error;
 pub mod event;
 pub mod follow;

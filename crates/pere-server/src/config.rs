@@ -18,12 +18,31 @@ use clap::{Arg, ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcomm
 use crate::auth::{KeySettings, Mode, Verifier};
 
 /// Where events, receipts and device records are kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreKind {
     /// Embedded SQLite in --data-dir: durable, no setup.
     Sqlite,
     /// In process memory: fast, gone on restart. For tests and demos.
     Memory,
+    /// A Redis server that several nodes share (`redis://[:password@]host:port/db`); the URL
+    /// is kept as a [`Secret`], since it may hold the password.
+    Redis(Secret),
+}
+
+fn parse_store(text: &str) -> Result<StoreKind, String> {
+    match text {
+        "sqlite" => Ok(StoreKind::Sqlite),
+        "memory" => Ok(StoreKind::Memory),
+        url if url.starts_with("redis://")
+            || url.starts_with("rediss://")
+            || url.starts_with("redis+unix://") =>
+        {
+            Ok(StoreKind::Redis(Secret(url.to_owned())))
+        }
+        other => Err(format!(
+            "{other:?} is not a store: use sqlite, memory or a redis://host:port/db URL"
+        )),
+    }
 }
 
 /// What an acknowledged write survives (SQLite store).
@@ -69,14 +88,24 @@ pub struct Config {
     #[arg(short = 'p', long = "port", default_value_t = 4567, env = "PERE_PORT")]
     pub port: u16,
 
-    /// Storage backend.
-    #[arg(
-        long = "store",
-        value_enum,
-        default_value = "sqlite",
-        env = "PERE_STORE"
-    )]
+    /// Storage backend: sqlite (the default), memory, or `redis://[:password@]host:port/db`
+    /// (a Redis that several nodes share; see --redis-prefix). The environment's value is never
+    /// shown, since the URL may hold a password.
+    #[arg(long = "store", default_value = "sqlite", value_parser = parse_store, env = "PERE_STORE", hide_env_values = true)]
     pub store: StoreKind,
+
+    /// Redis store: what every key starts with, so several deployments can share one Redis.
+    #[arg(
+        long = "redis-prefix",
+        default_value = "pere",
+        env = "PERE_REDIS_PREFIX"
+    )]
+    pub redis_prefix: String,
+
+    /// Redis store: how long a node's registration of its open streams lives without a
+    /// heartbeat (sent every third of it); a dead node's streams stop counting within it.
+    #[arg(long = "redis-node-ttl", default_value = "15s", value_parser = parse_duration, env = "PERE_REDIS_NODE_TTL")]
+    pub redis_node_ttl: Duration,
 
     /// Directory of the SQLite store (created if missing).
     #[arg(
@@ -376,6 +405,9 @@ impl std::fmt::Display for StoreKind {
         f.write_str(match self {
             StoreKind::Sqlite => "sqlite",
             StoreKind::Memory => "memory",
+            StoreKind::Redis(url) => {
+                return f.write_str(&pere_core::store::redis::redacted(&url.0))
+            }
         })
     }
 }

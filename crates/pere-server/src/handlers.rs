@@ -122,7 +122,7 @@ pub async fn dispatch<S: Store>(
             )))
         }
         Route::Feedback(channel) => feedback(state, channel, &caller, &query, headers, body).await,
-        Route::AdminConnections => Ok(admin_connections(state)),
+        Route::AdminConnections => admin_connections(state).await,
         Route::AdminChannels => admin_channels(state, &query).await,
         Route::Metrics => Ok(metrics(state)),
         Route::AdminEvents(channel) => admin_events(state, channel, &query).await,
@@ -528,15 +528,24 @@ async fn admin_channels<S: Store>(state: &AppState<S>, query: &Query) -> Answer 
     Ok(response)
 }
 
-fn admin_connections<S: Store>(state: &AppState<S>) -> Response<ResponseBody> {
-    let channels: BTreeMap<String, usize> = state
+/// `GET /admin/connections`: open streams per channel, on every node of the cluster.
+async fn admin_connections<S: Store>(state: &AppState<S>) -> Answer {
+    let mut channels: BTreeMap<String, usize> = state
         .hub
         .connections()
         .into_iter()
         .map(|(c, n)| (c.to_string(), n))
         .collect();
+    if let Some(bus) = state.bus.get() {
+        for (channel, n) in bus.other_connections().await? {
+            *channels.entry(channel.to_string()).or_default() += n;
+        }
+    }
     let total = channels.values().sum();
-    response::json(StatusCode::OK, &ConnectionsJson { channels, total })
+    Ok(response::json(
+        StatusCode::OK,
+        &ConnectionsJson { channels, total },
+    ))
 }
 
 async fn admin_events<S: Store>(state: &AppState<S>, channel: &str, query: &Query) -> Answer {
@@ -577,10 +586,16 @@ async fn admin_devices<S: Store>(state: &AppState<S>, channel: &str, query: &Que
     let channel = request::channel(channel)?;
     let limit = request::limit(query, DEVICE_PAGE, MAX_DEVICE_PAGE)?.max(1);
     let after = query.get(&["after"]).map(DeviceId::new).transpose()?;
-    let page = state
+    let mut page = state
         .hub
         .devices_page(&channel, after.as_ref(), limit)
         .await?;
+    if let Some(bus) = state.bus.get() {
+        let elsewhere = bus.other_streams(&channel).await?;
+        for view in &mut page {
+            view.open_streams += elsewhere.get(&view.record.device).copied().unwrap_or(0);
+        }
+    }
     let recipients = state
         .hub
         .current_recipients(&channel, page.iter().map(|d| &d.record.device))

@@ -5,11 +5,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use pere_core::store::{Durability, SqliteOptions, SqliteStore};
+use pere_core::bus::Bus;
+use pere_core::store::{Durability, RedisOptions, RedisStore, SqliteOptions, SqliteStore};
 use pere_core::{MemoryStore, Store};
 use pere_server::auth::{Grants, Minter, Mode};
 use pere_server::config::{Command, DurabilityLevel, LoadError, StoreKind, TokenArgs};
-use pere_server::metrics::Metrics;
 use pere_server::tls::{self, TlsAcceptor};
 use pere_server::{http_conn, limits, logging, retention, run_with, AppState, Config};
 use tokio::net::{TcpListener, TcpSocket};
@@ -140,7 +140,7 @@ async fn serve_with(config: Config, mode: Mode, tls: Option<TlsAcceptor>) -> any
                 config.host, config.port
             )
         })?;
-    match config.store {
+    match config.store.clone() {
         StoreKind::Memory => {
             serve(
                 listener,
@@ -149,6 +149,30 @@ async fn serve_with(config: Config, mode: Mode, tls: Option<TlsAcceptor>) -> any
                 mode,
                 tls,
                 |_| {},
+            )
+            .await
+        }
+        StoreKind::Redis(url) => {
+            let options = RedisOptions {
+                url: url.0,
+                prefix: config.redis_prefix.clone(),
+                retention: retention(&config),
+            };
+            let store = RedisStore::open(options).context("cannot use the Redis store")?;
+            if let Err(err) = store.probe().await {
+                // A node may start before its Redis: it is not ready until Redis answers.
+                tracing::warn!("Redis does not answer yet ({err}); not ready until it does");
+            }
+            let ttl = config.redis_node_ttl;
+            serve(
+                listener,
+                store,
+                config,
+                mode,
+                tls,
+                move |state: &Arc<AppState<RedisStore>>| {
+                    let _ = state.bus.set(Bus::start(&state.hub, ttl));
+                },
             )
             .await
         }
@@ -167,8 +191,8 @@ async fn serve_with(config: Config, mode: Mode, tls: Option<TlsAcceptor>) -> any
                 format!("cannot open the store in {}", config.data_dir.display())
             })?;
             let hooked = store.clone();
-            let count_commits = move |metrics: &Arc<Metrics>| {
-                let metrics = metrics.clone();
+            let count_commits = move |state: &Arc<AppState<SqliteStore>>| {
+                let metrics = state.metrics.clone();
                 hooked.on_commit(move |took, writes| metrics.committed(took, writes));
             };
             serve(listener, store.clone(), config, mode, tls, count_commits).await?;
@@ -179,13 +203,15 @@ async fn serve_with(config: Config, mode: Mode, tls: Option<TlsAcceptor>) -> any
     }
 }
 
+/// Serves `store` until a signal; `attach` sees the state first (the Redis store starts its bus
+/// there, the SQLite store hooks its commits to the metrics).
 async fn serve<S: Store>(
     listener: TcpListener,
     store: S,
     config: Config,
     mode: Mode,
     tls: Option<TlsAcceptor>,
-    count_commits: impl FnOnce(&Arc<Metrics>),
+    attach: impl FnOnce(&Arc<AppState<S>>),
 ) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     let metrics_listener = match config.metrics_addr {
@@ -195,8 +221,9 @@ async fn serve<S: Store>(
         None => None,
     };
     let grace = config.shutdown_grace;
-    let what = match config.store {
+    let what = match &config.store {
         StoreKind::Memory => "memory".to_owned(),
+        StoreKind::Redis(_) => format!("redis at {}, prefix {}", config.store, config.redis_prefix),
         StoreKind::Sqlite => {
             // Spelled as the flag takes it.
             let durability = clap::ValueEnum::to_possible_value(&config.durability)
@@ -209,7 +236,7 @@ async fn serve<S: Store>(
         }
     };
     let state = AppState::new(store, config, mode);
-    count_commits(&state.metrics);
+    attach(&state);
     // Tests and scripts read the bound address from this first line, written before any log line.
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("PERE server listening on {scheme}://{address} (store: {what})");

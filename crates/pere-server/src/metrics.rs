@@ -269,7 +269,7 @@ impl Metrics {
         }
     }
 
-    /// Counts an answer of `route` (a name from [`crate::route::Route::name`]) with `status`.
+    /// Counts an answer of `route` (a path template from [`crate::route::Route::template`]) with `status`.
     pub fn answered(&self, route: &'static str, status: u16) {
         self.http.get_or_create(&HttpLabels { route, status }).inc();
     }

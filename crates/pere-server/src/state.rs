@@ -1,7 +1,8 @@
 //! What every request shares: the engine, the settings and the shutdown signal.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use pere_core::bus::Bus;
 use pere_core::{Event, Hub, HubConfig, Retention, Store};
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +30,9 @@ pub struct AppState<S: Store> {
     pub stopping: CancellationToken,
     /// What `GET /metrics` shows.
     pub metrics: Arc<Metrics>,
+    /// The link to the other nodes on the same Redis (Redis store only): the admin views add
+    /// up their streams, the webhook claims each report.
+    pub bus: OnceLock<Bus>,
 }
 
 impl<S: Store> AppState<S> {
@@ -61,6 +65,7 @@ impl<S: Store> AppState<S> {
             limits,
             stopping,
             metrics,
+            bus: OnceLock::new(),
         })
     }
 }

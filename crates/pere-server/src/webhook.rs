@@ -103,6 +103,19 @@ async fn post<S: Store>(
     event_id: u64,
     reason: Reason,
 ) {
+    if let Some(bus) = state.bus.get() {
+        // Every node follows the event; the first to claim it reports it. The claim outlives the
+        // last moment another node could report it (its receipt timeout, with room for skew).
+        let ttl = state.config.receipt_timeout * 2 + Duration::from_secs(60);
+        match bus.claim_report(channel, event_id, ttl).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(err) => {
+                tracing::error!("webhook: claiming {channel}/{event_id}: {err}");
+                return;
+            }
+        }
+    }
     let summary = match state.hub.receipt_summary(channel, event_id).await {
         Ok(summary) => summary,
         Err(err) => {

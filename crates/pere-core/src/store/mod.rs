@@ -30,8 +30,10 @@ use crate::name::{ChannelName, DeviceId};
 use crate::receipt::{DeviceRecord, DeviceTouch, Membership, Receipt};
 
 pub mod memory;
+pub mod redis;
 pub mod sqlite;
 
+pub use self::redis::{RedisOptions, RedisStore};
 pub use memory::MemoryStore;
 pub use sqlite::{Durability, SqliteOptions, SqliteStore};
 

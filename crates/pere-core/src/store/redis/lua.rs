@@ -1,0 +1,261 @@
+//! The Lua scripts of the Redis store: each change that must be atomic (an append with its id,
+//! idempotency key, pruning and notice; a receipt with its seq and device record; a membership)
+//! runs as one script, which Redis executes alone.
+//!
+//! Every key a script touches shares the channel's hash tag, so a script stays in one slot of a
+//! Redis Cluster. The per-event keys (`:rc:ID`, `:ra:ID`) are built from the channel's base name
+//! (`ARGV` `base`) inside the script: declared keys would need one per pruned event.
+
+/// Device record helpers shared by the scripts that change one (`DeviceRecord::apply` and
+/// `apply_receipt` in Lua). A record is JSON: `fs` first seen, `ls` last seen (ms), `op`, `lei`
+/// (absent for none), `ld` last delivered, `la` last acked, `n` receipts.
+const DEVICE: &str = r#"
+local function device_first(op, at, lei, delivered)
+  return {fs = at, ls = at, op = op, lei = lei, ld = delivered, la = 0, n = 0}
+end
+local function device_load(hash, device)
+  local raw = redis.call('HGET', hash, device)
+  if raw then return cjson.decode(raw) end
+  return nil
+end
+local function device_save(hash, zset, device, r)
+  local json = cjson.encode(r)
+  redis.call('HSET', hash, device, json)
+  redis.call('ZADD', zset, 0, device)
+  return json
+end
+local function entry_id(stream_id)
+  return tonumber(string.match(stream_id, '^(%d+)'))
+end
+local function first_retained(ev, head)
+  local first = redis.call('XRANGE', ev, '-', '+', 'COUNT', 1)
+  if #first > 0 then return entry_id(first[1][1]) end
+  return head + 1
+end
+"#;
+
+/// KEYS: seq, ev, keys. ARGV: max_events, max_age_ms (0: none), window_ms (0: keys live as long
+/// as their events), node, channel, bus, base, strict ('1': a held key with another body or type
+/// fails the whole call, as a batch must), events (a JSON array of `{b, p?, y?, k?}`).
+/// Every key is checked before anything changes (all or none). Returns `{-2, id, key}` for a
+/// conflict (id 0: an earlier event of the same call holds the key), else `{1, answers}` with
+/// one answer per event: `{1, id, time_ms}` new, `{0, id, fields}` stored under its key before,
+/// `{2, i}` the same as the call's i-th event (1-based).
+pub(crate) const APPEND: &str = r#"
+local events = cjson.decode(ARGV[9])
+local strict = ARGV[8] == '1'
+local window = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function field(f, name)
+  for j = 1, #f, 2 do if f[j] == name then return f[j + 1] end end
+  return nil
+end
+local plan, first_with = {}, {}
+for i, e in ipairs(events) do
+  plan[i] = {1}
+  local k = e.k
+  if k then
+    local earlier = first_with[k]
+    if earlier then
+      local f = events[earlier]
+      if f.b ~= e.b or f.y ~= e.y then return {-2, 0, k} end
+      plan[i] = {2, earlier}
+    else
+      local old = redis.call('HGET', KEYS[3], k)
+      local held = nil
+      if old then
+        local found = redis.call('XRANGE', KEYS[2], old .. '-0', old .. '-0')
+        if #found > 0 and (window == 0 or tonumber(field(found[1][2], 't')) >= now - window) then
+          held = found[1][2]
+        end
+      end
+      if held then
+        if strict and (field(held, 'b') ~= e.b or field(held, 'y') ~= e.y) then
+          return {-2, tonumber(old), k}
+        end
+        plan[i] = {0, tonumber(old), held}
+      else
+        first_with[k] = i
+      end
+    end
+  end
+end
+local answers = {}
+for i, e in ipairs(events) do
+  local p = plan[i]
+  if p[1] == 1 then
+    local id = redis.call('INCR', KEYS[1])
+    local fields = {'t', tostring(now), 'b', e.b}
+    local notice = {n = ARGV[4], k = 'e', c = ARGV[5], i = id, t = now, b = e.b}
+    if e.p then table.insert(fields, 'p'); table.insert(fields, e.p); notice.p = e.p end
+    if e.y then table.insert(fields, 'y'); table.insert(fields, e.y); notice.y = e.y end
+    if e.k then
+      table.insert(fields, 'k'); table.insert(fields, e.k); notice.x = e.k
+      redis.call('HSET', KEYS[3], e.k, id)
+    end
+    redis.call('XADD', KEYS[2], id .. '-0', unpack(fields))
+    redis.call('PUBLISH', ARGV[6], cjson.encode(notice))
+    answers[i] = {1, id, now}
+  else
+    answers[i] = p
+  end
+end
+local max_events = tonumber(ARGV[1])
+local cutoff = -1
+if tonumber(ARGV[2]) > 0 then cutoff = now - tonumber(ARGV[2]) end
+local len = redis.call('XLEN', KEYS[2])
+-- Bounded, so one append never stalls Redis; what is left goes with the next appends.
+for _ = 1, 1000 do
+  local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+  if #first == 0 then break end
+  local fid = string.match(first[1][1], '^(%d+)')
+  local f = first[1][2]
+  local ft, fk = tonumber(field(f, 't') or '0'), field(f, 'k')
+  if not (len > max_events or ft < cutoff) then break end
+  redis.call('XDEL', KEYS[2], first[1][1])
+  if fk and redis.call('HGET', KEYS[3], fk) == fid then redis.call('HDEL', KEYS[3], fk) end
+  redis.call('DEL', ARGV[7] .. ':rc:' .. fid, ARGV[7] .. ':ra:' .. fid)
+  len = len - 1
+end
+return {1, answers}
+"#;
+
+/// KEYS: seq, ev, rseq, rlog, dev, devs, rkey (the receipt key's own key). ARGV: event_id,
+/// device, status, time_ms, max_events, node, channel, bus, base, key ('' for none), window_ms (0:
+/// as long as the receipt is retained). Returns `{-1}` for an unknown event, `{0, receipt,
+/// record}` for the receipt already recorded under the key, else `{receipt, record}` (JSON).
+pub(crate) const RECEIPT: &str = r#"
+local window = tonumber(ARGV[11])
+if ARGV[10] ~= '' then
+  local old = redis.call('GET', KEYS[7])
+  if old then
+    local found = redis.call('XRANGE', KEYS[4], old .. '-0', old .. '-0')
+    if #found > 0 then
+      local receipt = found[1][2][2]
+      local stored = cjson.decode(receipt)
+      local t = redis.call('TIME')
+      local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+      if window == 0 or stored.t >= now - window then
+        return {0, receipt, redis.call('HGET', KEYS[5], stored.d)}
+      end
+    end
+  end
+end
+local head = tonumber(redis.call('GET', KEYS[1]) or '0')
+local eid = tonumber(ARGV[1])
+if eid < 1 or eid > head then return {-1} end
+local at = tonumber(ARGV[4])
+local r = device_load(KEYS[5], ARGV[2]) or device_first('feedback', at, nil, 0)
+r.ls = math.max(r.ls, at)
+r.op = 'feedback'
+r.lei = ARGV[1]
+r.la = math.max(r.la, eid)
+r.ld = math.max(r.ld, eid)
+r.n = r.n + 1
+local record = device_save(KEYS[5], KEYS[6], ARGV[2], r)
+local seq = redis.call('INCR', KEYS[3])
+local receipt = cjson.encode({q = seq, e = eid, d = ARGV[2], s = ARGV[3], t = at})
+redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[5], seq .. '-0', 'j', receipt)
+if eid >= first_retained(KEYS[2], head) then
+  redis.call('RPUSH', ARGV[9] .. ':rc:' .. eid, receipt)
+  redis.call('SADD', ARGV[9] .. ':ra:' .. eid, ARGV[2])
+end
+if ARGV[10] ~= '' then
+  if window > 0 then
+    redis.call('SET', KEYS[7], seq, 'PX', window)
+  else
+    redis.call('SET', KEYS[7], seq)
+  end
+end
+redis.call('PUBLISH', ARGV[8], cjson.encode({n = ARGV[6], k = 'r', c = ARGV[7], r = receipt}))
+return {receipt, record}
+"#;
+
+/// KEYS: dev, devs. ARGV: device, op, at_ms, has_lei ('0'/'1'), lei, delivered.
+/// Returns the record (JSON).
+pub(crate) const TOUCH: &str = r#"
+local at = tonumber(ARGV[3])
+local delivered = tonumber(ARGV[6])
+local lei = nil
+if ARGV[4] == '1' then lei = ARGV[5] end
+local r = device_load(KEYS[1], ARGV[1])
+if r then
+  r.ls = math.max(r.ls, at)
+  if ARGV[2] == 'feed' or ARGV[2] == 'feedback' then
+    r.op = ARGV[2]
+    r.lei = lei
+  end
+  r.ld = math.max(r.ld, delivered)
+else
+  r = device_first(ARGV[2], at, lei, delivered)
+end
+return device_save(KEYS[1], KEYS[2], ARGV[1], r)
+"#;
+
+/// KEYS: seq, mem, memcur. ARGV: device, since_ms, node, channel, bus. Returns the current
+/// membership (JSON).
+pub(crate) const ADD_RECIPIENT: &str = r#"
+local idx = redis.call('HGET', KEYS[3], ARGV[1])
+if idx then return redis.call('LINDEX', KEYS[2], tonumber(idx)) end
+local head = tonumber(redis.call('GET', KEYS[1]) or '0')
+local m = cjson.encode({d = ARGV[1], j = head, s = tonumber(ARGV[2])})
+local len = redis.call('RPUSH', KEYS[2], m)
+redis.call('HSET', KEYS[3], ARGV[1], len - 1)
+redis.call('PUBLISH', ARGV[5], cjson.encode({n = ARGV[3], k = 'm', c = ARGV[4], m = m}))
+return m
+"#;
+
+/// KEYS: seq, mem, memcur. ARGV: device, node, channel, bus. Returns the ended membership
+/// (JSON), or false when the device was not a recipient.
+pub(crate) const REMOVE_RECIPIENT: &str = r#"
+local idx = redis.call('HGET', KEYS[3], ARGV[1])
+if not idx then return false end
+local m = cjson.decode(redis.call('LINDEX', KEYS[2], tonumber(idx)))
+m.l = tonumber(redis.call('GET', KEYS[1]) or '0')
+local json = cjson.encode(m)
+redis.call('LSET', KEYS[2], tonumber(idx), json)
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('PUBLISH', ARGV[4], cjson.encode({n = ARGV[2], k = 'm', c = ARGV[3], m = json}))
+return json
+"#;
+
+/// KEYS: ev. ARGV: after, device, limit, base. Returns the entries (as XRANGE does) of retained
+/// events after `after` that the device sent no receipt for.
+pub(crate) const UNACKNOWLEDGED: &str = r#"
+local out = {}
+local limit = tonumber(ARGV[3])
+local start = (tonumber(ARGV[1]) + 1) .. '-0'
+while #out < limit do
+  local page = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', 256)
+  if #page == 0 then break end
+  for _, e in ipairs(page) do
+    local id = string.match(e[1], '^(%d+)')
+    if redis.call('SISMEMBER', ARGV[4] .. ':ra:' .. id, ARGV[2]) == 0 then
+      table.insert(out, e)
+      if #out >= limit then break end
+    end
+  end
+  start = (entry_id(page[#page][1]) + 1) .. '-0'
+end
+return out
+"#;
+
+/// KEYS: devs, dev. ARGV: after ('' for the start), limit (-1: all). Returns device names and
+/// records, interleaved.
+pub(crate) const DEVICES_PAGE: &str = r#"
+local from = '-'
+if ARGV[1] ~= '' then from = '(' .. ARGV[1] end
+local names = redis.call('ZRANGEBYLEX', KEYS[1], from, '+', 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for _, name in ipairs(names) do
+  local raw = redis.call('HGET', KEYS[2], name)
+  if raw then table.insert(out, name); table.insert(out, raw) end
+end
+return out
+"#;
+
+/// A script with the shared helpers in front.
+pub(crate) fn with_helpers(body: &str) -> String {
+    format!("{DEVICE}\n{body}")
+}
