@@ -8,7 +8,9 @@ use crate::error::StoreError;
 use crate::event::{now, valid_idempotency_key, Event, NewEvent};
 use crate::name::{ChannelName, DeviceId};
 use crate::receipt::{DeviceRecord, DeviceTouch, Membership, Receipt};
-use crate::store::{plan_batch, Appended, EventPage, Plan, RecordedReceipt, Retention, Store};
+use crate::store::{
+    check_keys, plan_batch, Appended, EventPage, Plan, RecordedReceipt, Retention, Store,
+};
 
 /// The in-memory [`Store`]. Each channel has its own lock, so channels never contend.
 #[derive(Debug, Clone)]
@@ -237,13 +239,7 @@ impl Default for MemoryStore {
 
 impl Store for MemoryStore {
     async fn append(&self, channel: &ChannelName, event: NewEvent) -> Result<Appended, StoreError> {
-        if event
-            .idempotency_key
-            .as_deref()
-            .is_some_and(|key| !valid_idempotency_key(key))
-        {
-            return Err(StoreError::InvalidIdempotencyKey);
-        }
+        check_keys(std::slice::from_ref(&event))?;
         let retention = &self.inner.retention;
         let data = self.channel(channel);
         let mut data = data.lock().unwrap_or_else(|e| e.into_inner());
@@ -269,13 +265,7 @@ impl Store for MemoryStore {
         channel: &ChannelName,
         events: Vec<NewEvent>,
     ) -> Result<Vec<Appended>, StoreError> {
-        if events.iter().any(|e| {
-            e.idempotency_key
-                .as_deref()
-                .is_some_and(|key| !valid_idempotency_key(key))
-        }) {
-            return Err(StoreError::InvalidIdempotencyKey);
-        }
+        check_keys(&events)?;
         if events.is_empty() {
             return Ok(Vec::new());
         }

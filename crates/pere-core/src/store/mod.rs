@@ -364,6 +364,23 @@ pub(crate) enum Plan {
     Same(usize),
 }
 
+/// Refuses events whose idempotency key is malformed, before anything is stored.
+///
+/// # Errors
+/// [`StoreError::InvalidIdempotencyKey`] when any key is not 1 to 255 visible ASCII characters.
+pub(crate) fn check_keys(events: &[NewEvent]) -> Result<(), StoreError> {
+    let malformed = events.iter().any(|e| {
+        e.idempotency_key
+            .as_deref()
+            .is_some_and(|key| !crate::event::valid_idempotency_key(key))
+    });
+    if malformed {
+        Err(StoreError::InvalidIdempotencyKey)
+    } else {
+        Ok(())
+    }
+}
+
 /// Decides, before anything is stored, what a batch append does with each event: `held` finds
 /// the event a channel holds under a key. Shared by the backends so that they agree.
 ///

@@ -53,7 +53,9 @@ use crate::error::{NameError, StoreError};
 use crate::event::{now, valid_idempotency_key, Event, NewEvent};
 use crate::name::{ChannelName, DeviceId, EventType};
 use crate::receipt::{DeviceOp, DeviceRecord, DeviceTouch, Membership, Receipt};
-use crate::store::{plan_batch, Appended, EventPage, Plan, RecordedReceipt, Retention, Store};
+use crate::store::{
+    check_keys, plan_batch, Appended, EventPage, Plan, RecordedReceipt, Retention, Store,
+};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "pere.db";
@@ -1079,13 +1081,7 @@ fn load_channels(conn: &Connection) -> rusqlite::Result<HashMap<ChannelName, Cha
 
 impl Store for SqliteStore {
     async fn append(&self, channel: &ChannelName, event: NewEvent) -> Result<Appended, StoreError> {
-        if event
-            .idempotency_key
-            .as_deref()
-            .is_some_and(|key| !valid_idempotency_key(key))
-        {
-            return Err(StoreError::InvalidIdempotencyKey);
-        }
+        check_keys(std::slice::from_ref(&event))?;
         let channel = channel.clone();
         self.write(move |conn, drafts| append(conn, drafts, channel, event).map(Ok))
             .await
@@ -1096,13 +1092,7 @@ impl Store for SqliteStore {
         channel: &ChannelName,
         events: Vec<NewEvent>,
     ) -> Result<Vec<Appended>, StoreError> {
-        if events.iter().any(|e| {
-            e.idempotency_key
-                .as_deref()
-                .is_some_and(|key| !valid_idempotency_key(key))
-        }) {
-            return Err(StoreError::InvalidIdempotencyKey);
-        }
+        check_keys(&events)?;
         if events.is_empty() {
             return Ok(Vec::new());
         }

@@ -21,7 +21,7 @@ use crate::error::StoreError;
 use crate::event::{valid_idempotency_key, Event, NewEvent};
 use crate::name::{ChannelName, DeviceId, EventType};
 use crate::receipt::{DeviceOp, DeviceRecord, DeviceTouch, Membership, Receipt};
-use crate::store::{Appended, EventPage, RecordedReceipt, Retention, Store};
+use crate::store::{check_keys, Appended, EventPage, RecordedReceipt, Retention, Store};
 
 mod lua;
 
@@ -263,13 +263,7 @@ impl RedisStore {
         events: Vec<NewEvent>,
         strict: bool,
     ) -> Result<Vec<Appended>, StoreError> {
-        if events.iter().any(|e| {
-            e.idempotency_key
-                .as_deref()
-                .is_some_and(|key| !valid_idempotency_key(key))
-        }) {
-            return Err(StoreError::InvalidIdempotencyKey);
-        }
+        check_keys(&events)?;
         if events.is_empty() {
             return Ok(Vec::new());
         }
