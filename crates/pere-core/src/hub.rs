@@ -426,7 +426,20 @@ impl<S: Store> Hub<S> {
     /// notices it has no room for, counted in [`Hub::dropped_notices`]: publishing and receipts
     /// never wait for an observer. Dropping the receiver ends the observation.
     pub fn observe(&self, capacity: usize) -> mpsc::Receiver<HubNotice> {
-        self.observers.add(capacity)
+        self.observers.add(capacity, true)
+    }
+
+    /// As [`Hub::observe`], without [`HubNotice::Published`]: for an observer that needs no
+    /// notice per event (it reads [`Hub::published`] instead), so that publishing builds and
+    /// queues nothing for it.
+    pub fn observe_except_published(&self, capacity: usize) -> mpsc::Receiver<HubNotice> {
+        self.observers.add(capacity, false)
+    }
+
+    /// Events published since the hub started: new events only, not the answers to a repeated
+    /// idempotency key, and each event once even if it is applied again.
+    pub fn published(&self) -> u64 {
+        self.observers.published()
     }
 
     /// Notices lost by observers that had no room for them, since the hub started, all
@@ -723,7 +736,7 @@ impl<S: Store> Hub<S> {
         let id = event.id;
         hub.last_published.store(self.clock(), Ordering::Relaxed);
         // Followed before it is released, so no receipt can arrive before the ledger knows it.
-        let tracked = hub.ledger().track(id);
+        let tracked = hub.ledger().track(id, event.time);
         if let (Some(_), Some(on_publish)) = (tracked, self.config.on_publish) {
             on_publish(&event);
         }
@@ -733,7 +746,8 @@ impl<S: Store> Hub<S> {
             self.start_gap_timer(hub);
         }
         if let Some(expected) = tracked {
-            self.observers.send(|| HubNotice::Published {
+            self.observers.count_published();
+            self.observers.send_per_event(|| HubNotice::Published {
                 channel: hub.name.clone(),
                 event_id: id,
                 expected,
@@ -1154,14 +1168,25 @@ impl<S: Store> Hub<S> {
             live.delivered
                 .fetch_max(receipt.event_id, Ordering::Relaxed);
         }
-        self.observers.send(|| HubNotice::Receipt(receipt.clone()));
         // A channel that is not loaded has nobody following or waiting and no event in its
         // ledger (a loaded ledger starts empty): there is nothing to tell it, and loading it
         // would cost store reads and memory per receipt.
         let Some(hub) = self.loaded(&receipt.channel) else {
+            self.observers.send(|| HubNotice::Receipt {
+                receipt: receipt.clone(),
+                published: None,
+            });
             return Ok(None);
         };
-        let completed = hub.ledger().acknowledge(receipt.event_id, &receipt.device);
+        let (completed, published) = {
+            let mut ledger = hub.ledger();
+            let completed = ledger.acknowledge(receipt.event_id, &receipt.device);
+            (completed, ledger.published_at(receipt.event_id))
+        };
+        self.observers.send(|| HubNotice::Receipt {
+            receipt: receipt.clone(),
+            published,
+        });
         if let Some(done) = completed {
             self.observers
                 .send(|| HubNotice::completed(&hub.name, done));

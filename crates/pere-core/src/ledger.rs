@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
 use crate::name::DeviceId;
@@ -29,6 +30,8 @@ pub enum WaitFor {
 /// expected set is the ledger's memberships, and only acknowledgements are recorded.
 #[derive(Debug)]
 pub(crate) struct OpenEvent {
+    /// When the event was published (its time in the store).
+    published: DateTime<Utc>,
     expected: usize,
     acked_expected: usize,
     acked: HashSet<DeviceId>,
@@ -118,10 +121,11 @@ impl ChannelLedger {
                 .any(|m| &m.device == device && m.expects(id))
     }
 
-    /// Starts following event `id`, expected of the current recipients that joined before it.
+    /// Starts following event `id`, published at `published`, expected of the current recipients
+    /// that joined before it.
     /// Returns how many recipients it expects, or `None` when it is followed already (an event
     /// applied twice keeps its acknowledgements).
-    pub(crate) fn track(&mut self, id: u64) -> Option<usize> {
+    pub(crate) fn track(&mut self, id: u64, published: DateTime<Utc>) -> Option<usize> {
         if self.open.contains_key(&id) {
             return None;
         }
@@ -133,6 +137,7 @@ impl ChannelLedger {
         self.open.insert(
             id,
             OpenEvent {
+                published,
                 expected,
                 acked_expected: 0,
                 acked: HashSet::new(),
@@ -172,6 +177,11 @@ impl ChannelLedger {
             event_id: id,
             expected: open.expected,
         })
+    }
+
+    /// When a followed event was published.
+    pub(crate) fn published_at(&self, id: u64) -> Option<DateTime<Utc>> {
+        self.open.get(&id).map(|open| open.published)
     }
 
     /// Whether some followed event still waits for a receipt from an expected recipient.
@@ -217,7 +227,7 @@ mod tests {
     #[test]
     fn completes_when_every_expected_recipient_acknowledged() {
         let mut ledger = ChannelLedger::new([member("A", 0), member("B", 0), member("Late", 5)]);
-        assert_eq!(ledger.track(3), Some(2));
+        assert_eq!(ledger.track(3, Utc::now()), Some(2));
         let (a, b, late) = (
             DeviceId::new("A").unwrap(),
             DeviceId::new("B").unwrap(),
@@ -253,11 +263,11 @@ mod tests {
     fn a_departed_recipient_is_still_expected_of_earlier_events() {
         let mut ledger = ChannelLedger::new([member("A", 0)]);
         let a = DeviceId::new("A").unwrap();
-        assert_eq!(ledger.track(1), Some(1));
+        assert_eq!(ledger.track(1, Utc::now()), Some(1));
         let mut ended = member("A", 0);
         ended.left_after = Some(1);
         ledger.leave(Some(ended), &a);
-        assert_eq!(ledger.track(2), Some(0));
+        assert_eq!(ledger.track(2, Utc::now()), Some(0));
         assert!(ledger.owes(1, &a) && !ledger.owes(2, &a));
         assert_eq!(
             ledger.acknowledge(1, &a),
@@ -272,7 +282,7 @@ mod tests {
     fn follows_a_bounded_number_of_events() {
         let mut ledger = ChannelLedger::default();
         for id in 1..=(TRACKED_EVENTS as u64 + 10) {
-            ledger.track(id);
+            ledger.track(id, Utc::now());
         }
         assert_eq!(ledger.open.len(), TRACKED_EVENTS);
         assert_eq!(ledger.open.first_key_value().map(|(k, _)| *k), Some(11));

@@ -40,7 +40,12 @@ pub enum HubNotice {
         expected: usize,
     },
     /// A receipt was recorded (with its stream position, `seq`).
-    Receipt(Receipt),
+    Receipt {
+        /// The receipt.
+        receipt: Receipt,
+        /// When its event was published, if the channel's ledger still follows the event.
+        published: Option<DateTime<Utc>>,
+    },
     /// An event became fully acknowledged by its expected recipients.
     Completed {
         /// The channel.
@@ -85,26 +90,47 @@ impl HubNotice {
 #[derive(Debug, Default)]
 pub(crate) struct Observers {
     // Read for every notice, written only when an observer comes or is found gone.
-    senders: RwLock<Vec<mpsc::Sender<HubNotice>>>,
+    senders: RwLock<Vec<Observer>>,
     // Checked before a notice is built, so a hub nobody observes builds none.
     count: AtomicUsize,
+    // Observers that want a notice per published event: when none does (metrics alone read
+    // counters), the publish path builds and queues nothing for observers.
+    count_per_event: AtomicUsize,
     dropped: AtomicU64,
     // Events handed to subscriber streams (live and replayed). Kept here because every path
     // that hands one over already holds the observers; one addition per event or replay page,
     // never per subscriber.
     delivered: AtomicU64,
     redelivered: AtomicU64,
+    // Events published (new ones, not replays of an idempotency key), counted rather than
+    // noticed, for the same reason.
+    published: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Observer {
+    sender: mpsc::Sender<HubNotice>,
+    /// Whether it hears [`HubNotice::Published`].
+    per_event: bool,
 }
 
 impl Observers {
-    /// A new observer with room for `capacity` notices (at least one).
-    pub(crate) fn add(&self, capacity: usize) -> mpsc::Receiver<HubNotice> {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+    /// A new observer with room for `capacity` notices (at least one); `per_event` says whether
+    /// it hears [`HubNotice::Published`], one notice per published event.
+    pub(crate) fn add(&self, capacity: usize, per_event: bool) -> mpsc::Receiver<HubNotice> {
+        let (sender, rx) = mpsc::channel(capacity.max(1));
         let mut senders = self.senders.write().unwrap_or_else(|e| e.into_inner());
-        senders.retain(|s| !s.is_closed());
-        senders.push(tx);
-        self.count.store(senders.len(), Ordering::Relaxed);
+        senders.push(Observer { sender, per_event });
+        self.forget_gone(&mut senders);
         rx
+    }
+
+    /// Drops the observers whose receivers are gone and recounts the rest.
+    fn forget_gone(&self, senders: &mut Vec<Observer>) {
+        senders.retain(|o| !o.sender.is_closed());
+        self.count.store(senders.len(), Ordering::Relaxed);
+        let per_event = senders.iter().filter(|o| o.per_event).count();
+        self.count_per_event.store(per_event, Ordering::Relaxed);
     }
 
     /// Whether anyone observes; when not, a notice need not be built.
@@ -139,17 +165,37 @@ impl Observers {
         self.delivered.load(Ordering::Relaxed)
     }
 
+    /// Counts an event published.
+    pub(crate) fn count_published(&self) {
+        self.published.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Events published since the hub started.
+    pub(crate) fn published(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
+
     /// Builds the notice, if anyone observes, and offers it to every observer without waiting.
     pub(crate) fn send(&self, notice: impl FnOnce() -> HubNotice) {
-        if !self.any() {
-            return;
+        if self.any() {
+            self.offer(notice(), false);
         }
-        let notice = notice();
+    }
+
+    /// As [`Observers::send`], for a notice of one published event: only the observers that
+    /// asked for one per event hear it.
+    pub(crate) fn send_per_event(&self, notice: impl FnOnce() -> HubNotice) {
+        if self.count_per_event.load(Ordering::Relaxed) > 0 {
+            self.offer(notice(), true);
+        }
+    }
+
+    fn offer(&self, notice: HubNotice, per_event: bool) {
         let mut gone = false;
         {
             let senders = self.senders.read().unwrap_or_else(|e| e.into_inner());
-            for sender in senders.iter() {
-                match sender.try_send(notice.clone()) {
+            for observer in senders.iter().filter(|o| o.per_event || !per_event) {
+                match observer.sender.try_send(notice.clone()) {
                     Ok(()) => {}
                     Err(TrySendError::Full(_)) => {
                         self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -160,8 +206,7 @@ impl Observers {
         }
         if gone {
             let mut senders = self.senders.write().unwrap_or_else(|e| e.into_inner());
-            senders.retain(|s| !s.is_closed());
-            self.count.store(senders.len(), Ordering::Relaxed);
+            self.forget_gone(&mut senders);
         }
     }
 }

@@ -437,7 +437,9 @@ async fn notices_cover_receipts_completions_presence_membership_and_cuts() {
             HubNotice::Published {
                 event_id, expected, ..
             } => format!("published {event_id}/{expected}"),
-            HubNotice::Receipt(r) => format!("receipt {} {} {}", r.event_id, r.device, r.status),
+            HubNotice::Receipt { receipt: r, .. } => {
+                format!("receipt {} {} {}", r.event_id, r.device, r.status)
+            }
             HubNotice::Completed {
                 event_id, expected, ..
             } => format!("completed {event_id}/{expected}"),

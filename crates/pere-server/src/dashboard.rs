@@ -441,7 +441,7 @@ impl<S: Store> Watch<S> {
                     self.devices_dirty = true;
                 }
             }
-            HubNotice::Receipt(receipt) => {
+            HubNotice::Receipt { receipt, .. } => {
                 self.second.receipts += 1;
                 if self.shows(&receipt.channel) {
                     self.second.channel_receipts += 1;

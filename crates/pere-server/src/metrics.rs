@@ -1,18 +1,16 @@
 //! The server's metrics, written in the Prometheus text format (OpenMetrics) for `GET /metrics`:
 //! what the door counts (requests answered, refusals, open streams), what the hub's notices tell
-//! (publications, receipts and their latency, cut subscribers), the hub's own running counts
-//! (deliveries, redeliveries, lost notices, events owed receipts) and the store's commits.
+//! (receipts and their latency, cut subscribers), the hub's own running counts (publications,
+//! deliveries, redeliveries, lost notices, events owed receipts) and the store's commits.
 //!
 //! Labels come from small fixed sets (stream kinds, route names, status codes, error codes):
 //! never a channel, a device or a raw path, so a scrape stays the same size however many
 //! devices connect.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use pere_core::{ChannelName, Hub, HubNotice, Store};
+use pere_core::{Hub, HubNotice, Store};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -26,10 +24,6 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 
 /// Hub notices queued for the metrics before new ones are dropped (and counted as dropped).
 const NOTICE_QUEUE: usize = 65_536;
-
-/// Publication times remembered for the receipt latency; past it the oldest are forgotten, and
-/// receipts for them are counted but not timed.
-const MAX_TIMED_EVENTS: usize = 100_000;
 
 /// What kind of stream a client holds open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -300,30 +294,24 @@ impl Metrics {
 
     /// Listens to `hub`'s notices (publications, receipts, cut subscribers) until `shutdown`.
     pub fn observe<S: Store>(self: &Arc<Self>, hub: &Hub<S>, shutdown: CancellationToken) {
-        let mut notices = hub.observe(NOTICE_QUEUE);
+        // Publications are counted by the hub, so the metrics take no notice per event.
+        let mut notices = hub.observe_except_published(NOTICE_QUEUE);
         let metrics = self.clone();
         tokio::spawn(async move {
-            let mut published = PublishTimes::default();
             loop {
                 let notice = tokio::select! {
                     () = shutdown.cancelled() => return,
                     notice = notices.recv() => notice,
                 };
                 let Some(notice) = notice else { return };
-                metrics.note(notice, &mut published);
+                metrics.note(notice);
             }
         });
     }
 
-    fn note(&self, notice: HubNotice, published: &mut PublishTimes) {
+    fn note(&self, notice: HubNotice) {
         match notice {
-            HubNotice::Published {
-                channel, event_id, ..
-            } => {
-                self.published.inc();
-                published.insert(channel, event_id, Utc::now());
-            }
-            HubNotice::Receipt(receipt) => {
+            HubNotice::Receipt { receipt, published } => {
                 let status_class = if receipt.status == "ok" {
                     "ok"
                 } else {
@@ -332,18 +320,18 @@ impl Metrics {
                 self.receipts
                     .get_or_create(&StatusClassLabel { status_class })
                     .inc();
-                if let Some(at) = published.get(&receipt.channel, receipt.event_id) {
+                if let Some(at) = published {
                     let latency = (receipt.time - at).to_std().unwrap_or_default();
                     self.receipt_latency.observe(latency.as_secs_f64());
                 }
             }
-            HubNotice::Completed {
-                channel, event_id, ..
-            } => published.remove(&channel, event_id),
             HubNotice::SubscriberCut { .. } => {
                 self.cuts.inc();
             }
-            HubNotice::Presence { .. } | HubNotice::Membership(_) => {}
+            HubNotice::Published { .. }
+            | HubNotice::Completed { .. }
+            | HubNotice::Presence { .. }
+            | HubNotice::Membership(_) => {}
         }
     }
 
@@ -351,6 +339,7 @@ impl Metrics {
     /// `connections` is the number of client connections open now.
     pub fn render<S: Store>(&self, hub: &Hub<S>, connections: usize) -> String {
         let _scrape = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        catch_up(&self.published, hub.published());
         catch_up(&self.deliveries, hub.deliveries());
         catch_up(&self.redeliveries, hub.redeliveries());
         catch_up(&self.notices_dropped, hub.dropped_notices());
@@ -384,51 +373,9 @@ impl Drop for OpenStream {
     }
 }
 
-/// When recent events were published, for the receipt latency: bounded, oldest forgotten first,
-/// an event forgotten too once every expected recipient acknowledged it.
-#[derive(Debug, Default)]
-struct PublishTimes {
-    times: HashMap<(ChannelName, u64), DateTime<Utc>>,
-    order: VecDeque<(ChannelName, u64)>,
-}
-
-impl PublishTimes {
-    fn insert(&mut self, channel: ChannelName, event_id: u64, at: DateTime<Utc>) {
-        while self.order.len() >= MAX_TIMED_EVENTS {
-            if let Some(old) = self.order.pop_front() {
-                self.times.remove(&old);
-            }
-        }
-        self.times.insert((channel.clone(), event_id), at);
-        self.order.push_back((channel, event_id));
-    }
-
-    fn get(&self, channel: &ChannelName, event_id: u64) -> Option<DateTime<Utc>> {
-        self.times.get(&(channel.clone(), event_id)).copied()
-    }
-
-    fn remove(&mut self, channel: &ChannelName, event_id: u64) {
-        // Its place in `order` goes when it comes to the front; until then it costs a few bytes.
-        self.times.remove(&(channel.clone(), event_id));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn publish_times_are_bounded() {
-        let c = ChannelName::new("C").unwrap();
-        let mut times = PublishTimes::default();
-        for id in 0..(MAX_TIMED_EVENTS as u64 + 10) {
-            times.insert(c.clone(), id, Utc::now());
-        }
-        assert_eq!(times.order.len(), MAX_TIMED_EVENTS);
-        assert!(times.get(&c, 0).is_none() && times.get(&c, MAX_TIMED_EVENTS as u64 + 9).is_some());
-        times.remove(&c, MAX_TIMED_EVENTS as u64 + 9);
-        assert!(times.get(&c, MAX_TIMED_EVENTS as u64 + 9).is_none());
-    }
 
     #[test]
     fn open_streams_are_counted_until_dropped() {
