@@ -157,6 +157,7 @@ async fn serve_with(config: Config, mode: Mode, tls: Option<TlsAcceptor>) -> any
                 url: url.0,
                 prefix: config.redis_prefix.clone(),
                 retention: retention(&config),
+                tls: Default::default(),
             };
             let store = RedisStore::open(options).context("cannot use the Redis store")?;
             if let Err(err) = store.probe().await {
