@@ -1,9 +1,11 @@
 //! Scale-out on Redis, end to end: several real `pere-server` nodes on one private
 //! `redis-server` share one id sequence per channel, see each other's events and receipts,
-//! survive the death of a node and an outage of Redis.
+//! survive the death of a node and an outage of Redis; over TLS (`rediss://`) as well, with a
+//! CA of the Redis server's own and client certificates.
 
 use std::time::Duration;
 
+use pere_e2e::redis_server::TLS_PASSWORD;
 use pere_e2e::{RedisServer, TestServer, WAIT};
 use serde_json::Value;
 
@@ -345,4 +347,76 @@ async fn the_webhook_reports_each_event_once_for_the_whole_cluster() {
     reported.push(next_post(&mut posts).await["id"].as_u64().unwrap());
     reported.sort_unstable();
     assert_eq!(reported, vec![1, 2, 3, 4], "each event reported once");
+}
+
+/// How many nodes' buses listen on the default prefix's bus channel, as Redis counts them.
+fn bus_listeners(redis: &RedisServer) -> Option<u64> {
+    let answer = redis.cli(&["PUBSUB", "NUMSUB", "pere:bus"]);
+    answer.lines().nth(1)?.trim().parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_over_tls_share_events_through_the_bus_and_never_show_the_password() {
+    // No plain port: every connection of the nodes, the bus's Pub/Sub included, is TLS.
+    let redis = RedisServer::start_tls(false);
+    let url = redis.url();
+    assert!(url.starts_with("rediss://") && url.contains(TLS_PASSWORD));
+    let ca = redis.ca_file();
+    let (a, b) = two_nodes(&redis, &["-q", "--redis-ca", ca.to_str().unwrap()]).await;
+    // Both buses subscribed, so what follows travels by Pub/Sub, not by a catch-up.
+    eventually("both buses to subscribe", || async {
+        (bus_listeners(&redis) == Some(2)).then_some(())
+    })
+    .await;
+    let mut on_a = a.feed("Shared", &[]).await;
+    let mut on_b = b.feed("Shared", &[]).await;
+
+    assert_eq!(a.push("Shared", "from A").await, 1);
+    let first = on_b.next().await;
+    assert_eq!(
+        (first.id.as_str(), first.data.as_str()),
+        ("1", "from A"),
+        "published on A, received on B"
+    );
+    assert_eq!(b.push("Shared", "from B").await, 2);
+    assert_eq!(on_a.next_ids(2).await, vec![1, 2]);
+    assert_eq!(on_b.next().await.data, "from B");
+
+    for node in [&a, &b] {
+        let banner = &node.proc.lines()[0];
+        assert!(banner.contains("rediss://:***@127.0.0.1:"), "{banner}");
+        let everything = [node.proc.lines(), node.proc.errors()].concat().join("\n");
+        assert!(!everything.contains(TLS_PASSWORD), "{everything}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_presents_its_client_certificate_to_a_redis_that_asks_for_one() {
+    let redis = RedisServer::start_tls(true);
+    let (ca, cert, key) = (
+        redis.ca_file(),
+        redis.client_cert_file(),
+        redis.client_key_file(),
+    );
+    let node = TestServer::start_redis(
+        &redis.url(),
+        &[
+            "-q",
+            "--redis-ca",
+            ca.to_str().unwrap(),
+            "--redis-cert",
+            cert.to_str().unwrap(),
+            "--redis-key",
+            key.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(node.get_json("/readyz").await["status"], "ready");
+    let mut feed = node.feed("Certified", &[]).await;
+    assert_eq!(node.push("Certified", "hello").await, 1);
+    assert_eq!(feed.next().await.data, "hello");
+    assert!(
+        redis.cli(&["XLEN", "{pere:ch:Certified}:ev"]).trim() == "1",
+        "the event is in Redis"
+    );
 }

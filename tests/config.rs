@@ -7,11 +7,14 @@ use pere_e2e::{bin_path, Proc};
 use tokio::process::Command;
 
 /// The variables these tests set; removed from the child's environment unless a test gives them.
-const VARIABLES: [&str; 4] = [
+const VARIABLES: [&str; 7] = [
     "PERE_HOST",
     "PERE_STORE",
     "PERE_MAX_CONNECTIONS",
     "PERE_CONFIG",
+    "PERE_REDIS_CA",
+    "PERE_REDIS_CERT",
+    "PERE_REDIS_KEY",
 ];
 
 fn server(args: &[&str], env: &[(&str, &str)]) -> Command {
@@ -176,10 +179,75 @@ async fn help_says_where_settings_come_from() {
         help.contains("--config <FILE>") && help.contains("[env: PERE_MAX_CONNECTIONS="),
         "{help}"
     );
+    for flag in [
+        "--redis-ca <FILE>",
+        "--redis-cert <FILE>",
+        "--redis-key <FILE>",
+    ] {
+        assert!(help.contains(flag), "{flag} in {help}");
+    }
     assert!(
         help.contains(
             "A flag beats its variable, a variable beats the file, the file beats the default"
         ),
         "{help}"
     );
+}
+
+#[tokio::test]
+async fn redis_tls_files_are_checked_where_given_and_refused_without_rediss() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.pem");
+    let missing = missing.to_str().unwrap();
+    let (code, errors) = refusal(
+        &["--store", "rediss://127.0.0.1:1/0"],
+        &[("PERE_REDIS_CA", missing)],
+    )
+    .await;
+    assert_eq!(code, 2);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with(&format!(
+            "pere-server: invalid value \"{missing}\" for redis-ca in PERE_REDIS_CA: cannot read it:"
+        )) && errors[0].ends_with("(see pere-server --help)"),
+        "{errors:?}"
+    );
+
+    let not_pem = write(dir.path(), "ca.pem", "not a certificate\n");
+    let file = write(
+        dir.path(),
+        "pere.toml",
+        &format!("store = \"rediss://127.0.0.1:1/0\"\nredis-ca = \"{not_pem}\"\n"),
+    );
+    let (code, errors) = refusal(&["--config", &file], &[]).await;
+    assert_eq!(code, 2);
+    assert_eq!(errors, [format!("pere-server: invalid value \"{not_pem}\" for redis-ca in {file}: holds no PEM certificate (see pere-server --help)")]);
+
+    // A certificate that would do nothing: the URL is missing its `s`, or the store is not Redis.
+    let ca = write(
+        dir.path(),
+        "real-ca.pem",
+        &pere_e2e::redis_server::unrelated_ca_pem(),
+    );
+    let (code, errors) = refusal(
+        &[
+            "--store",
+            "redis://:secret@127.0.0.1:1/0",
+            "--redis-ca",
+            &ca,
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 2);
+    assert_eq!(errors, ["pere-server: --redis-ca is for a rediss:// store (Redis over TLS), and the store is redis://:***@127.0.0.1:1/0 (see pere-server --help)"]);
+    let (_, errors) = refusal(&["--store", "memory"], &[("PERE_REDIS_CA", &ca)]).await;
+    assert_eq!(errors, ["pere-server: --redis-ca is for a rediss:// store (Redis over TLS), and the store is memory (see pere-server --help)"]);
+    let (code, errors) = refusal(
+        &["--store", "rediss://127.0.0.1:1/0", "--redis-cert", &ca],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 2);
+    assert_eq!(errors, ["pere-server: --redis-cert needs --redis-key (the certificate's private key, PEM) (see pere-server --help)"]);
 }

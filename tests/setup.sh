@@ -15,6 +15,7 @@ command -v curl >/dev/null 2>&1 || need_apt curl  # tests/h2.rs: HTTP/2 with pri
 command -v node >/dev/null 2>&1 || need_apt nodejs
 command -v npm >/dev/null 2>&1 || need_apt npm
 command -v redis-server >/dev/null 2>&1 || need_apt redis-server  # the Redis tests start their own
+command -v redis-cli >/dev/null 2>&1 || need_apt redis-tools  # tests/cluster.rs asks a TLS Redis
 if [ ${#apt_missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

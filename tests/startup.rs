@@ -1,7 +1,8 @@
 //! Startup errors of every binary are one clear line on stderr, with a hint where one helps, and
 //! never a backtrace, whatever `RUST_BACKTRACE` says.
 
-use pere_e2e::{bin_path, Proc, TestServer};
+use pere_e2e::redis_server::{unrelated_ca_pem, TLS_PASSWORD};
+use pere_e2e::{bin_path, Proc, RedisServer, TestServer};
 
 /// Runs `name` with `args` under `RUST_BACKTRACE=1`; checks it exits with `code`, prints nothing
 /// on stdout and exactly one stderr line, which holds each of `wanted`; returns that line.
@@ -85,6 +86,36 @@ async fn the_server_says_what_to_do_in_one_line() {
         &["--sub"],
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_whose_certificate_the_server_cannot_trust_stops_it_in_one_line() {
+    let redis = RedisServer::start_tls(false);
+    let url = redis.url();
+    let dir = tempfile::tempdir().unwrap();
+    let unrelated = dir.path().join("unrelated-ca.pem");
+    std::fs::write(&unrelated, unrelated_ca_pem()).unwrap();
+    let base = ["-o", "127.0.0.1", "-p", "0", "--store", &url];
+    let shown = format!("rediss://:***@127.0.0.1:{}/0", redis.port());
+    let wanted = [
+        "cannot use the Redis store at",
+        shown.as_str(),
+        "TLS",
+        "certificate",
+        "--redis-ca",
+    ];
+    // A CA that did not sign the server's certificate, then none (the system's CAs).
+    let with_another_ca = [&base[..], &["--redis-ca", unrelated.to_str().unwrap()]].concat();
+    for args in [&with_another_ca[..], &base[..]] {
+        let started = std::time::Instant::now();
+        let line = check_one_line("pere-server", args, 1, &wanted).await;
+        assert!(!line.contains(TLS_PASSWORD), "{line}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "refused in {:?}",
+            started.elapsed()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -96,6 +96,10 @@ pub enum StoreError {
         /// The key.
         key: String,
     },
+    /// The TLS connection to the store's server failed in a way that retrying does not mend:
+    /// its certificate is not one this client trusts or names another host, it does not speak
+    /// TLS, or it refused this client's certificate.
+    Tls(Box<dyn std::error::Error + Send + Sync>),
     /// Another PERE server holds the data directory's lock.
     Locked {
         /// The data directory.
@@ -116,6 +120,7 @@ impl fmt::Display for StoreError {
             StoreError::UnknownEvent { id } => write!(f, "no event with id {id} on this channel"),
             StoreError::Backend(err) => write!(f, "storage failure: {err}"),
             StoreError::Incompatible(msg) => write!(f, "incompatible store: {msg}"),
+            StoreError::Tls(err) => write!(f, "TLS with the store's server failed: {err}"),
             StoreError::Damaged { path, detail } => write!(
                 f,
                 "{} is damaged ({detail}); restore it from a backup, or move it aside to start with an empty store",
@@ -142,7 +147,7 @@ impl fmt::Display for StoreError {
 impl std::error::Error for StoreError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            StoreError::Backend(err) => Some(err.as_ref()),
+            StoreError::Backend(err) | StoreError::Tls(err) => Some(err.as_ref()),
             _ => None,
         }
     }

@@ -15,6 +15,10 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
+use pere_core::store::{RedisClientCert, RedisTls};
+use tokio_rustls::rustls::pki_types::pem::{self, PemObject as _};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
 use crate::auth::{KeySettings, Mode, Verifier};
 
 /// Where events, receipts and device records are kept.
@@ -24,9 +28,16 @@ pub enum StoreKind {
     Sqlite,
     /// In process memory: fast, gone on restart. For tests and demos.
     Memory,
-    /// A Redis server that several nodes share (`redis://[:password@]host:port/db`); the URL
-    /// is kept as a [`Secret`], since it may hold the password.
+    /// A Redis server that several nodes share (`redis://[:password@]host:port/db`, or
+    /// `rediss://` over TLS); the URL is kept as a [`Secret`], since it may hold the password.
     Redis(Secret),
+}
+
+impl StoreKind {
+    /// Whether this is Redis over TLS (`rediss://`).
+    pub fn is_redis_tls(&self) -> bool {
+        matches!(self, StoreKind::Redis(url) if url.0.starts_with("rediss://"))
+    }
 }
 
 fn parse_store(text: &str) -> Result<StoreKind, String> {
@@ -89,8 +100,8 @@ pub struct Config {
     pub port: u16,
 
     /// Storage backend: sqlite (the default), memory, or `redis://[:password@]host:port/db`
-    /// (a Redis that several nodes share; see --redis-prefix). The environment's value is never
-    /// shown, since the URL may hold a password.
+    /// (a Redis that several nodes share; see --redis-prefix), `rediss://` for Redis over TLS.
+    /// The environment's value is never shown, since the URL may hold a password.
     #[arg(long = "store", default_value = "sqlite", value_parser = parse_store, env = "PERE_STORE", hide_env_values = true)]
     pub store: StoreKind,
 
@@ -106,6 +117,20 @@ pub struct Config {
     /// heartbeat (sent every third of it); a dead node's streams stop counting within it.
     #[arg(long = "redis-node-ttl", default_value = "15s", value_parser = parse_duration, env = "PERE_REDIS_NODE_TTL")]
     pub redis_node_ttl: Duration,
+
+    /// Redis over TLS (`rediss://`): the CA certificates (PEM) that sign the Redis server's
+    /// certificate, trusted instead of the system's (a private CA).
+    #[arg(long = "redis-ca", value_name = "FILE", value_parser = parse_certificates_file, env = "PERE_REDIS_CA")]
+    pub redis_ca: Option<PathBuf>,
+
+    /// Redis over TLS: a client certificate chain (PEM) for a Redis that asks clients for one;
+    /// needs --redis-key.
+    #[arg(long = "redis-cert", value_name = "FILE", value_parser = parse_certificates_file, env = "PERE_REDIS_CERT")]
+    pub redis_cert: Option<PathBuf>,
+
+    /// Redis over TLS: the private key (PEM: PKCS#8, PKCS#1 or SEC1) of --redis-cert.
+    #[arg(long = "redis-key", value_name = "FILE", value_parser = parse_private_key_file, env = "PERE_REDIS_KEY")]
+    pub redis_key: Option<PathBuf>,
 
     /// Directory of the SQLite store (created if missing).
     #[arg(
@@ -468,7 +493,8 @@ impl Config {
     /// # Errors
     /// [`LoadError::Usage`] for what clap answers itself (help, version, an unknown flag);
     /// otherwise one line naming the setting and its source: an invalid value, an unknown key
-    /// or an unreadable file.
+    /// or an unreadable file; [`LoadError::Conflict`] for settings that do not go together
+    /// (Redis TLS settings without a `rediss://` store).
     pub fn load<I, T>(args: I) -> Result<Config, LoadError>
     where
         I: IntoIterator<Item = T>,
@@ -546,7 +572,82 @@ impl Config {
         let matches = command
             .try_get_matches_from(&args)
             .map_err(LoadError::Usage)?;
-        Config::from_arg_matches(&matches).map_err(LoadError::Usage)
+        let config = Config::from_arg_matches(&matches).map_err(LoadError::Usage)?;
+        config.check_redis_tls().map_err(LoadError::Conflict)?;
+        Ok(config)
+    }
+
+    /// Refuses Redis TLS settings that would do nothing: a certificate for a store that is not
+    /// `rediss://` (a URL missing its `s` would otherwise go in plain text), half a client
+    /// certificate.
+    fn check_redis_tls(&self) -> Result<(), String> {
+        let given = [
+            ("--redis-ca", self.redis_ca.is_some()),
+            ("--redis-cert", self.redis_cert.is_some()),
+            ("--redis-key", self.redis_key.is_some()),
+        ];
+        if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
+            if !self.store.is_redis_tls() {
+                return Err(format!(
+                    "{flag} is for a rediss:// store (Redis over TLS), and the store is {}",
+                    self.store
+                ));
+            }
+        }
+        match (&self.redis_cert, &self.redis_key) {
+            (Some(_), None) => {
+                Err("--redis-cert needs --redis-key (the certificate's private key, PEM)".into())
+            }
+            (None, Some(_)) => {
+                Err("--redis-key needs --redis-cert (the client certificate chain, PEM)".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The Redis TLS settings, the files read.
+    ///
+    /// # Errors
+    /// One line naming the setting whose file cannot be read (they were readable when the
+    /// settings were loaded).
+    pub fn redis_tls(&self) -> Result<RedisTls, String> {
+        let read = |flag: &str, path: &Path| {
+            std::fs::read(path).map_err(|e| format!("cannot read {flag} {}: {e}", path.display()))
+        };
+        let ca = match &self.redis_ca {
+            Some(path) => Some(read("--redis-ca", path)?),
+            None => None,
+        };
+        let client = match (&self.redis_cert, &self.redis_key) {
+            (Some(cert), Some(key)) => Some(RedisClientCert {
+                chain: read("--redis-cert", cert)?,
+                key: read("--redis-key", key)?,
+            }),
+            _ => None,
+        };
+        Ok(RedisTls { ca, client })
+    }
+}
+
+/// A PEM file holding at least one certificate, checked where the setting is given.
+fn parse_certificates_file(text: &str) -> Result<PathBuf, String> {
+    let pem = std::fs::read(text).map_err(|e| format!("cannot read it: {e}"))?;
+    let certificates = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not a PEM certificate: {e}"))?;
+    if certificates.is_empty() {
+        return Err("holds no PEM certificate".to_owned());
+    }
+    Ok(PathBuf::from(text))
+}
+
+/// A PEM file holding a private key, checked where the setting is given.
+fn parse_private_key_file(text: &str) -> Result<PathBuf, String> {
+    let pem = std::fs::read(text).map_err(|e| format!("cannot read it: {e}"))?;
+    match PrivateKeyDer::from_pem_slice(&pem) {
+        Ok(_) => Ok(PathBuf::from(text)),
+        Err(pem::Error::NoItemsFound) => Err("holds no PEM private key".to_owned()),
+        Err(e) => Err(format!("not a PEM private key: {e}")),
     }
 }
 
@@ -574,6 +675,8 @@ pub enum LoadError {
     },
     /// The configuration file cannot be read, is not TOML, or names a setting there is not.
     File(String),
+    /// Settings that do not go together.
+    Conflict(String),
 }
 
 impl std::fmt::Display for LoadError {
@@ -591,7 +694,7 @@ impl std::fmt::Display for LoadError {
                     "invalid value \"{value}\" for {setting} in {source}: {reason}"
                 )
             }
-            LoadError::File(message) => f.write_str(message),
+            LoadError::File(message) | LoadError::Conflict(message) => f.write_str(message),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use pere_core::bus::Bus;
 use pere_core::store::{Durability, RedisOptions, RedisStore, SqliteOptions, SqliteStore};
-use pere_core::{MemoryStore, Store};
+use pere_core::{MemoryStore, Store, StoreError};
 use pere_server::auth::{Grants, Minter, Mode};
 use pere_server::config::{Command, DurabilityLevel, LoadError, StoreKind, TokenArgs};
 use pere_server::tls::{self, TlsAcceptor};
@@ -110,6 +110,9 @@ fn mint(config: &Config, args: &TokenArgs) -> anyhow::Result<()> {
 }
 
 fn serve_main(config: Config) -> anyhow::Result<()> {
+    // The Redis client's TLS takes the process's crypto provider: ring, as HTTPS does, rather
+    // than whichever one a dependency's features happen to bring along.
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     let mode = config.mode().map_err(anyhow::Error::msg)?;
     let tls = tls::acceptor(&config).map_err(anyhow::Error::msg)?;
     let log = logging::init(&config).map_err(anyhow::Error::msg)?;
@@ -157,11 +160,27 @@ async fn serve_with(config: Config, mode: Mode, tls: Option<TlsAcceptor>) -> any
                 url: url.0,
                 prefix: config.redis_prefix.clone(),
                 retention: retention(&config),
+                tls: config.redis_tls().map_err(anyhow::Error::msg)?,
             };
             let store = RedisStore::open(options).context("cannot use the Redis store")?;
-            if let Err(err) = store.probe().await {
+            match store.probe().await {
+                Ok(()) => {}
+                // Waiting does not mend a certificate: say so now rather than stay unready.
+                Err(err @ StoreError::Tls(_)) => {
+                    let trusted = if config.redis_ca.is_some() {
+                        "the CAs trusted are --redis-ca's"
+                    } else {
+                        "the CAs trusted are the system's: give a private one with --redis-ca"
+                    };
+                    anyhow::bail!(
+                        "cannot use the Redis store at {}: {err} ({trusted}; a Redis that asks for a client certificate needs --redis-cert and --redis-key)",
+                        config.store
+                    );
+                }
                 // A node may start before its Redis: it is not ready until Redis answers.
-                tracing::warn!("Redis does not answer yet ({err}); not ready until it does");
+                Err(err) => {
+                    tracing::warn!("Redis does not answer yet ({err}); not ready until it does")
+                }
             }
             let ttl = config.redis_node_ttl;
             serve(

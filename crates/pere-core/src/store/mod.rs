@@ -33,7 +33,7 @@ pub mod memory;
 pub mod redis;
 pub mod sqlite;
 
-pub use self::redis::{RedisOptions, RedisStore};
+pub use self::redis::{RedisClientCert, RedisOptions, RedisStore, RedisTls};
 pub use memory::MemoryStore;
 pub use sqlite::{Durability, SqliteOptions, SqliteStore};
 

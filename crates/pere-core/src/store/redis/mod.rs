@@ -7,6 +7,11 @@
 //! change other nodes must hear of (an event, a receipt, a membership) is published as a notice
 //! on the prefix's bus channel by the same script that records it (see [`crate::bus`]).
 //! ARCHITECTURE.md lists the keys, their types and lifetimes.
+//!
+//! A `rediss://` URL connects over TLS (rustls), trusting the system's CAs or those of
+//! [`RedisTls::ca`], and presenting [`RedisTls::client`] to a server that asks for a client
+//! certificate. The store's client makes every connection, the bus's Pub/Sub included, so both
+//! go the same way.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -14,7 +19,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use redis::aio::ConnectionManager;
-use redis::{Script, Value};
+use redis::{ConnectionAddr, IntoConnectionInfo as _, Script, Value};
 use serde::Deserialize;
 
 use crate::error::StoreError;
@@ -38,12 +43,14 @@ const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 /// How to reach Redis.
 #[derive(Clone)]
 pub struct RedisOptions {
-    /// `redis://[:password@]host:port/db` (a `rediss://` URL needs a build with TLS).
+    /// `redis://[:password@]host:port/db`, or `rediss://` for Redis over TLS.
     pub url: String,
     /// What every key and the bus channel start with, so several deployments can share a Redis.
     pub prefix: String,
     /// How much history each channel keeps.
     pub retention: Retention,
+    /// What a `rediss://` connection trusts and presents; empty for `redis://`.
+    pub tls: RedisTls,
 }
 
 impl std::fmt::Debug for RedisOptions {
@@ -53,7 +60,51 @@ impl std::fmt::Debug for RedisOptions {
             .field("url", &redacted(&self.url))
             .field("prefix", &self.prefix)
             .field("retention", &self.retention)
+            .field("tls", &self.tls)
             .finish()
+    }
+}
+
+/// What a `rediss://` connection trusts and presents, as PEM. The default trusts the system's
+/// CAs and presents no certificate.
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    /// The certificates of the CAs that sign the Redis server's certificate, trusted instead of
+    /// the system's (a private CA).
+    pub ca: Option<Vec<u8>>,
+    /// The certificate this client presents to a Redis that asks for one.
+    pub client: Option<RedisClientCert>,
+}
+
+impl RedisTls {
+    /// Whether anything is set beyond the defaults.
+    pub fn is_set(&self) -> bool {
+        self.ca.is_some() || self.client.is_some()
+    }
+}
+
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("ca", &self.ca.is_some())
+            .field("client", &self.client.is_some())
+            .finish()
+    }
+}
+
+/// A client certificate for Redis over TLS, as PEM.
+#[derive(Clone)]
+pub struct RedisClientCert {
+    /// The certificate chain, the client's own certificate first.
+    pub chain: Vec<u8>,
+    /// Its private key.
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for RedisClientCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("RedisClientCert").finish_non_exhaustive()
     }
 }
 
@@ -115,10 +166,10 @@ impl RedisStore {
     /// is back.
     ///
     /// # Errors
-    /// [`StoreError::Incompatible`] for a URL that cannot be used.
+    /// [`StoreError::Incompatible`] for a URL that cannot be used, TLS settings with a URL that
+    /// is not `rediss://`, or certificates that cannot be read.
     pub fn open(options: RedisOptions) -> Result<Self, StoreError> {
-        let client = redis::Client::open(options.url.as_str())
-            .map_err(|e| StoreError::Incompatible(format!("{}: {e}", redacted(&options.url))))?;
+        let client = client(&options.url, &options.tls)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -945,7 +996,7 @@ impl Store for RedisStore {
             .arg(&key)
             .query_async(&mut self.connection())
             .await
-            .map_err(StoreError::backend)?;
+            .map_err(failure)?;
         read.map(|_| ())
             .ok_or_else(|| bad("probe read nothing back"))
     }
@@ -983,6 +1034,70 @@ impl RedisStore {
     }
 }
 
+/// The client for `url`, over TLS with `tls` for a `rediss://` URL.
+fn client(url: &str, tls: &RedisTls) -> Result<redis::Client, StoreError> {
+    let shown = redacted(url);
+    let unusable = |e: redis::RedisError| StoreError::Incompatible(format!("{shown}: {e}"));
+    let info = url.into_connection_info().map_err(unusable)?;
+    match info.addr() {
+        // Checking no certificate would make TLS a show: the way to trust a private server is
+        // its CA.
+        ConnectionAddr::TcpTls { insecure: true, .. } => Err(StoreError::Incompatible(format!(
+            "{shown}: #insecure (no certificate check) is not supported; trust the server's CA instead"
+        ))),
+        ConnectionAddr::TcpTls { .. } if tls.is_set() => {
+            let certificates = redis::TlsCertificates {
+                client_tls: tls.client.as_ref().map(|c| redis::ClientTlsConfig {
+                    client_cert: c.chain.clone(),
+                    client_key: c.key.clone(),
+                }),
+                root_cert: tls.ca.clone(),
+            };
+            redis::Client::build_with_tls(info, certificates).map_err(unusable)
+        }
+        ConnectionAddr::TcpTls { .. } => redis::Client::open(info).map_err(unusable),
+        _ if tls.is_set() => Err(StoreError::Incompatible(format!(
+            "{shown}: TLS certificates are for a rediss:// URL (Redis over TLS)"
+        ))),
+        _ => redis::Client::open(info).map_err(unusable),
+    }
+}
+
+/// A Redis error as a store error, a TLS failure told apart: waiting does not mend it, so a
+/// node refuses to start on one rather than wait for its Redis.
+fn failure(err: redis::RedisError) -> StoreError {
+    if from_tls(&err) {
+        StoreError::Tls(Box::new(err))
+    } else {
+        StoreError::backend(err)
+    }
+}
+
+/// Whether rustls caused `err`. The Redis client keeps the cause behind an `Arc<dyn Error>`,
+/// often an I/O error wrapping the rustls one, and `source()` steps over the wrapped error; so
+/// each link of the chain is opened by hand. A test on a real TLS server holds this to the
+/// client's version (`an_untrusted_server_certificate_is_a_tls_failure_found_fast`).
+fn from_tls(err: &redis::RedisError) -> bool {
+    fn is_rustls(err: &(dyn std::error::Error + 'static)) -> bool {
+        err.is::<rustls::Error>()
+            || err
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(err) = cause {
+        let shared = err
+            .downcast_ref::<Arc<dyn std::error::Error + Send + Sync>>()
+            .map(|shared| &**shared as &(dyn std::error::Error + 'static));
+        if is_rustls(err) || shared.is_some_and(is_rustls) {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
+}
+
 // The end-to-end harness's private Redis, shared so both start it the same way.
 #[cfg(test)]
 #[allow(dead_code)]
@@ -992,7 +1107,7 @@ pub(crate) mod redis_server;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::conformance;
+    use crate::store::conformance::{self, ROOMY};
 
     use super::redis_server;
 
@@ -1013,11 +1128,143 @@ mod tests {
                     url,
                     prefix,
                     retention,
+                    tls: RedisTls::default(),
                 })
                 .unwrap()
             }
         })
         .await;
+    }
+
+    /// Options for a store on `server` (a TLS one) trusting `ca`, with the server's client
+    /// certificate when `client`.
+    fn over_tls(
+        server: &redis_server::RedisServer,
+        prefix: &str,
+        retention: Retention,
+        ca: Option<Vec<u8>>,
+        client: bool,
+    ) -> RedisOptions {
+        let read = |path: std::path::PathBuf| std::fs::read(path).expect("certificate file");
+        RedisOptions {
+            url: server.url(),
+            prefix: prefix.to_owned(),
+            retention,
+            tls: RedisTls {
+                ca,
+                client: client.then(|| RedisClientCert {
+                    chain: read(server.client_cert_file()),
+                    key: read(server.client_key_file()),
+                }),
+            },
+        }
+    }
+
+    fn ca_of(server: &redis_server::RedisServer) -> Option<Vec<u8>> {
+        Some(std::fs::read(server.ca_file()).expect("CA file"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conformance_suite_over_tls() {
+        let server = redis_server::RedisServer::start_tls(false);
+        assert!(server.url().starts_with("rediss://"), "{}", server.url());
+        let round = std::sync::atomic::AtomicU64::new(0);
+        conformance::run_all(|retention| {
+            let prefix = format!(
+                "tls{}",
+                round.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            );
+            let options = over_tls(&server, &prefix, retention, ca_of(&server), false);
+            async move { RedisStore::open(options).unwrap() }
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_untrusted_server_certificate_is_a_tls_failure_found_fast() {
+        let server = redis_server::RedisServer::start_tls(false);
+        let unrelated = redis_server::unrelated_ca_pem().into_bytes();
+        // Another CA's, then the system's CAs: neither signed the server's certificate.
+        for (what, ca) in [("another CA", Some(unrelated)), ("the system's CAs", None)] {
+            let store = RedisStore::open(over_tls(&server, "untrusted", ROOMY, ca, false)).unwrap();
+            let started = std::time::Instant::now();
+            let outcome = store.probe().await;
+            assert!(
+                matches!(outcome, Err(StoreError::Tls(_))),
+                "{what}: {outcome:?}"
+            );
+            assert!(
+                started.elapsed() < RESPONSE_TIMEOUT,
+                "{what}: failed in {:?}",
+                started.elapsed()
+            );
+        }
+        let trusted = RedisStore::open(over_tls(&server, "trusted", ROOMY, ca_of(&server), false));
+        trusted
+            .unwrap()
+            .probe()
+            .await
+            .expect("the server's own CA is trusted");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_server_asking_for_a_client_certificate_is_given_one() {
+        let server = redis_server::RedisServer::start_tls(true);
+        let store =
+            RedisStore::open(over_tls(&server, "mtls", ROOMY, ca_of(&server), true)).unwrap();
+        store
+            .probe()
+            .await
+            .expect("answers a client with a certificate");
+        let c = conformance::ch("C");
+        let appended = store.append(&c, conformance::body("x")).await.unwrap();
+        assert_eq!(store.head(&c).await.unwrap(), appended.event.id);
+
+        let without =
+            RedisStore::open(over_tls(&server, "mtls", ROOMY, ca_of(&server), false)).unwrap();
+        let refused = without.probe().await;
+        assert!(
+            matches!(refused, Err(StoreError::Tls(_))),
+            "a client without a certificate is refused: {refused:?}"
+        );
+    }
+
+    // A runtime: a store that opens spawns its connection task.
+    #[tokio::test]
+    async fn tls_settings_go_with_rediss_urls_only() {
+        let ca = RedisTls {
+            ca: Some(redis_server::unrelated_ca_pem().into_bytes()),
+            client: None,
+        };
+        let open = |url: &str, tls: &RedisTls| {
+            RedisStore::open(RedisOptions {
+                url: url.to_owned(),
+                prefix: "p".into(),
+                retention: ROOMY,
+                tls: tls.clone(),
+            })
+        };
+        let refused = open("redis://:secret@127.0.0.1:6379/0", &ca).unwrap_err();
+        assert!(
+            matches!(&refused, StoreError::Incompatible(m) if m.contains("rediss://") && !m.contains("secret")),
+            "{refused}"
+        );
+        let insecure = open("rediss://127.0.0.1:6379/0#insecure", &RedisTls::default());
+        assert!(
+            matches!(insecure, Err(StoreError::Incompatible(_))),
+            "{insecure:?}"
+        );
+        let bad_ca = RedisTls {
+            ca: Some(
+                b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n".to_vec(),
+            ),
+            client: None,
+        };
+        assert!(matches!(
+            open("rediss://127.0.0.1:6379/0", &bad_ca),
+            Err(StoreError::Incompatible(_))
+        ));
+        open("rediss://127.0.0.1:6379/0", &ca).expect("certificates with rediss://");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1028,6 +1275,7 @@ mod tests {
                 url: server.url(),
                 prefix: "two".into(),
                 retention: conformance::ROOMY,
+                tls: RedisTls::default(),
             })
             .unwrap()
         };
@@ -1071,6 +1319,7 @@ mod tests {
             url,
             prefix: "gone".into(),
             retention: conformance::ROOMY,
+            tls: RedisTls::default(),
         })
         .unwrap();
         let started = std::time::Instant::now();
@@ -1097,5 +1346,9 @@ mod tests {
         );
         assert_eq!(redacted("redis://user:secret@h/0"), "redis://user:***@h/0");
         assert_eq!(redacted("redis://h:6379"), "redis://h:6379");
+        assert_eq!(
+            redacted("rediss://:secret@h:6380/0"),
+            "rediss://:***@h:6380/0"
+        );
     }
 }
