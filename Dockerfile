@@ -15,8 +15,12 @@ RUN cargo build --release --locked -p pere-server \
  && install -m 0755 target/release/pere-server /pere-server
 
 FROM debian:bookworm-slim
-# A fixed id, so a volume's owner is the same on every host.
-RUN groupadd --system --gid 10001 pere \
+# The system's CA certificates: a rediss:// store signed by a public CA needs them (a private CA
+# is given with PERE_REDIS_CA). A fixed user id, so a volume's owner is the same on every host.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 pere \
  && useradd --system --uid 10001 --gid pere --home-dir /data --shell /usr/sbin/nologin pere \
  && mkdir /data && chown pere:pere /data
 COPY --from=build /pere-server /usr/local/bin/pere-server
