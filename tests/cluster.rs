@@ -420,3 +420,88 @@ async fn a_node_presents_its_client_certificate_to_a_redis_that_asks_for_one() {
         "the event is in Redis"
     );
 }
+
+const SECRET: &str = "cluster-secret-of-at-least-32-bytes-012345";
+
+/// A token for `sub` signed with `secret`, valid for a minute, with the given rights.
+fn token(secret: &str, sub: &str, publish: &[&str], subscribe: &[&str]) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 60;
+    let claims = serde_json::json!({
+        "sub": sub,
+        "exp": exp,
+        "pere": {"publish": publish, "subscribe": subscribe, "admin": false},
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_signed_with_the_cluster_key_works_on_every_node() {
+    let redis = RedisServer::start();
+    let (a, b) = two_nodes(&redis, &["-q", "--jwt-secret", SECRET]).await;
+    let publisher = format!("Bearer {}", token(SECRET, "erp", &["Secure"], &[]));
+    let device = format!("Bearer {}", token(SECRET, "D1", &[], &["Secure"]));
+
+    // The device's token opens its feed on B; the publisher's pushes on A.
+    let mut feed = b
+        .feed("Secure", &[("authorization", device.as_str())])
+        .await;
+    let pushed = a
+        .http
+        .post(a.url("/push/Secure"))
+        .header("authorization", &publisher)
+        .body("for D1")
+        .send()
+        .await
+        .expect("push");
+    assert_eq!(pushed.status(), 200, "the publisher's token is good on A");
+    let event = feed.next().await;
+    assert_eq!(event.data, "for D1");
+
+    // Its receipt on A, with the same token it subscribed with on B.
+    let ack = |node: &TestServer, authorization: String, device: &str| {
+        node.http
+            .post(node.url("/feedback/Secure"))
+            .header("authorization", authorization)
+            .json(&serde_json::json!({"device": device, "id": 1, "status": "rx ok"}))
+            .send()
+    };
+    let acked = ack(&a, device.clone(), "D1").await.expect("feedback");
+    assert_eq!(acked.status(), 200, "the device's token is good on A too");
+    let forged = ack(&b, device.clone(), "D2").await.expect("feedback");
+    assert_eq!(
+        forged.status(),
+        403,
+        "a receipt for another device is refused on every node"
+    );
+
+    // A token signed with another key is refused by both nodes.
+    let stranger = format!(
+        "Bearer {}",
+        token(
+            "some-other-secret-of-at-least-32-bytes-xx",
+            "erp",
+            &["Secure"],
+            &[]
+        )
+    );
+    for node in [&a, &b] {
+        let refused = node
+            .http
+            .post(node.url("/push/Secure"))
+            .header("authorization", &stranger)
+            .body("x")
+            .send()
+            .await
+            .expect("push");
+        assert_eq!(refused.status(), 401);
+    }
+}
