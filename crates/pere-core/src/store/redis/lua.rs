@@ -123,7 +123,8 @@ return {1, answers}
 
 /// KEYS: seq, ev, rseq, rlog, dev, devs, rkey (the receipt key's own key). ARGV: event_id,
 /// device, status, time_ms, max_events, node, channel, bus, base, key ('' for none), window_ms (0:
-/// as long as the receipt is retained). Returns `{-1}` for an unknown event, `{0, receipt,
+/// as long as the receipt is retained). A keyed receipt's `rlog` entry carries its key (`k`), so
+/// the key goes when the receipt leaves the stream. Returns `{-1}` for an unknown event, `{0, receipt,
 /// record}` for the receipt already recorded under the key, else `{receipt, record}` (JSON).
 pub(crate) const RECEIPT: &str = r#"
 local window = tonumber(ARGV[11])
@@ -156,7 +157,21 @@ r.n = r.n + 1
 local record = device_save(KEYS[5], KEYS[6], ARGV[2], r)
 local seq = redis.call('INCR', KEYS[3])
 local receipt = cjson.encode({q = seq, e = eid, d = ARGV[2], s = ARGV[3], t = at})
-redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[5], seq .. '-0', 'j', receipt)
+local entry = {'j', receipt}
+if ARGV[10] ~= '' then table.insert(entry, 'k'); table.insert(entry, ARGV[10]) end
+redis.call('XADD', KEYS[4], seq .. '-0', unpack(entry))
+-- Trimmed here rather than by MAXLEN, so that a receipt's key leaves with the receipt: without
+-- a window the key has no expiry of its own. One receipt in, at most a few out.
+for _ = 1, 8 do
+  if redis.call('XLEN', KEYS[4]) <= tonumber(ARGV[5]) then break end
+  local oldest = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)[1]
+  local f = oldest[2]
+  if f[3] == 'k' then
+    local held = ARGV[9] .. ':rk:' .. f[4]
+    if redis.call('GET', held) == string.match(oldest[1], '^(%d+)') then redis.call('DEL', held) end
+  end
+  redis.call('XDEL', KEYS[4], oldest[1])
+end
 if eid >= first_retained(KEYS[2], head) then
   redis.call('RPUSH', ARGV[9] .. ':rc:' .. eid, receipt)
   redis.call('SADD', ARGV[9] .. ':ra:' .. eid, ARGV[2])

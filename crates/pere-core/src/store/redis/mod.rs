@@ -827,9 +827,12 @@ impl Store for RedisStore {
             .map_err(StoreError::backend)?;
         entries
             .iter()
-            .map(|(_, fields)| match fields.as_slice() {
-                [_, json] => receipt_from(channel, json),
-                _ => Err(bad("receipt entry")),
+            .map(|(_, fields)| {
+                // `j` the receipt, then `k` its idempotency key when it has one.
+                match fields.chunks(2).find(|pair| pair[0] == "j") {
+                    Some([_, json]) => receipt_from(channel, json),
+                    _ => Err(bad("receipt entry")),
+                }
             })
             .collect()
     }
@@ -1060,6 +1063,49 @@ mod tests {
         }
         all.sort_unstable();
         assert_eq!(all, (1..=100).collect::<Vec<u64>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_a_window_a_receipt_key_is_deleted_with_its_receipt() {
+        let server = redis_server::RedisServer::start();
+        let store = RedisStore::open(RedisOptions {
+            url: server.url(),
+            prefix: "rk".into(),
+            retention: Retention {
+                max_events: 2,
+                ..conformance::ROOMY
+            },
+        })
+        .unwrap();
+        let held = "{rk:ch:RG}:rk:once";
+        let exists = |key: &'static str| {
+            let mut conn = store.connection();
+            async move {
+                redis::cmd("EXISTS")
+                    .arg(key)
+                    .query_async::<i64>(&mut conn)
+                    .await
+                    .unwrap()
+            }
+        };
+        conformance::receipt_keys_go_with_their_receipts(store.clone()).await;
+        assert_eq!(exists(held).await, 1, "given again by the last receipt");
+        // Two more receipts push that one out of the receipt stream: its key goes too.
+        let c = conformance::ch("RG");
+        for _ in 0..2 {
+            store
+                .record_receipt(Receipt {
+                    seq: 0,
+                    channel: c.clone(),
+                    event_id: 3,
+                    device: conformance::dev("H2"),
+                    status: "ok".into(),
+                    time: crate::event::now(),
+                })
+                .await
+                .unwrap();
+        }
+        assert_eq!(exists(held).await, 0, "no key outlives its receipt");
     }
 
     #[tokio::test]
