@@ -346,3 +346,210 @@ async fn the_webhook_reports_each_event_once_for_the_whole_cluster() {
     reported.sort_unstable();
     assert_eq!(reported, vec![1, 2, 3, 4], "each event reported once");
 }
+
+/// The next change on a presence stream: (id, device, online).
+async fn next_presence(stream: &mut pere_e2e::Feed) -> (String, String, bool) {
+    let event = stream.next().await;
+    assert_eq!(event.event, "presence", "{event:?}");
+    let change: Value = serde_json::from_str(&event.data).expect("presence JSON");
+    (
+        event.id,
+        change["device"].as_str().expect("device").to_owned(),
+        change["online"].as_bool().expect("online"),
+    )
+}
+
+/// `device`'s (online, open_streams) in `node`'s `/admin/devices/:channel`.
+async fn device_state(node: &TestServer, channel: &str, device: &str) -> (bool, u64) {
+    let devices = node.get_json(&format!("/admin/devices/{channel}")).await;
+    (
+        devices[device]["online"].as_bool().unwrap_or(false),
+        devices[device]["open_streams"].as_u64().unwrap_or(0),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_on_one_node_shows_online_on_the_other_node_s_presence_stream_and_devices() {
+    let redis = RedisServer::start();
+    let (a, b) = two_nodes(&redis, &["-q", "--redis-node-ttl", "3s"]).await;
+    let mut on_b = b.feed_path("/presence/Room", &[]).await;
+    let mut on_a = a.feed_path("/presence/Room", &[]).await;
+
+    let h1 = a.feed("Room", &[("device", "H1")]).await;
+    let online = next_presence(&mut on_b).await;
+    assert_eq!(
+        online,
+        ("1".into(), "H1".into(), true),
+        "B heard A's stream"
+    );
+    assert_eq!(
+        next_presence(&mut on_a).await,
+        online,
+        "both nodes number the change alike"
+    );
+    // Counted in the same script that announced it: B's view agrees as soon as it hears.
+    assert_eq!(device_state(&b, "Room", "H1").await, (true, 1));
+
+    drop(h1);
+    let offline = next_presence(&mut on_b).await;
+    assert_eq!(offline, ("2".into(), "H1".into(), false));
+    assert_eq!(next_presence(&mut on_a).await, offline);
+    assert_eq!(device_state(&b, "Room", "H1").await, (false, 0));
+
+    // The history is the cluster's: a late follower on B replays from A's change on.
+    let mut late = b
+        .feed_path("/presence/Room", &[("Last-Event-ID", "1")])
+        .await;
+    assert_eq!(next_presence(&mut late).await, offline);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_with_streams_on_two_nodes_goes_offline_once_when_the_last_one_closes() {
+    let redis = RedisServer::start();
+    let (a, b) = two_nodes(&redis, &["-q", "--redis-node-ttl", "3s"]).await;
+    let mut on_a = a.feed_path("/presence/Room", &[]).await;
+    let mut on_b = b.feed_path("/presence/Room", &[]).await;
+
+    let h1_on_a = a.feed("Room", &[("device", "H1")]).await;
+    assert_eq!(next_presence(&mut on_a).await.1, "H1");
+    let h1_on_b = b.feed("Room", &[("device", "H1")]).await;
+    eventually("both of H1's streams to count", || async {
+        (device_state(&a, "Room", "H1").await == (true, 2)).then_some(())
+    })
+    .await;
+
+    drop(h1_on_a);
+    eventually("A's stream of H1 to stop counting", || async {
+        (device_state(&b, "Room", "H1").await == (true, 1)).then_some(())
+    })
+    .await;
+    // A change after that one: had H1 gone offline, its change would come first.
+    let h2 = a.feed("Room", &[("device", "H2")]).await;
+    assert_eq!(
+        next_presence(&mut on_a).await,
+        ("2".into(), "H2".into(), true),
+        "H1 stayed online on B"
+    );
+
+    drop(h1_on_b);
+    assert_eq!(
+        next_presence(&mut on_a).await,
+        ("3".into(), "H1".into(), false)
+    );
+    drop(h2);
+    assert_eq!(
+        next_presence(&mut on_a).await,
+        ("4".into(), "H2".into(), false),
+        "H1 went offline once"
+    );
+    let mut seen_on_b = Vec::new();
+    for _ in 0..4 {
+        seen_on_b.push(next_presence(&mut on_b).await);
+    }
+    assert_eq!(
+        seen_on_b,
+        vec![
+            ("1".into(), "H1".into(), true),
+            ("2".into(), "H2".into(), true),
+            ("3".into(), "H1".into(), false),
+            ("4".into(), "H2".into(), false),
+        ],
+        "B saw the same changes in the same order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_s_devices_go_offline_on_the_surviving_node_within_the_ttl() {
+    const TTL: Duration = Duration::from_secs(3);
+    let redis = RedisServer::start();
+    let (a, b) = two_nodes(&redis, &["-q", "--redis-node-ttl", "3s"]).await;
+    let mut on_b = b.feed_path("/presence/Fleet", &[]).await;
+    // H1 only on A; H2 on both, so it outlives A.
+    let h1 = a.feed("Fleet", &[("device", "H1")]).await;
+    let h2_on_a = a.feed("Fleet", &[("device", "H2")]).await;
+    let _h2_on_b = b.feed("Fleet", &[("device", "H2")]).await;
+    let mut online = [
+        next_presence(&mut on_b).await,
+        next_presence(&mut on_b).await,
+    ];
+    online.sort_by(|x, y| x.1.cmp(&y.1));
+    assert_eq!(
+        (online[0].1.as_str(), online[0].2, online[1].1.as_str()),
+        ("H1", true, "H2")
+    );
+    eventually("both of H2's streams to count on B", || async {
+        (device_state(&b, "Fleet", "H2").await == (true, 2)).then_some(())
+    })
+    .await;
+
+    let killed = std::time::Instant::now();
+    a.kill().await;
+    // The connections die with A; B learns nothing from them.
+    drop((h1, h2_on_a));
+    let (_, device, now_online) = next_presence(&mut on_b).await;
+    let took = killed.elapsed();
+    assert_eq!((device.as_str(), now_online), ("H1", false));
+    // The TTL counts from A's last heartbeat, before the kill; the slack is for a busy machine.
+    assert!(
+        took < TTL + Duration::from_secs(2),
+        "offline {took:?} after the kill"
+    );
+    assert_eq!(device_state(&b, "Fleet", "H1").await, (false, 0));
+    assert_eq!(
+        device_state(&b, "Fleet", "H2").await,
+        (true, 1),
+        "H2 stays online on B"
+    );
+    // The next change is B's own, not a second offline of H1 or one of H2.
+    let _h3 = b.feed("Fleet", &[("device", "H3")]).await;
+    assert_eq!(next_presence(&mut on_b).await.1, "H3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recipient_expiry_keeps_a_recipient_connected_to_another_node() {
+    let redis = RedisServer::start();
+    // Only A expires recipients, after a second idle.
+    let a = TestServer::start_redis(&redis.url(), &["-q", "--recipient-expiry", "1s"]).await;
+    let b = TestServer::start_redis(&redis.url(), &["-q"]).await;
+    let _h1 = b.feed("Room", &[("device", "H1")]).await;
+    eventually("A to see H1's stream on B", || async {
+        (device_state(&a, "Room", "H1").await == (true, 1)).then_some(())
+    })
+    .await;
+    // Y is a recipient with no stream, seen after H1: once A has expired it, A has judged H1 too.
+    let registered = a.http.put(a.url("/devices/Room/Y")).send().await.unwrap();
+    assert_eq!(registered.status(), 200);
+    eventually("A to expire the idle recipient Y", || async {
+        let devices = a.get_json("/admin/devices/Room").await;
+        (devices["Y"]["recipient"] == false).then_some(())
+    })
+    .await;
+    let devices = a.get_json("/admin/devices/Room").await;
+    assert_eq!(
+        devices["H1"]["recipient"], true,
+        "H1 is connected, to B: {devices}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_changed_during_a_redis_outage_is_written_when_redis_returns() {
+    let mut redis = RedisServer::start_with(true);
+    let node = TestServer::start_redis(&redis.url(), &["-q", "--redis-node-ttl", "3s"]).await;
+    let mut presence = node.feed_path("/presence/Room", &[]).await;
+    let h1 = node.feed("Room", &[("device", "H1")]).await;
+    assert_eq!(
+        next_presence(&mut presence).await,
+        ("1".into(), "H1".into(), true)
+    );
+
+    redis.kill();
+    // Closed while Redis is away: the node cannot write it now.
+    drop(h1);
+    redis.restart();
+    assert_eq!(
+        next_presence(&mut presence).await,
+        ("2".into(), "H1".into(), false),
+        "the presence stream stayed open and heard the change once Redis was back"
+    );
+    assert_eq!(device_state(&node, "Room", "H1").await, (false, 0));
+}

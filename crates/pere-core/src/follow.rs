@@ -343,6 +343,40 @@ impl PresenceLog {
         }
     }
 
+    /// A log holding `changes` (numbered elsewhere, oldest first): the newest
+    /// [`PRESENCE_HISTORY`] of them; the next change is numbered after the last.
+    pub(crate) fn seeded(changes: Vec<PresenceChange>) -> Self {
+        let seq = changes.last().map_or(0, |c| c.seq);
+        let skip = changes.len().saturating_sub(PRESENCE_HISTORY);
+        PresenceLog {
+            state: Mutex::new(PresenceState {
+                seq,
+                changes: changes.into_iter().skip(skip).collect(),
+                closed: false,
+            }),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Records a change numbered elsewhere (the store's numbering, shared by every node) and
+    /// wakes the followers; false, and nothing recorded, for a change at or below the newest:
+    /// heard twice (live and in a catch-up read).
+    pub(crate) fn record_numbered(&self, change: PresenceChange) -> bool {
+        {
+            let mut state = locked(&self.state);
+            if change.seq <= state.seq {
+                return false;
+            }
+            state.seq = change.seq;
+            state.changes.push_back(change);
+            if state.changes.len() > PRESENCE_HISTORY {
+                state.changes.pop_front();
+            }
+        }
+        self.wake.notify_waiters();
+        true
+    }
+
     /// Records a change, numbering it, and wakes the followers.
     pub(crate) fn record(&self, change: impl FnOnce(u64) -> PresenceChange) -> PresenceChange {
         let change = {

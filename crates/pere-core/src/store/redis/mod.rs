@@ -5,7 +5,9 @@
 //! of a Redis Cluster and its scripts stay atomic there. Events are a Redis Stream whose entry
 //! ids are the event ids (`ID-0`); the channel's id sequence is a counter beside it. Every
 //! change other nodes must hear of (an event, a receipt, a membership) is published as a notice
-//! on the prefix's bus channel by the same script that records it (see [`crate::bus`]).
+//! on the prefix's bus channel by the same script that records it (see [`crate::bus`]). So is
+//! presence: each node's count of streams per device of a channel, the totals over all nodes,
+//! and the channel's presence changes, numbered once for the cluster.
 //! ARCHITECTURE.md lists the keys, their types and lifetimes.
 
 use std::collections::HashSet;
@@ -20,6 +22,7 @@ use serde::Deserialize;
 use crate::error::StoreError;
 use crate::event::{valid_idempotency_key, Event, NewEvent};
 use crate::name::{ChannelName, DeviceId, EventType};
+use crate::notice::PresenceChange;
 use crate::receipt::{DeviceOp, DeviceRecord, DeviceTouch, Membership, Receipt};
 use crate::store::{check_keys, Appended, EventPage, RecordedReceipt, Retention, Store};
 
@@ -98,6 +101,8 @@ struct Scripts {
     remove_recipient: Script,
     unacknowledged: Script,
     devices_page: Script,
+    presence: Script,
+    node_beat: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -135,6 +140,8 @@ impl RedisStore {
             remove_recipient: Script::new(lua::REMOVE_RECIPIENT),
             unacknowledged: Script::new(&lua::with_helpers(lua::UNACKNOWLEDGED)),
             devices_page: Script::new(lua::DEVICES_PAGE),
+            presence: Script::new(lua::PRESENCE),
+            node_beat: Script::new(lua::NODE_BEAT),
         };
         Ok(RedisStore {
             inner: Arc::new(Inner {
@@ -198,6 +205,98 @@ impl RedisStore {
             .await
             .map_err(StoreError::backend)?;
         Ok(set.is_some())
+    }
+
+    /// Sets `node`'s count of open streams of each listed device of `channel` (0: none), and
+    /// with `replace`, of every other device of the channel to 0 (so a node writes its whole
+    /// share again, or, with nothing listed, a sweep clears a dead node's). Each device whose
+    /// count over all nodes goes from 0 to more, or back to 0, is one presence change for the
+    /// cluster, numbered, kept (the newest `history`) and published on the bus. Returns how
+    /// many devices of the channel `node` still holds streams for.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when Redis cannot be reached.
+    pub async fn set_presence(
+        &self,
+        node: &str,
+        channel: &ChannelName,
+        streams: &[(DeviceId, usize)],
+        replace: bool,
+        history: usize,
+    ) -> Result<usize, StoreError> {
+        let mut call = self.inner.scripts.presence.prepare_invoke();
+        call.key(self.node_presence_key(node, channel))
+            .key(self.key(channel, "pres"))
+            .key(self.key(channel, "pseq"))
+            .key(self.key(channel, "plog"))
+            .arg(&self.inner.node)
+            .arg(channel.as_str())
+            .arg(self.bus_channel())
+            .arg(if replace { "1" } else { "0" })
+            .arg(history.max(1));
+        for (device, count) in streams {
+            call.arg(device.as_str()).arg(*count);
+        }
+        call.invoke_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)
+    }
+
+    /// `node`'s count of open streams per device of `channel`, as it last wrote them.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when Redis cannot be reached.
+    pub async fn node_presence(
+        &self,
+        node: &str,
+        channel: &ChannelName,
+    ) -> Result<Vec<(DeviceId, usize)>, StoreError> {
+        let counts: Vec<(String, usize)> = redis::cmd("HGETALL")
+            .arg(self.node_presence_key(node, channel))
+            .query_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(counts
+            .into_iter()
+            .filter_map(|(device, n)| Some((DeviceId::new(&device).ok()?, n)))
+            .collect())
+    }
+
+    /// Registers `node` as alive until `expiry_ms` (Unix milliseconds) in the set of nodes,
+    /// unless it is `known` (registered before) and its registration lapsed before `now_ms`:
+    /// true then, and nothing registered (see the `NODE_BEAT` script).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when Redis cannot be reached.
+    pub async fn beat(
+        &self,
+        node: &str,
+        now_ms: u64,
+        expiry_ms: u64,
+        known: bool,
+    ) -> Result<bool, StoreError> {
+        let lapsed: i64 = self
+            .inner
+            .scripts
+            .node_beat
+            .key(self.nodes_key())
+            .arg(node)
+            .arg(now_ms)
+            .arg(expiry_ms)
+            .arg(if known { "1" } else { "0" })
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(lapsed == 1)
+    }
+
+    /// `PREFIX:nodes`: the nodes, each scored with the time its registration expires.
+    pub fn nodes_key(&self) -> String {
+        format!("{}:nodes", self.inner.prefix)
+    }
+
+    fn node_presence_key(&self, node: &str, channel: &ChannelName) -> String {
+        self.key(channel, &format!("pres:{node}"))
     }
 
     /// `{PREFIX:ch:NAME}`: the hash tag and start of every key of the channel.
@@ -417,6 +516,28 @@ struct ScriptEvent<'a> {
     y: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     k: Option<&'a str>,
+}
+
+/// A presence change from its `plog` entry: id `SEQ-0`, fields `d` device, `o` online ('1' or
+/// '0'), `t` time in ms.
+fn presence_from_entry(id: &str, fields: &[String]) -> Result<PresenceChange, StoreError> {
+    let field = |name: &str| {
+        fields
+            .chunks(2)
+            .find(|pair| pair[0] == name)
+            .and_then(|pair| pair.get(1))
+    };
+    let seq = id.split('-').next().and_then(|n| n.parse().ok());
+    let device = field("d").and_then(|d| DeviceId::new(d).ok());
+    let (Some(seq), Some(device)) = (seq, device) else {
+        return Err(bad("presence entry"));
+    };
+    Ok(PresenceChange {
+        seq,
+        device,
+        online: field("o").is_some_and(|o| o == "1"),
+        at: time_of(field("t").and_then(|t| t.parse().ok()).unwrap_or(0)),
+    })
 }
 
 fn time_of(ms: i64) -> DateTime<Utc> {
@@ -936,6 +1057,42 @@ impl Store for RedisStore {
         Ok(channels)
     }
 
+    async fn presence_after(
+        &self,
+        channel: &ChannelName,
+        after: u64,
+    ) -> Result<Option<Vec<PresenceChange>>, StoreError> {
+        let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(self.key(channel, "plog"))
+            .arg(format!("{}-0", after.saturating_add(1)))
+            .arg("+")
+            .query_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)?;
+        entries
+            .iter()
+            .map(|(id, fields)| presence_from_entry(id, fields))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    async fn online_devices(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<Option<HashSet<DeviceId>>, StoreError> {
+        let devices: Vec<String> = redis::cmd("HKEYS")
+            .arg(self.key(channel, "pres"))
+            .query_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(Some(
+            devices
+                .iter()
+                .filter_map(|d| DeviceId::new(d).ok())
+                .collect(),
+        ))
+    }
+
     async fn probe(&self) -> Result<(), StoreError> {
         let key = format!("{}:probe", self.inner.prefix);
         let (_, read): ((), Option<String>) = redis::pipe()
@@ -1106,6 +1263,70 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(exists(held).await, 0, "no key outlives its receipt");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn presence_changes_once_for_the_cluster_and_a_sweep_clears_a_node_once() {
+        let server = redis_server::RedisServer::start();
+        let store = RedisStore::open(RedisOptions {
+            url: server.url(),
+            prefix: "pr".into(),
+            retention: conformance::ROOMY,
+        })
+        .unwrap();
+        let (c, h1, h2) = (
+            conformance::ch("Room"),
+            conformance::dev("H1"),
+            conformance::dev("H2"),
+        );
+        let changes = || async { store.presence_after(&c, 0).await.unwrap().unwrap() };
+        let states = |changes: Vec<PresenceChange>| -> Vec<(u64, String, bool)> {
+            changes
+                .into_iter()
+                .map(|p| (p.seq, p.device.to_string(), p.online))
+                .collect()
+        };
+        let set = |node: &'static str, streams: Vec<(DeviceId, usize)>, replace: bool| {
+            let (store, c) = (store.clone(), c.clone());
+            async move {
+                store
+                    .set_presence(node, &c, &streams, replace, 1000)
+                    .await
+                    .unwrap()
+            }
+        };
+
+        assert_eq!(set("n1", vec![(h1.clone(), 1)], false).await, 1);
+        assert_eq!(
+            set("n2", vec![(h1.clone(), 2), (h2.clone(), 1)], false).await,
+            2
+        );
+        assert_eq!(set("n1", vec![(h1.clone(), 0)], false).await, 0);
+        assert_eq!(
+            states(changes().await),
+            vec![(1, "H1".into(), true), (2, "H2".into(), true)],
+            "H1's second node and its first node's leaving change nothing"
+        );
+        // n2 dies: two sweeps, one change per device.
+        assert_eq!(set("n2", Vec::new(), true).await, 0);
+        assert_eq!(set("n2", Vec::new(), true).await, 0);
+        assert_eq!(
+            states(store.presence_after(&c, 2).await.unwrap().unwrap()),
+            vec![(3, "H1".into(), false), (4, "H2".into(), false)]
+        );
+        assert!(store.online_devices(&c).await.unwrap().unwrap().is_empty());
+        // Written whole again, a node's share replaces what it held.
+        set("n1", vec![(h1.clone(), 1), (h2.clone(), 1)], false).await;
+        assert_eq!(set("n1", vec![(h2.clone(), 3)], true).await, 1);
+        assert_eq!(
+            store.node_presence("n1", &c).await.unwrap(),
+            vec![(h2.clone(), 3)]
+        );
+        assert_eq!(
+            store.online_devices(&c).await.unwrap().unwrap(),
+            HashSet::from([h2])
+        );
+        assert_eq!(changes().await.last().map(|p| p.seq), Some(7));
     }
 
     #[tokio::test]
