@@ -387,8 +387,25 @@ async fn a_stream_on_one_node_shows_online_on_the_other_node_s_presence_stream_a
         online,
         "both nodes number the change alike"
     );
-    // Counted in the same script that announced it: B's view agrees as soon as it hears.
+    // Counted in the same script that announced it: B's views agree as soon as it hears.
     assert_eq!(device_state(&b, "Room", "H1").await, (true, 1));
+    let mut dashboard = b.feed_path("/admin/stream?channel=Room", &[]).await;
+    let devices: Value = loop {
+        let event = dashboard.next().await;
+        if event.event == "devices" {
+            break serde_json::from_str(&event.data).expect("devices JSON");
+        }
+    };
+    assert_eq!(
+        (
+            &devices["devices"][0]["device"],
+            &devices["devices"][0]["online"],
+            &devices["devices"][0]["open_streams"]
+        ),
+        (&Value::from("H1"), &Value::from(true), &Value::from(1)),
+        "B's dashboard counts A's stream: {devices}"
+    );
+    drop(dashboard);
 
     drop(h1);
     let offline = next_presence(&mut on_b).await;

@@ -132,7 +132,7 @@ impl Bus {
     /// [`StoreError::Backend`] when Redis cannot be reached.
     pub async fn other_connections(&self) -> Result<BTreeMap<ChannelName, usize>, StoreError> {
         let mut total = BTreeMap::new();
-        for node in self.other_nodes().await? {
+        for node in self.store.other_members().await? {
             let counts: HashMap<String, usize> = self
                 .query(redis::cmd("HGETALL").arg(member_key(&self.store, &node, "conns")))
                 .await?;
@@ -145,41 +145,6 @@ impl Bus {
         Ok(total)
     }
 
-    /// Open streams of each device of `channel` on the other live nodes.
-    ///
-    /// # Errors
-    /// [`StoreError::Backend`] when Redis cannot be reached.
-    pub async fn other_streams(
-        &self,
-        channel: &ChannelName,
-    ) -> Result<HashMap<DeviceId, usize>, StoreError> {
-        let mut total = HashMap::new();
-        for node in self.other_nodes().await? {
-            for (device, n) in self.store.node_presence(&node, channel).await? {
-                *total.entry(device).or_default() += n;
-            }
-        }
-        Ok(total)
-    }
-
-    /// The names of the nodes whose registration is alive, this one excepted.
-    async fn other_nodes(&self) -> Result<Vec<String>, StoreError> {
-        let now = unix_millis();
-        let nodes: Vec<String> = self
-            .query(
-                redis::cmd("ZRANGEBYSCORE")
-                    .arg(self.store.nodes_key())
-                    .arg(now)
-                    .arg("+inf"),
-            )
-            .await?;
-        let mine = member_prefix(self.node());
-        Ok(nodes
-            .into_iter()
-            .filter(|n| !n.starts_with(&mine))
-            .collect())
-    }
-
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
         cmd.query_async(&mut self.store.connection())
             .await
@@ -190,12 +155,6 @@ impl Bus {
 /// A key of one registration (`member`: a node's name in the set of nodes).
 fn member_key(store: &RedisStore, member: &str, what: &str) -> String {
     format!("{{{}:node:{member}}}:{what}", store.prefix())
-}
-
-/// What the names this node registers under start with: `NODE.` and a count of how many times
-/// its registration lapsed.
-fn member_prefix(node: &str) -> String {
-    format!("{node}.")
 }
 
 fn unix_millis() -> u64 {
@@ -322,7 +281,8 @@ async fn apply(hub: &Hub<RedisStore>, notice: Notice) -> Result<(), StoreError> 
 /// This node's registration as the heartbeat keeps it.
 #[derive(Debug, Default)]
 struct Registration {
-    /// How many times the registration lapsed: the node registers as `NODE.lapses`.
+    /// How many times the registration lapsed: the node registers as `NODE.lapses`
+    /// ([`RedisStore::member`]).
     lapses: u64,
     /// Whether the current name was registered (a beat under it succeeded).
     known: bool,
@@ -335,7 +295,7 @@ struct Registration {
 
 impl Registration {
     fn member(&self, bus: &Bus) -> String {
-        format!("{}{}", member_prefix(bus.node()), self.lapses)
+        bus.store.member(self.lapses)
     }
 
     /// Redis did not answer: what was written may be stale, so everything is written again.

@@ -130,7 +130,8 @@ pub enum FeedItem {
 pub struct DeviceView {
     /// The stored record.
     pub record: DeviceRecord,
-    /// How many streams the device has open on this node.
+    /// How many streams the device has open: on this node, or on the whole cluster where a view
+    /// says so ([`Hub::devices_page`] with shared presence).
     pub open_streams: usize,
 }
 
@@ -1393,7 +1394,8 @@ impl<S: Store> Hub<S> {
     }
 
     /// A page of a channel's devices (ids after `after`, at most `limit`) with their live
-    /// presence.
+    /// presence: their streams on this node, and with shared presence on the other live nodes
+    /// too.
     ///
     /// # Errors
     /// The store's error when it cannot be read.
@@ -1404,10 +1406,18 @@ impl<S: Store> Hub<S> {
         limit: usize,
     ) -> Result<Vec<DeviceView>, StoreError> {
         let records = self.store.devices_page(channel, after, limit).await?;
-        Ok(records
+        let mut views: Vec<DeviceView> = records
             .into_iter()
             .map(|record| self.with_presence(record))
-            .collect())
+            .collect();
+        if self.shares_presence() {
+            if let Some(elsewhere) = self.store.streams_elsewhere(channel).await? {
+                for view in &mut views {
+                    view.open_streams += elsewhere.get(&view.record.device).copied().unwrap_or(0);
+                }
+            }
+        }
+        Ok(views)
     }
 
     fn with_presence(&self, mut record: DeviceRecord) -> DeviceView {

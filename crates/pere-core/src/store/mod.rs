@@ -20,7 +20,7 @@
 //! - Device records change only through [`DeviceTouch`] and [`Receipt`], applied atomically with
 //!   the rules of [`DeviceRecord::apply`] and [`DeviceRecord::apply_receipt`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -368,6 +368,19 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         _channel: &ChannelName,
     ) -> impl Future<Output = Result<Option<HashSet<DeviceId>>, StoreError>> + Send {
+        async { Ok(None) }
+    }
+
+    /// Presence shared by the nodes of one store (an optional ability): how many streams each
+    /// device of the channel holds on the other live nodes, so that device views count the
+    /// whole cluster's. `None`, the default: there are no other nodes.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the store cannot be read.
+    fn streams_elsewhere(
+        &self,
+        _channel: &ChannelName,
+    ) -> impl Future<Output = Result<Option<HashMap<DeviceId, usize>>, StoreError>> + Send {
         async { Ok(None) }
     }
 

@@ -10,7 +10,7 @@
 //! and the channel's presence changes, numbered once for the cluster.
 //! ARCHITECTURE.md lists the keys, their types and lifetimes.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -293,6 +293,40 @@ impl RedisStore {
     /// `PREFIX:nodes`: the nodes, each scored with the time its registration expires.
     pub fn nodes_key(&self) -> String {
         format!("{}:nodes", self.inner.prefix)
+    }
+
+    /// The name this node registers under after its registration lapsed `lapses` times:
+    /// `NODE.lapses`.
+    pub fn member(&self, lapses: u64) -> String {
+        format!("{}{lapses}", self.member_prefix())
+    }
+
+    fn member_prefix(&self) -> String {
+        format!("{}.", self.inner.node)
+    }
+
+    /// The names of the live registrations of the other nodes (the clocks of the nodes
+    /// decide what is alive).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when Redis cannot be reached.
+    pub async fn other_members(&self) -> Result<Vec<String>, StoreError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        let members: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(self.nodes_key())
+            .arg(u64::try_from(now).unwrap_or(u64::MAX))
+            .arg("+inf")
+            .query_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)?;
+        let mine = self.member_prefix();
+        Ok(members
+            .into_iter()
+            .filter(|m| !m.starts_with(&mine))
+            .collect())
     }
 
     fn node_presence_key(&self, node: &str, channel: &ChannelName) -> String {
@@ -1091,6 +1125,19 @@ impl Store for RedisStore {
                 .filter_map(|d| DeviceId::new(d).ok())
                 .collect(),
         ))
+    }
+
+    async fn streams_elsewhere(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<Option<HashMap<DeviceId, usize>>, StoreError> {
+        let mut total = HashMap::new();
+        for member in self.other_members().await? {
+            for (device, n) in self.node_presence(&member, channel).await? {
+                *total.entry(device).or_default() += n;
+            }
+        }
+        Ok(Some(total))
     }
 
     async fn probe(&self) -> Result<(), StoreError> {
