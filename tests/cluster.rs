@@ -570,3 +570,50 @@ async fn presence_changed_during_a_redis_outage_is_written_when_redis_returns() 
     );
     assert_eq!(device_state(&node, "Room", "H1").await, (false, 0));
 }
+
+/// Runs `redis-cli` against `redis`; its output, one value a line.
+fn redis_cli(redis: &RedisServer, args: &[&str]) -> Vec<String> {
+    let port = redis.port().to_string();
+    let output = std::process::Command::new("redis-cli")
+        .args(["-p", &port])
+        .args(args)
+        .output()
+        .expect("redis-cli runs (it comes with redis-server)");
+    assert!(output.status.success(), "redis-cli {args:?}");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_registration_lapsed_registers_again_without_its_devices_going_offline() {
+    let redis = RedisServer::start();
+    let node = TestServer::start_redis(&redis.url(), &["-q", "--redis-node-ttl", "1s"]).await;
+    let mut presence = node.feed_path("/presence/Room", &[]).await;
+    let _h1 = node.feed("Room", &[("device", "H1")]).await;
+    assert_eq!(
+        next_presence(&mut presence).await,
+        ("1".into(), "H1".into(), true)
+    );
+    let before = redis_cli(&redis, &["ZRANGE", "pere:nodes", "0", "-1"]);
+    assert_eq!(before.len(), 1, "{before:?}");
+    // As if its heartbeats had not reached Redis for longer than the TTL.
+    redis_cli(&redis, &["ZADD", "pere:nodes", "1", &before[0]]);
+    let renamed = before[0].trim_end_matches(".0").to_owned() + ".1";
+    eventually(
+        "the node to register under a new name, the old one swept",
+        || async {
+            (redis_cli(&redis, &["ZRANGE", "pere:nodes", "0", "-1"]) == [renamed.clone()])
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(device_state(&node, "Room", "H1").await, (true, 1));
+    // Had H1 gone offline and back meanwhile, those changes would come before this one.
+    let _h2 = node.feed("Room", &[("device", "H2")]).await;
+    assert_eq!(
+        next_presence(&mut presence).await,
+        ("2".into(), "H2".into(), true)
+    );
+}

@@ -432,7 +432,9 @@ async fn beat(
     for (node, expiry) in nodes {
         // Scores are whole milliseconds.
         let expiry = expiry as u64;
-        if node == mine {
+        // This node's earlier name, after a lapse, waits until its share is written again
+        // under the new one: its devices' totals then never pass through 0.
+        if node == mine || (me.whole && store.is_mine(&node)) {
             continue;
         }
         if expiry < now {

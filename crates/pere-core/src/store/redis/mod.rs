@@ -298,11 +298,14 @@ impl RedisStore {
     /// The name this node registers under after its registration lapsed `lapses` times:
     /// `NODE.lapses`.
     pub fn member(&self, lapses: u64) -> String {
-        format!("{}{lapses}", self.member_prefix())
+        format!("{}.{lapses}", self.inner.node)
     }
 
-    fn member_prefix(&self) -> String {
-        format!("{}.", self.inner.node)
+    /// Whether `member` is one of the names this node registered under.
+    pub fn is_mine(&self, member: &str) -> bool {
+        member
+            .strip_prefix(self.inner.node.as_str())
+            .is_some_and(|rest| rest.starts_with('.'))
     }
 
     /// The names of the live registrations of the other nodes (the clocks of the nodes
@@ -322,11 +325,7 @@ impl RedisStore {
             .query_async(&mut self.connection())
             .await
             .map_err(StoreError::backend)?;
-        let mine = self.member_prefix();
-        Ok(members
-            .into_iter()
-            .filter(|m| !m.starts_with(&mine))
-            .collect())
+        Ok(members.into_iter().filter(|m| !self.is_mine(m)).collect())
     }
 
     fn node_presence_key(&self, node: &str, channel: &ChannelName) -> String {
