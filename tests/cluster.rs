@@ -505,3 +505,274 @@ async fn a_token_signed_with_the_cluster_key_works_on_every_node() {
         assert_eq!(refused.status(), 401);
     }
 }
+
+/// The next change on a presence stream: (id, device, online).
+async fn next_presence(stream: &mut pere_e2e::Feed) -> (String, String, bool) {
+    let event = stream.next().await;
+    assert_eq!(event.event, "presence", "{event:?}");
+    let change: Value = serde_json::from_str(&event.data).expect("presence JSON");
+    (
+        event.id,
+        change["device"].as_str().expect("device").to_owned(),
+        change["online"].as_bool().expect("online"),
+    )
+}
+
+/// `device`'s (online, open_streams) in `node`'s `/admin/devices/:channel`.
+async fn device_state(node: &TestServer, channel: &str, device: &str) -> (bool, u64) {
+    let devices = node.get_json(&format!("/admin/devices/{channel}")).await;
+    (
+        devices[device]["online"].as_bool().unwrap_or(false),
+        devices[device]["open_streams"].as_u64().unwrap_or(0),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_on_one_node_shows_online_on_the_other_node_s_presence_stream_and_devices() {
+    let redis = RedisServer::start();
+    let (a, b) = two_nodes(&redis, &["-q", "--redis-node-ttl", "3s"]).await;
+    let mut on_b = b.feed_path("/presence/Room", &[]).await;
+    let mut on_a = a.feed_path("/presence/Room", &[]).await;
+
+    let h1 = a.feed("Room", &[("device", "H1")]).await;
+    let online = next_presence(&mut on_b).await;
+    assert_eq!(
+        online,
+        ("1".into(), "H1".into(), true),
+        "B heard A's stream"
+    );
+    assert_eq!(
+        next_presence(&mut on_a).await,
+        online,
+        "both nodes number the change alike"
+    );
+    // Counted in the same script that announced it: B's views agree as soon as it hears.
+    assert_eq!(device_state(&b, "Room", "H1").await, (true, 1));
+    let mut dashboard = b.feed_path("/admin/stream?channel=Room", &[]).await;
+    let devices: Value = loop {
+        let event = dashboard.next().await;
+        if event.event == "devices" {
+            break serde_json::from_str(&event.data).expect("devices JSON");
+        }
+    };
+    assert_eq!(
+        (
+            &devices["devices"][0]["device"],
+            &devices["devices"][0]["online"],
+            &devices["devices"][0]["open_streams"]
+        ),
+        (&Value::from("H1"), &Value::from(true), &Value::from(1)),
+        "B's dashboard counts A's stream: {devices}"
+    );
+    drop(dashboard);
+
+    drop(h1);
+    let offline = next_presence(&mut on_b).await;
+    assert_eq!(offline, ("2".into(), "H1".into(), false));
+    assert_eq!(next_presence(&mut on_a).await, offline);
+    assert_eq!(device_state(&b, "Room", "H1").await, (false, 0));
+
+    // The history is the cluster's: a late follower on B replays from A's change on.
+    let mut late = b
+        .feed_path("/presence/Room", &[("Last-Event-ID", "1")])
+        .await;
+    assert_eq!(next_presence(&mut late).await, offline);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_with_streams_on_two_nodes_goes_offline_once_when_the_last_one_closes() {
+    let redis = RedisServer::start();
+    let (a, b) = two_nodes(&redis, &["-q", "--redis-node-ttl", "3s"]).await;
+    let mut on_a = a.feed_path("/presence/Room", &[]).await;
+    let mut on_b = b.feed_path("/presence/Room", &[]).await;
+
+    let h1_on_a = a.feed("Room", &[("device", "H1")]).await;
+    assert_eq!(next_presence(&mut on_a).await.1, "H1");
+    let h1_on_b = b.feed("Room", &[("device", "H1")]).await;
+    eventually("both of H1's streams to count", || async {
+        (device_state(&a, "Room", "H1").await == (true, 2)).then_some(())
+    })
+    .await;
+
+    drop(h1_on_a);
+    eventually("A's stream of H1 to stop counting", || async {
+        (device_state(&b, "Room", "H1").await == (true, 1)).then_some(())
+    })
+    .await;
+    // A change after that one: had H1 gone offline, its change would come first.
+    let h2 = a.feed("Room", &[("device", "H2")]).await;
+    assert_eq!(
+        next_presence(&mut on_a).await,
+        ("2".into(), "H2".into(), true),
+        "H1 stayed online on B"
+    );
+
+    drop(h1_on_b);
+    assert_eq!(
+        next_presence(&mut on_a).await,
+        ("3".into(), "H1".into(), false)
+    );
+    drop(h2);
+    assert_eq!(
+        next_presence(&mut on_a).await,
+        ("4".into(), "H2".into(), false),
+        "H1 went offline once"
+    );
+    let mut seen_on_b = Vec::new();
+    for _ in 0..4 {
+        seen_on_b.push(next_presence(&mut on_b).await);
+    }
+    assert_eq!(
+        seen_on_b,
+        vec![
+            ("1".into(), "H1".into(), true),
+            ("2".into(), "H2".into(), true),
+            ("3".into(), "H1".into(), false),
+            ("4".into(), "H2".into(), false),
+        ],
+        "B saw the same changes in the same order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_s_devices_go_offline_on_the_surviving_node_within_the_ttl() {
+    const TTL: Duration = Duration::from_secs(3);
+    let redis = RedisServer::start();
+    let (a, b) = two_nodes(&redis, &["-q", "--redis-node-ttl", "3s"]).await;
+    let mut on_b = b.feed_path("/presence/Fleet", &[]).await;
+    // H1 only on A; H2 on both, so it outlives A.
+    let h1 = a.feed("Fleet", &[("device", "H1")]).await;
+    let h2_on_a = a.feed("Fleet", &[("device", "H2")]).await;
+    let _h2_on_b = b.feed("Fleet", &[("device", "H2")]).await;
+    let mut online = [
+        next_presence(&mut on_b).await,
+        next_presence(&mut on_b).await,
+    ];
+    online.sort_by(|x, y| x.1.cmp(&y.1));
+    assert_eq!(
+        (online[0].1.as_str(), online[0].2, online[1].1.as_str()),
+        ("H1", true, "H2")
+    );
+    eventually("both of H2's streams to count on B", || async {
+        (device_state(&b, "Fleet", "H2").await == (true, 2)).then_some(())
+    })
+    .await;
+
+    let killed = std::time::Instant::now();
+    a.kill().await;
+    // The connections die with A; B learns nothing from them.
+    drop((h1, h2_on_a));
+    let (_, device, now_online) = next_presence(&mut on_b).await;
+    let took = killed.elapsed();
+    assert_eq!((device.as_str(), now_online), ("H1", false));
+    // The TTL counts from A's last heartbeat, before the kill; the slack is for a busy machine.
+    assert!(
+        took < TTL + Duration::from_secs(2),
+        "offline {took:?} after the kill"
+    );
+    assert_eq!(device_state(&b, "Fleet", "H1").await, (false, 0));
+    assert_eq!(
+        device_state(&b, "Fleet", "H2").await,
+        (true, 1),
+        "H2 stays online on B"
+    );
+    // The next change is B's own, not a second offline of H1 or one of H2.
+    let _h3 = b.feed("Fleet", &[("device", "H3")]).await;
+    assert_eq!(next_presence(&mut on_b).await.1, "H3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recipient_expiry_keeps_a_recipient_connected_to_another_node() {
+    let redis = RedisServer::start();
+    // Only A expires recipients, after a second idle.
+    let a = TestServer::start_redis(&redis.url(), &["-q", "--recipient-expiry", "1s"]).await;
+    let b = TestServer::start_redis(&redis.url(), &["-q"]).await;
+    let _h1 = b.feed("Room", &[("device", "H1")]).await;
+    eventually("A to see H1's stream on B", || async {
+        (device_state(&a, "Room", "H1").await == (true, 1)).then_some(())
+    })
+    .await;
+    // Y is a recipient with no stream, seen after H1: once A has expired it, A has judged H1 too.
+    let registered = a.http.put(a.url("/devices/Room/Y")).send().await.unwrap();
+    assert_eq!(registered.status(), 200);
+    eventually("A to expire the idle recipient Y", || async {
+        let devices = a.get_json("/admin/devices/Room").await;
+        (devices["Y"]["recipient"] == false).then_some(())
+    })
+    .await;
+    let devices = a.get_json("/admin/devices/Room").await;
+    assert_eq!(
+        devices["H1"]["recipient"], true,
+        "H1 is connected, to B: {devices}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_changed_during_a_redis_outage_is_written_when_redis_returns() {
+    let mut redis = RedisServer::start_with(true);
+    let node = TestServer::start_redis(&redis.url(), &["-q", "--redis-node-ttl", "3s"]).await;
+    let mut presence = node.feed_path("/presence/Room", &[]).await;
+    let h1 = node.feed("Room", &[("device", "H1")]).await;
+    assert_eq!(
+        next_presence(&mut presence).await,
+        ("1".into(), "H1".into(), true)
+    );
+
+    redis.kill();
+    // Closed while Redis is away: the node cannot write it now.
+    drop(h1);
+    redis.restart();
+    assert_eq!(
+        next_presence(&mut presence).await,
+        ("2".into(), "H1".into(), false),
+        "the presence stream stayed open and heard the change once Redis was back"
+    );
+    assert_eq!(device_state(&node, "Room", "H1").await, (false, 0));
+}
+
+/// Runs `redis-cli` against `redis`; its output, one value a line.
+fn redis_cli(redis: &RedisServer, args: &[&str]) -> Vec<String> {
+    let port = redis.port().to_string();
+    let output = std::process::Command::new("redis-cli")
+        .args(["-p", &port])
+        .args(args)
+        .output()
+        .expect("redis-cli runs (it comes with redis-server)");
+    assert!(output.status.success(), "redis-cli {args:?}");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_registration_lapsed_registers_again_without_its_devices_going_offline() {
+    let redis = RedisServer::start();
+    let node = TestServer::start_redis(&redis.url(), &["-q", "--redis-node-ttl", "1s"]).await;
+    let mut presence = node.feed_path("/presence/Room", &[]).await;
+    let _h1 = node.feed("Room", &[("device", "H1")]).await;
+    assert_eq!(
+        next_presence(&mut presence).await,
+        ("1".into(), "H1".into(), true)
+    );
+    let before = redis_cli(&redis, &["ZRANGE", "pere:nodes", "0", "-1"]);
+    assert_eq!(before.len(), 1, "{before:?}");
+    // As if its heartbeats had not reached Redis for longer than the TTL.
+    redis_cli(&redis, &["ZADD", "pere:nodes", "1", &before[0]]);
+    let renamed = before[0].trim_end_matches(".0").to_owned() + ".1";
+    eventually(
+        "the node to register under a new name, the old one swept",
+        || async {
+            (redis_cli(&redis, &["ZRANGE", "pere:nodes", "0", "-1"]) == [renamed.clone()])
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(device_state(&node, "Room", "H1").await, (true, 1));
+    // Had H1 gone offline and back meanwhile, those changes would come before this one.
+    let _h2 = node.feed("Room", &[("device", "H2")]).await;
+    assert_eq!(
+        next_presence(&mut presence).await,
+        ("2".into(), "H2".into(), true)
+    );
+}

@@ -327,7 +327,21 @@ struct PresenceState {
     /// The `seq` of the newest change (the first change gets the next one).
     seq: u64,
     changes: VecDeque<PresenceChange>,
+    /// The `seq` of the newest change dropped from `changes` (0: none): a follower not past it
+    /// has lost changes. Numbers given elsewhere need not be consecutive here.
+    dropped: u64,
     closed: bool,
+}
+
+impl PresenceState {
+    fn push(&mut self, change: PresenceChange) {
+        self.changes.push_back(change);
+        if self.changes.len() > PRESENCE_HISTORY {
+            if let Some(old) = self.changes.pop_front() {
+                self.dropped = old.seq;
+            }
+        }
+    }
 }
 
 impl PresenceLog {
@@ -337,10 +351,45 @@ impl PresenceLog {
             state: Mutex::new(PresenceState {
                 seq: after,
                 changes: VecDeque::new(),
+                // An earlier life's changes are gone.
+                dropped: after,
                 closed: false,
             }),
             wake: Notify::new(),
         }
+    }
+
+    /// A log holding `changes` (numbered elsewhere, oldest first): the newest
+    /// [`PRESENCE_HISTORY`] of them; the next change is numbered after the last.
+    pub(crate) fn seeded(changes: Vec<PresenceChange>) -> Self {
+        let seq = changes.last().map_or(0, |c| c.seq);
+        let skip = changes.len().saturating_sub(PRESENCE_HISTORY);
+        let dropped = skip.checked_sub(1).map_or(0, |last| changes[last].seq);
+        PresenceLog {
+            state: Mutex::new(PresenceState {
+                seq,
+                changes: changes.into_iter().skip(skip).collect(),
+                dropped,
+                closed: false,
+            }),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Records a change numbered elsewhere (the store's numbering, shared by every node) and
+    /// wakes the followers; false, and nothing recorded, for a change at or below the newest:
+    /// heard twice (live and in a catch-up read).
+    pub(crate) fn record_numbered(&self, change: PresenceChange) -> bool {
+        {
+            let mut state = locked(&self.state);
+            if change.seq <= state.seq {
+                return false;
+            }
+            state.seq = change.seq;
+            state.push(change);
+        }
+        self.wake.notify_waiters();
+        true
     }
 
     /// Records a change, numbering it, and wakes the followers.
@@ -349,10 +398,7 @@ impl PresenceLog {
             let mut state = locked(&self.state);
             state.seq += 1;
             let change = change(state.seq);
-            state.changes.push_back(change.clone());
-            if state.changes.len() > PRESENCE_HISTORY {
-                state.changes.pop_front();
-            }
+            state.push(change.clone());
             change
         };
         self.wake.notify_waiters();
@@ -417,11 +463,7 @@ impl PresenceFollow {
             woken.as_mut().enable();
             {
                 let state = locked(&self.log.state);
-                if state
-                    .changes
-                    .front()
-                    .is_some_and(|c| c.seq > self.after + 1)
-                {
+                if state.dropped > self.after {
                     self.lagged = true;
                     continue;
                 }

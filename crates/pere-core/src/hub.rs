@@ -14,6 +14,12 @@
 //! [`Hub::apply_receipt`], [`Hub::apply_membership`], [`Hub::apply_presence`]), which a node can
 //! also call for changes another node recorded.
 //!
+//! Presence is this node's own: a device's first stream opening here is "online", its last one
+//! closing "offline", numbered by the hub. Nodes sharing a store share it instead
+//! ([`Hub::share_presence`], which the Redis bus turns on): the hub hands out its count of
+//! streams per device ([`Hub::presence_updates`]) and takes the changes the store decided for the
+//! cluster, numbered there, through [`Hub::apply_presence`].
+//!
 //! Channels are loaded on first use (head and current recipients from the store) and unloaded
 //! once nothing uses them for [`HubConfig::idle_channel`] ([`Hub::unload_idle`], run by a task
 //! of the hub's): memory follows the channels in use, not every name ever touched.
@@ -124,7 +130,8 @@ pub enum FeedItem {
 pub struct DeviceView {
     /// The stored record.
     pub record: DeviceRecord,
-    /// How many streams the device has open on this node.
+    /// How many streams the device has open: on this node, or on the whole cluster where a view
+    /// says so ([`Hub::devices_page`] with shared presence).
     pub open_streams: usize,
 }
 
@@ -212,6 +219,12 @@ pub struct Hub<S> {
     // Whether the task that unloads idle channels runs.
     reaper: AtomicBool,
     live_devices: Mutex<HashMap<(ChannelName, DeviceId), Arc<LiveDevice>>>,
+    // Presence shared through the store (see `Hub::share_presence`): the devices whose count of
+    // streams on this node changed since `presence_updates` last took them, and the wake-up of
+    // whoever writes them to the store.
+    shared_presence: AtomicBool,
+    presence_dirty: Mutex<std::collections::HashSet<(ChannelName, DeviceId)>>,
+    presence_wake: Arc<tokio::sync::Notify>,
     next_subscriber: AtomicU64,
     observers: Observers,
     // The hub itself, for the gap timers, which outlive the call that starts them and must not
@@ -415,6 +428,9 @@ impl<S: Store> Hub<S> {
             epoch: Instant::now(),
             reaper: AtomicBool::new(false),
             live_devices: Mutex::default(),
+            shared_presence: AtomicBool::new(false),
+            presence_dirty: Mutex::default(),
+            presence_wake: Arc::default(),
             next_subscriber: AtomicU64::new(1),
             observers: Observers::default(),
             me: me.clone(),
@@ -882,7 +898,10 @@ impl<S: Store> Hub<S> {
                 .entry((channel.clone(), device.clone()))
                 .or_default()
                 .clone();
-            if live.streams.fetch_add(1, Ordering::Relaxed) == 0 {
+            let first = live.streams.fetch_add(1, Ordering::Relaxed) == 0;
+            if self.shares_presence() {
+                self.presence_touched(channel, device);
+            } else if first {
                 self.apply_presence_to(&hub, device, true);
             }
             live
@@ -964,21 +983,109 @@ impl<S: Store> Hub<S> {
             .send(|| HubNotice::Membership(membership.clone()));
     }
 
-    /// Applies a presence change of `device` on `channel`: it goes into the channel's presence
-    /// history and stream, and observers hear of it. This node's own streams call it when a
-    /// device's first stream opens and its last one closes; a node calls it for changes another
-    /// node saw. Returns the change as recorded.
+    /// Applies a presence change numbered by the store, when presence is shared (see
+    /// [`Hub::share_presence`]; every node, the one whose stream caused it included, hears it
+    /// from the bus): it goes into the channel's presence history and stream, and observers hear
+    /// of it. A change heard before (at or below the newest `seq` of the channel's history)
+    /// changes nothing. A channel that is not loaded keeps no history: it reads it from the
+    /// store when loaded. Returns whether the change was new here.
+    ///
+    /// Without shared presence, this node's own streams make the changes (a device's first stream
+    /// opening, its last one closing), numbered by the hub.
     ///
     /// # Errors
-    /// The store's error when the channel's state cannot be loaded.
+    /// The store's error when the channel's history cannot be read.
     pub async fn apply_presence(
         &self,
         channel: &ChannelName,
-        device: &DeviceId,
-        online: bool,
-    ) -> Result<PresenceChange, StoreError> {
-        let hub = self.channel(channel).await?;
-        Ok(self.apply_presence_to(&hub, device, online))
+        change: PresenceChange,
+    ) -> Result<bool, StoreError> {
+        let notify = |change: PresenceChange| {
+            self.observers.send(|| HubNotice::Presence {
+                channel: channel.clone(),
+                change,
+            });
+        };
+        let Some(hub) = self.loaded(channel) else {
+            notify(change);
+            return Ok(false);
+        };
+        let log = self.presence_log_of(&hub).await?;
+        if !log.record_numbered(change.clone()) {
+            return Ok(false);
+        }
+        notify(change);
+        Ok(true)
+    }
+
+    /// The channel's presence history: with shared presence, read from the store when the
+    /// channel first needs it, so a node shows the changes of every node, by the store's
+    /// numbering.
+    async fn presence_log_of(&self, hub: &ChannelHub) -> Result<Arc<PresenceLog>, StoreError> {
+        if let Some(log) = hub.presence.get() {
+            return Ok(log.clone());
+        }
+        if self.shares_presence() {
+            if let Some(changes) = self.store.presence_after(&hub.name, 0).await? {
+                // Two first readers: the first log installed wins; each then records its change.
+                return Ok(hub
+                    .presence
+                    .get_or_init(|| Arc::new(PresenceLog::seeded(changes)))
+                    .clone());
+            }
+        }
+        Ok(hub.presence_log().clone())
+    }
+
+    /// Makes presence shared through the store: from now on, this node's streams no longer
+    /// make presence changes themselves; the count of each device's streams here is handed out
+    /// by [`Hub::presence_updates`] (the bus writes it to the store, which decides, for all
+    /// nodes, when a device goes online or offline) and the changes come back through
+    /// [`Hub::apply_presence`]. Called once, before any stream opens.
+    pub fn share_presence(&self) {
+        self.shared_presence.store(true, Ordering::SeqCst);
+    }
+
+    fn shares_presence(&self) -> bool {
+        self.shared_presence.load(Ordering::Relaxed)
+    }
+
+    /// Notes that `device`'s count of streams on `channel` changed here, for the next
+    /// [`Hub::presence_updates`].
+    fn presence_touched(&self, channel: &ChannelName, device: &DeviceId) {
+        self.presence_dirty
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((channel.clone(), device.clone()));
+        // A permit is kept when nobody waits: no update is left unwritten.
+        self.presence_wake.notify_one();
+    }
+
+    /// With shared presence: the devices whose streams on this node changed since the last call,
+    /// each with its count now (0: none left), in no order.
+    pub fn presence_updates(&self) -> Vec<(ChannelName, DeviceId, usize)> {
+        let touched = std::mem::take(
+            &mut *self
+                .presence_dirty
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        let devices = self.live_devices.lock().unwrap_or_else(|e| e.into_inner());
+        touched
+            .into_iter()
+            .map(|key| {
+                let streams = devices
+                    .get(&key)
+                    .map_or(0, |live| live.streams.load(Ordering::Relaxed));
+                (key.0, key.1, streams)
+            })
+            .collect()
+    }
+
+    /// Woken when [`Hub::presence_updates`] has something (at least once per change; it may
+    /// find nothing new). It holds no hub, so a task waiting on it lets the hub go.
+    pub fn presence_wake(&self) -> Arc<tokio::sync::Notify> {
+        self.presence_wake.clone()
     }
 
     fn apply_presence_to(
@@ -1041,7 +1148,8 @@ impl<S: Store> Hub<S> {
     }
 
     /// Ends the membership of every recipient, on every channel, that has not been seen for
-    /// `max_idle` and has no open stream. Returns how many memberships ended.
+    /// `max_idle` and has no open stream (on any node, with shared presence). Returns how many
+    /// memberships ended.
     ///
     /// # Errors
     /// The store's error when it cannot be read or written.
@@ -1052,17 +1160,25 @@ impl<S: Store> Hub<S> {
         let oldest_allowed = now() - max_idle;
         let mut ended = 0;
         for channel in self.store.channels().await? {
+            let mut idle = Vec::new();
             for membership in self.offline_recipients(&channel).await? {
                 let record = self.store.device(&channel, &membership.device).await?;
-                let idle = record.map_or(membership.since, |r| r.last_seen) < oldest_allowed;
                 let online = self.live_device(&channel, &membership.device).is_some();
-                if idle
-                    && !online
-                    && self
-                        .unregister(&channel, &membership.device)
-                        .await?
-                        .is_some()
-                {
+                if record.map_or(membership.since, |r| r.last_seen) < oldest_allowed && !online {
+                    idle.push(membership.device);
+                }
+            }
+            if idle.is_empty() {
+                continue;
+            }
+            // Offline here may be online on another node: shared presence has the last word.
+            if self.shares_presence() {
+                if let Some(online) = self.store.online_devices(&channel).await? {
+                    idle.retain(|device| !online.contains(device));
+                }
+            }
+            for device in idle {
+                if self.unregister(&channel, &device).await?.is_some() {
                     ended += 1;
                 }
             }
@@ -1202,9 +1318,10 @@ impl<S: Store> Hub<S> {
         devices.get(&(channel.clone(), device.clone())).cloned()
     }
 
-    /// Applies what the store holds beyond what each loaded channel released: a node whose
-    /// feed of changes recorded elsewhere was cut (a bus reconnecting) catches up with it.
-    /// Returns how many events were applied.
+    /// Applies what the store holds beyond what each loaded channel released (and, with shared
+    /// presence, the presence changes beyond its history's newest): a node whose feed of changes
+    /// recorded elsewhere was cut (a bus reconnecting) catches up with it. Returns how many
+    /// events were applied.
     ///
     /// # Errors
     /// The store's error when a channel cannot be read; the channels before it caught up.
@@ -1231,6 +1348,18 @@ impl<S: Store> Hub<S> {
                 for event in page.events {
                     applied += 1;
                     self.apply_published_to(&hub, event);
+                }
+            }
+            // Presence changes missed meanwhile, for a channel that keeps a history.
+            if let (true, Some(log)) = (self.shares_presence(), hub.presence.get()) {
+                let missed = self.store.presence_after(&hub.name, log.seq()).await?;
+                for change in missed.into_iter().flatten() {
+                    if log.record_numbered(change.clone()) {
+                        self.observers.send(|| HubNotice::Presence {
+                            channel: hub.name.clone(),
+                            change,
+                        });
+                    }
                 }
             }
         }
@@ -1290,7 +1419,8 @@ impl<S: Store> Hub<S> {
     }
 
     /// A page of a channel's devices (ids after `after`, at most `limit`) with their live
-    /// presence.
+    /// presence: their streams on this node, and with shared presence on the other live nodes
+    /// too.
     ///
     /// # Errors
     /// The store's error when it cannot be read.
@@ -1301,10 +1431,18 @@ impl<S: Store> Hub<S> {
         limit: usize,
     ) -> Result<Vec<DeviceView>, StoreError> {
         let records = self.store.devices_page(channel, after, limit).await?;
-        Ok(records
+        let mut views: Vec<DeviceView> = records
             .into_iter()
             .map(|record| self.with_presence(record))
-            .collect())
+            .collect();
+        if self.shares_presence() {
+            if let Some(elsewhere) = self.store.streams_elsewhere(channel).await? {
+                for view in &mut views {
+                    view.open_streams += elsewhere.get(&view.record.device).copied().unwrap_or(0);
+                }
+            }
+        }
+        Ok(views)
     }
 
     fn with_presence(&self, mut record: DeviceRecord) -> DeviceView {
@@ -1400,7 +1538,10 @@ impl<S: Store> Hub<S> {
         after: u64,
     ) -> Result<PresenceFollow, StoreError> {
         let hub = self.channel(channel).await?;
-        Ok(PresenceFollow::new(hub.presence_log().clone(), after))
+        Ok(PresenceFollow::new(
+            self.presence_log_of(&hub).await?,
+            after,
+        ))
     }
 
     /// Who acknowledged, got, or has not yet got one event.
@@ -1669,12 +1810,18 @@ impl<S: Store> Drop for Subscription<S> {
             }
             remaining == 0
         };
+        let shared = self.hub.shares_presence();
+        if shared {
+            self.hub.presence_touched(&self.channel, &device);
+        }
         if !last_stream {
             // The device is still online; its last stream saves the shared delivery cursor.
             return;
         }
-        self.hub
-            .apply_presence_to(&self.channel_hub, &device, false);
+        if !shared {
+            self.hub
+                .apply_presence_to(&self.channel_hub, &device, false);
+        }
         let touch = DeviceTouch {
             channel: self.channel.clone(),
             device,

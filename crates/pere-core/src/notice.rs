@@ -16,8 +16,9 @@ use crate::receipt::{Membership, Receipt};
 /// A device going online or offline on a channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresenceChange {
-    /// Position in the channel's presence stream (per node, increasing; from 1 on a fresh node,
-    /// and above every earlier position when a channel is loaded again).
+    /// Position in the channel's presence stream, increasing: per node (from 1 on a fresh node,
+    /// and above every earlier position when a channel is loaded again), or, with presence
+    /// shared through the store, the store's, the same on every node.
     pub seq: u64,
     /// The device.
     pub device: DeviceId,

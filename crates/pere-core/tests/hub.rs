@@ -1,6 +1,7 @@
 //! Unit tests of the hub over the memory store: order, resume, the seam under concurrent
 //! publishing, slow subscribers, device cursors, gap notices, receipt summaries, idempotent
-//! publishing, the sequencer's bounded wait for a missing id, observers and the receipt follow.
+//! publishing, the sequencer's bounded wait for a missing id, observers and the receipt follow,
+//! presence shared through a store.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -788,4 +789,78 @@ async fn the_hub_counts_deliveries_and_events_owed_receipts_and_lists_channels()
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].channel, ch("Other"));
     assert_eq!(hub.channels_page(None, 1).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn shared_presence_hands_out_stream_counts_and_takes_numbered_changes() {
+    use pere_core::notice::PresenceChange;
+
+    let hub = hub();
+    hub.share_presence();
+    let c = ch("Shared");
+    let first = hub.subscribe(&c, from(None, Some("H1"))).await.unwrap();
+    let second = hub.subscribe(&c, from(None, Some("H1"))).await.unwrap();
+    assert_eq!(hub.presence_updates(), vec![(c.clone(), dev("H1"), 2)]);
+    assert!(
+        hub.presence_updates().is_empty(),
+        "each change handed out once"
+    );
+    drop(first);
+    drop(second);
+    assert_eq!(hub.presence_updates(), vec![(c.clone(), dev("H1"), 0)]);
+
+    // The hub numbers nothing itself: the follower hears only what the store numbered.
+    let mut follow = hub.follow_presence(&c, 0).await.unwrap();
+    let change = |seq, online| PresenceChange {
+        seq,
+        device: dev("H1"),
+        online,
+        at: now(),
+    };
+    assert!(hub.apply_presence(&c, change(7, true)).await.unwrap());
+    assert!(
+        !hub.apply_presence(&c, change(7, true)).await.unwrap(),
+        "heard twice, applied once"
+    );
+    assert!(hub.apply_presence(&c, change(8, false)).await.unwrap());
+    let heard = timeout(Duration::from_secs(5), follow.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((heard.seq, heard.online), (7, true));
+    let heard = timeout(Duration::from_secs(5), follow.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((heard.seq, heard.online), (8, false));
+}
+
+#[tokio::test]
+async fn a_presence_follower_behind_the_changes_kept_ends_as_lagged() {
+    use pere_core::follow::PRESENCE_HISTORY;
+    use pere_core::notice::PresenceChange;
+
+    let hub = hub();
+    hub.share_presence();
+    let c = ch("Busy");
+    let mut behind = hub.follow_presence(&c, 0).await.unwrap();
+    // Numbered by a store, so not consecutive here: one more than is kept.
+    for i in 1..=PRESENCE_HISTORY as u64 + 1 {
+        let change = PresenceChange {
+            seq: 2 * i,
+            device: dev("H1"),
+            online: i % 2 == 1,
+            at: now(),
+        };
+        assert!(hub.apply_presence(&c, change).await.unwrap());
+    }
+    assert!(behind.next().await.is_none());
+    assert!(behind.lagged());
+    let mut fresh = hub.follow_presence(&c, 0).await.unwrap();
+    assert_eq!(
+        fresh.next().await.map(|change| change.seq),
+        Some(4),
+        "a new follower starts with the oldest change kept"
+    );
+    assert!(!fresh.lagged());
 }

@@ -586,16 +586,11 @@ async fn admin_devices<S: Store>(state: &AppState<S>, channel: &str, query: &Que
     let channel = request::channel(channel)?;
     let limit = request::limit(query, DEVICE_PAGE, MAX_DEVICE_PAGE)?.max(1);
     let after = query.get(&["after"]).map(DeviceId::new).transpose()?;
-    let mut page = state
+    // The hub counts the streams on every node (with several nodes).
+    let page = state
         .hub
         .devices_page(&channel, after.as_ref(), limit)
         .await?;
-    if let Some(bus) = state.bus.get() {
-        let elsewhere = bus.other_streams(&channel).await?;
-        for view in &mut page {
-            view.open_streams += elsewhere.get(&view.record.device).copied().unwrap_or(0);
-        }
-    }
     let recipients = state
         .hub
         .current_recipients(&channel, page.iter().map(|d| &d.record.device))

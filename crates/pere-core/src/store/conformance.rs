@@ -102,6 +102,14 @@ where
     keys_past_the_window_are_forgotten(make(brief).await).await;
     keyed_receipts_are_recorded_once(make(ROOMY).await).await;
     receipt_keys_past_the_window_are_forgotten(make(brief).await).await;
+    receipt_keys_go_with_their_receipts(
+        make(Retention {
+            max_events: 2,
+            ..ROOMY
+        })
+        .await,
+    )
+    .await;
 }
 
 fn typed(key: Option<&str>, text: &str, event_type: Option<&str>) -> NewEvent {
@@ -376,6 +384,37 @@ async fn receipt_keys_past_the_window_are_forgotten(store: impl Store) {
         .unwrap();
     assert!(later.new, "a key past the window is a new receipt");
     assert!(later.receipt.seq > first.receipt.seq);
+}
+
+/// With no window (`--idempotency-window 0`) a receipt key lives as long as its receipt: once
+/// retention has pruned the receipt (its event and the receipt stream's oldest entries), the key
+/// is free again.
+pub(crate) async fn receipt_keys_go_with_their_receipts(store: impl Store) {
+    let c = ch("RG");
+    let at = |id, status: &str| receipt("RG", id, "H1", status);
+    store.append(&c, body("1")).await.unwrap();
+    let first = store
+        .record_receipt_keyed(at(1, "ok"), "once".to_owned())
+        .await
+        .unwrap();
+    assert!(first.new);
+    let again = store
+        .record_receipt_keyed(at(1, "ok"), "once".to_owned())
+        .await
+        .unwrap();
+    assert!(!again.new, "held while its receipt is retained");
+    for text in ["2", "3"] {
+        store.append(&c, body(text)).await.unwrap();
+    }
+    for status in ["a", "b"] {
+        store.record_receipt(at(3, status)).await.unwrap();
+    }
+    let later = store
+        .record_receipt_keyed(at(3, "ok"), "once".to_owned())
+        .await
+        .unwrap();
+    assert!(later.new, "the key left with its receipt");
+    assert_eq!(later.receipt.event_id, 3);
 }
 
 fn keyed(key: &str, text: &str) -> NewEvent {

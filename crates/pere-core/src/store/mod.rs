@@ -20,6 +20,7 @@
 //! - Device records change only through [`DeviceTouch`] and [`Receipt`], applied atomically with
 //!   the rules of [`DeviceRecord::apply`] and [`DeviceRecord::apply_receipt`].
 
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,7 @@ use std::time::Duration;
 use crate::error::StoreError;
 use crate::event::{Event, NewEvent};
 use crate::name::{ChannelName, DeviceId};
+use crate::notice::PresenceChange;
 use crate::receipt::{DeviceRecord, DeviceTouch, Membership, Receipt};
 
 pub mod memory;
@@ -341,6 +343,46 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// # Errors
     /// [`StoreError::Backend`] when the store cannot be read.
     fn channels(&self) -> impl Future<Output = Result<Vec<ChannelName>, StoreError>> + Send;
+
+    /// Presence shared by the nodes of one store (an optional ability): the channel's presence
+    /// changes after `after` (a change `seq`) that the store keeps, oldest first, numbered by the
+    /// store for every node alike. `None`, the default: presence is each process's own, numbered
+    /// by its hub.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the store cannot be read.
+    fn presence_after(
+        &self,
+        _channel: &ChannelName,
+        _after: u64,
+    ) -> impl Future<Output = Result<Option<Vec<PresenceChange>>, StoreError>> + Send {
+        async { Ok(None) }
+    }
+
+    /// Presence shared by the nodes of one store (an optional ability): the devices of the
+    /// channel with an open stream on any node. `None`, the default: only this process knows.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the store cannot be read.
+    fn online_devices(
+        &self,
+        _channel: &ChannelName,
+    ) -> impl Future<Output = Result<Option<HashSet<DeviceId>>, StoreError>> + Send {
+        async { Ok(None) }
+    }
+
+    /// Presence shared by the nodes of one store (an optional ability): how many streams each
+    /// device of the channel holds on the other live nodes, so that device views count the
+    /// whole cluster's. `None`, the default: there are no other nodes.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the store cannot be read.
+    fn streams_elsewhere(
+        &self,
+        _channel: &ChannelName,
+    ) -> impl Future<Output = Result<Option<HashMap<DeviceId, usize>>, StoreError>> + Send {
+        async { Ok(None) }
+    }
 
     /// Checks that the store answers a read and commits a write now (a readiness probe: a full
     /// disk or a damaged database fails it). A store with nothing to fail answers at once.

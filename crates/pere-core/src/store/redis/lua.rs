@@ -1,6 +1,7 @@
 //! The Lua scripts of the Redis store: each change that must be atomic (an append with its id,
-//! idempotency key, pruning and notice; a receipt with its seq and device record; a membership)
-//! runs as one script, which Redis executes alone.
+//! idempotency key, pruning and notice; a receipt with its seq and device record; a membership;
+//! a node's count of streams with the cluster-wide presence it changes) runs as one script,
+//! which Redis executes alone.
 //!
 //! Every key a script touches shares the channel's hash tag, so a script stays in one slot of a
 //! Redis Cluster. The per-event keys (`:rc:ID`, `:ra:ID`) are built from the channel's base name
@@ -123,7 +124,8 @@ return {1, answers}
 
 /// KEYS: seq, ev, rseq, rlog, dev, devs, rkey (the receipt key's own key). ARGV: event_id,
 /// device, status, time_ms, max_events, node, channel, bus, base, key ('' for none), window_ms (0:
-/// as long as the receipt is retained). Returns `{-1}` for an unknown event, `{0, receipt,
+/// as long as the receipt is retained). A keyed receipt's `rlog` entry carries its key (`k`), so
+/// the key goes when the receipt leaves the stream. Returns `{-1}` for an unknown event, `{0, receipt,
 /// record}` for the receipt already recorded under the key, else `{receipt, record}` (JSON).
 pub(crate) const RECEIPT: &str = r#"
 local window = tonumber(ARGV[11])
@@ -156,7 +158,21 @@ r.n = r.n + 1
 local record = device_save(KEYS[5], KEYS[6], ARGV[2], r)
 local seq = redis.call('INCR', KEYS[3])
 local receipt = cjson.encode({q = seq, e = eid, d = ARGV[2], s = ARGV[3], t = at})
-redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[5], seq .. '-0', 'j', receipt)
+local entry = {'j', receipt}
+if ARGV[10] ~= '' then table.insert(entry, 'k'); table.insert(entry, ARGV[10]) end
+redis.call('XADD', KEYS[4], seq .. '-0', unpack(entry))
+-- Trimmed here rather than by MAXLEN, so that a receipt's key leaves with the receipt: without
+-- a window the key has no expiry of its own. One receipt in, at most a few out.
+for _ = 1, 8 do
+  if redis.call('XLEN', KEYS[4]) <= tonumber(ARGV[5]) then break end
+  local oldest = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)[1]
+  local f = oldest[2]
+  if f[3] == 'k' then
+    local held = ARGV[9] .. ':rk:' .. f[4]
+    if redis.call('GET', held) == string.match(oldest[1], '^(%d+)') then redis.call('DEL', held) end
+  end
+  redis.call('XDEL', KEYS[4], oldest[1])
+end
 if eid >= first_retained(KEYS[2], head) then
   redis.call('RPUSH', ARGV[9] .. ':rc:' .. eid, receipt)
   redis.call('SADD', ARGV[9] .. ':ra:' .. eid, ARGV[2])
@@ -253,6 +269,58 @@ for _, name in ipairs(names) do
   if raw then table.insert(out, name); table.insert(out, raw) end
 end
 return out
+"#;
+
+/// Sets one node's count of open streams for devices of one channel, and keeps the channel's
+/// cluster-wide totals with them: a device whose total goes from 0 to more is online, back to 0
+/// offline; each such change gets the channel's next presence `seq`, joins the presence log and
+/// is published, once for the whole cluster since the script runs alone.
+/// KEYS: mine (this node's counts), all (the totals), pseq, plog. ARGV: node, channel, bus,
+/// replace ('1': devices of `mine` not listed go to 0; with no pairs, the node's whole share of
+/// the channel goes, as a sweep of a dead node does), history (changes kept in `plog`), then
+/// device, count pairs. Returns how many devices `mine` still holds.
+pub(crate) const PRESENCE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function change(device, online)
+  local seq = redis.call('INCR', KEYS[3])
+  redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[5], seq .. '-0', 'd', device, 'o', online, 't', now)
+  redis.call('PUBLISH', ARGV[3], cjson.encode({n = ARGV[1], k = 'p', c = ARGV[2], q = seq,
+    d = device, o = online, t = now}))
+end
+local function set(device, count)
+  local old = tonumber(redis.call('HGET', KEYS[1], device) or '0')
+  if count == old then return end
+  if count > 0 then redis.call('HSET', KEYS[1], device, count) else redis.call('HDEL', KEYS[1], device) end
+  local total = redis.call('HINCRBY', KEYS[2], device, count - old)
+  local before = total - (count - old)
+  if total <= 0 then redis.call('HDEL', KEYS[2], device) end
+  if before <= 0 and total > 0 then change(device, '1') end
+  if before > 0 and total <= 0 then change(device, '0') end
+end
+local listed = {}
+for i = 6, #ARGV, 2 do
+  listed[ARGV[i]] = true
+  set(ARGV[i], tonumber(ARGV[i + 1]))
+end
+if ARGV[4] == '1' then
+  for _, device in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if not listed[device] then set(device, 0) end
+  end
+end
+return redis.call('HLEN', KEYS[1])
+"#;
+
+/// A node's heartbeat on the set of nodes. KEYS: nodes. ARGV: node, now_ms, expiry_ms, known
+/// ('1': registered before). Returns 1, registering nothing, when a known node's registration
+/// lapsed (expired, or swept away): its share of presence may have been cleared by another
+/// node, so it must come back under a new name and write it again. Else registers the node
+/// until `expiry_ms` and returns 0.
+pub(crate) const NODE_BEAT: &str = r#"
+local old = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if ARGV[4] == '1' and (not old or tonumber(old) < tonumber(ARGV[2])) then return 1 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return 0
 "#;
 
 /// A script with the shared helpers in front.

@@ -5,7 +5,9 @@
 //! of a Redis Cluster and its scripts stay atomic there. Events are a Redis Stream whose entry
 //! ids are the event ids (`ID-0`); the channel's id sequence is a counter beside it. Every
 //! change other nodes must hear of (an event, a receipt, a membership) is published as a notice
-//! on the prefix's bus channel by the same script that records it (see [`crate::bus`]).
+//! on the prefix's bus channel by the same script that records it (see [`crate::bus`]). So is
+//! presence: each node's count of streams per device of a channel, the totals over all nodes,
+//! and the channel's presence changes, numbered once for the cluster.
 //! ARCHITECTURE.md lists the keys, their types and lifetimes.
 //!
 //! A `rediss://` URL connects over TLS (rustls), trusting the system's CAs or those of
@@ -13,7 +15,7 @@
 //! certificate. The store's client makes every connection, the bus's Pub/Sub included, so both
 //! go the same way.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +27,7 @@ use serde::Deserialize;
 use crate::error::StoreError;
 use crate::event::{valid_idempotency_key, Event, NewEvent};
 use crate::name::{ChannelName, DeviceId, EventType};
+use crate::notice::PresenceChange;
 use crate::receipt::{DeviceOp, DeviceRecord, DeviceTouch, Membership, Receipt};
 use crate::store::{check_keys, Appended, EventPage, RecordedReceipt, Retention, Store};
 
@@ -149,6 +152,8 @@ struct Scripts {
     remove_recipient: Script,
     unacknowledged: Script,
     devices_page: Script,
+    presence: Script,
+    node_beat: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -186,6 +191,8 @@ impl RedisStore {
             remove_recipient: Script::new(lua::REMOVE_RECIPIENT),
             unacknowledged: Script::new(&lua::with_helpers(lua::UNACKNOWLEDGED)),
             devices_page: Script::new(lua::DEVICES_PAGE),
+            presence: Script::new(lua::PRESENCE),
+            node_beat: Script::new(lua::NODE_BEAT),
         };
         Ok(RedisStore {
             inner: Arc::new(Inner {
@@ -249,6 +256,131 @@ impl RedisStore {
             .await
             .map_err(StoreError::backend)?;
         Ok(set.is_some())
+    }
+
+    /// Sets `node`'s count of open streams of each listed device of `channel` (0: none), and
+    /// with `replace`, of every other device of the channel to 0 (so a node writes its whole
+    /// share again, or, with nothing listed, a sweep clears a dead node's). Each device whose
+    /// count over all nodes goes from 0 to more, or back to 0, is one presence change for the
+    /// cluster, numbered, kept (the newest `history`) and published on the bus. Returns how
+    /// many devices of the channel `node` still holds streams for.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when Redis cannot be reached.
+    pub async fn set_presence(
+        &self,
+        node: &str,
+        channel: &ChannelName,
+        streams: &[(DeviceId, usize)],
+        replace: bool,
+        history: usize,
+    ) -> Result<usize, StoreError> {
+        let mut call = self.inner.scripts.presence.prepare_invoke();
+        call.key(self.node_presence_key(node, channel))
+            .key(self.key(channel, "pres"))
+            .key(self.key(channel, "pseq"))
+            .key(self.key(channel, "plog"))
+            .arg(&self.inner.node)
+            .arg(channel.as_str())
+            .arg(self.bus_channel())
+            .arg(if replace { "1" } else { "0" })
+            .arg(history.max(1));
+        for (device, count) in streams {
+            call.arg(device.as_str()).arg(*count);
+        }
+        call.invoke_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)
+    }
+
+    /// `node`'s count of open streams per device of `channel`, as it last wrote them.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when Redis cannot be reached.
+    pub async fn node_presence(
+        &self,
+        node: &str,
+        channel: &ChannelName,
+    ) -> Result<Vec<(DeviceId, usize)>, StoreError> {
+        let counts: Vec<(String, usize)> = redis::cmd("HGETALL")
+            .arg(self.node_presence_key(node, channel))
+            .query_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(counts
+            .into_iter()
+            .filter_map(|(device, n)| Some((DeviceId::new(&device).ok()?, n)))
+            .collect())
+    }
+
+    /// Registers `node` as alive until `expiry_ms` (Unix milliseconds) in the set of nodes,
+    /// unless it is `known` (registered before) and its registration lapsed before `now_ms`:
+    /// true then, and nothing registered (see the `NODE_BEAT` script).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when Redis cannot be reached.
+    pub async fn beat(
+        &self,
+        node: &str,
+        now_ms: u64,
+        expiry_ms: u64,
+        known: bool,
+    ) -> Result<bool, StoreError> {
+        let lapsed: i64 = self
+            .inner
+            .scripts
+            .node_beat
+            .key(self.nodes_key())
+            .arg(node)
+            .arg(now_ms)
+            .arg(expiry_ms)
+            .arg(if known { "1" } else { "0" })
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(lapsed == 1)
+    }
+
+    /// `PREFIX:nodes`: the nodes, each scored with the time its registration expires.
+    pub fn nodes_key(&self) -> String {
+        format!("{}:nodes", self.inner.prefix)
+    }
+
+    /// The name this node registers under after its registration lapsed `lapses` times:
+    /// `NODE.lapses`.
+    pub fn member(&self, lapses: u64) -> String {
+        format!("{}.{lapses}", self.inner.node)
+    }
+
+    /// Whether `member` is one of the names this node registered under.
+    pub fn is_mine(&self, member: &str) -> bool {
+        member
+            .strip_prefix(self.inner.node.as_str())
+            .is_some_and(|rest| rest.starts_with('.'))
+    }
+
+    /// The names of the live registrations of the other nodes (the clocks of the nodes
+    /// decide what is alive).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when Redis cannot be reached.
+    pub async fn other_members(&self) -> Result<Vec<String>, StoreError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        let members: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(self.nodes_key())
+            .arg(u64::try_from(now).unwrap_or(u64::MAX))
+            .arg("+inf")
+            .query_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(members.into_iter().filter(|m| !self.is_mine(m)).collect())
+    }
+
+    fn node_presence_key(&self, node: &str, channel: &ChannelName) -> String {
+        self.key(channel, &format!("pres:{node}"))
     }
 
     /// `{PREFIX:ch:NAME}`: the hash tag and start of every key of the channel.
@@ -468,6 +600,28 @@ struct ScriptEvent<'a> {
     y: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     k: Option<&'a str>,
+}
+
+/// A presence change from its `plog` entry: id `SEQ-0`, fields `d` device, `o` online ('1' or
+/// '0'), `t` time in ms.
+fn presence_from_entry(id: &str, fields: &[String]) -> Result<PresenceChange, StoreError> {
+    let field = |name: &str| {
+        fields
+            .chunks(2)
+            .find(|pair| pair[0] == name)
+            .and_then(|pair| pair.get(1))
+    };
+    let seq = id.split('-').next().and_then(|n| n.parse().ok());
+    let device = field("d").and_then(|d| DeviceId::new(d).ok());
+    let (Some(seq), Some(device)) = (seq, device) else {
+        return Err(bad("presence entry"));
+    };
+    Ok(PresenceChange {
+        seq,
+        device,
+        online: field("o").is_some_and(|o| o == "1"),
+        at: time_of(field("t").and_then(|t| t.parse().ok()).unwrap_or(0)),
+    })
 }
 
 fn time_of(ms: i64) -> DateTime<Utc> {
@@ -878,9 +1032,12 @@ impl Store for RedisStore {
             .map_err(StoreError::backend)?;
         entries
             .iter()
-            .map(|(_, fields)| match fields.as_slice() {
-                [_, json] => receipt_from(channel, json),
-                _ => Err(bad("receipt entry")),
+            .map(|(_, fields)| {
+                // `j` the receipt, then `k` its idempotency key when it has one.
+                match fields.chunks(2).find(|pair| pair[0] == "j") {
+                    Some([_, json]) => receipt_from(channel, json),
+                    _ => Err(bad("receipt entry")),
+                }
             })
             .collect()
     }
@@ -982,6 +1139,55 @@ impl Store for RedisStore {
             .collect();
         channels.sort();
         Ok(channels)
+    }
+
+    async fn presence_after(
+        &self,
+        channel: &ChannelName,
+        after: u64,
+    ) -> Result<Option<Vec<PresenceChange>>, StoreError> {
+        let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(self.key(channel, "plog"))
+            .arg(format!("{}-0", after.saturating_add(1)))
+            .arg("+")
+            .query_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)?;
+        entries
+            .iter()
+            .map(|(id, fields)| presence_from_entry(id, fields))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    async fn online_devices(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<Option<HashSet<DeviceId>>, StoreError> {
+        let devices: Vec<String> = redis::cmd("HKEYS")
+            .arg(self.key(channel, "pres"))
+            .query_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(Some(
+            devices
+                .iter()
+                .filter_map(|d| DeviceId::new(d).ok())
+                .collect(),
+        ))
+    }
+
+    async fn streams_elsewhere(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<Option<HashMap<DeviceId, usize>>, StoreError> {
+        let mut total = HashMap::new();
+        for member in self.other_members().await? {
+            for (device, n) in self.node_presence(&member, channel).await? {
+                *total.entry(device).or_default() += n;
+            }
+        }
+        Ok(Some(total))
     }
 
     async fn probe(&self) -> Result<(), StoreError> {
@@ -1308,6 +1514,115 @@ mod tests {
         }
         all.sort_unstable();
         assert_eq!(all, (1..=100).collect::<Vec<u64>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_a_window_a_receipt_key_is_deleted_with_its_receipt() {
+        let server = redis_server::RedisServer::start();
+        let store = RedisStore::open(RedisOptions {
+            url: server.url(),
+            prefix: "rk".into(),
+            retention: Retention {
+                max_events: 2,
+                ..conformance::ROOMY
+            },
+            tls: RedisTls::default(),
+        })
+        .unwrap();
+        let held = "{rk:ch:RG}:rk:once";
+        let exists = |key: &'static str| {
+            let mut conn = store.connection();
+            async move {
+                redis::cmd("EXISTS")
+                    .arg(key)
+                    .query_async::<i64>(&mut conn)
+                    .await
+                    .unwrap()
+            }
+        };
+        conformance::receipt_keys_go_with_their_receipts(store.clone()).await;
+        assert_eq!(exists(held).await, 1, "given again by the last receipt");
+        // Two more receipts push that one out of the receipt stream: its key goes too.
+        let c = conformance::ch("RG");
+        for _ in 0..2 {
+            store
+                .record_receipt(Receipt {
+                    seq: 0,
+                    channel: c.clone(),
+                    event_id: 3,
+                    device: conformance::dev("H2"),
+                    status: "ok".into(),
+                    time: crate::event::now(),
+                })
+                .await
+                .unwrap();
+        }
+        assert_eq!(exists(held).await, 0, "no key outlives its receipt");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn presence_changes_once_for_the_cluster_and_a_sweep_clears_a_node_once() {
+        let server = redis_server::RedisServer::start();
+        let store = RedisStore::open(RedisOptions {
+            url: server.url(),
+            prefix: "pr".into(),
+            retention: conformance::ROOMY,
+            tls: RedisTls::default(),
+        })
+        .unwrap();
+        let (c, h1, h2) = (
+            conformance::ch("Room"),
+            conformance::dev("H1"),
+            conformance::dev("H2"),
+        );
+        let changes = || async { store.presence_after(&c, 0).await.unwrap().unwrap() };
+        let states = |changes: Vec<PresenceChange>| -> Vec<(u64, String, bool)> {
+            changes
+                .into_iter()
+                .map(|p| (p.seq, p.device.to_string(), p.online))
+                .collect()
+        };
+        let set = |node: &'static str, streams: Vec<(DeviceId, usize)>, replace: bool| {
+            let (store, c) = (store.clone(), c.clone());
+            async move {
+                store
+                    .set_presence(node, &c, &streams, replace, 1000)
+                    .await
+                    .unwrap()
+            }
+        };
+
+        assert_eq!(set("n1", vec![(h1.clone(), 1)], false).await, 1);
+        assert_eq!(
+            set("n2", vec![(h1.clone(), 2), (h2.clone(), 1)], false).await,
+            2
+        );
+        assert_eq!(set("n1", vec![(h1.clone(), 0)], false).await, 0);
+        assert_eq!(
+            states(changes().await),
+            vec![(1, "H1".into(), true), (2, "H2".into(), true)],
+            "H1's second node and its first node's leaving change nothing"
+        );
+        // n2 dies: two sweeps, one change per device.
+        assert_eq!(set("n2", Vec::new(), true).await, 0);
+        assert_eq!(set("n2", Vec::new(), true).await, 0);
+        assert_eq!(
+            states(store.presence_after(&c, 2).await.unwrap().unwrap()),
+            vec![(3, "H1".into(), false), (4, "H2".into(), false)]
+        );
+        assert!(store.online_devices(&c).await.unwrap().unwrap().is_empty());
+        // Written whole again, a node's share replaces what it held.
+        set("n1", vec![(h1.clone(), 1), (h2.clone(), 1)], false).await;
+        assert_eq!(set("n1", vec![(h2.clone(), 3)], true).await, 1);
+        assert_eq!(
+            store.node_presence("n1", &c).await.unwrap(),
+            vec![(h2.clone(), 3)]
+        );
+        assert_eq!(
+            store.online_devices(&c).await.unwrap().unwrap(),
+            HashSet::from([h2])
+        );
+        assert_eq!(changes().await.last().map(|p| p.seq), Some(7));
     }
 
     #[tokio::test]
