@@ -156,7 +156,7 @@ print({"devices": devices, "bytes_per_device": per_device // max(devices, 1), "e
 PY
     fi
     stop_all
-    rm -f "$WORK/redis.log" "$WORK"/appendonly* && rm -rf "$WORK/appendonlydir"
+    rm -rf "$WORK/redis.log" "$WORK"/appendonly*
   done
   say "round $round done"
 done
