@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use rusqlite::types::Type;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
+use rusqlite::{params, CachedStatement, Connection, OpenFlags, OptionalExtension, Row};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{NameError, StoreError};
@@ -2199,7 +2199,7 @@ fn append(
             return Ok(Appended { event, new: false });
         }
     }
-    insert_event(conn, drafts, channel, new, at)
+    insert_event(&mut insert_statement(conn)?, drafts, channel, new, at)
 }
 
 fn append_batch(
@@ -2227,9 +2227,10 @@ fn append_batch(
         Err(refused) => return Ok(Err(refused)),
     };
     let mut appended: Vec<Appended> = Vec::with_capacity(events.len());
+    let mut insert = insert_statement(conn)?;
     for (new, plan) in events.into_iter().zip(plans) {
         let answer = match plan {
-            Plan::New => insert_event(conn, drafts, channel.clone(), new, at)?,
+            Plan::New => insert_event(&mut insert, drafts, channel.clone(), new, at)?,
             Plan::Stored(event) => Appended { event, new: false },
             Plan::Same(earlier) => Appended {
                 event: appended[earlier].event.clone(),
@@ -2241,8 +2242,17 @@ fn append_batch(
     Ok(Ok(appended))
 }
 
+/// The statement [`insert_event`] runs: taken once for a whole batch, as a statement from the
+/// cache costs a lookup and a reset each time it is taken.
+fn insert_statement(conn: &Connection) -> rusqlite::Result<CachedStatement<'_>> {
+    conn.prepare_cached(
+        "INSERT INTO events (channel, id, time, publisher, event_type, body, idempotency_key, key_hash) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+}
+
 fn insert_event(
-    conn: &Connection,
+    insert: &mut CachedStatement<'_>,
     drafts: &mut Drafts<'_>,
     channel: ChannelName,
     new: NewEvent,
@@ -2251,11 +2261,7 @@ fn insert_event(
     let draft = drafts.entry(&channel);
     let id = draft.head + 1;
     let event = Arc::new(Event::new(channel, id, at, new));
-    conn.prepare_cached(
-        "INSERT INTO events (channel, id, time, publisher, event_type, body, idempotency_key, key_hash) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?
-    .execute(params![
+    insert.execute(params![
         event.channel.as_str(),
         id,
         event.time.timestamp_millis(),
