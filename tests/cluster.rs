@@ -53,13 +53,8 @@ async fn push_answer(node: &TestServer, path: &str, body: &str) -> (u16, Value) 
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pushes_on_both_nodes_make_one_gap_free_sequence_seen_alike_on_both() {
-    let redis = RedisServer::start();
-    let (a, b) = two_nodes(&redis, &["-q"]).await;
-    let mut on_a = a.feed("Shared", &[]).await;
-    let mut on_b = b.feed("Shared", &[]).await;
-
+/// The first push to `Shared`, made on `a`, reaches `on_b`, a feed held on the other node.
+async fn first_push_crosses(a: &TestServer, on_b: &mut pere_e2e::Feed) {
     assert_eq!(a.push("Shared", "from A").await, 1);
     let first = on_b.next().await;
     assert_eq!(
@@ -67,6 +62,16 @@ async fn pushes_on_both_nodes_make_one_gap_free_sequence_seen_alike_on_both() {
         ("1", "from A"),
         "published on A, received on B"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_on_both_nodes_make_one_gap_free_sequence_seen_alike_on_both() {
+    let redis = RedisServer::start();
+    let (a, b) = two_nodes(&redis, &["-q"]).await;
+    let mut on_a = a.feed("Shared", &[]).await;
+    let mut on_b = b.feed("Shared", &[]).await;
+
+    first_push_crosses(&a, &mut on_b).await;
     assert_eq!(on_a.next().await.id, "1");
 
     // 100 pushes on each node at once.
@@ -371,13 +376,7 @@ async fn nodes_over_tls_share_events_through_the_bus_and_never_show_the_password
     let mut on_a = a.feed("Shared", &[]).await;
     let mut on_b = b.feed("Shared", &[]).await;
 
-    assert_eq!(a.push("Shared", "from A").await, 1);
-    let first = on_b.next().await;
-    assert_eq!(
-        (first.id.as_str(), first.data.as_str()),
-        ("1", "from A"),
-        "published on A, received on B"
-    );
+    first_push_crosses(&a, &mut on_b).await;
     assert_eq!(b.push("Shared", "from B").await, 2);
     assert_eq!(on_a.next_ids(2).await, vec![1, 2]);
     assert_eq!(on_b.next().await.data, "from B");
