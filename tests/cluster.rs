@@ -166,6 +166,11 @@ async fn a_receipt_posted_on_one_node_completes_a_wait_held_on_the_other_and_sho
         (connections["Orders"] == 1 && connections["total number"] == 1).then_some(())
     })
     .await;
+    let channels = a.get_json("/admin/channels").await;
+    assert_eq!(
+        channels["channels"][0]["open_streams"], 1,
+        "A's channel list counts the stream held on B: {channels}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

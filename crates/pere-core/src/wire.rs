@@ -564,7 +564,7 @@ pub struct ConnectionsJson {
 pub struct ChannelJson {
     /// The channel's name.
     pub channel: String,
-    /// Streams open on it (feeds) on this server.
+    /// Streams open on it (feeds), on every node of a cluster.
     pub open_streams: usize,
     /// The last event id given out (0 before the first event).
     pub head: u64,

@@ -511,8 +511,20 @@ async fn admin_channels<S: Store>(state: &AppState<S>, query: &Query) -> Answer 
     let limit = request::limit(query, CHANNEL_PAGE, MAX_CHANNEL_PAGE)?.max(1);
     let after = query.get(&["after"]).map(request::channel).transpose()?;
     let page = state.hub.channels_page(after.as_ref(), limit).await?;
+    // Streams held on the other nodes of a cluster count too, as in `/admin/connections`.
+    let elsewhere = match state.bus.get() {
+        Some(bus) => bus.other_connections().await?,
+        None => BTreeMap::new(),
+    };
     let view = ChannelsPage {
-        channels: page.iter().map(ChannelJson::from).collect(),
+        channels: page
+            .iter()
+            .map(|channel| {
+                let mut json = ChannelJson::from(channel);
+                json.open_streams += elsewhere.get(&channel.channel).copied().unwrap_or(0);
+                json
+            })
+            .collect(),
     };
     let mut response = response::json(StatusCode::OK, &view);
     if let (true, Some(last)) = (page.len() == limit, page.last()) {
