@@ -553,12 +553,29 @@ async fn a_stream_on_one_node_shows_online_on_the_other_node_s_presence_stream_a
     // Counted in the same script that announced it: B's views agree as soon as it hears.
     assert_eq!(device_state(&b, "Room", "H1").await, (true, 1));
     let mut dashboard = b.feed_path("/admin/stream?channel=Room", &[]).await;
-    let devices: Value = loop {
+    // Its channel list counts A's feed once A's registration shows it; its devices at once.
+    let mut devices = None;
+    let mut room_feeds = 0;
+    while devices.is_none() || room_feeds == 0 {
         let event = dashboard.next().await;
-        if event.event == "devices" {
-            break serde_json::from_str(&event.data).expect("devices JSON");
+        let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
+        match event.event.as_str() {
+            "devices" => devices = Some(data),
+            "channels" => {
+                for channel in data["channels"].as_array().into_iter().flatten() {
+                    if channel["channel"] == "Room" {
+                        room_feeds = channel["open_streams"].as_u64().unwrap_or(0);
+                    }
+                }
+            }
+            "channel" if data["channel"] == "Room" => {
+                room_feeds = data["open_streams"].as_u64().unwrap_or(0);
+            }
+            _ => {}
         }
-    };
+    }
+    assert_eq!(room_feeds, 1, "B's dashboard lists the feed held on A");
+    let devices = devices.unwrap();
     assert_eq!(
         (
             &devices["devices"][0]["device"],

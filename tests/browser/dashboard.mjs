@@ -14,7 +14,8 @@ await run(async ({ context }) => {
   await dash.goto(`${base}/dashboard?channel=${channel}` + (adminToken ? `#token=${adminToken}` : ''));
   check(!adminToken || !dash.url().includes(adminToken), 'the token is taken out of the address');
   await waitFor('the dashboard to go live', async () => (await dash.textContent('#connState')) === 'live');
-  check(await dash.isVisible('#noDevices'), 'no device yet');
+  // The channel's panel shows once the snapshot is read, which may come just after 'live'.
+  await waitFor('no device yet', async () => dash.isVisible('#noDevices'));
 
   const devicePage = await context.newPage();
   await devicePage.goto(`${base}/subscriber.html?channel=${channel}` +

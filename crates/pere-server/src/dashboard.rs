@@ -16,6 +16,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
+use pere_core::bus::Bus;
 use pere_core::event::format_time;
 use pere_core::wire::{
     to_json, AckJson, ChannelStreamsJson, DashboardChannels, DashboardDevice, DashboardDevices,
@@ -90,7 +91,7 @@ pub async fn stream<S: Store>(
 ) -> Result<SseBody, ApiError> {
     // Listening before the snapshot is read, so nothing that happens between the two is missed.
     let notices = state.hub.observe(OBSERVER_CAPACITY);
-    let mut watch = Watch::new(state.hub.clone(), channel.clone());
+    let mut watch = Watch::new(state.hub.clone(), state.bus.get().cloned(), channel.clone());
     let mut first = Frames::default();
     watch.snapshot(&mut first).await?;
     let (tx, rx) = mpsc::channel(QUEUE);
@@ -153,9 +154,14 @@ const LATENCY_SAMPLES: usize = 4096;
 /// What one stream knows and has sent.
 struct Watch<S: Store> {
     hub: Arc<Hub<S>>,
+    /// The cluster's bus, on Redis: the other nodes' feeds count in the channel list.
+    bus: Option<Bus>,
     channel: Option<ChannelName>,
     /// Open feeds per channel, as last sent.
     channels: BTreeMap<String, usize>,
+    /// Open feeds per channel on the other nodes, read at most every [`REFRESH`].
+    elsewhere: BTreeMap<String, usize>,
+    last_elsewhere: Option<Instant>,
     /// The devices followed, by id, as last sent.
     devices: BTreeMap<String, DashboardDevice>,
     /// When each followed device last went online or offline, heard before the store has it.
@@ -181,13 +187,16 @@ struct Watch<S: Store> {
 }
 
 impl<S: Store> Watch<S> {
-    fn new(hub: Arc<Hub<S>>, channel: Option<ChannelName>) -> Self {
+    fn new(hub: Arc<Hub<S>>, bus: Option<Bus>, channel: Option<ChannelName>) -> Self {
         let now = Instant::now();
         let dropped_seen = hub.dropped_notices();
         Watch {
             hub,
+            bus,
             channel,
             channels: BTreeMap::new(),
+            elsewhere: BTreeMap::new(),
+            last_elsewhere: None,
             devices: BTreeMap::new(),
             presence: HashMap::new(),
             grid: VecDeque::new(),
@@ -222,6 +231,7 @@ impl<S: Store> Watch<S> {
                 time: format_time(Utc::now()),
             },
         );
+        self.read_elsewhere().await;
         self.send_channels(frames, true);
         if self.channel.is_some() {
             self.read_channel(frames).await?;
@@ -366,14 +376,36 @@ impl<S: Store> Watch<S> {
         Ok(())
     }
 
-    /// Sends the channels whose open feeds changed (or all of them, `whole`).
+    /// Reads the other nodes' open feeds, if this node has any and they were not read within
+    /// [`REFRESH`]. When Redis cannot answer, the last counts stay.
+    async fn read_elsewhere(&mut self) {
+        let Some(bus) = &self.bus else { return };
+        if self
+            .last_elsewhere
+            .is_some_and(|last| last.elapsed() < REFRESH)
+        {
+            return;
+        }
+        self.last_elsewhere = Some(Instant::now());
+        if let Ok(counts) = bus.other_connections().await {
+            self.elsewhere = counts
+                .into_iter()
+                .map(|(c, n)| (c.to_string(), n))
+                .collect();
+        }
+    }
+
+    /// Sends the channels whose open feeds changed (or all of them, `whole`), on every node.
     fn send_channels(&mut self, frames: &mut Frames, whole: bool) {
-        let now: BTreeMap<String, usize> = self
+        let mut now: BTreeMap<String, usize> = self
             .hub
             .connections()
             .into_iter()
             .map(|(c, n)| (c.to_string(), n))
             .collect();
+        for (channel, n) in &self.elsewhere {
+            *now.entry(channel.clone()).or_default() += n;
+        }
         if !whole && now == self.channels {
             return;
         }
@@ -556,6 +588,7 @@ impl<S: Store> Watch<S> {
 
     /// One tick: what changed since the last one.
     async fn flush(&mut self, frames: &mut Frames) -> Result<(), StoreError> {
+        self.read_elsewhere().await;
         self.send_channels(frames, false);
         let dropped = self.hub.dropped_notices();
         if dropped > self.dropped_seen && self.last_resync.elapsed() >= REFRESH {
@@ -648,7 +681,7 @@ mod tests {
     #[tokio::test]
     async fn a_dashboard_that_does_not_read_is_cut_and_its_connection_closed() {
         let hub = Hub::new(MemoryStore::default(), HubConfig::default());
-        let watch = Watch::new(hub.clone(), None);
+        let watch = Watch::new(hub.clone(), None, None);
         // A queue already full: the client has read nothing.
         let (tx, mut rx) = mpsc::channel(1);
         tx.try_send(Bytes::from_static(b"unread")).unwrap();
@@ -672,7 +705,7 @@ mod tests {
         let channel = ChannelName::new("C").unwrap();
         let device = pere_core::DeviceId::new("D1").unwrap();
         hub.register(&channel, &device).await.unwrap();
-        let mut watch = Watch::new(hub.clone(), Some(channel.clone()));
+        let mut watch = Watch::new(hub.clone(), None, Some(channel.clone()));
         let mut notices = hub.observe(1024);
         watch.snapshot(&mut Frames::default()).await.unwrap();
         for n in 0..(GRID_EVENTS + 5) {
