@@ -50,9 +50,16 @@ fn parse_store(text: &str) -> Result<StoreKind, String> {
         {
             Ok(StoreKind::Redis(Secret(url.to_owned())))
         }
-        other => Err(format!(
-            "{other:?} is not a store: use sqlite, memory or a redis://host:port/db URL"
-        )),
+        other => {
+            // A URL of another scheme may still carry a password: only its scheme is shown.
+            let shown = match other.split_once("://") {
+                Some((scheme, _)) => format!("{scheme}://…"),
+                None => other.to_owned(),
+            };
+            Err(format!(
+                "{shown:?} is not a store: use sqlite, memory or a redis://host:port/db URL"
+            ))
+        }
     }
 }
 
@@ -863,6 +870,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_of_another_scheme_is_refused_without_showing_its_password() {
+        let refused = parse_store("postgres://app:s3cret@db/pere").unwrap_err();
+        assert!(
+            refused.starts_with("\"postgres://…\" is not a store"),
+            "{refused}"
+        );
+        assert!(!refused.contains("s3cret"), "{refused}");
+        let typo = parse_store("sqlit").unwrap_err();
+        assert!(typo.starts_with("\"sqlit\" is not a store"), "{typo}");
+    }
 
     #[test]
     fn durations() {
