@@ -8,11 +8,12 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use pere_core::event::valid_idempotency_key;
+pub use pere_core::wire::BatchAnswer;
 use pere_core::wire::{PushAccepted, PushWaited};
 use pere_core::{ChannelName, DeviceId, EventType};
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Client, RequestBuilder, Url};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::address::{base_url, endpoint};
@@ -496,21 +497,6 @@ impl From<serde_json::Value> for BatchEvent {
     fn from(value: serde_json::Value) -> Self {
         BatchEvent::new(value)
     }
-}
-
-/// The answer to a batch: `200 {"channel","ids":[…],"time","replayed":n}`, `ids` in the order of
-/// the events; `replayed` counts the events the server already held under their keys.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BatchAnswer {
-    /// The channel.
-    pub channel: String,
-    /// The id of each event, in order.
-    pub ids: Vec<u64>,
-    /// When the batch was stored.
-    pub time: String,
-    /// How many events were already stored under their keys (and stored nothing again).
-    #[serde(default)]
-    pub replayed: usize,
 }
 
 /// A published batch: the server's answer, and the batch's key.

@@ -45,7 +45,9 @@ pub struct BatchAnswer {
     /// When the batch's new events were stored (ISO-8601 UTC, milliseconds); for a batch made
     /// only of replays, the stored time of its first line's event.
     pub time: String,
-    /// How many lines were answered from an event already stored under their idempotency key.
+    /// How many lines were answered from an event already stored under their idempotency key
+    /// (0 when absent, so a client reads the answers of servers that leave it out).
+    #[serde(default)]
     pub replayed: usize,
 }
 
