@@ -1655,15 +1655,16 @@ impl<S: Store> Subscription<S> {
                     .config
                     .replay_page
                     .min((self.replay_until - self.replay_next) as usize);
-                let page = match self
-                    .hub
-                    .store
-                    .read(&self.channel, self.replay_next, limit)
-                    .await
-                {
-                    Ok(page) => page,
-                    Err(err) => return Some(Err(err)),
-                };
+                // Boxed: a future is as large as its largest state, and a feed awaits this one
+                // for its whole life; the store's read (a blocking task, a Redis command) would
+                // otherwise be carried by every idle feed.
+                let page =
+                    match Box::pin(self.hub.store.read(&self.channel, self.replay_next, limit))
+                        .await
+                    {
+                        Ok(page) => page,
+                        Err(err) => return Some(Err(err)),
+                    };
                 let expected = self.replay_next + 1;
                 let gap =
                     (self.report_gaps && page.first_retained > expected).then(|| FeedItem::Gap {

@@ -146,12 +146,14 @@ pub async fn serve<S: Store>(
         false,
         &mut cors,
     );
-    let (mut subscription, slot) = match open(&state, peer, &parts).await {
+    // Boxed: a future is as large as its largest state, and opening (the door, the store's
+    // reads, the subscription) would otherwise be paid for by every idle feed for its whole life.
+    let (mut subscription, slot) = match Box::pin(open(&state, peer, &parts)).await {
         Ok(opened) => opened,
         Err(err) => {
             door::refused(&state, &parts.method, &parts.uri, &err);
             door::answered(&state, &parts.method, &parts.uri, err.status.as_u16());
-            let _ = write_error(&mut stream, &err, cors).await;
+            let _ = Box::pin(write_error(&mut stream, &err, cors)).await;
             return;
         }
     };

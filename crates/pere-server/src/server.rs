@@ -132,7 +132,7 @@ pub async fn run_with<S: Store>(
                 .await;
                 return;
             }
-            match feed_conn::read_first_request(&mut stream).await {
+            match Box::pin(feed_conn::read_first_request(&mut stream)).await {
                 Ok(feed_conn::FirstRequest::Feed(request)) => {
                     feed_conn::serve(state, stream, request, peer).await
                 }
