@@ -388,6 +388,12 @@ impl RedisStore {
         format!("{{{}:ch:{}}}", self.inner.prefix, channel.as_str())
     }
 
+    /// The keys the membership scripts take, in their order: the channel's sequence, its
+    /// memberships and its current memberships.
+    fn membership_keys(&self, channel: &ChannelName) -> [String; 3] {
+        ["seq", "mem", "memcur"].map(|what| self.key(channel, what))
+    }
+
     fn key(&self, channel: &ChannelName, what: &str) -> String {
         format!("{}:{what}", self.base(channel))
     }
@@ -1078,9 +1084,7 @@ impl Store for RedisStore {
             .inner
             .scripts
             .add_recipient
-            .key(self.key(channel, "seq"))
-            .key(self.key(channel, "mem"))
-            .key(self.key(channel, "memcur"))
+            .key(&self.membership_keys(channel)[..])
             .arg(device.as_str())
             .arg(at.timestamp_millis())
             .arg(&self.inner.node)
@@ -1101,9 +1105,7 @@ impl Store for RedisStore {
             .inner
             .scripts
             .remove_recipient
-            .key(self.key(channel, "seq"))
-            .key(self.key(channel, "mem"))
-            .key(self.key(channel, "memcur"))
+            .key(&self.membership_keys(channel)[..])
             .arg(device.as_str())
             .arg(&self.inner.node)
             .arg(channel.as_str())
