@@ -180,46 +180,111 @@ const MIGRATIONS: &[&str] = &[
     // v4. Idempotent receipts: a receipt's key, unique among the channel's retained receipts.
     "ALTER TABLE receipts ADD COLUMN idempotency_key TEXT;
     CREATE UNIQUE INDEX receipts_by_key ON receipts (channel, idempotency_key) WHERE idempotency_key IS NOT NULL;",
-    // v5. Event keys found by a 64-bit hash of channel and key ([`key_hash`]): an index of
-    // integers costs a keyed push a third of what the index of (channel, key) texts did. The
-    // writer, the only one to insert, checks the channel and key of what the hash finds, so
-    // the index need not be unique. The hashes of stored keys are filled in by `backfill`.
+    // v5. Event keys found by a 64-bit hash of channel and key, in an index of integers.
     "ALTER TABLE events ADD COLUMN key_hash INTEGER;
     DROP INDEX events_by_key;
     CREATE INDEX events_by_key_hash ON events (key_hash) WHERE key_hash IS NOT NULL;",
+    // v6. Event keys are found through the writer's memory ([`EventKeys`]), not an index: an
+    // index of random keys had every keyed insert, and every prune of a keyed event, dirty a
+    // page of its own. `key_hash` is no longer written or read.
+    "DROP INDEX events_by_key_hash;",
 ];
 
-/// The hash an event's idempotency key is indexed by: xxh3 of the channel, a 0xFF byte (never
-/// in UTF-8, so no two pairs run together alike) and the key. Stable across builds and
-/// machines, since it is stored.
-fn key_hash(channel: &ChannelName, key: &str) -> i64 {
-    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    hasher.update(channel.as_str().as_bytes());
-    hasher.update(&[0xFF]);
-    hasher.update(key.as_bytes());
-    // Stored as SQLite's signed integer: the same 64 bits.
-    hasher.digest() as i64
+/// The hash an event's idempotency key is held under in [`EventKeys`] (the map is per channel,
+/// so the channel is not in it).
+fn key_hash(key: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key.as_bytes())
 }
 
-/// What a migration to `version` needs beyond its SQL.
-fn backfill(tx: &Connection, version: i64) -> rusqlite::Result<()> {
-    if version != 5 {
-        return Ok(());
+/// Most keys [`EventKeys`] holds across channels: past it, the writer forgets them all and
+/// reloads a channel's keys when next asked, so their memory stays bounded (about 32 bytes a key).
+const HELD_KEYS: usize = 4_000_000;
+
+/// A channel's held keys are swept of pruned events' entries once they number this many, or
+/// twice as many as after the last sweep.
+const KEY_SWEEP_MIN: usize = 1024;
+
+/// The idempotency keys of retained events, as the writer looks them up: per channel, the hash
+/// of each key and the id of its event, read from the channel's rows on its first keyed write
+/// after open. The rows stay the truth: an entry is checked against its row when found; one whose
+/// event was pruned is dropped when met or at the next sweep; and all are forgotten when a
+/// transaction rolls back, since what it did to them is undone.
+#[derive(Default)]
+struct EventKeys {
+    channels: HashMap<ChannelName, HashMap<u64, u64>>,
+    /// Entries per channel after its last sweep.
+    swept: HashMap<ChannelName, usize>,
+    held: usize,
+}
+
+impl EventKeys {
+    /// The keys of `channel`, read from its rows if not held.
+    fn channel(
+        &mut self,
+        conn: &Connection,
+        channel: &ChannelName,
+    ) -> rusqlite::Result<&mut HashMap<u64, u64>> {
+        if !self.channels.contains_key(channel) {
+            let mut ids = HashMap::new();
+            let mut rows = conn.prepare_cached(
+                "SELECT id, idempotency_key FROM events \
+                     WHERE channel = ?1 AND idempotency_key IS NOT NULL ORDER BY id",
+            )?;
+            let mut rows = rows.query([channel.as_str()])?;
+            while let Some(row) = rows.next()? {
+                let key: String = row.get(1)?;
+                // Oldest first: of two keys with one hash, the newer holds the entry.
+                ids.insert(key_hash(&key), row.get::<_, u64>(0)?);
+            }
+            if self.held + ids.len() > HELD_KEYS {
+                self.forget_all();
+            }
+            self.held += ids.len();
+            self.swept.insert(channel.clone(), ids.len());
+            self.channels.insert(channel.clone(), ids);
+        }
+        Ok(self.channels.get_mut(channel).expect("just held"))
     }
-    let keyed: Vec<(i64, String, String)> = tx
-        .prepare(
-            "SELECT rowid, channel, idempotency_key FROM events WHERE idempotency_key IS NOT NULL",
-        )?
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut update = tx.prepare("UPDATE events SET key_hash = ?2 WHERE rowid = ?1")?;
-    for (rowid, channel, key) in keyed {
-        // A name that is no longer valid cannot be asked for: its key needs no hash.
-        if let Ok(channel) = ChannelName::new(&channel) {
-            update.execute(params![rowid, key_hash(&channel, &key)])?;
+
+    /// Notes that event `id` of `channel` now holds `key`; `first` is the channel's oldest
+    /// retained id, below which entries are stale.
+    fn noted(&mut self, channel: &ChannelName, key: &str, id: u64, first: u64) {
+        // Not held: the channel's rows, this one included, are read when it is next asked for.
+        let Some(ids) = self.channels.get_mut(channel) else {
+            return;
+        };
+        if ids.insert(key_hash(key), id).is_none() {
+            self.held += 1;
+        }
+        let swept = self.swept.entry(channel.clone()).or_default();
+        if ids.len() >= (2 * *swept).max(KEY_SWEEP_MIN) {
+            let before = ids.len();
+            ids.retain(|_, id| *id >= first);
+            self.held -= before - ids.len();
+            *swept = ids.len();
+        }
+        if self.held > HELD_KEYS {
+            self.forget_all();
         }
     }
-    Ok(())
+
+    /// Drops the entry of `key` if it is event `id`'s.
+    fn forget(&mut self, channel: &ChannelName, key: &str, id: u64) {
+        if let Some(ids) = self.channels.get_mut(channel) {
+            if let Entry::Occupied(entry) = ids.entry(key_hash(key)) {
+                if *entry.get() == id {
+                    entry.remove();
+                    self.held -= 1;
+                }
+            }
+        }
+    }
+
+    fn forget_all(&mut self) {
+        self.channels.clear();
+        self.swept.clear();
+        self.held = 0;
+    }
 }
 
 /// The schema version this build writes.
@@ -350,6 +415,8 @@ struct Shared {
     // Channels the pruning sweep has looked at, for tests of its cost.
     visited: AtomicU64,
     closing: AtomicBool,
+    // Used by the writer only (a Mutex for the borrow, never contended).
+    event_keys: Mutex<EventKeys>,
 }
 
 /// The committed state of one channel, as far as memory knows it.
@@ -679,6 +746,7 @@ impl SqliteStore {
             on_commit: OnceLock::new(),
             visited: AtomicU64::new(0),
             closing: AtomicBool::new(false),
+            event_keys: Mutex::default(),
         });
         let (commands, queue) = mpsc::channel();
         let writer = Writer {
@@ -834,6 +902,10 @@ impl Drop for Inner {
 }
 
 impl Shared {
+    fn event_keys(&self) -> std::sync::MutexGuard<'_, EventKeys> {
+        self.event_keys.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn book(&self) -> std::sync::MutexGuard<'_, DeviceBook> {
         self.devices.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -997,7 +1069,6 @@ fn prepare_schema(
     {
         let tx = conn.transaction().map_err(fail)?;
         tx.execute_batch(migration).map_err(fail)?;
-        backfill(&tx, from as i64 + 1).map_err(fail)?;
         tx.pragma_update(None, "user_version", from as i64 + 1)
             .map_err(fail)?;
         tx.commit().map_err(fail)?;
@@ -2003,8 +2074,9 @@ impl Writer {
             // Some errors roll back by themselves; otherwise the transaction is still open.
             Some(_) if !conn.is_autocommit() => {
                 let _ = conn.execute_batch("ROLLBACK");
+                self.shared.event_keys().forget_all();
             }
-            Some(_) => {}
+            Some(_) => self.shared.event_keys().forget_all(),
         }
         for answer in answers {
             answer.deliver(failure.as_ref());
@@ -2153,37 +2225,47 @@ fn oldest_time(
 /// once too. A key past the window is cleared from its event, so it can be given again.
 fn keyed_event(
     conn: &Connection,
+    keys: &mut EventKeys,
     retention: &Retention,
     channel: &ChannelName,
     key: &str,
     at: DateTime<Utc>,
 ) -> rusqlite::Result<Option<Arc<Event>>> {
-    let hash = key_hash(channel, key);
-    // Most keys are new: one probe of the integer index says so, before any row is read.
-    let known = conn
-        .prepare_cached("SELECT 1 FROM events WHERE key_hash = ?1 LIMIT 1")?
-        .exists([hash])?;
-    if !known {
+    // Most keys are new: the map says so without reading the database.
+    let Some(&id) = keys.channel(conn, channel)?.get(&key_hash(key)) else {
         return Ok(None);
-    }
-    let stored = query_events(
-        conn,
-        channel,
-        "SELECT id, time, publisher, event_type, body, idempotency_key FROM events \
-         WHERE key_hash = ?3 AND channel = ?1 AND idempotency_key = ?2",
-        params![channel.as_str(), key, hash],
-    )?;
-    match stored.into_iter().next() {
-        Some(event) if retention.key_alive(event.time, at) => Ok(Some(event)),
-        Some(event) => {
-            conn.prepare_cached(
-                "UPDATE events SET idempotency_key = NULL, key_hash = NULL WHERE channel = ?1 AND id = ?2",
-            )?
-            .execute(params![channel.as_str(), event.id])?;
-            Ok(None)
+    };
+    const COLUMNS: &str =
+        "SELECT id, time, publisher, event_type, body, idempotency_key FROM events";
+    let by_id = format!("{COLUMNS} WHERE channel = ?1 AND id = ?2");
+    let stored = query_events(conn, channel, &by_id, params![channel.as_str(), id])?;
+    let event = match stored.into_iter().next() {
+        Some(event) if event.idempotency_key.as_deref() == Some(key) => event,
+        // Pruned since.
+        None => {
+            keys.forget(channel, key, id);
+            return Ok(None);
         }
-        None => Ok(None),
+        // Another key with the same hash holds the entry (about one chance in 2^64 per pair),
+        // or the key was cleared: the channel's rows say.
+        Some(_) => {
+            let by_key = format!("{COLUMNS} WHERE channel = ?1 AND idempotency_key = ?2");
+            match query_events(conn, channel, &by_key, params![channel.as_str(), key])?
+                .into_iter()
+                .next()
+            {
+                Some(event) => event,
+                None => return Ok(None),
+            }
+        }
+    };
+    if retention.key_alive(event.time, at) {
+        return Ok(Some(event));
     }
+    conn.prepare_cached("UPDATE events SET idempotency_key = NULL WHERE channel = ?1 AND id = ?2")?
+        .execute(params![channel.as_str(), event.id])?;
+    keys.forget(channel, key, event.id);
+    Ok(None)
 }
 
 fn append(
@@ -2194,8 +2276,9 @@ fn append(
 ) -> rusqlite::Result<Appended> {
     let at = now();
     if let Some(key) = &new.idempotency_key {
-        if let Some(event) = keyed_event(conn, &drafts.shared.options.retention, &channel, key, at)?
-        {
+        let mut keys = drafts.shared.event_keys();
+        let retention = &drafts.shared.options.retention;
+        if let Some(event) = keyed_event(conn, &mut keys, retention, &channel, key, at)? {
             return Ok(Appended { event, new: false });
         }
     }
@@ -2213,12 +2296,15 @@ fn append_batch(
     // Every key is looked up before the first insert, so a refused batch inserts nothing. Only
     // a failure of SQLite itself can stop it midway, and that rolls back the whole transaction.
     let mut failed = None;
-    let plans = plan_batch(&events, |key| {
-        keyed_event(conn, &retention, &channel, key, at).unwrap_or_else(|err| {
-            failed.get_or_insert(err);
-            None
+    let plans = {
+        let mut keys = drafts.shared.event_keys();
+        plan_batch(&events, |key| {
+            keyed_event(conn, &mut keys, &retention, &channel, key, at).unwrap_or_else(|err| {
+                failed.get_or_insert(err);
+                None
+            })
         })
-    });
+    };
     if let Some(err) = failed {
         return Err(err);
     }
@@ -2246,8 +2332,8 @@ fn append_batch(
 /// cache costs a lookup and a reset each time it is taken.
 fn insert_statement(conn: &Connection) -> rusqlite::Result<CachedStatement<'_>> {
     conn.prepare_cached(
-        "INSERT INTO events (channel, id, time, publisher, event_type, body, idempotency_key, key_hash) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO events (channel, id, time, publisher, event_type, body, idempotency_key) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )
 }
 
@@ -2258,6 +2344,7 @@ fn insert_event(
     new: NewEvent,
     at: DateTime<Utc>,
 ) -> rusqlite::Result<Appended> {
+    let shared = drafts.shared;
     let draft = drafts.entry(&channel);
     let id = draft.head + 1;
     let event = Arc::new(Event::new(channel, id, at, new));
@@ -2269,11 +2356,12 @@ fn insert_event(
         event.event_type.as_ref().map(|t| t.as_str()),
         event.body,
         event.idempotency_key,
-        event
-            .idempotency_key
-            .as_deref()
-            .map(|key| key_hash(&event.channel, key)),
     ])?;
+    if let Some(key) = &event.idempotency_key {
+        shared
+            .event_keys()
+            .noted(&event.channel, key, id, draft.first);
+    }
     draft.head = id;
     draft.appended.push(event.clone());
     Ok(Appended { event, new: true })
@@ -3052,7 +3140,7 @@ mod tests {
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
-        assert_eq!(SCHEMA_VERSION, 5);
+        assert_eq!(SCHEMA_VERSION, 6);
     }
 
     #[tokio::test]
@@ -3093,6 +3181,109 @@ mod tests {
             store.append(&ch("D"), other).await.unwrap().new,
             "keys are per channel"
         );
+    }
+
+    fn keyed(key: &str, text: &str) -> NewEvent {
+        NewEvent {
+            idempotency_key: Some(key.to_owned()),
+            ..body(text)
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_are_found_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ch("C");
+        {
+            let store = open(dir.path(), ROOMY);
+            assert!(store.append(&c, keyed("a", "1")).await.unwrap().new);
+            assert!(store.append(&c, body("plain")).await.unwrap().new);
+            assert!(store.append(&c, keyed("b", "3")).await.unwrap().new);
+        }
+        let store = open(dir.path(), ROOMY);
+        for (key, text, id) in [("b", "3", 3), ("a", "1", 1)] {
+            let again = store.append(&c, keyed(key, text)).await.unwrap();
+            assert_eq!((again.new, again.event.id), (false, id), "key {key}");
+        }
+        // The stored event answers; telling a conflict from a retry is the hub's.
+        let other = store.append(&c, keyed("a", "other")).await.unwrap();
+        assert_eq!((other.new, other.event.body.as_str()), (false, "1"));
+        assert_eq!(store.append(&c, keyed("c", "4")).await.unwrap().event.id, 4);
+    }
+
+    #[tokio::test]
+    async fn a_key_whose_hash_another_key_holds_is_found_in_the_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), ROOMY);
+        let c = ch("C");
+        store.append(&c, keyed("a", "1")).await.unwrap();
+        store.append(&c, keyed("b", "2")).await.unwrap();
+        // As if "b" hashed like "a" and "a" had come later: the entry names the wrong event.
+        store
+            .inner
+            .shared
+            .event_keys()
+            .channels
+            .get_mut(&c)
+            .expect("the channel's keys are held")
+            .insert(key_hash("b"), 1);
+        let again = store.append(&c, keyed("b", "2")).await.unwrap();
+        assert_eq!((again.new, again.event.id), (false, 2));
+        let again = store.append(&c, keyed("a", "1")).await.unwrap();
+        assert_eq!((again.new, again.event.id), (false, 1));
+    }
+
+    #[tokio::test]
+    async fn a_rolled_back_batch_leaves_no_key_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), ROOMY);
+        let c = ch("C");
+        store.append(&c, keyed("a", "1")).await.unwrap();
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.body = 'boom' BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+        )
+        .unwrap();
+        let refused = store
+            .append_batch(&c, vec![keyed("b", "2"), body("boom")])
+            .await;
+        assert!(matches!(refused, Err(StoreError::Backend(_))));
+        conn.execute_batch("DROP TRIGGER refuse").unwrap();
+        let b = store.append(&c, keyed("b", "2")).await.unwrap();
+        assert_eq!((b.new, b.event.id), (true, 2), "b was never stored");
+        let a = store.append(&c, keyed("a", "1")).await.unwrap();
+        assert_eq!((a.new, a.event.id), (false, 1));
+    }
+
+    #[tokio::test]
+    async fn pruned_events_leave_the_held_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteOptions {
+            retention: Retention {
+                max_events: 10,
+                max_age: None,
+                idempotency_window: None,
+            },
+            ..SqliteOptions::default()
+        };
+        let store = SqliteStore::open(dir.path(), options).unwrap();
+        let c = ch("C");
+        let pushes = 3 * KEY_SWEEP_MIN;
+        for i in 0..pushes {
+            store
+                .append(&c, keyed(&format!("k{i}"), "x"))
+                .await
+                .unwrap();
+        }
+        let held = store.inner.shared.event_keys().held;
+        assert!(
+            held < 2 * KEY_SWEEP_MIN,
+            "{held} keys held for 10 retained events"
+        );
+        // A pruned event's key can be given again.
+        assert!(store.append(&c, keyed("k0", "x")).await.unwrap().new);
+        let last = format!("k{}", pushes - 1);
+        assert!(!store.append(&c, keyed(&last, "x")).await.unwrap().new);
     }
 
     #[tokio::test]
