@@ -4,7 +4,7 @@
 //! receipt stream when an event completes. The store stays the source of truth; this is a
 //! bounded cache of the recent past.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -62,6 +62,60 @@ pub struct Completion {
     pub expected: usize,
 }
 
+/// The followed events by id, oldest first. Events are followed in the order of their ids
+/// (nearly always: a publication relayed by another node may come late), so a new one is pushed
+/// at the back and the oldest leaves from the front, and a lookup is a binary search: cheaper
+/// per publish than a B-tree's node walks.
+#[derive(Debug, Default)]
+pub(crate) struct OpenEvents(VecDeque<(u64, OpenEvent)>);
+
+impl OpenEvents {
+    fn position(&self, id: u64) -> Result<usize, usize> {
+        self.0.binary_search_by_key(&id, |(open, _)| *open)
+    }
+
+    pub(crate) fn get(&self, id: &u64) -> Option<&OpenEvent> {
+        self.position(*id).ok().map(|at| &self.0[at].1)
+    }
+
+    pub(crate) fn get_mut(&mut self, id: &u64) -> Option<&mut OpenEvent> {
+        self.position(*id).ok().map(|at| &mut self.0[at].1)
+    }
+
+    /// Adds `open` unless `id` is followed already; says whether it was added.
+    fn insert(&mut self, id: u64, open: OpenEvent) -> bool {
+        match self.0.back() {
+            Some((newest, _)) if *newest >= id => match self.position(id) {
+                Ok(_) => false,
+                Err(at) => {
+                    self.0.insert(at, (id, open));
+                    true
+                }
+            },
+            _ => {
+                self.0.push_back((id, open));
+                true
+            }
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn pop_oldest(&mut self) -> Option<OpenEvent> {
+        self.0.pop_front().map(|(_, open)| open)
+    }
+
+    fn oldest(&self) -> Option<u64> {
+        self.0.front().map(|(id, _)| *id)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &OpenEvent> {
+        self.0.iter().map(|(_, open)| open)
+    }
+}
+
 /// One channel's live ledger.
 #[derive(Debug, Default)]
 pub(crate) struct ChannelLedger {
@@ -72,7 +126,7 @@ pub(crate) struct ChannelLedger {
     /// The highest `joined_after` among current recipients: an event with a greater id expects
     /// all of them, which spares a scan per publish.
     latest_join: u64,
-    pub(crate) open: BTreeMap<u64, OpenEvent>,
+    pub(crate) open: OpenEvents,
     /// How many of `open` still wait for an expected recipient: asked of every idle channel
     /// by the hub's unloading, so counted rather than searched for.
     incomplete: usize,
@@ -126,31 +180,28 @@ impl ChannelLedger {
     /// Returns how many recipients it expects, or `None` when it is followed already (an event
     /// applied twice keeps its acknowledgements).
     pub(crate) fn track(&mut self, id: u64, published: DateTime<Utc>) -> Option<usize> {
-        if self.open.contains_key(&id) {
-            return None;
-        }
         let expected = if id > self.latest_join {
             self.recipients.len()
         } else {
             self.recipients.values().filter(|m| m.expects(id)).count()
         };
-        self.open.insert(
-            id,
-            OpenEvent {
-                published,
-                expected,
-                acked_expected: 0,
-                acked: HashSet::new(),
-                changed: None,
-            },
-        );
+        let open = OpenEvent {
+            published,
+            expected,
+            acked_expected: 0,
+            acked: HashSet::new(),
+            changed: None,
+        };
+        if !self.open.insert(id, open) {
+            return None;
+        }
         self.incomplete += usize::from(expected > 0);
         while self.open.len() > TRACKED_EVENTS {
-            if let Some((_, gone)) = self.open.pop_first() {
+            if let Some(gone) = self.open.pop_oldest() {
                 self.incomplete -= usize::from(gone.acked_expected < gone.expected);
             }
         }
-        if let Some(&oldest) = self.open.keys().next() {
+        if let Some(oldest) = self.open.oldest() {
             self.departed
                 .retain(|m| m.left_after.is_some_and(|left| left >= oldest));
         }
@@ -240,7 +291,7 @@ mod tests {
             None,
             "not expected: no completion"
         );
-        assert!(ledger.open[&3].satisfies(WaitFor::AtLeast(1)));
+        assert!(ledger.open.get(&3).unwrap().satisfies(WaitFor::AtLeast(1)));
         assert_eq!(ledger.acknowledge(3, &a), None);
         assert_eq!(
             ledger.acknowledge(3, &a),
@@ -254,7 +305,7 @@ mod tests {
                 expected: 2
             })
         );
-        assert!(ledger.open[&3].satisfies(WaitFor::All));
+        assert!(ledger.open.get(&3).unwrap().satisfies(WaitFor::All));
         assert!(!ledger.incomplete());
         assert_eq!(ledger.acknowledge(99, &a), None);
     }
@@ -279,12 +330,28 @@ mod tests {
     }
 
     #[test]
+    fn follows_events_that_come_out_of_order_once_each() {
+        let mut ledger = ChannelLedger::new([member("A", 0)]);
+        for id in [1, 4, 2] {
+            assert_eq!(ledger.track(id, Utc::now()), Some(1), "event {id}");
+        }
+        assert_eq!(ledger.track(2, Utc::now()), None, "followed already");
+        assert_eq!(ledger.track(4, Utc::now()), None, "followed already");
+        let ids: Vec<u64> = ledger.open.0.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, [1, 2, 4]);
+        assert_eq!(ledger.incomplete_count(), 3);
+        let a = DeviceId::new("A").unwrap();
+        assert!(ledger.acknowledge(2, &a).is_some());
+        assert!(ledger.owes(4, &a) && !ledger.owes(2, &a) && !ledger.owes(3, &a));
+    }
+
+    #[test]
     fn follows_a_bounded_number_of_events() {
         let mut ledger = ChannelLedger::default();
         for id in 1..=(TRACKED_EVENTS as u64 + 10) {
             ledger.track(id, Utc::now());
         }
         assert_eq!(ledger.open.len(), TRACKED_EVENTS);
-        assert_eq!(ledger.open.first_key_value().map(|(k, _)| *k), Some(11));
+        assert_eq!(ledger.open.oldest(), Some(11));
     }
 }

@@ -38,7 +38,7 @@ pub fn encode_notice(event_type: &str, body: &str) -> Bytes {
 
 fn encode_frame(id: Option<u64>, event_type: Option<&str>, body: &str) -> Bytes {
     // Most bodies are one line: one quick scan says so, and they are written whole.
-    let one_line = !body.bytes().any(|b| b == b'\n' || b == b'\r');
+    let one_line = memchr::memchr2(b'\n', b'\r', body.as_bytes()).is_none();
     let lines = if one_line { 1 } else { count_lines(body) };
     // Exact size up front: one allocation per event, however many subscribers share it.
     let mut len = body.len() + lines * 7 + 1;
@@ -99,7 +99,7 @@ pub fn split_lines(body: &str) -> impl Iterator<Item = &str> {
             return None;
         }
         let rest = &bytes[start..];
-        match rest.iter().position(|&b| b == b'\n' || b == b'\r') {
+        match memchr::memchr2(b'\n', b'\r', rest) {
             Some(pos) => {
                 let line = &body[start..start + pos];
                 let skip = if rest[pos] == b'\r' && rest.get(pos + 1) == Some(&b'\n') {

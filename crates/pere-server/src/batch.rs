@@ -61,7 +61,7 @@ pub fn events(body: &[u8], batch: &Batch) -> Result<Vec<NewEvent>, ApiError> {
         ));
     }
     let body = body.strip_suffix(b"\n").unwrap_or(body);
-    let count = body.iter().filter(|&&b| b == b'\n').count() + 1;
+    let count = memchr::memchr_iter(b'\n', body).count() + 1;
     if count > batch.max_events {
         return Err(ApiError::new(
             hyper::StatusCode::PAYLOAD_TOO_LARGE,
@@ -73,7 +73,11 @@ pub fn events(body: &[u8], batch: &Batch) -> Result<Vec<NewEvent>, ApiError> {
         ));
     }
     let mut events = Vec::with_capacity(count);
-    for (i, line) in body.split(|&b| b == b'\n').enumerate() {
+    let mut rest = body;
+    for i in 0..count {
+        let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+        let line = &rest[..end];
+        rest = rest.get(end + 1..).unwrap_or_default();
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         events.push(event(i, line, batch).map_err(|why| bad_line(i, &why))?);
     }
