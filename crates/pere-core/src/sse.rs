@@ -10,7 +10,7 @@
 //!
 //! A frame is encoded once per event and its bytes are shared by every subscriber.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 /// The `event:` type of the notice sent when part of the requested history is no longer retained.
 pub const GAP_EVENT_TYPE: &str = "pere-gap";
@@ -39,41 +39,50 @@ pub fn encode_notice(event_type: &str, body: &str) -> Bytes {
 fn encode_frame(id: Option<u64>, event_type: Option<&str>, body: &str) -> Bytes {
     // Most bodies are one line: one quick scan says so, and they are written whole.
     let one_line = memchr::memchr2(b'\n', b'\r', body.as_bytes()).is_none();
-    let lines = if one_line { 1 } else { count_lines(body) };
-    // Exact size up front: one allocation per event, however many subscribers share it.
-    let mut len = body.len() + lines * 7 + 1;
-    if id.is_some() {
-        len += 4 + 20 + 1;
+    // Each line is `data: <line>\n`; the line breaks of the body are not written.
+    let data_len = if one_line {
+        7 + body.len()
+    } else {
+        split_lines(body).map(|line| 7 + line.len()).sum()
+    };
+    // itoa: the formatting machinery costs more than the digits, once per event.
+    let mut digits = itoa::Buffer::new();
+    let id = id.map(|id| digits.format(id).as_bytes());
+    // The exact size up front: one allocation per event, however many subscribers share it,
+    // and none more when it becomes `Bytes` (a vector with room to spare would be copied).
+    let mut len = data_len + 1;
+    if let Some(id) = id {
+        len += 4 + id.len() + 1;
     }
     if let Some(t) = event_type {
         len += 8 + t.len();
     }
-    let mut out = BytesMut::with_capacity(len);
+    let mut out = Vec::with_capacity(len);
     if let Some(id) = id {
-        out.put_slice(b"id: ");
-        // itoa: the formatting machinery costs more than the digits, once per event.
-        out.put_slice(itoa::Buffer::new().format(id).as_bytes());
-        out.put_u8(b'\n');
+        out.extend_from_slice(b"id: ");
+        out.extend_from_slice(id);
+        out.push(b'\n');
     }
     if let Some(t) = event_type {
         debug_assert!(!t.contains(['\r', '\n']));
-        out.put_slice(b"event: ");
-        out.put_slice(t.as_bytes());
-        out.put_u8(b'\n');
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(t.as_bytes());
+        out.push(b'\n');
     }
     if one_line {
-        out.put_slice(b"data: ");
-        out.put_slice(body.as_bytes());
-        out.put_u8(b'\n');
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(body.as_bytes());
+        out.push(b'\n');
     } else {
         for line in split_lines(body) {
-            out.put_slice(b"data: ");
-            out.put_slice(line.as_bytes());
-            out.put_u8(b'\n');
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(line.as_bytes());
+            out.push(b'\n');
         }
     }
-    out.put_u8(b'\n');
-    out.freeze()
+    out.push(b'\n');
+    debug_assert_eq!(out.len(), len);
+    Bytes::from(out)
 }
 
 /// The first bytes of every stream: the `retry:` field that tells a client how long to wait
@@ -82,10 +91,6 @@ fn encode_frame(id: Option<u64>, event_type: Option<&str>, body: &str) -> Bytes 
 /// that dispatch any block with a field (Python's `httpx-sse`) as an empty message.
 pub fn encode_opening(retry_ms: u64) -> Bytes {
     Bytes::from(format!("retry: {retry_ms}\n"))
-}
-
-fn count_lines(body: &str) -> usize {
-    split_lines(body).count()
 }
 
 /// Splits on CRLF, CR and LF, as an SSE parser does. An empty body, or one that ends with a line
