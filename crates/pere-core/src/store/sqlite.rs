@@ -95,9 +95,9 @@ pub const DEVICE_WRITE_BACK: Duration = Duration::from_secs(1);
 
 /// How long the checkpointer thread lets commits gather before it copies them from the WAL into
 /// the database: a page changed by many commits in that time is copied once. Short, so that the
-/// WAL never holds much that is not yet in the database and synced: when it reaches
-/// [`WRITER_CHECKPOINT_PAGES`], or when it starts over, the writer itself copies and syncs what
-/// is left, and every write waits for that. At 500 ms, pushes flat out on a slow disk waited
+/// WAL never holds much that is not yet in the database and synced: when it reaches the
+/// writer's own limit (16,384 pages), or when it starts over, the writer itself copies and syncs
+/// what is left, and every write waits for that. At 500 ms, pushes flat out on a slow disk waited
 /// 40 ms at the 99th percentile; at 50 ms, 4 ms.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(50);
 
