@@ -216,14 +216,22 @@ const KEY_SWEEP_MIN: usize = 1024;
 /// transaction rolls back, since what it did to them is undone.
 #[derive(Default)]
 struct EventKeys {
-    channels: HashMap<ChannelName, HashMap<u64, u64>>,
-    /// Entries per channel after its last sweep.
-    swept: HashMap<ChannelName, usize>,
+    channels: HashMap<ChannelName, ChannelKeys>,
+    /// Entries across channels.
     held: usize,
 }
 
+/// One channel's held keys.
+#[derive(Default)]
+struct ChannelKeys {
+    /// Key hash → event id.
+    ids: HashMap<u64, u64>,
+    /// Entries after the last sweep.
+    swept: usize,
+}
+
 impl EventKeys {
-    /// The keys of `channel`, read from its rows if not held.
+    /// The keys of `channel` (hash → event id), read from its rows if not held.
     fn channel(
         &mut self,
         conn: &Connection,
@@ -245,28 +253,28 @@ impl EventKeys {
                 self.forget_all();
             }
             self.held += ids.len();
-            self.swept.insert(channel.clone(), ids.len());
-            self.channels.insert(channel.clone(), ids);
+            let swept = ids.len();
+            self.channels
+                .insert(channel.clone(), ChannelKeys { ids, swept });
         }
-        Ok(self.channels.get_mut(channel).expect("just held"))
+        Ok(&mut self.channels.get_mut(channel).expect("just held").ids)
     }
 
     /// Notes that event `id` of `channel` now holds `key`; `first` is the channel's oldest
     /// retained id, below which entries are stale.
     fn noted(&mut self, channel: &ChannelName, key: &str, id: u64, first: u64) {
         // Not held: the channel's rows, this one included, are read when it is next asked for.
-        let Some(ids) = self.channels.get_mut(channel) else {
+        let Some(keys) = self.channels.get_mut(channel) else {
             return;
         };
-        if ids.insert(key_hash(key), id).is_none() {
+        if keys.ids.insert(key_hash(key), id).is_none() {
             self.held += 1;
         }
-        let swept = self.swept.entry(channel.clone()).or_default();
-        if ids.len() >= (2 * *swept).max(KEY_SWEEP_MIN) {
-            let before = ids.len();
-            ids.retain(|_, id| *id >= first);
-            self.held -= before - ids.len();
-            *swept = ids.len();
+        if keys.ids.len() >= (2 * keys.swept).max(KEY_SWEEP_MIN) {
+            let before = keys.ids.len();
+            keys.ids.retain(|_, id| *id >= first);
+            self.held -= before - keys.ids.len();
+            keys.swept = keys.ids.len();
         }
         if self.held > HELD_KEYS {
             self.forget_all();
@@ -275,8 +283,8 @@ impl EventKeys {
 
     /// Drops the entry of `key` if it is event `id`'s.
     fn forget(&mut self, channel: &ChannelName, key: &str, id: u64) {
-        if let Some(ids) = self.channels.get_mut(channel) {
-            if let Entry::Occupied(entry) = ids.entry(key_hash(key)) {
+        if let Some(keys) = self.channels.get_mut(channel) {
+            if let Entry::Occupied(entry) = keys.ids.entry(key_hash(key)) {
                 if *entry.get() == id {
                     entry.remove();
                     self.held -= 1;
@@ -287,7 +295,6 @@ impl EventKeys {
 
     fn forget_all(&mut self) {
         self.channels.clear();
-        self.swept.clear();
         self.held = 0;
     }
 }
@@ -3249,6 +3256,7 @@ mod tests {
             .channels
             .get_mut(&c)
             .expect("the channel's keys are held")
+            .ids
             .insert(key_hash("b"), 1);
         let again = store.append(&c, keyed("b", "2")).await.unwrap();
         assert_eq!((again.new, again.event.id), (false, 2));
