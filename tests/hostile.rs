@@ -1,28 +1,9 @@
 //! Hostile input against the real server with tight limits: every bound a client can push on
 //! gets its exact answer, and the server still answers after each.
 
-use pere_e2e::{TestServer, WAIT};
+use pere_e2e::{read_until, TestServer, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// Reads from `stream` until `enough` says so, the peer closes, or [`WAIT`] passes.
-async fn read_until(stream: &mut TcpStream, enough: impl Fn(&str) -> bool) -> String {
-    let mut seen = Vec::new();
-    let _ = tokio::time::timeout(WAIT, async {
-        loop {
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => seen.extend_from_slice(&chunk[..n]),
-            }
-            if enough(&String::from_utf8_lossy(&seen)) {
-                break;
-            }
-        }
-    })
-    .await;
-    String::from_utf8_lossy(&seen).into_owned()
-}
 
 /// Sends `request` on a new connection; returns what came back once a whole head arrived.
 async fn send(server: &TestServer, request: &[u8]) -> String {

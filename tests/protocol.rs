@@ -938,3 +938,32 @@ async fn health_and_readiness_answer(store: StoreUnderTest) {
         "the original's check stays"
     );
 }
+
+/// A feed that carries nothing gets a keep-alive comment every `--keep-alive` seconds, whether
+/// or not an event went out on it before (writes push the comment back; they do not stop it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_feed_gets_keep_alive_comments_before_and_after_events() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start(&["--keep-alive", "1"]).await;
+    let mut feed = tokio::net::TcpStream::connect(server.host_port())
+        .await
+        .unwrap();
+    feed.write_all(b"GET /feed/Quiet?device=K1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let opening = pere_e2e::read_until(&mut feed, |s| s.contains(": keep-alive\n")).await;
+    assert!(opening.contains(": keep-alive\n"), "{opening}");
+
+    server.push("Quiet", "{\"n\":1}").await;
+    let after = pere_e2e::read_until(&mut feed, |s| {
+        s.split_once("data: {\"n\":1}\n\n")
+            .is_some_and(|(_, rest)| rest.contains(": keep-alive\n"))
+    })
+    .await;
+    let (_, rest) = after
+        .split_once("data: {\"n\":1}\n\n")
+        .unwrap_or_else(|| panic!("no event: {after}"));
+    assert!(rest.contains(": keep-alive\n"), "{after}");
+    // One comment per quiet interval, not a stream of them.
+    assert!(rest.matches(": keep-alive").count() <= 2, "{after}");
+}

@@ -26,6 +26,30 @@ use tokio::sync::Notify;
 /// How long any single wait may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// Reads from `stream` until `enough` says so of what arrived, the peer closes, or [`WAIT`]
+/// passes; returns what arrived (as text, lossily).
+pub async fn read_until(
+    stream: &mut tokio::net::TcpStream,
+    enough: impl Fn(&str) -> bool,
+) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let _ = tokio::time::timeout(WAIT, async {
+        loop {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&chunk[..n]),
+            }
+            if enough(&String::from_utf8_lossy(&seen)) {
+                break;
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
 /// The path of a workspace binary, next to the test executable's directory.
 ///
 /// The binaries are built by `cargo build --workspace --bins` (the README's test command does it

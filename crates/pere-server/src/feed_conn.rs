@@ -177,12 +177,16 @@ pub async fn serve<S: Store>(
             return EndReason::Closed.describe();
         }
         drop(out);
-        let mut keep_alive = Instant::now() + keep_alive_every;
+        // One timer for the feed's life, pushed back after each write: a later deadline only
+        // moves its mark, where a timer made for every wait (every delivery) would be put into
+        // and taken out of the runtime's timer wheel each time.
+        let keep_alive = sleep_until(Instant::now() + keep_alive_every);
+        tokio::pin!(keep_alive);
         let mut frames: Vec<Bytes> = Vec::new();
         loop {
             tokio::select! {
                 () = state.shutdown.cancelled() => return EndReason::Shutdown.describe(),
-                () = sleep_until(keep_alive) => frames.push(Bytes::from_static(sse::KEEP_ALIVE_FRAME)),
+                () = &mut keep_alive => frames.push(Bytes::from_static(sse::KEEP_ALIVE_FRAME)),
                 // A feed client sends nothing more: readable means it closed (or misbehaves).
                 _ = stream.readable() => {
                     let mut probe = [0u8; 64];
@@ -216,7 +220,7 @@ pub async fn serve<S: Store>(
                 return EndReason::Closed.describe();
             }
             frames.clear();
-            keep_alive = Instant::now() + keep_alive_every;
+            keep_alive.as_mut().reset(Instant::now() + keep_alive_every);
         }
     }
     .await;
