@@ -122,3 +122,36 @@ on_every_store!(
     subscribers_joining_during_concurrent_publishing_see_no_gap_and_no_duplicate,
     a_stalled_subscriber_is_cut_without_growing_memory_or_slowing_others,
 );
+
+/// `pere-bench witness`, the fan-out benchmark's second witness, counts every delivery of a
+/// short paced run and reports latencies from its own clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fan_out_witness_counts_every_delivery() {
+    let server = TestServer::start(&["--quiet"]).await;
+    let output = tokio::process::Command::new(pere_e2e::bin_path("pere-bench"))
+        .args([
+            "witness",
+            "-u",
+            &server.url(""),
+            "-n",
+            "5",
+            "-r",
+            "50",
+            "-d",
+            "0.4",
+        ])
+        .output();
+    let output = tokio::time::timeout(pere_e2e::WAIT, output)
+        .await
+        .expect("the witness finished in time")
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["published"]["ok"], 20, "{report}");
+    assert_eq!(report["deliveries"]["expected"], 100, "{report}");
+    assert_eq!(report["deliveries"]["lost"], 0, "{report}");
+    assert!(
+        report["latency_ms"]["p99"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+}

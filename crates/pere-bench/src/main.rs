@@ -25,6 +25,7 @@ mod report;
 mod sse;
 mod stats;
 mod summarize;
+mod witness;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs as _};
 use std::path::PathBuf;
@@ -59,6 +60,9 @@ enum Command {
     Receipts(LoadArgs),
     /// Unpaced publishing, no subscribers, K keep-alive connections: pushes/s.
     Push(LoadArgs),
+    /// Paced fan-out measured with other clients (reqwest and eventsource-stream), none of
+    /// pere-bench's own: a second witness of `fanout`'s latency.
+    Witness(witness::WitnessArgs),
     /// Print the memory (KiB) and CPU time (s) of processes and their descendants, as JSON.
     Probe {
         /// A server process (repeatable); its child processes are included.
@@ -220,24 +224,11 @@ fn run() -> anyhow::Result<()> {
         Command::Push(a) => (Scenario::Push, a),
         Command::IdleH2(a) => {
             let target = parse_target(&a.url)?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            let report = runtime.block_on(async {
-                let timeout = Duration::from_secs_f64(a.timeout);
-                tokio::time::timeout(timeout, h2::idle(target, &a)).await
-            });
-            runtime.shutdown_background();
-            let Ok(report) = report else {
-                eprintln!(
-                    "pere-bench: stopped by the overall timeout ({} s)",
-                    a.timeout
-                );
-                std::process::exit(2);
-            };
-            println!("{}", report?);
-            return Ok(());
+            return print_bounded(a.timeout, h2::idle(target, &a));
+        }
+        Command::Witness(a) => {
+            let target = parse_target(&a.url)?;
+            return print_bounded(a.timeout, witness::run(target, &a));
         }
         Command::Probe { server_pids } => {
             let sample = Probe::new(server_pids)
@@ -395,6 +386,27 @@ fn plan(scenario: Scenario, a: LoadArgs) -> anyhow::Result<(Plan, Duration)> {
 
 /// `http://127.0.0.1:4567/` → its address; only addresses of this machine are accepted, since
 /// this is a load generator.
+/// Runs a scenario of its own on two worker threads, stopped after `timeout` seconds (exit
+/// status 2), and prints its report.
+fn print_bounded<T: std::fmt::Display>(
+    timeout: f64,
+    scenario: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let report = runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs_f64(timeout), scenario).await });
+    runtime.shutdown_background();
+    let Ok(report) = report else {
+        eprintln!("pere-bench: stopped by the overall timeout ({timeout} s)");
+        std::process::exit(2);
+    };
+    println!("{}", report?);
+    Ok(())
+}
+
 fn parse_target(url: &str) -> anyhow::Result<SocketAddr> {
     let rest = url.strip_prefix("http://").unwrap_or(url);
     if rest.starts_with("https://") || url.starts_with("https://") {
