@@ -177,18 +177,22 @@ pub async fn serve<S: Store>(
             return EndReason::Closed.describe();
         }
         drop(out);
-        // One timer for the feed's life, pushed back after each write: a later deadline only
-        // moves its mark, where a timer made for every wait (every delivery) would be put into
-        // and taken out of the runtime's timer wheel each time.
+        // The waits that last as long as the feed are made once, not at every turn of the loop
+        // (every delivery): a timer would be put into and taken out of the runtime's timer
+        // wheel each time, and a shutdown wait into and out of the token's list of waiters.
+        // The keep-alive timer is pushed back after each write, which only moves its mark.
         let keep_alive = sleep_until(Instant::now() + keep_alive_every);
         tokio::pin!(keep_alive);
+        let shutdown = state.shutdown.cancelled();
+        tokio::pin!(shutdown);
         let mut frames: Vec<Bytes> = Vec::new();
         loop {
             tokio::select! {
-                () = state.shutdown.cancelled() => return EndReason::Shutdown.describe(),
+                () = &mut shutdown => return EndReason::Shutdown.describe(),
                 () = &mut keep_alive => frames.push(Bytes::from_static(sse::KEEP_ALIVE_FRAME)),
                 // A feed client sends nothing more: readable means it closed (or misbehaves).
-                _ = stream.readable() => {
+                // (The socket's own read waker: no waiter to add and remove at every turn.)
+                _ = std::future::poll_fn(|cx| stream.poll_read_ready(cx)) => {
                     let mut probe = [0u8; 64];
                     match stream.try_read(&mut probe) {
                         Ok(_) => return EndReason::Closed.describe(),
@@ -211,7 +215,7 @@ pub async fn serve<S: Store>(
                 },
             }
             let written = tokio::select! {
-                () = state.shutdown.cancelled() => return EndReason::Shutdown.describe(),
+                () = &mut shutdown => return EndReason::Shutdown.describe(),
                 // Blocked on a client that does not read, and cut meanwhile: close now.
                 () = &mut cut => return EndReason::Lagged.describe(),
                 written = write_all_vectored(&mut stream, &frames) => written,
@@ -272,11 +276,16 @@ async fn write_all_vectored(stream: &mut TcpStream, frames: &[Bytes]) -> io::Res
     let mut index = 0;
     let mut offset = 0;
     while index < frames.len() {
-        let slices: Vec<IoSlice<'_>> = std::iter::once(&frames[index][offset..])
-            .chain(frames[index + 1..].iter().map(|f| &f[..]))
-            .map(IoSlice::new)
-            .collect();
-        let mut written = stream.write_vectored(&slices).await?;
+        // On the stack: at most `MAX_GATHER` frames go in one call.
+        let mut slices = [IoSlice::new(&[]); MAX_GATHER];
+        let pieces = std::iter::once(&frames[index][offset..])
+            .chain(frames[index + 1..].iter().map(|f| &f[..]));
+        let mut count = 0;
+        for (slot, piece) in slices.iter_mut().zip(pieces) {
+            *slot = IoSlice::new(piece);
+            count += 1;
+        }
+        let mut written = stream.write_vectored(&slices[..count]).await?;
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
