@@ -3,14 +3,17 @@
 # own clients (`pere-bench fanout`) and clients that share no code with them (`pere-bench
 # witness`: reqwest and eventsource-stream). Each round runs both on a fresh PERE (memory store)
 # and on fresh nginx + Nchan with 1 and 2 workers, in a rotating order; prints each run, then the
-# medians and the PERE / Nchan ratios per witness.
-# Environment: ROUNDS=3, SUBSCRIBERS=1000, RATE=100, DURATION=10.
+# medians and the PERE / Nchan ratios per witness. Both publish on PUBLISHERS connections, each
+# event at its scheduled time (with one, each push waits for the last answer, which hides a
+# server's late answers from the latency).
+# Environment: ROUNDS=3, SUBSCRIBERS=1000, RATE=100, DURATION=10, PUBLISHERS=4.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 SUBSCRIBERS=${SUBSCRIBERS:-1000}
 RATE=${RATE:-100}
 DURATION=${DURATION:-10}
+PUBLISHERS=${PUBLISHERS:-4}
 NCHAN_MODULE=/usr/lib/nginx/modules/ngx_nchan_module.so
 ulimit -n "$(ulimit -Hn)"
 cargo build --release -q -p pere-server -p pere-bench
@@ -60,11 +63,11 @@ for round in $(seq "$ROUNDS"); do
       channel="w${round}x$witness"
       if [[ $witness == fanout ]]; then
         report=$(target/release/pere-bench fanout -u "$URL" -n "$SUBSCRIBERS" -r "$RATE" -d "$DURATION" \
-          --prefix "$channel" --json -q)
+          -k "$PUBLISHERS" --prefix "$channel" --json -q)
         lat=$(jq -r '"\(.latency_us.p50 / 1000) \(.latency_us.p99 / 1000) \(.deliveries.lost)"' <<<"$report")
       else
         report=$(target/release/pere-bench witness -u "$URL" -n "$SUBSCRIBERS" -r "$RATE" -d "$DURATION" \
-          --channel "$channel")
+          -k "$PUBLISHERS" --channel "$channel")
         lat=$(jq -r '"\(.latency_ms.p50) \(.latency_ms.p99) \(.deliveries.lost)"' <<<"$report")
       fi
       kill "$PID"; wait "$PID" 2>/dev/null || true

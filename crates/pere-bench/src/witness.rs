@@ -30,6 +30,11 @@ pub struct WitnessArgs {
     /// Seconds of publishing.
     #[arg(short = 'd', long, default_value_t = 10.0)]
     pub duration: f64,
+    /// Publishing connections; publisher k sends events k, k+K, … each at its scheduled time,
+    /// or at once when it falls behind. With one, each push waits for the last answer, and a
+    /// server that answers late delays the sends (its backlog then stays out of the latency).
+    #[arg(short = 'k', long, default_value_t = 1)]
+    pub publishers: usize,
     /// The channel (a fresh one per run keeps runs apart).
     #[arg(long, default_value = "witness")]
     pub channel: String,
@@ -89,25 +94,38 @@ pub async fn run(target: SocketAddr, args: &WitnessArgs) -> anyhow::Result<Value
     }
 
     let push_url = format!("{base}/push/{}", args.channel);
-    let publisher = reqwest::Client::new();
     let events = (args.rate * args.duration).round() as u64;
-    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate));
-    let mut accepted = 0u64;
+    let interval = Duration::from_secs_f64(1.0 / args.rate);
+    let publishers = args.publishers.max(1) as u64;
+    let accepted = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    for seq in 0..events {
-        ticks.tick().await;
-        let body = json!({"t": epoch.elapsed().as_micros() as u64, "seq": seq}).to_string();
-        let answer = publisher
-            .post(&push_url)
-            .header("Content-Type", "application/json")
-            .header("device", "witness-publisher")
-            .body(body)
-            .send()
-            .await;
-        if answer.is_ok_and(|a| a.status().is_success()) {
-            accepted += 1;
-        }
+    let start = tokio::time::Instant::now();
+    let mut sending = Vec::new();
+    for k in 0..publishers {
+        let (push_url, accepted) = (push_url.clone(), accepted.clone());
+        sending.push(tokio::spawn(async move {
+            // A client each: its own keep-alive connection.
+            let publisher = reqwest::Client::new();
+            for seq in (k..events).step_by(publishers as usize) {
+                tokio::time::sleep_until(start + interval.mul_f64(seq as f64)).await;
+                let body = json!({"t": epoch.elapsed().as_micros() as u64, "seq": seq}).to_string();
+                let answer = publisher
+                    .post(&push_url)
+                    .header("Content-Type", "application/json")
+                    .header("device", "witness-publisher")
+                    .body(body)
+                    .send()
+                    .await;
+                if answer.is_ok_and(|a| a.status().is_success()) {
+                    accepted.fetch_add(1, Relaxed);
+                }
+            }
+        }));
     }
+    for publisher in sending {
+        publisher.await?;
+    }
+    let accepted = accepted.load(Relaxed);
     let published_s = started.elapsed().as_secs_f64();
     let expected = accepted * args.subscribers as u64;
     let deadline = Instant::now() + Duration::from_secs_f64(args.drain);
@@ -126,6 +144,7 @@ pub async fn run(target: SocketAddr, args: &WitnessArgs) -> anyhow::Result<Value
     Ok(json!({
         "scenario": "witness",
         "subscribers": args.subscribers,
+        "publishers": publishers,
         "published": {"ok": accepted, "s": published_s},
         "deliveries": {
             "expected": expected,
