@@ -313,6 +313,16 @@ macro_rules! select_device {
     };
 }
 
+/// `SELECT` of an event row, in the column order [`event_from_row`] reads, followed by `rest`.
+macro_rules! select_event {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, time, publisher, event_type, body, idempotency_key FROM events ",
+            $rest
+        )
+    };
+}
+
 /// `SELECT` of a membership row, in the column order [`membership_from_row`] reads, followed by `rest`.
 macro_rules! select_membership {
     ($rest:literal) => {
@@ -1304,7 +1314,7 @@ impl Store for SqliteStore {
             let mut events = query_events(
                 conn,
                 &channel,
-                "SELECT id, time, publisher, event_type, body, idempotency_key FROM events WHERE channel = ?1 ORDER BY id DESC LIMIT ?2",
+                select_event!("WHERE channel = ?1 ORDER BY id DESC LIMIT ?2"),
                 params![channel.as_str(), sql_limit(limit)],
             )?;
             events.reverse();
@@ -1334,7 +1344,7 @@ impl Store for SqliteStore {
             let mut events = query_events(
                 conn,
                 &channel,
-                "SELECT id, time, publisher, event_type, body, idempotency_key FROM events WHERE channel = ?1 AND id = ?2",
+                select_event!("WHERE channel = ?1 AND id = ?2"),
                 params![channel.as_str(), id],
             )?;
             Ok(events.pop())
@@ -1423,10 +1433,12 @@ impl Store for SqliteStore {
             query_events(
                 conn,
                 &channel,
-                "SELECT id, time, publisher, event_type, body, idempotency_key FROM events WHERE channel = ?1 AND id > ?2 \
-                 AND NOT EXISTS (SELECT 1 FROM receipts \
-                     WHERE receipts.channel = ?1 AND receipts.event_id = events.id AND receipts.device = ?3) \
-                 ORDER BY id LIMIT ?4",
+                select_event!(
+                    "WHERE channel = ?1 AND id > ?2 \
+                     AND NOT EXISTS (SELECT 1 FROM receipts \
+                         WHERE receipts.channel = ?1 AND receipts.event_id = events.id AND receipts.device = ?3) \
+                     ORDER BY id LIMIT ?4"
+                ),
                 params![channel.as_str(), after, device.as_str(), sql_limit(limit)],
             )
         })
@@ -1681,7 +1693,7 @@ fn read_page(
     let events = query_events(
         &tx,
         channel,
-        "SELECT id, time, publisher, event_type, body, idempotency_key FROM events WHERE channel = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+        select_event!("WHERE channel = ?1 AND id > ?2 ORDER BY id LIMIT ?3"),
         params![channel.as_str(), after, sql_limit(limit)],
     )?;
     tx.commit()?;
@@ -2265,10 +2277,12 @@ fn keyed_event(
     let Some(&id) = keys.channel(conn, channel)?.get(&key_hash(key)) else {
         return Ok(None);
     };
-    const COLUMNS: &str =
-        "SELECT id, time, publisher, event_type, body, idempotency_key FROM events";
-    let by_id = format!("{COLUMNS} WHERE channel = ?1 AND id = ?2");
-    let stored = query_events(conn, channel, &by_id, params![channel.as_str(), id])?;
+    let stored = query_events(
+        conn,
+        channel,
+        select_event!("WHERE channel = ?1 AND id = ?2"),
+        params![channel.as_str(), id],
+    )?;
     let event = match stored.into_iter().next() {
         Some(event) if event.idempotency_key.as_deref() == Some(key) => event,
         // Pruned since.
@@ -2279,8 +2293,8 @@ fn keyed_event(
         // Another key with the same hash holds the entry (about one chance in 2^64 per pair),
         // or the key was cleared: the channel's rows say.
         Some(_) => {
-            let by_key = format!("{COLUMNS} WHERE channel = ?1 AND idempotency_key = ?2");
-            match query_events(conn, channel, &by_key, params![channel.as_str(), key])?
+            let by_key = select_event!("WHERE channel = ?1 AND idempotency_key = ?2");
+            match query_events(conn, channel, by_key, params![channel.as_str(), key])?
                 .into_iter()
                 .next()
             {
