@@ -276,19 +276,28 @@ async fn write_all_vectored(stream: &mut TcpStream, frames: &[Bytes]) -> io::Res
     let mut index = 0;
     let mut offset = 0;
     while index < frames.len() {
-        // On the stack: at most `MAX_GATHER` frames go in one call.
-        let mut slices = [IoSlice::new(&[]); MAX_GATHER];
-        let pieces = std::iter::once(&frames[index][offset..])
-            .chain(frames[index + 1..].iter().map(|f| &f[..]));
-        let mut count = 0;
-        for (slot, piece) in slices.iter_mut().zip(pieces) {
-            *slot = IoSlice::new(piece);
-            count += 1;
-        }
-        let mut written = stream.write_vectored(&slices[..count]).await?;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
+        // The slices live on the stack and only between awaits: kept across one, they would
+        // be room in every feed's future for its whole life (1 KiB).
+        let attempt = {
+            let mut slices = [IoSlice::new(&[]); MAX_GATHER];
+            let pieces = std::iter::once(&frames[index][offset..])
+                .chain(frames[index + 1..].iter().map(|f| &f[..]));
+            let mut count = 0;
+            for (slot, piece) in slices.iter_mut().zip(pieces) {
+                *slot = IoSlice::new(piece);
+                count += 1;
+            }
+            stream.try_write_vectored(&slices[..count])
+        };
+        let mut written = match attempt {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => written,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                stream.writable().await?;
+                continue;
+            }
+            Err(err) => return Err(err),
+        };
         while index < frames.len() && written >= frames[index].len() - offset {
             written -= frames[index].len() - offset;
             index += 1;
