@@ -4,11 +4,11 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use pere_core::wire::{
+use pere_e2e::{Feed, TestServer, WAIT};
+use pere_proto::wire::{
     ChannelStreamsJson, DashboardChannels, DashboardDevices, DashboardEvent, DashboardGrid,
     DashboardHello, DashboardReceipt, DashboardStats,
 };
-use pere_e2e::{Feed, TestServer, WAIT};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 

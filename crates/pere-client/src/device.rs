@@ -6,7 +6,7 @@ use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
-use pere_core::DeviceId;
+use pere_proto::DeviceId;
 
 /// The file that keeps a subscriber's default device id: `$XDG_CONFIG_HOME/pere/device-id`, else
 /// `$HOME/.config/pere/device-id`; none when neither names an absolute directory.

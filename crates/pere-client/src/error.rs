@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use pere_core::wire::ErrorBody;
+use pere_proto::wire::ErrorBody;
 use reqwest::StatusCode;
 
 use crate::output::describe_answer;

@@ -4,7 +4,7 @@ use std::error::Error as _;
 use std::fmt;
 use std::io::Write;
 
-use pere_core::wire::ErrorBody;
+use pere_proto::wire::ErrorBody;
 use reqwest::StatusCode;
 
 /// Prints one line on stdout and flushes it at once: stdout is often a pipe read line by line (by

@@ -7,14 +7,15 @@ use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::time::Duration;
 
-use pere_core::event::valid_idempotency_key;
-pub use pere_core::wire::BatchAnswer;
-use pere_core::wire::{PushAccepted, PushWaited};
-use pere_core::{ChannelName, DeviceId, EventType};
+pub use pere_proto::wire::BatchAnswer;
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Client, RequestBuilder, Url};
 use serde::Serialize;
 use serde_json::value::RawValue;
+
+use pere_proto::event::valid_idempotency_key;
+use pere_proto::wire::{PushAccepted, PushWaited};
+use pere_proto::{ChannelName, DeviceId, EventType};
 
 use crate::address::{base_url, endpoint};
 use crate::body::Body;

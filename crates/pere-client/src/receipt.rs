@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use pere_core::wire::ReceiptJson;
+use pere_proto::wire::ReceiptJson;
 use reqwest::header::{HeaderValue, AUTHORIZATION};
 use reqwest::{Client, RequestBuilder, Url};
 

@@ -13,9 +13,9 @@ use std::time::Duration;
 use eventsource_stream::{EventStreamError, Eventsource};
 use futures_util::stream::Stream;
 use futures_util::StreamExt;
-use pere_core::sse::{GAP_EVENT_TYPE, RESET_EVENT_TYPE};
-use pere_core::wire::{GapNotice, ReceiptJson, ResetNotice};
-use pere_core::{ChannelName, DeviceId};
+use pere_proto::sse::{GAP_EVENT_TYPE, RESET_EVENT_TYPE};
+use pere_proto::wire::{GapNotice, ReceiptJson, ResetNotice};
+use pere_proto::{ChannelName, DeviceId};
 use reqwest::header::{
     HeaderValue, ACCEPT, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER,
 };

@@ -24,14 +24,14 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
+use pere_proto::event::{Event, NewEvent};
+use pere_proto::name::{ChannelName, DeviceId, EventType};
+use pere_proto::presence::PresenceChange;
 use serde::Deserialize;
 
 use crate::error::StoreError;
-use crate::event::{Event, NewEvent};
 use crate::follow::PRESENCE_HISTORY;
 use crate::hub::Hub;
-use crate::name::{ChannelName, DeviceId, EventType};
-use crate::notice::PresenceChange;
 use crate::store::redis::{membership_from, receipt_from, RedisStore};
 
 /// How long a node's registration lives without a heartbeat, by default: a dead node's streams

@@ -15,13 +15,13 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use pere_proto::name::ChannelName;
+use pere_proto::presence::PresenceChange;
+use pere_proto::receipt::Completion;
+use pere_proto::receipt::Receipt;
 use tokio::sync::Notify;
 
 use crate::error::StoreError;
-use crate::ledger::Completion;
-use crate::name::ChannelName;
-use crate::notice::PresenceChange;
-use crate::receipt::Receipt;
 use crate::store::Store;
 
 /// Receipts read from the store per step, in replay and when a live notice wakes the follower:

@@ -38,16 +38,19 @@ use std::task::Poll;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use pere_proto::event::{now, Event, NewEvent};
+use pere_proto::name::{ChannelName, DeviceId};
+use pere_proto::presence::PresenceChange;
+use pere_proto::receipt::{Completion, ReceiptSummary};
+use pere_proto::receipt::{DeviceOp, DeviceRecord, DeviceTouch, Membership, Receipt};
+use pere_proto::view::{ChannelView, DeviceView};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::error::StoreError;
-use crate::event::{now, Event, NewEvent};
 use crate::follow::{PresenceFollow, PresenceLog, ReceiptFollow, ReceiptLive};
-use crate::ledger::{ChannelLedger, Completion, WaitFor};
-use crate::name::{ChannelName, DeviceId};
-use crate::notice::{HubNotice, Observers, PresenceChange};
-use crate::receipt::{DeviceOp, DeviceRecord, DeviceTouch, Membership, Receipt};
+use crate::ledger::{ChannelLedger, WaitFor};
+use crate::notice::{HubNotice, Observers};
 use crate::store::{Appended, RecordedReceipt, Store};
 
 /// Tuning of a [`Hub`].
@@ -125,43 +128,6 @@ pub enum FeedItem {
     },
 }
 
-/// What the hub knows of one device on a channel, live and stored.
-#[derive(Debug, Clone)]
-pub struct DeviceView {
-    /// The stored record.
-    pub record: DeviceRecord,
-    /// How many streams the device has open: on this node, or on the whole cluster where a view
-    /// says so ([`Hub::devices_page`] with shared presence).
-    pub open_streams: usize,
-}
-
-/// For one event: who acknowledged it, who got it without acknowledging, who has not got it.
-#[derive(Debug, Clone)]
-pub struct ReceiptSummary {
-    /// The channel.
-    pub channel: ChannelName,
-    /// The event.
-    pub event_id: u64,
-    /// The latest receipt of each device that acknowledged, by device id.
-    pub acknowledged: Vec<Receipt>,
-    /// Devices the event was delivered to that have not acknowledged it.
-    pub delivered: Vec<DeviceId>,
-    /// Expected recipients the event has not reached yet.
-    pub pending: Vec<DeviceId>,
-    /// How many recipients were expected when the event was published.
-    pub expected: usize,
-    /// When each delivered or pending device was last seen on the channel, for those seen at all:
-    /// a recipient gone for days is why an event never completes.
-    pub last_seen: BTreeMap<DeviceId, DateTime<Utc>>,
-}
-
-impl ReceiptSummary {
-    /// Whether every expected recipient acknowledged.
-    pub fn complete(&self) -> bool {
-        self.delivered.is_empty() && self.pending.is_empty()
-    }
-}
-
 /// How long an unused channel stays loaded by default. Anyone can touch any channel name, so a
 /// channel must leave memory on its own; a minute spares a channel used now and then (a
 /// reconnecting phone, a periodic publisher) the store reads of loading it again, and keeps what
@@ -179,21 +145,6 @@ pub const KEEP_INCOMPLETE: Duration = Duration::from_secs(300);
 /// must not hold the channel's subscribers back forever. Long enough that a busy writer is never
 /// overtaken, short enough that a stall is a hiccup, not an outage.
 pub const GAP_WAIT: Duration = Duration::from_secs(2);
-
-/// A channel as the admin views show it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChannelView {
-    /// The channel.
-    pub channel: ChannelName,
-    /// Streams open on it on this node (feeds).
-    pub open_streams: usize,
-    /// The last event id given out (0 before the first event).
-    pub head: u64,
-    /// Events still retained for replay.
-    pub retained: u64,
-    /// Devices currently expected to acknowledge its new events.
-    pub recipients: usize,
-}
 
 /// The local fan-out engine over a [`Store`].
 #[derive(Debug)]

@@ -8,10 +8,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use pere_proto::name::DeviceId;
+use pere_proto::receipt::{Completion, Membership};
 use tokio::sync::Notify;
-
-use crate::name::DeviceId;
-use crate::receipt::Membership;
 
 /// How many recent events per channel are followed live. Older events' summaries come from the
 /// store; only their live completion notice and synchronous waits are given up.
@@ -51,15 +50,6 @@ impl OpenEvent {
     pub(crate) fn changed(&mut self) -> Arc<Notify> {
         self.changed.get_or_insert_with(Default::default).clone()
     }
-}
-
-/// Sent when an event becomes fully acknowledged by its expected recipients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Completion {
-    /// The event.
-    pub event_id: u64,
-    /// How many recipients were expected (all acknowledged).
-    pub expected: usize,
 }
 
 /// The followed events by id, oldest first. Events are followed in the order of their ids
@@ -267,11 +257,11 @@ mod tests {
 
     fn member(device: &str, joined_after: u64) -> Membership {
         Membership {
-            channel: crate::name::ChannelName::new("C").unwrap(),
+            channel: pere_proto::name::ChannelName::new("C").unwrap(),
             device: DeviceId::new(device).unwrap(),
             joined_after,
             left_after: None,
-            since: crate::event::now(),
+            since: pere_proto::event::now(),
         }
     }
 

@@ -6,27 +6,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::RwLock;
 
 use chrono::{DateTime, Utc};
+use pere_proto::name::{ChannelName, DeviceId};
+use pere_proto::presence::PresenceChange;
+use pere_proto::receipt::{Completion, Membership, Receipt};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
-
-use crate::ledger::Completion;
-use crate::name::{ChannelName, DeviceId};
-use crate::receipt::{Membership, Receipt};
-
-/// A device going online or offline on a channel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PresenceChange {
-    /// Position in the channel's presence stream, increasing: per node (from 1 on a fresh node,
-    /// and above every earlier position when a channel is loaded again), or, with presence
-    /// shared through the store, the store's, the same on every node.
-    pub seq: u64,
-    /// The device.
-    pub device: DeviceId,
-    /// Online (its first stream opened) or offline (its last stream closed).
-    pub online: bool,
-    /// When.
-    pub at: DateTime<Utc>,
-}
 
 /// One change the hub applied, as observers hear of it (see [`Hub::observe`](crate::hub::Hub::observe)).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,13 +6,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pere_core::event::{now, Event};
-use pere_core::hub::{ReceiptSummary, GAP_WAIT, IDLE_CHANNEL, KEEP_INCOMPLETE};
+use pere_core::hub::{GAP_WAIT, IDLE_CHANNEL, KEEP_INCOMPLETE};
 use pere_core::store::Store as _;
 use pere_core::{
     ChannelName, DeviceId, FeedItem, Hub, HubConfig, HubNotice, MemoryStore, NewEvent,
     ReceiptFollow, ReceiptItem, Retention, StoreError, SubscribeRequest, Subscription, WaitFor,
 };
+use pere_proto::event::{now, Event};
+use pere_proto::receipt::ReceiptSummary;
 use tokio::time::timeout;
 
 fn ch(name: &str) -> ChannelName {
@@ -793,7 +794,7 @@ async fn the_hub_counts_deliveries_and_events_owed_receipts_and_lists_channels()
 
 #[tokio::test]
 async fn shared_presence_hands_out_stream_counts_and_takes_numbered_changes() {
-    use pere_core::notice::PresenceChange;
+    use pere_proto::presence::PresenceChange;
 
     let hub = hub();
     hub.share_presence();
@@ -838,7 +839,7 @@ async fn shared_presence_hands_out_stream_counts_and_takes_numbered_changes() {
 #[tokio::test]
 async fn a_presence_follower_behind_the_changes_kept_ends_as_lagged() {
     use pere_core::follow::PRESENCE_HISTORY;
-    use pere_core::notice::PresenceChange;
+    use pere_proto::presence::PresenceChange;
 
     let hub = hub();
     hub.share_presence();

@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use clap::Parser as _;
 use pere_client::{BatchEvent, Error, Policy, Publisher, Pushed};
-use pere_core::wire::{PushAccepted, ReceiptSummaryJson};
-use pere_core::{ChannelName, DeviceId, EventType};
+use pere_proto::wire::{PushAccepted, ReceiptSummaryJson};
+use pere_proto::{ChannelName, DeviceId, EventType};
 use reqwest::{Client, Url};
 use serde::Serialize;
 use tokio::task::JoinHandle;

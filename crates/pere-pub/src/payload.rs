@@ -1,10 +1,11 @@
 //! What gets published: the original publisher's random JSON events, a fixed text, or stdin lines.
 
 pub use pere_client::Body;
-use pere_core::event::{format_time, now};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+
+use pere_proto::event::{format_time, now};
 
 /// The characters of the original's random data: base 36, lower case.
 const BASE36: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";

@@ -1,9 +1,9 @@
 //! Reading a batch push: an NDJSON body (`Content-Type: application/x-ndjson`) into the events
 //! it publishes, one per line, plain or in the envelope form, with their types and keys.
 
-use pere_core::event::{valid_idempotency_key, MAX_IDEMPOTENCY_KEY_LEN};
-use pere_core::wire::BatchLine;
 use pere_core::{DeviceId, EventType, NewEvent};
+use pere_proto::event::{valid_idempotency_key, MAX_IDEMPOTENCY_KEY_LEN};
+use pere_proto::wire::BatchLine;
 
 use crate::error::ApiError;
 

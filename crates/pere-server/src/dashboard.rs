@@ -17,12 +17,13 @@ use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use pere_core::bus::Bus;
-use pere_core::event::format_time;
-use pere_core::wire::{
+use pere_core::{ChannelName, Event, Hub, HubNotice, Membership, Receipt, Store, StoreError};
+use pere_proto::event::format_time;
+use pere_proto::sse;
+use pere_proto::wire::{
     to_json, AckJson, ChannelStreamsJson, DashboardChannels, DashboardDevice, DashboardDevices,
     DashboardEvent, DashboardGrid, DashboardHello, DashboardReceipt, DashboardStats,
 };
-use pere_core::{sse, ChannelName, Event, Hub, HubNotice, Membership, Receipt, Store, StoreError};
 use serde::Serialize;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::time::{Instant, MissedTickBehavior};

@@ -1,9 +1,9 @@
 //! The error answer: every failure a request can meet becomes an [`ApiError`], a status and a
-//! stable code, written as [`pere_core::wire::ErrorBody`] in one place ([`crate::response`]).
+//! stable code, written as [`pere_proto::wire::ErrorBody`] in one place ([`crate::response`]).
 
 use hyper::StatusCode;
-use pere_core::wire::ErrorBody;
 use pere_core::{NameError, StoreError};
+use pere_proto::wire::ErrorBody;
 
 /// An error answer on its way to the client.
 #[derive(Debug)]
@@ -121,9 +121,9 @@ impl ApiError {
     /// 400 for an invalid name, with a code per kind of name.
     pub fn name(err: NameError) -> Self {
         let code = match err.kind {
-            pere_core::error::NameKind::Channel => "bad_channel",
-            pere_core::error::NameKind::Device => "bad_device",
-            pere_core::error::NameKind::EventType => "bad_event_type",
+            pere_proto::error::NameKind::Channel => "bad_channel",
+            pere_proto::error::NameKind::Device => "bad_device",
+            pere_proto::error::NameKind::EventType => "bad_event_type",
         };
         Self::bad_request(code, err.to_string())
     }

@@ -1,5 +1,5 @@
 //! The request handlers: each reads its request, calls one core operation and shapes the answer
-//! from a typed view of [`pere_core::wire`]. Requests reach them only through [`crate::door`].
+//! from a typed view of [`pere_proto::wire`]. Requests reach them only through [`crate::door`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,14 +9,14 @@ use hyper::header;
 use hyper::header::HeaderMap;
 use hyper::http::request::Parts;
 use hyper::{Method, Response, StatusCode};
-use pere_core::event::format_time;
-use pere_core::receipt::MAX_STATUS_LEN;
-use pere_core::wire::{
+use pere_core::{DeviceId, NewEvent, Store, StoreError};
+use pere_proto::event::format_time;
+use pere_proto::receipt::MAX_STATUS_LEN;
+use pere_proto::wire::{
     Banner, BatchAnswer, ChannelJson, ChannelsPage, ConnectionsJson, DeviceJson, EventJson,
     EventList, EventReceipts, Health, MembershipJson, PendingEvents, PushAccepted, PushWaited,
     Readiness, ReceiptJson, ReceiptSummaryJson,
 };
-use pere_core::{DeviceId, NewEvent, Store, StoreError};
 
 use crate::activity;
 use crate::batch::{self, BATCH_HEADER};
@@ -528,7 +528,7 @@ async fn admin_channels<S: Store>(state: &AppState<S>, query: &Query) -> Answer 
     };
     let mut response = response::json(StatusCode::OK, &view);
     if let (true, Some(last)) = (page.len() == limit, page.last()) {
-        // Names need no escaping in a URL (see `pere_core::name`).
+        // Names need no escaping in a URL (see `pere_proto::name`).
         let next = format!(
             "</admin/channels?after={}&limit={limit}>; rel=\"next\"",
             last.channel
@@ -567,7 +567,7 @@ async fn admin_events<S: Store>(state: &AppState<S>, channel: &str, query: &Quer
     // The original's shape: the bodies alone, as JSON where they are JSON.
     let bodies: Vec<_> = events
         .iter()
-        .map(|e| pere_core::wire::body_value(&e.body))
+        .map(|e| pere_proto::wire::body_value(&e.body))
         .collect();
     Ok(response::json(StatusCode::OK, &bodies))
 }
@@ -618,7 +618,7 @@ async fn admin_devices<S: Store>(state: &AppState<S>, channel: &str, query: &Que
         .collect();
     let mut response = response::json(StatusCode::OK, &view);
     if let (true, Some(last)) = (page.len() == limit, page.last()) {
-        // Names and ids need no escaping in a URL (see `pere_core::name`).
+        // Names and ids need no escaping in a URL (see `pere_proto::name`).
         let next = format!(
             "</admin/devices/{channel}?after={}&limit={limit}>; rel=\"next\"",
             last.record.device

@@ -377,6 +377,6 @@ mod tests {
         let t = chrono::Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()
             + chrono::Duration::milliseconds(67);
         assert_eq!(Timestamp(t).to_string(), "2026-01-02T03:04:05.067Z");
-        assert_eq!(Timestamp(t).to_string(), pere_core::event::format_time(t));
+        assert_eq!(Timestamp(t).to_string(), pere_proto::event::format_time(t));
     }
 }

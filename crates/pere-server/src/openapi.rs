@@ -4,7 +4,7 @@
 //! Written by hand rather than generated, so that it reads as documentation (descriptions, the SSE
 //! frames, the codes of each status) and `pere-core` needs no schema derive. Tests here hold it to
 //! the code: every [`Route`](crate::route::Route) is in it and every operation in it is a route,
-//! every wire view of [`pere_core::wire`] validates against its schema, and every error code the
+//! every wire view of [`pere_proto::wire`] validates against its schema, and every error code the
 //! server uses is listed under its status. `tests/contract.rs` runs schemathesis against a live
 //! server with it. Name schemas carry the pattern only; that `.` and `..` are refused is said in
 //! their description, since a `not` there doubles the time schemathesis takes to draw names.
@@ -33,7 +33,7 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use hyper::Method;
-    use pere_core::wire::{
+    use pere_proto::wire::{
         AckJson, Banner, BatchAnswer, ChannelJson, ChannelsPage, CompletionJson, ConnectionsJson,
         DeviceJson, ErrorBody, EventJson, EventList, EventReceipts, FeedbackRequest, GapNotice,
         Health, MembershipJson, PendingEvents, PresenceJson, PushAccepted, PushWaited, Readiness,

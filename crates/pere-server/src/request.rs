@@ -8,9 +8,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName};
 use hyper::StatusCode;
-use pere_core::event::{valid_idempotency_key, MAX_IDEMPOTENCY_KEY_LEN};
-use pere_core::wire::FeedbackRequest;
 use pere_core::{ChannelName, DeviceId, EventType, WaitFor};
+use pere_proto::event::{valid_idempotency_key, MAX_IDEMPOTENCY_KEY_LEN};
+use pere_proto::wire::FeedbackRequest;
 use serde_json::Value;
 
 use crate::config::parse_duration;

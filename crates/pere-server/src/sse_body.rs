@@ -11,8 +11,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use hyper::body::{Body, Frame, SizeHint};
-use pere_core::wire::{GapNotice, ResetNotice};
-use pere_core::{sse, FeedItem, Store, Subscription};
+use pere_core::{FeedItem, Store, Subscription};
+use pere_proto::sse;
+use pere_proto::wire::{GapNotice, ResetNotice};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 

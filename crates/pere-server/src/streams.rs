@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use pere_core::notice::PresenceChange;
-use pere_core::wire::{to_json, CompletionJson, PresenceJson, ReceiptJson};
 use pere_core::{
-    sse, ChannelName, DeviceId, Receipt, ReceiptItem, Store, SubscribeRequest, Subscription,
+    ChannelName, DeviceId, Receipt, ReceiptItem, Store, SubscribeRequest, Subscription,
 };
+use pere_proto::presence::PresenceChange;
+use pere_proto::sse;
+use pere_proto::wire::{to_json, CompletionJson, PresenceJson, ReceiptJson};
 
 use crate::activity;
 use crate::error::ApiError;

@@ -7,8 +7,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pere_core::wire::{ReceiptSummaryJson, WebhookSummary};
 use pere_core::{ChannelName, HubNotice, Store};
+use pere_proto::wire::{ReceiptSummaryJson, WebhookSummary};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 

@@ -4,7 +4,7 @@
 use std::cell::Cell;
 
 use pere_client::{Acked, Error, Event, Item};
-use pere_core::wire::ReceiptJson;
+use pere_proto::wire::ReceiptJson;
 use serde::Serialize;
 
 use crate::cli::Cli;

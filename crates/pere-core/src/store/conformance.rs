@@ -3,10 +3,11 @@
 use std::future::Future;
 use std::time::Duration;
 
+use pere_proto::event::{now, NewEvent};
+use pere_proto::name::{ChannelName, DeviceId};
+use pere_proto::receipt::{DeviceOp, DeviceRecord, DeviceTouch, Receipt};
+
 use crate::error::StoreError;
-use crate::event::{now, NewEvent};
-use crate::name::{ChannelName, DeviceId};
-use crate::receipt::{DeviceOp, DeviceRecord, DeviceTouch, Receipt};
 use crate::store::{Retention, Store};
 
 pub(crate) fn ch(name: &str) -> ChannelName {
@@ -115,12 +116,12 @@ where
 fn typed(key: Option<&str>, text: &str, event_type: Option<&str>) -> NewEvent {
     NewEvent {
         idempotency_key: key.map(str::to_owned),
-        event_type: event_type.map(|t| crate::name::EventType::new(t).unwrap()),
+        event_type: event_type.map(|t| pere_proto::name::EventType::new(t).unwrap()),
         ..body(text)
     }
 }
 
-fn bodies(events: &[std::sync::Arc<crate::event::Event>]) -> Vec<&str> {
+fn bodies(events: &[std::sync::Arc<pere_proto::event::Event>]) -> Vec<&str> {
     events.iter().map(|e| e.body.as_str()).collect()
 }
 
@@ -674,7 +675,7 @@ async fn bodies_round_trip_verbatim(store: impl Store) {
     let text = "line 1\r\nline 2\n\n  ünïcødé 🍐\n";
     let typed = NewEvent {
         publisher: None,
-        event_type: Some(crate::name::EventType::new("order.created").unwrap()),
+        event_type: Some(pere_proto::name::EventType::new("order.created").unwrap()),
         body: text.to_owned(),
         idempotency_key: None,
     };
@@ -743,7 +744,7 @@ async fn receipt_stream_and_unacknowledged(store: impl Store) {
         store.receipts_after(&c, seqs[1], 1).await.unwrap()[0].seq,
         seqs[2]
     );
-    let ids = |events: Vec<std::sync::Arc<crate::event::Event>>| {
+    let ids = |events: Vec<std::sync::Arc<pere_proto::event::Event>>| {
         events.iter().map(|e| e.id).collect::<Vec<_>>()
     };
     assert_eq!(

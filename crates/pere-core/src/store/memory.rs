@@ -4,10 +4,11 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
+use pere_proto::event::{now, valid_idempotency_key, Event, NewEvent};
+use pere_proto::name::{ChannelName, DeviceId};
+use pere_proto::receipt::{DeviceRecord, DeviceTouch, Membership, Receipt};
+
 use crate::error::StoreError;
-use crate::event::{now, valid_idempotency_key, Event, NewEvent};
-use crate::name::{ChannelName, DeviceId};
-use crate::receipt::{DeviceRecord, DeviceTouch, Membership, Receipt};
 use crate::store::{
     check_keys, plan_batch, Appended, EventPage, Plan, RecordedReceipt, Retention, Store,
 };
@@ -123,7 +124,7 @@ fn receipt_touch(receipt: &Receipt) -> DeviceTouch {
     DeviceTouch {
         channel: receipt.channel.clone(),
         device: receipt.device.clone(),
-        op: crate::receipt::DeviceOp::Feedback,
+        op: pere_proto::receipt::DeviceOp::Feedback,
         at: receipt.time,
         last_event_id: None,
         delivered: 0,

@@ -8,7 +8,7 @@
 //! - An event with an idempotency key the channel already holds among its retained events is
 //!   not stored again: `append` returns the stored one with [`Appended::new`] false. Keys go with
 //!   their events when retention prunes them. A key that is not valid (see
-//!   [`valid_idempotency_key`](crate::event::valid_idempotency_key)) is refused.
+//!   [`valid_idempotency_key`](pere_proto::event::valid_idempotency_key)) is refused.
 //! - Idempotency keys are forgotten once older than [`Retention::idempotency_window`] (an event
 //!   keyed with a forgotten key is a new event), or sooner when their event is pruned.
 //! - `append_batch` is `append` for many events of one channel, all or none: see
@@ -25,11 +25,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pere_proto::event::{Event, NewEvent};
+use pere_proto::name::{ChannelName, DeviceId};
+use pere_proto::presence::PresenceChange;
+use pere_proto::receipt::{DeviceRecord, DeviceTouch, Membership, Receipt};
+
 use crate::error::StoreError;
-use crate::event::{Event, NewEvent};
-use crate::name::{ChannelName, DeviceId};
-use crate::notice::PresenceChange;
-use crate::receipt::{DeviceRecord, DeviceTouch, Membership, Receipt};
 
 pub mod memory;
 pub mod redis;
@@ -414,7 +415,7 @@ pub(crate) fn check_keys(events: &[NewEvent]) -> Result<(), StoreError> {
     let malformed = events.iter().any(|e| {
         e.idempotency_key
             .as_deref()
-            .is_some_and(|key| !crate::event::valid_idempotency_key(key))
+            .is_some_and(|key| !pere_proto::event::valid_idempotency_key(key))
     });
     if malformed {
         Err(StoreError::InvalidIdempotencyKey)

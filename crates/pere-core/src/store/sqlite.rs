@@ -46,14 +46,15 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use pere_proto::error::NameError;
+use pere_proto::event::{now, valid_idempotency_key, Event, NewEvent};
+use pere_proto::name::{ChannelName, DeviceId, EventType};
+use pere_proto::receipt::{DeviceOp, DeviceRecord, DeviceTouch, Membership, Receipt};
 use rusqlite::types::Type;
 use rusqlite::{params, CachedStatement, Connection, OpenFlags, OptionalExtension, Row};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
-use crate::error::{NameError, StoreError};
-use crate::event::{now, valid_idempotency_key, Event, NewEvent};
-use crate::name::{ChannelName, DeviceId, EventType};
-use crate::receipt::{DeviceOp, DeviceRecord, DeviceTouch, Membership, Receipt};
+use crate::error::StoreError;
 use crate::store::{
     check_keys, plan_batch, Appended, EventPage, Plan, RecordedReceipt, Retention, Store,
 };

@@ -20,15 +20,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
+use pere_proto::event::{valid_idempotency_key, Event, NewEvent};
+use pere_proto::name::{ChannelName, DeviceId, EventType};
+use pere_proto::presence::PresenceChange;
+use pere_proto::receipt::{DeviceOp, DeviceRecord, DeviceTouch, Membership, Receipt};
 use redis::aio::ConnectionManager;
 use redis::{ConnectionAddr, IntoConnectionInfo as _, Script, Value};
 use serde::Deserialize;
 
 use crate::error::StoreError;
-use crate::event::{valid_idempotency_key, Event, NewEvent};
-use crate::name::{ChannelName, DeviceId, EventType};
-use crate::notice::PresenceChange;
-use crate::receipt::{DeviceOp, DeviceRecord, DeviceTouch, Membership, Receipt};
 use crate::store::{check_keys, Appended, EventPage, RecordedReceipt, Retention, Store};
 
 mod lua;
@@ -1554,7 +1554,7 @@ mod tests {
                     event_id: 3,
                     device: conformance::dev("H2"),
                     status: "ok".into(),
-                    time: crate::event::now(),
+                    time: pere_proto::event::now(),
                 })
                 .await
                 .unwrap();

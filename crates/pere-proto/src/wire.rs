@@ -9,10 +9,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::event::{format_time, Event};
-use crate::hub::{ChannelView, DeviceView, ReceiptSummary};
-use crate::notice::PresenceChange;
+use crate::presence::PresenceChange;
+use crate::receipt::ReceiptSummary;
 use crate::receipt::{Membership, Receipt};
 use crate::sse;
+use crate::view::{ChannelView, DeviceView};
 
 /// The answer to a successful `POST /push/:channel`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

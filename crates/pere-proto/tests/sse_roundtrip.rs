@@ -4,7 +4,7 @@
 
 use eventsource_stream::Eventsource as _;
 use futures_util::StreamExt as _;
-use pere_core::sse;
+use pere_proto::sse;
 use proptest::prelude::*;
 
 fn decode(bytes: bytes::Bytes) -> Vec<eventsource_stream::Event> {

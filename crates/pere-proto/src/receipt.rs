@@ -1,5 +1,8 @@
-//! The receipt ledger's records: return receipts ([`Receipt`]) and what is known of each device on
-//! a channel ([`DeviceRecord`], updated through [`DeviceTouch`]).
+//! The receipt ledger's records: return receipts ([`Receipt`]), what is known of each device on a
+//! channel ([`DeviceRecord`], updated through [`DeviceTouch`]), who owes an event a receipt
+//! ([`ReceiptSummary`]) and when it has them all ([`Completion`]).
+
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
@@ -187,4 +190,40 @@ impl Membership {
     pub fn is_current(&self) -> bool {
         self.left_after.is_none()
     }
+}
+
+/// For one event: who acknowledged it, who got it without acknowledging, who has not got it.
+#[derive(Debug, Clone)]
+pub struct ReceiptSummary {
+    /// The channel.
+    pub channel: ChannelName,
+    /// The event.
+    pub event_id: u64,
+    /// The latest receipt of each device that acknowledged, by device id.
+    pub acknowledged: Vec<Receipt>,
+    /// Devices the event was delivered to that have not acknowledged it.
+    pub delivered: Vec<DeviceId>,
+    /// Expected recipients the event has not reached yet.
+    pub pending: Vec<DeviceId>,
+    /// How many recipients were expected when the event was published.
+    pub expected: usize,
+    /// When each delivered or pending device was last seen on the channel, for those seen at all:
+    /// a recipient gone for days is why an event never completes.
+    pub last_seen: BTreeMap<DeviceId, DateTime<Utc>>,
+}
+
+impl ReceiptSummary {
+    /// Whether every expected recipient acknowledged.
+    pub fn complete(&self) -> bool {
+        self.delivered.is_empty() && self.pending.is_empty()
+    }
+}
+
+/// Sent when an event becomes fully acknowledged by its expected recipients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completion {
+    /// The event.
+    pub event_id: u64,
+    /// How many recipients were expected (all acknowledged).
+    pub expected: usize,
 }
