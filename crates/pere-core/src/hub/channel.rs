@@ -1,0 +1,202 @@
+//! A loaded channel ([`ChannelHub`]): its sequencer, which releases events to subscribers in id
+//! order, its subscribers' queues, its ledger, and the follow state of its receipt and presence
+//! streams.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use pere_proto::event::{now, Event};
+use pere_proto::name::{ChannelName, DeviceId};
+use pere_proto::presence::PresenceChange;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::follow::{PresenceLog, ReceiptLive};
+use crate::ledger::ChannelLedger;
+use crate::notice::{HubNotice, Observers};
+
+use super::millis;
+
+#[derive(Debug)]
+pub(super) struct ChannelHub {
+    pub(super) name: ChannelName,
+    pub(super) state: Mutex<ChannelState>,
+    pub(super) subscriber_count: AtomicUsize,
+    // Apart from `state`, so receipts never contend with fan-out.
+    pub(super) ledger: Mutex<ChannelLedger>,
+    // Made when first needed and growing only with use: most channels are never followed.
+    pub(super) receipts: OnceLock<Arc<ReceiptLive>>,
+    pub(super) presence: OnceLock<Arc<PresenceLog>>,
+    // Where this channel's presence numbering starts (see `Hub::presence_floor`).
+    pub(super) presence_floor: u64,
+    // Milliseconds from `Hub::epoch` to the last use; refreshed by every load and by the reaper
+    // while something holds the channel.
+    pub(super) last_used: AtomicU64,
+    // When the newest event was applied, in the same milliseconds.
+    pub(super) last_published: AtomicU64,
+}
+
+impl Drop for ChannelHub {
+    fn drop(&mut self) {
+        // Only the hub's own end drops a channel that is followed: the followers end.
+        if let Some(live) = self.receipts.get() {
+            live.close();
+        }
+        if let Some(log) = self.presence.get() {
+            log.close();
+        }
+    }
+}
+
+impl ChannelHub {
+    pub(super) fn ledger(&self) -> std::sync::MutexGuard<'_, ChannelLedger> {
+        self.ledger.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn presence_log(&self) -> &Arc<PresenceLog> {
+        self.presence
+            .get_or_init(|| Arc::new(PresenceLog::new(self.presence_floor)))
+    }
+
+    pub(super) fn receipt_live(&self) -> &Arc<ReceiptLive> {
+        self.receipts.get_or_init(Default::default)
+    }
+
+    pub(super) fn presence_changed(&self, device: &DeviceId, online: bool) -> PresenceChange {
+        self.presence_log().record(|seq| PresenceChange {
+            seq,
+            device: device.clone(),
+            online,
+            at: now(),
+        })
+    }
+
+    /// Whether something besides the hub's map uses this channel, or its ledger still waits for
+    /// receipts of an event published within `keep_incomplete` (as of `now`). Called under
+    /// the map's lock, where no new use can begin.
+    pub(super) fn in_use(self: &Arc<Self>, now: u64, keep_incomplete: Duration) -> bool {
+        let followed = |count: Option<usize>| count.is_some_and(|n| n > 1);
+        if Arc::strong_count(self) > 1
+            || followed(self.receipts.get().map(Arc::strong_count))
+            || followed(self.presence.get().map(Arc::strong_count))
+        {
+            return true;
+        }
+        let published = self.last_published.load(Ordering::Relaxed);
+        now.saturating_sub(published) < millis(keep_incomplete) && self.ledger().incomplete()
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct ChannelState {
+    pub(super) last_released: u64,
+    // Appended events waiting for a smaller id to be released first.
+    pub(super) waiting: BTreeMap<u64, Arc<Event>>,
+    // Since when `waiting` has made no progress; `None` while it is empty.
+    pub(super) stalled_since: Option<Instant>,
+    // Whether a gap timer watches `waiting` (one per channel at most).
+    pub(super) gap_timer: bool,
+    pub(super) subscribers: HashMap<u64, SubscriberSlot>,
+}
+
+#[derive(Debug)]
+pub(super) struct SubscriberSlot {
+    pub(super) tx: mpsc::Sender<Arc<Event>>,
+    pub(super) lagged: Arc<Cut>,
+    // For the notice when it is cut.
+    pub(super) device: Option<DeviceId>,
+}
+
+/// Set once, when the hub cuts a subscriber that fell too far behind.
+#[derive(Debug, Default)]
+pub(super) struct Cut {
+    pub(super) flag: AtomicBool,
+    pub(super) notify: tokio::sync::Notify,
+}
+
+impl Cut {
+    pub(super) fn cut(&self) {
+        self.flag.store(true, Ordering::Relaxed);
+        self.notify.notify_waiters();
+    }
+
+    pub(super) fn is_cut(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
+}
+
+impl ChannelHub {
+    pub(super) fn state(&self) -> std::sync::MutexGuard<'_, ChannelState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Releases `event` to subscribers in id order. Returns true when events now wait behind a
+    /// missing id and no gap timer watches them yet: the caller starts one.
+    pub(super) fn release(&self, event: Arc<Event>, observers: &Observers) -> bool {
+        let mut state = self.state();
+        if event.id <= state.last_released {
+            return false;
+        }
+        // In order, as nearly always: straight out, no reordering map.
+        if event.id == state.last_released + 1 && state.waiting.is_empty() {
+            self.fan_out(&mut state, event, observers);
+            return false;
+        }
+        state.waiting.insert(event.id, event);
+        self.drain(&mut state, observers)
+    }
+
+    /// Releases the waiting events that are next in line and restarts the stall clock when that
+    /// made progress. Returns true when a gap timer is needed and none runs (it counts as
+    /// running from now on).
+    pub(super) fn drain(&self, state: &mut ChannelState, observers: &Observers) -> bool {
+        let before = state.last_released;
+        loop {
+            let next = state.last_released + 1;
+            let Some(event) = state.waiting.remove(&next) else {
+                break;
+            };
+            self.fan_out(state, event, observers);
+        }
+        if state.waiting.is_empty() {
+            state.stalled_since = None;
+            return false;
+        }
+        if state.stalled_since.is_none() || state.last_released != before {
+            state.stalled_since = Some(Instant::now());
+        }
+        !std::mem::replace(&mut state.gap_timer, true)
+    }
+
+    pub(super) fn fan_out(
+        &self,
+        state: &mut ChannelState,
+        event: Arc<Event>,
+        observers: &Observers,
+    ) {
+        state.last_released = event.id;
+        let mut cut = Vec::new();
+        for (&id, slot) in &state.subscribers {
+            if slot.tx.try_send(event.clone()).is_err() {
+                // Full or closed: end this stream. The client resumes from its last event id.
+                slot.lagged.cut();
+                cut.push(id);
+                observers.send(|| HubNotice::SubscriberCut {
+                    channel: self.name.clone(),
+                    device: slot.device.clone(),
+                    event_id: event.id,
+                });
+            }
+        }
+        observers.count_delivered(state.subscribers.len() - cut.len());
+        if !cut.is_empty() {
+            for id in cut {
+                state.subscribers.remove(&id);
+            }
+            self.subscriber_count
+                .store(state.subscribers.len(), Ordering::Relaxed);
+        }
+    }
+}

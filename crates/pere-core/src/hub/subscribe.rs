@@ -1,0 +1,395 @@
+//! Subscriptions: where a feed starts, its registration at the resume seam, and the
+//! [`Subscription`] that replays, goes live and redelivers overdue events.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use pere_proto::event::{now, Event};
+use pere_proto::name::{ChannelName, DeviceId};
+use pere_proto::receipt::{DeviceOp, DeviceTouch};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::error::StoreError;
+use crate::store::Store;
+
+use super::channel::{ChannelHub, Cut, SubscriberSlot};
+use super::devices::LiveDevice;
+use super::Hub;
+
+/// Where a new subscription starts.
+#[derive(Debug, Clone, Default)]
+pub struct SubscribeRequest {
+    /// The subscribing device; `None` for an anonymous listener (no presence, no receipts).
+    pub device: Option<DeviceId>,
+    /// An explicit resume position (`Last-Event-ID`): deliver events after it.
+    pub last_event_id: Option<u64>,
+    /// The resume header as the client sent it, for the device record.
+    pub last_event_id_raw: Option<String>,
+}
+
+/// One item of a feed.
+#[derive(Debug, Clone)]
+pub enum FeedItem {
+    /// An event.
+    Event(Arc<Event>),
+    /// An event sent again because its receipt is overdue; the number is which send this is.
+    Redelivery(Arc<Event>, u32),
+    /// The client resumed from `requested`, beyond this server's last id `head`: the server's
+    /// history was lost (a memory store restarted, a data directory replaced), ids start over,
+    /// and replay begins at the oldest retained event.
+    Reset {
+        /// The position the client asked for.
+        requested: u64,
+        /// The channel's last id.
+        head: u64,
+    },
+    /// Events `from..=to` were asked for but are no longer retained.
+    Gap {
+        /// First missing id.
+        from: u64,
+        /// Last missing id.
+        to: u64,
+    },
+}
+
+impl<S: Store> Hub<S> {
+    /// Opens a subscription: replay from the resume position, then live events.
+    ///
+    /// The position is `request.last_event_id` when given; else, for a device already known on the
+    /// channel, the last event it acknowledged; else the start of the retained history. A position
+    /// beyond the channel's last id (a client of an earlier, forgotten history) starts from the
+    /// beginning as well.
+    ///
+    /// # Errors
+    /// The store's error when the device record or history cannot be read.
+    pub async fn subscribe(
+        self: &Arc<Self>,
+        channel: &ChannelName,
+        request: SubscribeRequest,
+    ) -> Result<Subscription<S>, StoreError> {
+        let hub = self.channel(channel).await?;
+        let mut after = request.last_event_id;
+        if let Some(device) = &request.device {
+            if after.is_none() {
+                after = self
+                    .store
+                    .device(channel, device)
+                    .await?
+                    .map(|d| d.last_acked);
+            }
+            self.store
+                .touch_device(DeviceTouch {
+                    channel: channel.clone(),
+                    device: device.clone(),
+                    op: DeviceOp::Feed,
+                    at: now(),
+                    last_event_id: request.last_event_id_raw.clone(),
+                    delivered: 0,
+                })
+                .await?;
+        }
+        let mut explicit = after.is_some_and(|a| a > 0);
+        let mut after = after.unwrap_or(0);
+        // Heads only grow, so a position beyond the head read now was never given out here.
+        let head = self.store.head(channel).await?;
+        let mut reset = None;
+        if after > head {
+            reset = Some(FeedItem::Reset {
+                requested: after,
+                head,
+            });
+            after = 0;
+            explicit = false;
+        }
+
+        if let Some(device) = &request.device {
+            self.add_recipient(&hub, channel, device).await?;
+        }
+        let live = request.device.as_ref().map(|device| {
+            let mut devices = self.live_devices.lock().unwrap_or_else(|e| e.into_inner());
+            let live = devices
+                .entry((channel.clone(), device.clone()))
+                .or_default()
+                .clone();
+            let first = live.streams.fetch_add(1, Ordering::Relaxed) == 0;
+            if self.shares_presence() {
+                self.presence_touched(channel, device);
+            } else if first {
+                self.apply_presence_to(&hub, device, true);
+            }
+            live
+        });
+
+        let (tx, rx) = mpsc::channel(self.config.subscriber_buffer);
+        let lagged = Arc::new(Cut::default());
+        let id = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
+        let snapshot = {
+            let mut state = hub.state();
+            let device = request.device.clone();
+            state.subscribers.insert(
+                id,
+                SubscriberSlot {
+                    tx,
+                    lagged: lagged.clone(),
+                    device,
+                },
+            );
+            hub.subscriber_count
+                .store(state.subscribers.len(), Ordering::Relaxed);
+            state.last_released
+        };
+        Ok(Subscription {
+            hub: self.clone(),
+            channel_hub: hub,
+            channel: channel.clone(),
+            device: request.device,
+            live,
+            id,
+            rx,
+            lagged,
+            replay_next: after,
+            replay_until: snapshot,
+            skip_live_through: after,
+            replayed: VecDeque::new(),
+            report_gaps: explicit,
+            in_flight: VecDeque::new(),
+            reset,
+        })
+    }
+}
+
+/// A live subscription: yields replayed events, then live ones, in id order, each once.
+/// Dropping it unregisters the subscriber and updates the device's presence.
+#[derive(Debug)]
+pub struct Subscription<S: Store> {
+    hub: Arc<Hub<S>>,
+    channel_hub: Arc<ChannelHub>,
+    channel: ChannelName,
+    device: Option<DeviceId>,
+    live: Option<Arc<LiveDevice>>,
+    id: u64,
+    rx: mpsc::Receiver<Arc<Event>>,
+    lagged: Arc<Cut>,
+    replay_next: u64,
+    replay_until: u64,
+    // A position between the last released event and the head: live events up to it were
+    // already seen by the client.
+    skip_live_through: u64,
+    replayed: VecDeque<Arc<Event>>,
+    report_gaps: bool,
+    // Events sent to a device that owes receipts, oldest first: (event, next due, sends so far).
+    in_flight: VecDeque<(Arc<Event>, Instant, u32)>,
+    reset: Option<FeedItem>,
+}
+
+impl<S: Store> Subscription<S> {
+    /// The next item, or `None` when the stream ends (the subscriber was too slow; see
+    /// [`Subscription::lagged`]).
+    ///
+    /// # Errors
+    /// The store's error when history cannot be read; the stream should end then.
+    pub async fn next(&mut self) -> Option<Result<FeedItem, StoreError>> {
+        if let Some(reset) = self.reset.take() {
+            return Some(Ok(reset));
+        }
+        loop {
+            if let Some((event, sends)) = self.due_redelivery() {
+                return Some(Ok(FeedItem::Redelivery(event, sends)));
+            }
+            if let Some(event) = self.replayed.pop_front() {
+                return Some(Ok(self.delivered(event)));
+            }
+            if self.replay_next < self.replay_until {
+                let limit = self
+                    .hub
+                    .config
+                    .replay_page
+                    .min((self.replay_until - self.replay_next) as usize);
+                // Boxed: a future is as large as its largest state, and a feed awaits this one
+                // for its whole life; the store's read (a blocking task, a Redis command) would
+                // otherwise be carried by every idle feed.
+                let page =
+                    match Box::pin(self.hub.store.read(&self.channel, self.replay_next, limit))
+                        .await
+                    {
+                        Ok(page) => page,
+                        Err(err) => return Some(Err(err)),
+                    };
+                let expected = self.replay_next + 1;
+                let gap =
+                    (self.report_gaps && page.first_retained > expected).then(|| FeedItem::Gap {
+                        from: expected,
+                        to: (page.first_retained - 1).min(self.replay_until),
+                    });
+                self.report_gaps = false;
+                let until = self.replay_until;
+                let before = self.replayed.len();
+                self.replayed
+                    .extend(page.events.into_iter().filter(|e| e.id <= until));
+                self.hub
+                    .observers
+                    .count_delivered(self.replayed.len() - before);
+                self.replay_next = self.replayed.back().map_or(until, |e| e.id);
+                if let Some(gap) = gap {
+                    return Some(Ok(gap));
+                }
+                continue;
+            }
+            let event = match self.in_flight.front().map(|(_, due, _)| *due) {
+                Some(due) => match tokio::time::timeout_at(due, self.rx.recv()).await {
+                    Ok(event) => event?,
+                    Err(_) => continue,
+                },
+                None => self.rx.recv().await?,
+            };
+            if event.id <= self.skip_live_through {
+                continue;
+            }
+            return Some(Ok(self.delivered(event)));
+        }
+    }
+
+    /// The oldest in-flight event whose receipt is overdue, to send again; drops the ones that
+    /// were acknowledged or have been sent often enough.
+    fn due_redelivery(&mut self) -> Option<(Arc<Event>, u32)> {
+        let timeout = self.hub.config.ack_timeout?;
+        let device = self.device.as_ref()?;
+        let now = Instant::now();
+        while let Some((_, due, _)) = self.in_flight.front() {
+            if *due > now {
+                return None;
+            }
+            let (event, _, sends) = self.in_flight.pop_front()?;
+            let owed = self.channel_hub.ledger().owes(event.id, device);
+            if owed && sends < self.hub.config.max_deliveries {
+                self.in_flight
+                    .push_back((event.clone(), now + timeout, sends + 1));
+                self.hub.observers.count_redelivered();
+                return Some((event, sends + 1));
+            }
+        }
+        None
+    }
+
+    /// Takes every live event already queued, without waiting; for writers that coalesce frames.
+    /// Returns nothing while replay is still under way.
+    pub fn try_next_live(&mut self) -> Option<Arc<Event>> {
+        if !self.replayed.is_empty() || self.replay_next < self.replay_until {
+            return None;
+        }
+        loop {
+            let event = self.rx.try_recv().ok()?;
+            if event.id > self.skip_live_through {
+                return Some(self.mark(event));
+            }
+        }
+    }
+
+    fn delivered(&mut self, event: Arc<Event>) -> FeedItem {
+        FeedItem::Event(self.mark(event))
+    }
+
+    fn mark(&mut self, event: Arc<Event>) -> Arc<Event> {
+        if let Some(live) = &self.live {
+            live.delivered.fetch_max(event.id, Ordering::Relaxed);
+        }
+        if let (Some(timeout), Some(device)) = (self.hub.config.ack_timeout, &self.device) {
+            if self.channel_hub.ledger().owes(event.id, device) {
+                // Bounded like the queue: past it, the oldest stops being watched.
+                if self.in_flight.len() >= self.hub.config.subscriber_buffer {
+                    self.in_flight.pop_front();
+                }
+                self.in_flight
+                    .push_back((event.clone(), Instant::now() + timeout, 1));
+            }
+        }
+        event
+    }
+
+    /// Whether the stream was cut because the subscriber fell too far behind.
+    pub fn lagged(&self) -> bool {
+        self.lagged.is_cut()
+    }
+
+    /// Resolves when the hub cuts this subscription for lagging, even while nobody reads it: a
+    /// writer blocked on a client that does not read can give up at once.
+    pub fn cut_notice(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let cut = self.lagged.clone();
+        async move {
+            loop {
+                let notified = cut.notify.notified();
+                if cut.is_cut() {
+                    return;
+                }
+                notified.await;
+            }
+        }
+    }
+
+    /// The device of this subscription, if not anonymous.
+    pub fn device(&self) -> Option<&DeviceId> {
+        self.device.as_ref()
+    }
+
+    /// The channel of this subscription.
+    pub fn channel(&self) -> &ChannelName {
+        &self.channel
+    }
+}
+
+impl<S: Store> Drop for Subscription<S> {
+    fn drop(&mut self) {
+        {
+            let mut state = self.channel_hub.state();
+            state.subscribers.remove(&self.id);
+            self.channel_hub
+                .subscriber_count
+                .store(state.subscribers.len(), Ordering::Relaxed);
+        }
+        let (Some(live), Some(device)) = (self.live.take(), self.device.clone()) else {
+            return;
+        };
+        let last_stream = {
+            let mut devices = self
+                .hub
+                .live_devices
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let remaining = live.streams.fetch_sub(1, Ordering::Relaxed) - 1;
+            if remaining == 0 {
+                devices.remove(&(self.channel.clone(), device.clone()));
+            }
+            remaining == 0
+        };
+        let shared = self.hub.shares_presence();
+        if shared {
+            self.hub.presence_touched(&self.channel, &device);
+        }
+        if !last_stream {
+            // The device is still online; its last stream saves the shared delivery cursor.
+            return;
+        }
+        if !shared {
+            self.hub
+                .apply_presence_to(&self.channel_hub, &device, false);
+        }
+        let touch = DeviceTouch {
+            channel: self.channel.clone(),
+            device,
+            op: DeviceOp::Disconnect,
+            at: now(),
+            last_event_id: None,
+            delivered: live.delivered.load(Ordering::Relaxed),
+        };
+        let store = self.hub.store.clone();
+        // Saving the delivery cursor is worth a task; outside a runtime (a test tearing down)
+        // there is nothing left to save it for.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = store.touch_device(touch).await;
+            });
+        }
+    }
+}
