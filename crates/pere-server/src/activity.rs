@@ -8,6 +8,8 @@
 
 use std::fmt;
 
+use pere_core::notice::{Heard, HubNotice, Observer};
+
 /// The `tracing` target of every activity line.
 pub const TARGET: &str = "pere::activity";
 
@@ -21,6 +23,26 @@ pub fn push(channel: &str, device: Option<&str>, id: u64, body: &str) {
         target: TARGET, tag = "PUSH EVT>", channel, device, id,
         "channel: {channel}, device: {device}, Event-Id: {id}, data: {}", Excerpt(body)
     );
+}
+
+/// The hub's observer that writes the `PUSH EVT>` line: the hub tells observers of an event
+/// before any subscriber can have it, so the line comes before any line about what a device did
+/// with the event (its `FEED`, its receipt).
+#[derive(Debug)]
+pub struct PushLog;
+
+impl Observer for PushLog {
+    fn notice(&self, notice: &HubNotice) -> Heard {
+        if let HubNotice::Published { event, .. } = notice {
+            push(
+                event.channel.as_str(),
+                event.publisher.as_ref().map(|d| d.as_str()),
+                event.id,
+                &event.body,
+            );
+        }
+        Heard::Taken
+    }
 }
 
 /// A feed opened (logged once subscribed: from this line on, the feed misses nothing).

@@ -463,13 +463,11 @@ impl<S: Store> Watch<S> {
     /// Takes in one notice; the next tick sends what it changed.
     fn heard(&mut self, notice: HubNotice) {
         match notice {
-            HubNotice::Published {
-                channel, event_id, ..
-            } => {
+            HubNotice::Published { event, .. } => {
                 self.second.events += 1;
-                if self.shows(&channel) {
+                if self.shows(&event.channel) {
                     self.second.channel_events += 1;
-                    self.latest = self.latest.max(event_id);
+                    self.latest = self.latest.max(event.id);
                     // Delivered to the devices online by the next tick: their cursors moved.
                     self.devices_dirty = true;
                 }

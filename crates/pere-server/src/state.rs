@@ -3,7 +3,7 @@
 use std::sync::{Arc, OnceLock};
 
 use pere_core::bus::Bus;
-use pere_core::{Event, Hub, HubConfig, Retention, Store};
+use pere_core::{Hub, HubConfig, Retention, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::activity;
@@ -45,13 +45,13 @@ impl<S: Store> AppState<S> {
                 subscriber_buffer: config.subscriber_buffer.max(1),
                 ack_timeout: (!config.ack_timeout.is_zero()).then_some(config.ack_timeout),
                 max_deliveries: config.max_deliveries.max(1),
-                on_publish: Some(log_push),
                 // A channel with events still owed receipts stays loaded until the webhook would
                 // report them as timed out anyway.
                 keep_incomplete: config.receipt_timeout.max(pere_core::hub::KEEP_INCOMPLETE),
                 ..HubConfig::default()
             },
         );
+        hub.add_observer(Arc::new(activity::PushLog));
         let limits = Limits::new(&config, limits::open_files());
         let metrics = Metrics::new();
         let shutdown = CancellationToken::new();
@@ -68,17 +68,6 @@ impl<S: Store> AppState<S> {
             bus: OnceLock::new(),
         })
     }
-}
-
-/// The `PUSH EVT>` line, written as the hub applies the event, so it comes before any line about
-/// what a subscriber did with it.
-fn log_push(event: &Event) {
-    activity::push(
-        event.channel.as_str(),
-        event.publisher.as_ref().map(|d| d.as_str()),
-        event.id,
-        &event.body,
-    );
 }
 
 /// The retention the settings ask for.

@@ -58,7 +58,8 @@ pub fn spawn<S: Store>(state: Arc<AppState<S>>, url: String, receipt_timeout: Du
                 }),
                 notice = incoming.recv() => match notice {
                     None => return,
-                    Some(HubNotice::Published { channel, event_id, expected }) if expected > 0 => {
+                    Some(HubNotice::Published { event, expected }) if expected > 0 => {
+                        let (channel, event_id) = (event.channel.clone(), event.id);
                         let at = Instant::now() + receipt_timeout;
                         open.insert((channel.clone(), event_id), at);
                         deadlines.insert((at, channel, event_id));

@@ -45,7 +45,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use pere_proto::event::Event;
 use pere_proto::name::{ChannelName, DeviceId};
 use pere_proto::receipt::Membership;
 use tokio::sync::mpsc;
@@ -53,7 +52,7 @@ use tokio::time::Instant;
 
 use crate::error::StoreError;
 use crate::ledger::ChannelLedger;
-use crate::notice::{HubNotice, Observers};
+use crate::notice::{HubNotice, NoticeQueue, Observer, Observers};
 use crate::store::Store;
 
 use channel::{ChannelHub, ChannelState};
@@ -73,9 +72,6 @@ pub struct HubConfig {
     pub ack_timeout: Option<Duration>,
     /// How many times an event is sent on one stream at most, the first time included.
     pub max_deliveries: u32,
-    /// Called once per event as it is applied, before any subscriber can have it: a log written
-    /// here shows each event before anything a subscriber does with it (its receipt).
-    pub on_publish: Option<fn(&Event)>,
     /// How long a channel nobody uses (no feed, no receipt or presence follower, no waiting
     /// push, no publish in flight) stays in memory before it is unloaded; see [`IDLE_CHANNEL`].
     pub idle_channel: Duration,
@@ -92,7 +88,6 @@ impl Default for HubConfig {
             replay_page: 256,
             ack_timeout: None,
             max_deliveries: 5,
-            on_publish: None,
             idle_channel: IDLE_CHANNEL,
             keep_incomplete: KEEP_INCOMPLETE,
         }
@@ -175,19 +170,30 @@ impl<S: Store> Hub<S> {
         })
     }
 
-    /// A new observer: every [`HubNotice`] from now on, queued up to `capacity`. Any number of
-    /// observers may listen (a webhook, metrics, a dashboard). One that falls behind loses the
-    /// notices it has no room for, counted in [`Hub::dropped_notices`]: publishing and receipts
-    /// never wait for an observer. Dropping the receiver ends the observation.
+    /// Adds an observer: it hears every [`HubNotice`] from now on, at the moment the hub
+    /// applies the change (see [`Observer`]). Any number may listen: a log, metrics, a
+    /// webhook, dashboards.
+    pub fn add_observer(&self, observer: Arc<dyn Observer>) {
+        self.observers.add(observer);
+    }
+
+    /// A new queued observer: every [`HubNotice`] from now on, queued up to `capacity` for a
+    /// task to read. One that falls behind loses the notices it has no room for, counted in
+    /// [`Hub::dropped_notices`]: publishing and receipts never wait for an observer. Dropping
+    /// the receiver ends the observation.
     pub fn observe(&self, capacity: usize) -> mpsc::Receiver<HubNotice> {
-        self.observers.add(capacity, true)
+        let (queue, rx) = NoticeQueue::new(capacity, true);
+        self.observers.add(Arc::new(queue));
+        rx
     }
 
     /// As [`Hub::observe`], without [`HubNotice::Published`]: for an observer that needs no
     /// notice per event (it reads [`Hub::published`] instead), so that publishing builds and
     /// queues nothing for it.
     pub fn observe_except_published(&self, capacity: usize) -> mpsc::Receiver<HubNotice> {
-        self.observers.add(capacity, false)
+        let (queue, rx) = NoticeQueue::new(capacity, false);
+        self.observers.add(Arc::new(queue));
+        rx
     }
 
     /// Events published since the hub started: new events only, not the answers to a repeated

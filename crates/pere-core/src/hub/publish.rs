@@ -105,25 +105,22 @@ impl<S: Store> Hub<S> {
     }
 
     pub(super) fn apply_published_to(&self, hub: &Arc<ChannelHub>, event: Arc<Event>) {
-        let id = event.id;
         hub.last_published.store(self.clock(), Ordering::Relaxed);
-        // Followed before it is released, so no receipt can arrive before the ledger knows it.
-        let tracked = hub.ledger().track(id, event.time);
-        if let (Some(_), Some(on_publish)) = (tracked, self.config.on_publish) {
-            on_publish(&event);
+        // Followed before it is released, so no receipt can arrive before the ledger knows it;
+        // told before it is released, so an observer hears of it before anything a subscriber
+        // does with it.
+        let tracked = hub.ledger().track(event.id, event.time);
+        if let Some(expected) = tracked {
+            self.observers.count_published();
+            self.observers.send_per_event(|| HubNotice::Published {
+                event: event.clone(),
+                expected,
+            });
         }
         // Released even when followed already: the sequencer ignores what it released before,
         // and a gap fill must not skip an event whose own apply is still on its way.
         if hub.release(event, &self.observers) {
             self.start_gap_timer(hub);
-        }
-        if let Some(expected) = tracked {
-            self.observers.count_published();
-            self.observers.send_per_event(|| HubNotice::Published {
-                channel: hub.name.clone(),
-                event_id: id,
-                expected,
-            });
         }
     }
 
