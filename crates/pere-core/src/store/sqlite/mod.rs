@@ -37,7 +37,7 @@
 //! One process per data directory: the writer trusts its in-memory heads.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -46,17 +46,34 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use pere_proto::error::NameError;
 use pere_proto::event::{now, valid_idempotency_key, Event, NewEvent};
-use pere_proto::name::{ChannelName, DeviceId, EventType};
-use pere_proto::receipt::{DeviceOp, DeviceRecord, DeviceTouch, Membership, Receipt};
-use rusqlite::types::Type;
-use rusqlite::{params, CachedStatement, Connection, OpenFlags, OptionalExtension, Row};
+use pere_proto::name::{ChannelName, DeviceId};
+use pere_proto::receipt::{DeviceRecord, DeviceTouch, Membership, Receipt};
+use rusqlite::{params, CachedStatement, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::error::StoreError;
 use crate::store::{
     check_keys, plan_batch, Appended, EventPage, Plan, RecordedReceipt, Retention, Store,
+};
+
+mod books;
+mod failure;
+mod options;
+mod rows;
+
+#[cfg(test)]
+mod tests;
+
+use books::{
+    cached_size, key_hash, ChannelMeta, DeviceBook, EventKeys, RecentCache, LARGEST_CACHED,
+};
+use failure::{closed, Failure};
+pub use options::{Durability, SqliteOptions};
+use rows::{
+    device_from_row, load_device, membership_from_row, parse_name, query_events, query_receipts,
+    read_page, receipt_touch, save_device, save_devices_through, select_device, select_event,
+    select_membership, sql_limit, time_from_ms, DEVICES_THROUGH_RECEIPT,
 };
 
 /// The database file inside the data directory.
@@ -107,9 +124,6 @@ const WRITER_CHECKPOINT_PAGES: i64 = 16_384;
 
 /// The WAL file is truncated back to this size after a checkpoint has emptied it.
 const WAL_SIZE_LIMIT: i64 = 64 << 20;
-
-/// The `state` key of the last receipt (by seq) whose effect on its device record is on disk.
-const DEVICES_THROUGH_RECEIPT: &str = "devices_through_receipt";
 
 /// How long a connection waits for a lock held by a checkpoint or another process.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -196,197 +210,8 @@ const MIGRATIONS: &[&str] = &[
     "DROP INDEX events_by_key_hash;",
 ];
 
-/// The hash an event's idempotency key is held under in [`EventKeys`] (the map is per channel,
-/// so the channel is not in it).
-fn key_hash(key: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(key.as_bytes())
-}
-
-/// Most keys [`EventKeys`] holds across channels: past it, the writer forgets them all and
-/// reloads a channel's keys when next asked, so their memory stays bounded (about 32 bytes a key).
-const HELD_KEYS: usize = 4_000_000;
-
-/// A channel's held keys are swept of pruned events' entries once they number this many, or
-/// twice as many as after the last sweep.
-const KEY_SWEEP_MIN: usize = 1024;
-
-/// The idempotency keys of retained events, as the writer looks them up: per channel, the hash
-/// of each key and the id of its event, read from the channel's rows on its first keyed write
-/// after open. The rows stay the truth: an entry is checked against its row when found; one whose
-/// event was pruned is dropped when met or at the next sweep; and all are forgotten when a
-/// transaction rolls back, since what it did to them is undone.
-#[derive(Default)]
-struct EventKeys {
-    channels: HashMap<ChannelName, ChannelKeys>,
-    /// Entries across channels.
-    held: usize,
-}
-
-/// One channel's held keys.
-#[derive(Default)]
-struct ChannelKeys {
-    /// Key hash → event id.
-    ids: HashMap<u64, u64>,
-    /// Entries after the last sweep.
-    swept: usize,
-}
-
-impl EventKeys {
-    /// The keys of `channel` (hash → event id), read from its rows if not held.
-    fn channel(
-        &mut self,
-        conn: &Connection,
-        channel: &ChannelName,
-    ) -> rusqlite::Result<&mut HashMap<u64, u64>> {
-        if !self.channels.contains_key(channel) {
-            let mut ids = HashMap::new();
-            let mut rows = conn.prepare_cached(
-                "SELECT id, idempotency_key FROM events \
-                     WHERE channel = ?1 AND idempotency_key IS NOT NULL ORDER BY id",
-            )?;
-            let mut rows = rows.query([channel.as_str()])?;
-            while let Some(row) = rows.next()? {
-                let key: String = row.get(1)?;
-                // Oldest first: of two keys with one hash, the newer holds the entry.
-                ids.insert(key_hash(&key), row.get::<_, u64>(0)?);
-            }
-            if self.held + ids.len() > HELD_KEYS {
-                self.forget_all();
-            }
-            self.held += ids.len();
-            let swept = ids.len();
-            self.channels
-                .insert(channel.clone(), ChannelKeys { ids, swept });
-        }
-        Ok(&mut self.channels.get_mut(channel).expect("just held").ids)
-    }
-
-    /// Notes that event `id` of `channel` now holds `key`; `first` is the channel's oldest
-    /// retained id, below which entries are stale.
-    fn noted(&mut self, channel: &ChannelName, key: &str, id: u64, first: u64) {
-        // Not held: the channel's rows, this one included, are read when it is next asked for.
-        let Some(keys) = self.channels.get_mut(channel) else {
-            return;
-        };
-        if keys.ids.insert(key_hash(key), id).is_none() {
-            self.held += 1;
-        }
-        if keys.ids.len() >= (2 * keys.swept).max(KEY_SWEEP_MIN) {
-            let before = keys.ids.len();
-            keys.ids.retain(|_, id| *id >= first);
-            self.held -= before - keys.ids.len();
-            keys.swept = keys.ids.len();
-        }
-        if self.held > HELD_KEYS {
-            self.forget_all();
-        }
-    }
-
-    /// Drops the entry of `key` if it is event `id`'s.
-    fn forget(&mut self, channel: &ChannelName, key: &str, id: u64) {
-        if let Some(keys) = self.channels.get_mut(channel) {
-            if let Entry::Occupied(entry) = keys.ids.entry(key_hash(key)) {
-                if *entry.get() == id {
-                    entry.remove();
-                    self.held -= 1;
-                }
-            }
-        }
-    }
-
-    fn forget_all(&mut self) {
-        self.channels.clear();
-        self.held = 0;
-    }
-}
-
 /// The schema version this build writes.
 const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
-
-/// `SELECT` of a device row, in the column order [`device_from_row`] reads, followed by `rest`.
-macro_rules! select_device {
-    ($rest:literal) => {
-        concat!(
-            "SELECT device, first_seen, last_seen, last_op, last_event_id, last_delivered, last_acked, receipts ",
-            "FROM devices ",
-            $rest
-        )
-    };
-}
-
-/// `SELECT` of an event row, in the column order [`event_from_row`] reads, followed by `rest`.
-macro_rules! select_event {
-    ($rest:literal) => {
-        concat!(
-            "SELECT id, time, publisher, event_type, body, idempotency_key FROM events ",
-            $rest
-        )
-    };
-}
-
-/// `SELECT` of a membership row, in the column order [`membership_from_row`] reads, followed by `rest`.
-macro_rules! select_membership {
-    ($rest:literal) => {
-        concat!(
-            "SELECT seq, device, joined_after, left_after, since FROM memberships ",
-            $rest
-        )
-    };
-}
-
-/// How far a committed write is guaranteed to survive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Durability {
-    /// Survives a crash of the process, not of the machine (`synchronous=NORMAL`): commits reach
-    /// the OS at once and the disk at checkpoints. The default: what a server restart needs, at
-    /// a fraction of the cost.
-    #[default]
-    Normal,
-    /// Survives power loss too (`synchronous=FULL`): every commit is synced to disk.
-    Full,
-}
-
-/// How a [`SqliteStore`] is opened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SqliteOptions {
-    /// What a committed write survives.
-    pub durability: Durability,
-    /// How much history each channel keeps.
-    pub retention: Retention,
-    /// Newest events kept in memory per channel, so tail replays skip the disk (0: none).
-    pub recent_events: usize,
-    /// Device records kept in memory once written back (the least recently changed go first;
-    /// they are read from disk when needed). Records changed since the last write-back are
-    /// always kept, so the book can exceed this by what changes within [`DEVICE_WRITE_BACK`].
-    pub device_records: usize,
-    /// Bytes of events kept in memory, all channels together (bodies and frames; 0: none).
-    /// Past it, the oldest cached events of the channels appended to least recently go first;
-    /// a read of what is not cached goes to disk.
-    pub recent_bytes: usize,
-    /// The shortest time between two sweeps for expired events (age retention on channels
-    /// nobody publishes to): expiries that fall closer together are pruned together. The sweep
-    /// visits only the channels whose oldest event has expired.
-    pub prune_interval: Duration,
-}
-
-impl Default for SqliteOptions {
-    fn default() -> Self {
-        SqliteOptions {
-            durability: Durability::default(),
-            retention: Retention::default(),
-            // One hub replay page: a resuming subscriber that is a little behind reads memory.
-            recent_events: 256,
-            // Enough for the tails of thousands of busy channels of small events; without a
-            // global cap, 100 channels of 64 KiB events held 4 GB.
-            recent_bytes: 64 << 20,
-            // About 40 MB of records (some 400 bytes each): far more devices than are active
-            // within a minute on most servers, few enough that a stream of made-up device ids
-            // cannot grow the process.
-            device_records: 100_000,
-            prune_interval: Duration::from_secs(1),
-        }
-    }
-}
 
 /// The SQLite [`Store`]: durable history, receipts and device records in `dir/pere.db`.
 ///
@@ -442,204 +267,6 @@ struct Shared {
     event_keys: Mutex<EventKeys>,
 }
 
-/// The committed state of one channel, as far as memory knows it.
-struct ChannelMeta {
-    head: u64,
-    /// The oldest retained id; `head + 1` when nothing is retained.
-    first: u64,
-    /// The newest retained events, contiguous and ending at `head` (possibly empty).
-    recent: VecDeque<Arc<Event>>,
-    /// Under which time (milliseconds) the writer's age index files this channel: never later
-    /// than its oldest retained event's. `None` when it is not in the index (nothing retained,
-    /// or no age retention).
-    age_key: Option<i64>,
-    /// The bytes `recent` holds, as [`cached_size`] counts them.
-    recent_bytes: usize,
-    /// Where `recent` stands in the cache's order of last appends (0: it is empty).
-    recent_stamp: u64,
-}
-
-impl ChannelMeta {
-    fn new(head: u64, first: u64, age_key: Option<i64>) -> Self {
-        ChannelMeta {
-            head,
-            first,
-            recent: VecDeque::new(),
-            age_key,
-            recent_bytes: 0,
-            recent_stamp: 0,
-        }
-    }
-
-    /// Drops the oldest cached event; returns its size.
-    fn uncache_oldest(&mut self) -> usize {
-        let size = self
-            .recent
-            .pop_front()
-            .map_or(0, |event| cached_size(&event));
-        self.recent_bytes -= size;
-        size
-    }
-}
-
-/// An event larger than this part of [`SqliteOptions::recent_bytes`] is not cached.
-const LARGEST_CACHED: usize = 16;
-
-/// What a cached event costs in memory, about: the event, its body and key, and its frame.
-fn cached_size(event: &Event) -> usize {
-    std::mem::size_of::<Event>()
-        + 2 * std::mem::size_of::<usize>()
-        + event.body.len()
-        + event.frame().len()
-        + event.idempotency_key.as_ref().map_or(0, String::len)
-}
-
-/// The writer's account of the recent-event cache across channels: how many bytes it holds and
-/// the channels holding some, by last append.
-#[derive(Default)]
-struct RecentCache {
-    bytes: usize,
-    /// Channels with cached events by `recent_stamp`, least recently appended first.
-    order: std::collections::BTreeMap<u64, ChannelName>,
-    clock: u64,
-}
-
-impl RecentCache {
-    /// Accounts for `meta`'s cache after it changed by `added - removed` bytes; restamps it
-    /// when it was appended to.
-    fn update(
-        &mut self,
-        name: &ChannelName,
-        meta: &mut ChannelMeta,
-        added: usize,
-        removed: usize,
-        appended: bool,
-    ) {
-        self.bytes = self.bytes + added - removed;
-        if meta.recent.is_empty() || appended {
-            self.order.remove(&meta.recent_stamp);
-            meta.recent_stamp = 0;
-        }
-        if !meta.recent.is_empty() && meta.recent_stamp == 0 {
-            self.clock += 1;
-            meta.recent_stamp = self.clock;
-            self.order.insert(self.clock, name.clone());
-        }
-    }
-
-    /// Drops the oldest cached events of the channels appended to least recently until the
-    /// cache is within `budget`.
-    fn trim(&mut self, channels: &mut HashMap<ChannelName, ChannelMeta>, budget: usize) {
-        while self.bytes > budget {
-            let Some((stamp, name)) = self.order.pop_first() else {
-                break;
-            };
-            let Some(meta) = channels.get_mut(&name) else {
-                continue;
-            };
-            while self.bytes > budget && !meta.recent.is_empty() {
-                self.bytes -= meta.uncache_oldest();
-            }
-            if meta.recent.is_empty() {
-                meta.recent_stamp = 0;
-            } else {
-                self.order.insert(stamp, name);
-            }
-        }
-    }
-}
-
-/// The device records changed since the store opened, as last committed, up to
-/// [`SqliteOptions::device_records`] of them once written back: past that, the least recently
-/// changed ones that are written back already are dropped (readers find them on disk).
-#[derive(Default)]
-struct DeviceBook {
-    records: HashMap<ChannelName, HashMap<DeviceId, BookEntry>>,
-    /// How many records `records` holds.
-    len: usize,
-    /// Committed but not yet written back to `devices`.
-    changed: HashSet<(ChannelName, DeviceId)>,
-    /// Counts changes, for the order of `BookEntry::stamp`.
-    clock: u64,
-    /// Counts trims: a reader that read the disk before a trim may have missed a record the
-    /// trim dropped after writing it back, and reads again.
-    trims: u64,
-}
-
-struct BookEntry {
-    record: DeviceRecord,
-    /// When it last changed, in `DeviceBook::clock`.
-    stamp: u64,
-}
-
-impl DeviceBook {
-    fn get(&self, channel: &ChannelName, device: &DeviceId) -> Option<&DeviceRecord> {
-        self.records
-            .get(channel)?
-            .get(device)
-            .map(|entry| &entry.record)
-    }
-
-    /// Takes a committed change, to be written back.
-    fn change(&mut self, record: DeviceRecord) {
-        self.clock += 1;
-        self.changed
-            .insert((record.channel.clone(), record.device.clone()));
-        let entry = BookEntry {
-            stamp: self.clock,
-            record,
-        };
-        let devices = self
-            .records
-            .entry(entry.record.channel.clone())
-            .or_default();
-        if devices.insert(entry.record.device.clone(), entry).is_none() {
-            self.len += 1;
-        }
-    }
-
-    /// Drops the least recently changed records that are written back, down to nine tenths of
-    /// `limit` when over it (a tenth of room, so trims, which look at every record, are rare).
-    fn trim(&mut self, limit: usize) {
-        if self.len <= limit {
-            return;
-        }
-        let keep = limit - limit / 10;
-        let mut clean: Vec<u64> = Vec::with_capacity(self.len);
-        for (channel, devices) in &self.records {
-            for (device, entry) in devices {
-                if !self.changed.contains(&(channel.clone(), device.clone())) {
-                    clean.push(entry.stamp);
-                }
-            }
-        }
-        let excess = self.len.saturating_sub(keep).min(clean.len());
-        if excess == 0 {
-            return;
-        }
-        // Stamps are unique: the `excess` oldest clean records are those below the threshold.
-        let threshold = if excess == clean.len() {
-            u64::MAX
-        } else {
-            *clean.select_nth_unstable(excess).1
-        };
-        let changed = &self.changed;
-        let mut dropped = 0;
-        self.records.retain(|channel, devices| {
-            devices.retain(|device, entry| {
-                let drop = entry.stamp < threshold
-                    && !changed.contains(&(channel.clone(), device.clone()));
-                dropped += usize::from(drop);
-                !drop
-            });
-            devices.shrink_to_fit();
-            !devices.is_empty()
-        });
-        self.len -= dropped;
-        self.trims += 1;
-    }
-}
-
 type Answer<T> = oneshot::Sender<Result<T, StoreError>>;
 
 /// One write, run by the writer inside a batch's transaction; it returns the answer to send
@@ -651,64 +278,6 @@ enum Command {
     Write(Job),
     /// Finish what is queued, then stop.
     Close(oneshot::Sender<()>),
-}
-
-/// Why the SQLite store failed; carried in [`StoreError::Backend`].
-#[derive(Debug, Clone)]
-enum Failure {
-    /// The store at `path` could not be opened.
-    Open {
-        path: PathBuf,
-        source: Arc<dyn std::error::Error + Send + Sync>,
-    },
-    /// SQLite would not use WAL there (some network file systems), which readers need.
-    NoWal { path: PathBuf, mode: String },
-    /// A write batch was rolled back: none of its writes happened.
-    Batch(Arc<rusqlite::Error>),
-    /// The writer has stopped: the store was closed.
-    Closed,
-}
-
-impl Failure {
-    fn open(path: &Path, source: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-        StoreError::backend(Failure::Open {
-            path: path.to_owned(),
-            source: Arc::new(source),
-        })
-    }
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Failure::Open { path, source } => {
-                write!(f, "cannot open the store at {}: {source}", path.display())
-            }
-            Failure::NoWal { path, mode } => {
-                write!(
-                    f,
-                    "{} cannot use WAL journaling (SQLite chose {mode:?})",
-                    path.display()
-                )
-            }
-            Failure::Batch(err) => write!(f, "write rolled back: {err}"),
-            Failure::Closed => f.write_str("the store is closed"),
-        }
-    }
-}
-
-impl std::error::Error for Failure {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Failure::Open { source, .. } => Some(source.as_ref()),
-            Failure::Batch(err) => Some(err.as_ref()),
-            Failure::NoWal { .. } | Failure::Closed => None,
-        }
-    }
-}
-
-fn closed() -> StoreError {
-    StoreError::backend(Failure::Closed)
 }
 
 impl SqliteStore {
@@ -1151,24 +720,6 @@ fn recover_devices(conn: &mut Connection) -> rusqlite::Result<u64> {
     Ok(last)
 }
 
-fn save_devices_through(conn: &Connection, seq: u64) -> rusqlite::Result<()> {
-    conn.prepare_cached("UPDATE state SET value = ?2 WHERE key = ?1")?
-        .execute(params![DEVICES_THROUGH_RECEIPT, seq])?;
-    Ok(())
-}
-
-/// The record of a device first seen through a receipt.
-fn receipt_touch(receipt: &Receipt) -> DeviceTouch {
-    DeviceTouch {
-        channel: receipt.channel.clone(),
-        device: receipt.device.clone(),
-        op: DeviceOp::Feedback,
-        at: receipt.time,
-        last_event_id: None,
-        delivered: 0,
-    }
-}
-
 /// Starts the thread that checkpoints the WAL [`CHECKPOINT_INTERVAL`] after a commit wakes it
 /// (idle, it sleeps), until every sender of its wake-ups is dropped. Returns it and a sender:
 /// `try_send` after a commit, as a wake-up already pending stands for any number of commits.
@@ -1580,182 +1131,6 @@ impl Store for SqliteStore {
         })
         .await
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Rows
-
-/// SQLite's `LIMIT` for a `usize` (a negative limit would mean "no limit", which is what a huge
-/// one means anyway).
-fn sql_limit(limit: usize) -> i64 {
-    i64::try_from(limit).unwrap_or(i64::MAX)
-}
-
-fn time_from_ms(ms: i64, column: usize) -> rusqlite::Result<DateTime<Utc>> {
-    DateTime::from_timestamp_millis(ms).ok_or(rusqlite::Error::IntegralValueOutOfRange(column, ms))
-}
-
-fn parse_name<T>(
-    value: &str,
-    column: usize,
-    parse: fn(&str) -> Result<T, NameError>,
-) -> rusqlite::Result<T> {
-    parse(value)
-        .map_err(|err| rusqlite::Error::FromSqlConversionFailure(column, Type::Text, Box::new(err)))
-}
-
-/// Rebuilds a stored event (and so its SSE frame) from
-/// `id, time, publisher, event_type, body, idempotency_key`.
-fn event_from_row(channel: &ChannelName, row: &Row<'_>) -> rusqlite::Result<Arc<Event>> {
-    let id: u64 = row.get(0)?;
-    let time = time_from_ms(row.get(1)?, 1)?;
-    let publisher = row
-        .get_ref(2)?
-        .as_str_or_null()?
-        .map(|s| parse_name(s, 2, DeviceId::new))
-        .transpose()?;
-    let event_type = row
-        .get_ref(3)?
-        .as_str_or_null()?
-        .map(|s| parse_name(s, 3, EventType::new))
-        .transpose()?;
-    let body: String = row.get(4)?;
-    let idempotency_key: Option<String> = row.get(5)?;
-    Ok(Arc::new(Event::new(
-        channel.clone(),
-        id,
-        time,
-        NewEvent {
-            publisher,
-            event_type,
-            body,
-            idempotency_key,
-        },
-    )))
-}
-
-fn query_events(
-    conn: &Connection,
-    channel: &ChannelName,
-    sql: &str,
-    params: impl rusqlite::Params,
-) -> rusqlite::Result<Vec<Arc<Event>>> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    let rows = stmt.query_map(params, |row| event_from_row(channel, row))?;
-    rows.collect()
-}
-
-fn query_receipts(
-    conn: &Connection,
-    channel: &ChannelName,
-    sql: &str,
-    params: impl rusqlite::Params,
-) -> rusqlite::Result<Vec<Receipt>> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    let rows = stmt.query_map(params, |row| {
-        Ok(Receipt {
-            seq: row.get(0)?,
-            channel: channel.clone(),
-            event_id: row.get(1)?,
-            device: parse_name(row.get_ref(2)?.as_str()?, 2, DeviceId::new)?,
-            status: row.get(3)?,
-            time: time_from_ms(row.get(4)?, 4)?,
-        })
-    })?;
-    rows.collect()
-}
-
-fn membership_from_row(channel: &ChannelName, row: &Row<'_>) -> rusqlite::Result<Membership> {
-    Ok(Membership {
-        channel: channel.clone(),
-        device: parse_name(row.get_ref(1)?.as_str()?, 1, DeviceId::new)?,
-        joined_after: row.get(2)?,
-        left_after: row.get(3)?,
-        since: time_from_ms(row.get(4)?, 4)?,
-    })
-}
-
-/// A page of history from disk; one read transaction, so head, first and events agree.
-fn read_page(
-    conn: &mut Connection,
-    channel: &ChannelName,
-    after: u64,
-    limit: usize,
-) -> rusqlite::Result<EventPage> {
-    let tx = conn.transaction()?;
-    let head: u64 = tx
-        .prepare_cached("SELECT head FROM channels WHERE name = ?1")?
-        .query_row([channel.as_str()], |row| row.get(0))
-        .optional()?
-        .unwrap_or(0);
-    let first: Option<u64> = tx
-        .prepare_cached("SELECT MIN(id) FROM events WHERE channel = ?1")?
-        .query_row([channel.as_str()], |row| row.get(0))?;
-    let events = query_events(
-        &tx,
-        channel,
-        select_event!("WHERE channel = ?1 AND id > ?2 ORDER BY id LIMIT ?3"),
-        params![channel.as_str(), after, sql_limit(limit)],
-    )?;
-    tx.commit()?;
-    Ok(EventPage {
-        events,
-        first_retained: first.unwrap_or(head + 1),
-        head,
-    })
-}
-
-fn device_from_row(channel: &ChannelName, row: &Row<'_>) -> rusqlite::Result<DeviceRecord> {
-    let op = row.get_ref(3)?.as_str()?;
-    let last_op = DeviceOp::parse(op).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
-            3,
-            Type::Text,
-            format!("unknown device operation {op:?}").into(),
-        )
-    })?;
-    Ok(DeviceRecord {
-        channel: channel.clone(),
-        device: parse_name(row.get_ref(0)?.as_str()?, 0, DeviceId::new)?,
-        first_seen: time_from_ms(row.get(1)?, 1)?,
-        last_seen: time_from_ms(row.get(2)?, 2)?,
-        last_op,
-        last_event_id: row.get(4)?,
-        last_delivered: row.get(5)?,
-        last_acked: row.get(6)?,
-        receipts: row.get(7)?,
-    })
-}
-
-fn load_device(
-    conn: &Connection,
-    channel: &ChannelName,
-    device: &DeviceId,
-) -> rusqlite::Result<Option<DeviceRecord>> {
-    conn.prepare_cached(select_device!("WHERE channel = ?1 AND device = ?2"))?
-        .query_row([channel.as_str(), device.as_str()], |row| {
-            device_from_row(channel, row)
-        })
-        .optional()
-}
-
-fn save_device(conn: &Connection, record: &DeviceRecord) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "INSERT OR REPLACE INTO devices (channel, device, first_seen, last_seen, last_op, last_event_id, \
-         last_delivered, last_acked, receipts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![
-        record.channel.as_str(),
-        record.device.as_str(),
-        record.first_seen.timestamp_millis(),
-        record.last_seen.timestamp_millis(),
-        record.last_op.as_str(),
-        record.last_event_id,
-        record.last_delivered,
-        record.last_acked,
-        record.receipts,
-    ])?;
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2633,6 +2008,3 @@ fn prune_channel(
     draft.first = bound;
     Ok((deleted, bound == limit && limit < end))
 }
-
-#[cfg(test)]
-mod tests;

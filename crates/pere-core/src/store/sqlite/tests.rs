@@ -1,10 +1,18 @@
 //! The SQLite store's tests: the store conformance suite under each setting, and what only this
 //! store does (its caches and books, reopening, migrations, damage, batching, pruning steps).
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
 
+use pere_proto::event::now;
+use pere_proto::receipt::DeviceOp;
+use rusqlite::OptionalExtension;
+
+use super::books::{cached_size, key_hash, KEY_SWEEP_MIN};
+use super::rows::DEVICES_THROUGH_RECEIPT;
 use super::*;
 use crate::store::conformance::{self, body, ch, dev, ROOMY};
+use crate::store::Retention;
 
 fn open(dir: &Path, retention: Retention) -> SqliteStore {
     SqliteStore::open(
