@@ -36,10 +36,9 @@
 //!
 //! One process per data directory: the writer trusts its in-memory heads.
 
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock, RwLock};
 use std::thread;
@@ -61,20 +60,22 @@ mod books;
 mod failure;
 mod options;
 mod rows;
+mod schema;
+mod shared;
 
 #[cfg(test)]
 mod tests;
 
-use books::{
-    cached_size, key_hash, ChannelMeta, DeviceBook, EventKeys, RecentCache, LARGEST_CACHED,
-};
+use books::{key_hash, ChannelMeta, EventKeys, RecentCache};
 use failure::{closed, Failure};
 pub use options::{Durability, SqliteOptions};
 use rows::{
     device_from_row, load_device, membership_from_row, parse_name, query_events, query_receipts,
     read_page, receipt_touch, save_device, save_devices_through, select_device, select_event,
-    select_membership, sql_limit, time_from_ms, DEVICES_THROUGH_RECEIPT,
+    select_membership, sql_limit,
 };
+use schema::{check_integrity, load_channels, prepare_schema, recover_devices, BUSY_TIMEOUT};
+use shared::{Draft, Drafts, Shared};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "pere.db";
@@ -104,9 +105,6 @@ const MIN_PRUNE_INTERVAL: Duration = Duration::from_millis(10);
 /// which events expire, jumps; waking costs nothing when nothing is due.
 const IDLE_WAKE: Duration = Duration::from_secs(60);
 
-/// Idle read connections kept; more are opened under load and closed when they come back.
-const MAX_IDLE_READERS: usize = 8;
-
 /// How often changed device records are written back to `devices`. A crash loses at most this
 /// much of connection touches (receipts are folded in again from the `receipts` table).
 pub const DEVICE_WRITE_BACK: Duration = Duration::from_secs(1);
@@ -118,100 +116,6 @@ pub const DEVICE_WRITE_BACK: Duration = Duration::from_secs(1);
 /// what is left, and every write waits for that. At 500 ms, pushes flat out on a slow disk waited
 /// 40 ms at the 99th percentile; at 50 ms, 4 ms.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(50);
-
-/// WAL pages past which the writer checkpoints by itself, should the checkpointer fall behind.
-const WRITER_CHECKPOINT_PAGES: i64 = 16_384;
-
-/// The WAL file is truncated back to this size after a checkpoint has emptied it.
-const WAL_SIZE_LIMIT: i64 = 64 << 20;
-
-/// How long a connection waits for a lock held by a checkpoint or another process.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// `PRAGMA application_id` of a PERE database ("PERE" in ASCII), to tell it from other SQLite files.
-const APPLICATION_ID: i64 = 0x5045_5245;
-
-/// The schema, one migration per version: `MIGRATIONS[n]` takes `user_version` n to n + 1.
-const MIGRATIONS: &[&str] = &[
-    // v1. Times are integer milliseconds since the epoch, UTC.
-    "CREATE TABLE channels (
-        name TEXT NOT NULL PRIMARY KEY,
-        -- The last id given out: survives pruning, so ids are never reused.
-        head INTEGER NOT NULL
-    ) WITHOUT ROWID;
-    CREATE TABLE events (
-        channel TEXT NOT NULL,
-        id INTEGER NOT NULL,
-        time INTEGER NOT NULL,
-        publisher TEXT,
-        event_type TEXT,
-        body TEXT NOT NULL,
-        PRIMARY KEY (channel, id)
-    );
-    CREATE TABLE receipts (
-        -- The channel's receipt stream position, a cursor for `receipts_after`: AUTOINCREMENT,
-        -- so a value is never handed out again after the newest receipt is pruned.
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        channel TEXT NOT NULL,
-        event_id INTEGER NOT NULL,
-        device TEXT NOT NULL,
-        status TEXT NOT NULL,
-        time INTEGER NOT NULL
-    );
-    CREATE INDEX receipts_by_event ON receipts (channel, event_id, device);
-    CREATE INDEX receipts_by_seq ON receipts (channel, seq);
-    CREATE TABLE memberships (
-        -- Creation order: `memberships` lists oldest first.
-        seq INTEGER PRIMARY KEY,
-        channel TEXT NOT NULL,
-        device TEXT NOT NULL,
-        joined_after INTEGER NOT NULL,
-        left_after INTEGER,
-        since INTEGER NOT NULL
-    );
-    CREATE INDEX memberships_by_channel ON memberships (channel);
-    -- At most one current membership per device.
-    CREATE UNIQUE INDEX memberships_current ON memberships (channel, device) WHERE left_after IS NULL;
-    CREATE TABLE devices (
-        channel TEXT NOT NULL,
-        device TEXT NOT NULL,
-        first_seen INTEGER NOT NULL,
-        last_seen INTEGER NOT NULL,
-        last_op TEXT NOT NULL,
-        last_event_id TEXT,
-        last_delivered INTEGER NOT NULL,
-        last_acked INTEGER NOT NULL,
-        receipts INTEGER NOT NULL,
-        PRIMARY KEY (channel, device)
-    ) WITHOUT ROWID;
-    PRAGMA application_id = 1346720325;",
-    // v2. Device records are written back in bulk; `state` says up to which receipt.
-    "CREATE TABLE state (
-        key TEXT NOT NULL PRIMARY KEY,
-        value INTEGER NOT NULL
-    ) WITHOUT ROWID;
-    -- Up to v1 every receipt was saved into its device row in its own transaction.
-    INSERT INTO state (key, value)
-        VALUES ('devices_through_receipt', COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'receipts'), 0));",
-    // v3. Idempotent publishing: an event's key, unique among the channel's retained events
-    // (a key leaves with its event's row when retention prunes it). Events stored before have none.
-    "ALTER TABLE events ADD COLUMN idempotency_key TEXT;
-    CREATE UNIQUE INDEX events_by_key ON events (channel, idempotency_key) WHERE idempotency_key IS NOT NULL;",
-    // v4. Idempotent receipts: a receipt's key, unique among the channel's retained receipts.
-    "ALTER TABLE receipts ADD COLUMN idempotency_key TEXT;
-    CREATE UNIQUE INDEX receipts_by_key ON receipts (channel, idempotency_key) WHERE idempotency_key IS NOT NULL;",
-    // v5. Event keys found by a 64-bit hash of channel and key, in an index of integers.
-    "ALTER TABLE events ADD COLUMN key_hash INTEGER;
-    DROP INDEX events_by_key;
-    CREATE INDEX events_by_key_hash ON events (key_hash) WHERE key_hash IS NOT NULL;",
-    // v6. Event keys are found through the writer's memory ([`EventKeys`]), not an index: an
-    // index of random keys had every keyed insert, and every prune of a keyed event, dirty a
-    // page of its own. `key_hash` is no longer written or read.
-    "DROP INDEX events_by_key_hash;",
-];
-
-/// The schema version this build writes.
-const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// The SQLite [`Store`]: durable history, receipts and device records in `dir/pere.db`.
 ///
@@ -232,39 +136,6 @@ struct Inner {
     checkpointer: Option<(mpsc::SyncSender<()>, thread::JoinHandle<()>)>,
     // Bounds the queue: a write holds a permit from before it is queued until it is answered.
     room: Arc<Semaphore>,
-}
-
-/// Told by the writer, after each committed batch of writes, how long the batch took (from its
-/// `BEGIN` to the end of its `COMMIT`) and how many writes it held.
-type CommitHook = Box<dyn Fn(Duration, usize) + Send + Sync>;
-
-/// Longest time the integrity check at open may take: a large database is checked as far as
-/// this gets (damage usually shows in the first pages read: the schema and the tables' roots),
-/// so a restart is never held up for minutes.
-const INTEGRITY_BUDGET: Duration = Duration::from_secs(2);
-
-/// What the writer thread and the readers share.
-struct Shared {
-    // Held for the store's lifetime: the data directory's lock.
-    _lock: std::fs::File,
-    path: PathBuf,
-    options: SqliteOptions,
-    // Committed state only: the writer updates it after each commit, before answering.
-    channels: RwLock<HashMap<ChannelName, ChannelMeta>>,
-    // std Mutex: held only to push or pop a connection, never across a query or an await.
-    readers: Mutex<Vec<Connection>>,
-    // Committed device records; std Mutex, held only to look up, clone or merge records.
-    devices: Mutex<DeviceBook>,
-    // The seq of the newest committed receipt; changed by the writer only.
-    last_receipt: AtomicU64,
-    transactions: AtomicU64,
-    // Told of every committed batch of writes (metrics); set at most once.
-    on_commit: OnceLock<CommitHook>,
-    // Channels the pruning sweep has looked at, for tests of its cost.
-    visited: AtomicU64,
-    closing: AtomicBool,
-    // Used by the writer only (a Mutex for the borrow, never contended).
-    event_keys: Mutex<EventKeys>,
 }
 
 type Answer<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -494,232 +365,6 @@ impl Drop for Inner {
     }
 }
 
-impl Shared {
-    fn event_keys(&self) -> std::sync::MutexGuard<'_, EventKeys> {
-        self.event_keys.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn book(&self) -> std::sync::MutexGuard<'_, DeviceBook> {
-        self.devices.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn with_reader<T>(
-        &self,
-        query: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
-    ) -> Result<T, StoreError> {
-        let pooled = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut conn = match pooled {
-            Some(conn) => conn,
-            None => open_reader(&self.path)?,
-        };
-        let result = query(&mut conn).map_err(StoreError::backend);
-        let mut pool = self.readers.lock().unwrap_or_else(|e| e.into_inner());
-        if pool.len() < MAX_IDLE_READERS {
-            pool.push(conn);
-        }
-        result
-    }
-}
-
-fn open_reader(path: &Path) -> Result<Connection, StoreError> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags).map_err(|err| Failure::open(path, err))?;
-    conn.busy_timeout(BUSY_TIMEOUT)
-        .map_err(|err| Failure::open(path, err))?;
-    Ok(conn)
-}
-
-/// Checks the file is a PERE database this build understands, sets the journal and sync modes,
-/// and migrates the schema to [`SCHEMA_VERSION`].
-/// Whether SQLite's error says the file is damaged or not a database at all.
-fn is_damage(err: &rusqlite::Error) -> bool {
-    matches!(
-        err.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
-    )
-}
-
-/// The error for a damaged database file, with SQLite's words on one line.
-fn damaged(path: &Path, detail: &str) -> StoreError {
-    let detail = detail.split_whitespace().collect::<Vec<_>>().join(" ");
-    StoreError::Damaged {
-        path: path.to_owned(),
-        detail,
-    }
-}
-
-/// Runs SQLite's `quick_check` (every page and index entry well formed, without comparing
-/// indexes with their tables) for at most [`INTEGRITY_BUDGET`]: a damaged database is reported
-/// at start, in one line, rather than as failed writes later.
-///
-/// # Errors
-/// [`StoreError::Damaged`] with the first problems found.
-fn check_integrity(conn: &Connection, path: &Path) -> Result<(), StoreError> {
-    let interrupt = conn.get_interrupt_handle();
-    let (done, finished) = mpsc::channel::<()>();
-    let watchdog = thread::Builder::new()
-        .name("pere-sqlite-check".to_owned())
-        .spawn(move || {
-            if finished.recv_timeout(INTEGRITY_BUDGET) == Err(mpsc::RecvTimeoutError::Timeout) {
-                interrupt.interrupt();
-            }
-        })
-        .map_err(|err| Failure::open(path, err))?;
-    let found = conn.prepare("PRAGMA quick_check(3)").and_then(|mut stmt| {
-        stmt.query_map([], |row| row.get::<_, String>(0))?
-            .collect::<rusqlite::Result<Vec<_>>>()
-    });
-    drop(done);
-    let _ = watchdog.join();
-    match found {
-        Ok(rows) if rows.iter().all(|row| row == "ok") => Ok(()),
-        Ok(rows) => Err(damaged(path, &rows.join("; "))),
-        // Out of time: what was checked is sound.
-        Err(err) if err.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted) => {
-            Ok(())
-        }
-        Err(err) if is_damage(&err) => Err(damaged(path, &err.to_string())),
-        Err(err) => Err(Failure::open(path, err)),
-    }
-}
-
-fn prepare_schema(
-    conn: &mut Connection,
-    path: &Path,
-    durability: Durability,
-) -> Result<(), StoreError> {
-    let fail = |err: rusqlite::Error| {
-        if is_damage(&err) {
-            damaged(path, &err.to_string())
-        } else {
-            Failure::open(path, err)
-        }
-    };
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
-    // The first read of the file: a corrupt or foreign file fails here, before anything is written.
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |row| row.get(0))
-        .map_err(fail)?;
-    if version > SCHEMA_VERSION {
-        return Err(StoreError::Incompatible(format!(
-            "{} was created by a newer PERE (schema v{version}, this build knows v{SCHEMA_VERSION})",
-            path.display()
-        )));
-    }
-    if version < 0 {
-        return Err(StoreError::Incompatible(format!(
-            "{} is not a PERE database (schema v{version})",
-            path.display()
-        )));
-    }
-    if version > 0 {
-        let id: i64 = conn
-            .pragma_query_value(None, "application_id", |row| row.get(0))
-            .map_err(fail)?;
-        if id != APPLICATION_ID {
-            return Err(StoreError::Incompatible(format!(
-                "{} is not a PERE database (application_id {id:#x})",
-                path.display()
-            )));
-        }
-    } else {
-        let objects: i64 = conn
-            .query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))
-            .map_err(fail)?;
-        if objects > 0 {
-            return Err(StoreError::Incompatible(format!(
-                "{} is an SQLite database of something else (it has tables but no PERE schema)",
-                path.display()
-            )));
-        }
-    }
-
-    let mode: String = conn
-        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-        .map_err(fail)?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::backend(Failure::NoWal {
-            path: path.to_owned(),
-            mode,
-        }));
-    }
-    let synchronous = match durability {
-        Durability::Normal => "NORMAL",
-        Durability::Full => "FULL",
-    };
-    conn.pragma_update(None, "synchronous", synchronous)
-        .map_err(fail)?;
-    // The checkpointer thread does this work; the writer only steps in if it falls far behind.
-    conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
-        .map_err(fail)?;
-    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
-        .map_err(fail)?;
-
-    for (from, migration) in MIGRATIONS
-        .iter()
-        .enumerate()
-        .skip(usize::try_from(version).unwrap_or(0))
-    {
-        let tx = conn.transaction().map_err(fail)?;
-        tx.execute_batch(migration).map_err(fail)?;
-        tx.pragma_update(None, "user_version", from as i64 + 1)
-            .map_err(fail)?;
-        tx.commit().map_err(fail)?;
-    }
-    Ok(())
-}
-
-/// Folds the receipts committed after the last device write-back (a crash came before the next)
-/// into their device records, and returns the seq of the newest receipt.
-fn recover_devices(conn: &mut Connection) -> rusqlite::Result<u64> {
-    let tx = conn.transaction()?;
-    let through: u64 = tx.query_row(
-        "SELECT value FROM state WHERE key = ?1",
-        [DEVICES_THROUGH_RECEIPT],
-        |row| row.get(0),
-    )?;
-    let last: u64 = tx.query_row(
-        "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'receipts'), 0)",
-        [],
-        |row| row.get(0),
-    )?;
-    if last > through {
-        let mut records: HashMap<(ChannelName, DeviceId), DeviceRecord> = HashMap::new();
-        let mut stmt =
-            tx.prepare("SELECT seq, channel, event_id, device, status, time FROM receipts WHERE seq > ?1 ORDER BY seq")?;
-        let mut rows = stmt.query([through])?;
-        while let Some(row) = rows.next()? {
-            let receipt = Receipt {
-                seq: row.get(0)?,
-                channel: parse_name(row.get_ref(1)?.as_str()?, 1, ChannelName::new)?,
-                event_id: row.get(2)?,
-                device: parse_name(row.get_ref(3)?.as_str()?, 3, DeviceId::new)?,
-                status: row.get(4)?,
-                time: time_from_ms(row.get(5)?, 5)?,
-            };
-            let key = (receipt.channel.clone(), receipt.device.clone());
-            let record = match records.entry(key) {
-                Entry::Occupied(entry) => entry.into_mut(),
-                Entry::Vacant(entry) => {
-                    let known = load_device(&tx, &receipt.channel, &receipt.device)?;
-                    entry.insert(
-                        known.unwrap_or_else(|| DeviceRecord::first(&receipt_touch(&receipt))),
-                    )
-                }
-            };
-            record.apply_receipt(&receipt);
-        }
-        drop(rows);
-        drop(stmt);
-        for record in records.values() {
-            save_device(&tx, record)?;
-        }
-        save_devices_through(&tx, last)?;
-    }
-    tx.commit()?;
-    Ok(last)
-}
-
 /// Starts the thread that checkpoints the WAL [`CHECKPOINT_INTERVAL`] after a commit wakes it
 /// (idle, it sleeps), until every sender of its wake-ups is dropped. Returns it and a sender:
 /// `try_send` after a commit, as a wake-up already pending stands for any number of commits.
@@ -752,27 +397,6 @@ fn start_checkpointer(
         })
         .map_err(|err| Failure::open(path, err))?;
     Ok((thread, wake))
-}
-
-/// The committed state of every channel, for the writer's heads and the readers' fast paths.
-fn load_channels(conn: &Connection) -> rusqlite::Result<HashMap<ChannelName, ChannelMeta>> {
-    let mut stmt = conn.prepare(
-        "SELECT name, head, \
-            (SELECT MIN(id) FROM events WHERE events.channel = channels.name), \
-            (SELECT time FROM events WHERE events.channel = channels.name ORDER BY id LIMIT 1) \
-         FROM channels",
-    )?;
-    let rows = stmt.query_map([], |row| {
-        let name = parse_name(row.get_ref(0)?.as_str()?, 0, ChannelName::new)?;
-        let head: u64 = row.get(1)?;
-        let first: Option<u64> = row.get(2)?;
-        let age_key: Option<i64> = row.get(3)?;
-        Ok((
-            name,
-            ChannelMeta::new(head, first.unwrap_or(head + 1), age_key),
-        ))
-    })?;
-    rows.collect()
 }
 
 impl Store for SqliteStore {
@@ -1158,153 +782,6 @@ struct Writer {
     closers: Vec<oneshot::Sender<()>>,
     /// Tells the checkpointer there is something to copy.
     wake_checkpointer: mpsc::SyncSender<()>,
-}
-
-/// One channel as a transaction sees it: loaded from the committed state, changed by the
-/// transaction, published to [`Shared::channels`] only after the commit. A rolled-back batch
-/// drops its drafts, which is what restores the heads: a failed append consumes no id.
-struct Draft {
-    head: u64,
-    first: u64,
-    /// The head stored in the `channels` table; `None` while the channel has no row.
-    saved_head: Option<u64>,
-    appended: Vec<Arc<Event>>,
-}
-
-/// The channels and device records a transaction has touched.
-struct Drafts<'a> {
-    shared: &'a Shared,
-    channels: HashMap<ChannelName, Draft>,
-    devices: HashMap<(ChannelName, DeviceId), DeviceRecord>,
-    /// The seq of the newest receipt, this transaction's included.
-    last_receipt: u64,
-}
-
-impl<'a> Drafts<'a> {
-    fn new(shared: &'a Shared) -> Self {
-        let last_receipt = shared.last_receipt.load(Ordering::Relaxed);
-        Drafts {
-            shared,
-            channels: HashMap::new(),
-            devices: HashMap::new(),
-            last_receipt,
-        }
-    }
-
-    /// A device's record as this transaction sees it (changed earlier in it, committed in the
-    /// book, or on disk), or `new` for a device never seen.
-    fn device(
-        &mut self,
-        conn: &Connection,
-        channel: &ChannelName,
-        device: &DeviceId,
-        new: impl FnOnce() -> DeviceRecord,
-    ) -> rusqlite::Result<&mut DeviceRecord> {
-        let key = (channel.clone(), device.clone());
-        let record = match self.devices.entry(key) {
-            Entry::Occupied(entry) => entry.into_mut(),
-            Entry::Vacant(entry) => {
-                let committed = self.shared.book().get(channel, device).cloned();
-                let known = match committed {
-                    Some(record) => Some(record),
-                    None => load_device(conn, channel, device)?,
-                };
-                entry.insert(known.unwrap_or_else(new))
-            }
-        };
-        Ok(record)
-    }
-
-    /// The draft of a channel that exists, committed or created earlier in this transaction.
-    fn existing(&mut self, channel: &ChannelName) -> Option<&mut Draft> {
-        if !self.channels.contains_key(channel) {
-            let committed = self
-                .shared
-                .channels
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(channel)
-                .map(|meta| Draft {
-                    head: meta.head,
-                    first: meta.first,
-                    saved_head: Some(meta.head),
-                    appended: Vec::new(),
-                })?;
-            self.channels.insert(channel.clone(), committed);
-        }
-        self.channels.get_mut(channel)
-    }
-
-    /// The draft of a channel, created if it does not exist yet.
-    fn entry(&mut self, channel: &ChannelName) -> &mut Draft {
-        let _ = self.existing(channel);
-        self.channels
-            .entry(channel.clone())
-            .or_insert_with(|| Draft {
-                head: 0,
-                first: 1,
-                saved_head: None,
-                appended: Vec::new(),
-            })
-    }
-
-    /// Makes the committed drafts visible to readers. Returns the channels that now have
-    /// retained events and were not in the age index, with the time to file them under.
-    fn publish(self, cache: &mut RecentCache) -> Vec<(i64, ChannelName)> {
-        let options = &self.shared.options;
-        let aging = options.retention.max_age.is_some();
-        let mut filed = Vec::new();
-        if !self.devices.is_empty() {
-            let mut book = self.shared.book();
-            for record in self.devices.into_values() {
-                book.change(record);
-            }
-        }
-        self.shared
-            .last_receipt
-            .store(self.last_receipt, Ordering::Relaxed);
-        let mut channels = self
-            .shared
-            .channels
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
-        for (name, draft) in self.channels {
-            let meta = channels
-                .entry(name.clone())
-                .or_insert_with(|| ChannelMeta::new(0, 1, None));
-            if let (true, None, Some(oldest)) = (aging, meta.age_key, draft.appended.first()) {
-                let key = oldest.time.timestamp_millis();
-                meta.age_key = Some(key);
-                filed.push((key, name.clone()));
-            }
-            meta.head = draft.head;
-            meta.first = draft.first;
-            let appended = !draft.appended.is_empty();
-            let (mut added, mut removed) = (0, 0);
-            for event in draft.appended {
-                let size = cached_size(&event);
-                if size > options.recent_bytes / LARGEST_CACHED {
-                    // Not worth the tails of many other channels; the cache stays a contiguous
-                    // run ending at the head, so it restarts after this event.
-                    while !meta.recent.is_empty() {
-                        removed += meta.uncache_oldest();
-                    }
-                    continue;
-                }
-                added += size;
-                meta.recent_bytes += size;
-                meta.recent.push_back(event);
-            }
-            while meta.recent.len() > options.recent_events
-                || meta.recent.front().is_some_and(|e| e.id < meta.first)
-            {
-                removed += meta.uncache_oldest();
-            }
-            cache.update(&name, meta, added, removed, appended);
-        }
-        cache.trim(&mut channels, options.recent_bytes);
-        filed
-    }
 }
 
 /// A transaction of writes under way.

@@ -10,6 +10,7 @@ use rusqlite::OptionalExtension;
 
 use super::books::{cached_size, key_hash, KEY_SWEEP_MIN};
 use super::rows::DEVICES_THROUGH_RECEIPT;
+use super::schema::{MIGRATIONS, SCHEMA_VERSION};
 use super::*;
 use crate::store::conformance::{self, body, ch, dev, ROOMY};
 use crate::store::Retention;
