@@ -9,6 +9,7 @@ use pere_proto::receipt::DeviceOp;
 use rusqlite::OptionalExtension;
 
 use super::books::{cached_size, key_hash, KEY_SWEEP_MIN};
+use super::prune::PRUNE_CHUNK;
 use super::rows::DEVICES_THROUGH_RECEIPT;
 use super::schema::{MIGRATIONS, SCHEMA_VERSION};
 use super::*;
