@@ -1,0 +1,68 @@
+//! Why the SQLite store failed: [`Failure`], carried in [`StoreError::Backend`].
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::StoreError;
+
+/// Why the SQLite store failed; carried in [`StoreError::Backend`].
+#[derive(Debug, Clone)]
+pub(super) enum Failure {
+    /// The store at `path` could not be opened.
+    Open {
+        path: PathBuf,
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
+    /// SQLite would not use WAL there (some network file systems), which readers need.
+    NoWal { path: PathBuf, mode: String },
+    /// A write batch was rolled back: none of its writes happened.
+    Batch(Arc<rusqlite::Error>),
+    /// The writer has stopped: the store was closed.
+    Closed,
+}
+
+impl Failure {
+    pub(super) fn open(
+        path: &Path,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> StoreError {
+        StoreError::backend(Failure::Open {
+            path: path.to_owned(),
+            source: Arc::new(source),
+        })
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Open { path, source } => {
+                write!(f, "cannot open the store at {}: {source}", path.display())
+            }
+            Failure::NoWal { path, mode } => {
+                write!(
+                    f,
+                    "{} cannot use WAL journaling (SQLite chose {mode:?})",
+                    path.display()
+                )
+            }
+            Failure::Batch(err) => write!(f, "write rolled back: {err}"),
+            Failure::Closed => f.write_str("the store is closed"),
+        }
+    }
+}
+
+impl std::error::Error for Failure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Failure::Open { source, .. } => Some(source.as_ref()),
+            Failure::Batch(err) => Some(err.as_ref()),
+            Failure::NoWal { .. } | Failure::Closed => None,
+        }
+    }
+}
+
+pub(super) fn closed() -> StoreError {
+    StoreError::backend(Failure::Closed)
+}

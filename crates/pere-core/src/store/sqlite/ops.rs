@@ -1,0 +1,342 @@
+//! The writes, each run by the writer inside a batch's transaction: appends of one event or a
+//! batch (with their idempotency keys), receipts, device touches, recipient memberships, and
+//! what every batch does before its commit ([`finish_batch`]).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use pere_proto::event::{now, Event, NewEvent};
+use pere_proto::name::{ChannelName, DeviceId};
+use pere_proto::receipt::{DeviceRecord, DeviceTouch, Membership, Receipt};
+use rusqlite::{params, CachedStatement, Connection, OptionalExtension};
+
+use super::books::{key_hash, EventKeys};
+use super::prune::{age_cutoff, prune_channel, PRUNE_CHUNK};
+use super::rows::{
+    membership_from_row, query_events, query_receipts, receipt_touch, select_event,
+    select_membership,
+};
+use super::shared::Drafts;
+use crate::error::StoreError;
+use crate::store::{plan_batch, Appended, Plan, RecordedReceipt, Retention};
+
+/// The retained event of `channel` holding `key`, if the key is still remembered. Run by the
+/// writer, which sees its transaction's own inserts: a key sent twice in one batch is stored
+/// once too. A key past the window is cleared from its event, so it can be given again.
+fn keyed_event(
+    conn: &Connection,
+    keys: &mut EventKeys,
+    retention: &Retention,
+    channel: &ChannelName,
+    key: &str,
+    at: DateTime<Utc>,
+) -> rusqlite::Result<Option<Arc<Event>>> {
+    // Most keys are new: the map says so without reading the database.
+    let Some(&id) = keys.channel(conn, channel)?.get(&key_hash(key)) else {
+        return Ok(None);
+    };
+    let stored = query_events(
+        conn,
+        channel,
+        select_event!("WHERE channel = ?1 AND id = ?2"),
+        params![channel.as_str(), id],
+    )?;
+    let event = match stored.into_iter().next() {
+        Some(event) if event.idempotency_key.as_deref() == Some(key) => event,
+        // Pruned since.
+        None => {
+            keys.forget(channel, key, id);
+            return Ok(None);
+        }
+        // Another key with the same hash holds the entry (about one chance in 2^64 per pair),
+        // or the key was cleared: the channel's rows say.
+        Some(_) => {
+            let by_key = select_event!("WHERE channel = ?1 AND idempotency_key = ?2");
+            match query_events(conn, channel, by_key, params![channel.as_str(), key])?
+                .into_iter()
+                .next()
+            {
+                Some(event) => event,
+                None => return Ok(None),
+            }
+        }
+    };
+    if retention.key_alive(event.time, at) {
+        return Ok(Some(event));
+    }
+    conn.prepare_cached("UPDATE events SET idempotency_key = NULL WHERE channel = ?1 AND id = ?2")?
+        .execute(params![channel.as_str(), event.id])?;
+    keys.forget(channel, key, event.id);
+    Ok(None)
+}
+
+pub(super) fn append(
+    conn: &Connection,
+    drafts: &mut Drafts<'_>,
+    channel: ChannelName,
+    new: NewEvent,
+) -> rusqlite::Result<Appended> {
+    let at = now();
+    if let Some(key) = &new.idempotency_key {
+        let mut keys = drafts.shared.event_keys();
+        let retention = &drafts.shared.options.retention;
+        if let Some(event) = keyed_event(conn, &mut keys, retention, &channel, key, at)? {
+            return Ok(Appended { event, new: false });
+        }
+    }
+    insert_event(&mut insert_statement(conn)?, drafts, channel, new, at)
+}
+
+pub(super) fn append_batch(
+    conn: &Connection,
+    drafts: &mut Drafts<'_>,
+    channel: ChannelName,
+    events: Vec<NewEvent>,
+) -> rusqlite::Result<Result<Vec<Appended>, StoreError>> {
+    let at = now();
+    let retention = drafts.shared.options.retention;
+    // Every key is looked up before the first insert, so a refused batch inserts nothing. Only
+    // a failure of SQLite itself can stop it midway, and that rolls back the whole transaction.
+    let mut failed = None;
+    let plans = {
+        let mut keys = drafts.shared.event_keys();
+        plan_batch(&events, |key| {
+            keyed_event(conn, &mut keys, &retention, &channel, key, at).unwrap_or_else(|err| {
+                failed.get_or_insert(err);
+                None
+            })
+        })
+    };
+    if let Some(err) = failed {
+        return Err(err);
+    }
+    let plans = match plans {
+        Ok(plans) => plans,
+        Err(refused) => return Ok(Err(refused)),
+    };
+    let mut appended: Vec<Appended> = Vec::with_capacity(events.len());
+    let mut insert = insert_statement(conn)?;
+    for (new, plan) in events.into_iter().zip(plans) {
+        let answer = match plan {
+            Plan::New => insert_event(&mut insert, drafts, channel.clone(), new, at)?,
+            Plan::Stored(event) => Appended { event, new: false },
+            Plan::Same(earlier) => Appended {
+                event: appended[earlier].event.clone(),
+                new: false,
+            },
+        };
+        appended.push(answer);
+    }
+    Ok(Ok(appended))
+}
+
+/// The statement [`insert_event`] runs: taken once for a whole batch, as a statement from the
+/// cache costs a lookup and a reset each time it is taken.
+fn insert_statement(conn: &Connection) -> rusqlite::Result<CachedStatement<'_>> {
+    conn.prepare_cached(
+        "INSERT INTO events (channel, id, time, publisher, event_type, body, idempotency_key) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+}
+
+fn insert_event(
+    insert: &mut CachedStatement<'_>,
+    drafts: &mut Drafts<'_>,
+    channel: ChannelName,
+    new: NewEvent,
+    at: DateTime<Utc>,
+) -> rusqlite::Result<Appended> {
+    let shared = drafts.shared;
+    let draft = drafts.entry(&channel);
+    let id = draft.head + 1;
+    let event = Arc::new(Event::new(channel, id, at, new));
+    insert.execute(params![
+        event.channel.as_str(),
+        id,
+        event.time.timestamp_millis(),
+        event.publisher.as_ref().map(|p| p.as_str()),
+        event.event_type.as_ref().map(|t| t.as_str()),
+        event.body,
+        event.idempotency_key,
+    ])?;
+    if let Some(key) = &event.idempotency_key {
+        shared
+            .event_keys()
+            .noted(&event.channel, key, id, draft.first);
+    }
+    draft.head = id;
+    draft.appended.push(event.clone());
+    Ok(Appended { event, new: true })
+}
+
+pub(super) fn record_receipt(
+    conn: &Connection,
+    drafts: &mut Drafts<'_>,
+    mut receipt: Receipt,
+    key: Option<String>,
+) -> rusqlite::Result<Result<RecordedReceipt, StoreError>> {
+    let unknown = StoreError::UnknownEvent {
+        id: receipt.event_id,
+    };
+    let Some(draft) = drafts.existing(&receipt.channel) else {
+        return Ok(Err(unknown));
+    };
+    if receipt.event_id == 0 || receipt.event_id > draft.head {
+        return Ok(Err(unknown));
+    }
+    if let Some(key) = &key {
+        let held = query_receipts(
+            conn,
+            &receipt.channel,
+            "SELECT seq, event_id, device, status, time FROM receipts WHERE channel = ?1 AND idempotency_key = ?2",
+            params![receipt.channel.as_str(), key],
+        )?;
+        if let Some(stored) = held.into_iter().next() {
+            if drafts
+                .shared
+                .options
+                .retention
+                .key_alive(stored.time, receipt.time)
+            {
+                let first = || DeviceRecord::first(&receipt_touch(&stored));
+                let record = drafts
+                    .device(conn, &stored.channel, &stored.device, first)?
+                    .clone();
+                return Ok(Ok(RecordedReceipt {
+                    receipt: stored,
+                    record,
+                    new: false,
+                }));
+            }
+            // Past the window: forgotten, so the key can be given again.
+            conn.prepare_cached("UPDATE receipts SET idempotency_key = NULL WHERE seq = ?1")?
+                .execute([stored.seq])?;
+        }
+    }
+    // Stored even for an event already pruned, so the receipt stream carries it; the channel's
+    // next pruning of events removes it with the other receipts of pruned events.
+    conn.prepare_cached(
+        "INSERT INTO receipts (channel, event_id, device, status, time, idempotency_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        receipt.channel.as_str(),
+        receipt.event_id,
+        receipt.device.as_str(),
+        receipt.status,
+        receipt.time.timestamp_millis(),
+        key,
+    ])?;
+    receipt.seq = u64::try_from(conn.last_insert_rowid()).unwrap_or_default();
+    drafts.last_receipt = receipt.seq;
+    // Applied by the writer alone, in seq order: no concurrent update is lost. Written back to
+    // `devices` later, with the other changed records.
+    let record = drafts.device(conn, &receipt.channel, &receipt.device, || {
+        DeviceRecord::first(&receipt_touch(&receipt))
+    })?;
+    record.apply_receipt(&receipt);
+    let record = record.clone();
+    Ok(Ok(RecordedReceipt {
+        receipt,
+        record,
+        new: true,
+    }))
+}
+
+pub(super) fn touch_device(
+    conn: &Connection,
+    drafts: &mut Drafts<'_>,
+    touch: DeviceTouch,
+) -> rusqlite::Result<DeviceRecord> {
+    // A device makes its channel known (`channels` lists channels with events or devices).
+    drafts.entry(&touch.channel);
+    // Applying a touch to its own first record changes nothing.
+    let record = drafts.device(conn, &touch.channel, &touch.device, || {
+        DeviceRecord::first(&touch)
+    })?;
+    record.apply(&touch);
+    Ok(record.clone())
+}
+
+fn current_membership(
+    conn: &Connection,
+    channel: &ChannelName,
+    device: &DeviceId,
+) -> rusqlite::Result<Option<(i64, Membership)>> {
+    conn.prepare_cached(select_membership!(
+        "WHERE channel = ?1 AND device = ?2 AND left_after IS NULL"
+    ))?
+    .query_row([channel.as_str(), device.as_str()], |row| {
+        Ok((row.get(0)?, membership_from_row(channel, row)?))
+    })
+    .optional()
+}
+
+pub(super) fn add_recipient(
+    conn: &Connection,
+    drafts: &mut Drafts<'_>,
+    channel: ChannelName,
+    device: DeviceId,
+    at: DateTime<Utc>,
+) -> rusqlite::Result<Membership> {
+    // Serialized with appends by the writer: `joined_after` is exactly the head before the
+    // first event the device is expected to acknowledge.
+    let head = drafts.entry(&channel).head;
+    if let Some((_, current)) = current_membership(conn, &channel, &device)? {
+        return Ok(current);
+    }
+    conn.prepare_cached("INSERT INTO memberships (channel, device, joined_after, left_after, since) VALUES (?1, ?2, ?3, NULL, ?4)")?
+        .execute(params![channel.as_str(), device.as_str(), head, at.timestamp_millis()])?;
+    Ok(Membership {
+        channel,
+        device,
+        joined_after: head,
+        left_after: None,
+        since: at,
+    })
+}
+
+pub(super) fn remove_recipient(
+    conn: &Connection,
+    drafts: &mut Drafts<'_>,
+    channel: &ChannelName,
+    device: &DeviceId,
+) -> rusqlite::Result<Option<Membership>> {
+    let Some(head) = drafts.existing(channel).map(|draft| draft.head) else {
+        return Ok(None);
+    };
+    let Some((seq, mut membership)) = current_membership(conn, channel, device)? else {
+        return Ok(None);
+    };
+    conn.prepare_cached("UPDATE memberships SET left_after = ?1 WHERE seq = ?2")?
+        .execute(params![head, seq])?;
+    membership.left_after = Some(head);
+    Ok(Some(membership))
+}
+
+/// Before a batch commits: prune the channels it appended to (so a read after `append` already
+/// sees the retention applied) and save the heads that moved.
+pub(super) fn finish_batch(
+    conn: &Connection,
+    drafts: &mut Drafts<'_>,
+    retention: &Retention,
+    started: DateTime<Utc>,
+    backlog: &mut Vec<ChannelName>,
+) -> rusqlite::Result<()> {
+    // From the batch's start: an event appended in this batch is never already too old.
+    let cutoff = age_cutoff(retention, started);
+    for (name, draft) in &mut drafts.channels {
+        if !draft.appended.is_empty() {
+            let (_, more) = prune_channel(conn, name, draft, retention, cutoff, PRUNE_CHUNK)?;
+            if more {
+                backlog.push(name.clone());
+            }
+        }
+        if draft.saved_head != Some(draft.head) {
+            conn.prepare_cached(
+                "INSERT INTO channels (name, head) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET head = excluded.head",
+            )?
+            .execute(params![name.as_str(), draft.head])?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,345 @@
+//! Opening the database: the schema and its migrations ([`MIGRATIONS`]), the checks that the
+//! file is a sound PERE database this build understands, the connections' settings, and what
+//! is read at open: every channel's committed state ([`load_channels`]) and the device records
+//! recovered from the receipts of the last moments ([`recover_devices`]).
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use pere_proto::name::{ChannelName, DeviceId};
+use pere_proto::receipt::{DeviceRecord, Receipt};
+use rusqlite::{Connection, OpenFlags};
+
+use super::books::ChannelMeta;
+use super::failure::Failure;
+use super::options::Durability;
+use super::rows::{
+    load_device, parse_name, receipt_touch, save_device, save_devices_through, time_from_ms,
+    DEVICES_THROUGH_RECEIPT,
+};
+use crate::error::StoreError;
+
+/// WAL pages past which the writer checkpoints by itself, should the checkpointer fall behind.
+const WRITER_CHECKPOINT_PAGES: i64 = 16_384;
+
+/// The WAL file is truncated back to this size after a checkpoint has emptied it.
+const WAL_SIZE_LIMIT: i64 = 64 << 20;
+
+/// How long a connection waits for a lock held by a checkpoint or another process.
+pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `PRAGMA application_id` of a PERE database ("PERE" in ASCII), to tell it from other SQLite files.
+const APPLICATION_ID: i64 = 0x5045_5245;
+
+/// The schema, one migration per version: `MIGRATIONS[n]` takes `user_version` n to n + 1.
+pub(super) const MIGRATIONS: &[&str] = &[
+    // v1. Times are integer milliseconds since the epoch, UTC.
+    "CREATE TABLE channels (
+        name TEXT NOT NULL PRIMARY KEY,
+        -- The last id given out: survives pruning, so ids are never reused.
+        head INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE events (
+        channel TEXT NOT NULL,
+        id INTEGER NOT NULL,
+        time INTEGER NOT NULL,
+        publisher TEXT,
+        event_type TEXT,
+        body TEXT NOT NULL,
+        PRIMARY KEY (channel, id)
+    );
+    CREATE TABLE receipts (
+        -- The channel's receipt stream position, a cursor for `receipts_after`: AUTOINCREMENT,
+        -- so a value is never handed out again after the newest receipt is pruned.
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        channel TEXT NOT NULL,
+        event_id INTEGER NOT NULL,
+        device TEXT NOT NULL,
+        status TEXT NOT NULL,
+        time INTEGER NOT NULL
+    );
+    CREATE INDEX receipts_by_event ON receipts (channel, event_id, device);
+    CREATE INDEX receipts_by_seq ON receipts (channel, seq);
+    CREATE TABLE memberships (
+        -- Creation order: `memberships` lists oldest first.
+        seq INTEGER PRIMARY KEY,
+        channel TEXT NOT NULL,
+        device TEXT NOT NULL,
+        joined_after INTEGER NOT NULL,
+        left_after INTEGER,
+        since INTEGER NOT NULL
+    );
+    CREATE INDEX memberships_by_channel ON memberships (channel);
+    -- At most one current membership per device.
+    CREATE UNIQUE INDEX memberships_current ON memberships (channel, device) WHERE left_after IS NULL;
+    CREATE TABLE devices (
+        channel TEXT NOT NULL,
+        device TEXT NOT NULL,
+        first_seen INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL,
+        last_op TEXT NOT NULL,
+        last_event_id TEXT,
+        last_delivered INTEGER NOT NULL,
+        last_acked INTEGER NOT NULL,
+        receipts INTEGER NOT NULL,
+        PRIMARY KEY (channel, device)
+    ) WITHOUT ROWID;
+    PRAGMA application_id = 1346720325;",
+    // v2. Device records are written back in bulk; `state` says up to which receipt.
+    "CREATE TABLE state (
+        key TEXT NOT NULL PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    -- Up to v1 every receipt was saved into its device row in its own transaction.
+    INSERT INTO state (key, value)
+        VALUES ('devices_through_receipt', COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'receipts'), 0));",
+    // v3. Idempotent publishing: an event's key, unique among the channel's retained events
+    // (a key leaves with its event's row when retention prunes it). Events stored before have none.
+    "ALTER TABLE events ADD COLUMN idempotency_key TEXT;
+    CREATE UNIQUE INDEX events_by_key ON events (channel, idempotency_key) WHERE idempotency_key IS NOT NULL;",
+    // v4. Idempotent receipts: a receipt's key, unique among the channel's retained receipts.
+    "ALTER TABLE receipts ADD COLUMN idempotency_key TEXT;
+    CREATE UNIQUE INDEX receipts_by_key ON receipts (channel, idempotency_key) WHERE idempotency_key IS NOT NULL;",
+    // v5. Event keys found by a 64-bit hash of channel and key, in an index of integers.
+    "ALTER TABLE events ADD COLUMN key_hash INTEGER;
+    DROP INDEX events_by_key;
+    CREATE INDEX events_by_key_hash ON events (key_hash) WHERE key_hash IS NOT NULL;",
+    // v6. Event keys are found through the writer's memory ([`EventKeys`]), not an index: an
+    // index of random keys had every keyed insert, and every prune of a keyed event, dirty a
+    // page of its own. `key_hash` is no longer written or read.
+    "DROP INDEX events_by_key_hash;",
+];
+
+/// The schema version this build writes.
+pub(super) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Longest time the integrity check at open may take: a large database is checked as far as
+/// this gets (damage usually shows in the first pages read: the schema and the tables' roots),
+/// so a restart is never held up for minutes.
+const INTEGRITY_BUDGET: Duration = Duration::from_secs(2);
+
+pub(super) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|err| Failure::open(path, err))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|err| Failure::open(path, err))?;
+    Ok(conn)
+}
+
+/// Checks the file is a PERE database this build understands, sets the journal and sync modes,
+/// and migrates the schema to [`SCHEMA_VERSION`].
+/// Whether SQLite's error says the file is damaged or not a database at all.
+fn is_damage(err: &rusqlite::Error) -> bool {
+    matches!(
+        err.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
+/// The error for a damaged database file, with SQLite's words on one line.
+fn damaged(path: &Path, detail: &str) -> StoreError {
+    let detail = detail.split_whitespace().collect::<Vec<_>>().join(" ");
+    StoreError::Damaged {
+        path: path.to_owned(),
+        detail,
+    }
+}
+
+/// Runs SQLite's `quick_check` (every page and index entry well formed, without comparing
+/// indexes with their tables) for at most [`INTEGRITY_BUDGET`]: a damaged database is reported
+/// at start, in one line, rather than as failed writes later.
+///
+/// # Errors
+/// [`StoreError::Damaged`] with the first problems found.
+pub(super) fn check_integrity(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let interrupt = conn.get_interrupt_handle();
+    let (done, finished) = mpsc::channel::<()>();
+    let watchdog = thread::Builder::new()
+        .name("pere-sqlite-check".to_owned())
+        .spawn(move || {
+            if finished.recv_timeout(INTEGRITY_BUDGET) == Err(mpsc::RecvTimeoutError::Timeout) {
+                interrupt.interrupt();
+            }
+        })
+        .map_err(|err| Failure::open(path, err))?;
+    let found = conn.prepare("PRAGMA quick_check(3)").and_then(|mut stmt| {
+        stmt.query_map([], |row| row.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+    });
+    drop(done);
+    let _ = watchdog.join();
+    match found {
+        Ok(rows) if rows.iter().all(|row| row == "ok") => Ok(()),
+        Ok(rows) => Err(damaged(path, &rows.join("; "))),
+        // Out of time: what was checked is sound.
+        Err(err) if err.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted) => {
+            Ok(())
+        }
+        Err(err) if is_damage(&err) => Err(damaged(path, &err.to_string())),
+        Err(err) => Err(Failure::open(path, err)),
+    }
+}
+
+pub(super) fn prepare_schema(
+    conn: &mut Connection,
+    path: &Path,
+    durability: Durability,
+) -> Result<(), StoreError> {
+    let fail = |err: rusqlite::Error| {
+        if is_damage(&err) {
+            damaged(path, &err.to_string())
+        } else {
+            Failure::open(path, err)
+        }
+    };
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
+    // The first read of the file: a corrupt or foreign file fails here, before anything is written.
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(fail)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Incompatible(format!(
+            "{} was created by a newer PERE (schema v{version}, this build knows v{SCHEMA_VERSION})",
+            path.display()
+        )));
+    }
+    if version < 0 {
+        return Err(StoreError::Incompatible(format!(
+            "{} is not a PERE database (schema v{version})",
+            path.display()
+        )));
+    }
+    if version > 0 {
+        let id: i64 = conn
+            .pragma_query_value(None, "application_id", |row| row.get(0))
+            .map_err(fail)?;
+        if id != APPLICATION_ID {
+            return Err(StoreError::Incompatible(format!(
+                "{} is not a PERE database (application_id {id:#x})",
+                path.display()
+            )));
+        }
+    } else {
+        let objects: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))
+            .map_err(fail)?;
+        if objects > 0 {
+            return Err(StoreError::Incompatible(format!(
+                "{} is an SQLite database of something else (it has tables but no PERE schema)",
+                path.display()
+            )));
+        }
+    }
+
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .map_err(fail)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::backend(Failure::NoWal {
+            path: path.to_owned(),
+            mode,
+        }));
+    }
+    let synchronous = match durability {
+        Durability::Normal => "NORMAL",
+        Durability::Full => "FULL",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)
+        .map_err(fail)?;
+    // The checkpointer thread does this work; the writer only steps in if it falls far behind.
+    conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
+        .map_err(fail)?;
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
+        .map_err(fail)?;
+
+    for (from, migration) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(version).unwrap_or(0))
+    {
+        let tx = conn.transaction().map_err(fail)?;
+        tx.execute_batch(migration).map_err(fail)?;
+        tx.pragma_update(None, "user_version", from as i64 + 1)
+            .map_err(fail)?;
+        tx.commit().map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// Folds the receipts committed after the last device write-back (a crash came before the next)
+/// into their device records, and returns the seq of the newest receipt.
+pub(super) fn recover_devices(conn: &mut Connection) -> rusqlite::Result<u64> {
+    let tx = conn.transaction()?;
+    let through: u64 = tx.query_row(
+        "SELECT value FROM state WHERE key = ?1",
+        [DEVICES_THROUGH_RECEIPT],
+        |row| row.get(0),
+    )?;
+    let last: u64 = tx.query_row(
+        "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'receipts'), 0)",
+        [],
+        |row| row.get(0),
+    )?;
+    if last > through {
+        let mut records: HashMap<(ChannelName, DeviceId), DeviceRecord> = HashMap::new();
+        let mut stmt =
+            tx.prepare("SELECT seq, channel, event_id, device, status, time FROM receipts WHERE seq > ?1 ORDER BY seq")?;
+        let mut rows = stmt.query([through])?;
+        while let Some(row) = rows.next()? {
+            let receipt = Receipt {
+                seq: row.get(0)?,
+                channel: parse_name(row.get_ref(1)?.as_str()?, 1, ChannelName::new)?,
+                event_id: row.get(2)?,
+                device: parse_name(row.get_ref(3)?.as_str()?, 3, DeviceId::new)?,
+                status: row.get(4)?,
+                time: time_from_ms(row.get(5)?, 5)?,
+            };
+            let key = (receipt.channel.clone(), receipt.device.clone());
+            let record = match records.entry(key) {
+                Entry::Occupied(entry) => entry.into_mut(),
+                Entry::Vacant(entry) => {
+                    let known = load_device(&tx, &receipt.channel, &receipt.device)?;
+                    entry.insert(
+                        known.unwrap_or_else(|| DeviceRecord::first(&receipt_touch(&receipt))),
+                    )
+                }
+            };
+            record.apply_receipt(&receipt);
+        }
+        drop(rows);
+        drop(stmt);
+        for record in records.values() {
+            save_device(&tx, record)?;
+        }
+        save_devices_through(&tx, last)?;
+    }
+    tx.commit()?;
+    Ok(last)
+}
+
+/// The committed state of every channel, for the writer's heads and the readers' fast paths.
+pub(super) fn load_channels(
+    conn: &Connection,
+) -> rusqlite::Result<HashMap<ChannelName, ChannelMeta>> {
+    let mut stmt = conn.prepare(
+        "SELECT name, head, \
+            (SELECT MIN(id) FROM events WHERE events.channel = channels.name), \
+            (SELECT time FROM events WHERE events.channel = channels.name ORDER BY id LIMIT 1) \
+         FROM channels",
+    )?;
+    let rows = stmt.query_map([], |row| {
+        let name = parse_name(row.get_ref(0)?.as_str()?, 0, ChannelName::new)?;
+        let head: u64 = row.get(1)?;
+        let first: Option<u64> = row.get(2)?;
+        let age_key: Option<i64> = row.get(3)?;
+        Ok((
+            name,
+            ChannelMeta::new(head, first.unwrap_or(head + 1), age_key),
+        ))
+    })?;
+    rows.collect()
+}

@@ -1,0 +1,226 @@
+//! What the writer thread and the readers share ([`Shared`]: the channels' committed state, the
+//! device book, the pool of read connections), and how one transaction sees and changes it
+//! ([`Drafts`]), published to the readers once it has committed.
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
+
+use pere_proto::event::Event;
+use pere_proto::name::{ChannelName, DeviceId};
+use pere_proto::receipt::DeviceRecord;
+use rusqlite::Connection;
+
+use super::books::{cached_size, ChannelMeta, DeviceBook, EventKeys, RecentCache, LARGEST_CACHED};
+use super::options::SqliteOptions;
+use super::rows::load_device;
+use super::schema::open_reader;
+use crate::error::StoreError;
+
+/// Idle read connections kept; more are opened under load and closed when they come back.
+const MAX_IDLE_READERS: usize = 8;
+
+/// Told by the writer, after each committed batch of writes, how long the batch took (from its
+/// `BEGIN` to the end of its `COMMIT`) and how many writes it held.
+pub(super) type CommitHook = Box<dyn Fn(Duration, usize) + Send + Sync>;
+
+/// What the writer thread and the readers share.
+pub(super) struct Shared {
+    // Held for the store's lifetime: the data directory's lock.
+    pub(super) _lock: std::fs::File,
+    pub(super) path: PathBuf,
+    pub(super) options: SqliteOptions,
+    // Committed state only: the writer updates it after each commit, before answering.
+    pub(super) channels: RwLock<HashMap<ChannelName, ChannelMeta>>,
+    // std Mutex: held only to push or pop a connection, never across a query or an await.
+    pub(super) readers: Mutex<Vec<Connection>>,
+    // Committed device records; std Mutex, held only to look up, clone or merge records.
+    pub(super) devices: Mutex<DeviceBook>,
+    // The seq of the newest committed receipt; changed by the writer only.
+    pub(super) last_receipt: AtomicU64,
+    pub(super) transactions: AtomicU64,
+    // Told of every committed batch of writes (metrics); set at most once.
+    pub(super) on_commit: OnceLock<CommitHook>,
+    // Channels the pruning sweep has looked at, for tests of its cost.
+    pub(super) visited: AtomicU64,
+    pub(super) closing: AtomicBool,
+    // Used by the writer only (a Mutex for the borrow, never contended).
+    pub(super) event_keys: Mutex<EventKeys>,
+}
+
+impl Shared {
+    pub(super) fn event_keys(&self) -> std::sync::MutexGuard<'_, EventKeys> {
+        self.event_keys.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn book(&self) -> std::sync::MutexGuard<'_, DeviceBook> {
+        self.devices.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn with_reader<T>(
+        &self,
+        query: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let pooled = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut conn = match pooled {
+            Some(conn) => conn,
+            None => open_reader(&self.path)?,
+        };
+        let result = query(&mut conn).map_err(StoreError::backend);
+        let mut pool = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < MAX_IDLE_READERS {
+            pool.push(conn);
+        }
+        result
+    }
+}
+
+/// One channel as a transaction sees it: loaded from the committed state, changed by the
+/// transaction, published to [`Shared::channels`] only after the commit. A rolled-back batch
+/// drops its drafts, which is what restores the heads: a failed append consumes no id.
+pub(super) struct Draft {
+    pub(super) head: u64,
+    pub(super) first: u64,
+    /// The head stored in the `channels` table; `None` while the channel has no row.
+    pub(super) saved_head: Option<u64>,
+    pub(super) appended: Vec<Arc<Event>>,
+}
+
+/// The channels and device records a transaction has touched.
+pub(super) struct Drafts<'a> {
+    pub(super) shared: &'a Shared,
+    pub(super) channels: HashMap<ChannelName, Draft>,
+    devices: HashMap<(ChannelName, DeviceId), DeviceRecord>,
+    /// The seq of the newest receipt, this transaction's included.
+    pub(super) last_receipt: u64,
+}
+
+impl<'a> Drafts<'a> {
+    pub(super) fn new(shared: &'a Shared) -> Self {
+        let last_receipt = shared.last_receipt.load(Ordering::Relaxed);
+        Drafts {
+            shared,
+            channels: HashMap::new(),
+            devices: HashMap::new(),
+            last_receipt,
+        }
+    }
+
+    /// A device's record as this transaction sees it (changed earlier in it, committed in the
+    /// book, or on disk), or `new` for a device never seen.
+    pub(super) fn device(
+        &mut self,
+        conn: &Connection,
+        channel: &ChannelName,
+        device: &DeviceId,
+        new: impl FnOnce() -> DeviceRecord,
+    ) -> rusqlite::Result<&mut DeviceRecord> {
+        let key = (channel.clone(), device.clone());
+        let record = match self.devices.entry(key) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
+                let committed = self.shared.book().get(channel, device).cloned();
+                let known = match committed {
+                    Some(record) => Some(record),
+                    None => load_device(conn, channel, device)?,
+                };
+                entry.insert(known.unwrap_or_else(new))
+            }
+        };
+        Ok(record)
+    }
+
+    /// The draft of a channel that exists, committed or created earlier in this transaction.
+    pub(super) fn existing(&mut self, channel: &ChannelName) -> Option<&mut Draft> {
+        if !self.channels.contains_key(channel) {
+            let committed = self
+                .shared
+                .channels
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(channel)
+                .map(|meta| Draft {
+                    head: meta.head,
+                    first: meta.first,
+                    saved_head: Some(meta.head),
+                    appended: Vec::new(),
+                })?;
+            self.channels.insert(channel.clone(), committed);
+        }
+        self.channels.get_mut(channel)
+    }
+
+    /// The draft of a channel, created if it does not exist yet.
+    pub(super) fn entry(&mut self, channel: &ChannelName) -> &mut Draft {
+        let _ = self.existing(channel);
+        self.channels
+            .entry(channel.clone())
+            .or_insert_with(|| Draft {
+                head: 0,
+                first: 1,
+                saved_head: None,
+                appended: Vec::new(),
+            })
+    }
+
+    /// Makes the committed drafts visible to readers. Returns the channels that now have
+    /// retained events and were not in the age index, with the time to file them under.
+    pub(super) fn publish(self, cache: &mut RecentCache) -> Vec<(i64, ChannelName)> {
+        let options = &self.shared.options;
+        let aging = options.retention.max_age.is_some();
+        let mut filed = Vec::new();
+        if !self.devices.is_empty() {
+            let mut book = self.shared.book();
+            for record in self.devices.into_values() {
+                book.change(record);
+            }
+        }
+        self.shared
+            .last_receipt
+            .store(self.last_receipt, Ordering::Relaxed);
+        let mut channels = self
+            .shared
+            .channels
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        for (name, draft) in self.channels {
+            let meta = channels
+                .entry(name.clone())
+                .or_insert_with(|| ChannelMeta::new(0, 1, None));
+            if let (true, None, Some(oldest)) = (aging, meta.age_key, draft.appended.first()) {
+                let key = oldest.time.timestamp_millis();
+                meta.age_key = Some(key);
+                filed.push((key, name.clone()));
+            }
+            meta.head = draft.head;
+            meta.first = draft.first;
+            let appended = !draft.appended.is_empty();
+            let (mut added, mut removed) = (0, 0);
+            for event in draft.appended {
+                let size = cached_size(&event);
+                if size > options.recent_bytes / LARGEST_CACHED {
+                    // Not worth the tails of many other channels; the cache stays a contiguous
+                    // run ending at the head, so it restarts after this event.
+                    while !meta.recent.is_empty() {
+                        removed += meta.uncache_oldest();
+                    }
+                    continue;
+                }
+                added += size;
+                meta.recent_bytes += size;
+                meta.recent.push_back(event);
+            }
+            while meta.recent.len() > options.recent_events
+                || meta.recent.front().is_some_and(|e| e.id < meta.first)
+            {
+                removed += meta.uncache_oldest();
+            }
+            cache.update(&name, meta, added, removed, appended);
+        }
+        cache.trim(&mut channels, options.recent_bytes);
+        filed
+    }
+}

@@ -1,0 +1,972 @@
+//! The SQLite store's tests: the store conformance suite under each setting, and what only this
+//! store does (its caches and books, reopening, migrations, damage, batching, pruning steps).
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+
+use pere_proto::event::now;
+use pere_proto::receipt::DeviceOp;
+use rusqlite::OptionalExtension;
+
+use super::books::{cached_size, key_hash, KEY_SWEEP_MIN};
+use super::prune::PRUNE_CHUNK;
+use super::rows::DEVICES_THROUGH_RECEIPT;
+use super::schema::{MIGRATIONS, SCHEMA_VERSION};
+use super::*;
+use crate::store::conformance::{self, body, ch, dev, ROOMY};
+use crate::store::Retention;
+
+fn open(dir: &Path, retention: Retention) -> SqliteStore {
+    SqliteStore::open(
+        dir,
+        SqliteOptions {
+            retention,
+            ..SqliteOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+async fn check_conformance(options: SqliteOptions) {
+    let root = tempfile::tempdir().unwrap();
+    let stores = AtomicUsize::new(0);
+    conformance::run_all(|retention| {
+        let dir = root
+            .path()
+            .join(format!("store{}", stores.fetch_add(1, Ordering::Relaxed)));
+        async move {
+            SqliteStore::open(
+                &dir,
+                SqliteOptions {
+                    retention,
+                    ..options
+                },
+            )
+            .unwrap()
+        }
+    })
+    .await;
+}
+
+/// Ids of a channel's retained events, as a reader sees them.
+async fn check_ids(store: &SqliteStore, channel: &str) -> Vec<u64> {
+    let page = store.read(&ch(channel), 0, 10_000).await.unwrap();
+    page.events.iter().map(|e| e.id).collect()
+}
+
+fn check_open_fails(dir: &Path) -> StoreError {
+    match SqliteStore::open(dir, SqliteOptions::default()) {
+        Ok(store) => panic!("opened {store:?}"),
+        Err(err) => err,
+    }
+}
+
+#[tokio::test]
+async fn the_probe_fails_once_the_store_cannot_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+    store.probe().await.unwrap();
+    store.close().await;
+    assert!(store.probe().await.is_err(), "a closed writer is not ready");
+}
+
+#[tokio::test]
+async fn conformance_suite_normal() {
+    check_conformance(SqliteOptions {
+        durability: Durability::Normal,
+        ..SqliteOptions::default()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn conformance_suite_full() {
+    check_conformance(SqliteOptions {
+        durability: Durability::Full,
+        ..SqliteOptions::default()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn conformance_suite_without_memory_cache() {
+    // Every read goes to disk.
+    check_conformance(SqliteOptions {
+        recent_events: 0,
+        ..SqliteOptions::default()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn conformance_suite_with_a_tiny_memory_cache() {
+    // Some reads from memory, the rest from disk.
+    check_conformance(SqliteOptions {
+        recent_bytes: 16 << 10,
+        ..SqliteOptions::default()
+    })
+    .await;
+}
+
+/// Cached bytes per channel, as the store accounts them, and their total.
+fn check_cached(store: &SqliteStore) -> (HashMap<String, (usize, usize)>, usize) {
+    let channels = store.inner.shared.channels.read().unwrap();
+    let per: HashMap<String, (usize, usize)> = channels
+        .iter()
+        .map(|(name, meta)| {
+            assert_eq!(
+                meta.recent_bytes,
+                meta.recent.iter().map(|e| cached_size(e)).sum::<usize>()
+            );
+            (name.to_string(), (meta.recent.len(), meta.recent_bytes))
+        })
+        .collect();
+    let total = per.values().map(|(_, bytes)| bytes).sum();
+    (per, total)
+}
+
+#[tokio::test]
+async fn the_recent_event_cache_keeps_to_one_byte_budget_across_channels() {
+    let dir = tempfile::tempdir().unwrap();
+    let budget = 256 << 10;
+    let options = SqliteOptions {
+        recent_bytes: budget,
+        retention: ROOMY,
+        ..SqliteOptions::default()
+    };
+    let store = SqliteStore::open(dir.path(), options).unwrap();
+    let big = "x".repeat(4096);
+    for i in 0..20 {
+        for _ in 0..5 {
+            store
+                .append(&ch(&format!("C{i}")), body(&big))
+                .await
+                .unwrap();
+        }
+    }
+    let (per, total) = check_cached(&store);
+    assert!(
+        total <= budget,
+        "{total} cached bytes over a budget of {budget}"
+    );
+    assert!(total > budget / 2, "the budget is used: {total}");
+    // The channels appended to last keep their tails; the first ones gave theirs up.
+    assert_eq!(per["C19"].0, 5);
+    assert_eq!(per["C0"].0, 0);
+    // Whatever is cached or not, reads give the same events.
+    for i in [0, 10, 19] {
+        let page = store.read(&ch(&format!("C{i}")), 2, 10).await.unwrap();
+        assert_eq!(
+            page.events.iter().map(|e| e.id).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
+        assert!(page.events.iter().all(|e| e.body == big));
+    }
+    // An event larger than a sixteenth of the budget is not cached, and takes no one's place.
+    store
+        .append(&ch("Huge"), body(&"y".repeat(budget)))
+        .await
+        .unwrap();
+    let (per, after) = check_cached(&store);
+    assert_eq!((per["Huge"].0, after), (0, total));
+    assert_eq!(
+        store
+            .event(&ch("Huge"), 1)
+            .await
+            .unwrap()
+            .unwrap()
+            .body
+            .len(),
+        budget
+    );
+}
+
+#[tokio::test]
+async fn device_records_kept_in_memory_are_bounded_and_the_rest_read_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions {
+        device_records: 100,
+        retention: ROOMY,
+        ..SqliteOptions::default()
+    };
+    let store = SqliteStore::open(dir.path(), options).unwrap();
+    for c in 0..10 {
+        store
+            .append(&ch(&format!("C{c}")), body("x"))
+            .await
+            .unwrap();
+        for d in 0..100 {
+            store
+                .record_receipt(ack(&format!("C{c}"), 1, &format!("D{d}")))
+                .await
+                .unwrap();
+        }
+    }
+    // Written back within a second, then the least recently changed are let go.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while store.inner.shared.book().len > 100 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the book was trimmed");
+    let kept: Vec<String> = {
+        let book = store.inner.shared.book();
+        assert_eq!(
+            book.len,
+            book.records.values().map(HashMap::len).sum::<usize>()
+        );
+        book.records.keys().map(|c| c.to_string()).collect()
+    };
+    assert!(
+        !kept.contains(&"C0".to_owned()),
+        "the oldest went first: {kept:?}"
+    );
+    // Dropped or kept, every record reads the same, one at a time or by channel.
+    for c in ["C0", "C9"] {
+        let record = store.device(&ch(c), &dev("D5")).await.unwrap().unwrap();
+        assert_eq!((record.last_acked, record.receipts), (1, 1));
+        let all = store.devices(&ch(c)).await.unwrap();
+        assert_eq!(all.len(), 100);
+        assert!(all.iter().all(|r| r.receipts == 1));
+        let page = store
+            .devices_page(&ch(c), Some(&all[9].device), 10)
+            .await
+            .unwrap();
+        assert_eq!(page, all[10..20].to_vec());
+    }
+    // A dropped record changes from what the disk holds, and is kept again.
+    let (_, record) = store.record_receipt(ack("C0", 1, "D5")).await.unwrap();
+    assert_eq!(record.receipts, 2);
+    drop(store);
+    let store = open(dir.path(), ROOMY);
+    assert_eq!(
+        store
+            .device(&ch("C0"), &dev("D5"))
+            .await
+            .unwrap()
+            .unwrap()
+            .receipts,
+        2
+    );
+    assert_eq!(
+        store
+            .device(&ch("C0"), &dev("D6"))
+            .await
+            .unwrap()
+            .unwrap()
+            .receipts,
+        1
+    );
+}
+
+#[tokio::test]
+async fn reopen_keeps_everything_and_the_sequence_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, h1) = (ch("C"), dev("H1"));
+    let (sent, receipt, record, membership) = {
+        let store = open(dir.path(), ROOMY);
+        let mut sent = Vec::new();
+        for i in 1..=3 {
+            sent.push(
+                store
+                    .append(&c, body(&format!("e{i}")))
+                    .await
+                    .unwrap()
+                    .event,
+            );
+        }
+        store
+            .touch_device(DeviceTouch {
+                channel: c.clone(),
+                device: h1.clone(),
+                op: DeviceOp::Disconnect,
+                at: now(),
+                last_event_id: Some("2".to_owned()),
+                delivered: 3,
+            })
+            .await
+            .unwrap();
+        let receipt = Receipt {
+            seq: 0,
+            channel: c.clone(),
+            event_id: 2,
+            device: h1.clone(),
+            status: "ok".into(),
+            time: now(),
+        };
+        let (receipt, record) = store.record_receipt(receipt).await.unwrap();
+        let membership = store.add_recipient(&c, &h1, now()).await.unwrap();
+        (sent, receipt, record, membership)
+    };
+
+    let store = open(dir.path(), ROOMY);
+    assert_eq!(store.head(&c).await.unwrap(), 3);
+    let page = store.read(&c, 0, 10).await.unwrap();
+    assert_eq!((page.first_retained, page.head), (1, 3));
+    for (read, sent) in page.events.iter().zip(&sent) {
+        assert_eq!(
+            (read.id, &read.body, read.time, &read.publisher),
+            (sent.id, &sent.body, sent.time, &sent.publisher)
+        );
+        assert_eq!(read.frame(), sent.frame());
+    }
+    assert_eq!(store.receipts(&c, 2).await.unwrap(), vec![receipt.clone()]);
+    assert_eq!(
+        store.receipts_after(&c, 0, 10).await.unwrap(),
+        vec![receipt.clone()]
+    );
+    assert_eq!(store.memberships(&c).await.unwrap(), vec![membership]);
+    assert_eq!(store.device(&c, &h1).await.unwrap(), Some(record.clone()));
+    assert_eq!(store.devices(&c).await.unwrap(), vec![record]);
+    assert_eq!(store.channels().await.unwrap(), vec![c.clone()]);
+    assert_eq!(store.append(&c, body("e4")).await.unwrap().event.id, 4);
+    let later = Receipt {
+        seq: 0,
+        channel: c.clone(),
+        event_id: 4,
+        device: h1.clone(),
+        status: "ok".into(),
+        time: now(),
+    };
+    assert!(
+        store.record_receipt(later).await.unwrap().0.seq > receipt.seq,
+        "receipt seqs continue"
+    );
+}
+
+#[tokio::test]
+async fn the_sequence_survives_pruning_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = ch("C");
+    let nothing = Retention {
+        max_events: 0,
+        max_age: None,
+        idempotency_window: None,
+    };
+    {
+        let store = open(dir.path(), nothing);
+        for expected in 1..=3 {
+            assert_eq!(
+                store.append(&c, body("x")).await.unwrap().event.id,
+                expected
+            );
+        }
+        let page = store.read(&c, 0, 10).await.unwrap();
+        assert!(page.events.is_empty());
+        assert_eq!((page.first_retained, page.head), (4, 3));
+    }
+    let store = open(dir.path(), nothing);
+    let page = store.read(&c, 0, 10).await.unwrap();
+    assert_eq!((page.first_retained, page.head), (4, 3));
+    assert_eq!(store.append(&c, body("x")).await.unwrap().event.id, 4);
+}
+
+#[tokio::test]
+async fn receipts_are_pruned_with_their_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(
+        dir.path(),
+        Retention {
+            max_events: 2,
+            max_age: None,
+            idempotency_window: None,
+        },
+    );
+    let c = ch("C");
+    store.append(&c, body("1")).await.unwrap();
+    let receipt = Receipt {
+        seq: 0,
+        channel: c.clone(),
+        event_id: 1,
+        device: dev("H1"),
+        status: "ok".into(),
+        time: now(),
+    };
+    store.record_receipt(receipt).await.unwrap();
+    assert_eq!(store.receipts(&c, 1).await.unwrap().len(), 1);
+    store.append(&c, body("2")).await.unwrap();
+    store.append(&c, body("3")).await.unwrap();
+    assert_eq!(check_ids(&store, "C").await, vec![2, 3]);
+    assert!(store.receipts(&c, 1).await.unwrap().is_empty());
+    // The device record stays: it is the ledger, not history.
+    assert_eq!(
+        store
+            .device(&c, &dev("H1"))
+            .await
+            .unwrap()
+            .unwrap()
+            .last_acked,
+        1
+    );
+}
+
+fn ack(channel: &str, id: u64, device: &str) -> Receipt {
+    Receipt {
+        seq: 0,
+        channel: ch(channel),
+        event_id: id,
+        device: dev(device),
+        status: "ok".into(),
+        time: now(),
+    }
+}
+
+fn stored_device(dir: &Path, device: &str) -> Option<(u64, u64)> {
+    let conn = Connection::open(dir.join(DB_FILE)).unwrap();
+    conn.query_row(
+        "SELECT last_acked, receipts FROM devices WHERE device = ?1",
+        [device],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )
+    .optional()
+    .unwrap()
+}
+
+fn devices_through(dir: &Path) -> u64 {
+    let conn = Connection::open(dir.join(DB_FILE)).unwrap();
+    conn.query_row(
+        "SELECT value FROM state WHERE key = ?1",
+        [DEVICES_THROUGH_RECEIPT],
+        |row| row.get(0),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn device_records_are_written_back_and_later_receipts_folded_in_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), ROOMY);
+    let c = ch("C");
+    for n in 1..=3 {
+        store.append(&c, body(&n.to_string())).await.unwrap();
+    }
+    store.record_receipt(ack("C", 1, "H1")).await.unwrap();
+    let (second, _) = store.record_receipt(ack("C", 2, "H1")).await.unwrap();
+    // Readers see a record before it is written back.
+    assert_eq!(
+        store
+            .device(&c, &dev("H1"))
+            .await
+            .unwrap()
+            .unwrap()
+            .receipts,
+        2
+    );
+    assert_eq!(store.devices(&c).await.unwrap()[0].receipts, 2);
+    drop(store);
+    assert_eq!(
+        stored_device(dir.path(), "H1"),
+        Some((2, 2)),
+        "written back at close"
+    );
+    assert_eq!(devices_through(dir.path()), second.seq);
+
+    // Receipts committed after the last write-back, then a crash: stored, not folded in.
+    let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    for device in ["H1", "H2"] {
+        conn.execute(
+            "INSERT INTO receipts (channel, event_id, device, status, time) VALUES ('C', 3, ?1, 'ok', 0)",
+            [device],
+        )
+        .unwrap();
+    }
+    let last: u64 = conn
+        .query_row("SELECT MAX(seq) FROM receipts", [], |row| row.get(0))
+        .unwrap();
+    drop(conn);
+
+    let store = open(dir.path(), ROOMY);
+    let h1 = store.device(&c, &dev("H1")).await.unwrap().unwrap();
+    assert_eq!((h1.last_acked, h1.receipts), (3, 3));
+    let h2 = store.device(&c, &dev("H2")).await.unwrap().unwrap();
+    assert_eq!(
+        (h2.last_acked, h2.receipts, h2.last_op),
+        (3, 1, DeviceOp::Feedback)
+    );
+    assert_eq!(devices_through(dir.path()), last);
+    // Folded in once: a second open changes nothing.
+    drop(store);
+    let store = open(dir.path(), ROOMY);
+    assert_eq!(
+        store
+            .device(&c, &dev("H1"))
+            .await
+            .unwrap()
+            .unwrap()
+            .receipts,
+        3
+    );
+}
+
+#[tokio::test]
+async fn a_version_1_database_is_migrated_without_counting_receipts_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let tx = conn.transaction().unwrap();
+    tx.execute_batch(MIGRATIONS[0]).unwrap();
+    tx.execute_batch(
+        "PRAGMA user_version = 1;
+            INSERT INTO channels (name, head) VALUES ('C', 1);
+            INSERT INTO events (channel, id, time, body) VALUES ('C', 1, 0, 'x');
+            INSERT INTO receipts (channel, event_id, device, status, time) VALUES ('C', 1, 'H1', 'ok', 0);
+            INSERT INTO devices VALUES ('C', 'H1', 0, 0, 'feedback', '1', 1, 1, 1);",
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    drop(conn);
+
+    let store = open(dir.path(), ROOMY);
+    let h1 = store.device(&ch("C"), &dev("H1")).await.unwrap().unwrap();
+    assert_eq!((h1.last_acked, h1.receipts), (1, 1));
+    let (next, record) = store.record_receipt(ack("C", 1, "H1")).await.unwrap();
+    assert_eq!((next.seq, record.receipts), (2, 2));
+    drop(store);
+    assert_eq!(stored_device(dir.path(), "H1"), Some((1, 2)));
+}
+
+#[tokio::test]
+async fn a_version_2_database_gets_idempotency_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let tx = conn.transaction().unwrap();
+    tx.execute_batch(MIGRATIONS[0]).unwrap();
+    tx.execute_batch(MIGRATIONS[1]).unwrap();
+    tx.execute_batch(
+        "PRAGMA user_version = 2;
+            INSERT INTO channels (name, head) VALUES ('C', 1);
+            INSERT INTO events (channel, id, time, body) VALUES ('C', 1, 0, 'old');",
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    drop(conn);
+
+    let store = open(dir.path(), ROOMY);
+    let old = store.event(&ch("C"), 1).await.unwrap().unwrap();
+    assert_eq!(
+        (old.body.as_str(), old.idempotency_key.as_deref()),
+        ("old", None)
+    );
+    let keyed = NewEvent {
+        idempotency_key: Some("k".to_owned()),
+        ..body("new")
+    };
+    assert!(store.append(&ch("C"), keyed.clone()).await.unwrap().new);
+    let again = store.append(&ch("C"), keyed).await.unwrap();
+    assert_eq!((again.new, again.event.id), (false, 2));
+    drop(store);
+    let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    assert_eq!(SCHEMA_VERSION, 6);
+}
+
+#[tokio::test]
+async fn a_version_4_database_keeps_its_idempotency_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let tx = conn.transaction().unwrap();
+    for migration in &MIGRATIONS[..4] {
+        tx.execute_batch(migration).unwrap();
+    }
+    tx.execute("INSERT INTO channels (name, head) VALUES ('C', 1)", [])
+        .unwrap();
+    tx.execute(
+        "INSERT INTO events (channel, id, time, body, idempotency_key) VALUES ('C', 1, ?1, 'first', 'k')",
+        [now().timestamp_millis()],
+    )
+    .unwrap();
+    tx.execute_batch("PRAGMA user_version = 4;").unwrap();
+    tx.commit().unwrap();
+    drop(conn);
+
+    let store = open(dir.path(), ROOMY);
+    let replay = NewEvent {
+        idempotency_key: Some("k".to_owned()),
+        ..body("first")
+    };
+    let again = store.append(&ch("C"), replay).await.unwrap();
+    assert_eq!(
+        (again.new, again.event.id, again.event.body.as_str()),
+        (false, 1, "first"),
+        "a key stored before the upgrade is found after it"
+    );
+    let other = NewEvent {
+        idempotency_key: Some("k".to_owned()),
+        ..body("first")
+    };
+    assert!(
+        store.append(&ch("D"), other).await.unwrap().new,
+        "keys are per channel"
+    );
+}
+
+fn keyed(key: &str, text: &str) -> NewEvent {
+    NewEvent {
+        idempotency_key: Some(key.to_owned()),
+        ..body(text)
+    }
+}
+
+#[tokio::test]
+async fn keys_are_found_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = ch("C");
+    {
+        let store = open(dir.path(), ROOMY);
+        assert!(store.append(&c, keyed("a", "1")).await.unwrap().new);
+        assert!(store.append(&c, body("plain")).await.unwrap().new);
+        assert!(store.append(&c, keyed("b", "3")).await.unwrap().new);
+    }
+    let store = open(dir.path(), ROOMY);
+    for (key, text, id) in [("b", "3", 3), ("a", "1", 1)] {
+        let again = store.append(&c, keyed(key, text)).await.unwrap();
+        assert_eq!((again.new, again.event.id), (false, id), "key {key}");
+    }
+    // The stored event answers; telling a conflict from a retry is the hub's.
+    let other = store.append(&c, keyed("a", "other")).await.unwrap();
+    assert_eq!((other.new, other.event.body.as_str()), (false, "1"));
+    assert_eq!(store.append(&c, keyed("c", "4")).await.unwrap().event.id, 4);
+}
+
+#[tokio::test]
+async fn a_key_whose_hash_another_key_holds_is_found_in_the_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), ROOMY);
+    let c = ch("C");
+    store.append(&c, keyed("a", "1")).await.unwrap();
+    store.append(&c, keyed("b", "2")).await.unwrap();
+    // As if "b" hashed like "a" and "a" had come later: the entry names the wrong event.
+    store
+        .inner
+        .shared
+        .event_keys()
+        .channels
+        .get_mut(&c)
+        .expect("the channel's keys are held")
+        .ids
+        .insert(key_hash("b"), 1);
+    let again = store.append(&c, keyed("b", "2")).await.unwrap();
+    assert_eq!((again.new, again.event.id), (false, 2));
+    let again = store.append(&c, keyed("a", "1")).await.unwrap();
+    assert_eq!((again.new, again.event.id), (false, 1));
+}
+
+#[tokio::test]
+async fn a_rolled_back_batch_leaves_no_key_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), ROOMY);
+    let c = ch("C");
+    store.append(&c, keyed("a", "1")).await.unwrap();
+    let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.body = 'boom' BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+    )
+    .unwrap();
+    let refused = store
+        .append_batch(&c, vec![keyed("b", "2"), body("boom")])
+        .await;
+    assert!(matches!(refused, Err(StoreError::Backend(_))));
+    conn.execute_batch("DROP TRIGGER refuse").unwrap();
+    let b = store.append(&c, keyed("b", "2")).await.unwrap();
+    assert_eq!((b.new, b.event.id), (true, 2), "b was never stored");
+    let a = store.append(&c, keyed("a", "1")).await.unwrap();
+    assert_eq!((a.new, a.event.id), (false, 1));
+}
+
+#[tokio::test]
+async fn pruned_events_leave_the_held_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions {
+        retention: Retention {
+            max_events: 10,
+            max_age: None,
+            idempotency_window: None,
+        },
+        ..SqliteOptions::default()
+    };
+    let store = SqliteStore::open(dir.path(), options).unwrap();
+    let c = ch("C");
+    let pushes = 3 * KEY_SWEEP_MIN;
+    for i in 0..pushes {
+        store
+            .append(&c, keyed(&format!("k{i}"), "x"))
+            .await
+            .unwrap();
+    }
+    let held = store.inner.shared.event_keys().held;
+    assert!(
+        held < 2 * KEY_SWEEP_MIN,
+        "{held} keys held for 10 retained events"
+    );
+    // A pruned event's key can be given again.
+    assert!(store.append(&c, keyed("k0", "x")).await.unwrap().new);
+    let last = format!("k{}", pushes - 1);
+    assert!(!store.append(&c, keyed(&last, "x")).await.unwrap().new);
+}
+
+#[tokio::test]
+async fn the_sweep_prunes_expired_events_without_new_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions {
+        retention: Retention {
+            max_events: 100,
+            max_age: Some(Duration::from_millis(50)),
+            idempotency_window: None,
+        },
+        prune_interval: Duration::from_millis(10),
+        ..SqliteOptions::default()
+    };
+    let store = SqliteStore::open(dir.path(), options).unwrap();
+    store.append(&ch("C"), body("old")).await.unwrap();
+    // Wait for the writer's sweep, which is the thing under test.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !check_ids(&store, "C").await.is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the sweep pruned the expired event");
+    let page = store.read(&ch("C"), 0, 10).await.unwrap();
+    assert_eq!((page.first_retained, page.head), (2, 1));
+}
+
+#[tokio::test]
+async fn expiry_visits_only_the_channels_that_have_something_to_prune() {
+    let dir = tempfile::tempdir().unwrap();
+    let hour = Duration::from_secs(3600);
+    let options = SqliteOptions {
+        retention: Retention {
+            max_events: 2,
+            max_age: Some(hour),
+            idempotency_window: None,
+        },
+        prune_interval: Duration::from_millis(10),
+        ..SqliteOptions::default()
+    };
+    {
+        let store = SqliteStore::open(dir.path(), options).unwrap();
+        for i in 0..300 {
+            store
+                .append(&ch(&format!("Young{i}")), body("x"))
+                .await
+                .unwrap();
+        }
+        store.append(&ch("Soon"), body("x")).await.unwrap();
+    }
+    // An event that expires 300 ms from now.
+    let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let soon = now().timestamp_millis() - 3_600_000 + 300;
+    conn.execute("UPDATE events SET time = ?1 WHERE channel = 'Soon'", [soon])
+        .unwrap();
+    drop(conn);
+
+    let store = SqliteStore::open(dir.path(), options).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !check_ids(&store, "Soon").await.is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the expired event was pruned");
+    // One pass over every channel at open, then the one that expired: not 301 channels
+    // every 10 ms.
+    let visited = store.inner.shared.visited.load(Ordering::Relaxed);
+    assert!((302..=303).contains(&visited), "visited {visited}");
+    assert_eq!(check_ids(&store, "Young0").await, vec![1]);
+    // Count retention is applied as events are appended.
+    for _ in 0..3 {
+        store.append(&ch("Young0"), body("x")).await.unwrap();
+    }
+    assert_eq!(check_ids(&store, "Young0").await, vec![3, 4]);
+}
+
+#[tokio::test]
+async fn a_shorter_retention_is_applied_on_reopen_in_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let total = PRUNE_CHUNK * 2 + 10;
+    {
+        let store = open(
+            dir.path(),
+            Retention {
+                max_events: 100_000,
+                max_age: None,
+                idempotency_window: None,
+            },
+        );
+        for _ in 0..total {
+            store.append(&ch("C"), body("x")).await.unwrap();
+        }
+    }
+    let store = open(
+        dir.path(),
+        Retention {
+            max_events: 5,
+            max_age: None,
+            idempotency_window: None,
+        },
+    );
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while check_ids(&store, "C").await.len() > 5 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the sweep applied the new retention");
+    assert_eq!(
+        check_ids(&store, "C").await,
+        (total - 4..=total).collect::<Vec<_>>()
+    );
+    // Three steps of at most PRUNE_CHUNK rows each, not one long one.
+    assert_eq!(store.committed_transactions(), 3);
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path(), ROOMY));
+    let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    match check_open_fails(dir.path()) {
+        StoreError::Incompatible(msg) => {
+            let expected = format!("newer PERE (schema v99, this build knows v{SCHEMA_VERSION})");
+            assert!(msg.contains(&expected), "{msg}");
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_foreign_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    conn.execute_batch("CREATE TABLE t (x)").unwrap();
+    drop(conn);
+    assert!(matches!(
+        check_open_fails(dir.path()),
+        StoreError::Incompatible(_)
+    ));
+}
+
+#[tokio::test]
+async fn unusable_paths_are_errors_naming_the_path() {
+    let root = tempfile::tempdir().unwrap();
+
+    let garbage = root.path().join("garbage");
+    std::fs::create_dir(&garbage).unwrap();
+    std::fs::write(garbage.join(DB_FILE), vec![0x5a_u8; 8192]).unwrap();
+    let err = check_open_fails(&garbage);
+    // A file that is no database at all is damaged, said in one line naming it.
+    assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&garbage.join(DB_FILE).display().to_string()),
+        "{err}"
+    );
+
+    let file = root.path().join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    for dir in [file.clone(), file.join("below")] {
+        let err = check_open_fails(&dir);
+        assert!(matches!(err, StoreError::Backend(_)), "{err}");
+        assert!(
+            err.to_string().contains(&dir.display().to_string()),
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn one_store_per_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+    let err = check_open_fails(dir.path());
+    assert!(
+        matches!(err, StoreError::Locked { .. }) && err.to_string().contains("in use"),
+        "{err}"
+    );
+    first.close().await;
+    drop(first);
+    assert!(
+        SqliteStore::open(dir.path(), SqliteOptions::default()).is_ok(),
+        "the lock goes with the store"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_are_committed_in_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions {
+        durability: Durability::Full,
+        retention: ROOMY,
+        ..SqliteOptions::default()
+    };
+    let store = SqliteStore::open(dir.path(), options).unwrap();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .append(&ch(&format!("C{}", i % 4)), body("x"))
+                    .await
+                    .unwrap()
+                    .event
+                    .id
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let transactions = store.committed_transactions();
+    assert!(
+        transactions <= 50,
+        "200 appends took {transactions} transactions"
+    );
+    let mut heads = 0;
+    for i in 0..4 {
+        heads += store.head(&ch(&format!("C{i}"))).await.unwrap();
+    }
+    assert_eq!(heads, 200);
+}
+
+#[tokio::test]
+async fn a_failed_write_consumes_no_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), ROOMY);
+    let c = ch("C");
+    store.append(&c, body("1")).await.unwrap();
+    // Make the database refuse one body, as a full disk would refuse everything.
+    let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.body = 'boom' BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+    )
+    .unwrap();
+    let err = store.append(&c, body("boom")).await.unwrap_err();
+    assert!(matches!(err, StoreError::Backend(_)), "{err}");
+    assert_eq!(store.head(&c).await.unwrap(), 1);
+    assert_eq!(store.append(&c, body("2")).await.unwrap().event.id, 2);
+    assert_eq!(check_ids(&store, "C").await, vec![1, 2]);
+}
+
+#[tokio::test]
+async fn close_commits_what_is_queued_and_refuses_later_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), ROOMY);
+    let c = ch("C");
+    store.append(&c, body("1")).await.unwrap();
+    store.close().await;
+    assert!(matches!(
+        store.append(&c, body("2")).await,
+        Err(StoreError::Backend(_))
+    ));
+    assert_eq!(check_ids(&store, "C").await, vec![1], "reads still work");
+    // From disk too, once the writer's connection (the last one) has closed.
+    assert_eq!(store.channels().await.unwrap(), vec![c.clone()]);
+    assert_eq!(store.recent(&c, 10).await.unwrap().len(), 1);
+    drop(store);
+    assert_eq!(check_ids(&open(dir.path(), ROOMY), "C").await, vec![1]);
+}
