@@ -130,8 +130,6 @@ pub(super) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// Checks the file is a PERE database this build understands, sets the journal and sync modes,
-/// and migrates the schema to [`SCHEMA_VERSION`].
 /// Whether SQLite's error says the file is damaged or not a database at all.
 fn is_damage(err: &rusqlite::Error) -> bool {
     matches!(
@@ -184,6 +182,8 @@ pub(super) fn check_integrity(conn: &Connection, path: &Path) -> Result<(), Stor
     }
 }
 
+/// Checks the file is a PERE database this build understands, sets the journal and sync modes,
+/// and migrates the schema to [`SCHEMA_VERSION`].
 pub(super) fn prepare_schema(
     conn: &mut Connection,
     path: &Path,
