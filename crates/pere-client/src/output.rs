@@ -48,7 +48,12 @@ pub fn describe_answer(status: StatusCode, body: &str) -> String {
 /// (`error sending request: Connection refused (os error 111)`), without the URL, which the
 /// caller's message already names.
 pub fn describe_transport(err: reqwest::Error) -> String {
-    let err = err.without_url();
+    transport_line(&err.without_url())
+}
+
+/// [`describe_transport`] for an error the caller keeps: it names the URL if `err` still has one
+/// (the library's errors are kept without, by `Failure::transport` and `Refusal::request`).
+pub(crate) fn transport_line(err: &reqwest::Error) -> String {
     let mut root: Option<&(dyn std::error::Error + 'static)> = None;
     let mut source = err.source();
     while let Some(cause) = source {
