@@ -180,38 +180,16 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// A command-line usage error, which clap renders in several lines (the error, tips, the usage,
-/// a pointer to `--help`), in one line: `pere-bench: <error>; <tip> (see pere-bench --help)`. (The same
-/// rule as `pere_client::output::usage_line`; this binary does not depend on the client.)
-fn usage_line(rendered: &str) -> String {
-    let mut text = String::new();
-    let (mut in_usage, mut listing) = (false, false);
-    for line in rendered.lines().map(str::trim) {
-        in_usage = (in_usage || line.starts_with("Usage:")) && !line.is_empty();
-        if in_usage || line.is_empty() || line.starts_with("For more information") {
-            continue;
-        }
-        // The lines after one ending in `:` are a list (`<SERVER>`, `<CHANNEL>`).
-        let separator = match () {
-            () if text.is_empty() => "",
-            () if text.ends_with(':') => " ",
-            () if listing && !line.starts_with("tip:") => ", ",
-            () => "; ",
-        };
-        listing = text.ends_with(':') || (listing && separator == ", ");
-        text.push_str(separator);
-        text.push_str(line.strip_prefix("error: ").unwrap_or(line));
-    }
-    format!("pere-bench: {text} (see pere-bench --help)")
-}
-
 fn run() -> anyhow::Result<()> {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // A usage error in one line, with exit status 2 as clap gives it; `--help` and
         // `--version` print as usual.
         Err(err) if err.use_stderr() => {
-            eprintln!("{}", usage_line(&err.render().to_string()));
+            eprintln!(
+                "{}",
+                pere_cli::usage_line("pere-bench", &err.render().to_string())
+            );
             std::process::exit(2);
         }
         Err(err) => err.exit(),

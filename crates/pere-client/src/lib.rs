@@ -28,7 +28,9 @@
 //! - [`publish`]: [`Publisher`], [`Push`], [`Batch`] and their answers;
 //! - [`subscribe`]: [`Subscriber`], the [`Item`]s it yields, [`Event`] and its receipt;
 //! - [`body`]: [`Body`], an event's text and whether it is JSON;
-//! - [`error`]: [`Error`], by kind: invalid, refused (with the server's code), gave up;
+//! - [`error`]: [`Error`], by kind: invalid, refused ([`Refusal`]: the server's answer with its
+//!   code, or why else), gave up (the last [`Failure`]: reqwest's error or the server's
+//!   [`ErrorAnswer`]), each cause kept and given by `source()`;
 //! - [`retry`]: one request's outcome (accepted, retryable, refused), which statuses may pass,
 //!   and the retry loop under a [`Policy`];
 //! - [`receipt`]: the receipt request and its attempts;
@@ -61,7 +63,7 @@ pub mod token;
 
 pub use address::{base_url, endpoint};
 pub use body::Body;
-pub use error::{Error, Refusal};
+pub use error::{Error, ErrorAnswer, Failure, Refusal};
 pub use fatal::Fatal;
 pub use ids::{idempotency_key, random_device};
 pub use publish::{

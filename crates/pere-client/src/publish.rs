@@ -588,14 +588,14 @@ impl<'a> Batch<'a> {
         let reply = publisher.send(request, on_failure).await?;
         match serde_json::from_str::<BatchAnswer>(&reply.body) {
             Ok(answer) if answer.ids.len() == events.len() => Ok(BatchPushed { answer, key }),
-            _ => Err(Error::Refused(Refusal::other(
-                Some(reply.status),
-                format!(
+            _ => Err(Error::Refused(Refusal::Unexpected {
+                status: reply.status,
+                message: format!(
                     "HTTP {}: the answer is not a batch answer for {} events (does this server publish batches?)",
                     reply.status.as_u16(),
                     events.len()
                 ),
-            ))),
+            })),
         }
     }
 }

@@ -13,19 +13,18 @@ use reqwest::header::HeaderMap;
 use reqwest::{RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 
-use crate::error::Refusal;
-use crate::output::{describe_answer, describe_transport};
+use crate::error::{ErrorAnswer, Failure, Refusal};
 
 /// How an attempt (or all of them) ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Outcome<T> {
     /// The server took it; its answer.
     Accepted(T),
     /// It failed in a way that may pass (no answer, 5xx, 408, 429): the same request may be
-    /// sent again. One line saying why.
-    Retryable(String),
+    /// sent again. Why: reqwest's error or the server's answer.
+    Retryable(Failure),
     /// The server refused it for good (another 4xx, or a request that cannot be built): sending
-    /// it again cannot help. Its status and code, and one line saying why.
+    /// it again cannot help. Its status and code, and why.
     Refused(Refusal),
 }
 
@@ -62,8 +61,8 @@ pub fn is_transient(status: StatusCode) -> bool {
 ///
 /// A success answer is parsed as `T`, as JSON; it is `None` when the body is empty or is not a
 /// `T`, because the original PERE server answered pushes with 204 and receipts with an empty
-/// 200, and a tool must work with it. Failures are described in one line by
-/// [`describe_transport`] (no answer) or [`describe_answer`] (an error status).
+/// 200, and a tool must work with it. Failures keep their cause: reqwest's error (no answer) or
+/// the server's [`ErrorAnswer`] (an error status).
 pub async fn send_once<T: DeserializeOwned>(request: RequestBuilder) -> Outcome<Option<T>> {
     exchange(request)
         .await
@@ -76,16 +75,14 @@ pub async fn exchange(request: RequestBuilder) -> Outcome<Reply> {
     let response = match request.send().await {
         Ok(response) => response,
         // A request that cannot be built (a bad header value) will not build next time either.
-        Err(err) if err.is_builder() => {
-            return Outcome::Refused(Refusal::other(None, describe_transport(err)))
-        }
-        Err(err) => return Outcome::Retryable(describe_transport(err)),
+        Err(err) if err.is_builder() => return Outcome::Refused(Refusal::request(err)),
+        Err(err) => return Outcome::Retryable(Failure::transport(err)),
     };
     let status = response.status();
     let headers = response.headers().clone();
     let body = match response.text().await {
         Ok(body) => body,
-        Err(err) => return Outcome::Retryable(describe_transport(err)),
+        Err(err) => return Outcome::Retryable(Failure::transport(err)),
     };
     if status.is_success() {
         Outcome::Accepted(Reply {
@@ -94,9 +91,9 @@ pub async fn exchange(request: RequestBuilder) -> Outcome<Reply> {
             body,
         })
     } else if is_transient(status) {
-        Outcome::Retryable(describe_answer(status, &body))
+        Outcome::Retryable(Failure::Answer(ErrorAnswer::new(status, &body)))
     } else {
-        Outcome::Refused(Refusal::answer(status, &body))
+        Outcome::Refused(Refusal::Answer(ErrorAnswer::new(status, &body)))
     }
 }
 
@@ -141,8 +138,8 @@ impl Policy {
 /// Runs `attempt` until it is accepted or refused, or until `policy.attempts` have failed,
 /// waiting between attempts as `policy` says; returns the last outcome.
 ///
-/// `on_failure` hears of every failed attempt, its number (from 1) and why, before the wait
-/// that follows it: the publisher prints each one, the subscriber only the result.
+/// `on_failure` hears of every failed attempt, its number (from 1) and why in one line, before
+/// the wait that follows it: the publisher prints each one, the subscriber only the result.
 ///
 /// The attempt is a closure rather than a request so that the loop is one for every request
 /// (a request builder is used up by sending it) and can be tested without a network.
@@ -161,11 +158,11 @@ where
         match &outcome {
             Outcome::Accepted(_) => return outcome,
             Outcome::Refused(refusal) => {
-                on_failure(n, &refusal.message);
+                on_failure(n, &refusal.to_string());
                 return outcome;
             }
             Outcome::Retryable(why) => {
-                on_failure(n, why);
+                on_failure(n, &why.to_string());
                 if policy.is_last(n) {
                     return outcome;
                 }
@@ -187,7 +184,27 @@ mod tests {
 
     use super::*;
 
-    /// Runs `retry` over scripted outcomes (an exhausted script answers `Retryable`); returns
+    /// A failure that may pass: a 503 without a body.
+    fn busy<T>() -> Outcome<T> {
+        Outcome::Retryable(Failure::Answer(ErrorAnswer::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "",
+        )))
+    }
+
+    /// How [`busy`] reads.
+    const BUSY: &str = "HTTP 503 Service Unavailable";
+
+    /// An outcome in one line, to compare: `accepted: 7`, `retryable: <why>`, `refused: <why>`.
+    fn summary(outcome: &Outcome<u32>) -> String {
+        match outcome {
+            Outcome::Accepted(answer) => format!("accepted: {answer}"),
+            Outcome::Retryable(why) => format!("retryable: {why}"),
+            Outcome::Refused(why) => format!("refused: {why}"),
+        }
+    }
+
+    /// Runs `retry` over scripted outcomes (an exhausted script answers [`busy`]); returns
     /// the result, when each attempt began (from the start) and what `on_failure` heard.
     async fn check_retry(
         policy: Policy,
@@ -201,10 +218,7 @@ mod tests {
             &policy,
             || {
                 began.borrow_mut().push(start.elapsed());
-                let next = script
-                    .borrow_mut()
-                    .pop_front()
-                    .unwrap_or(Outcome::Retryable("down".into()));
+                let next = script.borrow_mut().pop_front().unwrap_or_else(busy);
                 async move { next }
             },
             |n, why| failures.push((n, why.to_owned())),
@@ -228,7 +242,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn limited_attempts_double_their_wait_and_end_retryable() {
         let (outcome, began, failures) = check_retry(DOUBLING, vec![]).await;
-        assert_eq!(outcome, Outcome::Retryable("down".into()));
+        assert_eq!(summary(&outcome), format!("retryable: {BUSY}"));
         assert_eq!(
             began,
             [ms(0), ms(200), ms(600)],
@@ -236,17 +250,17 @@ mod tests {
         );
         assert_eq!(
             failures,
-            [(1, "down".into()), (2, "down".into()), (3, "down".into())]
+            [(1, BUSY.into()), (2, BUSY.into()), (3, BUSY.into())]
         );
     }
 
     #[tokio::test(start_paused = true)]
     async fn success_ends_the_loop() {
-        let script = vec![Outcome::Retryable("503".into()), Outcome::Accepted(7)];
+        let script = vec![busy(), Outcome::Accepted(7)];
         let (outcome, began, failures) = check_retry(DOUBLING, script).await;
-        assert_eq!(outcome, Outcome::Accepted(7));
+        assert_eq!(summary(&outcome), "accepted: 7");
         assert_eq!(began, [ms(0), ms(200)]);
-        assert_eq!(failures, [(1, "503".into())]);
+        assert_eq!(failures, [(1, BUSY.into())]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -255,11 +269,12 @@ mod tests {
             attempts: None,
             ..DOUBLING
         };
-        let refused = Outcome::Refused(Refusal::other(None, "HTTP 404"));
-        let (outcome, began, failures) = check_retry(policy, vec![refused.clone()]).await;
-        assert_eq!(outcome, refused);
+        let refused =
+            Outcome::Refused(Refusal::Answer(ErrorAnswer::new(StatusCode::NOT_FOUND, "")));
+        let (outcome, began, failures) = check_retry(policy, vec![refused]).await;
+        assert_eq!(summary(&outcome), "refused: HTTP 404 Not Found");
         assert_eq!(began, [ms(0)]);
-        assert_eq!(failures, [(1, "HTTP 404".into())]);
+        assert_eq!(failures, [(1, "HTTP 404 Not Found".into())]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -270,11 +285,10 @@ mod tests {
             growth: 1,
             jitter: Duration::ZERO,
         };
-        let mut script: Vec<Outcome<u32>> =
-            (0..50).map(|_| Outcome::Retryable("down".into())).collect();
+        let mut script: Vec<Outcome<u32>> = (0..50).map(|_| busy()).collect();
         script.push(Outcome::Accepted(1));
         let (outcome, began, failures) = check_retry(policy, script).await;
-        assert_eq!(outcome, Outcome::Accepted(1));
+        assert_eq!(summary(&outcome), "accepted: 1");
         assert_eq!(began.len(), 51);
         assert_eq!(
             began.last(),
@@ -366,16 +380,20 @@ mod tests {
             )
         };
         let json = answer("200 OK", r#"{"id":1}"#);
-        assert_eq!(
-            check_send(json).await,
-            Outcome::Accepted(Some(serde_json::json!({"id": 1})))
-        );
+        let Outcome::Accepted(accepted) = check_send(json).await else {
+            panic!("accepted")
+        };
+        assert_eq!(accepted, Some(serde_json::json!({"id": 1})));
         let empty = "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n".to_owned();
-        assert_eq!(check_send(empty).await, Outcome::Accepted(None));
+        let empty = check_send(empty).await;
+        assert!(matches!(empty, Outcome::Accepted(None)), "{empty:?}");
         let busy = answer("503 Service Unavailable", "");
+        let Outcome::Retryable(Failure::Answer(busy)) = check_send(busy).await else {
+            panic!("retryable")
+        };
         assert_eq!(
-            check_send(busy).await,
-            Outcome::Retryable("HTTP 503 Service Unavailable".into())
+            (busy.status(), busy.to_string()),
+            (StatusCode::SERVICE_UNAVAILABLE, BUSY.to_owned())
         );
         let error = r#"{"error":{"code":"bad_channel","message":"invalid channel name"}}"#;
         let refused = answer("400 Bad Request", error);
@@ -383,12 +401,12 @@ mod tests {
             panic!("refused")
         };
         assert_eq!(
-            refusal.message,
+            refusal.to_string(),
             "HTTP 400 bad_channel: invalid channel name"
         );
         assert_eq!(
-            (refusal.status, refusal.code.as_deref()),
-            (Some(400), Some("bad_channel"))
+            (refusal.status(), refusal.code()),
+            (Some(StatusCode::BAD_REQUEST), Some("bad_channel"))
         );
     }
 
@@ -405,13 +423,17 @@ mod tests {
             send_once::<serde_json::Value>(client.post(format!("http://127.0.0.1:{port}/push/C")))
                 .await;
         assert!(
-            matches!(&gone, Outcome::Retryable(why) if why.contains("error sending request")),
+            matches!(&gone, Outcome::Retryable(why @ Failure::Transport(err))
+                if err.is_connect() && why.to_string().contains("error sending request")),
             "{gone:?}"
         );
         let bad_header = client
             .post(format!("http://127.0.0.1:{port}/push/C"))
             .header("device", "a\nb");
         let bad = send_once::<serde_json::Value>(bad_header).await;
-        assert!(matches!(bad, Outcome::Refused(_)), "{bad:?}");
+        assert!(
+            matches!(bad, Outcome::Refused(Refusal::Request(_))),
+            "{bad:?}"
+        );
     }
 }

@@ -22,10 +22,10 @@ use reqwest::header::{
 use reqwest::{Client, RequestBuilder, Response, Url};
 
 use crate::address::{base_url, endpoint};
-use crate::error::{Error, Refusal};
+use crate::error::{Error, ErrorAnswer, Failure, Refusal};
 use crate::ids::idempotency_key;
 use crate::ledger::{Ledger, Owed, Verdict};
-use crate::output::{describe_answer, describe_transport};
+use crate::output::describe_transport;
 use crate::receipt::{self, RECEIPT_RETRY};
 use crate::reconnect::{backoff, RetryScanner, DEFAULT_RETRY};
 use crate::retry::{is_transient, Outcome, Policy};
@@ -470,7 +470,7 @@ type Events = Pin<
 enum Connect {
     Open(Response),
     /// Why, and the server's `Retry-After`, if any.
-    Retry(String, Option<Duration>),
+    Retry(Failure, Option<Duration>),
     Refused(Refusal),
 }
 
@@ -527,16 +527,16 @@ impl State {
                         self.done = true;
                         return Some(Err(Error::Refused(refusal)));
                     }
-                    Connect::Retry(why, retry_after) => {
+                    Connect::Retry(last, retry_after) => {
                         self.failures += 1;
                         if self.max_failures.is_some_and(|max| self.failures >= max) {
                             self.done = true;
                             return Some(Err(Error::GaveUp {
                                 attempts: self.failures,
-                                last: why,
+                                last,
                             }));
                         }
-                        return Some(Ok(self.reconnecting(why, retry_after)));
+                        return Some(Ok(self.reconnecting(last.to_string(), retry_after)));
                     }
                 }
             };
@@ -680,10 +680,8 @@ impl State {
 async fn connect(request: RequestBuilder) -> Connect {
     let response = match request.send().await {
         Ok(response) => response,
-        Err(err) if err.is_builder() => {
-            return Connect::Refused(Refusal::other(None, describe_transport(err)))
-        }
-        Err(err) => return Connect::Retry(describe_transport(err), None),
+        Err(err) if err.is_builder() => return Connect::Refused(Refusal::request(err)),
+        Err(err) => return Connect::Retry(Failure::transport(err), None),
     };
     let status = response.status();
     if status.is_success() {
@@ -694,7 +692,10 @@ async fn connect(request: RequestBuilder) -> Connect {
             .unwrap_or("");
         if !content_type.starts_with("text/event-stream") {
             let why = format!("HTTP {status} with {content_type:?}, not an event stream");
-            return Connect::Refused(Refusal::other(Some(status), why));
+            return Connect::Refused(Refusal::Unexpected {
+                status,
+                message: why,
+            });
         }
         return Connect::Open(response);
     }
@@ -705,9 +706,10 @@ async fn connect(request: RequestBuilder) -> Connect {
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
     let body = response.text().await.unwrap_or_default();
+    let answer = ErrorAnswer::new(status, &body);
     if is_transient(status) || status.is_redirection() {
-        Connect::Retry(describe_answer(status, &body), retry_after)
+        Connect::Retry(Failure::Answer(answer), retry_after)
     } else {
-        Connect::Refused(Refusal::answer(status, &body))
+        Connect::Refused(Refusal::Answer(answer))
     }
 }

@@ -48,7 +48,7 @@ async fn main() -> ExitCode {
         Err(err) if err.use_stderr() => {
             eprintln!(
                 "{}",
-                pere_client::output::usage_line("pere-pub", &err.render().to_string())
+                pere_cli::usage_line("pere-pub", &err.render().to_string())
             );
             return ExitCode::from(2);
         }

@@ -16,9 +16,11 @@ pub const KEY_SUFFIX_ROOM: usize = 6;
 /// The longest batch-level `Idempotency-Key`: each line's key `K.i` must still be a valid key.
 pub const MAX_BATCH_KEY_LEN: usize = MAX_IDEMPOTENCY_KEY_LEN - KEY_SUFFIX_ROOM;
 
-/// What every line of a batch shares, from the request.
+/// A batch push's parameters, read from its request line, headers and the server's limits
+/// (not from its body): what every line of the batch shares. (Not `Batch`: that is the client's
+/// batch builder, `pere_client::Batch`.)
 #[derive(Debug, Clone, Default)]
-pub struct Batch {
+pub struct BatchParams {
     /// The publishing device, as for a single push.
     pub publisher: Option<DeviceId>,
     /// The type of every event without one of its own (`?event=` or the `event` header).
@@ -53,7 +55,7 @@ pub fn check_batch_key(key: &str) -> Result<(), ApiError> {
 /// 400 `bad_batch_line`, naming the line (from 1), for a line that is empty, not UTF-8, not
 /// JSON (plain form: NDJSON lines are JSON values; text goes in an envelope), or not a valid
 /// envelope (its type or key included).
-pub fn events(body: &[u8], batch: &Batch) -> Result<Vec<NewEvent>, ApiError> {
+pub fn events(body: &[u8], batch: &BatchParams) -> Result<Vec<NewEvent>, ApiError> {
     if body.is_empty() {
         return Err(ApiError::bad_request(
             "empty_batch",
@@ -89,7 +91,7 @@ fn bad_line(i: usize, why: &str) -> ApiError {
 }
 
 /// Line `i` (from 0) as an event, or why it is refused.
-fn event(i: usize, line: &[u8], batch: &Batch) -> Result<NewEvent, String> {
+fn event(i: usize, line: &[u8], batch: &BatchParams) -> Result<NewEvent, String> {
     let line = std::str::from_utf8(line).map_err(|_| "not UTF-8 text".to_owned())?;
     if line.is_empty() {
         return Err(empty_body());
@@ -150,14 +152,14 @@ fn empty_body() -> String {
 mod tests {
     use super::*;
 
-    fn plain(max_events: usize) -> Batch {
-        Batch {
+    fn plain(max_events: usize) -> BatchParams {
+        BatchParams {
             max_events,
-            ..Batch::default()
+            ..BatchParams::default()
         }
     }
 
-    fn refusal(body: &str, batch: &Batch) -> (u16, String, String) {
+    fn refusal(body: &str, batch: &BatchParams) -> (u16, String, String) {
         let err = events(body.as_bytes(), batch).unwrap_err();
         (
             err.status.as_u16(),
@@ -168,7 +170,7 @@ mod tests {
 
     #[test]
     fn lines_are_bodies_exactly_as_written() {
-        let batch = Batch {
+        let batch = BatchParams {
             key: Some("K".into()),
             ..plain(10)
         };
@@ -212,7 +214,7 @@ mod tests {
 
     #[test]
     fn envelopes_give_each_event_its_type_and_key() {
-        let batch = Batch {
+        let batch = BatchParams {
             envelope: true,
             key: Some("K".into()),
             event_type: Some(EventType::new("default").unwrap()),

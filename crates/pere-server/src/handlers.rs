@@ -257,7 +257,7 @@ async fn push<S: Store>(
         if let Some(key) = &idempotency_key {
             batch::check_batch_key(key)?;
         }
-        let shared = batch::Batch {
+        let shared = batch::BatchParams {
             publisher: device,
             event_type,
             key: idempotency_key,

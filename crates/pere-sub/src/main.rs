@@ -30,7 +30,7 @@ async fn main() -> ExitCode {
         Err(err) if err.use_stderr() => {
             eprintln!(
                 "{}",
-                pere_client::output::usage_line("pere-sub", &err.render().to_string())
+                pere_cli::usage_line("pere-sub", &err.render().to_string())
             );
             return ExitCode::from(2);
         }
