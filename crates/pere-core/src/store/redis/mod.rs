@@ -1306,18 +1306,12 @@ fn from_tls(err: &redis::RedisError) -> bool {
     false
 }
 
-// The end-to-end harness's private Redis, shared so both start it the same way.
-#[cfg(test)]
-#[allow(dead_code)]
-#[path = "../../../../../tests/support/redis_server.rs"]
-pub(crate) mod redis_server;
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::conformance::{self, ROOMY};
 
-    use super::redis_server;
+    use pere_testkit::redis_server;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn conformance_suite() {
