@@ -2,10 +2,11 @@
 //! HTTP in sight.
 //!
 //! Layout:
-//! - [`store`]: the storage contract and its backends (memory, SQLite, Redis), the Redis one
-//!   with the Redis side of the bus;
-//! - [`cluster`]: joins a hub to other nodes through the Redis bus: other nodes' changes fed
-//!   to the hub, this node's open streams registered for the cluster-wide views;
+//! - [`store`]: the storage contract and its backends (memory; SQLite and Redis, each behind
+//!   the Cargo feature of its name), the Redis one with the Redis side of the bus;
+//! - `cluster` (feature `redis`): joins a hub to other nodes through the Redis bus: other
+//!   nodes' changes fed to the hub, this node's open streams registered for the cluster-wide
+//!   views;
 //! - [`hub`]: local fan-out, resume, presence and the ledger's operations, each change applied
 //!   by one `apply_*` method;
 //! - [`notice`]: what the hub tells its observers, and the observers themselves;
@@ -17,6 +18,7 @@
 //! types an embedder needs most are re-exported here.
 #![deny(missing_docs, missing_debug_implementations)]
 
+#[cfg(feature = "redis")]
 pub mod cluster;
 pub mod error;
 pub mod follow;
