@@ -6,10 +6,12 @@
 #![deny(missing_docs, missing_debug_implementations)]
 
 pub mod node;
-pub mod redis_server;
 pub mod scripted;
 
-pub use redis_server::RedisServer;
+// The private redis-server lives in the dev-only crate pere-testkit, which pere-core's Redis
+// tests use too: one copy, and no test reaching outside its crate.
+pub use pere_testkit::redis_server;
+pub use pere_testkit::RedisServer;
 
 use std::path::PathBuf;
 use std::process::Stdio;

@@ -2,9 +2,11 @@
 //! HTTP in sight.
 //!
 //! Layout:
-//! - [`store`]: the storage contract and its backends (memory, SQLite, Redis);
-//! - [`bus`]: the link between nodes sharing one Redis: other nodes' changes fed to the hub,
-//!   this node's open streams registered for the cluster-wide views;
+//! - [`store`]: the storage contract and its backends (memory; SQLite and Redis, each behind
+//!   the Cargo feature of its name), the Redis one with the Redis side of the bus;
+//! - `cluster` (feature `redis`): joins a hub to other nodes through the Redis bus: other
+//!   nodes' changes fed to the hub, this node's open streams registered for the cluster-wide
+//!   views;
 //! - [`hub`]: local fan-out, resume, presence and the ledger's operations, each change applied
 //!   by one `apply_*` method;
 //! - [`notice`]: what the hub tells its observers, and the observers themselves;
@@ -16,7 +18,8 @@
 //! types an embedder needs most are re-exported here.
 #![deny(missing_docs, missing_debug_implementations)]
 
-pub mod bus;
+#[cfg(feature = "redis")]
+pub mod cluster;
 pub mod error;
 pub mod follow;
 pub mod hub;

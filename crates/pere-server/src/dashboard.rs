@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
-use pere_core::bus::Bus;
+use pere_core::store::redis::Bus;
 use pere_core::{ChannelName, Event, Hub, HubNotice, Membership, Receipt, Store, StoreError};
 use pere_proto::event::format_time;
 use pere_proto::sse;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use pere_core::bus::Bus;
+use pere_core::cluster;
 use pere_core::store::{Durability, RedisOptions, RedisStore, SqliteOptions, SqliteStore};
 use pere_core::{MemoryStore, Store, StoreError};
 use pere_server::auth::{Grants, Minter, Mode};
@@ -168,7 +168,7 @@ async fn serve_with(config: Config, mode: Mode, tls: Option<TlsAcceptor>) -> any
                 mode,
                 tls,
                 move |state: &Arc<AppState<RedisStore>>| {
-                    let _ = state.bus.set(Bus::start(&state.hub, ttl));
+                    let _ = state.bus.set(cluster::join(&state.hub, ttl));
                 },
             )
             .await

@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use pere_core::bus::Bus;
+use pere_core::store::redis::Bus;
 use pere_core::{Hub, HubConfig, Retention, Store};
 use tokio_util::sync::CancellationToken;
 

@@ -33,11 +33,15 @@ use pere_proto::receipt::{DeviceRecord, DeviceTouch, Membership, Receipt};
 use crate::error::StoreError;
 
 pub mod memory;
+#[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
 
+#[cfg(feature = "redis")]
 pub use self::redis::{RedisClientCert, RedisOptions, RedisStore, RedisTls};
 pub use memory::MemoryStore;
+#[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SqliteOptions, SqliteStore};
 
 /// How much history each channel keeps.

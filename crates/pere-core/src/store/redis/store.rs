@@ -1,0 +1,788 @@
+//! The [`Store`] on Redis: appends, receipts, device records, memberships and reads, each change
+//! one script run (see [`super::lua`]), the answers decoded by [`super::decode`].
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use pere_proto::event::{valid_idempotency_key, Event, NewEvent};
+use pere_proto::name::{ChannelName, DeviceId};
+use pere_proto::presence::PresenceChange;
+use pere_proto::receipt::{DeviceRecord, DeviceTouch, Membership, Receipt};
+use redis::aio::ConnectionManager;
+use redis::{Script, Value};
+
+use super::connection::{self, failure, RedisOptions};
+use super::decode::{
+    bad, event_from_fields, events_from, first_entry_id, membership_from, number,
+    presence_from_entry, receipt_from, record_from, text, time_of,
+};
+use super::keys::Keys;
+use super::lua;
+use super::nodes::Nodes;
+use crate::error::StoreError;
+use crate::store::{check_keys, Appended, EventPage, RecordedReceipt, Retention, Store};
+
+/// The Redis [`Store`]. Handles are cheap to clone and share one multiplexed, reconnecting
+/// connection.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: redis::Client,
+    conn: ConnectionManager,
+    keys: Keys,
+    retention: Retention,
+    // Names this node knows are in the channel set, so a busy channel adds itself once.
+    known: Mutex<HashSet<ChannelName>>,
+    // This node's id, its registrations and its share of presence.
+    nodes: Nodes,
+    scripts: Scripts,
+}
+
+struct Scripts {
+    append: Script,
+    receipt: Script,
+    touch: Script,
+    add_recipient: Script,
+    remove_recipient: Script,
+    unacknowledged: Script,
+    devices_page: Script,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix())
+            .field("node", &self.node())
+            .finish()
+    }
+}
+
+impl RedisStore {
+    /// A store on the Redis at `options.url`. It connects lazily and reconnects by itself with
+    /// backoff: a Redis that is down now makes requests fail (and readiness say so) until it
+    /// is back.
+    ///
+    /// # Errors
+    /// [`StoreError::Incompatible`] for a URL that cannot be used, TLS settings with a URL that
+    /// is not `rediss://`, or certificates that cannot be read.
+    pub fn open(options: RedisOptions) -> Result<Self, StoreError> {
+        let client = connection::client(&options.url, &options.tls)?;
+        let conn = connection::shared_connection(&client, &options.url)?;
+        let keys = Keys::new(options.prefix);
+        let scripts = Scripts {
+            append: Script::new(lua::APPEND),
+            receipt: Script::new(&lua::with_helpers(lua::RECEIPT)),
+            touch: Script::new(&lua::with_helpers(lua::TOUCH)),
+            add_recipient: Script::new(lua::ADD_RECIPIENT),
+            remove_recipient: Script::new(lua::REMOVE_RECIPIENT),
+            unacknowledged: Script::new(&lua::with_helpers(lua::UNACKNOWLEDGED)),
+            devices_page: Script::new(lua::DEVICES_PAGE),
+        };
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                client,
+                nodes: Nodes::new(conn.clone(), keys.clone()),
+                conn,
+                keys,
+                retention: options.retention,
+                known: Mutex::default(),
+                scripts,
+            }),
+        })
+    }
+
+    /// This node's id on the bus (random per process).
+    pub fn node(&self) -> &str {
+        self.inner.nodes.node()
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        self.inner.keys.prefix()
+    }
+
+    /// The client, for connections of their own (the bus's Pub/Sub).
+    pub fn client(&self) -> &redis::Client {
+        &self.inner.client
+    }
+
+    /// A handle on the shared connection.
+    pub fn connection(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+
+    /// The names of the keys.
+    pub(super) fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
+    /// This node among the others sharing the Redis.
+    pub(super) fn nodes(&self) -> &Nodes {
+        &self.inner.nodes
+    }
+
+    /// Claims `what` of one event for this node, once cluster-wide: true for the first node to
+    /// ask within `ttl`. The webhook asks before it posts, so an event is reported once however
+    /// many nodes followed it.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when Redis cannot be reached.
+    pub async fn claim(
+        &self,
+        channel: &ChannelName,
+        event_id: u64,
+        what: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = format!("{}:{what}:{event_id}", self.inner.keys.base(channel));
+        let set: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(self.node())
+            .arg("NX")
+            .arg("PX")
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+            .query_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(set.is_some())
+    }
+
+    /// Adds the channel to the set of channels, once per process.
+    async fn remember(&self, channel: &ChannelName) -> Result<(), StoreError> {
+        if self
+            .inner
+            .known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(channel)
+        {
+            return Ok(());
+        }
+        let _: i64 = redis::cmd("SADD")
+            .arg(self.inner.keys.channels())
+            .arg(channel.as_str())
+            .query_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)?;
+        self.inner
+            .known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(channel.clone());
+        Ok(())
+    }
+
+    fn retention_args(&self) -> (usize, u64) {
+        let age = self.inner.retention.max_age.map_or(0, |a| {
+            u64::try_from(a.as_millis()).unwrap_or(u64::MAX).max(1)
+        });
+        (self.inner.retention.max_events.max(1), age)
+    }
+}
+
+impl RedisStore {
+    /// The idempotency window in milliseconds for the scripts (0: keys live as long as what they
+    /// name).
+    fn window_ms(&self) -> u64 {
+        self.inner.retention.idempotency_window.map_or(0, |w| {
+            u64::try_from(w.as_millis()).unwrap_or(u64::MAX).max(1)
+        })
+    }
+
+    /// Appends events in one script run: `strict` (a batch) fails the whole call on a held key
+    /// with another body or type, otherwise the stored event answers (see [`Store::append`]).
+    async fn run_append(
+        &self,
+        channel: &ChannelName,
+        events: Vec<NewEvent>,
+        strict: bool,
+    ) -> Result<Vec<Appended>, StoreError> {
+        check_keys(&events)?;
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.remember(channel).await?;
+        let (max_events, max_age) = self.retention_args();
+        let payload: Vec<ScriptEvent<'_>> = events
+            .iter()
+            .map(|e| ScriptEvent {
+                b: &e.body,
+                p: e.publisher.as_ref().map(|p| p.as_str()),
+                y: e.event_type.as_ref().map(|t| t.as_str()),
+                k: e.idempotency_key.as_deref(),
+            })
+            .collect();
+        let payload = serde_json::to_string(&payload).map_err(StoreError::backend)?;
+        let reply: Value = self
+            .inner
+            .scripts
+            .append
+            .key(self.inner.keys.key(channel, "seq"))
+            .key(self.inner.keys.key(channel, "ev"))
+            .key(self.inner.keys.key(channel, "keys"))
+            .arg(max_events)
+            .arg(max_age)
+            .arg(self.window_ms())
+            .arg(self.node())
+            .arg(channel.as_str())
+            .arg(self.inner.keys.bus())
+            .arg(self.inner.keys.base(channel))
+            .arg(if strict { "1" } else { "0" })
+            .arg(payload)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)?;
+        let Value::Array(parts) = reply else {
+            return Err(bad("append"));
+        };
+        let answers = match parts.as_slice() {
+            [Value::Int(-2), id, key] => {
+                return Err(StoreError::IdempotencyConflict {
+                    id: Some(number(id)).filter(|&id| id > 0),
+                    key: text(key).unwrap_or_default(),
+                })
+            }
+            [Value::Int(1), Value::Array(answers)] if answers.len() == events.len() => answers,
+            _ => return Err(bad("append")),
+        };
+        let mut appended: Vec<Appended> = Vec::with_capacity(events.len());
+        for (new, answer) in events.into_iter().zip(answers) {
+            let Value::Array(answer) = answer else {
+                return Err(bad("append answer"));
+            };
+            let one = match answer.as_slice() {
+                [Value::Int(1), id, time] => {
+                    let time = i64::try_from(number(time)).unwrap_or(0);
+                    let event = Event::new(channel.clone(), number(id), time_of(time), new);
+                    Appended {
+                        event: Arc::new(event),
+                        new: true,
+                    }
+                }
+                [Value::Int(0), id, Value::Array(fields)] => Appended {
+                    event: event_from_fields(channel, number(id), fields)?,
+                    new: false,
+                },
+                // The same key as an earlier event of this call (1-based).
+                [Value::Int(2), earlier] => {
+                    let earlier = usize::try_from(number(earlier))
+                        .ok()
+                        .and_then(|i| i.checked_sub(1))
+                        .and_then(|i| appended.get(i))
+                        .ok_or_else(|| bad("append answer"))?;
+                    Appended {
+                        event: earlier.event.clone(),
+                        new: false,
+                    }
+                }
+                _ => return Err(bad("append answer")),
+            };
+            appended.push(one);
+        }
+        Ok(appended)
+    }
+
+    /// Records a receipt in one script run, unless `key` names one already recorded.
+    async fn run_receipt(
+        &self,
+        receipt: Receipt,
+        key: Option<String>,
+    ) -> Result<RecordedReceipt, StoreError> {
+        let channel = receipt.channel.clone();
+        let key_key = self
+            .inner
+            .keys
+            .key(&channel, &format!("rk:{}", key.as_deref().unwrap_or("")));
+        let reply: Value = self
+            .inner
+            .scripts
+            .receipt
+            .key(self.inner.keys.key(&channel, "seq"))
+            .key(self.inner.keys.key(&channel, "ev"))
+            .key(self.inner.keys.key(&channel, "rseq"))
+            .key(self.inner.keys.key(&channel, "rlog"))
+            .key(self.inner.keys.key(&channel, "dev"))
+            .key(self.inner.keys.key(&channel, "devs"))
+            .key(key_key)
+            .arg(receipt.event_id)
+            .arg(receipt.device.as_str())
+            .arg(&receipt.status)
+            .arg(receipt.time.timestamp_millis())
+            .arg(self.inner.retention.max_events.max(1))
+            .arg(self.node())
+            .arg(channel.as_str())
+            .arg(self.inner.keys.bus())
+            .arg(self.inner.keys.base(&channel))
+            .arg(key.as_deref().unwrap_or(""))
+            .arg(self.window_ms())
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)?;
+        let Value::Array(parts) = reply else {
+            return Err(bad("receipt"));
+        };
+        let (stored, record, new) = match parts.as_slice() {
+            [Value::Int(-1)] => {
+                return Err(StoreError::UnknownEvent {
+                    id: receipt.event_id,
+                })
+            }
+            [Value::Int(0), stored, record] => (stored, record, false),
+            [stored, record] => (stored, record, true),
+            _ => return Err(bad("receipt")),
+        };
+        let (Some(stored), Some(record)) = (text(stored), text(record)) else {
+            return Err(bad("receipt"));
+        };
+        let stored = receipt_from(&channel, &stored)?;
+        let record = record_from(&channel, &stored.device, &record)?;
+        Ok(RecordedReceipt {
+            receipt: stored,
+            record,
+            new,
+        })
+    }
+}
+
+/// One event as the append script reads it (absent members are absent, not null).
+#[derive(serde::Serialize)]
+struct ScriptEvent<'a> {
+    b: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    p: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    y: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    k: Option<&'a str>,
+}
+
+impl Store for RedisStore {
+    async fn append(&self, channel: &ChannelName, event: NewEvent) -> Result<Appended, StoreError> {
+        self.run_append(channel, vec![event], false)
+            .await?
+            .pop()
+            .ok_or_else(|| bad("append"))
+    }
+
+    async fn append_batch(
+        &self,
+        channel: &ChannelName,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        self.run_append(channel, events, true).await
+    }
+
+    async fn head(&self, channel: &ChannelName) -> Result<u64, StoreError> {
+        let head: Option<u64> = redis::cmd("GET")
+            .arg(self.inner.keys.key(channel, "seq"))
+            .query_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(head.unwrap_or(0))
+    }
+
+    async fn read(
+        &self,
+        channel: &ChannelName,
+        after: u64,
+        limit: usize,
+    ) -> Result<EventPage, StoreError> {
+        let ev = self.inner.keys.key(channel, "ev");
+        let (head, first, events): (Value, Value, Value) = redis::pipe()
+            .atomic()
+            .cmd("GET")
+            .arg(self.inner.keys.key(channel, "seq"))
+            .cmd("XRANGE")
+            .arg(&ev)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .cmd("XRANGE")
+            .arg(&ev)
+            .arg(format!("{}-0", after.saturating_add(1)))
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit.max(1))
+            .query_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)?;
+        let head = number(&head);
+        let mut events = events_from(channel, &events)?;
+        events.truncate(limit);
+        Ok(EventPage {
+            events,
+            first_retained: first_entry_id(&first).unwrap_or(head + 1),
+            head,
+        })
+    }
+
+    async fn recent(
+        &self,
+        channel: &ChannelName,
+        limit: usize,
+    ) -> Result<Vec<Arc<Event>>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let newest: Value = redis::cmd("XREVRANGE")
+            .arg(self.inner.keys.key(channel, "ev"))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)?;
+        let mut events = events_from(channel, &newest)?;
+        events.reverse();
+        Ok(events)
+    }
+
+    async fn event(
+        &self,
+        channel: &ChannelName,
+        id: u64,
+    ) -> Result<Option<Arc<Event>>, StoreError> {
+        if id == 0 {
+            return Ok(None);
+        }
+        let entry: Value = redis::cmd("XRANGE")
+            .arg(self.inner.keys.key(channel, "ev"))
+            .arg(format!("{id}-0"))
+            .arg(format!("{id}-0"))
+            .query_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(events_from(channel, &entry)?.into_iter().next())
+    }
+
+    async fn record_receipt(
+        &self,
+        receipt: Receipt,
+    ) -> Result<(Receipt, DeviceRecord), StoreError> {
+        let recorded = self.run_receipt(receipt, None).await?;
+        Ok((recorded.receipt, recorded.record))
+    }
+
+    async fn record_receipt_keyed(
+        &self,
+        receipt: Receipt,
+        key: String,
+    ) -> Result<RecordedReceipt, StoreError> {
+        if !valid_idempotency_key(&key) {
+            return Err(StoreError::InvalidIdempotencyKey);
+        }
+        self.run_receipt(receipt, Some(key)).await
+    }
+
+    async fn receipts(
+        &self,
+        channel: &ChannelName,
+        event_id: u64,
+    ) -> Result<Vec<Receipt>, StoreError> {
+        let list: Vec<String> = redis::cmd("LRANGE")
+            .arg(format!("{}:rc:{event_id}", self.inner.keys.base(channel)))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)?;
+        list.iter()
+            .map(|json| receipt_from(channel, json))
+            .collect()
+    }
+
+    async fn touch_device(&self, touch: DeviceTouch) -> Result<DeviceRecord, StoreError> {
+        self.remember(&touch.channel).await?;
+        let json: String = self
+            .inner
+            .scripts
+            .touch
+            .key(self.inner.keys.key(&touch.channel, "dev"))
+            .key(self.inner.keys.key(&touch.channel, "devs"))
+            .arg(touch.device.as_str())
+            .arg(touch.op.as_str())
+            .arg(touch.at.timestamp_millis())
+            .arg(if touch.last_event_id.is_some() {
+                "1"
+            } else {
+                "0"
+            })
+            .arg(touch.last_event_id.as_deref().unwrap_or(""))
+            .arg(touch.delivered)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)?;
+        record_from(&touch.channel, &touch.device, &json)
+    }
+
+    async fn device(
+        &self,
+        channel: &ChannelName,
+        device: &DeviceId,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        let json: Option<String> = redis::cmd("HGET")
+            .arg(self.inner.keys.key(channel, "dev"))
+            .arg(device.as_str())
+            .query_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)?;
+        json.map(|json| record_from(channel, device, &json))
+            .transpose()
+    }
+
+    async fn devices(&self, channel: &ChannelName) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.devices_after(channel, None, -1).await
+    }
+
+    async fn devices_page(
+        &self,
+        channel: &ChannelName,
+        after: Option<&DeviceId>,
+        limit: usize,
+    ) -> Result<Vec<DeviceRecord>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.devices_after(channel, after, i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+    }
+
+    async fn receipt_head(&self, channel: &ChannelName) -> Result<u64, StoreError> {
+        let head: Option<u64> = redis::cmd("GET")
+            .arg(self.inner.keys.key(channel, "rseq"))
+            .query_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(head.unwrap_or(0))
+    }
+
+    async fn receipts_after(
+        &self,
+        channel: &ChannelName,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Receipt>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(self.inner.keys.key(channel, "rlog"))
+            .arg(format!("{}-0", after.saturating_add(1)))
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)?;
+        entries
+            .iter()
+            .map(|(_, fields)| {
+                // `j` the receipt, then `k` its idempotency key when it has one.
+                match fields.chunks(2).find(|pair| pair[0] == "j") {
+                    Some([_, json]) => receipt_from(channel, json),
+                    _ => Err(bad("receipt entry")),
+                }
+            })
+            .collect()
+    }
+
+    async fn unacknowledged(
+        &self,
+        channel: &ChannelName,
+        device: &DeviceId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<Event>>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let entries: Value = self
+            .inner
+            .scripts
+            .unacknowledged
+            .key(self.inner.keys.key(channel, "ev"))
+            .arg(after)
+            .arg(device.as_str())
+            .arg(limit)
+            .arg(self.inner.keys.base(channel))
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)?;
+        events_from(channel, &entries)
+    }
+
+    async fn add_recipient(
+        &self,
+        channel: &ChannelName,
+        device: &DeviceId,
+        at: DateTime<Utc>,
+    ) -> Result<Membership, StoreError> {
+        self.remember(channel).await?;
+        let json: String = self
+            .inner
+            .scripts
+            .add_recipient
+            .key(&self.inner.keys.membership(channel)[..])
+            .arg(device.as_str())
+            .arg(at.timestamp_millis())
+            .arg(self.node())
+            .arg(channel.as_str())
+            .arg(self.inner.keys.bus())
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)?;
+        membership_from(channel, &json)
+    }
+
+    async fn remove_recipient(
+        &self,
+        channel: &ChannelName,
+        device: &DeviceId,
+    ) -> Result<Option<Membership>, StoreError> {
+        let json: Option<String> = self
+            .inner
+            .scripts
+            .remove_recipient
+            .key(&self.inner.keys.membership(channel)[..])
+            .arg(device.as_str())
+            .arg(self.node())
+            .arg(channel.as_str())
+            .arg(self.inner.keys.bus())
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)?;
+        json.map(|json| membership_from(channel, &json)).transpose()
+    }
+
+    async fn memberships(&self, channel: &ChannelName) -> Result<Vec<Membership>, StoreError> {
+        let list: Vec<String> = redis::cmd("LRANGE")
+            .arg(self.inner.keys.key(channel, "mem"))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)?;
+        list.iter()
+            .map(|json| membership_from(channel, json))
+            .collect()
+    }
+
+    async fn channels(&self) -> Result<Vec<ChannelName>, StoreError> {
+        let names: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.inner.keys.channels())
+            .query_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)?;
+        let mut channels: Vec<ChannelName> = names
+            .iter()
+            .filter_map(|n| ChannelName::new(n).ok())
+            .collect();
+        channels.sort();
+        Ok(channels)
+    }
+
+    async fn presence_after(
+        &self,
+        channel: &ChannelName,
+        after: u64,
+    ) -> Result<Option<Vec<PresenceChange>>, StoreError> {
+        let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(self.inner.keys.key(channel, "plog"))
+            .arg(format!("{}-0", after.saturating_add(1)))
+            .arg("+")
+            .query_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)?;
+        entries
+            .iter()
+            .map(|(id, fields)| presence_from_entry(id, fields))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    async fn online_devices(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<Option<HashSet<DeviceId>>, StoreError> {
+        let devices: Vec<String> = redis::cmd("HKEYS")
+            .arg(self.inner.keys.key(channel, "pres"))
+            .query_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(Some(
+            devices
+                .iter()
+                .filter_map(|d| DeviceId::new(d).ok())
+                .collect(),
+        ))
+    }
+
+    async fn streams_elsewhere(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<Option<HashMap<DeviceId, usize>>, StoreError> {
+        let mut total = HashMap::new();
+        for member in self.inner.nodes.other_members().await? {
+            for (device, n) in self.inner.nodes.node_presence(&member, channel).await? {
+                *total.entry(device).or_default() += n;
+            }
+        }
+        Ok(Some(total))
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        let key = self.inner.keys.probe();
+        let (_, read): ((), Option<String>) = redis::pipe()
+            .cmd("SET")
+            .arg(&key)
+            .arg(self.node())
+            .arg("PX")
+            .arg(60_000)
+            .cmd("GET")
+            .arg(&key)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(failure)?;
+        read.map(|_| ())
+            .ok_or_else(|| bad("probe read nothing back"))
+    }
+}
+
+impl RedisStore {
+    async fn devices_after(
+        &self,
+        channel: &ChannelName,
+        after: Option<&DeviceId>,
+        limit: i64,
+    ) -> Result<Vec<DeviceRecord>, StoreError> {
+        let pairs: Vec<String> = self
+            .inner
+            .scripts
+            .devices_page
+            .key(self.inner.keys.key(channel, "devs"))
+            .key(self.inner.keys.key(channel, "dev"))
+            .arg(after.map_or("", |d| d.as_str()))
+            .arg(limit)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)?;
+        pairs
+            .chunks(2)
+            .map(|pair| match pair {
+                [name, json] => record_from(
+                    channel,
+                    &DeviceId::new(name).map_err(StoreError::backend)?,
+                    json,
+                ),
+                _ => Err(bad("device page")),
+            })
+            .collect()
+    }
+}

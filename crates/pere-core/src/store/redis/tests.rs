@@ -1,0 +1,351 @@
+//! The Redis store's own tests, each on a private `redis-server`: the conformance suite (plain
+//! and over TLS), TLS failures told from outages, two nodes sharing one sequence, presence
+//! numbered once for the cluster, and an unreachable Redis failing fast.
+
+use std::collections::HashSet;
+
+use pere_proto::name::DeviceId;
+use pere_proto::presence::PresenceChange;
+use pere_proto::receipt::Receipt;
+use pere_testkit::redis_server::unrelated_ca_pem;
+use pere_testkit::RedisServer;
+
+use super::connection::RESPONSE_TIMEOUT;
+use super::{RedisClientCert, RedisOptions, RedisStore, RedisTls};
+use crate::error::StoreError;
+use crate::store::conformance::{self, ROOMY};
+use crate::store::{Retention, Store};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_suite() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let round = std::sync::atomic::AtomicU64::new(0);
+    conformance::run_all(|retention| {
+        // A fresh prefix per check: a fresh store on the same server.
+        let prefix = format!(
+            "t{}",
+            round.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let url = url.clone();
+        async move {
+            RedisStore::open(RedisOptions {
+                url,
+                prefix,
+                retention,
+                tls: RedisTls::default(),
+            })
+            .unwrap()
+        }
+    })
+    .await;
+}
+
+/// Options for a store on `server` (a TLS one) trusting `ca`, with the server's client
+/// certificate when `client`.
+fn over_tls(
+    server: &RedisServer,
+    prefix: &str,
+    retention: Retention,
+    ca: Option<Vec<u8>>,
+    client: bool,
+) -> RedisOptions {
+    let read = |path: std::path::PathBuf| std::fs::read(path).expect("certificate file");
+    RedisOptions {
+        url: server.url(),
+        prefix: prefix.to_owned(),
+        retention,
+        tls: RedisTls {
+            ca,
+            client: client.then(|| RedisClientCert {
+                chain: read(server.client_cert_file()),
+                key: read(server.client_key_file()),
+            }),
+        },
+    }
+}
+
+fn ca_of(server: &RedisServer) -> Option<Vec<u8>> {
+    Some(std::fs::read(server.ca_file()).expect("CA file"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_suite_over_tls() {
+    let server = RedisServer::start_tls(false);
+    assert!(server.url().starts_with("rediss://"), "{}", server.url());
+    let round = std::sync::atomic::AtomicU64::new(0);
+    conformance::run_all(|retention| {
+        let prefix = format!(
+            "tls{}",
+            round.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let options = over_tls(&server, &prefix, retention, ca_of(&server), false);
+        async move { RedisStore::open(options).unwrap() }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_server_certificate_is_a_tls_failure_found_fast() {
+    let server = RedisServer::start_tls(false);
+    let unrelated = unrelated_ca_pem().into_bytes();
+    // Another CA's, then the system's CAs: neither signed the server's certificate.
+    for (what, ca) in [("another CA", Some(unrelated)), ("the system's CAs", None)] {
+        let store = RedisStore::open(over_tls(&server, "untrusted", ROOMY, ca, false)).unwrap();
+        let started = std::time::Instant::now();
+        let outcome = store.probe().await;
+        assert!(
+            matches!(outcome, Err(StoreError::Tls(_))),
+            "{what}: {outcome:?}"
+        );
+        assert!(
+            started.elapsed() < RESPONSE_TIMEOUT,
+            "{what}: failed in {:?}",
+            started.elapsed()
+        );
+    }
+    let trusted = RedisStore::open(over_tls(&server, "trusted", ROOMY, ca_of(&server), false));
+    trusted
+        .unwrap()
+        .probe()
+        .await
+        .expect("the server's own CA is trusted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_asking_for_a_client_certificate_is_given_one() {
+    let server = RedisServer::start_tls(true);
+    let store = RedisStore::open(over_tls(&server, "mtls", ROOMY, ca_of(&server), true)).unwrap();
+    store
+        .probe()
+        .await
+        .expect("answers a client with a certificate");
+    let c = conformance::ch("C");
+    let appended = store.append(&c, conformance::body("x")).await.unwrap();
+    assert_eq!(store.head(&c).await.unwrap(), appended.event.id);
+
+    let without =
+        RedisStore::open(over_tls(&server, "mtls", ROOMY, ca_of(&server), false)).unwrap();
+    let refused = without.probe().await;
+    assert!(
+        matches!(refused, Err(StoreError::Tls(_))),
+        "a client without a certificate is refused: {refused:?}"
+    );
+}
+
+// A runtime: a store that opens spawns its connection task.
+#[tokio::test]
+async fn tls_settings_go_with_rediss_urls_only() {
+    let ca = RedisTls {
+        ca: Some(unrelated_ca_pem().into_bytes()),
+        client: None,
+    };
+    let open = |url: &str, tls: &RedisTls| {
+        RedisStore::open(RedisOptions {
+            url: url.to_owned(),
+            prefix: "p".into(),
+            retention: ROOMY,
+            tls: tls.clone(),
+        })
+    };
+    let refused = open("redis://:secret@127.0.0.1:6379/0", &ca).unwrap_err();
+    assert!(
+        matches!(&refused, StoreError::Incompatible(m) if m.contains("rediss://") && !m.contains("secret")),
+        "{refused}"
+    );
+    let insecure = open("rediss://127.0.0.1:6379/0#insecure", &RedisTls::default());
+    assert!(
+        matches!(insecure, Err(StoreError::Incompatible(_))),
+        "{insecure:?}"
+    );
+    let bad_ca = RedisTls {
+        ca: Some(b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n".to_vec()),
+        client: None,
+    };
+    assert!(matches!(
+        open("rediss://127.0.0.1:6379/0", &bad_ca),
+        Err(StoreError::Incompatible(_))
+    ));
+    open("rediss://127.0.0.1:6379/0", &ca).expect("certificates with rediss://");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_appending_to_one_channel_share_one_sequence() {
+    let server = RedisServer::start();
+    let open = || {
+        RedisStore::open(RedisOptions {
+            url: server.url(),
+            prefix: "two".into(),
+            retention: conformance::ROOMY,
+            tls: RedisTls::default(),
+        })
+        .unwrap()
+    };
+    let (a, b) = (open(), open());
+    assert_ne!(a.node(), b.node());
+    let c = conformance::ch("Shared");
+    let tasks: Vec<_> = [a.clone(), b.clone(), a, b]
+        .into_iter()
+        .map(|store| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for _ in 0..25 {
+                    ids.push(
+                        store
+                            .append(&c, conformance::body("x"))
+                            .await
+                            .unwrap()
+                            .event
+                            .id,
+                    );
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=100).collect::<Vec<u64>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_window_a_receipt_key_is_deleted_with_its_receipt() {
+    let server = RedisServer::start();
+    let store = RedisStore::open(RedisOptions {
+        url: server.url(),
+        prefix: "rk".into(),
+        retention: Retention {
+            max_events: 2,
+            ..conformance::ROOMY
+        },
+        tls: RedisTls::default(),
+    })
+    .unwrap();
+    let held = "{rk:ch:RG}:rk:once";
+    let exists = |key: &'static str| {
+        let mut conn = store.connection();
+        async move {
+            redis::cmd("EXISTS")
+                .arg(key)
+                .query_async::<i64>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    conformance::receipt_keys_go_with_their_receipts(store.clone()).await;
+    assert_eq!(exists(held).await, 1, "given again by the last receipt");
+    // Two more receipts push that one out of the receipt stream: its key goes too.
+    let c = conformance::ch("RG");
+    for _ in 0..2 {
+        store
+            .record_receipt(Receipt {
+                seq: 0,
+                channel: c.clone(),
+                event_id: 3,
+                device: conformance::dev("H2"),
+                status: "ok".into(),
+                time: pere_proto::event::now(),
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(exists(held).await, 0, "no key outlives its receipt");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_changes_once_for_the_cluster_and_a_sweep_clears_a_node_once() {
+    let server = RedisServer::start();
+    let store = RedisStore::open(RedisOptions {
+        url: server.url(),
+        prefix: "pr".into(),
+        retention: conformance::ROOMY,
+        tls: RedisTls::default(),
+    })
+    .unwrap();
+    let (c, h1, h2) = (
+        conformance::ch("Room"),
+        conformance::dev("H1"),
+        conformance::dev("H2"),
+    );
+    let changes = || async { store.presence_after(&c, 0).await.unwrap().unwrap() };
+    let states = |changes: Vec<PresenceChange>| -> Vec<(u64, String, bool)> {
+        changes
+            .into_iter()
+            .map(|p| (p.seq, p.device.to_string(), p.online))
+            .collect()
+    };
+    let set = |node: &'static str, streams: Vec<(DeviceId, usize)>, replace: bool| {
+        let (store, c) = (store.clone(), c.clone());
+        async move {
+            store
+                .nodes()
+                .set_presence(node, &c, &streams, replace, 1000)
+                .await
+                .unwrap()
+        }
+    };
+
+    assert_eq!(set("n1", vec![(h1.clone(), 1)], false).await, 1);
+    assert_eq!(
+        set("n2", vec![(h1.clone(), 2), (h2.clone(), 1)], false).await,
+        2
+    );
+    assert_eq!(set("n1", vec![(h1.clone(), 0)], false).await, 0);
+    assert_eq!(
+        states(changes().await),
+        vec![(1, "H1".into(), true), (2, "H2".into(), true)],
+        "H1's second node and its first node's leaving change nothing"
+    );
+    // n2 dies: two sweeps, one change per device.
+    assert_eq!(set("n2", Vec::new(), true).await, 0);
+    assert_eq!(set("n2", Vec::new(), true).await, 0);
+    assert_eq!(
+        states(store.presence_after(&c, 2).await.unwrap().unwrap()),
+        vec![(3, "H1".into(), false), (4, "H2".into(), false)]
+    );
+    assert!(store.online_devices(&c).await.unwrap().unwrap().is_empty());
+    // Written whole again, a node's share replaces what it held.
+    set("n1", vec![(h1.clone(), 1), (h2.clone(), 1)], false).await;
+    assert_eq!(set("n1", vec![(h2.clone(), 3)], true).await, 1);
+    assert_eq!(
+        store.nodes().node_presence("n1", &c).await.unwrap(),
+        vec![(h2.clone(), 3)]
+    );
+    assert_eq!(
+        store.online_devices(&c).await.unwrap().unwrap(),
+        HashSet::from([h2])
+    );
+    assert_eq!(changes().await.last().map(|p| p.seq), Some(7));
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_fails_fast() {
+    let server = RedisServer::start();
+    let url = server.url();
+    drop(server);
+    let store = RedisStore::open(RedisOptions {
+        url,
+        prefix: "gone".into(),
+        retention: conformance::ROOMY,
+        tls: RedisTls::default(),
+    })
+    .unwrap();
+    let started = std::time::Instant::now();
+    let outcome = store
+        .append(&conformance::ch("C"), conformance::body("x"))
+        .await;
+    assert!(
+        matches!(outcome, Err(StoreError::Backend(_))),
+        "{outcome:?}"
+    );
+    assert!(store.probe().await.is_err());
+    assert!(
+        started.elapsed() < RESPONSE_TIMEOUT,
+        "failed in {:?}",
+        started.elapsed()
+    );
+}

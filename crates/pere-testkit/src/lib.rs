@@ -1,0 +1,11 @@
+//! What PERE's tests share across crates, so each crate's tests stay inside it and one copy
+//! serves them all: [`RedisServer`], a private `redis-server` on a free loopback port, used by
+//! the Redis store's tests in `pere-core` and by the end-to-end harness.
+//!
+//! Layout:
+//! - [`redis_server`]: start, stop, restart and ask a private `redis-server`, plain or TLS.
+#![deny(missing_docs, missing_debug_implementations)]
+
+pub mod redis_server;
+
+pub use redis_server::RedisServer;
