@@ -4,6 +4,7 @@
 //! Nothing here sleeps to synchronise: every wait is for an observable fact (a line printed, an
 //! event received, an HTTP answer) under a timeout, so a failure shows as a clear panic.
 #![deny(missing_docs, missing_debug_implementations)]
+#![forbid(unsafe_code)]
 
 pub mod node;
 pub mod scripted;

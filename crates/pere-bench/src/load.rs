@@ -841,7 +841,7 @@ async fn receipt_sender(shared: Arc<Shared>, k: usize, mut queue: mpsc::Receiver
         let id = if !job.id.is_empty() && job.id.bytes().all(|b| b.is_ascii_digit()) {
             job.id
         } else {
-            serde_json::Value::String(job.id).to_string()
+            Value::String(job.id).to_string()
         };
         let body = if plan.authorization.is_some() {
             format!("{{\"id\":{id},\"status\":\"ok\"}}")

@@ -42,6 +42,7 @@ impl Probe {
     /// Watches `pids` and their descendants.
     pub fn new(pids: Vec<u32>) -> Self {
         // SAFETY: sysconf has no preconditions.
+        #[allow(unsafe_code)]
         let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
         Probe {
             roots: pids,

@@ -402,8 +402,8 @@ fn table(out: &mut String, title: &str, runs: &Runs, baseline: &str) {
                     Some(ratio) => {
                         let lean = match (metric.better, ratio) {
                             (_, r) if (r - 1.0).abs() < 0.05 => "",
-                            (Better::Lower, r) if r < 1.0 => " ✓",
-                            (Better::Higher, r) if r > 1.0 => " ✓",
+                            (Lower, r) if r < 1.0 => " ✓",
+                            (Higher, r) if r > 1.0 => " ✓",
                             _ => " ✗",
                         };
                         let _ = write!(row, " {ratio:.2}×{lean} |");

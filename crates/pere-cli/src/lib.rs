@@ -5,6 +5,7 @@
 //! Layout:
 //! - [`usage`]: clap's usage error, rendered in several lines, in one line.
 #![deny(missing_docs, missing_debug_implementations)]
+#![forbid(unsafe_code)]
 
 pub mod usage;
 

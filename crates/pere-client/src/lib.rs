@@ -44,6 +44,7 @@
 //! - [`interrupt`]: Ctrl-C, on which the tools stop with a summary;
 //! - [`fatal`]: [`Fatal`], the tools' failure that retrying cannot fix.
 #![deny(missing_docs, missing_debug_implementations)]
+#![forbid(unsafe_code)]
 
 pub mod address;
 pub mod body;

@@ -17,6 +17,7 @@
 //! What travels on the wire (names, events, receipts, the JSON views) is `pere-proto`'s; the
 //! types an embedder needs most are re-exported here.
 #![deny(missing_docs, missing_debug_implementations)]
+#![forbid(unsafe_code)]
 
 #[cfg(feature = "redis")]
 pub mod cluster;

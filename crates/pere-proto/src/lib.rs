@@ -11,6 +11,7 @@
 //! - [`view`]: channels and devices as the admin views show them;
 //! - [`wire`]: every JSON shape on the wire.
 #![deny(missing_docs, missing_debug_implementations)]
+#![forbid(unsafe_code)]
 
 pub mod error;
 pub mod event;

@@ -7,6 +7,7 @@
 //! - [`payload`]: the events: the original's random JSON, a fixed text or stdin lines;
 //! - [`follow`]: `--follow`, the channel's receipts;
 //! - [`output`]: line-at-a-time printing and one-line failure descriptions.
+#![forbid(unsafe_code)]
 
 mod cli;
 mod follow;

@@ -145,7 +145,7 @@ pub struct Config {
         default_value = "./pere-data",
         env = "PERE_DATA_DIR"
     )]
-    pub data_dir: std::path::PathBuf,
+    pub data_dir: PathBuf,
 
     /// What an acknowledged push or receipt survives (SQLite store).
     #[arg(

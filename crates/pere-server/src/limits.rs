@@ -198,7 +198,9 @@ pub fn raise_open_files() -> usize {
                 rlim_max: limit.rlim_max,
             };
             // SAFETY: setrlimit only reads the struct given.
-            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            #[allow(unsafe_code)]
+            let raised_ok = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0;
+            if raised_ok {
                 limit = raised;
             }
         }
@@ -235,7 +237,9 @@ fn rlimit() -> Option<libc::rlimit> {
         rlim_max: 0,
     };
     // SAFETY: getrlimit only writes the struct given.
-    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit)
+    #[allow(unsafe_code)]
+    let read = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    read.then_some(limit)
 }
 
 #[cfg(test)]

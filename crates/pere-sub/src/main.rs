@@ -5,6 +5,7 @@
 //! - [`cli`]: the command line, server address and default device id;
 //! - [`show`]: the lines printed for each item, and what `--count` and the summary count;
 //! - [`output`]: line-at-a-time printing.
+#![forbid(unsafe_code)]
 
 mod cli;
 mod output;

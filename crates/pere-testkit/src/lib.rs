@@ -5,6 +5,7 @@
 //! Layout:
 //! - [`redis_server`]: start, stop, restart and ask a private `redis-server`, plain or TLS.
 #![deny(missing_docs, missing_debug_implementations)]
+#![forbid(unsafe_code)]
 
 pub mod redis_server;
 

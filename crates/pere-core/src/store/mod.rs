@@ -438,7 +438,7 @@ pub(crate) fn plan_batch(
     events: &[NewEvent],
     mut held: impl FnMut(&str) -> Option<Arc<Event>>,
 ) -> Result<Vec<Plan>, StoreError> {
-    let mut first_with: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut first_with: HashMap<&str, usize> = HashMap::new();
     let mut plans = Vec::with_capacity(events.len());
     for (i, new) in events.iter().enumerate() {
         let Some(key) = new.idempotency_key.as_deref() else {

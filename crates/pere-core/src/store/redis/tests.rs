@@ -176,7 +176,7 @@ async fn two_nodes_appending_to_one_channel_share_one_sequence() {
         RedisStore::open(RedisOptions {
             url: server.url(),
             prefix: "two".into(),
-            retention: conformance::ROOMY,
+            retention: ROOMY,
             tls: RedisTls::default(),
         })
         .unwrap()
@@ -220,7 +220,7 @@ async fn without_a_window_a_receipt_key_is_deleted_with_its_receipt() {
         prefix: "rk".into(),
         retention: Retention {
             max_events: 2,
-            ..conformance::ROOMY
+            ..ROOMY
         },
         tls: RedisTls::default(),
     })
@@ -262,7 +262,7 @@ async fn presence_changes_once_for_the_cluster_and_a_sweep_clears_a_node_once() 
     let store = RedisStore::open(RedisOptions {
         url: server.url(),
         prefix: "pr".into(),
-        retention: conformance::ROOMY,
+        retention: ROOMY,
         tls: RedisTls::default(),
     })
     .unwrap();
@@ -330,7 +330,7 @@ async fn an_unreachable_redis_fails_fast() {
     let store = RedisStore::open(RedisOptions {
         url,
         prefix: "gone".into(),
-        retention: conformance::ROOMY,
+        retention: ROOMY,
         tls: RedisTls::default(),
     })
     .unwrap();

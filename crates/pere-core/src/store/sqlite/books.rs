@@ -162,8 +162,8 @@ pub(super) const LARGEST_CACHED: usize = 16;
 
 /// What a cached event costs in memory, about: the event, its body and key, and its frame.
 pub(super) fn cached_size(event: &Event) -> usize {
-    std::mem::size_of::<Event>()
-        + 2 * std::mem::size_of::<usize>()
+    size_of::<Event>()
+        + 2 * size_of::<usize>()
         + event.body.len()
         + event.frame().len()
         + event.idempotency_key.as_ref().map_or(0, String::len)

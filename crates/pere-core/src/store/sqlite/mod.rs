@@ -687,7 +687,7 @@ impl Store for SqliteStore {
         .await?;
         // A real write through the writer, committed like any other: it fails when the disk is
         // full or the database is damaged, as pushes would.
-        let stamp = chrono::Utc::now().timestamp_millis();
+        let stamp = Utc::now().timestamp_millis();
         self.write(move |conn, _| {
             conn.prepare_cached(
                 "INSERT OR REPLACE INTO state (key, value) VALUES ('ready_probe', ?1)",
