@@ -101,7 +101,7 @@ pub fn admit<'a, S: Store>(
         Mode::Tokens {
             verifier,
             anonymous_subscribe,
-        } if !is_public(&route) => match token(headers, &query)? {
+        } if !route.is_public() => match token(headers, &query)? {
             Some(token) => {
                 let claims = verifier.verify(token).map_err(|err| match err {
                     TokenError::Expired => ApiError::expired_token(),
@@ -167,25 +167,6 @@ pub fn admit<'a, S: Store>(
     })
 }
 
-/// The routes anyone may ask for: the banner, the pages (which then ask for a token) and their
-/// script, health, the API's contract (it holds no secret, and a client generator reads it before
-/// it has a token), and CORS preflights (a browser sends no credentials with those).
-fn is_public(route: &Route<'_>) -> bool {
-    matches!(
-        route,
-        Route::Root
-            | Route::SubscriberPage
-            | Route::Dashboard
-            | Route::Script
-            | Route::Health
-            | Route::Healthz
-            | Route::Readyz
-            | Route::OpenApi
-            | Route::Favicon
-            | Route::Preflight
-    )
-}
-
 /// The token a request carries: `Authorization: Bearer`, else `?access_token=`, else the
 /// `pere_token` cookie (the last two for `EventSource`, which cannot set headers).
 ///
@@ -220,17 +201,10 @@ fn token<'r>(headers: &'r HeaderMap, query: &'r Query) -> Result<Option<&'r str>
 /// # Errors
 /// 403 `forbidden`, saying what the token lacks.
 fn authorize(route: &Route<'_>, device: &DeviceId, grants: &Grants) -> Result<(), ApiError> {
+    if route.is_public() {
+        return Ok(());
+    }
     let allowed = match route {
-        Route::Root
-        | Route::SubscriberPage
-        | Route::Dashboard
-        | Route::Script
-        | Route::Health
-        | Route::Healthz
-        | Route::Readyz
-        | Route::OpenApi
-        | Route::Favicon
-        | Route::Preflight => true,
         Route::Push(channel) => grants.may_publish(channel),
         Route::Feed(channel)
         | Route::Feedback(channel)
@@ -251,6 +225,8 @@ fn authorize(route: &Route<'_>, device: &DeviceId, grants: &Grants) -> Result<()
         | Route::RemoveDevice(..)
         | Route::Events(_)
         | Route::Event(..) => grants.admin,
+        // The public routes, let in above; any other is refused.
+        _ => false,
     };
     if allowed {
         return Ok(());
