@@ -8,9 +8,9 @@
 //! connection, which every SSE client accepts) and gathers queued frames into one write.
 //!
 //! The request is parsed with `httparse` (hyper's own parser), passes the same door as every other
-//! request ([`crate::door::admit`]) and is opened by the same code as a feed served through hyper
-//! ([`crate::streams::open_feed`]); every other request, and anything this loop is not sure of,
-//! goes to hyper with the bytes already read put back in front.
+//! request ([`crate::door::admit`], [`crate::door::exit`]) and is opened by the same code as a
+//! feed served through hyper ([`crate::streams::open_feed`]); every other request, and anything
+//! this loop is not sure of, goes to hyper with the bytes already read put back in front.
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
@@ -18,19 +18,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Request, StatusCode};
+use http_body_util::BodyExt;
+use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::http::request::Parts;
+use hyper::Request;
 use pere_core::{Store, Subscription};
 use pere_proto::sse;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, Instant};
 
-use crate::door;
+use crate::door::{self, Listener};
 use crate::error::ApiError;
 use crate::limits::StreamSlot;
 use crate::request;
-use crate::response::{add_cors, error_body, error_headers, raw_head, SSE_HEADERS};
+use crate::response::{self, raw_head};
 use crate::route::{self, Route};
 use crate::sse_body::{next_frame, EndReason};
 use crate::state::AppState;
@@ -136,40 +138,23 @@ pub async fn serve<S: Store>(
     request: Request<()>,
     peer: SocketAddr,
 ) {
-    let (mut parts, ()) = request.into_parts();
-    if let Some(uri) = route::unescape_names(&parts.uri) {
-        parts.uri = uri;
-    }
-    let mut cors = HeaderMap::new();
-    add_cors(
-        &state.config,
-        parts.headers.get(header::ORIGIN),
-        false,
-        &mut cors,
-    );
     // Boxed: a future is as large as its largest state, and opening (the door, the store's
     // reads, the subscription) would otherwise be paid for by every idle feed for its whole life.
-    let (mut subscription, slot) = match Box::pin(open(&state, peer, &parts)).await {
+    let Opened {
+        mut subscription,
+        slot,
+        head: out,
+    } = match Box::pin(open(&state, peer, request)).await {
         Ok(opened) => opened,
-        Err(err) => {
-            door::refused(&state, &parts.method, &parts.uri, &err);
-            door::answered(&state, &parts.method, &parts.uri, err.status.as_u16());
-            let _ = Box::pin(write_error(&mut stream, &err, cors)).await;
+        Err(refusal) => {
+            if stream.write_all(&refusal).await.is_ok() {
+                let _ = stream.shutdown().await;
+            }
             return;
         }
     };
-    door::answered(&state, &parts.method, &parts.uri, StatusCode::OK.as_u16());
-    drop(parts);
     let channel = subscription.channel().to_string();
     let device = subscription.device().map(|d| d.to_string());
-    // The head's header map is dropped here: it would otherwise stay allocated for the life of
-    // the feed.
-    let mut out = {
-        let mut extra = cors;
-        extra.insert(header::CONNECTION, HeaderValue::from_static("close"));
-        raw_head(StatusCode::OK, &SSE_HEADERS, &extra)
-    };
-    out.extend_from_slice(&sse::encode_opening(state.config.retry_ms));
     let keep_alive_every = Duration::from_secs(state.config.keep_alive_secs.max(1));
     let cut = subscription.cut_notice();
     tokio::pin!(cut);
@@ -235,12 +220,66 @@ pub async fn serve<S: Store>(
     activity::feed_end(&channel, device.as_deref(), reason);
 }
 
-/// Lets the request in through the door and subscribes; the slot is the feed's place in the
-/// server's counts, held as long as the feed.
+/// A feed let in and subscribed.
+struct Opened<S: Store> {
+    subscription: Subscription<S>,
+    /// The feed's place in the server's counts, held as long as the feed.
+    slot: Option<StreamSlot>,
+    /// The answer's head, and the stream's opening, to write first.
+    head: Vec<u8>,
+}
+
+/// Lets the request in through the door, subscribes, and passes the outcome through the door's
+/// exit, as a hyper connection does: the feed with the bytes that open it, or the bytes of the
+/// refusal.
 async fn open<S: Store>(
     state: &AppState<S>,
     peer: SocketAddr,
-    parts: &hyper::http::request::Parts,
+    request: Request<()>,
+) -> Result<Opened<S>, Vec<u8>> {
+    let (mut parts, ()) = request.into_parts();
+    if let Some(uri) = route::unescape_names(&parts.uri) {
+        parts.uri = uri;
+    }
+    let (outcome, feed) = match subscribe(state, peer, &parts).await {
+        Ok(feed) => (Ok(response::sse(response::empty())), Some(feed)),
+        Err(err) => (Err(err), None),
+    };
+    let (mut head, body) = door::exit(state, &parts, outcome, Listener::Main).into_parts();
+    // The answer ends with the connection: a feed has no length, and no other request follows.
+    let close = HeaderValue::from_static("close");
+    match feed {
+        Some((subscription, slot)) => {
+            head.headers.insert(header::CONNECTION, close);
+            let mut out = raw_head(head.status, &head.headers);
+            out.extend_from_slice(&sse::encode_opening(state.config.retry_ms));
+            Ok(Opened {
+                subscription,
+                slot,
+                head: out,
+            })
+        }
+        None => {
+            let body = match body.collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(never) => match never {},
+            };
+            head.headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+            head.headers.insert(header::CONNECTION, close);
+            let mut out = raw_head(head.status, &head.headers);
+            out.extend_from_slice(&body);
+            Err(out)
+        }
+    }
+}
+
+/// Lets the request in through the door and subscribes; the slot is the feed's place in the
+/// server's counts.
+async fn subscribe<S: Store>(
+    state: &AppState<S>,
+    peer: SocketAddr,
+    parts: &Parts,
 ) -> Result<(Subscription<S>, Option<StreamSlot>), ApiError> {
     let admitted = door::admit(state, peer, &parts.method, &parts.uri, &parts.headers)?;
     // Only feed requests are handed to this loop (see `as_feed_request`).
@@ -251,25 +290,6 @@ async fn open<S: Store>(
     let resume = request::resume(&parts.headers, &admitted.query)?;
     let subscription = streams::open_feed(state, &channel, admitted.caller.device, resume).await?;
     Ok((subscription, admitted.stream))
-}
-
-async fn write_error(
-    stream: &mut TcpStream,
-    err: &ApiError,
-    mut extra: HeaderMap,
-) -> io::Result<()> {
-    let body = error_body(err);
-    error_headers(err, &mut extra);
-    extra.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    extra.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    extra.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    let mut out = raw_head(err.status, &[], &extra);
-    out.extend_from_slice(&body);
-    stream.write_all(&out).await?;
-    stream.shutdown().await
 }
 
 /// Writes every frame, gathering them into as few system calls as the socket allows.
