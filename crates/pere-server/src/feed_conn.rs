@@ -7,10 +7,11 @@
 //! also writes frames without chunked encoding (the response is delimited by closing the
 //! connection, which every SSE client accepts) and gathers queued frames into one write.
 //!
-//! The request is parsed with `httparse` (hyper's own parser), passes the same door as every other
-//! request ([`crate::door::admit`], [`crate::door::exit`]) and is opened by the same code as a
-//! feed served through hyper ([`crate::streams::open_feed`]); every other request, and anything
-//! this loop is not sure of, goes to hyper with the bytes already read put back in front.
+//! A connection's first bytes decide: only one that opens with `GET /feed/` is read on and parsed
+//! here, with `httparse` (hyper's own parser); every other goes to hyper unparsed. The request
+//! passes the same door as every other request ([`crate::door::admit`], [`crate::door::exit`])
+//! and is opened by the same code as a feed served through hyper ([`crate::streams::open_feed`]);
+//! anything this loop is not sure of goes to hyper with the bytes already read put back in front.
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
@@ -24,7 +25,7 @@ use hyper::http::request::Parts;
 use hyper::Request;
 use pere_core::{Store, Subscription};
 use pere_proto::sse;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, Instant};
 
@@ -38,12 +39,16 @@ use crate::sse_body::{next_frame, EndReason};
 use crate::state::AppState;
 use crate::{activity, streams};
 
+/// How every request this loop serves begins; a connection that begins otherwise is hyper's.
+const FEED_PREFIX: &[u8] = b"GET /feed/";
 /// The largest request head read here; larger ones (say, with many cookies) go to hyper.
 const MAX_HEAD: usize = 8192;
 /// Request headers parsed at most.
 const MAX_HEADERS: usize = 64;
 /// Queued frames gathered into one write.
 const MAX_GATHER: usize = 64;
+/// How long a client has to send what decides where its connection goes (a feed's whole head).
+const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the first bytes of a connection turned out to be.
 #[derive(Debug)]
@@ -54,22 +59,66 @@ pub enum FirstRequest {
     Other(Bytes),
 }
 
-/// Reads the first request head of a connection, and tells whether it is a feed request.
+/// What a connection's first bytes say about it, before any parsing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    /// Too few bytes to tell, all of them the start of [`FEED_PREFIX`].
+    Unknown,
+    /// It opens with [`FEED_PREFIX`]: a feed, if its head turns out to be one this loop serves.
+    Feed,
+    /// Any other request, or HTTP/2's preface (`PRI * HTTP/2.0`).
+    Other,
+}
+
+impl Opening {
+    fn of(first: &[u8]) -> Opening {
+        let compared = first.len().min(FEED_PREFIX.len());
+        if first[..compared] != FEED_PREFIX[..compared] {
+            Opening::Other
+        } else if compared < FEED_PREFIX.len() {
+            Opening::Unknown
+        } else {
+            Opening::Feed
+        }
+    }
+}
+
+/// Reads the start of a connection, and tells whether it is a feed request for this loop.
+///
+/// Only a connection that opens with `GET /feed/` is read up to the end of its head and parsed
+/// here; any other is handed to hyper as soon as its first bytes differ from that, most often
+/// after one read, and hyper alone parses it. A `GET /feed/` that this loop does not serve (not
+/// HTTP/1.1, with a body or an upgrade, a longer path, requests pipelined after it, a head too
+/// large or invalid) goes to hyper as well, and is then parsed a second time, by hyper, which
+/// takes no request parsed elsewhere. Such requests are rare.
 ///
 /// # Errors
-/// The socket's error, or a time-out when the client sends no complete head in 30 s.
-pub async fn read_first_request(stream: &mut TcpStream) -> io::Result<FirstRequest> {
+/// The socket's error, or a time-out when the client sends no complete feed head (nor anything
+/// that shows it is not one) in 30 s.
+pub async fn read_first_request<R>(stream: &mut R) -> io::Result<FirstRequest>
+where
+    R: AsyncRead + Unpin,
+{
     let mut buf = BytesMut::with_capacity(1024);
     let read = async {
+        // The prefix may come in pieces: read until it is whole or ruled out.
         loop {
-            let n = tokio::io::AsyncReadExt::read_buf(stream, &mut buf).await?;
-            if n == 0 {
+            if stream.read_buf(&mut buf).await? == 0 {
                 return Ok(FirstRequest::Other(buf.split().freeze()));
             }
+            match Opening::of(&buf) {
+                Opening::Unknown => {}
+                Opening::Feed => break,
+                Opening::Other => return Ok(FirstRequest::Other(buf.split().freeze())),
+            }
+        }
+        loop {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut parsed = httparse::Request::new(&mut headers);
             match parsed.parse(&buf) {
                 Ok(httparse::Status::Complete(head_len)) => {
+                    // Bytes after the head would be pipelined requests, which this loop never
+                    // reads.
                     let feed = (head_len == buf.len())
                         .then(|| as_feed_request(&parsed))
                         .flatten();
@@ -78,18 +127,16 @@ pub async fn read_first_request(stream: &mut TcpStream) -> io::Result<FirstReque
                         None => FirstRequest::Other(buf.split().freeze()),
                     });
                 }
-                Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {
-                    // A feed request is a GET; anything else can go to hyper right away.
-                    if !b"GET /feed/".starts_with(&buf[..buf.len().min(10)]) {
-                        return Ok(FirstRequest::Other(buf.split().freeze()));
-                    }
-                    buf.reserve(1024);
-                }
+                Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
                 _ => return Ok(FirstRequest::Other(buf.split().freeze())),
+            }
+            buf.reserve(1024);
+            if stream.read_buf(&mut buf).await? == 0 {
+                return Ok(FirstRequest::Other(buf.split().freeze()));
             }
         }
     };
-    timeout(Duration::from_secs(30), read)
+    timeout(FIRST_REQUEST_TIMEOUT, read)
         .await
         .map_err(|_| io::ErrorKind::TimedOut)?
 }
@@ -355,7 +402,106 @@ mod tests {
         assert!(parse("GET /feed/C1 HTTP/1.1\r\nContent-Length: 3\r\n\r\n").is_none());
     }
 
+    #[test]
+    fn the_first_bytes_decide_without_parsing() {
+        assert_eq!(Opening::of(b""), Opening::Unknown);
+        assert_eq!(Opening::of(b"GE"), Opening::Unknown);
+        assert_eq!(Opening::of(b"GET /fee"), Opening::Unknown);
+        assert_eq!(Opening::of(b"GET /feed/"), Opening::Feed);
+        assert_eq!(Opening::of(b"GET /feed/C1 HTTP/1.1\r\n"), Opening::Feed);
+        assert_eq!(Opening::of(b"GET /feedback/C1"), Opening::Other);
+        assert_eq!(Opening::of(b"GET /h"), Opening::Other);
+        assert_eq!(Opening::of(b"POST /feed/C1"), Opening::Other);
+        assert_eq!(Opening::of(b"get /feed/C1"), Opening::Other);
+        assert_eq!(Opening::of(b"PRI * HTTP/2.0\r\n"), Opening::Other);
+    }
+
+    /// A connection that yields `pieces` one read at a time, then its end.
+    struct Pieces(std::collections::VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            if let Some(piece) = self.0.pop_front() {
+                buf.put_slice(&piece);
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    async fn first_request(pieces: &[&[u8]]) -> (FirstRequest, usize) {
+        let mut conn = Pieces(pieces.iter().map(|p| p.to_vec()).collect());
+        let first = read_first_request(&mut conn).await.unwrap();
+        (first, conn.0.len())
+    }
+
+    const FEED: &[u8] = b"GET /feed/C1?device=W1 HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 4\r\n\r\n";
+
+    #[tokio::test]
+    async fn a_feed_head_in_pieces_is_a_feed_wherever_it_is_cut() {
+        for cut in 1..FEED.len() {
+            for pieces in [
+                vec![&FEED[..cut], &FEED[cut..]],
+                FEED.chunks(cut).collect::<Vec<_>>(),
+            ] {
+                match first_request(&pieces).await {
+                    (FirstRequest::Feed(request), 0) => {
+                        assert_eq!(request.uri(), "/feed/C1?device=W1");
+                        assert_eq!(request.headers()["last-event-id"], "4");
+                    }
+                    other => panic!("cut at {cut}: {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn other_connections_go_to_hyper_at_their_first_different_byte() {
+        let other = |first: FirstRequest| match first {
+            FirstRequest::Other(bytes) => bytes,
+            FirstRequest::Feed(request) => panic!("taken as a feed: {request:?}"),
+        };
+        // Not read on: the rest of the head is left for hyper to read.
+        let (first, unread) = first_request(&[b"GET /hea", b"lth HTTP/1.1\r\n\r\n"]).await;
+        assert_eq!((&other(first)[..], unread), (&b"GET /hea"[..], 1));
+        let (first, unread) = first_request(&[b"G", b"ET /feedback/C1 HTTP/1.1\r\n"]).await;
+        assert_eq!(
+            (&other(first)[..], unread),
+            (&b"GET /feedback/C1 HTTP/1.1\r\n"[..], 0)
+        );
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let (first, unread) = first_request(&[preface, b"\0\0\x12\x04"]).await;
+        assert_eq!((&other(first)[..], unread), (&preface[..], 1));
+        // Closed before anything decides.
+        let (first, _) = first_request(&[b"GE"]).await;
+        assert_eq!(&other(first)[..], b"GE");
+        // A `GET /feed/` this loop does not serve: every byte read is handed on.
+        let pipelined = [FEED, b"GET /health HTTP/1.1\r\n\r\n"].concat();
+        let (first, _) = first_request(&[&pipelined]).await;
+        assert_eq!(&other(first)[..], &pipelined[..]);
+        let (first, _) = first_request(&[b"GET /feed/C1 HTTP/1.0\r\n", b"\r\n"]).await;
+        assert_eq!(&other(first)[..], b"GET /feed/C1 HTTP/1.0\r\n\r\n");
+        let (first, _) = first_request(&[b"GET /feed/C1 HTTP/1.1\r\nHost"]).await;
+        assert_eq!(&other(first)[..], b"GET /feed/C1 HTTP/1.1\r\nHost");
+    }
+
     proptest::proptest! {
+        /// The first bytes never turn away a head the feed loop would serve.
+        #[test]
+        fn a_head_the_feed_loop_serves_opens_with_its_prefix(
+            line in "(GET|POST|get|PRI) (/feed/|/feedback/|/health|/|\\*)[a-zA-Z0-9/]{0,8} HTTP/(1\\.1|1\\.0|2\\.0)\r\n",
+            rest in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            for head in [[line.as_bytes(), b"\r\n"].concat(), [line.as_bytes(), &rest].concat()] {
+                if parse_feed_head(&head).is_some() {
+                    proptest::prop_assert_eq!(Opening::of(&head), Opening::Feed);
+                }
+            }
+        }
+
         #[test]
         fn any_request_head_is_a_feed_or_goes_to_hyper(head in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1024)) {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
