@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use http_body_util::BodyExt;
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
@@ -185,13 +186,18 @@ pub async fn serve<S: Store>(
     request: Request<()>,
     peer: SocketAddr,
 ) {
+    let (mut parts, ()) = request.into_parts();
+    if let Some(uri) = route::unescape_names(&parts.uri) {
+        parts.uri = uri;
+    }
     // Boxed: a future is as large as its largest state, and opening (the door, the store's
     // reads, the subscription) would otherwise be paid for by every idle feed for its whole life.
+    let opened = Box::pin(open(&state, peer, &parts)).await;
     let Opened {
         mut subscription,
         slot,
         head: out,
-    } = match Box::pin(open(&state, peer, request)).await {
+    } = match answer(&state, parts, opened) {
         Ok(opened) => opened,
         Err(refusal) => {
             if stream.write_all(&refusal).await.is_ok() {
@@ -276,23 +282,37 @@ struct Opened<S: Store> {
     head: Vec<u8>,
 }
 
-/// Lets the request in through the door, subscribes, and passes the outcome through the door's
-/// exit, as a hyper connection does: the feed with the bytes that open it, or the bytes of the
-/// refusal.
+/// Lets the request in through the door and subscribes; the slot is the feed's place in the
+/// server's counts, held as long as the feed.
 async fn open<S: Store>(
     state: &AppState<S>,
     peer: SocketAddr,
-    request: Request<()>,
+    parts: &Parts,
+) -> Result<(Subscription<S>, Option<StreamSlot>), ApiError> {
+    let admitted = door::admit(state, peer, &parts.method, &parts.uri, &parts.headers)?;
+    // Only feed requests are handed to this loop (see `as_feed_request`).
+    let Route::Feed(channel) = admitted.route else {
+        return Err(ApiError::not_found());
+    };
+    let channel = request::channel(channel)?;
+    let resume = request::resume(&parts.headers, &admitted.query)?;
+    let subscription = streams::open_feed(state, &channel, admitted.caller.device, resume).await?;
+    Ok((subscription, admitted.stream))
+}
+
+/// Passes what became of `request` through the door's exit, as a hyper connection does: the
+/// feed with the bytes that open it, or the bytes of the refusal. Not async: nothing here takes
+/// room in the feed's future.
+fn answer<S: Store>(
+    state: &AppState<S>,
+    request: Parts,
+    opened: Result<(Subscription<S>, Option<StreamSlot>), ApiError>,
 ) -> Result<Opened<S>, Vec<u8>> {
-    let (mut parts, ()) = request.into_parts();
-    if let Some(uri) = route::unescape_names(&parts.uri) {
-        parts.uri = uri;
-    }
-    let (outcome, feed) = match subscribe(state, peer, &parts).await {
+    let (outcome, feed) = match opened {
         Ok(feed) => (Ok(response::sse(response::empty())), Some(feed)),
         Err(err) => (Err(err), None),
     };
-    let (mut head, body) = door::exit(state, &parts, outcome, Listener::Main).into_parts();
+    let (mut head, body) = door::exit(state, &request, outcome, Listener::Main).into_parts();
     // The answer ends with the connection: a feed has no length, and no other request follows.
     let close = HeaderValue::from_static("close");
     match feed {
@@ -307,9 +327,11 @@ async fn open<S: Store>(
             })
         }
         None => {
-            let body = match body.collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(never) => match never {},
+            // A refusal's body is whole from the start: nothing to wait for.
+            let body = match body.collect().now_or_never() {
+                Some(Ok(collected)) => collected.to_bytes(),
+                Some(Err(never)) => match never {},
+                None => Bytes::new(),
             };
             head.headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
@@ -319,24 +341,6 @@ async fn open<S: Store>(
             Err(out)
         }
     }
-}
-
-/// Lets the request in through the door and subscribes; the slot is the feed's place in the
-/// server's counts.
-async fn subscribe<S: Store>(
-    state: &AppState<S>,
-    peer: SocketAddr,
-    parts: &Parts,
-) -> Result<(Subscription<S>, Option<StreamSlot>), ApiError> {
-    let admitted = door::admit(state, peer, &parts.method, &parts.uri, &parts.headers)?;
-    // Only feed requests are handed to this loop (see `as_feed_request`).
-    let Route::Feed(channel) = admitted.route else {
-        return Err(ApiError::not_found());
-    };
-    let channel = request::channel(channel)?;
-    let resume = request::resume(&parts.headers, &admitted.query)?;
-    let subscription = streams::open_feed(state, &channel, admitted.caller.device, resume).await?;
-    Ok((subscription, admitted.stream))
 }
 
 /// Writes every frame, gathering them into as few system calls as the socket allows.
