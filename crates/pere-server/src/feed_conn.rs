@@ -114,22 +114,10 @@ where
             }
         }
         loop {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut parsed = httparse::Request::new(&mut headers);
-            match parsed.parse(&buf) {
-                Ok(httparse::Status::Complete(head_len)) => {
-                    // Bytes after the head would be pipelined requests, which this loop never
-                    // reads.
-                    let feed = (head_len == buf.len())
-                        .then(|| as_feed_request(&parsed))
-                        .flatten();
-                    return Ok(match feed {
-                        Some(request) => FirstRequest::Feed(request),
-                        None => FirstRequest::Other(buf.split().freeze()),
-                    });
-                }
-                Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
-                _ => return Ok(FirstRequest::Other(buf.split().freeze())),
+            match read_head(&buf) {
+                Head::Feed(request) => return Ok(FirstRequest::Feed(request)),
+                Head::Other => return Ok(FirstRequest::Other(buf.split().freeze())),
+                Head::Partial => {}
             }
             buf.reserve(1024);
             if stream.read_buf(&mut buf).await? == 0 {
@@ -142,15 +130,38 @@ where
         .map_err(|_| io::ErrorKind::TimedOut)?
 }
 
-/// Parses `head` (a whole request head) as the feed loop does: a `GET /feed/...` request with no
-/// body, or `None` for anything this loop leaves to hyper (an incomplete or invalid head too).
-/// For fuzzing and tests; the loop itself parses as bytes arrive.
-pub fn parse_feed_head(head: &[u8]) -> Option<Request<()>> {
+/// What the bytes read so far of a connection that opens with `GET /feed/` hold.
+enum Head {
+    /// The head is not whole yet.
+    Partial,
+    /// A feed request this loop serves.
+    Feed(Request<()>),
+    /// Anything else, for hyper.
+    Other,
+}
+
+/// Parses what a connection sent so far. Not async, and so apart from the reads: the parser's
+/// room for headers (2 KiB) would otherwise be kept in the future across each read.
+fn read_head(buf: &[u8]) -> Head {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
-    match parsed.parse(head) {
-        Ok(httparse::Status::Complete(_)) => as_feed_request(&parsed),
-        _ => None,
+    match parsed.parse(buf) {
+        // Bytes after the head would be pipelined requests, which this loop never reads.
+        Ok(httparse::Status::Complete(head_len)) if head_len == buf.len() => {
+            as_feed_request(&parsed).map_or(Head::Other, Head::Feed)
+        }
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => Head::Partial,
+        _ => Head::Other,
+    }
+}
+
+/// Parses `head` (a whole request head) as the feed loop does: a `GET /feed/...` request with no
+/// body, or `None` for anything this loop leaves to hyper (an incomplete or invalid head, or
+/// one followed by more bytes, too). For fuzzing and tests.
+pub fn parse_feed_head(head: &[u8]) -> Option<Request<()>> {
+    match read_head(head) {
+        Head::Feed(request) => Some(request),
+        Head::Partial | Head::Other => None,
     }
 }
 
