@@ -21,7 +21,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use http_body_util::BodyExt;
-use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::Request;
 use pere_core::{Store, Subscription};
@@ -174,7 +174,9 @@ fn as_feed_request(parsed: &httparse::Request<'_, '_>) -> Option<Request<()>> {
     if !path.starts_with("/feed/") || path["/feed/".len()..].split('?').next()?.contains('/') {
         return None;
     }
-    let mut request = Request::builder().method("GET").uri(path);
+    // Built in place rather than with `Request::builder`, which moves the whole request at each
+    // header.
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
         // A body, or an upgrade, is beyond this loop: hyper handles those.
@@ -184,9 +186,13 @@ fn as_feed_request(parsed: &httparse::Request<'_, '_>) -> Option<Request<()>> {
         {
             return None;
         }
-        request = request.header(name, HeaderValue::from_bytes(h.value).ok()?);
+        headers.append(name, HeaderValue::from_bytes(h.value).ok()?);
     }
-    request.body(()).ok()
+    // A new request is a GET, HTTP/1.1.
+    let mut request = Request::new(());
+    *request.uri_mut() = path.parse().ok()?;
+    *request.headers_mut() = headers;
+    Some(request)
 }
 
 /// Serves a feed on its own connection until the client goes away, the feed ends, or the
