@@ -1,14 +1,16 @@
 //! The one door every request passes, whatever kind of connection carries it (a hyper connection
 //! or a dedicated feed connection): the peer, method, path, query and headers become a [`Route`]
 //! and a [`Caller`], and the request is let in or refused here: the protected mode's loopback
-//! rule, the token and what it grants, the device a request may speak for. The access log and the
-//! refusal log are written here too; whatever must hold for every request (credentials, limits,
-//! counts) belongs in [`admit`] and nowhere else.
+//! rule, the token and what it grants, the device a request may speak for. Every answer leaves
+//! by the same door ([`exit`]): counted, a refusal logged, with its CORS headers. Whatever must
+//! hold for every request (credentials, limits, counts, the access and refusal logs) belongs in
+//! [`admit`] or [`exit`] and nowhere else.
 
 use std::net::SocketAddr;
 
 use hyper::header::{self, HeaderMap};
-use hyper::{Method, Uri};
+use hyper::http::request::Parts;
+use hyper::{Method, Response, Uri};
 use pere_core::{DeviceId, Store};
 
 use crate::activity;
@@ -17,6 +19,7 @@ use crate::error::ApiError;
 use crate::limits::StreamSlot;
 use crate::metrics::StreamKind;
 use crate::request::{self, Query};
+use crate::response::{self, Answer, ResponseBody};
 use crate::route::{self, NoRoute, Route};
 use crate::state::AppState;
 
@@ -101,7 +104,7 @@ pub fn admit<'a, S: Store>(
         Mode::Tokens {
             verifier,
             anonymous_subscribe,
-        } if !is_public(&route) => match token(headers, &query)? {
+        } if !route.is_public() => match token(headers, &query)? {
             Some(token) => {
                 let claims = verifier.verify(token).map_err(|err| match err {
                     TokenError::Expired => ApiError::expired_token(),
@@ -167,25 +170,6 @@ pub fn admit<'a, S: Store>(
     })
 }
 
-/// The routes anyone may ask for: the banner, the pages (which then ask for a token) and their
-/// script, health, the API's contract (it holds no secret, and a client generator reads it before
-/// it has a token), and CORS preflights (a browser sends no credentials with those).
-fn is_public(route: &Route<'_>) -> bool {
-    matches!(
-        route,
-        Route::Root
-            | Route::SubscriberPage
-            | Route::Dashboard
-            | Route::Script
-            | Route::Health
-            | Route::Healthz
-            | Route::Readyz
-            | Route::OpenApi
-            | Route::Favicon
-            | Route::Preflight
-    )
-}
-
 /// The token a request carries: `Authorization: Bearer`, else `?access_token=`, else the
 /// `pere_token` cookie (the last two for `EventSource`, which cannot set headers).
 ///
@@ -220,17 +204,10 @@ fn token<'r>(headers: &'r HeaderMap, query: &'r Query) -> Result<Option<&'r str>
 /// # Errors
 /// 403 `forbidden`, saying what the token lacks.
 fn authorize(route: &Route<'_>, device: &DeviceId, grants: &Grants) -> Result<(), ApiError> {
+    if route.is_public() {
+        return Ok(());
+    }
     let allowed = match route {
-        Route::Root
-        | Route::SubscriberPage
-        | Route::Dashboard
-        | Route::Script
-        | Route::Health
-        | Route::Healthz
-        | Route::Readyz
-        | Route::OpenApi
-        | Route::Favicon
-        | Route::Preflight => true,
         Route::Push(channel) => grants.may_publish(channel),
         Route::Feed(channel)
         | Route::Feedback(channel)
@@ -251,6 +228,8 @@ fn authorize(route: &Route<'_>, device: &DeviceId, grants: &Grants) -> Result<()
         | Route::RemoveDevice(..)
         | Route::Events(_)
         | Route::Event(..) => grants.admin,
+        // The public routes, let in above; any other is refused.
+        _ => false,
     };
     if allowed {
         return Ok(());
@@ -267,16 +246,55 @@ fn authorize(route: &Route<'_>, device: &DeviceId, grants: &Grants) -> Result<()
     }))
 }
 
-/// Logs and counts a request answered with an error, at the door or later by its handler; every
-/// refusal of either kind of connection passes here.
-pub fn refused<S: Store>(state: &AppState<S>, method: &Method, uri: &Uri, err: &ApiError) {
+/// The listener a request came in on, as far as its answer cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// The server's own port, either kind of connection: pages of the listed origins may read
+    /// the answers (CORS).
+    Main,
+    /// The metrics listener (`--metrics-addr`): a scraper's, never a page's, so no CORS headers.
+    Metrics,
+}
+
+/// The way out of the door, for every request of every kind of connection and listener: turns
+/// what became of `request` (its handler's answer, or a refusal by the door or the handler) into
+/// the answer the client gets. A refusal becomes its JSON error and is logged and counted
+/// (`refused`), every answer is counted (`answered`; a stream when its head is sent), a `HEAD`
+/// loses its body, and the main listener's answers get their CORS headers.
+pub fn exit<S: Store>(
+    state: &AppState<S>,
+    request: &Parts,
+    outcome: Answer,
+    listener: Listener,
+) -> Response<ResponseBody> {
+    let (method, uri) = (&request.method, &request.uri);
+    let mut answer = outcome.unwrap_or_else(|err| {
+        refused(state, method, uri, &err);
+        response::error(&err)
+    });
+    answered(state, method, uri, answer.status().as_u16());
+    if method == Method::HEAD {
+        *answer.body_mut() = response::empty();
+    }
+    if listener == Listener::Main {
+        response::add_cors(
+            &state.config,
+            request.headers.get(header::ORIGIN),
+            method == Method::OPTIONS,
+            answer.headers_mut(),
+        );
+    }
+    answer
+}
+
+/// Logs and counts a request answered with an error, at the door or later by its handler.
+fn refused<S: Store>(state: &AppState<S>, method: &Method, uri: &Uri, err: &ApiError) {
     state.metrics.refused(err.code);
     activity::refused(method.as_str(), uri.path(), err.status.as_u16(), err.code);
 }
 
-/// Counts an answer by route name and status; every answer of either kind of connection passes
-/// here (a stream when its head is sent).
-pub fn answered<S: Store>(state: &AppState<S>, method: &Method, uri: &Uri, status: u16) {
+/// Counts an answer by route name and status.
+fn answered<S: Store>(state: &AppState<S>, method: &Method, uri: &Uri, status: u16) {
     state
         .metrics
         .answered(route::name_of(method, uri.path()), status);
@@ -311,6 +329,74 @@ mod tests {
             );
         }
         map
+    }
+
+    #[tokio::test]
+    async fn every_answer_leaves_counted_with_its_cors_headers_and_a_head_without_body() {
+        use http_body_util::BodyExt;
+        use hyper::{Request, StatusCode};
+
+        let mut config = crate::config::Config::defaults();
+        config.allow_origins = vec!["https://app.example".to_owned()];
+        let state = AppState::new(pere_core::MemoryStore::default(), config, Mode::Open);
+        let request = |method: Method, path: &str| {
+            Request::builder()
+                .method(method)
+                .uri(path)
+                .header(header::ORIGIN, "https://app.example")
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0
+        };
+        let get = request(Method::GET, "/push/C1");
+        let refusal = || Err(ApiError::method_not_allowed("/push/C1", "POST"));
+
+        let refused = exit(&state, &get, refusal(), Listener::Main);
+        assert_eq!(refused.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(refused.headers()[header::ALLOW], "POST");
+        assert_eq!(
+            refused.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            "https://app.example"
+        );
+        let body = refused.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.starts_with(b"{") && body.ends_with(b"}"), "{body:?}");
+
+        let head = request(Method::HEAD, "/health");
+        let answer = Ok(response::json(StatusCode::OK, &"ok"));
+        let headed = exit(&state, &head, answer, Listener::Main);
+        assert_eq!(headed.headers()[header::CONTENT_TYPE], "application/json");
+        assert!(headed
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .is_empty());
+
+        let scraped = exit(&state, &get, refusal(), Listener::Metrics);
+        assert_eq!(scraped.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert!(
+            scraped
+                .headers()
+                .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+                .is_none()
+                && scraped.headers().get(header::VARY).is_none(),
+            "no page reads the metrics listener"
+        );
+
+        let counts = state.metrics.render(&state.hub, 0);
+        let count = |needle: &str| {
+            counts
+                .lines()
+                .find(|line| !line.starts_with('#') && line.contains(needle))
+                .and_then(|line| line.rsplit(' ').next())
+                .unwrap_or_else(|| panic!("{needle} in {counts}"))
+                .to_owned()
+        };
+        assert_eq!(count(r#"route="unmatched",status="405""#), "2");
+        assert_eq!(count(r#"route="/health",status="200""#), "1");
+        assert_eq!(count(r#"code="method_not_allowed""#), "2");
     }
 
     #[test]

@@ -7,10 +7,11 @@
 //! also writes frames without chunked encoding (the response is delimited by closing the
 //! connection, which every SSE client accepts) and gathers queued frames into one write.
 //!
-//! The request is parsed with `httparse` (hyper's own parser), passes the same door as every other
-//! request ([`crate::door::admit`]) and is opened by the same code as a feed served through hyper
-//! ([`crate::streams::open_feed`]); every other request, and anything this loop is not sure of,
-//! goes to hyper with the bytes already read put back in front.
+//! A connection's first bytes decide: only one that opens with `GET /feed/` is read on and parsed
+//! here, with `httparse` (hyper's own parser); every other goes to hyper unparsed. The request
+//! passes the same door as every other request ([`crate::door::admit`], [`crate::door::exit`])
+//! and is opened by the same code as a feed served through hyper ([`crate::streams::open_feed`]);
+//! anything this loop is not sure of goes to hyper with the bytes already read put back in front.
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
@@ -18,30 +19,37 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
+use http_body_util::BodyExt;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Request, StatusCode};
+use hyper::http::request::Parts;
+use hyper::Request;
 use pere_core::{Store, Subscription};
 use pere_proto::sse;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, Instant};
 
-use crate::door;
+use crate::door::{self, Listener};
 use crate::error::ApiError;
 use crate::limits::StreamSlot;
 use crate::request;
-use crate::response::{add_cors, error_body, error_headers, raw_head, SSE_HEADERS};
+use crate::response::{self, raw_head};
 use crate::route::{self, Route};
 use crate::sse_body::{next_frame, EndReason};
 use crate::state::AppState;
 use crate::{activity, streams};
 
+/// How every request this loop serves begins; a connection that begins otherwise is hyper's.
+const FEED_PREFIX: &[u8] = b"GET /feed/";
 /// The largest request head read here; larger ones (say, with many cookies) go to hyper.
 const MAX_HEAD: usize = 8192;
 /// Request headers parsed at most.
 const MAX_HEADERS: usize = 64;
 /// Queued frames gathered into one write.
 const MAX_GATHER: usize = 64;
+/// How long a client has to send what decides where its connection goes (a feed's whole head).
+const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the first bytes of a connection turned out to be.
 #[derive(Debug)]
@@ -52,55 +60,108 @@ pub enum FirstRequest {
     Other(Bytes),
 }
 
-/// Reads the first request head of a connection, and tells whether it is a feed request.
+/// What a connection's first bytes say about it, before any parsing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    /// Too few bytes to tell, all of them the start of [`FEED_PREFIX`].
+    Unknown,
+    /// It opens with [`FEED_PREFIX`]: a feed, if its head turns out to be one this loop serves.
+    Feed,
+    /// Any other request, or HTTP/2's preface (`PRI * HTTP/2.0`).
+    Other,
+}
+
+impl Opening {
+    fn of(first: &[u8]) -> Opening {
+        let compared = first.len().min(FEED_PREFIX.len());
+        if first[..compared] != FEED_PREFIX[..compared] {
+            Opening::Other
+        } else if compared < FEED_PREFIX.len() {
+            Opening::Unknown
+        } else {
+            Opening::Feed
+        }
+    }
+}
+
+/// Reads the start of a connection, and tells whether it is a feed request for this loop.
+///
+/// Only a connection that opens with `GET /feed/` is read up to the end of its head and parsed
+/// here; any other is handed to hyper as soon as its first bytes differ from that, most often
+/// after one read, and hyper alone parses it. A `GET /feed/` that this loop does not serve (not
+/// HTTP/1.1, with a body or an upgrade, a longer path, requests pipelined after it, a head too
+/// large or invalid) goes to hyper as well, and is then parsed a second time, by hyper, which
+/// takes no request parsed elsewhere. Such requests are rare.
 ///
 /// # Errors
-/// The socket's error, or a time-out when the client sends no complete head in 30 s.
-pub async fn read_first_request(stream: &mut TcpStream) -> io::Result<FirstRequest> {
+/// The socket's error, or a time-out when the client sends no complete feed head (nor anything
+/// that shows it is not one) in 30 s.
+pub async fn read_first_request<R>(stream: &mut R) -> io::Result<FirstRequest>
+where
+    R: AsyncRead + Unpin,
+{
     let mut buf = BytesMut::with_capacity(1024);
     let read = async {
+        // The prefix may come in pieces: read until it is whole or ruled out.
         loop {
-            let n = tokio::io::AsyncReadExt::read_buf(stream, &mut buf).await?;
-            if n == 0 {
+            if stream.read_buf(&mut buf).await? == 0 {
                 return Ok(FirstRequest::Other(buf.split().freeze()));
             }
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut parsed = httparse::Request::new(&mut headers);
-            match parsed.parse(&buf) {
-                Ok(httparse::Status::Complete(head_len)) => {
-                    let feed = (head_len == buf.len())
-                        .then(|| as_feed_request(&parsed))
-                        .flatten();
-                    return Ok(match feed {
-                        Some(request) => FirstRequest::Feed(request),
-                        None => FirstRequest::Other(buf.split().freeze()),
-                    });
-                }
-                Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {
-                    // A feed request is a GET; anything else can go to hyper right away.
-                    if !b"GET /feed/".starts_with(&buf[..buf.len().min(10)]) {
-                        return Ok(FirstRequest::Other(buf.split().freeze()));
-                    }
-                    buf.reserve(1024);
-                }
-                _ => return Ok(FirstRequest::Other(buf.split().freeze())),
+            match Opening::of(&buf) {
+                Opening::Unknown => {}
+                Opening::Feed => break,
+                Opening::Other => return Ok(FirstRequest::Other(buf.split().freeze())),
+            }
+        }
+        loop {
+            match read_head(&buf) {
+                Head::Feed(request) => return Ok(FirstRequest::Feed(request)),
+                Head::Other => return Ok(FirstRequest::Other(buf.split().freeze())),
+                Head::Partial => {}
+            }
+            buf.reserve(1024);
+            if stream.read_buf(&mut buf).await? == 0 {
+                return Ok(FirstRequest::Other(buf.split().freeze()));
             }
         }
     };
-    timeout(Duration::from_secs(30), read)
+    timeout(FIRST_REQUEST_TIMEOUT, read)
         .await
         .map_err(|_| io::ErrorKind::TimedOut)?
 }
 
-/// Parses `head` (a whole request head) as the feed loop does: a `GET /feed/...` request with no
-/// body, or `None` for anything this loop leaves to hyper (an incomplete or invalid head too).
-/// For fuzzing and tests; the loop itself parses as bytes arrive.
-pub fn parse_feed_head(head: &[u8]) -> Option<Request<()>> {
+/// What the bytes read so far of a connection that opens with `GET /feed/` hold.
+enum Head {
+    /// The head is not whole yet.
+    Partial,
+    /// A feed request this loop serves.
+    Feed(Request<()>),
+    /// Anything else, for hyper.
+    Other,
+}
+
+/// Parses what a connection sent so far. Not async, and so apart from the reads: the parser's
+/// room for headers (2 KiB) would otherwise be kept in the future across each read.
+fn read_head(buf: &[u8]) -> Head {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
-    match parsed.parse(head) {
-        Ok(httparse::Status::Complete(_)) => as_feed_request(&parsed),
-        _ => None,
+    match parsed.parse(buf) {
+        // Bytes after the head would be pipelined requests, which this loop never reads.
+        Ok(httparse::Status::Complete(head_len)) if head_len == buf.len() => {
+            as_feed_request(&parsed).map_or(Head::Other, Head::Feed)
+        }
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => Head::Partial,
+        _ => Head::Other,
+    }
+}
+
+/// Parses `head` (a whole request head) as the feed loop does: a `GET /feed/...` request with no
+/// body, or `None` for anything this loop leaves to hyper (an incomplete or invalid head, or
+/// one followed by more bytes, too). For fuzzing and tests.
+pub fn parse_feed_head(head: &[u8]) -> Option<Request<()>> {
+    match read_head(head) {
+        Head::Feed(request) => Some(request),
+        Head::Partial | Head::Other => None,
     }
 }
 
@@ -113,7 +174,9 @@ fn as_feed_request(parsed: &httparse::Request<'_, '_>) -> Option<Request<()>> {
     if !path.starts_with("/feed/") || path["/feed/".len()..].split('?').next()?.contains('/') {
         return None;
     }
-    let mut request = Request::builder().method("GET").uri(path);
+    // Built in place rather than with `Request::builder`, which moves the whole request at each
+    // header.
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
         // A body, or an upgrade, is beyond this loop: hyper handles those.
@@ -123,9 +186,13 @@ fn as_feed_request(parsed: &httparse::Request<'_, '_>) -> Option<Request<()>> {
         {
             return None;
         }
-        request = request.header(name, HeaderValue::from_bytes(h.value).ok()?);
+        headers.append(name, HeaderValue::from_bytes(h.value).ok()?);
     }
-    request.body(()).ok()
+    // A new request is a GET, HTTP/1.1.
+    let mut request = Request::new(());
+    *request.uri_mut() = path.parse().ok()?;
+    *request.headers_mut() = headers;
+    Some(request)
 }
 
 /// Serves a feed on its own connection until the client goes away, the feed ends, or the
@@ -140,36 +207,24 @@ pub async fn serve<S: Store>(
     if let Some(uri) = route::unescape_names(&parts.uri) {
         parts.uri = uri;
     }
-    let mut cors = HeaderMap::new();
-    add_cors(
-        &state.config,
-        parts.headers.get(header::ORIGIN),
-        false,
-        &mut cors,
-    );
     // Boxed: a future is as large as its largest state, and opening (the door, the store's
     // reads, the subscription) would otherwise be paid for by every idle feed for its whole life.
-    let (mut subscription, slot) = match Box::pin(open(&state, peer, &parts)).await {
+    let opened = Box::pin(open(&state, peer, &parts)).await;
+    let Opened {
+        mut subscription,
+        slot,
+        head: out,
+    } = match answer(&state, parts, opened) {
         Ok(opened) => opened,
-        Err(err) => {
-            door::refused(&state, &parts.method, &parts.uri, &err);
-            door::answered(&state, &parts.method, &parts.uri, err.status.as_u16());
-            let _ = Box::pin(write_error(&mut stream, &err, cors)).await;
+        Err(refusal) => {
+            if stream.write_all(&refusal).await.is_ok() {
+                let _ = stream.shutdown().await;
+            }
             return;
         }
     };
-    door::answered(&state, &parts.method, &parts.uri, StatusCode::OK.as_u16());
-    drop(parts);
     let channel = subscription.channel().to_string();
     let device = subscription.device().map(|d| d.to_string());
-    // The head's header map is dropped here: it would otherwise stay allocated for the life of
-    // the feed.
-    let mut out = {
-        let mut extra = cors;
-        extra.insert(header::CONNECTION, HeaderValue::from_static("close"));
-        raw_head(StatusCode::OK, &SSE_HEADERS, &extra)
-    };
-    out.extend_from_slice(&sse::encode_opening(state.config.retry_ms));
     let keep_alive_every = Duration::from_secs(state.config.keep_alive_secs.max(1));
     let cut = subscription.cut_notice();
     tokio::pin!(cut);
@@ -235,12 +290,21 @@ pub async fn serve<S: Store>(
     activity::feed_end(&channel, device.as_deref(), reason);
 }
 
+/// A feed let in and subscribed.
+struct Opened<S: Store> {
+    subscription: Subscription<S>,
+    /// The feed's place in the server's counts, held as long as the feed.
+    slot: Option<StreamSlot>,
+    /// The answer's head, and the stream's opening, to write first.
+    head: Vec<u8>,
+}
+
 /// Lets the request in through the door and subscribes; the slot is the feed's place in the
 /// server's counts, held as long as the feed.
 async fn open<S: Store>(
     state: &AppState<S>,
     peer: SocketAddr,
-    parts: &hyper::http::request::Parts,
+    parts: &Parts,
 ) -> Result<(Subscription<S>, Option<StreamSlot>), ApiError> {
     let admitted = door::admit(state, peer, &parts.method, &parts.uri, &parts.headers)?;
     // Only feed requests are handed to this loop (see `as_feed_request`).
@@ -253,23 +317,47 @@ async fn open<S: Store>(
     Ok((subscription, admitted.stream))
 }
 
-async fn write_error(
-    stream: &mut TcpStream,
-    err: &ApiError,
-    mut extra: HeaderMap,
-) -> io::Result<()> {
-    let body = error_body(err);
-    error_headers(err, &mut extra);
-    extra.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    extra.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    extra.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    let mut out = raw_head(err.status, &[], &extra);
-    out.extend_from_slice(&body);
-    stream.write_all(&out).await?;
-    stream.shutdown().await
+/// Passes what became of `request` through the door's exit, as a hyper connection does: the
+/// feed with the bytes that open it, or the bytes of the refusal. Not async: nothing here takes
+/// room in the feed's future.
+fn answer<S: Store>(
+    state: &AppState<S>,
+    request: Parts,
+    opened: Result<(Subscription<S>, Option<StreamSlot>), ApiError>,
+) -> Result<Opened<S>, Vec<u8>> {
+    let (outcome, feed) = match opened {
+        Ok(feed) => (Ok(response::sse(response::empty())), Some(feed)),
+        Err(err) => (Err(err), None),
+    };
+    let (mut head, body) = door::exit(state, &request, outcome, Listener::Main).into_parts();
+    // The answer ends with the connection: a feed has no length, and no other request follows.
+    let close = HeaderValue::from_static("close");
+    match feed {
+        Some((subscription, slot)) => {
+            head.headers.insert(header::CONNECTION, close);
+            let mut out = raw_head(head.status, &head.headers);
+            out.extend_from_slice(&sse::encode_opening(state.config.retry_ms));
+            Ok(Opened {
+                subscription,
+                slot,
+                head: out,
+            })
+        }
+        None => {
+            // A refusal's body is whole from the start: nothing to wait for.
+            let body = match body.collect().now_or_never() {
+                Some(Ok(collected)) => collected.to_bytes(),
+                Some(Err(never)) => match never {},
+                None => Bytes::new(),
+            };
+            head.headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+            head.headers.insert(header::CONNECTION, close);
+            let mut out = raw_head(head.status, &head.headers);
+            out.extend_from_slice(&body);
+            Err(out)
+        }
+    }
 }
 
 /// Writes every frame, gathering them into as few system calls as the socket allows.
@@ -335,7 +423,106 @@ mod tests {
         assert!(parse("GET /feed/C1 HTTP/1.1\r\nContent-Length: 3\r\n\r\n").is_none());
     }
 
+    #[test]
+    fn the_first_bytes_decide_without_parsing() {
+        assert_eq!(Opening::of(b""), Opening::Unknown);
+        assert_eq!(Opening::of(b"GE"), Opening::Unknown);
+        assert_eq!(Opening::of(b"GET /fee"), Opening::Unknown);
+        assert_eq!(Opening::of(b"GET /feed/"), Opening::Feed);
+        assert_eq!(Opening::of(b"GET /feed/C1 HTTP/1.1\r\n"), Opening::Feed);
+        assert_eq!(Opening::of(b"GET /feedback/C1"), Opening::Other);
+        assert_eq!(Opening::of(b"GET /h"), Opening::Other);
+        assert_eq!(Opening::of(b"POST /feed/C1"), Opening::Other);
+        assert_eq!(Opening::of(b"get /feed/C1"), Opening::Other);
+        assert_eq!(Opening::of(b"PRI * HTTP/2.0\r\n"), Opening::Other);
+    }
+
+    /// A connection that yields `pieces` one read at a time, then its end.
+    struct Pieces(std::collections::VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            if let Some(piece) = self.0.pop_front() {
+                buf.put_slice(&piece);
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    async fn first_request(pieces: &[&[u8]]) -> (FirstRequest, usize) {
+        let mut conn = Pieces(pieces.iter().map(|p| p.to_vec()).collect());
+        let first = read_first_request(&mut conn).await.unwrap();
+        (first, conn.0.len())
+    }
+
+    const FEED: &[u8] = b"GET /feed/C1?device=W1 HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 4\r\n\r\n";
+
+    #[tokio::test]
+    async fn a_feed_head_in_pieces_is_a_feed_wherever_it_is_cut() {
+        for cut in 1..FEED.len() {
+            for pieces in [
+                vec![&FEED[..cut], &FEED[cut..]],
+                FEED.chunks(cut).collect::<Vec<_>>(),
+            ] {
+                match first_request(&pieces).await {
+                    (FirstRequest::Feed(request), 0) => {
+                        assert_eq!(request.uri(), "/feed/C1?device=W1");
+                        assert_eq!(request.headers()["last-event-id"], "4");
+                    }
+                    other => panic!("cut at {cut}: {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn other_connections_go_to_hyper_at_their_first_different_byte() {
+        let other = |first: FirstRequest| match first {
+            FirstRequest::Other(bytes) => bytes,
+            FirstRequest::Feed(request) => panic!("taken as a feed: {request:?}"),
+        };
+        // Not read on: the rest of the head is left for hyper to read.
+        let (first, unread) = first_request(&[b"GET /hea", b"lth HTTP/1.1\r\n\r\n"]).await;
+        assert_eq!((&other(first)[..], unread), (&b"GET /hea"[..], 1));
+        let (first, unread) = first_request(&[b"G", b"ET /feedback/C1 HTTP/1.1\r\n"]).await;
+        assert_eq!(
+            (&other(first)[..], unread),
+            (&b"GET /feedback/C1 HTTP/1.1\r\n"[..], 0)
+        );
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let (first, unread) = first_request(&[preface, b"\0\0\x12\x04"]).await;
+        assert_eq!((&other(first)[..], unread), (&preface[..], 1));
+        // Closed before anything decides.
+        let (first, _) = first_request(&[b"GE"]).await;
+        assert_eq!(&other(first)[..], b"GE");
+        // A `GET /feed/` this loop does not serve: every byte read is handed on.
+        let pipelined = [FEED, b"GET /health HTTP/1.1\r\n\r\n"].concat();
+        let (first, _) = first_request(&[&pipelined]).await;
+        assert_eq!(&other(first)[..], &pipelined[..]);
+        let (first, _) = first_request(&[b"GET /feed/C1 HTTP/1.0\r\n", b"\r\n"]).await;
+        assert_eq!(&other(first)[..], b"GET /feed/C1 HTTP/1.0\r\n\r\n");
+        let (first, _) = first_request(&[b"GET /feed/C1 HTTP/1.1\r\nHost"]).await;
+        assert_eq!(&other(first)[..], b"GET /feed/C1 HTTP/1.1\r\nHost");
+    }
+
     proptest::proptest! {
+        /// The first bytes never turn away a head the feed loop would serve.
+        #[test]
+        fn a_head_the_feed_loop_serves_opens_with_its_prefix(
+            line in "(GET|POST|get|PRI) (/feed/|/feedback/|/health|/|\\*)[a-zA-Z0-9/]{0,8} HTTP/(1\\.1|1\\.0|2\\.0)\r\n",
+            rest in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            for head in [[line.as_bytes(), b"\r\n"].concat(), [line.as_bytes(), &rest].concat()] {
+                if parse_feed_head(&head).is_some() {
+                    proptest::prop_assert_eq!(Opening::of(&head), Opening::Feed);
+                }
+            }
+        }
+
         #[test]
         fn any_request_head_is_a_feed_or_goes_to_hyper(head in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1024)) {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];

@@ -1,7 +1,7 @@
 //! Connections served by hyper: every connection except plain ones that open with an HTTP/1.1
 //! feed request (see [`crate::feed_conn`]), over TCP or TLS, in HTTP/1.1 or HTTP/2 (told apart by
 //! the connection's first bytes: HTTP/2's preface). Each request passes the door, then its
-//! handler; the answer gets its CORS headers, and a refusal its log line, here.
+//! handler, then the door's exit ([`door::exit`]), as on a feed connection.
 
 use std::convert::Infallible;
 use std::io::{self, IoSlice};
@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
-use hyper::header;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -24,10 +23,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::Config;
-use crate::response::{self, add_cors, ResponseBody};
+use crate::door::{self, Listener};
+use crate::response::ResponseBody;
 use crate::sse_body::ConnectionCloser;
 use crate::state::AppState;
-use crate::{door, handlers, route};
+use crate::{handlers, route};
 
 /// The largest read buffer of a connection, and so the largest request head.
 const MAX_READ_BUFFER: usize = 16 * 1024;
@@ -109,26 +109,11 @@ async fn answer<S: Store>(
     if let Some(uri) = route::unescape_names(&parts.uri) {
         parts.uri = uri;
     }
-    let answered = match door::admit(state, peer, &parts.method, &parts.uri, &parts.headers) {
+    let outcome = match door::admit(state, peer, &parts.method, &parts.uri, &parts.headers) {
         Ok(admitted) => handlers::dispatch(state, admitted, &parts, body, closer).await,
         Err(err) => Err(err),
     };
-    let mut response = answered.unwrap_or_else(|err| {
-        door::refused(state, &parts.method, &parts.uri, &err);
-        response::error(&err)
-    });
-    door::answered(state, &parts.method, &parts.uri, response.status().as_u16());
-    if parts.method == Method::HEAD {
-        *response.body_mut() = response::empty();
-    }
-    let preflight = parts.method == Method::OPTIONS;
-    add_cors(
-        &state.config,
-        parts.headers.get(header::ORIGIN),
-        preflight,
-        response.headers_mut(),
-    );
-    response
+    door::exit(state, &parts, outcome, Listener::Main)
 }
 
 /// Scrapes served at once on the metrics listener; a scraper is one client, and more must wait.
@@ -158,19 +143,10 @@ pub async fn serve_metrics<S: Store>(listener: TcpListener, state: Arc<AppState<
             let service = service_fn(move |request: Request<Incoming>| {
                 let state = state.clone();
                 async move {
-                    let (method, uri) = (request.method().clone(), request.uri().clone());
-                    let mut response = match door::admit_metrics(&method, &uri) {
-                        Ok(_) => handlers::metrics(&state),
-                        Err(err) => {
-                            door::refused(&state, &method, &uri, &err);
-                            response::error(&err)
-                        }
-                    };
-                    door::answered(&state, &method, &uri, response.status().as_u16());
-                    if method == Method::HEAD {
-                        *response.body_mut() = response::empty();
-                    }
-                    Ok::<_, Infallible>(response)
+                    let (parts, _body) = request.into_parts();
+                    let outcome = door::admit_metrics(&parts.method, &parts.uri)
+                        .map(|_| handlers::metrics(&state));
+                    Ok::<_, Infallible>(door::exit(&state, &parts, outcome, Listener::Metrics))
                 }
             });
             let connection = hyper::server::conn::http1::Builder::new()

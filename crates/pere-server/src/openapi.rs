@@ -211,6 +211,22 @@ mod tests {
         }
     }
 
+    /// The operations the document lets a client call without a token (`"security": []`) are
+    /// the routes the door lets in without one ([`Route::is_public`]), and no others.
+    #[test]
+    fn the_document_asks_no_token_of_the_public_routes_only() {
+        let doc = document();
+        for route in every_route() {
+            if route == Route::Preflight {
+                continue;
+            }
+            let (method, template) = route.template();
+            let operation = &doc["paths"][template][method.to_ascii_lowercase()];
+            let open = operation["security"].as_array().is_some_and(Vec::is_empty);
+            assert_eq!(open, route.is_public(), "{method} {template}");
+        }
+    }
+
     /// Every `{name}` in a path has its path parameter, and every path parameter its `{name}`.
     #[test]
     fn path_parameters_match_their_templates() {

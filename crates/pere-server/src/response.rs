@@ -57,7 +57,7 @@ fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response<ResponseBody> {
 }
 
 /// The bytes of an error's JSON body.
-pub fn error_body(err: &ApiError) -> Vec<u8> {
+fn error_body(err: &ApiError) -> Vec<u8> {
     serde_json::to_vec_pretty(&err.body()).unwrap_or_default()
 }
 
@@ -71,7 +71,7 @@ pub fn error(err: &ApiError) -> Response<ResponseBody> {
 /// The headers an error answer carries: `Allow` for a 405, `WWW-Authenticate` for a 401,
 /// `Retry-After` when the client may try again later, and `Connection: close` after a body too
 /// large to read.
-pub fn error_headers(err: &ApiError, headers: &mut HeaderMap) {
+fn error_headers(err: &ApiError, headers: &mut HeaderMap) {
     if let Some(allowed) = err.allow {
         headers.insert(header::ALLOW, HeaderValue::from_static(allowed));
     }
@@ -177,7 +177,7 @@ pub fn text(
 
 /// The head of every SSE answer: the type, no caching, and no buffering by proxies (nginx obeys
 /// `X-Accel-Buffering`).
-pub const SSE_HEADERS: [(HeaderName, &str); 3] = [
+const SSE_HEADERS: [(HeaderName, &str); 3] = [
     (header::CONTENT_TYPE, "text/event-stream; charset=utf-8"),
     (header::CACHE_CONTROL, "no-cache"),
     (HeaderName::from_static("x-accel-buffering"), "no"),
@@ -195,22 +195,18 @@ pub fn sse(body: ResponseBody) -> Response<ResponseBody> {
 }
 
 /// A response head as HTTP/1.1 bytes, for connections served without hyper: the status line,
-/// `headers`, `extra` and the blank line.
-pub fn raw_head(status: StatusCode, headers: &[(HeaderName, &str)], extra: &HeaderMap) -> Vec<u8> {
+/// `headers` and the blank line.
+pub fn raw_head(status: StatusCode, headers: &HeaderMap) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    let pairs = headers
-        .iter()
-        .map(|(n, v)| (n, v.as_bytes()))
-        .chain(extra.iter().map(|(n, v)| (n, v.as_bytes())));
-    for (name, value) in pairs {
+    for (name, value) in headers {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
+        out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -339,9 +335,11 @@ mod tests {
 
     #[test]
     fn raw_heads_are_http_1_1() {
-        let mut extra = HeaderMap::new();
-        extra.insert(header::VARY, HeaderValue::from_static("Origin"));
-        let head = raw_head(StatusCode::OK, &SSE_HEADERS, &extra);
+        let mut answer = sse(empty());
+        answer
+            .headers_mut()
+            .insert(header::VARY, HeaderValue::from_static("Origin"));
+        let head = raw_head(StatusCode::OK, answer.headers());
         assert_eq!(
             String::from_utf8(head).unwrap(),
             "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\ncache-control: no-cache\r\n\

@@ -164,6 +164,44 @@ impl<'a> Route<'a> {
             Route::Preflight => ("OPTIONS", "*"),
         }
     }
+
+    /// Whether anyone may ask for this route, without a token: the banner, the pages (which
+    /// then ask for a token) and their script, health, the API's contract (it holds no secret,
+    /// and a client generator reads it before it has a token), and CORS preflights (a browser
+    /// sends no credentials with those). In the OpenAPI document, these are the operations with
+    /// `"security": []`.
+    pub fn is_public(&self) -> bool {
+        // Every variant named, so a new route cannot become public, or private, by default.
+        match self {
+            Route::Root
+            | Route::SubscriberPage
+            | Route::Script
+            | Route::Health
+            | Route::Healthz
+            | Route::Readyz
+            | Route::OpenApi
+            | Route::Favicon
+            | Route::Dashboard
+            | Route::Preflight => true,
+            Route::Push(_)
+            | Route::Feed(_)
+            | Route::Feedback(_)
+            | Route::AdminConnections
+            | Route::AdminChannels
+            | Route::Metrics
+            | Route::AdminEvents(_)
+            | Route::AdminDevices(_)
+            | Route::AdminReceipts(..)
+            | Route::RegisterDevice(..)
+            | Route::RemoveDevice(..)
+            | Route::DevicePending(..)
+            | Route::Events(_)
+            | Route::Event(..)
+            | Route::Receipts(_)
+            | Route::Presence(_)
+            | Route::AdminStream => false,
+        }
+    }
 }
 
 /// The URI with every percent-escape of a name character (`A-Za-z0-9_.:-`) in its path decoded,

@@ -1,5 +1,5 @@
-//! The accept loop: each connection goes to a dedicated feed loop or to hyper, by its first
-//! request; beside it, the recipient expiry and the webhook; at the end, a bounded drain.
+//! The accept loop: each connection goes to a dedicated feed loop or to hyper, by how its first
+//! request begins; beside it, the recipient expiry and the webhook; at the end, a bounded drain.
 
 use std::sync::Arc;
 use std::time::Duration;
