@@ -589,6 +589,45 @@ async fn without_a_key_the_protected_mode_answers_this_machine_only_unless_open(
     assert_eq!(feed.status, 200, "{feed:?}");
 }
 
+/// A token with `claims` (and `sub`, `exp` and a publish grant for A), signed with [`SECRET`].
+fn token_with(claims: Value) -> String {
+    let mut all = json!({"sub": "D1", "exp": now() + 600, "pere": {"publish": ["A"]}});
+    for (key, value) in claims.as_object().unwrap() {
+        all[key] = value.clone();
+    }
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &all,
+        &EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audience_may_be_one_name_or_an_array_that_holds_it() {
+    let server = start_with_secret(&["--jwt-audience", "pere"]).await;
+    let address = server.host_port();
+    let push = |token: &str| request("POST", "/push/A", Some(token), None, Some("{}"));
+    // RFC 7519: `aud` is a string, or an array of strings of which this server must be one.
+    for (aud, status) in [
+        (json!("pere"), 200),
+        (json!(["other", "pere"]), 200),
+        (json!(["pere"]), 200),
+        (json!(["other", "more"]), 401),
+        (json!("other"), 401),
+        (json!([]), 401),
+    ] {
+        let answer = send(&address, &push(&token_with(json!({"aud": aud}))), false).await;
+        assert_eq!(answer.status, status, "aud {aud}: {answer:?}");
+    }
+    let without = send(&address, &push(&token_with(json!({}))), false).await;
+    assert_eq!(
+        without.code().as_deref(),
+        Some("invalid_token"),
+        "aud is required"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_subcommand_mints_tokens_the_server_accepts() {
     let mut mint = Proc::start(

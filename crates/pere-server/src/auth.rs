@@ -65,15 +65,26 @@ pub struct Claims {
     /// Not before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
-    /// Audience.
+    /// Audience: one, or several (RFC 7519 allows either; the token is for this server when the
+    /// configured audience is among them, which `jsonwebtoken` checks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
     /// Issuer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
     /// What the device may do.
     #[serde(default)]
     pub pere: Grants,
+}
+
+/// A token's `aud` claim: a string, or an array of strings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    /// `"aud": "pere"`.
+    One(String),
+    /// `"aud": ["pere", "other"]`.
+    Many(Vec<String>),
 }
 
 /// Why a token was not accepted. Deliberately coarse: a client learns that a token is bad or
@@ -346,7 +357,7 @@ impl Minter {
             exp: now + ttl.as_secs(),
             iat: Some(now),
             nbf: None,
-            aud: settings.audience.map(str::to_owned),
+            aud: settings.audience.map(|a| Audience::One(a.to_owned())),
             iss: settings.issuer.map(str::to_owned),
             pere: grants,
         };
@@ -456,6 +467,40 @@ mod tests {
         };
         assert_eq!(
             verifier.verify(&minter.mint("D1", Grants::default(), ttl, &wrong).unwrap()),
+            Err(TokenError::Invalid)
+        );
+    }
+
+    #[test]
+    fn an_audience_array_holding_the_configured_one_is_accepted() {
+        let strict = KeySettings {
+            audience: Some("pere"),
+            ..settings()
+        };
+        let verifier = Verifier::from_settings(&strict).unwrap().unwrap();
+        let sign = |aud: serde_json::Value| {
+            let claims = serde_json::json!({"sub": "D1", "exp": u64::MAX / 2, "aud": aud});
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+            )
+            .unwrap()
+        };
+        let claims = verifier
+            .verify(&sign(serde_json::json!(["other", "pere"])))
+            .unwrap();
+        assert_eq!(
+            claims.aud,
+            Some(Audience::Many(vec!["other".into(), "pere".into()]))
+        );
+        assert!(verifier.verify(&sign(serde_json::json!("pere"))).is_ok());
+        assert_eq!(
+            verifier.verify(&sign(serde_json::json!(["other", "more"]))),
+            Err(TokenError::Invalid)
+        );
+        assert_eq!(
+            verifier.verify(&sign(serde_json::json!([]))),
             Err(TokenError::Invalid)
         );
     }
