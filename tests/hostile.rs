@@ -215,3 +215,31 @@ async fn streams_are_capped_per_device_and_in_all_and_short_requests_keep_their_
     let reopened = send(&server, b"GET /feed/S HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(status(&reopened), 200, "{reopened}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_position_too_large_for_an_id_is_beyond_the_head() {
+    let server = TestServer::start(&server_args()).await;
+    server.push("Far", "one").await;
+    server.push("Far", "two").await;
+    // 60 digits: a number, though no id is ever that large. It is beyond the head, as 99 would
+    // be: the feed says so before it replays, rather than replay as if the client were new.
+    let far = "9".repeat(60);
+    for in_query in [false, true] {
+        let mut feed = if in_query {
+            server
+                .feed_path(&format!("/feed/Far?lastEventId={far}"), &[])
+                .await
+        } else {
+            server.feed("Far", &[("Last-Event-ID", &far)]).await
+        };
+        let reset = feed.next().await;
+        assert_eq!(
+            (reset.event.as_str(), reset.id.as_str()),
+            ("pere-reset", ""),
+            "{reset:?}"
+        );
+        let notice: serde_json::Value = serde_json::from_str(&reset.data).unwrap();
+        assert_eq!(notice["head"], 2, "{notice}");
+        assert_eq!(feed.next_ids(2).await, vec![1, 2]);
+    }
+}

@@ -103,7 +103,9 @@ pub fn event_type(headers: &HeaderMap, query: &Query) -> Result<Option<EventType
 /// client sent it (for the device record).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Resume {
-    /// The position; anything that is not a number (an original PERE timestamp) counts as none.
+    /// The position; a number too large for an id is beyond every id (`u64::MAX`: a feed gets
+    /// `pere-reset`, as for any position beyond the head); anything that is not a number (an
+    /// original PERE timestamp) counts as none.
     pub after: Option<u64>,
     /// The value as sent.
     pub raw: Option<String>,
@@ -150,9 +152,19 @@ pub fn resume(headers: &HeaderMap, query: &Query) -> Result<Resume, ApiError> {
         ));
     }
     Ok(Resume {
-        after: raw.as_deref().and_then(|r| r.trim().parse::<u64>().ok()),
+        after: raw.as_deref().and_then(position),
         raw,
     })
+}
+
+/// A resume position as a number: digits too many for an id are beyond every id the server
+/// gives, never "no position" (which would replay the history as if the client were new).
+fn position(raw: &str) -> Option<u64> {
+    match raw.trim().parse::<u64>() {
+        Ok(id) => Some(id),
+        Err(err) if *err.kind() == std::num::IntErrorKind::PosOverflow => Some(u64::MAX),
+        Err(_) => None,
+    }
 }
 
 /// An event id from a path segment or a field.
@@ -551,6 +563,13 @@ mod tests {
         .unwrap();
         assert_eq!(r.after, None, "an original PERE timestamp is no position");
         assert_eq!(r.raw.as_deref(), Some("1700000000.5"));
+        let huge = "9".repeat(60);
+        let r = resume(&headers(&[("last-event-id", &huge)]), &Query::default()).unwrap();
+        assert_eq!(r.after, Some(u64::MAX), "beyond every id, not none");
+        for none in ["", " ", "-1", "1e3", "0x10"] {
+            let r = resume(&headers(&[("last-event-id", none)]), &Query::default()).unwrap();
+            assert_eq!(r.after, None, "{none:?}");
+        }
     }
 
     proptest::proptest! {
