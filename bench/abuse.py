@@ -55,7 +55,7 @@ class Client:
     def open_stream(self, path, headers=""):
         """Opens an SSE stream, reads its head, and closes it."""
         s = socket.create_connection((self.host, self.port), timeout=10)
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n".encode())
         head = b""
         while b"\r\n\r\n" not in head:
             chunk = s.recv(4096)
@@ -149,7 +149,7 @@ def descriptors(url, pid, n):
     held, refused = [], None
     for i in range(n):
         s = socket.create_connection((u.hostname, u.port), timeout=10)
-        s.sendall(f"GET /feed/fd HTTP/1.1\r\nHost: x\r\ndevice: fd{i}\r\n\r\n".encode())
+        s.sendall(f"GET /feed/fd HTTP/1.1\r\nHost: 127.0.0.1\r\ndevice: fd{i}\r\n\r\n".encode())
         head = s.recv(4096)
         if not head.startswith(b"HTTP/1.1 200"):
             refused = head.decode(errors="replace")

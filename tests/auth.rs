@@ -127,7 +127,7 @@ async fn send(address: &str, request: &str, after_health: bool) -> Answer {
     let mut buf = Vec::new();
     if after_health {
         stream
-            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .await
             .unwrap();
         let health = read_answer(&mut stream, &mut buf).await;
@@ -145,7 +145,7 @@ fn request(
     device: Option<&str>,
     body: Option<&str>,
 ) -> String {
-    let mut out = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n");
+    let mut out = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n");
     if let Some(token) = token {
         out.push_str(&format!("Authorization: Bearer {token}\r\n"));
     }
@@ -337,11 +337,12 @@ async fn tokens_travel_in_the_header_the_query_or_a_cookie_and_never_reach_the_l
         );
         assert_eq!(send(&address, &by_query, after_health).await.status, 200);
         let by_cookie = format!(
-            "GET /feed/Q HTTP/1.1\r\nHost: x\r\nCookie: theme=dark; pere_token={sub}\r\n\r\n"
+            "GET /feed/Q HTTP/1.1\r\nHost: localhost\r\nCookie: theme=dark; pere_token={sub}\r\n\r\n"
         );
         assert_eq!(send(&address, &by_cookie, after_health).await.status, 200);
-        let wrong_scheme =
-            format!("GET /feed/Q HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {sub}\r\n\r\n");
+        let wrong_scheme = format!(
+            "GET /feed/Q HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic {sub}\r\n\r\n"
+        );
         assert_eq!(
             send(&address, &wrong_scheme, after_health)
                 .await
@@ -418,7 +419,7 @@ async fn a_device_posts_receipts_only_as_itself() {
     );
     // A form receipt with a device header that is not the token's: refused at the door.
     let form = format!(
-        "POST /feedback/R HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {d2}\r\ndevice: D1\r\nlast_event_id: 1\r\n\
+        "POST /feedback/R HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {d2}\r\ndevice: D1\r\nlast_event_id: 1\r\n\
          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 9\r\n\r\nstatus=ok"
     );
     assert_eq!(
@@ -625,6 +626,104 @@ async fn an_audience_may_be_one_name_or_an_array_that_holds_it() {
         without.code().as_deref(),
         Some("invalid_token"),
         "aud is required"
+    );
+}
+
+/// `request`'s bytes with `Host: host` instead of the helper's own.
+fn addressed(request: &str, host: &str) -> String {
+    request.replacen("Host: localhost\r\n", &format!("Host: {host}\r\n"), 1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_protected_mode_answers_only_requests_addressed_to_this_machine() {
+    // A page of evil.example that made its name resolve to 127.0.0.1 (DNS rebinding) has the
+    // browser send its requests from this machine, but addressed to evil.example.
+    let server = TestServer::start(&[]).await;
+    let address = server.host_port();
+    let port = address.rsplit(':').next().unwrap().to_owned();
+    let admin = request("GET", "/admin/channels", None, None, None);
+    let push = "POST /push/Rebound HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\n\
+                Content-Length: 1\r\n\r\nx"
+        .to_owned();
+    let feed = request("GET", "/feed/Rebound", None, Some("D1"), None);
+    for host in [
+        format!("evil.example:{port}"),
+        "evil.example".to_owned(),
+        format!("localhost.evil.example:{port}"),
+        format!("10.0.0.1:{port}"),
+    ] {
+        for (what, request, after_health) in [
+            ("admin view", &admin, false),
+            ("push", &push, false),
+            ("feed on its own connection", &feed, false),
+            ("feed after a request", &feed, true),
+        ] {
+            let answer = send(&address, &addressed(request, &host), after_health).await;
+            assert_eq!(
+                (answer.status, answer.code().as_deref()),
+                (421, Some("unknown_host")),
+                "{what} addressed to {host}: {answer:?}"
+            );
+            assert!(
+                answer.body.contains("--allowed-host"),
+                "says what to do: {answer:?}"
+            );
+        }
+    }
+    server
+        .proc
+        .wait_line(|l| l.contains(" REFUSED> GET /admin/channels: 421 unknown_host"))
+        .await;
+    assert_eq!(
+        server.get_json("/admin/channels").await["channels"],
+        json!([]),
+        "nothing was pushed"
+    );
+    // This machine's names, with or without the port, and those of --allowed-host.
+    let server = TestServer::start(&["--allowed-host", "pere.test"]).await;
+    let address = server.host_port();
+    let port = address.rsplit(':').next().unwrap().to_owned();
+    for host in [
+        format!("localhost:{port}"),
+        "localhost".to_owned(),
+        format!("127.0.0.1:{port}"),
+        "127.0.0.2".to_owned(),
+        format!("[::1]:{port}"),
+        format!("pere.test:{port}"),
+        "PERE.test".to_owned(),
+    ] {
+        let answer = send(&address, &addressed(&admin, &host), false).await;
+        assert_eq!(answer.status, 200, "{host}: {answer:?}");
+    }
+    // HTTP/2: the :authority is the host.
+    for (name, status) in [
+        ("evil.example", 421),
+        ("pere.test", 200),
+        ("localhost", 200),
+    ] {
+        let client = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .resolve(name, address.parse().unwrap())
+            .build()
+            .unwrap();
+        let answer = client
+            .get(format!("http://{name}:{port}/admin/channels"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.version(), reqwest::Version::HTTP_2);
+        assert_eq!(answer.status().as_u16(), status, "HTTP/2 to {name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowed_host_must_be_a_name() {
+    let mut wrong = Proc::start("pere-server", &["--allowed-host", "http://pere.test:80"]);
+    assert_eq!(wrong.wait_exit().await, 2);
+    assert!(
+        wrong.errors().join("\n").contains("allowed-host"),
+        "{:?}",
+        wrong.errors()
     );
 }
 

@@ -53,11 +53,11 @@ async fn every_limit_answers_with_its_code_and_the_server_stays_up() {
 
     // (what, request, status, code): one request each, on a fresh connection.
     let long_resume = format!(
-        "GET /feed/H HTTP/1.1\r\nHost: x\r\nLast-Event-ID: {}\r\n\r\n",
+        "GET /feed/H HTTP/1.1\r\nHost: localhost\r\nLast-Event-ID: {}\r\n\r\n",
         "9".repeat(65)
     );
     let huge_head = format!(
-        "GET /feed/H HTTP/1.1\r\nHost: x\r\nLast-Event-ID: {}\r\n\r\n",
+        "GET /feed/H HTTP/1.1\r\nHost: localhost\r\nLast-Event-ID: {}\r\n\r\n",
         "9".repeat(100_000)
     );
     let table: Vec<(&str, Vec<u8>, u16, &str)> = vec![
@@ -70,19 +70,19 @@ async fn every_limit_answers_with_its_code_and_the_server_stays_up() {
         ("a 100 KB request head", huge_head.into_bytes(), 431, ""),
         (
             "the channel `..`",
-            b"POST /push/.. HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx".to_vec(),
+            b"POST /push/.. HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\n\r\nx".to_vec(),
             400,
             "bad_channel",
         ),
         (
             "the channel `.`",
-            b"GET /feed/. HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            b"GET /feed/. HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(),
             400,
             "bad_channel",
         ),
         (
             "a declared body over --max-body",
-            b"POST /push/H HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n".to_vec(),
+            b"POST /push/H HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5000\r\n\r\n".to_vec(),
             413,
             "body_too_large",
         ),
@@ -94,7 +94,7 @@ async fn every_limit_answers_with_its_code_and_the_server_stays_up() {
         ),
         (
             "a device id with a slash",
-            b"GET /feed/H HTTP/1.1\r\nHost: x\r\ndevice: a/b\r\n\r\n".to_vec(),
+            b"GET /feed/H HTTP/1.1\r\nHost: localhost\r\ndevice: a/b\r\n\r\n".to_vec(),
             400,
             "bad_device",
         ),
@@ -114,7 +114,7 @@ async fn a_client_still_writing_a_large_body_reads_the_413() {
     let (mut reader, mut writer) = stream.into_split();
     let size = 2 * 1024 * 1024;
     let sending = tokio::spawn(async move {
-        let head = format!("POST /push/H HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: {size}\r\n\r\n");
+        let head = format!("POST /push/H HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\nContent-Length: {size}\r\n\r\n");
         writer.write_all(head.as_bytes()).await?;
         let chunk = vec![b'x'; 64 * 1024];
         for _ in 0..size / chunk.len() {
@@ -143,7 +143,7 @@ async fn a_body_that_never_ends_times_out() {
     let mut stream = TcpStream::connect(server.host_port()).await.unwrap();
     stream
         .write_all(
-            b"POST /push/H HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+            b"POST /push/H HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
         )
         .await
         .unwrap();
@@ -159,7 +159,7 @@ async fn streams_are_capped_per_device_and_in_all_and_short_requests_keep_their_
     // HEAD of a feed opens nothing and makes no recipient.
     let head = send(
         &server,
-        b"HEAD /feed/S HTTP/1.1\r\nHost: x\r\ndevice: HeadOnly\r\n\r\n",
+        b"HEAD /feed/S HTTP/1.1\r\nHost: localhost\r\ndevice: HeadOnly\r\n\r\n",
     )
     .await;
     assert_eq!(status(&head), 200, "{head}");
@@ -174,7 +174,7 @@ async fn streams_are_capped_per_device_and_in_all_and_short_requests_keep_their_
     let _second = server.feed("S", &[("device", "D1")]).await;
     let third = send(
         &server,
-        b"GET /feed/S HTTP/1.1\r\nHost: x\r\ndevice: D1\r\n\r\n",
+        b"GET /feed/S HTTP/1.1\r\nHost: localhost\r\ndevice: D1\r\n\r\n",
     )
     .await;
     assert_eq!(status(&third), 429, "{third}");
@@ -189,7 +189,7 @@ async fn streams_are_capped_per_device_and_in_all_and_short_requests_keep_their_
         let mut stream = TcpStream::connect(server.host_port()).await.unwrap();
         stream
             .write_all(
-                format!("GET /feed/S HTTP/1.1\r\nHost: x\r\ndevice: Many{i}\r\n\r\n").as_bytes(),
+                format!("GET /feed/S HTTP/1.1\r\nHost: localhost\r\ndevice: Many{i}\r\n\r\n").as_bytes(),
             )
             .await
             .unwrap();
@@ -197,7 +197,7 @@ async fn streams_are_capped_per_device_and_in_all_and_short_requests_keep_their_
         assert_eq!(status(&answer), 200, "stream {i}: {answer}");
         held.push(stream);
     }
-    let full = send(&server, b"GET /feed/S HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let full = send(&server, b"GET /feed/S HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
     assert_eq!(status(&full), 503, "{full}");
     assert!(
         full.contains("server_full") && full.to_lowercase().contains("retry-after: 5"),
@@ -212,7 +212,7 @@ async fn streams_are_capped_per_device_and_in_all_and_short_requests_keep_their_
         .proc
         .wait_line(|l| l.contains(" FEED END> device: Many29,"))
         .await;
-    let reopened = send(&server, b"GET /feed/S HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let reopened = send(&server, b"GET /feed/S HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
     assert_eq!(status(&reopened), 200, "{reopened}");
 }
 

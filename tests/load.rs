@@ -74,7 +74,7 @@ async fn a_stalled_subscriber_is_cut_without_growing_memory_or_slowing_others(
     let address = server.host_port();
     let mut stalled = TcpStream::connect(&address).await.unwrap();
     stalled
-        .write_all(b"GET /feed/Wide HTTP/1.1\r\nHost: x\r\ndevice: STALLED\r\nAccept: text/event-stream\r\n\r\n")
+        .write_all(b"GET /feed/Wide HTTP/1.1\r\nHost: localhost\r\ndevice: STALLED\r\nAccept: text/event-stream\r\n\r\n")
         .await
         .unwrap();
     let mut first = [0u8; 12];

@@ -632,7 +632,7 @@ async fn feeds_work_on_a_dedicated_connection_and_after_other_requests_on_the_sa
         .await
         .unwrap();
     dedicated
-        .write_all(b"GET /feed/Raw HTTP/1.1\r\nHost: x\r\nOrigin: https://app.example\r\ndevice: R1\r\n\r\n")
+        .write_all(b"GET /feed/Raw HTTP/1.1\r\nHost: localhost\r\nOrigin: https://app.example\r\ndevice: R1\r\n\r\n")
         .await
         .unwrap();
     let mut seen = Vec::new();
@@ -659,7 +659,7 @@ async fn feeds_work_on_a_dedicated_connection_and_after_other_requests_on_the_sa
     let mut bad = tokio::net::TcpStream::connect(server.host_port())
         .await
         .unwrap();
-    bad.write_all(b"GET /feed/bad%20name HTTP/1.1\r\nHost: x\r\n\r\n")
+    bad.write_all(b"GET /feed/bad%20name HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
     let answer = read_to_close(&mut bad).await;
@@ -674,7 +674,7 @@ async fn feeds_work_on_a_dedicated_connection_and_after_other_requests_on_the_sa
         .await
         .unwrap();
     reused
-        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /feed/Raw HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\nGET /feed/Raw HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
     let mut seen = Vec::new();
@@ -738,9 +738,9 @@ async fn exchange(server: &TestServer, requests: &str, until: &str) -> String {
 async fn feeds_on_either_kind_of_connection_pass_the_same_door() {
     let server = TestServer::start(&["--log-level", "debug"]).await;
     server.push("Door", "one").await;
-    let health = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+    let health = "GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n";
     let feed =
-        |device: &str| format!("GET /feed/Door HTTP/1.1\r\nHost: x\r\ndevice: {device}\r\n\r\n");
+        |device: &str| format!("GET /feed/Door HTTP/1.1\r\nHost: localhost\r\ndevice: {device}\r\n\r\n");
 
     // Let in: a feed that opens its connection, and one after another request on a kept-alive one.
     exchange(&server, &feed("First1"), "data: one").await;
@@ -948,7 +948,7 @@ async fn a_quiet_feed_gets_keep_alive_comments_before_and_after_events() {
     let mut feed = tokio::net::TcpStream::connect(server.host_port())
         .await
         .unwrap();
-    feed.write_all(b"GET /feed/Quiet?device=K1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    feed.write_all(b"GET /feed/Quiet?device=K1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
     let opening = pere_e2e::read_until(&mut feed, |s| s.contains(": keep-alive\n")).await;

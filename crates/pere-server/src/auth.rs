@@ -139,6 +139,75 @@ pub fn is_loopback(ip: IpAddr) -> bool {
     ip.to_canonical().is_loopback()
 }
 
+/// Whether the protected mode answers a request addressed to `authority` (a `Host` header or
+/// HTTP/2's `:authority`, with or without a port): a name of this machine (`localhost`, any
+/// 127.0.0.0/8 address, `[::1]`) or one of `allowed` (`--allowed-host`, lower case).
+///
+/// Why: a page of another site can make its own name resolve to 127.0.0.1 (DNS rebinding) and
+/// then use the server as if it were on this machine, with the browser as its client. The
+/// browser still names the site in `Host`, which is what this checks.
+pub fn answers_host(authority: &str, allowed: &[String]) -> bool {
+    let Some(host) = host_of(authority) else {
+        return false;
+    };
+    let host = host.to_ascii_lowercase();
+    let loopback = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok_and(|ip| is_loopback(ip.into())),
+        None => {
+            host == "localhost"
+                || host
+                    .parse::<std::net::Ipv4Addr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+    };
+    loopback || allowed.iter().any(|name| *name == host)
+}
+
+/// The host of an authority (`name`, `name:port`, `[v6]`, `[v6]:port`); `None` when it is none.
+fn host_of(authority: &str) -> Option<&str> {
+    let (host, port) = match authority.rfind(']') {
+        Some(end) => authority.split_at(end + 1),
+        None => match authority.rsplit_once(':') {
+            Some((host, _)) => (host, &authority[host.len()..]),
+            None => (authority, ""),
+        },
+    };
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    (port_ok && !host.is_empty()).then_some(host)
+}
+
+/// A name for `--allowed-host`: a host name or an IP address as a browser puts it in `Host`
+/// (an IPv6 address in brackets), without a scheme, port or path; kept in lower case.
+///
+/// # Errors
+/// What is wrong with it, for the settings' error line.
+pub fn parse_host_name(text: &str) -> Result<String, String> {
+    let name = text.trim().to_ascii_lowercase();
+    let valid = match name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !name.is_empty()
+                && name.len() <= 253
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+        }
+    };
+    if valid {
+        Ok(name)
+    } else {
+        Err(format!(
+            "`{text}` is not a host name: give the name alone, as in pere.internal or [fd00::1] \
+             (no scheme, port or path)"
+        ))
+    }
+}
+
 /// The key settings, as given on the command line.
 #[derive(Debug, Clone, Default)]
 pub struct KeySettings<'a> {
@@ -411,6 +480,48 @@ mod tests {
             Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped()
         )));
         assert!(!is_loopback(IpAddr::V6("fe80::1".parse().unwrap())));
+    }
+
+    #[test]
+    fn the_protected_mode_answers_this_machine_s_names_and_the_allowed_ones() {
+        let allowed = vec!["pere.internal".to_owned(), "[fd00::1]".to_owned()];
+        for host in [
+            "localhost",
+            "LocalHost:4567",
+            "127.0.0.1",
+            "127.0.0.1:80",
+            "127.9.8.7:4567",
+            "[::1]",
+            "[::1]:4567",
+            "[::ffff:127.0.0.1]:1",
+            "pere.internal",
+            "PERE.internal:4567",
+            "[fd00::1]:9",
+        ] {
+            assert!(answers_host(host, &allowed), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:4567",
+            "localhost.evil.example",
+            "127.0.0.1.evil.example",
+            "10.0.0.1",
+            "[fd00::2]",
+            "::1",
+            "",
+            ":4567",
+            "localhost:",
+            "localhost:x",
+            "[::1]x",
+            "pere.internal.",
+        ] {
+            assert!(!answers_host(host, &allowed), "{host}");
+        }
+        assert_eq!(parse_host_name(" Pere.Internal ").unwrap(), "pere.internal");
+        assert_eq!(parse_host_name("[FD00::1]").unwrap(), "[fd00::1]");
+        for wrong in ["", "http://a", "a:80", "a/b", "[nope]", "a b"] {
+            assert!(parse_host_name(wrong).is_err(), "{wrong}");
+        }
     }
 
     #[test]

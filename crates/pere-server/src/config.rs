@@ -19,7 +19,7 @@ use pere_core::store::{RedisClientCert, RedisTls};
 use tokio_rustls::rustls::pki_types::pem::{self, PemObject as _};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::auth::{KeySettings, Mode, Verifier};
+use crate::auth::{parse_host_name, KeySettings, Mode, Verifier};
 
 /// Where events, receipts and device records are kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,6 +246,13 @@ pub struct Config {
     /// device: no receipts, no presence, no receipt or presence streams).
     #[arg(long = "anonymous-subscribe", env = "PERE_ANONYMOUS_SUBSCRIBE")]
     pub anonymous_subscribe: bool,
+
+    /// Protected mode: another name by which this machine's own clients reach the server,
+    /// besides localhost and the loopback addresses (a name in /etc/hosts, say); repeat the flag
+    /// or separate with commas. A request addressed to any other name gets 421, since a page of
+    /// another site can point its own name at this machine (DNS rebinding).
+    #[arg(long = "allowed-host", value_name = "NAME", value_delimiter = ',', value_parser = parse_host_name, env = "PERE_ALLOWED_HOST")]
+    pub allowed_hosts: Vec<String>,
 
     /// Do not log a line per push, feed and receipt (start, stop and errors are still logged).
     #[arg(short = 'q', long = "quiet", env = "PERE_QUIET")]

@@ -1,7 +1,7 @@
 //! The one door every request passes, whatever kind of connection carries it (a hyper connection
 //! or a dedicated feed connection): the peer, method, path, query and headers become a [`Route`]
 //! and a [`Caller`], and the request is let in or refused here: the protected mode's loopback
-//! rule, the token and what it grants, the device a request may speak for. Every answer leaves
+//! and host-name rules, the token and what it grants, the device a request may speak for. Every answer leaves
 //! by the same door ([`exit`]): counted, a refusal logged, with its CORS headers. Whatever must
 //! hold for every request (credentials, limits, counts, the access and refusal logs) belongs in
 //! [`admit`] or [`exit`] and nowhere else.
@@ -75,7 +75,8 @@ pub struct Admitted<'a> {
 ///
 /// # Errors
 /// The answer for a request that may not: 403 `forbidden` for a peer the protected mode does not
-/// answer or a token that does not grant the route; 404 and 405 for paths and methods the server
+/// answer or a token that does not grant the route; 421 `unknown_host` for a request the
+/// protected mode does not answer, addressed to a name that is not this machine's; 404 and 405 for paths and methods the server
 /// does not have; 400 for a device id that is not one; 401 `missing_token`, `invalid_token`,
 /// `expired_token`; 403 `device_mismatch` for a device that is not the token's; 503 or 429 for a
 /// stream past the limits.
@@ -92,6 +93,9 @@ pub fn admit<'a, S: Store>(
              start it with --jwt-secret (or --jwt-public-key) to let clients in with tokens, or with --open \
              on a trusted network",
         ));
+    }
+    if matches!(state.mode, Mode::Protected) && !addressed_here(uri, headers, &state.config) {
+        return Err(ApiError::unknown_host());
     }
     let path = uri.path();
     let route = Route::parse(method, path).map_err(|no| match no {
@@ -168,6 +172,20 @@ pub fn admit<'a, S: Store>(
         query,
         stream,
     })
+}
+
+/// Whether a request is addressed to a name the protected mode answers: every `Host` header and
+/// HTTP/2's `:authority` (the URI's authority) must be one (see [`auth::answers_host`]). A request
+/// that names no host at all (HTTP/1.0) is let in: every browser names one, and the names are
+/// checked against pages that make the browser their client.
+fn addressed_here(uri: &Uri, headers: &HeaderMap, config: &crate::config::Config) -> bool {
+    let allowed = &config.allowed_hosts;
+    uri.authority()
+        .is_none_or(|authority| auth::answers_host(authority.as_str(), allowed))
+        && headers.get_all(header::HOST).iter().all(|host| {
+            host.to_str()
+                .is_ok_and(|host| auth::answers_host(host, allowed))
+        })
 }
 
 /// The token a request carries: `Authorization: Bearer`, else `?access_token=`, else the

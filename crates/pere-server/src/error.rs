@@ -109,6 +109,18 @@ impl ApiError {
         )
     }
 
+    /// 421 for a request the protected mode does not answer: it is addressed (`Host`,
+    /// `:authority`) to a name that is not this machine's.
+    pub fn unknown_host() -> Self {
+        Self::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "unknown_host",
+            "PERE is in protected mode: it answers requests addressed to this machine (localhost, \
+             127.0.0.1, [::1]) and to the names given with --allowed-host; if this name is the \
+             machine's own, start the server with --allowed-host NAME",
+        )
+    }
+
     /// 413 for a body over `limit` bytes.
     pub fn too_large(limit: usize) -> Self {
         Self::new(
