@@ -727,6 +727,209 @@ async fn an_allowed_host_must_be_a_name() {
     );
 }
 
+/// A simple request (one a page of any site may send without asking: a form's, or `fetch`'s
+/// with `text/plain`) with `extra` header lines.
+fn simple(method: &str, path: &str, extra: &[String], body: &str) -> String {
+    let mut out = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n");
+    for line in extra {
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    out.push_str(&format!(
+        "Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_another_site_cannot_change_anything_with_the_cookie() {
+    let server = start_with_secret(&["--allow-origin", "https://app.example"]).await;
+    let address = server.host_port();
+    let port = address.rsplit(':').next().unwrap().to_owned();
+    let publisher = token(SECRET, "P1", &["X"], &[], false, 600);
+    let device = token(SECRET, "D1", &[], &["X"], false, 600);
+    let admin = token(SECRET, "ADM", &[], &[], true, 600);
+    let cookie = |token: &str| format!("Cookie: theme=dark; pere_token={token}");
+    let evil = "Origin: https://evil.example".to_owned();
+    let pushed = |answer: &Answer| -> u64 {
+        let json: Value = serde_json::from_str(&answer.body).unwrap();
+        json["id"].as_u64().unwrap_or_else(|| panic!("{answer:?}"))
+    };
+
+    // What a page of evil.example can make a browser holding the cookie send: refused, whatever
+    // the browser says of where it comes from.
+    let here = format!("localhost:{port}");
+    let push = |headers: &[String]| {
+        let mut all = vec![cookie(&publisher)];
+        all.extend_from_slice(headers);
+        addressed(&simple("POST", "/push/X", &all, "x"), &here)
+    };
+    for (what, headers) in [
+        ("another origin", vec![evil.clone()]),
+        ("an opaque origin", vec!["Origin: null".to_owned()]),
+        ("cross-site", vec!["Sec-Fetch-Site: cross-site".to_owned()]),
+        ("same-site", vec!["Sec-Fetch-Site: same-site".to_owned()]),
+        (
+            "another origin, cross-site",
+            vec![evil.clone(), "Sec-Fetch-Site: cross-site".to_owned()],
+        ),
+        (
+            "the server's host on another scheme",
+            vec![format!("Origin: https://localhost:{port}")],
+        ),
+        ("no browser's word at all", vec![]),
+    ] {
+        let answer = send(&address, &push(&headers), false).await;
+        assert_eq!(
+            (answer.status, answer.code().as_deref()),
+            (403, Some("cross_origin")),
+            "{what}: {answer:?}"
+        );
+        assert!(
+            answer.body.contains("--allow-origin") && answer.body.contains("Authorization"),
+            "says what to do: {answer:?}"
+        );
+    }
+    server
+        .proc
+        .wait_line(|l| l.contains(" REFUSED> POST /push/X: 403 cross_origin"))
+        .await;
+    // Receipts and device changes too.
+    let receipt = simple(
+        "POST",
+        "/feedback/X",
+        &[cookie(&device), evil.clone(), "last_event_id: 1".to_owned()],
+        "",
+    );
+    let register = simple("PUT", "/devices/X/D9", &[cookie(&admin), evil.clone()], "");
+    let remove = simple(
+        "DELETE",
+        "/devices/X/D9",
+        &[cookie(&admin), evil.clone()],
+        "",
+    );
+    for (what, request) in [
+        ("receipt", receipt),
+        ("register", register),
+        ("remove", remove),
+    ] {
+        let answer = send(&address, &request, false).await;
+        assert_eq!(
+            answer.code().as_deref(),
+            Some("cross_origin"),
+            "{what}: {answer:?}"
+        );
+    }
+
+    // Nothing was stored: the first push the server takes is event 1.
+    let same_origin = send(
+        &address,
+        &push(&[format!("Origin: http://localhost:{port}")]),
+        false,
+    )
+    .await;
+    assert_eq!(
+        (same_origin.status, pushed(&same_origin)),
+        (200, 1),
+        "{same_origin:?}"
+    );
+    // The server's own pages, a listed origin, and what the browser calls same-origin or the
+    // user's own action pass with the cookie.
+    for headers in [
+        vec!["Origin: https://app.example".to_owned()],
+        vec!["Sec-Fetch-Site: same-origin".to_owned()],
+        vec!["Sec-Fetch-Site: none".to_owned()],
+        vec![
+            "Origin: https://proxy.example".to_owned(),
+            "Sec-Fetch-Site: same-origin".to_owned(),
+        ],
+    ] {
+        let answer = send(&address, &push(&headers), false).await;
+        assert_eq!(answer.status, 200, "{headers:?}: {answer:?}");
+    }
+    // A token in a header or the query is no browser's doing: any origin.
+    let bearer = simple(
+        "POST",
+        "/push/X",
+        &[format!("Authorization: Bearer {publisher}"), evil.clone()],
+        "x",
+    );
+    assert_eq!(send(&address, &bearer, false).await.status, 200);
+    let query = simple(
+        "POST",
+        &format!("/push/X?access_token={publisher}"),
+        &[evil.clone()],
+        "x",
+    );
+    assert_eq!(send(&address, &query, false).await.status, 200);
+    // Reading is no change: a feed with the cookie from another origin opens (CORS decides
+    // whether the page may read it).
+    let feed = format!(
+        "GET /feed/X HTTP/1.1\r\nHost: localhost\r\n{}\r\n{evil}\r\n\r\n",
+        cookie(&device)
+    );
+    for after_health in [false, true] {
+        assert_eq!(send(&address, &feed, after_health).await.status, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_key_a_page_of_another_site_cannot_change_anything() {
+    // Being on this machine (or, with --open, on the network) is the credential then, and a
+    // browser there lends it to every page it shows.
+    for mode in [&[][..], &["--open"][..]] {
+        let mut args = vec!["--allow-origin", "https://app.example"];
+        args.extend_from_slice(mode);
+        let server = TestServer::start(&args).await;
+        let address = server.host_port();
+        let port = address.rsplit(':').next().unwrap().to_owned();
+        let here = format!("localhost:{port}");
+        let push = |origin: Option<&str>| {
+            let extra: Vec<String> = origin.map(|o| format!("Origin: {o}")).into_iter().collect();
+            addressed(&simple("POST", "/push/Y", &extra, "x"), &here)
+        };
+        for origin in ["https://evil.example", "null"] {
+            let answer = send(&address, &push(Some(origin)), false).await;
+            assert_eq!(
+                (answer.status, answer.code().as_deref()),
+                (403, Some("cross_origin")),
+                "{mode:?} {origin}: {answer:?}"
+            );
+            assert!(answer.body.contains("--allow-origin"), "{answer:?}");
+        }
+        let cross = simple(
+            "PUT",
+            "/devices/Y/D1",
+            &["Sec-Fetch-Site: cross-site".to_owned()],
+            "",
+        );
+        assert_eq!(
+            send(&address, &cross, false).await.code().as_deref(),
+            Some("cross_origin")
+        );
+        let own = format!("http://localhost:{port}");
+        for origin in [None, Some(own.as_str()), Some("https://app.example")] {
+            let answer = send(&address, &push(origin), false).await;
+            assert_eq!(answer.status, 200, "{mode:?} {origin:?}: {answer:?}");
+        }
+    }
+    // `*` lets any page in where there are no credentials.
+    let any = TestServer::start(&["--allow-origin", "*"]).await;
+    let answer = send(
+        &any.host_port(),
+        &simple(
+            "POST",
+            "/push/Y",
+            &["Origin: https://evil.example".to_owned()],
+            "x",
+        ),
+        false,
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_subcommand_mints_tokens_the_server_accepts() {
     let mut mint = Proc::start(

@@ -15,6 +15,7 @@ use pere_core::{DeviceId, Store};
 
 use crate::activity;
 use crate::auth::{self, Grants, Mode, TokenError};
+use crate::config::Config;
 use crate::error::ApiError;
 use crate::limits::StreamSlot;
 use crate::metrics::StreamKind;
@@ -104,12 +105,21 @@ pub fn admit<'a, S: Store>(
     })?;
     let query = Query::parse(uri.query());
     let named = request::device(headers, &query)?;
+    if matches!(state.mode, Mode::Protected | Mode::Open) {
+        // No credentials: being able to reach the server is the only one, and a page of any
+        // site shown by a browser that can reach it has it too.
+        same_site(&state.config, method, uri, headers, Ambient::Reach)?;
+    }
     let caller = match &state.mode {
         Mode::Tokens {
             verifier,
             anonymous_subscribe,
         } if !route.is_public() => match token(headers, &query)? {
-            Some(token) => {
+            Some((token, carrier)) => {
+                if carrier == Carrier::Cookie {
+                    // The browser adds the cookie to any page's requests, whatever the site.
+                    same_site(&state.config, method, uri, headers, Ambient::Cookie)?;
+                }
                 let claims = verifier.verify(token).map_err(|err| match err {
                     TokenError::Expired => ApiError::expired_token(),
                     TokenError::Invalid => ApiError::invalid_token(),
@@ -178,7 +188,7 @@ pub fn admit<'a, S: Store>(
 /// HTTP/2's `:authority` (the URI's authority) must be one (see [`auth::answers_host`]). A request
 /// that names no host at all (HTTP/1.0) is let in: every browser names one, and the names are
 /// checked against pages that make the browser their client.
-fn addressed_here(uri: &Uri, headers: &HeaderMap, config: &crate::config::Config) -> bool {
+fn addressed_here(uri: &Uri, headers: &HeaderMap, config: &Config) -> bool {
     let allowed = &config.allowed_hosts;
     uri.authority()
         .is_none_or(|authority| auth::answers_host(authority.as_str(), allowed))
@@ -188,12 +198,26 @@ fn addressed_here(uri: &Uri, headers: &HeaderMap, config: &crate::config::Config
         })
 }
 
+/// Where a request's token travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Carrier {
+    /// `Authorization: Bearer`.
+    Header,
+    /// `?access_token=`.
+    Query,
+    /// The `pere_token` cookie, which the browser adds by itself.
+    Cookie,
+}
+
 /// The token a request carries: `Authorization: Bearer`, else `?access_token=`, else the
 /// `pere_token` cookie (the last two for `EventSource`, which cannot set headers).
 ///
 /// # Errors
 /// 401 `invalid_token` for an `Authorization` header that is not a bearer token.
-fn token<'r>(headers: &'r HeaderMap, query: &'r Query) -> Result<Option<&'r str>, ApiError> {
+fn token<'r>(
+    headers: &'r HeaderMap,
+    query: &'r Query,
+) -> Result<Option<(&'r str, Carrier)>, ApiError> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let value = value.to_str().map_err(|_| ApiError::invalid_token())?;
         let (scheme, token) = value
@@ -203,10 +227,10 @@ fn token<'r>(headers: &'r HeaderMap, query: &'r Query) -> Result<Option<&'r str>
         if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
             return Err(ApiError::invalid_token());
         }
-        return Ok(Some(token.trim()));
+        return Ok(Some((token.trim(), Carrier::Header)));
     }
     if let Some(token) = query.get(&[TOKEN_PARAM]) {
-        return Ok(Some(token));
+        return Ok(Some((token, Carrier::Query)));
     }
     let cookie = headers
         .get_all(header::COOKIE)
@@ -214,7 +238,96 @@ fn token<'r>(headers: &'r HeaderMap, query: &'r Query) -> Result<Option<&'r str>
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .find_map(|pair| pair.trim().strip_prefix(TOKEN_COOKIE)?.strip_prefix('='));
-    Ok(cookie)
+    Ok(cookie.map(|token| (token, Carrier::Cookie)))
+}
+
+/// The credential a page of another site would borrow from the browser that shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ambient {
+    /// The `pere_token` cookie.
+    Cookie,
+    /// Being able to reach the server at all (the protected mode's machine, `--open`'s
+    /// network): the only credential when there is no token key.
+    Reach,
+}
+
+/// The header by which browsers say which site a request comes from (set by the browser; no
+/// page can).
+const SEC_FETCH_SITE: header::HeaderName = header::HeaderName::from_static("sec-fetch-site");
+
+/// Refuses a change (any method but `GET`, `HEAD` and `OPTIONS`) that a page of another site
+/// sent with an `ambient` credential: cross-site request forgery.
+///
+/// A request passes when its `Origin` is the server's own (the request's host with the scheme
+/// the server speaks) or listed by `--allow-origin` (`*` too, for [`Ambient::Reach`]: without
+/// credentials it lets any page in; a cookie is a credential, which `*` never carries), or when
+/// the browser says `Sec-Fetch-Site: same-origin` (or `none`, the user's own action); one that
+/// names another origin or site is refused. A request with neither header is not a browser's
+/// (browsers send one of them with every change): it passes without credentials (tools, the
+/// original clients) and is refused with the cookie, which only a browser adds unasked, and
+/// which a program can put in an `Authorization` header instead.
+///
+/// # Errors
+/// 403 `cross_origin`, saying what to do.
+fn same_site(
+    config: &Config,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    ambient: Ambient,
+) -> Result<(), ApiError> {
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(());
+    }
+    let origin = headers
+        .get(header::ORIGIN)
+        .map(|o| o.to_str().unwrap_or(""));
+    if let Some(origin) = origin {
+        if config.origin_listed(origin)
+            || (ambient == Ambient::Reach && config.any_origin())
+            || own_origin(config, uri, headers, origin)
+        {
+            return Ok(());
+        }
+    }
+    let site = headers.get(SEC_FETCH_SITE).map(|s| s.as_bytes());
+    if matches!(site, Some(b"same-origin" | b"none")) {
+        return Ok(());
+    }
+    if origin.is_none() && site.is_none() && ambient == Ambient::Reach {
+        return Ok(());
+    }
+    Err(ApiError::cross_origin(match ambient {
+        Ambient::Cookie => {
+            "a change that carries its token in the pere_token cookie must come from a page of \
+             this server or of an origin listed with --allow-origin; other clients send the \
+             token in an Authorization: Bearer header"
+        }
+        Ambient::Reach => {
+            "this server takes changes from pages of its own origin and of those listed with \
+             --allow-origin only; list the page's origin to let it in"
+        }
+    }))
+}
+
+/// Whether `origin` is the server's own: the scheme it speaks (`https` with `--tls-cert`, or
+/// HTTP/2's `:scheme`) and the host the request is addressed to.
+fn own_origin(config: &Config, uri: &Uri, headers: &HeaderMap, origin: &str) -> bool {
+    let scheme = uri.scheme_str().unwrap_or(if config.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    });
+    let host = match uri.authority() {
+        Some(authority) => Some(authority.as_str()),
+        None => headers.get(header::HOST).and_then(|h| h.to_str().ok()),
+    };
+    let Some(host) = host else {
+        return false;
+    };
+    origin
+        .split_once("://")
+        .is_some_and(|(s, h)| s.eq_ignore_ascii_case(scheme) && h.eq_ignore_ascii_case(host))
 }
 
 /// Whether a token for `device` with `grants` may use `route`.
@@ -354,7 +467,7 @@ mod tests {
         use http_body_util::BodyExt;
         use hyper::{Request, StatusCode};
 
-        let mut config = crate::config::Config::defaults();
+        let mut config = Config::defaults();
         config.allow_origins = vec!["https://app.example".to_owned()];
         let state = AppState::new(pere_core::MemoryStore::default(), config, Mode::Open);
         let request = |method: Method, path: &str| {
@@ -422,25 +535,105 @@ mod tests {
         let none = Query::default();
         assert_eq!(
             token(&headers(&[("authorization", "Bearer abc")]), &none).unwrap(),
-            Some("abc")
+            Some(("abc", Carrier::Header))
         );
         assert_eq!(
             token(&headers(&[("authorization", "bearer  abc ")]), &none).unwrap(),
-            Some("abc")
+            Some(("abc", Carrier::Header))
         );
         assert!(token(&headers(&[("authorization", "Basic abc")]), &none).is_err());
         assert!(token(&headers(&[("authorization", "Bearer")]), &none).is_err());
         assert_eq!(
             token(&HeaderMap::new(), &Query::parse(Some("access_token=q1"))).unwrap(),
-            Some("q1")
+            Some(("q1", Carrier::Query))
         );
         let cookies = headers(&[("cookie", "a=1; pere_token=c1"), ("cookie", "b=2")]);
-        assert_eq!(token(&cookies, &none).unwrap(), Some("c1"));
+        assert_eq!(
+            token(&cookies, &none).unwrap(),
+            Some(("c1", Carrier::Cookie))
+        );
         assert_eq!(
             token(&headers(&[("cookie", "pere_tokenx=1")]), &none).unwrap(),
             None
         );
         assert_eq!(token(&HeaderMap::new(), &none).unwrap(), None);
+    }
+
+    #[test]
+    fn changes_from_pages_of_other_sites_are_refused_with_ambient_credentials() {
+        let mut config = Config::defaults();
+        config.allow_origins = vec!["https://app.example".to_owned()];
+        let uri: Uri = "/push/C".parse().unwrap();
+        let check = |method: Method, pairs: &[(&str, &str)], ambient: Ambient| {
+            let mut all = vec![("host", "pere.example:4567")];
+            all.extend_from_slice(pairs);
+            same_site(&config, &method, &uri, &headers(&all), ambient)
+                .map_err(|err| (err.status.as_u16(), err.code))
+        };
+        let refused = Err((403, "cross_origin"));
+        for ambient in [Ambient::Cookie, Ambient::Reach] {
+            let post = |pairs: &[(&str, &str)]| check(Method::POST, pairs, ambient);
+            assert_eq!(post(&[("origin", "https://evil.example")]), refused);
+            assert_eq!(post(&[("origin", "null")]), refused);
+            assert_eq!(post(&[("sec-fetch-site", "cross-site")]), refused);
+            assert_eq!(post(&[("sec-fetch-site", "same-site")]), refused);
+            assert_eq!(
+                post(&[
+                    ("origin", "https://evil.example"),
+                    ("sec-fetch-site", "cross-site")
+                ]),
+                refused
+            );
+            assert_eq!(post(&[("origin", "http://pere.example:4567")]), Ok(()));
+            assert_eq!(post(&[("origin", "HTTP://Pere.Example:4567")]), Ok(()));
+            assert_eq!(
+                post(&[("origin", "https://pere.example:4567")]),
+                refused,
+                "the scheme counts"
+            );
+            assert_eq!(post(&[("origin", "http://pere.example")]), refused);
+            assert_eq!(post(&[("origin", "https://app.example")]), Ok(()));
+            assert_eq!(post(&[("sec-fetch-site", "same-origin")]), Ok(()));
+            assert_eq!(post(&[("sec-fetch-site", "none")]), Ok(()));
+            for method in [Method::GET, Method::HEAD, Method::OPTIONS] {
+                assert_eq!(
+                    check(method, &[("origin", "https://evil.example")], ambient),
+                    Ok(()),
+                    "reading changes nothing"
+                );
+            }
+            for method in [Method::PUT, Method::DELETE] {
+                assert_eq!(
+                    check(method, &[("origin", "https://evil.example")], ambient),
+                    refused
+                );
+            }
+        }
+        assert_eq!(
+            check(Method::POST, &[], Ambient::Cookie),
+            refused,
+            "only a browser adds a cookie unasked"
+        );
+        assert_eq!(
+            check(Method::POST, &[], Ambient::Reach),
+            Ok(()),
+            "a program, with nothing a page could borrow"
+        );
+        config.allow_origins.push("*".to_owned());
+        let any = |ambient| {
+            same_site(
+                &config,
+                &Method::POST,
+                &uri,
+                &headers(&[("origin", "https://evil.example")]),
+                ambient,
+            )
+            .is_ok()
+        };
+        assert!(
+            any(Ambient::Reach) && !any(Ambient::Cookie),
+            "* carries no credentials"
+        );
     }
 
     #[test]

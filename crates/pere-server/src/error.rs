@@ -100,6 +100,13 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
 
+    /// 403 for a change (a push, a receipt, a device's registration) that a page of another
+    /// site sent with credentials the browser adds by itself (the token cookie, or its place on
+    /// this machine or network): cross-site request forgery.
+    pub fn cross_origin(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "cross_origin", message)
+    }
+
     /// 403 for a device named in the request that is not the token's.
     pub fn device_mismatch(named: &str) -> Self {
         Self::new(
