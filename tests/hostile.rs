@@ -189,7 +189,8 @@ async fn streams_are_capped_per_device_and_in_all_and_short_requests_keep_their_
         let mut stream = TcpStream::connect(server.host_port()).await.unwrap();
         stream
             .write_all(
-                format!("GET /feed/S HTTP/1.1\r\nHost: localhost\r\ndevice: Many{i}\r\n\r\n").as_bytes(),
+                format!("GET /feed/S HTTP/1.1\r\nHost: localhost\r\ndevice: Many{i}\r\n\r\n")
+                    .as_bytes(),
             )
             .await
             .unwrap();
@@ -242,4 +243,198 @@ async fn a_resume_position_too_large_for_an_id_is_beyond_the_head() {
         assert_eq!(notice["head"], 2, "{notice}");
         assert_eq!(feed.next_ids(2).await, vec![1, 2]);
     }
+}
+
+/// A connection to `server` from `source`, a loopback address of this machine (127.0.0.2, say):
+/// another client, as far as the server can tell.
+async fn connect_from(source: &str, server: &TestServer) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    socket
+        .connect(server.host_port().parse().unwrap())
+        .await
+        .unwrap()
+}
+
+/// The start of a request head that never ends: a client sending it a byte at a time.
+const TRICKLE: &[u8] = b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Slow: ";
+
+/// Sends `request` on `stream` and reads the JSON answer.
+async fn ask(stream: &mut TcpStream, request: String) -> String {
+    stream.write_all(request.as_bytes()).await.unwrap();
+    read_until(stream, |s| s.contains("\r\n\r\n") && s.contains('}')).await
+}
+
+/// Whether the server closes `stream` within `within` (it reads nothing from a client that never
+/// finishes its head).
+async fn closed_within(stream: &mut TcpStream, within: std::time::Duration) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(within, stream.read(&mut byte)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_the_reserve_with_heads_that_never_end() {
+    // 120 connections, 80 kept for short requests: 40 streams.
+    let server =
+        TestServer::start(&["--max-connections", "120", "--connection-reserve", "80"]).await;
+    let mut feeds = Vec::new();
+    for i in 0..40 {
+        let mut stream = TcpStream::connect(server.host_port()).await.unwrap();
+        let head = format!("GET /feed/Full HTTP/1.1\r\nHost: localhost\r\ndevice: F{i}\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let answer = read_until(&mut stream, |s| s.contains("retry:")).await;
+        assert_eq!(status(&answer), 200, "feed {i}: {answer}");
+        feeds.push(stream);
+    }
+    let full = send(
+        &server,
+        b"GET /feed/Full HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status(&full), 503, "streams are at their cap: {full}");
+
+    // Another client (127.0.0.2) opens more connections than the reserve and never finishes a
+    // head. It may hold 64 (--max-unproven-per-address); the rest are closed at once.
+    let mut slow = Vec::new();
+    for _ in 0..100 {
+        let mut stream = connect_from("127.0.0.2", &server).await;
+        stream.write_all(TRICKLE).await.unwrap();
+        slow.push(stream);
+    }
+    // This machine's first address still gets its answers at once, not after the header
+    // timeout (30 s) of a wave of slow heads.
+    let quick = std::time::Duration::from_secs(10);
+    let health = tokio::time::timeout(quick, server.http.get(server.url("/health")).send()).await;
+    assert_eq!(
+        health
+            .ok()
+            .and_then(Result::ok)
+            .map(|r| r.status().as_u16()),
+        Some(200),
+        "/health while one address trickles"
+    );
+    let push = tokio::time::timeout(
+        quick,
+        server
+            .http
+            .post(server.url("/push/Full"))
+            .body("still served")
+            .send(),
+    )
+    .await;
+    assert_eq!(
+        push.ok().and_then(Result::ok).map(|r| r.status().as_u16()),
+        Some(200),
+        "a push while one address trickles"
+    );
+    let mut closed = 0;
+    for stream in slow.iter_mut().rev().take(36) {
+        closed += usize::from(closed_within(stream, quick).await);
+    }
+    assert_eq!(
+        closed, 36,
+        "the connections past the cap are closed at once"
+    );
+    server
+        .proc
+        .wait_error_line(|l| {
+            l.contains("127.0.0.2 holds 64 connections that have not proven themselves")
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_timeout_shortens_while_half_the_reserve_waits_for_heads() {
+    let server =
+        TestServer::start(&["--max-connections", "200", "--connection-reserve", "40"]).await;
+    // 25 slow heads: more than half of the reserve of 40.
+    let mut slow = Vec::new();
+    for _ in 0..25 {
+        let mut stream = connect_from("127.0.0.3", &server).await;
+        stream.write_all(TRICKLE).await.unwrap();
+        slow.push(stream);
+    }
+    // Answered once the server took every connection before it (they queue in order).
+    still_answers(&server, "slow heads").await;
+    // A new slow head now has a few seconds (--busy-header-timeout, 5 s), not 30.
+    let mut late = connect_from("127.0.0.4", &server).await;
+    late.write_all(TRICKLE).await.unwrap();
+    assert!(
+        closed_within(&mut late, std::time::Duration::from_secs(15)).await,
+        "a slow head closed after the busy header timeout"
+    );
+    // The reserve still answers.
+    still_answers(&server, "a slow head closed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tokens_a_connection_proves_itself_with_a_valid_token_or_a_stream() {
+    let secret = "hostile-secret-of-at-least-32-bytes-0123456789";
+    let server =
+        TestServer::start(&["--jwt-secret", secret, "--max-unproven-per-address", "3"]).await;
+    let mut minted = pere_e2e::Proc::start(
+        "pere-server",
+        &[
+            "token",
+            "--jwt-secret",
+            secret,
+            "--sub",
+            "P1",
+            "--publish",
+            "T",
+            "--subscribe",
+            "T",
+        ],
+    );
+    assert_eq!(minted.wait_exit().await, 0);
+    let token = minted.lines().join("");
+    let health = || "GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n".to_owned();
+    let push = |token: &str| {
+        format!(
+            "POST /push/T HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
+             Content-Length: 1\r\n\r\nx"
+        )
+    };
+    // A public request, or one without a valid token, proves nothing: the connections stay
+    // counted while they are kept open.
+    let mut first = connect_from("127.0.0.5", &server).await;
+    assert_eq!(status(&ask(&mut first, health()).await), 200);
+    let mut second = connect_from("127.0.0.5", &server).await;
+    assert_eq!(status(&ask(&mut second, push("not.a.token")).await), 401);
+    // A request with a valid token does: this one no longer counts.
+    let mut publisher = connect_from("127.0.0.5", &server).await;
+    assert_eq!(status(&ask(&mut publisher, push(&token)).await), 200);
+    let mut third = connect_from("127.0.0.5", &server).await;
+    assert_eq!(status(&ask(&mut third, health()).await), 200);
+    // Three unproven: the next is closed without an answer.
+    let mut fourth = connect_from("127.0.0.5", &server).await;
+    let _ = fourth.write_all(health().as_bytes()).await;
+    assert!(closed_within(&mut fourth, WAIT).await);
+    // Another address is another client.
+    let mut elsewhere = connect_from("127.0.0.6", &server).await;
+    assert_eq!(status(&ask(&mut elsewhere, health()).await), 200);
+    // The proven connection goes on being served; one unproven one closing makes room.
+    assert_eq!(status(&ask(&mut publisher, push(&token)).await), 200);
+    drop(first);
+    server
+        .proc
+        .wait_error_line(|l| l.contains("127.0.0.5 holds 3 connections"))
+        .await;
+    let answered = tokio::time::timeout(WAIT, async {
+        loop {
+            let mut again = connect_from("127.0.0.5", &server).await;
+            again.write_all(health().as_bytes()).await.unwrap();
+            let answer = read_until(&mut again, |s| s.contains('}')).await;
+            if !answer.is_empty() {
+                return answer;
+            }
+        }
+    })
+    .await
+    .expect("room once an unproven connection closed");
+    assert_eq!(status(&answered), 200);
+    drop((second, third, publisher));
 }

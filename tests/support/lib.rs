@@ -196,10 +196,28 @@ impl Proc {
 
     /// Waits until at least `count` stdout lines satisfy `matches`; returns those lines.
     pub async fn wait_lines(&self, count: usize, matches: impl Fn(&str) -> bool) -> Vec<String> {
+        self.wait_for(Self::lines, count, matches).await
+    }
+
+    /// Waits for the first stderr line (warnings, errors) that satisfies `matches`.
+    pub async fn wait_error_line(&self, matches: impl Fn(&str) -> bool) -> String {
+        self.wait_for(Self::errors, 1, matches).await.remove(0)
+    }
+
+    /// Waits until at least `count` lines of `which` (stdout or stderr) satisfy `matches`.
+    async fn wait_for(
+        &self,
+        which: fn(&Self) -> Vec<String>,
+        count: usize,
+        matches: impl Fn(&str) -> bool,
+    ) -> Vec<String> {
         let found = tokio::time::timeout(WAIT, async {
             loop {
+                // Listening before looking: a line read in between wakes this wait.
                 let notified = self.changed.notified();
-                let found: Vec<String> = self.lines().into_iter().filter(|l| matches(l)).collect();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let found: Vec<String> = which(self).into_iter().filter(|l| matches(l)).collect();
                 if found.len() >= count {
                     return found;
                 }

@@ -340,6 +340,29 @@ pub struct Config {
     )]
     pub connection_reserve: usize,
 
+    /// Connections from one address (an IPv6 /64) that have not proven themselves yet: still
+    /// sending their first request, or, with a token key, not yet let in with a valid token or
+    /// for a stream. Past it, new connections from the address are closed at once, so one client
+    /// cannot take the reserve kept for short requests. 0: no cap (behind a proxy, say, where
+    /// every client has the proxy's address).
+    #[arg(
+        long = "max-unproven-per-address",
+        default_value_t = 64,
+        env = "PERE_MAX_UNPROVEN_PER_ADDRESS"
+    )]
+    pub max_unproven_per_address: usize,
+
+    /// Longest time a client may take to send a request's head (the first from the moment it
+    /// connects, the next ones from the end of the answer before), e.g. 30s; past it, the
+    /// connection is closed.
+    #[arg(long = "header-timeout", default_value = "30s", value_parser = parse_duration, env = "PERE_HEADER_TIMEOUT")]
+    pub header_timeout: Duration,
+
+    /// The header timeout of a new connection while more than half of --connection-reserve are
+    /// connections still waiting for their first request's head, e.g. 5s.
+    #[arg(long = "busy-header-timeout", default_value = "5s", value_parser = parse_duration, env = "PERE_BUSY_HEADER_TIMEOUT")]
+    pub busy_header_timeout: Duration,
+
     /// Streams one device may hold open at once (across channels); one more gets 429.
     #[arg(
         long = "max-streams-per-device",

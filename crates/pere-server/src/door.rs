@@ -6,8 +6,6 @@
 //! hold for every request (credentials, limits, counts, the access and refusal logs) belongs in
 //! [`admit`] or [`exit`] and nowhere else.
 
-use std::net::SocketAddr;
-
 use hyper::header::{self, HeaderMap};
 use hyper::http::request::Parts;
 use hyper::{Method, Response, Uri};
@@ -17,7 +15,7 @@ use crate::activity;
 use crate::auth::{self, Grants, Mode, TokenError};
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::limits::StreamSlot;
+use crate::limits::{Arrival, StreamSlot};
 use crate::metrics::StreamKind;
 use crate::request::{self, Query};
 use crate::response::{self, Answer, ResponseBody};
@@ -72,7 +70,9 @@ pub struct Admitted<'a> {
     pub stream: Option<StreamSlot>,
 }
 
-/// Decides whether a request from `peer` may go on, and where to.
+/// Decides whether a request on the connection of `arrival` (its peer, its standing with the
+/// limits) may go on, and where to; notes that the connection's request head arrived, and
+/// whether the request proves the connection (see [`crate::limits`]).
 ///
 /// # Errors
 /// The answer for a request that may not: 403 `forbidden` for a peer the protected mode does not
@@ -83,12 +83,14 @@ pub struct Admitted<'a> {
 /// stream past the limits.
 pub fn admit<'a, S: Store>(
     state: &AppState<S>,
-    peer: SocketAddr,
+    arrival: &Arrival,
     method: &Method,
     uri: &'a Uri,
     headers: &HeaderMap,
 ) -> Result<Admitted<'a>, ApiError> {
-    if matches!(state.mode, Mode::Protected) && !auth::is_loopback(peer.ip()) {
+    // Its head is here: the connection is out of the header phase, whatever the answer.
+    arrival.arrived();
+    if matches!(state.mode, Mode::Protected) && !auth::is_loopback(arrival.peer().ip()) {
         return Err(ApiError::forbidden(
             "PERE is in protected mode: without a token key it answers only clients on its own machine; \
              start it with --jwt-secret (or --jwt-public-key) to let clients in with tokens, or with --open \
@@ -171,6 +173,12 @@ pub fn admit<'a, S: Store>(
         ),
         _ => None,
     };
+    // A stream is held within the streams' caps, and a valid token names who asks: either
+    // proves the connection, which then no longer counts against its address. Without a token
+    // key nothing names anyone, and being let in is all a request can show.
+    if stream.is_some() || caller.grants.is_some() || !matches!(state.mode, Mode::Tokens { .. }) {
+        arrival.prove();
+    }
     activity::admitted(
         method.as_str(),
         path,

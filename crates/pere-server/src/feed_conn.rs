@@ -14,7 +14,6 @@
 //! anything this loop is not sure of goes to hyper with the bytes already read put back in front.
 
 use std::io::{self, IoSlice};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,11 +27,11 @@ use pere_core::{Store, Subscription};
 use pere_proto::sse;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::{sleep_until, timeout_at, Instant};
 
 use crate::door::{self, Listener};
 use crate::error::ApiError;
-use crate::limits::StreamSlot;
+use crate::limits::{Arrival, StreamSlot};
 use crate::request;
 use crate::response::{self, raw_head};
 use crate::route::{self, Route};
@@ -48,8 +47,6 @@ const MAX_HEAD: usize = 8192;
 const MAX_HEADERS: usize = 64;
 /// Queued frames gathered into one write.
 const MAX_GATHER: usize = 64;
-/// How long a client has to send what decides where its connection goes (a feed's whole head).
-const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the first bytes of a connection turned out to be.
 #[derive(Debug)]
@@ -95,8 +92,8 @@ impl Opening {
 ///
 /// # Errors
 /// The socket's error, or a time-out when the client sends no complete feed head (nor anything
-/// that shows it is not one) in 30 s.
-pub async fn read_first_request<R>(stream: &mut R) -> io::Result<FirstRequest>
+/// that shows it is not one) by `deadline` (the connection's, see [`Arrival`]).
+pub async fn read_first_request<R>(stream: &mut R, deadline: Instant) -> io::Result<FirstRequest>
 where
     R: AsyncRead + Unpin,
 {
@@ -125,7 +122,7 @@ where
             }
         }
     };
-    timeout(FIRST_REQUEST_TIMEOUT, read)
+    timeout_at(deadline, read)
         .await
         .map_err(|_| io::ErrorKind::TimedOut)?
 }
@@ -201,7 +198,7 @@ pub async fn serve<S: Store>(
     state: Arc<AppState<S>>,
     mut stream: TcpStream,
     request: Request<()>,
-    peer: SocketAddr,
+    arrival: Arrival,
 ) {
     let (mut parts, ()) = request.into_parts();
     if let Some(uri) = route::unescape_names(&parts.uri) {
@@ -209,7 +206,8 @@ pub async fn serve<S: Store>(
     }
     // Boxed: a future is as large as its largest state, and opening (the door, the store's
     // reads, the subscription) would otherwise be paid for by every idle feed for its whole life.
-    let opened = Box::pin(open(&state, peer, &parts)).await;
+    // The arrival goes with it: a feed proves its connection, or the connection ends.
+    let opened = Box::pin(open(&state, arrival, &parts)).await;
     let Opened {
         mut subscription,
         slot,
@@ -303,10 +301,11 @@ struct Opened<S: Store> {
 /// server's counts, held as long as the feed.
 async fn open<S: Store>(
     state: &AppState<S>,
-    peer: SocketAddr,
+    arrival: Arrival,
     parts: &Parts,
 ) -> Result<(Subscription<S>, Option<StreamSlot>), ApiError> {
-    let admitted = door::admit(state, peer, &parts.method, &parts.uri, &parts.headers)?;
+    let admitted = door::admit(state, &arrival, &parts.method, &parts.uri, &parts.headers)?;
+    drop(arrival);
     // Only feed requests are handed to this loop (see `as_feed_request`).
     let Route::Feed(channel) = admitted.route else {
         return Err(ApiError::not_found());
@@ -455,7 +454,8 @@ mod tests {
 
     async fn first_request(pieces: &[&[u8]]) -> (FirstRequest, usize) {
         let mut conn = Pieces(pieces.iter().map(|p| p.to_vec()).collect());
-        let first = read_first_request(&mut conn).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let first = read_first_request(&mut conn, deadline).await.unwrap();
         (first, conn.0.len())
     }
 

@@ -5,7 +5,6 @@
 
 use std::convert::Infallible;
 use std::io::{self, IoSlice};
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -24,6 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::Config;
 use crate::door::{self, Listener};
+use crate::limits::Arrival;
 use crate::response::ResponseBody;
 use crate::sse_body::ConnectionCloser;
 use crate::state::AppState;
@@ -42,8 +42,10 @@ pub fn builder(config: &Config) -> Builder {
     builder
         .http1()
         .timer(TokioTimer::new())
-        // A client that never finishes its headers must not hold a connection forever.
-        .header_read_timeout(Duration::from_secs(30))
+        // A client that never finishes its headers must not hold a connection forever; this is
+        // the bound for the requests after a connection's first (and for an idle kept-alive
+        // connection), the first's is the connection's deadline (see `serve`).
+        .header_read_timeout(config.header_timeout.max(Duration::from_secs(1)))
         // Request heads are small; a bigger read buffer would stay with the connection (a feed
         // holds its connection for hours). Larger heads are refused with 431.
         .max_buf_size(MAX_READ_BUFFER);
@@ -64,27 +66,30 @@ pub fn builder(config: &Config) -> Builder {
 /// How long an HTTP/2 peer has to answer a ping before its connection is closed.
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Serves a connection with hyper until it closes, the server shuts down, or a lagging HTTP/1.1
-/// feed asks for it to be closed.
+/// Serves a connection with hyper until it closes, the server shuts down, a lagging HTTP/1.1
+/// feed asks for it to be closed, or its first request's head has not arrived by the
+/// `arrival`'s deadline (HTTP/2: its first stream's).
 pub async fn serve<S, I>(
     state: Arc<AppState<S>>,
     io: I,
     builder: Arc<Builder>,
     watcher: Watcher,
-    peer: SocketAddr,
+    arrival: Arrival,
 ) where
     S: Store,
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let closer = ConnectionCloser::default();
     let on_close = closer.clone();
+    let overdue = arrival.clone();
     let service = service_fn(move |request: Request<Incoming>| {
         let state = state.clone();
+        let arrival = arrival.clone();
         // Only streams (GETs) may need to close their connection, and only on HTTP/1.1: an
         // HTTP/2 connection carries other streams, and a lagging one ends alone.
         let closes = request.method() == Method::GET && request.version() < Version::HTTP_2;
         let closer = closes.then(|| closer.clone());
-        async move { Ok::<_, Infallible>(answer(&state, peer, request, closer).await) }
+        async move { Ok::<_, Infallible>(answer(&state, &arrival, request, closer).await) }
     });
     let connection = builder.serve_connection(TokioIo::new(io), service);
     let connection = watcher.watch(connection);
@@ -93,6 +98,7 @@ pub async fn serve<S, I>(
         _ = connection => {}
         // Dropping the connection closes the socket at once, whatever is still unsent.
         () = on_close.closed() => {}
+        () = overdue.overdue() => {}
     }
     // Lets whatever watches this connection (a feed's lag watcher) end with it.
     on_close.close();
@@ -101,7 +107,7 @@ pub async fn serve<S, I>(
 /// Answers one request. Never fails: every error becomes a JSON answer.
 async fn answer<S: Store>(
     state: &Arc<AppState<S>>,
-    peer: SocketAddr,
+    arrival: &Arrival,
     request: Request<Incoming>,
     closer: Option<ConnectionCloser>,
 ) -> Response<ResponseBody> {
@@ -109,7 +115,7 @@ async fn answer<S: Store>(
     if let Some(uri) = route::unescape_names(&parts.uri) {
         parts.uri = uri;
     }
-    let outcome = match door::admit(state, peer, &parts.method, &parts.uri, &parts.headers) {
+    let outcome = match door::admit(state, arrival, &parts.method, &parts.uri, &parts.headers) {
         Ok(admitted) => handlers::dispatch(state, admitted, &parts, body, closer).await,
         Err(err) => Err(err),
     };

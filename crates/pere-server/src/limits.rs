@@ -1,18 +1,31 @@
-//! Bounds on what clients can make the server hold open: connections, and the streams among
-//! them (in all, and per device). Each open connection and stream holds a slot, given back when
-//! it is dropped.
+//! Bounds on what clients can make the server hold open: connections, the streams among them
+//! (in all, and per device), and the connections of one address that have not yet proven
+//! themselves. Each open connection and stream holds a slot, given back when it is dropped.
 //!
 //! Why a reserve: a feed holds its connection for hours. If feeds could take every descriptor,
 //! the server could answer nothing else, `/health` included; streams may take every connection
 //! but [`Limits::reserve`], which is left for short requests.
+//!
+//! Why a cap per address on unproven connections ([`Arrival`]): the reserve is shared, and a
+//! client that opens connections and sends its request heads a byte at a time would otherwise
+//! hold all of it until the header timeout, wave after wave. A connection counts against its
+//! address (an IPv6 /64: one host's share of addresses) from its accept until the door lets in a
+//! request that proves it (a stream, or a request with a valid token; without a token key, any
+//! request let in); past `--max-unproven-per-address`, new connections from that address are
+//! closed at once. Established feeds are not counted, since many devices share one carrier's
+//! address. And while more than half the reserve is still waiting for a first request's head,
+//! new connections get `--busy-header-timeout` to send theirs instead of `--header-timeout`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use hyper::StatusCode;
 use pere_core::DeviceId;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::error::ApiError;
@@ -24,6 +37,9 @@ pub const DESCRIPTOR_RESERVE: usize = 64;
 /// Seconds a client refused for a full server is told to wait (`Retry-After`).
 const RETRY_AFTER_SECS: u64 = 5;
 
+/// The shortest header timeout taken from the settings: 0 would close every connection at once.
+const MIN_HEADER_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The counts and their caps.
 #[derive(Debug)]
 pub struct Limits {
@@ -34,6 +50,39 @@ pub struct Limits {
     streams: AtomicUsize,
     per_device: Mutex<HashMap<DeviceId, usize>>,
     connection_closed: Notify,
+    /// Unproven connections one client may hold; 0: no cap.
+    max_unproven_per_client: usize,
+    /// Unproven connections per client, and whether its refusals were logged (once an episode).
+    unproven: Mutex<HashMap<Client, Unproven>>,
+    /// Connections whose first request's head has not arrived yet.
+    heads: AtomicUsize,
+    header_timeout: Duration,
+    busy_header_timeout: Duration,
+}
+
+/// The part of a peer's address that counts as one client: an IPv4 address, or an IPv6 /64 (a
+/// host is given a whole /64 and may use any address in it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Client {
+    V4(u32),
+    V6(u64),
+}
+
+impl Client {
+    fn of(ip: IpAddr) -> Client {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => Client::V4(u32::from(v4)),
+            IpAddr::V6(v6) => Client::V6((u128::from(v6) >> 64) as u64),
+        }
+    }
+}
+
+/// A client's unproven connections.
+#[derive(Debug, Default)]
+struct Unproven {
+    open: usize,
+    /// Its refusals were logged since it last held none.
+    warned: bool,
 }
 
 impl Limits {
@@ -54,6 +103,14 @@ impl Limits {
             streams: AtomicUsize::new(0),
             per_device: Mutex::default(),
             connection_closed: Notify::new(),
+            max_unproven_per_client: config.max_unproven_per_address,
+            unproven: Mutex::default(),
+            heads: AtomicUsize::new(0),
+            header_timeout: config.header_timeout.max(MIN_HEADER_TIMEOUT),
+            busy_header_timeout: config.busy_header_timeout.clamp(
+                MIN_HEADER_TIMEOUT,
+                config.header_timeout.max(MIN_HEADER_TIMEOUT),
+            ),
         })
     }
 
@@ -87,6 +144,54 @@ impl Limits {
             }
             closed.await;
         }
+    }
+
+    /// A connection just accepted from `peer`: its place among its address's unproven
+    /// connections, and the time by which its first request's head must have arrived (sooner
+    /// while more than half the reserve waits for theirs).
+    ///
+    /// # Errors
+    /// [`Crowded`] when the address holds `--max-unproven-per-address` unproven connections:
+    /// close the connection at once (nothing it sent is read, so no answer can be written).
+    pub fn arrival(self: &Arc<Self>, peer: SocketAddr) -> Result<Arrival, Crowded> {
+        let client = (self.max_unproven_per_client > 0).then(|| Client::of(peer.ip()));
+        if let Some(client) = client {
+            let mut unproven = self.unproven.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = unproven.entry(client).or_default();
+            if entry.open >= self.max_unproven_per_client {
+                if !entry.warned {
+                    entry.warned = true;
+                    tracing::warn!(
+                        "connections: {} holds {} connections that have not proven themselves \
+                         (--max-unproven-per-address); closing its new ones until it holds fewer",
+                        peer.ip(),
+                        entry.open
+                    );
+                }
+                return Err(Crowded);
+            }
+            entry.open += 1;
+        }
+        let waiting = self.heads.fetch_add(1, Ordering::AcqRel);
+        let timeout = if waiting > self.reserve() / 2 {
+            self.busy_header_timeout
+        } else {
+            self.header_timeout
+        };
+        Ok(Arrival(Arc::new(Standing {
+            limits: self.clone(),
+            peer,
+            client,
+            deadline: Instant::now() + timeout,
+            arrived: AtomicBool::new(false),
+            head: Notify::new(),
+            proven: AtomicBool::new(client.is_none()),
+        })))
+    }
+
+    /// The longest time a request's head may take (hyper's, for the requests after the first).
+    pub fn header_timeout(&self) -> Duration {
+        self.header_timeout
     }
 
     /// A slot for a new stream of `device` (anonymous streams count only in all).
@@ -134,6 +239,105 @@ impl Limits {
             slot.device = Some(device.clone());
         }
         Ok(slot)
+    }
+}
+
+/// A connection refused for its address's unproven connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Crowded;
+
+/// A connection's standing with the limits until it proves itself: its peer, its place among
+/// its address's unproven connections, and its deadline for its first request's head. Shared by
+/// the connection's requests; the door marks what they show ([`Arrival::arrived`],
+/// [`Arrival::prove`]).
+#[derive(Debug, Clone)]
+pub struct Arrival(Arc<Standing>);
+
+#[derive(Debug)]
+struct Standing {
+    limits: Arc<Limits>,
+    peer: SocketAddr,
+    /// The address it counts against; `None` when there is no cap.
+    client: Option<Client>,
+    deadline: Instant,
+    /// Its first request's head arrived: it left the header phase.
+    arrived: AtomicBool,
+    /// Wakes [`Arrival::overdue`] when the head arrives.
+    head: Notify,
+    /// It left its address's count.
+    proven: AtomicBool,
+}
+
+impl Arrival {
+    /// The peer's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.0.peer
+    }
+
+    /// When the first request's head must have arrived.
+    pub fn deadline(&self) -> Instant {
+        self.0.deadline
+    }
+
+    /// A request's head arrived (the door has it): the connection leaves the header phase.
+    pub fn arrived(&self) {
+        if !self.0.arrived.swap(true, Ordering::AcqRel) {
+            self.0.limits.heads.fetch_sub(1, Ordering::AcqRel);
+            self.0.head.notify_waiters();
+        }
+    }
+
+    /// The door let in a request that proves the connection: it leaves its address's count.
+    pub fn prove(&self) {
+        if !self.0.proven.swap(true, Ordering::AcqRel) {
+            self.0.limits.unproven_left(self.0.client);
+        }
+    }
+
+    /// Whether the connection has proven itself.
+    pub fn proven(&self) -> bool {
+        self.0.proven.load(Ordering::Acquire)
+    }
+
+    /// Completes at the deadline if the first request's head has not arrived by then; never
+    /// once it has.
+    pub async fn overdue(&self) {
+        let head = self.0.head.notified();
+        tokio::pin!(head);
+        // Listening before looking, so an arrival in between is not missed.
+        head.as_mut().enable();
+        if !self.0.arrived.load(Ordering::Acquire) {
+            tokio::select! {
+                () = tokio::time::sleep_until(self.0.deadline) => return,
+                () = head => {}
+            }
+        }
+        std::future::pending::<()>().await;
+    }
+}
+
+impl Drop for Standing {
+    fn drop(&mut self) {
+        if !*self.arrived.get_mut() {
+            self.limits.heads.fetch_sub(1, Ordering::AcqRel);
+        }
+        if !*self.proven.get_mut() {
+            self.limits.unproven_left(self.client);
+        }
+    }
+}
+
+impl Limits {
+    /// An unproven connection of `client` proved itself or closed.
+    fn unproven_left(&self, client: Option<Client>) {
+        let Some(client) = client else { return };
+        let mut unproven = self.unproven.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = unproven.get_mut(&client) {
+            entry.open -= 1;
+            if entry.open == 0 {
+                unproven.remove(&client);
+            }
+        }
     }
 }
 
@@ -275,6 +479,77 @@ mod tests {
         assert_eq!(limits.reserve(), 4);
     }
 
+    fn peer(ip: &str) -> SocketAddr {
+        SocketAddr::new(ip.parse().unwrap(), 5000)
+    }
+
+    #[test]
+    fn unproven_connections_are_capped_per_address_and_an_ipv6_64() {
+        let mut config = Config::defaults();
+        config.max_connections = 100;
+        config.connection_reserve = 50;
+        config.max_unproven_per_address = 2;
+        let limits = Limits::new(&config, 1024);
+        let a = limits.arrival(peer("10.0.0.1")).unwrap();
+        let b = limits.arrival(peer("::ffff:10.0.0.1")).unwrap();
+        assert_eq!(limits.arrival(peer("10.0.0.1")).unwrap_err(), Crowded);
+        let _other = limits.arrival(peer("10.0.0.2")).unwrap();
+        // Proven: out of the count, for good; closed: out too.
+        b.prove();
+        b.prove();
+        let c = limits.arrival(peer("10.0.0.1")).unwrap();
+        assert_eq!(limits.arrival(peer("10.0.0.1")).unwrap_err(), Crowded);
+        drop(a);
+        drop(b);
+        let _d = limits.arrival(peer("10.0.0.1")).unwrap();
+        drop(c);
+        // One host's /64 is one client.
+        let _v6 = limits.arrival(peer("2001:db8:1:2::1")).unwrap();
+        let _v6b = limits.arrival(peer("2001:db8:1:2:ffff::9")).unwrap();
+        assert!(limits.arrival(peer("2001:db8:1:2::77")).is_err());
+        assert!(limits.arrival(peer("2001:db8:1:3::1")).is_ok());
+        // No cap at 0.
+        config.max_unproven_per_address = 0;
+        let open = Limits::new(&config, 1024);
+        let many: Vec<_> = (0..10).map(|_| open.arrival(peer("10.0.0.1"))).collect();
+        assert!(many.iter().all(Result::is_ok));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_header_timeout_shortens_while_half_the_reserve_waits_for_heads() {
+        let mut config = Config::defaults();
+        config.max_connections = 20;
+        config.connection_reserve = 8;
+        config.max_unproven_per_address = 0;
+        let limits = Limits::new(&config, 1024);
+        let start = Instant::now();
+        let waiting: Vec<_> = (0..5)
+            .map(|_| limits.arrival(peer("10.0.0.1")).unwrap())
+            .collect();
+        assert!(waiting
+            .iter()
+            .all(|a| a.deadline() == start + Duration::from_secs(30)));
+        let hurried = limits.arrival(peer("10.0.0.9")).unwrap();
+        assert_eq!(hurried.deadline(), start + Duration::from_secs(5));
+        // Heads that arrived leave the count.
+        waiting.iter().for_each(Arrival::arrived);
+        hurried.arrived();
+        let calm = limits.arrival(peer("10.0.0.9")).unwrap();
+        assert_eq!(calm.deadline(), start + Duration::from_secs(30));
+
+        // Overdue at the deadline without a head; never once it arrived.
+        let late = tokio::spawn({
+            let calm = calm.clone();
+            async move { calm.overdue().await }
+        });
+        tokio::time::advance(Duration::from_secs(31)).await;
+        late.await.unwrap();
+        let on_time = limits.arrival(peer("10.0.0.9")).unwrap();
+        on_time.arrived();
+        let never = tokio::time::timeout(Duration::from_secs(60), on_time.overdue()).await;
+        assert!(never.is_err());
+    }
+
     #[test]
     fn the_default_cap_is_the_descriptor_limit_less_a_reserve() {
         assert_eq!(
@@ -288,8 +563,7 @@ mod tests {
         let limits = limits(2, 1, 1);
         let first = limits.connection().await;
         let _second = limits.connection().await;
-        let third =
-            tokio::time::timeout(std::time::Duration::from_millis(50), limits.connection()).await;
+        let third = tokio::time::timeout(Duration::from_millis(50), limits.connection()).await;
         assert!(third.is_err(), "a third connection must wait");
         let waiting = tokio::spawn({
             let limits = limits.clone();

@@ -7,6 +7,7 @@ use std::time::Duration;
 use hyper_util::server::graceful::GracefulShutdown;
 use pere_core::Store;
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 
 use crate::http_conn::{self, Rewind};
 use crate::state::AppState;
@@ -107,6 +108,11 @@ pub async fn run_with<S: Store>(
                 continue;
             }
         };
+        // One address may hold only so many connections that have not proven themselves; past
+        // that, closed at once (dropped), before anything is read.
+        let Ok(arrival) = state.limits.arrival(peer) else {
+            continue;
+        };
         // Events are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
         let state = state.clone();
@@ -123,18 +129,21 @@ pub async fn run_with<S: Store>(
                 // rustls keeps buffers of its own for the connection's life, so the feed loop
                 // would save nothing here: hyper serves every TLS connection.
                 Box::pin(async move {
-                    if let Ok(Ok(stream)) =
-                        tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, tls.accept(stream)).await
-                    {
-                        http_conn::serve(state, stream, builder, watcher, peer).await;
+                    // The handshake is part of the time the first request's head may take.
+                    let by = arrival
+                        .deadline()
+                        .min(Instant::now() + tls::HANDSHAKE_TIMEOUT);
+                    if let Ok(Ok(stream)) = tokio::time::timeout_at(by, tls.accept(stream)).await {
+                        http_conn::serve(state, stream, builder, watcher, arrival).await;
                     }
                 })
                 .await;
                 return;
             }
-            match Box::pin(feed_conn::read_first_request(&mut stream)).await {
+            let first = feed_conn::read_first_request(&mut stream, arrival.deadline());
+            match Box::pin(first).await {
                 Ok(feed_conn::FirstRequest::Feed(request)) => {
-                    feed_conn::serve(state, stream, request, peer).await
+                    feed_conn::serve(state, stream, request, arrival).await
                 }
                 // Any other request, and HTTP/2's preface, go to hyper.
                 Ok(feed_conn::FirstRequest::Other(prefix)) => {
@@ -143,7 +152,7 @@ pub async fn run_with<S: Store>(
                         Rewind::new(prefix, stream),
                         builder,
                         watcher,
-                        peer,
+                        arrival,
                     ))
                     .await;
                 }
