@@ -438,3 +438,69 @@ async fn with_tokens_a_connection_proves_itself_with_a_valid_token_or_a_stream()
     assert_eq!(status(&answered), 200);
     drop((second, third, publisher));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_larger_than_the_body_limit_is_refused_at_once() {
+    let server = TestServer::start(&server_args()).await;
+    let head: &[u8] =
+        b"POST /push/H HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n";
+    // Chunks that announce more than --max-body (1024), and nothing more: 413 at once, as for a
+    // Content-Length over the limit, not 408 once the body timeout (2 s) is over.
+    for (what, pieces) in [
+        (
+            "the largest chunk size",
+            vec![head, b"ffffffffffffffff\r\n"],
+        ),
+        (
+            "sent apart from the head",
+            vec![head, b"ffffffffffffffff\r\n"],
+        ),
+        (
+            "after a small chunk",
+            vec![head, b"5\r\nhello\r\n", b"ffffffffffffffff\r\n"],
+        ),
+        (
+            "with an extension",
+            vec![head, b"ffffffffffff;name=value\r\n"],
+        ),
+    ] {
+        let mut stream = TcpStream::connect(server.host_port()).await.unwrap();
+        if what == "the largest chunk size" {
+            stream.write_all(&pieces.concat()).await.unwrap();
+        } else {
+            for piece in pieces {
+                stream.write_all(piece).await.unwrap();
+            }
+        }
+        let answer = read_until(&mut stream, |s| s.contains('}')).await;
+        assert_eq!(status(&answer), 413, "{what}: {answer}");
+        assert!(answer.contains("body_too_large"), "{what}: {answer}");
+        still_answers(&server, what).await;
+    }
+
+    // Requests on one connection are told apart: a chunked body within the limit (with a
+    // trailer), then a body of known length, then one too large, the last two pipelined.
+    let mut stream = TcpStream::connect(server.host_port()).await.unwrap();
+    stream
+        .write_all(&[head, b"5\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n"].concat())
+        .await
+        .unwrap();
+    let first = read_until(&mut stream, |s| s.contains('}')).await;
+    assert_eq!(status(&first), 200, "{first}");
+    let fixed = b"POST /push/H HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nworld";
+    stream
+        .write_all(&[&fixed[..], head, b"ffffffffffffffff\r\n"].concat())
+        .await
+        .unwrap();
+    let both = read_until(&mut stream, |s| {
+        s.matches('}').count() >= 2 && s.contains("413")
+    })
+    .await;
+    let answers: Vec<&str> = both.split("HTTP/1.1 ").skip(1).collect();
+    assert_eq!(answers.len(), 2, "{both}");
+    assert!(answers[0].starts_with("200 "), "{both}");
+    assert!(
+        answers[1].starts_with("413 ") && answers[1].contains("body_too_large"),
+        "{both}"
+    );
+}

@@ -77,10 +77,11 @@ pub struct Admitted<'a> {
 /// # Errors
 /// The answer for a request that may not: 403 `forbidden` for a peer the protected mode does not
 /// answer or a token that does not grant the route; 421 `unknown_host` for a request the
-/// protected mode does not answer, addressed to a name that is not this machine's; 404 and 405 for paths and methods the server
-/// does not have; 400 for a device id that is not one; 401 `missing_token`, `invalid_token`,
-/// `expired_token`; 403 `device_mismatch` for a device that is not the token's; 503 or 429 for a
-/// stream past the limits.
+/// protected mode does not answer, addressed to a name that is not this machine's; 404 and 405
+/// for paths and methods the server does not have; 400 for a device id that is not one; 403
+/// `cross_origin` for a change a page of another site sent with the cookie or without a token
+/// key; 401 `missing_token`, `invalid_token`, `expired_token`; 403 `device_mismatch` for a
+/// device that is not the token's; 503 or 429 for a stream past the limits.
 pub fn admit<'a, S: Store>(
     state: &AppState<S>,
     arrival: &Arrival,

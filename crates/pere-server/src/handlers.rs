@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use hyper::body::Incoming;
 use hyper::header;
 use hyper::header::HeaderMap;
 use hyper::http::request::Parts;
@@ -24,7 +23,7 @@ use crate::dashboard;
 use crate::door::{Admitted, Caller};
 use crate::error::ApiError;
 use crate::openapi;
-use crate::request::{self, Query};
+use crate::request::{self, Query, RequestBody};
 use crate::response::{self, etag, etag_text, Answer, Asset, ResponseBody};
 use crate::route::Route;
 use crate::sse_body::{ConnectionCloser, SseBody};
@@ -60,7 +59,7 @@ pub async fn dispatch<S: Store>(
     state: &Arc<AppState<S>>,
     admitted: Admitted<'_>,
     parts: &Parts,
-    body: Incoming,
+    body: RequestBody,
     closer: Option<ConnectionCloser>,
 ) -> Answer {
     let Admitted {
@@ -238,7 +237,7 @@ async fn push<S: Store>(
     device: Option<DeviceId>,
     query: &Query,
     headers: &HeaderMap,
-    body: Incoming,
+    body: RequestBody,
 ) -> Answer {
     let channel = request::channel(channel)?;
     let event_type = request::event_type(headers, query)?;
@@ -427,7 +426,7 @@ async fn feedback<S: Store>(
     caller: &Caller,
     query: &Query,
     headers: &HeaderMap,
-    body: Incoming,
+    body: RequestBody,
 ) -> Answer {
     let channel = request::channel(channel)?;
     let body = request::body(

@@ -23,7 +23,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::Config;
 use crate::door::{self, Listener};
+use crate::framing::{Declared, Watched};
 use crate::limits::Arrival;
+use crate::request::RequestBody;
 use crate::response::ResponseBody;
 use crate::sse_body::ConnectionCloser;
 use crate::state::AppState;
@@ -82,14 +84,23 @@ pub async fn serve<S, I>(
     let closer = ConnectionCloser::default();
     let on_close = closer.clone();
     let overdue = arrival.clone();
+    let declared = Declared::default();
+    let io = Watched::new(io, declared.clone());
     let service = service_fn(move |request: Request<Incoming>| {
         let state = state.clone();
         let arrival = arrival.clone();
         // Only streams (GETs) may need to close their connection, and only on HTTP/1.1: an
         // HTTP/2 connection carries other streams, and a lagging one ends alone.
-        let closes = request.method() == Method::GET && request.version() < Version::HTTP_2;
+        let h1 = request.version() < Version::HTTP_2;
+        let closes = request.method() == Method::GET && h1;
         let closer = closes.then(|| closer.clone());
-        async move { Ok::<_, Infallible>(answer(&state, &arrival, request, closer).await) }
+        // HTTP/1.1 requests come one after the other, numbered as the framing numbers heads.
+        let declared = h1.then(|| (declared.clone(), declared.next_request()));
+        async move {
+            let (parts, body) = request.into_parts();
+            let request = Request::from_parts(parts, RequestBody::new(body, declared));
+            Ok::<_, Infallible>(answer(&state, &arrival, request, closer).await)
+        }
     });
     let connection = builder.serve_connection(TokioIo::new(io), service);
     let connection = watcher.watch(connection);
@@ -108,7 +119,7 @@ pub async fn serve<S, I>(
 async fn answer<S: Store>(
     state: &Arc<AppState<S>>,
     arrival: &Arrival,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     closer: Option<ConnectionCloser>,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = request.into_parts();

@@ -4,6 +4,7 @@
 //! - [`server`]: the accept loop; hands each connection to [`feed_conn`] or [`http_conn`];
 //! - [`feed_conn`]: connections that open with a feed request, served without hyper's buffers;
 //! - [`http_conn`]: every other connection (HTTP/1.1 or HTTP/2, plain or TLS), served by hyper;
+//! - [`framing`]: what an HTTP/1.1 connection's chunked bodies declare, read as hyper reads;
 //! - [`tls`]: the certificate and key, and the handshake offering HTTP/2 by ALPN;
 //! - [`handlers`]: one handler per endpoint, one core operation each;
 //! - [`dashboard`]: the dashboard page and its stream of admin events;
@@ -35,6 +36,7 @@ pub mod dashboard;
 pub mod door;
 pub mod error;
 pub mod feed_conn;
+pub mod framing;
 pub mod handlers;
 pub mod http_conn;
 pub mod limits;

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::config::parse_duration;
 use crate::error::ApiError;
+use crate::framing::Declared;
 
 /// A request's query string, decoded once.
 #[derive(Debug, Clone, Default)]
@@ -209,30 +210,66 @@ const DRAIN_LIMIT: u64 = 8 * 1024 * 1024;
 /// How long draining a too-large body may take.
 const DRAIN_TIME: Duration = Duration::from_secs(5);
 
+/// A request's body as hyper hands it over, with what its connection saw it declare (the chunks
+/// of an HTTP/1.1 chunked body, see [`crate::framing`]).
+#[derive(Debug)]
+pub struct RequestBody {
+    incoming: Incoming,
+    /// The connection's declarations and this request's number among them.
+    declared: Option<(Declared, u64)>,
+}
+
+impl RequestBody {
+    /// `incoming`, the `request`-th of a connection whose declarations are `declared` (none on
+    /// HTTP/2, whose bodies declare their length in the head if at all).
+    pub fn new(incoming: Incoming, declared: Option<(Declared, u64)>) -> Self {
+        RequestBody { incoming, declared }
+    }
+}
+
+/// Completes once the chunks of a body declare more than `limit` bytes, with their total.
+async fn declares_beyond(declared: &Option<(Declared, u64)>, limit: u64) -> u64 {
+    match declared {
+        Some((declared, request)) => declared.beyond(*request, limit).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Reads a whole request body of at most `limit` bytes, within `timeout`.
 ///
 /// # Errors
-/// 413 `body_too_large`; 408 `body_timeout` for a body not sent in time; 400 `body_unreadable`
-/// when the client stops midway.
+/// 413 `body_too_large` for a body longer than `limit`, at once when its `Content-Length` or its
+/// chunks say so; 408 `body_timeout` for a body not sent in time; 400 `body_unreadable` when the
+/// client stops midway.
 pub async fn body(
     headers: &HeaderMap,
-    mut body: Incoming,
+    body: RequestBody,
     limit: usize,
     timeout: Duration,
 ) -> Result<Bytes, ApiError> {
+    let RequestBody {
+        incoming: mut body,
+        declared: chunks,
+    } = body;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        if declared.is_some_and(|n| n <= DRAIN_LIMIT) {
-            drain(&mut body).await;
-        }
-        return Err(ApiError::too_large(limit));
+    if let Some(declared) = declared.filter(|n| *n > limit as u64) {
+        return too_large(&mut body, declared, limit).await;
     }
     let read = async {
         let mut bytes = BytesMut::new();
-        while let Some(frame) = body.frame().await {
+        loop {
+            let frame = tokio::select! {
+                frame = body.frame() => frame,
+                // Chunks that declare more than the limit: refused at once, as a Content-Length
+                // is, rather than waited for until the body timeout.
+                declared = declares_beyond(&chunks, limit as u64) => {
+                    return Ok(Received::TooLarge(declared))
+                }
+            };
+            let Some(frame) = frame else { break };
             let frame = frame.map_err(|_| {
                 ApiError::bad_request("body_unreadable", "the request body could not be read")
             })?;
@@ -240,25 +277,44 @@ pub async fn body(
                 continue;
             };
             if bytes.len() + data.len() > limit {
-                drain(&mut body).await;
-                return Err(ApiError::too_large(limit));
+                return Ok(Received::TooLarge(0));
             }
             bytes.extend_from_slice(data);
         }
-        Ok(bytes.freeze())
+        Ok(Received::Whole(bytes.freeze()))
     };
-    tokio::time::timeout(timeout, read)
-        .await
-        .unwrap_or_else(|_| {
-            Err(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                format!(
-                    "the request body did not arrive within {} s",
-                    timeout.as_secs()
-                ),
-            ))
-        })
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(Received::Whole(bytes))) => Ok(bytes),
+        // Read on within the drain's own bounds, not the body's, and refused.
+        Ok(Ok(Received::TooLarge(declared))) => too_large(&mut body, declared, limit).await,
+        Ok(Err(err)) => Err(err),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the request body did not arrive within {} s",
+                timeout.as_secs()
+            ),
+        )),
+    }
+}
+
+/// What reading a body came to, within its time.
+enum Received {
+    /// The whole body.
+    Whole(Bytes),
+    /// More than the limit, declared by its chunks (that many bytes), or sent (0).
+    TooLarge(u64),
+}
+
+/// The refusal of a body over `limit` that declares `declared` bytes (0: unknown): what the
+/// client still sends is read and dropped first when it may be sent at all (up to
+/// [`DRAIN_LIMIT`]), so that it reads the answer rather than a reset.
+async fn too_large(body: &mut Incoming, declared: u64, limit: usize) -> Result<Bytes, ApiError> {
+    if declared <= DRAIN_LIMIT {
+        drain(body).await;
+    }
+    Err(ApiError::too_large(limit))
 }
 
 /// Reads and drops what is left of a body, up to [`DRAIN_LIMIT`] bytes and [`DRAIN_TIME`].
