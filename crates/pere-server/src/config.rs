@@ -340,17 +340,16 @@ pub struct Config {
     )]
     pub connection_reserve: usize,
 
-    /// Connections from one address (an IPv6 /64) that have not proven themselves yet: still
-    /// sending their first request, or, with a token key, not yet let in with a valid token or
-    /// for a stream. Past it, new connections from the address are closed at once, so one client
-    /// cannot take the reserve kept for short requests. 0: no cap (behind a proxy, say, where
-    /// every client has the proxy's address).
+    /// Connections from one address (an IPv6 /64) that may be slow at once: still without a whole
+    /// first request a second after connecting. One more is closed then, and while the address
+    /// holds that many, its new connections are closed at once, so one client cannot take the
+    /// reserve kept for short requests. 0: no cap.
     #[arg(
-        long = "max-unproven-per-address",
+        long = "max-slow-per-address",
         default_value_t = 64,
-        env = "PERE_MAX_UNPROVEN_PER_ADDRESS"
+        env = "PERE_MAX_SLOW_PER_ADDRESS"
     )]
-    pub max_unproven_per_address: usize,
+    pub max_slow_per_address: usize,
 
     /// Longest time a client may take to send a request's head (the first from the moment it
     /// connects, the next ones from the end of the answer before), e.g. 30s; past it, the

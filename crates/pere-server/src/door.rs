@@ -71,8 +71,8 @@ pub struct Admitted<'a> {
 }
 
 /// Decides whether a request on the connection of `arrival` (its peer, its standing with the
-/// limits) may go on, and where to; notes that the connection's request head arrived, and
-/// whether the request proves the connection (see [`crate::limits`]).
+/// limits) may go on, and where to; notes that the connection's request head arrived (see
+/// [`crate::limits`]).
 ///
 /// # Errors
 /// The answer for a request that may not: 403 `forbidden` for a peer the protected mode does not
@@ -174,12 +174,6 @@ pub fn admit<'a, S: Store>(
         ),
         _ => None,
     };
-    // A stream is held within the streams' caps, and a valid token names who asks: either
-    // proves the connection, which then no longer counts against its address. Without a token
-    // key nothing names anyone, and being let in is all a request can show.
-    if stream.is_some() || caller.grants.is_some() || !matches!(state.mode, Mode::Tokens { .. }) {
-        arrival.prove();
-    }
     activity::admitted(
         method.as_str(),
         path,

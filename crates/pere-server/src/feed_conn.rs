@@ -27,7 +27,7 @@ use pere_core::{Store, Subscription};
 use pere_proto::sse;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{sleep_until, timeout_at, Instant};
+use tokio::time::{sleep_until, Instant};
 
 use crate::door::{self, Listener};
 use crate::error::ApiError;
@@ -92,8 +92,12 @@ impl Opening {
 ///
 /// # Errors
 /// The socket's error, or a time-out when the client sends no complete feed head (nor anything
-/// that shows it is not one) by `deadline` (the connection's, see [`Arrival`]).
-pub async fn read_first_request<R>(stream: &mut R, deadline: Instant) -> io::Result<FirstRequest>
+/// that shows it is not one) before `overdue` completes (the connection's
+/// [`Arrival::overdue`]).
+pub async fn read_first_request<R>(
+    stream: &mut R,
+    overdue: impl std::future::Future<Output = ()>,
+) -> io::Result<FirstRequest>
 where
     R: AsyncRead + Unpin,
 {
@@ -122,9 +126,10 @@ where
             }
         }
     };
-    timeout_at(deadline, read)
-        .await
-        .map_err(|_| io::ErrorKind::TimedOut)?
+    tokio::select! {
+        first = read => first,
+        () = overdue => Err(io::ErrorKind::TimedOut.into()),
+    }
 }
 
 /// What the bytes read so far of a connection that opens with `GET /feed/` hold.
@@ -206,7 +211,7 @@ pub async fn serve<S: Store>(
     }
     // Boxed: a future is as large as its largest state, and opening (the door, the store's
     // reads, the subscription) would otherwise be paid for by every idle feed for its whole life.
-    // The arrival goes with it: a feed proves its connection, or the connection ends.
+    // The arrival goes with it: its head is here, and nothing of it is kept for the feed's life.
     let opened = Box::pin(open(&state, arrival, &parts)).await;
     let Opened {
         mut subscription,
@@ -454,8 +459,9 @@ mod tests {
 
     async fn first_request(pieces: &[&[u8]]) -> (FirstRequest, usize) {
         let mut conn = Pieces(pieces.iter().map(|p| p.to_vec()).collect());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let first = read_first_request(&mut conn, deadline).await.unwrap();
+        let first = read_first_request(&mut conn, std::future::pending())
+            .await
+            .unwrap();
         (first, conn.0.len())
     }
 

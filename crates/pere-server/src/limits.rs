@@ -1,20 +1,22 @@
 //! Bounds on what clients can make the server hold open: connections, the streams among them
-//! (in all, and per device), and the connections of one address that have not yet proven
-//! themselves. Each open connection and stream holds a slot, given back when it is dropped.
+//! (in all, and per device), and the connections of one address that are slow to send their
+//! first request. Each open connection and stream holds a slot, given back when it is dropped.
 //!
 //! Why a reserve: a feed holds its connection for hours. If feeds could take every descriptor,
 //! the server could answer nothing else, `/health` included; streams may take every connection
 //! but [`Limits::reserve`], which is left for short requests.
 //!
-//! Why a cap per address on unproven connections ([`Arrival`]): the reserve is shared, and a
-//! client that opens connections and sends its request heads a byte at a time would otherwise
-//! hold all of it until the header timeout, wave after wave. A connection counts against its
-//! address (an IPv6 /64: one host's share of addresses) from its accept until the door lets in a
-//! request that proves it (a stream, or a request with a valid token; without a token key, any
-//! request let in); past `--max-unproven-per-address`, new connections from that address are
-//! closed at once. Established feeds are not counted, since many devices share one carrier's
-//! address. And while more than half the reserve is still waiting for a first request's head,
-//! new connections get `--busy-header-timeout` to send theirs instead of `--header-timeout`.
+//! Why a cap per address on slow connections ([`Arrival`]): the reserve is shared, and a client
+//! that opens connections and sends their request heads a byte at a time would otherwise hold
+//! all of it until the header timeout, wave after wave. A connection whose first request's head
+//! has not arrived [`SLOW_HEAD`] after its accept counts against its address (an IPv6 /64: one
+//! host's share of addresses) until the head arrives; one past `--max-slow-per-address` is
+//! closed then, and while the address holds that many, its new connections are closed at
+//! accept. A client that sends its head at once, as every client does, is never counted: a
+//! burst of connections from one address (a load generator, devices behind one carrier's NAT
+//! reconnecting together) is not refused. And while more than half the reserve is still waiting
+//! for a first request's head, new connections get `--busy-header-timeout` to send theirs
+//! instead of `--header-timeout`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -50,10 +52,10 @@ pub struct Limits {
     streams: AtomicUsize,
     per_device: Mutex<HashMap<DeviceId, usize>>,
     connection_closed: Notify,
-    /// Unproven connections one client may hold; 0: no cap.
-    max_unproven_per_client: usize,
-    /// Unproven connections per client, and whether its refusals were logged (once an episode).
-    unproven: Mutex<HashMap<Client, Unproven>>,
+    /// Slow connections one client may hold; 0: no cap.
+    max_slow_per_client: usize,
+    /// Slow connections per client, and whether its refusals were logged (once an episode).
+    slow: Mutex<HashMap<Client, Slow>>,
     /// Connections whose first request's head has not arrived yet.
     heads: AtomicUsize,
     header_timeout: Duration,
@@ -77,13 +79,19 @@ impl Client {
     }
 }
 
-/// A client's unproven connections.
+/// A client's slow connections.
 #[derive(Debug, Default)]
-struct Unproven {
+struct Slow {
     open: usize,
     /// Its refusals were logged since it last held none.
     warned: bool,
 }
+
+/// How long after its accept a connection may still be waiting for its first request's head
+/// without counting as slow: a client sends its head as soon as it is connected, so the head
+/// follows at once, after one round trip of a TLS handshake at most; a second covers slow
+/// mobile links.
+pub const SLOW_HEAD: Duration = Duration::from_secs(1);
 
 impl Limits {
     /// The caps `config` asks for; `open_files` is the process's descriptor limit, which sets the
@@ -103,8 +111,8 @@ impl Limits {
             streams: AtomicUsize::new(0),
             per_device: Mutex::default(),
             connection_closed: Notify::new(),
-            max_unproven_per_client: config.max_unproven_per_address,
-            unproven: Mutex::default(),
+            max_slow_per_client: config.max_slow_per_address,
+            slow: Mutex::default(),
             heads: AtomicUsize::new(0),
             header_timeout: config.header_timeout.max(MIN_HEADER_TIMEOUT),
             busy_header_timeout: config.busy_header_timeout.clamp(
@@ -146,31 +154,23 @@ impl Limits {
         }
     }
 
-    /// A connection just accepted from `peer`: its place among its address's unproven
-    /// connections, and the time by which its first request's head must have arrived (sooner
-    /// while more than half the reserve waits for theirs).
+    /// A connection just accepted from `peer`: its deadline for its first request's head
+    /// (sooner while more than half the reserve waits for theirs), and its address, should the
+    /// head be slow.
     ///
     /// # Errors
-    /// [`Crowded`] when the address holds `--max-unproven-per-address` unproven connections:
+    /// [`Crowded`] when the address holds `--max-slow-per-address` slow connections already:
     /// close the connection at once (nothing it sent is read, so no answer can be written).
     pub fn arrival(self: &Arc<Self>, peer: SocketAddr) -> Result<Arrival, Crowded> {
-        let client = (self.max_unproven_per_client > 0).then(|| Client::of(peer.ip()));
+        let client = (self.max_slow_per_client > 0).then(|| Client::of(peer.ip()));
         if let Some(client) = client {
-            let mut unproven = self.unproven.lock().unwrap_or_else(|e| e.into_inner());
-            let entry = unproven.entry(client).or_default();
-            if entry.open >= self.max_unproven_per_client {
-                if !entry.warned {
-                    entry.warned = true;
-                    tracing::warn!(
-                        "connections: {} holds {} connections that have not proven themselves \
-                         (--max-unproven-per-address); closing its new ones until it holds fewer",
-                        peer.ip(),
-                        entry.open
-                    );
-                }
+            let slow = self.slow.lock().unwrap_or_else(|e| e.into_inner());
+            if slow
+                .get(&client)
+                .is_some_and(|c| c.open >= self.max_slow_per_client)
+            {
                 return Err(Crowded);
             }
-            entry.open += 1;
         }
         let waiting = self.heads.fetch_add(1, Ordering::AcqRel);
         let timeout = if waiting > self.reserve() / 2 {
@@ -178,15 +178,50 @@ impl Limits {
         } else {
             self.header_timeout
         };
+        let now = Instant::now();
         Ok(Arrival(Arc::new(Standing {
             limits: self.clone(),
             peer,
             client,
-            deadline: Instant::now() + timeout,
+            accepted: now,
+            deadline: now + timeout,
             arrived: AtomicBool::new(false),
             head: Notify::new(),
-            proven: AtomicBool::new(client.is_none()),
+            slow: AtomicBool::new(false),
         })))
+    }
+
+    /// Counts a connection of `client` as slow, unless it holds its share of slow ones already
+    /// (then `false`: the connection is to be closed).
+    fn slow_one(&self, client: Client, peer: SocketAddr) -> bool {
+        let mut slow = self.slow.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = slow.entry(client).or_default();
+        if entry.open >= self.max_slow_per_client {
+            if !entry.warned {
+                entry.warned = true;
+                tracing::warn!(
+                    "connections: {} holds {} connections that have sent no whole request within \
+                     {} s (--max-slow-per-address); closing its new ones until it holds fewer",
+                    peer.ip(),
+                    entry.open,
+                    SLOW_HEAD.as_secs()
+                );
+            }
+            return false;
+        }
+        entry.open += 1;
+        true
+    }
+
+    /// A slow connection of `client` sent its head or closed.
+    fn slow_left(&self, client: Client) {
+        let mut slow = self.slow.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = slow.get_mut(&client) {
+            entry.open -= 1;
+            if entry.open == 0 {
+                slow.remove(&client);
+            }
+        }
     }
 
     /// The longest time a request's head may take (hyper's, for the requests after the first).
@@ -242,14 +277,14 @@ impl Limits {
     }
 }
 
-/// A connection refused for its address's unproven connections.
+/// A connection refused for its address's slow connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Crowded;
 
-/// A connection's standing with the limits until it proves itself: its peer, its place among
-/// its address's unproven connections, and its deadline for its first request's head. Shared by
-/// the connection's requests; the door marks what they show ([`Arrival::arrived`],
-/// [`Arrival::prove`]).
+/// A connection's standing with the limits until its first request's head arrives: its peer,
+/// its deadline, and its place among its address's slow connections once it is slow. Shared by
+/// the connection's requests; the door notes the head's arrival ([`Arrival::arrived`]), and
+/// whatever serves the connection closes it when [`Arrival::overdue`] completes.
 #[derive(Debug, Clone)]
 pub struct Arrival(Arc<Standing>);
 
@@ -257,15 +292,16 @@ pub struct Arrival(Arc<Standing>);
 struct Standing {
     limits: Arc<Limits>,
     peer: SocketAddr,
-    /// The address it counts against; `None` when there is no cap.
+    /// The address it counts against when slow; `None` when there is no cap.
     client: Option<Client>,
+    accepted: Instant,
     deadline: Instant,
     /// Its first request's head arrived: it left the header phase.
     arrived: AtomicBool,
     /// Wakes [`Arrival::overdue`] when the head arrives.
     head: Notify,
-    /// It left its address's count.
-    proven: AtomicBool,
+    /// It counts among its address's slow connections.
+    slow: AtomicBool,
 }
 
 impl Arrival {
@@ -279,40 +315,67 @@ impl Arrival {
         self.0.deadline
     }
 
-    /// A request's head arrived (the door has it): the connection leaves the header phase.
+    /// A request's head arrived (the door has it): the connection leaves the header phase, and
+    /// its address's slow connections.
     pub fn arrived(&self) {
         if !self.0.arrived.swap(true, Ordering::AcqRel) {
             self.0.limits.heads.fetch_sub(1, Ordering::AcqRel);
             self.0.head.notify_waiters();
+            self.left_slow();
         }
     }
 
-    /// The door let in a request that proves the connection: it leaves its address's count.
-    pub fn prove(&self) {
-        if !self.0.proven.swap(true, Ordering::AcqRel) {
-            self.0.limits.unproven_left(self.0.client);
+    fn left_slow(&self) {
+        if let Some(client) = self.0.client {
+            if self.0.slow.swap(false, Ordering::AcqRel) {
+                self.0.limits.slow_left(client);
+            }
         }
     }
 
-    /// Whether the connection has proven itself.
-    pub fn proven(&self) -> bool {
-        self.0.proven.load(Ordering::Acquire)
-    }
-
-    /// Completes at the deadline if the first request's head has not arrived by then; never
-    /// once it has.
+    /// Completes when the connection is to be closed for want of its first request's head: at
+    /// the deadline, or [`SLOW_HEAD`] after its accept when its address holds its share of slow
+    /// connections already; never once the head arrived.
     pub async fn overdue(&self) {
-        let head = self.0.head.notified();
+        let standing = &*self.0;
+        let head = standing.head.notified();
         tokio::pin!(head);
         // Listening before looking, so an arrival in between is not missed.
         head.as_mut().enable();
-        if !self.0.arrived.load(Ordering::Acquire) {
+        if standing.arrived.load(Ordering::Acquire) {
+            return std::future::pending().await;
+        }
+        // Counted once, whichever wait (the feed loop's first read, then hyper's) gets there.
+        if let Some(client) = standing
+            .client
+            .filter(|_| !standing.slow.load(Ordering::Acquire))
+        {
+            let slow_at = (standing.accepted + SLOW_HEAD).min(standing.deadline);
             tokio::select! {
-                () = tokio::time::sleep_until(self.0.deadline) => return,
-                () = head => {}
+                () = tokio::time::sleep_until(slow_at) => {}
+                () = head.as_mut() => return std::future::pending().await,
+            }
+            // A head that arrived meanwhile counts no more (see `arrived`).
+            if standing.arrived.load(Ordering::Acquire) {
+                return std::future::pending().await;
+            }
+            if !standing.limits.slow_one(client, standing.peer) {
+                return;
+            }
+            if standing.slow.swap(true, Ordering::AcqRel) {
+                // Counted by another wait meanwhile.
+                standing.limits.slow_left(client);
+            }
+            if standing.arrived.load(Ordering::Acquire) {
+                // It arrived while being counted: undo.
+                self.left_slow();
+                return std::future::pending().await;
             }
         }
-        std::future::pending::<()>().await;
+        tokio::select! {
+            () = tokio::time::sleep_until(standing.deadline) => {}
+            () = head => std::future::pending().await,
+        }
     }
 }
 
@@ -321,22 +384,8 @@ impl Drop for Standing {
         if !*self.arrived.get_mut() {
             self.limits.heads.fetch_sub(1, Ordering::AcqRel);
         }
-        if !*self.proven.get_mut() {
-            self.limits.unproven_left(self.client);
-        }
-    }
-}
-
-impl Limits {
-    /// An unproven connection of `client` proved itself or closed.
-    fn unproven_left(&self, client: Option<Client>) {
-        let Some(client) = client else { return };
-        let mut unproven = self.unproven.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = unproven.get_mut(&client) {
-            entry.open -= 1;
-            if entry.open == 0 {
-                unproven.remove(&client);
-            }
+        if let (Some(client), true) = (self.client, *self.slow.get_mut()) {
+            self.limits.slow_left(client);
         }
     }
 }
@@ -483,36 +532,66 @@ mod tests {
         SocketAddr::new(ip.parse().unwrap(), 5000)
     }
 
-    #[test]
-    fn unproven_connections_are_capped_per_address_and_an_ipv6_64() {
+    /// The connections of `arrivals` that `overdue` closes within `SLOW_HEAD` (their address
+    /// held its share of slow ones), once time has moved past it.
+    async fn closed_as_slow(arrivals: &[Arrival]) -> usize {
+        let mut closed = 0;
+        for arrival in arrivals {
+            let overdue = tokio::time::timeout(SLOW_HEAD * 2, arrival.overdue()).await;
+            closed += usize::from(overdue.is_ok());
+        }
+        closed
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_connections_are_capped_per_address_and_an_ipv6_64() {
         let mut config = Config::defaults();
         config.max_connections = 100;
-        config.connection_reserve = 50;
-        config.max_unproven_per_address = 2;
+        config.connection_reserve = 90;
+        config.max_slow_per_address = 2;
         let limits = Limits::new(&config, 1024);
-        let a = limits.arrival(peer("10.0.0.1")).unwrap();
-        let b = limits.arrival(peer("::ffff:10.0.0.1")).unwrap();
-        assert_eq!(limits.arrival(peer("10.0.0.1")).unwrap_err(), Crowded);
+        // Any number at once: none is slow yet.
+        let burst: Vec<_> = (0..10)
+            .map(|_| limits.arrival(peer("10.0.0.1")).unwrap())
+            .collect();
+        // Those whose head arrives in time never count.
+        burst[..7].iter().for_each(Arrival::arrived);
+        // Of the three others, two may be slow; the third is closed as soon as it is.
+        assert_eq!(closed_as_slow(&burst[7..]).await, 1);
+        let mapped = limits.arrival(peer("::ffff:10.0.0.1"));
+        assert_eq!(mapped.unwrap_err(), Crowded, "closed at accept meanwhile");
         let _other = limits.arrival(peer("10.0.0.2")).unwrap();
-        // Proven: out of the count, for good; closed: out too.
-        b.prove();
-        b.prove();
-        let c = limits.arrival(peer("10.0.0.1")).unwrap();
-        assert_eq!(limits.arrival(peer("10.0.0.1")).unwrap_err(), Crowded);
-        drop(a);
-        drop(b);
-        let _d = limits.arrival(peer("10.0.0.1")).unwrap();
-        drop(c);
+        // A slow one that sends its head after all leaves the count.
+        burst[7].arrived();
+        let again = limits.arrival(peer("10.0.0.1")).unwrap();
+        drop(burst);
+        assert_eq!(closed_as_slow(&[again]).await, 0, "room again");
         // One host's /64 is one client.
-        let _v6 = limits.arrival(peer("2001:db8:1:2::1")).unwrap();
-        let _v6b = limits.arrival(peer("2001:db8:1:2:ffff::9")).unwrap();
+        let v6: Vec<_> = ["2001:db8:1:2::1", "2001:db8:1:2:ffff::9", "2001:db8:1:2::7"]
+            .iter()
+            .map(|ip| limits.arrival(peer(ip)).unwrap())
+            .collect();
+        assert_eq!(closed_as_slow(&v6).await, 1);
         assert!(limits.arrival(peer("2001:db8:1:2::77")).is_err());
         assert!(limits.arrival(peer("2001:db8:1:3::1")).is_ok());
+        // A connection waited on twice (the feed loop's first read, then hyper) counts once.
+        let twice = limits.arrival(peer("10.0.0.3")).unwrap();
+        assert_eq!(closed_as_slow(&[twice.clone(), twice.clone()]).await, 0);
+        let counted = |ip: &str| {
+            let slow = limits.slow.lock().unwrap();
+            slow.get(&Client::of(ip.parse().unwrap()))
+                .map_or(0, |c| c.open)
+        };
+        assert_eq!(counted("10.0.0.3"), 1);
+        drop(twice);
+        assert_eq!(counted("10.0.0.3"), 0);
         // No cap at 0.
-        config.max_unproven_per_address = 0;
+        config.max_slow_per_address = 0;
         let open = Limits::new(&config, 1024);
-        let many: Vec<_> = (0..10).map(|_| open.arrival(peer("10.0.0.1"))).collect();
-        assert!(many.iter().all(Result::is_ok));
+        let many: Vec<_> = (0..10)
+            .map(|_| open.arrival(peer("10.0.0.1")).unwrap())
+            .collect();
+        assert_eq!(closed_as_slow(&many).await, 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -520,7 +599,7 @@ mod tests {
         let mut config = Config::defaults();
         config.max_connections = 20;
         config.connection_reserve = 8;
-        config.max_unproven_per_address = 0;
+        config.max_slow_per_address = 0;
         let limits = Limits::new(&config, 1024);
         let start = Instant::now();
         let waiting: Vec<_> = (0..5)

@@ -7,7 +7,6 @@ use std::time::Duration;
 use hyper_util::server::graceful::GracefulShutdown;
 use pere_core::Store;
 use tokio::net::TcpListener;
-use tokio::time::Instant;
 
 use crate::http_conn::{self, Rewind};
 use crate::state::AppState;
@@ -108,8 +107,8 @@ pub async fn run_with<S: Store>(
                 continue;
             }
         };
-        // One address may hold only so many connections that have not proven themselves; past
-        // that, closed at once (dropped), before anything is read.
+        // An address that holds its share of connections slow to send a request: closed at once
+        // (dropped), before anything is read.
         let Ok(arrival) = state.limits.arrival(peer) else {
             continue;
         };
@@ -130,18 +129,25 @@ pub async fn run_with<S: Store>(
                 // would save nothing here: hyper serves every TLS connection.
                 Box::pin(async move {
                     // The handshake is part of the time the first request's head may take.
-                    let by = arrival
-                        .deadline()
-                        .min(Instant::now() + tls::HANDSHAKE_TIMEOUT);
-                    if let Ok(Ok(stream)) = tokio::time::timeout_at(by, tls.accept(stream)).await {
+                    let handshake =
+                        tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, tls.accept(stream));
+                    let shaken = tokio::select! {
+                        shaken = handshake => shaken,
+                        () = arrival.overdue() => return,
+                    };
+                    if let Ok(Ok(stream)) = shaken {
                         http_conn::serve(state, stream, builder, watcher, arrival).await;
                     }
                 })
                 .await;
                 return;
             }
-            let first = feed_conn::read_first_request(&mut stream, arrival.deadline());
-            match Box::pin(first).await {
+            let first = Box::pin(feed_conn::read_first_request(
+                &mut stream,
+                arrival.overdue(),
+            ))
+            .await;
+            match first {
                 Ok(feed_conn::FirstRequest::Feed(request)) => {
                     feed_conn::serve(state, stream, request, arrival).await
                 }
