@@ -6,8 +6,9 @@ use crate::interval::Interval;
 
 /// Publish events on a PERE channel, like the original `publisher.rb`.
 ///
-/// Each event is the original's JSON, `{"channel","device","id","time","data"}` with `id` this
-/// publisher's own counter from 1 and `data` 15 to 32 random base-36 characters, POSTed to
+/// Each event is the original's JSON, `{"channel","device","pub_id","time","data"}` with `pub_id`
+/// this publisher's own counter from 1 (not the server's id, which every line shows as
+/// `Event-Id`) and `data` 15 to 32 random base-36 characters, POSTed to
 /// `/push/:channel`. Prints `PUSH EVT> event: <json>, Event-Id: <id>` for each event the server
 /// accepts, with the id the server gave it. A failed
 /// push prints `PUSH FAILED. event: <json> reason: <reason>` on stderr, waits (`--retry-delay`) and
