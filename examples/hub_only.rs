@@ -42,13 +42,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         }
     }
     let summary = hub.receipt_summary(&channel, 2).await?;
+    let devices: Vec<&str> = summary
+        .acknowledged
+        .iter()
+        .map(|r| r.device.as_str())
+        .collect();
     println!(
-        "event 2 acknowledged by {:?}, complete: {}",
-        summary
-            .acknowledged
-            .iter()
-            .map(|r| r.device.as_str())
-            .collect::<Vec<_>>(),
+        "event 2 acknowledged by {}, complete: {}",
+        devices.join(", "),
         summary.complete()
     );
     Ok(())

@@ -32,7 +32,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 }
             }
             Item::Gap { data, .. } => eprintln!("missed for good: {data}"),
-            Item::Reconnecting(r) => eprintln!("{}; reconnecting in {:?}", r.reason, r.delay),
+            Item::Reconnecting(r) => {
+                eprintln!("{}; reconnecting in {} ms", r.reason, r.delay.as_millis())
+            }
             _ => {}
         }
     }

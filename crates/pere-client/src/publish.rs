@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use pere_proto::event::valid_idempotency_key;
-use pere_proto::wire::{PushAccepted, PushWaited};
+use pere_proto::wire::{PushAccepted, PushWaited, ReceiptSummaryJson};
 use pere_proto::{ChannelName, DeviceId, EventType};
 
 use crate::address::{base_url, endpoint};
@@ -411,6 +411,13 @@ impl Pushed {
     /// With [`Push::wait`]: whether the receipts asked for arrived in time.
     pub fn satisfied(&self) -> Option<bool> {
         self.waited.as_ref().map(|w| w.satisfied)
+    }
+
+    /// With [`Push::wait`]: the event's receipts when the wait ended: who acknowledged it (with
+    /// their statuses), who has it without a receipt yet (`delivered`), who it has not reached
+    /// (`pending`), and when each of those was last seen. An unsatisfied wait is explained here.
+    pub fn receipts(&self) -> Option<&ReceiptSummaryJson> {
+        self.waited.as_ref().map(|w| &w.receipts)
     }
 
     fn from_reply(reply: Reply, key: String, waited: bool) -> Self {
