@@ -129,9 +129,9 @@ async fn the_tools_and_the_load_generator_fail_in_one_line() {
     .await;
     check_one_line(
         "pere-sub",
-        &["https://example.invalid", "C", "H1"],
+        &["ws://example.invalid", "C", "H1"],
         2,
-        &["only http:// is supported"],
+        &["http:// or https://"],
     )
     .await;
     check_one_line(
