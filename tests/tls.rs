@@ -180,7 +180,7 @@ async fn without_the_ca_the_tools_stop_at_once_saying_what_to_give() {
                 && line.contains("--ca FILE"),
             "{line}"
         );
-        // Refused on the first attempt, not after pere-sub's 10 or pere-pub's endless retries.
+        // Refused on the first attempt, never retried (both tools retry forever by default).
         assert!(took < Duration::from_secs(10), "{tool} took {took:?}");
     }
 

@@ -13,7 +13,7 @@ use clap::Parser;
 /// Ctrl-C stops it with a summary on stderr, `SUMMARY> received: <n>, acknowledged: <n>`.
 ///
 /// Exit status: 0 after `--count` events or on Ctrl-C; 1 when the server cannot be reached
-/// `--retries` times in a row; 2 when the server refuses the subscription (a 4xx answer), when
+/// `--retries N` times in a row (by default it waits for the server as long as it takes); 2 when the server refuses the subscription (a 4xx answer), when
 /// its TLS certificate is not trusted (see `--ca`), or on a usage error.
 #[derive(Debug, Parser)]
 #[command(name = "pere-sub", version)]
@@ -68,8 +68,9 @@ pub struct Cli {
     #[arg(long, short)]
     pub quiet: bool,
 
-    /// Consecutive failed connection attempts before giving up with status 1 (0: retry forever).
-    #[arg(long, value_name = "N", default_value_t = 10)]
+    /// Give up (exit status 1) after N failed connection attempts in a row [default: 0, never:
+    /// wait for the server to come back, as the library's `Subscriber` and the page do].
+    #[arg(long, value_name = "N", default_value_t = 0)]
     pub retries: u32,
 
     /// Reconnect when nothing, not even a keep-alive comment, arrives for SECS seconds
@@ -135,7 +136,10 @@ mod tests {
     fn defaults_match_the_original_subscriber() {
         let cli = Cli::try_parse_from(["pere-sub", "localhost:4567", "CHANNEL_1"]).unwrap();
         assert_eq!(cli.status, "rx ok");
-        assert_eq!(cli.retries, 10);
+        assert_eq!(
+            cli.retries, 0,
+            "a subscriber waits for the server, as the library's does"
+        );
         // Without a device the id comes from the user's config directory: the end-to-end tests
         // check that (with a temporary one), never here in the real home.
         assert!(cli.count.is_none() && !cli.no_ack && !cli.json);
