@@ -19,6 +19,7 @@ use futures_util::StreamExt;
 use pere_core::store::redis::Bus;
 use pere_core::{ChannelName, Event, Hub, HubNotice, Membership, Receipt, Store, StoreError};
 use pere_proto::event::format_time;
+use pere_proto::StatusClass;
 use pere_proto::sse;
 use pere_proto::wire::{
     to_json, AckJson, ChannelStreamsJson, DashboardChannels, DashboardDevice, DashboardDevices,
@@ -308,11 +309,7 @@ impl<S: Store> Watch<S> {
             recipients: recipients.into_iter().collect(),
             acknowledged: latest
                 .values()
-                .map(|r| AckJson {
-                    device: r.device.to_string(),
-                    status: r.status.clone(),
-                    time: format_time(r.time),
-                })
+                .map(|r| AckJson::from(*r))
                 .collect(),
         }
     }
@@ -524,6 +521,7 @@ impl<S: Store> Watch<S> {
         self.receipts.push(DashboardReceipt {
             id: receipt.event_id,
             device: receipt.device.to_string(),
+            class: StatusClass::of(&receipt.status).as_str().to_owned(),
             status: receipt.status,
             time: format_time(receipt.time),
             latency_ms: latency.unwrap_or(0),

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pere_core::{Hub, HubNotice, Store};
+use pere_proto::StatusClass;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -139,7 +140,7 @@ impl Metrics {
         let receipts = Family::<StatusClassLabel, Counter>::default();
         registry.register(
             "receipts",
-            "Receipts recorded, by status class (ok, other)",
+            "Receipts recorded, by what their status says (ok, failed, other)",
             receipts.clone(),
         );
         // 1 ms to about 9 hours: a phone that acknowledges when it wakes up is still on the scale.
@@ -221,8 +222,10 @@ impl Metrics {
         ] {
             let _ = streams.get_or_create(&KindLabel { kind: kind.label() });
         }
-        for status_class in ["ok", "other"] {
-            let _ = receipts.get_or_create(&StatusClassLabel { status_class });
+        for class in StatusClass::ALL {
+            let _ = receipts.get_or_create(&StatusClassLabel {
+                status_class: class.as_str(),
+            });
         }
         for outcome in ["delivered", "failed"] {
             let _ = webhook_attempts.get_or_create(&OutcomeLabel { outcome });
@@ -312,11 +315,7 @@ impl Metrics {
     fn note(&self, notice: HubNotice) {
         match notice {
             HubNotice::Receipt { receipt, published } => {
-                let status_class = if receipt.status == "ok" {
-                    "ok"
-                } else {
-                    "other"
-                };
+                let status_class = StatusClass::of(&receipt.status).as_str();
                 self.receipts
                     .get_or_create(&StatusClassLabel { status_class })
                     .inc();
