@@ -124,7 +124,7 @@ pub async fn dispatch<S: Store>(
         Route::Feedback(channel) => feedback(state, channel, &caller, &query, headers, body).await,
         Route::AdminConnections => admin_connections(state).await,
         Route::AdminChannels => admin_channels(state, &query).await,
-        Route::Metrics => Ok(metrics(state)),
+        Route::Metrics => Ok(metrics(state, headers)),
         Route::AdminEvents(channel) => admin_events(state, channel, &query).await,
         Route::AdminDevices(channel) => admin_devices(state, channel, &query).await,
         Route::AdminReceipts(channel, id) => {
@@ -495,10 +495,19 @@ async fn feedback<S: Store>(
     ))
 }
 
-/// `GET /metrics`: the Prometheus text format.
-pub fn metrics<S: Store>(state: &AppState<S>) -> Response<ResponseBody> {
-    let text = state.metrics.render(&state.hub, state.limits.connections());
-    response::text(StatusCode::OK, metrics::CONTENT_TYPE, text)
+/// `GET /metrics`: the Prometheus text format, or OpenMetrics when `headers` accept it by name.
+pub fn metrics<S: Store>(state: &AppState<S>, headers: &HeaderMap) -> Response<ResponseBody> {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = metrics::Format::negotiate(accept);
+    let text = state
+        .metrics
+        .render_in(&state.hub, state.limits.connections(), format);
+    let mut answer = response::text(StatusCode::OK, format.content_type(), text);
+    // The answer depends on the Accept header: a cache must keep the two formats apart.
+    answer
+        .headers_mut()
+        .append(header::VARY, header::HeaderValue::from_static("Accept"));
+    answer
 }
 
 /// Channels an admin view shows per page by default, and at most.
