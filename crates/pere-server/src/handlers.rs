@@ -242,6 +242,7 @@ async fn push<S: Store>(
 ) -> Answer {
     let channel = request::channel(channel)?;
     let event_type = request::event_type(headers, query)?;
+    let envelope = batch::envelope_form(headers.get(BATCH_HEADER).map(|v| v.as_bytes()))?;
     let wait = request::push_wait(query, state.config.max_wait)?;
     let idempotency_key = request::idempotency_key(headers)?;
     let kind = request::body_kind(headers);
@@ -261,7 +262,7 @@ async fn push<S: Store>(
             publisher: device,
             event_type,
             key: idempotency_key,
-            envelope: request::header_is(headers, BATCH_HEADER, "envelope"),
+            envelope,
             max_events: state.config.max_batch_events,
         };
         let body = request::body(
