@@ -1,7 +1,7 @@
 //! The engine without HTTP: a `Hub` over the in-memory store, for applications that want PERE's
 //! ordering, resume and receipt ledger inside their own transport.
 //!
-//! Run: `cargo run --example hub_only`
+//! Run: `./target/release/examples/hub_only` (built by the README's tour)
 
 use pere_core::{
     ChannelName, DeviceId, FeedItem, Hub, HubConfig, MemoryStore, NewEvent, Retention,

@@ -1,6 +1,7 @@
 //! Publish events with `pere_client::Publisher` and wait for their return receipts.
 //!
-//! Run against a server: `cargo run --example publish -- 127.0.0.1:4567 ORDERS`
+//! Run against a server: `./target/release/examples/publish 127.0.0.1:4567 ORDERS` (built by
+//! the README's tour; `./target/debug/examples/` by the test command)
 //!
 //! Each push waits until every recipient of the channel acknowledged it, for 5 s at most. A
 //! recipient is any device that subscribed (or was registered) in the last `--recipient-expiry`
