@@ -54,6 +54,11 @@ fn describe(pushed: &Pushed) -> String {
     let Some(receipts) = pushed.receipts() else {
         return format!("event {id}, stored (the server said nothing of receipts)");
     };
+    if receipts.expected == 0 {
+        return format!(
+            "event {id}, expected by no recipient (no device subscribed to the channel)"
+        );
+    }
     let acknowledged: Vec<String> = receipts
         .acknowledged
         .iter()
