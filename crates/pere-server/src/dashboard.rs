@@ -19,12 +19,12 @@ use futures_util::StreamExt;
 use pere_core::store::redis::Bus;
 use pere_core::{ChannelName, Event, Hub, HubNotice, Membership, Receipt, Store, StoreError};
 use pere_proto::event::format_time;
-use pere_proto::StatusClass;
 use pere_proto::sse;
 use pere_proto::wire::{
     to_json, AckJson, ChannelStreamsJson, DashboardChannels, DashboardDevice, DashboardDevices,
     DashboardEvent, DashboardGrid, DashboardHello, DashboardReceipt, DashboardStats,
 };
+use pere_proto::StatusClass;
 use serde::Serialize;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -307,10 +307,7 @@ impl<S: Store> Watch<S> {
             publisher: event.publisher.as_ref().map(ToString::to_string),
             expected,
             recipients: recipients.into_iter().collect(),
-            acknowledged: latest
-                .values()
-                .map(|r| AckJson::from(*r))
-                .collect(),
+            acknowledged: latest.values().map(|r| AckJson::from(*r)).collect(),
         }
     }
 
