@@ -264,6 +264,12 @@ fn spawn(port: u16, aof: bool, tls: Option<Tls>, dir: &Path) -> Option<Child> {
 /// Starts `redis-server` with `args` and waits for its ready line; `None` when it exits first
 /// (its port was taken meanwhile). Its log goes to stdout, which is read here.
 pub(crate) fn spawn_ready(args: &[&str]) -> Option<Child> {
+    spawn_until(args, "Ready to accept connections")
+}
+
+/// As [`spawn_ready`], the line that says it is ready containing `ready` (a sentinel says
+/// which primary it monitors).
+pub(crate) fn spawn_until(args: &[&str], ready: &'static str) -> Option<Child> {
     let mut child = match Command::new("redis-server").args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn() {
         Ok(child) => child,
         Err(err) => panic!(
@@ -275,7 +281,7 @@ pub(crate) fn spawn_ready(args: &[&str]) -> Option<Child> {
     let (ready_tx, ready_rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("Ready to accept connections") {
+            if line.contains(ready) {
                 let _ = ready_tx.send(true);
             }
         }

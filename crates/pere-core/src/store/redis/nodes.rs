@@ -81,7 +81,7 @@ impl Nodes {
             args.extend(device.as_str().to_redis_args());
             args.extend(count.to_redis_args());
         }
-        let (left, _) = self.conn.eval(&self.presence, &keys, &args, None).await?;
+        let left = self.conn.eval(&self.presence, &keys, &args).await?;
         redis::from_redis_value(left).map_err(|e| StoreError::backend(redis::RedisError::from(e)))
     }
 
@@ -105,7 +105,7 @@ impl Nodes {
             args.extend(n.to_redis_args());
         }
         let keys = [self.keys.node(member, "conns")];
-        self.conn.eval(&self.node_conns, &keys, &args, None).await?;
+        self.conn.eval(&self.node_conns, &keys, &args).await?;
         Ok(())
     }
 
@@ -147,9 +147,9 @@ impl Nodes {
         args.extend(now_ms.to_redis_args());
         args.extend(expiry_ms.to_redis_args());
         args.extend((if known { "1" } else { "0" }).to_redis_args());
-        let (lapsed, _) = self
+        let lapsed = self
             .conn
-            .eval(&self.node_beat, &[self.keys.nodes()], &args, None)
+            .eval(&self.node_beat, &[self.keys.nodes()], &args)
             .await?;
         Ok(lapsed == redis::Value::Int(1))
     }

@@ -13,7 +13,9 @@ use pere_proto::presence::PresenceChange;
 use pere_proto::receipt::{DeviceRecord, DeviceTouch, Membership, Receipt};
 use redis::{Script, ToRedisArgs, Value};
 
-use super::connection::{failure, redacted, Confirmation, Conn, Deployment, RedisOptions, Target};
+use super::connection::{
+    failure, redacted, Confirmation, Confirming, Conn, Deployment, RedisOptions, Target,
+};
 use super::decode::{
     bad, event_from_fields, events_from, first_entry_id, membership_from, number,
     presence_from_entry, receipt_from, record_from, text, time_of,
@@ -40,6 +42,8 @@ struct Inner {
     retention: Retention,
     // Replicas that must confirm a push or receipt (`WAIT`); 0: none.
     wait_replicas: usize,
+    // The connections such a write is confirmed on (not for a cluster).
+    confirming: Option<Confirming>,
     // Whether the server's version was found good (sharded Pub/Sub needs Redis 7).
     version_checked: AtomicBool,
     // Names this node knows are in the channel set, so a busy channel adds itself once.
@@ -98,6 +102,7 @@ impl RedisStore {
             devices_page: Script::new(lua::DEVICES_PAGE),
             read: Script::new(lua::READ),
         };
+        let confirming = Confirming::new(&target).filter(|_| options.wait_replicas > 0);
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 shown,
@@ -107,6 +112,7 @@ impl RedisStore {
                 keys,
                 retention: options.retention,
                 wait_replicas: options.wait_replicas,
+                confirming,
                 version_checked: AtomicBool::new(false),
                 known: Mutex::default(),
                 scripts,
@@ -155,10 +161,19 @@ impl RedisStore {
         confirmed: bool,
     ) -> Result<(Value, Confirmation), StoreError> {
         keys.push(self.inner.keys.slot(channel));
-        let marker = self.inner.keys.confirmed();
-        let confirm = (confirmed && self.inner.wait_replicas > 0)
-            .then_some((self.inner.wait_replicas, marker.as_str()));
-        self.inner.conn.eval(script, &keys, &args.0, confirm).await
+        match &self.inner.confirming {
+            Some(confirming) if confirmed && self.inner.wait_replicas > 0 => {
+                let marker = self.inner.keys.confirmed();
+                let wanted = self.inner.wait_replicas;
+                confirming
+                    .eval(script, &keys, &args.0, wanted, &marker)
+                    .await
+            }
+            _ => {
+                let answer = self.inner.conn.eval(script, &keys, &args.0).await?;
+                Ok((answer, Confirmation::Enough))
+            }
+        }
     }
 
     /// As [`RedisStore::run`], with no confirmation, the answer as a `T`.

@@ -1,6 +1,7 @@
-//! The Redis store's own tests, each on a private `redis-server`: the conformance suite (plain
-//! and over TLS), TLS failures told from outages, two nodes sharing one sequence, presence
-//! numbered once for the cluster, and an unreachable Redis failing fast.
+//! The Redis store's own tests, each on a private Redis: the conformance suite (on one server,
+//! plain and over TLS; on a three-primary Redis Cluster, plain and over TLS; through Sentinel,
+//! every write confirmed by the replica), TLS failures told from outages, two nodes sharing one
+//! sequence, presence numbered once for the cluster, and an unreachable Redis failing fast.
 
 use std::collections::HashSet;
 
@@ -8,7 +9,7 @@ use pere_proto::name::DeviceId;
 use pere_proto::presence::PresenceChange;
 use pere_proto::receipt::Receipt;
 use pere_testkit::redis_server::unrelated_ca_pem;
-use pere_testkit::{RedisCluster, RedisServer};
+use pere_testkit::{RedisCluster, RedisSentinel, RedisServer};
 
 use super::connection::RESPONSE_TIMEOUT;
 use super::{RedisClientCert, RedisOptions, RedisStore, RedisTls};
@@ -44,7 +45,7 @@ async fn conformance_suite() {
 
 /// Runs the conformance suite on the Redis at `url`, a fresh prefix per check (a fresh store
 /// on the same Redis), with `tls`.
-async fn conformance_on(url: &str, tls: RedisTls) {
+async fn conformance_on(url: &str, tls: RedisTls, wait_replicas: usize) {
     let round = std::sync::atomic::AtomicU64::new(0);
     conformance::run_all(|retention| {
         let prefix = format!(
@@ -56,7 +57,7 @@ async fn conformance_on(url: &str, tls: RedisTls) {
             prefix,
             retention,
             tls: tls.clone(),
-            wait_replicas: 0,
+            wait_replicas,
         };
         async move { RedisStore::open(options).unwrap() }
     })
@@ -66,7 +67,7 @@ async fn conformance_on(url: &str, tls: RedisTls) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suite_on_a_cluster() {
     let cluster = RedisCluster::start(3);
-    conformance_on(&cluster.url(), RedisTls::default()).await;
+    conformance_on(&cluster.url(), RedisTls::default(), 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,7 +78,30 @@ async fn conformance_suite_on_a_cluster_over_tls() {
         ca: Some(ca),
         client: None,
     };
-    conformance_on(&cluster.url(), tls).await;
+    conformance_on(&cluster.url(), tls, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_suite_through_sentinel_with_writes_confirmed_by_the_replica() {
+    let redis = RedisSentinel::start();
+    conformance_on(&redis.url(), RedisTls::default(), 1).await;
+    let replicated = redis.cli(redis.replica_port(), &["EXISTS", "c0:confirmed"]);
+    assert_eq!(replicated.trim(), "1", "confirmed writes went through WAIT");
+}
+
+#[tokio::test]
+async fn replicas_confirmations_are_refused_on_a_cluster() {
+    let refused = RedisStore::open(RedisOptions {
+        url: "redis+cluster://127.0.0.1:7000,127.0.0.1:7001".into(),
+        prefix: "p".into(),
+        retention: ROOMY,
+        tls: RedisTls::default(),
+        wait_replicas: 1,
+    });
+    assert!(
+        matches!(refused, Err(StoreError::Incompatible(_))),
+        "{refused:?}"
+    );
 }
 
 /// Options for a store on `server` (a TLS one) trusting `ca`, with the server's client
