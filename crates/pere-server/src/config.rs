@@ -67,7 +67,7 @@ fn parse_store(text: &str) -> Result<StoreKind, String> {
                 None => other.to_owned(),
             };
             Err(format!(
-                "{shown:?} is not a store: use sqlite, memory or a redis://host:port/db URL (or redis+cluster://, redis+sentinel://)"
+                "{shown:?} is not a store: use sqlite, memory or a redis://host:port/db URL"
             ))
         }
     }
