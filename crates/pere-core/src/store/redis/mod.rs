@@ -29,11 +29,12 @@
 //! # Layout
 //! Each room uses only those above it in this list:
 //! - `connection`: the options, the deployment a URL names (TLS included), the shared
-//!   reconnecting connection, scripts run with their replicas' confirmation, the bus's
-//!   connections, and Redis errors as [`StoreError`](crate::StoreError)s;
+//!   reconnecting connection (Sentinel's primary followed), the bus's connections, and Redis
+//!   errors as [`StoreError`](crate::StoreError)s;
 //! - `keys`: the names of the keys and of the bus channels;
 //! - `decode`: Redis answers into events, receipts, memberships, device records, presence;
 //! - `lua`: the scripts, one per change that must be atomic;
+//! - `script`: running them, and the writes whose replicas must confirm them;
 //! - `nodes`: this node's id, its registration and its share of presence (scripts the bus calls);
 //! - `store`: [`RedisStore`], the [`Store`](crate::store::Store);
 //! - `bus`: [`Bus`], the channels this node hears, the notices heard on them ([`BusNotice`])
@@ -77,10 +78,12 @@ mod decode;
 mod keys;
 mod lua;
 mod nodes;
+mod script;
 mod store;
 #[cfg(test)]
 mod tests;
 
 pub use bus::{Bus, BusListener, BusNotice, NodeRegistration, NODE_TTL};
-pub use connection::{redacted, Deployment, RedisClientCert, RedisOptions, RedisTls, WAIT_TIMEOUT};
+pub use connection::{redacted, Deployment, RedisClientCert, RedisOptions, RedisTls};
+pub use script::WAIT_TIMEOUT;
 pub use store::RedisStore;

@@ -9,6 +9,7 @@ use redis::{Script, ToRedisArgs as _};
 use super::connection::{query, Conn};
 use super::keys::Keys;
 use super::lua;
+use super::script::eval;
 use crate::error::StoreError;
 
 /// This node among the others: its id, and the scripts that register it and write its share
@@ -81,7 +82,7 @@ impl Nodes {
             args.extend(device.as_str().to_redis_args());
             args.extend(count.to_redis_args());
         }
-        let left = self.conn.eval(&self.presence, &keys, &args).await?;
+        let left = eval(&self.conn, &self.presence, &keys, &args).await?;
         redis::from_redis_value(left).map_err(|e| StoreError::backend(redis::RedisError::from(e)))
     }
 
@@ -105,7 +106,7 @@ impl Nodes {
             args.extend(n.to_redis_args());
         }
         let keys = [self.keys.node(member, "conns")];
-        self.conn.eval(&self.node_conns, &keys, &args).await?;
+        eval(&self.conn, &self.node_conns, &keys, &args).await?;
         Ok(())
     }
 
@@ -147,10 +148,7 @@ impl Nodes {
         args.extend(now_ms.to_redis_args());
         args.extend(expiry_ms.to_redis_args());
         args.extend((if known { "1" } else { "0" }).to_redis_args());
-        let lapsed = self
-            .conn
-            .eval(&self.node_beat, &[self.keys.nodes()], &args)
-            .await?;
+        let lapsed = eval(&self.conn, &self.node_beat, &[self.keys.nodes()], &args).await?;
         Ok(lapsed == redis::Value::Int(1))
     }
 

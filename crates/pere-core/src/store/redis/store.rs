@@ -13,9 +13,7 @@ use pere_proto::presence::PresenceChange;
 use pere_proto::receipt::{DeviceRecord, DeviceTouch, Membership, Receipt};
 use redis::{Script, ToRedisArgs, Value};
 
-use super::connection::{
-    failure, redacted, Confirmation, Confirming, Conn, Deployment, RedisOptions, Target,
-};
+use super::connection::{failure, redacted, Conn, Deployment, RedisOptions, Target};
 use super::decode::{
     bad, event_from_fields, events_from, first_entry_id, membership_from, number,
     presence_from_entry, receipt_from, record_from, text, time_of,
@@ -23,6 +21,7 @@ use super::decode::{
 use super::keys::Keys;
 use super::lua;
 use super::nodes::Nodes;
+use super::script::{eval, Confirmation, Confirming};
 use crate::error::{StoreError, Unconfirmed};
 use crate::store::{check_keys, Appended, EventPage, RecordedReceipt, Retention, Store};
 
@@ -170,7 +169,7 @@ impl RedisStore {
                     .await
             }
             _ => {
-                let answer = self.inner.conn.eval(script, &keys, &args.0).await?;
+                let answer = eval(&self.inner.conn, script, &keys, &args.0).await?;
                 Ok((answer, Confirmation::Enough))
             }
         }
