@@ -283,3 +283,80 @@ async fn moving_channels_between_primaries_under_traffic_loses_no_acknowledged_p
     let total: usize = acknowledged.values().map(BTreeMap::len).sum();
     eprintln!("{total} pushes acknowledged, {refused} answers refused while slots moved");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_primary_is_answered_503_until_it_is_back_then_its_channels_are_served_again() {
+    let mut cluster = RedisCluster::start(3);
+    let node = TestServer::start_redis(&cluster.url(), &["-q"]).await;
+    let ready = |node: &TestServer| {
+        let (http, url) = (node.http.clone(), node.url("/readyz"));
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .expect("readyz")
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(ready(&node).await, 200);
+    let channel = "Stopped";
+    assert_eq!(node.push(channel, "before").await, 1);
+    let primary = primary_of(&cluster, channel);
+
+    cluster.kill_node(primary);
+    let stopped = std::time::Instant::now();
+    let answer = node
+        .http
+        .post(node.url(&format!("/push/{channel}")))
+        .body("while stopped")
+        .send()
+        .await
+        .expect("push");
+    let status = answer.status().as_u16();
+    let json: Value = answer.json().await.unwrap_or(Value::Null);
+    assert_eq!(
+        (status, json["error"]["code"].as_str()),
+        (503, Some("store_unavailable")),
+        "{json}"
+    );
+    let answered_in = stopped.elapsed();
+    assert!(
+        answered_in < Duration::from_secs(6),
+        "answered in {answered_in:?}"
+    );
+    // Once the other primaries call it failed, the cluster refuses every command (by default),
+    // the probe's write too.
+    tokio::time::timeout(WAIT, async {
+        while ready(&node).await != 503 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("not ready once the cluster refuses commands");
+
+    tokio::task::block_in_place(|| cluster.restart_node(primary));
+    // Served again; what the stopped primary held is gone with it (nothing on disk): the ids
+    // start again (see store identity).
+    let id = tokio::time::timeout(WAIT, async {
+        loop {
+            let answer = node
+                .http
+                .post(node.url(&format!("/push/{channel}")))
+                .body("after")
+                .send()
+                .await
+                .expect("push");
+            if answer.status().is_success() {
+                let json: Value = answer.json().await.expect("push answer");
+                return json["id"].as_u64().expect("id");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("pushes accepted again");
+    assert_eq!(id, 1);
+    assert_eq!(ready(&node).await, 200);
+    eprintln!("a push to the stopped primary's channel was answered 503 in {answered_in:?}");
+}

@@ -33,6 +33,17 @@ pub struct RedisCluster {
 struct Node {
     child: Option<Child>,
     port: u16,
+    // What it was started with, to start it again.
+    args: Vec<String>,
+}
+
+impl Node {
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 impl RedisCluster {
@@ -188,6 +199,37 @@ impl RedisCluster {
         }
     }
 
+    /// Stops the node at `port` abruptly (SIGKILL, by its process id): the slots it serves are
+    /// not served until it is back (and, by default, the cluster refuses every command once the
+    /// others have seen it fail, after the node timeout of 2 s).
+    pub fn kill_node(&mut self, port: u16) {
+        self.node_mut(port).kill();
+    }
+
+    /// Starts the node at `port` again (same port, directory and cluster identity), and waits
+    /// until every node says every slot is served. Its keys are gone: nothing is kept on disk.
+    pub fn restart_node(&mut self, port: u16) {
+        let node = self.node_mut(port);
+        node.kill();
+        let args: Vec<&str> = node.args.iter().map(String::as_str).collect();
+        let child = (0..50).find_map(|_| {
+            // The port may linger for a moment after the kill.
+            spawn_ready(&args).or_else(|| {
+                std::thread::sleep(Duration::from_millis(100));
+                None
+            })
+        });
+        node.child = Some(child.expect("the node restarted on its port"));
+        self.settle();
+    }
+
+    fn node_mut(&mut self, port: u16) -> &mut Node {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .unwrap_or_else(|| panic!("no node of the cluster on port {port}"))
+    }
+
     /// Waits until every node says that every slot is served.
     fn settle(&self) {
         let started = Instant::now();
@@ -239,10 +281,7 @@ impl RedisCluster {
 impl Drop for RedisCluster {
     fn drop(&mut self) {
         for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+            node.kill();
         }
     }
 }
@@ -295,8 +334,9 @@ fn start_node(dir: &Path, i: usize, tls: bool) -> Node {
                 &bus.to_string(),
                 "--cluster-config-file",
                 "nodes.conf",
+                // A stopped node is failed, and forgiven when back, within seconds.
                 "--cluster-node-timeout",
-                "5000",
+                "2000",
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -312,11 +352,12 @@ fn start_node(dir: &Path, i: usize, tls: bool) -> Node {
             ]
             .map(str::to_owned),
         );
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        if let Some(child) = spawn_ready(&args) {
+        let started: Vec<&str> = args.iter().map(String::as_str).collect();
+        if let Some(child) = spawn_ready(&started) {
             return Node {
                 child: Some(child),
                 port,
+                args,
             };
         }
     }
