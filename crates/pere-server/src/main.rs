@@ -139,6 +139,7 @@ async fn serve_with(config: Config, mode: Mode, tls: Option<TlsAcceptor>) -> any
                 prefix: config.redis_prefix.clone(),
                 retention: retention(&config),
                 tls: config.redis_tls().map_err(anyhow::Error::msg)?,
+                wait_replicas: config.redis_wait_replicas,
             };
             let store = RedisStore::open(options).context("cannot use the Redis store")?;
             match store.probe().await {
@@ -154,6 +155,10 @@ async fn serve_with(config: Config, mode: Mode, tls: Option<TlsAcceptor>) -> any
                         "cannot use the Redis store at {}: {err} ({trusted}; a Redis that asks for a client certificate needs --redis-cert and --redis-key)",
                         config.store
                     );
+                }
+                // Nor does waiting mend a Redis too old for the bus.
+                Err(err @ StoreError::Incompatible(_)) => {
+                    anyhow::bail!("cannot use the Redis store at {}: {err}", config.store);
                 }
                 // A node may start before its Redis: it is not ready until Redis answers.
                 Err(err) => {
