@@ -1,13 +1,14 @@
 //! The SQLite store's tests of damage: rows whose bytes changed on disk are found by their
 //! checksum and never served, pages SQLite reports damaged still give up their readable rows,
-//! and older stores get checksums when upgraded. (The hub over a damaged store:
-//! `tests/damaged_store.rs`.)
+//! older stores get checksums when upgraded, and the offline check finds and mends it. (The
+//! hub over a damaged store: `tests/damaged_store.rs`.)
 
 use std::path::Path;
 
 use rusqlite::Connection;
 
 use super::rows::Damage;
+use super::schema::lock_dir;
 use super::*;
 use crate::store::conformance::{body, ch, ROOMY};
 
@@ -212,4 +213,142 @@ async fn a_page_sqlite_reports_damaged_gives_up_its_neighbours_rows_one_by_one()
         (100..=199).collect::<Vec<_>>(),
         "every id accounted for"
     );
+}
+
+#[tokio::test]
+async fn check_finds_a_damaged_row_and_repair_sets_it_aside_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    stored(dir.path(), 5, 0).await;
+    damage_file(dir.path(), "MARK0003", |bytes, at| {
+        bytes[at..at + 4].copy_from_slice(&[0xff; 4])
+    });
+
+    let found = check(dir.path(), false).unwrap();
+    assert!(!found.sound());
+    assert!(found.integrity.is_empty(), "{:?}", found.integrity);
+    assert_eq!(found.damaged["C"], vec![(3, Damage::Checksum)]);
+    assert_eq!(found.events_checked, 4);
+
+    let repaired = check(dir.path(), true).unwrap();
+    assert!(matches!(
+        repaired.repair,
+        Some(Repaired::SetAside { events: 1 })
+    ));
+    let again = check(dir.path(), false).unwrap();
+    assert!(again.sound(), "{again:?}");
+    assert_eq!(again.set_aside_before, 1);
+
+    let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let (raw, reason): (Vec<u8>, String) = conn
+        .query_row(
+            "SELECT body, reason FROM damaged_events WHERE channel = 'C' AND id = 3",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    assert!(raw.starts_with(b"event 3 \xff\xff\xff\xff0003"), "{raw:?}");
+    assert_eq!(reason, "checksum mismatch");
+    drop(conn);
+    // The id stays a gap for readers, known and no longer counted as damage.
+    let store = open_uncached(dir.path());
+    assert_eq!(
+        store.read(&ch("C"), 0, 10).await.unwrap().unreadable,
+        vec![3]
+    );
+    assert_eq!(store.damage(), DamageSeen::default());
+}
+
+#[tokio::test]
+async fn repair_rebuilds_a_file_whose_structure_is_damaged_and_keeps_it_beside() {
+    let dir = tempfile::tempdir().unwrap();
+    stored(dir.path(), 300, 200).await;
+    // A receipt, and the device record it makes (written back when the store closes).
+    let store = open_uncached(dir.path());
+    let receipt = Receipt {
+        seq: 0,
+        channel: ch("C"),
+        event_id: 1,
+        device: DeviceId::new("R1").unwrap(),
+        status: "ok".into(),
+        time: pere_proto::event::now(),
+    };
+    store.record_receipt(receipt).await.unwrap();
+    store.close().await;
+    drop(store);
+    let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    drop(conn);
+    break_page(dir.path(), "MARK0150");
+    assert!(matches!(
+        SqliteStore::open(dir.path(), SqliteOptions::default()),
+        Err(StoreError::Damaged { .. })
+    ));
+
+    let found = check(dir.path(), false).unwrap();
+    assert!(!found.integrity.is_empty());
+    let repaired = check(dir.path(), true).unwrap();
+    let Some(Repaired::Rebuilt {
+        backup,
+        events_copied,
+        events_set_aside,
+        ..
+    }) = repaired.repair
+    else {
+        panic!("{repaired:?}");
+    };
+    assert!(backup.exists(), "the damaged file is kept");
+    assert_eq!(events_copied + events_set_aside as u64, 300);
+    assert!(events_set_aside > 0 && events_set_aside < 30);
+
+    let again = check(dir.path(), false).unwrap();
+    assert!(again.sound(), "{again:?}");
+    let store = open_uncached(dir.path());
+    let page = store.read(&ch("C"), 0, 1000).await.unwrap();
+    assert_eq!(page.head, 300);
+    assert_eq!(page.events.len() as u64, events_copied);
+    assert!(page.unreadable.contains(&150));
+    assert_eq!(store.damage(), DamageSeen::default(), "set aside: known");
+    // The sequence goes on where it was; receipts and device records came along.
+    assert_eq!(
+        store.append(&ch("C"), body("next")).await.unwrap().event.id,
+        301
+    );
+    let receipts = store.receipts(&ch("C"), 1).await.unwrap();
+    assert_eq!(receipts.len(), 1);
+    let record = store
+        .device(&ch("C"), &DeviceId::new("R1").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((record.last_acked, record.receipts), (1, 1));
+    let (next, _) = store
+        .record_receipt(Receipt {
+            seq: 0,
+            ..receipts[0].clone()
+        })
+        .await
+        .unwrap();
+    assert!(
+        next.seq > receipts[0].seq,
+        "receipt seqs are never given twice"
+    );
+}
+
+#[tokio::test]
+async fn no_store_opens_while_a_check_holds_the_directory_nor_a_check_runs_beside_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    stored(dir.path(), 1, 0).await;
+    let held = lock_dir(dir.path()).unwrap();
+    assert!(matches!(
+        SqliteStore::open(dir.path(), SqliteOptions::default()),
+        Err(StoreError::Locked { .. })
+    ));
+    drop(held);
+    let store = open_uncached(dir.path());
+    assert!(matches!(
+        check(dir.path(), true),
+        Err(StoreError::Locked { .. })
+    ));
+    drop(store);
 }

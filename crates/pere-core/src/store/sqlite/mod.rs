@@ -40,8 +40,10 @@
 //!   [`EventPage::unreadable`], [`Store::event`] answers [`StoreError::EventDamaged`], the other
 //!   reads leave it out; where SQLite reports a range's pages damaged, the range is read id by
 //!   id. Each damaged event is counted and named in the log once ([`Store::damage`]).
+//!   [`check`] finds damage offline and mends it (`pere-server check`).
 //!
-//! One process per data directory: the writer trusts its in-memory heads.
+//! One process per data directory: the writer trusts its in-memory heads. (A check holds the
+//! same lock while it works.)
 //!
 //! # Layout
 //!
@@ -71,11 +73,12 @@
 //! - `writer`: the writer thread: its commands, group commit, the age sweep, the write-back of
 //!   device records, and the checkpointer (with [`MAX_BATCH`], [`DEVICE_WRITE_BACK`] and
 //!   [`CHECKPOINT_INTERVAL`], re-exported here).
+//! - `check`: the offline check and repair ([`check`], [`CheckReport`], [`Repaired`]).
 //! - this module: [`SqliteStore`] (opening it, its handles) and its [`Store`] impl.
 //!
 //! ```text
 //! options, failure, checksum → books → rows → damage → schema → shared → prune → ops → writer
-//!   → mod
+//!   → check → mod
 //! ```
 
 use std::collections::BTreeSet;
@@ -97,6 +100,7 @@ use crate::error::StoreError;
 use crate::store::{check_keys, Appended, DamageSeen, EventPage, RecordedReceipt, Store};
 
 mod books;
+mod check;
 mod checksum;
 mod damage;
 mod failure;
@@ -114,6 +118,7 @@ mod damage_tests;
 mod tests;
 
 use books::{ChannelMeta, RecentCache};
+pub use check::{check, CheckReport, Repaired};
 use damage::DamageBook;
 use failure::{closed, Failure};
 use ops::{add_recipient, append, append_batch, record_receipt, remove_recipient, touch_device};

@@ -136,6 +136,25 @@ fn event_from_row(channel: &ChannelName, row: &Row<'_>) -> rusqlite::Result<RowR
     })
 }
 
+/// An event row of whichever channel it names (a `channel` column selected after the others),
+/// read as [`event_from_row`] reads it; `None` when not even its channel can be read. For
+/// whole-table scans.
+pub(super) fn event_row_of_any_channel(
+    row: &Row<'_>,
+) -> rusqlite::Result<Option<(ChannelName, RowRead)>> {
+    let channel = match row.get_ref(7)? {
+        ValueRef::Text(name) => std::str::from_utf8(name)
+            .ok()
+            .and_then(|name| ChannelName::new(name).ok()),
+        _ => None,
+    };
+    let Some(channel) = channel else {
+        return Ok(None);
+    };
+    let read = event_from_row(&channel, row)?;
+    Ok(Some((channel, read)))
+}
+
 /// The event the row's values hold, if their checksum matches and they decode.
 fn verified_event(
     channel: &ChannelName,
@@ -288,6 +307,13 @@ impl Span {
             damaged.push((id, damage));
         }
         Span { events, damaged }
+    }
+
+    /// The last id the span covers (`None` for an empty one).
+    pub(super) fn end(&self) -> Option<u64> {
+        let event = self.events.last().map(|e| e.id);
+        let damaged = self.damaged.last().map(|(id, _)| *id);
+        event.max(damaged)
     }
 }
 

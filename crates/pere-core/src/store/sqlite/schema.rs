@@ -82,6 +82,7 @@ macro_rules! damaged_events_table {
         ) WITHOUT ROWID;"
     };
 }
+pub(super) use damaged_events_table;
 
 /// The schema, one migration per version: `MIGRATIONS[n]` takes `user_version` n to n + 1.
 pub(super) const MIGRATIONS: &[&str] = &[
