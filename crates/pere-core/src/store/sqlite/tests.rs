@@ -58,7 +58,7 @@ async fn check_ids(store: &SqliteStore, channel: &str) -> Vec<u64> {
 /// Gives every event row the checksum of what it holds now, as the v7 migration does: for
 /// tests that change rows behind the store's back on purpose.
 pub(super) fn sum_again(conn: &Connection) {
-    super::checksum::register(conn).unwrap();
+    checksum::register(conn).unwrap();
     conn.execute_batch(
         "UPDATE events SET checksum = \
          pere_event_checksum(channel, id, time, event_type, publisher, idempotency_key, body)",
