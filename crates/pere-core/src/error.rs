@@ -53,7 +53,13 @@ pub enum StoreError {
         /// What the primary recorded.
         recorded: Unconfirmed,
     },
-    /// Another PERE server holds the data directory's lock.
+    /// The store holds the event but cannot read it back as it was written (a damaged file):
+    /// it is never served.
+    EventDamaged {
+        /// The event's id.
+        id: u64,
+    },
+    /// Another PERE process (a server, or `pere-server check`) holds the data directory's lock.
     Locked {
         /// The data directory.
         dir: std::path::PathBuf,
@@ -91,9 +97,12 @@ impl fmt::Display for StoreError {
                 "{} is damaged ({detail}); restore it from a backup, or move it aside to start with an empty store",
                 path.display()
             ),
+            StoreError::EventDamaged { id } => {
+                write!(f, "event {id} is damaged in the store and cannot be read")
+            }
             StoreError::Locked { dir } => write!(
                 f,
-                "{} is in use by another PERE server; stop that one, or give this one its own --data-dir",
+                "{} is in use by another PERE server (or by pere-server check); stop that one, or give this one its own --data-dir",
                 dir.display()
             ),
             StoreError::Unreplicated {

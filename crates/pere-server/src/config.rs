@@ -410,6 +410,26 @@ pub struct Config {
 pub enum Command {
     /// Mint a token with the configured secret (or --jwt-private-key) and print it.
     Token(TokenArgs),
+    /// Check the SQLite store offline, with no server running on it: SQLite's full integrity
+    /// check, then every event read and verified against its checksum. Prints the damaged
+    /// events of each channel, one line per channel. Exit status: 0 sound (or repaired), 1
+    /// damage found, 2 the check could not run (a server holds the data directory, no store).
+    Check(CheckArgs),
+}
+
+/// `pere-server check`: which store, and whether to mend it.
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// The data directory to check (default: the server's --data-dir).
+    #[arg(long = "data-dir", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Mend what was found. In a file that is sound as a file, each damaged event's row is moved
+    /// into the table damaged_events (byte for byte) and readers pass over its id; a file whose
+    /// structure is damaged is rebuilt from every row that can be read, the damaged file kept
+    /// beside it as `pere.db.damaged-<time>`. No server can start on the directory meanwhile.
+    #[arg(long = "repair")]
+    pub repair: bool,
 }
 
 /// `pere-server token`: what the token grants.

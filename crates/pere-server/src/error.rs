@@ -169,6 +169,13 @@ impl From<StoreError> for ApiError {
                     )
                 }
             }
+            // The server's fault, and a lasting one: asking again does not help, an operator's
+            // repair does. (Not 410: nothing removed the event on purpose.)
+            StoreError::EventDamaged { id } => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "event_damaged",
+                format!("event {id} is damaged in the server's store and cannot be read"),
+            ),
             // Internals stay in the server log; the client learns only that storage failed.
             other => {
                 tracing::error!("storage: {other}");

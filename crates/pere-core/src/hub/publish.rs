@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::error::{StoreError, Unconfirmed};
 use crate::notice::HubNotice;
-use crate::store::{Appended, Store};
+use crate::store::{Appended, EventPage, Store};
 
 use super::channel::ChannelHub;
 use super::{Hub, GAP_WAIT};
@@ -177,7 +177,7 @@ impl<S: Store> Hub<S> {
     }
 
     /// Releases what the store holds between the last released event and the first waiting
-    /// one, and skips the ids it does not hold.
+    /// one, and skips the ids it does not hold or cannot read.
     pub(super) async fn fill_gap(&self, hub: &Arc<ChannelHub>) {
         let (mut after, first_waiting) = {
             let state = hub.state();
@@ -196,16 +196,10 @@ impl<S: Store> Hub<S> {
             let Ok(page) = self.store.read(&hub.name, after, limit).await else {
                 break;
             };
-            let found: Vec<Arc<Event>> = page
-                .events
-                .into_iter()
-                .filter(|e| e.id < first_waiting)
-                .collect();
-            let Some(last) = found.last() else { break };
-            after = last.id;
-            for event in found {
-                self.apply_published_to(hub, event);
-            }
+            let Some(last) = self.apply_page(hub, page, first_waiting) else {
+                break;
+            };
+            after = last;
         }
         let mut state = hub.state();
         if state.last_released + 1 < first_waiting {
@@ -213,6 +207,35 @@ impl<S: Store> Hub<S> {
         }
         // Asks for no new timer: the one running this is it.
         hub.drain(&mut state, &self.observers);
+    }
+
+    /// Applies a page read from the store, in id order, up to `below` (excluded): its events as
+    /// published, and its unreadable ids (damaged) passed over by the sequencer, so that what
+    /// follows them is not held back. Returns the last id the page accounted for.
+    fn apply_page(&self, hub: &Arc<ChannelHub>, page: EventPage, below: u64) -> Option<u64> {
+        let mut unreadable = page
+            .unreadable
+            .into_iter()
+            .filter(|&id| id < below)
+            .peekable();
+        let mut last = None;
+        let pass_over = |id: u64| {
+            if hub.pass_over(id, &self.observers) {
+                self.start_gap_timer(hub);
+            }
+        };
+        for event in page.events.into_iter().filter(|e| e.id < below) {
+            while let Some(id) = unreadable.next_if(|&id| id < event.id) {
+                pass_over(id);
+            }
+            last = Some(event.id);
+            self.apply_published_to(hub, event);
+        }
+        for id in unreadable {
+            pass_over(id);
+            last = last.max(Some(id));
+        }
+        last
     }
 
     /// Applies what the store holds beyond what each loaded channel released (and, with shared
@@ -261,14 +284,11 @@ impl<S: Store> Hub<S> {
                 .store
                 .read(&hub.name, after, self.config.replay_page)
                 .await?;
-            let Some(last) = page.events.last().map(|e| e.id) else {
+            applied += page.events.len();
+            let Some(last) = self.apply_page(hub, page, u64::MAX) else {
                 break;
             };
             after = last;
-            for event in page.events {
-                applied += 1;
-                self.apply_published_to(hub, event);
-            }
         }
         // Presence changes missed meanwhile, for a channel that keeps a history.
         if let (true, Some(log)) = (self.shares_presence(), hub.presence.get()) {

@@ -496,6 +496,7 @@ impl Store for RedisStore {
             events,
             first_retained: first_entry_id(&first).unwrap_or(head + 1),
             head,
+            unreadable: Vec::new(),
         })
     }
 
