@@ -51,7 +51,8 @@ pub enum Item {
     /// just before (see [`SubscriberBuilder::auto_ack`]), or a receipt that had failed, sent
     /// again because its event came back.
     Acked(Acked),
-    /// `pere-gap`: events the subscriber should have had are no longer retained on the server.
+    /// `pere-gap`: events the subscriber should have had cannot be sent by the server (no longer
+    /// retained, or damaged in its store).
     Gap {
         /// The missing ids, when the notice could be read.
         notice: Option<GapNotice>,

@@ -28,15 +28,18 @@ pub enum StoreKind {
     Sqlite,
     /// In process memory: fast, gone on restart. For tests and demos.
     Memory,
-    /// A Redis server that several nodes share (`redis://[:password@]host:port/db`, or
-    /// `rediss://` over TLS); the URL is kept as a [`Secret`], since it may hold the password.
+    /// A Redis that several nodes share: one server (`redis://[:password@]host:port/db`, or
+    /// `rediss://` over TLS), a Redis Cluster (`redis+cluster://host:port[,host:port…]`,
+    /// `rediss+cluster://`) or the primary Sentinel names
+    /// (`redis+sentinel://host:port[,host:port…]/PRIMARY[/db]`); the URL is kept as a
+    /// [`Secret`], since it may hold the password.
     Redis(Secret),
 }
 
 impl StoreKind {
-    /// Whether this is Redis over TLS (`rediss://`).
+    /// Whether this is Redis over TLS (`rediss://`, `rediss+cluster://`).
     pub fn is_redis_tls(&self) -> bool {
-        matches!(self, StoreKind::Redis(url) if url.0.starts_with("rediss://"))
+        matches!(self, StoreKind::Redis(url) if url.0.starts_with("rediss"))
     }
 }
 
@@ -44,9 +47,16 @@ fn parse_store(text: &str) -> Result<StoreKind, String> {
     match text {
         "sqlite" => Ok(StoreKind::Sqlite),
         "memory" => Ok(StoreKind::Memory),
-        url if url.starts_with("redis://")
-            || url.starts_with("rediss://")
-            || url.starts_with("redis+unix://") =>
+        url if [
+            "redis://",
+            "rediss://",
+            "redis+unix://",
+            "redis+cluster://",
+            "rediss+cluster://",
+            "redis+sentinel://",
+        ]
+        .iter()
+        .any(|scheme| url.starts_with(scheme)) =>
         {
             Ok(StoreKind::Redis(Secret(url.to_owned())))
         }
@@ -108,8 +118,10 @@ pub struct Config {
     #[arg(short = 'p', long = "port", default_value_t = 4567, env = "PERE_PORT")]
     pub port: u16,
 
-    /// Storage backend: sqlite (the default), memory, or `redis://[:password@]host:port/db`
-    /// (a Redis that several nodes share; see --redis-prefix), `rediss://` for Redis over TLS.
+    /// Storage backend: sqlite (the default), memory, or a Redis that several nodes share (see
+    /// --redis-prefix): `redis://[:password@]host:port/db` (`rediss://` over TLS), a Redis
+    /// Cluster `redis+cluster://[:password@]host:port[,host:port…]` (`rediss+cluster://`), or
+    /// the primary Sentinel names, `redis+sentinel://[:password@]host:port[,host:port…]/PRIMARY[/db]`.
     /// The environment's value is never shown, since the URL may hold a password.
     #[arg(long = "store", default_value = "sqlite", value_parser = parse_store, env = "PERE_STORE", hide_env_values = true)]
     pub store: StoreKind,
@@ -126,6 +138,16 @@ pub struct Config {
     /// heartbeat (sent every third of it); a dead node's streams stop counting within it.
     #[arg(long = "redis-node-ttl", default_value = "15s", value_parser = parse_duration, env = "PERE_REDIS_NODE_TTL")]
     pub redis_node_ttl: Duration,
+
+    /// Redis store: how many replicas must confirm a push or receipt (Redis's WAIT, at most 2 s)
+    /// before it is answered 2xx; 0 waits for none. Without confirmation a failover may lose the
+    /// last acknowledged writes. Not for a Redis Cluster.
+    #[arg(
+        long = "redis-wait-replicas",
+        default_value_t = 0,
+        env = "PERE_REDIS_WAIT_REPLICAS"
+    )]
+    pub redis_wait_replicas: usize,
 
     /// Redis over TLS (`rediss://`): the CA certificates (PEM) that sign the Redis server's
     /// certificate, trusted instead of the system's (a private CA).
@@ -390,6 +412,26 @@ pub struct Config {
 pub enum Command {
     /// Mint a token with the configured secret (or --jwt-private-key) and print it.
     Token(TokenArgs),
+    /// Check the SQLite store offline, with no server running on it: SQLite's full integrity
+    /// check, then every event read and verified against its checksum. Prints the damaged
+    /// events of each channel, one line per channel. Exit status: 0 sound (or repaired), 1
+    /// damage found, 2 the check could not run (a server holds the data directory, no store).
+    Check(CheckArgs),
+}
+
+/// `pere-server check`: which store, and whether to mend it.
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// The data directory to check (default: the server's --data-dir).
+    #[arg(long = "data-dir", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Mend what was found. In a file that is sound as a file, each damaged event's row is moved
+    /// into the table damaged_events (byte for byte) and readers pass over its id; a file whose
+    /// structure is damaged is rebuilt from every row that can be read, the damaged file kept
+    /// beside it as `pere.db.damaged-<time>`. No server can start on the directory meanwhile.
+    #[arg(long = "repair")]
+    pub repair: bool,
 }
 
 /// `pere-server token`: what the token grants.
@@ -528,7 +570,8 @@ impl Config {
     /// [`LoadError::Usage`] for what clap answers itself (help, version, an unknown flag);
     /// otherwise one line naming the setting and its source: an invalid value, an unknown key
     /// or an unreadable file; [`LoadError::Conflict`] for settings that do not go together
-    /// (Redis TLS settings without a `rediss://` store, a token secret and a public key).
+    /// (Redis TLS settings without a `rediss://` store, replicas' confirmations without a Redis that
+    /// can give them, a token secret and a public key).
     pub fn load<I, T>(args: I) -> Result<Config, LoadError>
     where
         I: IntoIterator<Item = T>,
@@ -614,6 +657,7 @@ impl Config {
             .map_err(LoadError::Usage)?;
         let config = Config::from_arg_matches(&matches).map_err(LoadError::Usage)?;
         config.check_redis_tls().map_err(LoadError::Conflict)?;
+        config.check_redis_wait().map_err(LoadError::Conflict)?;
         // The token settings together (a secret and a public key, a key file that is not one,
         // --anonymous-subscribe without a key): a setting's mistake, told as one (exit status 2)
         // before anything starts.
@@ -646,6 +690,23 @@ impl Config {
                 Err("--redis-key needs --redis-cert (the client certificate chain, PEM)".into())
             }
             _ => Ok(()),
+        }
+    }
+
+    /// Refuses replicas' confirmations where there is nothing to confirm them: a store that is
+    /// not Redis, or a Redis Cluster, whose client cannot tie a `WAIT` to the write.
+    fn check_redis_wait(&self) -> Result<(), String> {
+        use pere_core::store::redis::Deployment;
+        match &self.store {
+            _ if self.redis_wait_replicas == 0 => Ok(()),
+            StoreKind::Redis(url) if Deployment::of(&url.0) == Deployment::Cluster => Err(
+                "--redis-wait-replicas is not supported on a Redis Cluster (redis+cluster://)"
+                    .into(),
+            ),
+            StoreKind::Redis(_) => Ok(()),
+            other => Err(format!(
+                "--redis-wait-replicas is for a Redis store, and the store is {other}"
+            )),
         }
     }
 

@@ -1,7 +1,7 @@
 //! The server's metrics for `GET /metrics`: what the door counts (requests answered, refusals,
 //! open streams), what the hub's notices tell (receipts and their latency, cut subscribers), the
 //! hub's own running counts (publications, deliveries, redeliveries, lost notices, events owed
-//! receipts) and the store's commits.
+//! receipts), the store's commits and the damaged events its reads met.
 //!
 //! Written in either text format ([`Format`]): OpenMetrics when the scraper asks for it by name
 //! (Prometheus does), the Prometheus text format 0.0.4 otherwise (curl, `promtool check
@@ -147,6 +147,7 @@ pub struct Metrics {
     webhook_attempts: Family<OutcomeLabel, Counter>,
     webhook_drops: Counter,
     notices_dropped: Counter,
+    damaged_reads: Counter,
 }
 
 impl Metrics {
@@ -260,6 +261,12 @@ impl Metrics {
             "Hub notices lost by observers (webhook, metrics) that had no room for them",
             notices_dropped.clone(),
         );
+        let damaged_reads = Counter::default();
+        registry.register(
+            "store_damaged_reads",
+            "Damaged events met by store reads and left out (each time one is met; /readyz counts each once)",
+            damaged_reads.clone(),
+        );
         // Present from the first scrape, at zero: an alert on a rate needs the series to exist.
         for kind in [
             StreamKind::Feed,
@@ -297,6 +304,7 @@ impl Metrics {
             webhook_attempts,
             webhook_drops,
             notices_dropped,
+            damaged_reads,
         })
     }
 
@@ -394,6 +402,7 @@ impl Metrics {
         catch_up(&self.deliveries, hub.deliveries());
         catch_up(&self.redeliveries, hub.redeliveries());
         catch_up(&self.notices_dropped, hub.dropped_notices());
+        catch_up(&self.damaged_reads, hub.store().damage().reads);
         self.pending
             .set(i64::try_from(hub.incomplete_events()).unwrap_or(i64::MAX));
         self.connections
