@@ -222,6 +222,27 @@ impl Proc {
         self.wait_lines(1, matches).await.remove(0)
     }
 
+    /// Waits for the first stderr line that satisfies `matches` (warnings, errors).
+    pub async fn wait_error_line(&self, matches: impl Fn(&str) -> bool) -> String {
+        let found = tokio::time::timeout(WAIT, async {
+            loop {
+                let notified = self.changed.notified();
+                if let Some(line) = self.errors().into_iter().find(|l| matches(l)) {
+                    return line;
+                }
+                notified.await;
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| {
+            panic!(
+                "waited {WAIT:?} for a matching stderr line\nstdout:\n{}\nstderr:\n{}",
+                self.lines().join("\n"),
+                self.errors().join("\n")
+            )
+        })
+    }
+
     /// Waits for the process to exit and for everything it printed to be read; returns its exit
     /// code.
     pub async fn wait_exit(&mut self) -> i32 {

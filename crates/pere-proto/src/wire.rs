@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use crate::event::{format_time, Event};
 use crate::presence::PresenceChange;
 use crate::receipt::ReceiptSummary;
-use crate::receipt::{Membership, Receipt};
+use crate::receipt::{Membership, Receipt, StatusClass};
 use crate::sse;
 use crate::view::{ChannelView, DeviceView};
 
@@ -265,8 +265,23 @@ pub struct AckJson {
     pub device: String,
     /// Its status.
     pub status: String,
+    /// What the status says: `ok`, `failed` or `other` ([`StatusClass`]); empty from a server
+    /// older than this field.
+    #[serde(default)]
+    pub class: String,
     /// When the receipt was recorded.
     pub time: String,
+}
+
+impl From<&Receipt> for AckJson {
+    fn from(receipt: &Receipt) -> Self {
+        AckJson {
+            device: receipt.device.to_string(),
+            status: receipt.status.clone(),
+            class: StatusClass::of(&receipt.status).as_str().to_owned(),
+            time: format_time(receipt.time),
+        }
+    }
 }
 
 /// How many expected recipients are in each state.
@@ -313,15 +328,7 @@ impl From<&ReceiptSummary> for ReceiptSummaryJson {
         ReceiptSummaryJson {
             channel: summary.channel.to_string(),
             id: summary.event_id,
-            acknowledged: summary
-                .acknowledged
-                .iter()
-                .map(|r| AckJson {
-                    device: r.device.to_string(),
-                    status: r.status.clone(),
-                    time: format_time(r.time),
-                })
-                .collect(),
+            acknowledged: summary.acknowledged.iter().map(AckJson::from).collect(),
             delivered: names(&summary.delivered),
             pending: names(&summary.pending),
             expected: summary.expected,
@@ -759,6 +766,8 @@ pub struct DashboardReceipt {
     pub device: String,
     /// Its status.
     pub status: String,
+    /// What the status says: `ok`, `failed` or `other` ([`StatusClass`]).
+    pub class: String,
     /// When the server recorded it.
     pub time: String,
     /// Milliseconds from the event's publication to this receipt.

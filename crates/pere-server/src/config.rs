@@ -19,7 +19,7 @@ use pere_core::store::{RedisClientCert, RedisTls};
 use tokio_rustls::rustls::pki_types::pem::{self, PemObject as _};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::auth::{KeySettings, Mode, Verifier};
+use crate::auth::{KeySettings, Mode, Verifier, MIN_SECRET_LEN};
 
 /// Where events, receipts and device records are kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +67,9 @@ fn parse_store(text: &str) -> Result<StoreKind, String> {
                 None => other.to_owned(),
             };
             Err(format!(
-                "{shown:?} is not a store: use sqlite, memory or a redis://host:port/db URL"
+                "{shown:?} is not a store: the stores are sqlite (the default: durable, in \
+                 --data-dir), memory (gone on restart), and redis://[:password@]host:port/db \
+                 (several nodes on one Redis; rediss:// over TLS)"
             ))
         }
     }
@@ -244,7 +246,7 @@ pub struct Config {
     pub jwt_secret: Option<Secret>,
 
     /// File holding the token secret (HS256); trailing whitespace is ignored.
-    #[arg(long = "jwt-secret-file", env = "PERE_JWT_SECRET_FILE", global = true)]
+    #[arg(long = "jwt-secret-file", env = "PERE_JWT_SECRET_FILE", global = true, value_parser = parse_secret_file)]
     pub jwt_secret_file: Option<PathBuf>,
 
     /// Public key (PEM, RSA or EC P-256) that verifies tokens signed RS256 or ES256.
@@ -470,8 +472,33 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// A token secret, checked for its length where it is given (a short one is refused naming its
+/// flag, variable or file, as any wrong value is).
 fn parse_secret(text: &str) -> Result<Secret, String> {
+    check_secret_len(text.len())?;
     Ok(Secret(text.to_owned()))
+}
+
+/// A file holding a token secret, read and checked where the setting is given.
+fn parse_secret_file(text: &str) -> Result<PathBuf, String> {
+    let secret = std::fs::read(text).map_err(|e| format!("cannot read it: {e}"))?;
+    // As `auth` reads it: a file written by `echo` ends with a newline that is not the secret's.
+    let len = secret
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(0, |i| i + 1);
+    check_secret_len(len).map_err(|e| format!("the secret it holds is too short: {e}"))?;
+    Ok(PathBuf::from(text))
+}
+
+fn check_secret_len(len: usize) -> Result<(), String> {
+    if len < MIN_SECRET_LEN {
+        return Err(format!(
+            "a token secret is at least {MIN_SECRET_LEN} bytes, and this one has {len} \
+             (`openssl rand -base64 48` makes one)"
+        ));
+    }
+    Ok(())
 }
 
 impl std::fmt::Display for StoreKind {
@@ -544,14 +571,21 @@ impl Config {
     /// otherwise one line naming the setting and its source: an invalid value, an unknown key
     /// or an unreadable file; [`LoadError::Conflict`] for settings that do not go together
     /// (Redis TLS settings without a `rediss://` store, replicas' confirmations without a Redis that
-    /// can give them).
+    /// can give them, a token secret and a public key).
     pub fn load<I, T>(args: I) -> Result<Config, LoadError>
     where
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
         let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
-        let command = Config::command();
+        // `--max-connections -5` is a wrong value to name, not an unknown flag `-5`.
+        let command = Config::command().mut_args(|arg| {
+            if arg.get_action().takes_values() {
+                arg.allow_negative_numbers(true)
+            } else {
+                arg
+            }
+        });
         // Which flags the command line gives, and which variables the environment sets, read
         // as text: clap keeps the precedence, checking is done below, naming the source.
         let raw_command = command.clone().mut_args(|arg| {
@@ -590,7 +624,7 @@ impl Config {
             } else if let Some(values) = file.as_ref().and_then(|f| f.values.get(long)) {
                 (
                     file.as_ref()
-                        .map(|f| f.path.display().to_string())
+                        .map(|f| format!("the config file {}", f.path.display()))
                         .unwrap_or_default(),
                     values.iter().map(OsString::from).collect(),
                 )
@@ -600,11 +634,10 @@ impl Config {
             for value in &values {
                 check_value(arg, value).map_err(|reason| LoadError::Invalid {
                     setting: long.to_owned(),
-                    value: if arg.is_hide_env_values_set() {
-                        "(hidden)".to_owned()
-                    } else {
-                        value.to_string_lossy().into_owned()
-                    },
+                    // A secret, or a URL that may hold a password, is never shown; its
+                    // parser's reason shows what is safe to.
+                    value: (!arg.is_hide_env_values_set())
+                        .then(|| value.to_string_lossy().into_owned()),
                     source: source.clone(),
                     reason,
                 })?;
@@ -625,6 +658,10 @@ impl Config {
         let config = Config::from_arg_matches(&matches).map_err(LoadError::Usage)?;
         config.check_redis_tls().map_err(LoadError::Conflict)?;
         config.check_redis_wait().map_err(LoadError::Conflict)?;
+        // The token settings together (a secret and a public key, a key file that is not one,
+        // --anonymous-subscribe without a key): a setting's mistake, told as one (exit status 2)
+        // before anything starts.
+        config.mode().map_err(LoadError::Conflict)?;
         Ok(config)
     }
 
@@ -734,9 +771,10 @@ pub enum LoadError {
     Invalid {
         /// The setting, as its long flag without dashes.
         setting: String,
-        /// The value given (hidden for secrets).
-        value: String,
-        /// Where it came from: `--flag`, the variable's name, or the file's path.
+        /// The value given; `None` for a setting whose value is never shown (a secret, a URL
+        /// that may hold a password).
+        value: Option<String>,
+        /// Where it came from: `--flag`, the variable's name, or the file's path and key.
         source: String,
         /// What is wrong with it.
         reason: String,
@@ -753,7 +791,7 @@ impl std::fmt::Display for LoadError {
             LoadError::Usage(err) => write!(f, "{}", err.to_string().trim_end()),
             LoadError::Invalid {
                 setting,
-                value,
+                value: Some(value),
                 source,
                 reason,
             } => {
@@ -762,6 +800,12 @@ impl std::fmt::Display for LoadError {
                     "invalid value \"{value}\" for {setting} in {source}: {reason}"
                 )
             }
+            LoadError::Invalid {
+                setting,
+                value: None,
+                source,
+                reason,
+            } => write!(f, "invalid {setting} in {source}: {reason}"),
             LoadError::File(message) | LoadError::Conflict(message) => f.write_str(message),
         }
     }
@@ -809,9 +853,22 @@ fn check_value(arg: &Arg, value: &OsStr) -> Result<(), String> {
     }
 }
 
-/// What a value parser found wrong, without clap's usage text.
+/// What a value parser found wrong, without clap's usage text, saying what is expected where
+/// the parser's own words do not (`invalid digit found in string`).
 fn reason(err: &clap::Error) -> String {
     if let Some(source) = std::error::Error::source(err) {
+        if let Some(number) = source.downcast_ref::<std::num::ParseIntError>() {
+            return match number.kind() {
+                std::num::IntErrorKind::PosOverflow => "too large a number".to_owned(),
+                _ => "expected a whole number, 0 or more (such as 5000)".to_owned(),
+            };
+        }
+        if source.is::<std::net::AddrParseError>() {
+            return format!(
+                "{source}: expected an IP address (127.0.0.1, 0.0.0.0, ::1), with a port for \
+                 --metrics-addr (127.0.0.1:9464)"
+            );
+        }
         return source.to_string();
     }
     if let Some(ContextValue::Strings(valid)) = err.get(ContextKind::ValidValue) {

@@ -124,7 +124,7 @@ pub async fn dispatch<S: Store>(
         Route::Feedback(channel) => feedback(state, channel, &caller, &query, headers, body).await,
         Route::AdminConnections => admin_connections(state).await,
         Route::AdminChannels => admin_channels(state, &query).await,
-        Route::Metrics => Ok(metrics(state)),
+        Route::Metrics => Ok(metrics(state, headers)),
         Route::AdminEvents(channel) => admin_events(state, channel, &query).await,
         Route::AdminDevices(channel) => admin_devices(state, channel, &query).await,
         Route::AdminReceipts(channel, id) => {
@@ -243,6 +243,7 @@ async fn push<S: Store>(
 ) -> Answer {
     let channel = request::channel(channel)?;
     let event_type = request::event_type(headers, query)?;
+    let envelope = batch::envelope_form(headers.get(BATCH_HEADER).map(|v| v.as_bytes()))?;
     let wait = request::push_wait(query, state.config.max_wait)?;
     let idempotency_key = request::idempotency_key(headers)?;
     let kind = request::body_kind(headers);
@@ -262,7 +263,7 @@ async fn push<S: Store>(
             publisher: device,
             event_type,
             key: idempotency_key,
-            envelope: request::header_is(headers, BATCH_HEADER, "envelope"),
+            envelope,
             max_events: state.config.max_batch_events,
         };
         let body = request::body(
@@ -496,10 +497,19 @@ async fn feedback<S: Store>(
     ))
 }
 
-/// `GET /metrics`: the Prometheus text format.
-pub fn metrics<S: Store>(state: &AppState<S>) -> Response<ResponseBody> {
-    let text = state.metrics.render(&state.hub, state.limits.connections());
-    response::text(StatusCode::OK, metrics::CONTENT_TYPE, text)
+/// `GET /metrics`: the Prometheus text format, or OpenMetrics when `headers` accept it by name.
+pub fn metrics<S: Store>(state: &AppState<S>, headers: &HeaderMap) -> Response<ResponseBody> {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = metrics::Format::negotiate(accept);
+    let text = state
+        .metrics
+        .render_in(&state.hub, state.limits.connections(), format);
+    let mut answer = response::text(StatusCode::OK, format.content_type(), text);
+    // The answer depends on the Accept header: a cache must keep the two formats apart.
+    answer
+        .headers_mut()
+        .append(header::VARY, header::HeaderValue::from_static("Accept"));
+    answer
 }
 
 /// Channels an admin view shows per page by default, and at most.

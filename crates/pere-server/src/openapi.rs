@@ -291,6 +291,7 @@ mod tests {
             acknowledged: vec![AckJson {
                 device: "D1".into(),
                 status: "rx ok".into(),
+                class: "ok".into(),
                 time: T.into(),
             }],
             delivered: vec!["D2".into()],
