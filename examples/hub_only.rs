@@ -1,7 +1,7 @@
 //! The engine without HTTP: a `Hub` over the in-memory store, for applications that want PERE's
 //! ordering, resume and receipt ledger inside their own transport.
 //!
-//! Run: `cargo run --example hub_only`
+//! Run: `./target/release/examples/hub_only` (built by the README's tour)
 
 use pere_core::{
     ChannelName, DeviceId, FeedItem, Hub, HubConfig, MemoryStore, NewEvent, Retention,
@@ -42,13 +42,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         }
     }
     let summary = hub.receipt_summary(&channel, 2).await?;
+    let devices: Vec<&str> = summary
+        .acknowledged
+        .iter()
+        .map(|r| r.device.as_str())
+        .collect();
     println!(
-        "event 2 acknowledged by {:?}, complete: {}",
-        summary
-            .acknowledged
-            .iter()
-            .map(|r| r.device.as_str())
-            .collect::<Vec<_>>(),
+        "event 2 acknowledged by {}, complete: {}",
+        devices.join(", "),
         summary.complete()
     );
     Ok(())

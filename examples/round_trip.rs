@@ -2,7 +2,7 @@
 //! a free port, subscribe a device, publish an event, send the device's return receipt, and ask
 //! the server who acknowledged what.
 //!
-//! Run: `cargo run --example round_trip`
+//! Run: `./target/release/examples/round_trip` (built by the README's tour)
 
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;

@@ -1,7 +1,7 @@
 //! Receive events with `pere_client::Subscriber` and return a receipt for each, with a status.
 //!
-//! Run against a server: `cargo run --example subscribe -- 127.0.0.1:4567 ORDERS 3` (stops after
-//! 3 events; without a count it listens until interrupted).
+//! Run against a server: `./target/release/examples/subscribe 127.0.0.1:4567 ORDERS 3` (stops
+//! after 3 events; without a count it listens until interrupted).
 
 use futures_util::StreamExt;
 use pere_client::{Item, Subscriber};
@@ -32,7 +32,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 }
             }
             Item::Gap { data, .. } => eprintln!("missed for good: {data}"),
-            Item::Reconnecting(r) => eprintln!("{}; reconnecting in {:?}", r.reason, r.delay),
+            Item::Reconnecting(r) => {
+                eprintln!("{}; reconnecting in {} ms", r.reason, r.delay.as_millis())
+            }
             _ => {}
         }
     }

@@ -158,3 +158,82 @@ async fn pere_js_starts_over_on_pere_reset() {
         "the new event 1"
     );
 }
+
+/// The README's first pere.js snippet, read from README.md, runs as written in a page of the
+/// server: it subscribes, publishes, receives its event and acknowledges it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_snippet_runs_as_written_in_a_page_of_the_server() {
+    let server = TestServer::start(&[]).await;
+    let outcome = run_script("readme-same", "readme.mjs", &["same", &server.base]).await;
+    outcome.assert_tagged("RECEIVED ", &["1"]);
+    server
+        .proc
+        .wait_line(|l| l.contains("FEEDBACK> channel: CHANNEL_1") && l.ends_with("status: ok"))
+        .await;
+}
+
+/// The README's second snippet runs as written in a page of another origin, which the server
+/// allows with `--allow-origin`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_snippet_runs_from_another_origin_the_server_allows() {
+    let mut script = start_script("readme-cross", "readme.mjs", &["cross"]);
+    let origin = script.wait_line(|l| l.starts_with("ORIGIN ")).await;
+    let origin = origin.trim_start_matches("ORIGIN ").to_owned();
+    let server = TestServer::start(&["--allow-origin", &origin]).await;
+    script.tell(&server.base).await;
+    let outcome = finish(script).await;
+    outcome.assert_tagged("RECEIVED ", &["1"]);
+    server
+        .proc
+        .wait_line(|l| l.contains("FEEDBACK> channel: CHANNEL_1"))
+        .await;
+    assert!(
+        !server.proc.errors().iter().any(|l| l.contains("CORS>")),
+        "an allowed origin is not refused: {:?}",
+        server.proc.errors()
+    );
+}
+
+/// A page whose origin the server does not allow gets a CORS error only; the server says which
+/// origin it refused and what to give, for a page of another port and for a `file://` page
+/// (origin `null`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_origin_is_named_in_the_log_with_what_to_give() {
+    let server = TestServer::start(&[]).await;
+    let mut script = start_script("readme-refused", "readme.mjs", &["refused", &server.base]);
+    let opened = script.wait_line(|l| l.starts_with("OPENED ")).await;
+    let origin = opened.trim_start_matches("OPENED ");
+    // The server read the requests before the browser refused the page their answers.
+    let refused = format!(
+        "CORS> GET /pere.js: origin {origin} is not allowed: start the server with --allow-origin {origin}"
+    );
+    server.proc.wait_error_line(|l| l.contains(&refused)).await;
+    let null = "CORS> GET /pere.js: origin null (a page opened from a file:// or a sandboxed frame) is not allowed";
+    server.proc.wait_error_line(|l| l.contains(null)).await;
+    script.tell("seen").await;
+    finish(script).await.assert_passed();
+    // The server's own pages send an Origin too (a POST): never called refused.
+    let own = server
+        .http
+        .post(server.url("/push/OWN"))
+        .header("origin", &server.base)
+        .body("x")
+        .send()
+        .await
+        .expect("push");
+    assert_eq!(own.status(), 200);
+    server.push("OWN", "after").await;
+    server
+        .proc
+        .wait_line(|l| l.contains("PUSH EVT> channel: OWN") && l.ends_with("data: after"))
+        .await;
+    assert!(
+        !server
+            .proc
+            .errors()
+            .iter()
+            .any(|l| l.contains("CORS>") && l.contains("/push/OWN")),
+        "{:?}",
+        server.proc.errors()
+    );
+}

@@ -18,10 +18,35 @@ async fn the_dashboard_shows_a_device_online_its_receipt_and_the_device_offline(
     .await;
     outcome.assert_tagged("ONLINE ", &["W-dash"]);
     assert_eq!(outcome.tagged("ACKED "), ["1"]);
+    assert_eq!(outcome.tagged("FAILED "), ["1"]);
     assert_eq!(outcome.tagged("OFFLINE "), ["W-dash"]);
-    // What the grid showed is what the server keeps.
+    // What the grid showed is what the server keeps, classed as the metrics class it.
     let view = server.get_json("/admin/receipts/DASH/1").await;
-    assert_eq!(view["acknowledged"][0]["device"], "W-dash", "{view}");
+    let class_of = |device: &str| {
+        view["acknowledged"]
+            .as_array()
+            .expect("receipts")
+            .iter()
+            .find(|a| a["device"] == device)
+            .map(|a| a["class"].clone())
+    };
+    assert_eq!(class_of("W-dash"), Some("ok".into()), "{view}");
+    assert_eq!(class_of("W-failing"), Some("failed".into()), "{view}");
+    let metrics = server
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    for line in [
+        r#"pere_receipts_total{status_class="ok"} 1"#,
+        r#"pere_receipts_total{status_class="failed"} 1"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
     server
         .proc
         .wait_line(|l| l.contains("FEED END>") && l.contains("DASH admin stream"))

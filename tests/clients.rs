@@ -60,7 +60,10 @@ async fn the_original_demo_publisher_two_subscribers_and_receipts() {
         .0;
     let first: serde_json::Value = serde_json::from_str(json).unwrap();
     assert_eq!(first["channel"], "CHANNEL_1");
-    assert_eq!(first["id"], 1);
+    // The publisher's own counter is `pub_id`, as the original named it: an `id` in the body
+    // would read as the event's id, which is the server's.
+    assert_eq!(first["pub_id"], 1);
+    assert!(first.get("id").is_none(), "{first}");
     let data_len = first["data"].as_str().unwrap().len();
     assert!((15..=32).contains(&data_len));
 
@@ -430,9 +433,7 @@ async fn the_library_examples_publish_and_acknowledge() {
     assert_eq!(
         publisher.lines(),
         (1..=3)
-            .map(|n| format!(
-                "order {n}: event Some({n}), acknowledged by H0039000000001 (shipped)"
-            ))
+            .map(|n| format!("order {n}: event {n}, acknowledged by H0039000000001 (shipped)"))
             .collect::<Vec<_>>()
     );
     let mut subscriber = subscriber;
@@ -440,5 +441,41 @@ async fn the_library_examples_publish_and_acknowledge() {
     assert_eq!(
         subscriber.lines()[1],
         r#"event 1: {"order":1}, acknowledged"#
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publish_example_says_who_a_wait_was_not_satisfied_by() {
+    // A recipient that came once and left (a page opened for a moment): expected, never there.
+    // The server caps every wait at 1 s, so the example's three waits end unsatisfied quickly.
+    let server = TestServer::start(&["--max-wait", "1s"]).await;
+    let registered = server
+        .http
+        .put(server.url("/devices/ORDERS/W0039000000009"))
+        .send()
+        .await
+        .expect("register a recipient");
+    assert_eq!(registered.status(), 200);
+    let host = server.host_port();
+    let mut publisher = Proc::start_with(example("publish").args([host.as_str(), "ORDERS"]));
+    assert_eq!(publisher.wait_exit().await, 0, "{:?}", publisher.errors());
+    let lines = publisher.lines();
+    assert_eq!(lines.len(), 4, "{lines:#?}");
+    for (n, line) in lines[..3].iter().enumerate() {
+        let n = n + 1;
+        assert!(
+            line.starts_with(&format!(
+                "order {n}: event {n}, acknowledged by no one; not acknowledged by every \
+                 recipient (0 of 1) when the wait ended; pending (not reached): W0039000000009 \
+                 (last seen "
+            )),
+            "{line}"
+        );
+        assert!(!line.contains("Some("), "no debug output: {line}");
+    }
+    assert!(
+        lines[3].contains("--recipient-expiry") && lines[3].contains("DELETE"),
+        "how to stop expecting a device: {}",
+        lines[3]
     );
 }

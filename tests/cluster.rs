@@ -359,9 +359,11 @@ async fn the_webhook_reports_each_event_once_for_the_whole_cluster() {
     assert_eq!(reported, vec![1, 2, 3, 4], "each event reported once");
 }
 
-/// How many nodes' buses listen on the default prefix's bus channel, as Redis counts them.
-fn bus_listeners(redis: &RedisServer) -> Option<u64> {
-    let answer = redis.cli(&["PUBSUB", "NUMSUB", "pere:bus"]);
+/// How many nodes' buses listen on `channel`'s bus (its shard channel, default prefix), as
+/// Redis counts them.
+fn bus_listeners(redis: &RedisServer, channel: &str) -> Option<u64> {
+    let bus = format!("{{pere:ch:{channel}}}:bus");
+    let answer = redis.cli(&["PUBSUB", "SHARDNUMSUB", &bus]);
     answer.lines().nth(1)?.trim().parse().ok()
 }
 
@@ -373,13 +375,13 @@ async fn nodes_over_tls_share_events_through_the_bus_and_never_show_the_password
     assert!(url.starts_with("rediss://") && url.contains(TLS_PASSWORD));
     let ca = redis.ca_file();
     let (a, b) = two_nodes(&redis, &["-q", "--redis-ca", ca.to_str().unwrap()]).await;
-    // Both buses subscribed, so what follows travels by Pub/Sub, not by a catch-up.
-    eventually("both buses to subscribe", || async {
-        (bus_listeners(&redis) == Some(2)).then_some(())
-    })
-    .await;
     let mut on_a = a.feed("Shared", &[]).await;
     let mut on_b = b.feed("Shared", &[]).await;
+    // Both buses hear the channel, so what follows travels by Pub/Sub, not by a catch-up.
+    eventually("both buses to hear Shared", || async {
+        (bus_listeners(&redis, "Shared") == Some(2)).then_some(())
+    })
+    .await;
 
     first_push_crosses(&a, &mut on_b).await;
     assert_eq!(b.push("Shared", "from B").await, 2);

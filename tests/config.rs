@@ -7,7 +7,7 @@ use pere_e2e::{bin_path, Proc};
 use tokio::process::Command;
 
 /// The variables these tests set; removed from the child's environment unless a test gives them.
-const VARIABLES: [&str; 7] = [
+const VARIABLES: [&str; 10] = [
     "PERE_HOST",
     "PERE_STORE",
     "PERE_MAX_CONNECTIONS",
@@ -15,6 +15,9 @@ const VARIABLES: [&str; 7] = [
     "PERE_REDIS_CA",
     "PERE_REDIS_CERT",
     "PERE_REDIS_KEY",
+    "PERE_JWT_SECRET",
+    "PERE_JWT_SECRET_FILE",
+    "PERE_ANONYMOUS_SUBSCRIBE",
 ];
 
 fn server(args: &[&str], env: &[(&str, &str)]) -> Command {
@@ -97,15 +100,16 @@ async fn a_wrong_value_is_named_with_its_source() {
         "pere.toml",
         "max-connections = \"abc\"\nstore = \"memory\"\nport = 0\n",
     );
+    const NUMBER: &str = "expected a whole number, 0 or more (such as 5000)";
     let (code, errors) = refusal(&["--config", &file], &[]).await;
     assert_eq!(code, 2);
-    assert_eq!(errors, [format!("pere-server: invalid value \"abc\" for max-connections in {file}: invalid digit found in string (see pere-server --help)")]);
+    assert_eq!(errors, [format!("pere-server: invalid value \"abc\" for max-connections in the config file {file}: {NUMBER} (see pere-server --help)")]);
 
     let (code, errors) = refusal(&["--config", &file], &[("PERE_MAX_CONNECTIONS", "12x")]).await;
     assert_eq!(code, 2);
     assert_eq!(
         errors,
-        ["pere-server: invalid value \"12x\" for max-connections in PERE_MAX_CONNECTIONS: invalid digit found in string (see pere-server --help)"]
+        [format!("pere-server: invalid value \"12x\" for max-connections in PERE_MAX_CONNECTIONS: {NUMBER} (see pere-server --help)")]
     );
 
     let (code, errors) = refusal(
@@ -114,14 +118,35 @@ async fn a_wrong_value_is_named_with_its_source() {
     )
     .await;
     assert_eq!(code, 2);
-    assert_eq!(errors, ["pere-server: invalid value \"lots\" for max-connections in --max-connections: invalid digit found in string (see pere-server --help)"]);
+    assert_eq!(errors, [format!("pere-server: invalid value \"lots\" for max-connections in --max-connections: {NUMBER} (see pere-server --help)")]);
 
-    // Kinds of value other than numbers: a choice and a flag.
+    // A negative number is a wrong value too, wherever it comes from, not an unknown flag.
+    let negative = write(dir.path(), "negative.toml", "max-connections = -5\n");
+    for (args, source) in [
+        (
+            vec!["--max-connections", "-5"],
+            "--max-connections".to_owned(),
+        ),
+        (
+            vec!["--config", &negative],
+            format!("the config file {negative}"),
+        ),
+    ] {
+        let (code, errors) = refusal(&args, &[]).await;
+        assert_eq!(code, 2);
+        assert_eq!(errors, [format!("pere-server: invalid value \"-5\" for max-connections in {source}: {NUMBER} (see pere-server --help)")]);
+    }
+
+    // Kinds of value other than numbers: a choice, whose value may hold a password and is
+    // shown only as its parser shows it, with the stores there are.
+    const STORES: &str = "the stores are sqlite (the default: durable, in --data-dir), memory (gone on restart), and redis://[:password@]host:port/db (several nodes on one Redis; rediss:// over TLS)";
     let choice = write(dir.path(), "store.toml", "store = \"disk\"\n");
     let (_, errors) = refusal(&["--config", &choice], &[]).await;
-    assert_eq!(errors, [format!("pere-server: invalid value \"(hidden)\" for store in {choice}: \"disk\" is not a store: use sqlite, memory or a redis://host:port/db URL (see pere-server --help)")]);
+    assert_eq!(errors, [format!("pere-server: invalid store in the config file {choice}: \"disk\" is not a store: {STORES} (see pere-server --help)")]);
     let (_, errors) = refusal(&["-p", "0"], &[("PERE_STORE", "disk")]).await;
-    assert_eq!(errors, ["pere-server: invalid value \"(hidden)\" for store in PERE_STORE: \"disk\" is not a store: use sqlite, memory or a redis://host:port/db URL (see pere-server --help)"]);
+    assert_eq!(errors, [format!("pere-server: invalid store in PERE_STORE: \"disk\" is not a store: {STORES} (see pere-server --help)")]);
+    let (_, errors) = refusal(&["--store", "foo"], &[]).await;
+    assert_eq!(errors, [format!("pere-server: invalid store in --store: \"foo\" is not a store: {STORES} (see pere-server --help)")]);
 
     // A value the flag beats is not looked at.
     let line = first_line(
@@ -130,6 +155,44 @@ async fn a_wrong_value_is_named_with_its_source() {
     )
     .await;
     assert!(line.contains("listening on"));
+}
+
+#[tokio::test]
+async fn token_settings_are_checked_where_given_and_exit_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    const SHORT: &str = "a token secret is at least 32 bytes, and this one has 5 (`openssl rand -base64 48` makes one)";
+    // The secret is never shown, wherever it comes from; its source is.
+    let file = write(dir.path(), "pere.toml", "jwt-secret = \"short\"\n");
+    let (code, errors) = refusal(&["--config", &file], &[]).await;
+    assert_eq!(code, 2, "a wrong setting exits 2, as documented");
+    assert_eq!(errors, [format!("pere-server: invalid jwt-secret in the config file {file}: {SHORT} (see pere-server --help)")]);
+    let (code, errors) = refusal(&[], &[("PERE_JWT_SECRET", "short")]).await;
+    assert_eq!(code, 2);
+    assert_eq!(
+        errors,
+        [format!(
+            "pere-server: invalid jwt-secret in PERE_JWT_SECRET: {SHORT} (see pere-server --help)"
+        )]
+    );
+    let (code, errors) = refusal(&["--jwt-secret", "short"], &[]).await;
+    assert_eq!(code, 2);
+    assert_eq!(
+        errors,
+        [format!(
+            "pere-server: invalid jwt-secret in --jwt-secret: {SHORT} (see pere-server --help)"
+        )]
+    );
+    let secret_file = write(dir.path(), "secret", "short\n");
+    let (code, errors) = refusal(&["--jwt-secret-file", &secret_file], &[]).await;
+    assert_eq!(code, 2);
+    assert_eq!(errors, [format!("pere-server: invalid value \"{secret_file}\" for jwt-secret-file in --jwt-secret-file: the secret it holds is too short: {SHORT} (see pere-server --help)")]);
+    // Settings that do not go together are settings' mistakes too.
+    let (code, errors) = refusal(&["--anonymous-subscribe"], &[]).await;
+    assert_eq!(code, 2);
+    assert_eq!(
+        errors,
+        ["pere-server: --anonymous-subscribe needs a token key (see pere-server --help)"]
+    );
 }
 
 #[tokio::test]
@@ -221,7 +284,7 @@ async fn redis_tls_files_are_checked_where_given_and_refused_without_rediss() {
     );
     let (code, errors) = refusal(&["--config", &file], &[]).await;
     assert_eq!(code, 2);
-    assert_eq!(errors, [format!("pere-server: invalid value \"{not_pem}\" for redis-ca in {file}: holds no PEM certificate (see pere-server --help)")]);
+    assert_eq!(errors, [format!("pere-server: invalid value \"{not_pem}\" for redis-ca in the config file {file}: holds no PEM certificate (see pere-server --help)")]);
 
     // A certificate that would do nothing: the URL is missing its `s`, or the store is not Redis.
     let ca = write(

@@ -13,9 +13,12 @@ use pere_e2e::{bin_path, TestServer};
 /// it near 30 s on two shared cores.
 const RUN_LIMIT: Duration = Duration::from_secs(300);
 
-/// What every answer is checked for.
+/// What every answer is checked for; `negative_data_rejection`: every request the document
+/// calls invalid is refused (4xx), so the document never allows what the server refuses nor the
+/// server take what the document forbids.
 const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,\
-                      response_headers_conformance,response_schema_conformance";
+                      response_headers_conformance,response_schema_conformance,\
+                      negative_data_rejection";
 
 /// Schemathesis's `st`: `PERE_SCHEMATHESIS`, else the virtual environment `tests/run-all.sh`
 /// makes in the target directory.
@@ -194,6 +197,157 @@ async fn names_escaped_in_the_path_are_the_names() {
     assert_eq!(slash.status(), 400);
     let slash: serde_json::Value = slash.json().await.expect("JSON");
     assert_eq!(slash["error"]["code"], "bad_channel");
+}
+
+/// Whether the document's schema at `pointer` (a JSON pointer into it) takes `value`.
+fn document_takes(pointer: &str, value: &serde_json::Value) -> bool {
+    let mut doc: serde_json::Value =
+        serde_json::from_str(include_str!("../crates/pere-server/assets/openapi.json"))
+            .expect("the kept document");
+    let schema = doc
+        .pointer(pointer)
+        .unwrap_or_else(|| panic!("no schema at {pointer}"))
+        .clone();
+    // The document is the root, so the schema's references resolve.
+    doc["x-checked"] = schema;
+    doc["$ref"] = serde_json::json!("#/x-checked");
+    jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft202012)
+        .build(&doc)
+        .unwrap_or_else(|err| panic!("the schema at {pointer}: {err}"))
+        .is_valid(value)
+}
+
+/// What the document and the server each say of requests a newcomer sent: the document's
+/// schema refuses each value, and the server refuses the request with the code the document
+/// lists (schemathesis's `negative_data_rejection` holds the rest of the document so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_refuses_what_the_server_refuses() {
+    let server = TestServer::start(&["--open"]).await;
+    let id = server.push("C1", "one").await;
+    let push_body = "/paths/~1push~1{channel}/post/requestBody";
+    let cases: Vec<(&str, &str, serde_json::Value, reqwest::RequestBuilder, &str)> = vec![
+        (
+            "an empty push",
+            "/paths/~1push~1{channel}/post/requestBody/content/text~1plain/schema",
+            serde_json::json!(""),
+            server
+                .http
+                .post(server.url("/push/C1"))
+                .header("content-type", "text/plain"),
+            "empty_body",
+        ),
+        (
+            "a receipt for ?id=abc",
+            "/components/parameters/idQuery/schema",
+            serde_json::json!("abc"),
+            server
+                .http
+                .post(server.url("/feedback/C1?id=abc&device=D1")),
+            "bad_event_id",
+        ),
+        (
+            "a receipt with last_event_id: abc",
+            "/components/parameters/lastEventIdUnderscoreHeader/schema",
+            serde_json::json!("abc"),
+            server
+                .http
+                .post(server.url("/feedback/C1"))
+                .header("device", "D1")
+                .header("last_event_id", "abc")
+                .body("status=ok"),
+            "bad_event_id",
+        ),
+        (
+            "a JSON receipt for id \"abc\"",
+            "/components/schemas/FeedbackRequest",
+            serde_json::json!({"device": "D1", "id": "abc"}),
+            server
+                .http
+                .post(server.url("/feedback/C1"))
+                .json(&serde_json::json!({"device": "D1", "id": "abc"})),
+            "bad_event_id",
+        ),
+        (
+            "?timeout=abc without ?wait=",
+            "/components/parameters/timeout/schema",
+            serde_json::json!("abc"),
+            server
+                .http
+                .post(server.url("/push/C1?timeout=abc"))
+                .body("x"),
+            "bad_timeout",
+        ),
+        (
+            "an empty event header beside a good ?event=",
+            "/components/parameters/eventHeader/schema",
+            serde_json::json!(""),
+            server
+                .http
+                .post(server.url("/push/C1?event=ok"))
+                .header("event", "")
+                .body("x"),
+            "bad_event_type",
+        ),
+        (
+            "an empty ?device= beside a good device header",
+            "/components/parameters/deviceQuery/schema",
+            serde_json::json!(""),
+            server
+                .http
+                .post(server.url("/push/C1?device="))
+                .header("device", "P1")
+                .body("x"),
+            "bad_device",
+        ),
+        (
+            "Pere-Batch: envelop",
+            "/components/parameters/batchForm/schema",
+            serde_json::json!("envelop"),
+            server
+                .http
+                .post(server.url("/push/C1"))
+                .header("content-type", "application/x-ndjson")
+                .header("pere-batch", "envelop")
+                .body("{\"data\":1}\n"),
+            "bad_batch_form",
+        ),
+    ];
+    assert_eq!(
+        server.get_json(&format!("/events/C1/{id}")).await["id"],
+        id,
+        "the event receipts would name exists"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(include_str!("../crates/pere-server/assets/openapi.json"))
+            .expect("the kept document");
+    assert_eq!(
+        doc.pointer(&format!("{push_body}/required")),
+        Some(&serde_json::json!(true)),
+        "a push needs a body"
+    );
+    for (what, pointer, value, request, code) in cases {
+        assert!(
+            !document_takes(pointer, &value),
+            "{what}: the document takes {value} at {pointer}"
+        );
+        let answer = request.send().await.expect("an answer");
+        assert_eq!(answer.status(), 400, "{what}");
+        let body: serde_json::Value = answer.json().await.expect("JSON");
+        assert_eq!(body["error"]["code"], code, "{what}: {body}");
+    }
+    // What the document takes, the server takes.
+    assert!(document_takes(
+        "/components/schemas/FeedbackRequest",
+        &serde_json::json!({"device": "D1", "id": id})
+    ));
+    let receipt = server
+        .http
+        .post(server.url(&format!("/feedback/C1?id={id}&device=D1")))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(receipt.status(), 200);
 }
 
 /// A `?timeout=` too long for any clock is refused, as any bad timeout is.

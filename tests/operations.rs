@@ -14,13 +14,79 @@ use serde_json::Value;
 #[derive(Debug)]
 struct Scrape(BTreeMap<String, f64>);
 
+/// Prometheus's own `Accept` header when it scrapes (2.x): OpenMetrics first.
+const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+/// Checks `text` against the rules of the Prometheus text format 0.0.4 that `promtool check
+/// metrics` enforces: every sample belongs to a family declared once by a `# TYPE` line before
+/// its samples (a histogram's family by its name without `_bucket`, `_sum`, `_count`; any other
+/// by the sample's name itself, so a counter's family ends in `_total`), a `# HELP` names the
+/// family of the `# TYPE` after it, a family's samples are not split by another's, and there is
+/// no OpenMetrics line (`# UNIT`, `# EOF`).
+fn check_prometheus_text(text: &str) {
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut finished: Vec<String> = Vec::new();
+    let mut current: Option<String> = None;
+    let mut help: Option<String> = None;
+    for line in text.lines() {
+        assert!(!line.is_empty(), "no empty line in the text format");
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap_or_default();
+            help = Some(name.to_owned());
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("# TYPE name type");
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "a type of the text format: {line}"
+            );
+            if let Some(help) = help.take() {
+                assert_eq!(help, name, "# HELP and # TYPE name the same family");
+            }
+            if kind == "counter" {
+                assert!(
+                    name.ends_with("_total"),
+                    "a counter is named _total: {line}"
+                );
+            }
+            assert!(
+                types.insert(name.to_owned(), kind.to_owned()).is_none(),
+                "one # TYPE per family: {line}"
+            );
+            continue;
+        }
+        assert!(!line.starts_with('#'), "no other metadata line: {line}");
+        let name = line
+            .split(['{', ' '])
+            .next()
+            .expect("a sample starts with its name");
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .filter_map(|suffix| name.strip_suffix(suffix))
+            .find(|base| {
+                types
+                    .get(*base)
+                    .is_some_and(|t| t == "histogram" || t == "summary")
+            })
+            .unwrap_or(name);
+        assert!(
+            types.contains_key(family),
+            "the sample {line:?} comes after its family's # TYPE"
+        );
+        if current.as_deref() != Some(family) {
+            assert!(
+                !finished.iter().any(|f| f == family),
+                "the samples of {family} are together"
+            );
+            finished.extend(current.replace(family.to_owned()));
+        }
+    }
+}
+
 impl Scrape {
     /// Parses the text format: `# ` lines are metadata, every other line `name[{labels}] value`.
     fn parse(text: &str) -> Scrape {
-        assert!(
-            text.ends_with("# EOF\n"),
-            "an OpenMetrics scrape ends with # EOF"
-        );
         let mut samples = BTreeMap::new();
         for line in text
             .lines()
@@ -77,6 +143,8 @@ async fn scrape_url(http: &reqwest::Client, url: &str, token: Option<&str>) -> r
     request.send().await.expect("scrape")
 }
 
+/// A scrape as curl or promtool's pipe makes it (no OpenMetrics in `Accept`): the Prometheus
+/// text format, checked by its rules, then parsed.
 async fn scrape(server: &TestServer) -> Scrape {
     let response = scrape_url(&server.http, &server.url("/metrics"), None).await;
     assert_eq!(response.status(), 200);
@@ -84,8 +152,10 @@ async fn scrape(server: &TestServer) -> Scrape {
         .to_str()
         .unwrap()
         .to_owned();
-    assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
-    Scrape::parse(&response.text().await.unwrap())
+    assert_eq!(kind, "text/plain; version=0.0.4; charset=utf-8");
+    let text = response.text().await.unwrap();
+    check_prometheus_text(&text);
+    Scrape::parse(&text)
 }
 
 /// Scrapes until `done` holds (counts fed by the hub's notices follow a moment later), or fails
@@ -105,6 +175,67 @@ async fn scrape_until(server: &TestServer, what: &str, done: impl Fn(&Scrape) ->
     })
     .await;
     found.unwrap_or_else(|_| panic!("metrics never showed {what}: {last:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_openmetrics_to_a_scraper_that_asks_and_prometheus_text_otherwise() {
+    let server = TestServer::start(&[]).await;
+    server.push("Formats", "one").await;
+    let get = |accept: Option<&'static str>| {
+        let mut request = server.http.get(server.url("/metrics"));
+        if let Some(accept) = accept {
+            request = request.header("accept", accept);
+        }
+        async move {
+            let response = request.send().await.expect("scrape");
+            assert_eq!(response.status(), 200);
+            let kind = response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            (kind, response.text().await.unwrap())
+        }
+    };
+
+    let (kind, open) = get(Some(PROMETHEUS_ACCEPT)).await;
+    assert_eq!(
+        kind,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(
+        open.ends_with("# EOF\n"),
+        "an OpenMetrics scrape ends with # EOF"
+    );
+    assert!(
+        open.contains("# TYPE pere_events_published counter\n")
+            && open.contains("\npere_events_published_total 1\n")
+            && open.contains("# UNIT pere_receipt_latency_seconds seconds\n"),
+        "OpenMetrics names a counter's family without _total, and has units: {open}"
+    );
+
+    for accept in [
+        None,
+        Some("*/*"),
+        Some("text/plain;version=0.0.4"),
+        Some("text/plain;q=1, application/openmetrics-text;q=0.5"),
+    ] {
+        let (kind, text) = get(accept).await;
+        assert_eq!(
+            kind, "text/plain; version=0.0.4; charset=utf-8",
+            "Accept: {accept:?}"
+        );
+        check_prometheus_text(&text);
+        assert!(
+            text.contains("# TYPE pere_events_published_total counter\n")
+                && text.contains("\npere_events_published_total 1\n"),
+            "{text}"
+        );
+        // The same samples as OpenMetrics's.
+        assert_eq!(
+            Scrape::parse(&text).get("pere_events_published_total", &[]),
+            Scrape::parse(&open).get("pere_events_published_total", &[])
+        );
+    }
 }
 
 async fn metrics_follow_streams_pushes_receipts_and_refusals(store: StoreUnderTest) {
@@ -158,7 +289,8 @@ async fn metrics_follow_streams_pushes_receipts_and_refusals(store: StoreUnderTe
     );
 
     assert_eq!(server.ack("Metered", "M1", 1, "ok").await.0, 200);
-    assert_eq!(server.ack("Metered", "M1", 2, "ok").await.0, 200);
+    // The original clients' status: a success, as "ok" is.
+    assert_eq!(server.ack("Metered", "M1", 2, "rx ok").await.0, 200);
     assert_eq!(
         server.ack("Metered", "M1", 3, "display failed").await.0,
         200
@@ -184,7 +316,8 @@ async fn metrics_follow_streams_pushes_receipts_and_refusals(store: StoreUnderTe
 
     let acked = scrape_until(&server, "three receipts", |s| {
         s.get("pere_receipts_total", &[("status_class", "ok")]) == 2.0
-            && s.get("pere_receipts_total", &[("status_class", "other")]) == 1.0
+            && s.get("pere_receipts_total", &[("status_class", "failed")]) == 1.0
+            && s.get("pere_receipts_total", &[("status_class", "other")]) == 0.0
     })
     .await;
     assert_eq!(acked.get("pere_receipt_latency_seconds_count", &[]), 3.0);
@@ -315,7 +448,20 @@ async fn metrics_need_the_admin_claim_but_not_on_their_own_listener() {
     // The separate listener: no token, and nothing but the metrics.
     let open = scrape_url(http, &metrics_url, None).await;
     assert_eq!(open.status(), 200);
-    let open = Scrape::parse(&open.text().await.unwrap());
+    let open = open.text().await.unwrap();
+    check_prometheus_text(&open);
+    let open = Scrape::parse(&open);
+    // It answers Prometheus in OpenMetrics, as the main port does.
+    let asked = http
+        .get(&metrics_url)
+        .header("accept", PROMETHEUS_ACCEPT)
+        .send()
+        .await
+        .unwrap();
+    assert!(asked.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
     assert_eq!(
         open.get(
             "pere_http_responses_total",

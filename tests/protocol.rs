@@ -739,8 +739,9 @@ async fn feeds_on_either_kind_of_connection_pass_the_same_door() {
     let server = TestServer::start(&["--log-level", "debug"]).await;
     server.push("Door", "one").await;
     let health = "GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n";
-    let feed =
-        |device: &str| format!("GET /feed/Door HTTP/1.1\r\nHost: localhost\r\ndevice: {device}\r\n\r\n");
+    let feed = |device: &str| {
+        format!("GET /feed/Door HTTP/1.1\r\nHost: localhost\r\ndevice: {device}\r\n\r\n")
+    };
 
     // Let in: a feed that opens its connection, and one after another request on a kept-alive one.
     exchange(&server, &feed("First1"), "data: one").await;

@@ -72,11 +72,12 @@ async fn the_server_says_what_to_do_in_one_line() {
     let os_error = line.rsplit(": ").next().unwrap();
     assert_eq!(line.matches(os_error).count(), 1, "{line}");
 
+    // A wrong setting exits 2, as every one does (README, *The server*).
     check_one_line(
         "pere-server",
         &["--jwt-secret", "short"],
-        1,
-        &["at least 32 bytes"],
+        2,
+        &["--jwt-secret", "at least 32 bytes"],
     )
     .await;
     check_one_line(
@@ -129,9 +130,9 @@ async fn the_tools_and_the_load_generator_fail_in_one_line() {
     .await;
     check_one_line(
         "pere-sub",
-        &["https://example.invalid", "C", "H1"],
+        &["ws://example.invalid", "C", "H1"],
         2,
-        &["only http:// is supported"],
+        &["http:// or https://"],
     )
     .await;
     check_one_line(

@@ -12,7 +12,7 @@ pub mod scripted;
 // The private redis-server lives in the dev-only crate pere-testkit, which pere-core's Redis
 // tests use too: one copy, and no test reaching outside its crate.
 pub use pere_testkit::redis_server;
-pub use pere_testkit::RedisServer;
+pub use pere_testkit::{RedisCluster, RedisSentinel, RedisServer};
 
 use std::path::PathBuf;
 use std::process::Stdio;

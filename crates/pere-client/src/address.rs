@@ -2,10 +2,11 @@
 
 use reqwest::Url;
 
-/// Parses the server argument: `host:port`, or an `http://` URL (a path prefix is kept).
+/// Parses the server argument: `host:port` (plain HTTP), or an `http://` or `https://` URL (a
+/// path prefix is kept).
 ///
 /// # Errors
-/// A message for an address that is no URL, or that is not plain HTTP (the tools have no TLS).
+/// A message for an address that is no URL, or whose scheme is neither.
 pub fn base_url(server: &str) -> Result<Url, String> {
     let text = if server.contains("://") {
         server.to_owned()
@@ -14,9 +15,9 @@ pub fn base_url(server: &str) -> Result<Url, String> {
     };
     let mut url =
         Url::parse(&text).map_err(|e| format!("invalid server address {server:?}: {e}"))?;
-    if url.scheme() != "http" {
+    if !matches!(url.scheme(), "http" | "https") {
         return Err(format!(
-            "invalid server address {server:?}: only http:// is supported"
+            "invalid server address {server:?}: http:// or https:// (host:port is http://)"
         ));
     }
     if url.host_str().unwrap_or_default().is_empty() {
@@ -56,7 +57,8 @@ mod tests {
             push("http://h:1/pere/").unwrap(),
             "http://h:1/pere/push/CHANNEL_1"
         );
-        assert!(push("https://h:1").is_err());
+        assert_eq!(push("https://h:1").unwrap(), "https://h:1/push/CHANNEL_1");
+        assert!(push("ws://h:1").is_err());
         assert!(push("h:notaport").is_err());
     }
 }

@@ -9,7 +9,7 @@ use std::fmt;
 use pere_proto::wire::ErrorBody;
 use reqwest::StatusCode;
 
-use crate::output::{describe_answer, transport_line};
+use crate::output::{describe_answer, root_cause, transport_line};
 
 /// Why a request failed for good.
 ///
@@ -21,7 +21,8 @@ use crate::output::{describe_answer, transport_line};
 #[non_exhaustive]
 pub enum Error {
     /// The request could not be made as asked: a name the server would refuse, a server address
-    /// that is not `http://`, a value that cannot travel in a header, a receipt without a device.
+    /// that is neither `http://` nor `https://`, a CA without a certificate, a value that cannot
+    /// travel in a header, a receipt without a device.
     /// Nothing was sent.
     Invalid(String),
     /// The server refused the request for good (a 4xx answer other than 408 and 429), or answered
@@ -141,6 +142,11 @@ pub enum Refusal {
     /// The request could not be built (e.g. a header value that cannot travel): nothing was
     /// sent. reqwest's error, without the URL.
     Request(reqwest::Error),
+    /// The TLS handshake with an `https://` server failed: its certificate is not signed by a
+    /// CA this client trusts (a private CA is given with `ca_pem` on the builders), does not
+    /// name the host, or the port does not speak TLS. Nothing was sent; trying again fails the
+    /// same way. reqwest's error, without the URL; rustls's error is among its causes.
+    Tls(reqwest::Error),
     /// A success answer that is not PERE's protocol: a feed that is not an event stream, a batch
     /// push answered as a single one (a server without batches).
     Unexpected {
@@ -157,11 +163,16 @@ impl Refusal {
         Refusal::Request(err.without_url())
     }
 
+    /// A TLS handshake that failed, its URL left out.
+    pub fn tls(err: reqwest::Error) -> Self {
+        Refusal::Tls(err.without_url())
+    }
+
     /// The HTTP status; `None` when the request never reached the server.
     pub fn status(&self) -> Option<StatusCode> {
         match self {
             Refusal::Answer(answer) => Some(answer.status),
-            Refusal::Request(_) => None,
+            Refusal::Request(_) | Refusal::Tls(_) => None,
             Refusal::Unexpected { status, .. } => Some(*status),
         }
     }
@@ -171,7 +182,7 @@ impl Refusal {
     pub fn code(&self) -> Option<&str> {
         match self {
             Refusal::Answer(answer) => answer.code(),
-            Refusal::Request(_) | Refusal::Unexpected { .. } => None,
+            Refusal::Request(_) | Refusal::Tls(_) | Refusal::Unexpected { .. } => None,
         }
     }
 
@@ -180,7 +191,7 @@ impl Refusal {
     pub fn cause(&self) -> Option<&(dyn StdError + 'static)> {
         match self {
             Refusal::Answer(answer) => Some(answer),
-            Refusal::Request(err) => Some(err),
+            Refusal::Request(err) | Refusal::Tls(err) => Some(err),
             Refusal::Unexpected { .. } => None,
         }
     }
@@ -189,6 +200,7 @@ impl Refusal {
         match self {
             Refusal::Answer(answer) => Cow::Borrowed(&answer.line),
             Refusal::Request(err) => Cow::Owned(transport_line(err)),
+            Refusal::Tls(err) => Cow::Owned(format!("TLS handshake failed: {}", root_cause(err))),
             Refusal::Unexpected { message, .. } => Cow::Borrowed(message),
         }
     }

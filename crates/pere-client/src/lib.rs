@@ -36,7 +36,9 @@
 //! - [`receipt`]: the receipt request and its attempts;
 //! - [`ledger`]: which events are new, duplicates, or still owed a receipt;
 //! - [`reconnect`]: the server's `retry:` and the wait before reconnecting;
-//! - [`address`]: the server address and endpoint URLs;
+//! - [`address`]: the server address (`http://` or `https://`) and endpoint URLs;
+//! - [`tls`]: the CAs an `https://` client trusts, and a failed handshake told from a failure
+//!   that may pass;
 //! - [`ids`]: device ids in the original style, idempotency keys;
 //! - [`device`]: the default device id kept per user in a small file;
 //! - [`token`]: the bearer header a token adds to every request, and the device it speaks for;
@@ -60,6 +62,7 @@ pub mod receipt;
 pub mod reconnect;
 pub mod retry;
 pub mod subscribe;
+pub mod tls;
 pub mod token;
 
 pub use address::{base_url, endpoint};

@@ -54,15 +54,34 @@ pub fn describe_transport(err: reqwest::Error) -> String {
 /// [`describe_transport`] for an error the caller keeps: it names the URL if `err` still has one
 /// (the library's errors are kept without, by `Failure::transport` and `Refusal::request`).
 pub(crate) fn transport_line(err: &reqwest::Error) -> String {
+    match root(err) {
+        Some(root) => format!("{err}: {root}"),
+        None => err.to_string(),
+    }
+}
+
+/// The innermost cause of `err`, as text (`invalid peer certificate: UnknownIssuer`), or `err`
+/// itself when it has none.
+pub(crate) fn root_cause(err: &reqwest::Error) -> String {
+    root(err).map_or_else(|| err.to_string(), ToString::to_string)
+}
+
+fn root(err: &reqwest::Error) -> Option<&(dyn std::error::Error + 'static)> {
     let mut root: Option<&(dyn std::error::Error + 'static)> = None;
     let mut source = err.source();
     while let Some(cause) = source {
         root = Some(cause);
         source = cause.source();
     }
-    match root {
-        Some(root) => format!("{err}: {root}"),
-        None => err.to_string(),
+    root
+}
+
+/// What the tools add to a failed TLS handshake: which CAs were trusted, and what to give.
+pub fn tls_hint(ca_given: bool) -> &'static str {
+    if ca_given {
+        "the CAs trusted are --ca's: is it the CA that signed the server's certificate, for this host name?"
+    } else {
+        "the CAs trusted are the system's: give the CA that signed the server's certificate with --ca FILE"
     }
 }
 

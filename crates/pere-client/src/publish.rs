@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use pere_proto::event::valid_idempotency_key;
-use pere_proto::wire::{PushAccepted, PushWaited};
+use pere_proto::wire::{PushAccepted, PushWaited, ReceiptSummaryJson};
 use pere_proto::{ChannelName, DeviceId, EventType};
 
 use crate::address::{base_url, endpoint};
@@ -22,7 +22,7 @@ use crate::body::Body;
 use crate::error::{Error, Refusal};
 use crate::ids::idempotency_key;
 use crate::retry::{exchange, retry, Outcome, Policy, Reply};
-use crate::token;
+use crate::{tls, token};
 
 /// The attempts a [`Publisher`] makes by default: 5 in all, 250 ms apart and doubling, plus up
 /// to 250 ms at random (about 4 s from the first attempt to the last): enough to ride out a
@@ -80,6 +80,7 @@ pub struct PublisherBuilder {
     device: Option<String>,
     token: Option<String>,
     client: Option<Client>,
+    ca_pem: Option<Vec<u8>>,
     retry: Policy,
     timeout: Duration,
 }
@@ -98,9 +99,19 @@ impl PublisherBuilder {
         self
     }
 
-    /// The HTTP client to use [default: one with a 10 s connect timeout].
+    /// The HTTP client to use [default: one with a 10 s connect timeout, trusting the system's
+    /// CAs or [`PublisherBuilder::ca_pem`]'s].
     pub fn client(mut self, client: Client) -> Self {
         self.client = Some(client);
+        self
+    }
+
+    /// For an `https://` server whose certificate a private CA signed: trust the CA
+    /// certificates in `pem` (PEM, one or more) instead of the system's [default: the
+    /// system's]. Applies to the client the builder makes, not to one given with
+    /// [`PublisherBuilder::client`].
+    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_pem = Some(pem.into());
         self
     }
 
@@ -120,8 +131,9 @@ impl PublisherBuilder {
     /// The publisher.
     ///
     /// # Errors
-    /// [`Error::Invalid`] for a server address that is not `http://`, a device id the server
-    /// would refuse, or a token that cannot travel in a header.
+    /// [`Error::Invalid`] for a server address that is neither `http://` nor `https://`, a
+    /// device id the server would refuse, a token that cannot travel in a header, or a CA that
+    /// holds no certificate.
     pub fn build(self) -> Result<Publisher, Error> {
         let base = base_url(&self.server).map_err(Error::Invalid)?;
         let token = match &self.token {
@@ -140,10 +152,12 @@ impl PublisherBuilder {
         }
         let client = match self.client {
             Some(client) => client,
-            None => Client::builder()
-                .connect_timeout(CONNECT_TIMEOUT)
-                .build()
-                .map_err(|e| Error::Invalid(format!("cannot make an HTTP client: {e}")))?,
+            None => tls::trust(
+                Client::builder().connect_timeout(CONNECT_TIMEOUT),
+                self.ca_pem.as_deref(),
+            )?
+            .build()
+            .map_err(|e| Error::Invalid(format!("cannot make an HTTP client: {e}")))?,
         };
         Ok(Publisher {
             client,
@@ -157,13 +171,14 @@ impl PublisherBuilder {
 }
 
 impl Publisher {
-    /// Settings for a publisher to `server` (`host:port` or an `http://` URL).
+    /// Settings for a publisher to `server` (`host:port`, or an `http://` or `https://` URL).
     pub fn builder(server: impl Into<String>) -> PublisherBuilder {
         PublisherBuilder {
             server: server.into(),
             device: None,
             token: None,
             client: None,
+            ca_pem: None,
             retry: DEFAULT_RETRY,
             timeout: DEFAULT_TIMEOUT,
         }
@@ -172,6 +187,11 @@ impl Publisher {
     /// The device the publisher sends as, if any.
     pub fn device(&self) -> Option<&str> {
         self.device.as_deref()
+    }
+
+    /// The server's base URL.
+    pub fn base(&self) -> &Url {
+        &self.base
     }
 
     /// One event for `channel`, sent when awaited (or by [`Push::send`]); its builder methods
@@ -333,7 +353,8 @@ impl<'a> Push<'a> {
     /// # Errors
     /// [`Error::Invalid`] for a channel, type or key the server would refuse (nothing is sent);
     /// [`Error::Refused`] when the server refuses it (e.g. `body_too_large`,
-    /// `idempotency_conflict`); [`Error::GaveUp`] when every attempt failed.
+    /// `idempotency_conflict`) or its TLS handshake failed ([`Refusal::Tls`]);
+    /// [`Error::GaveUp`] when every attempt failed.
     pub async fn send(self) -> Result<Pushed, Error> {
         let Push {
             publisher,
@@ -411,6 +432,13 @@ impl Pushed {
     /// With [`Push::wait`]: whether the receipts asked for arrived in time.
     pub fn satisfied(&self) -> Option<bool> {
         self.waited.as_ref().map(|w| w.satisfied)
+    }
+
+    /// With [`Push::wait`]: the event's receipts when the wait ended: who acknowledged it (with
+    /// their statuses), who has it without a receipt yet (`delivered`), who it has not reached
+    /// (`pending`), and when each of those was last seen. An unsatisfied wait is explained here.
+    pub fn receipts(&self) -> Option<&ReceiptSummaryJson> {
+        self.waited.as_ref().map(|w| &w.receipts)
     }
 
     fn from_reply(reply: Reply, key: String, waited: bool) -> Self {
@@ -706,7 +734,13 @@ mod tests {
     #[test]
     fn the_builder_checks_its_settings() {
         assert!(matches!(
-            Publisher::builder("https://h:1").build(),
+            Publisher::builder("ws://h:1").build(),
+            Err(Error::Invalid(_))
+        ));
+        assert!(matches!(
+            Publisher::builder("https://h:1")
+                .ca_pem("no certificate")
+                .build(),
             Err(Error::Invalid(_))
         ));
         assert!(matches!(

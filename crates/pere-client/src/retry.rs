@@ -14,6 +14,7 @@ use reqwest::{RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::error::{ErrorAnswer, Failure, Refusal};
+use crate::tls;
 
 /// How an attempt (or all of them) ended.
 #[derive(Debug)]
@@ -76,6 +77,8 @@ pub async fn exchange(request: RequestBuilder) -> Outcome<Reply> {
         Ok(response) => response,
         // A request that cannot be built (a bad header value) will not build next time either.
         Err(err) if err.is_builder() => return Outcome::Refused(Refusal::request(err)),
+        // A certificate not trusted now will not be trusted on the next attempt either.
+        Err(err) if tls::is_handshake_failure(&err) => return Outcome::Refused(Refusal::tls(err)),
         Err(err) => return Outcome::Retryable(Failure::transport(err)),
     };
     let status = response.status();

@@ -29,6 +29,7 @@ use crate::output::describe_transport;
 use crate::receipt::{self, RECEIPT_RETRY};
 use crate::reconnect::{backoff, RetryScanner, DEFAULT_RETRY};
 use crate::retry::{is_transient, Outcome, Policy};
+use crate::tls;
 use crate::token;
 
 /// Reconnect when nothing at all, not even a keep-alive comment, arrives for this long: the
@@ -50,7 +51,8 @@ pub enum Item {
     /// just before (see [`SubscriberBuilder::auto_ack`]), or a receipt that had failed, sent
     /// again because its event came back.
     Acked(Acked),
-    /// `pere-gap`: events the subscriber should have had are no longer retained on the server.
+    /// `pere-gap`: events the subscriber should have had cannot be sent by the server (no longer
+    /// retained, or damaged in its store).
     Gap {
         /// The missing ids, when the notice could be read.
         notice: Option<GapNotice>,
@@ -219,6 +221,7 @@ pub struct SubscriberBuilder {
     device: Option<String>,
     token: Option<String>,
     client: Option<Client>,
+    ca_pem: Option<Vec<u8>>,
     auto_ack: Option<String>,
     last_event_id: Option<String>,
     idle_timeout: Option<Duration>,
@@ -246,6 +249,15 @@ impl SubscriberBuilder {
     /// connection is noticed only by the operating system.
     pub fn client(mut self, client: Client) -> Self {
         self.client = Some(client);
+        self
+    }
+
+    /// For an `https://` server whose certificate a private CA signed: trust the CA
+    /// certificates in `pem` (PEM, one or more) instead of the system's [default: the
+    /// system's]. Applies to the client the builder makes, not to one given with
+    /// [`SubscriberBuilder::client`].
+    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_pem = Some(pem.into());
         self
     }
 
@@ -289,8 +301,9 @@ impl SubscriberBuilder {
     /// The subscriber. It connects when first polled.
     ///
     /// # Errors
-    /// [`Error::Invalid`] for a server address that is not `http://`, a channel or device id the
-    /// server would refuse, a start id that cannot travel in a header, or a token that cannot.
+    /// [`Error::Invalid`] for a server address that is neither `http://` nor `https://`, a
+    /// channel or device id the server would refuse, a start id that cannot travel in a header,
+    /// a token that cannot, or a CA that holds no certificate.
     pub fn build(self) -> Result<Subscriber, Error> {
         let base = base_url(&self.server).map_err(Error::Invalid)?;
         let channel = &self.channel;
@@ -318,7 +331,10 @@ impl SubscriberBuilder {
         let client = match self.client {
             Some(client) => client,
             None => {
-                let mut client = Client::builder().connect_timeout(CONNECT_TIMEOUT);
+                let mut client = tls::trust(
+                    Client::builder().connect_timeout(CONNECT_TIMEOUT),
+                    self.ca_pem.as_deref(),
+                )?;
                 if let Some(idle) = self.idle_timeout {
                     // Applies to each read, so the server's keep-alive comments keep a quiet
                     // feed alive.
@@ -375,7 +391,8 @@ impl SubscriberBuilder {
 }
 
 /// A subscription to one channel: a `Stream` of [`Item`]s that ends only after an error (the
-/// server refused the feed, or [`SubscriberBuilder::max_failures`] attempts failed in a row).
+/// server refused the feed, its TLS handshake failed, or [`SubscriberBuilder::max_failures`]
+/// attempts failed in a row).
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), pere_client::Error> {
@@ -413,7 +430,8 @@ impl fmt::Debug for Subscriber {
 }
 
 impl Subscriber {
-    /// Settings for a subscriber to `channel` on `server` (`host:port` or an `http://` URL).
+    /// Settings for a subscriber to `channel` on `server` (`host:port`, or an `http://` or
+    /// `https://` URL).
     pub fn builder(server: impl Into<String>, channel: impl Into<String>) -> SubscriberBuilder {
         SubscriberBuilder {
             server: server.into(),
@@ -421,6 +439,7 @@ impl Subscriber {
             device: None,
             token: None,
             client: None,
+            ca_pem: None,
             auto_ack: None,
             last_event_id: None,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
@@ -681,6 +700,7 @@ async fn connect(request: RequestBuilder) -> Connect {
     let response = match request.send().await {
         Ok(response) => response,
         Err(err) if err.is_builder() => return Connect::Refused(Refusal::request(err)),
+        Err(err) if tls::is_handshake_failure(&err) => return Connect::Refused(Refusal::tls(err)),
         Err(err) => return Connect::Retry(Failure::transport(err), None),
     };
     let status = response.status();

@@ -3,7 +3,9 @@
 //! five runs, and the clock stops only once every subscriber has drained (as a real fan-out
 //! would have to).
 //!
-//! Run: `cargo bench -p pere-core --bench engine`
+//! Run: `cargo bench -p pere-core --bench engine`, or name the groups to run after `--`:
+//! `fanout`, `append`, `replay` (the three run when none is named) and `upgrade` (the time
+//! the schema v7 migration takes to give 100,000 stored events their checksums).
 
 use std::time::{Duration, Instant};
 
@@ -117,58 +119,128 @@ fn sqlite(dir: &std::path::Path, durability: Durability) -> SqliteStore {
     SqliteStore::open(dir, options).unwrap()
 }
 
-fn main() {
+/// How long opening a store takes when its 100,000 events were stored by schema v6 (without
+/// checksums): the v7 migration computes them all, in one transaction.
+fn upgrade() -> Duration {
+    let dir = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
-        for subscribers in [100, 1000, 10_000] {
-            let events = (200_000 / subscribers as u64).max(10);
-            let mut runs = Vec::new();
-            for _ in 0..5 {
-                runs.push(fan_out(subscribers, events).await);
-            }
-            let per = median(runs).as_nanos() as f64 / (subscribers as f64 * events as f64);
-            println!("hub fan-out, {subscribers:>6} subscribers: {per:>8.1} ns per delivery");
+        let store = sqlite(dir.path(), Durability::Normal);
+        let channel = ChannelName::new("bench").unwrap();
+        for _ in 0..100 {
+            let batch = (0..1000)
+                .map(|_| event(r#"{"t":0,"seq":0,"data":"jvg2dchijlkob1afuauaohtbzzhd7ayp"}"#))
+                .collect();
+            store.append_batch(&channel, batch).await.unwrap();
         }
-        let (writers, each) = (50, 400);
-        let total = (writers * each) as f64;
+        store.close().await;
+    });
+    drop(runtime);
+    let conn = rusqlite::Connection::open(dir.path().join("pere.db")).unwrap();
+    conn.execute_batch(
+        "ALTER TABLE events DROP COLUMN checksum; DROP TABLE damaged_events; PRAGMA user_version = 6;",
+    )
+    .unwrap();
+    drop(conn);
+    let start = Instant::now();
+    let store = sqlite(dir.path(), Durability::Normal);
+    let took = start.elapsed();
+    drop(store);
+    took
+}
+
+fn main() {
+    // Groups named after `--` (cargo passes `--bench` itself).
+    let named: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wanted = |group: &str| {
+        if named.is_empty() {
+            group != "upgrade"
+        } else {
+            named.iter().any(|n| n == group)
+        }
+    };
+    if wanted("upgrade") {
+        let runs: Vec<Duration> = (0..3).map(|_| upgrade()).collect();
+        println!(
+            "upgrade to v7, 100,000 events:           {:>8.0} ms",
+            median(runs).as_secs_f64() * 1000.0
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        if wanted("fanout") {
+            fan_outs().await;
+        }
+        if wanted("append") {
+            append_all().await;
+        }
+        if wanted("replay") {
+            replays().await;
+        }
+    });
+}
+
+async fn fan_outs() {
+    for subscribers in [100, 1000, 10_000] {
+        let events = (200_000 / subscribers as u64).max(10);
         let mut runs = Vec::new();
         for _ in 0..5 {
-            runs.push(appends(MemoryStore::new(Retention::default()), writers, each).await);
+            runs.push(fan_out(subscribers, events).await);
         }
-        println!(
-            "append, memory, {writers} writers:        {:>8.0} appends/s",
-            total / median(runs).as_secs_f64()
-        );
-        for (name, durability) in [("normal", Durability::Normal), ("full", Durability::Full)] {
-            let mut runs = Vec::new();
-            for _ in 0..5 {
-                let dir = tempfile::tempdir().unwrap();
-                runs.push(appends(sqlite(dir.path(), durability), writers, each).await);
-            }
-            println!(
-                "append, sqlite {name:<6}, {writers} writers: {:>8.0} appends/s",
-                total / median(runs).as_secs_f64()
-            );
-        }
+        let per = median(runs).as_nanos() as f64 / (subscribers as f64 * events as f64);
+        println!("hub fan-out, {subscribers:>6} subscribers: {per:>8.1} ns per delivery");
+    }
+}
+
+async fn append_all() {
+    let (writers, each) = (50, 400);
+    let total = (writers * each) as f64;
+    let mut runs = Vec::new();
+    for _ in 0..5 {
+        runs.push(appends(MemoryStore::new(Retention::default()), writers, each).await);
+    }
+    println!(
+        "append, memory, {writers} writers:        {:>8.0} appends/s",
+        total / median(runs).as_secs_f64()
+    );
+    for (name, durability) in [("normal", Durability::Normal), ("full", Durability::Full)] {
         let mut runs = Vec::new();
         for _ in 0..5 {
             let dir = tempfile::tempdir().unwrap();
-            runs.push(replay(sqlite(dir.path(), Durability::Normal), 10_000).await);
+            runs.push(appends(sqlite(dir.path(), durability), writers, each).await);
         }
         println!(
-            "replay, sqlite, 10,000 events from disk: {:>8.0} events/s",
-            10_000.0 / median(runs).as_secs_f64()
+            "append, sqlite {name:<6}, {writers} writers: {:>8.0} appends/s",
+            total / median(runs).as_secs_f64()
         );
-        let mut runs = Vec::new();
-        for _ in 0..5 {
-            runs.push(replay(MemoryStore::new(Retention::default()), 10_000).await);
-        }
-        println!(
-            "replay, memory, 10,000 events:           {:>8.0} events/s",
-            10_000.0 / median(runs).as_secs_f64()
-        );
-    });
+    }
+}
+
+async fn replays() {
+    let mut runs = Vec::new();
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        runs.push(replay(sqlite(dir.path(), Durability::Normal), 10_000).await);
+    }
+    println!(
+        "replay, sqlite, 10,000 events from disk: {:>8.0} events/s",
+        10_000.0 / median(runs).as_secs_f64()
+    );
+    let mut runs = Vec::new();
+    for _ in 0..5 {
+        runs.push(replay(MemoryStore::new(Retention::default()), 10_000).await);
+    }
+    println!(
+        "replay, memory, 10,000 events:           {:>8.0} events/s",
+        10_000.0 / median(runs).as_secs_f64()
+    );
 }

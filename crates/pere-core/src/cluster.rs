@@ -1,10 +1,13 @@
 //! Joins a hub to other nodes through the Redis bus: the changes other nodes record (events,
-//! receipts, memberships) go into this node's hub through its `apply_*` seam, and the hub's
-//! open streams and share of presence go into this node's registration in Redis.
+//! receipts, memberships) on the channels the hub has loaded go into this node's hub through
+//! its `apply_*` seam, and the hub's open streams and share of presence go into this node's
+//! registration in Redis.
 //!
-//! The bus says when it (re)subscribed; the hub then catches up from the store
-//! ([`Hub::catch_up`]), and a notice lost in between is a gap the hub's sequencer fills from
-//! the store.
+//! The bus hears exactly the loaded channels: the hub tells it of each load and unload (a
+//! [`ChannelWatch`]), and a channel is heard before the hub reads it from the store. The bus
+//! says when it (re)subscribed, or subscribed again to channels whose cluster slot moved; the
+//! hub then catches up from the store ([`Hub::catch_up`], [`Hub::catch_up_channels`]), and a
+//! notice lost in between is a gap the hub's sequencer fills from the store.
 //!
 //! Presence is the cluster's: the heartbeat writes how many streams each device has on this node
 //! ([`Hub::presence_updates`]); the store's script decides when a device goes online (its first
@@ -15,9 +18,12 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+use pere_proto::name::ChannelName;
+
 use crate::error::StoreError;
 use crate::follow::PRESENCE_HISTORY;
-use crate::hub::Hub;
+use crate::hub::{ChannelWatch, Hub};
 use crate::store::redis::{Bus, BusNotice, RedisStore};
 
 /// How soon a registration that Redis refused is tried again: presence written during an
@@ -27,14 +33,33 @@ const RETRY: Duration = Duration::from_secs(1);
 /// Joins `hub`'s node to the cluster, which from now on shares presence through the store
 /// ([`Hub::share_presence`]): starts the listener that applies other nodes' changes (and every
 /// presence change), and the heartbeat that registers this node's open streams for `ttl` and
-/// sweeps expired nodes. Both tasks end when the hub is dropped. Call it before any stream
-/// opens. Returns the handle on this node's bus (cluster-wide views and claims).
+/// sweeps expired nodes. Both tasks end when the hub is dropped. Call it before the hub loads
+/// any channel. Returns the handle on this node's bus (cluster-wide views and claims).
 pub fn join(hub: &Arc<Hub<RedisStore>>, ttl: Duration) -> Bus {
     let bus = Bus::new(hub.store().clone(), ttl, PRESENCE_HISTORY);
+    if hub.watch_channels(Arc::new(Watch(bus.clone()))).is_err() {
+        tracing::error!(
+            "bus: the hub's channels are watched already; joining it once more hears nothing"
+        );
+    }
     hub.share_presence();
     tokio::spawn(listen(Arc::downgrade(hub), bus.clone()));
     tokio::spawn(heartbeat(Arc::downgrade(hub), bus.clone()));
     bus
+}
+
+/// The bus hears the channels the hub loads.
+#[derive(Debug)]
+struct Watch(Bus);
+
+impl ChannelWatch for Watch {
+    fn loading(&self, channel: &ChannelName) -> BoxFuture<'static, ()> {
+        self.0.follow(channel)
+    }
+
+    fn unloaded(&self, channel: &ChannelName) {
+        self.0.unfollow(channel);
+    }
 }
 
 /// Applies what the bus hears until the hub is gone.
@@ -50,6 +75,11 @@ async fn listen(hub: Weak<Hub<RedisStore>>, bus: Bus) {
             // read.
             BusNotice::Subscribed => {
                 if let Err(err) = hub.catch_up().await {
+                    listener.resubscribe(err);
+                }
+            }
+            BusNotice::Joined(channels) => {
+                if let Err(err) = hub.catch_up_channels(&channels).await {
                     listener.resubscribe(err);
                 }
             }
@@ -76,7 +106,7 @@ async fn apply(hub: &Hub<RedisStore>, notice: BusNotice) -> Result<(), StoreErro
         BusNotice::Presence { channel, change } => {
             hub.apply_presence(&channel, change).await.map(|_| ())
         }
-        BusNotice::Subscribed | BusNotice::Lost => Ok(()),
+        BusNotice::Subscribed | BusNotice::Joined(_) | BusNotice::Lost => Ok(()),
     }
 }
 

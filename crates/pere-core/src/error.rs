@@ -1,6 +1,10 @@
 //! The core's error type: storage failures ([`StoreError`]).
 
 use std::fmt;
+use std::sync::Arc;
+
+use pere_proto::event::Event;
+use pere_proto::receipt::Receipt;
 
 /// A failure of the storage backend.
 #[derive(Debug)]
@@ -37,11 +41,41 @@ pub enum StoreError {
     /// its certificate is not one this client trusts or names another host, it does not speak
     /// TLS, or it refused this client's certificate.
     Tls(Box<dyn std::error::Error + Send + Sync>),
-    /// Another PERE server holds the data directory's lock.
+    /// Recorded by the store's primary, but fewer of its replicas than asked for confirmed it
+    /// in time: a failover now may lose it. What was recorded comes along, so that the hub
+    /// applies it like any recorded change; a retry with the same idempotency key finds it, or
+    /// records it again if a failover lost it.
+    Unreplicated {
+        /// How many replicas confirmed it.
+        confirmed: usize,
+        /// How many were asked for.
+        wanted: usize,
+        /// What the primary recorded.
+        recorded: Unconfirmed,
+    },
+    /// The store holds the event but cannot read it back as it was written (a damaged file):
+    /// it is never served.
+    EventDamaged {
+        /// The event's id.
+        id: u64,
+    },
+    /// Another PERE process (a server, or `pere-server check`) holds the data directory's lock.
     Locked {
         /// The data directory.
         dir: std::path::PathBuf,
     },
+}
+
+/// What a write the replicas did not confirm recorded on the primary (see
+/// [`StoreError::Unreplicated`]).
+#[derive(Debug, Clone)]
+pub enum Unconfirmed {
+    /// The new events of an append (none when every event was answered from its key).
+    Events(Vec<Arc<Event>>),
+    /// A new receipt.
+    Receipt(Box<Receipt>),
+    /// Nothing new: a receipt answered from its key.
+    Nothing,
 }
 
 impl StoreError {
@@ -63,10 +97,19 @@ impl fmt::Display for StoreError {
                 "{} is damaged ({detail}); restore it from a backup, or move it aside to start with an empty store",
                 path.display()
             ),
+            StoreError::EventDamaged { id } => {
+                write!(f, "event {id} is damaged in the store and cannot be read")
+            }
             StoreError::Locked { dir } => write!(
                 f,
-                "{} is in use by another PERE server; stop that one, or give this one its own --data-dir",
+                "{} is in use by another PERE server (or by pere-server check); stop that one, or give this one its own --data-dir",
                 dir.display()
+            ),
+            StoreError::Unreplicated {
+                confirmed, wanted, ..
+            } => write!(
+                f,
+                "recorded by the primary, but {confirmed} of the {wanted} replicas asked for confirmed it in time"
             ),
             StoreError::InvalidIdempotencyKey => {
                 f.write_str("an idempotency key must be 1 to 255 visible ASCII characters")

@@ -26,5 +26,5 @@ pub use error::NameError;
 pub use event::{Event, NewEvent};
 pub use name::{ChannelName, DeviceId, EventType};
 pub use presence::PresenceChange;
-pub use receipt::{Completion, DeviceRecord, Membership, Receipt, ReceiptSummary};
+pub use receipt::{Completion, DeviceRecord, Membership, Receipt, ReceiptSummary, StatusClass};
 pub use view::{ChannelView, DeviceView};

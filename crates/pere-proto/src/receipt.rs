@@ -1,6 +1,7 @@
-//! The receipt ledger's records: return receipts ([`Receipt`]), what is known of each device on a
-//! channel ([`DeviceRecord`], updated through [`DeviceTouch`]), who owes an event a receipt
-//! ([`ReceiptSummary`]) and when it has them all ([`Completion`]).
+//! The receipt ledger's records: return receipts ([`Receipt`]) and what their statuses say
+//! ([`StatusClass`]), what is known of each device on a channel ([`DeviceRecord`], updated
+//! through [`DeviceTouch`]), who owes an event a receipt ([`ReceiptSummary`]) and when it has
+//! them all ([`Completion`]).
 
 use std::collections::BTreeMap;
 
@@ -27,6 +28,101 @@ pub struct Receipt {
     pub status: String,
     /// When the server recorded it.
     pub time: DateTime<Utc>,
+}
+
+/// What a receipt's status says of the device's work, by one rule for every view of it (the
+/// `pere_receipts_total{status_class}` metric, the dashboard's colours, the receipt views'
+/// `class`).
+///
+/// A status is free text (`rx ok`, `shipped`, `failed: disk full`); it is read as words (runs of
+/// letters and digits, any case). **Failed** when any word is one of [`FAILURE_WORDS`] (`failed`,
+/// `error`, `rejected`, `not`, …); else **ok** when any word is one of [`SUCCESS_WORDS`] (`ok`,
+/// `done`, `shipped`, `delivered`, …); else **other**. A failure word wins, so `not ok` and
+/// `ok: 2 errors` are failures; `rx ok`, the original clients' status, and `ok`, the status of a
+/// receipt that gives none, are ok.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StatusClass {
+    /// The device did what the event asked (`ok`, `rx ok`, `done`, `shipped`).
+    Ok,
+    /// The device says it failed (`failed`, `error: …`, `rejected`, `not ok`).
+    Failed,
+    /// A status that says neither: acknowledged, but read the status itself (`queued`, `42%`).
+    Other,
+}
+
+/// The words that make a status [`StatusClass::Ok`] (lower case), unless a failure word is
+/// there too.
+pub const SUCCESS_WORDS: &[&str] = &[
+    "ok",
+    "okay",
+    "done",
+    "success",
+    "succeeded",
+    "successful",
+    "delivered",
+    "received",
+    "shipped",
+    "handled",
+    "processed",
+    "completed",
+    "accepted",
+    "acked",
+];
+
+/// The words that make a status [`StatusClass::Failed`] (lower case), wherever they are.
+pub const FAILURE_WORDS: &[&str] = &[
+    "fail",
+    "failed",
+    "failure",
+    "error",
+    "errors",
+    "err",
+    "rejected",
+    "refused",
+    "denied",
+    "invalid",
+    "aborted",
+    "cancelled",
+    "canceled",
+    "timeout",
+    "nack",
+    "nok",
+    "ko",
+    "not",
+];
+
+impl StatusClass {
+    /// The class of `status`: see [`StatusClass`] for the rule.
+    pub fn of(status: &str) -> Self {
+        let mut ok = false;
+        for word in status
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+        {
+            let is = |words: &[&str]| words.iter().any(|w| w.eq_ignore_ascii_case(word));
+            if is(FAILURE_WORDS) {
+                return StatusClass::Failed;
+            }
+            ok |= is(SUCCESS_WORDS);
+        }
+        if ok {
+            StatusClass::Ok
+        } else {
+            StatusClass::Other
+        }
+    }
+
+    /// Its name in metrics labels and JSON: `ok`, `failed` or `other`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusClass::Ok => "ok",
+            StatusClass::Failed => "failed",
+            StatusClass::Other => "other",
+        }
+    }
+
+    /// Every class, in the order of [`StatusClass::as_str`]'s list.
+    pub const ALL: [StatusClass; 3] = [StatusClass::Ok, StatusClass::Failed, StatusClass::Other];
 }
 
 /// The last thing a device did on a channel.
@@ -226,4 +322,37 @@ pub struct Completion {
     pub event_id: u64,
     /// How many recipients were expected (all acknowledged).
     pub expected: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_classed_by_their_words() {
+        for (status, class) in [
+            ("ok", StatusClass::Ok),
+            ("rx ok", StatusClass::Ok),
+            ("RX OK", StatusClass::Ok),
+            ("done", StatusClass::Ok),
+            ("shipped", StatusClass::Ok),
+            ("done by the app", StatusClass::Ok),
+            ("delivered:200", StatusClass::Ok),
+            ("failed", StatusClass::Failed),
+            ("error: disk full", StatusClass::Failed),
+            ("not ok", StatusClass::Failed),
+            ("ok, 2 errors", StatusClass::Failed),
+            ("rejected", StatusClass::Failed),
+            ("queued", StatusClass::Other),
+            ("42%", StatusClass::Other),
+            ("okapi", StatusClass::Other),
+            ("", StatusClass::Other),
+        ] {
+            assert_eq!(StatusClass::of(status), class, "{status:?}");
+        }
+        assert_eq!(
+            StatusClass::ALL.map(StatusClass::as_str),
+            ["ok", "failed", "other"]
+        );
+    }
 }

@@ -12,7 +12,8 @@
 
 use bytes::Bytes;
 
-/// The `event:` type of the notice sent when part of the requested history is no longer retained.
+/// The `event:` type of the notice sent when part of the requested history cannot be sent: no
+/// longer retained, or damaged in the server's store.
 pub const GAP_EVENT_TYPE: &str = "pere-gap";
 
 /// The `event:` type of the notice sent when a client resumes from an id this server never gave

@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use crate::event::{format_time, Event};
 use crate::presence::PresenceChange;
 use crate::receipt::ReceiptSummary;
-use crate::receipt::{Membership, Receipt};
+use crate::receipt::{Membership, Receipt, StatusClass};
 use crate::sse;
 use crate::view::{ChannelView, DeviceView};
 
@@ -119,7 +119,8 @@ pub struct FeedbackRequest {
     pub status: Option<String>,
 }
 
-/// The data of the `pere-gap` SSE event: ids `from..=to` are no longer retained.
+/// The data of the `pere-gap` SSE event: ids `from..=to` cannot be sent (no longer retained, or
+/// damaged in the server's store).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GapNotice {
     /// First missing id.
@@ -246,11 +247,15 @@ impl From<&Event> for EventJson {
 pub struct EventList {
     /// The channel.
     pub channel: String,
-    /// The channel's last id; a client pages on with `after` = the last id it got, until it
-    /// reaches this.
+    /// The channel's last id; a client pages on with `after` = the last id it got (in `events`
+    /// or `unreadable`), until it reaches this.
     pub head: u64,
     /// The events.
     pub events: Vec<EventJson>,
+    /// The ids within this page that the server holds but cannot read (damaged in its store):
+    /// they are left out of `events`. Absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<u64>,
 }
 
 /// One acknowledgement in a receipt summary.
@@ -260,8 +265,23 @@ pub struct AckJson {
     pub device: String,
     /// Its status.
     pub status: String,
+    /// What the status says: `ok`, `failed` or `other` ([`StatusClass`]); empty from a server
+    /// older than this field.
+    #[serde(default)]
+    pub class: String,
     /// When the receipt was recorded.
     pub time: String,
+}
+
+impl From<&Receipt> for AckJson {
+    fn from(receipt: &Receipt) -> Self {
+        AckJson {
+            device: receipt.device.to_string(),
+            status: receipt.status.clone(),
+            class: StatusClass::of(&receipt.status).as_str().to_owned(),
+            time: format_time(receipt.time),
+        }
+    }
 }
 
 /// How many expected recipients are in each state.
@@ -308,15 +328,7 @@ impl From<&ReceiptSummary> for ReceiptSummaryJson {
         ReceiptSummaryJson {
             channel: summary.channel.to_string(),
             id: summary.event_id,
-            acknowledged: summary
-                .acknowledged
-                .iter()
-                .map(|r| AckJson {
-                    device: r.device.to_string(),
-                    status: r.status.clone(),
-                    time: format_time(r.time),
-                })
-                .collect(),
+            acknowledged: summary.acknowledged.iter().map(AckJson::from).collect(),
             delivered: names(&summary.delivered),
             pending: names(&summary.pending),
             expected: summary.expected,
@@ -607,11 +619,16 @@ pub struct Health {
 /// `GET /readyz`: whether this server should get traffic, and if not, why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Readiness {
-    /// `ready`, or `not_ready`.
+    /// `ready`; `degraded` (serving, but its store holds damaged events it cannot send); or
+    /// `not_ready`.
     pub status: String,
     /// Why not: `shutting_down`, or `store_failed` (the details are in the server's log).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// How many damaged events the server's reads have met since it started (each counted
+    /// once); absent when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damaged_events: Option<u64>,
 }
 
 /// `GET /` for programs: the original's banner.
@@ -749,6 +766,8 @@ pub struct DashboardReceipt {
     pub device: String,
     /// Its status.
     pub status: String,
+    /// What the status says: `ok`, `failed` or `other` ([`StatusClass`]).
+    pub class: String,
     /// When the server recorded it.
     pub time: String,
     /// Milliseconds from the event's publication to this receipt.

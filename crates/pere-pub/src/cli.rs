@@ -6,8 +6,9 @@ use crate::interval::Interval;
 
 /// Publish events on a PERE channel, like the original `publisher.rb`.
 ///
-/// Each event is the original's JSON, `{"channel","device","id","time","data"}` with `id` this
-/// publisher's own counter from 1 and `data` 15 to 32 random base-36 characters, POSTed to
+/// Each event is the original's JSON, `{"channel","device","pub_id","time","data"}` with `pub_id`
+/// this publisher's own counter from 1 (not the server's id, which every line shows as
+/// `Event-Id`) and `data` 15 to 32 random base-36 characters, POSTed to
 /// `/push/:channel`. Prints `PUSH EVT> event: <json>, Event-Id: <id>` for each event the server
 /// accepts, with the id the server gave it. A failed
 /// push prints `PUSH FAILED. event: <json> reason: <reason>` on stderr, waits (`--retry-delay`) and
@@ -18,11 +19,12 @@ use crate::interval::Interval;
 ///
 /// Exit status: 0 after `--count` events (or at the end of stdin with `--data -`) or on Ctrl-C; 1 after
 /// `--retries` failed attempts at one event, or when `--follow` failed; 2 when the server refuses
-/// an event for good (a 4xx answer) or on a usage error.
+/// an event for good (a 4xx answer), when its TLS certificate is not trusted (see `--ca`), or on a
+/// usage error.
 #[derive(Debug, Parser)]
 #[command(name = "pere-pub", version)]
 pub struct Cli {
-    /// The server: `host:port` or `http://host:port`.
+    /// The server: `host:port`, `http://host:port` or `https://host:port`.
     pub server: String,
 
     /// The channel to publish on, e.g. `CHANNEL_1`.
@@ -32,6 +34,11 @@ pub struct Cli {
     /// device it speaks for is the default device id.
     #[arg(long, env = "PERE_TOKEN", hide_env_values = true, value_name = "JWT")]
     pub token: Option<String>,
+
+    /// For an `https://` server whose certificate a private CA signed: that CA's certificate
+    /// (PEM), trusted instead of the system's CAs.
+    #[arg(long, env = "PERE_CA", value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
 
     /// This publisher's device id [default: `P0039` followed by 9 random digits].
     pub device: Option<String>,

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser as _;
-use pere_client::{BatchEvent, Error, Policy, Publisher, Pushed};
+use pere_client::{BatchEvent, Error, Policy, Publisher, Pushed, Refusal};
 use pere_proto::wire::{PushAccepted, ReceiptSummaryJson};
 use pere_proto::{ChannelName, DeviceId, EventType};
 use reqwest::{Client, Url};
@@ -122,6 +122,8 @@ struct Tool {
     json: bool,
     quiet: bool,
     tally: Arc<Tally>,
+    /// Whether `--ca` was given, for the hint after a failed TLS handshake.
+    ca_given: bool,
 }
 
 /// One `--json` line: the server's answer plus the body sent (and, with `--wait`, the receipts).
@@ -160,6 +162,13 @@ async fn run(cli: Cli, tally: Arc<Tally>) -> anyhow::Result<ExitCode> {
     if let Some(token) = &cli.token {
         publisher = publisher.token(token);
     }
+    let ca = match &cli.ca {
+        Some(path) => Some(pere_client::tls::read_ca(path).map_err(Fatal)?),
+        None => None,
+    };
+    if let Some(pem) = &ca {
+        publisher = publisher.ca_pem(pem.clone());
+    }
     let publisher = publisher.build().map_err(|e| Fatal(e.to_string()))?;
 
     if !cli.quiet && !cli.json {
@@ -172,7 +181,7 @@ async fn run(cli: Cli, tally: Arc<Tally>) -> anyhow::Result<ExitCode> {
     }
 
     let follow = if cli.follow {
-        Some(start_follow(&cli, &base, &device, &tally).await?)
+        Some(start_follow(&cli, &base, &device, ca.as_deref(), &tally).await?)
     } else {
         None
     };
@@ -197,6 +206,7 @@ async fn run(cli: Cli, tally: Arc<Tally>) -> anyhow::Result<ExitCode> {
         json: cli.json,
         quiet: cli.quiet,
         tally,
+        ca_given: ca.is_some(),
     };
 
     let mut accepted = 0u64;
@@ -242,9 +252,11 @@ async fn start_follow(
     cli: &Cli,
     base: &Url,
     device: &str,
+    ca: Option<&[u8]>,
     tally: &Tally,
 ) -> anyhow::Result<JoinHandle<bool>> {
-    let mut client = Client::builder().connect_timeout(CONNECT_TIMEOUT);
+    let mut client =
+        pere_client::tls::trust(Client::builder().connect_timeout(CONNECT_TIMEOUT), ca)?;
     if let Some(token) = &cli.token {
         client = client.default_headers(pere_client::token::bearer_headers(token)?);
     }
@@ -301,6 +313,7 @@ impl Tool {
                     "giving up on event {number} after {attempts} failed attempts: {last}"
                 )
             }
+            Err(Error::Refused(tls @ Refusal::Tls(_))) => Err(self.untrusted(&tls)),
             Err(err) => Err(Fatal(format!(
                 "the server refused event {number}: {}",
                 err.reason()
@@ -354,12 +367,20 @@ impl Tool {
                     "giving up on events {first} to {last} after {attempts} failed attempts: {why}"
                 )
             }
+            Err(Error::Refused(tls @ Refusal::Tls(_))) => Err(self.untrusted(&tls)),
             Err(err) => Err(Fatal(format!(
                 "the server refused events {first} to {last}: {}",
                 err.reason()
             ))
             .into()),
         }
+    }
+
+    /// A failed TLS handshake, which no retry mends: what failed, and which CAs were trusted.
+    fn untrusted(&self, tls: &Refusal) -> anyhow::Error {
+        let server = self.publisher.base();
+        let hint = pere_client::output::tls_hint(self.ca_given);
+        Fatal(format!("cannot connect to {server}: {tls} ({hint})")).into()
     }
 
     fn report(&self, pushed: &Pushed, body: &Body) {

@@ -13,15 +13,20 @@ const BASE36: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
 pub const DATA_LEN: std::ops::RangeInclusive<usize> = 15..=32;
 
 /// The original publisher's event, fields in its order:
-/// `{"channel","device","id","time","data"}`.
+/// `{"channel","device","pub_id","time","data"}`.
+///
+/// The counter is `pub_id`, the name the original `publisher.rb` gave it once the server's ids
+/// became the events' ids (its v0.0.4 log shows `{"channel":"CHANNEL_1","pub_id":179,…}`; its
+/// first one sent `"id"`). An `"id"` in the body would read as the event's id and disagree with
+/// the server's as soon as anyone else publishes on the channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RandomEvent {
     /// The channel published to.
     pub channel: String,
     /// The publishing device.
     pub device: String,
-    /// The publisher's own counter, from 1.
-    pub id: u64,
+    /// This publisher's own counter, from 1: how many events it made, not the server's id.
+    pub pub_id: u64,
     /// When the event was made: ISO-8601 UTC with milliseconds.
     pub time: String,
     /// 15 to 32 random base-36 characters.
@@ -45,7 +50,7 @@ pub enum Source {
         channel: String,
         /// The device, repeated in each event.
         device: String,
-        /// The last id used.
+        /// The last counter used (`pub_id`).
         last_id: u64,
     },
     /// The same text every time (`--data TEXT`).
@@ -70,7 +75,7 @@ impl Source {
                 let event = RandomEvent {
                     channel: channel.clone(),
                     device: device.clone(),
-                    id: *last_id,
+                    pub_id: *last_id,
                     time: format_time(now()),
                     data: random_data(&mut rand::thread_rng()),
                 };
@@ -172,15 +177,15 @@ mod tests {
                 .keys()
                 .map(String::as_str)
                 .collect();
-            let mut sorted = vec!["channel", "data", "device", "id", "time"];
+            let mut sorted = vec!["channel", "data", "device", "pub_id", "time"];
             sorted.sort();
             assert_eq!(keys, sorted);
-            // ...in the original's order: channel, device, id, time, data.
+            // ...in the original's order: channel, device, pub_id, time, data.
             assert!(body
                 .as_str()
-                .starts_with(r#"{"channel":"CHANNEL_1","device":"P0039123456789","id":"#));
+                .starts_with(r#"{"channel":"CHANNEL_1","device":"P0039123456789","pub_id":"#));
             let event: RandomEvent = serde_json::from_str(body.as_str()).unwrap();
-            assert_eq!(event.id, expected_id);
+            assert_eq!(event.pub_id, expected_id);
             assert!(DATA_LEN.contains(&event.data.len()));
             // 2014-11-25T08:12:09.123Z
             let t = event.time.as_bytes();

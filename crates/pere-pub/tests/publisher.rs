@@ -35,7 +35,7 @@ async fn publishes_the_original_events() {
         );
         assert_eq!(push.request.header("event"), None);
         let body = push.request.body.clone();
-        let prefix = format!(r#"{{"channel":"C","device":"P1","id":{id},"time":""#);
+        let prefix = format!(r#"{{"channel":"C","device":"P1","pub_id":{id},"time":""#);
         assert!(body.starts_with(&prefix), "{body}");
         let event: serde_json::Value = serde_json::from_str(&body).unwrap();
         let data = event["data"].as_str().unwrap();
@@ -373,7 +373,8 @@ async fn batch_sends_n_events_per_request_and_prints_each_id() {
     }
     for id in 1..=3 {
         let line = publisher.line().await;
-        let event = format!(r#"PUSH EVT> event: {{"channel":"C","device":"P1","id":{id},"time":"#);
+        let event =
+            format!(r#"PUSH EVT> event: {{"channel":"C","device":"P1","pub_id":{id},"time":"#);
         assert!(
             line.starts_with(&event) && line.ends_with(&format!("}}, Event-Id: {id}")),
             "{line}"

@@ -15,7 +15,7 @@
  *     types: ['alert'],              // event types to receive besides plain messages
  *     onEvent(event) {},             // {id, type, data, json(), redelivered, ack(status)}: once per id
  *     onState(s) {},                 // {state: 'connecting'|'open'|'closed', retryMs, reason, since}
- *     onGap(gap) {},                 // {from, to}: events no longer retained by the server
+ *     onGap(gap) {},                 // {from, to}: events the server can no longer send (pruned, or damaged)
  *     onReset(reset) {},             // {last_event_id, head}: the server's ids started over
  *     onReceipt(r) {},               // {event, ok, receipt | error}: how each receipt went
  *     onDuplicate(event) {},         // an id already seen (a redelivery): not given to onEvent

@@ -113,6 +113,28 @@ pub fn refused(method: &str, path: &str, status: u16, code: &str) {
     }
 }
 
+/// A cross-origin request whose answer the browser keeps from the page, since `--allow-origin`
+/// does not allow its origin: the page sees only a CORS error, so the server says which origin
+/// and how to let it in. At WARN, on stderr: a page that cannot work, whatever was answered.
+pub fn cross_origin(method: &str, path: &str, origin: &str) {
+    let shown = Excerpt(origin);
+    if origin == "null" {
+        tracing::warn!(
+            target: TARGET, tag = "CORS>", method, path = %Excerpt(path), origin = %shown,
+            "{method} {}: origin null (a page opened from a file:// or a sandboxed frame) is \
+             not allowed: serve the page over http(s), from this server or from an origin \
+             given to --allow-origin", Excerpt(path)
+        );
+    } else {
+        tracing::warn!(
+            target: TARGET, tag = "CORS>", method, path = %Excerpt(path), origin = %shown,
+            "{method} {}: origin {shown} is not allowed: start the server with --allow-origin \
+             {shown} to let its pages in (an origin is scheme, host and port, exactly: \
+             localhost is not 127.0.0.1)", Excerpt(path)
+        );
+    }
+}
+
 /// A request let in, at DEBUG: the access log.
 pub fn admitted(method: &str, path: &str, device: Option<&str>) {
     let device = device.unwrap_or("-");

@@ -33,6 +33,22 @@ pub struct BatchParams {
     pub max_events: usize,
 }
 
+/// The batch form a push's `Pere-Batch` header asks for: `envelope`, or none (plain lines).
+///
+/// # Errors
+/// 400 `bad_batch_form` for any other value: a mistyped `envelope` would otherwise publish each
+/// envelope line as a body.
+pub fn envelope_form(header: Option<&[u8]>) -> Result<bool, ApiError> {
+    match header.map(<[u8]>::trim_ascii) {
+        None => Ok(false),
+        Some(b"envelope") => Ok(true),
+        Some(_) => Err(ApiError::bad_request(
+            "bad_batch_form",
+            "Pere-Batch takes one value, `envelope` (leave it out for plain lines)",
+        )),
+    }
+}
+
 /// Checks a batch-level key: it must leave room for the line suffixes.
 ///
 /// # Errors

@@ -19,7 +19,7 @@ use pere_core::store::{RedisClientCert, RedisTls};
 use tokio_rustls::rustls::pki_types::pem::{self, PemObject as _};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::auth::{parse_host_name, KeySettings, Mode, Verifier};
+use crate::auth::{parse_host_name, KeySettings, Mode, Verifier, MIN_SECRET_LEN};
 
 /// Where events, receipts and device records are kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,15 +28,18 @@ pub enum StoreKind {
     Sqlite,
     /// In process memory: fast, gone on restart. For tests and demos.
     Memory,
-    /// A Redis server that several nodes share (`redis://[:password@]host:port/db`, or
-    /// `rediss://` over TLS); the URL is kept as a [`Secret`], since it may hold the password.
+    /// A Redis that several nodes share: one server (`redis://[:password@]host:port/db`, or
+    /// `rediss://` over TLS), a Redis Cluster (`redis+cluster://host:port[,host:port…]`,
+    /// `rediss+cluster://`) or the primary Sentinel names
+    /// (`redis+sentinel://host:port[,host:port…]/PRIMARY[/db]`); the URL is kept as a
+    /// [`Secret`], since it may hold the password.
     Redis(Secret),
 }
 
 impl StoreKind {
-    /// Whether this is Redis over TLS (`rediss://`).
+    /// Whether this is Redis over TLS (`rediss://`, `rediss+cluster://`).
     pub fn is_redis_tls(&self) -> bool {
-        matches!(self, StoreKind::Redis(url) if url.0.starts_with("rediss://"))
+        matches!(self, StoreKind::Redis(url) if url.0.starts_with("rediss"))
     }
 }
 
@@ -44,9 +47,16 @@ fn parse_store(text: &str) -> Result<StoreKind, String> {
     match text {
         "sqlite" => Ok(StoreKind::Sqlite),
         "memory" => Ok(StoreKind::Memory),
-        url if url.starts_with("redis://")
-            || url.starts_with("rediss://")
-            || url.starts_with("redis+unix://") =>
+        url if [
+            "redis://",
+            "rediss://",
+            "redis+unix://",
+            "redis+cluster://",
+            "rediss+cluster://",
+            "redis+sentinel://",
+        ]
+        .iter()
+        .any(|scheme| url.starts_with(scheme)) =>
         {
             Ok(StoreKind::Redis(Secret(url.to_owned())))
         }
@@ -57,7 +67,9 @@ fn parse_store(text: &str) -> Result<StoreKind, String> {
                 None => other.to_owned(),
             };
             Err(format!(
-                "{shown:?} is not a store: use sqlite, memory or a redis://host:port/db URL"
+                "{shown:?} is not a store: the stores are sqlite (the default: durable, in \
+                 --data-dir), memory (gone on restart), and redis://[:password@]host:port/db \
+                 (several nodes on one Redis; rediss:// over TLS)"
             ))
         }
     }
@@ -106,8 +118,10 @@ pub struct Config {
     #[arg(short = 'p', long = "port", default_value_t = 4567, env = "PERE_PORT")]
     pub port: u16,
 
-    /// Storage backend: sqlite (the default), memory, or `redis://[:password@]host:port/db`
-    /// (a Redis that several nodes share; see --redis-prefix), `rediss://` for Redis over TLS.
+    /// Storage backend: sqlite (the default), memory, or a Redis that several nodes share (see
+    /// --redis-prefix): `redis://[:password@]host:port/db` (`rediss://` over TLS), a Redis
+    /// Cluster `redis+cluster://[:password@]host:port[,host:port…]` (`rediss+cluster://`), or
+    /// the primary Sentinel names, `redis+sentinel://[:password@]host:port[,host:port…]/PRIMARY[/db]`.
     /// The environment's value is never shown, since the URL may hold a password.
     #[arg(long = "store", default_value = "sqlite", value_parser = parse_store, env = "PERE_STORE", hide_env_values = true)]
     pub store: StoreKind,
@@ -124,6 +138,16 @@ pub struct Config {
     /// heartbeat (sent every third of it); a dead node's streams stop counting within it.
     #[arg(long = "redis-node-ttl", default_value = "15s", value_parser = parse_duration, env = "PERE_REDIS_NODE_TTL")]
     pub redis_node_ttl: Duration,
+
+    /// Redis store: how many replicas must confirm a push or receipt (Redis's WAIT, at most 2 s)
+    /// before it is answered 2xx; 0 waits for none. Without confirmation a failover may lose the
+    /// last acknowledged writes. Not for a Redis Cluster.
+    #[arg(
+        long = "redis-wait-replicas",
+        default_value_t = 0,
+        env = "PERE_REDIS_WAIT_REPLICAS"
+    )]
+    pub redis_wait_replicas: usize,
 
     /// Redis over TLS (`rediss://`): the CA certificates (PEM) that sign the Redis server's
     /// certificate, trusted instead of the system's (a private CA).
@@ -222,7 +246,7 @@ pub struct Config {
     pub jwt_secret: Option<Secret>,
 
     /// File holding the token secret (HS256); trailing whitespace is ignored.
-    #[arg(long = "jwt-secret-file", env = "PERE_JWT_SECRET_FILE", global = true)]
+    #[arg(long = "jwt-secret-file", env = "PERE_JWT_SECRET_FILE", global = true, value_parser = parse_secret_file)]
     pub jwt_secret_file: Option<PathBuf>,
 
     /// Public key (PEM, RSA or EC P-256) that verifies tokens signed RS256 or ES256.
@@ -417,6 +441,26 @@ pub struct Config {
 pub enum Command {
     /// Mint a token with the configured secret (or --jwt-private-key) and print it.
     Token(TokenArgs),
+    /// Check the SQLite store offline, with no server running on it: SQLite's full integrity
+    /// check, then every event read and verified against its checksum. Prints the damaged
+    /// events of each channel, one line per channel. Exit status: 0 sound (or repaired), 1
+    /// damage found, 2 the check could not run (a server holds the data directory, no store).
+    Check(CheckArgs),
+}
+
+/// `pere-server check`: which store, and whether to mend it.
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// The data directory to check (default: the server's --data-dir).
+    #[arg(long = "data-dir", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Mend what was found. In a file that is sound as a file, each damaged event's row is moved
+    /// into the table damaged_events (byte for byte) and readers pass over its id; a file whose
+    /// structure is damaged is rebuilt from every row that can be read, the damaged file kept
+    /// beside it as `pere.db.damaged-<time>`. No server can start on the directory meanwhile.
+    #[arg(long = "repair")]
+    pub repair: bool,
 }
 
 /// `pere-server token`: what the token grants.
@@ -457,8 +501,33 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// A token secret, checked for its length where it is given (a short one is refused naming its
+/// flag, variable or file, as any wrong value is).
 fn parse_secret(text: &str) -> Result<Secret, String> {
+    check_secret_len(text.len())?;
     Ok(Secret(text.to_owned()))
+}
+
+/// A file holding a token secret, read and checked where the setting is given.
+fn parse_secret_file(text: &str) -> Result<PathBuf, String> {
+    let secret = std::fs::read(text).map_err(|e| format!("cannot read it: {e}"))?;
+    // As `auth` reads it: a file written by `echo` ends with a newline that is not the secret's.
+    let len = secret
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(0, |i| i + 1);
+    check_secret_len(len).map_err(|e| format!("the secret it holds is too short: {e}"))?;
+    Ok(PathBuf::from(text))
+}
+
+fn check_secret_len(len: usize) -> Result<(), String> {
+    if len < MIN_SECRET_LEN {
+        return Err(format!(
+            "a token secret is at least {MIN_SECRET_LEN} bytes, and this one has {len} \
+             (`openssl rand -base64 48` makes one)"
+        ));
+    }
+    Ok(())
 }
 
 impl std::fmt::Display for StoreKind {
@@ -530,14 +599,22 @@ impl Config {
     /// [`LoadError::Usage`] for what clap answers itself (help, version, an unknown flag);
     /// otherwise one line naming the setting and its source: an invalid value, an unknown key
     /// or an unreadable file; [`LoadError::Conflict`] for settings that do not go together
-    /// (Redis TLS settings without a `rediss://` store).
+    /// (Redis TLS settings without a `rediss://` store, replicas' confirmations without a Redis that
+    /// can give them, a token secret and a public key).
     pub fn load<I, T>(args: I) -> Result<Config, LoadError>
     where
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
         let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
-        let command = Config::command();
+        // `--max-connections -5` is a wrong value to name, not an unknown flag `-5`.
+        let command = Config::command().mut_args(|arg| {
+            if arg.get_action().takes_values() {
+                arg.allow_negative_numbers(true)
+            } else {
+                arg
+            }
+        });
         // Which flags the command line gives, and which variables the environment sets, read
         // as text: clap keeps the precedence, checking is done below, naming the source.
         let raw_command = command.clone().mut_args(|arg| {
@@ -576,7 +653,7 @@ impl Config {
             } else if let Some(values) = file.as_ref().and_then(|f| f.values.get(long)) {
                 (
                     file.as_ref()
-                        .map(|f| f.path.display().to_string())
+                        .map(|f| format!("the config file {}", f.path.display()))
                         .unwrap_or_default(),
                     values.iter().map(OsString::from).collect(),
                 )
@@ -586,11 +663,10 @@ impl Config {
             for value in &values {
                 check_value(arg, value).map_err(|reason| LoadError::Invalid {
                     setting: long.to_owned(),
-                    value: if arg.is_hide_env_values_set() {
-                        "(hidden)".to_owned()
-                    } else {
-                        value.to_string_lossy().into_owned()
-                    },
+                    // A secret, or a URL that may hold a password, is never shown; its
+                    // parser's reason shows what is safe to.
+                    value: (!arg.is_hide_env_values_set())
+                        .then(|| value.to_string_lossy().into_owned()),
                     source: source.clone(),
                     reason,
                 })?;
@@ -610,6 +686,11 @@ impl Config {
             .map_err(LoadError::Usage)?;
         let config = Config::from_arg_matches(&matches).map_err(LoadError::Usage)?;
         config.check_redis_tls().map_err(LoadError::Conflict)?;
+        config.check_redis_wait().map_err(LoadError::Conflict)?;
+        // The token settings together (a secret and a public key, a key file that is not one,
+        // --anonymous-subscribe without a key): a setting's mistake, told as one (exit status 2)
+        // before anything starts.
+        config.mode().map_err(LoadError::Conflict)?;
         Ok(config)
     }
 
@@ -638,6 +719,23 @@ impl Config {
                 Err("--redis-key needs --redis-cert (the client certificate chain, PEM)".into())
             }
             _ => Ok(()),
+        }
+    }
+
+    /// Refuses replicas' confirmations where there is nothing to confirm them: a store that is
+    /// not Redis, or a Redis Cluster, whose client cannot tie a `WAIT` to the write.
+    fn check_redis_wait(&self) -> Result<(), String> {
+        use pere_core::store::redis::Deployment;
+        match &self.store {
+            _ if self.redis_wait_replicas == 0 => Ok(()),
+            StoreKind::Redis(url) if Deployment::of(&url.0) == Deployment::Cluster => Err(
+                "--redis-wait-replicas is not supported on a Redis Cluster (redis+cluster://)"
+                    .into(),
+            ),
+            StoreKind::Redis(_) => Ok(()),
+            other => Err(format!(
+                "--redis-wait-replicas is for a Redis store, and the store is {other}"
+            )),
         }
     }
 
@@ -702,9 +800,10 @@ pub enum LoadError {
     Invalid {
         /// The setting, as its long flag without dashes.
         setting: String,
-        /// The value given (hidden for secrets).
-        value: String,
-        /// Where it came from: `--flag`, the variable's name, or the file's path.
+        /// The value given; `None` for a setting whose value is never shown (a secret, a URL
+        /// that may hold a password).
+        value: Option<String>,
+        /// Where it came from: `--flag`, the variable's name, or the file's path and key.
         source: String,
         /// What is wrong with it.
         reason: String,
@@ -721,7 +820,7 @@ impl std::fmt::Display for LoadError {
             LoadError::Usage(err) => write!(f, "{}", err.to_string().trim_end()),
             LoadError::Invalid {
                 setting,
-                value,
+                value: Some(value),
                 source,
                 reason,
             } => {
@@ -730,6 +829,12 @@ impl std::fmt::Display for LoadError {
                     "invalid value \"{value}\" for {setting} in {source}: {reason}"
                 )
             }
+            LoadError::Invalid {
+                setting,
+                value: None,
+                source,
+                reason,
+            } => write!(f, "invalid {setting} in {source}: {reason}"),
             LoadError::File(message) | LoadError::Conflict(message) => f.write_str(message),
         }
     }
@@ -777,9 +882,22 @@ fn check_value(arg: &Arg, value: &OsStr) -> Result<(), String> {
     }
 }
 
-/// What a value parser found wrong, without clap's usage text.
+/// What a value parser found wrong, without clap's usage text, saying what is expected where
+/// the parser's own words do not (`invalid digit found in string`).
 fn reason(err: &clap::Error) -> String {
     if let Some(source) = std::error::Error::source(err) {
+        if let Some(number) = source.downcast_ref::<std::num::ParseIntError>() {
+            return match number.kind() {
+                std::num::IntErrorKind::PosOverflow => "too large a number".to_owned(),
+                _ => "expected a whole number, 0 or more (such as 5000)".to_owned(),
+            };
+        }
+        if source.is::<std::net::AddrParseError>() {
+            return format!(
+                "{source}: expected an IP address (127.0.0.1, 0.0.0.0, ::1), with a port for \
+                 --metrics-addr (127.0.0.1:9464)"
+            );
+        }
         return source.to_string();
     }
     if let Some(ContextValue::Strings(valid)) = err.get(ContextKind::ValidValue) {

@@ -24,6 +24,7 @@ use pere_proto::wire::{
     to_json, AckJson, ChannelStreamsJson, DashboardChannels, DashboardDevice, DashboardDevices,
     DashboardEvent, DashboardGrid, DashboardHello, DashboardReceipt, DashboardStats,
 };
+use pere_proto::StatusClass;
 use serde::Serialize;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -306,14 +307,7 @@ impl<S: Store> Watch<S> {
             publisher: event.publisher.as_ref().map(ToString::to_string),
             expected,
             recipients: recipients.into_iter().collect(),
-            acknowledged: latest
-                .values()
-                .map(|r| AckJson {
-                    device: r.device.to_string(),
-                    status: r.status.clone(),
-                    time: format_time(r.time),
-                })
-                .collect(),
+            acknowledged: latest.values().map(|r| AckJson::from(*r)).collect(),
         }
     }
 
@@ -524,6 +518,7 @@ impl<S: Store> Watch<S> {
         self.receipts.push(DashboardReceipt {
             id: receipt.event_id,
             device: receipt.device.to_string(),
+            class: StatusClass::of(&receipt.status).as_str().to_owned(),
             status: receipt.status,
             time: format_time(receipt.time),
             latency_ms: latency.unwrap_or(0),

@@ -417,6 +417,10 @@ pub fn exit<S: Store>(
             method == Method::OPTIONS,
             answer.headers_mut(),
         );
+        let authority = uri.authority().map(|a| a.as_str());
+        if let Some(origin) = response::refused_origin(&state.config, &request.headers, authority) {
+            activity::cross_origin(method.as_str(), uri.path(), origin);
+        }
     }
     answer
 }

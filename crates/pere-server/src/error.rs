@@ -175,6 +175,26 @@ impl From<StoreError> for ApiError {
                 "idempotency_conflict",
                 err.to_string(),
             ),
+            // Recorded, but a failover may lose it: the same idempotency key makes a retry
+            // safe, and finds it if it is still there.
+            StoreError::Unreplicated { .. } => {
+                tracing::warn!("storage: {err}");
+                ApiError {
+                    retry_after: Some(1),
+                    ..ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not_replicated",
+                        "Recorded, but not confirmed by enough of the store's replicas in time: a failover may lose it. Retry with the same Idempotency-Key.",
+                    )
+                }
+            }
+            // The server's fault, and a lasting one: asking again does not help, an operator's
+            // repair does. (Not 410: nothing removed the event on purpose.)
+            StoreError::EventDamaged { id } => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "event_damaged",
+                format!("event {id} is damaged in the server's store and cannot be read"),
+            ),
             // Internals stay in the server log; the client learns only that storage failed.
             other => {
                 tracing::error!("storage: {other}");

@@ -123,7 +123,7 @@ pub async fn dispatch<S: Store>(
         Route::Feedback(channel) => feedback(state, channel, &caller, &query, headers, body).await,
         Route::AdminConnections => admin_connections(state).await,
         Route::AdminChannels => admin_channels(state, &query).await,
-        Route::Metrics => Ok(metrics(state)),
+        Route::Metrics => Ok(metrics(state, headers)),
         Route::AdminEvents(channel) => admin_events(state, channel, &query).await,
         Route::AdminDevices(channel) => admin_devices(state, channel, &query).await,
         Route::AdminReceipts(channel, id) => {
@@ -176,6 +176,10 @@ pub async fn dispatch<S: Store>(
 
 /// Ready when not stopping and the store commits a write; a load balancer stops sending traffic
 /// on 503. The cause of a store failure goes to the log, not to whoever asks.
+///
+/// Degraded (still 200) when the store holds damaged events: the server serves everything else,
+/// and every node reading the same damaged store would be drained alike, so the damage is for an
+/// operator to see (here, in the log and the metrics), not for a load balancer to act on.
 async fn readiness<S: Store>(state: &AppState<S>) -> Response<ResponseBody> {
     let reason = if state.stopping.is_cancelled() {
         Some("shutting_down")
@@ -188,19 +192,16 @@ async fn readiness<S: Store>(state: &AppState<S>) -> Response<ResponseBody> {
             }
         }
     };
-    let status = if reason.is_some() {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::OK
+    let damaged = state.hub.store().damage().events;
+    let (status, word) = match (reason, damaged) {
+        (Some(_), _) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+        (None, 0) => (StatusCode::OK, "ready"),
+        (None, _) => (StatusCode::OK, "degraded"),
     };
     let readiness = Readiness {
-        status: if reason.is_some() {
-            "not_ready"
-        } else {
-            "ready"
-        }
-        .to_owned(),
+        status: word.to_owned(),
         reason: reason.map(str::to_owned),
+        damaged_events: (damaged > 0).then_some(damaged),
     };
     response::json(status, &readiness)
 }
@@ -241,6 +242,7 @@ async fn push<S: Store>(
 ) -> Answer {
     let channel = request::channel(channel)?;
     let event_type = request::event_type(headers, query)?;
+    let envelope = batch::envelope_form(headers.get(BATCH_HEADER).map(|v| v.as_bytes()))?;
     let wait = request::push_wait(query, state.config.max_wait)?;
     let idempotency_key = request::idempotency_key(headers)?;
     let kind = request::body_kind(headers);
@@ -260,7 +262,7 @@ async fn push<S: Store>(
             publisher: device,
             event_type,
             key: idempotency_key,
-            envelope: request::header_is(headers, BATCH_HEADER, "envelope"),
+            envelope,
             max_events: state.config.max_batch_events,
         };
         let body = request::body(
@@ -494,10 +496,19 @@ async fn feedback<S: Store>(
     ))
 }
 
-/// `GET /metrics`: the Prometheus text format.
-pub fn metrics<S: Store>(state: &AppState<S>) -> Response<ResponseBody> {
-    let text = state.metrics.render(&state.hub, state.limits.connections());
-    response::text(StatusCode::OK, metrics::CONTENT_TYPE, text)
+/// `GET /metrics`: the Prometheus text format, or OpenMetrics when `headers` accept it by name.
+pub fn metrics<S: Store>(state: &AppState<S>, headers: &HeaderMap) -> Response<ResponseBody> {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = metrics::Format::negotiate(accept);
+    let text = state
+        .metrics
+        .render_in(&state.hub, state.limits.connections(), format);
+    let mut answer = response::text(StatusCode::OK, format.content_type(), text);
+    // The answer depends on the Accept header: a cache must keep the two formats apart.
+    answer
+        .headers_mut()
+        .append(header::VARY, header::HeaderValue::from_static("Accept"));
+    answer
 }
 
 /// Channels an admin view shows per page by default, and at most.
@@ -562,6 +573,8 @@ async fn admin_connections<S: Store>(state: &AppState<S>) -> Answer {
 async fn admin_events<S: Store>(state: &AppState<S>, channel: &str, query: &Query) -> Answer {
     let channel = request::channel(channel)?;
     let limit = request::limit(query, MAX_EVENT_PAGE, MAX_EVENT_PAGE)?;
+    // Damaged events are left out (the original's shape has no place to name them; the log,
+    // `/readyz` and `GET /events/:channel` do).
     let events = state.hub.store().recent(&channel, limit).await?;
     // The original's shape: the bodies alone, as JSON where they are JSON.
     let bodies: Vec<_> = events
@@ -583,6 +596,7 @@ async fn events<S: Store>(state: &AppState<S>, channel: &str, query: &Query) -> 
             channel: channel.to_string(),
             head: page.head,
             events,
+            unreadable: page.unreadable,
         },
     ))
 }
@@ -710,6 +724,8 @@ async fn device_pending<S: Store>(state: &AppState<S>, channel: &str, device: &s
     ))
 }
 
+/// `GET /events/:channel/:id`: the event and its receipts; a damaged event is 500
+/// `event_damaged` (see `ApiError`'s `From<StoreError>`).
 async fn event_view<S: Store>(state: &AppState<S>, channel: &str, id: &str) -> Answer {
     let channel = request::channel(channel)?;
     let id = request::event_id(id)?;

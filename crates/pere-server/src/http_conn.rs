@@ -162,7 +162,7 @@ pub async fn serve_metrics<S: Store>(listener: TcpListener, state: Arc<AppState<
                 async move {
                     let (parts, _body) = request.into_parts();
                     let outcome = door::admit_metrics(&parts.method, &parts.uri)
-                        .map(|_| handlers::metrics(&state));
+                        .map(|_| handlers::metrics(&state, &parts.headers));
                     Ok::<_, Infallible>(door::exit(&state, &parts, outcome, Listener::Metrics))
                 }
             });

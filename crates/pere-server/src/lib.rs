@@ -23,6 +23,7 @@
 //! - [`openapi`]: the API's contract, served at `/openapi.json`;
 //! - [`error`]: errors as statuses and stable codes;
 //! - [`activity`]: the activity log lines; [`logging`]: the subscriber that writes them;
+//! - [`check`]: `pere-server check`, the offline check and repair of the SQLite store;
 //! - [`config`]: the command line and settings.
 //!
 //! [`run`] serves a bound listener until the state's shutdown token is cancelled, then drains.
@@ -31,6 +32,7 @@
 pub mod activity;
 pub mod auth;
 pub mod batch;
+pub mod check;
 pub mod config;
 pub mod dashboard;
 pub mod door;

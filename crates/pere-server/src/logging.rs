@@ -306,7 +306,7 @@ fn tag_color(tag: &str) -> &'static str {
         "FEED END>" | "REDELIVER>" => "33",
         "FEEDBACK>" => "35",
         "WEBHOOK>" | "ADMIN>" => "34",
-        "REFUSED>" => "31",
+        "REFUSED>" | "CORS>" => "31",
         _ => "90",
     }
 }
@@ -327,6 +327,7 @@ impl Visit for TagOf {
                 "WEBHOOK>",
                 "ADMIN>",
                 "REFUSED>",
+                "CORS>",
                 "REQUEST>",
             ]
             .into_iter()

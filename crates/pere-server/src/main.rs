@@ -9,7 +9,7 @@ use pere_core::cluster;
 use pere_core::store::{Durability, RedisOptions, RedisStore, SqliteOptions, SqliteStore};
 use pere_core::{MemoryStore, Store, StoreError};
 use pere_server::auth::{Grants, Minter, Mode};
-use pere_server::config::{Command, DurabilityLevel, LoadError, StoreKind, TokenArgs};
+use pere_server::config::{CheckArgs, Command, DurabilityLevel, LoadError, StoreKind, TokenArgs};
 use pere_server::tls::{self, TlsAcceptor};
 use pere_server::{http_conn, limits, logging, retention, run_with, AppState, Config};
 use tokio::net::{TcpListener, TcpSocket};
@@ -40,6 +40,7 @@ fn main() -> ExitCode {
     };
     let outcome = match &config.command {
         Some(Command::Token(args)) => mint(&config, args),
+        Some(Command::Check(args)) => return check(&config, args),
         None => serve_main(config),
     };
     match outcome {
@@ -85,6 +86,22 @@ fn mint(config: &Config, args: &TokenArgs) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     println!("{token}");
     Ok(())
+}
+
+/// `pere-server check`: prints what the check found; exits 0 sound, 1 damaged, 2 not checked.
+fn check(config: &Config, args: &CheckArgs) -> ExitCode {
+    match pere_server::check::run(config, args) {
+        Ok(checked) => {
+            for line in checked.lines() {
+                println!("{line}");
+            }
+            ExitCode::from(checked.status())
+        }
+        Err(err) => {
+            eprintln!("pere-server check: {}", pere_server::check::explain(&err));
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn serve_main(config: Config) -> anyhow::Result<()> {
@@ -139,6 +156,7 @@ async fn serve_with(config: Config, mode: Mode, tls: Option<TlsAcceptor>) -> any
                 prefix: config.redis_prefix.clone(),
                 retention: retention(&config),
                 tls: config.redis_tls().map_err(anyhow::Error::msg)?,
+                wait_replicas: config.redis_wait_replicas,
             };
             let store = RedisStore::open(options).context("cannot use the Redis store")?;
             match store.probe().await {
@@ -154,6 +172,10 @@ async fn serve_with(config: Config, mode: Mode, tls: Option<TlsAcceptor>) -> any
                         "cannot use the Redis store at {}: {err} ({trusted}; a Redis that asks for a client certificate needs --redis-cert and --redis-key)",
                         config.store
                     );
+                }
+                // Nor does waiting mend a Redis too old for the bus.
+                Err(err @ StoreError::Incompatible(_)) => {
+                    anyhow::bail!("cannot use the Redis store at {}: {err}", config.store);
                 }
                 // A node may start before its Redis: it is not ready until Redis answers.
                 Err(err) => {

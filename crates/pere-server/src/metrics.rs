@@ -1,7 +1,11 @@
-//! The server's metrics, written in the Prometheus text format (OpenMetrics) for `GET /metrics`:
-//! what the door counts (requests answered, refusals, open streams), what the hub's notices tell
-//! (receipts and their latency, cut subscribers), the hub's own running counts (publications,
-//! deliveries, redeliveries, lost notices, events owed receipts) and the store's commits.
+//! The server's metrics for `GET /metrics`: what the door counts (requests answered, refusals,
+//! open streams), what the hub's notices tell (receipts and their latency, cut subscribers), the
+//! hub's own running counts (publications, deliveries, redeliveries, lost notices, events owed
+//! receipts), the store's commits and the damaged events its reads met.
+//!
+//! Written in either text format ([`Format`]): OpenMetrics when the scraper asks for it by name
+//! (Prometheus does), the Prometheus text format 0.0.4 otherwise (curl, `promtool check
+//! metrics`, a browser), each by its own rules.
 //!
 //! Labels come from small fixed sets (stream kinds, route names, status codes, error codes):
 //! never a channel, a device or a raw path, so a scrape stays the same size however many
@@ -11,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pere_core::{Hub, HubNotice, Store};
+use pere_proto::StatusClass;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -19,8 +24,51 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 use tokio_util::sync::CancellationToken;
 
-/// The media type of a scrape.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The text format of a scrape, chosen by its `Accept` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The Prometheus text format 0.0.4 (`text/plain; version=0.0.4`): what every scraper and
+    /// `promtool check metrics` reads; the default.
+    Prometheus,
+    /// OpenMetrics 1.0 (`application/openmetrics-text`), for a scraper that asks for it.
+    OpenMetrics,
+}
+
+impl Format {
+    /// OpenMetrics when `accept` names `application/openmetrics-text` with a quality at least
+    /// that of plain text (Prometheus sends it first, at q=1, and `text/plain` at q=0.5); the
+    /// Prometheus text format for anything else, `*/*` and no header included. A scraper that
+    /// does not say it reads OpenMetrics gets the format every one of them reads.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let (mut openmetrics, mut text) = (0.0f32, 0.0f32);
+        for range in accept.unwrap_or_default().split(',') {
+            let mut params = range.split(';').map(str::trim);
+            let media = params.next().unwrap_or_default().to_ascii_lowercase();
+            let q = params
+                .filter_map(|p| p.strip_prefix("q="))
+                .find_map(|q| q.parse::<f32>().ok())
+                .unwrap_or(1.0);
+            match media.as_str() {
+                "application/openmetrics-text" => openmetrics = openmetrics.max(q),
+                "text/plain" | "text/*" | "*/*" => text = text.max(q),
+                _ => {}
+            }
+        }
+        if openmetrics > 0.0 && openmetrics >= text {
+            Format::OpenMetrics
+        } else {
+            Format::Prometheus
+        }
+    }
+
+    /// The media type of a scrape in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
 
 /// Hub notices queued for the metrics before new ones are dropped (and counted as dropped).
 const NOTICE_QUEUE: usize = 65_536;
@@ -99,6 +147,7 @@ pub struct Metrics {
     webhook_attempts: Family<OutcomeLabel, Counter>,
     webhook_drops: Counter,
     notices_dropped: Counter,
+    damaged_reads: Counter,
 }
 
 impl Metrics {
@@ -139,7 +188,7 @@ impl Metrics {
         let receipts = Family::<StatusClassLabel, Counter>::default();
         registry.register(
             "receipts",
-            "Receipts recorded, by status class (ok, other)",
+            "Receipts recorded, by what their status says (ok, failed, other)",
             receipts.clone(),
         );
         // 1 ms to about 9 hours: a phone that acknowledges when it wakes up is still on the scale.
@@ -212,6 +261,12 @@ impl Metrics {
             "Hub notices lost by observers (webhook, metrics) that had no room for them",
             notices_dropped.clone(),
         );
+        let damaged_reads = Counter::default();
+        registry.register(
+            "store_damaged_reads",
+            "Damaged events met by store reads and left out (each time one is met; /readyz counts each once)",
+            damaged_reads.clone(),
+        );
         // Present from the first scrape, at zero: an alert on a rate needs the series to exist.
         for kind in [
             StreamKind::Feed,
@@ -221,8 +276,10 @@ impl Metrics {
         ] {
             let _ = streams.get_or_create(&KindLabel { kind: kind.label() });
         }
-        for status_class in ["ok", "other"] {
-            let _ = receipts.get_or_create(&StatusClassLabel { status_class });
+        for class in StatusClass::ALL {
+            let _ = receipts.get_or_create(&StatusClassLabel {
+                status_class: class.as_str(),
+            });
         }
         for outcome in ["delivered", "failed"] {
             let _ = webhook_attempts.get_or_create(&OutcomeLabel { outcome });
@@ -247,6 +304,7 @@ impl Metrics {
             webhook_attempts,
             webhook_drops,
             notices_dropped,
+            damaged_reads,
         })
     }
 
@@ -312,11 +370,7 @@ impl Metrics {
     fn note(&self, notice: HubNotice) {
         match notice {
             HubNotice::Receipt { receipt, published } => {
-                let status_class = if receipt.status == "ok" {
-                    "ok"
-                } else {
-                    "other"
-                };
+                let status_class = StatusClass::of(&receipt.status).as_str();
                 self.receipts
                     .get_or_create(&StatusClassLabel { status_class })
                     .inc();
@@ -335,14 +389,20 @@ impl Metrics {
         }
     }
 
-    /// The metrics in the text format, with the counts kept elsewhere brought up to date:
+    /// The metrics in OpenMetrics, with the counts kept elsewhere brought up to date:
     /// `connections` is the number of client connections open now.
     pub fn render<S: Store>(&self, hub: &Hub<S>, connections: usize) -> String {
+        self.render_in(hub, connections, Format::OpenMetrics)
+    }
+
+    /// The metrics in `format`, as [`Metrics::render`] makes them.
+    pub fn render_in<S: Store>(&self, hub: &Hub<S>, connections: usize, format: Format) -> String {
         let _scrape = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
         catch_up(&self.published, hub.published());
         catch_up(&self.deliveries, hub.deliveries());
         catch_up(&self.redeliveries, hub.redeliveries());
         catch_up(&self.notices_dropped, hub.dropped_notices());
+        catch_up(&self.damaged_reads, hub.store().damage().reads);
         self.pending
             .set(i64::try_from(hub.incomplete_events()).unwrap_or(i64::MAX));
         self.connections
@@ -350,8 +410,65 @@ impl Metrics {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        match format {
+            Format::OpenMetrics => out,
+            Format::Prometheus => prometheus_text(&out),
+        }
     }
+}
+
+/// The Prometheus text format 0.0.4 of an OpenMetrics text (prometheus-client writes only the
+/// latter). They differ, for what this server writes, in three ways: a counter's family is named
+/// with its samples' `_total` in its `# HELP` and `# TYPE` lines (OpenMetrics names it without,
+/// which a 0.0.4 parser reads as a family with no samples beside samples of no family), and
+/// there is no `# UNIT` line and no `# EOF`.
+fn prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    // A family's `# HELP` comes before its `# TYPE`, which says whether it is a counter.
+    let mut help: Option<&str> = None;
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            if let Some(held) = help.replace(rest) {
+                push_line(&mut out, "# HELP ", held);
+            }
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            let total = kind == "counter" && !name.ends_with("_total");
+            let suffix = if total { "_total" } else { "" };
+            if let Some(held) = help.take() {
+                let text = held.strip_prefix(name).unwrap_or(held);
+                out.push_str("# HELP ");
+                out.push_str(name);
+                out.push_str(suffix);
+                push_line(&mut out, "", text);
+            }
+            out.push_str("# TYPE ");
+            out.push_str(name);
+            out.push_str(suffix);
+            out.push(' ');
+            push_line(&mut out, "", kind);
+            continue;
+        }
+        if let Some(held) = help.take() {
+            push_line(&mut out, "# HELP ", held);
+        }
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        push_line(&mut out, "", line);
+    }
+    if let Some(held) = help {
+        push_line(&mut out, "# HELP ", held);
+    }
+    out
+}
+
+fn push_line(out: &mut String, prefix: &str, text: &str) {
+    out.push_str(prefix);
+    out.push_str(text);
+    out.push('\n');
 }
 
 /// Raises `counter` to `total`, a count kept elsewhere that only grows.
@@ -376,6 +493,46 @@ impl Drop for OpenStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn openmetrics_only_for_a_scraper_that_asks_for_it() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Format::negotiate(Some(prometheus)), Format::OpenMetrics);
+        assert_eq!(
+            Format::negotiate(Some("Application/OpenMetrics-Text")),
+            Format::OpenMetrics
+        );
+        for plain in [
+            None,
+            Some("*/*"),
+            Some("text/plain; version=0.0.4"),
+            Some("text/html,*/*;q=0.8"),
+            Some("text/plain, application/openmetrics-text;q=0.5"),
+            Some("application/openmetrics-text;q=0"),
+        ] {
+            assert_eq!(Format::negotiate(plain), Format::Prometheus, "{plain:?}");
+        }
+    }
+
+    #[test]
+    fn the_prometheus_text_names_counters_with_total_and_has_no_openmetrics_lines() {
+        let metrics = Metrics::new();
+        let hub = Hub::new(pere_core::MemoryStore::default(), Default::default());
+        let text = metrics.render_in(&hub, 3, Format::Prometheus);
+        assert!(text.contains(
+            "# HELP pere_events_published_total Events published (a replayed idempotent push is not counted).\n# TYPE pere_events_published_total counter\npere_events_published_total 0\n"
+        ), "{text}");
+        assert!(text.contains("# TYPE pere_receipt_latency_seconds histogram\n"));
+        assert!(text.contains("\npere_open_connections 3\n"));
+        assert!(
+            !text.contains("# UNIT") && !text.contains("# EOF"),
+            "{text}"
+        );
+        let open = metrics.render_in(&hub, 3, Format::OpenMetrics);
+        assert!(
+            open.contains("# TYPE pere_events_published counter\n") && open.ends_with("# EOF\n")
+        );
+    }
 
     #[test]
     fn open_streams_are_counted_until_dropped() {

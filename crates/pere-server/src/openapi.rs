@@ -291,6 +291,7 @@ mod tests {
             acknowledged: vec![AckJson {
                 device: "D1".into(),
                 status: "rx ok".into(),
+                class: "ok".into(),
                 time: T.into(),
             }],
             delivered: vec!["D2".into()],
@@ -342,6 +343,7 @@ mod tests {
             &Readiness {
                 status: "ready".into(),
                 reason: None,
+                damaged_events: None,
             },
         );
         check(
@@ -350,6 +352,16 @@ mod tests {
             &Readiness {
                 status: "not_ready".into(),
                 reason: Some("store_failed".into()),
+                damaged_events: None,
+            },
+        );
+        check(
+            doc,
+            "Readiness",
+            &Readiness {
+                status: "degraded".into(),
+                reason: None,
+                damaged_events: Some(3),
             },
         );
         let accepted = PushAccepted {
@@ -405,6 +417,7 @@ mod tests {
                 channel: "C1".into(),
                 head: 9,
                 events: vec![event(None, None, "42")],
+                unreadable: vec![],
             },
         );
         check(
@@ -414,6 +427,17 @@ mod tests {
                 channel: "C1".into(),
                 head: 0,
                 events: vec![],
+                unreadable: vec![],
+            },
+        );
+        check(
+            doc,
+            "EventList",
+            &EventList {
+                channel: "C1".into(),
+                head: 9,
+                events: vec![event(None, None, "42")],
+                unreadable: vec![8, 9],
             },
         );
         check(doc, "ReceiptSummary", &summary());
@@ -705,5 +729,6 @@ mod tests {
         );
         check(doc, "Error400", &ErrorBody::new("bad_channel", "m"));
         check(doc, "Error503", &ErrorBody::new("server_full", "m"));
+        check(doc, "Error500", &ErrorBody::new("event_damaged", "m"));
     }
 }

@@ -78,26 +78,28 @@ fn device_id(raw: Option<String>) -> Result<Option<DeviceId>, ApiError> {
         .map_err(ApiError::from)
 }
 
-/// Who the request says it comes from: the `device` header, else `?device=`.
+/// Who the request says it comes from: the `device` header, else `?device=`. Both are checked
+/// when both are given: a bad id is refused wherever it is, as the OpenAPI document says of each.
 ///
 /// # Errors
 /// 400 `bad_device` for an id that is not a valid device id.
 pub fn device(headers: &HeaderMap, query: &Query) -> Result<Option<DeviceId>, ApiError> {
-    device_id(header_or_query(headers, query, &DEVICE, &["device"]))
+    let header = device_id(header_text(headers, &DEVICE))?;
+    let query = device_id(query.get(&["device"]).map(str::to_owned))?;
+    Ok(header.or(query))
 }
 
-/// The event type of a push: `?event=`, else the `event` header.
+/// The event type of a push: `?event=`, else the `event` header. Both are checked when both
+/// are given: a bad type is refused wherever it is, as the OpenAPI document says of each.
 ///
 /// # Errors
 /// 400 `bad_event_type`.
 pub fn event_type(headers: &HeaderMap, query: &Query) -> Result<Option<EventType>, ApiError> {
-    query
-        .get(&["event"])
-        .map(str::to_owned)
-        .or_else(|| header_text(headers, &EVENT))
+    let header = header_text(headers, &EVENT)
         .map(|t| EventType::new(&t))
-        .transpose()
-        .map_err(ApiError::from)
+        .transpose()?;
+    let query = query.get(&["event"]).map(EventType::new).transpose()?;
+    Ok(query.or(header))
 }
 
 /// Where a stream resumes: the `Last-Event-ID` header or `?lastEventId=`, as a number, and as the
@@ -382,11 +384,16 @@ pub fn header_is(headers: &HeaderMap, name: &str, value: &str) -> bool {
 /// `?wait=all|N&timeout=5s`: what a publisher waits for, and how long (capped by `max_wait`).
 ///
 /// # Errors
-/// 400 `bad_wait` or `bad_timeout`.
+/// 400 `bad_wait` or `bad_timeout` (a bad timeout even without `wait`: a mistyped one is told,
+/// never ignored, as the OpenAPI document says).
 pub fn push_wait(
     query: &Query,
     max_wait: Duration,
 ) -> Result<Option<(WaitFor, Duration)>, ApiError> {
+    let timeout = match query.get(&["timeout"]) {
+        Some(t) => parse_duration(t).map_err(|m| ApiError::bad_request("bad_timeout", m))?,
+        None => Duration::from_secs(5),
+    };
     let Some(wait) = query.get(&["wait"]) else {
         return Ok(None);
     };
@@ -405,10 +412,6 @@ pub fn push_wait(
                 "wait must be `all` or a number of devices",
             ))
         }
-    };
-    let timeout = match query.get(&["timeout"]) {
-        Some(t) => parse_duration(t).map_err(|m| ApiError::bad_request("bad_timeout", m))?,
-        None => Duration::from_secs(5),
     };
     Ok(Some((wait, timeout.min(max_wait))))
 }

@@ -263,9 +263,82 @@ pub fn add_cors(
     }
 }
 
+/// The origin of a cross-origin request that [`add_cors`] answered without CORS headers (its
+/// origin is not listed and `*` is not): the browser keeps the answer from the page, which sees
+/// a CORS error while the server, which answered, would have nothing to say. `None` for a
+/// request without `Origin`, an allowed one, and a page of the server's own origin (browsers
+/// send `Origin` with a same-origin `POST` too): its host and port are the request's `Host`
+/// (HTTP/1.1), its authority (HTTP/2), or the `X-Forwarded-Host` a proxy in front set.
+pub fn refused_origin<'h>(
+    config: &Config,
+    headers: &'h HeaderMap,
+    authority: Option<&str>,
+) -> Option<&'h str> {
+    let origin = headers.get(header::ORIGIN)?.to_str().ok()?;
+    if config.any_origin() || config.origin_listed(origin) {
+        return None;
+    }
+    let host = origin.split_once("://").map(|(_, host)| host);
+    let own = [
+        headers.get(header::HOST).and_then(|h| h.to_str().ok()),
+        authority,
+        headers
+            .get("x-forwarded-host")
+            .and_then(|h| h.to_str().ok()),
+    ];
+    if host.is_some_and(|host| {
+        own.iter()
+            .flatten()
+            .any(|own| own.eq_ignore_ascii_case(host))
+    }) {
+        return None;
+    }
+    Some(origin)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_origin_is_one_not_allowed_and_not_the_servers_own() {
+        let config = |allow: &[&str]| {
+            let mut config = Config::defaults();
+            config.allow_origins = allow.iter().map(|o| (*o).to_owned()).collect();
+            config
+        };
+        let request = |origin: &str, host: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::ORIGIN, HeaderValue::from_str(origin).unwrap());
+            headers.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+            headers
+        };
+        let none = config(&[]);
+        let page = request("http://localhost:4567", "127.0.0.1:4567");
+        assert_eq!(
+            refused_origin(&none, &page, None),
+            Some("http://localhost:4567"),
+            "localhost is not 127.0.0.1"
+        );
+        let file = request("null", "127.0.0.1:4567");
+        assert_eq!(refused_origin(&none, &file, None), Some("null"));
+        let own = request("http://127.0.0.1:4567", "127.0.0.1:4567");
+        assert_eq!(
+            refused_origin(&none, &own, None),
+            None,
+            "the server's own page"
+        );
+        let mut h2 = request("https://push.example", "ignored");
+        h2.remove(header::HOST);
+        assert_eq!(refused_origin(&none, &h2, Some("push.example")), None);
+        assert_eq!(
+            refused_origin(&config(&["http://localhost:4567"]), &page, None),
+            None,
+            "a listed origin"
+        );
+        assert_eq!(refused_origin(&config(&["*"]), &file, None), None);
+        assert_eq!(refused_origin(&none, &HeaderMap::new(), None), None);
+    }
 
     fn cors(allow: &[&str], origin: &str, preflight: bool) -> HeaderMap {
         let mut config = Config::defaults();

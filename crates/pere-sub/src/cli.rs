@@ -13,12 +13,12 @@ use clap::Parser;
 /// Ctrl-C stops it with a summary on stderr, `SUMMARY> received: <n>, acknowledged: <n>`.
 ///
 /// Exit status: 0 after `--count` events or on Ctrl-C; 1 when the server cannot be reached
-/// `--retries` times in a row; 2 when the server refuses the subscription (a 4xx answer) or on a
-/// usage error.
+/// `--retries N` times in a row (by default it waits for the server as long as it takes); 2 when the server refuses the subscription (a 4xx answer), when
+/// its TLS certificate is not trusted (see `--ca`), or on a usage error.
 #[derive(Debug, Parser)]
 #[command(name = "pere-sub", version)]
 pub struct Cli {
-    /// The server: `host:port` or `http://host:port`.
+    /// The server: `host:port`, `http://host:port` or `https://host:port`.
     pub server: String,
 
     /// The channel to listen on, e.g. `CHANNEL_1`.
@@ -28,6 +28,11 @@ pub struct Cli {
     /// device it speaks for is the default device id.
     #[arg(long, env = "PERE_TOKEN", hide_env_values = true, value_name = "JWT")]
     pub token: Option<String>,
+
+    /// For an `https://` server whose certificate a private CA signed: that CA's certificate
+    /// (PEM), trusted instead of the system's CAs.
+    #[arg(long, env = "PERE_CA", value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
 
     /// This subscriber's device id [default: the token's, else the one kept in
     /// `$XDG_CONFIG_HOME/pere/device-id` (or `~/.config/pere/device-id`), made on first use:
@@ -63,8 +68,9 @@ pub struct Cli {
     #[arg(long, short)]
     pub quiet: bool,
 
-    /// Consecutive failed connection attempts before giving up with status 1 (0: retry forever).
-    #[arg(long, value_name = "N", default_value_t = 10)]
+    /// Give up (exit status 1) after N failed connection attempts in a row [default: 0, never:
+    /// wait for the server to come back, as the library's `Subscriber` and the page do].
+    #[arg(long, value_name = "N", default_value_t = 0)]
     pub retries: u32,
 
     /// Reconnect when nothing, not even a keep-alive comment, arrives for SECS seconds
@@ -130,7 +136,10 @@ mod tests {
     fn defaults_match_the_original_subscriber() {
         let cli = Cli::try_parse_from(["pere-sub", "localhost:4567", "CHANNEL_1"]).unwrap();
         assert_eq!(cli.status, "rx ok");
-        assert_eq!(cli.retries, 10);
+        assert_eq!(
+            cli.retries, 0,
+            "a subscriber waits for the server, as the library's does"
+        );
         // Without a device the id comes from the user's config directory: the end-to-end tests
         // check that (with a temporary one), never here in the real home.
         assert!(cli.count.is_none() && !cli.no_ack && !cli.json);
@@ -153,8 +162,11 @@ mod tests {
             "--json",
             "--retries",
             "0",
+            "--ca",
+            "ca.pem",
         ])
         .unwrap();
+        assert_eq!(cli.ca.as_deref(), Some(std::path::Path::new("ca.pem")));
         assert_eq!(cli.device(), ("H1".to_owned(), DeviceSource::Given));
         assert_eq!(cli.count, Some(3));
         assert_eq!(cli.last_event_id.as_deref(), Some("7"));

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use clap::Parser as _;
 use futures_util::StreamExt;
-use pere_client::{Error, Fatal, Subscriber};
+use pere_client::{Error, Fatal, Refusal, Subscriber};
 
 use crate::cli::Cli;
 use crate::output::say;
@@ -73,6 +73,9 @@ async fn run(cli: Cli, tally: &Tally) -> anyhow::Result<()> {
     if let Some(token) = &cli.token {
         builder = builder.token(token);
     }
+    if let Some(ca) = &cli.ca {
+        builder = builder.ca_pem(pere_client::tls::read_ca(ca).map_err(Fatal)?);
+    }
     if !cli.no_ack {
         builder = builder.auto_ack(&cli.status);
     }
@@ -106,6 +109,10 @@ async fn run(cli: Cli, tally: &Tally) -> anyhow::Result<()> {
             }
             Err(Error::GaveUp { attempts, last }) => {
                 anyhow::bail!("cannot reach {url} after {attempts} attempts: {last}")
+            }
+            Err(Error::Refused(tls @ Refusal::Tls(_))) => {
+                let hint = pere_client::output::tls_hint(cli.ca.is_some());
+                return Err(Fatal(format!("cannot connect to {url}: {tls} ({hint})")).into());
             }
             Err(err) => {
                 return Err(Fatal(format!("the server refused {url}: {}", err.reason())).into())

@@ -78,7 +78,7 @@ impl<'a> Show<'a> {
                 notice: Some(gap), ..
             } => {
                 eprintln!(
-                    "GAP> events {}..{} are no longer retained on the server",
+                    "GAP> events {}..{} are not available on the server (pruned, or damaged in its store)",
                     gap.from, gap.to
                 );
                 false

@@ -69,7 +69,9 @@ async fn prints_acknowledges_and_resumes_without_duplicates() {
     assert_eq!(code, 0, "{stderr}");
     assert!(rest.is_empty(), "{rest:?}");
     assert!(
-        stderr.contains("GAP> events 3..4 are no longer retained on the server\n"),
+        stderr.contains(
+            "GAP> events 3..4 are not available on the server (pruned, or damaged in its store)\n"
+        ),
         "{stderr}"
     );
 }

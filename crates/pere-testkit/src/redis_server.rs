@@ -159,17 +159,17 @@ impl Drop for RedisServer {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("bound address").port()
 }
 
 /// The files of a TLS server, in its directory.
-const CA: &str = "ca.pem";
-const SERVER_CERT: &str = "server.pem";
-const SERVER_KEY: &str = "server-key.pem";
-const CLIENT_CERT: &str = "client.pem";
-const CLIENT_KEY: &str = "client-key.pem";
+pub(crate) const CA: &str = "ca.pem";
+pub(crate) const SERVER_CERT: &str = "server.pem";
+pub(crate) const SERVER_KEY: &str = "server-key.pem";
+pub(crate) const CLIENT_CERT: &str = "client.pem";
+pub(crate) const CLIENT_KEY: &str = "client-key.pem";
 
 /// A CA of its own, as PEM: one that signed nothing a test server shows, to be refused by.
 pub fn unrelated_ca_pem() -> String {
@@ -193,7 +193,7 @@ fn certificate_authority(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::K
 
 /// Writes a CA, a server certificate for 127.0.0.1 and a client certificate, both signed by
 /// it, with their keys, into `dir`.
-fn make_certificates(dir: &Path) {
+pub(crate) fn make_certificates(dir: &Path) {
     let ca = certificate_authority("PERE test CA");
     let leaf = |names: Vec<String>, purpose: rcgen::ExtendedKeyUsagePurpose| {
         let mut params = rcgen::CertificateParams::new(names).expect("certificate parameters");
@@ -251,15 +251,26 @@ fn spawn(port: u16, aof: bool, tls: Option<Tls>, dir: &Path) -> Option<Child> {
         "",
         "--daemonize",
         "no",
-        "--dir",
-        dir.to_str().expect("UTF-8 path"),
     ]);
+    args.extend(["--dir", dir.to_str().expect("UTF-8 path")]);
     if aof {
         args.extend(["--appendonly", "yes", "--appendfsync", "always"]);
     } else {
         args.extend(["--appendonly", "no"]);
     }
-    let mut child = match Command::new("redis-server").args(&args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn() {
+    spawn_ready(&args)
+}
+
+/// Starts `redis-server` with `args` and waits for its ready line; `None` when it exits first
+/// (its port was taken meanwhile). Its log goes to stdout, which is read here.
+pub(crate) fn spawn_ready(args: &[&str]) -> Option<Child> {
+    spawn_until(args, "Ready to accept connections")
+}
+
+/// As [`spawn_ready`], the line that says it is ready containing `ready` (a sentinel says
+/// which primary it monitors).
+pub(crate) fn spawn_until(args: &[&str], ready: &'static str) -> Option<Child> {
+    let mut child = match Command::new("redis-server").args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn() {
         Ok(child) => child,
         Err(err) => panic!(
             "cannot run redis-server ({err}): the Redis tests need it; ./tests/run-all.sh installs it \
@@ -270,7 +281,7 @@ fn spawn(port: u16, aof: bool, tls: Option<Tls>, dir: &Path) -> Option<Child> {
     let (ready_tx, ready_rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("Ready to accept connections") {
+            if line.contains(ready) {
                 let _ = ready_tx.send(true);
             }
         }

@@ -148,6 +148,18 @@ impl ChannelHub {
         self.drain(&mut state, observers)
     }
 
+    /// Passes over `id`, an event the store holds but cannot give (damaged), when it is next in
+    /// line: what waits behind it goes out as if it had been released. Returns true as
+    /// [`ChannelHub::release`] does.
+    pub(super) fn pass_over(&self, id: u64, observers: &Observers) -> bool {
+        let mut state = self.state();
+        if id != state.last_released + 1 {
+            return false;
+        }
+        state.last_released = id;
+        self.drain(&mut state, observers)
+    }
+
     /// Releases the waiting events that are next in line and restarts the stall clock when that
     /// made progress. Returns true when a gap timer is needed and none runs (it counts as
     /// running from now on).

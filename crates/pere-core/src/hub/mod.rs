@@ -22,7 +22,9 @@
 //!
 //! Channels are loaded on first use (head and current recipients from the store) and unloaded
 //! once nothing uses them for [`HubConfig::idle_channel`] ([`Hub::unload_idle`], run by a task
-//! of the hub's): memory follows the channels in use, not every name ever touched.
+//! of the hub's): memory follows the channels in use, not every name ever touched. A
+//! [`ChannelWatch`] hears of both, so that a bus can bring in what other nodes record on
+//! exactly the loaded channels.
 //!
 //! The resume seam: a subscriber is registered under the channel lock and, in the same critical
 //! section, reads the id of the last event released (`snapshot`). Every event after `snapshot`
@@ -45,6 +47,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use pere_proto::name::{ChannelName, DeviceId};
 use pere_proto::receipt::Membership;
 use tokio::sync::mpsc;
@@ -112,6 +115,20 @@ pub const KEEP_INCOMPLETE: Duration = Duration::from_secs(300);
 /// overtaken, short enough that a stall is a hiccup, not an outage.
 pub const GAP_WAIT: Duration = Duration::from_secs(2);
 
+/// Told of each channel the hub loads and unloads, so that what other nodes record reaches the
+/// hub for exactly the loaded channels (the Redis bus hears those: `crate::cluster`).
+pub trait ChannelWatch: Send + Sync + std::fmt::Debug + 'static {
+    /// `channel` is about to be loaded: the future ends once whatever is recorded on it from
+    /// now on reaches the hub, or the watch cannot wait longer. The hub reads the channel from
+    /// the store afterwards, so nothing recorded in between is missed. A load that fails
+    /// leaves the channel watched: whatever is heard of it loads it, and it is unloaded when
+    /// idle.
+    fn loading(&self, channel: &ChannelName) -> BoxFuture<'static, ()>;
+    /// `channel` was unloaded. Called under the hub's lock, in the order of the loads and
+    /// unloads: it must not wait.
+    fn unloaded(&self, channel: &ChannelName);
+}
+
 /// The local fan-out engine over a [`Store`].
 #[derive(Debug)]
 pub struct Hub<S> {
@@ -135,6 +152,8 @@ pub struct Hub<S> {
     epoch: Instant,
     // Whether the task that unloads idle channels runs.
     reaper: AtomicBool,
+    // Told of every load and unload (see `Hub::watch_channels`).
+    watch: OnceLock<Arc<dyn ChannelWatch>>,
     live_devices: Mutex<HashMap<(ChannelName, DeviceId), Arc<LiveDevice>>>,
     // Presence shared through the store (see `Hub::share_presence`): the devices whose count of
     // streams on this node changed since `presence_updates` last took them, and the wake-up of
@@ -160,6 +179,7 @@ impl<S: Store> Hub<S> {
             presence_floor: AtomicU64::new(0),
             epoch: Instant::now(),
             reaper: AtomicBool::new(false),
+            watch: OnceLock::new(),
             live_devices: Mutex::default(),
             shared_presence: AtomicBool::new(false),
             presence_dirty: Mutex::default(),
@@ -234,6 +254,26 @@ impl<S: Store> Hub<S> {
             .sum()
     }
 
+    /// Tells `watch` of every channel loaded and unloaded from now on (once: a second watch is
+    /// refused, returned back). Call it before the hub loads any channel.
+    ///
+    /// # Errors
+    /// The watch given, when one watches already.
+    pub fn watch_channels(
+        &self,
+        watch: Arc<dyn ChannelWatch>,
+    ) -> Result<(), Arc<dyn ChannelWatch>> {
+        self.watch.set(watch)
+    }
+
+    /// Whether `channel` is loaded (in memory) now.
+    pub fn is_loaded(&self, channel: &ChannelName) -> bool {
+        self.channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(channel)
+    }
+
     /// The store behind this hub.
     pub fn store(&self) -> &S {
         &self.store
@@ -267,6 +307,10 @@ impl<S: Store> Hub<S> {
             // is in flight, so none is in flight now and the store's head is exactly what has
             // been released. Waits and completion notices of events published before an unload
             // are answered from the store (`wait_for_receipts`, `receipt_summary`).
+            if let Some(watch) = self.watch.get() {
+                // Watched before it is read: what is recorded after the read is heard.
+                watch.loading(name).await;
+            }
             let head = self.store.head(name).await?;
             let recipients: Vec<Membership> = self
                 .store
@@ -326,7 +370,8 @@ impl<S: Store> Hub<S> {
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         let before = channels.len();
         let mut floor = 0;
-        channels.retain(|_, hub| {
+        let watch = self.watch.get();
+        channels.retain(|name, hub| {
             if hub.in_use(now, self.config.keep_incomplete) {
                 // Idle time counts from when the last use ended.
                 hub.last_used.store(now, Ordering::Relaxed);
@@ -336,6 +381,9 @@ impl<S: Store> Hub<S> {
                 return true;
             }
             floor = floor.max(hub.presence.get().map_or(0, |log| log.seq()));
+            if let Some(watch) = watch {
+                watch.unloaded(name);
+            }
             false
         });
         let gone = before - channels.len();

@@ -11,9 +11,9 @@ use pere_proto::event::{Event, NewEvent};
 use pere_proto::name::ChannelName;
 use tokio::time::Instant;
 
-use crate::error::StoreError;
+use crate::error::{StoreError, Unconfirmed};
 use crate::notice::HubNotice;
-use crate::store::{Appended, Store};
+use crate::store::{Appended, EventPage, Store};
 
 use super::channel::ChannelHub;
 use super::{Hub, GAP_WAIT};
@@ -37,7 +37,11 @@ impl<S: Store> Hub<S> {
         // Append and release run to completion even if the caller goes away: an event the store
         // accepted but the sequencer never saw would hold back later events for `GAP_WAIT`.
         let mut work = Box::pin(async move {
-            let appended = this.store.append(&hub.name, event).await?;
+            let appended = this
+                .store
+                .append(&hub.name, event)
+                .await
+                .inspect_err(|err| this.apply_unconfirmed(&hub, err))?;
             if appended.new {
                 this.apply_published_to(&hub, appended.event.clone());
             }
@@ -72,7 +76,11 @@ impl<S: Store> Hub<S> {
         let this = self.clone();
         // As in `publish`: run to completion even if the caller goes away.
         let mut work = Box::pin(async move {
-            let appended = this.store.append_batch(&hub.name, events).await?;
+            let appended = this
+                .store
+                .append_batch(&hub.name, events)
+                .await
+                .inspect_err(|err| this.apply_unconfirmed(&hub, err))?;
             for event in appended.iter().filter(|a| a.new) {
                 this.apply_published_to(&hub, event.event.clone());
             }
@@ -102,6 +110,20 @@ impl<S: Store> Hub<S> {
         let hub = self.channel(channel).await?;
         self.apply_published_to(&hub, event);
         Ok(())
+    }
+
+    /// Applies what an append that its store's replicas did not confirm recorded all the same
+    /// ([`StoreError::Unreplicated`]): other nodes hear of it, and so does this one.
+    fn apply_unconfirmed(&self, hub: &Arc<ChannelHub>, err: &StoreError) {
+        if let StoreError::Unreplicated {
+            recorded: Unconfirmed::Events(events),
+            ..
+        } = err
+        {
+            for event in events {
+                self.apply_published_to(hub, event.clone());
+            }
+        }
     }
 
     pub(super) fn apply_published_to(&self, hub: &Arc<ChannelHub>, event: Arc<Event>) {
@@ -155,7 +177,7 @@ impl<S: Store> Hub<S> {
     }
 
     /// Releases what the store holds between the last released event and the first waiting
-    /// one, and skips the ids it does not hold.
+    /// one, and skips the ids it does not hold or cannot read.
     pub(super) async fn fill_gap(&self, hub: &Arc<ChannelHub>) {
         let (mut after, first_waiting) = {
             let state = hub.state();
@@ -174,16 +196,10 @@ impl<S: Store> Hub<S> {
             let Ok(page) = self.store.read(&hub.name, after, limit).await else {
                 break;
             };
-            let found: Vec<Arc<Event>> = page
-                .events
-                .into_iter()
-                .filter(|e| e.id < first_waiting)
-                .collect();
-            let Some(last) = found.last() else { break };
-            after = last.id;
-            for event in found {
-                self.apply_published_to(hub, event);
-            }
+            let Some(last) = self.apply_page(hub, page, first_waiting) else {
+                break;
+            };
+            after = last;
         }
         let mut state = hub.state();
         if state.last_released + 1 < first_waiting {
@@ -191,6 +207,35 @@ impl<S: Store> Hub<S> {
         }
         // Asks for no new timer: the one running this is it.
         hub.drain(&mut state, &self.observers);
+    }
+
+    /// Applies a page read from the store, in id order, up to `below` (excluded): its events as
+    /// published, and its unreadable ids (damaged) passed over by the sequencer, so that what
+    /// follows them is not held back. Returns the last id the page accounted for.
+    fn apply_page(&self, hub: &Arc<ChannelHub>, page: EventPage, below: u64) -> Option<u64> {
+        let mut unreadable = page
+            .unreadable
+            .into_iter()
+            .filter(|&id| id < below)
+            .peekable();
+        let mut last = None;
+        let pass_over = |id: u64| {
+            if hub.pass_over(id, &self.observers) {
+                self.start_gap_timer(hub);
+            }
+        };
+        for event in page.events.into_iter().filter(|e| e.id < below) {
+            while let Some(id) = unreadable.next_if(|&id| id < event.id) {
+                pass_over(id);
+            }
+            last = Some(event.id);
+            self.apply_published_to(hub, event);
+        }
+        for id in unreadable {
+            pass_over(id);
+            last = last.max(Some(id));
+        }
+        last
     }
 
     /// Applies what the store holds beyond what each loaded channel released (and, with shared
@@ -210,31 +255,50 @@ impl<S: Store> Hub<S> {
             .collect();
         let mut applied = 0;
         for hub in loaded {
-            let mut after = hub.state().last_released;
-            loop {
-                let page = self
-                    .store
-                    .read(&hub.name, after, self.config.replay_page)
-                    .await?;
-                let Some(last) = page.events.last().map(|e| e.id) else {
-                    break;
-                };
-                after = last;
-                for event in page.events {
-                    applied += 1;
-                    self.apply_published_to(&hub, event);
-                }
+            applied += self.catch_up_channel(&hub).await?;
+        }
+        Ok(applied)
+    }
+
+    /// As [`Hub::catch_up`], for the channels `names` that are loaded: a node whose feed of
+    /// changes recorded elsewhere was cut for these channels only (a Redis Cluster slot that
+    /// moved) catches up with them.
+    ///
+    /// # Errors
+    /// The store's error when it cannot be read.
+    pub async fn catch_up_channels(&self, names: &[ChannelName]) -> Result<usize, StoreError> {
+        let mut applied = 0;
+        for name in names {
+            if let Some(hub) = self.loaded(name) {
+                applied += self.catch_up_channel(&hub).await?;
             }
-            // Presence changes missed meanwhile, for a channel that keeps a history.
-            if let (true, Some(log)) = (self.shares_presence(), hub.presence.get()) {
-                let missed = self.store.presence_after(&hub.name, log.seq()).await?;
-                for change in missed.into_iter().flatten() {
-                    if log.record_numbered(change.clone()) {
-                        self.observers.send(|| HubNotice::Presence {
-                            channel: hub.name.clone(),
-                            change,
-                        });
-                    }
+        }
+        Ok(applied)
+    }
+
+    async fn catch_up_channel(&self, hub: &Arc<ChannelHub>) -> Result<usize, StoreError> {
+        let mut applied = 0;
+        let mut after = hub.state().last_released;
+        loop {
+            let page = self
+                .store
+                .read(&hub.name, after, self.config.replay_page)
+                .await?;
+            applied += page.events.len();
+            let Some(last) = self.apply_page(hub, page, u64::MAX) else {
+                break;
+            };
+            after = last;
+        }
+        // Presence changes missed meanwhile, for a channel that keeps a history.
+        if let (true, Some(log)) = (self.shares_presence(), hub.presence.get()) {
+            let missed = self.store.presence_after(&hub.name, log.seq()).await?;
+            for change in missed.into_iter().flatten() {
+                if log.record_numbered(change.clone()) {
+                    self.observers.send(|| HubNotice::Presence {
+                        channel: hub.name.clone(),
+                        change,
+                    });
                 }
             }
         }

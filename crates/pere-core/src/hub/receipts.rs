@@ -12,7 +12,7 @@ use pere_proto::receipt::{Completion, ReceiptSummary};
 use pere_proto::receipt::{DeviceRecord, Receipt};
 use tokio::time::Instant;
 
-use crate::error::StoreError;
+use crate::error::{StoreError, Unconfirmed};
 use crate::follow::{PresenceFollow, ReceiptFollow};
 use crate::ledger::WaitFor;
 use crate::notice::HubNotice;
@@ -42,7 +42,8 @@ impl<S: Store> Hub<S> {
         };
         // The store refuses receipts for unknown channels and ids before any hub state is made
         // for them: a stream of bogus receipts costs no memory.
-        let (receipt, record) = self.store.record_receipt(receipt).await?;
+        let recorded = self.store.record_receipt(receipt).await;
+        let (receipt, record) = self.unless_unconfirmed(recorded).await?;
         self.apply_receipt(&receipt).await?;
         Ok((receipt, record))
     }
@@ -69,11 +70,29 @@ impl<S: Store> Hub<S> {
             status,
             time: now(),
         };
-        let recorded = self.store.record_receipt_keyed(receipt, key).await?;
+        let recorded = self.store.record_receipt_keyed(receipt, key).await;
+        let recorded = self.unless_unconfirmed(recorded).await?;
         if recorded.new {
             self.apply_receipt(&recorded.receipt).await?;
         }
         Ok(recorded)
+    }
+
+    /// `recorded`, after applying the receipt that the store's replicas did not confirm but its
+    /// primary recorded all the same ([`StoreError::Unreplicated`]): other nodes hear of it,
+    /// and so does this one.
+    async fn unless_unconfirmed<T>(
+        &self,
+        recorded: Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if let Err(StoreError::Unreplicated {
+            recorded: Unconfirmed::Receipt(receipt),
+            ..
+        }) = &recorded
+        {
+            self.apply_receipt(receipt).await?;
+        }
+        recorded
     }
 
     /// Applies a receipt recorded in the store (by this node's [`Hub::acknowledge`] or by

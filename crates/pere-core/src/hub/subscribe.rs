@@ -45,7 +45,8 @@ pub enum FeedItem {
         /// The channel's last id.
         head: u64,
     },
-    /// Events `from..=to` were asked for but are no longer retained.
+    /// Events `from..=to` were asked for but cannot be sent: no longer retained, or damaged in
+    /// the store (one gap per run of consecutive damaged ids, in its place among the events).
     Gap {
         /// First missing id.
         from: u64,
@@ -153,6 +154,8 @@ impl<S: Store> Hub<S> {
             replay_until: snapshot,
             skip_live_through: after,
             replayed: VecDeque::new(),
+            gaps: VecDeque::new(),
+            gap_open: false,
             report_gaps: explicit,
             in_flight: VecDeque::new(),
             reset,
@@ -178,6 +181,12 @@ pub struct Subscription<S: Store> {
     // already seen by the client.
     skip_live_through: u64,
     replayed: VecDeque<Arc<Event>>,
+    // Runs of replayed ids that cannot be sent (pruned, damaged), `(from, to)` in id order; each
+    // goes out as a gap in its place among `replayed`. Empty, and unallocated, nearly always.
+    gaps: VecDeque<(u64, u64)>,
+    // The last of `gaps` is a run of damaged ids that ended the last page read: held back until
+    // the next page says whether it goes on.
+    gap_open: bool,
     report_gaps: bool,
     // Events sent to a device that owes receipts, oldest first: (event, next due, sends so far).
     in_flight: VecDeque<(Arc<Event>, Instant, u32)>,
@@ -198,8 +207,8 @@ impl<S: Store> Subscription<S> {
             if let Some((event, sends)) = self.due_redelivery() {
                 return Some(Ok(FeedItem::Redelivery(event, sends)));
             }
-            if let Some(event) = self.replayed.pop_front() {
-                return Some(Ok(self.delivered(event)));
+            if let Some(item) = self.next_replayed() {
+                return Some(Ok(item));
             }
             if self.replay_next < self.replay_until {
                 let limit = self
@@ -218,11 +227,10 @@ impl<S: Store> Subscription<S> {
                         Err(err) => return Some(Err(err)),
                     };
                 let expected = self.replay_next + 1;
-                let gap =
-                    (self.report_gaps && page.first_retained > expected).then(|| FeedItem::Gap {
-                        from: expected,
-                        to: (page.first_retained - 1).min(self.replay_until),
-                    });
+                if self.report_gaps && page.first_retained > expected {
+                    self.gaps
+                        .push_back((expected, (page.first_retained - 1).min(self.replay_until)));
+                }
                 self.report_gaps = false;
                 let until = self.replay_until;
                 let before = self.replayed.len();
@@ -231,9 +239,37 @@ impl<S: Store> Subscription<S> {
                 self.hub
                     .observers
                     .count_delivered(self.replayed.len() - before);
-                self.replay_next = self.replayed.back().map_or(until, |e| e.id);
-                if let Some(gap) = gap {
-                    return Some(Ok(gap));
+                // What the store holds but cannot give (damaged): one gap per run of ids, in
+                // its place, and the feed goes on after it.
+                let mut run = if std::mem::take(&mut self.gap_open) {
+                    self.gaps.pop_back()
+                } else {
+                    None
+                };
+                let mut last_unreadable = None;
+                for id in page.unreadable.into_iter().filter(|&id| id <= until) {
+                    last_unreadable = Some(id);
+                    run = match run {
+                        Some((from, to)) if to + 1 == id => Some((from, id)),
+                        Some(done) => {
+                            self.gaps.push_back(done);
+                            Some((id, id))
+                        }
+                        None => Some((id, id)),
+                    };
+                }
+                match self.replayed.back().map(|e| e.id).max(last_unreadable) {
+                    Some(end) => {
+                        self.replay_next = end;
+                        // A run that reaches the page's end may go on in the next one: held
+                        // back, so that one gap names it whole.
+                        self.gap_open = run.is_some_and(|(_, to)| to == end && end < until);
+                        self.gaps.extend(run);
+                    }
+                    None => {
+                        self.gaps.extend(run);
+                        self.replay_next = until;
+                    }
                 }
                 continue;
             }
@@ -248,6 +284,23 @@ impl<S: Store> Subscription<S> {
                 continue;
             }
             return Some(Ok(self.delivered(event)));
+        }
+    }
+
+    /// The next replayed item in id order: an event, or the gap that comes before it.
+    fn next_replayed(&mut self) -> Option<FeedItem> {
+        let event = self.replayed.front().map(|e| e.id);
+        // An open run (the last of `gaps`) waits for the next page.
+        let ready = self.gaps.len() > usize::from(self.gap_open);
+        match self.gaps.front() {
+            Some(&(from, to)) if ready && event.is_none_or(|id| from < id) => {
+                self.gaps.pop_front();
+                Some(FeedItem::Gap { from, to })
+            }
+            _ => {
+                let event = self.replayed.pop_front()?;
+                Some(self.delivered(event))
+            }
         }
     }
 
@@ -276,7 +329,10 @@ impl<S: Store> Subscription<S> {
     /// Takes every live event already queued, without waiting; for writers that coalesce frames.
     /// Returns nothing while replay is still under way.
     pub fn try_next_live(&mut self) -> Option<Arc<Event>> {
-        if !self.replayed.is_empty() || self.replay_next < self.replay_until {
+        if !self.replayed.is_empty()
+            || !self.gaps.is_empty()
+            || self.replay_next < self.replay_until
+        {
             return None;
         }
         loop {

@@ -552,6 +552,12 @@ async fn read_pages_and_head(store: impl Store) {
     assert_eq!(page.events[0].body, "e2");
     assert_eq!((page.head, page.first_retained), (5, 1));
     assert!(store.read(&c, 5, 10).await.unwrap().events.is_empty());
+    // Only the bounds, as the channel list reads them.
+    let bounds = store.read(&c, u64::MAX, 0).await.unwrap();
+    assert_eq!(
+        (bounds.events.len(), bounds.head, bounds.first_retained),
+        (0, 5, 1)
+    );
     let recent = store.recent(&c, 2).await.unwrap();
     assert_eq!(recent.iter().map(|e| e.id).collect::<Vec<_>>(), vec![4, 5]);
     assert_eq!(store.event(&c, 3).await.unwrap().unwrap().body, "e3");

@@ -318,6 +318,7 @@ impl Store for MemoryStore {
                     events: d.events.iter().skip(start).take(limit).cloned().collect(),
                     first_retained: d.first_retained(),
                     head: d.head,
+                    unreadable: Vec::new(),
                 }
             },
         ))

@@ -17,6 +17,10 @@
 //!   [`Store::record_receipt_keyed`].
 //! - `read(after)` returns retained events with ids greater than `after`, in order, and says which
 //!   is the oldest id still retained, so a reader can tell "pruned" from "never existed".
+//! - Retained ids run without a hole from the oldest to the head. An event the store holds but
+//!   cannot read back as written (a damaged file) is never returned: `read` names its id in
+//!   [`EventPage::unreadable`], `event` answers [`StoreError::EventDamaged`], the other reads
+//!   leave it out; [`Store::damage`] counts what was met.
 //! - Device records change only through [`DeviceTouch`] and [`Receipt`], applied atomically with
 //!   the rules of [`DeviceRecord::apply`] and [`DeviceRecord::apply_receipt`].
 
@@ -100,6 +104,21 @@ pub struct EventPage {
     pub first_retained: u64,
     /// The channel's last id (0 before its first event).
     pub head: u64,
+    /// Retained ids within the page's span that the store holds but cannot serve (damaged in
+    /// the store, or set aside by a repair), ascending: with `events` they account for every
+    /// retained id from the first after the requested position to the last of the page, so a
+    /// reader goes on after the greater of the two lists' last ids. At most `limit` of them.
+    /// Always empty for stores that cannot be damaged so (memory, Redis).
+    pub unreadable: Vec<u64>,
+}
+
+/// The damage a store met while reading, since it was opened (see [`Store::damage`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DamageSeen {
+    /// Distinct events found damaged (each counted once, however often it is read).
+    pub events: u64,
+    /// Reads of damaged events: every time one was met and left out.
+    pub reads: u64,
 }
 
 /// What [`Store::append`] did.
@@ -192,7 +211,8 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// One retained event.
     ///
     /// # Errors
-    /// [`StoreError::Backend`] when the store cannot be read.
+    /// [`StoreError::EventDamaged`] when the store holds the event but cannot read it back as
+    /// written; [`StoreError::Backend`] when the store cannot be read.
     fn event(
         &self,
         channel: &ChannelName,
@@ -387,6 +407,12 @@ pub trait Store: Clone + Send + Sync + 'static {
         _channel: &ChannelName,
     ) -> impl Future<Output = Result<Option<HashMap<DeviceId, usize>>, StoreError>> + Send {
         async { Ok(None) }
+    }
+
+    /// The damage met by reads since the store was opened (an optional ability): events the
+    /// store holds but could not serve. Zero, the default, for stores that cannot be damaged so.
+    fn damage(&self) -> DamageSeen {
+        DamageSeen::default()
     }
 
     /// Checks that the store answers a read and commits a write now (a readiness probe: a full

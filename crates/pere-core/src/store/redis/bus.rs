@@ -1,12 +1,16 @@
-//! The bus's Redis side: the notices the store's scripts publish on `PREFIX:bus`, heard through
-//! Pub/Sub and decoded into [`BusNotice`]s, and this node's registration in Redis under a time
-//! to live (its open streams, its share of presence, the sweep of expired nodes). It knows
-//! nothing of the hub: `crate::cluster` applies the notices to one and feeds the registration
-//! what the hub counts.
+//! The bus's Redis side: the notices the store's scripts publish on each channel's shard
+//! channel (`{PREFIX:ch:NAME}:bus`), heard for exactly the channels this node's hub has loaded
+//! and decoded into [`BusNotice`]s; and this node's registration in Redis under a time to live
+//! (its open streams, its share of presence, the sweep of expired nodes). It knows nothing of
+//! the hub: `crate::cluster` applies the notices to one, tells the bus which channels it loads
+//! ([`Bus::follow`], [`Bus::unfollow`]) and feeds the registration what the hub counts.
 //!
-//! Pub/Sub delivers in publish order (so in id order per channel) but only to connected
-//! listeners: after every (re)connection the listener says so ([`BusNotice::Subscribed`]), so
-//! that its user reads from the store what was recorded meanwhile.
+//! A channel is subscribed to before the hub reads it from the store: what is recorded after
+//! that read is heard. Sharded Pub/Sub delivers a channel's notices in publish order (so in id
+//! order) but only to connected listeners: after every (re)connection the listener says so
+//! ([`BusNotice::Subscribed`]), and when a channel is heard again after its cluster slot moved
+//! to another node, which ends its subscription, it names it ([`BusNotice::Joined`]); its user
+//! then reads from the store what was recorded meanwhile.
 //!
 //! A node whose registration expired (killed, or cut off from Redis for longer than the time to
 //! live) is swept by the first live node to notice: its share of every channel is cleared, each
@@ -14,19 +18,22 @@
 //! back under a new name and writes its share again, so a sweep still under way never clears
 //! what it writes.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash as _, Hasher as _};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::stream::BoxStream;
-use futures_util::StreamExt as _;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt as _;
 use pere_proto::event::{Event, NewEvent};
 use pere_proto::name::{ChannelName, DeviceId, EventType};
 use pere_proto::presence::PresenceChange;
 use pere_proto::receipt::{Membership, Receipt};
+use redis::{PushInfo, PushKind};
 use serde::Deserialize;
+use tokio::sync::mpsc;
 
-use super::connection::query;
+use super::connection::{query, Deployment, Subscriber, CONNECT_TIMEOUT};
 use super::decode::{membership_from, receipt_from};
 use super::nodes::unix_millis;
 use super::store::RedisStore;
@@ -39,15 +46,62 @@ pub const NODE_TTL: Duration = Duration::from_secs(15);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest pause between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// How long connecting the bus may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long connecting the bus may take (a cluster's: asking a node for the slots, then
+/// connecting to each primary).
+const BUS_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How many locks keep each channel's subscriptions in order: a channel's subscribe and
+/// unsubscribe take the same one; different channels seldom wait for each other.
+const ORDER_LOCKS: usize = 16;
 
-/// A handle on this node's bus: the cluster-wide views and claims. Cheap to clone.
+/// A handle on this node's bus: the channels it hears, the cluster-wide views and claims.
+/// Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Bus {
     store: RedisStore,
     ttl: Duration,
     history: usize,
+    follows: Arc<Follows>,
+}
+
+/// The channels this node hears, and the connection it hears them on.
+#[derive(Default)]
+struct Follows {
+    // The shard channels of the channels the hub has loaded: subscribed to while connected.
+    wanted: Mutex<HashSet<String>>,
+    // The listener's connection while it has one.
+    current: Mutex<Option<Subscriber>>,
+    // One channel's subscribe and unsubscribe take the same lock (by its name), so that they
+    // reach Redis in the order the hub loaded and unloaded the channel.
+    order: [tokio::sync::Mutex<()>; ORDER_LOCKS],
+    // Channels no longer wanted, for the listener to unsubscribe from.
+    leaving: Mutex<HashSet<String>>,
+    // Wakes the listener for `leaving`.
+    wake: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for Follows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Follows")
+            .field("wanted", &lock(&self.wanted).len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Follows {
+    /// The lock that orders `name`'s subscriptions.
+    fn order(&self, name: &str) -> &tokio::sync::Mutex<()> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut hasher);
+        &self.order[(hasher.finish() % ORDER_LOCKS as u64) as usize]
+    }
+
+    fn current(&self) -> Option<Subscriber> {
+        lock(&self.current).clone()
+    }
 }
 
 impl Bus {
@@ -59,12 +113,52 @@ impl Bus {
             store,
             ttl: ttl.max(Duration::from_secs(1)),
             history,
+            follows: Arc::default(),
         }
     }
 
     /// This node's id.
     pub fn node(&self) -> &str {
         self.store.node()
+    }
+
+    /// The kind of Redis deployment the bus is on.
+    pub fn deployment(&self) -> Deployment {
+        self.store.deployment()
+    }
+
+    /// Hears `channel` from now on: the returned future ends once Redis confirmed the
+    /// subscription (so that whatever is recorded afterwards is heard), at once when the bus
+    /// is not connected (it subscribes to every followed channel when it connects, and says so
+    /// with [`BusNotice::Subscribed`]), or after a second at most.
+    pub fn follow(&self, channel: &ChannelName) -> BoxFuture<'static, ()> {
+        let name = self.store.keys().bus(channel);
+        let follows = self.follows.clone();
+        // Wanted before the connection is looked at: a listener connecting now either finds it
+        // wanted, or is connected by the time it is looked at.
+        lock(&follows.wanted).insert(name.clone());
+        async move {
+            let _order = follows.order(&name).lock().await;
+            let Some(subscriber) = follows.current() else {
+                return;
+            };
+            if !lock(&follows.wanted).contains(&name) {
+                return;
+            }
+            let names = [name];
+            // A failure is the connection's: the listener hears of it and subscribes again.
+            let _ = tokio::time::timeout(CONNECT_TIMEOUT, subscriber.subscribe(&names)).await;
+        }
+        .boxed()
+    }
+
+    /// Stops hearing `channel` (it was unloaded): the listener unsubscribes soon. Never waits.
+    pub fn unfollow(&self, channel: &ChannelName) {
+        let name = self.store.keys().bus(channel);
+        if lock(&self.follows.wanted).remove(&name) {
+            lock(&self.follows.leaving).insert(name);
+            self.follows.wake.notify_one();
+        }
     }
 
     /// Claims the webhook report of one event for this node: true for the first node to ask, so
@@ -100,14 +194,15 @@ impl Bus {
         Ok(total)
     }
 
-    /// A listener of the bus; it subscribes at its first [`BusListener::next`].
+    /// A listener of the bus; it connects at its first [`BusListener::next`]. One per bus.
     pub fn listen(&self) -> BusListener {
         BusListener {
             bus: self.clone(),
-            messages: None,
+            pushes: None,
             backoff: MIN_BACKOFF,
             pause: false,
             subscribed: false,
+            rejoin: HashSet::new(),
         }
     }
 
@@ -131,11 +226,16 @@ impl Bus {
 /// change, this node's included), and the state of its subscription.
 #[derive(Debug)]
 pub enum BusNotice {
-    /// Subscribed, first or again: everything recorded from now on is heard, and what was
-    /// recorded before (while no listener was connected) must be read from the store. A
-    /// listener that cannot read it says so with [`BusListener::resubscribe`].
+    /// Subscribed, first or again, to every followed channel: everything recorded from now on
+    /// is heard, and what was recorded before (while no listener was connected) must be read
+    /// from the store. A listener that cannot read it says so with
+    /// [`BusListener::resubscribe`].
     Subscribed,
-    /// The subscription could not be made or ended; the next [`BusListener::next`] subscribes
+    /// Subscribed again to these followed channels, after Redis ended their subscriptions
+    /// (their cluster slot moved to another node): what was recorded on them meanwhile must be
+    /// read from the store.
+    Joined(Vec<ChannelName>),
+    /// The connection could not be made or ended; the next [`BusListener::next`] connects
     /// again after a pause.
     Lost,
     /// An event another node appended.
@@ -245,37 +345,41 @@ impl BusNotice {
     }
 }
 
-/// Hears the bus: subscribes, and subscribes again with backoff whenever the subscription is
-/// lost. Made by [`Bus::listen`].
+/// Hears the bus: connects, subscribes to the followed channels, and does so again with backoff
+/// whenever the connection is lost. Made by [`Bus::listen`].
 pub struct BusListener {
     bus: Bus,
-    // The subscription's messages; `None` between subscriptions.
-    messages: Option<BoxStream<'static, redis::Msg>>,
+    // What the connection hears; `None` between connections.
+    pushes: Option<mpsc::UnboundedReceiver<PushInfo>>,
     // The pause before the next attempt after this one fails.
     backoff: Duration,
-    // Whether to pause before subscribing: the last subscription failed.
+    // Whether to pause before connecting: the last connection failed.
     pause: bool,
     // Whether `Subscribed` was given out and not yet handed back: asking for the next notice
     // says the listener read what it missed.
     subscribed: bool,
+    // Followed channels whose subscription Redis ended (their slot moved to another node), to
+    // subscribe to again.
+    rejoin: HashSet<String>,
 }
 
 impl std::fmt::Debug for BusListener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BusListener")
             .field("node", &self.bus.node())
-            .field("connected", &self.messages.is_some())
+            .field("connected", &self.pushes.is_some())
             .field("backoff", &self.backoff)
             .finish()
     }
 }
 
 impl BusListener {
-    /// The next notice, in the order they were published. Subscribes first when not
-    /// subscribed, after a pause when the last attempt failed (from 100 ms, doubling up to
-    /// 2 s); whether that works is a notice too ([`BusNotice::Subscribed`] or
-    /// [`BusNotice::Lost`]). Asking for the next notice after [`BusNotice::Subscribed`] says
-    /// that what was recorded before was read: an outage is over then.
+    /// The next notice, in the order they were published per channel. Connects first when not
+    /// connected, after a pause when the last attempt failed (from 100 ms, doubling up to
+    /// 2 s), and subscribes to every followed channel; whether that works is a notice too
+    /// ([`BusNotice::Subscribed`] or [`BusNotice::Lost`]). Asking for the next notice after
+    /// [`BusNotice::Subscribed`] says that what was recorded before was read: an outage is
+    /// over then. Meanwhile it unsubscribes from the channels no longer followed.
     pub async fn next(&mut self) -> BusNotice {
         if std::mem::take(&mut self.subscribed) {
             if self.backoff != MIN_BACKOFF {
@@ -283,62 +387,152 @@ impl BusListener {
             }
             self.backoff = MIN_BACKOFF;
         }
-        let Some(messages) = self.messages.as_mut() else {
-            if std::mem::take(&mut self.pause) {
-                tokio::time::sleep(self.backoff).await;
-                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-            }
-            return match Self::subscribe(&self.bus).await {
-                Ok(messages) => {
-                    self.messages = Some(messages);
-                    self.subscribed = true;
-                    BusNotice::Subscribed
-                }
-                Err(err) => {
-                    self.resubscribe(err);
-                    BusNotice::Lost
-                }
-            };
+        let follows = self.bus.follows.clone();
+        let Some(subscriber) = self.pushes.as_ref().and(follows.current()) else {
+            return self.connect().await;
         };
-        while let Some(message) = messages.next().await {
-            let Ok(payload) = message.get_payload::<String>() else {
-                continue;
+        loop {
+            if let Err(err) = self.leave(&subscriber).await {
+                self.resubscribe(err);
+                return BusNotice::Lost;
+            }
+            if !self.rejoin.is_empty() {
+                return match self.rejoin(&subscriber).await {
+                    Ok(channels) if channels.is_empty() => continue,
+                    Ok(channels) => BusNotice::Joined(channels),
+                    Err(err) => {
+                        self.resubscribe(err);
+                        BusNotice::Lost
+                    }
+                };
+            }
+            let Some(pushes) = self.pushes.as_mut() else {
+                return BusNotice::Lost;
             };
-            match BusNotice::decode(&payload, self.bus.node()) {
-                Ok(Some(notice)) => return notice,
-                Ok(None) => {}
-                // A gap the hub's sequencer fills from the store, as for a notice lost.
-                Err(err) => tracing::warn!("bus: applying a notice: {err}"),
+            let push = tokio::select! {
+                push = pushes.recv() => push,
+                () = follows.wake.notified() => continue,
+            };
+            let Some(push) = push else {
+                self.resubscribe("connection closed");
+                return BusNotice::Lost;
+            };
+            match push.kind {
+                PushKind::SMessage => {
+                    let Some(msg) = redis::Msg::from_push_info(push) else {
+                        continue;
+                    };
+                    let Ok(payload) = msg.get_payload::<String>() else {
+                        continue;
+                    };
+                    match BusNotice::decode(&payload, self.bus.node()) {
+                        Ok(Some(notice)) => return notice,
+                        Ok(None) => {}
+                        // A gap the hub's sequencer fills from the store, as for a notice lost.
+                        Err(err) => tracing::warn!("bus: applying a notice: {err}"),
+                    }
+                }
+                // Redis ends the subscriptions of a slot that moves to another node; the
+                // listener's own unsubscribing is answered so too, for a channel not wanted.
+                PushKind::SUnsubscribe => {
+                    let name = push
+                        .data
+                        .first()
+                        .and_then(|v| redis::from_redis_value_ref::<String>(v).ok());
+                    if let Some(name) = name.filter(|n| lock(&follows.wanted).contains(n)) {
+                        self.rejoin.insert(name);
+                    }
+                }
+                PushKind::Disconnection => {
+                    self.resubscribe("connection closed");
+                    return BusNotice::Lost;
+                }
+                _ => {}
             }
         }
-        self.resubscribe("connection closed");
-        BusNotice::Lost
     }
 
-    /// Drops the subscription, to subscribe again after a pause: the listener could not read
-    /// what it missed (`err`), or the subscription failed. Logged once per outage.
+    /// Connects, then subscribes to every followed channel.
+    async fn connect(&mut self) -> BusNotice {
+        if std::mem::take(&mut self.pause) {
+            tokio::time::sleep(self.backoff).await;
+            self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        }
+        let follows = self.bus.follows.clone();
+        let made =
+            tokio::time::timeout(BUS_CONNECT_TIMEOUT, self.bus.store.target().subscriber()).await;
+        let (subscriber, pushes) = match made {
+            Ok(Ok(made)) => made,
+            Ok(Err(err)) => {
+                self.resubscribe(err);
+                return BusNotice::Lost;
+            }
+            Err(_) => {
+                self.resubscribe("connecting timed out");
+                return BusNotice::Lost;
+            }
+        };
+        // Published before the followed channels are listed: a channel followed from now on
+        // is either listed here or subscribed to by `Bus::follow` on this connection.
+        *lock(&follows.current) = Some(subscriber.clone());
+        lock(&follows.leaving).clear();
+        self.rejoin.clear();
+        let wanted: Vec<String> = lock(&follows.wanted).iter().cloned().collect();
+        match tokio::time::timeout(BUS_CONNECT_TIMEOUT, subscriber.subscribe(&wanted)).await {
+            Ok(Ok(())) => {
+                self.pushes = Some(pushes);
+                self.subscribed = true;
+                BusNotice::Subscribed
+            }
+            Ok(Err(err)) => {
+                self.resubscribe(err);
+                BusNotice::Lost
+            }
+            Err(_) => {
+                self.resubscribe("subscribing timed out");
+                BusNotice::Lost
+            }
+        }
+    }
+
+    /// Unsubscribes from the channels no longer followed.
+    async fn leave(&mut self, subscriber: &Subscriber) -> redis::RedisResult<()> {
+        let follows = self.bus.follows.clone();
+        let leaving: Vec<String> = lock(&follows.leaving).drain().collect();
+        for name in leaving {
+            let _order = follows.order(&name).lock().await;
+            // Followed again meanwhile: subscribed to again, in order, by `Bus::follow`.
+            if !lock(&follows.wanted).contains(&name) {
+                subscriber.unsubscribe(std::slice::from_ref(&name)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Subscribes again to the followed channels whose subscription Redis ended; returns them.
+    async fn rejoin(&mut self, subscriber: &Subscriber) -> redis::RedisResult<Vec<ChannelName>> {
+        let follows = self.bus.follows.clone();
+        let mut joined = Vec::new();
+        for name in std::mem::take(&mut self.rejoin) {
+            let _order = follows.order(&name).lock().await;
+            if lock(&follows.wanted).contains(&name) {
+                subscriber.subscribe(std::slice::from_ref(&name)).await?;
+                joined.extend(self.bus.store.keys().channel_of_bus(&name));
+            }
+        }
+        Ok(joined)
+    }
+
+    /// Drops the connection, to connect again after a pause: the listener could not read what
+    /// it missed (`err`), or the connection failed. Logged once per outage.
     pub fn resubscribe(&mut self, err: impl std::fmt::Display) {
         if self.backoff == MIN_BACKOFF {
             tracing::warn!("bus: {err}; reconnecting with backoff");
         }
-        self.messages = None;
+        self.pushes = None;
+        lock(&self.bus.follows.current).take();
         self.subscribed = false;
         self.pause = true;
-    }
-
-    /// Subscribes to `PREFIX:bus` on a connection of its own. (Given the bus alone: the
-    /// listener's stream, which is not `Sync`, must not be borrowed across the awaits.)
-    async fn subscribe(bus: &Bus) -> Result<BoxStream<'static, redis::Msg>, String> {
-        let store = &bus.store;
-        let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, store.client().get_async_pubsub())
-            .await
-            .map_err(|_| "connecting timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
-        pubsub
-            .subscribe(store.keys().bus())
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(pubsub.into_on_message().boxed())
     }
 }
 
@@ -425,20 +619,10 @@ impl NodeRegistration {
             .into_iter()
             .map(|(c, n)| (c.to_string(), n))
             .collect();
-        let conns_key = keys.node(&self.member(), "conns");
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        if self.conns.as_ref() != Some(&conns) {
-            pipe.cmd("DEL").arg(&conns_key).ignore();
-            if !conns.is_empty() {
-                pipe.cmd("HSET").arg(&conns_key).arg(&conns).ignore();
-            }
-        }
-        pipe.cmd("PEXPIRE").arg(&conns_key).arg(ttl).ignore();
-        let () = pipe
-            .query_async(&mut bus.store.connection())
-            .await
-            .map_err(StoreError::backend)?;
+        let changed = self.conns.as_ref() != Some(&conns);
+        nodes
+            .set_conns(&self.member(), changed.then_some(&conns[..]), ttl)
+            .await?;
         self.conns = Some(conns);
 
         let registered: Vec<(String, f64)> = bus

@@ -4,8 +4,17 @@
 //! which Redis executes alone.
 //!
 //! Every key a script touches shares the channel's hash tag, so a script stays in one slot of a
-//! Redis Cluster. The per-event keys (`:rc:ID`, `:ra:ID`) are built from the channel's base name
-//! (`ARGV` `base`) inside the script: declared keys would need one per pruned event.
+//! Redis Cluster; its keys come in `KEYS`, the channel's first. The per-event keys (`:rc:ID`,
+//! `:ra:ID`) are built from the channel's base name (`ARGV` `base`) inside the script:
+//! declared keys would need one per pruned event. The notices go out on the channel's own
+//! shard channel (`SPUBLISH` on `{PREFIX:ch:NAME}:bus`), in the same slot.
+//!
+//! Every channel script declares, last, the channel's `:slot` key, which is never written.
+//! While a slot moves between cluster nodes, its keys are on either node, and a script that
+//! touched a key its node does not hold would fail half done (Redis scripts do not roll back).
+//! Redis refuses instead to start a script whose declared keys are not all on the node during
+//! a move (TRYAGAIN, or ASK and then TRYAGAIN): the key that is never written makes that so for
+//! every script, until the slot has moved; the cluster's client sends the script again.
 
 /// Device record helpers shared by the scripts that change one (`DeviceRecord::apply` and
 /// `apply_receipt` in Lua). A record is JSON: `fs` first seen, `ls` last seen (ms), `op`, `lei`
@@ -35,8 +44,8 @@ local function first_retained(ev, head)
 end
 "#;
 
-/// KEYS: seq, ev, keys. ARGV: max_events, max_age_ms (0: none), window_ms (0: keys live as long
-/// as their events), node, channel, bus, base, strict ('1': a held key with another body or type
+/// KEYS: seq, ev, keys, slot. ARGV: max_events, max_age_ms (0: none), window_ms (0: keys live as
+/// long as their events), node, channel, bus (the channel's shard channel), base, strict ('1': a held key with another body or type
 /// fails the whole call, as a batch must), events (a JSON array of `{b, p?, y?, k?}`).
 /// Every key is checked before anything changes (all or none). Returns `{-2, id, key}` for a
 /// conflict (id 0: an earlier event of the same call holds the key), else `{1, answers}` with
@@ -96,7 +105,7 @@ for i, e in ipairs(events) do
       redis.call('HSET', KEYS[3], e.k, id)
     end
     redis.call('XADD', KEYS[2], id .. '-0', unpack(fields))
-    redis.call('PUBLISH', ARGV[6], cjson.encode(notice))
+    redis.call('SPUBLISH', ARGV[6], cjson.encode(notice))
     answers[i] = {1, id, now}
   else
     answers[i] = p
@@ -122,7 +131,7 @@ end
 return {1, answers}
 "#;
 
-/// KEYS: seq, ev, rseq, rlog, dev, devs, rkey (the receipt key's own key). ARGV: event_id,
+/// KEYS: seq, ev, rseq, rlog, dev, devs, rkey (the receipt key's own key), slot. ARGV: event_id,
 /// device, status, time_ms, max_events, node, channel, bus, base, key ('' for none), window_ms (0:
 /// as long as the receipt is retained). A keyed receipt's `rlog` entry carries its key (`k`), so
 /// the key goes when the receipt leaves the stream. Returns `{-1}` for an unknown event, `{0, receipt,
@@ -184,11 +193,11 @@ if ARGV[10] ~= '' then
     redis.call('SET', KEYS[7], seq)
   end
 end
-redis.call('PUBLISH', ARGV[8], cjson.encode({n = ARGV[6], k = 'r', c = ARGV[7], r = receipt}))
+redis.call('SPUBLISH', ARGV[8], cjson.encode({n = ARGV[6], k = 'r', c = ARGV[7], r = receipt}))
 return {receipt, record}
 "#;
 
-/// KEYS: dev, devs. ARGV: device, op, at_ms, has_lei ('0'/'1'), lei, delivered.
+/// KEYS: dev, devs, slot. ARGV: device, op, at_ms, has_lei ('0'/'1'), lei, delivered.
 /// Returns the record (JSON).
 pub(crate) const TOUCH: &str = r#"
 local at = tonumber(ARGV[3])
@@ -209,7 +218,7 @@ end
 return device_save(KEYS[1], KEYS[2], ARGV[1], r)
 "#;
 
-/// KEYS: seq, mem, memcur. ARGV: device, since_ms, node, channel, bus. Returns the current
+/// KEYS: seq, mem, memcur, slot. ARGV: device, since_ms, node, channel, bus. Returns the current
 /// membership (JSON).
 pub(crate) const ADD_RECIPIENT: &str = r#"
 local idx = redis.call('HGET', KEYS[3], ARGV[1])
@@ -218,11 +227,11 @@ local head = tonumber(redis.call('GET', KEYS[1]) or '0')
 local m = cjson.encode({d = ARGV[1], j = head, s = tonumber(ARGV[2])})
 local len = redis.call('RPUSH', KEYS[2], m)
 redis.call('HSET', KEYS[3], ARGV[1], len - 1)
-redis.call('PUBLISH', ARGV[5], cjson.encode({n = ARGV[3], k = 'm', c = ARGV[4], m = m}))
+redis.call('SPUBLISH', ARGV[5], cjson.encode({n = ARGV[3], k = 'm', c = ARGV[4], m = m}))
 return m
 "#;
 
-/// KEYS: seq, mem, memcur. ARGV: device, node, channel, bus. Returns the ended membership
+/// KEYS: seq, mem, memcur, slot. ARGV: device, node, channel, bus. Returns the ended membership
 /// (JSON), or false when the device was not a recipient.
 pub(crate) const REMOVE_RECIPIENT: &str = r#"
 local idx = redis.call('HGET', KEYS[3], ARGV[1])
@@ -232,11 +241,11 @@ m.l = tonumber(redis.call('GET', KEYS[1]) or '0')
 local json = cjson.encode(m)
 redis.call('LSET', KEYS[2], tonumber(idx), json)
 redis.call('HDEL', KEYS[3], ARGV[1])
-redis.call('PUBLISH', ARGV[4], cjson.encode({n = ARGV[2], k = 'm', c = ARGV[3], m = json}))
+redis.call('SPUBLISH', ARGV[4], cjson.encode({n = ARGV[2], k = 'm', c = ARGV[3], m = json}))
 return json
 "#;
 
-/// KEYS: ev. ARGV: after, device, limit, base. Returns the entries (as XRANGE does) of retained
+/// KEYS: ev, slot. ARGV: after, device, limit, base. Returns the entries (as XRANGE does) of retained
 /// events after `after` that the device sent no receipt for.
 pub(crate) const UNACKNOWLEDGED: &str = r#"
 local out = {}
@@ -257,7 +266,7 @@ end
 return out
 "#;
 
-/// KEYS: devs, dev. ARGV: after ('' for the start), limit (-1: all). Returns device names and
+/// KEYS: devs, dev, slot. ARGV: after ('' for the start), limit (-1: all). Returns device names and
 /// records, interleaved.
 pub(crate) const DEVICES_PAGE: &str = r#"
 local from = '-'
@@ -271,11 +280,22 @@ end
 return out
 "#;
 
+/// One page of a channel's events with what a reader needs beside them, read at one instant.
+/// KEYS: seq, ev, slot. ARGV: start (the entry id to read from, `ID-0`), limit. Returns
+/// `{head, first, page}`: the last id, the oldest retained entry (as `XRANGE` gives it, none when
+/// empty) and the entries from `start` on.
+pub(crate) const READ: &str = r#"
+local head = tonumber(redis.call('GET', KEYS[1]) or '0')
+local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+local page = redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', tonumber(ARGV[2]))
+return {head, first, page}
+"#;
+
 /// Sets one node's count of open streams for devices of one channel, and keeps the channel's
 /// cluster-wide totals with them: a device whose total goes from 0 to more is online, back to 0
 /// offline; each such change gets the channel's next presence `seq`, joins the presence log and
 /// is published, once for the whole cluster since the script runs alone.
-/// KEYS: mine (this node's counts), all (the totals), pseq, plog. ARGV: node, channel, bus,
+/// KEYS: mine (this node's counts), all (the totals), pseq, plog, slot. ARGV: node, channel, bus,
 /// replace ('1': devices of `mine` not listed go to 0; with no pairs, the node's whole share of
 /// the channel goes, as a sweep of a dead node does), history (changes kept in `plog`), then
 /// device, count pairs. Returns how many devices `mine` still holds.
@@ -285,7 +305,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function change(device, online)
   local seq = redis.call('INCR', KEYS[3])
   redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[5], seq .. '-0', 'd', device, 'o', online, 't', now)
-  redis.call('PUBLISH', ARGV[3], cjson.encode({n = ARGV[1], k = 'p', c = ARGV[2], q = seq,
+  redis.call('SPUBLISH', ARGV[3], cjson.encode({n = ARGV[1], k = 'p', c = ARGV[2], q = seq,
     d = device, o = online, t = now}))
 end
 local function set(device, count)
@@ -320,6 +340,18 @@ pub(crate) const NODE_BEAT: &str = r#"
 local old = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if ARGV[4] == '1' and (not old or tonumber(old) < tonumber(ARGV[2])) then return 1 end
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return 0
+"#;
+
+/// A node's open streams per channel, replaced whole, living as long as its registration.
+/// KEYS: conns. ARGV: ttl_ms, replace ('1': the counts below replace those held; '0': the
+/// counts held are kept and only live longer), then channel, count pairs.
+pub(crate) const NODE_CONNS: &str = r#"
+if ARGV[2] == '1' then
+  redis.call('DEL', KEYS[1])
+  for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 0
 "#;
 

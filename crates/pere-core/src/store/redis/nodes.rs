@@ -4,23 +4,24 @@
 //! store reads the other nodes' shares for its device views.
 
 use pere_proto::name::{ChannelName, DeviceId};
-use redis::aio::ConnectionManager;
-use redis::Script;
+use redis::{Script, ToRedisArgs as _};
 
-use super::connection::query;
+use super::connection::{query, Conn};
 use super::keys::Keys;
 use super::lua;
+use super::script::eval;
 use crate::error::StoreError;
 
 /// This node among the others: its id, and the scripts that register it and write its share
 /// of presence.
 pub(super) struct Nodes {
-    conn: ConnectionManager,
+    conn: Conn,
     keys: Keys,
     // Tells this node's notices from the others' on the bus, and names its registrations.
     node: String,
     presence: Script,
     node_beat: Script,
+    node_conns: Script,
 }
 
 impl std::fmt::Debug for Nodes {
@@ -31,13 +32,14 @@ impl std::fmt::Debug for Nodes {
 
 impl Nodes {
     /// This node, with an id of its own (random per process), on `conn`.
-    pub(super) fn new(conn: ConnectionManager, keys: Keys) -> Self {
+    pub(super) fn new(conn: Conn, keys: Keys) -> Self {
         Nodes {
             conn,
             keys,
             node: format!("{:016x}", rand::random::<u64>()),
             presence: Script::new(lua::PRESENCE),
             node_beat: Script::new(lua::NODE_BEAT),
+            node_conns: Script::new(lua::NODE_CONNS),
         }
     }
 
@@ -63,22 +65,49 @@ impl Nodes {
         replace: bool,
         history: usize,
     ) -> Result<usize, StoreError> {
-        let mut call = self.presence.prepare_invoke();
-        call.key(self.keys.node_presence(node, channel))
-            .key(self.keys.key(channel, "pres"))
-            .key(self.keys.key(channel, "pseq"))
-            .key(self.keys.key(channel, "plog"))
-            .arg(&self.node)
-            .arg(channel.as_str())
-            .arg(self.keys.bus())
-            .arg(if replace { "1" } else { "0" })
-            .arg(history.max(1));
+        let keys = [
+            self.keys.node_presence(node, channel),
+            self.keys.key(channel, "pres"),
+            self.keys.key(channel, "pseq"),
+            self.keys.key(channel, "plog"),
+            self.keys.slot(channel),
+        ];
+        let mut args = Vec::with_capacity(5 + 2 * streams.len());
+        args.extend(self.node.to_redis_args());
+        args.extend(channel.as_str().to_redis_args());
+        args.extend(self.keys.bus(channel).to_redis_args());
+        args.extend((if replace { "1" } else { "0" }).to_redis_args());
+        args.extend(history.max(1).to_redis_args());
         for (device, count) in streams {
-            call.arg(device.as_str()).arg(*count);
+            args.extend(device.as_str().to_redis_args());
+            args.extend(count.to_redis_args());
         }
-        call.invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(StoreError::backend)
+        let left = eval(&self.conn, &self.presence, &keys, &args).await?;
+        redis::from_redis_value(left).map_err(|e| StoreError::backend(redis::RedisError::from(e)))
+    }
+
+    /// Replaces this node's registered count of open streams per channel (`conns`) under
+    /// its name `member`, or with `conns` `None` keeps what is there, and makes it live for
+    /// `ttl_ms` more.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when Redis cannot be reached.
+    pub(super) async fn set_conns(
+        &self,
+        member: &str,
+        conns: Option<&[(String, usize)]>,
+        ttl_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut args = Vec::new();
+        args.extend(ttl_ms.to_redis_args());
+        args.extend((if conns.is_some() { "1" } else { "0" }).to_redis_args());
+        for (channel, n) in conns.unwrap_or_default() {
+            args.extend(channel.to_redis_args());
+            args.extend(n.to_redis_args());
+        }
+        let keys = [self.keys.node(member, "conns")];
+        eval(&self.conn, &self.node_conns, &keys, &args).await?;
+        Ok(())
     }
 
     /// `node`'s count of open streams per device of `channel`, as it last wrote them.
@@ -114,17 +143,13 @@ impl Nodes {
         expiry_ms: u64,
         known: bool,
     ) -> Result<bool, StoreError> {
-        let lapsed: i64 = self
-            .node_beat
-            .key(self.keys.nodes())
-            .arg(node)
-            .arg(now_ms)
-            .arg(expiry_ms)
-            .arg(if known { "1" } else { "0" })
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(StoreError::backend)?;
-        Ok(lapsed == 1)
+        let mut args = Vec::new();
+        args.extend(node.to_redis_args());
+        args.extend(now_ms.to_redis_args());
+        args.extend(expiry_ms.to_redis_args());
+        args.extend((if known { "1" } else { "0" }).to_redis_args());
+        let lapsed = eval(&self.conn, &self.node_beat, &[self.keys.nodes()], &args).await?;
+        Ok(lapsed == redis::Value::Int(1))
     }
 
     /// The name this node registers under after its registration lapsed `lapses` times:

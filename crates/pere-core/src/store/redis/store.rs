@@ -2,6 +2,7 @@
 //! one script run (see [`super::lua`]), the answers decoded by [`super::decode`].
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,10 +11,9 @@ use pere_proto::event::{valid_idempotency_key, Event, NewEvent};
 use pere_proto::name::{ChannelName, DeviceId};
 use pere_proto::presence::PresenceChange;
 use pere_proto::receipt::{DeviceRecord, DeviceTouch, Membership, Receipt};
-use redis::aio::ConnectionManager;
-use redis::{Script, Value};
+use redis::{Script, ToRedisArgs, Value};
 
-use super::connection::{self, failure, RedisOptions};
+use super::connection::{failure, redacted, Conn, Deployment, RedisOptions, Target};
 use super::decode::{
     bad, event_from_fields, events_from, first_entry_id, membership_from, number,
     presence_from_entry, receipt_from, record_from, text, time_of,
@@ -21,7 +21,8 @@ use super::decode::{
 use super::keys::Keys;
 use super::lua;
 use super::nodes::Nodes;
-use crate::error::StoreError;
+use super::script::{eval, Confirmation, Confirming};
+use crate::error::{StoreError, Unconfirmed};
 use crate::store::{check_keys, Appended, EventPage, RecordedReceipt, Retention, Store};
 
 /// The Redis [`Store`]. Handles are cheap to clone and share one multiplexed, reconnecting
@@ -32,10 +33,18 @@ pub struct RedisStore {
 }
 
 struct Inner {
-    client: redis::Client,
-    conn: ConnectionManager,
+    // The URL, its password hidden.
+    shown: String,
+    target: Target,
+    conn: Conn,
     keys: Keys,
     retention: Retention,
+    // Replicas that must confirm a push or receipt (`WAIT`); 0: none.
+    wait_replicas: usize,
+    // The connections such a write is confirmed on (not for a cluster).
+    confirming: Option<Confirming>,
+    // Whether the server's version was found good (sharded Pub/Sub needs Redis 7).
+    version_checked: AtomicBool,
     // Names this node knows are in the channel set, so a busy channel adds itself once.
     known: Mutex<HashSet<ChannelName>>,
     // This node's id, its registrations and its share of presence.
@@ -51,6 +60,7 @@ struct Scripts {
     remove_recipient: Script,
     unacknowledged: Script,
     devices_page: Script,
+    read: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -69,10 +79,17 @@ impl RedisStore {
     ///
     /// # Errors
     /// [`StoreError::Incompatible`] for a URL that cannot be used, TLS settings with a URL that
-    /// is not `rediss://`, or certificates that cannot be read.
+    /// is not over TLS, certificates that cannot be read, or replicas' confirmations asked of
+    /// a Redis Cluster.
     pub fn open(options: RedisOptions) -> Result<Self, StoreError> {
-        let client = connection::client(&options.url, &options.tls)?;
-        let conn = connection::shared_connection(&client, &options.url)?;
+        let shown = redacted(&options.url);
+        let target = Target::new(&options.url, &options.tls)?;
+        if options.wait_replicas > 0 && target.deployment() == Deployment::Cluster {
+            return Err(StoreError::Incompatible(format!(
+                "{shown}: replicas' confirmations (WAIT) are not supported on a Redis Cluster"
+            )));
+        }
+        let conn = target.shared_connection(&shown)?;
         let keys = Keys::new(options.prefix);
         let scripts = Scripts {
             append: Script::new(lua::APPEND),
@@ -82,14 +99,20 @@ impl RedisStore {
             remove_recipient: Script::new(lua::REMOVE_RECIPIENT),
             unacknowledged: Script::new(&lua::with_helpers(lua::UNACKNOWLEDGED)),
             devices_page: Script::new(lua::DEVICES_PAGE),
+            read: Script::new(lua::READ),
         };
+        let confirming = Confirming::new(&target).filter(|_| options.wait_replicas > 0);
         Ok(RedisStore {
             inner: Arc::new(Inner {
-                client,
+                shown,
+                target,
                 nodes: Nodes::new(conn.clone(), keys.clone()),
                 conn,
                 keys,
                 retention: options.retention,
+                wait_replicas: options.wait_replicas,
+                confirming,
+                version_checked: AtomicBool::new(false),
                 known: Mutex::default(),
                 scripts,
             }),
@@ -106,14 +129,62 @@ impl RedisStore {
         self.inner.keys.prefix()
     }
 
-    /// The client, for connections of their own (the bus's Pub/Sub).
-    pub fn client(&self) -> &redis::Client {
-        &self.inner.client
+    /// The store's URL, its password hidden, for messages.
+    fn shown(&self) -> String {
+        self.inner.shown.clone()
+    }
+
+    /// The kind of Redis deployment the store is on.
+    pub fn deployment(&self) -> Deployment {
+        self.inner.target.deployment()
+    }
+
+    /// The deployment, for connections of their own (the bus's).
+    pub(super) fn target(&self) -> &Target {
+        &self.inner.target
     }
 
     /// A handle on the shared connection.
-    pub fn connection(&self) -> ConnectionManager {
+    pub(super) fn connection(&self) -> Conn {
         self.inner.conn.clone()
+    }
+
+    /// Runs `script` on the channel's `keys` (its `:slot` key added last) with `args`; with
+    /// `confirmed`, waits for the replicas asked for ([`RedisOptions::wait_replicas`]).
+    async fn run(
+        &self,
+        script: &Script,
+        channel: &ChannelName,
+        mut keys: Vec<String>,
+        args: Args,
+        confirmed: bool,
+    ) -> Result<(Value, Confirmation), StoreError> {
+        keys.push(self.inner.keys.slot(channel));
+        match &self.inner.confirming {
+            Some(confirming) if confirmed && self.inner.wait_replicas > 0 => {
+                let marker = self.inner.keys.confirmed();
+                let wanted = self.inner.wait_replicas;
+                confirming
+                    .eval(script, &keys, &args.0, wanted, &marker)
+                    .await
+            }
+            _ => {
+                let answer = eval(&self.inner.conn, script, &keys, &args.0).await?;
+                Ok((answer, Confirmation::Enough))
+            }
+        }
+    }
+
+    /// As [`RedisStore::run`], with no confirmation, the answer as a `T`.
+    async fn call<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        channel: &ChannelName,
+        keys: Vec<String>,
+        args: Args,
+    ) -> Result<T, StoreError> {
+        let (answer, _) = self.run(script, channel, keys, args, false).await?;
+        redis::from_redis_value(answer).map_err(|e| StoreError::backend(redis::RedisError::from(e)))
     }
 
     /// The names of the keys.
@@ -218,25 +289,20 @@ impl RedisStore {
             })
             .collect();
         let payload = serde_json::to_string(&payload).map_err(StoreError::backend)?;
-        let reply: Value = self
-            .inner
-            .scripts
-            .append
-            .key(self.inner.keys.key(channel, "seq"))
-            .key(self.inner.keys.key(channel, "ev"))
-            .key(self.inner.keys.key(channel, "keys"))
+        let keys = ["seq", "ev", "keys"].map(|what| self.inner.keys.key(channel, what));
+        let args = Args::default()
             .arg(max_events)
             .arg(max_age)
             .arg(self.window_ms())
             .arg(self.node())
             .arg(channel.as_str())
-            .arg(self.inner.keys.bus())
+            .arg(self.inner.keys.bus(channel))
             .arg(self.inner.keys.base(channel))
             .arg(if strict { "1" } else { "0" })
-            .arg(payload)
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(StoreError::backend)?;
+            .arg(payload);
+        let (reply, confirmation) = self
+            .run(&self.inner.scripts.append, channel, keys.into(), args, true)
+            .await?;
         let Value::Array(parts) = reply else {
             return Err(bad("append"));
         };
@@ -284,6 +350,14 @@ impl RedisStore {
             };
             appended.push(one);
         }
+        if let Confirmation::Short { confirmed, wanted } = confirmation {
+            let new = appended.iter().filter(|a| a.new).map(|a| a.event.clone());
+            return Err(StoreError::Unreplicated {
+                confirmed,
+                wanted,
+                recorded: Unconfirmed::Events(new.collect()),
+            });
+        }
         Ok(appended)
     }
 
@@ -298,17 +372,11 @@ impl RedisStore {
             .inner
             .keys
             .key(&channel, &format!("rk:{}", key.as_deref().unwrap_or("")));
-        let reply: Value = self
-            .inner
-            .scripts
-            .receipt
-            .key(self.inner.keys.key(&channel, "seq"))
-            .key(self.inner.keys.key(&channel, "ev"))
-            .key(self.inner.keys.key(&channel, "rseq"))
-            .key(self.inner.keys.key(&channel, "rlog"))
-            .key(self.inner.keys.key(&channel, "dev"))
-            .key(self.inner.keys.key(&channel, "devs"))
-            .key(key_key)
+        let mut keys: Vec<String> = ["seq", "ev", "rseq", "rlog", "dev", "devs"]
+            .map(|what| self.inner.keys.key(&channel, what))
+            .into();
+        keys.push(key_key);
+        let args = Args::default()
             .arg(receipt.event_id)
             .arg(receipt.device.as_str())
             .arg(&receipt.status)
@@ -316,13 +384,13 @@ impl RedisStore {
             .arg(self.inner.retention.max_events.max(1))
             .arg(self.node())
             .arg(channel.as_str())
-            .arg(self.inner.keys.bus())
+            .arg(self.inner.keys.bus(&channel))
             .arg(self.inner.keys.base(&channel))
             .arg(key.as_deref().unwrap_or(""))
-            .arg(self.window_ms())
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(StoreError::backend)?;
+            .arg(self.window_ms());
+        let (reply, confirmation) = self
+            .run(&self.inner.scripts.receipt, &channel, keys, args, true)
+            .await?;
         let Value::Array(parts) = reply else {
             return Err(bad("receipt"));
         };
@@ -341,11 +409,32 @@ impl RedisStore {
         };
         let stored = receipt_from(&channel, &stored)?;
         let record = record_from(&channel, &stored.device, &record)?;
+        if let Confirmation::Short { confirmed, wanted } = confirmation {
+            return Err(StoreError::Unreplicated {
+                confirmed,
+                wanted,
+                recorded: match new {
+                    true => Unconfirmed::Receipt(Box::new(stored)),
+                    false => Unconfirmed::Nothing,
+                },
+            });
+        }
         Ok(RecordedReceipt {
             receipt: stored,
             record,
             new,
         })
+    }
+}
+
+/// A script's arguments, each as Redis takes it.
+#[derive(Default)]
+struct Args(Vec<Vec<u8>>);
+
+impl Args {
+    fn arg(mut self, arg: impl ToRedisArgs) -> Self {
+        self.0.extend(arg.to_redis_args());
+        self
     }
 }
 
@@ -392,26 +481,14 @@ impl Store for RedisStore {
         after: u64,
         limit: usize,
     ) -> Result<EventPage, StoreError> {
-        let ev = self.inner.keys.key(channel, "ev");
-        let (head, first, events): (Value, Value, Value) = redis::pipe()
-            .atomic()
-            .cmd("GET")
-            .arg(self.inner.keys.key(channel, "seq"))
-            .cmd("XRANGE")
-            .arg(&ev)
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(1)
-            .cmd("XRANGE")
-            .arg(&ev)
-            .arg(format!("{}-0", after.saturating_add(1)))
-            .arg("+")
-            .arg("COUNT")
-            .arg(limit.max(1))
-            .query_async(&mut self.connection())
-            .await
-            .map_err(StoreError::backend)?;
+        let keys = ["seq", "ev"].map(|what| self.inner.keys.key(channel, what));
+        // Ids are u64 as stream entry ids are: the start is written here, never summed in Lua,
+        // whose numbers are doubles.
+        let start = format!("{}-0", after.saturating_add(1));
+        let args = Args::default().arg(start).arg(limit.max(1));
+        let (head, first, events): (Value, Value, Value) = self
+            .call(&self.inner.scripts.read, channel, keys.into(), args)
+            .await?;
         let head = number(&head);
         let mut events = events_from(channel, &events)?;
         events.truncate(limit);
@@ -419,6 +496,7 @@ impl Store for RedisStore {
             events,
             first_retained: first_entry_id(&first).unwrap_or(head + 1),
             head,
+            unreadable: Vec::new(),
         })
     }
 
@@ -500,12 +578,8 @@ impl Store for RedisStore {
 
     async fn touch_device(&self, touch: DeviceTouch) -> Result<DeviceRecord, StoreError> {
         self.remember(&touch.channel).await?;
-        let json: String = self
-            .inner
-            .scripts
-            .touch
-            .key(self.inner.keys.key(&touch.channel, "dev"))
-            .key(self.inner.keys.key(&touch.channel, "devs"))
+        let keys = ["dev", "devs"].map(|what| self.inner.keys.key(&touch.channel, what));
+        let args = Args::default()
             .arg(touch.device.as_str())
             .arg(touch.op.as_str())
             .arg(touch.at.timestamp_millis())
@@ -515,10 +589,10 @@ impl Store for RedisStore {
                 "0"
             })
             .arg(touch.last_event_id.as_deref().unwrap_or(""))
-            .arg(touch.delivered)
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(StoreError::backend)?;
+            .arg(touch.delivered);
+        let json: String = self
+            .call(&self.inner.scripts.touch, &touch.channel, keys.into(), args)
+            .await?;
         record_from(&touch.channel, &touch.device, &json)
     }
 
@@ -603,18 +677,15 @@ impl Store for RedisStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let entries: Value = self
-            .inner
-            .scripts
-            .unacknowledged
-            .key(self.inner.keys.key(channel, "ev"))
+        let args = Args::default()
             .arg(after)
             .arg(device.as_str())
             .arg(limit)
-            .arg(self.inner.keys.base(channel))
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(StoreError::backend)?;
+            .arg(self.inner.keys.base(channel));
+        let keys = vec![self.inner.keys.key(channel, "ev")];
+        let entries: Value = self
+            .call(&self.inner.scripts.unacknowledged, channel, keys, args)
+            .await?;
         events_from(channel, &entries)
     }
 
@@ -625,19 +696,16 @@ impl Store for RedisStore {
         at: DateTime<Utc>,
     ) -> Result<Membership, StoreError> {
         self.remember(channel).await?;
-        let json: String = self
-            .inner
-            .scripts
-            .add_recipient
-            .key(&self.inner.keys.membership(channel)[..])
+        let args = Args::default()
             .arg(device.as_str())
             .arg(at.timestamp_millis())
             .arg(self.node())
             .arg(channel.as_str())
-            .arg(self.inner.keys.bus())
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(StoreError::backend)?;
+            .arg(self.inner.keys.bus(channel));
+        let keys = self.inner.keys.membership(channel).into();
+        let json: String = self
+            .call(&self.inner.scripts.add_recipient, channel, keys, args)
+            .await?;
         membership_from(channel, &json)
     }
 
@@ -646,18 +714,15 @@ impl Store for RedisStore {
         channel: &ChannelName,
         device: &DeviceId,
     ) -> Result<Option<Membership>, StoreError> {
-        let json: Option<String> = self
-            .inner
-            .scripts
-            .remove_recipient
-            .key(&self.inner.keys.membership(channel)[..])
+        let args = Args::default()
             .arg(device.as_str())
             .arg(self.node())
             .arg(channel.as_str())
-            .arg(self.inner.keys.bus())
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(StoreError::backend)?;
+            .arg(self.inner.keys.bus(channel));
+        let keys = self.inner.keys.membership(channel).into();
+        let json: Option<String> = self
+            .call(&self.inner.scripts.remove_recipient, channel, keys, args)
+            .await?;
         json.map(|json| membership_from(channel, &json)).transpose()
     }
 
@@ -738,6 +803,22 @@ impl Store for RedisStore {
     }
 
     async fn probe(&self) -> Result<(), StoreError> {
+        if !self.inner.version_checked.load(Ordering::Relaxed) {
+            // The bus is sharded Pub/Sub, Redis 7.0's: say so rather than fail every push.
+            let spublish: Vec<Value> = redis::cmd("COMMAND")
+                .arg("INFO")
+                .arg("SPUBLISH")
+                .query_async(&mut self.connection())
+                .await
+                .map_err(failure)?;
+            if matches!(spublish.first(), None | Some(Value::Nil)) {
+                return Err(StoreError::Incompatible(format!(
+                    "{}: Redis 7.0 or later is needed (sharded Pub/Sub, SPUBLISH)",
+                    self.shown()
+                )));
+            }
+            self.inner.version_checked.store(true, Ordering::Relaxed);
+        }
         let key = self.inner.keys.probe();
         let (_, read): ((), Option<String>) = redis::pipe()
             .cmd("SET")
@@ -762,17 +843,13 @@ impl RedisStore {
         after: Option<&DeviceId>,
         limit: i64,
     ) -> Result<Vec<DeviceRecord>, StoreError> {
-        let pairs: Vec<String> = self
-            .inner
-            .scripts
-            .devices_page
-            .key(self.inner.keys.key(channel, "devs"))
-            .key(self.inner.keys.key(channel, "dev"))
+        let keys = ["devs", "dev"].map(|what| self.inner.keys.key(channel, what));
+        let args = Args::default()
             .arg(after.map_or("", |d| d.as_str()))
-            .arg(limit)
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(StoreError::backend)?;
+            .arg(limit);
+        let pairs: Vec<String> = self
+            .call(&self.inner.scripts.devices_page, channel, keys.into(), args)
+            .await?;
         pairs
             .chunks(2)
             .map(|pair| match pair {

@@ -1,6 +1,7 @@
-//! The Redis store's own tests, each on a private `redis-server`: the conformance suite (plain
-//! and over TLS), TLS failures told from outages, two nodes sharing one sequence, presence
-//! numbered once for the cluster, and an unreachable Redis failing fast.
+//! The Redis store's own tests, each on a private Redis: the conformance suite (on one server,
+//! plain and over TLS; on a three-primary Redis Cluster, plain and over TLS; through Sentinel,
+//! every write confirmed by the replica), TLS failures told from outages, two nodes sharing one
+//! sequence, presence numbered once for the cluster, and an unreachable Redis failing fast.
 
 use std::collections::HashSet;
 
@@ -8,7 +9,7 @@ use pere_proto::name::DeviceId;
 use pere_proto::presence::PresenceChange;
 use pere_proto::receipt::Receipt;
 use pere_testkit::redis_server::unrelated_ca_pem;
-use pere_testkit::RedisServer;
+use pere_testkit::{RedisCluster, RedisSentinel, RedisServer};
 
 use super::connection::RESPONSE_TIMEOUT;
 use super::{RedisClientCert, RedisOptions, RedisStore, RedisTls};
@@ -34,11 +35,73 @@ async fn conformance_suite() {
                 prefix,
                 retention,
                 tls: RedisTls::default(),
+                wait_replicas: 0,
             })
             .unwrap()
         }
     })
     .await;
+}
+
+/// Runs the conformance suite on the Redis at `url`, a fresh prefix per check (a fresh store
+/// on the same Redis), with `tls`.
+async fn conformance_on(url: &str, tls: RedisTls, wait_replicas: usize) {
+    let round = std::sync::atomic::AtomicU64::new(0);
+    conformance::run_all(|retention| {
+        let prefix = format!(
+            "c{}",
+            round.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let options = RedisOptions {
+            url: url.to_owned(),
+            prefix,
+            retention,
+            tls: tls.clone(),
+            wait_replicas,
+        };
+        async move { RedisStore::open(options).unwrap() }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_suite_on_a_cluster() {
+    let cluster = RedisCluster::start(3);
+    conformance_on(&cluster.url(), RedisTls::default(), 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_suite_on_a_cluster_over_tls() {
+    let cluster = RedisCluster::start_tls(3);
+    let ca = std::fs::read(cluster.ca_file()).expect("CA file");
+    let tls = RedisTls {
+        ca: Some(ca),
+        client: None,
+    };
+    conformance_on(&cluster.url(), tls, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_suite_through_sentinel_with_writes_confirmed_by_the_replica() {
+    let redis = RedisSentinel::start();
+    conformance_on(&redis.url(), RedisTls::default(), 1).await;
+    let replicated = redis.cli(redis.replica_port(), &["EXISTS", "c0:confirmed"]);
+    assert_eq!(replicated.trim(), "1", "confirmed writes went through WAIT");
+}
+
+#[tokio::test]
+async fn replicas_confirmations_are_refused_on_a_cluster() {
+    let refused = RedisStore::open(RedisOptions {
+        url: "redis+cluster://127.0.0.1:7000,127.0.0.1:7001".into(),
+        prefix: "p".into(),
+        retention: ROOMY,
+        tls: RedisTls::default(),
+        wait_replicas: 1,
+    });
+    assert!(
+        matches!(refused, Err(StoreError::Incompatible(_))),
+        "{refused:?}"
+    );
 }
 
 /// Options for a store on `server` (a TLS one) trusting `ca`, with the server's client
@@ -62,6 +125,7 @@ fn over_tls(
                 key: read(server.client_key_file()),
             }),
         },
+        wait_replicas: 0,
     }
 }
 
@@ -146,6 +210,7 @@ async fn tls_settings_go_with_rediss_urls_only() {
             prefix: "p".into(),
             retention: ROOMY,
             tls: tls.clone(),
+            wait_replicas: 0,
         })
     };
     let refused = open("redis://:secret@127.0.0.1:6379/0", &ca).unwrap_err();
@@ -178,6 +243,7 @@ async fn two_nodes_appending_to_one_channel_share_one_sequence() {
             prefix: "two".into(),
             retention: ROOMY,
             tls: RedisTls::default(),
+            wait_replicas: 0,
         })
         .unwrap()
     };
@@ -223,6 +289,7 @@ async fn without_a_window_a_receipt_key_is_deleted_with_its_receipt() {
             ..ROOMY
         },
         tls: RedisTls::default(),
+        wait_replicas: 0,
     })
     .unwrap();
     let held = "{rk:ch:RG}:rk:once";
@@ -264,6 +331,7 @@ async fn presence_changes_once_for_the_cluster_and_a_sweep_clears_a_node_once() 
         prefix: "pr".into(),
         retention: ROOMY,
         tls: RedisTls::default(),
+        wait_replicas: 0,
     })
     .unwrap();
     let (c, h1, h2) = (
@@ -332,6 +400,7 @@ async fn an_unreachable_redis_fails_fast() {
         prefix: "gone".into(),
         retention: ROOMY,
         tls: RedisTls::default(),
+        wait_replicas: 0,
     })
     .unwrap();
     let started = std::time::Instant::now();

@@ -13,8 +13,8 @@ use rusqlite::Connection;
 
 /// The hash an event's idempotency key is held under in [`EventKeys`] (the map is per channel,
 /// so the channel is not in it).
-pub(super) fn key_hash(key: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(key.as_bytes())
+pub(super) fn key_hash(key: impl AsRef<[u8]>) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key.as_ref())
 }
 
 /// Most keys [`EventKeys`] holds across channels: past it, the writer forgets them all and
@@ -61,9 +61,13 @@ impl EventKeys {
             )?;
             let mut rows = rows.query([channel.as_str()])?;
             while let Some(row) = rows.next()? {
-                let key: String = row.get(1)?;
+                // The key's bytes as stored: one damaged into invalid UTF-8 is held under a
+                // hash no valid key has, and its row is checked when found anyway.
+                let Ok(key) = row.get_ref(1)?.as_bytes() else {
+                    continue;
+                };
                 // Oldest first: of two keys with one hash, the newer holds the entry.
-                ids.insert(key_hash(&key), row.get::<_, u64>(0)?);
+                ids.insert(key_hash(key), row.get::<_, u64>(0)?);
             }
             if self.held + ids.len() > HELD_KEYS {
                 self.forget_all();

@@ -1,4 +1,5 @@
-//! Why the SQLite store failed: [`Failure`], carried in [`StoreError::Backend`].
+//! Why the SQLite store failed: [`Failure`], carried in [`StoreError::Backend`], and which of
+//! SQLite's errors say the file is damaged ([`is_damage`]).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -65,4 +66,12 @@ impl std::error::Error for Failure {
 
 pub(super) fn closed() -> StoreError {
     StoreError::backend(Failure::Closed)
+}
+
+/// Whether SQLite's error says the file is damaged or not a database at all.
+pub(super) fn is_damage(err: &rusqlite::Error) -> bool {
+    matches!(
+        err.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
 }

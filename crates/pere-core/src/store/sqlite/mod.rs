@@ -34,7 +34,16 @@
 //!   of their own [`CHECKPOINT_INTERVAL`] after commits (an idle store has none), off the path
 //!   of writes waiting for a commit.
 //!
-//! One process per data directory: the writer trusts its in-memory heads.
+//! - **Damage** is found, contained and reported, never a stall: each event row carries a
+//!   checksum of what it holds (schema v7), written with it and checked by every read. A row
+//!   that fails it or does not decode is never served: [`Store::read`] names its id in
+//!   [`EventPage::unreadable`], [`Store::event`] answers [`StoreError::EventDamaged`], the other
+//!   reads leave it out; where SQLite reports a range's pages damaged, the range is read id by
+//!   id. Each damaged event is counted and named in the log once ([`Store::damage`]).
+//!   [`check`] finds damage offline and mends it (`pere-server check`).
+//!
+//! One process per data directory: the writer trusts its in-memory heads. (A check holds the
+//! same lock while it works.)
 //!
 //! # Layout
 //!
@@ -42,15 +51,20 @@
 //!
 //! - `options`: what the store is opened with ([`Durability`], [`SqliteOptions`], both
 //!   re-exported here).
-//! - `failure`: why it failed (`Failure`, carried in [`StoreError::Backend`]).
+//! - `failure`: why it failed (`Failure`, carried in [`StoreError::Backend`]), and which of
+//!   SQLite's errors say the file is damaged.
+//! - `checksum`: what an event row's checksum covers, byte for byte (`RowFields`), and the SQL
+//!   function the v7 migration computes it with.
 //! - `books`: the books kept in memory: the idempotency keys of retained events (`EventKeys`),
 //!   each channel's committed head and newest events (`ChannelMeta`, within the byte budget of
 //!   `RecentCache`), and the device records (`DeviceBook`).
-//! - `rows`: rows to values and back: the `select_*` macros, `event_from_row`,
-//!   `device_from_row`, the `query_*` helpers, `read_page`, device rows loaded and saved.
+//! - `rows`: rows to values and back: the `select_*` macros, `event_from_row` (which checks the
+//!   checksum, and names a row's [`Damage`]), `device_from_row`, the `query_*` helpers, spans of
+//!   ids read whole or id by id (`read_span`, `read_page`), device rows loaded and saved.
+//! - `damage`: the damage readers met (`DamageBook`): counted, and named once in the log.
 //! - `schema`: opening the database: the migrations, the checks that it is a sound PERE
 //!   database, the connections' settings, and what is read at open (the channels' heads, the
-//!   device records recovered from receipts).
+//!   device records recovered from receipts, the events a repair set aside), the lock.
 //! - `shared`: what the writer and the readers share (`Shared`), and a transaction's view of it
 //!   (`Drafts`), published once the transaction commits.
 //! - `prune`: retention: `age_cutoff`, `prune_channel`, a channel's oldest retained time.
@@ -59,10 +73,12 @@
 //! - `writer`: the writer thread: its commands, group commit, the age sweep, the write-back of
 //!   device records, and the checkpointer (with [`MAX_BATCH`], [`DEVICE_WRITE_BACK`] and
 //!   [`CHECKPOINT_INTERVAL`], re-exported here).
+//! - `check`: the offline check and repair ([`check`], [`CheckReport`], [`Repaired`]).
 //! - this module: [`SqliteStore`] (opening it, its handles) and its [`Store`] impl.
 //!
 //! ```text
-//! options, failure → books → rows → schema → shared → prune → ops → writer → mod
+//! options, failure, checksum → books → rows → damage → schema → shared → prune → ops → writer
+//!   → check → mod
 //! ```
 
 use std::collections::BTreeSet;
@@ -81,9 +97,12 @@ use rusqlite::{params, Connection, OpenFlags};
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::error::StoreError;
-use crate::store::{check_keys, Appended, EventPage, RecordedReceipt, Store};
+use crate::store::{check_keys, Appended, DamageSeen, EventPage, RecordedReceipt, Store};
 
 mod books;
+mod check;
+mod checksum;
+mod damage;
 mod failure;
 mod ops;
 mod options;
@@ -94,25 +113,28 @@ mod shared;
 mod writer;
 
 #[cfg(test)]
+mod damage_tests;
+#[cfg(test)]
 mod tests;
 
 use books::{ChannelMeta, RecentCache};
+pub use check::{check, CheckReport, Repaired};
+use damage::DamageBook;
 use failure::{closed, Failure};
 use ops::{add_recipient, append, append_batch, record_receipt, remove_recipient, touch_device};
 pub use options::{Durability, SqliteOptions};
+pub use rows::Damage;
 use rows::{
     device_from_row, load_device, membership_from_row, parse_name, query_events, query_receipts,
-    read_page, select_device, select_event, select_membership, sql_limit,
+    read_event, read_page, read_recent, select_device, select_event, select_membership, sql_limit,
 };
-use schema::{check_integrity, load_channels, prepare_schema, recover_devices};
+pub use schema::DB_FILE;
+use schema::{
+    check_integrity, load_channels, load_set_aside, lock_dir, prepare_schema, recover_devices,
+};
 use shared::{Drafts, Shared};
 use writer::{start_checkpointer, Batch, Command, Done, Job, Writer};
 pub use writer::{CHECKPOINT_INTERVAL, DEVICE_WRITE_BACK, MAX_BATCH};
-
-/// The database file inside the data directory.
-pub const DB_FILE: &str = "pere.db";
-/// The lock file that keeps a second server off the same data directory.
-const LOCK_FILE: &str = "pere.lock";
 
 /// Writes queued or in flight at most; further writers wait (asynchronously) for room, so a
 /// stalled disk cannot make the queue grow without bound.
@@ -149,16 +171,9 @@ impl SqliteStore {
     /// created, opened or read (permissions, a file in the way, a corrupt database).
     pub fn open(dir: &Path, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|err| Failure::open(dir, err))?;
-        // One server per data directory: a second writer would break the id sequences. The OS
-        // drops the lock when the process ends, however it ends.
-        let lock_path = dir.join(LOCK_FILE);
-        let lock =
-            std::fs::File::create(&lock_path).map_err(|err| Failure::open(&lock_path, err))?;
-        if lock.try_lock().is_err() {
-            return Err(StoreError::Locked {
-                dir: dir.to_path_buf(),
-            });
-        }
+        // One server per data directory: a second writer would break the id sequences. A
+        // repair (`pere-server check --repair`) holds the same lock while it works.
+        let lock = lock_dir(dir)?;
         let path = dir.join(DB_FILE);
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
@@ -184,6 +199,7 @@ impl SqliteStore {
             }
         }
         let last_receipt = recover_devices(&mut conn).map_err(|err| Failure::open(&path, err))?;
+        let set_aside = load_set_aside(&conn).map_err(|err| Failure::open(&path, err))?;
 
         let shared = Arc::new(Shared {
             _lock: lock,
@@ -198,6 +214,7 @@ impl SqliteStore {
             visited: AtomicU64::new(0),
             closing: AtomicBool::new(false),
             event_keys: Mutex::default(),
+            damage: DamageBook::new(set_aside),
         });
         let (commands, queue) = mpsc::channel();
         let (checkpointer, wake_checkpointer) = start_checkpointer(&path)?;
@@ -310,6 +327,12 @@ impl SqliteStore {
             .map_err(StoreError::backend)?
     }
 
+    /// The channel's committed `(first, head)` as memory holds them: what a disk read falls
+    /// back on where SQLite reports their pages damaged.
+    fn known_bounds(&self, channel: &ChannelName) -> (u64, u64) {
+        self.committed(channel, |meta| meta.map_or((1, 0), |m| (m.first, m.head)))
+    }
+
     /// Reads the committed in-memory state of a channel.
     fn committed<T>(
         &self,
@@ -392,10 +415,12 @@ impl Store for SqliteStore {
                     ..EventPage::default()
                 });
             };
+            // Memory holds only events read back or appended whole: none damaged.
             let page = |events: Vec<Arc<Event>>| EventPage {
                 events,
                 first_retained: meta.first,
                 head: meta.head,
+                unreadable: Vec::new(),
             };
             let start = after.saturating_add(1).max(meta.first);
             if start > meta.head {
@@ -416,9 +441,14 @@ impl Store for SqliteStore {
         if let Some(page) = cached {
             return Ok(page);
         }
-        let channel = channel.clone();
-        self.read_disk(move |conn| read_page(conn, &channel, after, limit))
-            .await
+        let known = self.known_bounds(channel);
+        let (channel, shared) = (channel.clone(), self.inner.shared.clone());
+        self.read_disk(move |conn| {
+            let (page, damaged) = read_page(conn, &channel, after, limit, known)?;
+            shared.damage.note(&channel, &damaged);
+            Ok(page)
+        })
+        .await
     }
 
     async fn recent(
@@ -439,16 +469,13 @@ impl Store for SqliteStore {
         if let Some(events) = cached {
             return Ok(events);
         }
-        let channel = channel.clone();
+        let known = self.known_bounds(channel);
+        let (channel, shared) = (channel.clone(), self.inner.shared.clone());
+        // Damaged events are left out (and counted, and named in the log).
         self.read_disk(move |conn| {
-            let mut events = query_events(
-                conn,
-                &channel,
-                select_event!("WHERE channel = ?1 ORDER BY id DESC LIMIT ?2"),
-                params![channel.as_str(), sql_limit(limit)],
-            )?;
-            events.reverse();
-            Ok(events)
+            let span = read_recent(conn, &channel, limit, known)?;
+            shared.damage.note(&channel, &span.damaged);
+            Ok(span.events)
         })
         .await
     }
@@ -469,17 +496,19 @@ impl Store for SqliteStore {
         if let Some(event) = cached {
             return Ok(event);
         }
-        let channel = channel.clone();
-        self.read_disk(move |conn| {
-            let mut events = query_events(
-                conn,
-                &channel,
-                select_event!("WHERE channel = ?1 AND id = ?2"),
-                params![channel.as_str(), id],
-            )?;
-            Ok(events.pop())
-        })
-        .await
+        let known = self.known_bounds(channel);
+        let (channel, shared) = (channel.clone(), self.inner.shared.clone());
+        let span = self
+            .read_disk(move |conn| {
+                let span = read_event(conn, &channel, id, known)?;
+                shared.damage.note(&channel, &span.damaged);
+                Ok(span)
+            })
+            .await?;
+        match span.damaged.first() {
+            Some(_) => Err(StoreError::EventDamaged { id }),
+            None => Ok(span.events.into_iter().next()),
+        }
     }
 
     async fn record_receipt(
@@ -559,8 +588,9 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<Arc<Event>>, StoreError> {
         let (channel, device) = (channel.clone(), device.clone());
+        let shared = self.inner.shared.clone();
         self.read_disk(move |conn| {
-            query_events(
+            let found = query_events(
                 conn,
                 &channel,
                 select_event!(
@@ -570,7 +600,16 @@ impl Store for SqliteStore {
                      ORDER BY id LIMIT ?4"
                 ),
                 params![channel.as_str(), after, device.as_str(), sql_limit(limit)],
-            )
+            )?;
+            // Damaged events are left out; a row whose very id is unreadable is found by the
+            // readers that account for every id.
+            let damaged: Vec<(u64, Damage)> = found
+                .damaged
+                .iter()
+                .filter_map(|(id, damage)| Some(((*id)?, *damage)))
+                .collect();
+            shared.damage.note(&channel, &damaged);
+            Ok(found.events)
         })
         .await
     }
@@ -678,6 +717,10 @@ impl Store for SqliteStore {
             return Ok(records);
         })
         .await
+    }
+
+    fn damage(&self) -> DamageSeen {
+        self.inner.shared.damage.seen()
     }
 
     async fn probe(&self) -> Result<(), StoreError> {

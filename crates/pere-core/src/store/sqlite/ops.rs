@@ -11,6 +11,7 @@ use pere_proto::receipt::{DeviceRecord, DeviceTouch, Membership, Receipt};
 use rusqlite::{params, CachedStatement, Connection, OptionalExtension};
 
 use super::books::{key_hash, EventKeys};
+use super::checksum::RowFields;
 use super::prune::{age_cutoff, prune_channel, PRUNE_CHUNK};
 use super::rows::{
     membership_from_row, query_events, query_receipts, receipt_touch, select_event,
@@ -22,7 +23,9 @@ use crate::store::{plan_batch, Appended, Plan, RecordedReceipt, Retention};
 
 /// The retained event of `channel` holding `key`, if the key is still remembered. Run by the
 /// writer, which sees its transaction's own inserts: a key sent twice in one batch is stored
-/// once too. A key past the window is cleared from its event, so it can be given again.
+/// once too. A key past the window is cleared from its event, so it can be given again. An
+/// event that holds the key but is damaged (it fails its checksum, or does not decode) holds it
+/// no more: the retry is stored as a new event, which brings back what was lost.
 fn keyed_event(
     conn: &Connection,
     keys: &mut EventKeys,
@@ -41,9 +44,9 @@ fn keyed_event(
         select_event!("WHERE channel = ?1 AND id = ?2"),
         params![channel.as_str(), id],
     )?;
-    let event = match stored.into_iter().next() {
+    let event = match stored.events.into_iter().next() {
         Some(event) if event.idempotency_key.as_deref() == Some(key) => event,
-        // Pruned since.
+        // Pruned since, or damaged.
         None => {
             keys.forget(channel, key, id);
             return Ok(None);
@@ -53,6 +56,7 @@ fn keyed_event(
         Some(_) => {
             let by_key = select_event!("WHERE channel = ?1 AND idempotency_key = ?2");
             match query_events(conn, channel, by_key, params![channel.as_str(), key])?
+                .events
                 .into_iter()
                 .next()
             {
@@ -134,8 +138,8 @@ pub(super) fn append_batch(
 /// cache costs a lookup and a reset each time it is taken.
 fn insert_statement(conn: &Connection) -> rusqlite::Result<CachedStatement<'_>> {
     conn.prepare_cached(
-        "INSERT INTO events (channel, id, time, publisher, event_type, body, idempotency_key) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO events (channel, id, time, publisher, event_type, body, idempotency_key, checksum) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )
 }
 
@@ -150,14 +154,28 @@ fn insert_event(
     let draft = drafts.entry(&channel);
     let id = draft.head + 1;
     let event = Arc::new(Event::new(channel, id, at, new));
+    let time = event.time.timestamp_millis();
+    let publisher = event.publisher.as_ref().map(|p| p.as_str());
+    let event_type = event.event_type.as_ref().map(|t| t.as_str());
+    let checksum = RowFields {
+        channel: event.channel.as_str().as_bytes(),
+        id,
+        time,
+        event_type: event_type.map(str::as_bytes),
+        publisher: publisher.map(str::as_bytes),
+        idempotency_key: event.idempotency_key.as_deref().map(str::as_bytes),
+        body: event.body.as_bytes(),
+    }
+    .checksum();
     insert.execute(params![
         event.channel.as_str(),
         id,
-        event.time.timestamp_millis(),
-        event.publisher.as_ref().map(|p| p.as_str()),
-        event.event_type.as_ref().map(|t| t.as_str()),
+        time,
+        publisher,
+        event_type,
         event.body,
         event.idempotency_key,
+        checksum,
     ])?;
     if let Some(key) = &event.idempotency_key {
         shared

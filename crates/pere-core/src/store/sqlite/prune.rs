@@ -62,15 +62,20 @@ pub(super) fn prune_channel(
     Ok((deleted, bound == limit && limit < end))
 }
 
-/// The time (milliseconds) of the channel's oldest retained event, at or after `first`.
+/// The time (milliseconds) of the channel's oldest retained event, at or after `first`; `None`
+/// too when that time is damaged into something else (the channel is then not aged).
 pub(super) fn oldest_time(
     conn: &Connection,
     channel: &ChannelName,
     first: u64,
 ) -> rusqlite::Result<Option<i64>> {
-    conn.prepare_cached(
-        "SELECT time FROM events WHERE channel = ?1 AND id >= ?2 ORDER BY id LIMIT 1",
-    )?
-    .query_row(params![channel.as_str(), first], |row| row.get(0))
-    .optional()
+    let time = conn
+        .prepare_cached(
+            "SELECT time FROM events WHERE channel = ?1 AND id >= ?2 ORDER BY id LIMIT 1",
+        )?
+        .query_row(params![channel.as_str(), first], |row| {
+            Ok(row.get_ref(0)?.as_i64_or_null().unwrap_or(None))
+        })
+        .optional()?;
+    Ok(time.flatten())
 }

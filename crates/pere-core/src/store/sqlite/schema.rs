@@ -1,10 +1,11 @@
-//! Opening the database: the schema and its migrations ([`MIGRATIONS`]), the checks that the
-//! file is a sound PERE database this build understands, the connections' settings, and what
-//! is read at open: every channel's committed state ([`load_channels`]) and the device records
-//! recovered from the receipts of the last moments ([`recover_devices`]).
+//! Opening the database: the data directory's lock ([`lock_dir`]), the schema and its
+//! migrations ([`MIGRATIONS`]), the checks that the file is a sound PERE database this build
+//! understands, the connections' settings, and what is read at open: every channel's committed
+//! state ([`load_channels`]), the device records recovered from the receipts of the last
+//! moments ([`recover_devices`]) and the events a repair set aside ([`load_set_aside`]).
 
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::mpsc;
 use std::thread;
@@ -15,7 +16,8 @@ use pere_proto::receipt::{DeviceRecord, Receipt};
 use rusqlite::{Connection, OpenFlags};
 
 use super::books::ChannelMeta;
-use super::failure::Failure;
+use super::checksum;
+use super::failure::{is_damage, Failure};
 use super::options::Durability;
 use super::rows::{
     load_device, parse_name, receipt_touch, save_device, save_devices_through, time_from_ms,
@@ -34,6 +36,53 @@ pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `PRAGMA application_id` of a PERE database ("PERE" in ASCII), to tell it from other SQLite files.
 const APPLICATION_ID: i64 = 0x5045_5245;
+
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "pere.db";
+/// The lock file that keeps a second process (a server, or `pere-server check`) off the same
+/// data directory.
+pub(super) const LOCK_FILE: &str = "pere.lock";
+
+/// Takes the data directory's lock, held until the file is dropped; the OS drops it when the
+/// process ends, however it ends.
+///
+/// # Errors
+/// [`StoreError::Locked`] when another process holds it; [`StoreError::Backend`] when the lock
+/// file cannot be made.
+pub(super) fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
+    let lock_path = dir.join(LOCK_FILE);
+    let lock = std::fs::File::create(&lock_path).map_err(|err| Failure::open(&lock_path, err))?;
+    if lock.try_lock().is_err() {
+        return Err(StoreError::Locked {
+            dir: dir.to_path_buf(),
+        });
+    }
+    Ok(lock)
+}
+
+/// The table where `pere-server check --repair` sets aside the event rows it finds damaged,
+/// byte for byte: the channel and id where the row stood (as the channel's index names them),
+/// then what the row held, each column as its raw bytes (text columns as BLOBs, so bytes that
+/// are not UTF-8 stay as they were; NULL where the row could not be read at all), why it was
+/// set aside and when (milliseconds). Nothing in it is ever read back as an event.
+macro_rules! damaged_events_table {
+    () => {
+        "CREATE TABLE IF NOT EXISTS damaged_events (
+            channel TEXT NOT NULL,
+            id INTEGER NOT NULL,
+            time BLOB,
+            publisher BLOB,
+            event_type BLOB,
+            body BLOB,
+            idempotency_key BLOB,
+            checksum BLOB,
+            reason TEXT NOT NULL,
+            set_aside_at INTEGER NOT NULL,
+            PRIMARY KEY (channel, id)
+        ) WITHOUT ROWID;"
+    };
+}
+pub(super) use damaged_events_table;
 
 /// The schema, one migration per version: `MIGRATIONS[n]` takes `user_version` n to n + 1.
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -112,6 +161,17 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // index of random keys had every keyed insert, and every prune of a keyed event, dirty a
     // page of its own. `key_hash` is no longer written or read.
     "DROP INDEX events_by_key_hash;",
+    // v7. Every event row carries the checksum of what it holds (the `checksum` room has the
+    // byte layout): written with the row, checked by every read, so damage that leaves the file
+    // well formed (a page overwritten inside a body) is found. Rows stored before get theirs
+    // here, in this one transaction, from what they hold now; one that no longer decodes gets
+    // NULL, which reads refuse. And the table where a repair sets damaged rows aside.
+    concat!(
+        "ALTER TABLE events ADD COLUMN checksum INTEGER;
+        UPDATE events SET checksum =
+            pere_event_checksum(channel, id, time, event_type, publisher, idempotency_key, body);",
+        damaged_events_table!()
+    ),
 ];
 
 /// The schema version this build writes.
@@ -128,14 +188,6 @@ pub(super) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(|err| Failure::open(path, err))?;
     Ok(conn)
-}
-
-/// Whether SQLite's error says the file is damaged or not a database at all.
-fn is_damage(err: &rusqlite::Error) -> bool {
-    matches!(
-        err.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
-    )
 }
 
 /// The error for a damaged database file, with SQLite's words on one line.
@@ -256,6 +308,8 @@ pub(super) fn prepare_schema(
     conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
         .map_err(fail)?;
 
+    // The v7 migration computes the checksums of the rows already stored.
+    checksum::register(conn).map_err(fail)?;
     for (from, migration) in MIGRATIONS
         .iter()
         .enumerate()
@@ -335,11 +389,30 @@ pub(super) fn load_channels(
         let name = parse_name(row.get_ref(0)?.as_str()?, 0, ChannelName::new)?;
         let head: u64 = row.get(1)?;
         let first: Option<u64> = row.get(2)?;
-        let age_key: Option<i64> = row.get(3)?;
+        // A time damaged into something else files the channel under none: it is not aged
+        // (count retention still prunes it), rather than stopping the store from opening.
+        let age_key = row.get_ref(3)?.as_i64_or_null().unwrap_or(None);
         Ok((
             name,
             ChannelMeta::new(head, first.unwrap_or(head + 1), age_key),
         ))
     })?;
     rows.collect()
+}
+
+/// The events a repair set aside, per channel (`damaged_events`).
+pub(super) fn load_set_aside(
+    conn: &Connection,
+) -> rusqlite::Result<HashMap<ChannelName, BTreeSet<u64>>> {
+    let mut stmt = conn.prepare("SELECT channel, id FROM damaged_events")?;
+    let mut rows = stmt.query([])?;
+    let mut set_aside: HashMap<ChannelName, BTreeSet<u64>> = HashMap::new();
+    while let Some(row) = rows.next()? {
+        // A name that is not one no reader will ever ask for.
+        let Ok(channel) = ChannelName::new(row.get_ref(0)?.as_str()?) else {
+            continue;
+        };
+        set_aside.entry(channel).or_default().insert(row.get(1)?);
+    }
+    Ok(set_aside)
 }

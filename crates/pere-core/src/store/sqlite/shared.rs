@@ -15,6 +15,7 @@ use pere_proto::receipt::DeviceRecord;
 use rusqlite::Connection;
 
 use super::books::{cached_size, ChannelMeta, DeviceBook, EventKeys, RecentCache, LARGEST_CACHED};
+use super::damage::DamageBook;
 use super::options::SqliteOptions;
 use super::rows::load_device;
 use super::schema::open_reader;
@@ -49,6 +50,8 @@ pub(super) struct Shared {
     pub(super) closing: AtomicBool,
     // Used by the writer only (a Mutex for the borrow, never contended).
     pub(super) event_keys: Mutex<EventKeys>,
+    // What readers found damaged; its lock is taken only when a read met damage.
+    pub(super) damage: DamageBook,
 }
 
 impl Shared {
