@@ -859,7 +859,7 @@ async fn a_page_of_another_site_cannot_change_anything_with_the_cookie() {
     let query = simple(
         "POST",
         &format!("/push/X?access_token={publisher}"),
-        &[evil.clone()],
+        std::slice::from_ref(&evil),
         "x",
     );
     assert_eq!(send(&address, &query, false).await.status, 200);

@@ -162,7 +162,7 @@ pub fn answers_host(authority: &str, allowed: &[String]) -> bool {
                     .is_ok_and(|ip| ip.is_loopback())
         }
     };
-    loopback || allowed.iter().any(|name| *name == host)
+    loopback || allowed.contains(&host)
 }
 
 /// The host of an authority (`name`, `name:port`, `[v6]`, `[v6]:port`); `None` when it is none.
