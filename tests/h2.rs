@@ -1,6 +1,8 @@
 //! HTTP/2 and HTTPS with real clients: curl with prior knowledge on the plain port, reqwest over
 //! TLS (ALPN) with a certificate made here. Many SSE streams share one connection, each ends
 //! cleanly, flow control holds one stream without holding the others, and a shutdown closes them.
+//! Over TLS the protected mode's rules hold too: the server's own origin is `https://`, and a
+//! name that is not this machine's gets 421.
 
 use std::net::SocketAddr;
 
@@ -279,6 +281,71 @@ async fn https_serves_http1_clients_too() {
         .await
         .unwrap();
     assert_eq!(feed.next().await.data, "tls 1.1");
+}
+
+/// Over TLS the server's own origin is `https://`: in protected mode (being on this machine is
+/// the credential, which a browser lends to every page) a change from a page of that origin
+/// passes, one from its `http://` twin or from another site is 403 `cross_origin`, and a request
+/// addressed to a name that is not this machine's is 421 `unknown_host`; on HTTP/2 and HTTP/1.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_own_origin_is_https_and_other_names_are_refused() {
+    let server = TlsServer::start(&[]).await;
+    let port = server.address.port();
+    let code = |body: &str| -> Option<String> {
+        let json: serde_json::Value = serde_json::from_str(body).ok()?;
+        json["error"]["code"].as_str().map(str::to_owned)
+    };
+    for http1_only in [false, true] {
+        let version = if http1_only {
+            Version::HTTP_11
+        } else {
+            Version::HTTP_2
+        };
+        let client = server.client(http1_only);
+        for (origin, status, refusal) in [
+            (format!("https://localhost:{port}"), 200, None),
+            (
+                format!("http://localhost:{port}"),
+                403,
+                Some("cross_origin"),
+            ),
+            ("https://evil.example".to_owned(), 403, Some("cross_origin")),
+        ] {
+            let answer = client
+                .post(server.url("/push/TLS"))
+                .header("origin", &origin)
+                .header("content-type", "text/plain")
+                .body("x")
+                .send()
+                .await
+                .unwrap();
+            let got = (answer.version(), answer.status().as_u16());
+            let body = answer.text().await.unwrap();
+            assert_eq!(got, (version, status), "{origin}: {body}");
+            if let Some(refusal) = refusal {
+                assert_eq!(code(&body).as_deref(), Some(refusal), "{origin}: {body}");
+            }
+        }
+        // A name rebound to this machine: the certificate is not its own, which a browser would
+        // refuse already; the server refuses it as well.
+        let mut rebound = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .resolve("evil.example", server.address);
+        if http1_only {
+            rebound = rebound.http1_only();
+        }
+        let answer = rebound
+            .build()
+            .unwrap()
+            .get(format!("https://evil.example:{port}/admin/channels"))
+            .send()
+            .await
+            .unwrap();
+        let got = (answer.version(), answer.status().as_u16());
+        let body = answer.text().await.unwrap();
+        assert_eq!(got, (version, 421), "{body}");
+        assert_eq!(code(&body).as_deref(), Some("unknown_host"), "{body}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
