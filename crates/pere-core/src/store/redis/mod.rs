@@ -20,7 +20,7 @@
 //!
 //! The store knows who it is (`P:store`, made by the first node that writes): every script that
 //! hands out ids or takes receipts checks that the store is the one the node knows and holds
-//! what the node saw of the channel, and changes nothing when not ([`StoreError::Changed`]);
+//! what the node saw of the channel, and changes nothing when not ([`StoreError::Changed`](crate::StoreError::Changed));
 //! every node also checks the identity every [`IDENTITY_CHECK`]. The nodes then adopt the
 //! store: each raises its floor with the ids it handed out, and none writes until
 //! `ADOPT_QUIET_MS` after the first noticed, so that ids continue above every id any live node
