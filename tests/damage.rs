@@ -19,18 +19,6 @@ fn body(i: u64) -> String {
     format!("event {i} MARK{i:04} {}", "p".repeat(100))
 }
 
-/// Stops the server with SIGTERM and waits for it to exit cleanly.
-async fn stop(mut server: TestServer) -> Vec<String> {
-    let pid = server.proc.pid().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    assert_eq!(server.proc.wait_exit().await, 0);
-    server.proc.errors()
-}
-
 /// Runs `pere-server check` on `dir` with `extra` flags; returns its exit status and stdout.
 async fn check(dir: &Path, extra: &[&str]) -> (i32, Vec<String>) {
     let mut args = vec!["check", "--data-dir", dir.to_str().unwrap()];
@@ -90,7 +78,7 @@ async fn a_damaged_event_is_passed_over_named_reported_and_repaired() {
     for i in 1..=EVENTS {
         assert_eq!(server.push("C", &body(i)).await, i);
     }
-    stop(server).await;
+    server.stop().await;
     // Sound, and the check leaves every page in the database file, where the disk damages it.
     let (code, lines) = check(dir.path(), &[]).await;
     assert_eq!(code, 0, "{lines:?}");
@@ -186,7 +174,7 @@ async fn a_damaged_event_is_passed_over_named_reported_and_repaired() {
     // A check cannot run beside the server.
     let (code, _) = check(dir.path(), &[]).await;
     assert_eq!(code, 2);
-    let log = stop(server).await;
+    let log = server.stop().await;
     let named: Vec<&String> = log.iter().filter(|l| l.contains("damaged store")).collect();
     assert_eq!(named.len(), 1, "{log:?}");
     assert!(
@@ -222,7 +210,7 @@ async fn a_damaged_event_is_passed_over_named_reported_and_repaired() {
         serde_json::json!({"status": "ready"})
     );
     assert_eq!(server.push("C", "after the repair").await, EVENTS + 1);
-    let log = stop(server).await;
+    let log = server.stop().await;
     assert!(log.iter().all(|l| !l.contains("damaged store")), "{log:?}");
 }
 

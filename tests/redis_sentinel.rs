@@ -247,6 +247,9 @@ async fn without_wait_replicas_a_failover_loses_only_the_newest_pushes_acknowled
             before.len(),
             lost.len()
         );
+        // The node saw the ids it handed out: the promoted replica lacking them is a store that
+        // changed under it, and none is given again.
+        assert_eq!(reused, 0, "round {round}: ids of lost pushes given again");
         // The replica had a prefix of the primary's history: what is lost is the newest.
         let newest_kept = kept.iter().map(|(id, _)| *id).max().unwrap_or(0);
         assert!(

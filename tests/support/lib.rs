@@ -397,6 +397,19 @@ impl TestServer {
         let _ = self.proc.child.wait().await;
     }
 
+    /// Stops the server with SIGTERM, as an operator does, and waits for it to exit cleanly;
+    /// returns what it wrote to stderr.
+    pub async fn stop(mut self) -> Vec<String> {
+        let pid = self.proc.pid().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        assert!(sent.success());
+        assert_eq!(self.proc.wait_exit().await, 0, "{:?}", self.proc.errors());
+        self.proc.errors()
+    }
+
     /// The URL of `path` on this server.
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)

@@ -14,6 +14,10 @@
 //! stream on any node) or offline (its last), numbers the change for the channel and publishes
 //! it, and every node, this one included, applies it from the bus ([`Hub::apply_presence`]),
 //! so all show the same changes in the same order.
+//!
+//! The store's identity is checked every [`IDENTITY_CHECK`]: a Redis that came back empty or is
+//! another store is adopted ([`Hub::store_changed`]) even by a node that is not writing, so that
+//! every live node raises the floor with the ids it handed out.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -24,7 +28,7 @@ use pere_proto::name::ChannelName;
 use crate::error::StoreError;
 use crate::follow::PRESENCE_HISTORY;
 use crate::hub::{ChannelWatch, Hub};
-use crate::store::redis::{Bus, BusNotice, RedisStore};
+use crate::store::redis::{Bus, BusNotice, RedisStore, IDENTITY_CHECK};
 
 /// How soon a registration that Redis refused is tried again: presence written during an
 /// outage shows about this long after Redis is back.
@@ -45,6 +49,7 @@ pub fn join(hub: &Arc<Hub<RedisStore>>, ttl: Duration) -> Bus {
     hub.share_presence();
     tokio::spawn(listen(Arc::downgrade(hub), bus.clone()));
     tokio::spawn(heartbeat(Arc::downgrade(hub), bus.clone()));
+    tokio::spawn(watch_identity(Arc::downgrade(hub)));
     bus
 }
 
@@ -99,6 +104,7 @@ async fn apply(hub: &Hub<RedisStore>, notice: BusNotice) -> Result<(), StoreErro
     match notice {
         BusNotice::Published(event) => {
             let channel = event.channel.clone();
+            hub.store().saw(&channel, event.id);
             hub.apply_published(&channel, event).await
         }
         BusNotice::Receipt(receipt) => hub.apply_receipt(&receipt).await.map(|_| ()),
@@ -166,6 +172,24 @@ async fn heartbeat(hub: Weak<Hub<RedisStore>>, bus: Bus) {
         tokio::select! {
             () = tokio::time::sleep_until(next_beat) => {}
             () = wake.notified() => {}
+        }
+    }
+}
+
+/// Checks every [`IDENTITY_CHECK`] that the store is still the one this node knows, and starts
+/// adopting it when it is not, until the hub is gone: a node that is not writing notices a
+/// Redis that came back empty in time to raise the floor with the ids it handed out.
+async fn watch_identity(hub: Weak<Hub<RedisStore>>) {
+    let mut every = tokio::time::interval(IDENTITY_CHECK);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(hub) = hub.upgrade() else {
+            return;
+        };
+        // Unreachable: the heartbeat says so.
+        if let Ok(false) = hub.store().same_store().await {
+            hub.store_changed();
         }
     }
 }

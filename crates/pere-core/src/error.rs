@@ -59,6 +59,15 @@ pub enum StoreError {
         /// The event's id.
         id: u64,
     },
+    /// The store changed under this node (it came back empty, it is another store, or it
+    /// went back in time): nothing was written. The node adopts it ([`Store::adopt`]) before
+    /// writing again, so that no id is given twice.
+    ///
+    /// [`Store::adopt`]: crate::store::Store::adopt
+    Changed {
+        /// What was found, on one line.
+        detail: String,
+    },
     /// Another PERE process (a server, or `pere-server check`) holds the data directory's lock.
     Locked {
         /// The data directory.
@@ -100,6 +109,7 @@ impl fmt::Display for StoreError {
             StoreError::EventDamaged { id } => {
                 write!(f, "event {id} is damaged in the store and cannot be read")
             }
+            StoreError::Changed { detail } => write!(f, "the store changed under this node: {detail}"),
             StoreError::Locked { dir } => write!(
                 f,
                 "{} is in use by another PERE server (or by pere-server check); stop that one, or give this one its own --data-dir",

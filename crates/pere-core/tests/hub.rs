@@ -864,3 +864,65 @@ async fn a_presence_follower_behind_the_changes_kept_ends_as_lagged() {
     );
     assert!(!fresh.lagged());
 }
+
+async fn next_item(sub: &mut Subscription<MemoryStore>) -> FeedItem {
+    match timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("no item within 5 s")
+    {
+        Some(Ok(item)) => item,
+        other => panic!("expected an item, got {other:?}"),
+    }
+}
+
+/// The store loses everything under a running node (a Redis restarted without its data): the
+/// node adopts it above the ids it handed out, an open feed hears pere-reset before anything
+/// newer, no id is given twice, and a feed resuming inside the lost ids is reset too.
+#[tokio::test]
+async fn a_store_that_lost_everything_is_adopted_above_the_ids_handed_out() {
+    let hub = hub();
+    let c = ch("C");
+    let mut sub = hub.subscribe(&c, from(None, Some("H1"))).await.unwrap();
+    for i in 1..=5 {
+        hub.publish(&c, text(&format!("before {i}"))).await.unwrap();
+        assert_eq!(next_id(&mut sub).await, i);
+    }
+    hub.store().lose_everything();
+    assert!(matches!(
+        hub.publish(&c, text("refused")).await,
+        Err(StoreError::Changed { .. })
+    ));
+    timeout(Duration::from_secs(5), async {
+        while hub.adopting_store() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the store is adopted within 5 s");
+    match next_item(&mut sub).await {
+        FeedItem::Reset { requested, head } => assert_eq!((requested, head), (5, 5)),
+        other => panic!("expected a reset first, got {other:?}"),
+    }
+    let next = hub.publish(&c, text("after")).await.unwrap().event;
+    assert_eq!(next.id, 6, "ids continue above the ones handed out");
+    assert_eq!(next_id(&mut sub).await, 6);
+    // The device is still expected: the node wrote its recipients back.
+    let summary = hub.receipt_summary(&c, 6).await.unwrap();
+    assert_eq!(summary.expected, 1);
+    // A receipt for an event the store lost is taken as one for a pruned event.
+    hub.acknowledge(&c, 3, &dev("H1"), "ok".into())
+        .await
+        .unwrap();
+    // A feed that saw id 3 before the loss must forget it.
+    let mut late = hub.subscribe(&c, from(Some(3), Some("H2"))).await.unwrap();
+    match next_item(&mut late).await {
+        FeedItem::Reset { requested, head } => assert_eq!((requested, head), (3, 6)),
+        other => panic!("expected a reset, got {other:?}"),
+    }
+    assert_eq!(next_id(&mut late).await, 6);
+    // A channel nobody had loaded: its ids continue above the node's high water too.
+    assert_eq!(
+        hub.publish(&ch("OTHER"), text("x")).await.unwrap().event.id,
+        6
+    );
+}

@@ -195,6 +195,19 @@ impl From<StoreError> for ApiError {
                 "event_damaged",
                 format!("event {id} is damaged in the server's store and cannot be read"),
             ),
+            // Nothing was written: the node adopts the store first, so a retry a moment later
+            // is answered with an id never handed out before.
+            StoreError::Changed { .. } => {
+                tracing::warn!("storage: {err}");
+                ApiError {
+                    retry_after: Some(1),
+                    ..ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "store_changed",
+                        "The event store changed under this server (it lost its data, or is another one); nothing was stored. Retry in a moment.",
+                    )
+                }
+            }
             // Internals stay in the server log; the client learns only that storage failed.
             other => {
                 tracing::error!("storage: {other}");

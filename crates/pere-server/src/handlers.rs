@@ -183,6 +183,9 @@ pub async fn dispatch<S: Store>(
 async fn readiness<S: Store>(state: &AppState<S>) -> Response<ResponseBody> {
     let reason = if state.stopping.is_cancelled() {
         Some("shutting_down")
+    } else if state.hub.adopting_store() {
+        // Until every loaded channel continues above the ids handed out before the change.
+        Some("store_changed")
     } else {
         match state.hub.store().probe().await {
             Ok(()) => None,

@@ -98,12 +98,28 @@ pub(super) struct ChannelState {
     pub(super) stalled_since: Option<Instant>,
     // Whether a gap timer watches `waiting` (one per channel at most).
     pub(super) gap_timer: bool,
+    // While the node adopts a store that changed under it: what arrives waits, so that the
+    // channel's subscribers hear `pere-reset` before anything newer (see [`ChannelHub::hold`]).
+    pub(super) held: bool,
     pub(super) subscribers: HashMap<u64, SubscriberSlot>,
+}
+
+/// What a subscriber's queue carries, in the order the channel released it.
+#[derive(Debug)]
+pub(super) enum Live {
+    /// An event, shared by every queue it reached.
+    Event(Arc<Event>),
+    /// The store changed under the node: the channel's ids continue above `floor`, and the
+    /// subscriber must be told to forget the ids it saw before anything newer.
+    Reset {
+        /// The channel's new last released id.
+        floor: u64,
+    },
 }
 
 #[derive(Debug)]
 pub(super) struct SubscriberSlot {
-    pub(super) tx: mpsc::Sender<Arc<Event>>,
+    pub(super) tx: mpsc::Sender<Live>,
     pub(super) lagged: Arc<Cut>,
     // For the notice when it is cut.
     pub(super) device: Option<DeviceId>,
@@ -140,7 +156,7 @@ impl ChannelHub {
             return false;
         }
         // In order, as nearly always: straight out, no reordering map.
-        if event.id == state.last_released + 1 && state.waiting.is_empty() {
+        if event.id == state.last_released + 1 && state.waiting.is_empty() && !state.held {
             self.fan_out(&mut state, event, observers);
             return false;
         }
@@ -148,12 +164,43 @@ impl ChannelHub {
         self.drain(&mut state, observers)
     }
 
+    /// After the store changed under the node: the channel continues above `floor` (what waits
+    /// at or under it is dropped: those ids are lost), and every subscriber hears of it before
+    /// anything newer. A subscriber with no room left for the notice is cut, as for an event:
+    /// it resumes, and its resume position inside the lost ids gets it `pere-reset`.
+    pub(super) fn reset(&self, floor: u64, observers: &Observers) -> bool {
+        let mut state = self.state();
+        state.held = false;
+        state.last_released = state.last_released.max(floor);
+        state.waiting.retain(|&id, _| id > floor);
+        let mut cut = Vec::new();
+        for (&id, slot) in &state.subscribers {
+            if slot.tx.try_send(Live::Reset { floor }).is_err() {
+                slot.lagged.cut();
+                cut.push(id);
+            }
+        }
+        for id in cut {
+            state.subscribers.remove(&id);
+        }
+        self.subscriber_count
+            .store(state.subscribers.len(), Ordering::Relaxed);
+        self.drain(&mut state, observers)
+    }
+
+    /// Holds what arrives from now on until [`ChannelHub::reset`]: the store changed under the
+    /// node, and other nodes may number events above the floor before this one has told its
+    /// subscribers to forget the ids they saw.
+    pub(super) fn hold(&self) {
+        self.state().held = true;
+    }
+
     /// Passes over `id`, an event the store holds but cannot give (damaged), when it is next in
     /// line: what waits behind it goes out as if it had been released. Returns true as
     /// [`ChannelHub::release`] does.
     pub(super) fn pass_over(&self, id: u64, observers: &Observers) -> bool {
         let mut state = self.state();
-        if id != state.last_released + 1 {
+        if id != state.last_released + 1 || state.held {
             return false;
         }
         state.last_released = id;
@@ -164,6 +211,9 @@ impl ChannelHub {
     /// made progress. Returns true when a gap timer is needed and none runs (it counts as
     /// running from now on).
     pub(super) fn drain(&self, state: &mut ChannelState, observers: &Observers) -> bool {
+        if state.held {
+            return false;
+        }
         let before = state.last_released;
         loop {
             let next = state.last_released + 1;
@@ -191,7 +241,7 @@ impl ChannelHub {
         state.last_released = event.id;
         let mut cut = Vec::new();
         for (&id, slot) in &state.subscribers {
-            if slot.tx.try_send(event.clone()).is_err() {
+            if slot.tx.try_send(Live::Event(event.clone())).is_err() {
                 // Full or closed: end this stream. The client resumes from its last event id.
                 slot.lagged.cut();
                 cut.push(id);

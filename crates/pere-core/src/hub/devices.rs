@@ -38,7 +38,7 @@ impl<S: Store> Hub<S> {
         if let Some(current) = hub.ledger().recipient(device) {
             return Ok(current.clone());
         }
-        let membership = self.store.add_recipient(channel, device, now()).await?;
+        let membership = self.watched(self.store.add_recipient(channel, device, now()).await)?;
         self.apply_membership_to(hub, &membership);
         Ok(membership)
     }
@@ -200,8 +200,10 @@ impl<S: Store> Hub<S> {
         channel: &ChannelName,
         device: &DeviceId,
     ) -> Result<Membership, StoreError> {
+        self.writable()?;
         let hub = self.channel(channel).await?;
-        self.store
+        let touched = self
+            .store
             .touch_device(DeviceTouch {
                 channel: channel.clone(),
                 device: device.clone(),
@@ -210,7 +212,8 @@ impl<S: Store> Hub<S> {
                 last_event_id: None,
                 delivered: 0,
             })
-            .await?;
+            .await;
+        self.watched(touched)?;
         self.add_recipient(&hub, channel, device).await
     }
 
@@ -225,8 +228,9 @@ impl<S: Store> Hub<S> {
         channel: &ChannelName,
         device: &DeviceId,
     ) -> Result<Option<Membership>, StoreError> {
+        self.writable()?;
         let hub = self.channel(channel).await?;
-        let ended = self.store.remove_recipient(channel, device).await?;
+        let ended = self.watched(self.store.remove_recipient(channel, device).await)?;
         match &ended {
             Some(ended) => self.apply_membership_to(&hub, ended),
             // Not a recipient by the store's account: nothing to tell, but the ledger agrees.

@@ -35,11 +35,14 @@
 //! events, gaps, catch-up), `devices` (recipients, presence, device views), `receipts`
 //! (receipts, waits, summaries, followers) and `subscribe` (subscriptions: replay, live,
 //! redelivery). Each adds methods to [`Hub`]; `channel` is the floor the others stand on.
+//! `recover` is what a node does when its store changed under it: it adopts the store above
+//! every id it handed out, and every open feed of a loaded channel hears `pere-reset`.
 
 mod channel;
 mod devices;
 mod publish;
 mod receipts;
+mod recover;
 mod subscribe;
 
 use std::collections::{BTreeMap, HashMap};
@@ -163,6 +166,10 @@ pub struct Hub<S> {
     presence_wake: Arc<tokio::sync::Notify>,
     next_subscriber: AtomicU64,
     observers: Observers,
+    // The greatest event id this node applied: what it may have handed out (see `recover`).
+    high_water: AtomicU64,
+    // Set while the node adopts a store that changed under it; writes wait for it.
+    adopting: AtomicBool,
     // The hub itself, for the gap timers, which outlive the call that starts them and must not
     // keep a dropped hub alive.
     me: Weak<Hub<S>>,
@@ -186,6 +193,8 @@ impl<S: Store> Hub<S> {
             presence_wake: Arc::default(),
             next_subscriber: AtomicU64::new(1),
             observers: Observers::default(),
+            high_water: AtomicU64::new(0),
+            adopting: AtomicBool::new(false),
             me: me.clone(),
         })
     }
@@ -335,6 +344,7 @@ impl<S: Store> Hub<S> {
                     waiting: BTreeMap::new(),
                     stalled_since: None,
                     gap_timer: false,
+                    held: false,
                     subscribers: HashMap::new(),
                 }),
                 subscriber_count: AtomicUsize::new(0),

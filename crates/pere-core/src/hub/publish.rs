@@ -32,6 +32,7 @@ impl<S: Store> Hub<S> {
         channel: &ChannelName,
         event: NewEvent,
     ) -> Result<Appended, StoreError> {
+        self.writable()?;
         let hub = self.channel(channel).await?;
         let this = self.clone();
         // Append and release run to completion even if the caller goes away: an event the store
@@ -41,7 +42,8 @@ impl<S: Store> Hub<S> {
                 .store
                 .append(&hub.name, event)
                 .await
-                .inspect_err(|err| this.apply_unconfirmed(&hub, err))?;
+                .inspect_err(|err| this.apply_unconfirmed(&hub, err));
+            let appended = this.watched(appended)?;
             if appended.new {
                 this.apply_published_to(&hub, appended.event.clone());
             }
@@ -72,6 +74,7 @@ impl<S: Store> Hub<S> {
         channel: &ChannelName,
         events: Vec<NewEvent>,
     ) -> Result<Vec<Appended>, StoreError> {
+        self.writable()?;
         let hub = self.channel(channel).await?;
         let this = self.clone();
         // As in `publish`: run to completion even if the caller goes away.
@@ -80,7 +83,8 @@ impl<S: Store> Hub<S> {
                 .store
                 .append_batch(&hub.name, events)
                 .await
-                .inspect_err(|err| this.apply_unconfirmed(&hub, err))?;
+                .inspect_err(|err| this.apply_unconfirmed(&hub, err));
+            let appended = this.watched(appended)?;
             for event in appended.iter().filter(|a| a.new) {
                 this.apply_published_to(&hub, event.event.clone());
             }
@@ -127,6 +131,7 @@ impl<S: Store> Hub<S> {
     }
 
     pub(super) fn apply_published_to(&self, hub: &Arc<ChannelHub>, event: Arc<Event>) {
+        self.high_water.fetch_max(event.id, Ordering::Relaxed);
         hub.last_published.store(self.clock(), Ordering::Relaxed);
         // Followed before it is released, so no receipt can arrive before the ledger knows it;
         // told before it is released, so an observer hears of it before anything a subscriber

@@ -42,7 +42,8 @@ impl<S: Store> Hub<S> {
         };
         // The store refuses receipts for unknown channels and ids before any hub state is made
         // for them: a stream of bogus receipts costs no memory.
-        let recorded = self.store.record_receipt(receipt).await;
+        self.writable()?;
+        let recorded = self.watched(self.store.record_receipt(receipt).await);
         let (receipt, record) = self.unless_unconfirmed(recorded).await?;
         self.apply_receipt(&receipt).await?;
         Ok((receipt, record))
@@ -70,7 +71,8 @@ impl<S: Store> Hub<S> {
             status,
             time: now(),
         };
-        let recorded = self.store.record_receipt_keyed(receipt, key).await;
+        self.writable()?;
+        let recorded = self.watched(self.store.record_receipt_keyed(receipt, key).await);
         let recorded = self.unless_unconfirmed(recorded).await?;
         if recorded.new {
             self.apply_receipt(&recorded.receipt).await?;

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use crate::error::StoreError;
 use crate::store::Store;
 
-use super::channel::{ChannelHub, Cut, SubscriberSlot};
+use super::channel::{ChannelHub, Cut, Live, SubscriberSlot};
 use super::devices::LiveDevice;
 use super::Hub;
 
@@ -95,8 +95,18 @@ impl<S: Store> Hub<S> {
         let mut after = after.unwrap_or(0);
         // Heads only grow, so a position beyond the head read now was never given out here.
         let head = self.store.head(channel).await?;
+        // A position beyond the head, or inside ids the store lost when it changed, names events
+        // this store no longer has: the client must forget them.
+        let forgotten = after > head
+            || (after > 0
+                && self
+                    .store
+                    .lost(channel)
+                    .await?
+                    .iter()
+                    .any(|lost| lost.contains(&after)));
         let mut reset = None;
-        if after > head {
+        if forgotten {
             reset = Some(FeedItem::Reset {
                 requested: after,
                 head,
@@ -153,6 +163,7 @@ impl<S: Store> Hub<S> {
             replay_next: after,
             replay_until: snapshot,
             skip_live_through: after,
+            last_sent: after,
             replayed: VecDeque::new(),
             gaps: VecDeque::new(),
             gap_open: false,
@@ -173,13 +184,15 @@ pub struct Subscription<S: Store> {
     device: Option<DeviceId>,
     live: Option<Arc<LiveDevice>>,
     id: u64,
-    rx: mpsc::Receiver<Arc<Event>>,
+    rx: mpsc::Receiver<Live>,
     lagged: Arc<Cut>,
     replay_next: u64,
     replay_until: u64,
     // A position between the last released event and the head: live events up to it were
     // already seen by the client.
     skip_live_through: u64,
+    // The id of the last event given out (or the resume position): what a reset names.
+    last_sent: u64,
     replayed: VecDeque<Arc<Event>>,
     // Runs of replayed ids that cannot be sent (pruned, damaged), `(from, to)` in id order; each
     // goes out as a gap in its place among `replayed`. Empty, and unallocated, nearly always.
@@ -273,17 +286,18 @@ impl<S: Store> Subscription<S> {
                 }
                 continue;
             }
-            let event = match self.in_flight.front().map(|(_, due, _)| *due) {
+            let live = match self.in_flight.front().map(|(_, due, _)| *due) {
                 Some(due) => match tokio::time::timeout_at(due, self.rx.recv()).await {
-                    Ok(event) => event?,
+                    Ok(live) => live?,
                     Err(_) => continue,
                 },
                 None => self.rx.recv().await?,
             };
-            if event.id <= self.skip_live_through {
-                continue;
+            match live {
+                Live::Event(event) if event.id <= self.skip_live_through => continue,
+                Live::Event(event) => return Some(Ok(self.delivered(event))),
+                Live::Reset { floor } => return Some(Ok(self.reset_to(floor))),
             }
-            return Some(Ok(self.delivered(event)));
         }
     }
 
@@ -336,10 +350,26 @@ impl<S: Store> Subscription<S> {
             return None;
         }
         loop {
-            let event = self.rx.try_recv().ok()?;
-            if event.id > self.skip_live_through {
-                return Some(self.mark(event));
+            match self.rx.try_recv().ok()? {
+                Live::Event(event) if event.id <= self.skip_live_through => {}
+                Live::Event(event) => return Some(self.mark(event)),
+                Live::Reset { floor } => {
+                    // For `next`, which says it before anything newer.
+                    self.reset = Some(self.reset_to(floor));
+                    return None;
+                }
             }
+        }
+    }
+
+    /// The reset a subscriber hears when the store changed under the node: the ids it saw are
+    /// forgotten, and the channel goes on above `floor`.
+    fn reset_to(&mut self, floor: u64) -> FeedItem {
+        self.in_flight.clear();
+        self.skip_live_through = self.skip_live_through.max(floor);
+        FeedItem::Reset {
+            requested: self.last_sent,
+            head: floor,
         }
     }
 
@@ -348,6 +378,7 @@ impl<S: Store> Subscription<S> {
     }
 
     fn mark(&mut self, event: Arc<Event>) -> Arc<Event> {
+        self.last_sent = event.id;
         if let Some(live) = &self.live {
             live.delivered.fetch_max(event.id, Ordering::Relaxed);
         }

@@ -111,6 +111,63 @@ where
         .await,
     )
     .await;
+    the_floor_keeps_ids_above_what_was_handed_out(make(ROOMY).await).await;
+}
+
+/// After a store changed, a node adopts it with the greatest id it handed out: no id at or
+/// under it is given again, on any channel, and the ids a channel skips are lost.
+async fn the_floor_keeps_ids_above_what_was_handed_out(store: impl Store) {
+    let (c, d, e) = (ch("FLOOR_C"), ch("FLOOR_D"), ch("FLOOR_E"));
+    for text in ["a", "b", "c"] {
+        store.append(&c, body(text)).await.unwrap();
+    }
+    assert_eq!(store.adopt(100).await.unwrap(), 100);
+    assert_eq!(
+        store.adopt(40).await.unwrap(),
+        100,
+        "a floor never goes down"
+    );
+    assert!(
+        store.lost(&c).await.unwrap().is_empty(),
+        "nothing lost before the next id"
+    );
+    let next = store.append(&c, body("d")).await.unwrap().event;
+    assert_eq!(next.id, 101);
+    assert_eq!(store.lost(&c).await.unwrap(), vec![4..=100]);
+    // What the channel retained from before the floor may stay (Redis keeps it) or go with the
+    // floor (memory, SQLite); nothing is numbered inside the lost ids.
+    let page = store.read(&c, 0, 10).await.unwrap();
+    let ids: Vec<u64> = page.events.iter().map(|e| e.id).collect();
+    assert!(ids == [101] || ids == [1, 2, 3, 101], "{ids:?}");
+    assert_eq!(page.head, 101);
+    assert_eq!(
+        store.append(&d, body("x")).await.unwrap().event.id,
+        101,
+        "a new channel too"
+    );
+    assert_eq!(store.lost(&d).await.unwrap(), vec![1..=100]);
+    // A receipt for an id handed out before the change is as one for a pruned event.
+    store
+        .record_receipt(receipt("FLOOR_E", 50, "H1", "ok"))
+        .await
+        .expect("an id under the floor was handed out: its receipt is recorded");
+    assert!(matches!(
+        store
+            .record_receipt(receipt("FLOOR_C", 200, "H1", "ok"))
+            .await,
+        Err(StoreError::UnknownEvent { id: 200 })
+    ));
+    store.reseed(&e, 100).await.unwrap();
+    assert_eq!(store.head(&e).await.unwrap(), 100);
+    assert_eq!(store.lost(&e).await.unwrap(), vec![1..=100]);
+    store.reseed(&e, 100).await.unwrap();
+    assert_eq!(
+        store.lost(&e).await.unwrap(),
+        vec![1..=100],
+        "reseeding again changes nothing"
+    );
+    assert!(store.channels().await.unwrap().contains(&e));
+    assert_eq!(store.append(&e, body("y")).await.unwrap().event.id, 101);
 }
 
 fn typed(key: Option<&str>, text: &str, event_type: Option<&str>) -> NewEvent {

@@ -2,6 +2,8 @@
 //! [`Retention`]. Nothing survives a restart; use it for tests, demos and ephemeral channels.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use pere_proto::event::{now, valid_idempotency_key, Event, NewEvent};
@@ -23,6 +25,11 @@ pub struct MemoryStore {
 struct Inner {
     retention: Retention,
     channels: RwLock<HashMap<ChannelName, Arc<Mutex<ChannelData>>>>,
+    // Every channel's ids are above it (see the store contract's floor).
+    floor: AtomicU64,
+    // Set by `lose_everything` until a node adopts the store: writes fail as a Redis that came
+    // back empty makes them fail.
+    changed: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -44,6 +51,8 @@ struct ChannelData {
     // The receipt stream, in seq order; bounded like the events.
     receipt_log: VecDeque<Receipt>,
     memberships: Vec<Membership>,
+    // Ids a store change made this channel skip (see the store contract's floor).
+    lost: Vec<RangeInclusive<u64>>,
 }
 
 impl ChannelData {
@@ -149,6 +158,18 @@ impl ChannelData {
             .filter(|e| e.id >= self.first_retained() && retention.key_alive(e.time, at))
     }
 
+    /// Raises the head to `floor` when it is below, the ids between becoming lost, and what
+    /// was retained from before with them, so retained ids run without a hole from the floor.
+    fn pass_floor(&mut self, floor: u64) {
+        if self.head < floor {
+            self.lost.push(self.head + 1..=floor);
+            self.head = floor;
+            self.events.clear();
+            self.keys.clear();
+            self.key_order.clear();
+        }
+    }
+
     /// Appends an event that passed every check: nothing here can fail.
     fn push(&mut self, event: Arc<Event>) {
         self.head = event.id;
@@ -162,8 +183,10 @@ impl ChannelData {
     fn record_receipt(
         &mut self,
         mut receipt: Receipt,
+        floor: u64,
     ) -> Result<(Receipt, DeviceRecord), StoreError> {
-        if receipt.event_id == 0 || receipt.event_id > self.head {
+        // An id under the floor was given out before the store changed: as good as pruned.
+        if receipt.event_id == 0 || receipt.event_id > self.head.max(floor) {
             return Err(StoreError::UnknownEvent {
                 id: receipt.event_id,
             });
@@ -194,6 +217,48 @@ impl MemoryStore {
             inner: Arc::new(Inner {
                 retention,
                 channels: RwLock::default(),
+                floor: AtomicU64::new(0),
+                changed: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Forgets everything, as a Redis that restarted without its data does, and fails every
+    /// write with [`StoreError::Changed`] until a node adopts the store ([`Store::adopt`]): for
+    /// tests of what a node does when its store changes under it.
+    pub fn lose_everything(&self) {
+        self.inner
+            .channels
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.inner.changed.store(true, Ordering::SeqCst);
+    }
+
+    fn floor(&self) -> u64 {
+        self.inner.floor.load(Ordering::SeqCst)
+    }
+
+    /// Refuses writes while the store changed and no node adopted it.
+    fn unchanged(&self) -> Result<(), StoreError> {
+        if self.inner.changed.load(Ordering::SeqCst) {
+            return Err(StoreError::Changed {
+                detail: "the memory store lost everything".to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The channel's data for a receipt: it exists, or the receipt's event is under the floor
+    /// (given out before the store changed), so the channel is made.
+    fn for_receipt(&self, receipt: &Receipt) -> Result<Arc<Mutex<ChannelData>>, StoreError> {
+        match self.existing(&receipt.channel) {
+            Some(data) => Ok(data),
+            None if receipt.event_id > 0 && receipt.event_id <= self.floor() => {
+                Ok(self.channel(&receipt.channel))
+            }
+            None => Err(StoreError::UnknownEvent {
+                id: receipt.event_id,
             }),
         }
     }
@@ -241,6 +306,7 @@ impl Default for MemoryStore {
 impl Store for MemoryStore {
     async fn append(&self, channel: &ChannelName, event: NewEvent) -> Result<Appended, StoreError> {
         check_keys(std::slice::from_ref(&event))?;
+        self.unchanged()?;
         let retention = &self.inner.retention;
         let data = self.channel(channel);
         let mut data = data.lock().unwrap_or_else(|e| e.into_inner());
@@ -255,6 +321,7 @@ impl Store for MemoryStore {
                 new: false,
             });
         }
+        data.pass_floor(self.floor());
         let event = Arc::new(Event::new(channel.clone(), data.head + 1, at, event));
         data.push(event.clone());
         data.prune(retention, at);
@@ -270,12 +337,16 @@ impl Store for MemoryStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
+        self.unchanged()?;
         let retention = &self.inner.retention;
         let data = self.channel(channel);
         let mut data = data.lock().unwrap_or_else(|e| e.into_inner());
         let at = now();
         // Everything is checked before anything changes: all or none under one lock.
         let plans = plan_batch(&events, |key| data.keyed(key, retention, at).cloned())?;
+        if plans.iter().any(|plan| matches!(plan, Plan::New)) {
+            data.pass_floor(self.floor());
+        }
         let mut appended: Vec<Appended> = Vec::with_capacity(events.len());
         for (new, plan) in events.into_iter().zip(plans) {
             let answer = match plan {
@@ -353,14 +424,11 @@ impl Store for MemoryStore {
         &self,
         receipt: Receipt,
     ) -> Result<(Receipt, DeviceRecord), StoreError> {
-        let Some(data) = self.existing(&receipt.channel) else {
-            return Err(StoreError::UnknownEvent {
-                id: receipt.event_id,
-            });
-        };
+        self.unchanged()?;
+        let data = self.for_receipt(&receipt)?;
         let mut data = data.lock().unwrap_or_else(|e| e.into_inner());
         let at = receipt.time;
-        let recorded = data.record_receipt(receipt)?;
+        let recorded = data.record_receipt(receipt, self.floor())?;
         data.prune(&self.inner.retention, at);
         Ok(recorded)
     }
@@ -373,11 +441,8 @@ impl Store for MemoryStore {
         if !valid_idempotency_key(&key) {
             return Err(StoreError::InvalidIdempotencyKey);
         }
-        let Some(data) = self.existing(&receipt.channel) else {
-            return Err(StoreError::UnknownEvent {
-                id: receipt.event_id,
-            });
-        };
+        self.unchanged()?;
+        let data = self.for_receipt(&receipt)?;
         let retention = &self.inner.retention;
         let mut data = data.lock().unwrap_or_else(|e| e.into_inner());
         let oldest = data.receipt_log.front().map_or(u64::MAX, |r| r.seq);
@@ -397,7 +462,7 @@ impl Store for MemoryStore {
                 new: false,
             });
         }
-        let (receipt, record) = data.record_receipt(receipt)?;
+        let (receipt, record) = data.record_receipt(receipt, self.floor())?;
         data.receipt_keys.insert(key.clone(), receipt.clone());
         data.receipt_key_order
             .push_back((receipt.seq, receipt.time, key));
@@ -565,6 +630,28 @@ impl Store for MemoryStore {
         let mut names: Vec<ChannelName> = channels.keys().cloned().collect();
         names.sort();
         Ok(names)
+    }
+
+    async fn adopt(&self, high_water: u64) -> Result<u64, StoreError> {
+        let floor = self
+            .inner
+            .floor
+            .fetch_max(high_water, Ordering::SeqCst)
+            .max(high_water);
+        self.inner.changed.store(false, Ordering::SeqCst);
+        Ok(floor)
+    }
+
+    async fn reseed(&self, channel: &ChannelName, floor: u64) -> Result<(), StoreError> {
+        let data = self.channel(channel);
+        data.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pass_floor(floor);
+        Ok(())
+    }
+
+    async fn lost(&self, channel: &ChannelName) -> Result<Vec<RangeInclusive<u64>>, StoreError> {
+        Ok(self.with_existing(channel, Vec::new(), |d| d.lost.clone()))
     }
 }
 

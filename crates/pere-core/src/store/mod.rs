@@ -17,7 +17,17 @@
 //!   [`Store::record_receipt_keyed`].
 //! - `read(after)` returns retained events with ids greater than `after`, in order, and says which
 //!   is the oldest id still retained, so a reader can tell "pruned" from "never existed".
-//! - Retained ids run without a hole from the oldest to the head. An event the store holds but
+//! - Every store knows who it is (an id written when it was created, with its data) and keeps a
+//!   **floor** under every channel's ids: a channel's next id is above both its head and the
+//!   floor. When a store changes under a node (a Redis that came back empty or is another one, a
+//!   database file put back from a backup), the node that notices adopts it
+//!   ([`Store::adopt`]): the floor rises above every id the node handed out, so no id a client
+//!   may have seen is given again; the ids a channel skips to pass the floor are *lost*
+//!   ([`Store::lost`]): a feed resuming inside them hears `pere-reset`, one replaying across them
+//!   `pere-gap`. Until then writes fail with [`StoreError::Changed`]. What a channel still held
+//!   under the floor may stay (Redis keeps it: after a failover that lost only the last
+//!   writes, the rest are real events) or go with the floor (memory, SQLite).
+//! - Retained ids run without a hole from the oldest to the head, but for lost ids. An event the store holds but
 //!   cannot read back as written (a damaged file) is never returned: `read` names its id in
 //!   [`EventPage::unreadable`], `event` answers [`StoreError::EventDamaged`], the other reads
 //!   leave it out; [`Store::damage`] counts what was met.
@@ -26,6 +36,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -408,6 +419,41 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<HashMap<DeviceId, usize>>, StoreError>> + Send {
         async { Ok(None) }
     }
+
+    /// Adopts the store as it is now, after it changed under this node (an operation answered
+    /// [`StoreError::Changed`]): raises the floor to at least `high_water`, the greatest id the
+    /// node handed out or saw, and takes the store's identity as its own, so writes pass again.
+    /// Returns the floor. Called again with the same or a lower `high_water`, it changes
+    /// nothing; several nodes adopting one store end with the greatest of their high waters.
+    ///
+    /// # Errors
+    /// The store's error when it cannot be written; [`StoreError::Changed`] while the nodes
+    /// sharing the store may still raise the floor (a Redis store's first seconds after a
+    /// change): the caller tries again.
+    fn adopt(&self, high_water: u64) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Raises `channel`'s head to `floor` at once, the ids between becoming lost, and lists the
+    /// channel again: for a channel a node had loaded when the store changed, so that its feeds,
+    /// receipts and views continue above the floor without waiting for its next event. Nothing
+    /// changes for a channel whose head is already at or above `floor`.
+    ///
+    /// # Errors
+    /// The store's error when it cannot be written.
+    fn reseed(
+        &self,
+        channel: &ChannelName,
+        floor: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The ids of `channel` that a store change lost (see [`Store::adopt`]), oldest first:
+    /// events a client may have seen that the store no longer has, or never will.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the store cannot be read.
+    fn lost(
+        &self,
+        channel: &ChannelName,
+    ) -> impl Future<Output = Result<Vec<RangeInclusive<u64>>, StoreError>> + Send;
 
     /// The damage met by reads since the store was opened (an optional ability): events the
     /// store holds but could not serve. Zero, the default, for stores that cannot be damaged so.

@@ -84,6 +84,12 @@ impl Keys {
         format!("{{{}:node:{member}}}:{what}", self.prefix)
     }
 
+    /// `PREFIX:store`: the store's identity (`id`), its `floor` and `since` when it was made
+    /// again after a change (see [`super::lua::ADOPT`]).
+    pub(super) fn store(&self) -> String {
+        format!("{}:store", self.prefix)
+    }
+
     /// `PREFIX:probe`: what the readiness probe writes and reads back.
     pub(super) fn probe(&self) -> String {
         format!("{}:probe", self.prefix)

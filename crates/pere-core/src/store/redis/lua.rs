@@ -44,14 +44,43 @@ local function first_retained(ev, head)
 end
 "#;
 
-/// KEYS: seq, ev, keys, slot. ARGV: max_events, max_age_ms (0: none), window_ms (0: keys live as
+/// What every script that hands out ids or takes receipts checks first: that the channel's keys
+/// are the store this node knows (`:sid`), that the store holds at least what the node saw of
+/// the channel (its `known` head, unless the floor already covers it), and, on one server or Sentinel's primary, where a script may
+/// read any key, that the store's identity (`PREFIX:store`) is still the node's. Any of these
+/// failing means the store changed under the node: the script changes nothing and answers
+/// `{-3}`. `pass_floor` takes a channel's sequence up to the store's floor, the ids between lost.
+pub(crate) const IDENTITY: &str = r#"
+local function same_store(seq_key, sid_key, global_key, store, floor, known, claim)
+  if global_key and redis.call('HGET', global_key, 'id') ~= store then return false end
+  local sid = redis.call('GET', sid_key)
+  if sid and sid ~= store then return false end
+  if math.max(tonumber(redis.call('GET', seq_key) or '0'), floor) < known then return false end
+  if claim and not sid then redis.call('SET', sid_key, store) end
+  return true
+end
+local function pass_floor(seq_key, lost_key, floor)
+  local seq = tonumber(redis.call('GET', seq_key) or '0')
+  if seq < floor then
+    redis.call('RPUSH', lost_key, (seq + 1) .. '-' .. floor)
+    redis.call('SET', seq_key, floor)
+  end
+end
+"#;
+
+/// KEYS: seq, ev, keys, sid, lost, store (one server only), slot. ARGV: max_events, max_age_ms (0: none), window_ms (0: keys live as
 /// long as their events), node, channel, bus (the channel's shard channel), base, strict ('1': a held key with another body or type
 /// fails the whole call, as a batch must), events (a JSON array of `{b, p?, y?, k?}`).
 /// Every key is checked before anything changes (all or none). Returns `{-2, id, key}` for a
 /// conflict (id 0: an earlier event of the same call holds the key), else `{1, answers}` with
 /// one answer per event: `{1, id, time_ms}` new, `{0, id, fields}` stored under its key before,
-/// `{2, i}` the same as the call's i-th event (1-based).
+/// `{2, i}` the same as the call's i-th event (1-based). ARGV 10 to 12: the store's id, its
+/// floor, the node's known head of the channel; `{-3}` when the store changed (see
+/// [`IDENTITY`]).
 pub(crate) const APPEND: &str = r#"
+local global = nil
+if #KEYS == 7 then global = KEYS[6] end
+if not same_store(KEYS[1], KEYS[4], global, ARGV[10], tonumber(ARGV[11]), tonumber(ARGV[12]), true) then return {-3} end
 local events = cjson.decode(ARGV[9])
 local strict = ARGV[8] == '1'
 local window = tonumber(ARGV[3])
@@ -95,6 +124,7 @@ local answers = {}
 for i, e in ipairs(events) do
   local p = plan[i]
   if p[1] == 1 then
+    pass_floor(KEYS[1], KEYS[5], tonumber(ARGV[11]))
     local id = redis.call('INCR', KEYS[1])
     local fields = {'t', tostring(now), 'b', e.b}
     local notice = {n = ARGV[4], k = 'e', c = ARGV[5], i = id, t = now, b = e.b}
@@ -131,12 +161,18 @@ end
 return {1, answers}
 "#;
 
-/// KEYS: seq, ev, rseq, rlog, dev, devs, rkey (the receipt key's own key), slot. ARGV: event_id,
+/// KEYS: seq, ev, rseq, rlog, dev, devs, rkey (the receipt key's own key), sid, store (one server
+/// only), slot. ARGV 12 to 14: the store's id, its floor (an id under it was handed out before
+/// the store changed: as good as pruned), the node's known head; `{-3}` when the store changed.
+/// ARGV: event_id,
 /// device, status, time_ms, max_events, node, channel, bus, base, key ('' for none), window_ms (0:
 /// as long as the receipt is retained). A keyed receipt's `rlog` entry carries its key (`k`), so
 /// the key goes when the receipt leaves the stream. Returns `{-1}` for an unknown event, `{0, receipt,
 /// record}` for the receipt already recorded under the key, else `{receipt, record}` (JSON).
 pub(crate) const RECEIPT: &str = r#"
+local global = nil
+if #KEYS == 10 then global = KEYS[9] end
+if not same_store(KEYS[1], KEYS[8], global, ARGV[12], tonumber(ARGV[13]), tonumber(ARGV[14]), false) then return {-3} end
 local window = tonumber(ARGV[11])
 if ARGV[10] ~= '' then
   local old = redis.call('GET', KEYS[7])
@@ -155,7 +191,7 @@ if ARGV[10] ~= '' then
 end
 local head = tonumber(redis.call('GET', KEYS[1]) or '0')
 local eid = tonumber(ARGV[1])
-if eid < 1 or eid > head then return {-1} end
+if eid < 1 or eid > math.max(head, tonumber(ARGV[13])) then return {-1} end
 local at = tonumber(ARGV[4])
 local r = device_load(KEYS[5], ARGV[2]) or device_first('feedback', at, nil, 0)
 r.ls = math.max(r.ls, at)
@@ -195,6 +231,35 @@ if ARGV[10] ~= '' then
 end
 redis.call('SPUBLISH', ARGV[8], cjson.encode({n = ARGV[6], k = 'r', c = ARGV[7], r = receipt}))
 return {receipt, record}
+"#;
+
+/// KEYS: seq, sid, lost, slot. ARGV: the store's id, the floor. Takes the channel (after the
+/// store changed under a node that had it loaded) into the store the node adopted, its sequence
+/// up to the floor.
+pub(crate) const RESEED: &str = r#"
+redis.call('SET', KEYS[2], ARGV[1])
+pass_floor(KEYS[1], KEYS[3], tonumber(ARGV[2]))
+return 1
+"#;
+
+/// KEYS: the store's identity hash (`PREFIX:store`). ARGV: a new id, the node's high water,
+/// `1` when the node found the store changed (the new identity then starts the nodes' time to
+/// raise the floor). Makes the identity when there is none, raises its floor to the high water,
+/// and answers `{id, since_ms, floor, now_ms}` (`since` 0: a store made new, nobody to wait for).
+pub(crate) const ADOPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('HEXISTS', KEYS[1], 'id') == 0 then
+  local since = 0
+  if ARGV[3] == '1' then since = now end
+  redis.call('HSET', KEYS[1], 'id', ARGV[1], 'since', since, 'floor', 0)
+end
+local floor = tonumber(redis.call('HGET', KEYS[1], 'floor') or '0')
+if tonumber(ARGV[2]) > floor then
+  floor = tonumber(ARGV[2])
+  redis.call('HSET', KEYS[1], 'floor', floor)
+end
+return {redis.call('HGET', KEYS[1], 'id'), tonumber(redis.call('HGET', KEYS[1], 'since') or '0'), floor, now}
 "#;
 
 /// KEYS: dev, devs, slot. ARGV: device, op, at_ms, has_lei ('0'/'1'), lei, delivered.

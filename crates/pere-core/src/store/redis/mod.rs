@@ -18,6 +18,14 @@
 //! names, the nodes, the probe) are each one key, written by commands of their own: no command
 //! spans two slots.
 //!
+//! The store knows who it is (`P:store`, made by the first node that writes): every script that
+//! hands out ids or takes receipts checks that the store is the one the node knows and holds
+//! what the node saw of the channel, and changes nothing when not ([`StoreError::Changed`](crate::StoreError::Changed));
+//! every node also checks the identity every [`IDENTITY_CHECK`]. The nodes then adopt the
+//! store: each raises its floor with the ids it handed out, and none writes until
+//! `ADOPT_QUIET_MS` after the first noticed, so that ids continue above every id any live node
+//! handed out (see [`Store::adopt`](crate::store::Store::adopt)).
+//!
 //! With [`RedisOptions::wait_replicas`], a push or receipt is recorded and then confirmed by
 //! that many replicas (`WAIT`, in the same pipeline) before it counts; a confirmation that does
 //! not come in [`WAIT_TIMEOUT`] is [`StoreError::Unreplicated`](crate::StoreError).
@@ -63,12 +71,15 @@
 //! | `{P:ch:C}:pres:N` | hash | device → streams on node N | until N's last stream closes or a sweep |
 //! | `{P:ch:C}:pres` | hash | device → streams on all nodes (online devices) | while the device is online |
 //! | `{P:ch:C}:pseq`, `:plog` | string, stream | last presence `seq`; changes, entry id `SEQ-0`, fields `d`, `o`, `t` | forever; the newest 1,000 |
+//! | `{P:ch:C}:sid` | string | the store id the channel was written under | forever |
+//! | `{P:ch:C}:lost` | list | id ranges `A-B` the channel skipped when the store changed | forever |
 //! | `{P:ch:C}:slot` | none | never written: every script of the channel declares it, so none runs while the slot moves | — |
 //! | `{P:ch:C}:bus` | shard channel | the channel's notices (`SPUBLISH`) | — |
 //! | `P:channels` | set | channel names (`SADD` of its own, once per node and channel) | forever |
 //! | `{P:node:N}:conns` | hash | a node's open streams per channel | `--redis-node-ttl` |
 //! | `{P:node:N}:chans` | set | channels with a `:pres:N` hash | a channel leaves when N's share of it empties, or in a sweep |
 //! | `P:nodes` | sorted set | node names (`ID.n`) by expiry | until swept |
+//! | `P:store` | hash | the store's `id`, its `floor`, `since` (ms) it was made again after a change | forever |
 //! | `P:probe` | string | `/readyz`'s write | 60 s |
 //! | `P:confirmed` | string | what a write waiting for its replicas writes last (one server or Sentinel only) | 60 s |
 
@@ -86,4 +97,4 @@ mod tests;
 pub use bus::{Bus, BusListener, BusNotice, NodeRegistration, NODE_TTL};
 pub use connection::{redacted, Deployment, RedisClientCert, RedisOptions, RedisTls};
 pub use script::WAIT_TIMEOUT;
-pub use store::RedisStore;
+pub use store::{RedisStore, IDENTITY_CHECK};

@@ -2,6 +2,7 @@
 //! one script run (see [`super::lua`]), the answers decoded by [`super::decode`].
 
 use std::collections::{HashMap, HashSet};
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -50,11 +51,33 @@ struct Inner {
     // This node's id, its registrations and its share of presence.
     nodes: Nodes,
     scripts: Scripts,
+    // The store this node writes to, learnt at its first write and when it adopts the store.
+    identity: Mutex<Option<Identity>>,
+    // The greatest id this node knows each channel reached (its own appends, the bus's): a store
+    // whose sequence is below it lost what the node saw.
+    heads: Mutex<HashMap<ChannelName, u64>>,
 }
+
+/// Who the store is, as this node knows it.
+#[derive(Debug, Clone)]
+struct Identity {
+    id: String,
+    floor: u64,
+}
+
+/// How long after a store was made again nodes wait before writing to it: the time every live
+/// node has to notice (it checks every [`IDENTITY_CHECK`]) and raise the floor with what it
+/// handed out.
+const ADOPT_QUIET_MS: u64 = 3_000;
+
+/// How often a node sharing a Redis store checks that the store is still the one it knows.
+pub const IDENTITY_CHECK: Duration = Duration::from_secs(1);
 
 struct Scripts {
     append: Script,
     receipt: Script,
+    reseed: Script,
+    adopt: Script,
     touch: Script,
     add_recipient: Script,
     remove_recipient: Script,
@@ -92,8 +115,14 @@ impl RedisStore {
         let conn = target.shared_connection(&shown)?;
         let keys = Keys::new(options.prefix);
         let scripts = Scripts {
-            append: Script::new(lua::APPEND),
-            receipt: Script::new(&lua::with_helpers(lua::RECEIPT)),
+            append: Script::new(&format!("{}{}", lua::IDENTITY, lua::APPEND)),
+            receipt: Script::new(&lua::with_helpers(&format!(
+                "{}{}",
+                lua::IDENTITY,
+                lua::RECEIPT
+            ))),
+            reseed: Script::new(&format!("{}{}", lua::IDENTITY, lua::RESEED)),
+            adopt: Script::new(lua::ADOPT),
             touch: Script::new(&lua::with_helpers(lua::TOUCH)),
             add_recipient: Script::new(lua::ADD_RECIPIENT),
             remove_recipient: Script::new(lua::REMOVE_RECIPIENT),
@@ -115,6 +144,8 @@ impl RedisStore {
                 version_checked: AtomicBool::new(false),
                 known: Mutex::default(),
                 scripts,
+                identity: Mutex::default(),
+                heads: Mutex::default(),
             }),
         })
     }
@@ -256,6 +287,120 @@ impl RedisStore {
     }
 }
 
+/// What a script answers when the store is not the one the node knew.
+fn changed() -> StoreError {
+    StoreError::Changed {
+        detail: "Redis does not hold what this node wrote and saw (it came back empty, failed over to a copy that lacks the last writes, or is another store)".to_owned(),
+    }
+}
+
+impl RedisStore {
+    fn cached_identity(&self) -> Option<Identity> {
+        self.inner
+            .identity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The store as this node knows it, learnt at the first write (and made there, on a Redis
+    /// that never held one).
+    async fn identity(&self) -> Result<Identity, StoreError> {
+        if let Some(known) = self.cached_identity() {
+            return Ok(known);
+        }
+        let (id, _, floor, _) = self.run_adopt(0, false).await?;
+        let identity = Identity { id, floor };
+        *self
+            .inner
+            .identity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(identity.clone());
+        Ok(identity)
+    }
+
+    /// Runs [`lua::ADOPT`]: `(id, since_ms, floor, now_ms)`.
+    async fn run_adopt(
+        &self,
+        high_water: u64,
+        changed: bool,
+    ) -> Result<(String, u64, u64, u64), StoreError> {
+        let keys = vec![self.inner.keys.store()];
+        let fresh = format!(
+            "{:016x}{:016x}",
+            rand::random::<u64>(),
+            rand::random::<u64>()
+        );
+        let args = Args::default()
+            .arg(fresh)
+            .arg(high_water)
+            .arg(if changed { "1" } else { "0" });
+        let answer = eval(&self.inner.conn, &self.inner.scripts.adopt, &keys, &args.0).await?;
+        redis::from_redis_value(answer).map_err(|e| StoreError::backend(redis::RedisError::from(e)))
+    }
+
+    /// The greatest id this node knows `channel` reached.
+    fn known_head(&self, channel: &ChannelName) -> u64 {
+        self.inner
+            .heads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(channel)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Notes that `channel` reached `id` (an event this node appended, or heard of on the bus):
+    /// a store whose sequence of the channel is below it lost what this node saw.
+    pub fn saw(&self, channel: &ChannelName, id: u64) {
+        let mut heads = self.inner.heads.lock().unwrap_or_else(|e| e.into_inner());
+        let head = heads.entry(channel.clone()).or_default();
+        *head = (*head).max(id);
+    }
+
+    /// Whether the store is still the one this node knows (false once it is not: it came back
+    /// empty or is another), the floor refreshed as other nodes raise it. A node sharing the
+    /// store asks every [`IDENTITY_CHECK`], so that it notices a change before it writes.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when Redis cannot be reached.
+    pub async fn same_store(&self) -> Result<bool, StoreError> {
+        let Some(known) = self.cached_identity() else {
+            return Ok(true);
+        };
+        let (id, floor): (Option<String>, Option<u64>) = redis::cmd("HMGET")
+            .arg(self.inner.keys.store())
+            .arg("id")
+            .arg("floor")
+            .query_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)?;
+        if id.as_deref() != Some(known.id.as_str()) {
+            return Ok(false);
+        }
+        if let Some(identity) = self
+            .inner
+            .identity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            identity.floor = identity.floor.max(floor.unwrap_or(0));
+        }
+        Ok(true)
+    }
+
+    /// The keys every script that hands out ids or takes receipts checks the store's identity
+    /// with (see [`lua::IDENTITY`]): the channel's `sid`, then the store's identity on a
+    /// deployment where a script may read any key.
+    fn identity_keys(&self, channel: &ChannelName, keys: &mut Vec<String>) {
+        keys.push(self.inner.keys.key(channel, "sid"));
+        if self.deployment() != Deployment::Cluster {
+            keys.push(self.inner.keys.store());
+        }
+    }
+}
+
 impl RedisStore {
     /// The idempotency window in milliseconds for the scripts (0: keys live as long as what they
     /// name).
@@ -289,7 +434,13 @@ impl RedisStore {
             })
             .collect();
         let payload = serde_json::to_string(&payload).map_err(StoreError::backend)?;
-        let keys = ["seq", "ev", "keys"].map(|what| self.inner.keys.key(channel, what));
+        let identity = self.identity().await?;
+        let mut keys: Vec<String> = ["seq", "ev", "keys", "sid", "lost"]
+            .map(|what| self.inner.keys.key(channel, what))
+            .into();
+        if self.deployment() != Deployment::Cluster {
+            keys.push(self.inner.keys.store());
+        }
         let args = Args::default()
             .arg(max_events)
             .arg(max_age)
@@ -299,14 +450,18 @@ impl RedisStore {
             .arg(self.inner.keys.bus(channel))
             .arg(self.inner.keys.base(channel))
             .arg(if strict { "1" } else { "0" })
-            .arg(payload);
+            .arg(payload)
+            .arg(&identity.id)
+            .arg(identity.floor)
+            .arg(self.known_head(channel));
         let (reply, confirmation) = self
-            .run(&self.inner.scripts.append, channel, keys.into(), args, true)
+            .run(&self.inner.scripts.append, channel, keys, args, true)
             .await?;
         let Value::Array(parts) = reply else {
             return Err(bad("append"));
         };
         let answers = match parts.as_slice() {
+            [Value::Int(-3)] => return Err(changed()),
             [Value::Int(-2), id, key] => {
                 return Err(StoreError::IdempotencyConflict {
                     id: Some(number(id)).filter(|&id| id > 0),
@@ -350,6 +505,9 @@ impl RedisStore {
             };
             appended.push(one);
         }
+        if let Some(last) = appended.iter().map(|a| a.event.id).max() {
+            self.saw(channel, last);
+        }
         if let Confirmation::Short { confirmed, wanted } = confirmation {
             let new = appended.iter().filter(|a| a.new).map(|a| a.event.clone());
             return Err(StoreError::Unreplicated {
@@ -376,6 +534,8 @@ impl RedisStore {
             .map(|what| self.inner.keys.key(&channel, what))
             .into();
         keys.push(key_key);
+        let identity = self.identity().await?;
+        self.identity_keys(&channel, &mut keys);
         let args = Args::default()
             .arg(receipt.event_id)
             .arg(receipt.device.as_str())
@@ -387,7 +547,10 @@ impl RedisStore {
             .arg(self.inner.keys.bus(&channel))
             .arg(self.inner.keys.base(&channel))
             .arg(key.as_deref().unwrap_or(""))
-            .arg(self.window_ms());
+            .arg(self.window_ms())
+            .arg(&identity.id)
+            .arg(identity.floor)
+            .arg(self.known_head(&channel));
         let (reply, confirmation) = self
             .run(&self.inner.scripts.receipt, &channel, keys, args, true)
             .await?;
@@ -395,6 +558,7 @@ impl RedisStore {
             return Err(bad("receipt"));
         };
         let (stored, record, new) = match parts.as_slice() {
+            [Value::Int(-3)] => return Err(changed()),
             [Value::Int(-1)] => {
                 return Err(StoreError::UnknownEvent {
                     id: receipt.event_id,
@@ -800,6 +964,60 @@ impl Store for RedisStore {
             }
         }
         Ok(Some(total))
+    }
+
+    async fn adopt(&self, high_water: u64) -> Result<u64, StoreError> {
+        let (id, since, floor, now) = self.run_adopt(high_water, true).await?;
+        if since > 0 && now < since.saturating_add(ADOPT_QUIET_MS) {
+            return Err(StoreError::Changed {
+                detail: "the other nodes sharing the store may still raise its floor".to_owned(),
+            });
+        }
+        *self
+            .inner
+            .identity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Identity { id, floor });
+        Ok(floor)
+    }
+
+    async fn reseed(&self, channel: &ChannelName, floor: u64) -> Result<(), StoreError> {
+        let identity = self.identity().await?;
+        let keys = ["seq", "sid", "lost"]
+            .map(|what| self.inner.keys.key(channel, what))
+            .into();
+        let args = Args::default().arg(&identity.id).arg(floor);
+        let _: i64 = self
+            .call(&self.inner.scripts.reseed, channel, keys, args)
+            .await?;
+        self.saw(channel, floor);
+        // Listed again: the set of channels went with the store.
+        self.inner
+            .known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(channel);
+        self.remember(channel).await
+    }
+
+    async fn lost(&self, channel: &ChannelName) -> Result<Vec<RangeInclusive<u64>>, StoreError> {
+        let ranges: Vec<String> = redis::cmd("LRANGE")
+            .arg(self.inner.keys.key(channel, "lost"))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)?;
+        ranges
+            .iter()
+            .map(|range| {
+                let (first, last) = range.split_once('-').ok_or_else(|| bad("lost ids"))?;
+                match (first.parse::<u64>(), last.parse::<u64>()) {
+                    (Ok(first), Ok(last)) => Ok(first..=last),
+                    _ => Err(bad("lost ids")),
+                }
+            })
+            .collect()
     }
 
     async fn probe(&self) -> Result<(), StoreError> {

@@ -134,6 +134,9 @@ pub(super) struct ChannelMeta {
     pub(super) recent_bytes: usize,
     /// Where `recent` stands in the cache's order of last appends (0: it is empty).
     pub(super) recent_stamp: u64,
+    /// The ids this channel skipped to pass the store's floor, oldest first (nearly always
+    /// none, and then unallocated).
+    pub(super) lost: Vec<std::ops::RangeInclusive<u64>>,
 }
 
 impl ChannelMeta {
@@ -145,6 +148,7 @@ impl ChannelMeta {
             age_key,
             recent_bytes: 0,
             recent_stamp: 0,
+            lost: Vec::new(),
         }
     }
 

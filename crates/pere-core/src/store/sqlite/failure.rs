@@ -21,6 +21,9 @@ pub(super) enum Failure {
     Batch(Arc<rusqlite::Error>),
     /// The writer has stopped: the store was closed.
     Closed,
+    /// The database file was replaced (another file now has its path): what the writer would
+    /// commit would go to a file nobody opens again, so nothing is committed.
+    Replaced { path: PathBuf },
 }
 
 impl Failure {
@@ -50,6 +53,11 @@ impl fmt::Display for Failure {
             }
             Failure::Batch(err) => write!(f, "write rolled back: {err}"),
             Failure::Closed => f.write_str("the store is closed"),
+            Failure::Replaced { path } => write!(
+                f,
+                "{} was replaced by another file while the server ran; restart the server to use it",
+                path.display()
+            ),
         }
     }
 }
@@ -59,13 +67,29 @@ impl std::error::Error for Failure {
         match self {
             Failure::Open { source, .. } => Some(source.as_ref()),
             Failure::Batch(err) => Some(err.as_ref()),
-            Failure::NoWal { .. } | Failure::Closed => None,
+            Failure::NoWal { .. } | Failure::Closed | Failure::Replaced { .. } => None,
         }
     }
 }
 
 pub(super) fn closed() -> StoreError {
     StoreError::backend(Failure::Closed)
+}
+
+/// The error a write meets once the database file was replaced.
+pub(super) fn replaced(path: &Path) -> StoreError {
+    StoreError::Changed {
+        detail: Failure::Replaced {
+            path: path.to_owned(),
+        }
+        .to_string(),
+    }
+}
+
+/// Which file a path names now (device and inode): a file put in its place is another.
+pub(super) fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// Whether SQLite's error says the file is damaged or not a database at all.

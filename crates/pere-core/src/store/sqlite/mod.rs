@@ -70,15 +70,18 @@
 //! - `prune`: retention: `age_cutoff`, `prune_channel`, a channel's oldest retained time.
 //! - `ops`: the writes run in a batch: `append`, `append_batch`, `insert_event`,
 //!   `record_receipt`, `touch_device`, the memberships, and `finish_batch` before the commit.
-//! - `writer`: the writer thread: its commands, group commit, the age sweep, the write-back of
-//!   device records, and the checkpointer (with [`MAX_BATCH`], [`DEVICE_WRITE_BACK`] and
+//! - `identity`: the store's id and floor, and the file beside the database ([`IDS_FILE`]) that
+//!   remembers the greatest id handed out, so a database gone back in time is noticed at open.
+//! - `writer`: the writer thread: its commands, group commit (refused once the file was
+//!   replaced under it), the age sweep, the write-back of device records, and the checkpointer,
+//!   which also writes the ids file (with [`MAX_BATCH`], [`DEVICE_WRITE_BACK`] and
 //!   [`CHECKPOINT_INTERVAL`], re-exported here).
 //! - `check`: the offline check and repair ([`check`], [`CheckReport`], [`Repaired`]).
 //! - this module: [`SqliteStore`] (opening it, its handles) and its [`Store`] impl.
 //!
 //! ```text
-//! options, failure, checksum → books → rows → damage → schema → shared → prune → ops → writer
-//!   → check → mod
+//! options, failure, checksum → books → rows → damage → schema → identity → shared → prune → ops
+//!   → writer → check → mod
 //! ```
 
 use std::collections::BTreeSet;
@@ -104,6 +107,7 @@ mod check;
 mod checksum;
 mod damage;
 mod failure;
+mod identity;
 mod ops;
 mod options;
 mod prune;
@@ -120,8 +124,11 @@ mod tests;
 use books::{ChannelMeta, RecentCache};
 pub use check::{check, CheckReport, Repaired};
 use damage::DamageBook;
-use failure::{closed, Failure};
-use ops::{add_recipient, append, append_batch, record_receipt, remove_recipient, touch_device};
+use failure::{closed, file_identity, replaced, Failure};
+pub use identity::IDS_FILE;
+use ops::{
+    add_recipient, append, append_batch, pass_floor, record_receipt, remove_recipient, touch_device,
+};
 pub use options::{Durability, SqliteOptions};
 pub use rows::Damage;
 use rows::{
@@ -130,7 +137,8 @@ use rows::{
 };
 pub use schema::DB_FILE;
 use schema::{
-    check_integrity, load_channels, load_set_aside, lock_dir, prepare_schema, recover_devices,
+    check_integrity, load_channels, load_lost, load_set_aside, lock_dir, prepare_schema,
+    recover_devices, save_floor,
 };
 use shared::{Drafts, Shared};
 use writer::{start_checkpointer, Batch, Command, Done, Job, Writer};
@@ -183,6 +191,15 @@ impl SqliteStore {
         prepare_schema(&mut conn, &path, options.durability)?;
         check_integrity(&conn, &path)?;
         let mut channels = load_channels(&conn).map_err(|err| Failure::open(&path, err))?;
+        load_lost(&conn, &mut channels).map_err(|err| Failure::open(&path, err))?;
+        let settled = identity::settle(&conn, dir, &path, &channels)
+            .map_err(|err| Failure::open(&path, err))?;
+        if let Some(why) = &settled.raised {
+            tracing::warn!(
+                "{why}: every channel's ids continue above {}, so none a client saw is handed out again",
+                settled.floor
+            );
+        }
         // Every channel with events, once: a retention shortened since the last run applies.
         let sweep: Vec<ChannelName> = channels
             .iter()
@@ -215,9 +232,14 @@ impl SqliteStore {
             closing: AtomicBool::new(false),
             event_keys: Mutex::default(),
             damage: DamageBook::new(set_aside),
+            store_id: settled.store_id,
+            floor: AtomicU64::new(settled.floor),
+            high_water: AtomicU64::new(settled.high_water),
+            file: file_identity(&path),
+            replaced: AtomicBool::new(false),
         });
         let (commands, queue) = mpsc::channel();
-        let (checkpointer, wake_checkpointer) = start_checkpointer(&path)?;
+        let (checkpointer, wake_checkpointer) = start_checkpointer(&path, shared.clone())?;
         let writer = Writer {
             conn,
             shared: shared.clone(),
@@ -281,6 +303,12 @@ impl SqliteStore {
                 let _ = stopped.await;
             }
         }
+        // Everything is committed: the ids file says so before the process ends.
+        let shared = &self.inner.shared;
+        if !shared.replaced.load(Ordering::Relaxed) {
+            let high_water = shared.high_water.load(Ordering::Relaxed);
+            let _ = identity::write_ids(&shared.path, &shared.store_id, high_water);
+        }
     }
 
     /// Queues a write for the writer thread and awaits its answer, sent after the commit.
@@ -300,6 +328,9 @@ impl SqliteStore {
             .map_err(|_| closed())?;
         if self.inner.shared.closing.load(Ordering::SeqCst) {
             return Err(closed());
+        }
+        if self.inner.shared.replaced.load(Ordering::Relaxed) {
+            return Err(replaced(&self.inner.shared.path));
         }
         let commands = self.inner.commands.as_ref().ok_or_else(closed)?;
         let (reply, answer) = oneshot::channel();
@@ -751,5 +782,37 @@ impl Store for SqliteStore {
             rows.collect()
         })
         .await
+    }
+
+    async fn adopt(&self, high_water: u64) -> Result<u64, StoreError> {
+        // A file replaced under the server cannot be adopted from here: the new one is opened
+        // at the next start, which compares it with the ids file.
+        let shared = &self.inner.shared;
+        if shared.replaced.load(Ordering::Relaxed) {
+            return Err(replaced(&shared.path));
+        }
+        self.write(move |conn, drafts| {
+            save_floor(conn, high_water)?;
+            let floor = drafts.shared.floor.fetch_max(high_water, Ordering::SeqCst);
+            Ok(Ok(floor.max(high_water)))
+        })
+        .await
+    }
+
+    async fn reseed(&self, channel: &ChannelName, floor: u64) -> Result<(), StoreError> {
+        let channel = channel.clone();
+        self.write(move |conn, drafts| pass_floor(conn, drafts, &channel, floor).map(Ok))
+            .await
+    }
+
+    async fn lost(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<Vec<std::ops::RangeInclusive<u64>>, StoreError> {
+        Ok(self
+            .committed(channel, |meta| {
+                Some(meta.map(|m| m.lost.clone()).unwrap_or_default())
+            })
+            .unwrap_or_default())
     }
 }

@@ -88,7 +88,7 @@ pub(super) fn append(
             return Ok(Appended { event, new: false });
         }
     }
-    insert_event(&mut insert_statement(conn)?, drafts, channel, new, at)
+    insert_event(conn, &mut insert_statement(conn)?, drafts, channel, new, at)
 }
 
 pub(super) fn append_batch(
@@ -122,7 +122,7 @@ pub(super) fn append_batch(
     let mut insert = insert_statement(conn)?;
     for (new, plan) in events.into_iter().zip(plans) {
         let answer = match plan {
-            Plan::New => insert_event(&mut insert, drafts, channel.clone(), new, at)?,
+            Plan::New => insert_event(conn, &mut insert, drafts, channel.clone(), new, at)?,
             Plan::Stored(event) => Appended { event, new: false },
             Plan::Same(earlier) => Appended {
                 event: appended[earlier].event.clone(),
@@ -143,7 +143,31 @@ fn insert_statement(conn: &Connection) -> rusqlite::Result<CachedStatement<'_>> 
     )
 }
 
+/// Takes the channel's head up to the store's floor when it is below: the ids between are lost
+/// (recorded), and what the channel retained from before goes, so that its retained ids run
+/// without a hole from the floor on. Nothing happens at or above the floor.
+pub(super) fn pass_floor(
+    conn: &Connection,
+    drafts: &mut Drafts<'_>,
+    channel: &ChannelName,
+    floor: u64,
+) -> rusqlite::Result<()> {
+    let draft = drafts.entry(channel);
+    if draft.head >= floor {
+        return Ok(());
+    }
+    conn.prepare_cached("DELETE FROM events WHERE channel = ?1")?
+        .execute([channel.as_str()])?;
+    conn.prepare_cached("INSERT INTO lost (channel, first, last) VALUES (?1, ?2, ?3)")?
+        .execute(params![channel.as_str(), draft.head + 1, floor])?;
+    draft.lost = Some(draft.head + 1..=floor);
+    draft.head = floor;
+    draft.first = floor + 1;
+    Ok(())
+}
+
 fn insert_event(
+    conn: &Connection,
     insert: &mut CachedStatement<'_>,
     drafts: &mut Drafts<'_>,
     channel: ChannelName,
@@ -151,6 +175,10 @@ fn insert_event(
     at: DateTime<Utc>,
 ) -> rusqlite::Result<Appended> {
     let shared = drafts.shared;
+    let floor = shared.floor.load(std::sync::atomic::Ordering::Relaxed);
+    if drafts.entry(&channel).head < floor {
+        pass_floor(conn, drafts, &channel, floor)?;
+    }
     let draft = drafts.entry(&channel);
     let id = draft.head + 1;
     let event = Arc::new(Event::new(channel, id, at, new));
@@ -196,10 +224,17 @@ pub(super) fn record_receipt(
     let unknown = StoreError::UnknownEvent {
         id: receipt.event_id,
     };
-    let Some(draft) = drafts.existing(&receipt.channel) else {
-        return Ok(Err(unknown));
+    // An id under the floor was given out before the store changed: as good as pruned.
+    let floor = drafts
+        .shared
+        .floor
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let head = match drafts.existing(&receipt.channel) {
+        Some(draft) => draft.head,
+        None if receipt.event_id <= floor => drafts.entry(&receipt.channel).head,
+        None => return Ok(Err(unknown)),
     };
-    if receipt.event_id == 0 || receipt.event_id > draft.head {
+    if receipt.event_id == 0 || receipt.event_id > head.max(floor) {
         return Ok(Err(unknown));
     }
     if let Some(key) = &key {

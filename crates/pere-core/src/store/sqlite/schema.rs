@@ -172,6 +172,20 @@ pub(super) const MIGRATIONS: &[&str] = &[
             pere_event_checksum(channel, id, time, event_type, publisher, idempotency_key, body);",
         damaged_events_table!()
     ),
+    // v8. The store's identity: a random id made with the store, and the floor every channel's
+    // ids stay above (raised when the store is found to have gone back in time: a file put
+    // back from a backup), with the ids each channel skipped to pass it.
+    "CREATE TABLE store (
+        id TEXT NOT NULL,
+        floor INTEGER NOT NULL
+    );
+    INSERT INTO store (id, floor) VALUES (lower(hex(randomblob(16))), 0);
+    CREATE TABLE lost (
+        channel TEXT NOT NULL,
+        first INTEGER NOT NULL,
+        last INTEGER NOT NULL
+    );
+    CREATE INDEX lost_by_channel ON lost (channel, first);",
 ];
 
 /// The schema version this build writes.
@@ -373,6 +387,36 @@ pub(super) fn recover_devices(conn: &mut Connection) -> rusqlite::Result<u64> {
     }
     tx.commit()?;
     Ok(last)
+}
+
+/// The store's identity and floor (schema v8's one row of `store`).
+pub(super) fn load_identity(conn: &Connection) -> rusqlite::Result<(String, u64)> {
+    conn.query_row("SELECT id, floor FROM store", [], |row| {
+        Ok((row.get(0)?, row.get(1)?))
+    })
+}
+
+/// Raises the floor kept in the file.
+pub(super) fn save_floor(conn: &Connection, floor: u64) -> rusqlite::Result<()> {
+    conn.execute("UPDATE store SET floor = MAX(floor, ?1)", [floor])?;
+    Ok(())
+}
+
+/// Each channel's lost ids, into its committed state.
+pub(super) fn load_lost(
+    conn: &Connection,
+    channels: &mut HashMap<ChannelName, ChannelMeta>,
+) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare("SELECT channel, first, last FROM lost ORDER BY channel, first")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let name = parse_name(row.get_ref(0)?.as_str()?, 0, ChannelName::new)?;
+        let (first, last): (u64, u64) = (row.get(1)?, row.get(2)?);
+        if let Some(meta) = channels.get_mut(&name) {
+            meta.lost.push(first..=last);
+        }
+    }
+    Ok(())
 }
 
 /// The committed state of every channel, for the writer's heads and the readers' fast paths.

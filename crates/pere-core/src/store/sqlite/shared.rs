@@ -52,6 +52,15 @@ pub(super) struct Shared {
     pub(super) event_keys: Mutex<EventKeys>,
     // What readers found damaged; its lock is taken only when a read met damage.
     pub(super) damage: DamageBook,
+    // The store's id, made with it (schema v8); written beside the file with the high water.
+    pub(super) store_id: String,
+    // Every channel's ids stay above it (see the store contract's floor).
+    pub(super) floor: AtomicU64,
+    // The greatest head committed: what the file beside the database remembers.
+    pub(super) high_water: AtomicU64,
+    // Which file the database was at open (device, inode); set once another is found there.
+    pub(super) file: Option<(u64, u64)>,
+    pub(super) replaced: AtomicBool,
 }
 
 impl Shared {
@@ -87,6 +96,8 @@ impl Shared {
 pub(super) struct Draft {
     pub(super) head: u64,
     pub(super) first: u64,
+    /// Ids this transaction made the channel skip to pass the floor.
+    pub(super) lost: Option<std::ops::RangeInclusive<u64>>,
     /// The head stored in the `channels` table; `None` while the channel has no row.
     pub(super) saved_head: Option<u64>,
     pub(super) appended: Vec<Arc<Event>>,
@@ -148,6 +159,7 @@ impl<'a> Drafts<'a> {
                 .map(|meta| Draft {
                     head: meta.head,
                     first: meta.first,
+                    lost: None,
                     saved_head: Some(meta.head),
                     appended: Vec::new(),
                 })?;
@@ -164,6 +176,7 @@ impl<'a> Drafts<'a> {
             .or_insert_with(|| Draft {
                 head: 0,
                 first: 1,
+                lost: None,
                 saved_head: None,
                 appended: Vec::new(),
             })
@@ -200,6 +213,10 @@ impl<'a> Drafts<'a> {
             }
             meta.head = draft.head;
             meta.first = draft.first;
+            meta.lost.extend(draft.lost);
+            self.shared
+                .high_water
+                .fetch_max(draft.head, Ordering::Relaxed);
             let appended = !draft.appended.is_empty();
             let (mut added, mut removed) = (0, 0);
             for event in draft.appended {

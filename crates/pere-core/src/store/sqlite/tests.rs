@@ -572,7 +572,7 @@ async fn a_version_2_database_gets_idempotency_keys() {
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .unwrap();
     assert_eq!(version, SCHEMA_VERSION);
-    assert_eq!(SCHEMA_VERSION, 7);
+    assert_eq!(SCHEMA_VERSION, 8);
 }
 
 #[tokio::test]
@@ -982,4 +982,76 @@ async fn close_commits_what_is_queued_and_refuses_later_writes() {
     assert_eq!(store.recent(&c, 10).await.unwrap().len(), 1);
     drop(store);
     assert_eq!(check_ids(&open(dir.path(), ROOMY), "C").await, vec![1]);
+}
+
+/// A database put back from a backup holds fewer ids than were handed out: the ids file beside
+/// it says how many, and the store continues above them, the skipped ids lost.
+#[tokio::test]
+async fn a_database_put_back_from_a_backup_continues_above_the_ids_it_handed_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let backup = tempfile::tempdir().unwrap();
+    let c = ch("C");
+    let store = open(dir.path(), ROOMY);
+    for text in ["1", "2", "3"] {
+        store.append(&c, body(text)).await.unwrap();
+    }
+    store.close().await;
+    drop(store);
+    std::fs::copy(dir.path().join(DB_FILE), backup.path().join(DB_FILE)).unwrap();
+
+    let store = open(dir.path(), ROOMY);
+    for text in ["4", "5", "6", "7"] {
+        store.append(&c, body(text)).await.unwrap();
+    }
+    store.close().await;
+    drop(store);
+    std::fs::copy(backup.path().join(DB_FILE), dir.path().join(DB_FILE)).unwrap();
+
+    let store = open(dir.path(), ROOMY);
+    assert_eq!(store.head(&c).await.unwrap(), 3, "the backup's history");
+    assert_eq!(store.append(&c, body("8")).await.unwrap().event.id, 8);
+    assert_eq!(store.lost(&c).await.unwrap(), vec![4..=7]);
+    assert_eq!(
+        store.append(&ch("NEW"), body("x")).await.unwrap().event.id,
+        8,
+        "every channel continues above the ids handed out"
+    );
+    store.close().await;
+    drop(store);
+
+    // Another store's database put in its place: the same.
+    let other = tempfile::tempdir().unwrap();
+    let store = open(other.path(), ROOMY);
+    store.append(&c, body("elsewhere")).await.unwrap();
+    store.close().await;
+    drop(store);
+    std::fs::copy(other.path().join(DB_FILE), dir.path().join(DB_FILE)).unwrap();
+    let store = open(dir.path(), ROOMY);
+    assert_eq!(store.append(&c, body("9")).await.unwrap().event.id, 9);
+    assert_eq!(store.lost(&c).await.unwrap(), vec![2..=8]);
+}
+
+/// A database file replaced while the server runs: nothing more is committed into the old one,
+/// which nobody would open again; writes fail as a changed store until a restart.
+#[tokio::test]
+async fn a_database_replaced_under_the_store_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = ch("C");
+    let store = open(dir.path(), ROOMY);
+    store.append(&c, body("1")).await.unwrap();
+    let other = tempfile::tempdir().unwrap();
+    drop(open(other.path(), ROOMY));
+    std::fs::rename(other.path().join(DB_FILE), dir.path().join(DB_FILE)).unwrap();
+    assert!(matches!(
+        store.append(&c, body("2")).await,
+        Err(StoreError::Changed { .. })
+    ));
+    assert!(matches!(
+        store.append(&c, body("3")).await,
+        Err(StoreError::Changed { .. })
+    ));
+    assert!(matches!(
+        store.adopt(10).await,
+        Err(StoreError::Changed { .. })
+    ));
 }

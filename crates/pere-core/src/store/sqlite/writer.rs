@@ -16,7 +16,8 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::books::RecentCache;
-use super::failure::Failure;
+use super::failure::{file_identity, replaced, Failure};
+use super::identity::write_ids;
 use super::ops::finish_batch;
 use super::prune::{age_cutoff, oldest_time, prune_channel, PRUNE_CHUNK};
 use super::rows::{save_device, save_devices_through};
@@ -129,6 +130,7 @@ pub(super) struct Done<T> {
 impl<T> Deliver for Done<T> {
     fn deliver(self: Box<Self>, failure: Option<&Failure>) {
         let result = match failure {
+            Some(Failure::Replaced { path }) => Err(replaced(path)),
             Some(failure) => Err(StoreError::backend(failure.clone())),
             None => self.result,
         };
@@ -138,6 +140,27 @@ impl<T> Deliver for Done<T> {
 }
 
 impl Writer {
+    /// Whether another file now has the database's path (restored from a backup, say, while
+    /// the server ran): a stat per commit, so nothing is answered as committed into a file
+    /// nobody will open again. Once found, it stays so until the server restarts.
+    fn file_replaced(&self) -> bool {
+        if self.shared.replaced.load(Ordering::Relaxed) {
+            return true;
+        }
+        let Some(opened) = self.shared.file else {
+            return false;
+        };
+        if file_identity(&self.shared.path).is_some_and(|now| now != opened) {
+            tracing::error!(
+                "{} was replaced while the server ran: writes are refused until the server is restarted",
+                self.shared.path.display()
+            );
+            self.shared.replaced.store(true, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
     /// Counts a committed transaction and wakes the checkpointer for it.
     fn committed(&self) {
         self.shared.transactions.fetch_add(1, Ordering::Relaxed);
@@ -256,6 +279,11 @@ impl Writer {
             mut drafts,
             mut failure,
         } = batch;
+        if failure.is_none() && self.file_replaced() {
+            failure = Some(Failure::Replaced {
+                path: self.shared.path.clone(),
+            });
+        }
         if failure.is_none() {
             let committed = finish_batch(conn, &mut drafts, &retention, started, &mut self.sweep)
                 .and_then(|()| conn.execute_batch("COMMIT"));
@@ -411,6 +439,7 @@ impl Writer {
 /// `try_send` after a commit, as a wake-up already pending stands for any number of commits.
 pub(super) fn start_checkpointer(
     path: &Path,
+    shared: Arc<Shared>,
 ) -> Result<(thread::JoinHandle<()>, mpsc::SyncSender<()>), StoreError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(|err| Failure::open(path, err))?;
@@ -420,21 +449,41 @@ pub(super) fn start_checkpointer(
     let thread = thread::Builder::new()
         .name("pere-sqlite-checkpoint".to_owned())
         .spawn(move || {
+            let mut written = 0;
+            let remember = |written: &mut u64| {
+                let high_water = shared.high_water.load(Ordering::Relaxed);
+                if high_water > *written && !shared.replaced.load(Ordering::Relaxed) {
+                    // Not synced: the file matters only if the database goes back in time, and
+                    // then a crash of the machine is the lesser loss; the next commit writes it.
+                    if write_ids(&shared.path, &shared.store_id, high_water).is_ok() {
+                        *written = high_water;
+                    }
+                }
+            };
             while woken.recv().is_ok() {
                 // Commits gather meanwhile; their wake-ups are for this same checkpoint.
                 let until = Instant::now() + CHECKPOINT_INTERVAL;
+                let mut closing = false;
                 loop {
                     match woken.recv_timeout(until.saturating_duration_since(Instant::now())) {
                         Ok(()) => {}
                         Err(mpsc::RecvTimeoutError::Timeout) => break,
-                        // Closing: the last connection to close checkpoints what is left.
-                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => {
+                            closing = true;
+                            break;
+                        }
                     }
+                }
+                if closing {
+                    // The last connection to close checkpoints what is left.
+                    break;
                 }
                 // PASSIVE never waits for the writer or readers; what it cannot copy now it copies
                 // next time. A failure (disk trouble) is the writer's to report, on its commits.
                 let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                remember(&mut written);
             }
+            remember(&mut written);
         })
         .map_err(|err| Failure::open(path, err))?;
     Ok((thread, wake))

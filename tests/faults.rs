@@ -1,0 +1,199 @@
+//! Storage faults of the SQLite store that the fault table in the README promises an answer to:
+//! a full disk (pushes refused with 503, nothing acknowledged lost, service back once space
+//! returns) and a truncated database file (the server refuses to start, with one clear line).
+//! The others are in `durability.rs` (crash, SIGKILL under load), `damage.rs` (a damaged page),
+//! `cluster.rs`, `redis_cluster.rs`, `redis_sentinel.rs` and `store_change.rs` (Redis).
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use pere_e2e::{Proc, TestServer, WAIT};
+use serde_json::Value;
+
+/// A file system of its own, `size` large, mounted on `dir` until dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// `None` when this user may not mount (the test command runs as root; see the README).
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .ok()?;
+        mounted.status.success().then_some(SmallDisk { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fills what is left of the disk with a file of its own; returns its path.
+    fn fill(&self) -> std::path::PathBuf {
+        let filler = self.path().join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let block = vec![0x5a_u8; 64 * 1024];
+        while file.write_all(&block).is_ok() {}
+        let _ = file.flush();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+async fn push_answer(server: &TestServer, channel: &str, body: &str) -> (u16, Value) {
+    let answer = server
+        .http
+        .post(server.url(&format!("/push/{channel}")))
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("push");
+    let status = answer.status().as_u16();
+    (status, answer.json().await.unwrap_or(Value::Null))
+}
+
+async fn readiness(server: &TestServer) -> u16 {
+    let answer = server.http.get(server.url("/readyz")).send().await.unwrap();
+    answer.status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_pushes_with_503_and_service_resumes_when_space_returns() {
+    let Some(disk) = SmallDisk::mount("16m") else {
+        assert!(!is_root(), "root could not mount a tmpfs");
+        eprintln!("skipped: mounting a small disk needs root (the test command runs as root)");
+        return;
+    };
+    let server = TestServer::start_in(disk.path(), &["-q", "--max-body", "65536"]).await;
+    let mut feed = server.feed("Full", &[]).await;
+    let body = "x".repeat(60_000);
+    let mut acknowledged = vec![];
+    for _ in 0..3 {
+        acknowledged.push(server.push("Full", &body).await);
+    }
+    assert_eq!(feed.next_ids(3).await, acknowledged);
+
+    let filler = disk.fill();
+    // The log may still have room from before: pushes go on until it has none.
+    let mut refused = None;
+    for _ in 0..2_000 {
+        match push_answer(&server, "Full", &body).await {
+            (200, answer) => acknowledged.push(answer["id"].as_u64().unwrap()),
+            (status, answer) => {
+                refused = Some((status, answer));
+                break;
+            }
+        }
+    }
+    let (status, answer) = refused.expect("a push refused once the disk is full");
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (503, Some("store_unavailable")),
+        "{answer}"
+    );
+    let health = server.http.get(server.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "the server itself answers");
+
+    std::fs::remove_file(filler).unwrap();
+    let id = tokio::time::timeout(WAIT, async {
+        loop {
+            if let (200, answer) = push_answer(&server, "Full", "after").await {
+                return answer["id"].as_u64().unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("pushes accepted once space returns");
+    assert_eq!(
+        id,
+        acknowledged.last().unwrap() + 1,
+        "refused pushes used no id"
+    );
+    acknowledged.push(id);
+    assert_eq!(readiness(&server).await, 200);
+
+    let mut heard = feed.next_ids(acknowledged.len() - 3).await;
+    heard.splice(0..0, acknowledged[..3].iter().copied());
+    assert_eq!(
+        heard, acknowledged,
+        "the open feed heard every acknowledged push"
+    );
+    let stored = server
+        .get_json(&format!("/events/Full?limit={}", acknowledged.len() + 10))
+        .await;
+    let ids: Vec<u64> = stored["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, acknowledged, "every acknowledged push is stored");
+    server.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_database_stops_the_server_at_start_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(dir.path(), &["-q"]).await;
+    let body = format!("{{\"order\":1,\"pad\":\"{}\"}}", "p".repeat(80));
+    let lines: String = (0..400).map(|_| format!("{body}\n")).collect();
+    for _ in 0..5 {
+        let batch = server
+            .http
+            .post(server.url("/push/Cut"))
+            .header("content-type", "application/x-ndjson")
+            .body(lines.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(batch.status(), 200);
+    }
+    server.stop().await;
+    // The offline check copies the log into the database file, as a backup tool would see it.
+    let path = dir.path().to_str().unwrap();
+    let mut check = Proc::start("pere-server", &["check", "--data-dir", path]);
+    assert_eq!(check.wait_exit().await, 0, "{:?}", check.errors());
+
+    let db = dir.path().join("pere.db");
+    let size = std::fs::metadata(&db).unwrap().len();
+    assert!(size > 64 * 1024, "{size}");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&db)
+        .unwrap()
+        .set_len(size / 2)
+        .unwrap();
+
+    let mut again = Proc::start(
+        "pere-server",
+        &["-o", "127.0.0.1", "-p", "0", "--data-dir", path],
+    );
+    assert_eq!(again.wait_exit().await, 1);
+    let errors = again.errors();
+    assert_eq!(errors.len(), 1, "one line: {errors:?}");
+    assert!(
+        errors[0].contains("cannot open the store") && errors[0].contains("damaged"),
+        "{errors:?}"
+    );
+}
