@@ -295,6 +295,22 @@ impl ChannelLedger {
         self.open.get(&id).is_some_and(|open| !acked(open)) && self.expects(device, id)
     }
 
+    /// The devices expected to acknowledge `id`, when it is followed (`None` when not: ask the
+    /// store's memberships).
+    pub(crate) fn expected_of(&self, id: u64) -> Option<Vec<DeviceId>> {
+        self.open.get(&id)?;
+        let mut expected: Vec<DeviceId> = self
+            .recipients
+            .values()
+            .chain(&self.departed)
+            .filter(|m| m.expects(id))
+            .map(|m| m.device.clone())
+            .collect();
+        expected.sort();
+        expected.dedup();
+        Some(expected)
+    }
+
     /// The bytes the followed events' acknowledgements hold, with the device numbers.
     #[cfg(test)]
     fn ack_bytes(&self) -> usize {
