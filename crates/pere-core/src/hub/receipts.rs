@@ -133,7 +133,7 @@ impl<S: Store> Hub<S> {
                 .send(|| HubNotice::completed(&hub.name, done));
         }
         if let Some(live) = hub.receipts.get() {
-            live.announce(receipt.seq, completed);
+            live.announce(receipt, completed);
         }
         Ok(completed)
     }
@@ -198,6 +198,7 @@ impl<S: Store> Hub<S> {
         let hub = self.channel(channel).await?;
         let follow = ReceiptFollow::new(
             self.store.clone(),
+            self.receipt_replays.clone(),
             channel.clone(),
             hub.receipt_live().clone(),
             after,
