@@ -8,9 +8,17 @@
 //! receipt once, in order, and resuming from its last `seq` misses nothing. Completions are live
 //! only: they have no position and are not replayed.
 //!
+//! The newest receipts announced (at most [`RECENT_RECEIPTS`]) are kept with the announcement,
+//! so a follower that keeps up takes them from memory, as feeds take events; it reads the store
+//! only to replay, or when what it needs is no longer (or not yet, in order) in memory. Store
+//! reads of every follower of a hub take turns ([`ReceiptReplays`]): a thousand followers
+//! replaying a long history cost the same work, but never all of a node's threads at once, so
+//! its other requests are still answered.
+//!
 //! Neither stream allocates anything sized for a busy channel up front: a channel keeps the
-//! newest receipt `seq` announced and the completions and presence changes that actually
-//! happened, up to a bound, and followers read them at their own pace.
+//! newest receipt `seq` announced, the newest receipts, and the completions and presence changes
+//! that actually happened, up to a bound, made on the first follow, and followers read them at
+//! their own pace.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,6 +35,19 @@ use crate::store::Store;
 /// Receipts read from the store per step, in replay and when a live notice wakes the follower:
 /// one page is what a follower holds in memory at once.
 pub const RECEIPT_PAGE: usize = 256;
+
+/// Receipts kept in memory per followed channel, newest first out, for followers that keep up.
+pub const RECENT_RECEIPTS: usize = 256;
+
+/// The turns followers of one hub take to read receipts from the store: one at a time.
+#[derive(Debug, Clone)]
+pub(crate) struct ReceiptReplays(Arc<tokio::sync::Semaphore>);
+
+impl Default for ReceiptReplays {
+    fn default() -> Self {
+        ReceiptReplays(Arc::new(tokio::sync::Semaphore::new(1)))
+    }
+}
 
 /// Completions kept per channel for followers that have not read them yet; a follower further
 /// behind than this ends (it resumes from its last `seq` and loses only completion notices,
@@ -57,16 +78,27 @@ struct LiveReceipts {
     completions: VecDeque<(u64, Completion)>,
     /// How many completions were ever announced: a follower's cursor counts in these.
     announced: u64,
+    /// The newest receipts announced, in `seq` order; at most [`RECENT_RECEIPTS`].
+    recent: VecDeque<Receipt>,
     /// The hub went away: followers end once they have read everything.
     closed: bool,
 }
 
 impl ReceiptLive {
-    /// Announces receipt `seq` (and the completion it caused) and wakes every follower.
-    pub(crate) fn announce(&self, seq: u64, completed: Option<Completion>) {
+    /// Announces `receipt` (and the completion it caused) and wakes every follower.
+    pub(crate) fn announce(&self, receipt: &Receipt, completed: Option<Completion>) {
+        let seq = receipt.seq;
         {
             let mut state = locked(&self.state);
             state.latest = state.latest.max(seq);
+            // Nearly always the newest; one relayed late by another node goes in its place.
+            let at = state.recent.partition_point(|kept| kept.seq < seq);
+            if state.recent.get(at).is_none_or(|kept| kept.seq != seq) {
+                state.recent.insert(at, receipt.clone());
+            }
+            if state.recent.len() > RECENT_RECEIPTS {
+                state.recent.pop_front();
+            }
             if let Some(done) = completed {
                 state.completions.push_back((seq, done));
                 state.announced += 1;
@@ -117,6 +149,7 @@ impl ReceiptItem {
 #[derive(Debug)]
 pub struct ReceiptFollow<S> {
     store: S,
+    replays: ReceiptReplays,
     channel: ChannelName,
     live: Arc<ReceiptLive>,
     /// How many of the channel's completions this follower has taken.
@@ -145,6 +178,7 @@ impl<S: Store> ReceiptFollow<S> {
     /// [`starting_after`](Self::starting_after), read once it listens.
     pub(crate) fn new(
         store: S,
+        replays: ReceiptReplays,
         channel: ChannelName,
         live: Arc<ReceiptLive>,
         after: Option<u64>,
@@ -152,6 +186,7 @@ impl<S: Store> ReceiptFollow<S> {
         let completions_seen = locked(&live.state).announced;
         ReceiptFollow {
             store,
+            replays,
             channel,
             live,
             completions_seen,
@@ -185,11 +220,7 @@ impl<S: Store> ReceiptFollow<S> {
                 return None;
             }
             if let Some(after) = self.replay {
-                match self
-                    .store
-                    .receipts_after(&self.channel, after, RECEIPT_PAGE)
-                    .await
-                {
+                match self.read_after(after).await {
                     Ok(page) if page.is_empty() => self.replay = None,
                     Ok(page) => {
                         self.replay = page.last().map(|r| r.seq);
@@ -266,10 +297,10 @@ impl<S: Store> ReceiptFollow<S> {
                 .push_back(ReceiptItem::completed(&self.channel, done));
         }
         while self.through < target {
-            let page = self
-                .store
-                .receipts_after(&self.channel, self.through, RECEIPT_PAGE)
-                .await?;
+            let page = match self.from_memory(target) {
+                Some(page) => page,
+                None => self.read_after(self.through).await?,
+            };
             if page.is_empty() {
                 break;
             }
@@ -295,6 +326,34 @@ impl<S: Store> ReceiptFollow<S> {
                 .push_back(ReceiptItem::completed(&self.channel, done));
         }
         Ok(())
+    }
+
+    /// The receipts after the last one given out, up to `target`, from memory: `None` unless
+    /// the next one is there, then those that follow it without a hole.
+    fn from_memory(&self, target: u64) -> Option<Vec<Receipt>> {
+        let state = locked(&self.live.state);
+        let next = self.through + 1;
+        let at = state.recent.partition_point(|kept| kept.seq < next);
+        if state.recent.get(at).is_none_or(|kept| kept.seq != next) {
+            return None;
+        }
+        let run = state
+            .recent
+            .range(at..)
+            .zip(next..)
+            .take_while(|(kept, seq)| kept.seq == *seq && *seq <= target)
+            .take(RECEIPT_PAGE)
+            .map(|(kept, _)| kept.clone())
+            .collect();
+        Some(run)
+    }
+
+    /// A page of receipts after `after` from the store, in this hub's followers' turn.
+    async fn read_after(&self, after: u64) -> Result<Vec<Receipt>, StoreError> {
+        let _turn = self.replays.0.acquire().await;
+        self.store
+            .receipts_after(&self.channel, after, RECEIPT_PAGE)
+            .await
     }
 
     fn fail(&mut self, err: StoreError) -> StoreError {
@@ -484,5 +543,68 @@ impl PresenceFollow {
     /// Whether the stream ended because the follower fell too far behind.
     pub fn lagged(&self) -> bool {
         self.lagged
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pere_proto::name::DeviceId;
+
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn receipt(seq: u64) -> Receipt {
+        Receipt {
+            seq,
+            channel: ChannelName::new("C").unwrap(),
+            event_id: seq,
+            device: DeviceId::new("H1").unwrap(),
+            status: "ok".to_owned(),
+            time: pere_proto::event::now(),
+        }
+    }
+
+    fn seqs(items: &[ReceiptItem]) -> Vec<u64> {
+        items
+            .iter()
+            .filter_map(|item| match item {
+                ReceiptItem::Receipt(r) => Some(r.seq),
+                ReceiptItem::Completed { .. } => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_follower_that_keeps_up_takes_receipts_from_memory() {
+        // The store holds none of them: whatever the follower gets came from memory.
+        let live = Arc::new(ReceiptLive::default());
+        let channel = ChannelName::new("C").unwrap();
+        let mut follow = ReceiptFollow::new(
+            MemoryStore::default(),
+            ReceiptReplays::default(),
+            channel,
+            live.clone(),
+            None,
+        )
+        .starting_after(0);
+        for seq in [1, 3, 2] {
+            live.announce(&receipt(seq), None);
+        }
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(follow.next().await.unwrap().unwrap());
+        }
+        assert_eq!(seqs(&got), vec![1, 2, 3], "in seq order, each once");
+    }
+
+    #[test]
+    fn memory_keeps_the_newest_receipts_only() {
+        let live = ReceiptLive::default();
+        for seq in 1..=(RECENT_RECEIPTS as u64 + 10) {
+            live.announce(&receipt(seq), None);
+        }
+        let state = locked(&live.state);
+        assert_eq!(state.recent.len(), RECENT_RECEIPTS);
+        assert_eq!(state.recent.front().map(|r| r.seq), Some(11));
     }
 }

@@ -3,8 +3,13 @@
 //! acknowledged yet?" without a store read, wakes publishers waiting for receipts, and tells the
 //! receipt stream when an event completes. The store stays the source of truth; this is a
 //! bounded cache of the recent past.
+//!
+//! Who acknowledged an event is a set of bits over the channel's device numbers (each device
+//! that ever acknowledged here gets the next one), not a set of names: a bit per device and
+//! event, where a set of names cost about 50 bytes per receipt (a broadcast channel of 100,000
+//! devices would have held gigabytes for its 1,024 followed events).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -33,7 +38,7 @@ pub(crate) struct OpenEvent {
     published: DateTime<Utc>,
     expected: usize,
     acked_expected: usize,
-    acked: HashSet<DeviceId>,
+    acked: Acks,
     // Made only when someone waits on this event.
     changed: Option<Arc<Notify>>,
 }
@@ -42,13 +47,46 @@ impl OpenEvent {
     pub(crate) fn satisfies(&self, wait: WaitFor) -> bool {
         match wait {
             WaitFor::All => self.acked_expected >= self.expected,
-            WaitFor::AtLeast(n) => self.acked.len() >= n,
+            WaitFor::AtLeast(n) => self.acked.count >= n,
         }
     }
 
     /// The notification a waiter listens to.
     pub(crate) fn changed(&mut self) -> Arc<Notify> {
         self.changed.get_or_insert_with(Default::default).clone()
+    }
+}
+
+/// The devices that acknowledged one event, as bits indexed by the ledger's device numbers.
+#[derive(Debug, Default)]
+struct Acks {
+    words: Vec<u64>,
+    count: usize,
+}
+
+impl Acks {
+    /// Sets `number`'s bit; false when it was set already.
+    fn insert(&mut self, number: u32) -> bool {
+        let (word, bit) = (number as usize / 64, 1_u64 << (number % 64));
+        if word >= self.words.len() {
+            self.words.resize(word + 1, 0);
+        }
+        let fresh = self.words[word] & bit == 0;
+        self.words[word] |= bit;
+        self.count += usize::from(fresh);
+        fresh
+    }
+
+    fn contains(&self, number: u32) -> bool {
+        self.words
+            .get(number as usize / 64)
+            .is_some_and(|word| word & (1_u64 << (number % 64)) != 0)
+    }
+
+    /// The bytes held on the heap.
+    #[cfg(test)]
+    fn heap_bytes(&self) -> usize {
+        self.words.capacity() * size_of::<u64>()
     }
 }
 
@@ -120,6 +158,8 @@ pub(crate) struct ChannelLedger {
     /// How many of `open` still wait for an expected recipient: asked of every idle channel
     /// by the hub's unloading, so counted rather than searched for.
     incomplete: usize,
+    /// Each device that acknowledged an event here, numbered in order of its first receipt.
+    numbers: HashMap<DeviceId, u32>,
 }
 
 impl ChannelLedger {
@@ -179,7 +219,7 @@ impl ChannelLedger {
             published,
             expected,
             acked_expected: 0,
-            acked: HashSet::new(),
+            acked: Acks::default(),
             changed: None,
         };
         if !self.open.insert(id, open) {
@@ -201,8 +241,11 @@ impl ChannelLedger {
     /// Records that `device` acknowledged `id`; returns the completion if this receipt completed it.
     pub(crate) fn acknowledge(&mut self, id: u64, device: &DeviceId) -> Option<Completion> {
         let expected = self.expects(device, id);
+        self.open.get(&id)?;
+        let next = u32::try_from(self.numbers.len()).unwrap_or(u32::MAX);
+        let number = *self.numbers.entry(device.clone()).or_insert(next);
         let open = self.open.get_mut(&id)?;
-        if !open.acked.insert(device.clone()) {
+        if !open.acked.insert(number) {
             return None;
         }
         if let Some(changed) = &open.changed {
@@ -244,10 +287,41 @@ impl ChannelLedger {
 
     /// Whether `device` still owes a receipt for `id` (false for events no longer followed).
     pub(crate) fn owes(&self, id: u64, device: &DeviceId) -> bool {
-        self.open
-            .get(&id)
-            .is_some_and(|open| !open.acked.contains(device))
-            && self.expects(device, id)
+        let acked = |open: &OpenEvent| {
+            self.numbers
+                .get(device)
+                .is_some_and(|&number| open.acked.contains(number))
+        };
+        self.open.get(&id).is_some_and(|open| !acked(open)) && self.expects(device, id)
+    }
+
+    /// The devices expected to acknowledge `id`, when it is followed (`None` when not: ask the
+    /// store's memberships).
+    pub(crate) fn expected_of(&self, id: u64) -> Option<Vec<DeviceId>> {
+        self.open.get(&id)?;
+        let mut expected: Vec<DeviceId> = self
+            .recipients
+            .values()
+            .chain(&self.departed)
+            .filter(|m| m.expects(id))
+            .map(|m| m.device.clone())
+            .collect();
+        expected.sort();
+        expected.dedup();
+        Some(expected)
+    }
+
+    /// The bytes the followed events' acknowledgements hold, with the device numbers.
+    #[cfg(test)]
+    fn ack_bytes(&self) -> usize {
+        let numbers = self.numbers.capacity() * (size_of::<DeviceId>() + size_of::<u32>() + 1)
+            + self.numbers.keys().map(|d| d.as_str().len()).sum::<usize>();
+        numbers
+            + self
+                .open
+                .values()
+                .map(|o| o.acked.heap_bytes())
+                .sum::<usize>()
     }
 }
 
@@ -333,6 +407,51 @@ mod tests {
         let a = DeviceId::new("A").unwrap();
         assert!(ledger.acknowledge(2, &a).is_some());
         assert!(ledger.owes(4, &a) && !ledger.owes(2, &a) && !ledger.owes(3, &a));
+    }
+
+    #[test]
+    fn an_acknowledgement_costs_a_bit_per_device_and_event() {
+        const DEVICES: usize = 10_000;
+        let devices: Vec<DeviceId> = (0..DEVICES)
+            .map(|i| DeviceId::new(&format!("H{i:013}")).unwrap())
+            .collect();
+        let mut ledger = ChannelLedger::new(devices.iter().map(|d| member(d.as_str(), 0)));
+        for id in 1..=64 {
+            ledger.track(id, Utc::now());
+            for device in &devices {
+                ledger.acknowledge(id, device);
+            }
+        }
+        assert!(!ledger.incomplete());
+        assert!(!ledger.owes(64, &devices[9_999]));
+        let numbers = DEVICES * 64;
+        let bits = 64 * DEVICES / 8;
+        assert!(
+            ledger.ack_bytes() <= numbers + bits + bits / 8,
+            "{} bytes",
+            ledger.ack_bytes()
+        );
+    }
+
+    /// The figure in `bench/OPTIMISATIONS.md`: a broadcast channel of 100,000 devices that
+    /// acknowledged each of its 1,024 followed events (`cargo test --release -p pere-core
+    /// ledger_at_broadcast_scale -- --ignored --nocapture`).
+    #[test]
+    #[ignore = "a measurement, run by hand in release"]
+    fn ledger_at_broadcast_scale() {
+        let devices: Vec<DeviceId> = (0..100_000)
+            .map(|i| DeviceId::new(&format!("H{i:013}")).unwrap())
+            .collect();
+        let mut ledger = ChannelLedger::new(devices.iter().map(|d| member(d.as_str(), 0)));
+        for id in 1..=TRACKED_EVENTS as u64 {
+            ledger.track(id, Utc::now());
+            for device in &devices {
+                ledger.acknowledge(id, device);
+            }
+        }
+        let mib = ledger.ack_bytes() as f64 / f64::from(1 << 20);
+        println!("acknowledgements of 1,024 events x 100,000 devices: {mib:.1} MiB");
+        assert!(mib <= 50.0);
     }
 
     #[test]

@@ -57,6 +57,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::error::StoreError;
+use crate::follow::ReceiptReplays;
 use crate::ledger::ChannelLedger;
 use crate::notice::{HubNotice, NoticeQueue, Observer, Observers};
 use crate::store::Store;
@@ -170,6 +171,8 @@ pub struct Hub<S> {
     high_water: AtomicU64,
     // Set while the node adopts a store that changed under it; writes wait for it.
     adopting: AtomicBool,
+    // Receipt followers' turns at reading the store.
+    receipt_replays: ReceiptReplays,
     // The hub itself, for the gap timers, which outlive the call that starts them and must not
     // keep a dropped hub alive.
     me: Weak<Hub<S>>,
@@ -194,6 +197,7 @@ impl<S: Store> Hub<S> {
             next_subscriber: AtomicU64::new(1),
             observers: Observers::default(),
             high_water: AtomicU64::new(0),
+            receipt_replays: ReceiptReplays::default(),
             adopting: AtomicBool::new(false),
             me: me.clone(),
         })

@@ -133,7 +133,7 @@ impl<S: Store> Hub<S> {
                 .send(|| HubNotice::completed(&hub.name, done));
         }
         if let Some(live) = hub.receipts.get() {
-            live.announce(receipt.seq, completed);
+            live.announce(receipt, completed);
         }
         Ok(completed)
     }
@@ -198,6 +198,7 @@ impl<S: Store> Hub<S> {
         let hub = self.channel(channel).await?;
         let follow = ReceiptFollow::new(
             self.store.clone(),
+            self.receipt_replays.clone(),
             channel.clone(),
             hub.receipt_live().clone(),
             after,
@@ -240,18 +241,38 @@ impl<S: Store> Hub<S> {
         for receipt in self.store.receipts(channel, event_id).await? {
             latest.insert(receipt.device.clone(), receipt);
         }
-        let expected: std::collections::BTreeSet<DeviceId> = self
-            .store
-            .memberships(channel)
-            .await?
-            .into_iter()
-            .filter(|m| m.expects(event_id))
-            .map(|m| m.device)
+        // The devices the event expects: from the ledger while it follows the event, else
+        // from the memberships in the store; then only their records, in one read.
+        let followed = self
+            .loaded(channel)
+            .and_then(|hub| hub.ledger().expected_of(event_id));
+        let expected: Vec<DeviceId> = match followed {
+            Some(expected) => expected,
+            None => {
+                let mut expected: Vec<DeviceId> = self
+                    .store
+                    .memberships(channel)
+                    .await?
+                    .into_iter()
+                    .filter(|m| m.expects(event_id))
+                    .map(|m| m.device)
+                    .collect();
+                expected.sort();
+                expected.dedup();
+                expected
+            }
+        };
+        let owing: Vec<DeviceId> = expected
+            .iter()
+            .filter(|d| !latest.contains_key(*d))
+            .cloned()
             .collect();
         let seen: HashMap<DeviceId, (u64, DateTime<Utc>)> = self
-            .devices(channel)
+            .store
+            .devices_named(channel, &owing)
             .await?
             .into_iter()
+            .map(|record| self.with_presence(record))
             .map(|v| {
                 (
                     v.record.device,
@@ -268,10 +289,7 @@ impl<S: Store> Hub<S> {
             expected: expected.len(),
             last_seen: BTreeMap::new(),
         };
-        for device in expected {
-            if latest.contains_key(&device) {
-                continue;
-            }
+        for device in owing {
             let record = seen.get(&device);
             if let Some(&(_, at)) = record {
                 summary.last_seen.insert(device.clone(), at);

@@ -710,6 +710,12 @@ async fn device_touches_only_move_forward(store: impl Store) {
     let again = store.device(&c, &dev("H1")).await.unwrap().unwrap();
     assert_eq!(again, record);
     assert!(store.device(&c, &dev("nobody")).await.unwrap().is_none());
+    let named = store
+        .devices_named(&c, &[dev("nobody"), dev("H1")])
+        .await
+        .unwrap();
+    assert_eq!(named, vec![record], "only those that have a record");
+    assert!(store.devices_named(&c, &[]).await.unwrap().is_empty());
 }
 
 async fn concurrent_appends_get_unique_ids(store: impl Store) {

@@ -274,6 +274,26 @@ pub trait Store: Clone + Send + Sync + 'static {
         touch: DeviceTouch,
     ) -> impl Future<Output = Result<DeviceRecord, StoreError>> + Send;
 
+    /// The records of `devices` on a channel, those that have one, in any order: what a
+    /// receipt summary reads (the devices an event expects, not every device). The default asks
+    /// for each in turn; a store with a round trip per read answers them in one.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when the store cannot be read.
+    fn devices_named(
+        &self,
+        channel: &ChannelName,
+        devices: &[DeviceId],
+    ) -> impl Future<Output = Result<Vec<DeviceRecord>, StoreError>> + Send {
+        async move {
+            let mut records = Vec::with_capacity(devices.len());
+            for device in devices {
+                records.extend(self.device(channel, device).await?);
+            }
+            Ok(records)
+        }
+    }
+
     /// One device's record on a channel.
     ///
     /// # Errors

@@ -775,6 +775,30 @@ impl Store for RedisStore {
             .transpose()
     }
 
+    async fn devices_named(
+        &self,
+        channel: &ChannelName,
+        devices: &[DeviceId],
+    ) -> Result<Vec<DeviceRecord>, StoreError> {
+        if devices.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut hmget = redis::cmd("HMGET");
+        hmget.arg(self.inner.keys.key(channel, "dev"));
+        for device in devices {
+            hmget.arg(device.as_str());
+        }
+        let found: Vec<Option<String>> = hmget
+            .query_async(&mut self.connection())
+            .await
+            .map_err(StoreError::backend)?;
+        devices
+            .iter()
+            .zip(found)
+            .filter_map(|(device, json)| json.map(|json| record_from(channel, device, &json)))
+            .collect()
+    }
+
     async fn devices(&self, channel: &ChannelName) -> Result<Vec<DeviceRecord>, StoreError> {
         self.devices_after(channel, None, -1).await
     }
