@@ -97,7 +97,7 @@ where
     batches_answer_held_keys(make(ROOMY).await).await;
     concurrent_batches_never_interleave(make(ROOMY).await).await;
     let brief = Retention {
-        idempotency_window: Some(Duration::from_millis(30)),
+        idempotency_window: Some(BRIEF_WINDOW),
         ..ROOMY
     };
     keys_past_the_window_are_forgotten(make(brief).await).await;
@@ -326,6 +326,14 @@ async fn concurrent_batches_never_interleave(store: impl Store) {
     assert_eq!(store.head(&c).await.unwrap(), 120);
 }
 
+/// The idempotency window of the tests that let keys expire. Two appends in a row must fall
+/// within it however loaded the machine (30 ms did not, on a busy SQLite run of the whole suite),
+/// and each of those tests waits it out a few times.
+const BRIEF_WINDOW: Duration = Duration::from_millis(250);
+
+/// Long enough for a key to have left [`BRIEF_WINDOW`].
+const PAST_THE_WINDOW: Duration = Duration::from_millis(300);
+
 async fn keys_past_the_window_are_forgotten(store: impl Store) {
     let c = ch("W");
     let first = store.append(&c, typed(Some("w"), "1", None)).await.unwrap();
@@ -337,7 +345,7 @@ async fn keys_past_the_window_are_forgotten(store: impl Store) {
             .new,
         "within the window"
     );
-    tokio::time::sleep(Duration::from_millis(60)).await;
+    tokio::time::sleep(PAST_THE_WINDOW).await;
     let later = store.append(&c, typed(Some("w"), "1", None)).await.unwrap();
     assert!(later.new, "a key past the window is a new event");
     assert_eq!(later.event.id, first.event.id + 1);
@@ -349,7 +357,7 @@ async fn keys_past_the_window_are_forgotten(store: impl Store) {
             .new,
         "and is held again"
     );
-    tokio::time::sleep(Duration::from_millis(60)).await;
+    tokio::time::sleep(PAST_THE_WINDOW).await;
     let batch = store
         .append_batch(&c, vec![typed(Some("w"), "other body", None)])
         .await
@@ -435,7 +443,7 @@ async fn receipt_keys_past_the_window_are_forgotten(store: impl Store) {
         .record_receipt_keyed(keyed_receipt(1, "H1", "ok"), "w".to_owned())
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(60)).await;
+    tokio::time::sleep(PAST_THE_WINDOW).await;
     let later = store
         .record_receipt_keyed(keyed_receipt(1, "H1", "ok"), "w".to_owned())
         .await
