@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
 # Receipt followers replaying a long history, and the node's other requests meanwhile: a channel
 # with RECEIPTS receipts, FOLLOWERS `/receipts` streams opened at once from seq 0 (curl, each
-# for SECONDS), and `/health` asked every 100 ms. Prints, per server, the median and greatest
+# for OPEN_SECONDS), and `/health` asked every 100 ms. Prints, per server, the median and greatest
 # `/health` time, the server's CPU seconds, and its memory before, with the followers, and after
 # they closed. Servers are given as paths to pere-server builds (this build by default; set
 # PERE_BASELINE to compare another, in the same run).
 #
-#   bench/followers.sh                      # FOLLOWERS=1000 RECEIPTS=20000 SECONDS=20
+#   bench/followers.sh                      # FOLLOWERS=1000 RECEIPTS=20000 OPEN_SECONDS=20
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 FOLLOWERS=${FOLLOWERS:-1000}
 RECEIPTS=${RECEIPTS:-20000}
-SECONDS_OPEN=${SECONDS:-20}
+OPEN_SECONDS=${OPEN_SECONDS:-20}
 SERVERS=(target/release/pere-server ${PERE_BASELINE:-})
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 ulimit -n "$(ulimit -Hn)"
 
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
@@ -31,23 +31,24 @@ for server in "${SERVERS[@]}"; do
 
   # The history: RECEIPTS events in batches, each acknowledged once, over one connection.
   line='{"order":1,"pad":"pppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppp"}'
-  batch=$(for _ in $(seq 1000); do echo "$line"; done)
-  for _ in $(seq $((RECEIPTS / 1000))); do
+  batch=$(for _ in $(seq 500); do echo "$line"; done)
+  for _ in $(seq $((RECEIPTS / 500))); do
     curl -sf -H 'content-type: application/x-ndjson' --data-binary "$batch" "$base/push/F" >/dev/null
   done
   : >"$WORK/acks"
   for id in $(seq "$RECEIPTS"); do
     printf 'url = "%s/feedback/F"\nheader = "device: H1"\ndata = "id=%s&status=rx ok"\noutput = "/dev/null"\nnext\n' "$base" "$id" >>"$WORK/acks"
   done
+  sed -i '$d' "$WORK/acks"   # no `next` after the last
   curl -s -K "$WORK/acks" >/dev/null
 
   before_rss=$(rss_kib "$pid")
   before_cpu=$(cpu_s "$pid")
   for _ in $(seq "$FOLLOWERS"); do
-    curl -sN -H 'Last-Event-ID: 0' --max-time "$SECONDS_OPEN" "$base/receipts/F" >/dev/null 2>&1 &
+    curl -sN -H 'Last-Event-ID: 0' --max-time "$OPEN_SECONDS" "$base/receipts/F" >/dev/null 2>&1 &
   done
   : >"$WORK/health"
-  end=$((SECONDS + SECONDS_OPEN))
+  end=$((SECONDS + OPEN_SECONDS))
   while [ $SECONDS -lt $end ]; do
     curl -s -o /dev/null -w '%{time_total}\n' --max-time 5 "$base/health" >>"$WORK/health" || echo 5 >>"$WORK/health"
     sleep 0.1
