@@ -174,7 +174,7 @@ pub fn admitted(method: &str, path: &str, device: Option<&str>) {
 }
 
 /// Event ids shown in a log line: runs of consecutive ids as `a-b`, separated by `, ` in the
-/// order given, at most [`EXCERPT_CHARS`] characters (then `…`).
+/// order given, at most 200 characters (then `…`), as an [`Excerpt`].
 #[derive(Debug, Clone, Copy)]
 pub struct Ids<'a>(pub &'a [u64]);
 
