@@ -173,6 +173,57 @@ async fn a_receipt_posted_on_one_node_completes_a_wait_held_on_the_other_and_sho
     );
 }
 
+/// Pushes `body` on A, holding the answer until every recipient acknowledged it.
+fn waiting_push(a: &TestServer, body: &'static str) -> tokio::task::JoinHandle<(u16, Value)> {
+    let (http, url) = (a.http.clone(), a.url("/push/Orders?wait=all&timeout=15s"));
+    tokio::spawn(
+        async move { status_of(http.post(url).body(body).send().await.expect("push")).await },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cumulative_and_batched_receipts_posted_on_one_node_complete_waits_held_on_the_other() {
+    let redis = RedisServer::start();
+    let (a, b) = two_nodes(&redis, &["--redis-node-ttl", "3s"]).await;
+    let mut h1 = b.feed("Orders", &[("device", "H1")]).await;
+    let first = waiting_push(&a, "order 1");
+    assert_eq!(h1.next_ids(1).await, [1]);
+    let second = waiting_push(&a, "order 2");
+    assert_eq!(h1.next_ids(1).await, [2]);
+    let cumulative = b
+        .http
+        .post(b.url("/feedback/Orders"))
+        .json(&serde_json::json!({"device": "H1", "upto": 2, "status": "rx ok"}))
+        .send()
+        .await
+        .expect("feedback");
+    let (status, answer) = status_of(cumulative).await;
+    assert_eq!((status, &answer["ids"]), (200, &serde_json::json!([1, 2])));
+    for waiting in [first, second] {
+        let (status, answer) = waiting.await.unwrap();
+        assert_eq!(
+            status, 200,
+            "satisfied on A by B's cumulative receipt: {answer}"
+        );
+    }
+
+    let third = waiting_push(&a, "order 3");
+    assert_eq!(h1.next_ids(1).await, [3]);
+    let batch = b
+        .http
+        .post(b.url("/feedback/Orders"))
+        .header("content-type", "application/x-ndjson")
+        .header("device", "H1")
+        .body("{\"id\":3,\"status\":\"done\"}\n")
+        .send()
+        .await
+        .expect("feedback");
+    assert_eq!(status_of(batch).await.0, 200);
+    let (status, answer) = third.await.unwrap();
+    assert_eq!(status, 200, "satisfied on A by B's batch: {answer}");
+    assert_eq!(answer["receipts"]["acknowledged"][0]["status"], "done");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_feed_resumes_by_last_event_id_on_the_other_node() {
     let redis = RedisServer::start();

@@ -83,6 +83,8 @@ pub enum Unconfirmed {
     Events(Vec<Arc<Event>>),
     /// A new receipt.
     Receipt(Box<Receipt>),
+    /// The new receipts of a batch (none when every line was answered from its key).
+    Receipts(Vec<Receipt>),
     /// Nothing new: a receipt answered from its key.
     Nothing,
 }

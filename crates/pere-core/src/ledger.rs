@@ -106,11 +106,21 @@ impl OpenEvents {
     }
 }
 
+/// A current recipient, as the ledger knows it.
+#[derive(Debug)]
+struct Recipient {
+    membership: Membership,
+    /// An id up to which the device owes nothing (every event up to it that expects the device
+    /// has its receipt), as a cumulative receipt found: the next one starts above it. Only
+    /// ever true of the past, since an event's recipients are fixed when it is published.
+    acked_through: u64,
+}
+
 /// One channel's live ledger.
 #[derive(Debug, Default)]
 pub(crate) struct ChannelLedger {
     /// Current recipients.
-    recipients: HashMap<DeviceId, Membership>,
+    recipients: HashMap<DeviceId, Recipient>,
     /// Memberships that ended while events they were expected for are still followed.
     departed: Vec<Membership>,
     /// The highest `joined_after` among current recipients: an event with a greater id expects
@@ -134,19 +144,29 @@ impl ChannelLedger {
 
     /// The current membership of `device`, if it is a recipient.
     pub(crate) fn recipient(&self, device: &DeviceId) -> Option<&Membership> {
-        self.recipients.get(device)
+        self.recipients.get(device).map(|r| &r.membership)
     }
 
     /// Every current recipient.
     pub(crate) fn recipients(&self) -> impl Iterator<Item = &Membership> {
-        self.recipients.values()
+        self.recipients.values().map(|r| &r.membership)
     }
 
     /// Records a new current membership.
     pub(crate) fn join(&mut self, membership: Membership) {
         self.latest_join = self.latest_join.max(membership.joined_after);
-        self.recipients
-            .insert(membership.device.clone(), membership);
+        match self.recipients.get_mut(&membership.device) {
+            // What the device owes up to a point stays true of it.
+            Some(known) => known.membership = membership,
+            None => {
+                let recipient = Recipient {
+                    membership,
+                    acked_through: 0,
+                };
+                self.recipients
+                    .insert(recipient.membership.device.clone(), recipient);
+            }
+        }
     }
 
     /// Records that a membership ended; events it was expected for keep expecting it.
@@ -158,7 +178,7 @@ impl ChannelLedger {
     }
 
     fn expects(&self, device: &DeviceId, id: u64) -> bool {
-        self.recipients.get(device).is_some_and(|m| m.expects(id))
+        self.recipient(device).is_some_and(|m| m.expects(id))
             || self
                 .departed
                 .iter()
@@ -173,7 +193,7 @@ impl ChannelLedger {
         let expected = if id > self.latest_join {
             self.recipients.len()
         } else {
-            self.recipients.values().filter(|m| m.expects(id)).count()
+            self.recipients().filter(|m| m.expects(id)).count()
         };
         let open = OpenEvent {
             published,
@@ -248,6 +268,44 @@ impl ChannelLedger {
             .get(&id)
             .is_some_and(|open| !open.acked.contains(device))
             && self.expects(device, id)
+    }
+
+    /// An id up to which `device` owes nothing, as far as this ledger knows (0: nothing known).
+    pub(crate) fn acked_through(&self, device: &DeviceId) -> u64 {
+        self.recipients.get(device).map_or(0, |r| r.acked_through)
+    }
+
+    /// Notes that `device` owes nothing up to `id` (kept while it is a current recipient).
+    pub(crate) fn note_acked_through(&mut self, device: &DeviceId, id: u64) {
+        if let Some(recipient) = self.recipients.get_mut(device) {
+            recipient.acked_through = recipient.acked_through.max(id);
+        }
+    }
+
+    /// For the followed events with ids in `(after, upto]`: those `device` owes a receipt, and
+    /// every one followed, both ascending. Where the second list holds every id of the range,
+    /// the ledger alone knows what the device owes there.
+    pub(crate) fn owed_between(
+        &self,
+        device: &DeviceId,
+        after: u64,
+        upto: u64,
+    ) -> (Vec<u64>, Vec<u64>) {
+        let start = self.open.0.partition_point(|(id, _)| *id <= after);
+        let followed: Vec<u64> = self
+            .open
+            .0
+            .iter()
+            .skip(start)
+            .map(|(id, _)| *id)
+            .take_while(|id| *id <= upto)
+            .collect();
+        let owed = followed
+            .iter()
+            .copied()
+            .filter(|&id| self.owes(id, device))
+            .collect();
+        (owed, followed)
     }
 }
 
@@ -333,6 +391,31 @@ mod tests {
         let a = DeviceId::new("A").unwrap();
         assert!(ledger.acknowledge(2, &a).is_some());
         assert!(ledger.owes(4, &a) && !ledger.owes(2, &a) && !ledger.owes(3, &a));
+    }
+
+    #[test]
+    fn says_what_a_device_owes_in_a_range_and_what_it_follows() {
+        let mut ledger = ChannelLedger::new([member("A", 2)]);
+        let a = DeviceId::new("A").unwrap();
+        for id in [2, 3, 4, 6] {
+            ledger.track(id, Utc::now());
+        }
+        ledger.acknowledge(4, &a);
+        let (owed, followed) = ledger.owed_between(&a, 1, 6);
+        assert_eq!(owed, [3, 6], "2 is before A joined, 4 acknowledged");
+        assert_eq!(followed, [2, 3, 4, 6], "5 is not followed");
+        assert_eq!(ledger.owed_between(&a, 3, 4), (vec![], vec![4]));
+        assert_eq!(ledger.acked_through(&a), 0);
+        ledger.note_acked_through(&a, 4);
+        ledger.note_acked_through(&a, 3);
+        ledger.join(member("A", 2));
+        assert_eq!(
+            ledger.acked_through(&a),
+            4,
+            "only ever raised, kept across a join"
+        );
+        ledger.leave(None, &a);
+        assert_eq!(ledger.acked_through(&a), 0, "forgotten with the recipient");
     }
 
     #[test]

@@ -30,11 +30,14 @@ pub mod store;
 
 pub use error::StoreError;
 pub use follow::{ReceiptFollow, ReceiptItem};
-pub use hub::{ChannelWatch, FeedItem, Hub, HubConfig, SubscribeRequest, Subscription};
+pub use hub::{ChannelWatch, Cumulative, FeedItem, Hub, HubConfig, SubscribeRequest, Subscription};
 pub use ledger::WaitFor;
 pub use notice::HubNotice;
 pub use pere_proto::{
     ChannelName, ChannelView, DeviceId, DeviceRecord, Event, EventType, Membership, NameError,
     NewEvent, Receipt,
 };
-pub use store::{Appended, MemoryStore, RecordedReceipt, Retention, Store};
+pub use store::{
+    Appended, MemoryStore, ReceiptBatch, ReceiptLine, RecordedLine, RecordedReceipt, Retention,
+    Store,
+};

@@ -926,3 +926,133 @@ async fn a_store_that_lost_everything_is_adopted_above_the_ids_handed_out() {
         6
     );
 }
+
+/// The ids a cumulative receipt acknowledged.
+fn acked(cumulative: &pere_core::Cumulative) -> Vec<u64> {
+    cumulative.receipts.iter().map(|r| r.event_id).collect()
+}
+
+#[tokio::test]
+async fn a_cumulative_receipt_acknowledges_what_the_device_owes_and_nothing_else() {
+    let hub = hub();
+    let c = ch("C");
+    for device in ["A", "B"] {
+        hub.register(&c, &dev(device)).await.unwrap();
+    }
+    for n in 1..=5 {
+        hub.publish(&c, text(&n.to_string())).await.unwrap();
+    }
+    hub.acknowledge(&c, 2, &dev("A"), "ok".into())
+        .await
+        .unwrap();
+    let mut completions = hub.observe(64);
+    let upto = hub
+        .acknowledge_upto(&c, &dev("A"), 4, "rx ok".into(), 100)
+        .await
+        .unwrap();
+    assert_eq!((acked(&upto), upto.more), (vec![1, 3, 4], false));
+    assert!(upto.receipts.iter().all(|r| r.status == "rx ok"));
+    assert!(
+        hub.wait_for_receipts(&c, 4, WaitFor::AtLeast(1), Duration::ZERO)
+            .await
+            .unwrap(),
+        "the ledger has them"
+    );
+    let again = hub
+        .acknowledge_upto(&c, &dev("A"), 4, "rx ok".into(), 100)
+        .await
+        .unwrap();
+    assert!(again.receipts.is_empty(), "nothing more is owed up to 4");
+    let b = hub
+        .acknowledge_upto(&c, &dev("B"), 5, "ok".into(), 100)
+        .await
+        .unwrap();
+    assert_eq!(acked(&b), [1, 2, 3, 4, 5]);
+    let a = hub
+        .acknowledge_upto(&c, &dev("A"), 5, "ok".into(), 100)
+        .await
+        .unwrap();
+    assert_eq!(acked(&a), [5]);
+    // Every event is complete now: its completion was told as a single receipt tells it.
+    let mut completed = Vec::new();
+    while let Ok(notice) = completions.try_recv() {
+        if let HubNotice::Completed { event_id, .. } = notice {
+            completed.push(event_id);
+        }
+    }
+    completed.sort_unstable();
+    assert_eq!(completed, [1, 2, 3, 4, 5]);
+    assert!(matches!(
+        hub.acknowledge_upto(&c, &dev("A"), 6, "ok".into(), 100)
+            .await,
+        Err(StoreError::UnknownEvent { id: 6 })
+    ));
+    assert!(matches!(
+        hub.acknowledge_upto(&c, &dev("A"), 0, "ok".into(), 100)
+            .await,
+        Err(StoreError::UnknownEvent { id: 0 })
+    ));
+    let stranger = hub
+        .acknowledge_upto(&c, &dev("Z"), 5, "ok".into(), 100)
+        .await
+        .unwrap();
+    assert!(stranger.receipts.is_empty(), "never a recipient");
+}
+
+#[tokio::test]
+async fn a_cumulative_receipt_finds_in_the_store_what_the_ledger_does_not_follow() {
+    let store = MemoryStore::new(Retention {
+        max_events: 100_000,
+        max_age: None,
+        idempotency_window: None,
+    });
+    let first = Hub::new(store.clone(), HubConfig::default());
+    let c = ch("C");
+    let d = dev("D");
+    // D is expected of 1-2 and of 5 on: it left between.
+    first.register(&c, &d).await.unwrap();
+    for n in 1..=2 {
+        first.publish(&c, text(&n.to_string())).await.unwrap();
+    }
+    first.unregister(&c, &d).await.unwrap();
+    for n in 3..=4 {
+        first.publish(&c, text(&n.to_string())).await.unwrap();
+    }
+    first.register(&c, &d).await.unwrap();
+    for n in 5..=7 {
+        first.publish(&c, text(&n.to_string())).await.unwrap();
+    }
+    first.acknowledge(&c, 6, &d, "ok".into()).await.unwrap();
+    // Another node on the same store: its ledger follows none of these events.
+    let other = Hub::new(store, HubConfig::default());
+    let oldest = other
+        .acknowledge_upto(&c, &d, 7, "ok".into(), 2)
+        .await
+        .unwrap();
+    assert_eq!((acked(&oldest), oldest.more), (vec![1, 2], true));
+    let rest = other
+        .acknowledge_upto(&c, &d, 7, "ok".into(), 2)
+        .await
+        .unwrap();
+    assert_eq!((acked(&rest), rest.more), (vec![5, 7], false));
+    // Events published since are the ledger's: a mix of both.
+    other.publish(&c, text("8")).await.unwrap();
+    let latest = other
+        .acknowledge_upto(&c, &d, 8, "ok".into(), 10)
+        .await
+        .unwrap();
+    assert_eq!(acked(&latest), [8]);
+    let pending: Vec<u64> = other
+        .store()
+        .unacknowledged(&c, &d, 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(
+        pending,
+        [3, 4],
+        "events D was never expected to acknowledge"
+    );
+}

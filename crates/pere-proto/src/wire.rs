@@ -105,7 +105,8 @@ impl From<&Receipt> for ReceiptJson {
     }
 }
 
-/// The JSON form of a receipt a device sends: `{"device", "id", "status"}`.
+/// The JSON form of a receipt a device sends: `{"device", "id", "status"}` for one event, or
+/// `{"device", "upto", "status"}` for every event it owes up to an id (a cumulative receipt).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FeedbackRequest {
     /// The acknowledging device.
@@ -114,9 +115,78 @@ pub struct FeedbackRequest {
     /// The event id, as a number or a numeric string.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<serde_json::Value>,
+    /// A cumulative receipt's last id, as a number or a numeric string: every event up to it
+    /// that the device owes a receipt. Never with `id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upto: Option<serde_json::Value>,
     /// The status of the device's local work.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+}
+
+/// The answer to a cumulative receipt (`{"device", "upto", "status"}`): the events it
+/// acknowledged, by ascending id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CumulativeAnswer {
+    /// The channel.
+    pub channel: String,
+    /// The acknowledging device.
+    pub device: String,
+    /// The last id the receipt covers.
+    pub upto: u64,
+    /// How many events this request acknowledged (0 when the device owed none).
+    pub acknowledged: usize,
+    /// Their ids, ascending.
+    pub ids: Vec<u64>,
+    /// True when the device owed more than one request acknowledges: the oldest were, and
+    /// the same receipt again acknowledges the next ones. Left out when false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub more: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// One line of a batch of receipts (`Content-Type: application/x-ndjson`):
+/// `{"id": N, "status": "S", "key": "K"}`, the status and key optional. Other members are
+/// refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiptBatchLine {
+    /// The event acknowledged.
+    pub id: u64,
+    /// The status of the device's local work (`ok` when absent, as for a single receipt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// The receipt's idempotency key, as a single receipt's `Idempotency-Key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// One receipt in the answer to a batch of receipts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptBatchEntry {
+    /// The event acknowledged.
+    pub id: u64,
+    /// The receipt's place in the channel's receipt stream.
+    pub seq: u64,
+    /// Its status.
+    pub status: String,
+    /// True when the line's key held a receipt already: this is that receipt, and nothing was
+    /// recorded for the line.
+    pub replayed: bool,
+}
+
+/// The answer to a batch of receipts: one entry per line, in line order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptBatchAnswer {
+    /// The channel.
+    pub channel: String,
+    /// The acknowledging device.
+    pub device: String,
+    /// The receipts, in line order.
+    pub receipts: Vec<ReceiptBatchEntry>,
 }
 
 /// The data of the `pere-gap` SSE event: ids `from..=to` cannot be sent (no longer retained, or

@@ -9,6 +9,7 @@
 use std::fmt;
 
 use pere_core::notice::{Heard, HubNotice, Observer};
+use pere_core::Receipt;
 
 /// The `tracing` target of every activity line.
 pub const TARGET: &str = "pere::activity";
@@ -80,6 +81,34 @@ pub fn feedback(channel: &str, device: &str, id: u64, status: &str) {
     );
 }
 
+/// A cumulative receipt that recorded `ids` (one line for the request, not one per receipt:
+/// a device that comes back after a while acknowledges hundreds at once).
+pub fn feedback_upto(channel: &str, device: &str, upto: u64, ids: &[u64], status: &str) {
+    let receipts = ids.len();
+    tracing::info!(
+        target: TARGET, tag = "FEEDBACK>", channel, device, upto, receipts,
+        "channel: {channel}, device: {device}, Last-Event-Id: {}, upto: {upto}, receipts: {receipts}, status: {}",
+        Ids(ids), Excerpt(status)
+    );
+}
+
+/// The new receipts of a batch, in line order (one line for the request).
+pub fn feedback_batch(channel: &str, device: &str, receipts: &[&Receipt]) {
+    let ids: Vec<u64> = receipts.iter().map(|r| r.event_id).collect();
+    let mut statuses: Vec<&str> = Vec::new();
+    for receipt in receipts {
+        if !statuses.contains(&receipt.status.as_str()) {
+            statuses.push(&receipt.status);
+        }
+    }
+    let count = receipts.len();
+    tracing::info!(
+        target: TARGET, tag = "FEEDBACK>", channel, device, receipts = count,
+        "channel: {channel}, device: {device}, Last-Event-Id: {}, receipts: {count}, status: {}",
+        Ids(&ids), Excerpt(&statuses.join(" | "))
+    );
+}
+
 /// A webhook attempt.
 pub fn webhook(channel: &str, id: u64, complete: bool, attempt: u32, outcome: &str) {
     tracing::info!(
@@ -144,6 +173,36 @@ pub fn admitted(method: &str, path: &str, device: Option<&str>) {
     );
 }
 
+/// Event ids shown in a log line: runs of consecutive ids as `a-b`, separated by `, ` in the
+/// order given, at most [`EXCERPT_CHARS`] characters (then `…`).
+#[derive(Debug, Clone, Copy)]
+pub struct Ids<'a>(pub &'a [u64]);
+
+impl fmt::Display for Ids<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shown = String::new();
+        let mut rest = self.0;
+        while let Some((&first, _)) = rest.split_first() {
+            let run = rest
+                .windows(2)
+                .take_while(|pair| pair[1] == pair[0] + 1)
+                .count();
+            if !shown.is_empty() {
+                shown.push_str(", ");
+            }
+            shown.push_str(&match run {
+                0 => first.to_string(),
+                _ => format!("{first}-{}", rest[run]),
+            });
+            if shown.len() > EXCERPT_CHARS {
+                break;
+            }
+            rest = &rest[run + 1..];
+        }
+        Excerpt(&shown).fmt(f)
+    }
+}
+
 /// Text shown in a log line: one line, at most 200 characters, control characters
 /// escaped, so no body can forge a log line. Written straight into the line, never copied first.
 #[derive(Debug, Clone, Copy)]
@@ -179,7 +238,20 @@ impl fmt::Display for Excerpt<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::Excerpt;
+    use super::{Excerpt, Ids};
+
+    #[test]
+    fn ids_are_shown_as_runs() {
+        assert_eq!(Ids(&[1, 2, 3, 5, 9, 10, 4]).to_string(), "1-3, 5, 9-10, 4");
+        assert_eq!(Ids(&[7]).to_string(), "7");
+        assert_eq!(Ids(&[]).to_string(), "");
+        let many: Vec<u64> = (1..1000).step_by(2).collect();
+        let shown = Ids(&many).to_string();
+        assert!(
+            shown.ends_with('…') && shown.chars().count() == 201,
+            "{shown}"
+        );
+    }
 
     #[test]
     fn excerpts_are_one_safe_line() {

@@ -1,9 +1,12 @@
-//! Reading a batch push: an NDJSON body (`Content-Type: application/x-ndjson`) into the events
-//! it publishes, one per line, plain or in the envelope form, with their types and keys.
+//! Reading batches: NDJSON bodies (`Content-Type: application/x-ndjson`) split into lines once
+//! ([`lines`], with the limits and errors every batch shares), then read as the events a push
+//! publishes, one per line, plain or in the envelope form, with their types and keys
+//! ([`events`]), or as the receipts a device sends, one per line ([`receipts`]).
 
-use pere_core::{DeviceId, EventType, NewEvent};
+use pere_core::{DeviceId, EventType, NewEvent, ReceiptLine};
 use pere_proto::event::{valid_idempotency_key, MAX_IDEMPOTENCY_KEY_LEN};
-use pere_proto::wire::BatchLine;
+use pere_proto::receipt::MAX_STATUS_LEN;
+use pere_proto::wire::{BatchLine, ReceiptBatchLine};
 
 use crate::error::ApiError;
 
@@ -63,43 +66,105 @@ pub fn check_batch_key(key: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The events of a batch body, in line order. Lines are split on `\n`, a trailing `\r` is
-/// removed, and a final empty line (after the last `\n`) is ignored.
+/// The events of a batch body, in line order (see [`lines`]).
 ///
 /// # Errors
-/// 400 `empty_batch` for an empty body; 413 `batch_too_large` for more than `max_events` lines;
-/// 400 `bad_batch_line`, naming the line (from 1), for a line that is empty, not UTF-8, not
-/// JSON (plain form: NDJSON lines are JSON values; text goes in an envelope), or not a valid
-/// envelope (its type or key included).
+/// As [`lines`]; a line is refused when it is empty, not UTF-8, not JSON (plain form: NDJSON
+/// lines are JSON values; text goes in an envelope), or not a valid envelope (its type or key
+/// included).
 pub fn events(body: &[u8], batch: &BatchParams) -> Result<Vec<NewEvent>, ApiError> {
+    lines(body, batch.max_events, "event", |i, line| {
+        event(i, line, batch)
+    })
+}
+
+/// The receipts of a batch body (one `{"id", "status", "key"}` per line), in line order:
+/// without a status a receipt says `ok`, as a single one does; with a batch key `K` (the
+/// request's `Idempotency-Key`), a line without a key of its own gets `K.i`.
+///
+/// # Errors
+/// As [`lines`]; a line is refused when it is empty, not UTF-8, not such an object (other
+/// members included), or its status or key is not one.
+pub fn receipts(
+    body: &[u8],
+    max_receipts: usize,
+    key: Option<&str>,
+) -> Result<Vec<ReceiptLine>, ApiError> {
+    lines(body, max_receipts, "receipt", |i, line| {
+        receipt(i, line, key)
+    })
+}
+
+/// The lines of a batch body, each read by `read` (given its index from 0), in order. Lines are
+/// split on `\n`, a trailing `\r` is removed, and a final empty line (after the last `\n`) is
+/// ignored. `what` names one line's item in messages (`event`, `receipt`).
+///
+/// # Errors
+/// 400 `empty_batch` for an empty body; 413 `batch_too_large` for more than `max` lines;
+/// 400 `bad_batch_line`, naming the line (from 1) and why `read` refused it.
+pub fn lines<T>(
+    body: &[u8],
+    max: usize,
+    what: &str,
+    mut read: impl FnMut(usize, &[u8]) -> Result<T, String>,
+) -> Result<Vec<T>, ApiError> {
     if body.is_empty() {
         return Err(ApiError::bad_request(
             "empty_batch",
-            "a batch needs at least one line, one event per line",
+            format!("a batch needs at least one line, one {what} per line"),
         ));
     }
     let body = body.strip_suffix(b"\n").unwrap_or(body);
     let count = memchr::memchr_iter(b'\n', body).count() + 1;
-    if count > batch.max_events {
+    if count > max {
         return Err(ApiError::new(
             hyper::StatusCode::PAYLOAD_TOO_LARGE,
             "batch_too_large",
-            format!(
-                "a batch carries at most {} events; this one has {count} lines",
-                batch.max_events
-            ),
+            format!("a batch carries at most {max} {what}s; this one has {count} lines"),
         ));
     }
-    let mut events = Vec::with_capacity(count);
+    let mut items = Vec::with_capacity(count);
     let mut rest = body;
     for i in 0..count {
         let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
         let line = &rest[..end];
         rest = rest.get(end + 1..).unwrap_or_default();
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        events.push(event(i, line, batch).map_err(|why| bad_line(i, &why))?);
+        items.push(read(i, line).map_err(|why| bad_line(i, &why))?);
     }
-    Ok(events)
+    Ok(items)
+}
+
+/// Line `i` (from 0) of a batch of receipts, or why it is refused.
+fn receipt(i: usize, line: &[u8], batch_key: Option<&str>) -> Result<ReceiptLine, String> {
+    let line = std::str::from_utf8(line).map_err(|_| "not UTF-8 text".to_owned())?;
+    if line.trim().is_empty() {
+        return Err(r#"empty (a receipt line is {"id": N, "status": "S"})"#.to_owned());
+    }
+    // Serde would also take the members in order from an array: a receipt is an object.
+    if !line.trim_start().starts_with('{') {
+        return Err("not a receipt: a JSON object is expected".to_owned());
+    }
+    let parsed: ReceiptBatchLine =
+        serde_json::from_str(line).map_err(|err| format!("not a receipt: {err}"))?;
+    let status = parsed.status.unwrap_or_else(|| "ok".to_owned());
+    if status.len() > MAX_STATUS_LEN {
+        return Err(format!("status is longer than {MAX_STATUS_LEN} bytes"));
+    }
+    let key = match parsed.key {
+        Some(key) if valid_idempotency_key(&key) => Some(key),
+        Some(_) => {
+            return Err(format!(
+                "a key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
+            ))
+        }
+        None => batch_key.map(|k| format!("{k}.{i}")),
+    };
+    Ok(ReceiptLine {
+        event_id: parsed.id,
+        status,
+        key,
+    })
 }
 
 fn bad_line(i: usize, why: &str) -> ApiError {
@@ -271,6 +336,61 @@ mod tests {
                 "{line}: {message}"
             );
         }
+    }
+
+    #[test]
+    fn receipt_lines_are_read_with_the_same_limits_and_errors() {
+        let body = concat!(
+            r#"{"id": 3, "status": "read", "key": "own"}"#,
+            "\r\n",
+            r#"{"id": 4}"#,
+            "\n",
+        );
+        let got = receipts(body.as_bytes(), 10, Some("K")).unwrap();
+        assert_eq!(
+            got,
+            [
+                ReceiptLine {
+                    event_id: 3,
+                    status: "read".into(),
+                    key: Some("own".into())
+                },
+                ReceiptLine {
+                    event_id: 4,
+                    status: "ok".into(),
+                    key: Some("K.1".into())
+                },
+            ]
+        );
+        assert_eq!(receipts(b"{\"id\":1}", 10, None).unwrap()[0].key, None);
+        let refused = |body: &str, max: usize| {
+            let err = receipts(body.as_bytes(), max, None).unwrap_err();
+            (err.status.as_u16(), err.code, err.message)
+        };
+        assert_eq!(refused("", 10).1, "empty_batch");
+        assert_eq!(refused("{\"id\":1}\n{\"id\":2}", 1).1, "batch_too_large");
+        for (line, why) in [
+            ("", "empty"),
+            ("[1]", "a JSON object"),
+            (r#"{"id": -1}"#, "not a receipt"),
+            (r#"{"id": "1"}"#, "not a receipt"),
+            (r#"{"status": "ok"}"#, "missing field `id`"),
+            (r#"{"id": 1, "device": "D1"}"#, "unknown field"),
+            (r#"{"id": 1, "key": "a b"}"#, "key"),
+        ] {
+            let (status, code, message) =
+                refused(&format!("{{\"id\":1}}\n{line}\n{{\"id\":2}}"), 10);
+            assert_eq!((status, code), (400, "bad_batch_line"), "{line}");
+            assert!(
+                message.starts_with("line 2: ") && message.contains(why),
+                "{line}: {message}"
+            );
+        }
+        let long = format!(
+            r#"{{"id": 1, "status": "{}"}}"#,
+            "s".repeat(MAX_STATUS_LEN + 1)
+        );
+        assert!(refused(&long, 10).2.contains("status is longer"));
     }
 
     #[test]

@@ -184,8 +184,9 @@ pub struct Config {
     #[arg(long = "max-body", default_value_t = 64 * 1024, env = "PERE_MAX_BODY")]
     pub max_body: usize,
 
-    /// Most events one batch push (an NDJSON body) may carry (more get 413 batch_too_large); its
-    /// bytes are bounded by --max-body.
+    /// Most events one batch push (an NDJSON body) may carry, and most receipts one batch of
+    /// receipts may carry (more get 413 batch_too_large) or one cumulative receipt records (the
+    /// oldest, then "more": true); a batch's bytes are bounded by --max-body.
     #[arg(
         long = "max-batch-events",
         default_value_t = 1000,

@@ -13,9 +13,9 @@ use pere_core::{DeviceId, NewEvent, Store, StoreError};
 use pere_proto::event::format_time;
 use pere_proto::receipt::MAX_STATUS_LEN;
 use pere_proto::wire::{
-    Banner, BatchAnswer, ChannelJson, ChannelsPage, ConnectionsJson, DeviceJson, EventJson,
-    EventList, EventReceipts, Health, MembershipJson, PendingEvents, PushAccepted, PushWaited,
-    Readiness, ReceiptJson, ReceiptSummaryJson,
+    Banner, BatchAnswer, ChannelJson, ChannelsPage, ConnectionsJson, CumulativeAnswer, DeviceJson,
+    EventJson, EventList, EventReceipts, Health, MembershipJson, PendingEvents, PushAccepted,
+    PushWaited, Readiness, ReceiptBatchAnswer, ReceiptBatchEntry, ReceiptJson, ReceiptSummaryJson,
 };
 
 use crate::activity;
@@ -435,6 +435,7 @@ async fn feedback<S: Store>(
     body: Incoming,
 ) -> Answer {
     let channel = request::channel(channel)?;
+    let batch = request::body_kind(headers) == request::BodyKind::Ndjson;
     let body = request::body(
         headers,
         body,
@@ -442,15 +443,24 @@ async fn feedback<S: Store>(
         state.config.body_timeout,
     )
     .await?;
+    if batch {
+        return feedback_batch(state, channel, caller, headers, &body).await;
+    }
     let parts = request::receipt_parts(headers, query, &body)?;
     // With a token, a device posts receipts only as itself.
     let named = parts
         .device
         .map(|named| DeviceId::new(named.trim()))
         .transpose()?;
-    let device = caller.speaks_as(named)?.ok_or_else(|| {
-        ApiError::bad_request("missing_device", "a receipt needs the device that sends it")
-    })?;
+    let device = caller.speaks_as(named)?.ok_or_else(missing_device)?;
+    if let Some(upto) = parts.upto {
+        let upto = request::event_id(&upto)?;
+        let status = receipt_status(parts.status)?;
+        // A cumulative receipt is idempotent by itself (sent again, it finds nothing more
+        // owed): a key it carries is checked as any, and needs no remembering.
+        request::idempotency_key(headers)?;
+        return feedback_upto(state, channel, device, upto, status).await;
+    }
     let raw_id = parts.id.ok_or_else(|| {
         ApiError::bad_request(
             "missing_event_id",
@@ -458,14 +468,7 @@ async fn feedback<S: Store>(
         )
     })?;
     let event_id = request::event_id(&raw_id)?;
-    // A receipt with no status still says "received": that is what the original clients meant.
-    let status = parts.status.unwrap_or_else(|| "ok".to_owned());
-    if status.len() > MAX_STATUS_LEN {
-        return Err(ApiError::bad_request(
-            "status_too_long",
-            format!("status is longer than {MAX_STATUS_LEN} bytes"),
-        ));
-    }
+    let status = receipt_status(parts.status)?;
     let Some(key) = request::idempotency_key(headers)? else {
         let (receipt, _) = state
             .hub
@@ -497,6 +500,133 @@ async fn feedback<S: Store>(
     Ok(replay_mark(
         response::compact_json(StatusCode::OK, &ReceiptJson::from(&receipt)),
         !recorded.new,
+    ))
+}
+
+/// A receipt's status: `ok` when none is given, since a receipt with no status still says
+/// "received" (what the original clients meant).
+///
+/// # Errors
+/// 400 `status_too_long`.
+fn receipt_status(status: Option<String>) -> Result<String, ApiError> {
+    let status = status.unwrap_or_else(|| "ok".to_owned());
+    if status.len() > MAX_STATUS_LEN {
+        return Err(ApiError::bad_request(
+            "status_too_long",
+            format!("status is longer than {MAX_STATUS_LEN} bytes"),
+        ));
+    }
+    Ok(status)
+}
+
+fn missing_device() -> ApiError {
+    ApiError::bad_request("missing_device", "a receipt needs the device that sends it")
+}
+
+/// A cumulative receipt: every event up to `upto` that `device` owes, at most
+/// `--max-batch-events` of them (the oldest; `"more": true` says some are left).
+async fn feedback_upto<S: Store>(
+    state: &Arc<AppState<S>>,
+    channel: pere_core::ChannelName,
+    device: DeviceId,
+    upto: u64,
+    status: String,
+) -> Answer {
+    let done = state
+        .hub
+        .acknowledge_upto(
+            &channel,
+            &device,
+            upto,
+            status,
+            state.config.max_batch_events,
+        )
+        .await?;
+    let ids: Vec<u64> = done.receipts.iter().map(|r| r.event_id).collect();
+    if let Some(first) = done.receipts.first() {
+        activity::feedback_upto(channel.as_str(), device.as_str(), upto, &ids, &first.status);
+    }
+    Ok(response::compact_json(
+        StatusCode::OK,
+        &CumulativeAnswer {
+            channel: channel.to_string(),
+            device: device.to_string(),
+            upto,
+            acknowledged: ids.len(),
+            ids,
+            more: done.more,
+        },
+    ))
+}
+
+/// A batch of receipts (an NDJSON body, one `{"id", "status", "key"}` per line) of the device
+/// the request speaks for: recorded all or none, answered in line order.
+async fn feedback_batch<S: Store>(
+    state: &Arc<AppState<S>>,
+    channel: pere_core::ChannelName,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Answer {
+    let device = caller.speaks_as(None)?.ok_or_else(missing_device)?;
+    let batch_key = request::idempotency_key(headers)?;
+    if let Some(key) = &batch_key {
+        batch::check_batch_key(key)?;
+    }
+    let lines = batch::receipts(body, state.config.max_batch_events, batch_key.as_deref())?;
+    // What names the line (from 1) of a refusal.
+    let ids: Vec<u64> = lines.iter().map(|line| line.event_id).collect();
+    let keys: Vec<Option<String>> = lines.iter().map(|line| line.key.clone()).collect();
+    let number = |at: Option<usize>| at.map_or(0, |i| i + 1);
+    let recorded = match state.hub.acknowledge_batch(&channel, &device, lines).await {
+        Ok(recorded) => recorded,
+        Err(StoreError::UnknownEvent { id }) => {
+            let line = number(ids.iter().position(|&event| event == id));
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_event",
+                format!("line {line}: no event with id {id} on this channel; nothing was recorded"),
+            ));
+        }
+        Err(StoreError::IdempotencyConflict { id, key }) => {
+            let line = number(keys.iter().position(|k| k.as_deref() == Some(key.as_str())));
+            let held = match id {
+                Some(id) => format!("the receipt of event {id}"),
+                None => "an earlier line of this batch".to_owned(),
+            };
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_conflict",
+                format!("line {line}: key {key} already used for {held} with another event, device or status; nothing was recorded"),
+            ));
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let new: Vec<&pere_core::Receipt> = recorded
+        .iter()
+        .filter(|line| line.new)
+        .map(|line| &line.receipt)
+        .collect();
+    if !new.is_empty() {
+        activity::feedback_batch(channel.as_str(), device.as_str(), &new);
+    }
+    let replayed = new.is_empty();
+    let answer = ReceiptBatchAnswer {
+        channel: channel.to_string(),
+        device: device.to_string(),
+        receipts: recorded
+            .iter()
+            .map(|line| ReceiptBatchEntry {
+                id: line.receipt.event_id,
+                seq: line.receipt.seq,
+                status: line.receipt.status.clone(),
+                replayed: !line.new,
+            })
+            .collect(),
+    };
+    Ok(replay_mark(
+        response::compact_json(StatusCode::OK, &answer),
+        replayed,
     ))
 }
 

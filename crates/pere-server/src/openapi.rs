@@ -35,9 +35,10 @@ mod tests {
     use hyper::Method;
     use pere_proto::wire::{
         AckJson, Banner, BatchAnswer, ChannelJson, ChannelsPage, CompletionJson, ConnectionsJson,
-        DeviceJson, ErrorBody, EventJson, EventList, EventReceipts, FeedbackRequest, GapNotice,
-        Health, MembershipJson, PendingEvents, PresenceJson, PushAccepted, PushWaited, Readiness,
-        ReceiptCounts, ReceiptJson, ReceiptSummaryJson, ResetNotice, WebhookSummary,
+        CumulativeAnswer, DeviceJson, ErrorBody, EventJson, EventList, EventReceipts,
+        FeedbackRequest, GapNotice, Health, MembershipJson, PendingEvents, PresenceJson,
+        PushAccepted, PushWaited, Readiness, ReceiptBatchAnswer, ReceiptBatchEntry, ReceiptCounts,
+        ReceiptJson, ReceiptSummaryJson, ResetNotice, WebhookSummary,
     };
     use serde::Serialize;
     use serde_json::{json, Value};
@@ -392,6 +393,7 @@ mod tests {
             &FeedbackRequest {
                 device: Some("D1".into()),
                 id: Some(json!(7)),
+                upto: None,
                 status: Some("ok".into()),
             },
         );
@@ -401,7 +403,51 @@ mod tests {
             &FeedbackRequest {
                 device: None,
                 id: Some(json!("7")),
+                upto: None,
                 status: None,
+            },
+        );
+        check(
+            doc,
+            "FeedbackRequest",
+            &FeedbackRequest {
+                device: Some("D1".into()),
+                id: None,
+                upto: Some(json!(9)),
+                status: Some("rx ok".into()),
+            },
+        );
+        let cumulative = CumulativeAnswer {
+            channel: "C1".into(),
+            device: "D1".into(),
+            upto: 9,
+            acknowledged: 2,
+            ids: vec![3, 9],
+            more: false,
+        };
+        check(doc, "CumulativeAnswer", &cumulative);
+        check(
+            doc,
+            "CumulativeAnswer",
+            &CumulativeAnswer {
+                acknowledged: 0,
+                ids: vec![],
+                more: true,
+                ..cumulative
+            },
+        );
+        check(
+            doc,
+            "ReceiptBatchAnswer",
+            &ReceiptBatchAnswer {
+                channel: "C1".into(),
+                device: "D1".into(),
+                receipts: vec![ReceiptBatchEntry {
+                    id: 7,
+                    seq: 12,
+                    status: "read".into(),
+                    replayed: true,
+                }],
             },
         );
         check(

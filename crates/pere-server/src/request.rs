@@ -355,6 +355,8 @@ pub struct ReceiptParts {
     pub device: Option<String>,
     /// The event id, as sent.
     pub id: Option<String>,
+    /// A cumulative receipt's last id, as sent (JSON only).
+    pub upto: Option<String>,
     /// The status.
     pub status: Option<String>,
 }
@@ -380,12 +382,23 @@ pub fn receipt_parts(
         })?;
         parts.device = json.device;
         parts.status = json.status;
-        parts.id = match json.id {
-            Some(Value::Number(n)) => Some(n.to_string()),
-            Some(Value::String(s)) => Some(s),
-            Some(Value::Null) | None => None,
-            Some(_) => return Err(ApiError::bad_request("bad_event_id", "id must be a number")),
+        let id_text = |value: Option<Value>, name: &str| match value {
+            Some(Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(Value::Null) | None => Ok(None),
+            Some(_) => Err(ApiError::bad_request(
+                "bad_event_id",
+                format!("{name} must be a number"),
+            )),
         };
+        parts.id = id_text(json.id, "id")?;
+        parts.upto = id_text(json.upto, "upto")?;
+        if parts.id.is_some() && parts.upto.is_some() {
+            return Err(ApiError::bad_request(
+                "bad_event_id",
+                "a receipt names one event (`id`) or every event owed up to one (`upto`), not both",
+            ));
+        }
     } else {
         let text = std::str::from_utf8(body).map_err(|_| {
             ApiError::bad_request("body_not_utf8", "the receipt body must be UTF-8 text")
@@ -434,6 +447,7 @@ mod tests {
         ReceiptParts {
             device: device.map(Into::into),
             id: id.map(Into::into),
+            upto: None,
             status: status.map(Into::into),
         }
     }
@@ -474,6 +488,29 @@ mod tests {
             b"{nope"
         )
         .is_err());
+    }
+
+    #[test]
+    fn a_cumulative_receipt_is_told_by_upto() {
+        let json = headers(&[("content-type", "application/json")]);
+        let none = Query::default();
+        let upto = receipt_parts(
+            &json,
+            &none,
+            br#"{"device":"H2","upto":9,"status":"rx ok"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            upto,
+            ReceiptParts {
+                upto: Some("9".into()),
+                ..parts(Some("H2"), None, Some("rx ok"))
+            }
+        );
+        let both = receipt_parts(&json, &none, br#"{"id":3,"upto":9}"#).unwrap_err();
+        assert_eq!(both.code, "bad_event_id");
+        let bad = receipt_parts(&json, &none, br#"{"upto":[9]}"#).unwrap_err();
+        assert_eq!(bad.code, "bad_event_id");
     }
 
     #[test]

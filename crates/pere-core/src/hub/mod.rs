@@ -63,6 +63,7 @@ use crate::store::Store;
 
 use channel::{ChannelHub, ChannelState};
 use devices::LiveDevice;
+pub use receipts::Cumulative;
 pub use subscribe::{FeedItem, SubscribeRequest, Subscription};
 
 /// Tuning of a [`Hub`].

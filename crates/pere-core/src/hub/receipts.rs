@@ -1,5 +1,6 @@
-//! Receipts: recording and applying them, waiting for them, following a channel's receipt and
-//! presence streams, and the summary of who acknowledged an event.
+//! Receipts: recording and applying them (one at a time, in a batch, or every event owed up to
+//! an id), waiting for them, following a channel's receipt and presence streams, and the summary
+//! of who acknowledged an event.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -16,9 +17,23 @@ use crate::error::{StoreError, Unconfirmed};
 use crate::follow::{PresenceFollow, ReceiptFollow};
 use crate::ledger::WaitFor;
 use crate::notice::HubNotice;
-use crate::store::{RecordedReceipt, Store};
+use crate::store::{ReceiptBatch, ReceiptLine, RecordedLine, RecordedReceipt, Store};
 
 use super::Hub;
+
+/// Events read from the store at a time when a cumulative receipt looks for what a device owes
+/// beyond the ledger's reach.
+const OWED_PAGE: usize = 256;
+
+/// What [`Hub::acknowledge_upto`] did.
+#[derive(Debug, Clone, Default)]
+pub struct Cumulative {
+    /// The receipts recorded, one per event acknowledged, by ascending event id.
+    pub receipts: Vec<Receipt>,
+    /// Whether the device still owes receipts up to the id given: more were owed than one
+    /// request acknowledges, and the oldest were.
+    pub more: bool,
+}
 
 impl<S: Store> Hub<S> {
     /// Records a return receipt.
@@ -80,19 +95,187 @@ impl<S: Store> Hub<S> {
         Ok(recorded)
     }
 
-    /// `recorded`, after applying the receipt that the store's replicas did not confirm but its
-    /// primary recorded all the same ([`StoreError::Unreplicated`]): other nodes hear of it,
-    /// and so does this one.
+    /// Records several receipts of one device, all or none (see [`Store::record_receipts`]),
+    /// and applies the new ones in order, each as [`Hub::acknowledge`] applies one.
+    ///
+    /// # Errors
+    /// As [`Store::record_receipts`]: nothing is recorded then.
+    pub async fn acknowledge_batch(
+        &self,
+        channel: &ChannelName,
+        device: &DeviceId,
+        lines: Vec<ReceiptLine>,
+    ) -> Result<Vec<RecordedLine>, StoreError> {
+        self.record_batch(ReceiptBatch {
+            channel: channel.clone(),
+            device: device.clone(),
+            time: now(),
+            lines,
+            unacknowledged_only: false,
+        })
+        .await
+    }
+
+    /// A cumulative receipt: acknowledges with `status` every event with an id up to `upto`
+    /// that expects a receipt from `device` (it was a recipient when the event was published)
+    /// and that it has not acknowledged yet, at most `limit` of them, the oldest first
+    /// ([`Cumulative::more`] says when some are left). Events the device was never expected
+    /// to acknowledge are untouched; so are those neither retained by the store nor followed
+    /// by the ledger, which nobody can name any more.
+    ///
+    /// What is owed comes from the ledger for the events it follows, and from the store
+    /// ([`Store::unacknowledged`], with the device's memberships) for the others. The ledger
+    /// remembers, for a current recipient, up to where it owes nothing, so that the next
+    /// cumulative receipt starts there: a device that acknowledges as it goes costs no store
+    /// read. The receipts are recorded in one store operation that skips any event acknowledged
+    /// meanwhile, so two cumulative receipts that overlap record each event once.
+    ///
+    /// # Errors
+    /// [`StoreError::UnknownEvent`] for `upto` 0 or above the channel's last id.
+    pub async fn acknowledge_upto(
+        &self,
+        channel: &ChannelName,
+        device: &DeviceId,
+        upto: u64,
+        status: String,
+        limit: usize,
+    ) -> Result<Cumulative, StoreError> {
+        self.writable()?;
+        // Refused before any hub state is made for the channel, as a single receipt is.
+        let head = self.store.head(channel).await?;
+        if upto == 0 || upto > head {
+            return Err(StoreError::UnknownEvent { id: upto });
+        }
+        let hub = self.channel(channel).await?;
+        let limit = limit.max(1);
+        let (after, mut owed, followed) = {
+            let ledger = hub.ledger();
+            let after = ledger.acked_through(device);
+            if after >= upto {
+                return Ok(Cumulative::default());
+            }
+            let (owed, followed) = ledger.owed_between(device, after, upto);
+            (after, owed, followed)
+        };
+        // Ids of the range that the ledger does not follow: from the store.
+        if u64::try_from(followed.len()).unwrap_or(u64::MAX) < upto - after {
+            let unfollowed = self
+                .owed_in_store(channel, device, after, upto, &followed, limit)
+                .await?;
+            owed.extend(unfollowed);
+            owed.sort_unstable();
+            owed.dedup();
+        }
+        let more = owed.len() > limit;
+        owed.truncate(limit);
+        // Up to here the device owes nothing once these are recorded.
+        let settled = if more {
+            owed.last().copied()
+        } else {
+            Some(upto)
+        };
+        let recorded = if owed.is_empty() {
+            Vec::new()
+        } else {
+            let lines = owed
+                .into_iter()
+                .map(|event_id| ReceiptLine {
+                    event_id,
+                    status: status.clone(),
+                    key: None,
+                })
+                .collect();
+            self.record_batch(ReceiptBatch {
+                channel: channel.clone(),
+                device: device.clone(),
+                time: now(),
+                lines,
+                unacknowledged_only: true,
+            })
+            .await?
+        };
+        if let Some(settled) = settled {
+            hub.ledger().note_acked_through(device, settled);
+        }
+        Ok(Cumulative {
+            receipts: recorded.into_iter().map(|line| line.receipt).collect(),
+            more,
+        })
+    }
+
+    /// The retained events with ids in `(after, upto]` that `device` owes a receipt and that
+    /// are not in `followed` (the ledger's, ascending): at most `limit + 1`, ascending.
+    async fn owed_in_store(
+        &self,
+        channel: &ChannelName,
+        device: &DeviceId,
+        after: u64,
+        upto: u64,
+        followed: &[u64],
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        let mut memberships = self.store.memberships(channel).await?;
+        memberships.retain(|m| &m.device == device);
+        let Some(joined) = memberships.iter().map(|m| m.joined_after).min() else {
+            // Never a recipient: never expected to acknowledge anything.
+            return Ok(Vec::new());
+        };
+        let mut owed = Vec::new();
+        let mut from = after.max(joined);
+        while from < upto && owed.len() <= limit {
+            let page = self
+                .store
+                .unacknowledged(channel, device, from, OWED_PAGE)
+                .await?;
+            let Some(last) = page.last().map(|event| event.id) else {
+                break;
+            };
+            owed.extend(
+                page.iter()
+                    .map(|event| event.id)
+                    .take_while(|&id| id <= upto)
+                    .filter(|id| followed.binary_search(id).is_err())
+                    .filter(|&id| memberships.iter().any(|m| m.expects(id))),
+            );
+            if page.len() < OWED_PAGE {
+                break;
+            }
+            from = last;
+        }
+        owed.truncate(limit + 1);
+        Ok(owed)
+    }
+
+    /// Records a batch of receipts and applies the new ones in order.
+    async fn record_batch(&self, batch: ReceiptBatch) -> Result<Vec<RecordedLine>, StoreError> {
+        self.writable()?;
+        let recorded = self.watched(self.store.record_receipts(batch).await);
+        let recorded = self.unless_unconfirmed(recorded).await?;
+        for line in recorded.iter().filter(|line| line.new) {
+            self.apply_receipt(&line.receipt).await?;
+        }
+        Ok(recorded)
+    }
+
+    /// `recorded`, after applying the receipts that the store's replicas did not confirm but
+    /// its primary recorded all the same ([`StoreError::Unreplicated`]): other nodes hear of
+    /// them, and so does this one.
     async fn unless_unconfirmed<T>(
         &self,
         recorded: Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        if let Err(StoreError::Unreplicated {
-            recorded: Unconfirmed::Receipt(receipt),
-            ..
-        }) = &recorded
-        {
-            self.apply_receipt(receipt).await?;
+        if let Err(StoreError::Unreplicated { recorded: what, .. }) = &recorded {
+            match what {
+                Unconfirmed::Receipt(receipt) => {
+                    self.apply_receipt(receipt).await?;
+                }
+                Unconfirmed::Receipts(receipts) => {
+                    for receipt in receipts {
+                        self.apply_receipt(receipt).await?;
+                    }
+                }
+                Unconfirmed::Events(_) | Unconfirmed::Nothing => {}
+            }
         }
         recorded
     }

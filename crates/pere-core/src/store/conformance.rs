@@ -8,7 +8,7 @@ use pere_proto::name::{ChannelName, DeviceId};
 use pere_proto::receipt::{DeviceOp, DeviceRecord, DeviceTouch, Receipt};
 
 use crate::error::StoreError;
-use crate::store::{Retention, Store};
+use crate::store::{ReceiptBatch, ReceiptLine, Retention, Store};
 
 pub(crate) fn ch(name: &str) -> ChannelName {
     ChannelName::new(name).unwrap()
@@ -112,6 +112,261 @@ where
     )
     .await;
     the_floor_keeps_ids_above_what_was_handed_out(make(ROOMY).await).await;
+    receipt_batches_are_all_or_none(make(ROOMY).await).await;
+    receipt_batches_answer_held_keys(make(ROOMY).await).await;
+    receipt_batches_can_skip_what_was_acknowledged(make(ROOMY).await).await;
+}
+
+fn line(event_id: u64, status: &str, key: Option<&str>) -> ReceiptLine {
+    ReceiptLine {
+        event_id,
+        status: status.to_owned(),
+        key: key.map(str::to_owned),
+    }
+}
+
+fn receipt_batch(channel: &str, device: &str, lines: Vec<ReceiptLine>) -> ReceiptBatch {
+    ReceiptBatch {
+        channel: ch(channel),
+        device: dev(device),
+        time: now(),
+        lines,
+        unacknowledged_only: false,
+    }
+}
+
+/// A batch of receipts is recorded whole, in line order, or not at all.
+async fn receipt_batches_are_all_or_none(store: impl Store) {
+    let c = ch("RB");
+    let unknown = store
+        .record_receipts(receipt_batch("RB", "H1", vec![line(1, "ok", None)]))
+        .await;
+    assert!(
+        matches!(unknown, Err(StoreError::UnknownEvent { id: 1 })),
+        "no such channel: {unknown:?}"
+    );
+    for text in ["1", "2", "3"] {
+        store.append(&c, body(text)).await.unwrap();
+    }
+    let refused = store
+        .record_receipts(receipt_batch(
+            "RB",
+            "H1",
+            vec![
+                line(1, "ok", None),
+                line(2, "ok", None),
+                line(9, "ok", None),
+            ],
+        ))
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::UnknownEvent { id: 9 })),
+        "{refused:?}"
+    );
+    let refused = store
+        .record_receipts(receipt_batch(
+            "RB",
+            "H1",
+            vec![line(1, "ok", None), line(0, "ok", None)],
+        ))
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::UnknownEvent { id: 0 })),
+        "{refused:?}"
+    );
+    let malformed = store
+        .record_receipts(receipt_batch("RB", "H1", vec![line(1, "ok", Some("a b"))]))
+        .await;
+    assert!(matches!(malformed, Err(StoreError::InvalidIdempotencyKey)));
+    assert_eq!(store.receipt_head(&c).await.unwrap(), 0, "nothing recorded");
+    assert!(store.receipts(&c, 1).await.unwrap().is_empty());
+    assert!(store.device(&c, &dev("H1")).await.unwrap().is_none());
+    assert!(store
+        .record_receipts(receipt_batch("RB", "H1", Vec::new()))
+        .await
+        .unwrap()
+        .is_empty());
+
+    let recorded = store
+        .record_receipts(receipt_batch(
+            "RB",
+            "H1",
+            vec![
+                line(3, "ok", None),
+                line(1, "done", None),
+                line(3, "read", None),
+            ],
+        ))
+        .await
+        .unwrap();
+    let shown: Vec<(usize, u64, &str, bool)> = recorded
+        .iter()
+        .map(|r| (r.line, r.receipt.event_id, r.receipt.status.as_str(), r.new))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (0, 3, "ok", true),
+            (1, 1, "done", true),
+            (2, 3, "read", true)
+        ]
+    );
+    let seqs: Vec<u64> = recorded.iter().map(|r| r.receipt.seq).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "in line order: {seqs:?}"
+    );
+    let streamed = store.receipts_after(&c, 0, 10).await.unwrap();
+    assert_eq!(
+        streamed,
+        recorded
+            .iter()
+            .map(|r| r.receipt.clone())
+            .collect::<Vec<_>>(),
+        "the receipt stream shows them in order"
+    );
+    assert_eq!(store.receipts(&c, 3).await.unwrap().len(), 2);
+    let record = store.device(&c, &dev("H1")).await.unwrap().unwrap();
+    assert_eq!(
+        (record.receipts, record.last_acked, record.last_delivered),
+        (3, 3, 3)
+    );
+    assert_eq!(record.last_op, DeviceOp::Feedback);
+    assert_eq!(
+        record.last_event_id.as_deref(),
+        Some("3"),
+        "the last line's"
+    );
+}
+
+/// Keyed lines are answered by the receipt their key holds; a key held for another receipt
+/// refuses the whole batch.
+async fn receipt_batches_answer_held_keys(store: impl Store) {
+    let c = ch("RBK");
+    for text in ["1", "2", "3"] {
+        store.append(&c, body(text)).await.unwrap();
+    }
+    let at = |lines| receipt_batch("RBK", "H1", lines);
+    let single = store
+        .record_receipt_keyed(receipt("RBK", 1, "H1", "ok"), "k1".to_owned())
+        .await
+        .unwrap();
+    let first = store
+        .record_receipts(at(vec![
+            line(1, "ok", Some("k1")),
+            line(2, "ok", Some("k2")),
+            line(2, "ok", Some("k2")),
+            line(3, "ok", None),
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 4);
+    assert_eq!(
+        (first[0].receipt.clone(), first[0].new),
+        (single.receipt.clone(), false),
+        "a key a single receipt holds"
+    );
+    assert!(first[1].new && first[3].new);
+    assert_eq!(
+        (first[2].receipt.clone(), first[2].new),
+        (first[1].receipt.clone(), false),
+        "a key an earlier line gave"
+    );
+    let head = store.receipt_head(&c).await.unwrap();
+    let again = store
+        .record_receipts(at(vec![
+            line(2, "ok", Some("k2")),
+            line(3, "ok", Some("k3")),
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(
+        (again[0].receipt.clone(), again[0].new),
+        (first[1].receipt.clone(), false)
+    );
+    assert!(again[1].new && again[1].receipt.seq > head);
+    let head = store.receipt_head(&c).await.unwrap();
+    for (lines, held) in [
+        (
+            vec![line(1, "ok", None), line(2, "done", Some("k2"))],
+            Some(2),
+        ),
+        (
+            vec![line(1, "ok", None), line(3, "ok", Some("k2"))],
+            Some(2),
+        ),
+        (
+            vec![line(1, "ok", Some("k4")), line(2, "ok", Some("k4"))],
+            None,
+        ),
+        (
+            vec![line(1, "ok", Some("k5")), line(1, "no", Some("k5"))],
+            None,
+        ),
+    ] {
+        let refused = store.record_receipts(at(lines)).await;
+        match refused {
+            Err(StoreError::IdempotencyConflict { id, key }) => {
+                assert_eq!(id, held, "{key}");
+            }
+            other => panic!("a conflict was expected: {other:?}"),
+        }
+    }
+    let other_device = store
+        .record_receipts(receipt_batch("RBK", "H2", vec![line(2, "ok", Some("k2"))]))
+        .await;
+    assert!(
+        matches!(
+            other_device,
+            Err(StoreError::IdempotencyConflict { id: Some(2), .. })
+        ),
+        "a key held for another device's receipt: {other_device:?}"
+    );
+    assert_eq!(
+        store.receipt_head(&c).await.unwrap(),
+        head,
+        "nothing recorded"
+    );
+    let record = store.device(&c, &dev("H1")).await.unwrap().unwrap();
+    assert_eq!(record.receipts, 4, "one single and three new lines");
+}
+
+/// With `unacknowledged_only`, events the device acknowledged already, and events an earlier
+/// line names, are left out (a cumulative receipt).
+async fn receipt_batches_can_skip_what_was_acknowledged(store: impl Store) {
+    let c = ch("RBU");
+    for text in ["1", "2", "3", "4"] {
+        store.append(&c, body(text)).await.unwrap();
+    }
+    store
+        .record_receipt(receipt("RBU", 2, "H1", "ok"))
+        .await
+        .unwrap();
+    store
+        .record_receipt(receipt("RBU", 3, "H2", "ok"))
+        .await
+        .unwrap();
+    let mut batch = receipt_batch(
+        "RBU",
+        "H1",
+        [1, 2, 3, 3].map(|id| line(id, "rx ok", None)).into(),
+    );
+    batch.unacknowledged_only = true;
+    let recorded = store.record_receipts(batch).await.unwrap();
+    let shown: Vec<(usize, u64, bool)> = recorded
+        .iter()
+        .map(|r| (r.line, r.receipt.event_id, r.new))
+        .collect();
+    assert_eq!(shown, [(0, 1, true), (2, 3, true)]);
+    let owed: Vec<u64> = store
+        .unacknowledged(&c, &dev("H1"), 0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(owed, [4]);
+    assert_eq!(store.receipts(&c, 2).await.unwrap().len(), 1, "not twice");
 }
 
 /// After a store changed, a node adopts it with the greatest id it handed out: no id at or

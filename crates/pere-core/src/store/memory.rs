@@ -12,7 +12,8 @@ use pere_proto::receipt::{DeviceRecord, DeviceTouch, Membership, Receipt};
 
 use crate::error::StoreError;
 use crate::store::{
-    check_keys, plan_batch, Appended, EventPage, Plan, RecordedReceipt, Retention, Store,
+    check_keys, check_receipt_keys, plan_batch, plan_receipts, Appended, EventPage, Plan,
+    ReceiptBatch, ReceiptPlan, RecordedLine, RecordedReceipt, Retention, Store,
 };
 
 /// The in-memory [`Store`]. Each channel has its own lock, so channels never contend.
@@ -182,7 +183,7 @@ impl ChannelData {
 
     fn record_receipt(
         &mut self,
-        mut receipt: Receipt,
+        receipt: Receipt,
         floor: u64,
     ) -> Result<(Receipt, DeviceRecord), StoreError> {
         // An id under the floor was given out before the store changed: as good as pruned.
@@ -191,6 +192,31 @@ impl ChannelData {
                 id: receipt.event_id,
             });
         }
+        Ok(self.insert_receipt(receipt))
+    }
+
+    /// The receipt held under `key`, if the key is still remembered at `at`.
+    fn held_receipt(
+        &self,
+        key: &str,
+        retention: &Retention,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Option<&Receipt> {
+        let oldest = self.receipt_log.front().map_or(u64::MAX, |r| r.seq);
+        self.receipt_keys
+            .get(key)
+            .filter(|r| r.seq >= oldest && retention.key_alive(r.time, at))
+    }
+
+    /// Whether `device` has a receipt kept for event `id`.
+    fn acknowledged(&self, id: u64, device: &DeviceId) -> bool {
+        self.receipts
+            .get(&id)
+            .is_some_and(|rs| rs.iter().any(|r| &r.device == device))
+    }
+
+    /// Records a receipt that passed every check: nothing here can fail.
+    fn insert_receipt(&mut self, mut receipt: Receipt) -> (Receipt, DeviceRecord) {
         let record = self
             .devices
             .entry(receipt.device.clone())
@@ -206,7 +232,14 @@ impl ChannelData {
                 .push(receipt.clone());
         }
         self.receipt_log.push_back(receipt.clone());
-        Ok((receipt, record))
+        (receipt, record)
+    }
+
+    /// Remembers `key` for a receipt just recorded.
+    fn note_receipt_key(&mut self, receipt: &Receipt, key: String) {
+        self.receipt_keys.insert(key.clone(), receipt.clone());
+        self.receipt_key_order
+            .push_back((receipt.seq, receipt.time, key));
     }
 }
 
@@ -445,12 +478,7 @@ impl Store for MemoryStore {
         let data = self.for_receipt(&receipt)?;
         let retention = &self.inner.retention;
         let mut data = data.lock().unwrap_or_else(|e| e.into_inner());
-        let oldest = data.receipt_log.front().map_or(u64::MAX, |r| r.seq);
-        let held = data
-            .receipt_keys
-            .get(&key)
-            .filter(|r| r.seq >= oldest && retention.key_alive(r.time, receipt.time));
-        if let Some(stored) = held.cloned() {
+        if let Some(stored) = data.held_receipt(&key, retention, receipt.time).cloned() {
             let record = data
                 .devices
                 .get(&stored.device)
@@ -463,15 +491,75 @@ impl Store for MemoryStore {
             });
         }
         let (receipt, record) = data.record_receipt(receipt, self.floor())?;
-        data.receipt_keys.insert(key.clone(), receipt.clone());
-        data.receipt_key_order
-            .push_back((receipt.seq, receipt.time, key));
+        data.note_receipt_key(&receipt, key);
         data.prune(retention, receipt.time);
         Ok(RecordedReceipt {
             receipt,
             record,
             new: true,
         })
+    }
+
+    async fn record_receipts(&self, batch: ReceiptBatch) -> Result<Vec<RecordedLine>, StoreError> {
+        check_receipt_keys(&batch.lines)?;
+        if batch.lines.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.unchanged()?;
+        let floor = self.floor();
+        let data = match self.existing(&batch.channel) {
+            Some(data) => data,
+            None => {
+                // Ids under the floor were given out before the store changed: as good as
+                // pruned, so the channel is made for them; any other id was never published.
+                let unknown = batch
+                    .lines
+                    .iter()
+                    .find(|l| l.event_id == 0 || l.event_id > floor);
+                if let Some(line) = unknown {
+                    return Err(StoreError::UnknownEvent { id: line.event_id });
+                }
+                self.channel(&batch.channel)
+            }
+        };
+        let retention = &self.inner.retention;
+        let mut data = data.lock().unwrap_or_else(|e| e.into_inner());
+        let at = batch.time;
+        // Everything is checked before anything changes: all or none under one lock.
+        let plans = plan_receipts(
+            &batch,
+            data.head.max(floor),
+            |key| data.held_receipt(key, retention, at).cloned(),
+            |id| data.acknowledged(id, &batch.device),
+        )?;
+        let mut recorded: Vec<RecordedLine> = Vec::with_capacity(plans.len());
+        for (line, (item, plan)) in batch.lines.into_iter().zip(plans).enumerate() {
+            let (receipt, new) = match plan {
+                ReceiptPlan::Skip => continue,
+                ReceiptPlan::Held(stored) => (stored, false),
+                ReceiptPlan::Same(earlier) => match recorded.iter().find(|r| r.line == earlier) {
+                    Some(first) => (first.receipt.clone(), false),
+                    None => continue,
+                },
+                ReceiptPlan::New => {
+                    let (receipt, _) = data.insert_receipt(Receipt {
+                        seq: 0,
+                        channel: batch.channel.clone(),
+                        event_id: item.event_id,
+                        device: batch.device.clone(),
+                        status: item.status,
+                        time: at,
+                    });
+                    if let Some(key) = item.key {
+                        data.note_receipt_key(&receipt, key);
+                    }
+                    (receipt, true)
+                }
+            };
+            recorded.push(RecordedLine { line, receipt, new });
+        }
+        data.prune(retention, at);
+        Ok(recorded)
     }
 
     async fn receipts(
@@ -556,15 +644,10 @@ impl Store for MemoryStore {
     ) -> Result<Vec<Arc<Event>>, StoreError> {
         Ok(self.with_existing(channel, Vec::new(), |d| {
             let start = d.events.partition_point(|e| e.id <= after);
-            let acked = |id: u64| {
-                d.receipts
-                    .get(&id)
-                    .is_some_and(|rs| rs.iter().any(|r| &r.device == device))
-            };
             d.events
                 .iter()
                 .skip(start)
-                .filter(|e| !acked(e.id))
+                .filter(|e| !d.acknowledged(e.id, device))
                 .take(limit)
                 .cloned()
                 .collect()

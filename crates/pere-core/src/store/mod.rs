@@ -15,6 +15,8 @@
 //!   [`Store::append_batch`].
 //! - A receipt recorded with an idempotency key is recorded once: see
 //!   [`Store::record_receipt_keyed`].
+//! - `record_receipts` is `record_receipt_keyed` for several receipts of one device on one
+//!   channel, all or none: see [`Store::record_receipts`].
 //! - `read(after)` returns retained events with ids greater than `after`, in order, and says which
 //!   is the oldest id still retained, so a reader can tell "pruned" from "never existed".
 //! - Every store knows who it is (an id written when it was created, with its data) and keeps a
@@ -153,6 +155,48 @@ pub struct RecordedReceipt {
     pub new: bool,
 }
 
+/// One receipt of a [`ReceiptBatch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptLine {
+    /// The event acknowledged.
+    pub event_id: u64,
+    /// The device's status.
+    pub status: String,
+    /// The receipt's idempotency key, if it has one (as [`Store::record_receipt_keyed`]'s).
+    pub key: Option<String>,
+}
+
+/// Receipts of one device on one channel, recorded together, all or none (see
+/// [`Store::record_receipts`]).
+#[derive(Debug, Clone)]
+pub struct ReceiptBatch {
+    /// The channel.
+    pub channel: ChannelName,
+    /// The acknowledging device.
+    pub device: DeviceId,
+    /// When the server took them: the time of every receipt of the batch.
+    pub time: chrono::DateTime<chrono::Utc>,
+    /// The receipts, in the order they are recorded.
+    pub lines: Vec<ReceiptLine>,
+    /// Records only the lines whose event the device has not acknowledged yet, and the first
+    /// line of each event only: the others are left out of the answer (a cumulative receipt,
+    /// so that two that overlap acknowledge each event once). What "acknowledged" means is what
+    /// [`Store::unacknowledged`] reads: a receipt kept for a retained event.
+    pub unacknowledged_only: bool,
+}
+
+/// What [`Store::record_receipts`] did with one line of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedLine {
+    /// The line's place in the batch (from 0).
+    pub line: usize,
+    /// The receipt as stored: the new one, or the one already stored under the line's key.
+    pub receipt: Receipt,
+    /// False when the channel (or an earlier line of the batch) already held a receipt with
+    /// the line's key: nothing was recorded for it.
+    pub new: bool,
+}
+
 /// The storage backend of a [`Hub`](crate::hub::Hub). Handles are cheap to clone and share one store.
 pub trait Store: Clone + Send + Sync + 'static {
     /// Appends an event, giving it the channel's next id and the current time, unless its
@@ -254,6 +298,35 @@ pub trait Store: Clone + Send + Sync + 'static {
         receipt: Receipt,
         key: String,
     ) -> impl Future<Output = Result<RecordedReceipt, StoreError>> + Send;
+
+    /// Records several receipts of one device on one channel, in order, all or none, in one
+    /// transaction (a batch of receipts, or a cumulative one). Each line is treated as by
+    /// [`Store::record_receipt_keyed`] (or [`Store::record_receipt`] without a key):
+    /// - every line's event id is checked before anything is recorded: one never published on
+    ///   the channel refuses the whole batch;
+    /// - a line whose key the channel holds (within the window) is answered by the stored
+    ///   receipt, [`RecordedLine::new`] false, and records nothing; a key given to an earlier
+    ///   line of the batch likewise answers that line's receipt;
+    /// - unlike `record_receipt_keyed`, a held key whose receipt is for another event, device
+    ///   or status (or an earlier line's key, for another event or status) fails the whole
+    ///   batch with [`StoreError::IdempotencyConflict`] (`id`: the event of the stored receipt,
+    ///   `None` for an earlier line's);
+    /// - each new receipt gets the next `seq`, in line order, and is applied to the device's
+    ///   record in that order; the receipt stream shows them together, when the call returns;
+    /// - with [`ReceiptBatch::unacknowledged_only`], the lines it leaves out are left out.
+    ///
+    /// The answer has one [`RecordedLine`] per line recorded or answered, in line order. An
+    /// empty batch records nothing and answers an empty list.
+    ///
+    /// # Errors
+    /// [`StoreError::UnknownEvent`] for the first line whose event was never published;
+    /// [`StoreError::InvalidIdempotencyKey`] when any key is malformed;
+    /// [`StoreError::IdempotencyConflict`] as above; [`StoreError::Backend`] when the receipts
+    /// could not be recorded. Nothing is recorded then.
+    fn record_receipts(
+        &self,
+        batch: ReceiptBatch,
+    ) -> impl Future<Output = Result<Vec<RecordedLine>, StoreError>> + Send;
 
     /// Every receipt recorded for one event, in the order they arrived.
     ///
@@ -539,6 +612,94 @@ pub(crate) fn plan_batch(
                 plans.push(Plan::New);
             }
         }
+    }
+    Ok(plans)
+}
+
+/// What a batch of receipts does with one of its lines (see [`plan_receipts`]).
+#[derive(Debug)]
+pub(crate) enum ReceiptPlan {
+    /// Recorded as a new receipt.
+    New,
+    /// Answered by the receipt the channel already holds under its key.
+    Held(Receipt),
+    /// Answered by the receipt of an earlier line with the same key (its index in the batch).
+    Same(usize),
+    /// Left out: the device already acknowledged the event
+    /// ([`ReceiptBatch::unacknowledged_only`]).
+    Skip,
+}
+
+/// Refuses a batch of receipts with a malformed key, before anything is recorded.
+///
+/// # Errors
+/// [`StoreError::InvalidIdempotencyKey`] when any key is not 1 to 255 visible ASCII characters.
+pub(crate) fn check_receipt_keys(lines: &[ReceiptLine]) -> Result<(), StoreError> {
+    let malformed = lines.iter().any(|line| {
+        line.key
+            .as_deref()
+            .is_some_and(|key| !pere_proto::event::valid_idempotency_key(key))
+    });
+    if malformed {
+        Err(StoreError::InvalidIdempotencyKey)
+    } else {
+        Ok(())
+    }
+}
+
+/// Decides, before anything is recorded, what a batch of receipts does with each line:
+/// `known` is the greatest id a receipt may name (the channel's head, or the floor above it),
+/// `held` finds the receipt a channel holds under a key (within the window), `acknowledged`
+/// says whether the device has a receipt for an event. Shared by the backends that record in
+/// Rust, so that they agree (the Redis script follows the same steps).
+///
+/// # Errors
+/// [`StoreError::UnknownEvent`] for the first line naming an id never published;
+/// [`StoreError::IdempotencyConflict`] for a key held for another receipt.
+pub(crate) fn plan_receipts(
+    batch: &ReceiptBatch,
+    known: u64,
+    mut held: impl FnMut(&str) -> Option<Receipt>,
+    mut acknowledged: impl FnMut(u64) -> bool,
+) -> Result<Vec<ReceiptPlan>, StoreError> {
+    let mut first_with: HashMap<&str, usize> = HashMap::new();
+    let mut taken: HashSet<u64> = HashSet::new();
+    let mut plans = Vec::with_capacity(batch.lines.len());
+    for (i, line) in batch.lines.iter().enumerate() {
+        if line.event_id == 0 || line.event_id > known {
+            return Err(StoreError::UnknownEvent { id: line.event_id });
+        }
+        if let Some(key) = line.key.as_deref() {
+            let conflict = |id| StoreError::IdempotencyConflict {
+                id,
+                key: key.to_owned(),
+            };
+            if let Some(&earlier) = first_with.get(key) {
+                let first = &batch.lines[earlier];
+                if (first.event_id, &first.status) != (line.event_id, &line.status) {
+                    return Err(conflict(None));
+                }
+                plans.push(ReceiptPlan::Same(earlier));
+                continue;
+            }
+            first_with.insert(key, i);
+            if let Some(stored) = held(key) {
+                if (stored.event_id, &stored.device, &stored.status)
+                    != (line.event_id, &batch.device, &line.status)
+                {
+                    return Err(conflict(Some(stored.event_id)));
+                }
+                plans.push(ReceiptPlan::Held(stored));
+                continue;
+            }
+        }
+        if batch.unacknowledged_only
+            && (!taken.insert(line.event_id) || acknowledged(line.event_id))
+        {
+            plans.push(ReceiptPlan::Skip);
+            continue;
+        }
+        plans.push(ReceiptPlan::New);
     }
     Ok(plans)
 }

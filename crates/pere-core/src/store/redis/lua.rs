@@ -1,5 +1,6 @@
 //! The Lua scripts of the Redis store: each change that must be atomic (an append with its id,
-//! idempotency key, pruning and notice; a receipt with its seq and device record; a membership;
+//! idempotency key, pruning and notice; a receipt, or a batch of them, with its seq and device
+//! record; a membership;
 //! a node's count of streams with the cluster-wide presence it changes) runs as one script,
 //! which Redis executes alone.
 //!
@@ -231,6 +232,128 @@ if ARGV[10] ~= '' then
 end
 redis.call('SPUBLISH', ARGV[8], cjson.encode({n = ARGV[6], k = 'r', c = ARGV[7], r = receipt}))
 return {receipt, record}
+"#;
+
+/// Several receipts of one device, all or none (see `Store::record_receipts`): every line is
+/// planned (its event id, its key, whether the device acknowledged the event) before anything
+/// changes, then the new receipts are recorded as [`RECEIPT`] records one, in line order, the
+/// device's record saved once.
+/// KEYS: seq, ev, rseq, rlog, dev, devs, sid, store (one server only), slot. ARGV: device,
+/// time_ms, max_events, node, channel, bus, base, window_ms (0: as long as the receipt is
+/// retained), the store's id, its floor, the node's known head, unacknowledged_only ('1': lines
+/// whose event the device acknowledged, or an earlier line names, are left out), lines (a JSON
+/// array of `{e, s, k?}`, the event id `e` as text, as stream ids are: never a Lua number in a
+/// key's name). The receipt keys (`:rk:KEY`) are built from `base`. Returns `{-3}`
+/// when the store changed (see [`IDENTITY`]), `{-1, i}` when line i (1-based) names an
+/// unknown event, `{-2, id, key}` for a key held for another receipt (id 0: an earlier line's),
+/// else `{1, answers}`: per line `{1, receipt}` new, `{0, receipt}` held under its key,
+/// `{2, i}` the same as line i's, `{3}` left out.
+pub(crate) const RECEIPTS: &str = r#"
+local global = nil
+if #KEYS == 9 then global = KEYS[8] end
+if not same_store(KEYS[1], KEYS[7], global, ARGV[9], tonumber(ARGV[10]), tonumber(ARGV[11]), false) then return {-3} end
+local device = ARGV[1]
+local at = tonumber(ARGV[2])
+local base = ARGV[7]
+local window = tonumber(ARGV[8])
+local only_new = ARGV[12] == '1'
+local lines = cjson.decode(ARGV[13])
+local head = tonumber(redis.call('GET', KEYS[1]) or '0')
+local known = math.max(head, tonumber(ARGV[10]))
+local now = nil
+local plan, first_with, taken = {}, {}, {}
+for i, l in ipairs(lines) do
+  local eid = tonumber(l.e)
+  if eid < 1 or eid > known then return {-1, i} end
+  plan[i] = {1}
+  local decided = false
+  local k = l.k
+  if k then
+    local earlier = first_with[k]
+    if earlier then
+      local f = lines[earlier]
+      if f.e ~= l.e or f.s ~= l.s then return {-2, 0, k} end
+      plan[i] = {2, earlier}
+      decided = true
+    else
+      first_with[k] = i
+      local old = redis.call('GET', base .. ':rk:' .. k)
+      if old then
+        local found = redis.call('XRANGE', KEYS[4], old .. '-0', old .. '-0')
+        if #found > 0 then
+          local receipt = found[1][2][2]
+          local stored = cjson.decode(receipt)
+          if not now then
+            local t = redis.call('TIME')
+            now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+          end
+          if window == 0 or stored.t >= now - window then
+            if stored.e ~= eid or stored.d ~= device or stored.s ~= l.s then return {-2, stored.e, k} end
+            plan[i] = {0, receipt}
+            decided = true
+          end
+        end
+      end
+    end
+  end
+  if not decided and only_new then
+    if taken[eid] or redis.call('SISMEMBER', base .. ':ra:' .. l.e, device) == 1 then
+      plan[i] = {3}
+    end
+    taken[eid] = true
+  end
+end
+local r = nil
+local first = first_retained(KEYS[2], head)
+local added = 0
+local answers = {}
+for i, l in ipairs(lines) do
+  local p = plan[i]
+  if p[1] == 1 then
+    local eid = tonumber(l.e)
+    r = r or device_load(KEYS[5], device) or device_first('feedback', at, nil, 0)
+    r.ls = math.max(r.ls, at)
+    r.op = 'feedback'
+    r.lei = l.e
+    r.la = math.max(r.la, eid)
+    r.ld = math.max(r.ld, eid)
+    r.n = r.n + 1
+    local seq = redis.call('INCR', KEYS[3])
+    local receipt = cjson.encode({q = seq, e = eid, d = device, s = l.s, t = at})
+    local entry = {'j', receipt}
+    if l.k then table.insert(entry, 'k'); table.insert(entry, l.k) end
+    redis.call('XADD', KEYS[4], seq .. '-0', unpack(entry))
+    if eid >= first then
+      redis.call('RPUSH', base .. ':rc:' .. l.e, receipt)
+      redis.call('SADD', base .. ':ra:' .. l.e, device)
+    end
+    if l.k then
+      if window > 0 then
+        redis.call('SET', base .. ':rk:' .. l.k, seq, 'PX', window)
+      else
+        redis.call('SET', base .. ':rk:' .. l.k, seq)
+      end
+    end
+    redis.call('SPUBLISH', ARGV[6], cjson.encode({n = ARGV[4], k = 'r', c = ARGV[5], r = receipt}))
+    added = added + 1
+    answers[i] = {1, receipt}
+  else
+    answers[i] = p
+  end
+end
+if r then device_save(KEYS[5], KEYS[6], device, r) end
+-- Trimmed as the receipt script trims, a few more steps for each receipt added.
+for _ = 1, added + 8 do
+  if redis.call('XLEN', KEYS[4]) <= tonumber(ARGV[3]) then break end
+  local oldest = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)[1]
+  local f = oldest[2]
+  if f[3] == 'k' then
+    local held = base .. ':rk:' .. f[4]
+    if redis.call('GET', held) == string.match(oldest[1], '^(%d+)') then redis.call('DEL', held) end
+  end
+  redis.call('XDEL', KEYS[4], oldest[1])
+end
+return {1, answers}
 "#;
 
 /// KEYS: seq, sid, lost, slot. ARGV: the store's id, the floor. Takes the channel (after the

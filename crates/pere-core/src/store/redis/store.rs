@@ -24,7 +24,10 @@ use super::lua;
 use super::nodes::Nodes;
 use super::script::{eval, Confirmation, Confirming};
 use crate::error::{StoreError, Unconfirmed};
-use crate::store::{check_keys, Appended, EventPage, RecordedReceipt, Retention, Store};
+use crate::store::{
+    check_keys, check_receipt_keys, Appended, EventPage, ReceiptBatch, RecordedLine,
+    RecordedReceipt, Retention, Store,
+};
 
 /// The Redis [`Store`]. Handles are cheap to clone and share one multiplexed, reconnecting
 /// connection.
@@ -76,6 +79,7 @@ pub const IDENTITY_CHECK: Duration = Duration::from_secs(1);
 struct Scripts {
     append: Script,
     receipt: Script,
+    receipts: Script,
     reseed: Script,
     adopt: Script,
     touch: Script,
@@ -120,6 +124,11 @@ impl RedisStore {
                 "{}{}",
                 lua::IDENTITY,
                 lua::RECEIPT
+            ))),
+            receipts: Script::new(&lua::with_helpers(&format!(
+                "{}{}",
+                lua::IDENTITY,
+                lua::RECEIPTS
             ))),
             reseed: Script::new(&format!("{}{}", lua::IDENTITY, lua::RESEED)),
             adopt: Script::new(lua::ADOPT),
@@ -591,6 +600,115 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// Records a batch of receipts in one script run (see [`Store::record_receipts`]).
+    async fn run_receipts(&self, batch: ReceiptBatch) -> Result<Vec<RecordedLine>, StoreError> {
+        check_receipt_keys(&batch.lines)?;
+        if batch.lines.is_empty() {
+            return Ok(Vec::new());
+        }
+        let channel = batch.channel.clone();
+        let payload: Vec<ScriptReceipt<'_>> = batch
+            .lines
+            .iter()
+            .map(|line| ScriptReceipt {
+                e: line.event_id.to_string(),
+                s: &line.status,
+                k: line.key.as_deref(),
+            })
+            .collect();
+        let payload = serde_json::to_string(&payload).map_err(StoreError::backend)?;
+        let mut keys: Vec<String> = ["seq", "ev", "rseq", "rlog", "dev", "devs"]
+            .map(|what| self.inner.keys.key(&channel, what))
+            .into();
+        let identity = self.identity().await?;
+        self.identity_keys(&channel, &mut keys);
+        let args = Args::default()
+            .arg(batch.device.as_str())
+            .arg(batch.time.timestamp_millis())
+            .arg(self.inner.retention.max_events.max(1))
+            .arg(self.node())
+            .arg(channel.as_str())
+            .arg(self.inner.keys.bus(&channel))
+            .arg(self.inner.keys.base(&channel))
+            .arg(self.window_ms())
+            .arg(&identity.id)
+            .arg(identity.floor)
+            .arg(self.known_head(&channel))
+            .arg(if batch.unacknowledged_only { "1" } else { "0" })
+            .arg(payload);
+        let (reply, confirmation) = self
+            .run(&self.inner.scripts.receipts, &channel, keys, args, true)
+            .await?;
+        let Value::Array(parts) = reply else {
+            return Err(bad("receipts"));
+        };
+        let answers = match parts.as_slice() {
+            [Value::Int(-3)] => return Err(changed()),
+            [Value::Int(-1), line] => {
+                let line = usize::try_from(number(line)).unwrap_or(0);
+                let id = line
+                    .checked_sub(1)
+                    .and_then(|i| batch.lines.get(i))
+                    .map_or(0, |l| l.event_id);
+                return Err(StoreError::UnknownEvent { id });
+            }
+            [Value::Int(-2), id, key] => {
+                return Err(StoreError::IdempotencyConflict {
+                    id: Some(number(id)).filter(|&id| id > 0),
+                    key: text(key).unwrap_or_default(),
+                })
+            }
+            [Value::Int(1), Value::Array(answers)] if answers.len() == batch.lines.len() => answers,
+            _ => return Err(bad("receipts")),
+        };
+        let mut recorded: Vec<RecordedLine> = Vec::with_capacity(answers.len());
+        for (line, answer) in answers.iter().enumerate() {
+            let Value::Array(answer) = answer else {
+                return Err(bad("receipts answer"));
+            };
+            let (receipt, new) = match answer.as_slice() {
+                [Value::Int(3)] => continue,
+                [Value::Int(flag @ (0 | 1)), json] => {
+                    let json = text(json).ok_or_else(|| bad("receipts answer"))?;
+                    (receipt_from(&channel, &json)?, *flag == 1)
+                }
+                // The same key as an earlier line (1-based).
+                [Value::Int(2), earlier] => {
+                    let earlier = usize::try_from(number(earlier))
+                        .ok()
+                        .and_then(|i| i.checked_sub(1));
+                    let first = recorded
+                        .iter()
+                        .find(|r| Some(r.line) == earlier)
+                        .ok_or_else(|| bad("receipts answer"))?;
+                    (first.receipt.clone(), false)
+                }
+                _ => return Err(bad("receipts answer")),
+            };
+            recorded.push(RecordedLine { line, receipt, new });
+        }
+        if let Confirmation::Short { confirmed, wanted } = confirmation {
+            let new = recorded.iter().filter(|r| r.new).map(|r| r.receipt.clone());
+            return Err(StoreError::Unreplicated {
+                confirmed,
+                wanted,
+                recorded: Unconfirmed::Receipts(new.collect()),
+            });
+        }
+        Ok(recorded)
+    }
+}
+
+/// One receipt as the batch script reads it (absent members are absent, not null).
+#[derive(serde::Serialize)]
+struct ScriptReceipt<'a> {
+    e: String,
+    s: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    k: Option<&'a str>,
+}
+
 /// A script's arguments, each as Redis takes it.
 #[derive(Default)]
 struct Args(Vec<Vec<u8>>);
@@ -721,6 +839,10 @@ impl Store for RedisStore {
             return Err(StoreError::InvalidIdempotencyKey);
         }
         self.run_receipt(receipt, Some(key)).await
+    }
+
+    async fn record_receipts(&self, batch: ReceiptBatch) -> Result<Vec<RecordedLine>, StoreError> {
+        self.run_receipts(batch).await
     }
 
     async fn receipts(

@@ -69,7 +69,8 @@
 //!   (`Drafts`), published once the transaction commits.
 //! - `prune`: retention: `age_cutoff`, `prune_channel`, a channel's oldest retained time.
 //! - `ops`: the writes run in a batch: `append`, `append_batch`, `insert_event`,
-//!   `record_receipt`, `touch_device`, the memberships, and `finish_batch` before the commit.
+//!   `record_receipt`, `record_receipts`, `touch_device`, the memberships, and `finish_batch`
+//!   before the commit.
 //! - `identity`: the store's id and floor, and the file beside the database ([`IDS_FILE`]) that
 //!   remembers the greatest id handed out, so a database gone back in time is noticed at open.
 //! - `writer`: the writer thread: its commands, group commit (refused once the file was
@@ -100,7 +101,10 @@ use rusqlite::{params, Connection, OpenFlags};
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::error::StoreError;
-use crate::store::{check_keys, Appended, DamageSeen, EventPage, RecordedReceipt, Store};
+use crate::store::{
+    check_keys, check_receipt_keys, Appended, DamageSeen, EventPage, ReceiptBatch, RecordedLine,
+    RecordedReceipt, Store,
+};
 
 mod books;
 mod check;
@@ -127,7 +131,8 @@ use damage::DamageBook;
 use failure::{closed, file_identity, replaced, Failure};
 pub use identity::IDS_FILE;
 use ops::{
-    add_recipient, append, append_batch, pass_floor, record_receipt, remove_recipient, touch_device,
+    add_recipient, append, append_batch, pass_floor, record_receipt, record_receipts,
+    remove_recipient, touch_device,
 };
 pub use options::{Durability, SqliteOptions};
 pub use rows::Damage;
@@ -561,6 +566,16 @@ impl Store for SqliteStore {
             return Err(StoreError::InvalidIdempotencyKey);
         }
         self.write(move |conn, drafts| record_receipt(conn, drafts, receipt, Some(key)))
+            .await
+    }
+
+    async fn record_receipts(&self, batch: ReceiptBatch) -> Result<Vec<RecordedLine>, StoreError> {
+        check_receipt_keys(&batch.lines)?;
+        if batch.lines.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One job of the writer: in one transaction, and no other write comes between its lines.
+        self.write(move |conn, drafts| record_receipts(conn, drafts, batch))
             .await
     }
 

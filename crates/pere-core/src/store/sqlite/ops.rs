@@ -19,7 +19,10 @@ use super::rows::{
 };
 use super::shared::Drafts;
 use crate::error::StoreError;
-use crate::store::{plan_batch, Appended, Plan, RecordedReceipt, Retention};
+use crate::store::{
+    plan_batch, plan_receipts, Appended, Plan, ReceiptBatch, ReceiptPlan, RecordedLine,
+    RecordedReceipt, Retention,
+};
 
 /// The retained event of `channel` holding `key`, if the key is still remembered. Run by the
 /// writer, which sees its transaction's own inserts: a key sent twice in one batch is stored
@@ -215,57 +218,71 @@ fn insert_event(
     Ok(Appended { event, new: true })
 }
 
-pub(super) fn record_receipt(
-    conn: &Connection,
-    drafts: &mut Drafts<'_>,
-    mut receipt: Receipt,
-    key: Option<String>,
-) -> rusqlite::Result<Result<RecordedReceipt, StoreError>> {
-    let unknown = StoreError::UnknownEvent {
-        id: receipt.event_id,
-    };
-    // An id under the floor was given out before the store changed: as good as pruned.
+/// The greatest id a receipt on `channel` may name: its head, or the floor above it (an id
+/// under the floor was given out before the store changed: as good as pruned). `None` for a
+/// channel that does not exist while `id` is above the floor.
+fn receipt_bound(drafts: &mut Drafts<'_>, channel: &ChannelName, id: u64) -> Option<u64> {
     let floor = drafts
         .shared
         .floor
         .load(std::sync::atomic::Ordering::Relaxed);
-    let head = match drafts.existing(&receipt.channel) {
+    let head = match drafts.existing(channel) {
         Some(draft) => draft.head,
-        None if receipt.event_id <= floor => drafts.entry(&receipt.channel).head,
-        None => return Ok(Err(unknown)),
+        None if id <= floor => drafts.entry(channel).head,
+        None => return None,
     };
-    if receipt.event_id == 0 || receipt.event_id > head.max(floor) {
-        return Ok(Err(unknown));
+    Some(head.max(floor))
+}
+
+/// The receipt of `channel` held under `key`, if the key is still remembered at `at`. A key
+/// past the window is cleared from its receipt, so it can be given again.
+fn held_receipt(
+    conn: &Connection,
+    drafts: &Drafts<'_>,
+    channel: &ChannelName,
+    key: &str,
+    at: DateTime<Utc>,
+) -> rusqlite::Result<Option<Receipt>> {
+    let held = query_receipts(
+        conn,
+        channel,
+        "SELECT seq, event_id, device, status, time FROM receipts WHERE channel = ?1 AND idempotency_key = ?2",
+        params![channel.as_str(), key],
+    )?;
+    let Some(stored) = held.into_iter().next() else {
+        return Ok(None);
+    };
+    if drafts.shared.options.retention.key_alive(stored.time, at) {
+        return Ok(Some(stored));
     }
-    if let Some(key) = &key {
-        let held = query_receipts(
-            conn,
-            &receipt.channel,
-            "SELECT seq, event_id, device, status, time FROM receipts WHERE channel = ?1 AND idempotency_key = ?2",
-            params![receipt.channel.as_str(), key],
-        )?;
-        if let Some(stored) = held.into_iter().next() {
-            if drafts
-                .shared
-                .options
-                .retention
-                .key_alive(stored.time, receipt.time)
-            {
-                let first = || DeviceRecord::first(&receipt_touch(&stored));
-                let record = drafts
-                    .device(conn, &stored.channel, &stored.device, first)?
-                    .clone();
-                return Ok(Ok(RecordedReceipt {
-                    receipt: stored,
-                    record,
-                    new: false,
-                }));
-            }
-            // Past the window: forgotten, so the key can be given again.
-            conn.prepare_cached("UPDATE receipts SET idempotency_key = NULL WHERE seq = ?1")?
-                .execute([stored.seq])?;
-        }
-    }
+    // Past the window: forgotten, so the key can be given again.
+    conn.prepare_cached("UPDATE receipts SET idempotency_key = NULL WHERE seq = ?1")?
+        .execute([stored.seq])?;
+    Ok(None)
+}
+
+/// Whether `device` has a receipt kept for event `id` of `channel`.
+fn acknowledged(
+    conn: &Connection,
+    channel: &ChannelName,
+    id: u64,
+    device: &DeviceId,
+) -> rusqlite::Result<bool> {
+    conn.prepare_cached(
+        "SELECT 1 FROM receipts WHERE channel = ?1 AND event_id = ?2 AND device = ?3 LIMIT 1",
+    )?
+    .query_row(params![channel.as_str(), id, device.as_str()], |_| Ok(()))
+    .optional()
+    .map(|found| found.is_some())
+}
+
+/// Records a receipt that passed every check, and applies it to its device's record.
+fn insert_receipt(
+    conn: &Connection,
+    drafts: &mut Drafts<'_>,
+    mut receipt: Receipt,
+    key: Option<String>,
+) -> rusqlite::Result<(Receipt, DeviceRecord)> {
     // Stored even for an event already pruned, so the receipt stream carries it; the channel's
     // next pruning of events removes it with the other receipts of pruned events.
     conn.prepare_cached(
@@ -288,11 +305,125 @@ pub(super) fn record_receipt(
     })?;
     record.apply_receipt(&receipt);
     let record = record.clone();
+    Ok((receipt, record))
+}
+
+pub(super) fn record_receipt(
+    conn: &Connection,
+    drafts: &mut Drafts<'_>,
+    receipt: Receipt,
+    key: Option<String>,
+) -> rusqlite::Result<Result<RecordedReceipt, StoreError>> {
+    let id = receipt.event_id;
+    match receipt_bound(drafts, &receipt.channel, id) {
+        Some(known) if id > 0 && id <= known => {}
+        _ => return Ok(Err(StoreError::UnknownEvent { id })),
+    }
+    if let Some(key) = &key {
+        if let Some(stored) = held_receipt(conn, drafts, &receipt.channel, key, receipt.time)? {
+            let first = || DeviceRecord::first(&receipt_touch(&stored));
+            let record = drafts
+                .device(conn, &stored.channel, &stored.device, first)?
+                .clone();
+            return Ok(Ok(RecordedReceipt {
+                receipt: stored,
+                record,
+                new: false,
+            }));
+        }
+    }
+    let (receipt, record) = insert_receipt(conn, drafts, receipt, key)?;
     Ok(Ok(RecordedReceipt {
         receipt,
         record,
         new: true,
     }))
+}
+
+/// Records a batch of receipts (see [`Store::record_receipts`](crate::store::Store)): every
+/// line is planned (ids, keys, what the device acknowledged) before the first insert, so a
+/// refused batch records nothing; only a failure of SQLite itself can stop it midway, and that
+/// rolls back the whole transaction.
+pub(super) fn record_receipts(
+    conn: &Connection,
+    drafts: &mut Drafts<'_>,
+    batch: ReceiptBatch,
+) -> rusqlite::Result<Result<Vec<RecordedLine>, StoreError>> {
+    let floor = drafts
+        .shared
+        .floor
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let known = match drafts.existing(&batch.channel) {
+        Some(draft) => draft.head.max(floor),
+        None => {
+            // A channel that does not exist has only ids under the floor (given out before the
+            // store changed: as good as pruned), and it is made for them; any other id was
+            // never published.
+            let unknown = batch
+                .lines
+                .iter()
+                .find(|l| l.event_id == 0 || l.event_id > floor);
+            if let Some(line) = unknown {
+                return Ok(Err(StoreError::UnknownEvent { id: line.event_id }));
+            }
+            if batch.lines.is_empty() {
+                return Ok(Ok(Vec::new()));
+            }
+            drafts.entry(&batch.channel).head.max(floor)
+        }
+    };
+    // SQLite's own failures met while planning, which fail the whole transaction.
+    let (mut failed_key, mut failed_ack) = (None, None);
+    let plans = {
+        let drafts = &*drafts;
+        plan_receipts(
+            &batch,
+            known,
+            |key| {
+                held_receipt(conn, drafts, &batch.channel, key, batch.time).unwrap_or_else(|err| {
+                    failed_key.get_or_insert(err);
+                    None
+                })
+            },
+            |id| {
+                acknowledged(conn, &batch.channel, id, &batch.device).unwrap_or_else(|err| {
+                    failed_ack.get_or_insert(err);
+                    false
+                })
+            },
+        )
+    };
+    if let Some(err) = failed_key.or(failed_ack) {
+        return Err(err);
+    }
+    let plans = match plans {
+        Ok(plans) => plans,
+        Err(refused) => return Ok(Err(refused)),
+    };
+    let mut recorded: Vec<RecordedLine> = Vec::with_capacity(plans.len());
+    for (line, (item, plan)) in batch.lines.into_iter().zip(plans).enumerate() {
+        let (receipt, new) = match plan {
+            ReceiptPlan::Skip => continue,
+            ReceiptPlan::Held(stored) => (stored, false),
+            ReceiptPlan::Same(earlier) => match recorded.iter().find(|r| r.line == earlier) {
+                Some(first) => (first.receipt.clone(), false),
+                None => continue,
+            },
+            ReceiptPlan::New => {
+                let receipt = Receipt {
+                    seq: 0,
+                    channel: batch.channel.clone(),
+                    event_id: item.event_id,
+                    device: batch.device.clone(),
+                    status: item.status,
+                    time: batch.time,
+                };
+                (insert_receipt(conn, drafts, receipt, item.key)?.0, true)
+            }
+        };
+        recorded.push(RecordedLine { line, receipt, new });
+    }
+    Ok(Ok(recorded))
 }
 
 pub(super) fn touch_device(
