@@ -142,8 +142,6 @@ async fn automatic_receipts_follow_each_event() {
                 assert!(!receipt.again && receipt.result.is_ok(), "{receipt:?}");
                 acked.push((receipt.id, receipt.status));
             }
-            // A server that does not take coalesced receipts yet: they went one by one.
-            Item::OneByOne { .. } => {}
             other => panic!("{other:?}"),
         }
     }

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 
-use pere_proto::wire::ReceiptJson;
+use pere_proto::wire::{CumulativeAnswer, ReceiptBatchAnswer, ReceiptBatchLine, ReceiptJson};
 use reqwest::StatusCode;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
@@ -21,7 +21,7 @@ use crate::coalesce::{Asked, Coalescer, Request};
 use crate::error::{Error, Failure, Refusal};
 use crate::ids::idempotency_key;
 use crate::ledger::{Ledger, Owed};
-use crate::receipt::{self, Acked, BatchAnswer, BatchLine, CumulativeAnswer, Via};
+use crate::receipt::{self, Acked, Via};
 use crate::retry::{Outcome, Reply};
 
 /// How many times a cumulative receipt is sent again while the server answers `"more":true`
@@ -185,12 +185,12 @@ impl Outbox {
     }
 
     async fn batch(&self, receipts: Vec<Asked<Waiter>>) {
-        let lines: Vec<BatchLine<'_>> = receipts
+        let lines: Vec<ReceiptBatchLine> = receipts
             .iter()
-            .map(|asked| BatchLine {
+            .map(|asked| ReceiptBatchLine {
                 id: asked.number().unwrap_or_default(),
-                status: &asked.status,
-                key: &asked.key,
+                status: Some(asked.status.clone()),
+                key: Some(asked.key.clone()),
             })
             .collect();
         let outcome = self
@@ -198,7 +198,7 @@ impl Outbox {
             .exchange(|| self.sender.batch_request(&lines))
             .await;
         let answer = match outcome {
-            Outcome::Accepted(reply) => match answer::<BatchAnswer>(&reply) {
+            Outcome::Accepted(reply) => match answer::<ReceiptBatchAnswer>(&reply) {
                 Some(answer) if answer.receipts.len() == receipts.len() => answer,
                 _ => return self.refused(receipts, unexpected(&reply, "batched receipts")),
             },
@@ -220,7 +220,7 @@ impl Outbox {
         }
         for (asked, line) in receipts.into_iter().zip(answer.receipts) {
             let via = Via::Batch {
-                seq: line.seq,
+                seq: Some(line.seq),
                 replayed: line.replayed,
             };
             self.tell(asked, via, Ok(None));

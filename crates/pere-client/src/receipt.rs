@@ -5,10 +5,9 @@
 
 use std::time::Duration;
 
-use pere_proto::wire::ReceiptJson;
+use pere_proto::wire::{FeedbackRequest, ReceiptBatchLine, ReceiptJson};
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Client, RequestBuilder, Url};
-use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::retry::{exchange, retry, send_once, Outcome, Policy, Reply};
@@ -60,7 +59,7 @@ impl Sender {
     /// A batch: the `device` header, `Content-Type: application/x-ndjson` and one line per
     /// receipt, `{"id":N,"status":"S","key":"K"}` (the key makes a retried batch, or a receipt
     /// later sent again alone, count once).
-    pub fn batch_request(&self, lines: &[BatchLine<'_>]) -> RequestBuilder {
+    pub fn batch_request(&self, lines: &[ReceiptBatchLine]) -> RequestBuilder {
         let mut body = String::new();
         for line in lines {
             // Numbers and strings always serialize.
@@ -77,10 +76,11 @@ impl Sender {
     /// `last_event_id` header: a server that does not know the form must not read it as a
     /// receipt for that one event.
     pub fn cumulative_request(&self, upto: u64, status: &str) -> RequestBuilder {
-        let body = CumulativeRequest {
-            device: &self.device,
-            upto,
-            status,
+        let body = FeedbackRequest {
+            device: Some(self.device.clone()),
+            id: None,
+            upto: Some(upto.into()),
+            status: Some(status.to_owned()),
         };
         self.post()
             .header(CONTENT_TYPE, "application/json")
@@ -121,61 +121,6 @@ impl Sender {
     }
 }
 
-/// One line of a batch.
-#[derive(Debug, Clone, Serialize)]
-pub struct BatchLine<'a> {
-    /// The event.
-    pub id: u64,
-    /// Its status.
-    pub status: &'a str,
-    /// The receipt's idempotency key.
-    pub key: &'a str,
-}
-
-#[derive(Serialize)]
-struct CumulativeRequest<'a> {
-    device: &'a str,
-    upto: u64,
-    status: &'a str,
-}
-
-/// The answer to a batch: one line per receipt, in the order sent.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct BatchAnswer {
-    /// The receipts.
-    pub receipts: Vec<BatchReceipt>,
-}
-
-/// What the server recorded for one line of a batch.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct BatchReceipt {
-    /// The event.
-    pub id: u64,
-    /// The receipt's number in the channel's receipt stream.
-    #[serde(default)]
-    pub seq: Option<u64>,
-    /// The status recorded.
-    pub status: String,
-    /// True when the line's key was known: the receipt recorded before is the one that counts.
-    #[serde(default)]
-    pub replayed: bool,
-}
-
-/// The answer to a cumulative receipt.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct CumulativeAnswer {
-    /// The `upto` sent.
-    pub upto: u64,
-    /// How many events it acknowledged.
-    pub acknowledged: u64,
-    /// Their ids.
-    #[serde(default)]
-    pub ids: Vec<u64>,
-    /// The server bounded its work: send the same receipt again for the rest.
-    #[serde(default)]
-    pub more: bool,
-}
-
 /// How a receipt went to the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -184,7 +129,8 @@ pub enum Via {
     Single,
     /// A line of a batch.
     Batch {
-        /// The receipt's number in the channel's receipt stream, as the server gave it.
+        /// The receipt's number in the channel's receipt stream, as the server gave it (none
+        /// when the batch failed).
         seq: Option<u64>,
         /// The line's key was known: the receipt recorded before counts.
         replayed: bool,
@@ -258,18 +204,12 @@ mod tests {
             token: None,
             policy: RECEIPT_RETRY,
         };
-        let lines = [
-            BatchLine {
-                id: 7,
-                status: "ok",
-                key: "k7",
-            },
-            BatchLine {
-                id: 8,
-                status: "said \"no\"",
-                key: "k8",
-            },
-        ];
+        let line = |id: u64, status: &str, key: &str| ReceiptBatchLine {
+            id,
+            status: Some(status.into()),
+            key: Some(key.into()),
+        };
+        let lines = [line(7, "ok", "k7"), line(8, "said \"no\"", "k8")];
         let req = sender.batch_request(&lines).build().unwrap();
         assert_eq!(req.headers()["device"], "H1");
         assert_eq!(req.headers()["content-type"], "application/x-ndjson");
@@ -284,18 +224,5 @@ mod tests {
             req.body().and_then(|b| b.as_bytes()),
             Some(&br#"{"device":"H1","upto":42,"status":"rx ok"}"#[..])
         );
-        let answer: CumulativeAnswer = serde_json::from_str(
-            r#"{"channel":"C","device":"H1","upto":42,"acknowledged":2,"ids":[41,42]}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            (answer.acknowledged, answer.ids, answer.more),
-            (2, vec![41, 42], false)
-        );
-        let answer: BatchAnswer = serde_json::from_str(
-            r#"{"channel":"C","device":"H1","receipts":[{"id":7,"seq":3,"status":"ok","replayed":false}]}"#,
-        )
-        .unwrap();
-        assert_eq!(answer.receipts[0].seq, Some(3));
     }
 }
