@@ -144,7 +144,13 @@ async fn statuses_that_differ_per_event_go_as_batches_and_each_is_recorded() {
     assert!(matches!(next(&mut feed).await, Item::Connected));
     const EVENTS: u64 = 60;
     let ids = burst(&server, "Mixed", EVENTS).await;
-    let status = |id: u64| if id % 3 == 0 { "failed" } else { "done" };
+    let status = |id: u64| {
+        if id.is_multiple_of(3) {
+            "failed"
+        } else {
+            "done"
+        }
+    };
     // The application acknowledges each event as it handles it, without waiting for the
     // receipt: what piles up meanwhile goes together.
     let mut acks = Vec::new();
