@@ -642,8 +642,6 @@ class Watch {
     const mine = (handler) => (e) => { if (this.source === es) handler(e); };
     es.onopen = mine(() => {
       this.delay = this.retryMs;
-      // A new connection may reach a server that takes coalesced receipts again.
-      this.outbox.oneByOne = false;
       this.setState('open');
     });
     es.onerror = mine(() => {
