@@ -159,6 +159,79 @@ async fn pere_js_starts_over_on_pere_reset() {
     );
 }
 
+/// pere.js under a burst: a few receipt requests (the server counts them), every event
+/// acknowledged; then a lone event, acknowledged at once, alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pere_js_acknowledges_a_burst_in_a_few_requests_and_a_lone_event_at_once() {
+    let server = TestServer::start(&[]).await;
+    let outcome = run_script(
+        "coalesce-burst",
+        "coalesce.mjs",
+        &[&server.base, "burst", "COB"],
+    )
+    .await;
+    outcome.assert_passed();
+    assert!(server.pending("COB", "W-burst").await.is_empty());
+    let requests = server.answers("/feedback/{channel}", 200).await;
+    println!(
+        "pere.js: {requests} receipt requests for 201 events: {:?}",
+        outcome.tagged("REQUESTS ")
+    );
+    assert!(
+        requests <= 51,
+        "{requests} receipt requests for 201 events: {:?}",
+        outcome.tagged("REQUESTS ")
+    );
+    assert_eq!(
+        receipt_status(&server, "COB", 200, "W-burst")
+            .await
+            .as_deref(),
+        Some("ok")
+    );
+}
+
+/// pere.js with a status per event, acknowledged without waiting: batches, each event with its
+/// own status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pere_js_sends_statuses_that_differ_as_batches() {
+    let server = TestServer::start(&[]).await;
+    let outcome = run_script(
+        "coalesce-statuses",
+        "coalesce.mjs",
+        &[&server.base, "statuses", "COS"],
+    )
+    .await;
+    outcome.assert_passed();
+    for id in 1..=60 {
+        let want = if id % 3 == 0 { "failed" } else { "done" };
+        assert_eq!(
+            receipt_status(&server, "COS", id, "W-statuses")
+                .await
+                .as_deref(),
+            Some(want),
+            "event {id}"
+        );
+    }
+    assert!(server.answers("/feedback/{channel}", 200).await < 30);
+}
+
+/// pere.js facing a server that refuses the coalesced forms as an older PERE does: every
+/// receipt goes alone and gets through, and the page hears it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pere_js_sends_receipts_one_by_one_to_a_server_without_the_coalesced_forms() {
+    let server = TestServer::start(&[]).await;
+    let outcome = run_script(
+        "coalesce-older",
+        "coalesce.mjs",
+        &[&server.base, "older", "COO"],
+    )
+    .await;
+    outcome.assert_tagged("NOTICES ", &["receipts_one_by_one"]);
+    assert!(server.pending("COO", "W-older").await.is_empty());
+    // The server saw only the original form: one request per receipt.
+    assert_eq!(server.answers("/feedback/{channel}", 200).await, 30);
+}
+
 /// The README's first pere.js snippet, read from README.md, runs as written in a page of the
 /// server: it subscribes, publishes, receives its event and acknowledges it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -132,17 +132,27 @@ async fn automatic_receipts_follow_each_event() {
     assert!(matches!(next(&mut feed).await, Item::Connected));
     server.push("C", "one").await;
     server.push("C", "two").await;
-    for id in ["1", "2"] {
-        let Item::Event(event) = next(&mut feed).await else {
-            panic!("event {id}")
-        };
-        assert_eq!(event.id, id);
-        let Item::Acked(acked) = next(&mut feed).await else {
-            panic!("the receipt of {id}")
-        };
-        assert_eq!((acked.id.as_str(), acked.again), (id, false));
-        assert_eq!(acked.result.unwrap().unwrap().status, "rx ok");
+    // Events in order; each one's receipt once the server answered it, which may be after the
+    // next event: a receipt never holds the feed up.
+    let (mut events, mut acked) = (Vec::new(), Vec::new());
+    while acked.len() < 2 {
+        match next(&mut feed).await {
+            Item::Event(event) => events.push(event.id),
+            Item::Acked(receipt) => {
+                assert!(!receipt.again && receipt.result.is_ok(), "{receipt:?}");
+                acked.push((receipt.id, receipt.status));
+            }
+            other => panic!("{other:?}"),
+        }
     }
+    assert_eq!(events, ["1", "2"]);
+    assert_eq!(
+        acked,
+        [
+            ("1".to_owned(), "rx ok".to_owned()),
+            ("2".into(), "rx ok".into())
+        ]
+    );
     assert_eq!(
         server.get_json("/admin/devices/C").await["H1"]["last_acked"],
         2
@@ -416,4 +426,273 @@ async fn a_batch_is_ndjson_envelopes_under_one_key_on_every_attempt() {
     let ok = ok.unwrap();
     assert_eq!((ok.answer.ids, ok.key), (vec![7, 8], key));
     assert!(matches!(refused, Err(Error::Refused(_))), "{refused:?}");
+}
+
+/// Each receipt's outcome, by event id: the id of the server's receipt, if it sent one.
+type Outcomes = Vec<(u64, Result<Option<u64>, Error>)>;
+
+/// Receives events from `feed` and acknowledges each at once, without waiting for the receipt,
+/// with the status `status_of` gives its id; after the events whose ids `signal_after` names,
+/// tells the test. Returns every other item and each receipt's outcome, by id.
+fn acknowledge_without_waiting(
+    mut feed: Subscriber,
+    status_of: fn(u64) -> &'static str,
+    last: u64,
+    signal_after: Vec<u64>,
+) -> (
+    tokio::sync::mpsc::UnboundedReceiver<u64>,
+    tokio::task::JoinHandle<(Vec<String>, Outcomes)>,
+) {
+    let (signal, signals) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        let (mut others, mut acks) = (Vec::new(), Vec::new());
+        loop {
+            match next(&mut feed).await {
+                Item::Event(event) => {
+                    let id = event.number().expect("a numeric id");
+                    acks.push((id, event.ack(status_of(id))));
+                    if signal_after.contains(&id) {
+                        signal.send(id).unwrap();
+                    }
+                    if id == last {
+                        break;
+                    }
+                }
+                Item::Connected => {}
+                other => others.push(format!("{other:?}")),
+            }
+        }
+        let mut outcomes = Vec::new();
+        for (id, ack) in acks {
+            let outcome = tokio::time::timeout(WAIT, ack).await.expect("an outcome");
+            outcomes.push((id, outcome.map(|r| r.map(|r| r.id))));
+        }
+        // Items the stream had to tell meanwhile (the switch to one receipt per request).
+        while let Ok(Some(Ok(item))) =
+            tokio::time::timeout(Duration::from_millis(50), feed.next()).await
+        {
+            others.push(format!("{item:?}"));
+        }
+        (others, outcomes)
+    });
+    (signals, reader)
+}
+
+/// Takes the next receipt request and checks it is the original one for `id` with `status`;
+/// the test answers it.
+async fn check_single(
+    server: &mut FakeServer,
+    id: u64,
+    status: &str,
+) -> pere_e2e::scripted::Exchange {
+    let ack = server.expect("POST", "/feedback/C").await;
+    assert_eq!(
+        (
+            ack.request.header("last_event_id"),
+            ack.request.header("content-type"),
+            ack.request.body.as_str()
+        ),
+        (
+            Some(id.to_string().as_str()),
+            Some("application/x-www-form-urlencoded"),
+            format!("status={}", status.replace(' ', "+")).as_str()
+        ),
+        "the original receipt of {id}"
+    );
+    ack
+}
+
+fn stored(id: u64, status: &str) -> String {
+    format!(
+        r#"{{"channel":"C","id":{id},"device":"H1","status":"{status}","time":"2024-01-01T00:00:00.000Z"}}"#
+    )
+}
+
+#[tokio::test]
+async fn receipts_asked_for_during_a_request_go_together_cumulative_or_batched() {
+    let mut server = FakeServer::start().await;
+    let feed = Subscriber::builder(server.host_port(), "C")
+        .device("H1")
+        .receipt_retry(FAST)
+        .build()
+        .unwrap();
+    let status_of = |id: u64| match id {
+        7 => "done",
+        8 => "failed",
+        _ => "ok",
+    };
+    let (mut signals, reader) = acknowledge_without_waiting(feed, status_of, 8, vec![5, 8]);
+    let stream = server.expect("GET", "/feed/C").await.stream();
+    stream.send("id: 1\ndata: e1\n\n");
+    // The first receipt leaves at once, alone; those of 2 to 5 wait for its answer.
+    let first = check_single(&mut server, 1, "ok").await;
+    let events: String = (2..=5)
+        .map(|i| format!("id: {i}\ndata: e{i}\n\n"))
+        .collect();
+    stream.send(&events);
+    assert_eq!(signals.recv().await, Some(5));
+    first.json(200, &stored(1, "ok"));
+    // They all say "ok" and nothing before 5 is left: one cumulative receipt.
+    let upto = server.expect("POST", "/feedback/C").await;
+    assert_eq!(
+        upto.request.header("content-type"),
+        Some("application/json")
+    );
+    assert_eq!(upto.request.header("device"), Some("H1"));
+    assert_eq!(upto.request.header("last_event_id"), None);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&upto.request.body).unwrap(),
+        serde_json::json!({"device": "H1", "upto": 5, "status": "ok"})
+    );
+    upto.json(
+        200,
+        r#"{"channel":"C","device":"H1","upto":5,"acknowledged":4,"ids":[2,3,4,5]}"#,
+    );
+    // Statuses that differ: a batch, in id order, each line with its own key.
+    stream.send("id: 6\ndata: e6\n\n");
+    let sixth = check_single(&mut server, 6, "ok").await;
+    stream.send("id: 7\ndata: e7\n\nid: 8\ndata: e8\n\n");
+    assert_eq!(signals.recv().await, Some(8));
+    sixth.json(200, &stored(6, "ok"));
+    let batch = server.expect("POST", "/feedback/C").await;
+    assert_eq!(
+        batch.request.header("content-type"),
+        Some("application/x-ndjson")
+    );
+    let lines: Vec<serde_json::Value> = batch
+        .request
+        .body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", batch.request.body);
+    assert_eq!(
+        (&lines[0]["id"], &lines[0]["status"]),
+        (&7.into(), &"done".into())
+    );
+    assert_eq!(
+        (&lines[1]["id"], &lines[1]["status"]),
+        (&8.into(), &"failed".into())
+    );
+    assert!(lines
+        .iter()
+        .all(|l| l["key"].as_str().is_some_and(|k| k.len() == 32)));
+    batch.json(
+        200,
+        r#"{"channel":"C","device":"H1","receipts":[{"id":7,"seq":9,"status":"done","replayed":false},{"id":8,"seq":10,"status":"failed","replayed":false}]}"#,
+    );
+    let (others, outcomes) = reader.await.unwrap();
+    assert!(others.is_empty(), "{others:?}");
+    let ids: Vec<(u64, Option<u64>)> = outcomes
+        .into_iter()
+        .map(|(id, outcome)| (id, outcome.expect("acknowledged")))
+        .collect();
+    // The original requests answer with the stored receipt; coalesced ones with none.
+    assert_eq!(
+        ids,
+        [
+            (1, Some(1)),
+            (2, None),
+            (3, None),
+            (4, None),
+            (5, None),
+            (6, Some(6)),
+            (7, None),
+            (8, None)
+        ]
+    );
+    drop(stream);
+}
+
+#[tokio::test]
+async fn a_server_without_coalesced_receipts_gets_one_receipt_per_request_and_it_is_said_once() {
+    let mut server = FakeServer::start().await;
+    let feed = Subscriber::builder(server.host_port(), "C")
+        .device("H1")
+        .receipt_retry(FAST)
+        .build()
+        .unwrap();
+    let (mut signals, reader) = acknowledge_without_waiting(feed, |_| "ok", 6, vec![3, 6]);
+    let stream = server.expect("GET", "/feed/C").await.stream();
+    stream.send("id: 1\ndata: a\n\n");
+    let first = check_single(&mut server, 1, "ok").await;
+    stream.send("id: 2\ndata: b\n\nid: 3\ndata: c\n\n");
+    assert_eq!(signals.recv().await, Some(3));
+    first.json(200, &stored(1, "ok"));
+    // What an older PERE answers a receipt without an event id: nothing was recorded.
+    server.expect("POST", "/feedback/C").await.json(
+        400,
+        r#"{"error":{"code":"missing_event_id","message":"a receipt needs the event id it acknowledges"}}"#,
+    );
+    for id in [2, 3] {
+        check_single(&mut server, id, "ok")
+            .await
+            .json(200, &stored(id, "ok"));
+    }
+    // Still one by one on this connection, and not said again.
+    stream.send("id: 4\ndata: d\n\n");
+    let fourth = check_single(&mut server, 4, "ok").await;
+    stream.send("id: 5\ndata: e\n\nid: 6\ndata: f\n\n");
+    assert_eq!(signals.recv().await, Some(6));
+    fourth.json(200, &stored(4, "ok"));
+    for id in [5, 6] {
+        check_single(&mut server, id, "ok")
+            .await
+            .json(200, &stored(id, "ok"));
+    }
+    let (others, outcomes) = reader.await.unwrap();
+    assert!(
+        outcomes
+            .iter()
+            .all(|(id, o)| matches!(o, Ok(Some(r)) if r == id)),
+        "{outcomes:?}"
+    );
+    assert_eq!(others.len(), 1, "{others:?}");
+    assert!(
+        others[0].starts_with("OneByOne") && others[0].contains("missing_event_id"),
+        "{others:?}"
+    );
+    drop(stream);
+}
+
+#[tokio::test]
+async fn a_refused_batch_goes_again_one_receipt_at_a_time_each_with_its_verdict() {
+    let mut server = FakeServer::start().await;
+    let feed = Subscriber::builder(server.host_port(), "C")
+        .device("H1")
+        .receipt_retry(FAST)
+        .build()
+        .unwrap();
+    let status_of = |id: u64| if id == 2 { "ok" } else { "late" };
+    let (mut signals, reader) = acknowledge_without_waiting(feed, status_of, 3, vec![3]);
+    let stream = server.expect("GET", "/feed/C").await.stream();
+    stream.send("id: 1\ndata: a\n\n");
+    let first = check_single(&mut server, 1, "late").await;
+    stream.send("id: 2\ndata: b\n\nid: 3\ndata: c\n\n");
+    assert_eq!(signals.recv().await, Some(3));
+    first.json(200, &stored(1, "late"));
+    let batch = server.expect("POST", "/feedback/C").await;
+    assert_eq!(batch.request.body.lines().count(), 2);
+    batch.json(
+        404,
+        r#"{"error":{"code":"unknown_event","message":"line 2: no event 3"}}"#,
+    );
+    check_single(&mut server, 2, "ok")
+        .await
+        .json(200, &stored(2, "ok"));
+    check_single(&mut server, 3, "late").await.json(
+        404,
+        r#"{"error":{"code":"unknown_event","message":"no event 3"}}"#,
+    );
+    let (others, outcomes) = reader.await.unwrap();
+    assert!(
+        others.is_empty(),
+        "a refusal of one line is not an older server: {others:?}"
+    );
+    assert!(matches!(outcomes[1], (2, Ok(Some(2)))), "{outcomes:?}");
+    assert!(
+        matches!(&outcomes[2], (3, Err(e)) if e.code() == Some("unknown_event")),
+        "{outcomes:?}"
+    );
+    drop(stream);
 }

@@ -450,6 +450,44 @@ impl TestServer {
         response.json().await.expect("json")
     }
 
+    /// How many answers with `status` the server gave on `route` (its path template, as the
+    /// metrics label it: `/feedback/{channel}`), from its metrics. An answer is counted as it
+    /// leaves, so every answer a client has read is in.
+    pub async fn answers(&self, route: &str, status: u16) -> u64 {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("metrics text");
+        let (route, status) = (format!("route=\"{route}\""), format!("status=\"{status}\""));
+        text.lines()
+            .filter(|l| {
+                l.starts_with("pere_http_responses_total{")
+                    && l.contains(&route)
+                    && l.contains(&status)
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
+    /// The ids of the events `device` owes a receipt on `channel`
+    /// (`GET /devices/:channel/:device/pending`).
+    pub async fn pending(&self, channel: &str, device: &str) -> Vec<u64> {
+        let pending = self
+            .get_json(&format!("/devices/{channel}/{device}/pending"))
+            .await;
+        pending["pending"]
+            .as_array()
+            .unwrap_or_else(|| panic!("a list of events: {pending}"))
+            .iter()
+            .map(|e| e["id"].as_u64().expect("an id"))
+            .collect()
+    }
+
     /// Posts a JSON receipt; returns the status and the JSON answer.
     pub async fn ack(
         &self,

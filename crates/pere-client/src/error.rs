@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 use std::error::Error as StdError;
 use std::fmt;
+use std::sync::Arc;
 
 use pere_proto::wire::ErrorBody;
 use reqwest::StatusCode;
@@ -83,13 +84,15 @@ impl StdError for Error {
 }
 
 /// Why an attempt failed in a way that may pass: sending the same request again may work.
-#[derive(Debug)]
+///
+/// Cheap to clone: when one request carried several receipts, each of them fails with it.
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Failure {
     /// No answer: the request did not reach the server, or its answer could not be read
     /// (connection refused or reset, a timeout). reqwest's error, without the URL, which the
     /// caller already knows.
-    Transport(reqwest::Error),
+    Transport(Arc<reqwest::Error>),
     /// The server answered "not now": a 5xx, 408 or 429 (for a feed, also a redirection, which
     /// the subscriber does not follow).
     Answer(ErrorAnswer),
@@ -98,7 +101,7 @@ pub enum Failure {
 impl Failure {
     /// A transport failure, its URL left out.
     pub fn transport(err: reqwest::Error) -> Self {
-        Failure::Transport(err.without_url())
+        Failure::Transport(Arc::new(err.without_url()))
     }
 
     /// The error code of the server's answer, if it gave one.
@@ -112,7 +115,7 @@ impl Failure {
     /// The cause itself: reqwest's error or the server's answer.
     pub fn cause(&self) -> &(dyn StdError + 'static) {
         match self {
-            Failure::Transport(err) => err,
+            Failure::Transport(err) => &**err,
             Failure::Answer(answer) => answer,
         }
     }

@@ -6,7 +6,8 @@
 //!   with the same idempotency key each time: a retry never stores an event twice.
 //! - [`Subscriber`] is a `Stream` of a channel's events: each handed over once, acknowledged
 //!   with [`Event::ack`] (or automatically), resumed from the last id after every drop, paced by
-//!   the server's `retry:`.
+//!   the server's `retry:`. It keeps one receipt request in flight: receipts asked for meanwhile
+//!   go together in the next one, cumulative when they share a status, batched otherwise.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), pere_client::Error> {
@@ -33,7 +34,10 @@
 //!   [`ErrorAnswer`]), each cause kept and given by `source()`;
 //! - [`retry`]: one request's outcome (accepted, retryable, refused), which statuses may pass,
 //!   and the retry loop under a [`Policy`];
-//! - [`receipt`]: the receipt request and its attempts;
+//! - [`receipt`]: the receipt requests (one receipt, a batch, a cumulative receipt), their
+//!   attempts and answers, and [`Acked`], the outcome of a receipt the subscriber sent itself;
+//! - [`coalesce`]: which receipt request goes next, and when a cumulative one is safe;
+//! - `outbox`: the task that sends a subscriber's receipts, one request at a time;
 //! - [`ledger`]: which events are new, duplicates, or still owed a receipt;
 //! - [`reconnect`]: the server's `retry:` and the wait before reconnecting;
 //! - [`address`]: the server address (`http://` or `https://`) and endpoint URLs;
@@ -50,12 +54,14 @@
 
 pub mod address;
 pub mod body;
+pub mod coalesce;
 pub mod device;
 pub mod error;
 pub mod fatal;
 pub mod ids;
 pub mod interrupt;
 pub mod ledger;
+mod outbox;
 pub mod output;
 pub mod publish;
 pub mod receipt;
@@ -75,4 +81,4 @@ pub use publish::{
 };
 pub use reqwest::Url;
 pub use retry::Policy;
-pub use subscribe::{Acked, Event, Item, Reconnect, Subscriber, SubscriberBuilder};
+pub use subscribe::{Ack, Acked, Event, Item, Reconnect, Subscriber, SubscriberBuilder, Via};

@@ -1,13 +1,16 @@
 //! Return receipts: `POST /feedback/:channel` exactly as the original `subscriber.rb` sends it,
-//! plus an `Idempotency-Key`, a few times if it fails in a way that may pass.
+//! plus an `Idempotency-Key`, a few times if it fails in a way that may pass; and the two forms
+//! that carry several receipts in one request: a batch (NDJSON, one receipt a line) and a
+//! cumulative receipt (`{"device","upto","status"}`), with their answers.
 
 use std::time::Duration;
 
-use pere_proto::wire::ReceiptJson;
-use reqwest::header::{HeaderValue, AUTHORIZATION};
+use pere_proto::wire::{FeedbackRequest, ReceiptBatchLine, ReceiptJson};
+use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Client, RequestBuilder, Url};
 
-use crate::retry::{retry, send_once, Outcome, Policy};
+use crate::error::Error;
+use crate::retry::{exchange, retry, send_once, Outcome, Policy, Reply};
 
 /// Attempts per receipt before it is left for a redelivery (3, the first after 200 ms, the next
 /// after 400 ms): enough to ride out a blip without holding up the feed for long.
@@ -53,6 +56,55 @@ impl Sender {
         request
     }
 
+    /// A batch: the `device` header, `Content-Type: application/x-ndjson` and one line per
+    /// receipt, `{"id":N,"status":"S","key":"K"}` (the key makes a retried batch, or a receipt
+    /// later sent again alone, count once).
+    pub fn batch_request(&self, lines: &[ReceiptBatchLine]) -> RequestBuilder {
+        let mut body = String::new();
+        for line in lines {
+            // Numbers and strings always serialize.
+            body.push_str(&serde_json::to_string(line).unwrap_or_default());
+            body.push('\n');
+        }
+        self.post()
+            .header(CONTENT_TYPE, "application/x-ndjson")
+            .body(body)
+    }
+
+    /// A cumulative receipt: every event up to `upto` that the device owes, with `status`
+    /// (`{"device","upto","status"}`, and the `device` header as every receipt has it). No
+    /// `last_event_id` header: a server that does not know the form must not read it as a
+    /// receipt for that one event.
+    pub fn cumulative_request(&self, upto: u64, status: &str) -> RequestBuilder {
+        let body = FeedbackRequest {
+            device: Some(self.device.clone()),
+            id: None,
+            upto: Some(upto.into()),
+            status: Some(status.to_owned()),
+        };
+        self.post()
+            .header(CONTENT_TYPE, "application/json")
+            .body(serde_json::to_string(&body).unwrap_or_default())
+    }
+
+    fn post(&self) -> RequestBuilder {
+        let mut request = self
+            .client
+            .post(self.url.clone())
+            .header("device", &self.device)
+            .timeout(TIMEOUT);
+        if let Some(token) = &self.token {
+            request = request.header(AUTHORIZATION, token.clone());
+        }
+        request
+    }
+
+    /// Sends a request made by `build` (a batch or a cumulative receipt), trying again while the
+    /// failure may pass; the answer as it came.
+    pub async fn exchange(&self, build: impl Fn() -> RequestBuilder) -> Outcome<Reply> {
+        retry(&self.policy, || exchange(build()), |_, _| {}).await
+    }
+
     /// Sends the receipt for event `id`, with the same key on every attempt, trying again while
     /// the failure may pass.
     ///
@@ -67,6 +119,48 @@ impl Sender {
         )
         .await
     }
+}
+
+/// How a receipt went to the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Via {
+    /// A request of its own, in the original form.
+    Single,
+    /// A line of a batch.
+    Batch {
+        /// The receipt's number in the channel's receipt stream, as the server gave it (none
+        /// when the batch failed).
+        seq: Option<u64>,
+        /// The line's key was known: the receipt recorded before counts.
+        replayed: bool,
+    },
+    /// A cumulative receipt for every event up to `upto`.
+    Cumulative {
+        /// Its N.
+        upto: u64,
+        /// The server named this event among those it acknowledged (false: it was acknowledged
+        /// before, or never expected a receipt from this device).
+        acknowledged: bool,
+    },
+}
+
+/// The outcome of a receipt the subscriber sent by itself.
+#[derive(Debug)]
+pub struct Acked {
+    /// The event acknowledged.
+    pub id: String,
+    /// The status sent.
+    pub status: String,
+    /// True when this receipt had failed before and was sent again because its event came back.
+    pub again: bool,
+    /// In which form it went.
+    pub via: Via,
+    /// The server's receipt (`None` from a server that answers with an empty 200, and for a
+    /// receipt that went in a batch or a cumulative receipt, whose answers do not repeat each
+    /// receipt: see [`Acked::via`]), or why it failed. A receipt that failed in a way that may
+    /// pass is sent again if the event comes back.
+    pub result: Result<Option<ReceiptJson>, Error>,
 }
 
 #[cfg(test)]
@@ -98,6 +192,37 @@ mod tests {
         assert_eq!(
             req.body().and_then(|b| b.as_bytes()),
             Some(&b"status=done+%26+100%25"[..])
+        );
+    }
+
+    #[test]
+    fn batches_are_ndjson_and_cumulative_receipts_json_without_an_event_id() {
+        let sender = Sender {
+            client: Client::new(),
+            url: Url::parse("http://h:1/feedback/C").unwrap(),
+            device: "H1".into(),
+            token: None,
+            policy: RECEIPT_RETRY,
+        };
+        let line = |id: u64, status: &str, key: &str| ReceiptBatchLine {
+            id,
+            status: Some(status.into()),
+            key: Some(key.into()),
+        };
+        let lines = [line(7, "ok", "k7"), line(8, "said \"no\"", "k8")];
+        let req = sender.batch_request(&lines).build().unwrap();
+        assert_eq!(req.headers()["device"], "H1");
+        assert_eq!(req.headers()["content-type"], "application/x-ndjson");
+        assert_eq!(
+            req.body().and_then(|b| b.as_bytes()),
+            Some(&b"{\"id\":7,\"status\":\"ok\",\"key\":\"k7\"}\n{\"id\":8,\"status\":\"said \\\"no\\\"\",\"key\":\"k8\"}\n"[..])
+        );
+        let req = sender.cumulative_request(42, "rx ok").build().unwrap();
+        assert_eq!(req.headers()["content-type"], "application/json");
+        assert!(req.headers().get("last_event_id").is_none());
+        assert_eq!(
+            req.body().and_then(|b| b.as_bytes()),
+            Some(&br#"{"device":"H1","upto":42,"status":"rx ok"}"#[..])
         );
     }
 }

@@ -2,11 +2,16 @@
 //! each handed over once, with its return receipt ([`Event::ack`]); it resumes from the last id
 //! it saw after every drop, at the pace the server's `retry:` sets, and sends again a receipt
 //! that failed when its event comes back.
+//!
+//! Receipts leave through the subscriber's outbox, one request at a time: those asked for while
+//! one is in flight go together in the next (see [`crate::coalesce`]). The stream never waits for
+//! a receipt before reading on; the outcome of an automatic receipt comes as a later item.
 
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -14,21 +19,25 @@ use eventsource_stream::{EventStreamError, Eventsource};
 use futures_util::stream::Stream;
 use futures_util::StreamExt;
 use pere_proto::sse::{GAP_EVENT_TYPE, RESET_EVENT_TYPE};
-use pere_proto::wire::{GapNotice, ReceiptJson, ResetNotice};
+use pere_proto::wire::{GapNotice, ResetNotice};
 use pere_proto::{ChannelName, DeviceId};
 use reqwest::header::{
     HeaderValue, ACCEPT, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER,
 };
 use reqwest::{Client, RequestBuilder, Response, Url};
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::address::{base_url, endpoint};
 use crate::error::{Error, ErrorAnswer, Failure, Refusal};
-use crate::ids::idempotency_key;
-use crate::ledger::{Ledger, Owed, Verdict};
+use crate::ledger::{Ledger, Verdict};
+pub use crate::outbox::Ack;
+use crate::outbox::{lock, Book, Outbox, Report, Waiter};
 use crate::output::describe_transport;
 use crate::receipt::{self, RECEIPT_RETRY};
+pub use crate::receipt::{Acked, Via};
 use crate::reconnect::{backoff, RetryScanner, DEFAULT_RETRY};
-use crate::retry::{is_transient, Outcome, Policy};
+use crate::retry::{is_transient, Policy};
 use crate::tls;
 use crate::token;
 
@@ -47,10 +56,17 @@ pub enum Item {
     Connected,
     /// A new event: each id once, in order, however often the server sends it.
     Event(Event),
-    /// A receipt the subscriber sent by itself: the automatic receipt of the event it yielded
-    /// just before (see [`SubscriberBuilder::auto_ack`]), or a receipt that had failed, sent
-    /// again because its event came back.
+    /// A receipt the subscriber sent by itself: the automatic receipt of an event it yielded
+    /// (see [`SubscriberBuilder::auto_ack`]), or a receipt that had failed, sent again because
+    /// its event came back. It comes when the server answered, which may be after later events.
     Acked(Acked),
+    /// The server refused a batched or cumulative receipt as a form it does not know (an older
+    /// server): receipts go one per request until the feed reconnects, then coalesced receipts
+    /// are tried again. Yielded once per subscriber.
+    OneByOne {
+        /// What the server answered, in one line.
+        reason: String,
+    },
     /// `pere-gap`: events the subscriber should have had cannot be sent by the server (no longer
     /// retained, or damaged in its store).
     Gap {
@@ -84,20 +100,6 @@ pub struct Reconnect {
     pub last_event_id: Option<String>,
 }
 
-/// The outcome of a receipt the subscriber sent by itself.
-#[derive(Debug)]
-pub struct Acked {
-    /// The event acknowledged.
-    pub id: String,
-    /// The status sent.
-    pub status: String,
-    /// True when this receipt had failed before and was sent again because its event came back.
-    pub again: bool,
-    /// The server's receipt (`None` from a server that answers with an empty 200), or why it
-    /// failed. A receipt that failed in a way that may pass is sent again if the event comes back.
-    pub result: Result<Option<ReceiptJson>, Error>,
-}
-
 /// One event of the channel.
 #[derive(Debug, Clone)]
 pub struct Event {
@@ -107,7 +109,7 @@ pub struct Event {
     pub event: String,
     /// Its body (the `data:` lines, joined by LF).
     pub data: String,
-    receipts: Option<Receipts>,
+    outbox: Option<Arc<Outbox>>,
 }
 
 impl Event {
@@ -129,88 +131,31 @@ impl Event {
     /// server records it once. A receipt that still failed in a way that may pass is sent again,
     /// by the subscriber, when the server delivers the event again.
     ///
+    /// The receipt is asked for when `ack` is called: it goes whether or not the returned
+    /// [`Ack`] is awaited, which gives its outcome. The subscriber keeps one receipt request in
+    /// flight; receipts asked for meanwhile (by tasks that acknowledge without waiting for each
+    /// other) go together in the next request, as a batch or a cumulative receipt, and their
+    /// outcome then holds no receipt record (`Ok(None)`).
+    ///
     /// # Errors
     /// [`Error::Invalid`] for a subscriber without a device (an anonymous listener sends no
     /// receipts) or an event without an id; [`Error::Refused`] when the server refuses it (404
     /// `unknown_event`, …); [`Error::GaveUp`] when every attempt failed.
-    pub async fn ack(&self, status: &str) -> Result<Option<ReceiptJson>, Error> {
-        let Some(receipts) = &self.receipts else {
-            return Err(Error::Invalid(
+    pub fn ack(&self, status: &str) -> Ack {
+        let Some(outbox) = &self.outbox else {
+            return Ack::ready(Err(Error::Invalid(
                 "an anonymous subscriber (no device) sends no receipts".into(),
-            ));
+            )));
         };
         if self.id.is_empty() {
-            return Err(Error::Invalid(
+            return Ack::ready(Err(Error::Invalid(
                 "an event without an id cannot be acknowledged".into(),
-            ));
+            )));
         }
-        receipts.send(&self.id, status, None).await
+        let (caller, outcome) = oneshot::channel();
+        outbox.ask(&self.id, status, None, Waiter::Caller(caller));
+        Ack::waiting(outcome)
     }
-}
-
-/// What an event needs to send its receipt: where, and the ledger to note the result in.
-#[derive(Debug, Clone)]
-struct Receipts {
-    sender: Arc<receipt::Sender>,
-    shared: Arc<Mutex<Shared>>,
-}
-
-impl Receipts {
-    async fn send(
-        &self,
-        id: &str,
-        status: &str,
-        key: Option<String>,
-    ) -> Result<Option<ReceiptJson>, Error> {
-        let key = key.unwrap_or_else(|| idempotency_key(&mut rand::thread_rng()));
-        let outcome = self.sender.send(id, status, &key).await;
-        let number = id.parse::<u64>().ok();
-        let mut shared = lock(&self.shared);
-        match outcome {
-            Outcome::Accepted(receipt) => {
-                if let Some(n) = number {
-                    shared.ledger.settled(n);
-                }
-                Ok(receipt)
-            }
-            Outcome::Refused(refusal) => {
-                if let Some(n) = number {
-                    shared.ledger.settled(n);
-                }
-                Err(Error::Refused(refusal))
-            }
-            Outcome::Retryable(last) => {
-                if let Some(n) = number {
-                    shared.ledger.unsettled(
-                        n,
-                        Owed {
-                            status: status.to_owned(),
-                            key,
-                        },
-                    );
-                }
-                Err(Error::GaveUp {
-                    attempts: self.sender.policy.attempts.unwrap_or(1).max(1),
-                    last,
-                })
-            }
-        }
-    }
-}
-
-/// What the stream and the events it handed out share.
-#[derive(Debug)]
-struct Shared {
-    ledger: Ledger,
-    // The `Last-Event-ID` for the next connection: the last new id, verbatim.
-    resume: Option<String>,
-}
-
-fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
-    // Nothing panics while holding it; a poisoned ledger is still the best one there is.
-    shared
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Settings for a [`Subscriber`]; [`SubscriberBuilder::build`] checks them.
@@ -227,6 +172,7 @@ pub struct SubscriberBuilder {
     idle_timeout: Option<Duration>,
     max_failures: Option<u32>,
     receipt_retry: Policy,
+    coalesce: bool,
 }
 
 impl SubscriberBuilder {
@@ -262,8 +208,9 @@ impl SubscriberBuilder {
     }
 
     /// Acknowledge every new event with `status` by itself, once the application asks for the
-    /// next item (so after it handled the event); the outcome follows as [`Item::Acked`]
-    /// [default: the application calls [`Event::ack`]].
+    /// next item (so after it handled the event); the outcome follows as [`Item::Acked`] when
+    /// the server answered (the stream reads on meanwhile) [default: the application calls
+    /// [`Event::ack`]].
     pub fn auto_ack(mut self, status: impl Into<String>) -> Self {
         self.auto_ack = Some(status.into());
         self
@@ -295,6 +242,14 @@ impl SubscriberBuilder {
     /// The attempts per receipt [default: 3, 200 ms apart and doubling].
     pub fn receipt_retry(mut self, policy: Policy) -> Self {
         self.receipt_retry = policy;
+        self
+    }
+
+    /// Whether receipts asked for while one request is in flight go together in the next one,
+    /// as one cumulative receipt when they can, as a batch otherwise [default: true]. `false`
+    /// sends each receipt in a request of its own, in the original form, still one at a time.
+    pub fn coalesce(mut self, coalesce: bool) -> Self {
+        self.coalesce = coalesce;
         self
     }
 
@@ -345,35 +300,47 @@ impl SubscriberBuilder {
                     .map_err(|e| Error::Invalid(format!("cannot make an HTTP client: {e}")))?
             }
         };
-        let shared = Arc::new(Mutex::new(Shared {
-            ledger: Ledger::new(self.last_event_id.as_deref().and_then(|id| id.parse().ok())),
-            resume: self.last_event_id,
-        }));
-        let receipts = device.clone().map(|device| Receipts {
-            sender: Arc::new(receipt::Sender {
+        let start = self.last_event_id.as_deref().and_then(|id| id.parse().ok());
+        let book = Arc::new(Mutex::new(Book::new(
+            start,
+            self.last_event_id,
+            self.coalesce,
+        )));
+        let (reports, reported) = mpsc::unbounded_channel();
+        let outbox = device.clone().map(|device| {
+            let sender = receipt::Sender {
                 client: client.clone(),
                 url: endpoint(&base, "feedback", channel),
                 device,
                 token: token.clone(),
                 policy: self.receipt_retry,
-            }),
-            shared: Arc::clone(&shared),
+            };
+            let outbox = Outbox::new(sender, Arc::clone(&book), reports);
+            if let Ok(runtime) = Handle::try_current() {
+                outbox.runs_on(&runtime);
+            }
+            Arc::new(outbox)
         });
         let feed_url = endpoint(&base, "feed", channel);
+        let finishing = Arc::new(AtomicBool::new(false));
         let state = State {
             client,
             feed_url: feed_url.clone(),
             device: device.clone(),
             token,
-            receipts,
-            shared: Arc::clone(&shared),
+            outbox,
+            book: Arc::clone(&book),
+            reported,
+            under_way: 0,
+            finishing: Arc::clone(&finishing),
             auto_ack: self.auto_ack,
             idle_timeout: self.idle_timeout,
             max_failures: self.max_failures,
             retry_ms: Arc::new(AtomicU64::new(DEFAULT_RETRY.as_millis() as u64)),
             failures: 0,
             events: None,
-            wait: None,
+            sleeping: None,
+            connecting: None,
             to_ack: None,
             done: false,
         };
@@ -383,7 +350,8 @@ impl SubscriberBuilder {
         });
         Ok(Subscriber {
             stream: Box::pin(stream),
-            shared,
+            book,
+            finishing,
             feed_url,
             device,
         })
@@ -414,7 +382,8 @@ impl SubscriberBuilder {
 /// ```
 pub struct Subscriber {
     stream: Pin<Box<dyn Stream<Item = Result<Item, Error>> + Send>>,
-    shared: Arc<Mutex<Shared>>,
+    book: Arc<Mutex<Book>>,
+    finishing: Arc<AtomicBool>,
     feed_url: Url,
     device: Option<String>,
 }
@@ -445,17 +414,26 @@ impl Subscriber {
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             max_failures: None,
             receipt_retry: RECEIPT_RETRY,
+            coalesce: true,
         }
     }
 
     /// The position the next connection resumes from: the id of the last new event.
     pub fn last_event_id(&self) -> Option<String> {
-        lock(&self.shared).resume.clone()
+        lock(&self.book).resume.clone()
     }
 
     /// The highest event id seen (forgotten on `pere-reset`).
     pub fn last_seen(&self) -> Option<u64> {
-        lock(&self.shared).ledger.last_seen()
+        lock(&self.book).ledger.last_seen()
+    }
+
+    /// Makes the next items the outcomes ([`Item::Acked`]) of the automatic receipts under way,
+    /// the receipt of the last event yielded included, before anything more is read from the
+    /// feed; once none is left, the stream reads on. For a program that stops after some events
+    /// (`pere-sub --count`): it learns how their receipts went without being handed more events.
+    pub fn finish_receipts(&self) {
+        self.finishing.store(true, Ordering::Relaxed);
     }
 
     /// The device it subscribes as, if any.
@@ -499,8 +477,15 @@ struct State {
     feed_url: Url,
     device: Option<String>,
     token: Option<HeaderValue>,
-    receipts: Option<Receipts>,
-    shared: Arc<Mutex<Shared>>,
+    // None for an anonymous listener, which sends no receipts.
+    outbox: Option<Arc<Outbox>>,
+    book: Arc<Mutex<Book>>,
+    // What the outbox tells the stream.
+    reported: mpsc::UnboundedReceiver<Report>,
+    // Receipts the stream asked for whose outcome has not been yielded yet.
+    under_way: usize,
+    // Set by `Subscriber::finish_receipts`.
+    finishing: Arc<AtomicBool>,
     auto_ack: Option<String>,
     idle_timeout: Option<Duration>,
     max_failures: Option<u32>,
@@ -508,11 +493,21 @@ struct State {
     retry_ms: Arc<AtomicU64>,
     failures: u32,
     events: Option<Events>,
-    // The wait before the next connection attempt.
-    wait: Option<Duration>,
+    // The wait before the next connection attempt, and that attempt, under way: kept across
+    // items, so an outcome yielded meanwhile does not start them over.
+    sleeping: Option<Pin<Box<tokio::time::Sleep>>>,
+    connecting: Option<Pin<Box<dyn Future<Output = Connect> + Send>>>,
     // The event whose automatic receipt is due when the next item is asked for.
     to_ack: Option<String>,
     done: bool,
+}
+
+/// What the stream waited for, whichever came first.
+enum Step {
+    Reported(Option<Report>),
+    Slept,
+    Connected(Connect),
+    Read(Option<Result<eventsource_stream::Event, EventStreamError<reqwest::Error>>>),
 }
 
 impl State {
@@ -520,55 +515,123 @@ impl State {
         if self.done {
             return None;
         }
-        loop {
-            if let Some(id) = self.to_ack.take() {
-                if let (Some(receipts), Some(status)) = (&self.receipts, &self.auto_ack) {
-                    let result = receipts.send(&id, status, None).await;
-                    return Some(Ok(Item::Acked(Acked {
-                        id,
-                        status: status.clone(),
-                        again: false,
-                        result,
-                    })));
+        if let Some(outbox) = &self.outbox {
+            outbox.runs_on(&Handle::current());
+        }
+        if let Some(id) = self.to_ack.take() {
+            if let (Some(outbox), Some(status)) = (&self.outbox, &self.auto_ack) {
+                outbox.ask(&id, status, None, Waiter::Stream { again: false });
+                self.under_way += 1;
+            }
+        }
+        // Outcomes already in come first.
+        if let Ok(report) = self.reported.try_recv() {
+            return Some(Ok(self.report(report)));
+        }
+        if self.finishing.load(Ordering::Relaxed) {
+            if self.under_way > 0 {
+                if let Some(report) = self.reported.recv().await {
+                    return Some(Ok(self.report(report)));
                 }
             }
-            let Some(events) = self.events.as_mut() else {
-                if let Some(wait) = self.wait.take() {
-                    tokio::time::sleep(wait).await;
+            self.finishing.store(false, Ordering::Relaxed);
+        }
+        loop {
+            // An anonymous listener has no outbox, and nothing to hear from it.
+            let watching = self.outbox.is_some();
+            let step = if let Some(events) = self.events.as_mut() {
+                tokio::select! {
+                    biased;
+                    report = self.reported.recv(), if watching => Step::Reported(report),
+                    read = events.next() => Step::Read(read),
                 }
-                match connect(self.request()).await {
-                    Connect::Open(response) => {
-                        self.failures = 0;
-                        self.events = Some(self.read(response));
-                        return Some(Ok(Item::Connected));
-                    }
-                    Connect::Refused(refusal) => {
-                        self.done = true;
-                        return Some(Err(Error::Refused(refusal)));
-                    }
-                    Connect::Retry(last, retry_after) => {
-                        self.failures += 1;
-                        if self.max_failures.is_some_and(|max| self.failures >= max) {
-                            self.done = true;
-                            return Some(Err(Error::GaveUp {
-                                attempts: self.failures,
-                                last,
-                            }));
-                        }
-                        return Some(Ok(self.reconnecting(last.to_string(), retry_after)));
-                    }
+            } else if let Some(sleeping) = self.sleeping.as_mut() {
+                tokio::select! {
+                    biased;
+                    report = self.reported.recv(), if watching => Step::Reported(report),
+                    () = sleeping => Step::Slept,
+                }
+            } else {
+                if self.connecting.is_none() {
+                    let attempt = connect(self.request());
+                    self.connecting = Some(Box::pin(attempt));
+                }
+                let Some(connecting) = self.connecting.as_mut() else {
+                    continue;
+                };
+                tokio::select! {
+                    biased;
+                    report = self.reported.recv(), if watching => Step::Reported(report),
+                    connected = connecting => Step::Connected(connected),
                 }
             };
-            let why = match events.next().await {
-                Some(Ok(event)) => match self.on_event(event).await {
-                    Some(item) => return Some(Ok(item)),
-                    None => continue,
-                },
-                Some(Err(err)) => self.describe(err),
-                None => "the server closed the stream".to_owned(),
-            };
-            self.events = None;
-            return Some(Ok(self.reconnecting(why, None)));
+            match step {
+                Step::Reported(Some(report)) => return Some(Ok(self.report(report))),
+                // The outbox lives as long as the stream, so this cannot be; if it were, there
+                // would be nothing more to hear from it.
+                Step::Reported(None) => {
+                    self.under_way = 0;
+                    self.outbox = None;
+                }
+                Step::Slept => self.sleeping = None,
+                Step::Connected(connected) => {
+                    self.connecting = None;
+                    return Some(self.connected(connected));
+                }
+                Step::Read(Some(Ok(event))) => {
+                    if let Some(item) = self.on_event(event) {
+                        return Some(Ok(item));
+                    }
+                }
+                Step::Read(Some(Err(err))) => {
+                    let why = self.describe(err);
+                    self.events = None;
+                    return Some(Ok(self.reconnecting(why, None)));
+                }
+                Step::Read(None) => {
+                    self.events = None;
+                    let why = "the server closed the stream".to_owned();
+                    return Some(Ok(self.reconnecting(why, None)));
+                }
+            }
+        }
+    }
+
+    /// An outcome of the outbox, as an item.
+    fn report(&mut self, report: Report) -> Item {
+        match report {
+            Report::Acked(acked) => {
+                self.under_way = self.under_way.saturating_sub(1);
+                Item::Acked(acked)
+            }
+            Report::OneByOne(reason) => Item::OneByOne { reason },
+        }
+    }
+
+    /// How a connection attempt went, as an item (or the end).
+    fn connected(&mut self, connected: Connect) -> Result<Item, Error> {
+        match connected {
+            Connect::Open(response) => {
+                self.failures = 0;
+                self.events = Some(self.read(response));
+                lock(&self.book).coalescer.reconnected();
+                Ok(Item::Connected)
+            }
+            Connect::Refused(refusal) => {
+                self.done = true;
+                Err(Error::Refused(refusal))
+            }
+            Connect::Retry(last, retry_after) => {
+                self.failures += 1;
+                if self.max_failures.is_some_and(|max| self.failures >= max) {
+                    self.done = true;
+                    return Err(Error::GaveUp {
+                        attempts: self.failures,
+                        last,
+                    });
+                }
+                Ok(self.reconnecting(last.to_string(), retry_after))
+            }
         }
     }
 
@@ -585,7 +648,7 @@ impl State {
         if let Some(token) = &self.token {
             request = request.header(AUTHORIZATION, token.clone());
         }
-        if let Some(id) = &lock(&self.shared).resume {
+        if let Some(id) = &lock(&self.book).resume {
             request = request.header("Last-Event-ID", id);
         }
         request
@@ -611,8 +674,8 @@ impl State {
         if let Some(after) = retry_after {
             delay = delay.max(after);
         }
-        self.wait = Some(delay);
-        let last_event_id = lock(&self.shared).resume.clone();
+        self.sleeping = Some(Box::pin(tokio::time::sleep(delay)));
+        let last_event_id = lock(&self.book).resume.clone();
         Item::Reconnecting(Reconnect {
             reason,
             failures: self.failures,
@@ -638,7 +701,7 @@ impl State {
     }
 
     /// Sorts one event out: an item to yield, or nothing (a duplicate).
-    async fn on_event(&mut self, event: eventsource_stream::Event) -> Option<Item> {
+    fn on_event(&mut self, event: eventsource_stream::Event) -> Option<Item> {
         if event.event == GAP_EVENT_TYPE {
             return Some(Item::Gap {
                 notice: serde_json::from_str(&event.data).ok(),
@@ -647,7 +710,10 @@ impl State {
         }
         if event.event == RESET_EVENT_TYPE {
             // The server lost the history our ids came from: what it sends now is all new.
-            lock(&self.shared).ledger = Ledger::new(None);
+            let mut book = lock(&self.book);
+            book.ledger = Ledger::new(None);
+            book.coalescer.forget();
+            drop(book);
             return Some(Item::Reset {
                 notice: serde_json::from_str(&event.data).ok(),
                 data: event.data,
@@ -658,37 +724,36 @@ impl State {
         // ordered: such events are all new. (An event without `id:` keeps the previous id, as in
         // a browser, and so reads as a duplicate.)
         let verdict = {
-            let mut shared = lock(&self.shared);
-            let verdict = id
-                .parse::<u64>()
-                .ok()
-                .map_or(Verdict::New, |n| shared.ledger.classify(n));
+            let mut book = lock(&self.book);
+            let number = id.parse::<u64>().ok();
+            let verdict = number.map_or(Verdict::New, |n| book.ledger.classify(n));
             if verdict == Verdict::New && !id.is_empty() {
-                shared.resume = Some(id.clone());
+                book.resume = Some(id.clone());
+                if let (Some(n), Some(_)) = (number, &self.outbox) {
+                    book.coalescer.received(n);
+                }
             }
             verdict
         };
         match verdict {
             Verdict::Skip => None,
             Verdict::Reack(owed) => {
-                let receipts = self.receipts.as_ref()?;
-                let result = receipts.send(&id, &owed.status, Some(owed.key)).await;
-                Some(Item::Acked(Acked {
-                    id,
-                    status: owed.status,
-                    again: true,
-                    result,
-                }))
+                // Its outcome comes as an item once the server answered.
+                let outbox = self.outbox.as_ref()?;
+                let again = Waiter::Stream { again: true };
+                outbox.ask(&id, &owed.status, Some(owed.key), again);
+                self.under_way += 1;
+                None
             }
             Verdict::New => {
-                if self.auto_ack.is_some() && self.receipts.is_some() && !id.is_empty() {
+                if self.auto_ack.is_some() && self.outbox.is_some() && !id.is_empty() {
                     self.to_ack = Some(id.clone());
                 }
                 Some(Item::Event(Event {
                     id,
                     event: event.event,
                     data: event.data,
-                    receipts: self.receipts.clone(),
+                    outbox: self.outbox.clone(),
                 }))
             }
         }

@@ -12,6 +12,7 @@
  *     lastEventId,                   // optional: resume after this id
  *     autoAck: true,                 // false: call event.ack(status) yourself
  *     status: 'ok',                  // the status of automatic receipts
+ *     coalesce: true,                // false: each receipt in a request of its own
  *     types: ['alert'],              // event types to receive besides plain messages
  *     onEvent(event) {},             // {id, type, data, json(), redelivered, ack(status)}: once per id
  *     onState(s) {},                 // {state: 'connecting'|'open'|'closed', retryMs, reason, since}
@@ -19,6 +20,7 @@
  *     onReset(reset) {},             // {last_event_id, head}: the server's ids started over
  *     onReceipt(r) {},               // {event, ok, receipt | error}: how each receipt went
  *     onDuplicate(event) {},         // an id already seen (a redelivery): not given to onEvent
+ *     onNotice(n) {},                // {code, message}: e.g. receipts sent one by one (default: console.warn)
  *   });
  *   sub.close();
  *
@@ -32,6 +34,17 @@
  * each time up to a minute. Events already seen (a redelivery, a replay after a reconnect) are
  * dropped by id. `pere-reset` (the server lost its history: ids start over) makes pere.js forget
  * the ids it saw; `pere-gap` is reported to onGap.
+ *
+ * Receipts: one receipt request in flight per subscription. The first receipt leaves at once (a
+ * quiet page acknowledges without delay); those asked for while it is under way go together in
+ * the next request: one cumulative receipt ({"device","upto","status"}: every event up to N)
+ * when they share a status and this page has acknowledged, or is acknowledging with that
+ * status, every event it received up to N, with no id missing since its first one; otherwise a
+ * batch (NDJSON, one {"id","status"} a line). event.ack(status) resolves to the stored receipt
+ * (one request), the batch line's {id, seq, status, replayed} or {id, status, upto,
+ * acknowledged} (a cumulative receipt), each with channel and device. A server that does not
+ * take those forms (an older PERE) gets one receipt per request until the stream reopens;
+ * onNotice says so once.
  *
  * publish() sends one event with fetch and a fresh Idempotency-Key (or the one given); it retries
  * network errors, 429 and 5xx answers with the same key, so a retry never stores the event twice.
@@ -53,6 +66,13 @@ const MAX_RETRY_MS = 60000;
 // Ids are remembered beyond what an application shows, so a late redelivery is still recognised.
 const DEFAULT_REMEMBERED = 5000;
 const RECEIPT_RETRY_DELAYS_MS = [1000, 4000];
+// A batch stays well within the server's defaults (--max-batch-events 1000, --max-body 64 KiB);
+// the rest waits for the next request.
+const MAX_BATCH_LINES = 500;
+const MAX_BATCH_BYTES = 32 * 1024;
+// Received events whose receipt is not settled, remembered to know what a cumulative receipt
+// would cover; past this, cumulative receipts stop (batches still go).
+const MAX_OPEN = 10000;
 const PUBLISH_RETRY_DELAYS_MS = [500, 2000, 5000];
 const DEVICE_KEY = 'pere.subscriber.device';
 
@@ -178,9 +198,9 @@ export function subscribe(options = {}) {
 class Subscription {
   constructor({
     server = '', channel, device, token = '', lastEventId = null, autoAck = true, status = 'ok', types = [],
-    retryMs = DEFAULT_RETRY_MS, remember = DEFAULT_REMEMBERED,
+    retryMs = DEFAULT_RETRY_MS, remember = DEFAULT_REMEMBERED, coalesce = true,
     onEvent = () => {}, onState = () => {}, onGap = () => {}, onReset = () => {}, onReceipt = () => {},
-    onDuplicate = () => {},
+    onDuplicate = () => {}, onNotice = (n) => console.warn('pere.js: ' + n.message),
     EventSource: EventSourceImpl = globalThis.EventSource, fetch: fetchImpl = globalThis.fetch,
   } = {}) {
     if (!NAME_RE.test(channel ?? '')) throw new TypeError('channel: 1-128 characters of A-Z a-z 0-9 _ . : -');
@@ -196,13 +216,20 @@ class Subscription {
     this.types = types.filter((t) => TYPE_RE.test(t) && t !== 'message' && t !== GAP_EVENT && t !== RESET_EVENT);
     this.retryMs = retryMs;
     this.remember = remember;
-    this.handlers = { onEvent, onState, onGap, onReset, onReceipt, onDuplicate };
+    this.handlers = { onEvent, onState, onGap, onReset, onReceipt, onDuplicate, onNotice };
     this.EventSource = EventSourceImpl;
     // Called as a plain function: a browser's fetch refuses any other `this`.
     this.fetch = (url, init) => fetchImpl(url, init);
     this.lastEventId = lastEventId === null || lastEventId === undefined ? null : String(lastEventId);
     // id -> the event as first seen, with where its receipt stands.
     this.seen = new Map();
+    // Receipts: those waiting for the request in flight, and what a cumulative one would cover.
+    this.outbox = { queue: [], inFlight: false, coalesce, oneByOne: false, said: false };
+    // Numeric id -> null (received, not acknowledged yet) or the status of a receipt that failed.
+    this.open = new Map();
+    this.lastReceived = null;
+    // Every id from the first received up to the last one arrived.
+    this.unbroken = true;
     this.source = null;
     this.timer = null;
     this.delay = retryMs;
@@ -248,6 +275,8 @@ class Subscription {
     const mine = (handler) => (e) => { if (this.source === es) handler(e); };
     es.onopen = mine(() => {
       this.delay = this.retryMs;
+      // A new connection may reach a server that takes coalesced receipts again.
+      this.outbox.oneByOne = false;
       this.setState('open');
     });
     es.onerror = mine(() => {
@@ -272,6 +301,9 @@ class Subscription {
       // duplicate.
       this.seen.clear();
       this.lastEventId = null;
+      this.open.clear();
+      this.lastReceived = null;
+      this.unbroken = true;
       this.handlers.onReset(parse(e.data));
     }));
   }
@@ -283,7 +315,7 @@ class Subscription {
       known.redeliveries++;
       // A redelivery is the server asking again: answer it if our receipt did not get through.
       if (known.receipt === 'failed' && (this.autoAck || known.ackedStatus !== null)) {
-        this.sendReceipt(known, known.ackedStatus ?? this.status);
+        this.sendReceipt(known, known.ackedStatus ?? this.status).catch(() => {});
       }
       this.handlers.onDuplicate(known.event);
       return;
@@ -299,61 +331,239 @@ class Subscription {
     if (id !== '') {
       this.seen.set(id, entry);
       if (this.seen.size > this.remember) this.seen.delete(this.seen.keys().next().value);
+      this.received(id);
     }
     this.handlers.onEvent(event);
     if (this.autoAck && entry.receipt === 'none') event.ack(this.status).catch(() => {});
   }
 
+  /** Notes a new event whose receipt this page owes until it acknowledges it. */
+  received(id) {
+    const n = safeId(id);
+    if (!this.device) return;
+    if (n === null) {
+      this.unbroken = false;
+      return;
+    }
+    if (this.lastReceived !== null && n !== this.lastReceived + 1) this.unbroken = false;
+    this.lastReceived = n;
+    this.owe(n, null);
+  }
+
+  owe(n, status) {
+    this.open.set(n, status);
+    if (this.open.size > MAX_OPEN) {
+      // Forgotten, so no longer vouched for.
+      this.open.delete(this.open.keys().next().value);
+      this.unbroken = false;
+    }
+  }
+
   /**
-   * Sends the receipt of an event: resolves to the stored receipt, or rejects with a PereError.
+   * Asks for the receipt of an event: resolves to the server's receipt, or rejects with a
+   * PereError. It goes at once when no receipt request is under way, else with the next one.
    * Network errors, 429 and 5xx are retried twice.
    */
-  async sendReceipt(entry, status) {
+  sendReceipt(entry, status) {
     const event = entry.event;
     if (!/^\d+$/.test(event.id)) {
       const error = new PereError('this event has no numeric id: it cannot be acknowledged', { code: 'bad_event_id' });
       this.handlers.onReceipt({ event, ok: false, error });
-      throw error;
+      return Promise.reject(error);
     }
     if (!this.device) {
       const error = new PereError('an anonymous subscriber sends no receipts', { code: 'missing_device' });
       this.handlers.onReceipt({ event, ok: false, error });
-      throw error;
+      return Promise.reject(error);
     }
     entry.receipt = 'sending';
     entry.ackedStatus = status;
-    const numeric = Number(event.id);
-    const body = JSON.stringify({
-      device: this.device,
-      // Ids beyond 2^53 would lose digits as a JS number; the server also takes a numeric string.
-      id: Number.isSafeInteger(numeric) ? numeric : event.id,
-      status,
+    const n = safeId(event.id);
+    if (n !== null) this.open.delete(n);
+    return new Promise((resolve, reject) => {
+      this.outbox.queue.push({ entry, status, resolve, reject, alone: false });
+      this.pump();
     });
+  }
+
+  /** Sends the next request unless one is under way; then the next, until none waits. */
+  async pump() {
+    const box = this.outbox;
+    if (box.inFlight || box.queue.length === 0) return;
+    box.inFlight = true;
+    try {
+      await this.send(this.nextRequest());
+    } finally {
+      box.inFlight = false;
+    }
+    this.pump();
+  }
+
+  /** The waiting receipts that go in the next request: {kind, receipts, upto, status, owed}. */
+  nextRequest() {
+    const box = this.outbox;
+    const queue = box.queue;
+    // Ids beyond 2^53 go alone: a JS number cannot say them.
+    const alone = queue.findIndex((r) => r.alone || safeId(r.entry.event.id) === null);
+    if (alone >= 0) return { kind: 'single', receipts: queue.splice(alone, 1) };
+    if (!box.coalesce || box.oneByOne || queue.length === 1) return { kind: 'single', receipts: queue.splice(0, 1) };
+    const cumulative = this.cumulative();
+    if (cumulative) return cumulative;
+    queue.sort((a, b) => safeId(a.entry.event.id) - safeId(b.entry.event.id));
+    let lines = 0;
+    let bytes = 0;
+    for (const r of queue) {
+      const size = 24 + r.entry.event.id.length + r.status.length;
+      if (lines > 0 && (lines === MAX_BATCH_LINES || bytes + size > MAX_BATCH_BYTES)) break;
+      lines++;
+      bytes += size;
+    }
+    const receipts = queue.splice(0, lines);
+    return { kind: receipts.length === 1 ? 'single' : 'batch', receipts };
+  }
+
+  /**
+   * Every waiting receipt as one cumulative receipt, when "up to N" says exactly what they say:
+   * one status, and every event received up to N acknowledged or being acknowledged with it,
+   * without a hole since the first id received (an event never seen, e.g. of a type not listened
+   * to, is never acknowledged by it); null otherwise.
+   */
+  cumulative() {
+    const queue = this.outbox.queue;
+    if (!this.unbroken) return null;
+    const status = queue[0].status;
+    if (queue.some((r) => r.status !== status)) return null;
+    const upto = queue.reduce((max, r) => Math.max(max, safeId(r.entry.event.id)), 0);
+    if (this.lastReceived === null || upto > this.lastReceived) return null;
+    const owed = [];
+    for (const [id, owedStatus] of this.open) {
+      if (id > upto) continue;
+      if (owedStatus !== status) return null;
+      owed.push(id);
+    }
+    return { kind: 'cumulative', receipts: queue.splice(0), upto, status, owed };
+  }
+
+  /** Sends one request with its retries and settles each of its receipts. */
+  async send(request) {
     const url = this.server + '/feedback/' + encodeURIComponent(this.channel);
-    const headers = authHeaders(this.token, { 'Content-Type': 'application/json' });
+    let headers;
+    let body;
+    if (request.kind === 'single') {
+      const id = request.receipts[0].entry.event.id;
+      const numeric = Number(id);
+      headers = authHeaders(this.token, { 'Content-Type': 'application/json' });
+      // Ids beyond 2^53 would lose digits as a JS number; the server also takes a numeric string.
+      body = JSON.stringify({ device: this.device, id: Number.isSafeInteger(numeric) ? numeric : id, status: request.receipts[0].status });
+    } else if (request.kind === 'batch') {
+      headers = authHeaders(this.token, { 'Content-Type': 'application/x-ndjson', device: this.device });
+      body = request.receipts.map((r) => JSON.stringify({ id: safeId(r.entry.event.id), status: r.status }) + '\n').join('');
+    } else {
+      headers = authHeaders(this.token, { 'Content-Type': 'application/json', device: this.device });
+      body = JSON.stringify({ device: this.device, upto: request.upto, status: request.status });
+    }
+    const acknowledged = [];
+    let rounds = 0;
     for (let attempt = 0; ; attempt++) {
       let error;
       try {
         const res = await this.fetch(url, { method: 'POST', headers, body });
         if (res.ok) {
-          const receipt = await res.json().catch(() => ({}));
-          entry.receipt = 'ok';
-          this.handlers.onReceipt({ event, ok: true, receipt, attempt });
-          return receipt;
+          const answer = await res.json().catch(() => (request.kind === 'single' ? {} : null));
+          if (request.kind === 'single') return this.settle(request.receipts[0], answer, attempt);
+          if (request.kind === 'batch' && Array.isArray(answer?.receipts) && answer.receipts.length === request.receipts.length) {
+            request.receipts.forEach((r, i) => this.settle(r, { channel: answer.channel, device: answer.device, ...answer.receipts[i] }, attempt));
+            return;
+          }
+          if (request.kind === 'cumulative' && answer?.upto === request.upto && Array.isArray(answer.ids)) {
+            acknowledged.push(...answer.ids);
+            // The server bounded its work: the same receipt again for the rest.
+            if (answer.more === true && ++rounds < 1000) {
+              attempt = -1;
+              continue;
+            }
+            for (const id of request.owed) {
+              this.open.delete(id);
+              const known = this.seen.get(String(id));
+              if (known) known.receipt = 'ok';
+            }
+            for (const r of request.receipts) {
+              const id = safeId(r.entry.event.id);
+              const receipt = { channel: answer.channel, device: answer.device, id, status: r.status, upto: request.upto, acknowledged: acknowledged.includes(id) };
+              this.settle(r, receipt, attempt);
+            }
+            return;
+          }
+          error = new PereError('HTTP ' + res.status + ' is no answer to ' + request.kind + ' receipts', { status: res.status, code: 'unexpected_answer' });
+        } else {
+          error = await errorOf(res);
         }
-        error = await errorOf(res);
       } catch (err) {
         error = err instanceof PereError ? err : new PereError('network error: ' + err.message, { retryable: true });
       }
+      if (request.kind !== 'single' && !error.retryable) return this.refused(request, error);
       if (!error.retryable || attempt >= RECEIPT_RETRY_DELAYS_MS.length) {
-        entry.receipt = 'failed';
-        this.handlers.onReceipt({ event, ok: false, error, attempt });
-        throw error;
+        for (const r of request.receipts) this.fail(r, error, attempt);
+        return;
       }
-      this.handlers.onReceipt({ event, ok: false, error, attempt, retrying: true });
+      for (const r of request.receipts) this.tell({ event: r.entry.event, ok: false, error, attempt, retrying: true });
       await sleep(RECEIPT_RETRY_DELAYS_MS[attempt]);
     }
   }
+
+  settle(r, receipt, attempt) {
+    r.entry.receipt = 'ok';
+    r.resolve(receipt);
+    this.tell({ event: r.entry.event, ok: true, receipt, attempt });
+  }
+
+  fail(r, error, attempt) {
+    r.entry.receipt = 'failed';
+    // Owed: sent again if the event comes back.
+    const n = safeId(r.entry.event.id);
+    if (error.retryable && n !== null) this.owe(n, r.status);
+    r.reject(error);
+    this.tell({ event: r.entry.event, ok: false, error, attempt });
+  }
+
+  /** Calls onReceipt; an exception it throws is the page's, and stops no other receipt. */
+  tell(report) {
+    try {
+      this.handlers.onReceipt(report);
+    } catch (err) {
+      setTimeout(() => { throw err; });
+    }
+  }
+
+  /**
+   * The server refused a batch or a cumulative receipt: its receipts go again one by one, so each
+   * gets the server's own verdict. A refusal that says the server does not know the form (an
+   * older PERE) also sends every receipt alone until the stream reopens.
+   */
+  refused(request, error) {
+    const box = this.outbox;
+    const unknownForm = error.code === 'unexpected_answer' || error.status === 415 ||
+      (error.status === 400 && ['missing_event_id', 'invalid_json', 'bad_event_id', 'http_400'].includes(error.code));
+    if (unknownForm) {
+      box.oneByOne = true;
+      if (!box.said) {
+        box.said = true;
+        this.handlers.onNotice({
+          code: 'receipts_one_by_one',
+          message: 'the server does not take several receipts in one request (' + error.message + '): one request per receipt until the stream reopens',
+        });
+      }
+    }
+    for (const r of request.receipts) r.alone = true;
+    box.queue.unshift(...request.receipts);
+  }
+}
+
+/** An event id as a safe integer, or null. */
+function safeId(id) {
+  if (!/^\d+$/.test(id)) return null;
+  const n = Number(id);
+  return Number.isSafeInteger(n) ? n : null;
 }
 
 function parse(data) {

@@ -6,7 +6,9 @@ use clap::Parser;
 ///
 /// Reproduces the original `subscriber.rb`: for each event it prints `RX EVT> id: <id>, data: <data>`,
 /// posts the receipt (form `status=rx+ok`, headers `device` and `last_event_id`) and prints
-/// `TX ACK> id: <id>, status: <status>`. After a dropped connection it reconnects with
+/// `TX ACK> id: <id>, status: <status>`. It keeps one receipt request in flight: receipts of
+/// events that arrive meanwhile go together in the next request (one cumulative receipt, or a
+/// batch), so a burst of events costs a few requests, not one each (`--no-coalesce`: one each). After a dropped connection it reconnects with
 /// `Last-Event-ID`, after the server's `retry:` delay (doubling, up to 30 s, while the server stays
 /// out of reach), and never prints or acknowledges an event twice.
 ///
@@ -57,6 +59,12 @@ pub struct Cli {
     /// Receive only: send no receipts (and print no `TX ACK>` lines).
     #[arg(long)]
     pub no_ack: bool,
+
+    /// Send each receipt in a request of its own, in the original form, as `subscriber.rb` did
+    /// (by default the receipts of events that arrive while one request is in flight go
+    /// together in the next one).
+    #[arg(long)]
+    pub no_coalesce: bool,
 
     /// Print one JSON line per event instead of the text lines (no banner):
     /// `{"id","event","data","receipt"}`, where `receipt` is the server's receipt or null.
@@ -159,6 +167,7 @@ mod tests {
             "--last-event-id",
             "7",
             "--no-ack",
+            "--no-coalesce",
             "--json",
             "--retries",
             "0",
@@ -170,6 +179,7 @@ mod tests {
         assert_eq!(cli.device(), ("H1".to_owned(), DeviceSource::Given));
         assert_eq!(cli.count, Some(3));
         assert_eq!(cli.last_event_id.as_deref(), Some("7"));
+        assert!(cli.no_coalesce);
         assert!(Cli::try_parse_from(["pere-sub", "h:1", "C", "--count", "0"]).is_err());
         assert!(Cli::try_parse_from(["pere-sub", "h:1", "C", "--json", "--quiet"]).is_err());
         assert!(Cli::try_parse_from(["pere-sub", "h:1", "C", "--last-event-id", "1\n2"]).is_err());

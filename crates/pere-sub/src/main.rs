@@ -79,6 +79,9 @@ async fn run(cli: Cli, tally: &Tally) -> anyhow::Result<()> {
     if !cli.no_ack {
         builder = builder.auto_ack(&cli.status);
     }
+    if cli.no_coalesce {
+        builder = builder.coalesce(false);
+    }
     if let Some(id) = &cli.last_event_id {
         builder = builder.last_event_id(id);
     }
@@ -105,6 +108,10 @@ async fn run(cli: Cli, tally: &Tally) -> anyhow::Result<()> {
             Ok(item) => {
                 if show.item(item) {
                     return Ok(());
+                }
+                if show.has_enough() {
+                    // `--count` is reached once these receipts are in: no more events meanwhile.
+                    feed.finish_receipts();
                 }
             }
             Err(Error::GaveUp { attempts, last }) => {

@@ -1,10 +1,12 @@
 //! What the user sees of each item the subscription yields, in the original subscriber's lines
 //! (`RX EVT>`, `TX ACK>`) or as JSON lines, and what `--count` and the Ctrl-C summary count.
+//!
+//! Receipts are coalesced: under a burst, several `RX EVT>` lines may come before the `TX ACK>`
+//! lines of their receipts, which go together in one request.
 
 use std::cell::Cell;
 
-use pere_client::{Acked, Error, Event, Item};
-use pere_proto::wire::ReceiptJson;
+use pere_client::{Acked, Error, Event, Item, Via};
 use serde::Serialize;
 
 use crate::cli::Cli;
@@ -34,7 +36,7 @@ struct JsonEvent<'a> {
     id: serde_json::Value,
     event: &'a str,
     data: &'a str,
-    receipt: Option<&'a ReceiptJson>,
+    receipt: Option<&'a serde_json::Value>,
 }
 
 /// Prints items as the flags say and counts settled events for `--count`.
@@ -49,8 +51,10 @@ pub struct Show<'a> {
     tally: &'a Tally,
     // Events received whose receipt is settled (or that need none): what `--count` counts.
     settled: u64,
-    // With `--json`, the event whose line waits for its receipt.
-    held: Option<Event>,
+    // Events received whose receipt's outcome has not come yet.
+    pending: u64,
+    // With `--json`, the events whose lines wait for their receipts.
+    held: Vec<Event>,
 }
 
 impl<'a> Show<'a> {
@@ -65,8 +69,16 @@ impl<'a> Show<'a> {
             url,
             tally,
             settled: 0,
-            held: None,
+            pending: 0,
+            held: Vec::new(),
         }
+    }
+
+    /// True when the events received are enough for `--count` once their receipts are in: the
+    /// subscription should yield those receipts' outcomes before any more events.
+    pub fn has_enough(&self) -> bool {
+        self.count
+            .is_some_and(|count| self.pending > 0 && self.settled + self.pending >= count)
     }
 
     /// Shows one item; true once `--count` events are settled.
@@ -74,6 +86,12 @@ impl<'a> Show<'a> {
         match item {
             Item::Event(event) => self.event(event),
             Item::Acked(acked) => self.acked(acked),
+            Item::OneByOne { reason } => {
+                if !self.quiet {
+                    eprintln!("pere-sub: {reason}");
+                }
+                false
+            }
             Item::Gap {
                 notice: Some(gap), ..
             } => {
@@ -138,11 +156,12 @@ impl<'a> Show<'a> {
         if !self.json {
             say!("RX EVT> id: {}, data: {}", event.id, event.data);
         } else if acked {
-            self.held = Some(event);
+            self.held.push(event);
         } else {
             print_json(&event, None);
         }
         if acked {
+            self.pending += 1;
             false
         } else {
             self.settle()
@@ -151,8 +170,16 @@ impl<'a> Show<'a> {
 
     fn acked(&mut self, acked: Acked) -> bool {
         let Acked {
-            id, status, result, ..
+            id,
+            status,
+            again,
+            via,
+            result,
+            ..
         } = acked;
+        if !again {
+            self.pending = self.pending.saturating_sub(1);
+        }
         let receipt = match result {
             Ok(receipt) => {
                 self.tally
@@ -164,7 +191,18 @@ impl<'a> Show<'a> {
                         .map_or(status.as_str(), |r| r.status.as_str());
                     say!("TX ACK> id: {id}, status: {status}");
                 }
-                Some(receipt)
+                // The server's receipt, or what the answer to a coalesced request said of it.
+                let shown = match (receipt, &via) {
+                    (Some(receipt), _) => serde_json::to_value(receipt).ok(),
+                    (None, Via::Batch { seq, replayed }) => Some(serde_json::json!({
+                        "id": id_value(&id), "status": status, "seq": seq, "replayed": replayed,
+                    })),
+                    (None, Via::Cumulative { upto, .. }) => Some(serde_json::json!({
+                        "id": id_value(&id), "status": status, "upto": upto,
+                    })),
+                    (None, _) => None,
+                };
+                Some(shown)
             }
             Err(err) => {
                 eprintln!("TX ACK FAILED> id: {id}, reason: {}", err.reason());
@@ -173,7 +211,8 @@ impl<'a> Show<'a> {
                 matches!(err, Error::Refused(_)).then_some(None)
             }
         };
-        if let Some(event) = self.held.take() {
+        if let Some(at) = self.held.iter().position(|e| e.id == id) {
+            let event = self.held.remove(at);
             print_json(&event, receipt.as_ref().and_then(Option::as_ref));
         }
         match receipt {
@@ -188,14 +227,18 @@ impl<'a> Show<'a> {
     }
 }
 
-fn print_json(event: &Event, receipt: Option<&ReceiptJson>) {
-    let id = match event.number() {
-        Some(n) => n.into(),
-        None if event.id.is_empty() => serde_json::Value::Null,
-        None => event.id.clone().into(),
-    };
+/// An event id as JSON: a number when it is one, null when there is none.
+fn id_value(id: &str) -> serde_json::Value {
+    match id.parse::<u64>() {
+        Ok(n) => n.into(),
+        Err(_) if id.is_empty() => serde_json::Value::Null,
+        Err(_) => id.into(),
+    }
+}
+
+fn print_json(event: &Event, receipt: Option<&serde_json::Value>) {
     let line = JsonEvent {
-        id,
+        id: id_value(&event.id),
         event: &event.event,
         data: &event.data,
         receipt,

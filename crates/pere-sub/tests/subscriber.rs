@@ -252,6 +252,7 @@ async fn help_documents_every_flag() {
         "--count",
         "--last-event-id",
         "--no-ack",
+        "--no-coalesce",
         "--json",
         "--quiet",
         "--retries",
