@@ -505,3 +505,55 @@ async fn a_chunk_larger_than_the_body_limit_is_refused_at_once() {
         "{both}"
     );
 }
+
+/// Posts `body` to `path` as device `device` with `key`; returns the status and the JSON answer.
+async fn keyed_post(
+    server: &TestServer,
+    path: &str,
+    device: &str,
+    key: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let answer = server
+        .http
+        .post(server.url(path))
+        .header("device", device)
+        .header("Idempotency-Key", key)
+        .header("content-type", "text/plain")
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("post");
+    let status = answer.status().as_u16();
+    (status, answer.json().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_publisher_s_idempotency_key_gets_neither_their_event_nor_their_receipt() {
+    let server = TestServer::start(&["-q"]).await;
+    let (status, first) = keyed_post(&server, "/push/Keys", "PA", "order-17", "secret of A").await;
+    assert_eq!(status, 200, "{first}");
+    // A's own retry is answered with its event, as before.
+    let (status, again) = keyed_post(&server, "/push/Keys", "PA", "order-17", "secret of A").await;
+    assert_eq!((status, &again["id"]), (200, &first["id"]));
+
+    // B sends A's key (and A's body): refused, and nothing of A's event is told.
+    let (status, answer) = keyed_post(&server, "/push/Keys", "PB", "order-17", "secret of A").await;
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(answer["error"]["code"], "idempotency_conflict");
+    let told = answer.to_string();
+    assert!(
+        !told.contains("secret") && !told.contains(&format!("event {}", first["id"])),
+        "{told}"
+    );
+
+    // A receipt key: B learns neither A's device nor its status.
+    let path = format!("/feedback/Keys?id={}&status=shipped-to-A", first["id"]);
+    let (status, _) = keyed_post(&server, &path, "HA", "r-1", "").await;
+    assert_eq!(status, 200);
+    let path = format!("/feedback/Keys?id={}&status=ok", first["id"]);
+    let (status, answer) = keyed_post(&server, &path, "HB", "r-1", "").await;
+    assert_eq!(status, 409, "{answer}");
+    let told = answer.to_string();
+    assert!(!told.contains("HA") && !told.contains("shipped"), "{told}");
+}
