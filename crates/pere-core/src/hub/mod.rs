@@ -298,6 +298,16 @@ impl<S: Store> Hub<S> {
         millis(Instant::now().saturating_duration_since(self.epoch))
     }
 
+    /// Every loaded channel, as it is now.
+    fn all_loaded(&self) -> Vec<Arc<ChannelHub>> {
+        self.channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// The channel's state if it is loaded, marked as used now.
     fn loaded(&self, name: &ChannelName) -> Option<Arc<ChannelHub>> {
         let hub = self

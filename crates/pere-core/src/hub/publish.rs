@@ -251,13 +251,7 @@ impl<S: Store> Hub<S> {
     /// # Errors
     /// The store's error when a channel cannot be read; the channels before it caught up.
     pub async fn catch_up(&self) -> Result<usize, StoreError> {
-        let loaded: Vec<Arc<ChannelHub>> = self
-            .channels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let loaded = self.all_loaded();
         let mut applied = 0;
         for hub in loaded {
             applied += self.catch_up_channel(&hub).await?;

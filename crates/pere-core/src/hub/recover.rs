@@ -77,13 +77,7 @@ impl<S: Store> Hub<S> {
     }
 
     async fn adopt_store(self: Arc<Self>) {
-        let loaded: Vec<Arc<ChannelHub>> = self
-            .channels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let loaded = self.all_loaded();
         for hub in &loaded {
             hub.hold();
             self.high_water

@@ -581,15 +581,19 @@ pub(crate) enum Plan {
 /// # Errors
 /// [`StoreError::InvalidIdempotencyKey`] when any key is not 1 to 255 visible ASCII characters.
 pub(crate) fn check_keys(events: &[NewEvent]) -> Result<(), StoreError> {
-    let malformed = events.iter().any(|e| {
-        e.idempotency_key
-            .as_deref()
-            .is_some_and(|key| !pere_proto::event::valid_idempotency_key(key))
-    });
-    if malformed {
-        Err(StoreError::InvalidIdempotencyKey)
-    } else {
+    well_formed(events.iter().map(|e| e.idempotency_key.as_deref()))
+}
+
+/// [`StoreError::InvalidIdempotencyKey`] unless every key given is well formed.
+fn well_formed<'a>(keys: impl IntoIterator<Item = Option<&'a str>>) -> Result<(), StoreError> {
+    if keys
+        .into_iter()
+        .flatten()
+        .all(pere_proto::event::valid_idempotency_key)
+    {
         Ok(())
+    } else {
+        Err(StoreError::InvalidIdempotencyKey)
     }
 }
 
@@ -655,16 +659,7 @@ pub(crate) enum ReceiptPlan {
 /// # Errors
 /// [`StoreError::InvalidIdempotencyKey`] when any key is not 1 to 255 visible ASCII characters.
 pub(crate) fn check_receipt_keys(lines: &[ReceiptLine]) -> Result<(), StoreError> {
-    let malformed = lines.iter().any(|line| {
-        line.key
-            .as_deref()
-            .is_some_and(|key| !pere_proto::event::valid_idempotency_key(key))
-    });
-    if malformed {
-        Err(StoreError::InvalidIdempotencyKey)
-    } else {
-        Ok(())
-    }
+    well_formed(lines.iter().map(|line| line.key.as_deref()))
 }
 
 /// Decides, before anything is recorded, what a batch of receipts does with each line:
