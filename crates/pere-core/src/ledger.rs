@@ -262,8 +262,7 @@ impl ChannelLedger {
     pub(crate) fn acknowledge(&mut self, id: u64, device: &DeviceId) -> Option<Completion> {
         let expected = self.expects(device, id);
         self.open.get(&id)?;
-        let next = u32::try_from(self.numbers.len()).unwrap_or(u32::MAX);
-        let number = *self.numbers.entry(device.clone()).or_insert(next);
+        let number = self.number_of(device);
         let open = self.open.get_mut(&id)?;
         if !open.acked.insert(number) {
             return None;
@@ -281,6 +280,17 @@ impl ChannelLedger {
             event_id: id,
             expected: open.expected,
         })
+    }
+
+    /// `device`'s number on this channel, given at its first receipt (its name is copied
+    /// then only).
+    fn number_of(&mut self, device: &DeviceId) -> u32 {
+        if let Some(&number) = self.numbers.get(device) {
+            return number;
+        }
+        let number = u32::try_from(self.numbers.len()).unwrap_or(u32::MAX);
+        self.numbers.insert(device.clone(), number);
+        number
     }
 
     /// When a followed event was published.

@@ -64,7 +64,8 @@ struct Inner {
 /// Who the store is, as this node knows it.
 #[derive(Debug, Clone)]
 struct Identity {
-    id: String,
+    // Shared: every append and receipt takes a copy.
+    id: Arc<str>,
     floor: u64,
 }
 
@@ -319,7 +320,10 @@ impl RedisStore {
             return Ok(known);
         }
         let (id, _, floor, _) = self.run_adopt(0, false).await?;
-        let identity = Identity { id, floor };
+        let identity = Identity {
+            id: id.into(),
+            floor,
+        };
         *self
             .inner
             .identity
@@ -363,8 +367,13 @@ impl RedisStore {
     /// a store whose sequence of the channel is below it lost what this node saw.
     pub fn saw(&self, channel: &ChannelName, id: u64) {
         let mut heads = self.inner.heads.lock().unwrap_or_else(|e| e.into_inner());
-        let head = heads.entry(channel.clone()).or_default();
-        *head = (*head).max(id);
+        // The name is copied once per channel, not per event.
+        match heads.get_mut(channel) {
+            Some(head) => *head = (*head).max(id),
+            None => {
+                heads.insert(channel.clone(), id);
+            }
+        }
     }
 
     /// Whether the store is still the one this node knows (false once it is not: it came back
@@ -384,7 +393,7 @@ impl RedisStore {
             .query_async(&mut self.connection())
             .await
             .map_err(StoreError::backend)?;
-        if id.as_deref() != Some(known.id.as_str()) {
+        if id.as_deref() != Some(&*known.id) {
             return Ok(false);
         }
         if let Some(identity) = self
@@ -460,7 +469,7 @@ impl RedisStore {
             .arg(self.inner.keys.base(channel))
             .arg(if strict { "1" } else { "0" })
             .arg(payload)
-            .arg(&identity.id)
+            .arg(&*identity.id)
             .arg(identity.floor)
             .arg(self.known_head(channel));
         let (reply, confirmation) = self
@@ -557,7 +566,7 @@ impl RedisStore {
             .arg(self.inner.keys.base(&channel))
             .arg(key.as_deref().unwrap_or(""))
             .arg(self.window_ms())
-            .arg(&identity.id)
+            .arg(&*identity.id)
             .arg(identity.floor)
             .arg(self.known_head(&channel));
         let (reply, confirmation) = self
@@ -632,7 +641,7 @@ impl RedisStore {
             .arg(self.inner.keys.bus(&channel))
             .arg(self.inner.keys.base(&channel))
             .arg(self.window_ms())
-            .arg(&identity.id)
+            .arg(&*identity.id)
             .arg(identity.floor)
             .arg(self.known_head(&channel))
             .arg(if batch.unacknowledged_only { "1" } else { "0" })
@@ -1123,7 +1132,10 @@ impl Store for RedisStore {
             .inner
             .identity
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(Identity { id, floor });
+            .unwrap_or_else(|e| e.into_inner()) = Some(Identity {
+            id: id.into(),
+            floor,
+        });
         Ok(floor)
     }
 
@@ -1132,7 +1144,7 @@ impl Store for RedisStore {
         let keys = ["seq", "sid", "lost"]
             .map(|what| self.inner.keys.key(channel, what))
             .into();
-        let args = Args::default().arg(&identity.id).arg(floor);
+        let args = Args::default().arg(&*identity.id).arg(floor);
         let _: i64 = self
             .call(&self.inner.scripts.reseed, channel, keys, args)
             .await?;
