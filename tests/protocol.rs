@@ -621,6 +621,136 @@ async fn read_to_close(stream: &mut tokio::net::TcpStream) -> String {
     String::from_utf8_lossy(&all).into_owned()
 }
 
+/// Reads one answer with a `Content-Length` body from a kept-alive connection: its status line
+/// and body.
+async fn read_one_answer(stream: &mut tokio::net::TcpStream) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let head_end = loop {
+        if let Some(at) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(pere_e2e::WAIT, stream.read(&mut chunk))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&seen[..head_end]).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            line.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no length: {head}"));
+    let mut body = seen[head_end..].to_vec();
+    while body.len() < length {
+        let mut chunk = [0u8; 1024];
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed in a body");
+        body.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(body.len(), length, "nothing was sent beyond the answer");
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A kept-alive connection is served request after request, with the client pausing between
+/// them (the server then holds only the socket): heads split across pauses, a body the server
+/// refused before reading it and that arrives after the answer, receipts, and a feed last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_connection_is_served_across_pauses_whatever_comes_next() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start(&["-q"]).await;
+    let mut conn = tokio::net::TcpStream::connect(server.host_port())
+        .await
+        .unwrap();
+    let push = b"POST /push/Kept HTTP/1.1\r\nHost: localhost\r\ndevice: P1\r\nContent-Length: 3\r\n\r\none";
+    conn.write_all(push).await.unwrap();
+    let (status, body) = read_one_answer(&mut conn).await;
+    assert!(status.contains(" 200 "), "{status} {body}");
+
+    // The next head in two pieces, the second after the first was surely read.
+    conn.write_all(b"POST /feedback/Kept HTTP/1.1\r\nHost: loc")
+        .await
+        .unwrap();
+    let health = server.http.get(server.url("/health")).send().await.unwrap();
+    assert!(health.status().is_success());
+    conn.write_all(
+        b"alhost\r\ndevice: H1\r\nlast_event_id: 1\r\nContent-Length: 12\r\n\r\nstatus=rx+ok",
+    )
+    .await
+    .unwrap();
+    let (status, body) = read_one_answer(&mut conn).await;
+    assert!(status.contains(" 200 "), "{status} {body}");
+    assert!(body.contains("\"rx ok\""), "{body}");
+
+    // Refused at its head (a bad channel name), its body unread by the handler: the body is
+    // skipped, and the request after it is read as one.
+    conn.write_all(
+        b"POST /push/bad%20name HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await
+    .unwrap();
+    let (status, body) = read_one_answer(&mut conn).await;
+    assert!(status.contains(" 400 "), "{status} {body}");
+    conn.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, body) = read_one_answer(&mut conn).await;
+    assert!(status.contains(" 200 "), "{status} {body}");
+
+    // Receipts one after another, each after the last answer.
+    for id in 2..=4 {
+        server.push("Kept", "more").await;
+        let receipt = format!("POST /feedback/Kept HTTP/1.1\r\nHost: localhost\r\ndevice: H1\r\nlast_event_id: {id}\r\nContent-Length: 9\r\n\r\nstatus=ok");
+        conn.write_all(receipt.as_bytes()).await.unwrap();
+        let (status, body) = read_one_answer(&mut conn).await;
+        let receipt: Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            status.contains(" 200 ") && receipt["id"] == id,
+            "{status} {body}"
+        );
+    }
+    let devices = server.get_json("/admin/devices/Kept").await;
+    assert_eq!(devices["H1"]["last_acked"], 4, "{devices}");
+
+    // Last, a feed on the same connection: it hears the channel from the start.
+    conn.write_all(b"GET /feed/Kept HTTP/1.1\r\nHost: localhost\r\nLast-Event-ID: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let text = pere_e2e::read_until(&mut conn, |s| s.contains("id: 4\n")).await;
+    assert!(
+        text.contains("text/event-stream") && text.contains("data: one"),
+        "{text}"
+    );
+
+    // Refused at its head with its body not sent yet: the server may give up on the body and
+    // close, or skip it when it comes; it never reads the body as the start of a request.
+    let mut late = tokio::net::TcpStream::connect(server.host_port())
+        .await
+        .unwrap();
+    late.write_all(
+        b"POST /push/bad%20name HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (status, body) = read_one_answer(&mut late).await;
+    assert!(status.contains(" 400 "), "{status} {body}");
+    let sent = late
+        .write_all(b"helloGET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await;
+    let after = pere_e2e::read_until(&mut late, |s| s.contains("\r\n\r\n")).await;
+    assert!(
+        after.is_empty() || after.starts_with("HTTP/1.1 200 "),
+        "{sent:?}: {after}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn feeds_work_on_a_dedicated_connection_and_after_other_requests_on_the_same_one() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -101,11 +101,28 @@ pub async fn read_first_request<R>(
 where
     R: AsyncRead + Unpin,
 {
-    let mut buf = BytesMut::with_capacity(1024);
+    read_request_start(BytesMut::new(), stream, overdue).await
+}
+
+/// As [`read_first_request`], for a request whose first bytes (`start`, possibly none) were
+/// read already: the next request of a kept-alive connection.
+///
+/// # Errors
+/// As [`read_first_request`].
+pub async fn read_request_start<R>(
+    start: BytesMut,
+    stream: &mut R,
+    overdue: impl std::future::Future<Output = ()>,
+) -> io::Result<FirstRequest>
+where
+    R: AsyncRead + Unpin,
+{
+    let mut buf = start;
+    buf.reserve(1024);
     let read = async {
         // The prefix may come in pieces: read until it is whole or ruled out.
         loop {
-            if stream.read_buf(&mut buf).await? == 0 {
+            if Opening::of(&buf) == Opening::Unknown && stream.read_buf(&mut buf).await? == 0 {
                 return Ok(FirstRequest::Other(buf.split().freeze()));
             }
             match Opening::of(&buf) {

@@ -326,6 +326,17 @@ impl<I> Watched<I> {
             framing: Framing::new(declared),
         }
     }
+
+    /// The connection, no longer followed.
+    pub fn into_inner(self) -> I {
+        self.inner
+    }
+
+    /// Whether the bytes read so far end exactly where a request ended (and were followed
+    /// throughout): what comes next would be a new request's head.
+    pub fn between_requests(&self) -> bool {
+        self.framing.state == State::Head && self.framing.pending.is_empty()
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {

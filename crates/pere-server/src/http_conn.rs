@@ -1,6 +1,6 @@
-//! Connections served by hyper: every connection except plain ones that open with an HTTP/1.1
-//! feed request (see [`crate::feed_conn`]), over TCP or TLS, in HTTP/1.1 or HTTP/2 (told apart by
-//! the connection's first bytes: HTTP/2's preface). Each request passes the door, then its
+//! Connections served whole by hyper: TLS ones, and plain ones that open with HTTP/2's preface
+//! (plain HTTP/1.1 ones go to [`crate::feed_conn`] or [`crate::h1_conn`]), in HTTP/1.1 or
+//! HTTP/2 (told apart by the connection's first bytes, or by ALPN). Each request passes the door, then its
 //! handler, then the door's exit ([`door::exit`]), as on a feed connection.
 
 use std::convert::Infallible;
@@ -32,7 +32,7 @@ use crate::state::AppState;
 use crate::{handlers, route};
 
 /// The largest read buffer of a connection, and so the largest request head.
-const MAX_READ_BUFFER: usize = 16 * 1024;
+pub const MAX_READ_BUFFER: usize = 16 * 1024;
 
 /// How hyper serves connections: HTTP/1.1 and HTTP/2 (by the client's first bytes), each within
 /// the server's bounds. Made once, shared by every connection.
@@ -116,7 +116,7 @@ pub async fn serve<S, I>(
 }
 
 /// Answers one request. Never fails: every error becomes a JSON answer.
-async fn answer<S: Store>(
+pub(crate) async fn answer<S: Store>(
     state: &Arc<AppState<S>>,
     arrival: &Arrival,
     request: Request<RequestBody>,
@@ -186,6 +186,11 @@ impl Rewind {
     /// `prefix` is read first, then `inner`.
     pub fn new(prefix: Bytes, inner: TcpStream) -> Self {
         Rewind { prefix, inner }
+    }
+
+    /// The bytes put back and not yet read, and the stream.
+    pub fn into_parts(self) -> (Bytes, TcpStream) {
+        (self.prefix, self.inner)
     }
 }
 

@@ -1,5 +1,5 @@
-//! The accept loop: each connection goes to a dedicated feed loop or to hyper, by how its first
-//! request begins; beside it, the recipient expiry and the webhook; at the end, a bounded drain.
+//! The accept loop: each connection goes to a dedicated feed loop, to hyper a request at a time
+//! (HTTP/1.1) or to hyper for its whole life (HTTP/2, TLS), by how its first request begins; beside it, the recipient expiry and the webhook; at the end, a bounded drain.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,11 +11,20 @@ use tokio::net::TcpListener;
 use crate::http_conn::{self, Rewind};
 use crate::state::AppState;
 use crate::tls::{self, TlsAcceptor};
-use crate::{feed_conn, webhook};
+use crate::{feed_conn, h1_conn, webhook};
 
 /// The first pause after a failed accept, and the longest.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The first bytes of an HTTP/2 connection with prior knowledge.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a connection's first bytes may begin HTTP/2's preface.
+fn may_be_http2(first: &[u8]) -> bool {
+    let compared = first.len().min(HTTP2_PREFACE.len());
+    first[..compared] == HTTP2_PREFACE[..compared]
+}
 
 /// Ends recipients' memberships after `--recipient-expiry` of inactivity, checked every minute.
 async fn expire_recipients<S: Store>(state: Arc<AppState<S>>) {
@@ -70,6 +79,7 @@ pub async fn run_with<S: Store>(
 ) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
     let builder = Arc::new(http_conn::builder(&state.config));
+    let http1 = Arc::new(h1_conn::Serving::new(&state.config));
     let _expiry = ExpiryTask(tokio::spawn(expire_recipients(state.clone())));
     state.metrics.observe(&state.hub, state.shutdown.clone());
     if let Some(url) = &state.config.receipt_webhook {
@@ -117,9 +127,10 @@ pub async fn run_with<S: Store>(
         let state = state.clone();
         let watcher = graceful.watcher();
         let builder = builder.clone();
+        let http1 = http1.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let held_slot = slot;
             let mut stream = stream;
             // The hyper paths are boxed: a task's future is as large as its largest state, and
             // a dedicated feed, which lives for hours, must not carry room for a TLS session or
@@ -151,7 +162,16 @@ pub async fn run_with<S: Store>(
                 Ok(feed_conn::FirstRequest::Feed(request)) => {
                     feed_conn::serve(state, stream, request, arrival).await
                 }
-                // Any other request, and HTTP/2's preface, go to hyper.
+                // Any other HTTP/1.1 request: hyper, a request at a time.
+                // A task of its own, as small as what it holds between requests: this one
+                // has room for a feed.
+                Ok(feed_conn::FirstRequest::Other(prefix)) if !may_be_http2(&prefix) => {
+                    tokio::spawn(async move {
+                        let _slot = held_slot;
+                        h1_conn::serve(state, stream, prefix, http1, watcher, arrival).await;
+                    });
+                }
+                // HTTP/2's preface (or too few bytes to tell): hyper, the whole connection.
                 Ok(feed_conn::FirstRequest::Other(prefix)) => {
                     Box::pin(http_conn::serve(
                         state,

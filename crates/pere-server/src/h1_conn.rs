@@ -1,0 +1,407 @@
+//! Plain HTTP/1.1 connections other than feeds, served by hyper one request at a time, so that
+//! a kept-alive connection holds nothing but its socket between requests.
+//!
+//! Why: a device that posts receipts keeps its connection open for the next one. Hyper keeps a
+//! connection's read and write buffers (8 KiB each, more after a large request) for as long as it
+//! serves the connection, so 4,000 such devices held ~80 MB between receipts, four times their
+//! feeds. Here, once an answer is written and the client has sent nothing more, hyper's
+//! connection is ended without closing the socket ([`Parking`] notices the moment), and the
+//! socket waits alone for the next request; its first bytes choose again between the feed loop
+//! and hyper, as a new connection's do. Requests that arrive back to back (pipelined, or sent
+//! before hyper looked for more) are served by the same hyper connection.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::Watcher;
+use pere_core::Store;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::feed_conn::{self, FirstRequest};
+use crate::framing::{Declared, Watched};
+use crate::http_conn::{self, Rewind};
+use crate::limits::Arrival;
+use crate::request::RequestBody;
+use crate::response::ResponseBody;
+use crate::sse_body::ConnectionCloser;
+use crate::state::AppState;
+
+/// How long a connection is quiet (every request answered, nothing more sent) before hyper's
+/// buffers are given back, while few connections hold them.
+const QUIET: Duration = Duration::from_millis(50);
+/// Past this many connections holding hyper's buffers, a quiet one gives them back at once: a
+/// burst of devices acknowledging together would otherwise leave the allocator holding the
+/// burst's buffers, scattered among live allocations, after every device went quiet.
+const HELD_AT_MOST: usize = 256;
+
+/// How plain HTTP/1.1 connections are served: hyper's settings, and how many connections hold
+/// hyper's buffers now. Made once, shared by every connection.
+#[derive(Debug)]
+pub struct Serving {
+    builder: http1::Builder,
+    held: AtomicUsize,
+}
+
+impl Serving {
+    /// Hyper within the server's bounds (`config`).
+    pub fn new(config: &Config) -> Self {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(keep_alive_limit(config))
+            .max_buf_size(http_conn::MAX_READ_BUFFER);
+        Serving {
+            builder,
+            held: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// A connection counted among those holding hyper's buffers, while it does.
+struct Holding<'s>(&'s AtomicUsize);
+
+impl<'s> Holding<'s> {
+    /// Counts one more; returns how many hold buffers, this one included.
+    fn begin(held: &'s AtomicUsize) -> (Self, usize) {
+        let now = held.fetch_add(1, Ordering::Relaxed) + 1;
+        (Holding(held), now)
+    }
+}
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How long a kept-alive connection may wait for its next request's head (as hyper bounds a
+/// head's arrival on the connections it serves whole).
+fn keep_alive_limit(config: &Config) -> Duration {
+    config.header_timeout.max(Duration::from_secs(1))
+}
+
+/// Serves a plain connection whose first bytes (`prefix`) are not a feed's nor HTTP/2's, until
+/// it closes, the server shuts down, a lagging stream asks for it to be closed, or a request's
+/// head is late. `watcher` keeps the server's drain waiting while the connection is open.
+pub async fn serve<S: Store>(
+    state: Arc<AppState<S>>,
+    mut stream: TcpStream,
+    mut prefix: Bytes,
+    serving: Arc<Serving>,
+    watcher: Watcher,
+    arrival: Arrival,
+) {
+    let _counted_by_the_drain = watcher;
+    let limit = keep_alive_limit(&state.config);
+    // When the head being waited for must have arrived; set as a connection goes idle, kept
+    // while bytes of a head trickle in across idle spells.
+    let mut head_deadline = Instant::now() + limit;
+    loop {
+        // Boxed: hyper's connection is large, and an idle connection's future must not keep
+        // room for it.
+        let spell = Box::pin(serve_spell(
+            &state,
+            Rewind::new(prefix, stream),
+            &serving,
+            &arrival,
+        ));
+        let Some(spell) = spell.await else {
+            return;
+        };
+        stream = spell.stream;
+        if spell.answered {
+            head_deadline = Instant::now() + limit;
+        }
+        // Nothing held while the client thinks: no buffer until the socket has bytes.
+        let readable = tokio::select! {
+            readable = tokio::time::timeout_at(head_deadline, stream.readable()) => readable,
+            () = state.shutdown.cancelled() => return,
+        };
+        if !matches!(readable, Ok(Ok(()))) {
+            return;
+        }
+        let next = Box::pin(feed_conn::read_request_start(
+            spell.unread,
+            &mut stream,
+            tokio::time::sleep_until(head_deadline),
+        ))
+        .await;
+        match next {
+            Ok(FirstRequest::Feed(request)) => {
+                // Boxed: room for a feed would otherwise be kept by every idle connection.
+                return Box::pin(feed_conn::serve(state, stream, request, arrival)).await;
+            }
+            Ok(FirstRequest::Other(bytes)) if bytes.is_empty() => return,
+            Ok(FirstRequest::Other(bytes)) => prefix = bytes,
+            Err(_) => return,
+        }
+    }
+}
+
+/// What a spell of hyper's service left: the socket, the bytes read and not yet served, and
+/// whether a request was answered (rather than hyper only reading part of a head).
+struct Spell {
+    stream: TcpStream,
+    unread: BytesMut,
+    answered: bool,
+}
+
+/// Serves requests with one hyper connection until the client has nothing more to send after
+/// an answer. `None` when the connection is done with (closed, failed, late, shut down).
+async fn serve_spell<S: Store>(
+    state: &Arc<AppState<S>>,
+    io: Rewind,
+    serving: &Serving,
+    arrival: &Arrival,
+) -> Option<Spell> {
+    let (_holding, held) = Holding::begin(&serving.held);
+    let quiet_for = if held > HELD_AT_MOST {
+        Duration::ZERO
+    } else {
+        QUIET
+    };
+    let pause = Arc::new(Pause::default());
+    let closer = ConnectionCloser::default();
+    let declared = Declared::default();
+    let io = Parking {
+        inner: Watched::new(io, declared.clone()),
+        pause: pause.clone(),
+        flushed: true,
+    };
+    let service = {
+        let state = state.clone();
+        let arrival = arrival.clone();
+        let pause = pause.clone();
+        let closer = closer.clone();
+        service_fn(move |request: Request<Incoming>| {
+            let state = state.clone();
+            let arrival = arrival.clone();
+            let busy = pause.begin();
+            // A stream that lags asks for its connection to be closed (see `ConnectionCloser`).
+            let closer = (request.method() == Method::GET).then(|| closer.clone());
+            let declared = Some((declared.clone(), declared.next_request()));
+            Box::pin(async move {
+                let (parts, body) = request.into_parts();
+                let request = Request::from_parts(parts, RequestBody::new(body, declared));
+                let response = http_conn::answer(&state, &arrival, request, closer).await;
+                Ok::<_, Infallible>(response.map(|body| Answering { body, _busy: busy }))
+            })
+        })
+    };
+    let mut connection = serving.builder.serve_connection(TokioIo::new(io), service);
+    let mut shutting_down = false;
+    // The spell ended because the connection was quiet, not by hyper's own choice (a client's
+    // `Connection: close`, a body left unread that hyper gave up on): only then is the socket
+    // handed back.
+    let mut parked = false;
+    // Armed when the connection goes quiet, for the requests answered until then: hyper keeps
+    // the connection through short pauses (a device acknowledging events as they come), since
+    // a new spell per request would cost more than the buffers it saves.
+    let mut quiet = std::pin::pin!(tokio::time::sleep(quiet_for));
+    let mut armed_after: Option<usize> = None;
+    let served = std::future::poll_fn(|cx| loop {
+        let polled = connection.poll_without_shutdown(cx);
+        if polled.is_ready() || shutting_down {
+            return polled;
+        }
+        let answered = pause.answered.load(Ordering::Relaxed);
+        let ends = if state.shutdown.is_cancelled() {
+            // Mid-request: the answer says `Connection: close`, or the connection ends after it.
+            true
+        } else if pause.idle.load(Ordering::Relaxed) && quiet_for.is_zero() {
+            true
+        } else if pause.idle.load(Ordering::Relaxed) {
+            if armed_after != Some(answered) {
+                // Only ever later: a cheap update of the timer already set.
+                quiet.as_mut().reset(Instant::now() + quiet_for);
+                armed_after = Some(answered);
+            }
+            // Quiet all along: hyper stops here and hands the socket back.
+            quiet.as_mut().poll(cx).is_ready()
+        } else {
+            false
+        };
+        if !ends {
+            return Poll::Pending;
+        }
+        parked = !state.shutdown.is_cancelled();
+        shutting_down = true;
+        Pin::new(&mut connection).graceful_shutdown();
+    });
+    let served = tokio::select! {
+        served = served => served,
+        () = closer.closed() => return None,
+        () = arrival.overdue() => return None,
+        // At shutdown the spell above ends by itself once its answer is out.
+        () = shutdown_then_never(state) => return None,
+    };
+    if served.is_err() || state.shutdown.is_cancelled() || !parked {
+        return None;
+    }
+    let answered = pause.answered.load(Ordering::Relaxed) > 0;
+    let parts = connection.into_parts();
+    let (rest, stream) = parts.io.into_inner().inner.into_inner().into_parts();
+    // What hyper read and left (the start of the next head) comes before what it never read.
+    let mut unread = BytesMut::from(&parts.read_buf[..]);
+    unread.extend_from_slice(&rest);
+    Some(Spell {
+        stream,
+        unread,
+        answered,
+    })
+}
+
+/// Completes never: the shutdown is seen by the spell itself, which finishes the answer it is
+/// writing; this only bounds a spell that ignores it, for as long as the server's drain allows.
+async fn shutdown_then_never<S: Store>(state: &AppState<S>) {
+    state.shutdown.cancelled().await;
+    tokio::time::sleep(Duration::from_secs(
+        state.config.shutdown_timeout_secs.max(1),
+    ))
+    .await;
+}
+
+/// What a spell's requests and its socket tell each other: whether an answer is being made or
+/// written, and whether hyper, done with every answer, found nothing more to read.
+#[derive(Debug, Default)]
+struct Pause {
+    /// Requests whose answers are not yet wholly handed to hyper.
+    busy: AtomicUsize,
+    /// Requests begun in this spell.
+    answered: AtomicUsize,
+    /// Hyper looked for more and the client had sent nothing since: the spell can end.
+    idle: AtomicBool,
+}
+
+impl Pause {
+    /// A request begins; its answer's body holds the returned mark until hyper drops it.
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        self.answered.fetch_add(1, Ordering::Relaxed);
+        Busy(self.clone())
+    }
+}
+
+/// A request being answered (see [`Pause::begin`]).
+#[derive(Debug)]
+struct Busy(Arc<Pause>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An answer's body, marking its request busy until hyper has taken all of it.
+struct Answering {
+    body: ResponseBody,
+    _busy: Busy,
+}
+
+impl Body for Answering {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The socket as hyper sees it in a spell: when hyper, with every answer written out and
+/// flushed and every request read to its end, asks for more and none has come, the spell is
+/// marked idle. (Hyper also reads after an answer to skip a body the handler left unread: that
+/// is not idle, and the framing tells the two apart.)
+struct Parking {
+    inner: Watched<Rewind>,
+    pause: Arc<Pause>,
+    /// Nothing was written since hyper last flushed.
+    flushed: bool,
+}
+
+impl AsyncRead for Parking {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let pause = &self.pause;
+        if let Poll::Ready(Ok(())) = polled {
+            if buf.filled().len() > before {
+                pause.idle.store(false, Ordering::Relaxed);
+            }
+        } else if polled.is_pending()
+            && self.flushed
+            && self.inner.between_requests()
+            && pause.answered.load(Ordering::Relaxed) > 0
+            && pause.busy.load(Ordering::Relaxed) == 0
+        {
+            pause.idle.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Parking {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.flushed = false;
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.flushed = false;
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let flushed = Pin::new(&mut self.inner).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = flushed {
+            self.flushed = true;
+        }
+        flushed
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
