@@ -353,8 +353,21 @@ impl RedisStore {
         redis::from_redis_value(answer).map_err(|e| StoreError::backend(redis::RedisError::from(e)))
     }
 
+    /// How many channels this node keeps something of in memory (a known head, or a place in
+    /// the set of channels): for tests of what idle channels keep.
+    #[cfg(test)]
+    pub(super) fn channels_in_memory(&self) -> usize {
+        let heads = self.inner.heads.lock().unwrap_or_else(|e| e.into_inner());
+        let known = self.inner.known.lock().unwrap_or_else(|e| e.into_inner());
+        heads
+            .keys()
+            .chain(known.iter())
+            .collect::<HashSet<_>>()
+            .len()
+    }
+
     /// The greatest id this node knows `channel` reached.
-    fn known_head(&self, channel: &ChannelName) -> u64 {
+    pub(super) fn known_head(&self, channel: &ChannelName) -> u64 {
         self.inner
             .heads
             .lock()
