@@ -11,15 +11,22 @@
 //!   fails rolls back whole: its callers all get the error and no id is consumed.
 //! - **Reads** use read-only connections from a small pool, on tokio's blocking threads; WAL lets
 //!   them run beside the writer. The committed head and the oldest retained id of each channel
-//!   are also kept in memory (updated after each commit), so `head` never touches the disk, and
-//!   so are the newest events of channels recently appended to, within one byte budget for all
-//!   channels ([`SqliteOptions::recent_bytes`]), so most tail replays do not either.
+//!   in use are also kept in memory (updated after each commit), so its `head` never touches
+//!   the disk, and so are the newest events of channels recently appended to, within one byte
+//!   budget for all channels ([`SqliteOptions::recent_bytes`]), so most tail replays do not
+//!   either.
+//! - **Idle channels cost no memory.** Nothing of a channel is read at open: the writer reads
+//!   its state (head, oldest retained id, age index time, lost ids) on its first write, and
+//!   readers read the database for a channel not in memory. When the hub unloads a channel
+//!   ([`Store::channel_unloaded`]), the writer drops its state, cached events and keys between
+//!   two batches, when memory and the database agree.
 //! - **Retention** is enforced by the writer in bounded chunks, at a cost in proportion to what
 //!   is pruned, not to the number of channels: the count limit right after appends, in the same
-//!   transaction; the age limit by an index of each channel's oldest retained event time, so the
-//!   writer wakes when the oldest of them expires and visits only the channels that have
-//!   something to prune (an idle server with many channels does no work). At open, one pass
-//!   over every channel applies a retention shortened since the last run. Receipts go with their
+//!   transaction; the age limit by an index of each channel's oldest retained event time, kept
+//!   in the database (`channels.oldest`, schema v9), so the writer wakes when the oldest of
+//!   them expires and visits only the channels that have something to prune (an idle server
+//!   with many channels does no work). After open, one pass over every channel, a page of
+//!   names at a time, applies a retention shortened since the last run. Receipts go with their
 //!   events (they are also the receipt stream, by `seq`); device records and recipient
 //!   memberships are the ledger and are kept.
 //! - **Device records** (presence and per-device counters) change with every receipt and feed
@@ -56,15 +63,16 @@
 //! - `checksum`: what an event row's checksum covers, byte for byte (`RowFields`), and the SQL
 //!   function the v7 migration computes it with.
 //! - `books`: the books kept in memory: the idempotency keys of retained events (`EventKeys`),
-//!   each channel's committed head and newest events (`ChannelMeta`, within the byte budget of
-//!   `RecentCache`), and the device records (`DeviceBook`).
+//!   the committed head and newest events of each channel in use (`ChannelMeta`, within the
+//!   byte budget of `RecentCache`), and the device records (`DeviceBook`).
 //! - `rows`: rows to values and back: the `select_*` macros, `event_from_row` (which checks the
 //!   checksum, and names a row's [`Damage`]), `device_from_row`, the `query_*` helpers, spans of
 //!   ids read whole or id by id (`read_span`, `read_page`), device rows loaded and saved.
 //! - `damage`: the damage readers met (`DamageBook`): counted, and named once in the log.
 //! - `schema`: opening the database: the migrations, the checks that it is a sound PERE
-//!   database, the connections' settings, and what is read at open (the channels' heads, the
-//!   device records recovered from receipts, the events a repair set aside), the lock.
+//!   database, the connections' settings, what is read at open (the greatest head, the device
+//!   records recovered from receipts, the events a repair set aside) and a channel's state when
+//!   first needed (`load_channel`), the lock.
 //! - `shared`: what the writer and the readers share (`Shared`), and a transaction's view of it
 //!   (`Drafts`), published once the transaction commits.
 //! - `prune`: retention: `age_cutoff`, `prune_channel`, a channel's oldest retained time.
@@ -74,9 +82,9 @@
 //! - `identity`: the store's id and floor, and the file beside the database ([`IDS_FILE`]) that
 //!   remembers the greatest id handed out, so a database gone back in time is noticed at open.
 //! - `writer`: the writer thread: its commands, group commit (refused once the file was
-//!   replaced under it), the age sweep, the write-back of device records, and the checkpointer,
-//!   which also writes the ids file (with [`MAX_BATCH`], [`DEVICE_WRITE_BACK`] and
-//!   [`CHECKPOINT_INTERVAL`], re-exported here).
+//!   replaced under it), the age sweep, forgetting channels gone idle, the write-back of device
+//!   records, and the checkpointer, which also writes the ids file (with [`MAX_BATCH`],
+//!   [`DEVICE_WRITE_BACK`] and [`CHECKPOINT_INTERVAL`], re-exported here).
 //! - `check`: the offline check and repair ([`check`], [`CheckReport`], [`Repaired`]).
 //! - this module: [`SqliteStore`] (opening it, its handles) and its [`Store`] impl.
 //!
