@@ -265,6 +265,17 @@ impl Writer {
 
     /// Runs a batch of commands in one transaction and answers them after the commit.
     fn run_batch(&mut self, commands: Vec<Command>) {
+        if !commands.iter().any(|c| matches!(c, Command::Write(_))) {
+            // Nothing to write (channels gone idle, a close): no transaction, no commit to count.
+            for command in commands {
+                match command {
+                    Command::Forget(channel) => self.forget(&channel),
+                    Command::Close(closer) => self.closers.push(closer),
+                    Command::Write(_) => {}
+                }
+            }
+            return;
+        }
         let started = now();
         let clock = Instant::now();
         let retention = self.shared.options.retention;
