@@ -1,6 +1,6 @@
 //! End-to-end durability tests of the default SQLite store: SIGKILL under load loses nothing that
-//! was acknowledged, a restart brings back history, receipts, presence and cursors, and retention
-//! prunes with an in-band notice.
+//! was acknowledged, a restart brings back history, receipts, presence and cursors (each channel
+//! read back when first used), and retention prunes with an in-band notice.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -250,6 +250,36 @@ async fn a_restart_keeps_history_receipts_presence_and_cursors() {
             .len(),
         6
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_read_back_after_a_restart_continue_with_their_ids_and_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--retention-events", "2", "--idle-channel", "1s"];
+    let server = TestServer::start_in(dir.path(), &args).await;
+    for channel in 0..20 {
+        for i in 1..=3 {
+            server
+                .push(&format!("Many{channel}"), &format!("e{i}"))
+                .await;
+        }
+    }
+    server.kill().await;
+
+    // Nothing of them is read at open; each is read back when first used.
+    let server = TestServer::start_in(dir.path(), &args).await;
+    for channel in (0..20).rev() {
+        let name = format!("Many{channel}");
+        assert_eq!(
+            server.get_json(&format!("/admin/events/{name}")).await,
+            serde_json::json!(["e2", "e3"])
+        );
+        assert_eq!(server.push(&name, "e4").await, 4, "{name}");
+        assert_eq!(
+            server.get_json(&format!("/admin/events/{name}")).await,
+            serde_json::json!(["e3", "e4"])
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -395,6 +395,11 @@ pub struct Config {
     )]
     pub max_streams_per_device: usize,
 
+    /// How long a channel nobody uses (no feed, follower or held push) stays in memory; then it
+    /// is unloaded, and the store forgets what it kept in memory for it.
+    #[arg(long = "idle-channel", default_value = "60s", value_parser = parse_duration, env = "PERE_IDLE_CHANNEL")]
+    pub idle_channel: Duration,
+
     /// Bytes of recent events kept in memory across all channels (SQLite store), so feeds that
     /// resume from near the head read no disk; past it, the least recently used go.
     #[arg(long = "recent-cache-bytes", default_value_t = 64 * 1024 * 1024, env = "PERE_RECENT_CACHE_BYTES")]

@@ -1,6 +1,7 @@
 //! What every request shares: the engine, the settings and the shutdown signal.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use pere_core::store::redis::Bus;
 use pere_core::{Hub, HubConfig, Retention, Store};
@@ -48,6 +49,8 @@ impl<S: Store> AppState<S> {
                 // A channel with events still owed receipts stays loaded until the webhook would
                 // report them as timed out anyway.
                 keep_incomplete: config.receipt_timeout.max(pere_core::hub::KEEP_INCOMPLETE),
+                // Zero would unload a channel between its load and its first use.
+                idle_channel: config.idle_channel.max(Duration::from_millis(100)),
                 ..HubConfig::default()
             },
         );

@@ -396,6 +396,7 @@ impl<S: Store> Hub<S> {
         let before = channels.len();
         let mut floor = 0;
         let watch = self.watch.get();
+        let mut unloaded = Vec::new();
         channels.retain(|name, hub| {
             if hub.in_use(now, self.config.keep_incomplete) {
                 // Idle time counts from when the last use ended.
@@ -409,6 +410,7 @@ impl<S: Store> Hub<S> {
             if let Some(watch) = watch {
                 watch.unloaded(name);
             }
+            unloaded.push(name.clone());
             false
         });
         let gone = before - channels.len();
@@ -419,6 +421,12 @@ impl<S: Store> Hub<S> {
             if channels.capacity() > 2 * channels.len() + 64 {
                 channels.shrink_to_fit();
             }
+        }
+        drop(channels);
+        // Outside the lock: the store's memory of a channel is a cache, dropped whenever, and a
+        // channel loaded again meanwhile only reads back what it needs.
+        for name in &unloaded {
+            self.store.channel_unloaded(name);
         }
         gone
     }
@@ -455,6 +463,10 @@ fn millis(duration: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(feature = "sqlite")]
+    use crate::store::conformance::{body, ch};
+    #[cfg(feature = "sqlite")]
+    use crate::store::sqlite::{SqliteOptions, SqliteStore};
     use crate::store::MemoryStore;
 
     #[tokio::test]
@@ -473,5 +485,38 @@ mod tests {
         assert_eq!(live(), 1, "still online on its second stream");
         drop(second);
         assert_eq!(live(), 0);
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[tokio::test]
+    async fn unloading_a_channel_empties_the_stores_memory_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+        let hub: Arc<Hub<SqliteStore>> = Hub::new(
+            store.clone(),
+            HubConfig {
+                idle_channel: Duration::from_secs(60),
+                ..HubConfig::default()
+            },
+        );
+        let c = ch("C");
+        for text in ["1", "2", "3"] {
+            hub.publish(&c, body(text)).await.unwrap();
+        }
+        assert_eq!(store.channels_in_memory(), ["C"]);
+        // Idle long enough: unloaded by this call or by the hub's own task.
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(120)).await;
+        hub.unload_idle();
+        assert!(!hub.is_loaded(&c));
+        store.settle().await;
+        assert_eq!(store.channels_in_memory(), Vec::<String>::new());
+        // Loaded again from the database: the next id follows.
+        assert_eq!(hub.publish(&c, body("4")).await.unwrap().event.id, 4);
+        let page = store.read(&c, 0, 10).await.unwrap();
+        assert_eq!(
+            (page.first_retained, page.head, page.events.len()),
+            (1, 4, 4)
+        );
     }
 }

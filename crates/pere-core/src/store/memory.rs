@@ -57,6 +57,17 @@ struct ChannelData {
 }
 
 impl ChannelData {
+    /// Gives back the spare room of its queues and maps.
+    fn shrink(&mut self) {
+        self.events.shrink_to_fit();
+        self.keys.shrink_to_fit();
+        self.key_order.shrink_to_fit();
+        self.receipt_keys.shrink_to_fit();
+        self.receipt_key_order.shrink_to_fit();
+        self.receipt_log.shrink_to_fit();
+        self.memberships.shrink_to_fit();
+    }
+
     fn first_retained(&self) -> u64 {
         self.events.front().map_or(self.head + 1, |e| e.id)
     }
@@ -735,6 +746,19 @@ impl Store for MemoryStore {
 
     async fn lost(&self, channel: &ChannelName) -> Result<Vec<RangeInclusive<u64>>, StoreError> {
         Ok(self.with_existing(channel, Vec::new(), |d| d.lost.clone()))
+    }
+
+    fn channel_unloaded(&self, channel: &ChannelName) {
+        // The events, receipts and records are the storage and stay; the room their queues
+        // grew into while the channel was busy goes.
+        let channels = self
+            .inner
+            .channels
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(data) = channels.get(channel) {
+            data.lock().unwrap_or_else(|e| e.into_inner()).shrink();
+        }
     }
 }
 

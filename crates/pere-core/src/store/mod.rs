@@ -33,6 +33,9 @@
 //!   cannot read back as written (a damaged file) is never returned: `read` names its id in
 //!   [`EventPage::unreadable`], `event` answers [`StoreError::EventDamaged`], the other reads
 //!   leave it out; [`Store::damage`] counts what was met.
+//! - Idle channels cost no memory beyond what the backend stores in it: a store keeps in
+//!   memory what it needs for the channels in use, and may drop the rest when told
+//!   ([`Store::channel_unloaded`]). The memory store's events are its storage, so they stay.
 //! - Device records change only through [`DeviceTouch`] and [`Receipt`], applied atomically with
 //!   the rules of [`DeviceRecord::apply`] and [`DeviceRecord::apply_receipt`].
 
@@ -552,6 +555,14 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// store holds but could not serve. Zero, the default, for stores that cannot be damaged so.
     fn damage(&self) -> DamageSeen {
         DamageSeen::default()
+    }
+
+    /// Told that nothing on this node uses `channel` any more (the hub unloaded it): the store
+    /// may drop what it keeps in memory for the channel, never what it stores. Called often
+    /// (once per idle channel), so it must not wait. Dropping is never wrong: whatever the
+    /// store needs again it reads back. By default it keeps everything.
+    fn channel_unloaded(&self, channel: &ChannelName) {
+        let _ = channel;
     }
 
     /// Checks that the store answers a read and commits a write now (a readiness probe: a full

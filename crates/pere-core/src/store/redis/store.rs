@@ -57,7 +57,8 @@ struct Inner {
     // The store this node writes to, learnt at its first write and when it adopts the store.
     identity: Mutex<Option<Identity>>,
     // The greatest id this node knows each channel reached (its own appends, the bus's): a store
-    // whose sequence is below it lost what the node saw.
+    // whose sequence is below it lost what the node saw. Only for the channels in use: a channel
+    // the hub unloads is forgotten (`channel_unloaded`), as it is from `known`.
     heads: Mutex<HashMap<ChannelName, u64>>,
 }
 
@@ -352,8 +353,21 @@ impl RedisStore {
         redis::from_redis_value(answer).map_err(|e| StoreError::backend(redis::RedisError::from(e)))
     }
 
+    /// How many channels this node keeps something of in memory (a known head, or a place in
+    /// the set of channels): for tests of what idle channels keep.
+    #[cfg(test)]
+    pub(super) fn channels_in_memory(&self) -> usize {
+        let heads = self.inner.heads.lock().unwrap_or_else(|e| e.into_inner());
+        let known = self.inner.known.lock().unwrap_or_else(|e| e.into_inner());
+        heads
+            .keys()
+            .chain(known.iter())
+            .collect::<HashSet<_>>()
+            .len()
+    }
+
     /// The greatest id this node knows `channel` reached.
-    fn known_head(&self, channel: &ChannelName) -> u64 {
+    pub(super) fn known_head(&self, channel: &ChannelName) -> u64 {
         self.inner
             .heads
             .lock()
@@ -1156,6 +1170,25 @@ impl Store for RedisStore {
             .unwrap_or_else(|e| e.into_inner())
             .remove(channel);
         self.remember(channel).await
+    }
+
+    fn channel_unloaded(&self, channel: &ChannelName) {
+        // What this node saw of an idle channel was replicated long ago (a failover loses the
+        // last moment's writes, not a minute's): past that, the store's identity is what tells
+        // a store that changed, and the node keeps nothing per channel it no longer uses.
+        let mut heads = self.inner.heads.lock().unwrap_or_else(|e| e.into_inner());
+        heads.remove(channel);
+        // A burst of channels gone idle leaves a large table behind.
+        if heads.capacity() > 2 * heads.len() + 64 {
+            heads.shrink_to_fit();
+        }
+        drop(heads);
+        // Listed again (one `SADD`) if it is written to again.
+        let mut known = self.inner.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.remove(channel);
+        if known.capacity() > 2 * known.len() + 64 {
+            known.shrink_to_fit();
+        }
     }
 
     async fn lost(&self, channel: &ChannelName) -> Result<Vec<RangeInclusive<u64>>, StoreError> {

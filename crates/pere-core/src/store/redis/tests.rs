@@ -1,7 +1,7 @@
 //! The Redis store's own tests, each on a private Redis: the conformance suite (on one server,
 //! plain and over TLS; on a three-primary Redis Cluster, plain and over TLS; through Sentinel,
 //! every write confirmed by the replica), TLS failures told from outages, two nodes sharing one
-//! sequence, presence numbered once for the cluster, and an unreachable Redis failing fast.
+//! sequence, an unloaded channel forgotten by the node, presence numbered once for the cluster, and an unreachable Redis failing fast.
 
 use std::collections::HashSet;
 
@@ -276,6 +276,31 @@ async fn two_nodes_appending_to_one_channel_share_one_sequence() {
     }
     all.sort_unstable();
     assert_eq!(all, (1..=100).collect::<Vec<u64>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unloaded_channel_leaves_the_nodes_memory_and_continues() {
+    let server = RedisServer::start();
+    let store = RedisStore::open(RedisOptions {
+        url: server.url(),
+        prefix: "idle".into(),
+        retention: ROOMY,
+        tls: RedisTls::default(),
+        wait_replicas: 0,
+    })
+    .unwrap();
+    let c = conformance::ch("C");
+    for _ in 0..2 {
+        store.append(&c, conformance::body("x")).await.unwrap();
+    }
+    assert_eq!((store.known_head(&c), store.channels_in_memory()), (2, 1));
+    store.channel_unloaded(&c);
+    assert_eq!((store.known_head(&c), store.channels_in_memory()), (0, 0));
+    // Written to again: the next id, its head known again, and listed.
+    let next = store.append(&c, conformance::body("x")).await.unwrap();
+    assert_eq!(next.event.id, 3);
+    assert_eq!((store.known_head(&c), store.channels_in_memory()), (3, 1));
+    assert_eq!(store.channels().await.unwrap(), vec![c]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
-//! The books kept in memory: the idempotency keys of retained events ([`EventKeys`]), each
-//! channel's committed state and newest events ([`ChannelMeta`], within the byte budget that
-//! [`RecentCache`] accounts for), and the committed device records ([`DeviceBook`]).
+//! The books kept in memory: the idempotency keys of retained events ([`EventKeys`]), the
+//! committed state and newest events of the channels in use ([`ChannelMeta`], within the byte
+//! budget that [`RecentCache`] accounts for), and the committed device records ([`DeviceBook`]).
+//! Each is a cache of what the database holds, so a channel that goes idle leaves them all.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -113,6 +114,16 @@ impl EventKeys {
         }
     }
 
+    /// Forgets the keys of `channel`: it left memory, and they are read again if needed.
+    pub(super) fn forget_channel(&mut self, channel: &ChannelName) {
+        if let Some(keys) = self.channels.remove(channel) {
+            self.held -= keys.ids.len();
+        }
+        if self.channels.capacity() > 2 * self.channels.len() + 64 {
+            self.channels.shrink_to_fit();
+        }
+    }
+
     pub(super) fn forget_all(&mut self) {
         self.channels.clear();
         self.held = 0;
@@ -126,9 +137,9 @@ pub(super) struct ChannelMeta {
     pub(super) first: u64,
     /// The newest retained events, contiguous and ending at `head` (possibly empty).
     pub(super) recent: VecDeque<Arc<Event>>,
-    /// Under which time (milliseconds) the writer's age index files this channel: never later
-    /// than its oldest retained event's. `None` when it is not in the index (nothing retained,
-    /// or no age retention).
+    /// Under which time (milliseconds) the age index (`channels.oldest`) files this channel:
+    /// never later than its oldest retained event's. `None` when it is not in the index
+    /// (nothing retained).
     pub(super) age_key: Option<i64>,
     /// The bytes `recent` holds, as [`cached_size`] counts them.
     pub(super) recent_bytes: usize,
@@ -207,6 +218,14 @@ impl RecentCache {
             self.clock += 1;
             meta.recent_stamp = self.clock;
             self.order.insert(self.clock, name.clone());
+        }
+    }
+
+    /// Takes `meta`'s cached events out of the account: its channel leaves memory.
+    pub(super) fn forget(&mut self, meta: &ChannelMeta) {
+        self.bytes -= meta.recent_bytes;
+        if meta.recent_stamp != 0 {
+            self.order.remove(&meta.recent_stamp);
         }
     }
 

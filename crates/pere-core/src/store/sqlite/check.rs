@@ -17,7 +17,9 @@ use super::checksum::RowFields;
 use super::failure::{is_damage, Failure};
 use super::options::Durability;
 use super::rows::{event_row_of_any_channel, read_span, Damage, RowRead, Span};
-use super::schema::{damaged_events_table, load_set_aside, lock_dir, prepare_schema, DB_FILE};
+use super::schema::{
+    damaged_events_table, file_oldest, load_set_aside, lock_dir, prepare_schema, DB_FILE,
+};
 use crate::error::StoreError;
 
 /// Ids verified per read: one replay page.
@@ -392,6 +394,8 @@ fn rebuild(dir: &Path, path: &Path) -> Result<Repaired, StoreError> {
         )
         .map_err(fail_new)?;
     }
+    // The age index, from the events copied.
+    tx.execute_batch(file_oldest!()).map_err(fail_new)?;
     // Receipt seqs are never given out twice.
     let old_seq: Option<i64> = old
         .query_row(
@@ -560,11 +564,17 @@ fn copy_table(
     new: &Connection,
     table: &str,
 ) -> rusqlite::Result<(String, u64, Option<String>)> {
-    let columns: Vec<String> = {
-        let mut stmt = new.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
+    let columns_of = |conn: &Connection| -> rusqlite::Result<Vec<String>> {
+        let mut stmt = conn.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
         let names = stmt.query_map([], |row| row.get(0))?;
-        names.collect::<rusqlite::Result<_>>()?
+        names.collect()
     };
+    // The columns both files have: an old file's schema may lack the newest (filled after).
+    let in_old = columns_of(old).unwrap_or_default();
+    let columns: Vec<String> = columns_of(new)?
+        .into_iter()
+        .filter(|column| in_old.is_empty() || in_old.contains(column))
+        .collect();
     let list = columns.join(", ");
     let marks = vec!["?"; columns.len()].join(", ");
     let mut insert = new.prepare(&format!(

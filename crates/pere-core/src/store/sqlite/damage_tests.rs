@@ -8,7 +8,7 @@ use std::path::Path;
 use rusqlite::Connection;
 
 use super::rows::Damage;
-use super::schema::lock_dir;
+use super::schema::{lock_dir, SCHEMA_VERSION};
 use super::*;
 use crate::store::conformance::{body, ch, ROOMY};
 
@@ -144,7 +144,8 @@ async fn a_version_6_store_gets_checksums_on_upgrade() {
     let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
     let written = sums(&conn);
     conn.execute_batch(
-        "ALTER TABLE events DROP COLUMN checksum; DROP TABLE damaged_events; DROP TABLE store; DROP TABLE lost; PRAGMA user_version = 6;",
+        "ALTER TABLE events DROP COLUMN checksum; DROP TABLE damaged_events; DROP TABLE store; DROP TABLE lost; \
+         DROP INDEX channels_by_oldest; ALTER TABLE channels DROP COLUMN oldest; PRAGMA user_version = 6;",
     )
     .unwrap();
     drop(conn);
@@ -160,7 +161,7 @@ async fn a_version_6_store_gets_checksums_on_upgrade() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .unwrap();
-    assert_eq!(version, 8);
+    assert_eq!(version, SCHEMA_VERSION);
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
         .unwrap();
     drop(conn);

@@ -4,13 +4,10 @@
 //! back from a backup, its last writes lost), has its floor raised above what the file
 //! remembers, so no id a client may have seen is handed out again.
 
-use std::collections::HashMap;
 use std::path::Path;
 
-use pere_proto::name::ChannelName;
 use rusqlite::Connection;
 
-use super::books::ChannelMeta;
 use super::schema::{load_identity, save_floor};
 
 /// The file beside the database that remembers the greatest id handed out.
@@ -64,14 +61,14 @@ pub(super) struct Settled {
 /// Reads the store's identity and compares it with the ids file in `dir`: when the file speaks
 /// of another store, or of more ids than the database holds, the floor rises to the file's high
 /// water (saved in the database). Writes the file when it is missing or behind.
+/// `heads` is the greatest head of any channel.
 pub(super) fn settle(
     conn: &Connection,
     dir: &Path,
     db: &Path,
-    channels: &HashMap<ChannelName, ChannelMeta>,
+    heads: u64,
 ) -> rusqlite::Result<Settled> {
     let (store_id, mut floor) = load_identity(conn)?;
-    let heads = channels.values().map(|m| m.head).max().unwrap_or(0);
     let mut raised = None;
     if let Some(remembered) = read_ids(dir) {
         let known = heads.max(floor);

@@ -11,15 +11,22 @@
 //!   fails rolls back whole: its callers all get the error and no id is consumed.
 //! - **Reads** use read-only connections from a small pool, on tokio's blocking threads; WAL lets
 //!   them run beside the writer. The committed head and the oldest retained id of each channel
-//!   are also kept in memory (updated after each commit), so `head` never touches the disk, and
-//!   so are the newest events of channels recently appended to, within one byte budget for all
-//!   channels ([`SqliteOptions::recent_bytes`]), so most tail replays do not either.
+//!   in use are also kept in memory (updated after each commit), so its `head` never touches
+//!   the disk, and so are the newest events of channels recently appended to, within one byte
+//!   budget for all channels ([`SqliteOptions::recent_bytes`]), so most tail replays do not
+//!   either.
+//! - **Idle channels cost no memory.** Nothing of a channel is read at open: the writer reads
+//!   its state (head, oldest retained id, age index time, lost ids) on its first write, and
+//!   readers read the database for a channel not in memory. When the hub unloads a channel
+//!   ([`Store::channel_unloaded`]), the writer drops its state, cached events and keys between
+//!   two batches, when memory and the database agree.
 //! - **Retention** is enforced by the writer in bounded chunks, at a cost in proportion to what
 //!   is pruned, not to the number of channels: the count limit right after appends, in the same
-//!   transaction; the age limit by an index of each channel's oldest retained event time, so the
-//!   writer wakes when the oldest of them expires and visits only the channels that have
-//!   something to prune (an idle server with many channels does no work). At open, one pass
-//!   over every channel applies a retention shortened since the last run. Receipts go with their
+//!   transaction; the age limit by an index of each channel's oldest retained event time, kept
+//!   in the database (`channels.oldest`, schema v9), so the writer wakes when the oldest of
+//!   them expires and visits only the channels that have something to prune (an idle server
+//!   with many channels does no work). After open, one pass over every channel, a page of
+//!   names at a time, applies a retention shortened since the last run. Receipts go with their
 //!   events (they are also the receipt stream, by `seq`); device records and recipient
 //!   memberships are the ledger and are kept.
 //! - **Device records** (presence and per-device counters) change with every receipt and feed
@@ -56,15 +63,16 @@
 //! - `checksum`: what an event row's checksum covers, byte for byte (`RowFields`), and the SQL
 //!   function the v7 migration computes it with.
 //! - `books`: the books kept in memory: the idempotency keys of retained events (`EventKeys`),
-//!   each channel's committed head and newest events (`ChannelMeta`, within the byte budget of
-//!   `RecentCache`), and the device records (`DeviceBook`).
+//!   the committed head and newest events of each channel in use (`ChannelMeta`, within the
+//!   byte budget of `RecentCache`), and the device records (`DeviceBook`).
 //! - `rows`: rows to values and back: the `select_*` macros, `event_from_row` (which checks the
 //!   checksum, and names a row's [`Damage`]), `device_from_row`, the `query_*` helpers, spans of
 //!   ids read whole or id by id (`read_span`, `read_page`), device rows loaded and saved.
 //! - `damage`: the damage readers met (`DamageBook`): counted, and named once in the log.
 //! - `schema`: opening the database: the migrations, the checks that it is a sound PERE
-//!   database, the connections' settings, and what is read at open (the channels' heads, the
-//!   device records recovered from receipts, the events a repair set aside), the lock.
+//!   database, the connections' settings, what is read at open (the greatest head, the device
+//!   records recovered from receipts, the events a repair set aside) and a channel's state when
+//!   first needed (`load_channel`), the lock.
 //! - `shared`: what the writer and the readers share (`Shared`), and a transaction's view of it
 //!   (`Drafts`), published once the transaction commits.
 //! - `prune`: retention: `age_cutoff`, `prune_channel`, a channel's oldest retained time.
@@ -74,9 +82,9 @@
 //! - `identity`: the store's id and floor, and the file beside the database ([`IDS_FILE`]) that
 //!   remembers the greatest id handed out, so a database gone back in time is noticed at open.
 //! - `writer`: the writer thread: its commands, group commit (refused once the file was
-//!   replaced under it), the age sweep, the write-back of device records, and the checkpointer,
-//!   which also writes the ids file (with [`MAX_BATCH`], [`DEVICE_WRITE_BACK`] and
-//!   [`CHECKPOINT_INTERVAL`], re-exported here).
+//!   replaced under it), the age sweep, forgetting channels gone idle, the write-back of device
+//!   records, and the checkpointer, which also writes the ids file (with [`MAX_BATCH`],
+//!   [`DEVICE_WRITE_BACK`] and [`CHECKPOINT_INTERVAL`], re-exported here).
 //! - `check`: the offline check and repair ([`check`], [`CheckReport`], [`Repaired`]).
 //! - this module: [`SqliteStore`] (opening it, its handles) and its [`Store`] impl.
 //!
@@ -85,7 +93,6 @@
 //!   → writer → check → mod
 //! ```
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -97,7 +104,7 @@ use chrono::{DateTime, Utc};
 use pere_proto::event::{valid_idempotency_key, Event, NewEvent};
 use pere_proto::name::{ChannelName, DeviceId};
 use pere_proto::receipt::{DeviceRecord, DeviceTouch, Membership, Receipt};
-use rusqlite::{params, Connection, OpenFlags};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::error::StoreError;
@@ -123,6 +130,8 @@ mod writer;
 #[cfg(test)]
 mod damage_tests;
 #[cfg(test)]
+mod idle_tests;
+#[cfg(test)]
 mod tests;
 
 use books::{ChannelMeta, RecentCache};
@@ -142,7 +151,7 @@ use rows::{
 };
 pub use schema::DB_FILE;
 use schema::{
-    check_integrity, load_channels, load_lost, load_set_aside, lock_dir, prepare_schema,
+    check_integrity, greatest_head, load_lost, load_set_aside, lock_dir, prepare_schema,
     recover_devices, save_floor,
 };
 use shared::{Drafts, Shared};
@@ -195,30 +204,16 @@ impl SqliteStore {
             Connection::open_with_flags(&path, flags).map_err(|err| Failure::open(&path, err))?;
         prepare_schema(&mut conn, &path, options.durability)?;
         check_integrity(&conn, &path)?;
-        let mut channels = load_channels(&conn).map_err(|err| Failure::open(&path, err))?;
-        load_lost(&conn, &mut channels).map_err(|err| Failure::open(&path, err))?;
-        let settled = identity::settle(&conn, dir, &path, &channels)
-            .map_err(|err| Failure::open(&path, err))?;
+        // No channel is read at open: each is read when first used, so a restart takes the
+        // same time with a million channels as with one.
+        let heads = greatest_head(&conn).map_err(|err| Failure::open(&path, err))?;
+        let settled =
+            identity::settle(&conn, dir, &path, heads).map_err(|err| Failure::open(&path, err))?;
         if let Some(why) = &settled.raised {
             tracing::warn!(
                 "{why}: every channel's ids continue above {}, so none a client saw is handed out again",
                 settled.floor
             );
-        }
-        // Every channel with events, once: a retention shortened since the last run applies.
-        let sweep: Vec<ChannelName> = channels
-            .iter()
-            .filter(|(_, m)| m.first <= m.head)
-            .map(|(name, _)| name.clone())
-            .collect();
-        let mut ages = BTreeSet::new();
-        for (name, meta) in &mut channels {
-            if options.retention.max_age.is_none() {
-                meta.age_key = None;
-            }
-            if let Some(key) = meta.age_key {
-                ages.insert((key, name.clone()));
-            }
         }
         let last_receipt = recover_devices(&mut conn).map_err(|err| Failure::open(&path, err))?;
         let set_aside = load_set_aside(&conn).map_err(|err| Failure::open(&path, err))?;
@@ -227,7 +222,7 @@ impl SqliteStore {
             _lock: lock,
             path: path.clone(),
             options,
-            channels: RwLock::new(channels),
+            channels: RwLock::default(),
             readers: Mutex::default(),
             devices: Mutex::default(),
             last_receipt: AtomicU64::new(last_receipt),
@@ -249,8 +244,12 @@ impl SqliteStore {
             conn,
             shared: shared.clone(),
             queue,
-            sweep,
-            ages,
+            sweep: Vec::new(),
+            // Every channel once, a page at a time: a retention shortened since the last run
+            // applies.
+            pass: Some(String::new()),
+            pass_page: std::collections::VecDeque::new(),
+            earliest: None,
             next_sweep: Instant::now(),
             cache: RecentCache::default(),
             next_write_back: Instant::now() + DEVICE_WRITE_BACK,
@@ -301,6 +300,15 @@ impl SqliteStore {
     /// stop. Later writes fail; reads keep working. Call it last on shutdown.
     pub async fn close(&self) {
         self.inner.shared.closing.store(true, Ordering::SeqCst);
+        // Idle read connections close before the writer's: with one open, the database's last
+        // connection left the WAL beside it (and a file copied in its place would meet it).
+        // Reads after this open new ones.
+        self.inner
+            .shared
+            .readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         let (reply, stopped) = oneshot::channel();
         if let Some(commands) = &self.inner.commands {
             if commands.send(Command::Close(reply)).is_ok() {
@@ -314,6 +322,27 @@ impl SqliteStore {
             let high_water = shared.high_water.load(Ordering::Relaxed);
             let _ = identity::write_ids(&shared.path, &shared.store_id, high_water);
         }
+    }
+
+    /// The channels whose state is in memory now, by name: for tests of what idle channels keep.
+    #[cfg(test)]
+    pub(crate) fn channels_in_memory(&self) -> Vec<String> {
+        let channels = self
+            .inner
+            .shared
+            .channels
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut names: Vec<String> = channels.keys().map(|name| name.to_string()).collect();
+        names.sort();
+        names
+    }
+
+    /// Waits for what the writer was told before now (a channel to forget, say): a write
+    /// queued after it is answered once it is done. For tests.
+    #[cfg(test)]
+    pub(crate) async fn settle(&self) {
+        self.probe().await.expect("the store takes writes");
     }
 
     /// Queues a write for the writer thread and awaits its answer, sent after the commit.
@@ -401,6 +430,13 @@ impl Drop for Inner {
         // Closing the queue makes the writer finish what is queued, commit and stop. Waiting for
         // it means a process that drops its store before exiting loses nothing that was queued,
         // not even the write of a caller that stopped waiting for its answer.
+        // The read-only connections close first: the last connection to close copies the WAL
+        // into the database and deletes it, which a read-only one cannot do.
+        self.shared
+            .readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         drop(self.commands.take());
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
@@ -435,7 +471,17 @@ impl Store for SqliteStore {
     }
 
     async fn head(&self, channel: &ChannelName) -> Result<u64, StoreError> {
-        Ok(self.committed(channel, |meta| meta.map_or(0, |m| m.head)))
+        if let Some(head) = self.committed(channel, |meta| meta.map(|m| m.head)) {
+            return Ok(head);
+        }
+        let channel = channel.clone();
+        self.read_disk(move |conn| {
+            conn.prepare_cached("SELECT head FROM channels WHERE name = ?1")?
+                .query_row([channel.as_str()], |row| row.get::<_, u64>(0))
+                .optional()
+                .map(Option::unwrap_or_default)
+        })
+        .await
     }
 
     async fn read(
@@ -445,12 +491,8 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<EventPage, StoreError> {
         let cached = self.committed(channel, |meta| {
-            let Some(meta) = meta else {
-                return Some(EventPage {
-                    first_retained: 1,
-                    ..EventPage::default()
-                });
-            };
+            // A channel not in memory is read from the database.
+            let meta = meta?;
             // Memory holds only events read back or appended whole: none damaged.
             let page = |events: Vec<Arc<Event>>| EventPage {
                 events,
@@ -493,9 +535,7 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<Arc<Event>>, StoreError> {
         let cached = self.committed(channel, |meta| {
-            let Some(meta) = meta else {
-                return Some(Vec::new());
-            };
+            let meta = meta?;
             let retained =
                 usize::try_from((meta.head + 1).saturating_sub(meta.first)).unwrap_or(usize::MAX);
             let want = limit.min(retained);
@@ -522,7 +562,7 @@ impl Store for SqliteStore {
         id: u64,
     ) -> Result<Option<Arc<Event>>, StoreError> {
         let cached = self.committed(channel, |meta| {
-            let Some(meta) = meta else { return Some(None) };
+            let meta = meta?;
             if id < meta.first || id > meta.head {
                 return Some(None);
             }
@@ -586,11 +626,20 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Receipt>, StoreError> {
         // Per event, receipts exist only while the event does. (A late receipt for an event already
         // pruned stays in the receipt stream until the channel next prunes events.)
-        if event_id < self.committed(channel, |meta| meta.map_or(1, |m| m.first)) {
+        let first = self.committed(channel, |meta| meta.map(|m| m.first));
+        if first.is_some_and(|first| event_id < first) {
             return Ok(Vec::new());
         }
         let channel = channel.clone();
         self.read_disk(move |conn| {
+            if first.is_none() {
+                let first: Option<u64> = conn
+                    .prepare_cached("SELECT MIN(id) FROM events WHERE channel = ?1")?
+                    .query_row([channel.as_str()], |row| row.get(0))?;
+                if first.is_none_or(|first| event_id < first) {
+                    return Ok(Vec::new());
+                }
+            }
             query_receipts(
                 conn,
                 &channel,
@@ -824,10 +873,18 @@ impl Store for SqliteStore {
         &self,
         channel: &ChannelName,
     ) -> Result<Vec<std::ops::RangeInclusive<u64>>, StoreError> {
-        Ok(self
-            .committed(channel, |meta| {
-                Some(meta.map(|m| m.lost.clone()).unwrap_or_default())
-            })
-            .unwrap_or_default())
+        if let Some(lost) = self.committed(channel, |meta| meta.map(|m| m.lost.clone())) {
+            return Ok(lost);
+        }
+        let channel = channel.clone();
+        self.read_disk(move |conn| load_lost(conn, &channel)).await
+    }
+
+    fn channel_unloaded(&self, channel: &ChannelName) {
+        // Not a write: it takes no room in the queue (the hub unloads each channel once, so
+        // these are as many as the channels it had loaded) and is served between batches.
+        if let Some(commands) = &self.inner.commands {
+            let _ = commands.send(Command::Forget(channel.clone()));
+        }
     }
 }

@@ -155,7 +155,7 @@ pub(super) fn pass_floor(
     channel: &ChannelName,
     floor: u64,
 ) -> rusqlite::Result<()> {
-    let draft = drafts.entry(channel);
+    let draft = drafts.entry(conn, channel)?;
     if draft.head >= floor {
         return Ok(());
     }
@@ -179,10 +179,10 @@ fn insert_event(
 ) -> rusqlite::Result<Appended> {
     let shared = drafts.shared;
     let floor = shared.floor.load(std::sync::atomic::Ordering::Relaxed);
-    if drafts.entry(&channel).head < floor {
+    if drafts.entry(conn, &channel)?.head < floor {
         pass_floor(conn, drafts, &channel, floor)?;
     }
-    let draft = drafts.entry(&channel);
+    let draft = drafts.entry(conn, &channel)?;
     let id = draft.head + 1;
     let event = Arc::new(Event::new(channel, id, at, new));
     let time = event.time.timestamp_millis();
@@ -221,17 +221,22 @@ fn insert_event(
 /// The greatest id a receipt on `channel` may name: its head, or the floor above it (an id
 /// under the floor was given out before the store changed: as good as pruned). `None` for a
 /// channel that does not exist while `id` is above the floor.
-fn receipt_bound(drafts: &mut Drafts<'_>, channel: &ChannelName, id: u64) -> Option<u64> {
+fn receipt_bound(
+    conn: &Connection,
+    drafts: &mut Drafts<'_>,
+    channel: &ChannelName,
+    id: u64,
+) -> rusqlite::Result<Option<u64>> {
     let floor = drafts
         .shared
         .floor
         .load(std::sync::atomic::Ordering::Relaxed);
-    let head = match drafts.existing(channel) {
+    let head = match drafts.existing(conn, channel)? {
         Some(draft) => draft.head,
-        None if id <= floor => drafts.entry(channel).head,
-        None => return None,
+        None if id <= floor => drafts.entry(conn, channel)?.head,
+        None => return Ok(None),
     };
-    Some(head.max(floor))
+    Ok(Some(head.max(floor)))
 }
 
 /// The receipt of `channel` held under `key`, if the key is still remembered at `at`. A key
@@ -315,7 +320,7 @@ pub(super) fn record_receipt(
     key: Option<String>,
 ) -> rusqlite::Result<Result<RecordedReceipt, StoreError>> {
     let id = receipt.event_id;
-    match receipt_bound(drafts, &receipt.channel, id) {
+    match receipt_bound(conn, drafts, &receipt.channel, id)? {
         Some(known) if id > 0 && id <= known => {}
         _ => return Ok(Err(StoreError::UnknownEvent { id })),
     }
@@ -353,7 +358,7 @@ pub(super) fn record_receipts(
         .shared
         .floor
         .load(std::sync::atomic::Ordering::Relaxed);
-    let known = match drafts.existing(&batch.channel) {
+    let known = match drafts.existing(conn, &batch.channel)? {
         Some(draft) => draft.head.max(floor),
         None => {
             // A channel that does not exist has only ids under the floor (given out before the
@@ -369,7 +374,7 @@ pub(super) fn record_receipts(
             if batch.lines.is_empty() {
                 return Ok(Ok(Vec::new()));
             }
-            drafts.entry(&batch.channel).head.max(floor)
+            drafts.entry(conn, &batch.channel)?.head.max(floor)
         }
     };
     // SQLite's own failures met while planning, which fail the whole transaction.
@@ -432,7 +437,7 @@ pub(super) fn touch_device(
     touch: DeviceTouch,
 ) -> rusqlite::Result<DeviceRecord> {
     // A device makes its channel known (`channels` lists channels with events or devices).
-    drafts.entry(&touch.channel);
+    drafts.entry(conn, &touch.channel)?;
     // Applying a touch to its own first record changes nothing.
     let record = drafts.device(conn, &touch.channel, &touch.device, || {
         DeviceRecord::first(&touch)
@@ -464,7 +469,7 @@ pub(super) fn add_recipient(
 ) -> rusqlite::Result<Membership> {
     // Serialized with appends by the writer: `joined_after` is exactly the head before the
     // first event the device is expected to acknowledge.
-    let head = drafts.entry(&channel).head;
+    let head = drafts.entry(conn, &channel)?.head;
     if let Some((_, current)) = current_membership(conn, &channel, &device)? {
         return Ok(current);
     }
@@ -485,7 +490,7 @@ pub(super) fn remove_recipient(
     channel: &ChannelName,
     device: &DeviceId,
 ) -> rusqlite::Result<Option<Membership>> {
-    let Some(head) = drafts.existing(channel).map(|draft| draft.head) else {
+    let Some(head) = drafts.existing(conn, channel)?.map(|draft| draft.head) else {
         return Ok(None);
     };
     let Some((seq, mut membership)) = current_membership(conn, channel, device)? else {
@@ -497,8 +502,9 @@ pub(super) fn remove_recipient(
     Ok(Some(membership))
 }
 
-/// Before a batch commits: prune the channels it appended to (so a read after `append` already
-/// sees the retention applied) and save the heads that moved.
+/// Before a batch commits: file the channels that now retain events in the age index, prune
+/// the channels it appended to (so a read after `append` already sees the retention applied)
+/// and save the heads and age index times that moved.
 pub(super) fn finish_batch(
     conn: &Connection,
     drafts: &mut Drafts<'_>,
@@ -509,17 +515,22 @@ pub(super) fn finish_batch(
     // From the batch's start: an event appended in this batch is never already too old.
     let cutoff = age_cutoff(retention, started);
     for (name, draft) in &mut drafts.channels {
+        if let (None, Some(oldest)) = (draft.age_key, draft.appended.first()) {
+            // Filed even without age retention, so that turning it on finds every channel.
+            draft.age_key = Some(oldest.time.timestamp_millis());
+        }
         if !draft.appended.is_empty() {
             let (_, more) = prune_channel(conn, name, draft, retention, cutoff, PRUNE_CHUNK)?;
             if more {
                 backlog.push(name.clone());
             }
         }
-        if draft.saved_head != Some(draft.head) {
+        if draft.saved_head != Some(draft.head) || draft.saved_age_key != draft.age_key {
             conn.prepare_cached(
-                "INSERT INTO channels (name, head) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET head = excluded.head",
+                "INSERT INTO channels (name, head, oldest) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (name) DO UPDATE SET head = excluded.head, oldest = excluded.oldest",
             )?
-            .execute(params![name.as_str(), draft.head])?;
+            .execute(params![name.as_str(), draft.head, draft.age_key])?;
         }
     }
     Ok(())

@@ -1,8 +1,9 @@
 //! Opening the database: the data directory's lock ([`lock_dir`]), the schema and its
 //! migrations ([`MIGRATIONS`]), the checks that the file is a sound PERE database this build
-//! understands, the connections' settings, and what is read at open: every channel's committed
-//! state ([`load_channels`]), the device records recovered from the receipts of the last
-//! moments ([`recover_devices`]) and the events a repair set aside ([`load_set_aside`]).
+//! understands, the connections' settings, and what is read at open: the greatest head
+//! ([`greatest_head`]), the device records recovered from the receipts of the last moments
+//! ([`recover_devices`]) and the events a repair set aside ([`load_set_aside`]). A channel's
+//! committed state is read when it is first needed ([`load_channel`]), not at open.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use pere_proto::name::{ChannelName, DeviceId};
 use pere_proto::receipt::{DeviceRecord, Receipt};
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::books::ChannelMeta;
 use super::checksum;
@@ -83,6 +84,17 @@ macro_rules! damaged_events_table {
     };
 }
 pub(super) use damaged_events_table;
+
+/// Files every channel under the time of its oldest retained event (`NULL` with none, or when
+/// that time is damaged into something else: such a channel is not aged, count retention still
+/// prunes it). Run by the v9 migration and after a repair rebuilt the file.
+macro_rules! file_oldest {
+    () => {
+        "UPDATE channels SET oldest = (SELECT CASE WHEN typeof(time) = 'integer' THEN time END \
+             FROM events WHERE events.channel = channels.name ORDER BY id LIMIT 1)"
+    };
+}
+pub(super) use file_oldest;
 
 /// The schema, one migration per version: `MIGRATIONS[n]` takes `user_version` n to n + 1.
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -186,6 +198,15 @@ pub(super) const MIGRATIONS: &[&str] = &[
         last INTEGER NOT NULL
     );
     CREATE INDEX lost_by_channel ON lost (channel, first);",
+    // v9. The age index leaves memory for the database: each channel with retained events is
+    // filed under a time no later than its oldest event's (`oldest`), so the writer finds the
+    // channels with expired events through the index, and an idle channel costs no memory.
+    concat!(
+        "ALTER TABLE channels ADD COLUMN oldest INTEGER;
+        CREATE INDEX channels_by_oldest ON channels (oldest) WHERE oldest IS NOT NULL;",
+        file_oldest!(),
+        ";"
+    ),
 ];
 
 /// The schema version this build writes.
@@ -402,44 +423,49 @@ pub(super) fn save_floor(conn: &Connection, floor: u64) -> rusqlite::Result<()> 
     Ok(())
 }
 
-/// Each channel's lost ids, into its committed state.
-pub(super) fn load_lost(
-    conn: &Connection,
-    channels: &mut HashMap<ChannelName, ChannelMeta>,
-) -> rusqlite::Result<()> {
-    let mut stmt = conn.prepare("SELECT channel, first, last FROM lost ORDER BY channel, first")?;
-    let mut rows = stmt.query([])?;
-    while let Some(row) = rows.next()? {
-        let name = parse_name(row.get_ref(0)?.as_str()?, 0, ChannelName::new)?;
-        let (first, last): (u64, u64) = (row.get(1)?, row.get(2)?);
-        if let Some(meta) = channels.get_mut(&name) {
-            meta.lost.push(first..=last);
-        }
-    }
-    Ok(())
+/// The greatest head of any channel (0 with none): the ids the database knows were handed out.
+pub(super) fn greatest_head(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row("SELECT MAX(head) FROM channels", [], |row| {
+        row.get::<_, Option<u64>>(0)
+    })
+    .map(Option::unwrap_or_default)
 }
 
-/// The committed state of every channel, for the writer's heads and the readers' fast paths.
-pub(super) fn load_channels(
+/// A channel's committed state as the database holds it (its head, oldest retained id, age
+/// index time and lost ids), or `None` for a channel that does not exist. Read by the writer
+/// on a channel's first write since it was last in memory.
+pub(super) fn load_channel(
     conn: &Connection,
-) -> rusqlite::Result<HashMap<ChannelName, ChannelMeta>> {
-    let mut stmt = conn.prepare(
-        "SELECT name, head, \
-            (SELECT MIN(id) FROM events WHERE events.channel = channels.name), \
-            (SELECT time FROM events WHERE events.channel = channels.name ORDER BY id LIMIT 1) \
-         FROM channels",
-    )?;
-    let rows = stmt.query_map([], |row| {
-        let name = parse_name(row.get_ref(0)?.as_str()?, 0, ChannelName::new)?;
-        let head: u64 = row.get(1)?;
-        let first: Option<u64> = row.get(2)?;
-        // A time damaged into something else files the channel under none: it is not aged
-        // (count retention still prunes it), rather than stopping the store from opening.
-        let age_key = row.get_ref(3)?.as_i64_or_null().unwrap_or(None);
-        Ok((
-            name,
-            ChannelMeta::new(head, first.unwrap_or(head + 1), age_key),
-        ))
+    channel: &ChannelName,
+) -> rusqlite::Result<Option<ChannelMeta>> {
+    let row = conn
+        .prepare_cached("SELECT head, oldest FROM channels WHERE name = ?1")?
+        .query_row([channel.as_str()], |row| {
+            // A time damaged into something else files the channel under none, as at v9.
+            let oldest = row.get_ref(1)?.as_i64_or_null().unwrap_or(None);
+            Ok((row.get::<_, u64>(0)?, oldest))
+        })
+        .optional()?;
+    let Some((head, oldest)) = row else {
+        return Ok(None);
+    };
+    let first: Option<u64> = conn
+        .prepare_cached("SELECT MIN(id) FROM events WHERE channel = ?1")?
+        .query_row([channel.as_str()], |row| row.get(0))?;
+    let mut meta = ChannelMeta::new(head, first.unwrap_or(head + 1), oldest);
+    meta.lost = load_lost(conn, channel)?;
+    Ok(Some(meta))
+}
+
+/// The ids a channel skipped to pass the store's floor, oldest first.
+pub(super) fn load_lost(
+    conn: &Connection,
+    channel: &ChannelName,
+) -> rusqlite::Result<Vec<std::ops::RangeInclusive<u64>>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT first, last FROM lost WHERE channel = ?1 ORDER BY first")?;
+    let rows = stmt.query_map([channel.as_str()], |row| {
+        Ok(row.get::<_, u64>(0)?..=row.get::<_, u64>(1)?)
     })?;
     rows.collect()
 }

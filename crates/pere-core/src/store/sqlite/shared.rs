@@ -1,6 +1,7 @@
-//! What the writer thread and the readers share ([`Shared`]: the channels' committed state, the
-//! device book, the pool of read connections), and how one transaction sees and changes it
-//! ([`Drafts`]), published to the readers once it has committed.
+//! What the writer thread and the readers share ([`Shared`]: the committed state of the
+//! channels in use, the device book, the pool of read connections), and how one transaction
+//! sees and changes it ([`Drafts`], read from memory or else from the database), published to
+//! the readers once it has committed.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -18,7 +19,7 @@ use super::books::{cached_size, ChannelMeta, DeviceBook, EventKeys, RecentCache,
 use super::damage::DamageBook;
 use super::options::SqliteOptions;
 use super::rows::load_device;
-use super::schema::open_reader;
+use super::schema::{load_channel, open_reader};
 use crate::error::StoreError;
 
 /// Idle read connections kept; more are opened under load and closed when they come back.
@@ -34,7 +35,9 @@ pub(super) struct Shared {
     pub(super) _lock: std::fs::File,
     pub(super) path: PathBuf,
     pub(super) options: SqliteOptions,
-    // Committed state only: the writer updates it after each commit, before answering.
+    // Committed state only, of the channels in use: the writer updates it after each commit,
+    // before answering, adds a channel when it appends to it and drops one the hub unloads (a
+    // cache: the database has every channel, and readers read it for a channel not here).
     pub(super) channels: RwLock<HashMap<ChannelName, ChannelMeta>>,
     // std Mutex: held only to push or pop a connection, never across a query or an await.
     pub(super) readers: Mutex<Vec<Connection>>,
@@ -90,12 +93,19 @@ impl Shared {
     }
 }
 
-/// One channel as a transaction sees it: loaded from the committed state, changed by the
-/// transaction, published to [`Shared::channels`] only after the commit. A rolled-back batch
-/// drops its drafts, which is what restores the heads: a failed append consumes no id.
+/// One channel as a transaction sees it: loaded from the committed state (in memory, or else
+/// read from the database), changed by the transaction, published to [`Shared::channels`] only
+/// after the commit. A rolled-back batch drops its drafts, which is what restores the heads: a
+/// failed append consumes no id.
 pub(super) struct Draft {
     pub(super) head: u64,
     pub(super) first: u64,
+    /// The channel's time in the age index (`channels.oldest`), and as the row holds it.
+    pub(super) age_key: Option<i64>,
+    pub(super) saved_age_key: Option<i64>,
+    /// The lost ids read from the database, when the channel was not in memory: what its
+    /// state in memory starts with, should the transaction put it there.
+    pub(super) lost_before: Option<Vec<std::ops::RangeInclusive<u64>>>,
     /// Ids this transaction made the channel skip to pass the floor.
     pub(super) lost: Option<std::ops::RangeInclusive<u64>>,
     /// The head stored in the `channels` table; `None` while the channel has no row.
@@ -148,46 +158,78 @@ impl<'a> Drafts<'a> {
     }
 
     /// The draft of a channel that exists, committed or created earlier in this transaction.
-    pub(super) fn existing(&mut self, channel: &ChannelName) -> Option<&mut Draft> {
+    pub(super) fn existing(
+        &mut self,
+        conn: &Connection,
+        channel: &ChannelName,
+    ) -> rusqlite::Result<Option<&mut Draft>> {
         if !self.channels.contains_key(channel) {
-            let committed = self
+            let in_memory = self
                 .shared
                 .channels
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .get(channel)
-                .map(|meta| Draft {
-                    head: meta.head,
-                    first: meta.first,
+                .map(|meta| (meta.head, meta.first, meta.age_key));
+            let (head, first, age_key, lost_before) = match in_memory {
+                Some((head, first, age_key)) => (head, first, age_key, None),
+                None => match load_channel(conn, channel)? {
+                    Some(meta) => (meta.head, meta.first, meta.age_key, Some(meta.lost)),
+                    None => return Ok(None),
+                },
+            };
+            self.channels.insert(
+                channel.clone(),
+                Draft {
+                    head,
+                    first,
+                    age_key,
+                    saved_age_key: age_key,
+                    lost_before,
                     lost: None,
-                    saved_head: Some(meta.head),
+                    saved_head: Some(head),
                     appended: Vec::new(),
-                })?;
-            self.channels.insert(channel.clone(), committed);
+                },
+            );
         }
-        self.channels.get_mut(channel)
+        Ok(self.channels.get_mut(channel))
     }
 
     /// The draft of a channel, created if it does not exist yet.
-    pub(super) fn entry(&mut self, channel: &ChannelName) -> &mut Draft {
-        let _ = self.existing(channel);
-        self.channels
+    pub(super) fn entry(
+        &mut self,
+        conn: &Connection,
+        channel: &ChannelName,
+    ) -> rusqlite::Result<&mut Draft> {
+        let _ = self.existing(conn, channel)?;
+        Ok(self
+            .channels
             .entry(channel.clone())
             .or_insert_with(|| Draft {
                 head: 0,
                 first: 1,
+                age_key: None,
+                saved_age_key: None,
+                lost_before: Some(Vec::new()),
                 lost: None,
                 saved_head: None,
                 appended: Vec::new(),
-            })
+            }))
     }
 
-    /// Makes the committed drafts visible to readers. Returns the channels that now have
-    /// retained events and were not in the age index, with the time to file them under.
-    pub(super) fn publish(self, cache: &mut RecentCache) -> Vec<(i64, ChannelName)> {
+    /// The earliest time a channel was newly filed under in the age index by this transaction.
+    pub(super) fn newly_filed(&self) -> Option<i64> {
+        self.channels
+            .values()
+            .filter(|draft| draft.saved_age_key.is_none())
+            .filter_map(|draft| draft.age_key)
+            .min()
+    }
+
+    /// Makes the committed drafts visible to readers: the channels in memory are updated, and a
+    /// channel appended to is put there (the others are read from the database when needed).
+    pub(super) fn publish(self, cache: &mut RecentCache) {
         let options = &self.shared.options;
-        let aging = options.retention.max_age.is_some();
-        let mut filed = Vec::new();
         if !self.devices.is_empty() {
             let mut book = self.shared.book();
             for record in self.devices.into_values() {
@@ -203,20 +245,22 @@ impl<'a> Drafts<'a> {
             .write()
             .unwrap_or_else(|e| e.into_inner());
         for (name, draft) in self.channels {
-            let meta = channels
-                .entry(name.clone())
-                .or_insert_with(|| ChannelMeta::new(0, 1, None));
-            if let (true, None, Some(oldest)) = (aging, meta.age_key, draft.appended.first()) {
-                let key = oldest.time.timestamp_millis();
-                meta.age_key = Some(key);
-                filed.push((key, name.clone()));
-            }
-            meta.head = draft.head;
-            meta.first = draft.first;
-            meta.lost.extend(draft.lost);
             self.shared
                 .high_water
                 .fetch_max(draft.head, Ordering::Relaxed);
+            let meta = match channels.entry(name.clone()) {
+                Entry::Occupied(entry) => entry.into_mut(),
+                Entry::Vacant(_) if draft.appended.is_empty() => continue,
+                Entry::Vacant(entry) => {
+                    let mut meta = ChannelMeta::new(draft.head, draft.first, draft.age_key);
+                    meta.lost = draft.lost_before.unwrap_or_default();
+                    entry.insert(meta)
+                }
+            };
+            meta.age_key = draft.age_key;
+            meta.head = draft.head;
+            meta.first = draft.first;
+            meta.lost.extend(draft.lost);
             let appended = !draft.appended.is_empty();
             let (mut added, mut removed) = (0, 0);
             for event in draft.appended {
@@ -241,6 +285,5 @@ impl<'a> Drafts<'a> {
             cache.update(&name, meta, added, removed, appended);
         }
         cache.trim(&mut channels, options.recent_bytes);
-        filed
     }
 }

@@ -1,8 +1,9 @@
 //! The writer thread, owner of the only read-write connection: the commands it takes, the
-//! batches it runs in one transaction each (group commit), the age sweep, the write-back of
-//! device records, and the checkpointer thread beside it.
+//! batches it runs in one transaction each (group commit), the age sweep (through the age
+//! index in the database), dropping the memory of channels gone idle, the write-back of device
+//! records, and the checkpointer thread beside it.
 
-use std::collections::BTreeSet;
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 use pere_proto::event::now;
 use pere_proto::name::ChannelName;
 use pere_proto::receipt::DeviceRecord;
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::books::RecentCache;
@@ -61,6 +62,8 @@ pub(super) type Job = Box<dyn FnOnce(&mut Batch<'_>) -> Box<dyn Deliver> + Send>
 /// A request to the writer thread.
 pub(super) enum Command {
     Write(Job),
+    /// Nothing uses this channel now: drop what memory holds of it.
+    Forget(ChannelName),
     /// Finish what is queued, then stop.
     Close(oneshot::Sender<()>),
 }
@@ -71,12 +74,17 @@ pub(super) struct Writer {
     pub(super) conn: Connection,
     pub(super) shared: Arc<Shared>,
     pub(super) queue: mpsc::Receiver<Command>,
-    /// Channels to prune before anything else, popped from the end: every channel at open, and
-    /// channels with a pruning backlog.
+    /// Channels to prune before anything else, popped from the end: channels with a pruning
+    /// backlog.
     pub(super) sweep: Vec<ChannelName>,
-    /// The age index: each channel with retained events under a time no later than its oldest
-    /// event's (its `ChannelMeta::age_key`), so the channels with expired events come first.
-    pub(super) ages: BTreeSet<(i64, ChannelName)>,
+    /// The pass over every channel after open (a retention shortened since the last run
+    /// applies): the name it continues after, `None` once done; and the next names, read a
+    /// page at a time so the pass holds no list of every channel.
+    pub(super) pass: Option<String>,
+    pub(super) pass_page: VecDeque<ChannelName>,
+    /// The earliest time in the age index (`channels.oldest`, each channel with retained events
+    /// under a time no later than its oldest event's), once read: `None` until it is read again.
+    pub(super) earliest: Option<Option<i64>>,
     /// No age sweep before this.
     pub(super) next_sweep: Instant,
     /// The recent-event cache's account across channels.
@@ -171,7 +179,8 @@ impl Writer {
     /// closers to answer.
     pub(super) fn run(mut self) -> Vec<oneshot::Sender<()>> {
         loop {
-            let wait = if !self.closers.is_empty() || !self.sweep.is_empty() {
+            let wait = if !self.closers.is_empty() || !self.sweep.is_empty() || self.pass.is_some()
+            {
                 Duration::ZERO
             } else {
                 // With nothing due the writer sleeps: an idle store costs no CPU, however many
@@ -256,6 +265,17 @@ impl Writer {
 
     /// Runs a batch of commands in one transaction and answers them after the commit.
     fn run_batch(&mut self, commands: Vec<Command>) {
+        if !commands.iter().any(|c| matches!(c, Command::Write(_))) {
+            // Nothing to write (channels gone idle, a close): no transaction, no commit to count.
+            for command in commands {
+                match command {
+                    Command::Forget(channel) => self.forget(&channel),
+                    Command::Close(closer) => self.closers.push(closer),
+                    Command::Write(_) => {}
+                }
+            }
+            return;
+        }
         let started = now();
         let clock = Instant::now();
         let retention = self.shared.options.retention;
@@ -268,9 +288,11 @@ impl Writer {
             failure: begun.err().map(|err| Failure::Batch(Arc::new(err))),
         };
         let mut answers = Vec::with_capacity(commands.len());
+        let mut forgotten = Vec::new();
         for command in commands {
             match command {
                 Command::Write(job) => answers.push(job(&mut batch)),
+                Command::Forget(channel) => forgotten.push(channel),
                 Command::Close(closer) => self.closers.push(closer),
             }
         }
@@ -291,8 +313,11 @@ impl Writer {
         }
         match &failure {
             None => {
-                let filed = drafts.publish(&mut self.cache);
-                self.ages.extend(filed);
+                // The earliest filed time, kept without a read while it is known.
+                if let (Some(known), Some(filed)) = (self.earliest, drafts.newly_filed()) {
+                    self.earliest = Some(Some(known.map_or(filed, |known| known.min(filed))));
+                }
+                drafts.publish(&mut self.cache);
                 self.committed();
                 if let Some(hook) = self.shared.on_commit.get() {
                     hook(clock.elapsed(), answers.len());
@@ -305,16 +330,57 @@ impl Writer {
             }
             Some(_) => self.shared.event_keys().forget_all(),
         }
+        // After the batch's changes are in memory (or dropped), so that what is dropped is
+        // exactly what the database holds; before the answers, so that a write sent after
+        // `channel_unloaded` is answered once the channel is forgotten.
+        for channel in forgotten {
+            self.forget(&channel);
+        }
         for answer in answers {
             answer.deliver(failure.as_ref());
         }
     }
 
+    /// Drops what memory holds of `channel`: its committed state, cached events and keys.
+    fn forget(&mut self, channel: &ChannelName) {
+        let mut channels = self
+            .shared
+            .channels
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(meta) = channels.remove(channel) {
+            self.cache.forget(&meta);
+        }
+        // A burst of channels gone idle leaves a large table behind.
+        if channels.capacity() > 2 * channels.len() + 64 {
+            channels.shrink_to_fit();
+        }
+        drop(channels);
+        self.shared.event_keys().forget_channel(channel);
+    }
+
+    /// The earliest time in the age index, read from the database when not known (`None` with
+    /// nothing filed, or when it cannot be read: the writer looks again at its next wake-up).
+    fn earliest(&mut self) -> Option<i64> {
+        if let Some(known) = self.earliest {
+            return known;
+        }
+        let read = self
+            .conn
+            .prepare_cached(
+                "SELECT oldest FROM channels WHERE oldest IS NOT NULL ORDER BY oldest LIMIT 1",
+            )
+            .and_then(|mut stmt| stmt.query_row([], |row| row.get::<_, i64>(0)).optional());
+        let earliest = read.ok()?;
+        self.earliest = Some(earliest);
+        earliest
+    }
+
     /// When the oldest event filed in the age index expires (no sooner than `next_sweep`);
     /// `None` without age retention or with nothing retained.
-    fn next_expiry(&self) -> Option<Instant> {
+    fn next_expiry(&mut self) -> Option<Instant> {
         let max_age = self.shared.options.retention.max_age?;
-        let (oldest, _) = self.ages.first()?;
+        let oldest = self.earliest()?;
         let expires = oldest.saturating_add(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX));
         let wait = u64::try_from(expires.saturating_sub(now().timestamp_millis())).unwrap_or(0);
         // Expired exactly at `expires`: a millisecond later it is older than the cutoff.
@@ -322,20 +388,62 @@ impl Writer {
     }
 
     /// Whether the age index holds a channel whose oldest event is older than `cutoff`.
-    fn expired(&self, cutoff: Option<i64>) -> bool {
-        cutoff.is_some_and(|cutoff| {
-            self.ages
-                .first()
-                .is_some_and(|(oldest, _)| *oldest < cutoff)
-        })
+    fn expired(&mut self, cutoff: Option<i64>) -> bool {
+        cutoff.is_some_and(|cutoff| self.earliest().is_some_and(|oldest| oldest < cutoff))
+    }
+
+    /// The next channel of the pass over every channel after open, if it is not done.
+    fn next_in_pass(&mut self) -> rusqlite::Result<Option<ChannelName>> {
+        if self.pass_page.is_empty() {
+            let Some(after) = &self.pass else {
+                return Ok(None);
+            };
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT name FROM channels WHERE name > ?1 ORDER BY name LIMIT ?2",
+            )?;
+            let names = stmt.query_map(params![after, SWEEP_CHANNELS as i64], |row| {
+                row.get::<_, String>(0)
+            })?;
+            for name in names {
+                // A name that is not one holds nothing any reader asks for.
+                let name = name?;
+                if let Ok(channel) = ChannelName::new(&name) {
+                    self.pass_page.push_back(channel);
+                }
+                self.pass = Some(name);
+            }
+            if self.pass_page.is_empty() {
+                self.pass = None;
+            }
+        }
+        Ok(self.pass_page.pop_front())
+    }
+
+    /// Channels the age index says have expired events, earliest first, with their times.
+    fn expired_page(&self, cutoff: i64) -> rusqlite::Result<VecDeque<(ChannelName, i64)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT name, oldest FROM channels WHERE oldest < ?1 ORDER BY oldest LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![cutoff, SWEEP_CHANNELS as i64], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+        })?;
+        let mut page = VecDeque::new();
+        for row in rows {
+            let (name, key) = row?;
+            if let Ok(channel) = ChannelName::new(&name) {
+                page.push_back((channel, key));
+            }
+        }
+        Ok(page)
     }
 
     /// One bounded step of pruning, in its own transaction, when there is something to prune:
-    /// the channels queued in `sweep`, then those the age index says have expired events.
+    /// the channels queued in `sweep`, then those of the pass after open, then those the age
+    /// index says have expired events.
     fn sweep_step(&mut self) {
         let retention = self.shared.options.retention;
         let cutoff = age_cutoff(&retention, now());
-        if self.sweep.is_empty() {
+        if self.sweep.is_empty() && self.pass.is_none() {
             let start = Instant::now();
             if start < self.next_sweep || !self.expired(cutoff) {
                 return;
@@ -346,89 +454,86 @@ impl Writer {
             // Nobody to tell: the next batch meets the same trouble and reports it. The age
             // index is untouched, so expired channels are tried again.
             self.sweep.clear();
+            self.pass = None;
+            self.pass_page.clear();
             return;
         }
-        let mut drafts = Drafts::new(&self.shared);
-        let (mut budget, mut visited, mut deleted) = (PRUNE_CHUNK, 0, 0);
-        // Taken from the age index, and where each goes back once pruned.
-        let (mut taken, mut refile) = (Vec::new(), Vec::new());
-        let mut result = Ok(());
-        while budget > 0 && visited < SWEEP_CHANNELS {
-            let (name, aged) = match self.sweep.pop() {
-                Some(name) => (name, false),
-                None if self.expired(cutoff) => {
-                    let Some((key, name)) = self.ages.pop_first() else {
-                        break;
+        let shared = self.shared.clone();
+        let mut drafts = Drafts::new(&shared);
+        let (mut budget, mut visited, mut deleted, mut refiled) = (PRUNE_CHUNK, 0, 0, false);
+        let mut expired: Option<VecDeque<(ChannelName, i64)>> = None;
+        let result = (|| -> rusqlite::Result<()> {
+            while budget > 0 && visited < SWEEP_CHANNELS {
+                let (name, aged) = if let Some(name) = self.sweep.pop() {
+                    (name, false)
+                } else if let Some(name) = self.next_in_pass()? {
+                    (name, false)
+                } else if let Some(cutoff) = cutoff {
+                    let page = match &mut expired {
+                        Some(page) => page,
+                        None => expired.insert(self.expired_page(cutoff)?),
                     };
-                    taken.push((key, name.clone()));
-                    (name, true)
-                }
-                None => break,
-            };
-            visited += 1;
-            self.shared.visited.fetch_add(1, Ordering::Relaxed);
-            let Some(draft) = drafts.existing(&name) else {
-                continue;
-            };
-            let pruned = prune_channel(&self.conn, &name, draft, &retention, cutoff, budget)
-                .and_then(|(gone, more)| {
-                    if !aged {
-                        return Ok((gone, more, None));
+                    match page.pop_front() {
+                        Some((name, _)) => (name, true),
+                        None => break,
                     }
-                    // Filed again under its oldest remaining event (still expired if `more`).
-                    let oldest = if more {
-                        taken.last().map(|(key, _)| *key)
-                    } else {
-                        oldest_time(&self.conn, &name, draft.first)?
-                    };
-                    Ok((gone, more, Some(oldest)))
-                });
-            match pruned {
-                Ok((gone, more, refiled)) => {
-                    budget -= gone;
-                    deleted += gone;
-                    if more {
-                        self.sweep.push(name.clone());
-                    }
-                    if let Some(key) = refiled {
-                        refile.push((name, key));
-                    }
-                }
-                Err(err) => {
-                    result = Err(err);
+                } else {
                     break;
+                };
+                visited += 1;
+                self.shared.visited.fetch_add(1, Ordering::Relaxed);
+                let Some(draft) = drafts.existing(&self.conn, &name)? else {
+                    continue;
+                };
+                let (gone, more) =
+                    prune_channel(&self.conn, &name, draft, &retention, cutoff, budget)?;
+                budget -= gone;
+                deleted += gone;
+                if more {
+                    // Still expired: it stays filed as it is, and comes first next time.
+                    self.sweep.push(name);
+                    continue;
+                }
+                if !aged {
+                    continue;
+                }
+                // Filed again under its oldest remaining event.
+                let oldest = oldest_time(&self.conn, &name, draft.first)?;
+                if oldest != draft.age_key {
+                    self.conn
+                        .prepare_cached("UPDATE channels SET oldest = ?1 WHERE name = ?2")?
+                        .execute(params![oldest, name.as_str()])?;
+                    draft.age_key = oldest;
+                    draft.saved_age_key = oldest;
+                    refiled = true;
                 }
             }
-        }
-        // With nothing deleted there is nothing to commit (and no sync to pay for).
-        let commit = if deleted == 0 { "ROLLBACK" } else { "COMMIT" };
+            Ok(())
+        })();
+        // With nothing changed there is nothing to commit (and no sync to pay for).
+        let commit = if deleted == 0 && !refiled {
+            "ROLLBACK"
+        } else {
+            "COMMIT"
+        };
         match result.and_then(|()| self.conn.execute_batch(commit)) {
             Ok(()) => {
-                if deleted > 0 {
-                    self.ages.extend(drafts.publish(&mut self.cache));
+                if deleted > 0 || refiled {
+                    drafts.publish(&mut self.cache);
                     self.committed();
                 }
-                let mut channels = self
-                    .shared
-                    .channels
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner());
-                for (name, key) in refile {
-                    if let Some(meta) = channels.get_mut(&name) {
-                        meta.age_key = key;
-                        if let Some(key) = key {
-                            self.ages.insert((key, name));
-                        }
-                    }
+                if refiled {
+                    self.earliest = None;
                 }
             }
             Err(_) => {
                 if !self.conn.is_autocommit() {
                     let _ = self.conn.execute_batch("ROLLBACK");
                 }
-                self.sweep.clear();
                 // Nothing was pruned: the channels stay filed as they were.
-                self.ages.extend(taken);
+                self.sweep.clear();
+                self.pass = None;
+                self.pass_page.clear();
             }
         }
     }
