@@ -292,7 +292,7 @@ async fn without_a_window_a_receipt_key_is_deleted_with_its_receipt() {
         wait_replicas: 0,
     })
     .unwrap();
-    let held = "{rk:ch:RG}:rk:once";
+    let held = "{rk:ch:RG}:rk:H1/once";
     let exists = |key: &'static str| {
         let mut conn = store.connection();
         async move {

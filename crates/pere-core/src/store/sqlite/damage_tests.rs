@@ -144,7 +144,10 @@ async fn a_version_6_store_gets_checksums_on_upgrade() {
     let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
     let written = sums(&conn);
     conn.execute_batch(
-        "ALTER TABLE events DROP COLUMN checksum; DROP TABLE damaged_events; DROP TABLE store; DROP TABLE lost; PRAGMA user_version = 6;",
+        "ALTER TABLE events DROP COLUMN checksum; DROP TABLE damaged_events; DROP TABLE store; DROP TABLE lost;
+        DROP INDEX receipts_by_device_key;
+        CREATE UNIQUE INDEX receipts_by_key ON receipts (channel, idempotency_key) WHERE idempotency_key IS NOT NULL;
+        PRAGMA user_version = 6;",
     )
     .unwrap();
     drop(conn);
@@ -160,7 +163,7 @@ async fn a_version_6_store_gets_checksums_on_upgrade() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .unwrap();
-    assert_eq!(version, 8);
+    assert_eq!(version, 9);
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
         .unwrap();
     drop(conn);
