@@ -74,8 +74,8 @@ end
 /// fails the whole call, as a batch must), events (a JSON array of `{b, p?, y?, k?}`).
 /// Keys are per publisher: `keys` holds each in its publisher's scope, `PUBLISHER/KEY` (`/KEY`
 /// for an anonymous one), as `store::scoped_key` builds it. An older version's fields (bare
-/// keys) answer a push only when their event's publisher is the pusher, and leave with their
-/// events.
+/// keys) answer no push (a found event's publisher and key must be the push's), and leave with
+/// their events.
 /// Every key is checked before anything changes (all or none). Returns `{-2, id, key}` for a
 /// conflict (id 0: an earlier event of the same call holds the key), else `{1, answers}` with
 /// one answer per event: `{1, id, time_ms}` new, `{0, id, fields}` stored under its key before,
@@ -112,8 +112,8 @@ for i, e in ipairs(events) do
       local held = nil
       if old then
         local found = redis.call('XRANGE', KEYS[2], old .. '-0', old .. '-0')
-        -- The publisher is checked too: an older version's bare field may read as a scope.
-        if #found > 0 and field(found[1][2], 'p') == e.p
+        -- Publisher and key are checked too: an older version's bare field may read as a scope.
+        if #found > 0 and field(found[1][2], 'p') == e.p and field(found[1][2], 'k') == k
             and (window == 0 or tonumber(field(found[1][2], 't')) >= now - window) then
           held = found[1][2]
         end
@@ -199,8 +199,9 @@ if ARGV[10] ~= '' then
       local stored = cjson.decode(receipt)
       local t = redis.call('TIME')
       local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-      -- The device is checked too: an older version's `:rk:KEY` may read as a scope.
-      if stored.d == ARGV[2] and (window == 0 or stored.t >= now - window) then
+      -- Device and scoped key are checked too: an older version's `:rk:KEY` may read as a scope.
+      if stored.d == ARGV[2] and found[1][2][4] == ARGV[10]
+          and (window == 0 or stored.t >= now - window) then
         return {0, receipt, redis.call('HGET', KEYS[5], stored.d)}
       end
     end
@@ -305,7 +306,8 @@ for i, l in ipairs(lines) do
             local t = redis.call('TIME')
             now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
           end
-          if stored.d == device and (window == 0 or stored.t >= now - window) then
+          if stored.d == device and found[1][2][4] == scoped(k)
+              and (window == 0 or stored.t >= now - window) then
             if stored.e ~= eid or stored.s ~= l.s then return {-2, stored.e, k} end
             plan[i] = {0, receipt}
             decided = true

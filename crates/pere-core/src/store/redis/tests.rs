@@ -324,7 +324,7 @@ async fn without_a_window_a_receipt_key_is_deleted_with_its_receipt() {
 }
 
 /// Keys an older version held bare (`:keys` field `KEY`, `:rk:KEY`) may read as another's
-/// scope (`DEVICE/KEY`): they answer only their own publisher or device.
+/// scope (`DEVICE/KEY`): they answer no push or receipt, and another's data never.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_of_an_older_version_answer_no_other_publisher() {
     let server = RedisServer::start();
@@ -374,6 +374,15 @@ async fn keys_of_an_older_version_answer_no_other_publisher() {
     assert_eq!((again.new, again.event.id), (false, theirs.event.id));
     let mine = store.append(&c, by("PA", "x")).await.unwrap();
     assert_eq!((mine.new, mine.event.id), (false, first.event.id));
+    // A bare field that reads as PA's own scope for another key answers nothing either.
+    redis::cmd("HSET")
+        .arg("{old:ch:C}:keys")
+        .arg("PA/y")
+        .arg(first.event.id)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    assert!(store.append(&c, by("PA", "y")).await.unwrap().new);
     let other = store
         .record_receipt_keyed(receipt("HB"), "r".to_owned())
         .await
