@@ -506,54 +506,182 @@ async fn a_chunk_larger_than_the_body_limit_is_refused_at_once() {
     );
 }
 
-/// Posts `body` to `path` as device `device` with `key`; returns the status and the JSON answer.
+/// Posts `body` (of `content_type`) to `path` as device `device` with `key`; returns the
+/// status, whether the answer says it was replayed, and the JSON answer.
 async fn keyed_post(
     server: &TestServer,
     path: &str,
     device: &str,
     key: &str,
-    body: &str,
-) -> (u16, serde_json::Value) {
+    (content_type, body): (&str, &str),
+) -> (u16, bool, serde_json::Value) {
     let answer = server
         .http
         .post(server.url(path))
         .header("device", device)
         .header("Idempotency-Key", key)
-        .header("content-type", "text/plain")
+        .header("content-type", content_type)
         .body(body.to_owned())
         .send()
         .await
         .expect("post");
     let status = answer.status().as_u16();
-    (status, answer.json().await.unwrap_or_default())
+    let replayed = answer
+        .headers()
+        .get("idempotent-replayed")
+        .is_some_and(|v| v == "true");
+    (status, replayed, answer.json().await.unwrap_or_default())
+}
+
+fn text(body: &str) -> (&str, &str) {
+    ("text/plain", body)
+}
+
+fn ndjson(body: &str) -> (&str, &str) {
+    ("application/x-ndjson", body)
+}
+
+/// Asserts that nothing of publisher A (its device, bodies or status) is in what B was told.
+fn tells_nothing_of_a(told: &serde_json::Value) {
+    let told = told.to_string();
+    for secret in ["PA", "HA", "secret", "shipped"] {
+        assert!(!told.contains(secret), "{secret} in {told}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn another_publisher_s_idempotency_key_gets_neither_their_event_nor_their_receipt() {
+async fn idempotency_keys_are_per_publisher_and_tell_nothing_of_another() {
     let server = TestServer::start(&["-q"]).await;
-    let (status, first) = keyed_post(&server, "/push/Keys", "PA", "order-17", "secret of A").await;
-    assert_eq!(status, 200, "{first}");
+    let push = "/push/Keys";
+    let (status, replayed, first) =
+        keyed_post(&server, push, "PA", "order-17", text("secret of A")).await;
+    assert_eq!((status, replayed), (200, false), "{first}");
     // A's own retry is answered with its event, as before.
-    let (status, again) = keyed_post(&server, "/push/Keys", "PA", "order-17", "secret of A").await;
-    assert_eq!((status, &again["id"]), (200, &first["id"]));
+    let (status, replayed, again) =
+        keyed_post(&server, push, "PA", "order-17", text("secret of A")).await;
+    assert_eq!((status, replayed, &again["id"]), (200, true, &first["id"]));
+    // The same key with another body is still A's conflict.
+    let (status, _, conflict) =
+        keyed_post(&server, push, "PA", "order-17", text("secret, changed")).await;
+    assert_eq!(status, 409, "{conflict}");
 
-    // B sends A's key (and A's body): refused, and nothing of A's event is told.
-    let (status, answer) = keyed_post(&server, "/push/Keys", "PB", "order-17", "secret of A").await;
-    assert_eq!(status, 409, "{answer}");
-    assert_eq!(answer["error"]["code"], "idempotency_conflict");
-    let told = answer.to_string();
-    assert!(
-        !told.contains("secret") && !told.contains(&format!("event {}", first["id"])),
-        "{told}"
+    // B sends A's key and A's body: stored as B's own new event, nothing of A's told.
+    let (status, replayed, answer) =
+        keyed_post(&server, push, "PB", "order-17", text("secret of A")).await;
+    assert_eq!((status, replayed), (200, false), "{answer}");
+    let b_id = answer["id"].as_u64().expect("an id");
+    assert_eq!(b_id, first["id"].as_u64().unwrap() + 1, "a new event");
+    tells_nothing_of_a(&answer);
+    let (status, replayed, again) =
+        keyed_post(&server, push, "PB", "order-17", text("secret of A")).await;
+    assert_eq!(
+        (status, replayed, again["id"].as_u64()),
+        (200, true, Some(b_id))
     );
+    let stored: serde_json::Value = server
+        .http
+        .get(server.url(&format!("/events/Keys/{b_id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stored["device"], "PB", "{stored}");
 
-    // A receipt key: B learns neither A's device nor its status.
-    let path = format!("/feedback/Keys?id={}&status=shipped-to-A", first["id"]);
-    let (status, _) = keyed_post(&server, &path, "HA", "r-1", "").await;
+    // A batch line with A's key is B's own event too; B's own key replays B's own.
+    let (status, replayed, batch) = keyed_post(
+        &server,
+        push,
+        "PB",
+        "batch-1",
+        ndjson("{\"n\":1}\n{\"n\":2}\n"),
+    )
+    .await;
+    assert_eq!((status, replayed), (200, false), "{batch}");
+    let a_batch = "{\"text\":\"secret line\",\"idempotency_key\":\"batch-1.0\"}\n";
+    let (status, _, a_answer) = server_envelope(&server, "PA", a_batch).await;
+    assert_eq!(status, 200, "{a_answer}");
+    let a_line = a_answer["ids"][0].as_u64().unwrap();
+    let mixed = "{\"text\":\"secret line\",\"idempotency_key\":\"batch-1.0\"}\n\
+                 {\"text\":\"mine\",\"idempotency_key\":\"order-17\"}\n";
+    let (status, replayed, answer) = server_envelope(&server, "PC", mixed).await;
+    assert_eq!((status, replayed), (200, false), "{answer}");
+    let ids: Vec<u64> = answer["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(serde_json::Value::as_u64)
+        .collect();
+    assert_eq!(
+        ids,
+        [a_line + 1, a_line + 2],
+        "two new events of C: {answer}"
+    );
+    assert_eq!(answer["replayed"], 0);
+    tells_nothing_of_a(&answer);
+    let own = "{\"text\":\"fresh\",\"idempotency_key\":\"fresh\"}\n\
+               {\"text\":\"secret of A\",\"idempotency_key\":\"order-17\"}\n";
+    let (status, _, answer) = server_envelope(&server, "PB", own).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["ids"][1].as_u64(),
+        Some(b_id),
+        "B's own key: {answer}"
+    );
+    assert_eq!(answer["replayed"], 1, "only B's own key replays: {answer}");
+
+    // Receipt keys: B's key is its own, single or in a batch, and learns nothing of A's.
+    let feedback = format!("/feedback/Keys?id={}&status=shipped-to-A", first["id"]);
+    let (status, _, _) = keyed_post(&server, &feedback, "HA", "r-1", text("")).await;
     assert_eq!(status, 200);
-    let path = format!("/feedback/Keys?id={}&status=ok", first["id"]);
-    let (status, answer) = keyed_post(&server, &path, "HB", "r-1", "").await;
-    assert_eq!(status, 409, "{answer}");
-    let told = answer.to_string();
-    assert!(!told.contains("HA") && !told.contains("shipped"), "{told}");
+    let feedback = format!("/feedback/Keys?id={}&status=ok", first["id"]);
+    let (status, replayed, answer) = keyed_post(&server, &feedback, "HB", "r-1", text("")).await;
+    assert_eq!((status, replayed), (200, false), "{answer}");
+    assert_eq!(
+        (answer["device"].as_str(), answer["status"].as_str()),
+        (Some("HB"), Some("ok"))
+    );
+    tells_nothing_of_a(&answer);
+    let lines = format!(
+        "{{\"id\":{},\"status\":\"ok\",\"key\":\"r-1\"}}\n",
+        first["id"]
+    );
+    let (status, replayed, answer) =
+        keyed_post(&server, "/feedback/Keys", "HC", "rb", ndjson(&lines)).await;
+    assert_eq!((status, replayed), (200, false), "{answer}");
+    assert_eq!(answer["receipts"][0]["replayed"], false, "{answer}");
+    tells_nothing_of_a(&answer);
+    let (status, replayed, answer) =
+        keyed_post(&server, "/feedback/Keys", "HB", "rb", ndjson(&lines)).await;
+    assert_eq!(
+        (status, replayed),
+        (200, true),
+        "B's own receipt key: {answer}"
+    );
+    tells_nothing_of_a(&answer);
+}
+
+/// Pushes an NDJSON batch of envelopes as `device`; returns what [`keyed_post`] returns.
+async fn server_envelope(
+    server: &TestServer,
+    device: &str,
+    lines: &str,
+) -> (u16, bool, serde_json::Value) {
+    let answer = server
+        .http
+        .post(server.url("/push/Keys"))
+        .header("device", device)
+        .header("content-type", "application/x-ndjson")
+        .header("Pere-Batch", "envelope")
+        .body(lines.to_owned())
+        .send()
+        .await
+        .expect("post");
+    let status = answer.status().as_u16();
+    let replayed = answer
+        .headers()
+        .get("idempotent-replayed")
+        .is_some_and(|v| v == "true");
+    (status, replayed, answer.json().await.unwrap_or_default())
 }

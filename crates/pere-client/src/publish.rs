@@ -419,7 +419,8 @@ pub struct Pushed {
     /// The idempotency key it was sent with.
     pub key: String,
     /// True when the server already held the event under this key and stored nothing
-    /// (`Idempotent-Replayed: true`): an earlier attempt, or another publisher, got it through.
+    /// (`Idempotent-Replayed: true`): an earlier attempt of this publisher got it through (keys
+    /// are per publisher: another's never replays).
     pub replayed: bool,
 }
 

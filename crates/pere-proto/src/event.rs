@@ -15,8 +15,9 @@ pub struct NewEvent {
     pub event_type: Option<EventType>,
     /// The body, kept verbatim.
     pub body: String,
-    /// Makes publishing safe to retry: an append whose key the channel already holds among its
-    /// retained events stores nothing and returns the stored event. 1 to
+    /// Makes publishing safe to retry: an append whose key its publisher already holds among
+    /// the channel's retained events stores nothing and returns the stored event (keys are per
+    /// publisher: another's event under the same key is never returned). 1 to
     /// [`MAX_IDEMPOTENCY_KEY_LEN`] visible ASCII characters.
     pub idempotency_key: Option<String>,
 }

@@ -302,10 +302,11 @@ async fn push<S: Store>(
             ));
         }
     }
-    // A keyed push may meet its own earlier copy: what it sent is kept to compare with that one.
+    // A keyed push may meet its own earlier copy (keys are per publisher: never another's): what
+    // it sent is kept to compare with that one.
     let sent = idempotency_key
         .is_some()
-        .then(|| (body.clone(), event_type.clone(), device.clone()));
+        .then(|| (body.clone(), event_type.clone()));
     let appended = state
         .hub
         .publish(
@@ -320,22 +321,9 @@ async fn push<S: Store>(
         .await?;
     let event = appended.event;
     let replayed = !appended.new;
-    // A key held by another publisher's event is theirs: never answered with their event.
     if replayed
         && sent
-            .as_ref()
-            .is_some_and(|(_, _, publisher)| *publisher != event.publisher)
-    {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "idempotency_conflict",
-            "Idempotency-Key already used on this channel by another publisher; choose another key",
-        ));
-    }
-    if replayed
-        && sent.is_some_and(|(body, event_type, _)| {
-            body != event.body || event_type != event.event_type
-        })
+            .is_some_and(|(body, event_type)| body != event.body || event_type != event.event_type)
     {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -499,13 +487,6 @@ async fn feedback<S: Store>(
     let receipt = recorded.receipt;
     if recorded.new {
         activity::feedback(channel.as_str(), device.as_str(), event_id, &receipt.status);
-    } else if receipt.device != device {
-        // Another device's receipt: nothing of it is told.
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "idempotency_conflict",
-            "Idempotency-Key already used on this channel by another device; choose another key",
-        ));
     } else if (receipt.event_id, &receipt.status) != (event_id, &status) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

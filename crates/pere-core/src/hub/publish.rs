@@ -21,7 +21,8 @@ use super::{Hub, GAP_WAIT};
 impl<S: Store> Hub<S> {
     /// Appends an event to the store, then applies it (see [`Hub::apply_published`]): delivers
     /// it to the channel's live subscribers. Returns once the event is stored, with its id and
-    /// time. An event whose idempotency key the channel already holds is not stored again: the
+    /// time. An event whose idempotency key its publisher already holds on the channel (keys are
+    /// per publisher) is not stored again: the
     /// stored one is returned with [`Appended::new`] false, and nothing else happens (no
     /// delivery, no ledger change, no notice).
     ///

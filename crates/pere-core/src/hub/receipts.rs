@@ -65,7 +65,8 @@ impl<S: Store> Hub<S> {
     }
 
     /// Records a return receipt under an idempotency key (see [`Store::record_receipt_keyed`]):
-    /// a receipt retried with the same key is answered with the stored one
+    /// a receipt its device retried with the same key (keys are per device) is answered with the
+    /// stored one
     /// ([`RecordedReceipt::new`] false), and nothing is recorded, applied or told again.
     ///
     /// # Errors

@@ -115,6 +115,9 @@ where
     receipt_batches_are_all_or_none(make(ROOMY).await).await;
     receipt_batches_answer_held_keys(make(ROOMY).await).await;
     receipt_batches_can_skip_what_was_acknowledged(make(ROOMY).await).await;
+    idempotency_keys_are_per_publisher(make(ROOMY).await).await;
+    batch_keys_are_per_publisher(make(ROOMY).await).await;
+    receipt_keys_are_per_device(make(ROOMY).await).await;
 }
 
 fn line(event_id: u64, status: &str, key: Option<&str>) -> ReceiptLine {
@@ -312,16 +315,6 @@ async fn receipt_batches_answer_held_keys(store: impl Store) {
             other => panic!("a conflict was expected: {other:?}"),
         }
     }
-    let other_device = store
-        .record_receipts(receipt_batch("RBK", "H2", vec![line(2, "ok", Some("k2"))]))
-        .await;
-    assert!(
-        matches!(
-            other_device,
-            Err(StoreError::IdempotencyConflict { id: Some(2), .. })
-        ),
-        "a key held for another device's receipt: {other_device:?}"
-    );
     assert_eq!(
         store.receipt_head(&c).await.unwrap(),
         head,
@@ -329,6 +322,13 @@ async fn receipt_batches_answer_held_keys(store: impl Store) {
     );
     let record = store.device(&c, &dev("H1")).await.unwrap().unwrap();
     assert_eq!(record.receipts, 4, "one single and three new lines");
+    // Another device's batch with H1's key, for another status: its own new receipt.
+    let other_device = store
+        .record_receipts(receipt_batch("RBK", "H2", vec![line(2, "no", Some("k2"))]))
+        .await
+        .unwrap();
+    assert!(other_device[0].new, "{other_device:?}");
+    assert_eq!(other_device[0].receipt.device, dev("H2"));
 }
 
 /// With `unacknowledged_only`, events the device acknowledged already, and events an earlier
@@ -1173,4 +1173,165 @@ async fn devices_come_in_pages(store: impl Store) {
         .await
         .unwrap()
         .is_empty());
+}
+
+fn published_by(publisher: Option<&str>, key: &str, text: &str) -> NewEvent {
+    NewEvent {
+        publisher: publisher.map(dev),
+        ..keyed(key, text)
+    }
+}
+
+/// Keys are per publisher: a key one device holds is another's to use for an event of its own,
+/// an anonymous publisher's keys are a scope of their own, and each retry finds its own event.
+async fn idempotency_keys_are_per_publisher(store: impl Store) {
+    let c = ch("KD");
+    let mine = store
+        .append(&c, published_by(Some("PA"), "order-9", "of A"))
+        .await
+        .unwrap();
+    let theirs = store
+        .append(&c, published_by(Some("PB"), "order-9", "of A"))
+        .await
+        .unwrap();
+    assert!(
+        theirs.new,
+        "another publisher's key is not held for this one"
+    );
+    assert_eq!(theirs.event.id, mine.event.id + 1);
+    assert_eq!(theirs.event.publisher, Some(dev("PB")));
+    let anonymous = store
+        .append(&c, published_by(None, "order-9", "of nobody"))
+        .await
+        .unwrap();
+    assert!(
+        anonymous.new,
+        "anonymous publishers have a scope of their own"
+    );
+    assert_eq!(store.head(&c).await.unwrap(), 3);
+    for (publisher, first) in [
+        (Some("PA"), &mine),
+        (Some("PB"), &theirs),
+        (None, &anonymous),
+    ] {
+        let again = store
+            .append(&c, published_by(publisher, "order-9", "retried"))
+            .await
+            .unwrap();
+        assert!(!again.new, "{publisher:?} retried");
+        assert_eq!(
+            (
+                again.event.id,
+                again.event.publisher.clone(),
+                again.event.body.as_str()
+            ),
+            (
+                first.event.id,
+                first.event.publisher.clone(),
+                first.event.body.as_str()
+            ),
+            "{publisher:?} finds its own event"
+        );
+    }
+    assert_eq!(store.head(&c).await.unwrap(), 3, "retries store nothing");
+}
+
+/// A batch's keyed events are looked up in their own publisher's scope, as single appends are.
+async fn batch_keys_are_per_publisher(store: impl Store) {
+    let c = ch("KB");
+    let held = store
+        .append(&c, published_by(Some("PA"), "a-1", "of A"))
+        .await
+        .unwrap()
+        .event;
+    let batch = vec![
+        published_by(Some("PB"), "a-1", "of A"),
+        published_by(Some("PB"), "b-1", "of B"),
+        published_by(Some("PC"), "b-1", "of B"),
+    ];
+    let appended = store.append_batch(&c, batch).await.unwrap();
+    let seen: Vec<(u64, bool)> = appended.iter().map(|a| (a.event.id, a.new)).collect();
+    assert_eq!(
+        seen,
+        [(2, true), (3, true), (4, true)],
+        "another's key, and one key of two publishers in one batch, are new events"
+    );
+    assert!(appended
+        .iter()
+        .all(|a| a.event.publisher != Some(dev("PA"))));
+    // A's own batch with its key finds its event; with another body the whole batch is refused.
+    let own = store
+        .append_batch(&c, vec![published_by(Some("PA"), "a-1", "of A")])
+        .await
+        .unwrap();
+    assert_eq!((own[0].event.id, own[0].new), (held.id, false));
+    let conflict = store
+        .append_batch(&c, vec![published_by(Some("PB"), "a-1", "changed")])
+        .await;
+    assert!(
+        matches!(
+            conflict,
+            Err(StoreError::IdempotencyConflict { id: Some(2), .. })
+        ),
+        "B's own key with another body names B's own event: {conflict:?}"
+    );
+    assert_eq!(store.head(&c).await.unwrap(), 4);
+}
+
+/// Receipt keys are per device: one device's key is another's to use, and each retry, single or
+/// in a batch, finds its own device's receipt.
+async fn receipt_keys_are_per_device(store: impl Store) {
+    let c = ch("RD");
+    store.append(&c, body("1")).await.unwrap();
+    let at = |device: &str, status: &str| receipt("RD", 1, device, status);
+    let mine = store
+        .record_receipt_keyed(at("HA", "shipped"), "r-1".to_owned())
+        .await
+        .unwrap();
+    let theirs = store
+        .record_receipt_keyed(at("HB", "ok"), "r-1".to_owned())
+        .await
+        .unwrap();
+    assert!(theirs.new, "another device's key is not held for this one");
+    assert_eq!(
+        (
+            theirs.receipt.device.as_str(),
+            theirs.receipt.status.as_str()
+        ),
+        ("HB", "ok")
+    );
+    assert_eq!(theirs.record.device, dev("HB"));
+    for first in [&mine, &theirs] {
+        let again = store
+            .record_receipt_keyed(
+                at(first.receipt.device.as_str(), "retried"),
+                "r-1".to_owned(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (again.receipt.clone(), again.new),
+            (first.receipt.clone(), false)
+        );
+    }
+    let batch = |device: &str, status: &str| {
+        receipt_batch("RD", device, vec![line(1, status, Some("r-1"))])
+    };
+    let third = store.record_receipts(batch("HC", "ok")).await.unwrap();
+    assert!(third[0].new, "a batch line with another device's key");
+    assert_eq!(third[0].receipt.device, dev("HC"));
+    let own = store.record_receipts(batch("HB", "ok")).await.unwrap();
+    assert_eq!(
+        (own[0].receipt.clone(), own[0].new),
+        (theirs.receipt.clone(), false)
+    );
+    let conflict = store.record_receipts(batch("HB", "failed")).await;
+    assert!(
+        matches!(
+            conflict,
+            Err(StoreError::IdempotencyConflict { id: Some(1), .. })
+        ),
+        "{conflict:?}"
+    );
+    assert_eq!(store.receipts(&c, 1).await.unwrap().len(), 3);
 }

@@ -12,8 +12,8 @@ use pere_proto::receipt::{DeviceRecord, DeviceTouch, Membership, Receipt};
 
 use crate::error::StoreError;
 use crate::store::{
-    check_keys, check_receipt_keys, plan_batch, plan_receipts, Appended, EventPage, Plan,
-    ReceiptBatch, ReceiptPlan, RecordedLine, RecordedReceipt, Retention, Store,
+    check_keys, check_receipt_keys, plan_batch, plan_receipts, scoped_key, Appended, EventPage,
+    Plan, ReceiptBatch, ReceiptPlan, RecordedLine, RecordedReceipt, Retention, Store,
 };
 
 /// The in-memory [`Store`]. Each channel has its own lock, so channels never contend.
@@ -37,12 +37,13 @@ struct Inner {
 struct ChannelData {
     head: u64,
     events: VecDeque<Arc<Event>>,
-    // The idempotency keys of retained events; an event's key leaves with it, or when older
-    // than the window.
+    // The idempotency keys of retained events, each in its publisher's scope (`scoped_key`);
+    // an event's key leaves with it, or when older than the window.
     keys: HashMap<String, Arc<Event>>,
     // Keyed events in the order their keys were given, to forget keys past the window.
     key_order: VecDeque<Arc<Event>>,
-    // The idempotency keys of receipts, and the order they were given, (seq, time, key).
+    // The idempotency keys of receipts, each in its device's scope (`scoped_key`), and the
+    // order they were given, (seq, time, scoped key).
     receipt_keys: HashMap<String, Receipt>,
     receipt_key_order: VecDeque<(u64, chrono::DateTime<chrono::Utc>, String)>,
     // Keyed by event id so receipts are pruned together with their events.
@@ -114,9 +115,10 @@ impl ChannelData {
                 break;
             }
             if let Some(key) = &event.idempotency_key {
+                let key = scoped_key(event.publisher.as_ref(), key);
                 // The key may have been given again, to a newer event, once forgotten.
-                if self.keys.get(key).is_some_and(|held| held.id == event.id) {
-                    self.keys.remove(key);
+                if self.keys.get(&key).is_some_and(|held| held.id == event.id) {
+                    self.keys.remove(&key);
                 }
             }
             self.key_order.pop_front();
@@ -158,15 +160,16 @@ impl ChannelData {
         self.events.pop_front();
     }
 
-    /// The retained event holding `key`, if the key is still remembered.
+    /// The retained event of `publisher` holding `key`, if the key is still remembered.
     fn keyed(
         &self,
+        publisher: Option<&DeviceId>,
         key: &str,
         retention: &Retention,
         at: chrono::DateTime<chrono::Utc>,
     ) -> Option<&Arc<Event>> {
         self.keys
-            .get(key)
+            .get(&scoped_key(publisher, key))
             .filter(|e| e.id >= self.first_retained() && retention.key_alive(e.time, at))
     }
 
@@ -187,7 +190,8 @@ impl ChannelData {
         self.head = event.id;
         self.events.push_back(event.clone());
         if let Some(key) = &event.idempotency_key {
-            self.keys.insert(key.clone(), event.clone());
+            self.keys
+                .insert(scoped_key(event.publisher.as_ref(), key), event.clone());
             self.key_order.push_back(event);
         }
     }
@@ -206,16 +210,17 @@ impl ChannelData {
         Ok(self.insert_receipt(receipt))
     }
 
-    /// The receipt held under `key`, if the key is still remembered at `at`.
+    /// The receipt of `device` held under `key`, if the key is still remembered at `at`.
     fn held_receipt(
         &self,
+        device: &DeviceId,
         key: &str,
         retention: &Retention,
         at: chrono::DateTime<chrono::Utc>,
     ) -> Option<&Receipt> {
         let oldest = self.receipt_log.front().map_or(u64::MAX, |r| r.seq);
         self.receipt_keys
-            .get(key)
+            .get(&scoped_key(Some(device), key))
             .filter(|r| r.seq >= oldest && retention.key_alive(r.time, at))
     }
 
@@ -246,8 +251,9 @@ impl ChannelData {
         (receipt, record)
     }
 
-    /// Remembers `key` for a receipt just recorded.
-    fn note_receipt_key(&mut self, receipt: &Receipt, key: String) {
+    /// Remembers `key` for a receipt just recorded, in its device's scope.
+    fn note_receipt_key(&mut self, receipt: &Receipt, key: &str) {
+        let key = scoped_key(Some(&receipt.device), key);
         self.receipt_keys.insert(key.clone(), receipt.clone());
         self.receipt_key_order
             .push_back((receipt.seq, receipt.time, key));
@@ -358,7 +364,7 @@ impl Store for MemoryStore {
         if let Some(stored) = event
             .idempotency_key
             .as_deref()
-            .and_then(|key| data.keyed(key, retention, at))
+            .and_then(|key| data.keyed(event.publisher.as_ref(), key, retention, at))
         {
             return Ok(Appended {
                 event: stored.clone(),
@@ -387,7 +393,9 @@ impl Store for MemoryStore {
         let mut data = data.lock().unwrap_or_else(|e| e.into_inner());
         let at = now();
         // Everything is checked before anything changes: all or none under one lock.
-        let plans = plan_batch(&events, |key| data.keyed(key, retention, at).cloned())?;
+        let plans = plan_batch(&events, |publisher, key| {
+            data.keyed(publisher, key, retention, at).cloned()
+        })?;
         if plans.iter().any(|plan| matches!(plan, Plan::New)) {
             data.pass_floor(self.floor());
         }
@@ -489,7 +497,10 @@ impl Store for MemoryStore {
         let data = self.for_receipt(&receipt)?;
         let retention = &self.inner.retention;
         let mut data = data.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(stored) = data.held_receipt(&key, retention, receipt.time).cloned() {
+        if let Some(stored) = data
+            .held_receipt(&receipt.device, &key, retention, receipt.time)
+            .cloned()
+        {
             let record = data
                 .devices
                 .get(&stored.device)
@@ -502,7 +513,7 @@ impl Store for MemoryStore {
             });
         }
         let (receipt, record) = data.record_receipt(receipt, self.floor())?;
-        data.note_receipt_key(&receipt, key);
+        data.note_receipt_key(&receipt, &key);
         data.prune(retention, receipt.time);
         Ok(RecordedReceipt {
             receipt,
@@ -540,7 +551,10 @@ impl Store for MemoryStore {
         let plans = plan_receipts(
             &batch,
             data.head.max(floor),
-            |key| data.held_receipt(key, retention, at).cloned(),
+            |key| {
+                data.held_receipt(&batch.device, key, retention, at)
+                    .cloned()
+            },
             |id| data.acknowledged(id, &batch.device),
         )?;
         let mut recorded: Vec<RecordedLine> = Vec::with_capacity(plans.len());
@@ -562,7 +576,7 @@ impl Store for MemoryStore {
                         time: at,
                     });
                     if let Some(key) = item.key {
-                        data.note_receipt_key(&receipt, key);
+                        data.note_receipt_key(&receipt, &key);
                     }
                     (receipt, true)
                 }

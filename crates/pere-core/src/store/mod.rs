@@ -5,9 +5,13 @@
 //! - `append` gives the event the channel's next id and makes it readable; ids of one channel are
 //!   strictly increasing and never reused, and an append that fails consumes no id.
 //! - An event is durable, by the backend's own promise, when `append` returns.
-//! - An event with an idempotency key the channel already holds among its retained events is
-//!   not stored again: `append` returns the stored one with [`Appended::new`] false. Keys go with
-//!   their events when retention prunes them. A key that is not valid (see
+//! - Idempotency keys are per publisher: an event's key is held in the scope of its publishing
+//!   device ([`NewEvent::publisher`]; publishers without one share the anonymous scope), a
+//!   receipt's in the scope of its device. Two publishers' equal keys are two keys: neither
+//!   finds, nor is refused by, the other's.
+//! - An event with an idempotency key its publisher already holds among the channel's retained
+//!   events is not stored again: `append` returns the stored one with [`Appended::new`] false.
+//!   Keys go with their events when retention prunes them. A key that is not valid (see
 //!   [`valid_idempotency_key`](pere_proto::event::valid_idempotency_key)) is refused.
 //! - Idempotency keys are forgotten once older than [`Retention::idempotency_window`] (an event
 //!   keyed with a forgotten key is a new event), or sooner when their event is pruned.
@@ -203,8 +207,9 @@ pub struct RecordedLine {
 /// The storage backend of a [`Hub`](crate::hub::Hub). Handles are cheap to clone and share one store.
 pub trait Store: Clone + Send + Sync + 'static {
     /// Appends an event, giving it the channel's next id and the current time, unless its
-    /// idempotency key is already held by a retained event of the channel: that event is
-    /// returned then, and nothing is stored.
+    /// publisher already holds its idempotency key with a retained event of the channel: that
+    /// event is returned then, and nothing is stored. Another publisher's event under the same
+    /// key is neither returned nor in the way.
     ///
     /// # Errors
     /// [`StoreError::InvalidIdempotencyKey`] for a malformed key; [`StoreError::Backend`] when
@@ -219,9 +224,9 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// batch publish). Each event is treated as by [`Store::append`]:
     /// - a new event gets the next id: the new events of a batch have consecutive ids, as no
     ///   other append of the channel comes between them, and the same time;
-    /// - a keyed event whose key the channel holds (within the window), or whose key an earlier
-    ///   event of the same batch carries, is not stored: its place in the answer holds the
-    ///   stored event with [`Appended::new`] false;
+    /// - a keyed event whose key its publisher holds on the channel (within the window), or
+    ///   whose key and publisher an earlier event of the same batch carries, is not stored: its
+    ///   place in the answer holds the stored event with [`Appended::new`] false;
     /// - unlike `append`, a held key whose event has another body or event type fails the whole
     ///   batch with [`StoreError::IdempotencyConflict`].
     ///
@@ -288,11 +293,12 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(Receipt, DeviceRecord), StoreError>> + Send;
 
     /// Records a receipt as [`Store::record_receipt`] does, unless the channel already holds a
-    /// receipt recorded under `key` (within [`Retention::idempotency_window`], and while that
-    /// receipt is retained): that receipt is returned then, with the device's current record
-    /// and [`RecordedReceipt::new`] false, and nothing is recorded. Keys are per channel and
-    /// separate from event keys; comparing the stored receipt with the retried one is the
-    /// caller's business.
+    /// receipt of the same device recorded under `key` (within
+    /// [`Retention::idempotency_window`], and while that receipt is retained): that receipt is
+    /// returned then, with the device's current record and [`RecordedReceipt::new`] false, and
+    /// nothing is recorded. Keys are per channel and device (another device's receipt under the
+    /// same key is never returned), and separate from event keys; comparing the stored receipt
+    /// with the retried one is the caller's business.
     ///
     /// # Errors
     /// As [`Store::record_receipt`]; [`StoreError::InvalidIdempotencyKey`] for a malformed key.
@@ -307,12 +313,13 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// [`Store::record_receipt_keyed`] (or [`Store::record_receipt`] without a key):
     /// - every line's event id is checked before anything is recorded: one never published on
     ///   the channel refuses the whole batch;
-    /// - a line whose key the channel holds (within the window) is answered by the stored
-    ///   receipt, [`RecordedLine::new`] false, and records nothing; a key given to an earlier
-    ///   line of the batch likewise answers that line's receipt;
-    /// - unlike `record_receipt_keyed`, a held key whose receipt is for another event, device
-    ///   or status (or an earlier line's key, for another event or status) fails the whole
-    ///   batch with [`StoreError::IdempotencyConflict`] (`id`: the event of the stored receipt,
+    /// - a line whose key the device holds on the channel (within the window) is answered by
+    ///   the stored receipt, [`RecordedLine::new`] false, and records nothing; a key given to an
+    ///   earlier line of the batch likewise answers that line's receipt; other devices' keys
+    ///   are not the batch's;
+    /// - unlike `record_receipt_keyed`, a held key whose receipt is for another event or status
+    ///   (or an earlier line's key, for another event or status) fails the whole batch with
+    ///   [`StoreError::IdempotencyConflict`] (`id`: the event of the device's stored receipt,
     ///   `None` for an earlier line's);
     /// - each new receipt gets the next `seq`, in line order, and is applied to the device's
     ///   record in that order; the receipt stream shows them together, when the call returns;
@@ -587,6 +594,19 @@ pub(crate) enum Plan {
     Same(usize),
 }
 
+/// The scope and key an idempotency key is held under, as one string: `DEVICE/KEY`, the
+/// device an event's publisher or a receipt's device, empty for an anonymous publisher. Device
+/// ids never hold `/`, so the first one ends the device and two scopes never meet. The Redis
+/// scripts build the same strings (`scoped` in the `lua` room).
+pub(crate) fn scoped_key(device: Option<&DeviceId>, key: &str) -> String {
+    let device = device.map_or("", DeviceId::as_str);
+    let mut scoped = String::with_capacity(device.len() + 1 + key.len());
+    scoped.push_str(device);
+    scoped.push('/');
+    scoped.push_str(key);
+    scoped
+}
+
 /// Refuses events whose idempotency key is malformed, before anything is stored.
 ///
 /// # Errors
@@ -609,27 +629,28 @@ fn well_formed<'a>(keys: impl IntoIterator<Item = Option<&'a str>>) -> Result<()
 }
 
 /// Decides, before anything is stored, what a batch append does with each event: `held` finds
-/// the event a channel holds under a key. Shared by the backends so that they agree.
+/// the event a channel holds under a publisher's key. Shared by the backends so that they agree.
 ///
 /// # Errors
-/// [`StoreError::IdempotencyConflict`] when a key is held (by the channel or by an earlier
-/// event of the batch) for another body or type.
+/// [`StoreError::IdempotencyConflict`] when a key is held by the same publisher (in the channel
+/// or by an earlier event of the batch) for another body or type.
 pub(crate) fn plan_batch(
     events: &[NewEvent],
-    mut held: impl FnMut(&str) -> Option<Arc<Event>>,
+    mut held: impl FnMut(Option<&DeviceId>, &str) -> Option<Arc<Event>>,
 ) -> Result<Vec<Plan>, StoreError> {
-    let mut first_with: HashMap<&str, usize> = HashMap::new();
+    let mut first_with: HashMap<(Option<&DeviceId>, &str), usize> = HashMap::new();
     let mut plans = Vec::with_capacity(events.len());
     for (i, new) in events.iter().enumerate() {
         let Some(key) = new.idempotency_key.as_deref() else {
             plans.push(Plan::New);
             continue;
         };
+        let publisher = new.publisher.as_ref();
         let conflict = |id| StoreError::IdempotencyConflict {
             id,
             key: key.to_owned(),
         };
-        if let Some(&earlier) = first_with.get(key) {
+        if let Some(&earlier) = first_with.get(&(publisher, key)) {
             let first = &events[earlier];
             if first.body != new.body || first.event_type != new.event_type {
                 return Err(conflict(None));
@@ -637,13 +658,13 @@ pub(crate) fn plan_batch(
             plans.push(Plan::Same(earlier));
             continue;
         }
-        match held(key) {
+        match held(publisher, key) {
             Some(stored) if stored.body != new.body || stored.event_type != new.event_type => {
                 return Err(conflict(Some(stored.id)));
             }
             Some(stored) => plans.push(Plan::Stored(stored)),
             None => {
-                first_with.insert(key, i);
+                first_with.insert((publisher, key), i);
                 plans.push(Plan::New);
             }
         }
@@ -675,7 +696,8 @@ pub(crate) fn check_receipt_keys(lines: &[ReceiptLine]) -> Result<(), StoreError
 
 /// Decides, before anything is recorded, what a batch of receipts does with each line:
 /// `known` is the greatest id a receipt may name (the channel's head, or the floor above it),
-/// `held` finds the receipt a channel holds under a key (within the window), `acknowledged`
+/// `held` finds the receipt the batch's device holds under a key on the channel (within the
+/// window; another device's receipt under the key is not its to find), `acknowledged`
 /// says whether the device has a receipt for an event. Shared by the backends that record in
 /// Rust, so that they agree (the Redis script follows the same steps).
 ///
@@ -710,9 +732,7 @@ pub(crate) fn plan_receipts(
             }
             first_with.insert(key, i);
             if let Some(stored) = held(key) {
-                if (stored.event_id, &stored.device, &stored.status)
-                    != (line.event_id, &batch.device, &line.status)
-                {
+                if (stored.event_id, &stored.status) != (line.event_id, &line.status) {
                     return Err(conflict(Some(stored.event_id)));
                 }
                 plans.push(ReceiptPlan::Held(stored));

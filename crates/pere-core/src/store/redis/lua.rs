@@ -72,6 +72,10 @@ end
 /// KEYS: seq, ev, keys, sid, lost, store (one server only), slot. ARGV: max_events, max_age_ms (0: none), window_ms (0: keys live as
 /// long as their events), node, channel, bus (the channel's shard channel), base, strict ('1': a held key with another body or type
 /// fails the whole call, as a batch must), events (a JSON array of `{b, p?, y?, k?}`).
+/// Keys are per publisher: `keys` holds each in its publisher's scope, `PUBLISHER/KEY` (`/KEY`
+/// for an anonymous one), as `store::scoped_key` builds it. An older version's fields (bare
+/// keys) answer no push (a found event's publisher and key must be the push's), and leave with
+/// their events.
 /// Every key is checked before anything changes (all or none). Returns `{-2, id, key}` for a
 /// conflict (id 0: an earlier event of the same call holds the key), else `{1, answers}` with
 /// one answer per event: `{1, id, time_ms}` new, `{0, id, fields}` stored under its key before,
@@ -91,22 +95,26 @@ local function field(f, name)
   for j = 1, #f, 2 do if f[j] == name then return f[j + 1] end end
   return nil
 end
+local function scoped(p, k) return (p or '') .. '/' .. k end
 local plan, first_with = {}, {}
 for i, e in ipairs(events) do
   plan[i] = {1}
   local k = e.k
   if k then
-    local earlier = first_with[k]
+    local sk = scoped(e.p, k)
+    local earlier = first_with[sk]
     if earlier then
       local f = events[earlier]
       if f.b ~= e.b or f.y ~= e.y then return {-2, 0, k} end
       plan[i] = {2, earlier}
     else
-      local old = redis.call('HGET', KEYS[3], k)
+      local old = redis.call('HGET', KEYS[3], sk)
       local held = nil
       if old then
         local found = redis.call('XRANGE', KEYS[2], old .. '-0', old .. '-0')
-        if #found > 0 and (window == 0 or tonumber(field(found[1][2], 't')) >= now - window) then
+        -- Publisher and key are checked too: an older version's bare field may read as a scope.
+        if #found > 0 and field(found[1][2], 'p') == e.p and field(found[1][2], 'k') == k
+            and (window == 0 or tonumber(field(found[1][2], 't')) >= now - window) then
           held = found[1][2]
         end
       end
@@ -116,7 +124,7 @@ for i, e in ipairs(events) do
         end
         plan[i] = {0, tonumber(old), held}
       else
-        first_with[k] = i
+        first_with[sk] = i
       end
     end
   end
@@ -133,7 +141,7 @@ for i, e in ipairs(events) do
     if e.y then table.insert(fields, 'y'); table.insert(fields, e.y); notice.y = e.y end
     if e.k then
       table.insert(fields, 'k'); table.insert(fields, e.k); notice.x = e.k
-      redis.call('HSET', KEYS[3], e.k, id)
+      redis.call('HSET', KEYS[3], scoped(e.p, e.k), id)
     end
     redis.call('XADD', KEYS[2], id .. '-0', unpack(fields))
     redis.call('SPUBLISH', ARGV[6], cjson.encode(notice))
@@ -155,7 +163,12 @@ for _ = 1, 1000 do
   local ft, fk = tonumber(field(f, 't') or '0'), field(f, 'k')
   if not (len > max_events or ft < cutoff) then break end
   redis.call('XDEL', KEYS[2], first[1][1])
-  if fk and redis.call('HGET', KEYS[3], fk) == fid then redis.call('HDEL', KEYS[3], fk) end
+  if fk then
+    -- Scoped as now, or bare as an older version held it.
+    for _, name in ipairs({scoped(field(f, 'p'), fk), fk}) do
+      if redis.call('HGET', KEYS[3], name) == fid then redis.call('HDEL', KEYS[3], name) end
+    end
+  end
   redis.call('DEL', ARGV[7] .. ':rc:' .. fid, ARGV[7] .. ':ra:' .. fid)
   len = len - 1
 end
@@ -167,8 +180,10 @@ return {1, answers}
 /// the store changed: as good as pruned), the node's known head; `{-3}` when the store changed.
 /// ARGV: event_id,
 /// device, status, time_ms, max_events, node, channel, bus, base, key ('' for none), window_ms (0:
-/// as long as the receipt is retained). A keyed receipt's `rlog` entry carries its key (`k`), so
-/// the key goes when the receipt leaves the stream. Returns `{-1}` for an unknown event, `{0, receipt,
+/// as long as the receipt is retained). The key is in its device's scope, `DEVICE/KEY`, as
+/// `store::scoped_key` builds it, and so is `rkey` (`:rk:DEVICE/KEY`): keys are per device. A
+/// keyed receipt's `rlog` entry carries its scoped key (`k`), so the key goes when the receipt
+/// leaves the stream. Returns `{-1}` for an unknown event, `{0, receipt,
 /// record}` for the receipt already recorded under the key, else `{receipt, record}` (JSON).
 pub(crate) const RECEIPT: &str = r#"
 local global = nil
@@ -184,7 +199,9 @@ if ARGV[10] ~= '' then
       local stored = cjson.decode(receipt)
       local t = redis.call('TIME')
       local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-      if window == 0 or stored.t >= now - window then
+      -- Device and scoped key are checked too: an older version's `:rk:KEY` may read as a scope.
+      if stored.d == ARGV[2] and found[1][2][4] == ARGV[10]
+          and (window == 0 or stored.t >= now - window) then
         return {0, receipt, redis.call('HGET', KEYS[5], stored.d)}
       end
     end
@@ -243,7 +260,8 @@ return {receipt, record}
 /// retained), the store's id, its floor, the node's known head, unacknowledged_only ('1': lines
 /// whose event the device acknowledged, or an earlier line names, are left out), lines (a JSON
 /// array of `{e, s, k?}`, the event id `e` as text, as stream ids are: never a Lua number in a
-/// key's name). The receipt keys (`:rk:KEY`) are built from `base`. Returns `{-3}`
+/// key's name). The receipt keys are the device's (`:rk:DEVICE/KEY`, see [`RECEIPT`]), built
+/// from `base`. Returns `{-3}`
 /// when the store changed (see [`IDENTITY`]), `{-1, i}` when line i (1-based) names an
 /// unknown event, `{-2, id, key}` for a key held for another receipt (id 0: an earlier line's),
 /// else `{1, answers}`: per line `{1, receipt}` new, `{0, receipt}` held under its key,
@@ -262,6 +280,7 @@ local head = tonumber(redis.call('GET', KEYS[1]) or '0')
 local known = math.max(head, tonumber(ARGV[10]))
 local now = nil
 local plan, first_with, taken = {}, {}, {}
+local function scoped(k) return device .. '/' .. k end
 for i, l in ipairs(lines) do
   local eid = tonumber(l.e)
   if eid < 1 or eid > known then return {-1, i} end
@@ -277,7 +296,7 @@ for i, l in ipairs(lines) do
       decided = true
     else
       first_with[k] = i
-      local old = redis.call('GET', base .. ':rk:' .. k)
+      local old = redis.call('GET', base .. ':rk:' .. scoped(k))
       if old then
         local found = redis.call('XRANGE', KEYS[4], old .. '-0', old .. '-0')
         if #found > 0 then
@@ -287,8 +306,9 @@ for i, l in ipairs(lines) do
             local t = redis.call('TIME')
             now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
           end
-          if window == 0 or stored.t >= now - window then
-            if stored.e ~= eid or stored.d ~= device or stored.s ~= l.s then return {-2, stored.e, k} end
+          if stored.d == device and found[1][2][4] == scoped(k)
+              and (window == 0 or stored.t >= now - window) then
+            if stored.e ~= eid or stored.s ~= l.s then return {-2, stored.e, k} end
             plan[i] = {0, receipt}
             decided = true
           end
@@ -321,7 +341,7 @@ for i, l in ipairs(lines) do
     local seq = redis.call('INCR', KEYS[3])
     local receipt = cjson.encode({q = seq, e = eid, d = device, s = l.s, t = at})
     local entry = {'j', receipt}
-    if l.k then table.insert(entry, 'k'); table.insert(entry, l.k) end
+    if l.k then table.insert(entry, 'k'); table.insert(entry, scoped(l.k)) end
     redis.call('XADD', KEYS[4], seq .. '-0', unpack(entry))
     if eid >= first then
       redis.call('RPUSH', base .. ':rc:' .. l.e, receipt)
@@ -329,9 +349,9 @@ for i, l in ipairs(lines) do
     end
     if l.k then
       if window > 0 then
-        redis.call('SET', base .. ':rk:' .. l.k, seq, 'PX', window)
+        redis.call('SET', base .. ':rk:' .. scoped(l.k), seq, 'PX', window)
       else
-        redis.call('SET', base .. ':rk:' .. l.k, seq)
+        redis.call('SET', base .. ':rk:' .. scoped(l.k), seq)
       end
     end
     redis.call('SPUBLISH', ARGV[6], cjson.encode({n = ARGV[4], k = 'r', c = ARGV[5], r = receipt}))

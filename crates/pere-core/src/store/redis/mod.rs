@@ -58,7 +58,7 @@
 //! | --- | --- | --- | --- |
 //! | `{P:ch:C}:seq` | string | last event id | forever (ids are never reused) |
 //! | `{P:ch:C}:ev` | stream | events, entry id `ID-0`; fields `t` ms, `b` body, `p`, `y`, `k` | trimmed at append by `--retention-events` and `--retention-age` |
-//! | `{P:ch:C}:keys` | hash | idempotency key → id | a key leaves with its event; ignored past `--idempotency-window` |
+//! | `{P:ch:C}:keys` | hash | idempotency key in its publisher's scope (`PUBLISHER/KEY`, `/KEY` when anonymous) → id | a key leaves with its event; ignored past `--idempotency-window` |
 //! | `{P:ch:C}:rc:ID` | list | receipts of a retained event (JSON) | deleted with the event |
 //! | `{P:ch:C}:ra:ID` | set | devices that acknowledged it (`unacknowledged`) | deleted with the event |
 //! | `{P:ch:C}:rseq` | string | last receipt `seq` | forever |
@@ -67,7 +67,7 @@
 //! | `{P:ch:C}:devs` | sorted set | device ids, for pages in id order | forever |
 //! | `{P:ch:C}:mem`, `:memcur` | list, hash | memberships (JSON); device → index of its current one | forever |
 //! | `{P:ch:C}:wh:ID` | string | the node that reports the event | 2 × receipt timeout + 60 s |
-//! | `{P:ch:C}:rk:KEY` | string | a receipt's idempotency key → its `seq` | `--idempotency-window`; deleted with its receipt |
+//! | `{P:ch:C}:rk:DEVICE/KEY` | string | a receipt's idempotency key, in its device's scope → its `seq` | `--idempotency-window`; deleted with its receipt |
 //! | `{P:ch:C}:pres:N` | hash | device → streams on node N | until N's last stream closes or a sweep |
 //! | `{P:ch:C}:pres` | hash | device → streams on all nodes (online devices) | while the device is online |
 //! | `{P:ch:C}:pseq`, `:plog` | string, stream | last presence `seq`; changes, entry id `SEQ-0`, fields `d`, `o`, `t` | forever; the newest 1,000 |

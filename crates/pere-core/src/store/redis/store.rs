@@ -25,7 +25,7 @@ use super::nodes::Nodes;
 use super::script::{eval, Confirmation, Confirming};
 use crate::error::{StoreError, Unconfirmed};
 use crate::store::{
-    check_keys, check_receipt_keys, Appended, EventPage, ReceiptBatch, RecordedLine,
+    check_keys, check_receipt_keys, scoped_key, Appended, EventPage, ReceiptBatch, RecordedLine,
     RecordedReceipt, Retention, Store,
 };
 
@@ -558,6 +558,8 @@ impl RedisStore {
         key: Option<String>,
     ) -> Result<RecordedReceipt, StoreError> {
         let channel = receipt.channel.clone();
+        // Receipt keys are per device: the script sees the key in its device's scope only.
+        let key = key.map(|key| scoped_key(Some(&receipt.device), &key));
         let key_key = self
             .inner
             .keys

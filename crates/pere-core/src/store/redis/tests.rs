@@ -317,7 +317,7 @@ async fn without_a_window_a_receipt_key_is_deleted_with_its_receipt() {
         wait_replicas: 0,
     })
     .unwrap();
-    let held = "{rk:ch:RG}:rk:once";
+    let held = "{rk:ch:RG}:rk:H1/once";
     let exists = |key: &'static str| {
         let mut conn = store.connection();
         async move {
@@ -346,6 +346,93 @@ async fn without_a_window_a_receipt_key_is_deleted_with_its_receipt() {
             .unwrap();
     }
     assert_eq!(exists(held).await, 0, "no key outlives its receipt");
+}
+
+/// Keys an older version held bare (`:keys` field `KEY`, `:rk:KEY`) may read as another's
+/// scope (`DEVICE/KEY`): they answer no push or receipt, and another's data never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_of_an_older_version_answer_no_other_publisher() {
+    let server = RedisServer::start();
+    let store = RedisStore::open(RedisOptions {
+        url: server.url(),
+        prefix: "old".into(),
+        retention: ROOMY,
+        tls: RedisTls::default(),
+        wait_replicas: 0,
+    })
+    .unwrap();
+    let c = conformance::ch("C");
+    let by = |publisher: &str, key: &str| pere_proto::event::NewEvent {
+        publisher: Some(conformance::dev(publisher)),
+        idempotency_key: Some(key.to_owned()),
+        ..conformance::body("secret of PA")
+    };
+    let first = store.append(&c, by("PA", "x")).await.unwrap();
+    let receipt = |device: &str| Receipt {
+        seq: 0,
+        channel: c.clone(),
+        event_id: 1,
+        device: conformance::dev(device),
+        status: "shipped".into(),
+        time: pere_proto::event::now(),
+    };
+    let held = store
+        .record_receipt_keyed(receipt("HA"), "r".to_owned())
+        .await
+        .unwrap();
+    // As an older version would have held keys spelled `PB/x` and `HB/r`.
+    let mut conn = store.connection();
+    redis::pipe()
+        .cmd("HSET")
+        .arg("{old:ch:C}:keys")
+        .arg("PB/x")
+        .arg(first.event.id)
+        .cmd("SET")
+        .arg("{old:ch:C}:rk:HB/r")
+        .arg(held.receipt.seq)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let theirs = store.append(&c, by("PB", "x")).await.unwrap();
+    assert!(theirs.new, "PA's event is not PB's");
+    let again = store.append(&c, by("PB", "x")).await.unwrap();
+    assert_eq!((again.new, again.event.id), (false, theirs.event.id));
+    let mine = store.append(&c, by("PA", "x")).await.unwrap();
+    assert_eq!((mine.new, mine.event.id), (false, first.event.id));
+    // A bare field that reads as PA's own scope for another key answers nothing either.
+    redis::cmd("HSET")
+        .arg("{old:ch:C}:keys")
+        .arg("PA/y")
+        .arg(first.event.id)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    assert!(store.append(&c, by("PA", "y")).await.unwrap().new);
+    let other = store
+        .record_receipt_keyed(receipt("HB"), "r".to_owned())
+        .await
+        .unwrap();
+    assert!(other.new, "HA's receipt is not HB's");
+    assert_eq!(other.receipt.device.as_str(), "HB");
+    let batch = store
+        .record_receipts(crate::store::ReceiptBatch {
+            channel: c.clone(),
+            device: conformance::dev("HB"),
+            time: pere_proto::event::now(),
+            lines: vec![crate::store::ReceiptLine {
+                event_id: 1,
+                status: "shipped".into(),
+                key: Some("r".into()),
+            }],
+            unacknowledged_only: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (batch[0].new, batch[0].receipt.seq),
+        (false, other.receipt.seq),
+        "HB's own key, now held in its scope"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,10 +12,13 @@ use pere_proto::name::{ChannelName, DeviceId};
 use pere_proto::receipt::DeviceRecord;
 use rusqlite::Connection;
 
-/// The hash an event's idempotency key is held under in [`EventKeys`] (the map is per channel,
-/// so the channel is not in it).
-pub(super) fn key_hash(key: impl AsRef<[u8]>) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(key.as_ref())
+/// The hash an event's idempotency key is held under in [`EventKeys`]: of the key in its
+/// publisher's scope (keys are per publisher; the map is per channel, so the channel is not in
+/// it). The publisher seeds the key's hash, so no string is built per keyed push; an anonymous
+/// publisher (no device, `None`) seeds none.
+pub(super) fn key_hash(publisher: Option<&[u8]>, key: &[u8]) -> u64 {
+    let seed = publisher.map_or(0, xxhash_rust::xxh3::xxh3_64);
+    xxhash_rust::xxh3::xxh3_64_with_seed(key, seed)
 }
 
 /// Most keys [`EventKeys`] holds across channels: past it, the writer forgets them all and
@@ -27,7 +30,8 @@ const HELD_KEYS: usize = 4_000_000;
 pub(super) const KEY_SWEEP_MIN: usize = 1024;
 
 /// The idempotency keys of retained events, as the writer looks them up: per channel, the hash
-/// of each key and the id of its event, read from the channel's rows on its first keyed write
+/// of each key with its publisher ([`key_hash`]) and the id of its event, read from the
+/// channel's rows (which keep the publisher beside the key) on its first keyed write
 /// after open. The rows stay the truth: an entry is checked against its row when found; one whose
 /// event was pruned is dropped when met or at the next sweep; and all are forgotten when a
 /// transaction rolls back, since what it did to them is undone.
@@ -57,18 +61,21 @@ impl EventKeys {
         if !self.channels.contains_key(channel) {
             let mut ids = HashMap::new();
             let mut rows = conn.prepare_cached(
-                "SELECT id, idempotency_key FROM events \
+                "SELECT id, publisher, idempotency_key FROM events \
                      WHERE channel = ?1 AND idempotency_key IS NOT NULL ORDER BY id",
             )?;
             let mut rows = rows.query([channel.as_str()])?;
             while let Some(row) = rows.next()? {
-                // The key's bytes as stored: one damaged into invalid UTF-8 is held under a
-                // hash no valid key has, and its row is checked when found anyway.
-                let Ok(key) = row.get_ref(1)?.as_bytes() else {
+                // The bytes as stored: a key or publisher damaged into invalid UTF-8 is held
+                // under a hash no valid pair has, and its row is checked when found anyway.
+                let (Ok(publisher), Ok(key)) = (
+                    row.get_ref(1)?.as_bytes_or_null(),
+                    row.get_ref(2)?.as_bytes(),
+                ) else {
                     continue;
                 };
                 // Oldest first: of two keys with one hash, the newer holds the entry.
-                ids.insert(key_hash(key), row.get::<_, u64>(0)?);
+                ids.insert(key_hash(publisher, key), row.get::<_, u64>(0)?);
             }
             if self.held + ids.len() > HELD_KEYS {
                 self.forget_all();
@@ -81,14 +88,14 @@ impl EventKeys {
         Ok(&mut self.channels.get_mut(channel).expect("just held").ids)
     }
 
-    /// Notes that event `id` of `channel` now holds `key`; `first` is the channel's oldest
-    /// retained id, below which entries are stale.
-    pub(super) fn noted(&mut self, channel: &ChannelName, key: &str, id: u64, first: u64) {
+    /// Notes that event `id` of `channel` now holds the key hashed `hash` (see [`key_hash`]);
+    /// `first` is the channel's oldest retained id, below which entries are stale.
+    pub(super) fn noted(&mut self, channel: &ChannelName, hash: u64, id: u64, first: u64) {
         // Not held: the channel's rows, this one included, are read when it is next asked for.
         let Some(keys) = self.channels.get_mut(channel) else {
             return;
         };
-        if keys.ids.insert(key_hash(key), id).is_none() {
+        if keys.ids.insert(hash, id).is_none() {
             self.held += 1;
         }
         if keys.ids.len() >= (2 * keys.swept).max(KEY_SWEEP_MIN) {
@@ -102,10 +109,10 @@ impl EventKeys {
         }
     }
 
-    /// Drops the entry of `key` if it is event `id`'s.
-    pub(super) fn forget(&mut self, channel: &ChannelName, key: &str, id: u64) {
+    /// Drops the entry of the key hashed `hash` if it is event `id`'s.
+    pub(super) fn forget(&mut self, channel: &ChannelName, hash: u64, id: u64) {
         if let Some(keys) = self.channels.get_mut(channel) {
-            if let Entry::Occupied(entry) = keys.ids.entry(key_hash(key)) {
+            if let Entry::Occupied(entry) = keys.ids.entry(hash) {
                 if *entry.get() == id {
                     entry.remove();
                     self.held -= 1;

@@ -144,8 +144,11 @@ async fn a_version_6_store_gets_checksums_on_upgrade() {
     let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
     let written = sums(&conn);
     conn.execute_batch(
-        "ALTER TABLE events DROP COLUMN checksum; DROP TABLE damaged_events; DROP TABLE store; DROP TABLE lost; \
-         DROP INDEX channels_by_oldest; ALTER TABLE channels DROP COLUMN oldest; PRAGMA user_version = 6;",
+        "ALTER TABLE events DROP COLUMN checksum; DROP TABLE damaged_events; DROP TABLE store; DROP TABLE lost;
+         DROP INDEX channels_by_oldest; ALTER TABLE channels DROP COLUMN oldest;
+         DROP INDEX receipts_by_device_key;
+         CREATE UNIQUE INDEX receipts_by_key ON receipts (channel, idempotency_key) WHERE idempotency_key IS NOT NULL;
+         PRAGMA user_version = 6;",
     )
     .unwrap();
     drop(conn);

@@ -24,8 +24,9 @@ use crate::store::{
     RecordedReceipt, Retention,
 };
 
-/// The retained event of `channel` holding `key`, if the key is still remembered. Run by the
-/// writer, which sees its transaction's own inserts: a key sent twice in one batch is stored
+/// The retained event of `channel` that `publisher` published under `key`, if the key is still
+/// remembered (keys are per publisher: another's event under the same key is not found). Run by
+/// the writer, which sees its transaction's own inserts: a key sent twice in one batch is stored
 /// once too. A key past the window is cleared from its event, so it can be given again. An
 /// event that holds the key but is damaged (it fails its checksum, or does not decode) holds it
 /// no more: the retry is stored as a new event, which brings back what was lost.
@@ -34,11 +35,14 @@ fn keyed_event(
     keys: &mut EventKeys,
     retention: &Retention,
     channel: &ChannelName,
+    publisher: Option<&DeviceId>,
     key: &str,
     at: DateTime<Utc>,
 ) -> rusqlite::Result<Option<Arc<Event>>> {
+    let publisher_name = publisher.map(DeviceId::as_str);
+    let hash = key_hash(publisher_name.map(str::as_bytes), key.as_bytes());
     // Most keys are new: the map says so without reading the database.
-    let Some(&id) = keys.channel(conn, channel)?.get(&key_hash(key)) else {
+    let Some(&id) = keys.channel(conn, channel)?.get(&hash) else {
         return Ok(None);
     };
     let stored = query_events(
@@ -48,21 +52,29 @@ fn keyed_event(
         params![channel.as_str(), id],
     )?;
     let event = match stored.events.into_iter().next() {
-        Some(event) if event.idempotency_key.as_deref() == Some(key) => event,
+        Some(event)
+            if event.idempotency_key.as_deref() == Some(key)
+                && event.publisher.as_ref() == publisher =>
+        {
+            event
+        }
         // Pruned since, or damaged.
         None => {
-            keys.forget(channel, key, id);
+            keys.forget(channel, hash, id);
             return Ok(None);
         }
-        // Another key with the same hash holds the entry (about one chance in 2^64 per pair),
-        // or the key was cleared: the channel's rows say.
+        // Another key and publisher with the same hash hold the entry (about one chance in
+        // 2^64 per pair), or the key was cleared: the channel's rows say.
         Some(_) => {
-            let by_key = select_event!("WHERE channel = ?1 AND idempotency_key = ?2");
-            match query_events(conn, channel, by_key, params![channel.as_str(), key])?
-                .events
-                .into_iter()
-                .next()
-            {
+            let by_key =
+                select_event!("WHERE channel = ?1 AND idempotency_key = ?2 AND publisher IS ?3");
+            let found = query_events(
+                conn,
+                channel,
+                by_key,
+                params![channel.as_str(), key, publisher_name],
+            )?;
+            match found.events.into_iter().next() {
                 Some(event) => event,
                 None => return Ok(None),
             }
@@ -73,7 +85,7 @@ fn keyed_event(
     }
     conn.prepare_cached("UPDATE events SET idempotency_key = NULL WHERE channel = ?1 AND id = ?2")?
         .execute(params![channel.as_str(), event.id])?;
-    keys.forget(channel, key, event.id);
+    keys.forget(channel, hash, event.id);
     Ok(None)
 }
 
@@ -87,7 +99,9 @@ pub(super) fn append(
     if let Some(key) = &new.idempotency_key {
         let mut keys = drafts.shared.event_keys();
         let retention = &drafts.shared.options.retention;
-        if let Some(event) = keyed_event(conn, &mut keys, retention, &channel, key, at)? {
+        let publisher = new.publisher.as_ref();
+        if let Some(event) = keyed_event(conn, &mut keys, retention, &channel, publisher, key, at)?
+        {
             return Ok(Appended { event, new: false });
         }
     }
@@ -107,11 +121,13 @@ pub(super) fn append_batch(
     let mut failed = None;
     let plans = {
         let mut keys = drafts.shared.event_keys();
-        plan_batch(&events, |key| {
-            keyed_event(conn, &mut keys, &retention, &channel, key, at).unwrap_or_else(|err| {
-                failed.get_or_insert(err);
-                None
-            })
+        plan_batch(&events, |publisher, key| {
+            keyed_event(conn, &mut keys, &retention, &channel, publisher, key, at).unwrap_or_else(
+                |err| {
+                    failed.get_or_insert(err);
+                    None
+                },
+            )
         })
     };
     if let Some(err) = failed {
@@ -209,9 +225,10 @@ fn insert_event(
         checksum,
     ])?;
     if let Some(key) = &event.idempotency_key {
+        let hash = key_hash(publisher.map(str::as_bytes), key.as_bytes());
         shared
             .event_keys()
-            .noted(&event.channel, key, id, draft.first);
+            .noted(&event.channel, hash, id, draft.first);
     }
     draft.head = id;
     draft.appended.push(event.clone());
@@ -239,20 +256,23 @@ fn receipt_bound(
     Ok(Some(head.max(floor)))
 }
 
-/// The receipt of `channel` held under `key`, if the key is still remembered at `at`. A key
-/// past the window is cleared from its receipt, so it can be given again.
+/// The receipt of `device` on `channel` held under `key`, if the key is still remembered at
+/// `at` (keys are per device: another device's receipt under the key is not found). A key past
+/// the window is cleared from its receipt, so it can be given again.
 fn held_receipt(
     conn: &Connection,
     drafts: &Drafts<'_>,
     channel: &ChannelName,
+    device: &DeviceId,
     key: &str,
     at: DateTime<Utc>,
 ) -> rusqlite::Result<Option<Receipt>> {
     let held = query_receipts(
         conn,
         channel,
-        "SELECT seq, event_id, device, status, time FROM receipts WHERE channel = ?1 AND idempotency_key = ?2",
-        params![channel.as_str(), key],
+        "SELECT seq, event_id, device, status, time FROM receipts \
+             WHERE channel = ?1 AND device = ?2 AND idempotency_key = ?3",
+        params![channel.as_str(), device.as_str(), key],
     )?;
     let Some(stored) = held.into_iter().next() else {
         return Ok(None);
@@ -325,7 +345,8 @@ pub(super) fn record_receipt(
         _ => return Ok(Err(StoreError::UnknownEvent { id })),
     }
     if let Some(key) = &key {
-        if let Some(stored) = held_receipt(conn, drafts, &receipt.channel, key, receipt.time)? {
+        let (channel, device) = (&receipt.channel, &receipt.device);
+        if let Some(stored) = held_receipt(conn, drafts, channel, device, key, receipt.time)? {
             let first = || DeviceRecord::first(&receipt_touch(&stored));
             let record = drafts
                 .device(conn, &stored.channel, &stored.device, first)?
@@ -385,10 +406,11 @@ pub(super) fn record_receipts(
             &batch,
             known,
             |key| {
-                held_receipt(conn, drafts, &batch.channel, key, batch.time).unwrap_or_else(|err| {
-                    failed_key.get_or_insert(err);
-                    None
-                })
+                held_receipt(conn, drafts, &batch.channel, &batch.device, key, batch.time)
+                    .unwrap_or_else(|err| {
+                        failed_key.get_or_insert(err);
+                        None
+                    })
             },
             |id| {
                 acknowledged(conn, &batch.channel, id, &batch.device).unwrap_or_else(|err| {

@@ -207,6 +207,13 @@ pub(super) const MIGRATIONS: &[&str] = &[
         file_oldest!(),
         ";"
     ),
+    // v10. Idempotency keys are per publisher: a receipt's key is unique among its device's
+    // retained receipts of the channel, no longer among all of them (event keys were never
+    // indexed since v6; the writer's memory now hashes them with their publisher). Every key
+    // held before stays its device's, as it was unique on the channel.
+    "DROP INDEX receipts_by_key;
+    CREATE UNIQUE INDEX receipts_by_device_key ON receipts (channel, device, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;",
 ];
 
 /// The schema version this build writes.

@@ -572,7 +572,7 @@ async fn a_version_2_database_gets_idempotency_keys() {
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .unwrap();
     assert_eq!(version, SCHEMA_VERSION);
-    assert_eq!(SCHEMA_VERSION, 9);
+    assert_eq!(SCHEMA_VERSION, 10);
 }
 
 #[tokio::test]
@@ -595,7 +595,9 @@ async fn a_version_4_database_keeps_its_idempotency_keys() {
     drop(conn);
 
     let store = open(dir.path(), ROOMY);
+    // Stored without a publisher: the anonymous publisher's key.
     let replay = NewEvent {
+        publisher: None,
         idempotency_key: Some("k".to_owned()),
         ..body("first")
     };
@@ -659,11 +661,110 @@ async fn a_key_whose_hash_another_key_holds_is_found_in_the_rows() {
         .get_mut(&c)
         .expect("the channel's keys are held")
         .ids
-        .insert(key_hash("b"), 1);
+        .insert(key_hash(Some(b"P1"), b"b"), 1);
     let again = store.append(&c, keyed("b", "2")).await.unwrap();
     assert_eq!((again.new, again.event.id), (false, 2));
     let again = store.append(&c, keyed("a", "1")).await.unwrap();
     assert_eq!((again.new, again.event.id), (false, 1));
+}
+
+#[tokio::test]
+async fn keys_stay_per_publisher_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = ch("C");
+    let by = |publisher: Option<&str>, text: &str| NewEvent {
+        publisher: publisher.map(dev),
+        ..keyed("k", text)
+    };
+    {
+        let store = open(dir.path(), ROOMY);
+        for (publisher, text) in [(Some("PA"), "1"), (Some("PB"), "2"), (None, "3")] {
+            assert!(store.append(&c, by(publisher, text)).await.unwrap().new);
+        }
+    }
+    // The held keys are read back from the rows, each with its publisher.
+    let store = open(dir.path(), ROOMY);
+    for (publisher, id) in [(None, 3), (Some("PB"), 2), (Some("PA"), 1)] {
+        let again = store.append(&c, by(publisher, "retried")).await.unwrap();
+        assert_eq!((again.new, again.event.id), (false, id), "{publisher:?}");
+    }
+    let another = store.append(&c, by(Some("PC"), "4")).await.unwrap();
+    assert_eq!((another.new, another.event.id), (true, 4));
+    // An entry whose hash names another publisher's event is checked against its row.
+    store
+        .inner
+        .shared
+        .event_keys()
+        .channels
+        .get_mut(&c)
+        .expect("the channel's keys are held")
+        .ids
+        .insert(key_hash(Some(b"PD"), b"k"), 1);
+    let fifth = store.append(&c, by(Some("PD"), "5")).await.unwrap();
+    assert_eq!((fifth.new, fifth.event.id), (true, 5), "not PA's event");
+}
+
+#[tokio::test]
+async fn a_version_8_database_keeps_receipt_keys_each_its_device_s() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    // The v7 migration sums what rows hold; these tables have no rows yet.
+    conn.create_scalar_function(
+        "pere_event_checksum",
+        7,
+        rusqlite::functions::FunctionFlags::SQLITE_DETERMINISTIC,
+        |_| Ok(0_i64),
+    )
+    .unwrap();
+    let tx = conn.transaction().unwrap();
+    for migration in &MIGRATIONS[..8] {
+        tx.execute_batch(migration).unwrap();
+    }
+    tx.execute("INSERT INTO channels (name, head) VALUES ('C', 1)", [])
+        .unwrap();
+    tx.execute(
+        "INSERT INTO receipts (channel, event_id, device, status, time, idempotency_key) \
+             VALUES ('C', 1, 'HA', 'shipped', ?1, 'r')",
+        [now().timestamp_millis()],
+    )
+    .unwrap();
+    tx.execute_batch("PRAGMA user_version = 8;").unwrap();
+    tx.commit().unwrap();
+    drop(conn);
+
+    let store = open(dir.path(), ROOMY);
+    let again = store
+        .record_receipt_keyed(receipt_of("HA", "shipped"), "r".to_owned())
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.new, again.receipt.seq, again.receipt.status.as_str()),
+        (false, 1, "shipped"),
+        "a key held before the upgrade is still its device's"
+    );
+    let other = store
+        .record_receipt_keyed(receipt_of("HB", "ok"), "r".to_owned())
+        .await
+        .unwrap();
+    assert!(
+        other.new,
+        "another device's key is its own after the upgrade"
+    );
+    assert_eq!(
+        (other.receipt.device.as_str(), other.receipt.seq),
+        ("HB", 2)
+    );
+}
+
+fn receipt_of(device: &str, status: &str) -> Receipt {
+    Receipt {
+        seq: 0,
+        channel: ch("C"),
+        event_id: 1,
+        device: dev(device),
+        status: status.to_owned(),
+        time: now(),
+    }
 }
 
 #[tokio::test]
