@@ -327,12 +327,7 @@ impl SqliteStore {
     /// The channels whose state is in memory now, by name: for tests of what idle channels keep.
     #[cfg(test)]
     pub(crate) fn channels_in_memory(&self) -> Vec<String> {
-        let channels = self
-            .inner
-            .shared
-            .channels
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
+        let channels = self.inner.shared.channels();
         let mut names: Vec<String> = channels.keys().map(|name| name.to_string()).collect();
         names.sort();
         names
@@ -404,12 +399,7 @@ impl SqliteStore {
         channel: &ChannelName,
         read: impl FnOnce(Option<&ChannelMeta>) -> T,
     ) -> T {
-        let channels = self
-            .inner
-            .shared
-            .channels
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
+        let channels = self.inner.shared.channels();
         read(channels.get(channel))
     }
 }

@@ -67,6 +67,13 @@ pub(super) struct Shared {
 }
 
 impl Shared {
+    /// The committed state of the channels in memory, to read.
+    pub(super) fn channels(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, HashMap<ChannelName, ChannelMeta>> {
+        self.channels.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub(super) fn event_keys(&self) -> std::sync::MutexGuard<'_, EventKeys> {
         self.event_keys.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -166,9 +173,7 @@ impl<'a> Drafts<'a> {
         if !self.channels.contains_key(channel) {
             let in_memory = self
                 .shared
-                .channels
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
+                .channels()
                 .get(channel)
                 .map(|meta| (meta.head, meta.first, meta.age_key));
             let (head, first, age_key, lost_before) = match in_memory {
