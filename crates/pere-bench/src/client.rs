@@ -72,12 +72,25 @@ impl Client {
     /// # Errors
     /// When the server cannot be reached, answers garbage, or takes longer than [`IO_TIMEOUT`].
     pub async fn request(&mut self, request: &[u8]) -> io::Result<u16> {
+        self.request_keeping_body(request, None).await
+    }
+
+    /// As [`Client::request`], and the answer's body is put in `body` (when given; emptied
+    /// first), for answers that say what the server did.
+    ///
+    /// # Errors
+    /// As [`Client::request`].
+    pub async fn request_keeping_body(
+        &mut self,
+        request: &[u8],
+        mut body: Option<&mut Vec<u8>>,
+    ) -> io::Result<u16> {
         let reused = self.stream.is_some();
-        match tokio::time::timeout(IO_TIMEOUT, self.exchange(request)).await {
+        match tokio::time::timeout(IO_TIMEOUT, self.exchange(request, body.as_deref_mut())).await {
             Ok(Ok(status)) => Ok(status),
             Ok(Err(Stale)) if reused => {
                 self.stream = None;
-                match tokio::time::timeout(IO_TIMEOUT, self.exchange(request)).await {
+                match tokio::time::timeout(IO_TIMEOUT, self.exchange(request, body)).await {
                     Ok(Ok(status)) => Ok(status),
                     Ok(Err(Stale)) => Err(self.fail(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -104,7 +117,19 @@ impl Client {
         err
     }
 
-    async fn exchange(&mut self, request: &[u8]) -> Result<u16, ExchangeError> {
+    async fn exchange(
+        &mut self,
+        request: &[u8],
+        mut body: Option<&mut Vec<u8>>,
+    ) -> Result<u16, ExchangeError> {
+        if let Some(body) = body.as_deref_mut() {
+            body.clear();
+        }
+        let mut keep = |bytes: &[u8]| {
+            if let Some(body) = body.as_deref_mut() {
+                body.extend_from_slice(bytes);
+            }
+        };
         if self.stream.is_none() {
             self.pending.clear();
             self.stream = Some(connect(self.target, self.source).await.map_err(Failed)?);
@@ -143,7 +168,7 @@ impl Client {
         let mut decoder = BodyDecoder::new(head.framing);
         let rest = self.pending.split_off(head_len);
         let used = decoder
-            .decode(&rest, &mut |_| {})
+            .decode(&rest, &mut keep)
             .map_err(|e| Failed(io::Error::new(io::ErrorKind::InvalidData, e)))?;
         self.pending = rest[used..].to_vec();
         while !decoder.is_done() {
@@ -158,7 +183,7 @@ impl Client {
                 )));
             }
             let used = decoder
-                .decode(&chunk[..n], &mut |_| {})
+                .decode(&chunk[..n], &mut keep)
                 .map_err(|e| Failed(io::Error::new(io::ErrorKind::InvalidData, e)))?;
             self.pending.extend_from_slice(&chunk[used..n]);
         }
@@ -223,8 +248,11 @@ mod tests {
         .await;
         let mut client = Client::new(address, Some("127.0.0.1".parse().unwrap()));
         let request = b"POST /push/c HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
-        assert_eq!(client.request(request).await.unwrap(), 200);
-        assert_eq!(client.request(request).await.unwrap(), 201);
+        let mut body = b"stale".to_vec();
+        let status = client.request_keeping_body(request, Some(&mut body));
+        assert_eq!((status.await.unwrap(), &body[..]), (200, &b"hello"[..]));
+        let status = client.request_keeping_body(request, Some(&mut body));
+        assert_eq!((status.await.unwrap(), &body[..]), (201, &b"abc"[..]));
         // The server closed the first connection after two answers: one retry on a new one.
         assert_eq!(client.request(request).await.unwrap(), 404);
         assert_eq!(client.request(request).await.unwrap(), 204);

@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use crate::client::{connect, Client};
 use crate::http;
 use crate::procfs::{Probe, Sample};
+use crate::receipt::{self, ReceiptStyle};
 use crate::sse::{json_u64, FeedItem, FeedParser, SseItem};
 use crate::stats::{latency_histogram, record, Percentiles, SeenSet};
 
@@ -76,8 +77,10 @@ pub struct Plan {
     pub publishers: usize,
     /// Whether subscribers acknowledge every event.
     pub receipts: bool,
-    /// Keep-alive connections that carry receipts.
+    /// Keep-alive connections that carry receipts (`shared` style).
     pub receipt_conns: usize,
+    /// How receipts are sent: over shared connections, or by each device on its own.
+    pub receipt_style: ReceiptStyle,
     /// Unpaced runs: publishers wait while more than this many events per subscriber are on
     /// their way (or, with receipts, not yet acknowledged), so the server's throughput is
     /// measured rather than its slow-reader policy or the generator's queues.
@@ -127,6 +130,14 @@ impl Plan {
     fn host(&self) -> String {
         self.target.to_string()
     }
+
+    /// Who a receipt of `device` comes from.
+    fn receipt_sender<'a>(&'a self, device: &'a str) -> receipt::Sender<'a> {
+        receipt::Sender {
+            identity: self.identity(device),
+            device: self.authorization.is_none().then_some(device),
+        }
+    }
 }
 
 /// A receipt to send: the subscriber got event `id` on `channel`.
@@ -152,6 +163,10 @@ struct SubState {
 
 /// Latencies are added to the shared histogram this many at a time, to keep its lock cold.
 const BATCH: usize = 64;
+
+/// Receipts one device may have waiting for its connection: at 100 events/s, ten seconds of
+/// a server that does not answer, then they count as dropped.
+const DEVICE_QUEUE: usize = 1024;
 
 /// Counters and histograms shared by every task of a run.
 #[derive(Debug)]
@@ -182,8 +197,15 @@ struct Shared {
 
     receipts_queued: AtomicU64,
     receipts_dropped: AtomicU64,
+    /// Deliveries acknowledged by a receipt the server accepted (one per request, or all that
+    /// a cumulative receipt covered).
     receipts_ok: AtomicU64,
+    /// Deliveries whose receipt failed.
     receipt_errors: AtomicU64,
+    /// Receipt requests answered 2xx.
+    receipt_requests: AtomicU64,
+    /// What the server's answers to cumulative receipts say they acknowledged.
+    server_acknowledged: AtomicU64,
     first_receipt_ns: AtomicU64,
     last_receipt_ns: AtomicU64,
     receipt_rtt: Mutex<Histogram<u64>>,
@@ -253,6 +275,8 @@ pub async fn run(plan: Plan) -> anyhow::Result<Value> {
         receipts_dropped: AtomicU64::new(0),
         receipts_ok: AtomicU64::new(0),
         receipt_errors: AtomicU64::new(0),
+        receipt_requests: AtomicU64::new(0),
+        server_acknowledged: AtomicU64::new(0),
         first_receipt_ns: AtomicU64::new(u64::MAX),
         last_receipt_ns: AtomicU64::new(0),
         receipt_rtt: Mutex::new(latency_histogram()),
@@ -271,7 +295,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Value> {
     // Receipt senders first, so no receipt waits for one.
     let mut receipt_tasks = Vec::new();
     let mut receipt_queues = Vec::new();
-    if plan.receipts && plan.subscribers > 0 {
+    if plan.receipts && plan.subscribers > 0 && !plan.receipt_style.per_device() {
         let conns = plan.receipt_conns.max(1);
         // Bounded: a server that cannot keep up shows as dropped receipts, not generator memory.
         let capacity = (200_000 / conns).max(1024);
@@ -289,8 +313,14 @@ pub async fn run(plan: Plan) -> anyhow::Result<Value> {
     for i in 0..plan.subscribers {
         let state = Arc::new(Mutex::new(SubState::default()));
         states.push(state.clone());
-        let queue =
-            (!receipt_queues.is_empty()).then(|| receipt_queues[i % receipt_queues.len()].clone());
+        let queue = if plan.receipts && plan.receipt_style.per_device() {
+            // Each device's own sender; its connection opens with its first receipt.
+            let (tx, rx) = mpsc::channel(DEVICE_QUEUE);
+            receipt_tasks.push(tokio::spawn(device_receipts(shared.clone(), i, rx)));
+            Some(tx)
+        } else {
+            (!receipt_queues.is_empty()).then(|| receipt_queues[i % receipt_queues.len()].clone())
+        };
         sub_tasks.push(tokio::spawn(subscriber(shared.clone(), i, state, queue)));
     }
     drop(receipt_queues);
@@ -469,6 +499,13 @@ pub async fn run(plan: Plan) -> anyhow::Result<Value> {
             "cpu_us_per_delivery": if per_unit > 0 && plan.scenario != Scenario::Push { round3(cpu_s * 1e6 / per_unit as f64) } else { 0.0 },
             "cpu_us_per_push": if pushes_ok > 0 { round3(cpu_s * 1e6 / pushes_ok as f64) } else { 0.0 },
         });
+        if plan.receipts {
+            server["cpu_us_per_acknowledged_delivery"] = json!(if receipts_ok > 0 {
+                round3(cpu_s * 1e6 / receipts_ok as f64)
+            } else {
+                0.0
+            });
+        }
     }
 
     let errors: Vec<Value> = shared
@@ -494,6 +531,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Value> {
             "publishers": plan.publishers,
             "receipts": plan.receipts,
             "receipt_conns": plan.receipt_conns,
+            "receipt_style": plan.receipt_style.name(),
             "max_ahead": plan.max_ahead,
             "source_addrs": plan.sources.len().max(1),
             "pad": plan.pad,
@@ -547,6 +585,8 @@ pub async fn run(plan: Plan) -> anyhow::Result<Value> {
             "dropped": shared.receipts_dropped.load(Relaxed),
             "ok": receipts_ok,
             "errors": shared.receipt_errors.load(Relaxed),
+            "requests": shared.receipt_requests.load(Relaxed),
+            "server_acknowledged": shared.server_acknowledged.load(Relaxed),
             "per_s": per_s(receipts_ok, receipt_span_s),
             "rtt_us": histogram(&shared.receipt_rtt),
             "e2e_us": histogram(&shared.receipt_e2e),
@@ -837,58 +877,98 @@ async fn receipt_sender(shared: Arc<Shared>, k: usize, mut queue: mpsc::Receiver
         .map(|c| format!("/feedback/{}", plan.channel_name(c)))
         .collect();
     while let Some(job) = queue.recv().await {
-        // PERE's ids are numbers; other servers' (Nchan's `1700000000:0`) are sent as strings.
-        let id = if !job.id.is_empty() && job.id.bytes().all(|b| b.is_ascii_digit()) {
-            job.id
-        } else {
-            Value::String(job.id).to_string()
-        };
-        let body = if plan.authorization.is_some() {
-            format!("{{\"id\":{id},\"status\":\"ok\"}}")
-        } else {
-            format!(
-                "{{\"device\":\"{}\",\"id\":{id},\"status\":\"ok\"}}",
-                job.device
-            )
-        };
-        let headers = [
-            ("Content-Type", "application/json"),
-            plan.identity(&job.device),
-        ];
-        let request = http::request(
-            "POST",
+        let request = receipt::single(
             &paths[job.channel],
             &host,
-            &headers,
-            Some(body.as_bytes()),
+            plan.receipt_sender(&job.device),
+            &job.id,
         );
         let began = Instant::now();
         let result = client.request(&request).await;
-        let now = shared.now_ns();
-        match result {
-            Ok(status) if status / 100 == 2 => {
+        answered(&shared, result, began, 1, job.sent_ns);
+    }
+}
+
+/// Device `index`'s receipts, on a keep-alive connection of its own opened with the first: one
+/// request per delivery (`per-event`), or one in flight at a time acknowledging every delivery
+/// that arrived meanwhile (`coalesced`).
+async fn device_receipts(shared: Arc<Shared>, index: usize, mut queue: mpsc::Receiver<ReceiptJob>) {
+    let plan = &shared.plan;
+    let source = (!plan.sources.is_empty()).then(|| plan.sources[index % plan.sources.len()]);
+    let mut client = Client::new(plan.target, source);
+    let host = plan.host();
+    let path = format!("/feedback/{}", plan.channel_name(index % plan.channels));
+    let mut waiting = Vec::new();
+    let mut answer = Vec::new();
+    while let Some(job) = queue.recv().await {
+        let device = job.device.clone();
+        let sender = plan.receipt_sender(&device);
+        if plan.receipt_style == ReceiptStyle::PerEvent {
+            let request = receipt::seed_form(&path, &host, sender, &job.id);
+            let began = Instant::now();
+            let result = client.request(&request).await;
+            answered(&shared, result, began, 1, job.sent_ns);
+            continue;
+        }
+        waiting.clear();
+        waiting.push(job);
+        while let Ok(more) = queue.try_recv() {
+            waiting.push(more);
+        }
+        let covered = waiting.len() as u64;
+        let newest_sent = waiting.iter().map(|j| j.sent_ns).max().unwrap_or(0);
+        let Some(upto) = receipt::upto(waiting.iter().map(|j| j.id.as_str())) else {
+            shared.receipt_errors.fetch_add(covered, Relaxed);
+            shared.note_error("coalesced: an id that is not a number".to_owned());
+            continue;
+        };
+        let request = receipt::cumulative(&path, &host, sender, upto);
+        let began = Instant::now();
+        let result = client
+            .request_keeping_body(&request, Some(&mut answer))
+            .await;
+        if matches!(result, Ok(status) if status / 100 == 2) {
+            let acknowledged = json_u64(&answer, b"acknowledged").unwrap_or(0);
+            shared.server_acknowledged.fetch_add(acknowledged, Relaxed);
+        }
+        answered(&shared, result, began, covered, newest_sent);
+    }
+}
+
+/// Counts the answer to a receipt request that acknowledged `covered` deliveries, the newest
+/// published at `sent_ns`.
+fn answered(
+    shared: &Shared,
+    result: std::io::Result<u16>,
+    began: Instant,
+    covered: u64,
+    sent_ns: u64,
+) {
+    let now = shared.now_ns();
+    match result {
+        Ok(status) if status / 100 == 2 => {
+            record(
+                &mut shared.receipt_rtt.lock().expect("no panics while held"),
+                began.elapsed().as_micros() as u64,
+            );
+            if sent_ns > 0 {
                 record(
-                    &mut shared.receipt_rtt.lock().expect("no panics while held"),
-                    began.elapsed().as_micros() as u64,
+                    &mut shared.receipt_e2e.lock().expect("no panics while held"),
+                    now.saturating_sub(sent_ns) / 1000,
                 );
-                if job.sent_ns > 0 {
-                    record(
-                        &mut shared.receipt_e2e.lock().expect("no panics while held"),
-                        now.saturating_sub(job.sent_ns) / 1000,
-                    );
-                }
-                shared.receipts_ok.fetch_add(1, Relaxed);
-                shared.first_receipt_ns.fetch_min(now, Relaxed);
-                shared.last_receipt_ns.fetch_max(now, Relaxed);
             }
-            Ok(status) => {
-                shared.receipt_errors.fetch_add(1, Relaxed);
-                shared.note_error(format!("receipt answered {status}"));
-            }
-            Err(err) => {
-                shared.receipt_errors.fetch_add(1, Relaxed);
-                shared.note_error(format!("receipt: {err}"));
-            }
+            shared.receipt_requests.fetch_add(1, Relaxed);
+            shared.receipts_ok.fetch_add(covered, Relaxed);
+            shared.first_receipt_ns.fetch_min(now, Relaxed);
+            shared.last_receipt_ns.fetch_max(now, Relaxed);
+        }
+        Ok(status) => {
+            shared.receipt_errors.fetch_add(covered, Relaxed);
+            shared.note_error(format!("receipt answered {status}"));
+        }
+        Err(err) => {
+            shared.receipt_errors.fetch_add(covered, Relaxed);
+            shared.note_error(format!("receipt: {err}"));
         }
     }
 }

@@ -12,6 +12,7 @@
 //! - `h2`: idle HTTP/2 subscribers, many streams per connection;
 //! - `load`: the scenarios' tasks and phases, and the JSON report;
 //! - `procfs`: the server's memory and CPU from `/proc`;
+//! - `receipt`: receipt styles and the bytes of each receipt request;
 //! - `stats`: seen sets, percentiles, medians;
 //! - `report`: the report for people;
 //! - `summarize`: Markdown tables over many reports.
@@ -21,6 +22,7 @@ mod h2;
 mod http;
 mod load;
 mod procfs;
+mod receipt;
 mod report;
 mod sse;
 mod stats;
@@ -36,6 +38,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::load::{Plan, Scenario};
 use crate::procfs::Probe;
+use crate::receipt::ReceiptStyle;
 
 /// Load generator for PERE-shaped push servers: SSE fan-out latency and loss, receipts,
 /// pushes/s, and the server's memory per connection and CPU per delivery.
@@ -106,9 +109,17 @@ struct LoadArgs {
     /// Keep-alive publishing connections [push: 50; others: 4].
     #[arg(short = 'k', long)]
     publishers: Option<usize>,
-    /// Keep-alive connections carrying receipts (receipts scenario).
+    /// Keep-alive connections carrying receipts (receipts scenario, `--receipt-style shared`).
     #[arg(long, default_value_t = 32)]
     receipt_conns: usize,
+    /// How subscribers acknowledge (receipts scenario). shared: JSON `{"device","id","status"}`
+    /// per event over --receipt-conns shared connections; per-event: each device its own
+    /// keep-alive connection, one seed-form request (`status=rx+ok`, headers `device` and
+    /// `last_event_id`) per delivery; coalesced: each device its own connection, one request in
+    /// flight, the deliveries that arrive meanwhile acknowledged by the next one as a
+    /// cumulative `{"device","upto","status"}`.
+    #[arg(long, value_enum, default_value_t = ReceiptStyle::Shared)]
+    receipt_style: ReceiptStyle,
     /// Unpaced runs: pause publishing while more than this many events per subscriber are
     /// published but not yet delivered (receipts: not yet acknowledged); 0 never pauses
     /// [unpaced saturate: 256; unpaced receipts: 8].
@@ -324,6 +335,7 @@ fn plan(scenario: Scenario, a: LoadArgs) -> anyhow::Result<(Plan, Duration)> {
         publishers,
         receipts: scenario == Scenario::Receipts,
         receipt_conns: a.receipt_conns,
+        receipt_style: a.receipt_style,
         max_ahead,
         sources,
         connect_concurrency: a.connect_concurrency,
@@ -467,6 +479,13 @@ mod tests {
         assert_eq!(push.sources[2], IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)));
         let (receipts, _) = plan(Scenario::Receipts, args(&[])).unwrap();
         assert!(receipts.receipts && receipts.max_ahead.is_none());
+        assert_eq!(receipts.receipt_style, ReceiptStyle::Shared);
+        let (devices, _) = plan(
+            Scenario::Receipts,
+            args(&["--receipt-style", "coalesced", "-r", "100"]),
+        )
+        .unwrap();
+        assert!(devices.receipt_style.per_device());
         let (receipts, _) = plan(Scenario::Receipts, args(&["-r", "0"])).unwrap();
         assert_eq!((receipts.rate, receipts.max_ahead), (None, Some(8)));
         let (receipts, _) =

@@ -94,8 +94,9 @@ pub fn human(r: &Value) -> String {
     if r.get("receipts").is_some() {
         let _ = writeln!(
             out,
-            "  receipts      {} ok of {} queued ({} dropped by the generator, {} errors) = {:.0}/s",
+            "  receipts      {} deliveries acknowledged by {} requests, of {} queued ({} dropped by the generator, {} errors) = {:.0}/s",
             int(r, "/receipts/ok"),
+            int(r, "/receipts/requests"),
             int(r, "/receipts/queued"),
             int(r, "/receipts/dropped"),
             int(r, "/receipts/errors"),
@@ -115,6 +116,12 @@ pub fn human(r: &Value) -> String {
     if r["server"].get("cpu_s").is_some() && r["scenario"] != "idle" {
         let per = if r["scenario"] == "push" {
             format!("{:.2} µs per push", num(r, "/server/cpu_us_per_push"))
+        } else if r.get("receipts").is_some() {
+            format!(
+                "{:.2} µs per delivery, {:.2} µs per acknowledged delivery",
+                num(r, "/server/cpu_us_per_delivery"),
+                num(r, "/server/cpu_us_per_acknowledged_delivery")
+            )
         } else {
             format!(
                 "{:.2} µs per delivery",
