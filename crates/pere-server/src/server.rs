@@ -1,7 +1,7 @@
-//! The accept loop: each connection goes to a dedicated feed loop, to hyper a spell of requests
-//! at a time (HTTP/1.1) or to hyper for its whole life (HTTP/2, TLS), by how its first request
-//! begins; beside it, the recipient expiry, giving idle channels' memory back, and the webhook;
-//! at the end, a bounded drain.
+//! The accept loop: each connection goes to a dedicated stream loop (feeds, receipts, presence),
+//! to hyper a spell of requests at a time (HTTP/1.1) or to hyper for its whole life (HTTP/2,
+//! TLS), by how its first request begins; beside it, the recipient expiry, giving idle channels'
+//! memory back, and the webhook; at the end, a bounded drain.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -197,7 +197,7 @@ pub async fn run_with<S: Store>(
             ))
             .await;
             match first {
-                Ok(feed_conn::FirstRequest::Feed(request)) => {
+                Ok(feed_conn::FirstRequest::Stream(request)) => {
                     feed_conn::serve(state, stream, request, arrival).await
                 }
                 // Any other HTTP/1.1 request: hyper, a request at a time.
