@@ -7,12 +7,18 @@
 # PERE_BASELINE to compare another, in the same run).
 #
 #   bench/followers.sh                      # FOLLOWERS=1000 RECEIPTS=20000 OPEN_SECONDS=20
+#   STREAM=feed FROM= bench/followers.sh    # 1,000 live feeds instead, for their memory
+#
+# STREAM is receipts (default), feed or presence; FROM is the Last-Event-ID the streams send
+# (0 by default: the whole history; empty: none, live only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 FOLLOWERS=${FOLLOWERS:-1000}
 RECEIPTS=${RECEIPTS:-20000}
 OPEN_SECONDS=${OPEN_SECONDS:-20}
+STREAM=${STREAM:-receipts}
+FROM=${FROM-0}
 SERVERS=(target/release/pere-server ${PERE_BASELINE:-})
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
@@ -45,7 +51,7 @@ for server in "${SERVERS[@]}"; do
   before_rss=$(rss_kib "$pid")
   before_cpu=$(cpu_s "$pid")
   for _ in $(seq "$FOLLOWERS"); do
-    curl -sN -H 'Last-Event-ID: 0' --max-time "$OPEN_SECONDS" "$base/receipts/F" >/dev/null 2>&1 &
+    curl -sN ${FROM:+-H "Last-Event-ID: $FROM"} --max-time "$OPEN_SECONDS" "$base/$STREAM/F" >/dev/null 2>&1 &
   done
   : >"$WORK/health"
   end=$((SECONDS + OPEN_SECONDS))
@@ -60,7 +66,7 @@ for server in "${SERVERS[@]}"; do
   after_rss=$(rss_kib "$pid")
   cpu=$(awk -v a="$before_cpu" -v b="$(cpu_s "$pid")" 'BEGIN {printf "%.1f", b - a}')
   health=$(sort -n "$WORK/health" | awk '{v[NR] = $1} END {printf "median %.0f ms, max %.0f ms (%d probes)", v[int((NR + 1) / 2)] * 1000, v[NR] * 1000, NR}')
-  echo "$server: /health $health; server CPU ${cpu} s; RSS ${before_rss} KiB before, ${with_rss} KiB with $FOLLOWERS followers, ${after_rss} KiB after they closed"
+  echo "$server: /health $health; server CPU ${cpu} s; RSS ${before_rss} KiB before, ${with_rss} KiB with $FOLLOWERS followers, ${after_rss} KiB after they closed ($STREAM, from ${FROM:-now})"
   kill "$pid"
   wait "$pid" 2>/dev/null || true
 done

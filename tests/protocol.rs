@@ -840,6 +840,110 @@ async fn feeds_work_on_a_dedicated_connection_and_after_other_requests_on_the_sa
     assert_eq!(server.push("Raw", "two").await, 2);
 }
 
+/// Opens `request` on a new plain connection and reads until `until` shows up.
+async fn raw_stream(server: &TestServer, request: &str, until: &str) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut conn = tokio::net::TcpStream::connect(server.host_port())
+        .await
+        .unwrap();
+    conn.write_all(request.as_bytes()).await.unwrap();
+    pere_e2e::read_until(&mut conn, |s| s.contains(until)).await
+}
+
+#[tokio::test]
+async fn receipt_and_presence_streams_are_served_like_dedicated_feeds_and_resume() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start(&["--allow-origin", "https://app.example"]).await;
+    let _online = server.feed("Rs", &[("device", "H1")]).await;
+    for id in 1..=2 {
+        server.push("Rs", "one").await;
+        assert_eq!(server.ack("Rs", "H1", id, "ok").await.0, 200);
+    }
+
+    // A receipt stream on a connection of its own: written by the stream loop, so not chunked,
+    // and the connection is the answer's end.
+    let mut dedicated = tokio::net::TcpStream::connect(server.host_port())
+        .await
+        .unwrap();
+    dedicated
+        .write_all(b"GET /receipts/Rs HTTP/1.1\r\nHost: localhost\r\nOrigin: https://app.example\r\nLast-Event-ID: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let text = pere_e2e::read_until(&mut dedicated, |s| s.contains("id: 2\n")).await;
+    let lower = text.to_lowercase();
+    assert!(lower.starts_with("http/1.1 200 ok\r\n"), "{text}");
+    assert!(lower.contains("content-type: text/event-stream"), "{text}");
+    assert!(lower.contains("access-control-allow-origin: https://app.example"));
+    assert!(lower.contains("connection: close") && !lower.contains("chunked"));
+    assert!(
+        text.contains("\r\n\r\nretry: 3000\nid: 1\nevent: receipt\n"),
+        "{text}"
+    );
+    // Live receipts follow on the same stream.
+    server.push("Rs", "three").await;
+    assert_eq!(server.ack("Rs", "H1", 3, "ok").await.0, 200);
+    let live = pere_e2e::read_until(&mut dedicated, |s| s.contains("id: 3\n")).await;
+    assert!(live.contains("id: 3\nevent: receipt\n"), "{live}");
+
+    // Resumed after the second receipt: the third comes first.
+    let resumed = raw_stream(
+        &server,
+        "GET /receipts/Rs HTTP/1.1\r\nHost: localhost\r\nLast-Event-ID: 2\r\n\r\n",
+        "id: 3\n",
+    )
+    .await;
+    assert!(
+        resumed.contains("retry: 3000\nid: 3\nevent: receipt\n"),
+        "{resumed}"
+    );
+
+    // After another request on a kept-alive connection (by hyper, when it follows at once in
+    // the same spell; by the loop after a pause): the same stream, resumed from the query.
+    let mut reused = tokio::net::TcpStream::connect(server.host_port())
+        .await
+        .unwrap();
+    reused
+        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, _) = read_one_answer(&mut reused).await;
+    assert!(status.contains(" 200 "), "{status}");
+    reused
+        .write_all(b"GET /receipts/Rs?lastEventId=1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let text = pere_e2e::read_until(&mut reused, |s| s.contains("id: 3\n")).await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("retry: 3000\n"), "{text}");
+    assert!(text.contains("id: 2\nevent: receipt\n"), "{text}");
+    assert!(!text.contains("id: 1\n"), "{text}");
+
+    // Presence the same way: H1 came online when its feed opened.
+    let presence = raw_stream(
+        &server,
+        "GET /presence/Rs HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        "event: presence\n",
+    )
+    .await;
+    assert!(!presence.to_lowercase().contains("chunked"), "{presence}");
+    assert!(presence.contains("\r\n\r\nretry: 3000\nid: "), "{presence}");
+    assert!(presence.contains("\"device\":\"H1\""), "{presence}");
+
+    // A bad channel gets the JSON error, then the connection closes.
+    let mut bad = tokio::net::TcpStream::connect(server.host_port())
+        .await
+        .unwrap();
+    bad.write_all(b"GET /receipts/bad%20name HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut bad).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("\"code\": \"bad_channel\""), "{answer}");
+}
+
 /// Sends `requests` on one new connection and reads until `until` shows up in what comes back.
 async fn exchange(server: &TestServer, requests: &str, until: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -5,11 +5,11 @@
 
 use hyper::header::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use pere_server::feed_conn::parse_feed_head;
+use pere_server::feed_conn::parse_stream_head;
 use pere_server::request::{self, Query};
 
 fuzz_target!(|data: &[u8]| {
-    let _ = parse_feed_head(data);
+    let _ = parse_stream_head(data);
     // The first line is the query, the second a header value, the rest a receipt body.
     let mut parts = data.splitn(3, |&b| b == b'\n');
     let query = Query::parse(Some(&String::from_utf8_lossy(parts.next().unwrap_or_default())));

@@ -39,6 +39,9 @@ pub const RECEIPT_PAGE: usize = 256;
 /// Receipts kept in memory per followed channel, newest first out, for followers that keep up.
 pub const RECENT_RECEIPTS: usize = 256;
 
+/// Items a waiting follower keeps room for; more room (a replayed page's) is given back.
+const IDLE_ROOM: usize = 8;
+
 /// The turns followers of one hub take to read receipts from the store: one at a time.
 #[derive(Debug, Clone)]
 pub(crate) struct ReceiptReplays(Arc<tokio::sync::Semaphore>);
@@ -248,6 +251,11 @@ impl<S: Store> ReceiptFollow<S> {
                 if news.closed {
                     self.ended = true;
                     continue;
+                }
+                // A replayed page's room (a page of receipts, ~30 KiB) is given back before
+                // waiting: a follower that caught up may wait for hours.
+                if self.ready.capacity() > IDLE_ROOM {
+                    self.ready = VecDeque::new();
                 }
                 woken.await;
                 continue;
@@ -595,6 +603,30 @@ mod tests {
             got.push(follow.next().await.unwrap().unwrap());
         }
         assert_eq!(seqs(&got), vec![1, 2, 3], "in seq order, each once");
+    }
+
+    #[tokio::test]
+    async fn a_follower_that_caught_up_gives_back_its_pages_room_while_it_waits() {
+        let live = Arc::new(ReceiptLive::default());
+        let channel = ChannelName::new("C").unwrap();
+        let mut follow = ReceiptFollow::new(
+            MemoryStore::default(),
+            ReceiptReplays::default(),
+            channel,
+            live.clone(),
+            None,
+        )
+        .starting_after(0);
+        for seq in 1..=RECEIPT_PAGE as u64 {
+            live.announce(&receipt(seq), None);
+        }
+        for _ in 0..RECEIPT_PAGE {
+            follow.next().await.unwrap().unwrap();
+        }
+        assert!(follow.ready.capacity() >= RECEIPT_PAGE, "a page was held");
+        // Nothing more announced: the follower waits.
+        assert!(futures_util::FutureExt::now_or_never(follow.next()).is_none());
+        assert!(follow.ready.capacity() <= IDLE_ROOM);
     }
 
     #[test]

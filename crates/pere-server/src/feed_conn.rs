@@ -1,24 +1,29 @@
-//! Dedicated feed connections: a connection whose first request is `GET /feed/...` is served by
-//! a small loop of its own instead of a hyper connection.
+//! Dedicated stream connections: a plain HTTP/1.1 request for a feed (`GET /feed/...`), a receipt
+//! stream (`GET /receipts/...`) or a presence stream (`GET /presence/...`) is served by a small
+//! loop of its own instead of a hyper connection.
 //!
-//! Why: a feed holds its connection for hours and mostly idles. A hyper connection keeps 8 KiB
-//! read and write buffers for its whole life; this loop keeps a subscription, a timer and the
-//! socket, which is what lets one node hold tens of thousands of devices in little memory. It
-//! also writes frames without chunked encoding (the response is delimited by closing the
-//! connection, which every SSE client accepts) and gathers queued frames into one write.
+//! Why: a stream holds its connection for hours and mostly idles. A hyper connection keeps 8 KiB
+//! read and write buffers for its whole life; this loop keeps the stream's source, a timer and
+//! the socket, which is what lets one node hold tens of thousands of devices (and dashboards
+//! following their receipts) in little memory. It also writes frames without chunked encoding
+//! (the response is delimited by closing the connection, which every SSE client accepts) and
+//! gathers queued frames into one write.
 //!
-//! A connection's first bytes decide: only one that opens with `GET /feed/` is read on and parsed
-//! here, with `httparse` (hyper's own parser); every other goes to hyper unparsed. The request
-//! passes the same door as every other request ([`crate::door::admit`], [`crate::door::exit`])
-//! and is opened by the same code as a feed served through hyper ([`crate::streams::open_feed`]);
-//! anything this loop is not sure of goes to hyper with the bytes already read put back in front.
+//! A request's first bytes decide: only one that opens with one of [`STREAM_PREFIXES`] is read on
+//! and parsed here, with `httparse` (hyper's own parser); every other goes to hyper unparsed. The
+//! request passes the same door as every other request ([`crate::door::admit`],
+//! [`crate::door::exit`]) and is opened by the same code as a stream served through hyper
+//! ([`crate::streams`]); anything this loop is not sure of goes to hyper with the bytes already
+//! read put back in front.
 
 use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::FutureExt;
+use futures_util::future::Either;
+use futures_util::stream::BoxStream;
+use futures_util::{FutureExt, StreamExt};
 use http_body_util::BodyExt;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
@@ -35,12 +40,12 @@ use crate::limits::{Arrival, StreamSlot};
 use crate::request;
 use crate::response::{self, raw_head};
 use crate::route::{self, Route};
-use crate::sse_body::{next_frame, EndReason};
+use crate::sse_body::{next_frame, EndReason, FrameResult};
 use crate::state::AppState;
 use crate::{activity, streams};
 
-/// How every request this loop serves begins; a connection that begins otherwise is hyper's.
-const FEED_PREFIX: &[u8] = b"GET /feed/";
+/// How every request this loop serves begins; a request that begins otherwise is hyper's.
+pub const STREAM_PREFIXES: [&str; 3] = ["GET /feed/", "GET /receipts/", "GET /presence/"];
 /// The largest request head read here; larger ones (say, with many cookies) go to hyper.
 const MAX_HEAD: usize = 8192;
 /// Request headers parsed at most.
@@ -51,8 +56,8 @@ const MAX_GATHER: usize = 64;
 /// What the first bytes of a connection turned out to be.
 #[derive(Debug)]
 pub enum FirstRequest {
-    /// A feed request, handled here.
-    Feed(Request<()>),
+    /// A stream request (a feed, receipts or presence), handled here.
+    Stream(Request<()>),
     /// Anything else: hyper serves the connection, starting with these bytes.
     Other(Bytes),
 }
@@ -60,38 +65,43 @@ pub enum FirstRequest {
 /// What a connection's first bytes say about it, before any parsing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Opening {
-    /// Too few bytes to tell, all of them the start of [`FEED_PREFIX`].
+    /// Too few bytes to tell, all of them the start of one of [`STREAM_PREFIXES`].
     Unknown,
-    /// It opens with [`FEED_PREFIX`]: a feed, if its head turns out to be one this loop serves.
-    Feed,
+    /// It opens with one of [`STREAM_PREFIXES`]: a stream, if its head turns out to be one this
+    /// loop serves.
+    Stream,
     /// Any other request, or HTTP/2's preface (`PRI * HTTP/2.0`).
     Other,
 }
 
 impl Opening {
     fn of(first: &[u8]) -> Opening {
-        let compared = first.len().min(FEED_PREFIX.len());
-        if first[..compared] != FEED_PREFIX[..compared] {
-            Opening::Other
-        } else if compared < FEED_PREFIX.len() {
-            Opening::Unknown
-        } else {
-            Opening::Feed
+        let mut opening = Opening::Other;
+        for prefix in STREAM_PREFIXES.map(str::as_bytes) {
+            let compared = first.len().min(prefix.len());
+            if first[..compared] == prefix[..compared] {
+                if compared == prefix.len() {
+                    return Opening::Stream;
+                }
+                opening = Opening::Unknown;
+            }
         }
+        opening
     }
 }
 
-/// Reads the start of a connection, and tells whether it is a feed request for this loop.
+/// Reads the start of a connection, and tells whether it is a stream request for this loop.
 ///
-/// Only a connection that opens with `GET /feed/` is read up to the end of its head and parsed
-/// here; any other is handed to hyper as soon as its first bytes differ from that, most often
-/// after one read, and hyper alone parses it. A `GET /feed/` that this loop does not serve (not
+/// Only a connection that opens with one of [`STREAM_PREFIXES`] is read up to the end of its head
+/// and parsed here; any other is handed to hyper as soon as its first bytes differ from those,
+/// most often after one read, and hyper alone parses it. A stream request that this loop does
+/// not serve (not
 /// HTTP/1.1, with a body or an upgrade, a longer path, requests pipelined after it, a head too
 /// large or invalid) goes to hyper as well, and is then parsed a second time, by hyper, which
 /// takes no request parsed elsewhere. Such requests are rare.
 ///
 /// # Errors
-/// The socket's error, or a time-out when the client sends no complete feed head (nor anything
+/// The socket's error, or a time-out when the client sends no complete stream head (nor anything
 /// that shows it is not one) before `overdue` completes (the connection's
 /// [`Arrival::overdue`]).
 pub async fn read_first_request<R>(
@@ -127,13 +137,13 @@ where
             }
             match Opening::of(&buf) {
                 Opening::Unknown => {}
-                Opening::Feed => break,
+                Opening::Stream => break,
                 Opening::Other => return Ok(FirstRequest::Other(buf.split().freeze())),
             }
         }
         loop {
             match read_head(&buf) {
-                Head::Feed(request) => return Ok(FirstRequest::Feed(request)),
+                Head::Stream(request) => return Ok(FirstRequest::Stream(request)),
                 Head::Other => return Ok(FirstRequest::Other(buf.split().freeze())),
                 Head::Partial => {}
             }
@@ -149,12 +159,12 @@ where
     }
 }
 
-/// What the bytes read so far of a connection that opens with `GET /feed/` hold.
+/// What the bytes read so far of a request that opens with one of [`STREAM_PREFIXES`] hold.
 enum Head {
     /// The head is not whole yet.
     Partial,
-    /// A feed request this loop serves.
-    Feed(Request<()>),
+    /// A stream request this loop serves.
+    Stream(Request<()>),
     /// Anything else, for hyper.
     Other,
 }
@@ -167,30 +177,34 @@ fn read_head(buf: &[u8]) -> Head {
     match parsed.parse(buf) {
         // Bytes after the head would be pipelined requests, which this loop never reads.
         Ok(httparse::Status::Complete(head_len)) if head_len == buf.len() => {
-            as_feed_request(&parsed).map_or(Head::Other, Head::Feed)
+            as_stream_request(&parsed).map_or(Head::Other, Head::Stream)
         }
         Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => Head::Partial,
         _ => Head::Other,
     }
 }
 
-/// Parses `head` (a whole request head) as the feed loop does: a `GET /feed/...` request with no
-/// body, or `None` for anything this loop leaves to hyper (an incomplete or invalid head, or
-/// one followed by more bytes, too). For fuzzing and tests.
-pub fn parse_feed_head(head: &[u8]) -> Option<Request<()>> {
+/// Parses `head` (a whole request head) as this loop does: a `GET` of a feed, receipt or
+/// presence stream with no body, or `None` for anything this loop leaves to hyper (an incomplete
+/// or invalid head, or one followed by more bytes, too). For fuzzing and tests.
+pub fn parse_stream_head(head: &[u8]) -> Option<Request<()>> {
     match read_head(head) {
-        Head::Feed(request) => Some(request),
+        Head::Stream(request) => Some(request),
         Head::Partial | Head::Other => None,
     }
 }
 
-/// A `GET /feed/...` request with no body, as an `http` request; `None` for anything else.
-fn as_feed_request(parsed: &httparse::Request<'_, '_>) -> Option<Request<()>> {
+/// A `GET` of a stream (`/feed/:channel`, `/receipts/:channel`, `/presence/:channel`) with no
+/// body, as an `http` request; `None` for anything else.
+fn as_stream_request(parsed: &httparse::Request<'_, '_>) -> Option<Request<()>> {
     if parsed.method != Some("GET") || parsed.version != Some(1) {
         return None;
     }
     let path = parsed.path?;
-    if !path.starts_with("/feed/") || path["/feed/".len()..].split('?').next()?.contains('/') {
+    let channel = STREAM_PREFIXES
+        .iter()
+        .find_map(|prefix| path.strip_prefix(&prefix["GET ".len()..]))?;
+    if channel.split('?').next()?.contains('/') {
         return None;
     }
     // Built in place rather than with `Request::builder`, which moves the whole request at each
@@ -214,8 +228,8 @@ fn as_feed_request(parsed: &httparse::Request<'_, '_>) -> Option<Request<()>> {
     Some(request)
 }
 
-/// Serves a feed on its own connection until the client goes away, the feed ends, or the
-/// server shuts down. The connection is closed at the end.
+/// Serves a stream (a feed, receipts or presence) on its own connection until the client goes
+/// away, the stream ends, or the server shuts down. The connection is closed at the end.
 pub async fn serve<S: Store>(
     state: Arc<AppState<S>>,
     mut stream: TcpStream,
@@ -231,7 +245,7 @@ pub async fn serve<S: Store>(
     // The arrival goes with it: its head is here, and nothing of it is kept for the feed's life.
     let opened = Box::pin(open(&state, arrival, &parts)).await;
     let Opened {
-        mut subscription,
+        mut source,
         slot,
         head: out,
     } = match answer(&state, parts, opened) {
@@ -243,10 +257,9 @@ pub async fn serve<S: Store>(
             return;
         }
     };
-    let channel = subscription.channel().to_string();
-    let device = subscription.device().map(|d| d.to_string());
+    let (name, device) = source.names();
     let keep_alive_every = Duration::from_secs(state.config.keep_alive_secs.max(1));
-    let cut = subscription.cut_notice();
+    let cut = source.cut_notice();
     tokio::pin!(cut);
     let reason = async {
         if stream.write_all(&out).await.is_err() {
@@ -276,13 +289,13 @@ pub async fn serve<S: Store>(
                         Err(_) => return EndReason::Closed.describe(),
                     }
                 }
-                frame = next_frame(&mut subscription) => match frame {
+                frame = source.next() => match frame {
                     Ok(frame) => {
                         frames.push(frame);
                         // Whatever else is already queued goes out in the same write.
                         while frames.len() < MAX_GATHER {
-                            match subscription.try_next_live() {
-                                Some(event) => frames.push(event.frame().clone()),
+                            match source.try_next() {
+                                Some(frame) => frames.push(frame),
                                 None => break,
                             }
                         }
@@ -305,61 +318,157 @@ pub async fn serve<S: Store>(
     }
     .await;
     // Both given back before the line is written: whoever reads it may open another at once.
-    drop(subscription);
+    drop(source);
     drop(slot);
-    activity::feed_end(&channel, device.as_deref(), reason);
+    activity::feed_end(&name, device.as_deref(), reason);
 }
 
-/// A feed let in and subscribed.
+/// What a connection streams: a feed's subscription, or the frames of a receipt or presence
+/// stream (as [`crate::streams`] makes them for hyper too).
+enum Source<S: Store> {
+    Feed(Subscription<S>),
+    Frames {
+        frames: BoxStream<'static, FrameResult>,
+        /// The stream's name in the log.
+        name: String,
+        /// Why the stream ends, when that was learnt while gathering frames for a write.
+        end: Option<EndReason>,
+    },
+}
+
+impl<S: Store> Source<S> {
+    fn frames(frames: BoxStream<'static, FrameResult>, name: String) -> Self {
+        Source::Frames {
+            frames,
+            name,
+            end: None,
+        }
+    }
+
+    /// The stream's name and device, for the log line when it ends.
+    fn names(&self) -> (String, Option<String>) {
+        match self {
+            Source::Feed(subscription) => (
+                subscription.channel().to_string(),
+                subscription.device().map(|d| d.to_string()),
+            ),
+            Source::Frames { name, .. } => (name.clone(), None),
+        }
+    }
+
+    /// Resolves when a feed is cut for lagging; receipt and presence streams learn that they
+    /// lag from their source, as through hyper.
+    fn cut_notice(&self) -> impl std::future::Future<Output = ()> + 'static {
+        match self {
+            Source::Feed(subscription) => Either::Left(subscription.cut_notice()),
+            Source::Frames { .. } => Either::Right(std::future::pending()),
+        }
+    }
+
+    /// The next frame, or why the stream ends.
+    async fn next(&mut self) -> FrameResult {
+        match self {
+            Source::Feed(subscription) => next_frame(subscription).await,
+            Source::Frames { frames, end, .. } => match end.take() {
+                Some(reason) => Err(reason),
+                None => frames.next().await.unwrap_or(Err(EndReason::Closed)),
+            },
+        }
+    }
+
+    /// A frame ready now, to go out in the same write as the one before.
+    fn try_next(&mut self) -> Option<Bytes> {
+        match self {
+            Source::Feed(subscription) => subscription
+                .try_next_live()
+                .map(|event| event.frame().clone()),
+            Source::Frames { frames, end, .. } => {
+                if end.is_some() {
+                    return None;
+                }
+                // Polled once without waiting; the next `next` polls it again, and waits.
+                match frames.next().now_or_never()? {
+                    Some(Ok(frame)) => Some(frame),
+                    Some(Err(reason)) => {
+                        *end = Some(reason);
+                        None
+                    }
+                    None => {
+                        *end = Some(EndReason::Closed);
+                        None
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A stream let in and opened.
 struct Opened<S: Store> {
-    subscription: Subscription<S>,
-    /// The feed's place in the server's counts, held as long as the feed.
+    source: Source<S>,
+    /// The stream's place in the server's counts, held as long as the stream.
     slot: Option<StreamSlot>,
     /// The answer's head, and the stream's opening, to write first.
     head: Vec<u8>,
 }
 
-/// Lets the request in through the door and subscribes; the slot is the feed's place in the
-/// server's counts, held as long as the feed.
+/// Lets the request in through the door and opens its stream; the slot is the stream's place
+/// in the server's counts, held as long as the stream.
 async fn open<S: Store>(
     state: &AppState<S>,
     arrival: Arrival,
     parts: &Parts,
-) -> Result<(Subscription<S>, Option<StreamSlot>), ApiError> {
+) -> Result<(Source<S>, Option<StreamSlot>), ApiError> {
     let admitted = door::admit(state, &arrival, &parts.method, &parts.uri, &parts.headers)?;
     drop(arrival);
-    // Only feed requests are handed to this loop (see `as_feed_request`).
-    let Route::Feed(channel) = admitted.route else {
-        return Err(ApiError::not_found());
+    let headers = &parts.headers;
+    // Only stream requests are handed to this loop (see `as_stream_request`).
+    let source = match admitted.route {
+        Route::Feed(channel) => {
+            let channel = request::channel(channel)?;
+            let resume = request::resume(headers, &admitted.query)?;
+            let device = admitted.caller.device;
+            Source::Feed(streams::open_feed(state, &channel, device, resume).await?)
+        }
+        Route::Receipts(channel) => {
+            let channel = request::channel(channel)?;
+            let after = request::resume(headers, &admitted.query)?.after;
+            let frames = streams::receipt_frames(state, &channel, after).await?;
+            Source::frames(frames, streams::receipts_name(&channel))
+        }
+        Route::Presence(channel) => {
+            let channel = request::channel(channel)?;
+            let after = request::resume(headers, &admitted.query)?.after;
+            let frames = streams::presence_frames(state, &channel, after).await?;
+            Source::frames(frames, streams::presence_name(&channel))
+        }
+        _ => return Err(ApiError::not_found()),
     };
-    let channel = request::channel(channel)?;
-    let resume = request::resume(&parts.headers, &admitted.query)?;
-    let subscription = streams::open_feed(state, &channel, admitted.caller.device, resume).await?;
-    Ok((subscription, admitted.stream))
+    Ok((source, admitted.stream))
 }
 
 /// Passes what became of `request` through the door's exit, as a hyper connection does: the
-/// feed with the bytes that open it, or the bytes of the refusal. Not async: nothing here takes
-/// room in the feed's future.
+/// stream with the bytes that open it, or the bytes of the refusal. Not async: nothing here
+/// takes room in the stream's future.
 fn answer<S: Store>(
     state: &AppState<S>,
     request: Parts,
-    opened: Result<(Subscription<S>, Option<StreamSlot>), ApiError>,
+    opened: Result<(Source<S>, Option<StreamSlot>), ApiError>,
 ) -> Result<Opened<S>, Vec<u8>> {
-    let (outcome, feed) = match opened {
-        Ok(feed) => (Ok(response::sse(response::empty())), Some(feed)),
+    let (outcome, opened) = match opened {
+        Ok(opened) => (Ok(response::sse(response::empty())), Some(opened)),
         Err(err) => (Err(err), None),
     };
     let (mut head, body) = door::exit(state, &request, outcome, Listener::Main).into_parts();
-    // The answer ends with the connection: a feed has no length, and no other request follows.
+    // The answer ends with the connection: a stream has no length, and no other request follows.
     let close = HeaderValue::from_static("close");
-    match feed {
-        Some((subscription, slot)) => {
+    match opened {
+        Some((source, slot)) => {
             head.headers.insert(header::CONNECTION, close);
             let mut out = raw_head(head.status, &head.headers);
             out.extend_from_slice(&sse::encode_opening(state.config.retry_ms));
             Ok(Opened {
-                subscription,
+                source,
                 slot,
                 head: out,
             })
@@ -426,7 +535,7 @@ mod tests {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut parsed = httparse::Request::new(&mut headers);
         assert!(parsed.parse(head.as_bytes()).unwrap().is_complete());
-        as_feed_request(&parsed)
+        as_stream_request(&parsed)
     }
 
     #[test]
@@ -442,6 +551,12 @@ mod tests {
         assert!(parse("GET /feed/C1/x HTTP/1.1\r\nHost: x\r\n\r\n").is_none());
         assert!(parse("GET /feed/C1 HTTP/1.0\r\nHost: x\r\n\r\n").is_none());
         assert!(parse("GET /feed/C1 HTTP/1.1\r\nContent-Length: 3\r\n\r\n").is_none());
+        let receipts = parse("GET /receipts/C1 HTTP/1.1\r\nLast-Event-ID: 4\r\n\r\n").unwrap();
+        assert_eq!(receipts.uri().path(), "/receipts/C1");
+        assert!(parse("GET /presence/C1?after=2 HTTP/1.1\r\n\r\n").is_some());
+        assert!(parse("GET /admin/receipts/C1/4 HTTP/1.1\r\n\r\n").is_none());
+        assert!(parse("GET /receipts/C1/4 HTTP/1.1\r\n\r\n").is_none());
+        assert!(parse("HEAD /receipts/C1 HTTP/1.1\r\n\r\n").is_none());
     }
 
     #[test]
@@ -449,8 +564,13 @@ mod tests {
         assert_eq!(Opening::of(b""), Opening::Unknown);
         assert_eq!(Opening::of(b"GE"), Opening::Unknown);
         assert_eq!(Opening::of(b"GET /fee"), Opening::Unknown);
-        assert_eq!(Opening::of(b"GET /feed/"), Opening::Feed);
-        assert_eq!(Opening::of(b"GET /feed/C1 HTTP/1.1\r\n"), Opening::Feed);
+        assert_eq!(Opening::of(b"GET /feed/"), Opening::Stream);
+        assert_eq!(Opening::of(b"GET /feed/C1 HTTP/1.1\r\n"), Opening::Stream);
+        assert_eq!(Opening::of(b"GET /re"), Opening::Unknown);
+        assert_eq!(Opening::of(b"GET /receipts/C1"), Opening::Stream);
+        assert_eq!(Opening::of(b"GET /presence/"), Opening::Stream);
+        assert_eq!(Opening::of(b"GET /presences"), Opening::Other);
+        assert_eq!(Opening::of(b"GET /readyz"), Opening::Other);
         assert_eq!(Opening::of(b"GET /feedback/C1"), Opening::Other);
         assert_eq!(Opening::of(b"GET /h"), Opening::Other);
         assert_eq!(Opening::of(b"POST /feed/C1"), Opening::Other);
@@ -492,7 +612,7 @@ mod tests {
                 FEED.chunks(cut).collect::<Vec<_>>(),
             ] {
                 match first_request(&pieces).await {
-                    (FirstRequest::Feed(request), 0) => {
+                    (FirstRequest::Stream(request), 0) => {
                         assert_eq!(request.uri(), "/feed/C1?device=W1");
                         assert_eq!(request.headers()["last-event-id"], "4");
                     }
@@ -506,7 +626,7 @@ mod tests {
     async fn other_connections_go_to_hyper_at_their_first_different_byte() {
         let other = |first: FirstRequest| match first {
             FirstRequest::Other(bytes) => bytes,
-            FirstRequest::Feed(request) => panic!("taken as a feed: {request:?}"),
+            FirstRequest::Stream(request) => panic!("taken as a stream: {request:?}"),
         };
         // Not read on: the rest of the head is left for hyper to read.
         let (first, unread) = first_request(&[b"GET /hea", b"lth HTTP/1.1\r\n\r\n"]).await;
@@ -536,12 +656,12 @@ mod tests {
         /// The first bytes never turn away a head the feed loop would serve.
         #[test]
         fn a_head_the_feed_loop_serves_opens_with_its_prefix(
-            line in "(GET|POST|get|PRI) (/feed/|/feedback/|/health|/|\\*)[a-zA-Z0-9/]{0,8} HTTP/(1\\.1|1\\.0|2\\.0)\r\n",
+            line in "(GET|POST|get|PRI) (/feed/|/feedback/|/receipts/|/presence/|/health|/|\\*)[a-zA-Z0-9/]{0,8} HTTP/(1\\.1|1\\.0|2\\.0)\r\n",
             rest in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
         ) {
             for head in [[line.as_bytes(), b"\r\n"].concat(), [line.as_bytes(), &rest].concat()] {
-                if parse_feed_head(&head).is_some() {
-                    proptest::prop_assert_eq!(Opening::of(&head), Opening::Feed);
+                if parse_stream_head(&head).is_some() {
+                    proptest::prop_assert_eq!(Opening::of(&head), Opening::Stream);
                 }
             }
         }
@@ -551,7 +671,7 @@ mod tests {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut parsed = httparse::Request::new(&mut headers);
             if let Ok(httparse::Status::Complete(_)) = parsed.parse(&head) {
-                let _ = as_feed_request(&parsed);
+                let _ = as_stream_request(&parsed);
             }
         }
 
@@ -564,7 +684,7 @@ mod tests {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut parsed = httparse::Request::new(&mut headers);
             if let Ok(httparse::Status::Complete(_)) = parsed.parse(head.as_bytes()) {
-                let _ = as_feed_request(&parsed);
+                let _ = as_stream_request(&parsed);
             }
         }
     }

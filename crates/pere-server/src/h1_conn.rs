@@ -143,8 +143,8 @@ pub async fn serve<S: Store>(
         ))
         .await;
         match next {
-            Ok(FirstRequest::Feed(request)) => {
-                // Boxed: room for a feed would otherwise be kept by every idle connection.
+            Ok(FirstRequest::Stream(request)) => {
+                // Boxed: room for a stream would otherwise be kept by every idle connection.
                 return Box::pin(feed_conn::serve(state, stream, request, arrival)).await;
             }
             Ok(FirstRequest::Other(bytes)) if bytes.is_empty() => return,

@@ -2,7 +2,7 @@
 //!
 //! Layout, each module above the ones it uses:
 //! - [`server`]: the accept loop; hands each connection to [`feed_conn`] or [`http_conn`];
-//! - [`feed_conn`]: connections that open with a feed request, served without hyper's buffers;
+//! - [`feed_conn`]: stream requests (feeds, receipts, presence), served without hyper's buffers;
 //! - [`h1_conn`]: other plain HTTP/1.1 connections, one request at a time, nothing held between;
 //! - [`http_conn`]: every other connection (HTTP/1.1 or HTTP/2, plain or TLS), served by hyper;
 //! - [`framing`]: what an HTTP/1.1 connection's chunked bodies declare, read as hyper reads;

@@ -137,6 +137,11 @@ impl Limits {
         self.connections.load(Ordering::Relaxed)
     }
 
+    /// Open streams now.
+    pub fn streams(&self) -> usize {
+        self.streams.load(Ordering::Relaxed)
+    }
+
     /// A slot for a new connection, once one is free: past the cap, waits for a connection to
     /// close (new ones wait in the kernel's accept queue meanwhile).
     pub async fn connection(self: &Arc<Self>) -> ConnectionSlot {

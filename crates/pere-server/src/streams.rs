@@ -1,10 +1,11 @@
 //! The three SSE streams a client can hold: a channel's event feed, its receipt stream and its
-//! presence stream. Each is opened here from what the request asked (the handlers and the
-//! dedicated feed connections both open feeds through [`open_feed`]) and framed as SSE.
+//! presence stream. Each is opened here from what the request asked and framed as SSE; the
+//! handlers and the dedicated stream connections open them the same way.
 
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use pere_core::{
     ChannelName, DeviceId, Receipt, ReceiptItem, Store, SubscribeRequest, Subscription,
@@ -17,7 +18,7 @@ use crate::activity;
 use crate::error::ApiError;
 use crate::limits::StreamSlot;
 use crate::request::Resume;
-use crate::sse_body::{ConnectionCloser, EndReason, SseBody, StreamContext};
+use crate::sse_body::{ConnectionCloser, EndReason, FrameResult, SseBody, StreamContext};
 use crate::state::AppState;
 
 /// What a stream needs from the server around it; `closer` closes the connection it runs on,
@@ -94,32 +95,52 @@ pub async fn receipts<S: Store>(
     after: Option<u64>,
     context: StreamContext,
 ) -> Result<SseBody, ApiError> {
-    let follow = state.hub.follow_receipts(&channel, after).await?;
-    let frames = futures_util::stream::unfold(follow, |mut follow| async move {
-        let frame = match follow.next().await {
-            Some(Ok(ReceiptItem::Receipt(receipt))) => Ok(receipt_frame(&receipt)),
-            Some(Ok(ReceiptItem::Completed {
-                channel,
-                event_id,
-                expected,
-            })) => Ok(completion_frame(&channel, event_id, expected)),
-            Some(Err(err)) => {
-                tracing::error!("receipt stream of {}: {err}", follow.channel());
-                Err(EndReason::StoreFailed)
-            }
-            // The reader fell behind the live buffer: it resumes from its last id.
-            None if follow.lagged() => Err(EndReason::Lagged),
-            None => return None,
-        };
-        Some((frame, follow))
-    })
-    .boxed();
+    let frames = receipt_frames(state, &channel, after).await?;
     Ok(SseBody::frames(
         frames,
-        format!("{channel} receipts"),
+        receipts_name(&channel),
         None,
         context,
     ))
+}
+
+/// The receipt stream's name in the log.
+pub fn receipts_name(channel: &ChannelName) -> String {
+    format!("{channel} receipts")
+}
+
+/// The frames of the receipt stream of `channel` from `after` (or live only): what
+/// [`receipts`] sends, for the dedicated stream connections too.
+///
+/// # Errors
+/// 503 `store_unavailable` when the channel cannot be opened.
+pub async fn receipt_frames<S: Store>(
+    state: &AppState<S>,
+    channel: &ChannelName,
+    after: Option<u64>,
+) -> Result<BoxStream<'static, FrameResult>, ApiError> {
+    let follow = state.hub.follow_receipts(channel, after).await?;
+    Ok(
+        futures_util::stream::unfold(follow, |mut follow| async move {
+            let frame = match follow.next().await {
+                Some(Ok(ReceiptItem::Receipt(receipt))) => Ok(receipt_frame(&receipt)),
+                Some(Ok(ReceiptItem::Completed {
+                    channel,
+                    event_id,
+                    expected,
+                })) => Ok(completion_frame(&channel, event_id, expected)),
+                Some(Err(err)) => {
+                    tracing::error!("receipt stream of {}: {err}", follow.channel());
+                    Err(EndReason::StoreFailed)
+                }
+                // The reader fell behind the live buffer: it resumes from its last id.
+                None if follow.lagged() => Err(EndReason::Lagged),
+                None => return None,
+            };
+            Some((frame, follow))
+        })
+        .boxed(),
+    )
 }
 
 fn presence_frame(change: &PresenceChange) -> Bytes {
@@ -140,22 +161,42 @@ pub async fn presence<S: Store>(
     after: Option<u64>,
     context: StreamContext,
 ) -> Result<SseBody, ApiError> {
-    let follow = state
-        .hub
-        .follow_presence(&channel, after.unwrap_or(0))
-        .await?;
-    let frames = futures_util::stream::unfold(follow, |mut follow| async move {
-        match follow.next().await {
-            Some(change) => Some((Ok(presence_frame(&change)), follow)),
-            None if follow.lagged() => Some((Err(EndReason::Lagged), follow)),
-            None => None,
-        }
-    })
-    .boxed();
+    let frames = presence_frames(state, &channel, after).await?;
     Ok(SseBody::frames(
         frames,
-        format!("{channel} presence"),
+        presence_name(&channel),
         None,
         context,
     ))
+}
+
+/// The presence stream's name in the log.
+pub fn presence_name(channel: &ChannelName) -> String {
+    format!("{channel} presence")
+}
+
+/// The frames of the presence stream of `channel` after `after`: what [`presence`] sends, for
+/// the dedicated stream connections too.
+///
+/// # Errors
+/// 503 `store_unavailable` when the channel cannot be opened.
+pub async fn presence_frames<S: Store>(
+    state: &AppState<S>,
+    channel: &ChannelName,
+    after: Option<u64>,
+) -> Result<BoxStream<'static, FrameResult>, ApiError> {
+    let follow = state
+        .hub
+        .follow_presence(channel, after.unwrap_or(0))
+        .await?;
+    Ok(
+        futures_util::stream::unfold(follow, |mut follow| async move {
+            match follow.next().await {
+                Some(change) => Some((Ok(presence_frame(&change)), follow)),
+                None if follow.lagged() => Some((Err(EndReason::Lagged), follow)),
+                None => None,
+            }
+        })
+        .boxed(),
+    )
 }
