@@ -11,7 +11,7 @@
 //! The newest receipts announced (at most [`RECENT_RECEIPTS`]) are kept with the announcement,
 //! so a follower that keeps up takes them from memory, as feeds take events; it reads the store
 //! only to replay, or when what it needs is no longer (or not yet, in order) in memory. Store
-//! reads of every follower of a hub take turns ([`ReceiptReplays`]): a thousand followers
+//! reads of every follower of a hub take turns (`ReceiptReplays`): a thousand followers
 //! replaying a long history cost the same work, but never all of a node's threads at once, so
 //! its other requests are still answered.
 //!

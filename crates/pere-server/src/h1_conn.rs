@@ -5,7 +5,7 @@
 //! connection's read and write buffers (8 KiB each, more after a large request) for as long as it
 //! serves the connection, so 4,000 such devices held ~80 MB between receipts, four times their
 //! feeds. Here, once an answer is written and the client has sent nothing more, hyper's
-//! connection is ended without closing the socket ([`Parking`] notices the moment), and the
+//! connection is ended without closing the socket (`Parking` notices the moment), and the
 //! socket waits alone for the next request; its first bytes choose again between the feed loop
 //! and hyper, as a new connection's do. Requests that arrive back to back (pipelined, or sent
 //! before hyper looked for more) are served by the same hyper connection.
