@@ -2,6 +2,7 @@
 //! [`Retention`]. Nothing survives a restart; use it for tests, demos and ephemeral channels.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::convert::Infallible;
 use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -12,8 +13,8 @@ use pere_proto::receipt::{DeviceRecord, DeviceTouch, Membership, Receipt};
 
 use crate::error::StoreError;
 use crate::store::{
-    check_keys, check_receipt_keys, plan_batch, plan_receipts, scoped_key, Appended, EventPage,
-    Plan, ReceiptBatch, ReceiptPlan, RecordedLine, RecordedReceipt, Retention, Store,
+    check_keys, check_receipt_keys, plan_batch, plan_receipts, record_planned, scoped_key,
+    Appended, EventPage, Plan, ReceiptBatch, RecordedLine, RecordedReceipt, Retention, Store,
 };
 
 /// The in-memory [`Store`]. Each channel has its own lock, so channels never contend.
@@ -557,32 +558,14 @@ impl Store for MemoryStore {
             },
             |id| data.acknowledged(id, &batch.device),
         )?;
-        let mut recorded: Vec<RecordedLine> = Vec::with_capacity(plans.len());
-        for (line, (item, plan)) in batch.lines.into_iter().zip(plans).enumerate() {
-            let (receipt, new) = match plan {
-                ReceiptPlan::Skip => continue,
-                ReceiptPlan::Held(stored) => (stored, false),
-                ReceiptPlan::Same(earlier) => match recorded.iter().find(|r| r.line == earlier) {
-                    Some(first) => (first.receipt.clone(), false),
-                    None => continue,
-                },
-                ReceiptPlan::New => {
-                    let (receipt, _) = data.insert_receipt(Receipt {
-                        seq: 0,
-                        channel: batch.channel.clone(),
-                        event_id: item.event_id,
-                        device: batch.device.clone(),
-                        status: item.status,
-                        time: at,
-                    });
-                    if let Some(key) = item.key {
-                        data.note_receipt_key(&receipt, &key);
-                    }
-                    (receipt, true)
-                }
-            };
-            recorded.push(RecordedLine { line, receipt, new });
-        }
+        let recorded = record_planned(batch, plans, |receipt, key| {
+            let (receipt, _) = data.insert_receipt(receipt);
+            if let Some(key) = key {
+                data.note_receipt_key(&receipt, &key);
+            }
+            Ok::<_, Infallible>(receipt)
+        });
+        let Ok(recorded) = recorded;
         data.prune(retention, at);
         Ok(recorded)
     }

@@ -750,5 +750,48 @@ pub(crate) fn plan_receipts(
     Ok(plans)
 }
 
+/// Carries out a batch's plans (see [`plan_receipts`]) in line order: `insert` stores a new
+/// receipt with its key and gives it back as stored. The answer has every line not skipped.
+///
+/// # Errors
+/// What `insert` fails with; the caller undoes the batch.
+pub(crate) fn record_planned<E>(
+    batch: ReceiptBatch,
+    plans: Vec<ReceiptPlan>,
+    mut insert: impl FnMut(Receipt, Option<String>) -> Result<Receipt, E>,
+) -> Result<Vec<RecordedLine>, E> {
+    let ReceiptBatch {
+        channel,
+        device,
+        time,
+        lines,
+        ..
+    } = batch;
+    let mut recorded: Vec<RecordedLine> = Vec::with_capacity(plans.len());
+    for (line, (item, plan)) in lines.into_iter().zip(plans).enumerate() {
+        let (receipt, new) = match plan {
+            ReceiptPlan::Skip => continue,
+            ReceiptPlan::Held(stored) => (stored, false),
+            ReceiptPlan::Same(earlier) => match recorded.iter().find(|r| r.line == earlier) {
+                Some(first) => (first.receipt.clone(), false),
+                None => continue,
+            },
+            ReceiptPlan::New => {
+                let receipt = Receipt {
+                    seq: 0,
+                    channel: channel.clone(),
+                    event_id: item.event_id,
+                    device: device.clone(),
+                    status: item.status,
+                    time,
+                };
+                (insert(receipt, item.key)?, true)
+            }
+        };
+        recorded.push(RecordedLine { line, receipt, new });
+    }
+    Ok(recorded)
+}
+
 #[cfg(test)]
 pub(crate) mod conformance;

@@ -20,7 +20,7 @@ use super::rows::{
 use super::shared::Drafts;
 use crate::error::StoreError;
 use crate::store::{
-    plan_batch, plan_receipts, Appended, Plan, ReceiptBatch, ReceiptPlan, RecordedLine,
+    plan_batch, plan_receipts, record_planned, Appended, Plan, ReceiptBatch, RecordedLine,
     RecordedReceipt, Retention,
 };
 
@@ -427,29 +427,9 @@ pub(super) fn record_receipts(
         Ok(plans) => plans,
         Err(refused) => return Ok(Err(refused)),
     };
-    let mut recorded: Vec<RecordedLine> = Vec::with_capacity(plans.len());
-    for (line, (item, plan)) in batch.lines.into_iter().zip(plans).enumerate() {
-        let (receipt, new) = match plan {
-            ReceiptPlan::Skip => continue,
-            ReceiptPlan::Held(stored) => (stored, false),
-            ReceiptPlan::Same(earlier) => match recorded.iter().find(|r| r.line == earlier) {
-                Some(first) => (first.receipt.clone(), false),
-                None => continue,
-            },
-            ReceiptPlan::New => {
-                let receipt = Receipt {
-                    seq: 0,
-                    channel: batch.channel.clone(),
-                    event_id: item.event_id,
-                    device: batch.device.clone(),
-                    status: item.status,
-                    time: batch.time,
-                };
-                (insert_receipt(conn, drafts, receipt, item.key)?.0, true)
-            }
-        };
-        recorded.push(RecordedLine { line, receipt, new });
-    }
+    let recorded = record_planned(batch, plans, |receipt, key| {
+        insert_receipt(conn, drafts, receipt, key).map(|(stored, _)| stored)
+    })?;
     Ok(Ok(recorded))
 }
 
