@@ -210,7 +210,7 @@ async fn serve_spell<S: Store>(
     // `Connection: close`, a body left unread that hyper gave up on): only then is the socket
     // handed back.
     let mut parked = false;
-    // Armed when the connection goes quiet, for the requests answered until then: hyper keeps
+    // Armed when the connection goes quiet, for the requests begun until then: hyper keeps
     // the connection through short pauses (a device acknowledging events as they come), since
     // a new spell per request would cost more than the buffers it saves.
     let mut quiet = std::pin::pin!(tokio::time::sleep(quiet_for));
@@ -220,17 +220,17 @@ async fn serve_spell<S: Store>(
         if polled.is_ready() || shutting_down {
             return polled;
         }
-        let answered = pause.answered.load(Ordering::Relaxed);
+        let begun = pause.begun.load(Ordering::Relaxed);
         let ends = if state.shutdown.is_cancelled() {
             // Mid-request: the answer says `Connection: close`, or the connection ends after it.
             true
         } else if pause.idle.load(Ordering::Relaxed) && quiet_for.is_zero() {
             true
         } else if pause.idle.load(Ordering::Relaxed) {
-            if armed_after != Some(answered) {
+            if armed_after != Some(begun) {
                 // Only ever later: a cheap update of the timer already set.
                 quiet.as_mut().reset(Instant::now() + quiet_for);
-                armed_after = Some(answered);
+                armed_after = Some(begun);
             }
             // Quiet all along: hyper stops here and hands the socket back.
             quiet.as_mut().poll(cx).is_ready()
@@ -254,7 +254,7 @@ async fn serve_spell<S: Store>(
     if served.is_err() || state.shutdown.is_cancelled() || !parked {
         return None;
     }
-    let answered = pause.answered.load(Ordering::Relaxed) > 0;
+    let answered = pause.begun.load(Ordering::Relaxed) > 0;
     let parts = connection.into_parts();
     let (rest, stream) = parts.io.into_inner().inner.into_inner().into_parts();
     // What hyper read and left (the start of the next head) comes before what it never read.
@@ -284,7 +284,7 @@ struct Pause {
     /// Requests whose answers are not yet wholly handed to hyper.
     busy: AtomicUsize,
     /// Requests begun in this spell.
-    answered: AtomicUsize,
+    begun: AtomicUsize,
     /// Hyper looked for more and the client had sent nothing since: the spell can end.
     idle: AtomicBool,
 }
@@ -293,7 +293,7 @@ impl Pause {
     /// A request begins; its answer's body holds the returned mark until hyper drops it.
     fn begin(self: &Arc<Self>) -> Busy {
         self.busy.fetch_add(1, Ordering::Relaxed);
-        self.answered.fetch_add(1, Ordering::Relaxed);
+        self.begun.fetch_add(1, Ordering::Relaxed);
         Busy(self.clone())
     }
 }
@@ -361,7 +361,7 @@ impl AsyncRead for Parking {
         } else if polled.is_pending()
             && self.flushed
             && self.inner.between_requests()
-            && pause.answered.load(Ordering::Relaxed) > 0
+            && pause.begun.load(Ordering::Relaxed) > 0
             && pause.busy.load(Ordering::Relaxed) == 0
         {
             pause.idle.store(true, Ordering::Relaxed);
