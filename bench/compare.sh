@@ -69,22 +69,8 @@ mkdir -p "$REPORTS"
 REPORTS=$(cd "$REPORTS" && pwd)
 COMMANDS=$REPORTS/commands.txt
 : >"$COMMANDS"
-SERVER_PID=""
-SERVER_URL=""
+. bench/servers.sh
 
-stop_server() {
-  [ -n "$SERVER_PID" ] || return 0
-  if kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 100); do
-      kill -0 "$SERVER_PID" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-  fi
-  wait "$SERVER_PID" 2>/dev/null || true
-  SERVER_PID=""
-}
 cleanup() {
   stop_server
   rm -rf "$WORK"
@@ -105,60 +91,6 @@ logged() {
 }
 
 # A free port outside the ephemeral range, so no client socket can hold it.
-free_port() {
-  local port
-  for _ in $(seq 200); do
-    port=$((20000 + RANDOM % 10000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      echo "$port"
-      return 0
-    fi
-  done
-  say "no free port found"
-  return 1
-}
-
-start_pere() {
-  local store=$1 binary=${2:-$PERE_SERVER} args
-  args=(-o 127.0.0.1 -p 0 --store "$store" --quiet --retention-events 1000)
-  if [ "$store" != memory ]; then
-    args+=(--data-dir "$(mktemp -d -p "$WORK" data-XXXXXX)")
-  fi
-  note_command "$binary" "${args[@]}"
-  "$binary" "${args[@]}" >"$WORK/pere.out" 2>"$WORK/pere.err" &
-  SERVER_PID=$!
-  for _ in $(seq 200); do
-    SERVER_URL=$(sed -n 's|^PERE server listening on \(http://[^ ]*\).*|\1|p' "$WORK/pere.out" | head -n 1)
-    [ -n "$SERVER_URL" ] && return 0
-    kill -0 "$SERVER_PID" 2>/dev/null || break
-    sleep 0.05
-  done
-  say "pere-server did not start:"
-  cat "$WORK/pere.out" "$WORK/pere.err" >&2
-  return 1
-}
-
-start_nchan() {
-  local workers=$1 port dir
-  port=$(free_port)
-  dir=$(mktemp -d -p "$WORK" nginx-XXXXXX)
-  sed -e "s|__MODULE__|$NCHAN_MODULE|" -e "s|__WORKERS__|$workers|" -e "s|__PORT__|$port|" \
-    -e "s|__TMP__|$dir|g" bench/nchan.conf >"$dir/nginx.conf"
-  note_command nginx -c "$dir/nginx.conf" -p "$dir" -e "$dir/error.log"
-  nginx -c "$dir/nginx.conf" -p "$dir" -e "$dir/error.log" >"$dir/out" 2>&1 &
-  SERVER_PID=$!
-  SERVER_URL=http://127.0.0.1:$port
-  for _ in $(seq 200); do
-    if [ "$(curl -s -o /dev/null -w '%{http_code}' -X POST "$SERVER_URL/feedback/ready" 2>/dev/null)" = 204 ]; then
-      return 0
-    fi
-    kill -0 "$SERVER_PID" 2>/dev/null || break
-    sleep 0.05
-  done
-  say "nginx did not start:"
-  cat "$dir/out" "$dir/error.log" >&2
-  return 1
-}
 
 start_server() {
   case $1 in

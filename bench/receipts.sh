@@ -52,70 +52,10 @@ BENCH=$PWD/target/release/pere-bench
 WORK=$(mktemp -d -t pere-receipts.XXXXXX)
 mkdir -p "$REPORTS"
 REPORTS=$(cd "$REPORTS" && pwd)
-SERVER_PID=""
-SERVER_URL=""
+. bench/servers.sh
 
-stop_server() {
-  [ -n "$SERVER_PID" ] || return 0
-  if kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 100); do
-      kill -0 "$SERVER_PID" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-  fi
-  wait "$SERVER_PID" 2>/dev/null || true
-  SERVER_PID=""
-}
 trap 'stop_server; rm -rf "$WORK"' EXIT
 trap 'exit 130' INT TERM
-
-free_port() {
-  local port
-  for _ in $(seq 200); do
-    port=$((20000 + RANDOM % 10000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      echo "$port"
-      return 0
-    fi
-  done
-  return 1
-}
-
-start_pere() {
-  local store=$1 args
-  args=(-o 127.0.0.1 -p 0 --store "$store" --quiet --retention-events 1000)
-  [ "$store" = memory ] || args+=(--data-dir "$(mktemp -d -p "$WORK" data-XXXXXX)")
-  "$PERE_SERVER" "${args[@]}" >"$WORK/pere.out" 2>"$WORK/pere.err" &
-  SERVER_PID=$!
-  for _ in $(seq 200); do
-    SERVER_URL=$(sed -n 's|^PERE server listening on \(http://[^ ]*\).*|\1|p' "$WORK/pere.out" | head -n 1)
-    [ -n "$SERVER_URL" ] && return 0
-    kill -0 "$SERVER_PID" 2>/dev/null || break
-    sleep 0.05
-  done
-  cat "$WORK/pere.err" >&2
-  return 1
-}
-
-start_nchan() {
-  local workers=$1 port dir
-  port=$(free_port)
-  dir=$(mktemp -d -p "$WORK" nginx-XXXXXX)
-  sed -e "s|__MODULE__|$NCHAN_MODULE|" -e "s|__WORKERS__|$workers|" -e "s|__PORT__|$port|" \
-    -e "s|__TMP__|$dir|g" bench/nchan.conf >"$dir/nginx.conf"
-  nginx -c "$dir/nginx.conf" -p "$dir" -e "$dir/error.log" >"$dir/out" 2>&1 &
-  SERVER_PID=$!
-  SERVER_URL=http://127.0.0.1:$port
-  for _ in $(seq 200); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' -X POST "$SERVER_URL/feedback/ready")" = 204 ] && return 0
-    kill -0 "$SERVER_PID" 2>/dev/null || break
-    sleep 0.05
-  done
-  cat "$dir/error.log" >&2
-  return 1
-}
 
 # Nchan has no ledger to coalesce into: its cases are the two with a per-event equivalent.
 runs_on() {
