@@ -751,6 +751,178 @@ async fn a_kept_alive_connection_is_served_across_pauses_whatever_comes_next() {
     );
 }
 
+/// The answers on one connection, read one after the other (the server may send several in one
+/// write when the client sent their requests back to back).
+struct Answers {
+    conn: tokio::net::TcpStream,
+    seen: Vec<u8>,
+}
+
+impl Answers {
+    /// The next answer's head (lowercased) and body.
+    async fn next(&mut self) -> (String, String) {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(at) = self.seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.seen[..at + 4]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length:"))
+                    .map(|v| v.trim().parse().unwrap())
+                    .unwrap_or_else(|| panic!("no length: {head}"));
+                if self.seen.len() >= at + 4 + length {
+                    let body = String::from_utf8_lossy(&self.seen[at + 4..at + 4 + length]);
+                    let body = body.into_owned();
+                    self.seen.drain(..at + 4 + length);
+                    return (head, body);
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(pere_e2e::WAIT, self.conn.read(&mut chunk))
+                .await
+                .expect("an answer in time")
+                .unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&self.seen));
+            self.seen.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// The answer (`head`) said the connection ends, and it did.
+    async fn closed(&mut self, head: &str) {
+        use tokio::io::AsyncReadExt;
+        assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+        let mut after = [0u8; 64];
+        let closed = tokio::time::timeout(pere_e2e::WAIT, self.conn.read(&mut after))
+            .await
+            .expect("closed in time");
+        assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.conn.write_all(bytes).await.unwrap();
+    }
+}
+
+/// Receipts on a plain connection are answered whatever their framing: sent back to back, split
+/// between head and body, chunked, over the body limit, refused at the door with their body, or
+/// asking to close; each answer complete (its length and date) and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_are_answered_in_order_whatever_their_framing() {
+    let server = TestServer::start(&["-q", "--max-body", "200"]).await;
+    for n in 1..=6 {
+        server.push("Framed", &format!("e{n}")).await;
+    }
+    let conn = tokio::net::TcpStream::connect(server.host_port())
+        .await
+        .unwrap();
+    let mut answers = Answers {
+        conn,
+        seen: Vec::new(),
+    };
+    let receipt = |id: u64, status: &str| {
+        let body = format!("status={status}");
+        format!(
+            "POST /feedback/Framed HTTP/1.1\r\nHost: localhost\r\ndevice: F1\r\nlast_event_id: {id}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let acknowledged = |head: &str, body: &str, id: u64| {
+        let receipt: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("{head}{body}"));
+        assert!(
+            head.starts_with("http/1.1 200 ") && head.contains("\r\ndate: ") && receipt["id"] == id,
+            "{head}{body}"
+        );
+    };
+
+    // Three receipts and a health check in one write: four answers, in order.
+    let pipelined = [receipt(1, "a"), receipt(2, "b"), receipt(3, "c")].concat()
+        + "GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    answers.send(pipelined.as_bytes()).await;
+    for id in 1..=3 {
+        let (head, body) = answers.next().await;
+        acknowledged(&head, &body, id);
+    }
+    let (head, body) = answers.next().await;
+    assert!(
+        head.starts_with("http/1.1 200 ") && body.contains("ok"),
+        "{head}{body}"
+    );
+
+    // Its head first, its body once the head was surely read.
+    let split = receipt(4, "d");
+    let (head_part, body_part) = split.split_at(split.len() - 4);
+    answers.send(head_part.as_bytes()).await;
+    let health = server.http.get(server.url("/health")).send().await.unwrap();
+    assert!(health.status().is_success());
+    answers.send(body_part.as_bytes()).await;
+    let (head, body) = answers.next().await;
+    acknowledged(&head, &body, 4);
+
+    // Chunked, then a cumulative one in JSON right behind it.
+    let cumulative = r#"{"device":"F1","upto":6,"status":"all"}"#;
+    let chunked = format!(
+        "POST /feedback/Framed HTTP/1.1\r\nHost: localhost\r\ndevice: F1\r\nlast_event_id: 5\r\nTransfer-Encoding: chunked\r\n\r\n8\r\nstatus=e\r\n0\r\n\r\n\
+         POST /feedback/Framed HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{cumulative}",
+        cumulative.len()
+    );
+    answers.send(chunked.as_bytes()).await;
+    let (head, body) = answers.next().await;
+    acknowledged(&head, &body, 5);
+    let (head, body) = answers.next().await;
+    assert!(head.starts_with("http/1.1 200 "), "{head}{body}");
+    let upto: Value = serde_json::from_str(&body).unwrap();
+    // F1 never held a feed, so no event waits for its receipt: nothing owed, nothing taken.
+    assert_eq!(
+        (&upto["upto"], &upto["acknowledged"]),
+        (&json!(6), &json!(0)),
+        "{body}"
+    );
+
+    // Refused at the door with its body: the request after it is read as one.
+    answers
+        .send(b"POST /feedback/bad%20name HTTP/1.1\r\nHost: localhost\r\ndevice: F1\r\nContent-Length: 11\r\n\r\nstatus=lost")
+        .await;
+    let (head, body) = answers.next().await;
+    assert!(head.starts_with("http/1.1 400 "), "{head}{body}");
+    answers.send(receipt(6, "again").as_bytes()).await;
+    let (head, body) = answers.next().await;
+    acknowledged(&head, &body, 6);
+
+    // Asked to close: the answer says so, and the connection ends after it.
+    let closing = receipt(1, "z").replace(
+        "Host: localhost\r\n",
+        "Host: localhost\r\nConnection: close\r\n",
+    );
+    answers.send(closing.as_bytes()).await;
+    let (head, body) = answers.next().await;
+    acknowledged(&head, &body, 1);
+    answers.closed(&head).await;
+
+    // Over the body limit: refused, and the connection ends after the answer.
+    let conn = tokio::net::TcpStream::connect(server.host_port())
+        .await
+        .unwrap();
+    let mut answers = Answers {
+        conn,
+        seen: Vec::new(),
+    };
+    let large = format!(
+        "POST /feedback/Framed HTTP/1.1\r\nHost: localhost\r\ndevice: F1\r\nContent-Length: 300\r\n\r\n{}",
+        "x".repeat(300)
+    );
+    answers.send(large.as_bytes()).await;
+    let (head, body) = answers.next().await;
+    assert!(
+        head.starts_with("http/1.1 413 ") && body.contains("body_too_large"),
+        "{head}{body}"
+    );
+    answers.closed(&head).await;
+
+    let devices = server.get_json("/admin/devices/Framed").await;
+    assert_eq!(devices["F1"]["last_acked"], 6, "{devices}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn feeds_work_on_a_dedicated_connection_and_after_other_requests_on_the_same_one() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

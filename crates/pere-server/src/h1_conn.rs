@@ -28,7 +28,7 @@ use hyper::{Method, Request};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::Watcher;
 use pere_core::Store;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -37,6 +37,7 @@ use crate::feed_conn::{self, FirstRequest};
 use crate::framing::{Declared, Watched};
 use crate::http_conn::{self, Rewind};
 use crate::limits::Arrival;
+use crate::receipt_post;
 use crate::request::RequestBody;
 use crate::response::ResponseBody;
 use crate::sse_body::ConnectionCloser;
@@ -113,31 +114,78 @@ pub async fn serve<S: Store>(
     // while bytes of a head trickle in across idle spells.
     let mut head_deadline = Instant::now() + limit;
     loop {
-        // Boxed: hyper's connection is large, and an idle connection's future must not keep
-        // room for it.
-        let spell = Box::pin(serve_spell(
-            &state,
-            Rewind::new(prefix, stream),
-            &serving,
-            &arrival,
-        ));
-        let Some(spell) = spell.await else {
-            return;
+        // The bytes of the next request read so far, once it is served.
+        let unread = if receipt_post::Opening::of(&prefix) == receipt_post::Opening::Other {
+            None
+        } else {
+            // Boxed, as below: an idle connection's future keeps no room for a request.
+            let read = Box::pin(receipt_post::read(
+                BytesMut::from(&prefix[..]),
+                &mut stream,
+                head_overdue(&arrival, head_deadline),
+                state.config.max_body,
+                state.config.body_timeout,
+            ));
+            let read = tokio::select! {
+                read = read => read,
+                () = state.shutdown.cancelled() => return,
+            };
+            match read {
+                Ok(receipt_post::Read::Receipt(taken, rest)) => {
+                    let answered =
+                        Box::pin(receipt_post::answer(&state, &arrival, &mut stream, taken));
+                    let kept = tokio::select! {
+                        kept = answered => kept,
+                        () = shutdown_then_never(&state) => return,
+                    };
+                    if !matches!(kept, Ok(true)) {
+                        let _ = stream.shutdown().await;
+                        return;
+                    }
+                    head_deadline = Instant::now() + limit;
+                    Some(rest)
+                }
+                Ok(receipt_post::Read::Other(bytes)) => {
+                    prefix = bytes.freeze();
+                    None
+                }
+                Err(_) => return,
+            }
         };
-        stream = spell.stream;
-        if spell.answered {
-            head_deadline = Instant::now() + limit;
-        }
-        // Nothing held while the client thinks: no buffer until the socket has bytes.
-        let readable = tokio::select! {
-            readable = tokio::time::timeout_at(head_deadline, stream.readable()) => readable,
-            () = state.shutdown.cancelled() => return,
+        let unread = match unread {
+            Some(unread) => unread,
+            None => {
+                // Boxed: hyper's connection is large, and an idle connection's future must
+                // not keep room for it.
+                let spell = Box::pin(serve_spell(
+                    &state,
+                    Rewind::new(prefix, stream),
+                    &serving,
+                    &arrival,
+                ));
+                let Some(spell) = spell.await else {
+                    return;
+                };
+                stream = spell.stream;
+                if spell.answered {
+                    head_deadline = Instant::now() + limit;
+                }
+                spell.unread
+            }
         };
-        if !matches!(readable, Ok(Ok(()))) {
-            return;
+        // Nothing held while the client thinks: no buffer until the socket has bytes. (A
+        // request sent right behind the last one is read at once.)
+        if unread.is_empty() {
+            let readable = tokio::select! {
+                readable = tokio::time::timeout_at(head_deadline, stream.readable()) => readable,
+                () = state.shutdown.cancelled() => return,
+            };
+            if !matches!(readable, Ok(Ok(()))) {
+                return;
+            }
         }
         let next = Box::pin(feed_conn::read_request_start(
-            spell.unread,
+            unread,
             &mut stream,
             tokio::time::sleep_until(head_deadline),
         ))
@@ -151,6 +199,15 @@ pub async fn serve<S: Store>(
             Ok(FirstRequest::Other(bytes)) => prefix = bytes,
             Err(_) => return,
         }
+    }
+}
+
+/// Completes when the head being waited for is late: past `deadline`, or the connection's
+/// first head past its own (see [`Arrival::overdue`]).
+async fn head_overdue(arrival: &Arrival, deadline: Instant) {
+    tokio::select! {
+        () = arrival.overdue() => {}
+        () = tokio::time::sleep_until(deadline) => {}
     }
 }
 

@@ -4,6 +4,7 @@
 //! - [`server`]: the accept loop; hands each connection to [`feed_conn`] or [`http_conn`];
 //! - [`feed_conn`]: stream requests (feeds, receipts, presence), served without hyper's buffers;
 //! - [`h1_conn`]: other plain HTTP/1.1 connections, one request at a time, nothing held between;
+//! - [`receipt_post`]: receipts on those connections, read whole and answered without hyper;
 //! - [`http_conn`]: every other connection (HTTP/1.1 or HTTP/2, plain or TLS), served by hyper;
 //! - [`framing`]: what an HTTP/1.1 connection's chunked bodies declare, read as hyper reads;
 //! - [`tls`]: the certificate and key, and the handshake offering HTTP/2 by ALPN;
@@ -47,6 +48,7 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod openapi;
+pub mod receipt_post;
 pub mod request;
 pub mod response;
 pub mod route;

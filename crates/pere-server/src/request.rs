@@ -212,20 +212,32 @@ const DRAIN_LIMIT: u64 = 8 * 1024 * 1024;
 /// How long draining a too-large body may take.
 const DRAIN_TIME: Duration = Duration::from_secs(5);
 
-/// A request's body as hyper hands it over, with what its connection saw it declare (the chunks
-/// of an HTTP/1.1 chunked body, see [`crate::framing`]).
+/// A request's body: as hyper hands it over, with what its connection saw it declare (the chunks
+/// of an HTTP/1.1 chunked body, see [`crate::framing`]), or already read whole (a small request
+/// served without hyper, see [`crate::receipt_post`]).
 #[derive(Debug)]
-pub struct RequestBody {
-    incoming: Incoming,
-    /// The connection's declarations and this request's number among them.
-    declared: Option<(Declared, u64)>,
+pub struct RequestBody(Source);
+
+#[derive(Debug)]
+enum Source {
+    Incoming {
+        incoming: Incoming,
+        /// The connection's declarations and this request's number among them.
+        declared: Option<(Declared, u64)>,
+    },
+    Whole(Bytes),
 }
 
 impl RequestBody {
     /// `incoming`, the `request`-th of a connection whose declarations are `declared` (none on
     /// HTTP/2, whose bodies declare their length in the head if at all).
     pub fn new(incoming: Incoming, declared: Option<(Declared, u64)>) -> Self {
-        RequestBody { incoming, declared }
+        RequestBody(Source::Incoming { incoming, declared })
+    }
+
+    /// A body read whole before its request was handed on.
+    pub fn whole(bytes: Bytes) -> Self {
+        RequestBody(Source::Whole(bytes))
     }
 }
 
@@ -249,10 +261,11 @@ pub async fn body(
     limit: usize,
     timeout: Duration,
 ) -> Result<Bytes, ApiError> {
-    let RequestBody {
-        incoming: mut body,
-        declared: chunks,
-    } = body;
+    let (mut body, chunks) = match body.0 {
+        Source::Incoming { incoming, declared } => (incoming, declared),
+        Source::Whole(bytes) if bytes.len() > limit => return Err(ApiError::too_large(limit)),
+        Source::Whole(bytes) => return Ok(bytes),
+    };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

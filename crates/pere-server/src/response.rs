@@ -203,6 +203,11 @@ pub fn raw_head(status: StatusCode, headers: &HeaderMap) -> Vec<u8> {
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
+    if !headers.contains_key(header::DATE) {
+        out.extend_from_slice(b"date: ");
+        http_date(|date| out.extend_from_slice(date));
+        out.extend_from_slice(b"\r\n");
+    }
     for (name, value) in headers {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
@@ -211,6 +216,25 @@ pub fn raw_head(status: StatusCode, headers: &HeaderMap) -> Vec<u8> {
     }
     out.extend_from_slice(b"\r\n");
     out
+}
+
+/// Calls `with` with the `Date` of an answer made now (`Sun, 06 Nov 1994 08:49:37 GMT`), formatted
+/// once a second per thread, as hyper does for the answers it writes.
+fn http_date(with: impl FnOnce(&[u8])) {
+    thread_local! {
+        static NOW: std::cell::RefCell<(i64, Vec<u8>)> = const { std::cell::RefCell::new((i64::MIN, Vec::new())) };
+    }
+    NOW.with(|now| {
+        let mut now = now.borrow_mut();
+        let time = chrono::Utc::now();
+        if now.0 != time.timestamp() {
+            now.1.clear();
+            let formatted = time.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+            now.1.extend_from_slice(formatted.as_bytes());
+            now.0 = time.timestamp();
+        }
+        with(&now.1);
+    });
 }
 
 /// Adds the CORS headers a page of `origin` gets: an origin listed by name gets itself back (and
@@ -412,10 +436,18 @@ mod tests {
         answer
             .headers_mut()
             .insert(header::VARY, HeaderValue::from_static("Origin"));
-        let head = raw_head(StatusCode::OK, answer.headers());
+        let head = String::from_utf8(raw_head(StatusCode::OK, answer.headers())).unwrap();
+        let (date, rest) = head
+            .strip_prefix("HTTP/1.1 200 OK\r\ndate: ")
+            .and_then(|rest| rest.split_once("\r\n"))
+            .unwrap_or_else(|| panic!("{head}"));
+        assert!(
+            chrono::DateTime::parse_from_rfc2822(date).is_ok() && date.ends_with(" GMT"),
+            "{date}"
+        );
         assert_eq!(
-            String::from_utf8(head).unwrap(),
-            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\ncache-control: no-cache\r\n\
+            rest,
+            "content-type: text/event-stream; charset=utf-8\r\ncache-control: no-cache\r\n\
              x-accel-buffering: no\r\nvary: Origin\r\n\r\n"
         );
     }

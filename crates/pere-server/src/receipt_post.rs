@@ -1,0 +1,353 @@
+//! Receipts posted on plain HTTP/1.1 connections (`POST /feedback/...` with a small body), read
+//! whole and answered without a hyper connection.
+//!
+//! Why: a receipt is the request devices send most (one per event in the seed's form), and
+//! through hyper its fixed cost was most of its price: measured at ~65,000 instructions a
+//! receipt, against ~5,000 for the delivery it acknowledges, of which hyper's connection (built
+//! anew after each pause, see [`crate::h1_conn`]), its head parsing and its answer writing were
+//! more than half, the ledger and the store a small part. Here the head is parsed once, with
+//! `httparse` (hyper's own parser), the body is read along with it, and the answer goes out in
+//! one write; between receipts the connection holds nothing but its socket.
+//!
+//! The request passes the same door and handler as through hyper ([`http_conn::answer`]). Only a
+//! request this module is sure of is taken: `POST`, HTTP/1.1, a `Content-Length` body of at
+//! most [`MAX_BODY`] (and the server's own limit), no `Transfer-Encoding`, `Expect` or
+//! `Upgrade`, a head of at most [`MAX_HEAD`]. Anything else, and a body slower than the server's
+//! body time-out, goes to hyper with every byte already read put back in front, as the feed loop
+//! hands on what it does not serve.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Version};
+use pere_core::Store;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::http_conn;
+use crate::limits::Arrival;
+use crate::request::RequestBody;
+use crate::response::raw_head;
+use crate::state::AppState;
+
+/// How every request taken here begins.
+pub const PREFIX: &[u8] = b"POST /feedback/";
+/// The largest request head read here; larger ones go to hyper.
+pub const MAX_HEAD: usize = 8192;
+/// The largest body read here; a receipt is tens of bytes, a batch of them more, and larger
+/// bodies go to hyper, which refuses those over the server's limit.
+pub const MAX_BODY: usize = 16 * 1024;
+/// Request headers parsed at most.
+const MAX_HEADERS: usize = 64;
+
+/// Whether bytes read from a connection may be the start of a receipt taken here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opening {
+    /// Too few bytes to tell, all of them the start of [`PREFIX`].
+    Unknown,
+    /// It opens with [`PREFIX`].
+    Receipt,
+    /// Anything else.
+    Other,
+}
+
+impl Opening {
+    /// What `first` (the bytes read so far of a request) says.
+    pub fn of(first: &[u8]) -> Opening {
+        let compared = first.len().min(PREFIX.len());
+        if first[..compared] != PREFIX[..compared] {
+            Opening::Other
+        } else if compared == PREFIX.len() {
+            Opening::Receipt
+        } else {
+            Opening::Unknown
+        }
+    }
+}
+
+/// What was read of a request that opens with [`PREFIX`].
+#[derive(Debug)]
+pub enum Read {
+    /// A whole receipt request to answer here, and the bytes after it (the start of the next
+    /// request, when the client sends them back to back).
+    Receipt(Taken, BytesMut),
+    /// Anything else, for hyper, with every byte read (none read beyond what `Opening` needed
+    /// when the start already rules it out).
+    Other(BytesMut),
+}
+
+/// A request taken here.
+#[derive(Debug)]
+pub struct Taken {
+    request: Request<Bytes>,
+    /// The client asked for the connection to end after the answer (`Connection: close`).
+    close: bool,
+}
+
+/// Reads the rest of a request whose first bytes are `start` (which [`Opening::of`] does not
+/// rule out), up to the end of its body: its head before `head_overdue` completes, its body
+/// within `body_timeout` after that (or it goes to hyper, which has its own answer for a slow
+/// body). `body_limit` is the server's limit for bodies; a larger one goes to hyper.
+///
+/// # Errors
+/// The socket's error, or a time-out when the head is not whole before `head_overdue`.
+pub async fn read(
+    start: BytesMut,
+    stream: &mut TcpStream,
+    head_overdue: impl std::future::Future<Output = ()>,
+    body_limit: usize,
+    body_timeout: Duration,
+) -> io::Result<Read> {
+    let mut buf = start;
+    let head = async {
+        loop {
+            if Opening::of(&buf) == Opening::Other {
+                return Ok::<_, io::Error>(None);
+            }
+            match parse(&buf, body_limit.min(MAX_BODY)) {
+                Parsed::Partial => {}
+                Parsed::Taken { head_len, taken } => return Ok(Some((head_len, taken))),
+                Parsed::Other => return Ok(None),
+            }
+            buf.reserve(1024);
+            if stream.read_buf(&mut buf).await? == 0 {
+                return Ok(None);
+            }
+        }
+    };
+    let head = tokio::select! {
+        head = head => head?,
+        () = head_overdue => return Err(io::ErrorKind::TimedOut.into()),
+    };
+    let Some((head_len, mut taken)) = head else {
+        return Ok(Read::Other(buf));
+    };
+    let whole = head_len + body_length(&taken.request);
+    let body = async {
+        while buf.len() < whole {
+            buf.reserve(whole - buf.len());
+            if stream.read_buf(&mut buf).await? == 0 {
+                return Ok::<_, io::Error>(false);
+            }
+        }
+        Ok(true)
+    };
+    match tokio::time::timeout(body_timeout, body).await {
+        Ok(Ok(true)) => {}
+        Ok(Err(err)) => return Err(err),
+        // Hyper answers a body cut short or late as it does for any request.
+        Ok(Ok(false)) | Err(_) => return Ok(Read::Other(buf)),
+    }
+    let rest = buf.split_off(whole);
+    *taken.request.body_mut() = buf.split_off(head_len).freeze();
+    Ok(Read::Receipt(taken, rest))
+}
+
+/// The body's length its head declares (checked by [`parse`]).
+fn body_length(request: &Request<Bytes>) -> usize {
+    request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// What the bytes read so far of a request that opens with [`PREFIX`] hold.
+enum Parsed {
+    /// The head is not whole yet.
+    Partial,
+    /// A request taken here; its head is `head_len` bytes long, its body not read yet.
+    Taken { head_len: usize, taken: Taken },
+    /// Anything else, for hyper.
+    Other,
+}
+
+/// Parses a head. Not async, and so apart from the reads: the parser's room for headers would
+/// otherwise be kept in the future across each read.
+fn parse(buf: &[u8], body_limit: usize) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(head_len)) => match as_receipt(&parsed, body_limit) {
+            Some(taken) => Parsed::Taken { head_len, taken },
+            None => Parsed::Other,
+        },
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => Parsed::Partial,
+        _ => Parsed::Other,
+    }
+}
+
+/// Parses `head` (a whole request head) as this module does: the request taken here, or `None`
+/// for one left to hyper. For fuzzing and tests.
+pub fn parse_receipt_head(head: &[u8]) -> Option<Request<Bytes>> {
+    match parse(head, MAX_BODY) {
+        Parsed::Taken { taken, .. } => Some(taken.request),
+        Parsed::Partial | Parsed::Other => None,
+    }
+}
+
+/// A receipt request this module serves, as an `http` request with its body still to read;
+/// `None` for anything else.
+fn as_receipt(parsed: &httparse::Request<'_, '_>, body_limit: usize) -> Option<Taken> {
+    if parsed.method != Some("POST") || parsed.version != Some(1) {
+        return None;
+    }
+    let path = parsed.path?;
+    if !path.as_bytes().starts_with(&PREFIX[b"POST ".len()..]) {
+        return None;
+    }
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    let mut length = None;
+    let mut close = false;
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        if name == header::CONTENT_LENGTH {
+            // One length, in digits only: anything else is hyper's to refuse.
+            let value = std::str::from_utf8(h.value).ok()?;
+            if length.is_some() || value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            length = Some(value.parse::<usize>().ok().filter(|n| *n <= body_limit)?);
+        } else if name == header::TRANSFER_ENCODING
+            || name == header::EXPECT
+            || name == header::UPGRADE
+        {
+            return None;
+        } else if name == header::CONNECTION {
+            let tokens = std::str::from_utf8(h.value).ok()?;
+            for token in tokens.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case("upgrade") {
+                    return None;
+                }
+            }
+        }
+        headers.append(name, HeaderValue::from_bytes(h.value).ok()?);
+    }
+    let mut request = Request::new(Bytes::new());
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = path.parse().ok()?;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = headers;
+    Some(Taken { request, close })
+}
+
+/// Answers a request read whole by [`read`], through the door and its handler as hyper would,
+/// and writes the answer in one write. `Ok(true)` when the connection stays open for the next
+/// request; `Ok(false)` when the answer said `Connection: close` (the client asked, or the
+/// server is shutting down).
+///
+/// # Errors
+/// The socket's error while writing the answer.
+pub async fn answer<S: Store>(
+    state: &Arc<AppState<S>>,
+    arrival: &Arrival,
+    stream: &mut TcpStream,
+    taken: Taken,
+) -> io::Result<bool> {
+    let (parts, body) = taken.request.into_parts();
+    let request = Request::from_parts(parts, RequestBody::whole(body));
+    let (mut head, body) = http_conn::answer(state, arrival, request, None)
+        .await
+        .into_parts();
+    // A receipt's answer is whole when made: no stream answers a `POST`.
+    let body = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(never) => match never {},
+    };
+    // The answer itself may end the connection (a refused body, see `response::error`).
+    let keep = !taken.close
+        && !state.shutdown.is_cancelled()
+        && !head.headers.contains_key(header::CONNECTION);
+    head.headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    if !keep {
+        head.headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let mut out = raw_head(head.status, &head.headers);
+    out.extend_from_slice(&body);
+    stream.write_all(&out).await?;
+    Ok(keep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_bytes_decide_without_parsing() {
+        assert_eq!(Opening::of(b""), Opening::Unknown);
+        assert_eq!(Opening::of(b"POST /fe"), Opening::Unknown);
+        assert_eq!(Opening::of(b"POST /feedback/"), Opening::Receipt);
+        assert_eq!(Opening::of(b"POST /feedback/C1 HTTP/1.1"), Opening::Receipt);
+        assert_eq!(Opening::of(b"POST /feed/C1"), Opening::Other);
+        assert_eq!(Opening::of(b"POST /push/C1"), Opening::Other);
+        assert_eq!(Opening::of(b"GET /feedback/C1"), Opening::Other);
+        assert_eq!(Opening::of(b"post /feedback/C1"), Opening::Other);
+    }
+
+    #[test]
+    fn only_small_plain_receipts_are_taken() {
+        let taken = |head: &str| parse_receipt_head(head.as_bytes());
+        let receipt = taken(
+            "POST /feedback/C1 HTTP/1.1\r\nHost: x\r\ndevice: D1\r\nContent-Length: 9\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(receipt.uri().path(), "/feedback/C1");
+        assert_eq!(receipt.headers()["device"], "D1");
+        assert_eq!(body_length(&receipt), 9);
+        assert!(taken("POST /feedback/C1 HTTP/1.1\r\nHost: x\r\n\r\n").is_some());
+        let refused = [
+            "POST /feedback/C1 HTTP/1.0\r\nContent-Length: 2\r\n\r\n",
+            "POST /push/C1 HTTP/1.1\r\nContent-Length: 2\r\n\r\n",
+            "POST /feedback/C1 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST /feedback/C1 HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n",
+            "POST /feedback/C1 HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
+            "POST /feedback/C1 HTTP/1.1\r\nContent-Length: +2\r\n\r\n",
+            "POST /feedback/C1 HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+            "POST /feedback/C1 HTTP/1.1\r\nContent-Length: 16385\r\n\r\n",
+            "POST /feedback/C1 HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+        ];
+        for head in refused {
+            assert!(taken(head).is_none(), "{head}");
+        }
+        let closing = "POST /feedback/C1 HTTP/1.1\r\nConnection: keep-alive, close\r\n\r\n";
+        match parse(closing.as_bytes(), MAX_BODY) {
+            Parsed::Taken { taken, .. } => assert!(taken.close),
+            _ => panic!("not taken"),
+        }
+        assert!(
+            matches!(
+                parse(
+                    b"POST /feedback/C1 HTTP/1.1\r\nContent-Length: 300\r\n\r\n",
+                    200
+                ),
+                Parsed::Other
+            ),
+            "over the server's own limit: hyper refuses it"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_head_is_taken_or_left_to_hyper(head in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1024)) {
+            let _ = parse(&head, MAX_BODY);
+        }
+
+        #[test]
+        fn any_receipt_line_and_headers_parse_or_are_left(
+            path in "/feedback/[ -~]{0,60}",
+            value in "[ -~]{0,80}",
+        ) {
+            let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\ndevice: {value}\r\nContent-Length: {value}\r\nConnection: {value}\r\n\r\n");
+            let _ = parse(head.as_bytes(), MAX_BODY);
+        }
+    }
+}
