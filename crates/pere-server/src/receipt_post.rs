@@ -71,6 +71,8 @@ impl Opening {
 
 /// What was read of a request that opens with [`PREFIX`].
 #[derive(Debug)]
+// Made and taken apart at once, never kept: boxing the request would be an allocation more.
+#[allow(clippy::large_enum_variant)]
 pub enum Read {
     /// A whole receipt request to answer here, and the bytes after it (the start of the next
     /// request, when the client sends them back to back).
@@ -158,6 +160,7 @@ fn body_length(request: &Request<Bytes>) -> usize {
 }
 
 /// What the bytes read so far of a request that opens with [`PREFIX`] hold.
+#[allow(clippy::large_enum_variant)]
 enum Parsed {
     /// The head is not whole yet.
     Partial,
