@@ -7,7 +7,8 @@
 # receipt path. Run it with `none` too: the difference is what the receipts cost.
 #
 # Usage: bench/callgrind-receipts.sh [per-event|coalesced|none] [memory|sqlite]
-# Variables: DEVICES (50), RATE (10), SECONDS_ (10), KEEP (a directory to keep the output in).
+# Variables: DEVICES (50), RATE (10), SECONDS_ (10), KEEP (a directory to keep the output in),
+# SERVER (another pere-server binary to measure, say a build from before a change; not rebuilt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 style=${1:-per-event}
@@ -16,13 +17,14 @@ devices=${DEVICES:-50}
 rate=${RATE:-10}
 seconds=${SECONDS_:-10}
 command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
+server=${SERVER:-target/release/pere-server}
 [ -n "${NO_BUILD:-}" ] || cargo build --release -q -p pere-server -p pere-bench
 work=$(mktemp -d)
 pid=""
 trap '[ -z "$pid" ] || kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
-  target/release/pere-server -o 127.0.0.1 -p 0 --quiet --store "$store" --data-dir "$work/data" \
+  "$server" -o 127.0.0.1 -p 0 --quiet --store "$store" --data-dir "$work/data" \
   --retention-events 100000 >"$work/out" 2>"$work/err" &
 pid=$!
 for _ in $(seq 600); do grep -q "listening on" "$work/out" 2>/dev/null && break; sleep 0.1; done

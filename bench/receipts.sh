@@ -18,6 +18,7 @@
 #   PERE_STORES="memory sqlite"   NCHAN_WORKERS="1 2"   CASES="fanout-10 fanout-100 per-event-10 coalesced-100"
 #   RESULTS=bench/receipts-results.md   REPORTS=target/bench-reports/receipts-<time>
 #   NO_BUILD=1  use the release binaries already built
+#   PERE_SERVER=path  another pere-server binary (say, a build from before a change)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,7 +47,7 @@ command -v jq >/dev/null || { say "jq is needed"; exit 1; }
 COMMIT=$(git rev-parse HEAD)
 DIRTY=$(git status --porcelain --untracked-files=no -- crates Cargo.toml Cargo.lock | awk '{print $2}' | paste -sd ' ' -)
 [ -n "${NO_BUILD:-}" ] || cargo build --release -p pere-server -p pere-bench
-PERE_SERVER=$PWD/target/release/pere-server
+PERE_SERVER=${PERE_SERVER:-$PWD/target/release/pere-server}
 BENCH=$PWD/target/release/pere-bench
 
 WORK=$(mktemp -d -t pere-receipts.XXXXXX)

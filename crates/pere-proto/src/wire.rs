@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -101,6 +102,34 @@ impl From<&Receipt> for ReceiptJson {
             device: r.device.to_string(),
             status: r.status.clone(),
             time: format_time(r.time),
+        }
+    }
+}
+
+/// A receipt written as [`ReceiptJson`] straight from the [`Receipt`], without copying its
+/// names: for answers and streams, which write a receipt and never read one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ReceiptJsonRef<'a> {
+    channel: &'a str,
+    id: u64,
+    device: &'a str,
+    status: &'a str,
+    #[serde(serialize_with = "serialize_time")]
+    time: DateTime<Utc>,
+}
+
+fn serialize_time<S: serde::Serializer>(time: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_time(*time))
+}
+
+impl<'a> From<&'a Receipt> for ReceiptJsonRef<'a> {
+    fn from(r: &'a Receipt) -> Self {
+        ReceiptJsonRef {
+            channel: r.channel.as_str(),
+            id: r.event_id,
+            device: r.device.as_str(),
+            status: &r.status,
+            time: r.time,
         }
     }
 }
@@ -872,6 +901,25 @@ pub struct DashboardStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_receipt_written_from_the_receipt_reads_back_as_receipt_json() {
+        let receipt = Receipt {
+            seq: 7,
+            channel: crate::ChannelName::new("C1").unwrap(),
+            event_id: 42,
+            device: crate::DeviceId::new("D1").unwrap(),
+            status: "done \"quoted\"".to_owned(),
+            time: Utc::now(),
+        };
+        let written = serde_json::to_string(&ReceiptJsonRef::from(&receipt)).unwrap();
+        assert_eq!(
+            written,
+            serde_json::to_string(&ReceiptJson::from(&receipt)).unwrap()
+        );
+        let read: ReceiptJson = serde_json::from_str(&written).unwrap();
+        assert_eq!(read, ReceiptJson::from(&receipt));
+    }
 
     #[test]
     fn bodies_show_as_json_when_they_are_json_and_as_text_otherwise() {

@@ -150,19 +150,20 @@ pub fn answers_host(authority: &str, allowed: &[String]) -> bool {
     let Some(host) = host_of(authority) else {
         return false;
     };
-    let host = host.to_ascii_lowercase();
+    // Compared without case rather than lowered: this runs for every request.
     let loopback = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         Some(v6) => v6
             .parse::<std::net::Ipv6Addr>()
             .is_ok_and(|ip| is_loopback(ip.into())),
         None => {
-            host == "localhost"
+            host.eq_ignore_ascii_case("localhost")
                 || host
                     .parse::<std::net::Ipv4Addr>()
                     .is_ok_and(|ip| ip.is_loopback())
         }
     };
-    loopback || allowed.contains(&host)
+    // The allowed names are kept in lower case.
+    loopback || allowed.iter().any(|name| name.eq_ignore_ascii_case(host))
 }
 
 /// The host of an authority (`name`, `name:port`, `[v6]`, `[v6]:port`); `None` when it is none.

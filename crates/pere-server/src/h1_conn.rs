@@ -119,8 +119,12 @@ pub async fn serve<S: Store>(
             None
         } else {
             // Boxed, as below: an idle connection's future keeps no room for a request.
+            // The bytes read so far, not copied when nothing else holds them (the usual case).
+            let start = std::mem::take(&mut prefix)
+                .try_into_mut()
+                .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
             let read = Box::pin(receipt_post::read(
-                BytesMut::from(&prefix[..]),
+                start,
                 &mut stream,
                 head_overdue(&arrival, head_deadline),
                 state.config.max_body,

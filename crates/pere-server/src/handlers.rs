@@ -14,7 +14,8 @@ use pere_proto::receipt::MAX_STATUS_LEN;
 use pere_proto::wire::{
     Banner, BatchAnswer, ChannelJson, ChannelsPage, ConnectionsJson, CumulativeAnswer, DeviceJson,
     EventJson, EventList, EventReceipts, Health, MembershipJson, PendingEvents, PushAccepted,
-    PushWaited, Readiness, ReceiptBatchAnswer, ReceiptBatchEntry, ReceiptJson, ReceiptSummaryJson,
+    PushWaited, Readiness, ReceiptBatchAnswer, ReceiptBatchEntry, ReceiptJsonRef,
+    ReceiptSummaryJson,
 };
 
 use crate::activity;
@@ -477,7 +478,7 @@ async fn feedback<S: Store>(
         activity::feedback(channel.as_str(), device.as_str(), event_id, &receipt.status);
         return Ok(response::compact_json(
             StatusCode::OK,
-            &ReceiptJson::from(&receipt),
+            &ReceiptJsonRef::from(&receipt),
         ));
     };
     let recorded = state
@@ -498,7 +499,7 @@ async fn feedback<S: Store>(
         ));
     }
     Ok(replay_mark(
-        response::compact_json(StatusCode::OK, &ReceiptJson::from(&receipt)),
+        response::compact_json(StatusCode::OK, &ReceiptJsonRef::from(&receipt)),
         !recorded.new,
     ))
 }

@@ -14,6 +14,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use pere_core::notice::{Heard, Observer};
 use pere_core::{Hub, HubNotice, Store};
 use pere_proto::StatusClass;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -22,7 +23,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
-use tokio_util::sync::CancellationToken;
 
 /// The text format of a scrape, chosen by its `Accept` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,9 +69,6 @@ impl Format {
         }
     }
 }
-
-/// Hub notices queued for the metrics before new ones are dropped (and counted as dropped).
-const NOTICE_QUEUE: usize = 65_536;
 
 /// What kind of stream a client holds open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -350,24 +347,14 @@ impl Metrics {
         self.webhook_drops.inc();
     }
 
-    /// Listens to `hub`'s notices (publications, receipts, cut subscribers) until `shutdown`.
-    pub fn observe<S: Store>(self: &Arc<Self>, hub: &Hub<S>, shutdown: CancellationToken) {
-        // Publications are counted by the hub, so the metrics take no notice per event.
-        let mut notices = hub.observe_except_published(NOTICE_QUEUE);
-        let metrics = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let notice = tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    notice = notices.recv() => notice,
-                };
-                let Some(notice) = notice else { return };
-                metrics.note(notice);
-            }
-        });
+    /// Hears `hub`'s notices (receipts, cut subscribers) as the hub applies them. Counting is
+    /// a few additions, done on the spot: a task woken for each receipt cost more than the
+    /// counting (a receipt is the request devices send most).
+    pub fn observe<S: Store>(self: &Arc<Self>, hub: &Hub<S>) {
+        hub.add_observer(self.clone());
     }
 
-    fn note(&self, notice: HubNotice) {
+    fn note(&self, notice: &HubNotice) {
         match notice {
             HubNotice::Receipt { receipt, published } => {
                 let status_class = StatusClass::of(&receipt.status).as_str();
@@ -375,7 +362,7 @@ impl Metrics {
                     .get_or_create(&StatusClassLabel { status_class })
                     .inc();
                 if let Some(at) = published {
-                    let latency = (receipt.time - at).to_std().unwrap_or_default();
+                    let latency = (receipt.time - *at).to_std().unwrap_or_default();
                     self.receipt_latency.observe(latency.as_secs_f64());
                 }
             }
@@ -487,6 +474,18 @@ impl Drop for OpenStream {
     fn drop(&mut self) {
         self.gauge.dec();
         self.all.dec();
+    }
+}
+
+impl Observer for Metrics {
+    fn hears_publications(&self) -> bool {
+        // Publications are counted by the hub (see `render_in`).
+        false
+    }
+
+    fn notice(&self, notice: &HubNotice) -> Heard {
+        self.note(notice);
+        Heard::Taken
     }
 }
 

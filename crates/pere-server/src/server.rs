@@ -125,7 +125,7 @@ pub async fn run_with<S: Store>(
     let http1 = Arc::new(h1_conn::Serving::new(&state.config));
     let _expiry = ExpiryTask(tokio::spawn(expire_recipients(state.clone())));
     let _give_back = ExpiryTask(tokio::spawn(give_back_memory(state.clone())));
-    state.metrics.observe(&state.hub, state.shutdown.clone());
+    state.metrics.observe(&state.hub);
     if let Some(url) = &state.config.receipt_webhook {
         webhook::spawn(state.clone(), url.clone(), state.config.receipt_timeout);
     }

@@ -12,7 +12,7 @@ use pere_core::{
 };
 use pere_proto::presence::PresenceChange;
 use pere_proto::sse;
-use pere_proto::wire::{to_json, CompletionJson, PresenceJson, ReceiptJson};
+use pere_proto::wire::{to_json, CompletionJson, PresenceJson, ReceiptJsonRef};
 
 use crate::activity;
 use crate::error::ApiError;
@@ -68,7 +68,7 @@ fn receipt_frame(receipt: &Receipt) -> Bytes {
     sse::encode_event(
         receipt.seq,
         Some("receipt"),
-        &to_json(&ReceiptJson::from(receipt)),
+        &to_json(&ReceiptJsonRef::from(receipt)),
     )
 }
 
