@@ -1,6 +1,6 @@
 # Starting and stopping the servers the benchmarks compare, sourced by `compare.sh` and
-# `receipts.sh`. The sourcing script sets WORK (a scratch directory), PERE_SERVER and
-# NCHAN_MODULE, and may define `note_command` to record each server's command line.
+# `receipts.sh` and `floor.sh`. The sourcing script sets WORK (a scratch directory), PERE_SERVER,
+# NCHAN_MODULE (and FLOOR_SERVER for `start_floor`), and may define `note_command` to record each server's command line.
 # shellcheck shell=bash
 
 SERVER_PID=""
@@ -72,5 +72,22 @@ start_nchan() {
   done
   say "nginx did not start:"
   cat "$dir/out" "$dir/error.log" >&2
+  return 1
+}
+
+# The floor (`sse-floor`, crates/pere-bench/src/bin): a server that only holds sockets and
+# writes frames, with no PERE code.
+start_floor() {
+  command -v note_command >/dev/null && note_command "$FLOOR_SERVER" 127.0.0.1:0
+  "$FLOOR_SERVER" 127.0.0.1:0 >"$WORK/floor.out" 2>"$WORK/floor.err" &
+  SERVER_PID=$!
+  for _ in $(seq 200); do
+    SERVER_URL=$(sed -n 's|^listening on \(http://[^ ]*\).*|\1|p' "$WORK/floor.out" | head -n 1)
+    [ -n "$SERVER_URL" ] && return 0
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.05
+  done
+  say "sse-floor did not start:"
+  cat "$WORK/floor.out" "$WORK/floor.err" >&2
   return 1
 }
