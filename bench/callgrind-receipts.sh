@@ -47,7 +47,9 @@ acked=$(jq -r '.receipts.ok // 0' "$work/bench.json")
 requests=$(jq -r '.receipts.requests // 0' "$work/bench.json")
 [ "$delivered" -gt 0 ] || { echo "nothing delivered: $(cat "$work/bench.json")" >&2; exit 1; }
 if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP"; cp "$dump" "$KEEP/callgrind-receipts-$style-$store.out"; fi
-total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(/,/, "", $1); print $1; exit}')
+# awk reads to the end: leaving early would end callgrind_annotate by SIGPIPE, and the script
+# with it (pipefail), for a large profile.
+total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ && !seen {gsub(/,/, "", $1); print $1; seen = 1}')
 echo "style $style, store $store: $delivered deliveries, $acked acknowledged by $requests requests;"
 echo "$(( total / delivered )) instructions per delivery (all threads)"
 per_delivery() {

@@ -115,6 +115,7 @@ where
     receipt_batches_are_all_or_none(make(ROOMY).await).await;
     receipt_batches_answer_held_keys(make(ROOMY).await).await;
     receipt_batches_can_skip_what_was_acknowledged(make(ROOMY).await).await;
+    cumulative_batches_are_all_or_none_and_in_order(make(ROOMY).await).await;
     idempotency_keys_are_per_publisher(make(ROOMY).await).await;
     batch_keys_are_per_publisher(make(ROOMY).await).await;
     receipt_keys_are_per_device(make(ROOMY).await).await;
@@ -367,6 +368,65 @@ async fn receipt_batches_can_skip_what_was_acknowledged(store: impl Store) {
         .collect();
     assert_eq!(owed, [4]);
     assert_eq!(store.receipts(&c, 2).await.unwrap().len(), 1, "not twice");
+}
+
+/// A batch that records only what its device owes (a cumulative receipt) is refused whole
+/// for an unknown id, and otherwise stored as the lines come: its receipts follow each other
+/// in the receipt stream in line order, and the device's record counts each.
+async fn cumulative_batches_are_all_or_none_and_in_order(store: impl Store) {
+    let c = ch("RBC");
+    for text in ["1", "2", "3", "4"] {
+        store.append(&c, body(text)).await.unwrap();
+    }
+    store
+        .record_receipt(receipt("RBC", 3, "C1", "ok"))
+        .await
+        .unwrap();
+    let mut refused = receipt_batch("RBC", "C1", [1, 9].map(|id| line(id, "ok", None)).into());
+    refused.unacknowledged_only = true;
+    assert!(matches!(
+        store.record_receipts(refused).await,
+        Err(StoreError::UnknownEvent { id: 9 })
+    ));
+    assert!(
+        store.receipts(&c, 1).await.unwrap().is_empty(),
+        "nothing recorded"
+    );
+    let mut batch = receipt_batch(
+        "RBC",
+        "C1",
+        [4, 1, 3, 2].map(|id| line(id, "ok", None)).into(),
+    );
+    batch.unacknowledged_only = true;
+    let recorded = store.record_receipts(batch).await.unwrap();
+    let shown: Vec<(usize, u64)> = recorded
+        .iter()
+        .map(|r| (r.line, r.receipt.event_id))
+        .collect();
+    assert_eq!(shown, [(0, 4), (1, 1), (3, 2)]);
+    let stream: Vec<(u64, u64)> = store
+        .receipts_after(&c, 0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.seq, r.event_id))
+        .collect();
+    assert_eq!(stream.len(), 4);
+    assert!(stream.windows(2).all(|w| w[0].0 < w[1].0), "{stream:?}");
+    let ids: Vec<u64> = stream.iter().map(|&(_, id)| id).collect();
+    assert_eq!(ids, [3, 4, 1, 2]);
+    let seqs: Vec<u64> = recorded.iter().map(|r| r.receipt.seq).collect();
+    assert_eq!(
+        seqs,
+        stream[1..].iter().map(|&(seq, _)| seq).collect::<Vec<_>>()
+    );
+    let record = store
+        .devices_named(&c, &[dev("C1")])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!((record.receipts, record.last_acked), (4, 4));
 }
 
 /// After a store changed, a node adopts it with the greatest id it handed out: no id at or

@@ -225,8 +225,18 @@ impl ChannelData {
             .filter(|r| r.seq >= oldest && retention.key_alive(r.time, at))
     }
 
-    /// Whether `device` has a receipt kept for event `id`.
+    /// Whether `device` has a receipt kept for event `id`. Asked for every event a cumulative
+    /// receipt covers: every receipt raises its device's `last_acked`, so above it (every id,
+    /// for a device that acknowledges as it goes) the answer needs no walk through the event's
+    /// receipts, which on a channel of 1,000 devices compared ~500 names.
     fn acknowledged(&self, id: u64, device: &DeviceId) -> bool {
+        if self
+            .devices
+            .get(device)
+            .is_none_or(|record| id > record.last_acked)
+        {
+            return false;
+        }
         self.receipts
             .get(&id)
             .is_some_and(|rs| rs.iter().any(|r| &r.device == device))

@@ -398,6 +398,13 @@ pub(super) fn record_receipts(
             drafts.entry(conn, &batch.channel)?.head.max(floor)
         }
     };
+    // A device that acknowledges as it goes (what a cumulative receipt nearly always finds)
+    // has no receipt above the greatest id its record holds: no lookup for those ids.
+    let acked_through = if batch.unacknowledged_only {
+        drafts.acked_through(conn, &batch.channel, &batch.device)?
+    } else {
+        None
+    };
     // SQLite's own failures met while planning, which fail the whole transaction.
     let (mut failed_key, mut failed_ack) = (None, None);
     let plans = {
@@ -413,6 +420,9 @@ pub(super) fn record_receipts(
                     })
             },
             |id| {
+                if acked_through.is_some_and(|through| id > through) {
+                    return false;
+                }
                 acknowledged(conn, &batch.channel, id, &batch.device).unwrap_or_else(|err| {
                     failed_ack.get_or_insert(err);
                     false

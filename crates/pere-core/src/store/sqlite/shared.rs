@@ -164,6 +164,24 @@ impl<'a> Drafts<'a> {
         Ok(record)
     }
 
+    /// The greatest event id `device` acknowledged on `channel`, as its record says (changed
+    /// earlier in this transaction, committed in the book, or on disk); `None` for a device
+    /// without a record. Every receipt raises it, so the device has none for a greater id.
+    pub(super) fn acked_through(
+        &self,
+        conn: &Connection,
+        channel: &ChannelName,
+        device: &DeviceId,
+    ) -> rusqlite::Result<Option<u64>> {
+        if let Some(record) = self.devices.get(&(channel.clone(), device.clone())) {
+            return Ok(Some(record.last_acked));
+        }
+        if let Some(record) = self.shared.book().get(channel, device) {
+            return Ok(Some(record.last_acked));
+        }
+        Ok(load_device(conn, channel, device)?.map(|record| record.last_acked))
+    }
+
     /// The draft of a channel that exists, committed or created earlier in this transaction.
     pub(super) fn existing(
         &mut self,
