@@ -230,97 +230,156 @@ fn as_stream_request(parsed: &httparse::Request<'_, '_>) -> Option<Request<()>> 
 
 /// Serves a stream (a feed, receipts or presence) on its own connection until the client goes
 /// away, the stream ends, or the server shuts down. The connection is closed at the end.
-pub async fn serve<S: Store>(
+///
+/// Not an `async fn`: its arguments would be kept in the future for the stream's whole life (the
+/// request alone is 224 bytes). They go into the opening, boxed and dropped once the stream is
+/// open; what streams holds only what it uses.
+pub fn serve<S: Store>(
+    state: Arc<AppState<S>>,
+    stream: TcpStream,
+    request: Request<()>,
+    arrival: Arrival,
+) -> impl std::future::Future<Output = ()> + Send {
+    // Boxed: a future is as large as its largest state, and opening (the door, the store's
+    // reads, the subscription) would otherwise be paid for by every idle feed for its whole life.
+    let opening = Box::pin(start(state, stream, request, arrival));
+    async move {
+        if let Some(started) = opening.await {
+            started.stream().await;
+        }
+    }
+}
+
+/// Lets `request` in and opens its stream, then writes the answer's head; `None` when it was
+/// refused (the refusal written) or the client went away.
+async fn start<S: Store>(
     state: Arc<AppState<S>>,
     mut stream: TcpStream,
     request: Request<()>,
     arrival: Arrival,
-) {
+) -> Option<Started<S>> {
     let (mut parts, ()) = request.into_parts();
     if let Some(uri) = route::unescape_names(&parts.uri) {
         parts.uri = uri;
     }
-    // Boxed: a future is as large as its largest state, and opening (the door, the store's
-    // reads, the subscription) would otherwise be paid for by every idle feed for its whole life.
-    // The arrival goes with it: its head is here, and nothing of it is kept for the feed's life.
-    let opened = Box::pin(open(&state, arrival, &parts)).await;
-    let Opened {
-        mut source,
-        slot,
-        head: out,
-    } = match answer(&state, parts, opened) {
-        Ok(opened) => opened,
+    // The arrival goes with the opening: its head is here, and nothing of it is kept for the
+    // feed's life.
+    let opened = open(&state, arrival, &parts).await;
+    match answer(&state, parts, opened) {
+        Ok(Opened { source, slot, head }) => {
+            if stream.write_all(&head).await.is_err() {
+                let (name, device) = source.names();
+                drop(source);
+                drop(slot);
+                activity::feed_end(&name, device.as_deref(), EndReason::Closed.describe());
+                return None;
+            }
+            Some(Started {
+                state,
+                stream,
+                source,
+                _slot: slot,
+            })
+        }
         Err(refusal) => {
             if stream.write_all(&refusal).await.is_ok() {
                 let _ = stream.shutdown().await;
             }
-            return;
-        }
-    };
-    let (name, device) = source.names();
-    let keep_alive_every = Duration::from_secs(state.config.keep_alive_secs.max(1));
-    let cut = source.cut_notice();
-    tokio::pin!(cut);
-    let reason = async {
-        if stream.write_all(&out).await.is_err() {
-            return EndReason::Closed.describe();
-        }
-        drop(out);
-        // The waits that last as long as the feed are made once, not at every turn of the loop
-        // (every delivery): a timer would be put into and taken out of the runtime's timer
-        // wheel each time, and a shutdown wait into and out of the token's list of waiters.
-        // The keep-alive timer is pushed back after each write, which only moves its mark.
-        let keep_alive = sleep_until(Instant::now() + keep_alive_every);
-        tokio::pin!(keep_alive);
-        let shutdown = state.shutdown.cancelled();
-        tokio::pin!(shutdown);
-        let mut frames: Vec<Bytes> = Vec::new();
-        loop {
-            tokio::select! {
-                () = &mut shutdown => return EndReason::Shutdown.describe(),
-                () = &mut keep_alive => frames.push(Bytes::from_static(sse::KEEP_ALIVE_FRAME)),
-                // A feed client sends nothing more: readable means it closed (or misbehaves).
-                // (The socket's own read waker: no waiter to add and remove at every turn.)
-                _ = std::future::poll_fn(|cx| stream.poll_read_ready(cx)) => {
-                    let mut probe = [0u8; 64];
-                    match stream.try_read(&mut probe) {
-                        Ok(_) => return EndReason::Closed.describe(),
-                        Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-                        Err(_) => return EndReason::Closed.describe(),
-                    }
-                }
-                frame = source.next() => match frame {
-                    Ok(frame) => {
-                        frames.push(frame);
-                        // Whatever else is already queued goes out in the same write.
-                        while frames.len() < MAX_GATHER {
-                            match source.try_next() {
-                                Some(frame) => frames.push(frame),
-                                None => break,
-                            }
-                        }
-                    }
-                    Err(reason) => return reason.describe(),
-                },
-            }
-            let written = tokio::select! {
-                () = &mut shutdown => return EndReason::Shutdown.describe(),
-                // Blocked on a client that does not read, and cut meanwhile: close now.
-                () = &mut cut => return EndReason::Lagged.describe(),
-                written = write_all_vectored(&mut stream, &frames) => written,
-            };
-            if written.is_err() {
-                return EndReason::Closed.describe();
-            }
-            frames.clear();
-            keep_alive.as_mut().reset(Instant::now() + keep_alive_every);
+            None
         }
     }
-    .await;
-    // Both given back before the line is written: whoever reads it may open another at once.
-    drop(source);
-    drop(slot);
-    activity::feed_end(&name, device.as_deref(), reason);
+}
+
+/// A stream answered: what it holds for its life.
+struct Started<S: Store> {
+    state: Arc<AppState<S>>,
+    stream: TcpStream,
+    source: Source<S>,
+    /// The stream's place in the server's counts, held until the stream ends.
+    _slot: Option<StreamSlot>,
+}
+
+impl<S: Store> Started<S> {
+    /// Streams until the client goes away, the stream ends, or the server shuts down.
+    ///
+    /// Taken apart only by reference: moved into locals, the stream's state would be held
+    /// twice, once as the future's argument and once as its locals.
+    fn stream(self) -> impl std::future::Future<Output = ()> + Send {
+        let mut started = self;
+        async move {
+            let reason = started.run().await;
+            // The names are made for the line only now: an idle feed does not carry them.
+            let (name, device) = started.source.names();
+            // Given back before the line is written: whoever reads it may open another at once.
+            drop(started);
+            activity::feed_end(&name, device.as_deref(), reason);
+        }
+    }
+
+    /// Writes what the source gives and keep-alives; returns why the stream ended.
+    async fn run(&mut self) -> &'static str {
+        let Started {
+            state,
+            stream,
+            source,
+            ..
+        } = self;
+        let keep_alive_every = Duration::from_secs(state.config.keep_alive_secs.max(1));
+        let cut = source.cut_notice();
+        tokio::pin!(cut);
+        async {
+            // The waits that last as long as the feed are made once, not at every turn of the loop
+            // (every delivery): a timer would be put into and taken out of the runtime's timer
+            // wheel each time, and a shutdown wait into and out of the token's list of waiters.
+            // The keep-alive timer is pushed back after each write, which only moves its mark.
+            let keep_alive = sleep_until(Instant::now() + keep_alive_every);
+            tokio::pin!(keep_alive);
+            let shutdown = state.shutdown.cancelled();
+            tokio::pin!(shutdown);
+            loop {
+                // Made at each turn and gone after its write: an idle feed holds no buffer.
+                let mut frames: Vec<Bytes> = Vec::new();
+                tokio::select! {
+                    () = &mut shutdown => return EndReason::Shutdown.describe(),
+                    () = &mut keep_alive => frames.push(Bytes::from_static(sse::KEEP_ALIVE_FRAME)),
+                    // A feed client sends nothing more: readable means it closed (or misbehaves).
+                    // (The socket's own read waker: no waiter to add and remove at every turn.)
+                    _ = std::future::poll_fn(|cx| stream.poll_read_ready(cx)) => {
+                        let mut probe = [0u8; 64];
+                        match stream.try_read(&mut probe) {
+                            Ok(_) => return EndReason::Closed.describe(),
+                            Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                            Err(_) => return EndReason::Closed.describe(),
+                        }
+                    }
+                    frame = source.next() => match frame {
+                        Ok(frame) => {
+                            frames.push(frame);
+                            // Whatever else is already queued goes out in the same write.
+                            while frames.len() < MAX_GATHER {
+                                match source.try_next() {
+                                    Some(frame) => frames.push(frame),
+                                    None => break,
+                                }
+                            }
+                        }
+                        Err(reason) => return reason.describe(),
+                    },
+                }
+                let written = tokio::select! {
+                    () = &mut shutdown => return EndReason::Shutdown.describe(),
+                    // Blocked on a client that does not read, and cut meanwhile: close now.
+                    () = &mut cut => return EndReason::Lagged.describe(),
+                    written = write_all_vectored(stream, &frames) => written,
+                };
+                if written.is_err() {
+                    return EndReason::Closed.describe();
+                }
+                keep_alive.as_mut().reset(Instant::now() + keep_alive_every);
+            }
+        }
+        .await
+    }
 }
 
 /// What a connection streams: a feed's subscription, or the frames of a receipt or presence
@@ -512,7 +571,9 @@ async fn write_all_vectored(stream: &mut TcpStream, frames: &[Bytes]) -> io::Res
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(written) => written,
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                stream.writable().await?;
+                // The socket's own write waker, as for reads: `writable()` would be a waiter of
+                // 200 bytes in every feed's future.
+                std::future::poll_fn(|cx| stream.poll_write_ready(cx)).await?;
                 continue;
             }
             Err(err) => return Err(err),

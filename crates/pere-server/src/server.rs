@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use hyper_util::server::graceful::GracefulShutdown;
 use pere_core::Store;
 use tokio::net::TcpListener;
@@ -203,8 +204,13 @@ pub async fn run_with<S: Store>(
             ))
             .await;
             match first {
+                // A task of its own, as small as a feed: this one holds room for every kind of
+                // connection and what they need (hyper's builders), for as long as it lives.
+                // The drain at shutdown waits for it as for this one. `map`, not an `async`
+                // block awaiting the feed: that would hold the feed's future twice.
                 Ok(feed_conn::FirstRequest::Stream(request)) => {
-                    feed_conn::serve(state, stream, request, arrival).await
+                    let feed = feed_conn::serve(state, stream, request, arrival);
+                    tokio::spawn(feed.map(move |()| drop((held_slot, watcher))));
                 }
                 // Any other HTTP/1.1 request: hyper, a request at a time.
                 // A task of its own, as small as what it holds between requests: this one

@@ -2,19 +2,21 @@
 //! [`Subscription`] that replays, goes live and redelivers overdue events.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 
 use pere_proto::event::{now, Event};
 use pere_proto::name::{ChannelName, DeviceId};
 use pere_proto::receipt::{DeviceOp, DeviceTouch};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::error::StoreError;
 use crate::store::Store;
 
-use super::channel::{ChannelHub, Cut, Live, SubscriberSlot};
+use super::channel::{ChannelHub, Inbox, Live, SubscriberSlot};
 use super::devices::LiveDevice;
 use super::Hub;
 
@@ -71,6 +73,9 @@ impl<S: Store> Hub<S> {
         request: SubscribeRequest,
     ) -> Result<Subscription<S>, StoreError> {
         let hub = self.channel(channel).await?;
+        // The loaded channel's own name from here on: what is kept for the feed's life (its
+        // presence, its store record) shares it rather than the caller's copy.
+        let channel = &hub.name.clone();
         let mut after = request.last_event_id;
         if let Some(device) = &request.device {
             if after.is_none() {
@@ -133,8 +138,7 @@ impl<S: Store> Hub<S> {
             live
         });
 
-        let (tx, rx) = mpsc::channel(self.config.subscriber_buffer);
-        let lagged = Arc::new(Cut::default());
+        let inbox = Arc::new(Inbox::new(self.config.subscriber_buffer));
         let id = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
         let snapshot = {
             let mut state = hub.state();
@@ -142,8 +146,7 @@ impl<S: Store> Hub<S> {
             state.subscribers.insert(
                 id,
                 SubscriberSlot {
-                    tx,
-                    lagged: lagged.clone(),
+                    inbox: inbox.clone(),
                     device,
                 },
             );
@@ -153,13 +156,12 @@ impl<S: Store> Hub<S> {
         };
         Ok(Subscription {
             hub: self.clone(),
-            channel_hub: hub,
             channel: channel.clone(),
+            channel_hub: hub,
             device: request.device,
             live,
             id,
-            rx,
-            lagged,
+            inbox,
             replay_next: after,
             replay_until: snapshot,
             skip_live_through: after,
@@ -169,6 +171,7 @@ impl<S: Store> Hub<S> {
             gap_open: false,
             report_gaps: explicit,
             in_flight: VecDeque::new(),
+            redelivery: None,
             reset,
         })
     }
@@ -184,8 +187,7 @@ pub struct Subscription<S: Store> {
     device: Option<DeviceId>,
     live: Option<Arc<LiveDevice>>,
     id: u64,
-    rx: mpsc::Receiver<Live>,
-    lagged: Arc<Cut>,
+    inbox: Arc<Inbox>,
     replay_next: u64,
     replay_until: u64,
     // A position between the last released event and the head: live events up to it were
@@ -203,6 +205,10 @@ pub struct Subscription<S: Store> {
     report_gaps: bool,
     // Events sent to a device that owes receipts, oldest first: (event, next due, sends so far).
     in_flight: VecDeque<(Arc<Event>, Instant, u32)>,
+    // When the oldest of `in_flight` is due. Boxed, and only while something is in flight: the
+    // timer would otherwise be room in every feed (and in every future awaiting `next`), while
+    // most feeds owe no receipts.
+    redelivery: Option<Pin<Box<Sleep>>>,
     reset: Option<FeedItem>,
 }
 
@@ -286,13 +292,31 @@ impl<S: Store> Subscription<S> {
                 }
                 continue;
             }
-            let live = match self.in_flight.front().map(|(_, due, _)| *due) {
-                Some(due) => match tokio::time::timeout_at(due, self.rx.recv()).await {
-                    Ok(live) => live?,
-                    Err(_) => continue,
+            match self.in_flight.front().map(|(_, due, _)| *due) {
+                Some(due) => match &mut self.redelivery {
+                    Some(timer) if timer.deadline() == due => {}
+                    Some(timer) => timer.as_mut().reset(due),
+                    None => self.redelivery = Some(Box::pin(tokio::time::sleep_until(due))),
                 },
-                None => self.rx.recv().await?,
+                None => self.redelivery = None,
+            }
+            let inbox = &self.inbox;
+            let redelivery = &mut self.redelivery;
+            let received = std::future::poll_fn(|cx| {
+                if let Poll::Ready(live) = inbox.poll_recv(cx) {
+                    return Poll::Ready(Some(live));
+                }
+                match redelivery {
+                    Some(timer) => timer.as_mut().poll(cx).map(|()| None),
+                    None => Poll::Pending,
+                }
+            })
+            .await;
+            // The oldest in flight is due: back to the top, which sends it again.
+            let Some(live) = received else {
+                continue;
             };
+            let live = live?;
             match live {
                 Live::Event(event) if event.id <= self.skip_live_through => continue,
                 Live::Event(event) => return Some(Ok(self.delivered(event))),
@@ -313,6 +337,11 @@ impl<S: Store> Subscription<S> {
             }
             _ => {
                 let event = self.replayed.pop_front()?;
+                if self.replayed.is_empty() {
+                    // A page's room goes back with its last event: a feed replays once, then
+                    // idles for hours.
+                    self.replayed = VecDeque::new();
+                }
                 Some(self.delivered(event))
             }
         }
@@ -350,7 +379,7 @@ impl<S: Store> Subscription<S> {
             return None;
         }
         loop {
-            match self.rx.try_recv().ok()? {
+            match self.inbox.try_recv()? {
                 Live::Event(event) if event.id <= self.skip_live_through => {}
                 Live::Event(event) => return Some(self.mark(event)),
                 Live::Reset { floor } => {
@@ -397,22 +426,15 @@ impl<S: Store> Subscription<S> {
 
     /// Whether the stream was cut because the subscriber fell too far behind.
     pub fn lagged(&self) -> bool {
-        self.lagged.is_cut()
+        self.inbox.is_cut()
     }
 
     /// Resolves when the hub cuts this subscription for lagging, even while nobody reads it: a
-    /// writer blocked on a client that does not read can give up at once.
-    pub fn cut_notice(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let cut = self.lagged.clone();
-        async move {
-            loop {
-                let notified = cut.notify.notified();
-                if cut.is_cut() {
-                    return;
-                }
-                notified.await;
-            }
-        }
+    /// writer blocked on a client that does not read can give up at once. One such notice is
+    /// watched at a time: polling a newer one stops waking the task of an older one.
+    pub fn cut_notice(&self) -> impl Future<Output = ()> + Send + 'static {
+        let inbox = self.inbox.clone();
+        std::future::poll_fn(move |cx| inbox.poll_cut(cx))
     }
 
     /// The device of this subscription, if not anonymous.
