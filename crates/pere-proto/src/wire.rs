@@ -906,9 +906,9 @@ mod tests {
     fn a_receipt_written_from_the_receipt_reads_back_as_receipt_json() {
         let receipt = Receipt {
             seq: 7,
-            channel: crate::ChannelName::new("C1").unwrap(),
+            channel: crate::name::ChannelName::new("C1").unwrap(),
             event_id: 42,
-            device: crate::DeviceId::new("D1").unwrap(),
+            device: crate::name::DeviceId::new("D1").unwrap(),
             status: "done \"quoted\"".to_owned(),
             time: Utc::now(),
         };
