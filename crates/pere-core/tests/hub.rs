@@ -107,6 +107,41 @@ async fn resume_replays_then_goes_live() {
     assert_eq!(next_id(&mut stale).await, 1);
 }
 
+#[tokio::test]
+async fn what_is_ready_is_taken_without_waiting_a_replayed_page_then_live_events() {
+    let config = HubConfig {
+        replay_page: 3,
+        ..HubConfig::default()
+    };
+    let hub = hub_with(
+        Retention {
+            max_events: 100,
+            max_age: None,
+            idempotency_window: None,
+        },
+        config,
+    );
+    let c = ch("Ready");
+    for _ in 0..5 {
+        hub.publish(&c, text("x")).await.unwrap();
+    }
+    let mut sub = hub.subscribe(&c, from(Some(0), None)).await.unwrap();
+    assert!(sub.try_next().is_none(), "no page read yet");
+    assert_eq!(next_id(&mut sub).await, 1);
+    let ready = |sub: &mut Subscription<MemoryStore>| match sub.try_next() {
+        Some(FeedItem::Event(e)) => Some(e.id),
+        None => None,
+        other => panic!("expected an event, got {other:?}"),
+    };
+    assert_eq!((ready(&mut sub), ready(&mut sub)), (Some(2), Some(3)));
+    assert_eq!(ready(&mut sub), None, "the next page is read by next()");
+    assert_eq!(next_id(&mut sub).await, 4);
+    assert_eq!(ready(&mut sub), Some(5));
+    hub.publish(&c, text("live")).await.unwrap();
+    assert_eq!(ready(&mut sub), Some(6), "live once replay is done");
+    assert_eq!(ready(&mut sub), None);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_gap_and_no_duplicate_at_the_seam_under_concurrent_publishing() {
     // Room for every event: this test reads only after publishing ends.
@@ -162,10 +197,7 @@ async fn no_gap_and_no_duplicate_at_the_seam_under_concurrent_publishing() {
             );
             expected += 1;
         }
-        assert!(
-            sub.try_next_live().is_none(),
-            "nothing after the last event"
-        );
+        assert!(sub.try_next().is_none(), "nothing after the last event");
     }
 }
 
@@ -330,7 +362,7 @@ async fn publishing_a_known_key_again_changes_nothing() {
         .wait_for_receipts(&c, first.event.id, WaitFor::All, Duration::ZERO)
         .await
         .unwrap());
-    assert!(sub.try_next_live().is_none(), "delivered once");
+    assert!(sub.try_next().is_none(), "delivered once");
     assert!(notices.try_recv().is_err(), "nobody is told of it");
 }
 
@@ -354,13 +386,13 @@ async fn events_behind_a_missing_id_wait_for_it_at_most_gap_wait() {
     hub.apply_published(&c, stored[2].clone()).await.unwrap();
     assert_eq!(next_id(&mut sub).await, 1);
     tokio::time::advance(GAP_WAIT - Duration::from_millis(1)).await;
-    assert!(sub.try_next_live().is_none(), "3 waits for 2");
+    assert!(sub.try_next().is_none(), "3 waits for 2");
     tokio::time::advance(Duration::from_millis(1)).await;
     assert_eq!(next_id(&mut sub).await, 2, "read from the store");
     assert_eq!(next_id(&mut sub).await, 3);
     // Applied late, it is not delivered again.
     hub.apply_published(&c, stored[1].clone()).await.unwrap();
-    assert!(sub.try_next_live().is_none());
+    assert!(sub.try_next().is_none());
 
     // An id the store does not have is skipped.
     let lost = ch("Lost");

@@ -40,7 +40,7 @@ use crate::limits::{Arrival, StreamSlot};
 use crate::request;
 use crate::response::{self, raw_head};
 use crate::route::{self, Route};
-use crate::sse_body::{next_frame, EndReason, FrameResult};
+use crate::sse_body::{next_frame, ready_frame, EndReason, FrameResult};
 use crate::state::AppState;
 use crate::{activity, streams};
 
@@ -438,9 +438,7 @@ impl<S: Store> Source<S> {
     /// A frame ready now, to go out in the same write as the one before.
     fn try_next(&mut self) -> Option<Bytes> {
         match self {
-            Source::Feed(subscription) => subscription
-                .try_next_live()
-                .map(|event| event.frame().clone()),
+            Source::Feed(subscription) => ready_frame(subscription),
             Source::Frames { frames, end, .. } => {
                 if end.is_some() {
                     return None;

@@ -59,24 +59,37 @@ pub type FrameResult = Result<Bytes, EndReason>;
 /// hyper feeds and dedicated feed connections.
 pub async fn next_frame<S: Store>(subscription: &mut Subscription<S>) -> FrameResult {
     match subscription.next().await {
-        Some(Ok(FeedItem::Event(event))) => Ok(event.frame().clone()),
-        Some(Ok(FeedItem::Redelivery(event, sends))) => {
-            let device = subscription.device().map_or("-", |d| d.as_str());
-            activity::redelivery(subscription.channel().as_str(), device, event.id, sends);
-            Ok(event.frame().clone())
-        }
-        Some(Ok(FeedItem::Gap { from, to })) => Ok(GapNotice { from, to }.frame()),
-        Some(Ok(FeedItem::Reset { requested, head })) => Ok(ResetNotice {
-            last_event_id: requested,
-            head,
-        }
-        .frame()),
+        Some(Ok(item)) => Ok(item_frame(subscription, item)),
         Some(Err(err)) => {
             tracing::error!("feed of {}: {err}", subscription.channel());
             Err(EndReason::StoreFailed)
         }
         None if subscription.lagged() => Err(EndReason::Lagged),
         None => Err(EndReason::Closed),
+    }
+}
+
+/// A frame of the feed ready now, without waiting (see [`Subscription::try_next`]): for writers
+/// that send what is queued in one write.
+pub fn ready_frame<S: Store>(subscription: &mut Subscription<S>) -> Option<Bytes> {
+    let item = subscription.try_next()?;
+    Some(item_frame(subscription, item))
+}
+
+fn item_frame<S: Store>(subscription: &Subscription<S>, item: FeedItem) -> Bytes {
+    match item {
+        FeedItem::Event(event) => event.frame().clone(),
+        FeedItem::Redelivery(event, sends) => {
+            let device = subscription.device().map_or("-", |d| d.as_str());
+            activity::redelivery(subscription.channel().as_str(), device, event.id, sends);
+            event.frame().clone()
+        }
+        FeedItem::Gap { from, to } => GapNotice { from, to }.frame(),
+        FeedItem::Reset { requested, head } => ResetNotice {
+            last_event_id: requested,
+            head,
+        }
+        .frame(),
     }
 }
 

@@ -230,6 +230,11 @@ impl<S: Store> Subscription<S> {
                 return Some(Ok(item));
             }
             if self.replay_next < self.replay_until {
+                // A turn given before each page: a socket that takes every frame at once never
+                // makes a replaying feed wait, and a thousand feeds replaying from the memory
+                // store would keep the node's threads (and `/health`) for seconds. Given here,
+                // with the last page sent, the feed waits for its turn holding no page.
+                tokio::task::yield_now().await;
                 let limit = self
                     .hub
                     .config
@@ -369,19 +374,23 @@ impl<S: Store> Subscription<S> {
         None
     }
 
-    /// Takes every live event already queued, without waiting; for writers that coalesce frames.
-    /// Returns nothing while replay is still under way.
-    pub fn try_next_live(&mut self) -> Option<Arc<Event>> {
-        if !self.replayed.is_empty()
-            || !self.gaps.is_empty()
-            || self.replay_next < self.replay_until
-        {
+    /// The next item ready now, without waiting: a replayed one from the page already read, or
+    /// a live one already queued; for writers that coalesce frames. Returns nothing where
+    /// [`Subscription::next`] would have to wait, read the store or redeliver first.
+    pub fn try_next(&mut self) -> Option<FeedItem> {
+        if self.reset.is_some() {
+            return None;
+        }
+        if !self.replayed.is_empty() || !self.gaps.is_empty() {
+            return self.next_replayed();
+        }
+        if self.replay_next < self.replay_until {
             return None;
         }
         loop {
             match self.inbox.try_recv()? {
                 Live::Event(event) if event.id <= self.skip_live_through => {}
-                Live::Event(event) => return Some(self.mark(event)),
+                Live::Event(event) => return Some(self.delivered(event)),
                 Live::Reset { floor } => {
                     // For `next`, which says it before anything newer.
                     self.reset = Some(self.reset_to(floor));
