@@ -42,14 +42,21 @@ start_pere() {
   command -v note_command >/dev/null && note_command "$binary" "${args[@]}"
   "$binary" "${args[@]}" >"$WORK/pere.out" 2>"$WORK/pere.err" &
   SERVER_PID=$!
+  await_listening pere-server 'PERE server listening on' "$WORK/pere"
+}
+
+# Sets SERVER_URL from the line "PREFIX http://…" that the server started as SERVER_PID prints
+# on OUT.out, or says why it did not start (OUT.out, OUT.err) and fails.
+await_listening() {
+  local name=$1 prefix=$2 out=$3
   for _ in $(seq 200); do
-    SERVER_URL=$(sed -n 's|^PERE server listening on \(http://[^ ]*\).*|\1|p' "$WORK/pere.out" | head -n 1)
+    SERVER_URL=$(sed -n "s|^$prefix \(http://[^ ]*\).*|\1|p" "$out.out" | head -n 1)
     [ -n "$SERVER_URL" ] && return 0
     kill -0 "$SERVER_PID" 2>/dev/null || break
     sleep 0.05
   done
-  say "pere-server did not start:"
-  cat "$WORK/pere.out" "$WORK/pere.err" >&2
+  say "$name did not start:"
+  cat "$out.out" "$out.err" >&2
   return 1
 }
 
@@ -81,13 +88,5 @@ start_floor() {
   command -v note_command >/dev/null && note_command "$FLOOR_SERVER" 127.0.0.1:0
   "$FLOOR_SERVER" 127.0.0.1:0 >"$WORK/floor.out" 2>"$WORK/floor.err" &
   SERVER_PID=$!
-  for _ in $(seq 200); do
-    SERVER_URL=$(sed -n 's|^listening on \(http://[^ ]*\).*|\1|p' "$WORK/floor.out" | head -n 1)
-    [ -n "$SERVER_URL" ] && return 0
-    kill -0 "$SERVER_PID" 2>/dev/null || break
-    sleep 0.05
-  done
-  say "sse-floor did not start:"
-  cat "$WORK/floor.out" "$WORK/floor.err" >&2
-  return 1
+  await_listening sse-floor 'listening on' "$WORK/floor"
 }

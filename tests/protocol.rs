@@ -759,6 +759,17 @@ struct Answers {
 }
 
 impl Answers {
+    /// A new connection to `server`, nothing read yet.
+    async fn connect(server: &TestServer) -> Self {
+        let conn = tokio::net::TcpStream::connect(server.host_port())
+            .await
+            .unwrap();
+        Answers {
+            conn,
+            seen: Vec::new(),
+        }
+    }
+
     /// The next answer's head (lowercased) and body.
     async fn next(&mut self) -> (String, String) {
         use tokio::io::AsyncReadExt;
@@ -813,13 +824,7 @@ async fn receipts_are_answered_in_order_whatever_their_framing() {
     for n in 1..=6 {
         server.push("Framed", &format!("e{n}")).await;
     }
-    let conn = tokio::net::TcpStream::connect(server.host_port())
-        .await
-        .unwrap();
-    let mut answers = Answers {
-        conn,
-        seen: Vec::new(),
-    };
+    let mut answers = Answers::connect(&server).await;
     let receipt = |id: u64, status: &str| {
         let body = format!("status={status}");
         format!(
@@ -900,13 +905,7 @@ async fn receipts_are_answered_in_order_whatever_their_framing() {
     answers.closed(&head).await;
 
     // Over the body limit: refused, and the connection ends after the answer.
-    let conn = tokio::net::TcpStream::connect(server.host_port())
-        .await
-        .unwrap();
-    let mut answers = Answers {
-        conn,
-        seen: Vec::new(),
-    };
+    let mut answers = Answers::connect(&server).await;
     let large = format!(
         "POST /feedback/Framed HTTP/1.1\r\nHost: localhost\r\ndevice: F1\r\nContent-Length: 300\r\n\r\n{}",
         "x".repeat(300)

@@ -37,6 +37,18 @@ fn hub_with(retention: Retention, config: HubConfig) -> Arc<Hub<MemoryStore>> {
     Hub::new(MemoryStore::new(retention), config)
 }
 
+/// A hub whose store keeps a channel's last 100 events.
+fn hub_keeping_100(config: HubConfig) -> Arc<Hub<MemoryStore>> {
+    hub_with(
+        Retention {
+            max_events: 100,
+            max_age: None,
+            idempotency_window: None,
+        },
+        config,
+    )
+}
+
 fn hub() -> Arc<Hub<MemoryStore>> {
     hub_with(
         Retention {
@@ -113,14 +125,7 @@ async fn what_is_ready_is_taken_without_waiting_a_replayed_page_then_live_events
         replay_page: 3,
         ..HubConfig::default()
     };
-    let hub = hub_with(
-        Retention {
-            max_events: 100,
-            max_age: None,
-            idempotency_window: None,
-        },
-        config,
-    );
+    let hub = hub_keeping_100(config);
     let c = ch("Ready");
     for _ in 0..5 {
         hub.publish(&c, text("x")).await.unwrap();
@@ -438,14 +443,7 @@ async fn notices_cover_receipts_completions_presence_membership_and_cuts() {
         subscriber_buffer: 1,
         ..HubConfig::default()
     };
-    let hub = hub_with(
-        Retention {
-            max_events: 100,
-            max_age: None,
-            idempotency_window: None,
-        },
-        config,
-    );
+    let hub = hub_keeping_100(config);
     let c = ch("C");
     let h1 = dev("H1");
     let mut notices = hub.observe(100);
