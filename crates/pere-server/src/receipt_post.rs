@@ -9,7 +9,7 @@
 //! `httparse` (hyper's own parser), the body is read along with it, and the answer goes out in
 //! one write; between receipts the connection holds nothing but its socket.
 //!
-//! The request passes the same door and handler as through hyper ([`http_conn::answer`]). Only a
+//! The request passes the same door and handler as through hyper (`http_conn::answer`). Only a
 //! request this module is sure of is taken: `POST`, HTTP/1.1, a `Content-Length` body of at
 //! most [`MAX_BODY`] (and the server's own limit), no `Transfer-Encoding`, `Expect` or
 //! `Upgrade`, a head of at most [`MAX_HEAD`]. Anything else, and a body slower than the server's
