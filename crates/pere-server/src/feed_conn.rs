@@ -244,9 +244,12 @@ pub fn serve<S: Store>(
     // reads, the subscription) would otherwise be paid for by every idle feed for its whole life.
     let opening = Box::pin(start(state, stream, request, arrival));
     async move {
-        if let Some(started) = opening.await {
-            started.stream().await;
-        }
+        // Not `if let`: the scrutinee's storage would stay in the future for the stream's life
+        // (336 bytes more per feed).
+        let Some(started) = opening.await else {
+            return;
+        };
+        started.stream().await;
     }
 }
 
