@@ -14,7 +14,7 @@ use pere_proto::receipt::{DeviceOp, DeviceTouch};
 use tokio::time::{Instant, Sleep};
 
 use crate::error::StoreError;
-use crate::store::Store;
+use crate::store::{EventPage, Store};
 
 use super::channel::{ChannelHub, Inbox, Live, SubscriberSlot};
 use super::devices::LiveDevice;
@@ -162,14 +162,18 @@ impl<S: Store> Hub<S> {
             live,
             id,
             inbox,
-            replay_next: after,
-            replay_until: snapshot,
+            replay: (after < snapshot).then(|| {
+                Box::new(Replay {
+                    next: after,
+                    until: snapshot,
+                    events: VecDeque::new(),
+                    gaps: VecDeque::new(),
+                    gap_open: false,
+                    report_gaps: explicit,
+                })
+            }),
             skip_live_through: after,
             last_sent: after,
-            replayed: VecDeque::new(),
-            gaps: VecDeque::new(),
-            gap_open: false,
-            report_gaps: explicit,
             in_flight: VecDeque::new(),
             redelivery: None,
             reset,
@@ -188,21 +192,13 @@ pub struct Subscription<S: Store> {
     live: Option<Arc<LiveDevice>>,
     id: u64,
     inbox: Arc<Inbox>,
-    replay_next: u64,
-    replay_until: u64,
+    // Boxed, and gone once replayed: a live feed carries none of it.
+    replay: Option<Box<Replay>>,
     // A position between the last released event and the head: live events up to it were
     // already seen by the client.
     skip_live_through: u64,
     // The id of the last event given out (or the resume position): what a reset names.
     last_sent: u64,
-    replayed: VecDeque<Arc<Event>>,
-    // Runs of replayed ids that cannot be sent (pruned, damaged), `(from, to)` in id order; each
-    // goes out as a gap in its place among `replayed`. Empty, and unallocated, nearly always.
-    gaps: VecDeque<(u64, u64)>,
-    // The last of `gaps` is a run of damaged ids that ended the last page read: held back until
-    // the next page says whether it goes on.
-    gap_open: bool,
-    report_gaps: bool,
     // Events sent to a device that owes receipts, oldest first: (event, next due, sends so far).
     in_flight: VecDeque<(Arc<Event>, Instant, u32)>,
     // When the oldest of `in_flight` is due. Boxed, and only while something is in flight: the
@@ -210,6 +206,107 @@ pub struct Subscription<S: Store> {
     // most feeds owe no receipts.
     redelivery: Option<Pin<Box<Sleep>>>,
     reset: Option<FeedItem>,
+}
+
+/// Where a subscription stands in its replay of the store, up to the last event released when
+/// it subscribed.
+#[derive(Debug)]
+struct Replay {
+    /// The last id read from the store.
+    next: u64,
+    until: u64,
+    /// The page read and not yet given out.
+    events: VecDeque<Arc<Event>>,
+    // Runs of replayed ids that cannot be sent (pruned, damaged), `(from, to)` in id order; each
+    // goes out as a gap in its place among `events`. Empty, and unallocated, nearly always.
+    gaps: VecDeque<(u64, u64)>,
+    // The last of `gaps` is a run of damaged ids that ended the last page read: held back until
+    // the next page says whether it goes on.
+    gap_open: bool,
+    report_gaps: bool,
+}
+
+/// What a replay gives out next.
+enum Replayed {
+    Event(Arc<Event>),
+    Gap { from: u64, to: u64 },
+}
+
+impl Replay {
+    /// Takes a page read from the store after `self.next`; returns how many events it adds.
+    fn take_page(&mut self, page: EventPage) -> usize {
+        let expected = self.next + 1;
+        if self.report_gaps && page.first_retained > expected {
+            self.gaps
+                .push_back((expected, (page.first_retained - 1).min(self.until)));
+        }
+        self.report_gaps = false;
+        let until = self.until;
+        let before = self.events.len();
+        self.events
+            .extend(page.events.into_iter().filter(|e| e.id <= until));
+        let added = self.events.len() - before;
+        // What the store holds but cannot give (damaged): one gap per run of ids, in its
+        // place, and the feed goes on after it.
+        let mut run = if std::mem::take(&mut self.gap_open) {
+            self.gaps.pop_back()
+        } else {
+            None
+        };
+        let mut last_unreadable = None;
+        for id in page.unreadable.into_iter().filter(|&id| id <= until) {
+            last_unreadable = Some(id);
+            run = match run {
+                Some((from, to)) if to + 1 == id => Some((from, id)),
+                Some(done) => {
+                    self.gaps.push_back(done);
+                    Some((id, id))
+                }
+                None => Some((id, id)),
+            };
+        }
+        match self.events.back().map(|e| e.id).max(last_unreadable) {
+            Some(end) => {
+                self.next = end;
+                // A run that reaches the page's end may go on in the next one: held back, so
+                // that one gap names it whole.
+                self.gap_open = run.is_some_and(|(_, to)| to == end && end < until);
+                self.gaps.extend(run);
+            }
+            None => {
+                self.gaps.extend(run);
+                self.next = until;
+            }
+        }
+        added
+    }
+
+    /// The next replayed item in id order, from the page already read: an event, or the gap
+    /// that comes before it.
+    fn take_ready(&mut self) -> Option<Replayed> {
+        let event = self.events.front().map(|e| e.id);
+        // An open run (the last of `gaps`) waits for the next page.
+        let ready = self.gaps.len() > usize::from(self.gap_open);
+        match self.gaps.front() {
+            Some(&(from, to)) if ready && event.is_none_or(|id| from < id) => {
+                self.gaps.pop_front();
+                Some(Replayed::Gap { from, to })
+            }
+            _ => {
+                let event = self.events.pop_front()?;
+                if self.events.is_empty() {
+                    // A page's room goes back with its last event: a feed waits for its next
+                    // page, or goes live, holding none.
+                    self.events = VecDeque::new();
+                }
+                Some(Replayed::Event(event))
+            }
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.next >= self.until && self.events.is_empty() && self.gaps.is_empty()
+    }
 }
 
 impl<S: Store> Subscription<S> {
@@ -229,71 +326,28 @@ impl<S: Store> Subscription<S> {
             if let Some(item) = self.next_replayed() {
                 return Some(Ok(item));
             }
-            if self.replay_next < self.replay_until {
+            if let Some((after, until)) = self
+                .replay
+                .as_ref()
+                .filter(|replay| replay.next < replay.until)
+                .map(|replay| (replay.next, replay.until))
+            {
                 // A turn given before each page: a socket that takes every frame at once never
                 // makes a replaying feed wait, and a thousand feeds replaying from the memory
                 // store would keep the node's threads (and `/health`) for seconds. Given here,
                 // with the last page sent, the feed waits for its turn holding no page.
                 tokio::task::yield_now().await;
-                let limit = self
-                    .hub
-                    .config
-                    .replay_page
-                    .min((self.replay_until - self.replay_next) as usize);
+                let limit = self.hub.config.replay_page.min((until - after) as usize);
                 // Boxed: a future is as large as its largest state, and a feed awaits this one
                 // for its whole life; the store's read (a blocking task, a Redis command) would
                 // otherwise be carried by every idle feed.
-                let page =
-                    match Box::pin(self.hub.store.read(&self.channel, self.replay_next, limit))
-                        .await
-                    {
-                        Ok(page) => page,
-                        Err(err) => return Some(Err(err)),
-                    };
-                let expected = self.replay_next + 1;
-                if self.report_gaps && page.first_retained > expected {
-                    self.gaps
-                        .push_back((expected, (page.first_retained - 1).min(self.replay_until)));
-                }
-                self.report_gaps = false;
-                let until = self.replay_until;
-                let before = self.replayed.len();
-                self.replayed
-                    .extend(page.events.into_iter().filter(|e| e.id <= until));
-                self.hub
-                    .observers
-                    .count_delivered(self.replayed.len() - before);
-                // What the store holds but cannot give (damaged): one gap per run of ids, in
-                // its place, and the feed goes on after it.
-                let mut run = if std::mem::take(&mut self.gap_open) {
-                    self.gaps.pop_back()
-                } else {
-                    None
+                let page = match Box::pin(self.hub.store.read(&self.channel, after, limit)).await {
+                    Ok(page) => page,
+                    Err(err) => return Some(Err(err)),
                 };
-                let mut last_unreadable = None;
-                for id in page.unreadable.into_iter().filter(|&id| id <= until) {
-                    last_unreadable = Some(id);
-                    run = match run {
-                        Some((from, to)) if to + 1 == id => Some((from, id)),
-                        Some(done) => {
-                            self.gaps.push_back(done);
-                            Some((id, id))
-                        }
-                        None => Some((id, id)),
-                    };
-                }
-                match self.replayed.back().map(|e| e.id).max(last_unreadable) {
-                    Some(end) => {
-                        self.replay_next = end;
-                        // A run that reaches the page's end may go on in the next one: held
-                        // back, so that one gap names it whole.
-                        self.gap_open = run.is_some_and(|(_, to)| to == end && end < until);
-                        self.gaps.extend(run);
-                    }
-                    None => {
-                        self.gaps.extend(run);
-                        self.replay_next = until;
-                    }
+                if let Some(replay) = self.replay.as_mut() {
+                    let added = replay.take_page(page);
+                    self.hub.observers.count_delivered(added);
                 }
                 continue;
             }
@@ -330,25 +384,17 @@ impl<S: Store> Subscription<S> {
         }
     }
 
-    /// The next replayed item in id order: an event, or the gap that comes before it.
+    /// The next replayed item in id order: an event, or the gap that comes before it. The
+    /// replay's room goes once it is done.
     fn next_replayed(&mut self) -> Option<FeedItem> {
-        let event = self.replayed.front().map(|e| e.id);
-        // An open run (the last of `gaps`) waits for the next page.
-        let ready = self.gaps.len() > usize::from(self.gap_open);
-        match self.gaps.front() {
-            Some(&(from, to)) if ready && event.is_none_or(|id| from < id) => {
-                self.gaps.pop_front();
-                Some(FeedItem::Gap { from, to })
-            }
-            _ => {
-                let event = self.replayed.pop_front()?;
-                if self.replayed.is_empty() {
-                    // A page's room goes back with its last event: a feed replays once, then
-                    // idles for hours.
-                    self.replayed = VecDeque::new();
-                }
-                Some(self.delivered(event))
-            }
+        let replay = self.replay.as_mut()?;
+        let item = replay.take_ready();
+        if replay.is_done() {
+            self.replay = None;
+        }
+        match item? {
+            Replayed::Event(event) => Some(self.delivered(event)),
+            Replayed::Gap { from, to } => Some(FeedItem::Gap { from, to }),
         }
     }
 
@@ -381,11 +427,11 @@ impl<S: Store> Subscription<S> {
         if self.reset.is_some() {
             return None;
         }
-        if !self.replayed.is_empty() || !self.gaps.is_empty() {
-            return self.next_replayed();
-        }
-        if self.replay_next < self.replay_until {
-            return None;
+        if self.replay.is_some() {
+            let item = self.next_replayed();
+            if item.is_some() || self.replay.is_some() {
+                return item;
+            }
         }
         loop {
             match self.inbox.try_recv()? {
