@@ -58,12 +58,19 @@ pub fn builder(config: &Config) -> Builder {
         // connection may open, as one HTTP/1.1 connection holds one request.
         .max_concurrent_streams(config.max_streams_per_connection.max(1))
         .max_header_list_size(MAX_READ_BUFFER as u32)
+        // What hyper holds for a stream beyond what the socket took. SSE frames are small; with
+        // the default (400 KiB) a stream whose client reads slowly (and a window wide enough)
+        // piles up that much before its feed notices it lags.
+        .max_send_buf_size(H2_SEND_BUFFER)
         // A peer that stops answering pings is gone (or reads nothing): its streams would
         // otherwise wait for it until TCP gives up, minutes later.
         .keep_alive_interval(Duration::from_secs(config.keep_alive_secs.max(1)))
         .keep_alive_timeout(H2_PING_TIMEOUT);
     builder
 }
+
+/// What hyper buffers per HTTP/2 stream before it waits for the socket.
+const H2_SEND_BUFFER: usize = 16 * 1024;
 
 /// How long an HTTP/2 peer has to answer a ping before its connection is closed.
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
