@@ -330,58 +330,55 @@ impl<S: Store> Started<S> {
         let keep_alive_every = Duration::from_secs(state.config.keep_alive_secs.max(1));
         let cut = source.cut_notice();
         tokio::pin!(cut);
-        async {
-            // The waits that last as long as the feed are made once, not at every turn of the loop
-            // (every delivery): a timer would be put into and taken out of the runtime's timer
-            // wheel each time, and a shutdown wait into and out of the token's list of waiters.
-            // The keep-alive timer is pushed back after each write, which only moves its mark.
-            let keep_alive = sleep_until(Instant::now() + keep_alive_every);
-            tokio::pin!(keep_alive);
-            let shutdown = state.shutdown.cancelled();
-            tokio::pin!(shutdown);
-            loop {
-                // Made at each turn and gone after its write: an idle feed holds no buffer.
-                let mut frames: Vec<Bytes> = Vec::new();
-                tokio::select! {
-                    () = &mut shutdown => return EndReason::Shutdown.describe(),
-                    () = &mut keep_alive => frames.push(Bytes::from_static(sse::KEEP_ALIVE_FRAME)),
-                    // A feed client sends nothing more: readable means it closed (or misbehaves).
-                    // (The socket's own read waker: no waiter to add and remove at every turn.)
-                    _ = std::future::poll_fn(|cx| stream.poll_read_ready(cx)) => {
-                        let mut probe = [0u8; 64];
-                        match stream.try_read(&mut probe) {
-                            Ok(_) => return EndReason::Closed.describe(),
-                            Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-                            Err(_) => return EndReason::Closed.describe(),
-                        }
+        // The waits that last as long as the feed are made once, not at every turn of the loop
+        // (every delivery): a timer would be put into and taken out of the runtime's timer
+        // wheel each time, and a shutdown wait into and out of the token's list of waiters.
+        // The keep-alive timer is pushed back after each write, which only moves its mark.
+        let keep_alive = sleep_until(Instant::now() + keep_alive_every);
+        tokio::pin!(keep_alive);
+        let shutdown = state.shutdown.cancelled();
+        tokio::pin!(shutdown);
+        loop {
+            // Made at each turn and gone after its write: an idle feed holds no buffer.
+            let mut frames: Vec<Bytes> = Vec::new();
+            tokio::select! {
+                () = &mut shutdown => return EndReason::Shutdown.describe(),
+                () = &mut keep_alive => frames.push(Bytes::from_static(sse::KEEP_ALIVE_FRAME)),
+                // A feed client sends nothing more: readable means it closed (or misbehaves).
+                // (The socket's own read waker: no waiter to add and remove at every turn.)
+                _ = std::future::poll_fn(|cx| stream.poll_read_ready(cx)) => {
+                    let mut probe = [0u8; 64];
+                    match stream.try_read(&mut probe) {
+                        Ok(_) => return EndReason::Closed.describe(),
+                        Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(_) => return EndReason::Closed.describe(),
                     }
-                    frame = source.next() => match frame {
-                        Ok(frame) => {
-                            frames.push(frame);
-                            // Whatever else is already queued goes out in the same write.
-                            while frames.len() < MAX_GATHER {
-                                match source.try_next() {
-                                    Some(frame) => frames.push(frame),
-                                    None => break,
-                                }
+                }
+                frame = source.next() => match frame {
+                    Ok(frame) => {
+                        frames.push(frame);
+                        // Whatever else is already queued goes out in the same write.
+                        while frames.len() < MAX_GATHER {
+                            match source.try_next() {
+                                Some(frame) => frames.push(frame),
+                                None => break,
                             }
                         }
-                        Err(reason) => return reason.describe(),
-                    },
-                }
-                let written = tokio::select! {
-                    () = &mut shutdown => return EndReason::Shutdown.describe(),
-                    // Blocked on a client that does not read, and cut meanwhile: close now.
-                    () = &mut cut => return EndReason::Lagged.describe(),
-                    written = write_all_vectored(stream, &frames) => written,
-                };
-                if written.is_err() {
-                    return EndReason::Closed.describe();
-                }
-                keep_alive.as_mut().reset(Instant::now() + keep_alive_every);
+                    }
+                    Err(reason) => return reason.describe(),
+                },
             }
+            let written = tokio::select! {
+                () = &mut shutdown => return EndReason::Shutdown.describe(),
+                // Blocked on a client that does not read, and cut meanwhile: close now.
+                () = &mut cut => return EndReason::Lagged.describe(),
+                written = write_all_vectored(stream, &frames) => written,
+            };
+            if written.is_err() {
+                return EndReason::Closed.describe();
+            }
+            keep_alive.as_mut().reset(Instant::now() + keep_alive_every);
         }
-        .await
     }
 }
 
