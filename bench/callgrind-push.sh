@@ -6,7 +6,7 @@
 # instructions per push, in all and for the main parts of the path.
 #
 # Usage: bench/callgrind-push.sh [memory|sqlite] [server binary]
-# Variables: PUSHES (5000), KEEP (a directory to keep the callgrind output in).
+# Variables: PUSHES (5000), CONNECTIONS (1), RETENTION (100000: no pruning; compare.sh keeps 1000), KEEP (a directory to keep the callgrind output in).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 store=${1:-memory}
@@ -19,7 +19,7 @@ work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
-  "$server" -o 127.0.0.1 -p 0 --quiet --store "$store" --data-dir "$work/data" --retention-events 100000 \
+  "$server" -o 127.0.0.1 -p 0 --quiet --store "$store" --data-dir "$work/data" --retention-events "${RETENTION:-100000}" \
   >"$work/out" 2>"$work/err" &
 pid=$!
 for _ in $(seq 600); do grep -q "listening on" "$work/out" 2>/dev/null && break; sleep 0.1; done
@@ -28,7 +28,7 @@ base=$(grep -o 'http://[0-9.:]*' "$work/out" | head -1)
 # A first push creates the channel; then the counters start from zero.
 curl -s -o /dev/null -X POST -H 'content-type: application/json' "$base/push/b${$}xc0" -d '{}'
 callgrind_control -z "$pid" >/dev/null
-target/release/pere-bench push -u "$base" -k 1 -m "$pushes" -d 600 --pad 62 --prefix "b${$}x" --json -q \
+target/release/pere-bench push -u "$base" -k "${CONNECTIONS:-1}" -m "$pushes" -d 600 --pad 62 --prefix "b${$}x" --json -q \
   | jq -c '{pushes: .published.ok, errors: .published.errors}' >"$work/bench.json"
 callgrind_control -d "$pid" >/dev/null
 kill "$pid"; wait "$pid" 2>/dev/null || true
