@@ -339,11 +339,17 @@ impl<S: Store> Started<S> {
         let shutdown = state.shutdown.cancelled();
         tokio::pin!(shutdown);
         loop {
-            // Made at each turn and gone after its write: an idle feed holds no buffer.
-            let mut frames: Vec<Bytes> = Vec::new();
-            tokio::select! {
+            // In this order, and only until one is ready: a feed woken for an event polls
+            // nothing else. A source that never stops giving (a long replay) still ends when
+            // the client goes: its writes fail.
+            let first = tokio::select! {
+                biased;
+                frame = source.next() => match frame {
+                    Ok(frame) => frame,
+                    Err(reason) => return reason.describe(),
+                },
                 () = &mut shutdown => return EndReason::Shutdown.describe(),
-                () = &mut keep_alive => frames.push(Bytes::from_static(sse::KEEP_ALIVE_FRAME)),
+                () = &mut keep_alive => Bytes::from_static(sse::KEEP_ALIVE_FRAME),
                 // A feed client sends nothing more: readable means it closed (or misbehaves).
                 // (The socket's own read waker: no waiter to add and remove at every turn.)
                 _ = std::future::poll_fn(|cx| stream.poll_read_ready(cx)) => {
@@ -354,28 +360,32 @@ impl<S: Store> Started<S> {
                         Err(_) => return EndReason::Closed.describe(),
                     }
                 }
-                frame = source.next() => match frame {
-                    Ok(frame) => {
-                        frames.push(frame);
-                        // Whatever else is already queued goes out in the same write.
-                        while frames.len() < MAX_GATHER {
-                            match source.try_next() {
-                                Some(frame) => frames.push(frame),
-                                None => break,
-                            }
-                        }
-                    }
-                    Err(reason) => return reason.describe(),
-                },
+            };
+            // Whatever else is already queued goes out in the same write. Made after the wait
+            // and gone after the write, so an idle feed holds no buffer; a single frame (a paced
+            // feed's usual write) allocates nothing.
+            let mut more: Vec<Bytes> = Vec::new();
+            while more.len() < MAX_GATHER - 1 {
+                match source.try_next() {
+                    Some(frame) => more.push(frame),
+                    None => break,
+                }
             }
+            // The write first: most are taken by the socket at once, and then neither the
+            // shutdown nor the cut is polled. Only a write that waits watches them.
             let written = tokio::select! {
+                biased;
+                written = write_all(stream, &first, &more) => written,
                 () = &mut shutdown => return EndReason::Shutdown.describe(),
                 // Blocked on a client that does not read, and cut meanwhile: close now.
                 () = &mut cut => return EndReason::Lagged.describe(),
-                written = write_all_vectored(stream, &frames) => written,
             };
             if written.is_err() {
                 return EndReason::Closed.describe();
+            }
+            // A source that is always ready never lets the first wait reach the shutdown.
+            if state.shutdown.is_cancelled() {
+                return EndReason::Shutdown.describe();
             }
             keep_alive.as_mut().reset(Instant::now() + keep_alive_every);
         }
@@ -547,23 +557,28 @@ fn answer<S: Store>(
     }
 }
 
-/// Writes every frame, gathering them into as few system calls as the socket allows.
-async fn write_all_vectored(stream: &mut TcpStream, frames: &[Bytes]) -> io::Result<()> {
+/// Writes `first`, then `more`, gathering them into as few system calls as the socket allows.
+async fn write_all(stream: &TcpStream, first: &Bytes, more: &[Bytes]) -> io::Result<()> {
+    let frame = |index: usize| if index == 0 { first } else { &more[index - 1] };
+    let count = 1 + more.len();
     let mut index = 0;
     let mut offset = 0;
-    while index < frames.len() {
-        // The slices live on the stack and only between awaits: kept across one, they would
-        // be room in every feed's future for its whole life (1 KiB).
-        let attempt = {
+    while index < count {
+        let attempt = if index + 1 == count {
+            // One piece left (a paced feed's one frame): a plain write, no slices to set up.
+            stream.try_write(&frame(index)[offset..])
+        } else {
+            // The slices live on the stack and only between awaits: kept across one, they would
+            // be room in every feed's future for its whole life (1 KiB).
             let mut slices = [IoSlice::new(&[]); MAX_GATHER];
-            let pieces = std::iter::once(&frames[index][offset..])
-                .chain(frames[index + 1..].iter().map(|f| &f[..]));
-            let mut count = 0;
+            let pieces = std::iter::once(&frame(index)[offset..])
+                .chain((index + 1..count).map(|i| &frame(i)[..]));
+            let mut filled = 0;
             for (slot, piece) in slices.iter_mut().zip(pieces) {
                 *slot = IoSlice::new(piece);
-                count += 1;
+                filled += 1;
             }
-            stream.try_write_vectored(&slices[..count])
+            stream.try_write_vectored(&slices[..filled])
         };
         let mut written = match attempt {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -576,8 +591,8 @@ async fn write_all_vectored(stream: &mut TcpStream, frames: &[Bytes]) -> io::Res
             }
             Err(err) => return Err(err),
         };
-        while index < frames.len() && written >= frames[index].len() - offset {
-            written -= frames[index].len() - offset;
+        while index < count && written >= frame(index).len() - offset {
+            written -= frame(index).len() - offset;
             index += 1;
             offset = 0;
         }
