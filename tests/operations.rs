@@ -555,16 +555,6 @@ async fn admin_channels_come_in_pages(store: StoreUnderTest) {
     assert_eq!(bad.status(), 400);
 }
 
-/// Sends SIGTERM to the server.
-fn terminate(server: &TestServer) {
-    let pid = server.proc.pid().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-}
-
 /// Starts a push that waits for every recipient's receipt (one recipient, R1, never answers),
 /// once the server has applied it; returns the pending request.
 async fn held_push(server: &TestServer) -> tokio::task::JoinHandle<reqwest::Response> {
@@ -614,7 +604,7 @@ async fn on_sigterm_readiness_fails_first_and_waiting_pushes_get_their_answer() 
     assert_eq!(server.get_json("/readyz").await["status"], "ready");
     let pending = held_push(&server).await;
     let mut feed = server.feed("Held", &[]).await;
-    terminate(&server);
+    server.terminate();
     // Unready while the listener still answers, so a load balancer sees the 503.
     let mut every = tokio::time::interval(Duration::from_millis(20));
     let unready = tokio::time::timeout(WAIT, async {
@@ -646,7 +636,7 @@ async fn on_sigterm_readiness_fails_first_and_waiting_pushes_get_their_answer() 
 async fn without_a_grace_period_a_waiting_push_is_still_answered() {
     let mut server = TestServer::start(&[]).await;
     let pending = held_push(&server).await;
-    terminate(&server);
+    server.terminate();
     check_waited_answer(pending).await;
     assert_eq!(server.proc.wait_exit().await, 0);
 }
@@ -669,7 +659,7 @@ async fn a_damaged_database_is_reported_at_start_in_one_line() {
     })
     .await
     .expect("the events reached the database file");
-    terminate(&server);
+    server.terminate();
     assert_eq!(server.proc.wait_exit().await, 0);
 
     // Every page after the first (the header and the schema) overwritten: the tables' pages;

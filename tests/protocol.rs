@@ -815,6 +815,39 @@ impl Answers {
     }
 }
 
+/// A receipt whose head the server read before it was told to stop is read to its end and
+/// answered, on a connection that then closes; the server still exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_begun_before_a_shutdown_is_answered() {
+    let mut server = TestServer::start(&[]).await;
+    server.push("Stopping", "e1").await;
+    let mut answers = Answers::connect(&server).await;
+    let body = "status=done";
+    let receipt = format!(
+        "POST /feedback/Stopping HTTP/1.1\r\nHost: localhost\r\ndevice: S1\r\nlast_event_id: 1\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (head_part, body_part) = receipt.split_at(receipt.len() - 4);
+    answers.send(head_part.as_bytes()).await;
+    // Its head surely read, as in the test below: the server answered another request since.
+    let health = server.http.get(server.url("/health")).send().await.unwrap();
+    assert!(health.status().is_success());
+    server.terminate();
+    server.proc.wait_line(|l| l.contains("shutting down")).await;
+    answers.send(body_part.as_bytes()).await;
+    let (head, body) = answers.next().await;
+    assert!(
+        head.starts_with("http/1.1 200 ") && head.contains("\r\nconnection: close\r\n"),
+        "{head}{body}"
+    );
+    let acknowledged: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{body}"));
+    assert_eq!(
+        (&acknowledged["id"], &acknowledged["status"]),
+        (&json!(1), &json!("done"))
+    );
+    assert_eq!(server.proc.wait_exit().await, 0);
+}
+
 /// Receipts on a plain connection are answered whatever their framing: sent back to back, split
 /// between head and body, chunked, over the body limit, refused at the door with their body, or
 /// asking to close; each answer complete (its length and date) and in order.

@@ -397,15 +397,20 @@ impl TestServer {
         let _ = self.proc.child.wait().await;
     }
 
-    /// Stops the server with SIGTERM, as an operator does, and waits for it to exit cleanly;
-    /// returns what it wrote to stderr.
-    pub async fn stop(mut self) -> Vec<String> {
+    /// Sends the server SIGTERM, as an operator does, without waiting for it to exit.
+    pub fn terminate(&self) {
         let pid = self.proc.pid().to_string();
         let sent = std::process::Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .expect("kill -TERM");
         assert!(sent.success());
+    }
+
+    /// Stops the server with SIGTERM, as an operator does, and waits for it to exit cleanly;
+    /// returns what it wrote to stderr.
+    pub async fn stop(mut self) -> Vec<String> {
+        self.terminate();
         assert_eq!(self.proc.wait_exit().await, 0, "{:?}", self.proc.errors());
         self.proc.errors()
     }

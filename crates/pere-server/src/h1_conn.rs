@@ -130,9 +130,13 @@ pub async fn serve<S: Store>(
                 state.config.max_body,
                 state.config.body_timeout,
             ));
+            // A receipt begun is read to its end and answered even once the server stops, as
+            // hyper finishes the request it is reading: its device would otherwise send it again
+            // to a server that may have stored it. Its read has deadlines of its own; the drain
+            // bounds it too.
             let read = tokio::select! {
                 read = read => read,
-                () = state.shutdown.cancelled() => return,
+                () = shutdown_then_never(&state) => return,
             };
             match read {
                 Ok(receipt_post::Read::Receipt(taken, rest)) => {
