@@ -1,6 +1,8 @@
 //! Hostile input against the real server with tight limits: every bound a client can push on
 //! gets its exact answer, and the server still answers after each.
 
+use std::time::Duration;
+
 use pere_e2e::{read_until, TestServer, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -151,6 +153,37 @@ async fn a_body_that_never_ends_times_out() {
     assert_eq!(status(&answer), 408, "{answer}");
     assert!(answer.contains("body_timeout"), "{answer}");
     still_answers(&server, "a body that never ends").await;
+}
+
+/// A receipt read by the server's own reader is held to the same time as any request: one
+/// body timeout (2 s here), not one for the reader and another for hyper after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_body_that_never_ends_times_out_once() {
+    let server = TestServer::start(&server_args()).await;
+    server.push("H", "first").await;
+    let mut stream = TcpStream::connect(server.host_port()).await.unwrap();
+    let started = std::time::Instant::now();
+    stream
+        .write_all(
+            b"POST /feedback/H HTTP/1.1\r\nHost: localhost\r\ndevice: D1\r\nlast_event_id: 1\r\nContent-Length: 20\r\n\r\nstatus=",
+        )
+        .await
+        .unwrap();
+    let answer = read_until(&mut stream, |s| s.contains('}')).await;
+    let waited = started.elapsed();
+    assert_eq!(status(&answer), 408, "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{answer}"
+    );
+    assert!(
+        waited < Duration::from_secs(4),
+        "answered after {waited:?}: the body timeout is 2 s"
+    );
+    still_answers(&server, "a receipt body that never ends").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

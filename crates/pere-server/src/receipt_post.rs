@@ -88,14 +88,17 @@ pub struct Taken {
     request: Request<Bytes>,
     /// The body's length, as its `Content-Length` says (0 without one).
     body_len: usize,
-    /// The client asked for the connection to end after the answer (`Connection: close`).
+    /// The client asked for the connection to end after the answer (`Connection: close`), or
+    /// its body is late.
     close: bool,
+    /// The body did not arrive within the body timeout: answered 408, as hyper's requests are.
+    late: bool,
 }
 
 /// Reads the rest of a request whose first bytes are `start` (which [`Opening::of`] does not
 /// rule out), up to the end of its body: its head before `head_overdue` completes, its body
-/// within `body_timeout` after that (or it goes to hyper, which has its own answer for a slow
-/// body). `body_limit` is the server's limit for bodies; a larger one goes to hyper.
+/// within `body_timeout` after that (a body later than that is answered 408 by its handler, on
+/// a connection that then closes). `body_limit` is the server's limit for bodies; a larger one goes to hyper.
 ///
 /// # Errors
 /// The socket's error, or a time-out when the head is not whole before `head_overdue`.
@@ -143,8 +146,16 @@ pub async fn read(
     match tokio::time::timeout(body_timeout, body).await {
         Ok(Ok(true)) => {}
         Ok(Err(err)) => return Err(err),
-        // Hyper answers a body cut short or late as it does for any request.
-        Ok(Ok(false)) | Err(_) => return Ok(Read::Other(buf)),
+        // Hyper answers a body cut short as it does for any request.
+        Ok(Ok(false)) => return Ok(Read::Other(buf)),
+        // Late: answered here, as hyper's requests are, rather than given to hyper to wait a
+        // second body timeout. What came of the body is dropped with the connection.
+        Err(_) => {
+            taken.late = true;
+            taken.close = true;
+            buf.truncate(head_len);
+            return Ok(Read::Receipt(taken, BytesMut::new()));
+        }
     }
     let rest = buf.split_off(whole);
     *taken.request.body_mut() = buf.split_off(head_len).freeze();
@@ -234,6 +245,7 @@ fn as_receipt(parsed: &httparse::Request<'_, '_>, body_limit: usize) -> Option<T
         request,
         body_len: length.unwrap_or(0),
         close,
+        late: false,
     })
 }
 
@@ -251,7 +263,12 @@ pub async fn answer<S: Store>(
     taken: Taken,
 ) -> io::Result<bool> {
     let (parts, body) = taken.request.into_parts();
-    let request = Request::from_parts(parts, RequestBody::whole(body));
+    let body = if taken.late {
+        RequestBody::late()
+    } else {
+        RequestBody::whole(body)
+    };
+    let request = Request::from_parts(parts, body);
     let (mut head, body) = http_conn::answer(state, arrival, request, None)
         .await
         .into_parts();

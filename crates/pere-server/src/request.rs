@@ -226,6 +226,8 @@ enum Source {
         declared: Option<(Declared, u64)>,
     },
     Whole(Bytes),
+    /// A body that did not arrive whole within its time, read before the request was handed on.
+    Late,
 }
 
 impl RequestBody {
@@ -238,6 +240,12 @@ impl RequestBody {
     /// A body read whole before its request was handed on.
     pub fn whole(bytes: Bytes) -> Self {
         RequestBody(Source::Whole(bytes))
+    }
+
+    /// A body that did not arrive within the body timeout while its request was read: reading
+    /// it answers 408 at once, the time being spent already.
+    pub fn late() -> Self {
+        RequestBody(Source::Late)
     }
 }
 
@@ -265,6 +273,7 @@ pub async fn body(
         Source::Incoming { incoming, declared } => (incoming, declared),
         Source::Whole(bytes) if bytes.len() > limit => return Err(ApiError::too_large(limit)),
         Source::Whole(bytes) => return Ok(bytes),
+        Source::Late => return Err(body_late(timeout)),
     };
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -303,15 +312,20 @@ pub async fn body(
         // Read on within the drain's own bounds, not the body's, and refused.
         Ok(Ok(Received::TooLarge(declared))) => too_large(&mut body, declared, limit).await,
         Ok(Err(err)) => Err(err),
-        Err(_) => Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "body_timeout",
-            format!(
-                "the request body did not arrive within {} s",
-                timeout.as_secs()
-            ),
-        )),
+        Err(_) => Err(body_late(timeout)),
     }
+}
+
+/// The refusal of a body that did not arrive within `timeout`.
+fn body_late(timeout: Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "body_timeout",
+        format!(
+            "the request body did not arrive within {} s",
+            timeout.as_secs()
+        ),
+    )
 }
 
 /// What reading a body came to, within its time.
