@@ -632,6 +632,51 @@ async fn on_sigterm_readiness_fails_first_and_waiting_pushes_get_their_answer() 
     assert_eq!(server.proc.wait_exit().await, 0);
 }
 
+/// On SIGTERM every stream of the dedicated HTTP/1.1 loop ends promptly, whatever it follows: a
+/// feed (the hub ends it), a receipt stream and a presence stream (each its own shutdown wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sigterm_feeds_receipt_and_presence_streams_all_end() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut server = TestServer::start(&["--shutdown-timeout", "10"]).await;
+    let mut streams = Vec::new();
+    for path in ["/feed/Ends?device=E1", "/receipts/Ends", "/presence/Ends"] {
+        let mut stream = tokio::net::TcpStream::connect(server.host_port())
+            .await
+            .unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let head = pere_e2e::read_until(&mut stream, |s| s.contains("\r\n\r\n")).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
+        streams.push(stream);
+    }
+    server.terminate();
+    for mut stream in streams {
+        let closed = tokio::time::timeout(WAIT, async {
+            let mut chunk = [0u8; 1024];
+            while stream.read(&mut chunk).await.is_ok_and(|n| n > 0) {}
+        })
+        .await;
+        assert!(closed.is_ok(), "a stream still open after {WAIT:?}");
+    }
+    assert_eq!(server.proc.wait_exit().await, 0);
+    let ended: Vec<String> = server
+        .proc
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("FEED END>") && l.contains("reason: server shutting down"))
+        .collect();
+    assert_eq!(ended.len(), 3, "{ended:?}");
+    assert!(
+        !server
+            .proc
+            .errors()
+            .iter()
+            .any(|l| l.contains("still open")),
+        "{:?}",
+        server.proc.errors()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_grace_period_a_waiting_push_is_still_answered() {
     let mut server = TestServer::start(&[]).await;

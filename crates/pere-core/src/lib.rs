@@ -30,7 +30,9 @@ pub mod store;
 
 pub use error::StoreError;
 pub use follow::{ReceiptFollow, ReceiptItem};
-pub use hub::{ChannelWatch, Cumulative, FeedItem, Hub, HubConfig, SubscribeRequest, Subscription};
+pub use hub::{
+    ChannelWatch, Cumulative, CutReason, FeedItem, Hub, HubConfig, SubscribeRequest, Subscription,
+};
 pub use ledger::WaitFor;
 pub use notice::HubNotice;
 pub use pere_proto::{

@@ -9,7 +9,7 @@ use std::time::Duration;
 use pere_core::hub::{GAP_WAIT, IDLE_CHANNEL, KEEP_INCOMPLETE};
 use pere_core::store::Store as _;
 use pere_core::{
-    ChannelName, DeviceId, FeedItem, Hub, HubConfig, HubNotice, MemoryStore, NewEvent,
+    ChannelName, CutReason, DeviceId, FeedItem, Hub, HubConfig, HubNotice, MemoryStore, NewEvent,
     ReceiptFollow, ReceiptItem, Retention, StoreError, SubscribeRequest, Subscription, WaitFor,
 };
 use pere_proto::event::{now, Event};
@@ -242,6 +242,91 @@ async fn a_stalled_subscriber_is_cut_and_the_others_are_not_slowed() {
         assert_eq!(next_id(&mut resumed).await, expected);
     }
     assert_eq!(hub.connections(), vec![(c, 2)]);
+}
+
+/// The next item's kind and how long after `since` it came (on the paused clock).
+async fn next_after(
+    sub: &mut Subscription<MemoryStore>,
+    since: tokio::time::Instant,
+) -> (String, Duration) {
+    let item = timeout(Duration::from_secs(60), sub.next())
+        .await
+        .expect("an item within a minute");
+    let kind = match item {
+        Some(Ok(FeedItem::KeepAlive)) => "keep-alive".to_owned(),
+        Some(Ok(FeedItem::Event(e))) => format!("event {}", e.id),
+        other => format!("{other:?}"),
+    };
+    (kind, since.elapsed())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quiet_feed_hears_keep_alives_within_the_period_and_not_more_often() {
+    let every = Duration::from_secs(10);
+    let hub = hub_keeping_100(HubConfig {
+        keep_alive: Some(every),
+        ..HubConfig::default()
+    });
+    let c = ch("Quiet");
+    let opened = tokio::time::Instant::now();
+    let mut sub = hub.subscribe(&c, from(None, Some("K1"))).await.unwrap();
+    // Never later than the period after the opening, never sooner than half of it.
+    let (kind, after) = next_after(&mut sub, opened).await;
+    assert_eq!(kind, "keep-alive");
+    assert!(after >= every / 2 && after <= every, "{after:?}");
+    // Quiet on: one a period.
+    let since = tokio::time::Instant::now();
+    assert_eq!(
+        next_after(&mut sub, since).await,
+        ("keep-alive".into(), every)
+    );
+    // An event pushes the next one back: it comes after half to one period of silence.
+    tokio::time::advance(every / 5).await;
+    hub.publish(&c, text("x")).await.unwrap();
+    let published = tokio::time::Instant::now();
+    assert_eq!(next_after(&mut sub, published).await.0, "event 1");
+    let (kind, after) = next_after(&mut sub, published).await;
+    assert_eq!(kind, "keep-alive");
+    assert!(after >= every / 2 && after <= every, "{after:?}");
+
+    // Without the setting, none: a hub embedded elsewhere writes no comments.
+    let silent = hub_keeping_100(HubConfig::default());
+    let mut sub = silent.subscribe(&c, from(None, None)).await.unwrap();
+    assert!(timeout(every * 3, sub.next()).await.is_err());
+}
+
+#[tokio::test]
+async fn ending_the_feeds_ends_every_feed_and_the_ones_that_open_after() {
+    let hub = hub();
+    let c = ch("Stopping");
+    let mut open = hub.subscribe(&c, from(None, Some("S1"))).await.unwrap();
+    hub.publish(&c, text("queued")).await.unwrap();
+    hub.end_feeds();
+    // What was queued is read, then the end, which is no lag.
+    assert_eq!(next_id(&mut open).await, 1);
+    assert!(open.next().await.is_none());
+    assert_eq!(open.cut_reason(), Some(CutReason::Stopping));
+    assert!(!open.lagged());
+    // A publish afterwards queues nothing and cuts no one for lagging.
+    let mut notices = hub.observe(16);
+    hub.publish(&c, text("after")).await.unwrap();
+    while let Ok(notice) = notices.try_recv() {
+        assert!(
+            !matches!(notice, HubNotice::SubscriberCut { .. }),
+            "{notice:?}"
+        );
+    }
+    // A feed opening now, on this channel or one not loaded yet, ends at once.
+    for channel in [c, ch("Later")] {
+        let mut late = hub.subscribe(&channel, from(None, None)).await.unwrap();
+        let ended = timeout(Duration::from_secs(5), async {
+            while late.next().await.is_some() {}
+        })
+        .await;
+        assert!(ended.is_ok(), "{channel} still open");
+        assert_eq!(late.cut_reason(), Some(CutReason::Stopping));
+    }
+    assert_eq!(hub.connections(), vec![]);
 }
 
 #[tokio::test]

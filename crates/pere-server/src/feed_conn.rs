@@ -3,9 +3,10 @@
 //! loop of its own instead of a hyper connection.
 //!
 //! Why: a stream holds its connection for hours and mostly idles. A hyper connection keeps 8 KiB
-//! read and write buffers for its whole life; this loop keeps the stream's source, a timer and
-//! the socket, which is what lets one node hold tens of thousands of devices (and dashboards
-//! following their receipts) in little memory. It also writes frames without chunked encoding
+//! read and write buffers for its whole life; this loop keeps the stream's source and the socket
+//! (a feed's keep-alives and its end at shutdown come through its source, from the hub), which
+//! is what lets one node hold tens of thousands of devices (and dashboards following their
+//! receipts) in little memory. It also writes frames without chunked encoding
 //! (the response is delimited by closing the connection, which every SSE client accepts) and
 //! gathers queued frames into one write.
 //!
@@ -18,7 +19,6 @@
 
 use std::io::{self, IoSlice};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::future::Either;
@@ -32,7 +32,7 @@ use pere_core::{Store, Subscription};
 use pere_proto::sse;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
 
 use crate::door::{self, Listener};
 use crate::error::ApiError;
@@ -40,7 +40,7 @@ use crate::limits::{Arrival, StreamSlot};
 use crate::request;
 use crate::response::{self, raw_head};
 use crate::route::{self, Route};
-use crate::sse_body::{next_frame, ready_frame, EndReason, FrameResult};
+use crate::sse_body::{next_frame, ready_frame, watched, EndReason, FrameResult};
 use crate::state::AppState;
 use crate::{activity, streams};
 
@@ -278,7 +278,6 @@ async fn start<S: Store>(
                 return None;
             }
             Some(Started {
-                state,
                 stream,
                 source,
                 _slot: slot,
@@ -295,7 +294,6 @@ async fn start<S: Store>(
 
 /// A stream answered: what it holds for its life.
 struct Started<S: Store> {
-    state: Arc<AppState<S>>,
     stream: TcpStream,
     source: Source<S>,
     /// The stream's place in the server's counts, held until the stream ends.
@@ -319,37 +317,27 @@ impl<S: Store> Started<S> {
         }
     }
 
-    /// Writes what the source gives and keep-alives; returns why the stream ended.
+    /// Writes what the source gives (keep-alives among it); returns why the stream ended.
+    ///
+    /// An idle feed waits on two things only, its source and its socket: the hub asks its
+    /// source for keep-alives and ends it when the server stops, so it holds no timer or
+    /// shutdown wait of its own (their room in every feed's task, and a timer per feed in the
+    /// runtime's wheel).
     async fn run(&mut self) -> &'static str {
-        let Started {
-            state,
-            stream,
-            source,
-            ..
-        } = self;
-        let keep_alive_every = Duration::from_secs(state.config.keep_alive_secs.max(1));
+        let Started { stream, source, .. } = self;
+        // Made once, not at every turn of the loop (every delivery).
         let cut = source.cut_notice();
         tokio::pin!(cut);
-        // The waits that last as long as the feed are made once, not at every turn of the loop
-        // (every delivery): a timer would be put into and taken out of the runtime's timer
-        // wheel each time, and a shutdown wait into and out of the token's list of waiters.
-        // The keep-alive timer is pushed back after each write, which only moves its mark.
-        let keep_alive = sleep_until(Instant::now() + keep_alive_every);
-        tokio::pin!(keep_alive);
-        let shutdown = state.shutdown.cancelled();
-        tokio::pin!(shutdown);
         loop {
-            // In this order, and only until one is ready: a feed woken for an event polls
-            // nothing else. A source that never stops giving (a long replay) still ends when
-            // the client goes: its writes fail.
+            // In this order, and only until one is ready: a feed woken for an event (or a
+            // keep-alive, or its end) polls nothing else. A source that never stops giving (a
+            // long replay) still ends when the client goes: its writes fail.
             let first = tokio::select! {
                 biased;
                 frame = source.next() => match frame {
                     Ok(frame) => frame,
                     Err(reason) => return reason.describe(),
                 },
-                () = &mut shutdown => return EndReason::Shutdown.describe(),
-                () = &mut keep_alive => Bytes::from_static(sse::KEEP_ALIVE_FRAME),
                 // A feed client sends nothing more: readable means it closed (or misbehaves).
                 // (The socket's own read waker: no waiter to add and remove at every turn.)
                 _ = std::future::poll_fn(|cx| stream.poll_read_ready(cx)) => {
@@ -371,23 +359,18 @@ impl<S: Store> Started<S> {
                     None => break,
                 }
             }
-            // The write first: most are taken by the socket at once, and then neither the
-            // shutdown nor the cut is polled. Only a write that waits watches them.
+            // The write first: most are taken by the socket at once, and then the cut is not
+            // polled. Only a write that waits watches it.
             let written = tokio::select! {
                 biased;
                 written = write_all(stream, &first, &more) => written,
-                () = &mut shutdown => return EndReason::Shutdown.describe(),
-                // Blocked on a client that does not read, and cut meanwhile: close now.
-                () = &mut cut => return EndReason::Lagged.describe(),
+                // Blocked on a client that does not read, and cut (or the server stops)
+                // meanwhile: close now.
+                reason = &mut cut => return reason.describe(),
             };
             if written.is_err() {
                 return EndReason::Closed.describe();
             }
-            // A source that is always ready never lets the first wait reach the shutdown.
-            if state.shutdown.is_cancelled() {
-                return EndReason::Shutdown.describe();
-            }
-            keep_alive.as_mut().reset(Instant::now() + keep_alive_every);
         }
     }
 }
@@ -397,20 +380,25 @@ impl<S: Store> Started<S> {
 enum Source<S: Store> {
     Feed(Subscription<S>),
     Frames {
+        /// With their keep-alives and their end at shutdown ([`watched`]).
         frames: BoxStream<'static, FrameResult>,
         /// The stream's name in the log.
         name: String,
         /// Why the stream ends, when that was learnt while gathering frames for a write.
         end: Option<EndReason>,
+        /// Ends a write blocked on a client that does not read, when the server stops.
+        shutdown: CancellationToken,
     },
 }
 
 impl<S: Store> Source<S> {
-    fn frames(frames: BoxStream<'static, FrameResult>, name: String) -> Self {
+    fn frames(state: &AppState<S>, frames: BoxStream<'static, FrameResult>, name: String) -> Self {
+        let every = std::time::Duration::from_secs(state.config.keep_alive_secs.max(1));
         Source::Frames {
-            frames,
+            frames: watched(frames, every, &state.shutdown),
             name,
             end: None,
+            shutdown: state.shutdown.clone(),
         }
     }
 
@@ -425,12 +413,18 @@ impl<S: Store> Source<S> {
         }
     }
 
-    /// Resolves when a feed is cut for lagging; receipt and presence streams learn that they
-    /// lag from their source, as through hyper.
-    fn cut_notice(&self) -> impl std::future::Future<Output = ()> + 'static {
+    /// Resolves, with why, when a feed is cut (for lagging, or because the server stops) or the
+    /// server stops; receipt and presence streams learn that they lag from their source, as
+    /// through hyper.
+    fn cut_notice(&self) -> impl std::future::Future<Output = EndReason> + 'static {
         match self {
-            Source::Feed(subscription) => Either::Left(subscription.cut_notice()),
-            Source::Frames { .. } => Either::Right(std::future::pending()),
+            Source::Feed(subscription) => {
+                Either::Left(subscription.cut_notice().map(EndReason::from))
+            }
+            // Boxed: room for the wait in every feed's task otherwise.
+            Source::Frames { shutdown, .. } => Either::Right(
+                Box::pin(shutdown.clone().cancelled_owned()).map(|()| EndReason::Shutdown),
+            ),
         }
     }
 
@@ -501,13 +495,13 @@ async fn open<S: Store>(
             let channel = request::channel(channel)?;
             let after = request::resume(headers, &admitted.query)?.after;
             let frames = streams::receipt_frames(state, &channel, after).await?;
-            Source::frames(frames, streams::receipts_name(&channel))
+            Source::frames(state, frames, streams::receipts_name(&channel))
         }
         Route::Presence(channel) => {
             let channel = request::channel(channel)?;
             let after = request::resume(headers, &admitted.query)?.after;
             let frames = streams::presence_frames(state, &channel, after).await?;
-            Source::frames(frames, streams::presence_name(&channel))
+            Source::frames(state, frames, streams::presence_name(&channel))
         }
         _ => return Err(ApiError::not_found()),
     };

@@ -238,6 +238,8 @@ pub async fn run_with<S: Store>(
         });
     }
     drop(listener);
+    // Feeds watch no shutdown signal of their own: the hub ends them, and those opening now.
+    state.hub.end_feeds();
     let deadline = Duration::from_secs(state.config.shutdown_timeout_secs);
     if tokio::time::timeout(deadline, graceful.shutdown())
         .await

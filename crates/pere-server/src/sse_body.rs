@@ -1,6 +1,11 @@
 //! The body of every SSE response served by hyper (event feeds, receipt and presence streams): a
-//! stream of frames with keep-alive comments, an end on shutdown, and a log line when the stream
-//! closes; and the one mapping of feed items to frames, shared with dedicated feed connections.
+//! stream of frames and a log line when the stream closes; the keep-alive comments and the end on
+//! shutdown of the streams that follow something else than a feed ([`watched`]); and the one
+//! mapping of feed items to frames, shared with dedicated feed connections.
+//!
+//! A feed needs no timer or shutdown wait of its own: the hub hands it keep-alives
+//! ([`pere_core::HubConfig::keep_alive`]) and ends it when the server stops
+//! ([`pere_core::Hub::end_feeds`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -9,9 +14,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::{self, BoxStream, StreamExt};
+use futures_util::stream::{self, BoxStream, Stream, StreamExt};
 use hyper::body::{Body, Frame, SizeHint};
-use pere_core::{FeedItem, Store, Subscription};
+use pere_core::{CutReason, FeedItem, Store, Subscription};
 use pere_proto::sse;
 use pere_proto::wire::{GapNotice, ResetNotice};
 use tokio::time::{Instant, Sleep};
@@ -52,6 +57,15 @@ pub enum EndReason {
     StoreFailed,
 }
 
+impl From<CutReason> for EndReason {
+    fn from(reason: CutReason) -> Self {
+        match reason {
+            CutReason::Lagged => EndReason::Lagged,
+            CutReason::Stopping => EndReason::Shutdown,
+        }
+    }
+}
+
 /// What an SSE source yields: a frame, or the reason it ends.
 pub type FrameResult = Result<Bytes, EndReason>;
 
@@ -64,8 +78,9 @@ pub async fn next_frame<S: Store>(subscription: &mut Subscription<S>) -> FrameRe
             tracing::error!("feed of {}: {err}", subscription.channel());
             Err(EndReason::StoreFailed)
         }
-        None if subscription.lagged() => Err(EndReason::Lagged),
-        None => Err(EndReason::Closed),
+        None => Err(subscription
+            .cut_reason()
+            .map_or(EndReason::Closed, EndReason::from)),
     }
 }
 
@@ -90,6 +105,71 @@ fn item_frame<S: Store>(subscription: &Subscription<S>, item: FeedItem) -> Bytes
             head,
         }
         .frame(),
+        FeedItem::KeepAlive => Bytes::from_static(sse::KEEP_ALIVE_FRAME),
+    }
+}
+
+/// The frames of a stream that follows something else than a feed (receipts, presence, a
+/// dashboard), with a keep-alive comment after `every` of silence and an end when `shutdown` is
+/// cancelled. These streams are few, so each keeps a timer and a shutdown wait of its own, in
+/// the box with its frames.
+pub fn watched(
+    items: BoxStream<'static, FrameResult>,
+    every: Duration,
+    shutdown: &CancellationToken,
+) -> BoxStream<'static, FrameResult> {
+    Watched {
+        items,
+        keep_alive: Box::pin(tokio::time::sleep(every)),
+        every,
+        shutdown: Box::pin(shutdown.clone().cancelled_owned()),
+        ended: false,
+    }
+    .boxed()
+}
+
+/// See [`watched`].
+struct Watched {
+    items: BoxStream<'static, FrameResult>,
+    keep_alive: Pin<Box<Sleep>>,
+    every: Duration,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    // Once the stream said why it ends, or ended: nothing more, and the source is not polled
+    // again.
+    ended: bool,
+}
+
+impl Stream for Watched {
+    type Item = FrameResult;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<FrameResult>> {
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        if this.shutdown.as_mut().poll(cx).is_ready() {
+            this.ended = true;
+            return Poll::Ready(Some(Err(EndReason::Shutdown)));
+        }
+        match this.items.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let next = Instant::now() + this.every;
+                this.keep_alive.as_mut().reset(next);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(end) => {
+                this.ended = true;
+                Poll::Ready(end)
+            }
+            Poll::Pending => {
+                if this.keep_alive.as_mut().poll(cx).is_ready() {
+                    let next = Instant::now() + this.every;
+                    this.keep_alive.as_mut().reset(next);
+                    return Poll::Ready(Some(Ok(Bytes::from_static(sse::KEEP_ALIVE_FRAME))));
+                }
+                Poll::Pending
+            }
+        }
     }
 }
 
@@ -98,10 +178,12 @@ fn item_frame<S: Store>(subscription: &Subscription<S>, item: FeedItem) -> Bytes
 pub struct StreamContext {
     /// The `retry:` hint, in milliseconds.
     pub retry_ms: u64,
-    /// How long a stream may stay silent before a keep-alive comment.
+    /// How long a stream other than a feed may stay silent before a keep-alive comment (a
+    /// feed's come from the hub).
     pub keep_alive_every: Duration,
-    /// Resolves when the server shuts down.
-    pub shutdown: WaitForCancellationFutureOwned,
+    /// Cancelled when the server shuts down: ends a stream other than a feed (the hub ends
+    /// feeds).
+    pub shutdown: CancellationToken,
     /// Closes the connection when the client lags.
     pub closer: Option<ConnectionCloser>,
     /// The stream's place in the server's counts, given back when the body is dropped.
@@ -112,9 +194,6 @@ pub struct StreamContext {
 pub struct SseBody {
     prelude: Option<Bytes>,
     items: BoxStream<'static, FrameResult>,
-    keep_alive: Pin<Box<Sleep>>,
-    keep_alive_every: Duration,
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     ended: Option<EndReason>,
     slot: Option<StreamSlot>,
     closer: Option<ConnectionCloser>,
@@ -141,7 +220,9 @@ impl SseBody {
             let shutdown = closer.clone();
             tokio::spawn(async move {
                 tokio::select! {
-                    () = cut => closer.close(),
+                    // A feed ended because the server stops ends its body; hyper then closes
+                    // the connection cleanly.
+                    reason = cut => if reason == CutReason::Lagged { closer.close() },
                     () = shutdown.closed() => {}
                 }
             });
@@ -155,11 +236,22 @@ impl SseBody {
             Some((frame, next))
         })
         .boxed();
-        Self::frames(items, channel, device, context)
+        Self::new(items, channel, device, context)
     }
 
-    /// Streams any source of frames, starting with the `retry:` hint.
+    /// Streams any other source of frames (receipts, presence, a dashboard), starting with the
+    /// `retry:` hint, with keep-alive comments and an end on shutdown ([`watched`]).
     pub fn frames(
+        items: BoxStream<'static, FrameResult>,
+        channel: String,
+        device: Option<String>,
+        context: StreamContext,
+    ) -> Self {
+        let items = watched(items, context.keep_alive_every, &context.shutdown);
+        Self::new(items, channel, device, context)
+    }
+
+    fn new(
         items: BoxStream<'static, FrameResult>,
         channel: String,
         device: Option<String>,
@@ -167,17 +259,13 @@ impl SseBody {
     ) -> Self {
         let StreamContext {
             retry_ms,
-            keep_alive_every,
-            shutdown,
             closer,
             slot,
+            ..
         } = context;
         SseBody {
             prelude: Some(sse::encode_opening(retry_ms)),
             items,
-            keep_alive: Box::pin(tokio::time::sleep(keep_alive_every)),
-            keep_alive_every,
-            shutdown: Box::pin(shutdown),
             ended: None,
             slot,
             closer,
@@ -210,27 +298,11 @@ impl Body for SseBody {
         if let Some(prelude) = this.prelude.take() {
             return Poll::Ready(Some(Ok(Frame::data(prelude))));
         }
-        if this.shutdown.as_mut().poll(cx).is_ready() {
-            return this.end(EndReason::Shutdown);
-        }
         match this.items.poll_next_unpin(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                let next = Instant::now() + this.keep_alive_every;
-                this.keep_alive.as_mut().reset(next);
-                Poll::Ready(Some(Ok(Frame::data(frame))))
-            }
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(Frame::data(frame)))),
             Poll::Ready(Some(Err(reason))) => this.end(reason),
             Poll::Ready(None) => this.end(EndReason::Closed),
-            Poll::Pending => {
-                if this.keep_alive.as_mut().poll(cx).is_ready() {
-                    let next = Instant::now() + this.keep_alive_every;
-                    this.keep_alive.as_mut().reset(next);
-                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
-                        sse::KEEP_ALIVE_FRAME,
-                    )))));
-                }
-                Poll::Pending
-            }
+            Poll::Pending => Poll::Pending,
         }
     }
 

@@ -31,7 +31,7 @@ pub fn context<S: Store>(
     StreamContext {
         retry_ms: state.config.retry_ms,
         keep_alive_every: Duration::from_secs(state.config.keep_alive_secs.max(1)),
-        shutdown: state.shutdown.clone().cancelled_owned(),
+        shutdown: state.shutdown.clone(),
         closer,
         slot,
     }

@@ -115,6 +115,18 @@ pub(super) enum Live {
         /// The channel's new last released id.
         floor: u64,
     },
+    /// Nothing new, and the subscriber was given nothing for a while: a keep-alive. Never
+    /// queued: the sweep marks a quiet inbox (see [`Inbox::sweep`]) and the reader takes the mark.
+    KeepAlive,
+}
+
+/// Why the hub ended a subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutReason {
+    /// It fell `subscriber_buffer` events behind; the client resumes with its last event id.
+    Lagged,
+    /// The node is stopping ([`Hub::end_feeds`](super::Hub::end_feeds)).
+    Stopping,
 }
 
 #[derive(Debug)]
@@ -131,6 +143,10 @@ pub(super) struct SubscriberSlot {
 /// slots up front, about 1.2 KiB per subscriber; a separate `Notify` told a blocked writer of
 /// the cut. This is one small allocation: the queue takes memory only while events wait in it,
 /// and the cut is a flag beside it with the one writer's waker.
+///
+/// It also carries what a feed would otherwise need a timer and a shutdown wait of its own for:
+/// the hub's keep-alive sweep marks an inbox that was given nothing since its last visit, and
+/// the node's stop cuts every inbox, so an idle feed waits on its inbox and its socket only.
 #[derive(Debug)]
 pub(super) struct Inbox {
     state: Mutex<InboxState>,
@@ -145,7 +161,13 @@ struct InboxState {
     reader: Option<Waker>,
     // A writer blocked on a client that does not read, waiting for the cut.
     cut_watcher: Option<Waker>,
-    cut: bool,
+    cut: Option<CutReason>,
+    // Whether the subscriber was given something (an item queued, a keep-alive asked for) since
+    // the keep-alive sweep last looked: only a subscriber left quiet for a whole sweep period
+    // gets a keep-alive.
+    stirred: bool,
+    // A keep-alive asked for by the sweep and not yet taken by the reader.
+    keep_alive: bool,
 }
 
 /// Past this many slots an emptied queue gives its memory back: a burst, or a catch-up after a
@@ -156,7 +178,11 @@ const INBOX_KEPT: usize = 4;
 impl Inbox {
     pub(super) fn new(capacity: usize) -> Self {
         Inbox {
-            state: Mutex::default(),
+            // The answer's head and opening are the first thing a subscriber is given.
+            state: Mutex::new(InboxState {
+                stirred: true,
+                ..InboxState::default()
+            }),
             capacity,
         }
     }
@@ -170,10 +196,13 @@ impl Inbox {
     pub(super) fn push(&self, live: Live) -> bool {
         let reader = {
             let mut state = self.lock();
-            if state.cut || state.queue.len() >= self.capacity {
+            if state.cut.is_some() || state.queue.len() >= self.capacity {
                 return false;
             }
             state.queue.push_back(live);
+            state.stirred = true;
+            // What is queued goes out anyway, and keeps the connection alive as well.
+            state.keep_alive = false;
             state.reader.take()
         };
         if let Some(reader) = reader {
@@ -182,11 +211,12 @@ impl Inbox {
         true
     }
 
-    /// Ends the subscriber: what is queued is still read, then nothing more.
-    pub(super) fn cut(&self) {
+    /// Ends the subscriber: what is queued is still read, then nothing more. The first reason
+    /// given is the one kept.
+    pub(super) fn cut(&self, reason: CutReason) {
         let (reader, watcher) = {
             let mut state = self.lock();
-            state.cut = true;
+            state.cut.get_or_insert(reason);
             (state.reader.take(), state.cut_watcher.take())
         };
         for waker in [reader, watcher].into_iter().flatten() {
@@ -194,18 +224,43 @@ impl Inbox {
         }
     }
 
-    pub(super) fn is_cut(&self) -> bool {
+    /// Why the subscriber was cut, if it was.
+    pub(super) fn cut_reason(&self) -> Option<CutReason> {
         self.lock().cut
     }
 
-    /// The next queued item; `Ready(None)` once the queue is empty and the subscriber was cut.
+    /// The keep-alive sweep's visit: a subscriber given nothing since the last visit, with
+    /// nothing queued, is asked for a keep-alive, which counts as something given. So a quiet
+    /// subscriber hears one every second visit, and one that was given something hears the
+    /// next after one to two visit periods of silence.
+    pub(super) fn sweep(&self) {
+        let reader = {
+            let mut state = self.lock();
+            if std::mem::take(&mut state.stirred) || !state.queue.is_empty() || state.cut.is_some()
+            {
+                return;
+            }
+            state.keep_alive = true;
+            state.stirred = true;
+            state.reader.take()
+        };
+        if let Some(reader) = reader {
+            reader.wake();
+        }
+    }
+
+    /// The next queued item, else a keep-alive the sweep asked for; `Ready(None)` once the
+    /// queue is empty and the subscriber was cut.
     pub(super) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Live>> {
         let mut state = self.lock();
         if let Some(live) = state.take_next() {
             return Poll::Ready(Some(live));
         }
-        if state.cut {
+        if state.cut.is_some() {
             return Poll::Ready(None);
+        }
+        if std::mem::take(&mut state.keep_alive) {
+            return Poll::Ready(Some(Live::KeepAlive));
         }
         match &state.reader {
             Some(waker) if waker.will_wake(cx.waker()) => {}
@@ -214,16 +269,18 @@ impl Inbox {
         Poll::Pending
     }
 
-    /// The next queued item, without waiting.
+    /// The next queued item, without waiting (never a keep-alive: a writer gathering what is
+    /// queued has something to send already).
     pub(super) fn try_recv(&self) -> Option<Live> {
         self.lock().take_next()
     }
 
-    /// Ready once the subscriber is cut. One watcher at a time: a later one takes its place.
-    pub(super) fn poll_cut(&self, cx: &mut Context<'_>) -> Poll<()> {
+    /// Ready once the subscriber is cut, with why. One watcher at a time: a later one takes its
+    /// place.
+    pub(super) fn poll_cut(&self, cx: &mut Context<'_>) -> Poll<CutReason> {
         let mut state = self.lock();
-        if state.cut {
-            return Poll::Ready(());
+        if let Some(reason) = state.cut {
+            return Poll::Ready(reason);
         }
         match &state.cut_watcher {
             Some(waker) if waker.will_wake(cx.waker()) => {}
@@ -276,7 +333,7 @@ impl ChannelHub {
         let mut cut = Vec::new();
         for (&id, slot) in &state.subscribers {
             if !slot.inbox.push(Live::Reset { floor }) {
-                slot.inbox.cut();
+                slot.inbox.cut(CutReason::Lagged);
                 cut.push(id);
             }
         }
@@ -343,7 +400,7 @@ impl ChannelHub {
         for (&id, slot) in &state.subscribers {
             if !slot.inbox.push(Live::Event(event.clone())) {
                 // Full: end this stream. The client resumes from its last event id.
-                slot.inbox.cut();
+                slot.inbox.cut(CutReason::Lagged);
                 cut.push(id);
                 observers.send(|| HubNotice::SubscriberCut {
                     channel: self.name.clone(),
@@ -360,6 +417,24 @@ impl ChannelHub {
             self.subscriber_count
                 .store(state.subscribers.len(), Ordering::Relaxed);
         }
+    }
+
+    /// The keep-alive sweep over this channel's subscribers (see [`Inbox::sweep`]).
+    pub(super) fn sweep_quiet(&self) {
+        let state = self.state();
+        for slot in state.subscribers.values() {
+            slot.inbox.sweep();
+        }
+    }
+
+    /// Cuts every subscriber for `reason` and forgets them: nothing more is queued for them.
+    pub(super) fn cut_all(&self, reason: CutReason) {
+        let mut state = self.state();
+        for slot in state.subscribers.values() {
+            slot.inbox.cut(reason);
+        }
+        state.subscribers.clear();
+        self.subscriber_count.store(0, Ordering::Relaxed);
     }
 }
 
@@ -379,20 +454,25 @@ mod tests {
         assert!(!inbox.push(Live::Reset { floor: 8 }));
         assert!(inbox.try_recv().is_some());
         assert!(inbox.push(Live::Reset { floor: 8 }));
-        inbox.cut();
-        assert!(inbox.is_cut());
+        inbox.cut(CutReason::Lagged);
+        inbox.cut(CutReason::Stopping);
+        assert_eq!(
+            inbox.cut_reason(),
+            Some(CutReason::Lagged),
+            "the first reason stays"
+        );
         assert!(!inbox.push(Live::Reset { floor: 9 }));
         // What was queued before the cut is still read, in order, then nothing.
         let mut floors = Vec::new();
         while let Some(live) = poll_fn(|cx| inbox.poll_recv(cx)).await {
             match live {
                 Live::Reset { floor } => floors.push(floor),
-                Live::Event(_) => unreachable!(),
+                Live::Event(_) | Live::KeepAlive => unreachable!(),
             }
         }
         assert_eq!(floors, (1..=8).collect::<Vec<_>>());
         assert_eq!(inbox.lock().queue.capacity(), 0);
-        poll_fn(|cx| inbox.poll_cut(cx)).await;
+        assert_eq!(poll_fn(|cx| inbox.poll_cut(cx)).await, CutReason::Lagged);
     }
 
     #[tokio::test]
@@ -412,7 +492,58 @@ mod tests {
         }
         assert!(inbox.push(Live::Reset { floor: 1 }));
         assert!(reader.await.unwrap());
-        inbox.cut();
-        watcher.await.unwrap();
+        inbox.cut(CutReason::Stopping);
+        assert_eq!(watcher.await.unwrap(), CutReason::Stopping);
+    }
+
+    /// The next item ready now, if any, without registering as a reader.
+    fn ready(inbox: &Inbox) -> Option<Option<Live>> {
+        let mut cx = Context::from_waker(Waker::noop());
+        match inbox.poll_recv(&mut cx) {
+            Poll::Ready(live) => Some(live),
+            Poll::Pending => None,
+        }
+    }
+
+    #[test]
+    fn the_sweep_asks_a_quiet_inbox_for_a_keep_alive_every_second_visit() {
+        let inbox = Inbox::new(4);
+        let keep_alive = |inbox: &Inbox| matches!(ready(inbox), Some(Some(Live::KeepAlive)));
+        // Opened just now: the head was written, so the first visit finds it stirred.
+        inbox.sweep();
+        assert!(ready(&inbox).is_none());
+        inbox.sweep();
+        assert!(keep_alive(&inbox));
+        assert!(ready(&inbox).is_none(), "one keep-alive per mark");
+        // The keep-alive counts as something given: the next visit passes over it.
+        inbox.sweep();
+        assert!(ready(&inbox).is_none());
+        inbox.sweep();
+        assert!(keep_alive(&inbox));
+
+        // An event since the last visit: quiet only from the visit after.
+        assert!(inbox.push(Live::Reset { floor: 1 }));
+        inbox.sweep();
+        assert!(matches!(ready(&inbox), Some(Some(Live::Reset { .. }))));
+        inbox.sweep();
+        assert!(keep_alive(&inbox));
+
+        // A mark not taken yet is dropped by what comes next: that goes out anyway.
+        inbox.sweep();
+        inbox.sweep();
+        assert!(inbox.push(Live::Reset { floor: 2 }));
+        assert!(matches!(ready(&inbox), Some(Some(Live::Reset { .. }))));
+        assert!(ready(&inbox).is_none());
+        // Something still queued (a reader that does not keep up) is not quiet.
+        assert!(inbox.push(Live::Reset { floor: 3 }));
+        inbox.sweep();
+        inbox.sweep();
+        assert!(matches!(ready(&inbox), Some(Some(Live::Reset { .. }))));
+        assert!(ready(&inbox).is_none());
+        // A cut subscriber hears no keep-alive, only its end.
+        inbox.sweep();
+        inbox.cut(CutReason::Stopping);
+        inbox.sweep();
+        assert!(matches!(ready(&inbox), Some(None)));
     }
 }

@@ -26,6 +26,11 @@
 //! [`ChannelWatch`] hears of both, so that a bus can bring in what other nodes record on
 //! exactly the loaded channels.
 //!
+//! A feed waits on its queue alone: the hub reaches idle feeds itself, so that a feed holds no
+//! timer or shutdown wait of its own. One task of the hub's marks every quiet feed for a
+//! keep-alive ([`HubConfig::keep_alive`], [`Hub::sweep_quiet_feeds`]), and a node that stops
+//! cuts every feed ([`Hub::end_feeds`]).
+//!
 //! The resume seam: a subscriber is registered under the channel lock and, in the same critical
 //! section, reads the id of the last event released (`snapshot`). Every event after `snapshot`
 //! reaches it live; every event up to `snapshot` is replayed from the store. No event is in both
@@ -62,6 +67,7 @@ use crate::ledger::ChannelLedger;
 use crate::notice::{HubNotice, NoticeQueue, Observer, Observers};
 use crate::store::Store;
 
+pub use channel::CutReason;
 use channel::{ChannelHub, ChannelState};
 use devices::LiveDevice;
 pub use receipts::Cumulative;
@@ -87,6 +93,11 @@ pub struct HubConfig {
     /// ago stays loaded, so that the event's completion is noticed live (the webhook, the
     /// receipt stream). Set it to at least the webhook's receipt timeout; see [`KEEP_INCOMPLETE`].
     pub keep_incomplete: Duration,
+    /// Keep-alives: a feed given nothing for about this long hears [`FeedItem::KeepAlive`], then
+    /// one every period while it stays quiet. One task of the hub's visits every feed twice a
+    /// period (see [`Hub::sweep_quiet_feeds`]), so the first comes after half to one whole
+    /// period of silence, never later. `None`: none (the task does not run).
+    pub keep_alive: Option<Duration>,
 }
 
 impl Default for HubConfig {
@@ -98,6 +109,7 @@ impl Default for HubConfig {
             max_deliveries: 5,
             idle_channel: IDLE_CHANNEL,
             keep_incomplete: KEEP_INCOMPLETE,
+            keep_alive: None,
         }
     }
 }
@@ -155,8 +167,10 @@ pub struct Hub<S> {
     presence_floor: AtomicU64,
     // What `ChannelHub::last_used` counts from (tokio's clock, which tests can pause).
     epoch: Instant,
-    // Whether the task that unloads idle channels runs.
-    reaper: AtomicBool,
+    // Whether the hub's tasks (the reaper of idle channels, the keep-alive sweep) run.
+    tasks_started: AtomicBool,
+    // Set by `end_feeds`: a feed subscribing from then on is ended at once.
+    feeds_ended: AtomicBool,
     // Told of every load and unload (see `Hub::watch_channels`).
     watch: OnceLock<Arc<dyn ChannelWatch>>,
     live_devices: Mutex<HashMap<(ChannelName, DeviceId), Arc<LiveDevice>>>,
@@ -189,7 +203,8 @@ impl<S: Store> Hub<S> {
             unloads: AtomicU64::new(0),
             presence_floor: AtomicU64::new(0),
             epoch: Instant::now(),
-            reaper: AtomicBool::new(false),
+            tasks_started: AtomicBool::new(false),
+            feeds_ended: AtomicBool::new(false),
             watch: OnceLock::new(),
             live_devices: Mutex::default(),
             shared_presence: AtomicBool::new(false),
@@ -372,7 +387,7 @@ impl<S: Store> Hub<S> {
             });
             channels.insert(name.clone(), hub.clone());
             drop(channels);
-            self.start_reaper();
+            self.start_tasks();
             return Ok(hub);
         }
     }
@@ -431,16 +446,40 @@ impl<S: Store> Hub<S> {
         gone
     }
 
-    /// Starts, once, the task that unloads idle channels. It holds the hub weakly and ends
-    /// with it.
-    fn start_reaper(&self) {
-        if self.reaper.load(Ordering::Relaxed) {
+    /// Visits every feed of every loaded channel for keep-alives: a feed given nothing since
+    /// the last visit, with nothing queued, is handed [`FeedItem::KeepAlive`], which counts as
+    /// something given. A task of the hub's calls it twice every [`HubConfig::keep_alive`].
+    ///
+    /// Why one sweep and not a timer per feed: a timer is room in every feed's task (a tokio
+    /// `Sleep` is over 100 bytes) and an entry in the runtime's timer wheel, for each of
+    /// possibly a million idle feeds; the sweep costs a lock of each inbox per visit.
+    pub fn sweep_quiet_feeds(&self) {
+        for channel in self.all_loaded() {
+            channel.sweep_quiet();
+        }
+    }
+
+    /// Ends every feed, now and from now on: each reads what is queued for it, then ends with
+    /// [`CutReason::Stopping`]. For a node that stops: its feeds need no shutdown wait of their
+    /// own.
+    pub fn end_feeds(&self) {
+        // Set before any channel's lock is taken below; `subscribe` reads it under that lock.
+        self.feeds_ended.store(true, Ordering::SeqCst);
+        for channel in self.all_loaded() {
+            channel.cut_all(CutReason::Stopping);
+        }
+    }
+
+    /// Starts, once, the hub's tasks: the one that unloads idle channels and, when keep-alives
+    /// are on, the keep-alive sweep. They hold the hub weakly and end with it.
+    fn start_tasks(&self) {
+        if self.tasks_started.load(Ordering::Relaxed) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        if self.reaper.swap(true, Ordering::Relaxed) {
+        if self.tasks_started.swap(true, Ordering::Relaxed) {
             return;
         }
         let me = self.me.clone();
@@ -452,6 +491,23 @@ impl<S: Store> Hub<S> {
                 this.unload_idle();
             }
         });
+        if let Some(keep_alive) = self.config.keep_alive {
+            let me = self.me.clone();
+            // Two visits a period: a feed's silence before its keep-alive is then between half
+            // a period and one, never longer than asked.
+            let visit_every = (keep_alive / 2).max(Duration::from_millis(10));
+            runtime.spawn(async move {
+                let mut visits = tokio::time::interval(visit_every);
+                visits.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                // The first tick is at once.
+                visits.tick().await;
+                loop {
+                    visits.tick().await;
+                    let Some(this) = me.upgrade() else { return };
+                    this.sweep_quiet_feeds();
+                }
+            });
+        }
     }
 }
 

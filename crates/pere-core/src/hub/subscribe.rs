@@ -16,7 +16,7 @@ use tokio::time::{Instant, Sleep};
 use crate::error::StoreError;
 use crate::store::{EventPage, Store};
 
-use super::channel::{ChannelHub, Inbox, Live, SubscriberSlot};
+use super::channel::{ChannelHub, CutReason, Inbox, Live, SubscriberSlot};
 use super::devices::LiveDevice;
 use super::Hub;
 
@@ -55,6 +55,11 @@ pub enum FeedItem {
         /// Last missing id.
         to: u64,
     },
+    /// Nothing new: the feed was given nothing for a while (see [`HubConfig::keep_alive`]), and
+    /// its writer sends something that is no event, so that the connection does not look dead.
+    ///
+    /// [`HubConfig::keep_alive`]: super::HubConfig::keep_alive
+    KeepAlive,
 }
 
 impl<S: Store> Hub<S> {
@@ -142,14 +147,20 @@ impl<S: Store> Hub<S> {
         let id = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
         let snapshot = {
             let mut state = hub.state();
-            let device = request.device.clone();
-            state.subscribers.insert(
-                id,
-                SubscriberSlot {
-                    inbox: inbox.clone(),
-                    device,
-                },
-            );
+            // Read under the channel's lock, which `end_feeds` takes after setting it: a feed
+            // is either registered in time to be cut there, or sees that feeds have ended.
+            if self.feeds_ended.load(Ordering::SeqCst) {
+                inbox.cut(CutReason::Stopping);
+            } else {
+                let device = request.device.clone();
+                state.subscribers.insert(
+                    id,
+                    SubscriberSlot {
+                        inbox: inbox.clone(),
+                        device,
+                    },
+                );
+            }
             hub.subscriber_count
                 .store(state.subscribers.len(), Ordering::Relaxed);
             state.last_released
@@ -380,6 +391,7 @@ impl<S: Store> Subscription<S> {
                 Live::Event(event) if event.id <= self.skip_live_through => continue,
                 Live::Event(event) => return Some(Ok(self.delivered(event))),
                 Live::Reset { floor } => return Some(Ok(self.reset_to(floor))),
+                Live::KeepAlive => return Some(Ok(FeedItem::KeepAlive)),
             }
         }
     }
@@ -442,6 +454,8 @@ impl<S: Store> Subscription<S> {
                     self.reset = Some(self.reset_to(floor));
                     return None;
                 }
+                // Never queued, so never taken without waiting.
+                Live::KeepAlive => return None,
             }
         }
     }
@@ -481,13 +495,20 @@ impl<S: Store> Subscription<S> {
 
     /// Whether the stream was cut because the subscriber fell too far behind.
     pub fn lagged(&self) -> bool {
-        self.inbox.is_cut()
+        self.cut_reason() == Some(CutReason::Lagged)
     }
 
-    /// Resolves when the hub cuts this subscription for lagging, even while nobody reads it: a
-    /// writer blocked on a client that does not read can give up at once. One such notice is
-    /// watched at a time: polling a newer one stops waking the task of an older one.
-    pub fn cut_notice(&self) -> impl Future<Output = ()> + Send + 'static {
+    /// Why the hub ended this subscription, if it did: the subscriber lagged, or the node is
+    /// stopping.
+    pub fn cut_reason(&self) -> Option<CutReason> {
+        self.inbox.cut_reason()
+    }
+
+    /// Resolves, with why, when the hub cuts this subscription (for lagging, or because the
+    /// node stops), even while nobody reads it: a writer blocked on a client that does not read
+    /// can give up at once. One such notice is watched at a time: polling a newer one stops
+    /// waking the task of an older one.
+    pub fn cut_notice(&self) -> impl Future<Output = CutReason> + Send + 'static {
         let inbox = self.inbox.clone();
         std::future::poll_fn(move |cx| inbox.poll_cut(cx))
     }
