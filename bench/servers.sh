@@ -40,6 +40,9 @@ start_pere() {
     args+=(--data-dir "$(mktemp -d -p "$WORK" data-XXXXXX)")
   fi
   command -v note_command >/dev/null && note_command "$binary" "${args[@]}"
+  # The last server's line must not be taken for this one's: the new process truncates the file
+  # only once it runs.
+  rm -f "$WORK/pere.out" "$WORK/pere.err"
   "$binary" "${args[@]}" >"$WORK/pere.out" 2>"$WORK/pere.err" &
   SERVER_PID=$!
   await_listening pere-server 'PERE server listening on' "$WORK/pere"
@@ -50,7 +53,7 @@ start_pere() {
 await_listening() {
   local name=$1 prefix=$2 out=$3
   for _ in $(seq 200); do
-    SERVER_URL=$(sed -n "s|^$prefix \(http://[^ ]*\).*|\1|p" "$out.out" | head -n 1)
+    SERVER_URL=$(sed -n "s|^$prefix \(http://[^ ]*\).*|\1|p" "$out.out" 2>/dev/null | head -n 1)
     [ -n "$SERVER_URL" ] && return 0
     kill -0 "$SERVER_PID" 2>/dev/null || break
     sleep 0.05

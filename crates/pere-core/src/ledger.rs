@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use pere_proto::name::DeviceId;
+use pere_proto::name::{ChannelName, DeviceId};
 use pere_proto::receipt::{Completion, Membership};
 use tokio::sync::Notify;
 
@@ -144,19 +144,33 @@ impl OpenEvents {
     }
 }
 
-/// A current recipient, as the ledger knows it.
+/// A current recipient, as the ledger knows it: of its membership, only what the ledger cannot
+/// tell otherwise (the channel is the ledger's, the device the map's key, and a current
+/// membership has not ended). A recipient is kept for every device of a loaded channel, idle
+/// or not: the whole membership took twice the room (96 bytes an entry, not 48).
 #[derive(Debug)]
 struct Recipient {
-    membership: Membership,
+    /// The channel's last id when the device became a recipient.
+    joined_after: u64,
+    /// When it became a recipient.
+    since: DateTime<Utc>,
     /// An id up to which the device owes nothing (every event up to it that expects the device
     /// has its receipt), as a cumulative receipt found: the next one starts above it. Only
     /// ever true of the past, since an event's recipients are fixed when it is published.
     acked_through: u64,
 }
 
+impl Recipient {
+    /// Whether it is expected to acknowledge event `id` (as [`Membership::expects`]).
+    fn expects(&self, id: u64) -> bool {
+        id > self.joined_after
+    }
+}
+
 /// One channel's live ledger.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct ChannelLedger {
+    channel: ChannelName,
     /// Current recipients.
     recipients: HashMap<DeviceId, Recipient>,
     /// Memberships that ended while events they were expected for are still followed.
@@ -173,9 +187,17 @@ pub(crate) struct ChannelLedger {
 }
 
 impl ChannelLedger {
-    /// A ledger over the channel's current memberships.
-    pub(crate) fn new(current: impl IntoIterator<Item = Membership>) -> Self {
-        let mut ledger = ChannelLedger::default();
+    /// A ledger over the current memberships of `channel`.
+    pub(crate) fn new(channel: ChannelName, current: impl IntoIterator<Item = Membership>) -> Self {
+        let mut ledger = ChannelLedger {
+            channel,
+            recipients: HashMap::new(),
+            departed: Vec::new(),
+            latest_join: 0,
+            open: OpenEvents::default(),
+            incomplete: 0,
+            numbers: HashMap::new(),
+        };
         for membership in current {
             ledger.join(membership);
         }
@@ -183,28 +205,50 @@ impl ChannelLedger {
     }
 
     /// The current membership of `device`, if it is a recipient.
-    pub(crate) fn recipient(&self, device: &DeviceId) -> Option<&Membership> {
-        self.recipients.get(device).map(|r| &r.membership)
+    pub(crate) fn recipient(&self, device: &DeviceId) -> Option<Membership> {
+        let recipient = self.recipients.get(device)?;
+        Some(self.membership(device, recipient))
     }
 
-    /// Every current recipient.
-    pub(crate) fn recipients(&self) -> impl Iterator<Item = &Membership> {
-        self.recipients.values().map(|r| &r.membership)
+    /// Whether `device` is a current recipient.
+    pub(crate) fn is_recipient(&self, device: &DeviceId) -> bool {
+        self.recipients.contains_key(device)
     }
 
-    /// Records a new current membership.
+    fn membership(&self, device: &DeviceId, recipient: &Recipient) -> Membership {
+        Membership {
+            channel: self.channel.clone(),
+            device: device.clone(),
+            joined_after: recipient.joined_after,
+            left_after: None,
+            since: recipient.since,
+        }
+    }
+
+    /// Every current recipient's membership.
+    pub(crate) fn recipients(&self) -> impl Iterator<Item = Membership> + '_ {
+        self.recipients
+            .iter()
+            .map(|(device, recipient)| self.membership(device, recipient))
+    }
+
+    /// Records a new current membership (one that ended goes to [`ChannelLedger::leave`]).
     pub(crate) fn join(&mut self, membership: Membership) {
+        debug_assert!(membership.is_current() && membership.channel == self.channel);
         self.latest_join = self.latest_join.max(membership.joined_after);
         match self.recipients.get_mut(&membership.device) {
             // What the device owes up to a point stays true of it.
-            Some(known) => known.membership = membership,
+            Some(known) => {
+                known.joined_after = membership.joined_after;
+                known.since = membership.since;
+            }
             None => {
                 let recipient = Recipient {
-                    membership,
+                    joined_after: membership.joined_after,
+                    since: membership.since,
                     acked_through: 0,
                 };
-                self.recipients
-                    .insert(recipient.membership.device.clone(), recipient);
+                self.recipients.insert(membership.device, recipient);
             }
         }
     }
@@ -218,7 +262,7 @@ impl ChannelLedger {
     }
 
     fn expects(&self, device: &DeviceId, id: u64) -> bool {
-        self.recipient(device).is_some_and(|m| m.expects(id))
+        self.recipients.get(device).is_some_and(|r| r.expects(id))
             || self
                 .departed
                 .iter()
@@ -233,7 +277,7 @@ impl ChannelLedger {
         let expected = if id > self.latest_join {
             self.recipients.len()
         } else {
-            self.recipients().filter(|m| m.expects(id)).count()
+            self.recipients.values().filter(|r| r.expects(id)).count()
         };
         let open = OpenEvent {
             published,
@@ -329,12 +373,17 @@ impl ChannelLedger {
     /// store's memberships).
     pub(crate) fn expected_of(&self, id: u64) -> Option<Vec<DeviceId>> {
         self.open.get(&id)?;
-        let mut expected: Vec<DeviceId> = self
-            .recipients()
-            .chain(&self.departed)
+        let current = self
+            .recipients
+            .iter()
+            .filter(|(_, r)| r.expects(id))
+            .map(|(device, _)| device);
+        let departed = self
+            .departed
+            .iter()
             .filter(|m| m.expects(id))
-            .map(|m| m.device.clone())
-            .collect();
+            .map(|m| &m.device);
+        let mut expected: Vec<DeviceId> = current.chain(departed).cloned().collect();
         expected.sort();
         expected.dedup();
         Some(expected)
@@ -396,9 +445,13 @@ impl ChannelLedger {
 mod tests {
     use super::*;
 
+    fn channel() -> ChannelName {
+        ChannelName::new("C").unwrap()
+    }
+
     fn member(device: &str, joined_after: u64) -> Membership {
         Membership {
-            channel: pere_proto::name::ChannelName::new("C").unwrap(),
+            channel: channel(),
             device: DeviceId::new(device).unwrap(),
             joined_after,
             left_after: None,
@@ -407,8 +460,26 @@ mod tests {
     }
 
     #[test]
+    fn a_recipient_entry_stays_compact() {
+        // Kept for every device of a loaded channel: see `Recipient`.
+        assert!(size_of::<(DeviceId, Recipient)>() <= 48);
+        let joined = member("A", 3);
+        let mut ledger = ChannelLedger::new(channel(), [joined.clone()]);
+        let a = DeviceId::new("A").unwrap();
+        // What the ledger keeps of it gives the whole membership back.
+        assert_eq!(ledger.recipient(&a), Some(joined));
+        ledger.join(member("A", 7));
+        assert_eq!(ledger.recipient(&a).map(|m| m.joined_after), Some(7));
+        assert!(ledger.is_recipient(&a));
+        assert_eq!(ledger.recipients().count(), 1);
+    }
+
+    #[test]
     fn completes_when_every_expected_recipient_acknowledged() {
-        let mut ledger = ChannelLedger::new([member("A", 0), member("B", 0), member("Late", 5)]);
+        let mut ledger = ChannelLedger::new(
+            channel(),
+            [member("A", 0), member("B", 0), member("Late", 5)],
+        );
         assert_eq!(ledger.track(3, Utc::now()), Some(2));
         let (a, b, late) = (
             DeviceId::new("A").unwrap(),
@@ -443,7 +514,7 @@ mod tests {
 
     #[test]
     fn a_departed_recipient_is_still_expected_of_earlier_events() {
-        let mut ledger = ChannelLedger::new([member("A", 0)]);
+        let mut ledger = ChannelLedger::new(channel(), [member("A", 0)]);
         let a = DeviceId::new("A").unwrap();
         assert_eq!(ledger.track(1, Utc::now()), Some(1));
         let mut ended = member("A", 0);
@@ -462,7 +533,7 @@ mod tests {
 
     #[test]
     fn follows_events_that_come_out_of_order_once_each() {
-        let mut ledger = ChannelLedger::new([member("A", 0)]);
+        let mut ledger = ChannelLedger::new(channel(), [member("A", 0)]);
         for id in [1, 4, 2] {
             assert_eq!(ledger.track(id, Utc::now()), Some(1), "event {id}");
         }
@@ -482,7 +553,8 @@ mod tests {
         let devices: Vec<DeviceId> = (0..DEVICES)
             .map(|i| DeviceId::new(&format!("H{i:013}")).unwrap())
             .collect();
-        let mut ledger = ChannelLedger::new(devices.iter().map(|d| member(d.as_str(), 0)));
+        let mut ledger =
+            ChannelLedger::new(channel(), devices.iter().map(|d| member(d.as_str(), 0)));
         for id in 1..=64 {
             ledger.track(id, Utc::now());
             for device in &devices {
@@ -509,7 +581,8 @@ mod tests {
         let devices: Vec<DeviceId> = (0..100_000)
             .map(|i| DeviceId::new(&format!("H{i:013}")).unwrap())
             .collect();
-        let mut ledger = ChannelLedger::new(devices.iter().map(|d| member(d.as_str(), 0)));
+        let mut ledger =
+            ChannelLedger::new(channel(), devices.iter().map(|d| member(d.as_str(), 0)));
         for id in 1..=TRACKED_EVENTS as u64 {
             ledger.track(id, Utc::now());
             for device in &devices {
@@ -523,7 +596,7 @@ mod tests {
 
     #[test]
     fn says_what_a_device_owes_in_a_range_and_what_it_follows() {
-        let mut ledger = ChannelLedger::new([member("A", 2)]);
+        let mut ledger = ChannelLedger::new(channel(), [member("A", 2)]);
         let a = DeviceId::new("A").unwrap();
         for id in [2, 3, 4, 6] {
             ledger.track(id, Utc::now());
@@ -548,7 +621,7 @@ mod tests {
 
     #[test]
     fn follows_a_bounded_number_of_events() {
-        let mut ledger = ChannelLedger::default();
+        let mut ledger = ChannelLedger::new(channel(), []);
         for id in 1..=(TRACKED_EVENTS as u64 + 10) {
             ledger.track(id, Utc::now());
         }

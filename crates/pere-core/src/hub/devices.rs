@@ -36,7 +36,7 @@ impl<S: Store> Hub<S> {
         device: &DeviceId,
     ) -> Result<Membership, StoreError> {
         if let Some(current) = hub.ledger().recipient(device) {
-            return Ok(current.clone());
+            return Ok(current);
         }
         let membership = self.watched(self.store.add_recipient(channel, device, now()).await)?;
         self.apply_membership_to(hub, &membership);
@@ -305,7 +305,6 @@ impl<S: Store> Hub<S> {
         Ok(ledger
             .recipients()
             .filter(|m| !live.contains_key(&(channel.clone(), m.device.clone())))
-            .cloned()
             .collect())
     }
 
@@ -365,7 +364,7 @@ impl<S: Store> Hub<S> {
         let ledger = hub.ledger();
         Ok(devices
             .into_iter()
-            .filter(|d| ledger.recipient(d).is_some())
+            .filter(|d| ledger.is_recipient(d))
             .cloned()
             .collect())
     }

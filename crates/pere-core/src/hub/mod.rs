@@ -378,7 +378,7 @@ impl<S: Store> Hub<S> {
                     subscribers: HashMap::new(),
                 }),
                 subscriber_count: AtomicUsize::new(0),
-                ledger: Mutex::new(ChannelLedger::new(recipients)),
+                ledger: Mutex::new(ChannelLedger::new(name.clone(), recipients)),
                 receipts: OnceLock::new(),
                 presence: OnceLock::new(),
                 presence_floor: self.presence_floor.load(Ordering::SeqCst),

@@ -110,11 +110,7 @@ impl<S: Store> Hub<S> {
             tracing::warn!("store: raising {} to {floor}: {err}", hub.name);
             tokio::time::sleep(ADOPT_RETRY).await;
         }
-        let recipients: Vec<_> = hub
-            .ledger()
-            .recipients()
-            .map(|m| m.device.clone())
-            .collect();
+        let recipients: Vec<_> = hub.ledger().recipients().map(|m| m.device).collect();
         for device in recipients {
             match self.store.add_recipient(&hub.name, &device, now()).await {
                 Ok(membership) => self.apply_membership_to(hub, &membership),
