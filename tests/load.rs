@@ -118,6 +118,62 @@ async fn a_stalled_subscriber_is_cut_without_growing_memory_or_slowing_others(
     );
 }
 
+/// A feed whose client reads nothing until a burst far larger than the socket's buffers was
+/// published: what the socket did not take at once is written as it drains, every frame whole
+/// and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_read_late_gets_every_frame_whole_and_in_order() {
+    let server = TestServer::start(&[
+        "--quiet",
+        "--subscriber-buffer",
+        "1024",
+        "--max-body",
+        "65536",
+    ])
+    .await;
+    let mut late = TcpStream::connect(server.host_port()).await.unwrap();
+    late.write_all(b"GET /feed/Burst HTTP/1.1\r\nHost: localhost\r\ndevice: LATE\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    late.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    // 16 MiB, in events of different lengths, so that writes stop at every place in a frame.
+    let bodies: Vec<String> = (0..512usize)
+        .map(|i| format!("{i}:{}", "y".repeat(16 * 1024 + (i * 97) % 32_000)))
+        .collect();
+    for (i, body) in bodies.iter().enumerate() {
+        assert_eq!(server.push("Burst", body).await, i as u64 + 1);
+    }
+    let mut received = Vec::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    let expected_end = format!("id: {}\n", bodies.len());
+    while !String::from_utf8_lossy(&received).contains(&expected_end)
+        || !received.ends_with(b"\n\n")
+    {
+        let n = tokio::time::timeout(pere_e2e::WAIT, late.read(&mut chunk))
+            .await
+            .expect("the rest in time")
+            .unwrap();
+        assert!(n > 0, "closed after {} bytes", received.len());
+        received.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8(received).unwrap();
+    let events: Vec<(String, String)> = text
+        .split("\n\n")
+        .filter_map(|frame| {
+            let id = frame.lines().find_map(|l| l.strip_prefix("id: "))?;
+            let data = frame.lines().find_map(|l| l.strip_prefix("data: "))?;
+            Some((id.to_string(), data.to_string()))
+        })
+        .collect();
+    assert_eq!(events.len(), bodies.len());
+    for (i, ((id, data), body)) in events.iter().zip(&bodies).enumerate() {
+        assert_eq!(*id, (i + 1).to_string());
+        assert!(data == body, "event {} arrived altered", i + 1);
+    }
+}
+
 on_every_store!(
     subscribers_joining_during_concurrent_publishing_see_no_gap_and_no_duplicate,
     a_stalled_subscriber_is_cut_without_growing_memory_or_slowing_others,

@@ -359,17 +359,32 @@ impl<S: Store> Started<S> {
                     None => break,
                 }
             }
-            // The write first: most are taken by the socket at once, and then the cut is not
-            // polled. Only a write that waits watches it.
-            let written = tokio::select! {
-                biased;
-                written = write_all(stream, &first, &more) => written,
-                // Blocked on a client that does not read, and cut (or the server stops)
-                // meanwhile: close now.
-                reason = &mut cut => return reason.describe(),
-            };
-            if written.is_err() {
+            // Written at once, as most writes are, with nothing polled but the socket. Only
+            // what the socket did not take waits, watching the cut.
+            let Ok(stopped) = write_now(stream, &first, &more) else {
                 return EndReason::Closed.describe();
+            };
+            if let Some((index, offset)) = stopped {
+                let mut rest = Vec::with_capacity(1 + more.len() - index);
+                let frame = if index == 0 {
+                    first
+                } else {
+                    more[index - 1].clone()
+                };
+                rest.push(frame.slice(offset..));
+                rest.extend(more.into_iter().skip(index));
+                // Boxed, and only the rest kept: a write that waits is rare, and its state would
+                // otherwise be room in every feed's task.
+                let written = tokio::select! {
+                    biased;
+                    written = Box::pin(write_rest(stream, rest)) => written,
+                    // Blocked on a client that does not read, and cut (or the server stops)
+                    // meanwhile: close now.
+                    reason = &mut cut => return reason.describe(),
+                };
+                if written.is_err() {
+                    return EndReason::Closed.describe();
+                }
             }
         }
     }
@@ -551,8 +566,14 @@ fn answer<S: Store>(
     }
 }
 
-/// Writes `first`, then `more`, gathering them into as few system calls as the socket allows.
-async fn write_all(stream: &TcpStream, first: &Bytes, more: &[Bytes]) -> io::Result<()> {
+/// Writes as much of `first`, then `more`, as the socket takes now, gathered into as few system
+/// calls as it allows. Returns where it stopped (the frame, and how much of it was written)
+/// when the socket would block, or `None` once everything is written.
+fn write_now(
+    stream: &TcpStream,
+    first: &Bytes,
+    more: &[Bytes],
+) -> io::Result<Option<(usize, usize)>> {
     let frame = |index: usize| if index == 0 { first } else { &more[index - 1] };
     let count = 1 + more.len();
     let mut index = 0;
@@ -562,8 +583,6 @@ async fn write_all(stream: &TcpStream, first: &Bytes, more: &[Bytes]) -> io::Res
             // One piece left (a paced feed's one frame): a plain write, no slices to set up.
             stream.try_write(&frame(index)[offset..])
         } else {
-            // The slices live on the stack and only between awaits: kept across one, they would
-            // be room in every feed's future for its whole life (1 KiB).
             let mut slices = [IoSlice::new(&[]); MAX_GATHER];
             let pieces = std::iter::once(&frame(index)[offset..])
                 .chain((index + 1..count).map(|i| &frame(i)[..]));
@@ -578,10 +597,7 @@ async fn write_all(stream: &TcpStream, first: &Bytes, more: &[Bytes]) -> io::Res
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(written) => written,
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                // The socket's own write waker, as for reads: `writable()` would be a waiter of
-                // 200 bytes in every feed's future.
-                std::future::poll_fn(|cx| stream.poll_write_ready(cx)).await?;
-                continue;
+                return Ok(Some((index, offset)))
             }
             Err(err) => return Err(err),
         };
@@ -592,7 +608,21 @@ async fn write_all(stream: &TcpStream, first: &Bytes, more: &[Bytes]) -> io::Res
         }
         offset += written;
     }
-    Ok(())
+    Ok(None)
+}
+
+/// Writes what a socket did not take at once, `rest` in order, as the socket takes it.
+async fn write_rest(stream: &TcpStream, mut rest: Vec<Bytes>) -> io::Result<()> {
+    loop {
+        // The socket's own write waker, as for reads: `writable()` would be a waiter of 200
+        // bytes in the future.
+        std::future::poll_fn(|cx| stream.poll_write_ready(cx)).await?;
+        let Some((index, offset)) = write_now(stream, &rest[0], &rest[1..])? else {
+            return Ok(());
+        };
+        rest.drain(..index);
+        rest[0] = rest[0].slice(offset..);
+    }
 }
 
 #[cfg(test)]
