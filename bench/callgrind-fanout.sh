@@ -12,6 +12,8 @@
 # callgrind output in), NO_BUILD=1 (use the release binaries already built).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/callgrind-report.sh
+. bench/callgrind-report.sh
 server=${1:-memory}
 feeds=${FEEDS:-200}
 events=${EVENTS:-200}
@@ -42,13 +44,6 @@ deliveries=$(jq -r .deliveries.distinct "$work/bench.json")
 lost=$(jq -r .deliveries.lost "$work/bench.json")
 [ "$deliveries" -gt 0 ] || { echo "no delivery: $(cat "$work/bench.json")" >&2; exit 1; }
 if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP"; cp "$dump" "$KEEP/callgrind-fanout-$server.out"; fi
-total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ && !t {gsub(/,/, "", $1); t = $1} END {print t}')
+total=$(callgrind_total "$dump")
 echo "$server: $deliveries deliveries ($lost lost), $(( total / deliveries )) instructions per delivery (all threads)"
-per_delivery() {
-  awk -v n="$deliveries" '{ ir = $1; gsub(/,/, "", ir); if (ir !~ /^[0-9]+$/ || ir + 0 < 20 * n) next;
-    name = $0; sub(/^ *[0-9,]+ +(\([^)]*\) +)?/, "", name); printf "%10.0f  %s\n", ir / n, substr(name, 1, 160) }'
-}
-echo "inclusive:"
-callgrind_annotate --inclusive=yes "$dump" 2>/dev/null | per_delivery | head -"${TOP:-60}" || true
-echo "exclusive:"
-callgrind_annotate "$dump" 2>/dev/null | per_delivery | head -"${TOP:-40}" || true
+callgrind_per_unit "$dump" "$deliveries" 20 "${TOP:-60}" "${TOP:-40}"

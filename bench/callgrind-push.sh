@@ -9,6 +9,8 @@
 # Variables: PUSHES (5000), CONNECTIONS (1), RETENTION (100000: no pruning; compare.sh keeps 1000), KEEP (a directory to keep the callgrind output in).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/callgrind-report.sh
+. bench/callgrind-report.sh
 store=${1:-memory}
 server=${2:-target/release/pere-server}
 pushes=${PUSHES:-5000}
@@ -36,14 +38,6 @@ dump=$(ls -t "$work"/cg.out.* | head -1)
 ok=$(jq -r .pushes "$work/bench.json")
 [ "$ok" -gt 0 ] || { echo "no push succeeded: $(cat "$work/bench.json")" >&2; exit 1; }
 if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP"; cp "$dump" "$KEEP/callgrind-push-$store.out"; fi
-total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(/,/, "", $1); print $1; exit}')
+total=$(callgrind_total "$dump")
 echo "store $store: $ok pushes, $(( total / ok )) instructions per push (all threads)"
-# Costs per push, inclusive (a function and what it calls), then exclusive (its own code).
-per_push() {
-  awk -v n="$ok" '{ ir = $1; gsub(/,/, "", ir); if (ir !~ /^[0-9]+$/ || ir + 0 < 100 * n) next;
-    name = $0; sub(/^ *[0-9,]+ +(\([^)]*\) +)?/, "", name); printf "%10.0f  %s\n", ir / n, substr(name, 1, 160) }'
-}
-echo "inclusive:"
-callgrind_annotate --inclusive=yes "$dump" 2>/dev/null | per_push | head -"${TOP:-80}" || true
-echo "exclusive:"
-callgrind_annotate "$dump" 2>/dev/null | per_push | head -"${TOP:-40}" || true
+callgrind_per_unit "$dump" "$ok" 100 "${TOP:-80}" "${TOP:-40}"

@@ -11,6 +11,8 @@
 # SERVER (another pere-server binary to measure, say a build from before a change; not rebuilt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/callgrind-report.sh
+. bench/callgrind-report.sh
 style=${1:-per-event}
 store=${2:-memory}
 devices=${DEVICES:-50}
@@ -47,16 +49,7 @@ acked=$(jq -r '.receipts.ok // 0' "$work/bench.json")
 requests=$(jq -r '.receipts.requests // 0' "$work/bench.json")
 [ "$delivered" -gt 0 ] || { echo "nothing delivered: $(cat "$work/bench.json")" >&2; exit 1; }
 if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP"; cp "$dump" "$KEEP/callgrind-receipts-$style-$store.out"; fi
-# awk reads to the end: leaving early would end callgrind_annotate by SIGPIPE, and the script
-# with it (pipefail), for a large profile.
-total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ && !seen {gsub(/,/, "", $1); print $1; seen = 1}')
+total=$(callgrind_total "$dump")
 echo "style $style, store $store: $delivered deliveries, $acked acknowledged by $requests requests;"
 echo "$(( total / delivered )) instructions per delivery (all threads)"
-per_delivery() {
-  awk -v n="$delivered" '{ ir = $1; gsub(/,/, "", ir); if (ir !~ /^[0-9]+$/ || ir + 0 < 50 * n) next;
-    name = $0; sub(/^ *[0-9,]+ +(\([^)]*\) +)?/, "", name); printf "%10.0f  %s\n", ir / n, substr(name, 1, 160) }'
-}
-echo "inclusive, per delivery:"
-callgrind_annotate --inclusive=yes "$dump" 2>/dev/null | per_delivery | head -"${TOP:-80}" || true
-echo "exclusive, per delivery:"
-callgrind_annotate "$dump" 2>/dev/null | per_delivery | head -"${TOP:-40}" || true
+callgrind_per_unit "$dump" "$delivered" 50 "${TOP:-80}" "${TOP:-40}" ", per delivery"
