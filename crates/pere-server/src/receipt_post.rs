@@ -12,9 +12,10 @@
 //! The request passes the same door and handler as through hyper (`http_conn::answer`). Only a
 //! request this module is sure of is taken: `POST`, HTTP/1.1, a `Content-Length` body of at
 //! most [`MAX_BODY`] (and the server's own limit), no `Transfer-Encoding`, `Expect` or
-//! `Upgrade`, a head of at most [`MAX_HEAD`]. Anything else, and a body slower than the server's
-//! body time-out, goes to hyper with every byte already read put back in front, as the feed loop
-//! hands on what it does not serve.
+//! `Upgrade`, a head of at most [`MAX_HEAD`]. Anything else, and a body cut short, goes to hyper
+//! with every byte already read put back in front, as the feed loop hands on what it does not
+//! serve. A body slower than the server's body time-out is answered 408 by its handler, as
+//! hyper's requests are, on a connection that then closes.
 
 use std::io;
 use std::sync::Arc;
@@ -88,17 +89,17 @@ pub struct Taken {
     request: Request<Bytes>,
     /// The body's length, as its `Content-Length` says (0 without one).
     body_len: usize,
-    /// The client asked for the connection to end after the answer (`Connection: close`), or
-    /// its body is late.
+    /// The client asked for the connection to end after the answer (`Connection: close`).
     close: bool,
-    /// The body did not arrive within the body timeout: answered 408, as hyper's requests are.
+    /// The body did not arrive within the body timeout: answered 408, as hyper's requests are,
+    /// and the connection closes (what came of the body is not read on).
     late: bool,
 }
 
 /// Reads the rest of a request whose first bytes are `start` (which [`Opening::of`] does not
 /// rule out), up to the end of its body: its head before `head_overdue` completes, its body
-/// within `body_timeout` after that (a body later than that is answered 408 by its handler, on
-/// a connection that then closes). `body_limit` is the server's limit for bodies; a larger one goes to hyper.
+/// within `body_timeout` after that (a later one is taken as late, see [`Taken`]). `body_limit`
+/// is the server's limit for bodies; a larger one goes to hyper.
 ///
 /// # Errors
 /// The socket's error, or a time-out when the head is not whole before `head_overdue`.
@@ -149,11 +150,9 @@ pub async fn read(
         // Hyper answers a body cut short as it does for any request.
         Ok(Ok(false)) => return Ok(Read::Other(buf)),
         // Late: answered here, as hyper's requests are, rather than given to hyper to wait a
-        // second body timeout. What came of the body is dropped with the connection.
+        // second body timeout.
         Err(_) => {
             taken.late = true;
-            taken.close = true;
-            buf.truncate(head_len);
             return Ok(Read::Receipt(taken, BytesMut::new()));
         }
     }
@@ -279,6 +278,7 @@ pub async fn answer<S: Store>(
     };
     // The answer itself may end the connection (a refused body, see `response::error`).
     let keep = !taken.close
+        && !taken.late
         && !state.shutdown.is_cancelled()
         && !head.headers.contains_key(header::CONNECTION);
     head.headers
