@@ -364,15 +364,10 @@ impl<S: Store> Started<S> {
             let Ok(stopped) = write_now(stream, &first, &more) else {
                 return EndReason::Closed.describe();
             };
-            if let Some((index, offset)) = stopped {
-                let mut rest = Vec::with_capacity(1 + more.len() - index);
-                let frame = if index == 0 {
-                    first
-                } else {
-                    more[index - 1].clone()
-                };
-                rest.push(frame.slice(offset..));
-                rest.extend(more.into_iter().skip(index));
+            if let Some(stopped) = stopped {
+                let mut rest = more;
+                rest.insert(0, first);
+                drop_written(&mut rest, stopped);
                 // Boxed, and only the rest kept: a write that waits is rare, and its state would
                 // otherwise be room in every feed's task.
                 let written = tokio::select! {
@@ -617,12 +612,18 @@ async fn write_rest(stream: &TcpStream, mut rest: Vec<Bytes>) -> io::Result<()> 
         // The socket's own write waker, as for reads: `writable()` would be a waiter of 200
         // bytes in the future.
         std::future::poll_fn(|cx| stream.poll_write_ready(cx)).await?;
-        let Some((index, offset)) = write_now(stream, &rest[0], &rest[1..])? else {
+        let Some(stopped) = write_now(stream, &rest[0], &rest[1..])? else {
             return Ok(());
         };
-        rest.drain(..index);
-        rest[0] = rest[0].slice(offset..);
+        drop_written(&mut rest, stopped);
     }
+}
+
+/// Leaves in `frames` what [`write_now`] did not write: from the frame it stopped in, less what
+/// of that one was written.
+fn drop_written(frames: &mut Vec<Bytes>, (index, offset): (usize, usize)) {
+    frames.drain(..index);
+    frames[0] = frames[0].slice(offset..);
 }
 
 #[cfg(test)]
