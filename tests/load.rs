@@ -131,10 +131,7 @@ async fn a_feed_read_late_gets_every_frame_whole_and_in_order() {
         "65536",
     ])
     .await;
-    let mut late = TcpStream::connect(server.host_port()).await.unwrap();
-    late.write_all(b"GET /feed/Burst HTTP/1.1\r\nHost: localhost\r\ndevice: LATE\r\n\r\n")
-        .await
-        .unwrap();
+    let mut late = server.raw_get("/feed/Burst?device=LATE").await;
     let mut head = [0u8; 12];
     late.read_exact(&mut head).await.unwrap();
     assert_eq!(&head, b"HTTP/1.1 200");

@@ -636,15 +636,11 @@ async fn on_sigterm_readiness_fails_first_and_waiting_pushes_get_their_answer() 
 /// feed (the hub ends it), a receipt stream and a presence stream (each its own shutdown wait).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_sigterm_feeds_receipt_and_presence_streams_all_end() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     let mut server = TestServer::start(&["--shutdown-timeout", "10"]).await;
     let mut streams = Vec::new();
     for path in ["/feed/Ends?device=E1", "/receipts/Ends", "/presence/Ends"] {
-        let mut stream = tokio::net::TcpStream::connect(server.host_port())
-            .await
-            .unwrap();
-        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut stream = server.raw_get(path).await;
         let head = pere_e2e::read_until(&mut stream, |s| s.contains("\r\n\r\n")).await;
         assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
         streams.push(stream);

@@ -1382,14 +1382,9 @@ async fn health_and_readiness_answer(store: StoreUnderTest) {
 /// timer: the hub's keep-alives are for feeds).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quiet_receipt_and_presence_streams_get_keep_alive_comments() {
-    use tokio::io::AsyncWriteExt;
     let server = TestServer::start(&["--keep-alive", "1"]).await;
     for path in ["/receipts/Quiet", "/presence/Quiet"] {
-        let mut stream = tokio::net::TcpStream::connect(server.host_port())
-            .await
-            .unwrap();
-        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut stream = server.raw_get(path).await;
         let seen = pere_e2e::read_until(&mut stream, |s| s.contains(": keep-alive\n")).await;
         assert!(seen.starts_with("HTTP/1.1 200"), "{path}: {seen}");
         assert!(seen.contains(": keep-alive\n"), "{path}: {seen}");

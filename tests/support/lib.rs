@@ -415,6 +415,17 @@ impl TestServer {
         self.proc.errors()
     }
 
+    /// A new connection that has sent `GET path` and nothing more; what it reads is the test's.
+    pub async fn raw_get(&self, path: &str) -> tokio::net::TcpStream {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(self.host_port())
+            .await
+            .expect("connect");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("send");
+        stream
+    }
+
     /// The URL of `path` on this server.
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
