@@ -78,13 +78,15 @@ async fn the_original_demo_publisher_two_subscribers_and_receipts() {
         sub.wait_lines(5, |l| l.starts_with("TX ACK> id: ")).await;
     }
     // The server logs every receipt in the original's format.
+    // pere-sub coalesces: a receipt that waits for the one in flight goes in the next request,
+    // so five receipts may take fewer than five lines.
     let feedback = server
         .proc
-        .wait_lines(10, |l| {
+        .wait_receipts(10, |l| {
             l.contains(" FEEDBACK> channel: CHANNEL_1") && l.ends_with("status: rx ok")
         })
         .await;
-    assert_eq!(feedback.len(), 10);
+    assert!(feedback.len() <= 10, "{feedback:?}");
     let devices = server.get_json("/admin/devices/CHANNEL_1").await;
     assert_eq!(devices["H0039000000001"]["last_acked"], 5);
     assert_eq!(devices["H0039000000002"]["last_acked"], 5);
@@ -124,7 +126,7 @@ async fn pere_sub_resumes_across_a_restart_and_prints_nothing_twice() {
     );
     server
         .proc
-        .wait_lines(2, |l| l.contains(" FEEDBACK> channel: Resume, device: H1"))
+        .wait_receipts(2, |l| l.contains(" FEEDBACK> channel: Resume, device: H1"))
         .await;
     assert_eq!(
         sub.lines()

@@ -196,20 +196,40 @@ impl Proc {
 
     /// Waits until at least `count` stdout lines satisfy `matches`; returns those lines.
     pub async fn wait_lines(&self, count: usize, matches: impl Fn(&str) -> bool) -> Vec<String> {
-        self.wait_for(Self::lines, count, matches).await
+        let what = format!("{count} matching lines");
+        self.wait_for(Self::lines, &what, matches, |found| found.len() >= count)
+            .await
+    }
+
+    /// Waits until the server's `FEEDBACK>` lines that satisfy `matches` have recorded `count`
+    /// receipts in all; returns those lines. A coalesced request logs one line for all the
+    /// receipts it recorded (`receipts: N`), so a client's receipts may take fewer lines than
+    /// it has events.
+    pub async fn wait_receipts(&self, count: usize, matches: impl Fn(&str) -> bool) -> Vec<String> {
+        let what = format!("{count} receipts");
+        let matches = |l: &str| l.contains(" FEEDBACK> ") && matches(l);
+        self.wait_for(Self::lines, &what, matches, |found| {
+            found.iter().map(|l| receipts_in(l)).sum::<usize>() >= count
+        })
+        .await
     }
 
     /// Waits for the first stderr line (warnings, errors) that satisfies `matches`.
     pub async fn wait_error_line(&self, matches: impl Fn(&str) -> bool) -> String {
-        self.wait_for(Self::errors, 1, matches).await.remove(0)
+        self.wait_for(Self::errors, "a matching line", matches, |found| {
+            !found.is_empty()
+        })
+        .await
+        .remove(0)
     }
 
-    /// Waits until at least `count` lines of `which` (stdout or stderr) satisfy `matches`.
+    /// Waits until the lines of `which` (stdout or stderr) that satisfy `matches` are `enough`.
     async fn wait_for(
         &self,
         which: fn(&Self) -> Vec<String>,
-        count: usize,
+        what: &str,
         matches: impl Fn(&str) -> bool,
+        enough: impl Fn(&[String]) -> bool,
     ) -> Vec<String> {
         let found = tokio::time::timeout(WAIT, async {
             loop {
@@ -218,7 +238,7 @@ impl Proc {
                 tokio::pin!(notified);
                 notified.as_mut().enable();
                 let found: Vec<String> = which(self).into_iter().filter(|l| matches(l)).collect();
-                if found.len() >= count {
+                if enough(&found) {
                     return found;
                 }
                 notified.await;
@@ -228,7 +248,7 @@ impl Proc {
         match found {
             Ok(found) => found,
             Err(_) => panic!(
-                "waited {WAIT:?} for {count} matching lines\nstdout:\n{}\nstderr:\n{}",
+                "waited {WAIT:?} for {what}\nstdout:\n{}\nstderr:\n{}",
                 self.lines().join("\n"),
                 self.errors().join("\n")
             ),
@@ -616,4 +636,12 @@ impl Feed {
             }
         }
     }
+}
+
+/// How many receipts a server's `FEEDBACK>` line recorded: `receipts: N` for a cumulative or
+/// batched request, one for a single receipt.
+fn receipts_in(line: &str) -> usize {
+    line.split_once("receipts: ")
+        .and_then(|(_, rest)| rest.split(',').next()?.trim().parse().ok())
+        .unwrap_or(1)
 }
