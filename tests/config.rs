@@ -7,8 +7,9 @@ use pere_e2e::{bin_path, Proc};
 use tokio::process::Command;
 
 /// The variables these tests set; removed from the child's environment unless a test gives them.
-const VARIABLES: [&str; 10] = [
+const VARIABLES: [&str; 11] = [
     "PERE_HOST",
+    "PERE_WORKERS",
     "PERE_STORE",
     "PERE_MAX_CONNECTIONS",
     "PERE_CONFIG",
@@ -63,13 +64,13 @@ async fn a_flag_beats_its_variable_which_beats_the_file_which_beats_the_default(
     );
     let line = first_line(&["--config", &file], &[]).await;
     assert!(
-        line.contains("http://127.0.0.2:") && line.contains("(store: memory)"),
+        line.contains("http://127.0.0.2:") && line.contains("(store: memory;"),
         "the file's settings: {line}"
     );
 
     let line = first_line(&["--config", &file], &[("PERE_HOST", "127.0.0.3")]).await;
     assert!(
-        line.contains("http://127.0.0.3:") && line.contains("(store: memory)"),
+        line.contains("http://127.0.0.3:") && line.contains("(store: memory;"),
         "the variable over the file: {line}"
     );
 
@@ -155,6 +156,58 @@ async fn a_wrong_value_is_named_with_its_source() {
     )
     .await;
     assert!(line.contains("listening on"));
+}
+
+/// The threads of a running server on the memory store, but for its main thread and its two
+/// log writers (made before it listens): its runtime's workers. (Counted, not named: a thread
+/// takes its name from inside, a moment after it exists.)
+fn worker_threads(pid: u32) -> usize {
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the server's threads")
+        .count();
+    threads - 3
+}
+
+#[tokio::test]
+async fn workers_start_as_many_threads_as_asked_and_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "pere.toml",
+        "workers = 3\nstore = \"memory\"\nport = 0\n",
+    );
+    for (args, env, workers, said) in [
+        (
+            vec!["--store", "memory", "-p", "0", "--workers", "1"],
+            vec![],
+            1,
+            "1 worker)",
+        ),
+        (vec!["--config", &file], vec![], 3, "3 workers)"),
+        (
+            vec!["--config", &file],
+            vec![("PERE_WORKERS", "2")],
+            2,
+            "2 workers)",
+        ),
+    ] {
+        let proc = Proc::start_with(&mut server(&args, &env));
+        let line = proc.wait_line(|l| l.contains("listening on")).await;
+        assert!(line.ends_with(said), "{args:?} {env:?}: {line}");
+        assert_eq!(worker_threads(proc.pid()), workers, "{args:?} {env:?}");
+    }
+    // 0, the default, is one per core.
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let proc = Proc::start_with(&mut server(&["--store", "memory", "-p", "0"], &[]));
+    let line = proc.wait_line(|l| l.contains("listening on")).await;
+    assert_eq!(worker_threads(proc.pid()), cores, "{line}");
+
+    const WORKERS: &str = "is not a number of worker threads: 0 (one per core) to 1024";
+    for bad in ["1025", "-1", "many"] {
+        let (code, errors) = refusal(&["--workers", bad], &[]).await;
+        assert_eq!(code, 2);
+        assert_eq!(errors, [format!("pere-server: invalid value \"{bad}\" for workers in --workers: \"{bad}\" {WORKERS} (see pere-server --help)")]);
+    }
 }
 
 #[tokio::test]

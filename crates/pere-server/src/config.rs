@@ -400,6 +400,12 @@ pub struct Config {
     #[arg(long = "idle-channel", default_value = "60s", value_parser = parse_duration, env = "PERE_IDLE_CHANNEL")]
     pub idle_channel: Duration,
 
+    /// Threads that serve connections and run the engine; 0, the default, starts one per core.
+    /// Fewer cost less CPU per request on cores the server shares with other work (a second
+    /// thread pays for its wake-ups); more serve more at once.
+    #[arg(long = "workers", default_value_t = 0, value_parser = parse_workers, env = "PERE_WORKERS")]
+    pub workers: usize,
+
     /// Bytes of recent events kept in memory across all channels (SQLite store), so feeds that
     /// resume from near the head read no disk; past it, the least recently used go.
     #[arg(long = "recent-cache-bytes", default_value_t = 64 * 1024 * 1024, env = "PERE_RECENT_CACHE_BYTES")]
@@ -994,6 +1000,19 @@ fn scalar(
             )));
         }
     })
+}
+
+/// Most worker threads `--workers` may ask for: far more than cores, and a bound, so a typo
+/// does not start a million threads.
+pub const MAX_WORKERS: usize = 1024;
+
+fn parse_workers(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(workers) if workers <= MAX_WORKERS => Ok(workers),
+        _ => Err(format!(
+            "{text:?} is not a number of worker threads: 0 (one per core) to {MAX_WORKERS}"
+        )),
+    }
 }
 
 /// Parses `90s`, `30m`, `12h`, `7d` or a bare number of seconds.

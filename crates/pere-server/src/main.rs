@@ -113,9 +113,12 @@ fn serve_main(config: Config) -> anyhow::Result<()> {
     let log = logging::init(&config).map_err(anyhow::Error::msg)?;
     // Before the state reads the limit: thousands of feeds need more than the usual 1,024.
     limits::raise_open_files();
-    let served = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .max_blocking_threads(BLOCKING_THREADS)
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all().max_blocking_threads(BLOCKING_THREADS);
+    if config.workers > 0 {
+        runtime.worker_threads(config.workers);
+    }
+    let served = runtime
         .build()
         .context("cannot start the runtime")?
         .block_on(serve_with(config, mode, tls));
@@ -254,11 +257,17 @@ async fn serve<S: Store>(
             )
         }
     };
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    let workers = if workers == 1 {
+        "1 worker".to_owned()
+    } else {
+        format!("{workers} workers")
+    };
     let state = AppState::new(store, config, mode);
     attach(&state);
     // Tests and scripts read the bound address from this first line, written before any log line.
     let scheme = if tls.is_some() { "https" } else { "http" };
-    println!("PERE server listening on {scheme}://{address} (store: {what})");
+    println!("PERE server listening on {scheme}://{address} (store: {what}; {workers})");
     tracing::info!("{}", state.mode.describe());
     if let Some(metrics_listener) = metrics_listener {
         tracing::info!(
