@@ -16,6 +16,9 @@
 # Environment (all optional):
 #   ROUNDS=3  DEVICES=1000  DURATION=10
 #   PERE_STORES="memory sqlite"   NCHAN_WORKERS="1 2"   CASES="fanout-10 fanout-100 per-event-10 coalesced-100"
+#   PERE_WORKERS="1 2"  run each PERE store on each of these numbers of worker threads
+#                  (--workers; servers pere-memory-w1, ...) and compare PERE with Nchan at equal
+#                  workers; empty (the default): the server's default, one per core
 #   RESULTS=bench/receipts-results.md   REPORTS=target/bench-reports/receipts-<time>
 #   NO_BUILD=1  use the release binaries already built
 #   PERE_SERVER=path  another pere-server binary (say, a build from before a change)
@@ -26,6 +29,7 @@ ROUNDS=${ROUNDS:-3}
 DEVICES=${DEVICES:-1000}
 DURATION=${DURATION:-10}
 PERE_STORES=${PERE_STORES:-memory sqlite}
+PERE_WORKERS=${PERE_WORKERS:-}
 NCHAN_WORKERS=${NCHAN_WORKERS:-1 2}
 CASES=${CASES:-fanout-10 fanout-100 per-event-10 coalesced-100}
 RESULTS=${RESULTS:-bench/receipts-results.md}
@@ -78,8 +82,17 @@ run_case() {
   esac >"$out" 2>"${out%.json}.log"
 }
 
+# The suffix of PERE's server names for each worker setting: -wN, or nothing for the default.
+SUFFIXES=()
+if [ -n "$PERE_WORKERS" ]; then
+  for workers in $PERE_WORKERS; do SUFFIXES+=("-w$workers"); done
+else
+  SUFFIXES=("")
+fi
 SERVERS=()
-for store in $PERE_STORES; do SERVERS+=("pere-$store"); done
+for store in $PERE_STORES; do
+  for suffix in "${SUFFIXES[@]}"; do SERVERS+=("pere-$store$suffix"); done
+done
 for workers in $NCHAN_WORKERS; do SERVERS+=("nchan-w$workers"); done
 
 STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
@@ -116,6 +129,7 @@ ratio() {
     [ -e "$a" ] && [ -e "$b" ] && echo "$(cost "$a") $(cost "$b")" | awk '$2 > 0 {print $1 / $2}'
   done | median
 }
+workers_of() { if [ "$1" = -w1 ]; then echo "1 worker thread"; else echo "${1#-w} worker threads"; fi; }
 verdict() { awk -v r="$1" -v max="$2" 'BEGIN {if (r == "-") print "no figure"; else if (r + 0 <= max) print "**met**"; else print "**not met**"}'; }
 fmt() { awk -v x="$1" 'BEGIN {if (x == "-") print "-"; else printf "%.2f", x}'; }
 
@@ -154,16 +168,21 @@ fmt() { awk -v x="$1" 'BEGIN {if (x == "-") print "-"; else printf "%.2f", x}'; 
   echo
   echo "| goal | ratio (median of per-round ratios) | target | verdict |"
   echo "| --- | --- | --- | --- |"
-  for store in $PERE_STORES; do
-    r=$(ratio coalesced-100 "pere-$store" fanout-100 "pere-$store")
-    echo "| coalesced receipts at 100/s vs no receipts at 100/s, $store | $(fmt "$r")× | ≤ 1.5× | $(verdict "$r" 1.5) |"
+  for suffix in "${SUFFIXES[@]}"; do
+    on=${suffix:+, $(workers_of "$suffix")}
+    for store in $PERE_STORES; do
+      r=$(ratio coalesced-100 "pere-$store$suffix" fanout-100 "pere-$store$suffix")
+      echo "| coalesced receipts at 100/s vs no receipts at 100/s, $store$on | $(fmt "$r")× | ≤ 1.5× | $(verdict "$r" 1.5) |"
+    done
+    # With PERE_WORKERS, Nchan with as many worker processes as PERE has threads; else every Nchan.
+    for workers in $NCHAN_WORKERS; do
+      [ -z "$suffix" ] || [ "$suffix" = "-w$workers" ] || continue
+      r=$(ratio per-event-10 "pere-memory$suffix" per-event-10 "nchan-w$workers")
+      echo "| per-event receipts at 10/s, memory$on vs Nchan (\`worker_processes $workers\`) delivery + static 204 | $(fmt "$r")× | ≤ 1.5× | $(verdict "$r" 1.5) |"
+    done
+    r=$(ratio per-event-10 "pere-sqlite$suffix" per-event-10 "pere-memory$suffix")
+    echo "| per-event receipts at 10/s, SQLite vs memory$on | $(fmt "$r")× | ≤ 1.2× | $(verdict "$r" 1.2) |"
   done
-  for workers in $NCHAN_WORKERS; do
-    r=$(ratio per-event-10 pere-memory per-event-10 "nchan-w$workers")
-    echo "| per-event receipts at 10/s, memory vs Nchan (\`worker_processes $workers\`) delivery + static 204 | $(fmt "$r")× | ≤ 1.5× | $(verdict "$r" 1.5) |"
-  done
-  r=$(ratio per-event-10 pere-sqlite per-event-10 pere-memory)
-  echo "| per-event receipts at 10/s, SQLite vs memory | $(fmt "$r")× | ≤ 1.2× | $(verdict "$r" 1.2) |"
   echo
   echo "For reference, what a receipt adds to a delivery on the same server:"
   echo

@@ -33,9 +33,16 @@ free_port() {
   return 1
 }
 
+# start_pere STORE [BINARY]: STORE is memory or sqlite, or either with -wN (memory-w1, say) to
+# run it on N worker threads (--workers N) rather than one per core.
 start_pere() {
-  local store=$1 binary=${2:-$PERE_SERVER} args
+  local store=$1 binary=${2:-$PERE_SERVER} args workers=""
+  if [[ $store == *-w[0-9]* ]]; then
+    workers=${store##*-w}
+    store=${store%-w*}
+  fi
   args=(-o 127.0.0.1 -p 0 --store "$store" --quiet --retention-events 1000)
+  [ -z "$workers" ] || args+=(--workers "$workers")
   if [ "$store" != memory ]; then
     args+=(--data-dir "$(mktemp -d -p "$WORK" data-XXXXXX)")
   fi
