@@ -8,7 +8,8 @@
 #   BASE=/path/to/older/pere-server N=10000 ROUNDS=3 bench/idle-feed.sh
 #
 # Without BASE only this tree's build is measured. `H2=1` adds HTTP/2 streams (`pere-bench
-# idle-h2`, 100 streams per connection, memory store).
+# idle-h2`, 100 streams per connection, memory store); `STORES=""` leaves the HTTP/1.1 feeds
+# out (default `STORES="memory sqlite"`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,7 +35,7 @@ if [ -n "$BASE" ]; then
   builds=(base new)
   binary[base]=$BASE
 fi
-stores=(memory sqlite)
+read -ra stores <<<"${STORES-memory sqlite}"
 cases=()
 for build in "${builds[@]}"; do
   for store in "${stores[@]}"; do cases+=("$build/$store"); done

@@ -106,7 +106,10 @@ pub async fn serve<S, I>(
         async move {
             let (parts, body) = request.into_parts();
             let request = Request::from_parts(parts, RequestBody::new(body, declared));
-            Ok::<_, Infallible>(answer(&state, &arrival, request, closer).await)
+            // Boxed, and so gone once answered: hyper runs each HTTP/2 stream as a task the size
+            // of this future, and a feed's stream lives for hours after its answer.
+            let answered = Box::pin(answer(&state, &arrival, request, closer));
+            Ok::<_, Infallible>(answered.await)
         }
     });
     let connection = builder.serve_connection(TokioIo::new(io), service);
