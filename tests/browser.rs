@@ -215,6 +215,21 @@ async fn pere_js_sends_statuses_that_differ_as_batches() {
     assert!(server.answers("/feedback/{channel}", 200).await < 30);
 }
 
+/// pere.js with a receipt spacing: a first receipt at once, the next one the spacing after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pere_js_spaces_the_receipt_requests_of_a_busy_device() {
+    let server = TestServer::start(&[]).await;
+    let outcome = run_script(
+        "coalesce-spaced",
+        "coalesce.mjs",
+        &[&server.base, "spaced", "COP"],
+    )
+    .await;
+    outcome.assert_passed();
+    assert!(server.pending("COP", "W-spaced").await.is_empty());
+    assert_eq!(server.answers("/feedback/{channel}", 200).await, 2);
+}
+
 /// pere.js facing a server that refuses the coalesced forms as an older PERE does: every
 /// receipt goes alone and gets through, and the page hears it once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,9 @@
 //! Clients that coalesce their receipts, end to end against the real server: under a burst the
 //! Rust `Subscriber` and `pere-sub` send a few receipt requests rather than one per event, and
 //! every event ends acknowledged; a quiet device still acknowledges each event at once, alone,
-//! in the original form; statuses that differ go as a batch; `--no-coalesce` keeps one request
-//! per receipt. (pere.js in Chromium: `tests/browser.rs`.)
+//! in the original form, and a busy one starts its requests the receipt spacing apart; statuses
+//! that differ go as a batch; `--no-coalesce` keeps one request per receipt. (pere.js in
+//! Chromium: `tests/browser.rs`.)
 
 use std::time::Duration;
 
@@ -132,6 +133,56 @@ async fn the_library_acknowledges_a_burst_in_a_few_requests_and_a_lone_event_at_
         })
         .await;
     assert_eq!(receipt_requests(&server).await, requests + 1);
+}
+
+/// Pushes one event to `channel` and waits until `feed` has it and its receipt went; returns
+/// how long that took from the push's answer.
+async fn push_and_ack(server: &TestServer, feed: &mut Subscriber, channel: &str) -> Duration {
+    let id = server.push(channel, "one").await;
+    let pushed = tokio::time::Instant::now();
+    loop {
+        match next(feed).await {
+            Item::Event(event) => assert_eq!(event.number(), Some(id)),
+            Item::Acked(receipt) if receipt.id == id.to_string() => {
+                assert!(receipt.result.is_ok(), "{receipt:?}");
+                return pushed.elapsed();
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_device_spaces_its_receipt_requests_and_a_quiet_one_acknowledges_at_once() {
+    const SPACING: Duration = Duration::from_secs(2);
+    let server = TestServer::start(&[]).await;
+    let mut feed = Subscriber::builder(server.host_port(), "Spaced")
+        .device("H6")
+        .auto_ack("ok")
+        .receipt_spacing(SPACING)
+        .build()
+        .unwrap();
+    assert!(matches!(next(&mut feed).await, Item::Connected));
+    // A device that never sent a receipt sends at once (a loopback round trip, far below the
+    // spacing whatever the machine's load).
+    let first = push_and_ack(&server, &mut feed, "Spaced").await;
+    assert!(first < SPACING / 2, "the first receipt took {first:?}");
+    // Right behind it, the next waits out the spacing from the first request's start, less at
+    // most that request's round trip.
+    let second = push_and_ack(&server, &mut feed, "Spaced").await;
+    assert!(
+        second >= SPACING - first.max(Duration::from_millis(500)),
+        "the second receipt left after {second:?}"
+    );
+    // Quiet for a spacing: at once again.
+    tokio::time::sleep(SPACING).await;
+    let third = push_and_ack(&server, &mut feed, "Spaced").await;
+    assert!(
+        third < SPACING / 2,
+        "after a quiet spell the receipt took {third:?}"
+    );
+    assert_eq!(receipt_requests(&server).await, 3);
+    check_nothing_owed(&server, "Spaced", "H6").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

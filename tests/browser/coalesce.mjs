@@ -8,15 +8,18 @@
 //             waiting for the receipt: what piles up goes as batches
 //   older:    a shim answers the coalesced forms as an older PERE does (400): every receipt is
 //             sent again alone, and onNotice says so once
+//   spaced:   with a receipt spacing of 2 s, a first receipt leaves at once and the next, right
+//             behind it, 2 s after the first request began
 import { run, check, waitFor, artefact, say } from './harness.mjs';
 
 const [base, mode, channel] = process.argv.slice(2);
 const BURST = 200;
+const SPACING_MS = 2000;
 
 // Runs in the page: subscribes with pere.js, records events, receipts, notices and requests.
-function subscribeInPage({ channel, device, autoAck, older }) {
+function subscribeInPage({ channel, device, autoAck, older, receiptSpacing }) {
   return import('/pere.js').then(({ subscribe }) => {
-    const seen = { events: [], receipts: [], notices: [], requests: [], states: [] };
+    const seen = { events: [], receipts: [], notices: [], requests: [], sentAt: [], states: [] };
     window.seen = seen;
     const form = (init) => {
       if (init.headers['Content-Type'] === 'application/x-ndjson') return 'batch';
@@ -26,6 +29,7 @@ function subscribeInPage({ channel, device, autoAck, older }) {
       if (init?.method === 'POST' && url.includes('/feedback/')) {
         const kind = form(init);
         seen.requests.push(kind);
+        seen.sentAt.push(performance.now());
         if (older && kind !== 'single') {
           // What an older PERE answers: a cumulative receipt has no event id, a batch is not
           // one JSON value.
@@ -37,7 +41,7 @@ function subscribeInPage({ channel, device, autoAck, older }) {
       return window.fetch(url, init);
     };
     window.sub = subscribe({
-      channel, device, autoAck, fetch,
+      channel, device, autoAck, fetch, receiptSpacing,
       onEvent: (e) => {
         seen.events.push(e.id);
         // Acknowledged as handled, without waiting for the receipt.
@@ -70,7 +74,8 @@ await run(async ({ context }) => {
   const page = await context.newPage();
   await page.goto(`${base}/health`);
   const device = 'W-' + mode;
-  await page.evaluate(subscribeInPage, { channel, device, autoAck: mode !== 'statuses', older: mode === 'older' });
+  const receiptSpacing = mode === 'spaced' ? SPACING_MS : undefined;
+  await page.evaluate(subscribeInPage, { channel, device, autoAck: mode !== 'statuses', older: mode === 'older', receiptSpacing });
   await waitFor('the feed to open', async () => (await seen(page)).states.includes('open'));
 
   if (mode === 'burst') {
@@ -114,6 +119,22 @@ await run(async ({ context }) => {
     check(got.notices.join(',') === 'receipts_one_by_one', 'said once: ' + got.notices);
     check(got.requests.filter((k) => k === 'single').length === n, 'every receipt alone in the end');
     check(got.receipts.every((r) => r.ok && typeof r.receipt.time === 'string'), 'each answered with its stored receipt');
+  } else if (mode === 'spaced') {
+    // The page's clock: when each receipt went, against when its event was pushed.
+    const now = () => page.evaluate(() => performance.now());
+    const pushedAt = [];
+    for (const n of [1, 2]) {
+      pushedAt.push(await now());
+      await pushBatch(1);
+      await waitFor('receipt ' + n, async () => ok(await seen(page)).length >= n);
+    }
+    const got = await seen(page);
+    say('REQUESTS ' + got.requests.length + ' ' + JSON.stringify(got.requests));
+    check(got.requests.length === 2, 'one request per event: ' + got.requests);
+    const first = got.sentAt[0] - pushedAt[0];
+    check(first < SPACING_MS / 2, 'the first receipt left at once: after ' + first + ' ms');
+    const apart = got.sentAt[1] - got.sentAt[0];
+    check(apart >= SPACING_MS - 50, 'the second request began ' + apart + ' ms after the first');
   } else {
     throw new Error('unknown mode ' + mode);
   }

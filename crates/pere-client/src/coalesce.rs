@@ -175,6 +175,11 @@ impl<W> Coalescer<W> {
         !mem::replace(&mut self.one_by_one, true)
     }
 
+    /// Whether receipts go together now (coalescing asked for, and not refused by the server).
+    pub fn merges(&self) -> bool {
+        self.coalesce && !self.one_by_one
+    }
+
     /// The application acknowledged an event: the receipt waits for the next request.
     pub fn ask(&mut self, asked: Asked<W>) {
         if let Some(id) = asked.number() {

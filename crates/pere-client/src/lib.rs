@@ -81,4 +81,6 @@ pub use publish::{
 };
 pub use reqwest::Url;
 pub use retry::Policy;
-pub use subscribe::{Ack, Acked, Event, Item, Reconnect, Subscriber, SubscriberBuilder, Via};
+pub use subscribe::{
+    Ack, Acked, Event, Item, Reconnect, Subscriber, SubscriberBuilder, Via, RECEIPT_SPACING,
+};

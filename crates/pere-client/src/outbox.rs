@@ -11,11 +11,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use pere_proto::wire::{CumulativeAnswer, ReceiptBatchAnswer, ReceiptBatchLine, ReceiptJson};
 use reqwest::StatusCode;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::coalesce::{Asked, Coalescer, Request};
 use crate::error::{Error, Failure, Refusal};
@@ -40,20 +42,43 @@ pub(crate) struct Book {
     pub resume: Option<String>,
     // The task is running (or about to).
     sending: bool,
+    // The least time between the starts of two coalesced requests.
+    spacing: Duration,
+    // When the last request started.
+    last_sent: Option<Instant>,
     // The stream was told that receipts go one by one.
     said_one_by_one: bool,
 }
 
 impl Book {
-    /// A book that counts ids up to `start` as seen; `coalesce: false` sends every receipt alone.
-    pub fn new(start: Option<u64>, resume: Option<String>, coalesce: bool) -> Self {
+    /// A book that counts ids up to `start` as seen; `coalesce: false` sends every receipt alone;
+    /// coalesced requests start at least `spacing` apart.
+    pub fn new(
+        start: Option<u64>,
+        resume: Option<String>,
+        coalesce: bool,
+        spacing: Duration,
+    ) -> Self {
         Book {
             ledger: Ledger::new(start),
             coalescer: Coalescer::new(coalesce),
             resume,
             sending: false,
             said_one_by_one: false,
+            spacing,
+            last_sent: None,
         }
+    }
+
+    /// When the next request may start, if not now: a device that sent one less than the
+    /// spacing ago waits out the rest, and what it acknowledges meanwhile goes in that request.
+    /// A device quiet for longer sends at once.
+    fn next_send_at(&self) -> Option<Instant> {
+        if !self.coalescer.merges() {
+            return None;
+        }
+        let at = self.last_sent? + self.spacing;
+        (at > Instant::now()).then_some(at)
     }
 }
 
@@ -138,13 +163,20 @@ impl Outbox {
         runtime.spawn(Arc::clone(self).run());
     }
 
-    /// The task: one request at a time until nothing waits.
+    /// The task: one request at a time, coalesced ones the spacing apart, until nothing waits.
     async fn run(self: Arc<Self>) {
         loop {
+            let send_at = lock(&self.book).next_send_at();
+            if let Some(at) = send_at {
+                tokio::time::sleep_until(at).await;
+            }
             let request = {
                 let mut book = lock(&self.book);
                 match book.coalescer.next_request() {
-                    Some(request) => request,
+                    Some(request) => {
+                        book.last_sent = Some(Instant::now());
+                        request
+                    }
                     None => {
                         book.sending = false;
                         return;

@@ -47,6 +47,12 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 /// How long to wait for a TCP connection before counting the attempt as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The default least time between the starts of two coalesced receipt requests: a device
+/// receiving events faster than ten a second sends ten requests a second, each acknowledging
+/// what came since the last, and its receipts reach the ledger at most this much later than
+/// they would one by one; a device receiving fewer sends each receipt at once.
+pub const RECEIPT_SPACING: Duration = Duration::from_millis(100);
+
 /// What a [`Subscriber`] yields.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -173,6 +179,7 @@ pub struct SubscriberBuilder {
     max_failures: Option<u32>,
     receipt_retry: Policy,
     coalesce: bool,
+    receipt_spacing: Duration,
 }
 
 impl SubscriberBuilder {
@@ -253,6 +260,17 @@ impl SubscriberBuilder {
         self
     }
 
+    /// The least time between the starts of two coalesced receipt requests [default:
+    /// [`RECEIPT_SPACING`], 100 ms]. A device that sent one less than this ago waits out the
+    /// rest, and whatever it acknowledges meanwhile goes in that request; a quiet device
+    /// acknowledges at once. So a device receiving many events a second sends a few requests a
+    /// second, not one per event. Zero sends the next request as soon as the last one is
+    /// answered. Receipts sent one by one (`coalesce(false)`) are never held.
+    pub fn receipt_spacing(mut self, spacing: Duration) -> Self {
+        self.receipt_spacing = spacing;
+        self
+    }
+
     /// The subscriber. It connects when first polled.
     ///
     /// # Errors
@@ -305,6 +323,7 @@ impl SubscriberBuilder {
             start,
             self.last_event_id,
             self.coalesce,
+            self.receipt_spacing,
         )));
         let (reports, reported) = mpsc::unbounded_channel();
         let outbox = device.clone().map(|device| {
@@ -415,6 +434,7 @@ impl Subscriber {
             max_failures: None,
             receipt_retry: RECEIPT_RETRY,
             coalesce: true,
+            receipt_spacing: RECEIPT_SPACING,
         }
     }
 

@@ -13,6 +13,7 @@
  *     autoAck: true,                 // false: call event.ack(status) yourself
  *     status: 'ok',                  // the status of automatic receipts
  *     coalesce: true,                // false: each receipt in a request of its own
+ *     receiptSpacing: 100,           // least ms between the starts of two coalesced receipt requests
  *     types: ['alert'],              // event types to receive besides plain messages
  *     onEvent(event) {},             // {id, type, data, json(), redelivered, ack(status)}: once per id
  *     onState(s) {},                 // {state: 'connecting'|'open'|'closed', retryMs, reason, since}
@@ -68,6 +69,10 @@ const DEFAULT_REMEMBERED = 5000;
 const RECEIPT_RETRY_DELAYS_MS = [1000, 4000];
 // A batch stays well within the server's defaults (--max-batch-events 1000, --max-body 64 KiB);
 // the rest waits for the next request.
+// The least time between the starts of two coalesced receipt requests: a device receiving more
+// than ten events a second sends ten requests a second, each acknowledging what came since the
+// last; a device receiving fewer sends each receipt at once.
+export const DEFAULT_RECEIPT_SPACING_MS = 100;
 const MAX_BATCH_LINES = 500;
 const MAX_BATCH_BYTES = 32 * 1024;
 // Received events whose receipt is not settled, remembered to know what a cumulative receipt
@@ -199,6 +204,7 @@ class Subscription {
   constructor({
     server = '', channel, device, token = '', lastEventId = null, autoAck = true, status = 'ok', types = [],
     retryMs = DEFAULT_RETRY_MS, remember = DEFAULT_REMEMBERED, coalesce = true,
+    receiptSpacing = DEFAULT_RECEIPT_SPACING_MS,
     onEvent = () => {}, onState = () => {}, onGap = () => {}, onReset = () => {}, onReceipt = () => {},
     onDuplicate = () => {}, onNotice = (n) => console.warn('pere.js: ' + n.message),
     EventSource: EventSourceImpl = globalThis.EventSource, fetch: fetchImpl = globalThis.fetch,
@@ -224,7 +230,7 @@ class Subscription {
     // id -> the event as first seen, with where its receipt stands.
     this.seen = new Map();
     // Receipts: those waiting for the request in flight, and what a cumulative one would cover.
-    this.outbox = { queue: [], inFlight: false, coalesce, oneByOne: false, said: false };
+    this.outbox = { queue: [], inFlight: false, coalesce, oneByOne: false, said: false, spacing: receiptSpacing, lastSent: null };
     // Numeric id -> null (received, not acknowledged yet) or the status of a receipt that failed.
     this.open = new Map();
     this.lastReceived = null;
@@ -392,6 +398,12 @@ class Subscription {
     if (box.inFlight || box.queue.length === 0) return;
     box.inFlight = true;
     try {
+      // A device that sent a request less than the spacing ago waits out the rest, and what it
+      // acknowledges meanwhile goes in the same request; a quiet one sends at once.
+      const merging = box.coalesce && !box.oneByOne;
+      const wait = merging && box.lastSent !== null ? box.lastSent + box.spacing - performance.now() : 0;
+      if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+      box.lastSent = performance.now();
       await this.send(this.nextRequest());
     } finally {
       box.inFlight = false;

@@ -8,7 +8,8 @@ use clap::Parser;
 /// posts the receipt (form `status=rx+ok`, headers `device` and `last_event_id`) and prints
 /// `TX ACK> id: <id>, status: <status>`. It keeps one receipt request in flight: receipts of
 /// events that arrive meanwhile go together in the next request (one cumulative receipt, or a
-/// batch), so a burst of events costs a few requests, not one each (`--no-coalesce`: one each). After a dropped connection it reconnects with
+/// batch), so a burst of events costs a few requests, not one each (`--no-coalesce`: one each);
+/// coalesced requests start at least `--receipt-spacing` apart. After a dropped connection it reconnects with
 /// `Last-Event-ID`, after the server's `retry:` delay (doubling, up to 30 s, while the server stays
 /// out of reach), and never prints or acknowledges an event twice.
 ///
@@ -65,6 +66,13 @@ pub struct Cli {
     /// together in the next one).
     #[arg(long)]
     pub no_coalesce: bool,
+
+    /// The least time, in milliseconds, between the starts of two coalesced receipt requests:
+    /// while events come faster, each request acknowledges what came since the last one; a
+    /// receipt after a quiet spell leaves at once (0: send the next request as soon as the last
+    /// one is answered).
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    pub receipt_spacing: u64,
 
     /// Print one JSON line per event instead of the text lines (no banner):
     /// `{"id","event","data","receipt"}`, where `receipt` is the server's receipt or null.
@@ -151,6 +159,7 @@ mod tests {
         // Without a device the id comes from the user's config directory: the end-to-end tests
         // check that (with a temporary one), never here in the real home.
         assert!(cli.count.is_none() && !cli.no_ack && !cli.json);
+        assert_eq!(cli.receipt_spacing, 100);
     }
 
     #[test]
@@ -173,8 +182,11 @@ mod tests {
             "0",
             "--ca",
             "ca.pem",
+            "--receipt-spacing",
+            "250",
         ])
         .unwrap();
+        assert_eq!(cli.receipt_spacing, 250);
         assert_eq!(cli.ca.as_deref(), Some(std::path::Path::new("ca.pem")));
         assert_eq!(cli.device(), ("H1".to_owned(), DeviceSource::Given));
         assert_eq!(cli.count, Some(3));

@@ -82,6 +82,7 @@ async fn run(cli: Cli, tally: &Tally) -> anyhow::Result<()> {
     if cli.no_coalesce {
         builder = builder.coalesce(false);
     }
+    builder = builder.receipt_spacing(Duration::from_millis(cli.receipt_spacing));
     if let Some(id) = &cli.last_event_id {
         builder = builder.last_event_id(id);
     }
