@@ -81,6 +81,8 @@ pub struct Plan {
     pub receipt_conns: usize,
     /// How receipts are sent: over shared connections, or by each device on its own.
     pub receipt_style: ReceiptStyle,
+    /// `coalesced`: the least time between the starts of a device's two receipt requests.
+    pub receipt_spacing: Duration,
     /// Unpaced runs: publishers wait while more than this many events per subscriber are on
     /// their way (or, with receipts, not yet acknowledged), so the server's throughput is
     /// measured rather than its slow-reader policy or the generator's queues.
@@ -532,6 +534,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Value> {
             "receipts": plan.receipts,
             "receipt_conns": plan.receipt_conns,
             "receipt_style": plan.receipt_style.name(),
+            "receipt_spacing_ms": plan.receipt_spacing.as_millis() as u64,
             "max_ahead": plan.max_ahead,
             "source_addrs": plan.sources.len().max(1),
             "pad": plan.pad,
@@ -890,8 +893,9 @@ async fn receipt_sender(shared: Arc<Shared>, k: usize, mut queue: mpsc::Receiver
 }
 
 /// Device `index`'s receipts, on a keep-alive connection of its own opened with the first: one
-/// request per delivery (`per-event`), or one in flight at a time acknowledging every delivery
-/// that arrived meanwhile (`coalesced`).
+/// request per delivery (`per-event`), or one in flight at a time, starting at least
+/// `receipt_spacing` after the last, acknowledging every delivery that arrived meanwhile
+/// (`coalesced`).
 async fn device_receipts(shared: Arc<Shared>, index: usize, mut queue: mpsc::Receiver<ReceiptJob>) {
     let plan = &shared.plan;
     let source = (!plan.sources.is_empty()).then(|| plan.sources[index % plan.sources.len()]);
@@ -900,6 +904,7 @@ async fn device_receipts(shared: Arc<Shared>, index: usize, mut queue: mpsc::Rec
     let path = format!("/feedback/{}", plan.channel_name(index % plan.channels));
     let mut waiting = Vec::new();
     let mut answer = Vec::new();
+    let mut last_sent: Option<Instant> = None;
     while let Some(job) = queue.recv().await {
         let device = job.device.clone();
         let sender = plan.receipt_sender(&device);
@@ -909,6 +914,9 @@ async fn device_receipts(shared: Arc<Shared>, index: usize, mut queue: mpsc::Rec
             let result = client.request(&request).await;
             answered(&shared, result, began, 1, job.sent_ns);
             continue;
+        }
+        if let Some(at) = last_sent.map(|sent| sent + plan.receipt_spacing) {
+            tokio::time::sleep_until(at.into()).await;
         }
         waiting.clear();
         waiting.push(job);
@@ -924,6 +932,7 @@ async fn device_receipts(shared: Arc<Shared>, index: usize, mut queue: mpsc::Rec
         };
         let request = receipt::cumulative(&path, &host, sender, upto);
         let began = Instant::now();
+        last_sent = Some(began);
         let result = client
             .request_keeping_body(&request, Some(&mut answer))
             .await;

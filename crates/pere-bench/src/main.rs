@@ -120,6 +120,11 @@ struct LoadArgs {
     /// cumulative `{"device","upto","status"}`.
     #[arg(long, value_enum, default_value_t = ReceiptStyle::Shared)]
     receipt_style: ReceiptStyle,
+    /// `coalesced`: the least milliseconds between the starts of a device's two receipt
+    /// requests, as the clients keep by default (pere.js, the Rust `Subscriber`, pere-sub); 0
+    /// sends the next request as soon as the last one is answered.
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    receipt_spacing: u64,
     /// Unpaced runs: pause publishing while more than this many events per subscriber are
     /// published but not yet delivered (receipts: not yet acknowledged); 0 never pauses
     /// [unpaced saturate: 256; unpaced receipts: 8].
@@ -336,6 +341,7 @@ fn plan(scenario: Scenario, a: LoadArgs) -> anyhow::Result<(Plan, Duration)> {
         receipts: scenario == Scenario::Receipts,
         receipt_conns: a.receipt_conns,
         receipt_style: a.receipt_style,
+        receipt_spacing: Duration::from_millis(a.receipt_spacing),
         max_ahead,
         sources,
         connect_concurrency: a.connect_concurrency,
