@@ -567,7 +567,7 @@ mod tests {
             channel: ChannelName::new("C").unwrap(),
             event_id: seq,
             device: DeviceId::new("H1").unwrap(),
-            status: "ok".to_owned(),
+            status: "ok".into(),
             time: pere_proto::event::now(),
         }
     }

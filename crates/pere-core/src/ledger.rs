@@ -167,6 +167,24 @@ impl Recipient {
     }
 }
 
+/// Which events one device is expected to acknowledge: after it joined, as a current
+/// recipient, and within each of its ended memberships still in the ledger (rarely any).
+struct Expectation {
+    joined_after: Option<u64>,
+    departed: Vec<(u64, Option<u64>)>,
+}
+
+impl Expectation {
+    /// Whether the device is expected to acknowledge event `id` (as [`Membership::expects`]).
+    fn of(&self, id: u64) -> bool {
+        self.joined_after.is_some_and(|joined| id > joined)
+            || self
+                .departed
+                .iter()
+                .any(|&(joined, left)| id > joined && left.is_none_or(|left| id <= left))
+    }
+}
+
 /// One channel's live ledger.
 #[derive(Debug)]
 pub(crate) struct ChannelLedger {
@@ -262,11 +280,21 @@ impl ChannelLedger {
     }
 
     fn expects(&self, device: &DeviceId, id: u64) -> bool {
-        self.recipients.get(device).is_some_and(|r| r.expects(id))
-            || self
+        self.expectation(device).of(id)
+    }
+
+    /// What `device`'s memberships say of the events it is expected to acknowledge, looked up
+    /// once for many events.
+    fn expectation(&self, device: &DeviceId) -> Expectation {
+        Expectation {
+            joined_after: self.recipients.get(device).map(|r| r.joined_after),
+            departed: self
                 .departed
                 .iter()
-                .any(|m| &m.device == device && m.expects(id))
+                .filter(|m| &m.device == device)
+                .map(|m| (m.joined_after, m.left_after))
+                .collect(),
+        }
     }
 
     /// Starts following event `id`, published at `published`, expected of the current recipients
@@ -305,25 +333,62 @@ impl ChannelLedger {
     /// Records that `device` acknowledged `id`; returns the completion if this receipt completed it.
     pub(crate) fn acknowledge(&mut self, id: u64, device: &DeviceId) -> Option<Completion> {
         let expected = self.expects(device, id);
-        self.open.get(&id)?;
-        let number = self.number_of(device);
-        let open = self.open.get_mut(&id)?;
+        self.acknowledge_one(id, device, expected, &mut None).0
+    }
+
+    /// As [`ChannelLedger::acknowledge`] for several events of one device, its memberships and
+    /// number looked up once (a batch or a cumulative receipt): for each id, in order, the
+    /// completion it caused and when the event was published, if it is followed.
+    pub(crate) fn acknowledge_all(
+        &mut self,
+        device: &DeviceId,
+        ids: impl IntoIterator<Item = u64>,
+    ) -> Vec<(Option<Completion>, Option<DateTime<Utc>>)> {
+        let expectation = self.expectation(device);
+        let mut number = None;
+        ids.into_iter()
+            .map(|id| self.acknowledge_one(id, device, expectation.of(id), &mut number))
+            .collect()
+    }
+
+    /// Records `device`'s receipt of `id` (`expected` of it or not), numbering the device the
+    /// first time (`number` keeps its number across calls); returns the completion it caused
+    /// and when the event was published, if it is followed.
+    fn acknowledge_one(
+        &mut self,
+        id: u64,
+        device: &DeviceId,
+        expected: bool,
+        number: &mut Option<u32>,
+    ) -> (Option<Completion>, Option<DateTime<Utc>>) {
+        if self.open.get(&id).is_none() {
+            return (None, None);
+        }
+        let number = match *number {
+            Some(known) => known,
+            None => *number.insert(self.number_of(device)),
+        };
+        let Some(open) = self.open.get_mut(&id) else {
+            return (None, None);
+        };
+        let published = Some(open.published);
         if !open.acked.insert(number) {
-            return None;
+            return (None, published);
         }
         if let Some(changed) = &open.changed {
             changed.notify_waiters();
         }
         if !expected {
-            return None;
+            return (None, published);
         }
         open.acked_expected += 1;
         let completed = open.acked_expected == open.expected;
         self.incomplete -= usize::from(completed);
-        completed.then_some(Completion {
+        let completion = completed.then_some(Completion {
             event_id: id,
             expected: open.expected,
-        })
+        });
+        (completion, published)
     }
 
     /// `device`'s number on this channel, given at its first receipt (its name is copied
@@ -424,19 +489,20 @@ impl ChannelLedger {
         upto: u64,
     ) -> (Vec<u64>, Vec<u64>) {
         let start = self.open.0.partition_point(|(id, _)| *id <= after);
-        let followed: Vec<u64> = self
-            .open
-            .0
-            .iter()
-            .skip(start)
-            .map(|(id, _)| *id)
-            .take_while(|id| *id <= upto)
-            .collect();
-        let owed = followed
-            .iter()
-            .copied()
-            .filter(|&id| self.owes(id, device))
-            .collect();
+        // The device's number and memberships once, not once per event.
+        let number = self.numbers.get(device).copied();
+        let expectation = self.expectation(device);
+        let (mut owed, mut followed) = (Vec::new(), Vec::new());
+        for (id, open) in self.open.0.range(start..) {
+            if *id > upto {
+                break;
+            }
+            followed.push(*id);
+            let acked = number.is_some_and(|number| open.acked.contains(number));
+            if !acked && expectation.of(*id) {
+                owed.push(*id);
+            }
+        }
         (owed, followed)
     }
 }

@@ -394,7 +394,7 @@ async fn receipt_summary_splits_acknowledged_delivered_and_pending() {
     let summary: ReceiptSummary = hub.receipt_summary(&c, event.id).await.unwrap();
     assert_eq!(summary.acknowledged.len(), 1);
     assert_eq!(summary.acknowledged[0].device, dev("H1"));
-    assert_eq!(summary.acknowledged[0].status, "rx ok");
+    assert_eq!(&*summary.acknowledged[0].status, "rx ok");
     assert_eq!(summary.delivered, vec![dev("H2")]);
     assert_eq!(summary.pending, vec![dev("H3")]);
     assert!(matches!(
@@ -1066,7 +1066,7 @@ async fn a_cumulative_receipt_acknowledges_what_the_device_owes_and_nothing_else
         .await
         .unwrap();
     assert_eq!((acked(&upto), upto.more), (vec![1, 3, 4], false));
-    assert!(upto.receipts.iter().all(|r| r.status == "rx ok"));
+    assert!(upto.receipts.iter().all(|r| &*r.status == "rx ok"));
     assert!(
         hub.wait_for_receipts(&c, 4, WaitFor::AtLeast(1), Duration::ZERO)
             .await

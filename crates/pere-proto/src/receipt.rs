@@ -4,6 +4,7 @@
 //! them all ([`Completion`]).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
@@ -24,8 +25,9 @@ pub struct Receipt {
     pub event_id: u64,
     /// The acknowledging device.
     pub device: DeviceId,
-    /// The device's status text, e.g. `rx ok`.
-    pub status: String,
+    /// The device's status text, e.g. `rx ok`: shared, since a receipt is copied into the
+    /// store's views, the stream and the notices, and the receipts of one request share theirs.
+    pub status: Arc<str>,
     /// When the server recorded it.
     pub time: DateTime<Utc>,
 }

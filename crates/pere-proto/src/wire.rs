@@ -100,7 +100,7 @@ impl From<&Receipt> for ReceiptJson {
             channel: r.channel.to_string(),
             id: r.event_id,
             device: r.device.to_string(),
-            status: r.status.clone(),
+            status: r.status.to_string(),
             time: format_time(r.time),
         }
     }
@@ -376,7 +376,7 @@ impl From<&Receipt> for AckJson {
     fn from(receipt: &Receipt) -> Self {
         AckJson {
             device: receipt.device.to_string(),
-            status: receipt.status.clone(),
+            status: receipt.status.to_string(),
             class: StatusClass::of(&receipt.status).as_str().to_owned(),
             time: format_time(receipt.time),
         }
@@ -909,7 +909,7 @@ mod tests {
             channel: crate::name::ChannelName::new("C1").unwrap(),
             event_id: 42,
             device: crate::name::DeviceId::new("D1").unwrap(),
-            status: "done \"quoted\"".to_owned(),
+            status: "done \"quoted\"".into(),
             time: Utc::now(),
         };
         let written = serde_json::to_string(&ReceiptJsonRef::from(&receipt)).unwrap();

@@ -97,7 +97,7 @@ pub fn feedback_batch(channel: &str, device: &str, receipts: &[&Receipt]) {
     let ids: Vec<u64> = receipts.iter().map(|r| r.event_id).collect();
     let mut statuses: Vec<&str> = Vec::new();
     for receipt in receipts {
-        if !statuses.contains(&receipt.status.as_str()) {
+        if !statuses.contains(&&*receipt.status) {
             statuses.push(&receipt.status);
         }
     }

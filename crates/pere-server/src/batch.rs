@@ -162,7 +162,7 @@ fn receipt(i: usize, line: &[u8], batch_key: Option<&str>) -> Result<ReceiptLine
     };
     Ok(ReceiptLine {
         event_id: parsed.id,
-        status,
+        status: status.into(),
         key,
     })
 }

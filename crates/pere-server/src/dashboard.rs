@@ -519,7 +519,7 @@ impl<S: Store> Watch<S> {
             id: receipt.event_id,
             device: receipt.device.to_string(),
             class: StatusClass::of(&receipt.status).as_str().to_owned(),
-            status: receipt.status,
+            status: receipt.status.to_string(),
             time: format_time(receipt.time),
             latency_ms: latency.unwrap_or(0),
         });

@@ -488,7 +488,7 @@ async fn feedback<S: Store>(
     let receipt = recorded.receipt;
     if recorded.new {
         activity::feedback(channel.as_str(), device.as_str(), event_id, &receipt.status);
-    } else if (receipt.event_id, &receipt.status) != (event_id, &status) {
+    } else if (receipt.event_id, &*receipt.status) != (event_id, status.as_str()) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "idempotency_conflict",
@@ -620,7 +620,7 @@ async fn feedback_batch<S: Store>(
             .map(|line| ReceiptBatchEntry {
                 id: line.receipt.event_id,
                 seq: line.receipt.seq,
-                status: line.receipt.status.clone(),
+                status: line.receipt.status.to_string(),
                 replayed: !line.new,
             })
             .collect(),

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -52,7 +53,7 @@ impl<S: Store> Hub<S> {
             channel: channel.clone(),
             event_id,
             device: device.clone(),
-            status,
+            status: status.into(),
             time: now(),
         };
         // The store refuses receipts for unknown channels and ids before any hub state is made
@@ -84,7 +85,7 @@ impl<S: Store> Hub<S> {
             channel: channel.clone(),
             event_id,
             device: device.clone(),
-            status,
+            status: status.into(),
             time: now(),
         };
         self.writable()?;
@@ -178,6 +179,7 @@ impl<S: Store> Hub<S> {
         let recorded = if owed.is_empty() {
             Vec::new()
         } else {
+            let status: Arc<str> = status.into();
             let lines = owed
                 .into_iter()
                 .map(|event_id| ReceiptLine {
@@ -252,10 +254,55 @@ impl<S: Store> Hub<S> {
         self.writable()?;
         let recorded = self.watched(self.store.record_receipts(batch).await);
         let recorded = self.unless_unconfirmed(recorded).await?;
-        for line in recorded.iter().filter(|line| line.new) {
-            self.apply_receipt(&line.receipt).await?;
-        }
+        let new: Vec<&Receipt> = recorded
+            .iter()
+            .filter(|line| line.new)
+            .map(|line| &line.receipt)
+            .collect();
+        self.apply_receipts_of_one_device(&new);
         Ok(recorded)
+    }
+
+    /// Applies the receipts of one device on one channel (a batch's, a cumulative receipt's)
+    /// in order, each as [`Hub::apply_receipt`] does, with the device, the channel and the
+    /// ledger looked up once for them all.
+    fn apply_receipts_of_one_device(&self, receipts: &[&Receipt]) {
+        let Some(first) = receipts.first() else {
+            return;
+        };
+        debug_assert!(receipts
+            .iter()
+            .all(|r| r.channel == first.channel && r.device == first.device));
+        if let Some(live) = self.live_device(&first.channel, &first.device) {
+            let highest = receipts.iter().map(|r| r.event_id).max().unwrap_or(0);
+            live.delivered.fetch_max(highest, Ordering::Relaxed);
+        }
+        let Some(hub) = self.loaded(&first.channel) else {
+            for receipt in receipts {
+                self.observers.send(|| HubNotice::Receipt {
+                    receipt: (*receipt).clone(),
+                    published: None,
+                });
+            }
+            return;
+        };
+        let outcomes = hub
+            .ledger()
+            .acknowledge_all(&first.device, receipts.iter().map(|r| r.event_id));
+        let live = hub.receipts.get();
+        for (receipt, (completed, published)) in receipts.iter().zip(outcomes) {
+            self.observers.send(|| HubNotice::Receipt {
+                receipt: (*receipt).clone(),
+                published,
+            });
+            if let Some(done) = completed {
+                self.observers
+                    .send(|| HubNotice::completed(&hub.name, done));
+            }
+            if let Some(live) = live {
+                live.announce(receipt, completed);
+            }
+        }
     }
 
     /// `recorded`, after applying the receipts that the store's replicas did not confirm but

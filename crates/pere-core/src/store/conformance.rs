@@ -33,7 +33,7 @@ fn receipt(channel: &str, id: u64, device: &str, status: &str) -> Receipt {
         channel: ch(channel),
         event_id: id,
         device: dev(device),
-        status: status.to_owned(),
+        status: status.into(),
         time: now(),
     }
 }
@@ -124,7 +124,7 @@ where
 fn line(event_id: u64, status: &str, key: Option<&str>) -> ReceiptLine {
     ReceiptLine {
         event_id,
-        status: status.to_owned(),
+        status: status.into(),
         key: key.map(str::to_owned),
     }
 }
@@ -205,7 +205,7 @@ async fn receipt_batches_are_all_or_none(store: impl Store) {
         .unwrap();
     let shown: Vec<(usize, u64, &str, bool)> = recorded
         .iter()
-        .map(|r| (r.line, r.receipt.event_id, r.receipt.status.as_str(), r.new))
+        .map(|r| (r.line, r.receipt.event_id, &*r.receipt.status, r.new))
         .collect();
     assert_eq!(
         shown,
@@ -998,7 +998,7 @@ async fn receipts_are_kept_and_move_cursors(store: impl Store) {
         .await
         .unwrap()
         .into_iter()
-        .map(|r| r.status)
+        .map(|r| r.status.to_string())
         .collect();
     assert_eq!(statuses, vec!["rx ok", "done"]);
     assert_eq!(store.devices(&c).await.unwrap().len(), 1);
@@ -1354,10 +1354,7 @@ async fn receipt_keys_are_per_device(store: impl Store) {
         .unwrap();
     assert!(theirs.new, "another device's key is not held for this one");
     assert_eq!(
-        (
-            theirs.receipt.device.as_str(),
-            theirs.receipt.status.as_str()
-        ),
+        (theirs.receipt.device.as_str(), &*theirs.receipt.status),
         ("HB", "ok")
     );
     assert_eq!(theirs.record.device, dev("HB"));

@@ -208,7 +208,10 @@ impl ChannelData {
                 id: receipt.event_id,
             });
         }
-        Ok(self.insert_receipt(receipt))
+        let receipt = self.insert_receipt(receipt);
+        let record = self.devices.get(&receipt.device).cloned();
+        let record = record.unwrap_or_else(|| DeviceRecord::first(&receipt_touch(&receipt)));
+        Ok((receipt, record))
     }
 
     /// The receipt of `device` held under `key`, if the key is still remembered at `at`.
@@ -242,14 +245,13 @@ impl ChannelData {
             .is_some_and(|rs| rs.iter().any(|r| &r.device == device))
     }
 
-    /// Records a receipt that passed every check: nothing here can fail.
-    fn insert_receipt(&mut self, mut receipt: Receipt) -> (Receipt, DeviceRecord) {
-        let record = self
-            .devices
+    /// Records a receipt that passed every check, and applies it to its device's record:
+    /// nothing here can fail.
+    fn insert_receipt(&mut self, mut receipt: Receipt) -> Receipt {
+        self.devices
             .entry(receipt.device.clone())
-            .or_insert_with(|| DeviceRecord::first(&receipt_touch(&receipt)));
-        record.apply_receipt(&receipt);
-        let record = record.clone();
+            .or_insert_with(|| DeviceRecord::first(&receipt_touch(&receipt)))
+            .apply_receipt(&receipt);
         self.receipt_seq += 1;
         receipt.seq = self.receipt_seq;
         if receipt.event_id >= self.first_retained() {
@@ -259,7 +261,7 @@ impl ChannelData {
                 .push(receipt.clone());
         }
         self.receipt_log.push_back(receipt.clone());
-        (receipt, record)
+        receipt
     }
 
     /// Remembers `key` for a receipt just recorded, in its device's scope.
@@ -569,7 +571,7 @@ impl Store for MemoryStore {
             |id| data.acknowledged(id, &batch.device),
         )?;
         let recorded = record_planned(batch, plans, |receipt, key| {
-            let (receipt, _) = data.insert_receipt(receipt);
+            let receipt = data.insert_receipt(receipt);
             if let Some(key) = key {
                 data.note_receipt_key(&receipt, &key);
             }

@@ -167,8 +167,8 @@ pub struct RecordedReceipt {
 pub struct ReceiptLine {
     /// The event acknowledged.
     pub event_id: u64,
-    /// The device's status.
-    pub status: String,
+    /// The device's status (shared by the lines of a cumulative receipt).
+    pub status: Arc<str>,
     /// The receipt's idempotency key, if it has one (as [`Store::record_receipt_keyed`]'s).
     pub key: Option<String>,
 }

@@ -200,7 +200,7 @@ impl ReceiptJson {
             channel: channel.clone(),
             event_id: self.e,
             device: DeviceId::new(&self.d).map_err(StoreError::backend)?,
-            status: self.s,
+            status: self.s.into(),
             time: time_of(self.t),
         })
     }

@@ -573,7 +573,7 @@ impl RedisStore {
         let args = Args::default()
             .arg(receipt.event_id)
             .arg(receipt.device.as_str())
-            .arg(&receipt.status)
+            .arg(&*receipt.status)
             .arg(receipt.time.timestamp_millis())
             .arg(self.inner.retention.max_events.max(1))
             .arg(self.node())

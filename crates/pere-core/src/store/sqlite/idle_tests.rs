@@ -117,7 +117,7 @@ async fn a_restart_loads_no_channel_and_each_continues_where_it_was() {
         channel: ch("C9"),
         event_id: id,
         device: crate::store::conformance::dev("H1"),
-        status: "received".to_owned(),
+        status: "received".into(),
         time: Utc::now(),
     };
     assert!(matches!(

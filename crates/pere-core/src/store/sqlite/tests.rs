@@ -738,7 +738,7 @@ async fn a_version_8_database_keeps_receipt_keys_each_its_device_s() {
         .await
         .unwrap();
     assert_eq!(
-        (again.new, again.receipt.seq, again.receipt.status.as_str()),
+        (again.new, again.receipt.seq, &*again.receipt.status),
         (false, 1, "shipped"),
         "a key held before the upgrade is still its device's"
     );
@@ -762,7 +762,7 @@ fn receipt_of(device: &str, status: &str) -> Receipt {
         channel: ch("C"),
         event_id: 1,
         device: dev(device),
-        status: status.to_owned(),
+        status: status.into(),
         time: now(),
     }
 }
