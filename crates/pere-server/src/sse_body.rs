@@ -229,11 +229,14 @@ impl SseBody {
         }
         let channel = subscription.channel().to_string();
         let device = subscription.device().map(|d| d.to_string());
-        let items = stream::unfold(Some(subscription), move |state| async move {
-            let mut subscription = state?;
-            let frame = next_frame(&mut subscription).await;
-            let next = frame.is_ok().then_some(subscription);
-            Some((frame, next))
+        // The subscription is used where the state holds it, not moved into a local: the
+        // waiting future would otherwise keep room for it twice, for as long as the feed is idle.
+        let items = stream::unfold(Some(subscription), move |mut state| async move {
+            let frame = next_frame(state.as_mut()?).await;
+            if frame.is_err() {
+                state = None;
+            }
+            Some((frame, state))
         })
         .boxed();
         Self::new(items, channel, device, context)
