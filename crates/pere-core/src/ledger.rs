@@ -170,18 +170,16 @@ impl Recipient {
 /// Which events one device is expected to acknowledge: after it joined, as a current
 /// recipient, and within each of its ended memberships still in the ledger (rarely any).
 struct Expectation {
-    joined_after: Option<u64>,
-    departed: Vec<(u64, Option<u64>)>,
+    /// As a current recipient: its `joined_after`.
+    current: Option<u64>,
+    departed: Vec<Membership>,
 }
 
 impl Expectation {
-    /// Whether the device is expected to acknowledge event `id` (as [`Membership::expects`]).
+    /// Whether the device is expected to acknowledge event `id`.
     fn of(&self, id: u64) -> bool {
-        self.joined_after.is_some_and(|joined| id > joined)
-            || self
-                .departed
-                .iter()
-                .any(|&(joined, left)| id > joined && left.is_none_or(|left| id <= left))
+        self.current.is_some_and(|joined_after| id > joined_after)
+            || self.departed.iter().any(|m| m.expects(id))
     }
 }
 
@@ -287,12 +285,12 @@ impl ChannelLedger {
     /// once for many events.
     fn expectation(&self, device: &DeviceId) -> Expectation {
         Expectation {
-            joined_after: self.recipients.get(device).map(|r| r.joined_after),
+            current: self.recipients.get(device).map(|r| r.joined_after),
             departed: self
                 .departed
                 .iter()
                 .filter(|m| &m.device == device)
-                .map(|m| (m.joined_after, m.left_after))
+                .cloned()
                 .collect(),
         }
     }
@@ -595,6 +593,43 @@ mod tests {
                 expected: 1
             })
         );
+    }
+
+    #[test]
+    fn many_receipts_of_one_device_count_as_each_would_alone() {
+        // B left after event 2 and joined again after 3: expected of 1 and 2, not of 3, of 4.
+        let mut ledger = ChannelLedger::new(channel(), [member("A", 0), member("B", 0)]);
+        let (a, b) = (DeviceId::new("A").unwrap(), DeviceId::new("B").unwrap());
+        for id in [1, 2] {
+            ledger.track(id, Utc::now());
+        }
+        let mut ended = member("B", 0);
+        ended.left_after = Some(2);
+        ledger.leave(Some(ended), &b);
+        ledger.track(3, Utc::now());
+        ledger.join(member("B", 3));
+        ledger.track(4, Utc::now());
+        ledger.acknowledge(1, &a);
+        let outcomes = ledger.acknowledge_all(&b, [1, 2, 3, 4, 2, 9]);
+        let completed: Vec<Option<u64>> = outcomes
+            .iter()
+            .map(|(done, _)| done.map(|c| c.event_id))
+            .collect();
+        assert_eq!(
+            completed,
+            [Some(1), None, None, None, None, None],
+            "1 completes (A had acknowledged it); 2, 4 wait for A; 3 never expected B; \
+             2 again and 9 (not followed) change nothing"
+        );
+        let published: Vec<bool> = outcomes.iter().map(|(_, at)| at.is_some()).collect();
+        assert_eq!(published, [true, true, true, true, true, false]);
+        assert!(!ledger.owes(2, &b) && !ledger.owes(4, &b) && ledger.owes(4, &a));
+        assert_eq!(ledger.open.get(&3).unwrap().acked_expected, 0);
+        assert_eq!(ledger.acknowledge_all(&a, [2, 3]), {
+            let done = |event_id, expected| Some(Completion { event_id, expected });
+            let at = |id| ledger.published_at(id);
+            vec![(done(2, 2), at(2)), (done(3, 1), at(3))]
+        });
     }
 
     #[test]
