@@ -107,7 +107,10 @@ async fn apply(hub: &Hub<RedisStore>, notice: BusNotice) -> Result<(), StoreErro
             hub.store().saw(&channel, event.id);
             hub.apply_published(&channel, event).await
         }
-        BusNotice::Receipt(receipt) => hub.apply_receipt(&receipt).await.map(|_| ()),
+        BusNotice::Receipt(receipt) => {
+            hub.apply_receipt(&receipt);
+            Ok(())
+        }
         BusNotice::Membership(membership) => hub.apply_membership(&membership).await,
         BusNotice::Presence { channel, change } => {
             hub.apply_presence(&channel, change).await.map(|_| ())

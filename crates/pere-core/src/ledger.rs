@@ -176,7 +176,8 @@ struct Expectation {
 }
 
 impl Expectation {
-    /// Whether the device is expected to acknowledge event `id`.
+    /// Whether the device is expected to acknowledge event `id` (as [`Recipient::expects`]
+    /// and [`Membership::expects`]).
     fn of(&self, id: u64) -> bool {
         self.current.is_some_and(|joined_after| id > joined_after)
             || self.departed.iter().any(|m| m.expects(id))
@@ -278,11 +279,15 @@ impl ChannelLedger {
     }
 
     fn expects(&self, device: &DeviceId, id: u64) -> bool {
-        self.expectation(device).of(id)
+        self.recipients.get(device).is_some_and(|r| r.expects(id))
+            || self
+                .departed
+                .iter()
+                .any(|m| &m.device == device && m.expects(id))
     }
 
     /// What `device`'s memberships say of the events it is expected to acknowledge, looked up
-    /// once for many events.
+    /// once for many events (as [`ChannelLedger::expects`] says of one).
     fn expectation(&self, device: &DeviceId) -> Expectation {
         Expectation {
             current: self.recipients.get(device).map(|r| r.joined_after),
@@ -328,15 +333,17 @@ impl ChannelLedger {
         Some(expected)
     }
 
-    /// Records that `device` acknowledged `id`; returns the completion if this receipt completed it.
+    /// Records that `device` acknowledged `id`; returns the completion if this receipt completed
+    /// it. (The hub records every receipt through [`ChannelLedger::acknowledge_all`].)
+    #[cfg(test)]
     pub(crate) fn acknowledge(&mut self, id: u64, device: &DeviceId) -> Option<Completion> {
         let expected = self.expects(device, id);
         self.acknowledge_one(id, device, expected, &mut None).0
     }
 
-    /// As [`ChannelLedger::acknowledge`] for several events of one device, its memberships and
-    /// number looked up once (a batch or a cumulative receipt): for each id, in order, the
-    /// completion it caused and when the event was published, if it is followed.
+    /// Records that `device` acknowledged each of `ids` (one receipt, or a batch's, or a
+    /// cumulative receipt's), its memberships and number looked up once: for each id, in
+    /// order, the completion it caused and when the event was published, if it is followed.
     pub(crate) fn acknowledge_all(
         &mut self,
         device: &DeviceId,
@@ -401,6 +408,7 @@ impl ChannelLedger {
     }
 
     /// When a followed event was published.
+    #[cfg(test)]
     pub(crate) fn published_at(&self, id: u64) -> Option<DateTime<Utc>> {
         self.open.get(&id).map(|open| open.published)
     }

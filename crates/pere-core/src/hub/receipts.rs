@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use pere_proto::event::now;
 use pere_proto::name::{ChannelName, DeviceId};
-use pere_proto::receipt::{Completion, ReceiptSummary};
+use pere_proto::receipt::ReceiptSummary;
 use pere_proto::receipt::{DeviceRecord, Receipt};
 use tokio::time::Instant;
 
@@ -60,8 +60,8 @@ impl<S: Store> Hub<S> {
         // for them: a stream of bogus receipts costs no memory.
         self.writable()?;
         let recorded = self.watched(self.store.record_receipt(receipt).await);
-        let (receipt, record) = self.unless_unconfirmed(recorded).await?;
-        self.apply_receipt(&receipt).await?;
+        let (receipt, record) = self.unless_unconfirmed(recorded)?;
+        self.apply_receipt(&receipt);
         Ok((receipt, record))
     }
 
@@ -90,9 +90,9 @@ impl<S: Store> Hub<S> {
         };
         self.writable()?;
         let recorded = self.watched(self.store.record_receipt_keyed(receipt, key).await);
-        let recorded = self.unless_unconfirmed(recorded).await?;
+        let recorded = self.unless_unconfirmed(recorded)?;
         if recorded.new {
-            self.apply_receipt(&recorded.receipt).await?;
+            self.apply_receipt(&recorded.receipt);
         }
         Ok(recorded)
     }
@@ -253,20 +253,28 @@ impl<S: Store> Hub<S> {
     async fn record_batch(&self, batch: ReceiptBatch) -> Result<Vec<RecordedLine>, StoreError> {
         self.writable()?;
         let recorded = self.watched(self.store.record_receipts(batch).await);
-        let recorded = self.unless_unconfirmed(recorded).await?;
+        let recorded = self.unless_unconfirmed(recorded)?;
         let new: Vec<&Receipt> = recorded
             .iter()
             .filter(|line| line.new)
             .map(|line| &line.receipt)
             .collect();
-        self.apply_receipts_of_one_device(&new);
+        self.apply_receipts(&new);
         Ok(recorded)
     }
 
-    /// Applies the receipts of one device on one channel (a batch's, a cumulative receipt's)
-    /// in order, each as [`Hub::apply_receipt`] does, with the device, the channel and the
-    /// ledger looked up once for them all.
-    fn apply_receipts_of_one_device(&self, receipts: &[&Receipt]) {
+    /// Applies a receipt recorded in the store (by this node's [`Hub::acknowledge`] or by
+    /// another node): moves the device's live delivery cursor, tells the channel's ledger (which
+    /// may complete the event and wake waiting publishers), and tells observers and receipt
+    /// followers.
+    pub fn apply_receipt(&self, receipt: &Receipt) {
+        self.apply_receipts(&[receipt]);
+    }
+
+    /// Applies receipts of one device on one channel (a batch's, a cumulative receipt's) in
+    /// order, each as [`Hub::apply_receipt`] says, with the device, the channel and the ledger
+    /// looked up once for them all.
+    fn apply_receipts(&self, receipts: &[&Receipt]) {
         let Some(first) = receipts.first() else {
             return;
         };
@@ -277,6 +285,9 @@ impl<S: Store> Hub<S> {
             let highest = receipts.iter().map(|r| r.event_id).max().unwrap_or(0);
             live.delivered.fetch_max(highest, Ordering::Relaxed);
         }
+        // A channel that is not loaded has nobody following or waiting and no event in its
+        // ledger (a loaded ledger starts empty): there is nothing to tell it, and loading it
+        // would cost store reads and memory per receipt.
         let Some(hub) = self.loaded(&first.channel) else {
             for receipt in receipts {
                 self.observers.send(|| HubNotice::Receipt {
@@ -308,65 +319,17 @@ impl<S: Store> Hub<S> {
     /// `recorded`, after applying the receipts that the store's replicas did not confirm but
     /// its primary recorded all the same ([`StoreError::Unreplicated`]): other nodes hear of
     /// them, and so does this one.
-    async fn unless_unconfirmed<T>(
-        &self,
-        recorded: Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+    fn unless_unconfirmed<T>(&self, recorded: Result<T, StoreError>) -> Result<T, StoreError> {
         if let Err(StoreError::Unreplicated { recorded: what, .. }) = &recorded {
             match what {
-                Unconfirmed::Receipt(receipt) => {
-                    self.apply_receipt(receipt).await?;
-                }
+                Unconfirmed::Receipt(receipt) => self.apply_receipt(receipt),
                 Unconfirmed::Receipts(receipts) => {
-                    for receipt in receipts {
-                        self.apply_receipt(receipt).await?;
-                    }
+                    self.apply_receipts(&receipts.iter().collect::<Vec<_>>());
                 }
                 Unconfirmed::Events(_) | Unconfirmed::Nothing => {}
             }
         }
         recorded
-    }
-
-    /// Applies a receipt recorded in the store (by this node's [`Hub::acknowledge`] or by
-    /// another node): moves the device's live delivery cursor, tells the channel's ledger (which
-    /// may complete the event and wake waiting publishers), and tells observers and receipt
-    /// followers. Returns the completion it caused, if any.
-    ///
-    /// # Errors
-    /// The store's error when the channel's state cannot be loaded.
-    pub async fn apply_receipt(&self, receipt: &Receipt) -> Result<Option<Completion>, StoreError> {
-        if let Some(live) = self.live_device(&receipt.channel, &receipt.device) {
-            live.delivered
-                .fetch_max(receipt.event_id, Ordering::Relaxed);
-        }
-        // A channel that is not loaded has nobody following or waiting and no event in its
-        // ledger (a loaded ledger starts empty): there is nothing to tell it, and loading it
-        // would cost store reads and memory per receipt.
-        let Some(hub) = self.loaded(&receipt.channel) else {
-            self.observers.send(|| HubNotice::Receipt {
-                receipt: receipt.clone(),
-                published: None,
-            });
-            return Ok(None);
-        };
-        let (completed, published) = {
-            let mut ledger = hub.ledger();
-            let completed = ledger.acknowledge(receipt.event_id, &receipt.device);
-            (completed, ledger.published_at(receipt.event_id))
-        };
-        self.observers.send(|| HubNotice::Receipt {
-            receipt: receipt.clone(),
-            published,
-        });
-        if let Some(done) = completed {
-            self.observers
-                .send(|| HubNotice::completed(&hub.name, done));
-        }
-        if let Some(live) = hub.receipts.get() {
-            live.announce(receipt, completed);
-        }
-        Ok(completed)
     }
 
     /// Waits until event `event_id` satisfies `wait` or `timeout` passes; returns whether it was
