@@ -555,6 +555,12 @@ impl std::fmt::Display for StoreKind {
 }
 
 impl Config {
+    /// How long a stream may stay silent before a keep-alive (`--keep-alive`, at least a
+    /// second): for feeds (through the hub), receipt and presence streams, and HTTP/2 pings.
+    pub fn keep_alive_every(&self) -> Duration {
+        Duration::from_secs(self.keep_alive_secs.max(1))
+    }
+
     /// Whether `origin` is listed by `--allow-origin` by name (`*` aside).
     pub fn origin_listed(&self, origin: &str) -> bool {
         origin != "*" && self.allow_origins.iter().any(|o| o == origin)

@@ -403,9 +403,8 @@ enum Source<S: Store> {
 
 impl<S: Store> Source<S> {
     fn frames(state: &AppState<S>, frames: BoxStream<'static, FrameResult>, name: String) -> Self {
-        let every = std::time::Duration::from_secs(state.config.keep_alive_secs.max(1));
         Source::Frames {
-            frames: watched(frames, every, &state.shutdown),
+            frames: watched(frames, state.config.keep_alive_every(), &state.shutdown),
             name,
             end: None,
             shutdown: state.shutdown.clone(),

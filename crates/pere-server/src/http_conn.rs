@@ -64,7 +64,7 @@ pub fn builder(config: &Config) -> Builder {
         .max_send_buf_size(H2_SEND_BUFFER)
         // A peer that stops answering pings is gone (or reads nothing): its streams would
         // otherwise wait for it until TCP gives up, minutes later.
-        .keep_alive_interval(Duration::from_secs(config.keep_alive_secs.max(1)))
+        .keep_alive_interval(config.keep_alive_every())
         .keep_alive_timeout(H2_PING_TIMEOUT);
     builder
 }

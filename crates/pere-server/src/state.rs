@@ -51,7 +51,7 @@ impl<S: Store> AppState<S> {
                 keep_incomplete: config.receipt_timeout.max(pere_core::hub::KEEP_INCOMPLETE),
                 // Zero would unload a channel between its load and its first use.
                 idle_channel: config.idle_channel.max(Duration::from_millis(100)),
-                keep_alive: Some(Duration::from_secs(config.keep_alive_secs.max(1))),
+                keep_alive: Some(config.keep_alive_every()),
                 ..HubConfig::default()
             },
         );

@@ -2,8 +2,6 @@
 //! presence stream. Each is opened here from what the request asked and framed as SSE; the
 //! handlers and the dedicated stream connections open them the same way.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
@@ -30,7 +28,7 @@ pub fn context<S: Store>(
 ) -> StreamContext {
     StreamContext {
         retry_ms: state.config.retry_ms,
-        keep_alive_every: Duration::from_secs(state.config.keep_alive_secs.max(1)),
+        keep_alive_every: state.config.keep_alive_every(),
         shutdown: state.shutdown.clone(),
         closer,
         slot,
