@@ -122,8 +122,9 @@ struct LoadArgs {
     receipt_style: ReceiptStyle,
     /// `coalesced`: the least milliseconds between the starts of a device's two receipt
     /// requests, as the clients keep by default (pere.js, the Rust `Subscriber`, pere-sub); 0
-    /// sends the next request as soon as the last one is answered.
-    #[arg(long, value_name = "MS", default_value_t = 100)]
+    /// sends the next request as soon as the last one is answered; at most 60000, as theirs.
+    #[arg(long, value_name = "MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(..=60_000))]
     receipt_spacing: u64,
     /// Unpaced runs: pause publishing while more than this many events per subscriber are
     /// published but not yet delivered (receipts: not yet acknowledged); 0 never pauses

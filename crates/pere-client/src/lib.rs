@@ -82,5 +82,6 @@ pub use publish::{
 pub use reqwest::Url;
 pub use retry::Policy;
 pub use subscribe::{
-    Ack, Acked, Event, Item, Reconnect, Subscriber, SubscriberBuilder, Via, RECEIPT_SPACING,
+    Ack, Acked, Event, Item, Reconnect, Subscriber, SubscriberBuilder, Via, MAX_RECEIPT_SPACING,
+    RECEIPT_SPACING,
 };

@@ -53,6 +53,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// they would one by one; a device receiving fewer sends each receipt at once.
 pub const RECEIPT_SPACING: Duration = Duration::from_millis(100);
 
+/// The longest receipt spacing a subscriber keeps (a longer one is taken as this): receipts a
+/// minute late are as late as a ledger can usefully be.
+pub const MAX_RECEIPT_SPACING: Duration = Duration::from_secs(60);
+
 /// What a [`Subscriber`] yields.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -265,9 +269,10 @@ impl SubscriberBuilder {
     /// rest, and whatever it acknowledges meanwhile goes in that request; a quiet device
     /// acknowledges at once. So a device receiving many events a second sends a few requests a
     /// second, not one per event. Zero sends the next request as soon as the last one is
-    /// answered. Receipts sent one by one (`coalesce(false)`) are never held.
+    /// answered; at most [`MAX_RECEIPT_SPACING`]. Receipts sent one by one (`coalesce(false)`)
+    /// are never held.
     pub fn receipt_spacing(mut self, spacing: Duration) -> Self {
-        self.receipt_spacing = spacing;
+        self.receipt_spacing = spacing.min(MAX_RECEIPT_SPACING);
         self
     }
 

@@ -13,7 +13,7 @@
  *     autoAck: true,                 // false: call event.ack(status) yourself
  *     status: 'ok',                  // the status of automatic receipts
  *     coalesce: true,                // false: each receipt in a request of its own
- *     receiptSpacing: 100,           // least ms between the starts of two coalesced receipt requests
+ *     receiptSpacing: 100,           // least ms between the starts of two coalesced receipt requests (0 to 60000)
  *     types: ['alert'],              // event types to receive besides plain messages
  *     onEvent(event) {},             // {id, type, data, json(), redelivered, ack(status)}: once per id
  *     onState(s) {},                 // {state: 'connecting'|'open'|'closed', retryMs, reason, since}
@@ -73,6 +73,8 @@ const RECEIPT_RETRY_DELAYS_MS = [1000, 4000];
 // than ten events a second sends ten requests a second, each acknowledging what came since the
 // last; a device receiving fewer sends each receipt at once.
 export const DEFAULT_RECEIPT_SPACING_MS = 100;
+// The longest spacing kept (a longer one is taken as this), as the Rust client's.
+const MAX_RECEIPT_SPACING_MS = 60000;
 const MAX_BATCH_LINES = 500;
 const MAX_BATCH_BYTES = 32 * 1024;
 // Received events whose receipt is not settled, remembered to know what a cumulative receipt
@@ -230,7 +232,7 @@ class Subscription {
     // id -> the event as first seen, with where its receipt stands.
     this.seen = new Map();
     // Receipts: those waiting for the request in flight, and what a cumulative one would cover.
-    this.outbox = { queue: [], inFlight: false, coalesce, oneByOne: false, said: false, spacing: receiptSpacing, lastSent: null };
+    this.outbox = { queue: [], inFlight: false, coalesce, oneByOne: false, said: false, spacing: Math.min(Math.max(Number(receiptSpacing) || 0, 0), MAX_RECEIPT_SPACING_MS), lastSent: null };
     // Numeric id -> null (received, not acknowledged yet) or the status of a receipt that failed.
     this.open = new Map();
     this.lastReceived = null;

@@ -70,8 +70,9 @@ pub struct Cli {
     /// The least time, in milliseconds, between the starts of two coalesced receipt requests:
     /// while events come faster, each request acknowledges what came since the last one; a
     /// receipt after a quiet spell leaves at once (0: send the next request as soon as the last
-    /// one is answered).
-    #[arg(long, value_name = "MS", default_value_t = 100)]
+    /// one is answered; at most 60000).
+    #[arg(long, value_name = "MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(..=60_000))]
     pub receipt_spacing: u64,
 
     /// Print one JSON line per event instead of the text lines (no banner):
@@ -193,6 +194,8 @@ mod tests {
         assert_eq!(cli.last_event_id.as_deref(), Some("7"));
         assert!(cli.no_coalesce);
         assert!(Cli::try_parse_from(["pere-sub", "h:1", "C", "--count", "0"]).is_err());
+        let spacing = ["pere-sub", "h:1", "C", "--receipt-spacing", "60001"];
+        assert!(Cli::try_parse_from(spacing).is_err());
         assert!(Cli::try_parse_from(["pere-sub", "h:1", "C", "--json", "--quiet"]).is_err());
         assert!(Cli::try_parse_from(["pere-sub", "h:1", "C", "--last-event-id", "1\n2"]).is_err());
     }
