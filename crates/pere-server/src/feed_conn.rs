@@ -38,7 +38,7 @@ use crate::door::{self, Listener};
 use crate::error::ApiError;
 use crate::limits::{Arrival, StreamSlot};
 use crate::request;
-use crate::response::{self, raw_head};
+use crate::response::{self, raw_answer, raw_head};
 use crate::route::{self, Route};
 use crate::sse_body::{next_frame, ready_frame, watched, EndReason, FrameResult};
 use crate::state::AppState;
@@ -550,12 +550,8 @@ fn answer<S: Store>(
                 Some(Err(never)) => match never {},
                 None => Bytes::new(),
             };
-            head.headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
             head.headers.insert(header::CONNECTION, close);
-            let mut out = raw_head(head.status, &head.headers);
-            out.extend_from_slice(&body);
-            Err(out)
+            Err(raw_answer(head.status, &head.headers, &body))
         }
     }
 }

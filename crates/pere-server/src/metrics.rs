@@ -132,7 +132,9 @@ pub struct Metrics {
     connections: Gauge,
     published: Counter,
     deliveries: Counter,
-    receipts: Family<StatusClassLabel, Counter>,
+    /// The receipt counters of [`StatusClass::ALL`], in its order, taken from their family
+    /// once: a lookup by label for each receipt was a tenth of what a coalesced receipt cost.
+    receipts: [Counter; 3],
     receipt_latency: Histogram,
     pending: Gauge,
     cuts: Counter,
@@ -273,11 +275,13 @@ impl Metrics {
         ] {
             let _ = streams.get_or_create(&KindLabel { kind: kind.label() });
         }
-        for class in StatusClass::ALL {
-            let _ = receipts.get_or_create(&StatusClassLabel {
-                status_class: class.as_str(),
-            });
-        }
+        let receipts = StatusClass::ALL.map(|class| {
+            receipts
+                .get_or_create(&StatusClassLabel {
+                    status_class: class.as_str(),
+                })
+                .clone()
+        });
         for outcome in ["delivered", "failed"] {
             let _ = webhook_attempts.get_or_create(&OutcomeLabel { outcome });
         }
@@ -357,10 +361,11 @@ impl Metrics {
     fn note(&self, notice: &HubNotice) {
         match notice {
             HubNotice::Receipt { receipt, published } => {
-                let status_class = StatusClass::of(&receipt.status).as_str();
-                self.receipts
-                    .get_or_create(&StatusClassLabel { status_class })
-                    .inc();
+                let class = status_class(&receipt.status);
+                let at = StatusClass::ALL.iter().position(|c| *c == class);
+                if let Some(counter) = at.and_then(|at| self.receipts.get(at)) {
+                    counter.inc();
+                }
                 if let Some(at) = published {
                     let latency = (receipt.time - *at).to_std().unwrap_or_default();
                     self.receipt_latency.observe(latency.as_secs_f64());
@@ -477,6 +482,22 @@ impl Drop for OpenStream {
     }
 }
 
+/// The class of `status`, as [`StatusClass::of`] says, remembered for the last status this
+/// thread classified: the receipts of one request, and of a device's many, share theirs.
+fn status_class(status: &str) -> StatusClass {
+    thread_local! {
+        static LAST: std::cell::RefCell<(String, StatusClass)> =
+            const { std::cell::RefCell::new((String::new(), StatusClass::Other)) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != status {
+            *last = (status.to_owned(), StatusClass::of(status));
+        }
+        last.1
+    })
+}
+
 impl Observer for Metrics {
     fn hears_publications(&self) -> bool {
         // Publications are counted by the hub (see `render_in`).
@@ -531,6 +552,13 @@ mod tests {
         assert!(
             open.contains("# TYPE pere_events_published counter\n") && open.ends_with("# EOF\n")
         );
+    }
+
+    #[test]
+    fn a_remembered_status_class_is_the_class_of_the_status_asked() {
+        for status in ["ok", "ok", "not ok", "", "queued", "rx ok", "rx ok", "failed"] {
+            assert_eq!(status_class(status), StatusClass::of(status), "{status}");
+        }
     }
 
     #[test]

@@ -31,8 +31,8 @@ use tokio::net::TcpStream;
 
 use crate::http_conn;
 use crate::limits::Arrival;
-use crate::request::RequestBody;
-use crate::response::raw_head;
+use crate::request::{self, RequestBody};
+use crate::response::raw_answer;
 use crate::state::AppState;
 
 /// How every request taken here begins.
@@ -86,6 +86,9 @@ pub enum Read {
 /// A request taken here.
 #[derive(Debug)]
 pub struct Taken {
+    /// Where its parts lie in its head.
+    layout: Layout,
+    /// The request, made from its head once whole (see [`Layout`]).
     request: Request<Bytes>,
     /// The body's length, as its `Content-Length` says (0 without one).
     body_len: usize,
@@ -152,13 +155,63 @@ pub async fn read(
         // Late: answered here, as hyper's requests are, rather than given to hyper to wait a
         // second body timeout.
         Err(_) => {
-            taken.late = true;
-            return Ok(Read::Receipt(taken, BytesMut::new()));
+            let head = buf.split_to(head_len).freeze();
+            return Ok(match taken.layout.request(&head, Bytes::new()) {
+                Some(request) => {
+                    taken.request = request;
+                    taken.late = true;
+                    Read::Receipt(taken, BytesMut::new())
+                }
+                None => Read::Other(BytesMut::from(&head[..])),
+            });
         }
     }
     let rest = buf.split_off(whole);
-    *taken.request.body_mut() = buf.split_off(head_len).freeze();
+    let body = buf.split_off(head_len).freeze();
+    let head = buf.freeze();
+    let Some(request) = taken.layout.request(&head, body.clone()) else {
+        // A path `http` refuses (see `Layout::request`): hyper answers it.
+        let mut all = BytesMut::from(&head[..]);
+        all.extend_from_slice(&body);
+        all.extend_from_slice(&rest);
+        return Ok(Read::Other(all));
+    };
+    taken.request = request;
     Ok(Read::Receipt(taken, rest))
+}
+
+/// Where a receipt's path and headers lie in its head, noted while parsing: the request is made
+/// once the head is whole and frozen, its path and header values sharing the head's bytes
+/// rather than copied (a copy and an allocation each, on the path devices use most).
+#[derive(Debug)]
+struct Layout {
+    path: (u16, u16),
+    /// Name and value of each header, as (start, end) in the head.
+    headers: [((u16, u16), (u16, u16)); MAX_HEADERS],
+    count: usize,
+}
+
+impl Layout {
+    /// The request whose head is `head`, with `body`. `None` when `http` refuses what
+    /// `httparse` accepted: a path with bytes a URI may not hold (`<`, say), left to hyper to
+    /// refuse. Names and values it accepts alike (tokens; tab, space and bytes from `0x21` but
+    /// `0x7f`).
+    fn request(&self, head: &Bytes, body: Bytes) -> Option<Request<Bytes>> {
+        let part = |(start, end): (u16, u16)| head.slice(usize::from(start)..usize::from(end));
+        let mut headers = HeaderMap::with_capacity(self.count);
+        for &(name, value) in &self.headers[..self.count] {
+            let name = &head[usize::from(name.0)..usize::from(name.1)];
+            let name = request::known_header(name)
+                .map_or_else(|| HeaderName::from_bytes(name).ok(), Some)?;
+            headers.append(name, HeaderValue::from_maybe_shared(part(value)).ok()?);
+        }
+        let mut request = Request::new(body);
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = hyper::Uri::from_maybe_shared(part(self.path)).ok()?;
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = headers;
+        Some(request)
+    }
 }
 
 /// What the bytes read so far of a request that opens with [`PREFIX`] hold.
@@ -178,7 +231,7 @@ fn parse(buf: &[u8], body_limit: usize) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     match parsed.parse(buf) {
-        Ok(httparse::Status::Complete(head_len)) => match as_receipt(&parsed, body_limit) {
+        Ok(httparse::Status::Complete(head_len)) => match as_receipt(&parsed, buf, body_limit) {
             Some(taken) => Parsed::Taken { head_len, taken },
             None => Parsed::Other,
         },
@@ -191,14 +244,16 @@ fn parse(buf: &[u8], body_limit: usize) -> Parsed {
 /// for one left to hyper. For fuzzing and tests.
 pub fn parse_receipt_head(head: &[u8]) -> Option<Request<Bytes>> {
     match parse(head, MAX_BODY) {
-        Parsed::Taken { taken, .. } => Some(taken.request),
+        Parsed::Taken { taken, head_len } => taken
+            .layout
+            .request(&Bytes::copy_from_slice(&head[..head_len]), Bytes::new()),
         Parsed::Partial | Parsed::Other => None,
     }
 }
 
 /// A receipt request this module serves, as an `http` request with its body still to read;
 /// `None` for anything else.
-fn as_receipt(parsed: &httparse::Request<'_, '_>, body_limit: usize) -> Option<Taken> {
+fn as_receipt(parsed: &httparse::Request<'_, '_>, head: &[u8], body_limit: usize) -> Option<Taken> {
     if parsed.method != Some("POST") || parsed.version != Some(1) {
         return None;
     }
@@ -206,24 +261,35 @@ fn as_receipt(parsed: &httparse::Request<'_, '_>, body_limit: usize) -> Option<T
     if !path.as_bytes().starts_with(&PREFIX[b"POST ".len()..]) {
         return None;
     }
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    // Where `within` (a slice of the head) lies in it; a head is at most `MAX_HEAD` long.
+    let span = |within: &[u8]| {
+        let start = (within.as_ptr() as usize).checked_sub(head.as_ptr() as usize)?;
+        let end = start + within.len();
+        (end <= head.len()).then_some((u16::try_from(start).ok()?, u16::try_from(end).ok()?))
+    };
+    let mut layout = Layout {
+        path: span(path.as_bytes())?,
+        headers: [((0, 0), (0, 0)); MAX_HEADERS],
+        count: parsed.headers.len(),
+    };
     let mut length = None;
     let mut close = false;
-    for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-        if name == header::CONTENT_LENGTH {
+    for (h, slot) in parsed.headers.iter().zip(layout.headers.iter_mut()) {
+        let name = h.name.as_bytes();
+        *slot = (span(name)?, span(h.value)?);
+        if name.eq_ignore_ascii_case(b"content-length") {
             // One length, in digits only: anything else is hyper's to refuse.
             let value = std::str::from_utf8(h.value).ok()?;
             if length.is_some() || value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
                 return None;
             }
             length = Some(value.parse::<usize>().ok().filter(|n| *n <= body_limit)?);
-        } else if name == header::TRANSFER_ENCODING
-            || name == header::EXPECT
-            || name == header::UPGRADE
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"expect")
+            || name.eq_ignore_ascii_case(b"upgrade")
         {
             return None;
-        } else if name == header::CONNECTION {
+        } else if name.eq_ignore_ascii_case(b"connection") {
             let tokens = std::str::from_utf8(h.value).ok()?;
             for token in tokens.split(',').map(str::trim) {
                 if token.eq_ignore_ascii_case("close") {
@@ -233,15 +299,10 @@ fn as_receipt(parsed: &httparse::Request<'_, '_>, body_limit: usize) -> Option<T
                 }
             }
         }
-        headers.append(name, HeaderValue::from_bytes(h.value).ok()?);
     }
-    let mut request = Request::new(Bytes::new());
-    *request.method_mut() = Method::POST;
-    *request.uri_mut() = path.parse().ok()?;
-    *request.version_mut() = Version::HTTP_11;
-    *request.headers_mut() = headers;
     Some(Taken {
-        request,
+        layout,
+        request: Request::new(Bytes::new()),
         body_len: length.unwrap_or(0),
         close,
         late: false,
@@ -281,15 +342,13 @@ pub async fn answer<S: Store>(
         && !taken.late
         && !state.shutdown.is_cancelled()
         && !head.headers.contains_key(header::CONNECTION);
-    head.headers
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     if !keep {
         head.headers
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    let mut out = raw_head(head.status, &head.headers);
-    out.extend_from_slice(&body);
-    stream.write_all(&out).await?;
+    stream
+        .write_all(&raw_answer(head.status, &head.headers, &body))
+        .await?;
     Ok(keep)
 }
 
@@ -370,6 +429,17 @@ mod tests {
         ) {
             let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\ndevice: {value}\r\nContent-Length: {value}\r\nConnection: {value}\r\n\r\n");
             let _ = parse(head.as_bytes(), MAX_BODY);
+            // What is taken is made into a request, whatever its values.
+            let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nDevice: {value}\r\nX-Other: {value}\r\n\r\n");
+            if let Parsed::Taken { taken, head_len } = parse(head.as_bytes(), MAX_BODY) {
+                let request = taken.layout.request(&Bytes::copy_from_slice(&head.as_bytes()[..head_len]), Bytes::new());
+                // A path `http` refuses (`httparse` is laxer) leaves the request to hyper.
+                proptest::prop_assert_eq!(request.is_some(), path.parse::<hyper::Uri>().is_ok(), "{:?}", head);
+                let Some(request) = request else { return Ok(()) };
+                proptest::prop_assert_eq!(request.headers()["device"].as_bytes(), value.trim().as_bytes());
+                proptest::prop_assert_eq!(request.headers()["x-other"].as_bytes(), value.trim().as_bytes());
+                proptest::prop_assert_eq!(request.uri().path().as_bytes(), path.split(['?', '#']).next().unwrap().as_bytes());
+            }
         }
     }
 }

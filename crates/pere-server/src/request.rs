@@ -1,6 +1,7 @@
 //! Reading requests: the query string (parsed once), names, the device (read one way), the resume
 //! position, bodies under the size limit, and the parts of a receipt wherever a client put them.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -47,10 +48,25 @@ const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 const LAST_EVENT_ID_ORIGINAL: HeaderName = HeaderName::from_static("last_event_id");
 
-fn header_text(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+/// The name of a header PERE reads that `http` does not know, from its bytes in any case:
+/// known, it is not allocated anew for each request.
+pub fn known_header(name: &[u8]) -> Option<HeaderName> {
+    let known = match name.len() {
+        5 => EVENT,
+        6 => DEVICE,
+        13 if name[4] == b'_' => LAST_EVENT_ID_ORIGINAL,
+        13 => LAST_EVENT_ID,
+        15 => IDEMPOTENCY_KEY,
+        _ => return None,
+    };
+    name.eq_ignore_ascii_case(known.as_str().as_bytes())
+        .then_some(known)
+}
+
+fn header_text<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<Cow<'h, str>> {
     headers
         .get(name)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .map(|v| String::from_utf8_lossy(v.as_bytes()))
 }
 
 /// The value of a header or, for clients that cannot set headers (a browser's EventSource), of a
@@ -61,7 +77,9 @@ fn header_or_query(
     header: &HeaderName,
     names: &[&str],
 ) -> Option<String> {
-    header_text(headers, header).or_else(|| query.get(names).map(str::to_owned))
+    header_text(headers, header)
+        .map(Cow::into_owned)
+        .or_else(|| query.get(names).map(str::to_owned))
 }
 
 /// A channel name from a path segment.
@@ -72,7 +90,7 @@ pub fn channel(raw: &str) -> Result<ChannelName, ApiError> {
     Ok(ChannelName::new(raw)?)
 }
 
-fn device_id(raw: Option<String>) -> Result<Option<DeviceId>, ApiError> {
+fn device_id(raw: Option<&str>) -> Result<Option<DeviceId>, ApiError> {
     raw.map(|d| DeviceId::new(d.trim()))
         .transpose()
         .map_err(ApiError::from)
@@ -84,8 +102,8 @@ fn device_id(raw: Option<String>) -> Result<Option<DeviceId>, ApiError> {
 /// # Errors
 /// 400 `bad_device` for an id that is not a valid device id.
 pub fn device(headers: &HeaderMap, query: &Query) -> Result<Option<DeviceId>, ApiError> {
-    let header = device_id(header_text(headers, &DEVICE))?;
-    let query = device_id(query.get(&["device"]).map(str::to_owned))?;
+    let header = device_id(header_text(headers, &DEVICE).as_deref())?;
+    let query = device_id(query.get(&["device"]))?;
     Ok(header.or(query))
 }
 
@@ -96,7 +114,7 @@ pub fn device(headers: &HeaderMap, query: &Query) -> Result<Option<DeviceId>, Ap
 /// 400 `bad_event_type`.
 pub fn event_type(headers: &HeaderMap, query: &Query) -> Result<Option<EventType>, ApiError> {
     let header = header_text(headers, &EVENT)
-        .map(|t| EventType::new(&t))
+        .map(|t| EventType::new(t.as_ref()))
         .transpose()?;
     let query = query.get(&["event"]).map(EventType::new).transpose()?;
     Ok(query.or(header))
@@ -509,8 +527,8 @@ pub fn receipt_parts(
     }
     parts.id = parts
         .id
-        .or_else(|| header_text(headers, &LAST_EVENT_ID_ORIGINAL))
-        .or_else(|| header_text(headers, &LAST_EVENT_ID))
+        .or_else(|| header_text(headers, &LAST_EVENT_ID_ORIGINAL).map(Cow::into_owned))
+        .or_else(|| header_text(headers, &LAST_EVENT_ID).map(Cow::into_owned))
         .or_else(|| {
             query
                 .get(&["id", "lastEventId", "last_event_id"])
@@ -536,6 +554,35 @@ mod tests {
             );
         }
         map
+    }
+
+    #[test]
+    fn known_header_names_are_found_in_any_case_and_others_are_not() {
+        for name in [
+            "device",
+            "Device",
+            "EVENT",
+            "Last-Event-ID",
+            "last_event_id",
+            "Idempotency-Key",
+        ] {
+            let known = known_header(name.as_bytes());
+            assert_eq!(
+                known,
+                Some(HeaderName::from_bytes(name.as_bytes()).unwrap()),
+                "{name}"
+            );
+        }
+        for name in [
+            "host",
+            "devices",
+            "last-event_id",
+            "last_event-id",
+            "idempotency_key",
+            "",
+        ] {
+            assert_eq!(known_header(name.as_bytes()), None, "{name}");
+        }
     }
 
     fn parts(device: Option<&str>, id: Option<&str>, status: Option<&str>) -> ReceiptParts {

@@ -3,6 +3,7 @@
 //! and the CORS headers.
 
 use std::convert::Infallible;
+use std::io::Write as _;
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -198,6 +199,25 @@ pub fn sse(body: ResponseBody) -> Response<ResponseBody> {
 /// `headers` and the blank line.
 pub fn raw_head(status: StatusCode, headers: &HeaderMap) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
+    write_head(&mut out, status, headers, false);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// A whole answer with a body as HTTP/1.1 bytes: [`raw_head`], its `content-length`, then the
+/// body itself.
+pub fn raw_answer(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + body.len());
+    write_head(&mut out, status, headers, true);
+    // Writing to a vector does not fail.
+    let _ = write!(out, "content-length: {}\r\n\r\n", body.len());
+    out.extend_from_slice(body);
+    out
+}
+
+/// The status line and `headers` (with a `date` unless they have one; without their
+/// `content-length` when `own_length`, the caller writing its own), without the blank line.
+fn write_head(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap, own_length: bool) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
@@ -209,13 +229,14 @@ pub fn raw_head(status: StatusCode, headers: &HeaderMap) -> Vec<u8> {
         out.extend_from_slice(b"\r\n");
     }
     for (name, value) in headers {
+        if own_length && name == header::CONTENT_LENGTH {
+            continue;
+        }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"\r\n");
-    out
 }
 
 /// Calls `with` with the `Date` of an answer made now (`Sun, 06 Nov 1994 08:49:37 GMT`), formatted
@@ -449,6 +470,18 @@ mod tests {
             rest,
             "content-type: text/event-stream; charset=utf-8\r\ncache-control: no-cache\r\n\
              x-accel-buffering: no\r\nvary: Origin\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn raw_answers_carry_their_own_length_once() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+        headers.insert(header::DATE, HeaderValue::from_static("then"));
+        let whole = raw_answer(StatusCode::CREATED, &headers, b"{\"ok\":1}");
+        assert_eq!(
+            String::from_utf8(whole).unwrap(),
+            "HTTP/1.1 201 Created\r\ndate: then\r\ncontent-length: 8\r\n\r\n{\"ok\":1}"
         );
     }
 }

@@ -78,14 +78,26 @@ pub enum NoRoute {
     MethodNotAllowed(&'static str),
 }
 
+/// Path segments of the longest route.
+const MAX_SEGMENTS: usize = 4;
+
 impl<'a> Route<'a> {
     /// Matches a request line.
     pub fn parse(method: &Method, path: &'a str) -> Result<Route<'a>, NoRoute> {
         if method == Method::OPTIONS {
             return Ok(Route::Preflight);
         }
-        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        let (route, allowed) = match segments.as_slice() {
+        // On the stack: every request is routed, twice (admitted, then counted).
+        let mut segments = [""; MAX_SEGMENTS];
+        let mut count = 0;
+        for segment in path.trim_start_matches('/').split('/') {
+            let Some(slot) = segments.get_mut(count) else {
+                return Err(NoRoute::NotFound);
+            };
+            *slot = segment;
+            count += 1;
+        }
+        let (route, allowed) = match &segments[..count] {
             [""] => (Route::Root, "GET"),
             ["subscriber.html"] => (Route::SubscriberPage, "GET"),
             ["pere.js"] => (Route::Script, "GET"),
@@ -292,6 +304,15 @@ mod tests {
         );
         assert_eq!(
             Route::parse(&Method::GET, "/nowhere"),
+            Err(NoRoute::NotFound)
+        );
+        // Longer than any route, and so found nowhere (even if its start is one).
+        assert_eq!(
+            Route::parse(&Method::GET, "/admin/receipts/C1/1/more"),
+            Err(NoRoute::NotFound)
+        );
+        assert_eq!(
+            Route::parse(&Method::POST, "/feedback/C1/a/b/c/d/e/f"),
             Err(NoRoute::NotFound)
         );
         assert_eq!(
