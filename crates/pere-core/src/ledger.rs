@@ -189,7 +189,7 @@ impl Expectation {
 pub(crate) struct ChannelLedger {
     channel: ChannelName,
     /// Current recipients.
-    recipients: HashMap<DeviceId, Recipient>,
+    recipients: HashMap<DeviceId, Recipient, ahash::RandomState>,
     /// Memberships that ended while events they were expected for are still followed.
     departed: Vec<Membership>,
     /// The highest `joined_after` among current recipients: an event with a greater id expects
@@ -200,7 +200,7 @@ pub(crate) struct ChannelLedger {
     /// by the hub's unloading, so counted rather than searched for.
     incomplete: usize,
     /// Each device that acknowledged an event here, numbered in order of its first receipt.
-    numbers: HashMap<DeviceId, u32>,
+    numbers: HashMap<DeviceId, u32, ahash::RandomState>,
 }
 
 impl ChannelLedger {
@@ -208,12 +208,12 @@ impl ChannelLedger {
     pub(crate) fn new(channel: ChannelName, current: impl IntoIterator<Item = Membership>) -> Self {
         let mut ledger = ChannelLedger {
             channel,
-            recipients: HashMap::new(),
+            recipients: HashMap::default(),
             departed: Vec::new(),
             latest_join: 0,
             open: OpenEvents::default(),
             incomplete: 0,
-            numbers: HashMap::new(),
+            numbers: HashMap::default(),
         };
         for membership in current {
             ledger.join(membership);

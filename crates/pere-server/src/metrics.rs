@@ -556,7 +556,9 @@ mod tests {
 
     #[test]
     fn a_remembered_status_class_is_the_class_of_the_status_asked() {
-        for status in ["ok", "ok", "not ok", "", "queued", "rx ok", "rx ok", "failed"] {
+        for status in [
+            "ok", "ok", "not ok", "", "queued", "rx ok", "rx ok", "failed",
+        ] {
             assert_eq!(status_class(status), StatusClass::of(status), "{status}");
         }
     }

@@ -156,7 +156,7 @@ pub struct Hub<S> {
     // channel loaded again reads a head that every released event is under (a second
     // sequencer beside a publish still holding the first would hold later events back for
     // `GAP_WAIT`).
-    channels: Mutex<HashMap<ChannelName, Arc<ChannelHub>>>,
+    channels: Mutex<HashMap<ChannelName, Arc<ChannelHub>, ahash::RandomState>>,
     // Bumped (under the `channels` lock) whenever a channel is unloaded: a load that read the
     // store before an unload reads it again, so it never installs a state older than the one
     // unloaded.
@@ -173,7 +173,7 @@ pub struct Hub<S> {
     feeds_ended: AtomicBool,
     // Told of every load and unload (see `Hub::watch_channels`).
     watch: OnceLock<Arc<dyn ChannelWatch>>,
-    live_devices: Mutex<HashMap<(ChannelName, DeviceId), Arc<LiveDevice>>>,
+    live_devices: Mutex<HashMap<(ChannelName, DeviceId), Arc<LiveDevice>, ahash::RandomState>>,
     // Presence shared through the store (see `Hub::share_presence`): the devices whose count of
     // streams on this node changed since `presence_updates` last took them, and the wake-up of
     // whoever writes them to the store.

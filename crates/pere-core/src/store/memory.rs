@@ -26,7 +26,7 @@ pub struct MemoryStore {
 #[derive(Debug)]
 struct Inner {
     retention: Retention,
-    channels: RwLock<HashMap<ChannelName, Arc<Mutex<ChannelData>>>>,
+    channels: RwLock<HashMap<ChannelName, Arc<Mutex<ChannelData>>, ahash::RandomState>>,
     // Every channel's ids are above it (see the store contract's floor).
     floor: AtomicU64,
     // Set by `lose_everything` until a node adopts the store: writes fail as a Redis that came

@@ -238,7 +238,11 @@ impl RecentCache {
 
     /// Drops the oldest cached events of the channels appended to least recently until the
     /// cache is within `budget`.
-    pub(super) fn trim(&mut self, channels: &mut HashMap<ChannelName, ChannelMeta>, budget: usize) {
+    pub(super) fn trim(
+        &mut self,
+        channels: &mut HashMap<ChannelName, ChannelMeta, ahash::RandomState>,
+        budget: usize,
+    ) {
         while self.bytes > budget {
             let Some((stamp, name)) = self.order.pop_first() else {
                 break;
@@ -265,7 +269,8 @@ impl RecentCache {
 /// [`SqliteOptions::device_records`]: super::options::SqliteOptions::device_records
 #[derive(Default)]
 pub(super) struct DeviceBook {
-    pub(super) records: HashMap<ChannelName, HashMap<DeviceId, BookEntry>>,
+    pub(super) records:
+        HashMap<ChannelName, HashMap<DeviceId, BookEntry, ahash::RandomState>, ahash::RandomState>,
     /// How many records `records` holds.
     pub(super) len: usize,
     /// Committed but not yet written back to `devices`.

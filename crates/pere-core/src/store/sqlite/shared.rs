@@ -38,7 +38,7 @@ pub(super) struct Shared {
     // Committed state only, of the channels in use: the writer updates it after each commit,
     // before answering, adds a channel when it appends to it and drops one the hub unloads (a
     // cache: the database has every channel, and readers read it for a channel not here).
-    pub(super) channels: RwLock<HashMap<ChannelName, ChannelMeta>>,
+    pub(super) channels: RwLock<HashMap<ChannelName, ChannelMeta, ahash::RandomState>>,
     // std Mutex: held only to push or pop a connection, never across a query or an await.
     pub(super) readers: Mutex<Vec<Connection>>,
     // Committed device records; std Mutex, held only to look up, clone or merge records.
@@ -70,7 +70,7 @@ impl Shared {
     /// The committed state of the channels in memory, to read.
     pub(super) fn channels(
         &self,
-    ) -> std::sync::RwLockReadGuard<'_, HashMap<ChannelName, ChannelMeta>> {
+    ) -> std::sync::RwLockReadGuard<'_, HashMap<ChannelName, ChannelMeta, ahash::RandomState>> {
         self.channels.read().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -123,8 +123,8 @@ pub(super) struct Draft {
 /// The channels and device records a transaction has touched.
 pub(super) struct Drafts<'a> {
     pub(super) shared: &'a Shared,
-    pub(super) channels: HashMap<ChannelName, Draft>,
-    devices: HashMap<(ChannelName, DeviceId), DeviceRecord>,
+    pub(super) channels: HashMap<ChannelName, Draft, ahash::RandomState>,
+    devices: HashMap<(ChannelName, DeviceId), DeviceRecord, ahash::RandomState>,
     /// The seq of the newest receipt, this transaction's included.
     pub(super) last_receipt: u64,
 }
@@ -134,8 +134,8 @@ impl<'a> Drafts<'a> {
         let last_receipt = shared.last_receipt.load(Ordering::Relaxed);
         Drafts {
             shared,
-            channels: HashMap::new(),
-            devices: HashMap::new(),
+            channels: HashMap::default(),
+            devices: HashMap::default(),
             last_receipt,
         }
     }
