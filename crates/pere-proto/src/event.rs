@@ -83,7 +83,9 @@ impl Event {
 /// cost more than the rest of the answer.
 pub fn format_time(time: DateTime<Utc>) -> String {
     // Leap seconds are chrono's business, and so are years beyond four digits.
-    if time.nanosecond() >= 1_000_000_000 || !(0..=9999).contains(&time.year()) {
+    // Taken apart once: each field asked of a `DateTime` adds its offset anew.
+    let (date, clock) = (time.date_naive(), time.time());
+    if clock.nanosecond() >= 1_000_000_000 || !(0..=9999).contains(&date.year()) {
         return time.to_rfc3339_opts(SecondsFormat::Millis, true);
     }
     let mut out = *b"0000-00-00T00:00:00.000Z";
@@ -94,13 +96,13 @@ pub fn format_time(time: DateTime<Utc>) -> String {
             value /= 10;
         }
     };
-    put(0, time.year().unsigned_abs(), 4);
-    put(5, time.month(), 2);
-    put(8, time.day(), 2);
-    put(11, time.hour(), 2);
-    put(14, time.minute(), 2);
-    put(17, time.second(), 2);
-    put(20, time.timestamp_subsec_millis(), 3);
+    put(0, date.year().unsigned_abs(), 4);
+    put(5, date.month(), 2);
+    put(8, date.day(), 2);
+    put(11, clock.hour(), 2);
+    put(14, clock.minute(), 2);
+    put(17, clock.second(), 2);
+    put(20, clock.nanosecond() / 1_000_000, 3);
     String::from_utf8(out.to_vec()).unwrap_or_default()
 }
 

@@ -153,7 +153,9 @@ where
             }
         }
     };
+    // Read first: a request already here registers no timer.
     tokio::select! {
+        biased;
         first = read => first,
         () = overdue => Err(io::ErrorKind::TimedOut.into()),
     }

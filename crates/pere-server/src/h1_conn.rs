@@ -113,6 +113,11 @@ pub async fn serve<S: Store>(
     // When the head being waited for must have arrived; set as a connection goes idle, kept
     // while bytes of a head trickle in across idle spells.
     let mut head_deadline = Instant::now() + limit;
+    // The wait for the next request, one timer for the connection's life, moved on as each
+    // answer goes out: moving a registered timer later costs a store, registering a new one
+    // for each request took the timer wheel's lock twice (in and out).
+    let idle = tokio::time::sleep_until(head_deadline);
+    tokio::pin!(idle);
     loop {
         // The bytes of the next request read so far, once it is served.
         let unread = if receipt_post::Opening::of(&prefix) == receipt_post::Opening::Other {
@@ -123,41 +128,48 @@ pub async fn serve<S: Store>(
             let start = std::mem::take(&mut prefix)
                 .try_into_mut()
                 .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
-            let read = Box::pin(receipt_post::read(
-                start,
-                &mut stream,
-                head_overdue(&arrival, head_deadline),
-                state.config.max_body,
-                state.config.body_timeout,
-            ));
+            // Read and answered in one future, and so one allocation.
+            let exchange = Box::pin(async {
+                let read = receipt_post::read(
+                    start,
+                    &mut stream,
+                    head_overdue(&arrival, head_deadline),
+                    state.config.max_body,
+                    state.config.body_timeout,
+                )
+                .await;
+                match read {
+                    Ok(receipt_post::Read::Receipt(taken, rest)) => {
+                        let kept = receipt_post::answer(&state, &arrival, &mut stream, taken).await;
+                        Exchange::Answered(matches!(kept, Ok(true)), rest)
+                    }
+                    Ok(receipt_post::Read::Other(bytes)) => Exchange::Other(bytes),
+                    Err(_) => Exchange::Failed,
+                }
+            });
             // A receipt begun is read to its end and answered even once the server stops, as
             // hyper finishes the request it is reading: its device would otherwise send it again
             // to a server that may have stored it. Its read has deadlines of its own; the drain
             // bounds it too.
-            let read = tokio::select! {
-                read = read => read,
+            let exchange = tokio::select! {
+                biased;
+                exchange = exchange => exchange,
                 () = shutdown_then_never(&state) => return,
             };
-            match read {
-                Ok(receipt_post::Read::Receipt(taken, rest)) => {
-                    let answered =
-                        Box::pin(receipt_post::answer(&state, &arrival, &mut stream, taken));
-                    let kept = tokio::select! {
-                        kept = answered => kept,
-                        () = shutdown_then_never(&state) => return,
-                    };
-                    if !matches!(kept, Ok(true)) {
-                        let _ = stream.shutdown().await;
-                        return;
-                    }
+            match exchange {
+                Exchange::Answered(true, rest) => {
                     head_deadline = Instant::now() + limit;
                     Some(rest)
                 }
-                Ok(receipt_post::Read::Other(bytes)) => {
+                Exchange::Answered(false, _) => {
+                    let _ = stream.shutdown().await;
+                    return;
+                }
+                Exchange::Other(bytes) => {
                     prefix = bytes.freeze();
                     None
                 }
-                Err(_) => return,
+                Exchange::Failed => return,
             }
         };
         let unread = match unread {
@@ -182,13 +194,20 @@ pub async fn serve<S: Store>(
             }
         };
         // Nothing held while the client thinks: no buffer until the socket has bytes. (A
-        // request sent right behind the last one is read at once.)
+        // request sent right behind the last one is read at once.) Here and above, the work is
+        // polled before the waits (`biased`): when it is ready, as it mostly is, no timer or
+        // shutdown waiter is registered only to be taken down again.
         if unread.is_empty() {
+            if idle.deadline() != head_deadline {
+                idle.as_mut().reset(head_deadline);
+            }
             let readable = tokio::select! {
-                readable = tokio::time::timeout_at(head_deadline, stream.readable()) => readable,
+                biased;
+                readable = stream.readable() => readable,
+                () = &mut idle => return,
                 () = state.shutdown.cancelled() => return,
             };
-            if !matches!(readable, Ok(Ok(()))) {
+            if readable.is_err() {
                 return;
             }
         }
@@ -208,6 +227,16 @@ pub async fn serve<S: Store>(
             Err(_) => return,
         }
     }
+}
+
+/// What came of a request that opened as a receipt taken without hyper.
+enum Exchange {
+    /// Read and answered: whether the connection stays open, and the bytes read after it.
+    Answered(bool, BytesMut),
+    /// Not one to take here: every byte read, for hyper.
+    Other(BytesMut),
+    /// The socket failed or the head was late.
+    Failed,
 }
 
 /// Completes when the head being waited for is late: past `deadline`, or the connection's

@@ -130,7 +130,9 @@ pub async fn read(
             }
         }
     };
+    // Read first: a head already here registers no timer.
     let head = tokio::select! {
+        biased;
         head = head => head?,
         () = head_overdue => return Err(io::ErrorKind::TimedOut.into()),
     };
