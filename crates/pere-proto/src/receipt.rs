@@ -4,6 +4,7 @@
 //! them all ([`Completion`]).
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -253,7 +254,10 @@ impl DeviceRecord {
     pub fn apply_receipt(&mut self, receipt: &Receipt) {
         self.last_seen = self.last_seen.max(receipt.time);
         self.last_op = DeviceOp::Feedback;
-        self.last_event_id = Some(receipt.event_id.to_string());
+        // The text rewritten in place: a device's receipts would each allocate a new one.
+        let text = self.last_event_id.get_or_insert_with(String::new);
+        text.clear();
+        let _ = write!(text, "{}", receipt.event_id);
         self.last_acked = self.last_acked.max(receipt.event_id);
         // A receipt proves the event reached the device, whatever the stream bookkeeping saw.
         self.last_delivered = self.last_delivered.max(receipt.event_id);

@@ -208,8 +208,8 @@ impl ChannelData {
                 id: receipt.event_id,
             });
         }
-        let receipt = self.insert_receipt(receipt);
-        let record = self.devices.get(&receipt.device).cloned();
+        let receipt = self.keep_receipt(receipt);
+        let record = self.apply_to_device([&receipt]).cloned();
         let record = record.unwrap_or_else(|| DeviceRecord::first(&receipt_touch(&receipt)));
         Ok((receipt, record))
     }
@@ -232,12 +232,11 @@ impl ChannelData {
     /// receipt covers: every receipt raises its device's `last_acked`, so above it (every id,
     /// for a device that acknowledges as it goes) the answer needs no walk through the event's
     /// receipts, which on a channel of 1,000 devices compared ~500 names.
-    fn acknowledged(&self, id: u64, device: &DeviceId) -> bool {
-        if self
-            .devices
-            .get(device)
-            .is_none_or(|record| id > record.last_acked)
-        {
+    ///
+    /// `last_acked` is the device's last acknowledged id (`None` for a device never seen),
+    /// looked up once by the caller for all the ids it asks about.
+    fn acknowledged_after(&self, last_acked: Option<u64>, id: u64, device: &DeviceId) -> bool {
+        if last_acked.is_none_or(|last| id > last) {
             return false;
         }
         self.receipts
@@ -247,11 +246,28 @@ impl ChannelData {
 
     /// Records a receipt that passed every check, and applies it to its device's record:
     /// nothing here can fail.
-    fn insert_receipt(&mut self, mut receipt: Receipt) -> Receipt {
-        self.devices
-            .entry(receipt.device.clone())
-            .or_insert_with(|| DeviceRecord::first(&receipt_touch(&receipt)))
-            .apply_receipt(&receipt);
+    /// Applies receipts of one device, in order, to its record, looked up once; the record
+    /// after them (`None` when there were none).
+    fn apply_to_device<'r>(
+        &mut self,
+        receipts: impl IntoIterator<Item = &'r Receipt>,
+    ) -> Option<&DeviceRecord> {
+        let mut receipts = receipts.into_iter();
+        let first = receipts.next()?;
+        let record = self
+            .devices
+            .entry(first.device.clone())
+            .or_insert_with(|| DeviceRecord::first(&receipt_touch(first)));
+        record.apply_receipt(first);
+        for receipt in receipts {
+            record.apply_receipt(receipt);
+        }
+        Some(record)
+    }
+
+    /// Keeps a receipt that passed every check, giving it its place in the receipt stream; its
+    /// device's record is [`ChannelData::apply_to_device`]'s.
+    fn keep_receipt(&mut self, mut receipt: Receipt) -> Receipt {
         self.receipt_seq += 1;
         receipt.seq = self.receipt_seq;
         if receipt.event_id >= self.first_retained() {
@@ -560,6 +576,7 @@ impl Store for MemoryStore {
         let retention = &self.inner.retention;
         let mut data = data.lock().unwrap_or_else(|e| e.into_inner());
         let at = batch.time;
+        let last_acked = data.devices.get(&batch.device).map(|r| r.last_acked);
         // Everything is checked before anything changes: all or none under one lock.
         let plans = plan_receipts(
             &batch,
@@ -568,16 +585,23 @@ impl Store for MemoryStore {
                 data.held_receipt(&batch.device, key, retention, at)
                     .cloned()
             },
-            |id| data.acknowledged(id, &batch.device),
+            |id| data.acknowledged_after(last_acked, id, &batch.device),
         )?;
         let recorded = record_planned(batch, plans, |receipt, key| {
-            let receipt = data.insert_receipt(receipt);
+            let receipt = data.keep_receipt(receipt);
             if let Some(key) = key {
                 data.note_receipt_key(&receipt, &key);
             }
             Ok::<_, Infallible>(receipt)
         });
         let Ok(recorded) = recorded;
+        // The device's record once for the batch: the lines are all of one device.
+        data.apply_to_device(
+            recorded
+                .iter()
+                .filter(|line| line.new)
+                .map(|line| &line.receipt),
+        );
         data.prune(retention, at);
         Ok(recorded)
     }
@@ -664,10 +688,11 @@ impl Store for MemoryStore {
     ) -> Result<Vec<Arc<Event>>, StoreError> {
         Ok(self.with_existing(channel, Vec::new(), |d| {
             let start = d.events.partition_point(|e| e.id <= after);
+            let last_acked = d.devices.get(device).map(|r| r.last_acked);
             d.events
                 .iter()
                 .skip(start)
-                .filter(|e| !d.acknowledged(e.id, device))
+                .filter(|e| !d.acknowledged_after(last_acked, e.id, device))
                 .take(limit)
                 .cloned()
                 .collect()

@@ -711,7 +711,7 @@ pub(crate) fn plan_receipts(
     mut acknowledged: impl FnMut(u64) -> bool,
 ) -> Result<Vec<ReceiptPlan>, StoreError> {
     let mut first_with: HashMap<&str, usize> = HashMap::new();
-    let mut taken: HashSet<u64> = HashSet::new();
+    let mut taken: HashSet<u64, ahash::RandomState> = HashSet::default();
     let mut plans = Vec::with_capacity(batch.lines.len());
     for (i, line) in batch.lines.iter().enumerate() {
         if line.event_id == 0 || line.event_id > known {
