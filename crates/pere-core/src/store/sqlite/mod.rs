@@ -202,6 +202,8 @@ impl SqliteStore {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn =
             Connection::open_with_flags(&path, flags).map_err(|err| Failure::open(&path, err))?;
+        // The writer's statements, with a receipt insert of each size (`ops`), stay prepared.
+        conn.set_prepared_statement_cache_capacity(64);
         prepare_schema(&mut conn, &path, options.durability)?;
         check_integrity(&conn, &path)?;
         // No channel is read at open: each is read when first used, so a restart takes the

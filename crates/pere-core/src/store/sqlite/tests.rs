@@ -14,7 +14,7 @@ use super::rows::DEVICES_THROUGH_RECEIPT;
 use super::schema::{MIGRATIONS, SCHEMA_VERSION};
 use super::*;
 use crate::store::conformance::{self, body, ch, dev, ROOMY};
-use crate::store::Retention;
+use crate::store::{ReceiptLine, Retention};
 
 fn open(dir: &Path, retention: Retention) -> SqliteStore {
     SqliteStore::open(
@@ -1161,4 +1161,60 @@ async fn a_database_replaced_under_the_store_refuses_writes() {
         store.adopt(10).await,
         Err(StoreError::Changed { .. })
     ));
+}
+
+/// The seqs of a batch's receipts (given by the store, not by SQLite's AUTOINCREMENT) follow
+/// every seq ever handed out, in line order: after the newest receipts were pruned, and after a
+/// reopening; and a single receipt after them continues above them.
+#[tokio::test]
+async fn a_batch_of_receipts_takes_seqs_never_handed_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let retention = Retention {
+        max_events: 2,
+        max_age: None,
+        idempotency_window: None,
+    };
+    let batch = |device: &str, id: u64, count: usize| ReceiptBatch {
+        channel: ch("C"),
+        device: dev(device),
+        time: now(),
+        lines: (0..count)
+            .map(|i| ReceiptLine {
+                event_id: id,
+                status: format!("s{i}").into(),
+                key: None,
+            })
+            .collect(),
+        unacknowledged_only: false,
+    };
+    let seqs = |lines: Vec<RecordedLine>| -> Vec<u64> {
+        lines.into_iter().map(|line| line.receipt.seq).collect()
+    };
+    let c = ch("C");
+    let store = open(dir.path(), retention.clone());
+    store.append(&c, body("1")).await.unwrap();
+    let first = store.record_receipt(ack("C", 1, "H1")).await.unwrap();
+    let first = first.0.seq;
+    let batch_seqs = seqs(store.record_receipts(batch("H2", 1, 3)).await.unwrap());
+    assert_eq!(batch_seqs, vec![first + 1, first + 2, first + 3]);
+    let stored: Vec<u64> = store
+        .receipts(&c, 1)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(stored, vec![first, first + 1, first + 2, first + 3]);
+    // Event 1 and every receipt kept are pruned: the seqs given stay given.
+    store.append(&c, body("2")).await.unwrap();
+    store.append(&c, body("3")).await.unwrap();
+    assert!(store.receipts(&c, 1).await.unwrap().is_empty());
+    let after_pruning = seqs(store.record_receipts(batch("H3", 3, 2)).await.unwrap());
+    assert_eq!(after_pruning, vec![first + 4, first + 5]);
+    drop(store);
+    let store = open(dir.path(), retention);
+    let single = store.record_receipt(ack("C", 3, "H1")).await.unwrap();
+    assert_eq!(single.0.seq, first + 6);
+    let again = seqs(store.record_receipts(batch("H4", 3, 2)).await.unwrap());
+    assert_eq!(again, vec![first + 7, first + 8]);
 }
