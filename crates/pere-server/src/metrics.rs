@@ -492,7 +492,10 @@ fn status_class(status: &str) -> StatusClass {
     LAST.with(|last| {
         let mut last = last.borrow_mut();
         if last.0 != status {
-            *last = (status.to_owned(), StatusClass::of(status));
+            // The text's room kept: statuses that take turns allocate nothing.
+            last.0.clear();
+            last.0.push_str(status);
+            last.1 = StatusClass::of(status);
         }
         last.1
     })

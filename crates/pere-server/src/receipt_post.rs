@@ -83,15 +83,10 @@ pub enum Read {
     Other(BytesMut),
 }
 
-/// A request taken here.
+/// A request taken here, read whole.
 #[derive(Debug)]
 pub struct Taken {
-    /// Where its parts lie in its head.
-    layout: Layout,
-    /// The request, made from its head once whole (see [`Layout`]).
     request: Request<Bytes>,
-    /// The body's length, as its `Content-Length` says (0 without one).
-    body_len: usize,
     /// The client asked for the connection to end after the answer (`Connection: close`).
     close: bool,
     /// The body did not arrive within the body timeout: answered 408, as hyper's requests are,
@@ -121,7 +116,7 @@ pub async fn read(
             }
             match parse(&buf, body_limit.min(MAX_BODY)) {
                 Parsed::Partial => {}
-                Parsed::Taken { head_len, taken } => return Ok(Some((head_len, taken))),
+                Parsed::Taken { head_len, head } => return Ok(Some((head_len, head))),
                 Parsed::Other => return Ok(None),
             }
             buf.reserve(1024);
@@ -136,10 +131,10 @@ pub async fn read(
         head = head => head?,
         () = head_overdue => return Err(io::ErrorKind::TimedOut.into()),
     };
-    let Some((head_len, mut taken)) = head else {
+    let Some((head_len, receipt)) = head else {
         return Ok(Read::Other(buf));
     };
-    let whole = head_len + taken.body_len;
+    let whole = head_len + receipt.body_len;
     let body = async {
         while buf.len() < whole {
             buf.reserve(whole - buf.len());
@@ -158,12 +153,15 @@ pub async fn read(
         // second body timeout.
         Err(_) => {
             let head = buf.split_to(head_len).freeze();
-            return Ok(match taken.layout.request(&head, Bytes::new()) {
-                Some(request) => {
-                    taken.request = request;
-                    taken.late = true;
-                    Read::Receipt(taken, BytesMut::new())
-                }
+            return Ok(match receipt.layout.request(&head) {
+                Some(request) => Read::Receipt(
+                    Taken {
+                        request: request.map(|()| Bytes::new()),
+                        close: receipt.close,
+                        late: true,
+                    },
+                    BytesMut::new(),
+                ),
                 None => Read::Other(BytesMut::from(&head[..])),
             });
         }
@@ -171,15 +169,30 @@ pub async fn read(
     let rest = buf.split_off(whole);
     let body = buf.split_off(head_len).freeze();
     let head = buf.freeze();
-    let Some(request) = taken.layout.request(&head, body.clone()) else {
+    let Some(request) = receipt.layout.request(&head) else {
         // A path `http` refuses (see `Layout::request`): hyper answers it.
         let mut all = BytesMut::from(&head[..]);
         all.extend_from_slice(&body);
         all.extend_from_slice(&rest);
         return Ok(Read::Other(all));
     };
-    taken.request = request;
+    let taken = Taken {
+        request: request.map(|()| body),
+        close: receipt.close,
+        late: false,
+    };
     Ok(Read::Receipt(taken, rest))
+}
+
+/// What the head of a request taken here says, before its body is read.
+#[derive(Debug)]
+struct ReceiptHead {
+    /// Where its parts lie in the head.
+    layout: Layout,
+    /// The body's length, as its `Content-Length` says (0 without one).
+    body_len: usize,
+    /// The client asked for the connection to end after the answer (`Connection: close`).
+    close: bool,
 }
 
 /// Where a receipt's path and headers lie in its head, noted while parsing: the request is made
@@ -194,11 +207,11 @@ struct Layout {
 }
 
 impl Layout {
-    /// The request whose head is `head`, with `body`. `None` when `http` refuses what
+    /// The request whose head is `head`. `None` when `http` refuses what
     /// `httparse` accepted: a path with bytes a URI may not hold (`<`, say), left to hyper to
     /// refuse. Names and values it accepts alike (tokens; tab, space and bytes from `0x21` but
     /// `0x7f`).
-    fn request(&self, head: &Bytes, body: Bytes) -> Option<Request<Bytes>> {
+    fn request(&self, head: &Bytes) -> Option<Request<()>> {
         let part = |(start, end): (u16, u16)| head.slice(usize::from(start)..usize::from(end));
         let mut headers = HeaderMap::with_capacity(self.count);
         for &(name, value) in &self.headers[..self.count] {
@@ -207,7 +220,7 @@ impl Layout {
                 .map_or_else(|| HeaderName::from_bytes(name).ok(), Some)?;
             headers.append(name, HeaderValue::from_maybe_shared(part(value)).ok()?);
         }
-        let mut request = Request::new(body);
+        let mut request = Request::new(());
         *request.method_mut() = Method::POST;
         *request.uri_mut() = hyper::Uri::from_maybe_shared(part(self.path)).ok()?;
         *request.version_mut() = Version::HTTP_11;
@@ -222,7 +235,7 @@ enum Parsed {
     /// The head is not whole yet.
     Partial,
     /// A request taken here; its head is `head_len` bytes long, its body not read yet.
-    Taken { head_len: usize, taken: Taken },
+    Taken { head_len: usize, head: ReceiptHead },
     /// Anything else, for hyper.
     Other,
 }
@@ -234,7 +247,7 @@ fn parse(buf: &[u8], body_limit: usize) -> Parsed {
     let mut parsed = httparse::Request::new(&mut headers);
     match parsed.parse(buf) {
         Ok(httparse::Status::Complete(head_len)) => match as_receipt(&parsed, buf, body_limit) {
-            Some(taken) => Parsed::Taken { head_len, taken },
+            Some(head) => Parsed::Taken { head_len, head },
             None => Parsed::Other,
         },
         Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => Parsed::Partial,
@@ -246,16 +259,24 @@ fn parse(buf: &[u8], body_limit: usize) -> Parsed {
 /// for one left to hyper. For fuzzing and tests.
 pub fn parse_receipt_head(head: &[u8]) -> Option<Request<Bytes>> {
     match parse(head, MAX_BODY) {
-        Parsed::Taken { taken, head_len } => taken
+        Parsed::Taken {
+            head: receipt,
+            head_len,
+        } => receipt
             .layout
-            .request(&Bytes::copy_from_slice(&head[..head_len]), Bytes::new()),
+            .request(&Bytes::copy_from_slice(&head[..head_len]))
+            .map(|request| request.map(|()| Bytes::new())),
         Parsed::Partial | Parsed::Other => None,
     }
 }
 
-/// A receipt request this module serves, as an `http` request with its body still to read;
-/// `None` for anything else.
-fn as_receipt(parsed: &httparse::Request<'_, '_>, head: &[u8], body_limit: usize) -> Option<Taken> {
+/// What the head of a receipt request this module serves says (where its parts lie, its body's
+/// length); `None` for anything else.
+fn as_receipt(
+    parsed: &httparse::Request<'_, '_>,
+    head: &[u8],
+    body_limit: usize,
+) -> Option<ReceiptHead> {
     if parsed.method != Some("POST") || parsed.version != Some(1) {
         return None;
     }
@@ -302,12 +323,10 @@ fn as_receipt(parsed: &httparse::Request<'_, '_>, head: &[u8], body_limit: usize
             }
         }
     }
-    Some(Taken {
+    Some(ReceiptHead {
         layout,
-        request: Request::new(Bytes::new()),
         body_len: length.unwrap_or(0),
         close,
-        late: false,
     })
 }
 
@@ -381,8 +400,11 @@ mod tests {
         assert_eq!(receipt.headers()["device"], "D1");
         let head = b"POST /feedback/C1 HTTP/1.1\r\nContent-Length: 9\r\n\r\n";
         match parse(head, MAX_BODY) {
-            Parsed::Taken { taken, head_len } => {
-                assert_eq!((taken.body_len, head_len), (9, head.len()))
+            Parsed::Taken {
+                head: receipt,
+                head_len,
+            } => {
+                assert_eq!((receipt.body_len, head_len), (9, head.len()))
             }
             _ => panic!("not taken"),
         }
@@ -403,7 +425,7 @@ mod tests {
         }
         let closing = "POST /feedback/C1 HTTP/1.1\r\nConnection: keep-alive, close\r\n\r\n";
         match parse(closing.as_bytes(), MAX_BODY) {
-            Parsed::Taken { taken, .. } => assert!(taken.close),
+            Parsed::Taken { head, .. } => assert!(head.close),
             _ => panic!("not taken"),
         }
         assert!(
@@ -433,8 +455,8 @@ mod tests {
             let _ = parse(head.as_bytes(), MAX_BODY);
             // What is taken is made into a request, whatever its values.
             let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nDevice: {value}\r\nX-Other: {value}\r\n\r\n");
-            if let Parsed::Taken { taken, head_len } = parse(head.as_bytes(), MAX_BODY) {
-                let request = taken.layout.request(&Bytes::copy_from_slice(&head.as_bytes()[..head_len]), Bytes::new());
+            if let Parsed::Taken { head: receipt, head_len } = parse(head.as_bytes(), MAX_BODY) {
+                let request = receipt.layout.request(&Bytes::copy_from_slice(&head.as_bytes()[..head_len]));
                 // A path `http` refuses (`httparse` is laxer) leaves the request to hyper.
                 proptest::prop_assert_eq!(request.is_some(), path.parse::<hyper::Uri>().is_ok(), "{:?}", head);
                 let Some(request) = request else { return Ok(()) };

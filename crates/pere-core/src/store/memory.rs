@@ -209,8 +209,7 @@ impl ChannelData {
             });
         }
         let receipt = self.keep_receipt(receipt);
-        let record = self.apply_to_device([&receipt]).cloned();
-        let record = record.unwrap_or_else(|| DeviceRecord::first(&receipt_touch(&receipt)));
+        let record = self.apply_to_device(&receipt, []).clone();
         Ok((receipt, record))
     }
 
@@ -246,23 +245,22 @@ impl ChannelData {
 
     /// Records a receipt that passed every check, and applies it to its device's record:
     /// nothing here can fail.
-    /// Applies receipts of one device, in order, to its record, looked up once; the record
-    /// after them (`None` when there were none).
+    /// Applies `first` and then `more` receipts of the same device, in order, to its record,
+    /// looked up once; the record after them.
     fn apply_to_device<'r>(
         &mut self,
-        receipts: impl IntoIterator<Item = &'r Receipt>,
-    ) -> Option<&DeviceRecord> {
-        let mut receipts = receipts.into_iter();
-        let first = receipts.next()?;
+        first: &Receipt,
+        more: impl IntoIterator<Item = &'r Receipt>,
+    ) -> &DeviceRecord {
         let record = self
             .devices
             .entry(first.device.clone())
             .or_insert_with(|| DeviceRecord::first(&receipt_touch(first)));
         record.apply_receipt(first);
-        for receipt in receipts {
+        for receipt in more {
             record.apply_receipt(receipt);
         }
-        Some(record)
+        record
     }
 
     /// Keeps a receipt that passed every check, giving it its place in the receipt stream; its
@@ -596,12 +594,13 @@ impl Store for MemoryStore {
         });
         let Ok(recorded) = recorded;
         // The device's record once for the batch: the lines are all of one device.
-        data.apply_to_device(
-            recorded
-                .iter()
-                .filter(|line| line.new)
-                .map(|line| &line.receipt),
-        );
+        let mut new = recorded
+            .iter()
+            .filter(|line| line.new)
+            .map(|line| &line.receipt);
+        if let Some(first) = new.next() {
+            data.apply_to_device(first, new);
+        }
         data.prune(retention, at);
         Ok(recorded)
     }

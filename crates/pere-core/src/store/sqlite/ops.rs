@@ -487,6 +487,17 @@ fn greatest_receipt_seq(conn: &Connection) -> rusqlite::Result<u64> {
 /// (its cursors, the AUTOINCREMENT counter read and written, its end), not the row's.
 const ROWS_PER_STATEMENT: [usize; 6] = [32, 16, 8, 4, 2, 1];
 
+/// The insert of each size of [`ROWS_PER_STATEMENT`], in its order: written once, not for each
+/// batch (the statement cache is looked up by the text).
+static INSERT_RECEIPT_ROWS: std::sync::LazyLock<[String; 6]> = std::sync::LazyLock::new(|| {
+    ROWS_PER_STATEMENT.map(|size| {
+        let values = vec!["(?, ?, ?, ?, ?, ?, ?)"; size].join(", ");
+        format!(
+            "INSERT OR FAIL INTO receipts (seq, channel, event_id, device, status, time, idempotency_key) VALUES {values}"
+        )
+    })
+});
+
 /// Inserts receipts whose seqs are given (ascending), with their keys.
 fn insert_receipt_rows(
     conn: &Connection,
@@ -495,15 +506,13 @@ fn insert_receipt_rows(
     const COLUMNS: usize = 7;
     let mut rest = rows;
     while !rest.is_empty() {
-        let size = ROWS_PER_STATEMENT
+        let (sized, size) = ROWS_PER_STATEMENT
             .into_iter()
-            .find(|&size| size <= rest.len())
-            .unwrap_or(1);
+            .enumerate()
+            .find(|&(_, size)| size <= rest.len())
+            .unwrap_or((ROWS_PER_STATEMENT.len() - 1, 1));
         let (chunk, after) = rest.split_at(size);
-        let values = vec!["(?, ?, ?, ?, ?, ?, ?)"; size].join(", ");
-        let mut statement = conn.prepare_cached(&format!(
-            "INSERT OR FAIL INTO receipts (seq, channel, event_id, device, status, time, idempotency_key) VALUES {values}"
-        ))?;
+        let mut statement = conn.prepare_cached(&INSERT_RECEIPT_ROWS[sized])?;
         for (i, (receipt, key)) in chunk.iter().enumerate() {
             let at = i * COLUMNS;
             statement.raw_bind_parameter(at + 1, receipt.seq)?;
