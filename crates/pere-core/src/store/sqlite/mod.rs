@@ -32,7 +32,8 @@
 //! - **Device records** (presence and per-device counters) change with every receipt and feed
 //!   connection. The writer keeps them in memory, where readers see each change as soon as it
 //!   commits, and writes the changed ones back in one transaction every [`DEVICE_WRITE_BACK`],
-//!   recording in `state` the last receipt folded in. Receipts themselves are committed before
+//!   recording in `state` the last receipt folded in. Receipts themselves (the rows of a
+//!   transaction inserted together, a few statements for any number) are committed before
 //!   they are answered, so after a crash the receipts past that mark are folded in again at
 //!   open: only connection touches of the last moment are lost. Once written back, the least
 //!   recently changed records beyond [`SqliteOptions::device_records`] leave memory; a record

@@ -301,36 +301,32 @@ fn acknowledged(
     .map(|found| found.is_some())
 }
 
-/// Records a receipt that passed every check, and applies it to its device's record.
+/// Records a receipt that passed every check, and applies it to its device's record. Stored
+/// even for an event already pruned, so the receipt stream carries it; the channel's next
+/// pruning of events removes it with the other receipts of pruned events. Its row is inserted
+/// with the transaction's other receipts (see [`write_receipts`]).
 fn insert_receipt(
     conn: &Connection,
     drafts: &mut Drafts<'_>,
     mut receipt: Receipt,
     key: Option<String>,
 ) -> rusqlite::Result<(Receipt, DeviceRecord)> {
-    // Stored even for an event already pruned, so the receipt stream carries it; the channel's
-    // next pruning of events removes it with the other receipts of pruned events.
-    conn.prepare_cached(
-        "INSERT INTO receipts (channel, event_id, device, status, time, idempotency_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![
-        receipt.channel.as_str(),
-        receipt.event_id,
-        receipt.device.as_str(),
-        receipt.status,
-        receipt.time.timestamp_millis(),
-        key,
-    ])?;
-    receipt.seq = u64::try_from(conn.last_insert_rowid()).unwrap_or_default();
-    drafts.last_receipt = receipt.seq;
     // Applied by the writer alone, in seq order: no concurrent update is lost. Written back to
     // `devices` later, with the other changed records.
-    let record = drafts.device(conn, &receipt.channel, &receipt.device, || {
-        DeviceRecord::first(&receipt_touch(&receipt))
-    })?;
+    let record = drafts.queue_receipt(conn, &mut receipt, key)?;
     record.apply_receipt(&receipt);
     let record = record.clone();
     Ok((receipt, record))
+}
+
+/// Inserts the receipts of the transaction not inserted yet: a few statements for any number
+/// (see [`insert_receipt_rows`]), rather than one a receipt. Run before the transaction reads
+/// the receipts of a device that has some of them, and before it commits.
+pub(super) fn write_receipts(conn: &Connection, drafts: &mut Drafts<'_>) -> rusqlite::Result<()> {
+    if drafts.unwritten.is_empty() {
+        return Ok(());
+    }
+    insert_receipt_rows(conn, &drafts.take_unwritten())
 }
 
 pub(super) fn record_receipt(
@@ -346,6 +342,9 @@ pub(super) fn record_receipt(
     }
     if let Some(key) = &key {
         let (channel, device) = (&receipt.channel, &receipt.device);
+        if drafts.has_unwritten(channel, device) {
+            write_receipts(conn, drafts)?;
+        }
         if let Some(stored) = held_receipt(conn, drafts, channel, device, key, receipt.time)? {
             let first = || DeviceRecord::first(&receipt_touch(&stored));
             let record = drafts
@@ -398,6 +397,12 @@ pub(super) fn record_receipts(
             drafts.entry(conn, &batch.channel)?.head.max(floor)
         }
     };
+    // The lookups below read the device's receipts: its own still waiting in this transaction
+    // are inserted first.
+    let reads = batch.unacknowledged_only || batch.lines.iter().any(|l| l.key.is_some());
+    if reads && drafts.has_unwritten(&batch.channel, &batch.device) {
+        write_receipts(conn, drafts)?;
+    }
     // A device that acknowledges as it goes (what a cumulative receipt nearly always finds)
     // has no receipt above the greatest id its record holds: no lookup for those ids.
     let acked_through = if batch.unacknowledged_only {
@@ -441,16 +446,8 @@ pub(super) fn record_receipts(
         .iter()
         .filter(|plan| matches!(plan, ReceiptPlan::New))
         .count();
-    if new < 2 {
-        let recorded = record_planned(batch, plans, |receipt, key| {
-            insert_receipt(conn, drafts, receipt, key).map(|(stored, _)| stored)
-        })?;
-        return Ok(Ok(recorded));
-    }
-    // Several rows: given their places in the receipt stream here, after the greatest
-    // AUTOINCREMENT ever handed out (so none is given twice), and inserted a few statements at
-    // a time rather than one each (see `insert_receipt_rows`).
-    let mut seq = greatest_receipt_seq(conn)?;
+    // Their seqs given now, their rows held for the transaction's insert (see `write_receipts`).
+    let mut seq = drafts.last_receipt;
     let mut rows = Vec::with_capacity(new);
     let recorded = record_planned(batch, plans, |mut receipt, key| {
         seq += 1;
@@ -458,31 +455,13 @@ pub(super) fn record_receipts(
         rows.push((receipt.clone(), key));
         Ok::<_, rusqlite::Error>(receipt)
     })?;
-    insert_receipt_rows(conn, &rows)?;
     drafts.last_receipt = seq;
-    // The lines are all of one device: its record is looked up once.
-    if let Some((first, _)) = rows.first() {
-        let record = drafts.device(conn, &first.channel, &first.device, || {
-            DeviceRecord::first(&receipt_touch(first))
-        })?;
-        for (receipt, _) in &rows {
-            record.apply_receipt(receipt);
-        }
-    }
+    drafts.queue_batch(conn, rows)?;
     Ok(Ok(recorded))
 }
 
-/// The greatest receipt seq ever handed out: `receipts`' AUTOINCREMENT counter, which no row
-/// removed lowers.
-fn greatest_receipt_seq(conn: &Connection) -> rusqlite::Result<u64> {
-    conn.prepare_cached(
-        "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'receipts'), 0)",
-    )?
-    .query_row([], |row| row.get(0))
-}
-
-/// Rows per statement when a batch's receipts are inserted: each batch is cut into these sizes,
-/// largest first, so that a handful of statements (kept prepared) insert any number of rows.
+/// Rows per statement when a transaction's receipts are inserted: they are cut into these
+/// sizes, largest first, so that a handful of statements (kept prepared) insert any number of rows.
 /// A statement per row cost SQLite ~16,000 instructions, most of it the statement's own work
 /// (its cursors, the AUTOINCREMENT counter read and written, its end), not the row's.
 const ROWS_PER_STATEMENT: [usize; 6] = [32, 16, 8, 4, 2, 1];
@@ -612,6 +591,7 @@ pub(super) fn finish_batch(
 ) -> rusqlite::Result<()> {
     // From the batch's start: an event appended in this batch is never already too old.
     let cutoff = age_cutoff(retention, started);
+    write_receipts(conn, drafts)?;
     for (name, draft) in &mut drafts.channels {
         if let (None, Some(oldest)) = (draft.age_key, draft.appended.first()) {
             // Filed even without age retention, so that turning it on finds every channel.

@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use pere_proto::event::Event;
 use pere_proto::name::{ChannelName, DeviceId};
-use pere_proto::receipt::DeviceRecord;
+use pere_proto::receipt::{DeviceRecord, Receipt};
 use rusqlite::Connection;
 
 use super::books::{cached_size, ChannelMeta, DeviceBook, EventKeys, RecentCache, LARGEST_CACHED};
 use super::damage::DamageBook;
 use super::options::SqliteOptions;
-use super::rows::load_device;
+use super::rows::{load_device, receipt_touch};
 use super::schema::{load_channel, open_reader};
 use crate::error::StoreError;
 
@@ -120,13 +120,25 @@ pub(super) struct Draft {
     pub(super) appended: Vec<Arc<Event>>,
 }
 
+/// A device record as a transaction sees it.
+struct DraftDevice {
+    record: DeviceRecord,
+    /// Whether some of the device's receipts in [`Drafts::unwritten`] are not inserted yet.
+    unwritten: bool,
+}
+
 /// The channels and device records a transaction has touched.
 pub(super) struct Drafts<'a> {
     pub(super) shared: &'a Shared,
     pub(super) channels: HashMap<ChannelName, Draft, ahash::RandomState>,
-    devices: HashMap<(ChannelName, DeviceId), DeviceRecord, ahash::RandomState>,
-    /// The seq of the newest receipt, this transaction's included.
+    devices: HashMap<(ChannelName, DeviceId), DraftDevice, ahash::RandomState>,
+    /// The seq of the newest receipt, this transaction's included: the writer gives every seq
+    /// (the store opens with the AUTOINCREMENT counter's value, so none is given twice).
     pub(super) last_receipt: u64,
+    /// Receipts given their seqs in this transaction and not yet inserted, with their keys:
+    /// inserted together, a few statements for any number of them, before the transaction reads
+    /// a device's receipts while some of its own are here, and before it commits.
+    pub(super) unwritten: Vec<(Receipt, Option<String>)>,
 }
 
 impl<'a> Drafts<'a> {
@@ -137,7 +149,63 @@ impl<'a> Drafts<'a> {
             channels: HashMap::default(),
             devices: HashMap::default(),
             last_receipt,
+            unwritten: Vec::new(),
         }
+    }
+
+    /// Gives `receipt` the next seq and holds it (with its key) for the next insert of
+    /// [`Drafts::unwritten`]; returns its device's record, to apply it to.
+    pub(super) fn queue_receipt(
+        &mut self,
+        conn: &Connection,
+        receipt: &mut Receipt,
+        key: Option<String>,
+    ) -> rusqlite::Result<&mut DeviceRecord> {
+        self.last_receipt += 1;
+        receipt.seq = self.last_receipt;
+        self.unwritten.push((receipt.clone(), key));
+        let receipt: &Receipt = receipt;
+        let drafted = self.drafted(conn, &receipt.channel, &receipt.device, || {
+            DeviceRecord::first(&receipt_touch(receipt))
+        })?;
+        drafted.unwritten = true;
+        Ok(&mut drafted.record)
+    }
+
+    /// Holds receipts of one device, their seqs given, for the next insert of
+    /// [`Drafts::unwritten`], and applies them to the device's record, looked up once.
+    pub(super) fn queue_batch(
+        &mut self,
+        conn: &Connection,
+        rows: Vec<(Receipt, Option<String>)>,
+    ) -> rusqlite::Result<()> {
+        let Some((first, _)) = rows.first() else {
+            return Ok(());
+        };
+        let drafted = self.drafted(conn, &first.channel, &first.device, || {
+            DeviceRecord::first(&receipt_touch(first))
+        })?;
+        drafted.unwritten = true;
+        for (receipt, _) in &rows {
+            drafted.record.apply_receipt(receipt);
+        }
+        self.unwritten.extend(rows);
+        Ok(())
+    }
+
+    /// Whether `device` on `channel` has receipts in [`Drafts::unwritten`].
+    pub(super) fn has_unwritten(&self, channel: &ChannelName, device: &DeviceId) -> bool {
+        self.devices
+            .get(&(channel.clone(), device.clone()))
+            .is_some_and(|drafted| drafted.unwritten)
+    }
+
+    /// Takes the receipts to insert, and forgets whose they were.
+    pub(super) fn take_unwritten(&mut self) -> Vec<(Receipt, Option<String>)> {
+        for drafted in self.devices.values_mut() {
+            drafted.unwritten = false;
+        }
+        std::mem::take(&mut self.unwritten)
     }
 
     /// A device's record as this transaction sees it (changed earlier in it, committed in the
@@ -149,8 +217,18 @@ impl<'a> Drafts<'a> {
         device: &DeviceId,
         new: impl FnOnce() -> DeviceRecord,
     ) -> rusqlite::Result<&mut DeviceRecord> {
+        Ok(&mut self.drafted(conn, channel, device, new)?.record)
+    }
+
+    fn drafted(
+        &mut self,
+        conn: &Connection,
+        channel: &ChannelName,
+        device: &DeviceId,
+        new: impl FnOnce() -> DeviceRecord,
+    ) -> rusqlite::Result<&mut DraftDevice> {
         let key = (channel.clone(), device.clone());
-        let record = match self.devices.entry(key) {
+        let drafted = match self.devices.entry(key) {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => {
                 let committed = self.shared.book().get(channel, device).cloned();
@@ -158,10 +236,13 @@ impl<'a> Drafts<'a> {
                     Some(record) => Some(record),
                     None => load_device(conn, channel, device)?,
                 };
-                entry.insert(known.unwrap_or_else(new))
+                entry.insert(DraftDevice {
+                    record: known.unwrap_or_else(new),
+                    unwritten: false,
+                })
             }
         };
-        Ok(record)
+        Ok(drafted)
     }
 
     /// The greatest event id `device` acknowledged on `channel`, as its record says (changed
@@ -173,8 +254,8 @@ impl<'a> Drafts<'a> {
         channel: &ChannelName,
         device: &DeviceId,
     ) -> rusqlite::Result<Option<u64>> {
-        if let Some(record) = self.devices.get(&(channel.clone(), device.clone())) {
-            return Ok(Some(record.last_acked));
+        if let Some(drafted) = self.devices.get(&(channel.clone(), device.clone())) {
+            return Ok(Some(drafted.record.last_acked));
         }
         if let Some(record) = self.shared.book().get(channel, device) {
             return Ok(Some(record.last_acked));
@@ -255,8 +336,8 @@ impl<'a> Drafts<'a> {
         let options = &self.shared.options;
         if !self.devices.is_empty() {
             let mut book = self.shared.book();
-            for record in self.devices.into_values() {
-                book.change(record);
+            for drafted in self.devices.into_values() {
+                book.change(drafted.record);
             }
         }
         self.shared

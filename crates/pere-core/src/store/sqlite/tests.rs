@@ -1218,3 +1218,84 @@ async fn a_batch_of_receipts_takes_seqs_never_handed_out() {
     let again = seqs(store.record_receipts(batch("H4", 3, 2)).await.unwrap());
     assert_eq!(again, vec![first + 7, first + 8]);
 }
+
+/// Receipts of many requests committed together share their inserts: each is answered with a
+/// seq of its own, stored as answered; a keyed receipt given again in the same transaction finds
+/// the first (not yet inserted when it came); a cumulative receipt after them skips what they
+/// acknowledged; and the seqs continue above them after a reopening.
+#[tokio::test]
+async fn receipts_of_one_transaction_are_inserted_together_and_read_as_answered() {
+    use futures_util::future::join_all;
+
+    let dir = tempfile::tempdir().unwrap();
+    let c = ch("C");
+    let store = open(dir.path(), Retention::default());
+    for id in 1..=3 {
+        store.append(&c, body(&id.to_string())).await.unwrap();
+    }
+    let before = store.committed_transactions();
+    const DEVICES: usize = 50;
+    let device = |d: usize| format!("D{d}");
+    // Each device's four writes are queued in this order (the store takes them in order) before
+    // any is answered, and the devices' writes come together: all in the first poll, which
+    // tokio's budget of work per poll must not cut short.
+    let answers = tokio::task::unconstrained(join_all((0..DEVICES).map(|d| {
+        let device = device(d);
+        let cumulative = ReceiptBatch {
+            channel: ch("C"),
+            device: dev(&device),
+            time: now(),
+            lines: (1..=3)
+                .map(|id| ReceiptLine {
+                    event_id: id,
+                    status: "done".into(),
+                    key: None,
+                })
+                .collect(),
+            unacknowledged_only: true,
+        };
+        let store = &store;
+        async move {
+            tokio::join!(
+                store.record_receipt(ack("C", 1, &device)),
+                store.record_receipt_keyed(ack("C", 2, &device), "k".into()),
+                store.record_receipt_keyed(ack("C", 2, &device), "k".into()),
+                store.record_receipts(cumulative),
+            )
+        }
+    })))
+    .await;
+    assert!(
+        store.committed_transactions() - before < (DEVICES * 4) as u64 / 2,
+        "the receipts were committed a few transactions at a time"
+    );
+    let mut answered = Vec::new();
+    for (single, keyed, again, cumulative) in answers {
+        let (single, keyed, again) = (single.unwrap().0, keyed.unwrap(), again.unwrap());
+        assert!(keyed.new && !again.new, "the key is found the second time");
+        assert_eq!(keyed.receipt.seq, again.receipt.seq);
+        answered.push((single.seq, single.event_id, single.device.to_string()));
+        answered.push((keyed.receipt.seq, 2, keyed.receipt.device.to_string()));
+        // Events 1 and 2 are acknowledged already: the cumulative receipt records event 3.
+        let lines = cumulative.unwrap();
+        let ids: Vec<u64> = lines.iter().map(|line| line.receipt.event_id).collect();
+        assert_eq!(ids, vec![3]);
+        let receipt = &lines[0].receipt;
+        answered.push((receipt.seq, receipt.event_id, receipt.device.to_string()));
+    }
+    answered.sort();
+    let stored: Vec<(u64, u64, String)> = store
+        .receipts_after(&c, 0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.seq, r.event_id, r.device.to_string()))
+        .collect();
+    assert_eq!(stored, answered, "stored as answered, in seq order");
+    assert_eq!(stored.len(), DEVICES * 3);
+    let greatest = stored.last().unwrap().0;
+    drop(store);
+    let store = open(dir.path(), Retention::default());
+    let next = store.record_receipt(ack("C", 3, "late")).await.unwrap();
+    assert_eq!(next.0.seq, greatest + 1);
+}

@@ -123,6 +123,12 @@ impl Batch<'_> {
     }
 }
 
+/// Runs a statement kept prepared: a transaction's `BEGIN` and `COMMIT` are not parsed again
+/// for every batch.
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 /// A write's answer, held until its batch has committed or failed.
 pub(super) trait Deliver {
     fn deliver(self: Box<Self>, failure: Option<&Failure>);
@@ -240,12 +246,12 @@ impl Writer {
                 .collect();
             (records, self.shared.last_receipt.load(Ordering::Relaxed))
         };
-        let written = self.conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
+        let written = run_cached(&self.conn, "BEGIN IMMEDIATE").and_then(|()| {
             for record in &records {
                 save_device(&self.conn, record)?;
             }
             save_devices_through(&self.conn, through)?;
-            self.conn.execute_batch("COMMIT")
+            run_cached(&self.conn, "COMMIT")
         });
         match written {
             // Only the writer changes the book, so nothing changed since it was read.
@@ -281,7 +287,7 @@ impl Writer {
         let retention = self.shared.options.retention;
         // Plain BEGIN/COMMIT statements rather than rusqlite's `Transaction`, which would borrow
         // the connection mutably for as long as the writes hold it.
-        let begun = self.conn.execute_batch("BEGIN IMMEDIATE");
+        let begun = run_cached(&self.conn, "BEGIN IMMEDIATE");
         let mut batch = Batch {
             conn: &self.conn,
             drafts: Drafts::new(&self.shared),
@@ -308,7 +314,7 @@ impl Writer {
         }
         if failure.is_none() {
             let committed = finish_batch(conn, &mut drafts, &retention, started, &mut self.sweep)
-                .and_then(|()| conn.execute_batch("COMMIT"));
+                .and_then(|()| run_cached(conn, "COMMIT"));
             failure = committed.err().map(|err| Failure::Batch(Arc::new(err)));
         }
         match &failure {
