@@ -338,7 +338,8 @@ impl ChannelLedger {
     #[cfg(test)]
     pub(crate) fn acknowledge(&mut self, id: u64, device: &DeviceId) -> Option<Completion> {
         let expected = self.expects(device, id);
-        self.acknowledge_one(id, device, expected, &mut None).0
+        self.acknowledge_one(id, device, expected, &mut None, &mut None)
+            .0
     }
 
     /// Records that `device` acknowledged each of `ids` (one receipt, or a batch's, or a
@@ -351,31 +352,41 @@ impl ChannelLedger {
     ) -> Vec<(Option<Completion>, Option<DateTime<Utc>>)> {
         let expectation = self.expectation(device);
         let mut number = None;
+        let mut next = None;
         ids.into_iter()
-            .map(|id| self.acknowledge_one(id, device, expectation.of(id), &mut number))
+            .map(|id| {
+                let expected = expectation.of(id);
+                self.acknowledge_one(id, device, expected, &mut number, &mut next)
+            })
             .collect()
     }
 
     /// Records `device`'s receipt of `id` (`expected` of it or not), numbering the device the
     /// first time (`number` keeps its number across calls); returns the completion it caused
-    /// and when the event was published, if it is followed.
+    /// and when the event was published, if it is followed. `next` is where the event after the
+    /// last one acknowledged is followed: a cumulative receipt's ids come one after another, so
+    /// the next is most often found there without a search.
     fn acknowledge_one(
         &mut self,
         id: u64,
         device: &DeviceId,
         expected: bool,
         number: &mut Option<u32>,
+        next: &mut Option<usize>,
     ) -> (Option<Completion>, Option<DateTime<Utc>>) {
-        if self.open.get(&id).is_none() {
+        let found = match *next {
+            Some(at) if self.open.0.get(at).is_some_and(|(open, _)| *open == id) => Ok(at),
+            _ => self.open.position(id),
+        };
+        let Ok(at) = found else {
             return (None, None);
-        }
+        };
+        *next = Some(at + 1);
         let number = match *number {
             Some(known) => known,
             None => *number.insert(self.number_of(device)),
         };
-        let Some(open) = self.open.get_mut(&id) else {
-            return (None, None);
-        };
+        let open = &mut self.open.0[at].1;
         let published = Some(open.published);
         if !open.acked.insert(number) {
             return (None, published);
@@ -495,14 +506,17 @@ impl ChannelLedger {
         upto: u64,
     ) -> (Vec<u64>, Vec<u64>) {
         let start = self.open.0.partition_point(|(id, _)| *id <= after);
+        let end = self
+            .open
+            .0
+            .partition_point(|(id, _)| *id <= upto)
+            .max(start);
         // The device's number and memberships once, not once per event.
         let number = self.numbers.get(device).copied();
         let expectation = self.expectation(device);
-        let (mut owed, mut followed) = (Vec::new(), Vec::new());
-        for (id, open) in self.open.0.range(start..) {
-            if *id > upto {
-                break;
-            }
+        let mut owed = Vec::with_capacity(end - start);
+        let mut followed = Vec::with_capacity(end - start);
+        for (id, open) in self.open.0.range(start..end) {
             followed.push(*id);
             let acked = number.is_some_and(|number| open.acked.contains(number));
             if !acked && expectation.of(*id) {

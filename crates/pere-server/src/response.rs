@@ -3,7 +3,6 @@
 //! and the CORS headers.
 
 use std::convert::Infallible;
-use std::io::Write as _;
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -211,8 +210,9 @@ pub fn raw_head(status: StatusCode, headers: &HeaderMap) -> Vec<u8> {
 pub fn raw_answer(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 + body.len());
     write_head(&mut out, status, headers, true);
-    // Writing to a vector does not fail.
-    let _ = write!(out, "content-length: {}\r\n\r\n", body.len());
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
     out.extend_from_slice(body);
     out
 }
