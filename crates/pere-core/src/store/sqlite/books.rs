@@ -274,7 +274,7 @@ pub(super) struct DeviceBook {
     /// How many records `records` holds.
     pub(super) len: usize,
     /// Committed but not yet written back to `devices`.
-    pub(super) changed: HashSet<(ChannelName, DeviceId)>,
+    pub(super) changed: HashSet<(ChannelName, DeviceId), ahash::RandomState>,
     /// Counts changes, for the order of `BookEntry::stamp`.
     clock: u64,
     /// Counts trims: a reader that read the disk before a trim may have missed a record the
