@@ -220,6 +220,7 @@ impl<'a> Drafts<'a> {
         Ok(&mut self.drafted(conn, channel, device, new)?.record)
     }
 
+    /// [`Drafts::device`], with whether the device has receipts unwritten.
     fn drafted(
         &mut self,
         conn: &Connection,

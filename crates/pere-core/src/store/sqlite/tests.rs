@@ -1191,7 +1191,7 @@ async fn a_batch_of_receipts_takes_seqs_never_handed_out() {
         lines.into_iter().map(|line| line.receipt.seq).collect()
     };
     let c = ch("C");
-    let store = open(dir.path(), retention.clone());
+    let store = open(dir.path(), retention);
     store.append(&c, body("1")).await.unwrap();
     let first = store.record_receipt(ack("C", 1, "H1")).await.unwrap();
     let first = first.0.seq;
