@@ -5,7 +5,9 @@
 //! - **One writer thread** owns the only read-write connection. A write sends it a command and
 //!   awaits the answer on a oneshot; the writer takes every command queued (up to [`MAX_BATCH`]),
 //!   runs them in one transaction and answers each caller after the commit. Under load that is one
-//!   sync per batch, not one per request, and a write never blocks a tokio thread.
+//!   sync per batch, not one per request, and a write never blocks a tokio thread. The rows a
+//!   transaction appends (events, receipts) are held and inserted together, a few statements for
+//!   any number, before it reads what they could change and before it commits.
 //! - **Ids** come from per-channel heads the writer keeps in memory and saves in the `channels`
 //!   table in the same transaction, so pruning every event never resets a sequence. A batch that
 //!   fails rolls back whole: its callers all get the error and no id is consumed.
@@ -32,8 +34,7 @@
 //! - **Device records** (presence and per-device counters) change with every receipt and feed
 //!   connection. The writer keeps them in memory, where readers see each change as soon as it
 //!   commits, and writes the changed ones back in one transaction every [`DEVICE_WRITE_BACK`],
-//!   recording in `state` the last receipt folded in. Receipts themselves (the rows of a
-//!   transaction inserted together, a few statements for any number) are committed before
+//!   recording in `state` the last receipt folded in. Receipts themselves are committed before
 //!   they are answered, so after a crash the receipts past that mark are folded in again at
 //!   open: only connection touches of the last moment are lost. Once written back, the least
 //!   recently changed records beyond [`SqliteOptions::device_records`] leave memory; a record

@@ -97,6 +97,8 @@ pub(super) fn append(
 ) -> rusqlite::Result<Appended> {
     let at = now();
     if let Some(key) = &new.idempotency_key {
+        // The key's event may be one of this transaction's, not inserted yet.
+        write_events(conn, drafts)?;
         let mut keys = drafts.shared.event_keys();
         let retention = &drafts.shared.options.retention;
         let publisher = new.publisher.as_ref();
@@ -105,7 +107,7 @@ pub(super) fn append(
             return Ok(Appended { event, new: false });
         }
     }
-    insert_event(conn, &mut insert_statement(conn)?, drafts, channel, new, at)
+    insert_event(conn, drafts, channel, new, at)
 }
 
 pub(super) fn append_batch(
@@ -116,6 +118,10 @@ pub(super) fn append_batch(
 ) -> rusqlite::Result<Result<Vec<Appended>, StoreError>> {
     let at = now();
     let retention = drafts.shared.options.retention;
+    if events.iter().any(|event| event.idempotency_key.is_some()) {
+        // A key's event may be one of this transaction's, not inserted yet.
+        write_events(conn, drafts)?;
+    }
     // Every key is looked up before the first insert, so a refused batch inserts nothing. Only
     // a failure of SQLite itself can stop it midway, and that rolls back the whole transaction.
     let mut failed = None;
@@ -138,10 +144,9 @@ pub(super) fn append_batch(
         Err(refused) => return Ok(Err(refused)),
     };
     let mut appended: Vec<Appended> = Vec::with_capacity(events.len());
-    let mut insert = insert_statement(conn)?;
     for (new, plan) in events.into_iter().zip(plans) {
         let answer = match plan {
-            Plan::New => insert_event(conn, &mut insert, drafts, channel.clone(), new, at)?,
+            Plan::New => insert_event(conn, drafts, channel.clone(), new, at)?,
             Plan::Stored(event) => Appended { event, new: false },
             Plan::Same(earlier) => Appended {
                 event: appended[earlier].event.clone(),
@@ -153,12 +158,29 @@ pub(super) fn append_batch(
     Ok(Ok(appended))
 }
 
-/// The statement [`insert_event`] runs: taken once for a whole batch, as a statement from the
-/// cache costs a lookup and a reset each time it is taken.
-fn insert_statement(conn: &Connection) -> rusqlite::Result<CachedStatement<'_>> {
-    conn.prepare_cached(
-        "INSERT INTO events (channel, id, time, publisher, event_type, body, idempotency_key, checksum) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+/// Inserts the events of the transaction not inserted yet, a few statements for any number
+/// (see [`insert_rows`]). Run before the transaction reads or deletes events, and before it
+/// commits.
+pub(super) fn write_events(conn: &Connection, drafts: &mut Drafts<'_>) -> rusqlite::Result<()> {
+    if drafts.unwritten_events.is_empty() {
+        return Ok(());
+    }
+    let rows = std::mem::take(&mut drafts.unwritten_events);
+    insert_rows(
+        conn,
+        &INSERT_EVENT_ROWS,
+        8,
+        &rows,
+        |statement, at, (event, checksum)| {
+            statement.raw_bind_parameter(at + 1, event.channel.as_str())?;
+            statement.raw_bind_parameter(at + 2, event.id)?;
+            statement.raw_bind_parameter(at + 3, event.time.timestamp_millis())?;
+            statement.raw_bind_parameter(at + 4, event.publisher.as_ref().map(DeviceId::as_str))?;
+            statement.raw_bind_parameter(at + 5, event.event_type.as_ref().map(|t| t.as_str()))?;
+            statement.raw_bind_parameter(at + 6, &*event.body)?;
+            statement.raw_bind_parameter(at + 7, event.idempotency_key.as_deref())?;
+            statement.raw_bind_parameter(at + 8, *checksum)
+        },
     )
 }
 
@@ -171,10 +193,11 @@ pub(super) fn pass_floor(
     channel: &ChannelName,
     floor: u64,
 ) -> rusqlite::Result<()> {
-    let draft = drafts.entry(conn, channel)?;
-    if draft.head >= floor {
+    if drafts.entry(conn, channel)?.head >= floor {
         return Ok(());
     }
+    write_events(conn, drafts)?;
+    let draft = drafts.entry(conn, channel)?;
     conn.prepare_cached("DELETE FROM events WHERE channel = ?1")?
         .execute([channel.as_str()])?;
     conn.prepare_cached("INSERT INTO lost (channel, first, last) VALUES (?1, ?2, ?3)")?
@@ -185,9 +208,10 @@ pub(super) fn pass_floor(
     Ok(())
 }
 
+/// Appends a new event to its channel's draft; its row is inserted with the transaction's other
+/// events (see [`write_events`]).
 fn insert_event(
     conn: &Connection,
-    insert: &mut CachedStatement<'_>,
     drafts: &mut Drafts<'_>,
     channel: ChannelName,
     new: NewEvent,
@@ -214,16 +238,6 @@ fn insert_event(
         body: event.body.as_bytes(),
     }
     .checksum();
-    insert.execute(params![
-        event.channel.as_str(),
-        id,
-        time,
-        publisher,
-        event_type,
-        event.body,
-        event.idempotency_key,
-        checksum,
-    ])?;
     if let Some(key) = &event.idempotency_key {
         let hash = key_hash(publisher.map(str::as_bytes), key.as_bytes());
         shared
@@ -232,6 +246,7 @@ fn insert_event(
     }
     draft.head = id;
     draft.appended.push(event.clone());
+    drafts.unwritten_events.push((event.clone(), checksum));
     Ok(Appended { event, new: true })
 }
 
@@ -460,29 +475,61 @@ pub(super) fn record_receipts(
     Ok(Ok(recorded))
 }
 
-/// Rows per statement when a transaction's receipts are inserted: they are cut into these
-/// sizes, largest first, so that a handful of statements (kept prepared) insert any number of rows.
-/// A statement per row cost SQLite ~16,000 instructions, most of it the statement's own work
-/// (its cursors, the AUTOINCREMENT counter read and written, its end), not the row's.
+/// Rows per statement when a transaction's receipts or events are inserted: they are cut into
+/// these sizes, largest first, so that a handful of statements (kept prepared) insert any number
+/// of rows. A statement per row cost SQLite ~16,000 instructions, most of it the statement's own
+/// work (its cursors, the AUTOINCREMENT counter read and written, its end), not the row's.
 const ROWS_PER_STATEMENT: [usize; 6] = [32, 16, 8, 4, 2, 1];
 
-/// The insert of each size of [`ROWS_PER_STATEMENT`], in its order: written once, not for each
-/// batch (the statement cache is looked up by the text).
-static INSERT_RECEIPT_ROWS: std::sync::LazyLock<[String; 6]> = std::sync::LazyLock::new(|| {
+/// An insert into `table` of each size of [`ROWS_PER_STATEMENT`], in its order: written once,
+/// not for each transaction (the statement cache is looked up by the text).
+fn inserts(table: &str, columns: &[&str]) -> [String; 6] {
+    let row = format!("({})", vec!["?"; columns.len()].join(", "));
     ROWS_PER_STATEMENT.map(|size| {
-        let values = vec!["(?, ?, ?, ?, ?, ?, ?)"; size].join(", ");
+        let values = vec![row.as_str(); size].join(", ");
         format!(
-            "INSERT OR FAIL INTO receipts (seq, channel, event_id, device, status, time, idempotency_key) VALUES {values}"
+            "INSERT OR FAIL INTO {table} ({}) VALUES {values}",
+            columns.join(", ")
         )
     })
+}
+
+static INSERT_RECEIPT_ROWS: std::sync::LazyLock<[String; 6]> = std::sync::LazyLock::new(|| {
+    let columns = [
+        "seq",
+        "channel",
+        "event_id",
+        "device",
+        "status",
+        "time",
+        "idempotency_key",
+    ];
+    inserts("receipts", &columns)
 });
 
-/// Inserts receipts whose seqs are given (ascending), with their keys.
-fn insert_receipt_rows(
+static INSERT_EVENT_ROWS: std::sync::LazyLock<[String; 6]> = std::sync::LazyLock::new(|| {
+    let columns = [
+        "channel",
+        "id",
+        "time",
+        "publisher",
+        "event_type",
+        "body",
+        "idempotency_key",
+        "checksum",
+    ];
+    inserts("events", &columns)
+});
+
+/// Inserts `rows` by the statements of `sql` (one per size of [`ROWS_PER_STATEMENT`]), `bind`
+/// binding a row's `columns` values from the parameter after the given index.
+fn insert_rows<T>(
     conn: &Connection,
-    rows: &[(Receipt, Option<String>)],
+    sql: &[String; 6],
+    columns: usize,
+    rows: &[T],
+    bind: impl Fn(&mut CachedStatement<'_>, usize, &T) -> rusqlite::Result<()>,
 ) -> rusqlite::Result<()> {
-    const COLUMNS: usize = 7;
     let mut rest = rows;
     while !rest.is_empty() {
         let (sized, size) = ROWS_PER_STATEMENT
@@ -491,21 +538,36 @@ fn insert_receipt_rows(
             .find(|&(_, size)| size <= rest.len())
             .unwrap_or((ROWS_PER_STATEMENT.len() - 1, 1));
         let (chunk, after) = rest.split_at(size);
-        let mut statement = conn.prepare_cached(&INSERT_RECEIPT_ROWS[sized])?;
-        for (i, (receipt, key)) in chunk.iter().enumerate() {
-            let at = i * COLUMNS;
+        let mut statement = conn.prepare_cached(&sql[sized])?;
+        for (i, row) in chunk.iter().enumerate() {
+            bind(&mut statement, i * columns, row)?;
+        }
+        statement.raw_execute()?;
+        rest = after;
+    }
+    Ok(())
+}
+
+/// Inserts receipts whose seqs are given (ascending), with their keys.
+fn insert_receipt_rows(
+    conn: &Connection,
+    rows: &[(Receipt, Option<String>)],
+) -> rusqlite::Result<()> {
+    insert_rows(
+        conn,
+        &INSERT_RECEIPT_ROWS,
+        7,
+        rows,
+        |statement, at, (receipt, key)| {
             statement.raw_bind_parameter(at + 1, receipt.seq)?;
             statement.raw_bind_parameter(at + 2, receipt.channel.as_str())?;
             statement.raw_bind_parameter(at + 3, receipt.event_id)?;
             statement.raw_bind_parameter(at + 4, receipt.device.as_str())?;
             statement.raw_bind_parameter(at + 5, &*receipt.status)?;
             statement.raw_bind_parameter(at + 6, receipt.time.timestamp_millis())?;
-            statement.raw_bind_parameter(at + 7, key.as_deref())?;
-        }
-        statement.raw_execute()?;
-        rest = after;
-    }
-    Ok(())
+            statement.raw_bind_parameter(at + 7, key.as_deref())
+        },
+    )
 }
 
 pub(super) fn touch_device(
@@ -591,6 +653,7 @@ pub(super) fn finish_batch(
 ) -> rusqlite::Result<()> {
     // From the batch's start: an event appended in this batch is never already too old.
     let cutoff = age_cutoff(retention, started);
+    write_events(conn, drafts)?;
     write_receipts(conn, drafts)?;
     for (name, draft) in &mut drafts.channels {
         if let (None, Some(oldest)) = (draft.age_key, draft.appended.first()) {

@@ -139,6 +139,10 @@ pub(super) struct Drafts<'a> {
     /// inserted together, a few statements for any number of them, before the transaction reads
     /// a device's receipts while some of its own are here, and before it commits.
     pub(super) unwritten: Vec<(Receipt, Option<String>)>,
+    /// Events appended in this transaction and not yet inserted, with their rows' checksums:
+    /// inserted together as receipts are, before the transaction reads or deletes events, and
+    /// before it commits.
+    pub(super) unwritten_events: Vec<(Arc<Event>, i64)>,
 }
 
 impl<'a> Drafts<'a> {
@@ -150,6 +154,7 @@ impl<'a> Drafts<'a> {
             devices: HashMap::default(),
             last_receipt,
             unwritten: Vec::new(),
+            unwritten_events: Vec::new(),
         }
     }
 

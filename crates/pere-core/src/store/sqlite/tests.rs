@@ -1299,3 +1299,92 @@ async fn receipts_of_one_transaction_are_inserted_together_and_read_as_answered(
     let next = store.record_receipt(ack("C", 3, "late")).await.unwrap();
     assert_eq!(next.0.seq, greatest + 1);
 }
+
+/// Events of many pushes committed together share their inserts: each is answered with the next
+/// id, stored as answered (checksums included: a read checks them), and a keyed push given again
+/// in the same transaction finds the first (not yet inserted when it came); pruning in the same
+/// transaction sees them; ids continue after a reopening.
+#[tokio::test]
+async fn events_of_one_transaction_are_inserted_together_and_read_as_answered() {
+    use futures_util::future::join_all;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (c, d) = (ch("C"), ch("D"));
+    let retention = Retention {
+        max_events: 100,
+        ..Retention::default()
+    };
+    let store = open(dir.path(), retention);
+    let before = store.committed_transactions();
+    const PUSHES: usize = 60;
+    let keyed = |key: String, text: &str| NewEvent {
+        idempotency_key: Some(key),
+        ..body(text)
+    };
+    // Queued in this order before any is answered (see the receipts' test above): on each
+    // channel a push, a keyed push, the same key again.
+    let answers = tokio::task::unconstrained(join_all((0..PUSHES).map(|i| {
+        let (store, c, d) = (&store, &c, &d);
+        async move {
+            tokio::join!(
+                store.append(c, body(&format!("c{i}"))),
+                store.append(d, keyed(format!("k{i}"), &format!("d{i}"))),
+                store.append(d, keyed(format!("k{i}"), "another body, the same key")),
+            )
+        }
+    })))
+    .await;
+    assert!(
+        store.committed_transactions() - before < (PUSHES * 3) as u64 / 2,
+        "the pushes were committed a few transactions at a time"
+    );
+    let (mut on_c, mut on_d) = (Vec::new(), Vec::new());
+    for (plain, keyed, again) in answers {
+        let (plain, keyed, again) = (plain.unwrap(), keyed.unwrap(), again.unwrap());
+        assert!(plain.new && keyed.new && !again.new);
+        assert_eq!(
+            again.event.id, keyed.event.id,
+            "the key is found the second time"
+        );
+        on_c.push((plain.event.id, plain.event.body.clone()));
+        on_d.push((keyed.event.id, keyed.event.body.clone()));
+    }
+    // 60 events on C with retention 100: all kept; ids 1 to 60 as answered.
+    let read = |channel: ChannelName| {
+        let store = store.clone();
+        async move {
+            let page = store.read(&channel, 0, 1000).await.unwrap();
+            assert!(page.unreadable.is_empty());
+            let events: Vec<(u64, String)> =
+                page.events.iter().map(|e| (e.id, e.body.clone())).collect();
+            events
+        }
+    };
+    on_c.sort();
+    on_d.sort();
+    assert_eq!(read(c.clone()).await, on_c);
+    assert_eq!(read(d.clone()).await, on_d);
+    assert_eq!(
+        on_c.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        (1..=60).collect::<Vec<_>>()
+    );
+    // Another 60 in one go: pruning, in the transactions that append them, keeps the newest 100.
+    let more = tokio::task::unconstrained(join_all(
+        (0..PUSHES).map(|i| store.append(&c, body(&format!("more{i}")))),
+    ))
+    .await;
+    assert!(more.iter().all(Result::is_ok));
+    let page = store.read(&c, 0, 1000).await.unwrap();
+    assert_eq!(page.first_retained, 21);
+    assert_eq!(page.events.len(), 100);
+    assert_eq!(page.events.last().unwrap().id, 120);
+    drop(store);
+    let store = open(dir.path(), retention);
+    let next = store.append(&c, body("after")).await.unwrap();
+    assert_eq!(next.event.id, 121);
+    let again = store.append(&d, keyed("k7".into(), "d7")).await.unwrap();
+    assert!(
+        !again.new,
+        "a key stored in a shared insert is found after a reopening"
+    );
+}
