@@ -483,42 +483,26 @@ const ROWS_PER_STATEMENT: [usize; 6] = [32, 16, 8, 4, 2, 1];
 
 /// An insert into `table` of each size of [`ROWS_PER_STATEMENT`], in its order: written once,
 /// not for each transaction (the statement cache is looked up by the text).
-fn inserts(table: &str, columns: &[&str]) -> [String; 6] {
-    let row = format!("({})", vec!["?"; columns.len()].join(", "));
+fn inserts(table: &str, columns: &str) -> [String; 6] {
+    let row = format!("({})", vec!["?"; columns.split(',').count()].join(", "));
     ROWS_PER_STATEMENT.map(|size| {
         let values = vec![row.as_str(); size].join(", ");
-        format!(
-            "INSERT OR FAIL INTO {table} ({}) VALUES {values}",
-            columns.join(", ")
-        )
+        format!("INSERT OR FAIL INTO {table} ({columns}) VALUES {values}")
     })
 }
 
 static INSERT_RECEIPT_ROWS: std::sync::LazyLock<[String; 6]> = std::sync::LazyLock::new(|| {
-    let columns = [
-        "seq",
-        "channel",
-        "event_id",
-        "device",
-        "status",
-        "time",
-        "idempotency_key",
-    ];
-    inserts("receipts", &columns)
+    inserts(
+        "receipts",
+        "seq, channel, event_id, device, status, time, idempotency_key",
+    )
 });
 
 static INSERT_EVENT_ROWS: std::sync::LazyLock<[String; 6]> = std::sync::LazyLock::new(|| {
-    let columns = [
-        "channel",
-        "id",
-        "time",
-        "publisher",
-        "event_type",
-        "body",
-        "idempotency_key",
-        "checksum",
-    ];
-    inserts("events", &columns)
+    inserts(
+        "events",
+        "channel, id, time, publisher, event_type, body, idempotency_key, checksum",
+    )
 });
 
 /// Inserts `rows` by the statements of `sql` (one per size of [`ROWS_PER_STATEMENT`]), `bind`
