@@ -186,6 +186,30 @@ async fn a_receipt_body_that_never_ends_times_out_once() {
     still_answers(&server, "a receipt body that never ends").await;
 }
 
+/// A receipt whose path `http` refuses (`<`, which `httparse` lets through) is handed to hyper
+/// with every byte read so far, its body's start included: one answer, 400, and nothing of the
+/// body taken for a request of its own or for a receipt.
+#[tokio::test]
+async fn a_receipt_on_a_refused_path_gets_one_answer_whatever_of_its_body_was_read() {
+    let server = TestServer::start(&server_args()).await;
+    server.push("H", "first").await;
+    let mut stream = TcpStream::connect(server.host_port()).await.unwrap();
+    stream
+        .write_all(
+            b"POST /feedback/H<x HTTP/1.1\r\nHost: localhost\r\ndevice: D1\r\nlast_event_id: 1\r\nContent-Length: 12\r\n\r\nstatus=",
+        )
+        .await
+        .unwrap();
+    stream.write_all(b"rx+ok").await.unwrap();
+    // Read until the server closes the connection.
+    let answer = read_until(&mut stream, |_| false).await;
+    assert_eq!(status(&answer), 400, "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+    let devices = server.get_json("/admin/devices/H").await;
+    assert!(devices.get("D1").is_none(), "{devices}");
+    still_answers(&server, "a receipt on a refused path").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_are_capped_per_device_and_in_all_and_short_requests_keep_their_reserve() {
     let server = TestServer::start(&server_args()).await;

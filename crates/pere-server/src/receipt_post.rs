@@ -134,54 +134,52 @@ pub async fn read(
     let Some((head_len, receipt)) = head else {
         return Ok(Read::Other(buf));
     };
-    let whole = head_len + receipt.body_len;
+    // The request is made from the head at once, its values sharing the head's bytes; what
+    // follows in `buf` is the body's start.
+    let head = buf.split_to(head_len).freeze();
+    let Some(request) = receipt.layout.request(&head) else {
+        // A path `http` refuses (see `Layout::request`): hyper answers it.
+        return Ok(Read::Other(rejoined(&head, &buf)));
+    };
+    let body_len = receipt.body_len;
     let body = async {
-        while buf.len() < whole {
-            buf.reserve(whole - buf.len());
+        while buf.len() < body_len {
+            buf.reserve(body_len - buf.len());
             if stream.read_buf(&mut buf).await? == 0 {
                 return Ok::<_, io::Error>(false);
             }
         }
         Ok(true)
     };
-    match tokio::time::timeout(body_timeout, body).await {
-        Ok(Ok(true)) => {}
+    let late = match tokio::time::timeout(body_timeout, body).await {
+        Ok(Ok(true)) => false,
         Ok(Err(err)) => return Err(err),
         // Hyper answers a body cut short as it does for any request.
-        Ok(Ok(false)) => return Ok(Read::Other(buf)),
+        Ok(Ok(false)) => return Ok(Read::Other(rejoined(&head, &buf))),
         // Late: answered here, as hyper's requests are, rather than given to hyper to wait a
         // second body timeout.
-        Err(_) => {
-            let head = buf.split_to(head_len).freeze();
-            return Ok(match receipt.layout.request(&head) {
-                Some(request) => Read::Receipt(
-                    Taken {
-                        request: request.map(|()| Bytes::new()),
-                        close: receipt.close,
-                        late: true,
-                    },
-                    BytesMut::new(),
-                ),
-                None => Read::Other(BytesMut::from(&head[..])),
-            });
-        }
-    }
-    let rest = buf.split_off(whole);
-    let body = buf.split_off(head_len).freeze();
-    let head = buf.freeze();
-    let Some(request) = receipt.layout.request(&head) else {
-        // A path `http` refuses (see `Layout::request`): hyper answers it.
-        let mut all = BytesMut::from(&head[..]);
-        all.extend_from_slice(&body);
-        all.extend_from_slice(&rest);
-        return Ok(Read::Other(all));
+        Err(_) => true,
+    };
+    let (body, rest) = if late {
+        (Bytes::new(), BytesMut::new())
+    } else {
+        let rest = buf.split_off(body_len);
+        (buf.freeze(), rest)
     };
     let taken = Taken {
         request: request.map(|()| body),
         close: receipt.close,
-        late: false,
+        late,
     };
     Ok(Read::Receipt(taken, rest))
+}
+
+/// A request's head and the bytes read after it, together again: what is handed to hyper.
+fn rejoined(head: &Bytes, after: &BytesMut) -> BytesMut {
+    let mut all = BytesMut::with_capacity(head.len() + after.len());
+    all.extend_from_slice(head);
+    all.extend_from_slice(after);
+    all
 }
 
 /// What the head of a request taken here says, before its body is read.
