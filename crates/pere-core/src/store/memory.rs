@@ -243,8 +243,6 @@ impl ChannelData {
             .is_some_and(|rs| rs.iter().any(|r| &r.device == device))
     }
 
-    /// Records a receipt that passed every check, and applies it to its device's record:
-    /// nothing here can fail.
     /// Applies `first` and then `more` receipts of the same device, in order, to its record,
     /// looked up once; the record after them.
     fn apply_to_device<'r>(

@@ -462,15 +462,12 @@ pub(super) fn record_receipts(
         .filter(|plan| matches!(plan, ReceiptPlan::New))
         .count();
     // Their seqs given now, their rows held for the transaction's insert (see `write_receipts`).
-    let mut seq = drafts.last_receipt;
     let mut rows = Vec::with_capacity(new);
     let recorded = record_planned(batch, plans, |mut receipt, key| {
-        seq += 1;
-        receipt.seq = seq;
+        receipt.seq = drafts.next_receipt_seq();
         rows.push((receipt.clone(), key));
         Ok::<_, rusqlite::Error>(receipt)
     })?;
-    drafts.last_receipt = seq;
     drafts.queue_batch(conn, rows)?;
     Ok(Ok(recorded))
 }

@@ -158,6 +158,12 @@ impl<'a> Drafts<'a> {
         }
     }
 
+    /// The next receipt seq, given now: after every seq ever handed out.
+    pub(super) fn next_receipt_seq(&mut self) -> u64 {
+        self.last_receipt += 1;
+        self.last_receipt
+    }
+
     /// Gives `receipt` the next seq and holds it (with its key) for the next insert of
     /// [`Drafts::unwritten`]; returns its device's record, to apply it to.
     pub(super) fn queue_receipt(
@@ -166,8 +172,7 @@ impl<'a> Drafts<'a> {
         receipt: &mut Receipt,
         key: Option<String>,
     ) -> rusqlite::Result<&mut DeviceRecord> {
-        self.last_receipt += 1;
-        receipt.seq = self.last_receipt;
+        receipt.seq = self.next_receipt_seq();
         self.unwritten.push((receipt.clone(), key));
         let receipt: &Receipt = receipt;
         let drafted = self.drafted(conn, &receipt.channel, &receipt.device, || {
@@ -177,7 +182,7 @@ impl<'a> Drafts<'a> {
         Ok(&mut drafted.record)
     }
 
-    /// Holds receipts of one device, their seqs given, for the next insert of
+    /// Holds receipts of one device, their seqs given ([`Drafts::next_receipt_seq`]), for the next insert of
     /// [`Drafts::unwritten`], and applies them to the device's record, looked up once.
     pub(super) fn queue_batch(
         &mut self,
