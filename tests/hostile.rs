@@ -89,10 +89,40 @@ async fn every_limit_answers_with_its_code_and_the_server_stays_up() {
             "body_too_large",
         ),
         (
-            "garbage",
+            "a TLS handshake on the plain port",
             b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http\r\n\r\n".to_vec(),
             400,
-            "",
+            "tls_on_plain_port",
+        ),
+        (
+            "garbage",
+            b"hello there\r\n\r\n".to_vec(),
+            400,
+            "malformed_request",
+        ),
+        (
+            "a path with a space",
+            b"GET /admin/chan nels HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(),
+            400,
+            "malformed_request",
+        ),
+        (
+            "a feed with a header without a name",
+            b"GET /feed/H HTTP/1.1\r\n: x\r\n\r\n".to_vec(),
+            400,
+            "malformed_request",
+        ),
+        (
+            "a receipt of an HTTP version not served",
+            b"POST /feedback/H HTTP/2.5\r\nContent-Length: 0\r\n\r\n".to_vec(),
+            400,
+            "malformed_request",
+        ),
+        (
+            "an HTTP version not served",
+            b"GET /health HTTP/3.0\r\nHost: localhost\r\n\r\n".to_vec(),
+            400,
+            "malformed_request",
         ),
         (
             "a device id with a slash",

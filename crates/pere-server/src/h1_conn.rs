@@ -9,6 +9,9 @@
 //! socket waits alone for the next request; its first bytes choose again between the feed loop
 //! and hyper, as a new connection's do. Requests that arrive back to back (pipelined, or sent
 //! before hyper looked for more) are served by the same hyper connection.
+//!
+//! First bytes that cannot open a request at all are answered here with a JSON 400 (see
+//! `malformed_start`), where hyper would write a bare one.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -33,13 +36,14 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::config::Config;
+use crate::error::ApiError;
 use crate::feed_conn::{self, FirstRequest};
 use crate::framing::{Declared, Watched};
 use crate::http_conn::{self, Rewind};
 use crate::limits::Arrival;
 use crate::receipt_post;
 use crate::request::RequestBody;
-use crate::response::ResponseBody;
+use crate::response::{raw_error_closing, ResponseBody};
 use crate::sse_body::ConnectionCloser;
 use crate::state::AppState;
 
@@ -183,6 +187,12 @@ pub fn serve<S: Store>(
             let mut unread = match served {
                 Some(unread) => unread,
                 None => {
+                    if let Some(refused) = malformed_start(&prefix) {
+                        // Hyper would answer it with a bare 400 and no word of why.
+                        let _ = stream.write_all(&raw_error_closing(&refused)).await;
+                        let _ = stream.shutdown().await;
+                        return;
+                    }
                     // Boxed: hyper's connection is large, and an idle connection's future must
                     // not keep room for it.
                     let spell = Box::pin(serve_spell(
@@ -249,6 +259,34 @@ pub fn serve<S: Store>(
             };
             return stream_served.await;
         }
+    }
+}
+
+/// What is wrong with a request whose first bytes are `start`, when they already show that it is
+/// not one (bytes that are not a method, a path with a space, a version other than HTTP/1.0 or
+/// 1.1, a first header without a name, a TLS handshake on the plain port); `None` when its start
+/// is well formed or not whole yet, and hyper reads on. Checked with httparse (hyper's own parser)
+/// given no room for headers, so it stops at the first one: what lies beyond is hyper's to check,
+/// and hyper still answers that with its own bare 400.
+fn malformed_start(start: &[u8]) -> Option<ApiError> {
+    // A TLS record of the handshake (22), version 3.x.
+    if start.starts_with(&[0x16, 0x03]) {
+        return Some(ApiError::bad_request(
+            "tls_on_plain_port",
+            "a TLS handshake came to a port that speaks plain HTTP: use http:// for this port, \
+             or start the server with --tls-cert and --tls-key",
+        ));
+    }
+    let mut no_headers = [];
+    match httparse::Request::new(&mut no_headers).parse(start) {
+        Ok(_) | Err(httparse::Error::TooManyHeaders) => None,
+        Err(err) => Some(ApiError::bad_request(
+            "malformed_request",
+            format!(
+                "malformed request head ({err}): a request opens with the line `METHOD /path \
+                 HTTP/1.1`, then `Name: value` headers"
+            ),
+        )),
     }
 }
 
@@ -520,5 +558,51 @@ impl AsyncWrite for Parking {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::malformed_start;
+
+    fn refused(start: &[u8]) -> Option<&'static str> {
+        malformed_start(start).map(|err| err.code)
+    }
+
+    #[test]
+    fn well_formed_or_unfinished_starts_go_to_hyper() {
+        for start in [
+            &b"POST /push/news HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"[..],
+            b"GET /health HTTP/1.0\r\n\r\n",
+            b"\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\n",
+            b"DELETE /admin/channels/x HTT",
+            b"G",
+            b"",
+        ] {
+            assert_eq!(refused(start), None, "{}", String::from_utf8_lossy(start));
+        }
+    }
+
+    #[test]
+    fn starts_that_cannot_be_a_request_are_refused_with_a_reason() {
+        for start in [
+            &b"garbage\r\n\r\n"[..],
+            b"GET /he alth HTTP/1.1\r\n\r\n",
+            b"GET /health HTTP/9.9\r\n\r\n",
+            b"GET /health HTTP/1.1\r\nBad Header\r\n\r\n",
+            b"\x00\x01\x02",
+        ] {
+            assert_eq!(
+                refused(start),
+                Some("malformed_request"),
+                "{}",
+                String::from_utf8_lossy(start)
+            );
+        }
+        assert_eq!(
+            refused(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"),
+            Some("tls_on_plain_port")
+        );
     }
 }

@@ -217,6 +217,19 @@ pub fn raw_answer(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Vec<u
     out
 }
 
+/// An error's whole answer as HTTP/1.1 bytes, for a connection that ends with it (`connection:
+/// close`): what is written when a request cannot be read far enough to be answered otherwise.
+pub fn raw_error_closing(err: &ApiError) -> Vec<u8> {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    error_headers(err, &mut headers);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    raw_answer(err.status, &headers, &error_body(err))
+}
+
 /// The status line and `headers` (with a `date` unless they have one; without their
 /// `content-length` when `own_length`, the caller writing its own), without the blank line.
 fn write_head(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap, own_length: bool) {
