@@ -108,13 +108,20 @@ async fn every_limit_answers_with_its_code_and_the_server_stays_up() {
         ),
         (
             "a feed with a header without a name",
-            b"GET /feed/H HTTP/1.1\r\n: x\r\n\r\n".to_vec(),
+            b"GET /feed/H HTTP/1.1\r\nHost: localhost\r\n: x\r\n\r\n".to_vec(),
             400,
             "malformed_request",
         ),
         (
             "a receipt of an HTTP version not served",
             b"POST /feedback/H HTTP/2.5\r\nContent-Length: 0\r\n\r\n".to_vec(),
+            400,
+            "malformed_request",
+        ),
+        (
+            "a push with a control byte in a header's value",
+            b"POST /push/H HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nX-Note: a\x01b\r\n\r\n{}"
+                .to_vec(),
             400,
             "malformed_request",
         ),

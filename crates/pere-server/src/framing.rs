@@ -27,7 +27,7 @@ const MAX_HEAD: usize = 16 * 1024 + 1024;
 /// The longest chunk-size or trailer line followed (hyper allows 16 KiB of chunk extensions).
 const MAX_LINE: usize = 16 * 1024 + 1024;
 /// Request headers parsed at most: hyper's own limit.
-const MAX_HEADERS: usize = 100;
+pub const MAX_HEADERS: usize = 100;
 
 /// What each request of one connection declared so far, shared by the connection's reader
 /// ([`Watched`]) and its requests' body readers.

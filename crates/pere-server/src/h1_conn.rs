@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::feed_conn::{self, FirstRequest};
-use crate::framing::{Declared, Watched};
+use crate::framing::{self, Declared, Watched};
 use crate::http_conn::{self, Rewind};
 use crate::limits::Arrival;
 use crate::receipt_post;
@@ -264,10 +264,10 @@ pub fn serve<S: Store>(
 
 /// What is wrong with a request whose first bytes are `start`, when they already show that it is
 /// not one (bytes that are not a method, a path with a space, a version other than HTTP/1.0 or
-/// 1.1, a first header without a name, a TLS handshake on the plain port); `None` when its start
-/// is well formed or not whole yet, and hyper reads on. Checked with httparse (hyper's own parser)
-/// given no room for headers, so it stops at the first one: what lies beyond is hyper's to check,
-/// and hyper still answers that with its own bare 400.
+/// 1.1, a header without a name or with a control byte in its value, a TLS handshake on the
+/// plain port); `None` when what came is well formed so far, and hyper reads on. Checked with
+/// httparse, hyper's own parser, so both refuse the same heads; a fault in bytes not read yet is
+/// hyper's to find, and hyper answers that with its own bare 400.
 fn malformed_start(start: &[u8]) -> Option<ApiError> {
     // A TLS record of the handshake (22), version 3.x.
     if start.starts_with(&[0x16, 0x03]) {
@@ -277,8 +277,8 @@ fn malformed_start(start: &[u8]) -> Option<ApiError> {
              or start the server with --tls-cert and --tls-key",
         ));
     }
-    let mut no_headers = [];
-    match httparse::Request::new(&mut no_headers).parse(start) {
+    let mut headers = [httparse::EMPTY_HEADER; framing::MAX_HEADERS];
+    match httparse::Request::new(&mut headers).parse(start) {
         Ok(_) | Err(httparse::Error::TooManyHeaders) => None,
         Err(err) => Some(ApiError::bad_request(
             "malformed_request",
@@ -591,6 +591,7 @@ mod tests {
             b"GET /he alth HTTP/1.1\r\n\r\n",
             b"GET /health HTTP/9.9\r\n\r\n",
             b"GET /health HTTP/1.1\r\nBad Header\r\n\r\n",
+            b"POST /push/x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nX-Bad\x01: y\r\n\r\n{}",
             b"\x00\x01\x02",
         ] {
             assert_eq!(
