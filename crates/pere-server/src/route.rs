@@ -78,7 +78,7 @@ pub enum NoRoute {
     MethodNotAllowed(&'static str),
 }
 
-/// Path segments of the longest route.
+/// Path segments of the longest route (a test holds it to the OpenAPI document's longest path).
 const MAX_SEGMENTS: usize = 4;
 
 impl<'a> Route<'a> {
@@ -269,6 +269,32 @@ pub fn name_of(method: &Method, path: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every operation of the OpenAPI document is a route, whose template is the document's:
+    /// among other things, `MAX_SEGMENTS` follows the longest path.
+    #[test]
+    fn every_documented_operation_is_a_route() {
+        let document: serde_json::Value =
+            serde_json::from_str(include_str!("../assets/openapi.json")).unwrap();
+        let paths = document["paths"].as_object().unwrap();
+        for (template, operations) in paths {
+            let path = template
+                .replace("{channel}", "C")
+                .replace("{device}", "D")
+                .replace("{id}", "1");
+            for method in operations.as_object().unwrap().keys() {
+                if method == "parameters" {
+                    continue;
+                }
+                let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+                let route = Route::parse(&method, &path)
+                    .unwrap_or_else(|_| panic!("{method} {template} is documented, not routed"));
+                assert_eq!(route.template(), (method.as_str(), template.as_str()));
+            }
+        }
+        let longest = paths.keys().map(|p| p.split('/').count() - 1).max();
+        assert_eq!(longest, Some(MAX_SEGMENTS));
+    }
 
     #[test]
     fn routes() {
