@@ -78,15 +78,21 @@ impl Event {
 
 /// Formats a time the way every PERE interface shows it: ISO-8601 UTC with milliseconds
 /// (`2026-11-30T06:40:32.720Z`, as chrono's `to_rfc3339_opts(Millis, true)` writes it).
+pub fn format_time(time: DateTime<Utc>) -> String {
+    with_time_text(time, str::to_owned)
+}
+
+/// Calls `with` with the text [`format_time`] makes, without making a `String` of it: for what
+/// writes the time straight into a larger text (a receipt's answer, one per receipt).
 ///
 /// Written digit by digit: every push answer carries a time, and chrono's general formatter
 /// cost more than the rest of the answer.
-pub fn format_time(time: DateTime<Utc>) -> String {
+pub fn with_time_text<R>(time: DateTime<Utc>, with: impl FnOnce(&str) -> R) -> R {
     // Leap seconds are chrono's business, and so are years beyond four digits.
     // Taken apart once: each field asked of a `DateTime` adds its offset anew.
     let (date, clock) = (time.date_naive(), time.time());
     if clock.nanosecond() >= 1_000_000_000 || !(0..=9999).contains(&date.year()) {
-        return time.to_rfc3339_opts(SecondsFormat::Millis, true);
+        return with(&time.to_rfc3339_opts(SecondsFormat::Millis, true));
     }
     let mut out = *b"0000-00-00T00:00:00.000Z";
     let mut put = |at: usize, value: u32, width: usize| {
@@ -103,7 +109,8 @@ pub fn format_time(time: DateTime<Utc>) -> String {
     put(14, clock.minute(), 2);
     put(17, clock.second(), 2);
     put(20, clock.nanosecond() / 1_000_000, 3);
-    String::from_utf8(out.to_vec()).unwrap_or_default()
+    // Digits and ASCII punctuation only.
+    with(std::str::from_utf8(&out).unwrap_or_default())
 }
 
 /// The current time, to the millisecond.

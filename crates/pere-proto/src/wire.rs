@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::event::{format_time, Event};
+use crate::event::{format_time, with_time_text, Event};
 use crate::presence::PresenceChange;
 use crate::receipt::ReceiptSummary;
 use crate::receipt::{Membership, Receipt, StatusClass};
@@ -119,7 +119,7 @@ pub struct ReceiptJsonRef<'a> {
 }
 
 fn serialize_time<S: serde::Serializer>(time: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format_time(*time))
+    with_time_text(*time, |text| s.serialize_str(text))
 }
 
 impl<'a> From<&'a Receipt> for ReceiptJsonRef<'a> {

@@ -156,7 +156,9 @@ pub fn answers_host(authority: &str, allowed: &[String]) -> bool {
             .parse::<std::net::Ipv6Addr>()
             .is_ok_and(|ip| is_loopback(ip.into())),
         None => {
+            // The usual loopback names first: most requests carry one, and parsing is dearer.
             host.eq_ignore_ascii_case("localhost")
+                || host == "127.0.0.1"
                 || host
                     .parse::<std::net::Ipv4Addr>()
                     .is_ok_and(|ip| ip.is_loopback())

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
+use hyper::body::Body as _;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Version};
 use pere_core::Store;
@@ -351,10 +352,25 @@ pub async fn answer<S: Store>(
     let (mut head, body) = http_conn::answer(state, arrival, request, None)
         .await
         .into_parts();
-    // A receipt's answer is whole when made: no stream answers a `POST`.
-    let body = match body.collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(never) => match never {},
+    // A receipt's answer is whole when made (no stream answers a `POST`): one frame, taken as
+    // it is; gathering frames is for a body of several.
+    let mut body = body;
+    let first = match body.frame().await {
+        Some(Ok(frame)) => frame.into_data().unwrap_or_default(),
+        Some(Err(never)) => match never {},
+        None => Bytes::new(),
+    };
+    let body = if body.is_end_stream() {
+        first
+    } else {
+        let mut whole = BytesMut::from(&first[..]);
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame;
+            if let Some(data) = frame.data_ref() {
+                whole.extend_from_slice(data);
+            }
+        }
+        whole.freeze()
     };
     // The answer itself may end the connection (a refused body, see `response::error`).
     let keep = !taken.close
