@@ -122,6 +122,38 @@ fn serialize_time<S: serde::Serializer>(time: &DateTime<Utc>, s: S) -> Result<S:
     with_time_text(*time, |text| s.serialize_str(text))
 }
 
+impl ReceiptJsonRef<'_> {
+    /// Appends to `out` the same JSON text serde writes for it, written field by field: a receipt
+    /// answer is made once per receipt, and serde's general path cost half again as much as the
+    /// rest of the answer.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"channel\":");
+        json_string(out, self.channel);
+        out.extend_from_slice(b",\"id\":");
+        out.extend_from_slice(itoa::Buffer::new().format(self.id).as_bytes());
+        out.extend_from_slice(b",\"device\":");
+        json_string(out, self.device);
+        out.extend_from_slice(b",\"status\":");
+        json_string(out, self.status);
+        out.extend_from_slice(b",\"time\":");
+        with_time_text(self.time, |text| json_string(out, text));
+        out.push(b'}');
+    }
+}
+
+/// Appends `text` as a JSON string: as it is between quotes when nothing in it needs escaping
+/// (names, times, most statuses), else as serde_json escapes it.
+fn json_string(out: &mut Vec<u8>, text: &str) {
+    if text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        // Writing into a `Vec` cannot fail.
+        let _ = serde_json::to_writer(&mut *out, text);
+    } else {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    }
+}
+
 impl<'a> From<&'a Receipt> for ReceiptJsonRef<'a> {
     fn from(r: &'a Receipt) -> Self {
         ReceiptJsonRef {
@@ -919,6 +951,31 @@ mod tests {
         );
         let read: ReceiptJson = serde_json::from_str(&written).unwrap();
         assert_eq!(read, ReceiptJson::from(&receipt));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_receipt_written_field_by_field_is_what_serde_writes(
+            status in "\\PC{0,40}|[\"\\\\\u{0}-\u{1f}a-z]{0,12}",
+            id in proptest::prelude::any::<u64>(),
+            millis in 0i64..400_000_000_000_000,
+        ) {
+            let receipt = Receipt {
+                seq: 1,
+                channel: crate::name::ChannelName::new("orders.eu:1").unwrap(),
+                event_id: id,
+                device: crate::name::DeviceId::new("till-7_b").unwrap(),
+                status: status.into(),
+                time: DateTime::from_timestamp_millis(millis).unwrap(),
+            };
+            let json = ReceiptJsonRef::from(&receipt);
+            let mut written = Vec::new();
+            json.write_json(&mut written);
+            proptest::prop_assert_eq!(
+                String::from_utf8(written).unwrap(),
+                serde_json::to_string(&json).unwrap()
+            );
+        }
     }
 
     #[test]

@@ -476,10 +476,9 @@ async fn feedback<S: Store>(
             .acknowledge(&channel, event_id, &device, status)
             .await?;
         activity::feedback(channel.as_str(), device.as_str(), event_id, &receipt.status);
-        return Ok(response::compact_json(
-            StatusCode::OK,
-            &ReceiptJsonRef::from(&receipt),
-        ));
+        return Ok(response::json_written(StatusCode::OK, |out| {
+            ReceiptJsonRef::from(&receipt).write_json(out);
+        }));
     };
     let recorded = state
         .hub
@@ -499,7 +498,9 @@ async fn feedback<S: Store>(
         ));
     }
     Ok(replay_mark(
-        response::compact_json(StatusCode::OK, &ReceiptJsonRef::from(&receipt)),
+        response::json_written(StatusCode::OK, |out| {
+            ReceiptJsonRef::from(&receipt).write_json(out);
+        }),
         !recorded.new,
     ))
 }
