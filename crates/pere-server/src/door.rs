@@ -393,20 +393,24 @@ pub enum Listener {
 /// The way out of the door, for every request of every kind of connection and listener: turns
 /// what became of `request` (its handler's answer, or a refusal by the door or the handler) into
 /// the answer the client gets. A refusal becomes its JSON error and is logged and counted
-/// (`refused`), every answer is counted (`answered`; a stream when its head is sent), a `HEAD`
-/// loses its body, and the main listener's answers get their CORS headers.
+/// (`refused`), every answer is counted by its route's name (`route_name`, the admitted route's
+/// when the door admitted it; a stream when its head is sent), a `HEAD` loses its body, and the
+/// main listener's answers get their CORS headers.
 pub fn exit<S: Store>(
     state: &AppState<S>,
     request: &Parts,
     outcome: Answer,
     listener: Listener,
+    route_name: Option<&'static str>,
 ) -> Response<ResponseBody> {
     let (method, uri) = (&request.method, &request.uri);
     let mut answer = outcome.unwrap_or_else(|err| {
         refused(state, method, uri, &err);
         response::error(&err)
     });
-    answered(state, method, uri, answer.status().as_u16());
+    // The door's own route when it found one: routing again costs every request as much.
+    let route_name = route_name.unwrap_or_else(|| route::name_of(method, uri.path()));
+    state.metrics.answered(route_name, answer.status().as_u16());
     if method == Method::HEAD {
         *answer.body_mut() = response::empty();
     }
@@ -429,13 +433,6 @@ pub fn exit<S: Store>(
 fn refused<S: Store>(state: &AppState<S>, method: &Method, uri: &Uri, err: &ApiError) {
     state.metrics.refused(err.code);
     activity::refused(method.as_str(), uri.path(), err.status.as_u16(), err.code);
-}
-
-/// Counts an answer by route name and status.
-fn answered<S: Store>(state: &AppState<S>, method: &Method, uri: &Uri, status: u16) {
-    state
-        .metrics
-        .answered(route::name_of(method, uri.path()), status);
 }
 
 /// The door of the metrics listener (`--metrics-addr`): `GET /metrics` only, without a token
@@ -490,7 +487,7 @@ mod tests {
         let get = request(Method::GET, "/push/C1");
         let refusal = || Err(ApiError::method_not_allowed("/push/C1", "POST"));
 
-        let refused = exit(&state, &get, refusal(), Listener::Main);
+        let refused = exit(&state, &get, refusal(), Listener::Main, None);
         assert_eq!(refused.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(refused.headers()[header::ALLOW], "POST");
         assert_eq!(
@@ -502,7 +499,7 @@ mod tests {
 
         let head = request(Method::HEAD, "/health");
         let answer = Ok(response::json(StatusCode::OK, &"ok"));
-        let headed = exit(&state, &head, answer, Listener::Main);
+        let headed = exit(&state, &head, answer, Listener::Main, None);
         assert_eq!(headed.headers()[header::CONTENT_TYPE], "application/json");
         assert!(headed
             .into_body()
@@ -512,7 +509,7 @@ mod tests {
             .to_bytes()
             .is_empty());
 
-        let scraped = exit(&state, &get, refusal(), Listener::Metrics);
+        let scraped = exit(&state, &get, refusal(), Listener::Metrics, None);
         assert_eq!(scraped.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert!(
             scraped

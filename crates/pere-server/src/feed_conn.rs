@@ -531,7 +531,7 @@ fn answer<S: Store>(
         Ok(opened) => (Ok(response::sse(response::empty())), Some(opened)),
         Err(err) => (Err(err), None),
     };
-    let (mut head, body) = door::exit(state, &request, outcome, Listener::Main).into_parts();
+    let (mut head, body) = door::exit(state, &request, outcome, Listener::Main, None).into_parts();
     // The answer ends with the connection: a stream has no length, and no other request follows.
     let close = HeaderValue::from_static("close");
     match opened {

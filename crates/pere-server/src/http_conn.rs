@@ -136,11 +136,16 @@ pub(crate) async fn answer<S: Store>(
     if let Some(uri) = route::unescape_names(&parts.uri) {
         parts.uri = uri;
     }
-    let outcome = match door::admit(state, arrival, &parts.method, &parts.uri, &parts.headers) {
-        Ok(admitted) => handlers::dispatch(state, admitted, &parts, body, closer).await,
-        Err(err) => Err(err),
-    };
-    door::exit(state, &parts, outcome, Listener::Main)
+    let (outcome, route_name) =
+        match door::admit(state, arrival, &parts.method, &parts.uri, &parts.headers) {
+            Ok(admitted) => {
+                let name = admitted.route.template().1;
+                let outcome = handlers::dispatch(state, admitted, &parts, body, closer).await;
+                (outcome, Some(name))
+            }
+            Err(err) => (Err(err), None),
+        };
+    door::exit(state, &parts, outcome, Listener::Main, route_name)
 }
 
 /// Scrapes served at once on the metrics listener; a scraper is one client, and more must wait.
@@ -173,7 +178,13 @@ pub async fn serve_metrics<S: Store>(listener: TcpListener, state: Arc<AppState<
                     let (parts, _body) = request.into_parts();
                     let outcome = door::admit_metrics(&parts.method, &parts.uri)
                         .map(|_| handlers::metrics(&state, &parts.headers));
-                    Ok::<_, Infallible>(door::exit(&state, &parts, outcome, Listener::Metrics))
+                    Ok::<_, Infallible>(door::exit(
+                        &state,
+                        &parts,
+                        outcome,
+                        Listener::Metrics,
+                        None,
+                    ))
                 }
             });
             let connection = hyper::server::conn::http1::Builder::new()
