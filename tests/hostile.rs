@@ -144,6 +144,25 @@ async fn every_limit_answers_with_its_code_and_the_server_stays_up() {
         assert!(answer.contains(code), "{what}: {answer}");
         still_answers(&server, what).await;
     }
+    // Heads refused before hyper read them are counted as the door's refusals are.
+    let metrics = server
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for counted in [
+        "pere_refused_requests_total{code=\"malformed_request\"} 6",
+        "pere_refused_requests_total{code=\"tls_on_plain_port\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|line| line == counted),
+            "{counted} in {metrics}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,6 +35,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::activity;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::feed_conn::{self, FirstRequest};
@@ -188,7 +189,11 @@ pub fn serve<S: Store>(
                 Some(unread) => unread,
                 None => {
                     if let Some(refused) = malformed_start(&prefix) {
-                        // Hyper would answer it with a bare 400 and no word of why.
+                        // Hyper would answer it with a bare 400 and no word of why. Logged and
+                        // counted as the door's refusals are, with its first bytes for a path.
+                        state.metrics.refused(refused.code);
+                        let start = String::from_utf8_lossy(&prefix[..prefix.len().min(64)]);
+                        activity::refused("-", &start, refused.status.as_u16(), refused.code);
                         let _ = stream.write_all(&raw_error_closing(&refused)).await;
                         let _ = stream.shutdown().await;
                         return;
