@@ -190,9 +190,14 @@ pub fn serve<S: Store>(
                 None => {
                     if let Some(refused) = malformed_start(&prefix) {
                         // Hyper would answer it with a bare 400 and no word of why. Logged and
-                        // counted as the door's refusals are, with its first bytes for a path.
+                        // counted as the door's refusals are, with its first bytes for a path
+                        // (a handshake's are binary, and say no more than its code).
                         state.metrics.refused(refused.code);
-                        let start = String::from_utf8_lossy(&prefix[..prefix.len().min(64)]);
+                        let start = if refused.code == "tls_on_plain_port" {
+                            "(a TLS handshake)".into()
+                        } else {
+                            String::from_utf8_lossy(&prefix[..prefix.len().min(64)])
+                        };
                         activity::refused("-", &start, refused.status.as_u16(), refused.code);
                         let _ = stream.write_all(&raw_error_closing(&refused)).await;
                         let _ = stream.shutdown().await;
