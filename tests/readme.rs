@@ -64,6 +64,30 @@ fn the_library_example_is_the_readmes() {
     );
 }
 
+/// The tour's one build makes the tools it then runs: with a target selection such as
+/// `--examples`, cargo builds only what is selected, so `--bins` must be there too.
+#[test]
+fn the_tours_build_makes_its_tools() {
+    let readme = readme();
+    let tour = &readme[readme.find("**A tour.**").expect("the README has its tour")..];
+    let build = tour
+        .split('`')
+        .find(|s| s.starts_with("cargo build"))
+        .expect("the tour names its build");
+    let selects = |flag: &str| build.split_whitespace().any(|w| w == flag);
+    assert!(selects("--release") && selects("--workspace"), "{build}");
+    assert!(
+        !selects("--examples") || selects("--bins") || selects("--all-targets"),
+        "`{build}` would build the examples without pere-sub and pere-pub"
+    );
+    for tool in ["pere-sub", "pere-pub"] {
+        assert!(
+            tour.contains(&format!("./target/release/{tool} ")),
+            "the tour runs {tool}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tour_runs_as_written() {
     let readme = readme();
