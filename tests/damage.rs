@@ -155,15 +155,7 @@ async fn a_damaged_event_is_passed_over_named_reported_and_repaired() {
         ready,
         serde_json::json!({"status": "degraded", "damaged_events": 1})
     );
-    let metrics = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.get_text("/metrics").await;
     let reads: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("pere_store_damaged_reads_total "))

@@ -145,15 +145,7 @@ async fn every_limit_answers_with_its_code_and_the_server_stays_up() {
         still_answers(&server, what).await;
     }
     // Heads refused before hyper read them are counted as the door's refusals are.
-    let metrics = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.get_text("/metrics").await;
     for counted in [
         "pere_refused_requests_total{code=\"malformed_request\"} 6",
         "pere_refused_requests_total{code=\"tls_on_plain_port\"} 1",

@@ -428,15 +428,7 @@ async fn feed_headers_root_banner_page_and_cors(store: StoreUnderTest) {
         !html.contains("http://") && !html.contains("https://"),
         "the page loads nothing from elsewhere"
     );
-    let page = server
-        .http
-        .get(server.url("/subscriber.html"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = server.get_text("/subscriber.html").await;
     assert_eq!(page, html);
 
     // pere.js: public, a module, revalidated with its ETag.

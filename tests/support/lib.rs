@@ -486,19 +486,17 @@ impl TestServer {
         response.json().await.expect("json")
     }
 
+    /// GETs `path` and returns the answer's text, whatever its status.
+    pub async fn get_text(&self, path: &str) -> String {
+        let response = self.http.get(self.url(path)).send().await.expect("get");
+        response.text().await.expect("text")
+    }
+
     /// How many answers with `status` the server gave on `route` (its path template, as the
     /// metrics label it: `/feedback/{channel}`), from its metrics. An answer is counted as it
     /// leaves, so every answer a client has read is in.
     pub async fn answers(&self, route: &str, status: u16) -> u64 {
-        let text = self
-            .http
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .expect("scrape")
-            .text()
-            .await
-            .expect("metrics text");
+        let text = self.get_text("/metrics").await;
         let (route, status) = (format!("route=\"{route}\""), format!("status=\"{status}\""));
         text.lines()
             .filter(|l| {

@@ -575,45 +575,45 @@ impl AsyncWrite for Parking {
 mod tests {
     use super::malformed_start;
 
-    fn refused(start: &[u8]) -> Option<&'static str> {
-        malformed_start(start).map(|err| err.code)
-    }
-
+    /// What is well formed or not whole yet goes to hyper; what cannot be a request is refused,
+    /// with its code.
     #[test]
-    fn well_formed_or_unfinished_starts_go_to_hyper() {
-        for start in [
-            &b"POST /push/news HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"[..],
-            b"GET /health HTTP/1.0\r\n\r\n",
-            b"\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n",
-            b"OPTIONS * HTTP/1.1\r\n",
-            b"DELETE /admin/channels/x HTT",
-            b"G",
-            b"",
-        ] {
-            assert_eq!(refused(start), None, "{}", String::from_utf8_lossy(start));
-        }
-    }
-
-    #[test]
-    fn starts_that_cannot_be_a_request_are_refused_with_a_reason() {
-        for start in [
-            &b"garbage\r\n\r\n"[..],
-            b"GET /he alth HTTP/1.1\r\n\r\n",
-            b"GET /health HTTP/9.9\r\n\r\n",
-            b"GET /health HTTP/1.1\r\nBad Header\r\n\r\n",
-            b"POST /push/x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nX-Bad\x01: y\r\n\r\n{}",
-            b"\x00\x01\x02",
-        ] {
-            assert_eq!(
-                refused(start),
+    fn starts_are_refused_only_when_they_cannot_be_a_request() {
+        let cases: [(&[u8], Option<&str>); 14] = [
+            (
+                b"POST /push/news HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+                None,
+            ),
+            (b"GET /health HTTP/1.0\r\n\r\n", None),
+            (b"\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n", None),
+            (b"OPTIONS * HTTP/1.1\r\n", None),
+            (b"DELETE /admin/channels/x HTT", None),
+            (b"G", None),
+            (b"", None),
+            (b"garbage\r\n\r\n", Some("malformed_request")),
+            (b"GET /he alth HTTP/1.1\r\n\r\n", Some("malformed_request")),
+            (b"GET /health HTTP/9.9\r\n\r\n", Some("malformed_request")),
+            (
+                b"GET /health HTTP/1.1\r\nBad Header\r\n\r\n",
                 Some("malformed_request"),
+            ),
+            (
+                b"POST /push/x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nX-Bad\x01: y\r\n\r\n{}",
+                Some("malformed_request"),
+            ),
+            (b"\x00\x01\x02", Some("malformed_request")),
+            (
+                b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+                Some("tls_on_plain_port"),
+            ),
+        ];
+        for (start, expected) in cases {
+            assert_eq!(
+                malformed_start(start).map(|err| err.code),
+                expected,
                 "{}",
                 String::from_utf8_lossy(start)
             );
         }
-        assert_eq!(
-            refused(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"),
-            Some("tls_on_plain_port")
-        );
     }
 }
