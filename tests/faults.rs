@@ -1,6 +1,6 @@
 //! Storage faults of the SQLite store that the fault table in the README promises an answer to:
-//! a full disk (pushes refused with 503, nothing acknowledged lost, service back once space
-//! returns) and a truncated database file (the server refuses to start, with one clear line).
+//! a full disk (pushes and receipts refused with 503, nothing acknowledged lost, nothing refused
+//! half recorded, service back once space returns) and a truncated database file (the server refuses to start, with one clear line).
 //! The others are in `durability.rs` (crash, SIGKILL under load), `damage.rs` (a damaged page),
 //! `cluster.rs`, `redis_cluster.rs`, `redis_sentinel.rs` and `store_change.rs` (Redis).
 
@@ -196,4 +196,105 @@ async fn a_truncated_database_stops_the_server_at_start_with_one_clear_line() {
         errors[0].contains("cannot open the store") && errors[0].contains("damaged"),
         "{errors:?}"
     );
+}
+
+/// The receipts' side of a full disk: the writer holds a transaction's receipts and inserts them
+/// together before it commits, so a commit that fails must leave none of them behind, and the
+/// sequence must go on without reusing what a failed commit had handed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_receipts_with_503_and_each_is_recorded_once_when_space_returns() {
+    let Some(disk) = SmallDisk::mount("16m") else {
+        assert!(!is_root(), "root could not mount a tmpfs");
+        eprintln!("skipped: mounting a small disk needs root (the test command runs as root)");
+        return;
+    };
+    let server = TestServer::start_in(disk.path(), &["-q"]).await;
+    let event = server.push("Acks", r#"{"n":1}"#).await;
+    // Long statuses fill the log sooner.
+    let status = "s".repeat(900);
+    let (code, answer) = server.ack("Acks", "D0", event, &status).await;
+    assert_eq!(code, 200, "{answer}");
+    let mut recorded = vec!["D0".to_owned()];
+
+    let filler = disk.fill();
+    // Twenty devices at once, so that their receipts share the transactions that fail; again
+    // until some are refused (the log may still have room from before).
+    let mut refused = Vec::new();
+    for round in 0..500 {
+        let attempts = futures_util::future::join_all((0..20).map(|i| {
+            let (server, status) = (&server, &status);
+            async move {
+                let device = format!("D{round}-{i}");
+                let (code, answer) = server.ack("Acks", &device, event, status).await;
+                (device, code, answer)
+            }
+        }))
+        .await;
+        for (device, code, answer) in attempts {
+            if code == 200 {
+                recorded.push(device);
+            } else {
+                assert_eq!(
+                    (code, answer["error"]["code"].as_str()),
+                    (503, Some("store_unavailable")),
+                    "{answer}"
+                );
+                refused.push(device);
+            }
+        }
+        if !refused.is_empty() {
+            break;
+        }
+    }
+    assert!(
+        !refused.is_empty(),
+        "receipts refused once the disk is full"
+    );
+
+    std::fs::remove_file(filler).unwrap();
+    for device in refused {
+        tokio::time::timeout(WAIT, async {
+            while server.ack("Acks", &device, event, &status).await.0 != 200 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .expect("receipts accepted once space returns");
+        recorded.push(device);
+    }
+
+    // The ledger: each recorded receipt once, and none of the refused attempts.
+    let summary = server
+        .get_json(&format!("/admin/receipts/Acks/{event}"))
+        .await;
+    let mut acknowledged: Vec<String> = summary["acknowledged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["device"].as_str().unwrap().to_owned())
+        .collect();
+    acknowledged.sort();
+    let mut expected = recorded.clone();
+    expected.sort();
+    assert_eq!(acknowledged, expected);
+
+    // The receipt stream from its start: each once, seqs rising.
+    let mut stream = server
+        .feed_path("/receipts/Acks", &[("Last-Event-ID", "0")])
+        .await;
+    let mut streamed = Vec::new();
+    let mut seqs = Vec::new();
+    while streamed.len() < recorded.len() {
+        let item = stream.next().await;
+        if item.event != "receipt" {
+            continue;
+        }
+        let receipt: Value = serde_json::from_str(&item.data).unwrap();
+        streamed.push(receipt["device"].as_str().unwrap().to_owned());
+        seqs.push(item.id.parse::<u64>().unwrap());
+    }
+    streamed.sort();
+    assert_eq!(streamed, expected);
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    server.kill().await;
 }
