@@ -298,3 +298,82 @@ async fn a_full_disk_refuses_receipts_with_503_and_each_is_recorded_once_when_sp
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
     server.kill().await;
 }
+
+/// The pushes' side of the same: pushes sent together share the transactions that fail, and the
+/// events a failed commit held are not stored, nor their ids used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_pushes_sent_together_and_uses_none_of_their_ids() {
+    let Some(disk) = SmallDisk::mount("16m") else {
+        assert!(!is_root(), "root could not mount a tmpfs");
+        eprintln!("skipped: mounting a small disk needs root (the test command runs as root)");
+        return;
+    };
+    let server = TestServer::start_in(disk.path(), &["-q", "--max-body", "65536"]).await;
+    let mut feed = server.feed("Together", &[]).await;
+    let body = "x".repeat(30_000);
+    let mut acknowledged = vec![server.push("Together", &body).await];
+
+    let filler = disk.fill();
+    let mut refused = 0;
+    for _ in 0..500 {
+        let answers = futures_util::future::join_all(
+            (0..20).map(|_| push_answer(&server, "Together", &body)),
+        )
+        .await;
+        for (code, answer) in answers {
+            if code == 200 {
+                acknowledged.push(answer["id"].as_u64().unwrap());
+            } else {
+                assert_eq!(
+                    (code, answer["error"]["code"].as_str()),
+                    (503, Some("store_unavailable")),
+                    "{answer}"
+                );
+                refused += 1;
+            }
+        }
+        if refused > 0 {
+            break;
+        }
+    }
+    assert!(refused > 0, "pushes refused once the disk is full");
+
+    std::fs::remove_file(filler).unwrap();
+    let id = tokio::time::timeout(WAIT, async {
+        loop {
+            if let (200, answer) = push_answer(&server, "Together", "after").await {
+                return answer["id"].as_u64().unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("pushes accepted once space returns");
+    acknowledged.sort_unstable();
+    acknowledged.push(id);
+    let expected: Vec<u64> = (1..=acknowledged.len() as u64).collect();
+    assert_eq!(acknowledged, expected, "refused pushes used no id");
+
+    let stored = server
+        .get_json(&format!(
+            "/events/Together?limit={}",
+            acknowledged.len() + 10
+        ))
+        .await;
+    let ids: Vec<u64> = stored["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        ids, acknowledged,
+        "exactly the acknowledged pushes are stored"
+    );
+    assert_eq!(
+        feed.next_ids(acknowledged.len()).await,
+        acknowledged,
+        "the open feed heard each acknowledged push once, in order"
+    );
+    server.kill().await;
+}
