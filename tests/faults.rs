@@ -299,10 +299,25 @@ async fn a_full_disk_refuses_receipts_with_503_and_each_is_recorded_once_when_sp
     server.kill().await;
 }
 
-/// The pushes' side of the same: pushes sent together share the transactions that fail, and the
-/// events a failed commit held are not stored, nor their ids used.
+/// A keyed push to the full disk's channel: the status, the answer, and whether it was a replay.
+async fn keyed_push(server: &TestServer, key: &str, body: &str) -> (u16, Value, bool) {
+    let answer = server
+        .http
+        .post(server.url("/push/Together"))
+        .header("idempotency-key", key)
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("push");
+    let status = answer.status().as_u16();
+    let replayed = answer.headers().contains_key("idempotent-replayed");
+    (status, answer.json().await.unwrap_or(Value::Null), replayed)
+}
+
+/// The pushes' side of the same: keyed pushes sent together share the transactions that fail,
+/// and what a failed commit held is gone: no event stored, no id used, no key remembered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_refuses_pushes_sent_together_and_uses_none_of_their_ids() {
+async fn a_full_disk_refuses_pushes_sent_together_and_keeps_nothing_of_them() {
     let Some(disk) = SmallDisk::mount("16m") else {
         assert!(!is_root(), "root could not mount a tmpfs");
         eprintln!("skipped: mounting a small disk needs root (the test command runs as root)");
@@ -311,16 +326,22 @@ async fn a_full_disk_refuses_pushes_sent_together_and_uses_none_of_their_ids() {
     let server = TestServer::start_in(disk.path(), &["-q", "--max-body", "65536"]).await;
     let mut feed = server.feed("Together", &[]).await;
     let body = "x".repeat(30_000);
-    let mut acknowledged = vec![server.push("Together", &body).await];
+    let (_, first, _) = keyed_push(&server, "k-first", &body).await;
+    let mut acknowledged = vec![first["id"].as_u64().unwrap()];
 
     let filler = disk.fill();
-    let mut refused = 0;
-    for _ in 0..500 {
-        let answers = futures_util::future::join_all(
-            (0..20).map(|_| push_answer(&server, "Together", &body)),
-        )
+    let mut refused = Vec::new();
+    for round in 0..500 {
+        let answers = futures_util::future::join_all((0..20).map(|i| {
+            let (server, body) = (&server, &body);
+            async move {
+                let key = format!("k-{round}-{i}");
+                let (code, answer, _) = keyed_push(server, &key, body).await;
+                (key, code, answer)
+            }
+        }))
         .await;
-        for (code, answer) in answers {
+        for (key, code, answer) in answers {
             if code == 200 {
                 acknowledged.push(answer["id"].as_u64().unwrap());
             } else {
@@ -329,31 +350,41 @@ async fn a_full_disk_refuses_pushes_sent_together_and_uses_none_of_their_ids() {
                     (503, Some("store_unavailable")),
                     "{answer}"
                 );
-                refused += 1;
+                refused.push(key);
             }
         }
-        if refused > 0 {
+        if !refused.is_empty() {
             break;
         }
     }
-    assert!(refused > 0, "pushes refused once the disk is full");
+    assert!(!refused.is_empty(), "pushes refused once the disk is full");
 
     std::fs::remove_file(filler).unwrap();
-    let id = tokio::time::timeout(WAIT, async {
-        loop {
-            if let (200, answer) = push_answer(&server, "Together", "after").await {
-                return answer["id"].as_u64().unwrap();
+    // Each refused push sent again with its key is new: its key was not kept.
+    for key in &refused {
+        let id = tokio::time::timeout(WAIT, async {
+            loop {
+                match keyed_push(&server, key, "after").await {
+                    (200, answer, replayed) => {
+                        assert!(!replayed, "{key} was refused, so nothing replays it");
+                        return answer["id"].as_u64().unwrap();
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("pushes accepted once space returns");
+        })
+        .await
+        .expect("pushes accepted once space returns");
+        acknowledged.push(id);
+    }
+    // An acknowledged push's key still replays it.
+    let (code, answer, replayed) = keyed_push(&server, "k-first", &body).await;
+    assert_eq!((code, replayed), (200, true), "{answer}");
+    assert_eq!(answer["id"].as_u64(), Some(acknowledged[0]));
+
     acknowledged.sort_unstable();
-    acknowledged.push(id);
     let expected: Vec<u64> = (1..=acknowledged.len() as u64).collect();
     assert_eq!(acknowledged, expected, "refused pushes used no id");
-
     let stored = server
         .get_json(&format!(
             "/events/Together?limit={}",
