@@ -198,6 +198,22 @@ async fn a_truncated_database_stops_the_server_at_start_with_one_clear_line() {
     );
 }
 
+/// A keyed JSON receipt on the full disk's channel: the status, the answer, and whether it was a
+/// replay.
+async fn keyed_ack(server: &TestServer, device: &str, id: u64, status: &str) -> (u16, Value, bool) {
+    let answer = server
+        .http
+        .post(server.url("/feedback/Acks"))
+        .header("idempotency-key", format!("key-of-{device}"))
+        .json(&serde_json::json!({"device": device, "id": id, "status": status}))
+        .send()
+        .await
+        .expect("feedback");
+    let code = answer.status().as_u16();
+    let replayed = answer.headers().contains_key("idempotent-replayed");
+    (code, answer.json().await.unwrap_or(Value::Null), replayed)
+}
+
 /// The receipts' side of a full disk: the writer holds a transaction's receipts and inserts them
 /// together before it commits, so a commit that fails must leave none of them behind, and the
 /// sequence must go on without reusing what a failed commit had handed out.
@@ -225,7 +241,7 @@ async fn a_full_disk_refuses_receipts_with_503_and_each_is_recorded_once_when_sp
             let (server, status) = (&server, &status);
             async move {
                 let device = format!("D{round}-{i}");
-                let (code, answer) = server.ack("Acks", &device, event, status).await;
+                let (code, answer, _) = keyed_ack(server, &device, event, status).await;
                 (device, code, answer)
             }
         }))
@@ -252,16 +268,30 @@ async fn a_full_disk_refuses_receipts_with_503_and_each_is_recorded_once_when_sp
     );
 
     std::fs::remove_file(filler).unwrap();
+    // Each refused receipt sent again with its key is new: its key was not kept.
+    let first_refused = refused[0].clone();
     for device in refused {
         tokio::time::timeout(WAIT, async {
-            while server.ack("Acks", &device, event, &status).await.0 != 200 {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            loop {
+                match keyed_ack(&server, &device, event, &status).await {
+                    (200, _, replayed) => {
+                        assert!(
+                            !replayed,
+                            "{device}'s receipt was refused, so nothing replays it"
+                        );
+                        return;
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
             }
         })
         .await
         .expect("receipts accepted once space returns");
         recorded.push(device);
     }
+    // Once recorded, its key replays it.
+    let (code, answer, replayed) = keyed_ack(&server, &first_refused, event, &status).await;
+    assert_eq!((code, replayed), (200, true), "{answer}");
 
     // The ledger: each recorded receipt once, and none of the refused attempts.
     let summary = server
