@@ -209,6 +209,42 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+impl CumulativeAnswer {
+    /// Appends to `out` the JSON text serde writes for the answer with these fields, without
+    /// making the answer (its names copied, its ids gathered): one per cumulative receipt, the
+    /// request coalescing clients send most.
+    pub fn write_json(
+        out: &mut Vec<u8>,
+        channel: &str,
+        device: &str,
+        upto: u64,
+        ids: impl ExactSizeIterator<Item = u64>,
+        more: bool,
+    ) {
+        let mut number = itoa::Buffer::new();
+        out.extend_from_slice(b"{\"channel\":");
+        json_string(out, channel);
+        out.extend_from_slice(b",\"device\":");
+        json_string(out, device);
+        out.extend_from_slice(b",\"upto\":");
+        out.extend_from_slice(number.format(upto).as_bytes());
+        out.extend_from_slice(b",\"acknowledged\":");
+        out.extend_from_slice(number.format(ids.len()).as_bytes());
+        out.extend_from_slice(b",\"ids\":[");
+        for (i, id) in ids.enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(number.format(id).as_bytes());
+        }
+        out.push(b']');
+        if more {
+            out.extend_from_slice(b",\"more\":true");
+        }
+        out.push(b'}');
+    }
+}
+
 /// One line of a batch of receipts (`Content-Type: application/x-ndjson`):
 /// `{"id": N, "status": "S", "key": "K"}`, the status and key optional. Other members are
 /// refused.
@@ -974,6 +1010,38 @@ mod tests {
             proptest::prop_assert_eq!(
                 String::from_utf8(written).unwrap(),
                 serde_json::to_string(&json).unwrap()
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_cumulative_answer_written_field_by_field_is_what_serde_writes(
+            device in "[A-Za-z0-9_.:-]{1,20}|\\PC{0,12}",
+            upto in proptest::prelude::any::<u64>(),
+            ids in proptest::collection::vec(proptest::prelude::any::<u64>(), 0..40),
+            more in proptest::prelude::any::<bool>(),
+        ) {
+            let answer = CumulativeAnswer {
+                channel: "orders.eu".to_owned(),
+                device: device.clone(),
+                upto,
+                acknowledged: ids.len(),
+                ids: ids.clone(),
+                more,
+            };
+            let mut written = Vec::new();
+            CumulativeAnswer::write_json(
+                &mut written,
+                "orders.eu",
+                &device,
+                upto,
+                ids.iter().copied(),
+                more,
+            );
+            proptest::prop_assert_eq!(
+                String::from_utf8(written).unwrap(),
+                serde_json::to_string(&answer).unwrap()
             );
         }
     }

@@ -544,21 +544,21 @@ async fn feedback_upto<S: Store>(
             state.config.max_batch_events,
         )
         .await?;
-    let ids: Vec<u64> = done.receipts.iter().map(|r| r.event_id).collect();
+    let ids = || done.receipts.iter().map(|r| r.event_id);
     if let Some(first) = done.receipts.first() {
+        let ids: Vec<u64> = ids().collect();
         activity::feedback_upto(channel.as_str(), device.as_str(), upto, &ids, &first.status);
     }
-    Ok(response::compact_json(
-        StatusCode::OK,
-        &CumulativeAnswer {
-            channel: channel.to_string(),
-            device: device.to_string(),
+    Ok(response::json_written(StatusCode::OK, |out| {
+        CumulativeAnswer::write_json(
+            out,
+            channel.as_str(),
+            device.as_str(),
             upto,
-            acknowledged: ids.len(),
-            ids,
-            more: done.more,
-        },
-    ))
+            ids(),
+            done.more,
+        );
+    }))
 }
 
 /// A batch of receipts (an NDJSON body, one `{"id", "status", "key"}` per line) of the device
