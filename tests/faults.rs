@@ -53,6 +53,83 @@ impl Drop for SmallDisk {
     }
 }
 
+/// A disk of 16 MiB for a test, or `None` when this user may not mount one (the test then
+/// passes, saying it skipped); root must be able to.
+fn small_disk() -> Option<SmallDisk> {
+    let disk = SmallDisk::mount("16m");
+    if disk.is_none() {
+        assert!(!is_root(), "root could not mount a tmpfs");
+        eprintln!("skipped: mounting a small disk needs root (the test command runs as root)");
+    }
+    disk
+}
+
+/// Tries `attempt` every 100 ms until it gives a value, as a write refused for a full disk is
+/// accepted again once space returns; for at most [`WAIT`].
+async fn once_space_returns<T, F: std::future::Future<Output = Option<T>>>(
+    mut attempt: impl FnMut() -> F,
+) -> T {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(value) = attempt().await {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("writes accepted once space returns")
+}
+
+/// The ids of the events `channel` holds, oldest first.
+async fn stored_ids(server: &TestServer, channel: &str) -> Vec<u64> {
+    let stored = server
+        .get_json(&format!("/events/{channel}?limit=100000"))
+        .await;
+    stored["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["id"].as_u64().expect("an id"))
+        .collect()
+}
+
+/// Sends twenty writes at once (`write(name)`, each with a name of its own), round after round
+/// until some are refused (the log may still have room from before). Returns the names and
+/// answers of those accepted, and the names of those refused, each refusal checked to be 503
+/// `store_unavailable`.
+async fn together_until_refused<F, Fut>(write: F) -> (Vec<(String, Value)>, Vec<String>)
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = (u16, Value, bool)>,
+{
+    let (mut accepted, mut refused) = (Vec::new(), Vec::new());
+    for round in 0..500 {
+        let answers = futures_util::future::join_all((0..20).map(|i| {
+            let name = format!("{round}-{i}");
+            let answer = write(name.clone());
+            async move { (name, answer.await) }
+        }))
+        .await;
+        for (name, (code, answer, _)) in answers {
+            if code == 200 {
+                accepted.push((name, answer));
+            } else {
+                assert_eq!(
+                    (code, answer["error"]["code"].as_str()),
+                    (503, Some("store_unavailable")),
+                    "{answer}"
+                );
+                refused.push(name);
+            }
+        }
+        if !refused.is_empty() {
+            return (accepted, refused);
+        }
+    }
+    panic!("nothing refused once the disk is full");
+}
+
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -79,9 +156,7 @@ async fn readiness(server: &TestServer) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_pushes_with_503_and_service_resumes_when_space_returns() {
-    let Some(disk) = SmallDisk::mount("16m") else {
-        assert!(!is_root(), "root could not mount a tmpfs");
-        eprintln!("skipped: mounting a small disk needs root (the test command runs as root)");
+    let Some(disk) = small_disk() else {
         return;
     };
     let server = TestServer::start_in(disk.path(), &["-q", "--max-body", "65536"]).await;
@@ -115,16 +190,11 @@ async fn a_full_disk_refuses_pushes_with_503_and_service_resumes_when_space_retu
     assert_eq!(health.status(), 200, "the server itself answers");
 
     std::fs::remove_file(filler).unwrap();
-    let id = tokio::time::timeout(WAIT, async {
-        loop {
-            if let (200, answer) = push_answer(&server, "Full", "after").await {
-                return answer["id"].as_u64().unwrap();
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    let id = once_space_returns(|| async {
+        let (code, answer) = push_answer(&server, "Full", "after").await;
+        (code == 200).then(|| answer["id"].as_u64().unwrap())
     })
-    .await
-    .expect("pushes accepted once space returns");
+    .await;
     assert_eq!(
         id,
         acknowledged.last().unwrap() + 1,
@@ -139,15 +209,7 @@ async fn a_full_disk_refuses_pushes_with_503_and_service_resumes_when_space_retu
         heard, acknowledged,
         "the open feed heard every acknowledged push"
     );
-    let stored = server
-        .get_json(&format!("/events/Full?limit={}", acknowledged.len() + 10))
-        .await;
-    let ids: Vec<u64> = stored["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["id"].as_u64().unwrap())
-        .collect();
+    let ids = stored_ids(&server, "Full").await;
     assert_eq!(ids, acknowledged, "every acknowledged push is stored");
     server.kill().await;
 }
@@ -198,20 +260,27 @@ async fn a_truncated_database_stops_the_server_at_start_with_one_clear_line() {
     );
 }
 
-/// A keyed JSON receipt on the full disk's channel: the status, the answer, and whether it was a
-/// replay.
-async fn keyed_ack(server: &TestServer, device: &str, id: u64, status: &str) -> (u16, Value, bool) {
-    let answer = server
-        .http
-        .post(server.url("/feedback/Acks"))
-        .header("idempotency-key", format!("key-of-{device}"))
-        .json(&serde_json::json!({"device": device, "id": id, "status": status}))
+/// Sends `request` (a push or a receipt) with idempotency key `key`: the status, the answer,
+/// and whether it was a replay.
+async fn keyed(request: reqwest::RequestBuilder, key: &str) -> (u16, Value, bool) {
+    let answer = request
+        .header("idempotency-key", key)
         .send()
         .await
-        .expect("feedback");
+        .expect("post");
     let code = answer.status().as_u16();
     let replayed = answer.headers().contains_key("idempotent-replayed");
     (code, answer.json().await.unwrap_or(Value::Null), replayed)
+}
+
+/// A keyed JSON receipt on the full disk's channel, keyed by its device.
+async fn keyed_ack(server: &TestServer, device: &str, id: u64, status: &str) -> (u16, Value, bool) {
+    let receipt = serde_json::json!({"device": device, "id": id, "status": status});
+    let request = server
+        .http
+        .post(server.url("/feedback/Acks"))
+        .json(&receipt);
+    keyed(request, &format!("key-of-{device}")).await
 }
 
 /// The receipts' side of a full disk: the writer holds a transaction's receipts and inserts them
@@ -219,9 +288,7 @@ async fn keyed_ack(server: &TestServer, device: &str, id: u64, status: &str) -> 
 /// sequence must go on without reusing what a failed commit had handed out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_receipts_with_503_and_each_is_recorded_once_when_space_returns() {
-    let Some(disk) = SmallDisk::mount("16m") else {
-        assert!(!is_root(), "root could not mount a tmpfs");
-        eprintln!("skipped: mounting a small disk needs root (the test command runs as root)");
+    let Some(disk) = small_disk() else {
         return;
     };
     let server = TestServer::start_in(disk.path(), &["-q"]).await;
@@ -233,60 +300,28 @@ async fn a_full_disk_refuses_receipts_with_503_and_each_is_recorded_once_when_sp
     let mut recorded = vec!["D0".to_owned()];
 
     let filler = disk.fill();
-    // Twenty devices at once, so that their receipts share the transactions that fail; again
-    // until some are refused (the log may still have room from before).
-    let mut refused = Vec::new();
-    for round in 0..500 {
-        let attempts = futures_util::future::join_all((0..20).map(|i| {
-            let (server, status) = (&server, &status);
-            async move {
-                let device = format!("D{round}-{i}");
-                let (code, answer, _) = keyed_ack(server, &device, event, status).await;
-                (device, code, answer)
-            }
-        }))
-        .await;
-        for (device, code, answer) in attempts {
-            if code == 200 {
-                recorded.push(device);
-            } else {
-                assert_eq!(
-                    (code, answer["error"]["code"].as_str()),
-                    (503, Some("store_unavailable")),
-                    "{answer}"
-                );
-                refused.push(device);
-            }
-        }
-        if !refused.is_empty() {
-            break;
-        }
-    }
-    assert!(
-        !refused.is_empty(),
-        "receipts refused once the disk is full"
-    );
+    // Twenty devices at once, so that their receipts share the transactions that fail.
+    let (accepted, refused) = together_until_refused(|name| {
+        let (server, status) = (&server, &status);
+        async move { keyed_ack(server, &format!("D{name}"), event, status).await }
+    })
+    .await;
+    recorded.extend(accepted.into_iter().map(|(name, _)| format!("D{name}")));
+    let refused: Vec<String> = refused.iter().map(|name| format!("D{name}")).collect();
 
     std::fs::remove_file(filler).unwrap();
     // Each refused receipt sent again with its key is new: its key was not kept.
     let first_refused = refused[0].clone();
     for device in refused {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                match keyed_ack(&server, &device, event, &status).await {
-                    (200, _, replayed) => {
-                        assert!(
-                            !replayed,
-                            "{device}'s receipt was refused, so nothing replays it"
-                        );
-                        return;
-                    }
-                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
+        let replayed = once_space_returns(|| async {
+            let (code, _, replayed) = keyed_ack(&server, &device, event, &status).await;
+            (code == 200).then_some(replayed)
         })
-        .await
-        .expect("receipts accepted once space returns");
+        .await;
+        assert!(
+            !replayed,
+            "{device}'s receipt was refused, so nothing replays it"
+        );
         recorded.push(device);
     }
     // Once recorded, its key replays it.
@@ -329,28 +364,20 @@ async fn a_full_disk_refuses_receipts_with_503_and_each_is_recorded_once_when_sp
     server.kill().await;
 }
 
-/// A keyed push to the full disk's channel: the status, the answer, and whether it was a replay.
+/// A keyed push to the full disk's channel.
 async fn keyed_push(server: &TestServer, key: &str, body: &str) -> (u16, Value, bool) {
-    let answer = server
+    let request = server
         .http
         .post(server.url("/push/Together"))
-        .header("idempotency-key", key)
-        .body(body.to_owned())
-        .send()
-        .await
-        .expect("push");
-    let status = answer.status().as_u16();
-    let replayed = answer.headers().contains_key("idempotent-replayed");
-    (status, answer.json().await.unwrap_or(Value::Null), replayed)
+        .body(body.to_owned());
+    keyed(request, key).await
 }
 
 /// The pushes' side of the same: keyed pushes sent together share the transactions that fail,
 /// and what a failed commit held is gone: no event stored, no id used, no key remembered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_pushes_sent_together_and_keeps_nothing_of_them() {
-    let Some(disk) = SmallDisk::mount("16m") else {
-        assert!(!is_root(), "root could not mount a tmpfs");
-        eprintln!("skipped: mounting a small disk needs root (the test command runs as root)");
+    let Some(disk) = small_disk() else {
         return;
     };
     let server = TestServer::start_in(disk.path(), &["-q", "--max-body", "65536"]).await;
@@ -360,51 +387,28 @@ async fn a_full_disk_refuses_pushes_sent_together_and_keeps_nothing_of_them() {
     let mut acknowledged = vec![first["id"].as_u64().unwrap()];
 
     let filler = disk.fill();
-    let mut refused = Vec::new();
-    for round in 0..500 {
-        let answers = futures_util::future::join_all((0..20).map(|i| {
-            let (server, body) = (&server, &body);
-            async move {
-                let key = format!("k-{round}-{i}");
-                let (code, answer, _) = keyed_push(server, &key, body).await;
-                (key, code, answer)
-            }
-        }))
-        .await;
-        for (key, code, answer) in answers {
-            if code == 200 {
-                acknowledged.push(answer["id"].as_u64().unwrap());
-            } else {
-                assert_eq!(
-                    (code, answer["error"]["code"].as_str()),
-                    (503, Some("store_unavailable")),
-                    "{answer}"
-                );
-                refused.push(key);
-            }
-        }
-        if !refused.is_empty() {
-            break;
-        }
-    }
-    assert!(!refused.is_empty(), "pushes refused once the disk is full");
+    // Twenty keyed pushes at once, so that they share the transactions that fail.
+    let (accepted, refused) = together_until_refused(|name| {
+        let (server, body) = (&server, &body);
+        async move { keyed_push(server, &format!("k-{name}"), body).await }
+    })
+    .await;
+    acknowledged.extend(
+        accepted
+            .iter()
+            .map(|(_, answer)| answer["id"].as_u64().unwrap()),
+    );
+    let refused: Vec<String> = refused.iter().map(|name| format!("k-{name}")).collect();
 
     std::fs::remove_file(filler).unwrap();
     // Each refused push sent again with its key is new: its key was not kept.
     for key in &refused {
-        let id = tokio::time::timeout(WAIT, async {
-            loop {
-                match keyed_push(&server, key, "after").await {
-                    (200, answer, replayed) => {
-                        assert!(!replayed, "{key} was refused, so nothing replays it");
-                        return answer["id"].as_u64().unwrap();
-                    }
-                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
+        let (id, replayed) = once_space_returns(|| async {
+            let (code, answer, replayed) = keyed_push(&server, key, "after").await;
+            (code == 200).then(|| (answer["id"].as_u64().unwrap(), replayed))
         })
-        .await
-        .expect("pushes accepted once space returns");
+        .await;
+        assert!(!replayed, "{key} was refused, so nothing replays it");
         acknowledged.push(id);
     }
     // An acknowledged push's key still replays it.
@@ -415,18 +419,7 @@ async fn a_full_disk_refuses_pushes_sent_together_and_keeps_nothing_of_them() {
     acknowledged.sort_unstable();
     let expected: Vec<u64> = (1..=acknowledged.len() as u64).collect();
     assert_eq!(acknowledged, expected, "refused pushes used no id");
-    let stored = server
-        .get_json(&format!(
-            "/events/Together?limit={}",
-            acknowledged.len() + 10
-        ))
-        .await;
-    let ids: Vec<u64> = stored["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["id"].as_u64().unwrap())
-        .collect();
+    let ids = stored_ids(&server, "Together").await;
     assert_eq!(
         ids, acknowledged,
         "exactly the acknowledged pushes are stored"
