@@ -52,6 +52,11 @@ pub(super) struct ChannelKeys {
 }
 
 impl EventKeys {
+    /// Whether the keys of `channel` are held (else [`EventKeys::channel`] reads its rows).
+    pub(super) fn holds(&self, channel: &ChannelName) -> bool {
+        self.channels.contains_key(channel)
+    }
+
     /// The keys of `channel` (hash → event id), read from its rows if not held.
     pub(super) fn channel(
         &mut self,

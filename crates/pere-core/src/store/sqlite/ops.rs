@@ -24,69 +24,89 @@ use crate::store::{
     RecordedLine, RecordedReceipt, Retention,
 };
 
-/// The retained event of `channel` that `publisher` published under `key`, if the key is still
-/// remembered (keys are per publisher: another's event under the same key is not found). Run by
-/// the writer, which sees its transaction's own inserts: a key sent twice in one batch is stored
-/// once too. A key past the window is cleared from its event, so it can be given again. An
-/// event that holds the key but is damaged (it fails its checksum, or does not decode) holds it
-/// no more: the retry is stored as a new event, which brings back what was lost.
-fn keyed_event(
-    conn: &Connection,
-    keys: &mut EventKeys,
-    retention: &Retention,
-    channel: &ChannelName,
-    publisher: Option<&DeviceId>,
-    key: &str,
+/// How a transaction looks idempotency keys up: the connection, the keys held in memory, the
+/// retention that says how long a key lives, the write's time, and `before_read`, run before
+/// the lookup reads the channel's rows (the transaction's own events, held, are inserted then).
+struct KeyLookup<'l, F> {
+    conn: &'l Connection,
+    keys: &'l mut EventKeys,
+    retention: &'l Retention,
     at: DateTime<Utc>,
-) -> rusqlite::Result<Option<Arc<Event>>> {
-    let publisher_name = publisher.map(DeviceId::as_str);
-    let hash = key_hash(publisher_name.map(str::as_bytes), key.as_bytes());
-    // Most keys are new: the map says so without reading the database.
-    let Some(&id) = keys.channel(conn, channel)?.get(&hash) else {
-        return Ok(None);
-    };
-    let stored = query_events(
-        conn,
-        channel,
-        select_event!("WHERE channel = ?1 AND id = ?2"),
-        params![channel.as_str(), id],
-    )?;
-    let event = match stored.events.into_iter().next() {
-        Some(event)
-            if event.idempotency_key.as_deref() == Some(key)
-                && event.publisher.as_ref() == publisher =>
-        {
-            event
+    before_read: F,
+}
+
+impl<F: FnMut() -> rusqlite::Result<()>> KeyLookup<'_, F> {
+    /// The retained event of `channel` that `publisher` published under `key`, if the key is
+    /// still remembered (keys are per publisher: another's event under the same key is not
+    /// found). Run by the writer, which sees its transaction's own inserts: a key sent twice in
+    /// one batch is stored once too. A key past the window is cleared from its event, so it can
+    /// be given again. An event that holds the key but is damaged (it fails its checksum, or
+    /// does not decode) holds it no more: the retry is stored as a new event, which brings back
+    /// what was lost. Most keys are new, and the keys in memory say so without a read: only a
+    /// key found there, or a channel whose keys are not held yet, costs a read (and the insert
+    /// of the transaction's events before it).
+    fn event(
+        &mut self,
+        channel: &ChannelName,
+        publisher: Option<&DeviceId>,
+        key: &str,
+    ) -> rusqlite::Result<Option<Arc<Event>>> {
+        let conn = self.conn;
+        let publisher_name = publisher.map(DeviceId::as_str);
+        let hash = key_hash(publisher_name.map(str::as_bytes), key.as_bytes());
+        if !self.keys.holds(channel) {
+            (self.before_read)()?;
         }
-        // Pruned since, or damaged.
-        None => {
-            keys.forget(channel, hash, id);
+        let Some(&id) = self.keys.channel(conn, channel)?.get(&hash) else {
             return Ok(None);
-        }
-        // Another key and publisher with the same hash hold the entry (about one chance in
-        // 2^64 per pair), or the key was cleared: the channel's rows say.
-        Some(_) => {
-            let by_key =
-                select_event!("WHERE channel = ?1 AND idempotency_key = ?2 AND publisher IS ?3");
-            let found = query_events(
-                conn,
-                channel,
-                by_key,
-                params![channel.as_str(), key, publisher_name],
-            )?;
-            match found.events.into_iter().next() {
-                Some(event) => event,
-                None => return Ok(None),
+        };
+        (self.before_read)()?;
+        let stored = query_events(
+            conn,
+            channel,
+            select_event!("WHERE channel = ?1 AND id = ?2"),
+            params![channel.as_str(), id],
+        )?;
+        let event = match stored.events.into_iter().next() {
+            Some(event)
+                if event.idempotency_key.as_deref() == Some(key)
+                    && event.publisher.as_ref() == publisher =>
+            {
+                event
             }
+            // Pruned since, or damaged.
+            None => {
+                self.keys.forget(channel, hash, id);
+                return Ok(None);
+            }
+            // Another key and publisher with the same hash hold the entry (about one chance in
+            // 2^64 per pair), or the key was cleared: the channel's rows say.
+            Some(_) => {
+                let by_key = select_event!(
+                    "WHERE channel = ?1 AND idempotency_key = ?2 AND publisher IS ?3"
+                );
+                let found = query_events(
+                    conn,
+                    channel,
+                    by_key,
+                    params![channel.as_str(), key, publisher_name],
+                )?;
+                match found.events.into_iter().next() {
+                    Some(event) => event,
+                    None => return Ok(None),
+                }
+            }
+        };
+        if self.retention.key_alive(event.time, self.at) {
+            return Ok(Some(event));
         }
-    };
-    if retention.key_alive(event.time, at) {
-        return Ok(Some(event));
-    }
-    conn.prepare_cached("UPDATE events SET idempotency_key = NULL WHERE channel = ?1 AND id = ?2")?
+        conn.prepare_cached(
+            "UPDATE events SET idempotency_key = NULL WHERE channel = ?1 AND id = ?2",
+        )?
         .execute(params![channel.as_str(), event.id])?;
-    keys.forget(channel, hash, event.id);
-    Ok(None)
+        self.keys.forget(channel, hash, event.id);
+        Ok(None)
+    }
 }
 
 pub(super) fn append(
@@ -97,13 +117,15 @@ pub(super) fn append(
 ) -> rusqlite::Result<Appended> {
     let at = now();
     if let Some(key) = &new.idempotency_key {
-        // The key's event may be one of this transaction's, not inserted yet.
-        write_events(conn, drafts)?;
-        let mut keys = drafts.shared.event_keys();
-        let retention = &drafts.shared.options.retention;
-        let publisher = new.publisher.as_ref();
-        if let Some(event) = keyed_event(conn, &mut keys, retention, &channel, publisher, key, at)?
-        {
+        let shared = drafts.shared;
+        let mut lookup = KeyLookup {
+            conn,
+            keys: &mut shared.event_keys(),
+            retention: &shared.options.retention,
+            at,
+            before_read: || write_events(conn, drafts),
+        };
+        if let Some(event) = lookup.event(&channel, new.publisher.as_ref(), key)? {
             return Ok(Appended { event, new: false });
         }
     }
@@ -117,23 +139,25 @@ pub(super) fn append_batch(
     events: Vec<NewEvent>,
 ) -> rusqlite::Result<Result<Vec<Appended>, StoreError>> {
     let at = now();
-    let retention = drafts.shared.options.retention;
-    if events.iter().any(|event| event.idempotency_key.is_some()) {
-        // A key's event may be one of this transaction's, not inserted yet.
-        write_events(conn, drafts)?;
-    }
     // Every key is looked up before the first insert, so a refused batch inserts nothing. Only
     // a failure of SQLite itself can stop it midway, and that rolls back the whole transaction.
     let mut failed = None;
     let plans = {
-        let mut keys = drafts.shared.event_keys();
+        let shared = drafts.shared;
+        let mut lookup = KeyLookup {
+            conn,
+            keys: &mut shared.event_keys(),
+            retention: &shared.options.retention,
+            at,
+            before_read: || write_events(conn, drafts),
+        };
         plan_batch(&events, |publisher, key| {
-            keyed_event(conn, &mut keys, &retention, &channel, publisher, key, at).unwrap_or_else(
-                |err| {
+            lookup
+                .event(&channel, publisher, key)
+                .unwrap_or_else(|err| {
                     failed.get_or_insert(err);
                     None
-                },
-            )
+                })
         })
     };
     if let Some(err) = failed {
@@ -169,7 +193,6 @@ pub(super) fn write_events(conn: &Connection, drafts: &mut Drafts<'_>) -> rusqli
     insert_rows(
         conn,
         &INSERT_EVENT_ROWS,
-        8,
         &rows,
         |statement, at, (event, checksum)| {
             statement.raw_bind_parameter(at + 1, event.channel.as_str())?;
@@ -478,36 +501,48 @@ pub(super) fn record_receipts(
 /// work (its cursors, the AUTOINCREMENT counter read and written, its end), not the row's.
 const ROWS_PER_STATEMENT: [usize; 6] = [32, 16, 8, 4, 2, 1];
 
-/// An insert into `table` of each size of [`ROWS_PER_STATEMENT`], in its order: written once,
-/// not for each transaction (the statement cache is looked up by the text).
-fn inserts(table: &str, columns: &str) -> [String; 6] {
-    let row = format!("({})", vec!["?"; columns.split(',').count()].join(", "));
-    ROWS_PER_STATEMENT.map(|size| {
-        let values = vec![row.as_str(); size].join(", ");
-        format!("INSERT OR FAIL INTO {table} ({columns}) VALUES {values}")
-    })
+/// The inserts into one table of each size of [`ROWS_PER_STATEMENT`], in its order, and the
+/// columns of a row: written once, not for each transaction (the statement cache is looked up
+/// by the text).
+struct Inserts {
+    sql: [String; 6],
+    columns: usize,
 }
 
-static INSERT_RECEIPT_ROWS: std::sync::LazyLock<[String; 6]> = std::sync::LazyLock::new(|| {
-    inserts(
+impl Inserts {
+    fn of(table: &str, columns: &str) -> Inserts {
+        let columns_count = columns.split(',').count();
+        let row = format!("({})", vec!["?"; columns_count].join(", "));
+        let sql = ROWS_PER_STATEMENT.map(|size| {
+            let values = vec![row.as_str(); size].join(", ");
+            format!("INSERT OR FAIL INTO {table} ({columns}) VALUES {values}")
+        });
+        Inserts {
+            sql,
+            columns: columns_count,
+        }
+    }
+}
+
+static INSERT_RECEIPT_ROWS: std::sync::LazyLock<Inserts> = std::sync::LazyLock::new(|| {
+    Inserts::of(
         "receipts",
         "seq, channel, event_id, device, status, time, idempotency_key",
     )
 });
 
-static INSERT_EVENT_ROWS: std::sync::LazyLock<[String; 6]> = std::sync::LazyLock::new(|| {
-    inserts(
+static INSERT_EVENT_ROWS: std::sync::LazyLock<Inserts> = std::sync::LazyLock::new(|| {
+    Inserts::of(
         "events",
         "channel, id, time, publisher, event_type, body, idempotency_key, checksum",
     )
 });
 
-/// Inserts `rows` by the statements of `sql` (one per size of [`ROWS_PER_STATEMENT`]), `bind`
-/// binding a row's `columns` values from the parameter after the given index.
+/// Inserts `rows` by the statements of `inserts`, `bind` binding a row's values from the
+/// parameter after the given index.
 fn insert_rows<T>(
     conn: &Connection,
-    sql: &[String; 6],
-    columns: usize,
+    inserts: &Inserts,
     rows: &[T],
     bind: impl Fn(&mut CachedStatement<'_>, usize, &T) -> rusqlite::Result<()>,
 ) -> rusqlite::Result<()> {
@@ -519,9 +554,9 @@ fn insert_rows<T>(
             .find(|&(_, size)| size <= rest.len())
             .unwrap_or((ROWS_PER_STATEMENT.len() - 1, 1));
         let (chunk, after) = rest.split_at(size);
-        let mut statement = conn.prepare_cached(&sql[sized])?;
+        let mut statement = conn.prepare_cached(&inserts.sql[sized])?;
         for (i, row) in chunk.iter().enumerate() {
-            bind(&mut statement, i * columns, row)?;
+            bind(&mut statement, i * inserts.columns, row)?;
         }
         statement.raw_execute()?;
         rest = after;
@@ -537,7 +572,6 @@ fn insert_receipt_rows(
     insert_rows(
         conn,
         &INSERT_RECEIPT_ROWS,
-        7,
         rows,
         |statement, at, (receipt, key)| {
             statement.raw_bind_parameter(at + 1, receipt.seq)?;
