@@ -10,7 +10,7 @@ use hyper::http::request::Parts;
 use hyper::{Method, Response, StatusCode};
 use pere_core::{DeviceId, NewEvent, Store, StoreError};
 use pere_proto::event::format_time;
-use pere_proto::receipt::MAX_STATUS_LEN;
+use pere_proto::receipt::{Receipt, MAX_STATUS_LEN};
 use pere_proto::wire::{
     Banner, BatchAnswer, ChannelJson, ChannelsPage, ConnectionsJson, CumulativeAnswer, DeviceJson,
     EventJson, EventList, EventReceipts, Health, MembershipJson, PendingEvents, PushAccepted,
@@ -476,9 +476,7 @@ async fn feedback<S: Store>(
             .acknowledge(&channel, event_id, &device, status)
             .await?;
         activity::feedback(channel.as_str(), device.as_str(), event_id, &receipt.status);
-        return Ok(response::json_written(StatusCode::OK, |out| {
-            ReceiptJsonRef::from(&receipt).write_json(out);
-        }));
+        return Ok(receipt_answer(&receipt));
     };
     let recorded = state
         .hub
@@ -497,12 +495,14 @@ async fn feedback<S: Store>(
             ),
         ));
     }
-    Ok(replay_mark(
-        response::json_written(StatusCode::OK, |out| {
-            ReceiptJsonRef::from(&receipt).write_json(out);
-        }),
-        !recorded.new,
-    ))
+    Ok(replay_mark(receipt_answer(&receipt), !recorded.new))
+}
+
+/// The answer to a single receipt: the receipt as recorded.
+fn receipt_answer(receipt: &Receipt) -> Response<ResponseBody> {
+    response::json_written(StatusCode::OK, |out| {
+        ReceiptJsonRef::from(receipt).write_json(out);
+    })
 }
 
 /// A receipt's status: `ok` when none is given, since a receipt with no status still says
@@ -604,7 +604,7 @@ async fn feedback_batch<S: Store>(
         }
         Err(err) => return Err(err.into()),
     };
-    let new: Vec<&pere_core::Receipt> = recorded
+    let new: Vec<&Receipt> = recorded
         .iter()
         .filter(|line| line.new)
         .map(|line| &line.receipt)
