@@ -24,18 +24,28 @@ use crate::store::{
     RecordedLine, RecordedReceipt, Retention,
 };
 
-/// How a transaction looks idempotency keys up: the connection, the keys held in memory, the
-/// retention that says how long a key lives, the write's time, and `before_read`, run before
-/// the lookup reads the channel's rows (the transaction's own events, held, are inserted then).
-struct KeyLookup<'l, F> {
+/// How a transaction looks idempotency keys up: in the keys held in memory (locked while it
+/// looks), and in the rows when they name an event, after inserting the transaction's held
+/// events (see [`write_events`]).
+struct KeyLookup<'l, 'd> {
     conn: &'l Connection,
-    keys: &'l mut EventKeys,
-    retention: &'l Retention,
+    drafts: &'l mut Drafts<'d>,
+    keys: std::sync::MutexGuard<'d, EventKeys>,
+    /// The write's time, for whether a key is still remembered.
     at: DateTime<Utc>,
-    before_read: F,
 }
 
-impl<F: FnMut() -> rusqlite::Result<()>> KeyLookup<'_, F> {
+impl<'l, 'd> KeyLookup<'l, 'd> {
+    fn new(conn: &'l Connection, drafts: &'l mut Drafts<'d>, at: DateTime<Utc>) -> Self {
+        let shared = drafts.shared;
+        KeyLookup {
+            conn,
+            keys: shared.event_keys(),
+            drafts,
+            at,
+        }
+    }
+
     /// The retained event of `channel` that `publisher` published under `key`, if the key is
     /// still remembered (keys are per publisher: another's event under the same key is not
     /// found). Run by the writer, which sees its transaction's own inserts: a key sent twice in
@@ -55,12 +65,12 @@ impl<F: FnMut() -> rusqlite::Result<()>> KeyLookup<'_, F> {
         let publisher_name = publisher.map(DeviceId::as_str);
         let hash = key_hash(publisher_name.map(str::as_bytes), key.as_bytes());
         if !self.keys.holds(channel) {
-            (self.before_read)()?;
+            write_events(conn, self.drafts)?;
         }
         let Some(&id) = self.keys.channel(conn, channel)?.get(&hash) else {
             return Ok(None);
         };
-        (self.before_read)()?;
+        write_events(conn, self.drafts)?;
         let stored = query_events(
             conn,
             channel,
@@ -97,7 +107,13 @@ impl<F: FnMut() -> rusqlite::Result<()>> KeyLookup<'_, F> {
                 }
             }
         };
-        if self.retention.key_alive(event.time, self.at) {
+        if self
+            .drafts
+            .shared
+            .options
+            .retention
+            .key_alive(event.time, self.at)
+        {
             return Ok(Some(event));
         }
         conn.prepare_cached(
@@ -117,14 +133,7 @@ pub(super) fn append(
 ) -> rusqlite::Result<Appended> {
     let at = now();
     if let Some(key) = &new.idempotency_key {
-        let shared = drafts.shared;
-        let mut lookup = KeyLookup {
-            conn,
-            keys: &mut shared.event_keys(),
-            retention: &shared.options.retention,
-            at,
-            before_read: || write_events(conn, drafts),
-        };
+        let mut lookup = KeyLookup::new(conn, drafts, at);
         if let Some(event) = lookup.event(&channel, new.publisher.as_ref(), key)? {
             return Ok(Appended { event, new: false });
         }
@@ -143,14 +152,7 @@ pub(super) fn append_batch(
     // a failure of SQLite itself can stop it midway, and that rolls back the whole transaction.
     let mut failed = None;
     let plans = {
-        let shared = drafts.shared;
-        let mut lookup = KeyLookup {
-            conn,
-            keys: &mut shared.event_keys(),
-            retention: &shared.options.retention,
-            at,
-            before_read: || write_events(conn, drafts),
-        };
+        let mut lookup = KeyLookup::new(conn, drafts, at);
         plan_batch(&events, |publisher, key| {
             lookup
                 .event(&channel, publisher, key)
