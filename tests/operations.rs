@@ -732,3 +732,40 @@ async fn a_damaged_database_is_reported_at_start_in_one_line() {
         "never listened"
     );
 }
+
+/// Voluntary context switches of each of `pid`'s threads named `name`, summed.
+fn wake_ups(pid: u32, name: &str) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the server's threads");
+    tasks
+        .filter_map(Result::ok)
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim() == name)
+        })
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .filter_map(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_server_log_sleeps_and_a_line_still_comes_at_once() {
+    let server = TestServer::start(&[]).await;
+    let pid = server.proc.pid();
+    // The window is what is measured here, not a wait for something to happen: a writer that
+    // woke every 20 ms would wake about 50 times in it, one that sleeps until a line comes not
+    // at all (a few allowed for the lines of the start still being written).
+    let before = wake_ups(pid, "pere-log-out") + wake_ups(pid, "pere-log-err");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let quiet = wake_ups(pid, "pere-log-out") + wake_ups(pid, "pere-log-err") - before;
+    assert!(quiet <= 5, "the log's threads woke {quiet} times in a quiet second");
+    let id = server.push("quiet", r#"{"n":1}"#).await;
+    let line = server
+        .proc
+        .wait_line(|l| l.contains("PUSH EVT>") && l.contains("channel: quiet"))
+        .await;
+    assert!(line.contains(&format!("Event-Id: {id}")), "{line}");
+}

@@ -5,8 +5,8 @@
 //! Why not `tracing-appender`'s non-blocking writer: it hands each line to its thread through a
 //! channel and wakes the thread for it, and writes each line on its own; with a line per push,
 //! that cost 11-18% of the pushes per second (`bench/logging.sh`). Here a line is copied into a
-//! shared buffer under a short lock, and the thread writes the buffer out every
-//! 20 ms, or sooner once 64 KiB are waiting.
+//! shared buffer under a short lock, and the thread writes the buffer out 20 ms after the first
+//! line of a round came, or sooner once 64 KiB are waiting; with nothing to write it sleeps.
 
 use std::fmt;
 use std::io::{IsTerminal as _, Write};
@@ -91,6 +91,11 @@ impl Sink {
                 loop {
                     {
                         let mut pending = inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+                        // A quiet server's thread sleeps until a line comes (it woke 50 times
+                        // a second for nothing); then it gathers lines for one round.
+                        while pending.is_empty() && !inner.closed.load(Ordering::Relaxed) {
+                            pending = inner.wake.wait(pending).unwrap_or_else(|e| e.into_inner());
+                        }
                         if pending.len() < LOG_BUFFER && !inner.closed.load(Ordering::Relaxed) {
                             pending = inner
                                 .wake
@@ -121,8 +126,10 @@ impl Write for &Sink {
             self.0.dropped.fetch_add(1, Ordering::Relaxed);
             return Ok(line.len());
         }
+        let first = pending.is_empty();
         pending.extend_from_slice(line);
-        if pending.len() >= LOG_BUFFER {
+        // The first line wakes the thread from its sleep, a full buffer from its round.
+        if first || pending.len() >= LOG_BUFFER {
             self.0.wake.notify_one();
         }
         Ok(line.len())
