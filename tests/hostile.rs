@@ -48,6 +48,89 @@ fn server_args() -> Vec<&'static str> {
     ]
 }
 
+/// The statuses and error codes of the answers in `answers`, in order.
+fn answered(answers: &str) -> Vec<(u16, Option<String>)> {
+    answers
+        .split("HTTP/1.1 ")
+        .skip(1)
+        .map(|answer| {
+            let status = answer[..3].parse().expect("a status");
+            let code = answer
+                .split("\"code\": \"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .map(str::to_owned);
+            (status, code)
+        })
+        .collect()
+}
+
+/// A head hyper would answer with a bare status, sent behind a request it serves on the same
+/// connection, is answered in JSON once that request's answer is out, and the connection
+/// closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_hyper_refuses_behind_a_served_request_is_answered_in_json() {
+    let server = TestServer::start(&server_args()).await;
+    let served = "POST /push/P HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}";
+    let mut many = String::from("GET /health HTTP/1.1\r\nHost: localhost\r\n");
+    for n in 0..120 {
+        many.push_str(&format!("X-{n}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let cases = [
+        (
+            "a malformed request line",
+            "GET /a b HTTP/1.1\r\nHost: localhost\r\n\r\n".to_owned(),
+            400,
+            "malformed_request",
+        ),
+        ("120 headers", many, 431, "request_head_too_large"),
+    ];
+    for (what, refused, status, code) in cases {
+        let mut stream = TcpStream::connect(server.host_port()).await.unwrap();
+        stream
+            .write_all(format!("{served}{refused}").as_bytes())
+            .await
+            .unwrap();
+        let mut answers = String::new();
+        let _ = tokio::time::timeout(WAIT, stream.read_to_string(&mut answers)).await;
+        assert_eq!(
+            answered(&answers),
+            vec![(200, None), (status, Some(code.to_owned()))],
+            "{what}: {answers}"
+        );
+    }
+    // A head that grows past 16 KiB without ending, after an answer was read: hyper is kept
+    // from the rest of it, and the answer does not wait for an end that is never sent.
+    let mut stream = TcpStream::connect(server.host_port()).await.unwrap();
+    stream.write_all(served.as_bytes()).await.unwrap();
+    let first = read_until(&mut stream, |s| s.contains('}')).await;
+    assert_eq!(answered(&first), vec![(200, None)], "{first}");
+    let endless = format!(
+        "GET /health HTTP/1.1\r\nHost: localhost\r\nCookie: {}",
+        "c".repeat(20_000)
+    );
+    stream.write_all(endless.as_bytes()).await.unwrap();
+    let mut answers = String::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_string(&mut answers)).await;
+    assert_eq!(
+        answered(&answers),
+        vec![(431, Some("request_head_too_large".to_owned()))],
+        "{answers}"
+    );
+    still_answers(&server, "heads refused behind served requests").await;
+    let metrics = server.get_text("/metrics").await;
+    for counted in [
+        "pere_refused_requests_total{code=\"malformed_request\"} 1",
+        "pere_refused_requests_total{code=\"request_head_too_large\"} 2",
+    ] {
+        assert!(
+            metrics.lines().any(|line| line == counted),
+            "{counted} in {metrics}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_limit_answers_with_its_code_and_the_server_stays_up() {
     let server = TestServer::start(&server_args()).await;
@@ -69,7 +152,12 @@ async fn every_limit_answers_with_its_code_and_the_server_stays_up() {
             400,
             "bad_event_id",
         ),
-        ("a 100 KB request head", huge_head.into_bytes(), 431, ""),
+        (
+            "a 100 KB request head",
+            huge_head.into_bytes(),
+            431,
+            "request_head_too_large",
+        ),
         (
             "the channel `..`",
             b"POST /push/.. HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\n\r\nx".to_vec(),
@@ -149,6 +237,7 @@ async fn every_limit_answers_with_its_code_and_the_server_stays_up() {
     for counted in [
         "pere_refused_requests_total{code=\"malformed_request\"} 6",
         "pere_refused_requests_total{code=\"tls_on_plain_port\"} 1",
+        "pere_refused_requests_total{code=\"request_head_too_large\"} 1",
     ] {
         assert!(
             metrics.lines().any(|line| line == counted),

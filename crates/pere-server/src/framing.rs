@@ -10,8 +10,13 @@
 //! add up to; [`crate::request::body`] refuses a body whose chunks declare more than it takes as
 //! soon as they do. Requests are numbered in order on both sides (hyper serves an HTTP/1.1
 //! connection's requests one after the other), so a declaration is never taken for another
-//! request's. Whatever this cannot follow (HTTP/2's preface, a head hyper refuses anyway) stops
-//! the watch for the connection, which then only loses the early refusal.
+//! request's. Whatever this cannot follow (a transfer coding hyper does not read, lengths that
+//! disagree) stops the watch for the connection, which then only loses the early refusal.
+//!
+//! A head that hyper would refuse with a bare status and no word of why (one `httparse` cannot
+//! parse, one with more than [`MAX_HEADERS`] headers, one whose first 16 KiB hold no end) is kept
+//! from hyper instead, with what came after it ([`Watched::withholding`]): hyper answers what
+//! came before, and the connection's owner answers the refused head in JSON.
 
 use std::io;
 use std::pin::Pin;
@@ -22,8 +27,8 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
-/// The largest request head followed: hyper refuses larger ones (431) and closes the connection.
-const MAX_HEAD: usize = 16 * 1024 + 1024;
+/// The room hyper gives a head: one that has not ended within it, hyper refuses (431).
+const MAX_HEAD: usize = crate::http_conn::MAX_READ_BUFFER;
 /// The longest chunk-size or trailer line followed (hyper allows 16 KiB of chunk extensions).
 const MAX_LINE: usize = 16 * 1024 + 1024;
 /// Request headers parsed at most: hyper's own limit.
@@ -124,6 +129,8 @@ struct Framing {
     /// The number of the request being read (its head was the `request`-th).
     request: u64,
     declared: Declared,
+    /// The head being followed is one hyper would refuse (see the module's docs).
+    refused: bool,
 }
 
 impl Framing {
@@ -134,14 +141,18 @@ impl Framing {
             searched: 0,
             request: 0,
             declared,
+            refused: false,
         }
     }
 
-    /// Follows `bytes`, the next ones read from the connection.
-    fn feed(&mut self, mut bytes: &[u8]) {
+    /// Follows `bytes`, the next ones read from the connection. When they hold (or go on) a
+    /// head hyper would refuse, where in them that head begins (0 when it began in a read
+    /// before): nothing from there on is followed.
+    fn feed(&mut self, read: &[u8]) -> Option<usize> {
+        let mut bytes = read;
         while !bytes.is_empty() {
             bytes = match self.state {
-                State::Off => return,
+                State::Off => return None,
                 State::Fixed(left) | State::Data(left) => {
                     let taken = left.min(bytes.len() as u64);
                     let left = left - taken;
@@ -153,11 +164,22 @@ impl Framing {
                     };
                     &bytes[taken as usize..]
                 }
-                State::Head => self.head(bytes),
+                State::Head => {
+                    let begins = if self.pending.is_empty() {
+                        read.len() - bytes.len()
+                    } else {
+                        0
+                    };
+                    let after = self.head(bytes);
+                    if self.refused {
+                        return Some(begins);
+                    }
+                    after
+                }
                 State::Size | State::DataEnd | State::Trailers => {
                     let Some(end) = bytes.iter().position(|&b| b == b'\n') else {
                         self.keep(bytes, MAX_LINE);
-                        return;
+                        return None;
                     };
                     self.keep(&bytes[..=end], MAX_LINE);
                     self.line();
@@ -165,6 +187,7 @@ impl Framing {
                 }
             };
         }
+        None
     }
 
     /// Keeps `bytes` of a head or line not whole yet; past `max`, the watch stops.
@@ -179,6 +202,12 @@ impl Framing {
     fn off(&mut self) {
         self.state = State::Off;
         self.pending = Vec::new();
+    }
+
+    /// The head being followed is one hyper would refuse: nothing more is followed.
+    fn refuse(&mut self) {
+        self.refused = true;
+        self.off();
     }
 
     /// A whole line in `pending`: a chunk's size, the end of its data, or a trailer.
@@ -207,27 +236,27 @@ impl Framing {
 
     /// Follows bytes of a head; returns what follows it (or nothing, when it is not whole yet).
     fn head<'b>(&mut self, bytes: &'b [u8]) -> &'b [u8] {
-        // Parsed once its blank line is there, never at every byte of a slow head.
+        // Parsed as hyper parses it: in the read where it begins (so a fault or too many
+        // headers there are seen as hyper sees them), then once its blank line is there, never
+        // at every byte of a slow head.
         if self.pending.is_empty() {
-            if head_end(bytes, 0).is_some() {
-                match self.parse(bytes) {
-                    Some(len) => return &bytes[len..],
-                    None if self.state == State::Off => return &[],
-                    // Only empty lines before a request line: the head is still to come.
-                    None => {}
-                }
+            match self.parse(bytes) {
+                Some(len) => return &bytes[len..],
+                None if self.state == State::Off => return &[],
+                // Not whole yet (or only empty lines before a request line).
+                None => {}
             }
-            self.keep(bytes, MAX_HEAD);
+            self.keep_head(bytes);
             self.searched = self.pending.len();
             return &[];
         }
         let from = self.searched.saturating_sub(3);
-        self.keep(bytes, MAX_HEAD);
-        if self.state == State::Off {
-            return &[];
-        }
+        self.pending.extend_from_slice(bytes);
         self.searched = self.pending.len();
         if head_end(&self.pending, from).is_none() {
+            if self.pending.len() >= MAX_HEAD {
+                self.refuse();
+            }
             return &[];
         }
         let pending = std::mem::take(&mut self.pending);
@@ -249,6 +278,15 @@ impl Framing {
         }
     }
 
+    /// Keeps the start of a head not whole yet; one that fills hyper's room is refused.
+    fn keep_head(&mut self, bytes: &[u8]) {
+        if self.pending.len() + bytes.len() >= MAX_HEAD {
+            self.refuse();
+        } else {
+            self.pending.extend_from_slice(bytes);
+        }
+    }
+
     /// Parses a whole head at the start of `bytes`: its length, and the state its body starts
     /// in; `None` when it is not whole yet or cannot be followed (then the watch stops).
     fn parse(&mut self, bytes: &[u8]) -> Option<usize> {
@@ -258,7 +296,7 @@ impl Framing {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return None,
             Err(_) => {
-                self.off();
+                self.refuse();
                 return None;
             }
         };
@@ -302,6 +340,11 @@ fn body_of(headers: &[httparse::Header<'_>]) -> State {
     }
 }
 
+/// Whether `start`, the start of a head, fills hyper's room for a head without ending.
+pub fn head_too_large(start: &[u8]) -> bool {
+    start.len() >= MAX_HEAD && head_end(&start[..MAX_HEAD], 0).is_none()
+}
+
 /// Where the blank line that ends a head is in `bytes`, searching from `from`.
 fn head_end(bytes: &[u8], from: usize) -> Option<usize> {
     let tail = bytes.get(from..)?;
@@ -316,20 +359,44 @@ fn head_end(bytes: &[u8], from: usize) -> Option<usize> {
 pub struct Watched<I> {
     inner: I,
     framing: Framing,
+    /// Whether a head hyper would refuse is kept from it (see [`Watched::keeping_refused`]).
+    keeps_refused: bool,
+    /// What was read from the start of a head hyper would refuse: kept from hyper.
+    withheld: Option<Vec<u8>>,
 }
 
 impl<I> Watched<I> {
-    /// Follows what `inner` reads, noting declarations in `declared`.
+    /// Follows what `inner` reads, noting declarations in `declared`; a head hyper would
+    /// refuse only ends the watch, and hyper answers it.
     pub fn new(inner: I, declared: Declared) -> Self {
         Watched {
             inner,
             framing: Framing::new(declared),
+            keeps_refused: false,
+            withheld: None,
         }
     }
 
-    /// The connection, no longer followed.
-    pub fn into_inner(self) -> I {
-        self.inner
+    /// As [`Watched::new`], and a head hyper would refuse is kept from it, for the owner of an
+    /// HTTP/1.1 connection that answers it (see [`Watched::withholding`]).
+    pub fn keeping_refused(inner: I, declared: Declared) -> Self {
+        Watched {
+            keeps_refused: true,
+            ..Watched::new(inner, declared)
+        }
+    }
+
+    /// The connection, no longer followed, and the bytes kept from hyper (see
+    /// [`Watched::withholding`]), which come before anything `inner` still holds.
+    pub fn into_parts(self) -> (I, Vec<u8>) {
+        (self.inner, self.withheld.unwrap_or_default())
+    }
+
+    /// Whether a head hyper would refuse was read: from its start on, nothing more is handed
+    /// to hyper (its reads wait), and whoever owns the connection answers it once hyper has
+    /// answered what came before.
+    pub fn withholding(&self) -> bool {
+        self.withheld.is_some()
     }
 
     /// Whether the bytes read so far end exactly where a request ended (and were followed
@@ -345,11 +412,25 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.withheld.is_some() {
+            // Nothing is registered to wake hyper: its connection is ended by its owner once
+            // every answer is out (see `withholding`).
+            return Poll::Pending;
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
             let this = &mut *self;
-            this.framing.feed(&buf.filled()[before..]);
+            let read = &buf.filled()[before..];
+            let refused = this.framing.feed(read);
+            if let Some(from) = refused.filter(|_| this.keeps_refused) {
+                this.withheld = Some(read[from..].to_vec());
+                buf.set_filled(before + from);
+                if from == 0 {
+                    // Not a read of nothing, which hyper would take for the end.
+                    return Poll::Pending;
+                }
+            }
         }
         polled
     }
@@ -466,6 +547,45 @@ mod tests {
             declared(&[preface, CHUNKED, b"ffff\r\n"]).0,
             Vec::<u64>::new()
         );
+    }
+
+    /// Where a read that holds a head hyper would refuse is cut, for each way a head is
+    /// refused; the heads before it are followed as usual.
+    #[test]
+    fn a_head_hyper_would_refuse_is_cut_where_it_begins() {
+        let fed = |pieces: &[&[u8]]| {
+            let mut framing = Framing::new(Declared::default());
+            pieces
+                .iter()
+                .map(|piece| framing.feed(piece))
+                .collect::<Vec<_>>()
+        };
+        let served = b"POST /push/C HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}";
+        let malformed = b"GET /a b HTTP/1.1\r\n\r\n";
+        let together = [&served[..], malformed].concat();
+        assert_eq!(fed(&[&together]), vec![Some(served.len())]);
+        assert_eq!(fed(&[served, malformed]), vec![None, Some(0)]);
+        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+        for n in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("X-{n}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(fed(&[served, &many]), vec![None, Some(0)]);
+        // A head that fills hyper's room without ending: cut in the read that fills it, from
+        // its start when it began there, else from the read's start.
+        let long = [&b"GET / HTTP/1.1\r\nCookie: "[..], &[b'c'; MAX_HEAD]].concat();
+        let (first, second) = long.split_at(MAX_HEAD / 2);
+        assert_eq!(fed(&[served, first, second]), vec![None, None, Some(0)]);
+        let within = [&served[..], &long].concat();
+        assert_eq!(fed(&[&within]), vec![Some(served.len())]);
+        // Ended within hyper's room: followed.
+        let ended = [
+            &b"GET / HTTP/1.1\r\nCookie: "[..],
+            &[b'c'; 1000],
+            b"\r\n\r\n",
+        ]
+        .concat();
+        assert_eq!(fed(&[served, &ended]), vec![None, None]);
     }
 
     #[test]

@@ -10,8 +10,10 @@
 //! and hyper, as a new connection's do. Requests that arrive back to back (pipelined, or sent
 //! before hyper looked for more) are served by the same hyper connection.
 //!
-//! First bytes that cannot open a request at all are answered here with a JSON 400 (see
-//! `malformed_start`), where hyper would write a bare one.
+//! A head hyper would refuse with a bare status (first bytes that cannot open a request at all,
+//! too many headers, a head over 16 KiB) is answered here in JSON (see `refused_start`): when it
+//! is a connection's first, before hyper reads it; when it comes behind requests hyper serves,
+//! once hyper has answered them, the head kept from it (see [`crate::framing`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,11 +29,11 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request};
+use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::Watcher;
 use pere_core::Store;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -130,6 +132,8 @@ pub fn serve<S: Store>(
         // for each request took the timer wheel's lock twice (in and out).
         let idle = tokio::time::sleep_until(head_deadline);
         tokio::pin!(idle);
+        // The bytes a spell left open with a head it kept from hyper (see `serve_spell`).
+        let mut withheld_head = false;
         loop {
             // The bytes of the next request read so far, once it is served.
             let served = if receipt_post::Opening::of(&prefix) == receipt_post::Opening::Other {
@@ -188,10 +192,17 @@ pub fn serve<S: Store>(
             let mut unread = match served {
                 Some(unread) => unread,
                 None => {
-                    if let Some(refused) = malformed_start(&prefix) {
-                        // Hyper would answer it with a bare 400 and no word of why. Logged and
-                        // counted as the door's refusals are, with its first bytes for a path
-                        // (a handshake's are binary, and say no more than its code).
+                    // A head hyper kept back is always answered here, so that it never goes
+                    // back to hyper; should the check below pass it, it is answered as
+                    // malformed.
+                    let refused = refused_start(&prefix).or_else(|| {
+                        std::mem::take(&mut withheld_head)
+                            .then(|| malformed("a head hyper cannot read".to_owned()))
+                    });
+                    if let Some(refused) = refused {
+                        // Hyper would answer it with a bare status and no word of why. Logged
+                        // and counted as the door's refusals are, with its first bytes for a
+                        // path (a handshake's are binary, and say no more than its code).
                         state.metrics.refused(refused.code);
                         let start = if refused.code == "tls_on_plain_port" {
                             "(a TLS handshake)".into()
@@ -201,6 +212,8 @@ pub fn serve<S: Store>(
                         activity::refused("-", &start, refused.status.as_u16(), refused.code);
                         let _ = stream.write_all(&raw_error_closing(&refused)).await;
                         let _ = stream.shutdown().await;
+                        // Boxed: a waiting connection's future keeps no room for it.
+                        Box::pin(linger(&mut stream)).await;
                         return;
                     }
                     // Boxed: hyper's connection is large, and an idle connection's future must
@@ -215,6 +228,7 @@ pub fn serve<S: Store>(
                         return;
                     };
                     stream = spell.stream;
+                    withheld_head = spell.refused;
                     if spell.answered {
                         head_deadline = Instant::now() + limit;
                     }
@@ -272,13 +286,15 @@ pub fn serve<S: Store>(
     }
 }
 
-/// What is wrong with a request whose first bytes are `start`, when they already show that it is
-/// not one (bytes that are not a method, a path with a space, a version other than HTTP/1.0 or
-/// 1.1, a header without a name or with a control byte in its value, a TLS handshake on the
-/// plain port); `None` when what came is well formed so far, and hyper reads on. Checked with
-/// httparse, hyper's own parser, so both refuse the same heads; a fault in bytes not read yet is
-/// hyper's to find, and hyper answers that with its own bare 400.
-fn malformed_start(start: &[u8]) -> Option<ApiError> {
+/// What is wrong with a request whose first bytes are `start`, when they already show that hyper
+/// would refuse it with a bare status: bytes that are not a method, a path with a space, a
+/// version other than HTTP/1.0 or 1.1, a header without a name or with a control byte in its
+/// value, a TLS handshake on the plain port (400); more headers than hyper reads, or a head
+/// whose first 16 KiB hold no end (431). `None` when what came is well formed so far, and hyper
+/// reads on. Checked with httparse, hyper's own parser, with hyper's limits, so both refuse the
+/// same heads; a fault in bytes not read yet is found as hyper reads them (see
+/// [`crate::framing`]).
+fn refused_start(start: &[u8]) -> Option<ApiError> {
     // A TLS record of the handshake (22), version 3.x.
     if start.starts_with(&[0x16, 0x03]) {
         return Some(ApiError::bad_request(
@@ -287,17 +303,64 @@ fn malformed_start(start: &[u8]) -> Option<ApiError> {
              or start the server with --tls-cert and --tls-key",
         ));
     }
+    if framing::head_too_large(start) {
+        return Some(head_too_large(format!(
+            "the request head is longer than {} KiB (large cookies?): send fewer or shorter \
+             headers",
+            http_conn::MAX_READ_BUFFER / 1024
+        )));
+    }
     let mut headers = [httparse::EMPTY_HEADER; framing::MAX_HEADERS];
     match httparse::Request::new(&mut headers).parse(start) {
-        Ok(_) | Err(httparse::Error::TooManyHeaders) => None,
-        Err(err) => Some(ApiError::bad_request(
-            "malformed_request",
-            format!(
-                "malformed request head ({err}): a request opens with the line `METHOD /path \
-                 HTTP/1.1`, then `Name: value` headers"
-            ),
-        )),
+        Ok(_) => None,
+        Err(httparse::Error::TooManyHeaders) => Some(head_too_large(format!(
+            "the request has more than {} headers",
+            framing::MAX_HEADERS
+        ))),
+        Err(err) => Some(malformed(format!("{err}"))),
     }
+}
+
+/// Bytes a refused client may still send, read and dropped after its answer, and for how long:
+/// closing a socket with unread bytes resets the connection, and a client still writing (a head
+/// of 100 KB) would meet the reset instead of reading its answer.
+const LINGER_BYTES: usize = 1024 * 1024;
+const LINGER_TIME: Duration = Duration::from_secs(2);
+
+/// Reads and drops what the client sends after a refusal, until it closes its side or
+/// [`LINGER_BYTES`] or [`LINGER_TIME`] pass.
+async fn linger(stream: &mut TcpStream) {
+    let drop_all = async {
+        let mut scratch = vec![0u8; 4096];
+        let mut read = 0;
+        while read < LINGER_BYTES {
+            match stream.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drop_all).await;
+}
+
+/// A 400 for a head that cannot be a request, `why` from the parser.
+fn malformed(why: String) -> ApiError {
+    ApiError::bad_request(
+        "malformed_request",
+        format!(
+            "malformed request head ({why}): a request opens with the line `METHOD /path \
+             HTTP/1.1`, then `Name: value` headers"
+        ),
+    )
+}
+
+/// A 431 for a head larger than hyper reads.
+fn head_too_large(message: String) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "request_head_too_large",
+        message,
+    )
 }
 
 /// What came of a request that opened as a receipt taken without hyper.
@@ -325,6 +388,8 @@ struct Spell {
     stream: TcpStream,
     unread: BytesMut,
     answered: bool,
+    /// `unread` opens with a head hyper would refuse.
+    refused: bool,
 }
 
 /// Serves requests with one hyper connection until the client has nothing more to send after
@@ -341,11 +406,14 @@ async fn serve_spell<S: Store>(
     } else {
         QUIET
     };
-    let pause = Arc::new(Pause::default());
+    let pause = Arc::new(Pause {
+        flushed: AtomicBool::new(true),
+        ..Pause::default()
+    });
     let closer = ConnectionCloser::default();
     let declared = Declared::default();
     let io = Parking {
-        inner: Watched::new(io, declared.clone()),
+        inner: Watched::keeping_refused(io, declared.clone()),
         pause: pause.clone(),
         flushed: true,
     };
@@ -375,6 +443,8 @@ async fn serve_spell<S: Store>(
     // `Connection: close`, a body left unread that hyper gave up on): only then is the socket
     // handed back.
     let mut parked = false;
+    // The spell ended on a head kept from hyper, to be answered here.
+    let mut refused = false;
     // Armed when the connection goes quiet, for the requests begun until then: hyper keeps
     // the connection through short pauses (a device acknowledging events as they come), since
     // a new spell per request would cost more than the buffers it saves.
@@ -384,6 +454,12 @@ async fn serve_spell<S: Store>(
         let polled = connection.poll_without_shutdown(cx);
         if polled.is_ready() || shutting_down {
             return polled;
+        }
+        if pause.refused() {
+            // Every answer is out and hyper waits for bytes it will never get: its connection
+            // is taken apart as it is (a graceful end would wait for the rest of a first head).
+            refused = true;
+            return Poll::Ready(Ok(()));
         }
         let begun = pause.begun.load(Ordering::Relaxed);
         let ends = if state.shutdown.is_cancelled() {
@@ -416,19 +492,23 @@ async fn serve_spell<S: Store>(
         // At shutdown the spell above ends by itself once its answer is out.
         () = shutdown_then_never(state) => return None,
     };
-    if served.is_err() || state.shutdown.is_cancelled() || !parked {
+    if served.is_err() || state.shutdown.is_cancelled() || !(parked || refused) {
         return None;
     }
     let answered = pause.begun.load(Ordering::Relaxed) > 0;
     let parts = connection.into_parts();
-    let (rest, stream) = parts.io.into_inner().inner.into_inner().into_parts();
-    // What hyper read and left (the start of the next head) comes before what it never read.
+    let (rewound, withheld) = parts.io.into_inner().inner.into_parts();
+    let (rest, stream) = rewound.into_parts();
+    // What hyper read and left (the start of the next head) comes before what was kept from it,
+    // and that before what it never read.
     let mut unread = BytesMut::from(&parts.read_buf[..]);
+    unread.extend_from_slice(&withheld);
     unread.extend_from_slice(&rest);
     Some(Spell {
         stream,
         unread,
         answered,
+        refused,
     })
 }
 
@@ -452,6 +532,21 @@ struct Pause {
     begun: AtomicUsize,
     /// Hyper looked for more and the client had sent nothing since: the spell can end.
     idle: AtomicBool,
+    /// A head hyper would refuse was kept from it (see [`Watched::withholding`]): once every
+    /// answer before it is written and flushed, the spell ends, and the head is answered here.
+    withholding: AtomicBool,
+    /// Nothing was written since hyper last flushed.
+    flushed: AtomicBool,
+}
+
+impl Pause {
+    /// A head was kept from hyper and hyper has nothing left to write: hyper waits for bytes
+    /// it will never get.
+    fn refused(&self) -> bool {
+        self.withholding.load(Ordering::Relaxed)
+            && self.flushed.load(Ordering::Relaxed)
+            && self.busy.load(Ordering::Relaxed) == 0
+    }
 }
 
 impl Pause {
@@ -530,8 +625,17 @@ impl AsyncRead for Parking {
             && pause.busy.load(Ordering::Relaxed) == 0
         {
             pause.idle.store(true, Ordering::Relaxed);
+        } else if polled.is_pending() && self.inner.withholding() {
+            pause.withholding.store(true, Ordering::Relaxed);
         }
         polled
+    }
+}
+
+impl Parking {
+    fn wrote(&mut self) {
+        self.flushed = false;
+        self.pause.flushed.store(false, Ordering::Relaxed);
     }
 }
 
@@ -541,7 +645,7 @@ impl AsyncWrite for Parking {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.flushed = false;
+        self.wrote();
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -550,7 +654,7 @@ impl AsyncWrite for Parking {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.flushed = false;
+        self.wrote();
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -562,6 +666,7 @@ impl AsyncWrite for Parking {
         let flushed = Pin::new(&mut self.inner).poll_flush(cx);
         if let Poll::Ready(Ok(())) = flushed {
             self.flushed = true;
+            self.pause.flushed.store(true, Ordering::Relaxed);
         }
         flushed
     }
@@ -573,7 +678,7 @@ impl AsyncWrite for Parking {
 
 #[cfg(test)]
 mod tests {
-    use super::malformed_start;
+    use super::refused_start;
 
     /// What is well formed or not whole yet goes to hyper; what cannot be a request is refused,
     /// with its code.
@@ -609,11 +714,35 @@ mod tests {
         ];
         for (start, expected) in cases {
             assert_eq!(
-                malformed_start(start).map(|err| err.code),
+                refused_start(start).map(|err| err.code),
                 expected,
                 "{}",
                 String::from_utf8_lossy(start)
             );
         }
+    }
+
+    /// Heads larger than hyper reads: by their headers' number, or by 16 KiB without an end.
+    #[test]
+    fn heads_hyper_has_no_room_for_are_refused_with_431() {
+        let head = |headers: usize, cookie: usize, end: &str| {
+            let mut head = String::from("GET /health HTTP/1.1\r\nHost: x\r\n");
+            for n in 0..headers {
+                head.push_str(&format!("X-{n}: v\r\n"));
+            }
+            head.push_str(&format!("Cookie: {}\r\n{end}", "c".repeat(cookie)));
+            head.into_bytes()
+        };
+        let code = |start: &[u8]| refused_start(start).map(|err| (err.status.as_u16(), err.code));
+        let too_large = Some((431, "request_head_too_large"));
+        assert_eq!(code(&head(98, 10, "\r\n")), None, "100 headers");
+        assert_eq!(code(&head(99, 10, "\r\n")), too_large, "101 headers");
+        assert_eq!(code(&head(99, 10, "")), too_large, "101 headers, not whole");
+        assert_eq!(code(&head(0, 16_000, "")), None, "under 16 KiB, not whole");
+        assert_eq!(
+            code(&head(0, 17_000, "")),
+            too_large,
+            "16 KiB without an end"
+        );
     }
 }
