@@ -761,7 +761,10 @@ async fn a_quiet_server_log_sleeps_and_a_line_still_comes_at_once() {
     let before = wake_ups(pid, "pere-log-out") + wake_ups(pid, "pere-log-err");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let quiet = wake_ups(pid, "pere-log-out") + wake_ups(pid, "pere-log-err") - before;
-    assert!(quiet <= 5, "the log's threads woke {quiet} times in a quiet second");
+    assert!(
+        quiet <= 5,
+        "the log's threads woke {quiet} times in a quiet second"
+    );
     let id = server.push("quiet", r#"{"n":1}"#).await;
     let line = server
         .proc
