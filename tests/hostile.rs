@@ -85,6 +85,13 @@ async fn a_head_hyper_refuses_behind_a_served_request_is_answered_in_json() {
             "malformed_request",
         ),
         ("120 headers", many, 431, "request_head_too_large"),
+        (
+            "lengths that disagree",
+            "POST /push/P HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}"
+                .to_owned(),
+            400,
+            "malformed_request",
+        ),
     ];
     for (what, refused, status, code) in cases {
         let mut stream = TcpStream::connect(server.host_port()).await.unwrap();
@@ -121,7 +128,7 @@ async fn a_head_hyper_refuses_behind_a_served_request_is_answered_in_json() {
     still_answers(&server, "heads refused behind served requests").await;
     let metrics = server.get_text("/metrics").await;
     for counted in [
-        "pere_refused_requests_total{code=\"malformed_request\"} 1",
+        "pere_refused_requests_total{code=\"malformed_request\"} 2",
         "pere_refused_requests_total{code=\"request_head_too_large\"} 2",
     ] {
         assert!(
@@ -220,6 +227,12 @@ async fn every_limit_answers_with_its_code_and_the_server_stays_up() {
             "malformed_request",
         ),
         (
+            "a transfer coding not read",
+            b"POST /push/H HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(),
+            400,
+            "malformed_request",
+        ),
+        (
             "a device id with a slash",
             b"GET /feed/H HTTP/1.1\r\nHost: localhost\r\ndevice: a/b\r\n\r\n".to_vec(),
             400,
@@ -235,7 +248,7 @@ async fn every_limit_answers_with_its_code_and_the_server_stays_up() {
     // Heads refused before hyper read them are counted as the door's refusals are.
     let metrics = server.get_text("/metrics").await;
     for counted in [
-        "pere_refused_requests_total{code=\"malformed_request\"} 6",
+        "pere_refused_requests_total{code=\"malformed_request\"} 7",
         "pere_refused_requests_total{code=\"tls_on_plain_port\"} 1",
         "pere_refused_requests_total{code=\"request_head_too_large\"} 1",
     ] {

@@ -10,11 +10,12 @@
 //! add up to; [`crate::request::body`] refuses a body whose chunks declare more than it takes as
 //! soon as they do. Requests are numbered in order on both sides (hyper serves an HTTP/1.1
 //! connection's requests one after the other), so a declaration is never taken for another
-//! request's. Whatever this cannot follow (a transfer coding hyper does not read, lengths that
-//! disagree) stops the watch for the connection, which then only loses the early refusal.
+//! request's. Whatever this cannot follow (a chunk's size line that is not one) stops the watch
+//! for the connection, which then only loses the early refusal.
 //!
 //! A head that hyper would refuse with a bare status and no word of why (one `httparse` cannot
-//! parse, one with more than [`MAX_HEADERS`] headers, one whose first 16 KiB hold no end) is kept
+//! parse, one with more than [`MAX_HEADERS`] headers, one whose first 16 KiB hold no end, one
+//! whose framing headers hyper does not read: see [`framing_fault`]) is kept
 //! from hyper instead, with what came after it ([`Watched::withholding`]): hyper answers what
 //! came before, and the connection's owner answers the refused head in JSON.
 
@@ -300,44 +301,74 @@ impl Framing {
                 return None;
             }
         };
+        match body_of(request.version == Some(1), request.headers) {
+            Ok(state) => self.state = state,
+            Err(_) => {
+                self.refuse();
+                return None;
+            }
+        }
         self.request += 1;
-        self.state = body_of(request.headers);
         Some(len)
     }
 }
 
-/// Where the body of a request with `headers` starts: as hyper reads a request's length
-/// (`Transfer-Encoding` ending in `chunked` first, else agreeing `Content-Length`s, else none);
-/// [`State::Off`] for what hyper refuses.
-fn body_of(headers: &[httparse::Header<'_>]) -> State {
-    fn named<'h>(
-        headers: &'h [httparse::Header<'_>],
-        name: &'static str,
-    ) -> impl Iterator<Item = &'h str> {
-        headers
+/// Where the body of a request with `headers` starts (an HTTP/1.1 request when `http_11`), by
+/// the rules hyper's server reads a request's length with, in the same order:
+/// `Transfer-Encoding` (only on HTTP/1.1) with `chunked` as its last coding wins over any
+/// `Content-Length` (one that came before it must still be a number), else `Content-Length`s
+/// that are numbers and agree, else none. `Err`, with why, for a head hyper refuses for its
+/// framing headers (with a bare 400).
+fn body_of(http_11: bool, headers: &[httparse::Header<'_>]) -> Result<State, &'static str> {
+    // Hyper reads these values only when they are visible ASCII (`HeaderValue::to_str`).
+    fn text(value: &[u8]) -> Option<&str> {
+        value
             .iter()
-            .filter(move |h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| std::str::from_utf8(h.value).unwrap_or("\u{0}"))
+            .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+            .then(|| std::str::from_utf8(value).ok())
+            .flatten()
     }
-    if let Some(last) = named(headers, "transfer-encoding").last() {
-        let chunked = last
-            .rsplit(',')
-            .next()
-            .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
-        return if chunked { State::Size } else { State::Off };
-    }
-    let mut length = None;
-    for value in named(headers, "content-length").flat_map(|v| v.split(',')) {
-        match (value.trim().parse::<u64>(), length) {
-            (Ok(n), None) => length = Some(n),
-            (Ok(n), Some(m)) if n == m => {}
-            _ => return State::Off,
+    let mut encoded = false;
+    let mut chunked = false;
+    let mut length: Option<u64> = None;
+    for header in headers {
+        if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            if !http_11 {
+                return Err("a Transfer-Encoding header on an HTTP/1.0 request");
+            }
+            encoded = true;
+            length = None;
+            chunked = text(header.value)
+                .and_then(|value| value.rsplit(',').next())
+                .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
+        } else if header.name.eq_ignore_ascii_case("content-length") && !encoded {
+            let digits = !header.value.is_empty() && header.value.iter().all(u8::is_ascii_digit);
+            let n = digits
+                .then(|| std::str::from_utf8(header.value).ok()?.parse::<u64>().ok())
+                .flatten()
+                .filter(|&n| n < u64::MAX - 1)
+                .ok_or("a Content-Length that is not a length")?;
+            match length {
+                Some(earlier) if earlier != n => {
+                    return Err("Content-Length headers that disagree")
+                }
+                _ => length = Some(n),
+            }
         }
     }
-    match length {
-        Some(0) | None => State::Head,
-        Some(n) => State::Fixed(n),
+    if encoded && !chunked {
+        return Err("a Transfer-Encoding whose last coding is not chunked");
     }
+    Ok(match (encoded, length) {
+        (true, _) => State::Size,
+        (false, Some(0) | None) => State::Head,
+        (false, Some(n)) => State::Fixed(n),
+    })
+}
+
+/// Why hyper refuses a whole head for its framing headers (see [`body_of`]), or `None`.
+pub fn framing_fault(request: &httparse::Request<'_, '_>) -> Option<&'static str> {
+    body_of(request.version == Some(1), request.headers).err()
 }
 
 /// Whether `start`, the start of a head, fills hyper's room for a head without ending.
@@ -586,6 +617,60 @@ mod tests {
         ]
         .concat();
         assert_eq!(fed(&[served, &ended]), vec![None, None]);
+    }
+
+    /// The framing headers read as hyper's server reads them, in their order; what it refuses
+    /// is refused here too.
+    #[test]
+    fn framing_headers_are_read_by_hyper_rules() {
+        let body = |head: &str| {
+            let head = format!("{head}\r\n");
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut request = httparse::Request::new(&mut headers);
+            assert!(
+                request.parse(head.as_bytes()).unwrap().is_complete(),
+                "{head}"
+            );
+            body_of(request.version == Some(1), request.headers)
+        };
+        let post = "POST / HTTP/1.1\r\n";
+        assert_eq!(
+            body(&format!("{post}Content-Length: 5\r\n")),
+            Ok(State::Fixed(5))
+        );
+        assert_eq!(
+            body(&format!("{post}Content-Length: 5\r\nContent-Length: 5\r\n")),
+            Ok(State::Fixed(5))
+        );
+        assert_eq!(
+            body(&format!("{post}Content-Length: 0\r\n")),
+            Ok(State::Head)
+        );
+        assert_eq!(
+            body(&format!(
+                "{post}Content-Length: 2\r\nTransfer-Encoding: gzip, chunked\r\n"
+            )),
+            Ok(State::Size)
+        );
+        assert_eq!(
+            body(&format!(
+                "{post}Transfer-Encoding: chunked\r\nContent-Length: x\r\n"
+            )),
+            Ok(State::Size),
+            "a length after the coding is not read"
+        );
+        for refused in [
+            "Content-Length: 5\r\nContent-Length: 6\r\n",
+            "Content-Length: 5, 5\r\n",
+            "Content-Length: +5\r\n",
+            "Content-Length: 18446744073709551615\r\n",
+            "Content-Length: x\r\nTransfer-Encoding: chunked\r\n",
+            "Transfer-Encoding: gzip\r\n",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n",
+        ] {
+            assert!(body(&format!("{post}{refused}")).is_err(), "{refused}");
+        }
+        assert!(body("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n").is_err());
     }
 
     #[test]

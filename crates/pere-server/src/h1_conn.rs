@@ -289,7 +289,9 @@ pub fn serve<S: Store>(
 /// What is wrong with a request whose first bytes are `start`, when they already show that hyper
 /// would refuse it with a bare status: bytes that are not a method, a path with a space, a
 /// version other than HTTP/1.0 or 1.1, a header without a name or with a control byte in its
-/// value, a TLS handshake on the plain port (400); more headers than hyper reads, or a head
+/// value, framing headers hyper does not read (`Content-Length`s that disagree, a
+/// `Transfer-Encoding` not ending in `chunked`), a TLS handshake on the plain port (400); more
+/// headers than hyper reads, or a head
 /// whose first 16 KiB hold no end (431). `None` when what came is well formed so far, and hyper
 /// reads on. Checked with httparse, hyper's own parser, with hyper's limits, so both refuse the
 /// same heads; a fault in bytes not read yet is found as hyper reads them (see
@@ -311,8 +313,12 @@ fn refused_start(start: &[u8]) -> Option<ApiError> {
         )));
     }
     let mut headers = [httparse::EMPTY_HEADER; framing::MAX_HEADERS];
-    match httparse::Request::new(&mut headers).parse(start) {
-        Ok(_) => None,
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(start) {
+        Ok(httparse::Status::Complete(_)) => {
+            framing::framing_fault(&request).map(|why| malformed(why.to_owned()))
+        }
+        Ok(httparse::Status::Partial) => None,
         Err(httparse::Error::TooManyHeaders) => Some(head_too_large(format!(
             "the request has more than {} headers",
             framing::MAX_HEADERS
@@ -684,7 +690,7 @@ mod tests {
     /// with its code.
     #[test]
     fn starts_are_refused_only_when_they_cannot_be_a_request() {
-        let cases: [(&[u8], Option<&str>); 14] = [
+        let cases: [(&[u8], Option<&str>); 16] = [
             (
                 b"POST /push/news HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
                 None,
@@ -707,6 +713,14 @@ mod tests {
                 Some("malformed_request"),
             ),
             (b"\x00\x01\x02", Some("malformed_request")),
+            (
+                b"POST /push/x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n{}",
+                Some("malformed_request"),
+            ),
+            (
+                b"POST /push/x HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+                Some("malformed_request"),
+            ),
             (
                 b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
                 Some("tls_on_plain_port"),
