@@ -28,8 +28,10 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
-/// The room hyper gives a head: one that has not ended within it, hyper refuses (431).
-const MAX_HEAD: usize = crate::http_conn::MAX_READ_BUFFER;
+/// Hyper's read buffer for a connection (its `max_buf_size`), and so the room it gives a head:
+/// one that has not ended within it, hyper refuses (431). Here, below the modules that set hyper
+/// up, so that the watch and hyper share it.
+pub const MAX_HEAD: usize = 16 * 1024;
 /// The longest chunk-size or trailer line followed (hyper allows 16 KiB of chunk extensions).
 const MAX_LINE: usize = 16 * 1024 + 1024;
 /// Request headers parsed at most: hyper's own limit.
@@ -366,7 +368,8 @@ fn body_of(http_11: bool, headers: &[httparse::Header<'_>]) -> Result<State, &'s
     })
 }
 
-/// Why hyper refuses a whole head for its framing headers (see [`body_of`]), or `None`.
+/// Why hyper refuses a whole head for its framing headers (by the rules `body_of` reads them
+/// with), or `None`.
 pub fn framing_fault(request: &httparse::Request<'_, '_>) -> Option<&'static str> {
     body_of(request.version == Some(1), request.headers).err()
 }

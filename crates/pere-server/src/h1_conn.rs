@@ -309,7 +309,7 @@ fn refused_start(start: &[u8]) -> Option<ApiError> {
         return Some(head_too_large(format!(
             "the request head is longer than {} KiB (large cookies?): send fewer or shorter \
              headers",
-            http_conn::MAX_READ_BUFFER / 1024
+            framing::MAX_HEAD / 1024
         )));
     }
     let mut headers = [httparse::EMPTY_HEADER; framing::MAX_HEADERS];

@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::Config;
 use crate::door::{self, Listener};
-use crate::framing::{Declared, Watched};
+use crate::framing::{self, Declared, Watched};
 use crate::limits::Arrival;
 use crate::request::RequestBody;
 use crate::response::ResponseBody;
@@ -31,8 +31,9 @@ use crate::sse_body::ConnectionCloser;
 use crate::state::AppState;
 use crate::{handlers, route};
 
-/// The largest read buffer of a connection, and so the largest request head.
-pub const MAX_READ_BUFFER: usize = 16 * 1024;
+/// The largest read buffer of a connection, and so the largest request head (the watch of a
+/// connection's heads shares it, see [`crate::framing`]).
+pub const MAX_READ_BUFFER: usize = framing::MAX_HEAD;
 
 /// How hyper serves connections: HTTP/1.1 and HTTP/2 (by the client's first bytes), each within
 /// the server's bounds. Made once, shared by every connection.
