@@ -286,3 +286,43 @@ async fn the_library_trusts_a_private_ca_given_as_pem() {
         "the stream ends after a refusal"
     );
 }
+
+/// Over HTTPS too, a first head hyper would refuse with a bare status is answered in JSON: one
+/// over 16 KiB, one with more headers than hyper reads. HTTP/2 (by ALPN) still reaches hyper.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_hyper_refuses_is_answered_in_json_over_tls() {
+    let server = TlsServer::start().await;
+    let ca = reqwest::Certificate::from_pem(&server.ca_pem()).expect("the CA");
+    let http1 = reqwest::Client::builder()
+        .add_root_certificate(ca.clone())
+        .http1_only()
+        .build()
+        .expect("an HTTP/1.1 client");
+    let long = http1
+        .get(format!("{}/health", server.base))
+        .header("Cookie", "c".repeat(20_000))
+        .send()
+        .await
+        .expect("an answer to a long head");
+    let mut many = http1.get(format!("{}/health", server.base));
+    for n in 0..120 {
+        many = many.header(format!("x-{n}"), "v");
+    }
+    let many = many.send().await.expect("an answer to 120 headers");
+    for answer in [long, many] {
+        assert_eq!(answer.status().as_u16(), 431);
+        let body: serde_json::Value = answer.json().await.expect("a JSON body");
+        assert_eq!(body["error"]["code"], "request_head_too_large", "{body}");
+    }
+    let http2 = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .expect("a client");
+    let health = http2
+        .get(format!("{}/health", server.base))
+        .send()
+        .await
+        .expect("an answer over HTTP/2");
+    assert_eq!(health.version(), reqwest::Version::HTTP_2);
+    assert_eq!(health.status().as_u16(), 200);
+}

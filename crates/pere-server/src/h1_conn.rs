@@ -200,20 +200,8 @@ pub fn serve<S: Store>(
                             .then(|| malformed("a head hyper cannot read".to_owned()))
                     });
                     if let Some(refused) = refused {
-                        // Hyper would answer it with a bare status and no word of why. Logged
-                        // and counted as the door's refusals are, with its first bytes for a
-                        // path (a handshake's are binary, and say no more than its code).
-                        state.metrics.refused(refused.code);
-                        let start = if refused.code == "tls_on_plain_port" {
-                            "(a TLS handshake)".into()
-                        } else {
-                            String::from_utf8_lossy(&prefix[..prefix.len().min(64)])
-                        };
-                        activity::refused("-", &start, refused.status.as_u16(), refused.code);
-                        let _ = stream.write_all(&raw_error_closing(&refused)).await;
-                        let _ = stream.shutdown().await;
                         // Boxed: a waiting connection's future keeps no room for it.
-                        Box::pin(linger(&mut stream)).await;
+                        Box::pin(refuse(&state, &mut stream, &refused, &prefix)).await;
                         return;
                     }
                     // Boxed: hyper's connection is large, and an idle connection's future must
@@ -296,7 +284,7 @@ pub fn serve<S: Store>(
 /// reads on. Checked with httparse, hyper's own parser, with hyper's limits, so both refuse the
 /// same heads; a fault in bytes not read yet is found as hyper reads them (see
 /// [`crate::framing`]).
-fn refused_start(start: &[u8]) -> Option<ApiError> {
+pub(crate) fn refused_start(start: &[u8]) -> Option<ApiError> {
     // A TLS record of the handshake (22), version 3.x.
     if start.starts_with(&[0x16, 0x03]) {
         return Some(ApiError::bad_request(
@@ -327,6 +315,31 @@ fn refused_start(start: &[u8]) -> Option<ApiError> {
     }
 }
 
+/// Answers a head hyper would refuse (`refused`, of a head that opens with `start`) in JSON,
+/// then closes the connection once the client stops sending (see [`linger`]). Logged and counted
+/// as the door's refusals are, with the head's first bytes for a path (a handshake's are binary,
+/// and say no more than its code).
+pub(crate) async fn refuse<S, IO>(
+    state: &AppState<S>,
+    stream: &mut IO,
+    refused: &ApiError,
+    start: &[u8],
+) where
+    S: Store,
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    state.metrics.refused(refused.code);
+    let shown = if refused.code == "tls_on_plain_port" {
+        "(a TLS handshake)".into()
+    } else {
+        String::from_utf8_lossy(&start[..start.len().min(64)])
+    };
+    activity::refused("-", &shown, refused.status.as_u16(), refused.code);
+    let _ = stream.write_all(&raw_error_closing(refused)).await;
+    let _ = stream.shutdown().await;
+    linger(stream).await;
+}
+
 /// Bytes a refused client may still send, read and dropped after its answer, and for how long:
 /// closing a socket with unread bytes resets the connection, and a client still writing (a head
 /// of 100 KB) would meet the reset instead of reading its answer.
@@ -335,7 +348,7 @@ const LINGER_TIME: Duration = Duration::from_secs(2);
 
 /// Reads and drops what the client sends after a refusal, until it closes its side or
 /// [`LINGER_BYTES`] or [`LINGER_TIME`] pass.
-async fn linger(stream: &mut TcpStream) {
+async fn linger(stream: &mut (impl AsyncRead + Unpin)) {
     let drop_all = async {
         let mut scratch = vec![0u8; 4096];
         let mut read = 0;
@@ -347,6 +360,15 @@ async fn linger(stream: &mut TcpStream) {
         }
     };
     let _ = tokio::time::timeout(LINGER_TIME, drop_all).await;
+}
+
+/// Whether `start` holds a whole request head (and perhaps more).
+pub(crate) fn head_whole(start: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; framing::MAX_HEADERS];
+    matches!(
+        httparse::Request::new(&mut headers).parse(start),
+        Ok(httparse::Status::Complete(_))
+    )
 }
 
 /// A 400 for a head that cannot be a request, `why` from the parser.

@@ -199,24 +199,24 @@ pub async fn serve_metrics<S: Store>(listener: TcpListener, state: Arc<AppState<
 }
 
 /// A stream with bytes already read put back in front, for handing a connection to hyper.
-pub struct Rewind {
+pub struct Rewind<S = TcpStream> {
     prefix: Bytes,
-    inner: TcpStream,
+    inner: S,
 }
 
-impl Rewind {
+impl<S> Rewind<S> {
     /// `prefix` is read first, then `inner`.
-    pub fn new(prefix: Bytes, inner: TcpStream) -> Self {
+    pub fn new(prefix: Bytes, inner: S) -> Self {
         Rewind { prefix, inner }
     }
 
     /// The bytes put back and not yet read, and the stream.
-    pub fn into_parts(self) -> (Bytes, TcpStream) {
+    pub fn into_parts(self) -> (Bytes, S) {
         (self.prefix, self.inner)
     }
 }
 
-impl std::fmt::Debug for Rewind {
+impl<S> std::fmt::Debug for Rewind<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Rewind")
             .field("prefix", &self.prefix.len())
@@ -224,7 +224,7 @@ impl std::fmt::Debug for Rewind {
     }
 }
 
-impl AsyncRead for Rewind {
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -239,7 +239,7 @@ impl AsyncRead for Rewind {
     }
 }
 
-impl AsyncWrite for Rewind {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -6,9 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use futures_util::FutureExt;
 use hyper_util::server::graceful::GracefulShutdown;
 use pere_core::Store;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
 use crate::http_conn::{self, Rewind};
@@ -191,9 +193,40 @@ pub async fn run_with<S: Store>(
                         shaken = handshake => shaken,
                         () = arrival.overdue() => return,
                     };
-                    if let Ok(Ok(stream)) = shaken {
-                        http_conn::serve(state, stream, builder, watcher, arrival).await;
+                    let Ok(Ok(mut stream)) = shaken else {
+                        return;
+                    };
+                    // HTTP/1.1 (by ALPN, or none): a first head hyper would refuse with a bare
+                    // status is answered in JSON, as on the plain port.
+                    // The head is read whole first (a TLS record brings up to 16 KiB, read in
+                    // pieces), within the time the first request's head may take.
+                    let mut prefix = BytesMut::new();
+                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    while !h2 {
+                        prefix.reserve(4096);
+                        let read = tokio::select! {
+                            read = stream.read_buf(&mut prefix) => read,
+                            () = arrival.overdue() => return,
+                        };
+                        if !matches!(read, Ok(n) if n > 0) {
+                            return;
+                        }
+                        if may_be_http2(&prefix) {
+                            if prefix.len() >= HTTP2_PREFACE.len() {
+                                break;
+                            }
+                            continue;
+                        }
+                        if let Some(refused) = h1_conn::refused_start(&prefix) {
+                            h1_conn::refuse(&state, &mut stream, &refused, &prefix).await;
+                            return;
+                        }
+                        if h1_conn::head_whole(&prefix) {
+                            break;
+                        }
                     }
+                    let stream = Rewind::new(prefix.freeze(), stream);
+                    http_conn::serve(state, stream, builder, watcher, arrival).await;
                 })
                 .await;
                 return;
