@@ -135,6 +135,8 @@ pub fn serve<S: Store>(
         // The bytes a spell left open with a head it kept from hyper (see `serve_spell`).
         let mut withheld_head = false;
         loop {
+            // Only ever the very next request's: the one a spell just kept back.
+            let kept_back = std::mem::take(&mut withheld_head);
             // The bytes of the next request read so far, once it is served.
             let served = if receipt_post::Opening::of(&prefix) == receipt_post::Opening::Other {
                 None
@@ -196,8 +198,7 @@ pub fn serve<S: Store>(
                     // back to hyper; should the check below pass it, it is answered as
                     // malformed.
                     let refused = refused_start(&prefix).or_else(|| {
-                        std::mem::take(&mut withheld_head)
-                            .then(|| malformed("a head hyper cannot read".to_owned()))
+                        kept_back.then(|| malformed("a head hyper cannot read".to_owned()))
                     });
                     if let Some(refused) = refused {
                         // Boxed: a waiting connection's future keeps no room for it.
@@ -279,9 +280,8 @@ pub fn serve<S: Store>(
 /// version other than HTTP/1.0 or 1.1, a header without a name or with a control byte in its
 /// value, framing headers hyper does not read (`Content-Length`s that disagree, a
 /// `Transfer-Encoding` not ending in `chunked`), a TLS handshake on the plain port (400); more
-/// headers than hyper reads, or a head
-/// whose first 16 KiB hold no end (431). `None` when what came is well formed so far, and hyper
-/// reads on. Checked with httparse, hyper's own parser, with hyper's limits, so both refuse the
+/// headers than hyper reads, or a head whose first 16 KiB hold no end (431). `None` when what
+/// came is well formed so far, and hyper reads on. Checked with httparse, hyper's own parser, with hyper's limits, so both refuse the
 /// same heads; a fault in bytes not read yet is found as hyper reads them (see
 /// [`crate::framing`]).
 pub(crate) fn refused_start(start: &[u8]) -> Option<ApiError> {
