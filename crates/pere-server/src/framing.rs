@@ -710,5 +710,46 @@ mod tests {
             let with_head = [CHUNKED, &bytes[..]].concat();
             let _ = declared(&[&with_head]);
         }
+
+        /// Requests hyper serves are never kept from it, however their bytes come: any number
+        /// of well-formed requests (bodies by length or in chunks, up to 100 headers, heads up
+        /// to 16 KiB), back to back, cut into reads anywhere.
+        #[test]
+        fn well_formed_requests_are_never_refused(
+            requests in proptest::collection::vec(
+                (0usize..98, 0usize..12_000, 0usize..300, proptest::prelude::any::<bool>()),
+                1..5,
+            ),
+            cuts in proptest::collection::vec(0usize..40_000, 0..6),
+        ) {
+            let mut bytes = Vec::new();
+            for (headers, cookie, body, chunked) in requests {
+                bytes.extend_from_slice(b"POST /push/C HTTP/1.1\r\nHost: x\r\n");
+                for n in 0..headers {
+                    bytes.extend_from_slice(format!("X-{n}: v\r\n").as_bytes());
+                }
+                bytes.extend_from_slice(format!("Cookie: {}\r\n", "c".repeat(cookie)).as_bytes());
+                let data = "d".repeat(body);
+                if chunked {
+                    bytes.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+                    if body > 0 {
+                        bytes.extend_from_slice(format!("{body:x}\r\n{data}\r\n").as_bytes());
+                    }
+                    bytes.extend_from_slice(b"0\r\n\r\n");
+                } else {
+                    bytes.extend_from_slice(format!("Content-Length: {body}\r\n\r\n{data}").as_bytes());
+                }
+            }
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(bytes.len())).collect();
+            cuts.push(0);
+            cuts.push(bytes.len());
+            cuts.sort_unstable();
+            let mut framing = Framing::new(Declared::default());
+            for piece in cuts.windows(2) {
+                let read = &bytes[piece[0]..piece[1]];
+                proptest::prop_assert_eq!(framing.feed(read), None);
+            }
+            proptest::prop_assert_eq!(framing.state, State::Head);
+        }
     }
 }
