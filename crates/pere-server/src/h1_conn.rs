@@ -284,7 +284,7 @@ pub fn serve<S: Store>(
 /// came is well formed so far, and hyper reads on. Checked with httparse, hyper's own parser, with hyper's limits, so both refuse the
 /// same heads; a fault in bytes not read yet is found as hyper reads them (see
 /// [`crate::framing`]).
-pub(crate) fn refused_start(start: &[u8]) -> Option<ApiError> {
+fn refused_start(start: &[u8]) -> Option<ApiError> {
     // A TLS record of the handshake (22), version 3.x.
     if start.starts_with(&[0x16, 0x03]) {
         return Some(ApiError::bad_request(
@@ -319,12 +319,8 @@ pub(crate) fn refused_start(start: &[u8]) -> Option<ApiError> {
 /// then closes the connection once the client stops sending (see [`linger`]). Logged and counted
 /// as the door's refusals are, with the head's first bytes for a path (a handshake's are binary,
 /// and say no more than its code).
-pub(crate) async fn refuse<S, IO>(
-    state: &AppState<S>,
-    stream: &mut IO,
-    refused: &ApiError,
-    start: &[u8],
-) where
+async fn refuse<S, IO>(state: &AppState<S>, stream: &mut IO, refused: &ApiError, start: &[u8])
+where
     S: Store,
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -362,8 +358,49 @@ async fn linger(stream: &mut (impl AsyncRead + Unpin)) {
     let _ = tokio::time::timeout(LINGER_TIME, drop_all).await;
 }
 
+/// Reads the first head of an HTTP/1.1 connection not served here (TLS's) whole, before hyper
+/// serves the connection: a head hyper would refuse with a bare status is answered in JSON (see
+/// [`refused_start`]). The bytes read, for hyper; `None` when the connection is done with
+/// (refused, closed, or its head late). HTTP/2's preface (without ALPN) goes to hyper as it is.
+pub(crate) async fn first_head<S, IO>(
+    state: &AppState<S>,
+    stream: &mut IO,
+    arrival: &Arrival,
+) -> Option<BytesMut>
+where
+    S: Store,
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    // Read in pieces (a TLS record brings up to 16 KiB), within the time the first request's
+    // head may take.
+    let mut start = BytesMut::new();
+    loop {
+        start.reserve(4096);
+        let read = tokio::select! {
+            read = stream.read_buf(&mut start) => read,
+            () = arrival.overdue() => return None,
+        };
+        if !matches!(read, Ok(n) if n > 0) {
+            return None;
+        }
+        if http_conn::may_be_http2(&start) {
+            if start.len() >= http_conn::HTTP2_PREFACE.len() {
+                return Some(start);
+            }
+            continue;
+        }
+        if let Some(refused) = refused_start(&start) {
+            refuse(state, stream, &refused, &start).await;
+            return None;
+        }
+        if head_whole(&start) {
+            return Some(start);
+        }
+    }
+}
+
 /// Whether `start` holds a whole request head (and perhaps more).
-pub(crate) fn head_whole(start: &[u8]) -> bool {
+fn head_whole(start: &[u8]) -> bool {
     let mut headers = [httparse::EMPTY_HEADER; framing::MAX_HEADERS];
     matches!(
         httparse::Request::new(&mut headers).parse(start),

@@ -70,6 +70,15 @@ pub fn builder(config: &Config) -> Builder {
     builder
 }
 
+/// The first bytes of an HTTP/2 connection with prior knowledge.
+pub const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a connection's first bytes may begin HTTP/2's preface.
+pub fn may_be_http2(first: &[u8]) -> bool {
+    let compared = first.len().min(HTTP2_PREFACE.len());
+    first[..compared] == HTTP2_PREFACE[..compared]
+}
+
 /// What hyper buffers per HTTP/2 stream before it waits for the socket.
 const H2_SEND_BUFFER: usize = 16 * 1024;
 

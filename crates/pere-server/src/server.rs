@@ -10,7 +10,6 @@ use bytes::BytesMut;
 use futures_util::FutureExt;
 use hyper_util::server::graceful::GracefulShutdown;
 use pere_core::Store;
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
 use crate::http_conn::{self, Rewind};
@@ -21,15 +20,6 @@ use crate::{feed_conn, h1_conn, webhook};
 /// The first pause after a failed accept, and the longest.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-
-/// The first bytes of an HTTP/2 connection with prior knowledge.
-const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Whether a connection's first bytes may begin HTTP/2's preface.
-fn may_be_http2(first: &[u8]) -> bool {
-    let compared = first.len().min(HTTP2_PREFACE.len());
-    first[..compared] == HTTP2_PREFACE[..compared]
-}
 
 /// Ends recipients' memberships after `--recipient-expiry` of inactivity, checked every minute.
 async fn expire_recipients<S: Store>(state: Arc<AppState<S>>) {
@@ -198,33 +188,14 @@ pub async fn run_with<S: Store>(
                     };
                     // HTTP/1.1 (by ALPN, or none): a first head hyper would refuse with a bare
                     // status is answered in JSON, as on the plain port.
-                    // The head is read whole first (a TLS record brings up to 16 KiB, read in
-                    // pieces), within the time the first request's head may take.
-                    let mut prefix = BytesMut::new();
-                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                    while !h2 {
-                        prefix.reserve(4096);
-                        let read = tokio::select! {
-                            read = stream.read_buf(&mut prefix) => read,
-                            () = arrival.overdue() => return,
-                        };
-                        if !matches!(read, Ok(n) if n > 0) {
-                            return;
+                    let prefix = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        BytesMut::new()
+                    } else {
+                        match h1_conn::first_head(&state, &mut stream, &arrival).await {
+                            Some(prefix) => prefix,
+                            None => return,
                         }
-                        if may_be_http2(&prefix) {
-                            if prefix.len() >= HTTP2_PREFACE.len() {
-                                break;
-                            }
-                            continue;
-                        }
-                        if let Some(refused) = h1_conn::refused_start(&prefix) {
-                            h1_conn::refuse(&state, &mut stream, &refused, &prefix).await;
-                            return;
-                        }
-                        if h1_conn::head_whole(&prefix) {
-                            break;
-                        }
-                    }
+                    };
                     let stream = Rewind::new(prefix.freeze(), stream);
                     http_conn::serve(state, stream, builder, watcher, arrival).await;
                 })
@@ -248,7 +219,7 @@ pub async fn run_with<S: Store>(
                 // Any other HTTP/1.1 request: hyper, a request at a time.
                 // A task of its own, as small as what it holds between requests: this one
                 // has room for a feed.
-                Ok(feed_conn::FirstRequest::Other(prefix)) if !may_be_http2(&prefix) => {
+                Ok(feed_conn::FirstRequest::Other(prefix)) if !http_conn::may_be_http2(&prefix) => {
                     tokio::spawn(async move {
                         let _slot = held_slot;
                         h1_conn::serve(state, stream, prefix, http1, watcher, arrival).await;
