@@ -892,3 +892,51 @@ async fn server_envelope(
         .is_some_and(|v| v == "true");
     (status, replayed, answer.json().await.unwrap_or_default())
 }
+
+/// Pieces of heads, well formed or not, sent in every pair behind nothing or a served request,
+/// the client then closing its side: each connection ends, and every answer is the server's
+/// own (JSON, or an empty 204), never a bare status from hyper.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_pair_of_head_pieces_gets_json_answers_and_the_connection_ends() {
+    let server = TestServer::start(&server_args()).await;
+    let long = "a".repeat(9_000);
+    let pieces: Vec<&[u8]> = vec![
+        b"\r\n",
+        b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        b"GET /a b HTTP/1.1\r\n",
+        b"Content-Length: 3\r\n",
+        b"Transfer-Encoding: gzip\r\n",
+        b"X: \x01\r\n",
+        b"\x16\x03\x01",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        long.as_bytes(),
+        b"\r\n\r\n",
+    ];
+    let before: [&[u8]; 2] = [
+        b"",
+        b"POST /push/Z HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}",
+    ];
+    for first in before {
+        for a in &pieces {
+            for b in &pieces {
+                let sent = [first, a, b].concat();
+                let mut stream = TcpStream::connect(server.host_port()).await.unwrap();
+                stream.write_all(&sent).await.unwrap();
+                let _ = stream.shutdown().await;
+                let mut answers = Vec::new();
+                let ended = tokio::time::timeout(WAIT, stream.read_to_end(&mut answers)).await;
+                let shown = String::from_utf8_lossy(&sent[..sent.len().min(120)]).into_owned();
+                assert!(ended.is_ok(), "the connection stays open after {shown:?}");
+                let answers = String::from_utf8_lossy(&answers);
+                for answer in answers.split("HTTP/1.1 ").skip(1) {
+                    let head = answer.split("\r\n\r\n").next().unwrap_or_default();
+                    let own = head.contains("application/json")
+                        || head.contains("text/event-stream")
+                        || head.starts_with("204");
+                    assert!(own, "a bare answer {head:?} to {shown:?}");
+                }
+            }
+        }
+    }
+    still_answers(&server, "pairs of head pieces").await;
+}
