@@ -62,7 +62,8 @@ for server in "${SERVERS[@]}"; do
   with_rss=$(rss_kib "$pid")
   wait_followers=$(jobs -p | grep -v "^$pid\$" || true)
   for job in $wait_followers; do wait "$job" 2>/dev/null || true; done
-  sleep 1
+  # The server looks every 2 s whether enough streams closed to give their memory back.
+  sleep 3
   after_rss=$(rss_kib "$pid")
   cpu=$(awk -v a="$before_cpu" -v b="$(cpu_s "$pid")" 'BEGIN {printf "%.1f", b - a}')
   health=$(sort -n "$WORK/health" | awk '{v[NR] = $1} END {printf "median %.0f ms, max %.0f ms (%d probes)", v[int((NR + 1) / 2)] * 1000, v[NR] * 1000, NR}')
