@@ -81,19 +81,32 @@ pub fn feedback(channel: &str, device: &str, id: u64, status: &str) {
     );
 }
 
-/// A cumulative receipt that recorded `ids` (one line for the request, not one per receipt:
-/// a device that comes back after a while acknowledges hundreds at once).
-pub fn feedback_upto(channel: &str, device: &str, upto: u64, ids: &[u64], status: &str) {
+/// A cumulative receipt that recorded `recorded`, all with one status (one line for the
+/// request, not one per receipt: a device that comes back after a while acknowledges hundreds
+/// at once); nothing when it recorded none.
+pub fn feedback_upto(channel: &str, device: &str, upto: u64, recorded: &[Receipt]) {
+    // The line's ids are gathered only for a log that shows it (`--quiet` does not): this is
+    // the request coalescing devices send most.
+    let Some(first) = recorded.first() else {
+        return;
+    };
+    if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
+        return;
+    }
+    let ids: Vec<u64> = recorded.iter().map(|r| r.event_id).collect();
     let receipts = ids.len();
     tracing::info!(
         target: TARGET, tag = "FEEDBACK>", channel, device, upto, receipts,
         "channel: {channel}, device: {device}, Last-Event-Id: {}, upto: {upto}, receipts: {receipts}, status: {}",
-        Ids(ids), Excerpt(status)
+        Ids(&ids), Excerpt(&first.status)
     );
 }
 
 /// The new receipts of a batch, in line order (one line for the request).
 pub fn feedback_batch(channel: &str, device: &str, receipts: &[&Receipt]) {
+    if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
+        return;
+    }
     let ids: Vec<u64> = receipts.iter().map(|r| r.event_id).collect();
     let mut statuses: Vec<&str> = Vec::new();
     for receipt in receipts {

@@ -544,18 +544,14 @@ async fn feedback_upto<S: Store>(
             state.config.max_batch_events,
         )
         .await?;
-    let ids = || done.receipts.iter().map(|r| r.event_id);
-    if let Some(first) = done.receipts.first() {
-        let ids: Vec<u64> = ids().collect();
-        activity::feedback_upto(channel.as_str(), device.as_str(), upto, &ids, &first.status);
-    }
+    activity::feedback_upto(channel.as_str(), device.as_str(), upto, &done.receipts);
     Ok(response::json_written(StatusCode::OK, |out| {
         CumulativeAnswer::write_json(
             out,
             channel.as_str(),
             device.as_str(),
             upto,
-            ids(),
+            done.receipts.iter().map(|r| r.event_id),
             done.more,
         );
     }))
