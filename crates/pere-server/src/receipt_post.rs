@@ -349,12 +349,11 @@ pub async fn answer<S: Store>(
         RequestBody::whole(body)
     };
     let request = Request::from_parts(parts, body);
-    let (mut head, body) = http_conn::answer(state, arrival, request, None)
+    let (mut head, mut body) = http_conn::answer(state, arrival, request, None)
         .await
         .into_parts();
     // A receipt's answer is whole when made (no stream answers a `POST`): one frame, taken as
     // it is; gathering frames is for a body of several.
-    let mut body = body;
     let first = match body.frame().await {
         Some(Ok(frame)) => frame.into_data().unwrap_or_default(),
         Some(Err(never)) => match never {},
@@ -363,14 +362,8 @@ pub async fn answer<S: Store>(
     let body = if body.is_end_stream() {
         first
     } else {
-        let mut whole = BytesMut::from(&first[..]);
-        while let Some(frame) = body.frame().await {
-            let Ok(frame) = frame;
-            if let Some(data) = frame.data_ref() {
-                whole.extend_from_slice(data);
-            }
-        }
-        whole.freeze()
+        let Ok(rest) = body.collect().await;
+        [first, rest.to_bytes()].concat().into()
     };
     // The answer itself may end the connection (a refused body, see `response::error`).
     let keep = !taken.close
