@@ -508,6 +508,16 @@ impl TestServer {
             .sum::<f64>() as u64
     }
 
+    /// How many requests the server refused with error `code`, from its metrics
+    /// (`pere_refused_requests_total`; 0 when none was).
+    pub async fn refusals(&self, code: &str) -> u64 {
+        let text = self.get_text("/metrics").await;
+        let sample = format!("pere_refused_requests_total{{code=\"{code}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&sample)?.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    }
+
     /// The ids of the events `device` owes a receipt on `channel`
     /// (`GET /devices/:channel/:device/pending`).
     pub async fn pending(&self, channel: &str, device: &str) -> Vec<u64> {
