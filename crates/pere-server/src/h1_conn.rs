@@ -480,7 +480,6 @@ async fn serve_spell<S: Store>(
     let io = Parking {
         inner: Watched::keeping_refused(io, declared.clone()),
         pause: pause.clone(),
-        flushed: true,
     };
     let service = {
         let state = state.clone();
@@ -666,8 +665,6 @@ impl Body for Answering {
 struct Parking {
     inner: Watched<Rewind>,
     pause: Arc<Pause>,
-    /// Nothing was written since hyper last flushed.
-    flushed: bool,
 }
 
 impl AsyncRead for Parking {
@@ -684,7 +681,7 @@ impl AsyncRead for Parking {
                 pause.idle.store(false, Ordering::Relaxed);
             }
         } else if polled.is_pending()
-            && self.flushed
+            && pause.flushed.load(Ordering::Relaxed)
             && self.inner.between_requests()
             && pause.begun.load(Ordering::Relaxed) > 0
             && pause.busy.load(Ordering::Relaxed) == 0
@@ -698,8 +695,7 @@ impl AsyncRead for Parking {
 }
 
 impl Parking {
-    fn wrote(&mut self) {
-        self.flushed = false;
+    fn wrote(&self) {
         self.pause.flushed.store(false, Ordering::Relaxed);
     }
 }
@@ -730,7 +726,6 @@ impl AsyncWrite for Parking {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let flushed = Pin::new(&mut self.inner).poll_flush(cx);
         if let Poll::Ready(Ok(())) = flushed {
-            self.flushed = true;
             self.pause.flushed.store(true, Ordering::Relaxed);
         }
         flushed
