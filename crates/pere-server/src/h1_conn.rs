@@ -285,16 +285,33 @@ pub fn serve<S: Store>(
 /// same heads; a fault in bytes not read yet is found as hyper reads them (see
 /// [`crate::framing`]).
 fn refused_start(start: &[u8]) -> Option<ApiError> {
+    match read_start(start) {
+        Start::Refused(refused) => Some(refused),
+        Start::Whole | Start::Partial => None,
+    }
+}
+
+/// What the first bytes of a request show (see [`refused_start`]).
+enum Start {
+    /// A head hyper would refuse, and its answer.
+    Refused(ApiError),
+    /// A whole head hyper reads (and perhaps more).
+    Whole,
+    /// Well formed so far, not whole yet.
+    Partial,
+}
+
+fn read_start(start: &[u8]) -> Start {
     // A TLS record of the handshake (22), version 3.x.
     if start.starts_with(&[0x16, 0x03]) {
-        return Some(ApiError::bad_request(
+        return Start::Refused(ApiError::bad_request(
             "tls_on_plain_port",
             "a TLS handshake came to a port that speaks plain HTTP: use http:// for this port, \
              or start the server with --tls-cert and --tls-key",
         ));
     }
     if framing::head_too_large(start) {
-        return Some(head_too_large(format!(
+        return Start::Refused(head_too_large(format!(
             "the request head is longer than {} KiB (large cookies?): send fewer or shorter \
              headers",
             framing::MAX_HEAD / 1024
@@ -303,15 +320,16 @@ fn refused_start(start: &[u8]) -> Option<ApiError> {
     let mut headers = [httparse::EMPTY_HEADER; framing::MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(start) {
-        Ok(httparse::Status::Complete(_)) => {
-            framing::framing_fault(&request).map(|why| malformed(why.to_owned()))
-        }
-        Ok(httparse::Status::Partial) => None,
-        Err(httparse::Error::TooManyHeaders) => Some(head_too_large(format!(
+        Ok(httparse::Status::Complete(_)) => match framing::framing_fault(&request) {
+            Some(why) => Start::Refused(malformed(why.to_owned())),
+            None => Start::Whole,
+        },
+        Ok(httparse::Status::Partial) => Start::Partial,
+        Err(httparse::Error::TooManyHeaders) => Start::Refused(head_too_large(format!(
             "the request has more than {} headers",
             framing::MAX_HEADERS
         ))),
-        Err(err) => Some(malformed(format!("{err}"))),
+        Err(err) => Start::Refused(malformed(format!("{err}"))),
     }
 }
 
@@ -389,23 +407,15 @@ where
             }
             continue;
         }
-        if let Some(refused) = refused_start(&start) {
-            refuse(state, stream, &refused, &start).await;
-            return None;
-        }
-        if head_whole(&start) {
-            return Some(start);
+        match read_start(&start) {
+            Start::Refused(refused) => {
+                refuse(state, stream, &refused, &start).await;
+                return None;
+            }
+            Start::Whole => return Some(start),
+            Start::Partial => {}
         }
     }
-}
-
-/// Whether `start` holds a whole request head (and perhaps more).
-fn head_whole(start: &[u8]) -> bool {
-    let mut headers = [httparse::EMPTY_HEADER; framing::MAX_HEADERS];
-    matches!(
-        httparse::Request::new(&mut headers).parse(start),
-        Ok(httparse::Status::Complete(_))
-    )
 }
 
 /// A 400 for a head that cannot be a request, `why` from the parser.
