@@ -99,19 +99,6 @@ async fn recipients_and_events(
     ids
 }
 
-/// The ids of the events `device` still owes on `channel`.
-async fn pending(server: &TestServer, channel: &str, device: &str) -> Vec<u64> {
-    let pending = server
-        .get_json(&format!("/devices/{channel}/{device}/pending"))
-        .await;
-    pending["pending"]
-        .as_array()
-        .expect("pending")
-        .iter()
-        .map(|e| e["id"].as_u64().unwrap())
-        .collect()
-}
-
 /// The next `n` receipts of a receipt stream: (event id, device, status).
 async fn next_receipts(stream: &mut pere_e2e::Feed, n: usize) -> Vec<(u64, String, String)> {
     let mut seen = Vec::new();
@@ -165,9 +152,9 @@ async fn a_cumulative_receipt_acknowledges_what_the_device_owes(store: StoreUnde
                 )
         })
         .await;
-    assert_eq!(pending(&server, "C", "H1").await, [5]);
+    assert_eq!(server.pending("C", "H1").await, [5]);
     assert_eq!(
-        pending(&server, "C", "H2").await,
+        server.pending("C", "H2").await,
         [1, 2, 3, 4, 5],
         "another device's receipts are untouched"
     );
@@ -249,7 +236,7 @@ async fn a_cumulative_receipt_is_bounded_and_says_there_is_more(store: StoreUnde
     let (_, answer) = upto(&server, "B", "H1", 7, "ok").await;
     assert_eq!(answer["ids"], json!([7]));
     assert!(answer.get("more").is_none(), "{answer}");
-    assert!(pending(&server, "B", "H1").await.is_empty());
+    assert!(server.pending("B", "H1").await.is_empty());
 }
 
 async fn a_wait_all_push_completes_by_a_cumulative_receipt(store: StoreUnderTest) {
@@ -309,7 +296,7 @@ async fn a_batch_is_all_or_none_and_names_its_line(store: StoreUnderTest) {
     .await;
     check_refused(status, &answer, (400, "bad_batch_line"), "line 3");
     assert_eq!(
-        pending(&server, "N", "H1").await,
+        server.pending("N", "H1").await,
         [1, 2, 3],
         "nothing recorded"
     );
@@ -367,7 +354,7 @@ async fn a_batch_is_all_or_none_and_names_its_line(store: StoreUnderTest) {
                 )
         })
         .await;
-    assert!(pending(&server, "N", "H1").await.is_empty());
+    assert!(server.pending("N", "H1").await.is_empty());
     let devices = server.get_json("/admin/devices/N").await;
     assert_eq!(
         (&devices["H1"]["receipts"], &devices["H1"]["last_acked"]),
@@ -457,7 +444,7 @@ async fn a_batch_with_keys_is_replayed_idempotently(store: StoreUnderTest) {
     )
     .await;
     check_refused(status, &answer, (409, "idempotency_conflict"), "line 2");
-    assert_eq!(pending(&server, "K", "H1").await, [3], "nothing recorded");
+    assert_eq!(server.pending("K", "H1").await, [3], "nothing recorded");
     // A batch key K gives line i the key K.i: a retry is replayed whole.
     let batch_key = [("idempotency-key", "B")];
     let lines = [json!({"id": 3}), json!({"id": 1, "status": "read"})];
@@ -562,7 +549,7 @@ async fn after_a_restart_a_cumulative_receipt_finds_in_the_store_what_is_owed() 
         (200, &json!([1, 2, 5])),
         "{answer}"
     );
-    assert!(pending(&server, "R", "H1").await.is_empty());
+    assert!(server.pending("R", "H1").await.is_empty());
 }
 
 on_every_store!(
