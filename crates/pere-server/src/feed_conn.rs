@@ -40,7 +40,7 @@ use crate::limits::{Arrival, StreamSlot};
 use crate::request;
 use crate::response::{self, raw_answer, raw_head};
 use crate::route::{self, Route};
-use crate::sse_body::{next_frame, ready_frame, watched, EndReason, FrameResult};
+use crate::sse_body::{next_frame, ready_frame, watched, EndReason, FeedFrame, FrameResult};
 use crate::state::AppState;
 use crate::{activity, streams};
 
@@ -354,7 +354,7 @@ impl<S: Store> Started<S> {
             // Whatever else is already queued goes out in the same write. Made after the wait
             // and gone after the write, so an idle feed holds no buffer; a single frame (a paced
             // feed's usual write) allocates nothing.
-            let mut more: Vec<Bytes> = Vec::new();
+            let mut more: Vec<FeedFrame> = Vec::new();
             while more.len() < MAX_GATHER - 1 {
                 match source.try_next() {
                     Some(frame) => more.push(frame),
@@ -367,8 +367,10 @@ impl<S: Store> Started<S> {
                 return EndReason::Closed.describe();
             };
             if let Some(stopped) = stopped {
-                let mut rest = more;
-                rest.insert(0, first);
+                let mut rest: Vec<Bytes> = std::iter::once(first)
+                    .chain(more)
+                    .map(FeedFrame::into_bytes)
+                    .collect();
                 drop_written(&mut rest, stopped);
                 // Boxed, and only the rest kept: a write that waits is rare, and its state would
                 // otherwise be room in every feed's task.
@@ -440,18 +442,22 @@ impl<S: Store> Source<S> {
     }
 
     /// The next frame, or why the stream ends.
-    async fn next(&mut self) -> FrameResult {
+    async fn next(&mut self) -> Result<FeedFrame, EndReason> {
         match self {
             Source::Feed(subscription) => next_frame(subscription).await,
             Source::Frames { frames, end, .. } => match end.take() {
                 Some(reason) => Err(reason),
-                None => frames.next().await.unwrap_or(Err(EndReason::Closed)),
+                None => frames
+                    .next()
+                    .await
+                    .unwrap_or(Err(EndReason::Closed))
+                    .map(FeedFrame::Made),
             },
         }
     }
 
     /// A frame ready now, to go out in the same write as the one before.
-    fn try_next(&mut self) -> Option<Bytes> {
+    fn try_next(&mut self) -> Option<FeedFrame> {
         match self {
             Source::Feed(subscription) => ready_frame(subscription),
             Source::Frames { frames, end, .. } => {
@@ -460,7 +466,7 @@ impl<S: Store> Source<S> {
                 }
                 // Polled once without waiting; the next `next` polls it again, and waits.
                 match frames.next().now_or_never()? {
-                    Some(Ok(frame)) => Some(frame),
+                    Some(Ok(frame)) => Some(FeedFrame::Made(frame)),
                     Some(Err(reason)) => {
                         *end = Some(reason);
                         None
@@ -561,12 +567,18 @@ fn answer<S: Store>(
 /// Writes as much of `first`, then `more`, as the socket takes now, gathered into as few system
 /// calls as it allows. Returns where it stopped (the frame, and how much of it was written)
 /// when the socket would block, or `None` once everything is written.
-fn write_now(
+fn write_now<F: AsRef<[u8]>>(
     stream: &TcpStream,
-    first: &Bytes,
-    more: &[Bytes],
+    first: &F,
+    more: &[F],
 ) -> io::Result<Option<(usize, usize)>> {
-    let frame = |index: usize| if index == 0 { first } else { &more[index - 1] };
+    let frame = |index: usize| {
+        if index == 0 {
+            first.as_ref()
+        } else {
+            more[index - 1].as_ref()
+        }
+    };
     let count = 1 + more.len();
     let mut index = 0;
     let mut offset = 0;
