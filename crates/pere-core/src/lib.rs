@@ -31,7 +31,8 @@ pub mod store;
 pub use error::StoreError;
 pub use follow::{ReceiptFollow, ReceiptItem};
 pub use hub::{
-    ChannelWatch, Cumulative, CutReason, FeedItem, Hub, HubConfig, SubscribeRequest, Subscription,
+    ChannelWatch, Cumulative, CutReason, DirectWrite, FeedItem, Hub, HubConfig, SubscribeRequest,
+    Subscription,
 };
 pub use ledger::WaitFor;
 pub use notice::HubNotice;

@@ -28,7 +28,7 @@ use http_body_util::BodyExt;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::Request;
-use pere_core::{Store, Subscription};
+use pere_core::{DirectWrite, Store, Subscription};
 use pere_proto::sse;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -279,6 +279,12 @@ async fn start<S: Store>(
                 activity::feed_end(&name, device.as_deref(), EndReason::Closed.describe());
                 return None;
             }
+            if let (Source::Feed(subscription), Some(direct)) = (&source, direct_write(&stream)) {
+                // Written to by the hub itself while the feed waits idle: a paced delivery is
+                // then one write, with no wake-up of this task. Taken back when `Started` is
+                // dropped, before the socket closes.
+                subscription.write_directly(direct);
+            }
             Some(Started {
                 stream,
                 source,
@@ -294,12 +300,56 @@ async fn start<S: Store>(
     }
 }
 
+/// A feed's socket as the hub writes to it itself while the feed waits idle
+/// ([`pere_core::Subscription::write_directly`]): by its descriptor, which stays open until
+/// `Started` is dropped, and `Started`'s drop takes it back from the hub first. (Linux only:
+/// elsewhere, the feed's task writes every frame.)
+#[cfg(target_os = "linux")]
+fn direct_write(stream: &TcpStream) -> Option<DirectWrite> {
+    use std::os::fd::AsRawFd;
+    Some(DirectWrite {
+        write: send_now,
+        handle: stream.as_raw_fd() as u64,
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn direct_write(_: &TcpStream) -> Option<DirectWrite> {
+    None
+}
+
+/// Writes what socket `descriptor` takes of `frame` now, without waiting.
+#[cfg(target_os = "linux")]
+fn send_now(descriptor: u64, frame: &[u8]) -> io::Result<usize> {
+    // Safety: `frame` is valid for its length. The descriptor is a feed's socket, open for as
+    // long as the hub holds it (see `direct_write`).
+    #[allow(unsafe_code)]
+    let sent = unsafe {
+        libc::send(
+            descriptor as libc::c_int,
+            frame.as_ptr().cast(),
+            frame.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    usize::try_from(sent).map_err(|_| io::Error::last_os_error())
+}
+
 /// A stream answered: what it holds for its life.
 struct Started<S: Store> {
     stream: TcpStream,
     source: Source<S>,
     /// The stream's place in the server's counts, held until the stream ends.
     _slot: Option<StreamSlot>,
+}
+
+impl<S: Store> Drop for Started<S> {
+    fn drop(&mut self) {
+        // Before the socket closes (its descriptor could be another connection's at once).
+        if let Source::Feed(subscription) = &self.source {
+            subscription.stop_direct_writes();
+        }
+    }
 }
 
 impl<S: Store> Started<S> {
@@ -588,8 +638,8 @@ fn write_now<F: AsRef<[u8]>>(
             stream.try_write(&frame(index)[offset..])
         } else {
             let mut slices = [IoSlice::new(&[]); MAX_GATHER];
-            let pieces = std::iter::once(&frame(index)[offset..])
-                .chain((index + 1..count).map(|i| &frame(i)[..]));
+            let pieces =
+                std::iter::once(&frame(index)[offset..]).chain((index + 1..count).map(frame));
             let mut filled = 0;
             for (slot, piece) in slices.iter_mut().zip(pieces) {
                 *slot = IoSlice::new(piece);

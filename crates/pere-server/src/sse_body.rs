@@ -146,6 +146,7 @@ fn item_frame<S: Store>(subscription: &Subscription<S>, item: FeedItem) -> FeedF
             .frame(),
         ),
         FeedItem::KeepAlive => FeedFrame::Made(Bytes::from_static(sse::KEEP_ALIVE_FRAME)),
+        FeedItem::Rest(rest) => FeedFrame::Made(rest),
     }
 }
 
@@ -272,9 +273,7 @@ impl SseBody {
         // The subscription is used where the state holds it, not moved into a local: the
         // waiting future would otherwise keep room for it twice, for as long as the feed is idle.
         let items = stream::unfold(Some(subscription), move |mut state| async move {
-            let frame = next_frame(state.as_mut()?)
-                .await
-                .map(FeedFrame::into_bytes);
+            let frame = next_frame(state.as_mut()?).await.map(FeedFrame::into_bytes);
             if frame.is_err() {
                 state = None;
             }

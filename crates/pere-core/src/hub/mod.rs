@@ -67,8 +67,8 @@ use crate::ledger::ChannelLedger;
 use crate::notice::{HubNotice, NoticeQueue, Observer, Observers};
 use crate::store::Store;
 
-pub use channel::CutReason;
 use channel::{ChannelHub, ChannelState};
+pub use channel::{CutReason, DirectWrite};
 use devices::LiveDevice;
 pub use receipts::Cumulative;
 pub use subscribe::{FeedItem, SubscribeRequest, Subscription};
@@ -376,6 +376,9 @@ impl<S: Store> Hub<S> {
                     gap_timer: false,
                     held: false,
                     subscribers: HashMap::new(),
+                    last_fan_out: None,
+                    direct_write_cost: channel::DIRECT_WRITE_COST,
+                    quiet_before_last: true,
                 }),
                 subscriber_count: AtomicUsize::new(0),
                 ledger: Mutex::new(ChannelLedger::new(name.clone(), recipients)),

@@ -16,8 +16,7 @@ use tokio::time::{Instant, Sleep};
 use crate::error::StoreError;
 use crate::store::{EventPage, Store};
 
-use super::channel::{ChannelHub, CutReason, Inbox, Live, SubscriberSlot};
-use super::devices::LiveDevice;
+use super::channel::{ChannelHub, CutReason, DirectWrite, Inbox, Live, SubscriberSlot};
 use super::Hub;
 
 /// Where a new subscription starts.
@@ -60,6 +59,9 @@ pub enum FeedItem {
     ///
     /// [`HubConfig::keep_alive`]: super::HubConfig::keep_alive
     KeepAlive,
+    /// What the connection did not take of an event the hub wrote to it directly (see
+    /// [`Subscription::write_directly`]): to be written before anything else.
+    Rest(bytes::Bytes),
 }
 
 impl<S: Store> Hub<S> {
@@ -143,7 +145,7 @@ impl<S: Store> Hub<S> {
             live
         });
 
-        let inbox = Arc::new(Inbox::new(self.config.subscriber_buffer));
+        let inbox = Arc::new(Inbox::new(self.config.subscriber_buffer, live));
         let id = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
         let snapshot = {
             let mut state = hub.state();
@@ -170,7 +172,6 @@ impl<S: Store> Hub<S> {
             channel: channel.clone(),
             channel_hub: hub,
             device: request.device,
-            live,
             id,
             inbox,
             replay: (after < snapshot).then(|| {
@@ -200,7 +201,6 @@ pub struct Subscription<S: Store> {
     channel_hub: Arc<ChannelHub>,
     channel: ChannelName,
     device: Option<DeviceId>,
-    live: Option<Arc<LiveDevice>>,
     id: u64,
     inbox: Arc<Inbox>,
     // Boxed, and gone once replayed: a live feed carries none of it.
@@ -371,9 +371,13 @@ impl<S: Store> Subscription<S> {
                 None => self.redelivery = None,
             }
             let inbox = &self.inbox;
+            let direct = self.direct_writes_allowed().then(|| {
+                // Events up to the resume position were seen by the client already.
+                self.last_sent.max(self.skip_live_through)
+            });
             let redelivery = &mut self.redelivery;
             let received = std::future::poll_fn(|cx| {
-                if let Poll::Ready(live) = inbox.poll_recv(cx) {
+                if let Poll::Ready(live) = inbox.poll_recv(cx, direct) {
                     return Poll::Ready(Some(live));
                 }
                 match redelivery {
@@ -392,6 +396,7 @@ impl<S: Store> Subscription<S> {
                 Live::Event(event) => return Some(Ok(self.delivered(event))),
                 Live::Reset { floor } => return Some(Ok(self.reset_to(floor))),
                 Live::KeepAlive => return Some(Ok(FeedItem::KeepAlive)),
+                Live::Rest(rest) => return Some(Ok(FeedItem::Rest(rest))),
             }
         }
     }
@@ -456,6 +461,7 @@ impl<S: Store> Subscription<S> {
                 }
                 // Never queued, so never taken without waiting.
                 Live::KeepAlive => return None,
+                Live::Rest(rest) => return Some(FeedItem::Rest(rest)),
             }
         }
     }
@@ -466,7 +472,7 @@ impl<S: Store> Subscription<S> {
         self.in_flight.clear();
         self.skip_live_through = self.skip_live_through.max(floor);
         FeedItem::Reset {
-            requested: self.last_sent,
+            requested: self.last_sent.max(self.inbox.given_through()),
             head: floor,
         }
     }
@@ -477,7 +483,7 @@ impl<S: Store> Subscription<S> {
 
     fn mark(&mut self, event: Arc<Event>) -> Arc<Event> {
         self.last_sent = event.id;
-        if let Some(live) = &self.live {
+        if let Some(live) = &self.inbox.live {
             live.delivered.fetch_max(event.id, Ordering::Relaxed);
         }
         if let (Some(timeout), Some(device)) = (self.hub.config.ack_timeout, &self.device) {
@@ -491,6 +497,27 @@ impl<S: Store> Subscription<S> {
             }
         }
         event
+    }
+
+    /// Hands the subscriber's connection to the hub, which then writes an event to it itself
+    /// when this subscription waits idle (see [`FeedItem::Rest`]). For a reader that writes
+    /// each item it is given to that connection and nothing else. The connection must stay open
+    /// until [`Subscription::stop_direct_writes`] returns (dropping the subscription calls it):
+    /// no direct write is under way, or begins, after that.
+    pub fn write_directly(&self, connection: DirectWrite) {
+        self.inbox.write_directly(connection);
+    }
+
+    /// Takes the connection handed over by [`Subscription::write_directly`] back.
+    pub fn stop_direct_writes(&self) {
+        self.inbox.stop_direct_writes();
+    }
+
+    /// Whether events may be written to the connection while this subscription waits: not
+    /// while events sent to a device that owes receipts are watched for redelivery, which
+    /// happens as each is given out here.
+    fn direct_writes_allowed(&self) -> bool {
+        self.hub.config.ack_timeout.is_none() || self.device.is_none()
     }
 
     /// Whether the stream was cut because the subscriber fell too far behind.
@@ -533,7 +560,9 @@ impl<S: Store> Drop for Subscription<S> {
                 .subscriber_count
                 .store(state.subscribers.len(), Ordering::Relaxed);
         }
-        let (Some(live), Some(device)) = (self.live.take(), self.device.clone()) else {
+        // Before anything else: the reader closes the connection once this is dropped.
+        self.inbox.stop_direct_writes();
+        let (Some(live), Some(device)) = (self.inbox.live.clone(), self.device.clone()) else {
             return;
         };
         let last_stream = {
