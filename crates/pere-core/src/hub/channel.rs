@@ -114,10 +114,10 @@ pub(super) struct ChannelState {
 impl ChannelState {
     /// Whether an event released at `now` may be written to idle subscribers' connections by
     /// the publisher itself: only when the channel is not busy, that is, when at least
-    /// [`DIRECT_AFTER_QUIET`], and twice what a fan-out of direct writes would take, have passed
-    /// since the last fan-out ended (so the channel would stay idle two thirds of the time),
-    /// both before this event and before the one before it (a flood has a lull now and then,
-    /// hardly two in a row), and such a fan-out would take at most [`DIRECT_FAN_OUT_AT_MOST`].
+    /// [`DIRECT_AFTER_QUIET`], and what a fan-out of direct writes would take, have passed
+    /// since the last fan-out ended (so the channel would stay idle half of the time), both
+    /// before this event and before the one before it (a flood has a lull now and then, hardly
+    /// two in a row), and such a fan-out would take at most [`DIRECT_FAN_OUT_AT_MOST`].
     /// Direct writes make a fan-out one write per subscriber in a row, on one core; under a
     /// flood (events queued behind the fan-out, or a publisher that sends the next as soon as
     /// this one is answered) the subscribers' own tasks instead gather what queued into few
@@ -126,7 +126,7 @@ impl ChannelState {
     fn direct_writes(&mut self, now: std::time::Instant) -> bool {
         let direct_fan_out = self.direct_write_cost * self.subscribers.len() as u32;
         let quiet = self.last_fan_out.is_none_or(|ended| {
-            now.saturating_duration_since(ended) >= (direct_fan_out * 2).max(DIRECT_AFTER_QUIET)
+            now.saturating_duration_since(ended) >= direct_fan_out.max(DIRECT_AFTER_QUIET)
         });
         let quiet_before = std::mem::replace(&mut self.quiet_before_last, quiet);
         quiet && quiet_before && direct_fan_out <= DIRECT_FAN_OUT_AT_MOST
@@ -912,7 +912,7 @@ mod tests {
     }
 
     #[test]
-    fn direct_writes_wait_for_a_channel_idle_two_thirds_of_the_time() {
+    fn direct_writes_wait_for_a_channel_idle_half_of_the_time() {
         let mut state = ChannelState {
             last_released: 0,
             waiting: BTreeMap::new(),
@@ -937,11 +937,13 @@ mod tests {
         let ended = std::time::Instant::now();
         assert!(state.direct_writes(ended), "no fan-out yet");
         state.last_fan_out = Some(ended);
-        // A direct fan-out would take 1 ms: 2 ms of quiet before one.
-        assert!(!state.direct_writes(ended + Duration::from_micros(1_500)));
+        // A direct fan-out would take 1.5 ms: as long a quiet before one.
+        state.direct_write_cost = Duration::from_nanos(1_500);
+        assert!(!state.direct_writes(ended + Duration::from_micros(1_400)));
         // And quiet before the one before: a lull in a flood is not enough.
-        assert!(!state.direct_writes(ended + Duration::from_millis(2)));
-        assert!(state.direct_writes(ended + Duration::from_millis(2)));
+        assert!(!state.direct_writes(ended + Duration::from_micros(1_500)));
+        assert!(state.direct_writes(ended + Duration::from_micros(1_500)));
+        state.direct_write_cost = Duration::from_micros(1);
 
         // One slow fan-out (10 µs per write) raises the estimate by an eighth of the way.
         state.learn_direct_cost(1_000, Duration::from_millis(10));
