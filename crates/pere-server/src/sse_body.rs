@@ -146,7 +146,7 @@ fn item_frame<S: Store>(subscription: &Subscription<S>, item: FeedItem) -> FeedF
             .frame(),
         ),
         FeedItem::KeepAlive => FeedFrame::Made(Bytes::from_static(sse::KEEP_ALIVE_FRAME)),
-        FeedItem::Rest(rest) => FeedFrame::Made(rest),
+        FeedItem::Rest { event, from } => FeedFrame::Made(event.frame().slice(from as usize..)),
     }
 }
 

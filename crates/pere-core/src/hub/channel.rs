@@ -103,47 +103,28 @@ pub(super) struct ChannelState {
     // channel's subscribers hear `pere-reset` before anything newer (see [`ChannelHub::hold`]).
     pub(super) held: bool,
     pub(super) subscribers: HashMap<u64, SubscriberSlot>,
-    // When the last fan-out ended, and what a direct write took per subscriber in the last
-    // fan-out that made them (see `ChannelState::direct_writes`).
+    // When the last fan-out ended, and whether the channel was quiet before it (see
+    // `ChannelState::direct_writes`).
     pub(super) last_fan_out: Option<std::time::Instant>,
-    pub(super) direct_write_cost: Duration,
-    // Whether the channel was quiet before the last fan-out.
     pub(super) quiet_before_last: bool,
 }
 
 impl ChannelState {
     /// Whether an event released at `now` may be written to idle subscribers' connections by
-    /// the publisher itself: only when the channel is not busy, that is, when at least
-    /// [`DIRECT_AFTER_QUIET`], and what a fan-out of direct writes would take, have passed
-    /// since the last fan-out ended (so the channel would stay idle half of the time), both
-    /// before this event and before the one before it (a flood has a lull now and then, hardly
-    /// two in a row), and such a fan-out would take at most [`DIRECT_FAN_OUT_AT_MOST`].
-    /// Direct writes make a fan-out one write per subscriber in a row, on one core; under a
-    /// flood (events queued behind the fan-out, or a publisher that sends the next as soon as
-    /// this one is answered) the subscribers' own tasks instead gather what queued into few
-    /// writes, on every core: 4.6 times the deliveries per second of direct writes alone,
-    /// measured.
+    /// the publisher itself: only when the channel is not busy, that is, quiet for at least
+    /// [`DIRECT_AFTER_QUIET`] since its last fan-out, both before this event and before the one
+    /// before it (a flood has a lull now and then, hardly two in a row), and when it has at
+    /// most [`DIRECT_SUBSCRIBERS_AT_MOST`] subscribers. Direct writes make a fan-out one write
+    /// per subscriber in a row, on one core; under a flood (events queued behind the fan-out,
+    /// or a publisher that sends the next as soon as this one is answered) the subscribers' own
+    /// tasks instead gather what queued into few writes, on every core: 4.6 times the
+    /// deliveries per second of direct writes alone, measured.
     fn direct_writes(&mut self, now: std::time::Instant) -> bool {
-        let direct_fan_out = self.direct_write_cost * self.subscribers.len() as u32;
-        let quiet = self.last_fan_out.is_none_or(|ended| {
-            now.saturating_duration_since(ended) >= direct_fan_out.max(DIRECT_AFTER_QUIET)
-        });
+        let quiet = self
+            .last_fan_out
+            .is_none_or(|ended| now.saturating_duration_since(ended) >= DIRECT_AFTER_QUIET);
         let quiet_before = std::mem::replace(&mut self.quiet_before_last, quiet);
-        quiet && quiet_before && direct_fan_out <= DIRECT_FAN_OUT_AT_MOST
-    }
-
-    /// Learns what a direct write costs from a fan-out that `took` as long and made `written`
-    /// of them (its queued items counted against them: the estimate errs high). A fan-out
-    /// slowed down once (its thread preempted) must not keep a paced channel from direct writes
-    /// for good: the estimate follows a cheaper one at once, a dearer one an eighth of the
-    /// way, and decays while no direct write is made.
-    fn learn_direct_cost(&mut self, written: u32, took: Duration) {
-        let cost = self.direct_write_cost;
-        self.direct_write_cost = match written {
-            0 => cost - cost / 32,
-            n if took / n <= cost => took / n,
-            n => cost + (took / n - cost) / 8,
-        };
+        quiet && quiet_before && self.subscribers.len() <= DIRECT_SUBSCRIBERS_AT_MOST
     }
 }
 
@@ -163,22 +144,24 @@ pub(super) enum Live {
     KeepAlive,
     /// What the connection did not take of an event's frame written to it directly (see
     /// [`Inbox::push`]): the reader writes it before anything else.
-    Rest(bytes::Bytes),
+    Rest {
+        /// The event.
+        event: Arc<Event>,
+        /// Where in its frame the rest begins.
+        from: u32,
+    },
 }
 
 /// The least time a channel must have been quiet since its last fan-out before the next is
 /// made of direct writes (see [`ChannelState::direct_writes`]): publishers that keep the
-/// channel busy, even with few subscribers, leave the writing to the subscribers' tasks.
+/// channel busy leave the writing to the subscribers' tasks.
 const DIRECT_AFTER_QUIET: Duration = Duration::from_millis(1);
 
-/// The longest a fan-out of direct writes may be expected to take: the channel's lock is held
-/// meanwhile (subscribers opening and closing wait), and the publisher's answer waits for it.
-/// Larger channels are written by their subscribers' tasks, on every core.
-const DIRECT_FAN_OUT_AT_MOST: Duration = Duration::from_millis(5);
-
-/// What a direct write is taken to cost per subscriber before a channel has measured it: a
-/// small frame written to a socket, about 2 µs here.
-pub(super) const DIRECT_WRITE_COST: Duration = Duration::from_micros(2);
+/// The most subscribers a fan-out of direct writes goes to: at about 2 µs a write, 5 ms of
+/// writes, during which the channel's lock is held (subscribers opening and closing wait) and
+/// the publisher's answer waits. Larger channels are written by their subscribers' tasks, on
+/// every core.
+const DIRECT_SUBSCRIBERS_AT_MOST: usize = 2_500;
 
 /// A subscriber's connection as the publisher writes to it itself, while the subscriber's
 /// reader waits with nothing to do (see [`Inbox::push`]): a paced delivery then costs one write
@@ -309,11 +292,11 @@ impl Inbox {
                         }
                         return Given::Written;
                     }
-                    Written::Part(rest) => {
+                    Written::Part(from) => {
                         if let Some(device) = &self.live {
                             device.delivered.fetch_max(event.id, Ordering::Relaxed);
                         }
-                        Live::Rest(rest)
+                        Live::Rest { event, from }
                     }
                     Written::Nothing => Live::Event(event),
                 },
@@ -452,12 +435,13 @@ pub(super) enum Given {
 
 /// What a direct write did with an event.
 enum Written {
-    /// Nothing: the reader was not waiting, or the connection took nothing (or failed; the reader's own write will say so). The event is queued.
+    /// Nothing: the reader was not waiting, or the connection took nothing (or failed; the
+    /// reader's own write will say so). The event is queued.
     Nothing,
     /// All of it.
     Whole,
-    /// Its beginning: the rest is queued, first.
-    Part(bytes::Bytes),
+    /// Its frame up to here: the rest is queued, first.
+    Part(u32),
 }
 
 impl InboxState {
@@ -476,7 +460,8 @@ impl InboxState {
             }
             Ok(written) if written > 0 => {
                 self.given_through = event.id;
-                Written::Part(frame.slice(written..))
+                // Frames are far smaller than 4 GiB (bodies are bounded by `--max-body`).
+                Written::Part(written as u32)
             }
             _ => Written::Nothing,
         }
@@ -593,14 +578,10 @@ impl ChannelHub {
         observers: &Observers,
     ) {
         state.last_released = event.id;
-        let began = std::time::Instant::now();
-        let direct = state.direct_writes(began);
+        let direct = state.direct_writes(std::time::Instant::now());
         let mut cut = Vec::new();
-        let mut written = 0;
         for (&id, slot) in &state.subscribers {
-            let given = slot.inbox.push(Live::Event(event.clone()), direct);
-            written += u32::from(given == Given::Written);
-            if given == Given::Refused {
+            if slot.inbox.push(Live::Event(event.clone()), direct) == Given::Refused {
                 // Full: end this stream. The client resumes from its last event id.
                 slot.inbox.cut(CutReason::Lagged);
                 cut.push(id);
@@ -612,9 +593,7 @@ impl ChannelHub {
             }
         }
         observers.count_delivered(state.subscribers.len() - cut.len());
-        let ended = std::time::Instant::now();
-        state.last_fan_out = Some(ended);
-        state.learn_direct_cost(written, ended - began);
+        state.last_fan_out = Some(std::time::Instant::now());
         if !cut.is_empty() {
             for id in cut {
                 state.subscribers.remove(&id);
@@ -672,7 +651,7 @@ mod tests {
         while let Some(live) = poll_fn(|cx| inbox.poll_recv(cx, None)).await {
             match live {
                 Live::Reset { floor } => floors.push(floor),
-                Live::Event(_) | Live::KeepAlive | Live::Rest(_) => unreachable!(),
+                Live::Event(_) | Live::KeepAlive | Live::Rest { .. } => unreachable!(),
             }
         }
         assert_eq!(floors, (1..=8).collect::<Vec<_>>());
@@ -830,8 +809,9 @@ mod tests {
     }
 
     #[test]
-    fn an_inbox_stays_small() {
+    fn an_inbox_and_what_it_queues_stay_small() {
         assert_eq!(size_of::<Inbox>(), 88);
+        assert_eq!(size_of::<Live>(), 16);
     }
 
     #[test]
@@ -876,11 +856,10 @@ mod tests {
         assert_eq!(inbox.push(Live::Event(event(2)), true), Given::Queued);
         assert_eq!(taken(&connection), event(1).frame()[..5].to_vec());
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
-        let rest = match inbox.try_recv() {
-            Some(Live::Rest(rest)) => rest,
+        match inbox.try_recv() {
+            Some(Live::Rest { event, from }) => assert_eq!((event.id, from), (1, 5)),
             other => panic!("the rest first, not {other:?}"),
-        };
-        assert_eq!(rest, event(1).frame().slice(5..));
+        }
         assert!(matches!(inbox.try_recv(), Some(Live::Event(e)) if e.id == 2));
 
         // Nothing taken at all: the event itself is queued.
@@ -912,7 +891,7 @@ mod tests {
     }
 
     #[test]
-    fn direct_writes_wait_for_a_channel_idle_half_of_the_time() {
+    fn direct_writes_wait_for_a_quiet_channel_of_a_few_thousand_subscribers() {
         let mut state = ChannelState {
             last_released: 0,
             waiting: BTreeMap::new(),
@@ -921,10 +900,9 @@ mod tests {
             held: false,
             subscribers: HashMap::new(),
             last_fan_out: None,
-            direct_write_cost: Duration::from_micros(1),
             quiet_before_last: true,
         };
-        for id in 0..1_000 {
+        for id in 0..DIRECT_SUBSCRIBERS_AT_MOST as u64 {
             let inbox = Arc::new(Inbox::new(4, None));
             state.subscribers.insert(
                 id,
@@ -937,41 +915,17 @@ mod tests {
         let ended = std::time::Instant::now();
         assert!(state.direct_writes(ended), "no fan-out yet");
         state.last_fan_out = Some(ended);
-        // A direct fan-out would take 1.5 ms: as long a quiet before one.
-        state.direct_write_cost = Duration::from_nanos(1_500);
-        assert!(!state.direct_writes(ended + Duration::from_micros(1_400)));
-        // And quiet before the one before: a lull in a flood is not enough.
-        assert!(!state.direct_writes(ended + Duration::from_micros(1_500)));
-        assert!(state.direct_writes(ended + Duration::from_micros(1_500)));
-        state.direct_write_cost = Duration::from_micros(1);
-
-        // One slow fan-out (10 µs per write) raises the estimate by an eighth of the way.
-        state.learn_direct_cost(1_000, Duration::from_millis(10));
-        assert_eq!(state.direct_write_cost, Duration::from_nanos(2_125));
-        // A cheaper one is followed at once.
-        state.learn_direct_cost(1_000, Duration::from_micros(500));
-        assert_eq!(state.direct_write_cost, Duration::from_nanos(500));
-        // Few subscribers waiting idle: what the fan-out took is put on their writes.
-        state.learn_direct_cost(10, Duration::from_micros(300));
-        assert_eq!(
-            state.direct_write_cost,
-            Duration::from_nanos(500 + 29_500 / 8)
-        );
-        // Fan-outs without direct writes let it decay.
-        let before = state.direct_write_cost;
-        state.learn_direct_cost(0, Duration::from_micros(300));
-        assert!(state.direct_write_cost < before);
-        state.direct_write_cost = Duration::from_micros(1);
-
-        // Too many subscribers for one core to write to in a few milliseconds.
-        state.direct_write_cost = Duration::from_micros(6);
-        assert!(!state.direct_writes(ended + Duration::from_secs(1)));
-        state.direct_write_cost = Duration::from_micros(1);
-
-        // Few subscribers: still 1 ms of quiet at least.
-        state.subscribers.retain(|&id, _| id < 2);
         assert!(!state.direct_writes(ended + Duration::from_micros(900)));
+        // Quiet before the one before too: a lull in a flood is not enough.
         assert!(!state.direct_writes(ended + Duration::from_millis(1)));
         assert!(state.direct_writes(ended + Duration::from_millis(1)));
+        // One subscriber more than one core writes to in a few milliseconds.
+        let inbox = Arc::new(Inbox::new(4, None));
+        let slot = SubscriberSlot {
+            inbox,
+            device: None,
+        };
+        state.subscribers.insert(u64::MAX, slot);
+        assert!(!state.direct_writes(ended + Duration::from_secs(1)));
     }
 }

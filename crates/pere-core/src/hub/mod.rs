@@ -377,7 +377,6 @@ impl<S: Store> Hub<S> {
                     held: false,
                     subscribers: HashMap::new(),
                     last_fan_out: None,
-                    direct_write_cost: channel::DIRECT_WRITE_COST,
                     quiet_before_last: true,
                 }),
                 subscriber_count: AtomicUsize::new(0),

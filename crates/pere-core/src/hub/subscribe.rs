@@ -60,8 +60,14 @@ pub enum FeedItem {
     /// [`HubConfig::keep_alive`]: super::HubConfig::keep_alive
     KeepAlive,
     /// What the connection did not take of an event the hub wrote to it directly (see
-    /// [`Subscription::write_directly`]): to be written before anything else.
-    Rest(bytes::Bytes),
+    /// [`Subscription::write_directly`]): the event's frame from `from` on, to be written
+    /// before anything else.
+    Rest {
+        /// The event.
+        event: Arc<Event>,
+        /// Where in its frame the rest begins.
+        from: u32,
+    },
 }
 
 impl<S: Store> Hub<S> {
@@ -396,7 +402,7 @@ impl<S: Store> Subscription<S> {
                 Live::Event(event) => return Some(Ok(self.delivered(event))),
                 Live::Reset { floor } => return Some(Ok(self.reset_to(floor))),
                 Live::KeepAlive => return Some(Ok(FeedItem::KeepAlive)),
-                Live::Rest(rest) => return Some(Ok(FeedItem::Rest(rest))),
+                Live::Rest { event, from } => return Some(Ok(FeedItem::Rest { event, from })),
             }
         }
     }
@@ -461,7 +467,7 @@ impl<S: Store> Subscription<S> {
                 }
                 // Never queued, so never taken without waiting.
                 Live::KeepAlive => return None,
-                Live::Rest(rest) => return Some(FeedItem::Rest(rest)),
+                Live::Rest { event, from } => return Some(FeedItem::Rest { event, from }),
             }
         }
     }
