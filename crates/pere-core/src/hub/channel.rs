@@ -164,10 +164,12 @@ const DIRECT_AFTER_QUIET: Duration = Duration::from_millis(1);
 const DIRECT_SUBSCRIBERS_AT_MOST: usize = 2_500;
 
 /// A subscriber's connection as the publisher writes to it itself, while the subscriber's
-/// reader waits with nothing to do (see [`Inbox::push`]): a paced delivery then costs one write
-/// and no wake-up of the reader's task. A function and the handle it is given (for the server,
-/// the socket's descriptor): two words in the subscriber's inbox, nothing allocated per
-/// subscriber.
+/// reader waits with nothing to do (see [`Subscription::write_directly`]): a paced delivery
+/// then costs one write and no wake-up of the reader's task. A function and the handle it is
+/// given (for the server, the socket's descriptor): two words in the subscriber's inbox,
+/// nothing allocated per subscriber.
+///
+/// [`Subscription::write_directly`]: super::Subscription::write_directly
 #[derive(Debug, Clone, Copy)]
 pub struct DirectWrite {
     /// Writes as much of `frame` as the connection named by `handle` takes now, without
