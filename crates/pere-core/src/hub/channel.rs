@@ -110,6 +110,20 @@ pub(super) struct ChannelState {
 }
 
 impl ChannelState {
+    /// A channel whose events up to `last_released` are out, with no subscriber yet.
+    pub(super) fn new(last_released: u64) -> Self {
+        ChannelState {
+            last_released,
+            waiting: BTreeMap::new(),
+            stalled_since: None,
+            gap_timer: false,
+            held: false,
+            subscribers: HashMap::new(),
+            last_fan_out: None,
+            quiet_before_last: true,
+        }
+    }
+
     /// Whether an event released at `now` may be written to idle subscribers' connections by
     /// the publisher itself: only when the channel is not busy, that is, quiet for at least
     /// [`DIRECT_AFTER_QUIET`] since its last fan-out, both before this event and before the one
@@ -894,16 +908,7 @@ mod tests {
 
     #[test]
     fn direct_writes_wait_for_a_quiet_channel_of_a_few_thousand_subscribers() {
-        let mut state = ChannelState {
-            last_released: 0,
-            waiting: BTreeMap::new(),
-            stalled_since: None,
-            gap_timer: false,
-            held: false,
-            subscribers: HashMap::new(),
-            last_fan_out: None,
-            quiet_before_last: true,
-        };
+        let mut state = ChannelState::new(0);
         for id in 0..DIRECT_SUBSCRIBERS_AT_MOST as u64 {
             let inbox = Arc::new(Inbox::new(4, None));
             state.subscribers.insert(

@@ -50,7 +50,7 @@ mod receipts;
 mod recover;
 mod subscribe;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
@@ -369,16 +369,7 @@ impl<S: Store> Hub<S> {
             }
             let hub = Arc::new(ChannelHub {
                 name: name.clone(),
-                state: Mutex::new(ChannelState {
-                    last_released: head,
-                    waiting: BTreeMap::new(),
-                    stalled_since: None,
-                    gap_timer: false,
-                    held: false,
-                    subscribers: HashMap::new(),
-                    last_fan_out: None,
-                    quiet_before_last: true,
-                }),
+                state: Mutex::new(ChannelState::new(head)),
                 subscriber_count: AtomicUsize::new(0),
                 ledger: Mutex::new(ChannelLedger::new(name.clone(), recipients)),
                 receipts: OnceLock::new(),
