@@ -8,7 +8,8 @@
 //! is what lets one node hold tens of thousands of devices (and dashboards following their
 //! receipts) in little memory. It also writes frames without chunked encoding
 //! (the response is delimited by closing the connection, which every SSE client accepts) and
-//! gathers queued frames into one write.
+//! gathers queued frames into one write. While a feed waits idle, the hub may write an event to
+//! its socket itself (`direct_write`): a paced delivery then wakes nothing here.
 //!
 //! A request's first bytes decide: only one that opens with one of [`STREAM_PREFIXES`] is read on
 //! and parsed here, with `httparse` (hyper's own parser); every other goes to hyper unparsed. The

@@ -1,6 +1,6 @@
 //! A loaded channel ([`ChannelHub`]): its sequencer, which releases events to subscribers in id
-//! order, its subscribers' queues, its ledger, and the follow state of its receipt and presence
-//! streams.
+//! order, its subscribers' queues (and the direct writes to idle subscribers' connections that
+//! skip them), its ledger, and the follow state of its receipt and presence streams.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
