@@ -254,8 +254,8 @@ struct InboxState {
     parked: bool,
     // The subscriber's connection, for direct writes; set by its reader.
     direct: Option<DirectWrite>,
-    // The last event the subscriber was given or had seen (its replay, its resume position): a
-    // direct write is only of a later one.
+    // The last event the subscriber was given, by its reader or directly: a direct write is
+    // only of a later one.
     given_through: u64,
 }
 
@@ -301,21 +301,19 @@ impl Inbox {
             // What is given goes out anyway, and keeps the connection alive as well.
             state.keep_alive = false;
             let live = match live {
-                Live::Event(event) if direct => match state.write_directly(&event) {
-                    Written::Whole => {
-                        if let Some(device) = &self.live {
-                            device.delivered.fetch_max(event.id, Ordering::Relaxed);
-                        }
-                        return Given::Written;
+                Live::Event(event) if direct => {
+                    let written = state.write_directly(&event);
+                    if let (Some(device), Written::Whole | Written::Part(_)) =
+                        (&self.live, &written)
+                    {
+                        device.delivered.fetch_max(event.id, Ordering::Relaxed);
                     }
-                    Written::Part(from) => {
-                        if let Some(device) = &self.live {
-                            device.delivered.fetch_max(event.id, Ordering::Relaxed);
-                        }
-                        Live::Rest { event, from }
+                    match written {
+                        Written::Whole => return Given::Written,
+                        Written::Part(from) => Live::Rest { event, from },
+                        Written::Nothing => Live::Event(event),
                     }
-                    Written::Nothing => Live::Event(event),
-                },
+                }
                 other => other,
             };
             state.parked = false;
@@ -370,8 +368,8 @@ impl Inbox {
 
     /// The next queued item, else a keep-alive the sweep asked for; `Ready(None)` once the
     /// queue is empty and the subscriber was cut. When it waits, and `direct` holds the last
-    /// event the subscriber was given or saw, events after it may be written to its connection
-    /// directly until the reader is woken (see [`Inbox::push`]).
+    /// event the reader gave out, later events may be written to its connection directly until
+    /// the reader is woken (see [`Inbox::push`]).
     pub(super) fn poll_recv(
         &self,
         cx: &mut Context<'_>,
@@ -888,7 +886,7 @@ mod tests {
     #[test]
     fn no_direct_write_of_a_seen_event_after_a_keep_alive_or_once_taken_back() {
         let (inbox, connection, wakes) = handed_over();
-        // Seen in the replay (or before the resume position): left to the reader to skip.
+        // Already given out by the reader (or its resume position): left to the reader to skip.
         waits(&inbox, &wakes, 5);
         assert_eq!(inbox.push(Live::Event(event(5)), true), Given::Queued);
         assert!(matches!(inbox.try_recv(), Some(Live::Event(e)) if e.id == 5));

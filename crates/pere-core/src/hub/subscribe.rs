@@ -377,10 +377,11 @@ impl<S: Store> Subscription<S> {
                 None => self.redelivery = None,
             }
             let inbox = &self.inbox;
-            let direct = self.direct_writes_allowed().then(|| {
-                // Events up to the resume position were seen by the client already.
-                self.last_sent.max(self.skip_live_through)
-            });
+            // Not while live events up to a reset's floor are still to be passed over here: the
+            // hub writes only above the last event this reader gave out, which is then what a
+            // later reset names.
+            let direct = (self.direct_writes_allowed() && self.skip_live_through <= self.last_sent)
+                .then_some(self.last_sent);
             let redelivery = &mut self.redelivery;
             let received = std::future::poll_fn(|cx| {
                 if let Poll::Ready(live) = inbox.poll_recv(cx, direct) {
