@@ -690,7 +690,7 @@ async fn a_damaged_database_is_reported_at_start_in_one_line() {
     for _ in 0..100 {
         server.push("Bulky", &body).await;
     }
-    // The checkpointer copies the log into the database file every half second.
+    // The checkpointer copies the log into the database file within a second of the commits.
     let db = dir.path().join("pere.db");
     let mut every = tokio::time::interval(Duration::from_millis(50));
     tokio::time::timeout(WAIT, async {

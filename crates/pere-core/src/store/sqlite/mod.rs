@@ -40,8 +40,9 @@
 //!   recently changed records beyond [`SqliteOptions::device_records`] leave memory; a record
 //!   not in memory is read from disk, by readers and by the writer when it changes again.
 //! - **Checkpoints** (copying the WAL back into the database, with its syncs) run on a thread
-//!   of their own [`CHECKPOINT_INTERVAL`] after commits (an idle store has none), off the path
-//!   of writes waiting for a commit.
+//!   of their own, off the path of writes waiting for a commit: [`CHECKPOINT_INTERVAL`] after
+//!   commits that come fast ([`BUSY_COMMITS`] since the last checkpoint), within
+//!   [`QUIET_CHECKPOINT`] of the first one otherwise; an idle store has none.
 //!
 //! - **Damage** is found, contained and reported, never a stall: each event row carries a
 //!   checksum of what it holds (schema v7), written with it and checked by every read. A row
@@ -158,7 +159,9 @@ use schema::{
 };
 use shared::{Drafts, Shared};
 use writer::{start_checkpointer, Batch, Command, Done, Job, Writer};
-pub use writer::{CHECKPOINT_INTERVAL, DEVICE_WRITE_BACK, MAX_BATCH};
+pub use writer::{
+    BUSY_COMMITS, CHECKPOINT_INTERVAL, DEVICE_WRITE_BACK, MAX_BATCH, QUIET_CHECKPOINT,
+};
 
 /// Writes queued or in flight at most; further writers wait (asynchronously) for room, so a
 /// stalled disk cannot make the queue grow without bound.

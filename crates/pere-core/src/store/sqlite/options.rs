@@ -9,8 +9,10 @@ use crate::store::Retention;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
     /// Survives a crash of the process, not of the machine (`synchronous=NORMAL`): commits reach
-    /// the OS at once and the disk at checkpoints. The default: what a server restart needs, at
-    /// a fraction of the cost.
+    /// the OS at once and the disk at checkpoints, within a second ([`QUIET_CHECKPOINT`]). The
+    /// default: what a server restart needs, at a fraction of the cost.
+    ///
+    /// [`QUIET_CHECKPOINT`]: super::QUIET_CHECKPOINT
     #[default]
     Normal,
     /// Survives power loss too (`synchronous=FULL`): every commit is synced to disk.

@@ -1388,3 +1388,42 @@ async fn events_of_one_transaction_are_inserted_together_and_read_as_answered() 
         "a key stored in a shared insert is found after a reopening"
     );
 }
+
+/// The greatest id the ids file beside the database says was handed out (0 before it exists).
+fn ids_file_high(dir: &Path) -> u64 {
+    std::fs::read_to_string(dir.join(IDS_FILE))
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("high ").and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// A few commits are checkpointed together, once the first has waited `QUIET_CHECKPOINT`, not
+/// each soon after it: the checkpointer writes the ids file at each checkpoint, so the file
+/// tells when one happened.
+#[tokio::test]
+async fn a_few_commits_are_checkpointed_together_within_the_quiet_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), ROOMY);
+    let c = ch("C");
+    let first = std::time::Instant::now();
+    store.append(&c, body("1")).await.unwrap();
+    // Spaced wider than the busy gathering, fewer than a busy WAL's commits.
+    for text in ["2", "3", "4"] {
+        tokio::time::sleep(CHECKPOINT_INTERVAL * 2).await;
+        store.append(&c, body(text)).await.unwrap();
+    }
+    let deadline = first + QUIET_CHECKPOINT * 10;
+    while ids_file_high(dir.path()) == 0 {
+        assert!(std::time::Instant::now() < deadline, "never checkpointed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        first.elapsed() >= QUIET_CHECKPOINT,
+        "checkpointed after {:?}, before the first commit waited {QUIET_CHECKPOINT:?}",
+        first.elapsed()
+    );
+    assert!(BUSY_COMMITS > 4);
+}
