@@ -567,7 +567,9 @@ impl<S: Store> Drop for Subscription<S> {
                 .subscriber_count
                 .store(state.subscribers.len(), Ordering::Relaxed);
         }
-        // Before anything else: the reader closes the connection once this is dropped.
+        // Out of the channel's subscribers, no fan-out reaches the inbox any more; the connection
+        // is taken back too, before the device's records below: the reader closes it once this
+        // is dropped.
         self.inbox.stop_direct_writes();
         let (Some(live), Some(device)) = (self.inbox.live.clone(), self.device.clone()) else {
             return;

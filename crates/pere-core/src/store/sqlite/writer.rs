@@ -628,14 +628,16 @@ pub(super) fn start_checkpointer(
                     // The last connection to close checkpoints what is left.
                     break;
                 }
-                let quiet = transactions().wrapping_sub(copied) < BUSY_COMMITS;
+                let committed = transactions();
+                let quiet = committed.wrapping_sub(copied) < BUSY_COMMITS;
                 if !overdue
                     && quiet
                     && pending_since.is_some_and(|since| since.elapsed() < QUIET_CHECKPOINT)
                 {
                     continue;
                 }
-                copied = transactions();
+                // The commits counted so far are this checkpoint's; later ones wake it again.
+                copied = committed;
                 pending_since = None;
                 // PASSIVE never waits for the writer or readers; what it cannot copy now it copies
                 // next time. A failure (disk trouble) is the writer's to report, on its commits.
