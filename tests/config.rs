@@ -2,6 +2,7 @@
 //! binary: which source wins, and how a wrong value or key is named.
 
 use std::path::Path;
+use std::time::Duration;
 
 use pere_e2e::{bin_path, Proc};
 use tokio::process::Command;
@@ -161,11 +162,39 @@ async fn a_wrong_value_is_named_with_its_source() {
 /// The threads of a running server on the memory store, but for its main thread and its two
 /// log writers (made before it listens): its runtime's workers. (Counted, not named: a thread
 /// takes its name from inside, a moment after it exists.)
-fn worker_threads(pid: u32) -> usize {
-    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("the server's threads")
-        .count();
-    threads - 3
+/// The server's async worker threads: its threads named as tokio names them (the others are
+/// `main`, the log's writers and the allocator's). A thread names itself once it runs, so the
+/// count is taken once no thread but the first still has the process's own name.
+async fn worker_threads(pid: u32) -> usize {
+    let names = || -> Vec<(u32, String)> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("the server's threads")
+            .filter_map(Result::ok)
+            .filter_map(|task| {
+                let tid = task.file_name().to_str()?.parse().ok()?;
+                let name = std::fs::read_to_string(task.path().join("comm")).ok()?;
+                Some((tid, name.trim().to_owned()))
+            })
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let threads = names();
+        let first = threads
+            .iter()
+            .find(|(tid, _)| *tid == pid)
+            .map(|(_, n)| n.clone());
+        let unnamed = threads
+            .iter()
+            .any(|(tid, name)| *tid != pid && Some(name) == first.as_ref());
+        if !unnamed || tokio::time::Instant::now() > deadline {
+            return threads
+                .iter()
+                .filter(|(_, name)| name == "tokio-rt-worker")
+                .count();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 #[tokio::test]
@@ -194,13 +223,17 @@ async fn workers_start_as_many_threads_as_asked_and_are_bounded() {
         let proc = Proc::start_with(&mut server(&args, &env));
         let line = proc.wait_line(|l| l.contains("listening on")).await;
         assert!(line.ends_with(said), "{args:?} {env:?}: {line}");
-        assert_eq!(worker_threads(proc.pid()), workers, "{args:?} {env:?}");
+        assert_eq!(
+            worker_threads(proc.pid()).await,
+            workers,
+            "{args:?} {env:?}"
+        );
     }
     // 0, the default, is one per core.
     let cores = std::thread::available_parallelism().unwrap().get();
     let proc = Proc::start_with(&mut server(&["--store", "memory", "-p", "0"], &[]));
     let line = proc.wait_line(|l| l.contains("listening on")).await;
-    assert_eq!(worker_threads(proc.pid()), cores, "{line}");
+    assert_eq!(worker_threads(proc.pid()).await, cores, "{line}");
 
     const WORKERS: &str = "is not a number of worker threads: 0 (one per core) to 1024";
     for bad in ["1025", "-1", "many"] {

@@ -14,6 +14,8 @@ use pere_server::tls::{self, TlsAcceptor};
 use pere_server::{http_conn, limits, logging, retention, run_with, AppState, Config};
 use tokio::net::{TcpListener, TcpSocket};
 
+mod allocator;
+
 /// Threads for blocking work (SQLite reads). Tokio's default, 512, let a burst of thousands of
 /// subscribers connecting at once start hundreds of threads, each keeping its stack and malloc
 /// arena resident; reads queue for a few threads instead, which is as fast on a few cores.

@@ -51,10 +51,12 @@ const GIVE_BACK_CHECK: Duration = Duration::from_secs(2);
 
 /// Gives the memory of unloaded channels and closed streams back to the system. Both are freed
 /// as they go, but glibc's allocator keeps freed memory that is not at the top of its heaps:
-/// after 100,000 one-event channels went idle the process still held 0.57 KiB each, 0.28 KiB
-/// once trimmed (bench/idle-channels.sh); after 900 receipt followers that replayed 20,000
-/// receipts closed, 17 KiB each, under 1 KiB once trimmed (bench/followers.sh). A trim is a
-/// walk of the allocator's free lists, a few milliseconds.
+/// with it for everything, after 100,000 one-event channels went idle the process still held
+/// 0.57 KiB each, 0.28 KiB once trimmed (bench/idle-channels.sh); after 900 receipt followers
+/// that replayed 20,000 receipts closed, 17 KiB each, under 1 KiB once trimmed
+/// (bench/followers.sh). The `pere-server` binary allocates with jemalloc, which gives back by
+/// itself; the trim is then for what SQLite allocated through the C library, and for
+/// embedders that keep glibc's allocator. A trim is a walk of the free lists, a few milliseconds.
 async fn give_back_memory<S: Store>(state: Arc<AppState<S>>) {
     let mut every = tokio::time::interval(GIVE_BACK_CHECK);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
