@@ -772,3 +772,29 @@ async fn a_quiet_server_log_sleeps_and_a_line_still_comes_at_once() {
         .await;
     assert!(line.contains(&format!("Event-Id: {id}")), "{line}");
 }
+
+/// The server binary allocates with jemalloc and reads its built-in settings: the background
+/// thread that hands freed memory back (`background_thread:true`) runs. Without the settings,
+/// or with glibc's allocator, no such thread exists.
+#[tokio::test]
+async fn freed_memory_is_handed_back_by_the_allocators_own_thread() {
+    let server = TestServer::start(&[]).await;
+    let pid = server.proc.pid();
+    server.push("memory", r#"{"n":1}"#).await;
+    let named = |name: &str| {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("the server's threads")
+            .filter_map(Result::ok)
+            .any(|task| {
+                std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim() == name)
+            })
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !named("jemalloc_bg_thd") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no thread of jemalloc's in the server"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
