@@ -159,9 +159,6 @@ async fn a_wrong_value_is_named_with_its_source() {
     assert!(line.contains("listening on"));
 }
 
-/// The threads of a running server on the memory store, but for its main thread and its two
-/// log writers (made before it listens): its runtime's workers. (Counted, not named: a thread
-/// takes its name from inside, a moment after it exists.)
 /// The server's async worker threads: its threads named as tokio names them (the others are
 /// `main`, the log's writers and the allocator's). A thread names itself once it runs, so the
 /// count is taken once no thread but the first still has the process's own name.
