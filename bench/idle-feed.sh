@@ -50,12 +50,12 @@ run_case() {
   report="$WORK/$build-$kind-$2.json"
   if [ "$kind" = h2 ]; then
     start_pere memory "${binary[$build]}"
-    "$BENCH" idle-h2 -n "$N" --connections $((N / 100)) --settle ${SETTLE:-2} --url "$SERVER_URL" --server-pid "$SERVER_PID" >"$report"
+    "$BENCH" idle-h2 -n "$N" --connections $((N / 100)) --settle "${SETTLE:-2}" --url "$SERVER_URL" --server-pid "$SERVER_PID" >"$report"
     stop_server
     jq -r '.server.per_stream_kib.pss' "$report"
   else
     start_pere "$kind" "${binary[$build]}"
-    "$BENCH" idle -n "$N" -d 2 --settle ${SETTLE:-2} -q --json --url "$SERVER_URL" --server-pid "$SERVER_PID" >"$report"
+    "$BENCH" idle -n "$N" -d 2 --settle "${SETTLE:-2}" -q --json --url "$SERVER_URL" --server-pid "$SERVER_PID" >"$report"
     stop_server
     jq -r '.server.pss_kib_per_connection' "$report"
   fi

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use pere_e2e::{bin_path, Proc};
+use pere_e2e::{bin_path, threads, Proc};
 use tokio::process::Command;
 
 /// The variables these tests set; removed from the child's environment unless a test gives them.
@@ -163,31 +163,20 @@ async fn a_wrong_value_is_named_with_its_source() {
 /// `main`, the log's writers and the allocator's). A thread names itself once it runs, so the
 /// count is taken once no thread but the first still has the process's own name.
 async fn worker_threads(pid: u32) -> usize {
-    let names = || -> Vec<(u32, String)> {
-        std::fs::read_dir(format!("/proc/{pid}/task"))
-            .expect("the server's threads")
-            .filter_map(Result::ok)
-            .filter_map(|task| {
-                let tid = task.file_name().to_str()?.parse().ok()?;
-                let name = std::fs::read_to_string(task.path().join("comm")).ok()?;
-                Some((tid, name.trim().to_owned()))
-            })
-            .collect()
-    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let threads = names();
+        let threads = threads(pid);
         let first = threads
             .iter()
-            .find(|(tid, _)| *tid == pid)
-            .map(|(_, n)| n.clone());
+            .find(|t| t.tid == pid)
+            .map(|t| t.name.as_str());
         let unnamed = threads
             .iter()
-            .any(|(tid, name)| *tid != pid && Some(name) == first.as_ref());
+            .any(|t| t.tid != pid && Some(t.name.as_str()) == first);
         if !unnamed || tokio::time::Instant::now() > deadline {
             return threads
                 .iter()
-                .filter(|(_, name)| name == "tokio-rt-worker")
+                .filter(|t| t.name == "tokio-rt-worker")
                 .count();
         }
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use pere_e2e::{on_every_store, Proc, StoreUnderTest, TestServer, WAIT};
+use pere_e2e::{on_every_store, threads, Proc, StoreUnderTest, TestServer, WAIT};
 use serde_json::Value;
 
 /// One scrape: every sample, keyed by its name and labels as written (`name{a="x",b="y"}`, the
@@ -735,13 +735,12 @@ async fn a_damaged_database_is_reported_at_start_in_one_line() {
 
 /// Voluntary context switches of each of `pid`'s threads named `name`, summed.
 fn wake_ups(pid: u32, name: &str) -> u64 {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the server's threads");
-    tasks
-        .filter_map(Result::ok)
-        .filter(|task| {
-            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim() == name)
+    threads(pid)
+        .into_iter()
+        .filter(|thread| thread.name == name)
+        .filter_map(|thread| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{}/status", thread.tid)).ok()
         })
-        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
         .filter_map(|status| {
             status
                 .lines()
@@ -781,16 +780,8 @@ async fn freed_memory_is_handed_back_by_the_allocators_own_thread() {
     let server = TestServer::start(&[]).await;
     let pid = server.proc.pid();
     server.push("memory", r#"{"n":1}"#).await;
-    let named = |name: &str| {
-        std::fs::read_dir(format!("/proc/{pid}/task"))
-            .expect("the server's threads")
-            .filter_map(Result::ok)
-            .any(|task| {
-                std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim() == name)
-            })
-    };
     let deadline = tokio::time::Instant::now() + WAIT;
-    while !named("jemalloc_bg_thd") {
+    while !threads(pid).iter().any(|t| t.name == "jemalloc_bg_thd") {
         assert!(
             tokio::time::Instant::now() < deadline,
             "no thread of jemalloc's in the server"

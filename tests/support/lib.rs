@@ -53,6 +53,32 @@ pub async fn read_until(
     String::from_utf8_lossy(&seen).into_owned()
 }
 
+/// One thread of a running process, as `/proc` shows it.
+#[derive(Debug, Clone)]
+pub struct ProcThread {
+    /// Its thread id (the process id for the first thread).
+    pub tid: u32,
+    /// Its name (`comm`), as the thread set it, or as it inherited it until it does.
+    pub name: String,
+}
+
+/// The threads of process `pid` (Linux `/proc`); a thread that ends while they are read is left
+/// out.
+pub fn threads(pid: u32) -> Vec<ProcThread> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the process's threads")
+        .filter_map(Result::ok)
+        .filter_map(|task| {
+            let tid = task.file_name().to_str()?.parse().ok()?;
+            let name = std::fs::read_to_string(task.path().join("comm")).ok()?;
+            Some(ProcThread {
+                tid,
+                name: name.trim().to_owned(),
+            })
+        })
+        .collect()
+}
+
 /// The path of a workspace binary, next to the test executable's directory.
 ///
 /// The binaries are built by `cargo build --workspace --bins` (the README's test command does it
