@@ -789,3 +789,27 @@ async fn freed_memory_is_handed_back_by_the_allocators_own_thread() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The SQLite store's checkpointer is woken by the first commit after it went to sleep, then
+/// looks at the count of commits on its own time: a channel pushing paced events wakes it a
+/// few times, not once an event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paced_pushes_do_not_wake_the_checkpointer_each_time() {
+    const PUSHES: u64 = 100;
+    let server = TestServer::start_on(StoreUnderTest::Sqlite, &[]).await;
+    let pid = server.proc.pid();
+    // The thread's name as the kernel keeps it: 15 characters.
+    let checkpointer = "pere-sqlite-che";
+    server.push("paced", r#"{"n":0}"#).await;
+    let before = wake_ups(pid, checkpointer);
+    for n in 1..=PUSHES {
+        server.push("paced", &format!(r#"{{"n":{n}}}"#)).await;
+        // The pace of the pushes, not a wait for anything.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let woke = wake_ups(pid, checkpointer) - before;
+    assert!(
+        woke < PUSHES / 2,
+        "the checkpointer woke {woke} times for {PUSHES} paced pushes"
+    );
+}

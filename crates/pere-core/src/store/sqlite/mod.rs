@@ -234,6 +234,7 @@ impl SqliteStore {
             devices: Mutex::default(),
             last_receipt: AtomicU64::new(last_receipt),
             transactions: AtomicU64::new(0),
+            checkpointer_asleep: AtomicBool::new(false),
             on_commit: OnceLock::new(),
             visited: AtomicU64::new(0),
             closing: AtomicBool::new(false),

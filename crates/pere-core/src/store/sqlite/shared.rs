@@ -46,6 +46,9 @@ pub(super) struct Shared {
     // The seq of the newest committed receipt; changed by the writer only.
     pub(super) last_receipt: AtomicU64,
     pub(super) transactions: AtomicU64,
+    // Set by the checkpointer while it sleeps with no commit pending: a commit wakes it then
+    // only, not every time.
+    pub(super) checkpointer_asleep: AtomicBool,
     // Told of every committed batch of writes (metrics); set at most once.
     pub(super) on_commit: OnceLock<CommitHook>,
     // Channels the pruning sweep has looked at, for tests of its cost.

@@ -34,20 +34,20 @@ pub const MAX_BATCH: usize = 512;
 /// much of connection touches (receipts are folded in again from the `receipts` table).
 pub const DEVICE_WRITE_BACK: Duration = Duration::from_secs(1);
 
-/// How long the checkpointer thread lets commits gather before it copies them from the WAL into
-/// the database, once they come fast ([`BUSY_COMMITS`] since the last checkpoint): a page
-/// changed by many commits in that time is copied once. Short, so that a busy WAL never holds
-/// much that is not yet in the database and synced: when it reaches the writer's own limit
-/// (16,384 pages), or when it starts over, the writer itself copies and syncs what is left, and
-/// every write waits for that. At 500 ms, pushes flat out on a slow disk waited 40 ms at the
-/// 99th percentile; at 50 ms, 4 ms.
+/// How soon the checkpointer thread, once a commit woke it, counts the commits since the last
+/// checkpoint (then after twice as long each time, while they are few); it copies them from the
+/// WAL into the database when they come fast ([`BUSY_COMMITS`]): a page changed by many commits
+/// in that time is copied once. Short, so that a busy WAL never holds much that is not yet in
+/// the database and synced: when it reaches the writer's own limit (16,384 pages), or when it
+/// starts over, the writer itself copies and syncs what is left, and every write waits for that.
+/// At 500 ms, pushes flat out on a slow disk waited 40 ms at the 99th percentile; at 50 ms, 4 ms.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(50);
 
-/// Commits since the last checkpoint that make the WAL busy: checkpointed
-/// [`CHECKPOINT_INTERVAL`] after they gathered. Fewer wait up to [`QUIET_CHECKPOINT`]: a few
-/// pages each, they cost the WAL little, and a checkpoint per handful of commits cost a paced
-/// channel (100 events/s) a quarter of the store's CPU per event (31 of 124 µs), in its syncs
-/// and in the writer's sync of the WAL's new header each time the WAL started over.
+/// Commits since the last checkpoint that make the WAL busy: checkpointed at the next count
+/// ([`CHECKPOINT_INTERVAL`]). Fewer wait up to [`QUIET_CHECKPOINT`]: a few pages each, they cost
+/// the WAL little, and a checkpoint per handful of commits cost a paced channel (100 events/s) a
+/// quarter of the store's CPU per event (31 of 124 µs), in its syncs and in the writer's sync of
+/// the WAL's new header each time the WAL started over.
 pub const BUSY_COMMITS: u64 = 32;
 
 /// The longest a commit waits to be checkpointed, however quiet the store: with the default
@@ -187,10 +187,19 @@ impl Writer {
         false
     }
 
-    /// Counts a committed transaction and wakes the checkpointer for it.
+    /// Counts a committed transaction, and wakes the checkpointer if it sleeps with nothing
+    /// pending (otherwise it reads the count when it looks next).
     fn committed(&self) {
-        self.shared.transactions.fetch_add(1, Ordering::Relaxed);
-        let _ = self.wake_checkpointer.try_send(());
+        // SeqCst with the checkpointer's side: either it sees this commit counted, or the writer
+        // sees it asleep.
+        self.shared.transactions.fetch_add(1, Ordering::SeqCst);
+        if self
+            .shared
+            .checkpointer_asleep
+            .swap(false, Ordering::SeqCst)
+        {
+            let _ = self.wake_checkpointer.try_send(());
+        }
     }
 
     /// Serves commands until every handle is gone or `close` was called, then returns the
@@ -557,10 +566,11 @@ impl Writer {
     }
 }
 
-/// Starts the thread that checkpoints the WAL [`CHECKPOINT_INTERVAL`] after commits wake it when
-/// they come fast, within [`QUIET_CHECKPOINT`] of the first when they do not (idle, it sleeps),
-/// until every sender of its wake-ups is dropped. Returns it and a sender:
-/// `try_send` after a commit, as a wake-up already pending stands for any number of commits.
+/// Starts the thread that checkpoints the WAL once commits come fast ([`BUSY_COMMITS`] since the
+/// last checkpoint, first looked at [`CHECKPOINT_INTERVAL`] after the wake-up), and within [`QUIET_CHECKPOINT`] of
+/// the first commit when they do not; idle, it sleeps until a commit wakes it. It stops once every
+/// sender of its wake-ups is dropped. Returns it and a sender: `try_send` after a commit that
+/// found it asleep (`Shared::checkpointer_asleep`).
 pub(super) fn start_checkpointer(
     path: &Path,
     shared: Arc<Shared>,
@@ -584,61 +594,43 @@ pub(super) fn start_checkpointer(
                     }
                 }
             };
-            let transactions = || shared.transactions.load(Ordering::Relaxed);
-            // The commits the last checkpoint saw, and when the first commit after them woke it.
+            let transactions = || shared.transactions.load(Ordering::SeqCst);
+            // The commits the last checkpoint saw.
             let mut copied = transactions();
-            let mut pending_since: Option<Instant> = None;
-            loop {
-                let woke = match pending_since {
-                    // Idle: no timer at all until a commit.
-                    None => woken
-                        .recv()
-                        .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
-                    Some(since) => woken.recv_timeout(
-                        (since + QUIET_CHECKPOINT).saturating_duration_since(Instant::now()),
-                    ),
-                };
-                // Whether the first commit waited its second already.
-                let mut overdue = false;
-                match woke {
-                    Ok(()) => {
-                        pending_since.get_or_insert_with(Instant::now);
+            'idle: loop {
+                if transactions() == copied {
+                    // Asleep until a commit: no timer at all, and no wake-up per commit after the
+                    // first (a wake-up per commit cost a paced channel 5% of its CPU per delivery).
+                    shared.checkpointer_asleep.store(true, Ordering::SeqCst);
+                    if transactions() == copied && woken.recv().is_err() {
+                        break 'idle;
                     }
-                    Err(mpsc::RecvTimeoutError::Timeout) => overdue = true,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    if !shared.checkpointer_asleep.swap(false, Ordering::SeqCst) {
+                        // A commit sent a wake-up for this same sleep: not one for the next.
+                        let _ = woken.try_recv();
+                    }
                 }
-                // Commits gather meanwhile; their wake-ups are for this same checkpoint. (Taken
-                // as they come: a checkpointer parked through them instead, woken by nothing,
-                // measured 2 ms more at the 99th percentile of pushes flat out.)
-                let until = Instant::now() + CHECKPOINT_INTERVAL;
-                let mut closing = false;
-                // An overdue checkpoint does not wait for more.
-                let mut gathering = !overdue;
-                while gathering {
+                let first = Instant::now();
+                let mut interval = CHECKPOINT_INTERVAL;
+                loop {
+                    // Commits gather meanwhile; a page changed by many of them is copied once.
+                    let until = (Instant::now() + interval).min(first + QUIET_CHECKPOINT);
+                    // Counted again twice as late while they are few: a commit every few seconds
+                    // wakes it a handful of times, not every 50 ms for a second.
+                    interval = interval.saturating_mul(2);
                     match woken.recv_timeout(until.saturating_duration_since(Instant::now())) {
-                        Ok(()) => {}
-                        Err(mpsc::RecvTimeoutError::Timeout) => gathering = false,
-                        Err(mpsc::RecvTimeoutError::Disconnected) => {
-                            closing = true;
-                            gathering = false;
-                        }
+                        // The last connection to close checkpoints what is left.
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break 'idle,
+                        Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    }
+                    let committed = transactions();
+                    let busy = committed.wrapping_sub(copied) >= BUSY_COMMITS;
+                    if busy || first.elapsed() >= QUIET_CHECKPOINT {
+                        // The commits counted so far are this checkpoint's.
+                        copied = committed;
+                        break;
                     }
                 }
-                if closing {
-                    // The last connection to close checkpoints what is left.
-                    break;
-                }
-                let committed = transactions();
-                let quiet = committed.wrapping_sub(copied) < BUSY_COMMITS;
-                if !overdue
-                    && quiet
-                    && pending_since.is_some_and(|since| since.elapsed() < QUIET_CHECKPOINT)
-                {
-                    continue;
-                }
-                // The commits counted so far are this checkpoint's; later ones wake it again.
-                copied = committed;
-                pending_since = None;
                 // PASSIVE never waits for the writer or readers; what it cannot copy now it copies
                 // next time. A failure (disk trouble) is the writer's to report, on its commits.
                 let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
