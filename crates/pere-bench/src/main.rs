@@ -15,7 +15,8 @@
 //! - `receipt`: receipt styles and the bytes of each receipt request;
 //! - `stats`: seen sets, percentiles, medians;
 //! - `report`: the report for people;
-//! - `summarize`: Markdown tables over many reports.
+//! - `summarize`: Markdown tables over many reports;
+//! - `wake`: how long a sleeping thread takes to run once woken, on this machine.
 
 mod client;
 mod h2;
@@ -27,6 +28,7 @@ mod report;
 mod sse;
 mod stats;
 mod summarize;
+mod wake;
 mod witness;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs as _};
@@ -71,6 +73,16 @@ enum Command {
         /// A server process (repeatable); its child processes are included.
         #[arg(long = "server-pid", required = true)]
         server_pids: Vec<u32>,
+    },
+    /// How long a thread asleep for --quiet-us takes to run once woken (this machine's cost of
+    /// a hand-off between threads after a pause), as JSON; no server involved.
+    Wake {
+        /// Wake-ups measured.
+        #[arg(short = 'n', long, default_value_t = 400)]
+        wakes: u32,
+        /// Quiet before each wake-up, µs.
+        #[arg(long, default_value_t = 10_000)]
+        quiet_us: u64,
     },
     /// Markdown tables of medians, spreads and ratios from DIR/SCENARIO/SERVER/REP.json.
     Summarize {
@@ -233,6 +245,10 @@ fn run() -> anyhow::Result<()> {
                 bail!("none of the given processes is alive");
             }
             println!("{}", sample.json());
+            return Ok(());
+        }
+        Command::Wake { wakes, quiet_us } => {
+            println!("{}", wake::measure(wakes, Duration::from_micros(quiet_us)));
             return Ok(());
         }
         Command::Summarize { dir, baseline } => {
