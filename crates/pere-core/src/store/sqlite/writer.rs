@@ -567,10 +567,10 @@ impl Writer {
 }
 
 /// Starts the thread that checkpoints the WAL once commits come fast ([`BUSY_COMMITS`] since the
-/// last checkpoint, first looked at [`CHECKPOINT_INTERVAL`] after the wake-up), and within [`QUIET_CHECKPOINT`] of
-/// the first commit when they do not; idle, it sleeps until a commit wakes it. It stops once every
-/// sender of its wake-ups is dropped. Returns it and a sender: `try_send` after a commit that
-/// found it asleep (`Shared::checkpointer_asleep`).
+/// last checkpoint, first looked at [`CHECKPOINT_INTERVAL`] after the wake-up), and within
+/// [`QUIET_CHECKPOINT`] of the first commit when they do not; idle, it sleeps until a commit
+/// wakes it. It stops once every sender of its wake-ups is dropped. Returns it and a sender:
+/// `try_send` after a commit that found it asleep (`Shared::checkpointer_asleep`).
 pub(super) fn start_checkpointer(
     path: &Path,
     shared: Arc<Shared>,
