@@ -75,13 +75,16 @@ enum Command {
         server_pids: Vec<u32>,
     },
     /// How long a thread asleep for --quiet-us takes to run once woken (this machine's cost of
-    /// a hand-off between threads after a pause), as JSON; no server involved.
+    /// a hand-off between threads after a pause), as JSON; no server involved. Bounded like
+    /// every run: at most 10,000 wake-ups of at most 0.1 s of quiet each.
     Wake {
-        /// Wake-ups measured.
-        #[arg(short = 'n', long, default_value_t = 400)]
+        /// Wake-ups measured (1 to 10,000).
+        #[arg(short = 'n', long, default_value_t = 400,
+              value_parser = clap::value_parser!(u32).range(1..=10_000))]
         wakes: u32,
-        /// Quiet before each wake-up, µs.
-        #[arg(long, default_value_t = 10_000)]
+        /// Quiet before each wake-up, µs (0 to 100,000).
+        #[arg(long, default_value_t = 10_000,
+              value_parser = clap::value_parser!(u64).range(0..=100_000))]
         quiet_us: u64,
     },
     /// Markdown tables of medians, spreads and ratios from DIR/SCENARIO/SERVER/REP.json.

@@ -66,7 +66,6 @@ mod tests {
         for quiet in [Duration::ZERO, Duration::from_millis(1)] {
             let report = measure(50, quiet);
             assert_eq!(report["wake_us"]["count"], 50, "{report}");
-            assert!(report["wake_us"]["max"].as_u64().unwrap() >= 1, "{report}");
         }
     }
 }
