@@ -51,7 +51,7 @@ const GIVE_BACK_CHECK: Duration = Duration::from_secs(2);
 
 /// Gives the memory of unloaded channels and closed streams back to the system. Both are freed
 /// as they go, but glibc's allocator keeps freed memory that is not at the top of its heaps:
-/// with it for everything, after 100,000 one-event channels went idle the process still held
+/// when it served every allocation, after 100,000 one-event channels went idle the process held
 /// 0.57 KiB each, 0.28 KiB once trimmed (bench/idle-channels.sh); after 900 receipt followers
 /// that replayed 20,000 receipts closed, 17 KiB each, under 1 KiB once trimmed
 /// (bench/followers.sh). The `pere-server` binary allocates with jemalloc, which gives back by
