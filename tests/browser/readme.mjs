@@ -11,7 +11,7 @@ import { createServer } from 'node:http';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { run, check, waitFor, artefact, push, say, hear } from './harness.mjs';
+import { run, check, waitFor, artefact, push, say, hear, WAIT_MS } from './harness.mjs';
 
 const [mode, given] = process.argv.slice(2);
 
@@ -45,6 +45,15 @@ async function servePage(html) {
   return { server, origin: `http://127.0.0.1:${server.address().port}` };
 }
 
+/** The answer to the page's first receipt request: the page is kept open until its receipt is
+ *  in, or closing it would race the request the snippet's subscription sends for it. */
+function receiptAnswered(page) {
+  return page.waitForResponse(
+    (r) => r.request().method() === 'POST' && r.url().includes('/feedback/CHANNEL_1'),
+    { timeout: WAIT_MS },
+  );
+}
+
 /** Every console message of `page`, as text. */
 function consoleOf(page) {
   const lines = [];
@@ -61,6 +70,7 @@ await run(async ({ context }) => {
     const base = given;
     // Any page of the server's origin: the snippet imports '/pere.js' from there.
     await page.goto(`${base}/health`);
+    const receipted = receiptAnswered(page);
     await page.addScriptTag({ type: 'module', content: sameOrigin });
     await waitFor('the feed to open', async () => logs.includes('open'));
     await waitFor('the published event', async () => logs.some((l) => l.startsWith('published as ')));
@@ -68,6 +78,7 @@ await run(async ({ context }) => {
     await waitFor('the event ' + published, async () => logs.includes(`${published} {"hello":"world"}`));
     say('PUBLISHED ' + published);
     say('RECEIVED ' + published);
+    check((await receipted).ok(), 'the receipt was answered 2xx');
   } else if (mode === 'cross') {
     let base = null;
     const { server, origin } = await servePage(() => pageWith(otherOrigin.replaceAll(README_SERVER, base)));
@@ -75,9 +86,11 @@ await run(async ({ context }) => {
       say('ORIGIN ' + origin);
       base = await hear();
       const id = await push(base, 'CHANNEL_1', 'from another origin');
+      const receipted = receiptAnswered(page);
       await page.goto(origin + '/');
       await waitFor('the event ' + id, async () => logs.includes(`${id} from another origin`));
       say('RECEIVED ' + id);
+      check((await receipted).ok(), 'the receipt was answered 2xx');
     } finally {
       server.close();
     }
