@@ -10,8 +10,10 @@
 # Without BASE only this tree's build is measured. `H2=1` adds HTTP/2 streams (`pere-bench
 # idle-h2`, 100 streams per connection, memory store); `STORES=""` leaves the HTTP/1.1 feeds
 # out (default `STORES="memory sqlite"`).
-# `SETTLE=2`: seconds to wait once every feed is open before the memory is read (longer shows
-# what an allocator gives back late).
+# `SETTLE=5`: seconds to wait once every feed is open before the memory is read: what an idle
+# server holds (SQLite lets an idle device's record go two write-backs after its last change,
+# about 2 s, and the server trims the C library's heap within its 2 s check after; 2 shows the
+# feeds before that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,12 +52,12 @@ run_case() {
   report="$WORK/$build-$kind-$2.json"
   if [ "$kind" = h2 ]; then
     start_pere memory "${binary[$build]}"
-    "$BENCH" idle-h2 -n "$N" --connections $((N / 100)) --settle "${SETTLE:-2}" --url "$SERVER_URL" --server-pid "$SERVER_PID" >"$report"
+    "$BENCH" idle-h2 -n "$N" --connections $((N / 100)) --settle "${SETTLE:-5}" --url "$SERVER_URL" --server-pid "$SERVER_PID" >"$report"
     stop_server
     jq -r '.server.per_stream_kib.pss' "$report"
   else
     start_pere "$kind" "${binary[$build]}"
-    "$BENCH" idle -n "$N" -d 2 --settle "${SETTLE:-2}" -q --json --url "$SERVER_URL" --server-pid "$SERVER_PID" >"$report"
+    "$BENCH" idle -n "$N" -d 2 --settle "${SETTLE:-5}" -q --json --url "$SERVER_URL" --server-pid "$SERVER_PID" >"$report"
     stop_server
     jq -r '.server.pss_kib_per_connection' "$report"
   fi

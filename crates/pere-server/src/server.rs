@@ -55,21 +55,27 @@ const GIVE_BACK_CHECK: Duration = Duration::from_secs(2);
 /// 0.57 KiB each, 0.28 KiB once trimmed (bench/idle-channels.sh); after 900 receipt followers
 /// that replayed 20,000 receipts closed, 17 KiB each, under 1 KiB once trimmed
 /// (bench/followers.sh). The `pere-server` binary allocates with jemalloc, which gives back by
-/// itself; the trim is then for what SQLite allocated through the C library, and for
-/// embedders that keep glibc's allocator. A trim is a walk of the free lists, a few milliseconds.
+/// itself; the trim is then for what SQLite allocated through the C library (trimmed too when
+/// the store released its caches, [`Store::memory_released`]), and for embedders that keep
+/// glibc's allocator. A trim is a walk of the free lists, a few milliseconds.
 async fn give_back_memory<S: Store>(state: Arc<AppState<S>>) {
     let mut every = tokio::time::interval(GIVE_BACK_CHECK);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut most_loaded, mut most_streams) = (0, 0);
+    let mut released = state.hub.store().memory_released();
     loop {
         every.tick().await;
         let loaded = state.hub.loaded_channels();
         let streams = state.limits.streams();
         most_loaded = most_loaded.max(loaded);
         most_streams = most_streams.max(streams);
-        if most_loaded - loaded >= GIVE_BACK_AFTER || most_streams - streams >= GIVE_BACK_AFTER {
+        let store_released = state.hub.store().memory_released();
+        if most_loaded - loaded >= GIVE_BACK_AFTER
+            || most_streams - streams >= GIVE_BACK_AFTER
+            || store_released != released
+        {
             trim_heap();
-            (most_loaded, most_streams) = (loaded, streams);
+            (most_loaded, most_streams, released) = (loaded, streams, store_released);
         }
     }
 }

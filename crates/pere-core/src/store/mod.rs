@@ -564,6 +564,14 @@ pub trait Store: Clone + Send + Sync + 'static {
         DamageSeen::default()
     }
 
+    /// How many times the store handed memory back to the C library's allocator (an optional
+    /// ability): SQLite allocates there, and what it frees stays with the process until the
+    /// allocator is trimmed, which the server does when this count moves. Zero, the default,
+    /// for stores that allocate through Rust's allocator only.
+    fn memory_released(&self) -> u64 {
+        0
+    }
+
     /// Told that nothing on this node uses `channel` any more (the hub unloaded it): the store
     /// may drop what it keeps in memory for the channel, never what it stores. Called often
     /// (once per idle channel), so it must not wait. Dropping is never wrong: whatever the

@@ -267,11 +267,15 @@ impl RecentCache {
     }
 }
 
-/// The device records changed since the store opened, as last committed, up to
+/// The device records of the devices in use, as last committed: a record stays from its change
+/// until the write-back after the one that wrote it, so a device that acts at least once per
+/// [`DEVICE_WRITE_BACK`] keeps its record here (its receipts read no disk), while an idle one
+/// (a feed left open, a device gone) leaves it on disk only. At most
 /// [`SqliteOptions::device_records`] of them once written back: past that, the least recently
 /// changed ones that are written back already are dropped (readers find them on disk).
 ///
 /// [`SqliteOptions::device_records`]: super::options::SqliteOptions::device_records
+/// [`DEVICE_WRITE_BACK`]: super::DEVICE_WRITE_BACK
 #[derive(Default)]
 pub(super) struct DeviceBook {
     pub(super) records:
@@ -280,6 +284,10 @@ pub(super) struct DeviceBook {
     pub(super) len: usize,
     /// Committed but not yet written back to `devices`.
     pub(super) changed: HashSet<(ChannelName, DeviceId), ahash::RandomState>,
+    /// The records the last write-back wrote, with `clock` when it read them: the next one
+    /// drops those that did not change since ([`DeviceBook::written_back`]).
+    pub(super) written: Vec<(ChannelName, DeviceId)>,
+    written_at: u64,
     /// Counts changes, for the order of `BookEntry::stamp`.
     clock: u64,
     /// Counts trims: a reader that read the disk before a trim may have missed a record the
@@ -319,11 +327,45 @@ impl DeviceBook {
         }
     }
 
+    /// Marks every changed record written back, and drops those that the write-back before
+    /// wrote and that did not change since: their devices did nothing for a whole
+    /// [`DEVICE_WRITE_BACK`], and the disk has them as they are. Returns how many were dropped.
+    ///
+    /// [`DEVICE_WRITE_BACK`]: super::DEVICE_WRITE_BACK
+    pub(super) fn written_back(&mut self) -> usize {
+        let mut dropped = 0;
+        for (channel, device) in std::mem::take(&mut self.written) {
+            let Some(devices) = self.records.get_mut(&channel) else {
+                continue;
+            };
+            if let Entry::Occupied(entry) = devices.entry(device) {
+                // A later change gave it a later stamp (and put it in `changed`).
+                if entry.get().stamp <= self.written_at {
+                    entry.remove();
+                    dropped += 1;
+                }
+            }
+            if devices.is_empty() {
+                self.records.remove(&channel);
+            } else if devices.len() < devices.capacity() / 4 {
+                devices.shrink_to_fit();
+            }
+        }
+        self.written = std::mem::take(&mut self.changed).into_iter().collect();
+        self.written_at = self.clock;
+        self.len -= dropped;
+        if dropped > 0 {
+            self.trims += 1;
+        }
+        dropped
+    }
+
     /// Drops the least recently changed records that are written back, down to nine tenths of
     /// `limit` when over it (a tenth of room, so trims, which look at every record, are rare).
-    pub(super) fn trim(&mut self, limit: usize) {
+    /// Returns how many were dropped.
+    pub(super) fn trim(&mut self, limit: usize) -> usize {
         if self.len <= limit {
-            return;
+            return 0;
         }
         let keep = limit - limit / 10;
         let mut clean: Vec<u64> = Vec::with_capacity(self.len);
@@ -336,7 +378,7 @@ impl DeviceBook {
         }
         let excess = self.len.saturating_sub(keep).min(clean.len());
         if excess == 0 {
-            return;
+            return 0;
         }
         // Stamps are unique: the `excess` oldest clean records are those below the threshold.
         let threshold = if excess == clean.len() {
@@ -358,5 +400,6 @@ impl DeviceBook {
         });
         self.len -= dropped;
         self.trims += 1;
+        dropped
     }
 }

@@ -233,6 +233,7 @@ impl SqliteStore {
             readers: Mutex::default(),
             devices: Mutex::default(),
             last_receipt: AtomicU64::new(last_receipt),
+            memory_released: AtomicU64::new(0),
             transactions: AtomicU64::new(0),
             checkpointer_asleep: AtomicBool::new(false),
             on_commit: OnceLock::new(),
@@ -261,6 +262,7 @@ impl SqliteStore {
             next_sweep: Instant::now(),
             cache: RecentCache::default(),
             next_write_back: Instant::now() + DEVICE_WRITE_BACK,
+            let_go: 0,
             closers: Vec::new(),
             wake_checkpointer: wake_checkpointer.clone(),
         };
@@ -814,6 +816,10 @@ impl Store for SqliteStore {
 
     fn damage(&self) -> DamageSeen {
         self.inner.shared.damage.seen()
+    }
+
+    fn memory_released(&self) -> u64 {
+        self.inner.shared.memory_released.load(Ordering::Relaxed)
     }
 
     async fn probe(&self) -> Result<(), StoreError> {

@@ -33,6 +33,8 @@ pub struct SqliteOptions {
     /// Device records kept in memory once written back (the least recently changed go first;
     /// they are read from disk when needed). Records changed since the last write-back are
     /// always kept, so the book can exceed this by what changes within [`DEVICE_WRITE_BACK`].
+    /// Below it, a record leaves anyway once its device did nothing for a whole write-back
+    /// interval.
     ///
     /// [`DEVICE_WRITE_BACK`]: super::DEVICE_WRITE_BACK
     pub device_records: usize,

@@ -46,6 +46,8 @@ pub(super) struct Shared {
     // The seq of the newest committed receipt; changed by the writer only.
     pub(super) last_receipt: AtomicU64,
     pub(super) transactions: AtomicU64,
+    // Counts the writer's releases of SQLite's caches (`Store::memory_released`).
+    pub(super) memory_released: AtomicU64,
     // Set by the checkpointer while it sleeps with no commit pending: a commit wakes it then
     // only, not every time.
     pub(super) checkpointer_asleep: AtomicBool,

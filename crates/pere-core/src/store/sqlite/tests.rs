@@ -193,6 +193,103 @@ async fn the_recent_event_cache_keeps_to_one_byte_budget_across_channels() {
     );
 }
 
+fn feed_touch(channel: &str, device: &str, delivered: u64) -> DeviceTouch {
+    DeviceTouch {
+        channel: ch(channel),
+        device: dev(device),
+        op: DeviceOp::Feed,
+        at: now(),
+        last_event_id: None,
+        delivered,
+    }
+}
+
+#[tokio::test]
+async fn an_idle_device_leaves_the_book_and_an_active_one_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), ROOMY);
+    store.append(&ch("C"), body("x")).await.unwrap();
+    store.record_receipt(ack("C", 1, "Idle")).await.unwrap();
+    let in_book = |device: &str| {
+        store
+            .inner
+            .shared
+            .book()
+            .get(&ch("C"), &dev(device))
+            .is_some()
+    };
+    assert!(in_book("Idle"), "a change is kept until written back");
+    // The active device acts every 100 ms until the idle one's record is let go (two
+    // write-backs, about two seconds).
+    let mut touches = 0;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while in_book("Idle") {
+            store
+                .touch_device(feed_touch("C", "Active", touches))
+                .await
+                .unwrap();
+            touches += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the idle device's record left the book");
+    assert!(
+        touches >= 5,
+        "let go after {touches} touches, before it was written back"
+    );
+    assert!(
+        in_book("Active"),
+        "a device acting within every write-back keeps its record"
+    );
+    // Let go, it reads the same from disk, alone or with the channel's others, and changes
+    // from what the disk holds.
+    let record = store.device(&ch("C"), &dev("Idle")).await.unwrap().unwrap();
+    assert_eq!((record.last_acked, record.receipts), (1, 1));
+    let all = store.devices(&ch("C")).await.unwrap();
+    let names: Vec<&str> = all.iter().map(|r| r.device.as_str()).collect();
+    assert_eq!(names, ["Active", "Idle"]);
+    let (_, record) = store.record_receipt(ack("C", 1, "Idle")).await.unwrap();
+    assert_eq!((record.last_acked, record.receipts), (1, 2));
+    assert!(in_book("Idle"));
+}
+
+#[tokio::test]
+async fn a_thousand_devices_let_go_release_sqlites_caches_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), ROOMY);
+    let book_emptied = || async {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while store.inner.shared.book().len > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("every idle record left the book");
+    };
+    for d in 0..999 {
+        store
+            .touch_device(feed_touch("C", &format!("D{d}"), 0))
+            .await
+            .unwrap();
+    }
+    book_emptied().await;
+    assert_eq!(
+        store.memory_released(),
+        0,
+        "999 records let go release nothing"
+    );
+    store
+        .touch_device(feed_touch("C", "D999", 0))
+        .await
+        .unwrap();
+    book_emptied().await;
+    assert_eq!(store.memory_released(), 1, "the thousandth does");
+    // Released or not, the records read the same.
+    let all = store.devices(&ch("C")).await.unwrap();
+    assert_eq!(all.len(), 1000);
+}
+
 #[tokio::test]
 async fn device_records_kept_in_memory_are_bounded_and_the_rest_read_from_disk() {
     let dir = tempfile::tempdir().unwrap();

@@ -34,6 +34,10 @@ pub const MAX_BATCH: usize = 512;
 /// much of connection touches (receipts are folded in again from the `receipts` table).
 pub const DEVICE_WRITE_BACK: Duration = Duration::from_secs(1);
 
+/// Device records let go by the book between two releases of SQLite's page caches (see
+/// `Writer::let_go`): a release after each flood of devices going idle, not after each one.
+const RELEASE_AFTER: usize = 1_000;
+
 /// How soon the checkpointer thread, once a commit woke it, counts the commits since the last
 /// checkpoint (then after twice as long each time, while they are few); it copies them from the
 /// WAL into the database when they come fast ([`BUSY_COMMITS`]): a page changed by many commits
@@ -103,6 +107,8 @@ pub(super) struct Writer {
     pub(super) cache: RecentCache,
     /// When changed device records are next written back.
     pub(super) next_write_back: Instant,
+    /// Device records the book let go since SQLite's caches were last released.
+    pub(super) let_go: usize,
     /// Callers of `close`, answered once the writer has stopped.
     pub(super) closers: Vec<oneshot::Sender<()>>,
     /// Tells the checkpointer there is something to copy.
@@ -218,9 +224,11 @@ impl Writer {
                 let mut until = self
                     .next_expiry()
                     .map_or(idle_wake, |expiry| expiry.min(idle_wake));
-                if !self.shared.book().changed.is_empty() {
+                let book = self.shared.book();
+                if !book.changed.is_empty() || !book.written.is_empty() {
                     until = until.min(self.next_write_back);
                 }
+                drop(book);
                 until.saturating_duration_since(Instant::now())
             };
             match self.queue.recv_timeout(wait) {
@@ -256,8 +264,12 @@ impl Writer {
     fn write_back(&mut self) {
         self.next_write_back = Instant::now() + DEVICE_WRITE_BACK;
         let (records, through) = {
-            let book = self.shared.book();
+            let mut book = self.shared.book();
             if book.changed.is_empty() {
+                // Nothing to write: the records written last time are let go if idle since.
+                let dropped = book.written_back();
+                drop(book);
+                self.let_go(dropped);
                 return;
             }
             let records: Vec<DeviceRecord> = book
@@ -278,9 +290,9 @@ impl Writer {
             // Only the writer changes the book, so nothing changed since it was read.
             Ok(()) => {
                 let mut book = self.shared.book();
-                book.changed.clear();
-                book.trim(self.shared.options.device_records);
+                let dropped = book.written_back() + book.trim(self.shared.options.device_records);
                 drop(book);
+                self.let_go(dropped);
                 self.committed();
             }
             Err(_) if !self.conn.is_autocommit() => {
@@ -288,6 +300,31 @@ impl Writer {
             }
             Err(_) => {}
         }
+    }
+
+    /// Counts device records the book let go; once [`RELEASE_AFTER`] of them went since the
+    /// last release, empties the page caches of the writer's connection and of the idle
+    /// readers. Those caches hold the pages of `devices` that the write-backs and the
+    /// subscribing feeds' reads went through, up to SQLite's 2 MB a connection: after a flood
+    /// of feeds went idle, about 0.3 KiB a feed at 10,000 feeds (`bench/OPTIMISATIONS.md`). A
+    /// busy store reads its hot pages back from the system's file cache.
+    fn let_go(&mut self, records: usize) {
+        self.let_go += records;
+        if self.let_go < RELEASE_AFTER {
+            return;
+        }
+        self.let_go = 0;
+        let _ = self.conn.release_memory();
+        for reader in self
+            .shared
+            .readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = reader.release_memory();
+        }
+        self.shared.memory_released.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Runs a batch of commands in one transaction and answers them after the commit.
