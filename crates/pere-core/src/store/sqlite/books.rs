@@ -1,7 +1,8 @@
 //! The books kept in memory: the idempotency keys of retained events ([`EventKeys`]), the
 //! committed state and newest events of the channels in use ([`ChannelMeta`], within the byte
-//! budget that [`RecentCache`] accounts for), and the committed device records ([`DeviceBook`]).
-//! Each is a cache of what the database holds, so a channel that goes idle leaves them all.
+//! budget that [`RecentCache`] accounts for), and the committed records of the devices acting
+//! now ([`DeviceBook`]). Each is a cache of what the database holds, so a channel that goes idle
+//! leaves the first two, and a device that goes idle its record.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
