@@ -133,6 +133,8 @@ mod writer;
 #[cfg(test)]
 mod damage_tests;
 #[cfg(test)]
+mod device_tests;
+#[cfg(test)]
 mod idle_tests;
 #[cfg(test)]
 mod tests;
