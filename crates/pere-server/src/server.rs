@@ -57,7 +57,9 @@ const GIVE_BACK_CHECK: Duration = Duration::from_secs(2);
 /// (bench/followers.sh). The `pere-server` binary allocates with jemalloc, which gives back by
 /// itself; the trim is then for what SQLite allocated through the C library (trimmed too when
 /// the store released its caches, [`Store::memory_released`]), and for embedders that keep
-/// glibc's allocator. A trim is a walk of the free lists, a few milliseconds.
+/// glibc's allocator. A trim is a walk of the free lists, a few milliseconds, made on a
+/// blocking thread: the store's releases can call for one every few seconds while devices come
+/// and go.
 async fn give_back_memory<S: Store>(state: Arc<AppState<S>>) {
     let mut every = tokio::time::interval(GIVE_BACK_CHECK);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -74,7 +76,8 @@ async fn give_back_memory<S: Store>(state: Arc<AppState<S>>) {
             || most_streams - streams >= GIVE_BACK_AFTER
             || store_released != released
         {
-            trim_heap();
+            // Off the async workers: a walk of the free lists stalls whatever waits there.
+            let _ = tokio::task::spawn_blocking(trim_heap).await;
             (most_loaded, most_streams, released) = (loaded, streams, store_released);
         }
     }
